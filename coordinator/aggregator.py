@@ -1,0 +1,624 @@
+"""The rank-0 aggregator: ingest every rank's batches, dedupe, reduce, commit, ack, serve state.
+
+Runs as its own process (``python -m coordinator.aggregator --run ID ...``), started by global
+rank 0. The :class:`Aggregator` core has no socket and is also used in-process (offline upload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from coordinator import _env, wire
+from coordinator._defaults import (
+    GROUP_TIMEOUT_S,
+    LIVENESS_TIMEOUT_S,
+    MAX_FRAME_BYTES,
+    STOP_GRACE_S,
+)
+from coordinator._reduce import PolicyTable, Reducer
+from coordinator._validate import FieldValue
+from coordinator.errors import ProtocolError, SinkError
+from coordinator.sinks.local import MAIN_RANK, ChunkRow, LocalStore, TxnData
+
+__all__ = ["Aggregator", "AggregatorConfig", "main", "serve"]
+
+_log = logging.getLogger("coordinator.aggregator")
+
+SYSTEM_RANK = -1
+"""Writer rank of the ``sys/*`` fields; it outranks every training rank."""
+
+
+@dataclass(kw_only=True, slots=True)
+class AggregatorConfig:
+    """What one aggregator serves."""
+
+    run_id: str
+    """The run every rank writes to."""
+    store_path: str
+    """The run's ``run.db``."""
+    world_size: int
+    """Number of ranks expected."""
+    project: str = "default"
+    """Project name recorded with the run."""
+    name: str = ""
+    """Human-readable run name."""
+    endpoint: str = ""
+    """ZeroMQ endpoint to bind (socket mode only)."""
+    parent_pid: int = 0
+    """Rank 0's pid; when it disappears the run is closed as failed after draining the others."""
+    policies: dict[str, str] = field(default_factory=dict)
+    """Glob -> reduction policy."""
+    default_policy: str = "mean"
+    """Policy of keys no glob matches."""
+    group_timeout_s: float = GROUP_TIMEOUT_S
+    """Longest a (key, step) group waits for ranks that never logged the key."""
+    liveness_timeout_s: float = LIVENESS_TIMEOUT_S
+    """A rank silent this long is reported lost."""
+    stop_grace_s: float = STOP_GRACE_S
+    """After rank 0's goodbye, how long to wait for ranks that never connected."""
+    durable: bool = False
+    """SQLite ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``."""
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {self.world_size}")
+        if not self.run_id:
+            raise ValueError("run_id must not be empty")
+        PolicyTable(self.policies, self.default_policy)  # raises naming a bad policy
+
+
+@dataclass(slots=True)
+class _Sender:
+    rank: int
+    incarnation: int
+    last_seq: int
+    first_seen: float
+    last_seen: float
+    pid: int | None = None
+    host: str | None = None
+    points: int = 0
+    batches: int = 0
+    state: str = "live"  # live | closed | lost | fenced
+    undelivered: int = 0
+
+
+@dataclass(slots=True)
+class _Field:
+    value: FieldValue
+    rank: int
+
+
+class Aggregator:
+    """The ingest core: exactly-once per (sender, seq), reduction, fields, state, report.
+
+    Not thread-safe: one loop owns it. Acks for batches ingested since the last
+    :meth:`commit` must be sent only after that commit returns.
+    """
+
+    def __init__(self, cfg: AggregatorConfig) -> None:
+        self.cfg = cfg
+        self.store = LocalStore(cfg.store_path, durable=cfg.durable)
+        self.t0 = time.time()
+        self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, self.t0)
+        self.policy = PolicyTable(cfg.policies, cfg.default_policy)
+        self.reducer = Reducer(cfg.world_size, self.policy, cfg.group_timeout_s)
+        self.txn = TxnData()
+        self.senders: dict[tuple[int, int], _Sender] = {}
+        self.current: dict[int, int] = {}
+        """rank -> live incarnation."""
+        self.rank_state: dict[int, str] = {}
+        self.known_keys: set[str] = set(self.store.keys())
+        self.fields: dict[str, _Field] = {}
+        self.last: dict[str, tuple[int, float]] = {}
+        self.counters = {
+            "batches": 0, "points": 0, "duplicate_batches": 0, "bad_frames": 0,
+            "gaps": 0, "fenced_batches": 0, "conflicts": 0, "main_points": 0,
+        }  # fmt: skip
+        self.warnings_for: dict[tuple[int, int], list[str]] = {}
+        self.rank0_bye_at: float | None = None
+        self.reasons: list[str] = []
+        self._restore()
+        self._set_sys_fields()
+
+    # ------------------------------------------------------------- recovery
+
+    def _restore(self) -> None:
+        """Reload high-water marks and fields so a restarted aggregator drops resends."""
+        for s in self.store.senders():
+            snd = _Sender(s["rank"], s["incarnation"], s["last_seq"], s["first_seen"], s["last_seen"],
+                          s["pid"], s["host"], s["points"], s["batches"], s["state"])  # fmt: skip
+            self.senders[(snd.rank, snd.incarnation)] = snd
+        for path, (tag, val) in self.store.fields().items():
+            self.fields[path] = _Field((tag, val), SYSTEM_RANK if path.startswith("sys/") else 0)
+
+    def _set_sys_fields(self) -> None:
+        c = self.cfg
+        for path, fv in (
+            ("sys/id", ("str", c.run_id)),
+            ("sys/name", ("str", c.name or c.run_id)),
+            ("sys/project", ("str", c.project)),
+            ("sys/world_size", ("int", c.world_size)),
+            ("sys/creation_time", ("datetime", self.t0)),
+            ("sys/state", ("str", "running")),
+        ):
+            self._write_field(path, fv, SYSTEM_RANK, self.t0)
+
+    # ------------------------------------------------------------- messages
+
+    def hello(self, env: wire.Envelope, info: dict[str, Any], now: float) -> dict[str, Any]:
+        """Register a sender; returns the WELCOME payload (its high-water mark)."""
+        if env.run_id != self.cfg.run_id:
+            raise ProtocolError(f"this aggregator serves run {self.cfg.run_id!r}, not {env.run_id!r}",
+                                code="wrong_run")  # fmt: skip
+        if env.rank >= self.cfg.world_size:
+            raise ProtocolError(f"rank {env.rank} is outside world size {self.cfg.world_size}",
+                                code="bad_rank")  # fmt: skip
+        key = (env.rank, env.incarnation)
+        snd = self.senders.get(key)
+        if snd is not None and snd.state == "fenced":
+            raise ProtocolError(f"rank {env.rank} incarnation {env.incarnation} was replaced", code="fenced")
+        if snd is None:
+            pid = info.get("pid")
+            host = info.get("host")
+            snd = self.senders[key] = _Sender(
+                env.rank, env.incarnation, 0, now, now,
+                pid if type(pid) is int else None, host if type(host) is str else None,
+            )  # fmt: skip
+            self.txn.events.append((now, "rank_joined", env.rank, f"incarnation {env.incarnation} pid {snd.pid}"))
+        old = self.current.get(env.rank)
+        if old is not None and old != env.incarnation:
+            prev = self.senders[(env.rank, old)]
+            if prev.state == "live":
+                prev.state = "fenced"
+                self._persist_sender(prev)
+            self.txn.events.append((now, "rank_restarted", env.rank, f"incarnation {old} -> {env.incarnation}"))
+        self.current[env.rank] = env.incarnation
+        snd.state = "live"
+        snd.last_seen = now
+        self.rank_state[env.rank] = "live"
+        self._persist_sender(snd)
+        _log.debug("hello rank %d incarnation %d (last seq %d)", env.rank, env.incarnation, snd.last_seq)
+        return {"last_seq": snd.last_seq, "run_id": self.cfg.run_id, "protocol": wire.PROTOCOL}
+
+    def _persist_sender(self, s: _Sender) -> None:
+        self.txn.senders[(s.rank, s.incarnation)] = (
+            s.last_seq, s.points, s.batches, s.first_seen, s.last_seen, s.state, s.pid, s.host,
+        )  # fmt: skip
+
+    def sender(self, env: wire.Envelope) -> _Sender:
+        """The registered sender of ``env``.
+
+        Raises:
+            ProtocolError: unknown (``code="hello"``: say HELLO first) or fenced sender.
+        """
+        snd = self.senders.get((env.rank, env.incarnation))
+        if snd is None or env.run_id != self.cfg.run_id:
+            raise ProtocolError("unknown sender: HELLO first", code="hello")
+        if snd.state == "fenced":
+            self.counters["fenced_batches"] += 1
+            raise ProtocolError(
+                f"rank {env.rank} incarnation {env.incarnation} was replaced by a newer incarnation",
+                code="fenced",
+            )
+        return snd
+
+    def batch(self, env: wire.Envelope, payload: bytes, now: float) -> str:
+        """Ingest one batch; returns ``"new"`` or ``"duplicate"`` (ack both after commit).
+
+        Raises:
+            ProtocolError: unknown/fenced sender, a sequence gap (``code="gap"``), a bad payload.
+        """
+        snd = self.sender(env)
+        snd.last_seen = now
+        if env.seq <= snd.last_seq:
+            self.counters["duplicate_batches"] += 1
+            _log.debug("duplicate batch rank %d seq %d", env.rank, env.seq)
+            return "duplicate"
+        if env.seq != snd.last_seq + 1:
+            self.counters["gaps"] += 1
+            raise ProtocolError(f"sequence gap: expected {snd.last_seq + 1}, got {env.seq}", code="gap")
+        try:
+            b = wire.decode_batch(payload)
+        except ProtocolError:
+            self.counters["bad_frames"] += 1
+            raise
+        self._ingest(snd, env.seq, b, now)
+        return "new"
+
+    def _ingest(self, snd: _Sender, seq: int, b: wire.Batch, now: float) -> None:
+        rank = snd.rank
+        txn = self.txn
+        n = 0
+        for key, steps, values in b.metrics:
+            if key not in self.known_keys:
+                self.known_keys.add(key)
+                txn.key_policies[key] = self.policy(key)
+            txn.chunks.append(ChunkRow(key, rank, snd.incarnation, seq, b.ts, steps, values))
+            self.reducer.add(key, rank, steps, values, now)
+            n += len(steps)
+        for path, fv in b.fields:
+            self._write_field(path, fv, rank, b.ts)
+        snd.last_seq = seq
+        snd.points += n
+        snd.batches += 1
+        self.counters["batches"] += 1
+        self.counters["points"] += n
+        self._persist_sender(snd)
+
+    def _write_field(self, path: str, fv: FieldValue, rank: int, ts: float) -> None:
+        cur = self.fields.get(path)
+        if cur is not None and cur.value == fv:
+            return  # equal writes, from any rank, are stored once
+        if cur is None or cur.rank == rank or rank < cur.rank:
+            if cur is not None and cur.rank != rank:
+                self._conflict(path, cur.rank, cur.value, rank, ts)
+            self.fields[path] = _Field(fv, rank)
+            self.txn.fields.append((path, fv, rank, ts))
+        else:
+            self._conflict(path, rank, fv, cur.rank, ts)
+
+    def _conflict(self, path: str, rank: int, rejected: FieldValue, kept_rank: int, ts: float) -> None:
+        self.counters["conflicts"] += 1
+        self.txn.conflicts.append((path, rank, rejected, kept_rank, ts))
+        msg = (
+            f"field {path!r}: rank {rank} wrote {rejected[1]!r:.80}, which conflicts with rank "
+            f"{kept_rank}'s value; rank {kept_rank}'s value is kept (lowest rank wins)"
+        )
+        _log.warning("%s", msg)
+        inc = self.current.get(rank)
+        if inc is not None:
+            self.warnings_for.setdefault((rank, inc), []).append(msg)
+
+    def bye(self, env: wire.Envelope, info: dict[str, Any], now: float) -> None:
+        """A rank closed; records what it says it could not deliver."""
+        snd = self.sender(env)
+        und = info.get("undelivered")
+        snd.undelivered = und if type(und) is int and und >= 0 else 0
+        snd.state = "closed"
+        snd.last_seen = now
+        self._persist_sender(snd)
+        if self.current.get(env.rank) == env.incarnation:
+            self.rank_state[env.rank] = "closed"
+            self.reducer.rank_done(env.rank)
+        detail = f"incarnation {env.incarnation}, {snd.points} points"
+        if snd.undelivered:
+            detail += f", {snd.undelivered} points undelivered"
+            self.reasons.append(f"rank {env.rank} closed with {snd.undelivered} points undelivered")
+        self.txn.events.append((now, "rank_closed", env.rank, detail))
+        if env.rank == 0 and self.rank0_bye_at is None:
+            self.rank0_bye_at = now
+
+    def touch(self, env: wire.Envelope, now: float) -> None:
+        """Record liveness (heartbeat)."""
+        snd = self.senders.get((env.rank, env.incarnation))
+        if snd is not None:
+            snd.last_seen = now
+            if snd.state == "lost":
+                snd.state = "live"
+                self.rank_state[snd.rank] = "live"
+
+    def state(self) -> dict[str, Any]:
+        """Everything ``sync()`` shows a rank: fields, last main values, rank states."""
+        return {
+            "fields": {p: [f.value[0], f.value[1]] for p, f in self.fields.items()},
+            "last": {k: [s, v] for k, (s, v) in self.last.items()},
+            "ranks": {str(r): st for r, st in self.rank_state.items()},
+        }
+
+    def query(self, q: dict[str, Any]) -> dict[str, Any]:
+        """Answer a read (``op="values"``: a series, main or one rank's)."""
+        if q.get("op") != "values":
+            raise ProtocolError(f"unknown query {q.get('op')!r:.40}", code="bad_query")
+        key, rank = q.get("key"), q.get("rank", MAIN_RANK)
+        if type(key) is not str or type(rank) is not int:
+            raise ProtocolError("query needs key (str) and rank (int)", code="bad_query")
+        pts = self.store.values(key, rank)
+        return {"steps": [s for s, _ in pts], "values": [v for _, v in pts]}
+
+    # ------------------------------------------------------------- periodic
+
+    def emit(self, now: float, *, force: bool = False, all_keys: bool = False) -> None:
+        """Move complete (or timed-out) groups into the transaction as main-series chunks."""
+        for key, e in self.reducer.emit(now, force=force, all_keys=all_keys).items():
+            self.txn.chunks.append(ChunkRow(key, MAIN_RANK, 0, 0, time.time(), e.steps, e.values, e.counts))
+            self.last[key] = (e.steps[-1], e.values[-1])
+            self.counters["main_points"] += len(e.steps)
+
+    def check_liveness(self, now: float) -> None:
+        """Mark ranks silent for longer than the liveness timeout as lost."""
+        for (rank, inc), s in self.senders.items():
+            if s.state == "live" and now - s.last_seen > self.cfg.liveness_timeout_s:
+                s.state = "lost"
+                self._persist_sender(s)
+                if self.current.get(rank) == inc:
+                    self.rank_state[rank] = "lost"
+                    self.reducer.rank_done(rank)
+                msg = f"rank {rank} silent for {now - s.last_seen:.1f} s after {s.points} points"
+                self.txn.events.append((now, "rank_lost", rank, msg))
+                _log.warning("%s", msg)
+
+    def parent_lost(self, now: float) -> None:
+        """Rank 0's process died: stop waiting for it, record why."""
+        if self.rank_state.get(0) not in ("closed", "lost"):
+            self.rank_state[0] = "lost"
+            self.reducer.rank_done(0)
+            for (rank, _), s in self.senders.items():
+                if rank == 0 and s.state == "live":
+                    s.state = "lost"
+                    self._persist_sender(s)
+            self.reasons.append("rank 0's process died before closing the run")
+            self.txn.events.append((now, "rank_lost", 0, "rank 0's process died"))
+            _log.error("rank 0's process (pid %d) died; draining the other ranks", self.cfg.parent_pid)
+        if self.rank0_bye_at is None:
+            self.rank0_bye_at = now
+
+    def finished(self, now: float) -> bool:
+        """True once rank 0 closed (or died) and every rank closed, was lost, or never came."""
+        if self.rank0_bye_at is None:
+            return False
+        waiting_for_new = now - self.rank0_bye_at < self.cfg.stop_grace_s
+        for r in range(self.cfg.world_size):
+            st = self.rank_state.get(r)
+            if st == "live" or (st is None and waiting_for_new):
+                return False
+        return True
+
+    def commit(self) -> None:
+        """Commit the open transaction (raises SinkError and keeps it for a retry on failure)."""
+        if self.txn.empty():
+            return
+        self.store.commit(self.txn)
+        self.txn = TxnData()
+
+    def report(self, now: float) -> dict[str, Any]:
+        """The run's final report."""
+        per_rank: dict[str, dict[str, Any]] = {}
+        for (rank, inc), s in sorted(self.senders.items()):
+            r = per_rank.setdefault(str(rank), {"points": 0, "batches": 0, "undelivered": 0,
+                                                 "incarnations": 0, "state": s.state})  # fmt: skip
+            r["points"] += s.points
+            r["batches"] += s.batches
+            r["undelivered"] += s.undelivered
+            r["incarnations"] += 1
+            if self.current.get(rank) == inc:
+                r["state"] = s.state
+        never = [r for r in range(self.cfg.world_size) if r not in self.rank_state]
+        return {
+            **self.counters,
+            "late_points": self.reducer.late_points,
+            "replaced_points": self.reducer.replaced_points,
+            "ranks_seen": sorted(self.rank_state),
+            "ranks_never_seen": never,
+            "world_size": self.cfg.world_size,
+            "per_rank": per_rank,
+            "duration_s": round(now - self.t0, 3),
+            "reasons": self.reasons,
+        }
+
+    def finalize(self, reason: str | None = None) -> dict[str, Any]:
+        """Emit everything pending, write the final state and report, close the store."""
+        now = time.time()
+        self.emit(now, force=True)
+        if reason:
+            self.reasons.append(reason)
+        for r in range(self.cfg.world_size):
+            st = self.rank_state.get(r)
+            if st is None:
+                self.reasons.append(f"rank {r} never connected")
+            elif st in ("live", "lost"):
+                self.reasons.append(f"rank {r} did not close (last state: {st})")
+        state = "failed" if self.reasons else "finished"
+        self._write_field("sys/state", ("str", state), SYSTEM_RANK, now)
+        self.commit()
+        rep = self.report(now)
+        rep["state"] = state
+        self.store.finish_run(state, rep, now)
+        self.store.close()
+        return rep
+
+    def take_warnings(self, rank: int, incarnation: int) -> list[str]:
+        """Warnings addressed to a sender since its last ack."""
+        return self.warnings_for.pop((rank, incarnation), [])
+
+
+# ---------------------------------------------------------------------- socket loop
+
+
+class _Server:
+    """Owns the ROUTER socket and the Aggregator; one thread."""
+
+    def __init__(self, agg: Aggregator, endpoint: str) -> None:
+        self.agg = agg
+        self.endpoint = endpoint
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.bind(endpoint)
+        self.stopping = False
+        self.replies: list[tuple[bytes, int, wire.Envelope, dict[str, Any]]] = []
+        self.unroutable = 0
+
+    def _reply(self, ident: bytes, kind: int, env: wire.Envelope, payload: dict[str, Any]) -> None:
+        self.replies.append((ident, kind, env, payload))
+
+    def _flush_replies(self) -> None:
+        for ident, kind, env, payload in self.replies:
+            envelope = wire.encode_envelope(kind, self.agg.cfg.run_id, env.rank, env.incarnation, env.seq)
+            try:
+                self.sock.send_multipart([ident, envelope, wire.encode_map(payload)], zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY); it will resend on reconnect
+                self.unroutable += 1
+                _log.debug("reply to rank %d unroutable: %s", env.rank, e)
+        self.replies.clear()
+
+    def handle(self, frames: list[bytes], now: float) -> None:
+        agg = self.agg
+        if len(frames) != 3:
+            agg.counters["bad_frames"] += 1
+            _log.warning("dropped a message of %d frames (expected 3)", len(frames))
+            return
+        ident, head, payload = frames
+        try:
+            env = wire.decode_envelope(head)
+        except ProtocolError as e:
+            agg.counters["bad_frames"] += 1
+            _log.warning("dropped a bad envelope: %s", e)
+            if e.code == "version":
+                # A peer of another version gets a reply it can read whatever its version:
+                # the envelope is positional and the version is its first element.
+                fake = wire.Envelope(wire.PROTOCOL, wire.ERROR, agg.cfg.run_id, 0, 0, 0)
+                self._reply(ident, wire.ERROR, fake, {"code": e.code, "message": str(e),
+                                                      "protocol": wire.PROTOCOL})  # fmt: skip
+            return
+        try:
+            if env.kind == wire.BATCH:
+                agg.batch(env, payload, now)
+                warnings = agg.take_warnings(env.rank, env.incarnation)
+                self._reply(ident, wire.ACK, env, {"w": warnings} if warnings else {})
+            elif env.kind == wire.PING:
+                agg.touch(env, now)
+                self._reply(ident, wire.PONG, env, {})
+            elif env.kind == wire.HELLO:
+                self._reply(ident, wire.WELCOME, env, agg.hello(env, wire.decode_map(payload, 4096), now))
+            elif env.kind == wire.STATE:
+                agg.touch(env, now)
+                self._reply(ident, wire.STATE_REPLY, env, {})  # filled after commit
+            elif env.kind == wire.QUERY:
+                self._reply(ident, wire.QUERY_REPLY, env, {"q": wire.decode_map(payload, 4096)})
+            elif env.kind == wire.BYE:
+                agg.bye(env, wire.decode_map(payload, 4096), now)
+                self._reply(ident, wire.BYE_ACK, env, {})
+            else:
+                raise ProtocolError(f"unexpected {wire.kind_name(env.kind)} from a rank", code="bad_kind")
+        except ProtocolError as e:
+            if e.code not in ("gap", "hello"):
+                agg.counters["bad_frames"] += 1
+            _log.warning("rank %d: %s %s rejected: %s", env.rank, wire.kind_name(env.kind), env.seq, e)
+            snd = agg.senders.get((env.rank, env.incarnation))
+            expected = snd.last_seq + 1 if snd is not None else 1
+            self._reply(ident, wire.ERROR, env, {"code": e.code, "message": str(e), "expected": expected})
+
+    def _fill_reads(self) -> None:
+        """STATE and QUERY replies read committed data, so they are built after the commit."""
+        for i, (ident, kind, env, payload) in enumerate(self.replies):
+            if kind == wire.STATE_REPLY:
+                self.replies[i] = (ident, kind, env, self.agg.state())
+            elif kind == wire.QUERY_REPLY:
+                try:
+                    self.replies[i] = (ident, kind, env, self.agg.query(payload["q"]))
+                except ProtocolError as e:
+                    self.replies[i] = (ident, wire.ERROR, env, {"code": e.code, "message": str(e)})
+
+    def serve(self) -> dict[str, Any]:
+        agg = self.agg
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        last_sweep = 0.0
+        commit_failures = 0
+        while True:
+            events = dict(poller.poll(50 if not agg.reducer.pending_groups() else 20))
+            now = time.time()
+            if self.sock in events:
+                for _ in range(10_000):
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle(frames, now)
+            sweep = now - last_sweep > 0.25
+            if sweep:
+                last_sweep = now
+                agg.check_liveness(now)
+                if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
+                    agg.parent_lost(now)
+            agg.emit(now, all_keys=sweep)
+            try:
+                agg.commit()
+                commit_failures = 0
+            except SinkError as e:
+                commit_failures += 1
+                _log.error("store commit failed (attempt %d), not acking: %s", commit_failures, e)
+                # No ack for uncommitted data: tell the senders why, so wait() raises with it.
+                # The transaction is kept and retried; resends are duplicates of it.
+                for i, (ident, kind, env, _) in enumerate(self.replies):
+                    if kind in (wire.ACK, wire.BYE_ACK):
+                        self.replies[i] = (ident, wire.ERROR, env, {"code": "sink", "message": str(e)})
+                self._flush_replies()
+                time.sleep(min(0.05 * commit_failures, 1.0))
+                if self.stopping and commit_failures > 20:
+                    raise
+                continue
+            self._fill_reads()
+            self._flush_replies()
+            if self.stopping or agg.finished(now):
+                break
+        reason = "aggregator stopped by a signal before every rank closed" if (
+            self.stopping and not agg.finished(time.time())) else None  # fmt: skip
+        rep = agg.finalize(reason)
+        self._flush_replies()
+        return rep
+
+    def close(self) -> None:
+        self.sock.close(linger=1000)
+        self.ctx.term()
+
+
+def serve(cfg: AggregatorConfig) -> dict[str, Any]:
+    """Bind, print ``READY <endpoint>`` on stdout, serve until the run ends; return the report."""
+    agg = Aggregator(cfg)
+    srv = _Server(agg, cfg.endpoint)
+
+    def on_term(signum: int, _frame: object) -> None:
+        _log.info("signal %d: draining and closing run %s", signum, cfg.run_id)
+        srv.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; rank 0 decides
+    sys.stdout.write(f"READY {cfg.endpoint}\n")
+    sys.stdout.flush()
+    try:
+        rep = srv.serve()
+    finally:
+        srv.close()
+    _log.info("run %s %s: %s", cfg.run_id, rep["state"], json.dumps(rep, sort_keys=True))
+    return rep
+
+
+def _parse(argv: list[str] | None) -> AggregatorConfig:
+    p = argparse.ArgumentParser(prog="python -m coordinator.aggregator", description=__doc__)
+    p.add_argument("--run", required=True, help="run id")
+    p.add_argument("--config", required=True, help="JSON of the remaining AggregatorConfig fields")
+    a = p.parse_args(argv)
+    return AggregatorConfig(run_id=a.run, **json.loads(a.config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the aggregator process."""
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get(_env.COORDINATOR_DEBUG) == "1" else logging.INFO,
+        format="%(asctime)s coordinator.aggregator[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    cfg = _parse(argv)
+    Path(cfg.store_path).parent.mkdir(parents=True, exist_ok=True)
+    rep = serve(cfg)
+    return 0 if rep["state"] == "finished" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,773 @@
+"""The worker API: ``init_run`` and the ``Run`` handle every rank logs through."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import secrets
+import threading
+import time
+import weakref
+from array import array
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from coordinator import _env, wire
+from coordinator._buffer import Buffer, Column
+from coordinator._defaults import (
+    AGGREGATOR_START_TIMEOUT_S,
+    CLOSE_TIMEOUT_S,
+    FLUSH_INTERVAL_S,
+    GROUP_TIMEOUT_S,
+    LIVENESS_TIMEOUT_S,
+    MAX_BUFFER_POINTS,
+    MAX_KEYS_PER_RUN,
+    RENDEZVOUS_TIMEOUT_S,
+    STOP_GRACE_S,
+)
+from coordinator._reduce import PolicyTable
+from coordinator._validate import FieldValue, check_key, check_step, flatten_fields, to_metric_value
+from coordinator.discovery import AggregatorProcess, Placement, Rendezvous, detect_placement, new_run_id
+from coordinator.errors import (
+    ClosedError,
+    ConfigError,
+    CoordinatorError,
+    CoordinatorTimeoutError,
+    DeliveryError,
+)
+from coordinator.sinks.local import MAIN_RANK, LocalStore, resolve_root, run_dir
+from coordinator.transport import Request, SenderConfig, SenderThread, default_hello
+
+__all__ = ["Handle", "Mode", "Run", "init_run"]
+
+_log = logging.getLogger("coordinator")
+
+Mode = Literal["async", "sync", "offline", "disabled", "read-only"]
+_MODES = ("async", "sync", "offline", "disabled", "read-only")
+
+
+def _field_from_wire(tag: str, val: Any) -> Any:
+    if tag == "datetime":
+        import datetime as dt
+
+        return dt.datetime.fromtimestamp(val).astimezone()
+    return val
+
+
+class Handle:
+    """A path inside a run (``run["train/loss"]``): append to a series, assign or fetch a field.
+
+    Handles are cached per path, so ``run["k"].append(v)`` in a loop costs one dict lookup.
+    """
+
+    __slots__ = ("_path", "_run")
+
+    def __init__(self, run: Run, path: str) -> None:
+        self._run = run
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<Handle {self._path!r}>"
+
+    def __getitem__(self, sub: str) -> Handle:
+        return self._run[f"{self._path}/{sub}"]
+
+    def __setitem__(self, sub: str, value: object) -> None:
+        self._run[f"{self._path}/{sub}"] = value
+
+    def append(self, value: object, step: int | None = None) -> None:
+        """Append one point to this series (hot path; see :meth:`Run.log`).
+
+        Args:
+            value: a number, bool, numpy scalar or 1-element tensor.
+            step: non-negative int; omitted: this rank's previous step for the key + 1.
+        """
+        self._run._append(self._path, value, step)
+
+    def extend(self, values: Iterable[object], steps: Iterable[int] | None = None) -> None:
+        """Append several points (``steps`` as long as ``values``, or omitted)."""
+        vals = list(values)
+        if steps is None:
+            for v in vals:
+                self._run._append(self._path, v, None)
+            return
+        st = list(steps)
+        if len(st) != len(vals):
+            raise ValueError(f"extend: {len(vals)} values but {len(st)} steps")
+        for v, s in zip(vals, st, strict=True):
+            self._run._append(self._path, v, s)
+
+    def assign(self, value: object) -> None:
+        """Set this field (same as ``run[path] = value``)."""
+        self._run[self._path] = value
+
+    def fetch(self) -> Any:
+        """The field's value in this rank's view (own writes, plus others' after ``sync()``).
+
+        For a series, its last reduced value as of the last ``sync()``.
+
+        Raises:
+            KeyError: nothing known under this path.
+        """
+        return self._run._fetch(self._path)
+
+    def fetch_last(self) -> float:
+        """The last value of the reduced series as of the last ``sync()``."""
+        v = self._run._view_last.get(self._path)
+        if v is None:
+            raise KeyError(f"no series {self._path!r} in this rank's view; call run.sync() first")
+        return v[1]
+
+    def fetch_values(self, rank: int | None = None, timeout: float | None = 60.0) -> list[tuple[int, float]]:
+        """The stored series as ``(step, value)`` pairs in step order.
+
+        Args:
+            rank: ``None`` for the reduced main series, or one rank's own points.
+            timeout: seconds to wait for the aggregator's answer.
+
+        Blocks until the aggregator answers. Reads what is committed: call ``wait()`` first to
+        include this rank's own latest points (groups still waiting for other ranks are not in
+        the main series yet).
+        """
+        return self._run._fetch_values(self._path, MAIN_RANK if rank is None else rank, timeout)
+
+
+class Run:
+    """One run as seen by one rank. Create with :func:`init_run`.
+
+    Thread-safety: ``log``/``append``/field writes may be called from several threads; one
+    lock guards the buffer. ``wait``/``sync``/``stop`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        placement: Placement,
+        mode: Mode,
+        name: str,
+        project: str,
+        endpoint: str | None,
+        spool_path: str | None,
+        max_buffer_points: int,
+        flush_interval_s: float,
+        close_timeout_s: float,
+        aggregator: AggregatorProcess | None,
+        rendezvous: Rendezvous | None,
+        store_path: str | None,
+    ) -> None:
+        self.id = run_id
+        self.rank = placement.rank
+        self.world_size = placement.world_size
+        self.mode = mode
+        self.name = name
+        self.project = project
+        self.endpoint = endpoint
+        self.store_path = store_path
+        self.incarnation = secrets.randbits(62)
+        self._close_timeout_s = close_timeout_s
+        self._agg = aggregator
+        self._rdzv = rendezvous
+        self._buf = Buffer(max_buffer_points)
+        self._handles: dict[str, Handle] = {}
+        self._metric_keys: set[str] = set()
+        self._field_paths: set[str] = set()
+        self._view_fields: dict[str, Any] = {}
+        self._view_last: dict[str, tuple[int, float]] = {}
+        self._view_ranks: dict[str, str] = {}
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._sender: SenderThread | None = None
+        if mode in ("async", "sync", "offline"):
+            self._sender = SenderThread(
+                SenderConfig(
+                    run_id=run_id, rank=self.rank, incarnation=self.incarnation,
+                    endpoint=endpoint, spool_path=spool_path, flush_interval_s=flush_interval_s,
+                    hello=default_hello(self.world_size, name, project),
+                ),
+                self._buf,
+            )  # fmt: skip
+            self._sender.start()
+        for path, value in (("sys/id", run_id), ("sys/name", name), ("sys/project", project)):
+            self._view_fields[path] = value
+        # A partial per run, so stop() unregisters this run's hook and no other.
+        self._atexit_cb = functools.partial(_atexit_hook, weakref.WeakMethod(self._atexit_close))
+        atexit.register(self._atexit_cb)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} rank {self.rank}/{self.world_size} mode={self.mode}>"
+
+    # ------------------------------------------------------------------ hot path
+
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
+        """Log several metrics at one step.
+
+        Args:
+            data: metric key -> value (number, bool, numpy scalar, 1-element tensor).
+            step: non-negative int shared by every key; omitted: per key, this rank's
+                previous step + 1 (like ``append()``).
+
+        Non-blocking: validates and appends to an in-memory buffer; blocks only when the
+        rank's buffer (``max_buffer_points``) is full. Thread-safe.
+
+        Raises:
+            TypeError: a non-numeric value, a non-str key, a non-int step.
+            ValueError: a malformed key or a negative step. Nothing of a rejected call is kept.
+            ClosedError: the run was stopped.
+        """
+        if step is None:
+            step = -1
+        elif type(step) is not int or step < 0:
+            step = check_step(step)
+        if type(data) is not dict:
+            if not isinstance(data, Mapping):
+                raise TypeError(f"log() takes a dict of metrics, got {type(data).__name__}")
+            data = dict(data)
+        b = self._buf
+        with b.lock:
+            if self._closed:
+                raise ClosedError(f"run {self.id} is stopped; log() did nothing")
+            if b.pending >= b.max_points:
+                self._wait_for_room()
+            cols = b.cols
+            try:
+                for k, v in data.items():
+                    c = cols.get(k)
+                    if c is None:
+                        c = self._new_column(k)
+                    c[1].append(v)  # type: ignore[arg-type]
+                    c[0].append(step)
+            except TypeError:
+                self._rollback(data, k)
+                clean = {key: to_metric_value(key, val) for key, val in data.items()}
+                for key, val in clean.items():
+                    c = cols[key]
+                    c[1].append(val)
+                    c[0].append(step)
+            b.pending += len(data)
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        if step is None:
+            step = -1
+        elif type(step) is not int or step < 0:
+            step = check_step(step)
+        b = self._buf
+        with b.lock:
+            if self._closed:
+                raise ClosedError(f"run {self.id} is stopped; append() did nothing")
+            if b.pending >= b.max_points:
+                self._wait_for_room()
+            c = b.cols.get(key)
+            if c is None:
+                c = self._new_column(key)
+            try:
+                c[1].append(value)  # type: ignore[arg-type]
+            except TypeError:
+                c[1].append(to_metric_value(key, value))
+            c[0].append(step)
+            b.pending += 1
+
+    # ------------------------------------------------------------------ hot-path helpers (lock held)
+
+    def _new_column(self, key: str) -> Column:
+        if key not in self._metric_keys:
+            check_key(key)
+            if key in self._field_paths or key.startswith("sys/"):
+                raise ValueError(f"{key!r} is a field; a path is either a field or a series")
+            if len(self._metric_keys) >= MAX_KEYS_PER_RUN:
+                raise ValueError(
+                    f"more than {MAX_KEYS_PER_RUN} distinct metric keys in run {self.id}; "
+                    "put varying parts (ids, indices) in values, not in keys"
+                )
+            self._metric_keys.add(key)
+        c: Column = (array("q"), array("d"))
+        self._buf.cols[key] = c
+        return c
+
+    def _rollback(self, data: dict[str, object], failed: str) -> None:
+        """Undo the points of keys before ``failed`` that this call already appended."""
+        cols = self._buf.cols
+        for k in data:
+            if k == failed:
+                break
+            c = cols[k]
+            c[0].pop()
+            c[1].pop()
+
+    def _wait_for_room(self) -> None:
+        b = self._buf
+        t0 = time.monotonic()
+        warned = False
+        while b.pending >= b.max_points:
+            if b.fatal is not None:
+                raise b.fatal
+            if not warned and time.monotonic() - t0 > 5:
+                _log.warning("rank %d: log() blocked: %d points not yet acknowledged by the aggregator "
+                             "at %s (max_buffer_points=%d)", self.rank, b.pending, self.endpoint,
+                             b.max_points)  # fmt: skip
+                warned = True
+            if self._sender is None or not self._sender.is_alive():
+                raise ClosedError("the sender thread is not running; cannot make room")
+            b.cond.wait(0.5)
+
+    # ------------------------------------------------------------------ fields
+
+    def __getitem__(self, path: str) -> Handle:
+        h = self._handles.get(path)
+        if h is None:
+            check_key(path, "path")
+            h = self._handles[path] = Handle(self, path)
+        return h
+
+    def __setitem__(self, path: str, value: object) -> None:
+        """Set a field, or a dict of fields under ``path`` (``run["parameters"] = {...}``).
+
+        Accepted values: bool, int, float, str, datetime, flat lists of those, numpy scalars,
+        1-element tensors, and (nested) dicts of those. Raises TypeError/ValueError otherwise;
+        nothing of a rejected assignment is kept.
+        """
+        items = flatten_fields(path, value)
+        b = self._buf
+        with b.lock:
+            if self._closed:
+                raise ClosedError(f"run {self.id} is stopped; the assignment did nothing")
+            for p, _ in items:
+                if p in self._metric_keys:
+                    raise ValueError(f"{p!r} is a series; a path is either a field or a series")
+                if p.startswith("sys/"):
+                    raise ValueError(f"{p!r}: sys/* fields are written by the coordinator")
+            for p, fv in items:
+                self._field_paths.add(p)
+                b.fields.append((p, fv))
+                self._view_fields[p] = _field_from_wire(*fv)
+        if self.mode == "sync":
+            self.wait()
+
+    def _fetch(self, path: str) -> Any:
+        if path in self._view_fields:
+            return self._view_fields[path]
+        if path in self._view_last:
+            return self._view_last[path][1]
+        prefix = path + "/"
+        sub = {p[len(prefix):]: v for p, v in self._view_fields.items() if p.startswith(prefix)}
+        if sub:
+            nested: dict[str, Any] = {}
+            for p, v in sub.items():
+                d = nested
+                *parents, leaf = p.split("/")
+                for part in parents:
+                    d = d.setdefault(part, {})
+                d[leaf] = v
+            return nested
+        raise KeyError(f"nothing under {path!r} in rank {self.rank}'s view; call run.sync() to see other ranks' writes")
+
+    # ------------------------------------------------------------------ wait / sync
+
+    def _raise_pending_errors(self) -> None:
+        b = self._buf
+        if b.fatal is not None:
+            raise b.fatal
+        if b.errors:
+            errs, b.errors = b.errors, []
+            first = errs[0]
+            if len(errs) > 1:
+                first.add_note(f"{len(errs) - 1} more error(s): " + "; ".join(str(e) for e in errs[1:4]))
+            raise first
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every call this handle made before ``wait()`` is durable in the store.
+
+        Args:
+            timeout: seconds; ``None`` waits as long as it takes.
+
+        Raises:
+            CoordinatorTimeoutError: not confirmed in time; names the endpoint and the count.
+            SinkError, DeliveryError, ProtocolError: delivery failed; the message says why.
+        """
+        if self._sender is None:
+            return
+        b = self._buf
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with b.lock:
+            target = b.gen
+            b.flush_requested = True
+        self._sender.wake()
+        with b.lock:
+            while b.acked_gen < target:
+                self._raise_pending_errors()
+                if not self._sender.is_alive():
+                    raise ClosedError(f"run {self.id}: the sender thread stopped with {b.pending} points undelivered")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CoordinatorTimeoutError(
+                        f"rank {self.rank}: {b.pending} points not confirmed by the aggregator at "
+                        f"{self.endpoint} within {timeout} s{self._liveness_hint()}",
+                        endpoint=self.endpoint,
+                        undelivered_points=b.pending,
+                    )
+                b.cond.wait(0.25 if left is None else min(left, 0.25))
+            self._raise_pending_errors()
+
+    def _liveness_hint(self) -> str:
+        if self._sender is None:
+            return ""
+        last = self._sender.last_reply_at
+        if last == 0:
+            return " (it never answered)"
+        return f" (last answer {time.monotonic() - last:.1f} s ago)"
+
+    def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:
+        """Refresh this rank's view with what every rank wrote (fields, last values, rank states).
+
+        Args:
+            wait: first ``wait()`` for this rank's own calls.
+            timeout: seconds for each step.
+
+        After ``sync()``, ``fetch()`` sees every write the aggregator had committed when it
+        received the request; writes other ranks make later need another ``sync()``.
+        """
+        if wait:
+            self.wait(timeout)
+        if self._sender is None or self.mode == "offline":
+            return
+        rep = self._sender.submit(Request(wire.STATE, {})).result(timeout, self.endpoint)
+        fields = rep.get("fields", {})
+        with self._buf.lock:
+            for path, (tag, val) in fields.items():
+                self._view_fields[path] = _field_from_wire(tag, val)
+            for k, (s, v) in rep.get("last", {}).items():
+                self._view_last[k] = (s, v)
+            self._view_ranks = dict(rep.get("ranks", {}))
+
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
+        if self._sender is None or self.mode == "offline":
+            raise CoordinatorError(f"fetch_values() needs a live aggregator (mode={self.mode})")
+        rep = self._sender.submit(Request(wire.QUERY, {"op": "values", "key": key, "rank": rank})).result(
+            timeout, self.endpoint
+        )
+        return list(zip(rep["steps"], rep["values"], strict=True))
+
+    def rank_states(self) -> dict[int, str]:
+        """Each rank's state (live, closed, lost) as of the last ``sync()``."""
+        return {int(r): s for r, s in self._view_ranks.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """This rank's delivery counters: accepted, pending, acked, lost points."""
+        return self._buf.stats()
+
+    # ------------------------------------------------------------------ close
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
+        if et is None:
+            self.stop()
+            return
+        try:
+            self.stop()
+        except CoordinatorError as e:  # the user's exception is the one to see; ours is attached
+            _log.error("run %s: stop() after an exception also failed: %s", self.id, e)
+            if ev is not None:
+                ev.add_note(f"coordinator: stopping the run also failed: {e}")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain, say goodbye, and release everything (idempotent).
+
+        Rank 0 also waits for the aggregator to finish the run, which happens when every rank
+        has stopped (or was lost), so rank 0 returns last. One deadline covers everything.
+
+        Args:
+            timeout: seconds for the whole stop (default ``close_timeout_s`` of init_run).
+
+        Raises:
+            CoordinatorTimeoutError: points were still undelivered at the deadline.
+            CoordinatorError: delivery failed earlier (the first error is raised).
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            with self._buf.lock:
+                self._closed = True
+        atexit.unregister(self._atexit_cb)
+        deadline = time.monotonic() + (self._close_timeout_s if timeout is None else timeout)
+        error: BaseException | None = None
+        if os.getpid() != self._pid:
+            _log.warning("run %s: stop() in a forked child does nothing; the parent owns the run", self.id)
+            return
+        try:
+            if self._sender is not None:
+                try:
+                    self.wait(max(0.0, deadline - time.monotonic()))
+                except CoordinatorError as e:
+                    error = e
+                und = self._buf.pending
+                try:
+                    self._sender.submit(Request(wire.BYE, {"undelivered": und})).result(
+                        max(0.1, deadline - time.monotonic()), self.endpoint
+                    )
+                except CoordinatorError as e:
+                    error = error or e
+                self._sender.stop()
+                self._sender.join(max(0.1, deadline - time.monotonic()))
+                if self._sender.is_alive():
+                    _log.error("rank %d: sender thread did not exit in time", self.rank)
+            if self._agg is not None:
+                code = self._agg.wait(max(0.0, deadline - time.monotonic()))
+                if code is None:
+                    _log.error("run %s: the aggregator was still waiting for other ranks at the deadline; "
+                               "stopping it (the run is marked failed)", self.id)  # fmt: skip
+                    code = self._agg.terminate(10.0)
+                    error = error or CoordinatorTimeoutError(
+                        f"run {self.id}: not every rank stopped before the deadline", endpoint=self.endpoint)
+                if code not in (0, None) and error is None:
+                    error = DeliveryError(f"run {self.id}: the aggregator finished with code {code} "
+                                          "(run marked failed; `coordinator show` gives the report)")  # fmt: skip
+        finally:
+            if self._agg is not None:
+                self._agg.kill()
+                self._agg.cleanup()
+            if self._rdzv is not None and self.rank == 0:
+                self._rdzv.retract()
+        if error is not None:
+            raise error
+
+    def _atexit_close(self) -> None:
+        if not self._closed:
+            try:
+                self.stop(timeout=min(self._close_timeout_s, 30.0))
+            except CoordinatorError as e:
+                _log.error("run %s: closing at exit failed: %s", self.id, e)
+
+
+def _atexit_hook(ref: weakref.WeakMethod[Any]) -> None:
+    m = ref()
+    if m is not None:
+        m()
+
+
+class _DisabledRun(Run):
+    """``mode="disabled"``: every call is a no-op."""
+
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+        return None
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        return None
+
+    def __setitem__(self, path: str, value: object) -> None:
+        return None
+
+
+class _SyncRun(Run):
+    """``mode="sync"``: every call returns only once it is durable."""
+
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+        super().log(data, step)
+        self.wait()
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        super()._append(key, value, step)
+        self.wait()
+
+
+class _ReadOnlyRun(Run):
+    """``mode="read-only"``: a stored run opened from the store, without an aggregator."""
+
+    def _open(self) -> None:
+        assert self.store_path is not None
+        self._store = LocalStore(self.store_path, readonly=True)
+        info = self._store.run_info()
+        self.name = info.name
+        self.project = info.project
+        self.world_size = info.world_size
+        for p, (tag, val) in self._store.fields().items():
+            self._view_fields[p] = _field_from_wire(tag, val)
+        for s in self._store.series_summary():
+            if s["last"] is not None:
+                self._view_last[s["key"]] = tuple(s["last"])  # type: ignore[assignment]
+
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def __setitem__(self, path: str, value: object) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:  # noqa: D102
+        self._open_fresh()
+
+    def _open_fresh(self) -> None:
+        self._store.close()
+        self._open()
+
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
+        return self._store.values(key, rank)
+
+    def stop(self, timeout: float | None = None) -> None:  # noqa: D102
+        if not self._closed:
+            self._closed = True
+            self._store.close()
+
+
+def init_run(
+    project: str = "default",
+    name: str | None = None,
+    *,
+    with_id: str | None = None,
+    mode: Mode | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    dir: str | os.PathLike[str] | None = None,
+    policies: dict[str, str] | None = None,
+    default_policy: str = "mean",
+    max_buffer_points: int = MAX_BUFFER_POINTS,
+    flush_interval_s: float = FLUSH_INTERVAL_S,
+    close_timeout_s: float = CLOSE_TIMEOUT_S,
+    group_timeout_s: float = GROUP_TIMEOUT_S,
+    liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+    stop_grace_s: float = STOP_GRACE_S,
+    rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S,
+) -> Run:
+    """Open the run on this rank; call it with the same arguments on every rank.
+
+    Global rank 0 starts the aggregator process and publishes its endpoint; every rank
+    (rank 0 included) connects to it. Rank and world size come from torchrun, MPI or SLURM
+    variables unless given.
+
+    Args:
+        project: project name recorded with the run.
+        name: human-readable run name (default: the run id).
+        with_id: an existing run id: ``mode="read-only"`` reopens it; otherwise the new run
+            takes this id (every rank must pass the same one).
+        mode: ``async`` (default), ``sync`` (every call waits until durable), ``offline``
+            (each rank writes a local spool; upload with ``coordinator sync``), ``disabled``
+            (no-ops), ``read-only`` (open a stored run). Default: ``$COORDINATOR_MODE`` or async.
+        rank, world_size: override the launcher's environment.
+        dir: store root (default ``$COORDINATOR_DIR`` or ``./.coordinator``).
+        policies: glob -> reduction policy (``mean``, ``sum``, ``min``, ``max``, ``rank0``,
+            ``per_rank``, ``all``) for the main series of matching keys.
+        default_policy: policy of keys no glob matches.
+        max_buffer_points: points a rank holds unacknowledged before ``log()`` blocks.
+        flush_interval_s: how often the sender thread ships the buffer.
+        close_timeout_s: default deadline of ``stop()``.
+        group_timeout_s: longest a (key, step) group waits for ranks that never logged the key.
+        liveness_timeout_s: a silent rank is reported lost after this long.
+        stop_grace_s: after rank 0 stops, how long to wait for ranks that never connected.
+        rendezvous_timeout_s: how long ranks wait for rank 0's endpoint.
+
+    Returns:
+        The :class:`Run`, also a context manager (``with init_run(...) as run:``).
+
+    Raises:
+        ConfigError: bad arguments or environment; CoordinatorError: the aggregator did not
+        start or could not be found.
+    """
+    mode = mode or os.environ.get(_env.COORDINATOR_MODE) or "async"  # type: ignore[assignment]
+    if mode not in _MODES:
+        raise ConfigError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    for nm, val in (("project", project), ("name", name)):
+        if val is not None and (type(val) is not str or not val or len(val) > 256):
+            raise ConfigError(f"{nm} must be a non-empty str of at most 256 characters, got {val!r:.80}")
+    if max_buffer_points < 1:
+        raise ConfigError(f"max_buffer_points must be >= 1, got {max_buffer_points}")
+    if flush_interval_s <= 0:
+        raise ConfigError(f"flush_interval_s must be > 0, got {flush_interval_s}")
+    try:
+        PolicyTable(policies, default_policy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    placement = detect_placement(rank, world_size)
+    root = resolve_root(dir)
+    common: dict[str, Any] = dict(
+        placement=placement, name=name or "", project=project, max_buffer_points=max_buffer_points,
+        flush_interval_s=flush_interval_s, close_timeout_s=close_timeout_s,
+    )  # fmt: skip
+
+    if mode == "read-only":
+        if not with_id:
+            raise ConfigError("mode='read-only' needs with_id= (a run id, or 'latest')")
+        run_id = _resolve_run_id(root, with_id)
+        ro = _ReadOnlyRun(run_id=run_id, mode=mode, endpoint=None, spool_path=None, aggregator=None,
+                          rendezvous=None, store_path=str(run_dir(root, run_id) / "run.db"), **common)  # fmt: skip
+        ro._open()
+        return ro
+    if mode == "disabled":
+        return _DisabledRun(run_id=with_id or "disabled", mode=mode, endpoint=None, spool_path=None,
+                            aggregator=None, rendezvous=None, store_path=None, **common)  # fmt: skip
+
+    env_endpoint = os.environ.get(_env.COORDINATOR_ENDPOINT)
+    env_run = os.environ.get(_env.COORDINATOR_RUN_ID)
+    agg: AggregatorProcess | None = None
+    rdzv: Rendezvous | None = None
+    endpoint: str | None
+    if env_endpoint and mode != "offline":
+        if not env_run:
+            raise ConfigError(f"{_env.COORDINATOR_ENDPOINT} is set; set {_env.COORDINATOR_RUN_ID} too")
+        run_id, endpoint = env_run, env_endpoint
+    else:
+        rdzv = Rendezvous(placement) if placement.world_size > 1 else None
+        if placement.rank == 0:
+            run_id = with_id or env_run or new_run_id()
+            run_dir(root, run_id)  # validates the id
+            endpoint = None
+            if mode != "offline":
+                agg = AggregatorProcess(run_id, {
+                    "store_path": str(run_dir(root, run_id) / "run.db"),
+                    "world_size": placement.world_size, "project": project, "name": name or run_id,
+                    "policies": dict(policies or {}), "default_policy": default_policy,
+                    "group_timeout_s": group_timeout_s, "liveness_timeout_s": liveness_timeout_s,
+                    "stop_grace_s": stop_grace_s,
+                })  # fmt: skip
+                try:
+                    agg.start(AGGREGATOR_START_TIMEOUT_S)
+                except BaseException:
+                    agg.kill()
+                    agg.cleanup()
+                    raise
+                endpoint = agg.endpoint
+            if rdzv is not None:
+                rdzv.publish({"run_id": run_id, "endpoint": endpoint, "pid": os.getpid()})
+        else:
+            assert rdzv is not None
+            rec = rdzv.lookup(rendezvous_timeout_s)
+            run_id, endpoint = rec["run_id"], rec["endpoint"]
+    spool = None
+    if mode == "offline":
+        endpoint = None
+        spool = str(root / "offline" / run_id / f"rank-{placement.rank}.spool")
+    cls = _SyncRun if mode == "sync" else Run
+    run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_path=spool, aggregator=agg,
+              rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), **common)  # fmt: skip
+    if mode == "offline" and placement.rank == 0:
+        from coordinator.spool import SpoolWriter
+
+        meta = SpoolWriter(root / "offline" / run_id / "run.meta")
+        meta.append(0, 0, b"", wire.encode_map({
+            "run_id": run_id, "project": project, "name": name or run_id,
+            "world_size": placement.world_size, "policies": dict(policies or {}),
+            "default_policy": default_policy,
+        }))  # fmt: skip
+        meta.close()
+    _log.debug("rank %d: run %s (%s) via %s", placement.rank, run_id, mode, endpoint)
+    return run
+
+
+def _resolve_run_id(root: os.PathLike[str], with_id: str) -> str:
+    from pathlib import Path
+
+    from coordinator.sinks.local import list_runs
+
+    if with_id != "latest":
+        if not (run_dir(Path(root), with_id) / "run.db").exists():
+            raise ConfigError(f"no run {with_id!r} under {root}")
+        return with_id
+    runs = list_runs(Path(root))
+    if not runs:
+        raise ConfigError(f"no runs under {root}")
+    return runs[-1].id

@@ -1,0 +1,73 @@
+"""Exception hierarchy: one root, branched by what the caller can do about it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "ConfigError",
+    "CoordinatorError",
+    "CoordinatorTimeoutError",
+    "DeliveryError",
+    "ProtocolError",
+    "RetryableTransportError",
+    "SinkError",
+    "TransportError",
+]
+
+
+class CoordinatorError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ConfigError(CoordinatorError, ValueError):
+    """A configuration value or environment setting is wrong; fix it and start again."""
+
+
+class TransportError(CoordinatorError):
+    """The aggregator could not be reached or answered badly."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class RetryableTransportError(TransportError):
+    """A transport failure that may pass (a restart, a slow peer); retrying can help."""
+
+
+class CoordinatorTimeoutError(RetryableTransportError, TimeoutError):
+    """A bounded wait ran out before the aggregator confirmed the data."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        undelivered_points: int = 0,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.undelivered_points = undelivered_points
+
+
+class ProtocolError(CoordinatorError):
+    """A frame was malformed, oversized, of another protocol version or run."""
+
+    def __init__(self, message: str, *, code: str = "bad_frame") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SinkError(CoordinatorError):
+    """The store or a backend failed to persist data."""
+
+
+class DeliveryError(CoordinatorError):
+    """Accepted points were lost or rejected; carries counts for the report."""
+
+    def __init__(self, message: str, *, lost_points: int = 0) -> None:
+        super().__init__(message)
+        self.lost_points = lost_points
+
+
+class ClosedError(CoordinatorError):
+    """The run was already stopped; the call did nothing."""
