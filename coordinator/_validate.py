@@ -88,6 +88,8 @@ def to_metric_value(key: str, value: object) -> float:
         value = item()
     try:
         return float(value)  # type: ignore[arg-type]
+    except OverflowError as e:
+        raise ValueError(f"metric {key!r}: {value!r:.80} is too large for a float64") from e
     except (TypeError, ValueError) as e:
         raise TypeError(
             f"metric {key!r} must be numeric, got {type(value).__name__}: {value!r:.80}"

@@ -240,13 +240,11 @@ class Run:
                         c = self._new_column(k)
                     c[1].append(v)  # type: ignore[arg-type]
                     c[0].append(step)
-            except TypeError:
+            except BaseException as e:
                 self._rollback(data, k)
-                clean = {key: to_metric_value(key, val) for key, val in data.items()}
-                for key, val in clean.items():
-                    c = cols[key]
-                    c[1].append(val)
-                    c[0].append(step)
+                if not isinstance(e, (TypeError, ValueError, OverflowError)):
+                    raise
+                self._log_slow(data, step)
             b.pending += len(data)
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -265,29 +263,44 @@ class Run:
                 c = self._new_column(key)
             try:
                 c[1].append(value)  # type: ignore[arg-type]
-            except TypeError:
+            except (TypeError, ValueError, OverflowError):
                 c[1].append(to_metric_value(key, value))
             c[0].append(step)
             b.pending += 1
 
     # ------------------------------------------------------------------ hot-path helpers (lock held)
 
+    def _check_new_key(self, key: object) -> None:
+        check_key(key)
+        if key in self._field_paths or (isinstance(key, str) and key.startswith("sys/")):
+            raise ValueError(f"{key!r} is a field; a path is either a field or a series")
+        if len(self._metric_keys) >= MAX_KEYS_PER_RUN:
+            raise ValueError(
+                f"more than {MAX_KEYS_PER_RUN} distinct metric keys in run {self.id}; "
+                "put varying parts (ids, indices) in values, not in keys"
+            )
+
     def _new_column(self, key: str) -> Column:
         if key not in self._metric_keys:
-            check_key(key)
-            if key in self._field_paths or key.startswith("sys/"):
-                raise ValueError(f"{key!r} is a field; a path is either a field or a series")
-            if len(self._metric_keys) >= MAX_KEYS_PER_RUN:
-                raise ValueError(
-                    f"more than {MAX_KEYS_PER_RUN} distinct metric keys in run {self.id}; "
-                    "put varying parts (ids, indices) in values, not in keys"
-                )
+            self._check_new_key(key)
             self._metric_keys.add(key)
         c: Column = (array("q"), array("d"))
         self._buf.cols[key] = c
         return c
 
-    def _rollback(self, data: dict[str, object], failed: str) -> None:
+    def _log_slow(self, data: dict[str, object], step: int) -> None:
+        """Validate every key and value (raising the precise error), then append all or nothing."""
+        for k in data:
+            if k not in self._metric_keys:
+                self._check_new_key(k)
+        clean = {k: to_metric_value(k, v) for k, v in data.items()}
+        cols = self._buf.cols
+        for k, v in clean.items():
+            c = cols.get(k) or self._new_column(k)
+            c[1].append(v)
+            c[0].append(step)
+
+    def _rollback(self, data: dict[str, object], failed: object) -> None:
         """Undo the points of keys before ``failed`` that this call already appended."""
         cols = self._buf.cols
         for k in data:
@@ -295,6 +308,10 @@ class Run:
                 break
             c = cols[k]
             c[0].pop()
+            c[1].pop()
+        # The failing key itself: its value may be in (a step append never fails: validated).
+        c = cols.get(failed)  # type: ignore[call-overload]
+        if c is not None and len(c[1]) > len(c[0]):
             c[1].pop()
 
     def _wait_for_room(self) -> None:
