@@ -1,0 +1,44 @@
+"""Worker without torch: one rank (RANK/WORLD_SIZE from the environment) of a file-rendezvous job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import coordinator
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    p.add_argument("--conflict", action="store_true", help="rank r writes cfg/x = r")
+    p.add_argument("--hang-after", type=int, default=-1, help="sleep forever after this many points")
+    p.add_argument("--liveness", type=float, default=30.0, help="liveness_timeout_s of the run")
+    a = p.parse_args()
+    rank = int(os.environ["RANK"])
+    with coordinator.init_run(project="plain", name="plain", close_timeout_s=60, stop_grace_s=5,
+                               liveness_timeout_s=a.liveness) as run:
+        with open(os.path.join(a.out, f"rank{rank}.id"), "w") as f:
+            f.write(run.id)
+        run["cfg/same"] = "equal-everywhere"
+        if a.conflict:
+            run["cfg/x"] = rank
+        for s in range(a.points):
+            run.log({"m": float(rank * 10_000 + s)}, step=s)
+            if s == a.hang_after:
+                run.wait(30)
+                sys.stdout.write("HUNG\n")
+                sys.stdout.flush()
+                time.sleep(3600)
+        run.wait(60)
+        result = {"rank": rank, "stats": run.stats()}
+    with open(os.path.join(a.out, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
