@@ -45,10 +45,7 @@ def check_key(key: object, what: str = "key") -> str:
         raise ValueError(f"{what} {key!r:.80} contains control characters")
     for part in key.split("/"):
         if part in ("", ".", ".."):
-            raise ValueError(
-                f"{what} {key!r:.80} has an empty, '.' or '..' component; "
-                "use names like 'train/loss'"
-            )
+            raise ValueError(f"{what} {key!r:.80} has an empty, '.' or '..' component; use names like 'train/loss'")
     return key
 
 
@@ -80,9 +77,7 @@ def to_metric_value(key: str, value: object) -> float:
     if numel is not None:
         n = numel() if callable(numel) else numel
         if n != 1:
-            raise TypeError(
-                f"metric {key!r} must be a scalar, got {type(value).__name__} with {n} elements"
-            )
+            raise TypeError(f"metric {key!r} must be a scalar, got {type(value).__name__} with {n} elements")
     item = getattr(value, "item", None)
     if item is not None:
         value = item()
@@ -91,9 +86,7 @@ def to_metric_value(key: str, value: object) -> float:
     except OverflowError as e:
         raise ValueError(f"metric {key!r}: {value!r:.80} is too large for a float64") from e
     except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"metric {key!r} must be numeric, got {type(value).__name__}: {value!r:.80}"
-        ) from e
+        raise TypeError(f"metric {key!r} must be numeric, got {type(value).__name__}: {value!r:.80}") from e
 
 
 def to_field_value(path: str, value: object) -> FieldValue:

@@ -511,7 +511,8 @@ class _Server:
             _log.warning("rank %d: %s %s rejected: %s", env.rank, wire.kind_name(env.kind), env.seq, e)
             snd = agg.senders.get((env.rank, env.incarnation))
             expected = snd.last_seq + 1 if snd is not None else 1
-            self._reply(ident, wire.ERROR, env, {"code": e.code, "message": str(e), "expected": expected})
+            self._reply(ident, wire.ERROR, env, {"code": e.code, "message": str(e), "expected": expected,
+                                                 "re": env.kind})  # fmt: skip
 
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit."""
@@ -522,7 +523,7 @@ class _Server:
                 try:
                     self.replies[i] = (ident, kind, env, self.agg.query(payload["q"]))
                 except ProtocolError as e:
-                    self.replies[i] = (ident, wire.ERROR, env, {"code": e.code, "message": str(e)})
+                    self.replies[i] = (ident, wire.ERROR, env, {"code": e.code, "message": str(e), "re": env.kind})
 
     def serve(self) -> dict[str, Any]:
         agg = self.agg
@@ -557,7 +558,8 @@ class _Server:
                 # The transaction is kept and retried; resends are duplicates of it.
                 for i, (ident, kind, env, _) in enumerate(self.replies):
                     if kind in (wire.ACK, wire.BYE_ACK):
-                        self.replies[i] = (ident, wire.ERROR, env, {"code": "sink", "message": str(e)})
+                        self.replies[i] = (ident, wire.ERROR, env, {"code": "sink", "message": str(e),
+                                                                    "re": env.kind})  # fmt: skip
                 self._flush_replies()
                 time.sleep(min(0.05 * commit_failures, 1.0))
                 if self.stopping and commit_failures > 20:

@@ -28,7 +28,7 @@ from coordinator._defaults import (
     STOP_GRACE_S,
 )
 from coordinator._reduce import PolicyTable
-from coordinator._validate import FieldValue, check_key, check_step, flatten_fields, to_metric_value
+from coordinator._validate import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.discovery import AggregatorProcess, Placement, Rendezvous, detect_placement, new_run_id
 from coordinator.errors import (
     ClosedError,
@@ -369,7 +369,7 @@ class Run:
         if path in self._view_last:
             return self._view_last[path][1]
         prefix = path + "/"
-        sub = {p[len(prefix):]: v for p, v in self._view_fields.items() if p.startswith(prefix)}
+        sub = {p[len(prefix) :]: v for p, v in self._view_fields.items() if p.startswith(prefix)}
         if sub:
             nested: dict[str, Any] = {}
             for p, v in sub.items():
@@ -539,7 +539,8 @@ class Run:
                                "stopping it (the run is marked failed)", self.id)  # fmt: skip
                     code = self._agg.terminate(10.0)
                     error = error or CoordinatorTimeoutError(
-                        f"run {self.id}: not every rank stopped before the deadline", endpoint=self.endpoint)
+                        f"run {self.id}: not every rank stopped before the deadline", endpoint=self.endpoint
+                    )
                 if code not in (0, None) and error is None:
                     error = DeliveryError(f"run {self.id}: the aggregator finished with code {code} "
                                           "(run marked failed; `coordinator show` gives the report)")  # fmt: skip
@@ -569,7 +570,7 @@ def _atexit_hook(ref: weakref.WeakMethod[Any]) -> None:
 class _DisabledRun(Run):
     """``mode="disabled"``: every call is a no-op."""
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
         return None
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -582,7 +583,7 @@ class _DisabledRun(Run):
 class _SyncRun(Run):
     """``mode="sync"``: every call returns only once it is durable."""
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
         super().log(data, step)
         self.wait()
 
@@ -605,9 +606,10 @@ class _ReadOnlyRun(Run):
             self._view_fields[p] = _field_from_wire(tag, val)
         for s in self._store.series_summary():
             if s["last"] is not None:
-                self._view_last[s["key"]] = tuple(s["last"])  # type: ignore[assignment]
+                step, value = s["last"]
+                self._view_last[s["key"]] = (step, value)
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:  # noqa: D102
+    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
         raise ClosedError(f"run {self.id} is open read-only")
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -616,7 +618,7 @@ class _ReadOnlyRun(Run):
     def __setitem__(self, path: str, value: object) -> None:
         raise ClosedError(f"run {self.id} is open read-only")
 
-    def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:  # noqa: D102
+    def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:
         self._open_fresh()
 
     def _open_fresh(self) -> None:
@@ -626,7 +628,7 @@ class _ReadOnlyRun(Run):
     def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
         return self._store.values(key, rank)
 
-    def stop(self, timeout: float | None = None) -> None:  # noqa: D102
+    def stop(self, timeout: float | None = None) -> None:
         if not self._closed:
             self._closed = True
             self._store.close()

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from coordinator import _env
 from coordinator.errors import ConfigError, CoordinatorError, CoordinatorTimeoutError
@@ -107,7 +107,7 @@ class Rendezvous:
     otherwise a file keyed by the launcher's job identity (single node only).
     """
 
-    _calls: dict[str, int] = {}
+    _calls: ClassVar[dict[str, int]] = {}
 
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
@@ -121,8 +121,14 @@ class Rendezvous:
             self._store = None  # no torch: the file rendezvous below serves one node
         job = "|".join(
             os.environ.get(n, "")
-            for n in (_env.MASTER_ADDR, _env.MASTER_PORT, _env.TORCHELASTIC_RUN_ID,
-                      _env.TORCHELASTIC_RESTART_COUNT, "SLURM_JOB_ID", "OMPI_COMM_WORLD_JOBID")  # fmt: skip
+            for n in (
+                _env.MASTER_ADDR,
+                _env.MASTER_PORT,
+                _env.TORCHELASTIC_RUN_ID,
+                _env.TORCHELASTIC_RESTART_COUNT,
+                "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_JOBID",
+            )
         )
         # Workers of one torchrun/mpirun agent share its pid as their parent.
         job += f"|{os.getppid()}"

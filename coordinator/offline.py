@@ -66,8 +66,7 @@ def upload_offline(root: Path, run_id: str) -> dict[str, Any]:
     )
     agg = Aggregator(cfg)
     files = sorted(d.glob("rank-*.spool"))
-    n = 0
-    for rec in _round_robin(files):
+    for n, rec in enumerate(_round_robin(files), 1):
         now = time.time()
         try:
             env = wire.decode_envelope(rec.envelope)
@@ -80,7 +79,6 @@ def upload_offline(root: Path, run_id: str) -> dict[str, Any]:
         except ProtocolError as e:
             agg.counters["bad_frames"] += 1
             _log.warning("offline run %s: skipped a bad record: %s", run_id, e)
-        n += 1
         if n % 256 == 0:
             agg.emit(now)
             agg.commit()

@@ -83,8 +83,7 @@ class Request:
 
         if not self.done.wait(timeout):
             raise CoordinatorTimeoutError(
-                f"no reply to {wire.kind_name(self.kind)} from the aggregator at {endpoint} "
-                f"within {timeout} s",
+                f"no reply to {wire.kind_name(self.kind)} from the aggregator at {endpoint} within {timeout} s",
                 endpoint=endpoint,
             )
         if self.error is not None:
@@ -158,7 +157,7 @@ class SenderThread(threading.Thread):
     def run(self) -> None:
         try:
             self._main()
-        except BaseException as e:  # the thread must not die silently: surface it to wait()
+        except BaseException as e:  # noqa: BLE001 - the thread must not die silently: surface it to wait()
             _log.error("coordinator sender thread crashed: %r", e, exc_info=True)
             err = e if isinstance(e, CoordinatorError) else CoordinatorError(f"sender thread crashed: {e!r}")
             self.buf.fail(err, fatal=True)
@@ -185,7 +184,7 @@ class SenderThread(threading.Thread):
             next_flush = time.monotonic() + self.cfg.flush_interval_s
             while not self._stop_evt.is_set():
                 timeout = max(0.0, next_flush - time.monotonic())
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(int(timeout * 1000)))
                 if self._wake_r in events:
                     self._drain_wake()
                 if sock in events:
@@ -433,12 +432,12 @@ class SenderThread(threading.Thread):
             err = ProtocolError(f"the aggregator refused rank {self.cfg.rank}: {msg}", code=str(code))
             self.buf.fail(err, fatal=True)
             self._fail_requests(err)
-        elif env.kind == wire.ERROR and env.seq in self._window:
+        elif body.get("re") == wire.BATCH and env.seq in self._window:
             inf = self._window.pop(env.seq)
-            err = DeliveryError(f"the aggregator rejected batch {env.seq} ({inf.points} points): {msg}",
-                                lost_points=inf.points)  # fmt: skip
-            _log.error("%s", err)
-            self.buf.fail(err, lost_points=inf.points)
+            lost = DeliveryError(f"the aggregator rejected batch {env.seq} ({inf.points} points): {msg}",
+                                 lost_points=inf.points)  # fmt: skip
+            _log.error("%s", lost)
+            self.buf.fail(lost, lost_points=inf.points)
             self.buf.progress(self._acked_gen(), 0)
         else:
             req = self._open_reqs.pop(env.seq, None)

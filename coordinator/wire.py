@@ -217,23 +217,22 @@ def encode_batch(
     )
 
 
+_FIELD_PY_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "datetime": float}
+
+
 def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValue]:
-    p = check_key(path, "field path") if type(path) is str else None
-    if p is None:
+    if type(path) is not str:
         raise ProtocolError("field path is not a str")
-    if tag not in FIELD_TYPES:
+    p = check_key(path, "field path")
+    if type(tag) is not str or tag not in FIELD_TYPES:
         raise ProtocolError(f"unknown field type {tag!r:.40}")
-    ok = {
-        "bool": type(val) is bool,
-        "int": type(val) is int,
-        "float": type(val) is float,
-        "str": type(val) is str,
-        "datetime": type(val) is float,
-        "list": type(val) is list and all(type(x) in (bool, int, float, str) for x in val),
-    }[tag]  # type: ignore[index]
+    if tag == "list":
+        ok = type(val) is list and all(type(x) in (bool, int, float, str) for x in val)
+    else:
+        ok = type(val) is _FIELD_PY_TYPES[tag]
     if not ok:
         raise ProtocolError(f"field {p!r}: value does not match its type {tag}")
-    return p, (tag, val)  # type: ignore[return-value]
+    return p, (tag, val)
 
 
 def decode_batch(frame: bytes) -> Batch:

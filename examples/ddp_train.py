@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from integrations.torch_ddp import ddp_run  # noqa: E402
+from integrations.torch_ddp import ddp_run
 
 
 def make_data(n: int, seed: int = 0) -> TensorDataset:
@@ -80,8 +80,10 @@ def main() -> None:
         run.sync(wait=True)
         if rank == 0:
             final = run["train/loss"].fetch_values()
-            print(f"run {run.id}: {len(final)} steps of the mean train/loss; last {final[-1][1]:.4f}; "
-                  f"lr read back {run['parameters/lr'].fetch()}")
+            print(
+                f"run {run.id}: {len(final)} steps of the mean train/loss; last {final[-1][1]:.4f}; "
+                f"lr read back {run['parameters/lr'].fetch()}"
+            )
     if rank == 0:
         print(f"stored under {os.environ.get('COORDINATOR_DIR', '.coordinator')}; try: coordinator show {run.id}")
 

@@ -16,8 +16,15 @@ def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh store root, also exported as COORDINATOR_DIR for child processes."""
     d = tmp_path / "store"
     monkeypatch.setenv("COORDINATOR_DIR", str(d))
-    for var in ("COORDINATOR_ENDPOINT", "COORDINATOR_RUN_ID", "COORDINATOR_MODE", "RANK", "WORLD_SIZE",
-                "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+    for var in (
+        "COORDINATOR_ENDPOINT",
+        "COORDINATOR_RUN_ID",
+        "COORDINATOR_MODE",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "TORCHELASTIC_RUN_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
     return d
 

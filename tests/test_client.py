@@ -96,8 +96,15 @@ def test_append_without_step_counts_per_key_and_continues_after_explicit_steps(s
 
 @pytest.mark.parametrize(
     ("value", "exc"),
-    [(None, TypeError), (object(), TypeError), ({"a": {}}, ValueError), ([1, [2]], TypeError),
-     ({1: 2}, TypeError), (2**70, ValueError), ("x" * 70_000, ValueError)],
+    [
+        (None, TypeError),
+        (object(), TypeError),
+        ({"a": {}}, ValueError),
+        ([1, [2]], TypeError),
+        ({1: 2}, TypeError),
+        (2**70, ValueError),
+        ("x" * 70_000, ValueError),
+    ],
 )
 def test_bad_field_raises_and_keeps_nothing_of_the_assignment(store_dir: Path, value: object, exc: type) -> None:
     """A rejected assignment raises and stores none of its entries (not even valid siblings)."""
@@ -115,7 +122,7 @@ def test_bad_field_raises_and_keeps_nothing_of_the_assignment(store_dir: Path, v
 
 def test_fields_fetch_read_your_writes_and_types(store_dir: Path) -> None:
     """Fields of every type read back from the local view and from the store."""
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     with coordinator.init_run(project="proj", name="nm") as run:
         run["parameters"] = {"lr": 0.1, "bs": 32, "name": "resnet", "flag": True, "dims": [1, 2], "t": when}
         assert run["parameters/lr"].fetch() == 0.1
@@ -254,8 +261,14 @@ def test_read_only_reopens_a_stored_run(store_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"mode": "bogus"}, {"max_buffer_points": 0}, {"policies": {"*": "median"}}, {"project": ""},
-     {"rank": 3, "world_size": 2}, {"flush_interval_s": 0}],
+    [
+        {"mode": "bogus"},
+        {"max_buffer_points": 0},
+        {"policies": {"*": "median"}},
+        {"project": ""},
+        {"rank": 3, "world_size": 2},
+        {"flush_interval_s": 0},
+    ],
 )
 def test_bad_init_arguments_raise_config_error(store_dir: Path, kwargs: dict[str, object]) -> None:
     """Bad arguments fail at init_run with ConfigError, before anything starts."""

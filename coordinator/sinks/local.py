@@ -134,8 +134,8 @@ class TxnData:
     """(path, value, rank, ts) upserts."""
     conflicts: list[tuple[str, int, FieldValue, int, float]] = field(default_factory=list)
     """(path, rank, rejected value, kept rank, ts)."""
-    senders: dict[tuple[int, int], tuple[int, int, int, float, float, str, int | None, str | None]] = (
-        field(default_factory=dict)
+    senders: dict[tuple[int, int], tuple[int, int, int, float, float, str, int | None, str | None]] = field(
+        default_factory=dict
     )
     """(rank, incarnation) -> (last_seq, points, batches, first_seen, last_seen, state, pid, host)."""
     events: list[tuple[float, str, int | None, str]] = field(default_factory=list)
@@ -190,32 +190,31 @@ class LocalStore:
                 if not self.path.exists():
                     raise SinkError(f"no store at {self.path}")
                 self._db = sqlite3.connect(
-                    f"file:{self.path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
+                    f"file:{self.path}?mode=ro",
+                    uri=True,
+                    timeout=SQLITE_BUSY_TIMEOUT_S,
                     check_same_thread=False,
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._db = sqlite3.connect(
-                    self.path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None,
+                    self.path,
+                    timeout=SQLITE_BUSY_TIMEOUT_S,
+                    isolation_level=None,
                     check_same_thread=False,
                 )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),)
-                )
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
             row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
         except sqlite3.Error as e:
             raise SinkError(f"cannot open store {self.path}: {e}") from e
         if row is None or int(row[0]) != _SCHEMA_VERSION:
             raise SinkError(
-                f"store {self.path} has schema {row[0] if row else None}, "
-                f"this version reads {_SCHEMA_VERSION}"
+                f"store {self.path} has schema {row[0] if row else None}, this version reads {_SCHEMA_VERSION}"
             )
-        self._key_ids: dict[str, int] = {
-            k: i for i, k in self._db.execute("SELECT id, key FROM keys")
-        }
+        self._key_ids: dict[str, int] = {k: i for i, k in self._db.execute("SELECT id, key FROM keys")}
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -268,8 +267,14 @@ class LocalStore:
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
-                                ids.get(c.key) or new_ids[c.key], c.rank, c.incarnation, c.seq,
-                                len(c.steps), c.ts, _le(c.steps), _le(c.values),
+                                ids.get(c.key) or new_ids[c.key],
+                                c.rank,
+                                c.incarnation,
+                                c.seq,
+                                len(c.steps),
+                                c.ts,
+                                _le(c.steps),
+                                _le(c.values),
                                 None if c.counts is None else _le(c.counts),
                             )
                             for c in data.chunks
@@ -292,9 +297,7 @@ class LocalStore:
                         [(r, i, *rest) for (r, i), rest in data.senders.items()],
                     )
                 if data.events:
-                    db.executemany(
-                        "INSERT INTO events (ts, kind, rank, detail) VALUES (?, ?, ?, ?)", data.events
-                    )
+                    db.executemany("INSERT INTO events (ts, kind, rank, detail) VALUES (?, ?, ?, ?)", data.events)
         except sqlite3.Error as e:
             raise SinkError(f"store {self.path}: commit failed: {e}") from e
         self._key_ids.update(new_ids)
@@ -308,7 +311,9 @@ class LocalStore:
         ).fetchone()
         if row is None:
             raise SinkError(f"store {self.path} holds no run")
-        return RunInfo(*row[:7], json.loads(row[7]) if row[7] else None, self.path.parent)  # type: ignore[misc]
+        rid, project, name, created, ended, state, world = row[:7]
+        report = json.loads(row[7]) if row[7] else None
+        return RunInfo(rid, project, name, created, ended, state, world, report, self.path.parent)
 
     def fields(self) -> dict[str, FieldValue]:
         """Every field: path -> (type tag, value)."""
@@ -332,7 +337,7 @@ class LocalStore:
                 "state", "pid", "host")  # fmt: skip
         return [
             dict(zip(cols, row, strict=True))
-            for row in self._db.execute(f"SELECT {', '.join(cols)} FROM senders ORDER BY rank, first_seen")
+            for row in self._db.execute(f"SELECT {', '.join(cols)} FROM senders ORDER BY rank, first_seen")  # noqa: S608 - constant column names
         ]
 
     def high_water_marks(self) -> dict[tuple[int, int], int]:
@@ -441,4 +446,3 @@ def list_runs(root: Path) -> list[RunInfo]:
             _log.warning("skipping unreadable run %s: %s", d, e)
     out.sort(key=lambda r: r.created)
     return out
-

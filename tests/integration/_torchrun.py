@@ -25,25 +25,48 @@ class Result:
 
     def check(self) -> Result:
         """Fail the test with the job's output unless it exited 0."""
-        assert self.returncode == 0, f"torchrun exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-6000:]}"
+        assert self.returncode == 0, (
+            f"torchrun exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-6000:]}"
+        )
         return self
 
 
-def torchrun(script: str, *args: str, nproc: int = 4, store: Path, timeout: float = 240,
-             extra_env: dict[str, str] | None = None, torchrun_args: tuple[str, ...] = ()) -> Result:
+def torchrun(
+    script: str,
+    *args: str,
+    nproc: int = 4,
+    store: Path,
+    timeout: float = 240,
+    extra_env: dict[str, str] | None = None,
+    torchrun_args: tuple[str, ...] = (),
+) -> Result:
     """Run ``workers/<script>`` (or an absolute path) on ``nproc`` ranks with ``torchrun --standalone``; fail on a hang.
 
     The job runs in its own session so a hang is killed whole (workers and aggregator too).
     """
     pytest.importorskip("torch")
-    env = dict(os.environ, COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra_env or {})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           *torchrun_args, str(WORKERS / script) if not os.path.isabs(script) else script, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *torchrun_args,
+        str(WORKERS / script) if not os.path.isabs(script) else script,
+        *args,
+    ]
     store.mkdir(parents=True, exist_ok=True)
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=store.parent, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=store.parent,
+        start_new_session=True,
+    )
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,10 +23,16 @@ WORKER = Path(__file__).parent / "workers" / "plain_rank.py"
 def _spawn(world: int, out: Path, store: Path, *args: str) -> list[subprocess.Popen[str]]:
     procs = []
     for r in range(world):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), COORDINATOR_DIR=str(store),
-                   PYTHONPATH=str(ROOT))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *args], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), "--out", str(out), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -67,8 +72,13 @@ def test_wait_then_a_reader_in_another_process_sees_everything(store_dir: Path) 
             f"s = S({str(info.path / 'run.db')!r}, readonly=True); "
             "print(len(s.values('a', 0)), len(s.values('b', 0)))"
         )
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["20000", "20000"]
 

@@ -80,7 +80,12 @@ def test_example_ddp_train_runs_under_torchrun(store_dir: Path) -> None:
         assert summary["train/loss"]["per_rank"] == {r: steps for r in range(4)}
     finally:
         s.close()
-    show = subprocess.run([sys.executable, "-m", "coordinator.cli", "show", "latest"], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    show = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "show", "latest"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
     assert show.returncode == 0, show.stderr
     assert "train/loss" in show.stdout and "finished" in show.stdout

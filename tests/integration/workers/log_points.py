@@ -36,8 +36,13 @@ def main() -> None:
             h.append(value(rank, s, 1), step=s)
             if a.bad_input and s % 1000 == 500:
                 errors = 0
-                for bad in ({"train/loss": "nan-as-text"}, {"train/loss": None}, {5: 1.0},
-                            {"a//b": 1.0}, {"../x": 1.0}):
+                for bad in (
+                    {"train/loss": "nan-as-text"},
+                    {"train/loss": None},
+                    {5: 1.0},
+                    {"a//b": 1.0},
+                    {"../x": 1.0},
+                ):
                     try:
                         run.log(bad, step=s)  # type: ignore[arg-type]
                     except (TypeError, ValueError):

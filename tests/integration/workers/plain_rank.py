@@ -20,8 +20,9 @@ def main() -> None:
     p.add_argument("--liveness", type=float, default=30.0, help="liveness_timeout_s of the run")
     a = p.parse_args()
     rank = int(os.environ["RANK"])
-    with coordinator.init_run(project="plain", name="plain", close_timeout_s=60, stop_grace_s=5,
-                               liveness_timeout_s=a.liveness) as run:
+    with coordinator.init_run(
+        project="plain", name="plain", close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness
+    ) as run:
         with open(os.path.join(a.out, f"rank{rank}.id"), "w") as f:
             f.write(run.id)
         run["cfg/same"] = "equal-everywhere"
