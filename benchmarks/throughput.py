@@ -893,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (1 if quick else 2)
     key_counts = [100, 1] if quick else [100, 10, 1]
     # points per rank by keys per call: one-key calls cost a Python call per point on both ends.
-    points = {100: 200_000, 10: 200_000, 1: 100_000} if quick else {100: 1_000_000, 10: 1_000_000, 1: 400_000}
+    points = {100: 1_000_000, 10: 1_000_000, 1: 300_000} if quick else {100: 3_000_000, 10: 3_000_000, 1: 1_000_000}
     tmp = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
     print(f"# working in {tmp}", file=sys.stderr)
     hot = None
