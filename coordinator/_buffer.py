@@ -38,7 +38,10 @@ class Buffer:
         self.acked_gen = -1
         """Every generation up to this one is durable."""
         self.pending = 0
-        """Points accepted and not yet acknowledged (buffered + in flight)."""
+        """Points in the buffer (not yet taken by the sender); bounded by ``max_points``."""
+        self.in_flight = 0
+        """Points taken by the sender and not yet acknowledged (window, backlog, spool)."""
+        self.dropped_points = 0
         self.max_points = max_points
         self.flush_requested = False
         self.errors: list[CoordinatorError] = []
@@ -50,41 +53,52 @@ class Buffer:
         self.warnings: list[str] = []
 
     def cut(self) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
-        """Swap out the current generation (sender thread)."""
+        """Swap out the current generation (sender thread); frees its room in the buffer."""
         with self.lock:
             gen = self.gen
             cols, self.cols = self.cols, {}
             fields, self.fields = self.fields, []
             self.gen = gen + 1
             self.flush_requested = False
+            self.in_flight += self.pending
+            self.pending = 0
+            self.cond.notify_all()
         return gen, cols, fields
 
     def progress(self, acked_gen: int, points: int) -> None:
-        """Record that ``points`` were acknowledged and generations up to ``acked_gen`` are durable."""
+        """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""
         with self.lock:
-            self.pending -= points
+            self.in_flight -= points
             self.acked += points
             if acked_gen > self.acked_gen:
                 self.acked_gen = acked_gen
             self.cond.notify_all()
 
     def fail(self, err: CoordinatorError, *, fatal: bool = False, lost_points: int = 0) -> None:
-        """Record an error for the next wait()/close(); ``lost_points`` leave the buffer count."""
+        """Record an error for the next wait()/close(); ``lost_points`` will never be delivered."""
         with self.lock:
             if fatal and self.fatal is None:
                 self.fatal = err
             elif not fatal:
                 self.errors.append(err)
-            self.pending -= lost_points
+            self.in_flight -= lost_points
             self.lost += lost_points
+            self.cond.notify_all()
+
+    def dropped(self, points: int) -> None:
+        """``points`` were dropped on purpose (backpressure policy drop_oldest)."""
+        with self.lock:
+            self.in_flight -= points
+            self.dropped_points += points
             self.cond.notify_all()
 
     def stats(self) -> dict[str, Any]:
         """Counters for reports and tests."""
         with self.lock:
             return {
-                "accepted": self.acked + self.pending + self.lost,
-                "pending": self.pending,
+                "accepted": self.acked + self.pending + self.in_flight + self.lost + self.dropped_points,
+                "pending": self.pending + self.in_flight,
+                "dropped": self.dropped_points,
                 "acked": self.acked,
                 "lost": self.lost,
                 "generation": self.gen,

@@ -17,8 +17,10 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_KEYS_PER_RUN",
     "MAX_KEY_CHARS",
+    "MAX_SPOOL_BYTES",
     "MAX_WINDOW_BATCHES",
     "RENDEZVOUS_TIMEOUT_S",
+    "SPOOL_SEGMENT_BYTES",
     "SQLITE_BUSY_TIMEOUT_S",
     "STOP_GRACE_S",
 ]
@@ -32,6 +34,10 @@ MAX_BATCH_POINTS = 65_536
 """Most points in one wire batch; a larger flush is split."""
 MAX_BUFFER_POINTS = 2_000_000
 """Points a rank may hold unacknowledged (buffered, in flight) before log() blocks."""
+MAX_SPOOL_BYTES = 4 * 1024**3
+"""Disk a rank's spool may use before log() blocks (policy ``spool``)."""
+SPOOL_SEGMENT_BYTES = 64 * 1024**2
+"""Size at which the spool starts a new segment file (acknowledged segments are deleted)."""
 MAX_WINDOW_BATCHES = 64
 """Batches in flight without an ack; past it the sender stops sending."""
 ACK_TIMEOUT_S = 10.0

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from coordinator._reduce import PolicyTable, Reducer
 from coordinator._validate import FieldValue
 from coordinator.errors import ProtocolError, SinkError
 from coordinator.sinks.local import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from coordinator.spool import spool_records
 
 __all__ = ["Aggregator", "AggregatorConfig", "main", "serve"]
 
@@ -69,6 +71,8 @@ class AggregatorConfig:
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = False
     """SQLite ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``."""
+    spool_root: str = ""
+    """The ranks' spool directory; at the end what lost ranks left there is recovered."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -111,6 +115,7 @@ class Aggregator:
         self.store = LocalStore(cfg.store_path, durable=cfg.durable)
         self.t0 = time.time()
         self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, self.t0)
+        self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
         self.policy = PolicyTable(cfg.policies, cfg.default_policy)
         self.reducer = Reducer(cfg.world_size, self.policy, cfg.group_timeout_s)
         self.txn = TxnData()
@@ -135,10 +140,21 @@ class Aggregator:
 
     def _restore(self) -> None:
         """Reload high-water marks and fields so a restarted aggregator drops resends."""
-        for s in self.store.senders():
+        for s in self.store.senders():  # ordered by rank, first_seen: the last one is current
             snd = _Sender(s["rank"], s["incarnation"], s["last_seq"], s["first_seen"], s["last_seen"],
                           s["pid"], s["host"], s["points"], s["batches"], s["state"])  # fmt: skip
             self.senders[(snd.rank, snd.incarnation)] = snd
+            if snd.state != "lost" or snd.rank not in self.current:
+                self.current[snd.rank] = snd.incarnation
+                self.rank_state[snd.rank] = "lost" if snd.state == "fenced" else snd.state
+        for rank, st in self.rank_state.items():
+            if st in ("closed", "lost"):
+                self.reducer.rank_done(rank)
+        saved = self.store.meta("counters")
+        if saved:
+            for k, v in json.loads(saved).items():
+                if isinstance(v, int):
+                    self.counters[k] = v
         for path, (tag, val) in self.store.fields().items():
             self.fields[path] = _Field((tag, val), SYSTEM_RANK if path.startswith("sys/") else 0)
 
@@ -156,8 +172,12 @@ class Aggregator:
 
     # ------------------------------------------------------------- messages
 
-    def hello(self, env: wire.Envelope, info: dict[str, Any], now: float) -> dict[str, Any]:
-        """Register a sender; returns the WELCOME payload (its high-water mark)."""
+    def hello(self, env: wire.Envelope, info: dict[str, Any], now: float, *, recovering: bool = False) -> dict[str, Any]:
+        """Register a sender; returns the WELCOME payload (its high-water mark).
+
+        With ``recovering``, the sender is registered for replaying its spool without becoming
+        the rank's live incarnation.
+        """
         if env.run_id != self.cfg.run_id:
             raise ProtocolError(f"this aggregator serves run {self.cfg.run_id!r}, not {env.run_id!r}",
                                 code="wrong_run")  # fmt: skip
@@ -166,7 +186,7 @@ class Aggregator:
                                 code="bad_rank")  # fmt: skip
         key = (env.rank, env.incarnation)
         snd = self.senders.get(key)
-        if snd is not None and snd.state == "fenced":
+        if snd is not None and snd.state == "fenced" and not recovering:
             raise ProtocolError(f"rank {env.rank} incarnation {env.incarnation} was replaced", code="fenced")
         if snd is None:
             pid = info.get("pid")
@@ -176,6 +196,12 @@ class Aggregator:
                 pid if type(pid) is int else None, host if type(host) is str else None,
             )  # fmt: skip
             self.txn.events.append((now, "rank_joined", env.rank, f"incarnation {env.incarnation} pid {snd.pid}"))
+            if recovering:
+                snd.state = "lost"
+                self._persist_sender(snd)
+                return {"last_seq": 0}
+        if recovering:
+            return {"last_seq": snd.last_seq}
         old = self.current.get(env.rank)
         if old is not None and old != env.incarnation:
             prev = self.senders[(env.rank, old)]
@@ -196,7 +222,7 @@ class Aggregator:
             s.last_seq, s.points, s.batches, s.first_seen, s.last_seen, s.state, s.pid, s.host,
         )  # fmt: skip
 
-    def sender(self, env: wire.Envelope) -> _Sender:
+    def sender(self, env: wire.Envelope, *, recovering: bool = False) -> _Sender:
         """The registered sender of ``env``.
 
         Raises:
@@ -205,7 +231,7 @@ class Aggregator:
         snd = self.senders.get((env.rank, env.incarnation))
         if snd is None or env.run_id != self.cfg.run_id:
             raise ProtocolError("unknown sender: HELLO first", code="hello")
-        if snd.state == "fenced":
+        if snd.state == "fenced" and not recovering:
             self.counters["fenced_batches"] += 1
             raise ProtocolError(
                 f"rank {env.rank} incarnation {env.incarnation} was replaced by a newer incarnation",
@@ -213,14 +239,15 @@ class Aggregator:
             )
         return snd
 
-    def batch(self, env: wire.Envelope, payload: bytes, now: float) -> str:
+    def batch(self, env: wire.Envelope, payload: bytes, now: float, *, recovering: bool = False) -> str:
         """Ingest one batch; returns ``"new"`` or ``"duplicate"`` (ack both after commit).
 
         Raises:
             ProtocolError: unknown/fenced sender, a sequence gap (``code="gap"``), a bad payload.
         """
-        snd = self.sender(env)
-        snd.last_seen = now
+        snd = self.sender(env, recovering=recovering)
+        if not recovering:
+            snd.last_seen = now
         if env.seq <= snd.last_seq:
             self.counters["duplicate_batches"] += 1
             _log.debug("duplicate batch rank %d seq %d", env.rank, env.seq)
@@ -279,6 +306,59 @@ class Aggregator:
         inc = self.current.get(rank)
         if inc is not None:
             self.warnings_for.setdefault((rank, inc), []).append(msg)
+
+    def recover_spools(self, spool_root: Path, *, skip_live: bool = True) -> int:
+        """Ingest what ranks left in their spools (crashed or never acknowledged); returns points.
+
+        Only for senders that are no longer sending (the run is ending, or an upload after the
+        job). Batches already committed are recognised by sequence number and skipped; each
+        spool directory is removed once its batches are committed.
+        """
+        recovered = 0
+        for d in sorted(spool_root.glob("rank-*-*")):
+            try:
+                _, r, i = d.name.split("-")
+                rank, inc = int(r), int(i)
+            except ValueError:
+                _log.warning("ignoring unexpected spool directory %s", d)
+                continue
+            live = self.senders.get((rank, inc))
+            if skip_live and live is not None and live.state == "live":
+                continue  # still sending: its spool is its own
+            before = self.counters["points"]
+            n = 0
+            for rec in spool_records(d):
+                now = time.time()
+                try:
+                    env = wire.decode_envelope(rec.envelope)
+                    if (env.rank, env.incarnation) != (rank, inc) or env.run_id != self.cfg.run_id:
+                        raise ProtocolError(f"record of rank {env.rank} in {d}")
+                    if env.kind == wire.HELLO:  # an offline rank's spool records its whole life
+                        self.hello(env, wire.decode_map(rec.payload, 4096), now)
+                    elif env.kind == wire.BATCH:
+                        if (rank, inc) not in self.senders:
+                            self.hello(env, {}, now, recovering=True)
+                        self.batch(env, rec.payload, now, recovering=True)
+                    elif env.kind == wire.BYE:
+                        self.bye(env, wire.decode_map(rec.payload, 4096), now)
+                except ProtocolError as e:
+                    self.counters["bad_frames"] += 1
+                    _log.warning("spool %s: skipped a record: %s", d, e)
+                n += 1
+                if n % 256 == 0:
+                    self.emit(now)
+                    self.commit()
+            got = self.counters["points"] - before
+            if got:
+                self.txn.events.append((time.time(), "spool_recovered", rank,
+                                        f"incarnation {inc}: {got} points from {d}"))  # fmt: skip
+                _log.info("recovered %d points of rank %d from its spool %s", got, rank, d)
+            self.counters["recovered_points"] = self.counters.get("recovered_points", 0) + got
+            recovered += got
+            self.emit(time.time())
+            self.commit()
+            shutil.rmtree(d, ignore_errors=True)
+        return recovered
 
     def bye(self, env: wire.Envelope, info: dict[str, Any], now: float) -> None:
         """A rank closed; records what it says it could not deliver."""
@@ -378,6 +458,7 @@ class Aggregator:
         """Commit the open transaction (raises SinkError and keeps it for a retry on failure)."""
         if self.txn.empty():
             return
+        self.txn.meta["counters"] = json.dumps(self.counters)
         self.store.commit(self.txn)
         self.txn = TxnData()
 
@@ -409,6 +490,8 @@ class Aggregator:
     def finalize(self, reason: str | None = None) -> dict[str, Any]:
         """Emit everything pending, write the final state and report, close the store."""
         now = time.time()
+        if self.cfg.spool_root and Path(self.cfg.spool_root).is_dir():
+            self.recover_spools(Path(self.cfg.spool_root))
         self.emit(now, force=True)
         if reason:
             self.reasons.append(reason)

@@ -125,10 +125,10 @@ def _cmd_show(a: argparse.Namespace) -> int:
 
 
 def _cmd_sync(a: argparse.Namespace) -> int:
-    from coordinator.offline import upload_offline
+    from coordinator.offline import upload_spools
 
     root = resolve_root(a.dir)
-    rep = upload_offline(root, a.run)
+    rep = upload_spools(root, a.run)
     _out(f"run {a.run}: {rep['points']} points from {len(rep['ranks_seen'])} ranks stored, state {rep['state']}")
     for reason in rep.get("reasons", []):
         _out(f"  ! {reason}")
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("run", help="run id (or a unique prefix), or 'latest'")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=_cmd_show)
-    y = sub.add_parser("sync", help="upload an offline run (mode='offline') into the store")
-    y.add_argument("run", help="offline run id")
+    y = sub.add_parser("sync", help="upload an offline run, or what a crashed job left in its spools, into the store")
+    y.add_argument("run", help="run id")
     y.set_defaults(fn=_cmd_sync)
     a = p.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 import weakref
+from pathlib import Path
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from coordinator._defaults import (
     LIVENESS_TIMEOUT_S,
     MAX_BUFFER_POINTS,
     MAX_KEYS_PER_RUN,
+    MAX_SPOOL_BYTES,
     RENDEZVOUS_TIMEOUT_S,
     STOP_GRACE_S,
 )
@@ -38,7 +40,14 @@ from coordinator.errors import (
     DeliveryError,
 )
 from coordinator.sinks.local import MAIN_RANK, LocalStore, resolve_root, run_dir
-from coordinator.transport import Request, SenderConfig, SenderThread, default_hello
+from coordinator.transport import (
+    BACKPRESSURE_POLICIES,
+    Backpressure,
+    Request,
+    SenderConfig,
+    SenderThread,
+    default_hello,
+)
 
 __all__ = ["Handle", "Mode", "Run", "init_run"]
 
@@ -150,7 +159,9 @@ class Run:
         name: str,
         project: str,
         endpoint: str | None,
-        spool_path: str | None,
+        spool_root: str | None,
+        backpressure: Backpressure = "spool",
+        max_spool_bytes: int = MAX_SPOOL_BYTES,
         max_buffer_points: int,
         flush_interval_s: float,
         close_timeout_s: float,
@@ -185,7 +196,9 @@ class Run:
             self._sender = SenderThread(
                 SenderConfig(
                     run_id=run_id, rank=self.rank, incarnation=self.incarnation,
-                    endpoint=endpoint, spool_path=spool_path, flush_interval_s=flush_interval_s,
+                    endpoint=endpoint, flush_interval_s=flush_interval_s, backpressure=backpressure,
+                    spool_dir=None if spool_root is None else f"{spool_root}/rank-{self.rank}-{self.incarnation}",
+                    max_spool_bytes=max_spool_bytes, max_backlog_points=max_buffer_points,
                     hello=default_hello(self.world_size, name, project),
                 ),
                 self._buf,
@@ -416,17 +429,25 @@ class Run:
             while b.acked_gen < target:
                 self._raise_pending_errors()
                 if not self._sender.is_alive():
-                    raise ClosedError(f"run {self.id}: the sender thread stopped with {b.pending} points undelivered")
+                    raise ClosedError(
+                        f"run {self.id}: the sender thread stopped with {b.pending + b.in_flight} points undelivered"
+                    )
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise CoordinatorTimeoutError(
-                        f"rank {self.rank}: {b.pending} points not confirmed by the aggregator at "
-                        f"{self.endpoint} within {timeout} s{self._liveness_hint()}",
+                        f"rank {self.rank}: {b.pending + b.in_flight} points not confirmed by the aggregator "
+                        f"at {self.endpoint} within {timeout} s{self._liveness_hint()}{self._spool_hint()}",
                         endpoint=self.endpoint,
-                        undelivered_points=b.pending,
+                        undelivered_points=b.pending + b.in_flight,
                     )
                 b.cond.wait(0.25 if left is None else min(left, 0.25))
             self._raise_pending_errors()
+
+    def _spool_hint(self) -> str:
+        sp = self._sender.spool if self._sender is not None else None
+        if sp is None or not sp.size_bytes:
+            return ""
+        return f"; unacknowledged batches are kept in {sp.dir} (deliver later with `coordinator sync {self.id}`)"
 
     def _liveness_hint(self) -> str:
         if self._sender is None:
@@ -521,7 +542,7 @@ class Run:
                     self.wait(max(0.0, deadline - time.monotonic()))
                 except CoordinatorError as e:
                     error = e
-                und = self._buf.pending
+                und = self._buf.pending + self._buf.in_flight
                 try:
                     self._sender.submit(Request(wire.BYE, {"undelivered": und})).result(
                         max(0.1, deadline - time.monotonic()), self.endpoint
@@ -652,6 +673,9 @@ def init_run(
     liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
     stop_grace_s: float = STOP_GRACE_S,
     rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S,
+    backpressure: Backpressure = "spool",
+    spool_dir: str | os.PathLike[str] | None = None,
+    max_spool_bytes: int = MAX_SPOOL_BYTES,
 ) -> Run:
     """Open the run on this rank; call it with the same arguments on every rank.
 
@@ -679,6 +703,13 @@ def init_run(
         liveness_timeout_s: a silent rank is reported lost after this long.
         stop_grace_s: after rank 0 stops, how long to wait for ranks that never connected.
         rendezvous_timeout_s: how long ranks wait for rank 0's endpoint.
+        backpressure: when the aggregator does not keep up or cannot be reached: ``spool``
+            (default: batches go to a write-ahead spool on disk and are replayed in order;
+            lossless while disk lasts), ``block`` (``log()`` waits once ``max_buffer_points`` are
+            buffered; lossless), ``drop_oldest`` (bounded memory; every dropped point is counted,
+            warned about and listed in the final report).
+        spool_dir: where this run's ranks spool (default ``<dir>/spool/<run id>``); local disk.
+        max_spool_bytes: disk a rank's spool may use before ``log()`` blocks.
 
     Returns:
         The :class:`Run`, also a context manager (``with init_run(...) as run:``).
@@ -695,6 +726,8 @@ def init_run(
             raise ConfigError(f"{nm} must be a non-empty str of at most 256 characters, got {val!r:.80}")
     if max_buffer_points < 1:
         raise ConfigError(f"max_buffer_points must be >= 1, got {max_buffer_points}")
+    if backpressure not in BACKPRESSURE_POLICIES:
+        raise ConfigError(f"backpressure must be one of {', '.join(BACKPRESSURE_POLICIES)}, got {backpressure!r}")
     if flush_interval_s <= 0:
         raise ConfigError(f"flush_interval_s must be > 0, got {flush_interval_s}")
     try:
@@ -712,12 +745,12 @@ def init_run(
         if not with_id:
             raise ConfigError("mode='read-only' needs with_id= (a run id, or 'latest')")
         run_id = _resolve_run_id(root, with_id)
-        ro = _ReadOnlyRun(run_id=run_id, mode=mode, endpoint=None, spool_path=None, aggregator=None,
+        ro = _ReadOnlyRun(run_id=run_id, mode=mode, endpoint=None, spool_root=None, aggregator=None,
                           rendezvous=None, store_path=str(run_dir(root, run_id) / "run.db"), **common)  # fmt: skip
         ro._open()
         return ro
     if mode == "disabled":
-        return _DisabledRun(run_id=with_id or "disabled", mode=mode, endpoint=None, spool_path=None,
+        return _DisabledRun(run_id=with_id or "disabled", mode=mode, endpoint=None, spool_root=None,
                             aggregator=None, rendezvous=None, store_path=None, **common)  # fmt: skip
 
     env_endpoint = os.environ.get(_env.COORDINATOR_ENDPOINT)
@@ -742,6 +775,7 @@ def init_run(
                     "policies": dict(policies or {}), "default_policy": default_policy,
                     "group_timeout_s": group_timeout_s, "liveness_timeout_s": liveness_timeout_s,
                     "stop_grace_s": stop_grace_s,
+                    "spool_root": str(Path(spool_dir) if spool_dir is not None else root / "spool" / run_id),
                 })  # fmt: skip
                 try:
                     agg.start(AGGREGATOR_START_TIMEOUT_S)
@@ -756,17 +790,18 @@ def init_run(
             assert rdzv is not None
             rec = rdzv.lookup(rendezvous_timeout_s)
             run_id, endpoint = rec["run_id"], rec["endpoint"]
-    spool = None
     if mode == "offline":
         endpoint = None
-        spool = str(root / "offline" / run_id / f"rank-{placement.rank}.spool")
+    spool_root = None if spool_dir is None and backpressure != "spool" and mode != "offline" else (
+        str(Path(spool_dir) if spool_dir is not None else root / "spool" / run_id))  # fmt: skip
     cls = _SyncRun if mode == "sync" else Run
-    run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_path=spool, aggregator=agg,
-              rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), **common)  # fmt: skip
+    run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_root=spool_root, aggregator=agg,
+              rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), backpressure=backpressure,
+              max_spool_bytes=max_spool_bytes, **common)  # fmt: skip
     if mode == "offline" and placement.rank == 0:
         from coordinator.spool import SpoolWriter
 
-        meta = SpoolWriter(root / "offline" / run_id / "run.meta")
+        meta = SpoolWriter(root / "spool" / run_id / "run.meta")
         meta.append(0, 0, b"", wire.encode_map({
             "run_id": run_id, "project": project, "name": name or run_id,
             "world_size": placement.world_size, "policies": dict(policies or {}),
@@ -778,8 +813,6 @@ def init_run(
 
 
 def _resolve_run_id(root: os.PathLike[str], with_id: str) -> str:
-    from pathlib import Path
-
     from coordinator.sinks.local import list_runs
 
     if with_id != "latest":

@@ -1,87 +1,70 @@
-"""Upload of offline runs: replay the ranks' spools through the aggregator core into the store."""
+"""Upload of spooled data: offline runs, and what a crashed job's ranks left unacknowledged."""
 
 from __future__ import annotations
 
-import logging
+import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from coordinator import wire
 from coordinator.aggregator import Aggregator, AggregatorConfig
-from coordinator.errors import ConfigError, ProtocolError
-from coordinator.sinks.local import run_dir
-from coordinator.spool import SpoolRecord, read_spool
+from coordinator.errors import ConfigError
+from coordinator.sinks.local import LocalStore, run_dir
+from coordinator.spool import read_spool
 
-__all__ = ["offline_dir", "upload_offline"]
-
-_log = logging.getLogger(__name__)
+__all__ = ["spool_root", "upload_spools"]
 
 
-def offline_dir(root: Path, run_id: str) -> Path:
-    """Where the ranks of an offline run spool their batches."""
-    return root / "offline" / run_id
+def spool_root(root: Path, run_id: str) -> Path:
+    """Where the ranks of a run spool their batches (one directory per rank incarnation)."""
+    return root / "spool" / run_id
 
 
-def _round_robin(files: list[Path]) -> Iterator[SpoolRecord]:
-    """Interleave the ranks' records so cross-rank groups complete as they go."""
-    its = [read_spool(f) for f in files]
-    while its:
-        alive = []
-        for it in its:
-            rec = next(it, None)
-            if rec is not None:
-                yield rec
-                alive.append(it)
-        its = alive
+def _config(root: Path, run_id: str) -> AggregatorConfig:
+    db = run_dir(root, run_id) / "run.db"
+    meta_file = spool_root(root, run_id) / "run.meta"
+    fields: dict[str, Any]
+    if db.exists():
+        s = LocalStore(db, readonly=True)
+        try:
+            info = s.run_info()
+            saved = s.meta("config")
+        finally:
+            s.close()
+        fields = json.loads(saved) if saved else {}
+        fields.update(world_size=info.world_size, project=info.project, name=info.name)
+    elif meta_file.exists():
+        rec = next(read_spool(meta_file), None)
+        if rec is None:
+            raise ConfigError(f"{meta_file} is empty or corrupt")
+        fields = wire.decode_map(rec.payload)
+    else:
+        raise ConfigError(f"nothing to upload for run {run_id!r} under {root} (no store and no {meta_file})")
+    keep = ("world_size", "project", "name", "policies", "default_policy")
+    return AggregatorConfig(
+        run_id=run_id,
+        store_path=str(db),
+        stop_grace_s=0.0,
+        **{k: v for k, v in fields.items() if k in keep},
+    )
 
 
-def upload_offline(root: Path, run_id: str) -> dict[str, Any]:
-    """Ingest an offline run's spools into the store; returns the final report.
+def upload_spools(root: Path, run_id: str) -> dict[str, Any]:
+    """Ingest a run's leftover spools into its store and finish the run; returns the final report.
 
-    Safe to repeat: batches already in the store are recognised by their sequence numbers
-    and skipped, so nothing is doubled.
+    Use it after the job has ended (nothing may still be writing those spools). Safe to repeat:
+    committed batches are recognised by their sequence numbers and skipped, and each spool
+    directory is deleted once it is committed.
 
     Raises:
-        ConfigError: no offline data for ``run_id``.
+        ConfigError: no store and no offline metadata for ``run_id``.
     """
-    d = offline_dir(root, run_id)
-    meta_file = d / "run.meta"
-    if not meta_file.exists():
-        raise ConfigError(f"no offline run {run_id!r} under {root} (expected {meta_file})")
-    meta_rec = next(read_spool(meta_file), None)
-    if meta_rec is None:
-        raise ConfigError(f"{meta_file} is empty or corrupt")
-    meta = wire.decode_map(meta_rec.payload)
-    cfg = AggregatorConfig(
-        run_id=run_id,
-        store_path=str(run_dir(root, run_id) / "run.db"),
-        world_size=int(meta["world_size"]),
-        project=str(meta.get("project", "default")),
-        name=str(meta.get("name", run_id)),
-        policies=dict(meta.get("policies", {})),
-        default_policy=str(meta.get("default_policy", "mean")),
-        stop_grace_s=0.0,
-    )
+    cfg = _config(root, run_id)
     agg = Aggregator(cfg)
-    files = sorted(d.glob("rank-*.spool"))
-    for n, rec in enumerate(_round_robin(files), 1):
-        now = time.time()
-        try:
-            env = wire.decode_envelope(rec.envelope)
-            if env.kind == wire.HELLO:
-                agg.hello(env, wire.decode_map(rec.payload, 4096), now)
-            elif env.kind == wire.BATCH:
-                agg.batch(env, rec.payload, now)
-            elif env.kind == wire.BYE:
-                agg.bye(env, wire.decode_map(rec.payload, 4096), now)
-        except ProtocolError as e:
-            agg.counters["bad_frames"] += 1
-            _log.warning("offline run %s: skipped a bad record: %s", run_id, e)
-        if n % 256 == 0:
-            agg.emit(now)
-            agg.commit()
+    sp = spool_root(root, run_id)
+    if sp.is_dir():
+        agg.recover_spools(sp, skip_live=False)
     agg.emit(time.time())
     agg.commit()
     return agg.finalize()

@@ -13,9 +13,10 @@ import socket
 import threading
 import time
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import zmq
 
@@ -26,7 +27,10 @@ from coordinator._defaults import (
     FLUSH_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     MAX_BATCH_POINTS,
+    MAX_BUFFER_POINTS,
+    MAX_SPOOL_BYTES,
     MAX_WINDOW_BATCHES,
+    SPOOL_SEGMENT_BYTES,
 )
 from coordinator._validate import FieldValue
 from coordinator.errors import (
@@ -36,11 +40,15 @@ from coordinator.errors import (
     ProtocolError,
     SinkError,
 )
-from coordinator.spool import SpoolWriter
+from coordinator.spool import SegmentedSpool
 
-__all__ = ["Request", "SenderConfig", "SenderThread", "default_hello"]
+__all__ = ["BACKPRESSURE_POLICIES", "Backpressure", "Request", "SenderConfig", "SenderThread", "default_hello"]
 
 _log = logging.getLogger(__name__)
+
+
+Backpressure = Literal["block", "spool", "drop_oldest"]
+BACKPRESSURE_POLICIES = ("block", "spool", "drop_oldest")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -51,9 +59,15 @@ class SenderConfig:
     rank: int
     incarnation: int
     endpoint: str | None
-    """Aggregator endpoint; ``None`` with ``spool_path`` set means offline."""
-    spool_path: str | None = None
-    """Offline mode: every batch goes to this file instead of a socket."""
+    """Aggregator endpoint; ``None`` means offline (spool only)."""
+    spool_dir: str | None = None
+    """Write-ahead spool of this sender; ``None`` keeps batches in memory only."""
+    backpressure: Backpressure = "spool"
+    """What happens when the aggregator does not keep up: see init_run."""
+    max_backlog_points: int = MAX_BUFFER_POINTS
+    """Points held in memory awaiting a send slot (block: none; drop_oldest: then drop)."""
+    max_spool_bytes: int = MAX_SPOOL_BYTES
+    spool_segment_bytes: int = SPOOL_SEGMENT_BYTES
     flush_interval_s: float = FLUSH_INTERVAL_S
     max_batch_points: int = MAX_BATCH_POINTS
     max_window: int = MAX_WINDOW_BATCHES
@@ -93,17 +107,19 @@ class Request:
 
 
 @dataclass(slots=True)
-class _InFlight:
+class _Batch:
     seq: int
     gen: int
     points: int
     envelope: bytes
-    payload: bytes
-    sent_at: float
+    payload: bytes | None
+    """None while the batch waits on disk only (``loc``)."""
+    loc: tuple[Path, int] | None = None
+    sent_at: float = 0.0
 
 
 class SenderThread(threading.Thread):
-    """Drains the buffer every flush interval into numbered batches and sends them."""
+    """Drains the buffer every flush interval into numbered batches, spools and sends them."""
 
     def __init__(self, cfg: SenderConfig, buf: Buffer) -> None:
         super().__init__(name=f"coordinator-sender-r{cfg.rank}", daemon=True)
@@ -114,7 +130,11 @@ class SenderThread(threading.Thread):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stop_evt = threading.Event()
-        self._window: OrderedDict[int, _InFlight] = OrderedDict()
+        self._window: OrderedDict[int, _Batch] = OrderedDict()
+        """Sent, not yet acknowledged (payload in memory)."""
+        self._backlog: deque[_Batch] = deque()
+        """Cut, numbered, waiting for a send slot (payload in memory or only on disk)."""
+        self._backlog_points = 0
         self._seq = 0
         self._req_id = 0
         self._open_reqs: dict[int, Request] = {}
@@ -123,10 +143,14 @@ class SenderThread(threading.Thread):
         self._welcomed = False
         self._hello_sent_at = 0.0
         self._last_send = 0.0
+        self._spool_retry_at = 0.0
+        self._warned_full = False
         self.last_reply_at = 0.0
         """monotonic time of the last message from the aggregator (0: never)."""
         self.sock: zmq.Socket[bytes] | None = None
-        self._spool: SpoolWriter | None = None
+        self.spool: SegmentedSpool | None = None
+        self.counters = {"batches": 0, "spooled_batches": 0, "replayed_batches": 0, "resent_batches": 0,
+                         "dropped_points": 0, "lost_points": 0}  # fmt: skip
 
     # ------------------------------------------------------------ API side
 
@@ -156,20 +180,27 @@ class SenderThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._main()
+            if self.cfg.spool_dir is not None:
+                self.spool = SegmentedSpool(self.cfg.spool_dir, segment_bytes=self.cfg.spool_segment_bytes,
+                                            max_bytes=self.cfg.max_spool_bytes)  # fmt: skip
+            if self.cfg.endpoint is None:
+                self._main_offline()
+            else:
+                self._main()
         except BaseException as e:  # noqa: BLE001 - the thread must not die silently: surface it to wait()
             _log.error("coordinator sender thread crashed: %r", e, exc_info=True)
             err = e if isinstance(e, CoordinatorError) else CoordinatorError(f"sender thread crashed: {e!r}")
             self.buf.fail(err, fatal=True)
             self._fail_requests(err)
         finally:
+            if self.spool is not None:
+                # Unacknowledged batches stay on disk for `coordinator sync`; an empty spool goes away.
+                self.spool.close(remove_if_empty=self.cfg.endpoint is not None)
             os.close(self._wake_r)
             os.close(self._wake_w)
 
     def _main(self) -> None:
-        if self.cfg.endpoint is None:
-            self._main_offline()
-            return
+        assert self.cfg.endpoint is not None
         ctx = zmq.Context()
         sock = self.sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -194,20 +225,21 @@ class SenderThread(threading.Thread):
                 if now >= next_flush or self.buf.flush_requested:
                     self._flush(now)
                     next_flush = now + self.cfg.flush_interval_s
+                self._pump(now)
                 self._housekeeping(now)
             # One last attempt, so close() after wait() loses nothing that is already acked.
             self._flush(time.monotonic())
+            self._pump(time.monotonic())
         finally:
             sock.close(linger=0)
             ctx.term()
             self._fail_requests(ClosedError("the run was closed"))
 
     def _main_offline(self) -> None:
-        assert self.cfg.spool_path is not None
-        self._spool = SpoolWriter(self.cfg.spool_path)
+        assert self.spool is not None
+        self._welcomed = True
         try:
-            self._spool.append(wire.HELLO, 0, self._env(wire.HELLO, 0), wire.encode_map(self.cfg.hello))
-            self._welcomed = True
+            self.spool.append(wire.HELLO, 0, self._env(wire.HELLO, 0), wire.encode_map(self.cfg.hello))
             while not self._stop_evt.is_set():
                 self._stop_evt.wait(self.cfg.flush_interval_s if not self.buf.flush_requested else 0)
                 self._drain_wake()
@@ -215,7 +247,6 @@ class SenderThread(threading.Thread):
                 self._flush(time.monotonic())
             self._flush(time.monotonic())
         finally:
-            self._spool.close()
             self._fail_requests(ClosedError("the run was closed"))
 
     def _env(self, kind: int, seq: int) -> bytes:
@@ -248,16 +279,19 @@ class SenderThread(threading.Thread):
                 req = self.requests.get_nowait()
             except queue.Empty:
                 return
-            if req.kind == wire.BYE and self._spool is not None:
-                self._spool.append(wire.BYE, 0, self._env(wire.BYE, 0), wire.encode_map(req.payload))
-                req.reply = {}
+            if self.cfg.endpoint is None:
+                if req.kind == wire.BYE:
+                    assert self.spool is not None
+                    payload = dict(req.payload, **self.counters)
+                    self.spool.append(wire.BYE, 0, self._env(wire.BYE, 0), wire.encode_map(payload))
+                    req.reply = {}
+                else:
+                    req.error = CoordinatorError("offline runs have no aggregator to read from; "
+                                                 "upload with `coordinator sync` and read the store")  # fmt: skip
                 req.done.set()
                 continue
-            if self._spool is not None:
-                req.error = CoordinatorError("offline runs have no aggregator to read from; "
-                                             "upload with `coordinator sync` and read the store")  # fmt: skip
-                req.done.set()
-                continue
+            if req.kind == wire.BYE:
+                req.payload = dict(req.payload, **self.counters)
             self._req_id += 1
             self._open_reqs[self._req_id] = req
             self._send(req.kind, self._req_id, wire.encode_map(req.payload))
@@ -289,22 +323,103 @@ class SenderThread(threading.Thread):
             last = steps[-1]
         self._last_step[key] = last
 
+    def _may_cut(self, now: float) -> bool:
+        """Whether taking the buffer now keeps memory and disk within their bounds."""
+        if self.cfg.endpoint is None:
+            return True
+        if self._welcomed and len(self._window) < self.cfg.max_window and not self._backlog:
+            return True  # straight to the wire
+        policy = self.cfg.backpressure
+        if policy == "drop_oldest":
+            return True
+        if policy == "block" or self.spool is None:
+            return False  # the data waits in the buffer; log() blocks once it is full
+        if now < self._spool_retry_at:  # the spool just failed: hold batches in memory, bounded
+            return self._backlog_points < self.cfg.max_backlog_points
+        if self.spool.full():
+            if not self._warned_full:
+                self._warned_full = True
+                _log.warning("rank %d: spool %s is full (%d bytes); log() will block when the buffer fills",
+                             self.cfg.rank, self.spool.dir, self.spool.size_bytes)  # fmt: skip
+            return False
+        return True
+
     def _flush(self, now: float) -> None:
-        if not self._welcomed or len(self._window) >= self.cfg.max_window:
+        if not self._may_cut(now):
             return
         gen, cols, fields = self.buf.cut()
         if not cols and not fields:
             self._cut_gen = gen
-            if not self._window:
+            if not self._window and not self._backlog:
                 self.buf.progress(gen, 0)
             return
         ts = time.time()
-        for batch_metrics, batch_fields, points in self._split(cols, fields):
+        for batch_metrics, batch_fields, n in self._split(cols, fields):
             self._seq += 1
             payload = wire.encode_batch(batch_metrics, batch_fields, ts)
-            inf = _InFlight(self._seq, gen, points, self._env(wire.BATCH, self._seq), payload, now)
-            self._deliver(inf)
+            b = _Batch(self._seq, gen, n, self._env(wire.BATCH, self._seq), payload)
+            self.counters["batches"] += 1
+            self._store_batch(b, now)
         self._cut_gen = gen
+        if self.cfg.backpressure == "drop_oldest":
+            self._drop_oldest()
+
+    def _store_batch(self, b: _Batch, now: float) -> None:
+        """Write-ahead to the spool (when there is one), then queue for sending."""
+        if self.spool is not None and now >= self._spool_retry_at:
+            try:
+                b.loc = self.spool.append(wire.BATCH, b.seq, b.envelope, b.payload or b"")
+            except SinkError as e:
+                # Keep the batch in memory: nothing is lost, but the user must hear about the disk.
+                self._spool_retry_at = now + 1.0
+                self.buf.fail(SinkError(f"rank {self.cfg.rank}: {e}; batches stay in memory until it is fixed"))
+                _log.error("rank %d: %s", self.cfg.rank, e)
+        if self.cfg.endpoint is None:  # offline: durable once spooled
+            if b.loc is None:
+                err = DeliveryError(f"offline rank {self.cfg.rank}: batch {b.seq} ({b.points} points) could not "
+                                    f"be written to the spool", lost_points=b.points)  # fmt: skip
+                self.counters["lost_points"] += b.points
+                self.buf.fail(err, lost_points=b.points)
+            else:
+                self.buf.progress(b.gen, b.points)
+            return
+        if self._backlog or len(self._window) >= self.cfg.max_window or not self._welcomed:
+            if b.loc is not None:
+                b.payload = None  # on disk: do not hold it in memory too
+                self.counters["spooled_batches"] += 1
+            self._backlog.append(b)
+            self._backlog_points += b.points
+            return
+        self._send_batch(b, now)
+
+    def _send_batch(self, b: _Batch, now: float) -> None:
+        if b.payload is None:
+            assert self.spool is not None and b.loc is not None
+            b.payload = self.spool.read(b.loc).payload
+            self.counters["replayed_batches"] += 1
+        assert self.sock is not None
+        self.sock.send_multipart([b.envelope, b.payload], copy=False)
+        b.sent_at = self._last_send = now
+        self._window[b.seq] = b
+        _log.debug("rank %d: BATCH %d (%d points)", self.cfg.rank, b.seq, b.points)
+
+    def _pump(self, now: float) -> None:
+        """Move batches from the backlog into the window while it has room."""
+        while self._backlog and self._welcomed and len(self._window) < self.cfg.max_window:
+            b = self._backlog.popleft()
+            self._backlog_points -= b.points
+            self._send_batch(b, now)
+
+    def _drop_oldest(self) -> None:
+        """Policy drop_oldest: bound the in-memory backlog by dropping its oldest batches (counted)."""
+        while self._backlog_points > self.cfg.max_backlog_points and self._backlog:
+            b = self._backlog.popleft()
+            self._backlog_points -= b.points
+            self.counters["dropped_points"] += b.points
+            self.buf.dropped(b.points)
+            _log.warning("rank %d: dropped batch %d (%d points) under backpressure policy drop_oldest",
+                         self.cfg.rank, b.seq, b.points)  # fmt: skip
+        self.buf.progress(self._acked_gen(), 0)
 
     def _split(
         self, cols: dict[str, Column], fields: list[tuple[str, FieldValue]]
@@ -333,41 +448,37 @@ class SenderThread(threading.Thread):
             out[-1] = (out[-1][0], fields, out[-1][2])
         return out
 
-    def _deliver(self, inf: _InFlight) -> None:
-        if self._spool is not None:
-            try:
-                self._spool.append(wire.BATCH, inf.seq, inf.envelope, inf.payload)
-            except SinkError as e:
-                self.buf.fail(DeliveryError(f"{e}; {inf.points} points lost", lost_points=inf.points),
-                              lost_points=inf.points)  # fmt: skip
-                return
-            self.buf.progress(inf.gen, inf.points)
-            return
-        self._window[inf.seq] = inf
-        assert self.sock is not None
-        self.sock.send_multipart([inf.envelope, inf.payload], copy=False)
-        self._last_send = inf.sent_at
-        _log.debug("rank %d: BATCH %d (%d points)", self.cfg.rank, inf.seq, inf.points)
-
     def _acked_gen(self) -> int:
         if self._window:
             return next(iter(self._window.values())).gen - 1
+        if self._backlog:
+            return self._backlog[0].gen - 1
         return self._cut_gen
 
+    def _first_unacked(self) -> int:
+        if self._window:
+            return next(iter(self._window))
+        if self._backlog:
+            return self._backlog[0].seq
+        return self._seq + 1
+
     def _ack(self, seq: int) -> None:
-        inf = self._window.pop(seq, None)
-        if inf is None:
+        b = self._window.pop(seq, None)
+        if b is None:
             return  # an ack for a resend that was already acknowledged
-        self.buf.progress(self._acked_gen(), inf.points)
+        self.buf.progress(self._acked_gen(), b.points)
+        if self.spool is not None:
+            self.spool.acked_through(self._first_unacked() - 1)
         _log.debug("rank %d: ACK %d", self.cfg.rank, seq)
 
     def _resend_from(self, seq: int) -> None:
         now = time.monotonic()
         assert self.sock is not None
-        for inf in self._window.values():
-            if inf.seq >= seq:
-                inf.sent_at = now
-                self.sock.send_multipart([inf.envelope, inf.payload], copy=False)
+        for b in self._window.values():
+            if b.seq >= seq and b.payload is not None:
+                b.sent_at = now
+                self.sock.send_multipart([b.envelope, b.payload], copy=False)
+                self.counters["resent_batches"] += 1
         self._last_send = now
 
     # ------------------------------------------------------------ replies
@@ -383,7 +494,13 @@ class SenderThread(threading.Thread):
             try:
                 self._on_reply(frames)
             except ProtocolError as e:
-                _log.warning("rank %d: unreadable reply from the aggregator: %s", self.cfg.rank, e)
+                if e.code == "version":
+                    err = ProtocolError(f"rank {self.cfg.rank}: the aggregator at {self.cfg.endpoint} is "
+                                        f"incompatible: {e}", code="version")  # fmt: skip
+                    self.buf.fail(err, fatal=True)
+                    self._fail_requests(err)
+                else:
+                    _log.warning("rank %d: unreadable reply from the aggregator: %s", self.cfg.rank, e)
 
     def _on_reply(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -420,7 +537,8 @@ class SenderThread(threading.Thread):
         code = body.get("code")
         msg = str(body.get("message", ""))
         if code == "hello":
-            self._send_hello()
+            if self._welcomed or time.monotonic() - self._hello_sent_at > 1.0:
+                self._send_hello()
         elif code == "gap":
             expected = body.get("expected", 1)
             for seq in [s for s in self._window if s < expected]:
@@ -433,11 +551,12 @@ class SenderThread(threading.Thread):
             self.buf.fail(err, fatal=True)
             self._fail_requests(err)
         elif body.get("re") == wire.BATCH and env.seq in self._window:
-            inf = self._window.pop(env.seq)
-            lost = DeliveryError(f"the aggregator rejected batch {env.seq} ({inf.points} points): {msg}",
-                                 lost_points=inf.points)  # fmt: skip
+            b = self._window.pop(env.seq)
+            lost = DeliveryError(f"the aggregator rejected batch {env.seq} ({b.points} points): {msg}",
+                                 lost_points=b.points)  # fmt: skip
             _log.error("%s", lost)
-            self.buf.fail(lost, lost_points=inf.points)
+            self.counters["lost_points"] += b.points
+            self.buf.fail(lost, lost_points=b.points)
             self.buf.progress(self._acked_gen(), 0)
         else:
             req = self._open_reqs.pop(env.seq, None)

@@ -141,6 +141,8 @@ class TxnData:
     events: list[tuple[float, str, int | None, str]] = field(default_factory=list)
     key_policies: dict[str, str] = field(default_factory=dict)
     """New keys and their reduction policy."""
+    meta: dict[str, str] = field(default_factory=dict)
+    """Meta-table upserts (saved counters)."""
 
     def empty(self) -> bool:
         """True when there is nothing to write."""
@@ -298,11 +300,23 @@ class LocalStore:
                     )
                 if data.events:
                     db.executemany("INSERT INTO events (ts, kind, rank, detail) VALUES (?, ?, ?, ?)", data.events)
+                if data.meta:
+                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(data.meta.items()))
         except sqlite3.Error as e:
             raise SinkError(f"store {self.path}: commit failed: {e}") from e
         self._key_ids.update(new_ids)
 
     # ---------------------------------------------------------------- reading
+
+    def meta(self, key: str) -> str | None:
+        """A value of the meta table (``schema``, ``config``, ``counters``)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a meta value (its own transaction)."""
+        with self._txn():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def run_info(self) -> RunInfo:
         """The run row."""
