@@ -11,6 +11,7 @@ __all__ = [
     "GROUP_TIMEOUT_S",
     "HEARTBEAT_INTERVAL_S",
     "LIVENESS_TIMEOUT_S",
+    "MAX_AGGREGATOR_RESTARTS",
     "MAX_BATCH_POINTS",
     "MAX_BUFFER_POINTS",
     "MAX_FIELD_STR_BYTES",
@@ -52,6 +53,8 @@ CLOSE_TIMEOUT_S = 120.0
 """Default deadline for stop(): drain, say goodbye, and (rank 0) wait for the aggregator."""
 STOP_GRACE_S = 30.0
 """After rank 0 said goodbye, the aggregator waits this long for ranks that never connected."""
+MAX_AGGREGATOR_RESTARTS = 5
+"""How often rank 0 restarts an aggregator that died before the run ended."""
 AGGREGATOR_START_TIMEOUT_S = 30.0
 """Rank 0 waits this long for the aggregator process to bind its socket."""
 RENDEZVOUS_TIMEOUT_S = 120.0

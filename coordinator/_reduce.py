@@ -123,6 +123,30 @@ class Reducer:
         st.maxstep[rank] = hi
         self._touched.add(key)
 
+    def restore(self, key: str, emitted_upto: int, rank_points: dict[int, tuple[list[int], list[float]]],
+                now: float) -> None:  # fmt: skip
+        """Rebuild a key's state after a restart from what the store holds.
+
+        Args:
+            key: the metric key.
+            emitted_upto: the last step of its stored main series (-1 if none).
+            rank_points: per rank, every stored (steps, values) of the key in arrival order.
+            now: the current time.
+        """
+        st = self.keys[key] = _KeyState(self.policy(key), now, settled=True, emitted_upto=emitted_upto)
+        if st.policy == "per_rank":
+            return
+        for rank, (steps, values) in rank_points.items():
+            st.maxstep[rank] = max(steps) if steps else -1
+            for s, v in zip(steps, values, strict=True):
+                if s > emitted_upto:
+                    g = st.pending.get(s)
+                    if g is None:
+                        st.pending[s] = (now, {rank: v})
+                    else:
+                        g[1][rank] = v
+        self._touched.add(key)
+
     def rank_done(self, rank: int) -> None:
         """Stop waiting for ``rank`` (closed or lost); its pending groups become emittable."""
         self.done.add(rank)

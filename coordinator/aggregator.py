@@ -150,13 +150,22 @@ class Aggregator:
         for rank, st in self.rank_state.items():
             if st in ("closed", "lost"):
                 self.reducer.rank_done(rank)
+        if self.rank_state.get(0) == "closed":
+            self.rank0_bye_at = time.time()
         saved = self.store.meta("counters")
         if saved:
             for k, v in json.loads(saved).items():
                 if isinstance(v, int):
                     self.counters[k] = v
+        writers = self.store.field_writers()
         for path, (tag, val) in self.store.fields().items():
-            self.fields[path] = _Field((tag, val), SYSTEM_RANK if path.startswith("sys/") else 0)
+            self.fields[path] = _Field((tag, val), writers.get(path, 0))
+        now = time.time()
+        for key in self.store.keys():
+            main = self.store.values(key, MAIN_RANK)
+            self.reducer.restore(key, main[-1][0] if main else -1, self.store.rank_points(key), now)
+            if main:
+                self.last[key] = main[-1]
 
     def _set_sys_fields(self) -> None:
         c = self.cfg
@@ -574,6 +583,7 @@ class _Server:
                 warnings = agg.take_warnings(env.rank, env.incarnation)
                 self._reply(ident, wire.ACK, env, {"w": warnings} if warnings else {})
             elif env.kind == wire.PING:
+                agg.sender(env)  # an unknown sender (we restarted) is told to say HELLO again
                 agg.touch(env, now)
                 self._reply(ident, wire.PONG, env, {})
             elif env.kind == wire.HELLO:

@@ -24,6 +24,7 @@ from coordinator._defaults import (
     GROUP_TIMEOUT_S,
     LIVENESS_TIMEOUT_S,
     MAX_BUFFER_POINTS,
+    MAX_AGGREGATOR_RESTARTS,
     MAX_KEYS_PER_RUN,
     MAX_SPOOL_BYTES,
     RENDEZVOUS_TIMEOUT_S,
@@ -31,7 +32,14 @@ from coordinator._defaults import (
 )
 from coordinator._reduce import PolicyTable
 from coordinator._validate import check_key, check_step, flatten_fields, to_metric_value
-from coordinator.discovery import AggregatorProcess, Placement, Rendezvous, detect_placement, new_run_id
+from coordinator.discovery import (
+    AggregatorProcess,
+    AggregatorSupervisor,
+    Placement,
+    Rendezvous,
+    detect_placement,
+    new_run_id,
+)
 from coordinator.errors import (
     ClosedError,
     ConfigError,
@@ -168,6 +176,7 @@ class Run:
         aggregator: AggregatorProcess | None,
         rendezvous: Rendezvous | None,
         store_path: str | None,
+        max_aggregator_restarts: int = MAX_AGGREGATOR_RESTARTS,
     ) -> None:
         self.id = run_id
         self.rank = placement.rank
@@ -180,6 +189,12 @@ class Run:
         self.incarnation = secrets.randbits(62)
         self._close_timeout_s = close_timeout_s
         self._agg = aggregator
+        self._supervisor: AggregatorSupervisor | None = None
+        if aggregator is not None:
+            self._supervisor = AggregatorSupervisor(
+                aggregator, max_restarts=max_aggregator_restarts, start_timeout_s=AGGREGATOR_START_TIMEOUT_S,
+                on_fatal=lambda e: self._buf.fail(e, fatal=True),
+            )  # fmt: skip
         self._rdzv = rendezvous
         self._buf = Buffer(max_buffer_points)
         self._handles: dict[str, Handle] = {}
@@ -204,6 +219,8 @@ class Run:
                 self._buf,
             )  # fmt: skip
             self._sender.start()
+        if self._supervisor is not None:
+            self._supervisor.start()
         for path, value in (("sys/id", run_id), ("sys/name", name), ("sys/project", project)):
             self._view_fields[path] = value
         # A partial per run, so stop() unregisters this run's hook and no other.
@@ -554,7 +571,11 @@ class Run:
                 if self._sender.is_alive():
                     _log.error("rank %d: sender thread did not exit in time", self.rank)
             if self._agg is not None:
-                code = self._agg.wait(max(0.0, deadline - time.monotonic()))
+                code = None
+                if self._supervisor is not None and self._supervisor.finished.wait(
+                    max(0.0, deadline - time.monotonic())
+                ):
+                    code = self._agg.poll()
                 if code is None:
                     _log.error("run %s: the aggregator was still waiting for other ranks at the deadline; "
                                "stopping it (the run is marked failed)", self.id)  # fmt: skip
@@ -563,9 +584,11 @@ class Run:
                         f"run {self.id}: not every rank stopped before the deadline", endpoint=self.endpoint
                     )
                 if code not in (0, None) and error is None:
-                    error = DeliveryError(f"run {self.id}: the aggregator finished with code {code} "
-                                          "(run marked failed; `coordinator show` gives the report)")  # fmt: skip
+                    error = DeliveryError(f"run {self.id} was closed as failed: {self._failure_reasons()} "
+                                          f"(`coordinator show {self.id}` has the full report)")  # fmt: skip
         finally:
+            if self._supervisor is not None:
+                self._supervisor.stop(5.0)
             if self._agg is not None:
                 self._agg.kill()
                 self._agg.cleanup()
@@ -573,6 +596,19 @@ class Run:
                 self._rdzv.retract()
         if error is not None:
             raise error
+
+    def _failure_reasons(self) -> str:
+        if self.store_path is None:
+            return "unknown reasons"
+        try:
+            s = LocalStore(self.store_path, readonly=True)
+            try:
+                rep = s.run_info().report or {}
+            finally:
+                s.close()
+        except CoordinatorError as e:
+            return f"the report could not be read ({e})"
+        return "; ".join(rep.get("reasons", [])) or "unknown reasons"
 
     def _atexit_close(self) -> None:
         if not self._closed:

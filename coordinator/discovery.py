@@ -18,7 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +30,7 @@ from coordinator.errors import ConfigError, CoordinatorError, CoordinatorTimeout
 
 __all__ = [
     "AggregatorProcess",
+    "AggregatorSupervisor",
     "Placement",
     "Rendezvous",
     "detect_placement",
@@ -287,3 +290,52 @@ class AggregatorProcess:
     def cleanup(self) -> None:
         """Remove the socket directory."""
         shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+class AggregatorSupervisor(threading.Thread):
+    """Rank 0's watchdog: restarts the aggregator if it dies (bounded), and reports when it finished.
+
+    A clean exit (code 0, or 3 for a run closed as failed) is the end of the run. Anything else
+    (SIGKILL, a crash) is restarted with the same endpoint; the new process recovers its state
+    from the store, and the ranks resend what was not acknowledged.
+    """
+
+    def __init__(self, agg: AggregatorProcess, *, max_restarts: int, start_timeout_s: float,
+                 on_fatal: Callable[[CoordinatorError], None]) -> None:  # fmt: skip
+        super().__init__(name="coordinator-supervisor", daemon=True)
+        self.agg = agg
+        self.max_restarts = max_restarts
+        self.start_timeout_s = start_timeout_s
+        self.on_fatal = on_fatal
+        self.restarts = 0
+        self.exit_code: int | None = None
+        self.finished = threading.Event()
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_evt.wait(0.1):
+                code = self.agg.poll()
+                if code is None:
+                    continue
+                if code in (0, 3) or self.restarts >= self.max_restarts:
+                    if code not in (0, 3):
+                        self.on_fatal(CoordinatorError(
+                            f"the aggregator died (exit code {code}) and was already restarted "
+                            f"{self.restarts} times; giving up"))  # fmt: skip
+                    self.exit_code = code
+                    return
+                self.restarts += 1
+                _log.error("the aggregator of run %s died (exit code %s); restarting it (%d/%d)",
+                           self.agg.run_id, code, self.restarts, self.max_restarts)  # fmt: skip
+                try:
+                    self.agg.start(self.start_timeout_s)
+                except CoordinatorError as e:
+                    _log.error("restarting the aggregator failed: %s", e)
+        finally:
+            self.finished.set()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop watching (the process itself is left to the caller)."""
+        self._stop_evt.set()
+        self.join(timeout_s)

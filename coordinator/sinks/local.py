@@ -336,6 +336,23 @@ class LocalStore:
             for p, t, v in self._db.execute("SELECT path, type, value FROM fields ORDER BY path")
         }
 
+    def field_writers(self) -> dict[str, int]:
+        """Path -> rank whose value is stored."""
+        return dict(self._db.execute("SELECT path, rank FROM fields"))
+
+    def rank_points(self, key: str) -> dict[int, tuple[list[int], list[float]]]:
+        """Per rank (not the main series): every stored (steps, values) of ``key`` in arrival order."""
+        out: dict[int, tuple[list[int], list[float]]] = {}
+        for rank, sb, vb in self._db.execute(
+            "SELECT c.rank, c.steps, c.vals FROM chunks c JOIN keys k ON k.id = c.key_id "
+            "WHERE k.key = ? AND c.rank >= 0 ORDER BY c.id",
+            (key,),
+        ):
+            steps, values = out.setdefault(rank, ([], []))
+            steps.extend(_from_le("q", sb))
+            values.extend(_from_le("d", vb))
+        return out
+
     def conflicts(self) -> list[dict[str, Any]]:
         """Every recorded conflicting field write."""
         return [

@@ -18,6 +18,7 @@ def main() -> None:
     p.add_argument("--conflict", action="store_true", help="rank r writes cfg/x = r")
     p.add_argument("--hang-after", type=int, default=-1, help="sleep forever after this many points")
     p.add_argument("--liveness", type=float, default=30.0, help="liveness_timeout_s of the run")
+    p.add_argument("--rate", type=float, default=0.0, help="points per second (0: as fast as possible)")
     a = p.parse_args()
     rank = int(os.environ["RANK"])
     with coordinator.init_run(
@@ -28,14 +29,19 @@ def main() -> None:
         run["cfg/same"] = "equal-everywhere"
         if a.conflict:
             run["cfg/x"] = rank
+        t0 = time.monotonic()
         for s in range(a.points):
             run.log({"m": float(rank * 10_000 + s)}, step=s)
+            if a.rate and s % 100 == 0:
+                ahead = s / a.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
             if s == a.hang_after:
                 run.wait(30)
                 sys.stdout.write("HUNG\n")
                 sys.stdout.flush()
                 time.sleep(3600)
-        run.wait(60)
+        run.wait(120)
         result = {"rank": rank, "stats": run.stats()}
     with open(os.path.join(a.out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)

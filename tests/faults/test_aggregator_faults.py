@@ -1,0 +1,116 @@
+"""Fault injection on the aggregator process: SIGKILL and restart, SIGSTOP/SIGCONT, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import coordinator
+from coordinator.sinks.local import MAIN_RANK, LocalStore, list_runs
+from tests.integration.test_processes import _aggregators, _reap, _spawn
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for(path: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def _check_exactly_once(store_dir: Path, world: int, n: int, key: str = "m") -> LocalStore:
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    for r in range(world):
+        pts = s.values(key, r)
+        steps = [st for st, _ in pts]
+        lost = set(range(n)) - set(steps)
+        dup = len(steps) - len(set(steps))
+        assert not lost and not dup, f"rank {r}: {len(lost)} lost, {dup} duplicated"
+        assert all(v == float(r * 10_000 + st) for st, v in pts), f"rank {r}: corrupted values"
+    return s
+
+
+@pytest.mark.parametrize("kills", [1, pytest.param(4, marks=pytest.mark.slow)])
+def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(store_dir: Path, tmp_path: Path,
+                                                                        kills: int) -> None:
+    """SIGKILL the aggregator mid-run (several times): rank 0 restarts it; every point stored exactly once."""
+    out = tmp_path / "out"
+    out.mkdir()
+    world, n = 4, 30_000
+    procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "6000")
+    run_id = _wait_for(out / "rank0.id")
+    rng = random.Random(1234)
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.5, 1.5))
+        [agg] = _aggregators(run_id) or [None]
+        assert agg is not None, "no aggregator to kill"
+        agg.send_signal(signal.SIGKILL)
+        agg.wait(10)
+        deadline = time.monotonic() + 30
+        while not [p for p in _aggregators(run_id) if p.pid != agg.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    res = _reap(procs, timeout=240)
+    for code, _, err in res:
+        assert code == 0, err[-4000:]
+    s = _check_exactly_once(store_dir, world, n)
+    try:
+        main = s.values("m", MAIN_RANK)
+        assert [st for st, _ in main] == list(range(n))
+        assert all(v == pytest.approx(15_000.0 + st) for st, v in main)
+        assert s.run_info().state == "finished"
+    finally:
+        s.close()
+    stats = [json.loads((out / f"rank{r}.json").read_text())["stats"] for r in range(world)]
+    assert all(st["lost"] == 0 and st["pending"] == 0 for st in stats)
+
+
+def test_frozen_aggregator_wait_times_out_naming_endpoint_then_drains(store_dir: Path) -> None:
+    """SIGSTOP the aggregator: log() stays cheap, wait(timeout) raises naming the endpoint; SIGCONT drains."""
+    with coordinator.init_run(flush_interval_s=0.002) as run:
+        run.log({"a": 0.0}, step=0)
+        run.wait(30)
+        agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]
+        agg.suspend()
+        try:
+            t0 = time.perf_counter()
+            for s in range(1, 50_001):
+                run.log({"a": float(s)}, step=s)
+            assert time.perf_counter() - t0 < 10
+            with pytest.raises(coordinator.CoordinatorTimeoutError) as ei:
+                run.wait(timeout=1.0)
+            assert run.endpoint is not None and run.endpoint in str(ei.value)
+            assert ei.value.undelivered_points > 0
+        finally:
+            agg.resume()
+        run.wait(60)
+        assert len(run["a"].fetch_values(rank=0)) == 50_001
+
+
+def test_sigterm_to_aggregator_drains_acks_and_finishes_run(store_dir: Path) -> None:
+    """SIGTERM: the aggregator commits and acks what it has, writes the report and exits cleanly."""
+    run = coordinator.init_run()
+    try:
+        for s in range(10_000):
+            run.log({"a": float(s)}, step=s)
+        run.wait(30)
+        assert run._agg is not None and run._agg.proc is not None
+        os.kill(run._agg.proc.pid, signal.SIGTERM)
+        code = run._agg.proc.wait(30)
+        assert code == 3  # finished, marked failed: rank 0 had not closed
+    finally:
+        with pytest.raises(coordinator.CoordinatorError):
+            run.stop(timeout=5)
+    [info] = list_runs(store_dir)
+    assert info.state == "failed"
+    assert info.report is not None and info.report["points"] == 10_000
+    assert any("signal" in r for r in info.report["reasons"])
