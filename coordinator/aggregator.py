@@ -123,7 +123,7 @@ class Aggregator:
         self.current: dict[int, int] = {}
         """rank -> live incarnation."""
         self.rank_state: dict[int, str] = {}
-        self.known_keys: set[str] = set(self.store.keys())
+        self.known_keys: set[str] = set(self.store.key_policies())
         self.fields: dict[str, _Field] = {}
         self.last: dict[str, tuple[int, float]] = {}
         self.counters = {
@@ -161,7 +161,7 @@ class Aggregator:
         for path, (tag, val) in self.store.fields().items():
             self.fields[path] = _Field((tag, val), writers.get(path, 0))
         now = time.time()
-        for key in self.store.keys():
+        for key in self.store.key_policies():
             main = self.store.values(key, MAIN_RANK)
             self.reducer.restore(key, main[-1][0] if main else -1, self.store.rank_points(key), now)
             if main:
@@ -181,7 +181,9 @@ class Aggregator:
 
     # ------------------------------------------------------------- messages
 
-    def hello(self, env: wire.Envelope, info: dict[str, Any], now: float, *, recovering: bool = False) -> dict[str, Any]:
+    def hello(
+        self, env: wire.Envelope, info: dict[str, Any], now: float, *, recovering: bool = False
+    ) -> dict[str, Any]:
         """Register a sender; returns the WELCOME payload (its high-water mark).
 
         With ``recovering``, the sender is registered for replaying its spool without becoming
@@ -214,7 +216,7 @@ class Aggregator:
         old = self.current.get(env.rank)
         if old is not None and old != env.incarnation:
             prev = self.senders[(env.rank, old)]
-            if prev.state == "live":
+            if prev.state in ("live", "lost"):
                 prev.state = "fenced"
                 self._persist_sender(prev)
             self.txn.events.append((now, "rank_restarted", env.rank, f"incarnation {old} -> {env.incarnation}"))
@@ -335,8 +337,7 @@ class Aggregator:
             if skip_live and live is not None and live.state == "live":
                 continue  # still sending: its spool is its own
             before = self.counters["points"]
-            n = 0
-            for rec in spool_records(d):
+            for n, rec in enumerate(spool_records(d), 1):
                 now = time.time()
                 try:
                     env = wire.decode_envelope(rec.envelope)
@@ -353,7 +354,6 @@ class Aggregator:
                 except ProtocolError as e:
                     self.counters["bad_frames"] += 1
                     _log.warning("spool %s: skipped a record: %s", d, e)
-                n += 1
                 if n % 256 == 0:
                     self.emit(now)
                     self.commit()
@@ -391,11 +391,12 @@ class Aggregator:
     def touch(self, env: wire.Envelope, now: float) -> None:
         """Record liveness (heartbeat)."""
         snd = self.senders.get((env.rank, env.incarnation))
-        if snd is not None:
+        if snd is not None and snd.state in ("live", "lost"):
             snd.last_seen = now
             if snd.state == "lost":
                 snd.state = "live"
-                self.rank_state[snd.rank] = "live"
+                if self.current.get(snd.rank) == snd.incarnation:
+                    self.rank_state[snd.rank] = "live"
 
     def state(self) -> dict[str, Any]:
         """Everything ``sync()`` shows a rank: fields, last main values, rank states."""

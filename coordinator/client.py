@@ -10,9 +10,9 @@ import secrets
 import threading
 import time
 import weakref
-from pathlib import Path
 from array import array
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from coordinator import _env, wire
@@ -23,8 +23,8 @@ from coordinator._defaults import (
     FLUSH_INTERVAL_S,
     GROUP_TIMEOUT_S,
     LIVENESS_TIMEOUT_S,
-    MAX_BUFFER_POINTS,
     MAX_AGGREGATOR_RESTARTS,
+    MAX_BUFFER_POINTS,
     MAX_KEYS_PER_RUN,
     MAX_SPOOL_BYTES,
     RENDEZVOUS_TIMEOUT_S,

@@ -129,7 +129,7 @@ def _unpack(data: bytes, limit: int) -> Any:
     if len(data) > limit:
         raise ProtocolError(f"frame of {len(data)} bytes exceeds the {limit}-byte cap", code="oversize")
     try:
-        return msgpack.unpackb(
+        obj = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
@@ -140,6 +140,33 @@ def _unpack(data: bytes, limit: int) -> Any:
         raise
     except Exception as e:  # msgpack raises many types for bad input; all mean "not our frame"
         raise ProtocolError(f"undecodable msgpack: {type(e).__name__}: {e}") from e
+    _check_plain(obj, 0)
+    return obj
+
+
+_PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
+_MAX_DEPTH = 16
+
+
+def _check_plain(obj: Any, depth: int) -> None:
+    """Reject anything but plain msgpack data: str-keyed maps, lists, scalars (no Timestamp)."""
+    t = type(obj)
+    if t in _PLAIN_SCALARS:
+        return
+    if depth >= _MAX_DEPTH:
+        raise ProtocolError(f"nesting deeper than {_MAX_DEPTH}", code="deep")
+    if t is list:
+        for x in obj:
+            if type(x) not in _PLAIN_SCALARS:
+                _check_plain(x, depth + 1)
+    elif t is dict:
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise ProtocolError(f"map key of type {type(k).__name__}; only str keys are allowed")
+            if type(v) not in _PLAIN_SCALARS:
+                _check_plain(v, depth + 1)
+    else:
+        raise ProtocolError(f"{t.__name__} values are not allowed", code="ext")
 
 
 def _reject_ext(code: int, data: bytes) -> object:
@@ -230,6 +257,8 @@ def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValu
         ok = type(val) is list and all(type(x) in (bool, int, float, str) for x in val)
     else:
         ok = type(val) is _FIELD_PY_TYPES[tag]
+    if ok and type(val) is int:
+        ok = -(2**63) <= val <= _INT64_MAX
     if not ok:
         raise ProtocolError(f"field {p!r}: value does not match its type {tag}")
     return p, (tag, val)

@@ -50,7 +50,7 @@ def test_bad_log_input_raises_at_call_site_and_keeps_nothing_of_the_call(
     try:
         assert s.values("loss", 0) == [(0, 0.25), (1, 0.125)]
         assert s.values("acc", 0) == [(0, 0.5), (1, 0.75)]
-        assert set(s.keys()) == {"loss", "acc"}
+        assert set(s.key_policies()) == {"loss", "acc"}
     finally:
         s.close()
 

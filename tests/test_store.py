@@ -74,7 +74,7 @@ def full_txn() -> TxnData:
 def test_commit_writes_every_table_and_reads_back(store: LocalStore) -> None:
     """One TxnData lands in chunks, fields, conflicts, senders, events and keys."""
     store.commit(full_txn())
-    assert store.keys() == {"acc": "max", "loss": "mean"}
+    assert store.key_policies() == {"acc": "max", "loss": "mean"}
     assert store.values("loss", 0) == [(0, 1.0), (1, 0.9), (2, 0.8)]
     assert store.values("loss", 1) == [(0, 2.0), (1, 1.9)]
     assert store.values("loss") == [(0, 1.5), (1, 1.4)]
@@ -107,7 +107,7 @@ def test_empty_txn_is_a_no_op(store: LocalStore) -> None:
     """Committing an empty TxnData writes nothing and does not fail."""
     assert TxnData().empty()
     store.commit(TxnData())
-    assert store.keys() == {} and store.events() == [] and store.senders() == []
+    assert store.key_policies() == {} and store.events() == [] and store.senders() == []
 
 
 def test_values_are_in_step_order_across_chunks(store: LocalStore) -> None:
@@ -153,7 +153,7 @@ def test_key_ids_persist_across_commits_and_reopen(store: LocalStore) -> None:
     s2 = LocalStore(path)
     try:
         s2.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 3, 1.0, q(2), d(2.0))]))
-        assert s2.keys() == {"k": "min"}
+        assert s2.key_policies() == {"k": "min"}
         assert s2.values("k", 0) == [(0, 0.0), (1, 1.0), (2, 2.0)]
     finally:
         s2.close()
@@ -245,14 +245,14 @@ def test_failed_commit_raises_sink_error_and_stores_nothing(store: LocalStore, b
     )
     with pytest.raises(SinkError, match="commit failed"):
         store.commit(txn)
-    assert store.keys() == {}
+    assert store.key_policies() == {}
     assert store.values("loss", 0) == [] and store.values("loss") == []
     assert store.fields() == {} and store.conflicts() == []
     assert store.senders() == [] and store.events() == []
     assert store.high_water_marks() == {}
     # The store is still usable and the rolled-back keys are created afresh by a retry.
     store.commit(full_txn())
-    assert store.keys() == {"acc": "max", "loss": "mean"}
+    assert store.key_policies() == {"acc": "max", "loss": "mean"}
     assert store.values("loss", 0) == [(0, 1.0), (1, 0.9), (2, 0.8)]
 
 

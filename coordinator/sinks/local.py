@@ -379,7 +379,7 @@ class LocalStore:
         """The run's history (joins, goodbyes, losses, conflicts) in order."""
         return list(self._db.execute("SELECT ts, kind, rank, detail FROM events ORDER BY id"))
 
-    def keys(self) -> dict[str, str]:
+    def key_policies(self) -> dict[str, str]:
         """Metric key -> reduction policy."""
         return dict(self._db.execute("SELECT key, policy FROM keys ORDER BY key"))
 
@@ -416,7 +416,7 @@ class LocalStore:
     def series_summary(self) -> list[dict[str, Any]]:
         """Per key: points in the main series, per-rank counts, last main value."""
         out: list[dict[str, Any]] = []
-        for key, policy in self.keys().items():
+        for key, policy in self.key_policies().items():
             per_rank = {
                 r: n
                 for r, n in self._db.execute(
