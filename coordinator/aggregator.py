@@ -113,8 +113,8 @@ class Aggregator:
     def __init__(self, cfg: AggregatorConfig) -> None:
         self.cfg = cfg
         self.store = LocalStore(cfg.store_path, durable=cfg.durable)
-        self.t0 = time.time()
-        self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, self.t0)
+        self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, time.time())
+        self.t0 = self.store.run_info().created  # a restarted aggregator keeps the run's creation time
         self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
         self.policy = PolicyTable(cfg.policies, cfg.default_policy)
         self.reducer = Reducer(cfg.world_size, self.policy, cfg.group_timeout_s)

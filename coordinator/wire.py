@@ -254,7 +254,9 @@ def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValu
     if type(tag) is not str or tag not in FIELD_TYPES:
         raise ProtocolError(f"unknown field type {tag!r:.40}")
     if tag == "list":
-        ok = type(val) is list and all(type(x) in (bool, int, float, str) for x in val)
+        ok = type(val) is list and all(
+            type(x) in (bool, float, str) or (type(x) is int and -(2**63) <= x <= _INT64_MAX) for x in val
+        )
     else:
         ok = type(val) is _FIELD_PY_TYPES[tag]
     if ok and type(val) is int:

@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from coordinator import wire
+from coordinator.errors import SinkError
 from coordinator.spool import SpoolRecord, SpoolWriter, read_spool
 
 _HEAD = 8  # u32 length + u32 crc32
@@ -188,9 +189,7 @@ def test_corrupt_length_field_is_a_torn_record(tmp_path: Path, caplog: pytest.Lo
     assert path.stat().st_size == ends[1]
 
 
-def test_record_with_valid_crc_but_wrong_shape_is_undecodable(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_record_with_valid_crc_but_wrong_shape_is_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A checksummed body that is not [kind, seq, env, payload] stops reading instead of raising."""
     path = tmp_path / "s.spool"
     recs = records(2)
@@ -205,8 +204,6 @@ def test_record_with_valid_crc_but_wrong_shape_is_undecodable(
 
 def test_writer_in_unwritable_place_raises_sink_error(tmp_path: Path) -> None:
     """A spool path whose parent is a file raises SinkError."""
-    from coordinator.errors import SinkError
-
     (tmp_path / "file").write_text("x")
     with pytest.raises(SinkError):
         SpoolWriter(tmp_path / "file" / "s.spool")

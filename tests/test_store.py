@@ -115,8 +115,14 @@ def test_values_are_in_step_order_across_chunks(store: LocalStore) -> None:
     store.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 1, 1.0, q(10, 11), d(10.0, 11.0)),
                                  ChunkRow("k", MAIN_RANK, 0, 0, 1.0, q(7, 9), d(7.5, 9.5), array("i", [1, 2]))],
                          key_policies={"k": "mean"}))  # fmt: skip
-    store.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 2, 2.0, q(0, 5), d(0.0, 5.0)),
-                                 ChunkRow("k", MAIN_RANK, 0, 0, 2.0, q(1, 8), d(1.5, 8.5), array("i", [2, 1]))]))
+    store.commit(
+        TxnData(
+            chunks=[
+                ChunkRow("k", 0, 1, 2, 2.0, q(0, 5), d(0.0, 5.0)),
+                ChunkRow("k", MAIN_RANK, 0, 0, 2.0, q(1, 8), d(1.5, 8.5), array("i", [2, 1])),
+            ]
+        )
+    )
     assert store.values("k", 0) == [(0, 0.0), (5, 5.0), (10, 10.0), (11, 11.0)]
     assert store.values("k", MAIN_RANK) == [(1, 1.5), (7, 7.5), (8, 8.5), (9, 9.5)]
     assert store.contributors("k") == [(1, 2), (7, 1), (8, 1), (9, 2)]
@@ -191,7 +197,15 @@ def test_run_info_and_finish_run_round_trip(store: LocalStore) -> None:
     """run_info reflects create_run; finish_run records state, end time and the JSON report."""
     info = store.run_info()
     assert (info.id, info.project, info.name, info.created, info.ended, info.state, info.world_size, info.report) == (
-        "r1", "proj", "first run", 1000.0, None, "running", 2, None)
+        "r1",
+        "proj",
+        "first run",
+        1000.0,
+        None,
+        "running",
+        2,
+        None,
+    )
     assert info.path == store.path.parent
     report = {"points": 5, "per_rank": {"0": {"points": 5}}, "reasons": ["x"], "nested": [1, 2.5, None]}
     store.finish_run("failed", report, ended=1234.5)
@@ -335,7 +349,10 @@ def test_list_runs_lists_every_run_oldest_first(tmp_path: Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="coordinator.sinks.local"):
         runs = list_runs(tmp_path)
     assert [(r.id, r.created, r.state) for r in runs] == [
-        ("c-run", 100.0, "failed"), ("a-run", 200.0, "running"), ("b-run", 300.0, "finished")]
+        ("c-run", 100.0, "failed"),
+        ("a-run", 200.0, "running"),
+        ("b-run", 300.0, "finished"),
+    ]
     assert runs[0].report == {"id": "c-run"} and runs[1].report is None
     assert runs[2].path == tmp_path / "runs" / "b-run"
     skipped = [r.getMessage() for r in caplog.records if "skipping unreadable run" in r.getMessage()]

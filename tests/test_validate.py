@@ -26,8 +26,21 @@ from coordinator._validate import (
 
 @pytest.mark.parametrize(
     "key",
-    ["loss", "train/loss", "a/b/c/d", "x" * MAX_KEY_CHARS, "with space", "ünï/cødé", "a.b", "...a", "a-b_c:1",
-     "x'; DROP TABLE keys;--", "100%", "a/.b", "a../b"],
+    [
+        "loss",
+        "train/loss",
+        "a/b/c/d",
+        "x" * MAX_KEY_CHARS,
+        "with space",
+        "ünï/cødé",
+        "a.b",
+        "...a",
+        "a-b_c:1",
+        "x'; DROP TABLE keys;--",
+        "100%",
+        "a/.b",
+        "a../b",
+    ],
 )
 def test_check_key_accepts_namespaced_printable_paths(key: str) -> None:
     """Printable, non-empty paths without empty/'.'/'..' components come back unchanged."""
@@ -53,8 +66,25 @@ def test_check_key_rejects_str_subclass_with_type_error() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["", "x" * (MAX_KEY_CHARS + 1), "../x", "a//b", "/a", "a/", ".", "..", "a/./b", "a/../b", "a\nb", "a\rb",
-     "a\tb", "a\x00b", "a\x07b", "a\u2028b", "a\x7fb"],
+    [
+        "",
+        "x" * (MAX_KEY_CHARS + 1),
+        "../x",
+        "a//b",
+        "/a",
+        "a/",
+        ".",
+        "..",
+        "a/./b",
+        "a/../b",
+        "a\nb",
+        "a\rb",
+        "a\tb",
+        "a\x00b",
+        "a\x07b",
+        "a\u2028b",
+        "a\x7fb",
+    ],
 )
 def test_check_key_rejects_malformed_paths_with_value_error(key: str) -> None:
     """Empty, too long, dot components, empty components and control characters are ValueErrors."""
@@ -119,8 +149,17 @@ def test_check_step_range_applies_to_index_objects() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1, 1.0), (-2.5, -2.5), (True, 1.0), (False, 0.0), (2**63, 9.223372036854775808e18), (Decimal("0.5"), 0.5),
-     (Fraction(1, 4), 0.25), (math.inf, math.inf), (-math.inf, -math.inf)],
+    [
+        (1, 1.0),
+        (-2.5, -2.5),
+        (True, 1.0),
+        (False, 0.0),
+        (2**63, 9.223372036854775808e18),
+        (Decimal("0.5"), 0.5),
+        (Fraction(1, 4), 0.25),
+        (math.inf, math.inf),
+        (-math.inf, -math.inf),
+    ],
 )
 def test_to_metric_value_converts_numbers_to_float(value: object, expected: float) -> None:
     """Numbers and bools become plain floats."""
@@ -205,7 +244,7 @@ def test_to_metric_value_numpy_scalars_and_arrays() -> None:
         ([], ("list", [])),
         ([1, 2.5, "a", True], ("list", [1, 2.5, "a", True])),
         ((1, "b"), ("list", [1, "b"])),
-        (dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), ("datetime", 1704164645.0)),
+        (dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), ("datetime", 1704164645.0)),
         (dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))), ("datetime", 1704060000.0)),
     ],
 )
@@ -230,8 +269,22 @@ def test_to_field_value_naive_datetime_is_local_time() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [None, object(), b"bytes", {1, 2}, dt.date(2024, 1, 1), dt.timedelta(1), 1j, [[1]], [(1,)], [None],
-     [dt.datetime(2024, 1, 1)], [{"a": 1}], [b"x"], {"a": 1}],
+    [
+        None,
+        object(),
+        b"bytes",
+        {1, 2},
+        dt.date(2024, 1, 1),
+        dt.timedelta(1),
+        1j,
+        [[1]],
+        [(1,)],
+        [None],
+        [dt.datetime(2024, 1, 1)],
+        [{"a": 1}],
+        [b"x"],
+        {"a": 1},
+    ],
 )
 def test_to_field_value_rejects_unsupported_types_with_type_error(value: object) -> None:
     """None, objects, bytes, sets, dates, nested or mixed lists and dicts are TypeErrors."""
@@ -241,8 +294,16 @@ def test_to_field_value_rejects_unsupported_types_with_type_error(value: object)
 
 @pytest.mark.parametrize(
     "value",
-    [2**63, -(2**63) - 1, 10**40, [1, 2**64], "x" * (MAX_FIELD_STR_BYTES + 1), "é" * (MAX_FIELD_STR_BYTES // 2 + 1),
-     "bad \ud800 surrogate", ["ok", "\udfff"]],
+    [
+        2**63,
+        -(2**63) - 1,
+        10**40,
+        [1, 2**64],
+        "x" * (MAX_FIELD_STR_BYTES + 1),
+        "é" * (MAX_FIELD_STR_BYTES // 2 + 1),
+        "bad \ud800 surrogate",
+        ["ok", "\udfff"],
+    ],
 )
 def test_to_field_value_rejects_out_of_range_values_with_value_error(value: object) -> None:
     """Ints beyond 64 bits, strings over 64 KiB (UTF-8 bytes) and unencodable strings are ValueErrors."""

@@ -102,7 +102,7 @@ def test_batch_round_trips_extreme_values() -> None:
     vals = [math.inf, -math.inf, math.nan, 5e-324, -0.0, 1.7976931348623157e308]
     steps = [0, 1, 2, 3, 2**40, INT64_MAX]
     b = wire.decode_batch(wire.encode_batch([("k", array("q", steps), array("d", vals))], [], 0.0))
-    (key, s, v), = b.metrics
+    ((key, s, v),) = b.metrics
     assert key == "k" and list(s) == steps
     assert v.tobytes() == array("d", vals).tobytes()
 
@@ -129,7 +129,8 @@ _key = st.from_regex(r"[a-z][a-z0-9_]{0,6}(/[a-z0-9_]{1,6}){0,2}", fullmatch=Tru
             _key,
             st.lists(
                 st.tuples(st.integers(0, INT64_MAX), st.floats(allow_nan=False, width=64)),
-                min_size=1, max_size=20,
+                min_size=1,
+                max_size=20,
             ),
         ),
         max_size=5,
@@ -255,10 +256,30 @@ def test_envelope_with_ext_type_is_refused_with_code_ext(code: int) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\xc1", b"\xff" * 16, b"\x00\x01\x02", b"\x92\x01", b"\xde\x00\x01", b"\xdd\xff\xff\xff\xff",
-     b"\xc6\xff\xff\xff\xff\x00", b"\xdf\xff\xff\xff\xff", b"\xdb\x7f\xff\xff\xff"],
-    ids=["empty", "never-used", "ff", "fixints", "short-array", "short-map", "array32-huge-len",
-         "bin32-huge-len", "map32-huge-len", "str32-huge-len"],
+    [
+        b"",
+        b"\xc1",
+        b"\xff" * 16,
+        b"\x00\x01\x02",
+        b"\x92\x01",
+        b"\xde\x00\x01",
+        b"\xdd\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff\x00",
+        b"\xdf\xff\xff\xff\xff",
+        b"\xdb\x7f\xff\xff\xff",
+    ],
+    ids=[
+        "empty",
+        "never-used",
+        "ff",
+        "fixints",
+        "short-array",
+        "short-map",
+        "array32-huge-len",
+        "bin32-huge-len",
+        "map32-huge-len",
+        "str32-huge-len",
+    ],
 )
 def test_garbage_and_huge_declared_lengths_are_refused(data: bytes) -> None:
     """Random bytes and headers declaring gigabytes raise ProtocolError without allocating them."""
@@ -406,6 +427,13 @@ def test_int_field_outside_int64_is_refused(value: int) -> None:
     """An 'int' field is 64-bit signed on the API side, so a larger uint64 from the wire is refused."""
     with pytest.raises(ProtocolError):
         wire.decode_batch(raw_batch(f=[["p", "int", value]]))
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1])
+def test_list_field_with_int_outside_int64_is_refused(value: int) -> None:
+    """Ints inside a 'list' field are 64-bit signed too (to_field_value refuses [2**64] with ValueError)."""
+    with pytest.raises(ProtocolError):
+        wire.decode_batch(raw_batch(f=[["p", "list", [1, value]]]))
 
 
 @pytest.mark.parametrize("value", [-(2**63), 2**63 - 1])
@@ -562,8 +590,9 @@ def _mutated(draw: st.DrawFn) -> bytes:
         if op == "flip":
             buf[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "set":
-            buf[i] = draw(st.sampled_from([0x00, 0x7F, 0x80, 0xC0, 0xC1, 0xC4, 0xC7, 0xD4, 0xD6, 0xDC, 0xDD,
-                                           0xDE, 0xDF, 0xFF]))
+            buf[i] = draw(
+                st.sampled_from([0x00, 0x7F, 0x80, 0xC0, 0xC1, 0xC4, 0xC7, 0xD4, 0xD6, 0xDC, 0xDD, 0xDE, 0xDF, 0xFF])
+            )
         elif op == "insert":
             buf[i:i] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete":

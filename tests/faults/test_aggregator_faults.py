@@ -41,8 +41,9 @@ def _check_exactly_once(store_dir: Path, world: int, n: int, key: str = "m") -> 
 
 
 @pytest.mark.parametrize("kills", [1, pytest.param(4, marks=pytest.mark.slow)])
-def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(store_dir: Path, tmp_path: Path,
-                                                                        kills: int) -> None:
+def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
+    store_dir: Path, tmp_path: Path, kills: int
+) -> None:
     """SIGKILL the aggregator mid-run (several times): rank 0 restarts it; every point stored exactly once."""
     out = tmp_path / "out"
     out.mkdir()

@@ -19,10 +19,18 @@ def main() -> None:
     p.add_argument("--hang-after", type=int, default=-1, help="sleep forever after this many points")
     p.add_argument("--liveness", type=float, default=30.0, help="liveness_timeout_s of the run")
     p.add_argument("--rate", type=float, default=0.0, help="points per second (0: as fast as possible)")
+    p.add_argument("--stall-after", type=int, default=-1, help="after this many points: no wait, sleep forever")
+    p.add_argument("--spool-dir", default=None)
+    p.add_argument("--wait-timeout", type=float, default=120.0)
     a = p.parse_args()
     rank = int(os.environ["RANK"])
     with coordinator.init_run(
-        project="plain", name="plain", close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness
+        project="plain",
+        name="plain",
+        close_timeout_s=60,
+        stop_grace_s=5,
+        liveness_timeout_s=a.liveness,
+        spool_dir=a.spool_dir,
     ) as run:
         with open(os.path.join(a.out, f"rank{rank}.id"), "w") as f:
             f.write(run.id)
@@ -36,12 +44,22 @@ def main() -> None:
                 ahead = s / a.rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+            if s + 1 == a.stall_after:
+                time.sleep(0.5)  # let the sender cut and spool the last batches
+                sys.stdout.write("STALLED\n")
+                sys.stdout.flush()
+                time.sleep(3600)
             if s == a.hang_after:
                 run.wait(30)
                 sys.stdout.write("HUNG\n")
                 sys.stdout.flush()
                 time.sleep(3600)
-        run.wait(120)
+        try:
+            run.wait(a.wait_timeout)
+        except coordinator.CoordinatorError as e:
+            sys.stdout.write(f"WAIT-FAILED {type(e).__name__}: {e}\n")
+            sys.stdout.flush()
+            run.wait(120)
         result = {"rank": rank, "stats": run.stats()}
     with open(os.path.join(a.out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
