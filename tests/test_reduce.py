@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -318,7 +319,7 @@ def _scenarios(draw: st.DrawFn, *, timeouts: bool) -> _Scenario:
     for sk, points in streams.items():
         cuts = sorted(draw(st.sets(st.integers(1, max(1, len(points) - 1)), max_size=len(points) - 1)))
         bounds = [0, *cuts, len(points)]
-        batches[sk] = [points[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if points[a:b]]
+        batches[sk] = [points[a:b] for a, b in itertools.pairwise(bounds) if points[a:b]]
     order = [sk for sk, bs in batches.items() for _ in bs]
     order = draw(st.permutations(order)) if order else []
     remaining = {sk: len(bs) for sk, bs in batches.items()}
@@ -393,7 +394,7 @@ def _run(sc: _Scenario, timeout: float) -> tuple[Reducer, dict[str, list[tuple[i
 @given(_scenarios(timeouts=False))
 def test_reducer_matches_reference_without_timeouts(sc: _Scenario) -> None:
     """Without timeouts no point is late: every logged (key, step) is emitted once with the full reduction."""
-    r, emitted, late, total = _run(sc, timeout=1e9)
+    r, emitted, late, _total = _run(sc, timeout=1e9)
     assert late == 0 and r.late_points == 0
     for key in _KEYS:
         logged: dict[int, dict[int, float]] = {}
