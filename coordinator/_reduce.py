@@ -147,6 +147,26 @@ class Reducer:
                         g[1][rank] = v
         self._touched.add(key)
 
+    def rewind(self, key: str, rank: int, step: int) -> None:
+        """A restarted incarnation of ``rank`` resumed ``key`` at ``step`` (from a checkpoint).
+
+        Groups from ``step`` on are rebuilt: emission rewinds to ``step - 1``, the rank's stale
+        values there are dropped, and every rank's progress is capped below ``step`` so the
+        groups wait for the restarted ranks to log those steps again (or for the group timeout).
+        The store keeps the latest main value per step, so re-emitted steps replace stale ones.
+        """
+        st = self.keys.get(key)
+        if st is None:
+            return
+        if step <= st.emitted_upto:
+            st.emitted_upto = step - 1
+        for s, (_, g) in st.pending.items():
+            if s >= step:
+                g.pop(rank, None)
+        st.pending = {s: cg for s, cg in st.pending.items() if cg[1]}
+        st.maxstep = {r: min(m, step - 1) for r, m in st.maxstep.items()}
+        self.done.discard(rank)
+
     def rank_done(self, rank: int) -> None:
         """Stop waiting for ``rank`` (closed or lost); its pending groups become emittable."""
         self.done.add(rank)

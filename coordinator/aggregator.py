@@ -7,17 +7,20 @@ rank 0. The :class:`Aggregator` core has no socket and is also used in-process (
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from coordinator import _env, wire
@@ -36,6 +39,8 @@ from coordinator.spool import spool_records
 __all__ = ["Aggregator", "AggregatorConfig", "main", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
+
+_HOST = socket.gethostname()
 
 SYSTEM_RANK = -1
 """Writer rank of the ``sys/*`` fields; it outranks every training rank."""
@@ -95,6 +100,13 @@ class _Sender:
     batches: int = 0
     state: str = "live"  # live | closed | lost | fenced
     undelivered: int = 0
+    resumed: bool = False
+    """A later incarnation of its rank: its first step of a key may rewind that key."""
+    superseded: bool = False
+    """Replayed from a spool after a newer incarnation took over: per-rank data only."""
+    keys_seen: set[str] = field(default_factory=set)
+    client: dict[str, int] = field(default_factory=dict)
+    """The rank's own delivery counters, from its goodbye."""
 
 
 @dataclass(slots=True)
@@ -110,9 +122,19 @@ class Aggregator:
     :meth:`commit` must be sent only after that commit returns.
     """
 
-    def __init__(self, cfg: AggregatorConfig) -> None:
+    def __init__(self, cfg: AggregatorConfig, *, lock_timeout_s: float = 60.0) -> None:
+        """Open the run's store as its single writer.
+
+        Raises:
+            SinkError: another aggregator (or upload) still holds the run after ``lock_timeout_s``.
+        """
         self.cfg = cfg
-        self.store = LocalStore(cfg.store_path, durable=cfg.durable)
+        self._lock = _WriterLock(Path(cfg.store_path).parent / "writer.lock", lock_timeout_s)
+        try:
+            self.store = LocalStore(cfg.store_path, durable=cfg.durable)
+        except BaseException:
+            self._lock.release()
+            raise
         self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, time.time())
         self.t0 = self.store.run_info().created  # a restarted aggregator keeps the run's creation time
         self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
@@ -147,6 +169,10 @@ class Aggregator:
             if snd.state != "lost" or snd.rank not in self.current:
                 self.current[snd.rank] = snd.incarnation
                 self.rank_state[snd.rank] = "lost" if snd.state == "fenced" else snd.state
+        seen: set[int] = set()
+        for snd in sorted(self.senders.values(), key=lambda x: x.first_seen):
+            snd.resumed = snd.rank in seen
+            seen.add(snd.rank)
         for rank, st in self.rank_state.items():
             if st in ("closed", "lost"):
                 self.reducer.rank_done(rank)
@@ -207,7 +233,10 @@ class Aggregator:
                 pid if type(pid) is int else None, host if type(host) is str else None,
             )  # fmt: skip
             self.txn.events.append((now, "rank_joined", env.rank, f"incarnation {env.incarnation} pid {snd.pid}"))
+            others = [i for (r, i) in self.senders if r == env.rank and i != env.incarnation]
+            snd.resumed = bool(others)
             if recovering:
+                snd.superseded = self.current.get(env.rank, env.incarnation) != env.incarnation
                 snd.state = "lost"
                 self._persist_sender(snd)
                 return {"last_seq": 0}
@@ -221,6 +250,7 @@ class Aggregator:
                 self._persist_sender(prev)
             self.txn.events.append((now, "rank_restarted", env.rank, f"incarnation {old} -> {env.incarnation}"))
         self.current[env.rank] = env.incarnation
+        self.reducer.done.discard(env.rank)
         snd.state = "live"
         snd.last_seen = now
         self.rank_state[env.rank] = "live"
@@ -283,7 +313,12 @@ class Aggregator:
                 self.known_keys.add(key)
                 txn.key_policies[key] = self.policy(key)
             txn.chunks.append(ChunkRow(key, rank, snd.incarnation, seq, b.ts, steps, values))
-            self.reducer.add(key, rank, steps, values, now)
+            if key not in snd.keys_seen:
+                snd.keys_seen.add(key)
+                if snd.resumed:
+                    self._maybe_rewind(snd, key, min(steps), now)
+            if not snd.superseded:
+                self.reducer.add(key, rank, steps, values, now)
             n += len(steps)
         for path, fv in b.fields:
             self._write_field(path, fv, rank, b.ts)
@@ -293,6 +328,17 @@ class Aggregator:
         self.counters["batches"] += 1
         self.counters["points"] += n
         self._persist_sender(snd)
+
+    def _maybe_rewind(self, snd: _Sender, key: str, first: int, now: float) -> None:
+        st = self.reducer.keys.get(key)
+        if st is None or first > st.maxstep.get(snd.rank, -1):
+            return
+        self.reducer.rewind(key, snd.rank, first)
+        self.counters["rewinds"] = self.counters.get("rewinds", 0) + 1
+        self.txn.events.append((now, "rank_resumed", snd.rank,
+                                f"incarnation {snd.incarnation} re-logs {key!r} from step {first}"))  # fmt: skip
+        _log.info("rank %d (incarnation %d) resumed %r at step %d: later steps are replaced",
+                  snd.rank, snd.incarnation, key, first)  # fmt: skip
 
     def _write_field(self, path: str, fv: FieldValue, rank: int, ts: float) -> None:
         cur = self.fields.get(path)
@@ -426,17 +472,24 @@ class Aggregator:
             self.counters["main_points"] += len(e.steps)
 
     def check_liveness(self, now: float) -> None:
-        """Mark ranks silent for longer than the liveness timeout as lost."""
+        """Mark ranks lost: silent past the liveness timeout, or (same host) their process is gone."""
         for (rank, inc), s in self.senders.items():
-            if s.state == "live" and now - s.last_seen > self.cfg.liveness_timeout_s:
-                s.state = "lost"
-                self._persist_sender(s)
-                if self.current.get(rank) == inc:
-                    self.rank_state[rank] = "lost"
-                    self.reducer.rank_done(rank)
-                msg = f"rank {rank} silent for {now - s.last_seen:.1f} s after {s.points} points"
-                self.txn.events.append((now, "rank_lost", rank, msg))
-                _log.warning("%s", msg)
+            if s.state != "live":
+                continue
+            if now - s.last_seen > self.cfg.liveness_timeout_s:
+                why = f"silent for {now - s.last_seen:.1f} s"
+            elif s.pid is not None and s.host == _HOST and not psutil.pid_exists(s.pid):
+                why = f"process {s.pid} exited without closing"
+            else:
+                continue
+            s.state = "lost"
+            self._persist_sender(s)
+            if self.current.get(rank) == inc:
+                self.rank_state[rank] = "lost"
+                self.reducer.rank_done(rank)
+            msg = f"rank {rank} lost: {why} after {s.points} points"
+            self.txn.events.append((now, "rank_lost", rank, msg))
+            _log.warning("%s", msg)
 
     def parent_lost(self, now: float) -> None:
         """Rank 0's process died: stop waiting for it, record why."""
@@ -518,11 +571,48 @@ class Aggregator:
         rep["state"] = state
         self.store.finish_run(state, rep, now)
         self.store.close()
+        self._lock.release()
         return rep
+
+    def close(self) -> None:
+        """Release the store and the writer lock without finishing the run (as a crash would)."""
+        self.store.close()
+        self._lock.release()
 
     def take_warnings(self, rank: int, incarnation: int) -> list[str]:
         """Warnings addressed to a sender since its last ack."""
         return self.warnings_for.pop((rank, incarnation), [])
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on the run directory: one writer (aggregator or upload) at a time.
+
+    A restarted job's new aggregator waits here until the old one has finished its run end.
+    The kernel drops the lock when the holder dies, so a SIGKILL never leaves it stuck.
+    """
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._f = open(path, "a+b")  # noqa: SIM115 - held for the aggregator's lifetime
+        deadline = time.monotonic() + timeout_s
+        warned = False
+        while True:
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._f.close()
+                    raise SinkError(f"{path.parent}: another writer still holds the run after {timeout_s} s") from None
+                if not warned:
+                    _log.info("waiting for the previous writer of %s to finish", path.parent)
+                    warned = True
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if not self._f.closed:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+            self._f.close()
 
 
 # ---------------------------------------------------------------------- socket loop

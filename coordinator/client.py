@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 import weakref
@@ -177,6 +178,7 @@ class Run:
         rendezvous: Rendezvous | None,
         store_path: str | None,
         max_aggregator_restarts: int = MAX_AGGREGATOR_RESTARTS,
+        handle_sigterm: bool = False,
     ) -> None:
         self.id = run_id
         self.rank = placement.rank
@@ -221,6 +223,15 @@ class Run:
             self._sender.start()
         if self._supervisor is not None:
             self._supervisor.start()
+        self._sigterm_installed = False
+        if (
+            handle_sigterm
+            and self._sender is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._sigterm_installed = True
         for path, value in (("sys/id", run_id), ("sys/name", name), ("sys/project", project)):
             self._view_fields[path] = value
         # A partial per run, so stop() unregisters this run's hook and no other.
@@ -547,6 +558,8 @@ class Run:
                 return
             with self._buf.lock:
                 self._closed = True
+        if self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the drain ends it
         atexit.unregister(self._atexit_cb)
         deadline = time.monotonic() + (self._close_timeout_s if timeout is None else timeout)
         error: BaseException | None = None
@@ -616,6 +629,12 @@ class Run:
                 self.stop(timeout=min(self._close_timeout_s, 30.0))
             except CoordinatorError as e:
                 _log.error("run %s: closing at exit failed: %s", self.id, e)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Turn the launcher's SIGTERM into SystemExit, so ``with`` blocks and atexit drain the run."""
+    _log.warning("SIGTERM: stopping the run (draining within its close timeout)")
+    raise SystemExit(128 + signum)
 
 
 def _atexit_hook(ref: weakref.WeakMethod[Any]) -> None:
@@ -712,6 +731,7 @@ def init_run(
     backpressure: Backpressure = "spool",
     spool_dir: str | os.PathLike[str] | None = None,
     max_spool_bytes: int = MAX_SPOOL_BYTES,
+    handle_sigterm: bool = True,
 ) -> Run:
     """Open the run on this rank; call it with the same arguments on every rank.
 
@@ -746,6 +766,8 @@ def init_run(
             warned about and listed in the final report).
         spool_dir: where this run's ranks spool (default ``<dir>/spool/<run id>``); local disk.
         max_spool_bytes: disk a rank's spool may use before ``log()`` blocks.
+        handle_sigterm: in the main thread, if SIGTERM has its default action, turn it into
+            ``SystemExit`` so a launcher's SIGTERM drains the run instead of killing it mid-batch.
 
     Returns:
         The :class:`Run`, also a context manager (``with init_run(...) as run:``).
@@ -801,7 +823,7 @@ def init_run(
     else:
         rdzv = Rendezvous(placement) if placement.world_size > 1 else None
         if placement.rank == 0:
-            run_id = with_id or env_run or new_run_id()
+            run_id = with_id or env_run or _elastic_run_id() or new_run_id()
             run_dir(root, run_id)  # validates the id
             endpoint = None
             if mode != "offline":
@@ -833,7 +855,7 @@ def init_run(
     cls = _SyncRun if mode == "sync" else Run
     run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_root=spool_root, aggregator=agg,
               rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), backpressure=backpressure,
-              max_spool_bytes=max_spool_bytes, **common)  # fmt: skip
+              max_spool_bytes=max_spool_bytes, handle_sigterm=handle_sigterm, **common)  # fmt: skip
     if mode == "offline" and placement.rank == 0:
         from coordinator.spool import SpoolWriter
 
@@ -846,6 +868,23 @@ def init_run(
         meta.close()
     _log.debug("rank %d: run %s (%s) via %s", placement.rank, run_id, mode, endpoint)
     return run
+
+
+_elastic_calls: dict[str, int] = {}
+
+
+def _elastic_run_id() -> str | None:
+    """Under torchrun, the same id in every restart of the job (one per init_run call), else None.
+
+    A restarted worker group (``--max-restarts``) thus continues the run it was writing.
+    """
+    job = os.environ.get(_env.TORCHELASTIC_RUN_ID, "")
+    if not job or job == "none":
+        return None
+    n = _elastic_calls.get(job, 0)
+    _elastic_calls[job] = n + 1
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in job)[:64]
+    return f"te-{safe}-{n}"
 
 
 def _resolve_run_id(root: os.PathLike[str], with_id: str) -> str:

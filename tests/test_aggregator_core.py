@@ -340,6 +340,7 @@ def test_restart_restores_high_water_marks(tmp_path: Path) -> None:
     a.commit()
     batch(a, 0, 3, metrics={"k": {2: 3.0}})  # never committed: lost in the crash
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path))
     assert batch(b, 0, 1, metrics={"k": {0: 1.0}}) == "duplicate"  # known sender, even before HELLO
     assert hello(b, 0)["last_seq"] == 2
@@ -359,6 +360,7 @@ def test_restart_keeps_the_run_creation_time(tmp_path: Path, monkeypatch: pytest
     _crash(a)
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 60.0)  # the restart happens a minute later
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path))
     b.commit()
     assert b.store.run_info().created == created
@@ -372,6 +374,7 @@ def test_restart_keeps_fenced_incarnations_fenced(tmp_path: Path) -> None:
     hello(a, 0, inc=2)
     a.commit()
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path))
     with pytest.raises(ProtocolError) as ei:
         hello(b, 0, inc=1)
@@ -385,6 +388,7 @@ def test_restart_keeps_which_rank_wrote_each_field(tmp_path: Path) -> None:
     batch(a, 2, 1, fields={"p": ("int", 1), "q": ("int", 1)})
     a.commit()
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path, world=3))
     hello(b, 2)
     hello(b, 1)
@@ -404,6 +408,7 @@ def test_restart_keeps_ranks_that_already_closed(tmp_path: Path) -> None:
     bye(a, 1)
     a.commit()
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path))
     hello(b, 0)
     batch(b, 0, 1, metrics={"k": {0: 3.0}})
@@ -423,6 +428,7 @@ def test_restart_does_not_lose_points_waiting_for_other_ranks(tmp_path: Path) ->
     a.emit(1.0)
     a.commit()
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path))
     hello(b, 1)
     batch(b, 1, 1, metrics={"k": {0: 3.0}})
@@ -443,6 +449,7 @@ def test_restart_report_counts_the_whole_run(tmp_path: Path) -> None:
     batch(a, 0, 1, metrics={"k": {0: 1.0, 1: 1.0}})
     a.commit()
     _crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
     b = Aggregator(make_cfg(tmp_path, world=1))
     hello(b, 0)
     batch(b, 0, 2, metrics={"k": {2: 1.0}})

@@ -341,16 +341,13 @@ class LocalStore:
         return dict(self._db.execute("SELECT path, rank FROM fields"))
 
     def rank_points(self, key: str) -> dict[int, tuple[list[int], list[float]]]:
-        """Per rank (not the main series): every stored (steps, values) of ``key`` in arrival order."""
+        """Per rank (not the main series): its resolved (steps, values) of ``key`` in logging order."""
+        ranks = [r for (r,) in self._db.execute(
+            "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0", (key,))]  # fmt: skip
         out: dict[int, tuple[list[int], list[float]]] = {}
-        for rank, sb, vb in self._db.execute(
-            "SELECT c.rank, c.steps, c.vals FROM chunks c JOIN keys k ON k.id = c.key_id "
-            "WHERE k.key = ? AND c.rank >= 0 ORDER BY c.id",
-            (key,),
-        ):
-            steps, values = out.setdefault(rank, ([], []))
-            steps.extend(_from_le("q", sb))
-            values.extend(_from_le("d", vb))
+        for r in ranks:
+            pts = self._rank_points(key, r)
+            out[r] = ([s for s, _ in pts], [v for _, v in pts])
         return out
 
     def conflicts(self) -> list[dict[str, Any]]:
@@ -383,48 +380,73 @@ class LocalStore:
         """Metric key -> reduction policy."""
         return dict(self._db.execute("SELECT key, policy FROM keys ORDER BY key"))
 
-    def _chunks(self, key: str, rank: int) -> Iterator[tuple[bytes, bytes, bytes | None, float]]:
+    def _chunks(self, key: str, rank: int) -> Iterator[tuple[bytes, bytes, bytes | None, float, int]]:
         yield from self._db.execute(
-            "SELECT c.steps, c.vals, c.counts, c.ts FROM chunks c JOIN keys k ON k.id = c.key_id "
+            "SELECT c.steps, c.vals, c.counts, c.ts, c.incarnation FROM chunks c JOIN keys k ON k.id = c.key_id "
             "WHERE k.key = ? AND c.rank = ? ORDER BY c.id",
             (key, rank),
         )
 
+    def _rank_points(self, key: str, rank: int) -> list[tuple[int, float]]:
+        """One rank's points in logging order, with elastic restarts resolved.
+
+        A later incarnation of the rank that first logs the key at step ``f`` replaces the
+        earlier incarnations' points at steps ``>= f`` (it resumed from a checkpoint).
+        Incarnations are ordered by when they started logging (the earliest batch time).
+        """
+        by_inc: dict[int, list[tuple[int, float]]] = {}
+        started: dict[int, float] = {}
+        for sb, vb, _, ts, inc in self._chunks(key, rank):
+            by_inc.setdefault(inc, []).extend(zip(_from_le("q", sb), _from_le("d", vb), strict=True))
+            started[inc] = min(ts, started.get(inc, ts))
+        if len(by_inc) == 1:
+            return next(iter(by_inc.values()))
+        out: list[tuple[int, float]] = []
+        for inc in sorted(by_inc, key=lambda i: started[i]):
+            pts = by_inc[inc]
+            if out and pts:
+                first = min(p[0] for p in pts)
+                out = [p for p in out if p[0] < first]
+            out.extend(pts)
+        return out
+
     def values(self, key: str, rank: int = MAIN_RANK) -> list[tuple[int, float]]:
-        """A series as (step, value) pairs in step order (stable for equal steps).
+        """A series as (step, value) pairs in step order.
 
         Args:
             key: the metric key.
-            rank: a rank's own points, or ``MAIN_RANK`` for the reduced series.
+            rank: a rank's own points (every point it logged, in step order, stable for
+                repeated steps; steps re-logged by a restarted incarnation replace the stale
+                ones), or ``MAIN_RANK`` for the reduced series (one value per step; a step
+                re-emitted after a restart replaces the earlier value).
         """
-        pts: list[tuple[int, float]] = []
-        for sb, vb, _, _ in self._chunks(key, rank):
-            pts.extend(zip(_from_le("q", sb), _from_le("d", vb), strict=True))
-        pts.sort(key=lambda p: p[0])
-        return pts
+        if rank != MAIN_RANK:
+            pts = self._rank_points(key, rank)
+            pts.sort(key=lambda p: p[0])
+            return pts
+        return [(s, v) for s, v, _ in self._main(key)]
+
+    def _main(self, key: str) -> list[tuple[int, float, int]]:
+        latest: dict[int, tuple[float, int]] = {}
+        for sb, vb, cb, _, _ in self._chunks(key, MAIN_RANK):
+            steps = _from_le("q", sb)
+            counts = _from_le("i", cb) if cb is not None else array("i", [1] * len(steps))
+            for s, v, c in zip(steps, _from_le("d", vb), counts, strict=True):
+                latest[s] = (v, c)
+        return [(s, v, c) for s, (v, c) in sorted(latest.items())]
 
     def contributors(self, key: str) -> list[tuple[int, int]]:
         """(step, number of ranks that contributed) for each point of the main series."""
-        out: list[tuple[int, int]] = []
-        for sb, _, cb, _ in self._chunks(key, MAIN_RANK):
-            steps = _from_le("q", sb)
-            counts = _from_le("i", cb) if cb is not None else array("i", [1] * len(steps))
-            out.extend(zip(steps, counts, strict=True))
-        out.sort(key=lambda p: p[0])
-        return out
+        return [(s, c) for s, _, c in self._main(key)]
 
     def series_summary(self) -> list[dict[str, Any]]:
         """Per key: points in the main series, per-rank counts, last main value."""
         out: list[dict[str, Any]] = []
         for key, policy in self.key_policies().items():
-            per_rank = {
-                r: n
-                for r, n in self._db.execute(
-                    "SELECT rank, SUM(n) FROM chunks c JOIN keys k ON k.id=c.key_id "
-                    "WHERE k.key=? AND rank>=0 GROUP BY rank ORDER BY rank",
-                    (key,),
-                )
-            }
+            ranks = [r for (r,) in self._db.execute(
+                "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0 "
+                "ORDER BY rank", (key,))]  # fmt: skip
+            per_rank = {r: len(self._rank_points(key, r)) for r in ranks}
             main = self.values(key)
             out.append(
                 {
