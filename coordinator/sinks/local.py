@@ -340,12 +340,14 @@ class LocalStore:
         """Path -> rank whose value is stored."""
         return dict(self._db.execute("SELECT path, rank FROM fields"))
 
+    def _ranks_of(self, key: str) -> list[int]:
+        sql = "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0 ORDER BY rank"
+        return [r for (r,) in self._db.execute(sql, (key,))]
+
     def rank_points(self, key: str) -> dict[int, tuple[list[int], list[float]]]:
         """Per rank (not the main series): its resolved (steps, values) of ``key`` in logging order."""
-        ranks = [r for (r,) in self._db.execute(
-            "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0", (key,))]  # fmt: skip
         out: dict[int, tuple[list[int], list[float]]] = {}
-        for r in ranks:
+        for r in self._ranks_of(key):
             pts = self._rank_points(key, r)
             out[r] = ([s for s, _ in pts], [v for _, v in pts])
         return out
@@ -443,10 +445,7 @@ class LocalStore:
         """Per key: points in the main series, per-rank counts, last main value."""
         out: list[dict[str, Any]] = []
         for key, policy in self.key_policies().items():
-            ranks = [r for (r,) in self._db.execute(
-                "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0 "
-                "ORDER BY rank", (key,))]  # fmt: skip
-            per_rank = {r: len(self._rank_points(key, r)) for r in ranks}
+            per_rank = {r: len(self._rank_points(key, r)) for r in self._ranks_of(key)}
             main = self.values(key)
             out.append(
                 {

@@ -27,7 +27,10 @@ def main() -> None:
     )
     dist.init_process_group("gloo", store=dist.PrefixStore(f"attempt-{restart}", base), rank=rank, world_size=world)
     ckpt = os.path.join(a.ckpt, f"rank{rank}.json")
-    start = json.load(open(ckpt))["step"] if os.path.exists(ckpt) else 0
+    start = 0
+    if os.path.exists(ckpt):
+        with open(ckpt) as f:
+            start = json.load(f)["step"]
     with coordinator.init_run(project="elastic", name="elastic", liveness_timeout_s=10) as run:
         run["parameters/lr"] = 0.1
         for s in range(start, a.steps):
