@@ -226,7 +226,7 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
 
     def verify(run: Any, expected: int, what: str) -> None:
         st = run.stats()
-        if st["acked"] != expected or st["lost"] or st["pending"]:
+        if st["acked"] != expected or st["lost"] or st["pending"] or st.get("dropped"):
             checks.append(f"{what}: stats {st} (expected {expected} points acked)")
 
     os.environ["COORDINATOR_AGG_STDERR"] = str(tmp / "hotpath-aggregator.log")
@@ -307,7 +307,9 @@ def worker_main(argv: list[str]) -> int:
     rank, world, k, points = cfg["rank"], cfg["world"], cfg["keys"], cfg["points"]
     proc = psutil.Process()
     t0 = time.monotonic()
-    run = coordinator.init_run(project="bench", name=cfg["name"], rank=rank, world_size=world, dir=cfg["dir"])
+    extra = {"backpressure": cfg["backpressure"]} if cfg.get("backpressure") else {}
+    run = coordinator.init_run(project="bench", name=cfg["name"], rank=rank, world_size=world, dir=cfg["dir"],
+                               **extra)  # fmt: skip
     init_s = time.monotonic() - t0
     sender = getattr(run, "_sender", None)
     tid = getattr(sender, "native_id", None)
@@ -461,6 +463,30 @@ class _Sampler(threading.Thread):
         self.sample()
 
 
+def _busy(c: Any) -> float:
+    return float(sum(getattr(c, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq")))
+
+
+def _cpu_snapshot(procs: dict[str, Any]) -> tuple[float, Any, float]:
+    """(monotonic time, system-wide cpu_times, CPU seconds of this script and its processes so far)."""
+    import psutil
+
+    ours = _busy(psutil.Process().cpu_times())
+    for p in procs.values():
+        with contextlib.suppress(psutil.Error):
+            c = p.cpu_times()
+            ours += c.user + c.system
+    return time.monotonic(), psutil.cpu_times(), ours
+
+
+def _other_load(a: tuple[float, Any, float], b: tuple[float, Any, float]) -> tuple[float, float]:
+    """Cores used by other processes of the machine between two snapshots, and cores stolen (VM)."""
+    wall = max(1e-9, b[0] - a[0])
+    other = (_busy(b[1]) - _busy(a[1])) - (b[2] - a[2])
+    steal = getattr(b[1], "steal", 0.0) - getattr(a[1], "steal", 0.0)
+    return max(0.0, other) / wall, max(0.0, steal) / wall
+
+
 def _find_aggregator(rank0_pid: int, deadline: float) -> Any:
     import psutil
 
@@ -481,10 +507,12 @@ def _child_env(trial_dir: Path) -> dict[str, str]:
     # Consecutive trials are launched by this same parent, so without a distinct job identity
     # they would share one rendezvous file (discovery keys it on launcher variables + parent
     # pid, and the per-process call counter restarts at 0 in every new worker): a record left
-    # by a failed trial would then be read by the next one. torchrun sets this variable too.
+    # by a failed trial would then be read by the next one. torchrun sets this variable too; recent
+    # versions of the library also derive the run id from it (one fresh id per trial here).
     env["TORCHELASTIC_RUN_ID"] = f"bench-{uuid.uuid4().hex[:12]}"
     env["COORDINATOR_AGG_STDERR"] = str(trial_dir / "aggregator.log")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if str(ROOT) not in env.get("PYTHONPATH", "").split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -597,8 +625,12 @@ def _profile_summary(path: Path, top: int = 14) -> list[str]:
     return out
 
 
-def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: Path | None = None) -> dict[str, Any]:
-    """Part 2: one run of ``world`` ranks logging ``points`` each in calls of ``k`` keys."""
+def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: Path | None = None,
+          backpressure: str | None = None) -> dict[str, Any]:
+    """Part 2: one run of ``world`` ranks logging ``points`` each in calls of ``k`` keys.
+
+    ``backpressure``: passed to ``init_run`` when given (else the library's default).
+    """
     trial_dir = tmp / label
     trial_dir.mkdir(parents=True)
     store = trial_dir / "store"
@@ -616,7 +648,7 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
     try:
         for r in range(world):
             cfg = {"rank": r, "world": world, "keys": k, "points": points, "dir": str(store),
-                   "name": label, "wait_timeout": wait_timeout}  # fmt: skip
+                   "name": label, "wait_timeout": wait_timeout, "backpressure": backpressure}  # fmt: skip
             workers.append(_Worker(cfg, env, trial_dir / f"rank{r}.stderr"))
         deadline = time.monotonic() + 120
         ready = [w.expect("READY", deadline) for w in workers]
@@ -636,6 +668,7 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
             spies.append(_pyspy(workers[0].proc.pid, profile_dir / f"{label}-rank0.txt", threads=True))
             time.sleep(1.0)  # let py-spy attach
         agg_cpu0 = agg.cpu_times() if agg is not None else None
+        load0 = _cpu_snapshot(procs)
         t_start = time.monotonic() + 0.3
         for w in workers:
             w.send(f"GO {t_start!r}")
@@ -643,6 +676,7 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
         done = [w.expect("DONE", deadline) for w in workers]
         t_all = max(d["t_end"] for d in done)
         agg_cpu1 = agg.cpu_times() if agg is not None else None
+        other, steal = _other_load(load0, _cpu_snapshot(procs))
         agg_rss_end = None
         if agg is not None:
             with contextlib.suppress(psutil.Error):
@@ -659,7 +693,7 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
             log_phase=max(d["t_logged"] for d in done) - t_start,
             init_s=max(x["init_s"] for x in ready),
             client_rss_ready=max(x["rss"] for x in ready),
-            client_rss_end=max(d["rss"] for d in done),
+            client_rss_end=[d["rss"] for d in done],
             client_rss_peak=max(sampler.peak.get(f"rank{w.rank}", 0) for w in workers),
             client_cpu=[d["cpu_s"] for d in done],
             sender_cpu=[d["sender_cpu_s"] for d in done],
@@ -668,10 +702,12 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
             agg_rss_end=agg_rss_end,
             agg_cpu=None if agg_cpu0 is None or agg_cpu1 is None
             else (agg_cpu1.user + agg_cpu1.system) - (agg_cpu0.user + agg_cpu0.system),
+            other_load=other,
+            steal=steal,
         )  # fmt: skip
         for d in done:
             st = d["stats"]
-            if st["acked"] != points or st["pending"] or st["lost"]:
+            if st["acked"] != points or st["pending"] or st["lost"] or st.get("dropped"):
                 res["problems"].append(f"client stats after wait(): {st}")
         for w in workers:
             w.send("STOP")
@@ -689,17 +725,23 @@ def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: P
             code = w.close(60)
             if code != 0:
                 res["problems"].append(f"rank {w.rank} exit code {code}: {w.stderr_tail(600)}")
-    if not res["problems"] and "run_id" in res:
+    if "run_id" in res:  # also after a failure: what did reach the store?
         t0 = time.monotonic()
-        problems, rep = _verify(store, res["run_id"], world, [f"m{j:03d}" for j in range(k)], steps)
+        try:
+            problems, rep = _verify(store, res["run_id"], world, [f"m{j:03d}" for j in range(k)], steps)
+        except Exception as e:
+            problems, rep = [f"verification could not read the store: {type(e).__name__}: {e}"], {}
         res["problems"] += problems
         res["verify_s"] = time.monotonic() - t0
         res["agg_report"] = {c: rep.get(c) for c in ("batches", "points", "main_points", "duplicate_batches")}
     agg_log = trial_dir / "aggregator.log"
     if agg_log.exists():
-        bad = [ln for ln in agg_log.read_text(errors="replace").splitlines() if " WARNING " in ln or " ERROR " in ln]
+        lines = agg_log.read_text(errors="replace").splitlines()
+        bad = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln]
         if bad:
             res["agg_warnings"] = bad[:5]
+        if res["problems"]:
+            res["problems"].append("aggregator log ends with:\n" + "\n".join(ln[:300] for ln in lines[-25:]))
     res["ok"] = not res["problems"]
     return res
 
@@ -738,15 +780,19 @@ def _git_rev() -> str:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        if out.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "coordinator"],
                                capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + (" (uncommitted changes)" if dirty else "")
+        return f"git {out.stdout.strip()}, coordinator/ {'with uncommitted changes' if dirty else 'as committed'}"
     except (OSError, subprocess.SubprocessError):
-        return "?"
+        return "git ?"
 
 
-def report(args: argparse.Namespace, started: dt.datetime, hot: dict[str, Any] | None,
-           trials: list[dict[str, Any]], profile: list[str], wall: float) -> str:
+def report(args: argparse.Namespace, started: dt.datetime, load0: tuple[float, float, float],
+           hot: dict[str, Any] | None, trials: list[dict[str, Any]], profile: list[str], wall: float) -> str:
+    import coordinator
+
     v = _versions()
     cores = os.cpu_count()
     try:
@@ -760,8 +806,10 @@ def report(args: argparse.Namespace, started: dt.datetime, hot: dict[str, Any] |
         f"- command: `{' '.join([Path(sys.executable).name, '-m', 'benchmarks.throughput', *sys.argv[1:]])}`",
         f"- date: {started.strftime('%Y-%m-%d %H:%M:%S %Z')}; wall time {wall:.0f} s",
         f"- host: {socket.gethostname()}; CPU: {_cpu_model()}; cores: {cores} ({usable} usable); "
-        f"load average at the end {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f}",
-        f"- python {v['python']}, coordinator {v['coordinator']} (git {_git_rev()}), pyzmq {v['pyzmq']}, "
+        f"load average (1/5/15 min) at the start {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}, "
+        f"at the end {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f}",
+        f"- python {v['python']}, coordinator {v['coordinator']} ({_git_rev()}; "
+        f"from {Path(coordinator.__file__).parent}), pyzmq {v['pyzmq']}, "
         f"msgpack {v['msgpack']}, psutil {v['psutil']}, SQLite {v['sqlite']}",
         "",
     ]
@@ -821,17 +869,22 @@ def report(args: argparse.Namespace, started: dt.datetime, hot: dict[str, Any] |
             "SQLite — WAL, `synchronous=NORMAL` — and acknowledged). `log` = time until the last rank's last "
             "`log()` returned. Verified: every rank's series of every key and the main (mean) series read back "
             "through a read-only run, each step exactly once with its value, and `series_summary()` counts. "
-            "Client RSS: largest rank, after `init_run()` -> peak (sampled every 0.1 s). "
-            "CPU: seconds used during the timed window.",
+            "Client RSS: each rank's RSS after its `wait()` returned (largest rank right after `init_run()`; "
+            "largest peak, sampled every 0.1 s). "
+            "CPU: seconds used during the timed window. Other load: cores busy with processes that are not "
+            "part of this benchmark during the window (the machine is shared), and cores stolen by the "
+            "hypervisor. "
+            f"`init_run(backpressure=...)`: {args.backpressure or 'library default'}.",
             "",
             "| ranks | keys/call | points/rank | total points | elapsed s | log s | points/s | target | verified | "
-            "client RSS MiB | client CPU s (sender thread) | aggregator RSS MiB peak | aggregator CPU |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- |",
+            "client RSS MiB per rank | client CPU s per rank (sender thread) | aggregator RSS MiB peak | "
+            "aggregator CPU | other load, cores (steal) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |",
         ]
         for t in trials:
             if not t.get("pps"):
                 md.append(f"| {t['world']} | {t['k']} | {t['points_per_rank']:,} | {t['total']:,} | - | - | - | - | "
-                          f"**FAILED** | - | - | - | - |")  # fmt: skip
+                          f"**FAILED** | - | - | - | - | - |")  # fmt: skip
                 continue
             target = _mark(t["pps"] >= TARGET_4RANK_PPS) if t["world"] == 4 else "-"
             cpu = " / ".join(f"{c:.2f} ({s:.2f})" if s is not None else f"{c:.2f}"
@@ -840,13 +893,14 @@ def report(args: argparse.Namespace, started: dt.datetime, hot: dict[str, Any] |
             md.append(
                 f"| {t['world']} | {t['k']} | {t['points_per_rank']:,} | {t['total']:,} | {t['elapsed']:.2f} | "
                 f"{t['log_phase']:.2f} | {t['pps']:,.0f} | {target} | {'ok' if t['ok'] else '**FAILED**'} | "
-                f"{_mib(t['client_rss_ready'])} -> {_mib(t['client_rss_peak'])} | {cpu} | "
-                f"{_mib(t['agg_rss_peak'])} | {agg_cpu} |"
+                f"{' / '.join(_mib(x) for x in t['client_rss_end'])} (init {_mib(t['client_rss_ready'])}, "
+                f"peak {_mib(t['client_rss_peak'])}) | {cpu} | "
+                f"{_mib(t['agg_rss_peak'])} | {agg_cpu} | {t['other_load']:.2f} ({t['steal']:.2f}) |"
             )
         md.append("")
         failed = [t for t in trials if not t["ok"]]
         for t in failed:
-            md.append(f"**{t['label']} FAILED**: " + "; ".join(t["problems"][:10]))
+            md += [f"**{t['label']} FAILED** (run {t.get('run_id', '?')}):", "", "```", *t["problems"][:12], "```", ""]
         warned = [t for t in trials if t.get("agg_warnings")]
         for t in warned:
             md.append(f"aggregator warnings in {t['label']}: " + " | ".join(t["agg_warnings"]))
@@ -885,14 +939,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run one 4-rank trial per key count under py-spy (aggregator + rank 0)")
     p.add_argument("--no-write", action="store_true", help=f"do not write the report under {RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
+    p.add_argument("--backpressure", default=None,
+                   help="init_run(backpressure=...) for the throughput ranks (default: the library's default)")
     args = p.parse_args(argv)
 
     started = dt.datetime.now().astimezone()
+    load0 = os.getloadavg()
+    # Every process this script starts (ranks, and through them the aggregators) imports the
+    # coordinator of this checkout, whatever the working directory or the installed copy.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     t_wall = time.monotonic()
     quick = args.quick
     repeat = args.repeat or (1 if quick else 2)
     key_counts = [100, 1] if quick else [100, 10, 1]
     # points per rank by keys per call: one-key calls cost a Python call per point on both ends.
+    # Full mode: 3M points per rank, more than max_buffer_points (2M) and than a full send window.
     points = {100: 1_000_000, 10: 1_000_000, 1: 300_000} if quick else {100: 3_000_000, 10: 3_000_000, 1: 1_000_000}
     tmp = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
     print(f"# working in {tmp}", file=sys.stderr)
@@ -910,10 +971,10 @@ def main(argv: list[str] | None = None) -> int:
                         label = f"n{world}-k{k}-r{rep}"
                         print(f"# part 2: {label}: {world} x {points[k]:,} points in calls of {k} keys",
                               file=sys.stderr)  # fmt: skip
-                        t = trial(world, k, points[k], tmp, label)
+                        t = trial(world, k, points[k], tmp, label, backpressure=args.backpressure)
                         trials.append(t)
                         print(f"#   -> {t.get('pps', 0):,.0f} points/s, elapsed {t.get('elapsed', 0):.2f} s, "
-                              f"{'ok' if t['ok'] else 'FAILED: ' + '; '.join(t['problems'][:3])}",
+                              f"{'ok' if t['ok'] else 'FAILED: ' + '; '.join(p[:300] for p in t['problems'][:3])}",
                               file=sys.stderr)  # fmt: skip
         if args.profile:
             pdir = tmp / "profiles"
@@ -921,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in key_counts:
                 label = f"profile-n4-k{k}"
                 print(f"# profile: {label}", file=sys.stderr)
-                t = trial(4, k, points[k], tmp, label, profile_dir=pdir)
+                t = trial(4, k, points[k], tmp, label, profile_dir=pdir, backpressure=args.backpressure)
                 profile.append(f"--- 4 ranks, {k} keys/call: {t.get('pps', 0):,.0f} points/s under py-spy "
                                f"({'ok' if t['ok'] else 'FAILED'})")  # fmt: skip
                 for who in ("aggregator", "rank0"):
@@ -940,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"# kept {tmp}", file=sys.stderr)
-    md = report(args, started, hot, trials, profile, time.monotonic() - t_wall)
+    md = report(args, started, load0, hot, trials, profile, time.monotonic() - t_wall)
     print(md)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
