@@ -52,11 +52,16 @@ class Buffer:
         self.lost = 0
         self.warnings: list[str] = []
 
-    def cut(self) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
-        """Swap out the current generation (sender thread); frees its room in the buffer."""
+    def cut(self, fresh: dict[str, Column]) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
+        """Swap out the current generation (sender thread); frees its room in the buffer.
+
+        Args:
+            fresh: empty columns for the keys expected next, allocated by the caller outside the
+                lock, so the training thread does not build them again after every flush.
+        """
         with self.lock:
             gen = self.gen
-            cols, self.cols = self.cols, {}
+            cols, self.cols = self.cols, fresh
             fields, self.fields = self.fields, []
             self.gen = gen + 1
             self.flush_requested = False

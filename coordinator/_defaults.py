@@ -24,6 +24,7 @@ __all__ = [
     "SPOOL_SEGMENT_BYTES",
     "SQLITE_BUSY_TIMEOUT_S",
     "STOP_GRACE_S",
+    "STRAGGLER_LAG_S",
 ]
 
 DIR_NAME = ".coordinator"
@@ -47,6 +48,8 @@ HEARTBEAT_INTERVAL_S = 1.0
 """Idle senders ping this often; the aggregator records liveness from it."""
 LIVENESS_TIMEOUT_S = 30.0
 """A rank silent for this long is reported as lost by the aggregator."""
+STRAGGLER_LAG_S = 0.05
+"""A rank that reaches steps this much later than the fastest one is reported as a straggler."""
 GROUP_TIMEOUT_S = 10.0
 """A (key, step) group waits at most this long for ranks that never logged the key."""
 CLOSE_TIMEOUT_S = 120.0

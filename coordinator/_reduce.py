@@ -15,6 +15,7 @@ import math
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 
 __all__ = ["POLICIES", "Emitted", "PolicyTable", "Reducer"]
 
@@ -66,6 +67,8 @@ class _KeyState:
     policy: str
     first_seen: float
     pending: dict[int, tuple[float, dict[int, float]]] = field(default_factory=dict)
+    heap: list[int] = field(default_factory=list)
+    """Pending steps, smallest first (may hold steps already emitted: skipped lazily)."""
     maxstep: dict[int, int] = field(default_factory=dict)
     settled: bool = False
     emitted_upto: int = -1
@@ -105,6 +108,7 @@ class Reducer:
         if st.policy == "per_rank":
             return
         pending = st.pending
+        heap = st.heap
         emitted = st.emitted_upto
         hi = st.maxstep.get(rank, -1)
         for s, v in zip(steps, values, strict=True):
@@ -114,6 +118,7 @@ class Reducer:
                     self.late_points += 1
                     continue
                 pending[s] = (now, {rank: v})
+                heappush(heap, s)
             else:
                 if rank in g[1]:
                     self.replaced_points += 1
@@ -145,6 +150,8 @@ class Reducer:
                         st.pending[s] = (now, {rank: v})
                     else:
                         g[1][rank] = v
+        st.heap = list(st.pending)
+        heapify(st.heap)
         self._touched.add(key)
 
     def rewind(self, key: str, rank: int, step: int) -> None:
@@ -164,8 +171,12 @@ class Reducer:
             if s >= step:
                 g.pop(rank, None)
         st.pending = {s: cg for s, cg in st.pending.items() if cg[1]}
+        st.heap = list(st.pending)
+        heapify(st.heap)
         st.maxstep = {r: min(m, step - 1) for r, m in st.maxstep.items()}
-        self.done.discard(rank)
+        # A restart is under way: the ranks that logged this key are expected back (a lost old
+        # incarnation is not the end of its rank); one that never returns is covered by the timeout.
+        self.done.difference_update(st.maxstep)
 
     def rank_done(self, rank: int) -> None:
         """Stop waiting for ``rank`` (closed or lost); its pending groups become emittable."""
@@ -198,10 +209,17 @@ class Reducer:
             limit = now - self.group_timeout_s
             reduce = _REDUCERS[st.policy]
             e: Emitted | None = None
-            for s in sorted(st.pending):
-                created, g = st.pending[s]
+            heap = st.heap
+            while heap:
+                s = heap[0]
+                cg = st.pending.get(s)
+                if cg is None:
+                    heappop(heap)  # emitted or dropped already
+                    continue
+                created, g = cg
                 if not (force or s <= wm or created <= limit):
                     break
+                heappop(heap)
                 del st.pending[s]
                 if e is None:
                     e = out[key] = Emitted()

@@ -29,7 +29,9 @@ from coordinator._defaults import (
     LIVENESS_TIMEOUT_S,
     MAX_FRAME_BYTES,
     STOP_GRACE_S,
+    STRAGGLER_LAG_S,
 )
+from coordinator._health import Health
 from coordinator._reduce import PolicyTable, Reducer
 from coordinator._validate import FieldValue
 from coordinator.errors import ProtocolError, SinkError
@@ -41,6 +43,7 @@ __all__ = ["Aggregator", "AggregatorConfig", "main", "serve"]
 _log = logging.getLogger("coordinator.aggregator")
 
 _HOST = socket.gethostname()
+_ROUND_BYTES = 8 * 1024 * 1024
 
 SYSTEM_RANK = -1
 """Writer rank of the ``sys/*`` fields; it outranks every training rank."""
@@ -72,6 +75,8 @@ class AggregatorConfig:
     """Longest a (key, step) group waits for ranks that never logged the key."""
     liveness_timeout_s: float = LIVENESS_TIMEOUT_S
     """A rank silent this long is reported lost."""
+    straggler_lag_s: float = STRAGGLER_LAG_S
+    """A rank reaching steps this much later than the fastest (median of recent steps) is a straggler."""
     stop_grace_s: float = STOP_GRACE_S
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = False
@@ -140,6 +145,10 @@ class Aggregator:
         self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
         self.policy = PolicyTable(cfg.policies, cfg.default_policy)
         self.reducer = Reducer(cfg.world_size, self.policy, cfg.group_timeout_s)
+        self.health = Health(cfg.world_size, cfg.straggler_lag_s)
+        self.stragglers: set[int] = set()
+        self.stragglers_seen: set[int] = set()
+        self.health_snapshot: dict[int, dict[str, Any]] = {}
         self.txn = TxnData()
         self.senders: dict[tuple[int, int], _Sender] = {}
         self.current: dict[int, int] = {}
@@ -320,6 +329,8 @@ class Aggregator:
             if not snd.superseded:
                 self.reducer.add(key, rank, steps, values, now)
             n += len(steps)
+        if b.metrics and not snd.superseded:
+            self.health.progress(rank, max(max(steps) for _, steps, _ in b.metrics), now)
         for path, fv in b.fields:
             self._write_field(path, fv, rank, b.ts)
         snd.last_seq = seq
@@ -379,41 +390,49 @@ class Aggregator:
             except ValueError:
                 _log.warning("ignoring unexpected spool directory %s", d)
                 continue
-            live = self.senders.get((rank, inc))
-            if skip_live and live is not None and live.state == "live":
-                continue  # still sending: its spool is its own
-            before = self.counters["points"]
-            for n, rec in enumerate(spool_records(d), 1):
-                now = time.time()
-                try:
-                    env = wire.decode_envelope(rec.envelope)
-                    if (env.rank, env.incarnation) != (rank, inc) or env.run_id != self.cfg.run_id:
-                        raise ProtocolError(f"record of rank {env.rank} in {d}")
-                    if env.kind == wire.HELLO:  # an offline rank's spool records its whole life
-                        self.hello(env, wire.decode_map(rec.payload, 4096), now)
-                    elif env.kind == wire.BATCH:
-                        if (rank, inc) not in self.senders:
-                            self.hello(env, {}, now, recovering=True)
-                        self.batch(env, rec.payload, now, recovering=True)
-                    elif env.kind == wire.BYE:
-                        self.bye(env, wire.decode_map(rec.payload, 4096), now)
-                except ProtocolError as e:
-                    self.counters["bad_frames"] += 1
-                    _log.warning("spool %s: skipped a record: %s", d, e)
-                if n % 256 == 0:
-                    self.emit(now)
-                    self.commit()
-            got = self.counters["points"] - before
-            if got:
-                self.txn.events.append((time.time(), "spool_recovered", rank,
-                                        f"incarnation {inc}: {got} points from {d}"))  # fmt: skip
-                _log.info("recovered %d points of rank %d from its spool %s", got, rank, d)
-            self.counters["recovered_points"] = self.counters.get("recovered_points", 0) + got
+            known = self.senders.get((rank, inc))
+            if skip_live and known is not None and (known.state == "live" or (
+                    known.state == "closed" and not known.undelivered)):  # fmt: skip
+                continue  # still sending, or closed cleanly (it removes its own empty spool)
+            try:
+                got = self._recover_dir(d, rank, inc)
+            except FileNotFoundError:
+                continue  # the rank removed its (empty) spool while we looked: nothing to recover
             recovered += got
-            self.emit(time.time())
-            self.commit()
-            shutil.rmtree(d, ignore_errors=True)
         return recovered
+
+    def _recover_dir(self, d: Path, rank: int, inc: int) -> int:
+        before = self.counters["points"]
+        for n, rec in enumerate(spool_records(d), 1):
+            now = time.time()
+            try:
+                env = wire.decode_envelope(rec.envelope)
+                if (env.rank, env.incarnation) != (rank, inc) or env.run_id != self.cfg.run_id:
+                    raise ProtocolError(f"record of rank {env.rank} in {d}")
+                if env.kind == wire.HELLO:  # an offline rank's spool records its whole life
+                    self.hello(env, wire.decode_map(rec.payload, 4096), now)
+                elif env.kind == wire.BATCH:
+                    if (rank, inc) not in self.senders:
+                        self.hello(env, {}, now, recovering=True)
+                    self.batch(env, rec.payload, now, recovering=True)
+                elif env.kind == wire.BYE:
+                    self.bye(env, wire.decode_map(rec.payload, 4096), now)
+            except ProtocolError as e:
+                self.counters["bad_frames"] += 1
+                _log.warning("spool %s: skipped a record: %s", d, e)
+            if n % 256 == 0:
+                self.emit(now)
+                self.commit()
+        got = self.counters["points"] - before
+        if got:
+            self.txn.events.append((time.time(), "spool_recovered", rank,
+                                    f"incarnation {inc}: {got} points from {d}"))  # fmt: skip
+            _log.info("recovered %d points of rank %d from its spool %s", got, rank, d)
+        self.counters["recovered_points"] = self.counters.get("recovered_points", 0) + got
+        self.emit(time.time())
+        self.commit()
+        shutil.rmtree(d, ignore_errors=True)
+        return got
 
     def bye(self, env: wire.Envelope, info: dict[str, Any], now: float) -> None:
         """A rank closed; records what it says it could not deliver."""
@@ -471,6 +490,30 @@ class Aggregator:
             self.last[key] = (e.steps[-1], e.values[-1])
             self.counters["main_points"] += len(e.steps)
 
+    def update_health(self, now: float) -> None:
+        """Publish each rank's progress as ``sys/ranks/<r>/*`` fields and ``sys/stragglers``."""
+        # Closed ranks keep their final standing; lost ones no longer count as the fastest or slowest.
+        active = {r for r, st in self.rank_state.items() if st in ("live", "closed")}
+        snap = self.health.snapshot(now, active)
+        for rank, h in snap.items():
+            base = f"sys/ranks/{rank}"
+            self._write_field(f"{base}/state", ("str", self.rank_state.get(rank, "unknown")), SYSTEM_RANK, now)
+            self._write_field(f"{base}/last_step", ("int", h["last_step"]), SYSTEM_RANK, now)
+            self._write_field(f"{base}/steps_per_s", ("float", float(h["steps_per_s"])), SYSTEM_RANK, now)
+            self._write_field(f"{base}/lag_s", ("float", float(h["lag_s"])), SYSTEM_RANK, now)
+            if h["lag_steps"] is not None:
+                self._write_field(f"{base}/lag_steps", ("int", h["lag_steps"]), SYSTEM_RANK, now)
+        stragglers = {r for r, h in snap.items() if h["straggler"]}
+        self.stragglers_seen |= stragglers
+        for r in stragglers - self.stragglers:
+            msg = f"rank {r} is a straggler: {snap[r]['lag_s']:.3f} s behind the fastest rank"
+            self.txn.events.append((now, "straggler", r, msg))
+            _log.warning("%s", msg)
+        if stragglers != self.stragglers or "sys/stragglers" not in self.fields:
+            self.stragglers = stragglers
+            self._write_field("sys/stragglers", ("list", sorted(stragglers)), SYSTEM_RANK, now)
+        self.health_snapshot = snap
+
     def check_liveness(self, now: float) -> None:
         """Mark ranks lost: silent past the liveness timeout, or (same host) their process is gone."""
         for (rank, inc), s in self.senders.items():
@@ -487,7 +530,8 @@ class Aggregator:
             if self.current.get(rank) == inc:
                 self.rank_state[rank] = "lost"
                 self.reducer.rank_done(rank)
-            msg = f"rank {rank} lost: {why} after {s.points} points"
+            last = self.health.ranks[rank].last_step if rank in self.health.ranks else -1
+            msg = f"rank {rank} lost: {why} after {s.points} points (last step {last})"
             self.txn.events.append((now, "rank_lost", rank, msg))
             _log.warning("%s", msg)
 
@@ -548,6 +592,8 @@ class Aggregator:
             "per_rank": per_rank,
             "duration_s": round(now - self.t0, 3),
             "reasons": self.reasons,
+            "health": {str(r): h for r, h in self.health_snapshot.items()},
+            "stragglers_seen": sorted(self.stragglers_seen),
         }
 
     def finalize(self, reason: str | None = None) -> dict[str, Any]:
@@ -556,6 +602,7 @@ class Aggregator:
         if self.cfg.spool_root and Path(self.cfg.spool_root).is_dir():
             self.recover_spools(Path(self.cfg.spool_root))
         self.emit(now, force=True)
+        self.update_health(now)
         if reason:
             self.reasons.append(reason)
         for r in range(self.cfg.world_size):
@@ -714,21 +761,31 @@ class _Server:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         last_sweep = 0.0
+        last_health = 0.0
         commit_failures = 0
         while True:
             events = dict(poller.poll(50 if not agg.reducer.pending_groups() else 20))
             now = time.time()
             if self.sock in events:
-                for _ in range(10_000):
+                # Bounded rounds: commit (and ack) every few MB so memory and ack latency stay flat
+                # when the ranks are ahead; the rest waits in the socket, then in the ranks' spools.
+                taken = 0
+                for _ in range(2_000):
                     try:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self.handle(frames, now)
+                    taken += sum(len(f) for f in frames)
+                    if taken > _ROUND_BYTES:
+                        break
             sweep = now - last_sweep > 0.25
             if sweep:
                 last_sweep = now
                 agg.check_liveness(now)
+                if now - last_health >= 1.0:
+                    last_health = now
+                    agg.update_health(now)
                 if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
                     agg.parent_lost(now)
             agg.emit(now, all_keys=sweep)

@@ -115,19 +115,18 @@ class Rendezvous:
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
         self._store: Any = None
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                self._store = dist.distributed_c10d._get_default_store()
-        except ImportError:
-            self._store = None  # no torch: the file rendezvous below serves one node
+        # Only a program that imported torch.distributed can have a process group: never import
+        # torch here (seconds and ~200 MB for MPI or plain-process users who have it installed).
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            self._store = dist.distributed_c10d._get_default_store()
         job = "|".join(
             os.environ.get(n, "")
             for n in (
                 _env.MASTER_ADDR,
                 _env.MASTER_PORT,
                 _env.TORCHELASTIC_RUN_ID,
+                _env.COORDINATOR_RUN_ID,
                 _env.TORCHELASTIC_RESTART_COUNT,
                 "SLURM_JOB_ID",
                 "OMPI_COMM_WORLD_JOBID",
@@ -180,7 +179,9 @@ class Rendezvous:
         while True:
             try:
                 rec = json.loads(self._file.read_text())
-                return rec
+                if _publisher_alive(rec):
+                    return rec
+                # A record left by a rank 0 that died: wait for this job's rank 0 to replace it.
             except FileNotFoundError:
                 pass  # not published yet: poll until the deadline
             except json.JSONDecodeError:
@@ -200,6 +201,20 @@ class Rendezvous:
                 self._file.unlink()
             except FileNotFoundError:
                 pass  # already gone: nothing to retract
+
+
+def _publisher_alive(rec: dict[str, Any]) -> bool:
+    """The file rendezvous is single-node: its publisher must be a running process here."""
+    pid = rec.get("pid")
+    if type(pid) is not int:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 class AggregatorProcess:

@@ -7,6 +7,7 @@ it through the :class:`~coordinator._buffer.Buffer`, a request queue, and a wake
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -139,6 +140,8 @@ class SenderThread(threading.Thread):
         self._req_id = 0
         self._open_reqs: dict[int, Request] = {}
         self._last_step: dict[str, int] = {}
+        self._hot_keys: list[str] = []
+        """Keys logged during the last flush interval: their next columns are pre-built."""
         self._cut_gen = -1
         self._welcomed = False
         self._hello_sent_at = 0.0
@@ -215,7 +218,8 @@ class SenderThread(threading.Thread):
             next_flush = time.monotonic() + self.cfg.flush_interval_s
             while not self._stop_evt.is_set():
                 timeout = max(0.0, next_flush - time.monotonic())
-                events = dict(poller.poll(int(timeout * 1000)))
+                # Round up: a 0 ms poll in the last millisecond before a flush would spin.
+                events = dict(poller.poll(math.ceil(timeout * 1000)))
                 if self._wake_r in events:
                     self._drain_wake()
                 if sock in events:
@@ -347,8 +351,10 @@ class SenderThread(threading.Thread):
     def _flush(self, now: float) -> None:
         if not self._may_cut(now):
             return
-        gen, cols, fields = self.buf.cut()
-        if not cols and not fields:
+        fresh: dict[str, Column] = {k: (array("q"), array("d")) for k in self._hot_keys}
+        gen, cols, fields = self.buf.cut(fresh)
+        self._hot_keys = [k for k, (steps, _) in cols.items() if steps]
+        if not self._hot_keys and not fields:
             self._cut_gen = gen
             if not self._window and not self._backlog:
                 self.buf.progress(gen, 0)
@@ -429,6 +435,8 @@ class SenderThread(threading.Thread):
         cur: list[tuple[str, array[int], array[float]]] = []
         n = 0
         for key, (steps, values) in cols.items():
+            if not steps:
+                continue
             self._resolve_steps(key, steps)
             i = 0
             while i < len(steps):

@@ -1,0 +1,81 @@
+"""Rank health: progress, step rate, and how far each rank trails the fastest (stragglers).
+
+A rank's progress is the highest step it has logged (any key). For every recent step the time
+each rank first reached it is kept, so a rank that reaches steps later than the others (in
+DDP the slow rank logs after the rest, who then wait in the all-reduce) shows a time lag even
+when all ranks advance at the same rate; a rank that falls behind in steps shows a growing one.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Health"]
+
+_KEEP_STEPS = 256
+_RATE_WINDOW_S = 10.0
+
+
+@dataclass(slots=True)
+class _Rank:
+    last_step: int = -1
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+
+
+class Health:
+    """Per-rank progress bookkeeping; owned by the aggregator loop (not thread-safe)."""
+
+    def __init__(self, world_size: int, straggler_lag_s: float) -> None:
+        self.world_size = world_size
+        self.straggler_lag_s = straggler_lag_s
+        self.ranks: dict[int, _Rank] = {}
+        self.reached: dict[int, dict[int, float]] = {}
+        """step -> rank -> time it first logged that step (or beyond)."""
+
+    def progress(self, rank: int, step: int, now: float) -> None:
+        """``rank`` logged ``step`` at ``now``."""
+        r = self.ranks.get(rank)
+        if r is None:
+            r = self.ranks[rank] = _Rank()
+        if step <= r.last_step:
+            return
+        first = max(r.last_step + 1, step - _KEEP_STEPS + 1)
+        for s in range(first, step + 1):
+            self.reached.setdefault(s, {}).setdefault(rank, now)
+        r.last_step = step
+        if len(self.reached) > 2 * _KEEP_STEPS:
+            for s in sorted(self.reached)[: len(self.reached) - _KEEP_STEPS]:
+                del self.reached[s]
+
+    def snapshot(self, now: float, ranks: set[int]) -> dict[int, dict[str, Any]]:
+        """Per rank: last_step, steps_per_s, lag_steps, lag_s, straggler (compared among ``ranks``)."""
+        out: dict[int, dict[str, Any]] = {}
+        if not self.ranks:
+            return out
+        active = {r: st for r, st in self.ranks.items() if r in ranks} or self.ranks
+        fastest = max(st.last_step for st in active.values())
+        complete = [s for s, by in self.reached.items() if len(by.keys() & active.keys()) == len(active)]
+        complete.sort()
+        recent = complete[-64:]
+        for rank, st in self.ranks.items():
+            st.samples.append((now, st.last_step))
+            old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
+            rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
+            lags = [self.reached[s][rank] - min(self.reached[s][x] for x in active) for s in recent
+                    if rank in self.reached[s]]  # fmt: skip
+            lag_s = statistics.median(lags) if lags else 0.0
+            if st.last_step < fastest and rank in active:
+                ahead = self.reached.get(st.last_step + 1, {})
+                if ahead:
+                    lag_s = max(lag_s, now - min(ahead.values()))
+            out[rank] = {
+                "last_step": st.last_step,
+                "steps_per_s": round(rate, 3),
+                "lag_steps": fastest - st.last_step if rank in active else None,
+                "lag_s": round(lag_s, 4),
+                "straggler": rank in active and len(active) > 1 and lag_s > self.straggler_lag_s,
+            }
+        return out
