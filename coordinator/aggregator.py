@@ -278,8 +278,12 @@ class Aggregator:
         Raises:
             ProtocolError: unknown (``code="hello"``: say HELLO first) or fenced sender.
         """
+        if env.run_id != self.cfg.run_id:
+            raise ProtocolError(f"this aggregator serves run {self.cfg.run_id!r}, not {env.run_id!r}",
+                                code="wrong_run")  # fmt: skip
         snd = self.senders.get((env.rank, env.incarnation))
-        if snd is None or env.run_id != self.cfg.run_id:
+        if snd is None:
+            self.counters["unknown_sender"] = self.counters.get("unknown_sender", 0) + 1
             raise ProtocolError("unknown sender: HELLO first", code="hello")
         if snd.state == "fenced" and not recovering:
             self.counters["fenced_batches"] += 1
@@ -439,13 +443,14 @@ class Aggregator:
         snd = self.sender(env)
         und = info.get("undelivered")
         snd.undelivered = und if type(und) is int and und >= 0 else 0
+        snd.client = {k: v for k, v in info.items() if type(v) is int and v >= 0 and len(k) <= 32}
         snd.state = "closed"
         snd.last_seen = now
         self._persist_sender(snd)
         if self.current.get(env.rank) == env.incarnation:
             self.rank_state[env.rank] = "closed"
             self.reducer.rank_done(env.rank)
-        detail = f"incarnation {env.incarnation}, {snd.points} points"
+        detail = f"incarnation {env.incarnation}, {snd.points} points; rank counters {json.dumps(snd.client)}"
         if snd.undelivered:
             detail += f", {snd.undelivered} points undelivered"
             self.reasons.append(f"rank {env.rank} closed with {snd.undelivered} points undelivered")
@@ -579,6 +584,9 @@ class Aggregator:
             r["batches"] += s.batches
             r["undelivered"] += s.undelivered
             r["incarnations"] += 1
+            for k, v in s.client.items():  # the rank's own counters: accepted, spooled, replayed, dropped
+                if k != "undelivered":
+                    r[k] = r.get(k, 0) + v
             if self.current.get(rank) == inc:
                 r["state"] = s.state
         never = [r for r in range(self.cfg.world_size) if r not in self.rank_state]
@@ -607,6 +615,10 @@ class Aggregator:
             self.reasons.append(reason)
         for r in range(self.cfg.world_size):
             st = self.rank_state.get(r)
+            if st == "live":
+                last = self.health.ranks[r].last_step if r in self.health.ranks else -1
+                self.txn.events.append((now, "rank_lost", r, f"rank {r} did not close before the run ended "
+                                                                f"(last step {last})"))  # fmt: skip
             if st is None:
                 self.reasons.append(f"rank {r} never connected")
             elif st in ("live", "lost"):

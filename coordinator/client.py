@@ -572,9 +572,10 @@ class Run:
                     self.wait(max(0.0, deadline - time.monotonic()))
                 except CoordinatorError as e:
                     error = e
-                und = self._buf.pending + self._buf.in_flight
+                st = self._buf.stats()
                 try:
-                    self._sender.submit(Request(wire.BYE, {"undelivered": und})).result(
+                    bye = {"undelivered": st["pending"], "accepted": st["accepted"], "dropped_points": st["dropped"]}
+                    self._sender.submit(Request(wire.BYE, bye)).result(
                         max(0.1, deadline - time.monotonic()), self.endpoint
                     )
                 except CoordinatorError as e:
@@ -776,6 +777,7 @@ def init_run(
         ConfigError: bad arguments or environment; CoordinatorError: the aggregator did not
         start or could not be found.
     """
+    _debug_logging()
     mode = mode or os.environ.get(_env.COORDINATOR_MODE) or "async"  # type: ignore[assignment]
     if mode not in _MODES:
         raise ConfigError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
@@ -868,6 +870,17 @@ def init_run(
         meta.close()
     _log.debug("rank %d: run %s (%s) via %s", placement.rank, run_id, mode, endpoint)
     return run
+
+
+def _debug_logging() -> None:
+    """``COORDINATOR_DEBUG=1``: log connections, batches, acks and retries of this process to stderr."""
+    if os.environ.get(_env.COORDINATOR_DEBUG) != "1" or getattr(_debug_logging, "done", False):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
+    _log.addHandler(handler)
+    _log.setLevel(logging.DEBUG)
+    _debug_logging.done = True  # type: ignore[attr-defined]
 
 
 _elastic_calls: dict[str, int] = {}

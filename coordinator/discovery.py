@@ -240,7 +240,9 @@ class AggregatorProcess:
         try:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                start_new_session=False, close_fds=True,
+                # Its own session: a signal the launcher sends to the workers' process group must
+                # not cut the run's end short; it watches rank 0 and finishes by itself.
+                start_new_session=True, close_fds=True,
             )  # fmt: skip
         finally:
             if stderr is not None:

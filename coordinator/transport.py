@@ -136,6 +136,7 @@ class SenderThread(threading.Thread):
         self._backlog: deque[_Batch] = deque()
         """Cut, numbered, waiting for a send slot (payload in memory or only on disk)."""
         self._backlog_points = 0
+        self._window_points = 0
         self._seq = 0
         self._req_id = 0
         self._open_reqs: dict[int, Request] = {}
@@ -153,7 +154,7 @@ class SenderThread(threading.Thread):
         self.sock: zmq.Socket[bytes] | None = None
         self.spool: SegmentedSpool | None = None
         self.counters = {"batches": 0, "spooled_batches": 0, "replayed_batches": 0, "resent_batches": 0,
-                         "dropped_points": 0, "lost_points": 0}  # fmt: skip
+                         "lost_points": 0}  # fmt: skip
 
     # ------------------------------------------------------------ API side
 
@@ -331,7 +332,7 @@ class SenderThread(threading.Thread):
         """Whether taking the buffer now keeps memory and disk within their bounds."""
         if self.cfg.endpoint is None:
             return True
-        if self._welcomed and len(self._window) < self.cfg.max_window and not self._backlog:
+        if self._welcomed and self._window_room() and not self._backlog:
             return True  # straight to the wire
         policy = self.cfg.backpressure
         if policy == "drop_oldest":
@@ -348,6 +349,12 @@ class SenderThread(threading.Thread):
             return False
         return True
 
+    def _window_room(self) -> bool:
+        """In-flight batches are bounded in count and, with ``max_backlog_points``, in points."""
+        return len(self._window) < self.cfg.max_window and (
+            not self._window or self._window_points < self.cfg.max_backlog_points
+        )
+
     def _flush(self, now: float) -> None:
         if not self._may_cut(now):
             return
@@ -361,14 +368,22 @@ class SenderThread(threading.Thread):
             return
         ts = time.time()
         for batch_metrics, batch_fields, n in self._split(cols, fields):
-            self._seq += 1
             payload = wire.encode_batch(batch_metrics, batch_fields, ts)
-            b = _Batch(self._seq, gen, n, self._env(wire.BATCH, self._seq), payload)
+            b = _Batch(0, gen, n, b"", payload)
+            if self.spool is not None:
+                self._number(b)  # the spool is write-ahead: numbered before it is written
             self.counters["batches"] += 1
             self._store_batch(b, now)
         self._cut_gen = gen
         if self.cfg.backpressure == "drop_oldest":
             self._drop_oldest()
+
+    def _number(self, b: _Batch) -> None:
+        """Give ``b`` the next sequence number. Without a spool this happens only when it is sent, so
+        batches dropped under ``drop_oldest`` leave no gap for the aggregator to wait on."""
+        self._seq += 1
+        b.seq = self._seq
+        b.envelope = self._env(wire.BATCH, b.seq)
 
     def _store_batch(self, b: _Batch, now: float) -> None:
         """Write-ahead to the spool (when there is one), then queue for sending."""
@@ -389,7 +404,7 @@ class SenderThread(threading.Thread):
             else:
                 self.buf.progress(b.gen, b.points)
             return
-        if self._backlog or len(self._window) >= self.cfg.max_window or not self._welcomed:
+        if self._backlog or not self._window_room() or not self._welcomed:
             if b.loc is not None:
                 b.payload = None  # on disk: do not hold it in memory too
                 self.counters["spooled_batches"] += 1
@@ -399,6 +414,8 @@ class SenderThread(threading.Thread):
         self._send_batch(b, now)
 
     def _send_batch(self, b: _Batch, now: float) -> None:
+        if not b.seq:
+            self._number(b)
         if b.payload is None:
             assert self.spool is not None and b.loc is not None
             b.payload = self.spool.read(b.loc).payload
@@ -407,11 +424,12 @@ class SenderThread(threading.Thread):
         self.sock.send_multipart([b.envelope, b.payload], copy=False)
         b.sent_at = self._last_send = now
         self._window[b.seq] = b
+        self._window_points += b.points
         _log.debug("rank %d: BATCH %d (%d points)", self.cfg.rank, b.seq, b.points)
 
     def _pump(self, now: float) -> None:
         """Move batches from the backlog into the window while it has room."""
-        while self._backlog and self._welcomed and len(self._window) < self.cfg.max_window:
+        while self._backlog and self._welcomed and self._window_room():
             b = self._backlog.popleft()
             self._backlog_points -= b.points
             self._send_batch(b, now)
@@ -421,7 +439,6 @@ class SenderThread(threading.Thread):
         while self._backlog_points > self.cfg.max_backlog_points and self._backlog:
             b = self._backlog.popleft()
             self._backlog_points -= b.points
-            self.counters["dropped_points"] += b.points
             self.buf.dropped(b.points)
             _log.warning("rank %d: dropped batch %d (%d points) under backpressure policy drop_oldest",
                          self.cfg.rank, b.seq, b.points)  # fmt: skip
@@ -474,6 +491,7 @@ class SenderThread(threading.Thread):
         b = self._window.pop(seq, None)
         if b is None:
             return  # an ack for a resend that was already acknowledged
+        self._window_points -= b.points
         self.buf.progress(self._acked_gen(), b.points)
         if self.spool is not None:
             self.spool.acked_through(self._first_unacked() - 1)
@@ -560,6 +578,7 @@ class SenderThread(threading.Thread):
             self._fail_requests(err)
         elif body.get("re") == wire.BATCH and env.seq in self._window:
             b = self._window.pop(env.seq)
+            self._window_points -= b.points
             lost = DeliveryError(f"the aggregator rejected batch {env.seq} ({b.points} points): {msg}",
                                  lost_points=b.points)  # fmt: skip
             _log.error("%s", lost)

@@ -139,14 +139,14 @@ def test_sequence_gap_is_refused_and_nothing_ingested(agg: Aggregator) -> None:
     assert batch(agg, 0, 3, metrics={"k": {2: 1.0}}) == "new"
 
 
-@pytest.mark.parametrize("run", [RUN, "other-run"])
-def test_batch_before_hello_is_refused(agg: Aggregator, run: str) -> None:
-    """A batch from a sender that never said HELLO (or for another run) gets code 'hello'."""
+@pytest.mark.parametrize(("run", "code"), [(RUN, "hello"), ("other-run", "wrong_run")])
+def test_batch_before_hello_is_refused(agg: Aggregator, run: str, code: str) -> None:
+    """A batch from a sender that never said HELLO gets code 'hello'; one for another run 'wrong_run'."""
     if run != RUN:
         hello(agg, 0)
     with pytest.raises(ProtocolError) as ei:
         agg.batch(env(wire.BATCH, 0, 1, 1, run=run), payload(metrics={"k": {0: 1.0}}), 1.0)
-    assert ei.value.code == "hello"
+    assert ei.value.code == code
     assert agg.counters["points"] == 0 and agg.txn.chunks == []
 
 
