@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 import coordinator
 from coordinator.sinks.local import LocalStore, list_runs

@@ -32,6 +32,7 @@ __all__ = [
     "ChunkRow",
     "LocalStore",
     "RunInfo",
+    "StoredChunk",
     "TxnData",
     "list_runs",
     "resolve_root",
@@ -165,6 +166,22 @@ class RunInfo:
     world_size: int
     report: dict[str, Any] | None
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """One committed chunk as the forwarder reads it (journal order = ``id`` order)."""
+
+    id: int
+    """Row id: increases with every commit (one writer), so it is a cursor."""
+    key: str
+    rank: int
+    """A training rank, or ``MAIN_RANK`` for the reduced main series."""
+    incarnation: int
+    ts: float
+    """Time of the batch (the rank's batch time; for the main series, when it was emitted)."""
+    steps: array[int]
+    values: array[float]
 
 
 class LocalStore:
@@ -457,6 +474,58 @@ class LocalStore:
                 }
             )
         return out
+
+    # ---------------------------------------------------------------- journal reads (forwarders)
+
+    def chunks_after(self, cursor: int, max_points: int) -> list[StoredChunk]:
+        """Committed chunks with ``id > cursor`` in journal order, about ``max_points`` points.
+
+        At least one chunk is returned when there is one, even if it alone exceeds ``max_points``;
+        otherwise chunks are taken while the total stays within ``max_points``.
+        """
+        out: list[StoredChunk] = []
+        total = 0
+        cur = self._db.execute(
+            "SELECT c.id, k.key, c.rank, c.incarnation, c.ts, c.n, c.steps, c.vals "
+            "FROM chunks c JOIN keys k ON k.id = c.key_id WHERE c.id > ? ORDER BY c.id",
+            (cursor,),
+        )
+        try:
+            while True:
+                rows = cur.fetchmany(256)
+                if not rows:
+                    break
+                for cid, key, rank, inc, ts, n, sb, vb in rows:
+                    if out and total + n > max_points:
+                        return out
+                    out.append(StoredChunk(cid, key, rank, inc, ts, _from_le("q", sb), _from_le("d", vb)))
+                    total += n
+        finally:
+            cur.close()  # ends the implicit read so the writer can checkpoint the WAL
+        return out
+
+    def points_after(self, cursor: int) -> tuple[int, int]:
+        """(chunks, points) committed with ``id > cursor``: what a forwarder still has to send."""
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM chunks WHERE id > ?", (cursor,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def multi_incarnation_ranks(self) -> set[int]:
+        """Ranks that had more than one incarnation (elastic restarts)."""
+        return {r for (r,) in self._db.execute("SELECT rank FROM senders GROUP BY rank HAVING COUNT(*) > 1")}
+
+    def rank_incarnations(self, key: str, rank: int) -> list[tuple[int, float, int]]:
+        """(incarnation, first batch time, first step) of one rank's ``key``, by start time.
+
+        The same order :meth:`values` uses to let a later incarnation replace earlier steps.
+        """
+        started: dict[int, float] = {}
+        first: dict[int, int] = {}
+        for sb, _, _, ts, inc in self._chunks(key, rank):
+            steps = _from_le("q", sb)
+            started[inc] = min(ts, started.get(inc, ts))
+            if steps:
+                first[inc] = min(min(steps), first.get(inc, min(steps)))
+        return sorted(((i, started[i], first.get(i, 0)) for i in started), key=lambda t: t[1])
 
 
 class _Txn:

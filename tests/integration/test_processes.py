@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -22,8 +23,10 @@ WORKER = Path(__file__).parent / "workers" / "plain_rank.py"
 
 def _spawn(world: int, out: Path, store: Path, *args: str) -> list[subprocess.Popen[str]]:
     procs = []
+    job = str(random.randrange(20_000, 60_000))  # what a launcher gives each job (MASTER_PORT)
     for r in range(world):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT))
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=job)  # fmt: skip
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(WORKER), "--out", str(out), *args],
@@ -116,14 +119,18 @@ def test_rank0_killed_aggregator_drains_others_and_marks_run_failed(store_dir: P
     procs = _spawn(3, out, store_dir, "--points", "2000", "--hang-after", "1000", "--liveness", "3")
     # Every rank stops after 1000 acked points. Rank 0 is SIGKILLed; the others die without closing,
     # so the aggregator must notice both the dead parent and the silent ranks on its own.
-    line = procs[0].stdout.readline() if procs[0].stdout else ""
-    assert line.strip() == "HUNG"
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "HUNG":
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank did not reach its hang point: {line!r}\n{p.communicate(timeout=30)[1][-3000:]}")
     run_id = (out / "rank0.id").read_text()
     assert len(_aggregators(run_id)) == 1
     procs[0].kill()
     procs[0].wait(30)
     for p in procs[1:]:
-        assert p.stdout is not None and p.stdout.readline().strip() == "HUNG"
         p.terminate()
     _reap(procs)
     deadline = time.monotonic() + 60
