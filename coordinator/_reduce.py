@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 
-__all__ = ["POLICIES", "Emitted", "PolicyTable", "Reducer"]
+__all__ = ["POLICIES", "POLICY_PREFIX", "Emitted", "PolicyTable", "Reducer"]
+
+POLICY_PREFIX = "sys/policy/"
+"""Field path prefix a rank uses to set one key's policy (``log(..., policy=...)``)."""
 
 POLICIES = ("mean", "sum", "min", "max", "rank0", "per_rank", "all")
 """Reduction policies. ``per_rank`` keeps only the ranks' own series (no main series);
@@ -53,6 +56,12 @@ class PolicyTable:
                 raise ValueError(f"policy {pol!r} for {pat!r} is not one of {', '.join(POLICIES)}")
         self.default = default
         self._cache: dict[str, str] = {}
+
+    def override(self, key: str, policy: str) -> None:
+        """Give ``key`` its own policy (a per-call override); raises ValueError for an unknown one."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} for {key!r} is not one of {', '.join(POLICIES)}")
+        self._cache[key] = policy
 
     def __call__(self, key: str) -> str:
         pol = self._cache.get(key)

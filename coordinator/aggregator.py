@@ -32,7 +32,7 @@ from coordinator._defaults import (
     STRAGGLER_LAG_S,
 )
 from coordinator._health import Health
-from coordinator._reduce import PolicyTable, Reducer
+from coordinator._reduce import POLICY_PREFIX, PolicyTable, Reducer
 from coordinator._validate import FieldValue
 from coordinator.errors import ProtocolError, SinkError
 from coordinator.sinks.local import MAIN_RANK, ChunkRow, LocalStore, TxnData
@@ -321,6 +321,8 @@ class Aggregator:
         rank = snd.rank
         txn = self.txn
         n = 0
+        if b.fields and any(p.startswith(POLICY_PREFIX) for p, _ in b.fields):
+            b.fields = self._take_policies(b.fields, rank, now)
         for key, steps, values in b.metrics:
             if key not in self.known_keys:
                 self.known_keys.add(key)
@@ -343,6 +345,28 @@ class Aggregator:
         self.counters["batches"] += 1
         self.counters["points"] += n
         self._persist_sender(snd)
+
+    def _take_policies(
+        self, fields: list[tuple[str, FieldValue]], rank: int, now: float
+    ) -> list[tuple[str, FieldValue]]:
+        """Apply per-key policy overrides (before the batch's points); return the other fields."""
+        rest = []
+        for path, fv in fields:
+            if not path.startswith(POLICY_PREFIX):
+                rest.append((path, fv))
+                continue
+            key, policy = path[len(POLICY_PREFIX) :], str(fv[1])
+            current = self.policy(key)
+            if key in self.known_keys and current != policy:
+                self._conflict(path, rank, fv, SYSTEM_RANK, now)
+                continue
+            try:
+                self.policy.override(key, policy)
+            except ValueError as e:
+                _log.warning("rank %d: %s", rank, e)
+                continue
+            self._write_field(path, fv, SYSTEM_RANK, now)
+        return rest
 
     def _maybe_rewind(self, snd: _Sender, key: str, first: int, now: float) -> None:
         st = self.reducer.keys.get(key)

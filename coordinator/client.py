@@ -31,7 +31,7 @@ from coordinator._defaults import (
     RENDEZVOUS_TIMEOUT_S,
     STOP_GRACE_S,
 )
-from coordinator._reduce import PolicyTable
+from coordinator._reduce import POLICIES, POLICY_PREFIX, PolicyTable
 from coordinator._validate import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.discovery import (
     AggregatorProcess,
@@ -95,13 +95,16 @@ class Handle:
     def __setitem__(self, sub: str, value: object) -> None:
         self._run[f"{self._path}/{sub}"] = value
 
-    def append(self, value: object, step: int | None = None) -> None:
+    def append(self, value: object, step: int | None = None, *, policy: str | None = None) -> None:
         """Append one point to this series (hot path; see :meth:`Run.log`).
 
         Args:
             value: a number, bool, numpy scalar or 1-element tensor.
             step: non-negative int; omitted: this rank's previous step for the key + 1.
+            policy: cross-rank reduction of this key (see :meth:`Run.log`).
         """
+        if policy is not None:
+            self._run._declare_policy((self._path,), policy)
         self._run._append(self._path, value, step)
 
     def extend(self, values: Iterable[object], steps: Iterable[int] | None = None) -> None:
@@ -201,6 +204,7 @@ class Run:
         self._buf = Buffer(max_buffer_points)
         self._handles: dict[str, Handle] = {}
         self._metric_keys: set[str] = set()
+        self._key_policy: dict[str, str] = {}
         self._field_paths: set[str] = set()
         self._view_fields: dict[str, Any] = {}
         self._view_last: dict[str, tuple[int, float]] = {}
@@ -243,13 +247,17 @@ class Run:
 
     # ------------------------------------------------------------------ hot path
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
         """Log several metrics at one step.
 
         Args:
             data: metric key -> value (number, bool, numpy scalar, 1-element tensor).
             step: non-negative int shared by every key; omitted: per key, this rank's
                 previous step + 1 (like ``append()``).
+            policy: cross-rank reduction for these keys, overriding the ``policies`` globs of
+                ``init_run`` (``mean``, ``sum``, ``min``, ``max``, ``rank0``, ``per_rank``,
+                ``all``). A key keeps the policy it was first logged with; a different one later
+                raises ``ValueError``.
 
         Non-blocking: validates and appends to an in-memory buffer; blocks only when the
         rank's buffer (``max_buffer_points``) is full. Thread-safe.
@@ -267,6 +275,8 @@ class Run:
             if not isinstance(data, Mapping):
                 raise TypeError(f"log() takes a dict of metrics, got {type(data).__name__}")
             data = dict(data)
+        if policy is not None:
+            self._declare_policy(data, policy)
         b = self._buf
         with b.lock:
             if self._closed:
@@ -287,6 +297,22 @@ class Run:
                     raise
                 self._log_slow(data, step)
             b.pending += len(data)
+
+    def _declare_policy(self, keys: Iterable[object], policy: str) -> None:
+        """Send a per-key policy override ahead of the keys' first points (slow path)."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+        for k in keys:
+            check_key(k)
+            assert isinstance(k, str)
+            had = self._key_policy.get(k)
+            if had == policy:
+                continue
+            if had is not None or k in self._metric_keys:
+                raise ValueError(f"{k!r} already has policy {had or 'from init_run'}; a key keeps its first policy")
+            self._key_policy[k] = policy
+            with self._buf.lock:
+                self._buf.fields.append((f"{POLICY_PREFIX}{k}", ("str", policy)))
 
     def _append(self, key: str, value: object, step: int | None) -> None:
         if step is None:
@@ -647,7 +673,7 @@ def _atexit_hook(ref: weakref.WeakMethod[Any]) -> None:
 class _DisabledRun(Run):
     """``mode="disabled"``: every call is a no-op."""
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
         return None
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -660,8 +686,8 @@ class _DisabledRun(Run):
 class _SyncRun(Run):
     """``mode="sync"``: every call returns only once it is durable."""
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
-        super().log(data, step)
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
+        super().log(data, step, policy=policy)
         self.wait()
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -686,7 +712,7 @@ class _ReadOnlyRun(Run):
                 step, value = s["last"]
                 self._view_last[s["key"]] = (step, value)
 
-    def log(self, data: Mapping[str, object], step: int | None = None) -> None:
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
         raise ClosedError(f"run {self.id} is open read-only")
 
     def _append(self, key: str, value: object, step: int | None) -> None:

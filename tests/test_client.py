@@ -298,3 +298,23 @@ def test_threads_may_log_concurrently(store_dir: Path) -> None:
         assert len(s.values("shared", 0)) == 8000
     finally:
         s.close()
+
+
+def test_per_call_policy_overrides_the_globs_and_a_key_keeps_its_first_policy(store_dir: Path) -> None:
+    """log(..., policy=) sets a key's reduction; switching it later or an unknown policy raises ValueError."""
+    with coordinator.init_run(policies={"*": "min"}) as run:
+        run.log({"tp": 3.0}, step=0, policy="sum")
+        run["best"].append(1.0, step=0, policy="max")
+        run.log({"other": 1.0}, step=0)
+        with pytest.raises(ValueError, match="first policy"):
+            run.log({"tp": 1.0}, step=1, policy="mean")
+        with pytest.raises(ValueError, match="not one of"):
+            run.log({"z": 1.0}, step=0, policy="median")
+        with pytest.raises(ValueError, match="first policy"):
+            run.log({"other": 1.0}, step=1, policy="max")
+    s = _store(store_dir)
+    try:
+        assert s.key_policies() == {"tp": "sum", "best": "max", "other": "min"}
+        assert s.fields()["sys/policy/tp"] == ("str", "sum")
+    finally:
+        s.close()

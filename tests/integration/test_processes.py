@@ -101,6 +101,8 @@ def test_three_processes_file_rendezvous_equal_fields_once_conflicts_recorded(st
             assert [st for st, _ in s.values("m", r)] == list(range(3000))
         main = s.values("m", -1)
         assert main == [(st, float(10_000 + st)) for st in range(3000)]  # mean of r*10000+st over r=0..2
+        assert s.values("tp", -1) == [(0, 6.0)] and s.key_policies()["tp"] == "sum"
+        assert s.values("mx", -1) == [(0, 2.0)] and s.key_policies()["mx"] == "max"
         f = s.fields()
         assert f["cfg/same"] == ("str", "equal-everywhere")
         assert f["cfg/x"] == ("int", 0)

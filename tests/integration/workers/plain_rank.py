@@ -37,6 +37,8 @@ def main() -> None:
         run["cfg/same"] = "equal-everywhere"
         if a.conflict:
             run["cfg/x"] = rank
+            run.log({"tp": float(rank + 1)}, step=0, policy="sum")
+            run["mx"].append(float(rank), step=0, policy="max")
         t0 = time.monotonic()
         for s in range(a.points):
             run.log({"m": float(rank * 10_000 + s)}, step=s)
