@@ -79,7 +79,7 @@ def test_version_mismatch_is_refused_naming_both_versions(store_dir: Path, monke
             s.connect(run.endpoint)
             s.send_multipart([msgpack.packb([wire.PROTOCOL + 1, wire.HELLO, run.id, 0, 5, 0]), wire.encode_map({})])
             assert s.poll(5000)
-            env, body = s.recv_multipart()
+            _env, body = s.recv_multipart()
             reply = wire.decode_map(body)
             assert reply["code"] == "version"
             assert str(wire.PROTOCOL) in reply["message"] and str(wire.PROTOCOL + 1) in reply["message"]
