@@ -46,7 +46,9 @@ __all__ = [
     "encode_batch",
     "encode_envelope",
     "encode_map",
+    "from_le",
     "kind_name",
+    "to_le",
 ]
 
 PROTOCOL = 1
@@ -213,7 +215,8 @@ def decode_map(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     return obj
 
 
-def _to_le(a: array[Any]) -> bytes:
+def to_le(a: array[Any]) -> bytes:
+    """The array's items as little-endian bytes (the wire and store layout)."""
     if _LITTLE:
         return a.tobytes()
     b = array(a.typecode, a)
@@ -221,7 +224,8 @@ def _to_le(a: array[Any]) -> bytes:
     return b.tobytes()
 
 
-def _from_le(typecode: str, data: bytes) -> array[Any]:
+def from_le(typecode: str, data: bytes) -> array[Any]:
+    """An array of ``typecode`` from little-endian bytes."""
     a = array(typecode)
     a.frombytes(data)
     if not _LITTLE:
@@ -237,7 +241,7 @@ def encode_batch(
     """Encode a batch payload (the sender thread calls this, never the training thread)."""
     return _packb(
         {
-            "m": [[k, _to_le(s), _to_le(v)] for k, s, v in metrics],
+            "m": [[k, to_le(s), to_le(v)] for k, s, v in metrics],
             "f": [[p, tag, val] for p, (tag, val) in fields],
             "t": ts,
         }
@@ -291,10 +295,10 @@ def decode_batch(frame: bytes) -> Batch:
             raise ProtocolError(f"bad metric key: {e}") from e
         if len(sb) % 8 or len(sb) != len(vb) or not sb:
             raise ProtocolError(f"metric {key!r}: steps/values lengths do not match")
-        steps = _from_le("q", sb)
+        steps = from_le("q", sb)
         if min(steps) < 0:
             raise ProtocolError(f"metric {key!r}: negative step")
-        metrics.append((key, steps, _from_le("d", vb)))
+        metrics.append((key, steps, from_le("d", vb)))
     fields: list[tuple[str, FieldValue]] = []
     for item in f:
         if type(item) is not list or len(item) != 3:
