@@ -210,6 +210,8 @@ class Run:
         self._view_last: dict[str, tuple[int, float]] = {}
         self._view_ranks: dict[str, str] = {}
         self._closed = False
+        self._closed_why = "is stopped"
+        _RUNS.add(self)
         self._close_lock = threading.Lock()
         self._pid = os.getpid()
         self._sender: SenderThread | None = None
@@ -280,7 +282,7 @@ class Run:
         b = self._buf
         with b.lock:
             if self._closed:
-                raise ClosedError(f"run {self.id} is stopped; log() did nothing")
+                raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
             if b.pending >= b.max_points:
                 self._wait_for_room()
             cols = b.cols
@@ -322,7 +324,7 @@ class Run:
         b = self._buf
         with b.lock:
             if self._closed:
-                raise ClosedError(f"run {self.id} is stopped; append() did nothing")
+                raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
             if b.pending >= b.max_points:
                 self._wait_for_room()
             c = b.cols.get(key)
@@ -417,7 +419,7 @@ class Run:
         b = self._buf
         with b.lock:
             if self._closed:
-                raise ClosedError(f"run {self.id} is stopped; the assignment did nothing")
+                raise ClosedError(f"run {self.id} {self._closed_why}; the assignment did nothing")
             for p, _ in items:
                 if p in self._metric_keys:
                     raise ValueError(f"{p!r} is a series; a path is either a field or a series")
@@ -656,6 +658,25 @@ class Run:
                 self.stop(timeout=min(self._close_timeout_s, 30.0))
             except CoordinatorError as e:
                 _log.error("run %s: closing at exit failed: %s", self.id, e)
+
+
+_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) has the parent's runs but not their sender threads:
+    anything it logged would silently stay in its copy of the buffer. Make it raise instead."""
+    for run in list(_RUNS):
+        run._closed = True
+        run._closed_why = (
+            f"belongs to process {run._pid}; this is a forked child (e.g. a DataLoader worker): "
+            "log from the parent, or open a run in the child with init_run()"
+        )
+        run._buf.lock = threading.Lock()  # the parent's lock may have been held at fork time
+        run._buf.cond = threading.Condition(run._buf.lock)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -318,3 +318,29 @@ def test_per_call_policy_overrides_the_globs_and_a_key_keeps_its_first_policy(st
         assert s.fields()["sys/policy/tp"] == ("str", "sum")
     finally:
         s.close()
+
+
+def test_log_in_a_forked_child_raises_clearly_and_the_parent_is_unaffected(store_dir: Path) -> None:
+    """A DataLoader-style fork: the child's log() raises ClosedError naming the fork; the parent keeps logging."""
+    import multiprocessing as mp
+
+    with coordinator.init_run() as run:
+        run.log({"a": 0.0}, step=0)
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+
+        def child() -> None:
+            try:
+                run.log({"a": 1.0}, step=1)
+                q.put("no error")
+            except coordinator.ClosedError as e:
+                q.put(str(e))
+
+        p = ctx.Process(target=child)
+        p.start()
+        msg = q.get(timeout=30)
+        p.join(30)
+        assert "forked child" in msg
+        run.log({"a": 2.0}, step=2)
+        run.wait(30)
+        assert run["a"].fetch_values(rank=0) == [(0, 0.0), (2, 2.0)]
