@@ -9,7 +9,10 @@ __all__ = [
     "COORDINATOR_ENDPOINT",
     "COORDINATOR_MODE",
     "COORDINATOR_RUN_ID",
+    "COORDINATOR_SECRET",
+    "COORDINATOR_SECRET_FILE",
     "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
     "MASTER_ADDR",
     "MASTER_PORT",
     "OMPI_RANK",
@@ -35,6 +38,10 @@ COORDINATOR_ENDPOINT = "COORDINATOR_ENDPOINT"
 """Explicit aggregator endpoint; skips discovery (set together with COORDINATOR_RUN_ID)."""
 COORDINATOR_RUN_ID = "COORDINATOR_RUN_ID"
 """Run id shared by every rank when the launcher chooses it."""
+COORDINATOR_SECRET = "COORDINATOR_SECRET"
+"""Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
+COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"
+"""A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
 COORDINATOR_AGG_STDERR = "COORDINATOR_AGG_STDERR"
 """File the aggregator's log goes to instead of the parent's stderr."""
 
@@ -42,6 +49,7 @@ COORDINATOR_AGG_STDERR = "COORDINATOR_AGG_STDERR"
 RANK = "RANK"
 WORLD_SIZE = "WORLD_SIZE"
 LOCAL_RANK = "LOCAL_RANK"
+LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
 MASTER_ADDR = "MASTER_ADDR"
 MASTER_PORT = "MASTER_PORT"
 TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"

@@ -33,8 +33,9 @@ from coordinator._defaults import (
 )
 from coordinator._health import Health
 from coordinator._reduce import POLICY_PREFIX, PolicyTable, Reducer
+from coordinator._security import CurveKeys, load_secret, server_auth
 from coordinator._validate import FieldValue
-from coordinator.errors import ProtocolError, SinkError
+from coordinator.errors import ConfigError, ProtocolError, SinkError
 from coordinator.sinks.local import MAIN_RANK, ChunkRow, LocalStore, TxnData
 from coordinator.spool import spool_records
 
@@ -81,6 +82,8 @@ class AggregatorConfig:
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = False
     """SQLite ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``."""
+    curve: bool = False
+    """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""
     """The ranks' spool directory; at the end what lost ranks left there is recovered."""
 
@@ -160,6 +163,7 @@ class Aggregator:
         self.counters = {
             "batches": 0, "points": 0, "duplicate_batches": 0, "bad_frames": 0,
             "gaps": 0, "fenced_batches": 0, "conflicts": 0, "main_points": 0,
+            "unknown_sender": 0, "rewinds": 0, "recovered_points": 0,
         }  # fmt: skip
         self.warnings_for: dict[tuple[int, int], list[str]] = {}
         self.rank0_bye_at: float | None = None
@@ -283,7 +287,7 @@ class Aggregator:
                                 code="wrong_run")  # fmt: skip
         snd = self.senders.get((env.rank, env.incarnation))
         if snd is None:
-            self.counters["unknown_sender"] = self.counters.get("unknown_sender", 0) + 1
+            self.counters["unknown_sender"] += 1
             raise ProtocolError("unknown sender: HELLO first", code="hello")
         if snd.state == "fenced" and not recovering:
             self.counters["fenced_batches"] += 1
@@ -373,7 +377,7 @@ class Aggregator:
         if st is None or first > st.maxstep.get(snd.rank, -1):
             return
         self.reducer.rewind(key, snd.rank, first)
-        self.counters["rewinds"] = self.counters.get("rewinds", 0) + 1
+        self.counters["rewinds"] += 1
         self.txn.events.append((now, "rank_resumed", snd.rank,
                                 f"incarnation {snd.incarnation} re-logs {key!r} from step {first}"))  # fmt: skip
         _log.info("rank %d (incarnation %d) resumed %r at step %d: later steps are replaced",
@@ -456,7 +460,7 @@ class Aggregator:
             self.txn.events.append((time.time(), "spool_recovered", rank,
                                     f"incarnation {inc}: {got} points from {d}"))  # fmt: skip
             _log.info("recovered %d points of rank %d from its spool %s", got, rank, d)
-        self.counters["recovered_points"] = self.counters.get("recovered_points", 0) + got
+        self.counters["recovered_points"] += got
         self.emit(time.time())
         self.commit()
         shutil.rmtree(d, ignore_errors=True)
@@ -714,7 +718,16 @@ class _Server:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.auth: Any = None
+        if agg.cfg.curve:
+            secret = load_secret()
+            if secret is None:
+                raise ConfigError("curve=True but no job secret in the environment")
+            keys = CurveKeys.from_secret(secret)
+            self.auth = server_auth(self.ctx, keys)
+            keys.apply_server(self.sock)
         self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stopping = False
         self.replies: list[tuple[bytes, int, wire.Envelope, dict[str, Any]]] = []
         self.unroutable = 0
@@ -854,6 +867,8 @@ class _Server:
 
     def close(self) -> None:
         self.sock.close(linger=1000)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 
@@ -868,7 +883,7 @@ def serve(cfg: AggregatorConfig) -> dict[str, Any]:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; rank 0 decides
-    sys.stdout.write(f"READY {cfg.endpoint}\n")
+    sys.stdout.write(f"READY {srv.endpoint}\n")
     sys.stdout.flush()
     try:
         rep = srv.serve()

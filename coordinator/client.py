@@ -32,6 +32,7 @@ from coordinator._defaults import (
     STOP_GRACE_S,
 )
 from coordinator._reduce import POLICIES, POLICY_PREFIX, PolicyTable
+from coordinator._security import CurveKeys, bind_address, load_secret
 from coordinator._validate import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.discovery import (
     AggregatorProcess,
@@ -182,6 +183,7 @@ class Run:
         store_path: str | None,
         max_aggregator_restarts: int = MAX_AGGREGATOR_RESTARTS,
         handle_sigterm: bool = False,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.id = run_id
         self.rank = placement.rank
@@ -221,7 +223,7 @@ class Run:
                     run_id=run_id, rank=self.rank, incarnation=self.incarnation,
                     endpoint=endpoint, flush_interval_s=flush_interval_s, backpressure=backpressure,
                     spool_dir=None if spool_root is None else f"{spool_root}/rank-{self.rank}-{self.incarnation}",
-                    max_spool_bytes=max_spool_bytes, max_backlog_points=max_buffer_points,
+                    max_spool_bytes=max_spool_bytes, max_backlog_points=max_buffer_points, curve=curve,
                     hello=default_hello(self.world_size, name, project),
                 ),
                 self._buf,
@@ -780,6 +782,8 @@ def init_run(
     spool_dir: str | os.PathLike[str] | None = None,
     max_spool_bytes: int = MAX_SPOOL_BYTES,
     handle_sigterm: bool = True,
+    transport: Literal["auto", "ipc", "tcp"] = "auto",
+    insecure_tcp: bool = False,
 ) -> Run:
     """Open the run on this rank; call it with the same arguments on every rank.
 
@@ -816,6 +820,13 @@ def init_run(
         max_spool_bytes: disk a rank's spool may use before ``log()`` blocks.
         handle_sigterm: in the main thread, if SIGTERM has its default action, turn it into
             ``SystemExit`` so a launcher's SIGTERM drains the run instead of killing it mid-batch.
+        transport: ``ipc`` (one node: a socket in a private 0700 directory), ``tcp`` (many
+            nodes: TCP on the interface that reaches ``MASTER_ADDR``, CURVE-authenticated with
+            keys derived from ``$COORDINATOR_SECRET`` or ``$COORDINATOR_SECRET_FILE``; needs an
+            initialised torch.distributed process group to publish the endpoint), or ``auto``
+            (``tcp`` when ``LOCAL_WORLD_SIZE < WORLD_SIZE``).
+        insecure_tcp: allow TCP without a job secret (anyone who can reach the port can write
+            to the run); warns loudly.
 
     Returns:
         The :class:`Run`, also a context manager (``with init_run(...) as run:``).
@@ -860,6 +871,22 @@ def init_run(
         return _DisabledRun(run_id=with_id or "disabled", mode=mode, endpoint=None, spool_root=None,
                             aggregator=None, rendezvous=None, store_path=None, **common)  # fmt: skip
 
+    use_tcp = transport == "tcp" or (transport == "auto" and placement.multi_node)
+    if transport not in ("auto", "ipc", "tcp"):
+        raise ConfigError(f"transport must be auto, ipc or tcp, got {transport!r}")
+    curve: CurveKeys | None = None
+    if use_tcp and mode != "offline":
+        secret = load_secret()
+        if secret is not None:
+            curve = CurveKeys.from_secret(secret)
+        elif not insecure_tcp:
+            raise ConfigError(
+                f"a multi-node (TCP) run needs a job secret: set {_env.COORDINATOR_SECRET} (16+ characters, the "
+                f"same on every rank) or {_env.COORDINATOR_SECRET_FILE}; or pass insecure_tcp=True to accept "
+                "unauthenticated writers"
+            )
+        else:
+            _log.warning("insecure_tcp=True: the aggregator accepts unauthenticated TCP connections")
     env_endpoint = os.environ.get(_env.COORDINATOR_ENDPOINT)
     env_run = os.environ.get(_env.COORDINATOR_RUN_ID)
     agg: AggregatorProcess | None = None
@@ -871,6 +898,12 @@ def init_run(
         run_id, endpoint = env_run, env_endpoint
     else:
         rdzv = Rendezvous(placement) if placement.world_size > 1 else None
+        if rdzv is not None and placement.multi_node and rdzv.via != "torch.distributed store":
+            raise ConfigError(
+                "a multi-node run finds its aggregator through the torch.distributed store: call "
+                f"torch.distributed.init_process_group() before init_run(), or set {_env.COORDINATOR_ENDPOINT} "
+                f"and {_env.COORDINATOR_RUN_ID} on every rank"
+            )
         if placement.rank == 0:
             run_id = with_id or env_run or _elastic_run_id() or new_run_id()
             run_dir(root, run_id)  # validates the id
@@ -883,7 +916,9 @@ def init_run(
                     "group_timeout_s": group_timeout_s, "liveness_timeout_s": liveness_timeout_s,
                     "stop_grace_s": stop_grace_s,
                     "spool_root": str(Path(spool_dir) if spool_dir is not None else root / "spool" / run_id),
-                })  # fmt: skip
+                    "curve": curve is not None,
+                }, tcp_host=bind_address(os.environ.get(_env.MASTER_ADDR), os.environ.get(_env.MASTER_PORT))
+                    if use_tcp else None)  # fmt: skip
                 try:
                     agg.start(AGGREGATOR_START_TIMEOUT_S)
                 except BaseException:
@@ -904,7 +939,7 @@ def init_run(
     cls = _SyncRun if mode == "sync" else Run
     run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_root=spool_root, aggregator=agg,
               rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), backpressure=backpressure,
-              max_spool_bytes=max_spool_bytes, handle_sigterm=handle_sigterm, **common)  # fmt: skip
+              max_spool_bytes=max_spool_bytes, handle_sigterm=handle_sigterm, curve=curve, **common)  # fmt: skip
     if mode == "offline" and placement.rank == 0:
         from coordinator.spool import SpoolWriter
 

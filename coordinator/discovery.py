@@ -49,6 +49,13 @@ class Placement:
     world_size: int
     local_rank: int
     restart_count: int
+    local_world_size: int = 0
+    """Ranks on this node (0: unknown, taken as all of them)."""
+
+    @property
+    def multi_node(self) -> bool:
+        """True when the launcher says not every rank runs on this node."""
+        return 0 < self.local_world_size < self.world_size
 
 
 def _int_env(*names: str) -> int | None:
@@ -80,7 +87,8 @@ def detect_placement(rank: int | None = None, world_size: int | None = None) -> 
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
     local = _int_env(_env.LOCAL_RANK)
     restarts = _int_env(_env.TORCHELASTIC_RESTART_COUNT) or 0
-    return Placement(rank, world_size, rank if local is None else local, restarts)
+    local_world = _int_env(_env.LOCAL_WORLD_SIZE, "OMPI_COMM_WORLD_LOCAL_SIZE") or 0
+    return Placement(rank, world_size, rank if local is None else local, restarts, local_world)
 
 
 def new_run_id() -> str:
@@ -220,10 +228,11 @@ def _publisher_alive(rec: dict[str, Any]) -> bool:
 class AggregatorProcess:
     """Rank 0's handle on the aggregator sidecar process."""
 
-    def __init__(self, run_id: str, config: dict[str, Any]) -> None:
+    def __init__(self, run_id: str, config: dict[str, Any], *, tcp_host: str | None = None) -> None:
+        """Args: tcp_host: bind TCP on this address (a free port) instead of a private ipc socket."""
         self.run_id = run_id
         self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=private_dir()))
-        self.endpoint = f"ipc://{self.sock_dir}/agg.sock"
+        self.endpoint = f"tcp://{tcp_host}:*" if tcp_host else f"ipc://{self.sock_dir}/agg.sock"
         self.config = dict(config, endpoint=self.endpoint, parent_pid=os.getpid())
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -266,6 +275,9 @@ class AggregatorProcess:
             self.kill()
             raise CoordinatorError(f"the aggregator said {line!r:.200} instead of READY")
         self.proc.stdout.close()
+        # A wildcard TCP port is now a real one; a restarted aggregator binds the same endpoint.
+        self.endpoint = line[len(b"READY ") :].decode().strip()
+        self.config["endpoint"] = self.endpoint
 
     @property
     def pid(self) -> int | None:

@@ -33,6 +33,7 @@ from coordinator._defaults import (
     MAX_WINDOW_BATCHES,
     SPOOL_SEGMENT_BYTES,
 )
+from coordinator._security import CurveKeys
 from coordinator._validate import FieldValue
 from coordinator.errors import (
     ClosedError,
@@ -75,6 +76,8 @@ class SenderConfig:
     ack_timeout_s: float = ACK_TIMEOUT_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     hello: dict[str, Any] = field(default_factory=dict)
+    curve: CurveKeys | None = None
+    """Connect as a CURVE client with the job's keys (multi-node TCP)."""
 
 
 class Request:
@@ -210,6 +213,8 @@ class SenderThread(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if self.cfg.curve is not None:
+            self.cfg.curve.apply_client(sock)
         try:
             sock.connect(self.cfg.endpoint)
             poller = zmq.Poller()
