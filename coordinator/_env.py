@@ -38,9 +38,9 @@ COORDINATOR_ENDPOINT = "COORDINATOR_ENDPOINT"
 """Explicit aggregator endpoint; skips discovery (set together with COORDINATOR_RUN_ID)."""
 COORDINATOR_RUN_ID = "COORDINATOR_RUN_ID"
 """Run id shared by every rank when the launcher chooses it."""
-COORDINATOR_SECRET = "COORDINATOR_SECRET"
+COORDINATOR_SECRET = "COORDINATOR_SECRET"  # noqa: S105 - the variable name, not a secret
 """Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
-COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"
+COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # noqa: S105 - the variable name
 """A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
 COORDINATOR_AGG_STDERR = "COORDINATOR_AGG_STDERR"
 """File the aggregator's log goes to instead of the parent's stderr."""

@@ -33,8 +33,9 @@ def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
         env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, COORDINATOR_DIR=str(store_dir),
                    COORDINATOR_SECRET="a-job-secret-of-enough-length", PYTHONPATH=str(ROOT))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), "--out", str(out)], env=env, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+        cmd = [sys.executable, str(WORKER), "--out", str(out)]
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        procs.append(subprocess.Popen(cmd, env=env, text=True, **pipes))  # type: ignore[call-overload]
     try:
         assert procs[0].stdout is not None and procs[0].stdin is not None
         line = procs[0].stdout.readline().strip()
