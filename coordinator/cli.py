@@ -1,4 +1,4 @@
-"""The ``coordinator`` command: list and show stored runs, upload offline runs."""
+"""The ``coordinator`` command: list and show stored runs, upload runs (to the store or a backend), doctor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,24 @@ def _show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
         "events": [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()],
         "report": info.report,
         "path": str(info.path),
+        "forwarders": _forwarders(info.path),
     }  # fmt: skip
+
+
+def _forwarders(path: Path) -> dict[str, Any]:
+    """Each backend's cursor file: where its forwarder stands and what it counted."""
+    out: dict[str, Any] = {}
+    for f in sorted(path.glob("forward-*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            out[f.stem.removeprefix("forward-")] = {"error": f"unreadable cursor file: {e}"}
+            continue
+        out[str(d.get("backend", f.stem))] = {
+            "cursor": d.get("cursor"), "finished": d.get("finished"), "counters": d.get("counters", {}),
+            "updated": d.get("updated"),
+        }  # fmt: skip
+    return out
 
 
 def _cmd_show(a: argparse.Namespace) -> int:
@@ -121,6 +139,90 @@ def _cmd_show(a: argparse.Namespace) -> int:
                  + (f", {pr['undelivered']} undelivered" if pr.get("undelivered") else ""))  # fmt: skip
         for reason in rep.get("reasons", []):
             _out(f"  ! {reason}")
+    for name, fw in data["forwarders"].items():
+        _out()
+        if "error" in fw:
+            _out(f"forwarder {name}: {fw['error']}")
+            continue
+        c = fw["counters"]
+        _out(f"forwarder {name}  cursor {fw['cursor']}, run {fw['finished'] or 'not finished'} in the backend, "
+             f"updated {_when(fw['updated'])}")  # fmt: skip
+        _out("  " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    return 0
+
+
+def _options(pairs: list[str] | None) -> dict[str, object]:
+    opts: dict[str, object] = {}
+    for pair in pairs or []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise CoordinatorError(f"--option takes key=value, got {pair!r}")
+        opts[k.strip()] = v
+    return opts
+
+
+class _Progress:
+    """One progress line on stderr: rewritten in place on a terminal, every 2 s otherwise."""
+
+    def __init__(self, backend: str, total: int) -> None:
+        self.backend = backend
+        self.total = max(total, 0)
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.t0 = time.monotonic()
+
+    def __call__(self, st: dict[str, Any], *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and not self.tty and now - self.last < 2.0:
+            return
+        self.last = now
+        done = st["forwarded_points"] + st["thinned_points"] + st["stale_points"] + st["replaced_points"] + st[
+            "name_collisions"]  # fmt: skip
+        pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+        line = (f"{self.backend}: {done:,}/{self.total:,} points{pct}, {st['forwarded_batches']} batches, "
+                f"{st['retries']} retries, {now - self.t0:.1f} s")  # fmt: skip
+        end = "\n" if final or not self.tty else "\x1b[K"
+        sys.stderr.write(("\r" if self.tty else "") + line + end)
+        sys.stderr.flush()
+
+
+def _sync_to(a: argparse.Namespace, root: Path) -> int:
+    from coordinator.forwarder import Forwarder
+    from coordinator.offline import spool_root, upload_spools
+
+    run_id = a.run
+    db = run_dir(root, run_id) / "run.db"
+    spool = spool_root(root, run_id)
+    state = None
+    if db.exists():
+        s = LocalStore(db, readonly=True)
+        try:
+            state = s.run_info().state
+        finally:
+            s.close()
+    if spool.is_dir() and any(spool.iterdir()) and state != "running":
+        rep = upload_spools(root, run_id)  # an offline run, or what a crashed job left: into the store first
+        _out(f"run {run_id}: {rep['points']} points from spools stored, state {rep['state']}")
+    info = _resolve(root, run_id)
+    fwd = Forwarder(info.path / "run.db", a.to, _options(a.option))
+    try:
+        fwd.backend.check()
+        chunks, points = fwd.pending()
+        _out(f"run {info.id} -> {a.to}: {points:,} points in {chunks:,} chunks to send "
+             f"(resuming at journal position {fwd.stats()['cursor']})")  # fmt: skip
+        prog = _Progress(a.to, points)
+        try:
+            st = fwd.drain(a.timeout, progress=prog)
+        except BaseException:
+            prog(fwd.stats(), final=True)  # the progress line ends before the error message
+            raise
+        prog(st, final=True)
+    finally:
+        fwd.release()
+    _out(f"run {info.id} -> {a.to}: {st['forwarded_points']:,} points sent in {st['forwarded_batches']} batches, "
+         f"{st['retries']} retries, {st['thinned_points']} thinned, {st['dropped_points']} dropped by the backend, "
+         f"{st['stale_points']} stale; backend run {st['finished'] or 'left open (the run has not ended)'}"
+         )  # fmt: skip
     return 0
 
 
@@ -128,11 +230,26 @@ def _cmd_sync(a: argparse.Namespace) -> int:
     from coordinator.offline import upload_spools
 
     root = resolve_root(a.dir)
+    if a.to:
+        return _sync_to(a, root)
+    if a.option:
+        raise CoordinatorError("--option needs --to BACKEND")
     rep = upload_spools(root, a.run)
     _out(f"run {a.run}: {rep['points']} points from {len(rep['ranks_seen'])} ranks stored, state {rep['state']}")
     for reason in rep.get("reasons", []):
         _out(f"  ! {reason}")
     return 0 if rep["state"] == "finished" else 1
+
+
+def _cmd_doctor(a: argparse.Namespace) -> int:
+    from coordinator._doctor import run_doctor
+
+    ok = True
+    for line_ok, line in run_doctor(a.backend, _options(a.option), keep=a.keep):
+        _out(f"{'OK  ' if line_ok else 'FAIL'}  {line}")
+        ok = ok and line_ok
+    _out("all checks passed" if ok else "some checks FAILED")
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,12 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=_cmd_show)
     y = sub.add_parser("sync", help="upload an offline run, or what a crashed job left in its spools, into the store")
-    y.add_argument("run", help="run id")
+    y.add_argument("run", help="run id (with --to also a unique prefix, or 'latest')")
+    y.add_argument("--to", metavar="BACKEND", help="push the stored run into a backend: mlflow, tensorboard, "
+                   "wandb, neptune (resumes where a previous push stopped)")  # fmt: skip
+    y.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="backend or forwarder option, repeatable (e.g. tracking_uri=http://127.0.0.1:5000)"
+                   )  # fmt: skip
+    y.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (default: none)")
     y.set_defaults(fn=_cmd_sync)
+    d = sub.add_parser("doctor", help="check the installation end to end (aggregator, store, optionally a backend)")
+    d.add_argument("--backend", help="also check this backend: a test write and read-back")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option, repeatable")
+    d.add_argument("--keep", action="store_true", help="keep the scratch run directory")
+    d.set_defaults(fn=_cmd_doctor)
     a = p.parse_args(argv)
     try:
         return int(a.fn(a))
-    except CoordinatorError as e:
+    except (CoordinatorError, ImportError) as e:  # ImportError: a backend's extra is not installed
         sys.stderr.write(f"coordinator: error: {e}\n")
         return 2
 

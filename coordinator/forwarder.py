@@ -63,6 +63,7 @@ from coordinator.sinks.base import (
     BackendRejectedError,
     Point,
     Series,
+    field_text,
     get_backend,
     option_bool,
     option_float,
@@ -72,7 +73,7 @@ from coordinator.sinks.base import (
 )
 from coordinator.sinks.local import MAIN_RANK, LocalStore, StoredChunk
 
-__all__ = ["Forwarder", "ForwarderSettings", "cursor_path"]
+__all__ = ["Forwarder", "ForwarderSettings", "check_backends", "cursor_path"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +85,23 @@ _PERMANENT = (BackendRejectedError, ConfigError, TypeError, ValueError, Attribut
 def cursor_path(run_dir: Path, backend: str) -> Path:
     """Where the forwarder to ``backend`` keeps its cursor: ``<run dir>/forward-<backend>.json``."""
     return run_dir / f"forward-{backend}.json"
+
+
+def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) -> None:
+    """Build each configured backend and run its ``check()``: rank 0 calls it at ``init_run``.
+
+    Validates the forwarder options too, so a typo fails at start, not at the end of a run.
+    Blocks (network, up to the backends' check timeouts).
+
+    Raises:
+        ConfigError: an unknown backend or option. ImportError: a client library is missing
+        (the message names the extra). SinkError: the backend refused the configuration,
+        with its own message, prefixed by the backend's name.
+    """
+    for name, options in backends.items():
+        _, backend_options = ForwarderSettings.split(options)
+        backend = get_backend(name)(backend_options, run_dir)  # type: ignore[call-arg]
+        backend.check()
 
 
 @dataclass(kw_only=True, slots=True)
@@ -169,6 +187,8 @@ class _Pending:
     collisions: int
     thin_state: dict[str, list[float]]
     fields_sent: dict[str, str]
+    dropped: int = 0
+    """Points the backend said it cannot store (set by the accepted send)."""
 
     def empty(self) -> bool:
         return not (self.series or self.params or self.tags) and self.chunks == 0
@@ -280,6 +300,15 @@ class Forwarder:
         finally:
             self.release()
 
+    def abort(self, timeout: float | None = None) -> None:
+        """Stop the thread without draining and release (a crash-like stop; the cursor stays durable)."""
+        with self._close_lock:
+            self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.release()
+
     def release(self) -> None:
         """Close the backend client, the store and the cursor lock (idempotent); does not finish the run."""
         if self._opened:
@@ -357,6 +386,8 @@ class Forwarder:
             if state is not None and self._state.finished != state:
                 self._attempt(lambda: self._finish(state), None, deadline, points=0)
         except _Interrupted:
+            if self.error is not None:
+                raise self.error from self.error.__cause__
             left = self.pending()[1]
             raise SinkError(
                 f"{self.backend_name}: {left} points not forwarded when the drain deadline passed"
@@ -462,7 +493,7 @@ class Forwarder:
     def _cycle(self, *, stop: threading.Event | None, deadline: float | None, with_fields: bool) -> bool:
         """Build one batch and send it until accepted; False when there was nothing to send."""
         self._load()
-        pending = self._attempt(lambda: self._build(with_fields), stop, deadline, points=0)
+        pending: _Pending | None = self._attempt(lambda: self._build(with_fields), stop, deadline, points=0)
         if pending is None or pending.empty():
             if with_fields:
                 self._last_fields = time.monotonic()
@@ -525,10 +556,6 @@ class Forwarder:
                     raise _Interrupted
             else:
                 time.sleep(delay)
-            if self._opened and not isinstance(err, _PERMANENT):
-                # Reopen after a transport failure only if the backend lost its run handle; adapters
-                # keep their handle across errors, so nothing to do here.
-                pass
 
     def _persist_counters(self) -> None:
         try:
@@ -543,10 +570,8 @@ class Forwarder:
             b.log_params(p.params)
         if p.tags:
             b.set_tags(p.tags)
-        dropped = b.log_metrics(p.series) if p.series else 0
+        p.dropped = b.log_metrics(p.series) if p.series else 0
         b.flush()
-        p.stale += 0
-        self._dropped_last = dropped
 
     def _commit(self, p: _Pending) -> None:
         s = self._state
@@ -561,10 +586,9 @@ class Forwarder:
         self._count("stale_points", p.stale)
         self._count("replaced_points", p.replaced)
         self._count("name_collisions", p.collisions)
-        self._count("dropped_points", getattr(self, "_dropped_last", 0))
+        self._count("dropped_points", p.dropped)
         self._count("params_sent", len(p.params))
         self._count("tags_sent", len(p.tags))
-        self._dropped_last = 0
         self._save()
 
     def _finish(self, state: str) -> None:
@@ -588,13 +612,11 @@ class Forwarder:
             for path, fv in store.fields().items():
                 if path.startswith("sys/ranks/") and not self.settings.sys_ranks:
                     continue
-                digest = hashlib.sha1(json.dumps(fv, sort_keys=True, default=str).encode()).hexdigest()[:16]
+                digest = hashlib.sha256(json.dumps(fv, sort_keys=True, default=str).encode()).hexdigest()[:16]
                 if fields_sent.get(path) == digest:
                     continue
                 fields_sent[path] = digest
                 if path.startswith("sys/"):
-                    from coordinator.sinks.base import field_text
-
                     tags[path] = field_text(fv)
                 else:
                     params[path] = fv

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,9 +43,16 @@ __all__ = [
     "option_float",
     "option_int",
     "option_str",
+    "resolve_backends",
     "retry_after_of",
     "scoped_env",
 ]
+
+BACKEND_ENV = "COORDINATOR_BACKEND"
+"""Backends to feed when ``init_run(backend=...)`` is not given: ``mlflow`` or ``mlflow,tensorboard``.
+(To move into ``_env.py`` with the integration.)"""
+BACKEND_OPTIONS_ENV = "COORDINATOR_BACKEND_OPTIONS"
+"""JSON options: ``{"tracking_uri": ...}`` for one backend, or ``{"mlflow": {...}, "tensorboard": {...}}``."""
 
 Point = tuple[int, float, float]
 """(step, value, time in seconds since the epoch) of one metric point."""
@@ -154,6 +162,58 @@ def get_backend(name: str) -> type[Backend]:
         ) from e
     backend: type[Backend] = getattr(mod, cls)
     return backend
+
+
+def resolve_backends(
+    backend: str | Sequence[str] | None,
+    backend_options: Mapping[str, object] | None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, object]]:
+    """Normalise ``init_run(backend=..., backend_options=...)`` (or the environment) to name -> options.
+
+    ``backend`` is one name, several (a sequence, or a comma-separated string), or ``None`` for
+    ``$COORDINATOR_BACKEND``. ``backend_options`` (or ``$COORDINATOR_BACKEND_OPTIONS``, JSON) is
+    either one flat dict (every backend gets it; only with one backend) or a dict keyed by
+    backend name. The result is JSON-safe, so it can travel in the aggregator's ``--config``.
+
+    Raises:
+        ConfigError: an unknown backend, bad JSON, or flat options given for several backends.
+    """
+    env = os.environ if environ is None else environ
+    if backend is None:
+        backend = env.get(BACKEND_ENV) or None
+    if backend is None:
+        return {}
+    names = [n.strip() for n in (backend.split(",") if isinstance(backend, str) else backend) if n.strip()]
+    for n in names:
+        if n not in BACKENDS:
+            raise ConfigError(f"unknown backend {n!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backend names repeat: {names}")
+    opts: Mapping[str, object]
+    if backend_options is None:
+        raw = env.get(BACKEND_OPTIONS_ENV)
+        try:
+            opts = json.loads(raw) if raw else {}
+        except ValueError as e:
+            raise ConfigError(f"{BACKEND_OPTIONS_ENV} is not valid JSON: {e}") from None
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{BACKEND_OPTIONS_ENV} must be a JSON object")
+    else:
+        opts = backend_options
+    keyed = bool(opts) and all(k in BACKENDS and isinstance(v, Mapping) for k, v in opts.items())
+    if keyed:
+        extra = sorted(set(opts) - set(names))
+        if extra:
+            raise ConfigError(f"backend_options for {', '.join(extra)}, which is not among the backends {names}")
+        out: dict[str, dict[str, object]] = {}
+        for n in names:
+            sub = opts.get(n)
+            out[n] = dict(sub) if isinstance(sub, Mapping) else {}
+        return out
+    if opts and len(names) > 1:
+        raise ConfigError("with several backends, key backend_options by backend name: {'mlflow': {...}, ...}")
+    return {n: dict(opts) for n in names}
 
 
 # ------------------------------------------------------------------------------ helpers for adapters
@@ -272,8 +332,6 @@ def field_text(fv: FieldValue) -> str:
     if tag == "bool":
         return "true" if v else "false"
     if tag == "list":
-        import json
-
         return json.dumps(v)
     return str(v)
 

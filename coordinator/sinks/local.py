@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import time
 from array import array
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from coordinator import _env
 from coordinator._defaults import DIR_NAME, SQLITE_BUSY_TIMEOUT_S
 from coordinator._validate import FieldValue
 from coordinator.errors import ConfigError, SinkError
+from coordinator.wire import from_le as _from_le
+from coordinator.wire import to_le as _le
 
 __all__ = [
     "MAIN_RANK",
@@ -44,7 +45,6 @@ MAIN_RANK = -1
 
 _SCHEMA_VERSION = 1
 _log = logging.getLogger(__name__)
-_LITTLE = sys.byteorder == "little"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -94,22 +94,6 @@ def run_dir(root: Path, run_id: str) -> Path:
     if not run_id or "/" in run_id or run_id in (".", "..") or "\x00" in run_id:
         raise ConfigError(f"run id {run_id!r} is not a valid directory name")
     return root / "runs" / run_id
-
-
-def _le(a: array[Any]) -> bytes:
-    if _LITTLE:
-        return a.tobytes()
-    b = array(a.typecode, a)
-    b.byteswap()
-    return b.tobytes()
-
-
-def _from_le(typecode: str, data: bytes) -> array[Any]:
-    a = array(typecode)
-    a.frombytes(data)
-    if not _LITTLE:
-        a.byteswap()
-    return a
 
 
 @dataclass(slots=True)

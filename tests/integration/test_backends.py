@@ -1,0 +1,288 @@
+"""Backends against their real trackers: an ``mlflow server`` on loopback, TensorBoard, W&B and Neptune offline.
+
+Each store is built by the real library in-process (4 ranks, one aggregator process), then pushed
+with the Forwarder or ``coordinator sync --to``, and read back with the tracker's own reader.
+A backend whose client is not installed skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from coordinator import cli
+from coordinator.errors import SinkError
+from coordinator.forwarder import Forwarder
+from coordinator.sinks.base import get_backend
+from tests.test_forwarder import KEYS, assert_series, expected, make_run, tb_scalars
+
+pytestmark = pytest.mark.integration
+
+RANKS = 4
+STEPS = 150
+SERVER_START_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (SQLite backend store in tmp_path) on 127.0.0.1; stoppable and restartable."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        """Start on the same port and database; wait until /health answers."""
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        cmd = [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]  # fmt: skip
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.starts += 1
+        log = open(self.root / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child
+        try:
+            # Own session: the server and its uvicorn worker are killed together by process group.
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / f'server-{self.starts}.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {SERVER_START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        """SIGKILL the server's whole process group (and any descendant that left it); reap."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in family:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(30)
+        psutil.wait_procs(family, timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A started MLflow server; always killed at the end, even when the test fails."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'coordinator[mlflow]')")
+    srv = MlflowServer(tmp_path / "mlflow")
+    srv.root.mkdir()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _mlflow_series(uri: str, run_id: str) -> tuple[dict[str, list[tuple[int, float]]], object]:
+    """Every metric history of the MLflow run tagged with ``run_id``, and the run itself."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fwd")
+    assert exp is not None
+    [run] = client.search_runs([exp.experiment_id], filter_string=f"tags.`coordinator.run_id` = '{run_id}'")
+    out = {}
+    for key in run.data.metrics:
+        hist = client.get_metric_history(run.info.run_id, key)
+        out[key] = sorted((int(m.step), float(m.value)) for m in hist)
+    return out, run
+
+
+def _check_mlflow_run(uri: str, run_id: str) -> None:
+    got, run = _mlflow_series(uri, run_id)
+    assert_series(got, expected(RANKS, STEPS))
+    info = run.info  # type: ignore[attr-defined]
+    data = run.data  # type: ignore[attr-defined]
+    assert info.status == "FINISHED"
+    assert info.run_name == "forward-me"
+    assert data.params == {"parameters/lr": "0.1", "parameters/batch_size": "64", "parameters/optimizer": "adam"}
+    assert data.tags["sys/state"] == "finished"
+    assert data.tags["sys/world_size"] == str(RANKS)
+
+
+def test_mlflow_sync_to_a_real_server_stores_every_point_once_with_params_and_status(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """coordinator sync --to mlflow: 6,000 points (main + 4 ranks x 2 keys), params, FINISHED; a rerun adds nothing."""
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    root, run_id = db.parent.parent.parent, db.parent.name
+    argv = ["--dir", str(root), "sync", run_id, "--to", "mlflow", "--option", f"tracking_uri={mlflow_server.uri}",
+            "--option", "batch_points=1500"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{RANKS * STEPS * 2 + STEPS * 2:,} points sent" in out, out
+    _check_mlflow_run(mlflow_server.uri, run_id)
+    # The cursor file is gone (say, another machine): the run is found by its tag, and MLflow drops the
+    # identical resent points, so nothing is doubled.
+    (db.parent / "forward-mlflow.json").unlink()
+    assert cli.main(argv) == 0
+    _check_mlflow_run(mlflow_server.uri, run_id)
+
+
+@pytest.mark.slow
+def test_mlflow_server_down_mid_forwarding_then_back_loses_and_doubles_nothing(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is SIGKILLed after the first batches, stays down ~8 s, restarts: every point exactly once."""
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    fwd = Forwarder(db, "mlflow", {"tracking_uri": mlflow_server.uri, "batch_points": 300, "base_backoff_s": 0.2,
+                                   "max_backoff_s": 2, "http_max_retries": 0, "http_timeout_s": 5})  # fmt: skip
+    fwd.start()
+    try:
+        deadline = time.monotonic() + 60
+        while fwd.stats()["forwarded_batches"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fwd.stats()["forwarded_batches"] >= 2
+        mlflow_server.stop()
+        down_at = time.monotonic()
+        sent_when_down = fwd.stats()["forwarded_points"]
+        time.sleep(8)
+        st = fwd.stats()
+        assert st["retries"] > 0, "the forwarder retried while the server was down"
+        assert st["forwarded_points"] < RANKS * STEPS * 2 + STEPS * 2, "the outage happened mid-forwarding"
+        assert sent_when_down <= st["forwarded_points"]
+        mlflow_server.start()
+        assert time.monotonic() - down_at >= 8
+    finally:
+        st = fwd.close(120)
+    assert st["finished"] == "finished"
+    assert st["forwarded_points"] == RANKS * STEPS * 2 + STEPS * 2
+    assert st["failed_points"] == 0
+    _check_mlflow_run(mlflow_server.uri, db.parent.name)
+
+
+def test_a_bad_mlflow_uri_fails_check_with_a_message_naming_the_backend(tmp_path: Path) -> None:
+    """Nothing listening, or an unknown scheme: check() raises SinkError('mlflow: ...') at once."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'coordinator[mlflow]')")
+    cls = get_backend("mlflow")
+    t0 = time.monotonic()
+    with pytest.raises(SinkError, match=r"^mlflow: cannot use tracking URI http://127\.0\.0\.1:\d+: .*refused"):
+        cls({"tracking_uri": f"http://127.0.0.1:{_free_port()}"}, tmp_path).check()  # type: ignore[call-arg]
+    assert time.monotonic() - t0 < 10, "a check must fail fast, without MLflow's long retries"
+    with pytest.raises(SinkError, match=r"^mlflow: cannot use tracking URI nosuchscheme://x"):
+        cls({"tracking_uri": "nosuchscheme://x"}, tmp_path).check()  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------------------ TensorBoard
+
+
+def test_tensorboard_event_files_read_back_by_event_accumulator_match_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EventAccumulator finds every main and per-rank point once, equal (float32) to the logged values."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    logdir = tmp_path / "tb"
+    fwd = Forwarder(db, "tensorboard", {"logdir": str(logdir), "batch_points": 700})
+    try:
+        st = fwd.drain(60)
+    finally:
+        fwd.release()
+    assert st["forwarded_points"] == RANKS * STEPS * 2 + STEPS * 2
+    assert_series(tb_scalars(logdir), expected(RANKS, STEPS))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "fields/parameters/lr" in acc.Tags()["tensors"]
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+
+
+# ------------------------------------------------------------------------------ W&B and Neptune offline
+
+
+def test_wandb_offline_run_file_holds_every_point_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B offline: the run's .wandb transaction log has one history row per (series, step) value.
+
+    Checked with the adapter's reader of W&B's transaction log (the wandb package has no public one):
+    every main and per-rank series, each step once, values equal; config holds the parameters.
+    """
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'coordinator[wandb]')")
+    from coordinator.sinks.wandb import read_offline_history
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    fwd = Forwarder(db, "wandb", {"mode": "offline", "dir": str(tmp_path / "wb")})
+    try:
+        st = fwd.drain(120)
+    finally:
+        fwd.release()
+    assert st["forwarded_points"] == RANKS * STEPS * 2 + STEPS * 2
+    files = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    rows = read_offline_history(files[0])
+    got: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if not k.startswith("_") and k != "coordinator/step":
+                got.setdefault(k, []).append((int(row["coordinator/step"]), float(v)))
+    assert_series({k: sorted(v) for k, v in got.items()}, expected(RANKS, STEPS))
+    assert len(rows) == STEPS, "one history row per step: all series of a step share it"
+
+
+def test_neptune_offline_run_holds_every_point_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neptune offline: the operations queued for ``neptune sync`` hold each point once; params assigned.
+
+    Checked by reading Neptune's offline operation log (data-*.log, the file ``neptune sync`` uploads):
+    the LogFloats operations per path, and the Assign operations of the parameters.
+    """
+    pytest.importorskip("neptune", reason="the neptune extra is not installed (pip install 'coordinator[neptune]')")
+    import json
+
+    from coordinator.sinks.neptune import read_offline_series
+
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    data_dir = tmp_path / "np"
+    fwd = Forwarder(db, "neptune", {"mode": "offline", "project": "ws/fwd", "data_dir": str(data_dir)})
+    try:
+        st = fwd.drain(120)
+    finally:
+        fwd.release()
+    assert st["forwarded_points"] == RANKS * STEPS * 2 + STEPS * 2
+    assert st["dropped_points"] == 0
+    [container] = list((data_dir / "offline").glob("run__*"))
+    assert_series(read_offline_series(container), expected(RANKS, STEPS))
+    ops = [json.loads(line)["obj"] for f in container.glob("data-*.log") for line in f.read_text().splitlines()]
+    assigned = {"/".join(o["path"]): o.get("value") for o in ops if o["type"].startswith("Assign")}
+    assert assigned["parameters/lr"] == 0.1 and assigned["parameters/optimizer"] == "adam"
+    assert assigned["coordinator/state"] == "finished"
+    assert set(KEYS) <= set(read_offline_series(container))
