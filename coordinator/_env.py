@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "COORDINATOR_AGG_STDERR",
+    "COORDINATOR_BACKEND",
+    "COORDINATOR_BACKEND_OPTIONS",
     "COORDINATOR_DEBUG",
     "COORDINATOR_DIR",
     "COORDINATOR_ENDPOINT",
@@ -42,6 +44,10 @@ COORDINATOR_SECRET = "COORDINATOR_SECRET"  # noqa: S105 - the variable name, not
 """Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
 COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # noqa: S105 - the variable name
 """A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
+COORDINATOR_BACKEND = "COORDINATOR_BACKEND"
+"""External tracker(s) fed from the store when init_run(backend=...) is not given."""
+COORDINATOR_BACKEND_OPTIONS = "COORDINATOR_BACKEND_OPTIONS"
+"""JSON options of the backend(s)."""
 COORDINATOR_AGG_STDERR = "COORDINATOR_AGG_STDERR"
 """File the aggregator's log goes to instead of the parent's stderr."""
 

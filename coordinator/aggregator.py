@@ -36,6 +36,7 @@ from coordinator._reduce import POLICY_PREFIX, PolicyTable, Reducer
 from coordinator._security import CurveKeys, load_secret, server_auth
 from coordinator._validate import FieldValue
 from coordinator.errors import ConfigError, ProtocolError, SinkError
+from coordinator.forwarder import Forwarder
 from coordinator.sinks.local import MAIN_RANK, ChunkRow, LocalStore, TxnData
 from coordinator.spool import spool_records
 
@@ -82,6 +83,10 @@ class AggregatorConfig:
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = False
     """SQLite ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``."""
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """External trackers fed from the journal: name -> options (see coordinator.sinks.base)."""
+    forward_timeout_s: float = 60.0
+    """At the run's end, how long the forwarders may take to catch up before giving up (resumable)."""
     curve: bool = False
     """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""
@@ -152,6 +157,9 @@ class Aggregator:
         self.stragglers: set[int] = set()
         self.stragglers_seen: set[int] = set()
         self.health_snapshot: dict[int, dict[str, Any]] = {}
+        self.forwarders: list[Forwarder] = []
+        """Started by the serving process only (an offline upload does not forward)."""
+        self._forwarder_warned: set[str] = set()
         self.txn = TxnData()
         self.senders: dict[tuple[int, int], _Sender] = {}
         self.current: dict[int, int] = {}
@@ -656,13 +664,42 @@ class Aggregator:
         self.commit()
         rep = self.report(now)
         rep["state"] = state
+        self._close_forwarders(rep, state)
         self.store.finish_run(state, rep, now)
         self.store.close()
         self._lock.release()
         return rep
 
+    def _close_forwarders(self, rep: dict[str, Any], state: str) -> None:
+        """Let each forwarder catch up (bounded), finish the tracker's run, and report it.
+
+        A tracker problem does not fail the run: the journal has everything, and
+        ``coordinator sync <run> --to <backend>`` resumes from the forwarder's cursor.
+        """
+        deadline = time.monotonic() + self.cfg.forward_timeout_s
+        for f in self.forwarders:
+            try:
+                rep.setdefault("forwarders", {})[f.backend_name] = f.close(
+                    max(0.0, deadline - time.monotonic()), final_state=state
+                )
+            except SinkError as e:
+                rep.setdefault("forwarders", {})[f.backend_name] = {**f.stats(), "error": str(e)}
+                _log.error("%s (resume with `coordinator sync %s --to %s`)", e, self.cfg.run_id, f.backend_name)
+
+    def forwarder_warnings(self) -> None:
+        """Send a forwarder's first error to rank 0 (logged there as a warning), once."""
+        for f in self.forwarders:
+            err = f.error or f.last_error
+            if err and f.backend_name not in self._forwarder_warned:
+                self._forwarder_warned.add(f.backend_name)
+                inc = self.current.get(0)
+                if inc is not None:
+                    self.warnings_for.setdefault((0, inc), []).append(f"{f.backend_name} forwarder: {err}")
+
     def close(self) -> None:
         """Release the store and the writer lock without finishing the run (as a crash would)."""
+        for f in self.forwarders:
+            f.abort(1.0)
         self.store.close()
         self._lock.release()
 
@@ -835,6 +872,7 @@ class _Server:
                 if now - last_health >= 1.0:
                     last_health = now
                     agg.update_health(now)
+                    agg.forwarder_warnings()
                 if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
                     agg.parent_lost(now)
             agg.emit(now, all_keys=sweep)
@@ -876,6 +914,10 @@ def serve(cfg: AggregatorConfig) -> dict[str, Any]:
     """Bind, print ``READY <endpoint>`` on stdout, serve until the run ends; return the report."""
     agg = Aggregator(cfg)
     srv = _Server(agg, cfg.endpoint)
+    for name, options in cfg.backends.items():
+        f = Forwarder(cfg.store_path, name, options)
+        agg.forwarders.append(f)
+        f.start()
 
     def on_term(signum: int, _frame: object) -> None:
         _log.info("signal %d: draining and closing run %s", signum, cfg.run_id)
@@ -885,6 +927,9 @@ def serve(cfg: AggregatorConfig) -> dict[str, Any]:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; rank 0 decides
     sys.stdout.write(f"READY {srv.endpoint}\n")
     sys.stdout.flush()
+    # Rank 0 stops reading our stdout after READY: anything a tracker client prints later (MLflow's
+    # "View run ..." line) would hit a closed pipe. Send it to stderr with our log instead.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         rep = srv.serve()
     finally:

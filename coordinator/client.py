@@ -48,7 +48,10 @@ from coordinator.errors import (
     CoordinatorError,
     CoordinatorTimeoutError,
     DeliveryError,
+    SinkError,
 )
+from coordinator.forwarder import check_backends
+from coordinator.sinks.base import resolve_backends
 from coordinator.sinks.local import MAIN_RANK, LocalStore, resolve_root, run_dir
 from coordinator.transport import (
     BACKPRESSURE_POLICIES,
@@ -623,6 +626,8 @@ class Run:
                 if code is None:
                     _log.error("run %s: the aggregator was still waiting for other ranks at the deadline; "
                                "stopping it (the run is marked failed)", self.id)  # fmt: skip
+                    if self._supervisor is not None:
+                        self._supervisor.stop(5.0)  # a deliberate stop is not a crash to restart
                     code = self._agg.terminate(10.0)
                     error = error or CoordinatorTimeoutError(
                         f"run {self.id}: not every rank stopped before the deadline", endpoint=self.endpoint
@@ -784,6 +789,9 @@ def init_run(
     handle_sigterm: bool = True,
     transport: Literal["auto", "ipc", "tcp"] = "auto",
     insecure_tcp: bool = False,
+    backend: str | list[str] | None = None,
+    backend_options: dict[str, Any] | None = None,
+    forward_timeout_s: float = 60.0,
 ) -> Run:
     """Open the run on this rank; call it with the same arguments on every rank.
 
@@ -827,6 +835,15 @@ def init_run(
             (``tcp`` when ``LOCAL_WORLD_SIZE < WORLD_SIZE``).
         insecure_tcp: allow TCP without a job secret (anyone who can reach the port can write
             to the run); warns loudly.
+        backend: external tracker(s) fed from the run's store by the aggregator: ``mlflow``,
+            ``tensorboard``, ``wandb``, ``neptune`` (a name, a list, or ``$COORDINATOR_BACKEND``).
+            Rank 0 checks each (credentials, URI, project) before the run starts; a bad one
+            raises ``SinkError`` with the backend's own message on rank 0, and on the other
+            ranks as soon as they look for the aggregator.
+        backend_options: options of the backend (or a dict keyed by backend name); also
+            ``$COORDINATOR_BACKEND_OPTIONS`` as JSON. See ``coordinator.sinks.<name>``.
+        forward_timeout_s: at the end of the run, how long the aggregator lets the trackers
+            catch up; what is left is resumable with ``coordinator sync <run> --to <backend>``.
 
     Returns:
         The :class:`Run`, also a context manager (``with init_run(...) as run:``).
@@ -854,6 +871,7 @@ def init_run(
         raise ConfigError(str(e)) from e
     placement = detect_placement(rank, world_size)
     root = resolve_root(dir)
+    backends = resolve_backends(backend, backend_options) if mode in ("async", "sync") else {}
     common: dict[str, Any] = dict(
         placement=placement, name=name or "", project=project, max_buffer_points=max_buffer_points,
         flush_interval_s=flush_interval_s, close_timeout_s=close_timeout_s,
@@ -908,6 +926,13 @@ def init_run(
             run_id = with_id or env_run or _elastic_run_id() or new_run_id()
             run_dir(root, run_id)  # validates the id
             endpoint = None
+            if backends:
+                try:
+                    check_backends(backends, run_dir(root, run_id))
+                except (CoordinatorError, ImportError) as e:
+                    if rdzv is not None:  # the other ranks fail at once instead of timing out
+                        rdzv.publish({"run_id": run_id, "endpoint": None, "error": str(e), "pid": os.getpid()})
+                    raise
             if mode != "offline":
                 agg = AggregatorProcess(run_id, {
                     "store_path": str(run_dir(root, run_id) / "run.db"),
@@ -917,6 +942,8 @@ def init_run(
                     "stop_grace_s": stop_grace_s,
                     "spool_root": str(Path(spool_dir) if spool_dir is not None else root / "spool" / run_id),
                     "curve": curve is not None,
+                    "backends": backends,
+                    "forward_timeout_s": forward_timeout_s,
                 }, tcp_host=bind_address(os.environ.get(_env.MASTER_ADDR), os.environ.get(_env.MASTER_PORT))
                     if use_tcp else None)  # fmt: skip
                 try:
@@ -931,6 +958,8 @@ def init_run(
         else:
             assert rdzv is not None
             rec = rdzv.lookup(rendezvous_timeout_s)
+            if rec.get("error"):
+                raise SinkError(f"rank 0 could not start the run: {rec['error']}")
             run_id, endpoint = rec["run_id"], rec["endpoint"]
     if mode == "offline":
         endpoint = None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
+from coordinator import _env
 from coordinator._validate import FieldValue
 from coordinator.errors import ConfigError, SinkError
 from coordinator.sinks.local import RunInfo
@@ -48,11 +49,9 @@ __all__ = [
     "scoped_env",
 ]
 
-BACKEND_ENV = "COORDINATOR_BACKEND"
-"""Backends to feed when ``init_run(backend=...)`` is not given: ``mlflow`` or ``mlflow,tensorboard``.
-(To move into ``_env.py`` with the integration.)"""
-BACKEND_OPTIONS_ENV = "COORDINATOR_BACKEND_OPTIONS"
-"""JSON options: ``{"tracking_uri": ...}`` for one backend, or ``{"mlflow": {...}, "tensorboard": {...}}``."""
+BACKEND_ENV = _env.COORDINATOR_BACKEND
+BACKEND_OPTIONS_ENV = _env.COORDINATOR_BACKEND_OPTIONS
+
 
 Point = tuple[int, float, float]
 """(step, value, time in seconds since the epoch) of one metric point."""

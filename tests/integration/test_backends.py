@@ -286,3 +286,59 @@ def test_neptune_offline_run_holds_every_point_once(tmp_path: Path, monkeypatch:
     assert assigned["parameters/lr"] == 0.1 and assigned["parameters/optimizer"] == "adam"
     assert assigned["coordinator/state"] == "finished"
     assert set(KEYS) <= set(read_offline_series(container))
+
+
+def test_four_torchrun_ranks_log_live_into_a_real_mlflow_server(mlflow_server: MlflowServer, store_dir: Path) -> None:
+    """init_run(backend='mlflow') under torchrun: main + per-rank series once each, params, FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from coordinator.sinks.local import list_runs
+    from tests.integration._torchrun import torchrun
+
+    torchrun("tracked.py", store=store_dir, extra_env={"TEST_MLFLOW_URI": mlflow_server.uri}).check()
+    [info] = list_runs(store_dir)
+    assert info.state == "finished"
+    assert info.report is not None and "error" not in info.report["forwarders"]["mlflow"], info.report
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("live")
+    assert exp is not None
+    [run] = client.search_runs([exp.experiment_id], filter_string=f"tags.`coordinator.run_id` = '{info.id}'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["parameters/lr"] == "0.01"
+    main = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert [s for s, _ in main] == list(range(100))
+    assert all(abs(v - (1.5 + s / 1000)) < 1e-9 for s, v in main)
+    for r in range(4):
+        pts = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"ranks/{r}/train/loss"))
+        assert [s for s, _ in pts] == list(range(100)), r
+
+
+def test_a_bad_mlflow_uri_fails_init_run_on_every_rank_naming_the_backend(store_dir: Path, tmp_path: Path) -> None:
+    """Rank 0 raises SinkError('mlflow: ...') at init_run; the other rank learns it at once, not by timeout."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'coordinator[mlflow]')")
+    code = (
+        "import coordinator, sys\n"
+        "try:\n"
+        "    coordinator.init_run(backend='mlflow', backend_options={'tracking_uri': 'http://127.0.0.1:9'},"
+        " rendezvous_timeout_s=60)\n"
+        "except coordinator.SinkError as e:\n"
+        "    print('SINKERROR', e)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(3)\n"
+    )
+    port = str(_free_port())
+    root = str(Path(__file__).resolve().parents[2])
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_PORT=port, PYTHONPATH=root)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+        )
+    t0 = time.monotonic()
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-2000:]
+        assert "SINKERROR" in out and "mlflow" in out, out
+    assert time.monotonic() - t0 < 45
