@@ -62,7 +62,7 @@ def _show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
     return {
         "id": info.id, "project": info.project, "name": info.name, "state": info.state,
         "world_size": info.world_size, "created": info.created, "ended": info.ended,
-        "fields": {p: v for p, (_, v) in store.fields().items()},
+        "fields": {p: _when(v) if t == "datetime" else v for p, (t, v) in store.fields().items()},
         "series": store.series_summary(),
         "conflicts": store.conflicts(),
         "events": [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()],
@@ -106,8 +106,23 @@ def _cmd_show(a: argparse.Namespace) -> int:
     _out(f"  store      {info.path}")
     _out()
     _out("fields")
+    ranks: dict[str, dict[str, Any]] = {}
     for p, v in data["fields"].items():
+        parts = p.split("/")
+        if len(parts) == 4 and parts[:2] == ["sys", "ranks"]:
+            ranks.setdefault(parts[2], {})[parts[3]] = v
+            continue
         _out(f"  {p:<40} {v!r:.80}")
+    if ranks:
+        _out()
+        _out("ranks (health: progress, rate, and lag behind the fastest rank)")
+        _out(f"  {'RANK':>4} {'STATE':<8} {'LAST STEP':>10} {'STEPS/S':>9} {'LAG STEPS':>10} {'LAG S':>8}")
+        stragglers = set(data["fields"].get("sys/stragglers") or [])
+        for r in sorted(ranks, key=int):
+            h = ranks[r]
+            flag = "  straggler" if int(r) in stragglers else ""
+            _out(f"  {r:>4} {h.get('state', '-'):<8} {h.get('last_step', '-'):>10} {h.get('steps_per_s', 0):>9.2f} "
+                 f"{h.get('lag_steps', '-')!s:>10} {h.get('lag_s', 0):>8.3f}{flag}")  # fmt: skip
     _out()
     _out("series")
     _out(f"  {'KEY':<32} {'POLICY':<8} {'POINTS':>8} {'LAST (step, value)':<28} PER-RANK POINTS")

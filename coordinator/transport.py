@@ -156,7 +156,7 @@ class SenderThread(threading.Thread):
         """monotonic time of the last message from the aggregator (0: never)."""
         self.sock: zmq.Socket[bytes] | None = None
         self.spool: SegmentedSpool | None = None
-        self.counters = {"batches": 0, "spooled_batches": 0, "replayed_batches": 0, "resent_batches": 0,
+        self.counters = {"cut_batches": 0, "spooled_batches": 0, "replayed_batches": 0, "resent_batches": 0,
                          "lost_points": 0}  # fmt: skip
 
     # ------------------------------------------------------------ API side
@@ -377,7 +377,7 @@ class SenderThread(threading.Thread):
             b = _Batch(0, gen, n, b"", payload)
             if self.spool is not None:
                 self._number(b)  # the spool is write-ahead: numbered before it is written
-            self.counters["batches"] += 1
+            self.counters["cut_batches"] += 1
             self._store_batch(b, now)
         self._cut_gen = gen
         if self.cfg.backpressure == "drop_oldest":
