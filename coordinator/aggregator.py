@@ -148,6 +148,10 @@ class Aggregator:
         except BaseException:
             self._lock.release()
             raise
+        try:
+            previous = self.store.run_info().state
+        except SinkError:
+            previous = None  # a new run
         self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, time.time())
         self.t0 = self.store.run_info().created  # a restarted aggregator keeps the run's creation time
         self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
@@ -177,6 +181,11 @@ class Aggregator:
         self.rank0_bye_at: float | None = None
         self.reasons: list[str] = []
         self._restore()
+        if previous is not None:
+            kind = "aggregator_restarted" if previous == "running" else "run_reopened"
+            self.txn.events.append(
+                (time.time(), kind, None, f"the run was {previous!r}; state recovered from the store")
+            )
         self._set_sys_fields()
 
     # ------------------------------------------------------------- recovery
@@ -405,6 +414,7 @@ class Aggregator:
 
     def _conflict(self, path: str, rank: int, rejected: FieldValue, kept_rank: int, ts: float) -> None:
         self.counters["conflicts"] += 1
+        self._write_field("sys/conflicts", ("int", self.counters["conflicts"]), SYSTEM_RANK, ts)
         self.txn.conflicts.append((path, rank, rejected, kept_rank, ts))
         msg = (
             f"field {path!r}: rank {rank} wrote {rejected[1]!r:.80}, which conflicts with rank "
