@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ACK_TIMEOUT_S",
     "AGGREGATOR_START_TIMEOUT_S",
+    "ARTIFACT_MAX_COPY_BYTES",
     "CLOSE_TIMEOUT_S",
     "DIR_NAME",
     "FLUSH_INTERVAL_S",
@@ -27,6 +28,8 @@ __all__ = [
     "STRAGGLER_LAG_S",
 ]
 
+ARTIFACT_MAX_COPY_BYTES = 100 * 1024 * 1024
+"""Files up to this size are copied into the run by upload(); larger ones are logged as references."""
 DIR_NAME = ".coordinator"
 """Store directory created in the working directory when nothing else is configured."""
 

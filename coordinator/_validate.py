@@ -22,7 +22,8 @@ __all__ = [
 FieldValue = tuple[str, Any]
 """A field value on the wire and in the store: (type tag, msgpack-safe payload)."""
 
-FIELD_TYPES = ("bool", "int", "float", "str", "datetime", "list")
+FIELD_TYPES = ("bool", "int", "float", "str", "datetime", "list", "artifact")
+"""``artifact`` payload: [file name, size in bytes, sha256 hex, copied into the run (bool), location]."""
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _FORBIDDEN_CHARS = frozenset("\x00\n\r\t")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -20,6 +22,7 @@ from coordinator import _env, wire
 from coordinator._buffer import Buffer, Column
 from coordinator._defaults import (
     AGGREGATOR_START_TIMEOUT_S,
+    ARTIFACT_MAX_COPY_BYTES,
     CLOSE_TIMEOUT_S,
     FLUSH_INTERVAL_S,
     GROUP_TIMEOUT_S,
@@ -71,6 +74,9 @@ _MODES = ("async", "sync", "offline", "disabled", "read-only")
 
 
 def _field_from_wire(tag: str, val: Any) -> Any:
+    if tag == "artifact":
+        name, size, sha, copied, where = val
+        return {"name": name, "size": size, "sha256": sha, "copied": copied, "path": where}
     if tag == "datetime":
         import datetime as dt
 
@@ -123,6 +129,20 @@ class Handle:
             raise ValueError(f"extend: {len(vals)} values but {len(st)} steps")
         for v, s in zip(vals, st, strict=True):
             self._run._append(self._path, v, s)
+
+    def upload(self, path: str | os.PathLike[str], *, max_copy_bytes: int = ARTIFACT_MAX_COPY_BYTES) -> dict[str, Any]:
+        """Store a file with the run (``run["model/ckpt"].upload("ckpt.pt")``); returns its record.
+
+        The file is hashed (sha256) and copied, content-addressed, into the run's artifact
+        directory (``<dir>/runs/<id>/artifacts/``); files larger than ``max_copy_bytes`` (100 MB)
+        are recorded as a reference (path, size, hash) instead, with a warning. The record is a
+        field (``fetch()`` returns it) and backends that take files (MLflow) receive the copy.
+        Blocks while hashing and copying; call it from the training thread between steps.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a regular file.
+        """
+        return self._run._upload(self._path, Path(path), max_copy_bytes)
 
     def assign(self, value: object) -> None:
         """Set this field (same as ``run[path] = value``)."""
@@ -436,6 +456,49 @@ class Run:
                 self._view_fields[p] = _field_from_wire(*fv)
         if self.mode == "sync":
             self.wait()
+
+    def _upload(self, key: str, src: Path, max_copy_bytes: int) -> dict[str, Any]:
+        check_key(key, "path")
+        if not src.exists():
+            raise FileNotFoundError(f"upload {key!r}: no file {src}")
+        if not src.is_file():
+            raise ValueError(f"upload {key!r}: {src} is not a regular file")
+        if self.store_path is None or self.mode in ("disabled", "read-only"):
+            raise ClosedError(f"run {self.id} (mode {self.mode}) stores no files")
+        digest = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+        sha = digest.hexdigest()
+        copied = size <= max_copy_bytes
+        where = str(src.resolve())
+        if copied:
+            dest = Path(self.store_path).parent / "artifacts" / sha[:2] / sha
+            if not dest.exists():  # content-addressed: the same bytes are stored once
+                dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            where = str(dest)
+        else:
+            _log.warning("upload %r: %s is %d bytes, over max_copy_bytes=%d; logged as a reference "
+                         "(path, size, sha256), not copied", key, src, size, max_copy_bytes)  # fmt: skip
+        record: list[object] = [src.name, size, sha, copied, where]
+        b = self._buf
+        with b.lock:
+            if self._closed:
+                raise ClosedError(f"run {self.id} {self._closed_why}; upload() did nothing")
+            if key in self._metric_keys:
+                raise ValueError(f"{key!r} is a series; a path is either a field or a series")
+            self._field_paths.add(key)
+            b.fields.append((key, ("artifact", record)))
+            out = _field_from_wire("artifact", record)
+            self._view_fields[key] = out
+        if self.mode == "sync":
+            self.wait()
+        return dict(out)
 
     def _fetch(self, path: str) -> Any:
         if path in self._view_fields:

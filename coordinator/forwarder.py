@@ -568,6 +568,10 @@ class Forwarder:
         b = self.backend
         if p.params:
             b.log_params(p.params)
+            upload = getattr(b, "log_artifact", None)
+            for path, (tag, v) in p.params.items():
+                if tag == "artifact" and v[3] and upload is not None:
+                    upload(path, Path(v[4]), str(v[0]))
         if p.tags:
             b.set_tags(p.tags)
         p.dropped = b.log_metrics(p.series) if p.series else 0

@@ -257,7 +257,12 @@ def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValu
     p = check_key(path, "field path")
     if type(tag) is not str or tag not in FIELD_TYPES:
         raise ProtocolError(f"unknown field type {tag!r:.40}")
-    if tag == "list":
+    if tag == "artifact":
+        ok = (
+            type(val) is list and len(val) == 5 and type(val[0]) is str and type(val[1]) is int
+            and type(val[2]) is str and type(val[3]) is bool and type(val[4]) is str
+        )  # fmt: skip
+    elif tag == "list":
         ok = type(val) is list and all(
             type(x) in (bool, float, str) or (type(x) is int and -(2**63) <= x <= _INT64_MAX) for x in val
         )

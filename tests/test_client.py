@@ -344,3 +344,36 @@ def test_log_in_a_forked_child_raises_clearly_and_the_parent_is_unaffected(store
         run.log({"a": 2.0}, step=2)
         run.wait(30)
         assert run["a"].fetch_values(rank=0) == [(0, 0.0), (2, 2.0)]
+
+
+def test_upload_stores_files_content_addressed_and_large_ones_as_references(
+    store_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """upload(): a copy under artifacts/<sha256>, the record as a field; over the limit a reference with a warning."""
+    import hashlib
+
+    small = tmp_path / "ckpt.pt"
+    small.write_bytes(b"weights" * 1000)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 5000)
+    with coordinator.init_run() as run:
+        rec = run["model/ckpt"].upload(small)
+        again = run["model/again"].upload(small)
+        ref = run["model/big"].upload(big, max_copy_bytes=1000)
+        with pytest.raises(FileNotFoundError):
+            run["model/none"].upload(tmp_path / "missing")
+        with pytest.raises(ValueError):
+            run["model/dir"].upload(tmp_path)
+        assert run["model/ckpt"].fetch() == rec
+    sha = hashlib.sha256(small.read_bytes()).hexdigest()
+    assert rec["sha256"] == sha and rec["size"] == 7000 and rec["copied"] is True and rec["name"] == "ckpt.pt"
+    stored = Path(rec["path"])
+    assert stored.read_bytes() == small.read_bytes() and stored.name == sha and "artifacts" in stored.parts
+    assert again["path"] == rec["path"]
+    assert ref["copied"] is False and ref["path"] == str(big.resolve())
+    assert "reference" in caplog.text
+    ro = coordinator.init_run(with_id="latest", mode="read-only")
+    try:
+        assert ro["model/ckpt"].fetch()["sha256"] == sha
+    finally:
+        ro.stop()

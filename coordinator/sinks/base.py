@@ -332,6 +332,9 @@ def field_text(fv: FieldValue) -> str:
         return "true" if v else "false"
     if tag == "list":
         return json.dumps(v)
+    if tag == "artifact":
+        name, size, sha, copied, where = v
+        return f"{name} ({size} bytes, sha256 {sha[:12]}{'' if copied else ', reference'}: {where})"
     return str(v)
 
 

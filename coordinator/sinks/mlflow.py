@@ -265,6 +265,15 @@ class MlflowBackend:
         self._send_tags(rid, changed)
         self._changed.update(t.key for t in changed)
 
+    def log_artifact(self, key: str, local_path: Path, name: str) -> None:
+        """Upload a file the run stored (``run[key].upload(...)``) under the artifact path ``key``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            named = Path(d) / name
+            os.symlink(local_path, named)
+            self._call(self._client.log_artifact, self._run(), str(named), key)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/*`` fields as tags (100 per request)."""
         self._send_tags(self._run(), [RunTag(metric_name(k), v[:_MAX_TAG_VAL]) for k, v in tags.items()])

@@ -342,3 +342,28 @@ def test_a_bad_mlflow_uri_fails_init_run_on_every_rank_naming_the_backend(store_
         assert p.returncode == 0, err[-2000:]
         assert "SINKERROR" in out and "mlflow" in out, out
     assert time.monotonic() - t0 < 45
+
+
+def test_uploaded_file_reaches_mlflow_as_an_artifact(
+    mlflow_server: MlflowServer, store_dir: Path, tmp_path: Path
+) -> None:
+    """run[key].upload(path) with backend='mlflow': the file is an MLflow artifact under the key, bytes equal."""
+    import coordinator
+    from mlflow.tracking import MlflowClient
+
+    f = tmp_path / "model.pt"
+    f.write_bytes(os.urandom(4096))
+    with coordinator.init_run(
+        project="art", backend="mlflow", backend_options={"tracking_uri": mlflow_server.uri}
+    ) as run:
+        run["model/ckpt"].upload(f)
+        run.log({"loss": 1.0}, step=0)
+        rid = run.id
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("art")
+    assert exp is not None
+    [mrun] = client.search_runs([exp.experiment_id], filter_string=f"tags.`coordinator.run_id` = '{rid}'")
+    names = [a.path for a in client.list_artifacts(mrun.info.run_id, "model/ckpt")]
+    assert names == ["model/ckpt/model.pt"], names
+    local = client.download_artifacts(mrun.info.run_id, "model/ckpt/model.pt", str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == f.read_bytes()
