@@ -348,8 +348,9 @@ def test_uploaded_file_reaches_mlflow_as_an_artifact(
     mlflow_server: MlflowServer, store_dir: Path, tmp_path: Path
 ) -> None:
     """run[key].upload(path) with backend='mlflow': the file is an MLflow artifact under the key, bytes equal."""
-    import coordinator
     from mlflow.tracking import MlflowClient
+
+    import coordinator
 
     f = tmp_path / "model.pt"
     f.write_bytes(os.urandom(4096))
