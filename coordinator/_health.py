@@ -1,7 +1,9 @@
-"""Rank health: progress, step rate, and how far each rank trails the fastest (stragglers).
+"""Rank health: progress, step rate, and how far each rank trails the others (stragglers).
 
 A rank's progress is the highest step it has logged (any key). For every recent step the time
-each rank first reached it is kept, so a rank that reaches steps later than the others (in
+each rank first reached it is kept; a rank's lag is how much later than the median rank it
+reaches steps (the median, not the fastest, so ranks that merely run free of each other are not
+all flagged behind one quick rank). A rank that reaches steps later than the others (in
 DDP the slow rank logs after the rest, who then wait in the all-reduce) shows a time lag even
 when all ranks advance at the same rate; a rank that falls behind in steps shows a growing one.
 """
@@ -64,18 +66,19 @@ class Health:
             st.samples.append((now, st.last_step))
             old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
             rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
-            lags = [self.reached[s][rank] - min(self.reached[s][x] for x in active) for s in recent
+            lags = [self.reached[s][rank] - statistics.median(self.reached[s][x] for x in active) for s in recent
                     if rank in self.reached[s]]  # fmt: skip
             lag_s = statistics.median(lags) if lags else 0.0
             if st.last_step < fastest and rank in active:
                 ahead = self.reached.get(st.last_step + 1, {})
                 if ahead:
-                    lag_s = max(lag_s, now - min(ahead.values()))
+                    # Behind in steps: the time since the median rank (among those there) reached the next step.
+                    lag_s = max(lag_s, now - statistics.median(ahead.values()))
             out[rank] = {
                 "last_step": st.last_step,
                 "steps_per_s": round(rate, 3),
                 "lag_steps": fastest - st.last_step if rank in active else None,
-                "lag_s": round(lag_s, 4),
+                "lag_s": round(max(0.0, lag_s), 4),
                 "straggler": rank in active and len(active) > 1 and lag_s > self.straggler_lag_s,
             }
         return out
