@@ -42,6 +42,8 @@ class Buffer:
         self.in_flight = 0
         """Points taken by the sender and not yet acknowledged (window, backlog, spool)."""
         self.dropped_points = 0
+        self.journal = 0
+        """Highest journal position (chunk id) the aggregator reported with an ack."""
         self.max_points = max_points
         self.flush_requested = False
         self.errors: list[CoordinatorError] = []

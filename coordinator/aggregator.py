@@ -522,6 +522,10 @@ class Aggregator:
             "ranks": {str(r): st for r, st in self.rank_state.items()},
         }
 
+    def forward_positions(self) -> dict[str, list[Any]]:
+        """Each forwarder's journal cursor and its fatal error (None while it is healthy)."""
+        return {f.backend_name: [f.position, None if f.error is None else str(f.error)] for f in self.forwarders}
+
     def query(self, q: dict[str, Any]) -> dict[str, Any]:
         """Answer a read (``op="values"``: a series, main or one rank's)."""
         if q.get("op") != "values":
@@ -824,7 +828,7 @@ class _Server:
                 self._reply(ident, wire.WELCOME, env, agg.hello(env, wire.decode_map(payload, 4096), now))
             elif env.kind == wire.STATE:
                 agg.touch(env, now)
-                self._reply(ident, wire.STATE_REPLY, env, {})  # filled after commit
+                self._reply(ident, wire.STATE_REPLY, env, {"q": wire.decode_map(payload, 4096)})  # filled after commit
             elif env.kind == wire.QUERY:
                 self._reply(ident, wire.QUERY_REPLY, env, {"q": wire.decode_map(payload, 4096)})
             elif env.kind == wire.BYE:
@@ -843,9 +847,15 @@ class _Server:
 
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit."""
+        journal = self.agg.store.max_chunk_id() if self.agg.forwarders else None
         for i, (ident, kind, env, payload) in enumerate(self.replies):
             if kind == wire.STATE_REPLY:
-                self.replies[i] = (ident, kind, env, self.agg.state())
+                if payload.get("q", {}).get("forward"):
+                    self.replies[i] = (ident, kind, env, {"forward": self.agg.forward_positions()})
+                else:
+                    self.replies[i] = (ident, kind, env, self.agg.state())
+            elif kind == wire.ACK and journal is not None:
+                payload["j"] = journal
             elif kind == wire.QUERY_REPLY:
                 try:
                     self.replies[i] = (ident, kind, env, self.agg.query(payload["q"]))

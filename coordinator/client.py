@@ -207,6 +207,7 @@ class Run:
         max_aggregator_restarts: int = MAX_AGGREGATOR_RESTARTS,
         handle_sigterm: bool = False,
         curve: CurveKeys | None = None,
+        backends: tuple[str, ...] = (),
     ) -> None:
         self.id = run_id
         self.rank = placement.rank
@@ -230,6 +231,7 @@ class Run:
         self._handles: dict[str, Handle] = {}
         self._metric_keys: set[str] = set()
         self._key_policy: dict[str, str] = {}
+        self._backends = backends
         self._field_paths: set[str] = set()
         self._view_fields: dict[str, Any] = {}
         self._view_last: dict[str, tuple[int, float]] = {}
@@ -532,19 +534,49 @@ class Run:
             raise first
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every call this handle made before ``wait()`` is durable in the store.
+        """Block until every call this handle made before ``wait()`` is durable in the store and,
+        when the run feeds external trackers (``backend=``), until those metric points reached them.
 
         Args:
-            timeout: seconds; ``None`` waits as long as it takes.
+            timeout: seconds for all of it; ``None`` waits as long as it takes.
 
         Raises:
-            CoordinatorTimeoutError: not confirmed in time; names the endpoint and the count.
+            CoordinatorTimeoutError: not confirmed in time; names the endpoint (or the backend)
+                and the count.
             SinkError, DeliveryError, ProtocolError: delivery failed; the message says why.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_acked(timeout, deadline)
+        if self._backends and self._sender is not None and self.mode != "offline":
+            self._wait_forwarded(self._buf.journal, timeout, deadline)
+
+    def _wait_forwarded(self, position: int, timeout: float | None, deadline: float | None) -> None:
+        """Poll the aggregator until every forwarder's cursor passed ``position`` in the journal."""
+        assert self._sender is not None
+        while True:
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            rep = self._sender.submit(Request(wire.STATE, {"forward": 1})).result(left, self.endpoint)
+            behind = []
+            for name, (cursor, error) in rep.get("forward", {}).items():
+                if error:
+                    raise SinkError(f"rank {self.rank}: the {name} backend failed: {error}")
+                if cursor < position:
+                    behind.append(name)
+            if not behind:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CoordinatorTimeoutError(
+                    f"rank {self.rank}: the points are durable in the store, but {', '.join(behind)} had not "
+                    f"received them within {timeout} s (the forwarder keeps retrying; see `coordinator show {self.id}`)",
+                    endpoint=self.endpoint,
+                )
+            time.sleep(0.05)
+
+    def _wait_acked(self, timeout: float | None, deadline: float | None) -> None:
+        """Block until every call made before now is committed to the store (acknowledged)."""
         if self._sender is None:
             return
         b = self._buf
-        deadline = None if timeout is None else time.monotonic() + timeout
         with b.lock:
             target = b.gen
             b.flush_requested = True
@@ -665,7 +697,9 @@ class Run:
         try:
             if self._sender is not None:
                 try:
-                    self.wait(max(0.0, deadline - time.monotonic()))
+                    # Journal durability only: the aggregator drains the trackers at the run's end.
+                    left = max(0.0, deadline - time.monotonic())
+                    self._wait_acked(left, time.monotonic() + left)
                 except CoordinatorError as e:
                     error = e
                 st = self._buf.stats()
@@ -1031,7 +1065,8 @@ def init_run(
     cls = _SyncRun if mode == "sync" else Run
     run = cls(run_id=run_id, mode=mode, endpoint=endpoint, spool_root=spool_root, aggregator=agg,
               rendezvous=rdzv, store_path=str(run_dir(root, run_id) / "run.db"), backpressure=backpressure,
-              max_spool_bytes=max_spool_bytes, handle_sigterm=handle_sigterm, curve=curve, **common)  # fmt: skip
+              max_spool_bytes=max_spool_bytes, handle_sigterm=handle_sigterm, curve=curve,
+              backends=tuple(backends), **common)  # fmt: skip
     if mode == "offline" and placement.rank == 0:
         from coordinator.spool import SpoolWriter
 

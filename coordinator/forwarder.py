@@ -405,6 +405,11 @@ class Forwarder:
         self._load()
         return self._open_store().points_after(self._state.cursor)
 
+    @property
+    def position(self) -> int:
+        """The journal position (chunk id) up to which the backend has everything."""
+        return self._state.cursor
+
     def stats(self) -> dict[str, Any]:
         """Counters of this forwarder (this process) plus its cursor and state."""
         total = dict(self._state.counters)

@@ -542,6 +542,9 @@ class SenderThread(threading.Thread):
         if kind == wire.ACK:
             for w in body.get("w", []):
                 _log.warning("%s", w)
+            j = body.get("j")
+            if type(j) is int and j > self.buf.journal:
+                self.buf.journal = j
             self._ack(env.seq)
         elif kind == wire.WELCOME:
             self._on_welcome(body)

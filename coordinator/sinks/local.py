@@ -319,6 +319,11 @@ class LocalStore:
         with self._txn():
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def max_chunk_id(self) -> int:
+        """The journal's current end: the id of the last committed chunk (0 when empty)."""
+        row = self._db.execute("SELECT MAX(id) FROM chunks").fetchone()
+        return int(row[0] or 0)
+
     def run_info(self) -> RunInfo:
         """The run row."""
         row = self._db.execute(

@@ -368,3 +368,38 @@ def test_uploaded_file_reaches_mlflow_as_an_artifact(
     assert names == ["model/ckpt/model.pt"], names
     local = client.download_artifacts(mrun.info.run_id, "model/ckpt/model.pt", str(tmp_path / "dl"))
     assert Path(local).read_bytes() == f.read_bytes()
+
+
+def test_wait_returns_once_the_points_reached_the_backend(store_dir: Path, tmp_path: Path) -> None:
+    """With backend='tensorboard', after wait() the event files already hold this rank's points."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import coordinator
+    from tests.test_forwarder import tb_scalars
+
+    logdir = tmp_path / "tb"
+    with coordinator.init_run(backend="tensorboard", backend_options={"logdir": str(logdir)}) as run:
+        for s in range(500):
+            run.log({"loss": s / 10}, step=s)
+        run.wait(60)
+        got = tb_scalars(logdir)
+        assert [st for st, _ in got["ranks/0/loss"]] == list(range(500))
+
+
+@pytest.mark.slow
+def test_wait_times_out_naming_the_backend_while_mlflow_is_down_then_succeeds(
+    mlflow_server: MlflowServer, store_dir: Path
+) -> None:
+    """MLflow stopped: wait(timeout) raises CoordinatorTimeoutError naming mlflow; restarted: wait() returns."""
+    import coordinator
+
+    with coordinator.init_run(project="down", backend="mlflow",
+                              backend_options={"tracking_uri": mlflow_server.uri}) as run:  # fmt: skip
+        run.log({"a": 0.0}, step=0)
+        run.wait(60)
+        mlflow_server.stop()
+        for s in range(1, 200):
+            run.log({"a": float(s)}, step=s)
+        with pytest.raises(coordinator.CoordinatorTimeoutError, match="mlflow"):
+            run.wait(timeout=3)
+        mlflow_server.start()
+        run.wait(120)
