@@ -567,7 +567,8 @@ class Run:
             if deadline is not None and time.monotonic() >= deadline:
                 raise CoordinatorTimeoutError(
                     f"rank {self.rank}: the points are durable in the store, but {', '.join(behind)} had not "
-                    f"received them within {timeout} s (the forwarder keeps retrying; see `coordinator show {self.id}`)",
+                    f"received them within {timeout} s (the forwarder keeps retrying; "
+                    f"see `coordinator show {self.id}`)",
                     endpoint=self.endpoint,
                 )
             time.sleep(0.05)
