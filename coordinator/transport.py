@@ -337,7 +337,7 @@ class SenderThread(threading.Thread):
         """Whether taking the buffer now keeps memory and disk within their bounds."""
         if self.cfg.endpoint is None:
             return True
-        if self._welcomed and self._window_room() and not self._backlog:
+        if self._welcomed and self._window_room(self.buf.pending) and not self._backlog:
             return True  # straight to the wire
         policy = self.cfg.backpressure
         if policy == "drop_oldest":
@@ -354,10 +354,11 @@ class SenderThread(threading.Thread):
             return False
         return True
 
-    def _window_room(self) -> bool:
-        """In-flight batches are bounded in count and, with ``max_backlog_points``, in points."""
+    def _window_room(self, extra: int) -> bool:
+        """Whether ``extra`` more points may go in flight: bounded in batches and in points, so a
+        rank holds at most ``max_buffer_points`` buffered plus as many in flight in memory."""
         return len(self._window) < self.cfg.max_window and (
-            not self._window or self._window_points < self.cfg.max_backlog_points
+            not self._window or self._window_points + extra <= self.cfg.max_backlog_points
         )
 
     def _flush(self, now: float) -> None:
@@ -409,7 +410,7 @@ class SenderThread(threading.Thread):
             else:
                 self.buf.progress(b.gen, b.points)
             return
-        if self._backlog or not self._window_room() or not self._welcomed:
+        if self._backlog or not self._window_room(b.points) or not self._welcomed:
             if b.loc is not None:
                 b.payload = None  # on disk: do not hold it in memory too
                 self.counters["spooled_batches"] += 1
@@ -434,7 +435,7 @@ class SenderThread(threading.Thread):
 
     def _pump(self, now: float) -> None:
         """Move batches from the backlog into the window while it has room."""
-        while self._backlog and self._welcomed and self._window_room():
+        while self._backlog and self._welcomed and self._window_room(self._backlog[0].points):
             b = self._backlog.popleft()
             self._backlog_points -= b.points
             self._send_batch(b, now)
