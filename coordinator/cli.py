@@ -115,7 +115,7 @@ def _cmd_show(a: argparse.Namespace) -> int:
         _out(f"  {p:<40} {v!r:.80}")
     if ranks:
         _out()
-        _out("ranks (health: progress, rate, and lag behind the fastest rank)")
+        _out("ranks (health: progress, rate, and lag behind the median rank)")
         _out(f"  {'RANK':>4} {'STATE':<8} {'LAST STEP':>10} {'STEPS/S':>9} {'LAG STEPS':>10} {'LAG S':>8}")
         stragglers = set(data["fields"].get("sys/stragglers") or [])
         for r in sorted(ranks, key=int):
