@@ -10,6 +10,7 @@ import argparse
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ _log = logging.getLogger("coordinator.aggregator")
 
 _HOST = socket.gethostname()
 _ROUND_BYTES = 8 * 1024 * 1024
+_COMMIT_INTERVAL_S = 0.01
 
 SYSTEM_RANK = -1
 """Writer rank of the ``sys/*`` fields; it outranks every training rank."""
@@ -87,6 +89,8 @@ class AggregatorConfig:
     """External trackers fed from the journal: name -> options (see coordinator.sinks.base)."""
     forward_timeout_s: float = 60.0
     """At the run's end, how long the forwarders may take to catch up before giving up (resumable)."""
+    nice: int = 10
+    """CPU niceness added to the aggregator process: training processes get the CPU first."""
     curve: bool = False
     """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""
@@ -868,14 +872,18 @@ class _Server:
         poller.register(self.sock, zmq.POLLIN)
         last_sweep = 0.0
         last_health = 0.0
+        last_commit = 0.0
         commit_failures = 0
         while True:
-            events = dict(poller.poll(50 if not agg.reducer.pending_groups() else 20))
+            idle_ms = 50 if not agg.reducer.pending_groups() else 20
+            if self.replies:  # acks are due at the next group commit
+                idle_ms = max(0, math.ceil((last_commit + _COMMIT_INTERVAL_S - time.monotonic()) * 1000))
+            events = dict(poller.poll(idle_ms))
             now = time.time()
+            taken = 0
             if self.sock in events:
                 # Bounded rounds: commit (and ack) every few MB so memory and ack latency stay flat
                 # when the ranks are ahead; the rest waits in the socket, then in the ranks' spools.
-                taken = 0
                 for _ in range(2_000):
                     try:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -885,6 +893,11 @@ class _Server:
                     taken += sum(len(f) for f in frames)
                     if taken > _ROUND_BYTES:
                         break
+            # Group commit: one transaction (and one round of acks) per few ms, however many ranks
+            # sent in between. Fewer, larger commits leave more CPU to the training processes.
+            if (self.replies and not self.stopping and taken <= _ROUND_BYTES
+                    and time.monotonic() - last_commit < _COMMIT_INTERVAL_S):  # fmt: skip
+                continue
             sweep = now - last_sweep > 0.25
             if sweep:
                 last_sweep = now
@@ -898,6 +911,7 @@ class _Server:
             agg.emit(now, all_keys=sweep)
             try:
                 agg.commit()
+                last_commit = time.monotonic()
                 commit_failures = 0
             except SinkError as e:
                 commit_failures += 1
@@ -974,6 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     cfg = _parse(argv)
+    if cfg.nice:
+        # Logging yields to training on a busy machine; falling behind only fills the ranks' spools.
+        os.nice(cfg.nice)
     Path(cfg.store_path).parent.mkdir(parents=True, exist_ok=True)
     rep = serve(cfg)
     return 0 if rep["state"] == "finished" else 3

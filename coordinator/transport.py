@@ -47,6 +47,7 @@ from coordinator.spool import SegmentedSpool
 __all__ = ["BACKPRESSURE_POLICIES", "Backpressure", "Request", "SenderConfig", "SenderThread", "default_hello"]
 
 _log = logging.getLogger(__name__)
+_IDLE_FLUSH_S = 0.05
 
 
 Backpressure = Literal["block", "spool", "drop_oldest"]
@@ -234,7 +235,11 @@ class SenderThread(threading.Thread):
                 self._serve_requests()
                 if now >= next_flush or self.buf.flush_requested:
                     self._flush(now)
-                    next_flush = now + self.cfg.flush_interval_s
+                    # Idle (nothing was logged): look again later; wait() wakes us at once anyway.
+                    idle = not self._hot_keys
+                    next_flush = now + (
+                        max(self.cfg.flush_interval_s, _IDLE_FLUSH_S) if idle else self.cfg.flush_interval_s
+                    )
                 self._pump(now)
                 self._housekeeping(now)
             # One last attempt, so close() after wait() loses nothing that is already acked.
