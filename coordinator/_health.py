@@ -19,6 +19,7 @@ __all__ = ["Health"]
 
 _KEEP_STEPS = 256
 _RATE_WINDOW_S = 10.0
+_LAG_STEPS = 64
 
 
 @dataclass(slots=True)
@@ -61,13 +62,14 @@ class Health:
         fastest = max(st.last_step for st in active.values())
         complete = [s for s, by in self.reached.items() if len(by.keys() & active.keys()) == len(active)]
         complete.sort()
-        recent = complete[-64:]
+        recent = complete[-_LAG_STEPS:]
+        # One median per step (not per rank and step): O(ranks x steps) per snapshot.
+        med = {s: statistics.median(self.reached[s][x] for x in active) for s in recent}
         for rank, st in self.ranks.items():
             st.samples.append((now, st.last_step))
             old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
             rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
-            lags = [self.reached[s][rank] - statistics.median(self.reached[s][x] for x in active) for s in recent
-                    if rank in self.reached[s]]  # fmt: skip
+            lags = [self.reached[s][rank] - med[s] for s in recent if rank in self.reached[s]]
             lag_s = statistics.median(lags) if lags else 0.0
             if st.last_step < fastest and rank in active:
                 ahead = self.reached.get(st.last_step + 1, {})
