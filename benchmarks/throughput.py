@@ -83,10 +83,25 @@ TARGET_P50_US = 2.0
 TARGET_P99_US = 20.0
 TARGET_4RANK_PPS = 500_000
 
-_ENV_TO_CLEAR = ("COORDINATOR_ENDPOINT", "COORDINATOR_RUN_ID", "COORDINATOR_MODE", "COORDINATOR_DIR",
-                 "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-                 "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                 "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS")
+_ENV_TO_CLEAR = (
+    "COORDINATOR_ENDPOINT",
+    "COORDINATOR_RUN_ID",
+    "COORDINATOR_MODE",
+    "COORDINATOR_DIR",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+)
 
 
 def _mib(n: float | None) -> str:
@@ -163,8 +178,9 @@ def _full_dict_log(run: Any, keys: list[str], n: int, step0: int) -> array[int]:
     return out
 
 
-def _realistic(run: Any, seconds: float, rate: float, dict_keys: list[str], log_keys: list[str],
-               app_keys: list[str]) -> tuple[array[int], array[int], array[int], float]:
+def _realistic(
+    run: Any, seconds: float, rate: float, dict_keys: list[str], log_keys: list[str], app_keys: list[str]
+) -> tuple[array[int], array[int], array[int], float]:
     """Paced steps: one 100-key log(), then scalar log() and append() calls; sleep to the next step."""
     pc = time.perf_counter_ns
     steps = max(1, int(seconds * rate))
@@ -232,8 +248,7 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
     os.environ["COORDINATOR_AGG_STDERR"] = str(tmp / "hotpath-aggregator.log")
     try:
         # realistic: paced 50 steps/s
-        run = coordinator.init_run(project="bench", name="hotpath-realistic", rank=0, world_size=1,
-                                   dir=tmp / "hotpath")
+        run = coordinator.init_run(project="bench", name="hotpath-realistic", rank=0, world_size=1, dir=tmp / "hotpath")
         try:
             o_dict, o_log, o_app, late = _realistic(run, seconds, rate, dict_keys, log_keys, app_keys)
             run.wait(120)
@@ -247,8 +262,7 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
         add("realistic", "log(<100-key dict>, step=s)", o_dict, 100, note=pace)
 
         # full: back to back
-        run = coordinator.init_run(project="bench", name="hotpath-full", rank=0, world_size=1,
-                                   dir=tmp / "hotpath")
+        run = coordinator.init_run(project="bench", name="hotpath-full", rank=0, world_size=1, dir=tmp / "hotpath")
         try:
             o_log = _full_scalar_log(run, "loss", n_calls, 0)
             run.wait(120)
@@ -264,8 +278,9 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
         add("full", "log(<100-key dict>, step=s)", o_dict, 100)
 
         # disabled
-        run = coordinator.init_run(project="bench", name="hotpath-disabled", mode="disabled", rank=0,
-                                   world_size=1, dir=tmp / "hotpath")
+        run = coordinator.init_run(
+            project="bench", name="hotpath-disabled", mode="disabled", rank=0, world_size=1, dir=tmp / "hotpath"
+        )
         try:
             o_log = _full_scalar_log(run, "loss", n_calls, 0)
             o_app = _full_append(run, "loss_append", n_calls, 0)
@@ -362,12 +377,20 @@ def worker_main(argv: list[str]) -> int:
 class _Worker:
     """One rank process and a thread turning its protocol lines into a queue."""
 
-    def __init__(self, cfg: dict[str, Any], env: dict[str, str], stderr_path: Path) -> None:
-        self.rank = cfg["rank"]
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        env: dict[str, str],
+        stderr_path: Path,
+        module: str = "benchmarks.throughput",
+        sub: str = "_worker",
+    ) -> None:
+        """Start ``python -m <module> <sub> '<cfg as JSON>'`` (other benchmark modules reuse this)."""
+        self.rank = cfg.get("rank", 0)
         self.stderr_path = stderr_path
         self._err = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.throughput", "_worker", json.dumps(cfg)],
+            [sys.executable, "-m", module, sub, json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, cwd=ROOT, env=env, text=True,
         )  # fmt: skip
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -378,7 +401,7 @@ class _Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith(PROTO):
-                self.lines.put(line[len(PROTO):])
+                self.lines.put(line[len(PROTO) :])
         self.lines.put(None)
 
     def expect(self, tag: str, deadline: float) -> dict[str, Any]:
@@ -625,8 +648,15 @@ def _profile_summary(path: Path, top: int = 14) -> list[str]:
     return out
 
 
-def trial(world: int, k: int, points: int, tmp: Path, label: str, profile_dir: Path | None = None,
-          backpressure: str | None = None) -> dict[str, Any]:
+def trial(
+    world: int,
+    k: int,
+    points: int,
+    tmp: Path,
+    label: str,
+    profile_dir: Path | None = None,
+    backpressure: str | None = None,
+) -> dict[str, Any]:
     """Part 2: one run of ``world`` ranks logging ``points`` each in calls of ``k`` keys.
 
     ``backpressure``: passed to ``init_run`` when given (else the library's default).
@@ -789,8 +819,15 @@ def _git_rev() -> str:
         return "git ?"
 
 
-def report(args: argparse.Namespace, started: dt.datetime, load0: tuple[float, float, float],
-           hot: dict[str, Any] | None, trials: list[dict[str, Any]], profile: list[str], wall: float) -> str:
+def report(
+    args: argparse.Namespace,
+    started: dt.datetime,
+    load0: tuple[float, float, float],
+    hot: dict[str, Any] | None,
+    trials: list[dict[str, Any]],
+    profile: list[str],
+    wall: float,
+) -> str:
     import coordinator
 
     v = _versions()
@@ -842,7 +879,7 @@ def report(args: argparse.Namespace, started: dt.datetime, load0: tuple[float, f
             f"(`rank=0, world_size=1`), garbage collector {'on' if hot['gc'] else 'off'}. "
             "realistic = paced 50 steps/s with sleeps; each step one 100-key `log()` (dict built before the "
             "timer), 10 single-key `log()` and 10 `append()` calls. full = back to back. "
-            "disabled = `mode=\"disabled\"`.",
+            'disabled = `mode="disabled"`.',
             "",
             "| load | call | calls | p50 µs | p99 µs | max µs | calls > 1 ms | target p50 <= 2 / p99 <= 20 µs | note |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -935,12 +972,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=None, help="trials per (ranks, keys) (default: 1 quick, 2 full)")
     p.add_argument("--skip-hot-path", action="store_true", help="only the throughput trials")
     p.add_argument("--skip-throughput", action="store_true", help="only the hot-path measurements")
-    p.add_argument("--profile", action="store_true",
-                   help="also run one 4-rank trial per key count under py-spy (aggregator + rank 0)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run one 4-rank trial per key count under py-spy (aggregator + rank 0)",
+    )
     p.add_argument("--no-write", action="store_true", help=f"do not write the report under {RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
-    p.add_argument("--backpressure", default=None,
-                   help="init_run(backpressure=...) for the throughput ranks (default: the library's default)")
+    p.add_argument(
+        "--backpressure",
+        default=None,
+        help="init_run(backpressure=...) for the throughput ranks (default: the library's default)",
+    )
     args = p.parse_args(argv)
 
     started = dt.datetime.now().astimezone()

@@ -1,0 +1,388 @@
+"""Scale and soak: one aggregator fed by many simulated senders.
+
+The aggregator is the real one (``python -m coordinator.aggregator --run ID --config JSON``,
+started here with ``world_size`` = number of senders). The senders are simulated: a few
+processes each open many ZeroMQ DEALER sockets and speak the coordinator's wire protocol
+(``coordinator.wire``) exactly as a rank's sender thread does — HELLO, numbered columnar
+BATCHes with a bounded window of unacknowledged batches, BYE — so the aggregator cannot tell
+them from real ranks, while 1024 of them fit on two cores (a real ``Run`` is a thread, a
+ZeroMQ context and a 5 ms flush timer each).
+
+Every sender has its own rank; each batch carries ``keys`` keys x ``steps_per_batch`` steps
+(fresh, increasing steps; value = step * 8 + rank). After the run every rank's per-key point
+count is read back from the store and compared with what was acknowledged.
+
+* scale: every sender pushes as fast as its window allows; points/s = acknowledged points /
+  time until the last ack; aggregator RSS sampled every 0.1 s (peak, end).
+* soak: the senders are paced (``rate`` batches/s each) for a fixed time; the aggregator's RSS
+  is sampled every second; reported at the start (after a short warm-up) and at the end.
+
+``python -m benchmarks.scale _sim '<json>'`` is the internal sender-process sub-command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from array import array
+from pathlib import Path
+from typing import Any
+
+from benchmarks.throughput import ROOT, _child_env, _emit, _Worker
+
+# ============================================================================ sender process
+
+
+def sim_main(cfg: dict[str, Any]) -> int:
+    import zmq
+
+    from coordinator import wire
+
+    run_id, endpoint, world = cfg["run_id"], cfg["endpoint"], cfg["world"]
+    ranks = list(range(cfg["rank0"], cfg["rank1"]))
+    keys = [f"sim/m{j:02d}" for j in range(cfg["keys"])]
+    spb = cfg["steps_per_batch"]
+    batches = cfg["batches"]  # per sender; 0 with a duration: until the duration ends
+    duration = cfg.get("duration")
+    rate = cfg.get("rate")  # batches per second per sender (None: as fast as the window allows)
+    window = cfg["window"]
+    ctx = zmq.Context()
+    socks: dict[Any, int] = {}
+    by_rank: dict[int, Any] = {}
+    inc = {r: int.from_bytes(os.urandom(7), "big") for r in ranks}
+    poller = zmq.Poller()
+    for r in ranks:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(endpoint)
+        socks[s] = r
+        by_rank[r] = s
+        poller.register(s, zmq.POLLIN)
+    hello = {"pid": os.getpid(), "host": socket.gethostname(), "world_size": world, "name": "scale",
+             "project": "bench"}  # fmt: skip
+    for r, s in by_rank.items():
+        s.send_multipart([wire.encode_envelope(wire.HELLO, run_id, r, inc[r], 0), wire.encode_map(hello)])
+    welcomed: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(welcomed) < len(ranks):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(welcomed)} of {len(ranks)} senders welcomed")
+        for s, _ in poller.poll(1000):
+            while True:
+                try:
+                    env_b, _body = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                env = wire.decode_envelope(env_b)
+                if env.kind == wire.WELCOME:
+                    welcomed.add(socks[s])
+    _emit("READY", {"pid": os.getpid(), "senders": len(ranks)})
+    line = sys.stdin.readline()
+    if not line.startswith("GO "):
+        return 2
+    t_start = float(line.split()[1])
+    while time.monotonic() < t_start:
+        time.sleep(max(0.0, min(0.01, t_start - time.monotonic())))
+    t_stop = None if duration is None else t_start + duration
+    seq = dict.fromkeys(ranks, 0)
+    inflight = dict.fromkeys(ranks, 0)
+    sent_b = dict.fromkeys(ranks, 0)
+    next_at = {r: t_start + (i / max(1, len(ranks))) / rate for i, r in enumerate(ranks)} if rate else {}
+    acked_points = 0
+    acked_batches = 0
+    errors: list[str] = []
+    t_last_ack = t_start
+    lat: list[float] = []
+    sent_at: dict[tuple[int, int], float] = {}
+    ts = time.time()
+
+    def more(r: int) -> bool:
+        if t_stop is not None:
+            return time.monotonic() < t_stop
+        return sent_b[r] < batches
+
+    while True:
+        now = time.monotonic()
+        active = False
+        for r in ranks:
+            if not more(r):
+                continue
+            active = True
+            if inflight[r] >= window or (rate and now < next_at[r]):
+                continue
+            s0 = sent_b[r] * spb
+            st = array("q", range(s0, s0 + spb))
+            vals = array("d", [s * 8.0 + r for s in range(s0, s0 + spb)])
+            payload = wire.encode_batch([(k, st, vals) for k in keys], [], ts)
+            seq[r] += 1
+            by_rank[r].send_multipart([wire.encode_envelope(wire.BATCH, run_id, r, inc[r], seq[r]), payload],
+                                      copy=False)  # fmt: skip
+            sent_at[(r, seq[r])] = now
+            sent_b[r] += 1
+            inflight[r] += 1
+            if rate:
+                next_at[r] += 1.0 / rate
+        if not active and not any(inflight.values()):
+            break
+        if rate:
+            nxt = min((next_at[r] for r in ranks if more(r)), default=now + 0.01)
+            timeout_ms = max(0, min(50, int((nxt - time.monotonic()) * 1000)))
+        else:
+            timeout_ms = 50
+        for s, _ in poller.poll(timeout_ms):
+            r = socks[s]
+            while True:
+                try:
+                    env_b, body = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                env = wire.decode_envelope(env_b)
+                if env.kind == wire.ACK:
+                    inflight[r] -= 1
+                    acked_batches += 1
+                    acked_points += spb * len(keys)
+                    t_last_ack = time.monotonic()
+                    t0 = sent_at.pop((r, env.seq), None)
+                    if t0 is not None and len(lat) < 200_000:
+                        lat.append(t_last_ack - t0)
+                elif env.kind == wire.ERROR:
+                    errors.append(f"rank {r}: {wire.decode_map(body)}"[:300])
+                    inflight[r] -= 1
+        if time.monotonic() > t_start + cfg["timeout"]:
+            errors.append("timed out")
+            break
+    lat.sort()
+    _emit("DONE", {"t_end": t_last_ack, "acked_points": acked_points, "acked_batches": acked_batches,
+                   "sent_batches": sum(sent_b.values()), "errors": errors[:5], "n_errors": len(errors),
+                   "ack_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+                   "ack_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
+                   "per_rank_points": {str(r): sent_b[r] * spb for r in ranks}})  # fmt: skip
+    line = sys.stdin.readline()  # STOP
+    for r, s in by_rank.items():
+        bye = {"undelivered": 0, "accepted": sent_b[r] * spb * len(keys)}
+        s.send_multipart([wire.encode_envelope(wire.BYE, run_id, r, inc[r], 1), wire.encode_map(bye)])
+    closed: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(closed) < len(ranks) and time.monotonic() < deadline:
+        for s, _ in poller.poll(500):
+            while True:
+                try:
+                    env_b, _body = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if wire.decode_envelope(env_b).kind == wire.BYE_ACK:
+                    closed.add(socks[s])
+    for s in by_rank.values():
+        s.close(0)
+    ctx.term()
+    _emit("STOPPED", {"closed": len(closed)})
+    return 0
+
+
+# ============================================================================ parent side
+
+
+class Aggregator:
+    """A real aggregator process started by this benchmark (not by a rank)."""
+
+    def __init__(self, d: Path, world: int, env: dict[str, str]) -> None:
+        self.run_id = f"scale-{uuid.uuid4().hex[:10]}"
+        self.store = d / "store"
+        self.store_path = self.store / "runs" / self.run_id / "run.db"
+        self.store_path.parent.mkdir(parents=True)
+        self.endpoint = f"ipc://{d}/agg.sock"
+        cfg = {"store_path": str(self.store_path), "world_size": world, "project": "bench", "name": "scale",
+               "endpoint": self.endpoint, "parent_pid": os.getpid(), "liveness_timeout_s": 60.0,
+               "stop_grace_s": 5.0, "spool_root": ""}  # fmt: skip
+        self._err = open(d / "aggregator.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.aggregator", "--run", self.run_id, "--config", json.dumps(cfg)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err, cwd=ROOT, env=env,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        got: list[bytes] = []
+        t = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t.start()
+        t.join(60)
+        if not got or not got[0].startswith(b"READY"):
+            self.close(5)
+            raise RuntimeError(f"aggregator did not start: {got!r:.200}; see {d / 'aggregator.log'}")
+        import psutil
+
+        self.ps = psutil.Process(self.proc.pid)
+
+    def rss(self) -> int | None:
+        import psutil
+
+        try:
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return None
+
+    def cpu(self) -> float | None:
+        import psutil
+
+        try:
+            c = self.ps.cpu_times()
+            return float(c.user + c.system)
+        except psutil.Error:
+            return None
+
+    def close(self, timeout: float) -> int | None:
+        try:
+            code: int | None = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            code = None
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
+        return code
+
+
+def _count_store(store_path: Path) -> tuple[dict[int, int], dict[str, Any], str]:
+    from coordinator.sinks.local import LocalStore
+
+    st = LocalStore(str(store_path), readonly=True)
+    try:
+        per_rank: dict[int, int] = {}
+        for s in st.series_summary():
+            for r, n in s["per_rank"].items():
+                per_rank[int(r)] = per_rank.get(int(r), 0) + int(n)
+        info = st.run_info()
+        return per_rank, info.report or {}, info.state
+    finally:
+        st.close()
+
+
+def scale_trial(senders: int, tmp: Path, label: str, *, procs: int = 2, keys: int = 10, steps_per_batch: int = 100,
+                batches: int = 4, window: int = 4, rate: float | None = None, duration: float | None = None,
+                rss_every: float = 0.1, timeout: float = 600) -> dict[str, Any]:  # fmt: skip
+    """One aggregator, ``senders`` simulated ranks spread over ``procs`` processes."""
+    d = tmp / label
+    d.mkdir(parents=True)
+    env = _child_env(d)
+    res: dict[str, Any] = {"senders": senders, "label": label, "keys": keys, "steps_per_batch": steps_per_batch,
+                           "window": window, "rate": rate, "duration": duration, "problems": []}  # fmt: skip
+    agg: Aggregator | None = None
+    workers: list[_Worker] = []
+    samples: list[tuple[float, int]] = []
+    stop_evt = threading.Event()
+    try:
+        agg = Aggregator(d, senders, env)
+        res["rss_idle"] = agg.rss()
+        per = -(-senders // procs)
+        for i in range(procs):
+            r0, r1 = i * per, min(senders, (i + 1) * per)
+            if r0 >= r1:
+                break
+            cfg = {"rank": i, "rank0": r0, "rank1": r1, "world": senders, "run_id": agg.run_id,
+                   "endpoint": agg.endpoint, "keys": keys, "steps_per_batch": steps_per_batch,
+                   "batches": batches, "window": window, "rate": rate, "duration": duration,
+                   "timeout": timeout}  # fmt: skip
+            workers.append(_Worker(cfg, env, d / f"sim{i}.stderr", module="benchmarks.scale", sub="_sim"))
+        for w in workers:
+            w.expect("READY", time.monotonic() + 180)
+        res["rss_connected"] = agg.rss()
+        cpu0 = agg.cpu()
+        t_start = time.monotonic() + 0.3
+
+        def sample() -> None:
+            while not stop_evt.wait(rss_every):
+                v = agg.rss() if agg is not None else None
+                if v is not None:
+                    samples.append((time.monotonic() - t_start, v))
+
+        th = threading.Thread(target=sample, name="bench-rss", daemon=True)
+        th.start()
+        for w in workers:
+            w.send(f"GO {t_start!r}")
+        done = [w.expect("DONE", time.monotonic() + timeout + 60) for w in workers]
+        stop_evt.set()
+        th.join(5)
+        cpu1 = agg.cpu()
+        t_end = max(x["t_end"] for x in done)
+        acked = sum(x["acked_points"] for x in done)
+        elapsed = t_end - t_start
+        res.update(elapsed=elapsed, acked_points=acked, pps=acked / elapsed if elapsed > 0 else 0.0,
+                   agg_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+                   ack_p50_ms=max((x["ack_p50_ms"] or 0) for x in done),
+                   ack_p99_ms=max((x["ack_p99_ms"] or 0) for x in done),
+                   rss_end=agg.rss(), rss_peak=max((v for _, v in samples), default=None),
+                   rss_series=[(round(t, 2), v) for t, v in samples])  # fmt: skip
+        for x in done:
+            if x["n_errors"]:
+                res["problems"].append(f"{x['n_errors']} error replies, e.g. {x['errors'][:2]}")
+        expected = {int(r): n for x in done for r, n in x["per_rank_points"].items()}
+        for w in workers:
+            w.send("STOP")
+        for w in workers:
+            w.expect("STOPPED", time.monotonic() + 120)
+        code = agg.close(120)
+        if code != 0:
+            res["problems"].append(f"aggregator exit code {code}")
+        agg = None
+        per_rank, rep, state = _count_store(_store_path(d))
+        bad = [(r, per_rank.get(r, 0), n * keys) for r, n in expected.items() if per_rank.get(r, 0) != n * keys]
+        if bad:
+            res["problems"].append(f"{len(bad)} ranks with a wrong point count in the store, e.g. {bad[:3]}")
+        res["stored_points"] = sum(per_rank.values())
+        res["state"] = state
+        for c in ("duplicate_batches", "gaps", "bad_frames", "late_points", "replaced_points"):
+            if rep.get(c):
+                res["problems"].append(f"aggregator report: {c}={rep[c]}")
+        if state != "finished":
+            res["problems"].append(f"run state {state}: {rep.get('reasons')}")
+    except Exception as e:
+        res["problems"].append(f"scale trial failed: {type(e).__name__}: {e}")
+    finally:
+        stop_evt.set()
+        for w in workers:
+            code = w.close(60)
+            if code not in (0, None) and not res["problems"]:
+                res["problems"].append(f"{w.stderr_path.name}: exit code {code}: {w.stderr_tail(400)}")
+        if agg is not None:
+            agg.close(10)
+    log = d / "aggregator.log"
+    if log.exists():
+        warn = [ln for ln in log.read_text(errors="replace").splitlines() if " WARNING " in ln or " ERROR " in ln]
+        if warn:
+            res["agg_warnings"] = len(warn)
+            res["agg_warning_sample"] = warn[:3]
+    res["ok"] = not res["problems"]
+    return res
+
+
+def _store_path(d: Path) -> Path:
+    found = list((d / "store" / "runs").glob("*/run.db"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one run under {d / 'store'}, found {len(found)}")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "_sim":
+        with contextlib.suppress(KeyboardInterrupt):
+            return sim_main(json.loads(argv[1]))
+        return 130
+    print("internal worker of benchmarks.run (section 6); run `python -m benchmarks.run --quick`", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
