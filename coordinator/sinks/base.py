@@ -250,7 +250,7 @@ def _parse_retry_after(raw: str) -> float | None:
     try:
         return max(0.0, float(raw))
     except ValueError:
-        pass
+        pass  # not a number of seconds: Retry-After may also be an HTTP date, tried next
     try:  # the HTTP-date form
         import time
 
