@@ -52,7 +52,6 @@ class Buffer:
         """An error after which nothing more can be delivered."""
         self.acked = 0
         self.lost = 0
-        self.warnings: list[str] = []
 
     def cut(self, fresh: dict[str, Column]) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
         """Swap out the current generation (sender thread); frees its room in the buffer.

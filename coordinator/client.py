@@ -848,9 +848,6 @@ class _ReadOnlyRun(Run):
         raise ClosedError(f"run {self.id} is open read-only")
 
     def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:
-        self._open_fresh()
-
-    def _open_fresh(self) -> None:
         self._store.close()
         self._open()
 
