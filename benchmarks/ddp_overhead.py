@@ -53,8 +53,9 @@ class _Logger:
             import coordinator
 
             extra = {"flush_interval_s": 0.05} if variant == "coordinator-flush50ms" else {}
-            self.obj = coordinator.init_run(project="bench", name=f"ddp-block{block}", dir=root / "coordinator",
-                                            handle_sigterm=False, **extra)  # fmt: skip
+            self.obj = coordinator.init_run(
+                project="bench", name=f"ddp-block{block}", dir=root / "coordinator", handle_sigterm=False, **extra
+            )
         elif variant.startswith("peer:") and rank == 0:
             self.obj = _open_peer(variant[5:], root, block)
         elif variant.startswith("allreduce") and rank == 0:
@@ -136,9 +137,16 @@ def _open_peer(name: str, root: Path, block: int) -> _PeerLog:
 
         d = root / "wandb"
         d.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project="bench", name=f"ddp-block{block}", dir=str(d), mode="offline", reinit="create_new",
-                         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True,
-                                                 x_disable_machine_info=True, disable_git=True))  # fmt: skip
+        run = wandb.init(
+            project="bench",
+            name=f"ddp-block{block}",
+            dir=str(d),
+            mode="offline",
+            reinit="create_new",
+            settings=wandb.Settings(
+                console="off", x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True, disable_git=True
+            ),
+        )
         return _PeerLog(lambda dd, s: run.log(dd, step=s), run.finish)
     if name == "mlflow-async":
         import mlflow
@@ -159,9 +167,15 @@ def _open_peer(name: str, root: Path, block: int) -> _PeerLog:
     if name == "neptune":
         import neptune
 
-        run = neptune.init_run(mode="offline", capture_stdout=False, capture_stderr=False,
-                               capture_hardware_metrics=False, capture_traceback=False, git_ref=False,
-                               source_files=[])  # fmt: skip
+        run = neptune.init_run(
+            mode="offline",
+            capture_stdout=False,
+            capture_stderr=False,
+            capture_hardware_metrics=False,
+            capture_traceback=False,
+            git_ref=False,
+            source_files=[],
+        )
 
         def nep_log(d: dict[str, float], step: int) -> None:
             for k, v in d.items():
@@ -246,9 +260,18 @@ def main(argv: list[str] | None = None) -> int:
             results[v].append(run_block(v))
     wall = time.monotonic() - t_all
     if rank == 0:
-        Path(args.out).write_text(json.dumps({"world": world, "steps": args.steps, "repeats": args.repeats,
-                                              "wall_s": wall, "results": results,
-                                              "torch": torch.__version__}))  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "world": world,
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "wall_s": wall,
+                    "results": results,
+                    "torch": torch.__version__,
+                }
+            )
+        )
     dist.destroy_process_group()
     return 0
 

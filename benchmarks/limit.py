@@ -74,7 +74,7 @@ def recv_main(cfg: dict[str, Any]) -> int:
 def push_main(cfg: dict[str, Any]) -> int:
     import zmq
 
-    from coordinator import wire
+    from coordinator.transport import wire
 
     k, points, rank = cfg["keys"], cfg["points"], cfg["rank"]
     keys = [f"m{j:03d}" for j in range(k)]
@@ -128,18 +128,37 @@ def limit_trial(world: int, k: int, points: int, tmp: Path, label: str, inline: 
     steps = points // k
     spb = max(1, BATCH_POINTS // k)
     batches = -(-steps // spb)
-    res: dict[str, Any] = {"world": world, "k": k, "points_per_rank": steps * k, "total": world * steps * k,
-                           "label": label, "inline": inline, "problems": []}  # fmt: skip
+    res: dict[str, Any] = {
+        "world": world,
+        "k": k,
+        "points_per_rank": steps * k,
+        "total": world * steps * k,
+        "label": label,
+        "inline": inline,
+        "problems": [],
+    }
     endpoint = f"ipc://{d}/pull.sock"
     workers: list[_Worker] = []
     try:
-        recv = _Worker({"rank": -1, "endpoint": endpoint, "messages": world * batches, "timeout": 120},
-                       env, d / "recv.stderr", module="benchmarks.limit", sub="_recv")  # fmt: skip
+        recv = _Worker(
+            {"rank": -1, "endpoint": endpoint, "messages": world * batches, "timeout": 120},
+            env,
+            d / "recv.stderr",
+            module="benchmarks.limit",
+            sub="_recv",
+        )
         workers.append(recv)
         recv.expect("READY", time.monotonic() + 60)
-        pushers = [_Worker({"rank": r, "endpoint": endpoint, "keys": k, "points": points, "inline": inline}, env,
-                           d / f"push{r}.stderr",
-                           module="benchmarks.limit", sub="_push") for r in range(world)]  # fmt: skip
+        pushers = [
+            _Worker(
+                {"rank": r, "endpoint": endpoint, "keys": k, "points": points, "inline": inline},
+                env,
+                d / f"push{r}.stderr",
+                module="benchmarks.limit",
+                sub="_push",
+            )
+            for r in range(world)
+        ]
         workers += pushers
         ready = [w.expect("READY", time.monotonic() + 120) for w in pushers]
         res["batch_bytes"] = ready[0]["bytes"]

@@ -54,13 +54,24 @@ PEERS: dict[str, tuple[str, str, str]] = {
 def peer_env(root: Path) -> dict[str, str]:
     """Environment of a peer worker: local/offline everything, no telemetry."""
     return {
-        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB_DISABLE_CODE": "true",
-        "WANDB_DISABLE_GIT": "true", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "MLFLOW_ENABLE_ASYNC_LOGGING": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-        "TRACKIO_DIR": str(root / "trackio"), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False", "NEPTUNE_MODE": "offline", "TOKENIZERS_PARALLELISM": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "3", "GIT_PYTHON_REFRESH": "quiet",
-    }  # fmt: skip
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "TRACKIO_DIR": str(root / "trackio"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "NEPTUNE_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
 
 
 def available(name: str) -> tuple[bool, str]:
@@ -128,10 +139,23 @@ class _WandB(_Adapter):
 
         d = self.root / "wandb" / f"rank{self.rank}"
         d.mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True,
-                                  x_disable_machine_info=True, disable_git=True, save_code=False)  # fmt: skip
-        self.run = wandb.init(project="bench", group=self.group, name=f"rank{self.rank}", dir=str(d),
-                              mode="offline", settings=settings, reinit="create_new")  # fmt: skip
+        settings = wandb.Settings(
+            console="off",
+            x_disable_stats=True,
+            x_disable_meta=True,
+            x_disable_machine_info=True,
+            disable_git=True,
+            save_code=False,
+        )
+        self.run = wandb.init(
+            project="bench",
+            group=self.group,
+            name=f"rank{self.rank}",
+            dir=str(d),
+            mode="offline",
+            settings=settings,
+            reinit="create_new",
+        )
 
     def scalar(self, key: str, x: float, step: int) -> None:
         self.run.log({key: x}, step=step)
@@ -176,9 +200,17 @@ class _Neptune(_Adapter):
         super().__init__(*a)
         import neptune
 
-        self.run = neptune.init_run(mode="offline", custom_run_id=self.group[:36], name=self.group,
-                                    capture_stdout=False, capture_stderr=False, capture_hardware_metrics=False,
-                                    capture_traceback=False, git_ref=False, source_files=[])  # fmt: skip
+        self.run = neptune.init_run(
+            mode="offline",
+            custom_run_id=self.group[:36],
+            name=self.group,
+            capture_stdout=False,
+            capture_stderr=False,
+            capture_hardware_metrics=False,
+            capture_traceback=False,
+            git_ref=False,
+            source_files=[],
+        )
         self._h: dict[str, Any] = {}
 
     def scalar(self, key: str, x: float, step: int) -> None:
@@ -223,9 +255,13 @@ class _Trackio(_Adapter):
 
 
 _ADAPTERS: dict[str, type[_Adapter]] = {
-    "tensorboard": _TensorBoard, "wandb": _WandB, "mlflow-sync": _MLflow, "mlflow-async": _MLflow,
-    "neptune": _Neptune, "trackio": _Trackio,
-}  # fmt: skip
+    "tensorboard": _TensorBoard,
+    "wandb": _WandB,
+    "mlflow-sync": _MLflow,
+    "mlflow-async": _MLflow,
+    "neptune": _Neptune,
+    "trackio": _Trackio,
+}
 
 
 def peer_main(cfg: dict[str, Any]) -> int:
@@ -366,7 +402,8 @@ def _read_mlflow(root: Path, group: str) -> dict[int, Counter[tuple[str, int]]]:
     try:
         rows = con.execute(
             "SELECT r.name, m.key, m.step, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            "WHERE r.name LIKE ? GROUP BY r.name, m.key, m.step", (f"{group}-rank%",)
+            "WHERE r.name LIKE ? GROUP BY r.name, m.key, m.step",
+            (f"{group}-rank%",),
         ).fetchall()
     finally:
         con.close()
@@ -401,8 +438,9 @@ def _read_trackio(root: Path, group: str) -> dict[int, Counter[tuple[str, int]]]
         return out
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT run_name, step, metrics FROM metrics WHERE run_name LIKE ?",
-                           (f"{group}-rank%",)).fetchall()  # fmt: skip
+        rows = con.execute(
+            "SELECT run_name, step, metrics FROM metrics WHERE run_name LIKE ?", (f"{group}-rank%",)
+        ).fetchall()
     finally:
         con.close()
     for name, step, metrics in rows:
@@ -430,8 +468,9 @@ def read_back(name: str, root: Path, group: str) -> dict[int, Counter[tuple[str,
 # ============================================================================ trial (parent side)
 
 
-def peer_trial(name: str, world: int, points: int, hot_calls: int, tmp: Path, label: str,
-               keys: int = 100, timeout: float = 600) -> dict[str, Any]:  # fmt: skip
+def peer_trial(
+    name: str, world: int, points: int, hot_calls: int, tmp: Path, label: str, keys: int = 100, timeout: float = 600
+) -> dict[str, Any]:
     """``world`` processes of peer ``name``; returns timings and the read-back accounting."""
     d = tmp / label
     d.mkdir(parents=True)
@@ -440,13 +479,29 @@ def peer_trial(name: str, world: int, points: int, hot_calls: int, tmp: Path, la
     mode = PEERS[name][1]
     group = f"g{os.getpid()}-{label}"
     steps = points // keys
-    res: dict[str, Any] = {"peer": name, "world": world, "mode": mode, "label": label, "keys": keys,
-                           "points_per_rank": steps * keys, "problems": []}  # fmt: skip
+    res: dict[str, Any] = {
+        "peer": name,
+        "world": world,
+        "mode": mode,
+        "label": label,
+        "keys": keys,
+        "points_per_rank": steps * keys,
+        "problems": [],
+    }
     workers: list[_Worker] = []
     try:
         for r in range(world):
-            cfg = {"peer": name, "rank": r, "world": world, "root": str(d), "group": group, "keys": keys,
-                   "points": steps * keys, "hot_calls": hot_calls if r == 0 else 0, "step0": hot_calls}  # fmt: skip
+            cfg = {
+                "peer": name,
+                "rank": r,
+                "world": world,
+                "root": str(d),
+                "group": group,
+                "keys": keys,
+                "points": steps * keys,
+                "hot_calls": hot_calls if r == 0 else 0,
+                "step0": hot_calls,
+            }
             workers.append(_Worker(cfg, env, d / f"rank{r}.stderr", module="benchmarks.peers", sub="_peer"))
         ready = [w.expect("READY", time.monotonic() + 180) for w in workers]
         res["init_s"] = max(x["init_s"] for x in ready)

@@ -211,8 +211,9 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
             add("full", 'run["loss"].append(x, step=s)', o_app)
             add("full", "log(<100-key dict>, step=s)", o_dict, 100)
 
-            run = coordinator.init_run(project="bench", name="hot-disabled", mode="disabled", rank=0, world_size=1,
-                                       dir=d)  # fmt: skip
+            run = coordinator.init_run(
+                project="bench", name="hot-disabled", mode="disabled", rank=0, world_size=1, dir=d
+            )
             try:
                 add("disabled", 'log({"loss": x}, step=s)', tp._full_scalar_log(run, "loss", n_calls, 0))
                 add("disabled", 'run["loss"].append(x, step=s)', tp._full_append(run, "loss_append", n_calls, 0))
@@ -228,12 +229,21 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
         os.environ.pop("COORDINATOR_AGG_STDERR", None)
     table = []
     for (load, call), rs in rows.items():
-        table.append({
-            "load": load, "call": call, "ppc": rs[0]["ppc"], "repeats": len(rs), "n": sum(r["n"] for r in rs),
-            "p50": _med([r["p50"] for r in rs]), "p99": _med([r["p99"] for r in rs]),
-            "max": max(r["max"] for r in rs), "over_1ms": sum(r["over_1ms"] for r in rs),
-            "p50_all": [round(r["p50"], 3) for r in rs], "p99_all": [round(r["p99"], 3) for r in rs],
-        })  # fmt: skip
+        table.append(
+            {
+                "load": load,
+                "call": call,
+                "ppc": rs[0]["ppc"],
+                "repeats": len(rs),
+                "n": sum(r["n"] for r in rs),
+                "p50": _med([r["p50"] for r in rs]),
+                "p99": _med([r["p99"] for r in rs]),
+                "max": max(r["max"] for r in rs),
+                "over_1ms": sum(r["over_1ms"] for r in rs),
+                "p50_all": [round(r["p50"], 3) for r in rs],
+                "p99_all": [round(r["p99"], 3) for r in rs],
+            }
+        )
     sender_summary = {}
     for load, infos in sender.items():
         ok = [i for i in infos if "sender_share" in i]
@@ -251,9 +261,17 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 "flushes": _med([i.get("flushes", 0) for i in ok]),
                 "late": _med([i.get("late", 0.0) for i in ok]),
             }
-    return {"rows": table, "sender": sender_summary, "overhead_ns": overhead, "checks": checks,
-            "gc": gc.isenabled(), "calls": n_calls, "full_s": full_s, "seconds": seconds,
-            "switchinterval_ms": sys.getswitchinterval() * 1000}  # fmt: skip
+    return {
+        "rows": table,
+        "sender": sender_summary,
+        "overhead_ns": overhead,
+        "checks": checks,
+        "gc": gc.isenabled(),
+        "calls": n_calls,
+        "full_s": full_s,
+        "seconds": seconds,
+        "switchinterval_ms": sys.getswitchinterval() * 1000,
+    }
 
 
 # =============================================================================== 2 + 3. throughput and limit
@@ -285,20 +303,29 @@ def throughput_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
             _log(f"3: {lab}: raw PUSH/PULL {lt.get('pps', 0):,.0f} points/s {'ok' if lt['ok'] else lt['problems']}")
             lt = limit_trial(world, k, points[k], tmp, lab + "-inline", inline=True)
             inline.append(lt)
-            _log(f"3: {lab}-inline: PUSH/PULL encoding in the loop {lt.get('pps', 0):,.0f} points/s "
-                 f"{'ok' if lt['ok'] else lt['problems']}")  # fmt: skip
+            _log(
+                f"3: {lab}-inline: PUSH/PULL encoding in the loop {lt.get('pps', 0):,.0f} points/s "
+                f"{'ok' if lt['ok'] else lt['problems']}"
+            )
     cells_out = []
     for world, k in cells:
         ts = [t for t in trials if t["world"] == world and t["k"] == k]
         ls = [t for t in limits if t["world"] == world and t["k"] == k]
         good = [t for t in ts if t.get("pps") and t["ok"]]
         lgood = [t for t in ls if t.get("pps") and t["ok"]]
-        c: dict[str, Any] = {"world": world, "k": k, "repeats": len(ts), "ok": all(t["ok"] for t in ts),
-                             "points_per_rank": ts[0]["points_per_rank"] if ts else None}  # fmt: skip
+        c: dict[str, Any] = {
+            "world": world,
+            "k": k,
+            "repeats": len(ts),
+            "ok": all(t["ok"] for t in ts),
+            "points_per_rank": ts[0]["points_per_rank"] if ts else None,
+        }
         if good:
             c.update(
-                pps=_med([t["pps"] for t in good]), pps_all=[round(t["pps"]) for t in good],
-                elapsed=_med([t["elapsed"] for t in good]), log_phase=_med([t["log_phase"] for t in good]),
+                pps=_med([t["pps"] for t in good]),
+                pps_all=[round(t["pps"]) for t in good],
+                elapsed=_med([t["elapsed"] for t in good]),
+                log_phase=_med([t["log_phase"] for t in good]),
                 agg_cpu_share=_med([t["agg_cpu"] / t["elapsed"] for t in good if t.get("agg_cpu") is not None]),
                 agg_rss_peak=max((t.get("agg_rss_peak") or 0) for t in good),
                 client_rss_peak=max((t.get("client_rss_peak") or 0) for t in good),
@@ -306,11 +333,14 @@ def throughput_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 client_cpu=_med([max(t["client_cpu"]) for t in good]),
                 sender_cpu=_med([max(s or 0.0 for s in t["sender_cpu"]) for t in good]),
                 other_load=_med([t["other_load"] for t in good]),
-            )  # fmt: skip
+            )
         if lgood:
-            c.update(limit_pps=_med([t["pps"] for t in lgood]), limit_all=[round(t["pps"]) for t in lgood],
-                     limit_points_per_rank=lgood[0]["points_per_rank"],
-                     batch_bytes=lgood[0].get("batch_bytes"))  # fmt: skip
+            c.update(
+                limit_pps=_med([t["pps"] for t in lgood]),
+                limit_all=[round(t["pps"]) for t in lgood],
+                limit_points_per_rank=lgood[0]["points_per_rank"],
+                batch_bytes=lgood[0].get("batch_bytes"),
+            )
         igood = [t for t in inline if t["world"] == world and t["k"] == k and t.get("pps") and t["ok"]]
         if igood:
             c["inline_pps"] = _med([t["pps"] for t in igood])
@@ -333,16 +363,24 @@ def peers_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
         worlds = (1,)
     else:
         plan = {
-            "tensorboard": (200_000, 20_000), "wandb": (100_000, 5_000), "mlflow-sync": (10_000, 300),
-            "mlflow-async": (50_000, 3_000), "neptune": (50_000, 10_000), "trackio": (200_000, 20_000),
-        }  # fmt: skip
+            "tensorboard": (200_000, 20_000),
+            "wandb": (100_000, 5_000),
+            "mlflow-sync": (10_000, 300),
+            "mlflow-async": (50_000, 3_000),
+            "neptune": (50_000, 10_000),
+            "trackio": (200_000, 20_000),
+        }
         worlds = (1, 4)
-    out: dict[str, Any] = {"peers": {}, "skipped_quick": [] if not quick else
-                           [p for p in pm.PEERS if p not in plan]}  # fmt: skip
+    out: dict[str, Any] = {"peers": {}, "skipped_quick": [] if not quick else [p for p in pm.PEERS if p not in plan]}
     for name in pm.PEERS:
         ok, ver = pm.available(name)
-        entry: dict[str, Any] = {"available": ok, "version": ver, "mode": pm.PEERS[name][1],
-                                 "how": pm.PEERS[name][2], "trials": []}  # fmt: skip
+        entry: dict[str, Any] = {
+            "available": ok,
+            "version": ver,
+            "mode": pm.PEERS[name][1],
+            "how": pm.PEERS[name][2],
+            "trials": [],
+        }
         out["peers"][name] = entry
         if not ok or name not in plan:
             continue
@@ -353,23 +391,37 @@ def peers_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 _log(f"4: {label}: {points:,} points per logging rank, {hot:,} hot-path calls")
                 t = pm.peer_trial(name, world, points, hot if world == 1 else 0, tmp, label)
                 entry["trials"].append(t)
-                _log(f"   -> {t.get('pps', 0):,.0f} points/s; hot p50 {((t.get('hot') or {}).get('p50') or 0):.1f} µs;"
-                     f" lost {t.get('lost')} dup {t.get('duplicated')} "
-                     f"{'' if t['ok'] else t['problems'][:2]}")  # fmt: skip
+                _log(
+                    f"   -> {t.get('pps', 0):,.0f} points/s; hot p50 {((t.get('hot') or {}).get('p50') or 0):.1f} µs;"
+                    f" lost {t.get('lost')} dup {t.get('duplicated')} "
+                    f"{'' if t['ok'] else t['problems'][:2]}"
+                )
         for world in worlds:
             ts = [t for t in entry["trials"] if t["world"] == world and t.get("pps")]
             if not ts:
                 continue
-            agg = {"pps": _med([t["pps"] for t in ts]), "pps_all": [round(t["pps"]) for t in ts],
-                   "log_s": _med([t["log_s"] for t in ts]), "finish_s": _med([t["finish_s"] for t in ts]),
-                   "lost": sum(t.get("lost", 0) for t in ts), "duplicated": sum(t.get("duplicated", 0) for t in ts),
-                   "found": sum(t.get("found", 0) for t in ts), "active": ts[0]["active_ranks"],
-                   "init_s": _med([t["init_s"] for t in ts]), "rss": max(t.get("rss", 0) for t in ts),
-                   "points": ts[0]["logged_points"], "ok": all(t["ok"] for t in ts)}  # fmt: skip
+            agg = {
+                "pps": _med([t["pps"] for t in ts]),
+                "pps_all": [round(t["pps"]) for t in ts],
+                "log_s": _med([t["log_s"] for t in ts]),
+                "finish_s": _med([t["finish_s"] for t in ts]),
+                "lost": sum(t.get("lost", 0) for t in ts),
+                "duplicated": sum(t.get("duplicated", 0) for t in ts),
+                "found": sum(t.get("found", 0) for t in ts),
+                "active": ts[0]["active_ranks"],
+                "init_s": _med([t["init_s"] for t in ts]),
+                "rss": max(t.get("rss", 0) for t in ts),
+                "points": ts[0]["logged_points"],
+                "ok": all(t["ok"] for t in ts),
+            }
             hots = [t["hot"] for t in ts if t.get("hot")]
             if hots:
-                agg["hot"] = {"p50": _med([h["p50"] for h in hots]), "p99": _med([h["p99"] for h in hots]),
-                              "max": max(h["max"] for h in hots), "n": sum(h["n"] for h in hots)}  # fmt: skip
+                agg["hot"] = {
+                    "p50": _med([h["p50"] for h in hots]),
+                    "p99": _med([h["p99"] for h in hots]),
+                    "max": max(h["max"] for h in hots),
+                    "n": sum(h["n"] for h in hots),
+                }
             entry[f"w{world}"] = agg
     return out
 
@@ -394,13 +446,34 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
     from benchmarks.peers import peer_env
 
     env.update(peer_env(d))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
-           "benchmarks.ddp_overhead", "--out", str(out_json), "--steps", str(steps), "--repeats", str(repeats),
-           "--variants", ",".join(variants), "--root", str(d)]  # fmt: skip
-    res: dict[str, Any] = {"variants": variants, "steps": steps, "repeats": repeats, "missing": missing,
-                           "command": "python -m torch.distributed.run --standalone --nproc_per_node=4 -m "
-                           f"benchmarks.ddp_overhead --steps {steps} --repeats {repeats} --variants "
-                           + ",".join(variants), "problems": []}  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "benchmarks.ddp_overhead",
+        "--out",
+        str(out_json),
+        "--steps",
+        str(steps),
+        "--repeats",
+        str(repeats),
+        "--variants",
+        ",".join(variants),
+        "--root",
+        str(d),
+    ]
+    res: dict[str, Any] = {
+        "variants": variants,
+        "steps": steps,
+        "repeats": repeats,
+        "missing": missing,
+        "command": "python -m torch.distributed.run --standalone --nproc_per_node=4 -m "
+        f"benchmarks.ddp_overhead --steps {steps} --repeats {repeats} --variants " + ",".join(variants),
+        "problems": [],
+    }
     _log(f"5: DDP: 4 ranks x {len(variants)} variants x {repeats} repeats x {steps} steps")
     logf = d / "torchrun.log"
     t0 = time.monotonic()
@@ -418,10 +491,12 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
         lines = [ln for ln in text.splitlines() if ln.strip()]
         # The workers' own messages come first; torchrun's summary names the root-cause rank and signal.
         head = "\n".join(ln[:300] for ln in lines[:12])
-        cause = text[text.find("Root Cause"):][:700] if "Root Cause" in text else text[-700:]
-        res["problems"].append(f"torchrun exit code {code} "
-                               f"({'after' if out_json.exists() else 'before'} the results were written):\n"
-                               f"{head}\n...\n{cause}")  # fmt: skip
+        cause = text[text.find("Root Cause") :][:700] if "Root Cause" in text else text[-700:]
+        res["problems"].append(
+            f"torchrun exit code {code} "
+            f"({'after' if out_json.exists() else 'before'} the results were written):\n"
+            f"{head}\n...\n{cause}"
+        )
     if not out_json.exists():
         return res
     raw = json.loads(out_json.read_text())
@@ -431,10 +506,17 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
     for v in variants:
         bs = raw["results"][v]
         m = _med([b["mean_s"] for b in bs])
-        rows.append({"variant": v, "step_ms": m * 1000, "step_ms_all": [round(b["mean_s"] * 1000, 3) for b in bs],
-                     "median_step_ms": _med([b["median_s"] for b in bs]) * 1000,
-                     "slowdown": m / base - 1, "setup_s": _med([b["setup_s"] for b in bs]),
-                     "close_s": _med([b["close_s"] for b in bs])})  # fmt: skip
+        rows.append(
+            {
+                "variant": v,
+                "step_ms": m * 1000,
+                "step_ms_all": [round(b["mean_s"] * 1000, 3) for b in bs],
+                "median_step_ms": _med([b["median_s"] for b in bs]) * 1000,
+                "slowdown": m / base - 1,
+                "setup_s": _med([b["setup_s"] for b in bs]),
+                "close_s": _med([b["close_s"] for b in bs]),
+            }
+        )
     res["rows"] = rows
     return res
 
@@ -472,36 +554,54 @@ def scale_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
             _log(f"6: {label}: {n} senders x {batches} batches of 1000 points")
             t = scale_trial(n, tmp, label, batches=batches)
             trials.append(t)
-            _log(f"   -> {t.get('pps', 0):,.0f} points/s, aggregator RSS peak {tp._mib(t.get('rss_peak'))} MiB "
-                 f"{'ok' if t['ok'] else t['problems'][:2]}")  # fmt: skip
+            _log(
+                f"   -> {t.get('pps', 0):,.0f} points/s, aggregator RSS peak {tp._mib(t.get('rss_peak'))} MiB "
+                f"{'ok' if t['ok'] else t['problems'][:2]}"
+            )
     rows = []
     for n in sizes:
         ts = [t for t in trials if t["senders"] == n and t.get("pps")]
         if ts:
-            rows.append({"senders": n, "pps": _med([t["pps"] for t in ts]), "pps_all": [round(t["pps"]) for t in ts],
-                         "rss_connected": _med([t["rss_connected"] for t in ts]),
-                         "rss_peak": max(t["rss_peak"] or 0 for t in ts),
-                         "rss_end": _med([t["rss_end"] or 0 for t in ts]),
-                         "agg_cpu_share": _med([t["agg_cpu"] / t["elapsed"] for t in ts if t.get("agg_cpu")]),
-                         "ack_p50_ms": _med([t["ack_p50_ms"] for t in ts]),
-                         "ack_p99_ms": _med([t["ack_p99_ms"] for t in ts]),
-                         "points": ts[0]["acked_points"], "ok": all(t["ok"] for t in ts),
-                         "warnings": sum(t.get("agg_warnings", 0) for t in ts)})  # fmt: skip
+            rows.append(
+                {
+                    "senders": n,
+                    "pps": _med([t["pps"] for t in ts]),
+                    "pps_all": [round(t["pps"]) for t in ts],
+                    "rss_connected": _med([t["rss_connected"] for t in ts]),
+                    "rss_peak": max(t["rss_peak"] or 0 for t in ts),
+                    "rss_end": _med([t["rss_end"] or 0 for t in ts]),
+                    "agg_cpu_share": _med([t["agg_cpu"] / t["elapsed"] for t in ts if t.get("agg_cpu")]),
+                    "ack_p50_ms": _med([t["ack_p50_ms"] for t in ts]),
+                    "ack_p99_ms": _med([t["ack_p99_ms"] for t in ts]),
+                    "points": ts[0]["acked_points"],
+                    "ok": all(t["ok"] for t in ts),
+                    "warnings": sum(t.get("agg_warnings", 0) for t in ts),
+                }
+            )
     # soak: 64 senders, 10 batches/s each of 100 points (10 keys x 10 steps) = 64,000 points/s steady
     dur = 25.0 if quick else 300.0
     _log(f"6: soak: 64 senders, 64,000 points/s for {dur:.0f} s")
-    soak = scale_trial(64, tmp, "soak", steps_per_batch=10, rate=10.0, duration=dur, window=8, rss_every=1.0,
-                       timeout=dur + 120)  # fmt: skip
+    soak = scale_trial(
+        64, tmp, "soak", steps_per_batch=10, rate=10.0, duration=dur, window=8, rss_every=1.0, timeout=dur + 120
+    )
     series = soak.get("rss_series") or []
     if series:
         first = next((v for t, v in series if t >= 1.0), series[0][1])
         warm_t = 5.0 if quick else 30.0
         warm = next((v for t, v in series if t >= warm_t), first)
         end = series[-1][1]
-        soak.update(rss_first=first, rss_warm=warm, rss_last=end, warm_t=warm_t,
-                    growth=(end - first) / first, growth_warm=(end - warm) / warm)  # fmt: skip
-    _log(f"   -> soak {soak.get('pps', 0):,.0f} points/s; RSS {tp._mib(soak.get('rss_first'))} -> "
-         f"{tp._mib(soak.get('rss_last'))} MiB {'ok' if soak['ok'] else soak['problems'][:2]}")  # fmt: skip
+        soak.update(
+            rss_first=first,
+            rss_warm=warm,
+            rss_last=end,
+            warm_t=warm_t,
+            growth=(end - first) / first,
+            growth_warm=(end - warm) / warm,
+        )
+    _log(
+        f"   -> soak {soak.get('pps', 0):,.0f} points/s; RSS {tp._mib(soak.get('rss_first'))} -> "
+        f"{tp._mib(soak.get('rss_last'))} MiB {'ok' if soak['ok'] else soak['problems'][:2]}"
+    )
     return {"rows": rows, "trials": [{k: v for k, v in t.items() if k != "rss_series"} for t in trials], "soak": soak}
 
 
@@ -520,8 +620,14 @@ def _machine() -> dict[str, Any]:
         import psutil
 
         mem = psutil.virtual_memory().total
-    return {"host": socket.gethostname(), "cpu": tp._cpu_model(), "cores": os.cpu_count(), "usable": usable,
-            "mem_gib": None if mem is None else round(mem / 2**30, 1), "kernel": platform.release()}  # fmt: skip
+    return {
+        "host": socket.gethostname(),
+        "cpu": tp._cpu_model(),
+        "cores": os.cpu_count(),
+        "usable": usable,
+        "mem_gib": None if mem is None else round(mem / 2**30, 1),
+        "kernel": platform.release(),
+    }
 
 
 def _all_versions() -> dict[str, str]:
@@ -536,8 +642,10 @@ def _all_versions() -> dict[str, str]:
 
 def _stamp(meta: dict[str, Any]) -> str:
     m, v = meta["machine"], meta["versions"]
-    return (f"{meta['command']}  |  {meta['date']}  |  {m['cpu']}, {m['cores']} cores  |  python {v['python']}, "
-            f"coordinator {v['coordinator']} ({meta['git']}), pyzmq {v['pyzmq']}, torch {v['torch']}")  # fmt: skip
+    return (
+        f"{meta['command']}  |  {meta['date']}  |  {m['cpu']}, {m['cores']} cores  |  python {v['python']}, "
+        f"coordinator {v['coordinator']} ({meta['git']}), pyzmq {v['pyzmq']}, torch {v['torch']}"
+    )
 
 
 def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -547,42 +655,80 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         by = {(r["load"], r["call"]): r for r in hot["rows"]}
         r = by.get(("realistic", 'log({"loss": x}, step=s)'))
         if r:
-            out.append((f"`log()` one scalar, realistic load: p50 <= {T_REAL_P50_US:g} µs", f"{r['p50']:.2f} µs",
-                        r["p50"] <= T_REAL_P50_US))  # fmt: skip
-            out.append((f"`log()` one scalar, realistic load: p99 <= {T_REAL_P99_US:g} µs", f"{r['p99']:.2f} µs",
-                        r["p99"] <= T_REAL_P99_US))  # fmt: skip
+            out.append(
+                (
+                    f"`log()` one scalar, realistic load: p50 <= {T_REAL_P50_US:g} µs",
+                    f"{r['p50']:.2f} µs",
+                    r["p50"] <= T_REAL_P50_US,
+                )
+            )
+            out.append(
+                (
+                    f"`log()` one scalar, realistic load: p99 <= {T_REAL_P99_US:g} µs",
+                    f"{r['p99']:.2f} µs",
+                    r["p99"] <= T_REAL_P99_US,
+                )
+            )
         r = by.get(("full", 'log({"loss": x}, step=s)'))
         if r:
-            out.append((f"`log()` one scalar, full load: p99 <= {T_FULL_P99_US:g} µs", f"{r['p99']:.2f} µs",
-                        r["p99"] <= T_FULL_P99_US))  # fmt: skip
+            out.append(
+                (
+                    f"`log()` one scalar, full load: p99 <= {T_FULL_P99_US:g} µs",
+                    f"{r['p99']:.2f} µs",
+                    r["p99"] <= T_FULL_P99_US,
+                )
+            )
     tpr = res.get("throughput")
     if tpr:
         for c in tpr["cells"]:
             if c["world"] != 4:
                 continue
             if c.get("fraction") is not None:
-                out.append((f"4 ranks, {c['k']} keys/call: durable >= {T_LIMIT_FRACTION:.0%} of raw PUSH/PULL",
-                            f"{c['fraction']:.1%} ({_fmt_pps(c['pps'])} of {_fmt_pps(c['limit_pps'])})",
-                            c["fraction"] >= T_LIMIT_FRACTION))  # fmt: skip
+                out.append(
+                    (
+                        f"4 ranks, {c['k']} keys/call: durable >= {T_LIMIT_FRACTION:.0%} of raw PUSH/PULL",
+                        f"{c['fraction']:.1%} ({_fmt_pps(c['pps'])} of {_fmt_pps(c['limit_pps'])})",
+                        c["fraction"] >= T_LIMIT_FRACTION,
+                    )
+                )
             if c.get("pps"):
-                out.append((f"4 ranks, {c['k']} keys/call: durable >= {T_PPS:,} points/s", f"{_fmt_pps(c['pps'])}",
-                            c["pps"] >= T_PPS))  # fmt: skip
+                out.append(
+                    (
+                        f"4 ranks, {c['k']} keys/call: durable >= {T_PPS:,} points/s",
+                        f"{_fmt_pps(c['pps'])}",
+                        c["pps"] >= T_PPS,
+                    )
+                )
     ddp = res.get("ddp")
     if ddp and ddp.get("rows"):
         rows = {r["variant"]: r for r in ddp["rows"]}
         c = rows.get("coordinator")
         if c:
-            out.append((f"DDP step slowdown, coordinator 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
-                        f"{c['slowdown']:+.1%}", c["slowdown"] < T_SLOWDOWN))  # fmt: skip
+            out.append(
+                (
+                    f"DDP step slowdown, coordinator 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
+                    f"{c['slowdown']:+.1%}",
+                    c["slowdown"] < T_SLOWDOWN,
+                )
+            )
             others = [r for v, r in rows.items() if v.startswith("peer:") or v.startswith("allreduce")]
             for r in others:
-                out.append((f"DDP slowdown lower than {r['variant']}", f"{c['slowdown']:+.1%} vs {r['slowdown']:+.1%}",
-                            c["slowdown"] < r["slowdown"]))  # fmt: skip
+                out.append(
+                    (
+                        f"DDP slowdown lower than {r['variant']}",
+                        f"{c['slowdown']:+.1%} vs {r['slowdown']:+.1%}",
+                        c["slowdown"] < r["slowdown"],
+                    )
+                )
     soak = (res.get("scale") or {}).get("soak")
     if soak and soak.get("rss_first"):
-        out.append((f"aggregator RSS flat within {T_RSS_FLAT:.0%} over the {soak['duration']:.0f} s soak",
-                    f"{tp._mib(soak['rss_first'])} -> {tp._mib(soak['rss_last'])} MiB ({soak['growth']:+.1%})",
-                    abs(soak["growth"]) <= T_RSS_FLAT))  # fmt: skip
+        out.append(
+            (
+                f"aggregator RSS flat within {T_RSS_FLAT:.0%} over the {soak['duration']:.0f} s soak",
+                f"{tp._mib(soak['rss_first'])} -> {tp._mib(soak['rss_last'])} MiB ({soak['growth']:+.1%})",
+                abs(soak["growth"]) <= T_RSS_FLAT,
+            )
+        )
     return out
 
 
@@ -628,25 +774,33 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for r in hot["rows"]:
-            md.append(f"| {r['load']} | `{r['call']}` | {r['n']:,} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                      f"{r['max']:,.0f} | "
-                      f"{r['over_1ms']} | {r['p50_all']} | {r['p99_all']} |")  # fmt: skip
+            md.append(
+                f"| {r['load']} | `{r['call']}` | {r['n']:,} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['max']:,.0f} | "
+                f"{r['over_1ms']} | {r['p50_all']} | {r['p99_all']} |"
+            )
         if hot["sender"]:
-            md += ["", "**Sender thread** (CPU time of the `coordinator-sender` thread from `/proc` via psutil, over "
-                   "the measured window; a pure-Python thread holds the GIL for about its CPU time, minus the ZeroMQ "
-                   "send, which releases it). Per flush = each `SenderThread._flush` call (swap the buffer, encode, "
-                   "send), timed by wrapping the method on the instance from the benchmark: its CPU time "
-                   "(`time.thread_time_ns`, ≈ GIL held) and its wall time (which also counts waiting for the GIL "
-                   "while the training thread runs: up to the switch interval per hand-over).", "",
-                   "| load | window s | sender CPU s | CPU share (≈ GIL share) | flushes | CPU per flush p50 / p99 / "
-                   "max µs | wall per flush p50 / p99 / max µs | steps overrun |",
-                   "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]  # fmt: skip
+            md += [
+                "",
+                "**Sender thread** (CPU time of the `coordinator-sender` thread from `/proc` via psutil, over "
+                "the measured window; a pure-Python thread holds the GIL for about its CPU time, minus the ZeroMQ "
+                "send, which releases it). Per flush = each `SenderThread._flush` call (swap the buffer, encode, "
+                "send), timed by wrapping the method on the instance from the benchmark: its CPU time "
+                "(`time.thread_time_ns`, ≈ GIL held) and its wall time (which also counts waiting for the GIL "
+                "while the training thread runs: up to the switch interval per hand-over).",
+                "",
+                "| load | window s | sender CPU s | CPU share (≈ GIL share) | flushes | CPU per flush p50 / p99 / "
+                "max µs | wall per flush p50 / p99 / max µs | steps overrun |",
+                "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
+            ]
             for load, s in hot["sender"].items():
-                md.append(f"| {load} | {s['wall_s']:.2f} | {s['cpu_s']:.3f} | {s['share']:.1%} | {s['flushes']:.0f} | "
-                          f"{s['cpu_slice_p50_us']:.0f} / {s['cpu_slice_p99_us']:,.0f} / "
-                          f"{s['cpu_slice_max_us']:,.0f} | "
-                          f"{s['slice_p50_us']:.0f} / {s['slice_p99_us']:,.0f} / {s['slice_max_us']:,.0f} | "
-                          f"{s['late']:.0%} |")  # fmt: skip
+                md.append(
+                    f"| {load} | {s['wall_s']:.2f} | {s['cpu_s']:.3f} | {s['share']:.1%} | {s['flushes']:.0f} | "
+                    f"{s['cpu_slice_p50_us']:.0f} / {s['cpu_slice_p99_us']:,.0f} / "
+                    f"{s['cpu_slice_max_us']:,.0f} | "
+                    f"{s['slice_p50_us']:.0f} / {s['slice_p99_us']:,.0f} / {s['slice_max_us']:,.0f} | "
+                    f"{s['late']:.0%} |"
+                )
         for c in hot["checks"]:
             md.append(f"\n**delivery check failed**: {c}")
         md.append("")
@@ -714,8 +868,10 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             md.append(co)
         for name, e in pr["peers"].items():
             if not e["available"]:
-                md.append(f"| {name} | **missing**: {e['version']} | {e['mode']} | missing | missing | missing | "
-                          f"missing | missing | - | - | - | {e['how']} |")  # fmt: skip
+                md.append(
+                    f"| {name} | **missing**: {e['version']} | {e['mode']} | missing | missing | missing | "
+                    f"missing | missing | - | - | - | {e['how']} |"
+                )
                 continue
             w1, w4 = e.get("w1"), e.get("w4")
             if not w1 and not w4:
@@ -728,10 +884,12 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             rec = f"{w4['active']} of 4" if w4 else "-"
             lost = sum(x.get("lost", 0) for x in (w1, w4) if x)
             dup = sum(x.get("duplicated", 0) for x in (w1, w4) if x)
-            md.append(f"| {name} | {e['version']} | {e['mode']} | {h.get('p50', float('nan')):.1f} | "
-                      f"{h.get('p99', float('nan')):.1f} | {h.get('max', float('nan')):,.0f} | {one} | {four} | "
-                      f"{rec} | "
-                      f"{lost} | {dup} | {e['how']} |")  # fmt: skip
+            md.append(
+                f"| {name} | {e['version']} | {e['mode']} | {h.get('p50', float('nan')):.1f} | "
+                f"{h.get('p99', float('nan')):.1f} | {h.get('max', float('nan')):,.0f} | {one} | {four} | "
+                f"{rec} | "
+                f"{lost} | {dup} | {e['how']} |"
+            )
         for e in pr["peers"].values():
             for t in e.get("trials", []):
                 if not t["ok"]:
@@ -755,14 +913,25 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
         if ddp.get("missing"):
             md.append(f"Peers missing (not installed): {', '.join(ddp['missing'])}.\n")
         if ddp.get("rows"):
-            md += ["| variant | step ms | per repeat | slowdown vs none | setup s | close s |",
-                   "| --- | ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+            md += [
+                "| variant | step ms | per repeat | slowdown vs none | setup s | close s |",
+                "| --- | ---: | --- | ---: | ---: | ---: |",
+            ]
             for r in ddp["rows"]:
-                md.append(f"| {r['variant']} | {r['step_ms']:.3f} | {r['step_ms_all']} | {r['slowdown']:+.1%} | "
-                          f"{r['setup_s']:.2f} | {r['close_s']:.2f} |")  # fmt: skip
+                md.append(
+                    f"| {r['variant']} | {r['step_ms']:.3f} | {r['step_ms_all']} | {r['slowdown']:+.1%} | "
+                    f"{r['setup_s']:.2f} | {r['close_s']:.2f} |"
+                )
         for p in ddp.get("problems", []):
-            md += ["", "**DDP job failed** (a worker crashed or torchrun failed; numbers above, if any, were "
-                   "written before it):", "", "```", p[:2500], "```"]
+            md += [
+                "",
+                "**DDP job failed** (a worker crashed or torchrun failed; numbers above, if any, were "
+                "written before it):",
+                "",
+                "```",
+                p[:2500],
+                "```",
+            ]
         md.append("")
     # ---- 6
     sc = res.get("scale")
@@ -782,21 +951,27 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- |",
         ]
         for r in sc["rows"]:
-            md.append(f"| {r['senders']} | {r['points']:,} | {_fmt_pps(r['pps'])} | {r['pps_all']} | "
-                      f"{r['agg_cpu_share']:.0%} | {tp._mib(r['rss_connected'])} | {tp._mib(r['rss_peak'])} | "
-                      f"{r['ack_p50_ms']:.0f} / {r['ack_p99_ms']:.0f} | {r['warnings']} | "
-                      f"{'ok' if r['ok'] else '**FAILED**'} |")  # fmt: skip
+            md.append(
+                f"| {r['senders']} | {r['points']:,} | {_fmt_pps(r['pps'])} | {r['pps_all']} | "
+                f"{r['agg_cpu_share']:.0%} | {tp._mib(r['rss_connected'])} | {tp._mib(r['rss_peak'])} | "
+                f"{r['ack_p50_ms']:.0f} / {r['ack_p99_ms']:.0f} | {r['warnings']} | "
+                f"{'ok' if r['ok'] else '**FAILED**'} |"
+            )
         for t in sc["trials"]:
             if not t["ok"]:
                 md += ["", f"**{t['label']} FAILED**: {t['problems'][:3]}"]
         s = sc["soak"]
-        md += ["", f"**Soak**: 64 senders x 10 batches/s x 100 points = 64,000 points/s for {s['duration']:.0f} s "
-               f"({s.get('acked_points', 0):,} points, {_fmt_pps(s.get('pps'))} points/s achieved). Aggregator RSS "
-               f"(sampled every second): {tp._mib(s.get('rss_idle'))} MiB idle, {tp._mib(s.get('rss_first'))} MiB at "
-               f"1 s, {tp._mib(s.get('rss_warm'))} MiB at {s.get('warm_t', 0):.0f} s, {tp._mib(s.get('rss_last'))} MiB "
-               f"at the end (peak {tp._mib(s.get('rss_peak'))} MiB): {s.get('growth', 0):+.1%} from 1 s, "
-               f"{s.get('growth_warm', 0):+.1%} from {s.get('warm_t', 0):.0f} s to the end; "
-               f"{'verified' if s['ok'] else '**FAILED**: ' + '; '.join(s['problems'][:3])}.", ""]  # fmt: skip
+        md += [
+            "",
+            f"**Soak**: 64 senders x 10 batches/s x 100 points = 64,000 points/s for {s['duration']:.0f} s "
+            f"({s.get('acked_points', 0):,} points, {_fmt_pps(s.get('pps'))} points/s achieved). Aggregator RSS "
+            f"(sampled every second): {tp._mib(s.get('rss_idle'))} MiB idle, {tp._mib(s.get('rss_first'))} MiB at "
+            f"1 s, {tp._mib(s.get('rss_warm'))} MiB at {s.get('warm_t', 0):.0f} s, {tp._mib(s.get('rss_last'))} MiB "
+            f"at the end (peak {tp._mib(s.get('rss_peak'))} MiB): {s.get('growth', 0):+.1%} from 1 s, "
+            f"{s.get('growth_warm', 0):+.1%} from {s.get('warm_t', 0):.0f} s to the end; "
+            f"{'verified' if s['ok'] else '**FAILED**: ' + '; '.join(s['problems'][:3])}.",
+            "",
+        ]
     if res.get("notes"):
         md += ["## Notes", "", *res["notes"], ""]
     return "\n".join(md)
@@ -821,10 +996,12 @@ def _coordinator_peer_row(res: dict[str, Any]) -> str | None:
     else:
         ok = True
     lost = "0" if ok else "see 2"
-    return (f"| **coordinator** | {res['meta_versions']['coordinator']} | every rank | {h['p50']:.2f} | "
-            f"{h['p99']:.2f} | "
-            f"{h['max']:,.0f} | {one} | {four} | 4 of 4 | {lost} | {lost} | `run.log(dict, step=s)`; verified in "
-            "section 2 |")  # fmt: skip
+    return (
+        f"| **coordinator** | {res['meta_versions']['coordinator']} | every rank | {h['p50']:.2f} | "
+        f"{h['p99']:.2f} | "
+        f"{h['max']:,.0f} | {one} | {four} | 4 of 4 | {lost} | {lost} | `run.log(dict, step=s)`; verified in "
+        "section 2 |"
+    )
 
 
 # =============================================================================== plots
@@ -889,15 +1066,20 @@ def plots(res: dict[str, Any], meta: dict[str, Any], base: Path) -> dict[str, st
             ls = [c for c in cs if c.get("limit_pps")]
             axes[0].plot([c["world"] for c in ls], [c["limit_pps"] for c in ls], "x--", label=f"raw PUSH/PULL, k={k}")
             li = [c for c in cs if c.get("inline_pps")]
-            axes[0].plot([c["world"] for c in li], [c["inline_pps"] for c in li], "+:",
-                         label=f"PUSH/PULL encoding in loop, k={k}")  # fmt: skip
+            axes[0].plot(
+                [c["world"] for c in li],
+                [c["inline_pps"] for c in li],
+                "+:",
+                label=f"PUSH/PULL encoding in loop, k={k}",
+            )
         axes[0].axhline(T_PPS, color="r", ls=":", lw=1, label=f"target {T_PPS:,}/s")
         axes[0].set_yscale("log")
         axes[0].set_xlabel("ranks (processes)")
         axes[0].set_ylabel("points/s (durable / delivered)")
         axes[0].legend(fontsize=7)
-        w4 = sorted((c for c in tpr["cells"] if c["world"] == 4 and c.get("fraction") is not None),
-                    key=lambda c: c["k"])  # fmt: skip
+        w4 = sorted(
+            (c for c in tpr["cells"] if c["world"] == 4 and c.get("fraction") is not None), key=lambda c: c["k"]
+        )
         bars = axes[1].bar([str(c["k"]) for c in w4], [c["fraction"] * 100 for c in w4])
         axes[1].bar_label(bars, [f"{c['fraction']:.1%}" for c in w4], fontsize=8)
         axes[1].axhline(T_LIMIT_FRACTION * 100, color="r", ls=":", label=f"target {T_LIMIT_FRACTION:.0%}")
@@ -928,8 +1110,15 @@ def plots(res: dict[str, Any], meta: dict[str, Any], base: Path) -> dict[str, st
             ax.legend(fontsize=8)
             missing = [n for n, e in pr["peers"].items() if not e["available"]]
             if missing:
-                ax.text(0.99, 0.97, "missing: " + ", ".join(missing), transform=ax.transAxes, ha="right", va="top",
-                        fontsize=8)  # fmt: skip
+                ax.text(
+                    0.99,
+                    0.97,
+                    "missing: " + ", ".join(missing),
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="top",
+                    fontsize=8,
+                )
             save(fig, "peers", "4. Peers: durable throughput, same workload, same run")
     ddp = res.get("ddp")
     if ddp and ddp.get("rows"):
@@ -952,8 +1141,13 @@ def plots(res: dict[str, Any], meta: dict[str, Any], base: Path) -> dict[str, st
         axes[0].set_xlabel("simulated senders")
         axes[0].set_ylabel("points/s durable")
         ax2 = axes[0].twinx()
-        ax2.plot([r["senders"] for r in rows], [r["rss_peak"] / 2**20 for r in rows], "s--", color="C1",
-                 label="aggregator RSS peak")  # fmt: skip
+        ax2.plot(
+            [r["senders"] for r in rows],
+            [r["rss_peak"] / 2**20 for r in rows],
+            "s--",
+            color="C1",
+            label="aggregator RSS peak",
+        )
         ax2.set_ylabel("aggregator RSS peak (MiB)")
         ax2.set_ylim(bottom=0)
         axes[0].legend(loc="upper left", fontsize=7)
@@ -982,17 +1176,21 @@ def _notes(res: dict[str, Any]) -> list[str]:
     if tpr:
         for c in tpr["cells"]:
             if c["world"] == 4 and c.get("agg_cpu_share") is not None and c.get("pps"):
-                out.append(f"- 4 ranks, {c['k']} keys/call: the aggregator process used {c['agg_cpu_share']:.0%} of a "
-                           f"core during the window; the limit run shows the transport is not the ceiling "
-                           f"({_fmt_pps(c.get('limit_pps'))} points/s).")  # fmt: skip
+                out.append(
+                    f"- 4 ranks, {c['k']} keys/call: the aggregator process used {c['agg_cpu_share']:.0%} of a "
+                    f"core during the window; the limit run shows the transport is not the ceiling "
+                    f"({_fmt_pps(c.get('limit_pps'))} points/s)."
+                )
     hot = res.get("hot")
     if hot and hot.get("sender"):
         s = hot["sender"].get("full")
         if s:
-            out.append(f"- At full load the sender thread used {s['share']:.0%} of a core (≈ its share of the GIL); "
-                       f"its longest flush took {s['cpu_slice_max_us']:,.0f} µs of CPU ({s['slice_max_us']:,.0f} µs "
-                       f"wall). CPython hands the GIL over after {hot['switchinterval_ms']:g} ms at most, so one "
-                       "`log()` call can wait up to that long behind the sender.")
+            out.append(
+                f"- At full load the sender thread used {s['share']:.0%} of a core (≈ its share of the GIL); "
+                f"its longest flush took {s['cpu_slice_max_us']:,.0f} µs of CPU ({s['slice_max_us']:,.0f} µs "
+                f"wall). CPython hands the GIL over after {hot['switchinterval_ms']:g} ms at most, so one "
+                "`log()` call can wait up to that long behind the sender."
+            )
     return out
 
 
@@ -1037,8 +1235,10 @@ def main(argv: list[str] | None = None) -> int:
         if want("peers"):
             res["peers"] = peers_section(quick, tmp, 1 if quick else 2)
             if quick:
-                skipped.append(f"peers {', '.join(res['peers']['skipped_quick'])} and the 4-process peer runs "
-                               "(minutes of imports, service start-up and slow flushes)")  # fmt: skip
+                skipped.append(
+                    f"peers {', '.join(res['peers']['skipped_quick'])} and the 4-process peer runs "
+                    "(minutes of imports, service start-up and slow flushes)"
+                )
         if want("ddp"):
             if importlib.util.find_spec("torch") is None:
                 res["ddp"] = {"problems": ["torch is not installed (pip install -e '.[torch]')"], "missing": []}
@@ -1065,10 +1265,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     cmd = " ".join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
-    meta = {"mode": "quick" if quick else "full", "command": cmd,
-            "date": started.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_s": time.monotonic() - t_wall,
-            "machine": _machine(), "versions": _all_versions(), "git": tp._git_rev(), "load0": load0,
-            "load1": os.getloadavg(), "repeats": repeats, "skipped": skipped}  # fmt: skip
+    meta = {
+        "mode": "quick" if quick else "full",
+        "command": cmd,
+        "date": started.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "wall_s": time.monotonic() - t_wall,
+        "machine": _machine(),
+        "versions": _all_versions(),
+        "git": tp._git_rev(),
+        "load0": load0,
+        "load1": os.getloadavg(),
+        "repeats": repeats,
+        "skipped": skipped,
+    }
     res["meta_versions"] = meta["versions"]
     res["notes"] = _notes(res)
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())

@@ -3,7 +3,7 @@
 The aggregator is the real one (``python -m coordinator.aggregator --run ID --config JSON``,
 started here with ``world_size`` = number of senders). The senders are simulated: a few
 processes each open many ZeroMQ DEALER sockets and speak the coordinator's wire protocol
-(``coordinator.wire``) exactly as a rank's sender thread does — HELLO, numbered columnar
+(``coordinator.transport.wire``) exactly as a rank's sender thread does — HELLO, numbered columnar
 BATCHes with a bounded window of unacknowledged batches, BYE — so the aggregator cannot tell
 them from real ranks, while 1024 of them fit on two cores (a real ``Run`` is a thread, a
 ZeroMQ context and a 5 ms flush timer each).
@@ -43,7 +43,7 @@ from benchmarks.throughput import ROOT, _child_env, _emit, _Worker
 def sim_main(cfg: dict[str, Any]) -> int:
     import zmq
 
-    from coordinator import wire
+    from coordinator.transport import wire
 
     run_id, endpoint, world = cfg["run_id"], cfg["endpoint"], cfg["world"]
     ranks = list(range(cfg["rank0"], cfg["rank1"]))
@@ -67,8 +67,7 @@ def sim_main(cfg: dict[str, Any]) -> int:
         socks[s] = r
         by_rank[r] = s
         poller.register(s, zmq.POLLIN)
-    hello = {"pid": os.getpid(), "host": socket.gethostname(), "world_size": world, "name": "scale",
-             "project": "bench"}  # fmt: skip
+    hello = {"pid": os.getpid(), "host": socket.gethostname(), "world_size": world, "name": "scale", "project": "bench"}
     for r, s in by_rank.items():
         s.send_multipart([wire.encode_envelope(wire.HELLO, run_id, r, inc[r], 0), wire.encode_map(hello)])
     welcomed: set[int] = set()
@@ -124,8 +123,9 @@ def sim_main(cfg: dict[str, Any]) -> int:
             vals = array("d", [s * 8.0 + r for s in range(s0, s0 + spb)])
             payload = wire.encode_batch([(k, st, vals) for k in keys], [], ts)
             seq[r] += 1
-            by_rank[r].send_multipart([wire.encode_envelope(wire.BATCH, run_id, r, inc[r], seq[r]), payload],
-                                      copy=False)  # fmt: skip
+            by_rank[r].send_multipart(
+                [wire.encode_envelope(wire.BATCH, run_id, r, inc[r], seq[r]), payload], copy=False
+            )
             sent_at[(r, seq[r])] = now
             sent_b[r] += 1
             inflight[r] += 1
@@ -161,11 +161,20 @@ def sim_main(cfg: dict[str, Any]) -> int:
             errors.append("timed out")
             break
     lat.sort()
-    _emit("DONE", {"t_end": t_last_ack, "acked_points": acked_points, "acked_batches": acked_batches,
-                   "sent_batches": sum(sent_b.values()), "errors": errors[:5], "n_errors": len(errors),
-                   "ack_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
-                   "ack_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
-                   "per_rank_points": {str(r): sent_b[r] * spb for r in ranks}})  # fmt: skip
+    _emit(
+        "DONE",
+        {
+            "t_end": t_last_ack,
+            "acked_points": acked_points,
+            "acked_batches": acked_batches,
+            "sent_batches": sum(sent_b.values()),
+            "errors": errors[:5],
+            "n_errors": len(errors),
+            "ack_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
+            "ack_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
+            "per_rank_points": {str(r): sent_b[r] * spb for r in ranks},
+        },
+    )
     line = sys.stdin.readline()  # STOP
     for r, s in by_rank.items():
         bye = {"undelivered": 0, "accepted": sent_b[r] * spb * len(keys)}
@@ -200,14 +209,26 @@ class Aggregator:
         self.store_path = self.store / "runs" / self.run_id / "run.db"
         self.store_path.parent.mkdir(parents=True)
         self.endpoint = f"ipc://{d}/agg.sock"
-        cfg = {"store_path": str(self.store_path), "world_size": world, "project": "bench", "name": "scale",
-               "endpoint": self.endpoint, "parent_pid": os.getpid(), "liveness_timeout_s": 60.0,
-               "stop_grace_s": 5.0, "spool_root": ""}  # fmt: skip
+        cfg = {
+            "store_path": str(self.store_path),
+            "world_size": world,
+            "project": "bench",
+            "name": "scale",
+            "endpoint": self.endpoint,
+            "parent_pid": os.getpid(),
+            "liveness_timeout_s": 60.0,
+            "stop_grace_s": 5.0,
+            "spool_root": "",
+        }
         self._err = open(d / "aggregator.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator.aggregator", "--run", self.run_id, "--config", json.dumps(cfg)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err, cwd=ROOT, env=env,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            cwd=ROOT,
+            env=env,
+        )
         assert self.proc.stdout is not None
         got: list[bytes] = []
         t = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
@@ -255,7 +276,7 @@ class Aggregator:
 
 
 def _count_store(store_path: Path) -> tuple[dict[int, int], dict[str, Any], str]:
-    from coordinator.sinks.local import LocalStore
+    from coordinator.journal.store import LocalStore
 
     st = LocalStore(str(store_path), readonly=True)
     try:
@@ -269,15 +290,35 @@ def _count_store(store_path: Path) -> tuple[dict[int, int], dict[str, Any], str]
         st.close()
 
 
-def scale_trial(senders: int, tmp: Path, label: str, *, procs: int = 2, keys: int = 10, steps_per_batch: int = 100,
-                batches: int = 4, window: int = 4, rate: float | None = None, duration: float | None = None,
-                rss_every: float = 0.1, timeout: float = 600) -> dict[str, Any]:  # fmt: skip
+def scale_trial(
+    senders: int,
+    tmp: Path,
+    label: str,
+    *,
+    procs: int = 2,
+    keys: int = 10,
+    steps_per_batch: int = 100,
+    batches: int = 4,
+    window: int = 4,
+    rate: float | None = None,
+    duration: float | None = None,
+    rss_every: float = 0.1,
+    timeout: float = 600,
+) -> dict[str, Any]:
     """One aggregator, ``senders`` simulated ranks spread over ``procs`` processes."""
     d = tmp / label
     d.mkdir(parents=True)
     env = _child_env(d)
-    res: dict[str, Any] = {"senders": senders, "label": label, "keys": keys, "steps_per_batch": steps_per_batch,
-                           "window": window, "rate": rate, "duration": duration, "problems": []}  # fmt: skip
+    res: dict[str, Any] = {
+        "senders": senders,
+        "label": label,
+        "keys": keys,
+        "steps_per_batch": steps_per_batch,
+        "window": window,
+        "rate": rate,
+        "duration": duration,
+        "problems": [],
+    }
     agg: Aggregator | None = None
     workers: list[_Worker] = []
     samples: list[tuple[float, int]] = []
@@ -290,10 +331,21 @@ def scale_trial(senders: int, tmp: Path, label: str, *, procs: int = 2, keys: in
             r0, r1 = i * per, min(senders, (i + 1) * per)
             if r0 >= r1:
                 break
-            cfg = {"rank": i, "rank0": r0, "rank1": r1, "world": senders, "run_id": agg.run_id,
-                   "endpoint": agg.endpoint, "keys": keys, "steps_per_batch": steps_per_batch,
-                   "batches": batches, "window": window, "rate": rate, "duration": duration,
-                   "timeout": timeout}  # fmt: skip
+            cfg = {
+                "rank": i,
+                "rank0": r0,
+                "rank1": r1,
+                "world": senders,
+                "run_id": agg.run_id,
+                "endpoint": agg.endpoint,
+                "keys": keys,
+                "steps_per_batch": steps_per_batch,
+                "batches": batches,
+                "window": window,
+                "rate": rate,
+                "duration": duration,
+                "timeout": timeout,
+            }
             workers.append(_Worker(cfg, env, d / f"sim{i}.stderr", module="benchmarks.scale", sub="_sim"))
         for w in workers:
             w.expect("READY", time.monotonic() + 180)
@@ -318,12 +370,17 @@ def scale_trial(senders: int, tmp: Path, label: str, *, procs: int = 2, keys: in
         t_end = max(x["t_end"] for x in done)
         acked = sum(x["acked_points"] for x in done)
         elapsed = t_end - t_start
-        res.update(elapsed=elapsed, acked_points=acked, pps=acked / elapsed if elapsed > 0 else 0.0,
-                   agg_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
-                   ack_p50_ms=max((x["ack_p50_ms"] or 0) for x in done),
-                   ack_p99_ms=max((x["ack_p99_ms"] or 0) for x in done),
-                   rss_end=agg.rss(), rss_peak=max((v for _, v in samples), default=None),
-                   rss_series=[(round(t, 2), v) for t, v in samples])  # fmt: skip
+        res.update(
+            elapsed=elapsed,
+            acked_points=acked,
+            pps=acked / elapsed if elapsed > 0 else 0.0,
+            agg_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+            ack_p50_ms=max((x["ack_p50_ms"] or 0) for x in done),
+            ack_p99_ms=max((x["ack_p99_ms"] or 0) for x in done),
+            rss_end=agg.rss(),
+            rss_peak=max((v for _, v in samples), default=None),
+            rss_series=[(round(t, 2), v) for t, v in samples],
+        )
         for x in done:
             if x["n_errors"]:
                 res["problems"].append(f"{x['n_errors']} error replies, e.g. {x['errors'][:2]}")

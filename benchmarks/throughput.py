@@ -31,7 +31,7 @@ Then every rank's series of every key, and the reduced main series, is read back
 ``init_run(with_id=..., mode="read-only")`` and compared point by point (each step exactly
 once, each value as logged); any difference makes the script exit non-zero. Client RSS
 (psutil, every rank), the aggregator's peak RSS and its CPU use during the timed window are
-reported; the aggregator is found as the child of rank 0 with ``coordinator.aggregator`` in
+reported; the aggregator is found as the child of rank 0 with ``coordinator.aggregator.core`` in
 its command line.
 
 Part 3: a markdown report (printed and written to
@@ -323,15 +323,13 @@ def worker_main(argv: list[str]) -> int:
     proc = psutil.Process()
     t0 = time.monotonic()
     extra = {"backpressure": cfg["backpressure"]} if cfg.get("backpressure") else {}
-    run = coordinator.init_run(project="bench", name=cfg["name"], rank=rank, world_size=world, dir=cfg["dir"],
-                               **extra)  # fmt: skip
+    run = coordinator.init_run(project="bench", name=cfg["name"], rank=rank, world_size=world, dir=cfg["dir"], **extra)
     init_s = time.monotonic() - t0
     sender = getattr(run, "_sender", None)
     tid = getattr(sender, "native_id", None)
     keys = [f"m{j:03d}" for j in range(k)]
     steps = points // k
-    _emit("READY", {"run_id": run.id, "pid": os.getpid(), "init_s": init_s,
-                    "rss": proc.memory_info().rss})  # fmt: skip
+    _emit("READY", {"run_id": run.id, "pid": os.getpid(), "init_s": init_s, "rss": proc.memory_info().rss})
     line = sys.stdin.readline()
     if not line.startswith("GO "):
         run.stop(60)
@@ -358,12 +356,17 @@ def worker_main(argv: list[str]) -> int:
     t_end = time.monotonic()
     cpu1 = proc.cpu_times()
     scpu1 = _sender_cpu(proc, tid)
-    _emit("DONE", {
-        "t_logged": t_logged, "t_end": t_end, "rss": proc.memory_info().rss,
-        "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
-        "sender_cpu_s": None if scpu0 is None or scpu1 is None else scpu1 - scpu0,
-        "stats": run.stats(),
-    })  # fmt: skip
+    _emit(
+        "DONE",
+        {
+            "t_logged": t_logged,
+            "t_end": t_end,
+            "rss": proc.memory_info().rss,
+            "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+            "sender_cpu_s": None if scpu0 is None or scpu1 is None else scpu1 - scpu0,
+            "stats": run.stats(),
+        },
+    )
     line = sys.stdin.readline()  # "STOP" (or EOF: the parent is gone; stop anyway)
     t0 = time.monotonic()
     run.stop(cfg["wait_timeout"])
@@ -391,8 +394,13 @@ class _Worker:
         self._err = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, sub, json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, cwd=ROOT, env=env, text=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            cwd=ROOT,
+            env=env,
+            text=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name=f"bench-reader-{self.rank}", daemon=True)
         self._reader.start()
@@ -410,8 +418,10 @@ class _Worker:
         except queue.Empty:
             raise RuntimeError(f"rank {self.rank}: no {tag} before the deadline") from None
         if line is None:
-            raise RuntimeError(f"rank {self.rank}: exited (code {self.proc.poll()}) before {tag}; "
-                               f"see {self.stderr_path}:\n{self.stderr_tail()}")  # fmt: skip
+            raise RuntimeError(
+                f"rank {self.rank}: exited (code {self.proc.poll()}) before {tag}; "
+                f"see {self.stderr_path}:\n{self.stderr_tail()}"
+            )
         got, _, payload = line.partition(" ")
         if got != tag:
             raise RuntimeError(f"rank {self.rank}: expected {tag}, got {line!r:.200}")
@@ -517,7 +527,7 @@ def _find_aggregator(rank0_pid: int, deadline: float) -> Any:
         try:
             for p in psutil.Process(rank0_pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if "coordinator.aggregator" in " ".join(p.cmdline()):
+                    if "coordinator.aggregator.core" in " ".join(p.cmdline()):
                         return p
         except psutil.Error:
             return None
@@ -544,7 +554,7 @@ def _child_env(trial_dir: Path) -> dict[str, str]:
 def _verify(store: Path, run_id: str, world: int, keys: list[str], steps: int) -> tuple[list[str], dict[str, Any]]:
     """Read every series back; returns (problems, run report)."""
     import coordinator
-    from coordinator.sinks.local import LocalStore, run_dir
+    from coordinator.journal.store import LocalStore, run_dir
 
     problems: list[str] = []
     ro = coordinator.init_run(with_id=run_id, mode="read-only", dir=store)
@@ -559,8 +569,9 @@ def _verify(store: Path, run_id: str, world: int, keys: list[str], steps: int) -
                 if got != expected:
                     bad = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
                     dup = sum(c - 1 for c in Counter(s for s, _ in got).values())
-                    problems.append(f"{key} rank {r}: point {bad} is {got[bad]}, expected {expected[bad]} "
-                                    f"({dup} duplicate steps)")  # fmt: skip
+                    problems.append(
+                        f"{key} rank {r}: point {bad} is {got[bad]}, expected {expected[bad]} ({dup} duplicate steps)"
+                    )
             main = ro[key].fetch_values()
             mean_off = (world - 1) / 2
             if main != [(s, s * 8.0 + mean_off) for s in range(steps)]:
@@ -593,8 +604,7 @@ def _pyspy(pid: int, out: Path, threads: bool) -> subprocess.Popen[bytes] | None
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         return None
-    cmd = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out),
-           "--nonblocking"]  # fmt: skip
+    cmd = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
     if threads:
         cmd.append("--threads")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -669,16 +679,30 @@ def trial(
     points = steps * k
     wait_timeout = 60.0 + world * points / 20_000
     workers: list[_Worker] = []
-    res: dict[str, Any] = {"world": world, "k": k, "points_per_rank": points, "total": world * points,
-                           "label": label, "problems": []}  # fmt: skip
+    res: dict[str, Any] = {
+        "world": world,
+        "k": k,
+        "points_per_rank": points,
+        "total": world * points,
+        "label": label,
+        "problems": [],
+    }
     sampler: _Sampler | None = None
     spies: list[subprocess.Popen[bytes] | None] = []
     import psutil
 
     try:
         for r in range(world):
-            cfg = {"rank": r, "world": world, "keys": k, "points": points, "dir": str(store),
-                   "name": label, "wait_timeout": wait_timeout, "backpressure": backpressure}  # fmt: skip
+            cfg = {
+                "rank": r,
+                "world": world,
+                "keys": k,
+                "points": points,
+                "dir": str(store),
+                "name": label,
+                "wait_timeout": wait_timeout,
+                "backpressure": backpressure,
+            }
             workers.append(_Worker(cfg, env, trial_dir / f"rank{r}.stderr"))
         deadline = time.monotonic() + 120
         ready = [w.expect("READY", deadline) for w in workers]
@@ -730,11 +754,12 @@ def trial(
             agg_pid=None if agg is None else agg.pid,
             agg_rss_peak=sampler.peak.get("aggregator"),
             agg_rss_end=agg_rss_end,
-            agg_cpu=None if agg_cpu0 is None or agg_cpu1 is None
+            agg_cpu=None
+            if agg_cpu0 is None or agg_cpu1 is None
             else (agg_cpu1.user + agg_cpu1.system) - (agg_cpu0.user + agg_cpu0.system),
             other_load=other,
             steal=steal,
-        )  # fmt: skip
+        )
         for d in done:
             st = d["stats"]
             if st["acked"] != points or st["pending"] or st["lost"] or st.get("dropped"):
@@ -808,12 +833,17 @@ def _versions() -> dict[str, str]:
 
 def _git_rev() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if out.returncode != 0:
             return "not a git checkout"
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "coordinator"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "coordinator"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"git {out.stdout.strip()}, coordinator/ {'with uncommitted changes' if dirty else 'as committed'}"
     except (OSError, subprocess.SubprocessError):
         return "git ?"
@@ -855,16 +885,31 @@ def report(
     if hot:
         for r in hot["rows"]:
             if r["load"] in ("realistic", "full") and r["ppc"] == 1 and r["call"].startswith("log("):
-                tgt.append((f"`log()` p50 <= {TARGET_P50_US:g} µs ({r['load']} load)", f"{r['p50']:.2f} µs",
-                            r["p50"] <= TARGET_P50_US))  # fmt: skip
-                tgt.append((f"`log()` p99 <= {TARGET_P99_US:g} µs ({r['load']} load)", f"{r['p99']:.2f} µs",
-                            r["p99"] <= TARGET_P99_US))  # fmt: skip
+                tgt.append(
+                    (
+                        f"`log()` p50 <= {TARGET_P50_US:g} µs ({r['load']} load)",
+                        f"{r['p50']:.2f} µs",
+                        r["p50"] <= TARGET_P50_US,
+                    )
+                )
+                tgt.append(
+                    (
+                        f"`log()` p99 <= {TARGET_P99_US:g} µs ({r['load']} load)",
+                        f"{r['p99']:.2f} µs",
+                        r["p99"] <= TARGET_P99_US,
+                    )
+                )
     for k in sorted({t["k"] for t in trials if t["world"] == 4}, reverse=True):
         runs = [t for t in trials if t["world"] == 4 and t["k"] == k and t.get("pps")]
         if runs:
             best = statistics.median(t["pps"] for t in runs)
-            tgt.append((f"4 ranks >= {TARGET_4RANK_PPS:,} points/s durable ({k} keys/call)", f"{best:,.0f} points/s",
-                        best >= TARGET_4RANK_PPS))  # fmt: skip
+            tgt.append(
+                (
+                    f"4 ranks >= {TARGET_4RANK_PPS:,} points/s durable ({k} keys/call)",
+                    f"{best:,.0f} points/s",
+                    best >= TARGET_4RANK_PPS,
+                )
+            )
     if tgt:
         md += ["## Targets", "", "| target | measured | status |", "| --- | ---: | --- |"]
         md += [f"| {a} | {b} | {_mark(c)} |" for a, b, c in tgt]
@@ -891,8 +936,10 @@ def report(
                 t = f"n/a ({r['p50'] / r['ppc'] * 1000:.0f} ns/point at p50)"
             else:
                 t = "floor"
-            md.append(f"| {r['load']} | `{r['call']}` | {r['n']:,} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                      f"{r['max']:,.0f} | {r['over_1ms']} | {t} | {r['note']} |")  # fmt: skip
+            md.append(
+                f"| {r['load']} | `{r['call']}` | {r['n']:,} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['max']:,.0f} | {r['over_1ms']} | {t} | {r['note']} |"
+            )
         for c in hot["checks"]:
             md.append(f"\n**delivery check failed**: {c}")
         md.append("")
@@ -920,12 +967,16 @@ def report(
         ]
         for t in trials:
             if not t.get("pps"):
-                md.append(f"| {t['world']} | {t['k']} | {t['points_per_rank']:,} | {t['total']:,} | - | - | - | - | "
-                          f"**FAILED** | - | - | - | - | - |")  # fmt: skip
+                md.append(
+                    f"| {t['world']} | {t['k']} | {t['points_per_rank']:,} | {t['total']:,} | - | - | - | - | "
+                    f"**FAILED** | - | - | - | - | - |"
+                )
                 continue
             target = _mark(t["pps"] >= TARGET_4RANK_PPS) if t["world"] == 4 else "-"
-            cpu = " / ".join(f"{c:.2f} ({s:.2f})" if s is not None else f"{c:.2f}"
-                             for c, s in zip(t["client_cpu"], t["sender_cpu"], strict=True))  # fmt: skip
+            cpu = " / ".join(
+                f"{c:.2f} ({s:.2f})" if s is not None else f"{c:.2f}"
+                for c, s in zip(t["client_cpu"], t["sender_cpu"], strict=True)
+            )
             agg_cpu = "-" if t["agg_cpu"] is None else f"{t['agg_cpu']:.2f} s ({t['agg_cpu'] / t['elapsed']:.0%})"
             md.append(
                 f"| {t['world']} | {t['k']} | {t['points_per_rank']:,} | {t['total']:,} | {t['elapsed']:.2f} | "
@@ -1012,13 +1063,16 @@ def main(argv: list[str] | None = None) -> int:
                 for world in (1, 2, 4):
                     for rep in range(repeat):
                         label = f"n{world}-k{k}-r{rep}"
-                        print(f"# part 2: {label}: {world} x {points[k]:,} points in calls of {k} keys",
-                              file=sys.stderr)  # fmt: skip
+                        print(
+                            f"# part 2: {label}: {world} x {points[k]:,} points in calls of {k} keys", file=sys.stderr
+                        )
                         t = trial(world, k, points[k], tmp, label, backpressure=args.backpressure)
                         trials.append(t)
-                        print(f"#   -> {t.get('pps', 0):,.0f} points/s, elapsed {t.get('elapsed', 0):.2f} s, "
-                              f"{'ok' if t['ok'] else 'FAILED: ' + '; '.join(p[:300] for p in t['problems'][:3])}",
-                              file=sys.stderr)  # fmt: skip
+                        print(
+                            f"#   -> {t.get('pps', 0):,.0f} points/s, elapsed {t.get('elapsed', 0):.2f} s, "
+                            f"{'ok' if t['ok'] else 'FAILED: ' + '; '.join(p[:300] for p in t['problems'][:3])}",
+                            file=sys.stderr,
+                        )
         if args.profile:
             pdir = tmp / "profiles"
             pdir.mkdir()
@@ -1026,8 +1080,10 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"profile-n4-k{k}"
                 print(f"# profile: {label}", file=sys.stderr)
                 t = trial(4, k, points[k], tmp, label, profile_dir=pdir, backpressure=args.backpressure)
-                profile.append(f"--- 4 ranks, {k} keys/call: {t.get('pps', 0):,.0f} points/s under py-spy "
-                               f"({'ok' if t['ok'] else 'FAILED'})")  # fmt: skip
+                profile.append(
+                    f"--- 4 ranks, {k} keys/call: {t.get('pps', 0):,.0f} points/s under py-spy "
+                    f"({'ok' if t['ok'] else 'FAILED'})"
+                )
                 for who in ("aggregator", "rank0"):
                     profile.append(f"[{who}]")
                     profile += _profile_summary(pdir / f"{label}-{who}.txt")

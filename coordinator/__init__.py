@@ -6,7 +6,7 @@ ranks, and is the single writer of the run's store.
 
 from __future__ import annotations
 
-from coordinator.client import Handle, Mode, Run, init_run
+from coordinator.client.run import Handle, Mode, Run, init_run
 from coordinator.errors import (
     ClosedError,
     ConfigError,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -19,9 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from integrations.torch_ddp import ddp_run
+from coordinator.integrations.torch_ddp import ddp_run
 
 
 def make_data(n: int, seed: int = 0) -> TensorDataset:
@@ -59,8 +56,14 @@ def main() -> None:
         loss_fn = nn.CrossEntropyLoss()
 
         # Every rank may write the same parameters: they are stored once.
-        run["parameters"] = {"lr": a.lr, "batch_size": a.batch_size, "epochs": a.epochs,
-                             "world_size": world, "model": "mlp-2x64", "optimizer": "sgd"}  # fmt: skip
+        run["parameters"] = {
+            "lr": a.lr,
+            "batch_size": a.batch_size,
+            "epochs": a.epochs,
+            "world_size": world,
+            "model": "mlp-2x64",
+            "optimizer": "sgd",
+        }
         step = 0
         for epoch in range(a.epochs):
             sampler.set_epoch(epoch)

@@ -13,8 +13,9 @@ __all__ = ["ddp_run"]
 
 
 @contextmanager
-def ddp_run(project: str = "default", name: str | None = None, *, backend: str = "gloo",
-            **init_kwargs: Any) -> Iterator[coordinator.Run]:  # fmt: skip
+def ddp_run(
+    project: str = "default", name: str | None = None, *, backend: str = "gloo", **init_kwargs: Any
+) -> Iterator[coordinator.Run]:
     """Initialise the default process group from torchrun's environment and open the run.
 
     The process group is created only if none exists (and destroyed on exit only then); the

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import coordinator
-from coordinator.sinks.local import MAIN_RANK, LocalStore, list_runs
+from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
 from tests.integration.test_processes import _aggregators, _reap, _spawn
 
 pytestmark = pytest.mark.integration

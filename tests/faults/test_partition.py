@@ -25,8 +25,9 @@ def test_link_down_then_up_mid_run_loses_and_doubles_nothing(store_dir: Path) ->
         pytest.skip(f"network namespaces are not permitted here: {probe.stderr.decode().strip()}")
     worker = Path(__file__).parent / "workers_partition.py"
     env = dict(os.environ, PYTHONPATH=str(ROOT), COORDINATOR_DIR=str(store_dir))
-    r = subprocess.run(["unshare", "-rn", sys.executable, str(worker)], capture_output=True, text=True,
-                       timeout=240, env=env)  # fmt: skip
+    r = subprocess.run(
+        ["unshare", "-rn", sys.executable, str(worker)], capture_output=True, text=True, timeout=240, env=env
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "lo down" in r.stderr and "lo up" in r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])

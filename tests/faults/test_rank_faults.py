@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 import coordinator
-from coordinator.sinks.local import LocalStore, list_runs
+from coordinator.journal.store import LocalStore, list_runs
 from tests.faults.test_aggregator_faults import _check_exactly_once, _wait_for
 from tests.integration.test_processes import ROOT, _aggregators, _reap, _spawn
 

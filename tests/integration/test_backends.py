@@ -22,9 +22,9 @@ import pytest
 
 from coordinator import cli
 from coordinator.errors import SinkError
-from coordinator.forwarder import Forwarder
-from coordinator.sinks.base import get_backend
-from tests.test_forwarder import KEYS, assert_series, expected, make_run, tb_scalars
+from coordinator.forward.backend import get_backend
+from coordinator.forward.forwarder import Forwarder
+from tests.forward.test_forwarder import KEYS, assert_series, expected, make_run, tb_scalars
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,20 @@ class MlflowServer:
     def start(self) -> None:
         """Start on the same port and database; wait until /health answers."""
         mlflow_bin = Path(sys.executable).with_name("mlflow")
-        cmd = [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]  # fmt: skip
+        cmd = [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self.starts += 1
         log = open(self.root / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child
@@ -145,8 +156,18 @@ def test_mlflow_sync_to_a_real_server_stores_every_point_once_with_params_and_st
     """coordinator sync --to mlflow: 6,000 points (main + 4 ranks x 2 keys), params, FINISHED; a rerun adds nothing."""
     db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
     root, run_id = db.parent.parent.parent, db.parent.name
-    argv = ["--dir", str(root), "sync", run_id, "--to", "mlflow", "--option", f"tracking_uri={mlflow_server.uri}",
-            "--option", "batch_points=1500"]  # fmt: skip
+    argv = [
+        "--dir",
+        str(root),
+        "sync",
+        run_id,
+        "--to",
+        "mlflow",
+        "--option",
+        f"tracking_uri={mlflow_server.uri}",
+        "--option",
+        "batch_points=1500",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert f"{RANKS * STEPS * 2 + STEPS * 2:,} points sent" in out, out
@@ -164,8 +185,18 @@ def test_mlflow_server_down_mid_forwarding_then_back_loses_and_doubles_nothing(
 ) -> None:
     """The server is SIGKILLed after the first batches, stays down ~8 s, restarts: every point exactly once."""
     db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
-    fwd = Forwarder(db, "mlflow", {"tracking_uri": mlflow_server.uri, "batch_points": 300, "base_backoff_s": 0.2,
-                                   "max_backoff_s": 2, "http_max_retries": 0, "http_timeout_s": 5})  # fmt: skip
+    fwd = Forwarder(
+        db,
+        "mlflow",
+        {
+            "tracking_uri": mlflow_server.uri,
+            "batch_points": 300,
+            "base_backoff_s": 0.2,
+            "max_backoff_s": 2,
+            "http_max_retries": 0,
+            "http_timeout_s": 5,
+        },
+    )
     fwd.start()
     try:
         deadline = time.monotonic() + 60
@@ -237,7 +268,7 @@ def test_wandb_offline_run_file_holds_every_point_once(tmp_path: Path, monkeypat
     every main and per-rank series, each step once, values equal; config holds the parameters.
     """
     pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'coordinator[wandb]')")
-    from coordinator.sinks.wandb import read_offline_history
+    from coordinator.forward.wandb import read_offline_history
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
@@ -268,7 +299,7 @@ def test_neptune_offline_run_holds_every_point_once(tmp_path: Path, monkeypatch:
     pytest.importorskip("neptune", reason="the neptune extra is not installed (pip install 'coordinator[neptune]')")
     import json
 
-    from coordinator.sinks.neptune import read_offline_series
+    from coordinator.forward.neptune import read_offline_series
 
     db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
     data_dir = tmp_path / "np"
@@ -292,7 +323,7 @@ def test_four_torchrun_ranks_log_live_into_a_real_mlflow_server(mlflow_server: M
     """init_run(backend='mlflow') under torchrun: main + per-rank series once each, params, FINISHED."""
     from mlflow.tracking import MlflowClient
 
-    from coordinator.sinks.local import list_runs
+    from coordinator.journal.store import list_runs
     from tests.integration._torchrun import torchrun
 
     torchrun("tracked.py", store=store_dir, extra_env={"TEST_MLFLOW_URI": mlflow_server.uri}).check()
@@ -374,7 +405,7 @@ def test_wait_returns_once_the_points_reached_the_backend(store_dir: Path, tmp_p
     """With backend='tensorboard', after wait() the event files already hold this rank's points."""
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     import coordinator
-    from tests.test_forwarder import tb_scalars
+    from tests.forward.test_forwarder import tb_scalars
 
     logdir = tmp_path / "tb"
     with coordinator.init_run(backend="tensorboard", backend_options={"logdir": str(logdir)}) as run:
@@ -392,8 +423,9 @@ def test_wait_times_out_naming_the_backend_while_mlflow_is_down_then_succeeds(
     """MLflow stopped: wait(timeout) raises CoordinatorTimeoutError naming mlflow; restarted: wait() returns."""
     import coordinator
 
-    with coordinator.init_run(project="down", backend="mlflow",
-                              backend_options={"tracking_uri": mlflow_server.uri}) as run:  # fmt: skip
+    with coordinator.init_run(
+        project="down", backend="mlflow", backend_options={"tracking_uri": mlflow_server.uri}
+    ) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(60)
         mlflow_server.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.sinks.local import MAIN_RANK, LocalStore, list_runs
+from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
 from tests.integration._torchrun import torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]

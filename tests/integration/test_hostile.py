@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 import coordinator
-from coordinator import wire
-from coordinator.sinks.local import list_runs
+from coordinator.journal.store import list_runs
+from coordinator.transport import wire
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import coordinator
-from coordinator.sinks.local import LocalStore, list_runs
+from coordinator.journal.store import LocalStore, list_runs
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,15 @@ def _spawn(world: int, out: Path, store: Path, *args: str) -> list[subprocess.Po
     procs = []
     job = str(random.randrange(20_000, 60_000))  # what a launcher gives each job (MASTER_PORT)
     for r in range(world):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=job)  # fmt: skip
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            WORLD_SIZE=str(world),
+            COORDINATOR_DIR=str(store),
+            PYTHONPATH=str(ROOT),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=job,
+        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(WORKER), "--out", str(out), *args],
@@ -71,7 +78,7 @@ def test_wait_then_a_reader_in_another_process_sees_everything(store_dir: Path) 
         run.wait(timeout=60)
         [info] = list_runs(store_dir)
         code = (
-            "import sys; from coordinator.sinks.local import LocalStore as S; "
+            "import sys; from coordinator.journal.store import LocalStore as S; "
             f"s = S({str(info.path / 'run.db')!r}, readonly=True); "
             "print(len(s.values('a', 0)), len(s.values('b', 0)))"
         )

@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 import coordinator
-from coordinator import wire
-from coordinator.sinks.local import LocalStore, list_runs
+from coordinator.journal.store import LocalStore, list_runs
+from coordinator.transport import wire
 from tests.integration.test_processes import ROOT
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,18 @@ def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
     port = str(random.randrange(20_000, 60_000))
     procs = []
     for r in range(2):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, COORDINATOR_DIR=str(store_dir),
-                   COORDINATOR_SECRET="a-job-secret-of-enough-length", PYTHONPATH=str(ROOT))  # fmt: skip
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            WORLD_SIZE="2",
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            COORDINATOR_DIR=str(store_dir),
+            COORDINATOR_SECRET="a-job-secret-of-enough-length",
+            PYTHONPATH=str(ROOT),
+        )
         cmd = [sys.executable, str(WORKER), "--out", str(out)]
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         procs.append(subprocess.Popen(cmd, env=env, text=True, **pipes))  # type: ignore[call-overload]

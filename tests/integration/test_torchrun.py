@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from coordinator.sinks.local import MAIN_RANK, LocalStore, list_runs
+from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
 from tests.integration._torchrun import ROOT, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]

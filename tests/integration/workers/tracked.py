@@ -13,9 +13,11 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     with coordinator.init_run(
-        project="live", name="live-mlflow", backend="mlflow",
+        project="live",
+        name="live-mlflow",
+        backend="mlflow",
         backend_options={"tracking_uri": os.environ["TEST_MLFLOW_URI"]},
-    ) as run:  # fmt: skip
+    ) as run:
         run["parameters"] = {"lr": 0.01, "batch_size": 32}
         for s in range(100):
             run.log({"train/loss": rank + s / 1000}, step=s)

@@ -1,0 +1,5 @@
+"""The ``coordinator`` command line."""
+
+from coordinator.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The worker API every rank logs through: ``init_run``, ``Run``, ``Handle``."""

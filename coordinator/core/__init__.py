@@ -1,0 +1,1 @@
+"""The value model every stage shares: keys, steps, field values, metric columns, policies, limits."""

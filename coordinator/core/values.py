@@ -1,0 +1,173 @@
+"""Validation of keys, steps and field values at the API boundary (the caller's thread)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from coordinator.core.defaults import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
+
+__all__ = [
+    "FIELD_TYPES",
+    "FieldValue",
+    "check_key",
+    "check_step",
+    "flatten_fields",
+    "to_field_value",
+    "to_metric_value",
+]
+
+FieldValue = tuple[str, Any]
+"""A field value on the wire and in the store: (type tag, msgpack-safe payload)."""
+
+FIELD_TYPES = ("bool", "int", "float", "str", "datetime", "list", "artifact")
+"""``artifact`` payload: [file name, size in bytes, sha256 hex, copied into the run (bool), location]."""
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_FORBIDDEN_CHARS = frozenset("\x00\n\r\t")
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Return ``key`` if it is a valid ``/``-namespaced path, else raise.
+
+    Raises:
+        TypeError: ``key`` is not a ``str``.
+        ValueError: empty, too long, empty or ``.``/``..`` components, control characters.
+    """
+    if type(key) is not str:
+        raise TypeError(f"{what} must be a str, got {type(key).__name__}: {key!r:.80}")
+    if not key:
+        raise ValueError(f"{what} must not be empty")
+    if len(key) > MAX_KEY_CHARS:
+        raise ValueError(f"{what} is {len(key)} characters long; the limit is {MAX_KEY_CHARS}")
+    if not key.isprintable() or _FORBIDDEN_CHARS.intersection(key):
+        raise ValueError(f"{what} {key!r:.80} contains control characters")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"{what} {key!r:.80} has an empty, '.' or '..' component; use names like 'train/loss'")
+    return key
+
+
+def check_step(step: object) -> int:
+    """Return ``step`` as a non-negative ``int``, else raise ``TypeError``/``ValueError``."""
+    if isinstance(step, bool) or not isinstance(step, int):
+        index = getattr(step, "__index__", None)
+        if index is None or isinstance(step, bool):
+            raise TypeError(f"step must be a non-negative int, got {type(step).__name__}: {step!r:.80}")
+        step = index()
+    assert isinstance(step, int)
+    if step < 0 or step > _INT64_MAX:
+        raise ValueError(f"step must be between 0 and 2**63-1, got {step}")
+    return step
+
+
+def to_metric_value(key: str, value: object) -> float:
+    """Convert one metric value (number, bool, numpy scalar, 1-element tensor) to ``float``.
+
+    Raises:
+        TypeError: the value is not numeric (str, None, containers, multi-element arrays).
+    """
+    if isinstance(value, (str, bytes, bytearray)) or value is None:
+        raise TypeError(
+            f"metric {key!r} must be numeric (int, float, bool, numpy scalar, 0-d tensor), "
+            f"got {type(value).__name__}: {value!r:.80}; log strings as fields: run[key] = value"
+        )
+    numel = getattr(value, "numel", None) or getattr(value, "size", None)
+    if numel is not None:
+        n = numel() if callable(numel) else numel
+        if n != 1:
+            raise TypeError(f"metric {key!r} must be a scalar, got {type(value).__name__} with {n} elements")
+    item = getattr(value, "item", None)
+    if item is not None:
+        value = item()
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError as e:
+        raise ValueError(f"metric {key!r}: {value!r:.80} is too large for a float64") from e
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"metric {key!r} must be numeric, got {type(value).__name__}: {value!r:.80}") from e
+
+
+def to_field_value(path: str, value: object) -> FieldValue:
+    """Convert one field value to its (type tag, payload) form.
+
+    Accepted: ``bool``, ``int`` (64-bit), ``float``, ``str`` (up to 64 KiB), ``datetime``
+    (stored as POSIX seconds), numpy scalars and 1-element tensors, and flat lists or tuples
+    of ``bool``/``int``/``float``/``str``.
+
+    Raises:
+        TypeError: any other type (``None``, objects, nested lists).
+        ValueError: an int outside 64 bits or an oversized string.
+    """
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"field {path!r}: int {value} does not fit in 64 bits")
+        return ("int", int(value))
+    if isinstance(value, float):
+        return ("float", float(value))
+    if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_FIELD_STR_BYTES:
+            raise ValueError(
+                f"field {path!r}: string of {len(value)} characters exceeds "
+                f"{MAX_FIELD_STR_BYTES} bytes; upload large text as a file"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"field {path!r}: string is not valid UTF-8 ({e.reason})") from e
+        return ("str", value)
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()
+        return ("datetime", value.timestamp())
+    if isinstance(value, (list, tuple)):
+        items: list[object] = []
+        for i, v in enumerate(value):
+            tag, payload = to_field_value(f"{path}[{i}]", v)
+            if tag in ("list", "datetime"):
+                raise TypeError(f"field {path!r}: lists may hold only bool, int, float and str")
+            items.append(payload)
+        return ("list", items)
+    item = getattr(value, "item", None)
+    if item is not None and callable(item):
+        try:
+            scalar = item()
+        except (ValueError, RuntimeError) as e:
+            raise TypeError(f"field {path!r}: {type(value).__name__} is not a scalar") from e
+        if isinstance(scalar, (bool, int, float, str)):
+            return to_field_value(path, scalar)
+    raise TypeError(
+        f"field {path!r}: unsupported type {type(value).__name__}; use bool, int, float, str, "
+        "datetime, a flat list of those, or a dict of those (None is not stored)"
+    )
+
+
+def flatten_fields(path: str, value: object) -> list[tuple[str, FieldValue]]:
+    """Validate ``value`` (a dict is flattened into sub-paths) and return (path, value) pairs.
+
+    Nothing is returned unless every entry is valid, so a bad entry loses nothing else.
+    """
+    out: list[tuple[str, FieldValue]] = []
+
+    def walk(prefix: str, v: object) -> None:
+        if isinstance(v, Mapping):
+            if not v:
+                raise ValueError(f"field {prefix!r}: empty dicts are not stored")
+            for k, sub in v.items():
+                if type(k) is not str:
+                    raise TypeError(f"field {prefix!r}: dict keys must be str, got {k!r:.80}")
+                walk(check_key(f"{prefix}/{k}", "field path"), sub)
+            return
+        out.append((prefix, to_field_value(prefix, v)))
+
+    walk(check_key(path, "field path"), value)
+    return out
+
+
+def is_finite(value: float) -> bool:
+    """True when ``value`` is neither NaN nor infinite."""
+    return math.isfinite(value)

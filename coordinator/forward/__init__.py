@@ -1,0 +1,1 @@
+"""Forwarding: feeds external trackers (MLflow, TensorBoard, W&B, Neptune) from the journal."""

@@ -1,0 +1,363 @@
+"""The external-backend interface (MLflow, TensorBoard, W&B, Neptune) and its lazy registry.
+
+A backend is fed by a :class:`~coordinator.forward.forwarder.Forwarder` from the run's journal (the
+embedded store); it never sees the ranks. The forwarder owns retrying, batching by size and
+the durable cursor; a backend only turns one batch into calls of its tracker's client library
+and says, through :meth:`Backend.flush`, when the tracker has accepted it.
+
+Series naming (the same in every backend): the reduced main series of ``train/loss`` is
+``train/loss``; rank 3's own series is ``ranks/3/train/loss`` (the ``rank_key`` option, a
+``str.format`` template with ``{key}`` and ``{rank}``). The rank is a prefix rather than a
+suffix (``train/loss/rank_3``) because a suffix turns the main series' name into a namespace:
+Neptune refuses that (``'train/loss' is already defined as an attribute, not a namespace``)
+and MLflow's file store would need ``train/loss`` to be both a file and a directory. The
+common prefix also keeps thousands of per-rank charts in one section of the W&B/TensorBoard UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol, runtime_checkable
+
+from coordinator.core import env as _env
+from coordinator.core.values import FieldValue
+from coordinator.errors import ConfigError, SinkError
+from coordinator.journal.store import RunInfo
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendRejectedError",
+    "Point",
+    "Series",
+    "check_options",
+    "field_text",
+    "get_backend",
+    "option_bool",
+    "option_float",
+    "option_int",
+    "option_str",
+    "resolve_backends",
+    "retry_after_of",
+    "scoped_env",
+]
+
+BACKEND_ENV = _env.COORDINATOR_BACKEND
+BACKEND_OPTIONS_ENV = _env.COORDINATOR_BACKEND_OPTIONS
+
+
+Point = tuple[int, float, float]
+"""(step, value, time in seconds since the epoch) of one metric point."""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Points of one backend series in one forwarded batch, in journal order."""
+
+    name: str
+    """The name in the backend (see the module docstring for the naming rule)."""
+    key: str
+    """The coordinator's metric key."""
+    rank: int | None
+    """``None`` for the reduced main series, else the rank whose own points these are."""
+    points: Sequence[Point]
+
+
+class BackendRejectedError(SinkError):
+    """The backend refused the data or the configuration; retrying the same request cannot help."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One external tracker, written by one forwarder thread (not thread-safe).
+
+    Lifecycle: ``check()`` (may run alone, e.g. at ``init_run`` on rank 0), then ``open()``,
+    any number of ``log_*``/``set_tags`` calls each followed by ``flush()``, then ``finish()``
+    (once, when the run has ended) and ``close()``.
+    """
+
+    name: str
+    """Registry name (``mlflow``, ``tensorboard``, ``wandb``, ``neptune``)."""
+
+    def check(self) -> None:
+        """Validate URI, credentials and project without writing anything; blocks (network).
+
+        Raises:
+            SinkError: with the backend's own message, prefixed by the backend name.
+        """
+
+    def open(self, run: RunInfo, state: Mapping[str, Any] | None) -> None:
+        """Create, or with ``state`` (what :meth:`state` returned last time) resume, the run.
+
+        Raises:
+            SinkError: the run cannot be created or resumed.
+        """
+
+    def log_metrics(self, batch: Sequence[Series]) -> int:
+        """Send every point of ``batch``; return how many points the backend cannot store.
+
+        The returned count is for points the tracker has no place for (for example Neptune's
+        non-increasing steps); they are reported, not retried. Anything else raises.
+        """
+
+    def log_params(self, params: Mapping[str, FieldValue]) -> None:
+        """Record the run's user fields (new or changed ones) as parameters/config."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Record the coordinator's ``sys/*`` fields (mutable) as tags/summary values."""
+
+    def flush(self) -> None:
+        """Return once the tracker has accepted everything sent so far (the cursor moves after)."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-safe state to store with the cursor, handed back to :meth:`open` on resume."""
+
+    def finish(self, state: str) -> None:
+        """Mark the run ended (``finished`` or ``failed``); idempotent."""
+
+    def close(self) -> None:
+        """Release the client (idempotent); does not mark the run ended."""
+
+    def read_back(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of series ``name`` as the tracker stored them (``doctor`` and tests)."""
+
+    def client_version(self) -> str:
+        """The version of the tracker's client library."""
+
+
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "mlflow": ("coordinator.forward.mlflow", "MlflowBackend", "mlflow"),
+    "tensorboard": ("coordinator.forward.tensorboard", "TensorBoardBackend", "tensorboard"),
+    "wandb": ("coordinator.forward.wandb", "WandbBackend", "wandb"),
+    "neptune": ("coordinator.forward.neptune", "NeptuneBackend", "neptune"),
+}
+"""Backend name -> (module, class, pip extra)."""
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``; its client library is imported only now.
+
+    Raises:
+        ConfigError: no backend of that name.
+        ImportError: its client library is missing; the message names the extra to install.
+    """
+    try:
+        module, cls, extra = BACKENDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"backend {name!r} needs its client library ({e}); install it with: pip install 'coordinator[{extra}]'",
+            name=e.name,
+        ) from e
+    backend: type[Backend] = getattr(mod, cls)
+    return backend
+
+
+def resolve_backends(
+    backend: str | Sequence[str] | None,
+    backend_options: Mapping[str, object] | None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, object]]:
+    """Normalise ``init_run(backend=..., backend_options=...)`` (or the environment) to name -> options.
+
+    ``backend`` is one name, several (a sequence, or a comma-separated string), or ``None`` for
+    ``$COORDINATOR_BACKEND``. ``backend_options`` (or ``$COORDINATOR_BACKEND_OPTIONS``, JSON) is
+    either one flat dict (every backend gets it; only with one backend) or a dict keyed by
+    backend name. The result is JSON-safe, so it can travel in the aggregator's ``--config``.
+
+    Raises:
+        ConfigError: an unknown backend, bad JSON, or flat options given for several backends.
+    """
+    env = os.environ if environ is None else environ
+    if backend is None:
+        backend = env.get(BACKEND_ENV) or None
+    if backend is None:
+        return {}
+    names = [n.strip() for n in (backend.split(",") if isinstance(backend, str) else backend) if n.strip()]
+    for n in names:
+        if n not in BACKENDS:
+            raise ConfigError(f"unknown backend {n!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backend names repeat: {names}")
+    opts: Mapping[str, object]
+    if backend_options is None:
+        raw = env.get(BACKEND_OPTIONS_ENV)
+        try:
+            opts = json.loads(raw) if raw else {}
+        except ValueError as e:
+            raise ConfigError(f"{BACKEND_OPTIONS_ENV} is not valid JSON: {e}") from None
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{BACKEND_OPTIONS_ENV} must be a JSON object")
+    else:
+        opts = backend_options
+    keyed = bool(opts) and all(k in BACKENDS and isinstance(v, Mapping) for k, v in opts.items())
+    if keyed:
+        extra = sorted(set(opts) - set(names))
+        if extra:
+            raise ConfigError(f"backend_options for {', '.join(extra)}, which is not among the backends {names}")
+        out: dict[str, dict[str, object]] = {}
+        for n in names:
+            sub = opts.get(n)
+            out[n] = dict(sub) if isinstance(sub, Mapping) else {}
+        return out
+    if opts and len(names) > 1:
+        raise ConfigError("with several backends, key backend_options by backend name: {'mlflow': {...}, ...}")
+    return {n: dict(opts) for n in names}
+
+
+# ------------------------------------------------------------------------------ helpers for adapters
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds a server asked us to wait (HTTP 429/503 ``Retry-After``), if the client exposes it.
+
+    Looks along the ``__cause__``/``__context__`` chain for a ``retry_after_s`` attribute or a
+    ``response`` with headers (requests, httpx, bravado).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        direct = getattr(e, "retry_after_s", None)
+        if isinstance(direct, (int, float)) and direct >= 0:
+            return float(direct)
+        headers = getattr(getattr(e, "response", None), "headers", None)
+        if headers is not None:
+            try:
+                raw = headers.get("Retry-After")
+            except (AttributeError, TypeError):  # not a mapping: nothing to read
+                raw = None
+            if raw:
+                parsed = _parse_retry_after(str(raw))
+                if parsed is not None:
+                    return parsed
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _parse_retry_after(raw: str) -> float | None:
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass  # not a number of seconds: Retry-After may also be an HTTP date, tried next
+    try:  # the HTTP-date form
+        import time
+
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def option_str(options: Mapping[str, object], key: str, default: str | None = None) -> str | None:
+    """A string option (``None`` when absent and no default)."""
+    v = options.get(key, default)
+    return None if v is None else str(v)
+
+
+def option_bool(options: Mapping[str, object], key: str, default: bool) -> bool:
+    """A boolean option: ``true/false/1/0/yes/no/on/off`` strings or a bool.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    v = options.get(key, default)
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"option {key}={v!r} is not a boolean")
+
+
+def option_float(options: Mapping[str, object], key: str, default: float | None) -> float | None:
+    """A float option (``None``/``none`` disables).
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    v = options.get(key, default)
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
+        return None
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}={v!r} is not a number") from None
+
+
+def option_int(options: Mapping[str, object], key: str, default: int) -> int:
+    """An integer option.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    v = options.get(key, default)
+    try:
+        return int(v)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}={v!r} is not an integer") from None
+
+
+def check_options(backend: str, options: Mapping[str, object], known: Sequence[str]) -> None:
+    """Reject options a backend does not know (a typo must not be ignored).
+
+    Raises:
+        ConfigError: naming the unknown options and the known ones.
+    """
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"{backend}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def field_text(fv: FieldValue) -> str:
+    """A field value as text (params/tags are strings in most trackers)."""
+    tag, v = fv
+    if tag == "datetime":
+        import datetime as dt
+
+        return dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat()
+    if tag == "bool":
+        return "true" if v else "false"
+    if tag == "list":
+        return json.dumps(v)
+    if tag == "artifact":
+        name, size, sha, copied, where = v
+        return f"{name} ({size} bytes, sha256 {sha[:12]}{'' if copied else ', reference'}: {where})"
+    return str(v)
+
+
+_env_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a client call, then restore them.
+
+    Some clients (MLflow's HTTP retries, Neptune's data directory) read settings only from the
+    environment. Variables the user already set are left alone. Serialised by a lock; other
+    threads of the process see the values meanwhile, which is why it wraps short calls only.
+    """
+    with _env_lock:
+        saved: dict[str, str | None] = {}
+        for k, v in values.items():
+            if k in os.environ:
+                continue
+            saved[k] = None
+            os.environ[k] = v
+        try:
+            yield
+        finally:
+            for k in saved:
+                os.environ.pop(k, None)

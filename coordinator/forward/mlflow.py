@@ -1,0 +1,373 @@
+"""MLflow backend: one MLflow run per coordinator run, written with ``MlflowClient.log_batch``.
+
+Options: ``tracking_uri`` (default ``$MLFLOW_TRACKING_URI``, else MLflow's own default),
+``experiment`` (default: the run's project), ``run_name`` (default: the run's name),
+``http_max_retries`` (MLflow's own HTTP retries per request, default 2: the forwarder does the
+long-term retrying), ``http_timeout_s`` (default 30), ``check_timeout_s`` (default 10).
+
+Mapping:
+
+* metrics: the main series under its key, a rank's series under ``ranks/<r>/<key>``; names with
+  characters MLflow refuses get them replaced by ``_`` (keys longer than 250 characters are
+  shortened with a hash); timestamp = the journal batch time in ms, step = the step.
+* user fields -> params (strings, at most 6000 characters; longer ones are cut with a warning).
+  MLflow forbids changing a param: a field whose value changes later is recorded as the tag
+  ``<path>`` instead, with a warning. ``sys/*`` fields -> tags. ``coordinator.run_id`` tags the run.
+* end of run: ``set_terminated(FINISHED | FAILED)``.
+
+Requests respect MLflow's documented ``log_batch`` limits: at most 1000 metrics, 100 params,
+100 tags, 1000 entities in all, and 1 MB per request (``mlflow.utils.validation``).
+
+Idempotence: the forwarder re-sends an unacknowledged batch unchanged, and MLflow's SQL
+tracking store drops a metric identical in (key, timestamp, step, value) to one it already has,
+so a resend after a crash or a lost response adds nothing. The run itself is found again by
+its ``coordinator.run_id`` tag, so even a lost cursor file does not create a second run.
+(A file-based tracking store does not drop such duplicates.) Points of one series that are
+equal in step and value within one journal batch would also be equal in timestamp; they get
+1 ms apart so MLflow keeps both.
+
+Repeated step (a main-series value replaced after an elastic restart): MLflow keeps both
+points in the metric's history; its "latest" value is the one with the greatest step, then
+timestamp, which is the replacement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils import validation as _limits
+except ImportError as e:  # pragma: no cover - exercised by get_backend's message
+    raise ImportError(f"the MLflow backend needs mlflow: pip install 'coordinator[mlflow]' ({e})", name=e.name) from e
+
+from coordinator.core.values import FieldValue
+from coordinator.errors import SinkError
+from coordinator.forward.backend import (
+    BackendRejectedError,
+    Series,
+    check_options,
+    field_text,
+    option_float,
+    option_int,
+    option_str,
+)
+from coordinator.journal.store import RunInfo
+
+__all__ = ["RUN_ID_TAG", "MlflowBackend", "metric_name"]
+
+_log = logging.getLogger(__name__)
+
+RUN_ID_TAG = "coordinator.run_id"
+"""Tag holding the coordinator run id (how a resumed forwarder finds its MLflow run)."""
+
+_MAX_METRICS = int(getattr(_limits, "MAX_METRICS_PER_BATCH", 1000))
+_MAX_PARAMS_TAGS = int(getattr(_limits, "MAX_PARAMS_TAGS_PER_BATCH", 100))
+_MAX_ENTITIES = int(getattr(_limits, "MAX_ENTITIES_PER_BATCH", 1000))
+_MAX_REQUEST_BYTES = int(getattr(_limits, "MAX_BATCH_LOG_REQUEST_SIZE", 1_000_000))
+_MAX_KEY = int(getattr(_limits, "MAX_ENTITY_KEY_LENGTH", 250))
+_MAX_PARAM_VAL = int(getattr(_limits, "MAX_PARAM_VAL_LENGTH", 6000))
+_MAX_TAG_VAL = int(getattr(_limits, "MAX_TAG_VAL_LENGTH", 8000))
+_REQUEST_BUDGET_BYTES = int(_MAX_REQUEST_BYTES * 0.8)
+"""Our size estimate of a request is approximate: keep a margin below MLflow's limit."""
+
+_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+_OPTIONS = ("tracking_uri", "experiment", "run_name", "http_max_retries", "http_timeout_s", "check_timeout_s")
+_PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "RESOURCE_DOES_NOT_EXIST",
+        "FEATURE_DISABLED",
+        "ENDPOINT_NOT_FOUND",
+    }
+)
+_STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+
+
+def metric_name(name: str) -> str:
+    """``name`` as MLflow accepts it: refused characters become ``_``, long names get a hash suffix."""
+    out = _BAD_CHARS.sub("_", name)
+    if len(out) > _MAX_KEY:
+        h = hashlib.sha256(name.encode()).hexdigest()[:10]
+        out = f"{out[: _MAX_KEY - 11]}~{h}"
+    return out
+
+
+class MlflowBackend:
+    """Writes one coordinator run into one MLflow run (see the module docstring)."""
+
+    name = "mlflow"
+
+    def __init__(self, options: Mapping[str, object], run_dir: Path | None = None) -> None:
+        """Read the options; nothing is contacted yet.
+
+        Raises:
+            ConfigError: an unknown option or a bad value.
+        """
+        check_options(self.name, options, _OPTIONS)
+        self.tracking_uri = option_str(options, "tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
+        self.experiment = option_str(options, "experiment")
+        self.run_name = option_str(options, "run_name")
+        self.http_max_retries = option_int(options, "http_max_retries", 2)
+        self.http_timeout_s = option_float(options, "http_timeout_s", 30.0) or 30.0
+        self.check_timeout_s = option_float(options, "check_timeout_s", 10.0) or 10.0
+        self._client: Any = None
+        self.run_id: str | None = None
+        self._params: dict[str, str] = {}
+        self._changed: set[str] = set()
+        self._names: dict[str, str] = {}
+        self._env_set: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _uri(self) -> str:
+        return str(self.tracking_uri or mlflow.get_tracking_uri())
+
+    def check(self) -> None:
+        """Reach the tracking server (or store) and list one experiment; no retries, short timeout.
+
+        Raises:
+            SinkError: ``mlflow: cannot use tracking URI ...: <MLflow's message>``.
+        """
+        uri = self._uri()
+        try:
+            if uri.startswith(("http://", "https://")):
+                # MLflow's own credentials resolution (MLFLOW_TRACKING_TOKEN, _USERNAME, ...) and
+                # request function, called with retries off: a check must answer in seconds.
+                tsu: Any = importlib.import_module("mlflow.tracking._tracking_service.utils")
+                rest: Any = importlib.import_module("mlflow.utils.rest_utils")
+                creds = tsu.get_default_host_creds(uri)
+                endpoint = "/api/2.0/mlflow/experiments/search"
+                resp = rest.http_request(
+                    creds,
+                    endpoint,
+                    "GET",
+                    max_retries=0,
+                    backoff_factor=0,
+                    timeout=self.check_timeout_s,
+                    params={"max_results": 1},
+                )
+                rest.verify_rest_response(resp, endpoint)
+            else:
+                MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as e:  # every client failure (network, auth, bad URI) becomes the named SinkError
+            raise SinkError(f"mlflow: cannot use tracking URI {uri}: {_message(e)}") from e
+
+    def open(self, run: RunInfo, state: Mapping[str, Any] | None) -> None:
+        """Find (by saved id or ``coordinator.run_id`` tag) or create the MLflow run."""
+        self._set_http_env()
+        self._client = MlflowClient(self._uri())
+        st = dict(state or {})
+        self._params = {str(k): str(v) for k, v in (st.get("params") or {}).items()}
+        self._changed = set(st.get("changed") or ())
+        rid = st.get("run_id")
+        if isinstance(rid, str):
+            try:
+                self._client.get_run(rid)
+                self.run_id = rid
+                return
+            except MlflowException as e:
+                if _code(e) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                _log.warning("mlflow: run %s from the cursor file no longer exists; looking up %s", rid, run.id)
+        exp_name = self.experiment or run.project
+        exp = self._client.get_experiment_by_name(exp_name)
+        exp_id = exp.experiment_id if exp is not None else self._create_experiment(exp_name)
+        found = self._client.search_runs(
+            [exp_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{_quote(run.id)}'", max_results=1
+        )
+        if found:
+            self.run_id = found[0].info.run_id
+            return
+        created = self._client.create_run(
+            exp_id,
+            start_time=int(run.created * 1000),
+            tags={RUN_ID_TAG: run.id, "coordinator.world_size": str(run.world_size)},
+            run_name=self.run_name or run.name,
+        )
+        self.run_id = created.info.run_id
+
+    def _create_experiment(self, name: str) -> str:
+        try:
+            return str(self._client.create_experiment(name))
+        except MlflowException as e:  # created concurrently by another forwarder: use it
+            exp = self._client.get_experiment_by_name(name)
+            if exp is None:
+                raise _wrap(e) from e
+            return str(exp.experiment_id)
+
+    def _set_http_env(self) -> None:
+        # MLflow reads its HTTP retry settings only from the environment. Left at its defaults
+        # (7 retries, factor 2, 120 s timeout) one call could block for minutes in an outage and
+        # no drain deadline could be kept, so the forwarding process sets them unless the user did.
+        for k, v in (
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.http_max_retries)),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.http_timeout_s))),
+        ):
+            if k not in os.environ:
+                os.environ[k] = v
+                self._env_set.append(k)
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise SinkError("mlflow: the backend is not open")
+        return self.run_id
+
+    # ------------------------------------------------------------------ data
+
+    def log_metrics(self, batch: Sequence[Series]) -> int:
+        """Send every point in ``log_batch`` requests within MLflow's limits; drops nothing."""
+        rid = self._run()
+        for metrics in _metric_requests(self._metrics(batch)):
+            self._call(self._client.log_batch, rid, metrics=metrics)
+        return 0
+
+    def _metrics(self, batch: Sequence[Series]) -> Iterator[Metric]:
+        for s in batch:
+            name = self._names.get(s.name)
+            if name is None:
+                name = self._names[s.name] = metric_name(s.name)
+                if name != s.name:
+                    _log.warning("mlflow: series %r is logged as %r (MLflow's name rules)", s.name, name)
+            seen: dict[tuple[int, int, float], int] = {}
+            for step, value, ts in s.points:
+                ms = int(ts * 1000)
+                k = (step, ms, value)
+                bump = seen.get(k, 0)
+                seen[k] = bump + 1
+                yield Metric(name, value, ms + bump, step)
+
+    def log_params(self, params: Mapping[str, FieldValue]) -> None:
+        """New fields as params (100 per request); changed ones as tags (see the module docstring)."""
+        rid = self._run()
+        new: list[Param] = []
+        changed: list[RunTag] = []
+        for path, fv in params.items():
+            key = metric_name(path)
+            text = field_text(fv)
+            if len(text) > _MAX_PARAM_VAL:
+                _log.warning("mlflow: param %r is %d characters long; cut to %d", path, len(text), _MAX_PARAM_VAL)
+                text = text[:_MAX_PARAM_VAL]
+            old = self._params.get(key)
+            if old is None:
+                new.append(Param(key, text))
+            elif old != text or key in self._changed:
+                if key not in self._changed:
+                    _log.warning(
+                        "mlflow: field %r changed after it was logged as a param; its latest value is "
+                        "recorded as the tag %r (MLflow params cannot change)",
+                        path,
+                        key,
+                    )
+                changed.append(RunTag(key, text[:_MAX_TAG_VAL]))
+        for i in range(0, len(new), _MAX_PARAMS_TAGS):
+            part = new[i : i + _MAX_PARAMS_TAGS]
+            self._call(self._client.log_batch, rid, params=part)
+            self._params.update((p.key, p.value) for p in part)
+        self._send_tags(rid, changed)
+        self._changed.update(t.key for t in changed)
+
+    def log_artifact(self, key: str, local_path: Path, name: str) -> None:
+        """Upload a file the run stored (``run[key].upload(...)``) under the artifact path ``key``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            named = Path(d) / name
+            os.symlink(local_path, named)
+            self._call(self._client.log_artifact, self._run(), str(named), key)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """``sys/*`` fields as tags (100 per request)."""
+        self._send_tags(self._run(), [RunTag(metric_name(k), v[:_MAX_TAG_VAL]) for k, v in tags.items()])
+
+    def _send_tags(self, rid: str, tags: list[RunTag]) -> None:
+        for i in range(0, len(tags), _MAX_PARAMS_TAGS):
+            self._call(self._client.log_batch, rid, tags=tags[i : i + _MAX_PARAMS_TAGS])
+
+    def flush(self) -> None:
+        """Nothing buffered: every ``log_batch`` returned after the server committed it."""
+
+    def state(self) -> dict[str, Any]:
+        """The MLflow run id and the params already logged."""
+        return {"run_id": self.run_id, "params": dict(self._params), "changed": sorted(self._changed)}
+
+    def finish(self, state: str) -> None:
+        """``set_terminated`` with FINISHED or FAILED."""
+        self._call(self._client.set_terminated, self._run(), _STATUS.get(state, "FAILED"))
+
+    def close(self) -> None:
+        """Forget the client and restore the environment it changed."""
+        self._client = None
+        for k in self._env_set:
+            os.environ.pop(k, None)
+        self._env_set.clear()
+
+    def read_back(self, name: str) -> list[tuple[int, float]]:
+        """The metric's history from the server, in step order."""
+        hist = self._client.get_metric_history(self._run(), metric_name(name))
+        return sorted((int(m.step), float(m.value)) for m in hist)
+
+    def client_version(self) -> str:
+        """mlflow's version."""
+        return str(mlflow.__version__)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as e:
+            raise _wrap(e) from e
+
+
+def _metric_requests(metrics: Iterator[Metric]) -> Iterator[list[Metric]]:
+    """Group metrics into requests of at most 1000 metrics and ~0.8 MB (JSON size estimate)."""
+    cur: list[Metric] = []
+    size = 0
+    for m in metrics:
+        # {"key": "...", "value": -1.2345678901234567e-300, "timestamp": 1700000000000, "step": 123}
+        est = len(m.key) + 90
+        if cur and (len(cur) >= min(_MAX_METRICS, _MAX_ENTITIES) or size + est > _REQUEST_BUDGET_BYTES):
+            yield cur
+            cur, size = [], 0
+        cur.append(m)
+        size += est
+    if cur:
+        yield cur
+
+
+def _code(e: MlflowException) -> str:
+    return str(getattr(e, "error_code", "") or "")
+
+
+def _message(e: BaseException) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    return " ".join(str(msg).split())[:500]
+
+
+def _wrap(e: MlflowException) -> SinkError:
+    """A refused request (4xx codes) is permanent; anything else (5xx, network) is retried."""
+    code = _code(e)
+    get_status: Any = e.get_http_status_code if isinstance(e, RestException) else None
+    status = get_status() if get_status is not None else None
+    if code in _PERMANENT_CODES or (status is not None and 400 <= status < 500 and status not in (408, 429)):
+        return BackendRejectedError(f"mlflow: {code}: {_message(e)}")
+    err = SinkError(f"mlflow: {code or type(e).__name__}: {_message(e)}")
+    return err
+
+
+def _quote(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")

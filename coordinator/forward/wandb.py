@@ -1,0 +1,287 @@
+"""Weights & Biases backend: one W&B run per coordinator run, through the ``wandb`` client.
+
+Options: ``project`` (default: the run's project), ``entity``, ``mode`` (``online``/``offline``;
+default ``$WANDB_MODE`` or ``online``), ``dir`` (default: the run directory; offline runs land
+in ``<dir>/wandb/offline-run-*``, upload them with ``wandb sync``), ``api_key`` (default
+``$WANDB_API_KEY``), ``run_id`` (default: the coordinator run id), ``step_key`` (default
+``coordinator/step``), ``check_timeout_s`` (default 10).
+
+Mapping: W&B history is a sequence of rows; each row holds the points of one step (all series
+that have a point at that step in the batch) plus ``coordinator/step`` = the step, declared as
+the x-axis of every series (``define_metric("*", step_metric=...)``), so series logged at
+different rates and batches that arrive out of step order plot correctly. The main series is
+under its key, a rank's series under ``ranks/<r>/<key>``. User fields go to ``run.config``,
+``sys/*`` fields to ``run.summary``. End of run: ``finish(exit_code=0)``, or 1 when the run failed.
+
+Delivery: a batch is accepted once ``run.log`` returned (the W&B client owns it from there and
+writes its transaction log, then uploads). A forwarder that crashes after that but before its
+cursor moved sends that batch again on resume (``resume="allow"`` on the same run id): at most
+one batch is doubled in the offline files, and W&B keeps both rows.
+
+Repeated step (a replaced main-series value): a new row with the same ``coordinator/step``;
+W&B plots both points at that x value.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import wandb
+    from wandb.proto import wandb_internal_pb2
+except ImportError as e:  # pragma: no cover - exercised by get_backend's message
+    raise ImportError(f"the W&B backend needs wandb: pip install 'coordinator[wandb]' ({e})", name=e.name) from e
+
+from coordinator.core.values import FieldValue
+from coordinator.errors import ConfigError, SinkError
+from coordinator.forward.backend import (
+    BackendRejectedError,
+    Series,
+    check_options,
+    field_text,
+    option_float,
+    option_str,
+)
+from coordinator.journal.store import RunInfo
+
+__all__ = ["WandbBackend", "read_offline_history"]
+
+_log = logging.getLogger(__name__)
+
+_OPTIONS = ("project", "entity", "mode", "dir", "api_key", "run_id", "step_key", "check_timeout_s")
+_MODES = ("online", "offline")
+
+
+class WandbBackend:
+    """Writes one coordinator run into one W&B run (see the module docstring)."""
+
+    name = "wandb"
+
+    def __init__(self, options: Mapping[str, object], run_dir: Path | None = None) -> None:
+        """Read the options; nothing is contacted yet.
+
+        Raises:
+            ConfigError: an unknown option or a bad value.
+        """
+        check_options(self.name, options, _OPTIONS)
+        self.project = option_str(options, "project")
+        self.entity = option_str(options, "entity")
+        self.mode = option_str(options, "mode") or os.environ.get("WANDB_MODE") or "online"
+        if self.mode not in _MODES:
+            raise ConfigError(f"wandb: mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        d = option_str(options, "dir") or (str(run_dir) if run_dir is not None else None)
+        self.dir = Path(d).expanduser() if d else Path.cwd()
+        self.api_key = option_str(options, "api_key") or os.environ.get("WANDB_API_KEY")
+        self.run_id = option_str(options, "run_id")
+        self.step_key = option_str(options, "step_key", "coordinator/step") or "coordinator/step"
+        self.check_timeout_s = option_float(options, "check_timeout_s", 10.0) or 10.0
+        self._run: Any = None
+        self._rid: str | None = None
+
+    def check(self) -> None:
+        """Offline: the directory is writable. Online: the API key is accepted by the server.
+
+        Raises:
+            SinkError: ``wandb: ...`` with the client's message.
+        """
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"wandb: cannot create {self.dir}: {e}") from e
+        if self.mode == "offline":
+            return
+        if not self.api_key:
+            raise SinkError("wandb: no API key (set WANDB_API_KEY or the api_key option, or use mode=offline)")
+        try:
+            api = wandb.Api(api_key=self.api_key, timeout=int(self.check_timeout_s))
+            api.viewer  # noqa: B018 - the property makes the authenticated request
+        except Exception as e:  # every client failure (bad key, network) becomes the named SinkError
+            raise SinkError(f"wandb: the API key was not accepted or the server is unreachable: {e}") from e
+
+    def open(self, run: RunInfo, state: Mapping[str, Any] | None) -> None:
+        """Start (or resume, same id) the W&B run and declare the step axis."""
+        rid = str((state or {}).get("run_id") or self.run_id or _wandb_id(run.id))
+        self._rid = rid
+        kw: dict[str, Any] = dict(
+            silent=True,
+            console="off",
+            x_disable_stats=True,
+            disable_git=True,
+            save_code=False,
+            disable_code=True,
+            disable_job_creation=True,
+            x_disable_machine_info=True,
+        )
+        if self.api_key and self.mode == "online":
+            kw["api_key"] = self.api_key
+        settings = wandb.Settings(**kw)
+        try:
+            self._run = wandb.init(
+                project=self.project or run.project,
+                entity=self.entity,
+                dir=str(self.dir),
+                id=rid,
+                name=run.name,
+                mode=self.mode,  # type: ignore[arg-type]
+                resume="allow",
+                settings=settings,
+                reinit="create_new",
+            )
+        except wandb.errors.UsageError as e:
+            raise BackendRejectedError(f"wandb: {e}") from e
+        self._run.define_metric(self.step_key)
+        self._run.define_metric("*", step_metric=self.step_key)
+
+    def _r(self) -> Any:
+        if self._run is None:
+            raise SinkError("wandb: the backend is not open")
+        return self._run
+
+    def log_metrics(self, batch: Sequence[Series]) -> int:
+        """One history row per step (per repeat of a step); nothing is dropped."""
+        r = self._r()
+        rows: dict[int, list[dict[str, float]]] = {}
+        for s in batch:
+            for step, value, _ in s.points:
+                at = rows.setdefault(step, [])
+                for row in at:
+                    if s.name not in row:
+                        row[s.name] = value
+                        break
+                else:
+                    at.append({s.name: value})
+        for step in sorted(rows):
+            for row in rows[step]:
+                r.log({**row, self.step_key: step})
+        return 0
+
+    def log_params(self, params: Mapping[str, FieldValue]) -> None:
+        """User fields into ``run.config`` (changes allowed)."""
+        self._r().config.update({k: _plain(v) for k, v in params.items()}, allow_val_change=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """``sys/*`` fields into ``run.summary``."""
+        self._r().summary.update(dict(tags))
+
+    def flush(self) -> None:
+        """Nothing to wait for: ``run.log`` handed the rows to the W&B client."""
+
+    def state(self) -> dict[str, Any]:
+        """The W&B run id (to resume the same run)."""
+        return {} if self._rid is None else {"run_id": self._rid}
+
+    def finish(self, state: str) -> None:
+        """``run.finish`` with exit code 0 (finished) or 1."""
+        r = self._r()
+        r.summary.update({"sys/state": state})
+        r.finish(exit_code=0 if state == "finished" else 1)
+        self._run = None
+
+    def close(self) -> None:
+        """Finish a still open W&B run as failed (exit code 1; resuming reopens it), stop the W&B service.
+
+        ``wandb.teardown()`` ends this process's ``wandb-core`` helper, which would otherwise
+        outlive the forwarder: the forwarding process (the aggregator, the CLI) owns it.
+        """
+        if self._run is not None:
+            run, self._run = self._run, None
+            run.finish(exit_code=1)
+        wandb.teardown()
+
+    def read_back(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) of a series: offline from the run's ``.wandb`` files, online via ``wandb.Api``."""
+        rid = self._rid or self.run_id or ""
+        if self.mode == "offline":
+            out: list[tuple[int, float]] = []
+            for f in sorted(glob.glob(str(self.dir / "wandb" / "offline-run-*" / "run-*.wandb"))):
+                if rid and not f.endswith(f"run-{rid}.wandb"):
+                    continue
+                for row in read_offline_history(f):
+                    if name in row and self.step_key in row:
+                        out.append((int(row[self.step_key]), float(row[name])))
+            return sorted(out)
+        api = wandb.Api(api_key=self.api_key)
+        run = api.run(f"{self.entity or api.default_entity}/{self.project}/{rid}")
+        return sorted((int(h[self.step_key]), float(h[name])) for h in run.scan_history(keys=[self.step_key, name]))
+
+    def client_version(self) -> str:
+        """wandb's version."""
+        return str(wandb.__version__)
+
+
+def _wandb_id(run_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", run_id)
+    return safe[:64]
+
+
+def _plain(fv: FieldValue) -> Any:
+    tag, v = fv
+    return field_text(fv) if tag == "datetime" else v
+
+
+# ---------------------------------------------------------------------------- offline file reader
+
+_pb: Any = wandb_internal_pb2  # generated protobuf module: no static attributes
+_BLOCK = 32 * 1024
+_HEADER = 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(path: str) -> Iterator[bytes]:
+    """The records of a W&B transaction log (``run-<id>.wandb``).
+
+    The wandb package has no public reader for it. The format is LevelDB's log format (32 KiB
+    blocks of records with a 7-byte header: CRC, little-endian length, type full/first/middle/
+    last) after a 7-byte file header starting with ``:W&B``. CRCs are not verified here.
+    """
+    data = Path(path).read_bytes()
+    if not data.startswith(b":W&B"):
+        raise SinkError(f"{path} is not a W&B transaction log")
+    pos = _HEADER
+    buf = b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            continue  # zero padding at the end of a block
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            buf = chunk
+        elif kind == _MIDDLE:
+            buf += chunk
+        elif kind == _LAST:
+            yield buf + chunk
+            buf = b""
+
+
+def read_offline_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every history row of an offline W&B run file, as ``{key: value}`` dicts, in logging order.
+
+    Values are decoded from the JSON W&B stores per item (``_step``, ``_timestamp``, ... included).
+    """
+    rows: list[dict[str, Any]] = []
+    for raw in _records(str(path)):
+        rec = _pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        row: dict[str, Any] = {}
+        for item in rec.history.item:
+            key = item.key or "/".join(item.nested_key)
+            row[key] = json.loads(item.value_json)
+        rows.append(row)
+    return rows

@@ -1,0 +1,1 @@
+"""Transport: from a rank's buffer to the aggregator's socket (sender, wire format, spool, discovery)."""

@@ -1,0 +1,112 @@
+"""The per-run buffer shared by the training thread(s) and the sender thread.
+
+Metric points accumulate as columns (an int64 step array and a float64 value array per key)
+under one short lock; the sender swaps the whole column dict out every flush interval, so the
+hot path never encodes and the sender's work is per key, not per point. A *generation* is
+what accumulated between two swaps; ``wait()`` waits for its generation to be acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from typing import Any, TypeAlias
+
+from coordinator.core.values import FieldValue
+from coordinator.errors import CoordinatorError
+
+__all__ = ["Buffer", "Column"]
+
+Column: TypeAlias = "tuple[array[int], array[float]]"
+"""(steps, values) of one key; step -1 means "the rank's next step for this key"."""
+
+
+class Buffer:
+    """State shared between the API (training thread) and the sender thread.
+
+    All attributes are guarded by ``lock``; ``cond`` (on the same lock) is notified whenever
+    acknowledged progress, room, or errors change.
+    """
+
+    def __init__(self, max_points: int) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.cols: dict[str, Column] = {}
+        self.fields: list[tuple[str, FieldValue]] = []
+        self.gen = 0
+        """Generation accumulating now."""
+        self.acked_gen = -1
+        """Every generation up to this one is durable."""
+        self.pending = 0
+        """Points in the buffer (not yet taken by the sender); bounded by ``max_points``."""
+        self.in_flight = 0
+        """Points taken by the sender and not yet acknowledged (window, backlog, spool)."""
+        self.dropped_points = 0
+        self.journal = 0
+        """Highest journal position (chunk id) the aggregator reported with an ack."""
+        self.max_points = max_points
+        self.flush_requested = False
+        self.errors: list[CoordinatorError] = []
+        """Errors not yet raised to the user (raised by the next wait/close)."""
+        self.fatal: CoordinatorError | None = None
+        """An error after which nothing more can be delivered."""
+        self.acked = 0
+        self.lost = 0
+
+    def cut(self, fresh: dict[str, Column]) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
+        """Swap out the current generation (sender thread); frees its room in the buffer.
+
+        Args:
+            fresh: empty columns for the keys expected next, allocated by the caller outside the
+                lock, so the training thread does not build them again after every flush.
+        """
+        with self.lock:
+            gen = self.gen
+            cols, self.cols = self.cols, fresh
+            fields, self.fields = self.fields, []
+            self.gen = gen + 1
+            self.flush_requested = False
+            self.in_flight += self.pending
+            self.pending = 0
+            self.cond.notify_all()
+        return gen, cols, fields
+
+    def progress(self, acked_gen: int, points: int) -> None:
+        """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""
+        with self.lock:
+            self.in_flight -= points
+            self.acked += points
+            if acked_gen > self.acked_gen:
+                self.acked_gen = acked_gen
+            self.cond.notify_all()
+
+    def fail(self, err: CoordinatorError, *, fatal: bool = False, lost_points: int = 0) -> None:
+        """Record an error for the next wait()/close(); ``lost_points`` will never be delivered."""
+        with self.lock:
+            if fatal and self.fatal is None:
+                self.fatal = err
+            elif not fatal:
+                self.errors.append(err)
+            self.in_flight -= lost_points
+            self.lost += lost_points
+            self.cond.notify_all()
+
+    def dropped(self, points: int) -> None:
+        """``points`` were dropped on purpose (backpressure policy drop_oldest)."""
+        with self.lock:
+            self.in_flight -= points
+            self.dropped_points += points
+            self.cond.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for reports and tests."""
+        with self.lock:
+            return {
+                "accepted": self.acked + self.pending + self.in_flight + self.lost + self.dropped_points,
+                "pending": self.pending + self.in_flight,
+                "dropped": self.dropped_points,
+                "acked": self.acked,
+                "lost": self.lost,
+                "generation": self.gen,
+                "acked_generation": self.acked_gen,
+            }

@@ -1,0 +1,396 @@
+"""Who am I (rank, world size) and where is the aggregator (rendezvous, process start).
+
+Rank and world size come from explicit arguments, else torchrun, Open MPI/PMI (Horovod,
+mpirun) or SLURM variables. Rank 0 starts the aggregator process and publishes its endpoint
+and the run id; the other ranks look them up through the ``torch.distributed`` store when a
+process group exists, else through a file in a private per-user directory on this node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from coordinator.core import env as _env
+from coordinator.errors import ConfigError, CoordinatorError, CoordinatorTimeoutError
+
+__all__ = [
+    "AggregatorProcess",
+    "AggregatorSupervisor",
+    "Placement",
+    "Rendezvous",
+    "detect_placement",
+    "new_run_id",
+    "private_dir",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    restart_count: int
+    local_world_size: int = 0
+    """Ranks on this node (0: unknown, taken as all of them)."""
+
+    @property
+    def multi_node(self) -> bool:
+        """True when the launcher says not every rank runs on this node."""
+        return 0 < self.local_world_size < self.world_size
+
+
+def _int_env(*names: str) -> int | None:
+    for n in names:
+        v = os.environ.get(n)
+        if v is not None and v.strip():
+            try:
+                return int(v)
+            except ValueError as e:
+                raise ConfigError(f"environment variable {n}={v!r} is not an integer") from e
+    return None
+
+
+def detect_placement(rank: int | None = None, world_size: int | None = None) -> Placement:
+    """Rank and world size from the arguments, else the launcher's environment, else (0, 1).
+
+    Raises:
+        ConfigError: inconsistent or malformed values.
+    """
+    if rank is None:
+        rank = _int_env(_env.RANK, _env.OMPI_RANK, _env.PMI_RANK, _env.SLURM_PROCID)
+    if world_size is None:
+        world_size = _int_env(_env.WORLD_SIZE, _env.OMPI_SIZE, _env.PMI_SIZE, _env.SLURM_NTASKS)
+    rank = 0 if rank is None else rank
+    world_size = 1 if world_size is None else world_size
+    if world_size < 1:
+        raise ConfigError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+    local = _int_env(_env.LOCAL_RANK)
+    restarts = _int_env(_env.TORCHELASTIC_RESTART_COUNT) or 0
+    local_world = _int_env(_env.LOCAL_WORLD_SIZE, "OMPI_COMM_WORLD_LOCAL_SIZE") or 0
+    return Placement(rank, world_size, rank if local is None else local, restarts, local_world)
+
+
+def new_run_id() -> str:
+    """A fresh, sortable, unique run id like ``20261124-063012-3f9a1c``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def private_dir() -> Path:
+    """This user's 0700 runtime directory for sockets and rendezvous files.
+
+    Raises:
+        ConfigError: the directory exists but is not private to this user.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    d = Path(base) / f"coordinator-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = d.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigError(f"{d} must be owned by uid {os.getuid()} with mode 0700")
+    return d
+
+
+class Rendezvous:
+    """Rank 0 publishes a small JSON record; the other ranks wait for it.
+
+    Uses the default ``torch.distributed`` store when a process group is initialised,
+    otherwise a file keyed by the launcher's job identity (single node only).
+    """
+
+    _calls: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self._store: Any = None
+        # Only a program that imported torch.distributed can have a process group: never import
+        # torch here (seconds and ~200 MB for MPI or plain-process users who have it installed).
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            self._store = dist.distributed_c10d._get_default_store()
+        job = "|".join(
+            os.environ.get(n, "")
+            for n in (
+                _env.MASTER_ADDR,
+                _env.MASTER_PORT,
+                _env.TORCHELASTIC_RUN_ID,
+                _env.COORDINATOR_RUN_ID,
+                _env.TORCHELASTIC_RESTART_COUNT,
+                "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_JOBID",
+            )
+        )
+        # Workers of one torchrun/mpirun agent share its pid as their parent.
+        job += f"|{os.getppid()}"
+        n = Rendezvous._calls.get(job, 0)
+        Rendezvous._calls[job] = n + 1
+        self.key = f"coordinator/run/{n}"
+        digest = hashlib.sha256(job.encode()).hexdigest()[:16]
+        self._file = private_dir() / f"rdzv-{digest}-{n}.json"
+
+    @property
+    def via(self) -> str:
+        """``"torch.distributed store"`` or the rendezvous file path."""
+        return "torch.distributed store" if self._store is not None else str(self._file)
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Rank 0: make ``record`` visible to the other ranks."""
+        data = json.dumps(record)
+        if self._store is not None:
+            self._store.set(self.key, data)
+            return
+        tmp = self._file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(data)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self._file)
+
+    def lookup(self, timeout_s: float) -> dict[str, Any]:
+        """Other ranks: wait up to ``timeout_s`` for rank 0's record.
+
+        Raises:
+            CoordinatorTimeoutError: rank 0 did not publish in time.
+        """
+        if self._store is not None:
+            from datetime import timedelta
+
+            try:
+                self._store.wait([self.key], timedelta(seconds=timeout_s))
+            except RuntimeError as e:  # torch raises RuntimeError/DistStoreError on timeout
+                raise CoordinatorTimeoutError(
+                    f"rank {self.placement.rank}: rank 0 did not publish the aggregator endpoint "
+                    f"in the torch.distributed store within {timeout_s} s ({e})"
+                ) from e
+            raw = self._store.get(self.key)
+            rec: dict[str, Any] = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            return rec
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                rec = json.loads(self._file.read_text())
+                if _publisher_alive(rec):
+                    return rec
+                # A record left by a rank 0 that died: wait for this job's rank 0 to replace it.
+            except FileNotFoundError:
+                pass  # not published yet: poll until the deadline
+            except json.JSONDecodeError:
+                pass  # os.replace makes this unlikely; poll again
+            if time.monotonic() > deadline:
+                raise CoordinatorTimeoutError(
+                    f"rank {self.placement.rank}: rank 0 did not publish the aggregator endpoint "
+                    f"at {self._file} within {timeout_s} s. Is rank 0 running coordinator.init_run()? "
+                    "Across nodes, initialise torch.distributed before init_run()."
+                )
+            time.sleep(0.02)
+
+    def retract(self) -> None:
+        """Rank 0 at close: remove the record so a later job cannot read a stale one."""
+        if self._store is None:
+            try:
+                self._file.unlink()
+            except FileNotFoundError:
+                pass  # already gone: nothing to retract
+
+
+def _publisher_alive(rec: dict[str, Any]) -> bool:
+    """The file rendezvous is single-node: its publisher must be a running process here."""
+    pid = rec.get("pid")
+    if type(pid) is not int:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class AggregatorProcess:
+    """Rank 0's handle on the aggregator sidecar process."""
+
+    def __init__(self, run_id: str, config: dict[str, Any], *, tcp_host: str | None = None) -> None:
+        """Args: tcp_host: bind TCP on this address (a free port) instead of a private ipc socket."""
+        self.run_id = run_id
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=private_dir()))
+        self.endpoint = f"tcp://{tcp_host}:*" if tcp_host else f"ipc://{self.sock_dir}/agg.sock"
+        self.config = dict(config, endpoint=self.endpoint, parent_pid=os.getpid())
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float) -> None:
+        """Start the process and wait until its socket is bound.
+
+        Raises:
+            CoordinatorError: it exited or did not become ready in time (its stderr says why).
+        """
+        cmd = [
+            sys.executable,
+            "-m",
+            "coordinator.aggregator",
+            "--run",
+            self.run_id,
+            "--config",
+            json.dumps(self.config),
+        ]
+        stderr_path = os.environ.get(_env.COORDINATOR_AGG_STDERR)
+        stderr = open(stderr_path, "ab") if stderr_path else None  # noqa: SIM115 - owned by the child
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                # Its own session: a signal the launcher sends to the workers' process group must
+                # not cut the run's end short; it watches rank 0 and finishes by itself.
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            if not r:
+                self.kill()
+                raise CoordinatorError(f"the aggregator did not start within {timeout_s} s")
+            chunk = os.read(self.proc.stdout.fileno(), 256)
+            if not chunk:
+                code = self.proc.wait(5)
+                raise CoordinatorError(
+                    f"the aggregator exited with code {code} before it was ready (see its messages above)"
+                )
+            line += chunk
+        if not line.startswith(b"READY "):
+            self.kill()
+            raise CoordinatorError(f"the aggregator said {line!r:.200} instead of READY")
+        self.proc.stdout.close()
+        # A wildcard TCP port is now a real one; a restarted aggregator binds the same endpoint.
+        self.endpoint = line[len(b"READY ") :].decode().strip()
+        self.config["endpoint"] = self.endpoint
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, once started."""
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        """Exit code, or None while running."""
+        return None if self.proc is None else self.proc.poll()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for a normal exit; None if still running after ``timeout_s``."""
+        if self.proc is None:
+            return 0
+        try:
+            return self.proc.wait(max(0.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def terminate(self, timeout_s: float) -> int:
+        """SIGTERM (it drains and finalises), then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.wait(timeout_s)
+        if code is None:
+            _log.error("aggregator pid %d ignored SIGTERM for %.1f s; killing it", self.proc.pid, timeout_s)
+            self.kill()
+            code = self.proc.returncode
+        return int(code)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        """Remove the socket directory."""
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+class AggregatorSupervisor(threading.Thread):
+    """Rank 0's watchdog: restarts the aggregator if it dies (bounded), and reports when it finished.
+
+    A clean exit (code 0, or 3 for a run closed as failed) is the end of the run. Anything else
+    (SIGKILL, a crash) is restarted with the same endpoint; the new process recovers its state
+    from the store, and the ranks resend what was not acknowledged.
+    """
+
+    def __init__(
+        self,
+        agg: AggregatorProcess,
+        *,
+        max_restarts: int,
+        start_timeout_s: float,
+        on_fatal: Callable[[CoordinatorError], None],
+    ) -> None:
+        super().__init__(name="coordinator-supervisor", daemon=True)
+        self.agg = agg
+        self.max_restarts = max_restarts
+        self.start_timeout_s = start_timeout_s
+        self.on_fatal = on_fatal
+        self.restarts = 0
+        self.exit_code: int | None = None
+        self.finished = threading.Event()
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_evt.wait(0.1):
+                code = self.agg.poll()
+                if code is None:
+                    continue
+                if code in (0, 3) or self.restarts >= self.max_restarts:
+                    if code not in (0, 3):
+                        self.on_fatal(
+                            CoordinatorError(
+                                f"the aggregator died (exit code {code}) and was already restarted "
+                                f"{self.restarts} times; giving up"
+                            )
+                        )
+                    self.exit_code = code
+                    return
+                self.restarts += 1
+                _log.error(
+                    "the aggregator of run %s died (exit code %s); restarting it (%d/%d)",
+                    self.agg.run_id,
+                    code,
+                    self.restarts,
+                    self.max_restarts,
+                )
+                try:
+                    self.agg.start(self.start_timeout_s)
+                except CoordinatorError as e:
+                    _log.error("restarting the aggregator failed: %s", e)
+        finally:
+            self.finished.set()
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop watching (the process itself is left to the caller)."""
+        self._stop_evt.set()
+        self.join(timeout_s)

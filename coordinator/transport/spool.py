@@ -1,0 +1,248 @@
+"""Durable local queue of wire messages: an append-only file of checksummed records.
+
+Record layout: ``u32 length | u32 crc32 | msgpack [kind, seq, envelope, payload]`` (little
+endian). A torn or corrupt tail (a crash mid-write) is detected by length/CRC, reported with
+the number of bytes cut, and truncated; everything before it is intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from coordinator.core.defaults import MAX_FRAME_BYTES
+from coordinator.errors import SinkError
+
+__all__ = ["SegmentedSpool", "SpoolRecord", "SpoolWriter", "read_spool", "spool_records"]
+
+_log = logging.getLogger(__name__)
+_HEAD = struct.Struct("<II")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One spooled message."""
+
+    kind: int
+    seq: int
+    envelope: bytes
+    payload: bytes
+
+
+class SpoolWriter:
+    """Appends records to one spool file (one writer; the sender thread)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        """Open ``path`` for appending, creating its 0700 directory.
+
+        Raises:
+            SinkError: the file cannot be created.
+        """
+        self.path = Path(path)
+        self.fsync = fsync
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            raise SinkError(f"cannot open spool {self.path}: {e}") from e
+        self._f = os.fdopen(fd, "ab", buffering=0)
+        self.records = 0
+
+    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes) -> None:
+        """Write one record (all of it, or raise).
+
+        Raises:
+            SinkError: the write failed (disk full, I/O error); the record is not in the spool.
+        """
+        body = msgpack.packb([kind, seq, envelope, payload], use_bin_type=True)
+        rec = _HEAD.pack(len(body), zlib.crc32(body)) + body
+        try:
+            pos = self._f.tell()
+            try:
+                self._f.write(rec)
+                if self.fsync:
+                    os.fsync(self._f.fileno())
+            except OSError:
+                # Never leave half a record behind: a reader would stop at it.
+                self._f.truncate(pos)
+                raise
+        except OSError as e:
+            raise SinkError(f"spool {self.path}: write failed: {e}") from e
+        self.records += 1
+
+    def close(self) -> None:
+        """Flush and close (idempotent)."""
+        if not self._f.closed:
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
+def read_spool(path: str | os.PathLike[str], *, repair: bool = False) -> Iterator[SpoolRecord]:
+    """Yield every intact record of a spool file, in order.
+
+    A torn or corrupt tail ends the iteration with a warning naming the bytes skipped; with
+    ``repair=True`` the file is truncated there.
+    """
+    p = Path(path)
+    with open(p, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        bad = None
+        if len(data) - pos < _HEAD.size:
+            bad = "torn header"
+        else:
+            n, crc = _HEAD.unpack_from(data, pos)
+            body = data[pos + _HEAD.size : pos + _HEAD.size + n]
+            if n > MAX_FRAME_BYTES * 2 or len(body) != n:
+                bad = "torn record"
+            elif zlib.crc32(body) != crc:
+                bad = "checksum mismatch"
+            else:
+                try:
+                    kind, seq, env, payload = msgpack.unpackb(body, raw=False, strict_map_key=True)
+                except Exception as e:  # noqa: BLE001 - corrupt despite the CRC: treat like a torn tail
+                    bad = f"undecodable record ({type(e).__name__})"
+                else:
+                    yield SpoolRecord(kind, seq, env, payload)
+                    pos += _HEAD.size + n
+                    continue
+        _log.warning(
+            "spool %s: %s at byte %d; %d bytes after it ignored%s",
+            p,
+            bad,
+            pos,
+            len(data) - pos,
+            " and truncated" if repair else "",
+        )
+        if repair:
+            with open(p, "r+b") as f:
+                f.truncate(pos)
+        return
+
+
+class SegmentedSpool:
+    """A sender's write-ahead spool: every batch is appended before it is sent.
+
+    Records live in segment files named by their first sequence number; a segment is deleted
+    once every batch in it is acknowledged. What remains after a crash is exactly what was not
+    acknowledged, and ``coordinator sync`` (or the aggregator) delivers it later; the
+    aggregator's high-water marks drop anything that had in fact arrived.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, segment_bytes: int, max_bytes: int) -> None:
+        """Create the 0700 directory.
+
+        Raises:
+            SinkError: it cannot be created.
+        """
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise SinkError(f"cannot create spool directory {self.dir}: {e}") from e
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self._segments: list[tuple[int, Path, int]] = []  # (first seq, path, last seq)
+        self._writer: SpoolWriter | None = None
+        self._size = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes currently held on disk."""
+        return self._size
+
+    def full(self) -> bool:
+        """True when the spool holds ``max_bytes`` or more."""
+        return self._size >= self.max_bytes
+
+    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes) -> tuple[Path, int]:
+        """Append one record; returns its location (segment, byte offset).
+
+        Raises:
+            SinkError: the write failed (disk full); the spool is unchanged.
+        """
+        if self._writer is None or self._writer_bytes() >= self.segment_bytes:
+            self._roll(seq)
+        assert self._writer is not None
+        offset = self._writer_bytes()
+        self._writer.append(kind, seq, envelope, payload)
+        first, path, _ = self._segments[-1]
+        self._segments[-1] = (first, path, seq)
+        self._size += self._writer_bytes() - offset
+        return path, offset
+
+    def _writer_bytes(self) -> int:
+        assert self._writer is not None
+        return self._writer._f.tell()
+
+    def _roll(self, seq: int) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = self.dir / f"{seq:016d}.seg"
+        self._writer = SpoolWriter(path)
+        self._segments.append((seq, path, seq - 1))
+
+    def read(self, loc: tuple[Path, int]) -> SpoolRecord:
+        """Read back the record at ``loc``.
+
+        Raises:
+            SinkError: the record is missing or corrupt.
+        """
+        path, offset = loc
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                head = f.read(_HEAD.size)
+                n, crc = _HEAD.unpack(head)
+                body = f.read(n)
+        except (OSError, struct.error) as e:
+            raise SinkError(f"spool {path}: cannot read the record at byte {offset}: {e}") from e
+        if len(body) != n or zlib.crc32(body) != crc:
+            raise SinkError(f"spool {path}: record at byte {offset} is corrupt")
+        kind, seq, env, payload = msgpack.unpackb(body, raw=False)
+        return SpoolRecord(kind, seq, env, payload)
+
+    def acked_through(self, seq: int) -> None:
+        """Every batch up to ``seq`` is acknowledged: delete the segments that hold only those."""
+        while self._segments and self._segments[0][2] <= seq:
+            first, path, last = self._segments[0]
+            if self._writer is not None and path == self._writer.path:
+                if last < first:
+                    return  # the open segment is still empty
+                self._writer.close()
+                self._writer = None
+            self._segments.pop(0)
+            try:
+                self._size -= path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass  # removed already (a concurrent `coordinator sync`); nothing left to free
+
+    def close(self, *, remove_if_empty: bool = True) -> None:
+        """Close the open segment; remove the directory if nothing is left in it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if remove_if_empty:
+            for first, path, last in list(self._segments):
+                if last < first and path.exists() and path.stat().st_size == 0:
+                    path.unlink()
+                    self._segments.remove((first, path, last))
+            try:
+                self.dir.rmdir()
+            except OSError:
+                pass  # not empty: unacknowledged batches stay for `coordinator sync`
+
+
+def spool_records(directory: str | os.PathLike[str]) -> Iterator[SpoolRecord]:
+    """Every intact record of a spool directory's segments, in sequence order."""
+    for seg in sorted(Path(directory).glob("*.seg")):
+        yield from read_spool(seg)

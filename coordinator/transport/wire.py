@@ -1,0 +1,330 @@
+"""Wire format: the two-frame envelope + msgpack payload, its versions and bounded decoding.
+
+Every message is two ZeroMQ frames: ``[envelope, payload]``.
+
+* envelope: msgpack array ``[PROTOCOL, kind, run_id, rank, incarnation, seq]``
+* payload: a msgpack map whose schema depends on ``kind``
+
+Batches are columnar: for each metric key, the steps (little-endian int64) and values
+(little-endian float64) of every point in the batch as two byte strings. No pickle, no
+msgpack ext types; every decoded value is type-checked before use.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from coordinator.core.defaults import MAX_FRAME_BYTES
+from coordinator.core.values import FIELD_TYPES, FieldValue, check_key
+from coordinator.errors import ProtocolError
+
+__all__ = [
+    "ACK",
+    "BATCH",
+    "BYE",
+    "BYE_ACK",
+    "ERROR",
+    "HELLO",
+    "PING",
+    "PONG",
+    "PROTOCOL",
+    "QUERY",
+    "QUERY_REPLY",
+    "STATE",
+    "STATE_REPLY",
+    "WELCOME",
+    "Batch",
+    "Envelope",
+    "decode_batch",
+    "decode_envelope",
+    "decode_map",
+    "encode_batch",
+    "encode_envelope",
+    "encode_map",
+    "from_le",
+    "kind_name",
+    "to_le",
+]
+
+PROTOCOL = 1
+"""Wire protocol version; a peer with another version is refused with both versions named."""
+
+# Client -> aggregator.
+HELLO = 1
+BATCH = 2
+PING = 3
+STATE = 4
+QUERY = 5
+BYE = 6
+# Aggregator -> client.
+WELCOME = 11
+ACK = 12
+PONG = 13
+STATE_REPLY = 14
+QUERY_REPLY = 15
+BYE_ACK = 16
+ERROR = 17
+
+_KIND_NAMES = {
+    HELLO: "HELLO",
+    BATCH: "BATCH",
+    PING: "PING",
+    STATE: "STATE",
+    QUERY: "QUERY",
+    BYE: "BYE",
+    WELCOME: "WELCOME",
+    ACK: "ACK",
+    PONG: "PONG",
+    STATE_REPLY: "STATE_REPLY",
+    QUERY_REPLY: "QUERY_REPLY",
+    BYE_ACK: "BYE_ACK",
+    ERROR: "ERROR",
+}
+
+_MAX_ENVELOPE_BYTES = 512
+_MAX_KEYS_PER_BATCH = 100_000
+_MAX_FIELDS_PER_BATCH = 100_000
+_INT64_MAX = 2**63 - 1
+_LITTLE = sys.byteorder == "little"
+
+
+def kind_name(kind: int) -> str:
+    """Readable name of a message kind (for logs and errors)."""
+    return _KIND_NAMES.get(kind, f"kind-{kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Routing header of every message."""
+
+    protocol: int
+    kind: int
+    run_id: str
+    rank: int
+    incarnation: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """A decoded batch: columnar metric chunks and field writes of one sender."""
+
+    metrics: list[tuple[str, array[int], array[float]]]
+    """(key, steps, values) per metric key."""
+    fields: list[tuple[str, FieldValue]]
+    """(path, (type tag, value)) in the order they were written."""
+    ts: float
+    """Wall-clock time (POSIX seconds) at which the sender cut the batch."""
+
+    @property
+    def points(self) -> int:
+        """Number of metric points in the batch."""
+        return sum(len(s) for _, s, _ in self.metrics)
+
+
+def _packb(obj: object) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def encode_envelope(kind: int, run_id: str, rank: int, incarnation: int, seq: int) -> bytes:
+    """Encode an envelope for ``kind`` (``seq`` is the batch number or a request id)."""
+    return _packb([PROTOCOL, kind, run_id, rank, incarnation, seq])
+
+
+def _unpack(data: bytes, limit: int) -> Any:
+    if len(data) > limit:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {limit}-byte cap", code="oversize")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+            use_list=True,
+        )
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack raises many types for bad input; all mean "not our frame"
+        raise ProtocolError(f"undecodable msgpack: {type(e).__name__}: {e}") from e
+    _check_plain(obj, 0)
+    return obj
+
+
+_PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
+_MAX_DEPTH = 16
+
+
+def _check_plain(obj: Any, depth: int) -> None:
+    """Reject anything but plain msgpack data: str-keyed maps, lists, scalars (no Timestamp)."""
+    t = type(obj)
+    if t in _PLAIN_SCALARS:
+        return
+    if depth >= _MAX_DEPTH:
+        raise ProtocolError(f"nesting deeper than {_MAX_DEPTH}", code="deep")
+    if t is list:
+        for x in obj:
+            if type(x) not in _PLAIN_SCALARS:
+                _check_plain(x, depth + 1)
+    elif t is dict:
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise ProtocolError(f"map key of type {type(k).__name__}; only str keys are allowed")
+            if type(v) not in _PLAIN_SCALARS:
+                _check_plain(v, depth + 1)
+    else:
+        raise ProtocolError(f"{t.__name__} values are not allowed", code="ext")
+
+
+def _reject_ext(code: int, data: bytes) -> object:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed", code="ext")
+
+
+def decode_envelope(frame: bytes) -> Envelope:
+    """Decode and type-check an envelope.
+
+    Raises:
+        ProtocolError: malformed; ``code="version"`` when the protocol differs.
+    """
+    obj = _unpack(frame, _MAX_ENVELOPE_BYTES)
+    if type(obj) is not list or len(obj) != 6:
+        raise ProtocolError("envelope is not a 6-element array")
+    proto, kind, run_id, rank, inc, seq = obj
+    if type(proto) is not int:
+        raise ProtocolError("envelope protocol is not an int")
+    if proto != PROTOCOL:
+        raise ProtocolError(
+            f"protocol version mismatch: peer speaks {proto}, this side speaks {PROTOCOL}",
+            code="version",
+        )
+    if type(kind) is not int or kind not in _KIND_NAMES:
+        raise ProtocolError(f"unknown message kind {kind!r:.40}")
+    if type(run_id) is not str or not 0 < len(run_id) <= 128:
+        raise ProtocolError("envelope run id is not a short str")
+    for name, v in (("rank", rank), ("incarnation", inc), ("seq", seq)):
+        if type(v) is not int or not 0 <= v <= _INT64_MAX:
+            raise ProtocolError(f"envelope {name} is not a non-negative int64")
+    return Envelope(proto, kind, run_id, rank, inc, seq)
+
+
+def encode_map(payload: dict[str, Any]) -> bytes:
+    """Encode a control payload (a msgpack map)."""
+    return _packb(payload)
+
+
+def decode_map(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Decode a control payload that must be a map with str keys."""
+    obj = _unpack(frame, limit)
+    if type(obj) is not dict:
+        raise ProtocolError("payload is not a map")
+    return obj
+
+
+def to_le(a: array[Any]) -> bytes:
+    """The array's items as little-endian bytes (the wire and store layout)."""
+    if _LITTLE:
+        return a.tobytes()
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
+
+
+def from_le(typecode: str, data: bytes) -> array[Any]:
+    """An array of ``typecode`` from little-endian bytes."""
+    a = array(typecode)
+    a.frombytes(data)
+    if not _LITTLE:
+        a.byteswap()
+    return a
+
+
+def encode_batch(
+    metrics: list[tuple[str, array[int], array[float]]],
+    fields: list[tuple[str, FieldValue]],
+    ts: float,
+) -> bytes:
+    """Encode a batch payload (the sender thread calls this, never the training thread)."""
+    return _packb(
+        {
+            "m": [[k, to_le(s), to_le(v)] for k, s, v in metrics],
+            "f": [[p, tag, val] for p, (tag, val) in fields],
+            "t": ts,
+        }
+    )
+
+
+_FIELD_PY_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "datetime": float}
+
+
+def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValue]:
+    if type(path) is not str:
+        raise ProtocolError("field path is not a str")
+    p = check_key(path, "field path")
+    if type(tag) is not str or tag not in FIELD_TYPES:
+        raise ProtocolError(f"unknown field type {tag!r:.40}")
+    if tag == "artifact":
+        ok = (
+            type(val) is list
+            and len(val) == 5
+            and type(val[0]) is str
+            and type(val[1]) is int
+            and type(val[2]) is str
+            and type(val[3]) is bool
+            and type(val[4]) is str
+        )
+    elif tag == "list":
+        ok = type(val) is list and all(
+            type(x) in (bool, float, str) or (type(x) is int and -(2**63) <= x <= _INT64_MAX) for x in val
+        )
+    else:
+        ok = type(val) is _FIELD_PY_TYPES[tag]
+    if ok and type(val) is int:
+        ok = -(2**63) <= val <= _INT64_MAX
+    if not ok:
+        raise ProtocolError(f"field {p!r}: value does not match its type {tag}")
+    return p, (tag, val)
+
+
+def decode_batch(frame: bytes) -> Batch:
+    """Decode and validate a batch payload.
+
+    Raises:
+        ProtocolError: anything malformed; nothing of a bad batch is used.
+    """
+    obj = decode_map(frame)
+    m, f, ts = obj.get("m"), obj.get("f"), obj.get("t")
+    if type(m) is not list or type(f) is not list or type(ts) is not float:
+        raise ProtocolError("batch lacks m (list), f (list) or t (float)")
+    if len(m) > _MAX_KEYS_PER_BATCH or len(f) > _MAX_FIELDS_PER_BATCH:
+        raise ProtocolError("batch has too many keys or fields")
+    metrics: list[tuple[str, array[int], array[float]]] = []
+    for item in m:
+        if type(item) is not list or len(item) != 3:
+            raise ProtocolError("metric chunk is not [key, steps, values]")
+        key, sb, vb = item
+        if type(key) is not str or type(sb) is not bytes or type(vb) is not bytes:
+            raise ProtocolError("metric chunk has wrong types")
+        try:
+            check_key(key)
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad metric key: {e}") from e
+        if len(sb) % 8 or len(sb) != len(vb) or not sb:
+            raise ProtocolError(f"metric {key!r}: steps/values lengths do not match")
+        steps = from_le("q", sb)
+        if min(steps) < 0:
+            raise ProtocolError(f"metric {key!r}: negative step")
+        metrics.append((key, steps, from_le("d", vb)))
+    fields: list[tuple[str, FieldValue]] = []
+    for item in f:
+        if type(item) is not list or len(item) != 3:
+            raise ProtocolError("field is not [path, type, value]")
+        try:
+            fields.append(_check_field(*item))
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad field: {e}") from e
+    return Batch(metrics, fields, ts)

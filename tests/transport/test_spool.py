@@ -1,0 +1,217 @@
+"""The spool: append/read round trip, torn tails, checksum mismatches and repair."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from coordinator.errors import SinkError
+from coordinator.transport import wire
+from coordinator.transport.spool import SpoolRecord, SpoolWriter, read_spool
+
+_HEAD = 8  # u32 length + u32 crc32
+
+
+def records(n: int) -> list[SpoolRecord]:
+    """n distinct records with real envelopes and payloads of varying size."""
+    return [
+        SpoolRecord(
+            wire.BATCH,
+            i + 1,
+            wire.encode_envelope(wire.BATCH, "run", 0, 5, i + 1),
+            wire.encode_map({"i": i, "pad": "x" * (i * 37)}),
+        )
+        for i in range(n)
+    ]
+
+
+def write(path: Path, recs: list[SpoolRecord]) -> list[int]:
+    """Append recs; return each record's end offset in the file."""
+    w = SpoolWriter(path)
+    ends = []
+    try:
+        for r in recs:
+            w.append(r.kind, r.seq, r.envelope, r.payload)
+            ends.append(path.stat().st_size)
+        assert w.records == len(recs)
+    finally:
+        w.close()
+    return ends
+
+
+def spool_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Messages of the spool module's warnings."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "coordinator.transport.spool" and r.levelno == logging.WARNING
+    ]
+
+
+def test_append_then_read_round_trips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every appended record reads back identical and in order, without warnings."""
+    path = tmp_path / "spool" / "rank-0.spool"
+    recs = records(20)
+    ends = write(path, recs)
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == recs
+    assert spool_warnings(caplog) == []
+    body0 = msgpack.packb([recs[0].kind, recs[0].seq, recs[0].envelope, recs[0].payload], use_bin_type=True)
+    assert ends[0] == _HEAD + len(body0)
+    assert path.read_bytes()[:_HEAD] == struct.pack("<II", len(body0), zlib.crc32(body0))
+
+
+def test_spool_is_private(tmp_path: Path) -> None:
+    """The spool file is 0600 in a created 0700 directory."""
+    path = tmp_path / "new" / "rank-0.spool"
+    write(path, records(1))
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_reopened_writer_appends(tmp_path: Path) -> None:
+    """A second writer on the same file appends after the existing records."""
+    path = tmp_path / "s.spool"
+    recs = records(6)
+    write(path, recs[:3])
+    write(path, recs[3:])
+    assert list(read_spool(path)) == recs
+
+
+def test_empty_spool_reads_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An empty file is a valid spool with no records and no warning."""
+    path = tmp_path / "s.spool"
+    SpoolWriter(path).close()
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == []
+    assert spool_warnings(caplog) == []
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    """Closing a writer twice does not fail."""
+    w = SpoolWriter(tmp_path / "s.spool")
+    w.close()
+    w.close()
+
+
+@pytest.mark.parametrize("cut_into", [1, 4, 7, 8, 9, "half", -1], ids=str)
+def test_torn_tail_yields_intact_prefix_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cut_into: int | str
+) -> None:
+    """A file cut inside the last record yields every earlier record and warns with the byte offset."""
+    path = tmp_path / "s.spool"
+    recs = records(5)
+    ends = write(path, recs)
+    start = ends[3]
+    size = ends[4] - start
+    keep = {"half": size // 2, -1: size - 1}.get(cut_into, cut_into)  # type: ignore[call-overload]
+    with open(path, "r+b") as f:
+        f.truncate(start + keep)
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == recs[:4]
+    (msg,) = spool_warnings(caplog)
+    assert f"at byte {start}" in msg and f"{keep} bytes after it ignored" in msg
+    assert ("torn header" if keep < _HEAD else "torn record") in msg
+    assert path.stat().st_size == start + keep  # not repaired
+
+
+def test_repair_truncates_torn_tail_and_appends_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With repair=True the torn bytes are cut, so later appends are readable again."""
+    path = tmp_path / "s.spool"
+    recs = records(4)
+    ends = write(path, recs)
+    with open(path, "r+b") as f:
+        f.truncate(ends[3] - 3)
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path, repair=True)) == recs[:3]
+    assert "truncated" in spool_warnings(caplog)[0]
+    assert path.stat().st_size == ends[2]
+    extra = records(6)[5]
+    write(path, [extra])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == [*recs[:3], extra]
+    assert spool_warnings(caplog) == []
+
+
+def test_append_after_unrepaired_torn_tail_is_hidden_behind_it(tmp_path: Path) -> None:
+    """Without repair, records appended after a torn tail are not read (why repair exists)."""
+    path = tmp_path / "s.spool"
+    recs = records(3)
+    ends = write(path, recs)
+    with open(path, "r+b") as f:
+        f.truncate(ends[2] - 1)
+    write(path, records(4)[3:])
+    assert list(read_spool(path)) == recs[:2]
+
+
+@pytest.mark.parametrize("which", [0, 2, 4])
+def test_flipped_byte_stops_reading_at_the_corrupt_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, which: int
+) -> None:
+    """A flipped payload byte fails the CRC: records before it are read, nothing from it on."""
+    path = tmp_path / "s.spool"
+    recs = records(5)
+    ends = write(path, recs)
+    start = ends[which - 1] if which else 0
+    data = bytearray(path.read_bytes())
+    data[start + _HEAD + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == recs[:which]
+    (msg,) = spool_warnings(caplog)
+    assert "checksum mismatch" in msg and f"at byte {start}" in msg
+    assert f"{len(data) - start} bytes after it ignored" in msg
+    assert path.stat().st_size == len(data)
+
+
+def test_flipped_crc_byte_is_a_checksum_mismatch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Corrupting the stored CRC itself is detected the same way."""
+    path = tmp_path / "s.spool"
+    recs = records(3)
+    ends = write(path, recs)
+    data = bytearray(path.read_bytes())
+    data[ends[0] + 4] ^= 0x01
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == recs[:1]
+    assert "checksum mismatch" in spool_warnings(caplog)[0]
+
+
+def test_corrupt_length_field_is_a_torn_record(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A length field pointing past the end of the file (or over the cap) stops reading there."""
+    path = tmp_path / "s.spool"
+    recs = records(3)
+    ends = write(path, recs)
+    data = bytearray(path.read_bytes())
+    data[ends[1] : ends[1] + 4] = struct.pack("<I", 0xFFFFFFF0)
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path, repair=True)) == recs[:2]
+    assert "torn record" in spool_warnings(caplog)[0]
+    assert path.stat().st_size == ends[1]
+
+
+def test_record_with_valid_crc_but_wrong_shape_is_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checksummed body that is not [kind, seq, env, payload] stops reading instead of raising."""
+    path = tmp_path / "s.spool"
+    recs = records(2)
+    write(path, recs)
+    for body in (msgpack.packb([1, 2, 3]), msgpack.packb(7), b"\xc1"):
+        with open(path, "ab") as f:
+            f.write(struct.pack("<II", len(body), zlib.crc32(body)) + body)
+    with caplog.at_level(logging.WARNING):
+        assert list(read_spool(path)) == recs
+    assert "undecodable record" in spool_warnings(caplog)[0]
+
+
+def test_writer_in_unwritable_place_raises_sink_error(tmp_path: Path) -> None:
+    """A spool path whose parent is a file raises SinkError."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SinkError):
+        SpoolWriter(tmp_path / "file" / "s.spool")
