@@ -25,19 +25,15 @@ import psutil
 import zmq
 
 from coordinator.aggregator.health import Health
-from coordinator.aggregator.reduce import POLICY_PREFIX, PolicyTable, Reducer
+from coordinator.aggregator.reduce import Reducer
 from coordinator.core import env as _env
-from coordinator.core.defaults import (
-    GROUP_TIMEOUT_S,
-    LIVENESS_TIMEOUT_S,
-    MAX_FRAME_BYTES,
-    STOP_GRACE_S,
-    STRAGGLER_LAG_S,
-)
+from coordinator.core.limits import MAX_FRAME_BYTES
+from coordinator.core.policies import POLICY_PREFIX, PolicyTable
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, ProtocolError, SinkError
 from coordinator.forward.forwarder import Forwarder
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from coordinator.settings import DEFAULTS
 from coordinator.transport import wire
 from coordinator.transport.security import CurveKeys, load_secret, server_auth
 from coordinator.transport.spool import spool_records
@@ -76,13 +72,13 @@ class AggregatorConfig:
     """Glob -> reduction policy."""
     default_policy: str = "mean"
     """Policy of keys no glob matches."""
-    group_timeout_s: float = GROUP_TIMEOUT_S
+    group_timeout_s: float = DEFAULTS.group_timeout_s
     """Longest a (key, step) group waits for ranks that never logged the key."""
-    liveness_timeout_s: float = LIVENESS_TIMEOUT_S
+    liveness_timeout_s: float = DEFAULTS.liveness_timeout_s
     """A rank silent this long is reported lost."""
-    straggler_lag_s: float = STRAGGLER_LAG_S
+    straggler_lag_s: float = DEFAULTS.straggler_lag_s
     """A rank reaching steps this much later than the fastest (median of recent steps) is a straggler."""
-    stop_grace_s: float = STOP_GRACE_S
+    stop_grace_s: float = DEFAULTS.stop_grace_s
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = False
     """SQLite ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``."""

@@ -10,21 +10,15 @@ emitted is *late*: it stays in the rank's own series and is counted, never silen
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 
-__all__ = ["POLICIES", "POLICY_PREFIX", "Emitted", "PolicyTable", "Reducer"]
+from coordinator.core.policies import PolicyTable
 
-POLICY_PREFIX = "sys/policy/"
-"""Field path prefix a rank uses to set one key's policy (``log(..., policy=...)``)."""
-
-POLICIES = ("mean", "sum", "min", "max", "rank0", "per_rank", "all")
-"""Reduction policies. ``per_rank`` keeps only the ranks' own series (no main series);
-``all`` keeps the mean as the main series; every policy keeps the per-rank series."""
+__all__ = ["Emitted", "Reducer"]
 
 
 def _mean(g: dict[int, float]) -> float:
@@ -43,32 +37,6 @@ _REDUCERS: dict[str, Callable[[dict[int, float]], float]] = {
     "max": lambda g: max(g.values()),
     "rank0": _rank0,
 }
-
-
-class PolicyTable:
-    """Maps a key to its policy by the first matching glob (``fnmatch``), default ``mean``."""
-
-    def __init__(self, rules: dict[str, str] | None = None, default: str = "mean") -> None:
-        """Raises ValueError naming an unknown policy."""
-        self.rules = dict(rules or {})
-        for pat, pol in [*self.rules.items(), ("<default>", default)]:
-            if pol not in POLICIES:
-                raise ValueError(f"policy {pol!r} for {pat!r} is not one of {', '.join(POLICIES)}")
-        self.default = default
-        self._cache: dict[str, str] = {}
-
-    def override(self, key: str, policy: str) -> None:
-        """Give ``key`` its own policy (a per-call override); raises ValueError for an unknown one."""
-        if policy not in POLICIES:
-            raise ValueError(f"policy {policy!r} for {key!r} is not one of {', '.join(POLICIES)}")
-        self._cache[key] = policy
-
-    def __call__(self, key: str) -> str:
-        pol = self._cache.get(key)
-        if pol is None:
-            pol = next((p for g, p in self.rules.items() if fnmatch.fnmatchcase(key, g)), self.default)
-            self._cache[key] = pol
-        return pol
 
 
 @dataclass(slots=True)

@@ -18,22 +18,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from coordinator.aggregator.reduce import POLICIES, POLICY_PREFIX, PolicyTable
 from coordinator.core import env as _env
-from coordinator.core.defaults import (
-    AGGREGATOR_START_TIMEOUT_S,
-    ARTIFACT_MAX_COPY_BYTES,
-    CLOSE_TIMEOUT_S,
-    FLUSH_INTERVAL_S,
-    GROUP_TIMEOUT_S,
-    LIVENESS_TIMEOUT_S,
-    MAX_AGGREGATOR_RESTARTS,
-    MAX_BUFFER_POINTS,
-    MAX_KEYS_PER_RUN,
-    MAX_SPOOL_BYTES,
-    RENDEZVOUS_TIMEOUT_S,
-    STOP_GRACE_S,
-)
+from coordinator.core.columns import Column
+from coordinator.core.limits import MAX_KEYS_PER_RUN
+from coordinator.core.policies import POLICIES, POLICY_PREFIX, PolicyTable
 from coordinator.core.values import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.errors import (
     ClosedError,
@@ -46,8 +34,9 @@ from coordinator.errors import (
 from coordinator.forward.backend import resolve_backends
 from coordinator.forward.forwarder import check_backends
 from coordinator.journal.store import MAIN_RANK, LocalStore, resolve_root, run_dir
+from coordinator.settings import DEFAULTS
 from coordinator.transport import wire
-from coordinator.transport.buffer import Buffer, Column
+from coordinator.transport.buffer import Buffer
 from coordinator.transport.discovery import (
     AggregatorProcess,
     AggregatorSupervisor,
@@ -131,7 +120,9 @@ class Handle:
         for v, s in zip(vals, st, strict=True):
             self._run._append(self._path, v, s)
 
-    def upload(self, path: str | os.PathLike[str], *, max_copy_bytes: int = ARTIFACT_MAX_COPY_BYTES) -> dict[str, Any]:
+    def upload(
+        self, path: str | os.PathLike[str], *, max_copy_bytes: int = DEFAULTS.artifact_max_copy_bytes
+    ) -> dict[str, Any]:
         """Store a file with the run (``run["model/ckpt"].upload("ckpt.pt")``); returns its record.
 
         The file is hashed (sha256) and copied, content-addressed, into the run's artifact
@@ -198,14 +189,14 @@ class Run:
         endpoint: str | None,
         spool_root: str | None,
         backpressure: Backpressure = "spool",
-        max_spool_bytes: int = MAX_SPOOL_BYTES,
+        max_spool_bytes: int = DEFAULTS.max_spool_bytes,
         max_buffer_points: int,
         flush_interval_s: float,
         close_timeout_s: float,
         aggregator: AggregatorProcess | None,
         rendezvous: Rendezvous | None,
         store_path: str | None,
-        max_aggregator_restarts: int = MAX_AGGREGATOR_RESTARTS,
+        max_aggregator_restarts: int = DEFAULTS.max_aggregator_restarts,
         handle_sigterm: bool = False,
         curve: CurveKeys | None = None,
         backends: tuple[str, ...] = (),
@@ -226,7 +217,7 @@ class Run:
             self._supervisor = AggregatorSupervisor(
                 aggregator,
                 max_restarts=max_aggregator_restarts,
-                start_timeout_s=AGGREGATOR_START_TIMEOUT_S,
+                start_timeout_s=DEFAULTS.aggregator_start_timeout_s,
                 on_fatal=lambda e: self._buf.fail(e, fatal=True),
             )
         self._rdzv = rendezvous
@@ -896,16 +887,16 @@ def init_run(
     dir: str | os.PathLike[str] | None = None,
     policies: dict[str, str] | None = None,
     default_policy: str = "mean",
-    max_buffer_points: int = MAX_BUFFER_POINTS,
-    flush_interval_s: float = FLUSH_INTERVAL_S,
-    close_timeout_s: float = CLOSE_TIMEOUT_S,
-    group_timeout_s: float = GROUP_TIMEOUT_S,
-    liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
-    stop_grace_s: float = STOP_GRACE_S,
-    rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S,
+    max_buffer_points: int = DEFAULTS.max_buffer_points,
+    flush_interval_s: float = DEFAULTS.flush_interval_s,
+    close_timeout_s: float = DEFAULTS.close_timeout_s,
+    group_timeout_s: float = DEFAULTS.group_timeout_s,
+    liveness_timeout_s: float = DEFAULTS.liveness_timeout_s,
+    stop_grace_s: float = DEFAULTS.stop_grace_s,
+    rendezvous_timeout_s: float = DEFAULTS.rendezvous_timeout_s,
     backpressure: Backpressure = "spool",
     spool_dir: str | os.PathLike[str] | None = None,
-    max_spool_bytes: int = MAX_SPOOL_BYTES,
+    max_spool_bytes: int = DEFAULTS.max_spool_bytes,
     handle_sigterm: bool = True,
     transport: Literal["auto", "ipc", "tcp"] = "auto",
     insecure_tcp: bool = False,
@@ -1096,7 +1087,7 @@ def init_run(
                     else None,
                 )
                 try:
-                    agg.start(AGGREGATOR_START_TIMEOUT_S)
+                    agg.start(DEFAULTS.aggregator_start_timeout_s)
                 except BaseException:
                     agg.kill()
                     agg.cleanup()

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.core.defaults import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
+from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
 
 __all__ = [
     "FIELD_TYPES",

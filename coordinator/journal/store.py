@@ -22,11 +22,12 @@ from typing import Any
 import msgpack
 
 from coordinator.core import env as _env
-from coordinator.core.defaults import DIR_NAME, SQLITE_BUSY_TIMEOUT_S
+from coordinator.core.columns import from_le as _from_le
+from coordinator.core.columns import to_le as _le
+from coordinator.core.limits import DIR_NAME
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.transport.wire import from_le as _from_le
-from coordinator.transport.wire import to_le as _le
+from coordinator.settings import DEFAULTS
 
 __all__ = [
     "MAIN_RANK",
@@ -192,14 +193,14 @@ class LocalStore:
                 self._db = sqlite3.connect(
                     f"file:{self.path}?mode=ro",
                     uri=True,
-                    timeout=SQLITE_BUSY_TIMEOUT_S,
+                    timeout=DEFAULTS.sqlite_busy_timeout_s,
                     check_same_thread=False,
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._db = sqlite3.connect(
                     self.path,
-                    timeout=SQLITE_BUSY_TIMEOUT_S,
+                    timeout=DEFAULTS.sqlite_busy_timeout_s,
                     isolation_level=None,
                     check_same_thread=False,
                 )

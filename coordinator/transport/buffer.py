@@ -9,16 +9,13 @@ what accumulated between two swaps; ``wait()`` waits for its generation to be ac
 from __future__ import annotations
 
 import threading
-from array import array
-from typing import Any, TypeAlias
+from typing import Any
 
+from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.errors import CoordinatorError
 
 __all__ = ["Buffer", "Column"]
-
-Column: TypeAlias = "tuple[array[int], array[float]]"
-"""(steps, values) of one key; step -1 means "the rank's next step for this key"."""
 
 
 class Buffer:

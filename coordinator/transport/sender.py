@@ -21,16 +21,7 @@ from typing import Any, Literal
 
 import zmq
 
-from coordinator.core.defaults import (
-    ACK_TIMEOUT_S,
-    FLUSH_INTERVAL_S,
-    HEARTBEAT_INTERVAL_S,
-    MAX_BATCH_POINTS,
-    MAX_BUFFER_POINTS,
-    MAX_SPOOL_BYTES,
-    MAX_WINDOW_BATCHES,
-    SPOOL_SEGMENT_BYTES,
-)
+from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.errors import (
     ClosedError,
@@ -39,8 +30,9 @@ from coordinator.errors import (
     ProtocolError,
     SinkError,
 )
+from coordinator.settings import DEFAULTS
 from coordinator.transport import wire
-from coordinator.transport.buffer import Buffer, Column
+from coordinator.transport.buffer import Buffer
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.spool import SegmentedSpool
 
@@ -67,15 +59,15 @@ class SenderConfig:
     """Write-ahead spool of this sender; ``None`` keeps batches in memory only."""
     backpressure: Backpressure = "spool"
     """What happens when the aggregator does not keep up: see init_run."""
-    max_backlog_points: int = MAX_BUFFER_POINTS
+    max_backlog_points: int = DEFAULTS.max_buffer_points
     """Points held in memory awaiting a send slot (block: none; drop_oldest: then drop)."""
-    max_spool_bytes: int = MAX_SPOOL_BYTES
-    spool_segment_bytes: int = SPOOL_SEGMENT_BYTES
-    flush_interval_s: float = FLUSH_INTERVAL_S
-    max_batch_points: int = MAX_BATCH_POINTS
-    max_window: int = MAX_WINDOW_BATCHES
-    ack_timeout_s: float = ACK_TIMEOUT_S
-    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    max_spool_bytes: int = DEFAULTS.max_spool_bytes
+    spool_segment_bytes: int = DEFAULTS.spool_segment_bytes
+    flush_interval_s: float = DEFAULTS.flush_interval_s
+    max_batch_points: int = DEFAULTS.max_batch_points
+    max_window: int = DEFAULTS.max_window_batches
+    ack_timeout_s: float = DEFAULTS.ack_timeout_s
+    heartbeat_interval_s: float = DEFAULTS.heartbeat_interval_s
     hello: dict[str, Any] = field(default_factory=dict)
     curve: CurveKeys | None = None
     """Connect as a CURVE client with the job's keys (multi-node TCP)."""

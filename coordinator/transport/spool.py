@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgpack
 
-from coordinator.core.defaults import MAX_FRAME_BYTES
+from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.errors import SinkError
 
 __all__ = ["SegmentedSpool", "SpoolRecord", "SpoolWriter", "read_spool", "spool_records"]

@@ -12,14 +12,14 @@ msgpack ext types; every decoded value is type-checked before use.
 
 from __future__ import annotations
 
-import sys
 from array import array
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from coordinator.core.defaults import MAX_FRAME_BYTES
+from coordinator.core.columns import from_le, to_le
+from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.values import FIELD_TYPES, FieldValue, check_key
 from coordinator.errors import ProtocolError
 
@@ -46,9 +46,7 @@ __all__ = [
     "encode_batch",
     "encode_envelope",
     "encode_map",
-    "from_le",
     "kind_name",
-    "to_le",
 ]
 
 PROTOCOL = 1
@@ -90,7 +88,6 @@ _MAX_ENVELOPE_BYTES = 512
 _MAX_KEYS_PER_BATCH = 100_000
 _MAX_FIELDS_PER_BATCH = 100_000
 _INT64_MAX = 2**63 - 1
-_LITTLE = sys.byteorder == "little"
 
 
 def kind_name(kind: int) -> str:
@@ -223,24 +220,6 @@ def decode_map(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     if type(obj) is not dict:
         raise ProtocolError("payload is not a map")
     return obj
-
-
-def to_le(a: array[Any]) -> bytes:
-    """The array's items as little-endian bytes (the wire and store layout)."""
-    if _LITTLE:
-        return a.tobytes()
-    b = array(a.typecode, a)
-    b.byteswap()
-    return b.tobytes()
-
-
-def from_le(typecode: str, data: bytes) -> array[Any]:
-    """An array of ``typecode`` from little-endian bytes."""
-    a = array(typecode)
-    a.frombytes(data)
-    if not _LITTLE:
-        a.byteswap()
-    return a
 
 
 def encode_batch(

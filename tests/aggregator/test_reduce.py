@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.aggregator.reduce import POLICIES, Emitted, PolicyTable, Reducer
+from coordinator.aggregator.reduce import Emitted, Reducer
+from coordinator.core.policies import POLICIES, PolicyTable
 
 T = 10.0  # group timeout used by the unit tests
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import pytest
 
-from coordinator.core.defaults import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
+from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
 from coordinator.core.values import (
     check_key,
     check_step,

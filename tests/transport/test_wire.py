@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.core.defaults import MAX_FRAME_BYTES
+from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 

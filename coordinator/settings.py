@@ -1,0 +1,304 @@
+"""Every tunable of the coordinator, once: its default, its environment variable and its doc.
+
+A :class:`Settings` is frozen. Each field ``x`` is also read from ``$COORDINATOR_X`` (the field's
+name in capitals). ``init_run`` resolves each field in this order: an explicit keyword argument,
+then a field of ``settings=`` that differs from its default, then the environment, then the
+default. ``COORDINATOR_*`` variables that name no field are warned about: a typo must not be
+silent.
+
+Secrets are not settings: the job secret is read from ``$COORDINATOR_SECRET`` or
+``$COORDINATOR_SECRET_FILE`` where it is used, so it never sits in an object that is printed,
+logged or passed to a child process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from coordinator.errors import ConfigError
+
+__all__ = ["DEFAULTS", "ENV_PREFIX", "Backpressure", "Mode", "Settings", "Transport", "env_name"]
+
+_log = logging.getLogger("coordinator")
+
+ENV_PREFIX = "COORDINATOR_"
+Mode = Literal["async", "sync", "offline", "disabled", "read-only"]
+Backpressure = Literal["block", "spool", "drop_oldest"]
+Transport = Literal["auto", "ipc", "tcp"]
+
+MODES: tuple[str, ...] = typing.get_args(Mode)
+BACKPRESSURE_POLICIES: tuple[str, ...] = typing.get_args(Backpressure)
+TRANSPORTS: tuple[str, ...] = typing.get_args(Transport)
+
+_NOT_SETTINGS = frozenset(
+    {
+        "COORDINATOR_SECRET",  # the job secret: read where it is used, never stored in a Settings
+        "COORDINATOR_SECRET_FILE",
+    }
+)
+"""Our variables that are deliberately not :class:`Settings` fields (so not warned about)."""
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a settings field: ``flush_interval_s`` -> ``COORDINATOR_FLUSH_INTERVAL_S``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Every knob of a run. Pass one to ``init_run(settings=...)``; unset fields come from the environment.
+
+    Example::
+
+        init_run(project="p", settings=Settings(flush_interval_s=0.02, backpressure="block"))
+    """
+
+    # --------------------------------------------------------------- where, who, how
+    mode: Mode = "async"
+    """``async`` (calls return at once), ``sync`` (every call waits until durable), ``offline``
+    (spool only; upload with ``coordinator sync``), ``disabled`` (no-ops), ``read-only``."""
+    dir: str | None = None
+    """Root of the embedded store (default ``./.coordinator``)."""
+    rank: int | None = None
+    """This process's global rank; default: from torchrun, MPI or SLURM variables."""
+    world_size: int | None = None
+    """Number of ranks; default: from torchrun, MPI or SLURM variables."""
+    run_id: str | None = None
+    """Run id shared by every rank when the launcher chooses it."""
+    endpoint: str | None = None
+    """Explicit aggregator endpoint; skips discovery (set ``run_id`` too)."""
+    debug: bool = False
+    """Log every connection, batch, ack and retry at DEBUG level to stderr."""
+    agg_stderr: str | None = None
+    """File the aggregator's log goes to instead of rank 0's stderr."""
+
+    # --------------------------------------------------------------- cross-rank semantics
+    default_policy: str = "mean"
+    """Reduction policy of keys that no ``policies`` glob matches."""
+    group_timeout_s: float = 10.0
+    """Longest a (key, step) group waits for ranks that never logged the key."""
+    liveness_timeout_s: float = 30.0
+    """A rank silent this long is reported lost."""
+    straggler_lag_s: float = 0.05
+    """A rank reaching steps this much later than the median rank is reported as a straggler."""
+
+    # --------------------------------------------------------------- buffer, sender, spool
+    max_buffer_points: int = 2_000_000
+    """Points a rank may hold unacknowledged (buffered, in flight) before ``log()`` blocks."""
+    flush_interval_s: float = 0.005
+    """How often the sender thread swaps the buffer out and sends it."""
+    max_batch_points: int = 65_536
+    """Most points in one wire batch; a larger flush is split."""
+    max_window_batches: int = 64
+    """Batches in flight without an ack; past it the sender stops sending."""
+    ack_timeout_s: float = 10.0
+    """An unacked batch older than this is sent again (the aggregator drops duplicates)."""
+    heartbeat_interval_s: float = 1.0
+    """Idle senders ping this often; the aggregator records liveness from it."""
+    backpressure: Backpressure = "spool"
+    """When the aggregator does not keep up: ``spool`` (write-ahead spool on disk, lossless while
+    disk lasts), ``block`` (``log()`` waits; lossless), ``drop_oldest`` (bounded memory; every
+    dropped point is counted and reported)."""
+    spool_dir: str | None = None
+    """Where this run's ranks spool (default ``<dir>/spool/<run id>``); local disk."""
+    max_spool_bytes: int = 4 * 1024**3
+    """Disk a rank's spool may use before ``log()`` blocks."""
+    spool_segment_bytes: int = 64 * 1024**2
+    """Size at which a spool starts a new segment file (acknowledged segments are deleted)."""
+
+    # --------------------------------------------------------------- network
+    transport: Transport = "auto"
+    """``ipc`` (one node), ``tcp`` (many nodes, CURVE-authenticated), ``auto`` (``tcp`` when
+    ``LOCAL_WORLD_SIZE < WORLD_SIZE``)."""
+    insecure_tcp: bool = False
+    """Allow TCP without a job secret (anyone who reaches the port can write to the run); warns."""
+    rendezvous_timeout_s: float = 120.0
+    """Other ranks wait this long for rank 0 to publish the aggregator endpoint."""
+
+    # --------------------------------------------------------------- lifecycle
+    close_timeout_s: float = 120.0
+    """Deadline of ``stop()``: drain, say goodbye, and (rank 0) wait for the aggregator."""
+    stop_grace_s: float = 30.0
+    """After rank 0 said goodbye, the aggregator waits this long for ranks that never connected."""
+    handle_sigterm: bool = True
+    """In the main thread, turn a default SIGTERM into ``SystemExit`` so the run drains."""
+    aggregator_start_timeout_s: float = 30.0
+    """Rank 0 waits this long for the aggregator process to bind its socket."""
+    max_aggregator_restarts: int = 5
+    """How often rank 0 restarts an aggregator that died before the run ended."""
+    aggregator_nice: int = 10
+    """CPU niceness added to the aggregator process: training processes get the CPU first."""
+    durable: bool = False
+    """SQLite ``synchronous=FULL`` (a commit survives power loss) instead of ``NORMAL``."""
+    sqlite_busy_timeout_s: float = 30.0
+    """How long a store connection waits on a lock held by another connection."""
+    artifact_max_copy_bytes: int = 100 * 1024 * 1024
+    """Files up to this size are copied into the run by ``upload()``; larger ones are references."""
+
+    # --------------------------------------------------------------- external trackers
+    backend: tuple[str, ...] = ()
+    """External trackers fed from the journal: ``mlflow``, ``tensorboard``, ``wandb``, ``neptune``
+    (in the environment: comma-separated)."""
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    """Options of the backend, or a dict keyed by backend name (in the environment: JSON)."""
+    forward_timeout_s: float = 60.0
+    """At the run's end, how long the trackers may take to catch up (what is left is resumable)."""
+    forward_batch_points: int = 50_000
+    """Points a forwarder reads from the journal per batch."""
+    forward_poll_interval_s: float = 1.0
+    """How often a caught-up forwarder looks for new chunks."""
+    forward_fields_interval_s: float = 10.0
+    """While the run is live, changed fields are forwarded at most this often (always at the end)."""
+    forward_base_backoff_s: float = 0.5
+    """First retry delay of a forwarder; doubles per failed attempt."""
+    forward_max_backoff_s: float = 30.0
+    """Longest retry delay without a ``Retry-After``."""
+    forward_max_retry_after_s: float = 300.0
+    """Longest wait a server's ``Retry-After`` can impose."""
+    forward_max_rejected_attempts: int = 3
+    """Attempts of a batch a backend refuses as invalid before its forwarder stops."""
+    forward_per_rank: bool = True
+    """Also forward each rank's own series (named by ``forward_rank_key``)."""
+    forward_rank_key: str = "ranks/{rank}/{key}"
+    """Name of a rank's series in a tracker: a template with ``{key}`` and ``{rank}``."""
+    forward_max_points_per_key_per_s: float | None = None
+    """Downsampling: most points per series per second of journal time sent to a tracker."""
+    forward_sys_ranks: bool = False
+    """Also forward the per-rank health fields ``sys/ranks/*`` (many ranks: many tags)."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("mode", MODES),
+            ("backpressure", BACKPRESSURE_POLICIES),
+            ("transport", TRANSPORTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"Settings.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            numeric = isinstance(v, int | float) and not isinstance(v, bool)
+            if f.name.endswith(("_s", "_bytes", "_points", "_batches")) and numeric and v < 0:
+                raise ConfigError(f"Settings.{f.name} must be a number >= 0, got {v!r}")
+        for name in ("flush_interval_s", "max_buffer_points", "max_batch_points", "max_window_batches"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Settings.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_aggregator_restarts < 0:
+            raise ConfigError(f"Settings.max_aggregator_restarts must be >= 0, got {self.max_aggregator_restarts}")
+        if not isinstance(self.backend, tuple):
+            raise ConfigError(f"Settings.backend must be a tuple of backend names, got {self.backend!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:
+        """Settings from ``COORDINATOR_*`` variables over ``base`` (default: the defaults).
+
+        Unknown ``COORDINATOR_*`` names are logged as a warning (once per name per process).
+
+        Raises:
+            ConfigError: a variable's value does not parse as its field's type.
+        """
+        env = os.environ if environ is None else environ
+        hints = _hints()
+        known = {env_name(f.name): f.name for f in dataclasses.fields(cls)}
+        for var in env:
+            if var.startswith(ENV_PREFIX) and var not in known and var not in _NOT_SETTINGS:
+                _warn_unknown(var, known)
+        changes: dict[str, Any] = {}
+        for var, name in known.items():
+            raw = env.get(var)
+            if raw is not None and raw != "":
+                changes[name] = _parse(name, hints[name], raw, var)
+        return dataclasses.replace(base or DEFAULTS, **changes)
+
+    def explicit(self) -> dict[str, Any]:
+        """The fields that differ from their defaults (what a ``settings=`` argument sets)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(DEFAULTS, f.name)
+        }
+
+    @classmethod
+    def resolve(
+        cls,
+        settings: Settings | None = None,
+        environ: Mapping[str, str] | None = None,
+        **explicit: Any,
+    ) -> Settings:
+        """Explicit arguments over ``settings`` (its non-default fields) over the environment over defaults.
+
+        Raises:
+            ConfigError: a bad value, or an argument that is not a field.
+        """
+        if settings is not None and not isinstance(settings, Settings):
+            raise ConfigError(f"settings= must be a coordinator.Settings, got {type(settings).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = set(explicit) - names
+        if bad:
+            raise ConfigError(f"not a Settings field: {', '.join(sorted(bad))}")
+        s = cls.from_env(environ)
+        over = settings.explicit() if settings is not None else {}
+        over.update({k: v for k, v in explicit.items() if v is not None})
+        try:
+            return dataclasses.replace(s, **over)
+        except TypeError as e:
+            raise ConfigError(str(e)) from e
+
+
+DEFAULTS = Settings()
+"""The defaults, for modules that need one field's default (e.g. a config dataclass)."""
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _parse(name: str, hint: Any, raw: str, var: str) -> Any:
+    """One environment value as its field's type."""
+    args = set(typing.get_args(hint))
+    base = hint
+    if type(None) in args:  # X | None: an empty value was skipped, so parse X
+        rest = [a for a in args if a is not type(None)]
+        base = rest[0]
+    try:
+        if base is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected 1/0, true/false, yes/no or on/off")
+        if base is int:
+            return int(raw)
+        if base is float:
+            return float(raw)
+        if typing.get_origin(base) is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if typing.get_origin(base) is Mapping or base is Mapping:
+            val = json.loads(raw)
+            if not isinstance(val, dict):
+                raise ValueError("expected a JSON object")
+            return val
+        return raw  # str and Literal[str, ...] (checked in __post_init__)
+    except ValueError as e:
+        raise ConfigError(f"{var}={raw!r:.80}: not a valid value for Settings.{name}: {e}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown(var: str, known: Mapping[str, str]) -> None:
+    if var in _warned:
+        return
+    _warned.add(var)
+    import difflib
+
+    close = difflib.get_close_matches(var, list(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    _log.warning("%s is set but is not a coordinator setting (ignored)%s", var, hint)
