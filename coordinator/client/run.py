@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from coordinator.client.steps import StepNumbering
 from coordinator.core import env as _env
 from coordinator.core.columns import Column
 from coordinator.core.limits import MAX_KEYS_PER_RUN
@@ -252,6 +253,7 @@ class Run:
                     hello=default_hello(self.world_size, name, project),
                 ),
                 self._buf,
+                StepNumbering(),
             )
             self._sender.start()
         if self._supervisor is not None:
@@ -1085,6 +1087,7 @@ def init_run(
                     tcp_host=bind_address(os.environ.get(_env.MASTER_ADDR), os.environ.get(_env.MASTER_PORT))
                     if use_tcp
                     else None,
+                    stderr_path=os.environ.get(_env.COORDINATOR_AGG_STDERR),
                 )
                 try:
                     agg.start(DEFAULTS.aggregator_start_timeout_s)

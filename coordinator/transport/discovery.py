@@ -228,9 +228,15 @@ def _publisher_alive(rec: dict[str, Any]) -> bool:
 class AggregatorProcess:
     """Rank 0's handle on the aggregator sidecar process."""
 
-    def __init__(self, run_id: str, config: dict[str, Any], *, tcp_host: str | None = None) -> None:
-        """Args: tcp_host: bind TCP on this address (a free port) instead of a private ipc socket."""
+    def __init__(
+        self, run_id: str, config: dict[str, Any], *, tcp_host: str | None = None, stderr_path: str | None = None
+    ) -> None:
+        """Args:
+        tcp_host: bind TCP on this address (a free port) instead of a private ipc socket.
+        stderr_path: append the aggregator's log to this file instead of inheriting our stderr.
+        """
         self.run_id = run_id
+        self.stderr_path = stderr_path
         self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=private_dir()))
         self.endpoint = f"tcp://{tcp_host}:*" if tcp_host else f"ipc://{self.sock_dir}/agg.sock"
         self.config = dict(config, endpoint=self.endpoint, parent_pid=os.getpid())
@@ -251,8 +257,7 @@ class AggregatorProcess:
             "--config",
             json.dumps(self.config),
         ]
-        stderr_path = os.environ.get(_env.COORDINATOR_AGG_STDERR)
-        stderr = open(stderr_path, "ab") if stderr_path else None  # noqa: SIM115 - owned by the child
+        stderr = open(self.stderr_path, "ab") if self.stderr_path else None  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen(
                 cmd,

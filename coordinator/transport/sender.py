@@ -15,6 +15,7 @@ import threading
 import time
 from array import array
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -118,8 +119,10 @@ class _Batch:
 class SenderThread(threading.Thread):
     """Drains the buffer every flush interval into numbered batches, spools and sends them."""
 
-    def __init__(self, cfg: SenderConfig, buf: Buffer) -> None:
+    def __init__(self, cfg: SenderConfig, buf: Buffer, number_steps: Callable[[str, array[int]], None]) -> None:
+        """``number_steps(key, steps)`` fills in, in place, the steps a caller left as -1 (the client's rule)."""
         super().__init__(name=f"coordinator-sender-r{cfg.rank}", daemon=True)
+        self._number_steps = number_steps
         self.cfg = cfg
         self.buf = buf
         self.requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -136,7 +139,6 @@ class SenderThread(threading.Thread):
         self._seq = 0
         self._req_id = 0
         self._open_reqs: dict[int, Request] = {}
-        self._last_step: dict[str, int] = {}
         self._hot_keys: list[str] = []
         """Keys logged during the last flush interval: their next columns are pre-built."""
         self._cut_gen = -1
@@ -326,18 +328,6 @@ class SenderThread(threading.Thread):
 
     # ------------------------------------------------------------ batches
 
-    def _resolve_steps(self, key: str, steps: array[int]) -> None:
-        """Replace -1 (no step given) by the rank's previous step for the key + 1."""
-        last = self._last_step.get(key, -1)
-        if min(steps) < 0:
-            for i, s in enumerate(steps):
-                if s < 0:
-                    s = steps[i] = last + 1
-                last = s
-        else:
-            last = steps[-1]
-        self._last_step[key] = last
-
     def _may_cut(self, now: float) -> bool:
         """Whether taking the buffer now keeps memory and disk within their bounds."""
         if self.cfg.endpoint is None:
@@ -476,7 +466,7 @@ class SenderThread(threading.Thread):
         for key, (steps, values) in cols.items():
             if not steps:
                 continue
-            self._resolve_steps(key, steps)
+            self._number_steps(key, steps)
             i = 0
             while i < len(steps):
                 take = min(len(steps) - i, cap - n)

@@ -1,0 +1,220 @@
+"""Helpers the benchmark modules share: paths, child environment, formatting, medians, marks, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import re
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_TO_CLEAR",
+    "RESULTS",
+    "ROOT",
+    "child_env",
+    "cpu_model",
+    "fmt_pps",
+    "git_rev",
+    "kill_tree",
+    "leftovers",
+    "log",
+    "mark",
+    "med",
+    "mib",
+    "result_base",
+    "thread_cpu",
+    "versions",
+    "write_atomic",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Launcher and coordinator variables of the shell that started the benchmark: a child that
+# inherited them would join that job instead of the trial's own run.
+ENV_TO_CLEAR = (
+    "COORDINATOR_ENDPOINT",
+    "COORDINATOR_RUN_ID",
+    "COORDINATOR_MODE",
+    "COORDINATOR_DIR",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+)
+
+
+# =============================================================================== formatting
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr (stdout carries the report)."""
+    print(f"# [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def med(xs: list[float]) -> float:
+    """Median, NaN for no samples (a cell whose every repeat failed still gets a row)."""
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def fmt_pps(x: float | None) -> str:
+    """Points per second with thousands separators; ``-`` when not measured."""
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def mib(n: float | None) -> str:
+    """Bytes as whole MiB; ``-`` when not measured."""
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
+def mark(ok: bool | None) -> str:
+    """A target's status cell: met, **missed**, or n/a when it could not be measured."""
+    if ok is None:
+        return "n/a"
+    return "met" if ok else "**missed**"
+
+
+# =============================================================================== result files
+
+
+def result_base(kind: str, started: dt.datetime, quick: bool) -> Path:
+    """``results/<kind>-<host>-<date>[-quick]``, without a suffix: a quick run never overwrites a full one."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    return RESULTS / f"{kind}-{host}-{started.strftime('%Y-%m-%d')}{'-quick' if quick else ''}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a ``.tmp`` sibling, so an interrupted run never leaves half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# =============================================================================== child processes
+
+
+def child_env(trial_dir: Path) -> dict[str, str]:
+    """Environment of a trial's worker processes: this checkout's coordinator, a fresh job identity."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
+    # Consecutive trials are launched by this same parent, so without a distinct job identity
+    # they would share one rendezvous file (discovery keys it on launcher variables + parent
+    # pid, and the per-process call counter restarts at 0 in every new worker): a record left
+    # by a failed trial would then be read by the next one. torchrun sets this variable too; recent
+    # versions of the library also derive the run id from it (one fresh id per trial here).
+    env["TORCHELASTIC_RUN_ID"] = f"bench-{uuid.uuid4().hex[:12]}"
+    env["COORDINATOR_AGG_STDERR"] = str(trial_dir / "aggregator.log")
+    if str(ROOT) not in env.get("PYTHONPATH", "").split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def thread_cpu(proc: Any, tid: int | None) -> float | None:
+    """CPU seconds (user + system) of thread ``tid`` of psutil process ``proc``; None if it is gone."""
+    if tid is None:
+        return None
+    for t in proc.threads():
+        if t.id == tid:
+            return float(t.user_time + t.system_time)
+    return None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants, and reap them."""
+    import psutil
+
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    for p in [*kids]:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    with contextlib.suppress(psutil.Error, ProcessLookupError):
+        psutil.Process(pid).kill()
+    for p in kids:
+        with contextlib.suppress(psutil.Error):
+            p.wait(10)
+
+
+def leftovers() -> list[str]:
+    """``"<pid> <command line>"`` of every descendant of this process still running."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+    return out
+
+
+# =============================================================================== machine facts
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the coordinator and the libraries on its data path."""
+    import msgpack
+    import psutil
+    import zmq
+
+    import coordinator
+
+    return {
+        "python": platform.python_version(),
+        "coordinator": getattr(coordinator, "__version__", "?"),
+        "pyzmq": f"{zmq.__version__} (libzmq {zmq.zmq_version()})",
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "psutil": psutil.__version__,
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def git_rev() -> str:
+    """The checkout's commit, and whether coordinator/ differs from it (the code measured)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "coordinator"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return f"git {out.stdout.strip()}, coordinator/ {'with uncommitted changes' if dirty else 'as committed'}"
+    except (OSError, subprocess.SubprocessError):
+        return "git ?"
