@@ -1,6 +1,6 @@
-"""Training overhead: a CPU DDP job (gloo, small MLP) timed per step, with and without logging.
+"""Section 5, training overhead: a CPU DDP job (gloo, small MLP) timed per step, with and without logging.
 
-Launched by ``benchmarks.run`` (section 5) as::
+Launched by ``ddp_section`` (``benchmarks.run``, section 5) as::
 
     python -m torch.distributed.run --standalone --nproc_per_node=4 -m benchmarks.ddp_overhead \\
         --out RESULT.json --steps 200 --repeats 5 --variants none,coordinator,...
@@ -16,7 +16,8 @@ step time). Variants:
 * ``coordinator-flush50ms`` — the same with ``init_run(flush_interval_s=0.05)`` instead of the
   default 5 ms (diagnostic: how much of the cost is the sender thread waking up);
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
-  W&B offline, MLflow async, trackio, Neptune offline);
+  W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
+  in the peer table (section 4);
 * ``allreduce`` — Lightning's ``sync_dist=True`` pattern: one ``all_reduce`` per metric (100
   per step), then rank 0 keeps the means (written to TensorBoard when it is installed);
 * ``allreduce-packed`` — the same 100 metrics packed into one tensor, one ``all_reduce``.
@@ -32,11 +33,17 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import child_env, kill_tree, log, med
+from benchmarks.trackers import open_tracker, peer_env
+
+__all__ = ["N_METRICS", "ddp_section", "main"]
 
 N_METRICS = 100
 
@@ -57,7 +64,9 @@ class _Logger:
                 project="bench", name=f"ddp-block{block}", dir=root / "coordinator", handle_sigterm=False, **extra
             )
         elif variant.startswith("peer:") and rank == 0:
-            self.obj = _open_peer(variant[5:], root, block)
+            self.obj = open_tracker(
+                variant[5:], root, f"block{block}", run_name=f"ddp-block{block}", project="bench-ddp"
+            )
         elif variant.startswith("allreduce") and rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -75,7 +84,7 @@ class _Logger:
             self.obj.log(dict(zip(self.keys, [x + j for j in range(N_METRICS)], strict=True)), step=step)
         elif v.startswith("peer:"):
             if self.obj is not None:
-                self.obj(dict(zip(self.keys, [x + j for j in range(N_METRICS)], strict=True)), step)
+                self.obj.many(dict(zip(self.keys, [x + j for j in range(N_METRICS)], strict=True)), step)
         elif v == "allreduce":
             import torch
             import torch.distributed as dist
@@ -107,89 +116,110 @@ class _Logger:
         if self.variant.startswith("coordinator"):
             self.obj.stop()
         elif self.variant.startswith("peer:") and self.obj is not None:
-            self.obj.close()  # type: ignore[attr-defined]
+            self.obj.finish()
         if self.tb is not None:
             self.tb.close()
 
 
-class _PeerLog:
-    def __init__(self, log: Any, close: Any) -> None:
-        self._log = log
-        self.close = close
-
-    def __call__(self, d: dict[str, float], step: int) -> None:
-        self._log(d, step)
+# ============================================================================ suite section 5 (parent side)
 
 
-def _open_peer(name: str, root: Path, block: int) -> _PeerLog:
-    if name == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-
-        w = SummaryWriter(log_dir=str(root / "tb" / f"block{block}"))
-
-        def tb_log(d: dict[str, float], step: int) -> None:
-            for k, v in d.items():
-                w.add_scalar(k, v, step)
-
-        return _PeerLog(tb_log, w.close)
-    if name == "wandb":
-        import wandb
-
-        d = root / "wandb"
-        d.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project="bench",
-            name=f"ddp-block{block}",
-            dir=str(d),
-            mode="offline",
-            reinit="create_new",
-            settings=wandb.Settings(
-                console="off", x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True, disable_git=True
-            ),
+def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dict[str, Any]:
+    """Section 5 of the suite: launch this module under torchrun (4 ranks) and summarise its blocks."""
+    variants = ["none", "coordinator", "allreduce", "allreduce-packed"]
+    if not quick:
+        variants.insert(2, "coordinator-flush50ms")
+    want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
+    missing = [p for p in want if not peers_available.get(p)]
+    variants[2:2] = [f"peer:{p}" for p in want if peers_available.get(p)]
+    steps, repeats = (30, 2) if quick else (150, 5)
+    d = tmp / "ddp"
+    d.mkdir()
+    out_json = d / "result.json"
+    env = child_env(d)
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    env.update({"OMP_NUM_THREADS": "1"})
+    env.update(peer_env(d))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "benchmarks.ddp_overhead",
+        "--out",
+        str(out_json),
+        "--steps",
+        str(steps),
+        "--repeats",
+        str(repeats),
+        "--variants",
+        ",".join(variants),
+        "--root",
+        str(d),
+    ]
+    res: dict[str, Any] = {
+        "variants": variants,
+        "steps": steps,
+        "repeats": repeats,
+        "missing": missing,
+        "command": "python -m torch.distributed.run --standalone --nproc_per_node=4 -m "
+        f"benchmarks.ddp_overhead --steps {steps} --repeats {repeats} --variants " + ",".join(variants),
+        "problems": [],
+    }
+    log(f"5: DDP: 4 ranks x {len(variants)} variants x {repeats} repeats x {steps} steps")
+    logf = d / "torchrun.log"
+    t0 = time.monotonic()
+    with open(logf, "wb") as lf:
+        proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(120 if quick else 1800)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait(30)
+            code = None
+    res["wall_s"] = time.monotonic() - t0
+    if code != 0:
+        text = logf.read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        # The workers' own messages come first; torchrun's summary names the root-cause rank and signal.
+        head = "\n".join(ln[:300] for ln in lines[:12])
+        cause = text[text.find("Root Cause") :][:700] if "Root Cause" in text else text[-700:]
+        res["problems"].append(
+            f"torchrun exit code {code} "
+            f"({'after' if out_json.exists() else 'before'} the results were written):\n"
+            f"{head}\n...\n{cause}"
         )
-        return _PeerLog(lambda dd, s: run.log(dd, step=s), run.finish)
-    if name == "mlflow-async":
-        import mlflow
-
-        mlflow.set_experiment("bench-ddp")
-        mlflow.start_run(run_name=f"ddp-block{block}")
-
-        def ml_close() -> None:
-            mlflow.flush_async_logging()
-            mlflow.end_run()
-
-        return _PeerLog(lambda dd, s: mlflow.log_metrics(dd, step=s, synchronous=False), ml_close)
-    if name == "trackio":
-        import trackio
-
-        trackio.init(project="bench-ddp", name=f"ddp-block{block}", auto_log_cpu=False, auto_log_gpu=False)
-        return _PeerLog(lambda dd, s: trackio.log(dd, step=s), trackio.finish)
-    if name == "neptune":
-        import neptune
-
-        run = neptune.init_run(
-            mode="offline",
-            capture_stdout=False,
-            capture_stderr=False,
-            capture_hardware_metrics=False,
-            capture_traceback=False,
-            git_ref=False,
-            source_files=[],
+    if not out_json.exists():
+        return res
+    raw = json.loads(out_json.read_text())
+    res["raw"] = raw
+    base = med([b["mean_s"] for b in raw["results"]["none"]])
+    rows = []
+    for v in variants:
+        bs = raw["results"][v]
+        m = med([b["mean_s"] for b in bs])
+        rows.append(
+            {
+                "variant": v,
+                "step_ms": m * 1000,
+                "step_ms_all": [round(b["mean_s"] * 1000, 3) for b in bs],
+                "median_step_ms": med([b["median_s"] for b in bs]) * 1000,
+                "slowdown": m / base - 1,
+                "setup_s": med([b["setup_s"] for b in bs]),
+                "close_s": med([b["close_s"] for b in bs]),
+            }
         )
+    res["rows"] = rows
+    return res
 
-        def nep_log(d: dict[str, float], step: int) -> None:
-            for k, v in d.items():
-                run[k].append(v, step=step)
 
-        def nep_close() -> None:
-            run.wait()
-            run.stop()
-
-        return _PeerLog(nep_log, nep_close)
-    raise ValueError(f"unknown peer {name!r}")
+# ============================================================================ the job (each rank, under torchrun)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One rank of the DDP job: every variant's blocks, rank 0 writes the results to ``--out``."""
     p = argparse.ArgumentParser(prog="benchmarks.ddp_overhead")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=200)

@@ -23,25 +23,17 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput import _child_env, _emit, _Worker
+from benchmarks.common import child_env
+from benchmarks.workers import Worker, emit, wait_go
+
+__all__ = ["BATCH_POINTS", "limit_trial", "main", "push_main", "recv_main"]
 
 BATCH_POINTS = 1000
 MAX_DISTINCT = 256
 
 
-def _wait_go() -> float | None:
-    line = sys.stdin.readline()
-    if not line.startswith("GO "):
-        return None
-    t_start = float(line.split()[1])
-    while True:
-        left = t_start - time.monotonic()
-        if left <= 0:
-            return t_start
-        time.sleep(left - 0.001 if left > 0.002 else 0)
-
-
 def recv_main(cfg: dict[str, Any]) -> int:
+    """``_recv '<json>'``: the PULL receiver; counts and discards messages, reports the last one's time."""
     import zmq
 
     ctx = zmq.Context()
@@ -49,7 +41,7 @@ def recv_main(cfg: dict[str, Any]) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(cfg["endpoint"])
     expected = cfg["messages"]
-    _emit("READY", {"pid": os.getpid()})
+    emit("READY", {"pid": os.getpid()})
     n = 0
     nbytes = 0
     t_first = 0.0
@@ -65,13 +57,14 @@ def recv_main(cfg: dict[str, Any]) -> int:
         n += 1
         nbytes += len(f.buffer)
     t_last = time.monotonic()
-    _emit("DONE", {"t_end": t_last, "t_first": t_first, "messages": n, "bytes": nbytes})
+    emit("DONE", {"t_end": t_last, "t_first": t_first, "messages": n, "bytes": nbytes})
     sock.close(0)
     ctx.term()
     return 0 if n == expected else 1
 
 
 def push_main(cfg: dict[str, Any]) -> int:
+    """``_push '<json>'``: one pusher, one rank's points in 1000-point batches as fast as it can."""
     import zmq
 
     from coordinator.transport import wire
@@ -98,8 +91,8 @@ def push_main(cfg: dict[str, Any]) -> int:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, -1)
     sock.connect(cfg["endpoint"])
-    _emit("READY", {"pid": os.getpid(), "batches": n_batches, "bytes": sum(map(len, payloads)) / len(payloads)})
-    if _wait_go() is None:
+    emit("READY", {"pid": os.getpid(), "batches": n_batches, "bytes": sum(map(len, payloads)) / len(payloads)})
+    if wait_go() is None:
         return 2
     send = sock.send
     m = len(payloads)
@@ -112,7 +105,7 @@ def push_main(cfg: dict[str, Any]) -> int:
     t_sent = time.monotonic()
     sock.close()  # linger: blocks until every message is handed to the receiver
     ctx.term()
-    _emit("DONE", {"t_sent": t_sent})
+    emit("DONE", {"t_sent": t_sent})
     return 0
 
 
@@ -124,7 +117,7 @@ def limit_trial(world: int, k: int, points: int, tmp: Path, label: str, inline: 
     """
     d = tmp / label
     d.mkdir(parents=True)
-    env = _child_env(d)
+    env = child_env(d)
     steps = points // k
     spb = max(1, BATCH_POINTS // k)
     batches = -(-steps // spb)
@@ -138,9 +131,9 @@ def limit_trial(world: int, k: int, points: int, tmp: Path, label: str, inline: 
         "problems": [],
     }
     endpoint = f"ipc://{d}/pull.sock"
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     try:
-        recv = _Worker(
+        recv = Worker(
             {"rank": -1, "endpoint": endpoint, "messages": world * batches, "timeout": 120},
             env,
             d / "recv.stderr",
@@ -150,7 +143,7 @@ def limit_trial(world: int, k: int, points: int, tmp: Path, label: str, inline: 
         workers.append(recv)
         recv.expect("READY", time.monotonic() + 60)
         pushers = [
-            _Worker(
+            Worker(
                 {"rank": r, "endpoint": endpoint, "keys": k, "points": points, "inline": inline},
                 env,
                 d / f"push{r}.stderr",
@@ -187,6 +180,7 @@ def limit_trial(world: int, k: int, points: int, tmp: Path, label: str, inline: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch the internal worker sub-commands."""
     import json
 
     argv = sys.argv[1:] if argv is None else argv

@@ -1,7 +1,7 @@
-"""Peers, same workload, same run: W&B offline, MLflow (sync/async), TensorBoard, Neptune offline, trackio.
+"""Section 4, peers on the same workload in the same run: trial workers, read-back of their output, the table.
 
-Each peer runs in its own worker process (``python -m benchmarks.peers _peer '<json>'``), the
-way its documentation recommends for DDP:
+Each peer runs in its own worker process (``python -m benchmarks.peers _peer '<json>'``), set
+up by ``benchmarks.trackers``, the way its documentation recommends for DDP:
 
 * TensorBoard (``torch.utils.tensorboard.SummaryWriter``): rank 0 only (what Lightning's
   ``TensorBoardLogger`` does: ``rank_zero_only``);
@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.metadata
 import json
 import os
 import sqlite3
-import struct
 import sys
 import time
 from array import array
@@ -36,250 +34,37 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput import _child_env, _emit, _summary, _timer_overhead, _Worker
+from benchmarks.common import child_env, log, med
+from benchmarks.hotpath import latency_summary, timer_overhead
+from benchmarks.trackers import PEERS, available, open_tracker, peer_env
+from benchmarks.workers import Worker, emit
+
+__all__ = ["HOT_KEY", "main", "peer_main", "peer_trial", "peers_section", "read_back"]
 
 HOT_KEY = "hot/loss"
 
-# name -> (distribution, DDP mode, description)
-PEERS: dict[str, tuple[str, str, str]] = {
-    "tensorboard": ("tensorboard", "rank0", "torch.utils.tensorboard SummaryWriter.add_scalar"),
-    "wandb": ("wandb", "every", "wandb.init(mode=offline, group=...) per rank; run.log(dict, step=)"),
-    "mlflow-sync": ("mlflow", "rank0", "mlflow.log_metric(s)(..., step=) (synchronous), SQLite store"),
-    "mlflow-async": ("mlflow", "rank0", "mlflow.log_metric(s)(..., synchronous=False), SQLite store"),
-    "neptune": ("neptune", "every", 'neptune.init_run(mode="offline", custom_run_id=...); run[k].append()'),
-    "trackio": ("trackio", "rank0", "trackio.init(); trackio.log(dict, step=)"),
-}
 
-
-def peer_env(root: Path) -> dict[str, str]:
-    """Environment of a peer worker: local/offline everything, no telemetry."""
-    return {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DISABLE_CODE": "true",
-        "WANDB_DISABLE_GIT": "true",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        "TRACKIO_DIR": str(root / "trackio"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "NEPTUNE_MODE": "offline",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-
-
-def available(name: str) -> tuple[bool, str]:
-    """(installed, version or the reason it is missing) without importing the package."""
-    dist = PEERS[name][0]
-    try:
-        v = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return False, f"`{dist}` is not installed (pip install -e '.[bench]')"
-    if name == "tensorboard":
-        try:
-            tv = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            return False, "torch is not installed (torch.utils.tensorboard)"
-        return True, f"tensorboard {v}, torch {tv}"
-    return True, f"{dist} {v}"
-
-
-# ============================================================================ adapters (worker side)
-
-
-class _Adapter:
-    def __init__(self, name: str, root: Path, rank: int, world: int, group: str) -> None:
-        self.name, self.root, self.rank, self.world, self.group = name, root, rank, world, group
-
-    def scalar(self, key: str, x: float, step: int) -> None:
-        raise NotImplementedError
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        raise NotImplementedError
-
-    def drain(self) -> None:
-        """Flush what the hot-path calls queued, so the throughput phase starts empty."""
-
-    def finish(self) -> dict[str, Any]:
-        return {}
-
-
-class _TensorBoard(_Adapter):
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.w = SummaryWriter(log_dir=str(self.root / "tb" / f"rank{self.rank}"))
-        self.scalar = self.w.add_scalar  # type: ignore[method-assign]
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        add = self.w.add_scalar
-        for k, v in d.items():
-            add(k, v, step)
-
-    def drain(self) -> None:
-        self.w.flush()
-
-    def finish(self) -> dict[str, Any]:
-        self.w.flush()
-        self.w.close()
-        return {}
-
-
-class _WandB(_Adapter):
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        import wandb
-
-        d = self.root / "wandb" / f"rank{self.rank}"
-        d.mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(
-            console="off",
-            x_disable_stats=True,
-            x_disable_meta=True,
-            x_disable_machine_info=True,
-            disable_git=True,
-            save_code=False,
-        )
-        self.run = wandb.init(
-            project="bench",
-            group=self.group,
-            name=f"rank{self.rank}",
-            dir=str(d),
-            mode="offline",
-            settings=settings,
-            reinit="create_new",
-        )
-
-    def scalar(self, key: str, x: float, step: int) -> None:
-        self.run.log({key: x}, step=step)
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        self.run.log(d, step=step)
-
-    def finish(self) -> dict[str, Any]:
-        self.run.finish()
-        return {}
-
-
-class _MLflow(_Adapter):
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        import mlflow
-
-        self.mlflow = mlflow
-        self.sync = self.name == "mlflow-sync"
-        mlflow.set_experiment("bench")
-        self.run = mlflow.start_run(run_name=f"{self.group}-rank{self.rank}")
-
-    def scalar(self, key: str, x: float, step: int) -> None:
-        self.mlflow.log_metric(key, x, step=step, synchronous=self.sync)
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(d, step=step, synchronous=self.sync)
-
-    def drain(self) -> None:
-        if not self.sync:
-            self.mlflow.flush_async_logging()
-
-    def finish(self) -> dict[str, Any]:
-        if not self.sync:
-            self.mlflow.flush_async_logging()
-        self.mlflow.end_run()
-        return {"run_id": self.run.info.run_id}
-
-
-class _Neptune(_Adapter):
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        import neptune
-
-        self.run = neptune.init_run(
-            mode="offline",
-            custom_run_id=self.group[:36],
-            name=self.group,
-            capture_stdout=False,
-            capture_stderr=False,
-            capture_hardware_metrics=False,
-            capture_traceback=False,
-            git_ref=False,
-            source_files=[],
-        )
-        self._h: dict[str, Any] = {}
-
-    def scalar(self, key: str, x: float, step: int) -> None:
-        h = self._h.get(key)
-        if h is None:
-            h = self._h[key] = self.run[key]
-        h.append(x, step=step)
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        for k, v in d.items():
-            h = self._h.get(k)
-            if h is None:
-                h = self._h[k] = self.run[k]
-            h.append(v, step=step)
-
-    def drain(self) -> None:
-        self.run.wait()
-
-    def finish(self) -> dict[str, Any]:
-        self.run.wait()
-        self.run.stop()
-        return {}
-
-
-class _Trackio(_Adapter):
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        import trackio
-
-        self.trackio = trackio
-        trackio.init(project="bench", name=f"{self.group}-rank{self.rank}", auto_log_cpu=False, auto_log_gpu=False)
-
-    def scalar(self, key: str, x: float, step: int) -> None:
-        self.trackio.log({key: x}, step=step)
-
-    def many(self, d: dict[str, float], step: int) -> None:
-        self.trackio.log(d, step=step)
-
-    def finish(self) -> dict[str, Any]:
-        self.trackio.finish()
-        return {}
-
-
-_ADAPTERS: dict[str, type[_Adapter]] = {
-    "tensorboard": _TensorBoard,
-    "wandb": _WandB,
-    "mlflow-sync": _MLflow,
-    "mlflow-async": _MLflow,
-    "neptune": _Neptune,
-    "trackio": _Trackio,
-}
+# ============================================================================ worker (one rank)
 
 
 def peer_main(cfg: dict[str, Any]) -> int:
+    """``_peer '<json>'``: one rank of a peer trial (hot-path calls, then the durable phase), over stdin/stdout."""
     import psutil
 
-    name, rank, world = cfg["peer"], cfg["rank"], cfg["world"]
+    name, rank = cfg["peer"], cfg["rank"]
     root = Path(cfg["root"])
     os.chdir(root)  # peers that write relative to the working directory (neptune's .neptune) stay in root
     if name == "neptune":
         os.environ["NEPTUNE_DATA_DIRECTORY"] = str(root / "neptune" / f"rank{rank}")
     active = PEERS[name][1] == "every" or rank == 0
     t0 = time.monotonic()
-    ad = _ADAPTERS[name](name, root, rank, world, cfg["group"]) if active else None
+    group = cfg["group"]
+    ad = open_tracker(name, root, f"rank{rank}", run_name=f"{group}-rank{rank}", group=group) if active else None
     init_s = time.monotonic() - t0
     keys = [f"train/m{j:03d}" for j in range(cfg["keys"])]
     steps = cfg["points"] // cfg["keys"]
-    overhead, _ = _timer_overhead(20_000)
-    _emit("READY", {"pid": os.getpid(), "init_s": init_s, "rss": psutil.Process().memory_info().rss})
+    overhead, _ = timer_overhead(20_000)
+    emit("READY", {"pid": os.getpid(), "init_s": init_s, "rss": psutil.Process().memory_info().rss})
     line = sys.stdin.readline()
     if not line.startswith("GO "):
         return 2
@@ -299,11 +84,11 @@ def peer_main(cfg: dict[str, Any]) -> int:
                 scalar(HOT_KEY, x, i)
                 t_b = pc()
                 samples[i] = t_b - t_a
-            out["hot"] = _summary(samples, overhead)
+            out["hot"] = latency_summary(samples, overhead)
         ad.drain()
     # Every rank starts the throughput phase together, after rank 0's hot-path calls are drained.
     out["t_ready"] = time.monotonic()
-    _emit("HOTDONE", {})
+    emit("HOTDONE", {})
     sys.stdin.readline()
     if ad is not None:
         t_a = time.monotonic()
@@ -319,7 +104,7 @@ def peer_main(cfg: dict[str, Any]) -> int:
         out["log_s"] = out["t_logged"] - t_a
         out["finish_s"] = out["t_end"] - out["t_logged"]
     out["rss"] = psutil.Process().memory_info().rss
-    _emit("DONE", out)
+    emit("DONE", out)
     sys.stdin.readline()
     return 0
 
@@ -341,53 +126,18 @@ def _read_tb(root: Path) -> dict[int, Counter[tuple[str, int]]]:
     return out
 
 
-def _wandb_records(path: str) -> list[bytes]:
-    """Records of a ``.wandb`` file (LevelDB log format: 32 KiB blocks, 7-byte record headers)."""
-    data = Path(path).read_bytes()
-    ident, _magic, _ver = struct.unpack("<4sHB", data[:7])
-    if ident != b":W&B":
-        raise ValueError(f"{path}: not a .wandb file")
-    block = 32768
-    pos, recs, buf = 7, [], b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, ln, typ = struct.unpack("<IHB", data[pos : pos + 7])
-        if typ == 0 and ln == 0:
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + ln]
-        pos += 7 + ln
-        if typ == 1:
-            recs.append(chunk)
-        elif typ == 2:
-            buf = chunk
-        elif typ == 3:
-            buf += chunk
-        elif typ == 4:
-            recs.append(buf + chunk)
-            buf = b""
-    return recs
-
-
 def _read_wandb(root: Path) -> dict[int, Counter[tuple[str, int]]]:
-    from wandb.proto import wandb_internal_pb2 as pb
+    # The library's reader of W&B's offline transaction log (the wandb package has none).
+    from coordinator.forward.wandb import read_offline_history
 
     out: dict[int, Counter[tuple[str, int]]] = {}
     for d in sorted((root / "wandb").glob("rank*")):
         c: Counter[tuple[str, int]] = Counter()
         for f in glob.glob(str(d / "wandb" / "offline-run-*" / "run-*.wandb")):
-            for raw in _wandb_records(f):
-                rec = pb.Record()
-                rec.ParseFromString(raw)
-                if rec.WhichOneof("record_type") != "history":
-                    continue
-                step = rec.history.step.num
-                for it in rec.history.item:
-                    k = it.key or "/".join(it.nested_key)
-                    if not k.startswith("_"):
+            for row in read_offline_history(f):
+                step = int(row["_step"])  # W&B's step column: the step= of the log() call
+                for k in row:
+                    if not k.startswith("_"):  # W&B's own columns (_step, _timestamp, _runtime)
                         c[(k, step)] += 1
         out[int(d.name[4:])] = c
     return out
@@ -452,6 +202,7 @@ def _read_trackio(root: Path, group: str) -> dict[int, Counter[tuple[str, int]]]
 
 
 def read_back(name: str, root: Path, group: str) -> dict[int, Counter[tuple[str, int]]]:
+    """Per rank, how many times each (key, step) is in peer ``name``'s output under ``root``."""
     if name == "tensorboard":
         return _read_tb(root)
     if name == "wandb":
@@ -474,7 +225,7 @@ def peer_trial(
     """``world`` processes of peer ``name``; returns timings and the read-back accounting."""
     d = tmp / label
     d.mkdir(parents=True)
-    env = _child_env(d)
+    env = child_env(d)
     env.update(peer_env(d))
     mode = PEERS[name][1]
     group = f"g{os.getpid()}-{label}"
@@ -488,7 +239,7 @@ def peer_trial(
         "points_per_rank": steps * keys,
         "problems": [],
     }
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     try:
         for r in range(world):
             cfg = {
@@ -502,7 +253,7 @@ def peer_trial(
                 "hot_calls": hot_calls if r == 0 else 0,
                 "step0": hot_calls,
             }
-            workers.append(_Worker(cfg, env, d / f"rank{r}.stderr", module="benchmarks.peers", sub="_peer"))
+            workers.append(Worker(cfg, env, d / f"rank{r}.stderr", module="benchmarks.peers", sub="_peer"))
         ready = [w.expect("READY", time.monotonic() + 180) for w in workers]
         res["init_s"] = max(x["init_s"] for x in ready)
         t_start = time.monotonic() + 0.3
@@ -557,7 +308,81 @@ def peer_trial(
     return res
 
 
+# ============================================================================ suite section 4
+
+
+def peers_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
+    """Section 4 of the suite: each installed peer's trials (``--quick``: two of them, one process) and medians."""
+    if quick:
+        plan = {"tensorboard": (20_000, 2_000), "trackio": (50_000, 5_000)}
+        worlds = (1,)
+    else:
+        plan = {
+            "tensorboard": (200_000, 20_000),
+            "wandb": (100_000, 5_000),
+            "mlflow-sync": (10_000, 300),
+            "mlflow-async": (50_000, 3_000),
+            "neptune": (50_000, 10_000),
+            "trackio": (200_000, 20_000),
+        }
+        worlds = (1, 4)
+    out: dict[str, Any] = {"peers": {}, "skipped_quick": [] if not quick else [p for p in PEERS if p not in plan]}
+    for name in PEERS:
+        ok, ver = available(name)
+        entry: dict[str, Any] = {
+            "available": ok,
+            "version": ver,
+            "mode": PEERS[name][1],
+            "how": PEERS[name][2],
+            "trials": [],
+        }
+        out["peers"][name] = entry
+        if not ok or name not in plan:
+            continue
+        points, hot = plan[name]
+        for rep in range(repeats):
+            for world in worlds:
+                label = f"peer-{name}-n{world}-r{rep}"
+                log(f"4: {label}: {points:,} points per logging rank, {hot:,} hot-path calls")
+                t = peer_trial(name, world, points, hot if world == 1 else 0, tmp, label)
+                entry["trials"].append(t)
+                log(
+                    f"   -> {t.get('pps', 0):,.0f} points/s; hot p50 {((t.get('hot') or {}).get('p50') or 0):.1f} µs;"
+                    f" lost {t.get('lost')} dup {t.get('duplicated')} "
+                    f"{'' if t['ok'] else t['problems'][:2]}"
+                )
+        for world in worlds:
+            ts = [t for t in entry["trials"] if t["world"] == world and t.get("pps")]
+            if not ts:
+                continue
+            agg = {
+                "pps": med([t["pps"] for t in ts]),
+                "pps_all": [round(t["pps"]) for t in ts],
+                "log_s": med([t["log_s"] for t in ts]),
+                "finish_s": med([t["finish_s"] for t in ts]),
+                "lost": sum(t.get("lost", 0) for t in ts),
+                "duplicated": sum(t.get("duplicated", 0) for t in ts),
+                "found": sum(t.get("found", 0) for t in ts),
+                "active": ts[0]["active_ranks"],
+                "init_s": med([t["init_s"] for t in ts]),
+                "rss": max(t.get("rss", 0) for t in ts),
+                "points": ts[0]["logged_points"],
+                "ok": all(t["ok"] for t in ts),
+            }
+            hots = [t["hot"] for t in ts if t.get("hot")]
+            if hots:
+                agg["hot"] = {
+                    "p50": med([h["p50"] for h in hots]),
+                    "p99": med([h["p99"] for h in hots]),
+                    "max": max(h["max"] for h in hots),
+                    "n": sum(h["n"] for h in hots),
+                }
+            entry[f"w{world}"] = agg
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch the internal ``_peer`` worker sub-command."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "_peer":
         with contextlib.suppress(KeyboardInterrupt):

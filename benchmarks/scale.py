@@ -1,8 +1,9 @@
-"""Scale and soak: one aggregator fed by many simulated senders.
+"""Section 6, scale and soak: one aggregator fed by many simulated senders.
 
-The aggregator is the real one (``python -m coordinator.aggregator --run ID --config JSON``,
-started here with ``world_size`` = number of senders). The senders are simulated: a few
-processes each open many ZeroMQ DEALER sockets and speak the coordinator's wire protocol
+The aggregator is the real one (``python -m coordinator.aggregator``), started here through
+``coordinator.transport.launcher.AggregatorProcess`` (the launcher ``init_run`` uses) with
+``world_size`` = number of senders. The senders are simulated: a few processes each open
+many ZeroMQ DEALER sockets and speak the coordinator's wire protocol
 (``coordinator.transport.wire``) exactly as a rank's sender thread does — HELLO, numbered columnar
 BATCHes with a bounded window of unacknowledged batches, BYE — so the aggregator cannot tell
 them from real ranks, while 1024 of them fit on two cores (a real ``Run`` is a thread, a
@@ -26,7 +27,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,12 +35,16 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput import ROOT, _child_env, _emit, _Worker
+from benchmarks.common import child_env, log, med, mib
+from benchmarks.workers import Worker, emit
+
+__all__ = ["Aggregator", "main", "scale_section", "scale_trial", "sim_main"]
 
 # ============================================================================ sender process
 
 
 def sim_main(cfg: dict[str, Any]) -> int:
+    """``_sim '<json>'``: one process of simulated senders (ranks ``rank0``..``rank1``-1), over stdin/stdout."""
     import zmq
 
     from coordinator.transport import wire
@@ -84,7 +88,7 @@ def sim_main(cfg: dict[str, Any]) -> int:
                 env = wire.decode_envelope(env_b)
                 if env.kind == wire.WELCOME:
                     welcomed.add(socks[s])
-    _emit("READY", {"pid": os.getpid(), "senders": len(ranks)})
+    emit("READY", {"pid": os.getpid(), "senders": len(ranks)})
     line = sys.stdin.readline()
     if not line.startswith("GO "):
         return 2
@@ -161,7 +165,7 @@ def sim_main(cfg: dict[str, Any]) -> int:
             errors.append("timed out")
             break
     lat.sort()
-    _emit(
+    emit(
         "DONE",
         {
             "t_end": t_last_ack,
@@ -193,7 +197,7 @@ def sim_main(cfg: dict[str, Any]) -> int:
     for s in by_rank.values():
         s.close(0)
     ctx.term()
-    _emit("STOPPED", {"closed": len(closed)})
+    emit("STOPPED", {"closed": len(closed)})
     return 0
 
 
@@ -201,47 +205,44 @@ def sim_main(cfg: dict[str, Any]) -> int:
 
 
 class Aggregator:
-    """A real aggregator process started by this benchmark (not by a rank)."""
+    """A real aggregator for ``world`` senders, started by this benchmark through ``init_run``'s own launcher."""
 
-    def __init__(self, d: Path, world: int, env: dict[str, str]) -> None:
+    def __init__(self, d: Path, world: int) -> None:
+        import psutil
+
+        from coordinator.errors import CoordinatorError
+        from coordinator.transport.launcher import AggregatorProcess
+
         self.run_id = f"scale-{uuid.uuid4().hex[:10]}"
         self.store = d / "store"
         self.store_path = self.store / "runs" / self.run_id / "run.db"
         self.store_path.parent.mkdir(parents=True)
-        self.endpoint = f"ipc://{d}/agg.sock"
+        # The fields init_run sets that matter here; the rest keep the aggregator's defaults.
+        # endpoint and parent_pid (this process) are filled in by AggregatorProcess.
         cfg = {
             "store_path": str(self.store_path),
             "world_size": world,
             "project": "bench",
             "name": "scale",
-            "endpoint": self.endpoint,
-            "parent_pid": os.getpid(),
             "liveness_timeout_s": 60.0,
             "stop_grace_s": 5.0,
             "spool_root": "",
         }
-        self._err = open(d / "aggregator.log", "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.aggregator", "--run", self.run_id, "--config", json.dumps(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            cwd=ROOT,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        got: list[bytes] = []
-        t = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        t.start()
-        t.join(60)
-        if not got or not got[0].startswith(b"READY"):
-            self.close(5)
-            raise RuntimeError(f"aggregator did not start: {got!r:.200}; see {d / 'aggregator.log'}")
-        import psutil
-
+        self.proc = AggregatorProcess(self.run_id, cfg, stderr_path=str(d / "aggregator.log"))
+        try:
+            self.proc.start(60)
+        except BaseException as e:  # as init_run does: no half-started aggregator left behind
+            self.proc.kill()
+            self.proc.cleanup()
+            if isinstance(e, CoordinatorError):
+                raise RuntimeError(f"aggregator did not start: {e}; see {d / 'aggregator.log'}") from e
+            raise
+        self.endpoint = self.proc.endpoint
+        assert self.proc.pid is not None
         self.ps = psutil.Process(self.proc.pid)
 
     def rss(self) -> int | None:
+        """Its resident set size now (None once it is gone)."""
         import psutil
 
         try:
@@ -250,6 +251,7 @@ class Aggregator:
             return None
 
     def cpu(self) -> float | None:
+        """CPU seconds (user + system) it used so far (None once it is gone)."""
         import psutil
 
         try:
@@ -259,19 +261,11 @@ class Aggregator:
             return None
 
     def close(self, timeout: float) -> int | None:
-        try:
-            code: int | None = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            code = None
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._err.close()
+        """Wait for its exit (it finishes once every sender said BYE); past ``timeout``, SIGTERM then SIGKILL (None)."""
+        code = self.proc.wait(timeout)
+        if code is None:
+            self.proc.terminate(10)
+        self.proc.cleanup()
         return code
 
 
@@ -308,7 +302,7 @@ def scale_trial(
     """One aggregator, ``senders`` simulated ranks spread over ``procs`` processes."""
     d = tmp / label
     d.mkdir(parents=True)
-    env = _child_env(d)
+    env = child_env(d)
     res: dict[str, Any] = {
         "senders": senders,
         "label": label,
@@ -320,11 +314,11 @@ def scale_trial(
         "problems": [],
     }
     agg: Aggregator | None = None
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     samples: list[tuple[float, int]] = []
     stop_evt = threading.Event()
     try:
-        agg = Aggregator(d, senders, env)
+        agg = Aggregator(d, senders)
         res["rss_idle"] = agg.rss()
         per = -(-senders // procs)
         for i in range(procs):
@@ -346,7 +340,7 @@ def scale_trial(
                 "duration": duration,
                 "timeout": timeout,
             }
-            workers.append(_Worker(cfg, env, d / f"sim{i}.stderr", module="benchmarks.scale", sub="_sim"))
+            workers.append(Worker(cfg, env, d / f"sim{i}.stderr", module="benchmarks.scale", sub="_sim"))
         for w in workers:
             w.expect("READY", time.monotonic() + 180)
         res["rss_connected"] = agg.rss()
@@ -431,7 +425,74 @@ def _store_path(d: Path) -> Path:
     return found[0]
 
 
+# ============================================================================ suite section 6
+
+
+def scale_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
+    """Section 6 of the suite: scale trials over sender counts (medians), then the soak with RSS over time."""
+    sizes = [64, 256] if quick else [64, 256, 1024]
+    total = 1_000_000 if quick else 2_000_000
+    trials = []
+    for rep in range(repeats):
+        for n in sizes:
+            batches = max(2, total // (n * 1000))
+            label = f"scale-{n}-r{rep}"
+            log(f"6: {label}: {n} senders x {batches} batches of 1000 points")
+            t = scale_trial(n, tmp, label, batches=batches)
+            trials.append(t)
+            log(
+                f"   -> {t.get('pps', 0):,.0f} points/s, aggregator RSS peak {mib(t.get('rss_peak'))} MiB "
+                f"{'ok' if t['ok'] else t['problems'][:2]}"
+            )
+    rows = []
+    for n in sizes:
+        ts = [t for t in trials if t["senders"] == n and t.get("pps")]
+        if ts:
+            rows.append(
+                {
+                    "senders": n,
+                    "pps": med([t["pps"] for t in ts]),
+                    "pps_all": [round(t["pps"]) for t in ts],
+                    "rss_connected": med([t["rss_connected"] for t in ts]),
+                    "rss_peak": max(t["rss_peak"] or 0 for t in ts),
+                    "rss_end": med([t["rss_end"] or 0 for t in ts]),
+                    "agg_cpu_share": med([t["agg_cpu"] / t["elapsed"] for t in ts if t.get("agg_cpu")]),
+                    "ack_p50_ms": med([t["ack_p50_ms"] for t in ts]),
+                    "ack_p99_ms": med([t["ack_p99_ms"] for t in ts]),
+                    "points": ts[0]["acked_points"],
+                    "ok": all(t["ok"] for t in ts),
+                    "warnings": sum(t.get("agg_warnings", 0) for t in ts),
+                }
+            )
+    # soak: 64 senders, 10 batches/s each of 100 points (10 keys x 10 steps) = 64,000 points/s steady
+    dur = 25.0 if quick else 300.0
+    log(f"6: soak: 64 senders, 64,000 points/s for {dur:.0f} s")
+    soak = scale_trial(
+        64, tmp, "soak", steps_per_batch=10, rate=10.0, duration=dur, window=8, rss_every=1.0, timeout=dur + 120
+    )
+    series = soak.get("rss_series") or []
+    if series:
+        first = next((v for t, v in series if t >= 1.0), series[0][1])
+        warm_t = 5.0 if quick else 30.0
+        warm = next((v for t, v in series if t >= warm_t), first)
+        end = series[-1][1]
+        soak.update(
+            rss_first=first,
+            rss_warm=warm,
+            rss_last=end,
+            warm_t=warm_t,
+            growth=(end - first) / first,
+            growth_warm=(end - warm) / warm,
+        )
+    log(
+        f"   -> soak {soak.get('pps', 0):,.0f} points/s; RSS {mib(soak.get('rss_first'))} -> "
+        f"{mib(soak.get('rss_last'))} MiB {'ok' if soak['ok'] else soak['problems'][:2]}"
+    )
+    return {"rows": rows, "trials": [{k: v for k, v in t.items() if k != "rss_series"} for t in trials], "soak": soak}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch the internal ``_sim`` worker sub-command."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "_sim":
         with contextlib.suppress(KeyboardInterrupt):

@@ -2,11 +2,19 @@
 
 Every rank logs through one aggregator owned by rank 0, which deduplicates, reduces across
 ranks, and is the single writer of the run's store.
+
+Public modules: ``coordinator`` (this package's ``__all__``), ``coordinator.errors``,
+``coordinator.settings`` and ``coordinator.integrations.*``. Every other module
+(``coordinator.client``, ``coordinator.transport``, ``coordinator.aggregator``,
+``coordinator.journal``, ``coordinator.forward``, ``coordinator.core``, ``coordinator.cli``, ...)
+is internal and may change without notice.
 """
 
 from __future__ import annotations
 
-from coordinator.client.run import Handle, Mode, Run, init_run
+from coordinator.client.handle import Handle
+from coordinator.client.run import Run
+from coordinator.client.start import init_run
 from coordinator.errors import (
     ClosedError,
     ConfigError,
@@ -18,6 +26,7 @@ from coordinator.errors import (
     SinkError,
     TransportError,
 )
+from coordinator.settings import Mode, Settings
 
 __version__ = "0.1.0"
 
@@ -32,6 +41,7 @@ __all__ = [
     "ProtocolError",
     "RetryableTransportError",
     "Run",
+    "Settings",
     "SinkError",
     "TransportError",
     "__version__",

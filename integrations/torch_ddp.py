@@ -25,7 +25,8 @@ def ddp_run(
     Args:
         project, name: as for :func:`coordinator.init_run`.
         backend: process-group backend when one is created (``gloo`` on CPU, ``nccl`` on GPU).
-        **init_kwargs: passed to :func:`coordinator.init_run`.
+        **init_kwargs: passed to :func:`coordinator.init_run` (``mode=``, ``policies=``,
+            ``settings=coordinator.Settings(...)``, ...).
 
     Raises:
         ImportError: torch is missing; install the ``torch`` extra.

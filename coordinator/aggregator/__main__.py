@@ -2,6 +2,6 @@
 
 import sys
 
-from coordinator.aggregator.core import main
+from coordinator.aggregator.main import main
 
 sys.exit(main())

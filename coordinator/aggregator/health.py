@@ -6,16 +6,23 @@ reaches steps (the median, not the fastest, so ranks that merely run free of eac
 all flagged behind one quick rank). A rank that reaches steps later than the others (in
 DDP the slow rank logs after the rest, who then wait in the all-reduce) shows a time lag even
 when all ranks advance at the same rate; a rank that falls behind in steps shows a growing one.
+:class:`HealthFields` publishes each snapshot as ``sys/ranks/<r>/*`` fields and straggler events.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Health"]
+from coordinator.aggregator.fields import SYSTEM_RANK, FieldTable
+from coordinator.aggregator.outbox import Outbox
+
+__all__ = ["Health", "HealthFields"]
+
+_log = logging.getLogger("coordinator.aggregator")
 
 _KEEP_STEPS = 256
 _RATE_WINDOW_S = 10.0
@@ -53,6 +60,11 @@ class Health:
             for s in sorted(self.reached)[: len(self.reached) - _KEEP_STEPS]:
                 del self.reached[s]
 
+    def last_step(self, rank: int) -> int:
+        """The highest step ``rank`` logged (-1: none)."""
+        r = self.ranks.get(rank)
+        return -1 if r is None else r.last_step
+
     def snapshot(self, now: float, ranks: set[int]) -> dict[int, dict[str, Any]]:
         """Per rank: last_step, steps_per_s, lag_steps, lag_s, straggler (compared among ``ranks``)."""
         out: dict[int, dict[str, Any]] = {}
@@ -84,3 +96,43 @@ class Health:
                 "straggler": rank in active and len(active) > 1 and lag_s > self.straggler_lag_s,
             }
         return out
+
+
+class HealthFields:
+    """Publishes :class:`Health` snapshots: per-rank fields, ``sys/stragglers``, one event per new straggler."""
+
+    def __init__(self, health: Health, fields: FieldTable, outbox: Outbox) -> None:
+        self._health = health
+        self._fields = fields
+        self._outbox = outbox
+        self.stragglers: set[int] = set()
+        """The ranks that are stragglers now."""
+        self.stragglers_seen: set[int] = set()
+        """Every rank that was a straggler at some point of the run."""
+        self.snapshot: dict[int, dict[str, Any]] = {}
+        """The last snapshot (the final report's ``health``)."""
+
+    def update(self, now: float, rank_state: dict[int, str]) -> None:
+        """Publish each rank's progress as ``sys/ranks/<r>/*`` fields and ``sys/stragglers``."""
+        # Closed ranks keep their final standing; lost ones no longer count as the fastest or slowest.
+        active = {r for r, st in rank_state.items() if st in ("live", "closed")}
+        snap = self._health.snapshot(now, active)
+        write = self._fields.write
+        for rank, h in snap.items():
+            base = f"sys/ranks/{rank}"
+            write(f"{base}/state", ("str", rank_state.get(rank, "unknown")), SYSTEM_RANK, now)
+            write(f"{base}/last_step", ("int", h["last_step"]), SYSTEM_RANK, now)
+            write(f"{base}/steps_per_s", ("float", float(h["steps_per_s"])), SYSTEM_RANK, now)
+            write(f"{base}/lag_s", ("float", float(h["lag_s"])), SYSTEM_RANK, now)
+            if h["lag_steps"] is not None:
+                write(f"{base}/lag_steps", ("int", h["lag_steps"]), SYSTEM_RANK, now)
+        stragglers = {r for r, h in snap.items() if h["straggler"]}
+        self.stragglers_seen |= stragglers
+        for r in stragglers - self.stragglers:
+            msg = f"rank {r} is a straggler: {snap[r]['lag_s']:.3f} s behind the fastest rank"
+            self._outbox.event(now, "straggler", r, msg)
+            _log.warning("%s", msg)
+        if stragglers != self.stragglers or "sys/stragglers" not in self._fields:
+            self.stragglers = stragglers
+            write("sys/stragglers", ("list", sorted(stragglers)), SYSTEM_RANK, now)
+        self.snapshot = snap

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 
+from coordinator.core.incarnations import is_replaced
 from coordinator.core.policies import PolicyTable
 
 __all__ = ["Emitted", "Reducer"]
@@ -135,9 +136,10 @@ class Reducer:
     def rewind(self, key: str, rank: int, step: int) -> None:
         """A restarted incarnation of ``rank`` resumed ``key`` at ``step`` (from a checkpoint).
 
-        Groups from ``step`` on are rebuilt: emission rewinds to ``step - 1``, the rank's stale
-        values there are dropped, and every rank's progress is capped below ``step`` so the
-        groups wait for the restarted ranks to log those steps again (or for the group timeout).
+        The rank's values at the steps the restart replaces (:mod:`coordinator.core.incarnations`)
+        are dropped and the groups from ``step`` on rebuilt: emission rewinds to ``step - 1``, and
+        every rank's progress is capped below ``step`` so the groups wait for the restarted ranks
+        to log those steps again (or for the group timeout).
         The store keeps the latest main value per step, so re-emitted steps replace stale ones.
         """
         st = self.keys.get(key)
@@ -146,7 +148,7 @@ class Reducer:
         if step <= st.emitted_upto:
             st.emitted_upto = step - 1
         for s, (_, g) in st.pending.items():
-            if s >= step:
+            if is_replaced(s, step):
                 g.pop(rank, None)
         st.pending = {s: cg for s, cg in st.pending.items() if cg[1]}
         st.heap = list(st.pending)

@@ -1,1 +1,1 @@
-"""The worker API every rank logs through: ``init_run``, ``Run``, ``Handle``."""
+"""The worker API every rank logs through: ``init_run`` (start.py), ``Run`` (run.py), ``Handle`` (handle.py)."""

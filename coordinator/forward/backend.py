@@ -12,18 +12,19 @@ suffix (``train/loss/rank_3``) because a suffix turns the main series' name into
 Neptune refuses that (``'train/loss' is already defined as an attribute, not a namespace``)
 and MLflow's file store would need ``train/loss`` to be both a file and a directory. The
 common prefix also keeps thousands of per-rank charts in one section of the W&B/TensorBoard UI.
+
+Adapters read their options with :mod:`~coordinator.forward.options`, turn fields into text with
+:func:`~coordinator.forward.fields.field_text`, and may expose a server's ``Retry-After`` the way
+:func:`coordinator.core.retry.retry_after_of` reads it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
 from coordinator.core import env as _env
@@ -31,23 +32,7 @@ from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
 from coordinator.journal.store import RunInfo
 
-__all__ = [
-    "BACKENDS",
-    "Backend",
-    "BackendRejectedError",
-    "Point",
-    "Series",
-    "check_options",
-    "field_text",
-    "get_backend",
-    "option_bool",
-    "option_float",
-    "option_int",
-    "option_str",
-    "resolve_backends",
-    "retry_after_of",
-    "scoped_env",
-]
+__all__ = ["BACKENDS", "Backend", "BackendRejectedError", "Point", "Series", "get_backend", "resolve_backends"]
 
 BACKEND_ENV = _env.COORDINATOR_BACKEND
 BACKEND_OPTIONS_ENV = _env.COORDINATOR_BACKEND_OPTIONS
@@ -213,151 +198,3 @@ def resolve_backends(
     if opts and len(names) > 1:
         raise ConfigError("with several backends, key backend_options by backend name: {'mlflow': {...}, ...}")
     return {n: dict(opts) for n in names}
-
-
-# ------------------------------------------------------------------------------ helpers for adapters
-
-
-def retry_after_of(exc: BaseException) -> float | None:
-    """Seconds a server asked us to wait (HTTP 429/503 ``Retry-After``), if the client exposes it.
-
-    Looks along the ``__cause__``/``__context__`` chain for a ``retry_after_s`` attribute or a
-    ``response`` with headers (requests, httpx, bravado).
-    """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        direct = getattr(e, "retry_after_s", None)
-        if isinstance(direct, (int, float)) and direct >= 0:
-            return float(direct)
-        headers = getattr(getattr(e, "response", None), "headers", None)
-        if headers is not None:
-            try:
-                raw = headers.get("Retry-After")
-            except (AttributeError, TypeError):  # not a mapping: nothing to read
-                raw = None
-            if raw:
-                parsed = _parse_retry_after(str(raw))
-                if parsed is not None:
-                    return parsed
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _parse_retry_after(raw: str) -> float | None:
-    raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass  # not a number of seconds: Retry-After may also be an HTTP date, tried next
-    try:  # the HTTP-date form
-        import time
-
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def option_str(options: Mapping[str, object], key: str, default: str | None = None) -> str | None:
-    """A string option (``None`` when absent and no default)."""
-    v = options.get(key, default)
-    return None if v is None else str(v)
-
-
-def option_bool(options: Mapping[str, object], key: str, default: bool) -> bool:
-    """A boolean option: ``true/false/1/0/yes/no/on/off`` strings or a bool.
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    v = options.get(key, default)
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"option {key}={v!r} is not a boolean")
-
-
-def option_float(options: Mapping[str, object], key: str, default: float | None) -> float | None:
-    """A float option (``None``/``none`` disables).
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    v = options.get(key, default)
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
-        return None
-    try:
-        return float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}={v!r} is not a number") from None
-
-
-def option_int(options: Mapping[str, object], key: str, default: int) -> int:
-    """An integer option.
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    v = options.get(key, default)
-    try:
-        return int(v)  # type: ignore[call-overload, no-any-return]
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}={v!r} is not an integer") from None
-
-
-def check_options(backend: str, options: Mapping[str, object], known: Sequence[str]) -> None:
-    """Reject options a backend does not know (a typo must not be ignored).
-
-    Raises:
-        ConfigError: naming the unknown options and the known ones.
-    """
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"{backend}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-
-
-def field_text(fv: FieldValue) -> str:
-    """A field value as text (params/tags are strings in most trackers)."""
-    tag, v = fv
-    if tag == "datetime":
-        import datetime as dt
-
-        return dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat()
-    if tag == "bool":
-        return "true" if v else "false"
-    if tag == "list":
-        return json.dumps(v)
-    if tag == "artifact":
-        name, size, sha, copied, where = v
-        return f"{name} ({size} bytes, sha256 {sha[:12]}{'' if copied else ', reference'}: {where})"
-    return str(v)
-
-
-_env_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a client call, then restore them.
-
-    Some clients (MLflow's HTTP retries, Neptune's data directory) read settings only from the
-    environment. Variables the user already set are left alone. Serialised by a lock; other
-    threads of the process see the values meanwhile, which is why it wraps short calls only.
-    """
-    with _env_lock:
-        saved: dict[str, str | None] = {}
-        for k, v in values.items():
-            if k in os.environ:
-                continue
-            saved[k] = None
-            os.environ[k] = v
-        try:
-            yield
-        finally:
-            for k in saved:
-                os.environ.pop(k, None)

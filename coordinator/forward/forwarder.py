@@ -15,76 +15,61 @@ keeps in ``<run dir>/forward-<backend>.json`` (written to a temporary file, fsyn
   with the cursor). W&B and Neptune get the same points again for the at most one batch that
   was in flight; both drop non-increasing steps of a resumed run server-side (see their modules).
 
-Retrying: every failed batch is retried unchanged with exponential backoff (``base_backoff_s``
-doubling up to ``max_backoff_s``, jittered to 50-100 %), or after the server's ``Retry-After``
-when the client exposes it (bounded by ``max_retry_after_s``). Errors the backend marks as
-permanent (:class:`~coordinator.forward.backend.BackendRejectedError`: bad request, refused
-credentials) are tried ``max_rejected_attempts`` times, then the forwarder stops and reports the
-error; the journal still holds everything, and ``coordinator sync <run> --to <backend>``
-resumes from the cursor once the cause is fixed.
+Retrying: every failed batch is retried unchanged with the backoff of :mod:`coordinator.core.retry`
+(``base_backoff_s`` doubling up to ``max_backoff_s``, jittered), or after the server's
+``Retry-After`` (up to ``max_retry_after_s``). Errors the backend marks as permanent
+(:class:`~coordinator.forward.backend.BackendRejectedError`: bad request, refused credentials)
+are tried ``max_rejected_attempts`` times, then the forwarder stops and reports the error; the
+journal still holds everything, and ``coordinator sync <run> --to <backend>`` resumes from the
+cursor once the cause is fixed.
 
-Replacement rule (elastic restarts): the journal may hold a later main-series value for a step
-that was already forwarded (the reducer re-emits steps a restarted incarnation re-logged). The
-forwarder sends the latest value it sees: within a batch only the last value of a (key, step)
-of the main series is sent; a value for a step forwarded in an earlier batch is sent again, and
-each backend treats that repeated step in its own way (documented in its module). A rank's own
-points that a later incarnation of that rank has already replaced in the journal are not sent
-(counted as ``stale_points``).
-
-Downsampling (optional, per backend): ``max_points_per_key_per_s`` keeps at most that many
-points per series per second of journal time (a token bucket with one second of burst, points
-of a chunk kept evenly spaced, its last point first). Only what goes to this backend is thinned,
-the journal keeps everything, and the thinned points are counted (``thinned_points``).
-
-Options (``Forwarder(..., options)``, ``--option k=v``, ``init_run(backend_options=...)``): the
-keys of :class:`ForwarderSettings` configure the forwarder; every other key goes to the backend.
+This module is the loop; what a batch holds (replaced and stale points, per-rank names,
+downsampling, changed fields) is :mod:`.batches`', the cursor file :mod:`.cursor`'s, and the
+options :class:`~coordinator.forward.settings.ForwarderSettings`'.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from coordinator.core.retry import Backoff, retry_after_of, wait
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import (
-    Backend,
-    BackendRejectedError,
-    Point,
-    Series,
-    field_text,
-    get_backend,
-    option_bool,
-    option_float,
-    option_int,
-    option_str,
-    retry_after_of,
-)
-from coordinator.journal.store import MAIN_RANK, LocalStore, StoredChunk
+from coordinator.forward.backend import Backend, BackendRejectedError, get_backend
+from coordinator.forward.batches import Batch, BatchBuilder
+from coordinator.forward.cursor import CursorFile, CursorState, cursor_path
+from coordinator.forward.settings import ForwarderSettings
+from coordinator.journal.store import LocalStore
 
+# ForwarderSettings and cursor_path are part of how a Forwarder is configured and found, so
+# they are importable from here too (their homes are .settings and .cursor).
 __all__ = ["Forwarder", "ForwarderSettings", "check_backends", "cursor_path"]
 
 _log = logging.getLogger(__name__)
 
-_CURSOR_VERSION = 1
 _PERMANENT = (BackendRejectedError, ConfigError, TypeError, ValueError, AttributeError, KeyError, AssertionError)
 """Errors a retry of the same batch cannot fix (a refused request, or a bug in an adapter)."""
 
-
-def cursor_path(run_dir: Path, backend: str) -> Path:
-    """Where the forwarder to ``backend`` keeps its cursor: ``<run dir>/forward-<backend>.json``."""
-    return run_dir / f"forward-{backend}.json"
+_COUNTERS = (
+    "forwarded_points",
+    "forwarded_batches",
+    "retries",
+    "failed_points",
+    "thinned_points",
+    "dropped_points",
+    "stale_points",
+    "replaced_points",
+    "name_collisions",
+    "params_sent",
+    "tags_sent",
+)
 
 
 def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) -> None:
@@ -104,108 +89,8 @@ def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) 
         backend.check()
 
 
-@dataclass(kw_only=True, slots=True)
-class ForwarderSettings:
-    """How one forwarder batches, retries, names and thins; every field is also an option key."""
-
-    batch_points: int = 50_000
-    """Points read from the journal per batch (the backend splits it into its own request sizes)."""
-    poll_interval_s: float = 1.0
-    """How often a caught-up forwarder looks for new chunks."""
-    fields_interval_s: float = 10.0
-    """While the run is live, changed fields are sent at most this often (always at the end)."""
-    base_backoff_s: float = 0.5
-    """First retry delay; doubles per failed attempt."""
-    max_backoff_s: float = 30.0
-    """Longest retry delay without a ``Retry-After``."""
-    max_retry_after_s: float = 300.0
-    """Longest wait a server's ``Retry-After`` can impose."""
-    max_rejected_attempts: int = 3
-    """Attempts of a batch the backend refuses as invalid before the forwarder stops."""
-    per_rank: bool = True
-    """Also send each rank's own series (named by ``rank_key``)."""
-    rank_key: str = "ranks/{rank}/{key}"
-    """Name of a rank's series in the backend: ``str.format`` template with ``{key}`` and ``{rank}``."""
-    max_points_per_key_per_s: float | None = None
-    """Downsampling: most points per series per second of journal time sent to this backend."""
-    sys_ranks: bool = False
-    """Also send the per-rank health fields ``sys/ranks/*`` (many ranks: many tags)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_points < 1:
-            raise ConfigError(f"batch_points must be >= 1, got {self.batch_points}")
-        for nm in ("poll_interval_s", "fields_interval_s", "base_backoff_s", "max_backoff_s", "max_retry_after_s"):
-            if getattr(self, nm) < 0:
-                raise ConfigError(f"{nm} must be >= 0, got {getattr(self, nm)}")
-        if self.max_rejected_attempts < 1:
-            raise ConfigError(f"max_rejected_attempts must be >= 1, got {self.max_rejected_attempts}")
-        if self.max_points_per_key_per_s is not None and self.max_points_per_key_per_s <= 0:
-            raise ConfigError(f"max_points_per_key_per_s must be > 0, got {self.max_points_per_key_per_s}")
-        try:
-            probe = self.rank_key.format(key="k", rank=0)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"rank_key {self.rank_key!r} must use only {{key}} and {{rank}}: {e}") from None
-        if probe == "k" or "{rank}" not in self.rank_key or "{key}" not in self.rank_key:
-            raise ConfigError(f"rank_key {self.rank_key!r} must contain both {{key}} and {{rank}}")
-
-    @classmethod
-    def split(cls, options: Mapping[str, object]) -> tuple[ForwarderSettings, dict[str, object]]:
-        """Take the forwarder's keys out of ``options``; returns (settings, the backend's options).
-
-        Raises:
-            ConfigError: a forwarder option has a bad value.
-        """
-        mine = {f.name for f in fields(cls)}
-        d = cls()
-        kw: dict[str, Any] = {}
-        for k in mine & set(options):
-            default = getattr(d, k)
-            if isinstance(default, bool):
-                kw[k] = option_bool(options, k, default)
-            elif isinstance(default, int):
-                kw[k] = option_int(options, k, default)
-            elif k == "rank_key":
-                kw[k] = option_str(options, k, default)
-            else:
-                kw[k] = option_float(options, k, default)
-        return cls(**kw), {k: v for k, v in options.items() if k not in mine}
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One batch built from the journal, sent (and re-sent) unchanged until accepted."""
-
-    series: list[Series]
-    params: dict[str, Any]
-    tags: dict[str, str]
-    cursor: int
-    chunks: int
-    points: int
-    thinned: int
-    stale: int
-    replaced: int
-    collisions: int
-    thin_state: dict[str, list[float]]
-    fields_sent: dict[str, str]
-    dropped: int = 0
-    """Points the backend said it cannot store (set by the accepted send)."""
-
-    def empty(self) -> bool:
-        return not (self.series or self.params or self.tags) and self.chunks == 0
-
-
 class _Interrupted(Exception):
     """The stop event or the deadline came while a batch was still unsent."""
-
-
-@dataclass(slots=True)
-class _State:
-    cursor: int = 0
-    backend_state: dict[str, Any] = field(default_factory=dict)
-    fields_sent: dict[str, str] = field(default_factory=dict)
-    thin: dict[str, list[float]] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    finished: str | None = None
 
 
 class Forwarder:
@@ -243,30 +128,19 @@ class Forwarder:
         if backend is None:
             backend = get_backend(backend_name)(backend_options, self.run_dir)  # type: ignore[call-arg]
         self.backend: Backend = backend
-        self.path = cursor_path(self.run_dir, backend_name)
+        self._cursor_file = CursorFile(self.run_dir, backend_name)
+        self.path = self._cursor_file.path
         self._store: LocalStore | None = None
-        self._lock_file: Any = None
         self._opened = False
-        self._state = _State()
+        self._state = CursorState()
         self._loaded = False
-        self._counters = {
-            "forwarded_points": 0,
-            "forwarded_batches": 0,
-            "retries": 0,
-            "failed_points": 0,
-            "thinned_points": 0,
-            "dropped_points": 0,
-            "stale_points": 0,
-            "replaced_points": 0,
-            "name_collisions": 0,
-            "params_sent": 0,
-            "tags_sent": 0,
-        }
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._builder = BatchBuilder(backend_name, self.settings)
+        cfg = self.settings
+        self._backoff = Backoff(cfg.base_backoff_s, cfg.max_backoff_s, cfg.max_retry_after_s)
         self.error: SinkError | None = None
         self.last_error: str | None = None
         self._last_fields = -math.inf
-        self._main_keys: set[str] = set()
-        self._warned: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
@@ -328,11 +202,7 @@ class Forwarder:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        self._cursor_file.release()
 
     # ------------------------------------------------------------------ loops
 
@@ -431,34 +301,9 @@ class Forwarder:
     # ------------------------------------------------------------------ internals
 
     def _load(self) -> None:
-        if self._loaded:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.run_dir / f"forward-{self.backend_name}.lock", "a+b")  # noqa: SIM115 - held until release()
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise SinkError(
-                f"{self.backend_name}: another forwarder is already sending run {self.run_dir.name} to this backend"
-            ) from None
-        self._lock_file = lock
-        if self.path.exists():
-            try:
-                raw = json.loads(self.path.read_text())
-                if raw.get("version") != _CURSOR_VERSION:
-                    raise ValueError(f"version {raw.get('version')!r}")
-                self._state = _State(
-                    cursor=int(raw["cursor"]),
-                    backend_state=dict(raw.get("backend_state") or {}),
-                    fields_sent=dict(raw.get("fields_sent") or {}),
-                    thin={k: [float(a), float(b)] for k, (a, b) in (raw.get("thin") or {}).items()},
-                    counters={k: int(v) for k, v in (raw.get("counters") or {}).items()},
-                    finished=raw.get("finished"),
-                )
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise SinkError(f"{self.backend_name}: cursor file {self.path} is unreadable: {e}") from e
-        self._loaded = True
+        if not self._loaded:
+            self._state = self._cursor_file.acquire()
+            self._loaded = True
 
     def _open_store(self) -> LocalStore:
         if self._store is None:
@@ -473,30 +318,7 @@ class Forwarder:
             self._opened = True
 
     def _save(self) -> None:
-        s = self._state
-        data = {
-            "version": _CURSOR_VERSION,
-            "backend": self.backend_name,
-            "cursor": s.cursor,
-            "backend_state": s.backend_state,
-            "fields_sent": s.fields_sent,
-            "thin": s.thin,
-            "counters": s.counters,
-            "finished": s.finished,
-            "settings": asdict(self.settings),
-            "updated": time.time(),
-        }
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.run_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self._cursor_file.save(self._state, asdict(self.settings))
 
     def _count(self, name: str, n: int) -> None:
         if n:
@@ -506,16 +328,20 @@ class Forwarder:
     def _cycle(self, *, stop: threading.Event | None, deadline: float | None, with_fields: bool) -> bool:
         """Build one batch and send it until accepted; False when there was nothing to send."""
         self._load()
-        pending: _Pending | None = self._attempt(lambda: self._build(with_fields), stop, deadline, points=0)
-        if pending is None or pending.empty():
+        batch: Batch | None = self._attempt(lambda: self._build(with_fields), stop, deadline, points=0)
+        if batch is None or batch.empty():
             if with_fields:
                 self._last_fields = time.monotonic()
             return False
-        self._attempt(lambda: self._send(pending), stop, deadline, points=pending.points)
-        self._commit(pending)
+        self._attempt(lambda: self._send(batch), stop, deadline, points=batch.points)
+        self._commit(batch)
         if with_fields:
             self._last_fields = time.monotonic()
-        return pending.chunks > 0
+        return batch.chunks > 0
+
+    def _build(self, with_fields: bool) -> Batch:
+        st = self._state
+        return self._builder.build(self._open_store(), st.cursor, st.thin, st.fields_sent, with_fields=with_fields)
 
     def _attempt(
         self, fn: Callable[[], Any], stop: threading.Event | None, deadline: float | None, *, points: int
@@ -530,45 +356,34 @@ class Forwarder:
                 return fn()
             except _PERMANENT as e:
                 rejected += 1
-                err: Exception = e
                 if rejected >= self.settings.max_rejected_attempts:
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    self._count("failed_points", points)
-                    self.error = SinkError(
-                        f"{self.backend_name}: the backend refused a batch of {points} points "
-                        f"{rejected} times, forwarding stopped: {e}"
-                    )
-                    self.error.__cause__ = e
-                    _log.error("%s", self.error)
-                    self._persist_counters()
-                    raise _Interrupted from e
+                    self._give_up(e, rejected, points)
+                err: Exception = e
             except Exception as e:  # noqa: BLE001 - any client error (network, 5xx, 429) is retried with backoff
                 err = e
             attempt += 1
             self._count("retries", 1)
             self.last_error = f"{type(err).__name__}: {err}"
-            after = retry_after_of(err)
-            if after is not None:
-                delay = min(after, self.settings.max_retry_after_s)
-            else:
-                delay = min(self.settings.max_backoff_s, self.settings.base_backoff_s * 2 ** min(attempt - 1, 30))
-                delay *= 0.5 + random.random() / 2
+            delay = self._backoff.delay(attempt, retry_after_of(err))
             if attempt == 1 or attempt % 10 == 0:
                 _log.warning(
                     "%s: attempt %d failed (%s); retrying in %.1f s", self.backend_name, attempt, self.last_error, delay
                 )
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Interrupted
-                if delay > left:
-                    time.sleep(max(0.0, left))
-                    raise _Interrupted
-            if stop is not None:
-                if stop.wait(delay):
-                    raise _Interrupted
-            else:
-                time.sleep(delay)
+            if not wait(delay, stop=stop, deadline=deadline):
+                raise _Interrupted
+
+    def _give_up(self, e: Exception, rejected: int, points: int) -> NoReturn:
+        """Stop forwarding after the backend refused the same batch ``rejected`` times."""
+        self.last_error = f"{type(e).__name__}: {e}"
+        self._count("failed_points", points)
+        self.error = SinkError(
+            f"{self.backend_name}: the backend refused a batch of {points} points "
+            f"{rejected} times, forwarding stopped: {e}"
+        )
+        self.error.__cause__ = e
+        _log.error("%s", self.error)
+        self._persist_counters()
+        raise _Interrupted from e
 
     def _persist_counters(self) -> None:
         try:
@@ -576,36 +391,28 @@ class Forwarder:
         except OSError as e:
             _log.warning("%s: could not save the cursor file %s: %s", self.backend_name, self.path, e)
 
-    def _send(self, p: _Pending) -> None:
+    def _send(self, batch: Batch) -> None:
         self._ensure_open()
         b = self.backend
-        if p.params:
-            b.log_params(p.params)
+        if batch.params:
+            b.log_params(batch.params)
             upload = getattr(b, "log_artifact", None)
-            for path, (tag, v) in p.params.items():
+            for path, (tag, v) in batch.params.items():
                 if tag == "artifact" and v[3] and upload is not None:
                     upload(path, Path(v[4]), str(v[0]))
-        if p.tags:
-            b.set_tags(p.tags)
-        p.dropped = b.log_metrics(p.series) if p.series else 0
+        if batch.tags:
+            b.set_tags(batch.tags)
+        batch.dropped = b.log_metrics(batch.series) if batch.series else 0
         b.flush()
 
-    def _commit(self, p: _Pending) -> None:
+    def _commit(self, batch: Batch) -> None:
         s = self._state
-        s.cursor = p.cursor
-        s.thin = p.thin_state
-        s.fields_sent = p.fields_sent
+        s.cursor = batch.cursor
+        s.thin = batch.thin_state
+        s.fields_sent = batch.fields_sent
         s.backend_state = self.backend.state()
-        sent = sum(len(x.points) for x in p.series)
-        self._count("forwarded_points", sent)
-        self._count("forwarded_batches", 1 if p.chunks else 0)
-        self._count("thinned_points", p.thinned)
-        self._count("stale_points", p.stale)
-        self._count("replaced_points", p.replaced)
-        self._count("name_collisions", p.collisions)
-        self._count("dropped_points", p.dropped)
-        self._count("params_sent", len(p.params))
-        self._count("tags_sent", len(p.tags))
+        for name, n in batch.counts().items():
+            self._count(name, n)
         self._save()
 
     def _finish(self, state: str) -> None:
@@ -614,120 +421,3 @@ class Forwarder:
         self._state.finished = state
         self._state.backend_state = self.backend.state()
         self._save()
-
-    # ------------------------------------------------------------------ batch building
-
-    def _build(self, with_fields: bool) -> _Pending:
-        store = self._open_store()
-        st = self._state
-        chunks = store.chunks_after(st.cursor, self.settings.batch_points)
-        params: dict[str, Any] = {}
-        tags: dict[str, str] = {}
-        fields_sent = st.fields_sent
-        if with_fields:
-            fields_sent = dict(st.fields_sent)
-            for path, fv in store.fields().items():
-                if path.startswith("sys/ranks/") and not self.settings.sys_ranks:
-                    continue
-                digest = hashlib.sha256(json.dumps(fv, sort_keys=True, default=str).encode()).hexdigest()[:16]
-                if fields_sent.get(path) == digest:
-                    continue
-                fields_sent[path] = digest
-                if path.startswith("sys/"):
-                    tags[path] = field_text(fv)
-                else:
-                    params[path] = fv
-        p = _Pending([], params, tags, st.cursor, len(chunks), 0, 0, 0, 0, 0, st.thin, fields_sent)
-        if not chunks:
-            return p
-        p.cursor = chunks[-1].id
-        p.thin_state = {k: list(v) for k, v in st.thin.items()}
-        if any(c.rank == MAIN_RANK for c in chunks) or not self._main_keys:
-            self._main_keys = set(store.key_policies())
-        multi = store.multi_incarnation_ranks() if any(c.rank >= 0 for c in chunks) else set()
-        p.series = self._series(chunks, multi, store, p)
-        p.points = sum(len(c.steps) for c in chunks)
-        return p
-
-    def _series(self, chunks: list[StoredChunk], multi: set[int], store: LocalStore, p: _Pending) -> list[Series]:
-        cfg = self.settings
-        # Main series: within the batch only the last value of a (key, step) is sent.
-        last_main: dict[tuple[str, int], tuple[int, int]] = {}
-        for ci, c in enumerate(chunks):
-            if c.rank == MAIN_RANK:
-                for i, s in enumerate(c.steps):
-                    last_main[(c.key, s)] = (ci, i)
-        cuts: dict[tuple[str, int, int], int | None] = {}
-        out: dict[str, tuple[str, int | None, list[Point]]] = {}
-        for ci, c in enumerate(chunks):
-            if c.rank == MAIN_RANK:
-                name, rank = c.key, None
-            else:
-                if not cfg.per_rank:
-                    continue
-                name, rank = cfg.rank_key.format(key=c.key, rank=c.rank), c.rank
-                if name in self._main_keys:
-                    p.collisions += len(c.steps)
-                    self._warn_once(
-                        f"collision:{name}",
-                        "%s: rank %d's series of %r would be named %r, which is also a metric key; its points "
-                        "are not sent (choose another rank_key)",
-                        self.backend_name,
-                        c.rank,
-                        c.key,
-                        name,
-                    )
-                    continue
-            cut: int | None = None
-            if rank is not None and rank in multi:
-                ck = (c.key, rank, c.incarnation)
-                if ck not in cuts:
-                    incs = store.rank_incarnations(c.key, rank)
-                    order = [i for i, _, _ in incs]
-                    later = order[order.index(c.incarnation) + 1 :] if c.incarnation in order else []
-                    firsts = {i: f for i, _, f in incs}
-                    cuts[ck] = min((firsts[i] for i in later), default=None)
-                cut = cuts[ck]
-            pts: list[Point] = []
-            for i, (s, v) in enumerate(zip(c.steps, c.values, strict=True)):
-                if rank is None and last_main[(c.key, s)] != (ci, i):
-                    p.replaced += 1
-                    continue
-                if cut is not None and s >= cut:
-                    p.stale += 1
-                    continue
-                pts.append((s, v, c.ts))
-            if cfg.max_points_per_key_per_s is not None and pts:
-                pts = self._thin(name, pts, c.ts, p)
-            if not pts:
-                continue
-            entry = out.get(name)
-            if entry is None:
-                out[name] = (c.key, rank, pts)
-            else:
-                entry[2].extend(pts)
-        return [Series(name, key, rank, pts) for name, (key, rank, pts) in out.items()]
-
-    def _thin(self, name: str, pts: list[Point], ts: float, p: _Pending) -> list[Point]:
-        rate = self.settings.max_points_per_key_per_s
-        assert rate is not None
-        tokens, last = p.thin_state.get(name, [rate, ts])
-        tokens = min(rate, tokens + max(0.0, ts - last) * rate)
-        allowed = int(tokens)
-        n = len(pts)
-        if n <= allowed:
-            keep = pts
-        elif allowed <= 0:
-            keep = []
-        else:
-            # Evenly spaced, always including the chunk's last point (the freshest value).
-            idx = sorted({n - 1 - round(i * (n - 1) / allowed) for i in range(allowed)})
-            keep = [pts[i] for i in idx]
-        p.thinned += n - len(keep)
-        p.thin_state[name] = [tokens - len(keep), max(ts, last)]
-        return keep
-
-    def _warn_once(self, key: str, msg: str, *args: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _log.warning(msg, *args)

@@ -53,15 +53,9 @@ except ImportError as e:  # pragma: no cover - exercised by get_backend's messag
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError
-from coordinator.forward.backend import (
-    BackendRejectedError,
-    Series,
-    check_options,
-    field_text,
-    option_float,
-    option_int,
-    option_str,
-)
+from coordinator.forward.backend import BackendRejectedError, Series
+from coordinator.forward.fields import field_text
+from coordinator.forward.options import check_options, option_float, option_int, option_str
 from coordinator.journal.store import RunInfo
 
 __all__ = ["RUN_ID_TAG", "MlflowBackend", "metric_name"]

@@ -48,7 +48,9 @@ except ImportError as e:  # pragma: no cover - exercised by get_backend's messag
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Series, check_options, field_text, option_str, scoped_env
+from coordinator.forward.backend import Series
+from coordinator.forward.fields import field_text
+from coordinator.forward.options import check_options, option_str, scoped_env
 from coordinator.journal.store import RunInfo
 
 __all__ = ["NeptuneBackend", "read_offline_series"]

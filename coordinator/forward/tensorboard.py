@@ -43,7 +43,9 @@ except ImportError as e:  # pragma: no cover - exercised by get_backend's messag
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Series, check_options, field_text, option_str
+from coordinator.forward.backend import Series
+from coordinator.forward.fields import field_text
+from coordinator.forward.options import check_options, option_str
 from coordinator.journal.store import RunInfo
 
 __all__ = ["TensorBoardBackend"]

@@ -1,1 +1,1 @@
-"""Transport: from a rank's buffer to the aggregator's socket (sender, wire format, spool, discovery)."""
+"""Transport: from a rank's buffer to the aggregator's socket (sender, wire format, spool, discovery, launcher)."""

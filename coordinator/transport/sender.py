@@ -1,7 +1,11 @@
-"""The sender thread: owns the rank's DEALER socket (or offline spool), batches, sends, tracks acks.
+"""The sender thread: owns the rank's DEALER socket (or offline spool), and its loop.
 
 One thread owns the socket (ZeroMQ sockets are not thread-safe). The training thread talks to
 it through the :class:`~coordinator.transport.buffer.Buffer`, a request queue, and a wake-up pipe.
+Every flush interval the thread cuts the buffer into batches (:mod:`.batches`), writes them ahead
+to the spool (:mod:`.writeahead`), and sends them while the in-flight window (:mod:`.window`) has
+room; the rest wait per the backpressure policy (:mod:`.outbox`). Without an endpoint it runs in
+offline mode (:mod:`.offline`).
 """
 
 from __future__ import annotations
@@ -9,42 +13,34 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import socket
 import threading
 import time
-from array import array
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import zmq
 
-from coordinator.core.columns import Column
-from coordinator.core.values import FieldValue
-from coordinator.errors import (
-    ClosedError,
-    CoordinatorError,
-    DeliveryError,
-    ProtocolError,
-    SinkError,
-)
-from coordinator.settings import DEFAULTS
+from coordinator.errors import ClosedError, CoordinatorError, ProtocolError, SinkError
+from coordinator.settings import DEFAULTS, Backpressure
 from coordinator.transport import wire
+from coordinator.transport.batches import Cutter, StepNumbering
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.offline import OfflineSpooler
+from coordinator.transport.outbox import Outbox
+from coordinator.transport.pipeline import Pipeline
+from coordinator.transport.requests import Request, RequestTable
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.spool import SegmentedSpool
+from coordinator.transport.window import Window
+from coordinator.transport.writeahead import WriteAhead
 
-__all__ = ["BACKPRESSURE_POLICIES", "Backpressure", "Request", "SenderConfig", "SenderThread", "default_hello"]
+__all__ = ["SenderConfig", "SenderThread", "default_hello"]
 
 _log = logging.getLogger(__name__)
 _IDLE_FLUSH_S = 0.05
-
-
-Backpressure = Literal["block", "spool", "drop_oldest"]
-BACKPRESSURE_POLICIES = ("block", "spool", "drop_oldest")
+_HELLO_RETRY_S = 1.0
+"""A refused HELLO is sent again at most this often while not welcomed yet."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -58,7 +54,7 @@ class SenderConfig:
     """Aggregator endpoint; ``None`` means offline (spool only)."""
     spool_dir: str | None = None
     """Write-ahead spool of this sender; ``None`` keeps batches in memory only."""
-    backpressure: Backpressure = "spool"
+    backpressure: Backpressure = DEFAULTS.backpressure
     """What happens when the aggregator does not keep up: see init_run."""
     max_backlog_points: int = DEFAULTS.max_buffer_points
     """Points held in memory awaiting a send slot (block: none; drop_oldest: then drop)."""
@@ -74,107 +70,76 @@ class SenderConfig:
     """Connect as a CURVE client with the job's keys (multi-node TCP)."""
 
 
-class Request:
-    """A control request (STATE, QUERY, BYE) from the API thread and its eventual reply."""
-
-    def __init__(self, kind: int, payload: dict[str, Any]) -> None:
-        self.kind = kind
-        self.payload = payload
-        self.done = threading.Event()
-        self.reply: dict[str, Any] | None = None
-        self.error: CoordinatorError | None = None
-
-    def result(self, timeout: float | None, endpoint: str | None) -> dict[str, Any]:
-        """Block until the reply arrives.
-
-        Raises:
-            CoordinatorTimeoutError: no reply within ``timeout`` seconds.
-            CoordinatorError: the aggregator answered with an error.
-        """
-        from coordinator.errors import CoordinatorTimeoutError
-
-        if not self.done.wait(timeout):
-            raise CoordinatorTimeoutError(
-                f"no reply to {wire.kind_name(self.kind)} from the aggregator at {endpoint} within {timeout} s",
-                endpoint=endpoint,
-            )
-        if self.error is not None:
-            raise self.error
-        assert self.reply is not None
-        return self.reply
+def default_hello(world_size: int, name: str, project: str) -> dict[str, Any]:
+    """The HELLO payload: who this sender is."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "world_size": world_size,
+        "name": name,
+        "project": project,
+    }
 
 
-@dataclass(slots=True)
-class _Batch:
-    seq: int
-    gen: int
-    points: int
-    envelope: bytes
-    payload: bytes | None
-    """None while the batch waits on disk only (``loc``)."""
-    loc: tuple[Path, int] | None = None
-    sent_at: float = 0.0
+class _WakePipe:
+    """A self-pipe: any thread writes to it to end the sender thread's poll early."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full, so a wake-up is already pending: nothing is lost
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass  # empty: every wake-up consumed
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._w)
 
 
 class SenderThread(threading.Thread):
     """Drains the buffer every flush interval into numbered batches, spools and sends them."""
 
-    def __init__(self, cfg: SenderConfig, buf: Buffer, number_steps: Callable[[str, array[int]], None]) -> None:
+    def __init__(self, cfg: SenderConfig, buf: Buffer, number_steps: StepNumbering) -> None:
         """``number_steps(key, steps)`` fills in, in place, the steps a caller left as -1 (the client's rule)."""
         super().__init__(name=f"coordinator-sender-r{cfg.rank}", daemon=True)
-        self._number_steps = number_steps
         self.cfg = cfg
         self.buf = buf
-        self.requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._number_steps = number_steps
+        self._requests = RequestTable()
+        self._wake = _WakePipe()
         self._stop_evt = threading.Event()
-        self._window: OrderedDict[int, _Batch] = OrderedDict()
-        """Sent, not yet acknowledged (payload in memory)."""
-        self._backlog: deque[_Batch] = deque()
-        """Cut, numbered, waiting for a send slot (payload in memory or only on disk)."""
-        self._backlog_points = 0
-        self._window_points = 0
-        self._seq = 0
-        self._req_id = 0
-        self._open_reqs: dict[int, Request] = {}
-        self._hot_keys: list[str] = []
-        """Keys logged during the last flush interval: their next columns are pre-built."""
-        self._cut_gen = -1
-        self._welcomed = False
+        self._pipe: Pipeline
+        """Built when the thread starts (it opens the spool)."""
         self._hello_sent_at = 0.0
         self._last_send = 0.0
-        self._spool_retry_at = 0.0
-        self._warned_full = False
         self.last_reply_at = 0.0
         """monotonic time of the last message from the aggregator (0: never)."""
         self.sock: zmq.Socket[bytes] | None = None
         self.spool: SegmentedSpool | None = None
-        self.counters = {
-            "cut_batches": 0,
-            "spooled_batches": 0,
-            "replayed_batches": 0,
-            "resent_batches": 0,
-            "lost_points": 0,
-        }
 
     # ------------------------------------------------------------ API side
 
     def wake(self) -> None:
         """Ask the thread to look at the buffer and the request queue now (any thread)."""
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full, so a wake-up is already pending: nothing is lost
+        self._wake.wake()
 
     def submit(self, req: Request) -> Request:
         """Queue a control request (any thread)."""
         if not self.is_alive():
-            req.error = ClosedError("the run's sender thread is not running")
-            req.done.set()
+            req.refuse(ClosedError("the run's sender thread is not running"))
             return req
-        self.requests.put(req)
+        self._requests.put(req)
         self.wake()
         return req
 
@@ -187,10 +152,7 @@ class SenderThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            if self.cfg.spool_dir is not None:
-                self.spool = SegmentedSpool(
-                    self.cfg.spool_dir, segment_bytes=self.cfg.spool_segment_bytes, max_bytes=self.cfg.max_spool_bytes
-                )
+            self._pipe = self._build_pipeline()
             if self.cfg.endpoint is None:
                 self._main_offline()
             else:
@@ -199,13 +161,34 @@ class SenderThread(threading.Thread):
             _log.error("coordinator sender thread crashed: %r", e, exc_info=True)
             err = e if isinstance(e, CoordinatorError) else CoordinatorError(f"sender thread crashed: {e!r}")
             self.buf.fail(err, fatal=True)
-            self._fail_requests(err)
+            self._requests.fail_all(err)
         finally:
             if self.spool is not None:
                 # Unacknowledged batches stay on disk for `coordinator sync`; an empty spool goes away.
                 self.spool.close(remove_if_empty=self.cfg.endpoint is not None)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._wake.close()
+
+    def _build_pipeline(self) -> Pipeline:
+        c = self.cfg
+        wal = None
+        if c.spool_dir is not None:
+            self.spool = SegmentedSpool(c.spool_dir, segment_bytes=c.spool_segment_bytes, max_bytes=c.max_spool_bytes)
+            wal = WriteAhead(self.spool, rank=c.rank, buf=self.buf)
+        offline = None
+        if c.endpoint is None:
+            assert wal is not None, "an offline sender needs a spool"
+            offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
+        return Pipeline(
+            buf=self.buf,
+            cutter=Cutter(self._number_steps, c.max_batch_points),
+            window=Window(max_batches=c.max_window, max_points=c.max_backlog_points, envelope=self._batch_envelope),
+            outbox=Outbox(policy=c.backpressure, wal=wal, max_points=c.max_backlog_points, rank=c.rank, buf=self.buf),
+            wal=wal,
+            offline=offline,
+            policy=c.backpressure,
+            rank=c.rank,
+            send=self._send_frames,
+        )
 
     def _main(self) -> None:
         assert self.cfg.endpoint is not None
@@ -220,15 +203,15 @@ class SenderThread(threading.Thread):
             sock.connect(self.cfg.endpoint)
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
-            poller.register(self._wake_r, zmq.POLLIN)
+            poller.register(self._wake.fd, zmq.POLLIN)
             self._send_hello()
             next_flush = time.monotonic() + self.cfg.flush_interval_s
             while not self._stop_evt.is_set():
                 timeout = max(0.0, next_flush - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
                 events = dict(poller.poll(math.ceil(timeout * 1000)))
-                if self._wake_r in events:
-                    self._drain_wake()
+                if self._wake.fd in events:
+                    self._wake.drain()
                 if sock in events:
                     self._recv_all()
                 now = time.monotonic()
@@ -236,287 +219,69 @@ class SenderThread(threading.Thread):
                 if now >= next_flush or self.buf.flush_requested:
                     self._flush(now)
                     # Idle (nothing was logged): look again later; wait() wakes us at once anyway.
-                    idle = not self._hot_keys
-                    next_flush = now + (
-                        max(self.cfg.flush_interval_s, _IDLE_FLUSH_S) if idle else self.cfg.flush_interval_s
-                    )
-                self._pump(now)
+                    interval = self.cfg.flush_interval_s
+                    next_flush = now + (max(interval, _IDLE_FLUSH_S) if self._pipe.idle else interval)
+                self._pipe.pump(now)
                 self._housekeeping(now)
             # One last attempt, so close() after wait() loses nothing that is already acked.
             self._flush(time.monotonic())
-            self._pump(time.monotonic())
+            self._pipe.pump(time.monotonic())
         finally:
             sock.close(linger=0)
             ctx.term()
-            self._fail_requests(ClosedError("the run was closed"))
+            self._requests.fail_all(ClosedError("the run was closed"))
 
     def _main_offline(self) -> None:
-        assert self.spool is not None
-        self._welcomed = True
+        offline = self._pipe.offline
+        assert offline is not None
         try:
-            self.spool.append(wire.HELLO, 0, self._env(wire.HELLO, 0), wire.encode_map(self.cfg.hello))
+            offline.hello(self.cfg.hello)
             while not self._stop_evt.is_set():
                 self._stop_evt.wait(self.cfg.flush_interval_s if not self.buf.flush_requested else 0)
-                self._drain_wake()
+                self._wake.drain()
                 self._serve_requests()
                 self._flush(time.monotonic())
             self._flush(time.monotonic())
         finally:
-            self._fail_requests(ClosedError("the run was closed"))
+            self._requests.fail_all(ClosedError("the run was closed"))
+
+    def _flush(self, now: float) -> None:
+        # A method of the thread (not only of the pipeline) so that benchmarks can time each flush.
+        self._pipe.flush(now)
 
     def _env(self, kind: int, seq: int) -> bytes:
         c = self.cfg
         return wire.encode_envelope(kind, c.run_id, c.rank, c.incarnation, seq)
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass  # empty: every wake-up consumed
+    def _batch_envelope(self, seq: int) -> bytes:
+        return self._env(wire.BATCH, seq)
+
+    def _send_frames(self, frames: list[bytes], now: float) -> None:
+        assert self.sock is not None
+        self.sock.send_multipart(frames, copy=False)
+        self._last_send = now
 
     def _send(self, kind: int, seq: int, payload: bytes) -> None:
-        assert self.sock is not None
-        self.sock.send_multipart([self._env(kind, seq), payload], copy=False)
-        self._last_send = time.monotonic()
+        self._send_frames([self._env(kind, seq), payload], time.monotonic())
 
     def _send_hello(self) -> None:
-        self._welcomed = False
+        self._pipe.welcomed = False
         self._hello_sent_at = time.monotonic()
         self._send(wire.HELLO, 0, wire.encode_map(self.cfg.hello))
         _log.debug("rank %d: HELLO to %s", self.cfg.rank, self.cfg.endpoint)
 
-    # ------------------------------------------------------------ requests
-
     def _serve_requests(self) -> None:
-        while True:
-            try:
-                req = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            if self.cfg.endpoint is None:
-                if req.kind == wire.BYE:
-                    assert self.spool is not None
-                    payload = dict(req.payload, **self.counters)
-                    self.spool.append(wire.BYE, 0, self._env(wire.BYE, 0), wire.encode_map(payload))
-                    req.reply = {}
-                else:
-                    req.error = CoordinatorError(
-                        "offline runs have no aggregator to read from; "
-                        "upload with `coordinator sync` and read the store"
-                    )
-                req.done.set()
+        for req in self._requests.take():
+            if self._pipe.offline is not None:
+                self._pipe.offline.serve(req, self._pipe.counters())
                 continue
             if req.kind == wire.BYE:
-                req.payload = dict(req.payload, **self.counters)
-            self._req_id += 1
-            self._open_reqs[self._req_id] = req
-            self._send(req.kind, self._req_id, wire.encode_map(req.payload))
-
-    def _fail_requests(self, err: CoordinatorError) -> None:
-        for req in self._open_reqs.values():
-            req.error = err
-            req.done.set()
-        self._open_reqs.clear()
-        while True:
-            try:
-                req = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            req.error = err
-            req.done.set()
-
-    # ------------------------------------------------------------ batches
-
-    def _may_cut(self, now: float) -> bool:
-        """Whether taking the buffer now keeps memory and disk within their bounds."""
-        if self.cfg.endpoint is None:
-            return True
-        if self._welcomed and self._window_room(self.buf.pending) and not self._backlog:
-            return True  # straight to the wire
-        policy = self.cfg.backpressure
-        if policy == "drop_oldest":
-            return True
-        if policy == "block" or self.spool is None:
-            return False  # the data waits in the buffer; log() blocks once it is full
-        if now < self._spool_retry_at:  # the spool just failed: hold batches in memory, bounded
-            return self._backlog_points < self.cfg.max_backlog_points
-        if self.spool.full():
-            if not self._warned_full:
-                self._warned_full = True
-                _log.warning(
-                    "rank %d: spool %s is full (%d bytes); log() will block when the buffer fills",
-                    self.cfg.rank,
-                    self.spool.dir,
-                    self.spool.size_bytes,
-                )
-            return False
-        return True
-
-    def _window_room(self, extra: int) -> bool:
-        """Whether ``extra`` more points may go in flight: bounded in batches and in points, so a
-        rank holds at most ``max_buffer_points`` buffered plus as many in flight in memory."""
-        return len(self._window) < self.cfg.max_window and (
-            not self._window or self._window_points + extra <= self.cfg.max_backlog_points
-        )
-
-    def _flush(self, now: float) -> None:
-        if not self._may_cut(now):
-            return
-        fresh: dict[str, Column] = {k: (array("q"), array("d")) for k in self._hot_keys}
-        gen, cols, fields = self.buf.cut(fresh)
-        self._hot_keys = [k for k, (steps, _) in cols.items() if steps]
-        if not self._hot_keys and not fields:
-            self._cut_gen = gen
-            if not self._window and not self._backlog:
-                self.buf.progress(gen, 0)
-            return
-        ts = time.time()
-        for batch_metrics, batch_fields, n in self._split(cols, fields):
-            payload = wire.encode_batch(batch_metrics, batch_fields, ts)
-            b = _Batch(0, gen, n, b"", payload)
-            if self.spool is not None:
-                self._number(b)  # the spool is write-ahead: numbered before it is written
-            self.counters["cut_batches"] += 1
-            self._store_batch(b, now)
-        self._cut_gen = gen
-        if self.cfg.backpressure == "drop_oldest":
-            self._drop_oldest()
-
-    def _number(self, b: _Batch) -> None:
-        """Give ``b`` the next sequence number. Without a spool this happens only when it is sent, so
-        batches dropped under ``drop_oldest`` leave no gap for the aggregator to wait on."""
-        self._seq += 1
-        b.seq = self._seq
-        b.envelope = self._env(wire.BATCH, b.seq)
-
-    def _store_batch(self, b: _Batch, now: float) -> None:
-        """Write-ahead to the spool (when there is one), then queue for sending."""
-        if self.spool is not None and now >= self._spool_retry_at:
-            try:
-                b.loc = self.spool.append(wire.BATCH, b.seq, b.envelope, b.payload or b"")
-            except SinkError as e:
-                # Keep the batch in memory: nothing is lost, but the user must hear about the disk.
-                self._spool_retry_at = now + 1.0
-                self.buf.fail(SinkError(f"rank {self.cfg.rank}: {e}; batches stay in memory until it is fixed"))
-                _log.error("rank %d: %s", self.cfg.rank, e)
-        if self.cfg.endpoint is None:  # offline: durable once spooled
-            if b.loc is None:
-                err = DeliveryError(
-                    f"offline rank {self.cfg.rank}: batch {b.seq} ({b.points} points) could not "
-                    f"be written to the spool",
-                    lost_points=b.points,
-                )
-                self.counters["lost_points"] += b.points
-                self.buf.fail(err, lost_points=b.points)
-            else:
-                self.buf.progress(b.gen, b.points)
-            return
-        if self._backlog or not self._window_room(b.points) or not self._welcomed:
-            if b.loc is not None:
-                b.payload = None  # on disk: do not hold it in memory too
-                self.counters["spooled_batches"] += 1
-            self._backlog.append(b)
-            self._backlog_points += b.points
-            return
-        self._send_batch(b, now)
-
-    def _send_batch(self, b: _Batch, now: float) -> None:
-        if not b.seq:
-            self._number(b)
-        if b.payload is None:
-            assert self.spool is not None and b.loc is not None
-            b.payload = self.spool.read(b.loc).payload
-            self.counters["replayed_batches"] += 1
-        assert self.sock is not None
-        self.sock.send_multipart([b.envelope, b.payload], copy=False)
-        b.sent_at = self._last_send = now
-        self._window[b.seq] = b
-        self._window_points += b.points
-        _log.debug("rank %d: BATCH %d (%d points)", self.cfg.rank, b.seq, b.points)
-
-    def _pump(self, now: float) -> None:
-        """Move batches from the backlog into the window while it has room."""
-        while self._backlog and self._welcomed and self._window_room(self._backlog[0].points):
-            b = self._backlog.popleft()
-            self._backlog_points -= b.points
-            self._send_batch(b, now)
-
-    def _drop_oldest(self) -> None:
-        """Policy drop_oldest: bound the in-memory backlog by dropping its oldest batches (counted)."""
-        while self._backlog_points > self.cfg.max_backlog_points and self._backlog:
-            b = self._backlog.popleft()
-            self._backlog_points -= b.points
-            self.buf.dropped(b.points)
-            _log.warning(
-                "rank %d: dropped batch %d (%d points) under backpressure policy drop_oldest",
-                self.cfg.rank,
-                b.seq,
-                b.points,
-            )
-        self.buf.progress(self._acked_gen(), 0)
-
-    def _split(
-        self, cols: dict[str, Column], fields: list[tuple[str, FieldValue]]
-    ) -> list[tuple[list[tuple[str, array[int], array[float]]], list[tuple[str, FieldValue]], int]]:
-        cap = self.cfg.max_batch_points
-        out: list[tuple[list[tuple[str, array[int], array[float]]], list[tuple[str, FieldValue]], int]] = []
-        cur: list[tuple[str, array[int], array[float]]] = []
-        n = 0
-        for key, (steps, values) in cols.items():
-            if not steps:
-                continue
-            self._number_steps(key, steps)
-            i = 0
-            while i < len(steps):
-                take = min(len(steps) - i, cap - n)
-                if i == 0 and take == len(steps):
-                    cur.append((key, steps, values))
-                else:
-                    cur.append((key, steps[i : i + take], values[i : i + take]))
-                n += take
-                i += take
-                if n >= cap:
-                    out.append((cur, [], n))
-                    cur, n = [], 0
-        if cur or fields or not out:
-            out.append((cur, fields, n))
-        else:
-            out[-1] = (out[-1][0], fields, out[-1][2])
-        return out
-
-    def _acked_gen(self) -> int:
-        if self._window:
-            return next(iter(self._window.values())).gen - 1
-        if self._backlog:
-            return self._backlog[0].gen - 1
-        return self._cut_gen
-
-    def _first_unacked(self) -> int:
-        if self._window:
-            return next(iter(self._window))
-        if self._backlog:
-            return self._backlog[0].seq
-        return self._seq + 1
-
-    def _ack(self, seq: int) -> None:
-        b = self._window.pop(seq, None)
-        if b is None:
-            return  # an ack for a resend that was already acknowledged
-        self._window_points -= b.points
-        self.buf.progress(self._acked_gen(), b.points)
-        if self.spool is not None:
-            self.spool.acked_through(self._first_unacked() - 1)
-        _log.debug("rank %d: ACK %d", self.cfg.rank, seq)
+                req.payload = dict(req.payload, **self._pipe.counters())
+            self._send(req.kind, self._requests.open(req), wire.encode_map(req.payload))
 
     def _resend_from(self, seq: int) -> None:
         now = time.monotonic()
-        assert self.sock is not None
-        for b in self._window.values():
-            if b.seq >= seq and b.payload is not None:
-                b.sent_at = now
-                self.sock.send_multipart([b.envelope, b.payload], copy=False)
-                self.counters["resent_batches"] += 1
+        self._pipe.resend_from(seq, now)
         self._last_send = now
 
     # ------------------------------------------------------------ replies
@@ -538,7 +303,7 @@ class SenderThread(threading.Thread):
                         code="version",
                     )
                     self.buf.fail(err, fatal=True)
-                    self._fail_requests(err)
+                    self._requests.fail_all(err)
                 else:
                     _log.warning("rank %d: unreadable reply from the aggregator: %s", self.cfg.rank, e)
 
@@ -554,7 +319,7 @@ class SenderThread(threading.Thread):
             j = body.get("j")
             if type(j) is int and j > self.buf.journal:
                 self.buf.journal = j
-            self._ack(env.seq)
+            self._pipe.ack(env.seq)
         elif kind == wire.WELCOME:
             self._on_welcome(body)
         elif kind == wire.PONG:
@@ -562,74 +327,44 @@ class SenderThread(threading.Thread):
         elif kind == wire.ERROR:
             self._on_error(env, body)
         else:
-            req = self._open_reqs.pop(env.seq, None)
-            if req is not None:
-                req.reply = body
-                req.done.set()
+            self._requests.answer(env.seq, body)
 
     def _on_welcome(self, body: dict[str, Any]) -> None:
         last = body.get("last_seq", 0)
-        self._welcomed = True
+        self._pipe.welcomed = True
         _log.debug("rank %d: WELCOME, aggregator has up to seq %s", self.cfg.rank, last)
         if type(last) is int:
-            for seq in [s for s in self._window if s <= last]:
-                self._ack(seq)
+            self._pipe.ack_below(last + 1)
         self._resend_from(0)
 
     def _on_error(self, env: wire.Envelope, body: dict[str, Any]) -> None:
         code = body.get("code")
         msg = str(body.get("message", ""))
         if code == "hello":
-            if self._welcomed or time.monotonic() - self._hello_sent_at > 1.0:
+            if self._pipe.welcomed or time.monotonic() - self._hello_sent_at > _HELLO_RETRY_S:
                 self._send_hello()
         elif code == "gap":
             expected = body.get("expected", 1)
-            for seq in [s for s in self._window if s < expected]:
-                self._ack(seq)
+            self._pipe.ack_below(expected)
             self._resend_from(expected)
         elif code == "sink":
             self.buf.fail(SinkError(f"the aggregator could not commit to the store: {msg}"))
         elif code in ("fenced", "version", "wrong_run", "bad_rank"):
             err = ProtocolError(f"the aggregator refused rank {self.cfg.rank}: {msg}", code=str(code))
             self.buf.fail(err, fatal=True)
-            self._fail_requests(err)
-        elif body.get("re") == wire.BATCH and env.seq in self._window:
-            b = self._window.pop(env.seq)
-            self._window_points -= b.points
-            lost = DeliveryError(
-                f"the aggregator rejected batch {env.seq} ({b.points} points): {msg}", lost_points=b.points
-            )
-            _log.error("%s", lost)
-            self.counters["lost_points"] += b.points
-            self.buf.fail(lost, lost_points=b.points)
-            self.buf.progress(self._acked_gen(), 0)
+            self._requests.fail_all(err)
+        elif body.get("re") == wire.BATCH and self._pipe.is_in_flight(env.seq):
+            self._pipe.reject(env.seq, msg)
         else:
-            req = self._open_reqs.pop(env.seq, None)
             err2 = ProtocolError(f"the aggregator answered with an error: {msg}", code=str(code))
-            if req is not None:
-                req.error = err2
-                req.done.set()
-            else:
+            if not self._requests.refuse(env.seq, err2):
                 _log.warning("rank %d: %s", self.cfg.rank, err2)
 
     def _housekeeping(self, now: float) -> None:
-        if not self._welcomed and now - self._hello_sent_at > self.cfg.ack_timeout_s:
+        if not self._pipe.welcomed and now - self._hello_sent_at > self.cfg.ack_timeout_s:
             self._send_hello()
-        if self._window:
-            oldest = next(iter(self._window.values()))
-            if now - oldest.sent_at > self.cfg.ack_timeout_s:
-                _log.debug("rank %d: no ack for %d batches; resending", self.cfg.rank, len(self._window))
-                self._resend_from(0)
+        if self._pipe.overdue(now, self.cfg.ack_timeout_s):
+            _log.debug("rank %d: no ack for %d batches; resending", self.cfg.rank, self._pipe.in_flight)
+            self._resend_from(0)
         if now - self._last_send > self.cfg.heartbeat_interval_s:
             self._send(wire.PING, 0, b"\x80")
-
-
-def default_hello(world_size: int, name: str, project: str) -> dict[str, Any]:
-    """The HELLO payload: who this sender is."""
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "world_size": world_size,
-        "name": name,
-        "project": project,
-    }

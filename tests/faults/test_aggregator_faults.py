@@ -79,7 +79,7 @@ def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
 
 def test_frozen_aggregator_wait_times_out_naming_endpoint_then_drains(store_dir: Path) -> None:
     """SIGSTOP the aggregator: log() stays cheap, wait(timeout) raises naming the endpoint; SIGCONT drains."""
-    with coordinator.init_run(flush_interval_s=0.002) as run:
+    with coordinator.init_run(settings=coordinator.Settings(flush_interval_s=0.002)) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
         agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]

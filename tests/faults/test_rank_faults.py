@@ -141,7 +141,7 @@ def test_spool_disk_full_is_a_clear_error_and_nothing_is_lost(store_dir: Path, t
     spool = tmp_path / "tiny"
     _tiny_tmpfs(spool, "256k")
     try:
-        with coordinator.init_run(spool_dir=spool) as run:
+        with coordinator.init_run(settings=coordinator.Settings(spool_dir=str(spool))) as run:
             run.log({"m": 0.0}, step=0)
             run.wait(30)
             agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]

@@ -25,7 +25,7 @@ def main() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", COORDINATOR_SECRET="partition-test-secret-0123")
     n = 60_000
-    with coordinator.init_run(transport="tcp", flush_interval_s=0.005) as run:
+    with coordinator.init_run(settings=coordinator.Settings(transport="tcp", flush_interval_s=0.005)) as run:
         t = threading.Thread(target=flap)
         t.start()
         t0 = time.monotonic()

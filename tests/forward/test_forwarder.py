@@ -19,16 +19,12 @@ import pytest
 
 import coordinator
 from coordinator import cli
+from coordinator.core.retry import retry_after_of
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import (
-    Backend,
-    BackendRejectedError,
-    Series,
-    get_backend,
-    resolve_backends,
-    retry_after_of,
-)
-from coordinator.forward.forwarder import Forwarder, ForwarderSettings, check_backends, cursor_path
+from coordinator.forward.backend import Backend, BackendRejectedError, Series, get_backend, resolve_backends
+from coordinator.forward.cursor import cursor_path
+from coordinator.forward.forwarder import Forwarder, check_backends
+from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, RunInfo, TxnData
 
 KEYS = ("train/loss", "train/acc")

@@ -351,7 +351,7 @@ def test_a_bad_mlflow_uri_fails_init_run_on_every_rank_naming_the_backend(store_
         "import coordinator, sys\n"
         "try:\n"
         "    coordinator.init_run(backend='mlflow', backend_options={'tracking_uri': 'http://127.0.0.1:9'},"
-        " rendezvous_timeout_s=60)\n"
+        " settings=coordinator.Settings(rendezvous_timeout_s=60))\n"
         "except coordinator.SinkError as e:\n"
         "    print('SINKERROR', e)\n"
         "    sys.exit(0)\n"

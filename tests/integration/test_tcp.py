@@ -92,14 +92,14 @@ def test_multi_node_without_a_secret_refuses_to_start(store_dir: Path, monkeypat
     monkeypatch.delenv("COORDINATOR_SECRET", raising=False)
     monkeypatch.delenv("COORDINATOR_SECRET_FILE", raising=False)
     with pytest.raises(coordinator.ConfigError, match="secret"):
-        coordinator.init_run(transport="tcp")
+        coordinator.init_run(settings=coordinator.Settings(transport="tcp"))
 
 
 def test_single_process_tcp_with_secret_round_trips(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """transport='tcp' with a secret works end to end in one process (bound to the MASTER_ADDR interface)."""
     monkeypatch.setenv("COORDINATOR_SECRET", "another-secret-long-enough")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    with coordinator.init_run(transport="tcp") as run:
+    with coordinator.init_run(settings=coordinator.Settings(transport="tcp")) as run:
         assert run.endpoint is not None and run.endpoint.startswith("tcp://127.0.0.1:")
         for s in range(100):
             run.log({"a": float(s)}, step=s)

@@ -31,7 +31,9 @@ def main() -> None:
     if os.path.exists(ckpt):
         with open(ckpt) as f:
             start = json.load(f)["step"]
-    with coordinator.init_run(project="elastic", name="elastic", liveness_timeout_s=10) as run:
+    with coordinator.init_run(
+        project="elastic", name="elastic", settings=coordinator.Settings(liveness_timeout_s=10)
+    ) as run:
         run["parameters/lr"] = 0.1
         for s in range(start, a.steps):
             run.log({"loss": rank * 1_000_000 + s + 0.5 * restart}, step=s)

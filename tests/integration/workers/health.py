@@ -23,7 +23,9 @@ def main() -> None:
     a = p.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    with coordinator.init_run(project="health", name="health", group_timeout_s=3, liveness_timeout_s=10) as run:
+    with coordinator.init_run(
+        project="health", name="health", settings=coordinator.Settings(group_timeout_s=3, liveness_timeout_s=10)
+    ) as run:
         for s in range(a.steps):
             if rank == a.slow_rank:
                 time.sleep(a.slow_s)  # a slow rank: the others wait for it in the barrier below

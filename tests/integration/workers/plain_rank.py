@@ -27,10 +27,9 @@ def main() -> None:
     with coordinator.init_run(
         project="plain",
         name="plain",
-        close_timeout_s=60,
-        stop_grace_s=5,
-        liveness_timeout_s=a.liveness,
-        spool_dir=a.spool_dir,
+        settings=coordinator.Settings(
+            close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness, spool_dir=a.spool_dir
+        ),
     ) as run:
         with open(os.path.join(a.out, f"rank{rank}.id"), "w") as f:
             f.write(run.id)

@@ -1,0 +1,412 @@
+"""The suite's markdown report: targets met or missed, one part per section, notes from this run's numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.common import fmt_pps, mark, mib
+
+__all__ = [
+    "T_FULL_P99_US",
+    "T_LIMIT_FRACTION",
+    "T_PPS",
+    "T_REAL_P50_US",
+    "T_REAL_P99_US",
+    "T_RSS_FLAT",
+    "T_SLOWDOWN",
+    "notes",
+    "report",
+]
+
+# Targets, from the issue ("Benchmarks: prove it is the fastest way to log"). Not to be weakened.
+T_REAL_P50_US = 1.0
+T_REAL_P99_US = 5.0
+T_FULL_P99_US = 50.0
+T_LIMIT_FRACTION = 0.5
+T_PPS = 1_000_000
+T_SLOWDOWN = 0.01
+T_RSS_FLAT = 0.10
+
+
+def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for every target this run measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    hot = res.get("hot")
+    if hot:
+        by = {(r["load"], r["call"]): r for r in hot["rows"]}
+        r = by.get(("realistic", 'log({"loss": x}, step=s)'))
+        if r:
+            out.append(
+                (
+                    f"`log()` one scalar, realistic load: p50 <= {T_REAL_P50_US:g} µs",
+                    f"{r['p50']:.2f} µs",
+                    r["p50"] <= T_REAL_P50_US,
+                )
+            )
+            out.append(
+                (
+                    f"`log()` one scalar, realistic load: p99 <= {T_REAL_P99_US:g} µs",
+                    f"{r['p99']:.2f} µs",
+                    r["p99"] <= T_REAL_P99_US,
+                )
+            )
+        r = by.get(("full", 'log({"loss": x}, step=s)'))
+        if r:
+            out.append(
+                (
+                    f"`log()` one scalar, full load: p99 <= {T_FULL_P99_US:g} µs",
+                    f"{r['p99']:.2f} µs",
+                    r["p99"] <= T_FULL_P99_US,
+                )
+            )
+    tpr = res.get("throughput")
+    if tpr:
+        for c in tpr["cells"]:
+            if c["world"] != 4:
+                continue
+            if c.get("fraction") is not None:
+                out.append(
+                    (
+                        f"4 ranks, {c['k']} keys/call: durable >= {T_LIMIT_FRACTION:.0%} of raw PUSH/PULL",
+                        f"{c['fraction']:.1%} ({fmt_pps(c['pps'])} of {fmt_pps(c['limit_pps'])})",
+                        c["fraction"] >= T_LIMIT_FRACTION,
+                    )
+                )
+            if c.get("pps"):
+                out.append(
+                    (
+                        f"4 ranks, {c['k']} keys/call: durable >= {T_PPS:,} points/s",
+                        f"{fmt_pps(c['pps'])}",
+                        c["pps"] >= T_PPS,
+                    )
+                )
+    ddp = res.get("ddp")
+    if ddp and ddp.get("rows"):
+        rows = {r["variant"]: r for r in ddp["rows"]}
+        c = rows.get("coordinator")
+        if c:
+            out.append(
+                (
+                    f"DDP step slowdown, coordinator 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
+                    f"{c['slowdown']:+.1%}",
+                    c["slowdown"] < T_SLOWDOWN,
+                )
+            )
+            others = [r for v, r in rows.items() if v.startswith("peer:") or v.startswith("allreduce")]
+            for r in others:
+                out.append(
+                    (
+                        f"DDP slowdown lower than {r['variant']}",
+                        f"{c['slowdown']:+.1%} vs {r['slowdown']:+.1%}",
+                        c["slowdown"] < r["slowdown"],
+                    )
+                )
+    soak = (res.get("scale") or {}).get("soak")
+    if soak and soak.get("rss_first"):
+        out.append(
+            (
+                f"aggregator RSS flat within {T_RSS_FLAT:.0%} over the {soak['duration']:.0f} s soak",
+                f"{mib(soak['rss_first'])} -> {mib(soak['rss_last'])} MiB ({soak['growth']:+.1%})",
+                abs(soak["growth"]) <= T_RSS_FLAT,
+            )
+        )
+    return out
+
+
+def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> str:
+    """The markdown report of one suite run (``pngs``: section -> plot file name, linked when present)."""
+    m, v = meta["machine"], meta["versions"]
+    md = [
+        f"# coordinator benchmark suite ({meta['mode']})",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}; wall time {meta['wall_s']:.0f} s",
+        f"- machine: {m['host']}; CPU: {m['cpu']}; cores: {m['cores']} ({m['usable']} usable); memory "
+        f"{m['mem_gib']} GiB; Linux {m['kernel']}; load average at the start {meta['load0'][0]:.2f}, at the end "
+        f"{meta['load1'][0]:.2f} (the machine may be shared: see 'other load' in section 2)",
+        f"- coordinator {v['coordinator']} ({meta['git']}); python {v['python']}, pyzmq {v['pyzmq']}, msgpack "
+        f"{v['msgpack']}, SQLite {v['sqlite']}, psutil {v['psutil']}, torch {v['torch']}, matplotlib {v['matplotlib']}",
+        f"- peers: tensorboard {v['tensorboard']}, wandb {v['wandb']}, mlflow {v['mlflow']}, neptune {v['neptune']}, "
+        f"trackio {v['trackio']}",
+        f"- repeats: {meta['repeats']} per cell (figures are medians of the repeats; ratios within this run)",
+    ]
+    if meta.get("skipped"):
+        md.append(f"- **skipped in this mode**: {'; '.join(meta['skipped'])}")
+    md.append("")
+    tg = _targets(res)
+    md += ["## Targets", "", "| target | measured | status |", "| --- | --- | --- |"]
+    md += [f"| {a} | {b} | {mark(c)} |" for a, b, c in tg]
+    md.append("")
+    # ---- 1
+    hot = res.get("hot")
+    if hot:
+        md += ["## 1. Hot path", ""]
+        if "hot" in pngs:
+            md += [f"![hot path]({pngs['hot']})", ""]
+        md += [
+            f"One rank in this process (`rank=0, world_size=1`), sender thread and aggregator running; each call "
+            f"timed with `perf_counter_ns`, timer overhead ({hot['overhead_ns']} ns) subtracted. realistic: 50 "
+            "steps/s, each step one 80-key `log()` + 10 scalar `log()` + 10 `append()` = 100 metrics; full: "
+            f"chunks of 10,000 scalar `log()`, 10,000 `append()` and 100 100-key `log()` calls back to back "
+            f"for {hot['full_s']:g} s; disabled: {hot['calls']:,} calls on "
+            '`mode="disabled"`. p50/p99: median over the repeats; max and calls > 1 ms: over all repeats. '
+            f"GC {'on' if hot['gc'] else 'off'}; `sys.getswitchinterval()` = {hot['switchinterval_ms']:g} ms.",
+            "",
+            "| load | call | calls | p50 µs | p99 µs | max µs | calls > 1 ms | p50 per repeat | p99 per repeat |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for r in hot["rows"]:
+            md.append(
+                f"| {r['load']} | `{r['call']}` | {r['n']:,} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['max']:,.0f} | "
+                f"{r['over_1ms']} | {r['p50_all']} | {r['p99_all']} |"
+            )
+        if hot["sender"]:
+            md += [
+                "",
+                "**Sender thread** (CPU time of the `coordinator-sender` thread from `/proc` via psutil, over "
+                "the measured window; a pure-Python thread holds the GIL for about its CPU time, minus the ZeroMQ "
+                "send, which releases it). Per flush = each `SenderThread._flush` call (swap the buffer, encode, "
+                "send), timed by wrapping the method on the instance from the benchmark: its CPU time "
+                "(`time.thread_time_ns`, ≈ GIL held) and its wall time (which also counts waiting for the GIL "
+                "while the training thread runs: up to the switch interval per hand-over).",
+                "",
+                "| load | window s | sender CPU s | CPU share (≈ GIL share) | flushes | CPU per flush p50 / p99 / "
+                "max µs | wall per flush p50 / p99 / max µs | steps overrun |",
+                "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
+            ]
+            for load, s in hot["sender"].items():
+                md.append(
+                    f"| {load} | {s['wall_s']:.2f} | {s['cpu_s']:.3f} | {s['share']:.1%} | {s['flushes']:.0f} | "
+                    f"{s['cpu_slice_p50_us']:.0f} / {s['cpu_slice_p99_us']:,.0f} / "
+                    f"{s['cpu_slice_max_us']:,.0f} | "
+                    f"{s['slice_p50_us']:.0f} / {s['slice_p99_us']:,.0f} / {s['slice_max_us']:,.0f} | "
+                    f"{s['late']:.0%} |"
+                )
+        for c in hot["checks"]:
+            md.append(f"\n**delivery check failed**: {c}")
+        md.append("")
+    # ---- 2 + 3
+    tpr = res.get("throughput")
+    if tpr:
+        md += ["## 2. Throughput vs ranks and keys per call; 3. the limit", ""]
+        if "throughput" in pngs:
+            md += [f"![throughput]({pngs['throughput']})", ""]
+        md += [
+            "coordinator: N rank processes log P points each as fast as they can in `log()` calls of K keys, then "
+            "`wait()`; points/s = N·P / (common start → last rank's `wait()` returned: every point committed to "
+            "SQLite and acked). Every trial is verified point by point (every rank's series of every key, and the "
+            "reduced main series, read back: each step exactly once with its value). limit: the same N processes "
+            "push pre-built 1000-point msgpack batches (same columnar format) over raw pyzmq PUSH → one PULL "
+            "receiver over ipc that discards them (more points per rank than the coordinator trial, so that "
+            "the clock runs long enough: points/s is what compares). Each cell's coordinator and limit trials "
+            "run back to back.",
+            "",
+            "| ranks | keys/call | points/rank | coordinator points/s | per repeat | limit points/s | of limit | "
+            "limit encoding in the loop | of that | "
+            "aggregator CPU | aggregator RSS MiB peak | client RSS MiB peak | client CPU s (sender) | other load | "
+            "verified |",
+            "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
+        for c in tpr["cells"]:
+            md.append(
+                f"| {c['world']} | {c['k']} | {c['points_per_rank'] or 0:,} | {fmt_pps(c.get('pps'))} | "
+                f"{c.get('pps_all', '-')} | {fmt_pps(c.get('limit_pps'))} | "
+                f"{'-' if c.get('fraction') is None else format(c['fraction'], '.1%')} | "
+                f"{fmt_pps(c.get('inline_pps'))} | "
+                f"{'-' if c.get('fraction_inline') is None else format(c['fraction_inline'], '.1%')} | "
+                f"{'-' if c.get('agg_cpu_share') is None else format(c['agg_cpu_share'], '.0%')} | "
+                f"{mib(c.get('agg_rss_peak'))} | {mib(c.get('client_rss_peak'))} | "
+                f"{c.get('client_cpu', 0):.2f} ({c.get('sender_cpu', 0):.2f}) | {c.get('other_load', 0):.2f} | "
+                f"{'ok' if c['ok'] else '**FAILED**'} |"
+            )
+        for t in tpr["trials"]:
+            if not t["ok"]:
+                md += ["", f"**{t['label']} FAILED**:", "", "```", *[p[:500] for p in t["problems"][:8]], "```"]
+        for t in tpr["limits"]:
+            if not t["ok"]:
+                md += ["", f"**{t['label']} FAILED**: {t['problems'][:3]}"]
+        md.append("")
+    # ---- 4
+    pr = res.get("peers")
+    if pr:
+        md += ["## 4. Peers (same workload, same run)", ""]
+        if "peers" in pngs:
+            md += [f"![peers]({pngs['peers']})", ""]
+        md += [
+            "Hot path: one scalar per call, back to back, in a single process (coordinator: section 1, full load). "
+            "Durable points/s: each logging process logs the same 100-key dict per step as fast as it can, then "
+            "the peer's flush/finish (the clock stops when it returns). Multi-process: 4 processes started "
+            "together, each peer in its documented DDP mode; the peer's output is read back (event files, `.wandb` "
+            "log, SQLite, offline op log) and every (key, step) of every logging rank counted: missing and "
+            "duplicated. `rank0` mode records 1 of the 4 ranks by design.",
+            "",
+            "| logger | version | DDP mode | hot p50 µs | hot p99 µs | hot max µs | 1 process: points/s durable "
+            "(log s + finish s) | 4 processes: points/s durable | ranks recorded | lost | duplicated | how |",
+            "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | --- |",
+        ]
+        co = _coordinator_peer_row(res)
+        if co:
+            md.append(co)
+        for name, e in pr["peers"].items():
+            if not e["available"]:
+                md.append(
+                    f"| {name} | **missing**: {e['version']} | {e['mode']} | missing | missing | missing | "
+                    f"missing | missing | - | - | - | {e['how']} |"
+                )
+                continue
+            w1, w4 = e.get("w1"), e.get("w4")
+            if not w1 and not w4:
+                why = "skipped (--quick)" if name in pr.get("skipped_quick", []) else "**failed** (see below)"
+                md.append(f"| {name} | {e['version']} | {e['mode']} | {why} | | | | | | | | {e['how']} |")
+                continue
+            h = (w1 or {}).get("hot") or {}
+            one = f"{fmt_pps(w1['pps'])} ({w1['log_s']:.2f} + {w1['finish_s']:.2f})" if w1 else "not run"
+            four = f"{fmt_pps(w4['pps'])} ({w4['log_s']:.2f} + {w4['finish_s']:.2f})" if w4 else "not run"
+            rec = f"{w4['active']} of 4" if w4 else "-"
+            lost = sum(x.get("lost", 0) for x in (w1, w4) if x)
+            dup = sum(x.get("duplicated", 0) for x in (w1, w4) if x)
+            md.append(
+                f"| {name} | {e['version']} | {e['mode']} | {h.get('p50', float('nan')):.1f} | "
+                f"{h.get('p99', float('nan')):.1f} | {h.get('max', float('nan')):,.0f} | {one} | {four} | "
+                f"{rec} | "
+                f"{lost} | {dup} | {e['how']} |"
+            )
+        for e in pr["peers"].values():
+            for t in e.get("trials", []):
+                if not t["ok"]:
+                    md += ["", f"**{t['label']}**: " + " | ".join(p[:400] for p in t["problems"][:3])]
+        md.append("")
+    # ---- 5
+    ddp = res.get("ddp")
+    if ddp:
+        md += ["## 5. Training overhead (CPU DDP, 4 ranks, gloo)", ""]
+        if "ddp" in pngs:
+            md += [f"![ddp]({pngs['ddp']})", ""]
+        md += [
+            f"`{ddp['command']}` (one launch; variants interleaved, order rotated each repeat, after a warm-up "
+            "block). Model: MLP 256-512-512-10, batch 64 per rank, SGD; `torch.set_num_threads(1)`. Step time = "
+            "the slowest rank's mean over the block; median over the repeats. Logging = 100 metrics per step. "
+            "Setup/close = opening and draining the logger around a block (not in the step time). 4 ranks share "
+            "2 cores, so every CPU cycle a logger (or its aggregator / service process) takes is taken from "
+            "training.",
+            "",
+        ]
+        if ddp.get("missing"):
+            md.append(f"Peers missing (not installed): {', '.join(ddp['missing'])}.\n")
+        if ddp.get("rows"):
+            md += [
+                "| variant | step ms | per repeat | slowdown vs none | setup s | close s |",
+                "| --- | ---: | --- | ---: | ---: | ---: |",
+            ]
+            for r in ddp["rows"]:
+                md.append(
+                    f"| {r['variant']} | {r['step_ms']:.3f} | {r['step_ms_all']} | {r['slowdown']:+.1%} | "
+                    f"{r['setup_s']:.2f} | {r['close_s']:.2f} |"
+                )
+        for p in ddp.get("problems", []):
+            md += [
+                "",
+                "**DDP job failed** (a worker crashed or torchrun failed; numbers above, if any, were "
+                "written before it):",
+                "",
+                "```",
+                p[:2500],
+                "```",
+            ]
+        md.append("")
+    # ---- 6
+    sc = res.get("scale")
+    if sc:
+        md += ["## 6. Scale and soak", ""]
+        if "scale" in pngs:
+            md += [f"![scale]({pngs['scale']})", ""]
+        md += [
+            "One real aggregator (`python -m coordinator.aggregator`, started by the benchmark with world_size = "
+            "senders) fed by simulated senders: 2 processes, each with many DEALER sockets speaking the "
+            "coordinator's wire protocol (HELLO, numbered columnar batches of 10 keys x 100 steps, window of 4 "
+            "unacked batches, BYE). points/s = acked points / time to the last ack; every rank's point count is "
+            "read back from the store and checked.",
+            "",
+            "| senders | points | points/s | per repeat | aggregator CPU | RSS MiB connected | RSS MiB peak | "
+            "ack latency p50 / p99 ms | aggregator warnings | verified |",
+            "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
+        for r in sc["rows"]:
+            md.append(
+                f"| {r['senders']} | {r['points']:,} | {fmt_pps(r['pps'])} | {r['pps_all']} | "
+                f"{r['agg_cpu_share']:.0%} | {mib(r['rss_connected'])} | {mib(r['rss_peak'])} | "
+                f"{r['ack_p50_ms']:.0f} / {r['ack_p99_ms']:.0f} | {r['warnings']} | "
+                f"{'ok' if r['ok'] else '**FAILED**'} |"
+            )
+        for t in sc["trials"]:
+            if not t["ok"]:
+                md += ["", f"**{t['label']} FAILED**: {t['problems'][:3]}"]
+        s = sc["soak"]
+        md += [
+            "",
+            f"**Soak**: 64 senders x 10 batches/s x 100 points = 64,000 points/s for {s['duration']:.0f} s "
+            f"({s.get('acked_points', 0):,} points, {fmt_pps(s.get('pps'))} points/s achieved). Aggregator RSS "
+            f"(sampled every second): {mib(s.get('rss_idle'))} MiB idle, {mib(s.get('rss_first'))} MiB at "
+            f"1 s, {mib(s.get('rss_warm'))} MiB at {s.get('warm_t', 0):.0f} s, {mib(s.get('rss_last'))} MiB "
+            f"at the end (peak {mib(s.get('rss_peak'))} MiB): {s.get('growth', 0):+.1%} from 1 s, "
+            f"{s.get('growth_warm', 0):+.1%} from {s.get('warm_t', 0):.0f} s to the end; "
+            f"{'verified' if s['ok'] else '**FAILED**: ' + '; '.join(s['problems'][:3])}.",
+            "",
+        ]
+    if res.get("notes"):
+        md += ["## Notes", "", *res["notes"], ""]
+    return "\n".join(md)
+
+
+def _coordinator_peer_row(res: dict[str, Any]) -> str | None:
+    """The coordinator's row of the peer table, from sections 1 and 2 (None without section 1)."""
+    hot = res.get("hot")
+    tpr = res.get("throughput")
+    if not hot:
+        return None
+    by = {(r["load"], r["call"]): r for r in hot["rows"]}
+    h = by.get(("full", 'log({"loss": x}, step=s)'))
+    one = four = "-"
+    if tpr:
+        cells = {(c["world"], c["k"]): c for c in tpr["cells"]}
+        c1, c4 = cells.get((1, 100)), cells.get((4, 100))
+        if c1 and c1.get("pps"):
+            one = f"{fmt_pps(c1['pps'])} (section 2)"
+        if c4 and c4.get("pps"):
+            four = f"{fmt_pps(c4['pps'])} (section 2)"
+        ok = all(c["ok"] for c in tpr["cells"])
+    else:
+        ok = True
+    lost = "0" if ok else "see 2"
+    return (
+        f"| **coordinator** | {res['meta_versions']['coordinator']} | every rank | {h['p50']:.2f} | "
+        f"{h['p99']:.2f} | "
+        f"{h['max']:,.0f} | {one} | {four} | 4 of 4 | {lost} | {lost} | `run.log(dict, step=s)`; verified in "
+        "section 2 |"
+    )
+
+
+def notes(res: dict[str, Any]) -> list[str]:
+    """Observations computed from this run's numbers (the bottleneck analysis is in the commit/report)."""
+    out = []
+    tpr = res.get("throughput")
+    if tpr:
+        for c in tpr["cells"]:
+            if c["world"] == 4 and c.get("agg_cpu_share") is not None and c.get("pps"):
+                out.append(
+                    f"- 4 ranks, {c['k']} keys/call: the aggregator process used {c['agg_cpu_share']:.0%} of a "
+                    f"core during the window; the limit run shows the transport is not the ceiling "
+                    f"({fmt_pps(c.get('limit_pps'))} points/s)."
+                )
+    hot = res.get("hot")
+    if hot and hot.get("sender"):
+        s = hot["sender"].get("full")
+        if s:
+            out.append(
+                f"- At full load the sender thread used {s['share']:.0%} of a core (≈ its share of the GIL); "
+                f"its longest flush took {s['cpu_slice_max_us']:,.0f} µs of CPU ({s['slice_max_us']:,.0f} µs "
+                f"wall). CPython hands the GIL over after {hot['switchinterval_ms']:g} ms at most, so one "
+                "`log()` call can wait up to that long behind the sender."
+            )
+    return out

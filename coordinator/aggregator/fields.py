@@ -1,0 +1,112 @@
+"""The run's fields: who wrote each, equal writes stored once, disagreements recorded as conflicts.
+
+A field has one value. A rank may change its own field; when two ranks disagree the lowest rank's
+value is kept (the aggregator's own ``sys/*`` fields, written as :data:`SYSTEM_RANK`, outrank
+every rank) and every rejected write is recorded, counted and sent back to its rank as a warning.
+Per-key policy overrides arrive as ``sys/policy/<key>`` fields and are applied here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.aggregator.counters import Counters
+from coordinator.aggregator.outbox import Outbox
+from coordinator.core.policies import POLICY_PREFIX, PolicyTable
+from coordinator.core.values import FieldValue
+
+__all__ = ["SYSTEM_RANK", "Field", "FieldTable"]
+
+_log = logging.getLogger("coordinator.aggregator")
+
+SYSTEM_RANK = -1
+"""Writer rank of the ``sys/*`` fields; it outranks every training rank."""
+
+
+@dataclass(slots=True)
+class Field:
+    """A field's value and the rank whose write it is."""
+
+    value: FieldValue
+    rank: int
+
+
+class FieldTable:
+    """Every field of the run and its writer; not thread-safe."""
+
+    def __init__(self, outbox: Outbox, counters: Counters, current: Mapping[int, int]) -> None:
+        """Args:
+        outbox: where writes, conflicts and warnings go.
+        counters: the aggregator's counters (``conflicts`` is counted here).
+        current: rank -> its live incarnation (a conflict's warning goes to it).
+        """
+        self._outbox = outbox
+        self._counters = counters
+        self._current = current
+        self.fields: dict[str, Field] = {}
+
+    def restore(self, values: Mapping[str, FieldValue], writers: Mapping[str, int]) -> None:
+        """Reload the stored fields and their writers after a restart."""
+        for path, fv in values.items():
+            self.fields[path] = Field(fv, writers.get(path, 0))
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.fields
+
+    def as_state(self) -> dict[str, list[Any]]:
+        """path -> [tag, value], as ``sync()`` shows them to a rank."""
+        return {p: [f.value[0], f.value[1]] for p, f in self.fields.items()}
+
+    def write(self, path: str, fv: FieldValue, rank: int, ts: float) -> None:
+        """``rank`` sets ``path``: stored unless equal to the value there, or outranked (a conflict)."""
+        cur = self.fields.get(path)
+        if cur is not None and cur.value == fv:
+            return  # equal writes, from any rank, are stored once
+        if cur is None or cur.rank == rank or rank < cur.rank:
+            if cur is not None and cur.rank != rank:
+                self.conflict(path, cur.rank, cur.value, rank, ts)
+            self.fields[path] = Field(fv, rank)
+            self._outbox.txn.fields.append((path, fv, rank, ts))
+        else:
+            self.conflict(path, rank, fv, cur.rank, ts)
+
+    def conflict(self, path: str, rank: int, rejected: FieldValue, kept_rank: int, ts: float) -> None:
+        """Record that ``rank``'s write of ``path`` lost to ``kept_rank``'s value; warn the rank."""
+        self._counters["conflicts"] += 1
+        self.write("sys/conflicts", ("int", self._counters["conflicts"]), SYSTEM_RANK, ts)
+        self._outbox.txn.conflicts.append((path, rank, rejected, kept_rank, ts))
+        msg = (
+            f"field {path!r}: rank {rank} wrote {rejected[1]!r:.80}, which conflicts with rank "
+            f"{kept_rank}'s value; rank {kept_rank}'s value is kept (lowest rank wins)"
+        )
+        _log.warning("%s", msg)
+        inc = self._current.get(rank)
+        if inc is not None:
+            self._outbox.warn(rank, inc, msg)
+
+    def take_policies(
+        self, fields: list[tuple[str, FieldValue]], rank: int, now: float, policy: PolicyTable, known_keys: set[str]
+    ) -> list[tuple[str, FieldValue]]:
+        """Apply per-key policy overrides (before the batch's points); return the other fields.
+
+        A key that already has points keeps its policy: a different override is a conflict.
+        """
+        rest = []
+        for path, fv in fields:
+            if not path.startswith(POLICY_PREFIX):
+                rest.append((path, fv))
+                continue
+            key, wanted = path[len(POLICY_PREFIX) :], str(fv[1])
+            if key in known_keys and policy(key) != wanted:
+                self.conflict(path, rank, fv, SYSTEM_RANK, now)
+                continue
+            try:
+                policy.override(key, wanted)
+            except ValueError as e:
+                _log.warning("rank %d: %s", rank, e)
+                continue
+            self.write(path, fv, SYSTEM_RANK, now)
+        return rest

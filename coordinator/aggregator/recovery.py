@@ -1,0 +1,159 @@
+"""Spool recovery: replay what ranks left in their spools into the run's journal.
+
+At the run's end the serving aggregator recovers the spools of ranks that stopped sending (lost,
+or closed with points undelivered); after the job, :func:`replay_spools` (``coordinator sync``)
+ingests an offline run's spools or what a crashed job left, and finishes the run. Batches already
+committed are recognised by sequence number and skipped, so replaying twice stores nothing twice;
+each spool directory is removed once its batches are committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from coordinator.aggregator.config import AggregatorConfig
+from coordinator.aggregator.core import Aggregator
+from coordinator.aggregator.counters import Report
+from coordinator.errors import ConfigError, ProtocolError
+from coordinator.journal.store import LocalStore, run_dir
+from coordinator.transport import wire
+from coordinator.transport.spool import read_spool, spool_records
+
+__all__ = ["recover_spools", "replay_spools", "spool_root"]
+
+_log = logging.getLogger("coordinator.aggregator")
+
+_COMMIT_EVERY = 256
+"""Records replayed per commit: bounds the open transaction while a large spool is read."""
+_MAX_MAP_BYTES = 4096
+"""Largest HELLO or BYE payload, as on the wire."""
+_CONFIG_FIELDS = ("world_size", "project", "name", "policies", "default_policy")
+"""What an upload takes from the store or the offline metadata; the rest keeps its default."""
+
+
+def spool_root(root: Path, run_id: str) -> Path:
+    """Where the ranks of a run spool their batches (one directory per rank incarnation)."""
+    return root / "spool" / run_id
+
+
+def recover_spools(agg: Aggregator, root: Path, *, skip_live: bool = True) -> int:
+    """Ingest what ranks left in their spools under ``root`` into ``agg``; returns the points.
+
+    Only for senders that are no longer sending (the run is ending, or an upload after the job).
+    With ``skip_live``, the spools of senders still live, or closed with nothing undelivered (they
+    remove their own empty spools), are left alone.
+    """
+    recovered = 0
+    for d in sorted(root.glob("rank-*-*")):
+        try:
+            _, r, i = d.name.split("-")
+            rank, inc = int(r), int(i)
+        except ValueError:
+            _log.warning("ignoring unexpected spool directory %s", d)
+            continue
+        known = agg.senders.get((rank, inc))
+        if (
+            skip_live
+            and known is not None
+            and (known.state == "live" or (known.state == "closed" and not known.undelivered))
+        ):
+            continue
+        try:
+            recovered += _recover_dir(agg, d, rank, inc)
+        except FileNotFoundError:
+            continue  # the rank removed its (empty) spool while we looked: nothing to recover
+    return recovered
+
+
+def _recover_dir(agg: Aggregator, d: Path, rank: int, inc: int) -> int:
+    before = agg.counters["points"]
+    for n, rec in enumerate(spool_records(d), 1):
+        now = time.time()
+        try:
+            _replay_record(agg, rec.envelope, rec.payload, rank, inc, now, d)
+        except ProtocolError as e:
+            agg.counters["bad_frames"] += 1
+            _log.warning("spool %s: skipped a record: %s", d, e)
+        if n % _COMMIT_EVERY == 0:
+            agg.emit(now)
+            agg.commit()
+    got = agg.counters["points"] - before
+    if got:
+        agg.outbox.event(time.time(), "spool_recovered", rank, f"incarnation {inc}: {got} points from {d}")
+        _log.info("recovered %d points of rank %d from its spool %s", got, rank, d)
+    agg.counters["recovered_points"] += got
+    agg.emit(time.time())
+    agg.commit()
+    shutil.rmtree(d, ignore_errors=True)
+    return got
+
+
+def _replay_record(agg: Aggregator, head: bytes, payload: bytes, rank: int, inc: int, now: float, d: Path) -> None:
+    """One spool record, as if its sender had just sent it (an offline rank's spool holds its whole life)."""
+    env = wire.decode_envelope(head)
+    if (env.rank, env.incarnation) != (rank, inc) or env.run_id != agg.cfg.run_id:
+        raise ProtocolError(f"record of rank {env.rank} in {d}")
+    if env.kind == wire.HELLO:
+        agg.hello(env, wire.decode_map(payload, _MAX_MAP_BYTES), now)
+    elif env.kind == wire.BATCH:
+        if (rank, inc) not in agg.senders:
+            agg.hello(env, {}, now, recovering=True)
+        agg.batch(env, payload, now, recovering=True)
+    elif env.kind == wire.BYE:
+        agg.bye(env, wire.decode_map(payload, _MAX_MAP_BYTES), now)
+
+
+def _upload_config(root: Path, run_id: str) -> AggregatorConfig:
+    """The run's config from its store, or for a never-stored offline run from its spool metadata."""
+    db = run_dir(root, run_id) / "run.db"
+    meta_file = spool_root(root, run_id) / "run.meta"
+    fields: dict[str, Any]
+    if db.exists():
+        s = LocalStore(db, readonly=True)
+        try:
+            info = s.run_info()
+            saved = s.meta("config")
+        finally:
+            s.close()
+        fields = json.loads(saved) if saved else {}
+        fields.update(world_size=info.world_size, project=info.project, name=info.name)
+    elif meta_file.exists():
+        rec = next(read_spool(meta_file), None)
+        if rec is None:
+            raise ConfigError(f"{meta_file} is empty or corrupt")
+        fields = wire.decode_map(rec.payload)
+    else:
+        raise ConfigError(f"nothing to upload for run {run_id!r} under {root} (no store and no {meta_file})")
+    return AggregatorConfig(
+        run_id=run_id,
+        store_path=str(db),
+        stop_grace_s=0.0,
+        **{k: v for k, v in fields.items() if k in _CONFIG_FIELDS},
+    )
+
+
+def replay_spools(root: Path, run_id: str) -> Report:
+    """Ingest a run's leftover spools into its store and finish the run; returns the final report.
+
+    Use it after the job has ended (nothing may still be writing those spools). Safe to repeat.
+
+    Args:
+        root: the store root (``runs/`` and ``spool/`` are under it).
+        run_id: the run.
+
+    Raises:
+        ConfigError: no store and no offline metadata for ``run_id``.
+        SinkError: another writer still holds the run.
+    """
+    agg = Aggregator(_upload_config(root, run_id))
+    sp = spool_root(root, run_id)
+    if sp.is_dir():
+        recover_spools(agg, sp, skip_live=False)
+    agg.emit(time.time())
+    agg.commit()
+    return agg.finalize()

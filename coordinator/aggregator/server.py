@@ -1,0 +1,297 @@
+"""The aggregator's socket loop: one ROUTER socket, group commit, replies only after the commit.
+
+Every message is handled by the :class:`~coordinator.aggregator.core.Aggregator` as it arrives;
+replies are queued, and sent once the transaction holding what they acknowledge is committed.
+One commit (and one round of acks) covers every rank that sent within a few milliseconds: fewer,
+larger commits leave more CPU to the training processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from coordinator.aggregator.config import AggregatorConfig
+from coordinator.aggregator.core import Aggregator
+from coordinator.aggregator.counters import Report
+from coordinator.aggregator.recovery import recover_spools
+from coordinator.core.limits import MAX_FRAME_BYTES
+from coordinator.errors import ConfigError, ProtocolError, SinkError
+from coordinator.transport import wire
+from coordinator.transport.security import CurveKeys, load_secret, server_auth
+
+__all__ = ["Server", "serve"]
+
+_log = logging.getLogger("coordinator.aggregator")
+
+_ROUND_BYTES = 8 * 1024 * 1024
+"""Bytes read per round before committing (and acking) what was read."""
+_ROUND_MESSAGES = 2_000
+_COMMIT_INTERVAL_S = 0.01
+_SWEEP_INTERVAL_S = 0.25
+"""How often liveness and rank 0's process are checked."""
+_HEALTH_INTERVAL_S = 1.0
+_MAX_MAP_BYTES = 4096
+"""Largest HELLO, STATE, QUERY or BYE payload."""
+_STOPPING_COMMIT_RETRIES = 20
+"""After a stop signal, failed commits retried before giving up."""
+
+_Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
+
+
+class Server:
+    """Owns the ROUTER socket and drives the Aggregator; one thread."""
+
+    def __init__(self, agg: Aggregator, endpoint: str) -> None:
+        """Bind ``endpoint`` (with CURVE when the config says so).
+
+        Raises:
+            ConfigError: CURVE is required but there is no job secret in the environment.
+        """
+        self.agg = agg
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.auth: Any = None
+        if agg.cfg.curve:
+            secret = load_secret()
+            if secret is None:
+                raise ConfigError("curve=True but no job secret in the environment")
+            keys = CurveKeys.from_secret(secret)
+            self.auth = server_auth(self.ctx, keys)
+            keys.apply_server(self.sock)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        """The bound endpoint (a wildcard TCP port resolved)."""
+        self.stopping = False
+        """Set by a stop signal: drain, commit, finish the run."""
+        self.replies: list[_Reply] = []
+        self.unroutable = 0
+
+    # ------------------------------------------------------------- replies
+
+    def _reply(self, ident: bytes, kind: int, env: wire.Envelope, payload: dict[str, Any]) -> None:
+        self.replies.append((ident, kind, env, payload))
+
+    def _flush_replies(self) -> None:
+        for ident, kind, env, payload in self.replies:
+            envelope = wire.encode_envelope(kind, self.agg.cfg.run_id, env.rank, env.incarnation, env.seq)
+            try:
+                self.sock.send_multipart([ident, envelope, wire.encode_map(payload)], zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY); it will resend on reconnect
+                self.unroutable += 1
+                _log.debug("reply to rank %d unroutable: %s", env.rank, e)
+        self.replies.clear()
+
+    def _fill_reads(self) -> None:
+        """STATE and QUERY replies read committed data, so they are built after the commit."""
+        agg = self.agg
+        journal = agg.store.max_chunk_id() if agg.forwarders else None
+        for i, (ident, kind, env, payload) in enumerate(self.replies):
+            if kind == wire.STATE_REPLY:
+                if payload.get("q", {}).get("forward"):
+                    self.replies[i] = (ident, kind, env, {"forward": agg.forward_positions()})
+                else:
+                    self.replies[i] = (ident, kind, env, agg.state())
+            elif kind == wire.ACK and journal is not None:
+                payload["j"] = journal
+            elif kind == wire.QUERY_REPLY:
+                try:
+                    self.replies[i] = (ident, kind, env, agg.query(payload["q"]))
+                except ProtocolError as e:
+                    self.replies[i] = (ident, wire.ERROR, env, {"code": e.code, "message": str(e), "re": env.kind})
+
+    def _refuse_acks(self, e: SinkError) -> None:
+        """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it."""
+        for i, (ident, kind, env, _) in enumerate(self.replies):
+            if kind in (wire.ACK, wire.BYE_ACK):
+                self.replies[i] = (ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind})
+
+    # ------------------------------------------------------------- messages
+
+    def handle(self, frames: list[bytes], now: float) -> None:
+        """One message from a rank: hand it to the aggregator, queue the reply."""
+        agg = self.agg
+        if len(frames) != 3:
+            agg.counters["bad_frames"] += 1
+            _log.warning("dropped a message of %d frames (expected 3)", len(frames))
+            return
+        ident, head, payload = frames
+        try:
+            env = wire.decode_envelope(head)
+        except ProtocolError as e:
+            agg.counters["bad_frames"] += 1
+            _log.warning("dropped a bad envelope: %s", e)
+            if e.code == "version":
+                # A peer of another version gets a reply it can read whatever its version:
+                # the envelope is positional and the version is its first element.
+                fake = wire.Envelope(wire.PROTOCOL, wire.ERROR, agg.cfg.run_id, 0, 0, 0)
+                self._reply(ident, wire.ERROR, fake, {"code": e.code, "message": str(e), "protocol": wire.PROTOCOL})
+            return
+        try:
+            self._dispatch(ident, env, payload, now)
+        except ProtocolError as e:
+            if e.code not in ("gap", "hello"):
+                agg.counters["bad_frames"] += 1
+            _log.warning("rank %d: %s %s rejected: %s", env.rank, wire.kind_name(env.kind), env.seq, e)
+            snd = agg.senders.get((env.rank, env.incarnation))
+            expected = snd.last_seq + 1 if snd is not None else 1
+            self._reply(
+                ident, wire.ERROR, env, {"code": e.code, "message": str(e), "expected": expected, "re": env.kind}
+            )
+
+    def _dispatch(self, ident: bytes, env: wire.Envelope, payload: bytes, now: float) -> None:
+        agg = self.agg
+        if env.kind == wire.BATCH:
+            agg.batch(env, payload, now)
+            warnings = agg.take_warnings(env.rank, env.incarnation)
+            self._reply(ident, wire.ACK, env, {"w": warnings} if warnings else {})
+        elif env.kind == wire.PING:
+            agg.sender(env)  # an unknown sender (we restarted) is told to say HELLO again
+            agg.touch(env, now)
+            self._reply(ident, wire.PONG, env, {})
+        elif env.kind == wire.HELLO:
+            self._reply(ident, wire.WELCOME, env, agg.hello(env, wire.decode_map(payload, _MAX_MAP_BYTES), now))
+        elif env.kind == wire.STATE:
+            agg.touch(env, now)
+            q = wire.decode_map(payload, _MAX_MAP_BYTES)
+            self._reply(ident, wire.STATE_REPLY, env, {"q": q})  # filled after commit
+        elif env.kind == wire.QUERY:
+            self._reply(ident, wire.QUERY_REPLY, env, {"q": wire.decode_map(payload, _MAX_MAP_BYTES)})
+        elif env.kind == wire.BYE:
+            agg.bye(env, wire.decode_map(payload, _MAX_MAP_BYTES), now)
+            self._reply(ident, wire.BYE_ACK, env, {})
+        else:
+            raise ProtocolError(f"unexpected {wire.kind_name(env.kind)} from a rank", code="bad_kind")
+
+    def _receive_round(self, now: float) -> int:
+        """Handle what is waiting, up to a bounded round; returns the bytes taken."""
+        # Bounded rounds: commit (and ack) every few MB so memory and ack latency stay flat
+        # when the ranks are ahead; the rest waits in the socket, then in the ranks' spools.
+        taken = 0
+        for _ in range(_ROUND_MESSAGES):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.handle(frames, now)
+            taken += sum(len(f) for f in frames)
+            if taken > _ROUND_BYTES:
+                break
+        return taken
+
+    # ------------------------------------------------------------- loop
+
+    def serve(self) -> Report:
+        """Serve until the run ends (or a stop signal drained it); finish the run, return the report."""
+        agg = self.agg
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        last_sweep = last_health = last_commit = 0.0
+        commit_failures = 0
+        while True:
+            idle_ms = 50 if not agg.reducer.pending_groups() else 20
+            if self.replies:  # acks are due at the next group commit
+                idle_ms = max(0, math.ceil((last_commit + _COMMIT_INTERVAL_S - time.monotonic()) * 1000))
+            events = dict(poller.poll(idle_ms))
+            now = time.time()
+            taken = self._receive_round(now) if self.sock in events else 0
+            # Group commit: one transaction (and one round of acks) per few ms, however many ranks
+            # sent in between.
+            if (
+                self.replies
+                and not self.stopping
+                and taken <= _ROUND_BYTES
+                and time.monotonic() - last_commit < _COMMIT_INTERVAL_S
+            ):
+                continue
+            sweep = now - last_sweep > _SWEEP_INTERVAL_S
+            if sweep:
+                last_sweep = now
+                agg.check_liveness(now)
+                if now - last_health >= _HEALTH_INTERVAL_S:
+                    last_health = now
+                    agg.update_health(now)
+                    agg.forwarder_warnings()
+                if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
+                    agg.parent_lost(now)
+            agg.emit(now, all_keys=sweep)
+            try:
+                agg.commit()
+                last_commit = time.monotonic()
+                commit_failures = 0
+            except SinkError as e:
+                commit_failures += 1
+                _log.error("store commit failed (attempt %d), not acking: %s", commit_failures, e)
+                # The transaction is kept and retried; resends are duplicates of it.
+                self._refuse_acks(e)
+                self._flush_replies()
+                time.sleep(min(0.05 * commit_failures, 1.0))
+                if self.stopping and commit_failures > _STOPPING_COMMIT_RETRIES:
+                    raise
+                continue
+            self._fill_reads()
+            self._flush_replies()
+            if self.stopping or agg.finished(now):
+                break
+        return self._finish()
+
+    def _finish(self) -> Report:
+        """Recover what lost ranks left in their spools, then finish the run."""
+        agg = self.agg
+        stopped_early = self.stopping and not agg.finished(time.time())
+        reason = "aggregator stopped by a signal before every rank closed" if stopped_early else None
+        if agg.cfg.spool_root and Path(agg.cfg.spool_root).is_dir():
+            recover_spools(agg, Path(agg.cfg.spool_root))
+        rep = agg.finalize(reason)
+        self._flush_replies()
+        return rep
+
+    def close(self) -> None:
+        """Close the socket (replies still queued get a second to leave) and the authenticator."""
+        self.sock.close(linger=1000)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+
+
+def serve(cfg: AggregatorConfig) -> Report:
+    """Bind, print ``READY <endpoint>`` on stdout, serve until the run ends; return the report.
+
+    SIGTERM drains and closes the run; SIGINT is ignored (Ctrl-C reaches the whole process
+    group, and rank 0 decides).
+    """
+    agg = Aggregator(cfg)
+    srv = Server(agg, cfg.endpoint)
+    agg.forwarders.start(cfg.store_path, cfg.backends)
+
+    def on_term(signum: int, _frame: object) -> None:
+        _log.info("signal %d: draining and closing run %s", signum, cfg.run_id)
+        srv.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.write(f"READY {srv.endpoint}\n")
+    sys.stdout.flush()
+    # Rank 0 stops reading our stdout after READY: anything a tracker client prints later (MLflow's
+    # "View run ..." line) would hit a closed pipe. Send it to stderr with our log instead.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        rep = srv.serve()
+    finally:
+        srv.close()
+    _log.info("run %s %s: %s", cfg.run_id, rep["state"], json.dumps(rep, sort_keys=True))
+    return rep

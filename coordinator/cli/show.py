@@ -1,0 +1,154 @@
+"""``coordinator show``: a stored run's fields, rank health, series, conflicts, events and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from coordinator.aggregator.counters import HEADLINE
+from coordinator.cli.common import out, resolve_run, when
+from coordinator.core.counters import UNDELIVERED
+from coordinator.journal.store import LocalStore, RunInfo, resolve_root, run_dir
+
+__all__ = ["cmd_show", "show_data"]
+
+
+def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
+    """Everything ``show`` prints (``show --json`` prints exactly this)."""
+    return {
+        "id": info.id,
+        "project": info.project,
+        "name": info.name,
+        "state": info.state,
+        "world_size": info.world_size,
+        "created": info.created,
+        "ended": info.ended,
+        "fields": {p: when(v) if t == "datetime" else v for p, (t, v) in store.fields().items()},
+        "series": store.series_summary(),
+        "conflicts": store.conflicts(),
+        "events": [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()],
+        "report": info.report,
+        "path": str(info.path),
+        "forwarders": _forwarders(info.path),
+    }
+
+
+def _forwarders(path: Path) -> dict[str, Any]:
+    """Each backend's cursor file: where its forwarder stands and what it counted."""
+    found: dict[str, Any] = {}
+    for f in sorted(path.glob("forward-*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            found[f.stem.removeprefix("forward-")] = {"error": f"unreadable cursor file: {e}"}
+            continue
+        found[str(d.get("backend", f.stem))] = {
+            "cursor": d.get("cursor"),
+            "finished": d.get("finished"),
+            "counters": d.get("counters", {}),
+            "updated": d.get("updated"),
+        }
+    return found
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    """``coordinator show RUN [--json]``."""
+    root = resolve_root(a.dir)
+    info = resolve_run(root, a.run)
+    store = LocalStore(run_dir(root, info.id) / "run.db", readonly=True)
+    try:
+        data = show_data(info, store)
+    finally:
+        store.close()
+    if a.json:
+        out(json.dumps(data, indent=2, default=str))
+        return 0
+    out(f"run {info.id}  ({info.project}/{info.name})")
+    out(f"  state      {info.state}")
+    out(f"  ranks      {info.world_size}")
+    out(f"  created    {when(info.created)}    ended {when(info.ended)}")
+    out(f"  store      {info.path}")
+    out()
+    _print_fields(data["fields"])
+    out()
+    _print_series(data["series"])
+    if data["conflicts"]:
+        out()
+        out("conflicts (field writes that disagreed; the lowest rank's value is kept)")
+        for c in data["conflicts"]:
+            out(f"  {c['path']}: rank {c['rank']} wrote {c['value']!r:.60}; kept rank {c['kept_rank']}'s value")
+    out()
+    out("events")
+    for e in data["events"]:
+        who = f"rank {e['rank']}" if e["rank"] is not None else ""
+        out(f"  {when(e['ts'])}  {e['kind']:<14} {who:<8} {e['detail'] or ''}")
+    out()
+    _print_report(info.report)
+    _print_forwarders(data["forwarders"])
+    return 0
+
+
+def _print_fields(fields: dict[str, Any]) -> None:
+    """The fields; the per-rank health fields ``sys/ranks/<r>/*`` as a table."""
+    out("fields")
+    ranks: dict[str, dict[str, Any]] = {}
+    for p, v in fields.items():
+        parts = p.split("/")
+        if len(parts) == 4 and parts[:2] == ["sys", "ranks"]:
+            ranks.setdefault(parts[2], {})[parts[3]] = v
+            continue
+        out(f"  {p:<40} {v!r:.80}")
+    if not ranks:
+        return
+    out()
+    out("ranks (health: progress, rate, and lag behind the median rank)")
+    out(f"  {'RANK':>4} {'STATE':<8} {'LAST STEP':>10} {'STEPS/S':>9} {'LAG STEPS':>10} {'LAG S':>8}")
+    stragglers = set(fields.get("sys/stragglers") or [])
+    for r in sorted(ranks, key=int):
+        h = ranks[r]
+        flag = "  straggler" if int(r) in stragglers else ""
+        out(
+            f"  {r:>4} {h.get('state', '-'):<8} {h.get('last_step', '-'):>10} {h.get('steps_per_s', 0):>9.2f} "
+            f"{h.get('lag_steps', '-')!s:>10} {h.get('lag_s', 0):>8.3f}{flag}"
+        )
+
+
+def _print_series(series: list[dict[str, Any]]) -> None:
+    out("series")
+    out(f"  {'KEY':<32} {'POLICY':<8} {'POINTS':>8} {'LAST (step, value)':<28} PER-RANK POINTS")
+    for s in series:
+        last = f"({s['last'][0]}, {s['last'][1]:.6g})" if s["last"] else "-"
+        per = " ".join(f"{r}:{n}" for r, n in s["per_rank"].items())
+        out(f"  {s['key'][:32]:<32} {s['policy']:<8} {s['points']:>8} {last:<28} {per}")
+
+
+def _print_report(rep: dict[str, Any] | None) -> None:
+    if rep is None:
+        out("report     (none yet: the run is still open or its aggregator died; see events)")
+        return
+    out("report")
+    for k in HEADLINE:
+        out(f"  {k:<18} {rep.get(k)}")
+    for r, pr in rep.get("per_rank", {}).items():
+        out(
+            f"  rank {r:<13} {pr['points']} points in {pr['batches']} batches, state {pr['state']}"
+            + (f", {pr[UNDELIVERED]} undelivered" if pr.get(UNDELIVERED) else "")
+        )
+    for reason in rep.get("reasons", []):
+        out(f"  ! {reason}")
+
+
+def _print_forwarders(forwarders: dict[str, Any]) -> None:
+    for name, fw in forwarders.items():
+        out()
+        if "error" in fw:
+            out(f"forwarder {name}: {fw['error']}")
+            continue
+        c = fw["counters"]
+        out(
+            f"forwarder {name}  cursor {fw['cursor']}, run {fw['finished'] or 'not finished'} in the backend, "
+            f"updated {when(fw['updated'])}"
+        )
+        out("  " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))

@@ -1,0 +1,163 @@
+"""Confirmation of a rank's calls: ``wait()`` (durable, then forwarded), state and value requests.
+
+Everything here blocks the caller until the aggregator answers through the sender thread, and
+turns a failure into an error that says where it stuck (endpoint, last answer, spool, backend).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from coordinator.errors import ClosedError, CoordinatorTimeoutError, SinkError
+from coordinator.transport import wire
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.requests import Request
+from coordinator.transport.sender import SenderThread
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """One rank's requests to the aggregator, and waits for its acknowledgements.
+
+    Args:
+        run_id, rank, endpoint: who asks whom (for error messages).
+        buf: the run's buffer (its generations are what ``wait()`` waits for).
+        sender: the rank's sender thread; ``None`` (disabled, read-only) makes every wait return.
+        offline: a spool-only run: nothing to ask, nothing forwarded.
+        forwarded: the run feeds external trackers, so ``wait()`` also waits for them.
+    """
+
+    __slots__ = ("_buf", "_endpoint", "_forwarded", "_live", "_rank", "_run_id", "_sender")
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        rank: int,
+        endpoint: str | None,
+        buf: Buffer,
+        sender: SenderThread | None,
+        offline: bool,
+        forwarded: bool,
+    ) -> None:
+        self._run_id = run_id
+        self._rank = rank
+        self._endpoint = endpoint
+        self._buf = buf
+        self._sender = sender
+        self._live = sender is not None and not offline
+        self._forwarded = forwarded and self._live
+
+    @property
+    def live(self) -> bool:
+        """There is an aggregator to ask (not disabled, read-only or offline)."""
+        return self._live
+
+    def wait(self, timeout: float | None) -> None:
+        """Every call made before now is durable and, with trackers, forwarded (see ``Run.wait``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_acked(timeout, deadline)
+        if self._forwarded:
+            self._wait_forwarded(self._buf.journal, timeout, deadline)
+
+    def wait_acked(self, timeout: float | None, deadline: float | None) -> None:
+        """Block until every call made before now is committed to the store (acknowledged).
+
+        Raises:
+            CoordinatorTimeoutError: not acknowledged by ``deadline``. ClosedError: the sender
+            thread died. CoordinatorError: the first delivery error the sender recorded.
+        """
+        if self._sender is None:
+            return
+        b = self._buf
+        with b.lock:
+            target = b.gen
+            b.flush_requested = True
+        self._sender.wake()
+        with b.lock:
+            while b.acked_gen < target:
+                self._raise_pending_errors()
+                if not self._sender.is_alive():
+                    raise ClosedError(
+                        f"run {self._run_id}: the sender thread stopped with {b.pending + b.in_flight} points "
+                        "undelivered"
+                    )
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CoordinatorTimeoutError(
+                        f"rank {self._rank}: {b.pending + b.in_flight} points not confirmed by the aggregator "
+                        f"at {self._endpoint} within {timeout} s{self._liveness_hint()}{self._spool_hint()}",
+                        endpoint=self._endpoint,
+                        undelivered_points=b.pending + b.in_flight,
+                    )
+                b.cond.wait(0.25 if left is None else min(left, 0.25))
+            self._raise_pending_errors()
+
+    def request(self, kind: int, payload: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send a control request (STATE, QUERY, BYE) through the sender and wait for its reply.
+
+        Raises:
+            CoordinatorTimeoutError: no reply in time. CoordinatorError: the request failed.
+        """
+        assert self._sender is not None
+        return self._sender.submit(Request(kind, payload)).result(timeout, self._endpoint)
+
+    def state(self, timeout: float | None) -> dict[str, Any] | None:
+        """The aggregator's view (fields, last values, rank states); ``None`` when there is none to ask."""
+        if not self._live:
+            return None
+        return self.request(wire.STATE, {}, timeout)
+
+    def fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
+        """The stored series ``key`` of ``rank`` as (step, value) pairs (see ``Handle.fetch_values``)."""
+        rep = self.request(wire.QUERY, {"op": "values", "key": key, "rank": rank}, timeout)
+        return list(zip(rep["steps"], rep["values"], strict=True))
+
+    def _wait_forwarded(self, position: int, timeout: float | None, deadline: float | None) -> None:
+        """Poll the aggregator until every forwarder's cursor passed ``position`` in the journal."""
+        while True:
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            rep = self.request(wire.STATE, {"forward": 1}, left)
+            behind = []
+            for name, (cursor, error) in rep.get("forward", {}).items():
+                if error:
+                    raise SinkError(f"rank {self._rank}: the {name} backend failed: {error}")
+                if cursor < position:
+                    behind.append(name)
+            if not behind:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CoordinatorTimeoutError(
+                    f"rank {self._rank}: the points are durable in the store, but {', '.join(behind)} had not "
+                    f"received them within {timeout} s (the forwarder keeps retrying; "
+                    f"see `coordinator show {self._run_id}`)",
+                    endpoint=self._endpoint,
+                )
+            time.sleep(0.05)
+
+    def _raise_pending_errors(self) -> None:
+        b = self._buf
+        if b.fatal is not None:
+            raise b.fatal
+        if b.errors:
+            errs, b.errors = b.errors, []
+            first = errs[0]
+            if len(errs) > 1:
+                first.add_note(f"{len(errs) - 1} more error(s): " + "; ".join(str(e) for e in errs[1:4]))
+            raise first
+
+    def _spool_hint(self) -> str:
+        sp = self._sender.spool if self._sender is not None else None
+        if sp is None or not sp.size_bytes:
+            return ""
+        return f"; unacknowledged batches are kept in {sp.dir} (deliver later with `coordinator sync {self._run_id}`)"
+
+    def _liveness_hint(self) -> str:
+        if self._sender is None:
+            return ""
+        last = self._sender.last_reply_at
+        if last == 0:
+            return " (it never answered)"
+        return f" (last answer {time.monotonic() - last:.1f} s ago)"

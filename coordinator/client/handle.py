@@ -1,0 +1,124 @@
+"""``Handle``: a path inside a run (``run["train/loss"]``) to append to, assign, upload or fetch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from coordinator.client.view import LocalView
+from coordinator.journal.store import MAIN_RANK
+
+__all__ = ["Handle", "HandleTarget"]
+
+
+class HandleTarget(Protocol):
+    """What a handle needs of its run (``Run`` provides it; a protocol keeps the import one-way)."""
+
+    _view: LocalView
+
+    def __getitem__(self, path: str) -> Handle: ...
+
+    def __setitem__(self, path: str, value: object) -> None: ...
+
+    def _declare_policy(self, keys: Iterable[object], policy: str) -> None: ...
+
+    def _append(self, key: str, value: object, step: int | None) -> None: ...
+
+    def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]: ...
+
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]: ...
+
+
+class Handle:
+    """A path inside a run (``run["train/loss"]``): append to a series, assign or fetch a field.
+
+    Handles are cached per path, so ``run["k"].append(v)`` in a loop costs one dict lookup.
+    """
+
+    __slots__ = ("_path", "_run")
+
+    def __init__(self, run: HandleTarget, path: str) -> None:
+        self._run = run
+        self._path = path
+
+    def __repr__(self) -> str:
+        return f"<Handle {self._path!r}>"
+
+    def __getitem__(self, sub: str) -> Handle:
+        return self._run[f"{self._path}/{sub}"]
+
+    def __setitem__(self, sub: str, value: object) -> None:
+        self._run[f"{self._path}/{sub}"] = value
+
+    def append(self, value: object, step: int | None = None, *, policy: str | None = None) -> None:
+        """Append one point to this series (hot path; see :meth:`Run.log`).
+
+        Args:
+            value: a number, bool, numpy scalar or 1-element tensor.
+            step: non-negative int; omitted: this rank's previous step for the key + 1.
+            policy: cross-rank reduction of this key (see :meth:`Run.log`).
+        """
+        if policy is not None:
+            self._run._declare_policy((self._path,), policy)
+        self._run._append(self._path, value, step)
+
+    def extend(self, values: Iterable[object], steps: Iterable[int] | None = None) -> None:
+        """Append several points (``steps`` as long as ``values``, or omitted)."""
+        vals = list(values)
+        if steps is None:
+            for v in vals:
+                self._run._append(self._path, v, None)
+            return
+        st = list(steps)
+        if len(st) != len(vals):
+            raise ValueError(f"extend: {len(vals)} values but {len(st)} steps")
+        for v, s in zip(vals, st, strict=True):
+            self._run._append(self._path, v, s)
+
+    def upload(self, path: str | os.PathLike[str], *, max_copy_bytes: int | None = None) -> dict[str, Any]:
+        """Store a file with the run (``run["model/ckpt"].upload("ckpt.pt")``); returns its record.
+
+        The file is hashed (sha256) and copied, content-addressed, into the run's artifact
+        directory (``<dir>/runs/<id>/artifacts/``); files larger than ``max_copy_bytes`` (default:
+        the run's ``Settings.artifact_max_copy_bytes``, 100 MB) are recorded as a reference (path,
+        size, hash) instead, with a warning. The record is a field (``fetch()`` returns it) and
+        backends that take files (MLflow) receive the copy. Blocks while hashing and copying;
+        call it from the training thread between steps.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a regular file.
+        """
+        return self._run._upload(self._path, Path(path), max_copy_bytes)
+
+    def assign(self, value: object) -> None:
+        """Set this field (same as ``run[path] = value``)."""
+        self._run[self._path] = value
+
+    def fetch(self) -> Any:
+        """The field's value in this rank's view (own writes, plus others' after ``sync()``).
+
+        For a series, its last reduced value as of the last ``sync()``.
+
+        Raises:
+            KeyError: nothing known under this path.
+        """
+        return self._run._view.fetch(self._path)
+
+    def fetch_last(self) -> float:
+        """The last value of the reduced series as of the last ``sync()``."""
+        return self._run._view.fetch_last(self._path)
+
+    def fetch_values(self, rank: int | None = None, timeout: float | None = 60.0) -> list[tuple[int, float]]:
+        """The stored series as ``(step, value)`` pairs in step order.
+
+        Args:
+            rank: ``None`` for the reduced main series, or one rank's own points.
+            timeout: seconds to wait for the aggregator's answer.
+
+        Blocks until the aggregator answers. Reads what is committed: call ``wait()`` first to
+        include this rank's own latest points (groups still waiting for other ranks are not in
+        the main series yet).
+        """
+        return self._run._fetch_values(self._path, MAIN_RANK if rank is None else rank, timeout)

@@ -1,0 +1,186 @@
+"""How a run ends: the ``stop()`` sequence, and the process events that must end it cleanly.
+
+A run is stopped by ``stop()``/``with``, at interpreter exit (atexit), or by a launcher's
+SIGTERM (turned into ``SystemExit`` so the first two apply). A forked child (a DataLoader
+worker) inherits the run without its sender thread, so its calls are refused instead of
+silently buffered forever.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from coordinator.client.delivery import Delivery
+from coordinator.client.supervision import OwnedAggregator
+from coordinator.errors import CoordinatorError
+from coordinator.transport import wire
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.discovery import Rendezvous
+from coordinator.transport.sender import SenderThread
+
+__all__ = ["Lifecycle"]
+
+_log = logging.getLogger("coordinator")
+
+_LIVE: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+"""Every lifecycle of this process, for the after-fork hook."""
+
+_ATEXIT_TIMEOUT_S = 30.0
+"""At interpreter exit a stop waits at most this long, whatever the run's close timeout."""
+
+
+class Lifecycle:
+    """The end of one run on one rank: drain, goodbye, aggregator end (rank 0), cleanup.
+
+    Args:
+        run_id, rank, endpoint: the run (for messages).
+        close_timeout_s: default deadline of :meth:`stop`.
+        buf, sender, delivery: the rank's buffer, sender thread (``None``: nothing to drain)
+            and its requests.
+        aggregator: rank 0's aggregator, or ``None``.
+        rendezvous: where rank 0 published the endpoint (retracted at the end), or ``None``.
+        handle_sigterm: turn a default SIGTERM into ``SystemExit`` (main thread, with a sender).
+        stop: the run's ``stop(timeout)``, called at exit (held weakly: the run may be collected).
+        refuse_calls: the run's hook that makes later calls raise ``ClosedError(why)``, called in
+            a forked child (held weakly).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        rank: int,
+        endpoint: str | None,
+        close_timeout_s: float,
+        buf: Buffer,
+        sender: SenderThread | None,
+        delivery: Delivery,
+        aggregator: OwnedAggregator | None,
+        rendezvous: Rendezvous | None,
+        handle_sigterm: bool,
+        stop: Callable[[float], None],
+        refuse_calls: Callable[[str], None],
+    ) -> None:
+        self._run_id = run_id
+        self._rank = rank
+        self._endpoint = endpoint
+        self._close_timeout_s = close_timeout_s
+        self._buf = buf
+        self._sender = sender
+        self._delivery = delivery
+        self._agg = aggregator
+        self._rdzv = rendezvous
+        self._pid = os.getpid()
+        self._refuse_calls = weakref.WeakMethod(refuse_calls)
+        self._sigterm_installed = False
+        if (
+            handle_sigterm
+            and sender is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._sigterm_installed = True
+        # A partial per run, so stop() unregisters this run's hook and no other.
+        self._atexit_cb = functools.partial(
+            _atexit_hook,
+            weakref.WeakMethod(stop),
+            min(close_timeout_s, _ATEXIT_TIMEOUT_S),
+            run_id,
+        )
+        atexit.register(self._atexit_cb)
+        _LIVE.add(self)
+
+    def stop(self, timeout: float | None) -> None:
+        """Drain, say goodbye, and release everything; the run already refuses new calls.
+
+        Raises:
+            CoordinatorTimeoutError: points were still undelivered at the deadline.
+            CoordinatorError: delivery failed earlier (the first error is raised).
+        """
+        if self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the drain ends it
+        atexit.unregister(self._atexit_cb)
+        deadline = time.monotonic() + (self._close_timeout_s if timeout is None else timeout)
+        if os.getpid() != self._pid:
+            _log.warning("run %s: stop() in a forked child does nothing; the parent owns the run", self._run_id)
+            return
+        error: CoordinatorError | None = None
+        try:
+            if self._sender is not None:
+                error = self._drain(self._sender, deadline)
+            if self._agg is not None:
+                error = error or self._agg.finish(deadline - time.monotonic())
+        finally:
+            if self._agg is not None:
+                self._agg.release()
+            if self._rdzv is not None and self._rank == 0:
+                self._rdzv.retract()
+        if error is not None:
+            raise error
+
+    def _drain(self, sender: SenderThread, deadline: float) -> CoordinatorError | None:
+        """Wait for the acks, say goodbye, stop the sender; returns the first error met."""
+        error: CoordinatorError | None = None
+        try:
+            # Journal durability only: the aggregator drains the trackers at the run's end.
+            left = max(0.0, deadline - time.monotonic())
+            self._delivery.wait_acked(left, time.monotonic() + left)
+        except CoordinatorError as e:
+            error = e
+        st = self._buf.stats()
+        try:
+            bye = {"undelivered": st["pending"], "accepted": st["accepted"], "dropped_points": st["dropped"]}
+            self._delivery.request(wire.BYE, bye, max(0.1, deadline - time.monotonic()))
+        except CoordinatorError as e:
+            error = error or e
+        sender.stop()
+        sender.join(max(0.1, deadline - time.monotonic()))
+        if sender.is_alive():
+            _log.error("rank %d: sender thread did not exit in time", self._rank)
+        return error
+
+    def _after_fork_in_child(self) -> None:
+        why = (
+            f"belongs to process {self._pid}; this is a forked child (e.g. a DataLoader worker): "
+            "log from the parent, or open a run in the child with init_run()"
+        )
+        self._buf.lock = threading.Lock()  # the parent's lock may have been held at fork time
+        self._buf.cond = threading.Condition(self._buf.lock)
+        refuse = self._refuse_calls()
+        if refuse is not None:
+            refuse(why)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has the parent's runs but not their sender threads: anything it logged
+    would silently stay in its copy of the buffer. Make it raise instead."""
+    for life in list(_LIVE):
+        life._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Turn the launcher's SIGTERM into SystemExit, so ``with`` blocks and atexit drain the run."""
+    _log.warning("SIGTERM: stopping the run (draining within its close timeout)")
+    raise SystemExit(128 + signum)
+
+
+def _atexit_hook(ref: weakref.WeakMethod[Callable[[float], None]], timeout: float, run_id: str) -> None:
+    stop = ref()
+    if stop is None:
+        return
+    try:
+        stop(timeout)
+    except CoordinatorError as e:
+        _log.error("run %s: closing at exit failed: %s", run_id, e)

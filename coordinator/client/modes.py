@@ -1,0 +1,91 @@
+"""The runs of the modes that change what a call does: ``disabled``, ``sync`` and ``read-only``.
+
+(``async`` and ``offline`` are the plain :class:`~coordinator.client.run.Run`; offline differs
+only in its sender, which spools instead of sending.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coordinator.client.run import Run
+from coordinator.errors import ClosedError
+from coordinator.journal.store import LocalStore
+
+__all__ = ["DisabledRun", "ReadOnlyRun", "SyncRun"]
+
+
+class DisabledRun(Run):
+    """``mode="disabled"``: every call is a no-op."""
+
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
+        return None
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        return None
+
+    def __setitem__(self, path: str, value: object) -> None:
+        return None
+
+
+class SyncRun(Run):
+    """``mode="sync"``: every call returns only once it is durable."""
+
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
+        super().log(data, step, policy=policy)
+        self.wait()
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        super()._append(key, value, step)
+        self.wait()
+
+    def __setitem__(self, path: str, value: object) -> None:
+        super().__setitem__(path, value)
+        self.wait()
+
+    def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]:
+        out = super()._upload(key, src, max_copy_bytes)
+        self.wait()
+        return out
+
+
+class ReadOnlyRun(Run):
+    """``mode="read-only"``: a stored run opened from the store, without an aggregator.
+
+    Call :meth:`open` once after construction.
+    """
+
+    _store: LocalStore
+
+    def open(self) -> None:
+        """Read the run's identity, fields and last values from its store."""
+        assert self.store_path is not None
+        self._store = LocalStore(self.store_path, readonly=True)
+        info = self._store.run_info()
+        self.name = info.name
+        self.project = info.project
+        self.world_size = info.world_size
+        self._view.load(self._store)
+
+    def log(self, data: Mapping[str, object], step: int | None = None, *, policy: str | None = None) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def _append(self, key: str, value: object, step: int | None) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def __setitem__(self, path: str, value: object) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
+
+    def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:
+        self._store.close()
+        self.open()
+
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
+        return self._store.values(key, rank)
+
+    def stop(self, timeout: float | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._store.close()

@@ -1,0 +1,54 @@
+"""The rank's sender thread, configured from the run's settings and numbering steps by the client's rule."""
+
+from __future__ import annotations
+
+from coordinator.client.steps import StepNumbering
+from coordinator.settings import Settings
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.security import CurveKeys
+from coordinator.transport.sender import SenderConfig, SenderThread, default_hello
+
+__all__ = ["start_sender"]
+
+
+def start_sender(
+    settings: Settings,
+    buf: Buffer,
+    *,
+    run_id: str,
+    rank: int,
+    world_size: int,
+    incarnation: int,
+    endpoint: str | None,
+    spool_root: str | None,
+    curve: CurveKeys | None,
+    name: str,
+    project: str,
+) -> SenderThread:
+    """Start the thread that ships ``buf`` to ``endpoint`` (``None``: offline, spool only).
+
+    Args:
+        spool_root: the run's spool directory; this rank's spool is a directory in it, named by
+            rank and incarnation. ``None`` keeps unacknowledged batches in memory only.
+    """
+    cfg = SenderConfig(
+        run_id=run_id,
+        rank=rank,
+        incarnation=incarnation,
+        endpoint=endpoint,
+        spool_dir=None if spool_root is None else f"{spool_root}/rank-{rank}-{incarnation}",
+        backpressure=settings.backpressure,
+        max_backlog_points=settings.max_buffer_points,
+        max_spool_bytes=settings.max_spool_bytes,
+        spool_segment_bytes=settings.spool_segment_bytes,
+        flush_interval_s=settings.flush_interval_s,
+        max_batch_points=settings.max_batch_points,
+        max_window=settings.max_window_batches,
+        ack_timeout_s=settings.ack_timeout_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        curve=curve,
+        hello=default_hello(world_size, name, project),
+    )
+    sender = SenderThread(cfg, buf, StepNumbering())
+    sender.start()
+    return sender

@@ -1,0 +1,72 @@
+"""Run fields on their way to a tracker: their text form, and which of them changed since last sent.
+
+A forwarder sends a field again only when its value changed; what it sent is remembered as a
+short digest per path, kept with the cursor, so a resumed forwarder does not send them all again.
+User fields become the tracker's parameters/config; the coordinator's ``sys/*`` fields, which
+change during a run, become tags.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coordinator.core.values import FieldValue
+
+__all__ = ["FieldChanges", "changed_fields", "field_text"]
+
+_SYS = "sys/"
+_SYS_RANKS = "sys/ranks/"
+
+
+@dataclass(slots=True)
+class FieldChanges:
+    """The fields to send in one batch, and what will have been sent once it is accepted."""
+
+    params: dict[str, FieldValue]
+    """New or changed user fields."""
+    tags: dict[str, str]
+    """New or changed ``sys/*`` fields, as text."""
+    sent: dict[str, str]
+    """Path -> digest of every field sent, this batch included (stored with the cursor)."""
+
+
+def changed_fields(fields: Mapping[str, FieldValue], sent: Mapping[str, str], *, sys_ranks: bool) -> FieldChanges:
+    """The fields of ``fields`` whose value differs from what ``sent`` records.
+
+    Args:
+        fields: every field of the run (path -> value).
+        sent: path -> digest of what was sent before.
+        sys_ranks: include the per-rank health fields ``sys/ranks/*`` (many ranks: many tags).
+    """
+    out = FieldChanges({}, {}, dict(sent))
+    for path, fv in fields.items():
+        if path.startswith(_SYS_RANKS) and not sys_ranks:
+            continue
+        digest = hashlib.sha256(json.dumps(fv, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if out.sent.get(path) == digest:
+            continue
+        out.sent[path] = digest
+        if path.startswith(_SYS):
+            out.tags[path] = field_text(fv)
+        else:
+            out.params[path] = fv
+    return out
+
+
+def field_text(fv: FieldValue) -> str:
+    """A field value as text (params/tags are strings in most trackers)."""
+    tag, v = fv
+    if tag == "datetime":
+        return dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat()
+    if tag == "bool":
+        return "true" if v else "false"
+    if tag == "list":
+        return json.dumps(v)
+    if tag == "artifact":
+        name, size, sha, copied, where = v
+        return f"{name} ({size} bytes, sha256 {sha[:12]}{'' if copied else ', reference'}: {where})"
+    return str(v)

@@ -1,0 +1,150 @@
+"""The journal's SQLite schema: its tables, its version, and opening a database at that version.
+
+A store written by an older coordinator is upgraded in place by :func:`migrate` (one step per
+version); one written by a newer coordinator is refused, since this code cannot know what its
+tables mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from coordinator.errors import SinkError
+from coordinator.settings import DEFAULTS
+
+__all__ = ["DDL", "MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
+
+SCHEMA_VERSION = 1
+"""The version this code writes and reads; kept in ``meta`` under ``schema``."""
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS run (
+    id TEXT PRIMARY KEY, project TEXT NOT NULL, name TEXT NOT NULL,
+    created REAL NOT NULL, ended REAL, state TEXT NOT NULL,
+    world_size INTEGER NOT NULL, report TEXT
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, policy TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, key_id INTEGER NOT NULL, rank INTEGER NOT NULL,
+    incarnation INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, ts REAL NOT NULL,
+    steps BLOB NOT NULL, vals BLOB NOT NULL, counts BLOB
+);
+CREATE INDEX IF NOT EXISTS chunks_by_key ON chunks (key_id, rank, id);
+CREATE TABLE IF NOT EXISTS fields (
+    path TEXT PRIMARY KEY, type TEXT NOT NULL, value BLOB NOT NULL,
+    rank INTEGER NOT NULL, ts REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, rank INTEGER NOT NULL, type TEXT NOT NULL,
+    value BLOB NOT NULL, kept_rank INTEGER NOT NULL, ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS senders (
+    rank INTEGER NOT NULL, incarnation INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    points INTEGER NOT NULL, batches INTEGER NOT NULL, first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL, state TEXT NOT NULL, pid INTEGER, host TEXT,
+    PRIMARY KEY (rank, incarnation)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, rank INTEGER, detail TEXT
+);
+"""
+"""Version 1 of the schema (``CREATE ... IF NOT EXISTS``: running it on an existing store is a no-op)."""
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: Mapping[int, Migration] = {}
+"""Version ``v`` -> the step that upgrades a store from ``v`` to ``v + 1`` (run in one transaction)."""
+
+
+def connect(path: Path, *, readonly: bool, durable: bool) -> sqlite3.Connection:
+    """Open the database at ``path`` at :data:`SCHEMA_VERSION` (creating it unless ``readonly``).
+
+    Args:
+        path: the ``run.db`` file.
+        readonly: open without write access; the file must exist and is never upgraded.
+        durable: ``synchronous=FULL`` (survives power loss) instead of ``NORMAL`` (survives
+            process crashes); writers only.
+
+    Raises:
+        SinkError: the file is missing (``readonly``), cannot be opened, or has a schema this
+            code cannot read.
+    """
+    try:
+        if readonly:
+            if not path.exists():
+                raise SinkError(f"no store at {path}")
+            db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=DEFAULTS.sqlite_busy_timeout_s, check_same_thread=False
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            db = sqlite3.connect(
+                path, timeout=DEFAULTS.sqlite_busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.executescript(DDL)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    except sqlite3.Error as e:
+        raise SinkError(f"cannot open store {path}: {e}") from e
+    try:
+        migrate(db, path, readonly=readonly)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def migrate(
+    db: sqlite3.Connection,
+    path: Path,
+    *,
+    readonly: bool = False,
+    target: int = SCHEMA_VERSION,
+    steps: Mapping[int, Migration] = MIGRATIONS,
+) -> None:
+    """Bring the store open on ``db`` to schema ``target``, or refuse it.
+
+    Args:
+        db: an open connection (autocommit mode when writable).
+        path: the file, for messages.
+        readonly: a read-only store is never upgraded: an older one is refused.
+        target: the version to reach (this code's version).
+        steps: version -> the upgrade step to the next version.
+
+    Raises:
+        SinkError: the store is newer than ``target``, older with no upgrade path, read-only
+            and older, or an upgrade step failed (then nothing of it is kept).
+    """
+    try:
+        row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+    except sqlite3.Error as e:
+        raise SinkError(f"cannot open store {path}: {e}") from e
+    version = int(row[0]) if row is not None else None
+    if version == target:
+        return
+    refusal = f"store {path} has schema {version}, this version reads {target}"
+    if version is None:
+        raise SinkError(refusal)
+    if version > target:
+        raise SinkError(f"{refusal} (written by a newer coordinator: upgrade coordinator to read it)")
+    missing = [v for v in range(version, target) if v not in steps]
+    if missing or readonly:
+        why = "opened read-only" if not missing else f"no upgrade from schema {missing[0]}"
+        raise SinkError(f"{refusal} and cannot upgrade it ({why})")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for v in range(version, target):
+            steps[v](db)
+        db.execute("UPDATE meta SET v=? WHERE k='schema'", (str(target),))
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        with contextlib.suppress(sqlite3.Error):  # the step's error is what the caller needs
+            db.execute("ROLLBACK")
+        raise SinkError(f"{refusal}; upgrading it failed: {e}") from e

@@ -1,0 +1,97 @@
+"""Spool recovery: an offline run's or a lost rank's spool replayed once, into the journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.aggregator import Aggregator, AggregatorConfig, replay_spools, spool_root
+from coordinator.aggregator.recovery import recover_spools
+from coordinator.errors import ConfigError
+from coordinator.journal.store import MAIN_RANK, LocalStore, run_dir
+from coordinator.transport import wire
+from coordinator.transport.spool import SegmentedSpool, SpoolWriter
+from tests.aggregator.helpers import RUN, batch, hello, make_cfg, payload
+
+
+def _spool(directory: Path, rank: int, inc: int, records: list[tuple[int, int, bytes]]) -> None:
+    """Write (kind, seq, payload) records of (rank, inc) as its sender would have spooled them."""
+    sp = SegmentedSpool(directory / f"rank-{rank}-{inc}", segment_bytes=1 << 20, max_bytes=1 << 30)
+    for kind, seq, data in records:
+        sp.append(kind, seq, wire.encode_envelope(kind, RUN, rank, inc, seq), data)
+    sp.close(remove_if_empty=False)
+
+
+def _offline_run(root: Path, steps: int) -> None:
+    """A 1-rank offline run's spool: metadata, HELLO, one batch per step, BYE."""
+    meta = SpoolWriter(spool_root(root, RUN) / "run.meta")
+    meta.append(0, 0, b"", wire.encode_map({"run_id": RUN, "project": "p", "name": "off", "world_size": 1}))
+    meta.close()
+    records = [(wire.HELLO, 0, wire.encode_map({"pid": 1, "host": "h"}))]
+    records += [(wire.BATCH, s + 1, payload(metrics={"loss": {s: float(s)}})) for s in range(steps)]
+    records.append((wire.BYE, 0, wire.encode_map({"undelivered": 0, "accepted": steps, "dropped_points": 0})))
+    _spool(spool_root(root, RUN), 0, 1, records)
+
+
+def test_replay_spools_stores_an_offline_run_and_finishes_it(tmp_path: Path) -> None:
+    """Every spooled point is stored once, the main series reduced, the run finished, the spool removed."""
+    _offline_run(tmp_path, 300)  # more than one commit's worth of records
+    rep = replay_spools(tmp_path, RUN)
+    assert rep["state"] == "finished", rep["reasons"]
+    assert (rep["points"], rep["recovered_points"], rep["batches"]) == (300, 300, 300)
+    assert rep["per_rank"]["0"]["accepted"] == 300
+    assert not (spool_root(tmp_path, RUN) / "rank-0-1").exists()
+    s = LocalStore(run_dir(tmp_path, RUN) / "run.db", readonly=True)
+    try:
+        assert s.run_info().name == "off"
+        assert s.values("loss", 0) == [(i, float(i)) for i in range(300)]
+        assert len(s.values("loss", MAIN_RANK)) == 300
+    finally:
+        s.close()
+
+
+def test_replaying_again_stores_nothing_twice(tmp_path: Path) -> None:
+    """A spool replayed after its points were committed adds duplicates only."""
+    _offline_run(tmp_path, 5)
+    replay_spools(tmp_path, RUN)
+    _offline_run(tmp_path, 5)  # the same records again (as if the directory had not been removed)
+    rep = replay_spools(tmp_path, RUN)
+    assert rep["points"] == 5 and rep["duplicate_batches"] == 5
+
+
+def test_replay_without_store_or_metadata_is_a_config_error(tmp_path: Path) -> None:
+    """Nothing to upload: a ConfigError naming the run."""
+    with pytest.raises(ConfigError, match="nothing to upload"):
+        replay_spools(tmp_path, RUN)
+
+
+def test_recover_spools_skips_live_senders_and_takes_lost_ones(tmp_path: Path) -> None:
+    """A live sender's spool is left alone; a lost sender's unacknowledged batches are ingested."""
+    a = Aggregator(make_cfg(tmp_path, world=2))
+    root = tmp_path / "spool"
+    hello(a, 0)
+    hello(a, 1)
+    batch(a, 1, 1, metrics={"k": {0: 1.0}})
+    _spool(root, 0, 1, [(wire.BATCH, 1, payload(metrics={"k": {0: 9.0}}))])
+    unacked = [(wire.BATCH, s, payload(metrics={"k": {s - 1: float(s)}})) for s in (1, 2, 3)]
+    _spool(root, 1, 1, unacked)  # seq 1 was committed; 2 and 3 were not
+    assert recover_spools(a, root) == 0  # both senders are live
+    a.senders[(1, 1)].state = "lost"
+    assert recover_spools(a, root) == 2
+    assert a.senders[(1, 1)].last_seq == 3 and a.counters["duplicate_batches"] == 1
+    assert (root / "rank-0-1").exists() and not (root / "rank-1-1").exists()
+    assert a.store.values("k", 1) == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert a.store.values("k", 0) == []
+
+
+def test_a_foreign_record_in_a_spool_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A record of another rank in a rank's spool is a bad frame, not ingested."""
+    a = Aggregator(AggregatorConfig(run_id=RUN, store_path=str(tmp_path / "run.db"), world_size=2))
+    root = tmp_path / "spool"
+    d = root / "rank-1-1"
+    sp = SegmentedSpool(d, segment_bytes=1 << 20, max_bytes=1 << 30)
+    sp.append(wire.BATCH, 1, wire.encode_envelope(wire.BATCH, RUN, 0, 1, 1), payload(metrics={"k": {0: 1.0}}))
+    sp.close(remove_if_empty=False)
+    assert recover_spools(a, root, skip_live=False) == 0
+    assert a.counters["bad_frames"] == 1 and a.counters["points"] == 0

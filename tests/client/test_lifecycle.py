@@ -1,0 +1,62 @@
+"""How a run ends: stop(), an exception in ``with``, a forked child."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import coordinator
+from tests.client.helpers import open_store
+
+
+def test_log_after_stop_raises_and_stop_is_idempotent(store_dir: Path) -> None:
+    """A stopped run rejects calls with ClosedError; stop() twice is fine."""
+    run = coordinator.init_run()
+    run.log({"a": 1.0}, step=0)
+    run.stop()
+    run.stop()
+    with pytest.raises(coordinator.ClosedError):
+        run.log({"a": 1.0}, step=1)
+    with pytest.raises(coordinator.ClosedError):
+        run["f"] = 1
+
+
+def test_exception_inside_with_still_stores_and_leaves_nothing_running(store_dir: Path) -> None:
+    """The user's exception propagates; the run is closed, its data stored; no thread or process remains."""
+    with pytest.raises(RuntimeError, match="boom"), coordinator.init_run() as run:
+        run.log({"a": 1.0}, step=0)
+        raise RuntimeError("boom")
+    assert not [t for t in threading.enumerate() if t.name.startswith("coordinator")]
+    s = open_store(store_dir)
+    try:
+        assert s.values("a", 0) == [(0, 1.0)]
+    finally:
+        s.close()
+
+
+def test_log_in_a_forked_child_raises_clearly_and_the_parent_is_unaffected(store_dir: Path) -> None:
+    """A DataLoader-style fork: the child's log() raises ClosedError naming the fork; the parent keeps logging."""
+    import multiprocessing as mp
+
+    with coordinator.init_run() as run:
+        run.log({"a": 0.0}, step=0)
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+
+        def child() -> None:
+            try:
+                run.log({"a": 1.0}, step=1)
+                q.put("no error")
+            except coordinator.ClosedError as e:
+                q.put(str(e))
+
+        p = ctx.Process(target=child)
+        p.start()
+        msg = q.get(timeout=30)
+        p.join(30)
+        assert "forked child" in msg
+        run.log({"a": 2.0}, step=2)
+        run.wait(30)
+        assert run["a"].fetch_values(rank=0) == [(0, 0.0), (2, 2.0)]

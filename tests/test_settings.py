@@ -1,0 +1,220 @@
+"""Settings: precedence (argument > settings= > environment > default), environment parsing,
+validation, unknown variables, and init_run's deprecated keywords."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import coordinator
+from coordinator.client.deprecated import DEPRECATED_KEYWORDS
+from coordinator.settings import DEFAULTS, Settings, env_name
+
+# ------------------------------------------------------------------------------ precedence
+
+
+def test_resolve_takes_argument_over_settings_over_environment_over_default() -> None:
+    """Each field comes from the first source that sets it."""
+    env = {
+        "COORDINATOR_FLUSH_INTERVAL_S": "0.5",
+        "COORDINATOR_CLOSE_TIMEOUT_S": "7",
+        "COORDINATOR_STOP_GRACE_S": "3",
+    }
+    given = Settings(flush_interval_s=0.25, close_timeout_s=9.0)
+    s = Settings.resolve(given, env, flush_interval_s=0.125)
+    assert s.flush_interval_s == 0.125  # argument
+    assert s.close_timeout_s == 9.0  # settings= over the environment
+    assert s.stop_grace_s == 3.0  # environment
+    assert s.group_timeout_s == DEFAULTS.group_timeout_s  # default
+    assert Settings.resolve(None, env, flush_interval_s=None).flush_interval_s == 0.5  # None is "not given"
+
+
+def test_a_settings_field_at_its_default_does_not_override_the_environment() -> None:
+    """settings= contributes only the fields that differ from the defaults."""
+    env = {"COORDINATOR_BACKPRESSURE": "block"}
+    assert Settings.resolve(Settings(backpressure="spool"), env).backpressure == "block"
+    assert Settings.resolve(Settings(backpressure="drop_oldest"), env).backpressure == "drop_oldest"
+
+
+def test_init_run_resolves_mode_and_placement_in_that_order(monkeypatch: pytest.MonkeyPatch, store_dir: Path) -> None:
+    """Real (disabled) runs: the environment, then settings=, then the argument decide."""
+    monkeypatch.setenv("COORDINATOR_MODE", "disabled")
+    monkeypatch.setenv("COORDINATOR_RANK", "3")
+    monkeypatch.setenv("COORDINATOR_WORLD_SIZE", "4")
+    run = coordinator.init_run()
+    assert (run.mode, run.rank, run.world_size) == ("disabled", 3, 4)
+    run.stop()
+    monkeypatch.setenv("COORDINATOR_MODE", "async")
+    run = coordinator.init_run(settings=Settings(mode="disabled", rank=1))
+    assert (run.mode, run.rank, run.world_size) == ("disabled", 1, 4)
+    run.stop()
+    run = coordinator.init_run(mode="disabled", settings=Settings(mode="read-only"))
+    assert run.mode == "disabled"
+    run.stop()
+
+
+def test_a_bad_environment_value_fails_init_run_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, store_dir: Path
+) -> None:
+    """A typo in a value is a ConfigError at init_run, naming the variable."""
+    monkeypatch.setenv("COORDINATOR_FLUSH_INTERVAL_S", "fast")
+    with pytest.raises(coordinator.ConfigError, match="COORDINATOR_FLUSH_INTERVAL_S"):
+        coordinator.init_run(mode="disabled")
+
+
+# ------------------------------------------------------------------------------ environment parsing
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "value"),
+    [
+        ("debug", "1", True),
+        ("debug", "Yes", True),
+        ("insecure_tcp", "off", False),
+        ("handle_sigterm", "false", False),
+        ("max_buffer_points", "1000", 1000),
+        ("aggregator_nice", "-2", -2),
+        ("flush_interval_s", "0.02", 0.02),
+        ("forward_max_points_per_key_per_s", "2.5", 2.5),
+        ("backend", "mlflow, tensorboard,", ("mlflow", "tensorboard")),
+        ("backend_options", '{"mlflow": {"tracking_uri": "http://x"}}', {"mlflow": {"tracking_uri": "http://x"}}),
+        ("dir", "/tmp/store", "/tmp/store"),
+        ("run_id", "abc", "abc"),
+        ("backpressure", "drop_oldest", "drop_oldest"),
+        ("forward_rank_key", "r{rank}/{key}", "r{rank}/{key}"),
+    ],
+)
+def test_each_kind_of_variable_parses_as_its_field_type(field: str, raw: str, value: object) -> None:
+    """bool, int, float, optional float, comma list, JSON object, optional str, literal, str."""
+    got = getattr(Settings.from_env({env_name(field): raw}), field)
+    assert got == value and type(got) is type(value)
+
+
+def test_an_empty_variable_is_not_set() -> None:
+    """``COORDINATOR_X=`` leaves the field at its default (an optional stays None)."""
+    s = Settings.from_env({"COORDINATOR_DIR": "", "COORDINATOR_MAX_BUFFER_POINTS": ""})
+    assert s.dir is None and s.max_buffer_points == DEFAULTS.max_buffer_points
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("debug", "maybe"),
+        ("max_buffer_points", "1e3"),
+        ("flush_interval_s", "fast"),
+        ("forward_max_points_per_key_per_s", "many"),
+        ("backend_options", "{not json"),
+        ("backend_options", "[1, 2]"),
+    ],
+)
+def test_a_value_that_does_not_parse_is_a_config_error_naming_the_variable(field: str, raw: str) -> None:
+    """The message names the variable and the field."""
+    with pytest.raises(coordinator.ConfigError, match=env_name(field)) as e:
+        Settings.from_env({env_name(field): raw})
+    assert f"Settings.{field}" in str(e.value)
+
+
+def test_a_literal_outside_its_choices_names_the_field() -> None:
+    """Literal values are checked by the Settings itself."""
+    with pytest.raises(coordinator.ConfigError, match=r"Settings\.transport"):
+        Settings.from_env({"COORDINATOR_TRANSPORT": "udp"})
+
+
+def test_unknown_coordinator_variables_are_warned_about_with_a_suggestion(caplog: pytest.LogCaptureFixture) -> None:
+    """A typo'd name is logged once with the closest real name; the secret variables are not settings."""
+    env = {"COORDINATOR_FLUSH_INTERVALL_S": "1", "COORDINATOR_SECRET": "x" * 20, "COORDINATOR_SECRET_FILE": "/f"}
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        s = Settings.from_env(env)
+        Settings.from_env(env)
+    msgs = [r.getMessage() for r in caplog.records if "COORDINATOR_" in r.getMessage()]
+    assert len(msgs) == 1, msgs
+    assert "COORDINATOR_FLUSH_INTERVALL_S" in msgs[0] and "did you mean COORDINATOR_FLUSH_INTERVAL_S" in msgs[0]
+    assert s == DEFAULTS
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"mode": "fast"}, "mode"),
+        ({"backpressure": "drop"}, "backpressure"),
+        ({"transport": "udp"}, "transport"),
+        ({"flush_interval_s": -1.0}, "flush_interval_s"),
+        ({"flush_interval_s": 0}, "flush_interval_s"),
+        ({"max_spool_bytes": -1}, "max_spool_bytes"),
+        ({"max_window_batches": 0}, "max_window_batches"),
+        ({"max_aggregator_restarts": -1}, "max_aggregator_restarts"),
+        ({"backend": "mlflow"}, "backend"),
+    ],
+)
+def test_invalid_settings_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    """Settings(...) refuses a bad value with a ConfigError naming Settings.<field>."""
+    with pytest.raises(coordinator.ConfigError, match=rf"Settings\.{field}"):
+        Settings(**kwargs)
+
+
+def test_resolve_refuses_a_non_field_and_a_non_settings() -> None:
+    """An argument that is not a field, or settings= of another type, is a ConfigError."""
+    with pytest.raises(coordinator.ConfigError, match="flush_every"):
+        Settings.resolve(None, {}, flush_every=1)
+    with pytest.raises(coordinator.ConfigError, match="settings="):
+        Settings.resolve({"mode": "sync"}, {})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ deprecated keywords
+
+
+def _value(kw: str, tmp_path: Path) -> object:
+    values: dict[str, object] = {
+        "rank": 0,
+        "world_size": 1,
+        "dir": tmp_path / "store",
+        "default_policy": "sum",
+        "max_buffer_points": 10,
+        "flush_interval_s": 0.125,
+        "close_timeout_s": 1.5,
+        "group_timeout_s": 2.5,
+        "liveness_timeout_s": 3.5,
+        "stop_grace_s": 4.5,
+        "rendezvous_timeout_s": 5.5,
+        "backpressure": "block",
+        "spool_dir": tmp_path / "spool",
+        "max_spool_bytes": 1024,
+        "handle_sigterm": False,
+        "transport": "ipc",
+        "insecure_tcp": True,
+        "forward_timeout_s": 6.5,
+    }
+    return values[kw]
+
+
+@pytest.mark.parametrize("kw", DEPRECATED_KEYWORDS)
+def test_each_deprecated_keyword_still_works_and_warns_naming_its_field(
+    kw: str, tmp_path: Path, store_dir: Path
+) -> None:
+    """init_run(kw=...) warns (pointing at the caller) and sets Settings.kw."""
+    value = _value(kw, tmp_path)
+    with pytest.warns(
+        DeprecationWarning, match=rf"init_run\({kw}=\.\.\.\) is deprecated; pass settings=Settings\({kw}="
+    ) as w:
+        run = coordinator.init_run(mode="disabled", **{kw: value})
+    run.stop()
+    assert [r.filename for r in w] == [__file__]
+    expected = os.fspath(value) if isinstance(value, Path) else value  # type: ignore[arg-type]
+    assert getattr(run._settings, kw) == expected
+
+
+def test_a_deprecated_keyword_overrides_settings_and_an_unknown_one_is_a_type_error(store_dir: Path) -> None:
+    """The keyword is an explicit argument (wins over settings=); a keyword init_run never took is a TypeError."""
+    with pytest.warns(DeprecationWarning):
+        run = coordinator.init_run(mode="disabled", settings=Settings(close_timeout_s=9.0), close_timeout_s=2.0)
+    run.stop()
+    assert run._settings.close_timeout_s == 2.0
+    with pytest.raises(TypeError, match="flush_every"):
+        coordinator.init_run(mode="disabled", flush_every=1)
