@@ -13,7 +13,7 @@ step time). Variants:
 
 * ``none`` — no logging;
 * ``coordinator`` — every rank ``run.log(<100 metrics>, step=s)`` every step;
-* ``coordinator-flush50ms`` — the same with ``init_run(flush_interval_s=0.05)`` instead of the
+* ``coordinator-flush50ms`` — the same with ``Settings(flush_interval_s=0.05)`` instead of the
   default 5 ms (diagnostic: how much of the cost is the sender thread waking up);
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
   W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
@@ -59,9 +59,11 @@ class _Logger:
         if variant.startswith("coordinator"):
             import coordinator
 
-            extra = {"flush_interval_s": 0.05} if variant == "coordinator-flush50ms" else {}
+            flush = {"flush_interval_s": 0.05} if variant == "coordinator-flush50ms" else {}
             self.obj = coordinator.init_run(
-                project="bench", name=f"ddp-block{block}", dir=root / "coordinator", handle_sigterm=False, **extra
+                project="bench",
+                name=f"ddp-block{block}",
+                settings=coordinator.Settings(dir=str(root / "coordinator"), handle_sigterm=False, **flush),
             )
         elif variant.startswith("peer:") and rank == 0:
             self.obj = open_tracker(

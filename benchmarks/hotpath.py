@@ -176,7 +176,11 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
     os.environ["COORDINATOR_AGG_STDERR"] = str(tmp / "hotpath-aggregator.log")
     try:
         # realistic: paced 50 steps/s
-        run = coordinator.init_run(project="bench", name="hotpath-realistic", rank=0, world_size=1, dir=tmp / "hotpath")
+        run = coordinator.init_run(
+            project="bench",
+            name="hotpath-realistic",
+            settings=coordinator.Settings(rank=0, world_size=1, dir=str(tmp / "hotpath")),
+        )
         try:
             o_dict, o_log, o_app, late = _realistic(run, seconds, rate, dict_keys, log_keys, app_keys)
             run.wait(120)
@@ -190,7 +194,11 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
         add("realistic", "log(<100-key dict>, step=s)", o_dict, 100, note=pace)
 
         # full: back to back
-        run = coordinator.init_run(project="bench", name="hotpath-full", rank=0, world_size=1, dir=tmp / "hotpath")
+        run = coordinator.init_run(
+            project="bench",
+            name="hotpath-full",
+            settings=coordinator.Settings(rank=0, world_size=1, dir=str(tmp / "hotpath")),
+        )
         try:
             o_log = _full_scalar_log(run, "loss", n_calls, 0)
             run.wait(120)
@@ -207,7 +215,10 @@ def hot_path(quick: bool, tmp: Path) -> dict[str, Any]:
 
         # disabled
         run = coordinator.init_run(
-            project="bench", name="hotpath-disabled", mode="disabled", rank=0, world_size=1, dir=tmp / "hotpath"
+            project="bench",
+            name="hotpath-disabled",
+            mode="disabled",
+            settings=coordinator.Settings(rank=0, world_size=1, dir=str(tmp / "hotpath")),
         )
         try:
             o_log = _full_scalar_log(run, "loss", n_calls, 0)
@@ -309,7 +320,11 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
     d = tmp / "hotpath"
     try:
         for rep in range(repeats):
-            run = coordinator.init_run(project="bench", name=f"hot-real-{rep}", rank=0, world_size=1, dir=d)
+            run = coordinator.init_run(
+                project="bench",
+                name=f"hot-real-{rep}",
+                settings=coordinator.Settings(rank=0, world_size=1, dir=str(d)),
+            )
             try:
                 (o_dict, o_log, o_app, late), info = _window(
                     run, lambda run=run: _realistic(run, seconds, rate, dict_keys, log_keys, app_keys), proc
@@ -327,7 +342,11 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
             add("realistic", 'run["loss"].append(x, step=s)', o_app)
             add("realistic", "log(<80-key dict>, step=s)", o_dict, 80)
 
-            run = coordinator.init_run(project="bench", name=f"hot-full-{rep}", rank=0, world_size=1, dir=d)
+            run = coordinator.init_run(
+                project="bench",
+                name=f"hot-full-{rep}",
+                settings=coordinator.Settings(rank=0, world_size=1, dir=str(d)),
+            )
             try:
 
                 def full(run: Any = run) -> tuple[Any, Any, Any]:
@@ -358,7 +377,10 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
             add("full", "log(<100-key dict>, step=s)", o_dict, 100)
 
             run = coordinator.init_run(
-                project="bench", name="hot-disabled", mode="disabled", rank=0, world_size=1, dir=d
+                project="bench",
+                name="hot-disabled",
+                mode="disabled",
+                settings=coordinator.Settings(rank=0, world_size=1, dir=str(d)),
             )
             try:
                 add("disabled", 'log({"loss": x}, step=s)', _full_scalar_log(run, "loss", n_calls, 0))

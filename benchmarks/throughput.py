@@ -1,7 +1,7 @@
 """Durable throughput: one trial of N rank processes (``trial``, ``_worker``) and the suite's sections 2-3.
 
 A trial: N real rank processes (this module's ``_worker`` sub-command), each calling
-``coordinator.init_run(rank=r, world_size=N, dir=..., project="bench")``; after every rank is
+``coordinator.init_run(project="bench", settings=Settings(rank=r, world_size=N, dir=...))``; after every rank is
 ready, the parent sends one common start time, every rank logs P points as fast as it can in
 ``log()`` calls of K keys each, then calls ``run.wait()``. The clock runs from the common
 start time until the last rank's ``wait()`` returned (every point committed to the run's
@@ -53,7 +53,8 @@ def worker_main(argv: list[str]) -> int:
     proc = psutil.Process()
     t0 = time.monotonic()
     extra = {"backpressure": cfg["backpressure"]} if cfg.get("backpressure") else {}
-    run = coordinator.init_run(project="bench", name=cfg["name"], rank=rank, world_size=world, dir=cfg["dir"], **extra)
+    settings = coordinator.Settings(rank=rank, world_size=world, dir=str(cfg["dir"]), **extra)
+    run = coordinator.init_run(project="bench", name=cfg["name"], settings=settings)
     init_s = time.monotonic() - t0
     sender = getattr(run, "_sender", None)
     tid = getattr(sender, "native_id", None)
@@ -175,7 +176,7 @@ def _verify(store: Path, run_id: str, world: int, keys: list[str], steps: int) -
     from coordinator.journal.store import LocalStore, run_dir
 
     problems: list[str] = []
-    ro = coordinator.init_run(with_id=run_id, mode="read-only", dir=store)
+    ro = coordinator.init_run(with_id=run_id, mode="read-only", settings=coordinator.Settings(dir=str(store)))
     try:
         for key in keys:
             for r in range(world):

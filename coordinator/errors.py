@@ -12,6 +12,7 @@ __all__ = [
     "RetryableTransportError",
     "SinkError",
     "TransportError",
+    "missing_extra",
 ]
 
 
@@ -71,3 +72,20 @@ class DeliveryError(CoordinatorError):
 
 class ClosedError(CoordinatorError):
     """The run was already stopped; the call did nothing."""
+
+
+DISTRIBUTION = "ddp-coordinator"
+"""Our name on PyPI (the import name ``coordinator`` belongs to an unrelated package there)."""
+
+
+def missing_extra(what: str, extra: str, cause: ImportError) -> ImportError:
+    """An ImportError for a missing optional dependency that says how to install it.
+
+    The hint names our distribution, never the bare import name: ``pip install 'coordinator[x]'``
+    would install an unrelated package.
+    """
+    return ImportError(
+        f"{what} needs the {extra!r} extra ({cause}): pip install '{DISTRIBUTION}[{extra}]' "
+        f"(from a checkout: pip install -e '.[{extra}]')",
+        name=cause.name,
+    )

@@ -64,7 +64,7 @@ class Settings:
     mode: Mode = "async"
     """``async`` (calls return at once), ``sync`` (every call waits until durable), ``offline``
     (spool only; upload with ``coordinator sync``), ``disabled`` (no-ops), ``read-only``."""
-    dir: str | None = None
+    dir: str | os.PathLike[str] | None = None
     """Root of the embedded store (default ``./.coordinator``)."""
     rank: int | None = None
     """This process's global rank; default: from torchrun, MPI or SLURM variables."""
@@ -106,7 +106,7 @@ class Settings:
     """When the aggregator does not keep up: ``spool`` (write-ahead spool on disk, lossless while
     disk lasts), ``block`` (``log()`` waits; lossless), ``drop_oldest`` (bounded memory; every
     dropped point is counted and reported)."""
-    spool_dir: str | None = None
+    spool_dir: str | os.PathLike[str] | None = None
     """Where this run's ranks spool (default ``<dir>/spool/<run id>``); local disk."""
     max_spool_bytes: int = 4 * 1024**3
     """Disk a rank's spool may use before ``log()`` blocks."""
@@ -137,8 +137,6 @@ class Settings:
     """CPU niceness added to the aggregator process: training processes get the CPU first."""
     durable: bool = False
     """SQLite ``synchronous=FULL`` (a commit survives power loss) instead of ``NORMAL``."""
-    sqlite_busy_timeout_s: float = 30.0
-    """How long a store connection waits on a lock held by another connection."""
     artifact_max_copy_bytes: int = 100 * 1024 * 1024
     """Files up to this size are copied into the run by ``upload()``; larger ones are references."""
 
@@ -261,11 +259,10 @@ def _hints() -> dict[str, Any]:
 
 def _parse(name: str, hint: Any, raw: str, var: str) -> Any:
     """One environment value as its field's type."""
-    args = set(typing.get_args(hint))
+    args = typing.get_args(hint)  # ordered: the first non-None member is the type to parse as
     base = hint
     if type(None) in args:  # X | None: an empty value was skipped, so parse X
-        rest = [a for a in args if a is not type(None)]
-        base = rest[0]
+        base = next(a for a in args if a is not type(None))
     try:
         if base is bool:
             low = raw.strip().lower()

@@ -34,7 +34,7 @@ def ddp_run(
     try:
         import torch.distributed as dist
     except ImportError as e:
-        raise ImportError("ddp_run needs torch: pip install 'coordinator[torch]'") from e
+        raise coordinator.errors.missing_extra("ddp_run", "torch", e) from e
     created = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend=backend)

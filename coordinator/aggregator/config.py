@@ -54,6 +54,8 @@ class AggregatorConfig:
     """At the run's end, how long the forwarders may take to catch up before giving up (resumable)."""
     nice: int = DEFAULTS.aggregator_nice
     """CPU niceness added to the aggregator process: training processes get the CPU first."""
+    debug: bool = DEFAULTS.debug
+    """Log every connection, batch and ack at DEBUG level (``Settings.debug``)."""
     curve: bool = False
     """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""

@@ -1,7 +1,7 @@
 """The aggregator process's entry point: arguments, logging, niceness, exit status.
 
 Rank 0 starts it as ``python -m coordinator.aggregator --run ID --config JSON`` (see
-:class:`coordinator.transport.discovery.AggregatorProcess`); it prints ``READY <endpoint>`` once
+:class:`coordinator.transport.launcher.AggregatorProcess`); it prints ``READY <endpoint>`` once
 bound and exits 0 when the run finished, 3 when it failed.
 """
 
@@ -15,7 +15,6 @@ from pathlib import Path
 
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.server import serve
-from coordinator.core import env as _env
 
 __all__ = ["EXIT_FAILED", "main", "parse_args"]
 
@@ -37,12 +36,12 @@ def parse_args(argv: list[str] | None) -> AggregatorConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the aggregator process; returns its exit status."""
+    cfg = parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if os.environ.get(_env.COORDINATOR_DEBUG) == "1" else logging.INFO,
+        level=logging.DEBUG if cfg.debug else logging.INFO,
         format="%(asctime)s coordinator.aggregator[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    cfg = parse_args(argv)
     if cfg.nice:
         # Logging yields to training on a busy machine; falling behind only fills the ranks' spools.
         os.nice(cfg.nice)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from coordinator.core import env as _env
+from coordinator.settings import env_name
 
 __all__ = ["DOCTOR_POINTS", "run_doctor"]
 
@@ -26,12 +26,9 @@ DOCTOR_POINTS = 20
 """Points the scratch run logs (key ``doctor/value``, value = step / 2)."""
 _KEY = "doctor/value"
 _TIMEOUT_S = 60.0
-_ENV_OVERRIDES = (
-    _env.COORDINATOR_ENDPOINT,
-    _env.COORDINATOR_RUN_ID,
-    _env.COORDINATOR_MODE,
-    _env.COORDINATOR_AGG_STDERR,
-)
+_CLEARED = tuple(env_name(f) for f in ("endpoint", "run_id", "mode"))
+_AGG_STDERR = env_name("agg_stderr")
+_ENV_OVERRIDES = (*_CLEARED, _AGG_STDERR)
 
 
 def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool = False) -> Iterator[tuple[bool, str]]:
@@ -61,10 +58,10 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
     # A doctor run is always a fresh single-rank run, whatever the shell says, and the aggregator's
     # own log (its final report at INFO) goes to a file, not over the check list. Restored after.
     saved = {k: os.environ.get(k) for k in _ENV_OVERRIDES}
-    for var in (_env.COORDINATOR_ENDPOINT, _env.COORDINATOR_RUN_ID, _env.COORDINATOR_MODE):
+    for var in _CLEARED:
         os.environ.pop(var, None)
-    if saved[_env.COORDINATOR_AGG_STDERR] is None:
-        os.environ[_env.COORDINATOR_AGG_STDERR] = str(tmp / "aggregator.log")
+    if saved[_AGG_STDERR] is None:
+        os.environ[_AGG_STDERR] = str(tmp / "aggregator.log")
     failed = False
     try:
         result: list[Path] = []
@@ -99,11 +96,7 @@ def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:
             project="coordinator-doctor",
             name="doctor",
             with_id=f"doctor-{os.getpid()}-{int(time.time())}",
-            dir=tmp,
-            rank=0,
-            world_size=1,
-            handle_sigterm=False,
-            stop_grace_s=0.0,
+            settings=coordinator.Settings(dir=str(tmp), rank=0, world_size=1, handle_sigterm=False, stop_grace_s=0.0),
         )
     except Exception as e:  # noqa: BLE001 - the doctor reports every failure instead of raising it
         yield False, f"aggregator did not start: {type(e).__name__}: {e}"

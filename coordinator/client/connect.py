@@ -17,7 +17,7 @@ from coordinator.core import env as _env
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
 from coordinator.forward.forwarder import check_backends
 from coordinator.journal.store import run_dir
-from coordinator.settings import Settings
+from coordinator.settings import Settings, env_name
 from coordinator.transport.discovery import Placement, Rendezvous, new_run_id
 from coordinator.transport.launcher import AggregatorProcess
 from coordinator.transport.security import CurveKeys, bind_address, load_secret
@@ -87,14 +87,14 @@ def connect(
     offline = settings.mode == "offline"
     if settings.endpoint and not offline:
         if not settings.run_id:
-            raise ConfigError(f"{_env.COORDINATOR_ENDPOINT} is set; set {_env.COORDINATOR_RUN_ID} too")
+            raise ConfigError(f"{env_name('endpoint')} is set; set {env_name('run_id')} too")
         return Connection(settings.run_id, settings.endpoint)
     rdzv = Rendezvous(placement) if placement.world_size > 1 else None
     if rdzv is not None and placement.multi_node and rdzv.via != "torch.distributed store":
         raise ConfigError(
             "a multi-node run finds its aggregator through the torch.distributed store: call "
-            f"torch.distributed.init_process_group() before init_run(), or set {_env.COORDINATOR_ENDPOINT} "
-            f"and {_env.COORDINATOR_RUN_ID} on every rank"
+            f"torch.distributed.init_process_group() before init_run(), or set {env_name('endpoint')} "
+            f"and {env_name('run_id')} on every rank"
         )
     if placement.rank != 0:
         assert rdzv is not None
@@ -141,6 +141,7 @@ def aggregator_config(settings: Settings, placement: Placement, spec: RunSpec, r
         "stop_grace_s": settings.stop_grace_s,
         "durable": settings.durable,
         "nice": settings.aggregator_nice,
+        "debug": settings.debug,
         "spool_root": str(spool_root(settings, spec.root, run_id)),
         "backends": spec.backends,
         "forward_timeout_s": settings.forward_timeout_s,

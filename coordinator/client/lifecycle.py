@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from coordinator.client.delivery import Delivery
 from coordinator.client.supervision import OwnedAggregator
+from coordinator.core.counters import ByeCounters
 from coordinator.errors import CoordinatorError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
@@ -138,8 +139,8 @@ class Lifecycle:
             error = e
         st = self._buf.stats()
         try:
-            bye = {"undelivered": st["pending"], "accepted": st["accepted"], "dropped_points": st["dropped"]}
-            self._delivery.request(wire.BYE, bye, max(0.1, deadline - time.monotonic()))
+            bye = ByeCounters(undelivered=st["pending"], accepted=st["accepted"], dropped_points=st["dropped"])
+            self._delivery.request(wire.BYE, dict(bye), max(0.1, deadline - time.monotonic()))
         except CoordinatorError as e:
             error = error or e
         sender.stop()

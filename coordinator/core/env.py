@@ -1,16 +1,8 @@
-"""Every environment variable the library reads, in one place."""
+"""The names of the environment variables set by launchers (torchrun, MPI, SLURM) and of the job secret."""
 
 from __future__ import annotations
 
 __all__ = [
-    "COORDINATOR_AGG_STDERR",
-    "COORDINATOR_BACKEND",
-    "COORDINATOR_BACKEND_OPTIONS",
-    "COORDINATOR_DEBUG",
-    "COORDINATOR_DIR",
-    "COORDINATOR_ENDPOINT",
-    "COORDINATOR_MODE",
-    "COORDINATOR_RUN_ID",
     "COORDINATOR_SECRET",
     "COORDINATOR_SECRET_FILE",
     "LOCAL_RANK",
@@ -29,27 +21,13 @@ __all__ = [
     "WORLD_SIZE",
 ]
 
-# Ours.
-COORDINATOR_DIR = "COORDINATOR_DIR"
-"""Root directory of the embedded store (default ``./.coordinator``)."""
-COORDINATOR_MODE = "COORDINATOR_MODE"
-"""Default mode when ``init_run(mode=...)`` is not given."""
-COORDINATOR_DEBUG = "COORDINATOR_DEBUG"
-"""``1`` logs every connection, batch, ack and retry at DEBUG level."""
-COORDINATOR_ENDPOINT = "COORDINATOR_ENDPOINT"
-"""Explicit aggregator endpoint; skips discovery (set together with COORDINATOR_RUN_ID)."""
-COORDINATOR_RUN_ID = "COORDINATOR_RUN_ID"
-"""Run id shared by every rank when the launcher chooses it."""
+# Ours that are not settings: the job secret is read where it is used and never stored in a
+# Settings object (which is printed and passed around). Every other COORDINATOR_* variable is a
+# Settings field's: ``coordinator.settings.env_name(field)``.
 COORDINATOR_SECRET = "COORDINATOR_SECRET"  # noqa: S105 - the variable name, not a secret
 """Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
 COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # noqa: S105 - the variable name
 """A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
-COORDINATOR_BACKEND = "COORDINATOR_BACKEND"
-"""External tracker(s) fed from the store when init_run(backend=...) is not given."""
-COORDINATOR_BACKEND_OPTIONS = "COORDINATOR_BACKEND_OPTIONS"
-"""JSON options of the backend(s)."""
-COORDINATOR_AGG_STDERR = "COORDINATOR_AGG_STDERR"
-"""File the aggregator's log goes to instead of the parent's stderr."""
 
 # Launchers'.
 RANK = "RANK"

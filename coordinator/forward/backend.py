@@ -27,15 +27,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from coordinator.core import env as _env
 from coordinator.core.values import FieldValue
-from coordinator.errors import ConfigError, SinkError
+from coordinator.errors import ConfigError, SinkError, missing_extra
 from coordinator.journal.store import RunInfo
+from coordinator.settings import env_name
 
 __all__ = ["BACKENDS", "Backend", "BackendRejectedError", "Point", "Series", "get_backend", "resolve_backends"]
 
-BACKEND_ENV = _env.COORDINATOR_BACKEND
-BACKEND_OPTIONS_ENV = _env.COORDINATOR_BACKEND_OPTIONS
+BACKEND_ENV = env_name("backend")
+BACKEND_OPTIONS_ENV = env_name("backend_options")
 
 
 Point = tuple[int, float, float]
@@ -140,10 +140,7 @@ def get_backend(name: str) -> type[Backend]:
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
-            f"backend {name!r} needs its client library ({e}); install it with: pip install 'coordinator[{extra}]'",
-            name=e.name,
-        ) from e
+        raise missing_extra(f"backend {name!r}", extra, e) from e
     backend: type[Backend] = getattr(mod, cls)
     return backend
 

@@ -42,14 +42,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import missing_extra
+
 try:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException, RestException
     from mlflow.tracking import MlflowClient
     from mlflow.utils import validation as _limits
-except ImportError as e:  # pragma: no cover - exercised by get_backend's message
-    raise ImportError(f"the MLflow backend needs mlflow: pip install 'coordinator[mlflow]' ({e})", name=e.name) from e
+except ImportError as e:
+    raise missing_extra("the MLflow backend", "mlflow", e) from e
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError

@@ -38,13 +38,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from coordinator.errors import missing_extra
+
 try:
     import neptune
     from neptune.exceptions import MetadataInconsistency
-except ImportError as e:  # pragma: no cover - exercised by get_backend's message
-    raise ImportError(
-        f"the Neptune backend needs neptune: pip install 'coordinator[neptune]' ({e})", name=e.name
-    ) from e
+except ImportError as e:
+    raise missing_extra("the Neptune backend", "neptune", e) from e
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError

@@ -30,16 +30,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import missing_extra
+
 try:
     import tensorboard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.plugins.text.summary_v2 import text_pb
     from tensorboard.summary.writer.record_writer import RecordWriter
-except ImportError as e:  # pragma: no cover - exercised by get_backend's message
-    raise ImportError(
-        f"the TensorBoard backend needs tensorboard: pip install 'coordinator[tensorboard]' ({e})", name=e.name
-    ) from e
+except ImportError as e:
+    raise missing_extra("the TensorBoard backend", "tensorboard", e) from e
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError

@@ -34,11 +34,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import missing_extra
+
 try:
     import wandb
     from wandb.proto import wandb_internal_pb2
-except ImportError as e:  # pragma: no cover - exercised by get_backend's message
-    raise ImportError(f"the W&B backend needs wandb: pip install 'coordinator[wandb]' ({e})", name=e.name) from e
+except ImportError as e:
+    raise missing_extra("the W&B backend", "wandb", e) from e
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError

@@ -10,12 +10,12 @@ import os
 import sqlite3
 from pathlib import Path
 
-from coordinator.core import env as _env
 from coordinator.core.limits import DIR_NAME
 from coordinator.errors import ConfigError, SinkError
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import RunInfo
 from coordinator.journal.schema import connect
+from coordinator.settings import env_name
 
 __all__ = ["list_runs", "resolve_root", "run_dir"]
 
@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The store root: the argument, else ``$COORDINATOR_DIR``, else ``./.coordinator``."""
     if root is None:
-        root = os.environ.get(_env.COORDINATOR_DIR) or DIR_NAME
+        root = os.environ.get(env_name("dir")) or DIR_NAME
     return Path(root).expanduser().absolute()
 
 

@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from coordinator.errors import SinkError
-from coordinator.settings import DEFAULTS
 
 __all__ = ["DDL", "MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
 
 SCHEMA_VERSION = 1
 """The version this code writes and reads; kept in ``meta`` under ``schema``."""
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a connection waits on a lock another connection holds (the writer's commits are short)."""
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -79,14 +81,10 @@ def connect(path: Path, *, readonly: bool, durable: bool) -> sqlite3.Connection:
         if readonly:
             if not path.exists():
                 raise SinkError(f"no store at {path}")
-            db = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=DEFAULTS.sqlite_busy_timeout_s, check_same_thread=False
-            )
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(
-                path, timeout=DEFAULTS.sqlite_busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.executescript(DDL)

@@ -18,9 +18,9 @@ from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
 
-__all__ = ["Cutter", "OutBatch", "StepNumbering", "split_columns"]
+__all__ = ["Cutter", "NumberSteps", "OutBatch", "split_columns"]
 
-StepNumbering = Callable[[str, "array[int]"], None]
+NumberSteps = Callable[[str, "array[int]"], None]
 """``number_steps(key, steps)``: fills in, in place, the steps a caller left as -1."""
 
 Chunk = tuple[str, "array[int]", "array[float]"]
@@ -48,7 +48,7 @@ class OutBatch:
 class Cutter:
     """Takes the buffer's current generation and encodes it as batches (sender thread)."""
 
-    def __init__(self, number_steps: StepNumbering, max_batch_points: int) -> None:
+    def __init__(self, number_steps: NumberSteps, max_batch_points: int) -> None:
         self._number_steps = number_steps
         self._cap = max_batch_points
         self.hot_keys: list[str] = []
@@ -77,7 +77,7 @@ class Cutter:
 
 
 def split_columns(
-    cols: dict[str, Column], fields: list[tuple[str, FieldValue]], cap: int, number_steps: StepNumbering
+    cols: dict[str, Column], fields: list[tuple[str, FieldValue]], cap: int, number_steps: NumberSteps
 ) -> list[Part]:
     """Split columns into parts of at most ``cap`` points; the fields go with the last part.
 

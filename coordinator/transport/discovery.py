@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from coordinator.core import env as _env
 from coordinator.errors import ConfigError, CoordinatorTimeoutError
+from coordinator.settings import env_name
 
 __all__ = [
     "Placement",
@@ -128,7 +129,7 @@ class Rendezvous:
                 _env.MASTER_ADDR,
                 _env.MASTER_PORT,
                 _env.TORCHELASTIC_RUN_ID,
-                _env.COORDINATOR_RUN_ID,
+                env_name("run_id"),
                 _env.TORCHELASTIC_RESTART_COUNT,
                 "SLURM_JOB_ID",
                 "OMPI_COMM_WORLD_JOBID",

@@ -24,7 +24,7 @@ import zmq
 from coordinator.errors import ClosedError, CoordinatorError, ProtocolError, SinkError
 from coordinator.settings import DEFAULTS, Backpressure
 from coordinator.transport import wire
-from coordinator.transport.batches import Cutter, StepNumbering
+from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
@@ -88,12 +88,19 @@ class _WakePipe:
         self.fd, self._w = os.pipe()
         os.set_blocking(self.fd, False)
         os.set_blocking(self._w, False)
+        # wake() may come from any thread after the sender closed the pipe (a wait() racing the
+        # thread's exit); the fd number may by then belong to another file, so never write to it.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def wake(self) -> None:
-        try:
-            os.write(self._w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full, so a wake-up is already pending: nothing is lost
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full, so a wake-up is already pending: nothing is lost
 
     def drain(self) -> None:
         try:
@@ -103,14 +110,16 @@ class _WakePipe:
             pass  # empty: every wake-up consumed
 
     def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._w)
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
+            os.close(self._w)
 
 
 class SenderThread(threading.Thread):
     """Drains the buffer every flush interval into numbered batches, spools and sends them."""
 
-    def __init__(self, cfg: SenderConfig, buf: Buffer, number_steps: StepNumbering) -> None:
+    def __init__(self, cfg: SenderConfig, buf: Buffer, number_steps: NumberSteps) -> None:
         """``number_steps(key, steps)`` fills in, in place, the steps a caller left as -1 (the client's rule)."""
         super().__init__(name=f"coordinator-sender-r{cfg.rank}", daemon=True)
         self.cfg = cfg

@@ -46,7 +46,9 @@ def make_run(
     """A finished run of ``ranks`` in-process ranks, each logging ``keys`` for ``steps`` steps; its run.db."""
     runs: list[coordinator.Run] = []
     r0 = coordinator.init_run(
-        project="fwd", name="forward-me", dir=root, rank=0, world_size=ranks, handle_sigterm=False
+        project="fwd",
+        name="forward-me",
+        settings=coordinator.Settings(dir=str(root), rank=0, world_size=ranks, handle_sigterm=False),
     )
     runs.append(r0)
     with monkeypatch.context() as m:
@@ -56,7 +58,9 @@ def make_run(
         for r in range(1, ranks):
             runs.append(
                 coordinator.init_run(
-                    project="fwd", name="forward-me", dir=root, rank=r, world_size=ranks, handle_sigterm=False
+                    project="fwd",
+                    name="forward-me",
+                    settings=coordinator.Settings(dir=str(root), rank=r, world_size=ranks, handle_sigterm=False),
                 )
             )
     try:
@@ -324,7 +328,10 @@ def test_thread_forwards_a_live_run_and_close_drains_and_finishes(
 ) -> None:
     """start() while the run logs; close() after the run ended sends the rest and marks the run finished."""
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-    run = coordinator.init_run(project="live", dir=tmp_path / "s", rank=0, world_size=1, handle_sigterm=False)
+    run = coordinator.init_run(
+        project="live",
+        settings=coordinator.Settings(dir=str(tmp_path / "s"), rank=0, world_size=1, handle_sigterm=False),
+    )
     assert run.store_path is not None
     fwd = Forwarder(run.store_path, "tensorboard", {"poll_interval_s": 0.05, "fields_interval_s": 0.1})
     fwd.start()

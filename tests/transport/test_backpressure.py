@@ -20,7 +20,7 @@ def _freeze(run: coordinator.Run) -> psutil.Process:
 
 def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store_dir: Path) -> None:
     """backpressure='block': log() waits once max_buffer_points are unacknowledged; all points arrive later."""
-    with coordinator.init_run(backpressure="block", max_buffer_points=5000) as run:
+    with coordinator.init_run(settings=coordinator.Settings(backpressure="block", max_buffer_points=5000)) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
         agg = _freeze(run)
@@ -52,7 +52,9 @@ def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store
 
 def test_drop_oldest_bounds_memory_counts_every_dropped_point_and_reports_it(store_dir: Path) -> None:
     """backpressure='drop_oldest': log() never blocks; dropped points are counted, warned and in the report."""
-    with coordinator.init_run(backpressure="drop_oldest", max_buffer_points=20_000) as run:
+    with coordinator.init_run(
+        settings=coordinator.Settings(backpressure="drop_oldest", max_buffer_points=20_000)
+    ) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
         agg = _freeze(run)
@@ -82,7 +84,7 @@ def test_drop_oldest_bounds_memory_counts_every_dropped_point_and_reports_it(sto
 
 def test_spool_policy_keeps_log_cheap_and_memory_bounded_while_frozen(store_dir: Path, tmp_path: Path) -> None:
     """Default spool: with the aggregator frozen, batches go to disk; all arrive once it resumes."""
-    with coordinator.init_run(max_buffer_points=20_000) as run:
+    with coordinator.init_run(settings=coordinator.Settings(max_buffer_points=20_000)) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
         agg = _freeze(run)
