@@ -81,8 +81,8 @@ DISTRIBUTION = "ddp-coordinator"
 def missing_extra(what: str, extra: str, cause: ImportError) -> ImportError:
     """An ImportError for a missing optional dependency that says how to install it.
 
-    The hint names our distribution, never the bare import name: ``pip install 'coordinator[x]'``
-    would install an unrelated package.
+    The hint names our distribution, never the bare import name: installing ``coordinator``
+    from PyPI gives an unrelated package.
     """
     return ImportError(
         f"{what} needs the {extra!r} extra ({cause}): pip install '{DISTRIBUTION}[{extra}]' "
