@@ -37,6 +37,7 @@ from typing import Any
 
 from benchmarks.common import child_env, log, med, mib
 from benchmarks.workers import Worker, emit
+from coordinator.aggregator.counters import PROBLEMS
 
 __all__ = ["Aggregator", "main", "scale_section", "scale_trial", "sim_main"]
 
@@ -393,7 +394,7 @@ def scale_trial(
             res["problems"].append(f"{len(bad)} ranks with a wrong point count in the store, e.g. {bad[:3]}")
         res["stored_points"] = sum(per_rank.values())
         res["state"] = state
-        for c in ("duplicate_batches", "gaps", "bad_frames", "late_points", "replaced_points"):
+        for c in PROBLEMS:
             if rep.get(c):
                 res["problems"].append(f"aggregator report: {c}={rep[c]}")
         if state != "finished":

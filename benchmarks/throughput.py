@@ -36,6 +36,7 @@ from typing import Any
 from benchmarks.common import child_env, log, med, thread_cpu
 from benchmarks.profiling import pyspy_start, pyspy_stop
 from benchmarks.workers import Worker, emit, wait_go
+from coordinator.aggregator.counters import PROBLEMS
 
 __all__ = ["throughput_section", "trial", "worker_main"]
 
@@ -213,7 +214,7 @@ def _verify(store: Path, run_id: str, world: int, keys: list[str], steps: int) -
     if info.state != "finished":
         problems.append(f"run state {info.state!r}: {(info.report or {}).get('reasons')}")
     rep = info.report or {}
-    for c in ("duplicate_batches", "late_points", "replaced_points", "bad_frames", "gaps"):
+    for c in PROBLEMS:
         if rep.get(c):
             problems.append(f"aggregator report: {c}={rep[c]}")
     return problems, rep

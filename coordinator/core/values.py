@@ -12,6 +12,7 @@ from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
 __all__ = [
     "FIELD_TYPES",
     "FieldValue",
+    "check_field",
     "check_key",
     "check_step",
     "flatten_fields",
@@ -144,6 +145,46 @@ def to_field_value(path: str, value: object) -> FieldValue:
         f"field {path!r}: unsupported type {type(value).__name__}; use bool, int, float, str, "
         "datetime, a flat list of those, or a dict of those (None is not stored)"
     )
+
+
+_TAG_PY_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "datetime": float}
+
+
+def check_field(path: object, tag: object, val: object) -> tuple[str, FieldValue]:
+    """A field as received from another process (``[path, type tag, value]``), checked against its tag.
+
+    This is the receiving side of :func:`to_field_value`: it converts nothing, it only admits a
+    value whose Python type matches its tag (ints within int64, artifact records of five items).
+
+    Raises:
+        TypeError, ValueError: a malformed path, an unknown tag, or a value of the wrong type.
+    """
+    if type(path) is not str:
+        raise TypeError("field path is not a str")
+    p = check_key(path, "field path")
+    if type(tag) is not str or tag not in FIELD_TYPES:
+        raise ValueError(f"unknown field type {tag!r:.40}")
+    if tag == "artifact":
+        ok = (
+            type(val) is list
+            and len(val) == 5
+            and type(val[0]) is str
+            and type(val[1]) is int
+            and type(val[2]) is str
+            and type(val[3]) is bool
+            and type(val[4]) is str
+        )
+    elif tag == "list":
+        ok = type(val) is list and all(
+            type(x) in (bool, float, str) or (type(x) is int and _INT64_MIN <= x <= _INT64_MAX) for x in val
+        )
+    else:
+        ok = type(val) is _TAG_PY_TYPES[tag]
+    if ok and type(val) is int:
+        ok = _INT64_MIN <= val <= _INT64_MAX
+    if not ok:
+        raise ValueError(f"field {p!r}: value does not match its type {tag}")
+    return p, (tag, val)
 
 
 def flatten_fields(path: str, value: object) -> list[tuple[str, FieldValue]]:

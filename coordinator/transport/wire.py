@@ -20,7 +20,7 @@ import msgpack
 
 from coordinator.core.columns import from_le, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
-from coordinator.core.values import FIELD_TYPES, FieldValue, check_key
+from coordinator.core.values import FieldValue, check_field, check_key
 from coordinator.errors import ProtocolError
 
 __all__ = [
@@ -237,38 +237,6 @@ def encode_batch(
     )
 
 
-_FIELD_PY_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "datetime": float}
-
-
-def _check_field(path: object, tag: object, val: object) -> tuple[str, FieldValue]:
-    if type(path) is not str:
-        raise ProtocolError("field path is not a str")
-    p = check_key(path, "field path")
-    if type(tag) is not str or tag not in FIELD_TYPES:
-        raise ProtocolError(f"unknown field type {tag!r:.40}")
-    if tag == "artifact":
-        ok = (
-            type(val) is list
-            and len(val) == 5
-            and type(val[0]) is str
-            and type(val[1]) is int
-            and type(val[2]) is str
-            and type(val[3]) is bool
-            and type(val[4]) is str
-        )
-    elif tag == "list":
-        ok = type(val) is list and all(
-            type(x) in (bool, float, str) or (type(x) is int and -(2**63) <= x <= _INT64_MAX) for x in val
-        )
-    else:
-        ok = type(val) is _FIELD_PY_TYPES[tag]
-    if ok and type(val) is int:
-        ok = -(2**63) <= val <= _INT64_MAX
-    if not ok:
-        raise ProtocolError(f"field {p!r}: value does not match its type {tag}")
-    return p, (tag, val)
-
-
 def decode_batch(frame: bytes) -> Batch:
     """Decode and validate a batch payload.
 
@@ -303,7 +271,7 @@ def decode_batch(frame: bytes) -> Batch:
         if type(item) is not list or len(item) != 3:
             raise ProtocolError("field is not [path, type, value]")
         try:
-            fields.append(_check_field(*item))
+            fields.append(check_field(*item))
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad field: {e}") from e
     return Batch(metrics, fields, ts)

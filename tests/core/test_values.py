@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
 from coordinator.core.values import (
+    check_field,
     check_key,
     check_step,
     flatten_fields,
@@ -406,3 +407,39 @@ def test_is_finite() -> None:
     """is_finite is false exactly for NaN and infinities."""
     assert is_finite(1.0) and is_finite(-0.0)
     assert not any(is_finite(v) for v in (math.nan, math.inf, -math.inf))
+
+
+@pytest.mark.parametrize(
+    ("tag", "val"),
+    [
+        ("bool", True),
+        ("int", -(2**63)),
+        ("float", 1.5),
+        ("str", "x"),
+        ("datetime", 1.7e9),
+        ("list", [1, 2.0, "a", False]),
+        ("artifact", ["m.pt", 10, "ab" * 32, True, "/x/m.pt"]),
+    ],
+)
+def test_check_field_admits_a_value_of_its_tag(tag: str, val: object) -> None:
+    """What to_field_value produces, check_field admits unchanged (the receiving side)."""
+    assert check_field("a/b", tag, val) == ("a/b", (tag, val))
+
+
+@pytest.mark.parametrize(
+    ("path", "tag", "val"),
+    [
+        (1, "int", 1),
+        ("a//b", "int", 1),
+        ("a", "pickle", b"x"),
+        ("a", "int", 2**63),
+        ("a", "int", True),
+        ("a", "float", 1),
+        ("a", "list", [[1]]),
+        ("a", "artifact", ["m.pt", 10, "ab", True]),
+    ],
+)
+def test_check_field_refuses_a_value_that_does_not_match_its_tag(path: object, tag: str, val: object) -> None:
+    """A wrong path, an unknown tag or a value of another type raises TypeError/ValueError."""
+    with pytest.raises((TypeError, ValueError)):
+        check_field(path, tag, val)
