@@ -15,7 +15,7 @@ from typing import Any
 
 from coordinator.core import env as _env
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
-from coordinator.forward.forwarder import check_backends
+from coordinator.forward.backend import check_backends
 from coordinator.journal.store import run_dir
 from coordinator.settings import Settings, env_name
 from coordinator.transport.discovery import Placement, Rendezvous, new_run_id

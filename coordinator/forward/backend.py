@@ -25,14 +25,25 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError, missing_extra
+from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import RunInfo
 from coordinator.settings import env_name
 
-__all__ = ["BACKENDS", "Backend", "BackendRejectedError", "Point", "Series", "get_backend", "resolve_backends"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendRejectedError",
+    "Point",
+    "Series",
+    "check_backends",
+    "get_backend",
+    "resolve_backends",
+]
 
 BACKEND_ENV = env_name("backend")
 BACKEND_OPTIONS_ENV = env_name("backend_options")
@@ -195,3 +206,20 @@ def resolve_backends(
     if opts and len(names) > 1:
         raise ConfigError("with several backends, key backend_options by backend name: {'mlflow': {...}, ...}")
     return {n: dict(opts) for n in names}
+
+
+def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) -> None:
+    """Build each configured backend and run its ``check()``: rank 0 calls it at ``init_run``.
+
+    Validates the forwarder options too, so a typo fails at start, not at the end of a run.
+    Blocks (network, up to the backends' check timeouts).
+
+    Raises:
+        ConfigError: an unknown backend or option. ImportError: a client library is missing
+        (the message names the extra). SinkError: the backend refused the configuration,
+        with its own message, prefixed by the backend's name.
+    """
+    for name, options in backends.items():
+        _, backend_options = ForwarderSettings.split(options)
+        backend = get_backend(name)(backend_options, run_dir)  # type: ignore[call-arg]
+        backend.check()

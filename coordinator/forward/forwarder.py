@@ -44,13 +44,11 @@ from coordinator.core.retry import Backoff, retry_after_of, wait
 from coordinator.errors import ConfigError, SinkError
 from coordinator.forward.backend import Backend, BackendRejectedError, get_backend
 from coordinator.forward.batches import Batch, BatchBuilder
-from coordinator.forward.cursor import CursorFile, CursorState, cursor_path
+from coordinator.forward.cursor import CursorFile, CursorState
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import LocalStore
 
-# ForwarderSettings and cursor_path are part of how a Forwarder is configured and found, so
-# they are importable from here too (their homes are .settings and .cursor).
-__all__ = ["Forwarder", "ForwarderSettings", "check_backends", "cursor_path"]
+__all__ = ["Forwarder"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,23 +68,6 @@ _COUNTERS = (
     "params_sent",
     "tags_sent",
 )
-
-
-def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) -> None:
-    """Build each configured backend and run its ``check()``: rank 0 calls it at ``init_run``.
-
-    Validates the forwarder options too, so a typo fails at start, not at the end of a run.
-    Blocks (network, up to the backends' check timeouts).
-
-    Raises:
-        ConfigError: an unknown backend or option. ImportError: a client library is missing
-        (the message names the extra). SinkError: the backend refused the configuration,
-        with its own message, prefixed by the backend's name.
-    """
-    for name, options in backends.items():
-        _, backend_options = ForwarderSettings.split(options)
-        backend = get_backend(name)(backend_options, run_dir)  # type: ignore[call-arg]
-        backend.check()
 
 
 class _Interrupted(Exception):

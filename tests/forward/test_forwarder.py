@@ -21,9 +21,16 @@ import coordinator
 from coordinator import cli
 from coordinator.core.retry import retry_after_of
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Backend, BackendRejectedError, Series, get_backend, resolve_backends
+from coordinator.forward.backend import (
+    Backend,
+    BackendRejectedError,
+    Series,
+    check_backends,
+    get_backend,
+    resolve_backends,
+)
 from coordinator.forward.cursor import cursor_path
-from coordinator.forward.forwarder import Forwarder, check_backends
+from coordinator.forward.forwarder import Forwarder
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, RunInfo, TxnData
 
