@@ -8,6 +8,7 @@ __all__ = [
     "CoordinatorError",
     "CoordinatorTimeoutError",
     "DeliveryError",
+    "MissingExtraError",
     "ProtocolError",
     "RetryableTransportError",
     "SinkError",
@@ -78,13 +79,17 @@ DISTRIBUTION = "ddp-coordinator"
 """Our name on PyPI (the import name ``coordinator`` belongs to an unrelated package there)."""
 
 
-def missing_extra(what: str, extra: str, cause: ImportError) -> ImportError:
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+
+def missing_extra(what: str, extra: str, cause: ImportError) -> MissingExtraError:
     """An ImportError for a missing optional dependency that says how to install it.
 
     The hint names our distribution, never the bare import name: installing ``coordinator``
     from PyPI gives an unrelated package.
     """
-    return ImportError(
+    return MissingExtraError(
         f"{what} needs the {extra!r} extra ({cause}): pip install '{DISTRIBUTION}[{extra}]' "
         f"(from a checkout: pip install -e '.[{extra}]')",
         name=cause.name,

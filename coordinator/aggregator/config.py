@@ -1,7 +1,9 @@
-"""What one aggregator serves: :class:`AggregatorConfig`, and its JSON form on the command line.
+"""What one aggregator serves: :class:`AggregatorConfig`, and its JSON form.
 
-Rank 0 passes the config as ``--config JSON`` (every field but ``run_id``); each tunable's default
-comes from :data:`coordinator.settings.DEFAULTS`, so the process and the client agree on them.
+Rank 0 passes the config as a JSON file (every field but ``run_id``) in the run's private socket
+directory, named by ``--config-file`` (never on the command line: it holds the trackers'
+credentials); each tunable's default comes from :data:`coordinator.settings.DEFAULTS`, so the
+process and the client agree on them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class AggregatorConfig:
     """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""
     """The ranks' spool directory; at the end what lost ranks left there is recovered."""
+    rendezvous_file: str = ""
+    """Rank 0's rendezvous file (single node); removed at the run's end if rank 0 died without retracting it."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -70,7 +74,7 @@ class AggregatorConfig:
 
     @classmethod
     def from_json(cls, run_id: str, text: str) -> AggregatorConfig:
-        """The config of ``run_id`` from the ``--config`` JSON object of the other fields.
+        """The config of ``run_id`` from the JSON object of the other fields.
 
         Raises:
             ValueError: not JSON, or a bad value.

@@ -94,15 +94,22 @@ class Aggregator:
         return self.outbox.txn
 
     def _restore(self) -> None:
-        """Reload high-water marks, fields and open groups so a restarted aggregator drops resends."""
+        """Reload high-water marks, fields and what is pending, so a restarted aggregator drops resends.
+
+        Only the steps after what was emitted are read back (per-chunk summaries tell which
+        chunks reach past it), never every stored point.
+        """
         now = time.time()
         self.registry.restore(self.store.senders(), now)
         self.fields.restore(self.store.fields(), self.store.field_writers())
+        last_steps = self.registry.last_steps
         for key in self.store.key_policies():
-            main = self.store.values(key, MAIN_RANK)
-            self.reducer.restore(key, main[-1][0] if main else -1, self.store.rank_points(key), now)
-            if main:
-                self.last[key] = main[-1]
+            main, chunks = self.store.restore_view(key)
+            self.reducer.restore(key, -1 if main is None else main[0], chunks, now)
+            if main is not None:
+                self.last[key] = main
+            for rank, step in self.reducer.last_logged(chunks).items():
+                last_steps.setdefault(rank, {})[key] = step
 
     def _set_sys_fields(self) -> None:
         c = self.cfg
@@ -156,6 +163,7 @@ class Aggregator:
     def _ingest(self, snd: Sender, seq: int, b: wire.Batch, now: float) -> None:
         rank = snd.rank
         txn = self.outbox.txn
+        last_steps = self.registry.last_steps.setdefault(rank, {})
         n = 0
         if b.fields and any(p.startswith(POLICY_PREFIX) for p, _ in b.fields):
             b.fields = self.fields.take_policies(b.fields, rank, now, self.policy, self.known_keys)
@@ -169,7 +177,10 @@ class Aggregator:
                 if snd.resumed:
                     self._maybe_rewind(snd, key, min(steps), now)
             if not snd.superseded:
-                self.reducer.add(key, rank, steps, values, now)
+                if self.reducer.add(key, rank, steps, values, now) and key not in snd.repeated_keys:
+                    self._warn_repeat(snd, key)
+                if steps:
+                    last_steps[key] = steps[-1]
             n += len(steps)
         if b.metrics and not snd.superseded:
             self.health.progress(rank, max(max(steps) for _, steps, _ in b.metrics), now)
@@ -199,6 +210,16 @@ class Aggregator:
             first,
         )
 
+    def _warn_repeat(self, snd: Sender, key: str) -> None:
+        """The first repeated step of ``key`` by this sender: tell its rank (once per key)."""
+        snd.repeated_keys.add(key)
+        msg = (
+            f"{key!r}: rank {snd.rank} logged a step it had already logged; the later value replaces "
+            "the earlier one (counted in replaced_points; further repeats of this key are not warned about)"
+        )
+        _log.warning("%s", msg)
+        self.outbox.warn(snd.rank, snd.incarnation, msg)
+
     def take_warnings(self, rank: int, incarnation: int) -> list[str]:
         """Warnings addressed to a sender since its last ack."""
         return self.outbox.take_warnings(rank, incarnation)
@@ -217,16 +238,6 @@ class Aggregator:
         """Each forwarder's journal cursor and its fatal error (None while it is healthy)."""
         return self.forwarders.positions()
 
-    def query(self, q: dict[str, Any]) -> dict[str, Any]:
-        """Answer a read (``op="values"``: a series, main or one rank's)."""
-        if q.get("op") != "values":
-            raise ProtocolError(f"unknown query {q.get('op')!r:.40}", code="bad_query")
-        key, rank = q.get("key"), q.get("rank", MAIN_RANK)
-        if type(key) is not str or type(rank) is not int:
-            raise ProtocolError("query needs key (str) and rank (int)", code="bad_query")
-        pts = self.store.values(key, rank)
-        return {"steps": [s for s, _ in pts], "values": [v for _, v in pts]}
-
     # ------------------------------------------------------------- periodic
 
     def emit(self, now: float, *, force: bool = False, all_keys: bool = False) -> None:
@@ -234,7 +245,7 @@ class Aggregator:
         for key, e in self.reducer.emit(now, force=force, all_keys=all_keys).items():
             self.outbox.txn.chunks.append(ChunkRow(key, MAIN_RANK, 0, 0, time.time(), e.steps, e.values, e.counts))
             self.last[key] = (e.steps[-1], e.values[-1])
-            self.counters["main_points"] += len(e.steps)
+            self.counters["main_points"] += len(e.steps) - e.reemitted
 
     def update_health(self, now: float) -> None:
         """Publish each rank's progress as ``sys/ranks/<r>/*`` fields and ``sys/stragglers``."""
@@ -267,13 +278,19 @@ class Aggregator:
 
         What lost ranks left in their spools is not read here: the caller recovers it first
         (:func:`coordinator.aggregator.recovery.recover_spools`).
+
+        Args:
+            reason: why the run is being ended before every rank closed (the aggregator was
+                stopped by a signal): ranks still live then count as interrupted.
         """
         now = time.time()
         self.emit(now, force=True)
         self.update_health(now)
         if reason:
             self.reasons.append(reason)
-        state = close_out(self.registry, self.health, self.cfg.world_size, now, self.outbox, self.reasons)
+        state, failed, interrupted = close_out(
+            self.registry, self.health, self.cfg.world_size, now, self.outbox, self.reasons, stopped=bool(reason)
+        )
         self.fields.write("sys/state", ("str", state), SYSTEM_RANK, now)
         self.commit()
         rep = build_report(
@@ -285,6 +302,8 @@ class Aggregator:
             duration_s=now - self.t0,
             reasons=self.reasons,
             state=state,
+            failed_ranks=failed,
+            interrupted_ranks=interrupted,
         )
         if self.forwarders:
             rep["forwarders"] = self.forwarders.close(self.cfg.forward_timeout_s, state)

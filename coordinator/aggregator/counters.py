@@ -28,22 +28,26 @@ class Counters(TypedDict):
     unknown_sender: int  # messages of senders that never said HELLO
     rewinds: int  # keys a restarted incarnation re-logged from an earlier step
     recovered_points: int  # points replayed from spools at the run's end or by an upload
+    refused_clients: int  # CURVE clients the allow-list refused (no job secret) since this aggregator started
+    ranks_returned: int  # times a rank marked lost was heard from again and re-included
 
 
 class Report(Counters):
     """The run's final report: the counters, then how the ranks and the run ended."""
 
     late_points: int  # points for a step whose group was already emitted
-    replaced_points: int  # points a rank logged twice for one step (the later value kept)
+    replaced_points: int  # points a rank logged again for a step it had logged (the later value kept)
     ranks_seen: list[int]
     ranks_never_seen: list[int]
     world_size: int
     per_rank: dict[str, dict[str, Any]]  # points, batches, undelivered, incarnations, state, + BYE counters
     duration_s: float
-    reasons: list[str]  # why the run failed (empty: finished)
+    reasons: list[str]  # why the run failed or was interrupted (empty: finished)
+    failed_ranks: dict[str, str]  # rank -> why it failed (raised, Run.fail, died, lost, never came)
+    interrupted_ranks: dict[str, str]  # rank -> why it was interrupted (SIGINT/SIGTERM)
     health: dict[str, dict[str, Any]]  # the last health snapshot per rank
     stragglers_seen: list[int]
-    state: str  # "finished" or "failed"
+    state: str  # "finished", "failed" or "interrupted" (coordinator.core.states)
     forwarders: NotRequired[dict[str, Any]]  # per backend: what its forwarder did (only with trackers)
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from coordinator.aggregator.outbox import Outbox
+from coordinator.core.redact import redact_text, redact_tree, secret_values
 from coordinator.errors import SinkError
 from coordinator.forward.forwarder import Forwarder
 
@@ -27,12 +28,14 @@ class Forwarders:
         self._run_id = run_id
         self.forwarders: list[Forwarder] = []
         self._warned: set[str] = set()
+        self._secrets: list[str] = []  # the trackers' credentials, masked in every message we pass on
 
     def __bool__(self) -> bool:
         return bool(self.forwarders)
 
     def start(self, store_path: str, backends: dict[str, dict[str, Any]]) -> None:
         """Start one forwarder thread per backend (name -> options)."""
+        self._secrets = secret_values(backends)
         for name, options in backends.items():
             f = Forwarder(store_path, name, options)
             self.forwarders.append(f)
@@ -40,7 +43,10 @@ class Forwarders:
 
     def positions(self) -> dict[str, list[Any]]:
         """Each forwarder's journal cursor and its fatal error (None while it is healthy)."""
-        return {f.backend_name: [f.position, None if f.error is None else str(f.error)] for f in self.forwarders}
+        return {
+            f.backend_name: [f.position, None if f.error is None else redact_text(str(f.error), self._secrets)]
+            for f in self.forwarders
+        }
 
     def warn_first_errors(self, outbox: Outbox, rank0_incarnation: int | None) -> None:
         """Send a forwarder's first error to rank 0 (logged there as a warning), once."""
@@ -49,7 +55,8 @@ class Forwarders:
             if err and f.backend_name not in self._warned:
                 self._warned.add(f.backend_name)
                 if rank0_incarnation is not None:
-                    outbox.warn(0, rank0_incarnation, f"{f.backend_name} forwarder: {err}")
+                    msg = redact_text(f"{f.backend_name} forwarder: {err}", self._secrets)
+                    outbox.warn(0, rank0_incarnation, msg)
 
     def close(self, timeout_s: float, final_state: str) -> dict[str, Any]:
         """Let each forwarder catch up (bounded), finish the tracker's run; per backend what it did."""
@@ -59,9 +66,9 @@ class Forwarders:
             try:
                 out[f.backend_name] = f.close(max(0.0, deadline - time.monotonic()), final_state=final_state)
             except SinkError as e:
-                out[f.backend_name] = {**f.stats(), "error": str(e)}
+                out[f.backend_name] = {**f.stats(), "error": redact_text(str(e), self._secrets)}
                 _log.error("%s (resume with `coordinator sync %s --to %s`)", e, self._run_id, f.backend_name)
-        return out
+        return dict(redact_tree(out, self._secrets))
 
     def abort(self) -> None:
         """Stop every forwarder without finishing (as a crash would)."""

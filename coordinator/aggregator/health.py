@@ -7,6 +7,9 @@ all flagged behind one quick rank). A rank that reaches steps later than the oth
 DDP the slow rank logs after the rest, who then wait in the all-reduce) shows a time lag even
 when all ranks advance at the same rate; a rank that falls behind in steps shows a growing one.
 :class:`HealthFields` publishes each snapshot as ``sys/ranks/<r>/*`` fields and straggler events.
+Being a straggler has hysteresis: a rank becomes one above ``straggler_lag_s`` and stops being
+one only below half of it, so a lag hovering at the threshold does not flap; and each rank gets
+at most :data:`MAX_STRAGGLER_EVENTS` straggler events (then one saying the rest are not recorded).
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from typing import Any
 from coordinator.aggregator.fields import SYSTEM_RANK, FieldTable
 from coordinator.aggregator.outbox import Outbox
 
-__all__ = ["Health", "HealthFields"]
+__all__ = ["MAX_STRAGGLER_EVENTS", "STRAGGLER_CLEAR_RATIO", "Health", "HealthFields"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
 _KEEP_STEPS = 256
 _RATE_WINDOW_S = 10.0
 _LAG_STEPS = 64
+
+STRAGGLER_CLEAR_RATIO = 0.5
+"""A straggler stops being one when its lag falls below this fraction of ``straggler_lag_s``."""
+MAX_STRAGGLER_EVENTS = 20
+"""Straggler events recorded per rank; after that only the ``sys/stragglers`` field changes."""
 
 
 @dataclass(slots=True)
@@ -94,6 +102,7 @@ class Health:
                 "lag_steps": fastest - st.last_step if rank in active else None,
                 "lag_s": round(max(0.0, lag_s), 4),
                 "straggler": rank in active and len(active) > 1 and lag_s > self.straggler_lag_s,
+                "clear": rank not in active or len(active) <= 1 or lag_s < self.straggler_lag_s * STRAGGLER_CLEAR_RATIO,
             }
         return out
 
@@ -111,6 +120,8 @@ class HealthFields:
         """Every rank that was a straggler at some point of the run."""
         self.snapshot: dict[int, dict[str, Any]] = {}
         """The last snapshot (the final report's ``health``)."""
+        self.events: dict[int, int] = {}
+        """rank -> straggler events recorded for it (capped at :data:`MAX_STRAGGLER_EVENTS`)."""
 
     def update(self, now: float, rank_state: dict[int, str]) -> None:
         """Publish each rank's progress as ``sys/ranks/<r>/*`` fields and ``sys/stragglers``."""
@@ -126,13 +137,25 @@ class HealthFields:
             write(f"{base}/lag_s", ("float", float(h["lag_s"])), SYSTEM_RANK, now)
             if h["lag_steps"] is not None:
                 write(f"{base}/lag_steps", ("int", h["lag_steps"]), SYSTEM_RANK, now)
-        stragglers = {r for r, h in snap.items() if h["straggler"]}
+        # Hysteresis: over the threshold to become a straggler, under half of it to stop being one.
+        stragglers = {r for r, h in snap.items() if h["straggler"] or (r in self.stragglers and not h["clear"])}
+        for r, h in snap.items():
+            h["straggler"] = r in stragglers
+            del h["clear"]
         self.stragglers_seen |= stragglers
-        for r in stragglers - self.stragglers:
-            msg = f"rank {r} is a straggler: {snap[r]['lag_s']:.3f} s behind the fastest rank"
-            self._outbox.event(now, "straggler", r, msg)
-            _log.warning("%s", msg)
+        for r in sorted(stragglers - self.stragglers):
+            self._straggler_event(now, r, snap[r]["lag_s"])
         if stragglers != self.stragglers or "sys/stragglers" not in self._fields:
             self.stragglers = stragglers
             write("sys/stragglers", ("list", sorted(stragglers)), SYSTEM_RANK, now)
         self.snapshot = snap
+
+    def _straggler_event(self, now: float, rank: int, lag_s: float) -> None:
+        n = self.events[rank] = self.events.get(rank, 0) + 1
+        if n > MAX_STRAGGLER_EVENTS:
+            return
+        msg = f"rank {rank} is a straggler: {lag_s:.3f} s behind the fastest rank"
+        if n == MAX_STRAGGLER_EVENTS:
+            msg += f" (its {n}th straggler event: further ones are not recorded; see sys/stragglers)"
+        self._outbox.event(now, "straggler", rank, msg)
+        _log.warning("%s", msg)

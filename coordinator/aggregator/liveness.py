@@ -2,13 +2,15 @@
 
 The registry (:mod:`coordinator.aggregator.senders`) changes a rank's state on its messages; this
 module changes it on their absence, and decides when the run is over: rank 0 closed (or died)
-and every rank closed, was lost, or never came within the grace period.
+and every rank closed, was lost, or never came within the grace period. Silence is measured on
+``time.monotonic`` (a wall-clock step neither loses nor keeps a rank).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import psutil
 
@@ -45,17 +47,22 @@ class Liveness:
         self._reasons = reasons
 
     def check(self, now: float) -> None:
-        """Mark ranks lost: silent past the liveness timeout, or (same host) their process is gone."""
+        """Mark ranks lost: silent past the liveness timeout, or (same host) their process is gone.
+
+        Args:
+            now: wall-clock time, for the events; silence is measured on ``time.monotonic``.
+        """
+        mono = time.monotonic()
         for s in self._senders.senders.values():
             if s.state != "live":
                 continue
-            if now - s.last_seen > self._cfg.liveness_timeout_s:
-                why = f"silent for {now - s.last_seen:.1f} s"
+            if mono - s.heard > self._cfg.liveness_timeout_s:
+                why = f"silent for {mono - s.heard:.1f} s"
             elif s.pid is not None and s.host == _HOST and not psutil.pid_exists(s.pid):
                 why = f"process {s.pid} exited without closing"
             else:
                 continue
-            self._senders.mark_lost(s)
+            self._senders.mark_lost(s, why)
             msg = f"rank {s.rank} lost: {why} after {s.points} points (last step {self._health.last_step(s.rank)})"
             self._outbox.event(now, "rank_lost", s.rank, msg)
             _log.warning("%s", msg)
@@ -69,6 +76,7 @@ class Liveness:
             for s in reg.senders.values():
                 if s.rank == 0 and s.state == "live":
                     s.state = "lost"
+                    s.reason = "its process died"
                     reg.persist(s)
             self._reasons.append("rank 0's process died before closing the run")
             self._outbox.event(now, "rank_lost", 0, "rank 0's process died")

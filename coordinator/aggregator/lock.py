@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class WriterLock:
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._f = open(path, "a+b")  # noqa: SIM115 - held for the aggregator's lifetime
+        os.fchmod(self._f.fileno(), 0o600)  # the run's files are its owner's only
         deadline = time.monotonic() + timeout_s
         warned = False
         while True:

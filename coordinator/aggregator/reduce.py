@@ -6,20 +6,30 @@ every rank that logs the key has reported that step or moved past it, or when it
 it is *unsettled*: groups wait for ranks that have not logged it yet, so the first rank to
 arrive does not produce a one-rank mean. A point for a step at or below what was already
 emitted is *late*: it stays in the rank's own series and is counted, never silently dropped.
+
+A step a rank logs again (one incarnation) replaces its earlier value (the rule of
+:mod:`coordinator.core.incarnations`) and counts as replaced: in a pending group directly, in a
+recently emitted group (the last few kept, bounded) by re-emitting that step with the new value.
+A rank that was closed or lost and is heard from again is waited for again from the next
+unemitted step (:meth:`Reducer.rank_back`).
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
+from typing import Any
 
-from coordinator.core.incarnations import is_replaced
+from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
 
 __all__ = ["Emitted", "Reducer"]
+
+_RECENT_ENTRIES = 256
+"""Per key, the (rank, value) entries of emitted groups kept for repeats (at least the last group)."""
 
 
 def _mean(g: dict[int, float]) -> float:
@@ -50,6 +60,11 @@ class _KeyState:
     maxstep: dict[int, int] = field(default_factory=dict)
     settled: bool = False
     emitted_upto: int = -1
+    recent: dict[int, dict[int, float]] = field(default_factory=dict)
+    """Recently emitted groups (step -> rank -> value), oldest first: a repeat re-emits its step."""
+    recent_entries: int = 0
+    reemit: set[int] = field(default_factory=set)
+    """Emitted steps a repeat changed: emitted again with the new value."""
 
 
 @dataclass(slots=True)
@@ -59,6 +74,8 @@ class Emitted:
     steps: array[int] = field(default_factory=lambda: array("q"))
     values: array[float] = field(default_factory=lambda: array("d"))
     counts: array[int] = field(default_factory=lambda: array("i"))
+    reemitted: int = 0
+    """How many of the steps re-emit an already emitted step (a repeat changed its value)."""
 
 
 class Reducer:
@@ -78,52 +95,83 @@ class Reducer:
         self.replaced_points = 0
         self._touched: set[str] = set()
 
-    def add(self, key: str, rank: int, steps: Iterable[int], values: Iterable[float], now: float) -> None:
-        """Add one rank's points for ``key`` (steps in the order the rank logged them)."""
+    def add(self, key: str, rank: int, steps: Iterable[int], values: Iterable[float], now: float) -> int:
+        """Add one rank's points for ``key`` (steps in the order the rank logged them).
+
+        Returns:
+            How many of them repeat a step the rank already logged (each replaces the earlier value).
+        """
         st = self.keys.get(key)
         if st is None:
             st = self.keys[key] = _KeyState(self.policy(key), now)
         if st.policy == "per_rank":
-            return
+            return 0
         pending = st.pending
         heap = st.heap
         emitted = st.emitted_upto
         hi = st.maxstep.get(rank, -1)
+        repeats = 0
         for s, v in zip(steps, values, strict=True):
             g = pending.get(s)
             if g is None:
                 if s <= emitted:
-                    self.late_points += 1
+                    rg = st.recent.get(s)
+                    if rg is not None and rank in rg:
+                        rg[rank] = v
+                        st.reemit.add(s)
+                        repeats += 1
+                    else:
+                        self.late_points += 1
                     continue
                 pending[s] = (now, {rank: v})
                 heappush(heap, s)
             else:
                 if rank in g[1]:
-                    self.replaced_points += 1
+                    repeats += 1
                 g[1][rank] = v
             if s > hi:
                 hi = s
         st.maxstep[rank] = hi
+        self.replaced_points += repeats
         self._touched.add(key)
+        return repeats
 
-    def restore(
-        self, key: str, emitted_upto: int, rank_points: dict[int, tuple[list[int], list[float]]], now: float
-    ) -> None:
-        """Rebuild a key's state after a restart from what the store holds.
+    def restore(self, key: str, main_last: int, chunks: Sequence[tuple[Any, ...]], now: float) -> None:
+        """Rebuild a key's state after a restart from what is pending only.
 
         Args:
             key: the metric key.
-            emitted_upto: the last step of its stored main series (-1 if none).
-            rank_points: per rank, every stored (steps, values) of the key in arrival order.
+            main_last: the last emitted step of its main series (-1 if none).
+            chunks: its rank chunks in journal order, as
+                :meth:`~coordinator.journal.reader.JournalReader.restore_view` gives them: the
+                summaries of all, the points only of those reaching past ``main_last``.
             now: the current time.
         """
-        st = self.keys[key] = _KeyState(self.policy(key), now, settled=True, emitted_upto=emitted_upto)
+        st = self.keys[key] = _KeyState(self.policy(key), now, settled=True, emitted_upto=main_last)
         if st.policy == "per_rank":
             return
-        for rank, (steps, values) in rank_points.items():
-            st.maxstep[rank] = max(steps) if steps else -1
+        started: dict[int, dict[int, float]] = {}  # rank -> incarnation -> first chunk time
+        first: dict[tuple[int, int], int] = {}  # (rank, incarnation) -> its first (smallest) step
+        top: dict[tuple[int, int], int] = {}  # (rank, incarnation) -> its largest step
+        for rank, inc, ts, lo, hi, *_ in chunks:
+            by = started.setdefault(rank, {})
+            by[inc] = min(ts, by.get(inc, ts))
+            first[(rank, inc)] = min(lo, first.get((rank, inc), lo))
+            top[(rank, inc)] = max(hi, top.get((rank, inc), hi))
+        cuts: dict[tuple[int, int], int | None] = {}
+        for rank, by in started.items():
+            order: list[tuple[int, int | None]] = [(i, first[(rank, i)]) for i in start_order(by)]
+            best = -1
+            for inc, _ in order:
+                cut = cuts[(rank, inc)] = replaced_from(inc, order)
+                best = max(best, top[(rank, inc)] if cut is None else min(top[(rank, inc)], cut - 1))
+            st.maxstep[rank] = best
+        for rank, inc, _, _, _, _, steps, values in chunks:
+            if steps is None:
+                continue
+            cut = cuts[(rank, inc)]
             for s, v in zip(steps, values, strict=True):
-                if s > emitted_upto:
+                if s > main_last and not is_replaced(s, cut):
                     g = st.pending.get(s)
                     if g is None:
                         st.pending[s] = (now, {rank: v})
@@ -132,6 +180,17 @@ class Reducer:
         st.heap = list(st.pending)
         heapify(st.heap)
         self._touched.add(key)
+
+    @staticmethod
+    def last_logged(chunks: Sequence[tuple[Any, ...]]) -> dict[int, int]:
+        """Per rank, the step it logged last (its latest incarnation's last chunk), from chunk summaries."""
+        started: dict[int, dict[int, float]] = {}
+        last: dict[tuple[int, int], int] = {}
+        for rank, inc, ts, _, _, step_last, *_ in chunks:
+            by = started.setdefault(rank, {})
+            by[inc] = min(ts, by.get(inc, ts))
+            last[(rank, inc)] = step_last
+        return {rank: last[(rank, start_order(by)[-1])] for rank, by in started.items()}
 
     def rewind(self, key: str, rank: int, step: int) -> None:
         """A restarted incarnation of ``rank`` resumed ``key`` at ``step`` (from a checkpoint).
@@ -147,6 +206,9 @@ class Reducer:
             return
         if step <= st.emitted_upto:
             st.emitted_upto = step - 1
+        for s in [s for s in st.recent if s >= step]:
+            st.recent_entries -= len(st.recent.pop(s))
+        st.reemit = {s for s in st.reemit if s < step}
         for s, (_, g) in st.pending.items():
             if is_replaced(s, step):
                 g.pop(rank, None)
@@ -157,6 +219,15 @@ class Reducer:
         # A restart is under way: the ranks that logged this key are expected back (a lost old
         # incarnation is not the end of its rank); one that never returns is covered by the timeout.
         self.done.difference_update(st.maxstep)
+
+    def rank_back(self, rank: int) -> None:
+        """``rank`` (closed or lost) is heard from again: wait for it again from the next unemitted step.
+
+        Its points for steps already emitted stay late; every pending and later group waits for it.
+        """
+        if rank in self.done:
+            self.done.discard(rank)
+            self._touched.update(self.keys)
 
     def rank_done(self, rank: int) -> None:
         """Stop waiting for ``rank`` (closed or lost); its pending groups become emittable."""
@@ -175,6 +246,16 @@ class Reducer:
         keys = self.keys if (force or all_keys) else self._touched
         for key in list(keys):
             st = self.keys[key]
+            e: Emitted | None = None
+            if st.reemit:
+                reduce = _REDUCERS[st.policy]
+                e = out[key] = Emitted()
+                for s in sorted(st.reemit):
+                    e.steps.append(s)
+                    e.values.append(reduce(st.recent[s]))
+                    e.counts.append(len(st.recent[s]))
+                e.reemitted = len(st.reemit)
+                st.reemit.clear()
             if not st.pending:
                 continue
             if not st.settled:
@@ -188,7 +269,6 @@ class Reducer:
                 wm = -1
             limit = now - self.group_timeout_s
             reduce = _REDUCERS[st.policy]
-            e: Emitted | None = None
             heap = st.heap
             while heap:
                 s = heap[0]
@@ -207,8 +287,16 @@ class Reducer:
                 e.values.append(reduce(g))
                 e.counts.append(len(g))
                 st.emitted_upto = s
+                self._keep_recent(st, s, g)
         self._touched.clear()
         return out
+
+    @staticmethod
+    def _keep_recent(st: _KeyState, step: int, g: dict[int, float]) -> None:
+        st.recent[step] = g
+        st.recent_entries += len(g)
+        while st.recent_entries > _RECENT_ENTRIES and len(st.recent) > 1:
+            st.recent_entries -= len(st.recent.pop(next(iter(st.recent))))
 
     def pending_groups(self) -> int:
         """Groups still waiting for ranks."""

@@ -1,8 +1,12 @@
 """The run's end: how each rank ended, the run's final state, and the final report.
 
-A run is ``finished`` when nothing went wrong and ``failed`` with a list of reasons otherwise
-(a rank never connected, did not close, closed with undelivered points, rank 0 died, the
-aggregator was stopped by a signal). The report's names live in :mod:`.counters`.
+Only each rank's current incarnation counts (an elastic restart that recovered leaves its history
+in the events, not in the state). A run is ``failed`` when a rank said it failed (it raised, or
+``Run.fail``), was lost or died without a goodbye, never connected, or closed with points
+undelivered (this wins over interruption); ``interrupted`` when a rank said it was interrupted
+(SIGINT/SIGTERM) or was still running when the aggregator was stopped by a signal; ``finished``
+only when every rank closed cleanly (:func:`coordinator.core.states.run_state`). The report names
+the ranks and why; its names live in :mod:`.counters`.
 """
 
 from __future__ import annotations
@@ -15,22 +19,60 @@ from coordinator.aggregator.outbox import Outbox
 from coordinator.aggregator.reduce import Reducer
 from coordinator.aggregator.senders import Senders
 from coordinator.core.counters import UNDELIVERED
+from coordinator.core.states import RankEnding, RunState, run_state
 
 __all__ = ["build_report", "close_out", "per_rank"]
 
 
-def close_out(senders: Senders, health: Health, world_size: int, now: float, outbox: Outbox, reasons: list[str]) -> str:
-    """Record every rank that did not close, in events and ``reasons``; return the run's final state."""
+def close_out(
+    senders: Senders,
+    health: Health,
+    world_size: int,
+    now: float,
+    outbox: Outbox,
+    reasons: list[str],
+    *,
+    stopped: bool = False,
+) -> tuple[RunState, dict[str, str], dict[str, str]]:
+    """Decide how each rank ended; record the problems in events and ``reasons``.
+
+    Args:
+        stopped: the aggregator was stopped by a signal: a rank still live was interrupted.
+
+    Returns:
+        The run's final state, and per rank (as a string) why it failed / was interrupted.
+    """
+    failed: dict[str, str] = {}
+    interrupted: dict[str, str] = {}
+    endings: list[RankEnding] = []
     for r in range(world_size):
         st = senders.rank_state.get(r)
+        inc = senders.current.get(r)
+        snd = None if inc is None else senders.senders.get((r, inc))
         if st == "live":
             detail = f"rank {r} did not close before the run ended (last step {health.last_step(r)})"
-            outbox.event(now, "rank_lost", r, detail)
+            outbox.event(now, "rank_lost" if not stopped else "rank_interrupted", r, detail)
         if st is None:
+            failed[str(r)] = "never connected"
             reasons.append(f"rank {r} never connected")
+        elif st == "live" and stopped:
+            interrupted[str(r)] = "still running when the aggregator was stopped by a signal"
         elif st in ("live", "lost"):
+            why = snd.reason if snd is not None and snd.reason else f"did not close (last state: {st})"
+            failed[str(r)] = why
             reasons.append(f"rank {r} did not close (last state: {st})")
-    return "failed" if reasons else "finished"
+        elif snd is not None and snd.ending in ("failed", "interrupted"):
+            endings.append(snd.ending)
+            why = snd.reason or snd.ending
+            (failed if snd.ending == "failed" else interrupted)[str(r)] = why
+            reasons.append(f"rank {r} {snd.ending}: {why}")
+        if snd is not None and snd.undelivered and str(r) not in failed:
+            failed[str(r)] = f"closed with {snd.undelivered} points undelivered"
+    lost = bool(failed) or any("undelivered" in x for x in reasons)
+    state = run_state(endings + (["interrupted"] if interrupted else []), lost_ranks=lost)
+    if state == "finished" and reasons:
+        state = "failed"  # a reason not tied to a rank (e.g. rank 0 died) still fails the run
+    return state, failed, interrupted
 
 
 def per_rank(senders: Senders) -> dict[str, dict[str, Any]]:
@@ -60,6 +102,8 @@ def build_report(
     duration_s: float,
     reasons: list[str],
     state: str,
+    failed_ranks: dict[str, str] | None = None,
+    interrupted_ranks: dict[str, str] | None = None,
 ) -> Report:
     """The run's final report (stored with the run; see :class:`.counters.Report`)."""
     return Report(
@@ -72,6 +116,8 @@ def build_report(
         per_rank=per_rank(senders),
         duration_s=round(duration_s, 3),
         reasons=reasons,
+        failed_ranks=failed_ranks or {},
+        interrupted_ranks=interrupted_ranks or {},
         health={str(r): h for r, h in health.snapshot.items()},
         stragglers_seen=sorted(health.stragglers_seen),
         state=state,

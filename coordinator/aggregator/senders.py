@@ -4,12 +4,18 @@ Exactly-once rests here: a batch is new only when its sequence number is the sen
 plus one; anything at or below the high-water mark is a resend (dropped, acked again), anything
 beyond it a gap (refused, so the sender resends from the mark). A rank's newer incarnation fences
 the older ones: their late messages are refused instead of mixing two lives of one rank.
+
+A lost sender that is heard from again (a batch or a ping, no new HELLO) is live again and its
+rank is waited for again. A closing rank says how it ended (``ending``, ``reason``: see
+:mod:`coordinator.core.states`); a new incarnation of a rank that has stored points is told the
+last step of each of its keys, so its automatic steps continue after them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +24,8 @@ from coordinator.aggregator.counters import Counters
 from coordinator.aggregator.outbox import Outbox
 from coordinator.aggregator.reduce import Reducer
 from coordinator.core.counters import UNDELIVERED
+from coordinator.core.redact import redact_text
+from coordinator.core.states import RankEnding
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 
@@ -27,6 +35,9 @@ _log = logging.getLogger("coordinator.aggregator")
 
 _MAX_COUNTER_NAME = 32
 """Longest name of a rank's own counter kept from its goodbye."""
+_MAX_REASON = 4096
+"""Longest reason kept from a rank's goodbye (characters)."""
+_ENDINGS: tuple[RankEnding, ...] = ("clean", "failed", "interrupted")
 
 
 @dataclass(slots=True)
@@ -52,6 +63,16 @@ class Sender:
     keys_seen: set[str] = field(default_factory=set)
     client: dict[str, int] = field(default_factory=dict)
     """The rank's own delivery counters, from its goodbye."""
+    heard: float = field(default_factory=time.monotonic)
+    """When it was last heard from (``time.monotonic``: liveness does not follow the wall clock)."""
+    ending: RankEnding | None = None
+    """How it said it ended (its goodbye); None: it did not say goodbye."""
+    reason: str = ""
+    """Why it failed or was interrupted (its goodbye), or why it was marked lost."""
+    repeated_keys: set[str] = field(default_factory=set)
+    """Keys it logged a step of twice (warned once per key)."""
+    resume_steps: dict[str, int] = field(default_factory=dict)
+    """Its rank's last step per key over its earlier incarnations (sent with WELCOME)."""
 
 
 class Senders:
@@ -73,6 +94,8 @@ class Senders:
         """rank -> state of its current incarnation (a rank never seen has none)."""
         self.rank0_bye_at: float | None = None
         """When rank 0 closed (or died): from then on the run ends once every rank is done."""
+        self.last_steps: dict[int, dict[str, int]] = {}
+        """rank -> key -> the last step it logged (its live incarnations; restored from the store)."""
 
     def restore(self, rows: list[dict[str, Any]], now: float) -> None:
         """Reload the stored senders (ordered by rank, first_seen) after a restart."""
@@ -134,9 +157,13 @@ class Senders:
         self._make_current(env, now)
         snd.state = "live"
         snd.last_seen = now
+        snd.heard = time.monotonic()
         self.persist(snd)
         _log.debug("hello rank %d incarnation %d (last seq %d)", env.rank, env.incarnation, snd.last_seq)
-        return {"last_seq": snd.last_seq, "run_id": self._run_id, "protocol": wire.PROTOCOL}
+        welcome: dict[str, Any] = {"last_seq": snd.last_seq, "run_id": self._run_id, "protocol": wire.PROTOCOL}
+        if snd.resume_steps:
+            welcome["last_steps"] = snd.resume_steps
+        return welcome
 
     def _register(self, env: wire.Envelope, info: dict[str, Any], now: float) -> Sender:
         pid, host = info.get("pid"), info.get("host")
@@ -151,6 +178,8 @@ class Senders:
         )
         self._outbox.event(now, "rank_joined", env.rank, f"incarnation {env.incarnation} pid {snd.pid}")
         snd.resumed = any(r == env.rank and i != env.incarnation for (r, i) in self.senders)
+        if snd.resumed:
+            snd.resume_steps = dict(self.last_steps.get(env.rank, {}))
         return snd
 
     def _make_current(self, env: wire.Envelope, now: float) -> None:
@@ -211,6 +240,9 @@ class Senders:
         snd = self.sender(env, recovering=recovering)
         if not recovering:
             snd.last_seen = now
+            snd.heard = time.monotonic()
+            if snd.state == "lost":
+                self._revive(snd, now)
         if env.seq <= snd.last_seq:
             self._counters["duplicate_batches"] += 1
             _log.debug("duplicate batch rank %d seq %d", env.rank, env.seq)
@@ -221,18 +253,23 @@ class Senders:
         return snd
 
     def bye(self, env: wire.Envelope, info: dict[str, Any], now: float) -> None:
-        """A rank closed; records its own counters and what it says it could not deliver."""
+        """A rank closed; records its own counters, how it ended and what it could not deliver."""
         snd = self.sender(env)
         und = info.get(UNDELIVERED)
         snd.undelivered = und if type(und) is int and und >= 0 else 0
         snd.client = {k: v for k, v in info.items() if type(v) is int and v >= 0 and len(k) <= _MAX_COUNTER_NAME}
+        snd.ending, snd.reason = _ending(info)
         snd.state = "closed"
         snd.last_seen = now
+        snd.heard = time.monotonic()
         self.persist(snd)
         if self.current.get(env.rank) == env.incarnation:
             self.rank_state[env.rank] = "closed"
             self._reducer.rank_done(env.rank)
-        detail = f"incarnation {env.incarnation}, {snd.points} points; rank counters {json.dumps(snd.client)}"
+        detail = f"incarnation {env.incarnation}, {snd.points} points, ending {snd.ending}"
+        if snd.reason:
+            detail += f" ({snd.reason})"
+        detail += f"; rank counters {json.dumps(snd.client)}"
         if snd.undelivered:
             detail += f", {snd.undelivered} points undelivered"
             self._reasons.append(f"rank {env.rank} closed with {snd.undelivered} points undelivered")
@@ -245,15 +282,42 @@ class Senders:
         snd = self.senders.get((env.rank, env.incarnation))
         if snd is not None and snd.state in ("live", "lost"):
             snd.last_seen = now
+            snd.heard = time.monotonic()
             if snd.state == "lost":
-                snd.state = "live"
-                if self.current.get(snd.rank) == snd.incarnation:
-                    self.rank_state[snd.rank] = "live"
+                self._revive(snd, now)
 
-    def mark_lost(self, snd: Sender) -> None:
+    def _revive(self, snd: Sender, now: float) -> None:
+        """A lost sender is heard from again (no new HELLO): live again, its rank waited for again."""
+        snd.state = "live"
+        snd.reason = ""
+        self.persist(snd)
+        if self.current.get(snd.rank) != snd.incarnation:
+            return
+        self.rank_state[snd.rank] = "live"
+        self._reducer.rank_back(snd.rank)
+        self._counters["ranks_returned"] += 1
+        msg = (
+            f"rank {snd.rank} (incarnation {snd.incarnation}) is back after being marked lost; "
+            "it is included in the main series again from the next unemitted step"
+        )
+        self._outbox.event(now, "rank_returned", snd.rank, msg)
+        _log.warning("%s", msg)
+
+    def mark_lost(self, snd: Sender, why: str) -> None:
         """``snd`` stopped sending without a goodbye; its rank is no longer waited for if it is current."""
         snd.state = "lost"
+        snd.reason = why
         self.persist(snd)
         if self.current.get(snd.rank) == snd.incarnation:
             self.rank_state[snd.rank] = "lost"
             self._reducer.rank_done(snd.rank)
+
+
+def _ending(info: dict[str, Any]) -> tuple[RankEnding, str]:
+    """How a goodbye says its rank ended (absent: ``clean``, as older clients close), and why."""
+    raw, why = info.get("ending", "clean"), info.get("reason")
+    reason = redact_text(why)[:_MAX_REASON] if type(why) is str else ""
+    for e in _ENDINGS:
+        if raw == e:
+            return e, reason
+    return "failed", f"unknown ending {raw!r:.40}" + (f": {reason}" if reason else "")

@@ -23,11 +23,12 @@ import zmq
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
+from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.errors import ConfigError, ProtocolError, SinkError
 from coordinator.transport import wire
-from coordinator.transport.security import CurveKeys, load_secret, server_auth
+from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
 __all__ = ["Server", "serve"]
 
@@ -80,6 +81,8 @@ class Server:
         """Set by a stop signal: drain, commit, finish the run."""
         self.replies: list[_Reply] = []
         self.unroutable = 0
+        self.reader = QueryReader(self.ctx, agg.cfg.store_path, agg.cfg.run_id)
+        """Answers QUERY off this loop (its own read-only connection); its replies pass through here."""
 
     # ------------------------------------------------------------- replies
 
@@ -97,22 +100,42 @@ class Server:
         self.replies.clear()
 
     def _fill_reads(self) -> None:
-        """STATE and QUERY replies read committed data, so they are built after the commit."""
+        """STATE and QUERY replies read committed data, so they are built after the commit.
+
+        A QUERY goes to the reader thread, which answers it from what is committed now.
+        """
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
-        for i, (ident, kind, env, payload) in enumerate(self.replies):
+        kept: list[_Reply] = []
+        for ident, kind, env, payload in self.replies:
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
-                    self.replies[i] = (ident, kind, env, {"forward": agg.forward_positions()})
+                    kept.append((ident, kind, env, {"forward": agg.forward_positions()}))
                 else:
-                    self.replies[i] = (ident, kind, env, agg.state())
-            elif kind == wire.ACK and journal is not None:
+                    kept.append((ident, kind, env, agg.state()))
+                continue
+            if kind == wire.ACK and journal is not None:
                 payload["j"] = journal
             elif kind == wire.QUERY_REPLY:
-                try:
-                    self.replies[i] = (ident, kind, env, agg.query(payload["q"]))
-                except ProtocolError as e:
-                    self.replies[i] = (ident, wire.ERROR, env, {"code": e.code, "message": str(e), "re": env.kind})
+                if self.reader.submit(ident, env, payload["q"]):
+                    continue
+                busy = {"code": "busy", "message": "too many queries waiting; ask again", "re": env.kind}
+                kind, payload = wire.ERROR, busy
+            kept.append((ident, kind, env, payload))
+        self.replies = kept
+
+    def _forward_answers(self) -> None:
+        """Send the reader's encoded answers on to their ranks."""
+        while True:
+            try:
+                frames = self.reader.replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # the rank is gone; it asks again after reconnecting
+                self.unroutable += 1
+                _log.debug("query answer unroutable: %s", e)
 
     def _refuse_acks(self, e: SinkError) -> None:
         """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it."""
@@ -200,6 +223,7 @@ class Server:
         agg = self.agg
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.reader.replies, zmq.POLLIN)
         last_sweep = last_health = last_commit = 0.0
         commit_failures = 0
         while True:
@@ -207,6 +231,8 @@ class Server:
             if self.replies:  # acks are due at the next group commit
                 idle_ms = max(0, math.ceil((last_commit + _COMMIT_INTERVAL_S - time.monotonic()) * 1000))
             events = dict(poller.poll(idle_ms))
+            if self.reader.replies in events:
+                self._forward_answers()
             now = time.time()
             taken = self._receive_round(now) if self.sock in events else 0
             # Group commit: one transaction (and one round of acks) per few ms, however many ranks
@@ -256,12 +282,17 @@ class Server:
         reason = "aggregator stopped by a signal before every rank closed" if stopped_early else None
         if agg.cfg.spool_root and Path(agg.cfg.spool_root).is_dir():
             recover_spools(agg, Path(agg.cfg.spool_root))
+        if self.auth is not None:
+            agg.counters["refused_clients"] += refused_clients(self.auth)
         rep = agg.finalize(reason)
         self._flush_replies()
         return rep
 
     def close(self) -> None:
-        """Close the socket (replies still queued get a second to leave) and the authenticator."""
+        """Answer the queries still queued, close the socket (replies get a second to leave) and the authenticator."""
+        self.reader.stop()
+        self._forward_answers()
+        self.reader.replies.close(linger=0)
         self.sock.close(linger=1000)
         if self.auth is not None:
             self.auth.stop()

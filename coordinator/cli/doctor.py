@@ -5,7 +5,8 @@ a scratch run in a temporary directory through the real path (rank 0 starts the 
 process, logs, waits, stops); the points read back from the store; and with a backend: its
 ``check()``, a test write of the scratch run through a :class:`~coordinator.forward.forwarder.Forwarder`,
 and a read-back from the tracker. With a real tracker this leaves a small run named
-``doctor`` in the project ``coordinator-doctor`` (or the configured experiment/project).
+``doctor`` in the project ``coordinator-doctor`` (or the configured experiment/project); what it
+wrote into a TensorBoard ``logdir`` is removed again (kept with ``--keep``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
             yield ok, msg
         store_path = result[0] if result else None
         if store_path is not None and backend is not None and cls is not None:
-            for ok, msg in _backend(backend, options, store_path):
+            for ok, msg in _backend(backend, options, store_path, keep=keep):
                 failed = failed or not ok
                 yield ok, msg
     finally:
@@ -137,9 +138,13 @@ def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:
     result.append(Path(run.store_path))
 
 
-def _backend(name: str, options: Mapping[str, object], store_path: Path) -> Iterator[tuple[bool, str]]:
+def _backend(name: str, options: Mapping[str, object], store_path: Path, *, keep: bool) -> Iterator[tuple[bool, str]]:
     from coordinator.forward.forwarder import Forwarder
 
+    # A TensorBoard logdir is the user's: the test write's event file is removed afterwards.
+    logdir = options.get("logdir") if name == "tensorboard" else None
+    clean = logdir is not None and not keep
+    before = _listing(Path(str(logdir)).expanduser()) if clean else None
     try:
         fwd = Forwarder(store_path, name, options)
     except Exception as e:  # noqa: BLE001 - reported (bad option, missing extra)
@@ -181,3 +186,22 @@ def _backend(name: str, options: Mapping[str, object], store_path: Path) -> Iter
         yield True, f"{name} read-back: {len(back)}/{len(want)} points of {_KEY!r} match"
     finally:
         fwd.release()
+        if clean:
+            _remove_new(Path(str(logdir)).expanduser(), before)
+
+
+def _listing(d: Path) -> set[Path] | None:
+    """Every path under ``d``; None when ``d`` does not exist."""
+    return set(d.rglob("*")) if d.is_dir() else None
+
+
+def _remove_new(d: Path, before: set[Path] | None) -> None:
+    """Remove what appeared under ``d`` since ``before`` (``d`` itself if it was made)."""
+    if before is None:
+        shutil.rmtree(d, ignore_errors=True)
+        return
+    for p in sorted(set(d.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -83,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "--to",
         metavar="BACKEND",
         help="push the stored run into a backend: mlflow, tensorboard, "
-        "wandb, neptune (resumes where a previous push stopped)",
+        "wandb, neptune (resumes where a previous push to the same destination stopped, "
+        "once the destination is seen to hold it)",
+    )
+    y.add_argument(
+        "--from-start",
+        action="store_true",
+        help="with --to: ignore the saved cursor and send the whole run again",
     )
     y.add_argument(
         "--option",

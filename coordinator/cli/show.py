@@ -1,4 +1,8 @@
-"""``coordinator show``: a stored run's fields, rank health, series, conflicts, events and report."""
+"""``coordinator show``: a stored run's fields, rank health, series, conflicts, events and report.
+
+Series are summarised from the journal's per-chunk summaries (count, first, last, min, max), so
+showing a run of any length reads no whole series.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from coordinator.aggregator.counters import HEADLINE
 from coordinator.cli.common import out, resolve_run, when
 from coordinator.core.counters import UNDELIVERED
+from coordinator.core.redact import redact_tree
 from coordinator.journal.store import LocalStore, RunInfo, resolve_root, run_dir
 
 __all__ = ["cmd_show", "show_data"]
@@ -59,7 +64,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     info = resolve_run(root, a.run)
     store = LocalStore(run_dir(root, info.id) / "run.db", readonly=True)
     try:
-        data = show_data(info, store)
+        data = redact_tree(show_data(info, store))  # no credential printed, whatever the store holds
     finally:
         store.close()
     if a.json:
@@ -85,7 +90,7 @@ def cmd_show(a: argparse.Namespace) -> int:
         who = f"rank {e['rank']}" if e["rank"] is not None else ""
         out(f"  {when(e['ts'])}  {e['kind']:<14} {who:<8} {e['detail'] or ''}")
     out()
-    _print_report(info.report)
+    _print_report(data["report"])
     _print_forwarders(data["forwarders"])
     return 0
 
@@ -116,12 +121,17 @@ def _print_fields(fields: dict[str, Any]) -> None:
 
 
 def _print_series(series: list[dict[str, Any]]) -> None:
+    """One line per key, from the journal's chunk summaries (no point is read where chunks do not overlap)."""
     out("series")
-    out(f"  {'KEY':<32} {'POLICY':<8} {'POINTS':>8} {'LAST (step, value)':<28} PER-RANK POINTS")
+    out(
+        f"  {'KEY':<32} {'POLICY':<8} {'POINTS':>10} {'LAST (step, value)':<28} {'MIN':>10} {'MAX':>10}"
+        "  PER-RANK POINTS"
+    )
     for s in series:
         last = f"({s['last'][0]}, {s['last'][1]:.6g})" if s["last"] else "-"
+        lo, hi = (f"{s[k]:.4g}" if s.get(k) is not None else "-" for k in ("min", "max"))
         per = " ".join(f"{r}:{n}" for r, n in s["per_rank"].items())
-        out(f"  {s['key'][:32]:<32} {s['policy']:<8} {s['points']:>8} {last:<28} {per}")
+        out(f"  {s['key'][:32]:<32} {s['policy']:<8} {s['points']:>10} {last:<28} {lo:>10} {hi:>10}  {per}")
 
 
 def _print_report(rep: dict[str, Any] | None) -> None:

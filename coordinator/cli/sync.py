@@ -66,14 +66,14 @@ def _sync_to(a: argparse.Namespace, root: Path) -> int:
         rep = replay_spools(root, run_id)  # an offline run, or what a crashed job left: into the store first
         out(f"run {run_id}: {rep['points']} points from spools stored, state {rep['state']}")
     info = resolve_run(root, run_id)
-    fwd = Forwarder(info.path / "run.db", a.to, parse_options(a.option))
+    fwd = Forwarder(info.path / "run.db", a.to, parse_options(a.option), from_start=a.from_start)
     try:
         fwd.backend.check()
+        fwd.verify()  # a destination that lacks what the cursor claims is sent the whole run
         chunks, points = fwd.pending()
-        out(
-            f"run {info.id} -> {a.to}: {points:,} points in {chunks:,} chunks to send "
-            f"(resuming at journal position {fwd.stats()['cursor']})"
-        )
+        cursor = fwd.stats()["cursor"]
+        where = f"resuming at journal position {cursor}" if cursor else "from the start"
+        out(f"run {info.id} -> {a.to}: {points:,} points in {chunks:,} chunks to send ({where})")
         prog = _Progress(a.to, points)
         try:
             st = fwd.drain(a.timeout, progress=prog)
@@ -92,14 +92,14 @@ def _sync_to(a: argparse.Namespace, root: Path) -> int:
 
 
 def cmd_sync(a: argparse.Namespace) -> int:
-    """``coordinator sync RUN [--to BACKEND --option K=V --timeout S]``."""
+    """``coordinator sync RUN [--to BACKEND --option K=V --timeout S --from-start]``."""
     from coordinator.aggregator import replay_spools
 
     root = resolve_root(a.dir)
     if a.to:
         return _sync_to(a, root)
-    if a.option:
-        raise CoordinatorError("--option needs --to BACKEND")
+    if a.option or a.from_start:
+        raise CoordinatorError("--option and --from-start need --to BACKEND")
     rep = replay_spools(root, a.run)
     out(f"run {a.run}: {rep['points']} points from {len(rep['ranks_seen'])} ranks stored, state {rep['state']}")
     for reason in rep.get("reasons", []):

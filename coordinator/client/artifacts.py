@@ -52,9 +52,11 @@ def copy_into_run(key: str, src: Path, artifacts_dir: Path, max_copy_bytes: int)
     if copied:
         dest = artifacts_dir / sha[:2] / sha
         if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the run's files are its owner's only
+            dest.parent.mkdir(exist_ok=True, mode=0o700)
             tmp = dest.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o600)
             os.replace(tmp, dest)
         where = str(dest)
     else:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coordinator.core import env as _env
+from coordinator.core.redact import redact_text, secret_values
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
 from coordinator.forward.backend import check_backends
 from coordinator.journal.store import run_dir
@@ -102,19 +104,26 @@ def connect(
         if rec.get("error"):
             raise SinkError(f"rank 0 could not start the run: {rec['error']}")
         return Connection(rec["run_id"], None if offline else rec["endpoint"], rendezvous=rdzv)
-    run_id = spec.with_id or settings.run_id or _elastic_run_id() or new_run_id()
+    run_id = spec.with_id or settings.run_id or _elastic_run_id(spec.root, placement) or new_run_id()
     run_dir(spec.root, run_id)  # validates the id
     if spec.backends:
         try:
             check_backends(spec.backends, run_dir(spec.root, run_id))
         except (CoordinatorError, ImportError) as e:
+            # The tracker's message may quote its URI or options: never a credential in it.
+            err = e if isinstance(e, ImportError) else SinkError(redact_text(str(e), secret_values(spec.backends)))
             if rdzv is not None:  # the other ranks fail at once instead of timing out
-                rdzv.publish({"run_id": run_id, "endpoint": None, "error": str(e), "pid": os.getpid()})
-            raise
+                rdzv.publish({"run_id": run_id, "endpoint": None, "error": str(err), "pid": os.getpid()})
+            if err is e:
+                raise
+            raise err from None
     agg = None
     endpoint = None
     if not offline:
-        agg = _start_aggregator(settings, placement, spec, run_id, use_tcp=use_tcp, curve=curve is not None)
+        rdzv_file = rdzv.file if rdzv is not None else None
+        agg = _start_aggregator(
+            settings, placement, spec, run_id, use_tcp=use_tcp, curve=curve is not None, rendezvous_file=rdzv_file
+        )
         endpoint = agg.endpoint
     if rdzv is not None:
         rdzv.publish({"run_id": run_id, "endpoint": endpoint, "pid": os.getpid()})
@@ -149,17 +158,28 @@ def aggregator_config(settings: Settings, placement: Placement, spec: RunSpec, r
 
 
 def _start_aggregator(
-    settings: Settings, placement: Placement, spec: RunSpec, run_id: str, *, use_tcp: bool, curve: bool
+    settings: Settings,
+    placement: Placement,
+    spec: RunSpec,
+    run_id: str,
+    *,
+    use_tcp: bool,
+    curve: bool,
+    rendezvous_file: Path | None,
 ) -> AggregatorProcess:
     """Start rank 0's aggregator and wait until it listens (killed again if it does not)."""
+    config = dict(aggregator_config(settings, placement, spec, run_id), curve=curve)
+    if rendezvous_file is not None:
+        config["rendezvous_file"] = str(rendezvous_file)
     agg = AggregatorProcess(
         run_id,
-        dict(aggregator_config(settings, placement, spec, run_id), curve=curve),
+        config,
         tcp_host=bind_address(os.environ.get(_env.MASTER_ADDR), os.environ.get(_env.MASTER_PORT)) if use_tcp else None,
         stderr_path=settings.agg_stderr,
     )
     try:
-        agg.start(settings.aggregator_start_timeout_s)
+        # One that dies before it is ready is started again, within the run's restart budget.
+        agg.start(settings.aggregator_start_timeout_s, retries=settings.max_aggregator_restarts)
     except BaseException:
         agg.kill()
         agg.cleanup()
@@ -170,10 +190,13 @@ def _start_aggregator(
 _elastic_calls: dict[str, int] = {}
 
 
-def _elastic_run_id() -> str | None:
-    """Under torchrun, the same id in every restart of the job (one per init_run call), else None.
+def _elastic_run_id(root: Path, placement: Placement) -> str | None:
+    """Under torchrun, the run id of this job (one per init_run call), else None.
 
-    A restarted worker group (``--max-restarts``) thus continues the run it was writing.
+    Built from the rendezvous id, which scripts often fix (``--rdzv-id``): a restarted worker
+    group (``TORCHELASTIC_RESTART_COUNT`` > 0) continues the latest run of that id, while a fresh
+    job whose id is already in the store gets a new one (``<id>.2``, ``<id>.3``, ...). Rank 0
+    chooses it and claims its directory; the other ranks get it through the rendezvous.
     """
     job = os.environ.get(_env.TORCHELASTIC_RUN_ID, "")
     if not job or job == "none":
@@ -181,4 +204,34 @@ def _elastic_run_id() -> str | None:
     n = _elastic_calls.get(job, 0)
     _elastic_calls[job] = n + 1
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in job)[:64]
-    return f"te-{safe}-{n}"
+    base = f"te-{safe}-{n}"
+    taken = _family(root, base)
+    if not taken:
+        run_id = base
+    elif placement.restart_count > 0:
+        run_id = base if taken[-1] == 1 else f"{base}.{taken[-1]}"
+        return run_id
+    else:
+        run_id = f"{base}.{taken[-1] + 1}"
+        _log.info(
+            "run %s already exists and this is a new torchrun job (restart count 0) with the same rendezvous "
+            "id: writing run %s",
+            base,
+            run_id,
+        )
+    run_dir(root, run_id).mkdir(parents=True, exist_ok=True, mode=0o700)  # claimed for this job's restarts
+    return run_id
+
+
+def _family(root: Path, base: str) -> list[int]:
+    """The counters of the runs named ``base`` (1) or ``base.<k>`` (k) in the store, ascending."""
+    runs = root / "runs"
+    if not runs.is_dir():
+        return []
+    pattern = re.compile(re.escape(base) + r"(?:\.(\d+))?")
+    found = []
+    for d in runs.iterdir():
+        m = pattern.fullmatch(d.name)
+        if m is not None and d.is_dir():
+            found.append(int(m[1]) if m[1] else 1)
+    return sorted(found)

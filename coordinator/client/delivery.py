@@ -6,16 +6,47 @@ turns a failure into an error that says where it stuck (endpoint, last answer, s
 
 from __future__ import annotations
 
+import sys
 import time
+from array import array
 from typing import Any
 
-from coordinator.errors import ClosedError, CoordinatorTimeoutError, SinkError
+from coordinator.errors import ClosedError, CoordinatorError, CoordinatorTimeoutError, ProtocolError, SinkError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.requests import Request
 from coordinator.transport.sender import SenderThread
 
-__all__ = ["Delivery"]
+__all__ = ["MAX_QUEUED_ERRORS", "PAGE_POINTS", "Delivery", "ErrorQueue", "Series"]
+
+MAX_QUEUED_ERRORS = 100
+"""Background errors kept for the next ``wait()``; later ones are only counted."""
+
+PAGE_POINTS = 1_000_000
+"""Points asked for per ``QUERY values`` page (16 MB of reply; the aggregator's cap)."""
+
+Series = tuple["array[int]", "array[float]"]
+"""A stored series as columns: its steps and its values."""
+
+
+class ErrorQueue(list[CoordinatorError]):
+    """The buffer's errors awaiting the next ``wait()``: the first ``limit`` kept, the rest counted.
+
+    A sender that fails every batch for hours (a store that refuses writes) must not grow the
+    training process's memory; ``Buffer.fail`` appends here.
+    """
+
+    def __init__(self, limit: int = MAX_QUEUED_ERRORS) -> None:
+        super().__init__()
+        self.limit = limit
+        self.more = 0
+        """Errors past ``limit``, not kept."""
+
+    def append(self, err: CoordinatorError) -> None:
+        if len(self) < self.limit:
+            super().append(err)
+        else:
+            self.more += 1
 
 
 class Delivery:
@@ -110,10 +141,24 @@ class Delivery:
             return None
         return self.request(wire.STATE, {}, timeout)
 
-    def fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
-        """The stored series ``key`` of ``rank`` as (step, value) pairs (see ``Handle.fetch_values``)."""
-        rep = self.request(wire.QUERY, {"op": "values", "key": key, "rank": rank}, timeout)
-        return list(zip(rep["steps"], rep["values"], strict=True))
+    def fetch_values(self, key: str, rank: int, timeout: float | None, page: int | None = None) -> Series:
+        """The stored series ``key`` of ``rank``, asked for page by page (see ``Handle.fetch_values``).
+
+        ``timeout`` covers every page. Raises ProtocolError for a malformed page.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        steps: array[int] = array("q")
+        values: array[float] = array("d")
+        after = -1
+        while True:
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            q = {"op": "values", "key": key, "rank": rank, "after": after, "limit": page or PAGE_POINTS}
+            nxt = add_page(steps, values, self.request(wire.QUERY, q, left))
+            if nxt is None:
+                return steps, values
+            if nxt <= after:
+                raise ProtocolError(f"the aggregator's pages of {key!r} do not advance (next {nxt} after {after})")
+            after = nxt
 
     def _wait_forwarded(self, position: int, timeout: float | None, deadline: float | None) -> None:
         """Poll the aggregator until every forwarder's cursor passed ``position`` in the journal."""
@@ -142,10 +187,11 @@ class Delivery:
         if b.fatal is not None:
             raise b.fatal
         if b.errors:
-            errs, b.errors = b.errors, []
+            errs, b.errors = b.errors, ErrorQueue()
             first = errs[0]
-            if len(errs) > 1:
-                first.add_note(f"{len(errs) - 1} more error(s): " + "; ".join(str(e) for e in errs[1:4]))
+            more = len(errs) - 1 + (errs.more if isinstance(errs, ErrorQueue) else 0)
+            if more:
+                first.add_note(f"{more} more error(s): " + "; ".join(str(e) for e in errs[1:4]))
             raise first
 
     def _spool_hint(self) -> str:
@@ -161,3 +207,28 @@ class Delivery:
         if last == 0:
             return " (it never answered)"
         return f" (last answer {time.monotonic() - last:.1f} s ago)"
+
+
+def add_page(steps: array[int], values: array[float], rep: dict[str, Any]) -> int | None:
+    """Append one ``QUERY values`` reply (little-endian int64 steps, float64 values) to the columns.
+
+    Returns the reply's ``next`` (the ``after`` of the next page; ``None``: the series is complete).
+    Raises ProtocolError for a malformed page.
+    """
+    sb, vb, nxt = rep.get("steps"), rep.get("values"), rep.get("next")
+    if type(sb) is list and type(vb) is list and "next" not in rep:  # an aggregator from before paging
+        steps.extend(sb)
+        values.extend(vb)
+        return None
+    if type(sb) is not bytes or type(vb) is not bytes or len(sb) % 8 or len(sb) != len(vb):
+        raise ProtocolError("malformed page of values from the aggregator")
+    if nxt is not None and type(nxt) is not int:
+        raise ProtocolError(f"malformed page cursor {nxt!r:.40} from the aggregator")
+    s: array[int] = array("q", sb)
+    v: array[float] = array("d", vb)
+    if sys.byteorder == "big":
+        s.byteswap()
+        v.byteswap()
+    steps.extend(s)
+    values.extend(v)
+    return nxt

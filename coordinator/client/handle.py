@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from coordinator.client.view import LocalView
+from coordinator.errors import missing_extra
 from coordinator.journal.store import MAIN_RANK
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = ["Handle", "HandleTarget"]
 
@@ -28,7 +34,7 @@ class HandleTarget(Protocol):
 
     def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]: ...
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]: ...
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> tuple[array[int], array[float]]: ...
 
 
 class Handle:
@@ -110,15 +116,42 @@ class Handle:
         """The last value of the reduced series as of the last ``sync()``."""
         return self._run._view.fetch_last(self._path)
 
-    def fetch_values(self, rank: int | None = None, timeout: float | None = 60.0) -> list[tuple[int, float]]:
-        """The stored series as ``(step, value)`` pairs in step order.
+    @overload
+    def fetch_values(
+        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: Literal[False] = False
+    ) -> list[tuple[int, float]]: ...
+
+    @overload
+    def fetch_values(
+        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: Literal[True]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
+
+    def fetch_values(
+        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: bool = False
+    ) -> list[tuple[int, float]] | tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The stored series in step order: ``(step, value)`` pairs, or two numpy arrays.
 
         Args:
             rank: ``None`` for the reduced main series, or one rank's own points.
-            timeout: seconds to wait for the aggregator's answer.
+            timeout: seconds for the whole answer (it comes in pages of up to a million points).
+            as_numpy: return ``(steps, values)`` as an int64 and a float64 numpy array instead
+                of a list of tuples (16 bytes a point instead of about 100; needs numpy).
 
         Blocks until the aggregator answers. Reads what is committed: call ``wait()`` first to
         include this rank's own latest points (groups still waiting for other ranks are not in
         the main series yet).
+
+        Raises:
+            MissingExtraError: ``as_numpy=True`` without numpy installed.
         """
-        return self._run._fetch_values(self._path, MAIN_RANK if rank is None else rank, timeout)
+        if type(as_numpy) is not bool:
+            raise TypeError(f"as_numpy must be a bool, got {type(as_numpy).__name__}")
+        if as_numpy:
+            try:
+                import numpy as np
+            except ImportError as e:
+                raise missing_extra("fetch_values(as_numpy=True)", "torch", e) from e
+        steps, values = self._run._fetch_values(self._path, MAIN_RANK if rank is None else rank, timeout)
+        if as_numpy:
+            return np.frombuffer(steps, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
+        return list(zip(steps, values, strict=True))

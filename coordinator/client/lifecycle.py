@@ -1,9 +1,10 @@
 """How a run ends: the ``stop()`` sequence, and the process events that must end it cleanly.
 
 A run is stopped by ``stop()``/``with``, at interpreter exit (atexit), or by a launcher's
-SIGTERM (turned into ``SystemExit`` so the first two apply). A forked child (a DataLoader
-worker) inherits the run without its sender thread, so its calls are refused instead of
-silently buffered forever.
+SIGTERM (turned into ``SystemExit`` so the first two apply; a watchdog thread covers a main
+thread blocked in C, :mod:`~coordinator.client.watchdog`). The BYE says how the rank ended
+(:mod:`~coordinator.client.endings`). A forked child (a DataLoader worker) inherits the run
+without its sender thread, so its calls are refused instead of silently buffered forever.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from coordinator.client.delivery import Delivery
+from coordinator.client.endings import Ending, install_hooks, note_signal, uncaught_at_exit
 from coordinator.client.supervision import OwnedAggregator
+from coordinator.client.watchdog import SigtermWatchdog
 from coordinator.core.counters import ByeCounters
-from coordinator.errors import CoordinatorError
+from coordinator.errors import CoordinatorError, DeliveryError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.discovery import Rendezvous
@@ -52,6 +55,7 @@ class Lifecycle:
         stop: the run's ``stop(timeout)``, called at exit (held weakly: the run may be collected).
         refuse_calls: the run's hook that makes later calls raise ``ClosedError(why)``, called in
             a forked child (held weakly).
+        secrets: strings masked in the ending's reason (the backend credentials).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Lifecycle:
         handle_sigterm: bool,
         stop: Callable[[float], None],
         refuse_calls: Callable[[str], None],
+        secrets: Iterable[str] = (),
     ) -> None:
         self._run_id = run_id
         self._rank = rank
@@ -82,6 +87,12 @@ class Lifecycle:
         self._pid = os.getpid()
         self._refuse_calls = weakref.WeakMethod(refuse_calls)
         self._sigterm_installed = False
+        self.ending = Ending(secrets)
+        """How this rank ends, sent with its BYE."""
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._watchdog: SigtermWatchdog | None = None
+        install_hooks()
         if (
             handle_sigterm
             and sender is not None
@@ -90,10 +101,18 @@ class Lifecycle:
         ):
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
             self._sigterm_installed = True
+            self._watchdog = SigtermWatchdog(
+                close_timeout_s=close_timeout_s,
+                stopping=self._stopping,
+                stopped=self._stopped,
+                stop=functools.partial(_call_weak, weakref.WeakMethod(stop)),
+                mark=lambda why: self.ending.mark("interrupted", why),
+            )
         # A partial per run, so stop() unregisters this run's hook and no other.
         self._atexit_cb = functools.partial(
             _atexit_hook,
             weakref.WeakMethod(stop),
+            weakref.ref(self.ending),
             min(close_timeout_s, _ATEXIT_TIMEOUT_S),
             run_id,
         )
@@ -107,24 +126,38 @@ class Lifecycle:
             CoordinatorTimeoutError: points were still undelivered at the deadline.
             CoordinatorError: delivery failed earlier (the first error is raised).
         """
-        if self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        self._stopping.set()
+        main = threading.current_thread() is threading.main_thread()
+        if main and self._sigterm_installed and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the drain ends it
         atexit.unregister(self._atexit_cb)
+        self.ending.mark_exception(None)  # after our SIGTERM handler: interrupted
         deadline = time.monotonic() + (self._close_timeout_s if timeout is None else timeout)
         if os.getpid() != self._pid:
             _log.warning("run %s: stop() in a forked child does nothing; the parent owns the run", self._run_id)
+            self._stopped.set()
             return
         error: CoordinatorError | None = None
         try:
             if self._sender is not None:
                 error = self._drain(self._sender, deadline)
             if self._agg is not None:
-                error = error or self._agg.finish(deadline - time.monotonic())
+                ended = self._agg.finish(deadline - time.monotonic())
+                if isinstance(ended, DeliveryError) and (self.ending.declared or self.ending.ending == "interrupted"):
+                    # This rank ended the run itself (Run.fail, a signal): its caller already has the
+                    # cause, so the run's state is logged, not raised again. A crash it did not
+                    # declare (a thread's uncaught exception) still raises: the exit must be loud.
+                    _log.warning("%s", ended)
+                    ended = None
+                error = error or ended
         finally:
             if self._agg is not None:
                 self._agg.release()
             if self._rdzv is not None and self._rank == 0:
                 self._rdzv.retract()
+            self._stopped.set()
+            if self._watchdog is not None:
+                self._watchdog.close()
         if error is not None:
             raise error
 
@@ -140,7 +173,8 @@ class Lifecycle:
         st = self._buf.stats()
         try:
             bye = ByeCounters(undelivered=st["pending"], accepted=st["accepted"], dropped_points=st["dropped"])
-            self._delivery.request(wire.BYE, dict(bye), max(0.1, deadline - time.monotonic()))
+            payload = {**bye, **self.ending.payload()}
+            self._delivery.request(wire.BYE, payload, max(0.1, deadline - time.monotonic()))
         except CoordinatorError as e:
             error = error or e
         sender.stop()
@@ -149,11 +183,18 @@ class Lifecycle:
             _log.error("rank %d: sender thread did not exit in time", self._rank)
         return error
 
+    def join(self, timeout: float | None) -> None:
+        """Wait until a stop begun by another thread (the SIGTERM watchdog) has finished."""
+        if self._stopping.is_set() and not self._stopped.wait(timeout):
+            _log.warning("run %s: the stop begun in another thread is still running", self._run_id)
+
     def _after_fork_in_child(self) -> None:
         why = (
             f"belongs to process {self._pid}; this is a forked child (e.g. a DataLoader worker): "
             "log from the parent, or open a run in the child with init_run()"
         )
+        if self._watchdog is not None:
+            self._watchdog.after_fork_in_child()
         self._buf.lock = threading.Lock()  # the parent's lock may have been held at fork time
         self._buf.cond = threading.Condition(self._buf.lock)
         refuse = self._refuse_calls()
@@ -173,14 +214,29 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     """Turn the launcher's SIGTERM into SystemExit, so ``with`` blocks and atexit drain the run."""
+    note_signal(signum)
     _log.warning("SIGTERM: stopping the run (draining within its close timeout)")
     raise SystemExit(128 + signum)
 
 
-def _atexit_hook(ref: weakref.WeakMethod[Callable[[float], None]], timeout: float, run_id: str) -> None:
+def _call_weak(ref: weakref.WeakMethod[Callable[[float], None]], timeout: float) -> None:
+    stop = ref()
+    if stop is not None:
+        stop(timeout)
+
+
+def _atexit_hook(
+    ref: weakref.WeakMethod[Callable[[float], None]],
+    ending_ref: weakref.ref[Ending],
+    timeout: float,
+    run_id: str,
+) -> None:
     stop = ref()
     if stop is None:
         return
+    ending = ending_ref()
+    if ending is not None:
+        ending.mark_exception(uncaught_at_exit())
     try:
         stop(timeout)
     except CoordinatorError as e:

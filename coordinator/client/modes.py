@@ -6,12 +6,14 @@ only in its sender, which spools instead of sending.)
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from coordinator.client.run import Run
 from coordinator.errors import ClosedError
+from coordinator.journal.reader import MAX_PAGE_POINTS
 from coordinator.journal.store import LocalStore
 
 __all__ = ["DisabledRun", "ReadOnlyRun", "SyncRun"]
@@ -82,8 +84,19 @@ class ReadOnlyRun(Run):
         self._store.close()
         self.open()
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
-        return self._store.values(key, rank)
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> tuple[array[int], array[float]]:
+        steps: array[int] = array("q")
+        values: array[float] = array("d")
+        after: int | None = -1
+        while after is not None:  # page by page: the store never holds the series in memory twice
+            page = self._store.values_page(key, rank, after, MAX_PAGE_POINTS)
+            steps.extend(page.steps)
+            values.extend(page.values)
+            after = page.next
+        return steps, values
+
+    def fail(self, reason: str | BaseException) -> None:
+        raise ClosedError(f"run {self.id} is open read-only")
 
     def stop(self, timeout: float | None = None) -> None:
         if not self._closed:

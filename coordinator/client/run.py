@@ -11,22 +11,26 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from array import array
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from coordinator.client.artifacts import check_uploadable, copy_into_run
-from coordinator.client.delivery import Delivery
+from coordinator.client.delivery import Delivery, ErrorQueue, Series
+from coordinator.client.devices import DeviceScalars, is_tensor
+from coordinator.client.endings import reason_of
 from coordinator.client.handle import Handle
+from coordinator.client.hotpath import log_slow, rollback, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.sending import start_sender
+from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
 from coordinator.client.view import LocalView, field_from_wire
 from coordinator.core.columns import Column
 from coordinator.core.policies import POLICIES, POLICY_PREFIX
+from coordinator.core.redact import secret_values
 from coordinator.core.values import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.errors import ClosedError, CoordinatorError
 from coordinator.settings import Mode, Settings
@@ -75,6 +79,8 @@ class Run:
         self.incarnation = secrets.randbits(62)
         self._settings = settings
         self._buf = Buffer(settings.max_buffer_points)
+        self._buf.errors = ErrorQueue()
+        self._dev = DeviceScalars(self._buf.lock, self._buf.fail)
         self._handles: dict[str, Handle] = {}
         self._keys = KeyRegistry(run_id)
         self._view = LocalView(self.rank)
@@ -108,6 +114,7 @@ class Run:
                 curve=curve,
                 name=name,
                 project=project,
+                numbering=StepNumbering(self.rank, self._dev.resolve),
             )
         if owned is not None:
             owned.start()
@@ -133,6 +140,7 @@ class Run:
             handle_sigterm=settings.handle_sigterm,
             stop=self.stop,
             refuse_calls=self._refuse_calls,
+            secrets=secret_values(settings.backend_options),
         )
 
     def __repr__(self) -> str:
@@ -144,7 +152,9 @@ class Run:
         """Log several metrics at one step.
 
         Args:
-            data: metric key -> value (number, bool, numpy scalar, 1-element tensor).
+            data: metric key -> value (number, bool, numpy scalar, 1-element tensor). A tensor
+                is kept as a snapshot and read on the sender thread: a CUDA loss does not make
+                ``log()`` wait for the GPU.
             step: non-negative int shared by every key; omitted: per key, this rank's
                 previous step + 1 (like ``append()``).
             policy: cross-rank reduction for these keys, overriding the ``policies`` globs of
@@ -175,20 +185,23 @@ class Run:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
             if b.pending >= b.max_points:
-                self._wait_for_room()
+                wait_for_room(b, self._sender, self.rank, self.endpoint)
             cols = b.cols
             try:
                 for k, v in data.items():
                     c = cols.get(k)
                     if c is None:
                         c = self._new_column(k)
-                    c[1].append(v)  # type: ignore[arg-type]
+                    if v.__class__ is not float and is_tensor(v):
+                        self._dev.defer(k, v, c[0], c[1])  # no GPU sync here: read on the sender thread
+                    else:
+                        c[1].append(v)  # type: ignore[arg-type]
                     c[0].append(step)
             except BaseException as e:
-                self._rollback(data, k)
+                rollback(b.cols, data, k, self._dev)
                 if not isinstance(e, (TypeError, ValueError, OverflowError)):
                     raise
-                self._log_slow(data, step)
+                log_slow(data, step, self._keys, b.cols, self._new_column, self._dev)
             b.pending += len(data)
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -201,14 +214,17 @@ class Run:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
             if b.pending >= b.max_points:
-                self._wait_for_room()
+                wait_for_room(b, self._sender, self.rank, self.endpoint)
             c = b.cols.get(key)
             if c is None:
                 c = self._new_column(key)
-            try:
-                c[1].append(value)  # type: ignore[arg-type]
-            except (TypeError, ValueError, OverflowError):
-                c[1].append(to_metric_value(key, value))
+            if value.__class__ is not float and is_tensor(value):
+                self._dev.defer(key, value, c[0], c[1])
+            else:
+                try:
+                    c[1].append(value)  # type: ignore[arg-type]
+                except (TypeError, ValueError, OverflowError):
+                    c[1].append(to_metric_value(key, value))
             c[0].append(step)
             b.pending += 1
 
@@ -228,54 +244,6 @@ class Run:
         c: Column = (array("q"), array("d"))
         self._buf.cols[key] = c
         return c
-
-    def _log_slow(self, data: dict[str, object], step: int) -> None:
-        """Validate every key and value (raising the precise error), then append all or nothing."""
-        keys = self._keys
-        for k in data:
-            if k not in keys.series:
-                keys.check_new(k)
-        clean = {k: to_metric_value(k, v) for k, v in data.items()}
-        cols = self._buf.cols
-        for k, v in clean.items():
-            c = cols.get(k) or self._new_column(k)
-            c[1].append(v)
-            c[0].append(step)
-
-    def _rollback(self, data: dict[str, object], failed: object) -> None:
-        """Undo the points of keys before ``failed`` that this call already appended."""
-        cols = self._buf.cols
-        for k in data:
-            if k == failed:
-                break
-            c = cols[k]
-            c[0].pop()
-            c[1].pop()
-        # The failing key itself: its value may be in (a step append never fails: validated).
-        c = cols.get(failed)  # type: ignore[call-overload]
-        if c is not None and len(c[1]) > len(c[0]):
-            c[1].pop()
-
-    def _wait_for_room(self) -> None:
-        b = self._buf
-        t0 = time.monotonic()
-        warned = False
-        while b.pending >= b.max_points:
-            if b.fatal is not None:
-                raise b.fatal
-            if not warned and time.monotonic() - t0 > 5:
-                _log.warning(
-                    "rank %d: log() blocked: %d points not yet acknowledged by the aggregator "
-                    "at %s (max_buffer_points=%d)",
-                    self.rank,
-                    b.pending,
-                    self.endpoint,
-                    b.max_points,
-                )
-                warned = True
-            if self._sender is None or not self._sender.is_alive():
-                raise ClosedError("the sender thread is not running; cannot make room")
-            b.cond.wait(0.5)
 
     # ------------------------------------------------------------------ fields
 
@@ -357,7 +325,7 @@ class Run:
         with self._buf.lock:
             self._view.apply_state(rep)
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> list[tuple[int, float]]:
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> Series:
         if not self._delivery.live:
             raise CoordinatorError(f"fetch_values() needs a live aggregator (mode={self.mode})")
         return self._delivery.fetch_values(key, rank, timeout)
@@ -375,7 +343,33 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
+    def fail(self, reason: str | BaseException) -> None:
+        """Mark this rank as failed: the run ends ``failed`` (whatever else happens), with this reason.
+
+        The rank keeps running; its ``stop()`` (or the end of its ``with`` block) sends the ending.
+        A ``with`` block left by an exception, and an uncaught exception, mark it by themselves.
+
+        Args:
+            reason: a message, or the exception (its type and message are recorded). Secrets of
+                the run's backend options are masked; at most 4 KiB is kept.
+
+        Raises:
+            TypeError: ``reason`` is neither a str nor an exception.
+            ClosedError: the run was stopped (its ending was already sent).
+        """
+        if isinstance(reason, BaseException):
+            why = reason_of(reason)
+        elif isinstance(reason, str):
+            why = reason or "Run.fail()"
+        else:
+            raise TypeError(f"fail() takes a message (str) or an exception, got {type(reason).__name__}")
+        if self._closed:
+            raise ClosedError(f"run {self.id} {self._closed_why}; fail() did nothing")
+        self._life.ending.mark("failed", why)
+        self._life.ending.declared = True
+
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
+        self._life.ending.mark_exception(ev)
         if et is None:
             self.stop()
             return
@@ -401,6 +395,7 @@ class Run:
         """
         with self._close_lock:
             if self._closed:
+                self._life.join(timeout)  # a stop by another thread (the SIGTERM watchdog) finishes first
                 return
             with self._buf.lock:
                 self._closed = True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from coordinator.client.steps import StepNumbering
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
@@ -9,6 +12,8 @@ from coordinator.transport.security import CurveKeys
 from coordinator.transport.sender import SenderConfig, SenderThread, default_hello
 
 __all__ = ["start_sender"]
+
+_log = logging.getLogger("coordinator")
 
 
 def start_sender(
@@ -24,12 +29,18 @@ def start_sender(
     curve: CurveKeys | None,
     name: str,
     project: str,
+    numbering: StepNumbering | None = None,
 ) -> SenderThread:
     """Start the thread that ships ``buf`` to ``endpoint`` (``None``: offline, spool only).
 
     Args:
         spool_root: the run's spool directory; this rank's spool is a directory in it, named by
             rank and incarnation. ``None`` keeps unacknowledged batches in memory only.
+        numbering: the rank's automatic step numbering (default: a fresh one).
+
+    With an endpoint, returns once the aggregator welcomed the rank (at most ``ack_timeout_s``):
+    its WELCOME says where a resumed rank's steps continue, which must be known before the first
+    point logged without a step is numbered.
     """
     cfg = SenderConfig(
         run_id=run_id,
@@ -49,6 +60,21 @@ def start_sender(
         curve=curve,
         hello=default_hello(world_size, name, project),
     )
-    sender = SenderThread(cfg, buf, StepNumbering())
+    numbering = numbering or StepNumbering(rank)
+    sender = SenderThread(cfg, buf, numbering)
     sender.start()
+    if endpoint is not None:
+        deadline = time.monotonic() + settings.ack_timeout_s
+        while not numbering.welcomed.wait(0.05):
+            if buf.fatal is not None or not sender.is_alive():
+                break  # raised by the first call that waits
+            if time.monotonic() > deadline:
+                _log.warning(
+                    "rank %d: no WELCOME from the aggregator at %s within %.0f s; automatic steps of a resumed "
+                    "rank may restart at 0 until it answers",
+                    rank,
+                    endpoint,
+                    settings.ack_timeout_s,
+                )
+                break
     return sender

@@ -1,28 +1,80 @@
 """Automatic step numbering: a point logged without a step gets its rank's previous step for the key + 1.
 
 This is training semantics, so it lives with the client; the sender calls it on each column it
-cuts from the buffer (off the training thread), before the batch is numbered and sent.
+cuts from the buffer (off the training thread), before the batch is numbered and sent. A rank
+that resumes a run (``init_run(with_id=...)``, an elastic restart) continues after the last step
+it stored in its earlier incarnations: the aggregator's WELCOME says where that was
+(``last_steps``), and :meth:`StepNumbering.welcome` takes it. The same call on a cut column first
+resolves the device scalars (:mod:`~coordinator.client.devices`) the training thread deferred.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from array import array
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["StepNumbering"]
 
+_log = logging.getLogger("coordinator")
+
 
 class StepNumbering:
-    """Per key, the last step this rank logged. Used by one thread (the sender's)."""
+    """Per key, the last step this rank logged. Used by one thread (the sender's).
 
-    __slots__ = ("_last",)
+    Args:
+        rank: this rank (for messages).
+        resolve: called with each cut column's steps before numbering (the run's deferred
+            device scalars are written into the column's values); ``None``: nothing to resolve.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_auto", "_last", "_rank", "_resolve", "welcomed")
+
+    def __init__(self, rank: int = 0, resolve: Callable[[array[int]], None] | None = None) -> None:
         self._last: dict[str, int] = {}
+        self._rank = rank
+        self._resolve = resolve
+        self._auto: set[str] | None = set()
+        """Keys numbered automatically before the first WELCOME (None once welcomed)."""
+        self.welcomed = threading.Event()
+        """Set by the first WELCOME: from then on a resumed rank's automatic steps are right."""
+
+    def welcome(self, last_steps: Any) -> None:
+        """The aggregator's WELCOME: continue each key after ``last_steps[key]`` (sender thread).
+
+        ``last_steps`` is ``{key: last stored step of this rank over its earlier incarnations}``
+        (absent for a rank with no stored points). A key this incarnation already logged keeps
+        its own numbering: a later WELCOME (after a reconnect) never moves it.
+        """
+        if isinstance(last_steps, dict):
+            for key, step in last_steps.items():
+                if type(key) is not str or type(step) is not int or step < -1:
+                    _log.warning("rank %d: ignoring a malformed last step %r: %r in WELCOME", self._rank, key, step)
+                    continue
+                if self._auto is not None and key in self._auto:
+                    _log.warning(
+                        "rank %d: %r was numbered from step 0 before the aggregator said this rank had stored up "
+                        "to step %d (log with explicit steps when resuming)",
+                        self._rank,
+                        key,
+                        step,
+                    )
+                self._last.setdefault(key, step)
+        elif last_steps is not None:
+            _log.warning("rank %d: ignoring malformed last_steps in WELCOME: %r", self._rank, type(last_steps))
+        self._auto = None
+        self.welcomed.set()
 
     def __call__(self, key: str, steps: array[int]) -> None:
         """Replace each -1 in ``steps`` (no step given) by the previous step for ``key`` + 1, in place."""
+        if self._resolve is not None:
+            self._resolve(steps)
         last = self._last.get(key, -1)
         if min(steps) < 0:
+            if self._auto is not None:
+                self._auto.add(key)
             for i, s in enumerate(steps):
                 if s < 0:
                     s = steps[i] = last + 1

@@ -75,8 +75,9 @@ class OwnedAggregator:
                 f"run {self._run_id}: not every rank stopped before the deadline", endpoint=self._endpoint
             )
         if code != 0:
+            state, reasons = self._outcome()
             return DeliveryError(
-                f"run {self._run_id} was closed as failed: {self._failure_reasons()} "
+                f"run {self._run_id} was closed as {state}: {reasons} "
                 f"(`coordinator show {self._run_id}` has the full report)"
             )
         return None
@@ -87,15 +88,17 @@ class OwnedAggregator:
         self.process.kill()
         self.process.cleanup()
 
-    def _failure_reasons(self) -> str:
+    def _outcome(self) -> tuple[str, str]:
+        """The run's final state and the report's reasons, as the aggregator stored them."""
         if self._store_path is None:
-            return "unknown reasons"
+            return "failed", "unknown reasons"
         try:
             s = LocalStore(self._store_path, readonly=True)
             try:
-                rep = s.run_info().report or {}
+                info = s.run_info()
             finally:
                 s.close()
         except CoordinatorError as e:
-            return f"the report could not be read ({e})"
-        return "; ".join(rep.get("reasons", [])) or "unknown reasons"
+            return "failed", f"the report could not be read ({e})"
+        rep = info.report or {}
+        return info.state, "; ".join(rep.get("reasons", [])) or "unknown reasons"

@@ -17,6 +17,7 @@ __all__ = [
     "is_secret_key",
     "redact_options",
     "redact_text",
+    "redact_tree",
     "redact_url",
     "secret_values",
 ]
@@ -71,3 +72,19 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     for s in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(s, MASK)
     return redact_url(text)
+
+
+def redact_tree(obj: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of JSON-like data (a report, a forwarder's stats) with every string passed through
+    :func:`redact_text` and secret-named values masked."""
+    secrets = list(secrets)
+    if isinstance(obj, Mapping):
+        return {
+            k: MASK if is_secret_key(str(k)) and isinstance(v, str) and v else redact_tree(v, secrets)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [redact_tree(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj, secrets)
+    return obj

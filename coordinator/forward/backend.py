@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from coordinator.core.values import FieldValue
-from coordinator.errors import ConfigError, SinkError, missing_extra
+from coordinator.errors import ConfigError, MissingExtraError, SinkError, missing_extra
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import RunInfo
 from coordinator.settings import env_name
@@ -150,6 +150,8 @@ def get_backend(name: str) -> type[Backend]:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
     try:
         mod = importlib.import_module(module)
+    except MissingExtraError:
+        raise  # the adapter already named its extra
     except ImportError as e:
         raise missing_extra(f"backend {name!r}", extra, e) from e
     backend: type[Backend] = getattr(mod, cls)

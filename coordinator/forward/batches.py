@@ -9,7 +9,8 @@ series, sent (and re-sent) unchanged until the backend accepts it. While buildin
   (documented in its module);
 * per-rank series are named by ``rank_key``; one whose name is also a metric key is not sent
   (``collisions``), and a rank's points a later incarnation replaced are skipped (``stale``,
-  the rule of :mod:`coordinator.core.incarnations`);
+  the rule of :mod:`coordinator.core.incarnations`); a step a rank logged twice is sent once,
+  with its later value (``replaced``, :func:`~coordinator.core.incarnations.latest_points`);
 * each series is thinned when the backend is downsampled (``thinned``, :mod:`.thinning`);
 * with ``with_fields``, the fields that changed since last sent ride along (:mod:`.fields`).
 """
@@ -20,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.core.incarnations import replaced_from, without_replaced
+from coordinator.core.incarnations import latest_points, replaced_from, without_replaced
 from coordinator.forward.backend import Point, Series
 from coordinator.forward.fields import changed_fields
 from coordinator.forward.settings import ForwarderSettings
@@ -148,7 +149,14 @@ class BatchBuilder:
                 out[name] = (c.key, rank, pts)
             else:
                 entry[2].extend(pts)
-        return [Series(name, key, rank, pts) for name, (key, rank, pts) in out.items()]
+        series = []
+        for name, (key, rank, pts) in out.items():
+            if rank is not None:  # a step a rank logged twice: its later value replaces (the main series' rule)
+                kept = latest_points(pts)
+                b.replaced += len(pts) - len(kept)
+                pts = kept
+            series.append(Series(name, key, rank, pts))
+        return series
 
     @staticmethod
     def _main_points(

@@ -1,18 +1,26 @@
-"""A forwarder's durable cursor: ``<run dir>/forward-<backend>.json``, its lock, and its format version.
+"""A forwarder's durable cursor: ``<run dir>/forward-<backend>-<destination hash>.json``, its lock, its format.
 
 The cursor is the journal position up to which the backend has everything, saved only after the
 backend accepted a batch, with what the forwarder needs to resume exactly there: the backend's
 own resume state, the fields already sent, the downsampling buckets and the lifetime counters.
 It is written to a temporary file, fsynced, then ``os.replace``-d (and the directory fsynced),
 so a crash leaves the old cursor or the new one, never a torn file. A lock file next to it keeps
-a second forwarder to the same backend away.
+a second forwarder to the same backend and destination away.
+
+The cursor is keyed by the backend *and* its destination (the adapter's ``destination()``: the
+MLflow tracking URI and experiment, the TensorBoard logdir, ...), so a run synced to a new
+destination starts there from the beginning. Before resuming, :func:`verified` asks the adapter
+(``holds(state)``, where it is cheap) whether the destination still holds what the cursor
+claims; when it does not (a deleted logdir, another server), the forwarder starts over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,15 +29,52 @@ from typing import IO, Any
 
 from coordinator.errors import SinkError
 
-__all__ = ["CURSOR_VERSION", "CursorFile", "CursorState", "cursor_path"]
+__all__ = ["CURSOR_VERSION", "CursorFile", "CursorState", "cursor_path", "destination_of", "verified"]
+
+_log = logging.getLogger(__name__)
 
 CURSOR_VERSION = 1
 """Format of the cursor file; another version is refused as unreadable."""
 
 
-def cursor_path(run_dir: Path, backend: str) -> Path:
-    """Where the forwarder to ``backend`` keeps its cursor: ``<run dir>/forward-<backend>.json``."""
-    return run_dir / f"forward-{backend}.json"
+def _stem(backend: str, destination: str) -> str:
+    if not destination:
+        return f"forward-{backend}"
+    return f"forward-{backend}-{hashlib.sha256(destination.encode()).hexdigest()[:12]}"
+
+
+def cursor_path(run_dir: Path, backend: str, destination: str = "") -> Path:
+    """Where the forwarder to ``backend`` at ``destination`` keeps its cursor.
+
+    ``<run dir>/forward-<backend>-<12 hex digits of the destination's SHA-256>.json``; a backend
+    that names no destination uses ``forward-<backend>.json``.
+    """
+    return run_dir / f"{_stem(backend, destination)}.json"
+
+
+def destination_of(backend: object) -> str:
+    """The backend's destination identity (its ``destination()``), or "" when it names none."""
+    fn = getattr(backend, "destination", None)
+    return str(fn()) if callable(fn) else ""
+
+
+def verified(state: CursorState, backend: object, name: str) -> CursorState:
+    """``state``, or a fresh one (counters kept) when the destination does not hold what it claims.
+
+    Asks the backend's ``holds(backend_state)`` (if it has one) for a cursor that claims anything.
+    Errors reaching the destination propagate (the caller retries them).
+    """
+    holds = getattr(backend, "holds", None)
+    if not callable(holds) or not (state.cursor or state.finished or state.fields_sent):
+        return state
+    if holds(state.backend_state):
+        return state
+    _log.warning(
+        "%s: the destination does not hold what the cursor claims (journal position %d): sending from the start",
+        name,
+        state.cursor,
+    )
+    return CursorState(counters=dict(state.counters))
 
 
 @dataclass(slots=True)
@@ -51,11 +96,12 @@ class CursorState:
 class CursorFile:
     """The cursor file of one (run, backend), held under an exclusive lock from :meth:`acquire` to :meth:`release`."""
 
-    def __init__(self, run_dir: Path, backend: str) -> None:
-        """Name the files (nothing is opened yet)."""
+    def __init__(self, run_dir: Path, backend: str, destination: str = "") -> None:
+        """Name the files (nothing is opened yet); ``destination``: see :func:`cursor_path`."""
         self.run_dir = run_dir
         self.backend = backend
-        self.path = cursor_path(run_dir, backend)
+        self.destination = destination
+        self.path = cursor_path(run_dir, backend, destination)
         self._lock: IO[bytes] | None = None
 
     def acquire(self) -> CursorState:
@@ -65,13 +111,14 @@ class CursorFile:
             SinkError: another forwarder holds the lock, or the file is unreadable.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.run_dir / f"forward-{self.backend}.lock", "a+b")  # noqa: SIM115 - held until release()
+        lock = open(self.path.with_suffix(".lock"), "a+b")  # noqa: SIM115 - held until release()
+        os.fchmod(lock.fileno(), 0o600)  # the run's files are its owner's only
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             raise SinkError(
-                f"{self.backend}: another forwarder is already sending run {self.run_dir.name} to this backend"
+                f"{self.backend}: another forwarder is already sending run {self.run_dir.name} to this destination"
             ) from None
         self._lock = lock
         return self._read() if self.path.exists() else CursorState()
@@ -81,6 +128,8 @@ class CursorFile:
             raw = json.loads(self.path.read_text())
             if raw.get("version") != CURSOR_VERSION:
                 raise ValueError(f"version {raw.get('version')!r}")
+            if raw.get("destination", self.destination) != self.destination:
+                return CursorState()  # another destination (a hash collision): start there afresh
             return CursorState(
                 cursor=int(raw["cursor"]),
                 backend_state=dict(raw.get("backend_state") or {}),
@@ -101,6 +150,7 @@ class CursorFile:
         data = {
             "version": CURSOR_VERSION,
             "backend": self.backend,
+            "destination": self.destination,
             "cursor": s.cursor,
             "backend_state": s.backend_state,
             "fields_sent": s.fields_sent,
@@ -112,6 +162,7 @@ class CursorFile:
         }
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
             json.dump(data, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())

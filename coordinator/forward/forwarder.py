@@ -3,7 +3,7 @@
 The embedded store is the journal (docs/architecture.md). A forwarder reads it read-only, in journal
 order (chunk row ids), builds large batches, hands them to a :class:`~coordinator.forward.backend.Backend`,
 and only once the backend accepted a batch (``flush()`` returned) moves its cursor, which it
-keeps in ``<run dir>/forward-<backend>.json`` (written to a temporary file, fsynced, then
+keeps in ``<run dir>/forward-<backend>-<destination hash>.json`` (written to a temporary file, fsynced, then
 ``os.replace``-d). So:
 
 * a slow or failing tracker never blocks the ranks or the aggregator: it only delays its own
@@ -15,7 +15,8 @@ keeps in ``<run dir>/forward-<backend>.json`` (written to a temporary file, fsyn
   with the cursor). W&B and Neptune get the same points again for the at most one batch that
   was in flight; both drop non-increasing steps of a resumed run server-side (see their modules).
 
-Retrying: every failed batch is retried unchanged with the backoff of :mod:`coordinator.core.retry`
+Retrying: every failed batch (network errors, 5xx, 429, a proxy's undecodable HTML page) is
+retried unchanged with the backoff of :mod:`coordinator.core.retry`
 (``base_backoff_s`` doubling up to ``max_backoff_s``, jittered), or after the server's
 ``Retry-After`` (up to ``max_retry_after_s``). Errors the backend marks as permanent
 (:class:`~coordinator.forward.backend.BackendRejectedError`: bad request, refused credentials)
@@ -41,10 +42,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from coordinator.core.retry import Backoff, retry_after_of, wait
+from coordinator.core.states import TRACKER_STATES
 from coordinator.errors import ConfigError, SinkError
 from coordinator.forward.backend import Backend, BackendRejectedError, get_backend
 from coordinator.forward.batches import Batch, BatchBuilder
-from coordinator.forward.cursor import CursorFile, CursorState
+from coordinator.forward.cursor import CursorFile, CursorState, destination_of, verified
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import LocalStore
 
@@ -52,8 +54,10 @@ __all__ = ["Forwarder"]
 
 _log = logging.getLogger(__name__)
 
-_PERMANENT = (BackendRejectedError, ConfigError, TypeError, ValueError, AttributeError, KeyError, AssertionError)
-"""Errors a retry of the same batch cannot fix (a refused request, or a bug in an adapter)."""
+_PERMANENT = (BackendRejectedError, ConfigError, TypeError, AttributeError, AssertionError)
+"""Errors a retry of the same batch cannot fix: a refusal (authentication, permission, validation:
+adapters raise BackendRejectedError for those), or a bug in an adapter. Anything else (a proxy's
+HTML error page the client cannot decode, a connection error, 5xx, 429) is transient."""
 
 _COUNTERS = (
     "forwarded_points",
@@ -67,6 +71,7 @@ _COUNTERS = (
     "name_collisions",
     "params_sent",
     "tags_sent",
+    "restarts",
 )
 
 
@@ -88,6 +93,7 @@ class Forwarder:
         options: Mapping[str, object] | None = None,
         *,
         backend: Backend | None = None,
+        from_start: bool = False,
     ) -> None:
         """Configure (nothing is opened or sent yet).
 
@@ -97,6 +103,7 @@ class Forwarder:
             options: forwarder settings (:class:`ForwarderSettings` keys) and backend options.
             backend: an already built backend (tests, custom backends); ``options`` then only
                 configure the forwarder.
+            from_start: ignore the saved cursor and send the whole run again.
 
         Raises:
             ConfigError: unknown backend or a bad option. ImportError: the backend's client
@@ -109,8 +116,10 @@ class Forwarder:
         if backend is None:
             backend = get_backend(backend_name)(backend_options, self.run_dir)  # type: ignore[call-arg]
         self.backend: Backend = backend
-        self._cursor_file = CursorFile(self.run_dir, backend_name)
+        self._cursor_file = CursorFile(self.run_dir, backend_name, destination_of(backend))
         self.path = self._cursor_file.path
+        self._from_start = from_start
+        self._verified = False
         self._store: LocalStore | None = None
         self._opened = False
         self._state = CursorState()
@@ -216,7 +225,7 @@ class Forwarder:
         """Forward everything committed so far, then the fields, then finish the backend's run.
 
         Blocks (network). The backend's run is finished with ``final_state``, or with the
-        journal's run state once it is ``finished``/``failed``; a still running run is left open.
+        journal's run state once it has ended (finished, failed, interrupted); a running run is left open.
 
         Args:
             timeout: seconds for the whole drain, retries included (``None``: no limit).
@@ -241,7 +250,7 @@ class Forwarder:
             state = final_state
             if state is None:
                 st = store.run_info().state
-                state = st if st in ("finished", "failed") else None
+                state = st if st in TRACKER_STATES else None
             if state is not None and self._state.finished != state:
                 self._attempt(lambda: self._finish(state), None, deadline, points=0)
         except _Interrupted:
@@ -283,8 +292,22 @@ class Forwarder:
 
     def _load(self) -> None:
         if not self._loaded:
-            self._state = self._cursor_file.acquire()
+            st = self._cursor_file.acquire()
+            self._state = CursorState(counters=st.counters) if self._from_start else st
             self._loaded = True
+
+    def verify(self) -> None:
+        """Start over when the destination does not hold what the cursor claims (blocks: network).
+
+        Done once, before the first batch; call it early to have :meth:`pending` count right.
+        """
+        self._load()
+        if not self._verified:
+            before = self._state
+            self._state = verified(before, self.backend, self.backend_name)
+            if self._state is not before:
+                self._count("restarts", 1)
+            self._verified = True
 
     def _open_store(self) -> LocalStore:
         if self._store is None:
@@ -292,7 +315,7 @@ class Forwarder:
         return self._store
 
     def _ensure_open(self) -> None:
-        self._load()
+        self.verify()
         if not self._opened:
             info = self._open_store().run_info()
             self.backend.open(info, self._state.backend_state or None)
@@ -308,7 +331,8 @@ class Forwarder:
 
     def _cycle(self, *, stop: threading.Event | None, deadline: float | None, with_fields: bool) -> bool:
         """Build one batch and send it until accepted; False when there was nothing to send."""
-        self._load()
+        if not self._verified:  # before building: a restart sends from the beginning
+            self._attempt(self.verify, stop, deadline, points=0)
         batch: Batch | None = self._attempt(lambda: self._build(with_fields), stop, deadline, points=0)
         if batch is None or batch.empty():
             if with_fields:

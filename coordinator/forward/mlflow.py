@@ -53,6 +53,8 @@ try:
 except ImportError as e:
     raise missing_extra("the MLflow backend", "mlflow", e) from e
 
+from coordinator.core.redact import redact_url
+from coordinator.core.states import TRACKER_STATES
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError
 from coordinator.forward.backend import BackendRejectedError, Series
@@ -91,7 +93,6 @@ _PERMANENT_CODES = frozenset(
         "ENDPOINT_NOT_FOUND",
     }
 )
-_STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
 def metric_name(name: str) -> str:
@@ -162,6 +163,24 @@ class MlflowBackend:
                 MlflowClient(uri).search_experiments(max_results=1)
         except Exception as e:  # every client failure (network, auth, bad URI) becomes the named SinkError
             raise SinkError(f"mlflow: cannot use tracking URI {uri}: {_message(e)}") from e
+
+    def destination(self) -> str:
+        """The tracking URI (credentials masked) and the experiment option: the cursor's key."""
+        return f"{redact_url(self._uri())} experiment={self.experiment or ''}"
+
+    def holds(self, state: Mapping[str, Any]) -> bool:
+        """Whether the MLflow run the cursor names still exists (not deleted) on this server."""
+        rid = state.get("run_id")
+        if not isinstance(rid, str):
+            return False
+        self._set_http_env()
+        try:
+            found = MlflowClient(self._uri()).get_run(rid)
+        except MlflowException as e:
+            if _code(e) == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise _wrap(e) from e
+        return str(found.info.lifecycle_stage) != "deleted"
 
     def open(self, run: RunInfo, state: Mapping[str, Any] | None) -> None:
         """Find (by saved id or ``coordinator.run_id`` tag) or create the MLflow run."""
@@ -303,8 +322,8 @@ class MlflowBackend:
         return {"run_id": self.run_id, "params": dict(self._params), "changed": sorted(self._changed)}
 
     def finish(self, state: str) -> None:
-        """``set_terminated`` with FINISHED or FAILED."""
-        self._call(self._client.set_terminated, self._run(), _STATUS.get(state, "FAILED"))
+        """``set_terminated`` with FINISHED, FAILED (failed) or KILLED (interrupted)."""
+        self._call(self._client.set_terminated, self._run(), TRACKER_STATES.get(state, "FAILED"))
 
     def close(self) -> None:
         """Forget the client and restore the environment it changed."""

@@ -87,6 +87,11 @@ class NeptuneBackend:
         self._containers: list[str] = []
         self._warned: set[str] = set()
 
+    def destination(self) -> str:
+        """Mode, project and (offline) data directory: the cursor's key."""
+        where = f" dir={self.data_dir.resolve()}" if self._offline() else ""
+        return f"{self.mode} project={self.project or ''}{where}"
+
     def _offline(self) -> bool:
         return self.mode in ("offline", "debug")
 
@@ -202,10 +207,13 @@ class NeptuneBackend:
         return {"last_steps": dict(self._last), "containers": list(self._containers)}
 
     def finish(self, state: str) -> None:
-        """``coordinator/state``, ``sys/failed`` for a failed run, then ``stop()``."""
+        """``coordinator/state``; a failed run ``sys/failed``, an interrupted one the tag
+        ``interrupted`` (Neptune has no killed state); then ``stop()``."""
         r = self._r()
         r["coordinator/state"] = state
-        if state != "finished":
+        if state == "interrupted":
+            r["sys/tags"].add("interrupted")
+        elif state != "finished":
             r["sys/failed"] = True
         r.stop()
         self._run = None

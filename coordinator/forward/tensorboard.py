@@ -90,6 +90,20 @@ class TensorBoardBackend:
         except OSError as e:
             raise SinkError(f"tensorboard: cannot write to {self.logdir}: {e}") from e
 
+    def destination(self) -> str:
+        """The log directory (absolute): the cursor's key."""
+        return str(self.logdir.resolve())
+
+    def holds(self, state: Mapping[str, Any]) -> bool:
+        """Whether the event file the cursor names exists with at least the saved size."""
+        saved = state.get("file")
+        if not isinstance(saved, str):
+            return False
+        try:
+            return (self.logdir / saved).stat().st_size >= int(state.get("offset", 0))
+        except OSError:
+            return False
+
     def open(self, run: RunInfo, state: Mapping[str, Any] | None) -> None:
         """Create the event file, or reopen it cut back to the size saved with the cursor."""
         self.logdir.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,8 @@ _log = logging.getLogger(__name__)
 
 _OPTIONS = ("project", "entity", "mode", "dir", "api_key", "run_id", "step_key", "check_timeout_s")
 _MODES = ("online", "offline")
+_EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+"""The run's end state as the exit code W&B records (failed for anything non-zero)."""
 
 
 class WandbBackend:
@@ -82,6 +84,10 @@ class WandbBackend:
         self.check_timeout_s = option_float(options, "check_timeout_s", 10.0) or 10.0
         self._run: Any = None
         self._rid: str | None = None
+
+    def destination(self) -> str:
+        """Mode, directory, entity and project: the cursor's key."""
+        return f"{self.mode} dir={self.dir.resolve()} entity={self.entity or ''} project={self.project or ''}"
 
     def check(self) -> None:
         """Offline: the directory is writable. Online: the API key is accepted by the server.
@@ -176,10 +182,14 @@ class WandbBackend:
         return {} if self._rid is None else {"run_id": self._rid}
 
     def finish(self, state: str) -> None:
-        """``run.finish`` with exit code 0 (finished) or 1."""
+        """``run.finish``: exit code 0 (finished), 1 (failed), 130 (interrupted, as for Ctrl-C).
+
+        W&B shows a non-zero exit as failed, the nearest it has to MLflow's KILLED; the summary's
+        ``sys/state`` names the exact state.
+        """
         r = self._r()
         r.summary.update({"sys/state": state})
-        r.finish(exit_code=0 if state == "finished" else 1)
+        r.finish(exit_code=_EXIT_CODES.get(state, 1))
         self._run = None
 
     def close(self) -> None:

@@ -19,9 +19,14 @@ from coordinator.core.columns import from_le as _from_le
 from coordinator.core.incarnations import resolve, start_order
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError
+from coordinator.journal.paging import Page, SeriesSource, Stats
 from coordinator.journal.records import MAIN_RANK, RunInfo, StoredChunk
+from coordinator.journal.schema import schema_of
 
-__all__ = ["JournalReader"]
+__all__ = ["MAX_PAGE_POINTS", "JournalReader"]
+
+MAX_PAGE_POINTS = 1_000_000
+"""The most points one page of a series holds (16 bytes each: 16 MB)."""
 
 _SENDER_COLUMNS = (
     "rank",
@@ -47,6 +52,8 @@ class JournalReader:
         """Read through ``db``, an open connection to the ``run.db`` at ``path``."""
         self._db = db
         self.path = path
+        self.summarized = schema_of(db) >= 2
+        """The store has per-chunk summaries (schema 2); a read-only schema 1 store has not."""
 
     # ---------------------------------------------------------------- run, meta, fields
 
@@ -112,23 +119,88 @@ class JournalReader:
         return dict(self._db.execute("SELECT key, policy FROM keys ORDER BY key"))
 
     def values(self, key: str, rank: int = MAIN_RANK) -> list[tuple[int, float]]:
-        """A series as (step, value) pairs in step order.
+        """A whole series as (step, value) pairs in step order (small series; else :meth:`values_page`).
 
         Args:
             key: the metric key.
-            rank: a rank's own points (every point it logged, in step order, stable for
-                repeated steps; steps re-logged by a restarted incarnation replace the stale
-                ones), or ``MAIN_RANK`` for the reduced series (one value per step; a step
-                re-emitted after a restart replaces the earlier value).
+            rank: a rank's own points (each step once, with the latest value it was logged with;
+                steps re-logged by a restarted incarnation replace the stale ones), or
+                ``MAIN_RANK`` for the reduced series (a step re-emitted after a restart replaces
+                the earlier value).
         """
-        if rank != MAIN_RANK:
-            pts = self._rank_points(key, rank)
-            pts.sort(key=lambda p: p[0])
-            return pts
-        return [(s, v) for s, v, _ in self._main(key)]
+        out: list[tuple[int, float]] = []
+        for page in self.iter_values(key, rank):
+            out.extend(zip(page.steps, page.values, strict=True))
+        return out
+
+    def values_page(self, key: str, rank: int = MAIN_RANK, after: int = -1, limit: int = MAX_PAGE_POINTS) -> Page:
+        """At most ``limit`` points of a series with step ``> after``, in step order, read chunk by chunk.
+
+        Memory: the page plus one chunk (or one group of chunks whose step ranges overlap), never
+        the whole series. ``Page.next`` is the ``after`` of the next page (``None``: no more).
+
+        Raises:
+            TypeError: a wrong argument type.
+            ValueError: ``limit`` outside 1..:data:`MAX_PAGE_POINTS`.
+        """
+        if type(key) is not str or type(rank) is not int or type(after) is not int or type(limit) is not int:
+            raise TypeError("values_page(key: str, rank: int, after: int, limit: int)")
+        if not 0 < limit <= MAX_PAGE_POINTS:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE_POINTS}, got {limit}")
+        src = self._source(key, rank)
+        if src is None:
+            return Page(array("q"), array("d"), None)
+        return src.page(after, limit)
+
+    def iter_values(
+        self, key: str, rank: int = MAIN_RANK, after: int = -1, page_points: int = 65_536
+    ) -> Iterator[Page]:
+        """The series with step ``> after`` as consecutive pages of at most ``page_points`` points."""
+        while True:
+            page = self.values_page(key, rank, after, page_points)
+            if page.steps:
+                yield page
+            if page.next is None:
+                return
+            after = page.next
+
+    def series_stats(self, key: str, rank: int = MAIN_RANK) -> Stats:
+        """Count, first and last (step, value), min and max of a series, from the chunk summaries."""
+        src = self._source(key, rank)
+        return Stats(0, None, None, None, None) if src is None else src.stats()
+
+    def last_step(self, key: str, rank: int = MAIN_RANK) -> int | None:
+        """The last current step of a series (``None``: it has no point)."""
+        src = self._source(key, rank)
+        return None if src is None else src.last_step()
+
+    def last_point(self, key: str, rank: int = MAIN_RANK) -> tuple[int, float] | None:
+        """The last current (step, value) of a series."""
+        src = self._source(key, rank)
+        last = None if src is None else src.last_step()
+        if src is None or last is None:
+            return None
+        page = src.page(last - 1, 1)
+        return (page.steps[0], page.values[0]) if page.steps else None
+
+    def last_steps(self, rank: int) -> dict[str, int]:
+        """Key -> the last step ``rank`` stored for it, over all its incarnations (for WELCOME's ``last_steps``)."""
+        out: dict[str, int] = {}
+        keys = list(
+            self._db.execute("SELECT DISTINCT k.key FROM chunks c JOIN keys k ON k.id=c.key_id WHERE c.rank=?", (rank,))
+        )
+        for (key,) in keys:
+            last = self.last_step(key, rank)
+            if last is not None:
+                out[key] = last
+        return out
 
     def rank_points(self, key: str) -> dict[int, tuple[list[int], list[float]]]:
-        """Per rank (not the main series): its resolved (steps, values) of ``key`` in logging order."""
+        """Per rank (not the main series): its resolved (steps, values) of ``key`` in logging order.
+
+        Loads every point of the key: for small series and tests; readers of a large series
+        page it (:meth:`values_page`).
+        """
         out: dict[int, tuple[list[int], list[float]]] = {}
         for r in self._ranks_of(key):
             pts = self._rank_points(key, r)
@@ -140,18 +212,20 @@ class JournalReader:
         return [(s, c) for s, _, c in self._main(key)]
 
     def series_summary(self) -> list[dict[str, Any]]:
-        """Per key: points in the main series, per-rank counts, last main value."""
+        """Per key: the main series' count, last point, min and max; per rank its count (no full scan)."""
         out: list[dict[str, Any]] = []
         for key, policy in self.key_policies().items():
-            per_rank = {r: len(self._rank_points(key, r)) for r in self._ranks_of(key)}
-            main = self.values(key)
+            main = self.series_stats(key)
             out.append(
                 {
                     "key": key,
                     "policy": policy,
-                    "points": len(main),
-                    "last": main[-1] if main else None,
-                    "per_rank": per_rank,
+                    "points": main.points,
+                    "first": main.first,
+                    "last": main.last,
+                    "min": main.min,
+                    "max": main.max,
+                    "per_rank": {r: self.series_stats(key, r).points for r in self._ranks_of(key)},
                 }
             )
         return out
@@ -162,15 +236,12 @@ class JournalReader:
         The lineage :func:`coordinator.core.incarnations.replaced_from` reads; ``None`` as first
         step for an incarnation that stored no point of the key.
         """
-        started: dict[int, float] = {}
-        first: dict[int, int] = {}
-        for sb, _, _, ts, inc in self._chunks(key, rank):
-            started[inc] = min(ts, started.get(inc, ts))
-            steps = _from_le("q", sb)
-            if steps:
-                lo = min(steps)
-                first[inc] = min(lo, first.get(inc, lo))
-        return [(i, started[i], first.get(i)) for i in start_order(started)]
+        src = self._source(key, rank)
+        return [] if src is None else src.lineage()
+
+    def _source(self, key: str, rank: int) -> SeriesSource | None:
+        row = self._db.execute("SELECT id FROM keys WHERE key=?", (key,)).fetchone()
+        return None if row is None else SeriesSource(self._db, row[0], rank, summarized=self.summarized)
 
     def _ranks_of(self, key: str) -> list[int]:
         sql = "SELECT DISTINCT rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND rank>=0 ORDER BY rank"
@@ -202,6 +273,43 @@ class JournalReader:
             for s, v, c in zip(steps, _from_le("d", vb), counts, strict=True):
                 latest[s] = (v, c)
         return [(s, v, c) for s, (v, c) in sorted(latest.items())]
+
+    def restore_view(self, key: str) -> tuple[tuple[int, float] | None, list[tuple[Any, ...]]]:
+        """What a restarted aggregator rebuilds ``key`` from, without reading every point (schema 2).
+
+        Returns:
+            The last main-series chunk's last (step, value) (``None``: nothing emitted), and per
+            rank chunk in journal order ``(rank, incarnation, ts, step_min, step_max, step_last,
+            steps, values)``, where steps and values (arrays) are read only for chunks reaching
+            past that last emitted step (``None`` otherwise).
+        """
+        row = self._db.execute(
+            "SELECT c.step_last, c.vals FROM chunks c JOIN keys k ON k.id = c.key_id "
+            "WHERE k.key = ? AND c.rank = ? ORDER BY c.id DESC LIMIT 1",
+            (key, MAIN_RANK),
+        ).fetchone()
+        main = None if row is None or row[0] is None else (int(row[0]), _from_le("d", row[1])[-1])
+        after = -1 if main is None else main[0]
+        rows = self._db.execute(
+            "SELECT c.rank, c.incarnation, c.ts, c.step_min, c.step_max, c.step_last, "
+            "CASE WHEN c.step_max > ? THEN c.steps END, CASE WHEN c.step_max > ? THEN c.vals END "
+            "FROM chunks c JOIN keys k ON k.id = c.key_id WHERE k.key = ? AND c.rank >= 0 AND c.n > 0 ORDER BY c.id",
+            (after, after, key),
+        )
+        out = [
+            (
+                r,
+                i,
+                ts,
+                lo,
+                hi,
+                last,
+                None if sb is None else _from_le("q", sb),
+                None if vb is None else _from_le("d", vb),
+            )
+            for r, i, ts, lo, hi, last, sb, vb in rows
+        ]
+        return main, out
 
     # ---------------------------------------------------------------- journal order (forwarders)
 

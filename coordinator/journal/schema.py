@@ -8,16 +8,25 @@ tables mean.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from coordinator.core.columns import from_le
 from coordinator.errors import SinkError
+from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
 
-__all__ = ["DDL", "MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
+__all__ = ["DDL", "INDEXES", "MIGRATIONS", "OLDEST_READABLE", "SCHEMA_VERSION", "connect", "migrate", "schema_of"]
 
-SCHEMA_VERSION = 1
-"""The version this code writes and reads; kept in ``meta`` under ``schema``."""
+SCHEMA_VERSION = 2
+"""The version this code writes and reads; kept in ``meta`` under ``schema``.
+
+2: per-chunk summaries (:mod:`coordinator.journal.summary`) and the ``chunks_by_step`` index.
+"""
+
+OLDEST_READABLE = 1
+"""The oldest version a read-only open accepts as it is (readers compute what it lacks)."""
 
 BUSY_TIMEOUT_S = 30.0
 """How long a connection waits on a lock another connection holds (the writer's commits are short)."""
@@ -35,7 +44,9 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, key_id INTEGER NOT NULL, rank INTEGER NOT NULL,
     incarnation INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, ts REAL NOT NULL,
-    steps BLOB NOT NULL, vals BLOB NOT NULL, counts BLOB
+    steps BLOB NOT NULL, vals BLOB NOT NULL, counts BLOB,
+    step_min INTEGER, step_max INTEGER, step_first INTEGER, step_last INTEGER,
+    v_first REAL, v_last REAL, v_min REAL, v_max REAL, ordered INTEGER
 );
 CREATE INDEX IF NOT EXISTS chunks_by_key ON chunks (key_id, rank, id);
 CREATE TABLE IF NOT EXISTS fields (
@@ -56,20 +67,53 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, rank INTEGER, detail TEXT
 );
 """
-"""Version 1 of the schema (``CREATE ... IF NOT EXISTS``: running it on an existing store is a no-op)."""
+"""The tables at :data:`SCHEMA_VERSION` (``CREATE ... IF NOT EXISTS``: running it on an existing store is a no-op)."""
+
+INDEXES = "CREATE INDEX IF NOT EXISTS chunks_by_step ON chunks (key_id, rank, step_min, step_max);"
+"""Indexes on columns a migration adds: created once the store is at :data:`SCHEMA_VERSION`."""
 
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: Mapping[int, Migration] = {}
+_MIGRATE_ROWS = 512
+"""Chunks summarised per round of the 1 -> 2 upgrade (bounded memory for any store size)."""
+
+
+def _add_summaries(db: sqlite3.Connection) -> None:
+    """1 -> 2: add the summary columns to ``chunks`` and fill them, a bounded round of rows at a time."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+    types = {"v_first": "REAL", "v_last": "REAL", "v_min": "REAL", "v_max": "REAL"}
+    for col in SUMMARY_COLUMNS:
+        if col not in have:
+            db.execute(f"ALTER TABLE chunks ADD COLUMN {col} {types.get(col, 'INTEGER')}")
+    sets = ", ".join(f"{c}=?" for c in SUMMARY_COLUMNS)
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, steps, vals FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, _MIGRATE_ROWS)
+        ).fetchall()
+        if not rows:
+            return
+        db.executemany(
+            f"UPDATE chunks SET {sets} WHERE id=?",  # noqa: S608 - constant column names
+            [(*summarize(from_le("q", sb), from_le("d", vb)), cid) for cid, sb, vb in rows],
+        )
+        last = rows[-1][0]
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries}
 """Version ``v`` -> the step that upgrades a store from ``v`` to ``v + 1`` (run in one transaction)."""
 
 
 def connect(path: Path, *, readonly: bool, durable: bool) -> sqlite3.Connection:
     """Open the database at ``path`` at :data:`SCHEMA_VERSION` (creating it unless ``readonly``).
 
+    A writer creates the run directory ``0700`` and the database ``0600`` (SQLite gives its
+    ``-wal`` and ``-shm`` files the database's mode), and tightens an existing run's modes.
+
     Args:
         path: the ``run.db`` file.
-        readonly: open without write access; the file must exist and is never upgraded.
+        readonly: open without write access; the file must exist and is never upgraded (a
+            store from :data:`OLDEST_READABLE` on is read as it is: see :func:`schema_of`).
         durable: ``synchronous=FULL`` (survives power loss) instead of ``NORMAL`` (survives
             process crashes); writers only.
 
@@ -83,7 +127,7 @@ def connect(path: Path, *, readonly: bool, durable: bool) -> sqlite3.Connection:
                 raise SinkError(f"no store at {path}")
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private(path)
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -93,10 +137,33 @@ def connect(path: Path, *, readonly: bool, durable: bool) -> sqlite3.Connection:
         raise SinkError(f"cannot open store {path}: {e}") from e
     try:
         migrate(db, path, readonly=readonly)
+        if not readonly:
+            db.executescript(INDEXES)
+    except sqlite3.Error as e:
+        db.close()
+        raise SinkError(f"cannot open store {path}: {e}") from e
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _private(path: Path) -> None:
+    """The run directory ``0700`` and ``path`` ``0600``, before SQLite creates anything in it."""
+    for d in reversed([path.parent, *path.parent.parents]):
+        if not d.exists():
+            d.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if f.exists():
+            os.chmod(f, 0o600)
+
+
+def schema_of(db: sqlite3.Connection) -> int:
+    """The schema version of the store open on ``db`` (after :func:`connect`: current, or older read-only)."""
+    row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+    return int(row[0])
 
 
 def migrate(
@@ -106,19 +173,22 @@ def migrate(
     readonly: bool = False,
     target: int = SCHEMA_VERSION,
     steps: Mapping[int, Migration] = MIGRATIONS,
+    oldest_readable: int = OLDEST_READABLE,
 ) -> None:
     """Bring the store open on ``db`` to schema ``target``, or refuse it.
 
     Args:
         db: an open connection (autocommit mode when writable).
         path: the file, for messages.
-        readonly: a read-only store is never upgraded: an older one is refused.
+        readonly: a read-only store is never upgraded: one from ``oldest_readable`` on is read
+            as it is, an older one is refused.
         target: the version to reach (this code's version).
         steps: version -> the upgrade step to the next version.
 
     Raises:
         SinkError: the store is newer than ``target``, older with no upgrade path, read-only
-            and older, or an upgrade step failed (then nothing of it is kept).
+            and older than ``oldest_readable``, or an upgrade step failed (then nothing of it is
+            kept).
     """
     try:
         row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
@@ -132,9 +202,11 @@ def migrate(
         raise SinkError(refusal)
     if version > target:
         raise SinkError(f"{refusal} (written by a newer coordinator: upgrade coordinator to read it)")
+    if readonly and version >= oldest_readable:
+        return  # read as it is; the readers compute what it lacks
     missing = [v for v in range(version, target) if v not in steps]
     if missing or readonly:
-        why = "opened read-only" if not missing else f"no upgrade from schema {missing[0]}"
+        why = "opened read-only" if readonly else f"no upgrade from schema {missing[0]}"
         raise SinkError(f"{refusal} and cannot upgrade it ({why})")
     try:
         db.execute("BEGIN IMMEDIATE")

@@ -26,6 +26,7 @@ from coordinator.journal.paths import list_runs, resolve_root, run_dir
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StoredChunk, TxnData
 from coordinator.journal.schema import connect
+from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
 
 __all__ = [
     "MAIN_RANK",
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+_INSERT_CHUNK = (
+    f"INSERT INTO chunks (key_id, rank, incarnation, seq, n, ts, steps, vals, counts, {', '.join(SUMMARY_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * (9 + len(SUMMARY_COLUMNS)))})"
+)
 
 
 class LocalStore(JournalReader):
@@ -121,8 +127,7 @@ class LocalStore(JournalReader):
         ids = self._key_ids
         if data.chunks:
             db.executemany(
-                "INSERT INTO chunks (key_id, rank, incarnation, seq, n, ts, steps, vals, counts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_CHUNK,
                 [
                     (
                         ids.get(c.key) or new_ids[c.key],
@@ -134,6 +139,7 @@ class LocalStore(JournalReader):
                         _le(c.steps),
                         _le(c.values),
                         None if c.counts is None else _le(c.counts),
+                        *summarize(c.steps, c.values),
                     )
                     for c in data.chunks
                 ],

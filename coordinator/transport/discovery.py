@@ -9,6 +9,7 @@ a private per-user directory on this node.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -30,10 +31,18 @@ __all__ = [
     "Rendezvous",
     "detect_placement",
     "new_run_id",
+    "pid_alive",
     "private_dir",
+    "remove_orphan_record",
+    "remove_stale_records",
 ]
 
 _log = logging.getLogger(__name__)
+
+_ERROR_READ_WAIT_S = 10.0
+"""At exit, how long a rank 0 that published an error waits for the other ranks to read it."""
+_STALE_AGE_S = 1.0
+"""A rendezvous file younger than this is never removed as stale (its publisher may be starting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,74 @@ def private_dir() -> Path:
     return d
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (another user's too; a zombie is not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:  # Linux: a killed process nobody reaped yet (a container's init may never reap it)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] not in ("Z", "X")
+
+
+def remove_stale_records(directory: Path) -> int:
+    """Remove the rendezvous files in ``directory`` whose publisher is gone; returns how many.
+
+    A rank 0 that was killed (or failed its tracker check and exited) leaves its record behind;
+    nothing reads it again (a lookup ignores a record whose publisher is dead).
+    """
+    removed = 0
+    now = time.time()
+    for m in directory.glob("rdzv-*.json.read-*"):  # read markers of a record already gone
+        try:
+            if not m.with_name(m.name.rsplit(".read-", 1)[0]).exists() and now - m.stat().st_mtime > _STALE_AGE_S:
+                m.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile
+    for f in directory.glob("rdzv-*.json"):
+        try:
+            if now - f.stat().st_mtime < _STALE_AGE_S:
+                continue
+            pid = json.loads(f.read_text()).get("pid")
+        except FileNotFoundError:
+            continue  # retracted meanwhile
+        except (OSError, ValueError, AttributeError) as e:
+            _log.warning("removing unreadable rendezvous file %s: %s", f, e)
+            pid = None
+        if type(pid) is int and pid_alive(pid):
+            continue
+        try:
+            f.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass  # retracted meanwhile: nothing left to remove
+    return removed
+
+
+def remove_orphan_record(path: Path) -> bool:
+    """Remove the rendezvous file ``path`` if its publisher (rank 0) is gone; True if removed.
+
+    The aggregator calls it at the run's end: a rank 0 that was killed cannot retract its record.
+    """
+    try:
+        rec = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        rec = {}
+    if _publisher_alive(rec):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
 class Rendezvous:
     """Rank 0 publishes a small JSON record; the other ranks wait for it.
 
@@ -144,6 +221,11 @@ class Rendezvous:
         self._file = private_dir() / f"rdzv-{digest}-{n}.json"
 
     @property
+    def file(self) -> Path | None:
+        """The rendezvous file; None with the torch.distributed store."""
+        return None if self._store is not None else self._file
+
+    @property
     def via(self) -> str:
         """``"torch.distributed store"`` or the rendezvous file path."""
         return "torch.distributed store" if self._store is not None else str(self._file)
@@ -155,9 +237,14 @@ class Rendezvous:
             self._store.set(self.key, data)
             return
         tmp = self._file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(data)
-        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
         os.replace(tmp, self._file)
+        # Removed at rank 0's exit if it is never retracted (no stop()); an error record once the
+        # other ranks have read it (bounded), since rank 0 raises and usually exits right away.
+        atexit.unregister(self.retract)
+        atexit.register(self.retract, _ERROR_READ_WAIT_S if record.get("error") else 0.0)
 
     def lookup(self, timeout_s: float) -> dict[str, Any]:
         """Other ranks: wait up to ``timeout_s`` for rank 0's record.
@@ -183,6 +270,8 @@ class Rendezvous:
             try:
                 rec = json.loads(self._file.read_text())
                 if _publisher_alive(rec):
+                    if rec.get("error"):  # rank 0 removes it once every rank has read it
+                        self._read_marker(self.placement.rank).touch(mode=0o600)
                     return rec
                 # A record left by a rank 0 that died: wait for this job's rank 0 to replace it.
             except FileNotFoundError:
@@ -197,9 +286,31 @@ class Rendezvous:
                 )
             time.sleep(0.02)
 
-    def retract(self) -> None:
-        """Rank 0 at close: remove the record so a later job cannot read a stale one."""
+    def _read_marker(self, rank: int) -> Path:
+        return self._file.with_name(f"{self._file.name}.read-{rank}")
+
+    def retract(self, wait_read_s: float = 0.0) -> None:
+        """Rank 0 at close (or exit): remove its record so a later job cannot read a stale one.
+
+        Args:
+            wait_read_s: first wait up to this long for every other rank to have read it.
+        """
+        atexit.unregister(self.retract)
         if self._store is None:
+            readers = [self._read_marker(r) for r in range(1, self.placement.world_size)]
+            deadline = time.monotonic() + wait_read_s
+            while not all(m.exists() for m in readers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for m in readers:
+                m.unlink(missing_ok=True)
+            try:
+                rec = json.loads(self._file.read_text())
+            except FileNotFoundError:
+                return  # already gone: nothing to retract
+            except ValueError:
+                rec = {}
+            if rec.get("pid") not in (None, os.getpid()):
+                return  # another rank 0 (a restart) published since: not ours to remove
             try:
                 self._file.unlink()
             except FileNotFoundError:
@@ -209,12 +320,4 @@ class Rendezvous:
 def _publisher_alive(rec: dict[str, Any]) -> bool:
     """The file rendezvous is single-node: its publisher must be a running process here."""
     pid = rec.get("pid")
-    if type(pid) is not int:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    return type(pid) is int and pid_alive(pid)

@@ -3,6 +3,11 @@
 The aggregator runs as ``python -m coordinator.aggregator`` in its own session, so a signal
 the launcher sends to the workers cannot cut the run's end short. It says ``READY <endpoint>``
 on stdout once its socket is bound.
+
+Its configuration (which holds the trackers' options, credentials included) travels in a 0600
+file inside the run's private 0700 socket directory, never on the command line: the aggregator
+reads it and deletes it. The directory also names the processes that use it (``owners``), so a
+later start removes the directories of runs whose processes were all killed.
 """
 
 from __future__ import annotations
@@ -22,11 +27,72 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.errors import CoordinatorError
-from coordinator.transport.discovery import private_dir
+from coordinator.transport.discovery import pid_alive, private_dir, remove_stale_records
 
-__all__ = ["AggregatorProcess", "AggregatorSupervisor"]
+__all__ = ["CONFIG_FILE", "OWNERS_FILE", "AggregatorProcess", "AggregatorSupervisor", "remove_stale_dirs"]
 
 _log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+"""The aggregator's configuration inside its socket directory (0600; the aggregator deletes it)."""
+OWNERS_FILE = "owners"
+"""The pids of rank 0 and of its aggregator processes, one a line, inside the socket directory."""
+_LEGACY_STALE_AGE_S = 60.0
+"""A socket directory without an owners file is only removed once it is this old."""
+
+
+def _write_private(path: Path, text: str, *, append: bool = False) -> None:
+    """Write ``text`` to a file only this user can read (created 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _dir_in_use(d: Path, now: float) -> bool:
+    try:
+        pids = [int(x) for x in (d / OWNERS_FILE).read_text().split()]
+    except FileNotFoundError:
+        # Written right after the directory is made; an old version never wrote it. A socket
+        # nobody listens on anymore refuses connections.
+        if now - d.stat().st_mtime < _LEGACY_STALE_AGE_S:
+            return True
+        return _socket_listening(d / "agg.sock")
+    except ValueError:
+        return False
+    return any(pid_alive(p) for p in pids)
+
+
+def _socket_listening(path: Path) -> bool:
+    import socket
+
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # cannot tell: keep it
+    return True
+
+
+def remove_stale_dirs(base: Path) -> int:
+    """Remove the socket directories in ``base`` whose rank 0 and aggregators are all gone
+    (SIGKILLed together, a node's OOM killer), and stale rendezvous files; returns how many."""
+    removed = remove_stale_records(base)
+    now = time.time()
+    for d in base.glob("run-*"):
+        try:
+            if not d.is_dir() or _dir_in_use(d, now):
+                continue
+        except FileNotFoundError:
+            continue  # removed by its owner meanwhile
+        shutil.rmtree(d, ignore_errors=True)
+        _log.debug("removed the stale socket directory %s", d)
+        removed += 1
+    return removed
 
 
 class AggregatorProcess:
@@ -41,25 +107,58 @@ class AggregatorProcess:
         """
         self.run_id = run_id
         self.stderr_path = stderr_path
-        self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=private_dir()))
+        base = private_dir()
+        remove_stale_dirs(base)
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+        _write_private(self.sock_dir / OWNERS_FILE, f"{os.getpid()}\n")
         self.endpoint = f"tcp://{tcp_host}:*" if tcp_host else f"ipc://{self.sock_dir}/agg.sock"
         self.config = dict(config, endpoint=self.endpoint, parent_pid=os.getpid())
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        """Starts after the first one (a death before READY, or the supervisor's restarts)."""
 
-    def start(self, timeout_s: float) -> None:
+    def start(self, timeout_s: float, *, retries: int = 0) -> None:
         """Start the process and wait until its socket is bound.
 
+        A process that dies before it is ready (a signal, the OOM killer, a crash in its imports)
+        is started again, up to ``retries`` times (each counted in :attr:`restarts`), with the
+        same run id, store and endpoint.
+
         Raises:
-            CoordinatorError: it exited or did not become ready in time (its stderr says why).
+            CoordinatorError: it exited ``retries + 1`` times or did not become ready in time
+                (its stderr says why).
         """
+        for attempt in range(retries + 1):
+            code = self._start_once(timeout_s)
+            if code is None:
+                return
+            if attempt == retries:
+                tries = f" ({attempt + 1} starts)" if attempt else ""
+                raise CoordinatorError(
+                    f"the aggregator exited with code {code} before it was ready{tries} (see its messages above)"
+                )
+            self.restarts += 1
+            _log.error(
+                "the aggregator of run %s exited with code %s before it was ready; starting it again (%d/%d)",
+                self.run_id,
+                code,
+                attempt + 1,
+                retries,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start_once(self, timeout_s: float) -> int | None:
+        """One start; the exit code of a process that died before READY, else None (ready)."""
+        config_file = self.sock_dir / CONFIG_FILE
+        _write_private(config_file, json.dumps(self.config))
         cmd = [
             sys.executable,
             "-m",
             "coordinator.aggregator",
             "--run",
             self.run_id,
-            "--config",
-            json.dumps(self.config),
+            "--config-file",
+            str(config_file),
         ]
         stderr = open(self.stderr_path, "ab") if self.stderr_path else None  # noqa: SIM115 - owned by the child
         try:
@@ -76,7 +175,23 @@ class AggregatorProcess:
         finally:
             if stderr is not None:
                 stderr.close()
-        assert self.proc.stdout is not None
+        _write_private(self.sock_dir / OWNERS_FILE, f"{self.proc.pid}\n", append=True)
+        try:
+            line = self._read_ready(timeout_s)
+        finally:
+            config_file.unlink(missing_ok=True)  # read and deleted by the aggregator, unless it died first
+        if line is None:
+            code = self.proc.wait(5)
+            self.proc.stdout.close()  # type: ignore[union-attr]
+            return code
+        # A wildcard TCP port is now a real one; a restarted aggregator binds the same endpoint.
+        self.endpoint = line[len(b"READY ") :].decode().strip()
+        self.config["endpoint"] = self.endpoint
+        return None
+
+    def _read_ready(self, timeout_s: float) -> bytes | None:
+        """The READY line, or None when the process exited first."""
+        assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         line = b""
         while not line.endswith(b"\n"):
@@ -84,21 +199,18 @@ class AggregatorProcess:
             r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
             if not r:
                 self.kill()
+                self.proc.stdout.close()
                 raise CoordinatorError(f"the aggregator did not start within {timeout_s} s")
             chunk = os.read(self.proc.stdout.fileno(), 256)
             if not chunk:
-                code = self.proc.wait(5)
-                raise CoordinatorError(
-                    f"the aggregator exited with code {code} before it was ready (see its messages above)"
-                )
+                return None
             line += chunk
         if not line.startswith(b"READY "):
             self.kill()
+            self.proc.stdout.close()
             raise CoordinatorError(f"the aggregator said {line!r:.200} instead of READY")
         self.proc.stdout.close()
-        # A wildcard TCP port is now a real one; a restarted aggregator binds the same endpoint.
-        self.endpoint = line[len(b"READY ") :].decode().strip()
-        self.config["endpoint"] = self.endpoint
+        return line
 
     @property
     def pid(self) -> int | None:
@@ -163,7 +275,8 @@ class AggregatorSupervisor(threading.Thread):
         self.max_restarts = max_restarts
         self.start_timeout_s = start_timeout_s
         self.on_fatal = on_fatal
-        self.restarts = 0
+        self.restarts = agg.restarts
+        """Restarts so far, those of its first start included (one budget for the whole run)."""
         self.exit_code: int | None = None
         self.finished = threading.Event()
         self._stop_evt = threading.Event()
@@ -185,6 +298,7 @@ class AggregatorSupervisor(threading.Thread):
                     self.exit_code = code
                     return
                 self.restarts += 1
+                self.agg.restarts += 1
                 _log.error(
                     "the aggregator of run %s died (exit code %s); restarting it (%d/%d)",
                     self.agg.run_id,

@@ -1,7 +1,9 @@
 """Backpressure: where cut batches wait while the window is full, per policy (spool, block, drop_oldest).
 
 * ``spool``: batches are cut and wait on disk (the write-ahead spool); the buffer blocks only once
-  the spool is full. While the spool cannot be written, they wait in memory, bounded.
+  the spool is full. While the spool cannot be written, they wait in memory, bounded. While
+  batches wait, only full batches (``min_cut_points``) are cut, so the waiting list (a few bytes
+  per batch in memory) stays bounded by the spool's size however long the aggregator is away.
 * ``block``: nothing is cut until the window has room; the data waits in the buffer and
   ``log()`` blocks once that is full.
 * ``drop_oldest``: batches are always cut; the oldest waiting ones are dropped past the bound,
@@ -27,7 +29,14 @@ class Outbox:
     """Cut batches waiting for a send slot, oldest first (sender thread)."""
 
     def __init__(
-        self, *, policy: Backpressure, wal: WriteAhead | None, max_points: int, rank: int, buf: Buffer
+        self,
+        *,
+        policy: Backpressure,
+        wal: WriteAhead | None,
+        max_points: int,
+        rank: int,
+        buf: Buffer,
+        min_cut_points: int = 1,
     ) -> None:
         """Args:
         policy: the backpressure policy.
@@ -35,6 +44,8 @@ class Outbox:
         max_points: points that may wait in memory (block: none wait; drop_oldest: then drop).
         rank: this rank (for messages).
         buf: where dropped points are counted.
+        min_cut_points: while batches wait on disk, the buffer is cut only once it holds this
+            many points (or a flush was asked for); at most the buffer's bound.
         """
         self._policy = policy
         self._wal = wal
@@ -47,6 +58,7 @@ class Outbox:
         self.spooled = 0
         """Batches that waited on disk only."""
         self._warned_full = False
+        self._min_cut = max(1, min(min_cut_points, buf.max_points))
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -74,7 +86,8 @@ class Outbox:
                     spool.size_bytes,
                 )
             return False
-        return True
+        b = self._buf
+        return not self._queue or b.pending >= self._min_cut or b.flush_requested
 
     def hold(self, b: OutBatch) -> None:
         """Queue ``b`` behind the others; one written ahead waits on disk only."""

@@ -37,7 +37,7 @@ class Pipeline:
         offline: OfflineSpooler | None,
         policy: Backpressure,
         rank: int,
-        send: Callable[[list[bytes], float], None],
+        send: Callable[[list[bytes], float], bool],
     ) -> None:
         """Args:
         buf: the run's buffer (cut from, and told of acknowledged progress).
@@ -46,7 +46,8 @@ class Pipeline:
         offline: the offline spooler of a rank without an aggregator.
         policy: the backpressure policy.
         rank: this rank (for messages).
-        send: puts a batch's frames on the wire at a monotonic time.
+        send: puts a batch's frames on the wire at a monotonic time; False when the send queue
+            is full (the batch is then tried again later).
         """
         self._buf = buf
         self._cutter = cutter
@@ -63,6 +64,9 @@ class Pipeline:
         self.replayed_batches = 0
         self.resent_batches = 0
         self.rejected_points = 0
+        self._resend_next: int | None = None
+        """A resend the full send queue cut short goes on from this batch number."""
+        self._resend_before = 0.0
 
     @property
     def idle(self) -> bool:
@@ -118,29 +122,42 @@ class Pipeline:
             return
         if self._wal is not None:
             self._wal.write(b, now)
-        if self._outbox or not self._window.room(b.points) or not self.welcomed:
+        if self._outbox or not self._window.room(b.points) or not self.welcomed or not self._send_batch(b, now):
             self._outbox.hold(b)
-        else:
-            self._send_batch(b, now)
 
-    def _send_batch(self, b: OutBatch, now: float) -> None:
-        if not b.seq:
+    def _send_batch(self, b: OutBatch, now: float) -> bool:
+        """Send ``b`` and put it in flight; False (``b`` unchanged) when the send queue is full."""
+        numbered = not b.seq
+        if numbered:
             self._window.number(b)
-        if b.payload is None:
+        replayed = b.payload is None
+        if replayed:
             assert self._wal is not None and b.loc is not None
             b.payload = self._wal.spool.read(b.loc).payload
+        assert b.payload is not None
+        if not self._send([b.envelope, b.payload], now):
+            if numbered:  # unnumber it: a batch dropped while waiting must leave no gap
+                self._window.unnumber(b)
+            if replayed:
+                b.payload = None  # it waits on disk, not in memory
+            return False
+        if replayed:
             self.replayed_batches += 1
-        self._send([b.envelope, b.payload], now)
         self._window.add(b, now)
         _log.debug("rank %d: BATCH %d (%d points)", self._rank, b.seq, b.points)
+        return True
 
     def pump(self, now: float) -> None:
-        """Move batches from the outbox into the window while it has room."""
+        """Finish a resend cut short, then move batches from the outbox into the window while it has room."""
+        if self._resend_next is not None:
+            self.resend_from(self._resend_next, now, sent_before=self._resend_before)
+            if self._resend_next is not None:
+                return  # the send queue is still full
         while self.welcomed:
             b = self._outbox.head()
-            if b is None or not self._window.room(b.points):
+            if b is None or not self._window.room(b.points) or not self._send_batch(b, now):
                 return
-            self._send_batch(self._outbox.pop(), now)
+            self._outbox.pop()
 
     def _acked_gen(self) -> int:
         return self._window.acked_gen(self._outbox.head(), self._cutter.cut_gen)
@@ -160,10 +177,19 @@ class Pipeline:
         for s in self._window.seqs_below(seq):
             self.ack(s)
 
-    def resend_from(self, seq: int, now: float) -> None:
-        """Send again every batch in flight numbered ``seq`` or later."""
-        for frames in self._window.resend(seq, now):
-            self._send(frames, now)
+    def resend_from(self, seq: int, now: float, *, sent_before: float | None = None) -> None:
+        """Send again every batch in flight numbered ``seq`` or later (and last sent before ``sent_before``).
+
+        When the send queue fills up, the rest follows from :meth:`pump`.
+        """
+        before = now if sent_before is None else sent_before
+        self._resend_next = None
+        for b in self._window.to_resend(seq, before):
+            assert b.payload is not None
+            if not self._send([b.envelope, b.payload], now):
+                self._resend_next, self._resend_before = b.seq, before
+                return
+            b.sent_at = now
             self.resent_batches += 1
 
     def overdue(self, now: float, timeout_s: float) -> bool:

@@ -23,7 +23,7 @@ import zmq.auth.thread
 from coordinator.core import env as _env
 from coordinator.errors import ConfigError
 
-__all__ = ["CurveKeys", "bind_address", "load_secret", "server_auth"]
+__all__ = ["CurveKeys", "bind_address", "load_secret", "refused_clients", "server_auth"]
 
 _log = logging.getLogger(__name__)
 _MIN_SECRET_CHARS = 16
@@ -97,7 +97,9 @@ class _AllowJobKey:
         ok = key == self.key
         if not ok:
             self.refused += 1
-            _log.warning("refused a CURVE client that does not hold the job secret")
+            n = self.refused
+            if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a flood of intruders does not flood the log
+                _log.warning("refused a CURVE client that does not hold the job secret (%d so far)", n)
         return ok
 
 
@@ -107,6 +109,13 @@ def server_auth(ctx: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys) -> zmq.aut
     auth.start()
     auth.configure_curve_callback(domain="*", credentials_provider=_AllowJobKey(keys.client_public))
     return auth
+
+
+def refused_clients(auth: zmq.auth.thread.ThreadAuthenticator) -> int:
+    """How many clients the allow-list of :func:`server_auth` refused (they held the server's public
+    key, so they got past the CURVE handshake, but not the job secret)."""
+    provider = auth.credentials_providers.get("*")
+    return provider.refused if isinstance(provider, _AllowJobKey) else 0
 
 
 def bind_address(master_addr: str | None, master_port: str | None) -> str:

@@ -6,6 +6,12 @@ Every flush interval the thread cuts the buffer into batches (:mod:`.batches`), 
 to the spool (:mod:`.writeahead`), and sends them while the in-flight window (:mod:`.window`) has
 room; the rest wait per the backpressure policy (:mod:`.outbox`). Without an endpoint it runs in
 offline mode (:mod:`.offline`).
+
+Memory stays bounded however long the aggregator is frozen: the socket's send queue has a
+high-water mark (the window plus a little room for control messages) and every send is
+non-blocking (a refused send is counted and tried again later), and batches are sent again only
+after a WELCOME (a new HELLO: after a reconnect, an aggregator restart, or an ack timeout probe)
+or a gap report, never blindly on a timer into the same queue.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from coordinator.transport.pipeline import Pipeline
 from coordinator.transport.requests import Request, RequestTable
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.spool import SegmentedSpool
+from coordinator.transport.wake import WakePipe
 from coordinator.transport.window import Window
 from coordinator.transport.writeahead import WriteAhead
 
@@ -41,6 +48,8 @@ _log = logging.getLogger(__name__)
 _IDLE_FLUSH_S = 0.05
 _HELLO_RETRY_S = 1.0
 """A refused HELLO is sent again at most this often while not welcomed yet."""
+_CONTROL_SLACK = 256
+"""Send-queue room beyond the in-flight window, for HELLO, PING and requests."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -81,41 +90,6 @@ def default_hello(world_size: int, name: str, project: str) -> dict[str, Any]:
     }
 
 
-class _WakePipe:
-    """A self-pipe: any thread writes to it to end the sender thread's poll early."""
-
-    def __init__(self) -> None:
-        self.fd, self._w = os.pipe()
-        os.set_blocking(self.fd, False)
-        os.set_blocking(self._w, False)
-        # wake() may come from any thread after the sender closed the pipe (a wait() racing the
-        # thread's exit); the fd number may by then belong to another file, so never write to it.
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def wake(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._w, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full, so a wake-up is already pending: nothing is lost
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except BlockingIOError:
-            pass  # empty: every wake-up consumed
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            os.close(self.fd)
-            os.close(self._w)
-
-
 class SenderThread(threading.Thread):
     """Drains the buffer every flush interval into numbered batches, spools and sends them."""
 
@@ -126,11 +100,19 @@ class SenderThread(threading.Thread):
         self.buf = buf
         self._number_steps = number_steps
         self._requests = RequestTable()
-        self._wake = _WakePipe()
+        self._wake = WakePipe()
         self._stop_evt = threading.Event()
         self._pipe: Pipeline
         """Built when the thread starts (it opens the spool)."""
         self._hello_sent_at = 0.0
+        self._hello_seq = 0
+        self._probing = False
+        """The last HELLO is an ack-timeout probe (the connection was never lost)."""
+        """Number of the last HELLO sent: only its WELCOME counts (older ones are stale)."""
+        self._unsent: list[tuple[int, int, bytes]] = []
+        """Requests (kind, id, payload) the full send queue refused: sent on the next rounds."""
+        self.deferred_sends = 0
+        """Sends refused by the full send queue (the aggregator is not reading): tried again later."""
         self._last_send = 0.0
         self.last_reply_at = 0.0
         """monotonic time of the last message from the aggregator (0: never)."""
@@ -191,7 +173,14 @@ class SenderThread(threading.Thread):
             buf=self.buf,
             cutter=Cutter(self._number_steps, c.max_batch_points),
             window=Window(max_batches=c.max_window, max_points=c.max_backlog_points, envelope=self._batch_envelope),
-            outbox=Outbox(policy=c.backpressure, wal=wal, max_points=c.max_backlog_points, rank=c.rank, buf=self.buf),
+            outbox=Outbox(
+                policy=c.backpressure,
+                wal=wal,
+                max_points=c.max_backlog_points,
+                rank=c.rank,
+                buf=self.buf,
+                min_cut_points=c.max_batch_points,
+            ),
             wal=wal,
             offline=offline,
             policy=c.backpressure,
@@ -204,7 +193,7 @@ class SenderThread(threading.Thread):
         ctx = zmq.Context()
         sock = self.sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, self.cfg.max_window + _CONTROL_SLACK)
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.cfg.curve is not None:
             self.cfg.curve.apply_client(sock)
@@ -224,6 +213,7 @@ class SenderThread(threading.Thread):
                 if sock in events:
                     self._recv_all()
                 now = time.monotonic()
+                self._send_unsent()
                 self._serve_requests()
                 if now >= next_flush or self.buf.flush_requested:
                     self._flush(now)
@@ -265,19 +255,37 @@ class SenderThread(threading.Thread):
     def _batch_envelope(self, seq: int) -> bytes:
         return self._env(wire.BATCH, seq)
 
-    def _send_frames(self, frames: list[bytes], now: float) -> None:
+    def _send_frames(self, frames: list[bytes], now: float) -> bool:
+        """Queue ``frames`` without blocking; False (counted) when the send queue is full."""
         assert self.sock is not None
-        self.sock.send_multipart(frames, copy=False)
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.deferred_sends += 1
+            return False
         self._last_send = now
+        return True
 
-    def _send(self, kind: int, seq: int, payload: bytes) -> None:
-        self._send_frames([self._env(kind, seq), payload], time.monotonic())
+    def _send(self, kind: int, seq: int, payload: bytes) -> bool:
+        return self._send_frames([self._env(kind, seq), payload], time.monotonic())
 
-    def _send_hello(self) -> None:
-        self._pipe.welcomed = False
+    def _send_hello(self, *, probe: bool = False) -> None:
+        """Say HELLO; its WELCOME resends what it did not have. A probe keeps sending meanwhile."""
+        if not probe:
+            self._pipe.welcomed = False
+        self._probing = probe
+        self._hello_seq += 1
         self._hello_sent_at = time.monotonic()
-        self._send(wire.HELLO, 0, wire.encode_map(self.cfg.hello))
-        _log.debug("rank %d: HELLO to %s", self.cfg.rank, self.cfg.endpoint)
+        # A HELLO the full queue refuses is retried by housekeeping after ack_timeout_s.
+        self._send(wire.HELLO, self._hello_seq, wire.encode_map(self.cfg.hello))
+        _log.debug("rank %d: HELLO %d to %s", self.cfg.rank, self._hello_seq, self.cfg.endpoint)
+
+    def _send_unsent(self) -> None:
+        while self._unsent:
+            kind, seq, payload = self._unsent[0]
+            if not self._send(kind, seq, payload):
+                return
+            self._unsent.pop(0)
 
     def _serve_requests(self) -> None:
         for req in self._requests.take():
@@ -286,12 +294,12 @@ class SenderThread(threading.Thread):
                 continue
             if req.kind == wire.BYE:
                 req.payload = dict(req.payload, **self._pipe.counters())
-            self._send(req.kind, self._requests.open(req), wire.encode_map(req.payload))
+            item = (req.kind, self._requests.open(req), wire.encode_map(req.payload))
+            if self._unsent or not self._send(*item):
+                self._unsent.append(item)  # in order, behind the others the queue refused
 
-    def _resend_from(self, seq: int) -> None:
-        now = time.monotonic()
-        self._pipe.resend_from(seq, now)
-        self._last_send = now
+    def _resend_from(self, seq: int, *, sent_before: float | None = None) -> None:
+        self._pipe.resend_from(seq, time.monotonic(), sent_before=sent_before)
 
     # ------------------------------------------------------------ replies
 
@@ -330,7 +338,10 @@ class SenderThread(threading.Thread):
                 self.buf.journal = j
             self._pipe.ack(env.seq)
         elif kind == wire.WELCOME:
-            self._on_welcome(body)
+            if env.seq == self._hello_seq:
+                self._on_welcome(body)
+            else:  # the answer to an older HELLO (queued while the aggregator was frozen)
+                _log.debug("rank %d: stale WELCOME %d ignored", self.cfg.rank, env.seq)
         elif kind == wire.PONG:
             pass
         elif kind == wire.ERROR:
@@ -341,10 +352,21 @@ class SenderThread(threading.Thread):
     def _on_welcome(self, body: dict[str, Any]) -> None:
         last = body.get("last_seq", 0)
         self._pipe.welcomed = True
+        welcome = getattr(self._number_steps, "welcome", None)  # the client's StepNumbering: where a resumed rank was
+        if welcome is not None:
+            welcome(body.get("last_steps"))
         _log.debug("rank %d: WELCOME, aggregator has up to seq %s", self.cfg.rank, last)
+        first = 0
         if type(last) is int:
-            self._pipe.ack_below(last + 1)
-        self._resend_from(0)
+            if self._probing:
+                # A live aggregator's mark may be ahead of its commit: those batches get their
+                # own ACK once durable; only the ones it never saw are sent again.
+                first = last + 1
+            else:
+                self._pipe.ack_below(last + 1)
+        # Batches sent before that HELLO and not acked were lost on the way (a reconnect, a
+        # restarted aggregator); those sent after it are still on their way, not sent again.
+        self._resend_from(first, sent_before=self._hello_sent_at)
 
     def _on_error(self, env: wire.Envelope, body: dict[str, Any]) -> None:
         code = body.get("code")
@@ -370,10 +392,13 @@ class SenderThread(threading.Thread):
                 _log.warning("rank %d: %s", self.cfg.rank, err2)
 
     def _housekeeping(self, now: float) -> None:
-        if not self._pipe.welcomed and now - self._hello_sent_at > self.cfg.ack_timeout_s:
+        timeout = self.cfg.ack_timeout_s
+        if not self._pipe.welcomed and now - self._hello_sent_at > timeout:
             self._send_hello()
-        if self._pipe.overdue(now, self.cfg.ack_timeout_s):
-            _log.debug("rank %d: no ack for %d batches; resending", self.cfg.rank, self._pipe.in_flight)
-            self._resend_from(0)
-        if now - self._last_send > self.cfg.heartbeat_interval_s:
-            self._send(wire.PING, 0, b"\x80")
+        elif self._pipe.overdue(now, timeout) and now - self._hello_sent_at > timeout:
+            # Not a blind resend into the same queue (a frozen aggregator would have it grow by
+            # a window every timeout): ask what it has; its WELCOME resends the rest.
+            _log.debug("rank %d: no ack for %d batches; probing with HELLO", self.cfg.rank, self._pipe.in_flight)
+            self._send_hello(probe=True)
+        if now - self._last_send > self.cfg.heartbeat_interval_s and not self._send(wire.PING, 0, b"\x80"):
+            self._last_send = now  # the queue is full: the aggregator will hear from us anyway

@@ -46,6 +46,13 @@ class Window:
         b.seq = self.last_seq
         b.envelope = self._envelope(b.seq)
 
+    def unnumber(self, b: OutBatch) -> None:
+        """Take back the number just given to ``b`` (it could not be sent)."""
+        assert b.seq == self.last_seq, "only the last number given can be taken back"
+        self.last_seq -= 1
+        b.seq = 0
+        b.envelope = b""
+
     def room(self, extra: int) -> bool:
         """Whether ``extra`` more points may go in flight."""
         return len(self.batches) < self._max_batches and (not self.batches or self.points + extra <= self._max_points)
@@ -67,14 +74,11 @@ class Window:
         """Numbers in flight below ``seq`` (the aggregator has them already)."""
         return [s for s in self.batches if s < seq]
 
-    def resend(self, from_seq: int, now: float) -> list[list[bytes]]:
-        """The frames of the batches numbered ``from_seq`` or later, stamped as sent again at ``now``."""
-        out = []
-        for b in self.batches.values():
-            if b.seq >= from_seq and b.payload is not None:
-                b.sent_at = now
-                out.append([b.envelope, b.payload])
-        return out
+    def to_resend(self, from_seq: int, sent_before: float) -> list[OutBatch]:
+        """The batches in flight numbered ``from_seq`` or later and last sent before ``sent_before``."""
+        return [
+            b for b in self.batches.values() if b.seq >= from_seq and b.sent_at <= sent_before and b.payload is not None
+        ]
 
     def oldest(self) -> OutBatch | None:
         """The batch longest in flight."""

@@ -52,13 +52,14 @@ def test_finalize_reports_failed_with_reasons(tmp_path: Path) -> None:
     bye(a, 0, undelivered=7)
     bye(a, 2)
     rep = a.finalize("stopped by a signal")
-    assert rep["state"] == "failed"
+    assert rep["state"] == "failed"  # failures win over the interruption
     assert rep["reasons"] == [
         "rank 0 closed with 7 points undelivered",
         "stopped by a signal",
-        "rank 1 did not close (last state: live)",
         "rank 3 never connected",
     ]
+    assert rep["failed_ranks"] == {"0": "closed with 7 points undelivered", "3": "never connected"}
+    assert rep["interrupted_ranks"] == {"1": "still running when the aggregator was stopped by a signal"}
     assert rep["ranks_never_seen"] == [3]
     assert rep["per_rank"]["0"]["undelivered"] == 7
     assert rep["per_rank"]["1"]["state"] == "live"

@@ -106,6 +106,7 @@ def test_new_incarnation_fences_an_old_one_that_was_lost(tmp_path: Path) -> None
     a = Aggregator(make_cfg(tmp_path, world=1, liveness_timeout_s=5.0))
     hello(a, 0, inc=1, now=0.0)
     batch(a, 0, 1, inc=1, now=0.0, metrics={"k": {0: 1.0}})
+    a.senders[(0, 1)].heard -= 10.0  # silent for 10 s (liveness runs on time.monotonic)
     a.check_liveness(10.0)
     assert a.rank_state[0] == "lost"
     hello(a, 0, inc=2, now=11.0)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from coordinator.core.incarnations import is_replaced, replaced_from, resolve, start_order, without_replaced
+import pytest
+
+from coordinator.core.incarnations import (
+    is_replaced,
+    latest_per_step,
+    latest_points,
+    repeated_steps,
+    replaced_from,
+    resolve,
+    start_order,
+    without_replaced,
+)
 
 
 def test_a_point_is_replaced_from_the_step_the_later_incarnation_resumed_at() -> None:
@@ -48,7 +59,27 @@ def test_resolve_agrees_with_replaced_from_on_every_point() -> None:
     assert resolve(list(incs.values())) == kept
 
 
-def test_resolve_keeps_repeated_steps_and_ignores_empty_incarnations() -> None:
-    assert resolve([[(1, 1.0), (1, 1.5)], [], [(2, 2.0)]]) == [(1, 1.0), (1, 1.5), (2, 2.0)]
+def test_resolve_keeps_the_later_value_of_a_repeated_step_and_ignores_empty_incarnations() -> None:
+    assert resolve([[(1, 1.0), (1, 1.5)], [], [(2, 2.0)]]) == [(1, 1.5), (2, 2.0)]
     assert resolve([[(3, 1.0)]]) == [(3, 1.0)]
     assert resolve([]) == []
+
+
+def test_a_repeated_step_within_an_incarnation_keeps_its_later_value_at_its_first_position() -> None:
+    steps, values = latest_per_step([0, 1, 2, 1, 3, 1], [0.0, 1.0, 2.0, 1.5, 3.0, 1.75])
+    assert steps == [0, 1, 2, 3]
+    assert values == [0.0, 1.75, 2.0, 3.0]
+    assert repeated_steps([0, 1, 2, 1, 3, 1]) == 2
+    assert latest_per_step([4, 5], [0.4, 0.5]) == ([4, 5], [0.4, 0.5])
+    assert repeated_steps([]) == 0
+    assert latest_points([(1, 0.1, 10.0), (1, 0.2, 11.0)]) == [(1, 0.2, 11.0)]
+    with pytest.raises(ValueError, match="2 steps but 1 values"):
+        latest_per_step([1, 2], [0.0])
+
+
+def test_resolve_applies_the_repeat_rule_within_each_incarnation_and_only_lower_steps_rewind() -> None:
+    first = [(0, 1.0), (1, 1.0), (1, 1.5), (2, 1.0)]
+    second = [(3, 2.0), (4, 2.0)]  # continues at higher steps: nothing of the first is replaced
+    assert resolve([first, second]) == [(0, 1.0), (1, 1.5), (2, 1.0), (3, 2.0), (4, 2.0)]
+    third = [(2, 3.0), (2, 3.5)]  # an explicit lower step rewinds from there
+    assert resolve([first, second, third]) == [(0, 1.0), (1, 1.5), (2, 3.5)]

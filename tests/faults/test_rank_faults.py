@@ -98,6 +98,11 @@ def test_coordinator_sync_delivers_what_a_killed_job_left_in_its_spools(store_di
     )
     assert r2.returncode in (0, 1), r2.stderr
     _check_exactly_once(store_dir, world, n).close()
+    # What the SIGKILLed job left in the runtime directory (a next start would remove it too).
+    from coordinator.transport.discovery import private_dir
+    from coordinator.transport.launcher import remove_stale_dirs
+
+    assert remove_stale_dirs(private_dir()) >= 1
 
 
 def test_locked_journal_applies_backpressure_then_drains_exactly_once(store_dir: Path) -> None:

@@ -29,7 +29,7 @@ from coordinator.forward.backend import (
     get_backend,
     resolve_backends,
 )
-from coordinator.forward.cursor import cursor_path
+from coordinator.forward.cursor import destination_of
 from coordinator.forward.forwarder import Forwarder
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, RunInfo, TxnData
@@ -158,6 +158,12 @@ class _Flaky:
     def finish(self, state: str) -> None:
         self.inner.finish(state)
 
+    def destination(self) -> str:
+        return destination_of(self.inner)
+
+    def holds(self, state: Mapping[str, Any]) -> bool:
+        return bool(self.inner.holds(state))  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self.inner.close()
 
@@ -195,7 +201,7 @@ def test_every_main_and_per_rank_point_reaches_tensorboard_once_and_the_run_is_f
     assert st["finished"] == "finished"
     assert st["retries"] == st["failed_points"] == st["thinned_points"] == 0
     assert_series(tb_scalars(run_db.parent / "tensorboard"), expected(4, 200))
-    saved = json.loads(cursor_path(run_db.parent, "tensorboard").read_text())
+    saved = json.loads(fwd.path.read_text())
     assert saved["finished"] == "finished"
     assert saved["counters"]["forwarded_points"] == 2000
     again = Forwarder(run_db, "tensorboard")
@@ -229,7 +235,7 @@ def test_crash_after_the_backend_accepted_but_before_the_cursor_moved_doubles_no
         # One batch goes through; the next one "crashes" after its flush.
         fwd.drain(10, progress=lambda st: setattr(flaky, "crash_after_flush", True))
     fwd.release()
-    committed = json.loads(cursor_path(run_db.parent, "tensorboard").read_text())["cursor"]
+    committed = json.loads(fwd.path.read_text())["cursor"]
     assert committed > 0
     fwd2 = Forwarder(run_db, "tensorboard", {"batch_points": 400})
     try:
@@ -253,6 +259,83 @@ def test_transient_errors_are_retried_with_backoff_and_retry_after_is_honoured(r
     assert time.monotonic() - t0 >= 0.8
     assert st["retries"] == 3
     assert st["last_error"] is not None and "connection refused" in st["last_error"]
+    assert_series(tb_scalars(run_db.parent / "tensorboard"), expected(4, 200))
+
+
+class _HtmlGateway:
+    """A real HTTP server on 127.0.0.1 that answers its first ``bad`` requests like a proxy whose
+    upstream is down (status 502, an HTML page), then with the tracker's JSON."""
+
+    def __init__(self, bad: int) -> None:
+        import http.server
+
+        self.bad = bad
+        self.requests = 0
+        gw = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                gw.requests += 1
+                status, ctype, body = (
+                    (502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+                    if gw.requests <= gw.bad
+                    else (200, "application/json", b'{"ok": true}')
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/log"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="html-gateway", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(30)
+
+
+class _JsonClient(_Flaky):
+    """The real TensorBoard backend behind a tracker client that, like many, reads every answer
+    with ``response.json()``: a proxy's HTML page raises a real JSONDecodeError (a ValueError)."""
+
+    def __init__(self, inner: Backend, url: str) -> None:
+        super().__init__(inner)
+        self.url = url
+
+    def log_metrics(self, batch: Sequence[Series]) -> int:
+        import requests
+
+        self.calls += 1
+        requests.post(self.url, json={"points": sum(len(s.points) for s in batch)}, timeout=10).json()
+        return self.inner.log_metrics(batch)
+
+
+def test_a_proxys_html_502_page_is_transient_retried_and_counted(run_db: Path) -> None:
+    """Five HTML 502 pages (JSON decode errors): retried with backoff and counted, never permanent;
+    every point then arrives once. Before the fix ValueError was permanent: stopped after three."""
+    pytest.importorskip("requests")
+    gw = _HtmlGateway(bad=5)
+    try:
+        client = _JsonClient(tb_backend(run_db), gw.url)
+        fwd = Forwarder(run_db, "tensorboard", {"base_backoff_s": 0.01, "max_backoff_s": 0.05}, backend=client)
+        try:
+            st = fwd.drain(60)
+        finally:
+            fwd.release()
+    finally:
+        gw.close()
+    assert gw.requests >= 6
+    assert st["retries"] == 5 and st["failed"] is None and st["failed_points"] == 0
+    assert st["last_error"] is not None and "JSONDecodeError" in st["last_error"]
     assert_series(tb_scalars(run_db.parent / "tensorboard"), expected(4, 200))
 
 
@@ -414,6 +497,38 @@ def test_replaced_main_values_and_stale_rank_points_are_not_sent_within_a_batch(
     assert got["ranks/0/loss"] == [(s, float(s)) for s in range(5)] + [(5, 50), (6, 60), (7, 70), (8, 80), (9, 90)]
 
 
+def test_a_step_a_rank_logged_twice_goes_to_the_tracker_once_with_its_later_value(tmp_path: Path) -> None:
+    """One incarnation logs step 2 twice (two batches): the rank's series carries step 2 once, with
+    the later value, like the main series; the earlier value counts as replaced."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    db = tmp_path / "runs" / "r2" / "run.db"
+    s = LocalStore(db)
+    s.create_run("r2", "p", "twice", 1, 1000.0)
+    s.commit(
+        TxnData(
+            key_policies={"loss": "mean"},
+            senders={(0, 1): (2, 10, 1, 1000.0, 1001.0, "closed", 1, "h")},
+            chunks=[
+                ChunkRow("loss", 0, 1, 1, 1001.0, _q(0, 1, 2), _d(0, 1, 2)),
+                ChunkRow("loss", MAIN_RANK, 0, 0, 1001.5, _q(0, 1, 2), _d(0, 1, 2), array("i", [1] * 3)),
+                ChunkRow("loss", 0, 1, 2, 1002.0, _q(2, 3), _d(20, 3)),
+                ChunkRow("loss", MAIN_RANK, 0, 0, 1002.5, _q(2, 3), _d(20, 3), array("i", [1, 1])),
+            ],
+        )
+    )
+    s.finish_run("finished", {})
+    s.close()
+    fwd = Forwarder(db, "tensorboard")
+    try:
+        st = fwd.drain(30)
+    finally:
+        fwd.release()
+    got = tb_scalars(db.parent / "tensorboard")
+    assert got["ranks/0/loss"] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 3.0)]
+    assert got["loss"] == [(0, 0.0), (1, 1.0), (2, 20.0), (3, 3.0)]
+    assert st["replaced_points"] == 2  # step 2's first value: once in the main series, once in rank 0's
+
+
 def test_a_replacement_in_a_later_batch_is_sent_again_after_the_original(tmp_path: Path) -> None:
     """Batch per chunk: the re-emitted main steps 3, 4 are sent again, after the originals (TensorBoard keeps both)."""
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
@@ -470,11 +585,12 @@ def test_options_are_validated_and_split_between_forwarder_and_backend(tmp_path:
 
 
 def test_a_missing_client_library_raises_import_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    """get_backend('neptune') without the neptune package says: pip install 'coordinator[neptune]'."""
+    """get_backend('neptune') without the neptune package says: pip install 'ddp-coordinator[neptune]'."""
     monkeypatch.setitem(__import__("sys").modules, "neptune", None)
     monkeypatch.delitem(__import__("sys").modules, "coordinator.forward.neptune", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'coordinator\[neptune\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'ddp-coordinator\[neptune\]'") as err:
         get_backend("neptune")
+    assert str(err.value).count("pip install") == 2, "the hint is given once (and once for a checkout)"
 
 
 # ------------------------------------------------------------------------------ command line
@@ -499,6 +615,36 @@ def test_sync_to_pushes_a_stored_run_with_progress_and_resumes_with_nothing_doub
     assert cli.main(["--dir", str(root), "show", run_id]) == 0
     out, _ = capsys.readouterr()
     assert "forwarder tensorboard" in out and "forwarded_points 2000" in out, out
+
+
+def test_sync_to_a_new_or_emptied_destination_sends_every_point_and_from_start_resends(
+    run_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cursor is keyed by destination and checked against it: a second logdir gets all 2,000
+    points (before the fix: 0, exit 0, "backend run finished"); a deleted logdir is refilled;
+    --from-start sends the run again into the same event file, doubling nothing."""
+    import shutil
+
+    root = run_db.parent.parent.parent
+    run_id = run_db.parent.name
+
+    def sync(logdir: Path, *extra: str) -> str:
+        argv = ["--dir", str(root), "sync", run_id, "--to", "tensorboard", "--option", f"logdir={logdir}", *extra]
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    first, second = tmp_path / "tb-first", tmp_path / "tb-second"
+    assert "2,000 points sent" in sync(first)
+    out = sync(second)
+    assert "2,000 points in 10 chunks to send (from the start)" in out and "2,000 points sent" in out, out
+    assert_series(tb_scalars(second), expected(4, 200))
+    assert " 0 points sent" in sync(first), "the first destination already has everything"
+    shutil.rmtree(first)
+    assert "2,000 points sent" in sync(first), "a deleted logdir is sent the whole run again"
+    assert_series(tb_scalars(first), expected(4, 200))
+    assert "2,000 points sent" in sync(first, "--from-start")
+    assert_series(tb_scalars(first), expected(4, 200))
+    assert len(list(first.glob("events.out.tfevents.*"))) == 1
 
 
 def test_sync_to_reports_a_bad_option_and_a_missing_run(run_db: Path, capsys: pytest.CaptureFixture[str]) -> None:

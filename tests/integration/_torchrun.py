@@ -39,6 +39,7 @@ def torchrun(
     timeout: float = 240,
     extra_env: dict[str, str] | None = None,
     torchrun_args: tuple[str, ...] = (),
+    standalone: bool = True,
 ) -> Result:
     """Run ``workers/<script>`` (or an absolute path) on ``nproc`` ranks with ``torchrun --standalone``; fail on a hang.
 
@@ -51,7 +52,7 @@ def torchrun(
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *(["--standalone"] if standalone else []),  # False: torchrun_args name the rendezvous
         f"--nproc_per_node={nproc}",
         *torchrun_args,
         str(WORKERS / script) if not os.path.isabs(script) else script,

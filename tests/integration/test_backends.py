@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,8 @@ def test_mlflow_sync_to_a_real_server_stores_every_point_once_with_params_and_st
     _check_mlflow_run(mlflow_server.uri, run_id)
     # The cursor file is gone (say, another machine): the run is found by its tag, and MLflow drops the
     # identical resent points, so nothing is doubled.
-    (db.parent / "forward-mlflow.json").unlink()
+    [cursor] = db.parent.glob("forward-mlflow-*.json")  # keyed by the destination
+    cursor.unlink()
     assert cli.main(argv) == 0
     _check_mlflow_run(mlflow_server.uri, run_id)
 
@@ -435,3 +437,170 @@ def test_wait_times_out_naming_the_backend_while_mlflow_is_down_then_succeeds(
             run.wait(timeout=3)
         mlflow_server.start()
         run.wait(120)
+
+
+class FlakyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of a real server: its first requests get a proxy's HTML
+    error page (``bad_gateway`` with status 502, then ``html_ok`` with status 200, which the MLflow
+    client cannot decode as JSON: a ValueError), then every request is passed through."""
+
+    PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
+
+    def __init__(self, upstream: str, *, bad_gateway: int, html_ok: int) -> None:
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.left = [502] * bad_gateway + [200] * html_ok
+        self.faults = 0
+        self.passed = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.left:
+                    status = proxy.left.pop(0)
+                    proxy.faults += 1
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(proxy.PAGE)))
+                    self.end_headers()
+                    self.wfile.write(proxy.PAGE)
+                    return
+                req = urllib.request.Request(
+                    proxy.upstream + self.path, data=body if self.command != "GET" else None, method=self.command
+                )
+                for h in ("Content-Type", "Authorization"):
+                    if self.headers.get(h):
+                        req.add_header(h, self.headers[h])
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, data, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+                except urllib.error.HTTPError as e:
+                    status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+                proxy.passed += 1
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="flaky-proxy", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(30)
+
+
+def test_a_proxys_html_error_pages_are_retried_and_counted_then_every_point_arrives_once(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy answers the MLflow client with HTML 502 pages, then HTML with status 200 (a JSON
+    decode error, a ValueError), then passes through: the forwarder retries every one with backoff,
+    counts them, and finishes with every point exactly once. Before the fix, ValueError was
+    permanent and forwarding stopped after three tries."""
+    db = make_run(tmp_path / "store", monkeypatch, ranks=RANKS, steps=STEPS)
+    proxy = FlakyProxy(mlflow_server.uri, bad_gateway=3, html_ok=5)
+    try:
+        fwd = Forwarder(
+            db,
+            "mlflow",
+            {
+                "tracking_uri": proxy.uri,
+                "batch_points": 1500,
+                "base_backoff_s": 0.05,
+                "max_backoff_s": 0.2,
+                "http_max_retries": 0,
+                "http_timeout_s": 10,
+            },
+        )
+        try:
+            st = fwd.drain(120)
+        finally:
+            fwd.release()
+    finally:
+        proxy.close()
+    assert proxy.faults == 8 and proxy.passed > 0
+    assert st["retries"] >= 8, st
+    assert st["failed"] is None and st["failed_points"] == 0
+    assert st["finished"] == "finished"
+    assert st["forwarded_points"] == RANKS * STEPS * 2 + STEPS * 2
+    _check_mlflow_run(mlflow_server.uri, db.parent.name)
+
+
+def _ended_store(path: Path, run_id: str, state: str) -> Path:
+    """A one-rank run of ten points that ended in ``state``."""
+    from array import array
+
+    from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+
+    s = LocalStore(path)
+    s.create_run(run_id, "fwd", f"ended-{state}", 1, 1000.0)
+    steps, values = array("q", range(10)), array("d", [float(i) for i in range(10)])
+    s.commit(
+        TxnData(
+            key_policies={"loss": "mean"},
+            senders={(0, 1): (1, 10, 1, 1000.0, 1001.0, "closed", 1, "h")},
+            chunks=[
+                ChunkRow("loss", 0, 1, 1, 1001.0, steps, values),
+                ChunkRow("loss", MAIN_RANK, 0, 0, 1001.5, steps, values, array("i", [1] * 10)),
+            ],
+        )
+    )
+    s.finish_run(state, {})
+    s.close()
+    return path
+
+
+def test_failed_and_interrupted_runs_reach_mlflow_as_failed_and_killed(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """The journal's end state goes to the tracker: failed -> FAILED, interrupted -> KILLED (not FINISHED)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)
+    for state, status in (("failed", "FAILED"), ("interrupted", "KILLED"), ("finished", "FINISHED")):
+        db = _ended_store(tmp_path / state / "runs" / f"r-{state}" / "run.db", f"r-{state}", state)
+        fwd = Forwarder(db, "mlflow", {"tracking_uri": mlflow_server.uri, "experiment": "fwd"})
+        try:
+            st = fwd.drain(60)
+        finally:
+            fwd.release()
+        assert st["finished"] == state
+        exp = client.get_experiment_by_name("fwd")
+        assert exp is not None
+        [run] = client.search_runs([exp.experiment_id], filter_string=f"tags.`coordinator.run_id` = 'r-{state}'")
+        assert run.info.status == status, state
+
+
+def test_neptune_offline_marks_failed_and_interrupted_runs(tmp_path: Path) -> None:
+    """Neptune has no killed state: failed sets sys/failed, interrupted adds the tag 'interrupted'."""
+    pytest.importorskip("neptune", reason="the neptune extra is not installed (pip install 'coordinator[neptune]')")
+    import json
+
+    for state in ("failed", "interrupted"):
+        db = _ended_store(tmp_path / state / "runs" / f"r-{state}" / "run.db", f"r-{state}", state)
+        data_dir = tmp_path / state / "np"
+        fwd = Forwarder(db, "neptune", {"mode": "offline", "project": "ws/fwd", "data_dir": str(data_dir)})
+        try:
+            fwd.drain(120)
+        finally:
+            fwd.release()
+        [container] = list((data_dir / "offline").glob("run__*"))
+        ops = [json.loads(line)["obj"] for f in container.glob("data-*.log") for line in f.read_text().splitlines()]
+        assigned = {"/".join(o["path"]): o.get("value") for o in ops if o["type"].startswith("Assign")}
+        tags = [o for o in ops if "/".join(o["path"]) == "sys/tags"]
+        assert assigned["coordinator/state"] == state
+        assert (assigned.get("sys/failed") is True) is (state == "failed")
+        assert any("interrupted" in json.dumps(o) for o in tags) is (state == "interrupted")

@@ -14,16 +14,18 @@ import zmq
 import coordinator
 from coordinator.journal.store import LocalStore, list_runs
 from coordinator.transport import wire
+from coordinator.transport.security import CurveKeys
 from tests.integration.test_processes import ROOT
 
 pytestmark = pytest.mark.integration
 WORKER = Path(__file__).parent / "workers" / "tcp_rank.py"
+SECRET = "a-job-secret-of-enough-length"
 
 
-def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
-    store_dir: Path, tmp_path: Path
-) -> None:
-    """LOCAL_WORLD_SIZE=1 per rank: TCP on 127.0.0.1 (not *), CURVE; a client without the key delivers nothing."""
+def test_two_nodes_over_curve_tcp_and_intruders_without_the_secret_are_refused(store_dir: Path, tmp_path: Path) -> None:
+    """LOCAL_WORLD_SIZE=1 per rank: TCP on 127.0.0.1 (not *), CURVE. Clients without the job's keys deliver
+    nothing: a plain one, one with a wrong server key (the handshake fails), and one that knows the
+    server's public key but not the secret (refused by the ZAP allow-list, counted); the run is unaffected."""
     pytest.importorskip("torch")
     out = tmp_path / "out"
     out.mkdir()
@@ -39,7 +41,7 @@ def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
             COORDINATOR_DIR=str(store_dir),
-            COORDINATOR_SECRET="a-job-secret-of-enough-length",
+            COORDINATOR_SECRET=SECRET,
             PYTHONPATH=str(ROOT),
         )
         cmd = [sys.executable, str(WORKER), "--out", str(out)]
@@ -53,13 +55,19 @@ def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
         assert endpoint.startswith("tcp://127.0.0.1:"), endpoint
         ctx = zmq.Context()
         try:
-            for curve in (False, True):
+            for intruder in ("plain", "wrong-server-key", "no-secret"):
                 s = ctx.socket(zmq.DEALER)
                 s.setsockopt(zmq.LINGER, 0)
-                if curve:  # a CURVE client with its own keys, not the job's
+                if intruder == "wrong-server-key":  # a CURVE client with its own keys, not the job's
                     pub, sec = zmq.curve_keypair()
                     s.curve_publickey, s.curve_secretkey = pub, sec
                     s.curve_serverkey = zmq.curve_public(b"0" * 40)
+                if intruder == "no-secret":
+                    # Knows the server's public key (the handshake succeeds) but not the job secret:
+                    # its client key is derived from another secret, so the ZAP allow-list refuses it.
+                    s.curve_serverkey = CurveKeys.from_secret(SECRET).server_public
+                    other = CurveKeys.from_secret("not-the-job-secret-at-all")
+                    s.curve_publickey, s.curve_secretkey = other.client_public, other.client_secret
                 s.connect(endpoint)
                 s.send_multipart([wire.encode_envelope(wire.HELLO, run_id, 1, 99, 0), wire.encode_map({})])
                 assert not s.poll(1500), "an unauthenticated client got an answer"
@@ -79,6 +87,7 @@ def test_two_nodes_over_curve_tcp_and_an_intruder_without_the_secret_is_refused(
     [info] = list_runs(store_dir)
     assert info.state == "finished"
     assert info.report is not None and info.report["unknown_sender"] == 0 and info.report["bad_frames"] == 0
+    assert info.report["refused_clients"] == 1, "the allow-list refused the client without the secret, counted"
     st = LocalStore(info.path / "run.db", readonly=True)
     try:
         for r in range(2):

@@ -58,9 +58,11 @@ def test_a_newer_store_is_refused_with_a_clear_error_even_when_writable(tmp_path
 
 
 def test_an_older_store_without_an_upgrade_path_is_refused(tmp_path: Path) -> None:
-    path = _store_at(tmp_path, SCHEMA_VERSION - 1)
-    with pytest.raises(SinkError, match=f"no upgrade from schema {SCHEMA_VERSION - 1}"):
+    path = _store_at(tmp_path, 0)
+    with pytest.raises(SinkError, match="no upgrade from schema 0"):
         connect(path, readonly=False, durable=False)
+    with pytest.raises(SinkError, match="read-only"):
+        connect(path, readonly=True, durable=False)
 
 
 def test_migrate_runs_each_step_in_order_then_records_the_version(tmp_path: Path) -> None:
@@ -93,8 +95,11 @@ def test_a_failed_upgrade_step_keeps_nothing_of_the_upgrade(tmp_path: Path) -> N
 def test_a_read_only_store_is_never_upgraded(tmp_path: Path) -> None:
     path = _store_at(tmp_path, 1)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    ran: list[int] = []
+    migrate(db, path, readonly=True, target=2, steps={1: lambda c: ran.append(1)})  # read as it is
+    assert ran == [] and db.execute("SELECT v FROM meta WHERE k='schema'").fetchone() == ("1",)
     with pytest.raises(SinkError, match="read-only"):
-        migrate(db, path, readonly=True, target=2, steps={1: lambda c: None})
+        migrate(db, path, readonly=True, target=3, steps={1: lambda c: None}, oldest_readable=2)
     db.close()
 
 
@@ -106,7 +111,9 @@ def _check_fixture(s: LocalStore) -> None:
     assert (info.id, info.project, info.name, info.created, info.ended) == ("v1run", "proj", "fixture", 1000.0, 1010.0)
     assert (info.state, info.world_size, info.report) == ("finished", 2, {"points": 19})
     assert (
-        s.meta("schema") == "1" and s.meta("counters") == '{"batches": 3}' and s.meta("config") == '{"world_size": 2}'
+        s.meta("schema") == ("1" if s.readonly else str(SCHEMA_VERSION))
+        and s.meta("counters") == '{"batches": 3}'
+        and s.meta("config") == '{"world_size": 2}'
     )
     assert s.key_policies() == {"acc": "max", "loss": "mean", "lr": "per_rank"}
     assert s.values("loss") == [(0, 1.5), (1, 1.4), (2, 1.8), (3, 1.7), (4, 1.6)]
@@ -148,9 +155,41 @@ def _check_fixture(s: LocalStore) -> None:
 
 
 def test_a_store_written_by_the_earlier_release_reads_back_every_field_and_point() -> None:
+    before = FIXTURE.read_bytes()
     s = LocalStore(FIXTURE, readonly=True)
     try:
+        assert not s.summarized  # schema 1: summaries computed as it reads, nothing written
         _check_fixture(s)
+        assert s.values_page("loss", 1, after=0, limit=2) == ((array("q", [1, 2]), array("d", [1.9, 2.8]), 2))
+        assert s.series_stats("loss") == (5, (0, 1.5), (4, 1.6), 1.4, 1.8)
+        assert s.last_steps(1) == {"loss": 4, "lr": 1} and s.last_point("loss") == (4, 1.6)
+    finally:
+        s.close()
+    assert FIXTURE.read_bytes() == before
+
+
+def test_the_writer_upgrades_a_schema_1_store_to_summaries_that_match_its_points(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    shutil.copy(FIXTURE, path)
+    LocalStore(path).close()  # the writer migrates
+    s = LocalStore(path, readonly=True)
+    try:
+        assert s.summarized and s.meta("schema") == str(SCHEMA_VERSION)
+        old = LocalStore(FIXTURE, readonly=True)
+        try:
+            for key, rank in (("loss", -1), ("loss", 0), ("loss", 1), ("acc", -1), ("lr", 1)):
+                assert s.series_stats(key, rank) == old.series_stats(key, rank)
+                assert s.values(key, rank) == old.values(key, rank)
+                assert s.rank_incarnations(key, rank) == old.rank_incarnations(key, rank)
+        finally:
+            old.close()
+        rows = s._db.execute("SELECT steps, vals, step_min, step_max, v_min, v_max, ordered FROM chunks").fetchall()
+        for sb, vb, lo, hi, vmin, vmax, ordered in rows:
+            st, va = array("q"), array("d")
+            st.frombytes(sb)
+            va.frombytes(vb)
+            assert (lo, hi, vmin, vmax) == (min(st), max(st), min(va), max(va))
+            assert ordered == int(list(st) == sorted(set(st)))
     finally:
         s.close()
 

@@ -145,11 +145,13 @@ def test_values_are_in_step_order_across_chunks(store: LocalStore) -> None:
     assert store.contributors("k") == [(1, 2), (7, 1), (8, 1), (9, 2)]
 
 
-def test_values_are_stable_for_equal_steps(store: LocalStore) -> None:
-    """Points with the same step keep their commit order (a rank re-logging a step)."""
+def test_a_step_logged_twice_by_one_incarnation_keeps_its_latest_value(store: LocalStore) -> None:
+    """Item 14: within one incarnation a repeated step is replaced by its later value (as in the main series)."""
     store.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 1, 1.0, q(3, 1), d(30.0, 10.0))], key_policies={"k": "mean"}))
-    store.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 2, 1.0, q(1, 3), d(11.0, 31.0))]))
-    assert store.values("k", 0) == [(1, 10.0), (1, 11.0), (3, 30.0), (3, 31.0)]
+    store.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 2, 1.0, q(1, 3, 3), d(11.0, 31.0, 32.0))]))
+    assert store.values("k", 0) == [(1, 11.0), (3, 32.0)]
+    assert store.series_stats("k", 0).points == 2
+    assert {x["key"]: x["per_rank"] for x in store.series_summary()} == {"k": {0: 2}}
 
 
 def test_contributors_default_to_one_without_counts(store: LocalStore) -> None:
@@ -161,9 +163,19 @@ def test_contributors_default_to_one_without_counts(store: LocalStore) -> None:
 def test_series_summary_counts_points_per_rank_and_last_main_value(store: LocalStore) -> None:
     """series_summary reports policy, main points, last main (step, value) and per-rank counts."""
     store.commit(full_txn())
+    none = {"first": None, "last": None, "min": None, "max": None}
     assert store.series_summary() == [
-        {"key": "acc", "policy": "max", "points": 0, "last": None, "per_rank": {1: 1}},
-        {"key": "loss", "policy": "mean", "points": 2, "last": (1, 1.4), "per_rank": {0: 3, 1: 2}},
+        {"key": "acc", "policy": "max", "points": 0, **none, "per_rank": {1: 1}},
+        {
+            "key": "loss",
+            "policy": "mean",
+            "points": 2,
+            "first": (0, 1.5),
+            "last": (1, 1.4),
+            "min": 1.4,
+            "max": 1.5,
+            "per_rank": {0: 3, 1: 2},
+        },
     ]
 
 

@@ -82,26 +82,77 @@ def test_drop_oldest_bounds_memory_counts_every_dropped_point_and_reports_it(sto
     assert rep is not None and rep["per_rank"]["0"]["dropped_points"] == st["dropped"]
 
 
-def test_spool_policy_keeps_log_cheap_and_memory_bounded_while_frozen(store_dir: Path, tmp_path: Path) -> None:
-    """Default spool: with the aggregator frozen, batches go to disk; all arrive once it resumes."""
-    with coordinator.init_run(settings=coordinator.Settings(max_buffer_points=20_000)) as run:
-        run.log({"a": 0.0}, step=0)
-        run.wait(30)
+_FREEZE_TIMEOUTS = 80
+"""The freeze lasts this many ack timeouts."""
+
+
+def test_spool_policy_keeps_rank_memory_bounded_and_log_cheap_through_a_long_freeze(store_dir: Path) -> None:
+    """Default spool, aggregator SIGSTOPped for many ack timeouts while the rank logs steadily.
+
+    The rank's RSS stays within a bound derived from the settings (the window and the buffer,
+    twice over, plus slack), log() never waits for the aggregator, and after SIGCONT every point
+    is stored exactly once. Before the fix, every ack timeout re-sent the whole window into the
+    socket's unbounded send queue, so memory grew by a window per timeout.
+    """
+    keys = [f"k{i}" for i in range(50)]
+    cfg = coordinator.Settings(
+        ack_timeout_s=0.1,
+        flush_interval_s=0.05,
+        max_window_batches=32,
+        max_batch_points=3000,
+        max_buffer_points=50_000,
+    )
+    window_bytes = cfg.max_window_batches * cfg.max_batch_points * 16
+    buffer_bytes = cfg.max_buffer_points * 16
+    bound = 2 * window_bytes + 2 * buffer_bytes + 16 * 1024**2
+    me = psutil.Process()
+    step = 0
+
+    def log_for(seconds: float) -> float:
+        """Log every key about once a millisecond; returns the slowest log() call."""
+        nonlocal step
+        slowest = 0.0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            values = {k: float(step) for k in keys}
+            t0 = time.perf_counter()
+            run.log(values, step=step)
+            slowest = max(slowest, time.perf_counter() - t0)
+            step += 1
+            time.sleep(0.001)
+        return slowest
+
+    with coordinator.init_run(settings=cfg) as run:
+        log_for(1.0)  # warm up: allocator arenas, keys, the spool
+        run.wait(60)
+        base = me.memory_info().rss
         agg = _freeze(run)
+        peak = base
+        slowest = 0.0
         try:
-            for s in range(1, 500_001):
-                run.log({"a": float(s)}, step=s)
-            time.sleep(0.5)
+            freeze_s = _FREEZE_TIMEOUTS * cfg.ack_timeout_s
+            end = time.monotonic() + freeze_s
+            while time.monotonic() < end:
+                slowest = max(slowest, log_for(0.1))
+                peak = max(peak, me.memory_info().rss)
             sp = run._sender.spool  # type: ignore[union-attr]
-            assert sp is not None and sp.size_bytes > 0
+            assert sp is not None and sp.size_bytes > 0, "batches waited on disk"
         finally:
             agg.resume()
         run.wait(120)
         assert run.stats()["lost"] == 0
+    growth = peak - base
+    print(
+        f"rank RSS growth over a {freeze_s:.1f}s freeze: {growth / 2**20:.1f} MiB (bound {bound / 2**20:.1f});"
+        f" slowest log() {slowest * 1000:.1f} ms"
+    )
+    assert growth <= bound, f"the rank's memory grew by {growth / 2**20:.1f} MiB while the aggregator was frozen"
+    assert slowest < freeze_s / 2, "log() waited for the frozen aggregator"
     [info] = list_runs(store_dir)
     s = LocalStore(info.path / "run.db", readonly=True)
     try:
-        assert [x for x, _ in s.values("a", 0)] == list(range(500_001))
+        for k in keys:
+            assert [x for x, _ in s.values(k, 0)] == list(range(step)), k
     finally:
         s.close()
     assert info.report is not None and info.report["per_rank"]["0"]["spooled_batches"] > 0

@@ -73,3 +73,18 @@ def test_drop_oldest_drops_past_the_bound_and_counts_the_points() -> None:
     box.drop_oldest()
     assert [b.seq for b in (box.pop(),)] == [3] and len(box) == 0
     assert buf.dropped_points == 6 and buf.in_flight == 3
+
+
+def test_while_batches_wait_on_disk_only_full_batches_are_cut(tmp_path: Path) -> None:
+    """The waiting list holds a few bytes per batch: cutting full batches keeps it bounded by the spool."""
+    buf = Buffer(100)
+    box = Outbox(policy="spool", wal=_wal(tmp_path / "s"), max_points=100, rank=0, buf=buf, min_cut_points=10)
+    assert box.may_cut(0.0), "nothing waits yet"
+    box.hold(OutBatch(1, 0, 3, b"e", b"p", loc=(tmp_path / "seg", 0)))
+    buf.pending = 9
+    assert not box.may_cut(0.0)
+    buf.flush_requested = True
+    assert box.may_cut(0.0), "wait() or close() asked for a flush"
+    buf.flush_requested = False
+    buf.pending = 10
+    assert box.may_cut(0.0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from coordinator.transport.sender import _WakePipe
+from coordinator.transport.wake import WakePipe
 
 
 def test_wake_after_close_writes_nothing_into_a_file_that_reused_the_descriptor() -> None:
     """A wait() racing the sender's exit would otherwise write into whatever file got the fd number."""
-    pipe = _WakePipe()
+    pipe = WakePipe()
     w = pipe._w
     pipe.close()
     r2, w2 = os.pipe()  # the lowest free numbers: typically the ones just closed
@@ -29,7 +29,7 @@ def test_wake_after_close_writes_nothing_into_a_file_that_reused_the_descriptor(
 
 def test_wake_before_close_is_seen_by_the_sender() -> None:
     """The normal case still wakes the poll: the read end has a byte to drain."""
-    pipe = _WakePipe()
+    pipe = WakePipe()
     try:
         pipe.wake()
         assert os.read(pipe.fd, 16) == b"x"

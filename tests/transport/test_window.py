@@ -54,12 +54,22 @@ def test_acked_generation_is_just_before_the_oldest_outstanding_batch() -> None:
     assert w.first_unacked(queued) == 9 and w.first_unacked(None) == 2
 
 
-def test_resend_stamps_and_returns_the_frames_from_a_sequence_number_on() -> None:
+def test_to_resend_selects_from_a_sequence_number_on_and_sent_before_a_time() -> None:
     w = _window()
     for gen in range(3):
-        _sent(w, gen, 1, now=1.0)
-    assert w.resend(2, 5.0) == [[b"env2", b"payload"], [b"env3", b"payload"]]
-    assert [b.sent_at for b in w.batches.values()] == [1.0, 5.0, 5.0]
+        _sent(w, gen, 1, now=1.0 + gen)
+    assert [b.seq for b in w.to_resend(2, 5.0)] == [2, 3]
+    assert [b.seq for b in w.to_resend(1, 2.0)] == [1, 2]  # sent after the HELLO: still on its way
     oldest = w.oldest()
     assert oldest is not None and oldest.seq == 1
     assert w.seqs_below(3) == [1, 2]
+
+
+def test_unnumber_takes_back_the_last_number() -> None:
+    w = _window()
+    b = OutBatch(0, 0, 1, b"", b"payload")
+    w.number(b)
+    w.unnumber(b)
+    assert b.seq == 0 and w.last_seq == 0
+    w.number(b)
+    assert b.seq == 1

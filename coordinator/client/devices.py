@@ -1,0 +1,150 @@
+"""Tensors logged as metrics, kept as they are on the training thread and read off it.
+
+``float()`` of a CUDA tensor waits for every kernel queued before it: logging ``loss`` each step
+would stall the GPU pipeline. So ``log()`` keeps a tensor value as a snapshot instead: on CUDA a
+non-blocking copy into pinned host memory plus an event recorded behind it on the current
+stream; on the CPU a detached copy. The column gets a NaN placeholder, and the sender thread
+writes the real value in when it cuts the column (``StepNumbering`` calls :meth:`resolve`),
+waiting for the event there, off the training thread. CPU tensors take the same path, so CI
+tests it.
+
+Plain floats never reach this module: the hot path checks ``v.__class__ is not float`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.errors import CoordinatorError
+
+__all__ = ["DeviceScalars", "check_tensor", "is_tensor"]
+
+_log = logging.getLogger("coordinator")
+
+_TENSOR_CLASS: dict[type, bool] = {}
+"""class -> whether it is a torch tensor class (decided once per class)."""
+
+_MAX_PENDING = 65_536
+"""Deferred values held at most; past it the oldest are read on the training thread (they are long done)."""
+
+
+def is_tensor(v: object) -> bool:
+    """Whether ``v`` is a torch tensor (without importing torch: only if the caller's process did)."""
+    cls = v.__class__
+    known = _TENSOR_CLASS.get(cls)
+    if known is None:
+        torch = sys.modules.get("torch")
+        known = torch is not None and isinstance(cls, type) and issubclass(cls, torch.Tensor)
+        if known or torch is not None:  # before torch is imported no tensor class exists: decide later
+            _TENSOR_CLASS[cls] = known
+    return known
+
+
+def check_tensor(key: str, v: Any) -> Any:
+    """``v`` detached, if it is a one-element tensor of a real dtype (no device sync).
+
+    Raises:
+        TypeError: more or fewer than one element, or a complex dtype.
+    """
+    t = v.detach()
+    if t.numel() != 1:
+        raise TypeError(f"metric {key!r} must be a scalar, got a tensor with {t.numel()} elements")
+    if t.is_complex():
+        raise TypeError(f"metric {key!r} must be real, got a {t.dtype} tensor")
+    return t
+
+
+_Entry = tuple[int, Any, Any]
+"""(index in the values column, host snapshot tensor, CUDA event or None)."""
+
+
+class DeviceScalars:
+    """The deferred tensor values of one run, per cut column, until the sender resolves them.
+
+    ``defer`` runs on the training thread with the buffer lock held; ``resolve`` on the sender
+    thread, which takes ``lock`` only for a column that has deferred values.
+
+    Args:
+        lock: the run's buffer lock.
+        on_error: records a value that could not be read (it stays NaN): the run's ``Buffer.fail``.
+    """
+
+    def __init__(self, lock: threading.Lock, on_error: Callable[[CoordinatorError], None]) -> None:
+        self.lock = lock
+        self._on_error = on_error
+        self._pending: dict[int, tuple[array[int], array[float], list[_Entry]]] = {}
+        self._count = 0
+        self._late: list[CoordinatorError] = []
+        """Errors met while the lock was held, reported by the next :meth:`resolve`."""
+
+    def defer(self, key: str, v: Any, steps: array[int], values: array[float]) -> None:
+        """Append a placeholder for tensor ``v`` to ``values`` and keep its snapshot (lock held).
+
+        Raises:
+            TypeError: not a one-element tensor of a real dtype (checked without a sync).
+        """
+        t = check_tensor(key, v)
+        event = None
+        if t.device.type == "cuda":
+            import torch
+
+            host = t.to("cpu", non_blocking=True)  # lands in pinned memory, queued on the current stream
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record()
+        else:
+            host = t.to("cpu", copy=True)  # a snapshot: later in-place updates of the tensor must not show
+        values.append(float("nan"))
+        entry = self._pending.get(id(steps))
+        if entry is None:
+            entry = self._pending[id(steps)] = (steps, values, [])
+        entry[2].append((len(values) - 1, host, event))
+        self._count += 1
+        if self._count > _MAX_PENDING:
+            self._resolve_oldest()
+
+    def discard_last(self, steps: array[int], values: array[float]) -> None:
+        """The caller is about to pop the last value of this column (a rolled-back call; lock held)."""
+        entry = self._pending.get(id(steps))
+        if entry is not None and entry[2] and entry[2][-1][0] == len(values) - 1:
+            entry[2].pop()
+            self._count -= 1
+
+    def resolve(self, steps: array[int]) -> None:
+        """Write the real values of this cut column's deferred tensors (sender thread, lock not held)."""
+        if id(steps) not in self._pending and not self._late:
+            return
+        with self.lock:
+            entry = self._pending.pop(id(steps), None)
+            errors, self._late = self._late, []
+            if entry is not None:
+                self._count -= len(entry[2])
+        if entry is not None:
+            errors.extend(self._write(*entry))
+        for e in errors:
+            self._on_error(e)
+
+    def _resolve_oldest(self) -> None:
+        """Too many deferred values (nothing was cut for a long time): read the older half now (lock held)."""
+        for sid in list(self._pending)[: max(1, len(self._pending) // 2)]:
+            entry = self._pending.pop(sid)
+            self._count -= len(entry[2])
+            self._late.extend(self._write(*entry))
+
+    @staticmethod
+    def _write(steps: array[int], values: array[float], entries: list[_Entry]) -> list[CoordinatorError]:
+        errors = []
+        for i, host, event in entries:
+            try:
+                if event is not None:
+                    event.synchronize()
+                values[i] = float(host)
+            except Exception as e:  # noqa: BLE001 - a device error must not kill the sender: the point stays NaN, reported
+                err = CoordinatorError(f"a logged tensor could not be read ({e!r}); its point is stored as NaN")
+                _log.error("%s", err)
+                errors.append(err)
+        return errors

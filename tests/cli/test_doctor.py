@@ -1,0 +1,40 @@
+"""``coordinator doctor``: a TensorBoard check leaves the user's logdir as it found it (issue 11, item 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli.doctor import run_doctor
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_doctor_tensorboard_leaves_no_event_file_in_the_logdir(store_dir: Path, tmp_path: Path, exists: bool) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    logdir = tmp_path / "tb"
+    if exists:
+        logdir.mkdir()
+        (logdir / "mine.txt").write_text("the user's own file")
+    results = list(run_doctor("tensorboard", {"logdir": str(logdir)}))
+    assert all(ok for ok, _ in results), results
+    assert any("read-back" in msg and "match" in msg for _, msg in results), results
+    if exists:
+        assert sorted(p.name for p in logdir.rglob("*")) == ["mine.txt"]
+    else:
+        assert not logdir.exists()
+
+
+def test_doctor_keep_keeps_the_test_write(store_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    logdir = tmp_path / "tb"
+    results = list(run_doctor("tensorboard", {"logdir": str(logdir)}, keep=True))
+    assert all(ok for ok, _ in results), results
+    assert [p for p in logdir.rglob("events.out.tfevents.*")], "kept with --keep"
+    kept = [msg for _, msg in results if msg.startswith("scratch run and aggregator log kept in ")]
+    for msg in kept:
+        import shutil
+
+        shutil.rmtree(msg.removeprefix("scratch run and aggregator log kept in "), ignore_errors=True)
