@@ -45,6 +45,9 @@ def close_out(
     failed: dict[str, str] = {}
     interrupted: dict[str, str] = {}
     endings: list[RankEnding] = []
+    # A rank that never connected while others did most likely crashed before init_run (and the
+    # launcher then stopped the rest): a failure.
+    nobody_came = not senders.rank_state
     for r in range(world_size):
         st = senders.rank_state.get(r)
         inc = senders.current.get(r)
@@ -52,7 +55,10 @@ def close_out(
         if st == "live":
             detail = f"rank {r} did not close before the run ended (last step {health.last_step(r)})"
             outbox.event(now, "rank_lost" if not stopped else "rank_interrupted", r, detail)
-        if st is None:
+        if st is None and stopped and nobody_came:
+            # Stopped before any rank connected (Ctrl-C during init_run): nothing failed.
+            interrupted[str(r)] = "never connected before the aggregator was stopped by a signal"
+        elif st is None:
             failed[str(r)] = "never connected"
             reasons.append(f"rank {r} never connected")
         elif st == "live" and stopped:

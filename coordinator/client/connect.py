@@ -24,7 +24,7 @@ from coordinator.transport.discovery import Placement, Rendezvous, new_run_id
 from coordinator.transport.launcher import AggregatorProcess
 from coordinator.transport.security import CurveKeys, bind_address, load_secret
 
-__all__ = ["Connection", "RunSpec", "connect", "job_keys"]
+__all__ = ["Connection", "RunSpec", "abandon", "connect", "job_keys", "spool_root"]
 
 _log = logging.getLogger("coordinator")
 
@@ -180,11 +180,23 @@ def _start_aggregator(
     try:
         # One that dies before it is ready is started again, within the run's restart budget.
         agg.start(settings.aggregator_start_timeout_s, retries=settings.max_aggregator_restarts)
-    except BaseException:
-        agg.kill()
-        agg.cleanup()
+    except BaseException as e:
+        abandon(agg, e)
         raise
     return agg
+
+
+def abandon(agg: AggregatorProcess, why: BaseException) -> None:
+    """Stop an aggregator whose init_run did not complete, and remove its files.
+
+    Interrupted (Ctrl-C, the launcher's SIGTERM): it is asked to stop, so it records the run as
+    ``interrupted``. Any other error: it is killed (the error is raised to the caller).
+    """
+    if isinstance(why, KeyboardInterrupt | SystemExit):
+        agg.terminate(10.0)
+    else:
+        agg.kill()
+    agg.cleanup()
 
 
 _elastic_calls: dict[str, int] = {}

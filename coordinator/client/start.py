@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.client.backends import run_backends
-from coordinator.client.connect import Connection, RunSpec, connect, job_keys, spool_root
+from coordinator.client.connect import Connection, RunSpec, abandon, connect, job_keys, spool_root
 from coordinator.client.deprecated import settings_from_keywords
 from coordinator.client.modes import DisabledRun, ReadOnlyRun, SyncRun
 from coordinator.client.run import Run
@@ -113,17 +113,24 @@ def init_run(
     spec = RunSpec(project, name, dict(policies or {}), with_id, root, backends)
     conn = connect(s, placement, spec, use_tcp=use_tcp, curve=curve)
     cls = SyncRun if s.mode == "sync" else Run
-    run = cls(
-        run_id=conn.run_id,
-        endpoint=conn.endpoint,
-        spool_root=_rank_spool_root(s, root, conn.run_id),
-        aggregator=conn.aggregator,
-        rendezvous=conn.rendezvous,
-        store_path=str(run_dir(root, conn.run_id) / "run.db"),
-        curve=curve,
-        backends=tuple(backends),
-        **common,
-    )
+    try:
+        run = cls(
+            run_id=conn.run_id,
+            endpoint=conn.endpoint,
+            spool_root=_rank_spool_root(s, root, conn.run_id),
+            aggregator=conn.aggregator,
+            rendezvous=conn.rendezvous,
+            store_path=str(run_dir(root, conn.run_id) / "run.db"),
+            curve=curve,
+            backends=tuple(backends),
+            **common,
+        )
+    except BaseException as e:  # e.g. Ctrl-C while the first WELCOME is awaited
+        if conn.aggregator is not None:
+            abandon(conn.aggregator, e)
+        if conn.rendezvous is not None and placement.rank == 0:
+            conn.rendezvous.retract()
+        raise
     if s.mode == "offline" and placement.rank == 0:
         _write_offline_meta(s, spec, conn, placement.world_size)
     _log.debug("rank %d: run %s (%s) via %s", placement.rank, conn.run_id, s.mode, conn.endpoint)

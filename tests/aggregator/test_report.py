@@ -106,3 +106,11 @@ def test_restart_report_counts_the_whole_run(tmp_path: Path) -> None:
     rep = b.finalize()
     assert rep["per_rank"]["0"]["points"] == 3 and rep["per_rank"]["0"]["batches"] == 2
     assert (rep["points"], rep["batches"]) == (3, 2)
+
+
+def test_stopped_before_any_rank_connected_is_interrupted_not_failed(tmp_path: Path) -> None:
+    """Ctrl-C during init_run stops the aggregator before anyone connected: nothing failed."""
+    a = Aggregator(make_cfg(tmp_path, world=2))
+    rep = a.finalize("stopped by a signal")
+    assert rep["state"] == "interrupted"
+    assert sorted(rep["interrupted_ranks"]) == ["0", "1"] and rep["failed_ranks"] == {}

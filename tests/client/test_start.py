@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import coordinator
+from tests.client.helpers import open_store
 
 
 @pytest.mark.parametrize(
@@ -26,3 +27,24 @@ def test_bad_init_arguments_raise_config_error(
     """Bad arguments fail at init_run with ConfigError, before anything starts."""
     with pytest.raises(coordinator.ConfigError):
         coordinator.init_run(**kwargs, settings=coordinator.Settings(**fields))  # type: ignore[arg-type]
+
+
+def test_ctrl_c_during_init_run_leaves_the_run_interrupted_and_no_aggregator(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt after rank 0 started its aggregator: the run is stored `interrupted`, not `running`."""
+    import coordinator.client.start as start
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(start, "Run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        coordinator.init_run(project="p", name="interrupted-at-start")
+    s = open_store(store_dir)
+    try:
+        info = s.run_info()
+    finally:
+        s.close()
+    assert info.state == "interrupted"
+    assert info.report is not None and list(info.report["interrupted_ranks"]) == ["0"]
