@@ -1,0 +1,125 @@
+"""The run an integration logs to: opened on first use, ended once, never hanging the framework.
+
+Every framework integration (Lightning logger, HF callback, Accelerate tracker) holds one
+:class:`LazyRun`. It opens the run only when something is logged (by then the framework has set
+up its process group, so the run finds its aggregator through the framework's store), on every
+rank; waits for the rank's data when training ends; marks the run failed when training raised;
+and closes it on an explicit ``close()`` or at process exit, each with a bounded timeout, so a
+stuck aggregator cannot hang the framework's own shutdown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import coordinator
+
+__all__ = ["CLOSE_TIMEOUT_S", "LazyRun", "flatten"]
+
+_log = logging.getLogger("coordinator.integrations")
+
+CLOSE_TIMEOUT_S = 60.0
+"""Longest an integration waits for its run's data at the end of training or at exit."""
+
+
+class LazyRun:
+    """One run, opened by the first :meth:`get` with the arguments given at construction.
+
+    Thread-safe. After :meth:`close` a later :meth:`get` opens nothing and raises
+    :class:`coordinator.ClosedError`.
+    """
+
+    def __init__(self, project: str | None, name: str | None, init_kwargs: Mapping[str, Any]) -> None:
+        self.project = project
+        self.name = name
+        self._kwargs = dict(init_kwargs)
+        self._run: coordinator.Run | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        atexit.register(self._at_exit)
+
+    @property
+    def opened(self) -> bool:
+        """Whether the run has been opened (and not closed yet)."""
+        return self._run is not None and not self._closed
+
+    def get(self) -> coordinator.Run:
+        """The run, opened now if this is the first use.
+
+        Raises:
+            ClosedError: :meth:`close` was called before.
+            CoordinatorError: ``init_run`` failed (bad settings, no aggregator).
+        """
+        with self._lock:
+            if self._closed:
+                raise coordinator.ClosedError("this integration's run was closed")
+            if self._run is None:
+                self._run = coordinator.init_run(self.project or "default", self.name, **self._kwargs)
+            return self._run
+
+    def wait(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Wait until this rank's data is durable (and forwarded); logs instead of raising a timeout.
+
+        The end of training must not fail because a tracker is slow: what is not confirmed stays
+        in the journal and the spool, and the run's report says so.
+        """
+        run = self._run
+        if run is None or self._closed:
+            return
+        try:
+            run.wait(timeout)
+        except coordinator.CoordinatorTimeoutError as e:
+            _log.warning("run %s: data not confirmed at the end of training: %s", run.id, e)
+
+    def fail(self, reason: str | BaseException) -> None:
+        """Mark the run failed (opening it, so the failure is recorded even with nothing logged)."""
+        try:
+            self.get().fail(reason)
+        except coordinator.ClosedError:
+            _log.warning("run already closed; failure not recorded: %s", reason)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the run (idempotent). Errors of the run's delivery are logged, not raised."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            run = self._run
+        atexit.unregister(self._at_exit)
+        if run is None:
+            return
+        try:
+            run.stop(timeout)
+        except coordinator.CoordinatorError as e:
+            _log.error("run %s: closing failed: %s", run.id, e)
+
+    def _at_exit(self) -> None:
+        self.close(min(CLOSE_TIMEOUT_S, 30.0))
+
+
+def flatten(prefix: str, value: object, out: dict[str, object] | None = None) -> dict[str, object]:
+    """Nested dicts, namespaces and dataclass-like objects as ``prefix/a/b`` -> value pairs.
+
+    Values a run field cannot hold (objects, None, nested lists) become their ``str()``, so a
+    framework's config is recorded whole instead of rejected.
+    """
+    out = {} if out is None else out
+    if hasattr(value, "__dict__") and not isinstance(value, type) and type(value).__module__ == "argparse":
+        value = vars(value)
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
+        return out
+    if value is None:
+        out[prefix] = "None"
+    elif isinstance(value, bool | int | float | str):
+        out[prefix] = value
+    elif isinstance(value, list | tuple) and all(isinstance(x, bool | int | float | str) for x in value):
+        out[prefix] = list(value)
+    else:
+        out[prefix] = str(value)
+    return out
