@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.common import fmt_pps, mark, mib
+from benchmarks.lightning_overhead import markdown as lightning_markdown
 
 __all__ = [
     "T_FULL_P99_US",
@@ -80,6 +81,11 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                         c["pps"] >= T_PPS,
                     )
                 )
+    lt = res.get("lightning")
+    if lt and "met" in lt:
+        out.append(
+            ("Lightning DDP CPU, 20 metrics/step: CoordinatorLogger overhead below sync_dist's", "see 5b", lt["met"])
+        )
     ddp = res.get("ddp")
     if ddp and ddp.get("rows"):
         rows = {r["variant"]: r for r in ddp["rows"]}
@@ -315,6 +321,9 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
                 "```",
             ]
         md.append("")
+    lt = res.get("lightning")
+    if lt:
+        md += ["## 5b. Lightning DDP: CoordinatorLogger vs sync_dist", "", lightning_markdown(lt)]
     # ---- 6
     sc = res.get("scale")
     if sc:

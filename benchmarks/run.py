@@ -59,6 +59,7 @@ from benchmarks.common import (
 )
 from benchmarks.ddp_overhead import ddp_section
 from benchmarks.hotpath import hot_section
+from benchmarks.lightning_overhead import lightning_section
 from benchmarks.peers import peers_section
 from benchmarks.plots import plots
 from benchmarks.report import notes, report
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--quick", action="store_true", help="CI size: under 2 minutes on 2 cores; most peers skipped")
     g.add_argument("--full", action="store_true", help="every section at full size (~20-25 min on 2 cores)")
-    p.add_argument("--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,scale")
+    p.add_argument("--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,lightning,scale")
     p.add_argument("--repeats", type=int, default=None, help="repeats per cell (default: 2 quick, 3 full)")
     p.add_argument("--no-write", action="store_true", help=f"do not write under {RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                 res["ddp"] = ddp_section(quick, tmp, avail)
                 if quick:
                     skipped.append("DDP peers other than TensorBoard; DDP blocks of 30 steps x 2 repeats")
+        if want("lightning"):
+            if importlib.util.find_spec("lightning") is None:
+                skipped.append("Lightning DDP (lightning is not installed: pip install -e '.[lightning]')")
+            else:
+                log("5b: Lightning DDP, CoordinatorLogger vs sync_dist")
+                res["lightning"] = lightning_section(quick, tmp)
         if want("scale"):
             res["scale"] = scale_section(quick, tmp, 1 if quick else 2)
             if quick:
@@ -216,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         failed.append("soak")
     if (res.get("ddp") or {}).get("problems"):
         failed.append("ddp")
+    if (res.get("lightning") or {}).get("problems"):
+        failed.append("lightning")
     if left:
         failed.append("stray processes")
     if failed:

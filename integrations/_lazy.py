@@ -11,14 +11,17 @@ stuck aggregator cannot hang the framework's own shutdown.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
+import os
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import coordinator
 
-__all__ = ["CLOSE_TIMEOUT_S", "LazyRun", "flatten"]
+__all__ = ["CLOSE_TIMEOUT_S", "LazyRun", "flatten", "with_placement"]
 
 _log = logging.getLogger("coordinator.integrations")
 
@@ -58,7 +61,7 @@ class LazyRun:
             if self._closed:
                 raise coordinator.ClosedError("this integration's run was closed")
             if self._run is None:
-                self._run = coordinator.init_run(self.project or "default", self.name, **self._kwargs)
+                self._run = coordinator.init_run(self.project or "default", self.name, **with_placement(self._kwargs))
             return self._run
 
     def wait(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
@@ -99,6 +102,25 @@ class LazyRun:
 
     def _at_exit(self) -> None:
         self.close(min(CLOSE_TIMEOUT_S, 30.0))
+
+
+def with_placement(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``init_run`` arguments with this process's rank and world size from ``torch.distributed``.
+
+    Some launchers (Lightning's ``ddp``, ``ddp_spawn``, Fabric) set ``LOCAL_RANK`` and
+    ``WORLD_SIZE`` but not ``RANK``; the process group knows the global rank. Explicit
+    ``Settings(rank=..., world_size=...)`` or ``$COORDINATOR_RANK`` win.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return kwargs
+    if "COORDINATOR_RANK" in os.environ or "COORDINATOR_WORLD_SIZE" in os.environ:
+        return kwargs
+    settings = kwargs.get("settings") or coordinator.Settings()
+    if settings.rank is not None or settings.world_size is not None:
+        return kwargs
+    settings = dataclasses.replace(settings, rank=dist.get_rank(), world_size=dist.get_world_size())
+    return dict(kwargs, settings=settings)
 
 
 def flatten(prefix: str, value: object, out: dict[str, object] | None = None) -> dict[str, object]:

@@ -24,13 +24,16 @@ from coordinator.client.endings import Ending, install_hooks, note_signal, uncau
 from coordinator.client.supervision import OwnedAggregator
 from coordinator.client.watchdog import SigtermWatchdog
 from coordinator.core.counters import ByeCounters
-from coordinator.errors import CoordinatorError, DeliveryError
+from coordinator.errors import CoordinatorError, CoordinatorTimeoutError, DeliveryError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.discovery import Rendezvous
 from coordinator.transport.sender import SenderThread
 
 __all__ = ["Lifecycle"]
+
+FAILED_RANK0_WAIT_S = 10.0
+"""How long a failed or interrupted rank 0 waits for the other ranks to close before it stops the run."""
 
 _log = logging.getLogger("coordinator")
 
@@ -142,7 +145,17 @@ class Lifecycle:
             if self._sender is not None:
                 error = self._drain(self._sender, deadline)
             if self._agg is not None:
-                ended = self._agg.finish(deadline - time.monotonic())
+                wait_s = deadline - time.monotonic()
+                if self.ending.ending != "clean":
+                    # Rank 0 failed or was stopped: the other ranks may be blocked in a collective
+                    # with it and end only once it exits (mpirun, torchrun kill them then), so it
+                    # does not wait out the close timeout for them; the aggregator, stopped, records
+                    # who was still running as interrupted and replays what their spools hold.
+                    wait_s = min(wait_s, FAILED_RANK0_WAIT_S)
+                ended = self._agg.finish(wait_s)
+                if isinstance(ended, CoordinatorTimeoutError) and self.ending.ending != "clean":
+                    _log.warning("%s (rank 0 %s; the run is closed without them)", ended, self.ending.ending)
+                    ended = None
                 if isinstance(ended, DeliveryError) and (self.ending.declared or self.ending.ending == "interrupted"):
                     # This rank ended the run itself (Run.fail, a signal): its caller already has the
                     # cause, so the run's state is logged, not raised again. A crash it did not

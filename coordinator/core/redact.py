@@ -23,8 +23,13 @@ __all__ = [
 ]
 
 MASK = "***"
-SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
-"""Option names whose values are secrets (``api_key``, ``api_token``, ``password``, ...)."""
+SECRET_KEY_PATTERN = re.compile(
+    r"(?:^|[^a-z0-9])(?:api[_-]?key|apikey|token|secret|password|passwd|credentials?|auth)(?:$|[^a-z0-9])",
+    re.IGNORECASE,
+)
+"""Option names whose values are secrets: a whole word of the name is ``token``, ``api_key``,
+``password``, ... (``api_token``, ``hub_token``, ``WANDB_API_KEY``), not a word that merely
+contains one (``include_num_input_tokens_seen`` is not a secret)."""
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
 
