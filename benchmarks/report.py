@@ -6,6 +6,7 @@ from typing import Any
 
 from benchmarks.common import fmt_pps, mark, mib
 from benchmarks.lightning_overhead import markdown as lightning_markdown
+from benchmarks.sampler_cost import markdown as sampler_markdown
 
 __all__ = [
     "T_FULL_P99_US",
@@ -324,6 +325,9 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
     lt = res.get("lightning")
     if lt:
         md += ["## 5b. Lightning DDP: CoordinatorLogger vs sync_dist", "", lightning_markdown(lt)]
+    sm = res.get("sampler")
+    if sm:
+        md += ["## 5c. System-metrics sampler: CPU cost", "", sampler_markdown(sm)]
     # ---- 6
     sc = res.get("scale")
     if sc:

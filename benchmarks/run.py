@@ -63,6 +63,7 @@ from benchmarks.lightning_overhead import lightning_section
 from benchmarks.peers import peers_section
 from benchmarks.plots import plots
 from benchmarks.report import notes, report
+from benchmarks.sampler_cost import measure as sampler_measure
 from benchmarks.scale import scale_section
 from benchmarks.throughput import throughput_section
 from benchmarks.trackers import PEERS, available
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--quick", action="store_true", help="CI size: under 2 minutes on 2 cores; most peers skipped")
     g.add_argument("--full", action="store_true", help="every section at full size (~20-25 min on 2 cores)")
-    p.add_argument("--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,lightning,scale")
+    p.add_argument(
+        "--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,lightning,sampler,scale"
+    )
     p.add_argument("--repeats", type=int, default=None, help="repeats per cell (default: 2 quick, 3 full)")
     p.add_argument("--no-write", action="store_true", help=f"do not write under {RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log("5b: Lightning DDP, CoordinatorLogger vs sync_dist")
                 res["lightning"] = lightning_section(quick, tmp)
+        if want("sampler"):
+            log("5c: system-metrics sampler cost")
+            res["sampler"] = sampler_measure(quick)
         if want("scale"):
             res["scale"] = scale_section(quick, tmp, 1 if quick else 2)
             if quick:
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         failed.append("ddp")
     if (res.get("lightning") or {}).get("problems"):
         failed.append("lightning")
+    if (res.get("sampler") or {}).get("problems"):
+        failed.append("sampler")
     if left:
         failed.append("stray processes")
     if failed:

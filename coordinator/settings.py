@@ -139,6 +139,12 @@ class Settings:
     """SQLite ``synchronous=FULL`` (a commit survives power loss) instead of ``NORMAL``."""
     artifact_max_copy_bytes: int = 100 * 1024 * 1024
     """Files up to this size are copied into the run by ``upload()``; larger ones are references."""
+    capture_env: bool = True
+    """At start, off the training thread, record git (commit, branch, dirty, remote, diff), the
+    Python/torch/CUDA versions, the installed packages and each rank's host, pid, argv, launcher."""
+    system_metrics_interval_s: float = 10.0
+    """Every rank samples its process's (and its node's local rank 0 the node's) CPU, memory, disk,
+    network and GPU this often into ``system/*`` series (policy ``per_rank``); 0 turns it off."""
 
     # --------------------------------------------------------------- external trackers
     backend: tuple[str, ...] = ()

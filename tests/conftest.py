@@ -15,6 +15,10 @@ import pytest
 # In CI (CI=true) a skipped test that proves a README guarantee fails the run: tests/guarantee.py.
 pytest_plugins = ["tests.guarantee"]
 
+# Tests count points exactly: the system-metrics sampler (on by default, every 10 s) is off unless a
+# test turns it on (tests/client/test_system.py, tests/integration/test_system_metrics.py).
+os.environ.setdefault("COORDINATOR_SYSTEM_METRICS_INTERVAL_S", "0")
+
 
 @pytest.fixture
 def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -182,8 +182,10 @@ class Aggregator:
                 if steps:
                     last_steps[key] = steps[-1]
             n += len(steps)
-        if b.metrics and not snd.superseded:
-            self.health.progress(rank, max(max(steps) for _, steps, _ in b.metrics), now)
+        # Training progress: the sampler's system/* series (client/system.py) step on while a rank hangs.
+        reached = [max(steps) for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
+        if reached and not snd.superseded:
+            self.health.progress(rank, max(reached), now)
         for path, fv in b.fields:
             self.fields.write(path, fv, rank, b.ts)
         snd.last_seq = seq

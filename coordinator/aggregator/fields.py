@@ -3,7 +3,9 @@
 A field has one value. A rank may change its own field; when two ranks disagree the lowest rank's
 value is kept (the aggregator's own ``sys/*`` fields, written as :data:`SYSTEM_RANK`, outrank
 every rank) and every rejected write is recorded, counted and sent back to its rank as a warning.
-Per-key policy overrides arrive as ``sys/policy/<key>`` fields and are applied here too.
+Per-key policy overrides arrive as ``sys/policy/<key>`` fields and are applied here too, and so
+do the tag operations (``sys/tags/add`` / ``sys/tags/remove``, :mod:`coordinator.core.tags`): they
+change the set ``sys/tags`` (a union of every rank's adds, never a conflict) and are not stored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from coordinator.aggregator.counters import Counters
 from coordinator.aggregator.outbox import Outbox
 from coordinator.core.policies import POLICY_PREFIX, PolicyTable
+from coordinator.core.tags import MAX_TAGS, TAG_OPS, TAGS_ADD, TAGS_PATH, check_tags
 from coordinator.core.values import FieldValue
 
 __all__ = ["SYSTEM_RANK", "Field", "FieldTable"]
@@ -61,7 +64,13 @@ class FieldTable:
         return {p: [f.value[0], f.value[1]] for p, f in self.fields.items()}
 
     def write(self, path: str, fv: FieldValue, rank: int, ts: float) -> None:
-        """``rank`` sets ``path``: stored unless equal to the value there, or outranked (a conflict)."""
+        """``rank`` sets ``path``: stored unless equal to the value there, or outranked (a conflict).
+
+        A tag operation (``sys/tags/add`` or ``sys/tags/remove``) changes ``sys/tags`` instead.
+        """
+        if path in TAG_OPS:
+            self._tag_op(path, fv, rank, ts)
+            return
         cur = self.fields.get(path)
         if cur is not None and cur.value == fv:
             return  # equal writes, from any rank, are stored once
@@ -72,6 +81,37 @@ class FieldTable:
             self._outbox.txn.fields.append((path, fv, rank, ts))
         else:
             self.conflict(path, rank, fv, cur.rank, ts)
+
+    def _tag_op(self, path: str, fv: FieldValue, rank: int, ts: float) -> None:
+        """Apply ``rank``'s add or remove to the set ``sys/tags``; store the sorted set if it changed."""
+        try:
+            if fv[0] != "list":
+                raise TypeError(f"a tag operation is a list of tags, got a {fv[0]}")
+            tags = check_tags(fv[1], path)
+        except (TypeError, ValueError) as e:
+            self._refuse(rank, f"{path}: {e}; the tags are unchanged")
+            return
+        cur = self.fields.get(TAGS_PATH)
+        before = set(cur.value[1]) if cur is not None and cur.value[0] == "list" else set()
+        after = set(before)
+        if path == TAGS_ADD:
+            room = MAX_TAGS - len(after)
+            new = [t for t in tags if t not in after]
+            after.update(new[: max(room, 0)])
+            if len(new) > room:
+                cut = len(new) - max(room, 0)
+                self._refuse(rank, f"a run holds at most {MAX_TAGS} tags; {cut} tags were not added")
+        else:
+            after.difference_update(tags)
+        if after != before or cur is None:
+            self.write(TAGS_PATH, ("list", sorted(after)), SYSTEM_RANK, ts)
+
+    def _refuse(self, rank: int, msg: str) -> None:
+        """Log ``msg`` and send it to ``rank`` as a warning."""
+        _log.warning("rank %d: %s", rank, msg)
+        inc = self._current.get(rank)
+        if inc is not None:
+            self._outbox.warn(rank, inc, msg)
 
     def conflict(self, path: str, rank: int, rejected: FieldValue, kept_rank: int, ts: float) -> None:
         """Record that ``rank``'s write of ``path`` lost to ``kept_rank``'s value; warn the rank."""

@@ -6,15 +6,17 @@ beyond it a gap (refused, so the sender resends from the mark). A rank's newer i
 the older ones: their late messages are refused instead of mixing two lives of one rank.
 
 A lost sender that is heard from again (a batch or a ping, no new HELLO) is live again and its
-rank is waited for again. A closing rank says how it ended (``ending``, ``reason``: see
-:mod:`coordinator.core.states`); a new incarnation of a rank that has stored points is told the
-last step of each of its keys, so its automatic steps continue after them.
+rank is waited for again. A closing rank says how it ended (``ending``, ``reason``, ``traceback``:
+see :mod:`coordinator.core.states`; a failed one is also a ``rank_failed`` event); a new
+incarnation of a rank that has stored points is told the last step of each of its keys, so its
+automatic steps continue after them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,7 @@ from coordinator.core.states import RankEnding
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 
-__all__ = ["Sender", "Senders"]
+__all__ = ["Sender", "Senders", "failure_detail"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -38,6 +40,10 @@ _MAX_COUNTER_NAME = 32
 _MAX_REASON = 4096
 """Longest reason kept from a rank's goodbye (characters)."""
 _ENDINGS: tuple[RankEnding, ...] = ("clean", "failed", "interrupted")
+_MAX_TRACEBACK = 16 * 1024
+"""Longest traceback kept from a rank's goodbye (characters; its end is kept)."""
+_EXC_REASON = re.compile(r"(?:uncaught in thread .*?: )?(?P<type>[A-Za-z_][\w.]*)(?:: (?P<msg>.*))?", re.S)
+"""A reason made from an exception: ``[uncaught in thread T: ]Type[: message]``."""
 
 
 @dataclass(slots=True)
@@ -274,6 +280,8 @@ class Senders:
             detail += f", {snd.undelivered} points undelivered"
             self._reasons.append(f"rank {env.rank} closed with {snd.undelivered} points undelivered")
         self._outbox.event(now, "rank_closed", env.rank, detail)
+        if snd.ending == "failed":
+            self._outbox.event(now, "rank_failed", env.rank, failure_detail(snd.reason, info.get("traceback")))
         if env.rank == 0 and self.rank0_bye_at is None:
             self.rank0_bye_at = now
 
@@ -311,6 +319,17 @@ class Senders:
         if self.current.get(snd.rank) == snd.incarnation:
             self.rank_state[snd.rank] = "lost"
             self._reducer.rank_done(snd.rank)
+
+
+def failure_detail(reason: str, traceback: object) -> str:
+    """A ``rank_failed`` event's detail: JSON ``{type, message, reason, traceback}``.
+
+    ``type`` is the exception's type when the rank sent a traceback (``null`` for ``Run.fail("text")``).
+    """
+    tb = redact_text(traceback)[-_MAX_TRACEBACK:] if type(traceback) is str and traceback else None
+    m = _EXC_REASON.fullmatch(reason) if tb is not None else None
+    typ, msg = (m["type"], m["msg"] or "") if m is not None else (None, reason)
+    return json.dumps({"type": typ, "message": msg, "reason": reason, "traceback": tb})
 
 
 def _ending(info: dict[str, Any]) -> tuple[RankEnding, str]:

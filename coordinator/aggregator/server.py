@@ -195,7 +195,7 @@ class Server:
         elif env.kind == wire.QUERY:
             self._reply(ident, wire.QUERY_REPLY, env, {"q": wire.decode_map(payload, _MAX_MAP_BYTES)})
         elif env.kind == wire.BYE:
-            agg.bye(env, wire.decode_map(payload, _MAX_MAP_BYTES), now)
+            agg.bye(env, wire.decode_map(payload, 8 * _MAX_MAP_BYTES), now)  # it may carry a 16 KiB traceback
             self._reply(ident, wire.BYE_ACK, env, {})
         else:
             raise ProtocolError(f"unexpected {wire.kind_name(env.kind)} from a rank", code="bad_kind")

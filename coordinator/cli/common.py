@@ -1,20 +1,51 @@
-"""What the commands share: finding a run by reference, writing lines, formatting times, options."""
+"""What the commands share: finding a run by reference, writing lines, formatting times, sizes, durations, options."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import RunInfo, list_runs
 
-__all__ = ["out", "parse_options", "resolve_run", "when"]
+__all__ = ["err", "human_bytes", "out", "parse_duration", "parse_options", "resolve_run", "when"]
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 def out(line: str = "") -> None:
     """Write one line to stdout."""
     sys.stdout.write(line + "\n")
+
+
+def err(line: str) -> None:
+    """Write one line to stderr."""
+    sys.stderr.write(line + "\n")
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes as ``512 B``, ``1.5 KiB``, ``12.3 MiB``, ..."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def parse_duration(text: str) -> float:
+    """A duration such as ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``, in seconds.
+
+    Raises:
+        CoordinatorError: anything else (a bare number included: the unit is required).
+    """
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise CoordinatorError(f"{text!r} is not a duration; use a number and a unit: 30d, 12h, 90m, 45s, 2w")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def when(ts: float | None) -> str:

@@ -1,58 +1,21 @@
-"""The ``coordinator`` command: argument parsing and dispatch, and ``coordinator runs``.
+"""The ``coordinator`` command: argument parsing and dispatch.
 
-The other commands live in their own modules: ``show``, ``sync`` and ``doctor``.
+The commands live in their own modules: ``runs``, ``show``, ``sync``, ``purge`` and ``doctor``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from coordinator.cli.common import out, parse_options, when
+from coordinator.cli.common import out, parse_options
+from coordinator.cli.purge import add_purge_args, cmd_purge
+from coordinator.cli.runs import add_filters, cmd_runs
 from coordinator.cli.show import cmd_show
 from coordinator.cli.sync import cmd_sync
 from coordinator.errors import CoordinatorError
-from coordinator.journal.store import list_runs, resolve_root
 
 __all__ = ["main"]
-
-
-def _cmd_runs(a: argparse.Namespace) -> int:
-    root = resolve_root(a.dir)
-    runs = list_runs(root)
-    if a.json:
-        out(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "project": r.project,
-                        "name": r.name,
-                        "state": r.state,
-                        "world_size": r.world_size,
-                        "created": r.created,
-                        "ended": r.ended,
-                        "points": (r.report or {}).get("points"),
-                    }
-                    for r in runs
-                ],
-                indent=2,
-            )
-        )
-        return 0
-    if not runs:
-        out(f"no runs under {root}")
-        return 0
-    out(f"{'ID':<24} {'PROJECT':<12} {'NAME':<20} {'STATE':<9} {'RANKS':>5} {'POINTS':>10} {'CREATED':<19} DURATION")
-    for r in runs:
-        pts = (r.report or {}).get("points", "-")
-        dur = f"{r.ended - r.created:.1f}s" if r.ended else "-"
-        out(
-            f"{r.id:<24} {r.project[:12]:<12} {r.name[:20]:<20} {r.state:<9} {r.world_size:>5} "
-            f"{pts!s:>10} {when(r.created):<19} {dur}"
-        )
-    return 0
 
 
 def _cmd_doctor(a: argparse.Namespace) -> int:
@@ -70,9 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coordinator", description="Inspect and upload coordinator runs.")
     p.add_argument("--dir", help="store root (default $COORDINATOR_DIR or ./.coordinator)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("runs", help="list stored runs")
+    r = sub.add_parser("runs", help="list stored runs (state, size, tags)")
     r.add_argument("--json", action="store_true", help="machine-readable output")
-    r.set_defaults(fn=_cmd_runs)
+    add_filters(r)
+    r.set_defaults(fn=cmd_runs)
     s = sub.add_parser("show", help="show a run's fields, series, events and final report")
     s.add_argument("run", help="run id (or a unique prefix), or 'latest'")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -99,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     y.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (default: none)")
     y.set_defaults(fn=cmd_sync)
+    g = sub.add_parser("purge", help="delete runs (directories, artifacts, spools); never a live one")
+    add_filters(g)
+    add_purge_args(g)
+    g.set_defaults(fn=cmd_purge)
     d = sub.add_parser("doctor", help="check the installation end to end (aggregator, store, optionally a backend)")
     d.add_argument("--backend", help="also check this backend: a test write and read-back")
     d.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option, repeatable")

@@ -1,7 +1,9 @@
-"""``coordinator show``: a stored run's fields, rank health, series, conflicts, events and report.
+"""``coordinator show``: a stored run's failures, fields, rank health, series, conflicts, events and report.
 
-Series are summarised from the journal's per-chunk summaries (count, first, last, min, max), so
-showing a run of any length reads no whole series.
+Failures come first: each failed rank, why (the final report's ``failed_ranks``) and, when it died
+of an exception, its type, message and traceback (its ``rank_failed`` event). Series are
+summarised from the journal's per-chunk summaries (count, first, last, min, max), so showing a run
+of any length reads no whole series.
 """
 
 from __future__ import annotations
@@ -17,11 +19,44 @@ from coordinator.core.counters import UNDELIVERED
 from coordinator.core.redact import redact_tree
 from coordinator.journal.store import LocalStore, RunInfo, resolve_root, run_dir
 
-__all__ = ["cmd_show", "show_data"]
+__all__ = ["cmd_show", "failures", "show_data"]
+
+
+def failures(report: dict[str, Any] | None, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each failed rank, by rank: ``{rank, reason, type, message, traceback}``.
+
+    The reason is the report's (the run's final word); type, message and traceback come from the
+    rank's last ``rank_failed`` event (``None`` where it sent none: lost, ``Run.fail("text")``).
+    A run without a report yet (still open, or its aggregator died) shows the ranks its events name.
+    """
+    detail: dict[int, dict[str, Any]] = {}
+    for e in events:
+        if e["kind"] != "rank_failed" or e["rank"] is None:
+            continue
+        try:
+            d = json.loads(e["detail"])
+        except ValueError:
+            d = None
+        detail[e["rank"]] = d if isinstance(d, dict) else {"message": str(e["detail"])}
+    if report is not None:  # the run's final word: an earlier life of a restarted rank is no failure
+        reasons = {int(r): why for r, why in (report.get("failed_ranks") or {}).items()}
+    else:
+        reasons = {r: d.get("reason") or d.get("message") or "failed" for r, d in detail.items()}
+    return [
+        {
+            "rank": r,
+            "reason": why,
+            "type": detail.get(r, {}).get("type"),
+            "message": detail.get(r, {}).get("message"),
+            "traceback": detail.get(r, {}).get("traceback"),
+        }
+        for r, why in sorted(reasons.items())
+    ]
 
 
 def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
     """Everything ``show`` prints (``show --json`` prints exactly this)."""
+    events = [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()]
     return {
         "id": info.id,
         "project": info.project,
@@ -30,10 +65,11 @@ def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
         "world_size": info.world_size,
         "created": info.created,
         "ended": info.ended,
+        "failures": failures(info.report, events),
         "fields": {p: when(v) if t == "datetime" else v for p, (t, v) in store.fields().items()},
         "series": store.series_summary(),
         "conflicts": store.conflicts(),
-        "events": [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()],
+        "events": events,
         "report": info.report,
         "path": str(info.path),
         "forwarders": _forwarders(info.path),
@@ -76,6 +112,9 @@ def cmd_show(a: argparse.Namespace) -> int:
     out(f"  created    {when(info.created)}    ended {when(info.ended)}")
     out(f"  store      {info.path}")
     out()
+    if data["failures"]:
+        _print_failures(data["failures"])
+        out()
     _print_fields(data["fields"])
     out()
     _print_series(data["series"])
@@ -88,15 +127,25 @@ def cmd_show(a: argparse.Namespace) -> int:
     out("events")
     for e in data["events"]:
         who = f"rank {e['rank']}" if e["rank"] is not None else ""
-        out(f"  {when(e['ts'])}  {e['kind']:<14} {who:<8} {e['detail'] or ''}")
+        detail = "(see failures above)" if e["kind"] == "rank_failed" else e["detail"] or ""
+        out(f"  {when(e['ts'])}  {e['kind']:<14} {who:<8} {detail}")
     out()
     _print_report(data["report"])
     _print_forwarders(data["forwarders"])
     return 0
 
 
+def _print_failures(found: list[dict[str, Any]]) -> None:
+    """Each failed rank and why; its traceback indented below."""
+    out("failures")
+    for f in found:
+        out(f"  rank {f['rank']}: {f['reason']}")
+        for line in (f["traceback"] or "").rstrip("\n").splitlines():
+            out(f"      {line}")
+
+
 def _print_fields(fields: dict[str, Any]) -> None:
-    """The fields; the per-rank health fields ``sys/ranks/<r>/*`` as a table."""
+    """The fields; the per-rank fields ``sys/ranks/<r>/*`` (health, process) as a table."""
     out("fields")
     ranks: dict[str, dict[str, Any]] = {}
     for p, v in fields.items():
@@ -108,16 +157,22 @@ def _print_fields(fields: dict[str, Any]) -> None:
     if not ranks:
         return
     out()
-    out("ranks (health: progress, rate, and lag behind the median rank)")
-    out(f"  {'RANK':>4} {'STATE':<8} {'LAST STEP':>10} {'STEPS/S':>9} {'LAG STEPS':>10} {'LAG S':>8}")
+    out("ranks (health: progress, rate, and lag behind the median rank; the process: host, pid, launcher)")
+    out(
+        f"  {'RANK':>4} {'STATE':<8} {'LAST STEP':>10} {'STEPS/S':>9} {'LAG STEPS':>10} {'LAG S':>8}"
+        f"  {'HOST':<20} {'PID':>8} LAUNCHER"
+    )
     stragglers = set(fields.get("sys/stragglers") or [])
     for r in sorted(ranks, key=int):
         h = ranks[r]
         flag = "  straggler" if int(r) in stragglers else ""
         out(
             f"  {r:>4} {h.get('state', '-'):<8} {h.get('last_step', '-'):>10} {h.get('steps_per_s', 0):>9.2f} "
-            f"{h.get('lag_steps', '-')!s:>10} {h.get('lag_s', 0):>8.3f}{flag}"
+            f"{h.get('lag_steps', '-')!s:>10} {h.get('lag_s', 0):>8.3f}  {str(h.get('host', '-'))[:20]:<20} "
+            f"{h.get('pid', '-')!s:>8} {h.get('launcher', '-')}{flag}"
         )
+    for r in sorted((r for r in ranks if "argv" in ranks[r]), key=int):
+        out(f"  rank {r} ran: {ranks[r]['argv']:.200}")
 
 
 def _print_series(series: list[dict[str, Any]]) -> None:

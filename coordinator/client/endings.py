@@ -4,13 +4,16 @@ A ``with`` block left by an exception, ``Run.fail()``, an uncaught exception (``
 and ``threading.excepthook`` are chained; at exit ``sys.last_value`` is looked at too),
 KeyboardInterrupt, and the launcher's SIGTERM each mark the rank's :class:`Ending`; ``stop()``
 sends it. A failure wins over an interruption, and the first reason of each is kept. Reasons are
-redacted (backend secrets, URL passwords) and cut to 4 KiB.
+redacted (backend secrets, URL passwords) and cut to 4 KiB. A failure by an exception also sends
+its formatted traceback (redacted the same way, its last 16 KiB kept), so the run shows where the
+rank died.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import traceback
 import weakref
 from collections.abc import Iterable
 from types import TracebackType
@@ -21,16 +24,20 @@ from coordinator.core.states import RankEnd, RankEnding
 
 __all__ = [
     "MAX_REASON_BYTES",
+    "MAX_TRACEBACK_BYTES",
     "Ending",
     "ending_of",
     "install_hooks",
     "note_signal",
     "reason_of",
     "signalled",
+    "traceback_of",
     "uncaught_at_exit",
 ]
 
 MAX_REASON_BYTES = 4096
+MAX_TRACEBACK_BYTES = 16 * 1024
+"""Longest traceback a BYE carries (its end is kept: the raising line and the message)."""
 
 _RANK: dict[RankEnding, int] = {"clean": 0, "interrupted": 1, "failed": 2}
 
@@ -63,6 +70,11 @@ def reason_of(exc: BaseException) -> str:
     return f"{name}: {msg}" if msg else name
 
 
+def traceback_of(exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` (chained causes included), as Python prints it."""
+    return "".join(traceback.format_exception(exc))
+
+
 def ending_of(exc: BaseException | None) -> tuple[RankEnding, str | None]:
     """The ending a process leaving by ``exc`` has (``None``: normal end)."""
     if exc is None:
@@ -90,35 +102,50 @@ class Ending:
         self._lock = threading.Lock()
         self.ending: RankEnding = "clean"
         self.reason: str | None = None
+        self.traceback: str | None = None
+        """The formatted traceback of the exception that failed the rank (redacted, cut), if any."""
         self.declared = False
         """The code said so itself (``Run.fail``): stop() then reports the run's state, it does not raise it."""
         _ENDINGS.add(self)
 
-    def mark(self, ending: RankEnding, reason: str | None) -> None:
-        """Record ``ending`` unless a graver one is recorded already (the first reason of each kind stays)."""
+    def mark(self, ending: RankEnding, reason: str | None, exc: BaseException | None = None) -> None:
+        """Record ``ending`` unless a graver one is recorded already (the first reason of each kind stays).
+
+        Args:
+            exc: the exception that failed the rank: its traceback is kept with a ``failed`` ending.
+        """
         with self._lock:
             if _RANK[ending] > _RANK[self.ending]:
                 self.ending = ending
                 self.reason = None if reason is None else self._clean(reason)
+                self.traceback = None
+                if ending == "failed" and exc is not None and exc.__traceback__ is not None:
+                    self.traceback = self._clean(traceback_of(exc), MAX_TRACEBACK_BYTES, tail=True)
 
     def mark_exception(self, exc: BaseException | None) -> None:
         """Record how leaving by ``exc`` ends the rank (``None``: a normal end, after a signal maybe)."""
-        self.mark(*ending_of(exc))
+        self.mark(*ending_of(exc), exc=exc)
 
     def payload(self) -> RankEnd:
-        """The BYE's ``ending`` and ``reason``."""
+        """The BYE's ``ending``, ``reason`` and ``traceback``."""
         with self._lock:
             end = RankEnd(ending=self.ending)
             if self.reason is not None:
                 end["reason"] = self.reason
+            if self.traceback is not None:
+                end["traceback"] = self.traceback
             return end
 
-    def _clean(self, reason: str) -> str:
-        text = redact_text(reason, self._secrets)
+    def _clean(self, text: str, limit: int = MAX_REASON_BYTES, *, tail: bool = False) -> str:
+        """Redacted, and cut to ``limit`` bytes: its start is kept, or with ``tail`` its end."""
+        text = redact_text(text, self._secrets)
         raw = text.encode("utf-8", "replace")
-        if len(raw) > MAX_REASON_BYTES:
-            text = raw[: MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
-        return text
+        if len(raw) <= limit:
+            return text
+        if not tail:
+            return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+        head = f"[... {len(raw) - limit} bytes of the traceback cut ...]\n"
+        return head + raw[len(raw) - limit + len(head) :].decode("utf-8", "ignore")
 
 
 def install_hooks() -> None:
@@ -157,4 +184,4 @@ def _mark_all(exc: BaseException, thread: threading.Thread | None) -> None:
     if thread is not None and reason is not None:
         ending, reason = "failed", f"uncaught in thread {thread.name}: {reason}"
     for e in list(_ENDINGS):
-        e.mark(ending, reason)
+        e.mark(ending, reason, exc)

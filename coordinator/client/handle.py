@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
+from coordinator.client.tags import change_tags, tag_args, view_tags
 from coordinator.client.view import LocalView
+from coordinator.core.tags import TAGS_PATH
 from coordinator.errors import missing_extra
 from coordinator.journal.store import MAIN_RANK
 
@@ -24,6 +26,12 @@ class HandleTarget(Protocol):
 
     _view: LocalView
 
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
     def __getitem__(self, path: str) -> Handle: ...
 
     def __setitem__(self, path: str, value: object) -> None: ...
@@ -35,6 +43,10 @@ class HandleTarget(Protocol):
     def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]: ...
 
     def _fetch_values(self, key: str, rank: int, timeout: float | None) -> tuple[array[int], array[float]]: ...
+
+    def _write_sys(self, items: list[tuple[str, Any]], view: Callable[[dict[str, Any]], None]) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
 
 
 class Handle:
@@ -102,14 +114,42 @@ class Handle:
         """Set this field (same as ``run[path] = value``)."""
         self._run[self._path] = value
 
+    def add(self, *tags: str | Iterable[str]) -> None:
+        """Add tags to the run's tag set: ``run["sys/tags"].add("a", "b")`` (or a list of tags).
+
+        Only ``sys/tags`` is a set. Tags from every rank are a union, never a conflict; this
+        rank sees its change at once, the others' after ``sync()``.
+
+        Raises:
+            TypeError: another path, no tag, or a tag that is not a str.
+            ValueError: an empty tag, or one longer than 128 characters.
+            ClosedError: the run is read-only or stopped.
+        """
+        self._tags("add", tags)
+
+    def remove(self, *tags: str | Iterable[str]) -> None:
+        """Remove tags from the run's tag set (``run["sys/tags"].remove("a")``), whichever rank added them.
+
+        Removing a tag the run does not have does nothing. Raises as :meth:`add`.
+        """
+        self._tags("remove", tags)
+
+    def _tags(self, op: str, tags: tuple[object, ...]) -> None:
+        if self._path != TAGS_PATH:
+            raise TypeError(f"{op}() is for the tag set {TAGS_PATH!r}; {self._path!r} is not a set")
+        change_tags(self._run, op, tag_args(tags, f"{TAGS_PATH}.{op}()"))
+
     def fetch(self) -> Any:
         """The field's value in this rank's view (own writes, plus others' after ``sync()``).
 
-        For a series, its last reduced value as of the last ``sync()``.
+        For a series, its last reduced value as of the last ``sync()``; for ``sys/tags``, the set
+        of tags (empty when none were set).
 
         Raises:
             KeyError: nothing known under this path.
         """
+        if self._path == TAGS_PATH:
+            return view_tags(self._run._view.fields)
         return self._run._view.fetch(self._path)
 
     def fetch_last(self) -> float:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from coordinator.client.delivery import Delivery
 from coordinator.client.endings import Ending, install_hooks, note_signal, uncaught_at_exit
 from coordinator.client.supervision import OwnedAggregator
+from coordinator.client.system import JOIN_TIMEOUT_S, SystemSampler
 from coordinator.client.watchdog import SigtermWatchdog
 from coordinator.core.counters import ByeCounters
 from coordinator.errors import CoordinatorError, CoordinatorTimeoutError, DeliveryError
@@ -94,6 +95,8 @@ class Lifecycle:
         """How this rank ends, sent with its BYE."""
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self.sampler: SystemSampler | None = None
+        """The system-metrics thread (set by the run), stopped before the drain."""
         self._watchdog: SigtermWatchdog | None = None
         install_hooks()
         if (
@@ -142,6 +145,8 @@ class Lifecycle:
             return
         error: CoordinatorError | None = None
         try:
+            if self.sampler is not None:  # its last sample is then part of the drain
+                self.sampler.close(min(JOIN_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
             if self._sender is not None:
                 error = self._drain(self._sender, deadline)
             if self._agg is not None:

@@ -12,11 +12,12 @@ import logging
 import secrets
 import threading
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from coordinator.client.artifacts import check_uploadable, copy_into_run
+from coordinator.client.context import start_capture
 from coordinator.client.delivery import Delivery, ErrorQueue, Series
 from coordinator.client.devices import DeviceScalars, is_tensor
 from coordinator.client.endings import reason_of
@@ -27,6 +28,7 @@ from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
+from coordinator.client.system import start_sampler
 from coordinator.client.view import LocalView, field_from_wire
 from coordinator.core.columns import Column
 from coordinator.core.policies import POLICIES, POLICY_PREFIX
@@ -142,6 +144,10 @@ class Run:
             refuse_calls=self._refuse_calls,
             secrets=secret_values(settings.backend_options),
         )
+        if self._sender is not None:  # off the training thread; stopped by stop() before the drain
+            self._life.sampler = start_sampler(self.log, rank=self.rank, interval_s=settings.system_metrics_interval_s)
+        capture = settings.capture_env and self._sender is not None  # git, packages: on a thread, never waited for here
+        self._context = start_capture(self.rank, self._write_sys, store_path) if capture else None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} rank {self.rank}/{self.world_size} mode={self.mode}>"
@@ -291,6 +297,14 @@ class Run:
             self._view.fields[key] = out
         return dict(out)
 
+    def _write_sys(self, items: list[tuple[str, Any]], view: Callable[[dict[str, Any]], None]) -> None:
+        """Queue the client's own ``sys/*`` writes (tags, environment), then update the view with ``view``."""
+        with self._buf.lock:
+            if self._closed:
+                raise ClosedError(f"run {self.id} {self._closed_why}; the sys/* write did nothing")
+            self._buf.fields.extend(items)
+            view(self._view.fields)
+
     # ------------------------------------------------------------------ reading, waiting
 
     def wait(self, timeout: float | None = None) -> None:
@@ -350,8 +364,9 @@ class Run:
         A ``with`` block left by an exception, and an uncaught exception, mark it by themselves.
 
         Args:
-            reason: a message, or the exception (its type and message are recorded). Secrets of
-                the run's backend options are masked; at most 4 KiB is kept.
+            reason: a message, or the exception (its type and message are recorded, and its
+                traceback when it was raised). Secrets of the run's backend options are masked;
+                at most 4 KiB of the reason (16 KiB of the traceback) is kept.
 
         Raises:
             TypeError: ``reason`` is neither a str nor an exception.
@@ -365,7 +380,7 @@ class Run:
             raise TypeError(f"fail() takes a message (str) or an exception, got {type(reason).__name__}")
         if self._closed:
             raise ClosedError(f"run {self.id} {self._closed_why}; fail() did nothing")
-        self._life.ending.mark("failed", why)
+        self._life.ending.mark("failed", why, reason if isinstance(reason, BaseException) else None)
         self._life.ending.declared = True
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
@@ -393,6 +408,8 @@ class Run:
             CoordinatorTimeoutError: points were still undelivered at the deadline.
             CoordinatorError: delivery failed earlier (the first error is raised).
         """
+        if self._context is not None:
+            self._context.join()  # bounded (CAPTURE_BUDGET_S): its fields go out with the drain
         with self._close_lock:
             if self._closed:
                 self._life.join(timeout)  # a stop by another thread (the SIGTERM watchdog) finishes first

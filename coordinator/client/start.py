@@ -13,8 +13,10 @@ from coordinator.client.connect import Connection, RunSpec, abandon, connect, jo
 from coordinator.client.deprecated import settings_from_keywords
 from coordinator.client.modes import DisabledRun, ReadOnlyRun, SyncRun
 from coordinator.client.run import Run
+from coordinator.client.tags import change_tags
 from coordinator.core.limits import DIR_NAME
 from coordinator.core.policies import PolicyTable
+from coordinator.core.tags import check_tags
 from coordinator.errors import ConfigError
 from coordinator.journal.store import list_runs, resolve_root, run_dir
 from coordinator.settings import Mode, Settings
@@ -36,6 +38,7 @@ def init_run(
     policies: dict[str, str] | None = None,
     backend: str | Sequence[str] | None = None,
     backend_options: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
     settings: Settings | None = None,
     **deprecated: Any,
 ) -> Run:
@@ -67,6 +70,10 @@ def init_run(
             ranks as soon as they look for the aggregator. Same as ``Settings.backend``.
         backend_options: options of the backend (or a dict keyed by backend name); the
             ``Settings.forward_*`` fields are their defaults. Same as ``Settings.backend_options``.
+        tags: tags added to the run's tag set ``sys/tags`` (a list of non-empty str of at most
+            128 characters). Every rank may pass them (or others): the run's tags are the union.
+            Change them later with ``run["sys/tags"].add(...)`` / ``.remove(...)``; list runs by
+            tag with ``coordinator runs --tag T``.
         settings: every other knob (buffering, timeouts, transport, spool, ...).
         **deprecated: the former keywords (``flush_interval_s=``, ``dir=``, ...): each still
             works, with a ``DeprecationWarning`` naming its ``Settings`` field.
@@ -76,8 +83,10 @@ def init_run(
 
     Raises:
         ConfigError: bad arguments, settings or environment; CoordinatorError: the aggregator
-        did not start or could not be found. TypeError: an unknown keyword.
+        did not start or could not be found. TypeError: an unknown keyword, or ``tags`` not a
+        list of str. ValueError: an empty or too long tag.
     """
+    tag_list = [] if tags is None else check_tags(tags, "init_run(tags=)")
     old = settings_from_keywords(deprecated, stacklevel=2)
     s = Settings.resolve(
         settings,
@@ -100,6 +109,8 @@ def init_run(
     if s.mode == "read-only":
         if not with_id:
             raise ConfigError("mode='read-only' needs with_id= (a run id, or 'latest')")
+        if tag_list:
+            raise ConfigError("init_run(tags=) cannot change a run opened read-only")
         run_id = _resolve_run_id(root, with_id)
         ro = ReadOnlyRun(run_id=run_id, store_path=str(run_dir(root, run_id) / "run.db"), **common)
         ro.open()
@@ -133,6 +144,8 @@ def init_run(
         raise
     if s.mode == "offline" and placement.rank == 0:
         _write_offline_meta(s, spec, conn, placement.world_size)
+    if tag_list:
+        change_tags(run, "add", tag_list)
     _log.debug("rank %d: run %s (%s) via %s", placement.rank, conn.run_id, s.mode, conn.endpoint)
     return run
 

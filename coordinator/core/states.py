@@ -28,6 +28,7 @@ class RankEnd(TypedDict, total=False):
 
     ending: RankEnding
     reason: str  # for failed/interrupted: the exception type and message, or Run.fail's reason (redacted)
+    traceback: str  # for failed by an exception: its formatted traceback (redacted, at most 16 KiB)
 
 
 def run_state(endings: list[RankEnding], *, lost_ranks: bool) -> RunState:

@@ -80,6 +80,11 @@ class JournalReader:
             for p, t, v in self._db.execute("SELECT path, type, value FROM fields ORDER BY path")
         }
 
+    def field(self, path: str) -> FieldValue | None:
+        """One field's (type tag, value), or ``None`` when it is not set."""
+        row = self._db.execute("SELECT type, value FROM fields WHERE path=?", (path,)).fetchone()
+        return None if row is None else (row[0], msgpack.unpackb(row[1]))
+
     def field_writers(self) -> dict[str, int]:
         """Path -> rank whose value is stored."""
         return dict(self._db.execute("SELECT path, rank FROM fields"))

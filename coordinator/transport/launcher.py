@@ -26,10 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import CoordinatorError
+from coordinator.errors import ConfigError, CoordinatorError
 from coordinator.transport.discovery import pid_alive, private_dir, remove_stale_records
 
 __all__ = ["CONFIG_FILE", "OWNERS_FILE", "AggregatorProcess", "AggregatorSupervisor", "remove_stale_dirs"]
+
+_MAX_IPC_PATH_BYTES = 107
+"""sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest ipc:// path libzmq can bind."""
 
 _log = logging.getLogger(__name__)
 
@@ -108,6 +111,15 @@ class AggregatorProcess:
         self.run_id = run_id
         self.stderr_path = stderr_path
         base = private_dir()
+        if not tcp_host:
+            # A Unix socket path is limited by sockaddr_un (107 bytes on Linux); the run's
+            # directory name adds about 25. Say so before starting, instead of a libzmq error.
+            longest = len(f"{base}/run-xxxxxxxx/agg.sock".encode())
+            if longest > _MAX_IPC_PATH_BYTES:
+                raise ConfigError(
+                    f"the runtime directory {base} is too long for a Unix socket path ({longest} > "
+                    f"{_MAX_IPC_PATH_BYTES} bytes): set XDG_RUNTIME_DIR (or TMPDIR) to a shorter directory"
+                )
         remove_stale_dirs(base)
         self.sock_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
         _write_private(self.sock_dir / OWNERS_FILE, f"{os.getpid()}\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.aggregator import Aggregator, AggregatorConfig
-from coordinator.cli.common import parse_options, resolve_run
+from coordinator.cli.common import human_bytes, parse_duration, parse_options, resolve_run
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import run_dir
 
@@ -38,3 +38,15 @@ def test_parse_options_pairs() -> None:
     for bad in ("novalue", "=v"):
         with pytest.raises(CoordinatorError):
             parse_options([bad])
+
+
+def test_durations_and_sizes() -> None:
+    """Durations need a unit (s, m, h, d, w); sizes are binary units."""
+    assert parse_duration("30d") == 30 * 86400.0
+    assert parse_duration(" 1.5h ") == 5400.0
+    assert parse_duration("90m") == parse_duration("5400s")
+    for bad in ("30", "d", "-1d", "1y", ""):
+        with pytest.raises(CoordinatorError, match="not a duration"):
+            parse_duration(bad)
+    assert human_bytes(0) == "0 B" and human_bytes(1023) == "1023 B"
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(5 * 2**30) == "5.0 GiB"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -157,3 +158,15 @@ def test_stale_rendezvous_records_are_removed_and_live_ones_kept() -> None:
     finally:
         for f, _ in files.values():
             f.unlink(missing_ok=True)
+
+
+def test_a_runtime_dir_too_long_for_a_unix_socket_is_a_clear_config_error(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket path past sockaddr_un's 107 bytes fails at once, naming the variable, not in libzmq after retries."""
+    long_dir = tmp_path / ("x" * 90)
+    long_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(long_dir))
+    with pytest.raises(coordinator.ConfigError, match="XDG_RUNTIME_DIR"):
+        coordinator.init_run(project="p")
+    shutil.rmtree(long_dir)
