@@ -32,6 +32,7 @@ __all__ = [
     "med",
     "mib",
     "result_base",
+    "run_job",
     "thread_cpu",
     "versions",
     "write_atomic",
@@ -137,6 +138,22 @@ def thread_cpu(proc: Any, tid: int | None) -> float | None:
         if t.id == tid:
             return float(t.user_time + t.system_time)
     return None
+
+
+def run_job(cmd: list[str], cwd: Path, env: dict[str, str], log_file: Path, timeout_s: float) -> int | None:
+    """Run a launcher (torchrun, a Lightning script) in its own session, output to ``log_file``.
+
+    Returns:
+        Its exit code, or ``None`` when it ran past ``timeout_s`` (its whole tree is then killed).
+    """
+    with open(log_file, "wb") as lf:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait(30)
+            return None
 
 
 def kill_tree(pid: int) -> None:

@@ -33,14 +33,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, kill_tree, log, med
+from benchmarks.common import child_env, log, med, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
 __all__ = ["N_METRICS", "ddp_section", "main"]
@@ -63,7 +62,11 @@ class _Logger:
             self.obj = coordinator.init_run(
                 project="bench",
                 name=f"ddp-block{block}",
-                settings=coordinator.Settings(dir=str(root / "coordinator"), handle_sigterm=False, **flush),
+                # Steady-state logging cost: the one-time environment capture at start (git, the
+                # package list: ~0.1 s of CPU on rank 0) would overlap these short blocks.
+                settings=coordinator.Settings(
+                    dir=str(root / "coordinator"), handle_sigterm=False, capture_env=False, **flush
+                ),
             )
         elif variant.startswith("peer:") and rank == 0:
             self.obj = open_tracker(
@@ -173,14 +176,7 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
     log(f"5: DDP: 4 ranks x {len(variants)} variants x {repeats} repeats x {steps} steps")
     logf = d / "torchrun.log"
     t0 = time.monotonic()
-    with open(logf, "wb") as lf:
-        proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(120 if quick else 1800)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)
-            proc.wait(30)
-            code = None
+    code = run_job(cmd, d, env, logf, 120 if quick else 1800)
     res["wall_s"] = time.monotonic() - t0
     if code != 0:
         text = logf.read_text(errors="replace")

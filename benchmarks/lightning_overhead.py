@@ -38,14 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, kill_tree, log, mark, med
+from benchmarks.common import child_env, kill_tree, log, mark, med, run_job
 
 __all__ = ["N_METRICS", "VARIANTS", "lightning_section", "main", "markdown"]
 
@@ -81,14 +80,7 @@ def lightning_section(quick: bool, tmp: Path, steps: int | None = None, repeats:
     log(f"lightning: 2 ranks x {len(VARIANTS)} variants x {repeats} repeats x {steps} steps")
     logf = d / "job.log"
     t0 = time.monotonic()
-    with open(logf, "wb") as lf:
-        proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(300 if quick else 1800)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc.pid)
-            proc.wait(30)
-            code = None
+    code = run_job(cmd, d, env, logf, 300 if quick else 1800)
     _wait_gone(str(out_json), 60)
     res["wall_s"] = time.monotonic() - t0
     if code != 0 or not out_json.exists():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 from pathlib import Path
 
@@ -38,24 +40,29 @@ def test_exception_inside_with_still_stores_and_leaves_nothing_running(store_dir
 
 def test_log_in_a_forked_child_raises_clearly_and_the_parent_is_unaffected(store_dir: Path) -> None:
     """A DataLoader-style fork: the child's log() raises ClosedError naming the fork; the parent keeps logging."""
-    import multiprocessing as mp
-
     with coordinator.init_run() as run:
         run.log({"a": 0.0}, step=0)
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-
-        def child() -> None:
+        # The child answers through a raw pipe and leaves with os._exit: no multiprocessing queue
+        # (its feeder thread and locks) between the fork and the answer.
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
             try:
-                run.log({"a": 1.0}, step=1)
-                q.put("no error")
-            except coordinator.ClosedError as e:
-                q.put(str(e))
-
-        p = ctx.Process(target=child)
-        p.start()
-        msg = q.get(timeout=30)
-        p.join(30)
+                try:
+                    run.log({"a": 1.0}, step=1)
+                    os.write(w, b"no error")
+                except coordinator.ClosedError as e:
+                    os.write(w, str(e).encode()[:4000])
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            ready, _, _ = select.select([r], [], [], 30)
+            assert ready, "the forked child did not answer within 30 s"
+            msg = os.read(r, 4096).decode()
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
         assert "forked child" in msg
         run.log({"a": 2.0}, step=2)
         run.wait(30)
