@@ -13,6 +13,7 @@ is internal and may change without notice.
 from __future__ import annotations
 
 from coordinator.client.handle import Handle
+from coordinator.client.models import Model, ModelVersion, init_model, init_model_version
 from coordinator.client.run import Run
 from coordinator.client.start import init_run
 from coordinator.errors import (
@@ -38,6 +39,8 @@ __all__ = [
     "DeliveryError",
     "Handle",
     "Mode",
+    "Model",
+    "ModelVersion",
     "ProtocolError",
     "RetryableTransportError",
     "Run",
@@ -45,5 +48,7 @@ __all__ = [
     "SinkError",
     "TransportError",
     "__version__",
+    "init_model",
+    "init_model_version",
     "init_run",
 ]

@@ -17,8 +17,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -145,6 +146,15 @@ class Settings:
     system_metrics_interval_s: float = 10.0
     """Every rank samples its process's (and its node's local rank 0 the node's) CPU, memory, disk,
     network and GPU this often into ``system/*`` series (policy ``per_rank``); 0 turns it off."""
+    redact_keys: tuple[str, ...] = ()
+    """Globs of field paths (``user/*``, ``*/email``) whose values become ``"[redacted]"`` on the rank,
+    before they are buffered (fields and the environment capture; never metric values)."""
+    redact_values: tuple[str, ...] = ()
+    """Regexes whose matches in str field values (and list items) become ``"[redacted]"``
+    (in the environment: comma-separated, so only patterns without a comma)."""
+    redact: Callable[[str, Any], Any] | None = None
+    """``callable(path, value) -> value`` applied after the globs and regexes; ``None`` drops the
+    field; if it raises, the field is dropped, counted and warned about once."""
 
     # --------------------------------------------------------------- external trackers
     backend: tuple[str, ...] = ()
@@ -197,6 +207,13 @@ class Settings:
             raise ConfigError(f"Settings.max_aggregator_restarts must be >= 0, got {self.max_aggregator_restarts}")
         if not isinstance(self.backend, tuple):
             raise ConfigError(f"Settings.backend must be a tuple of backend names, got {self.backend!r}")
+        if self.redact is not None and not callable(self.redact):
+            raise ConfigError(f"Settings.redact must be a callable(path, value) -> value, got {self.redact!r:.80}")
+        for pat in self.redact_values if isinstance(self.redact_values, tuple) else ():
+            try:
+                re.compile(pat)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"Settings.redact_values: {pat!r:.200} is not a valid regex: {e}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.client.artifacts import copy_into_run
+from coordinator.client.redaction import Redactor
 from coordinator.client.view import field_from_wire
 from coordinator.core.redact import MASK, is_secret_key, redact_text, redact_url
 from coordinator.core.values import FieldValue
@@ -196,7 +197,9 @@ def git_facts(cwd: str | os.PathLike[str], deadline: float) -> tuple[dict[str, F
     return facts, diff, cut
 
 
-def start_capture(rank: int, write_sys: SysWriter, store_path: str | None, cwd: str | None = None) -> ContextCapture:
+def start_capture(
+    rank: int, write_sys: SysWriter, store_path: str | None, cwd: str | None = None, *, redact: Redactor | None = None
+) -> ContextCapture:
     """Start the capture of a run on a background thread, through the run's internal writer.
 
     Args:
@@ -204,9 +207,13 @@ def start_capture(rank: int, write_sys: SysWriter, store_path: str | None, cwd: 
         write_sys: the run's ``_write_sys``.
         store_path: the run's journal (its ``artifacts`` directory sits beside it), or ``None``.
         cwd: where git looks for the repository (default: the working directory).
+        redact: the run's redaction (``redact_keys``/``redact_values``/``redact``), applied to every
+            fact (argv, the git remote, ...) before it is written, or ``None``.
     """
 
     def write(items: list[tuple[str, FieldValue]]) -> bool:
+        if redact is not None:
+            items = redact.apply(items)
         try:
             write_sys(items, lambda view: view.update({p: field_from_wire(*fv) for p, fv in items}))
         except ClosedError:

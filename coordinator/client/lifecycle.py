@@ -96,6 +96,8 @@ class Lifecycle:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self.sampler: SystemSampler | None = None
+        self.redacted: Callable[[], int] = lambda: 0
+        """This rank's count of redactions so far (set by the run), sent with its BYE."""
         """The system-metrics thread (set by the run), stopped before the drain."""
         self._watchdog: SigtermWatchdog | None = None
         install_hooks()
@@ -190,7 +192,12 @@ class Lifecycle:
             error = e
         st = self._buf.stats()
         try:
-            bye = ByeCounters(undelivered=st["pending"], accepted=st["accepted"], dropped_points=st["dropped"])
+            bye = ByeCounters(
+                undelivered=st["pending"],
+                accepted=st["accepted"],
+                dropped_points=st["dropped"],
+                redacted=self.redacted(),
+            )
             payload = {**bye, **self.ending.payload()}
             self._delivery.request(wire.BYE, payload, max(0.1, deadline - time.monotonic()))
         except CoordinatorError as e:

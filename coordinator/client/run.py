@@ -25,6 +25,7 @@ from coordinator.client.handle import Handle
 from coordinator.client.hotpath import log_slow, rollback, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
+from coordinator.client.redaction import Redactor
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
@@ -80,6 +81,7 @@ class Run:
         self.store_path = store_path
         self.incarnation = secrets.randbits(62)
         self._settings = settings
+        self._redact = Redactor.from_settings(settings)  # before anything starts: a bad setting raises here
         self._buf = Buffer(settings.max_buffer_points)
         self._buf.errors = ErrorQueue()
         self._dev = DeviceScalars(self._buf.lock, self._buf.fail)
@@ -144,10 +146,12 @@ class Run:
             refuse_calls=self._refuse_calls,
             secrets=secret_values(settings.backend_options),
         )
+        if self._redact is not None:
+            self._life.redacted = self._redact.count  # the redactor's, not the run's: no cycle
         if self._sender is not None:  # off the training thread; stopped by stop() before the drain
             self._life.sampler = start_sampler(self.log, rank=self.rank, interval_s=settings.system_metrics_interval_s)
         capture = settings.capture_env and self._sender is not None  # git, packages: on a thread, never waited for here
-        self._context = start_capture(self.rank, self._write_sys, store_path) if capture else None
+        self._context = start_capture(self.rank, self._write_sys, store_path, redact=self._redact) if capture else None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} rank {self.rank}/{self.world_size} mode={self.mode}>"
@@ -268,6 +272,8 @@ class Run:
         nothing of a rejected assignment is kept.
         """
         items = flatten_fields(path, value)
+        if self._redact is not None:  # before anything is buffered; outside the lock (a user callable)
+            items = self._redact.apply(items)
         b = self._buf
         with b.lock:
             if self._closed:

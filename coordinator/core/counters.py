@@ -17,6 +17,7 @@ class ByeCounters(TypedDict):
     undelivered: int  # accepted but never acknowledged when the rank closed: the run fails
     accepted: int  # every point log() accepted
     dropped_points: int  # dropped under backpressure "drop_oldest" (counted, never silent)
+    redacted: int  # field values (or parts) redacted on the rank (redact_keys/redact_values/redact)
 
 
 UNDELIVERED: Final[Literal["undelivered"]] = "undelivered"
