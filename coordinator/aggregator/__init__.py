@@ -2,7 +2,7 @@
 
 This package's public interface (what the CLI, the tests and the benchmarks import) is exported
 here: the :class:`Aggregator` core and its :class:`AggregatorConfig`; :func:`serve` and
-:func:`main`, the aggregator process; :func:`replay_spools` and :func:`spool_root`, to ingest
+:func:`main`, the aggregator process; :func:`replay_spools`, to ingest
 an offline run's or a crashed job's spools after the job; and the final report's names
 (:class:`Report`, :class:`Counters`, :data:`HEADLINE`, :data:`PROBLEMS`).
 
@@ -16,7 +16,7 @@ from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import HEADLINE, PROBLEMS, Counters, Report
 from coordinator.aggregator.main import main
-from coordinator.aggregator.recovery import replay_spools, spool_root
+from coordinator.aggregator.recovery import replay_spools
 from coordinator.aggregator.server import serve
 
 __all__ = [
@@ -29,5 +29,4 @@ __all__ = [
     "main",
     "replay_spools",
     "serve",
-    "spool_root",
 ]

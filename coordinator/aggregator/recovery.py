@@ -20,11 +20,12 @@ from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
 from coordinator.errors import ConfigError, ProtocolError
+from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import LocalStore, run_dir
 from coordinator.transport import wire
 from coordinator.transport.spool import read_spool, spool_records
 
-__all__ = ["recover_spools", "replay_spools", "spool_root"]
+__all__ = ["recover_spools", "replay_spools"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -34,11 +35,6 @@ _MAX_MAP_BYTES = 4096
 """Largest HELLO or BYE payload, as on the wire."""
 _CONFIG_FIELDS = ("world_size", "project", "name", "policies", "default_policy")
 """What an upload takes from the store or the offline metadata; the rest keeps its default."""
-
-
-def spool_root(root: Path, run_id: str) -> Path:
-    """Where the ranks of a run spool their batches (one directory per rank incarnation)."""
-    return root / "spool" / run_id
 
 
 def recover_spools(agg: Aggregator, root: Path, *, skip_live: bool = True) -> int:
@@ -111,7 +107,7 @@ def _replay_record(agg: Aggregator, head: bytes, payload: bytes, rank: int, inc:
 def _upload_config(root: Path, run_id: str) -> AggregatorConfig:
     """The run's config from its store, or for a never-stored offline run from its spool metadata."""
     db = run_dir(root, run_id) / "run.db"
-    meta_file = spool_root(root, run_id) / "run.meta"
+    meta_file = spool_dir(root, run_id) / "run.meta"
     fields: dict[str, Any]
     if db.exists():
         s = LocalStore(db, readonly=True)
@@ -151,7 +147,7 @@ def replay_spools(root: Path, run_id: str) -> Report:
         SinkError: another writer still holds the run.
     """
     agg = Aggregator(_upload_config(root, run_id))
-    sp = spool_root(root, run_id)
+    sp = spool_dir(root, run_id)
     if sp.is_dir():
         recover_spools(agg, sp, skip_live=False)
     agg.emit(time.time())

@@ -49,12 +49,13 @@ class _Progress:
 
 def _sync_to(a: argparse.Namespace, root: Path) -> int:
     """Push a stored run to a backend, first storing what its spools still hold."""
-    from coordinator.aggregator import replay_spools, spool_root
+    from coordinator.aggregator import replay_spools
     from coordinator.forward.forwarder import Forwarder
+    from coordinator.journal.paths import spool_dir
 
     run_id = a.run
     db = run_dir(root, run_id) / "run.db"
-    spool = spool_root(root, run_id)
+    spool = spool_dir(root, run_id)
     state = None
     if db.exists():
         s = LocalStore(db, readonly=True)

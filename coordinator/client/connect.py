@@ -18,6 +18,7 @@ from coordinator.core import env as _env
 from coordinator.core.redact import redact_text, secret_values
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
 from coordinator.forward.backend import check_backends
+from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import run_dir
 from coordinator.settings import Settings, env_name
 from coordinator.transport.discovery import Placement, Rendezvous, new_run_id
@@ -132,7 +133,7 @@ def connect(
 
 def spool_root(settings: Settings, root: Path, run_id: str) -> Path:
     """Where the run's ranks spool: ``Settings.spool_dir``, else ``<root>/spool/<run id>``."""
-    return Path(settings.spool_dir) if settings.spool_dir is not None else root / "spool" / run_id
+    return Path(settings.spool_dir) if settings.spool_dir is not None else spool_dir(root, run_id)
 
 
 def aggregator_config(settings: Settings, placement: Placement, spec: RunSpec, run_id: str) -> dict[str, Any]:

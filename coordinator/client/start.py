@@ -18,6 +18,7 @@ from coordinator.core.limits import DIR_NAME
 from coordinator.core.policies import PolicyTable
 from coordinator.core.tags import check_tags
 from coordinator.errors import ConfigError
+from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import list_runs, resolve_root, run_dir
 from coordinator.settings import Mode, Settings
 from coordinator.transport import wire
@@ -167,7 +168,7 @@ def _rank_spool_root(s: Settings, root: Path, run_id: str) -> str | None:
 
 def _write_offline_meta(s: Settings, spec: RunSpec, conn: Connection, world_size: int) -> None:
     """What ``coordinator sync`` needs to create the run from an offline spool."""
-    meta = SpoolWriter(spec.root / "spool" / conn.run_id / "run.meta")
+    meta = SpoolWriter(spool_dir(spec.root, conn.run_id) / "run.meta")
     meta.append(
         0,
         0,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.aggregator import Aggregator, AggregatorConfig, replay_spools, spool_root
+from coordinator.aggregator import Aggregator, AggregatorConfig, replay_spools
 from coordinator.aggregator.recovery import recover_spools
 from coordinator.errors import ConfigError
+from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import MAIN_RANK, LocalStore, run_dir
 from coordinator.transport import wire
 from coordinator.transport.spool import SegmentedSpool, SpoolWriter
@@ -25,13 +26,13 @@ def _spool(directory: Path, rank: int, inc: int, records: list[tuple[int, int, b
 
 def _offline_run(root: Path, steps: int) -> None:
     """A 1-rank offline run's spool: metadata, HELLO, one batch per step, BYE."""
-    meta = SpoolWriter(spool_root(root, RUN) / "run.meta")
+    meta = SpoolWriter(spool_dir(root, RUN) / "run.meta")
     meta.append(0, 0, b"", wire.encode_map({"run_id": RUN, "project": "p", "name": "off", "world_size": 1}))
     meta.close()
     records = [(wire.HELLO, 0, wire.encode_map({"pid": 1, "host": "h"}))]
     records += [(wire.BATCH, s + 1, payload(metrics={"loss": {s: float(s)}})) for s in range(steps)]
     records.append((wire.BYE, 0, wire.encode_map({"undelivered": 0, "accepted": steps, "dropped_points": 0})))
-    _spool(spool_root(root, RUN), 0, 1, records)
+    _spool(spool_dir(root, RUN), 0, 1, records)
 
 
 def test_replay_spools_stores_an_offline_run_and_finishes_it(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_replay_spools_stores_an_offline_run_and_finishes_it(tmp_path: Path) -> 
     assert rep["state"] == "finished", rep["reasons"]
     assert (rep["points"], rep["recovered_points"], rep["batches"]) == (300, 300, 300)
     assert rep["per_rank"]["0"]["accepted"] == 300
-    assert not (spool_root(tmp_path, RUN) / "rank-0-1").exists()
+    assert not (spool_dir(tmp_path, RUN) / "rank-0-1").exists()
     s = LocalStore(run_dir(tmp_path, RUN) / "run.db", readonly=True)
     try:
         assert s.run_info().name == "off"
