@@ -6,6 +6,7 @@ from typing import Any
 
 from benchmarks.common import fmt_pps, mark, mib
 from benchmarks.lightning_overhead import markdown as lightning_markdown
+from benchmarks.report_cpu import cpu_markdown, cpu_targets, gil_markdown
 from benchmarks.sampler_cost import markdown as sampler_markdown
 
 __all__ = [
@@ -117,6 +118,7 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 abs(soak["growth"]) <= T_RSS_FLAT,
             )
         )
+    out += cpu_targets(res)
     return out
 
 
@@ -192,7 +194,7 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
                 )
         for c in hot["checks"]:
             md.append(f"\n**delivery check failed**: {c}")
-        md.append("")
+        md += ["", gil_markdown(hot)]
     # ---- 2 + 3
     tpr = res.get("throughput")
     if tpr:
@@ -328,6 +330,8 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
     sm = res.get("sampler")
     if sm:
         md += ["## 5c. System-metrics sampler: CPU cost", "", sampler_markdown(sm)]
+    if res.get("cpu"):
+        md += ["## 7. CPU per logged point (whole job)", "", cpu_markdown(res["cpu"])]
     # ---- 6
     sc = res.get("scale")
     if sc:

@@ -15,13 +15,15 @@ Sections (details in each module's docstring):
 1. hot path — ``run.log({"loss": x}, step=s)`` and ``run["loss"].append(x, step=s)`` on the
    training thread at the realistic load (100 metrics per step, 50 steps/s) and at full load;
    mode ``disabled``; the sender thread's CPU share (≈ its GIL share) and its flush slices
-   (``benchmarks.hotpath``);
+   (``benchmarks.hotpath``); single scalars at new steps, calls during a flush and the GIL probe
+   (``benchmarks.hotpatterns``);
 2. throughput vs ranks (1, 2, 4, 8) and keys per call (1, 10, 100), durable, exactly-once
    verified (``benchmarks.throughput``);
 3. the limit: raw PUSH/PULL with pre-built 1000-point batches (``benchmarks.limit``);
 4. peers (``benchmarks.peers``, set up by ``benchmarks.trackers``);
 5. training overhead in a CPU DDP job (``benchmarks.ddp_overhead``, under torchrun);
-6. scale (64/256/1024 simulated senders) and a soak (``benchmarks.scale``).
+6. scale (64/256/1024 simulated senders) and a soak (``benchmarks.scale``);
+7. CPU per logged point, every process of a paced 4-rank job (``benchmarks.cpu_per_point``).
 
 This module runs them and writes the results; the report is ``benchmarks.report``, the plots
 ``benchmarks.plots``.
@@ -57,8 +59,10 @@ from benchmarks.common import (
     versions,
     write_atomic,
 )
+from benchmarks.cpu_per_point import cpu_section
 from benchmarks.ddp_overhead import ddp_section
 from benchmarks.hotpath import hot_section
+from benchmarks.hotpatterns import patterns_section
 from benchmarks.lightning_overhead import lightning_section
 from benchmarks.peers import peers_section
 from benchmarks.plots import plots
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="CI size: under 2 minutes on 2 cores; most peers skipped")
     g.add_argument("--full", action="store_true", help="every section at full size (~20-25 min on 2 cores)")
     p.add_argument(
-        "--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,lightning,sampler,scale"
+        "--only", default="", help="comma list of sections to run: hot,throughput,peers,ddp,lightning,sampler,cpu,scale"
     )
     p.add_argument("--repeats", type=int, default=None, help="repeats per cell (default: 2 quick, 3 full)")
     p.add_argument("--no-write", action="store_true", help=f"do not write under {RESULTS}")
@@ -140,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if want("hot"):
             log("1: hot path")
             res["hot"] = hot_section(quick, tmp, repeats if not quick else 2)
+            log("1: hot path patterns and the GIL probe")
+            pat = patterns_section(quick, tmp, repeats if not quick else 2, res["hot"]["overhead_ns"])
+            res["hot"]["rows"] += pat["rows"]
+            res["hot"].update(gil=pat["gil"], probe_us=pat["probe_us"])
         if want("throughput"):
             res["throughput"] = throughput_section(quick, tmp, 1 if quick else repeats)
             if quick:
@@ -164,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log("5b: Lightning DDP, CoordinatorLogger vs sync_dist")
                 res["lightning"] = lightning_section(quick, tmp)
+        if want("cpu"):
+            if importlib.util.find_spec("torch") is None:
+                res["cpu"] = {"problems": ["torch is not installed (pip install -e '.[torch]')"]}
+            else:
+                res["cpu"] = cpu_section(quick, tmp)
+                if quick:
+                    skipped.append("CPU per point: 2 repeats of 3 s windows (full: 5 of 10 s)")
         if want("sampler"):
             log("5c: system-metrics sampler cost")
             res["sampler"] = sampler_measure(quick)
@@ -231,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         failed.append("ddp")
     if (res.get("lightning") or {}).get("problems"):
         failed.append("lightning")
+    if (res.get("cpu") or {}).get("problems"):
+        failed.append("cpu")
     if (res.get("sampler") or {}).get("problems"):
         failed.append("sampler")
     if left:

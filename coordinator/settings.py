@@ -93,8 +93,10 @@ class Settings:
     # --------------------------------------------------------------- buffer, sender, spool
     max_buffer_points: int = 2_000_000
     """Points a rank may hold unacknowledged (buffered, in flight) before ``log()`` blocks."""
-    flush_interval_s: float = 0.005
-    """How often the sender thread swaps the buffer out and sends it."""
+    flush_interval_s: float = 0.05
+    """How often the sender thread swaps the buffer out, spools and sends it (``wait()``, ``sync()``
+    and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval;
+    a shorter one costs CPU per point (more, smaller batches and journal rows)."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split."""
     max_window_batches: int = 64
@@ -146,6 +148,13 @@ class Settings:
     system_metrics_interval_s: float = 10.0
     """Every rank samples its process's (and its node's local rank 0 the node's) CPU, memory, disk,
     network and GPU this often into ``system/*`` series (policy ``per_rank``); 0 turns it off."""
+    capture_output: bool = False
+    """Each rank's stdout and stderr lines (``print()``, ``logging``) also become its text series
+    ``monitoring/stdout`` and ``monitoring/stderr``; still written to the real streams, restored at close."""
+    console_max_lines_per_s: float = 100.0
+    """With ``capture_output``: lines per second (per rank, a burst of as many) kept; more are dropped and counted."""
+    console_max_line_bytes: int = 4096
+    """With ``capture_output``: a longer line is cut to this many bytes (UTF-8) and counted."""
     redact_keys: tuple[str, ...] = ()
     """Globs of field paths (``user/*``, ``*/email``) whose values become ``"[redacted]"`` on the rank,
     before they are buffered (fields and the environment capture; never metric values)."""
@@ -200,7 +209,14 @@ class Settings:
             numeric = isinstance(v, int | float) and not isinstance(v, bool)
             if f.name.endswith(("_s", "_bytes", "_points", "_batches")) and numeric and v < 0:
                 raise ConfigError(f"Settings.{f.name} must be a number >= 0, got {v!r}")
-        for name in ("flush_interval_s", "max_buffer_points", "max_batch_points", "max_window_batches"):
+        for name in (
+            "flush_interval_s",
+            "max_buffer_points",
+            "max_batch_points",
+            "max_window_batches",
+            "console_max_lines_per_s",
+            "console_max_line_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Settings.{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_aggregator_restarts < 0:

@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "forward": {"core", "errors", "settings", "journal"},
     "aggregator": {"core", "errors", "settings", "transport", "journal", "forward"},
     "client": {"core", "errors", "settings", "transport", "journal", "forward"},
-    "cli": {"core", "errors", "settings", "transport", "journal", "forward", "aggregator", "client", "api"},
+    "ui": {"core", "errors", "settings", "journal"},
+    "cli": {"core", "errors", "settings", "transport", "journal", "forward", "aggregator", "client", "api", "ui"},
     "integrations": {"api", "errors", "settings"},
     "api": {"errors", "settings", "client", "core"},
 }

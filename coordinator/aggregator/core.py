@@ -28,7 +28,7 @@ from coordinator.aggregator.senders import Sender, Senders
 from coordinator.core.incarnations import is_replaced
 from coordinator.core.policies import POLICY_PREFIX, PolicyTable
 from coordinator.errors import ProtocolError, SinkError
-from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from coordinator.journal.store import MAIN_RANK, TEXT_POLICY, ChunkRow, LocalStore, TextRow, TxnData
 from coordinator.transport import wire
 
 __all__ = ["Aggregator"]
@@ -80,6 +80,9 @@ class Aggregator:
         self.forwarders = Forwarders(cfg.run_id)
         """Started by the serving process only (an offline upload does not forward)."""
         self.known_keys: set[str] = set(self.store.key_policies())
+        self.text_keys: set[str] = set(self.store.text_keys())
+        """Keys of text series: a key is numeric or text for the whole run (a rank mixing them is refused)."""
+        self._kind_warned: set[tuple[int, int, str]] = set()
         self.last: dict[str, tuple[int, float]] = {}
         """key -> its main series' last (step, value)."""
         self._restore()
@@ -110,6 +113,8 @@ class Aggregator:
                 self.last[key] = main
             for rank, step in self.reducer.last_logged(chunks).items():
                 last_steps.setdefault(rank, {})[key] = step
+        for t in self.store.text_summary():
+            last_steps.setdefault(t["rank"], {})[t["key"]] = t["last_step"]
 
     def _set_sys_fields(self) -> None:
         c = self.cfg
@@ -169,6 +174,9 @@ class Aggregator:
             b.fields = self.fields.take_policies(b.fields, rank, now, self.policy, self.known_keys)
         for key, steps, values in b.metrics:
             if key not in self.known_keys:
+                if key in self.text_keys:
+                    self._wrong_kind(snd, key, "numbers", len(steps), now)
+                    continue
                 self.known_keys.add(key)
                 txn.key_policies[key] = self.policy(key)
             txn.chunks.append(ChunkRow(key, rank, snd.incarnation, seq, b.ts, steps, values))
@@ -182,6 +190,8 @@ class Aggregator:
                 if steps:
                     last_steps[key] = steps[-1]
             n += len(steps)
+        if b.texts:
+            n += self._ingest_texts(snd, b, last_steps, now)
         # Training progress: the sampler's system/* series (client/system.py) step on while a rank hangs.
         reached = [max(steps) for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
         if reached and not snd.superseded:
@@ -194,6 +204,38 @@ class Aggregator:
         self.counters["batches"] += 1
         self.counters["points"] += n
         self.registry.persist(snd)
+
+    def _ingest_texts(self, snd: Sender, b: wire.Batch, last_steps: dict[str, int], now: float) -> int:
+        """Put a batch's texts into the transaction (per rank, no reduction); returns how many were stored."""
+        n = 0
+        for key, steps, texts in b.texts:
+            if key not in self.text_keys:
+                if key in self.known_keys:
+                    self._wrong_kind(snd, key, "texts", len(steps), now)
+                    continue
+                self.text_keys.add(key)
+                self.outbox.txn.key_policies[key] = TEXT_POLICY
+            self.outbox.txn.texts.append(TextRow(key, snd.rank, snd.incarnation, b.ts, steps.tolist(), texts))
+            if not snd.superseded:
+                last_steps[key] = steps[-1]
+            n += len(steps)
+        self.counters["texts"] += n
+        return n
+
+    def _wrong_kind(self, snd: Sender, key: str, got: str, points: int, now: float) -> None:
+        """A rank sent ``got`` for a key that is the other kind in this run: refused, counted, told once."""
+        self.counters["kind_conflicts"] += points
+        if (snd.rank, snd.incarnation, key) in self._kind_warned:
+            return
+        self._kind_warned.add((snd.rank, snd.incarnation, key))
+        kind = "a text series" if key in self.text_keys else "a numeric series"
+        msg = (
+            f"{key!r} is {kind} in this run; rank {snd.rank} sent {got} for it, which are not stored "
+            "(counted in the report's kind_conflicts; a key is numeric or text for the whole run)"
+        )
+        _log.error("%s", msg)
+        self.outbox.event(now, "kind_conflict", snd.rank, msg)
+        self.outbox.warn(snd.rank, snd.incarnation, msg)
 
     def _maybe_rewind(self, snd: Sender, key: str, first: int, now: float) -> None:
         """A later incarnation's first step of ``key``: the rank's earlier steps from there on are replaced."""

@@ -30,6 +30,8 @@ class Counters(TypedDict):
     recovered_points: int  # points replayed from spools at the run's end or by an upload
     refused_clients: int  # CURVE clients the allow-list refused (no job secret) since this aggregator started
     ranks_returned: int  # times a rank marked lost was heard from again and re-included
+    texts: int  # points of text series ingested (also counted in points)
+    kind_conflicts: int  # points refused: numbers for a text series' key, or texts for a numeric one
 
 
 class Report(Counters):
@@ -66,7 +68,14 @@ HEADLINE: tuple[str, ...] = (
 )
 """The report's headline numbers, in the order ``coordinator show`` prints them."""
 
-PROBLEMS: tuple[str, ...] = ("duplicate_batches", "gaps", "bad_frames", "late_points", "replaced_points")
+PROBLEMS: tuple[str, ...] = (
+    "duplicate_batches",
+    "gaps",
+    "bad_frames",
+    "late_points",
+    "replaced_points",
+    "kind_conflicts",
+)
 """Numbers that are zero in a healthy run on a healthy machine (the benchmarks check them)."""
 
 

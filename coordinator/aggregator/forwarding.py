@@ -42,9 +42,17 @@ class Forwarders:
             f.start()
 
     def positions(self) -> dict[str, list[Any]]:
-        """Each forwarder's journal cursor and its fatal error (None while it is healthy)."""
+        """Per forwarder ``[chunk cursor, fatal error or None, text cursor]``: how far it has the journal.
+
+        An ACK names the journal position as the last chunk id (``j``) and the last text id
+        (``jt``); ``wait()`` returns once every forwarder's two cursors passed both.
+        """
         return {
-            f.backend_name: [f.position, None if f.error is None else redact_text(str(f.error), self._secrets)]
+            f.backend_name: [
+                f.position,
+                None if f.error is None else redact_text(str(f.error), self._secrets),
+                f.text_position,
+            ]
             for f in self.forwarders
         }
 

@@ -13,6 +13,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,12 @@ _Job = tuple[bytes, wire.Envelope, dict[str, Any]] | None
 def answer(store: LocalStore, q: dict[str, Any]) -> dict[str, Any]:
     """The reply to one query: ``{"steps": LE int64 bytes, "values": LE float64 bytes, "next": int | None}``.
 
+    For a text series the reply has ``"texts"`` (a list of str) instead of ``"values"``, its pages
+    bounded in count and bytes (:mod:`coordinator.journal.texts`).
+
     Raises:
-        ProtocolError: an unknown op or a malformed request (``code="bad_query"``).
+        ProtocolError: an unknown op or a malformed request (``code="bad_query"``), or the main
+            series (rank -1) of a text series, which has none.
     """
     if q.get("op") != "values":
         raise ProtocolError(f"unknown query {q.get('op')!r:.40}", code="bad_query")
@@ -47,6 +52,11 @@ def answer(store: LocalStore, q: dict[str, Any]) -> dict[str, Any]:
         limit = MAX_PAGE_POINTS
     if type(key) is not str or any(type(x) is not int for x in (rank, after, limit)) or limit <= 0:
         raise ProtocolError("query needs key (str), rank, after (int) and limit (int > 0)", code="bad_query")
+    if store.is_text(key):
+        if rank < 0:
+            raise ProtocolError(f"{key!r} is a text series: texts are per rank; ask for a rank's", code="bad_query")
+        tp = store.text_page(key, rank, after, limit)
+        return {"steps": to_le(array("q", tp.steps)), "texts": tp.texts, "next": tp.next}
     page = store.values_page(key, rank, after, min(limit, MAX_PAGE_POINTS))
     return {"steps": to_le(page.steps), "values": to_le(page.values), "next": page.next}
 

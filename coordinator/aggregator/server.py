@@ -8,7 +8,6 @@ larger commits leave more CPU to the training processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,7 +25,9 @@ from coordinator.aggregator.counters import Report
 from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
 from coordinator.core.limits import MAX_FRAME_BYTES
+from coordinator.core.summary import end_message
 from coordinator.errors import ConfigError, ProtocolError, SinkError
+from coordinator.journal.paths import resolve_root
 from coordinator.transport import wire
 from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
@@ -106,6 +107,7 @@ class Server:
         """
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
+        texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
         kept: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
             if kind == wire.STATE_REPLY:
@@ -116,6 +118,7 @@ class Server:
                 continue
             if kind == wire.ACK and journal is not None:
                 payload["j"] = journal
+                payload["jt"] = texts_at
             elif kind == wire.QUERY_REPLY:
                 if self.reader.submit(ident, env, payload["q"]):
                     continue
@@ -324,5 +327,6 @@ def serve(cfg: AggregatorConfig) -> Report:
         rep = srv.serve()
     finally:
         srv.close()
-    _log.info("run %s %s: %s", cfg.run_id, rep["state"], json.dumps(rep, sort_keys=True))
+    # A few lines a person reads on rank 0's stderr; the JSON report is in the journal (show --json).
+    _log.info("%s", end_message(cfg.run_id, rep, Path(cfg.store_path).parent, resolve_root(None)))
     return rep

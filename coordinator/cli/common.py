@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from coordinator.errors import CoordinatorError
-from coordinator.journal.store import RunInfo, list_runs
+from coordinator.journal.refs import resolve_ref
+from coordinator.journal.store import LocalStore, RunInfo, run_dir
 
 __all__ = ["err", "human_bytes", "out", "parse_duration", "parse_options", "resolve_run", "when"]
 
@@ -59,17 +60,14 @@ def resolve_run(root: Path, ref: str) -> RunInfo:
     """The run ``ref`` names under ``root``: an id, a unique id prefix, or ``latest``.
 
     Raises:
-        CoordinatorError: no runs, or no or several matches.
+        CoordinatorError: no runs, no match, or several (the error lists them).
     """
-    runs = list_runs(root)
-    if not runs:
-        raise CoordinatorError(f"no runs under {root}")
-    if ref == "latest":
-        return runs[-1]
-    matches = [r for r in runs if r.id == ref] or [r for r in runs if r.id.startswith(ref)]
-    if len(matches) != 1:
-        raise CoordinatorError(f"{'no' if not matches else 'several'} runs match {ref!r} under {root}")
-    return matches[0]
+    run_id = resolve_ref(root, ref)
+    store = LocalStore(run_dir(root, run_id) / "run.db", readonly=True)
+    try:
+        return store.run_info()
+    finally:
+        store.close()
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, object]:

@@ -6,13 +6,18 @@ The commands live in their own modules: ``runs``, ``show``, ``sync``, ``purge`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from coordinator.cli.common import out, parse_options
+from coordinator.cli.export import add_export_parser
+from coordinator.cli.plot import add_plot_parser
 from coordinator.cli.purge import add_purge_args, cmd_purge
 from coordinator.cli.runs import add_filters, cmd_runs
 from coordinator.cli.show import cmd_show
 from coordinator.cli.sync import cmd_sync
+from coordinator.cli.top import add_top_parser
+from coordinator.cli.ui import add_ui_parser
 from coordinator.errors import CoordinatorError
 
 __all__ = ["main"]
@@ -72,14 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option, repeatable")
     d.add_argument("--keep", action="store_true", help="keep the scratch run directory")
     d.set_defaults(fn=_cmd_doctor)
+    add_ui_parser(sub)
+    add_plot_parser(sub)
+    add_export_parser(sub)
+    add_top_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``coordinator`` console script; returns the exit status (2: an error)."""
+    """Entry point of the ``coordinator`` console script; returns the exit status (2: an error).
+
+    Output piped into a reader that stops early (``coordinator show RUN | head``) ends quietly.
+    """
     a = _parser().parse_args(argv)
     try:
-        return int(a.fn(a))
+        code = int(a.fn(a))
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then this handler's, not a traceback
+        return code
     except (CoordinatorError, ImportError) as e:  # ImportError: a backend's extra is not installed
         sys.stderr.write(f"coordinator: error: {e}\n")
         return 2
+    except BrokenPipeError:
+        # The reader is gone: what is still buffered cannot be written. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again (Python's documented recipe for SIGPIPE).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0

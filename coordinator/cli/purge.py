@@ -10,7 +10,8 @@ upload) is refused, and so is a ``stale`` run (``running`` but without a live wr
 less than ``--stale-after`` ago (10 minutes: its aggregator may be restarting). Deleting holds
 the run's writer lock, so no aggregator can start writing it meanwhile. Every deletion and
 every refusal is listed with its size; ``--dry-run`` only lists. Exit status 1 when a deletion
-failed (each failure is reported), else 0.
+failed (each failure is reported), else 0. On a terminal a progress bar (stderr) counts the
+deletions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.cli.common import err, human_bytes, out, parse_duration
+from coordinator.cli.progress import progress_bar
 from coordinator.cli.runs import RunRow, scan_runs, select
 from coordinator.errors import CoordinatorError
 from coordinator.journal.paths import WRITER_LOCK, dir_bytes, spool_dir
@@ -87,15 +89,17 @@ def cmd_purge(a: argparse.Namespace) -> int:
         return 0
     failed = 0
     freed = 0
-    for r, _ in doomed:
-        errors = _delete(r, spool_dir(root, r.info.id))
-        if errors:
-            failed += 1
-            for e in errors:
-                err(f"coordinator: error: run {r.info.id}: {e}")
-        else:
-            freed += r.size
-            out(f"deleted {r.info.id} ({r.info.path})")
+    with progress_bar("deleting", len(doomed)) as bar:
+        for r, _ in doomed:
+            errors = _delete(r, spool_dir(root, r.info.id))
+            if errors:
+                failed += 1
+                for e in errors:
+                    err(f"coordinator: error: run {r.info.id}: {e}")
+            else:
+                freed += r.size
+                out(f"deleted {r.info.id} ({r.info.path})")
+            bar.advance(1)
     out(f"deleted {len(doomed) - failed} run(s), {human_bytes(freed)} freed; {len(refused)} refused; {failed} failed")
     return 1 if failed else 0
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,29 @@ def select(rows: Iterable[RunRow], a: argparse.Namespace) -> list[RunRow]:
     ]
 
 
+_HEADER = ("ID", "PROJECT", "NAME", "STATE", "RANKS", "POINTS", "SIZE", "CREATED", "DURATION", "TAGS")
+_RIGHT = {"RANKS", "POINTS", "SIZE"}
+_MAX_WIDTH = {"PROJECT": 24, "NAME": 32}
+"""Columns cut (with an ellipsis) beyond this width; the id is never cut: it is what a person types."""
+
+
+def _aligned(header: tuple[str, ...], table: Sequence[tuple[str, ...]]) -> list[str]:
+    """The header and rows with every column as wide as its widest cell (the last one unpadded)."""
+    cut = [
+        tuple(
+            c if len(c) <= _MAX_WIDTH.get(h, len(c)) else c[: _MAX_WIDTH[h] - 1] + "…"
+            for h, c in zip(header, r, strict=True)
+        )
+        for r in table
+    ]
+    widths = [max(len(r[i]) for r in [header, *cut]) for i in range(len(header))]
+    lines = []
+    for r in [header, *cut]:
+        cells = [c.rjust(w) if h in _RIGHT else c.ljust(w) for h, c, w in zip(header, r, widths, strict=True)]
+        lines.append("  ".join([*cells[:-1], r[-1]]).rstrip())
+    return lines
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     """``coordinator runs``: one line per run (or ``--json``)."""
     root = resolve_root(a.dir)
@@ -109,16 +132,21 @@ def cmd_runs(a: argparse.Namespace) -> int:
     if not rows:
         out(f"no runs under {root}" + (" match the filters" if a.tag or a.project or a.state else ""))
         return 0
-    out(
-        f"{'ID':<24} {'PROJECT':<12} {'NAME':<20} {'STATE':<11} {'RANKS':>5} {'POINTS':>10} {'SIZE':>10} "
-        f"{'CREATED':<19} {'DURATION':<9} TAGS"
-    )
-    for row in rows:
-        r = row.info
-        pts = (r.report or {}).get("points", "-")
-        dur = f"{r.ended - r.created:.1f}s" if r.ended else "-"
-        out(
-            f"{r.id:<24} {r.project[:12]:<12} {r.name[:20]:<20} {row.state:<11} {r.world_size:>5} "
-            f"{pts!s:>10} {human_bytes(row.size):>10} {when(r.created):<19} {dur:<9} {','.join(row.tags) or '-'}"
+    table = [
+        (
+            row.info.id,
+            row.info.project,
+            row.info.name,
+            row.state,
+            str(row.info.world_size),
+            str((row.info.report or {}).get("points", "-")),
+            human_bytes(row.size),
+            when(row.info.created),
+            f"{row.info.ended - row.info.created:.1f}s" if row.info.ended else "-",
+            ",".join(row.tags) or "-",
         )
+        for row in rows
+    ]
+    for line in _aligned(_HEADER, table):
+        out(line)
     return 0

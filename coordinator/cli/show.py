@@ -2,8 +2,11 @@
 
 Failures come first: each failed rank, why (the final report's ``failed_ranks``) and, when it died
 of an exception, its type, message and traceback (its ``rank_failed`` event). Series are
-summarised from the journal's per-chunk summaries (count, first, last, min, max), so showing a run
-of any length reads no whole series.
+summarised from the journal's per-chunk summaries (count, first, last, min, max, and a sparkline:
+:mod:`coordinator.journal.sketch`), so showing a run of any length reads no whole series; each
+series also shows the spread of the ranks' last values. Events read as sentences with short
+incarnation labels (:mod:`.render`), and the report as a few lines, anomalies first
+(:mod:`coordinator.core.summary`); ``--json`` keeps every raw value.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coordinator.aggregator.counters import HEADLINE
 from coordinator.cli.common import out, resolve_run, when
-from coordinator.core.counters import UNDELIVERED
+from coordinator.cli.render import event_text, incarnation_labels, number, sparkline
 from coordinator.core.redact import redact_tree
+from coordinator.core.summary import summary_lines
+from coordinator.journal.sketch import series_sketch
 from coordinator.journal.store import LocalStore, RunInfo, resolve_root, run_dir
 
 __all__ = ["cmd_show", "failures", "show_data"]
@@ -56,8 +60,12 @@ def failures(report: dict[str, Any] | None, events: list[dict[str, Any]]) -> lis
 
 def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
     """Everything ``show`` prints (``show --json`` prints exactly this)."""
-    events = [{"ts": ts, "kind": k, "rank": r, "detail": d} for ts, k, r, d in store.events()]
-    return {
+    labels = incarnation_labels(store.senders())
+    events = [
+        {"ts": ts, "kind": k, "rank": r, "detail": d, "text": event_text(k, r, d, labels)}
+        for ts, k, r, d in store.events()
+    ]
+    data = {
         "id": info.id,
         "project": info.project,
         "name": info.name,
@@ -67,12 +75,36 @@ def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
         "ended": info.ended,
         "failures": failures(info.report, events),
         "fields": {p: when(v) if t == "datetime" else v for p, (t, v) in store.fields().items()},
-        "series": store.series_summary(),
+        "series": [_with_shape(store, s) for s in store.series_summary()],
         "conflicts": store.conflicts(),
+        "incarnations": {str(inc): label for inc, label in labels.items()},
         "events": events,
         "report": info.report,
+        "summary": summary_lines(info.report, info.state),
         "path": str(info.path),
         "forwarders": _forwarders(info.path),
+    }
+    if hasattr(store, "text_summary"):  # text series, where the journal has them
+        data["text_series"] = store.text_summary()
+    return data
+
+
+def _with_shape(store: LocalStore, s: dict[str, Any]) -> dict[str, Any]:
+    """A series' summary plus its sparkline values and each rank's last (step, value) and their spread.
+
+    The sparkline is of the main series, else (a ``per_rank`` key) of the lowest rank's series.
+    """
+    ranks = sorted(s["per_rank"])
+    rank_last = {r: store.last_point(s["key"], r) for r in ranks}
+    lasts = [p[1] for p in rank_last.values() if p is not None and p[1] == p[1]]  # NaN is no value
+    main = s["points"] > 0 or not ranks
+    drawn, n = (-1, s["points"]) if main else (ranks[0], s["per_rank"][ranks[0]])
+    return {
+        **s,
+        "sparkline": series_sketch(store, s["key"], drawn, points=n),
+        "sparkline_rank": None if drawn == -1 else drawn,
+        "rank_last": {str(r): p for r, p in rank_last.items()},
+        "spread": [min(lasts), max(lasts)] if lasts else None,
     }
 
 
@@ -107,7 +139,7 @@ def cmd_show(a: argparse.Namespace) -> int:
         out(json.dumps(data, indent=2, default=str))
         return 0
     out(f"run {info.id}  ({info.project}/{info.name})")
-    out(f"  state      {info.state}")
+    out(f"  state      {info.state if info.state in ('running', 'finished') else info.state.upper()}")
     out(f"  ranks      {info.world_size}")
     out(f"  created    {when(info.created)}    ended {when(info.ended)}")
     out(f"  store      {info.path}")
@@ -115,9 +147,16 @@ def cmd_show(a: argparse.Namespace) -> int:
     if data["failures"]:
         _print_failures(data["failures"])
         out()
+    out("report")
+    for line in data["summary"]:
+        out(f"  {line}")
+    out()
     _print_fields(data["fields"])
     out()
     _print_series(data["series"])
+    if data.get("text_series"):
+        out()
+        _print_text_series(data["text_series"])
     if data["conflicts"]:
         out()
         out("conflicts (field writes that disagreed; the lowest rank's value is kept)")
@@ -126,11 +165,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     out()
     out("events")
     for e in data["events"]:
-        who = f"rank {e['rank']}" if e["rank"] is not None else ""
-        detail = "(see failures above)" if e["kind"] == "rank_failed" else e["detail"] or ""
-        out(f"  {when(e['ts'])}  {e['kind']:<14} {who:<8} {detail}")
-    out()
-    _print_report(data["report"])
+        out(f"  {when(e['ts'])[11:]}  {e['kind']:<16} {e['text']}")
     _print_forwarders(data["forwarders"])
     return 0
 
@@ -176,33 +211,31 @@ def _print_fields(fields: dict[str, Any]) -> None:
 
 
 def _print_series(series: list[dict[str, Any]]) -> None:
-    """One line per key, from the journal's chunk summaries (no point is read where chunks do not overlap)."""
-    out("series")
-    out(
-        f"  {'KEY':<32} {'POLICY':<8} {'POINTS':>10} {'LAST (step, value)':<28} {'MIN':>10} {'MAX':>10}"
-        "  PER-RANK POINTS"
-    )
+    """One line per key: points, a sparkline, the last step and value, and the ranks' spread (from chunk summaries)."""
+    out("series (TREND: the main series from first to last step; RANKS: min–max of the ranks' last values)")
+    width = max([len(s["key"]) for s in series] + [3])
+    width = min(width, 40)
+    out(f"  {'KEY':<{width}} {'POINTS':>9}  {'TREND':<24} {'STEP':>9} {'LAST':>10}  RANKS")
     for s in series:
-        last = f"({s['last'][0]}, {s['last'][1]:.6g})" if s["last"] else "-"
-        lo, hi = (f"{s[k]:.4g}" if s.get(k) is not None else "-" for k in ("min", "max"))
-        per = " ".join(f"{r}:{n}" for r, n in s["per_rank"].items())
-        out(f"  {s['key'][:32]:<32} {s['policy']:<8} {s['points']:>10} {last:<28} {lo:>10} {hi:>10}  {per}")
+        step, last = s["last"] if s["last"] else ("-", None)
+        spread = "-" if s["spread"] is None else f"{number(s['spread'][0])}–{number(s['spread'][1])}"
+        if s["spread"] is not None and s["spread"][0] == s["spread"][1]:
+            spread = number(s["spread"][0])
+        trend = sparkline(s["sparkline"])
+        if s["sparkline_rank"] is not None:
+            trend = f"{trend} (rank {s['sparkline_rank']})"
+        key = s["key"] if len(s["key"]) <= width else s["key"][: width - 1] + "…"
+        out(f"  {key:<{width}} {s['points']:>9}  {trend:<24} {step!s:>9} {number(last):>10}  {spread}")
 
 
-def _print_report(rep: dict[str, Any] | None) -> None:
-    if rep is None:
-        out("report     (none yet: the run is still open or its aggregator died; see events)")
-        return
-    out("report")
-    for k in HEADLINE:
-        out(f"  {k:<18} {rep.get(k)}")
-    for r, pr in rep.get("per_rank", {}).items():
-        out(
-            f"  rank {r:<13} {pr['points']} points in {pr['batches']} batches, state {pr['state']}"
-            + (f", {pr[UNDELIVERED]} undelivered" if pr.get(UNDELIVERED) else "")
-        )
-    for reason in rep.get("reasons", []):
-        out(f"  ! {reason}")
+def _print_text_series(text: list[dict[str, Any]]) -> None:
+    """The last text of each text series and rank, on one line."""
+    out("text series (the last text of each key and rank)")
+    for t in text:
+        who = "main" if t.get("rank") in (None, -1) else f"rank {t['rank']}"
+        line = " ".join(str(t.get("last_text") or "").split())
+        line = line if len(line) <= 90 else line[:89] + "…"
+        out(f"  {t['key']}  {who}  {t.get('n', 0)} texts, step {t.get('last_step', '-')}: {line}")
 
 
 def _print_forwarders(forwarders: dict[str, Any]) -> None:

@@ -1,4 +1,7 @@
-"""``coordinator sync``: store what spools hold (offline runs, crashed jobs), or push a run to a tracker."""
+"""``coordinator sync``: store what spools hold (offline runs, crashed jobs), or push a run to a tracker.
+
+Pushing shows a progress bar on a terminal (stderr), a progress line every 2 s otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.cli.common import out, parse_options, resolve_run
+from coordinator.cli.progress import Bar, progress_bar
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import LocalStore, resolve_root, run_dir
 
@@ -16,20 +20,16 @@ __all__ = ["cmd_sync"]
 
 
 class _Progress:
-    """One progress line on stderr: rewritten in place on a terminal, every 2 s otherwise."""
+    """Forwarding progress on stderr: a rich bar on a terminal, otherwise a line every 2 s (and a last one)."""
 
-    def __init__(self, backend: str, total: int) -> None:
+    def __init__(self, backend: str, total: int, bar: Bar) -> None:
         self.backend = backend
         self.total = max(total, 0)
-        self.tty = sys.stderr.isatty()
+        self.bar = bar
         self.last = 0.0
         self.t0 = time.monotonic()
 
     def __call__(self, st: dict[str, Any], *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and not self.tty and now - self.last < 2.0:
-            return
-        self.last = now
         done = (
             st["forwarded_points"]
             + st["thinned_points"]
@@ -37,13 +37,18 @@ class _Progress:
             + st["replaced_points"]
             + st["name_collisions"]
         )
+        if self.bar.shown:
+            self.bar.update(done, description=f"{self.backend} ({st['retries']} retries)")
+            return
+        now = time.monotonic()
+        if not final and now - self.last < 2.0:
+            return
+        self.last = now
         pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
-        line = (
+        sys.stderr.write(
             f"{self.backend}: {done:,}/{self.total:,} points{pct}, {st['forwarded_batches']} batches, "
-            f"{st['retries']} retries, {now - self.t0:.1f} s"
+            f"{st['retries']} retries, {now - self.t0:.1f} s\n"
         )
-        end = "\n" if final or not self.tty else "\x1b[K"
-        sys.stderr.write(("\r" if self.tty else "") + line + end)
         sys.stderr.flush()
 
 
@@ -75,13 +80,14 @@ def _sync_to(a: argparse.Namespace, root: Path) -> int:
         cursor = fwd.stats()["cursor"]
         where = f"resuming at journal position {cursor}" if cursor else "from the start"
         out(f"run {info.id} -> {a.to}: {points:,} points in {chunks:,} chunks to send ({where})")
-        prog = _Progress(a.to, points)
-        try:
-            st = fwd.drain(a.timeout, progress=prog)
-        except BaseException:
-            prog(fwd.stats(), final=True)  # the progress line ends before the error message
-            raise
-        prog(st, final=True)
+        with progress_bar(a.to, points) as bar:
+            prog = _Progress(a.to, points, bar)
+            try:
+                st = fwd.drain(a.timeout, progress=prog)
+            except BaseException:
+                prog(fwd.stats(), final=True)  # the progress ends before the error message
+                raise
+            prog(st, final=True)
     finally:
         fwd.release()
     out(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.client.elastic import elastic_run_id
 from coordinator.core import env as _env
 from coordinator.core.redact import redact_text, secret_values
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
@@ -105,7 +105,8 @@ def connect(
         if rec.get("error"):
             raise SinkError(f"rank 0 could not start the run: {rec['error']}")
         return Connection(rec["run_id"], None if offline else rec["endpoint"], rendezvous=rdzv)
-    run_id = spec.with_id or settings.run_id or _elastic_run_id(spec.root, placement) or new_run_id()
+    label = spec.name or spec.project  # the id's readable part: ddp-spirals-3f9a2c
+    run_id = spec.with_id or settings.run_id or elastic_run_id(spec.root, placement, label) or new_run_id(label)
     run_dir(spec.root, run_id)  # validates the id
     if spec.backends:
         try:
@@ -198,53 +199,3 @@ def abandon(agg: AggregatorProcess, why: BaseException) -> None:
     else:
         agg.kill()
     agg.cleanup()
-
-
-_elastic_calls: dict[str, int] = {}
-
-
-def _elastic_run_id(root: Path, placement: Placement) -> str | None:
-    """Under torchrun, the run id of this job (one per init_run call), else None.
-
-    Built from the rendezvous id, which scripts often fix (``--rdzv-id``): a restarted worker
-    group (``TORCHELASTIC_RESTART_COUNT`` > 0) continues the latest run of that id, while a fresh
-    job whose id is already in the store gets a new one (``<id>.2``, ``<id>.3``, ...). Rank 0
-    chooses it and claims its directory; the other ranks get it through the rendezvous.
-    """
-    job = os.environ.get(_env.TORCHELASTIC_RUN_ID, "")
-    if not job or job == "none":
-        return None
-    n = _elastic_calls.get(job, 0)
-    _elastic_calls[job] = n + 1
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in job)[:64]
-    base = f"te-{safe}-{n}"
-    taken = _family(root, base)
-    if not taken:
-        run_id = base
-    elif placement.restart_count > 0:
-        run_id = base if taken[-1] == 1 else f"{base}.{taken[-1]}"
-        return run_id
-    else:
-        run_id = f"{base}.{taken[-1] + 1}"
-        _log.info(
-            "run %s already exists and this is a new torchrun job (restart count 0) with the same rendezvous "
-            "id: writing run %s",
-            base,
-            run_id,
-        )
-    run_dir(root, run_id).mkdir(parents=True, exist_ok=True, mode=0o700)  # claimed for this job's restarts
-    return run_id
-
-
-def _family(root: Path, base: str) -> list[int]:
-    """The counters of the runs named ``base`` (1) or ``base.<k>`` (k) in the store, ascending."""
-    runs = root / "runs"
-    if not runs.is_dir():
-        return []
-    pattern = re.compile(re.escape(base) + r"(?:\.(\d+))?")
-    found = []
-    for d in runs.iterdir():
-        m = pattern.fullmatch(d.name)
-        if m is not None and d.is_dir():
-            found.append(int(m[1]) if m[1] else 1)
-    return sorted(found)

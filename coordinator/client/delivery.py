@@ -17,7 +17,7 @@ from coordinator.transport.buffer import Buffer
 from coordinator.transport.requests import Request
 from coordinator.transport.sender import SenderThread
 
-__all__ = ["MAX_QUEUED_ERRORS", "PAGE_POINTS", "Delivery", "ErrorQueue", "Series"]
+__all__ = ["MAX_QUEUED_ERRORS", "PAGE_POINTS", "Delivery", "ErrorQueue", "Series", "TextSeries"]
 
 MAX_QUEUED_ERRORS = 100
 """Background errors kept for the next ``wait()``; later ones are only counted."""
@@ -27,6 +27,9 @@ PAGE_POINTS = 1_000_000
 
 Series = tuple["array[int]", "array[float]"]
 """A stored series as columns: its steps and its values."""
+
+TextSeries = tuple["array[int]", list[str]]
+"""A rank's stored text series: its steps and its texts."""
 
 
 class ErrorQueue(list[CoordinatorError]):
@@ -141,21 +144,28 @@ class Delivery:
             return None
         return self.request(wire.STATE, {}, timeout)
 
-    def fetch_values(self, key: str, rank: int, timeout: float | None, page: int | None = None) -> Series:
+    def fetch_values(self, key: str, rank: int, timeout: float | None, page: int | None = None) -> Series | TextSeries:
         """The stored series ``key`` of ``rank``, asked for page by page (see ``Handle.fetch_values``).
 
-        ``timeout`` covers every page. Raises ProtocolError for a malformed page.
+        A text series comes back as its steps and a list of its texts. ``timeout`` covers every
+        page. Raises ProtocolError for a malformed page.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         steps: array[int] = array("q")
         values: array[float] = array("d")
+        texts: list[str] | None = None
         after = -1
         while True:
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
             q = {"op": "values", "key": key, "rank": rank, "after": after, "limit": page or PAGE_POINTS}
-            nxt = add_page(steps, values, self.request(wire.QUERY, q, left))
+            rep = self.request(wire.QUERY, q, left)
+            if "texts" in rep:
+                texts = [] if texts is None else texts
+                nxt = add_text_page(steps, texts, rep)
+            else:
+                nxt = add_page(steps, values, rep)
             if nxt is None:
-                return steps, values
+                return (steps, values) if texts is None else (steps, texts)
             if nxt <= after:
                 raise ProtocolError(f"the aggregator's pages of {key!r} do not advance (next {nxt} after {after})")
             after = nxt
@@ -166,10 +176,11 @@ class Delivery:
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
             rep = self.request(wire.STATE, {"forward": 1}, left)
             behind = []
-            for name, (cursor, error) in rep.get("forward", {}).items():
+            for name, (cursor, error, *texts_cursor) in rep.get("forward", {}).items():
                 if error:
                     raise SinkError(f"rank {self._rank}: the {name} backend failed: {error}")
-                if cursor < position:
+                # A forwarder that reports a text cursor (third item) must also have passed the texts' position.
+                if cursor < position or (texts_cursor and texts_cursor[0] < self._buf.journal_texts):
                     behind.append(name)
             if not behind:
                 return
@@ -231,4 +242,22 @@ def add_page(steps: array[int], values: array[float], rep: dict[str, Any]) -> in
         v.byteswap()
     steps.extend(s)
     values.extend(v)
+    return nxt
+
+
+def add_text_page(steps: array[int], texts: list[str], rep: dict[str, Any]) -> int | None:
+    """Append one ``QUERY values`` reply of a text series (LE int64 steps, a list of str) to ``steps``/``texts``.
+
+    Returns the reply's ``next``; raises ProtocolError for a malformed page.
+    """
+    sb, tl, nxt = rep.get("steps"), rep.get("texts"), rep.get("next")
+    if type(sb) is not bytes or type(tl) is not list or len(sb) != 8 * len(tl) or any(type(t) is not str for t in tl):
+        raise ProtocolError("malformed page of texts from the aggregator")
+    if nxt is not None and type(nxt) is not int:
+        raise ProtocolError(f"malformed page cursor {nxt!r:.40} from the aggregator")
+    s: array[int] = array("q", sb)
+    if sys.byteorder == "big":
+        s.byteswap()
+    steps.extend(s)
+    texts.extend(tl)
     return nxt

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
+from coordinator.client import frames
 from coordinator.client.tags import change_tags, tag_args, view_tags
 from coordinator.client.view import LocalView
 from coordinator.core.tags import TAGS_PATH
@@ -40,9 +41,13 @@ class HandleTarget(Protocol):
 
     def _append(self, key: str, value: object, step: int | None) -> None: ...
 
+    def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool: ...
+
     def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]: ...
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> tuple[array[int], array[float]]: ...
+    def _fetch_values(
+        self, key: str, rank: int, timeout: float | None
+    ) -> tuple[array[int], array[float]] | tuple[array[int], list[str]]: ...
 
     def _write_sys(self, items: list[tuple[str, Any]], view: Callable[[dict[str, Any]], None]) -> None: ...
 
@@ -74,10 +79,20 @@ class Handle:
         """Append one point to this series (hot path; see :meth:`Run.log`).
 
         Args:
-            value: a number, bool, numpy scalar or 1-element tensor.
+            value: a number, bool, numpy scalar or 1-element tensor; or a ``str``, which makes
+                the key a text series (per rank, never reduced; up to 64 KiB of UTF-8 each).
             step: non-negative int; omitted: this rank's previous step for the key + 1.
-            policy: cross-rank reduction of this key (see :meth:`Run.log`).
+            policy: cross-rank reduction of this key (see :meth:`Run.log`; not for text).
+
+        Raises:
+            TypeError: a str for a numeric key or a number for a text key (a key is one or the
+                other for the whole run). ValueError: a text over 64 KiB. Nothing is kept then.
         """
+        if value.__class__ is str:
+            if policy is not None:
+                raise ValueError(f"{self._path!r}: a text series has no reduction policy")
+            self._run._append_text(self._path, value, step)
+            return
         if policy is not None:
             self._run._declare_policy((self._path,), policy)
         self._run._append(self._path, value, step)
@@ -85,15 +100,14 @@ class Handle:
     def extend(self, values: Iterable[object], steps: Iterable[int] | None = None) -> None:
         """Append several points (``steps`` as long as ``values``, or omitted)."""
         vals = list(values)
-        if steps is None:
-            for v in vals:
-                self._run._append(self._path, v, None)
-            return
-        st = list(steps)
+        st: list[int | None] = [None] * len(vals) if steps is None else list(steps)
         if len(st) != len(vals):
             raise ValueError(f"extend: {len(vals)} values but {len(st)} steps")
         for v, s in zip(vals, st, strict=True):
-            self._run._append(self._path, v, s)
+            if v.__class__ is str:
+                self._run._append_text(self._path, v, s)
+            else:
+                self._run._append(self._path, v, s)
 
     def upload(self, path: str | os.PathLike[str], *, max_copy_bytes: int | None = None) -> dict[str, Any]:
         """Store a file with the run (``run["model/ckpt"].upload("ckpt.pt")``); returns its record.
@@ -152,46 +166,86 @@ class Handle:
             return view_tags(self._run._view.fields)
         return self._run._view.fetch(self._path)
 
-    def fetch_last(self) -> float:
-        """The last value of the reduced series as of the last ``sync()``."""
+    def fetch_last(self) -> float | str:
+        """The last value of the reduced series as of the last ``sync()``; of a text series, the
+        last text this rank appended (a read-only run: the lowest rank's last text)."""
         return self._run._view.fetch_last(self._path)
 
     @overload
     def fetch_values(
-        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: Literal[False] = False
-    ) -> list[tuple[int, float]]: ...
+        self,
+        rank: int | None = None,
+        timeout: float | None = 60.0,
+        *,
+        as_numpy: Literal[False] = False,
+        as_frame: Literal[False] = False,
+    ) -> list[tuple[int, float]] | list[tuple[int, str]]: ...
 
     @overload
     def fetch_values(
-        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: Literal[True]
+        self,
+        rank: int | None = None,
+        timeout: float | None = 60.0,
+        *,
+        as_numpy: Literal[True],
+        as_frame: Literal[False] = False,
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
 
+    @overload
     def fetch_values(
-        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: bool = False
-    ) -> list[tuple[int, float]] | tuple[NDArray[np.int64], NDArray[np.float64]]:
+        self,
+        rank: int | None = None,
+        timeout: float | None = 60.0,
+        *,
+        as_numpy: Literal[False] = False,
+        as_frame: Literal[True],
+    ) -> Any: ...
+
+    def fetch_values(
+        self, rank: int | None = None, timeout: float | None = 60.0, *, as_numpy: bool = False, as_frame: bool = False
+    ) -> list[tuple[int, float]] | list[tuple[int, str]] | tuple[NDArray[np.int64], NDArray[np.float64]] | Any:
         """The stored series in step order: ``(step, value)`` pairs, or two numpy arrays.
+
+        A text series gives ``(step, text)`` pairs of one rank (``rank=`` is required: texts are
+        never reduced), each step once (its latest text; a restarted rank's re-logged steps
+        replace the earlier ones), read in pages bounded in count and bytes.
 
         Args:
             rank: ``None`` for the reduced main series, or one rank's own points.
             timeout: seconds for the whole answer (it comes in pages of up to a million points).
             as_numpy: return ``(steps, values)`` as an int64 and a float64 numpy array instead
                 of a list of tuples (16 bytes a point instead of about 100; needs numpy).
+            as_frame: return a pandas DataFrame with columns ``step`` and ``value`` (as Neptune's
+                ``fetch_values`` does; needs pandas, the ``export`` extra).
 
         Blocks until the aggregator answers. Reads what is committed: call ``wait()`` first to
         include this rank's own latest points (groups still waiting for other ranks are not in
         the main series yet).
 
         Raises:
-            MissingExtraError: ``as_numpy=True`` without numpy installed.
+            MissingExtraError: ``as_numpy=True`` without numpy, ``as_frame=True`` without pandas installed.
         """
         if type(as_numpy) is not bool:
             raise TypeError(f"as_numpy must be a bool, got {type(as_numpy).__name__}")
+        if type(as_frame) is not bool:
+            raise TypeError(f"as_frame must be a bool, got {type(as_frame).__name__}")
+        if as_frame and as_numpy:
+            raise ValueError("as_numpy=True and as_frame=True exclude each other")
+        pd = frames.pandas() if as_frame else None
         if as_numpy:
             try:
                 import numpy as np
             except ImportError as e:
                 raise missing_extra("fetch_values(as_numpy=True)", "torch", e) from e
+        if rank is None and self._path in self._run._view.texts_last:
+            raise ValueError(f"{self._path!r} is a text series: texts are per rank; pass rank=")
         steps, values = self._run._fetch_values(self._path, MAIN_RANK if rank is None else rank, timeout)
+        if pd is not None:
+            return frames.to_frame(pd, steps, values)
+        if isinstance(values, list):  # a text series
+            if as_numpy:
+                raise TypeError(f"{self._path!r} is a text series; as_numpy=True is for numeric series")
+            return list(zip(steps, values, strict=True))
         if as_numpy:
             return np.frombuffer(steps, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
         return list(zip(steps, values, strict=True))

@@ -97,6 +97,8 @@ class Lifecycle:
         self._stopped = threading.Event()
         self.sampler: SystemSampler | None = None
         self.redacted: Callable[[], int] = lambda: 0
+        self.counters: Callable[[], dict[str, int]] = dict
+        """More of the rank's own counters for its BYE (the console capture's cut lines)."""
         """This rank's count of redactions so far (set by the run), sent with its BYE."""
         """The system-metrics thread (set by the run), stopped before the drain."""
         self._watchdog: SigtermWatchdog | None = None
@@ -198,7 +200,7 @@ class Lifecycle:
                 dropped_points=st["dropped"],
                 redacted=self.redacted(),
             )
-            payload = {**bye, **self.ending.payload()}
+            payload = {**self.counters(), **bye, **self.ending.payload()}
             self._delivery.request(wire.BYE, payload, max(0.1, deadline - time.monotonic()))
         except CoordinatorError as e:
             error = error or e

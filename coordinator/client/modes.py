@@ -28,6 +28,9 @@ class DisabledRun(Run):
     def _append(self, key: str, value: object, step: int | None) -> None:
         return None
 
+    def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
+        return False
+
     def __setitem__(self, path: str, value: object) -> None:
         return None
 
@@ -42,6 +45,12 @@ class SyncRun(Run):
     def _append(self, key: str, value: object, step: int | None) -> None:
         super()._append(key, value, step)
         self.wait()
+
+    def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
+        kept = super()._append_text(key, text, step, block)
+        if block:  # the console capture's lines (block=False) are not waited for, line by line
+            self.wait()
+        return kept
 
     def __setitem__(self, path: str, value: object) -> None:
         super().__setitem__(path, value)
@@ -77,6 +86,9 @@ class ReadOnlyRun(Run):
     def _append(self, key: str, value: object, step: int | None) -> None:
         raise ClosedError(f"run {self.id} is open read-only")
 
+    def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
+        raise ClosedError(f"run {self.id} is open read-only")
+
     def __setitem__(self, path: str, value: object) -> None:
         raise ClosedError(f"run {self.id} is open read-only")
 
@@ -84,7 +96,14 @@ class ReadOnlyRun(Run):
         self._store.close()
         self.open()
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> tuple[array[int], array[float]]:
+    def _fetch_values(
+        self, key: str, rank: int, timeout: float | None
+    ) -> tuple[array[int], array[float]] | tuple[array[int], list[str]]:
+        if self._store.is_text(key):
+            if rank < 0:
+                raise ValueError(f"{key!r} is a text series: texts are per rank; pass rank=")
+            texts = self._store.texts(key, rank)
+            return array("q", [s for s, _ in texts]), [t for _, t in texts]
         steps: array[int] = array("q")
         values: array[float] = array("d")
         after: int | None = -1

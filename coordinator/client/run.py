@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.client.artifacts import check_uploadable, copy_into_run
+from coordinator.client.console import start_console
 from coordinator.client.context import start_capture
-from coordinator.client.delivery import Delivery, ErrorQueue, Series
+from coordinator.client.delivery import Delivery, ErrorQueue, Series, TextSeries
 from coordinator.client.devices import DeviceScalars, is_tensor
 from coordinator.client.endings import reason_of
 from coordinator.client.handle import Handle
@@ -30,6 +31,7 @@ from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
 from coordinator.client.system import start_sampler
+from coordinator.client.texts import TextAppender
 from coordinator.client.view import LocalView, field_from_wire
 from coordinator.core.columns import Column
 from coordinator.core.policies import POLICIES, POLICY_PREFIX
@@ -146,12 +148,15 @@ class Run:
             refuse_calls=self._refuse_calls,
             secrets=secret_values(settings.backend_options),
         )
+        self._texts = TextAppender(run_id, self.rank, endpoint, self._buf, self._keys, self._view, self._redact)
+        self._texts.sender, self._texts.refusal = self._sender, lambda: self._closed_why if self._closed else None
         if self._redact is not None:
             self._life.redacted = self._redact.count  # the redactor's, not the run's: no cycle
         if self._sender is not None:  # off the training thread; stopped by stop() before the drain
             self._life.sampler = start_sampler(self.log, rank=self.rank, interval_s=settings.system_metrics_interval_s)
         capture = settings.capture_env and self._sender is not None  # git, packages: on a thread, never waited for here
         self._context = start_capture(self.rank, self._write_sys, store_path, redact=self._redact) if capture else None
+        self._console = start_console(self._append_text, settings, self.rank, self._sender is not None, self._life)
 
     def __repr__(self) -> str:
         return f"<Run {self.id} rank {self.rank}/{self.world_size} mode={self.mode}>"
@@ -207,11 +212,19 @@ class Run:
                     else:
                         c[1].append(v)  # type: ignore[arg-type]
                     c[0].append(step)
-            except BaseException as e:
+            except (TypeError, ValueError, OverflowError):
+                rollback(b.cols, data, k, self._dev)  # the slow path below raises the precise error
+            except BaseException:
                 rollback(b.cols, data, k, self._dev)
-                if not isinstance(e, (TypeError, ValueError, OverflowError)):
-                    raise
+                raise
+            else:
+                b.pending += len(data)
+                return
+            # Outside the handler: a rejected call raises its own error, no internal one chained to it.
+            try:
                 log_slow(data, step, self._keys, b.cols, self._new_column, self._dev)
+            except (TypeError, ValueError) as e:
+                raise e from None  # e.g. float() failing inside to_metric_value: not the user's concern
             b.pending += len(data)
 
     def _append(self, key: str, value: object, step: int | None) -> None:
@@ -238,6 +251,9 @@ class Run:
             c[0].append(step)
             b.pending += 1
 
+    def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
+        return self._texts.append(key, text, step, block)  # client/texts.py
+
     def _declare_policy(self, keys: Iterable[object], policy: str) -> None:
         """Send a per-key policy override ahead of the keys' first points (slow path)."""
         if policy not in POLICIES:
@@ -250,6 +266,7 @@ class Run:
     # ------------------------------------------------------------------ hot-path helpers (lock held)
 
     def _new_column(self, key: str) -> Column:
+        self._texts.check_numeric(key)
         self._keys.add_series(key)
         c: Column = (array("q"), array("d"))
         self._buf.cols[key] = c
@@ -279,6 +296,7 @@ class Run:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; the assignment did nothing")
             self._keys.check_fields(p for p, _ in items)
+            self._texts.check_fields(items)
             for p, fv in items:
                 self._keys.fields.add(p)
                 b.fields.append((p, fv))
@@ -345,7 +363,7 @@ class Run:
         with self._buf.lock:
             self._view.apply_state(rep)
 
-    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> Series:
+    def _fetch_values(self, key: str, rank: int, timeout: float | None) -> Series | TextSeries:
         if not self._delivery.live:
             raise CoordinatorError(f"fetch_values() needs a live aggregator (mode={self.mode})")
         return self._delivery.fetch_values(key, rank, timeout)
@@ -416,6 +434,8 @@ class Run:
         """
         if self._context is not None:
             self._context.join()  # bounded (CAPTURE_BUDGET_S): its fields go out with the drain
+        if self._console is not None:
+            self._console.stop()  # the real streams back first; a last partial line goes out with the drain
         with self._close_lock:
             if self._closed:
                 self._life.join(timeout)  # a stop by another thread (the SIGTERM watchdog) finishes first

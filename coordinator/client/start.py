@@ -19,7 +19,8 @@ from coordinator.core.policies import PolicyTable
 from coordinator.core.tags import check_tags
 from coordinator.errors import ConfigError
 from coordinator.journal.paths import spool_dir
-from coordinator.journal.store import list_runs, resolve_root, run_dir
+from coordinator.journal.refs import resolve_ref
+from coordinator.journal.store import resolve_root, run_dir
 from coordinator.settings import Mode, Settings
 from coordinator.transport import wire
 from coordinator.transport.discovery import detect_placement
@@ -40,6 +41,7 @@ def init_run(
     backend: str | Sequence[str] | None = None,
     backend_options: dict[str, Any] | None = None,
     tags: Sequence[str] | None = None,
+    capture_output: bool | None = None,
     settings: Settings | None = None,
     **deprecated: Any,
 ) -> Run:
@@ -56,8 +58,9 @@ def init_run(
     Args:
         project: project name recorded with the run.
         name: human-readable run name (default: the run id).
-        with_id: an existing run id: ``mode="read-only"`` reopens it; otherwise the new run
-            takes this id (every rank must pass the same one).
+        with_id: an existing run id: ``mode="read-only"`` reopens it (a unique prefix of the id,
+            or ``latest``, also names it); otherwise the new run takes this exact id (every rank
+            must pass the same one).
         mode: ``async`` (default), ``sync`` (every call waits until durable), ``offline``
             (each rank writes a local spool; upload with ``coordinator sync``), ``disabled``
             (no-ops), ``read-only`` (open a stored run). Same as ``Settings.mode``.
@@ -75,6 +78,9 @@ def init_run(
             128 characters). Every rank may pass them (or others): the run's tags are the union.
             Change them later with ``run["sys/tags"].add(...)`` / ``.remove(...)``; list runs by
             tag with ``coordinator runs --tag T``.
+        capture_output: each rank's stdout/stderr lines also become its text series
+            ``monitoring/stdout`` and ``monitoring/stderr`` (rate-limited, bounded, counted). Same
+            as ``Settings.capture_output``.
         settings: every other knob (buffering, timeouts, transport, spool, ...).
         **deprecated: the former keywords (``flush_interval_s=``, ``dir=``, ...): each still
             works, with a ``DeprecationWarning`` naming its ``Settings`` field.
@@ -95,6 +101,7 @@ def init_run(
         mode=mode,
         backend=_backend_names(backend),
         backend_options=backend_options,
+        capture_output=capture_output,
     )
     _debug_logging(s.debug)
     for nm, val in (("project", project), ("name", name)):
@@ -199,11 +206,5 @@ def _debug_logging(on: bool) -> None:
 
 
 def _resolve_run_id(root: os.PathLike[str], with_id: str) -> str:
-    if with_id != "latest":
-        if not (run_dir(Path(root), with_id) / "run.db").exists():
-            raise ConfigError(f"no run {with_id!r} under {root}")
-        return with_id
-    runs = list_runs(Path(root))
-    if not runs:
-        raise ConfigError(f"no runs under {root}")
-    return runs[-1].id
+    """A read-only run's id: ``with_id`` names it exactly, by a unique prefix, or is ``latest``."""
+    return resolve_ref(Path(root), with_id)

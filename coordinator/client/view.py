@@ -34,7 +34,7 @@ class LocalView:
     Not locked by itself: the run updates it under its buffer lock.
     """
 
-    __slots__ = ("fields", "last", "rank", "ranks")
+    __slots__ = ("fields", "last", "rank", "ranks", "texts_last")
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -44,6 +44,8 @@ class LocalView:
         """Series key -> (step, value) of its last reduced point."""
         self.ranks: dict[str, str] = {}
         """Rank (as a string, as on the wire) -> live, closed or lost."""
+        self.texts_last: dict[str, str] = {}
+        """Text series key -> the last text this rank appended (a read-only run: the lowest rank's)."""
 
     def apply_state(self, rep: Mapping[str, Any]) -> None:
         """Take in the aggregator's answer to a STATE request (fields, last values, rank states)."""
@@ -61,6 +63,9 @@ class LocalView:
             if s["last"] is not None:
                 step, value = s["last"]
                 self.last[s["key"]] = (step, value)
+        for t in store.text_summary():  # sorted by key, then rank: the lowest rank's is kept
+            if t["last_text"] is not None:
+                self.texts_last.setdefault(t["key"], t["last_text"])
 
     def fetch(self, path: str) -> Any:
         """A field, the last value of a series, or the fields under ``path`` as a nested dict.
@@ -85,14 +90,17 @@ class LocalView:
             return nested
         raise KeyError(f"nothing under {path!r} in rank {self.rank}'s view; call run.sync() to see other ranks' writes")
 
-    def fetch_last(self, path: str) -> float:
-        """The last value of the reduced series ``path``.
+    def fetch_last(self, path: str) -> float | str:
+        """The last value of the reduced series ``path``, or the last text of the text series ``path``.
 
         Raises:
             KeyError: no such series in the view.
         """
         v = self.last.get(path)
         if v is None:
+            text = self.texts_last.get(path)
+            if text is not None:
+                return text
             raise KeyError(f"no series {path!r} in this rank's view; call run.sync() first")
         return v[1]
 

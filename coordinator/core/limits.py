@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["DIR_NAME", "MAX_FIELD_STR_BYTES", "MAX_FRAME_BYTES", "MAX_KEYS_PER_RUN", "MAX_KEY_CHARS"]
+__all__ = [
+    "DIR_NAME",
+    "MAX_FIELD_STR_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_KEYS_PER_RUN",
+    "MAX_KEY_CHARS",
+    "MAX_TEXT_BYTES",
+]
 
 DIR_NAME = ".coordinator"
 """Store directory created in the working directory when nothing else is configured."""
@@ -14,3 +21,5 @@ MAX_FIELD_STR_BYTES = 64 * 1024
 """Longest string value of a field."""
 MAX_KEYS_PER_RUN = 100_000
 """Distinct metric keys one rank may create; more raises ValueError (cardinality cap)."""
+MAX_TEXT_BYTES = 64 * 1024
+"""Longest value (UTF-8 bytes) of one point of a text series (``append("...")``)."""

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS
+from coordinator.core.limits import MAX_FIELD_STR_BYTES, MAX_KEY_CHARS, MAX_TEXT_BYTES
 
 __all__ = [
     "FIELD_TYPES",
@@ -15,6 +15,7 @@ __all__ = [
     "check_field",
     "check_key",
     "check_step",
+    "check_text",
     "flatten_fields",
     "to_field_value",
     "to_metric_value",
@@ -89,6 +90,34 @@ def to_metric_value(key: str, value: object) -> float:
         raise ValueError(f"metric {key!r}: {value!r:.80} is too large for a float64") from e
     except (TypeError, ValueError) as e:
         raise TypeError(f"metric {key!r} must be numeric, got {type(value).__name__}: {value!r:.80}") from e
+
+
+def check_text(key: str, value: object) -> str:
+    """Return ``value`` if it may be one point of the text series ``key``, else raise.
+
+    Raises:
+        TypeError: ``value`` is not a ``str``.
+        ValueError: longer than :data:`~coordinator.core.limits.MAX_TEXT_BYTES` in UTF-8, or not
+            encodable as UTF-8 (a lone surrogate).
+    """
+    if type(value) is not str:
+        raise TypeError(f"text series {key!r} takes str values, got {type(value).__name__}: {value!r:.80}")
+    if len(value) > MAX_TEXT_BYTES // 4:  # below a quarter of the cap no string can exceed it: skip the encode
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text series {key!r}: the text is not valid UTF-8 ({e.reason})") from e
+        if size > MAX_TEXT_BYTES:
+            raise ValueError(
+                f"text series {key!r}: a text of {size} bytes (UTF-8) exceeds {MAX_TEXT_BYTES}; "
+                "upload large text as a file"
+            )
+    elif not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text series {key!r}: the text is not valid UTF-8 ({e.reason})") from e
+    return value
 
 
 def to_field_value(path: str, value: object) -> FieldValue:

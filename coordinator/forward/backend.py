@@ -13,6 +13,12 @@ Neptune refuses that (``'train/loss' is already defined as an attribute, not a n
 and MLflow's file store would need ``train/loss`` to be both a file and a directory. The
 common prefix also keeps thousands of per-rank charts in one section of the W&B/TensorBoard UI.
 
+Beyond :class:`Backend`, an adapter may implement the optional capabilities the forwarder looks
+for: :class:`TagBackend` (the run's tag set ``sys/tags`` as the tracker's own tags),
+:class:`FileBackend` (artifact fields as files) and :class:`TextBackend` (text series). Without
+them, tags and artifacts reach the tracker as text through :meth:`Backend.set_tags`/
+:meth:`Backend.log_params`, and text series are counted as ``texts_skipped``.
+
 Adapters read their options with :mod:`~coordinator.forward.options`, turn fields into text with
 :func:`~coordinator.forward.fields.field_text`, and may expose a server's ``Retry-After`` the way
 :func:`coordinator.core.retry.retry_after_of` reads it.
@@ -26,7 +32,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, MissingExtraError, SinkError, missing_extra
@@ -36,10 +42,16 @@ from coordinator.settings import env_name
 
 __all__ = [
     "BACKENDS",
+    "Artifact",
     "Backend",
     "BackendRejectedError",
+    "FileBackend",
     "Point",
     "Series",
+    "TagBackend",
+    "TextBackend",
+    "TextPoint",
+    "TextSeries",
     "check_backends",
     "get_backend",
     "resolve_backends",
@@ -64,6 +76,34 @@ class Series:
     rank: int | None
     """``None`` for the reduced main series, else the rank whose own points these are."""
     points: Sequence[Point]
+
+
+TextPoint = tuple[int, str, float]
+"""(step, text, time in seconds since the epoch) of one text-series entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextSeries:
+    """Entries of one rank's text series in one forwarded batch, in journal order."""
+
+    name: str
+    """The name in the backend: ``ranks/<r>/<key>`` (``rank_key``); text series are per rank."""
+    key: str
+    rank: int
+    points: Sequence[TextPoint]
+
+
+class Artifact(NamedTuple):
+    """An ``artifact`` field: a file uploaded into the run (``core/values.py`` describes the payload)."""
+
+    name: str
+    """The file's own name (``diff.patch``, ``model.pt``)."""
+    size: int
+    sha256: str
+    copied: bool
+    """True: ``location`` is the run's own copy; False: a reference to a file too large to copy."""
+    location: Path
+    """The copy in the run's directory (found there even after the directory moved), or the original."""
 
 
 class BackendRejectedError(SinkError):
@@ -126,6 +166,36 @@ class Backend(Protocol):
 
     def client_version(self) -> str:
         """The version of the tracker's client library."""
+
+
+@runtime_checkable
+class TagBackend(Protocol):
+    """A tracker with its own tag set (W&B, Neptune; MLflow and TensorBoard by a convention)."""
+
+    def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
+        """Make the tracker's tags ``tags`` (sorted); ``added``/``removed``: the change since last sent.
+
+        Called again with the same arguments after a crash before the cursor moved: idempotent.
+        """
+
+
+@runtime_checkable
+class FileBackend(Protocol):
+    """A tracker that stores files (MLflow, W&B, Neptune) or describes them (TensorBoard)."""
+
+    def log_file(self, path: str, artifact: Artifact) -> None:
+        """Record the artifact field ``path``: upload ``artifact.location`` when ``copied``.
+
+        A reference (not copied) is recorded as text. Sending the same file again replaces it.
+        """
+
+
+@runtime_checkable
+class TextBackend(Protocol):
+    """A tracker that takes text series."""
+
+    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+        """Send every entry of ``batch``; return how many the tracker cannot store (counted, not retried)."""
 
 
 BACKENDS: dict[str, tuple[str, str, str]] = {

@@ -12,19 +12,22 @@ series, sent (and re-sent) unchanged until the backend accepts it. While buildin
   the rule of :mod:`coordinator.core.incarnations`); a step a rank logged twice is sent once,
   with its later value (``replaced``, :func:`~coordinator.core.incarnations.latest_points`);
 * each series is thinned when the backend is downsampled (``thinned``, :mod:`.thinning`);
-* with ``with_fields``, the fields that changed since last sent ride along (:mod:`.fields`).
+* with ``with_fields``, the fields that changed since last sent ride along (:mod:`.fields`);
+* the text-series entries after the text cursor ride along too (:mod:`.texts`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.core.incarnations import latest_points, replaced_from, without_replaced
-from coordinator.forward.backend import Point, Series
+from coordinator.core.values import FieldValue
+from coordinator.forward.backend import Point, Series, TextSeries
 from coordinator.forward.fields import changed_fields
 from coordinator.forward.settings import ForwarderSettings
+from coordinator.forward.texts import build_texts
 from coordinator.forward.thinning import thin
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK, StoredChunk
@@ -53,10 +56,27 @@ class Batch:
     fields_sent: dict[str, str]
     dropped: int = 0
     """Points the backend said it cannot store (set by the accepted send)."""
+    texts: list[TextSeries] = field(default_factory=list)
+    text_cursor: int = 0
+    """The text id the text cursor moves to once the batch is accepted."""
+    text_entries: int = 0
+    """Text entries read from the journal for this batch."""
+    texts_replaced: int = 0
+    run_tags: list[str] | None = None
+    """The run's tags (sorted) when they changed."""
+    files: dict[str, FieldValue] = field(default_factory=dict)
+    """Changed artifact fields."""
+    sent: dict[str, int] = field(default_factory=dict)
+    """What the accepted send counted (texts sent and dropped, files sent and missing, ...)."""
 
     def empty(self) -> bool:
-        """True when there is nothing to send and the cursor would not move."""
-        return not (self.series or self.params or self.tags) and self.chunks == 0
+        """True when there is nothing to send and neither cursor would move."""
+        fields_ = self.params or self.tags or self.files or self.run_tags is not None
+        return not (self.series or fields_) and self.chunks == 0 and self.text_entries == 0
+
+    def moved(self) -> bool:
+        """True when the batch moves a cursor (the journal had something new)."""
+        return self.chunks > 0 or self.text_entries > 0
 
     def counts(self) -> dict[str, int]:
         """The forwarder's counters this batch adds once the backend accepted it."""
@@ -70,6 +90,8 @@ class Batch:
             "dropped_points": self.dropped,
             "params_sent": len(self.params),
             "tags_sent": len(self.tags),
+            "replaced_texts": self.texts_replaced,
+            **self.sent,
         }
 
 
@@ -91,21 +113,30 @@ class BatchBuilder:
         fields_sent: dict[str, str],
         *,
         with_fields: bool,
+        texts: int = 0,
+        texts_bound: int = 0,
     ) -> Batch:
-        """The next batch after ``cursor``; ``thin_state``/``fields_sent`` are the cursor's (not modified)."""
+        """The next batch after ``cursor`` and ``texts`` (not past ``texts_bound`` when above it).
+
+        ``thin_state``/``fields_sent`` are the cursor's (not modified).
+        """
         chunks = store.chunks_after(cursor, self.settings.batch_points)
         params: dict[str, Any] = {}
         tags: dict[str, str] = {}
+        b = Batch([], params, tags, cursor, len(chunks), 0, 0, 0, 0, 0, thin_state, fields_sent, text_cursor=texts)
         if with_fields:
             changes = changed_fields(store.fields(), fields_sent, sys_ranks=self.settings.sys_ranks)
-            params, tags, fields_sent = changes.params, changes.tags, changes.sent
-        b = Batch([], params, tags, cursor, len(chunks), 0, 0, 0, 0, 0, thin_state, fields_sent)
+            b.params, b.tags, b.fields_sent = changes.params, changes.tags, changes.sent
+            b.run_tags, b.files = changes.run_tags, changes.files or {}
+        if any(c.rank == MAIN_RANK for c in chunks) or not self._main_keys:
+            self._main_keys = set(store.key_policies())
+        # Text series are sent whatever per_rank says: they are per rank, there is no reduced one.
+        tb = build_texts(store, texts, texts_bound, self.settings.rank_key, collide=self._main_keys)
+        b.texts, b.text_cursor, b.text_entries, b.texts_replaced = tb.series, tb.cursor, tb.entries, tb.replaced
         if not chunks:
             return b
         b.cursor = chunks[-1].id
         b.thin_state = {k: list(v) for k, v in thin_state.items()}
-        if any(c.rank == MAIN_RANK for c in chunks) or not self._main_keys:
-            self._main_keys = set(store.key_policies())
         b.series = self._series(chunks, store, b)
         b.points = sum(len(c.steps) for c in chunks)
         return b

@@ -1,8 +1,9 @@
 """A forwarder's durable cursor: ``<run dir>/forward-<backend>-<destination hash>.json``, its lock, its format.
 
-The cursor is the journal position up to which the backend has everything, saved only after the
-backend accepted a batch, with what the forwarder needs to resume exactly there: the backend's
-own resume state, the fields already sent, the downsampling buckets and the lifetime counters.
+The cursor is the journal position up to which the backend has everything (two positions: the
+last chunk and the last text-series entry), saved only after the backend accepted a batch, with
+what the forwarder needs to resume exactly there: the backend's own resume state, the fields
+already sent, the downsampling buckets and the lifetime counters.
 It is written to a temporary file, fsynced, then ``os.replace``-d (and the directory fsynced),
 so a crash leaves the old cursor or the new one, never a torn file. A lock file next to it keeps
 a second forwarder to the same backend and destination away.
@@ -12,6 +13,9 @@ MLflow tracking URI and experiment, the TensorBoard logdir, ...), so a run synce
 destination starts there from the beginning. Before resuming, :func:`verified` asks the adapter
 (``holds(state)``, where it is cheap) whether the destination still holds what the cursor
 claims; when it does not (a deleted logdir, another server), the forwarder starts over.
+
+A file written before text series existed has no ``texts`` position: it loads as 0 (every text
+is sent), as do ``texts_pending`` and ``run_tags``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def verified(state: CursorState, backend: object, name: str) -> CursorState:
     Errors reaching the destination propagate (the caller retries them).
     """
     holds = getattr(backend, "holds", None)
-    if not callable(holds) or not (state.cursor or state.finished or state.fields_sent):
+    if not callable(holds) or not (state.cursor or state.texts or state.finished or state.fields_sent):
         return state
     if holds(state.backend_state):
         return state
@@ -83,6 +87,13 @@ class CursorState:
 
     cursor: int = 0
     """Journal position (chunk id) up to which the backend has everything."""
+    texts: int = 0
+    """Journal position of text-series entries (text id) up to which the backend has everything."""
+    texts_pending: int = 0
+    """When above ``texts``: the last text id of a batch being sent to a backend that names files by
+    a batch's range (MLflow); a resumed forwarder sends exactly that range again, so the same files."""
+    run_tags: list[str] = field(default_factory=list)
+    """The tags (``sys/tags``) the backend has, to send a change as adds and removes."""
     backend_state: dict[str, Any] = field(default_factory=dict)
     fields_sent: dict[str, str] = field(default_factory=dict)
     thin: dict[str, list[float]] = field(default_factory=dict)
@@ -132,6 +143,9 @@ class CursorFile:
                 return CursorState()  # another destination (a hash collision): start there afresh
             return CursorState(
                 cursor=int(raw["cursor"]),
+                texts=int(raw.get("texts", 0)),
+                texts_pending=int(raw.get("texts_pending", 0)),
+                run_tags=[str(t) for t in raw.get("run_tags") or ()],
                 backend_state=dict(raw.get("backend_state") or {}),
                 fields_sent=dict(raw.get("fields_sent") or {}),
                 thin={k: [float(a), float(b)] for k, (a, b) in (raw.get("thin") or {}).items()},
@@ -152,6 +166,9 @@ class CursorFile:
             "backend": self.backend,
             "destination": self.destination,
             "cursor": s.cursor,
+            "texts": s.texts,
+            "texts_pending": s.texts_pending,
+            "run_tags": s.run_tags,
             "backend_state": s.backend_state,
             "fields_sent": s.fields_sent,
             "thin": s.thin,

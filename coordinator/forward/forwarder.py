@@ -24,7 +24,9 @@ are tried ``max_rejected_attempts`` times, then the forwarder stops and reports 
 journal still holds everything, and ``coordinator sync <run> --to <backend>`` resumes from the
 cursor once the cause is fixed.
 
-This module is the loop; what a batch holds (replaced and stale points, per-rank names,
+Text series have their own position (the last text id), kept in the same cursor file and moved
+in the same save; the run's tags and artifact fields ride with the fields (:mod:`.sending` says
+how each reaches a tracker). This module is the loop; what a batch holds (replaced and stale points, per-rank names,
 downsampling, changed fields) is :mod:`.batches`', the cursor file :mod:`.cursor`'s, and the
 options :class:`~coordinator.forward.settings.ForwarderSettings`'.
 """
@@ -39,25 +41,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from coordinator.core.retry import Backoff, retry_after_of, wait
+from coordinator.core.retry import Backoff
 from coordinator.core.states import TRACKER_STATES
-from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Backend, BackendRejectedError, get_backend
+from coordinator.errors import SinkError
+from coordinator.forward.backend import Backend, get_backend
 from coordinator.forward.batches import Batch, BatchBuilder
 from coordinator.forward.cursor import CursorFile, CursorState, destination_of, verified
+from coordinator.forward.retrying import Interrupted, Retrying
+from coordinator.forward.sending import send_batch
 from coordinator.forward.settings import ForwarderSettings
 from coordinator.journal.store import LocalStore
 
 __all__ = ["Forwarder"]
 
 _log = logging.getLogger(__name__)
-
-_PERMANENT = (BackendRejectedError, ConfigError, TypeError, AttributeError, AssertionError)
-"""Errors a retry of the same batch cannot fix: a refusal (authentication, permission, validation:
-adapters raise BackendRejectedError for those), or a bug in an adapter. Anything else (a proxy's
-HTML error page the client cannot decode, a connection error, 5xx, 429) is transient."""
 
 _COUNTERS = (
     "forwarded_points",
@@ -72,14 +71,16 @@ _COUNTERS = (
     "params_sent",
     "tags_sent",
     "restarts",
+    "forwarded_texts",
+    "dropped_texts",
+    "replaced_texts",
+    "texts_skipped",
+    "files_sent",
+    "missing_files",
 )
 
 
-class _Interrupted(Exception):
-    """The stop event or the deadline came while a batch was still unsent."""
-
-
-class Forwarder:
+class Forwarder(Retrying):
     """Feeds one backend from one run's journal.
 
     Thread-safety: one thread at a time (the thread running :meth:`run_until`, then the one
@@ -207,7 +208,7 @@ class Forwarder:
                 try:
                     fields_due = time.monotonic() - self._last_fields >= self.settings.fields_interval_s
                     sent = self._cycle(stop=stop, deadline=None, with_fields=fields_due)
-                except _Interrupted:
+                except Interrupted:
                     return
                 if not sent:
                     stop.wait(self.settings.poll_interval_s)
@@ -253,7 +254,7 @@ class Forwarder:
                 state = st if st in TRACKER_STATES else None
             if state is not None and self._state.finished != state:
                 self._attempt(lambda: self._finish(state), None, deadline, points=0)
-        except _Interrupted:
+        except Interrupted:
             if self.error is not None:
                 raise self.error from self.error.__cause__
             left = self.pending()[1]
@@ -278,10 +279,16 @@ class Forwarder:
         """The journal position (chunk id) up to which the backend has everything."""
         return self._state.cursor
 
+    @property
+    def text_position(self) -> int:
+        """The journal position of text-series entries (text id) up to which the backend has everything."""
+        return self._state.texts
+
     def stats(self) -> dict[str, Any]:
         """Counters of this forwarder (this process) plus its cursor and state."""
         total = dict(self._state.counters)
         out: dict[str, Any] = {**self._counters, "cursor": self._state.cursor, "backend": self.backend_name}
+        out["text_cursor"] = self._state.texts
         out["total"] = total
         out["last_error"] = self.last_error
         out["failed"] = None if self.error is None else str(self.error)
@@ -342,77 +349,36 @@ class Forwarder:
         self._commit(batch)
         if with_fields:
             self._last_fields = time.monotonic()
-        return batch.chunks > 0
+        return batch.moved()
 
     def _build(self, with_fields: bool) -> Batch:
         st = self._state
-        return self._builder.build(self._open_store(), st.cursor, st.thin, st.fields_sent, with_fields=with_fields)
-
-    def _attempt(
-        self, fn: Callable[[], Any], stop: threading.Event | None, deadline: float | None, *, points: int
-    ) -> Any:
-        """Call ``fn`` until it succeeds, backing off between attempts; see the module docstring."""
-        attempt = 0
-        rejected = 0
-        while True:
-            if self.error is not None:
-                raise _Interrupted
-            try:
-                return fn()
-            except _PERMANENT as e:
-                rejected += 1
-                if rejected >= self.settings.max_rejected_attempts:
-                    self._give_up(e, rejected, points)
-                err: Exception = e
-            except Exception as e:  # noqa: BLE001 - any client error (network, 5xx, 429) is retried with backoff
-                err = e
-            attempt += 1
-            self._count("retries", 1)
-            self.last_error = f"{type(err).__name__}: {err}"
-            delay = self._backoff.delay(attempt, retry_after_of(err))
-            if attempt == 1 or attempt % 10 == 0:
-                _log.warning(
-                    "%s: attempt %d failed (%s); retrying in %.1f s", self.backend_name, attempt, self.last_error, delay
-                )
-            if not wait(delay, stop=stop, deadline=deadline):
-                raise _Interrupted
-
-    def _give_up(self, e: Exception, rejected: int, points: int) -> NoReturn:
-        """Stop forwarding after the backend refused the same batch ``rejected`` times."""
-        self.last_error = f"{type(e).__name__}: {e}"
-        self._count("failed_points", points)
-        self.error = SinkError(
-            f"{self.backend_name}: the backend refused a batch of {points} points "
-            f"{rejected} times, forwarding stopped: {e}"
+        return self._builder.build(
+            self._open_store(),
+            st.cursor,
+            st.thin,
+            st.fields_sent,
+            with_fields=with_fields,
+            texts=st.texts,
+            texts_bound=st.texts_pending,
         )
-        self.error.__cause__ = e
-        _log.error("%s", self.error)
-        self._persist_counters()
-        raise _Interrupted from e
-
-    def _persist_counters(self) -> None:
-        try:
-            self._save()
-        except OSError as e:
-            _log.warning("%s: could not save the cursor file %s: %s", self.backend_name, self.path, e)
 
     def _send(self, batch: Batch) -> None:
         self._ensure_open()
-        b = self.backend
-        if batch.params:
-            b.log_params(batch.params)
-            upload = getattr(b, "log_artifact", None)
-            for path, (tag, v) in batch.params.items():
-                if tag == "artifact" and v[3] and upload is not None:
-                    upload(path, Path(v[4]), str(v[0]))
-        if batch.tags:
-            b.set_tags(batch.tags)
-        batch.dropped = b.log_metrics(batch.series) if batch.series else 0
-        b.flush()
+        st = self._state
+        if batch.texts and getattr(self.backend, "names_text_files", False) and st.texts_pending != batch.text_cursor:
+            # The adapter names files by a batch's range: fix the range before sending it, so a
+            # resumed forwarder sends the very same files again (not a second, overlapping one).
+            st.texts_pending = batch.text_cursor
+            self._save()
+        send_batch(self.backend, batch, self.run_dir, st.run_tags)
 
     def _commit(self, batch: Batch) -> None:
         s = self._state
         s.cursor = batch.cursor
+        s.texts = batch.text_cursor
+        if batch.run_tags is not None:
+            s.run_tags = list(batch.run_tags)
         s.thin = batch.thin_state
         s.fields_sent = batch.fields_sent
         s.backend_state = self.backend.state()

@@ -13,6 +13,14 @@ Mapping:
 * user fields -> params (strings, at most 6000 characters; longer ones are cut with a warning).
   MLflow forbids changing a param: a field whose value changes later is recorded as the tag
   ``<path>`` instead, with a warning. ``sys/*`` fields -> tags. ``coordinator.run_id`` tags the run.
+* tags (``sys/tags``): MLflow has no tag set, so each tag ``t`` is the MLflow tag
+  ``coordinator.tag.t`` with the value ``t`` (deleted when the tag is removed; search runs with
+  ``tags."coordinator.tag.t" = 't'``), and the sorted list is the tag ``sys/tags`` (JSON).
+* artifact fields: a file copied into the run is the artifact ``<path>/<name>`` (sent again it
+  replaces itself); its description (name, size, sha256) is the tag ``<path>``.
+* text series: one text artifact per forwarded batch per (key, rank),
+  ``text/<key>/rank<r>/steps_<a>-<b>.txt`` (format in :mod:`.textfiles`). A resumed forwarder
+  sends exactly the batch that was in flight, so the same file is written again, not a second one.
 * end of run: ``set_terminated(FINISHED | FAILED)``.
 
 Requests respect MLflow's documented ``log_batch`` limits: at most 1000 metrics, 100 params,
@@ -33,11 +41,11 @@ timestamp, which is the replacement.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
+import json
 import logging
 import os
-import re
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +55,8 @@ from coordinator.errors import missing_extra
 try:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from mlflow.utils import validation as _limits
 except ImportError as e:
     raise missing_extra("the MLflow backend", "mlflow", e) from e
 
@@ -57,57 +64,40 @@ from coordinator.core.redact import redact_url
 from coordinator.core.states import TRACKER_STATES
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError
-from coordinator.forward.backend import BackendRejectedError, Series
+from coordinator.forward.backend import Artifact, Series, TextSeries
 from coordinator.forward.fields import field_text
+from coordinator.forward.mlflow_api import MAX_PARAM_VAL as _MAX_PARAM_VAL
+from coordinator.forward.mlflow_api import MAX_PARAMS_TAGS as _MAX_PARAMS_TAGS
+from coordinator.forward.mlflow_api import MAX_TAG_VAL as _MAX_TAG_VAL
+from coordinator.forward.mlflow_api import error_code as _code
+from coordinator.forward.mlflow_api import message as _message
+from coordinator.forward.mlflow_api import metric_name
+from coordinator.forward.mlflow_api import metric_requests as _metric_requests
+from coordinator.forward.mlflow_api import quote as _quote
+from coordinator.forward.mlflow_api import wrap as _wrap
 from coordinator.forward.options import check_options, option_float, option_int, option_str
+from coordinator.forward.textfiles import format_texts, text_file_name
 from coordinator.journal.store import RunInfo
 
-__all__ = ["RUN_ID_TAG", "MlflowBackend", "metric_name"]
+__all__ = ["RUN_ID_TAG", "TAG_PREFIX", "MlflowBackend", "metric_name"]
 
 _log = logging.getLogger(__name__)
 
+_OPTIONS = ("tracking_uri", "experiment", "run_name", "http_max_retries", "http_timeout_s", "check_timeout_s")
+
+TAG_PREFIX = "coordinator.tag."
+"""The run's tag ``t`` is the MLflow tag ``coordinator.tag.t`` (value ``t``; MLflow has no tag set)."""
+
 RUN_ID_TAG = "coordinator.run_id"
 """Tag holding the coordinator run id (how a resumed forwarder finds its MLflow run)."""
-
-_MAX_METRICS = int(getattr(_limits, "MAX_METRICS_PER_BATCH", 1000))
-_MAX_PARAMS_TAGS = int(getattr(_limits, "MAX_PARAMS_TAGS_PER_BATCH", 100))
-_MAX_ENTITIES = int(getattr(_limits, "MAX_ENTITIES_PER_BATCH", 1000))
-_MAX_REQUEST_BYTES = int(getattr(_limits, "MAX_BATCH_LOG_REQUEST_SIZE", 1_000_000))
-_MAX_KEY = int(getattr(_limits, "MAX_ENTITY_KEY_LENGTH", 250))
-_MAX_PARAM_VAL = int(getattr(_limits, "MAX_PARAM_VAL_LENGTH", 6000))
-_MAX_TAG_VAL = int(getattr(_limits, "MAX_TAG_VAL_LENGTH", 8000))
-_REQUEST_BUDGET_BYTES = int(_MAX_REQUEST_BYTES * 0.8)
-"""Our size estimate of a request is approximate: keep a margin below MLflow's limit."""
-
-_BAD_CHARS = re.compile(r"[^/\w.\- :]")
-_OPTIONS = ("tracking_uri", "experiment", "run_name", "http_max_retries", "http_timeout_s", "check_timeout_s")
-_PERMANENT_CODES = frozenset(
-    {
-        "INVALID_PARAMETER_VALUE",
-        "BAD_REQUEST",
-        "INVALID_STATE",
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
-        "RESOURCE_DOES_NOT_EXIST",
-        "FEATURE_DISABLED",
-        "ENDPOINT_NOT_FOUND",
-    }
-)
-
-
-def metric_name(name: str) -> str:
-    """``name`` as MLflow accepts it: refused characters become ``_``, long names get a hash suffix."""
-    out = _BAD_CHARS.sub("_", name)
-    if len(out) > _MAX_KEY:
-        h = hashlib.sha256(name.encode()).hexdigest()[:10]
-        out = f"{out[: _MAX_KEY - 11]}~{h}"
-    return out
 
 
 class MlflowBackend:
     """Writes one coordinator run into one MLflow run (see the module docstring)."""
 
     name = "mlflow"
+    names_text_files = True
+    """Text files are named by a batch's step range: the forwarder re-sends exactly the same batch."""
 
     def __init__(self, options: Mapping[str, object], run_dir: Path | None = None) -> None:
         """Read the options; nothing is contacted yet.
@@ -297,14 +287,41 @@ class MlflowBackend:
         self._send_tags(rid, changed)
         self._changed.update(t.key for t in changed)
 
-    def log_artifact(self, key: str, local_path: Path, name: str) -> None:
-        """Upload a file the run stored (``run[key].upload(...)``) under the artifact path ``key``."""
-        import tempfile
+    def log_file(self, path: str, artifact: Artifact) -> None:
+        """A copied artifact as the MLflow artifact ``<path>/<name>``; its description as the tag ``<path>``."""
+        a = artifact
+        where = "copied into the run" if a.copied else f"reference: {a.location}"
+        desc = f"{a.name} ({a.size} bytes, sha256 {a.sha256}, {where})"
+        self._send_tags(self._run(), [RunTag(metric_name(path), desc[:_MAX_TAG_VAL])])
+        if a.copied:
+            with tempfile.TemporaryDirectory() as d:
+                named = Path(d) / a.name
+                os.symlink(a.location, named)
+                self._call(self._client.log_artifact, self._run(), str(named), path)
 
-        with tempfile.TemporaryDirectory() as d:
-            named = Path(d) / name
-            os.symlink(local_path, named)
-            self._call(self._client.log_artifact, self._run(), str(named), key)
+    def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
+        """One tag ``coordinator.tag.<tag>`` per tag (deleted when removed), the sorted list as ``sys/tags``."""
+        rid = self._run()
+        listed = json.dumps(list(tags))
+        if len(listed) > _MAX_TAG_VAL:
+            _log.warning("mlflow: the tag list is %d characters long; the tag sys/tags holds its start", len(listed))
+        one = [RunTag(metric_name(f"{TAG_PREFIX}{t}"), t) for t in added]
+        self._send_tags(rid, [*one, RunTag("sys/tags", listed[:_MAX_TAG_VAL])])
+        for t in removed:
+            try:
+                self._client.delete_tag(rid, metric_name(f"{TAG_PREFIX}{t}"))
+            except MlflowException as e:  # already gone (a batch sent again after a crash): done
+                if _code(e) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise _wrap(e) from e
+
+    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+        """One text file per series of the batch (:mod:`.textfiles`); nothing is dropped."""
+        rid = self._run()
+        for s in batch:
+            if s.points:
+                name = text_file_name(s.key, s.rank, s.points)
+                self._call(self._client.log_text, rid, format_texts(s.points), name)
+        return 0
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/*`` fields as tags (100 per request)."""
@@ -346,43 +363,3 @@ class MlflowBackend:
             return fn(*args, **kwargs)
         except MlflowException as e:
             raise _wrap(e) from e
-
-
-def _metric_requests(metrics: Iterator[Metric]) -> Iterator[list[Metric]]:
-    """Group metrics into requests of at most 1000 metrics and ~0.8 MB (JSON size estimate)."""
-    cur: list[Metric] = []
-    size = 0
-    for m in metrics:
-        # {"key": "...", "value": -1.2345678901234567e-300, "timestamp": 1700000000000, "step": 123}
-        est = len(m.key) + 90
-        if cur and (len(cur) >= min(_MAX_METRICS, _MAX_ENTITIES) or size + est > _REQUEST_BUDGET_BYTES):
-            yield cur
-            cur, size = [], 0
-        cur.append(m)
-        size += est
-    if cur:
-        yield cur
-
-
-def _code(e: MlflowException) -> str:
-    return str(getattr(e, "error_code", "") or "")
-
-
-def _message(e: BaseException) -> str:
-    msg = getattr(e, "message", None) or str(e)
-    return " ".join(str(msg).split())[:500]
-
-
-def _wrap(e: MlflowException) -> SinkError:
-    """A refused request (4xx codes) is permanent; anything else (5xx, network) is retried."""
-    code = _code(e)
-    get_status: Any = e.get_http_status_code if isinstance(e, RestException) else None
-    status = get_status() if get_status is not None else None
-    if code in _PERMANENT_CODES or (status is not None and 400 <= status < 500 and status not in (408, 429)):
-        return BackendRejectedError(f"mlflow: {code}: {_message(e)}")
-    err = SinkError(f"mlflow: {code or type(e).__name__}: {_message(e)}")
-    return err
-
-
-def _quote(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")

@@ -10,7 +10,11 @@ coordinator run id, hashed when longer than Neptune's 36 characters).
 Mapping: the main series of ``train/loss`` is the ``FloatSeries`` ``train/loss``, rank 3's is
 ``ranks/3/train/loss``; the journal batch time is each value's timestamp. User fields are
 assigned at their path; the coordinator's ``sys/*`` fields go under ``coordinator/`` (Neptune
-owns ``sys/``). A failed run sets ``sys/failed``.
+owns ``sys/``). A failed run sets ``sys/failed``. The run's tags are Neptune's own ``sys/tags``
+(a change is sent as adds and removes). An artifact field copied into the run is uploaded as a
+``File`` at its path (``sys/x`` at ``coordinator/x``; the extension is the file name's); a
+reference is the string describing it. A text series is the ``StringSeries``
+``ranks/<r>/<key>``; Neptune cuts values longer than 1000 characters (a warning says so once).
 
 Neptune series need strictly increasing steps and finite values: a point at a step not above
 the series' last forwarded step (a replaced main-series value after an elastic restart, a rank
@@ -43,12 +47,13 @@ from coordinator.errors import missing_extra
 try:
     import neptune
     from neptune.exceptions import MetadataInconsistency
+    from neptune.types import File
 except ImportError as e:
     raise missing_extra("the Neptune backend", "neptune", e) from e
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Series
+from coordinator.forward.backend import Artifact, Series, TextSeries
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_str, scoped_env
 from coordinator.journal.store import RunInfo
@@ -60,6 +65,8 @@ _log = logging.getLogger(__name__)
 _OPTIONS = ("project", "api_token", "mode", "data_dir", "custom_run_id")
 _MODES = ("async", "sync", "offline", "debug")
 _MAX_CUSTOM_ID = 36
+_MAX_STRING = 1000
+"""Neptune truncates a StringSeries value to this many characters."""
 
 
 class NeptuneBackend:
@@ -183,11 +190,63 @@ class NeptuneBackend:
             except MetadataInconsistency as e:
                 self._warn(path, e)
 
+    def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
+        """Neptune's ``sys/tags``: ``add`` the new tags, ``remove`` the removed ones (absent ones are ignored)."""
+        r = self._r()
+        if added:
+            r["sys/tags"].add(list(added))
+        if removed:
+            r["sys/tags"].remove(list(removed))
+
+    def log_file(self, path: str, artifact: Artifact) -> None:
+        """Upload a copied artifact as a ``File`` at its path; a reference as its description."""
+        r = self._r()
+        target = _target(path)
+        try:
+            if artifact.copied:
+                ext = Path(artifact.name).suffix.lstrip(".") or None
+                r[target].upload(File.from_path(str(artifact.location), extension=ext))
+            else:
+                r[target] = f"{artifact.name} ({artifact.size} bytes, sha256 {artifact.sha256}): {artifact.location}"
+        except MetadataInconsistency as e:
+            self._warn(target, e)
+
+    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+        """``extend`` each ``StringSeries`` with its entries at increasing steps; returns what was dropped."""
+        r = self._r()
+        dropped = 0
+        for s in batch:
+            last = self._last.get(s.name, -math.inf)
+            steps: list[float] = []
+            texts: list[str] = []
+            stamps: list[float] = []
+            for step, text, ts in s.points:
+                if step <= last:
+                    dropped += 1
+                    continue
+                if len(text) > _MAX_STRING and s.name not in self._warned:
+                    self._warned.add(s.name)
+                    _log.warning("neptune: %r has texts over %d characters; Neptune cuts them", s.name, _MAX_STRING)
+                steps.append(step)
+                texts.append(text)
+                stamps.append(ts)
+                last = step
+            if not steps:
+                continue
+            try:
+                r[s.name].extend(texts, steps=steps, timestamps=stamps)
+            except MetadataInconsistency as e:
+                dropped += len(steps)
+                self._warn(s.name, e)
+                continue
+            self._last[s.name] = last
+        return dropped
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/<x>`` fields as ``coordinator/<x>`` strings."""
         r = self._r()
         for path, text in tags.items():
-            target = "coordinator/" + path.removeprefix("sys/")
+            target = _target(path)
             try:
                 r[target] = text
             except MetadataInconsistency as e:
@@ -238,6 +297,11 @@ class NeptuneBackend:
     def client_version(self) -> str:
         """neptune's version."""
         return str(neptune.__version__)
+
+
+def _target(path: str) -> str:
+    """Where a field goes in Neptune: ``sys/<x>`` under ``coordinator/<x>`` (Neptune owns ``sys/``)."""
+    return "coordinator/" + path.removeprefix("sys/") if path.startswith("sys/") else path
 
 
 def _value(fv: FieldValue) -> Any:

@@ -6,7 +6,11 @@ at a parent holding several runs).
 Mapping: every point is one ``Event`` with a ``simple_value`` scalar (float32, as TensorBoard
 stores scalars), ``step`` = the step, ``wall_time`` = the journal batch time; the main series
 under its key, a rank's series under ``ranks/<r>/<key>``. Fields are text summaries under
-``fields/<path>`` (the step is the number of field updates so far).
+``fields/<path>`` (the step is the number of field updates so far). TensorBoard has no tags and
+no files: the run's tags are the text summary ``fields/sys/tags`` (a Markdown list, rewritten at
+each change), an artifact field the text summary ``fields/<path>`` with its name, size, full
+sha256 and where the file is. A text series is the text summary ``ranks/<r>/<key>`` (the Text
+dashboard), one event per entry at its step and time.
 
 Exactly once: the file is ours alone (``events.out.tfevents.<created>.<host>.coordinator.<run id>``),
 written through :class:`tensorboard.summary.writer.record_writer.RecordWriter`, fsynced at
@@ -43,7 +47,7 @@ except ImportError as e:
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Series
+from coordinator.forward.backend import Artifact, Series, TextSeries
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_str
 from coordinator.journal.store import RunInfo
@@ -149,6 +153,26 @@ class TensorBoardBackend:
         """``sys/*`` fields as text summaries ``fields/sys/...``."""
         self._text({f"fields/{k}": v for k, v in tags.items()})
 
+    def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
+        """The tags as the text summary ``fields/sys/tags``: a Markdown list (``(none)`` when empty)."""
+        self._text({"fields/sys/tags": "\n".join(f"* {t}" for t in tags) or "(none)"})
+
+    def log_file(self, path: str, artifact: Artifact) -> None:
+        """The artifact described as the text summary ``fields/<path>`` (TensorBoard stores no files)."""
+        a = artifact
+        where = f"copied into the run: {a.location}" if a.copied else f"reference: {a.location}"
+        self._text({f"fields/{path}": f"{a.name} · {a.size} bytes · sha256 {a.sha256} · {where}"})
+
+    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+        """One text-summary event per entry, at its step and time; nothing is dropped."""
+        w = self._writer
+        if w is None:
+            raise SinkError("tensorboard: the backend is not open")
+        for s in batch:
+            for step, text, ts in s.points:
+                w.write(event_pb2.Event(wall_time=ts, step=step, summary=text_pb(s.name, text)).SerializeToString())
+        return 0
+
     def _text(self, items: Mapping[str, str]) -> None:
         if not items:
             return
@@ -184,6 +208,14 @@ class TensorBoardBackend:
             self._fh.close()
             self._fh = None
             self._writer = None
+
+    def read_texts(self, name: str) -> list[tuple[int, str]]:
+        """(step, text) of a text summary as TensorBoard's ``EventAccumulator`` reads the log directory."""
+        acc = EventAccumulator(str(self.logdir), size_guidance={"tensors": 0})
+        acc.Reload()
+        if name not in acc.Tags().get("tensors", []):
+            return []
+        return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(name)]
 
     def read_back(self, name: str) -> list[tuple[int, float]]:
         """The scalar series as TensorBoard's own ``EventAccumulator`` reads the log directory."""

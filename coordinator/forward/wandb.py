@@ -12,6 +12,14 @@ the x-axis of every series (``define_metric("*", step_metric=...)``), so series 
 different rates and batches that arrive out of step order plot correctly. The main series is
 under its key, a rank's series under ``ranks/<r>/<key>``. User fields go to ``run.config``,
 ``sys/*`` fields to ``run.summary``. End of run: ``finish(exit_code=0)``, or 1 when the run failed.
+The run's tags are W&B's own ``run.tags`` (the whole set, so removals show too). An artifact
+field copied into the run is a run file (``run.save``, at ``<path>/<name>``, staged under
+``<dir>/coordinator-files``), and its description is in ``run.summary`` at ``<path>``.
+
+Text series: strings in history rows (``ranks/<r>/<key>`` at ``coordinator/step``), one row per
+step as for metrics. Not a ``wandb.Table``: a table cannot be appended to, so each forwarded
+batch would log a new table file (thousands in a long run), while a string per step keeps each
+text at its step, costs one row, and is read back by ``scan_history`` like any series.
 
 Delivery: a batch is accepted once ``run.log`` returned (the W&B client owns it from there and
 writes its transaction log, then uploads). A forwarder that crashes after that but before its
@@ -29,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,7 +53,7 @@ except ImportError as e:
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import BackendRejectedError, Series
+from coordinator.forward.backend import Artifact, BackendRejectedError, Series, TextSeries
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_float, option_str
 from coordinator.journal.store import RunInfo
@@ -165,6 +174,43 @@ class WandbBackend:
             for row in rows[step]:
                 r.log({**row, self.step_key: step})
         return 0
+
+    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+        """Strings in history rows, one row per step (per repeat of a step); nothing is dropped."""
+        r = self._r()
+        rows: dict[int, list[dict[str, str]]] = {}
+        for s in batch:
+            for step, text, _ in s.points:
+                at = rows.setdefault(step, [])
+                for row in at:
+                    if s.name not in row:
+                        row[s.name] = text
+                        break
+                else:
+                    at.append({s.name: text})
+        for step in sorted(rows):
+            for row in rows[step]:
+                r.log({**row, self.step_key: step})
+        return 0
+
+    def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
+        """``run.tags``: the whole set."""
+        self._r().tags = tuple(tags)
+
+    def log_file(self, path: str, artifact: Artifact) -> None:
+        """A copied artifact as the run file ``<path>/<name>``; its description in ``run.summary``."""
+        r = self._r()
+        a = artifact
+        where = "copied into the run" if a.copied else f"reference: {a.location}"
+        r.summary.update({path: f"{a.name} ({a.size} bytes, sha256 {a.sha256}, {where})"})
+        if not a.copied:
+            return
+        root = self.dir / "coordinator-files"
+        staged = root / path / a.name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        # A copy that stays: W&B links the run file to it and uploads it later (wandb sync).
+        shutil.copyfile(a.location, staged)
+        r.save(str(staged), base_path=str(root), policy="now")
 
     def log_params(self, params: Mapping[str, FieldValue]) -> None:
         """User fields into ``run.config`` (changes allowed)."""

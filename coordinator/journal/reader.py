@@ -22,6 +22,8 @@ from coordinator.errors import SinkError
 from coordinator.journal.paging import Page, SeriesSource, Stats
 from coordinator.journal.records import MAIN_RANK, RunInfo, StoredChunk
 from coordinator.journal.schema import schema_of
+from coordinator.journal.textreads import TextReads
+from coordinator.journal.texts import TEXT_POLICY
 
 __all__ = ["MAX_PAGE_POINTS", "JournalReader"]
 
@@ -42,8 +44,8 @@ _SENDER_COLUMNS = (
 )
 
 
-class JournalReader:
-    """Read queries over one run's database.
+class JournalReader(TextReads):
+    """Read queries over one run's database (text series: :class:`~coordinator.journal.textreads.TextReads`).
 
     Thread-safety: belongs to one thread, like the connection it reads.
     """
@@ -52,8 +54,11 @@ class JournalReader:
         """Read through ``db``, an open connection to the ``run.db`` at ``path``."""
         self._db = db
         self.path = path
-        self.summarized = schema_of(db) >= 2
+        version = schema_of(db)
+        self.summarized = version >= 2
         """The store has per-chunk summaries (schema 2); a read-only schema 1 store has not."""
+        self.has_texts = version >= 3
+        """The store has the ``texts`` table (schema 3); a read-only older store has no text series."""
 
     # ---------------------------------------------------------------- run, meta, fields
 
@@ -120,8 +125,8 @@ class JournalReader:
     # ---------------------------------------------------------------- series
 
     def key_policies(self) -> dict[str, str]:
-        """Metric key -> reduction policy."""
-        return dict(self._db.execute("SELECT key, policy FROM keys ORDER BY key"))
+        """Metric key -> reduction policy (numeric series only; text series: :meth:`text_keys`)."""
+        return dict(self._db.execute("SELECT key, policy FROM keys WHERE policy != ? ORDER BY key", (TEXT_POLICY,)))
 
     def values(self, key: str, rank: int = MAIN_RANK) -> list[tuple[int, float]]:
         """A whole series as (step, value) pairs in step order (small series; else :meth:`values_page`).
@@ -198,6 +203,7 @@ class JournalReader:
             last = self.last_step(key, rank)
             if last is not None:
                 out[key] = last
+        out.update(self.text_last_steps(rank))
         return out
 
     def rank_points(self, key: str) -> dict[int, tuple[list[int], list[float]]]:

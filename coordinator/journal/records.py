@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.core.values import FieldValue
+from coordinator.journal.texts import TextRow
 
 __all__ = ["MAIN_RANK", "ChunkRow", "RunInfo", "StoredChunk", "TxnData"]
 
@@ -51,10 +52,20 @@ class TxnData:
     """New keys and their reduction policy."""
     meta: dict[str, str] = field(default_factory=dict)
     """Meta-table upserts (saved counters)."""
+    texts: list[TextRow] = field(default_factory=list)
+    """Points of text series (their keys are in ``key_policies`` with policy ``text`` when new)."""
 
     def empty(self) -> bool:
         """True when there is nothing to write."""
-        return not (self.chunks or self.fields or self.conflicts or self.senders or self.events or self.key_policies)
+        return not (
+            self.chunks
+            or self.texts
+            or self.fields
+            or self.conflicts
+            or self.senders
+            or self.events
+            or self.key_policies
+        )
 
 
 @dataclass(frozen=True, slots=True)

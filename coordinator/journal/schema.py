@@ -16,13 +16,15 @@ from pathlib import Path
 from coordinator.core.columns import from_le
 from coordinator.errors import SinkError
 from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
+from coordinator.journal.texts import TEXTS_DDL
 
 __all__ = ["DDL", "INDEXES", "MIGRATIONS", "OLDEST_READABLE", "SCHEMA_VERSION", "connect", "migrate", "schema_of"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version this code writes and reads; kept in ``meta`` under ``schema``.
 
 2: per-chunk summaries (:mod:`coordinator.journal.summary`) and the ``chunks_by_step`` index.
+3: the ``texts`` table of text series (:mod:`coordinator.journal.texts`).
 """
 
 OLDEST_READABLE = 1
@@ -31,7 +33,8 @@ OLDEST_READABLE = 1
 BUSY_TIMEOUT_S = 30.0
 """How long a connection waits on a lock another connection holds (the writer's commits are short)."""
 
-DDL = """
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS run (
     id TEXT PRIMARY KEY, project TEXT NOT NULL, name TEXT NOT NULL,
@@ -67,6 +70,8 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, rank INTEGER, detail TEXT
 );
 """
+    + TEXTS_DDL
+)
 """The tables at :data:`SCHEMA_VERSION` (``CREATE ... IF NOT EXISTS``: running it on an existing store is a no-op)."""
 
 INDEXES = "CREATE INDEX IF NOT EXISTS chunks_by_step ON chunks (key_id, rank, step_min, step_max);"
@@ -100,7 +105,14 @@ def _add_summaries(db: sqlite3.Connection) -> None:
         last = rows[-1][0]
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries}
+def _add_texts(db: sqlite3.Connection) -> None:
+    """2 -> 3: add the ``texts`` table and its index (a store of version 2 has no text series)."""
+    for stmt in TEXTS_DDL.split(";"):  # one statement at a time: executescript would commit the open transaction
+        if stmt.strip():
+            db.execute(stmt)
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries, 2: _add_texts}
 """Version ``v`` -> the step that upgrades a store from ``v`` to ``v + 1`` (run in one transaction)."""
 
 

@@ -27,13 +27,17 @@ from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StoredChunk, TxnData
 from coordinator.journal.schema import connect
 from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
+from coordinator.journal.texts import TEXT_POLICY, StoredText, TextRow, insert_texts
 
 __all__ = [
     "MAIN_RANK",
+    "TEXT_POLICY",
     "ChunkRow",
     "LocalStore",
     "RunInfo",
     "StoredChunk",
+    "StoredText",
+    "TextRow",
     "TxnData",
     "list_runs",
     "resolve_root",
@@ -144,6 +148,8 @@ class LocalStore(JournalReader):
                     for c in data.chunks
                 ],
             )
+        if data.texts:
+            insert_texts(db, data.texts, lambda k: ids.get(k) or new_ids[k])
         if data.fields:
             db.executemany(
                 "INSERT OR REPLACE INTO fields (path, type, value, rank, ts) VALUES (?, ?, ?, ?, ?)",

@@ -2,7 +2,9 @@
 
 The sender thread cuts every flush interval. A batch holds at most ``max_batch_points`` points
 (a larger generation is split, a long column across batches); the generation's field writes
-ride with its last batch. Steps the caller left as -1 are numbered here, by the client's rule.
+ride with its last batch, and so do its texts when they fit (else they follow in batches of their
+own, each at most :data:`MAX_BATCH_TEXT_CHARS` characters of text, far below the frame limit).
+Steps the caller left as -1 are numbered here, by the client's rule.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.transport import wire
-from coordinator.transport.buffer import Buffer
+from coordinator.transport.buffer import Buffer, TextColumn
 
-__all__ = ["Cutter", "NumberSteps", "OutBatch", "split_columns"]
+__all__ = ["MAX_BATCH_TEXT_CHARS", "Cutter", "NumberSteps", "OutBatch", "split_columns", "split_texts"]
+
+MAX_BATCH_TEXT_CHARS = 8 * 1024 * 1024
+"""Characters of text one batch carries at most (at most 4 bytes each in UTF-8: 32 MiB < the 64 MiB frame cap)."""
 
 NumberSteps = Callable[[str, "array[int]"], None]
 """``number_steps(key, steps)``: fills in, in place, the steps a caller left as -1."""
@@ -55,25 +60,35 @@ class Cutter:
         """Keys logged in the last cut: the buffer gets their next columns pre-built."""
         self.cut_gen = -1
         """The last generation taken from the buffer."""
+        self._texts = False
 
     @property
     def idle(self) -> bool:
-        """True when the last cut found no metric points."""
-        return not self.hot_keys
+        """True when the last cut found no metric points and no texts."""
+        return not self.hot_keys and not self._texts
 
     def cut(self, buf: Buffer) -> list[OutBatch]:
         """Swap the buffer's generation out and encode it; empty when nothing was logged."""
         fresh: dict[str, Column] = {k: (array("q"), array("d")) for k in self.hot_keys}
-        gen, cols, fields = buf.cut(fresh)
+        gen, cols, fields, texts = buf.cut(fresh)
         self.cut_gen = gen
         self.hot_keys = [k for k, (steps, _) in cols.items() if steps]
-        if not self.hot_keys and not fields:
+        self._texts = bool(texts)
+        if not self.hot_keys and not fields and not texts:
             return []
         ts = time.time()
-        return [
-            OutBatch(0, gen, n, b"", wire.encode_batch(metrics, part_fields, ts))
-            for metrics, part_fields, n in split_columns(cols, fields, self._cap, self._number_steps)
-        ]
+        parts = split_columns(cols, fields, self._cap, self._number_steps) if self.hot_keys or fields else []
+        text_parts = split_texts(texts, self._cap, self._number_steps) if texts else []
+        out = [OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts)) for m, f, n in parts[:-1]]
+        if parts:
+            m, f, n = parts[-1]
+            first: list[wire.TextChunk] = []
+            if text_parts and n + text_parts[0][1] <= self._cap:  # the usual case: one batch per cut
+                first, tn = text_parts.pop(0)
+                n += tn
+            out.append(OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts, first)))
+        out.extend(OutBatch(0, gen, n, b"", wire.encode_batch([], [], ts, t)) for t, n in text_parts)
+        return out
 
 
 def split_columns(
@@ -107,4 +122,33 @@ def split_columns(
         out.append((cur, fields, n))
     else:
         out[-1] = (out[-1][0], fields, out[-1][2])
+    return out
+
+
+def split_texts(
+    texts: dict[str, TextColumn], cap: int, number_steps: NumberSteps
+) -> list[tuple[list[wire.TextChunk], int]]:
+    """Split text columns into parts of at most ``cap`` texts and :data:`MAX_BATCH_TEXT_CHARS` characters.
+
+    Each column's -1 steps are numbered by ``number_steps`` first. A part holds at least one text.
+    """
+    out: list[tuple[list[wire.TextChunk], int]] = []
+    cur: list[wire.TextChunk] = []
+    n = chars = 0
+    for key, (steps, values) in texts.items():
+        if not steps:
+            continue
+        number_steps(key, steps)
+        start = 0
+        for i, t in enumerate(values):
+            if n and (n >= cap or chars + len(t) > MAX_BATCH_TEXT_CHARS):
+                if i > start:
+                    cur.append((key, steps[start:i], values[start:i]))
+                out.append((cur, n))
+                cur, n, chars, start = [], 0, 0, i
+            n += 1
+            chars += len(t)
+        cur.append((key, steps[start:], values[start:]))
+    if cur:
+        out.append((cur, n))
     return out

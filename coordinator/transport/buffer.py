@@ -2,20 +2,25 @@
 
 Metric points accumulate as columns (an int64 step array and a float64 value array per key)
 under one short lock; the sender swaps the whole column dict out every flush interval, so the
-hot path never encodes and the sender's work is per key, not per point. A *generation* is
+hot path never encodes and the sender's work is per key, not per point. Texts of text series
+accumulate the same way (steps and a list of str per key) and count as points. A *generation* is
 what accumulated between two swaps; ``wait()`` waits for its generation to be acknowledged.
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from typing import Any
 
 from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.errors import CoordinatorError
 
-__all__ = ["Buffer", "Column"]
+__all__ = ["Buffer", "Column", "TextColumn"]
+
+TextColumn = tuple["array[int]", list[str]]
+"""One text series' pending points: its steps (-1: numbered by the sender) and its texts."""
 
 
 class Buffer:
@@ -30,6 +35,8 @@ class Buffer:
         self.cond = threading.Condition(self.lock)
         self.cols: dict[str, Column] = {}
         self.fields: list[tuple[str, FieldValue]] = []
+        self.texts: dict[str, TextColumn] = {}
+        """Text series key -> its pending points (counted in ``pending`` like metric points)."""
         self.gen = 0
         """Generation accumulating now."""
         self.acked_gen = -1
@@ -41,6 +48,8 @@ class Buffer:
         self.dropped_points = 0
         self.journal = 0
         """Highest journal position (chunk id) the aggregator reported with an ack."""
+        self.journal_texts = 0
+        """Highest text id (``texts.id``) the aggregator reported with an ack (``"jt"``)."""
         self.max_points = max_points
         self.flush_requested = False
         self.errors: list[CoordinatorError] = []
@@ -50,23 +59,31 @@ class Buffer:
         self.acked = 0
         self.lost = 0
 
-    def cut(self, fresh: dict[str, Column]) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]]]:
+    def cut(
+        self, fresh: dict[str, Column]
+    ) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]], dict[str, TextColumn]]:
         """Swap out the current generation (sender thread); frees its room in the buffer.
 
         Args:
             fresh: empty columns for the keys expected next, allocated by the caller outside the
                 lock, so the training thread does not build them again after every flush.
+
+        Returns:
+            The generation, its metric columns, its field writes and its text columns.
         """
         with self.lock:
             gen = self.gen
             cols, self.cols = self.cols, fresh
             fields, self.fields = self.fields, []
+            texts = self.texts
+            if texts:
+                self.texts = {}
             self.gen = gen + 1
             self.flush_requested = False
             self.in_flight += self.pending
             self.pending = 0
             self.cond.notify_all()
-        return gen, cols, fields
+        return gen, cols, fields, texts
 
     def progress(self, acked_gen: int, points: int) -> None:
         """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -35,9 +36,12 @@ __all__ = [
     "private_dir",
     "remove_orphan_record",
     "remove_stale_records",
+    "slug",
 ]
 
 _log = logging.getLogger(__name__)
+
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
 _ERROR_READ_WAIT_S = 10.0
 """At exit, how long a rank 0 that published an error waits for the other ranks to read it."""
@@ -95,9 +99,20 @@ def detect_placement(rank: int | None = None, world_size: int | None = None) -> 
     return Placement(rank, world_size, rank if local is None else local, restarts, local_world)
 
 
-def new_run_id() -> str:
-    """A fresh, sortable, unique run id like ``20261124-063012-3f9a1c``."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+def new_run_id(label: str | None = None) -> str:
+    """A fresh, short, readable run id: ``<slug of label>-<6 hex>``, e.g. ``ddp-spirals-3f9a2c``.
+
+    Args:
+        label: the run's name, else its project; lower-cased, every run of other characters than
+            letters and digits made one ``-``, cut to 24 characters. Empty or ``None``: ``run``.
+    """
+    return f"{slug(label or '') or 'run'}-{secrets.token_hex(3)}"
+
+
+def slug(text: str, limit: int = 24) -> str:
+    """``text`` lower-cased, each run of characters but ASCII letters and digits one ``-``, at most ``limit`` long."""
+    out = _NOT_SLUG.sub("-", text.lower())[:limit]
+    return out.strip("-")
 
 
 def private_dir() -> Path:

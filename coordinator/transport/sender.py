@@ -336,6 +336,9 @@ class SenderThread(threading.Thread):
             j = body.get("j")
             if type(j) is int and j > self.buf.journal:
                 self.buf.journal = j
+            jt = body.get("jt")  # the journal's text position (with trackers configured)
+            if type(jt) is int and jt > self.buf.journal_texts:
+                self.buf.journal_texts = jt
             self._pipe.ack(env.seq)
         elif kind == wire.WELCOME:
             if env.seq == self._hello_seq:

@@ -6,21 +6,22 @@ Every message is two ZeroMQ frames: ``[envelope, payload]``.
 * payload: a msgpack map whose schema depends on ``kind``
 
 Batches are columnar: for each metric key, the steps (little-endian int64) and values
-(little-endian float64) of every point in the batch as two byte strings. No pickle, no
-msgpack ext types; every decoded value is type-checked before use.
+(little-endian float64) of every point in the batch as two byte strings; for each text series
+key, the steps the same way and the texts as a list of str. No pickle, no msgpack ext types;
+every decoded value is type-checked before use.
 """
 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from coordinator.core.columns import from_le, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
-from coordinator.core.values import FieldValue, check_field, check_key
+from coordinator.core.values import FieldValue, check_field, check_key, check_text
 from coordinator.errors import ProtocolError
 
 __all__ = [
@@ -35,11 +36,13 @@ __all__ = [
     "PROTOCOL",
     "QUERY",
     "QUERY_REPLY",
+    "READABLE",
     "STATE",
     "STATE_REPLY",
     "WELCOME",
     "Batch",
     "Envelope",
+    "TextChunk",
     "decode_batch",
     "decode_envelope",
     "decode_map",
@@ -49,8 +52,15 @@ __all__ = [
     "kind_name",
 ]
 
-PROTOCOL = 1
-"""Wire protocol version; a peer with another version is refused with both versions named."""
+PROTOCOL = 2
+"""Wire protocol version; a peer with another version is refused with both versions named.
+
+2: batches carry text series (``"x"``); ``QUERY values`` of a text series answers ``"texts"``.
+"""
+
+READABLE = (1, PROTOCOL)
+"""Versions this side decodes: a version-1 message is a version-2 message without texts, so a
+spool written before the upgrade still replays. Everything this side sends is :data:`PROTOCOL`."""
 
 # Client -> aggregator.
 HELLO = 1
@@ -107,9 +117,13 @@ class Envelope:
     seq: int
 
 
+TextChunk = tuple[str, "array[int]", list[str]]
+"""(key, steps, texts) of one text series in a batch."""
+
+
 @dataclass(slots=True)
 class Batch:
-    """A decoded batch: columnar metric chunks and field writes of one sender."""
+    """A decoded batch: columnar metric chunks, text chunks and field writes of one sender."""
 
     metrics: list[tuple[str, array[int], array[float]]]
     """(key, steps, values) per metric key."""
@@ -117,11 +131,13 @@ class Batch:
     """(path, (type tag, value)) in the order they were written."""
     ts: float
     """Wall-clock time (POSIX seconds) at which the sender cut the batch."""
+    texts: list[TextChunk] = field(default_factory=list)
+    """(key, steps, texts) per text series key."""
 
     @property
     def points(self) -> int:
-        """Number of metric points in the batch."""
-        return sum(len(s) for _, s, _ in self.metrics)
+        """Number of points (metric and text) in the batch."""
+        return sum(len(s) for _, s, _ in self.metrics) + sum(len(s) for _, s, _ in self.texts)
 
 
 def _packb(obj: object) -> bytes:
@@ -194,7 +210,7 @@ def decode_envelope(frame: bytes) -> Envelope:
     proto, kind, run_id, rank, inc, seq = obj
     if type(proto) is not int:
         raise ProtocolError("envelope protocol is not an int")
-    if proto != PROTOCOL:
+    if proto not in READABLE:
         raise ProtocolError(
             f"protocol version mismatch: peer speaks {proto}, this side speaks {PROTOCOL}",
             code="version",
@@ -226,15 +242,17 @@ def encode_batch(
     metrics: list[tuple[str, array[int], array[float]]],
     fields: list[tuple[str, FieldValue]],
     ts: float,
+    texts: list[TextChunk] | None = None,
 ) -> bytes:
     """Encode a batch payload (the sender thread calls this, never the training thread)."""
-    return _packb(
-        {
-            "m": [[k, to_le(s), to_le(v)] for k, s, v in metrics],
-            "f": [[p, tag, val] for p, (tag, val) in fields],
-            "t": ts,
-        }
-    )
+    payload: dict[str, Any] = {
+        "m": [[k, to_le(s), to_le(v)] for k, s, v in metrics],
+        "f": [[p, tag, val] for p, (tag, val) in fields],
+        "t": ts,
+    }
+    if texts:
+        payload["x"] = [[k, to_le(s), t] for k, s, t in texts]
+    return _packb(payload)
 
 
 def decode_batch(frame: bytes) -> Batch:
@@ -266,6 +284,7 @@ def decode_batch(frame: bytes) -> Batch:
         if min(steps) < 0:
             raise ProtocolError(f"metric {key!r}: negative step")
         metrics.append((key, steps, from_le("d", vb)))
+    texts = _decode_texts(obj.get("x", []))
     fields: list[tuple[str, FieldValue]] = []
     for item in f:
         if type(item) is not list or len(item) != 3:
@@ -274,4 +293,30 @@ def decode_batch(frame: bytes) -> Batch:
             fields.append(check_field(*item))
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad field: {e}") from e
-    return Batch(metrics, fields, ts)
+    return Batch(metrics, fields, ts, texts)
+
+
+def _decode_texts(x: object) -> list[TextChunk]:
+    """The text chunks of a batch (``"x"``: ``[[key, LE int64 steps, [str, ...]], ...]``), checked."""
+    if type(x) is not list or len(x) > _MAX_KEYS_PER_BATCH:
+        raise ProtocolError("batch x (text series) is not a list of at most 100,000 keys")
+    out: list[TextChunk] = []
+    for item in x:
+        if type(item) is not list or len(item) != 3:
+            raise ProtocolError("text chunk is not [key, steps, texts]")
+        key, sb, tl = item
+        if type(key) is not str or type(sb) is not bytes or type(tl) is not list:
+            raise ProtocolError("text chunk has wrong types")
+        try:
+            check_key(key)
+            for t in tl:
+                check_text(key, t)
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad text chunk: {e}") from e
+        if len(sb) % 8 or len(sb) != 8 * len(tl) or not sb:
+            raise ProtocolError(f"text series {key!r}: steps/texts lengths do not match")
+        steps = from_le("q", sb)
+        if min(steps) < 0:
+            raise ProtocolError(f"text series {key!r}: negative step")
+        out.append((key, steps, tl))
+    return out

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from coordinator.aggregator import HEADLINE, Aggregator, AggregatorConfig
+from coordinator.aggregator import Aggregator, AggregatorConfig
 from coordinator.cli.main import main
+from coordinator.cli.render import BLOCKS
 from coordinator.cli.show import failures
 from coordinator.journal.store import run_dir
 from coordinator.transport import wire
@@ -27,18 +32,99 @@ def _finished_run(root: Path) -> None:
     a.finalize()
 
 
-def test_show_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The headline numbers, each rank's line (undelivered points named) and the failure reasons."""
+def test_show_prints_the_report_as_a_few_lines_anomalies_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The headline, then each problem; the whole report stays in --json."""
     _finished_run(tmp_path)
     assert main(["--dir", str(tmp_path), "show", RUN]) == 0
     text = capsys.readouterr().out
-    report = text[text.index("\nreport\n") :]
-    for k in HEADLINE:
-        assert f"\n  {k:<18} " in report
-    assert "  points             2\n" in report
-    assert "rank 0             1 points in 1 batches, state closed, 3 undelivered" in report
-    assert "  ! rank 0 closed with 3 points undelivered" in report
-    assert "  ! rank 1 did not close (last state: live)" in report
+    report = text[text.index("\nreport\n") + 8 : text.index("\nfields\n")].strip("\n").splitlines()
+    assert report[0].startswith("  FAILED in ") and report[0].endswith(": 2 ranks, 2 points (1 in the main series)")
+    assert report[1:] == ["  ! rank 0 closed with 3 points undelivered", "  ! rank 1 did not close (last state: live)"]
+    assert text.index("\nreport\n") < text.index("\nseries")
+    assert main(["--dir", str(tmp_path), "show", RUN, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["report"]["per_rank"]["0"]["undelivered"] == 3
+    assert data["summary"] == [line.strip() for line in report if line]
+
+
+def _spiral_run(root: Path, run_id: str = RUN) -> None:
+    """Two ranks log a falling loss over 100 steps in 10 batches; rank 1 restarts and logs step 100."""
+    cfg = AggregatorConfig(run_id=run_id, store_path=str(run_dir(root, run_id) / "run.db"), world_size=2)
+    a = Aggregator(cfg)
+    incs = {0: [881234567890123], 1: [991234567890123, 12345678901234]}
+    for rank in (0, 1):
+        a.hello(env(wire.HELLO, rank, incs[rank][0], 0, run=run_id), {"pid": 40 + rank}, 1.0)
+    for b in range(10):
+        for rank in (0, 1):
+            pts = {s: 1.0 / (1 + s) + rank for s in range(b * 10, b * 10 + 10)}
+            inc = incs[rank][0]
+            a.batch(env(wire.BATCH, rank, inc, b + 1, run=run_id), payload(metrics={"train/loss": pts}), 2.0 + b)
+    a.hello(env(wire.HELLO, 1, incs[1][1], 0, run=run_id), {"pid": 77}, 20.0)
+    a.batch(env(wire.BATCH, 1, incs[1][1], 1, run=run_id), payload(metrics={"train/loss": {100: 0.5}}), 21.0)
+    for rank in (0, 1):
+        inc = incs[rank][-1]
+        a.bye(env(wire.BYE, rank, inc, 0, run=run_id), {"ending": "clean", "accepted": 100}, 30.0)
+    a.finalize()
+
+
+def test_show_draws_a_sparkline_and_the_ranks_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _spiral_run(tmp_path)
+    assert main(["--dir", str(tmp_path), "show", RUN[:6]]) == 0  # a unique prefix
+    text = capsys.readouterr().out
+    [line] = [ln for ln in text.splitlines() if ln.startswith("  train/loss")]
+    cells = line.split()
+    trend = cells[2]
+    assert len(trend) == 24 and set(trend) <= set(BLOCKS)
+    assert trend[0] == BLOCKS[-1] and trend[-1] == BLOCKS[0]  # it falls
+    assert cells[3:5] == ["100", "0.5"]  # the main series' last step and value (rank 0 had closed)
+    assert cells[-1] == "0.01–0.5"  # rank 0's last value 1/100, rank 1's 0.5
+    assert main(["--dir", str(tmp_path), "show", RUN, "--json"]) == 0
+    [s] = json.loads(capsys.readouterr().out)["series"]
+    assert s["rank_last"] == {"0": [99, 0.01], "1": [100, 0.5]}
+    assert s["spread"] == [0.01, 0.5]
+    assert len(s["sparkline"]) == 24 and s["sparkline"][0] > s["sparkline"][-1]
+
+
+def test_show_events_are_readable_and_json_keeps_the_raw_detail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _spiral_run(tmp_path)
+    assert main(["--dir", str(tmp_path), "show", RUN]) == 0
+    text = capsys.readouterr().out
+    events = text[text.index("\nevents\n") :]
+    assert "r1#1 joined (pid 41)" in events
+    assert "restarted: r1#1 -> r1#2" in events
+    assert "r1#2 closed clean: 1 points; accepted 100" in events
+    assert "{" not in events and "991234567890123" not in events
+    assert main(["--dir", str(tmp_path), "show", RUN, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    raw = [e for e in data["events"] if e["kind"] == "rank_restarted"]
+    assert raw[0]["detail"] == "incarnation 991234567890123 -> 12345678901234"
+    assert data["incarnations"]["12345678901234"] == "r1#2"
+
+
+def test_show_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    """``coordinator show RUN | head -3`` in a real shell pipeline: three lines, no traceback."""
+    cfg = AggregatorConfig(run_id=RUN, store_path=str(run_dir(tmp_path, RUN) / "run.db"), world_size=1)
+    a = Aggregator(cfg)
+    a.hello(env(wire.HELLO, 0, 1, 0, run=RUN), {}, 1.0)
+    keys = {f"layer{i:04d}/grad_norm": {0: 1.0, 1: 2.0} for i in range(2000)}  # far more than a pipe holds
+    a.batch(env(wire.BATCH, 0, 1, 1, run=RUN), payload(metrics=keys), 1.0)
+    a.bye(env(wire.BYE, 0, 1, 0, run=RUN), {}, 2.0)
+    a.finalize()
+    cmd = f"{shlex.quote(sys.executable)} -m coordinator.cli --dir {shlex.quote(str(tmp_path))} show {RUN} | head -3"
+    res = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+    )
+    assert res.stderr == "", res.stderr
+    assert res.returncode == 0
+    assert len(res.stdout.splitlines()) == 3 and res.stdout.startswith(f"run {RUN}")
 
 
 def test_runs_lists_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,7 +189,7 @@ def test_show_prints_the_failures_first_with_the_traceback(tmp_path: Path, capsy
     assert "  rank 1: ValueError: diverged at step 7\n" in block
     assert '        raise ValueError("diverged at step 7")\n' in block
     assert "  rank 2: loader gave up\n" in block
-    assert "rank_failed    rank 1   (see failures above)" in text
+    assert "rank_failed      failed (see failures above)" in text
 
 
 def test_a_rank_that_never_closed_is_a_failure_without_a_traceback(

@@ -53,3 +53,17 @@ def test_an_unreadable_cursor_file_is_refused_naming_it(tmp_path: Path, text: st
     with pytest.raises(SinkError, match="unreadable"):
         f.acquire()
     f.release()
+
+
+def test_a_cursor_file_from_before_text_series_loads_with_no_text_position(tmp_path: Path) -> None:
+    old = {"version": CURSOR_VERSION, "backend": "tensorboard", "destination": "", "cursor": 7, "fields_sent": {}}
+    cursor_path(tmp_path, "tensorboard").write_text(json.dumps(old))
+    f = CursorFile(tmp_path, "tensorboard")
+    st = f.acquire()
+    assert (st.cursor, st.texts, st.texts_pending, st.run_tags) == (7, 0, 0, [])
+    st.texts, st.run_tags = 12, ["x"]
+    f.save(st, {})
+    f.release()
+    again = CursorFile(tmp_path, "tensorboard")
+    assert again.acquire() == st
+    again.release()

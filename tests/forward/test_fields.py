@@ -37,3 +37,25 @@ def test_field_text_of_every_type() -> None:
         "m.pt (3 bytes, sha256 abcdef012345, reference: /x)"
     )
     assert field_text(("float", 0.5)) == "0.5"
+
+
+def test_tags_and_artifacts_are_set_apart_for_native_sending() -> None:
+    art = ("artifact", ["diff.patch", 10, "ab" * 32, True, "/run/artifacts/ab/abab"])
+    fields = {"sys/tags": ("list", ["b", "a"]), "sys/git/diff": art, "model/ckpt": art, "cfg/x": ("int", 1)}
+    got = changed_fields(fields, {}, sys_ranks=False)
+    assert got.run_tags == ["a", "b"]
+    assert got.files == {"sys/git/diff": art, "model/ckpt": art}
+    assert got.params == {"cfg/x": ("int", 1)} and got.tags == {}
+    again = changed_fields(fields, got.sent, sys_ranks=False)
+    assert again.run_tags is None and again.files == {}
+    removed = changed_fields({**fields, "sys/tags": ("list", ["b"])}, got.sent, sys_ranks=False)
+    assert removed.run_tags == ["b"]
+
+
+def test_a_digest_from_before_native_tags_sends_them_once_more() -> None:
+    import hashlib
+    import json
+
+    fv = ("list", ["a"])
+    old = {"sys/tags": hashlib.sha256(json.dumps(fv, sort_keys=True).encode()).hexdigest()[:16]}
+    assert changed_fields({"sys/tags": fv}, old, sys_ranks=False).run_tags == ["a"]

@@ -604,3 +604,143 @@ def test_neptune_offline_marks_failed_and_interrupted_runs(tmp_path: Path) -> No
         assert assigned["coordinator/state"] == state
         assert (assigned.get("sys/failed") is True) is (state == "failed")
         assert any("interrupted" in json.dumps(o) for o in tags) is (state == "interrupted")
+
+
+# ------------------------------------------------------------------------------ tags, files and text series
+
+
+def _forward_with(name: str, options: dict[str, object]) -> object:
+    def forward(db: Path) -> dict[str, object]:
+        fwd = Forwarder(db, name, options)
+        try:
+            return fwd.drain(120)
+        finally:
+            fwd.release()
+
+    return forward
+
+
+def test_mlflow_gets_tags_as_tags_files_as_artifacts_and_texts_as_files_once(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tags a, b then -a +c: coordinator.tag.* and sys/tags follow; the upload's bytes; each text once."""
+    from mlflow.tracking import MlflowClient
+
+    from coordinator.forward.textfiles import parse_texts
+    from tests.forward.test_sending import KEY, RANKS, text, two_phases
+
+    payload = os.urandom(3000)
+    opts = {"tracking_uri": mlflow_server.uri, "experiment": "ctx"}
+    db = two_phases(tmp_path, monkeypatch, _forward_with("mlflow", opts), payload)  # type: ignore[arg-type]
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("ctx")
+    assert exp is not None
+    [run] = client.search_runs([exp.experiment_id], filter_string=f"tags.`coordinator.run_id` = '{db.parent.name}'")
+    rid = run.info.run_id
+    mine = {k: v for k, v in run.data.tags.items() if k.startswith("coordinator.tag.")}
+    assert mine == {"coordinator.tag.b": "b", "coordinator.tag.c": "c"}
+    assert run.data.tags["sys/tags"] == '["b", "c"]'
+    local = client.download_artifacts(rid, "model/ckpt/model.bin", str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == payload
+    assert client.list_artifacts(rid, "sys/env/packages"), "the environment capture's packages file"
+    for r in range(RANKS):
+        got: list[tuple[int, str]] = []
+        for f in client.list_artifacts(rid, f"text/{KEY}/rank{r}"):
+            got.extend(parse_texts(Path(client.download_artifacts(rid, f.path, str(tmp_path / "t"))).read_text()))
+        assert sorted(got) == [(s, text(r, s)) for s in range(10)], "each text exactly once"
+
+
+def _wandb_records(path: Path) -> list[tuple[str, object]]:
+    from coordinator.forward.wandb import _pb, _records
+
+    out = []
+    for raw in _records(str(path)):
+        rec = _pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        out.append((kind, getattr(rec, kind)))
+    return out
+
+
+def test_wandb_offline_gets_run_tags_the_file_and_texts_as_strings_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B offline: run.tags ends as (b, c); the upload is a run file; each text once at its step."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'coordinator[wandb]')")
+    from coordinator.forward.wandb import read_offline_history
+    from tests.forward.test_sending import KEY, RANKS, text, two_phases
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    payload = os.urandom(2000)
+    wb = tmp_path / "wb"
+    two_phases(tmp_path, monkeypatch, _forward_with("wandb", {"mode": "offline", "dir": str(wb)}), payload)  # type: ignore[arg-type]
+    files = sorted((wb / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2, files  # one per forwarder (resumed run id)
+    got: dict[str, list[tuple[int, str]]] = {}
+    tags: list[list[str]] = []
+    saved: list[str] = []
+    for f in files:
+        for row in read_offline_history(f):
+            for k, v in row.items():
+                if k.startswith("ranks/") and isinstance(v, str):
+                    got.setdefault(k, []).append((int(row["coordinator/step"]), v))
+        for kind, rec in _wandb_records(f):
+            if kind == "run" and rec.tags:  # type: ignore[attr-defined]
+                tags.append(list(rec.tags))  # type: ignore[attr-defined]
+            if kind == "files":
+                saved.extend(x.path for x in rec.files)  # type: ignore[attr-defined]
+    for r in range(RANKS):
+        assert sorted(got[f"ranks/{r}/{KEY}"]) == [(s, text(r, s)) for s in range(10)]
+    assert sorted(tags[0]) == ["a", "b"] and sorted(tags[-1]) == ["b", "c"], tags
+    assert "model/ckpt/model.bin" in saved, saved
+    [copy] = list((wb / "wandb").glob("offline-run-*/files/model/ckpt/model.bin"))
+    assert copy.read_bytes() == payload
+
+
+def test_neptune_offline_gets_tag_adds_and_removes_the_file_and_string_series_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neptune offline: sys/tags add a, b, then remove a / add c; the upload; LogStrings per text once."""
+    pytest.importorskip("neptune", reason="the neptune extra is not installed (pip install 'coordinator[neptune]')")
+    import json
+
+    from tests.forward.test_sending import KEY, RANKS, text, two_phases
+
+    data_dir = tmp_path / "np"
+    opts = {"mode": "offline", "project": "ws/ctx", "data_dir": str(data_dir)}
+    two_phases(tmp_path, monkeypatch, _forward_with("neptune", opts), os.urandom(500))  # type: ignore[arg-type]
+    ops = [
+        json.loads(line)["obj"]
+        for c in (data_dir / "offline").glob("run__*")
+        for f in sorted(c.glob("data-*.log"))
+        for line in f.read_text().splitlines()
+    ]
+    tag_ops = [(o["type"], sorted(o["values"])) for o in ops if o["path"] == ["sys", "tags"]]
+    assert ("AddStrings", ["a", "b"]) in tag_ops and ("RemoveStrings", ["a"]) in tag_ops
+    assert ("AddStrings", ["c"]) in tag_ops
+    uploads = {"/".join(o["path"]): o for o in ops if o["type"] == "UploadFile"}
+    assert Path(uploads["model/ckpt"]["file_path"]).stat().st_size == 500
+    assert "coordinator/env/packages" in uploads
+    for r in range(RANKS):
+        got = [
+            (int(v["step"]), v["value"])
+            for o in ops
+            if o["type"] == "LogStrings" and o["path"] == ["ranks", str(r), *KEY.split("/")]
+            for v in o["values"]
+        ]
+        assert sorted(got) == [(s, text(r, s)) for s in range(10)]
+
+
+def test_wait_returns_once_the_texts_reached_the_backend(store_dir: Path, tmp_path: Path) -> None:
+    """With backend='tensorboard', after wait() the event files already hold this rank's texts."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import coordinator
+    from tests.forward.test_sending import tb_texts
+
+    logdir = tmp_path / "tb"
+    with coordinator.init_run(backend="tensorboard", backend_options={"logdir": str(logdir)}) as run:
+        for s in range(200):
+            run["samples/gen"].append(f"text {s}", step=s)
+        run.wait(60)
+        got = tb_texts(logdir)
+        assert got["ranks/0/samples/gen"] == [(s, f"text {s}") for s in range(200)]

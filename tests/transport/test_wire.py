@@ -159,7 +159,13 @@ def test_batch_round_trip_property(metrics: list[tuple[str, list[tuple[int, floa
 # ----------------------------------------------------------------------------- envelope rejection
 
 
-@pytest.mark.parametrize("proto", [0, 2, 99, INT64_MAX])
+def test_a_version_1_envelope_still_decodes_so_old_spools_replay() -> None:
+    """Protocol 2 only added texts: a spool written by version 1 is read, not refused."""
+    env = wire.decode_envelope(pack([1, wire.BATCH, "r", 2, 7, 5]))
+    assert (env.kind, env.rank, env.incarnation, env.seq) == (wire.BATCH, 2, 7, 5)
+
+
+@pytest.mark.parametrize("proto", [0, wire.PROTOCOL + 1, 99, INT64_MAX])
 def test_envelope_of_another_protocol_version_is_refused_naming_both(proto: int) -> None:
     """A peer speaking another version gets code 'version' and both versions in the message."""
     with pytest.raises(ProtocolError) as ei:

@@ -1,0 +1,248 @@
+"""Section 7, CPU per logged point: every process of a paced 4-rank job, from ``/proc``, minus the same loop unlogged.
+
+Launched by ``cpu_section`` (``benchmarks.run``, section ``cpu``) as::
+
+    python -m torch.distributed.run --standalone --nproc_per_node=4 -m benchmarks.cpu_per_point \\
+        --out RESULT.json --seconds 10 --repeats 5
+
+The job (gloo, CPU) runs blocks of two variants, interleaved (``none``, ``coordinator``,
+``coordinator``, ``none``, ...: drift of the shared machine hits both alike), after one warm-up
+block. Each block: set up (``init_run`` on every rank for ``coordinator``), one second of paced
+steps (start-up excluded), ``barrier``, rank 0 reads the CPU time (user + system, every thread)
+of every process of the job from ``/proc`` — torchrun's agent (the ranks' parent), every rank,
+and every descendant (the aggregator that rank 0's ``init_run`` started, anything else we
+start) —, ``--seconds`` of paced steps at 50 steps/s, ``barrier``, rank 0 reads them again,
+then tear-down (shutdown excluded). A step is a tiny DDP step (so the collective and the
+training thread are real but cheap: the figure is about logging, not the model) and, for
+``coordinator``, one ``run.log(<100-key dict>, step=s)`` per rank.
+
+CPU per point = (CPU-seconds per second of the job with logging - the same without) x the
+window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
+over repeats of each ``coordinator`` block against the median rate of the ``none`` blocks.
+The per-process split (agent, ranks, aggregator) is reported the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import child_env, log, med, run_job
+from benchmarks.profiling import pyspy_start, pyspy_stop
+
+__all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main"]
+
+N_KEYS = 100
+RATE = 50.0
+"""Steps per second of the paced loop."""
+
+
+def job_cpu(root_pid: int) -> dict[int, tuple[str, float]]:
+    """``pid -> (role, CPU seconds)`` of ``root_pid`` and every descendant (user + system of all threads).
+
+    The role is ``agent`` for ``root_pid``, ``aggregator`` for the coordinator's aggregator
+    process, ``rank`` for torchrun's workers, ``other`` for anything else.
+    """
+    import psutil
+
+    root = psutil.Process(root_pid)
+    out: dict[int, tuple[str, float]] = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            if p.pid == root_pid:
+                role = "agent"
+            else:
+                cmd = " ".join(p.cmdline())
+                role = (
+                    "aggregator"
+                    if "coordinator.aggregator" in cmd
+                    else "rank"
+                    if "benchmarks.cpu_per_point" in cmd
+                    else "other"
+                )
+            out[p.pid] = (role, t.user + t.system)
+        except psutil.Error:
+            continue  # gone between the listing and the read: not part of a steady window
+    return out
+
+
+def _delta(a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role between two readings, over the processes present in both."""
+    out: dict[str, float] = {"agent": 0.0, "rank": 0.0, "aggregator": 0.0, "other": 0.0}
+    for pid, (role, c1) in b.items():
+        if pid in a:
+            out[role] += c1 - a[pid][1]
+    out["total"] = sum(out.values())
+    out["appeared"] = float(len(set(b) - set(a)))
+    out["vanished"] = float(len(set(a) - set(b)))
+    return out
+
+
+# ============================================================================ suite section (parent side)
+
+
+def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
+    """Section ``cpu`` of the suite: launch this module under torchrun (4 ranks) and summarise its blocks."""
+    seconds, repeats = (3.0, 2) if quick else (10.0, 5)
+    d = tmp / "cpu"
+    d.mkdir()
+    out_json = d / "result.json"
+    env = child_env(d)
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    args = ["--seconds", str(seconds), "--repeats", str(repeats)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    cmd += ["-m", "benchmarks.cpu_per_point", "--out", str(out_json), "--root", str(d), *args]
+    res: dict[str, Any] = {
+        "seconds": seconds,
+        "repeats": repeats,
+        "command": "python -m torch.distributed.run --standalone --nproc_per_node=4 -m benchmarks.cpu_per_point "
+        + " ".join(args),
+        "problems": [],
+    }
+    log(f"7: CPU per point: 4 ranks x 2 variants x {repeats} repeats x {seconds:g} s at {RATE:g} steps/s")
+    code = run_job(cmd, d, env, d / "torchrun.log", 120 + 4 * repeats * (seconds + 10))
+    if code != 0 or not out_json.exists():
+        tail = (d / "torchrun.log").read_text(errors="replace")[-1500:]
+        res["problems"].append(f"torchrun exit code {code}:\n{tail}")
+        return res
+    raw = json.loads(out_json.read_text())
+    res["raw"] = raw
+    res.update(summarise(raw))
+    return res
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Median CPU per point (total and per role) of the ``coordinator`` blocks against the ``none`` blocks."""
+    none, coord = raw["results"]["none"], raw["results"]["coordinator"]
+    roles = ("total", "rank", "aggregator", "agent", "other")
+    base = {r: med([b["cpu"][r] / b["wall_s"] for b in none]) for r in roles}
+    per_point: dict[str, list[float]] = {r: [] for r in roles}
+    for b in coord:
+        for r in roles:
+            per_point[r].append((b["cpu"][r] / b["wall_s"] - base[r]) * b["wall_s"] / b["points"] * 1e6)
+    return {
+        "us_per_point": med(per_point["total"]),
+        "us_per_point_all": [round(x, 3) for x in per_point["total"]],
+        "by_role_us": {r: med(per_point[r]) for r in roles if r != "total"},
+        "base_cpu_per_s": base["total"],
+        "coord_cpu_per_s": med([b["cpu"]["total"] / b["wall_s"] for b in coord]),
+        "points_per_s": med([b["points"] / b["wall_s"] for b in coord]),
+        "late": max(b["late"] for b in [*none, *coord]),
+    }
+
+
+# ============================================================================ the job (each rank, under torchrun)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank of the paced job; rank 0 reads ``/proc`` around each window and writes ``--out``."""
+    p = argparse.ArgumentParser(prog="benchmarks.cpu_per_point")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--root", default=None)
+    p.add_argument("--flush-interval", type=float, default=None, help="Settings.flush_interval_s (A/B runs)")
+    p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import coordinator
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    root = Path(args.root or tempfile.mkdtemp(prefix="cpu-bench-"))
+    torch.manual_seed(0)
+    model = DDP(nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    xb = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
+    keys = [f"train/m{j:03d}" for j in range(N_KEYS)]
+    agent = os.getppid()
+    period = 1.0 / RATE
+    step = 0
+    block = 0
+    extra = {} if args.flush_interval is None else {"flush_interval_s": args.flush_interval}
+
+    def paced(run: Any, n: int, t_next: float) -> tuple[float, int]:
+        nonlocal step
+        late = 0
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            loss = model(xb).square().mean()
+            loss.backward()
+            opt.step()
+            if run is not None:
+                x = loss.item()
+                run.log(dict(zip(keys, [x + j for j in range(N_KEYS)], strict=True)), step=step)
+            step += 1
+            t_next += period
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                late += 1
+        return t_next, late
+
+    def run_block(variant: str) -> dict[str, Any]:
+        nonlocal block
+        block += 1
+        run = None
+        if variant == "coordinator":
+            settings = coordinator.Settings(dir=str(root / "store"), handle_sigterm=False, capture_env=False, **extra)
+            run = coordinator.init_run(project="bench", name=f"cpu-block{block}", settings=settings)
+        dist.barrier()
+        paced(run, int(RATE), time.monotonic())  # 1 s: start-up excluded
+        dist.barrier()
+        a = job_cpu(agent) if rank == 0 else {}
+        spies = []
+        if args.profile and run is not None and rank == 0 and block <= 3:
+            # Not on the first logged block only by chance: block 2 or 3 is the first "coordinator".
+            aggs = [pid for pid, (role, _) in a.items() if role == "aggregator"]
+            prof = Path(args.profile)
+            spies = [pyspy_start(os.getpid(), prof / "rank0.txt", True)]
+            spies += [pyspy_start(pid, prof / "aggregator.txt", False) for pid in aggs[:1]]
+        t0 = time.monotonic()
+        n = int(args.seconds * RATE)
+        _, late = paced(run, n, time.monotonic())
+        dist.barrier()
+        wall = time.monotonic() - t0
+        b = job_cpu(agent) if rank == 0 else {}
+        for spy in spies:
+            pyspy_stop(spy)
+        if run is not None:
+            run.stop(120)
+        dist.barrier()
+        world = dist.get_world_size()
+        return {"wall_s": wall, "cpu": _delta(a, b), "points": n * N_KEYS * world if run else 0, "late": late / n}
+
+    run_block("none")  # warm-up (not recorded)
+    results: dict[str, list[dict[str, Any]]] = {"none": [], "coordinator": []}
+    for rep in range(args.repeats):
+        order = ["none", "coordinator"] if rep % 2 == 0 else ["coordinator", "none"]
+        for v in order:
+            results[v].append(run_block(v))
+    if rank == 0:
+        Path(args.out).write_text(json.dumps({"seconds": args.seconds, "rate": RATE, "results": results}))
+        print(json.dumps(summarise({"results": results}), indent=1))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # As in benchmarks.ddp_overhead: skip interpreter teardown (a native thread torn down at exit
+    # has aborted a finished rank); everything is written and closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,216 @@
+"""Hot-path patterns beyond the suite's own, and the longest GIL stretch the sender thread takes (section 1).
+
+Rows added to section 1's table (same columns, medians over repeats; one rank in this process,
+sender thread and aggregator process running):
+
+* ``scalar at new steps``: 100 single-scalar ``run.log({key: x}, step=s)`` calls per step, each
+  at a new step (``s`` grows by one every call), 50 steps/s — how a new user logs;
+* ``during a flush``: back-to-back scalar ``log()`` calls for a few seconds; each call is
+  classified by whether the sender thread was inside a flush (``SenderThread._flush``, wrapped on
+  the instance; the library is untouched) when the call started; the rows give those calls only.
+
+GIL probe (``gil``): a probe thread loops ``t0 = perf_counter_ns(); time.sleep(50 µs)`` and records
+how late it wakes up (elapsed - 50 µs) while the run logs at the realistic load (a 100-key dict
+per step at 50 steps/s, the main thread sleeping in between). ``time.sleep`` releases the GIL; to
+return, the probe needs it back, so its lateness is bounded below by the longest stretch another
+thread holds the GIL without releasing it (CPython asks a holder to drop it after
+``sys.getswitchinterval()``, 5 ms, so a pure-Python stretch shows as at most ~5 ms; a C call that
+keeps the GIL shows in full). The same probe over the same paced loop on a ``mode="disabled"``
+run is the floor (OS timer slack, other processes on a shared machine); the figure reported is
+the probe's maximum and p99.9 lateness with the coordinator next to that floor, and the
+lateness of the wake-ups that fell inside a sender flush.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import med
+
+__all__ = ["patterns_section"]
+
+_PROBE_NS = 50_000
+_KEYS = 100
+_RATE = 50.0
+
+
+class _FlushFlag:
+    """Wraps the sender's ``_flush`` on the instance: ``busy`` is True while a flush runs, ``spans`` their times."""
+
+    def __init__(self, sender: Any) -> None:
+        self.busy = False
+        self.spans: list[tuple[int, int]] = []
+        orig = sender._flush
+        pc = time.perf_counter_ns
+
+        def flagged(now: float) -> None:
+            t0 = pc()
+            self.busy = True
+            try:
+                orig(now)
+            finally:
+                self.busy = False
+                self.spans.append((t0, pc()))
+
+        sender._flush = flagged
+
+
+def _scalar_new_steps(run: Any, seconds: float) -> array[int]:
+    """100 ``log({key: x}, step=s)`` per paced step, every call at a new step; ns per call."""
+    pc = time.perf_counter_ns
+    steps = max(1, int(seconds * _RATE))
+    out = array("q", bytes(8 * steps * _KEYS))
+    period = int(1e9 / _RATE)
+    t_next = pc()
+    for i in range(steps * _KEYS):
+        x = i * 0.5
+        t0 = pc()
+        run.log({"loss_new": x}, step=i)  # every call at a new step
+        t1 = pc()
+        out[i] = t1 - t0
+        if (i + 1) % _KEYS == 0:
+            t_next += period
+            delay = t_next - pc()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+    return out
+
+
+def _during_flush(run: Any, flag: _FlushFlag, seconds: float) -> array[int]:
+    """Back-to-back scalar ``log()`` calls; ns of those that started while the sender was flushing."""
+    pc = time.perf_counter_ns
+    out = array("q")
+    t_end = time.monotonic() + seconds
+    s = 0
+    while time.monotonic() < t_end:
+        for _ in range(1000):
+            busy = flag.busy
+            t0 = pc()
+            run.log({"loss_flush": s * 0.5}, step=s)
+            t1 = pc()
+            if busy:
+                out.append(t1 - t0)
+            s += 1
+    return out
+
+
+def _probe(run: Any, seconds: float, flag: _FlushFlag | None) -> dict[str, float]:
+    """Paced 100-key dict logging on the main thread while the probe thread measures its wake-up lateness."""
+    lat = array("q")
+    when = array("q")
+    stop = threading.Event()
+    pc = time.perf_counter_ns
+
+    def probe() -> None:
+        while not stop.is_set():
+            t0 = pc()
+            time.sleep(_PROBE_NS / 1e9)
+            t1 = pc()
+            lat.append(t1 - t0 - _PROBE_NS)
+            when.append(t1)
+
+    th = threading.Thread(target=probe, name="gil-probe", daemon=True)
+    th.start()
+    keys = [f"train/m{j:03d}" for j in range(_KEYS)]
+    period = 1.0 / _RATE
+    t_next = time.monotonic()
+    try:
+        for s in range(int(seconds * _RATE)):
+            run.log(dict(zip(keys, [s + j * 1e-3 for j in range(_KEYS)], strict=True)), step=s)
+            t_next += period
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        stop.set()
+        th.join(5)
+    s_lat = sorted(lat)
+    n = len(s_lat)
+    res = {
+        "wakeups": float(n),
+        "max_us": s_lat[-1] / 1000 if n else 0.0,
+        "p999_us": s_lat[min(n - 1, int(n * 0.999))] / 1000 if n else 0.0,
+        "p50_us": s_lat[n // 2] / 1000 if n else 0.0,
+    }
+    if flag is not None and flag.spans:
+        # Wake-ups that ended inside a flush, or within 1 ms after one (the GIL is handed over late).
+        spans = sorted(flag.spans)
+        inside: list[int] = []
+        j = 0
+        for t, v in sorted(zip(when, lat, strict=True)):
+            while j < len(spans) and spans[j][1] + 1_000_000 < t:
+                j += 1
+            if j < len(spans) and spans[j][0] <= t:
+                inside.append(v)
+        res["in_flush_max_us"] = max(inside) / 1000 if inside else 0.0
+        res["in_flush_wakeups"] = float(len(inside))
+        res["flushes"] = float(len(spans))
+    return res
+
+
+def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> dict[str, Any]:
+    """The extra hot-path rows (same shape as section 1's) and the GIL probe, medians over ``repeats``."""
+    import coordinator
+    from benchmarks.hotpath import latency_summary
+
+    seconds = 2.0 if quick else 6.0
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    gil: dict[str, list[dict[str, float]]] = {"coordinator": [], "disabled": []}
+    d = str(tmp / "hotpatterns")
+    for rep in range(repeats):
+        run = coordinator.init_run(
+            project="bench", name=f"hot-patterns-{rep}", settings=coordinator.Settings(rank=0, world_size=1, dir=d)
+        )
+        try:
+            flag = _FlushFlag(run._sender)
+            r = latency_summary(_scalar_new_steps(run, seconds), overhead_ns)
+            rows.setdefault(("realistic, 100 scalars at new steps", 'log({"loss": x}, step=s)'), []).append(r)
+            run.wait(120)
+            r = latency_summary(_during_flush(run, flag, seconds / 2), overhead_ns)
+            rows.setdefault(("full, calls during a sender flush", 'log({"loss": x}, step=s)'), []).append(r)
+            run.wait(120)
+            flag.spans.clear()
+            gil["coordinator"].append(_probe(run, seconds, flag))
+            run.wait(120)
+        finally:
+            run.stop(120)
+        run = coordinator.init_run(
+            project="bench",
+            name="hot-patterns-off",
+            mode="disabled",
+            settings=coordinator.Settings(rank=0, world_size=1, dir=d),
+        )
+        try:
+            gil["disabled"].append(_probe(run, seconds, None))
+        finally:
+            run.stop()
+    table = []
+    for (load, call), rs in rows.items():
+        table.append(
+            {
+                "load": load,
+                "call": call,
+                "ppc": 1,
+                "repeats": len(rs),
+                "n": sum(r["n"] for r in rs),
+                "p50": med([r["p50"] for r in rs]),
+                "p99": med([r["p99"] for r in rs]),
+                "max": max(r["max"] for r in rs),
+                "over_1ms": sum(r["over_1ms"] for r in rs),
+                "p50_all": [round(r["p50"], 3) for r in rs],
+                "p99_all": [round(r["p99"], 3) for r in rs],
+            }
+        )
+    summary = {
+        variant: {
+            k: (max if k.endswith("max_us") else med)([x[k] for x in xs if k in x])
+            for k in sorted({k for x in xs for k in x})
+        }
+        for variant, xs in gil.items()
+        if xs
+    }
+    return {"rows": table, "gil": summary, "probe_us": _PROBE_NS / 1000, "seconds": seconds}

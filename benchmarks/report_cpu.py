@@ -1,0 +1,78 @@
+"""Report text of section 7 (CPU per point) and of section 1's GIL probe; their targets (issue #12, goals 1 and 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["T_CPU_US", "T_GIL_US", "cpu_markdown", "cpu_targets", "gil_markdown"]
+
+T_CPU_US = 1.0
+"""Goal: CPU µs per logged point, every process of the job summed."""
+T_GIL_US = 100.0
+"""Goal: longest stretch the sender thread holds the GIL."""
+
+
+def cpu_targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) rows for the suite's targets table."""
+    out: list[tuple[str, str, bool | None]] = []
+    cpu = res.get("cpu") or {}
+    if "us_per_point" in cpu:
+        us = cpu["us_per_point"]
+        out.append((f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs", f"{us:.2f} µs", us <= T_CPU_US))
+    gil = ((res.get("hot") or {}).get("gil") or {}).get("coordinator")
+    if gil and "in_flush_max_us" in gil:
+        v = gil["in_flush_max_us"]
+        out.append((f"longest GIL wait behind a sender flush: <= {T_GIL_US:g} µs", f"{v:,.0f} µs", v <= T_GIL_US))
+    return out
+
+
+def cpu_markdown(cpu: dict[str, Any]) -> str:
+    """Section 7 of the report."""
+    lines = [
+        f"`{cpu['command']}`: 4 ranks (torchrun, gloo CPU), a 100-key dict per step at 50 steps/s; CPU time "
+        "(user + system, all threads) of every process of the job (torchrun's agent, the ranks, the "
+        "aggregator, any other descendant) from `/proc` at the start and end of a steady window of "
+        f"{cpu['seconds']:g} s marked by rank 0 (start-up and shutdown excluded), minus the same loop without "
+        f"logging, divided by the points logged in the window; {cpu['repeats']} interleaved repeats, median.",
+        "",
+    ]
+    for p in cpu.get("problems", []):
+        lines += [f"**problem**: {p[:1500]}", ""]
+    if "us_per_point" not in cpu:
+        return "\n".join(lines)
+    roles = cpu["by_role_us"]
+    lines += [
+        "| CPU µs per point | ranks (all threads) | aggregator | torchrun agent | other | per repeat | "
+        "points/s | job CPU/s without / with logging |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        f"| **{cpu['us_per_point']:.2f}** | {roles['rank']:.2f} | {roles['aggregator']:.2f} | {roles['agent']:.2f} | "
+        f"{roles['other']:.2f} | {cpu['us_per_point_all']} | {cpu['points_per_s']:,.0f} | "
+        f"{cpu['base_cpu_per_s']:.3f} / {cpu['coord_cpu_per_s']:.3f} |",
+        "",
+    ]
+    if cpu.get("late"):
+        lines += [f"Up to {cpu['late']:.0%} of the steps of a window overran their 20 ms (the machine was busy).", ""]
+    return "\n".join(lines)
+
+
+def gil_markdown(hot: dict[str, Any]) -> str:
+    """The GIL probe's paragraph and table under section 1."""
+    gil = hot.get("gil")
+    if not gil:
+        return ""
+    lines = [
+        f"**GIL probe** (`benchmarks.hotpatterns`): a thread sleeps {hot.get('probe_us', 50):g} µs in a loop and "
+        "records how late it wakes up while the main thread logs a 100-key dict per step at 50 steps/s. To wake "
+        "it needs the GIL, so its lateness is at least the stretch another thread held the GIL (a pure-Python "
+        "holder is asked to drop it after the switch interval). The `disabled` row is the same loop on a "
+        '`mode="disabled"` run: the floor of this machine (timer slack, other processes).',
+        "",
+        "| run | wake-ups | p50 µs | p99.9 µs | max µs | max µs within 1 ms of a sender flush | flushes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, g in gil.items():
+        lines.append(
+            f"| {name} | {g['wakeups']:,.0f} | {g['p50_us']:.0f} | {g['p999_us']:,.0f} | {g['max_us']:,.0f} | "
+            f"{g.get('in_flush_max_us', float('nan')):,.0f} | {g.get('flushes', 0):.0f} |"
+        )
+    return "\n".join(lines) + "\n"

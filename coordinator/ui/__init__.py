@@ -1,0 +1,11 @@
+"""The local, read-only web UI over the journal (``coordinator ui``).
+
+:mod:`~coordinator.ui.source` opens a run for reading, :mod:`~coordinator.ui.downsample` turns
+a series into per-pixel buckets, :mod:`~coordinator.ui.api` answers each page's JSON and
+:mod:`~coordinator.ui.server` serves it with the static page (``static/``: the page, its script
+and the vendored uPlot). docs/ui.md describes the endpoints.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

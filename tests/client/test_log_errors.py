@@ -1,0 +1,42 @@
+"""A rejected ``log()`` raises its TypeError/ValueError alone: no internal error chained to it."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+
+import coordinator
+
+
+class _NotANumber:
+    """``float()`` of it fails inside the value check (an internal error the user need not see)."""
+
+    def __float__(self) -> float:
+        raise ValueError("__float__ refused")
+
+
+@pytest.mark.parametrize(
+    ("data", "exc"),
+    [
+        ({"loss": "0.5"}, TypeError),
+        ({"loss": 1.0, "acc": [1.0, 2.0]}, TypeError),
+        ({"loss": _NotANumber()}, TypeError),
+        ({"loss": 10**400}, ValueError),
+        ({"a//b": 1.0}, ValueError),
+        ({5: 1.0}, TypeError),
+    ],
+)
+def test_a_rejected_log_has_no_chained_traceback(store_dir: Path, data: dict[object, object], exc: type) -> None:
+    with coordinator.init_run(project="t", mode="offline") as run:
+        run.log({"loss": 0.25}, step=0)  # the key exists: the fast path fails first, then the precise check
+        with pytest.raises(exc) as info:
+            run.log(data, step=1)  # type: ignore[arg-type]
+        e = info.value
+        assert e.__cause__ is None and e.__suppress_context__, (e.__cause__, e.__context__)
+        text = "".join(traceback.format_exception(e))
+        assert "During handling of the above exception" not in text
+        assert "The above exception was the direct cause" not in text
+        assert "__float__ refused" not in text
+        assert text.count("Traceback (most recent call last)") == 1

@@ -1,0 +1,63 @@
+"""The kill-loss promise: a SIGKILLed rank loses nothing it logged more than one flush interval before."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.journal.store import LocalStore, list_runs
+from coordinator.settings import DEFAULTS
+from tests.faults.test_aggregator_faults import _wait_for
+from tests.integration.test_processes import _reap, _spawn
+
+pytestmark = pytest.mark.integration
+
+WORKER = Path(__file__).with_name("workers_killwindow.py")
+_SCHEDULING_S = 0.25
+"""Allowance for the sender thread being scheduled late on a loaded (2-core, shared) machine."""
+
+
+def _logged_by(progress: Path, t: float) -> int:
+    """How many steps (0..k-1) the rank had logged at CLOCK_MONOTONIC time ``t``, from its progress lines."""
+    k = 0
+    for line in progress.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and float(parts[1]) <= t:
+            k = int(parts[0]) + 1
+    return k
+
+
+def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL rank 1 mid-run at the default flush interval: every step logged one interval before is stored once."""
+    monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    flush = DEFAULTS.flush_interval_s
+    procs = _spawn(2, out, store_dir, "--flush", str(flush))
+    _wait_for(out / "rank1.progress")
+    time.sleep(1.5)
+    t_kill = time.monotonic()
+    procs[1].send_signal(signal.SIGKILL)
+    (out / "killed").touch()
+    res = _reap(procs, timeout=120)
+    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    safe = _logged_by(out / "rank1.progress", t_kill - flush - _SCHEDULING_S)
+    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
+    assert safe > 1000  # the rank was well under way (2000 points/s for 1.5 s)
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        steps = [st for st, _ in s.values("m", 1)]
+        assert len(steps) == len(set(steps)), "duplicated points"
+        assert steps == list(range(len(steps))), "a gap (lost points) inside the series"
+        assert all(v == float(10_000_000 + st) for st, v in s.values("m", 1))
+        kept = len(steps)
+        assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {flush * 1000:g} ms before the kill"
+        assert kept <= logged + 10
+    finally:
+        s.close()
