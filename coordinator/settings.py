@@ -110,7 +110,7 @@ class Settings:
     disk lasts), ``block`` (``log()`` waits; lossless), ``drop_oldest`` (bounded memory; every
     dropped point is counted and reported)."""
     spool_dir: str | os.PathLike[str] | None = None
-    """Where this run's ranks spool (default ``<dir>/spool/<run id>``); local disk."""
+    """Where runs spool: each run in its own ``<spool_dir>/<run id>`` (default ``<dir>/spool/<run id>``); local disk."""
     max_spool_bytes: int = 4 * 1024**3
     """Disk a rank's spool may use before ``log()`` blocks."""
     spool_segment_bytes: int = 64 * 1024**2

@@ -21,14 +21,14 @@ from coordinator.aggregator.forwarding import Forwarders
 from coordinator.aggregator.health import Health, HealthFields
 from coordinator.aggregator.liveness import Liveness
 from coordinator.aggregator.lock import WriterLock
-from coordinator.aggregator.outbox import Outbox
+from coordinator.aggregator.outbox import MainHold, Outbox
 from coordinator.aggregator.reduce import Reducer
 from coordinator.aggregator.report import build_report, close_out
 from coordinator.aggregator.senders import Sender, Senders
 from coordinator.core.incarnations import is_replaced
 from coordinator.core.policies import POLICY_PREFIX, PolicyTable
 from coordinator.errors import ProtocolError, SinkError
-from coordinator.journal.store import MAIN_RANK, TEXT_POLICY, ChunkRow, LocalStore, TextRow, TxnData
+from coordinator.journal.store import TEXT_POLICY, LocalStore, TextRow, TxnData
 from coordinator.transport import wire
 
 __all__ = ["Aggregator"]
@@ -62,11 +62,15 @@ class Aggregator:
             previous = None  # a new run
         self.store.create_run(cfg.run_id, cfg.project, cfg.name or cfg.run_id, cfg.world_size, time.time())
         self.t0 = self.store.run_info().created  # a restarted aggregator keeps the run's creation time
-        self.store.set_meta("config", json.dumps({"policies": cfg.policies, "default_policy": cfg.default_policy}))
+        # spool_root: where the ranks spool, so `sync`, `purge` and `top` find it without being told.
+        config = {"policies": cfg.policies, "default_policy": cfg.default_policy, "spool_root": cfg.spool_root}
+        self.store.set_meta("config", json.dumps(config))
         self.counters = load_counters(self.store.meta("counters"))
         self.reasons: list[str] = []
         """Why the run failed (empty: it finished)."""
         self.outbox = Outbox()
+        self.held = MainHold()
+        """Emitted main-series groups not yet in the transaction (``emit(hold=True)``)."""
         self.policy = PolicyTable(cfg.policies, cfg.default_policy)
         self.reducer = Reducer(cfg.world_size, self.policy, cfg.group_timeout_s)
         self.registry = Senders(cfg, self.outbox, self.counters, self.reducer, self.reasons)
@@ -179,7 +183,7 @@ class Aggregator:
                     continue
                 self.known_keys.add(key)
                 txn.key_policies[key] = self.policy(key)
-            txn.chunks.append(ChunkRow(key, rank, snd.incarnation, seq, b.ts, steps, values))
+            self.outbox.chunk(key, rank, snd.incarnation, seq, b.ts, steps, values)
             if key not in snd.keys_seen:
                 snd.keys_seen.add(key)
                 if snd.resumed:
@@ -284,12 +288,31 @@ class Aggregator:
 
     # ------------------------------------------------------------- periodic
 
-    def emit(self, now: float, *, force: bool = False, all_keys: bool = False) -> None:
-        """Move complete (or timed-out) groups into the transaction as main-series chunks."""
+    def emit(self, now: float, *, force: bool = False, all_keys: bool = False, hold: bool = False) -> None:
+        """Move complete (or timed-out) groups into the transaction as main-series chunks.
+
+        Args:
+            now: the current time.
+            force: emit every pending group (run end).
+            all_keys: check every key for timed-out groups, not only those that got points.
+            hold: keep the emitted groups in memory (:class:`~coordinator.aggregator.outbox.MainHold`)
+                until they are old or many enough, so a key's main series is written as fewer,
+                larger chunks. Without it, everything held so far is written too.
+        """
+        held = self.held
+        txn = self.outbox.txn
         for key, e in self.reducer.emit(now, force=force, all_keys=all_keys).items():
-            self.outbox.txn.chunks.append(ChunkRow(key, MAIN_RANK, 0, 0, time.time(), e.steps, e.values, e.counts))
             self.last[key] = (e.steps[-1], e.values[-1])
-            self.counters["main_points"] += len(e.steps) - e.reemitted
+            if e.reemitted:
+                # A re-emitted step goes in a chunk of its own, after what is held, as without a
+                # hold: a chunk's last step stays the last one emitted (what a restart resumes from).
+                held.write(txn, self.counters, key)
+                held.add(key, e, now)
+                held.write(txn, self.counters, key)
+            else:
+                held.add(key, e, now)
+        if not hold or held.due(now):
+            held.write(txn, self.counters)
 
     def update_health(self, now: float) -> None:
         """Publish each rank's progress as ``sys/ranks/<r>/*`` fields and ``sys/stragglers``."""

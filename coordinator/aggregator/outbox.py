@@ -3,27 +3,64 @@
 Every part of the aggregator (senders, fields, liveness, health, recovery) writes into the one
 :class:`Outbox`; the loop commits its transaction as a whole, then acks, and a rank's warnings
 ride on its next ack. Nothing is acknowledged that is not committed.
+
+The main series may be *held* (:class:`MainHold`): groups the reducer emitted wait in memory
+for up to :data:`HOLD_S` (or :data:`HOLD_POINTS` points) and are then written as one chunk per
+key, instead of one small chunk per key every commit round. Nothing acknowledged depends on
+them (an ack covers a rank's own points, which are committed before it is sent); a crash loses
+only the held groups, and a restarted aggregator rebuilds them from the rank chunks past the
+last stored main step (:meth:`~coordinator.aggregator.reduce.Reducer.restore`), as it does for
+groups emitted in a round whose commit never happened.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from array import array
 
 from coordinator.aggregator.counters import Counters
-from coordinator.journal.store import LocalStore, TxnData
+from coordinator.aggregator.reduce import Emitted
+from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
 
-__all__ = ["Outbox"]
+__all__ = ["HOLD_POINTS", "HOLD_S", "MainHold", "Outbox"]
+
+HOLD_S = 0.1
+"""Longest time emitted main-series groups are held before they are written."""
+HOLD_POINTS = 50_000
+"""Held main-series points that make the hold write at once (bounds its memory)."""
 
 
 class Outbox:
     """The open transaction (replaced by a fresh one after each commit) and the pending warnings."""
 
-    __slots__ = ("txn", "warnings")
+    __slots__ = ("rows", "txn", "warnings")
 
     def __init__(self) -> None:
         self.txn = TxnData()
+        self.rows: dict[tuple[str, int, int], ChunkRow] = {}
+        """(key, rank, incarnation) -> its chunk in the open transaction (see :meth:`chunk`)."""
         self.warnings: dict[tuple[int, int], list[str]] = {}
         """(rank, incarnation) -> warnings for its next ack."""
+
+    def chunk(
+        self, key: str, rank: int, incarnation: int, seq: int, ts: float, steps: array[int], values: array[float]
+    ) -> None:
+        """Add a rank's points of ``key`` to the open transaction.
+
+        A sender's later batches in the same transaction extend its chunk of the key: one row
+        per (key, rank) per commit however many batches arrived, with the first batch's time.
+        The high-water mark is committed with the rows, so exactly-once is unchanged.
+        """
+        row = self.rows.get((key, rank, incarnation))
+        if row is None:
+            row = ChunkRow(key, rank, incarnation, seq, ts, steps, values)
+            self.rows[(key, rank, incarnation)] = row
+            self.txn.chunks.append(row)
+        else:
+            row.steps.extend(steps)
+            row.values.extend(values)
+            row.seq = seq
 
     def event(self, ts: float, kind: str, rank: int | None, detail: str) -> None:
         """Record a run event (``rank_joined``, ``rank_lost``, ...) in the open transaction."""
@@ -48,3 +85,51 @@ class Outbox:
         self.txn.meta["counters"] = json.dumps(counters)
         store.commit(self.txn)
         self.txn = TxnData()
+        self.rows.clear()
+
+
+class MainHold:
+    """Emitted main-series groups not yet in the transaction, one growing chunk per key.
+
+    Not thread-safe: owned by the aggregator loop.
+    """
+
+    __slots__ = ("keys", "points", "since")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Emitted] = {}
+        self.points = 0
+        self.since = 0.0
+        """When the oldest held group was emitted (the caller's clock)."""
+
+    def add(self, key: str, e: Emitted, now: float) -> None:
+        """Hold ``e`` (one emit round's groups of ``key``) after what is held for the key."""
+        held = self.keys.get(key)
+        if held is None:
+            if not self.keys:
+                self.since = now
+            self.keys[key] = e
+        else:
+            held.steps.extend(e.steps)
+            held.values.extend(e.values)
+            held.counts.extend(e.counts)
+            held.reemitted += e.reemitted
+        self.points += len(e.steps)
+
+    def due(self, now: float) -> bool:
+        """True when the held groups should be written now (old or large enough)."""
+        return bool(self.keys) and (now - self.since >= HOLD_S or self.points >= HOLD_POINTS)
+
+    def write(self, txn: TxnData, counters: Counters, key: str | None = None) -> None:
+        """Move the held groups (of ``key`` only, if given) into ``txn`` as main-series chunks."""
+        if key is not None:
+            e = self.keys.pop(key, None)
+            items = [] if e is None else [(key, e)]
+        else:
+            items = list(self.keys.items())
+            self.keys.clear()
+        ts = time.time()
+        for k, e in items:
+            txn.chunks.append(ChunkRow(k, MAIN_RANK, 0, 0, ts, e.steps, e.values, e.counts))
+            counters["main_points"] += len(e.steps) - e.reemitted
+            self.points -= len(e.steps)

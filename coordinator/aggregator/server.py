@@ -2,8 +2,9 @@
 
 Every message is handled by the :class:`~coordinator.aggregator.core.Aggregator` as it arrives;
 replies are queued, and sent once the transaction holding what they acknowledge is committed.
-One commit (and one round of acks) covers every rank that sent within a few milliseconds: fewer,
-larger commits leave more CPU to the training processes.
+One commit (and one round of acks) covers every rank that sent within its window (50 ms when
+only batches wait for it, 10 ms when a query, sync or hello does): fewer, larger commits leave
+more CPU to the training processes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ _ROUND_BYTES = 8 * 1024 * 1024
 """Bytes read per round before committing (and acking) what was read."""
 _ROUND_MESSAGES = 2_000
 _COMMIT_INTERVAL_S = 0.01
+"""Group commit window while a reply other than a batch ACK (a query, sync, hello, close) is due."""
+_ACK_COMMIT_INTERVAL_S = 0.05
+"""Group commit window while only batch ACKs are due. A commit's cost is mostly per row and per
+page it dirties, and a rank's batches within one window share its chunk per key: at the default
+50 ms flush interval one commit covers a batch of every rank instead of one commit per batch.
+An ACK (and a ``wait()``) may take this much longer; the sender's window keeps batches flowing."""
 _SWEEP_INTERVAL_S = 0.25
 """How often liveness and rank 0's process are checked."""
 _HEALTH_INTERVAL_S = 1.0
@@ -48,6 +55,9 @@ _STOPPING_COMMIT_RETRIES = 20
 """After a stop signal, failed commits retried before giving up."""
 
 _Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
+
+_READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
+"""Replies after which a rank may read the main series: the held groups are written first."""
 
 
 class Server:
@@ -81,6 +91,8 @@ class Server:
         self.stopping = False
         """Set by a stop signal: drain, commit, finish the run."""
         self.replies: list[_Reply] = []
+        self._window_s = _ACK_COMMIT_INTERVAL_S
+        """The group commit window for the replies now due (shorter once one is not an ACK)."""
         self.unroutable = 0
         self.reader = QueryReader(self.ctx, agg.cfg.store_path, agg.cfg.run_id)
         """Answers QUERY off this loop (its own read-only connection); its replies pass through here."""
@@ -89,6 +101,8 @@ class Server:
 
     def _reply(self, ident: bytes, kind: int, env: wire.Envelope, payload: dict[str, Any]) -> None:
         self.replies.append((ident, kind, env, payload))
+        if kind != wire.ACK:
+            self._window_s = _COMMIT_INTERVAL_S
 
     def _flush_replies(self) -> None:
         for ident, kind, env, payload in self.replies:
@@ -99,6 +113,7 @@ class Server:
                 self.unroutable += 1
                 _log.debug("reply to rank %d unroutable: %s", env.rank, e)
         self.replies.clear()
+        self._window_s = _ACK_COMMIT_INTERVAL_S
 
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit.
@@ -232,19 +247,19 @@ class Server:
         while True:
             idle_ms = 50 if not agg.reducer.pending_groups() else 20
             if self.replies:  # acks are due at the next group commit
-                idle_ms = max(0, math.ceil((last_commit + _COMMIT_INTERVAL_S - time.monotonic()) * 1000))
+                idle_ms = max(0, math.ceil((last_commit + self._window_s - time.monotonic()) * 1000))
             events = dict(poller.poll(idle_ms))
             if self.reader.replies in events:
                 self._forward_answers()
             now = time.time()
             taken = self._receive_round(now) if self.sock in events else 0
-            # Group commit: one transaction (and one round of acks) per few ms, however many ranks
+            # Group commit: one transaction (and one round of acks) per window, however many ranks
             # sent in between.
             if (
                 self.replies
                 and not self.stopping
                 and taken <= _ROUND_BYTES
-                and time.monotonic() - last_commit < _COMMIT_INTERVAL_S
+                and time.monotonic() - last_commit < self._window_s
             ):
                 continue
             sweep = now - last_sweep > _SWEEP_INTERVAL_S
@@ -257,7 +272,12 @@ class Server:
                     agg.forwarder_warnings()
                 if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
                     agg.parent_lost(now)
-            agg.emit(now, all_keys=sweep)
+            # The main series is held for up to ~100 ms (fewer, larger chunks), except when a reply
+            # of this round reads it (a query, sync, a closing rank), the loop is about to end, or
+            # trackers are fed: wait() then waits for the forwarders to pass the journal position
+            # of its ack, which must include the main-series points emitted with that batch.
+            readers = self.stopping or bool(agg.forwarders) or any(r[1] in _READS_MAIN for r in self.replies)
+            agg.emit(now, all_keys=sweep, hold=not readers)
             try:
                 agg.commit()
                 last_commit = time.monotonic()

@@ -8,6 +8,12 @@ group at a time (:meth:`coordinator.cli.series.ReadOnlyRun.timed_pages`), the sa
 ``fetch_values`` returns, and written as they are read; the file appears under its name only
 once complete. Parquet needs pyarrow (the ``export`` extra). A progress bar is drawn on stderr
 when it is a terminal.
+
+Text series (:mod:`coordinator.cli.textseries`) are exported too, one row per text: in CSV and
+JSON Lines the text is the ``value`` (a key is numeric or text for the whole run, so the key says
+which); in Parquet, whose columns have one type, a file that holds texts has a seventh column
+``text`` (string; null for numbers) and a text's ``value`` is null. Texts are per rank, never
+reduced: ``--ranks main`` (the default) exports every rank's texts of a text key.
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ import numpy as np
 from coordinator.cli.common import err, resolve_run
 from coordinator.cli.progress import progress_bar
 from coordinator.cli.series import ReadOnlyRun, parse_ranks, retry_busy
+from coordinator.cli.textseries import TextSeries
 from coordinator.errors import CoordinatorError, missing_extra
 from coordinator.journal.records import MAIN_RANK
 from coordinator.journal.store import resolve_root
 
-__all__ = ["COLUMNS", "FORMATS", "add_export_parser", "cmd_export"]
+__all__ = ["COLUMNS", "FORMATS", "TEXT_COLUMN", "add_export_parser", "cmd_export", "text_ranks"]
 
 COLUMNS = ("run", "key", "rank", "step", "value", "time")
 """The columns of every format, in order."""
+
+TEXT_COLUMN = "text"
+"""Parquet only: the column holding a text series' texts, after ``time`` (present when the file holds texts)."""
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 """File suffix -> format, for ``--format`` left out."""
@@ -54,7 +64,9 @@ def add_export_parser(sub: Any) -> None:
         "step, value, time. time: when the point was stored, in unix seconds: the timestamp of the "
         "journal chunk holding it (the rank's batch time; for the main series, when it was reduced), "
         "not the moment log() was called. Non-finite values: nan/inf in CSV, the strings "
-        '"NaN", "Infinity", "-Infinity" in JSON Lines.',
+        '"NaN", "Infinity", "-Infinity" in JSON Lines. Text series: one row per text, the text as '
+        "the value (Parquet: a text column, value null); texts are per rank, and --ranks main "
+        "exports every rank's texts.",
     )
     p.add_argument("run", help="run id (or a unique prefix), or 'latest'")
     p.add_argument("--key", action="append", metavar="GLOB", help="keys to export (glob, repeatable; default: all)")
@@ -85,16 +97,21 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise CoordinatorError("parquet cannot be written to stdout: give -o FILE")
     pa = _pyarrow() if fmt == "parquet" else None
     info = resolve_run(resolve_root(a.dir), a.run)
-    with ReadOnlyRun(info.path / "run.db") as run:
-        keys = run.metric_keys(a.key)
-        if not keys:
+    with ReadOnlyRun(info.path / "run.db") as run, TextSeries(info.path / "run.db") as texts:
+        keys, text_keys = run.metric_keys(a.key), texts.keys(a.key)
+        if not keys and not text_keys:
             raise CoordinatorError(f"run {info.id} has no series matching {' '.join(a.key or ['*'])}")
         series = [(k, r) for k in keys for r in ([MAIN_RANK, *run.ranks_of(k)] if ranks is None else ranks)]
-        total = sum(_count(run, k, r) for k, r in series)
+        text_series = [(k, r) for k in text_keys for r in text_ranks(texts.ranks_of(k), ranks)]
+        total = sum(_count(run, k, r) for k, r in series) + sum(texts.count(k, r) for k, r in text_series)
         written = 0
         with _output(a.output, binary=fmt == "parquet") as f:
             sink: _Sink = (
-                _Csv(f, info.id) if fmt == "csv" else _Jsonl(f, info.id) if fmt == "jsonl" else _Parquet(f, info.id, pa)
+                _Csv(f, info.id)
+                if fmt == "csv"
+                else _Jsonl(f, info.id)
+                if fmt == "jsonl"
+                else _Parquet(f, info.id, pa, with_text=bool(text_series))
             )
             with progress_bar(f"export {info.id}", total) as bar:
                 for key, rank in series:
@@ -102,10 +119,31 @@ def cmd_export(a: argparse.Namespace) -> int:
                         sink.write(key, rank, steps, values, times)
                         written += len(steps)
                         bar.advance(len(steps))
+                for key, rank in text_series:
+                    for t_steps, t_texts, t_times in texts.timed_pages(key, rank):
+                        sink.write_texts(key, rank, t_steps, t_texts, t_times)
+                        written += len(t_steps)
+                        bar.advance(len(t_steps))
             sink.close()
     where = "stdout" if a.output == "-" else a.output
-    err(f"exported {written:,} points of {len(series)} series ({len(keys)} key(s)) of run {info.id} to {where} ({fmt})")
+    n_series, n_keys = len(series) + len(text_series), len(keys) + len(text_keys)
+    err(
+        f"exported {written:,} points and texts of {n_series} series ({n_keys} key(s), {len(text_keys)} of text) "
+        f"of run {info.id} to {where} ({fmt})"
+    )
     return 0
+
+
+def text_ranks(logged: list[int], selected: list[int] | None) -> list[int]:
+    """The ranks of a text series to export: texts are never reduced, so ``main`` means every rank that logged it.
+
+    Args:
+        logged: the ranks that logged the text series.
+        selected: ``--ranks`` parsed (``None``: all).
+    """
+    if selected is None or MAIN_RANK in selected:
+        return logged
+    return [r for r in logged if r in selected]
 
 
 def _pyarrow() -> Any:
@@ -146,6 +184,9 @@ class _Sink(Protocol):
     def write(self, key: str, rank: int, steps: array[int], values: array[float], times: array[float]) -> None:
         """Write one page of series (``key``, ``rank``)."""
 
+    def write_texts(self, key: str, rank: int, steps: list[int], texts: list[str], times: list[float]) -> None:
+        """Write one page of text series (``key``, ``rank``)."""
+
     def close(self) -> None:
         """Finish the file (footer, buffered rows)."""
 
@@ -160,6 +201,11 @@ class _Csv:
         r = "" if rank == MAIN_RANK else rank
         run = self._run
         self._w.writerows((run, key, r, s, repr(v), repr(t)) for s, v, t in zip(steps, values, times, strict=True))
+
+    def write_texts(self, key: str, rank: int, steps: list[int], texts: list[str], times: list[float]) -> None:
+        r = "" if rank == MAIN_RANK else rank
+        run = self._run
+        self._w.writerows((run, key, r, s, x, repr(t)) for s, x, t in zip(steps, texts, times, strict=True))
 
     def close(self) -> None:
         """Nothing is buffered."""
@@ -184,54 +230,97 @@ class _Jsonl:
             for s, v, t in zip(steps, values, times, strict=True)
         )
 
+    def write_texts(self, key: str, rank: int, steps: list[int], texts: list[str], times: list[float]) -> None:
+        head = {"run": self._run, "key": key, "rank": None if rank == MAIN_RANK else rank}
+        dumps = json.dumps
+        self._f.writelines(
+            dumps({**head, "step": s, "value": x, "time": t}) + "\n"
+            for s, x, t in zip(steps, texts, times, strict=True)
+        )
+
     def close(self) -> None:
         """Nothing is buffered."""
 
 
 class _Parquet:
-    def __init__(self, f: IO[bytes], run_id: str, pa: Any) -> None:
+    """Buffers pages into row groups of about :data:`_ROW_GROUP` rows; numbers and texts in separate groups."""
+
+    def __init__(self, f: IO[bytes], run_id: str, pa: Any, *, with_text: bool = False) -> None:
         self._pa = pa
         pq = importlib.import_module("pyarrow.parquet")
-        self._schema = pa.schema(
-            [
-                ("run", pa.string()),
-                ("key", pa.string()),
-                ("rank", pa.int32()),
-                ("step", pa.int64()),
-                ("value", pa.float64()),
-                ("time", pa.float64()),
-            ]
-        )
+        fields = [
+            ("run", pa.string()),
+            ("key", pa.string()),
+            ("rank", pa.int32()),
+            ("step", pa.int64()),
+            ("value", pa.float64()),
+            ("time", pa.float64()),
+        ]
+        # a column has one type: texts get their own (only in a file that holds any, so a
+        # numeric export keeps the six documented columns)
+        self._schema = pa.schema(fields + ([(TEXT_COLUMN, pa.string())] if with_text else []))
+        self._with_text = with_text
         self._w = pq.ParquetWriter(f, self._schema)
         self._run = run_id
         self._buf: list[tuple[str, int, array[int], array[float], array[float]]] = []
+        self._texts: list[tuple[str, int, list[int], list[str], list[float]]] = []
         self._rows = 0
 
     def write(self, key: str, rank: int, steps: array[int], values: array[float], times: array[float]) -> None:
+        if self._texts:
+            self._flush()
         self._buf.append((key, rank, steps, values, times))
         self._rows += len(steps)
         if self._rows >= _ROW_GROUP:
             self._flush()
 
+    def write_texts(self, key: str, rank: int, steps: list[int], texts: list[str], times: list[float]) -> None:
+        if not self._with_text:
+            raise RuntimeError("this Parquet file was opened without a text column")
+        if self._buf:
+            self._flush()
+        self._texts.append((key, rank, steps, texts, times))
+        self._rows += len(steps)
+        if self._rows >= _ROW_GROUP:
+            self._flush()
+
+    def _heads(self, pages: list[Any]) -> list[Any]:
+        """The run, key and rank columns of buffered pages (``(key, rank, steps, ...)``)."""
+        pa = self._pa
+        keys: list[str] = []
+        ranks: list[int | None] = []
+        for key, rank, s, *_ in pages:
+            keys.extend([key] * len(s))
+            ranks.extend([None if rank == MAIN_RANK else rank] * len(s))
+        return [
+            pa.array([self._run] * self._rows, pa.string()),
+            pa.array(keys, pa.string()),
+            pa.array(ranks, pa.int32()),
+        ]
+
     def _flush(self) -> None:
         if not self._rows:
             return
         pa = self._pa
-        keys: list[str] = []
-        ranks: list[int | None] = []
-        for key, rank, s, _, _ in self._buf:
-            keys.extend([key] * len(s))
-            ranks.extend([None if rank == MAIN_RANK else rank] * len(s))
-        columns = [
-            pa.array([self._run] * self._rows, pa.string()),
-            pa.array(keys, pa.string()),
-            pa.array(ranks, pa.int32()),
-            pa.array(np.concatenate([np.frombuffer(b[2], dtype=np.int64) for b in self._buf])),
-            pa.array(np.concatenate([np.frombuffer(b[3], dtype=np.float64) for b in self._buf])),
-            pa.array(np.concatenate([np.frombuffer(b[4], dtype=np.float64) for b in self._buf])),
-        ]
+        if self._buf:
+            columns = [
+                *self._heads(self._buf),
+                pa.array(np.concatenate([np.frombuffer(b[2], dtype=np.int64) for b in self._buf])),
+                pa.array(np.concatenate([np.frombuffer(b[3], dtype=np.float64) for b in self._buf])),
+                pa.array(np.concatenate([np.frombuffer(b[4], dtype=np.float64) for b in self._buf])),
+            ]
+            if self._with_text:
+                columns.append(pa.nulls(self._rows, pa.string()))
+        else:
+            columns = [
+                *self._heads(self._texts),
+                pa.array([s for b in self._texts for s in b[2]], pa.int64()),
+                pa.nulls(self._rows, pa.float64()),
+                pa.array([t for b in self._texts for t in b[4]], pa.float64()),
+                pa.array([x for b in self._texts for x in b[3]], pa.string()),
+            ]
         self._w.write_table(pa.Table.from_arrays(columns, schema=self._schema))
-        self._buf, self._rows = [], 0
+        self._buf, self._texts, self._rows = [], [], 0
 
     def close(self) -> None:
         self._flush()

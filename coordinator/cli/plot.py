@@ -4,8 +4,9 @@ One panel per key; on each, every run named: its main (reduced) series as a line
 its ranks (min-max across ranks per step) as a band, or with ``--ranks`` each rank's own series
 as a thin line, and vertical markers where ranks restarted, were lost, failed or came back, or
 the aggregator restarted (the journal's events, placed at the step the main series had reached).
-Series are read page by page and reduced to min/max per pixel column
-(:mod:`coordinator.cli.downsample`), so memory stays bounded for any length. Drawn with
+Each series is reduced to one step bucket per pixel column by the journal's downsampler
+(:mod:`coordinator.journal.downsample`: chunks inside a bucket from their summaries, only the
+chunks crossing a bucket boundary read), so memory and reads stay bounded for any length. Drawn with
 matplotlib's Agg canvas (no display, no pyplot state): the ``plot`` extra.
 """
 
@@ -16,17 +17,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from coordinator.cli.common import err, out, resolve_run
-from coordinator.cli.downsample import Columns, Reduced, ema
 from coordinator.cli.series import ReadOnlyRun, retry_busy
 from coordinator.errors import CoordinatorError, missing_extra
+from coordinator.journal.downsample import MAX_BUCKETS, Buckets, Read, band, downsample
 from coordinator.journal.records import MAIN_RANK, RunInfo
 from coordinator.journal.store import resolve_root
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["EVENT_MARKS", "add_plot_parser", "cmd_plot"]
+__all__ = ["EVENT_MARKS", "add_plot_parser", "cmd_plot", "ema", "envelope"]
 
 EVENT_MARKS = {
     "rank_restarted": ("restart", "#b2182b"),
@@ -140,16 +144,12 @@ def _panel(ax: Axes, infos: list[RunInfo], key: str, a: argparse.Namespace, colu
     return drawn
 
 
-def _reduce(run: ReadOnlyRun, key: str, rank: int, lo: int, hi: int, columns: int) -> Columns:
-    """One series reduced to min/max per column; read again from the start if SQLite was busy."""
-
-    def read() -> Columns:
-        cols = Columns(lo, hi, columns)
-        for page in run.reader.iter_values(key, rank):
-            cols.add(page.steps, page.values)
-        return cols
-
-    return retry_busy(read)
+def _reduce(run: ReadOnlyRun, key: str, rank: int, lo: int, hi: int, columns: int, read: Read) -> Buckets | None:
+    """One series in at most ``columns`` step buckets; read again from the start if SQLite was busy."""
+    src = run.source(key, rank)
+    if src is None:
+        return None
+    return retry_busy(lambda: downsample(src, lo, hi, columns, read=read))
 
 
 def _draw_run(
@@ -170,27 +170,76 @@ def _draw_run(
     if not firsts:
         return
     lo, hi = min(firsts), max(lasts)
-    main = _reduce(run, key, MAIN_RANK, lo, hi, columns).reduced()
-    if len(main.x):
+    columns = min(columns, MAX_BUCKETS)
+    # smoothing averages each bucket's points: only an exact mean will do, so every point is read
+    main = _reduce(run, key, MAIN_RANK, lo, hi, columns, "all" if a.smooth > 0 else "boundaries")
+    if main is not None:
         _main_line(ax, main, a.smooth, color, label)
-    parts = [_reduce(run, key, r, lo, hi, columns) for r in ranks]
+    parts = [p for r in ranks if (p := _reduce(run, key, r, lo, hi, columns, "boundaries")) is not None]
     if a.ranks:
         for n, (r, part) in enumerate(zip(ranks, parts, strict=True)):
-            x, y = part.reduced().envelope()
+            x, y = envelope(part)
             c = rank_colors[n % len(rank_colors)]
             ax.plot(x, y, color=c, linewidth=0.7, alpha=0.6, label=f"rank {r}" if len(ranks) <= 8 else None)
-    else:
-        band = Columns.band(parts)
-        if band is not None and len(band.x):
+    elif parts:
+        b_min, b_max = band(parts)
+        keep = ~np.isnan(b_min)
+        if keep.any():
             where = f"{len(ranks)} ranks" if len(ranks) != 1 else "rank"
-            ax.fill_between(band.x, band.min, band.max, color=color, alpha=0.2, linewidth=0, label=f"{where} min–max")
+            ax.fill_between(
+                parts[0].starts[keep],
+                b_min[keep],
+                b_max[keep],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+                label=f"{where} min–max",
+            )
 
 
-def _main_line(ax: Axes, main: Reduced, smooth: float, color: str, label: str) -> None:
-    x, y = main.envelope()
+def envelope(b: Buckets) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Points of a line that shows every bucket's extent: (x, min), (x, max) per bucket with a value.
+
+    Buckets of one step hold one point each: the line is the series itself.
+    """
+    keep = ~np.isnan(b.min)  # a bucket of NaN points only draws nothing
+    x = b.starts[keep]
+    if b.width == 1:
+        return x, b.last[keep]
+    return np.repeat(x, 2), np.column_stack((b.min[keep], b.max[keep])).ravel()
+
+
+def ema(values: NDArray[np.float64], weight: float) -> NDArray[np.float64]:
+    """TensorBoard's smoothing: an exponential moving average, debiased at the start (the UI's is the same).
+
+    Raises:
+        ValueError: ``weight`` outside ``[0, 1)``.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"the smoothing weight must be in [0, 1), got {weight}")
+    out = np.empty_like(values)
+    acc = 0.0
+    for i, v in enumerate(values.tolist()):
+        acc = acc * weight + (1.0 - weight) * v
+        out[i] = acc / (1.0 - weight ** (i + 1))
+    return out
+
+
+def _main_line(ax: Axes, main: Buckets, smooth: float, color: str, label: str) -> None:
+    x, y = envelope(main)
+    if not len(x):
+        return
     if smooth > 0:
+        mean = main.mean
+        keep = ~np.isnan(mean)
         ax.plot(x, y, color=color, linewidth=0.8, alpha=0.3)
-        ax.plot(main.x, ema(main.mean, smooth), color=color, linewidth=1.6, label=f"{label} (smoothed {smooth:g})")
+        ax.plot(
+            main.starts[keep],
+            ema(mean[keep], smooth),
+            color=color,
+            linewidth=1.6,
+            label=f"{label} (smoothed {smooth:g})",
+        )
     else:
         ax.plot(x, y, color=color, linewidth=1.4, label=label)
 

@@ -12,6 +12,10 @@ the run's writer lock, so no aggregator can start writing it meanwhile. Every de
 every refusal is listed with its size; ``--dry-run`` only lists. Exit status 1 when a deletion
 failed (each failure is reported), else 0. On a terminal a progress bar (stderr) counts the
 deletions.
+
+A run's spools go with it: the default spool directory ``<dir>/spool/<run id>``, and where the
+run's aggregator recorded another spool root (rank 0's ``Settings.spool_dir``), the run's own rank
+directories there (:mod:`coordinator.cli.spools`; the root itself, which other runs may share, stays).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import fcntl
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 from coordinator.cli.common import err, human_bytes, out, parse_duration
 from coordinator.cli.progress import progress_bar
 from coordinator.cli.runs import RunRow, scan_runs, select
+from coordinator.cli.spools import run_spools
 from coordinator.errors import CoordinatorError
 from coordinator.journal.paths import WRITER_LOCK, dir_bytes, spool_dir
 from coordinator.journal.store import resolve_root
@@ -75,23 +81,23 @@ def cmd_purge(a: argparse.Namespace) -> int:
     for r in chosen:
         why = _refusal(r, now, stale_after)
         (refused if why else doomed).append((r, why))
+    spools = {r.info.id: _spools_of(root, r.info.id) for r, _ in doomed + refused}
     total = 0
     for r, _ in doomed:
-        spool = spool_dir(root, r.info.id)
-        total += r.size + dir_bytes(spool)
+        total += r.size + sum(dir_bytes(p) for p in spools[r.info.id])
     verb = "would delete" if a.dry_run else "deleting"
     out(f"{verb} {len(doomed)} run(s), {human_bytes(total)}, under {root}" + (" (dry run)" if a.dry_run else ""))
     for r, _ in doomed:
-        out(f"  DELETE  {_line(r, root)}")
+        out(f"  DELETE  {_line(r, spools[r.info.id])}")
     for r, why in refused:
-        out(f"  REFUSE  {_line(r, root)}: {why}")
+        out(f"  REFUSE  {_line(r, spools[r.info.id])}: {why}")
     if a.dry_run:
         return 0
     failed = 0
     freed = 0
     with progress_bar("deleting", len(doomed)) as bar:
         for r, _ in doomed:
-            errors = _delete(r, spool_dir(root, r.info.id))
+            errors = _delete(r, spools[r.info.id])
             if errors:
                 failed += 1
                 for e in errors:
@@ -102,6 +108,16 @@ def cmd_purge(a: argparse.Namespace) -> int:
             bar.advance(1)
     out(f"deleted {len(doomed) - failed} run(s), {human_bytes(freed)} freed; {len(refused)} refused; {failed} failed")
     return 1 if failed else 0
+
+
+def _spools_of(root: Path, run_id: str) -> list[Path]:
+    """The run's spools (:func:`run_spools`); an unreadable store: its default spool directory, said on stderr."""
+    try:
+        return run_spools(root, run_id)
+    except (CoordinatorError, sqlite3.Error) as e:
+        default = spool_dir(root, run_id)
+        err(f"coordinator: warning: run {run_id}: cannot read where it spooled ({e}); only {default} is deleted")
+        return [default] if default.exists() else []
 
 
 def _ended(r: RunRow) -> float:
@@ -118,17 +134,17 @@ def _refusal(r: RunRow, now: float, stale_after: float) -> str | None:
     return None
 
 
-def _line(r: RunRow, root: Path) -> str:
-    spool = spool_dir(root, r.info.id)
-    extra = f" + spool {human_bytes(dir_bytes(spool))} ({spool})" if spool.exists() else ""
+def _line(r: RunRow, spools: list[Path]) -> str:
+    where = ", ".join(str(p) for p in spools)
+    extra = f" + spool {human_bytes(sum(dir_bytes(p) for p in spools))} ({where})" if spools else ""
     return (
         f"{r.info.id}  {r.state:<11} {r.info.project}/{r.info.name}  {human_bytes(r.size)}{extra}"
         f"  tags: {','.join(r.tags) or '-'}"
     )
 
 
-def _delete(r: RunRow, spool: Path) -> list[str]:
-    """Delete the run directory (holding its writer lock) and its spool; the errors, if any."""
+def _delete(r: RunRow, spools: list[Path]) -> list[str]:
+    """Delete the run directory (holding its writer lock) and its spools; the errors, if any."""
     errors: list[str] = []
 
     def collect(fn: Callable[..., Any], path: str, exc: Any) -> None:
@@ -144,8 +160,9 @@ def _delete(r: RunRow, spool: Path) -> list[str]:
         except BlockingIOError:
             return ["refused: a process took its writer lock meanwhile"]
         shutil.rmtree(r.info.path, onerror=collect)
-        if spool.exists():
-            shutil.rmtree(spool, onerror=collect)
+        for spool in spools:
+            if spool.exists():
+                shutil.rmtree(spool, onerror=collect)
     finally:
         os.close(fd)
     return errors

@@ -3,9 +3,9 @@
 Failures come first: each failed rank, why (the final report's ``failed_ranks``) and, when it died
 of an exception, its type, message and traceback (its ``rank_failed`` event). Series are
 summarised from the journal's per-chunk summaries (count, first, last, min, max, and a sparkline:
-:mod:`coordinator.journal.sketch`), so showing a run of any length reads no whole series; each
+:mod:`coordinator.journal.downsample`), so showing a run of any length reads no whole series; each
 series also shows the spread of the ranks' last values. Events read as sentences with short
-incarnation labels (:mod:`.render`), and the report as a few lines, anomalies first
+incarnation labels (:mod:`coordinator.core.events`), and the report as a few lines, anomalies first
 (:mod:`coordinator.core.summary`); ``--json`` keeps every raw value.
 """
 
@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.cli.common import out, resolve_run, when
-from coordinator.cli.render import event_text, incarnation_labels, number, sparkline
+from coordinator.cli.render import number, sparkline
+from coordinator.core.events import event_rows, incarnation_labels
 from coordinator.core.redact import redact_tree
 from coordinator.core.summary import summary_lines
-from coordinator.journal.sketch import series_sketch
+from coordinator.journal.downsample import series_sketch
 from coordinator.journal.store import LocalStore, RunInfo, resolve_root, run_dir
 
 __all__ = ["cmd_show", "failures", "show_data"]
@@ -61,10 +62,7 @@ def failures(report: dict[str, Any] | None, events: list[dict[str, Any]]) -> lis
 def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
     """Everything ``show`` prints (``show --json`` prints exactly this)."""
     labels = incarnation_labels(store.senders())
-    events = [
-        {"ts": ts, "kind": k, "rank": r, "detail": d, "text": event_text(k, r, d, labels)}
-        for ts, k, r, d in store.events()
-    ]
+    events = event_rows(store.events(), labels)
     data = {
         "id": info.id,
         "project": info.project,

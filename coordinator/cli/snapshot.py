@@ -3,8 +3,8 @@
 Sources, all read-only: the journal's ``run`` row, ``senders`` table (per rank and incarnation:
 state, points, first and last seen), the aggregator's ``sys/ranks/<r>/*`` health fields (last
 step, steps/s, steps behind the fastest rank), ``events``, and its end (the largest chunk id);
-the ranks' spool directories ``<spool root>/rank-<rank>-<incarnation>/`` (the spool root is
-``Settings.spool_dir``, by default ``<store>/spool/<run id>``); the forwarders' cursor files
+the ranks' spool directories ``<spool root>/rank-<rank>-<incarnation>/`` (the spool root:
+:func:`spool_root_of`); the forwarders' cursor files
 ``<run dir>/forward-<backend>[-<destination hash>].json`` (the journal position each tracker
 has). Rates between two snapshots come from :func:`rates`.
 """
@@ -12,16 +12,17 @@ has). Rates between two snapshots come from :func:`rates`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from coordinator.cli.series import ReadOnlyRun, retry_busy
-from coordinator.journal.paths import dir_bytes, writer_active
+from coordinator.journal.paths import dir_bytes, spool_dir, writer_active
 from coordinator.journal.records import RunInfo
 
-__all__ = ["ForwarderRow", "RankRow", "Snapshot", "rates", "take"]
+__all__ = ["ForwarderRow", "RankRow", "Snapshot", "rates", "spool_root_of", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,29 @@ class Snapshot:
     def points(self) -> int:
         """Points the ranks sent that are committed."""
         return sum(r.points for r in self.ranks)
+
+
+_log = logging.getLogger(__name__)
+
+
+def spool_root_of(run: ReadOnlyRun, store_root: Path, run_id: str) -> Path:
+    """Where the run's ranks spool: as the aggregator recorded it, else the default ``<store>/spool/<run id>``.
+
+    The aggregator's ``config`` meta row holds ``spool_root`` (its ``AggregatorConfig.spool_root``:
+    rank 0's ``Settings.spool_dir``, or the default) when its version records it; an empty or
+    missing value, or a row that is not JSON, means the default (a bad row is warned about).
+    """
+    raw = retry_busy(lambda: run.reader.meta("config"))
+    if raw:
+        try:
+            cfg = json.loads(raw)
+        except ValueError as e:
+            _log.warning("the run's config meta row is not JSON (%s); using the default spool directory", e)
+            cfg = None
+        recorded = cfg.get("spool_root") if isinstance(cfg, dict) else None
+        if isinstance(recorded, str) and recorded:
+            return Path(recorded)
+    return spool_dir(store_root, run_id)
 
 
 def _f(fields: dict[str, Any], path: str) -> Any:

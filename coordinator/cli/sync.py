@@ -1,11 +1,15 @@
 """``coordinator sync``: store what spools hold (offline runs, crashed jobs), or push a run to a tracker.
 
+The spools are looked for where the run's ranks wrote them: the spool root its aggregator
+recorded in the journal (the ``config`` meta row's ``spool_root``: rank 0's ``Settings.spool_dir``;
+:mod:`coordinator.cli.spools`), else the default ``<dir>/spool/<run id>``.
 Pushing shows a progress bar on a terminal (stderr), a progress line every 2 s otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,7 +17,9 @@ from typing import Any
 
 from coordinator.cli.common import out, parse_options, resolve_run
 from coordinator.cli.progress import Bar, progress_bar
+from coordinator.cli.spools import foreign_spools, run_spool_root
 from coordinator.errors import CoordinatorError
+from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import LocalStore, resolve_root, run_dir
 
 __all__ = ["cmd_sync"]
@@ -52,15 +58,58 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _replay(root: Path, run_id: str, spool: Path) -> dict[str, Any]:
+    """Store what the spools under ``spool`` hold and finish the run; its final report.
+
+    The default spool directory is the aggregator's own :func:`~coordinator.aggregator.replay_spools`.
+    A recorded root elsewhere is only known from the run's store, so the run is configured from it
+    (as ``replay_spools`` configures a stored run) and the same recovery reads that root.
+    """
+    from coordinator.aggregator import Aggregator, AggregatorConfig, replay_spools
+    from coordinator.aggregator.recovery import recover_spools
+
+    if spool == spool_dir(root, run_id):
+        return dict(replay_spools(root, run_id))
+    foreign = foreign_spools(spool, run_id)
+    if foreign:  # the replay would read, count as bad and remove them: refuse, naming them
+        raise CoordinatorError(
+            f"the spool root {spool} of run {run_id} also holds spools of other runs (or unreadable ones): "
+            f"{', '.join(p.name for p in foreign[:5])}{' ...' if len(foreign) > 5 else ''}; replaying would remove "
+            "them: move them out of it, then sync again"
+        )
+    db = run_dir(root, run_id) / "run.db"
+    s = LocalStore(db, readonly=True)
+    try:
+        info, saved = s.run_info(), s.meta("config")
+    finally:
+        s.close()
+    cfg = json.loads(saved) if saved else {}
+    agg = Aggregator(
+        AggregatorConfig(
+            run_id=run_id,
+            store_path=str(db),
+            stop_grace_s=0.0,
+            world_size=info.world_size,
+            project=info.project,
+            name=info.name,
+            spool_root=str(spool),
+            **{k: cfg[k] for k in ("policies", "default_policy") if k in cfg},
+        )
+    )
+    if spool.is_dir():
+        recover_spools(agg, spool, skip_live=False)
+    agg.emit(time.time())
+    agg.commit()
+    return dict(agg.finalize())
+
+
 def _sync_to(a: argparse.Namespace, root: Path) -> int:
     """Push a stored run to a backend, first storing what its spools still hold."""
-    from coordinator.aggregator import replay_spools
     from coordinator.forward.forwarder import Forwarder
-    from coordinator.journal.paths import spool_dir
 
     run_id = a.run
     db = run_dir(root, run_id) / "run.db"
-    spool = spool_dir(root, run_id)
+    spool = run_spool_root(root, run_id)
     state = None
     if db.exists():
         s = LocalStore(db, readonly=True)
@@ -69,8 +118,8 @@ def _sync_to(a: argparse.Namespace, root: Path) -> int:
         finally:
             s.close()
     if spool.is_dir() and any(spool.iterdir()) and state != "running":
-        rep = replay_spools(root, run_id)  # an offline run, or what a crashed job left: into the store first
-        out(f"run {run_id}: {rep['points']} points from spools stored, state {rep['state']}")
+        rep = _replay(root, run_id, spool)  # an offline run, or what a crashed job left: into the store first
+        out(f"run {run_id}: {rep['points']} points from spools in {spool} stored, state {rep['state']}")
     info = resolve_run(root, run_id)
     fwd = Forwarder(info.path / "run.db", a.to, parse_options(a.option), from_start=a.from_start)
     try:
@@ -100,15 +149,17 @@ def _sync_to(a: argparse.Namespace, root: Path) -> int:
 
 def cmd_sync(a: argparse.Namespace) -> int:
     """``coordinator sync RUN [--to BACKEND --option K=V --timeout S --from-start]``."""
-    from coordinator.aggregator import replay_spools
-
     root = resolve_root(a.dir)
     if a.to:
         return _sync_to(a, root)
     if a.option or a.from_start:
         raise CoordinatorError("--option and --from-start need --to BACKEND")
-    rep = replay_spools(root, a.run)
-    out(f"run {a.run}: {rep['points']} points from {len(rep['ranks_seen'])} ranks stored, state {rep['state']}")
+    spool = run_spool_root(root, a.run)
+    rep = _replay(root, a.run, spool)
+    out(
+        f"run {a.run}: {rep['points']} points from {len(rep['ranks_seen'])} ranks stored "
+        f"(spools in {spool}), state {rep['state']}"
+    )
     for reason in rep.get("reasons", []):
         out(f"  ! {reason}")
     return 0 if rep["state"] == "finished" else 1

@@ -23,9 +23,8 @@ from rich.text import Text
 
 from coordinator.cli.common import human_bytes, resolve_run, when
 from coordinator.cli.series import ReadOnlyRun
-from coordinator.cli.snapshot import Snapshot, rates, take
+from coordinator.cli.snapshot import Snapshot, rates, spool_root_of, take
 from coordinator.errors import CoordinatorError
-from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import resolve_root
 
 __all__ = ["add_top_parser", "cmd_top", "render"]
@@ -47,7 +46,7 @@ def add_top_parser(sub: Any) -> None:
     p.add_argument(
         "--spool-dir",
         metavar="DIR",
-        help="where the job's ranks spool, if it set Settings.spool_dir (default <store>/spool/<run id>)",
+        help="where the job's ranks spool (default: as the run's aggregator recorded it, else <store>/spool/<run id>)",
     )
     p.add_argument(
         "--stale-after",
@@ -149,9 +148,9 @@ def cmd_top(a: argparse.Namespace) -> int:
         raise CoordinatorError(f"--interval must be positive, got {a.interval}")
     root = resolve_root(a.dir)
     info = resolve_run(root, a.run)
-    spool_root = spool_dir(root, info.id) if a.spool_dir is None else resolve_root(a.spool_dir)
     console = Console()
     with ReadOnlyRun(info.path / "run.db") as run:
+        spool_root = spool_root_of(run, root, info.id) if a.spool_dir is None else resolve_root(a.spool_dir)
         snap = take(run, spool_root)
         if a.once or snap.info.state != "running":
             console.print(render(snap))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.client.elastic import elastic_run_id
+from coordinator.client.elastic import elastic_run_id, unused_run_id
 from coordinator.core import env as _env
 from coordinator.core.redact import redact_text, secret_values
 from coordinator.errors import ConfigError, CoordinatorError, SinkError
@@ -21,7 +21,7 @@ from coordinator.forward.backend import check_backends
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import run_dir
 from coordinator.settings import Settings, env_name
-from coordinator.transport.discovery import Placement, Rendezvous, new_run_id
+from coordinator.transport.discovery import Placement, Rendezvous
 from coordinator.transport.launcher import AggregatorProcess
 from coordinator.transport.security import CurveKeys, bind_address, load_secret
 
@@ -106,7 +106,12 @@ def connect(
             raise SinkError(f"rank 0 could not start the run: {rec['error']}")
         return Connection(rec["run_id"], None if offline else rec["endpoint"], rendezvous=rdzv)
     label = spec.name or spec.project  # the id's readable part: ddp-spirals-3f9a2c
-    run_id = spec.with_id or settings.run_id or elastic_run_id(spec.root, placement, label) or new_run_id(label)
+    run_id = (
+        spec.with_id
+        or settings.run_id
+        or elastic_run_id(spec.root, placement, label)
+        or unused_run_id(spec.root, label)
+    )
     run_dir(spec.root, run_id)  # validates the id
     if spec.backends:
         try:
@@ -133,8 +138,13 @@ def connect(
 
 
 def spool_root(settings: Settings, root: Path, run_id: str) -> Path:
-    """Where the run's ranks spool: ``Settings.spool_dir``, else ``<root>/spool/<run id>``."""
-    return Path(settings.spool_dir) if settings.spool_dir is not None else spool_dir(root, run_id)
+    """Where the run's ranks spool: ``<Settings.spool_dir>/<run id>``, else ``<root>/spool/<run id>``.
+
+    Always a directory of this run alone: the aggregator replays and deletes every rank spool it
+    finds there at the end of the run, so runs sharing one ``spool_dir`` must not share it.
+    """
+    base = Path(settings.spool_dir).absolute() if settings.spool_dir is not None else None
+    return base / run_id if base is not None else spool_dir(root, run_id)
 
 
 def aggregator_config(settings: Settings, placement: Placement, spec: RunSpec, run_id: str) -> dict[str, Any]:

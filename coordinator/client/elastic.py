@@ -21,19 +21,24 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
 from coordinator.core import env as _env
 from coordinator.errors import ConfigError
+from coordinator.journal.paths import run_dir
 from coordinator.transport.discovery import Placement, new_run_id, slug
 
-__all__ = ["MAX_RECORDS", "elastic_run_id", "index_path"]
+__all__ = ["MAX_RECORDS", "elastic_run_id", "index_path", "unused_run_id"]
 
 _log = logging.getLogger("coordinator")
 
 MAX_RECORDS = 32
 """Records kept per index file (the oldest are dropped: only the latest jobs can restart)."""
+
+_ID_TRIES = 32
+"""Fresh ids drawn before giving up on one no run and no record holds (6 hex digits: a clash is rare)."""
 
 _calls: dict[str, int] = {}
 """Per rendezvous id: how many ``init_run`` calls this process made (a script may open several runs)."""
@@ -72,7 +77,7 @@ def elastic_run_id(root: Path, placement: Placement, label: str | None) -> str |
             if placement.restart_count > 0 and records:
                 mine = [r for r in records if all(r.get(k) == v for k, v in agent.items())]
                 return str((mine or records)[-1]["run_id"])
-            run_id = new_run_id(label)
+            run_id = unused_run_id(root, label, {str(r["run_id"]) for r in records})
             if records:
                 _log.info(
                     "torchrun rendezvous id %r already wrote run %s; this is a new job (restart count %d): "
@@ -91,6 +96,19 @@ def elastic_run_id(root: Path, placement: Placement, label: str | None) -> str |
             os.close(fd)
     except OSError as e:
         raise ConfigError(f"cannot keep the torchrun restart index {path}: {e}") from e
+
+
+def unused_run_id(root: Path, label: str | None, recorded: Set[str] = frozenset()) -> str:
+    """A fresh run id that names no stored run and no ``recorded`` id (a clash would continue an old run).
+
+    Raises:
+        ConfigError: every draw clashed (a store holding millions of runs of this label).
+    """
+    for _ in range(_ID_TRIES):
+        run_id = new_run_id(label)
+        if run_id not in recorded and not run_dir(root, run_id).exists():
+            return run_id
+    raise ConfigError(f"no unused run id for {label!r} under {root} after {_ID_TRIES} tries")
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

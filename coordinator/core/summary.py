@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TROUBLE", "end_message", "headline", "summary_lines"]
+__all__ = ["FORWARD_LOSSES", "TROUBLE", "end_message", "headline", "summary_lines"]
 
 TROUBLE: tuple[tuple[str, str], ...] = (
     ("bad_frames", "{n} bad frames refused (undecodable or invalid messages)"),
@@ -26,6 +26,16 @@ TROUBLE: tuple[tuple[str, str], ...] = (
     ("fenced_batches", "{n} batches of a replaced incarnation fenced off"),
 )
 """Report counters that mean data was refused or misplaced when they are not zero, worst first."""
+
+FORWARD_LOSSES: tuple[tuple[str, str], ...] = (
+    ("failed_points", "{n} points failed to reach it"),
+    ("dropped_points", "{n} points it cannot store"),
+    ("dropped_texts", "{n} texts it cannot store"),
+    ("cut_texts", "{n} texts it stored cut short"),
+    ("texts_skipped", "{n} texts not sent (it takes no text series)"),
+    ("missing_files", "{n} artifact files gone from the run directory"),
+)
+"""A forwarder's counters that mean the tracker holds less than the journal, when they are not zero."""
 
 _RECOVERED: tuple[tuple[str, str], ...] = (
     ("duplicate_batches", "{n} resent batches recognised and stored once"),
@@ -106,8 +116,13 @@ def _trouble(rep: Mapping[str, Any]) -> list[str]:
             out.append(f"rank {r}: {pr['dropped_points']} points dropped under backpressure (drop_oldest)")
     out += [text.format(n=rep[k]) for k, text in TROUBLE if rep.get(k)]
     for name, fw in sorted((rep.get("forwarders") or {}).items()):
-        if isinstance(fw, Mapping) and fw.get("error"):
+        if not isinstance(fw, Mapping):
+            continue
+        if fw.get("error"):
             out.append(f"forwarder {name}: {fw['error']}")
+        losses = [text.format(n=fw[k]) for k, text in FORWARD_LOSSES if isinstance(fw.get(k), int) and fw[k] > 0]
+        if losses:
+            out.append(f"forwarder {name}: " + "; ".join(losses))
     return out
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "TextBackend",
     "TextPoint",
     "TextSeries",
+    "TextsSent",
     "check_backends",
     "get_backend",
     "resolve_backends",
@@ -91,6 +92,15 @@ class TextSeries:
     key: str
     rank: int
     points: Sequence[TextPoint]
+
+
+class TextsSent(NamedTuple):
+    """What :meth:`TextBackend.log_texts` did with a batch's entries beyond storing them."""
+
+    dropped: int = 0
+    """Entries the tracker cannot store (counted as ``dropped_texts``, not retried)."""
+    cut: int = 0
+    """Entries stored shortened to the tracker's limit (counted as ``cut_texts``; Neptune keeps 1000 characters)."""
 
 
 class Artifact(NamedTuple):
@@ -194,8 +204,8 @@ class FileBackend(Protocol):
 class TextBackend(Protocol):
     """A tracker that takes text series."""
 
-    def log_texts(self, batch: Sequence[TextSeries]) -> int:
-        """Send every entry of ``batch``; return how many the tracker cannot store (counted, not retried)."""
+    def log_texts(self, batch: Sequence[TextSeries]) -> TextsSent:
+        """Send every entry of ``batch``; return how many the tracker cannot store or stores shortened."""
 
 
 BACKENDS: dict[str, tuple[str, str, str]] = {

@@ -62,6 +62,8 @@ class Batch:
     text_entries: int = 0
     """Text entries read from the journal for this batch."""
     texts_replaced: int = 0
+    texts_stale: int = 0
+    """Text entries a later incarnation of their rank replaced (read, not sent)."""
     run_tags: list[str] | None = None
     """The run's tags (sorted) when they changed."""
     files: dict[str, FieldValue] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class Batch:
             "params_sent": len(self.params),
             "tags_sent": len(self.tags),
             "replaced_texts": self.texts_replaced,
+            "stale_texts": self.texts_stale,
             **self.sent,
         }
 
@@ -133,6 +136,15 @@ class BatchBuilder:
         # Text series are sent whatever per_rank says: they are per rank, there is no reduced one.
         tb = build_texts(store, texts, texts_bound, self.settings.rank_key, collide=self._main_keys)
         b.texts, b.text_cursor, b.text_entries, b.texts_replaced = tb.series, tb.cursor, tb.entries, tb.replaced
+        b.texts_stale, b.collisions = tb.stale, tb.collisions
+        for name in sorted(tb.collided - self._warned):
+            self._warned.add(name)
+            _log.warning(
+                "%s: a text series would be named %r, which is also a metric key; its texts are not sent "
+                "(choose another rank_key)",
+                self.backend_name,
+                name,
+            )
         if not chunks:
             return b
         b.cursor = chunks[-1].id

@@ -74,6 +74,8 @@ _COUNTERS = (
     "forwarded_texts",
     "dropped_texts",
     "replaced_texts",
+    "stale_texts",
+    "cut_texts",
     "texts_skipped",
     "files_sent",
     "missing_files",

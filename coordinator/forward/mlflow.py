@@ -64,7 +64,7 @@ from coordinator.core.redact import redact_url
 from coordinator.core.states import TRACKER_STATES
 from coordinator.core.values import FieldValue
 from coordinator.errors import SinkError
-from coordinator.forward.backend import Artifact, Series, TextSeries
+from coordinator.forward.backend import Artifact, Series, TextSeries, TextsSent
 from coordinator.forward.fields import field_text
 from coordinator.forward.mlflow_api import MAX_PARAM_VAL as _MAX_PARAM_VAL
 from coordinator.forward.mlflow_api import MAX_PARAMS_TAGS as _MAX_PARAMS_TAGS
@@ -314,14 +314,14 @@ class MlflowBackend:
                 if _code(e) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                     raise _wrap(e) from e
 
-    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+    def log_texts(self, batch: Sequence[TextSeries]) -> TextsSent:
         """One text file per series of the batch (:mod:`.textfiles`); nothing is dropped."""
         rid = self._run()
         for s in batch:
             if s.points:
                 name = text_file_name(s.key, s.rank, s.points)
                 self._call(self._client.log_text, rid, format_texts(s.points), name)
-        return 0
+        return TextsSent()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/*`` fields as tags (100 per request)."""

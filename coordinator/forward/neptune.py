@@ -14,7 +14,8 @@ owns ``sys/``). A failed run sets ``sys/failed``. The run's tags are Neptune's o
 (a change is sent as adds and removes). An artifact field copied into the run is uploaded as a
 ``File`` at its path (``sys/x`` at ``coordinator/x``; the extension is the file name's); a
 reference is the string describing it. A text series is the ``StringSeries``
-``ranks/<r>/<key>``; Neptune cuts values longer than 1000 characters (a warning says so once).
+``ranks/<r>/<key>``; Neptune keeps the first 1000 characters of a longer value: each such entry
+is counted as ``cut_texts`` in the forwarder's report (and a warning says so once per series).
 
 Neptune series need strictly increasing steps and finite values: a point at a step not above
 the series' last forwarded step (a replaced main-series value after an elastic restart, a rank
@@ -53,7 +54,7 @@ except ImportError as e:
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Artifact, Series, TextSeries
+from coordinator.forward.backend import Artifact, Series, TextSeries, TextsSent
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_str, scoped_env
 from coordinator.journal.store import RunInfo
@@ -93,6 +94,7 @@ class NeptuneBackend:
         self._last: dict[str, float] = {}
         self._containers: list[str] = []
         self._warned: set[str] = set()
+        self._warned_long: set[str] = set()  # apart from _warned: a cut series may still be refused later
 
     def destination(self) -> str:
         """Mode, project and (offline) data directory: the cursor's key."""
@@ -211,22 +213,31 @@ class NeptuneBackend:
         except MetadataInconsistency as e:
             self._warn(target, e)
 
-    def log_texts(self, batch: Sequence[TextSeries]) -> int:
-        """``extend`` each ``StringSeries`` with its entries at increasing steps; returns what was dropped."""
+    def log_texts(self, batch: Sequence[TextSeries]) -> TextsSent:
+        """``extend`` each ``StringSeries`` with its entries at increasing steps; what was dropped and cut."""
         r = self._r()
-        dropped = 0
+        dropped = cut = 0
         for s in batch:
             last = self._last.get(s.name, -math.inf)
             steps: list[float] = []
             texts: list[str] = []
             stamps: list[float] = []
+            long = 0
             for step, text, ts in s.points:
                 if step <= last:
                     dropped += 1
                     continue
-                if len(text) > _MAX_STRING and s.name not in self._warned:
-                    self._warned.add(s.name)
-                    _log.warning("neptune: %r has texts over %d characters; Neptune cuts them", s.name, _MAX_STRING)
+                if len(text) > _MAX_STRING:
+                    long += 1
+                    if s.name not in self._warned_long:
+                        self._warned_long.add(s.name)
+                        _log.warning(
+                            "neptune: %r has texts over %d characters; Neptune keeps their first %d (counted as "
+                            "cut_texts)",
+                            s.name,
+                            _MAX_STRING,
+                            _MAX_STRING,
+                        )
                 steps.append(step)
                 texts.append(text)
                 stamps.append(ts)
@@ -240,7 +251,8 @@ class NeptuneBackend:
                 self._warn(s.name, e)
                 continue
             self._last[s.name] = last
-        return dropped
+            cut += long
+        return TextsSent(dropped, cut)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/<x>`` fields as ``coordinator/<x>`` strings."""

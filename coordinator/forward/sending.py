@@ -56,7 +56,9 @@ def send_batch(backend: Backend, batch: Batch, run_dir: Path, previous_tags: lis
     Raises:
         Exception: whatever the backend raised; the forwarder retries the whole batch.
     """
-    sent = {"files_sent": 0, "missing_files": 0, "forwarded_texts": 0, "dropped_texts": 0, "texts_skipped": 0}
+    sent = dict.fromkeys(
+        ("files_sent", "missing_files", "forwarded_texts", "dropped_texts", "cut_texts", "texts_skipped"), 0
+    )
     params = dict(batch.params)
     tags = dict(batch.tags)
     if not isinstance(backend, FileBackend):  # the tracker has no files: the artifact's description as text
@@ -93,8 +95,9 @@ def send_batch(backend: Backend, batch: Batch, run_dir: Path, previous_tags: lis
     batch.dropped = backend.log_metrics(batch.series) if batch.series else 0
     n_texts = sum(len(t.points) for t in batch.texts)
     if n_texts and isinstance(backend, TextBackend):
-        sent["dropped_texts"] = backend.log_texts(batch.texts)
-        sent["forwarded_texts"] = n_texts - sent["dropped_texts"]
+        done = backend.log_texts(batch.texts)
+        sent["dropped_texts"], sent["cut_texts"] = done.dropped, done.cut
+        sent["forwarded_texts"] = n_texts - done.dropped
     else:
         sent["texts_skipped"] = n_texts
     backend.flush()

@@ -47,7 +47,7 @@ except ImportError as e:
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Artifact, Series, TextSeries
+from coordinator.forward.backend import Artifact, Series, TextSeries, TextsSent
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_str
 from coordinator.journal.store import RunInfo
@@ -163,7 +163,7 @@ class TensorBoardBackend:
         where = f"copied into the run: {a.location}" if a.copied else f"reference: {a.location}"
         self._text({f"fields/{path}": f"{a.name} · {a.size} bytes · sha256 {a.sha256} · {where}"})
 
-    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+    def log_texts(self, batch: Sequence[TextSeries]) -> TextsSent:
         """One text-summary event per entry, at its step and time; nothing is dropped."""
         w = self._writer
         if w is None:
@@ -171,7 +171,7 @@ class TensorBoardBackend:
         for s in batch:
             for step, text, ts in s.points:
                 w.write(event_pb2.Event(wall_time=ts, step=step, summary=text_pb(s.name, text)).SerializeToString())
-        return 0
+        return TextsSent()
 
     def _text(self, items: Mapping[str, str]) -> None:
         if not items:

@@ -1,11 +1,15 @@
 """Text series on their way to a tracker: the entries after the text cursor, grouped per rank's series.
 
 Text series are per rank (no reduction across ranks), so each becomes one backend series named
-by ``rank_key`` (``ranks/<r>/<key>``). Within a batch a step a rank logged twice is sent once,
-with its later text (``replaced``, the rule of :mod:`coordinator.core.incarnations` for numeric
-series). A batch holds at most :data:`TEXTS_PER_BATCH` entries (a text is up to 64 KiB), and
-never goes past ``bound`` when one is given: a resumed forwarder re-sends exactly the batch that
-was in flight (see :class:`~coordinator.forward.cursor.CursorState` ``texts_pending``).
+by ``rank_key`` (``ranks/<r>/<key>``). The rule of :mod:`coordinator.core.incarnations` applies
+as for numeric per-rank series: a rank's texts that a later incarnation replaced (an elastic
+restart that logs the key again from an earlier step) are not sent (``stale``; the lineage is read
+only for ranks that restarted), and within a batch a step a rank logged twice is sent once, with
+its later text (``replaced``). Texts of an incarnation sent before its replacement was
+committed stay in the tracker (as numeric points do). A batch holds at most
+:data:`TEXTS_PER_BATCH` entries (a text is up to 64 KiB), and never goes past ``bound`` when one
+is given: a resumed forwarder re-sends exactly the batch that was in flight (see
+:class:`~coordinator.forward.cursor.CursorState` ``texts_pending``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from coordinator.core.incarnations import latest_points
+from coordinator.core.incarnations import latest_points, replaced_from
 from coordinator.forward.backend import TextPoint, TextSeries
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.texts import StoredText
@@ -32,8 +36,14 @@ class TextBatch:
     cursor: int = 0
     """The text id the text cursor moves to once the batch is accepted."""
     entries: int = 0
-    """Entries read from the journal (sent, replaced or skipped)."""
+    """Entries read from the journal (sent, replaced, stale or skipped)."""
     replaced: int = 0
+    stale: int = 0
+    """Entries a later incarnation of their rank replaced (not sent)."""
+    collisions: int = 0
+    """Entries not sent because their series' name is also a metric key's (``name_collisions``)."""
+    collided: set[str] = field(default_factory=set)
+    """Those series' names (the caller warns once per name)."""
 
 
 def build_texts(store: JournalReader, cursor: int, bound: int, rank_key: str, *, collide: set[str]) -> TextBatch:
@@ -45,16 +55,29 @@ def build_texts(store: JournalReader, cursor: int, bound: int, rank_key: str, *,
         bound: the last text id of the batch in flight when the forwarder stopped, or 0.
         rank_key: the ``str.format`` template naming a rank's series.
         collide: names taken by numeric series (a text series named like one is not sent: the
-            tracker would refuse or mix the two).
+            tracker would refuse or mix the two); counted as ``collisions``.
     """
     rows: Sequence[StoredText] = store.texts_after(cursor, TEXTS_PER_BATCH)
     if bound > cursor:
         rows = [t for t in rows if t.id <= bound]
     out = TextBatch(cursor=rows[-1].id if rows else cursor, entries=len(rows))
+    multi = store.multi_incarnation_ranks() if rows else set()
+    cuts: dict[tuple[str, int, int], int | None] = {}
     grouped: dict[tuple[str, int], list[TextPoint]] = {}
     for t in rows:
-        if t.key in collide:
+        name = rank_key.format(key=t.key, rank=t.rank)
+        if name in collide:
+            out.collisions += 1
+            out.collided.add(name)
             continue
+        if t.rank in multi:
+            ck = (t.key, t.rank, t.incarnation)
+            if ck not in cuts:
+                cuts[ck] = replaced_from(t.incarnation, store.text_lineage(t.key, t.rank))
+            cut = cuts[ck]
+            if cut is not None and t.step >= cut:
+                out.stale += 1
+                continue
         grouped.setdefault((t.key, t.rank), []).append((t.step, t.text, t.ts))
     for (key, rank), pts in grouped.items():
         kept = latest_points(pts)

@@ -53,7 +53,7 @@ except ImportError as e:
 
 from coordinator.core.values import FieldValue
 from coordinator.errors import ConfigError, SinkError
-from coordinator.forward.backend import Artifact, BackendRejectedError, Series, TextSeries
+from coordinator.forward.backend import Artifact, BackendRejectedError, Series, TextSeries, TextsSent
 from coordinator.forward.fields import field_text
 from coordinator.forward.options import check_options, option_float, option_str
 from coordinator.journal.store import RunInfo
@@ -175,7 +175,7 @@ class WandbBackend:
                 r.log({**row, self.step_key: step})
         return 0
 
-    def log_texts(self, batch: Sequence[TextSeries]) -> int:
+    def log_texts(self, batch: Sequence[TextSeries]) -> TextsSent:
         """Strings in history rows, one row per step (per repeat of a step); nothing is dropped."""
         r = self._r()
         rows: dict[int, list[dict[str, str]]] = {}
@@ -191,7 +191,7 @@ class WandbBackend:
         for step in sorted(rows):
             for row in rows[step]:
                 r.log({**row, self.step_key: step})
-        return 0
+        return TextsSent()
 
     def set_run_tags(self, tags: Sequence[str], added: Sequence[str], removed: Sequence[str]) -> None:
         """``run.tags``: the whole set."""

@@ -16,6 +16,7 @@ from coordinator.journal.texts import (
     TextPage,
     last_steps,
     max_text_id,
+    text_lineage,
     text_page,
     text_summary,
     texts_after,
@@ -63,6 +64,20 @@ class TextReads:
         if key_id is None:
             return TextPage([], [], None)
         return text_page(self._db, key_id, rank, after, limit)
+
+    def text_lineage(self, key: str, rank: int) -> list[tuple[int, int]]:
+        """(incarnation, first step) of one rank's text series ``key``, in start order (empty: no such series).
+
+        What a forwarder reads (as :func:`coordinator.core.incarnations.replaced_from`'s lineage) to
+        skip the texts of :meth:`texts_after` that a restarted rank replaced.
+
+        Raises:
+            TypeError: a wrong argument type.
+        """
+        if type(key) is not str or type(rank) is not int:
+            raise TypeError("text_lineage(key: str, rank: int)")
+        key_id = self._text_key_id(key)
+        return [] if key_id is None else text_lineage(self._db, key_id, rank)
 
     def texts_after(self, cursor: int, limit: int) -> list[StoredText]:
         """At most ``limit`` committed texts with ``id > cursor``, in journal order (unresolved: every row)."""

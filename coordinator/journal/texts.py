@@ -29,6 +29,7 @@ __all__ = [
     "insert_texts",
     "last_steps",
     "max_text_id",
+    "text_lineage",
     "text_page",
     "text_summary",
     "texts_after",
@@ -139,13 +140,23 @@ ORDER BY t.id DESC LIMIT 1
 """
 
 
-def _cuts(db: sqlite3.Connection, key_id: int, rank: int) -> str:
-    """The replacement rule for one (key, rank) as JSON ``[[incarnation, first replaced step], ...]``."""
-    lineage = db.execute(
+def text_lineage(db: sqlite3.Connection, key_id: int, rank: int) -> list[tuple[int, int]]:
+    """(incarnation, first step) of one rank's text series, in start order (first batch time, then journal order).
+
+    The lineage :func:`coordinator.core.incarnations.replaced_from` reads, as
+    :meth:`~coordinator.journal.paging.SeriesSource.lineage` is for numeric series.
+    """
+    rows = db.execute(
         "SELECT incarnation, MIN(step) FROM texts WHERE key_id=? AND rank=? "
         "GROUP BY incarnation ORDER BY MIN(ts), MIN(id)",
         (key_id, rank),
     ).fetchall()
+    return [(int(inc), int(first)) for inc, first in rows]
+
+
+def _cuts(db: sqlite3.Connection, key_id: int, rank: int) -> str:
+    """The replacement rule for one (key, rank) as JSON ``[[incarnation, first replaced step], ...]``."""
+    lineage = text_lineage(db, key_id, rank)
     if len(lineage) < 2:
         return "[]"
     cuts = [[inc, cut] for inc, _ in lineage if (cut := replaced_from(inc, lineage)) is not None]

@@ -10,6 +10,7 @@ logs a warning, and on loopback a request whose ``Host`` header names another ho
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -88,12 +89,17 @@ class _Handler(BaseHTTPRequestHandler):
             ("runs", 2): lambda: api.run(parts[1]),
             ("compare", 1): lambda: api.compare(q),
         }
-        if len(parts) == 3 and parts[0] == "runs" and parts[2] in ("series", "changes"):
-            fn: Callable[[], Any] | None = (
-                (lambda: api.series(parts[1], q)) if parts[2] == "series" else (lambda: api.changes(parts[1], q))
-            )
-        else:
-            fn = routes.get((parts[0], len(parts))) if parts else None
+        per_run: dict[str, Callable[[str, dict[str, list[str]]], Any]] = {
+            "series": api.series,
+            "changes": api.changes,
+            "summaries": api.summaries,
+            "texts": api.texts,
+        }
+        fn: Callable[[], Any] | None = None
+        if len(parts) == 3 and parts[0] == "runs" and parts[2] in per_run:
+            fn = functools.partial(per_run[parts[2]], parts[1], q)
+        elif parts:
+            fn = routes.get((parts[0], len(parts)))
         if fn is None:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path!r}"})
             return

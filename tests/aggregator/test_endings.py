@@ -145,6 +145,7 @@ def test_a_restart_rebuilds_only_the_pending_groups(tmp_path: Path) -> None:
     batch(a, 0, 1, metrics={"k": {s: 1.0 for s in range(1000)}})
     batch(a, 1, 1, metrics={"k": {s: 3.0 for s in range(990)}})
     a.emit(1.0)
+    a.commit()  # rank 0's next batch gets a chunk of its own (within one commit it would extend this one)
     batch(a, 0, 2, metrics={"k": {1000: 1.0}})
     a.emit(1.0)
     a.commit()

@@ -141,3 +141,84 @@ def test_non_finite_values_survive_every_format(store_dir: Path, tmp_path: Path)
         [pts] = _read(out, fmt, rid).values()
         vals = [v for _, v, _ in pts]
         assert [repr(v) for v in vals] == ["1.0", "nan", "inf", "-inf", "2.0"], fmt
+
+
+TEXT_RUN = "texts-1"
+
+
+def _text_rows(path: Path, fmt: str) -> dict[tuple[str, int | None], list[tuple[int, Any, float]]]:
+    """Every row of an export as (key, rank) -> [(step, value, time)], the value as written (text or number)."""
+    out: dict[tuple[str, int | None], list[tuple[int, Any, float]]] = {}
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            r = csv.reader(f)
+            assert next(r) == ["run", "key", "rank", "step", "value", "time"]
+            for run, key, rank, step, value, t in r:
+                assert run == TEXT_RUN
+                out.setdefault((key, None if rank == "" else int(rank)), []).append((int(step), value, float(t)))
+    elif fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for d in map(json.loads, f):
+                assert d["run"] == TEXT_RUN and list(d) == ["run", "key", "rank", "step", "value", "time"]
+                out.setdefault((d["key"], d["rank"]), []).append((d["step"], d["value"], d["time"]))
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        t = pq.read_table(path)
+        assert t.column_names == ["run", "key", "rank", "step", "value", "time", "text"]
+        assert str(t.schema.field("text").type) == "string" and str(t.schema.field("value").type) == "double"
+        for run, key, rank, step, value, tm, text in zip(
+            *(t.column(c).to_pylist() for c in t.column_names), strict=True
+        ):
+            assert run == TEXT_RUN
+            assert (value is None) != (text is None), (key, step)  # a row is a number or a text, never both
+            out.setdefault((key, rank), []).append((step, text if text is not None else value, tm))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_text_series_read_back_equal_to_fetch_values(store_dir: Path, tmp_path: Path, fmt: str) -> None:
+    """Each rank's texts (markup, commas and a restart that replaced rank 1's later texts) beside the numbers."""
+    from tests.ui._stores import RESTART_TEXT_STEP, TEXT_KEY, write_run
+
+    write_run(store_dir, TEXT_RUN, ranks=3, steps=100)
+    out = tmp_path / f"t.{fmt}"
+    assert main(["--dir", str(store_dir), "export", TEXT_RUN, "--ranks", "all", "-o", str(out)]) == 0
+    got = _text_rows(out, fmt)
+    ro = coordinator.init_run(with_id=TEXT_RUN, mode="read-only")
+    try:
+        want_texts = {r: ro[TEXT_KEY].fetch_values(rank=r) for r in range(3)}
+        want_loss = ro["loss"].fetch_values(rank=2)
+    finally:
+        ro.stop()
+    for r, pairs in want_texts.items():
+        assert len(pairs) > 0
+        assert [(s, x) for s, x, _ in got[(TEXT_KEY, r)]] == pairs, r
+    assert (TEXT_KEY, None) not in got  # texts are never reduced: no main series
+    # numbers still read back as numbers (NaN points included)
+    loss = [(s, float(v)) for s, v, _ in got[("loss", 2)]]
+    assert len(loss) == len(want_loss) and all(
+        a[0] == b[0] and (a[1] == b[1] or (a[1] != a[1] and b[1] != b[1])) for a, b in zip(loss, want_loss, strict=True)
+    )
+    # a text's time is its row's: rank 1's texts from the restart on were stored later (t0 + 60, not t0 + 1)
+    times = {s: t for s, _, t in got[(TEXT_KEY, 1)]}
+    early, late = times[0], times[RESTART_TEXT_STEP]
+    assert late - early == pytest.approx(59.0)
+    assert all(t == (late if s >= RESTART_TEXT_STEP else early) for s, t in times.items())
+
+
+def test_text_keys_are_selected_by_glob_and_main_means_every_rank(store_dir: Path, tmp_path: Path) -> None:
+    from tests.ui._stores import TEXT_KEY, write_run
+
+    write_run(store_dir, TEXT_RUN, ranks=3, steps=100)
+    out = tmp_path / "s.jsonl"
+    assert main(["--dir", str(store_dir), "export", TEXT_RUN, "--key", "samples/*", "-o", str(out)]) == 0
+    assert set(_text_rows(out, "jsonl")) == {(TEXT_KEY, r) for r in range(3)}  # --ranks main: every rank's texts
+    assert (
+        main(["--dir", str(store_dir), "export", TEXT_RUN, "--key", "samples/*", "--ranks", "2", "-o", str(out)]) == 0
+    )
+    assert set(_text_rows(out, "jsonl")) == {(TEXT_KEY, 2)}
+    assert (
+        main(["--dir", str(store_dir), "export", TEXT_RUN, "--key", "loss", "--format", "parquet", "-o", str(out)]) == 0
+    )
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert pq.read_table(out).column_names == ["run", "key", "rank", "step", "value", "time"]  # no texts: six columns

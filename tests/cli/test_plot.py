@@ -116,3 +116,12 @@ def test_without_matplotlib_names_the_extra(
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert main(["--dir", str(store), "plot", RUN, "train/loss", "-o", str(tmp_path / "x.png")]) == 2
     assert "pip install 'ddp-coordinator[plot]'" in capsys.readouterr().err
+
+
+def test_smoothing_is_a_debiased_ema() -> None:
+    from coordinator.cli.plot import ema
+
+    with pytest.raises(ValueError):
+        ema(np.zeros(3), 1.0)
+    assert ema(np.array([2.0, 2.0, 2.0]), 0.9).tolist() == pytest.approx([2.0, 2.0, 2.0])  # debiased
+    assert ema(np.array([1.0, 3.0]), 0.5).tolist() == pytest.approx([1.0, (0.25 + 1.5) / 0.75])

@@ -201,3 +201,38 @@ def test_runs_shows_a_run_without_a_lock_holder_as_stale(store_dir: Path, capsys
         assert code == 0 and "REFUSE" in text and (store_dir / "runs" / rid).is_dir()
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours: the probes never took it
     assert _runs(capsys)[rid]["state"] == "stale"
+
+
+def test_purge_deletes_the_runs_own_spools_under_a_recorded_spool_root_and_nothing_else(
+    store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spool root set by the user may be shared: purge deletes only the run's incarnations' directories there."""
+    shared = tmp_path / "shared-spool"
+    runs = {}
+    for name in ("gone", "kept"):
+        with coordinator.init_run(project="p", name=name, tags=[name]) as run:
+            run.log({"loss": 0.5}, step=0)
+            runs[name] = run.id
+    incs = {}
+    for name, rid in runs.items():
+        s = LocalStore(store_dir / "runs" / rid / "run.db")
+        try:
+            [sender] = s.senders()
+            incs[name] = sender["incarnation"]
+            s.set_meta("config", json.dumps({"policies": {}, "default_policy": "mean", "spool_root": str(shared)}))
+        finally:
+            s.close()
+        left = shared / f"rank-0-{incs[name]}"  # what a crash would have left there
+        left.mkdir(parents=True)
+        (left / "0.seg").write_bytes(b"x" * 7000)
+    (shared / "rank-0-12345").mkdir()  # a stranger's (no run of this store knows it)
+
+    own = shared / f"rank-0-{incs['gone']}"
+    code, text, _ = _purge(capsys, "--tag", "gone", "--dry-run")
+    assert code == 0 and f"+ spool 6.8 KiB ({own}" in text, text
+    assert own.is_dir()
+    code, text, _ = _purge(capsys, "--tag", "gone")
+    assert code == 0 and "deleted 1 run(s)" in text
+    assert not (store_dir / "runs" / runs["gone"]).exists() and not own.exists()
+    assert not (store_dir / "spool" / runs["gone"]).exists()
+    assert sorted(p.name for p in shared.iterdir()) == sorted([f"rank-0-{incs['kept']}", "rank-0-12345"])

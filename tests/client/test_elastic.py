@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.client import elastic
 from coordinator.client.elastic import MAX_RECORDS, elastic_run_id, index_path
+from coordinator.errors import ConfigError
 from coordinator.transport.discovery import Placement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +120,32 @@ def test_concurrent_rank0s_lose_no_record(tmp_path: Path) -> None:
     assert len(set(got)) == 8
     runs = json.loads(index_path(tmp_path, "shared", 0).read_text())["runs"]
     assert sorted(r["run_id"] for r in runs) == sorted(got)
+
+
+def test_a_fresh_job_never_takes_the_id_of_a_stored_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job: None
+) -> None:
+    """Ids are 6 random hex digits: one that clashes with a stored run (or a record) is drawn again."""
+    from coordinator.journal.paths import run_dir
+
+    run_dir(tmp_path, "x-aaaaaa").mkdir(parents=True)
+    drawn = iter(["x-aaaaaa", "x-aaaaaa", "x-bbbbbb"])
+    monkeypatch.setattr(elastic, "new_run_id", lambda label: next(drawn))
+    assert elastic_run_id(tmp_path, _placement(0), "x") == "x-bbbbbb"
+    _fresh_process(monkeypatch)  # a fresh job with the same rendezvous id: its index records x-bbbbbb
+    monkeypatch.setattr(elastic, "new_run_id", lambda label: "x-bbbbbb")  # recorded, not stored yet
+    with pytest.raises(ConfigError, match="no unused run id"):
+        elastic_run_id(tmp_path, _placement(0), "x")
+
+
+def test_outside_torchrun_a_new_run_id_never_names_a_stored_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain (not torchrun) job draws its id through the same check: a clash is drawn again."""
+    from coordinator.client.elastic import unused_run_id
+    from coordinator.journal.paths import run_dir
+
+    run_dir(tmp_path, "y-aaaaaa").mkdir(parents=True)
+    drawn = iter(["y-aaaaaa", "y-cccccc"])
+    monkeypatch.setattr(elastic, "new_run_id", lambda label: next(drawn))
+    assert unused_run_id(tmp_path, "y") == "y-cccccc"

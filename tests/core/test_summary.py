@@ -88,3 +88,15 @@ def test_end_message_says_where_the_run_is_and_how_to_see_it(tmp_path: Path) -> 
     assert len(here) == 3
     elsewhere = end_message("x-1", _report(), run_path, tmp_path / "other")
     assert f"coordinator --dir {tmp_path / 'store'} show x-1" in elsewhere
+
+
+def test_what_a_tracker_holds_less_of_is_trouble_named_per_forwarder() -> None:
+    """Cut and dropped texts, dropped points and missing files are anomalies; a clean forwarder adds nothing."""
+    clean = {"forwarded_points": 10, "cut_texts": 0, "dropped_points": 0, "error": None}
+    lossy = {"forwarded_points": 10, "cut_texts": 3, "dropped_texts": 1, "dropped_points": 2, "missing_files": 1}
+    assert summary_lines(_report(forwarders={"mlflow": clean}))[0].endswith("no anomalies")
+    lines = summary_lines(_report(forwarders={"mlflow": clean, "neptune": lossy}))
+    assert lines[1:] == [
+        "! forwarder neptune: 2 points it cannot store; 1 texts it cannot store; 3 texts it stored cut short; "
+        "1 artifact files gone from the run directory"
+    ]

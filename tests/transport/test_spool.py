@@ -1,4 +1,4 @@
-"""The spool: append/read round trip, torn tails, checksum mismatches and repair."""
+"""The spool: append/read round trip, torn tails, checksum mismatches, repair, and acknowledged segments."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.errors import SinkError
 from coordinator.transport import wire
-from coordinator.transport.spool import SpoolRecord, SpoolWriter, read_spool
+from coordinator.transport.spool import SegmentedSpool, SpoolRecord, SpoolWriter, read_spool, spool_records
 
 _HEAD = 8  # u32 length + u32 crc32
 
@@ -215,3 +215,42 @@ def test_writer_in_unwritable_place_raises_sink_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SinkError):
         SpoolWriter(tmp_path / "file" / "s.spool")
+
+
+def test_acking_the_open_segment_empties_it_in_place_and_appends_continue(tmp_path: Path) -> None:
+    """A fully acked open segment is truncated, not closed and unlinked; later records read back in order."""
+    sp = SegmentedSpool(tmp_path / "sp", segment_bytes=1 << 20, max_bytes=1 << 30)
+    recs = records(6)
+    locs = [sp.append(r.kind, r.seq, r.envelope, r.payload) for r in recs[:3]]
+    [seg] = list((tmp_path / "sp").glob("*.seg"))
+    assert sp.size_bytes == seg.stat().st_size > 0
+    sp.acked_through(3)
+    assert list((tmp_path / "sp").glob("*.seg")) == [seg], "the open segment is kept"
+    assert seg.stat().st_size == 0 and sp.size_bytes == 0
+    assert list(spool_records(tmp_path / "sp")) == []
+    locs = [sp.append(r.kind, r.seq, r.envelope, r.payload) for r in recs[3:]]
+    assert locs[0] == (seg, 0), "the next record starts at the beginning of the emptied file"
+    assert [sp.read(loc) for loc in locs] == recs[3:]
+    assert list(spool_records(tmp_path / "sp")) == recs[3:]
+    assert sp.size_bytes == seg.stat().st_size
+    sp.acked_through(4)  # part of the open segment: nothing is dropped
+    assert list(spool_records(tmp_path / "sp")) == recs[3:]
+    sp.acked_through(6)
+    sp.close()
+    assert not (tmp_path / "sp").exists(), "an emptied spool is removed at close"
+
+
+def test_sealed_segments_are_deleted_and_the_order_survives_truncation(tmp_path: Path) -> None:
+    """Small segments: acked sealed files go, the truncated open one still sorts before the next."""
+    sp = SegmentedSpool(tmp_path / "sp", segment_bytes=1, max_bytes=1 << 30)
+    recs = records(5)
+    for r in recs[:2]:
+        sp.append(r.kind, r.seq, r.envelope, r.payload)  # one record per segment
+    sp.acked_through(2)
+    names = sorted(p.name for p in (tmp_path / "sp").glob("*.seg"))
+    assert names == [f"{2:016d}.seg"], names
+    for r in recs[2:]:
+        sp.append(r.kind, r.seq, r.envelope, r.payload)
+    assert list(spool_records(tmp_path / "sp")) == recs[2:]
+    sp.close(remove_if_empty=False)
+    assert list(spool_records(tmp_path / "sp")) == recs[2:], "what a crash would leave: unacked records only"

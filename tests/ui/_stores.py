@@ -10,7 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData, run_dir
+from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TextRow, TxnData, run_dir
+from coordinator.journal.texts import TEXT_POLICY
+
+TEXT_KEY = "samples/generation"
+"""The text series every rank of :func:`write_run` logs: ``text(rank, step)`` at steps 0, 10, ..., 290."""
+
+RESTART_TEXT_STEP = 200
+"""Rank 1's second incarnation logs the text series again from this step (its earlier texts there are replaced)."""
+
+
+def text(rank: int, step: int, incarnation: int = 1) -> str:
+    """What ``rank`` logs as its text at ``step`` (markup in it: the page must show it as text)."""
+    return f"<b>rank {rank}</b> step {step} & inc {incarnation}"
 
 
 def rank_value(rank: int, step: int) -> float:
@@ -32,13 +44,14 @@ def write_run(
     lr: float = 0.1,
 ) -> None:
     """A run of ``ranks`` ranks logging ``loss`` (chunks of random sizes, a rewound chunk, NaN points),
-    ``system/cpu/util`` per rank, fields, senders, events and a report."""
+    ``system/cpu/util`` per rank, a text series per rank (:data:`TEXT_KEY`; rank 1 restarts it), fields,
+    senders, events and a report."""
     rng = random.Random(seed)
     s = LocalStore(run_dir(root, run_id) / "run.db")
     try:
         t0 = time.time() - 100
         s.create_run(run_id, project, name, ranks, t0)
-        txn = TxnData(key_policies={"loss": "mean", "system/cpu/util": "per_rank"})
+        txn = TxnData(key_policies={"loss": "mean", "system/cpu/util": "per_rank", TEXT_KEY: TEXT_POLICY})
         for r in range(ranks):
             a, seq = 0, 0
             while a < steps:
@@ -56,6 +69,11 @@ def write_run(
             cpu = array("q", range(0, steps, 10))
             txn.chunks.append(ChunkRow("system/cpu/util", r, 1, seq + 2, t0, cpu, array("d", [50.0 + r] * len(cpu))))
             txn.senders[(r, 1)] = (seq + 2, steps, seq + 2, t0, t0 + 90, "closed", 1000 + r, "host")
+            t_steps = list(range(0, 300, 10))
+            txn.texts.append(TextRow(TEXT_KEY, r, 1, t0 + 1, t_steps, [text(r, x) for x in t_steps]))
+            if r == 1:  # a restart that logs the texts again from RESTART_TEXT_STEP
+                again = list(range(RESTART_TEXT_STEP, 260, 10))
+                txn.texts.append(TextRow(TEXT_KEY, r, 2, t0 + 60, again, [text(r, x, 2) for x in again]))
         for a in range(0, steps, 100):
             st = array("q", range(a, min(steps, a + 100)))
             vals = array("d", [sum(rank_value(r, x) for r in range(ranks)) / ranks for x in st])

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import pytest
 
 from coordinator.cli.runs import scan_runs
 from coordinator.journal.paths import run_dir
+from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from coordinator.ui.api import SUMMARY_PAGE
 from coordinator.ui.server import UiServer
-from tests.ui._stores import brute, rank_value, write_run
+from tests.ui._stores import RESTART_TEXT_STEP, TEXT_KEY, brute, rank_value, text, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +196,14 @@ def test_live_run_is_seen_changing(store_dir: Path) -> None:
             for s in range(100):
                 run.log({"acc": s / 100}, step=s)
             run.wait(60)
-            _, page = get(server, f"/api/runs/{run.id}")
+            # wait() covers the rank's own points; the reduced main series reaches the journal
+            # within about 100 ms after (the aggregator writes it in larger chunks).
+            deadline = time.monotonic() + 10
+            while True:
+                _, page = get(server, f"/api/runs/{run.id}")
+                if (page["metrics"] and page["metrics"][0]["points"] == 100) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert page["run"]["state"] == "running" and page["metrics"][0]["points"] == 100
             for s in range(100, 250):
                 run.log({"acc": s / 100}, step=s)
@@ -233,3 +243,158 @@ def test_cli_prints_the_address_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_run_page_lists_text_series_with_their_last_text(ui: UiServer) -> None:
+    _, d = get(ui, "/api/runs/alpha-1")
+    rows = {(t["key"], t["rank"]): t for t in d["texts"]}
+    assert set(rows) == {(TEXT_KEY, r) for r in range(3)}
+    assert rows[(TEXT_KEY, 0)]["n"] == 30 and rows[(TEXT_KEY, 0)]["last_text"] == text(0, 290)
+    assert rows[(TEXT_KEY, 1)]["last_step"] == 250 and rows[(TEXT_KEY, 1)]["last_text"] == text(1, 250, 2)
+    assert all(m["key"] != TEXT_KEY for m in d["metrics"])  # a text series is no chart
+
+
+def test_texts_page_newest_first_with_the_restart_applied(ui: UiServer) -> None:
+    status, d = get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}&rank=1&limit=4")
+    assert status == 200 and d["ranks"] == [0, 1, 2] and d["rank"] == 1
+    assert d["total"] == 26  # steps 0..190 of incarnation 1, then 200..250 of incarnation 2
+    assert [t["step"] for t in d["texts"]] == [250, 240, 230, 220] and d["next"] == 220
+    assert d["texts"][0]["text"] == text(1, 250, 2)
+    seen = [t["step"] for t in d["texts"]]
+    before = d["next"]
+    while before is not None:  # page to the oldest: every current text once, newest first
+        _, page = get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}&rank=1&limit=7&before={before}")
+        seen += [t["step"] for t in page["texts"]]
+        texts = {t["step"]: t["text"] for t in page["texts"]}
+        assert all(texts[s] == text(1, s, 2 if s >= RESTART_TEXT_STEP else 1) for s in texts)
+        before = page["next"]
+    assert seen == list(range(250, -1, -10))
+    _, r0 = get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}")  # default: the lowest rank, newest first
+    assert r0["rank"] == 0 and r0["texts"][0]["text"] == text(0, 290) and len(r0["texts"]) == 30
+    assert r0["next"] is None
+
+
+def test_texts_reject_bad_parameters(ui: UiServer) -> None:
+    assert get(ui, "/api/runs/alpha-1/texts")[0] == 400
+    assert get(ui, "/api/runs/alpha-1/texts?key=loss")[0] == 400  # a numeric series
+    assert get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}&rank=7")[0] == 400
+    assert get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}&limit=0")[0] == 400
+    assert get(ui, f"/api/runs/alpha-1/texts?key={TEXT_KEY}&before=x")[0] == 400
+    assert get(ui, f"/api/runs/alpha-1/series?key={TEXT_KEY}")[0] == 400
+    assert get(ui, f"/api/runs/nope/texts?key={TEXT_KEY}")[0] == 404
+
+
+def test_run_page_and_summaries_are_bounded_with_thousands_of_keys(tmp_path: Path) -> None:
+    """3,000 keys: the run page summarises the first page and counts the rest; /summaries pages through them."""
+    s = LocalStore(run_dir(tmp_path, "wide") / "run.db")
+    try:
+        s.create_run("wide", "p", "wide", 1, time.time())
+        keys = [f"layer{i:04d}/grad_norm" for i in range(2990)] + [f"system/gpu{i}/util" for i in range(10)]
+        txn = TxnData(key_policies=dict.fromkeys(keys, "mean"))
+        for k in keys:
+            txn.chunks.append(ChunkRow(k, MAIN_RANK, 0, 0, 1.0, array("q", [0, 1]), array("d", [1.0, 2.0])))
+        s.commit(txn)
+    finally:
+        s.close()
+    with UiServer(tmp_path, scan_runs, port=0) as server:
+        _, d = get(server, "/api/runs/wide")
+        assert len(d["metrics"]) == SUMMARY_PAGE and d["metrics_total"] == 2990 and d["metrics_next"] == SUMMARY_PAGE
+        assert d["system_total"] == 10 and d["system_groups"] == {f"gpu{i}": 1 for i in range(10)}
+        got, offset = [m["key"] for m in d["metrics"]], d["metrics_next"]
+        while offset is not None:
+            _, page = get(server, f"/api/runs/wide/summaries?offset={offset}&limit=500")
+            assert page["total"] == 2990 and len(page["summaries"]) <= 500
+            got += [m["key"] for m in page["summaries"]]
+            offset = page["next"]
+        assert got == keys[:2990]
+        _, m = get(server, "/api/runs/wide/summaries?match=LAYER012&limit=100")
+        assert [x["key"] for x in m["summaries"]] == [f"layer{i:04d}/grad_norm" for i in range(120, 130)]
+        assert m["summaries"][0]["points"] == 2 and m["summaries"][0]["last"] == [1, 2.0]
+        _, g = get(server, "/api/runs/wide/summaries?group=system&prefix=system/gpu3/")
+        assert [x["key"] for x in g["summaries"]] == ["system/gpu3/util"] and g["next"] is None
+        assert get(server, "/api/runs/wide/summaries?group=other")[0] == 400
+        assert get(server, "/api/runs/wide/summaries?limit=501")[0] == 400
+
+
+BIG = (3019813553829985617, 7019813553829985601, 5500000000000000003)
+"""Incarnations as the wire makes them: large random numbers (rank 1 restarted: BIG[1] then BIG[2])."""
+
+
+def _restarted_run(root: Path) -> None:
+    """A finished 2-rank run whose rank 1 failed once and restarted, with the aggregator's real event texts."""
+    s = LocalStore(run_dir(root, "restarted") / "run.db")
+    try:
+        t0 = time.time() - 100
+        s.create_run("restarted", "proj", "restarted", 2, t0)
+        txn = TxnData(key_policies={"loss": "mean"})
+        lives = ((0, BIG[0], t0 + 1, "closed"), (1, BIG[1], t0 + 2, "fenced"), (1, BIG[2], t0 + 30, "closed"))
+        for n, (rank, inc, first, state) in enumerate(lives):
+            st = array("q", range(10))
+            txn.chunks.append(ChunkRow("loss", rank, inc, 1, first, st, array("d", [1.0] * 10)))
+            txn.senders[(rank, inc)] = (1, 10, 1, first, first + 20, state, 100 + n, "host")
+        counters = json.dumps({"undelivered": 0, "accepted": 10, "dropped_points": 0})
+        failure = json.dumps(
+            {"type": "RuntimeError", "message": "CUDA out of memory", "reason": "r", "traceback": "tb"}
+        )
+        txn.events += [
+            (t0 + 1, "rank_joined", 0, f"incarnation {BIG[0]} pid 100"),
+            (t0 + 2, "rank_joined", 1, f"incarnation {BIG[1]} pid 101"),
+            (t0 + 20, "rank_failed", 1, failure),
+            (t0 + 30, "rank_restarted", 1, f"incarnation {BIG[1]} -> {BIG[2]}"),
+            (t0 + 50, "rank_closed", 1, f"incarnation {BIG[2]}, 10 points, ending clean; rank counters {counters}"),
+        ]
+        s.commit(txn)
+        report = {
+            "state": "finished",
+            "world_size": 2,
+            "points": 30,
+            "main_points": 10,
+            "duration_s": 60.0,
+            "late_points": 3,
+            "per_rank": {"0": {"incarnations": 1}, "1": {"incarnations": 2}},
+        }
+        s.finish_run("finished", report, ended=t0 + 60)
+    finally:
+        s.close()
+
+
+def test_run_page_reads_as_sentences_with_short_incarnation_labels(tmp_path: Path) -> None:
+    _restarted_run(tmp_path)
+    with UiServer(tmp_path, scan_runs, port=0) as server:
+        status, d = get(server, "/api/runs/restarted")
+    assert status == 200
+    assert [(s["rank"], s["label"]) for s in d["senders"]] == [(0, "r0#1"), (1, "r1#1"), (1, "r1#2")]
+    assert [e["text"] for e in d["events"]] == [
+        "r0#1 joined (pid 100)",
+        "r1#1 joined (pid 101)",
+        "failed: RuntimeError: CUDA out of memory",
+        "restarted: r1#1 -> r1#2",
+        "r1#2 closed clean: 10 points; accepted 10",
+    ]
+    assert str(BIG[1]) in d["events"][1]["detail"]  # the raw detail is kept beside the sentence
+    segs = d["health"]["ranks"]["1"]["segments"]
+    assert [(s["label"], s["state"]) for s in segs] == [("r1#1", "fenced"), ("r1#2", "closed")]
+    marks = d["health"]["ranks"]["1"]["marks"]
+    assert [(m["kind"], m["text"]) for m in marks] == [
+        ("rank_failed", "failed: RuntimeError: CUDA out of memory"),
+        ("rank_restarted", "restarted: r1#1 -> r1#2"),
+    ]
+    # the report: the headline, then anomalies first (trouble before what the run recovered from)
+    assert d["summary"] == [
+        {"level": "head", "text": "finished in 1 min 00 s: 2 ranks, 30 points (10 in the main series)"},
+        {"level": "trouble", "text": "3 late points (kept in their rank's series, missing from the main series)"},
+        {"level": "note", "text": "restarted: rank 1 (2 lives)"},
+    ]
+    readable = json.dumps(
+        [d["summary"], [e["text"] for e in d["events"]], d["health"]["ranks"]["1"]["marks"][1]["text"]]
+    )
+    assert not any(str(b) in readable for b in BIG)
+
+
+def test_report_summary_of_a_clean_run_and_of_a_run_without_report(ui: UiServer) -> None:
+    _, done = get(ui, "/api/runs/beta-2")
+    assert [x["level"] for x in done["summary"]] == ["ok"] and done["summary"][0]["text"].endswith("no anomalies")
+    _, open_ = get(ui, "/api/runs/gamma-3")
+    assert open_["summary"] == [
+        {"level": "open", "text": "stale: no final report yet (the run is still open, or its aggregator died)"}
+    ]

@@ -1,5 +1,9 @@
 /* The UI's page logic: routing, fetching the JSON API, tables, and feeding uPlot (which does all drawing).
-   Pages: ?page=runs (default), ?page=run&id=ID, ?page=compare&runs=A,B[&key=K].
+   Pages: ?page=runs (default), ?page=run&id=ID, ?page=texts&id=ID&key=K[&rank=R], ?page=compare&runs=A,B[&key=K].
+   Every user value is put in the page as text (textContent / text nodes), never as HTML.
+   The run page stays bounded with thousands of keys: summaries come a page at a time (the next
+   page when the end of the list scrolls into view) and a chart is created and fetched only when
+   its box scrolls into view (IntersectionObserver).
    With &check=1 each chart, once drawn, counts its canvas pixels of the line and band colours
    into data attributes (the browser test reads them from the dumped DOM). */
 "use strict";
@@ -120,10 +124,16 @@ async function pageRuns() {
 const view = { time: false, smooth: 0 }; // shared by every chart of the page
 const charts = [];
 
+/* TensorBoard's smoothing, as `coordinator plot --smooth`: an EMA debiased at the start; gaps stay gaps. */
 function ema(values, alpha) {
   if (!alpha) return values;
-  let acc = null;
-  return values.map((v) => (v === null ? null : (acc = acc === null ? v : alpha * acc + (1 - alpha) * v)));
+  let acc = 0, i = 0;
+  return values.map((v) => {
+    if (v === null) return null;
+    acc = alpha * acc + (1 - alpha) * v;
+    i += 1;
+    return acc / (1 - Math.pow(alpha, i));
+  });
 }
 
 /* Buckets -> uPlot columns. A bucket of one step is its point; a wider one is two points (its
@@ -150,6 +160,17 @@ function columns(d, series) {
   return { x: view.time ? tx : xs, lines: series.map(expand), flat };
 }
 
+/* Charts are created when their box scrolls into view (200 px ahead), and fetched then. */
+const pending = new Set(); // loads started, for data-ready
+const lazy = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting) continue;
+    lazy.unobserve(e.target);
+    const make = e.target.makeChart;
+    if (make) { const p = make(); pending.add(p); p.finally(() => pending.delete(p)); }
+  }
+}, { rootMargin: "200px" });
+
 class Chart {
   constructor(runId, key, holder) {
     this.runId = runId;
@@ -159,7 +180,8 @@ class Chart {
     this.u = null;
     this.el = h("div", { class: "chart", "data-key": key });
     this.status = h("span", { class: "muted" });
-    this.plot = h("div");
+    this.plot = h("div", { class: "plot" });
+    this.loaded = false;
     this.el.append(
       h("div", { class: "bar" }, h("b", {}, key), this.status,
         h("label", {}, h("input", { type: "checkbox", onchange: (e) => { this.ranks = e.target.checked; this.load(); } }), " ranks"),
@@ -167,6 +189,8 @@ class Chart {
       this.plot);
     holder.append(this.el);
     charts.push(this);
+    this.el.makeChart = () => { this.loaded = true; return this.load(); };
+    lazy.observe(this.el);
   }
 
   width() { return Math.max(320, Math.min(560, (app.clientWidth || 1100) / 2 - 30)); }
@@ -263,9 +287,9 @@ function timeline(hl) {
   const rows = Object.entries(hl.ranks).map(([r, v]) => h("div", { class: "tl-row" },
     h("span", { class: "tl-label" }, "rank " + r),
     h("div", { class: "tl-track" },
-      v.segments.map((s) => h("div", { class: "tl-seg seg-" + s.state, title: `incarnation ${s.incarnation}: ${s.state}`,
+      v.segments.map((s) => h("div", { class: "tl-seg seg-" + s.state, title: `${s.label}: ${s.state}`,
         style: `left:${pct(s.start)}%;width:${Math.max(0.3, pct(s.end) - pct(s.start))}%` })),
-      v.marks.map((m) => h("div", { class: "tl-mark mark-" + m.kind, title: `${fmtTime(m.ts)} ${m.kind}: ${m.detail || ""}`,
+      v.marks.map((m) => h("div", { class: "tl-mark mark-" + m.kind, title: `${fmtTime(m.ts)} ${m.kind}: ${m.text}`,
         style: `left:${pct(m.ts)}%` })))));
   return h("div", { class: "timeline" }, rows.length ? rows : h("p", { class: "muted" }, "no ranks connected"),
     h("div", { class: "muted" }, `${fmtTime(hl.t0)} \u2192 ${fmtTime(hl.t1)}`));
@@ -273,16 +297,72 @@ function timeline(hl) {
 
 const kv = (obj) => h("table", {}, Object.entries(obj).map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, fmtVal(v)))));
 
+/* A <details> whose body is made only when opened: raw data (incarnation numbers, JSON) stays out
+   of the page until asked for, and a long event list costs one element per event until then. */
+function rawDetails(label, make) {
+  const det = h("details", { class: "raw", ontoggle: () => {
+    if (det.open && det.children.length === 1) det.append(h("pre", {}, make()));
+  } }, h("summary", {}, label));
+  return det;
+}
+
+/* Events as sentences (short incarnation labels, counters as words); the stored detail behind "raw". */
 function eventsTable(events) {
   if (!events.length) return h("p", { class: "muted" }, "no events");
-  return h("table", {}, h("tr", {}, h("th", {}, "time"), h("th", {}, "kind"), h("th", {}, "rank"), h("th", {}, "detail")),
-    events.map((e) => h("tr", {}, h("td", {}, fmtTime(e.ts)), h("td", {}, e.kind), h("td", {}, e.rank ?? "-"), h("td", {}, e.detail))));
+  return h("table", { id: "events" }, h("tr", {}, h("th", {}, "time"), h("th", {}, "kind"), h("th", {}, "rank"), h("th", {}, "what happened")),
+    events.map((e) => h("tr", { "data-kind": e.kind }, h("td", {}, fmtTime(e.ts)), h("td", {}, e.kind.replace(/_/g, " ")),
+      h("td", {}, e.rank ?? "-"),
+      h("td", {}, h("span", { class: "event-text" }, e.text || e.kind),
+        e.detail && e.detail !== e.text ? rawDetails("raw", () => e.detail) : null))));
+}
+
+/* The final report as its summary lines, anomalies first and coloured; the whole JSON collapsed below. */
+function reportView(summary, report) {
+  const lines = h("ul", { id: "summary" }, summary.map((l) => h("li", { class: "sum-" + l.level }, l.text)));
+  return h("div", {}, lines, report ? rawDetails("full report (JSON)", () => JSON.stringify(report, null, 2)) : null);
 }
 
 function groupSystem(series) {
   const groups = {};
   for (const s of series) (groups[s.key.split("/")[1] || "other"] ||= []).push(s);
   return groups;
+}
+
+/* The text series: per key, each rank's text count and last text (as text, cut long), linking the text view. */
+function textsTable(runId, texts) {
+  if (texts && texts.error) return h("p", { class: "error" }, "cannot read the text series: " + texts.error);
+  if (!texts || !texts.length) return h("p", { class: "muted" }, "no text series");
+  return h("table", { id: "texts" }, h("tr", {}, h("th", {}, "series"), h("th", {}, "rank"), h("th", { class: "num" }, "texts"),
+    h("th", { class: "num" }, "last step"), h("th", {}, "last text")),
+    texts.map((t) => h("tr", { "data-key": t.key, "data-rank": t.rank },
+      h("td", {}, link({ page: "texts", id: runId, key: t.key, rank: t.rank }, t.key)), h("td", {}, t.rank),
+      h("td", { class: "num" }, t.n), h("td", { class: "num" }, t.last_step ?? "-"),
+      h("td", {}, h("div", { class: "text last-text" }, t.last_text ?? ""),
+        t.cut ? h("span", { class: "muted" }, ` (${t.cut} characters: open the series for all)`) : null))));
+}
+
+/* A list of charts fed page by page from /summaries (``first``: the page the run page already holds). */
+function chartList(runId, holder, query, first) {
+  const keys = new Set();
+  const sentinel = h("div", { class: "sentinel" });
+  let next = first.next, busy = false;
+  const add = (list) => { for (const s of list) if (!keys.has(s.key)) { keys.add(s.key); new Chart(runId, s.key, holder); } };
+  const more = new IntersectionObserver(async (entries) => {
+    if (busy || next === null || !entries.some((e) => e.isIntersecting)) return;
+    busy = true;
+    try {
+      const page = await get(`/api/runs/${encodeURIComponent(runId)}/summaries`, { ...query, offset: next });
+      add(page.summaries);
+      next = page.next;
+    } catch (e) { sentinel.textContent = "error: " + e.message; }
+    busy = false;
+    if (next === null) more.disconnect();
+    else { more.unobserve(sentinel); more.observe(sentinel); } // still in view: fetch the next page too
+  }, { rootMargin: "400px" });
+  add(first.summaries);
+  holder.after(sentinel);
+  if (next !== null) more.observe(sentinel);
+  return { keys, add };
 }
 
 async function pageRun() {
@@ -294,38 +374,92 @@ async function pageRun() {
   const side = h("div");
   function renderSide() {
     put(side,
+      h("h2", {}, "Texts"), textsTable(r.id, d.texts),
       h("h2", {}, "Rank health"), timeline(d.health),
       h("h2", {}, "Events"), eventsTable(d.events),
-      h("h2", {}, "Final report"), d.report ? h("pre", { id: "report" }, JSON.stringify(d.report, null, 2)) : h("p", { class: "muted" }, "the run has not ended"),
-      d.texts ? [h("h2", {}, "Texts"), h("pre", {}, JSON.stringify(d.texts, null, 2))] : null);
+      h("h2", {}, "Final report"), reportView(d.summary, d.report));
   }
   const metrics = h("div", { class: "charts", id: "charts" });
   const userFields = {}, sysFields = {};
   for (const [k, v] of Object.entries(d.fields)) (k.startsWith("sys/") ? sysFields : userFields)[k] = v;
   const system = h("div");
+  let list = null;
+  const filter = h("input", { placeholder: "filter series", value: "", onchange: async (e) => {
+    const match = e.target.value;
+    let first;
+    try { first = await get(`/api/runs/${encodeURIComponent(r.id)}/summaries`, { match }); } catch (err) { return fail(err); }
+    for (const c of charts.splice(0)) { lazy.unobserve(c.el); if (c.u) c.u.destroy(); }
+    metrics.replaceChildren();
+    metrics.nextElementSibling?.classList.contains("sentinel") && metrics.nextElementSibling.remove();
+    count.textContent = `${first.total} series`;
+    list = chartList(r.id, metrics, { match }, first);
+  } });
+  const count = h("span", { class: "muted" }, `${d.metrics_total} series`);
   put(app,
     h("h2", { id: "title" }, `${r.name} `, h("span", { class: "state-" + r.state }, r.state)),
     h("p", {}, `${r.id} \u00b7 project ${r.project} \u00b7 ${r.world_size} ranks \u00b7 started ${fmtTime(r.created)} \u00b7 ${fmtDur(r.duration_s)}`),
-    h("h2", {}, "Series"), chartControls(), metrics,
-    d.system.length ? [h("h2", {}, "System metrics"), system] : null,
+    h("h2", {}, "Series"), h("div", { class: "controls" }, chartControls(), filter, count), metrics,
+    d.system_total ? [h("h2", {}, "System metrics"), system] : null,
     h("h2", {}, "Fields"), kv(userFields),
     h("details", {}, h("summary", {}, `coordinator fields (sys/*, ${Object.keys(sysFields).length})`), kv(sysFields)), side);
   renderSide();
-  const loads = d.metrics.map((s) => new Chart(r.id, s.key, metrics).load());
-  for (const [g, list] of Object.entries(groupSystem(d.system))) {
+  list = chartList(r.id, metrics, {}, { summaries: d.metrics, next: d.metrics_next });
+  for (const [g, n] of Object.entries(d.system_groups)) {
     const box = h("div", { class: "charts" });
-    const det = h("details", { ontoggle: () => { if (det.open && !box.childElementCount) list.forEach((s) => new Chart(r.id, s.key, box).load()); } },
-      h("summary", {}, `${g} (${list.length})`), box);
+    const query = { group: "system", prefix: `system/${g}/` };
+    const det = h("details", { ontoggle: async () => {
+      if (!det.open || box.dataset.opened) return;
+      box.dataset.opened = "1";
+      try { chartList(r.id, box, query, await get(`/api/runs/${encodeURIComponent(r.id)}/summaries`, query)); }
+      catch (e) { box.replaceChildren(h("p", { class: "error" }, e.message)); }
+    } }, h("summary", {}, `${g} (${n})`), box);
     system.append(det);
   }
-  await Promise.all(loads);
+  // ready once the charts in view were created and drawn (the observer reports after layout)
+  await new Promise((res) => requestAnimationFrame(() => setTimeout(res, 50)));
+  while (pending.size) await Promise.allSettled([...pending]);
   document.body.dataset.ready = "1";
-  if (r.state === "running") live(r.id, d, renderSide, metrics);
+  if (r.state === "running") live(r.id, d, renderSide, () => list);
+}
+
+/* ------------------------------------------------------------------ text view */
+
+async function pageTexts() {
+  const id = params.get("id"), key = params.get("key") || "";
+  crumbs(link({ page: "runs" }, "runs"), link({ page: "run", id }, id), key);
+  const rank = params.get("rank");
+  let d;
+  try { d = await get(`/api/runs/${encodeURIComponent(id)}/texts`, { key, rank }); } catch (e) { return fail(e); }
+  const pick = h("select", { id: "rank", onchange: (e) => { location.search = "?" + new URLSearchParams({ page: "texts", id, key, rank: e.target.value }); } },
+    d.ranks.map((x) => h("option", { value: x, selected: x === d.rank }, "rank " + x)));
+  const rows = h("tbody");
+  const older = h("button", {}, "older texts");
+  const shown = h("span", { class: "muted" });
+  let next = d.next, count = 0;
+  const add = (page) => {
+    for (const t of page.texts) rows.append(h("tr", { "data-step": t.step },
+      h("td", { class: "num" }, t.step), h("td", {}, fmtTime(t.ts)), h("td", {}, h("div", { class: "text" }, t.text))));
+    count += page.texts.length;
+    next = page.next;
+    shown.textContent = `${count} of ${page.total} texts, newest first`;
+    older.hidden = next === null;
+  };
+  older.addEventListener("click", async () => {
+    older.disabled = true;
+    try { add(await get(`/api/runs/${encodeURIComponent(id)}/texts`, { key, rank: d.rank, before: next })); }
+    catch (e) { shown.textContent = "error: " + e.message; }
+    older.disabled = false;
+  });
+  app.replaceChildren(h("h2", {}, key), h("div", { class: "controls" }, pick, shown),
+    h("table", { id: "text-rows" }, h("thead", {}, h("tr", {}, h("th", { class: "num" }, "step"), h("th", {}, "time"), h("th", {}, "text"))), rows),
+    h("p", {}, older));
+  add(d);
+  document.body.dataset.ready = "1";
 }
 
 /* While the run is running: every POLL_MS ask what changed since the journal position we drew,
    reload only those charts (unless zoomed), and the events and health when they changed. */
-function live(id, d, renderSide, holder) {
+function live(id, d, renderSide, chartsOf) {
   const badge = document.getElementById("live");
   let pos = d.position, events = d.events.length;
   const tick = async () => {
@@ -333,14 +467,15 @@ function live(id, d, renderSide, holder) {
     try { c = await get(`/api/runs/${encodeURIComponent(id)}/changes`, { since: pos }); } catch (e) { badge.textContent = "live: " + e.message; return setTimeout(tick, POLL_MS); }
     pos = c.position;
     badge.textContent = `live \u00b7 ${c.state} \u00b7 ${new Date().toLocaleTimeString()}`;
-    const known = new Set(charts.map((ch) => ch.key));
-    for (const ch of charts) if (c.keys.includes(ch.key) && !ch.zoom) ch.load();
-    if (c.keys.some((k) => !known.has(k) && !k.startsWith("system/")) || c.events !== events || c.state !== "running") {
-      const fresh = await get(`/api/runs/${encodeURIComponent(id)}`);
-      events = c.events;
-      Object.assign(d, fresh);
-      renderSide();
-      for (const s of fresh.metrics) if (!known.has(s.key)) new Chart(id, s.key, holder).load();
+    for (const ch of charts) if (ch.loaded && c.keys.includes(ch.key) && !ch.zoom) ch.load();
+    const fresh = c.keys.filter((k) => !k.startsWith("system/") && !chartsOf().keys.has(k));
+    if (fresh.length) chartsOf().add(fresh.map((key) => ({ key }))); // created when scrolled to, like the rest
+    if (c.events !== events || c.state !== "running" || fresh.length) {
+      try {
+        Object.assign(d, await get(`/api/runs/${encodeURIComponent(id)}`));
+        events = c.events;
+        renderSide();
+      } catch (e) { badge.textContent = "live: " + e.message; }
     }
     if (c.state === "running") setTimeout(tick, POLL_MS);
     else badge.textContent = `run ${c.state}`;
@@ -380,4 +515,4 @@ async function pageCompare() {
 
 /* ------------------------------------------------------------------ route */
 
-({ run: pageRun, compare: pageCompare }[params.get("page")] || pageRuns)().catch(fail);
+({ run: pageRun, texts: pageTexts, compare: pageCompare }[params.get("page")] || pageRuns)().catch(fail);
