@@ -98,7 +98,8 @@ class Settings:
     and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval;
     a shorter one costs CPU per point (more, smaller batches and journal rows)."""
     max_batch_points: int = 65_536
-    """Most points in one wire batch; a larger flush is split."""
+    """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
+    at once, without waiting for the flush interval."""
     max_window_batches: int = 64
     """Batches in flight without an ack; past it the sender stops sending."""
     ack_timeout_s: float = 10.0

@@ -86,6 +86,8 @@ class Aggregator:
         self.known_keys: set[str] = set(self.store.key_policies())
         self.text_keys: set[str] = set(self.store.text_keys())
         """Keys of text series: a key is numeric or text for the whole run (a rank mixing them is refused)."""
+        self._checked_keys: set[str] = set()
+        """Keys some decoded batch carried: valid, so ``decode_batch`` does not check them again."""
         self._kind_warned: set[tuple[int, int, str]] = set()
         self.last: dict[str, tuple[int, float]] = {}
         """key -> its main series' last (step, value)."""
@@ -162,7 +164,7 @@ class Aggregator:
         if snd is None:
             return "duplicate"
         try:
-            b = wire.decode_batch(payload)
+            b = wire.decode_batch(payload, self._checked_keys)
         except ProtocolError:
             self.counters["bad_frames"] += 1
             raise

@@ -21,6 +21,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
+from math import fsum
 from typing import Any
 
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
@@ -39,6 +40,26 @@ def _mean(g: dict[int, float]) -> float:
 def _rank0(g: dict[int, float]) -> float:
     return g[min(g)]
 
+
+_TRIM_BY_POP = 64
+"""Up to this many groups emitted at once, the oldest recent ones are popped one by one; past it,
+the newest are copied into a new dict."""
+
+
+def _newest(recent: dict[int, dict[int, float]]) -> tuple[dict[int, dict[int, float]], int]:
+    """The newest groups of ``recent`` holding at most :data:`_RECENT_ENTRIES` entries (at least one group)."""
+    kept: list[tuple[int, dict[int, float]]] = []
+    entries = 0
+    for s, g in reversed(recent.items()):
+        if kept and entries + len(g) > _RECENT_ENTRIES:
+            break
+        kept.append((s, g))
+        entries += len(g)
+    return dict(reversed(kept)), entries
+
+
+_MEANS = frozenset(("mean", "all"))
+"""Policies whose main value is the mean of the group (:func:`_mean`)."""
 
 _REDUCERS: dict[str, Callable[[dict[int, float]], float]] = {
     "mean": _mean,
@@ -112,8 +133,8 @@ class Reducer:
         hi = st.maxstep.get(rank, -1)
         repeats = 0
         for s, v in zip(steps, values, strict=True):
-            g = pending.get(s)
-            if g is None:
+            cg = pending.get(s)
+            if cg is None:
                 if s <= emitted:
                     rg = st.recent.get(s)
                     if rg is not None and rank in rg:
@@ -126,9 +147,10 @@ class Reducer:
                 pending[s] = (now, {rank: v})
                 heappush(heap, s)
             else:
-                if rank in g[1]:
+                g = cg[1]
+                if rank in g:
                     repeats += 1
-                g[1][rank] = v
+                g[rank] = v
             if s > hi:
                 hi = s
         st.maxstep[rank] = hi
@@ -262,17 +284,24 @@ class Reducer:
                 logged = st.maxstep.keys()
                 if self.world <= (self.done | logged) or now - st.first_seen >= self.group_timeout_s:
                     st.settled = True
-            if st.settled:
-                live = [m for r, m in st.maxstep.items() if r not in self.done]
-                wm = min(live) if live else math.inf
-            else:
+            wm: float
+            if not st.settled:
                 wm = -1
+            elif self.done:
+                wm = min([m for r, m in st.maxstep.items() if r not in self.done], default=math.inf)
+            else:
+                wm = min(st.maxstep.values(), default=math.inf)
             limit = now - self.group_timeout_s
             reduce = _REDUCERS[st.policy]
+            mean = st.policy in _MEANS  # the usual policy: reduced inline, no call per group
+            pending = st.pending
             heap = st.heap
+            recent = st.recent
+            entries = st.recent_entries
+            before = len(recent)
             while heap:
                 s = heap[0]
-                cg = st.pending.get(s)
+                cg = pending.get(s)
                 if cg is None:
                     heappop(heap)  # emitted or dropped already
                     continue
@@ -280,23 +309,27 @@ class Reducer:
                 if not (force or s <= wm or created <= limit):
                     break
                 heappop(heap)
-                del st.pending[s]
+                del pending[s]
                 if e is None:
-                    e = out[key] = Emitted()
+                    e = out[key] = Emitted(array("q"), array("d"), array("i"))
+                n = len(g)
                 e.steps.append(s)
-                e.values.append(reduce(g))
-                e.counts.append(len(g))
+                e.values.append(fsum(g.values()) / n if mean else reduce(g))
+                e.counts.append(n)
                 st.emitted_upto = s
-                self._keep_recent(st, s, g)
+                recent[s] = g  # kept for repeats; the oldest past the bound are dropped below
+                entries += n
+            # Drop the oldest emitted groups past the bound, never the last one. Popping a dict's
+            # first key one by one is quadratic once many were added (iteration skips the holes),
+            # so a large emit keeps the newest groups in a new dict instead.
+            if entries > _RECENT_ENTRIES and len(recent) - before > _TRIM_BY_POP:
+                st.recent, entries = _newest(recent)
+            else:
+                while entries > _RECENT_ENTRIES and len(recent) > 1:
+                    entries -= len(recent.pop(next(iter(recent))))
+            st.recent_entries = entries
         self._touched.clear()
         return out
-
-    @staticmethod
-    def _keep_recent(st: _KeyState, step: int, g: dict[int, float]) -> None:
-        st.recent[step] = g
-        st.recent_entries += len(g)
-        while st.recent_entries > _RECENT_ENTRIES and len(st.recent) > 1:
-            st.recent_entries -= len(st.recent.pop(next(iter(st.recent))))
 
     def pending_groups(self) -> int:
         """Groups still waiting for ranks."""

@@ -241,6 +241,10 @@ class ContextCapture:
         self._artifacts = artifacts_dir
         self._cwd = cwd or os.getcwd()
         self._thread = threading.Thread(target=self._run, name=f"coordinator-context-{rank}", daemon=True)
+        self._done = threading.Event()
+        """Set when the capture ended. Waited on instead of ``Thread.join``: a join interrupted by a
+        signal handler's exception (the launcher's SIGTERM) marks the thread stopped in CPython 3.11,
+        so a second join would return at once while the capture still runs."""
 
     @classmethod
     def start(cls, rank: int, write: Write, artifacts_dir: Path | None, cwd: str | None = None) -> ContextCapture:
@@ -251,13 +255,30 @@ class ContextCapture:
 
     def join(self, timeout: float = CAPTURE_BUDGET_S) -> None:
         """Wait (at most ``timeout``) until the capture is written; warn if it is not."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if self._done.wait(timeout):
+            self._thread.join(timeout)  # it has ended: only reaps it
+        else:
             _log.warning(
                 "rank %d: the environment capture did not finish in %.0f s; the run closes without it",
                 self._rank,
                 timeout,
             )
+
+    def join_for_stop(self, mark: Callable[[BaseException], None]) -> BaseException | None:
+        """:meth:`join` for ``stop()``: an interruption while waiting is marked, not raised.
+
+        The launcher's SIGTERM (turned into ``SystemExit``) or Ctrl-C often arrives while rank 0
+        waits here; raising it out of ``stop()`` would leave the run to the atexit path, which
+        closes it without the capture. Instead the wait goes on (bounded) and the interruption is
+        returned for the caller to raise once the run is stopped.
+        """
+        try:
+            self.join()
+        except (SystemExit, KeyboardInterrupt) as e:
+            mark(e)
+            self.join()
+            return e
+        return None
 
     def _run(self) -> None:
         try:
@@ -266,6 +287,8 @@ class ContextCapture:
             _log.warning(
                 "rank %d: environment capture failed: %s: %s", self._rank, type(e).__name__, redact_text(str(e))
             )
+        finally:
+            self._done.set()
 
     def capture(self, deadline: float) -> None:
         """Write every fact (rank 0: the run's too); stops quietly once the run is closed."""

@@ -199,7 +199,7 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
-            if b.pending >= b.max_points:
+            if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
             cols = b.cols
             try:
@@ -236,7 +236,7 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
-            if b.pending >= b.max_points:
+            if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
             c = b.cols.get(key)
             if c is None:
@@ -422,8 +422,7 @@ class Run:
     def stop(self, timeout: float | None = None) -> None:
         """Drain, say goodbye, and release everything (idempotent).
 
-        Rank 0 also waits for the aggregator to finish the run, which happens when every rank
-        has stopped (or was lost), so rank 0 returns last. One deadline covers everything.
+        Rank 0 returns last: it waits until the aggregator finished the run. One deadline for all.
 
         Args:
             timeout: seconds for the whole stop (default ``close_timeout_s`` of the settings).
@@ -432,17 +431,16 @@ class Run:
             CoordinatorTimeoutError: points were still undelivered at the deadline.
             CoordinatorError: delivery failed earlier (the first error is raised).
         """
-        if self._context is not None:
-            self._context.join()  # bounded (CAPTURE_BUDGET_S): its fields go out with the drain
+        interrupted = self._context.join_for_stop(self._life.ending.mark_exception) if self._context else None
         if self._console is not None:
             self._console.stop()  # the real streams back first; a last partial line goes out with the drain
         with self._close_lock:
-            if self._closed:
-                self._life.join(timeout)  # a stop by another thread (the SIGTERM watchdog) finishes first
-                return
+            stopped_elsewhere = self._closed  # e.g. by the SIGTERM watchdog: let it finish
             with self._buf.lock:
                 self._closed = True
-        self._life.stop(timeout)
+        self._life.join(timeout) if stopped_elsewhere else self._life.stop(timeout)
+        if interrupted is not None:
+            raise interrupted
 
     def _refuse_calls(self, why: str) -> None:
         """Make every later call raise ``ClosedError`` saying the run ``why`` (after a fork)."""

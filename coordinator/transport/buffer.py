@@ -5,12 +5,18 @@ under one short lock; the sender swaps the whole column dict out every flush int
 hot path never encodes and the sender's work is per key, not per point. Texts of text series
 accumulate the same way (steps and a list of str per key) and count as points. A *generation* is
 what accumulated between two swaps; ``wait()`` waits for its generation to be acknowledged.
+
+Flush by volume: once a generation holds a full batch (``max_batch_points``), the next call on
+the hot path wakes the sender (:meth:`Buffer.past_mark`), once per generation, so a busy rank
+sends full batches instead of ever larger ones at the flush interval. The hot path pays one
+compare per call for it, the same compare that checks for room (``pending >= mark``).
 """
 
 from __future__ import annotations
 
 import threading
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from coordinator.core.columns import Column
@@ -51,6 +57,11 @@ class Buffer:
         self.journal_texts = 0
         """Highest text id (``texts.id``) the aggregator reported with an ack (``"jt"``)."""
         self.max_points = max_points
+        self.mark = max_points
+        """The hot path calls :meth:`past_mark` once ``pending`` reaches it: the wake point of
+        this generation (``max_batch_points``), then, once the sender is woken, ``max_points``."""
+        self._wake_points = max_points
+        self._wake: Callable[[], None] | None = None
         self.flush_requested = False
         self.errors: list[CoordinatorError] = []
         """Errors not yet raised to the user (raised by the next wait/close)."""
@@ -58,6 +69,24 @@ class Buffer:
         """An error after which nothing more can be delivered."""
         self.acked = 0
         self.lost = 0
+
+    def wake_at(self, points: int, wake: Callable[[], None]) -> None:
+        """Have the hot path call ``wake`` (the sender's) when a generation reaches ``points``."""
+        with self.lock:
+            self._wake, self._wake_points = wake, max(1, points)
+            self.mark = min(self._wake_points, self.max_points)
+
+    def past_mark(self) -> bool:
+        """``pending`` reached :attr:`mark` (lock held): wake the sender once; True when full.
+
+        The wake is a pipe write made with the lock held, once per generation at most: the
+        sender's flush takes the lock after it anyway.
+        """
+        if not self.flush_requested and self._wake is not None:
+            self.flush_requested = True
+            self._wake()
+        self.mark = self.max_points
+        return self.pending >= self.max_points
 
     def cut(
         self, fresh: dict[str, Column]
@@ -80,6 +109,7 @@ class Buffer:
                 self.texts = {}
             self.gen = gen + 1
             self.flush_requested = False
+            self.mark = min(self._wake_points, self.max_points)
             self.in_flight += self.pending
             self.pending = 0
             self.cond.notify_all()

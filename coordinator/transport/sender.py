@@ -101,6 +101,7 @@ class SenderThread(threading.Thread):
         self._number_steps = number_steps
         self._requests = RequestTable()
         self._wake = WakePipe()
+        buf.wake_at(cfg.max_batch_points, self.wake)  # flush by volume: a full batch wakes the thread
         self._stop_evt = threading.Event()
         self._pipe: Pipeline
         """Built when the thread starts (it opens the spool)."""

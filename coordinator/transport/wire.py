@@ -255,12 +255,22 @@ def encode_batch(
     return _packb(payload)
 
 
-def decode_batch(frame: bytes) -> Batch:
+def decode_batch(frame: bytes, checked: set[str] | None = None) -> Batch:
     """Decode and validate a batch payload.
 
+    Args:
+        frame: the payload frame.
+        checked: keys already validated (the aggregator's set): their ``check_key`` is skipped,
+            and the keys of a batch that decodes are added to it. A key's validity depends on
+            the string alone, so one set serves every sender; it only holds keys of decoded
+            (hence ingested) batches, so it stays as large as the run's keys.
+
     Raises:
-        ProtocolError: anything malformed; nothing of a bad batch is used.
+        ProtocolError: anything malformed; nothing of a bad batch is used (nor added to ``checked``).
     """
+    if checked is None:
+        checked = set()
+    new: list[str] = []
     obj = decode_map(frame)
     m, f, ts = obj.get("m"), obj.get("f"), obj.get("t")
     if type(m) is not list or type(f) is not list or type(ts) is not float:
@@ -274,17 +284,19 @@ def decode_batch(frame: bytes) -> Batch:
         key, sb, vb = item
         if type(key) is not str or type(sb) is not bytes or type(vb) is not bytes:
             raise ProtocolError("metric chunk has wrong types")
-        try:
-            check_key(key)
-        except (TypeError, ValueError) as e:
-            raise ProtocolError(f"bad metric key: {e}") from e
+        if key not in checked:
+            try:
+                check_key(key)
+            except (TypeError, ValueError) as e:
+                raise ProtocolError(f"bad metric key: {e}") from e
+            new.append(key)
         if len(sb) % 8 or len(sb) != len(vb) or not sb:
             raise ProtocolError(f"metric {key!r}: steps/values lengths do not match")
         steps = from_le("q", sb)
         if min(steps) < 0:
             raise ProtocolError(f"metric {key!r}: negative step")
         metrics.append((key, steps, from_le("d", vb)))
-    texts = _decode_texts(obj.get("x", []))
+    texts = _decode_texts(obj.get("x", []), checked, new)
     fields: list[tuple[str, FieldValue]] = []
     for item in f:
         if type(item) is not list or len(item) != 3:
@@ -293,11 +305,15 @@ def decode_batch(frame: bytes) -> Batch:
             fields.append(check_field(*item))
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad field: {e}") from e
+    checked.update(new)
     return Batch(metrics, fields, ts, texts)
 
 
-def _decode_texts(x: object) -> list[TextChunk]:
-    """The text chunks of a batch (``"x"``: ``[[key, LE int64 steps, [str, ...]], ...]``), checked."""
+def _decode_texts(x: object, checked: set[str], new: list[str]) -> list[TextChunk]:
+    """The text chunks of a batch (``"x"``: ``[[key, LE int64 steps, [str, ...]], ...]``), checked.
+
+    Keys in ``checked`` are not validated again; newly validated ones are appended to ``new``.
+    """
     if type(x) is not list or len(x) > _MAX_KEYS_PER_BATCH:
         raise ProtocolError("batch x (text series) is not a list of at most 100,000 keys")
     out: list[TextChunk] = []
@@ -308,7 +324,9 @@ def _decode_texts(x: object) -> list[TextChunk]:
         if type(key) is not str or type(sb) is not bytes or type(tl) is not list:
             raise ProtocolError("text chunk has wrong types")
         try:
-            check_key(key)
+            if key not in checked:
+                check_key(key)
+                new.append(key)
             for t in tl:
                 check_text(key, t)
         except (TypeError, ValueError) as e:

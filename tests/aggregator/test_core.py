@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.errors import SinkError
+from coordinator.errors import ProtocolError, SinkError
 from coordinator.journal.store import MAIN_RANK
 from tests.aggregator.helpers import RUN, batch, crash, hello, make_cfg, reopen
 
@@ -120,3 +120,17 @@ def test_commit_failure_keeps_the_transaction_for_a_retry(agg: Aggregator, monke
     agg.commit()
     assert agg.txn.empty()
     assert real.__self__.values("k", 0) == [(0, 1.0)]
+
+
+def test_a_bad_key_is_refused_and_counted_after_the_sender_sent_good_ones(agg: Aggregator) -> None:
+    """Known keys skip re-validation; a new bad key in a later batch still refuses the whole batch."""
+    hello(agg, 0)
+    hello(agg, 1)
+    assert batch(agg, 0, 1, metrics={"loss": {0: 1.0}}) == "new"
+    assert batch(agg, 1, 1, metrics={"loss": {0: 3.0}}) == "new"
+    with pytest.raises(ProtocolError, match="bad metric key"):
+        batch(agg, 0, 2, metrics={"loss": {1: 2.0}, "a//b": {1: 1.0}})
+    assert agg.counters["bad_frames"] == 1 and agg.counters["points"] == 2
+    assert agg.senders[(0, 1)].last_seq == 1, "the refused batch does not advance its sender"
+    assert batch(agg, 0, 2, metrics={"loss": {1: 2.0}}) == "new"
+    assert agg.counters["points"] == 3 and agg.known_keys == {"loss"}

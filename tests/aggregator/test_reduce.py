@@ -244,6 +244,22 @@ def test_replaced_points_are_counted_and_last_write_wins() -> None:
     assert pts(r.emit(0.0)["k"]) == [(0, 4.0, 2)]
 
 
+@pytest.mark.parametrize("per_emit", [1, 3, 1000])
+def test_repeats_reach_back_exactly_256_entries_however_many_groups_one_emit_holds(per_emit: int) -> None:
+    """Small emits trim the recent groups one by one, large ones copy the newest: the same 64 groups of 4 stay."""
+    r = reducer(4)
+    for lo in range(0, 1000, per_emit):
+        for rank in range(4):
+            add(r, "k", rank, {s: float(rank) for s in range(lo, min(lo + per_emit, 1000))})
+        r.emit(0.0)
+    assert r.late_points == 0
+    add(r, "k", 2, {936: 10.0})  # the 64th newest group: kept, re-emitted with the new mean
+    add(r, "k", 2, {935: 10.0})  # the 65th: dropped from the window, so late
+    assert (r.replaced_points, r.late_points) == (1, 1)
+    e = r.emit(0.0)["k"]
+    assert pts(e) == [(936, (0.0 + 1.0 + 10.0 + 3.0) / 4, 4)] and e.reemitted == 1
+
+
 def test_per_rank_policy_emits_nothing() -> None:
     """per_rank keys have no main series: nothing pending, nothing emitted, even when forced."""
     r = reducer(2, {"pr/*": "per_rank"})

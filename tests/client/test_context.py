@@ -269,3 +269,36 @@ def test_the_capture_does_not_hold_up_init_run(repo: Path, store_dir: Path, monk
     finally:
         s.close()
     assert "sys/git/commit" not in f and "sys/env/packages_hash" in f
+
+
+def test_a_sigterm_while_stop_waits_for_the_capture_still_waits_for_it() -> None:
+    """The launcher's SIGTERM (a handler raising SystemExit) interrupting the wait is returned, and
+    the capture still finishes before join_for_stop returns (CPython 3.11 marks an interrupted
+    Thread.join's thread stopped, so a second join alone would not wait)."""
+    import signal
+    import threading
+
+    written: list[float] = []
+    release = threading.Event()
+
+    def slow_write(items: list[tuple[str, object]]) -> bool:
+        release.wait(5)
+        time.sleep(0.3)  # still writing when the signal arrives
+        written.append(time.monotonic())
+        return True
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGALRM, on_term)
+    cap = context.ContextCapture.start(1, slow_write, None)  # rank 1: one write, then done
+    marked: list[BaseException] = []
+    try:
+        release.set()
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        got = cap.join_for_stop(marked.append)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert isinstance(got, SystemExit) and marked == [got]
+    assert written, "join_for_stop returned before the capture was written"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,5 +186,33 @@ def test_per_call_policy_overrides_the_globs_and_a_key_keeps_its_first_policy(st
     try:
         assert s.key_policies() == {"tp": "sum", "best": "max", "other": "min"}
         assert s.fields()["sys/policy/tp"] == ("str", "sum")
+    finally:
+        s.close()
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_flush_interval(store_dir: Path) -> None:
+    """Flush by volume: a generation that reaches max_batch_points wakes the sender (interval 60 s here)."""
+    settings = coordinator.Settings(flush_interval_s=60.0, max_batch_points=1_000)
+    keys = [f"k{i}" for i in range(100)]
+    with coordinator.init_run(settings=settings) as run:
+        for step in range(10):  # 1,000 points: the mark is reached, checked by the next call
+            run.log(dict.fromkeys(keys, float(step)), step=step)
+        run["series/x"].append(1.0, step=0)  # the next call wakes the sender
+        deadline = time.monotonic() + 30
+        stored = 0
+        while time.monotonic() < deadline and stored < 1_000:
+            time.sleep(0.05)
+            s = open_store(store_dir)
+            try:
+                stored = sum(len(s.values(k, 0)) for k in keys)
+            finally:
+                s.close()
+        assert stored == 1_000, f"{stored} of 1,000 points stored before the 60 s flush interval"
+        run["series/x"].append(2.0, step=1)  # the sender was woken once: this one waits for wait()
+        run.wait(timeout=30)
+    s = open_store(store_dir)
+    try:
+        assert s.values("series/x", 0) == [(0, 1.0), (1, 2.0)]
+        assert all(s.values(k, 0) == [(i, float(i)) for i in range(10)] for k in keys)
     finally:
         s.close()

@@ -639,3 +639,37 @@ def _mutated(draw: st.DrawFn) -> bytes:
 def test_fuzz_mutated_valid_frames_decode_or_raise_protocol_error(data: bytes) -> None:
     """Mutations of valid envelopes, batches and maps either decode or raise ProtocolError."""
     _check_decoders(data)
+
+
+def text_batch(metrics: list[Any], texts: list[tuple[str, list[int], list[Any]]]) -> bytes:
+    """A raw batch with metric chunks and text chunks ``(key, steps, texts)``."""
+    x = [[k, struct.pack(f"<{len(s)}q", *s), t] for k, s, t in texts]
+    return pack({"m": metrics, "f": [], "t": 1.5, "x": x})
+
+
+def test_checked_keys_are_recorded_only_from_batches_that_decode() -> None:
+    """``checked`` gains the metric and text keys of a decoded batch, none of a refused one."""
+    checked: set[str] = set()
+    b = wire.decode_batch(text_batch([chunk("a/loss", [1], [1.0])], [("notes", [2], ["hi"])]), checked)
+    assert [k for k, _, _ in b.metrics] == ["a/loss"] and [k for k, _, _ in b.texts] == ["notes"]
+    assert checked == {"a/loss", "notes"}
+    with pytest.raises(ProtocolError, match="bad metric key"):
+        wire.decode_batch(raw_batch(m=[chunk("fresh", [1], [1.0]), chunk("a//b", [1], [1.0])]), checked)
+    with pytest.raises(ProtocolError, match="bad text chunk"):
+        wire.decode_batch(text_batch([chunk("fresh", [1], [1.0])], [("../up", [1], ["x"])]), checked)
+    with pytest.raises(ProtocolError, match="negative step"):
+        wire.decode_batch(raw_batch(m=[chunk("fresh", [1], [1.0]), chunk("later", [-1], [1.0])]), checked)
+    assert checked == {"a/loss", "notes"}, "a refused batch adds nothing, not even its good keys"
+
+
+def test_a_checked_key_is_not_validated_again_and_an_unchecked_one_is() -> None:
+    """The set is trusted (the aggregator only fills it from decoded batches): its keys skip check_key."""
+    bad = "a//b"
+    assert wire.decode_batch(raw_batch(m=[chunk(bad, [1], [1.0])]), {bad}).metrics[0][0] == bad
+    assert wire.decode_batch(text_batch([], [(bad, [1], ["t"])]), {bad}).texts[0][0] == bad
+    with pytest.raises(ProtocolError, match="bad metric key"):
+        wire.decode_batch(raw_batch(m=[chunk(bad, [1], [1.0])]), {"other"})
+    with pytest.raises(ProtocolError, match="bad metric key"):
+        wire.decode_batch(raw_batch(m=[chunk(bad, [1], [1.0])]))  # no set: every key is checked
+    with pytest.raises(ProtocolError, match="bad text chunk"):
+        wire.decode_batch(text_batch([], [("t", [1], [1])]), {"t"})  # a checked key's texts are still checked
