@@ -395,23 +395,7 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 run.stop()
     finally:
         os.environ.pop("COORDINATOR_AGG_STDERR", None)
-    table = []
-    for (load, call), rs in rows.items():
-        table.append(
-            {
-                "load": load,
-                "call": call,
-                "ppc": rs[0]["ppc"],
-                "repeats": len(rs),
-                "n": sum(r["n"] for r in rs),
-                "p50": med([r["p50"] for r in rs]),
-                "p99": med([r["p99"] for r in rs]),
-                "max": max(r["max"] for r in rs),
-                "over_1ms": sum(r["over_1ms"] for r in rs),
-                "p50_all": [round(r["p50"], 3) for r in rs],
-                "p99_all": [round(r["p99"], 3) for r in rs],
-            }
-        )
+    table = latency_table(rows)
     sender_summary = {}
     for load, infos in sender.items():
         ok = [i for i in infos if "sender_share" in i]
@@ -440,3 +424,23 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
         "seconds": seconds,
         "switchinterval_ms": sys.getswitchinterval() * 1000,
     }
+
+
+def latency_table(rows: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (load, call): the repeats' latency figures combined (medians of p50/p99, the worst max)."""
+    return [
+        {
+            "load": load,
+            "call": call,
+            "ppc": rs[0].get("ppc", 1),
+            "repeats": len(rs),
+            "n": sum(r["n"] for r in rs),
+            "p50": med([r["p50"] for r in rs]),
+            "p99": med([r["p99"] for r in rs]),
+            "max": max(r["max"] for r in rs),
+            "over_1ms": sum(r["over_1ms"] for r in rs),
+            "p50_all": [round(r["p50"], 3) for r in rs],
+            "p99_all": [round(r["p99"], 3) for r in rs],
+        }
+        for (load, call), rs in rows.items()
+    ]

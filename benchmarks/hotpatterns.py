@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import med
+from benchmarks.hotpath import latency_table
 
 __all__ = ["patterns_section"]
 
@@ -188,23 +189,7 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
             gil["disabled"].append(_probe(run, seconds, None))
         finally:
             run.stop()
-    table = []
-    for (load, call), rs in rows.items():
-        table.append(
-            {
-                "load": load,
-                "call": call,
-                "ppc": 1,
-                "repeats": len(rs),
-                "n": sum(r["n"] for r in rs),
-                "p50": med([r["p50"] for r in rs]),
-                "p99": med([r["p99"] for r in rs]),
-                "max": max(r["max"] for r in rs),
-                "over_1ms": sum(r["over_1ms"] for r in rs),
-                "p50_all": [round(r["p50"], 3) for r in rs],
-                "p99_all": [round(r["p99"], 3) for r in rs],
-            }
-        )
+    table = latency_table(rows)
     summary = {
         variant: {
             k: (max if k.endswith("max_us") else med)([x[k] for x in xs if k in x])

@@ -97,7 +97,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise CoordinatorError("parquet cannot be written to stdout: give -o FILE")
     pa = _pyarrow() if fmt == "parquet" else None
     info = resolve_run(resolve_root(a.dir), a.run)
-    with ReadOnlyRun(info.path / "run.db") as run, TextSeries(info.path / "run.db") as texts:
+    with ReadOnlyRun(info.path / "run.db") as run:
+        texts = TextSeries(run)
         keys, text_keys = run.metric_keys(a.key), texts.keys(a.key)
         if not keys and not text_keys:
             raise CoordinatorError(f"run {info.id} has no series matching {' '.join(a.key or ['*'])}")

@@ -88,8 +88,9 @@ class ReadOnlyRun:
             SinkError: no store there, or it cannot be read.
         """
         self.path = path
-        self._db = connect(path, readonly=True, durable=False)
-        self.reader = JournalReader(self._db, path)
+        self.db = connect(path, readonly=True, durable=False)
+        """The run's read-only connection (other views of the run, e.g. its texts, share it)."""
+        self.reader = JournalReader(self.db, path)
 
     def __enter__(self) -> ReadOnlyRun:
         return self
@@ -99,7 +100,7 @@ class ReadOnlyRun:
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
-        self._db.close()
+        self.db.close()
 
     def metric_keys(self, patterns: list[str] | None = None) -> list[str]:
         """The run's metric keys, sorted; with ``patterns`` those matching any of the globs."""
@@ -111,14 +112,14 @@ class ReadOnlyRun:
     def ranks_of(self, key: str) -> list[int]:
         """The ranks that stored points of ``key`` (not the main series), sorted."""
         sql = "SELECT DISTINCT c.rank FROM chunks c JOIN keys k ON k.id=c.key_id WHERE k.key=? AND c.rank>=0"
-        return sorted(r for (r,) in retry_busy(lambda: self._db.execute(sql, (key,)).fetchall()))
+        return sorted(r for (r,) in retry_busy(lambda: self.db.execute(sql, (key,)).fetchall()))
 
     def source(self, key: str, rank: int = MAIN_RANK) -> SeriesSource | None:
         """The chunks of series (``key``, ``rank``), or ``None`` when the key has none."""
-        row = retry_busy(lambda: self._db.execute("SELECT id FROM keys WHERE key=?", (key,)).fetchone())
+        row = retry_busy(lambda: self.db.execute("SELECT id FROM keys WHERE key=?", (key,)).fetchone())
         if row is None:
             return None
-        return SeriesSource(self._db, int(row[0]), rank, summarized=self.reader.summarized)
+        return SeriesSource(self.db, int(row[0]), rank, summarized=self.reader.summarized)
 
     def timed_pages(self, key: str, rank: int = MAIN_RANK) -> Iterator[TimedPage]:
         """The series in step order with each point's time, one chunk group at a time (bounded memory)."""
@@ -141,7 +142,7 @@ class ReadOnlyRun:
         """
         when: dict[int, float] = {}
         for span in sorted(group, key=lambda s: s.id):
-            (sb,) = self._db.execute("SELECT steps FROM chunks WHERE id=?", (span.id,)).fetchone()
+            (sb,) = self.db.execute("SELECT steps FROM chunks WHERE id=?", (span.id,)).fetchone()
             cut = src.cuts.get(span.incarnation)
             for s in from_le("q", sb):
                 if cut is None or s < cut:
@@ -158,6 +159,6 @@ class ReadOnlyRun:
             return None
         if self.reader.summarized:
             sql = "SELECT MAX(step_max) FROM chunks WHERE key_id=(SELECT id FROM keys WHERE key=?) AND rank=? AND ts<=?"
-            (top,) = retry_busy(lambda: self._db.execute(sql, (key, rank, ts)).fetchone())
+            (top,) = retry_busy(lambda: self.db.execute(sql, (key, rank, ts)).fetchone())
             return None if top is None else int(top)
         return max((s.hi for s in src.spans() if s.ts <= ts), default=None)

@@ -4,8 +4,8 @@ The texts are the journal's own pages (:meth:`~coordinator.journal.reader.Journa
 the replacement rule applied, a step logged twice holds its later text), the same texts
 ``fetch_values`` returns. A text's time is the ``ts`` of the row that holds it (its rank's batch
 time), read for each page's step range and resolved by the same rule
-(:func:`coordinator.core.incarnations.replaced_from`, the latest row of a step wins). Opened
-read-only on its own connection, one page at a time (bounded memory), retried while SQLite is busy.
+(:func:`coordinator.core.incarnations.replaced_from`, the latest row of a step wins). Read
+on the run's read-only connection, one page at a time (bounded memory), retried while SQLite is busy.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from __future__ import annotations
 import fnmatch
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 
-from coordinator.cli.series import retry_busy
+from coordinator.cli.series import ReadOnlyRun, retry_busy
 from coordinator.core.incarnations import replaced_from
-from coordinator.journal.reader import JournalReader
-from coordinator.journal.schema import connect
 
 __all__ = ["TextSeries", "TimedTexts"]
 
@@ -32,28 +29,15 @@ _TIMES = (
 
 
 class TextSeries:
-    """A read-only view of one run's text series.
+    """A read-only view of one run's text series, on the connection of the run's :class:`ReadOnlyRun`.
 
     Args:
-        path: the run's ``run.db``.
-
-    Raises:
-        SinkError: no store there, or it cannot be read.
+        run: the open run (it owns the connection and closes it).
     """
 
-    def __init__(self, path: Path) -> None:
-        self._db = connect(path, readonly=True, durable=False)
-        self.reader = JournalReader(self._db, path)
-
-    def __enter__(self) -> TextSeries:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._db.close()
+    def __init__(self, run: ReadOnlyRun) -> None:
+        self._db = run.db
+        self.reader = run.reader
 
     def keys(self, patterns: list[str] | None = None) -> list[str]:
         """The run's text keys, sorted; with ``patterns`` those matching any of the globs."""

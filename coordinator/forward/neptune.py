@@ -172,15 +172,7 @@ class NeptuneBackend:
                 values.append(value)
                 stamps.append(ts)
                 last = step
-            if not steps:
-                continue
-            try:
-                r[s.name].extend(values, steps=steps, timestamps=stamps)
-            except MetadataInconsistency as e:
-                dropped += len(steps)
-                self._warn(s.name, e)
-                continue
-            self._last[s.name] = last
+            dropped += self._extend(r, s.name, values, steps, stamps)
         return dropped
 
     def log_params(self, params: Mapping[str, FieldValue]) -> None:
@@ -242,17 +234,22 @@ class NeptuneBackend:
                 texts.append(text)
                 stamps.append(ts)
                 last = step
-            if not steps:
-                continue
-            try:
-                r[s.name].extend(texts, steps=steps, timestamps=stamps)
-            except MetadataInconsistency as e:
-                dropped += len(steps)
-                self._warn(s.name, e)
-                continue
-            self._last[s.name] = last
-            cut += long
+            refused = self._extend(r, s.name, texts, steps, stamps)
+            dropped += refused
+            cut += 0 if refused else long
         return TextsSent(dropped, cut)
+
+    def _extend(self, r: Any, name: str, items: list[Any], steps: list[float], stamps: list[float]) -> int:
+        """Append a series' new entries (steps increasing, after its last); returns how many Neptune refused."""
+        if not steps:
+            return 0
+        try:
+            r[name].extend(items, steps=steps, timestamps=stamps)
+        except MetadataInconsistency as e:
+            self._warn(name, e)
+            return len(steps)
+        self._last[name] = steps[-1]
+        return 0
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """``sys/<x>`` fields as ``coordinator/<x>`` strings."""
