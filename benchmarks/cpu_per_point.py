@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, log, med, run_job
+from benchmarks.common import child_env, exit_without_teardown, log, med, run_job
 from benchmarks.profiling import pyspy_start, pyspy_stop
 
 __all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main"]
@@ -240,9 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # As in benchmarks.ddp_overhead: skip interpreter teardown (a native thread torn down at exit
-    # has aborted a finished rank); everything is written and closed by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_teardown(main())

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, log, med, run_job
+from benchmarks.common import child_env, exit_without_teardown, log, med, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
 __all__ = ["N_METRICS", "ddp_section", "main"]
@@ -305,11 +304,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Every result is written and every logger closed by now. Skip interpreter teardown: twice in
-    # about 20 launches a rank aborted there with a C++ "terminate called without an active
-    # exception" (a native thread torn down at exit; not reproducible on demand), which would turn
-    # a finished measurement into a failed job.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_teardown(main())  # every result is written and every logger closed by now

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, kill_tree, log, mark, med, run_job
+from benchmarks.common import child_env, exit_without_teardown, kill_tree, log, mark, med, run_job
 
 __all__ = ["N_METRICS", "VARIANTS", "lightning_section", "main", "markdown"]
 
@@ -359,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
     if "--worker" in sys.argv:
-        os._exit(code)  # as benchmarks.ddp_overhead: skip interpreter teardown of the native threads
+        exit_without_teardown(code)
     sys.exit(code)

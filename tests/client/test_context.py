@@ -23,18 +23,7 @@ from coordinator.client.context import (
     rank_facts,
     redact_argv,
 )
-from tests.client.helpers import open_store
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
+from tests.client.helpers import git, open_store
 
 
 @pytest.fixture
@@ -45,11 +34,11 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     r = tmp_path / "repo"
     r.mkdir()
-    _git(r, "init", "-q", "-b", "main")
+    git(r, "init", "-q", "-b", "main")
     (r / "train.py").write_text("print('train')\n")
     (r / ".gitignore").write_text("store/\n")
-    _git(r, "add", "train.py", ".gitignore")
-    _git(r, "commit", "-q", "-m", "first")
+    git(r, "add", "train.py", ".gitignore")
+    git(r, "commit", "-q", "-m", "first")
     return r
 
 
@@ -59,7 +48,7 @@ def _later() -> float:
 
 def test_git_facts_of_a_clean_repository(repo: Path) -> None:
     facts, diff, cut = git_facts(repo, _later())
-    assert facts["sys/git/commit"] == ("str", _git(repo, "rev-parse", "HEAD"))
+    assert facts["sys/git/commit"] == ("str", git(repo, "rev-parse", "HEAD"))
     assert facts["sys/git/branch"] == ("str", "main")
     assert facts["sys/git/dirty"] == ("bool", False)
     assert "sys/git/remote" not in facts
@@ -74,7 +63,7 @@ def test_a_changed_tracked_file_is_dirty_with_its_diff_and_an_untracked_file_is_
     facts, diff, cut = git_facts(repo / ".", _later())
     assert facts["sys/git/dirty"] == ("bool", True)
     assert diff is not None and not cut
-    assert diff.decode() == _git(repo, "diff", "HEAD") + "\n"
+    assert diff.decode() == git(repo, "diff", "HEAD") + "\n"
     assert "+print('train, changed')" in diff.decode()
 
 
@@ -86,9 +75,9 @@ def test_a_diff_over_the_cap_is_cut_to_it(repo: Path, monkeypatch: pytest.Monkey
 
 
 def test_a_detached_head_has_no_branch(repo: Path) -> None:
-    _git(repo, "checkout", "-q", "--detach")
+    git(repo, "checkout", "-q", "--detach")
     facts, _, _ = git_facts(repo, _later())
-    assert "sys/git/branch" not in facts and facts["sys/git/commit"][1] == _git(repo, "rev-parse", "HEAD")
+    assert "sys/git/branch" not in facts and facts["sys/git/commit"][1] == git(repo, "rev-parse", "HEAD")
 
 
 @pytest.mark.parametrize(
@@ -102,7 +91,7 @@ def test_a_detached_head_has_no_branch(repo: Path) -> None:
     ],
 )
 def test_the_remote_is_stored_without_credentials(repo: Path, url: str, stored: str) -> None:
-    _git(repo, "remote", "add", "origin", url)
+    git(repo, "remote", "add", "origin", url)
     facts, _, _ = git_facts(repo, _later())
     assert facts["sys/git/remote"] == ("str", stored)
     assert clean_remote(url) == stored
@@ -210,7 +199,7 @@ def test_a_run_stores_the_capture(repo: Path, store_dir: Path, monkeypatch: pyte
     """A real run (aggregator and all) started in a dirty repository stores every fact; the artifacts
     are the diff and the package list themselves."""
     monkeypatch.chdir(repo)
-    _git(repo, "remote", "add", "origin", "https://bob:hunter2-pw@git.example.com/org/repo.git")
+    git(repo, "remote", "add", "origin", "https://bob:hunter2-pw@git.example.com/org/repo.git")
     (repo / "train.py").write_text("print('dirty')\n")
     with coordinator.init_run(project="ctx") as run:
         run.log({"a": 1.0}, step=0)
@@ -219,12 +208,12 @@ def test_a_run_stores_the_capture(repo: Path, store_dir: Path, monkeypatch: pyte
         f = s.fields()
     finally:
         s.close()
-    assert f["sys/git/commit"] == ("str", _git(repo, "rev-parse", "HEAD"))
+    assert f["sys/git/commit"] == ("str", git(repo, "rev-parse", "HEAD"))
     assert f["sys/git/branch"] == ("str", "main") and f["sys/git/dirty"] == ("bool", True)
     assert f["sys/git/remote"] == ("str", "https://bob:***@git.example.com/org/repo.git")
     tag, (name, size, sha, copied, where) = f["sys/git/diff"]
     assert tag == "artifact" and name == "git.diff" and copied
-    assert Path(where).read_bytes().decode() == _git(repo, "diff", "HEAD") + "\n"
+    assert Path(where).read_bytes().decode() == git(repo, "diff", "HEAD") + "\n"
     assert size == Path(where).stat().st_size
     tag, (name, size, sha, copied, where) = f["sys/env/packages"]
     assert tag == "artifact" and name == "packages.txt" and copied and size == Path(where).stat().st_size

@@ -14,22 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.client.helpers import git
 from tests.integration._torchrun import ROOT, WORKERS, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
 
 _SECRET = "sk-live-0123456789abcdef"
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
 
 
 def _repo(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -38,12 +28,12 @@ def _repo(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     repo = store_dir.parent
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(repo.parent))
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     shutil.copy(WORKERS / "context_rank.py", repo / "train.py")
     (repo / ".gitignore").write_text("store/\nout/\n")
-    _git(repo, "add", "train.py", ".gitignore")
-    _git(repo, "commit", "-q", "-m", "train")
-    _git(repo, "remote", "add", "origin", f"https://ci:{_SECRET}@git.example.com/org/train.git")
+    git(repo, "add", "train.py", ".gitignore")
+    git(repo, "commit", "-q", "-m", "train")
+    git(repo, "remote", "add", "origin", f"https://ci:{_SECRET}@git.example.com/org/train.git")
     (repo / "out").mkdir()
     return repo
 
@@ -84,7 +74,7 @@ def test_a_rank_raising_mid_run_is_shown_first_with_its_traceback_and_the_run_ha
     assert [e["rank"] for e in data["events"] if e["kind"] == "rank_failed"] == [1]
 
     fields = data["fields"]
-    assert fields["sys/git/commit"] == _git(repo, "rev-parse", "HEAD")
+    assert fields["sys/git/commit"] == git(repo, "rev-parse", "HEAD")
     assert fields["sys/git/branch"] == "main" and fields["sys/git/dirty"] is False
     assert fields["sys/git/remote"] == "https://ci:***@git.example.com/org/train.git"
     assert "sys/git/diff" not in fields
@@ -123,4 +113,4 @@ def test_an_exception_in_a_background_thread_is_recorded_with_its_traceback(
     fields = data["fields"]
     assert fields["sys/git/dirty"] is True and fields["sys/ranks/0/launcher"] == "plain"
     diff = Path(fields["sys/git/diff"][4]).read_text()
-    assert diff == _git(repo, "diff", "HEAD") + "\n" and "+# changed" in diff
+    assert diff == git(repo, "diff", "HEAD") + "\n" and "+# changed" in diff
