@@ -108,7 +108,9 @@ def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None
     dev = torch.device("cuda")
     with coordinator.init_run() as run:
         x = torch.ones((), device=dev)
-        run.log({"warm": x * 2}, step=0)  # CUDA context, pinned allocator and events are warm
+        # CUDA context, pinned allocator and events warm, and the kernels below loaded: CUDA loads a
+        # kernel's module at its first launch, and that load waits for the device (not log()'s doing).
+        run.log({"warm": (x * 2) + 1}, step=0)
         run.wait(60)
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -116,9 +118,10 @@ def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None
         start.record()
         torch.cuda._sleep(cycles)
         loss = x * 7  # computed after the sleep kernel, on the same stream
+        acc = loss + 1
         t0 = time.perf_counter()
         run.log({"loss": loss}, step=1)
-        run["acc"].append(loss + 1, step=1)
+        run["acc"].append(acc, step=1)
         took = time.perf_counter() - t0
         end.record()
         gpu_busy = not end.query()  # the sleep kernel is still running: nothing above waited for it
