@@ -91,10 +91,15 @@ class Aggregator:
         self._kind_warned: set[tuple[int, int, str]] = set()
         self.last: dict[str, tuple[int, float]] = {}
         """key -> its main series' last (step, value)."""
+        self.reads_ranks = False
+        """Something this round did needs the rank chunks written at the next commit (a rewind, a new incarnation)."""
         self._restore()
         if previous is not None:
             kind = "aggregator_restarted" if previous == "running" else "run_reopened"
-            self.outbox.event(time.time(), kind, None, f"the run was {previous!r}; state recovered from the store")
+            detail = f"the run was {previous!r}; state recovered from the store"
+            if self.store.unstaged_points:
+                detail += f" ({self.store.unstaged_points} staged rank points written as chunks)"
+            self.outbox.event(time.time(), kind, None, detail)
         self._set_sys_fields()
 
     @property
@@ -140,6 +145,8 @@ class Aggregator:
         self, env: wire.Envelope, info: dict[str, Any], now: float, *, recovering: bool = False
     ) -> dict[str, Any]:
         """Register a sender; returns the WELCOME payload (see :meth:`.Senders.hello`)."""
+        if (env.rank, env.incarnation) not in self.senders:
+            self.reads_ranks = True  # a new incarnation: its rank's chunks are written before it is welcomed
         return self.registry.hello(env, info, now, recovering=recovering)
 
     def sender(self, env: wire.Envelope, *, recovering: bool = False) -> Sender:
@@ -249,6 +256,7 @@ class Aggregator:
         if st is None or not is_replaced(st.maxstep.get(snd.rank, -1), first):
             return  # nothing the rank logged for the key so far is at or after ``first``
         self.reducer.rewind(key, snd.rank, first)
+        self.reads_ranks = True  # readers apply the replacement rule to the chunks: write them with this round
         self.counters["rewinds"] += 1
         detail = f"incarnation {snd.incarnation} re-logs {key!r} from step {first}"
         self.outbox.event(now, "rank_resumed", snd.rank, detail)
@@ -336,9 +344,17 @@ class Aggregator:
         """Send a forwarder's first error to rank 0 (logged there as a warning), once."""
         self.forwarders.warn_first_errors(self.outbox, self.current.get(0))
 
-    def commit(self) -> None:
-        """Commit the open transaction (raises SinkError and keeps it for a retry on failure)."""
-        self.outbox.commit(self.store, self.counters)
+    def commit(self, *, stage: bool = False, now: float | None = None) -> None:
+        """Commit the open transaction (raises SinkError and keeps it for a retry on failure).
+
+        Args:
+            stage: stage the round's rank points (:mod:`~coordinator.aggregator.rankhold`) unless
+                :attr:`reads_ranks`; without it everything held is written as chunks too.
+            now: the hold's clock (``time.monotonic()``).
+        """
+        stage = stage and not self.reads_ranks
+        self.outbox.commit(self.store, self.counters, stage=stage, now=time.monotonic() if now is None else now)
+        self.reads_ranks = False
 
     # ------------------------------------------------------------- end
 

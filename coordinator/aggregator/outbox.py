@@ -11,15 +11,21 @@ them (an ack covers a rank's own points, which are committed before it is sent);
 only the held groups, and a restarted aggregator rebuilds them from the rank chunks past the
 last stored main step (:meth:`~coordinator.aggregator.reduce.Reducer.restore`), as it does for
 groups emitted in a round whose commit never happened.
+
+A round's rank points are *staged* (:class:`~coordinator.aggregator.rankhold.RankHold`): committed
+as one row of the journal's staging log and written as chunks about once a second, unless the
+commit materializes them (:meth:`Outbox.commit`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from array import array
 
 from coordinator.aggregator.counters import Counters
+from coordinator.aggregator.rankhold import RankHold
 from coordinator.aggregator.reduce import Emitted
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
 
@@ -34,12 +40,14 @@ HOLD_POINTS = 50_000
 class Outbox:
     """The open transaction (replaced by a fresh one after each commit) and the pending warnings."""
 
-    __slots__ = ("rows", "txn", "warnings")
+    __slots__ = ("ranks", "rows", "txn", "warnings")
 
     def __init__(self) -> None:
         self.txn = TxnData()
         self.rows: dict[tuple[str, int, int], ChunkRow] = {}
         """(key, rank, incarnation) -> its chunk in the open transaction (see :meth:`chunk`)."""
+        self.ranks = RankHold()
+        """Rank chunks of earlier rounds, committed to the staging log, not yet chunk rows."""
         self.warnings: dict[tuple[int, int], list[str]] = {}
         """(rank, incarnation) -> warnings for its next ack."""
 
@@ -54,9 +62,7 @@ class Outbox:
         """
         row = self.rows.get((key, rank, incarnation))
         if row is None:
-            row = ChunkRow(key, rank, incarnation, seq, ts, steps, values)
-            self.rows[(key, rank, incarnation)] = row
-            self.txn.chunks.append(row)
+            self.rows[(key, rank, incarnation)] = ChunkRow(key, rank, incarnation, seq, ts, steps, values)
         else:
             row.steps.extend(steps)
             row.values.extend(values)
@@ -74,16 +80,39 @@ class Outbox:
         """Warnings addressed to a sender since its last ack."""
         return self.warnings.pop((rank, incarnation), [])
 
-    def commit(self, store: LocalStore, counters: Counters) -> None:
+    def commit(self, store: LocalStore, counters: Counters, *, stage: bool = False, now: float = 0.0) -> None:
         """Commit the open transaction with the counters as they stand.
 
+        The round's rank chunks are staged (one staging-log row, then held) when ``stage`` is
+        set and the hold is not due; otherwise they and everything held are written as chunk
+        rows and the staging log emptied, in this transaction (*materialized*).
+
+        Args:
+            store: the journal.
+            counters: saved with the transaction.
+            stage: the caller reads no rank chunk before the next commit (see the server loop).
+            now: the caller's clock, for the hold's age.
+
         Raises:
-            SinkError: the store refused it; the transaction is kept for a retry.
+            SinkError: the store refused it; the transaction (and the hold) is kept for a retry.
         """
-        if self.txn.empty():
+        pieces = list(self.rows.values())
+        hold = self.ranks
+        materialize = bool(hold) and (not stage or hold.due(now, sum(len(p.steps) for p in pieces)))
+        if self.txn.empty() and not pieces and not materialize:
             return
         self.txn.meta["counters"] = json.dumps(counters)
-        store.commit(self.txn)
+        if materialize:
+            data = dataclasses.replace(self.txn, chunks=hold.rows_with(pieces) + self.txn.chunks, unstage=True)
+        elif stage and pieces:
+            data = dataclasses.replace(self.txn, staged=pieces)
+        else:
+            data = dataclasses.replace(self.txn, chunks=pieces + self.txn.chunks)
+        store.commit(data)
+        if materialize:
+            hold.clear()
+        elif stage and pieces:
+            hold.add(pieces, now)
         self.txn = TxnData()
         self.rows.clear()
 

@@ -57,7 +57,8 @@ _STOPPING_COMMIT_RETRIES = 20
 _Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
 
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
-"""Replies after which a rank may read the main series: the held groups are written first."""
+"""Replies after which a rank may read the journal: the held main-series groups and the staged rank
+points are written as chunks first."""
 
 
 class Server:
@@ -272,14 +273,15 @@ class Server:
                     agg.forwarder_warnings()
                 if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
                     agg.parent_lost(now)
-            # The main series is held for up to ~100 ms (fewer, larger chunks), except when a reply
-            # of this round reads it (a query, sync, a closing rank), the loop is about to end, or
-            # trackers are fed: wait() then waits for the forwarders to pass the journal position
-            # of its ack, which must include the main-series points emitted with that batch.
+            # The main series is held for up to ~100 ms and the rank points are staged for up to
+            # ~1 s (fewer, larger chunks), except when a reply of this round reads them (a query,
+            # sync, a closing rank), the loop is about to end, or trackers are fed: wait() then
+            # waits for the forwarders to pass the journal position of its ack, which must include
+            # that batch's rank points and the main-series points emitted with it.
             readers = self.stopping or bool(agg.forwarders) or any(r[1] in _READS_MAIN for r in self.replies)
             agg.emit(now, all_keys=sweep, hold=not readers)
             try:
-                agg.commit()
+                agg.commit(stage=not readers)
                 last_commit = time.monotonic()
                 commit_failures = 0
             except SinkError as e:

@@ -81,6 +81,7 @@ def show_data(info: RunInfo, store: LocalStore) -> dict[str, Any]:
         "summary": summary_lines(info.report, info.state),
         "path": str(info.path),
         "forwarders": _forwarders(info.path),
+        "staged_points": store.staged_points(),
     }
     if hasattr(store, "text_summary"):  # text series, where the journal has them
         data["text_series"] = store.text_summary()
@@ -141,6 +142,11 @@ def cmd_show(a: argparse.Namespace) -> int:
     out(f"  ranks      {info.world_size}")
     out(f"  created    {when(info.created)}    ended {when(info.ended)}")
     out(f"  store      {info.path}")
+    if data["staged_points"]:  # journal/staging.py: acknowledged rank points not yet in the series below
+        out(
+            f"  staged     {data['staged_points']} rank points not yet in the series below "
+            "(a live run writes them within ~1 s; a crashed one at its next `coordinator sync`)"
+        )
     out()
     if data["failures"]:
         _print_failures(data["failures"])

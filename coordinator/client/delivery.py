@@ -95,6 +95,13 @@ class Delivery:
         self.wait_acked(timeout, deadline)
         if self._forwarded:
             self._wait_forwarded(self._buf.journal, timeout, deadline)
+        elif self._live and self._sender is not None:
+            # An ack may stand on a staged commit (the aggregator writes rank points as chunk rows
+            # about once a second); any STATE makes it write them before replying, so a reader in
+            # another process sees every point once wait() returns. The cheapest STATE asks only
+            # for the forwarders' positions.
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            self.request(wire.STATE, {"forward": 1}, left)
 
     def wait_acked(self, timeout: float | None, deadline: float | None) -> None:
         """Block until every call made before now is committed to the store (acknowledged).

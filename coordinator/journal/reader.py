@@ -22,6 +22,7 @@ from coordinator.errors import SinkError
 from coordinator.journal.paging import Page, SeriesSource, Stats
 from coordinator.journal.records import MAIN_RANK, RunInfo, StoredChunk
 from coordinator.journal.schema import schema_of
+from coordinator.journal.staging import staged_points as _staged_points
 from coordinator.journal.textreads import TextReads
 from coordinator.journal.texts import TEXT_POLICY
 
@@ -59,6 +60,8 @@ class JournalReader(TextReads):
         """The store has per-chunk summaries (schema 2); a read-only schema 1 store has not."""
         self.has_texts = version >= 3
         """The store has the ``texts`` table (schema 3); a read-only older store has no text series."""
+        self.has_staged = version >= 4
+        """The store has the staging log of rank points (schema 4); an older store stages nothing."""
 
     # ---------------------------------------------------------------- run, meta, fields
 
@@ -102,6 +105,15 @@ class JournalReader(TextReads):
                 "SELECT path, rank, type, value, kept_rank, ts FROM conflicts ORDER BY id"
             )
         ]
+
+    def staged_points(self) -> int:
+        """Rank points committed to the staging log but not yet chunk rows, which the series reads do not see.
+
+        A live run's aggregator writes them as chunks about once a second (sooner when a rank
+        reads); a crashed run's are written by the next writer that opens it (``coordinator
+        sync``, a restarted aggregator). See :mod:`coordinator.journal.staging`.
+        """
+        return _staged_points(self._db) if self.has_staged else 0
 
     # ---------------------------------------------------------------- senders and history
 

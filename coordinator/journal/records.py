@@ -54,11 +54,17 @@ class TxnData:
     """Meta-table upserts (saved counters)."""
     texts: list[TextRow] = field(default_factory=list)
     """Points of text series (their keys are in ``key_policies`` with policy ``text`` when new)."""
+    staged: list[ChunkRow] = field(default_factory=list)
+    """Rank chunks written as ONE row of the staging log (:mod:`coordinator.journal.staging`), not as chunks."""
+    unstage: bool = False
+    """Delete every staged row: their points are in ``chunks`` of this transaction (materialized)."""
 
     def empty(self) -> bool:
         """True when there is nothing to write."""
         return not (
             self.chunks
+            or self.staged
+            or self.unstage
             or self.texts
             or self.fields
             or self.conflicts

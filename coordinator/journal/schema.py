@@ -15,16 +15,18 @@ from pathlib import Path
 
 from coordinator.core.columns import from_le
 from coordinator.errors import SinkError
+from coordinator.journal.staging import STAGED_DDL
 from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
 from coordinator.journal.texts import TEXTS_DDL
 
 __all__ = ["DDL", "INDEXES", "MIGRATIONS", "OLDEST_READABLE", "SCHEMA_VERSION", "connect", "migrate", "schema_of"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version this code writes and reads; kept in ``meta`` under ``schema``.
 
 2: per-chunk summaries (:mod:`coordinator.journal.summary`) and the ``chunks_by_step`` index.
 3: the ``texts`` table of text series (:mod:`coordinator.journal.texts`).
+4: the ``staged`` table, the staging log of rank points (:mod:`coordinator.journal.staging`).
 """
 
 OLDEST_READABLE = 1
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
     + TEXTS_DDL
+    + STAGED_DDL
 )
 """The tables at :data:`SCHEMA_VERSION` (``CREATE ... IF NOT EXISTS``: running it on an existing store is a no-op)."""
 
@@ -112,7 +115,12 @@ def _add_texts(db: sqlite3.Connection) -> None:
             db.execute(stmt)
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries, 2: _add_texts}
+def _add_staged(db: sqlite3.Connection) -> None:
+    """3 -> 4: add the ``staged`` table (a store of version 3 has nothing staged: its rank points are chunks)."""
+    db.execute(STAGED_DDL)
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries, 2: _add_texts, 3: _add_staged}
 """Version ``v`` -> the step that upgrades a store from ``v`` to ``v + 1`` (run in one transaction)."""
 
 

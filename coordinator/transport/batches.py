@@ -5,25 +5,34 @@ The sender thread cuts every flush interval. A batch holds at most ``max_batch_p
 ride with its last batch, and so do its texts when they fit (else they follow in batches of their
 own, each at most :data:`MAX_BATCH_TEXT_CHARS` characters of text, far below the frame limit).
 Steps the caller left as -1 are numbered here, by the client's rule.
+
+The usual generation (no texts, at most one batch of points) is numbered and turned into wire
+chunks in one pass over its keys, in slices of :data:`SLICE_KEYS` keys: between slices the
+cutter calls ``pause`` (the sender's GIL slicer), so a cut of many keys never holds the GIL for
+long in one stretch.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.core.columns import Column
+from coordinator.core.columns import Column, to_le
 from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer, TextColumn
 
-__all__ = ["MAX_BATCH_TEXT_CHARS", "Cutter", "NumberSteps", "OutBatch", "split_columns", "split_texts"]
+__all__ = ["MAX_BATCH_TEXT_CHARS", "SLICE_KEYS", "Cutter", "NumberSteps", "OutBatch", "split_columns", "split_texts"]
 
 MAX_BATCH_TEXT_CHARS = 8 * 1024 * 1024
 """Characters of text one batch carries at most (at most 4 bytes each in UTF-8: 32 MiB < the 64 MiB frame cap)."""
+
+SLICE_KEYS = 32
+"""Keys the one-pass cut numbers and encodes between two calls of ``pause`` (~30-60 µs of work)."""
 
 NumberSteps = Callable[[str, "array[int]"], None]
 """``number_steps(key, steps)``: fills in, in place, the steps a caller left as -1."""
@@ -53,14 +62,23 @@ class OutBatch:
 class Cutter:
     """Takes the buffer's current generation and encodes it as batches (sender thread)."""
 
-    def __init__(self, number_steps: NumberSteps, max_batch_points: int) -> None:
+    def __init__(
+        self, number_steps: NumberSteps, max_batch_points: int, pause: Callable[[], None] | None = None
+    ) -> None:
+        """Args:
+        number_steps: fills in a column's -1 steps (the client's rule).
+        max_batch_points: points one batch carries at most.
+        pause: called between slices of keys (the sender lets other threads take the GIL).
+        """
         self._number_steps = number_steps
         self._cap = max_batch_points
+        self._pause = pause if pause is not None else _no_pause
         self.hot_keys: list[str] = []
         """Keys logged in the last cut: the buffer gets their next columns pre-built."""
         self.cut_gen = -1
         """The last generation taken from the buffer."""
         self._texts = False
+        self._points = 0
 
     @property
     def idle(self) -> bool:
@@ -77,7 +95,14 @@ class Cutter:
         if not self.hot_keys and not fields and not texts:
             return []
         ts = time.time()
-        parts = split_columns(cols, fields, self._cap, self._number_steps) if self.hot_keys or fields else []
+        if not texts:
+            chunks = self._one_pass(cols)
+            if chunks is not None:  # the usual case: one batch, encoded without splitting
+                return [OutBatch(0, gen, self._points, b"", wire.encode_chunks(chunks, fields, ts))]
+            number: NumberSteps = _numbered  # the one pass numbered every column already
+        else:
+            number = self._number_steps
+        parts = split_columns(cols, fields, self._cap, number) if self.hot_keys or fields else []
         text_parts = split_texts(texts, self._cap, self._number_steps) if texts else []
         out = [OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts)) for m, f, n in parts[:-1]]
         if parts:
@@ -89,6 +114,43 @@ class Cutter:
             out.append(OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts, first)))
         out.extend(OutBatch(0, gen, n, b"", wire.encode_batch([], [], ts, t)) for t, n in text_parts)
         return out
+
+    def _one_pass(self, cols: dict[str, Column]) -> list[list[object]] | None:
+        """Number every column of the cut and, while they fit one batch, turn them into wire chunks.
+
+        Returns the chunks (their points in ``self._points``), or None when the columns hold more
+        than one batch (all of them are numbered then; the caller splits them).
+        """
+        number = self._number_steps
+        pause = self._pause
+        le = _to_le
+        cap = self._cap
+        chunks: list[list[object]] = []
+        n = 0
+        items = list(cols.items())
+        for lo in range(0, len(items), SLICE_KEYS):
+            if lo:
+                pause()
+            for key, (steps, values) in items[lo : lo + SLICE_KEYS]:
+                if steps:
+                    number(key, steps)
+                    n += len(steps)
+                    if n <= cap:
+                        chunks.append([key, le(steps), le(values)])
+        self._points = n
+        return chunks if n <= cap else None
+
+
+def _no_pause() -> None:
+    """The default ``pause``: nothing to yield to."""
+
+
+def _numbered(key: str, steps: array[int]) -> None:
+    """``number_steps`` for columns the one pass has numbered already."""
+
+
+_to_le = array.tobytes if sys.byteorder == "little" else to_le
+"""An array's items as little-endian bytes (the unbound method where that is the native order)."""
 
 
 def split_columns(

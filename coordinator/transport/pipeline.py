@@ -23,6 +23,10 @@ __all__ = ["Pipeline"]
 _log = logging.getLogger(__name__)
 
 
+def _no_pause() -> None:
+    """The default ``pause``: nothing to yield to."""
+
+
 class Pipeline:
     """Routes each cut batch: to the wire, to the outbox (per backpressure policy), or offline to the spool."""
 
@@ -38,6 +42,7 @@ class Pipeline:
         policy: Backpressure,
         rank: int,
         send: Callable[[list[bytes], float], bool],
+        pause: Callable[[], None] | None = None,
     ) -> None:
         """Args:
         buf: the run's buffer (cut from, and told of acknowledged progress).
@@ -48,6 +53,7 @@ class Pipeline:
         rank: this rank (for messages).
         send: puts a batch's frames on the wire at a monotonic time; False when the send queue
             is full (the batch is then tried again later).
+        pause: called between batches (the sender's GIL slicer); None: never pause.
         """
         self._buf = buf
         self._cutter = cutter
@@ -58,6 +64,7 @@ class Pipeline:
         self._policy = policy
         self._rank = rank
         self._send = send
+        self._pause = pause if pause is not None else _no_pause
         self.welcomed = False
         """The aggregator accepted this sender's HELLO: batches may go out."""
         self.cut_batches = 0
@@ -103,6 +110,7 @@ class Pipeline:
                 self._window.number(b)  # the spool is write-ahead: numbered before it is written
             self.cut_batches += 1
             self._store(b, now)
+            self._pause()
         if self._policy == "drop_oldest":
             self._outbox.drop_oldest()
             self._buf.progress(self._acked_gen(), 0)
@@ -158,6 +166,7 @@ class Pipeline:
             if b is None or not self._window.room(b.points) or not self._send_batch(b, now):
                 return
             self._outbox.pop()
+            self._pause()
 
     def _acked_gen(self) -> int:
         return self._window.acked_gen(self._outbox.head(), self._cutter.cut_gen)

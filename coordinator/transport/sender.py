@@ -37,6 +37,7 @@ from coordinator.transport.outbox import Outbox
 from coordinator.transport.pipeline import Pipeline
 from coordinator.transport.requests import Request, RequestTable
 from coordinator.transport.security import CurveKeys
+from coordinator.transport.slices import GilSlicer
 from coordinator.transport.spool import SegmentedSpool
 from coordinator.transport.wake import WakePipe
 from coordinator.transport.window import Window
@@ -101,6 +102,8 @@ class SenderThread(threading.Thread):
         self._number_steps = number_steps
         self._requests = RequestTable()
         self._wake = WakePipe()
+        self.slicer = GilSlicer()
+        """Keeps the thread's Python work in short GIL slices (cut, encode, spool, send, acks)."""
         buf.wake_at(cfg.max_batch_points, self.wake)  # flush by volume: a full batch wakes the thread
         self._stop_evt = threading.Event()
         self._pipe: Pipeline
@@ -172,7 +175,7 @@ class SenderThread(threading.Thread):
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         return Pipeline(
             buf=self.buf,
-            cutter=Cutter(self._number_steps, c.max_batch_points),
+            cutter=Cutter(self._number_steps, c.max_batch_points, pause=self.slicer.pause),
             window=Window(max_batches=c.max_window, max_points=c.max_backlog_points, envelope=self._batch_envelope),
             outbox=Outbox(
                 policy=c.backpressure,
@@ -187,6 +190,7 @@ class SenderThread(threading.Thread):
             policy=c.backpressure,
             rank=c.rank,
             send=self._send_frames,
+            pause=self.slicer.pause,
         )
 
     def _main(self) -> None:
@@ -209,6 +213,7 @@ class SenderThread(threading.Thread):
                 timeout = max(0.0, next_flush - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
                 events = dict(poller.poll(math.ceil(timeout * 1000)))
+                self.slicer.start()  # the poll released the GIL: a new stretch starts
                 if self._wake.fd in events:
                     self._wake.drain()
                 if sock in events:
@@ -312,6 +317,7 @@ class SenderThread(threading.Thread):
             except zmq.Again:
                 return
             self.last_reply_at = time.monotonic()
+            self.slicer.pause()
             try:
                 self._on_reply(frames)
             except ProtocolError as e:

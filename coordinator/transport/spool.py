@@ -54,6 +54,12 @@ class SpoolWriter:
             raise SinkError(f"cannot open spool {self.path}: {e}") from e
         self._f = os.fdopen(fd, "ab", buffering=0)
         self.records = 0
+        try:
+            self.size = os.fstat(fd).st_size
+            """Bytes in the file: the next record's offset (kept here, not asked of the OS on every write)."""
+        except OSError as e:
+            self._f.close()
+            raise SinkError(f"cannot open spool {self.path}: {e}") from e
 
     def append(self, kind: int, seq: int, envelope: bytes, payload: bytes) -> None:
         """Write one record (all of it, or raise).
@@ -63,10 +69,12 @@ class SpoolWriter:
         """
         body = msgpack.packb([kind, seq, envelope, payload], use_bin_type=True)
         rec = _HEAD.pack(len(body), zlib.crc32(body)) + body
+        pos = self.size
         try:
-            pos = self._f.tell()
             try:
-                self._f.write(rec)
+                n = self._f.write(rec)
+                if n != len(rec):
+                    raise OSError(f"short write ({n} of {len(rec)} bytes)")
                 if self.fsync:
                     os.fsync(self._f.fileno())
             except OSError:
@@ -75,6 +83,7 @@ class SpoolWriter:
                 raise
         except OSError as e:
             raise SinkError(f"spool {self.path}: write failed: {e}") from e
+        self.size = pos + len(rec)
         self.records += 1
 
     def truncate(self) -> int:
@@ -84,11 +93,10 @@ class SpoolWriter:
             SinkError: the file cannot be truncated.
         """
         try:
-            size = self._f.tell()
-            self._f.truncate(0)
-            self._f.seek(0)  # tell() is the next record's offset (O_APPEND writes at the end anyway)
+            self._f.truncate(0)  # O_APPEND: the next write lands at the (new) end, no seek needed
         except OSError as e:
             raise SinkError(f"spool {self.path}: truncate failed: {e}") from e
+        size, self.size = self.size, 0
         self.records = 0
         return size
 
@@ -196,7 +204,7 @@ class SegmentedSpool:
 
     def _writer_bytes(self) -> int:
         assert self._writer is not None
-        return self._writer._f.tell()
+        return self._writer.size
 
     def _roll(self, seq: int) -> None:
         if self._writer is not None:

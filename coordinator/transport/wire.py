@@ -47,6 +47,7 @@ __all__ = [
     "decode_envelope",
     "decode_map",
     "encode_batch",
+    "encode_chunks",
     "encode_envelope",
     "encode_map",
     "kind_name",
@@ -245,11 +246,21 @@ def encode_batch(
     texts: list[TextChunk] | None = None,
 ) -> bytes:
     """Encode a batch payload (the sender thread calls this, never the training thread)."""
-    payload: dict[str, Any] = {
-        "m": [[k, to_le(s), to_le(v)] for k, s, v in metrics],
-        "f": [[p, tag, val] for p, (tag, val) in fields],
-        "t": ts,
-    }
+    return encode_chunks([[k, to_le(s), to_le(v)] for k, s, v in metrics], fields, ts, texts)
+
+
+def encode_chunks(
+    chunks: list[list[Any]],
+    fields: list[tuple[str, FieldValue]],
+    ts: float,
+    texts: list[TextChunk] | None = None,
+) -> bytes:
+    """Encode a batch payload whose metric chunks are already ``[key, LE int64 steps, LE float64 values]``.
+
+    The same payload as :func:`encode_batch`; the sender's cut builds the chunks in its one pass
+    over the keys.
+    """
+    payload: dict[str, Any] = {"m": chunks, "f": [[p, tag, val] for p, (tag, val) in fields], "t": ts}
     if texts:
         payload["x"] = [[k, to_le(s), t] for k, s, t in texts]
     return _packb(payload)

@@ -117,7 +117,7 @@ def test_a_v2_store_is_migrated_to_v3_and_keeps_its_points(tmp_path: Path) -> No
     assert ro.text_summary() == [] and ro.max_text_id() == 0 and ro.texts_after(0, 5) == [] and ro.texts("k", 0) == []
     ro.close()
     st = LocalStore(path)
-    assert schema_of(st._db) == SCHEMA_VERSION == 3 and st.has_texts
+    assert schema_of(st._db) == SCHEMA_VERSION and st.has_texts
     assert st.values("loss", 0) == [(0, 2.5)]
     _write(st, TextRow("gen", 0, 1, 2.0, [0], ["after the upgrade"]))
     assert st.texts("gen", 0) == [(0, "after the upgrade")]
@@ -128,7 +128,7 @@ def test_a_v1_store_is_migrated_through_to_v3(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     shutil.copy(DATA / "v1-run.db", path)
     st = LocalStore(path)
-    assert schema_of(st._db) == 3 and st.text_summary() == []
+    assert schema_of(st._db) == SCHEMA_VERSION and st.text_summary() == []
     _write(st, TextRow("gen", 0, 1, 2.0, [0], ["t"]))
     assert st.texts("gen", 0) == [(0, "t")]
     st.close()

@@ -72,3 +72,39 @@ def test_cutting_an_empty_buffer_gives_no_batch_but_advances_the_generation() ->
     cutter = Cutter(_no_numbering, max_batch_points=10)
     assert cutter.cut(buf) == [] and cutter.cut(buf) == []
     assert cutter.cut_gen == 1 and cutter.idle
+
+
+def test_a_cut_of_many_keys_pauses_between_slices_and_decodes_to_the_same_points() -> None:
+    from coordinator.transport.batches import SLICE_KEYS
+
+    buf = Buffer(100_000)
+    keys = [f"k{j:03d}" for j in range(3 * SLICE_KEYS + 1)]
+    for j, k in enumerate(keys):
+        buf.cols[k] = _col([j, j + 1])
+    buf.cols["empty"] = _col([])
+    pauses: list[int] = []
+    (b,) = Cutter(_no_numbering, 10_000, pause=lambda: pauses.append(1)).cut(buf)
+    assert len(pauses) == 3 and b.points == 2 * len(keys)
+    d = wire.decode_batch(b.payload or b"")
+    assert [(k, list(s), list(v)) for k, s, v in d.metrics] == [
+        (k, [j, j + 1], [float(j), float(j + 1)]) for j, k in enumerate(keys)
+    ]
+
+
+def test_a_generation_larger_than_a_batch_numbers_each_column_once() -> None:
+    """The one pass numbers every column before it finds they do not fit; the split must not number again."""
+    calls: list[str] = []
+
+    def number(key: str, steps: array[int]) -> None:
+        calls.append(key)
+        for i in range(len(steps)):
+            if steps[i] < 0:
+                steps[i] = 1000 + i
+
+    buf = Buffer(100_000)
+    buf.cols["a"] = _col([-1, -1, -1])
+    buf.cols["b"] = _col([5, 6])
+    batches = Cutter(number, max_batch_points=2).cut(buf)
+    assert calls == ["a", "b"]
+    got = [(k, list(s)) for x in batches for k, s, _ in wire.decode_batch(x.payload or b"").metrics]
+    assert got == [("a", [1000, 1001]), ("a", [1002]), ("b", [5]), ("b", [6])]

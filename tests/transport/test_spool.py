@@ -83,6 +83,22 @@ def test_reopened_writer_appends(tmp_path: Path) -> None:
     assert list(read_spool(path)) == recs
 
 
+def test_the_writer_knows_its_size_without_asking_the_file(tmp_path: Path) -> None:
+    """The next record's offset is tracked (no seek per write), from an existing file's size on."""
+    path = tmp_path / "s.spool"
+    recs = records(4)
+    write(path, recs[:2])
+    w = SpoolWriter(path)
+    assert w.size == path.stat().st_size > 0
+    for r in recs[2:]:
+        w.append(r.kind, r.seq, r.envelope, r.payload)
+        assert w.size == path.stat().st_size
+    assert w.truncate() > 0 and w.size == 0 == path.stat().st_size
+    w.append(recs[0].kind, recs[0].seq, recs[0].envelope, recs[0].payload)
+    w.close()
+    assert list(read_spool(path)) == recs[:1]
+
+
 def test_empty_spool_reads_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An empty file is a valid spool with no records and no warning."""
     path = tmp_path / "s.spool"

@@ -1,0 +1,85 @@
+"""Rank points committed to the staging log and held in memory until they are written as chunks.
+
+Each commit round's rank points (one piece per key, rank and incarnation) are committed as one
+row of the journal's staging log (:mod:`coordinator.journal.staging`), in the transaction that
+advances the senders' high-water marks, so an ACK still follows the commit of what it
+acknowledges. The same pieces are kept here, one growing chunk per (key, rank, incarnation), and
+*materialized* — written as ordinary chunk rows, the staged rows deleted, in one transaction —
+every :data:`RANK_HOLD_S`, past :data:`RANK_HOLD_POINTS` points, or at once when a reply reads
+rank chunks (see :mod:`coordinator.aggregator.server`). At a paced load that is one chunk row per
+key and rank per second instead of one per commit round.
+"""
+
+from __future__ import annotations
+
+from coordinator.journal.store import ChunkRow
+
+__all__ = ["RANK_HOLD_POINTS", "RANK_HOLD_S", "RankHold"]
+
+RANK_HOLD_S = 1.0
+"""Longest time staged rank points are held before they are written as chunks (how late a
+read-only reader of a live run may see them)."""
+RANK_HOLD_POINTS = 250_000
+"""Held rank points that make the hold write at once: bounds its memory (16 bytes a point, about
+4 MB) and what a writer reads back from the staging log after a crash."""
+
+
+class RankHold:
+    """Staged rank pieces not yet written as chunks, one growing chunk per (key, rank, incarnation).
+
+    Not thread-safe: owned by the aggregator loop.
+    """
+
+    __slots__ = ("chunks", "points", "since")
+
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[str, int, int], ChunkRow] = {}
+        self.points = 0
+        self.since = 0.0
+        """When the oldest held piece was staged (the caller's clock)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+    def add(self, pieces: list[ChunkRow], now: float) -> None:
+        """Hold ``pieces`` (a committed round's rank chunks) after what is held for their keys."""
+        if not self.chunks:
+            self.since = now
+        chunks = self.chunks
+        for p in pieces:
+            k = (p.key, p.rank, p.incarnation)
+            held = chunks.get(k)
+            if held is None:
+                chunks[k] = p  # the committed round's piece is the hold's now (the outbox let it go)
+            else:
+                held.steps.extend(p.steps)
+                held.values.extend(p.values)
+                held.seq = p.seq
+            self.points += len(p.steps)
+
+    def due(self, now: float, extra: int = 0) -> bool:
+        """True when the held pieces (plus ``extra`` points about to be staged) should be written now."""
+        return bool(self.chunks) and (now - self.since >= RANK_HOLD_S or self.points + extra >= RANK_HOLD_POINTS)
+
+    def rows_with(self, pieces: list[ChunkRow]) -> list[ChunkRow]:
+        """The chunk rows of everything held plus ``pieces``, one per (key, rank, incarnation).
+
+        Leaves the hold as it is (a failed commit is retried with the same rows): a held chunk
+        that ``pieces`` extend is copied.
+        """
+        out = dict(self.chunks)
+        for p in pieces:
+            k = (p.key, p.rank, p.incarnation)
+            held = out.get(k)
+            if held is None:
+                out[k] = p
+            else:
+                out[k] = ChunkRow(
+                    p.key, p.rank, p.incarnation, p.seq, held.ts, held.steps + p.steps, held.values + p.values
+                )
+        return list(out.values())
+
+    def clear(self) -> None:
+        """Forget everything held (its chunks were committed)."""
+        self.chunks.clear()
+        self.points = 0

@@ -1,0 +1,116 @@
+"""The staging log of rank points: one ``staged`` row per commit round, later materialized as chunks.
+
+A rank's own points are what an ``ACK`` stands on, so they are durable in the commit that precedes
+it. Writing them as chunk rows costs a row (and two index entries) per key, rank and commit; at a
+paced load that is thousands of small rows a second. Instead the aggregator writes the round's
+points of every rank as ONE row of ``staged`` (schema 4), in the same transaction as the senders'
+high-water marks, and keeps them in memory; about once a second (or when anything reads rank
+chunks) it writes them as ordinary chunk rows, one per (key, rank, incarnation) however many rounds
+they came in, and deletes the staged rows they came from, in one transaction.
+
+A staged row's ``body`` is msgpack (never pickle): ``[FORMAT, [[key_id, rank, incarnation, seq,
+ts, steps, values], ...]]`` with ``steps`` and ``values`` the little-endian int64 / float64 bytes
+of a chunk. ``n`` is the row's point count (what :func:`staged_points` sums without decoding).
+A writer that opens a run materializes what a crash left staged before anything reads the rank
+chunks (:meth:`coordinator.journal.store.LocalStore.__init__`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+
+from coordinator.core.columns import from_le, to_le
+from coordinator.errors import SinkError
+from coordinator.journal.records import ChunkRow
+
+__all__ = ["FORMAT", "STAGED_DDL", "Piece", "clear", "decode", "encode", "load", "merge", "stage", "staged_points"]
+
+STAGED_DDL = """
+CREATE TABLE IF NOT EXISTS staged (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, body BLOB NOT NULL);
+"""
+"""The table (schema 4); ``IF NOT EXISTS``, so the 3 -> 4 migration runs it too."""
+
+FORMAT = 1
+"""The body layout's version (the first element of every body)."""
+
+Piece = tuple[int, int, int, int, float, "array[int]", "array[float]"]
+"""(key_id, rank, incarnation, seq, ts, steps, values): a rank's points of one key."""
+
+
+def encode(pieces: Iterable[ChunkRow], key_id: Callable[[str], int]) -> tuple[int, bytes]:
+    """(points, body) of one staged row holding ``pieces`` (rank chunks; ``key_id`` maps their keys)."""
+    n = 0
+    out: list[list[Any]] = []
+    for c in pieces:
+        n += len(c.steps)
+        out.append([key_id(c.key), c.rank, c.incarnation, c.seq, c.ts, to_le(c.steps), to_le(c.values)])
+    return n, msgpack.packb([FORMAT, out])
+
+
+def decode(body: bytes) -> list[Piece]:
+    """The pieces of one staged row's ``body``.
+
+    Raises:
+        SinkError: the body is not a staged row this code wrote (corrupt, or another format).
+    """
+    try:
+        fmt, items = msgpack.unpackb(body)
+        if fmt != FORMAT:
+            raise SinkError(f"staged row of format {fmt!r}, this version reads {FORMAT}")
+        out: list[Piece] = []
+        for kid, rank, inc, seq, ts, sb, vb in items:
+            steps, values = from_le("q", sb), from_le("d", vb)
+            if len(steps) != len(values):
+                raise SinkError("staged piece with steps and values of different lengths")
+            out.append((int(kid), int(rank), int(inc), int(seq), float(ts), steps, values))
+        return out
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise SinkError(f"corrupt staged row: {e}") from e
+
+
+def merge(pieces: Iterable[Piece]) -> list[Piece]:
+    """One piece per (key_id, rank, incarnation), in first-seen order: points in order, first ts, last seq."""
+    out: dict[tuple[int, int, int], Piece] = {}
+    for kid, rank, inc, seq, ts, steps, values in pieces:
+        held = out.get((kid, rank, inc))
+        if held is None:
+            out[(kid, rank, inc)] = (kid, rank, inc, seq, ts, array("q", steps), array("d", values))
+        else:
+            held[5].extend(steps)
+            held[6].extend(values)
+            out[(kid, rank, inc)] = (kid, rank, inc, seq, held[4], held[5], held[6])
+    return list(out.values())
+
+
+def stage(db: sqlite3.Connection, pieces: Iterable[ChunkRow], key_id: Callable[[str], int]) -> None:
+    """Insert ``pieces`` as one staged row (inside the caller's transaction)."""
+    n, body = encode(pieces, key_id)
+    db.execute("INSERT INTO staged (n, body) VALUES (?, ?)", (n, body))
+
+
+def clear(db: sqlite3.Connection) -> None:
+    """Delete every staged row (inside the transaction that writes their points as chunks)."""
+    db.execute("DELETE FROM staged")
+
+
+def load(db: sqlite3.Connection) -> list[Piece]:
+    """Every staged piece, merged per (key, rank, incarnation), in journal order.
+
+    Memory: every staged point (the aggregator materializes them before they exceed its hold's
+    bound, so a crash leaves at most about that many).
+
+    Raises:
+        SinkError: a staged row is corrupt.
+    """
+    return merge(p for (body,) in db.execute("SELECT body FROM staged ORDER BY id") for p in decode(body))
+
+
+def staged_points(db: sqlite3.Connection) -> int:
+    """Points in the staging log: committed and acknowledged, not yet chunk rows."""
+    row = db.execute("SELECT COALESCE(SUM(n), 0) FROM staged").fetchone()
+    return int(row[0])

@@ -1,0 +1,142 @@
+"""Staged rank points: one staging-log row per commit, one chunk per series when due, read, rewound or crashed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from coordinator.aggregator import Aggregator
+from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S
+from coordinator.errors import SinkError
+from coordinator.journal.store import MAIN_RANK, LocalStore
+from tests.aggregator.helpers import batch, crash, hello, make_cfg
+
+
+def _rank_rows(s: LocalStore) -> list[tuple[str, int, int, int, int]]:
+    """(key, rank, incarnation, seq, n) of every rank chunk, in journal order."""
+    return list(
+        s._db.execute(
+            "SELECT k.key, c.rank, c.incarnation, c.seq, c.n FROM chunks c JOIN keys k ON k.id = c.key_id "
+            "WHERE c.rank >= 0 ORDER BY c.id"
+        )
+    )
+
+
+def _staged_rows(s: LocalStore) -> int:
+    return int(s._db.execute("SELECT COUNT(*) FROM staged").fetchone()[0])
+
+
+def _two_ranks(tmp_path: Path) -> Aggregator:
+    a = Aggregator(make_cfg(tmp_path, world=2))
+    hello(a, 0)
+    hello(a, 1)
+    a.commit()  # the hellos (new incarnations) are written as they would be in the server loop
+    return a
+
+
+def test_staged_rounds_are_one_row_each_then_one_chunk_per_series_when_due(tmp_path: Path) -> None:
+    a = _two_ranks(tmp_path)
+    for r in range(3):
+        batch(a, 0, r + 1, metrics={"k": {r: 1.0}, "j": {r: 2.0}})
+        batch(a, 1, r + 1, metrics={"k": {r: 3.0}})
+        a.commit(stage=True, now=100.0 + r * RANK_HOLD_S / 10)
+    assert _rank_rows(a.store) == [] and _staged_rows(a.store) == 3
+    assert a.store.staged_points() == 9 and a.outbox.ranks.points == 9
+    assert a.store.high_water_marks() == {(0, 1): 3, (1, 1): 3}, "the marks an ack stands on are committed"
+    batch(a, 0, 4, metrics={"k": {3: 1.0}})
+    a.commit(stage=True, now=100.0 + RANK_HOLD_S)  # due: held and this round's pieces in one chunk per series
+    assert _rank_rows(a.store) == [("k", 0, 1, 4, 4), ("j", 0, 1, 3, 3), ("k", 1, 1, 3, 3)]
+    assert _staged_rows(a.store) == 0 and a.outbox.ranks.points == 0
+    assert a.store.values("k", 0) == [(s, 1.0) for s in range(4)] and a.store.values("k", 1) == [
+        (s, 3.0) for s in range(3)
+    ]
+    a.finalize()
+
+
+def test_a_commit_without_stage_writes_what_is_held(tmp_path: Path) -> None:
+    """A commit that does not stage (a reply reads, the end, trackers) materializes the hold with the round."""
+    a = _two_ranks(tmp_path)
+    batch(a, 0, 1, metrics={"k": {0: 1.0}})
+    a.commit(stage=True, now=100.0)
+    batch(a, 0, 2, metrics={"k": {1: 1.0}})
+    a.commit(now=100.1)
+    assert _rank_rows(a.store) == [("k", 0, 1, 2, 2)] and _staged_rows(a.store) == 0
+    a.commit(stage=True, now=100.2)  # nothing new: nothing written, nothing staged
+    assert _staged_rows(a.store) == 0 and len(_rank_rows(a.store)) == 1
+    a.finalize()
+
+
+def test_a_large_hold_is_written_at_once(tmp_path: Path) -> None:
+    a = _two_ranks(tmp_path)
+    half = RANK_HOLD_POINTS // 2
+    batch(a, 0, 1, metrics={"k": {s: 1.0 for s in range(half)}})
+    a.commit(stage=True, now=100.0)
+    assert _staged_rows(a.store) == 1
+    batch(a, 1, 1, metrics={"k": {s: 1.0 for s in range(half)}})
+    a.commit(stage=True, now=100.0)  # the bound is reached with this round: no waiting for RANK_HOLD_S
+    assert _rank_rows(a.store) == [("k", 0, 1, 1, half), ("k", 1, 1, 1, half)] and _staged_rows(a.store) == 0
+    a.finalize()
+
+
+def test_a_rewind_or_a_new_incarnation_writes_the_rank_chunks_in_that_round(tmp_path: Path) -> None:
+    a = _two_ranks(tmp_path)
+    batch(a, 1, 1, metrics={"k": {0: 1.0, 1: 1.0, 2: 1.0}})
+    a.commit(stage=True, now=100.0)
+    hello(a, 1, inc=2)
+    batch(a, 1, 1, inc=2, metrics={"k": {1: 7.0}})  # incarnation 2 resumes k at step 1: a rewind
+    a.commit(stage=True, now=100.1)
+    assert _rank_rows(a.store) == [("k", 1, 1, 1, 3), ("k", 1, 2, 1, 1)] and _staged_rows(a.store) == 0
+    assert a.store.values("k", 1) == [(0, 1.0), (1, 7.0)]
+    assert a.counters["rewinds"] == 1
+    batch(a, 1, 2, inc=2, metrics={"k": {2: 7.0}})
+    a.commit(stage=True, now=100.2)
+    assert _staged_rows(a.store) == 1, "staging resumes once the round is written"
+    a.finalize()
+
+
+def test_a_failed_materializing_commit_is_retried_and_stores_each_point_once(tmp_path: Path) -> None:
+    a = _two_ranks(tmp_path)
+    batch(a, 0, 1, metrics={"k": {0: 1.0}})
+    a.commit(stage=True, now=100.0)
+    batch(a, 0, 2, metrics={"k": {1: 1.0}})
+    side = sqlite3.connect(tmp_path / "run.db")
+    side.execute("CREATE TRIGGER full BEFORE INSERT ON chunks BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    side.commit()
+    with pytest.raises(SinkError, match="disk full"):
+        a.commit(stage=True, now=100.0 + RANK_HOLD_S)
+    assert a.outbox.ranks.points == 1 and _staged_rows(a.store) == 1
+    side.execute("DROP TRIGGER full")
+    side.commit()
+    side.close()
+    batch(a, 0, 3, metrics={"k": {2: 1.0}})
+    a.commit(stage=True, now=100.0 + RANK_HOLD_S)
+    assert _rank_rows(a.store) == [("k", 0, 1, 3, 3)] and a.store.values("k", 0) == [(s, 1.0) for s in range(3)]
+    a.finalize()
+
+
+def test_staged_points_survive_a_crash_and_a_restart_rebuilds_the_main_series_from_them(tmp_path: Path) -> None:
+    """The process dies with staged rows (acked): the next aggregator writes them as chunks, then restores."""
+    a = _two_ranks(tmp_path)
+    batch(a, 0, 1, metrics={"k": {0: 1.0, 1: 1.0}})
+    batch(a, 1, 1, metrics={"k": {0: 3.0}})
+    a.emit(100.0, hold=True)
+    a.commit(stage=True, now=100.0)
+    batch(a, 1, 2, metrics={"k": {1: 3.0}})
+    a.emit(100.0, hold=True)
+    a.commit(stage=True, now=100.1)
+    assert _rank_rows(a.store) == [] and _staged_rows(a.store) == 2
+    crash(a)
+    a.close()
+    b = Aggregator(make_cfg(tmp_path, world=2))
+    assert b.store.unstaged_points == 4 and _staged_rows(b.store) == 0
+    assert b.store.high_water_marks() == {(0, 1): 1, (1, 1): 2}
+    assert batch(b, 1, 2, metrics={"k": {1: 3.0}}) == "duplicate"
+    b.emit(200.0, force=True)
+    b.commit()
+    assert b.store.values("k", 0) == [(0, 1.0), (1, 1.0)] and b.store.values("k", 1) == [(0, 3.0), (1, 3.0)]
+    assert b.store.values("k", MAIN_RANK) == [(0, 2.0), (1, 2.0)]
+    detail = next(d for _, kind, _, d in b.store.events() if kind == "aggregator_restarted")
+    assert "4 staged rank points written as chunks" in detail
+    b.finalize()
