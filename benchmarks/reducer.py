@@ -6,7 +6,10 @@ commit window every rank adds a few steps of every key, then one ``emit``. Two s
 (4 ranks, 100 keys, 500 steps per key per window: a rank logging at full speed). Every emitted
 group is checked (its step, the mean of the ranks' values, 4 contributors), so a faster variant
 that changes the result fails here. CPU time (``time.process_time``) per point added; median of
-repeats. Usage: ``python -m benchmarks.reducer [--repeats 5] [--seconds 1.0]``.
+repeats. Each shape runs key by key (``add``, ``emit``: the per-key path) and as blocks (a rank's
+100 keys as one ``add_block`` with a keys x steps numpy matrix, ``emit_blocks``: the key-group
+path the aggregator takes for a dict logged at a step).
+Usage: ``python -m benchmarks.reducer [--repeats 5] [--seconds 1.0]``.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ import statistics
 import time
 from array import array
 
+import numpy as np
+
 from coordinator.aggregator.reduce import Reducer
 from coordinator.core.policies import PolicyTable
 
 __all__ = ["main", "measure"]
 
 
-def measure(ranks: int, keys: int, steps_per_window: float, seconds: float) -> float:
+def measure(ranks: int, keys: int, steps_per_window: float, seconds: float, *, blocks: bool = False) -> float:
     """CPU µs per point added (add + emit), over about ``seconds`` of windows; checks every group."""
     red = Reducer(ranks, PolicyTable({}, "mean"), group_timeout_s=60.0)
     names = [f"train/metric_{i:03d}" for i in range(keys)]
+    tup = tuple(names)
     step = 0
     carry = 0.0
     points = 0
@@ -39,11 +45,20 @@ def measure(ranks: int, keys: int, steps_per_window: float, seconds: float) -> f
         steps = array("q", range(step, step + n))
         for r in range(ranks):
             vals = array("d", (float(s + r) for s in steps))
+            if blocks and n:
+                red.add_block(tup, r, steps, np.tile(np.frombuffer(vals), (keys, 1)), 1.0)
+                continue
             for k in names:
                 red.add(k, r, steps, vals, 1.0)
         points += ranks * keys * n
         step += n
-        for e in red.emit(1.0).values():
+        out, emitted_blocks = red.emit_blocks(1.0)
+        for b in emitted_blocks:
+            want = np.array(b.steps, dtype=np.float64) + (ranks - 1) / 2
+            if not (b.values == want).all() or set(b.counts) != {ranks}:
+                raise AssertionError(f"wrong block at steps {list(b.steps)}")
+            emitted += len(b.keys) * len(b.steps)
+        for e in out.values():
             for s, v, c in zip(e.steps, e.values, e.counts, strict=True):
                 if v != s + (ranks - 1) / 2 or c != ranks:
                     raise AssertionError(f"wrong group at step {s}: {v} from {c} ranks")
@@ -60,8 +75,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0)
     a = ap.parse_args()
-    for name, per_window in (("paced", 2.5), ("bulk", 500.0)):
-        runs = [measure(4, 100, per_window, a.seconds) for _ in range(a.repeats)]
+    for name, per_window, blocks in (
+        ("paced", 2.5, False),
+        ("paced, blocks", 2.5, True),
+        ("bulk", 500.0, False),
+        ("bulk, blocks", 500.0, True),
+    ):
+        runs = [measure(4, 100, per_window, a.seconds, blocks=blocks) for _ in range(a.repeats)]
         print(f"{name}: {statistics.median(runs):.3f} µs CPU per point (runs: {', '.join(f'{x:.3f}' for x in runs)})")
 
 

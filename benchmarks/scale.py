@@ -15,10 +15,16 @@ count is read back from the store and compared with what was acknowledged.
 
 * scale: every sender pushes as fast as its window allows; points/s = acknowledged points /
   time until the last ack; aggregator RSS sampled every 0.1 s (peak, end).
+* paced (``--full``; issue #12's ack-latency goals): the senders are paced to offer a fixed load
+  (1,000,000 points/s from 1024 senders, 500,000 from 4096) and the ack latency is measured at
+  that load. Unpaced, a full window per sender makes the latency the points in flight over the
+  throughput (Little's law), whatever the aggregator does.
 * soak: the senders are paced (``rate`` batches/s each) for a fixed time; the aggregator's RSS
   is sampled every second; reported at the start (after a short warm-up) and at the end.
 
-``python -m benchmarks.scale _sim '<json>'`` is the internal sender-process sub-command.
+One part alone (``benchmarks.scale_cli``): ``python -m benchmarks.scale --senders 1024``,
+``--senders 1024 --offered 1000000``, ``--soak 600``. ``python -m benchmarks.scale _sim '<json>'``
+is the internal sender-process sub-command.
 """
 
 from __future__ import annotations
@@ -35,11 +41,11 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, log, med, mib
+from benchmarks.common import child_env
 from benchmarks.workers import Worker, emit
 from coordinator.aggregator.counters import PROBLEMS
 
-__all__ = ["Aggregator", "main", "scale_section", "scale_trial", "sim_main"]
+__all__ = ["Aggregator", "main", "raise_fd_limit", "scale_trial", "sim_main"]
 
 # ============================================================================ sender process
 
@@ -59,6 +65,9 @@ def sim_main(cfg: dict[str, Any]) -> int:
     rate = cfg.get("rate")  # batches per second per sender (None: as fast as the window allows)
     window = cfg["window"]
     ctx = zmq.Context()
+    # libzmq's default is 1023 sockets per context: more senders than that in one process
+    # (``--procs`` small) would fail at socket(); one per sender plus the context's own few.
+    ctx.set(zmq.MAX_SOCKETS, max(1024, len(ranks) + 64))
     socks: dict[Any, int] = {}
     by_rank: dict[int, Any] = {}
     inc = {r: int.from_bytes(os.urandom(7), "big") for r in ranks}
@@ -205,6 +214,23 @@ def sim_main(cfg: dict[str, Any]) -> int:
 # ============================================================================ parent side
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft open-file limit to its hard limit; the children inherit it.
+
+    Every simulated sender is a TCP connection: one descriptor in its process and one in the
+    aggregator's, plus ZeroMQ's own per socket. The usual soft limit (1024) is below 1024 senders'
+    needs; the aggregator raises its own as well, this covers the sender processes. Returns
+    (soft, hard) after the change.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        new = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 class Aggregator:
     """A real aggregator for ``world`` senders, started by this benchmark through ``init_run``'s own launcher."""
 
@@ -312,8 +338,10 @@ def scale_trial(
         "window": window,
         "rate": rate,
         "duration": duration,
+        "procs": procs,
         "problems": [],
     }
+    raise_fd_limit()
     agg: Aggregator | None = None
     workers: list[Worker] = []
     samples: list[tuple[float, int]] = []
@@ -426,81 +454,16 @@ def _store_path(d: Path) -> Path:
     return found[0]
 
 
-# ============================================================================ suite section 6
-
-
-def scale_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
-    """Section 6 of the suite: scale trials over sender counts (medians), then the soak with RSS over time."""
-    sizes = [64, 256] if quick else [64, 256, 1024]
-    total = 1_000_000 if quick else 2_000_000
-    trials = []
-    for rep in range(repeats):
-        for n in sizes:
-            batches = max(2, total // (n * 1000))
-            label = f"scale-{n}-r{rep}"
-            log(f"6: {label}: {n} senders x {batches} batches of 1000 points")
-            t = scale_trial(n, tmp, label, batches=batches)
-            trials.append(t)
-            log(
-                f"   -> {t.get('pps', 0):,.0f} points/s, aggregator RSS peak {mib(t.get('rss_peak'))} MiB "
-                f"{'ok' if t['ok'] else t['problems'][:2]}"
-            )
-    rows = []
-    for n in sizes:
-        ts = [t for t in trials if t["senders"] == n and t.get("pps")]
-        if ts:
-            rows.append(
-                {
-                    "senders": n,
-                    "pps": med([t["pps"] for t in ts]),
-                    "pps_all": [round(t["pps"]) for t in ts],
-                    "rss_connected": med([t["rss_connected"] for t in ts]),
-                    "rss_peak": max(t["rss_peak"] or 0 for t in ts),
-                    "rss_end": med([t["rss_end"] or 0 for t in ts]),
-                    "agg_cpu_share": med([t["agg_cpu"] / t["elapsed"] for t in ts if t.get("agg_cpu")]),
-                    "ack_p50_ms": med([t["ack_p50_ms"] for t in ts]),
-                    "ack_p99_ms": med([t["ack_p99_ms"] for t in ts]),
-                    "points": ts[0]["acked_points"],
-                    "ok": all(t["ok"] for t in ts),
-                    "warnings": sum(t.get("agg_warnings", 0) for t in ts),
-                }
-            )
-    # soak: 64 senders, 10 batches/s each of 100 points (10 keys x 10 steps) = 64,000 points/s steady
-    dur = 25.0 if quick else 300.0
-    log(f"6: soak: 64 senders, 64,000 points/s for {dur:.0f} s")
-    soak = scale_trial(
-        64, tmp, "soak", steps_per_batch=10, rate=10.0, duration=dur, window=8, rss_every=1.0, timeout=dur + 120
-    )
-    series = soak.get("rss_series") or []
-    if series:
-        first = next((v for t, v in series if t >= 1.0), series[0][1])
-        warm_t = 5.0 if quick else 30.0
-        warm = next((v for t, v in series if t >= warm_t), first)
-        end = series[-1][1]
-        soak.update(
-            rss_first=first,
-            rss_warm=warm,
-            rss_last=end,
-            warm_t=warm_t,
-            growth=(end - first) / first,
-            growth_warm=(end - warm) / warm,
-        )
-    log(
-        f"   -> soak {soak.get('pps', 0):,.0f} points/s; RSS {mib(soak.get('rss_first'))} -> "
-        f"{mib(soak.get('rss_last'))} MiB {'ok' if soak['ok'] else soak['problems'][:2]}"
-    )
-    return {"rows": rows, "trials": [{k: v for k, v in t.items() if k != "rss_series"} for t in trials], "soak": soak}
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch the internal ``_sim`` worker sub-command."""
+    """``--senders N`` / ``--soak SECONDS`` (see ``benchmarks.scale_cli``), or the internal ``_sim`` worker."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "_sim":
         with contextlib.suppress(KeyboardInterrupt):
             return sim_main(json.loads(argv[1]))
         return 130
-    print("internal worker of benchmarks.run (section 6); run `python -m benchmarks.run --quick`", file=sys.stderr)
-    return 2
+    from benchmarks.scale_cli import cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

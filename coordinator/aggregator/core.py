@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from array import array
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +173,7 @@ class Aggregator:
         if snd is None:
             return "duplicate"
         try:
-            b = wire.decode_batch(payload, self._checked_keys)
+            b = wire.decode_batch(payload, self._checked_keys, blocks=True)
         except ProtocolError:
             self.counters["bad_frames"] += 1
             raise
@@ -185,7 +187,17 @@ class Aggregator:
         n = 0
         if b.fields and any(p.startswith(POLICY_PREFIX) for p, _ in b.fields):
             b.fields = self.fields.take_policies(b.fields, rank, now, self.policy, self.known_keys)
-        for key, steps, values in b.metrics:
+        metrics = b.metrics
+        reached = [max(blk.steps) for blk in b.blocks if not all(k.startswith("system/") for k in blk.keys)]
+        for blk in b.blocks:
+            if self.known_keys.issuperset(blk.keys) or self.text_keys.isdisjoint(blk.keys):
+                n += self._ingest_block(snd, seq, b.ts, blk, last_steps, now)
+            else:  # a key of the other kind: refused key by key, as unblocked chunks are
+                metrics = metrics + [
+                    (k, array("q", blk.steps), array("d", v.tobytes()))
+                    for k, v in zip(blk.keys, blk.values, strict=True)
+                ]
+        for key, steps, values in metrics:
             if key not in self.known_keys:
                 if key in self.text_keys:
                     self._wrong_kind(snd, key, "numbers", len(steps), now)
@@ -206,7 +218,7 @@ class Aggregator:
         if b.texts:
             n += self._ingest_texts(snd, b, last_steps, now)
         # Training progress: the sampler's system/* series (client/system.py) step on while a rank hangs.
-        reached = [max(steps) for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
+        reached += [max(steps) for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
         if reached and not snd.superseded:
             self.health.progress(rank, max(reached), now)
         for path, fv in b.fields:
@@ -217,6 +229,30 @@ class Aggregator:
         self.counters["batches"] += 1
         self.counters["points"] += n
         self.registry.persist(snd)
+
+    def _ingest_block(
+        self, snd: Sender, seq: int, ts: float, blk: wire.Block, last_steps: dict[str, int], now: float
+    ) -> int:
+        """The per-key steps of :meth:`_ingest` for a block, once for all its keys; returns its points."""
+        keys, steps = blk.keys, blk.steps
+        if not self.known_keys.issuperset(keys):
+            for key in keys:
+                if key not in self.known_keys:
+                    self.known_keys.add(key)
+                    self.outbox.txn.key_policies[key] = self.policy(key)
+        self.outbox.block(keys, snd.rank, snd.incarnation, seq, ts, steps, blk.values)
+        if not snd.keys_seen.issuperset(keys):
+            for key in keys:
+                if key not in snd.keys_seen:
+                    snd.keys_seen.add(key)
+                    if snd.resumed:
+                        self._maybe_rewind(snd, key, min(steps), now)
+        if not snd.superseded:
+            for key in self.reducer.add_block(keys, snd.rank, steps, blk.values, now):
+                if key not in snd.repeated_keys:
+                    self._warn_repeat(snd, key)
+            last_steps.update(dict.fromkeys(keys, steps[-1]))
+        return blk.points
 
     def _ingest_texts(self, snd: Sender, b: wire.Batch, last_steps: dict[str, int], now: float) -> int:
         """Put a batch's texts into the transaction (per rank, no reduction); returns how many were stored."""
@@ -252,8 +288,8 @@ class Aggregator:
 
     def _maybe_rewind(self, snd: Sender, key: str, first: int, now: float) -> None:
         """A later incarnation's first step of ``key``: the rank's earlier steps from there on are replaced."""
-        st = self.reducer.keys.get(key)
-        if st is None or not is_replaced(st.maxstep.get(snd.rank, -1), first):
+        top = self.reducer.maxstep(key, snd.rank)
+        if top is None or not is_replaced(top, first):
             return  # nothing the rank logged for the key so far is at or after ``first``
         self.reducer.rewind(key, snd.rank, first)
         self.reads_ranks = True  # readers apply the replacement rule to the chunks: write them with this round
@@ -311,7 +347,8 @@ class Aggregator:
         """
         held = self.held
         txn = self.outbox.txn
-        for key, e in self.reducer.emit(now, force=force, all_keys=all_keys).items():
+        out, blocks = self.reducer.emit_blocks(now, force=force, all_keys=all_keys)
+        for key, e in out.items():
             self.last[key] = (e.steps[-1], e.values[-1])
             if e.reemitted:
                 # A re-emitted step goes in a chunk of its own, after what is held, as without a
@@ -321,6 +358,9 @@ class Aggregator:
                 held.write(txn, self.counters, key)
             else:
                 held.add(key, e, now)
+        for b in blocks:
+            self.last.update(zip(b.keys, zip(repeat(b.steps[-1]), b.values[:, -1].tolist(), strict=False), strict=True))
+            held.add_block(b, now)
         if not hold or held.due(now):
             held.write(txn, self.counters)
 

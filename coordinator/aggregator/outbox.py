@@ -24,9 +24,14 @@ import json
 import time
 from array import array
 
+import numpy as np
+
+from coordinator.aggregator.blocks import EmittedBlock, Matrix
 from coordinator.aggregator.counters import Counters
+from coordinator.aggregator.pieces import Pieces
 from coordinator.aggregator.rankhold import RankHold
 from coordinator.aggregator.reduce import Emitted
+from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
 
 __all__ = ["HOLD_POINTS", "HOLD_S", "MainHold", "Outbox"]
@@ -44,8 +49,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self.txn = TxnData()
-        self.rows: dict[tuple[str, int, int], ChunkRow] = {}
-        """(key, rank, incarnation) -> its chunk in the open transaction (see :meth:`chunk`)."""
+        self.rows = Pieces()
+        """The rank chunks and blocks of the open transaction, one per series (see :meth:`chunk`)."""
         self.ranks = RankHold()
         """Rank chunks of earlier rounds, committed to the staging log, not yet chunk rows."""
         self.warnings: dict[tuple[int, int], list[str]] = {}
@@ -60,13 +65,24 @@ class Outbox:
         per (key, rank) per commit however many batches arrived, with the first batch's time.
         The high-water mark is committed with the rows, so exactly-once is unchanged.
         """
-        row = self.rows.get((key, rank, incarnation))
-        if row is None:
-            self.rows[(key, rank, incarnation)] = ChunkRow(key, rank, incarnation, seq, ts, steps, values)
-        else:
-            row.steps.extend(steps)
-            row.values.extend(values)
-            row.seq = seq
+        self.rows.chunk(ChunkRow(key, rank, incarnation, seq, ts, steps, values))
+
+    def block(
+        self,
+        keys: tuple[str, ...],
+        rank: int,
+        incarnation: int,
+        seq: int,
+        ts: float,
+        steps: array[int],
+        values: Matrix,
+    ) -> None:
+        """Add a rank's points of ``keys`` logged together (one row of ``values`` per key), as :meth:`chunk`.
+
+        Held as one block (split per key when written as chunks); ``steps`` is copied, ``values``
+        kept (read-only).
+        """
+        self.rows.block(StagedBlock(keys, rank, incarnation, seq, ts, array("q", steps), values))
 
     def event(self, ts: float, kind: str, rank: int | None, detail: str) -> None:
         """Record a run event (``rank_joined``, ``rank_lost``, ...) in the open transaction."""
@@ -96,37 +112,40 @@ class Outbox:
         Raises:
             SinkError: the store refused it; the transaction (and the hold) is kept for a retry.
         """
-        pieces = list(self.rows.values())
+        pieces = self.rows
         hold = self.ranks
-        materialize = bool(hold) and (not stage or hold.due(now, sum(len(p.steps) for p in pieces)))
+        materialize = bool(hold) and (not stage or hold.due(now, pieces.points))
         if self.txn.empty() and not pieces and not materialize:
             return
         self.txn.meta["counters"] = json.dumps(counters)
         if materialize:
             data = dataclasses.replace(self.txn, chunks=hold.rows_with(pieces) + self.txn.chunks, unstage=True)
         elif stage and pieces:
-            data = dataclasses.replace(self.txn, staged=pieces)
+            data = dataclasses.replace(self.txn, staged=pieces.staged())
         else:
-            data = dataclasses.replace(self.txn, chunks=pieces + self.txn.chunks)
+            data = dataclasses.replace(self.txn, chunks=pieces.rows() + self.txn.chunks)
         store.commit(data)
         if materialize:
             hold.clear()
         elif stage and pieces:
             hold.add(pieces, now)
         self.txn = TxnData()
-        self.rows.clear()
+        self.rows = Pieces()
 
 
 class MainHold:
     """Emitted main-series groups not yet in the transaction, one growing chunk per key.
 
-    Not thread-safe: owned by the aggregator loop.
+    A key group's emissions are held as blocks (:meth:`add_block`) and split per key when they
+    are written. A key's block points always precede its per-key ones: a key leaves its group
+    for good. Not thread-safe: owned by the aggregator loop.
     """
 
-    __slots__ = ("keys", "points", "since")
+    __slots__ = ("blocks", "keys", "points", "since")
 
     def __init__(self) -> None:
         self.keys: dict[str, Emitted] = {}
+        self.blocks: dict[tuple[str, ...], list[EmittedBlock]] = {}
         self.points = 0
         self.since = 0.0
         """When the oldest held group was emitted (the caller's clock)."""
@@ -145,17 +164,51 @@ class MainHold:
             held.reemitted += e.reemitted
         self.points += len(e.steps)
 
+    def add_block(self, b: EmittedBlock, now: float) -> None:
+        """Hold ``b`` (one emit round's groups of a key group) after what is held for its keys."""
+        if not self.keys and not self.blocks:
+            self.since = now
+        self.blocks.setdefault(b.keys, []).append(b)
+        self.points += len(b.keys) * len(b.steps)
+
+    def _split_blocks(self) -> dict[str, Emitted]:
+        """The held blocks per key (then empty), in emission order."""
+        out: dict[str, Emitted] = {}
+        for keys, bl in self.blocks.items():
+            steps, counts = bl[0].steps, bl[0].counts
+            values = bl[0].values
+            if len(bl) > 1:
+                steps, counts = array("q", steps), array("i", counts)
+                for b in bl[1:]:
+                    steps.extend(b.steps)
+                    counts.extend(b.counts)
+                values = np.concatenate([b.values for b in bl], axis=1)
+            for key, row in zip(keys, values, strict=True):
+                out[key] = Emitted(array("q", steps), array("d", row.tobytes()), array("i", counts))
+        self.blocks.clear()
+        return out
+
     def due(self, now: float) -> bool:
         """True when the held groups should be written now (old or large enough)."""
-        return bool(self.keys) and (now - self.since >= HOLD_S or self.points >= HOLD_POINTS)
+        return bool(self.keys or self.blocks) and (now - self.since >= HOLD_S or self.points >= HOLD_POINTS)
 
     def write(self, txn: TxnData, counters: Counters, key: str | None = None) -> None:
-        """Move the held groups (of ``key`` only, if given) into ``txn`` as main-series chunks."""
-        if key is not None:
+        """Move the held groups (of ``key`` only, if given and no block is held) into ``txn`` as main-series chunks."""
+        if key is not None and not self.blocks:
             e = self.keys.pop(key, None)
             items = [] if e is None else [(key, e)]
         else:
-            items = list(self.keys.items())
+            merged = self._split_blocks()
+            for k, e in self.keys.items():
+                held = merged.get(k)
+                if held is None:
+                    merged[k] = e
+                else:
+                    held.steps.extend(e.steps)
+                    held.values.extend(e.values)
+                    held.counts.extend(e.counts)
+                    held.reemitted += e.reemitted
+            items = list(merged.items())
             self.keys.clear()
         ts = time.time()
         for k, e in items:

@@ -7,11 +7,15 @@ acknowledges. The same pieces are kept here, one growing chunk per (key, rank, i
 *materialized* — written as ordinary chunk rows, the staged rows deleted, in one transaction —
 every :data:`RANK_HOLD_S`, past :data:`RANK_HOLD_POINTS` points, or at once when a reply reads
 rank chunks (see :mod:`coordinator.aggregator.server`). At a paced load that is one chunk row per
-key and rank per second instead of one per commit round.
+key and rank per second instead of one per commit round. A block of keys a rank logged together
+stays one block here, extended round by round, and is split per key only when it is written
+(:class:`~coordinator.aggregator.pieces.Pieces`).
 """
 
 from __future__ import annotations
 
+from coordinator.aggregator.pieces import Pieces
+from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import ChunkRow
 
 __all__ = ["RANK_HOLD_POINTS", "RANK_HOLD_S", "RankHold"]
@@ -30,45 +34,47 @@ class RankHold:
     Not thread-safe: owned by the aggregator loop.
     """
 
-    __slots__ = ("chunks", "points", "since")
+    __slots__ = ("chunks", "since")
 
     def __init__(self) -> None:
-        self.chunks: dict[tuple[str, int, int], ChunkRow] = {}
-        self.points = 0
+        self.chunks = Pieces()
         self.since = 0.0
         """When the oldest held piece was staged (the caller's clock)."""
 
     def __bool__(self) -> bool:
         return bool(self.chunks)
 
-    def add(self, pieces: list[ChunkRow], now: float) -> None:
-        """Hold ``pieces`` (a committed round's rank chunks) after what is held for their keys."""
+    @property
+    def points(self) -> int:
+        """Rank points held."""
+        return self.chunks.points
+
+    def add(self, pieces: Pieces, now: float) -> None:
+        """Hold ``pieces`` (a committed round's rank chunks and blocks) after what is held for their keys.
+
+        The committed round's pieces are the hold's now (the outbox let them go).
+        """
         if not self.chunks:
             self.since = now
         chunks = self.chunks
-        for p in pieces:
-            k = (p.key, p.rank, p.incarnation)
-            held = chunks.get(k)
-            if held is None:
-                chunks[k] = p  # the committed round's piece is the hold's now (the outbox let it go)
+        for p in pieces.items.values():
+            if isinstance(p, StagedBlock):
+                chunks.block(p)
             else:
-                held.steps.extend(p.steps)
-                held.values.extend(p.values)
-                held.seq = p.seq
-            self.points += len(p.steps)
+                chunks.chunk(p)
 
     def due(self, now: float, extra: int = 0) -> bool:
         """True when the held pieces (plus ``extra`` points about to be staged) should be written now."""
         return bool(self.chunks) and (now - self.since >= RANK_HOLD_S or self.points + extra >= RANK_HOLD_POINTS)
 
-    def rows_with(self, pieces: list[ChunkRow]) -> list[ChunkRow]:
+    def rows_with(self, pieces: Pieces) -> list[ChunkRow]:
         """The chunk rows of everything held plus ``pieces``, one per (key, rank, incarnation).
 
         Leaves the hold as it is (a failed commit is retried with the same rows): a held chunk
         that ``pieces`` extend is copied.
         """
-        out = dict(self.chunks)
-        for p in pieces:
+        out = {(c.key, c.rank, c.incarnation): c for c in self.chunks.rows()}
+        for p in pieces.rows():
             k = (p.key, p.rank, p.incarnation)
             held = out.get(k)
             if held is None:
@@ -82,4 +88,3 @@ class RankHold:
     def clear(self) -> None:
         """Forget everything held (its chunks were committed)."""
         self.chunks.clear()
-        self.points = 0

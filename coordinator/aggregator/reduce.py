@@ -12,6 +12,10 @@ A step a rank logs again (one incarnation) replaces its earlier value (the rule 
 recently emitted group (the last few kept, bounded) by re-emitting that step with the new value.
 A rank that was closed or lost and is heard from again is waited for again from the next
 unemitted step (:meth:`Reducer.rank_back`).
+
+Keys the ranks log together as one dict arrive as blocks (:meth:`Reducer.add_block`) and are
+reduced as one :class:`~coordinator.aggregator.blocks.KeyGroup` while they stay regular; the
+group computes exactly what the per-key states below would, and turns into them when it cannot.
 """
 
 from __future__ import annotations
@@ -21,20 +25,20 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
-from math import fsum
 from typing import Any
 
+from coordinator.aggregator.blocks import FAST_POLICIES, RECENT_ENTRIES, EmittedBlock, KeyGroup, Matrix
+from coordinator.aggregator.sums import total
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
 
 __all__ = ["Emitted", "Reducer"]
 
-_RECENT_ENTRIES = 256
-"""Per key, the (rank, value) entries of emitted groups kept for repeats (at least the last group)."""
+_RECENT_ENTRIES = RECENT_ENTRIES
 
 
 def _mean(g: dict[int, float]) -> float:
-    return math.fsum(g.values()) / len(g)
+    return total(g.values()) / len(g)
 
 
 def _rank0(g: dict[int, float]) -> float:
@@ -64,7 +68,7 @@ _MEANS = frozenset(("mean", "all"))
 _REDUCERS: dict[str, Callable[[dict[int, float]], float]] = {
     "mean": _mean,
     "all": _mean,
-    "sum": lambda g: math.fsum(g.values()),
+    "sum": lambda g: total(g.values()),
     "min": lambda g: min(g.values()),
     "max": lambda g: max(g.values()),
     "rank0": _rank0,
@@ -105,8 +109,16 @@ class Reducer:
     Not thread-safe: owned by the aggregator loop.
     """
 
-    def __init__(self, world_size: int, policy: PolicyTable, group_timeout_s: float) -> None:
+    def __init__(self, world_size: int, policy: PolicyTable, group_timeout_s: float, *, blocks: bool = True) -> None:
+        """A reducer for ranks ``0 .. world_size - 1``; ``blocks=False`` reduces every block key by key."""
         self.world = frozenset(range(world_size))
+        self.world_size = world_size
+        self.blocks = blocks
+        self.groups: dict[str, KeyGroup] = {}
+        """key -> the group it is reduced in (its keys have no entry in :attr:`keys` meanwhile)."""
+        self._groups: dict[int, KeyGroup] = {}
+        """Every group once (by id)."""
+        self._touched_groups: dict[int, KeyGroup] = {}
         self.policy = policy
         self.group_timeout_s = group_timeout_s
         self.keys: dict[str, _KeyState] = {}
@@ -122,6 +134,8 @@ class Reducer:
         Returns:
             How many of them repeat a step the rank already logged (each replaces the earlier value).
         """
+        if key in self.groups:
+            self._split(self.groups[key])
         st = self.keys.get(key)
         if st is None:
             st = self.keys[key] = _KeyState(self.policy(key), now)
@@ -157,6 +171,58 @@ class Reducer:
         self.replaced_points += repeats
         self._touched.add(key)
         return repeats
+
+    def add_block(self, keys: tuple[str, ...], rank: int, steps: array[int], values: Matrix, now: float) -> list[str]:
+        """Add one rank's points of ``keys`` logged together (``values``: one row per key, a column per step).
+
+        Regular blocks of the same keys are reduced as one group; anything else key by key.
+
+        Returns:
+            The keys with a repeated step (see :meth:`add`).
+        """
+        grp = self.groups.get(keys[0])
+        if grp is not None and grp.keys == keys and grp.fits(rank, steps):
+            grp.add(rank, steps, values, now)
+            self._touched_groups[id(grp)] = grp
+            return []
+        if grp is None and self._new_group(keys, rank, steps, now):
+            return self.add_block(keys, rank, steps, values, now)
+        rows = values.tolist()
+        return [k for k, row in zip(keys, rows, strict=True) if self.add(k, rank, steps, row, now)]
+
+    def _new_group(self, keys: tuple[str, ...], rank: int, steps: array[int], now: float) -> bool:
+        """Start a group for ``keys`` if none of them is known yet and their policies allow it."""
+        if not self.blocks or len(keys) < 2 or not self.keys.keys().isdisjoint(keys):
+            return False
+        if not self.groups.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
+            return False
+        policies = tuple(self.policy(k) for k in keys)
+        if not FAST_POLICIES.issuperset(policies):
+            return False
+        grp = KeyGroup(keys, policies, self.world_size, now)
+        if not grp.fits(rank, steps):
+            return False
+        self.groups.update(dict.fromkeys(keys, grp))
+        self._groups[id(grp)] = grp
+        return True
+
+    def _split(self, grp: KeyGroup) -> None:
+        """Turn ``grp`` into the per-key states it stands for (the per-key path takes over its keys)."""
+        for key, fields in zip(grp.keys, grp.split(), strict=True):
+            del self.groups[key]
+            st = self.keys[key] = _KeyState(**fields)
+            heapify(st.heap)
+            self._touched.add(key)
+        self._touched_groups.pop(id(grp), None)
+        del self._groups[id(grp)]
+
+    def maxstep(self, key: str, rank: int) -> int | None:
+        """The largest step ``rank`` logged of ``key`` (-1 if none; None if no rank logged the key)."""
+        grp = self.groups.get(key)
+        if grp is not None:
+            return grp.maxstep.get(rank, -1)
+        st = self.keys.get(key)
+        return None if st is None else st.maxstep.get(rank, -1)
 
     def restore(self, key: str, main_last: int, chunks: Sequence[tuple[Any, ...]], now: float) -> None:
         """Rebuild a key's state after a restart from what is pending only.
@@ -223,6 +289,8 @@ class Reducer:
         to log those steps again (or for the group timeout).
         The store keeps the latest main value per step, so re-emitted steps replace stale ones.
         """
+        if key in self.groups:
+            self._split(self.groups[key])
         st = self.keys.get(key)
         if st is None:
             return
@@ -249,12 +317,16 @@ class Reducer:
         """
         if rank in self.done:
             self.done.discard(rank)
-            self._touched.update(self.keys)
+            self._touch_all()
 
     def rank_done(self, rank: int) -> None:
         """Stop waiting for ``rank`` (closed or lost); its pending groups become emittable."""
         self.done.add(rank)
+        self._touch_all()
+
+    def _touch_all(self) -> None:
         self._touched.update(self.keys)
+        self._touched_groups.update(self._groups)
 
     def emit(self, now: float, *, force: bool = False, all_keys: bool = False) -> dict[str, Emitted]:
         """Emit every complete or timed-out group, in step order per key.
@@ -264,6 +336,23 @@ class Reducer:
             force: emit everything pending (run end).
             all_keys: check every key (timeouts), not only those touched since the last call.
         """
+        out, blocks = self.emit_blocks(now, force=force, all_keys=all_keys)
+        for b in blocks:
+            for key, row in zip(b.keys, b.values, strict=True):
+                out[key] = Emitted(array("q", b.steps), array("d", row.tobytes()), array("i", b.counts))
+        return out
+
+    def emit_blocks(
+        self, now: float, *, force: bool = False, all_keys: bool = False
+    ) -> tuple[dict[str, Emitted], list[EmittedBlock]]:
+        """:meth:`emit`, with what key groups emitted as blocks (no key is in both)."""
+        blocks: list[EmittedBlock] = []
+        groups = self._groups if (force or all_keys) else self._touched_groups
+        for grp in groups.values():
+            b = grp.emit(now, self.done, self.world, self.group_timeout_s, force)
+            if b is not None:
+                blocks.append(b)
+        self._touched_groups = {}
         out: dict[str, Emitted] = {}
         keys = self.keys if (force or all_keys) else self._touched
         for key in list(keys):
@@ -314,7 +403,7 @@ class Reducer:
                     e = out[key] = Emitted(array("q"), array("d"), array("i"))
                 n = len(g)
                 e.steps.append(s)
-                e.values.append(fsum(g.values()) / n if mean else reduce(g))
+                e.values.append(total(g.values()) / n if mean else reduce(g))
                 e.counts.append(n)
                 st.emitted_upto = s
                 recent[s] = g  # kept for repeats; the oldest past the bound are dropped below
@@ -329,8 +418,9 @@ class Reducer:
                     entries -= len(recent.pop(next(iter(recent))))
             st.recent_entries = entries
         self._touched.clear()
-        return out
+        return out, blocks
 
     def pending_groups(self) -> int:
         """Groups still waiting for ranks."""
-        return sum(len(st.pending) for st in self.keys.values())
+        grouped = sum(len(g.pending) * len(g.keys) for g in self._groups.values())
+        return sum(len(st.pending) for st in self.keys.values()) + grouped

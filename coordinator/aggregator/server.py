@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -32,7 +33,7 @@ from coordinator.journal.paths import resolve_root
 from coordinator.transport import wire
 from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "ensure_fd_limit", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -54,11 +55,41 @@ _MAX_MAP_BYTES = 4096
 _STOPPING_COMMIT_RETRIES = 20
 """After a stop signal, failed commits retried before giving up."""
 
+_FD_SLACK = 256
+"""Descriptors besides the ranks' connections: the journal and its WAL, spools read at recovery,
+the query reader, forwarders' files and sockets, ZeroMQ's own."""
+
 _Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
 
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
 """Replies after which a rank may read the journal: the held main-series groups and the staged rank
 points are written as chunks first."""
+
+
+def ensure_fd_limit(world_size: int) -> int:
+    """Raise the soft open-file limit to one descriptor per rank plus slack (up to the hard limit).
+
+    The ROUTER holds one descriptor per connected rank. Under the usual soft limit of 1024, a job
+    of about a thousand ranks or more had its last ranks' connections refused by accept() (their
+    HELLOs never answered); the hard limit is usually far higher, and raising the soft one is
+    allowed without privileges. Below the hard limit it is left as it is; a hard limit too low is
+    warned about. Returns the soft limit now in force.
+    """
+    need = world_size + _FD_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < need:
+        _log.warning(
+            "open-file limit %d is below the %d that %d ranks need: ranks past it cannot connect (raise ulimit -n)",
+            new,
+            need,
+            world_size,
+        )
+    return max(new, soft)
 
 
 class Server:
@@ -71,6 +102,7 @@ class Server:
             ConfigError: CURVE is required but there is no job secret in the environment.
         """
         self.agg = agg
+        ensure_fd_limit(agg.cfg.world_size)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 2000)

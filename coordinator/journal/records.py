@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from coordinator.core.values import FieldValue
 from coordinator.journal.texts import TextRow
 
-__all__ = ["MAIN_RANK", "ChunkRow", "RunInfo", "StoredChunk", "TxnData"]
+__all__ = ["MAIN_RANK", "ChunkRow", "RunInfo", "StagedBlock", "StoredChunk", "TxnData"]
 
 MAIN_RANK = -1
 """Rank value of the reduced main series."""
@@ -32,6 +35,20 @@ class ChunkRow:
     steps: array[int]
     values: array[float]
     counts: array[int] | None = None
+
+
+@dataclass(slots=True)
+class StagedBlock:
+    """A rank's points of several keys logged together: one steps array, one row of values per key."""
+
+    keys: tuple[str, ...]
+    rank: int
+    incarnation: int
+    seq: int
+    ts: float
+    steps: array[int]
+    values: npt.NDArray[np.float64]
+    """Shape (len(keys), len(steps))."""
 
 
 @dataclass(slots=True)
@@ -54,8 +71,8 @@ class TxnData:
     """Meta-table upserts (saved counters)."""
     texts: list[TextRow] = field(default_factory=list)
     """Points of text series (their keys are in ``key_policies`` with policy ``text`` when new)."""
-    staged: list[ChunkRow] = field(default_factory=list)
-    """Rank chunks written as ONE row of the staging log (:mod:`coordinator.journal.staging`), not as chunks."""
+    staged: list[ChunkRow | StagedBlock] = field(default_factory=list)
+    """Rank chunks (and blocks) written as ONE row of the staging log (:mod:`coordinator.journal.staging`)."""
     unstage: bool = False
     """Delete every staged row: their points are in ``chunks`` of this transaction (materialized)."""
 

@@ -8,9 +8,14 @@ high-water marks, and keeps them in memory; about once a second (or when anythin
 chunks) it writes them as ordinary chunk rows, one per (key, rank, incarnation) however many rounds
 they came in, and deletes the staged rows they came from, in one transaction.
 
-A staged row's ``body`` is msgpack (never pickle): ``[FORMAT, [[key_id, rank, incarnation, seq,
+A staged row's ``body`` is msgpack (never pickle): ``[1, [[key_id, rank, incarnation, seq,
 ts, steps, values], ...]]`` with ``steps`` and ``values`` the little-endian int64 / float64 bytes
-of a chunk. ``n`` is the row's point count (what :func:`staged_points` sums without decoding).
+of a chunk; or, when the round holds blocks (keys a rank logged together,
+:class:`~coordinator.journal.records.StagedBlock`), ``[2, chunks, blocks]`` with each block
+``[[key_id, ...], rank, incarnation, seq, ts, steps, values]`` and ``values`` the keys x steps
+float64 matrix, row-major: one msgpack item and two byte strings for a whole dict of keys.
+Both formats are read; :func:`decode` splits a block into one piece per key. ``n`` is the row's
+point count (what :func:`staged_points` sums without decoding).
 A writer that opens a run materializes what a crash left staged before anything reads the rank
 chunks (:meth:`coordinator.journal.store.LocalStore.__init__`).
 """
@@ -23,10 +28,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from coordinator.core.columns import from_le, to_le
 from coordinator.errors import SinkError
-from coordinator.journal.records import ChunkRow
+from coordinator.journal.records import ChunkRow, StagedBlock
 
 __all__ = ["FORMAT", "STAGED_DDL", "Piece", "clear", "decode", "encode", "load", "merge", "stage", "staged_points"]
 
@@ -35,21 +41,28 @@ CREATE TABLE IF NOT EXISTS staged (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, b
 """
 """The table (schema 4); ``IF NOT EXISTS``, so the 3 -> 4 migration runs it too."""
 
-FORMAT = 1
-"""The body layout's version (the first element of every body)."""
+FORMAT = 2
+"""The newest body layout (the first element of every body); a round without blocks is written as 1."""
 
 Piece = tuple[int, int, int, int, float, "array[int]", "array[float]"]
 """(key_id, rank, incarnation, seq, ts, steps, values): a rank's points of one key."""
 
 
-def encode(pieces: Iterable[ChunkRow], key_id: Callable[[str], int]) -> tuple[int, bytes]:
-    """(points, body) of one staged row holding ``pieces`` (rank chunks; ``key_id`` maps their keys)."""
+def encode(pieces: Iterable[ChunkRow | StagedBlock], key_id: Callable[[str], int]) -> tuple[int, bytes]:
+    """(points, body) of one staged row holding ``pieces`` (rank chunks and blocks; ``key_id`` maps their keys)."""
     n = 0
     out: list[list[Any]] = []
+    blocks: list[list[Any]] = []
     for c in pieces:
+        if isinstance(c, StagedBlock):
+            n += len(c.keys) * len(c.steps)
+            ids = [key_id(k) for k in c.keys]
+            vb = np.ascontiguousarray(c.values, dtype="<f8").tobytes()
+            blocks.append([ids, c.rank, c.incarnation, c.seq, c.ts, to_le(c.steps), vb])
+            continue
         n += len(c.steps)
         out.append([key_id(c.key), c.rank, c.incarnation, c.seq, c.ts, to_le(c.steps), to_le(c.values)])
-    return n, msgpack.packb([FORMAT, out])
+    return n, msgpack.packb([FORMAT, out, blocks] if blocks else [1, out])
 
 
 def decode(body: bytes) -> list[Piece]:
@@ -59,15 +72,22 @@ def decode(body: bytes) -> list[Piece]:
         SinkError: the body is not a staged row this code wrote (corrupt, or another format).
     """
     try:
-        fmt, items = msgpack.unpackb(body)
-        if fmt != FORMAT:
-            raise SinkError(f"staged row of format {fmt!r}, this version reads {FORMAT}")
+        fmt, items, *rest = msgpack.unpackb(body)
+        if fmt not in (1, FORMAT) or len(rest) != (fmt == FORMAT):
+            raise SinkError(f"staged row of format {fmt!r}, this version reads 1 and {FORMAT}")
         out: list[Piece] = []
         for kid, rank, inc, seq, ts, sb, vb in items:
             steps, values = from_le("q", sb), from_le("d", vb)
             if len(steps) != len(values):
                 raise SinkError("staged piece with steps and values of different lengths")
             out.append((int(kid), int(rank), int(inc), int(seq), float(ts), steps, values))
+        for kids, rank, inc, seq, ts, sb, vb in rest[0] if rest else []:
+            steps = from_le("q", sb)
+            if len(vb) != 8 * len(steps) * len(kids):
+                raise SinkError("staged block whose values are not keys x steps")
+            for i, kid in enumerate(kids):
+                row = from_le("d", vb[8 * i * len(steps) : 8 * (i + 1) * len(steps)])
+                out.append((int(kid), int(rank), int(inc), int(seq), float(ts), array("q", steps), row))
         return out
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise SinkError(f"corrupt staged row: {e}") from e
@@ -87,7 +107,7 @@ def merge(pieces: Iterable[Piece]) -> list[Piece]:
     return list(out.values())
 
 
-def stage(db: sqlite3.Connection, pieces: Iterable[ChunkRow], key_id: Callable[[str], int]) -> None:
+def stage(db: sqlite3.Connection, pieces: Iterable[ChunkRow | StagedBlock], key_id: Callable[[str], int]) -> None:
     """Insert ``pieces`` as one staged row (inside the caller's transaction)."""
     n, body = encode(pieces, key_id)
     db.execute("INSERT INTO staged (n, body) VALUES (?, ?)", (n, body))

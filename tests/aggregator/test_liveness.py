@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +38,19 @@ def test_liveness_marks_silent_ranks_lost_and_heartbeats_revive(agg: Aggregator)
     assert agg.rank_state[1] == "live"
     agg.commit()
     assert ("rank_lost", 1) in [(e[1], e[2]) for e in agg.store.events()]
+
+
+def test_ranks_sharing_a_process_are_lost_together_and_a_live_process_keeps_its_ranks(tmp_path: Path) -> None:
+    """Same host: ranks 0 and 1 of an exited process are lost in one sweep; rank 2, in a live one, stays."""
+    agg = Aggregator(make_cfg(tmp_path, world=3))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for r in range(3):
+        hello(agg, r, now=0.0)
+        s = agg.senders[(r, 1)]
+        s.host, s.pid = socket.gethostname(), gone.pid if r < 2 else os.getpid()
+    agg.check_liveness(1.0)
+    assert agg.rank_state == {0: "lost", 1: "lost", 2: "live"}
 
 
 def test_liveness_follows_the_monotonic_clock_not_the_wall_clock(agg: Aggregator) -> None:

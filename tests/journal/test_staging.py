@@ -7,10 +7,12 @@ from array import array
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 
 from coordinator.errors import SinkError
 from coordinator.journal import staging
+from coordinator.journal.records import StagedBlock
 from coordinator.journal.schema import SCHEMA_VERSION, schema_of
 from coordinator.journal.store import ChunkRow, LocalStore, TxnData
 
@@ -137,3 +139,21 @@ def test_a_v3_store_is_read_as_it_is_and_migrated_to_v4_by_a_writer(tmp_path: Pa
     s.commit(TxnData(staged=[_row("a", 0, 2, [2])]))
     assert s.staged_points() == 1 and s.values("a", 0) == [(0, 0.0), (1, 1.0)]
     s.close()
+
+
+def test_a_round_with_blocks_is_format_2_and_reads_back_one_piece_per_key() -> None:
+    """A block (keys logged together) is one body item; decode splits it per key, next to the chunks."""
+    blk = StagedBlock(("a", "b"), 0, 1, 3, 5.0, array("q", [4, 5]), np.array([[1.0, 2.0], [3.0, 4.0]]))
+    n, body = staging.encode([_row("c", 1, 1, [0]), blk], {"a": 1, "b": 2, "c": 3}.__getitem__)
+    assert n == 5 and msgpack.unpackb(body)[0] == 2
+    got = [(p[0], p[1], p[2], p[3], p[4], list(p[5]), list(p[6])) for p in staging.decode(body)]
+    assert got == [
+        (3, 1, 1, 1, 5.0, [0], [100.0]),
+        (1, 0, 1, 3, 5.0, [4, 5], [1.0, 2.0]),
+        (2, 0, 1, 3, 5.0, [4, 5], [3.0, 4.0]),
+    ]
+    _, old = staging.encode([_row("c", 1, 1, [0])], {"c": 3}.__getitem__)
+    assert msgpack.unpackb(old)[0] == 1, "a round without blocks keeps the format older readers read"
+    bad = msgpack.packb([2, [], [[[1, 2], 0, 1, 3, 5.0, b"\0" * 8, b"\0" * 8]]])
+    with pytest.raises(SinkError, match="keys x steps"):
+        staging.decode(bad)

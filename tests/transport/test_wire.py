@@ -673,3 +673,36 @@ def test_a_checked_key_is_not_validated_again_and_an_unchecked_one_is() -> None:
         wire.decode_batch(raw_batch(m=[chunk(bad, [1], [1.0])]))  # no set: every key is checked
     with pytest.raises(ProtocolError, match="bad text chunk"):
         wire.decode_batch(text_batch([], [("t", [1], [1])]), {"t"})  # a checked key's texts are still checked
+
+
+def test_blocks_group_consecutive_chunks_with_equal_steps() -> None:
+    """blocks=True: runs of chunks with byte-equal steps become one block (keys x steps matrix); the rest
+    stays per key, and the points are the same as key by key."""
+    m = [
+        chunk("a", [1, 2], [1.0, 2.0]),
+        chunk("b", [1, 2], [3.0, 4.0]),
+        chunk("c", [1, 2], [5.0, 6.0]),
+        chunk("d", [3], [7.0]),
+        chunk("e", [1, 2], [8.0, 9.0]),
+        chunk("f", [1, 2], [0.5, -0.5]),
+    ]
+    plain = wire.decode_batch(raw_batch(m=m))
+    b = wire.decode_batch(raw_batch(m=m), blocks=True)
+    assert [(blk.keys, list(blk.steps), blk.values.tolist()) for blk in b.blocks] == [
+        (("a", "b", "c"), [1, 2], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+        (("e", "f"), [1, 2], [[8.0, 9.0], [0.5, -0.5]]),
+    ]
+    assert [(k, list(s), list(v)) for k, s, v in b.metrics] == [("d", [3], [7.0])]
+    assert b.points == plain.points == 11
+    assert not plain.blocks and [k for k, _, _ in plain.metrics] == list("abcdef")
+
+
+def test_blocks_are_checked_like_chunks() -> None:
+    """A block's steps are checked once for all its keys (a negative step is refused), its keys one by one."""
+    with pytest.raises(ProtocolError, match="negative step"):
+        wire.decode_batch(raw_batch(m=[chunk("a", [-1], [1.0]), chunk("b", [-1], [2.0])]), blocks=True)
+    with pytest.raises(ProtocolError, match="bad metric key"):
+        wire.decode_batch(raw_batch(m=[chunk("a", [1], [1.0]), chunk("", [1], [2.0])]), blocks=True)
+    with pytest.raises(ProtocolError) as ei:
+        wire.decode_batch(raw_batch(m=[chunk("a", [1], [1.0]), ["b", msgpack.Timestamp(1, 0), b""]]), blocks=True)
+    assert ei.value.code == "ext"

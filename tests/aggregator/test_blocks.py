@@ -1,0 +1,215 @@
+"""Key groups: exact sums, and a differential test of the block path against the per-key reducer."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from array import array
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coordinator.aggregator import Aggregator
+from coordinator.aggregator.blocks import exact_sums
+from coordinator.aggregator.reduce import Emitted, Reducer
+from coordinator.core.policies import PolicyTable
+from tests.aggregator.helpers import batch, bye, hello, make_cfg, reopen
+
+
+def _value(rng: random.Random) -> float:
+    kind = rng.random()
+    if kind < 0.25:
+        return float(rng.randint(-3, 3))
+    if kind < 0.5:
+        return rng.uniform(-1, 1) * 10.0 ** rng.randint(-300, 300)
+    if kind < 0.6:
+        return rng.choice([0.0, -0.0, 0.5, 1e307, -1e307, 2.0**-1074, 1.0 + 2.0**-52, 2.0**53])
+    if kind < 0.62:
+        return math.nan
+    return rng.gauss(0, 1)
+
+
+def test_exact_sums_equal_fsum_bit_for_bit() -> None:
+    """Every element, present entries only, is what math.fsum gives (ties, zeros, NaN, overflow included)."""
+    rng = random.Random(7)
+    for ranks in (1, 2, 3, 4, 8):
+        v = np.array([[[_value(rng) for _ in range(ranks)] for _ in range(200)] for _ in range(5)])
+        mask = np.array([[rng.random() < 0.8 for _ in range(ranks)] for _ in range(200)])
+        v[:, ~mask] = 0.0
+        got = exact_sums(v.copy(), mask)
+        for i in range(5):
+            for j in range(200):
+                want = math.fsum(v[i, j][mask[j]].tolist())
+                assert struct.pack("<d", got[i, j]) == struct.pack("<d", want) or (
+                    math.isnan(want) and math.isnan(got[i, j])
+                ), (v[i, j], mask[j], got[i, j], want)
+
+
+def test_exact_sums_near_ties() -> None:
+    """Sums whose float rounding is a near-tie are still correctly rounded."""
+    one = 1.0
+    ulp = 2.0**-52
+    rows = [[one, ulp / 2, ulp / 2**60], [one, ulp / 2, -(ulp / 2**60)], [one, -ulp / 4, -ulp / 4, ulp / 2**70]]
+    for r in rows:
+        v = np.array([[r]])
+        assert exact_sums(v, np.ones((1, len(r)), dtype=bool))[0, 0] == math.fsum(r)
+
+
+def _dump(out: dict[str, Emitted]) -> dict[str, tuple[bytes, bytes, bytes, int]]:
+    return {k: (e.steps.tobytes(), e.values.tobytes(), e.counts.tobytes(), e.reemitted) for k, e in out.items()}
+
+
+def _steps(rng: random.Random, last: int, emitted: int, odd: float = 0.25) -> list[int]:
+    n = rng.choice([1, 1, 2, 3, 5])
+    kind = rng.random() * odd / 0.25
+    if kind < 0.75 or kind < 1.0 - odd:
+        start = last + 1 + (rng.randint(1, 3) if rng.random() < 0.1 else 0)
+        return list(range(start, start + n))
+    if kind < 0.85:  # repeats of recent steps
+        start = max(0, last - rng.randint(0, 4))
+        return list(range(start, start + n))
+    if kind < 0.93:  # late
+        return [rng.randint(0, max(0, emitted))]
+    return rng.sample(range(max(0, last - 3), last + 6), k=min(n, 5))  # not increasing
+
+
+def _run(seed: int) -> None:
+    rng = random.Random(seed)
+    world = rng.choice([1, 2, 3, 4])
+    policies = {"c": rng.choice(["mean", "sum", "rank0", "min", "all"]), "e": rng.choice(["max", "mean"])}
+    table = PolicyTable(policies, rng.choice(["mean", "mean", "sum", "rank0"]))
+    timeout = rng.choice([3.0, 50.0])
+    new = Reducer(world, table, timeout)
+    old = Reducer(world, table, timeout, blocks=False)
+    group = ("a", "b", "c", "d")
+    others = [("a", "b", "c"), ("b", "a", "c", "d"), ("d", "e")]
+    last = dict.fromkeys(range(world), -1)
+    odd = rng.choice([0.0, 0.01, 0.25])  # how often a block is irregular: some runs keep their group long
+    now = 0.0
+    for _ in range(rng.randint(20, 120)):
+        op = rng.random()
+        if op < 0.6:
+            rank = rng.randrange(world + (1 if rng.random() < 0.02 else 0))
+            keys = group if rng.random() >= odd / 3 else rng.choice(others)
+            steps = _steps(rng, last.get(rank, -1), max(0, min(last.values())), odd)
+            last[rank] = max(last.get(rank, -1), *steps)
+            vals = np.array([[_value(rng) for _ in steps] for _ in keys])
+            sa = array("q", steps)
+            got = new.add_block(keys, rank, sa, vals.copy(), now)
+            want = old.add_block(keys, rank, array("q", steps), vals.copy(), now)
+            assert got == want
+        elif op < 0.6 + odd / 5:
+            rank = rng.randrange(world)
+            key = rng.choice("abcde")
+            steps = _steps(rng, last[rank], 0)
+            vals = [_value(rng) for _ in steps]
+            assert new.add(key, rank, steps, vals, now) == old.add(key, rank, steps, vals, now)
+        elif op < 0.7:
+            rank = rng.randrange(world)
+            new.rank_done(rank)
+            old.rank_done(rank)
+        elif op < 0.74:
+            rank = rng.randrange(world)
+            new.rank_back(rank)
+            old.rank_back(rank)
+        elif op < 0.77:
+            key, rank, step = rng.choice("abcd"), rng.randrange(world), rng.randint(0, max(0, last[0]))
+            new.rewind(key, rank, step)
+            old.rewind(key, rank, step)
+        else:
+            now += rng.choice([0.0, 0.5, 1.0, 4.0])
+            force = rng.random() < 0.05
+            all_keys = rng.random() < 0.3
+            assert _dump(new.emit(now, force=force, all_keys=all_keys)) == _dump(
+                old.emit(now, force=force, all_keys=all_keys)
+            )
+        assert (new.late_points, new.replaced_points) == (old.late_points, old.replaced_points)
+        assert new.pending_groups() == old.pending_groups()
+        for k in "abcde":
+            for r in range(world):
+                assert new.maxstep(k, r) == old.maxstep(k, r)
+    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+
+
+@pytest.mark.parametrize("chunk", range(10))
+def test_block_path_equals_per_key_path(chunk: int) -> None:
+    """Seeded random sequences of blocks, single keys, repeats, late and unordered steps, rank
+    done/back, rewinds, timeouts and forced emits give the same emitted (step, value, count) per
+    key, repeats and late/replaced counters with key groups as key by key."""
+    for seed in range(chunk * 60, chunk * 60 + 60):
+        _run(seed)
+
+
+def test_regular_blocks_stay_one_group() -> None:
+    """A dict logged by every rank at increasing steps is reduced as one group: the fast path is taken."""
+    red = Reducer(2, PolicyTable({}, "mean"), 60.0)
+    keys = ("x", "y")
+    for s in range(3):
+        for r in range(2):
+            red.add_block(keys, r, array("q", [s]), np.array([[float(r)], [float(s)]]), 0.0)
+        out, blocks = red.emit_blocks(0.0)
+        assert not out
+        assert [(b.keys, list(b.steps), b.values.tolist(), list(b.counts)) for b in blocks] == [
+            (keys, [s], [[0.5], [float(s)]], [2])
+        ]
+    assert set(red.groups) == {"x", "y"}
+    assert not red.keys
+
+
+def _journal_after(tmp_path: Path, blocks: bool) -> tuple[list[Any], dict[str, Any]]:
+    """Dicts logged by 3 ranks (a repeated key, a crash and a restart on the way): what the journal holds."""
+    a = Aggregator(make_cfg(tmp_path, world=3))
+    a.reducer.blocks = blocks
+    seqs = dict.fromkeys(range(3), 0)
+
+    def log(rank: int, metrics: dict[str, dict[int, float]], now: float) -> None:
+        seqs[rank] += 1
+        batch(a, rank, seqs[rank], now=now, metrics=metrics)
+
+    for r in range(3):
+        hello(a, r)
+    a.commit()
+    for s in range(12):
+        now = 1.0 + s * 0.05
+        for r in range(3):
+            log(r, {k: {s: s * 0.1 + r + i / 3} for i, k in enumerate("abcd")}, now)
+        if s == 5:
+            log(1, {"b": {5: 9.0}}, now)  # a repeat of one key: that group goes per key
+        a.emit(now, hold=True)
+        a.commit(stage=True, now=now)
+        if s == 8:
+            a.close()  # as a crash after the last commit: held groups and staged points are rebuilt
+            a = Aggregator(make_cfg(tmp_path, world=3))
+            a.reducer.blocks = blocks
+    for r in range(3):
+        bye(a, r, now=3.0)
+    a.finalize()
+    s = reopen(tmp_path)
+    return [s.values(k) for k in "abcd"], {k: s.rank_points(k) for k in "abcd"}
+
+
+def test_an_aggregator_stores_the_same_with_and_without_key_groups(tmp_path: Path) -> None:
+    """Main series and rank series read back equal whether the reducer reduces dicts as groups or key by key."""
+    assert _journal_after(tmp_path / "groups", True) == _journal_after(tmp_path / "keys", False)
+
+
+def test_values_past_the_float_range_do_not_stop_either_path() -> None:
+    """Two ranks logging 1e308 (or +inf and -inf) emit inf (NaN), on the group path and key by key."""
+    keys = ("big", "infs")
+    emitted: dict[bool, list[list[float]]] = {}
+    for blocks in (True, False):
+        red = Reducer(2, PolicyTable({}, "mean"), 60.0, blocks=blocks)
+        for r, sign in ((0, 1.0), (1, -1.0)):
+            red.add_block(keys, r, array("q", [0]), np.array([[1e308], [sign * math.inf]]), 0.0)
+        out, got = red.emit_blocks(0.0)
+        rows = [b.values[:, 0].tolist() for b in got]
+        if out:
+            rows.append([out[k].values[0] for k in keys])
+        emitted[blocks] = rows
+    for rows in emitted.values():
+        assert len(rows) == 1
+        assert rows[0][0] == math.inf
+        assert math.isnan(rows[0][1])
