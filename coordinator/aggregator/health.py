@@ -23,7 +23,7 @@ from typing import Any
 from coordinator.aggregator.fields import SYSTEM_RANK, FieldTable
 from coordinator.aggregator.outbox import Outbox
 
-__all__ = ["MAX_STRAGGLER_EVENTS", "STRAGGLER_CLEAR_RATIO", "Health", "HealthFields"]
+__all__ = ["MAX_STRAGGLER_EVENTS", "MAX_STRAGGLER_LINES", "STRAGGLER_CLEAR_RATIO", "Health", "HealthFields"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -35,6 +35,9 @@ STRAGGLER_CLEAR_RATIO = 0.5
 """A straggler stops being one when its lag falls below this fraction of ``straggler_lag_s``."""
 MAX_STRAGGLER_EVENTS = 20
 """Straggler events recorded per rank; after that only the ``sys/stragglers`` field changes."""
+
+MAX_STRAGGLER_LINES = 5
+"""New stragglers of one sweep logged a line each; more are logged as one line (all are events)."""
 
 
 @dataclass(slots=True)
@@ -143,19 +146,30 @@ class HealthFields:
             h["straggler"] = r in stragglers
             del h["clear"]
         self.stragglers_seen |= stragglers
-        for r in sorted(stragglers - self.stragglers):
-            self._straggler_event(now, r, snap[r]["lag_s"])
+        new = sorted(stragglers - self.stragglers)
+        told = [m for r in new if (m := self._straggler_event(now, r, snap[r]["lag_s"]))]
+        if len(told) <= MAX_STRAGGLER_LINES:
+            for msg in told:
+                _log.warning("%s", msg)
+        else:  # a thousand ranks falling behind at once: one line, the events keep each rank's
+            _log.warning(
+                "%d ranks became stragglers (up to %.3f s behind the fastest rank); each is an event, "
+                "sys/stragglers lists them",
+                len(told),
+                max(snap[r]["lag_s"] for r in new),
+            )
         if stragglers != self.stragglers or "sys/stragglers" not in self._fields:
             self.stragglers = stragglers
             write("sys/stragglers", ("list", sorted(stragglers)), SYSTEM_RANK, now)
         self.snapshot = snap
 
-    def _straggler_event(self, now: float, rank: int, lag_s: float) -> None:
+    def _straggler_event(self, now: float, rank: int, lag_s: float) -> str | None:
+        """Record that ``rank`` became a straggler (capped per rank); returns the message to log, if recorded."""
         n = self.events[rank] = self.events.get(rank, 0) + 1
         if n > MAX_STRAGGLER_EVENTS:
-            return
+            return None
         msg = f"rank {rank} is a straggler: {lag_s:.3f} s behind the fastest rank"
         if n == MAX_STRAGGLER_EVENTS:
             msg += f" (its {n}th straggler event: further ones are not recorded; see sys/stragglers)"
         self._outbox.event(now, "straggler", rank, msg)
-        _log.warning("%s", msg)
+        return msg

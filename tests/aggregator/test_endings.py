@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -189,4 +190,36 @@ def test_stragglers_have_hysteresis_and_a_capped_number_of_events(tmp_path: Path
         hf.update(float(i), {0: "live", 1: "live"})
     kinds = [e for e in a.outbox.txn.events if e[1] == "straggler"]
     assert len(kinds) == MAX_STRAGGLER_EVENTS and "not recorded" in kinds[-1][3]
+    a.finalize()
+
+
+def test_many_ranks_falling_behind_at_once_log_one_line_and_an_event_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = 40
+    a = Aggregator(make_cfg(tmp_path, world=world, straggler_lag_s=1.0))
+    hf: HealthFields = a.health_fields
+    base = {"last_step": 0, "steps_per_s": 0.0, "lag_steps": 0}
+    behind = {"n": 2}
+
+    def snapshot(now: float, ranks: set[int]) -> dict[int, dict[str, Any]]:
+        out = {}
+        for r in range(world):
+            late = 0 < r <= behind["n"]
+            out[r] = {**base, "lag_s": 2.0 if late else 0.0, "straggler": late, "clear": not late}
+        return out
+
+    a.health.snapshot = snapshot  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        hf.update(1.0, dict.fromkeys(range(world), "live"))  # 2 new stragglers: a line each
+        behind["n"] = world - 1
+        hf.update(2.0, dict.fromkeys(range(world), "live"))  # 37 more: one line
+    lines = [r.getMessage() for r in caplog.records if "straggler" in r.getMessage()]
+    assert lines[:2] == [
+        "rank 1 is a straggler: 2.000 s behind the fastest rank",
+        "rank 2 is a straggler: 2.000 s behind the fastest rank",
+    ]
+    assert len(lines) == 3 and lines[2].startswith(f"{world - 3} ranks became stragglers")
+    assert len([e for e in a.outbox.txn.events if e[1] == "straggler"]) == world - 1
+    assert hf.stragglers == set(range(1, world))
     a.finalize()
