@@ -20,7 +20,7 @@ import pytest
 import coordinator
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
-from coordinator.transport.discovery import private_dir
+from coordinator.transport.discovery import pid_alive, private_dir
 from coordinator.transport.launcher import OWNERS_FILE, AggregatorProcess, remove_stale_dirs
 
 pytestmark = pytest.mark.integration
@@ -123,6 +123,12 @@ def test_the_socket_directory_of_a_killed_run_is_removed_at_the_next_start(store
         psutil.Process(int(agg_pid)).kill()
         p.kill()
         p.wait(30)
+        # SIGKILL is delivered at once, but a process takes a moment to exit (unmapping its memory):
+        # the next start below must find both owners gone, as it would after any real crash.
+        deadline = time.monotonic() + 30
+        while pid_alive(int(agg_pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pid_alive(int(agg_pid)), "the SIGKILLed aggregator did not exit within 30 s"
     finally:
         if p.poll() is None:
             p.kill()
