@@ -154,14 +154,11 @@ class MainHold:
         """Hold ``e`` (one emit round's groups of ``key``) after what is held for the key."""
         held = self.keys.get(key)
         if held is None:
-            if not self.keys:
+            if not self.keys and not self.blocks:
                 self.since = now
             self.keys[key] = e
         else:
-            held.steps.extend(e.steps)
-            held.values.extend(e.values)
-            held.counts.extend(e.counts)
-            held.reemitted += e.reemitted
+            held.extend(e)
         self.points += len(e.steps)
 
     def add_block(self, b: EmittedBlock, now: float) -> None:
@@ -204,10 +201,7 @@ class MainHold:
                 if held is None:
                     merged[k] = e
                 else:
-                    held.steps.extend(e.steps)
-                    held.values.extend(e.values)
-                    held.counts.extend(e.counts)
-                    held.reemitted += e.reemitted
+                    held.extend(e)
             items = list(merged.items())
             self.keys.clear()
         ts = time.time()

@@ -102,6 +102,13 @@ class Emitted:
     reemitted: int = 0
     """How many of the steps re-emit an already emitted step (a repeat changed its value)."""
 
+    def extend(self, e: Emitted) -> None:
+        """Append ``e``'s points after these (a later emission of the same key)."""
+        self.steps.extend(e.steps)
+        self.values.extend(e.values)
+        self.counts.extend(e.counts)
+        self.reemitted += e.reemitted
+
 
 class Reducer:
     """Groups per-rank points by (key, step) and reduces them across ranks.
