@@ -48,8 +48,16 @@ page it dirties, and a rank's batches within one window share its chunk per key:
 50 ms flush interval one commit covers a batch of every rank instead of one commit per batch.
 An ACK (and a ``wait()``) may take this much longer; the sender's window keeps batches flowing."""
 _SWEEP_INTERVAL_S = 0.25
-"""How often liveness and rank 0's process are checked."""
+"""How often liveness and rank 0's process are checked, and complete groups emitted at the latest."""
 _HEALTH_INTERVAL_S = 1.0
+_EMIT_BYTES = 1024 * 1024
+"""Batch bytes read since the last emission that make the loop emit before the next sweep.
+
+Complete groups are emitted at each sweep (every :data:`_SWEEP_INTERVAL_S`), when a reply of
+the round reads the main series, or after this much input: a reduction costs about as much for
+one commit round's steps as for five (numpy's per-call overhead), and the main series is held
+for about a second before it is written anyway. The byte bound keeps a busy run's pending groups
+(the reducer's memory) to about a megabyte of input."""
 _MAX_MAP_BYTES = 4096
 """Largest HELLO, STATE, QUERY or BYE payload."""
 _STOPPING_COMMIT_RETRIES = 20
@@ -277,8 +285,10 @@ class Server:
         poller.register(self.reader.replies, zmq.POLLIN)
         last_sweep = last_health = last_commit = 0.0
         commit_failures = 0
+        unreduced = 0  # batch bytes read since the last emission
         while True:
-            idle_ms = 50 if not agg.reducer.pending_groups() else 20
+            # Wake up for the next sweep at the latest: it emits (and times out) pending groups.
+            idle_ms = min(50, max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000)))
             if self.replies:  # acks are due at the next group commit
                 idle_ms = max(0, math.ceil((last_commit + self._window_s - time.monotonic()) * 1000))
             events = dict(poller.poll(idle_ms))
@@ -286,6 +296,7 @@ class Server:
                 self._forward_answers()
             now = time.time()
             taken = self._receive_round(now) if self.sock in events else 0
+            unreduced += taken
             # Group commit: one transaction (and one round of acks) per window, however many ranks
             # sent in between.
             if (
@@ -311,7 +322,9 @@ class Server:
             # waits for the forwarders to pass the journal position of its ack, which must include
             # that batch's rank points and the main-series points emitted with it.
             readers = self.stopping or bool(agg.forwarders) or any(r[1] in _READS_MAIN for r in self.replies)
-            agg.emit(now, all_keys=sweep, hold=not readers)
+            if readers or sweep or unreduced >= _EMIT_BYTES:
+                agg.emit(now, all_keys=sweep, hold=not readers)
+                unreduced = 0
             try:
                 agg.commit(stage=not readers)
                 last_commit = time.monotonic()
