@@ -116,7 +116,18 @@ class Delivery:
         with b.lock:
             target = b.gen
             b.flush_requested = True
-        self._sender.wake()
+            b.awaiting += 1  # before the wake: the sender then listens for the ack at once
+        try:
+            self._sender.wake()
+            self._wait_for_gen(target, timeout, deadline)
+        finally:
+            with b.lock:
+                b.awaiting -= 1
+
+    def _wait_for_gen(self, target: int, timeout: float | None, deadline: float | None) -> None:
+        """Block until generation ``target`` is acknowledged (``wait_acked``'s loop)."""
+        assert self._sender is not None
+        b = self._buf
         with b.lock:
             while b.acked_gen < target:
                 self._raise_pending_errors()

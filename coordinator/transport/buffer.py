@@ -69,6 +69,9 @@ class Buffer:
         """An error after which nothing more can be delivered."""
         self.acked = 0
         self.lost = 0
+        self.awaiting = 0
+        """Threads blocked until an ack arrives (``wait()``): while > 0 the sender reads each reply
+        as it arrives; otherwise it reads them at its next flush (one wake-up per flush, not two)."""
 
     def wake_at(self, points: int, wake: Callable[[], None]) -> None:
         """Have the hot path call ``wake`` (the sender's) when a generation reaches ``points``."""

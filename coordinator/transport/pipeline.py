@@ -81,6 +81,11 @@ class Pipeline:
         return self._cutter.idle
 
     @property
+    def held(self) -> bool:
+        """True when batches wait for room in the window (backpressure) or for the first WELCOME."""
+        return bool(self._outbox)
+
+    @property
     def in_flight(self) -> int:
         """Batches sent and not yet acknowledged."""
         return len(self._window)

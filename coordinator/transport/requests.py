@@ -81,6 +81,11 @@ class RequestTable:
         self._open[self._last_id] = req
         return self._last_id
 
+    @property
+    def awaiting(self) -> bool:
+        """True while a sent request waits for its reply."""
+        return bool(self._open)
+
     def answer(self, req_id: int, reply: dict[str, Any]) -> None:
         """Complete the open request ``req_id`` with ``reply`` (a reply nobody waits for is dropped)."""
         req = self._open.pop(req_id, None)
