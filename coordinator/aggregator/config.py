@@ -62,6 +62,11 @@ class AggregatorConfig:
     """Require CURVE with keys derived from the job secret (read from the environment, never argv)."""
     spool_root: str = ""
     """The ranks' spool directory; at the end what lost ranks left there is recovered."""
+    restart: bool = False
+    """This process replaces an aggregator of the same job that died (the launcher's restart): the
+    rank states it restores from the store are this job's. The first aggregator of a job on an
+    existing run (``init_run(with_id=...)``) restores ranks that closed in earlier jobs: their
+    goodbyes do not end this one."""
     rendezvous_file: str = ""
     """Rank 0's rendezvous file (single node); removed at the run's end if rank 0 died without retracting it."""
 

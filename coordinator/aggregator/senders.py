@@ -89,6 +89,7 @@ class Senders:
     ) -> None:
         self._run_id = cfg.run_id
         self._world_size = cfg.world_size
+        self._restart = cfg.restart
         self._outbox = outbox
         self._counters = counters
         self._reducer = reducer
@@ -129,7 +130,9 @@ class Senders:
         for rank, st in self.rank_state.items():
             if st in ("closed", "lost"):
                 self._reducer.rank_done(rank)
-        if self.rank_state.get(0) == "closed":
+        if self._restart and self.rank_state.get(0) == "closed":
+            # The job's rank 0 had closed before this aggregator's predecessor died: drain and
+            # end. Not for a job resuming the run: its rank 0 has not said HELLO yet.
             self.rank0_bye_at = now
 
     def hello(

@@ -12,6 +12,7 @@ later start removes the directories of runs whose processes were all killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -128,6 +129,8 @@ class AggregatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         """Starts after the first one (a death before READY, or the supervisor's restarts)."""
+        self._was_ready = False
+        """An aggregator of this job became ready: a later start replaces it (``restart`` in its config)."""
 
     def start(self, timeout_s: float, *, retries: int = 0) -> None:
         """Start the process and wait until its socket is bound.
@@ -140,29 +143,27 @@ class AggregatorProcess:
             CoordinatorError: it exited ``retries + 1`` times or did not become ready in time
                 (its stderr says why).
         """
-        for attempt in range(retries + 1):
-            code = self._start_once(timeout_s)
-            if code is None:
-                return
+        attempt = 0
+        while (code := self._start_once(timeout_s)) is not None:
             if attempt == retries:
                 tries = f" ({attempt + 1} starts)" if attempt else ""
                 raise CoordinatorError(
                     f"the aggregator exited with code {code} before it was ready{tries} (see its messages above)"
                 )
+            attempt += 1
             self.restarts += 1
             _log.error(
                 "the aggregator of run %s exited with code %s before it was ready; starting it again (%d/%d)",
                 self.run_id,
                 code,
-                attempt + 1,
+                attempt,
                 retries,
             )
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _start_once(self, timeout_s: float) -> int | None:
         """One start; the exit code of a process that died before READY, else None (ready)."""
         config_file = self.sock_dir / CONFIG_FILE
-        _write_private(config_file, json.dumps(self.config))
+        _write_private(config_file, json.dumps({**self.config, "restart": self._was_ready}))
         cmd = [
             sys.executable,
             "-m",
@@ -172,8 +173,8 @@ class AggregatorProcess:
             "--config-file",
             str(config_file),
         ]
-        stderr = open(self.stderr_path, "ab") if self.stderr_path else None  # noqa: SIM115 - owned by the child
-        try:
+        # The child writes to its own copy of the descriptor; ours is closed once it has started.
+        with open(self.stderr_path, "ab") if self.stderr_path else contextlib.nullcontext() as stderr:
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -184,9 +185,6 @@ class AggregatorProcess:
                 start_new_session=True,
                 close_fds=True,
             )
-        finally:
-            if stderr is not None:
-                stderr.close()
         _write_private(self.sock_dir / OWNERS_FILE, f"{self.proc.pid}\n", append=True)
         try:
             line = self._read_ready(timeout_s)
@@ -194,11 +192,13 @@ class AggregatorProcess:
             config_file.unlink(missing_ok=True)  # read and deleted by the aggregator, unless it died first
         if line is None:
             code = self.proc.wait(5)
-            self.proc.stdout.close()  # type: ignore[union-attr]
+            assert self.proc.stdout is not None  # Popen(stdout=PIPE)
+            self.proc.stdout.close()
             return code
         # A wildcard TCP port is now a real one; a restarted aggregator binds the same endpoint.
         self.endpoint = line[len(b"READY ") :].decode().strip()
         self.config["endpoint"] = self.endpoint
+        self._was_ready = True
         return None
 
     def _read_ready(self, timeout_s: float) -> bytes | None:

@@ -131,7 +131,7 @@ def read_spool(path: str | os.PathLike[str], *, repair: bool = False) -> Iterato
             else:
                 try:
                     kind, seq, env, payload = msgpack.unpackb(body, raw=False, strict_map_key=True)
-                except Exception as e:  # noqa: BLE001 - corrupt despite the CRC: treat like a torn tail
+                except (ValueError, TypeError, msgpack.UnpackException) as e:  # corrupt despite the CRC: a torn tail
                     bad = f"undecodable record ({type(e).__name__})"
                 else:
                     yield SpoolRecord(kind, seq, env, payload)

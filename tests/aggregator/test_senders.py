@@ -149,3 +149,25 @@ def test_restart_keeps_fenced_incarnations_fenced(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError) as ei:
         hello(b, 0, inc=1)
     assert ei.value.code == "fenced"
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_rank_0_that_closed_ends_a_restarted_aggregator_but_not_a_resuming_job(tmp_path: Path, restart: bool) -> None:
+    """Restored "rank 0 closed" drains and ends a replacement aggregator of the same job; the first
+    aggregator of a job resuming the run waits for that job's rank 0 (its HELLO had not arrived)."""
+    a = Aggregator(make_cfg(tmp_path, world=1))
+    hello(a, 0)
+    assert batch(a, 0, 1, metrics={"loss": {0: 1.0}}) == "new"
+    bye(a, 0)
+    a.commit()
+    crash(a)
+    a.close()  # the first aggregator dies; its writer lock goes with it
+    b = Aggregator(make_cfg(tmp_path, world=1, restart=restart))
+    assert b.finished(2.0) is restart
+    if not restart:
+        hello(b, 0, inc=2)
+        assert not b.finished(2.5)
+        bye(b, 0, inc=2, now=3.0)
+        b.commit()
+        assert b.finished(3.0)
+    b.close()
