@@ -1,26 +1,103 @@
-"""The hot path's rare branches, kept out of ``Run``: precise validation, undoing a rejected call, waiting for room.
+"""The hot path's branches kept out of ``Run``: frames, precise validation, undoing a rejected call, waiting for room.
 
-Both run on the training thread with the buffer lock held (``wait_for_room`` releases it while
-it waits, through the buffer's condition).
+A dict of plain numbers logged at an explicit step goes to its key tuple's frame
+(:func:`log_frame`, :mod:`~coordinator.transport.frames`): a few C-level calls, no loop over the
+keys. Everything else takes ``Run.log``'s per-key path. All of it runs on the training thread
+with the buffer lock held (``wait_for_room`` releases it while it waits, through the buffer's
+condition).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from coordinator.client.devices import DeviceScalars, check_tensor, is_tensor
 from coordinator.client.keys import KeyRegistry
 from coordinator.core.columns import Column
 from coordinator.core.values import to_metric_value
 from coordinator.errors import ClosedError
-from coordinator.transport.buffer import Buffer
+from coordinator.transport.buffer import Buffer, Frame
 from coordinator.transport.sender import SenderThread
 
-__all__ = ["log_slow", "rollback", "wait_for_room"]
+__all__ = ["as_dict", "log_frame", "log_slow", "open_frame", "rollback", "wait_for_room"]
 
 _log = logging.getLogger("coordinator")
+
+_PLAIN = frozenset((float, int, bool))
+"""Value types a frame takes (exact types: numpy scalars, tensors and subclasses go per key)."""
+
+
+def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str]) -> bool:
+    """Append one ``log()`` call's row to the frame of its key tuple; False: take the per-key path.
+
+    The caller checked ``step >= 0`` and at least 2 keys. Nothing is kept when it returns False:
+    a value the values array refuses (an int beyond a float) cuts the frame back to its length
+    before the call, and the per-key path then raises the precise error.
+    """
+    vals = data.values()
+    if not _PLAIN.issuperset(map(type, vals)):
+        return False
+    kt = tuple(data)
+    fr = b.frames.get(kt)
+    if fr is None:
+        fr = open_frame(b, kt, keys, text_keys)
+        if fr is None:
+            return False
+    values = fr.values
+    n = len(values)
+    try:
+        values.extend(vals)
+    except OverflowError:
+        del values[n:]
+        return False
+    except BaseException:
+        del values[n:]
+        raise
+    fr.steps.append(step)
+    return True
+
+
+def open_frame(b: Buffer, kt: tuple[str, ...], keys: KeyRegistry, text_keys: set[str]) -> Frame | None:
+    """A new frame for key tuple ``kt`` in this generation, its keys validated; None: the call goes per key.
+
+    None when one of the keys already has points of this generation elsewhere (a column, another
+    frame: a key lives in one place, so its points stay in call order) or is not a valid new
+    numeric series (the per-key path raises the precise error). Empty columns of the keys (built
+    ahead by the cutter) are dropped: the frame takes the keys.
+    """
+    if not b.framed.keys().isdisjoint(kt):
+        return None
+    cols = b.cols
+    if not cols.keys().isdisjoint(kt):
+        if any(cols[k][0] for k in kt if k in cols):
+            return None
+        for k in kt:
+            cols.pop(k, None)
+    if not keys.series.issuperset(kt) or not text_keys.isdisjoint(kt):
+        if not text_keys.isdisjoint(kt):
+            return None
+        try:
+            for k in kt:
+                keys.add_series(k)
+        except (TypeError, ValueError):
+            return None
+    fr = b.frames[kt] = Frame(kt)
+    b.framed.update(dict.fromkeys(kt, fr))
+    return fr
+
+
+def as_dict(data: object) -> dict[str, Any]:
+    """``log()``'s ``data`` as a dict (a copy of a mapping that is not one).
+
+    Raises:
+        TypeError: not a mapping.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"log() takes a dict of metrics, got {type(data).__name__}")
+    return dict(data)
 
 
 def log_slow(
@@ -31,12 +108,19 @@ def log_slow(
     new_column: Callable[[str], Column],
     dev: DeviceScalars,
 ) -> None:
-    """Validate every key and value of a ``log()`` call (raising the precise error), then append all or nothing."""
-    for k in data:
-        if k not in keys.series:
-            keys.check_new(k)
-    tensors = {k: check_tensor(k, v) for k, v in data.items() if is_tensor(v)}
-    clean = {k: to_metric_value(k, v) for k, v in data.items() if k not in tensors}
+    """Validate every key and value of a ``log()`` call (raising the precise error), then append all or nothing.
+
+    The error raised is the user's alone: nothing internal chained to it (e.g. ``float()``
+    failing inside ``to_metric_value``).
+    """
+    try:
+        for k in data:
+            if k not in keys.series:
+                keys.check_new(k)
+        tensors = {k: check_tensor(k, v) for k, v in data.items() if is_tensor(v)}
+        clean = {k: to_metric_value(k, v) for k, v in data.items() if k not in tensors}
+    except (TypeError, ValueError) as e:
+        raise e from None
     for k, v in data.items():
         c = cols.get(k) or new_column(k)
         if k in tensors:
@@ -55,11 +139,12 @@ def rollback(cols: dict[str, Column], data: dict[str, object], failed: object, d
         dev.discard_last(c[0], c[1])
         c[0].pop()
         c[1].pop()
-    # The failing key itself: its value may be in (a step append never fails: validated).
-    c = cols.get(failed)  # type: ignore[call-overload]
-    if c is not None and len(c[1]) > len(c[0]):
-        dev.discard_last(c[0], c[1])
-        c[1].pop()
+    # The failing key itself: its value may be in (a step append never fails: validated). A key
+    # that is not a str never got a column (its validation is what failed).
+    last = cols.get(failed) if isinstance(failed, str) else None
+    if last is not None and len(last[1]) > len(last[0]):
+        dev.discard_last(last[0], last[1])
+        last[1].pop()
 
 
 def wait_for_room(b: Buffer, sender: SenderThread | None, rank: int, endpoint: str | None) -> None:

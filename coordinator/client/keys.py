@@ -7,9 +7,10 @@ with. Callers hold the run's buffer lock (except :meth:`KeyRegistry.claim_policy
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from coordinator.core.limits import MAX_KEYS_PER_RUN
+from coordinator.core.policies import POLICIES, POLICY_PREFIX
 from coordinator.core.values import check_key
 
 __all__ = ["KeyRegistry"]
@@ -61,6 +62,21 @@ class KeyRegistry:
                 raise ValueError(f"{p!r} is a series; a path is either a field or a series")
             if p.startswith("sys/"):
                 raise ValueError(f"{p!r}: sys/* fields are written by the coordinator")
+
+    def declare_policy(self, keys: Iterable[object], policy: str) -> Iterator[str]:
+        """Claim ``policy`` for each key in turn; yields the field path announcing each new claim.
+
+        The caller queues each path before the next key is claimed, so a key that raises leaves
+        the earlier ones claimed and announced.
+
+        Raises:
+            ValueError: an unknown policy; see :meth:`claim_policy`.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+        for k in keys:
+            if self.claim_policy(k, policy):
+                yield f"{POLICY_PREFIX}{k}"
 
     def claim_policy(self, key: object, policy: str) -> bool:
         """Declare ``key``'s reduction policy (a known one); True when new (to be sent), False when already so.

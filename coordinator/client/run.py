@@ -1,9 +1,10 @@
 """``Run``: one run as one rank sees it; the hot path that puts points and fields into the buffer.
 
-``log()`` and ``append()`` validate at the call site and append to the buffer's columns under
-one short lock; everything else (sending, numbering steps, encoding) happens on the sender
-thread. The run composes the rest: its local view (:mod:`~coordinator.client.view`), its waits
-and requests (:mod:`~coordinator.client.delivery`) and its end (:mod:`~coordinator.client.lifecycle`).
+``log()`` and ``append()`` validate at the call site and append to the buffer's columns (a dict
+of plain numbers at an explicit step: to its frame, ``client/hotpath.py``) under one short lock;
+everything else (sending, numbering steps, encoding) happens on the sender thread. The run
+composes the rest: its local view (:mod:`~coordinator.client.view`), its waits and requests
+(:mod:`~coordinator.client.delivery`) and its end (:mod:`~coordinator.client.lifecycle`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from coordinator.client.delivery import Delivery, ErrorQueue, Series, TextSeries
 from coordinator.client.devices import DeviceScalars, is_tensor
 from coordinator.client.endings import reason_of
 from coordinator.client.handle import Handle
-from coordinator.client.hotpath import log_slow, rollback, wait_for_room
+from coordinator.client.hotpath import as_dict, log_frame, log_slow, rollback, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
@@ -34,7 +35,6 @@ from coordinator.client.system import start_sampler
 from coordinator.client.texts import TextAppender
 from coordinator.client.view import LocalView, field_from_wire
 from coordinator.core.columns import Column
-from coordinator.core.policies import POLICIES, POLICY_PREFIX
 from coordinator.core.redact import secret_values
 from coordinator.core.values import check_key, check_step, flatten_fields, to_metric_value
 from coordinator.errors import ClosedError, CoordinatorError
@@ -189,45 +189,42 @@ class Run:
             step = -1
         elif type(step) is not int or step < 0:
             step = check_step(step)
-        if type(data) is not dict:
-            if not isinstance(data, Mapping):
-                raise TypeError(f"log() takes a dict of metrics, got {type(data).__name__}")
-            data = dict(data)
+        d: dict[str, Any] = data if type(data) is dict else as_dict(data)
         if policy is not None:
-            self._declare_policy(data, policy)
+            self._declare_policy(d, policy)
         b = self._buf
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
+            if step >= 0 and len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys):
+                b.pending += len(d)
+                return
             cols = b.cols
             try:
-                for k, v in data.items():
+                for k, v in d.items():
                     c = cols.get(k)
                     if c is None:
                         c = self._new_column(k)
                     if v.__class__ is not float and is_tensor(v):
                         self._dev.defer(k, v, c[0], c[1])  # no GPU sync here: read on the sender thread
                     else:
-                        c[1].append(v)  # type: ignore[arg-type]
+                        c[1].append(v)
                     c[0].append(step)
             except (TypeError, ValueError, OverflowError):
-                rollback(b.cols, data, k, self._dev)  # the slow path below raises the precise error
+                rollback(b.cols, d, k, self._dev)  # the slow path below raises the precise error
             except BaseException:
-                rollback(b.cols, data, k, self._dev)
+                rollback(b.cols, d, k, self._dev)
                 raise
             else:
-                b.pending += len(data)
+                b.pending += len(d)
                 return
             # Outside the handler: a rejected call raises its own error, no internal one chained to it.
-            try:
-                log_slow(data, step, self._keys, b.cols, self._new_column, self._dev)
-            except (TypeError, ValueError) as e:
-                raise e from None  # e.g. float() failing inside to_metric_value: not the user's concern
-            b.pending += len(data)
+            log_slow(d, step, self._keys, b.cols, self._new_column, self._dev)
+            b.pending += len(d)
 
-    def _append(self, key: str, value: object, step: int | None) -> None:
+    def _append(self, key: str, value: Any, step: int | None) -> None:
         if step is None:
             step = -1
         elif type(step) is not int or step < 0:
@@ -245,7 +242,7 @@ class Run:
                 self._dev.defer(key, value, c[0], c[1])
             else:
                 try:
-                    c[1].append(value)  # type: ignore[arg-type]
+                    c[1].append(value)
                 except (TypeError, ValueError, OverflowError):
                     c[1].append(to_metric_value(key, value))
             c[0].append(step)
@@ -256,20 +253,21 @@ class Run:
 
     def _declare_policy(self, keys: Iterable[object], policy: str) -> None:
         """Send a per-key policy override ahead of the keys' first points (slow path)."""
-        if policy not in POLICIES:
-            raise ValueError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
-        for k in keys:
-            if self._keys.claim_policy(k, policy):
-                with self._buf.lock:
-                    self._buf.fields.append((f"{POLICY_PREFIX}{k}", ("str", policy)))
+        for path in self._keys.declare_policy(keys, policy):  # each claim is queued before the next
+            with self._buf.lock:
+                self._buf.fields.append((path, ("str", policy)))
 
     # ------------------------------------------------------------------ hot-path helpers (lock held)
 
     def _new_column(self, key: str) -> Column:
+        b = self._buf
+        if key in b.framed:  # the key's earlier points of this generation sit in a frame: they stay first
+            b.spill(key)
+            return b.cols[key]
         self._texts.check_numeric(key)
         self._keys.add_series(key)
         c: Column = (array("q"), array("d"))
-        self._buf.cols[key] = c
+        b.cols[key] = c
         return c
 
     # ------------------------------------------------------------------ fields

@@ -1,7 +1,8 @@
 """Automatic step numbering: a point logged without a step gets its rank's previous step for the key + 1.
 
 This is training semantics, so it lives with the client; the sender calls it on each column it
-cuts from the buffer (off the training thread), before the batch is numbered and sent. A rank
+cuts from the buffer (off the training thread), before the batch is numbered and sent, and
+:meth:`StepNumbering.frame` on each frame (whose steps are all explicit) to record where it ended. A rank
 that resumes a run (``init_run(with_id=...)``, an elastic restart) continues after the last step
 it stored in its earlier incarnations: the aggregator's WELCOME says where that was
 (``last_steps``), and :meth:`StepNumbering.welcome` takes it. The same call on a cut column first
@@ -14,6 +15,7 @@ import logging
 import threading
 from array import array
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 __all__ = ["StepNumbering"]
@@ -66,6 +68,14 @@ class StepNumbering:
             _log.warning("rank %d: ignoring malformed last_steps in WELCOME: %r", self._rank, type(last_steps))
         self._auto = None
         self.welcomed.set()
+
+    def frame(self, keys: tuple[str, ...], last: int) -> None:
+        """Every key of a cut frame (a dict logged at explicit steps) was last logged at ``last``.
+
+        A frame's steps are explicit, so there is nothing to number: recording the last step
+        (one C-level update for all keys) lets a later ``log()`` without a step continue after it.
+        """
+        self._last.update(zip(keys, repeat(last)))
 
     def __call__(self, key: str, steps: array[int]) -> None:
         """Replace each -1 in ``steps`` (no step given) by the previous step for ``key`` + 1, in place."""

@@ -10,6 +10,12 @@ The usual generation (no texts, at most one batch of points) is numbered and tur
 chunks in one pass over its keys, in slices of :data:`SLICE_KEYS` keys: between slices the
 cutter calls ``pause`` (the sender's GIL slicer), so a cut of many keys never holds the GIL for
 long in one stretch.
+
+Frames (a dict of plain numbers logged at explicit steps, :mod:`~coordinator.transport.frames`)
+are cut as one wire block each, with no per-key Python: their steps need no numbering, only
+recording (``frame_steps``: the keys' last step, so a later ``log()`` without a step continues
+after it). A frame that does not fit the room left in a batch is split by step rows; one with
+more keys than a batch holds is spilled into per-key columns and split as those are.
 """
 
 from __future__ import annotations
@@ -25,8 +31,19 @@ from coordinator.core.columns import Column, to_le
 from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer, TextColumn
+from coordinator.transport.frames import Frame
 
-__all__ = ["MAX_BATCH_TEXT_CHARS", "SLICE_KEYS", "Cutter", "NumberSteps", "OutBatch", "split_columns", "split_texts"]
+__all__ = [
+    "MAX_BATCH_TEXT_CHARS",
+    "SLICE_KEYS",
+    "Cutter",
+    "FrameSteps",
+    "NumberSteps",
+    "OutBatch",
+    "split_columns",
+    "split_frames",
+    "split_texts",
+]
 
 MAX_BATCH_TEXT_CHARS = 8 * 1024 * 1024
 """Characters of text one batch carries at most (at most 4 bytes each in UTF-8: 32 MiB < the 64 MiB frame cap)."""
@@ -37,9 +54,14 @@ SLICE_KEYS = 32
 NumberSteps = Callable[[str, "array[int]"], None]
 """``number_steps(key, steps)``: fills in, in place, the steps a caller left as -1."""
 
+FrameSteps = Callable[[tuple[str, ...], int], None]
+"""``frame_steps(keys, last)``: every key of a cut frame was last logged at step ``last``."""
+
 Chunk = tuple[str, "array[int]", "array[float]"]
 Part = tuple[list[Chunk], list[tuple[str, FieldValue]], int]
 """One batch's metric chunks, field writes and point count, before encoding."""
+Encoded = tuple[list[list[object]], list[wire.BlockItem], int]
+"""One batch's wire chunks (``[key, LE steps, LE values]``), wire blocks and point count."""
 
 
 @dataclass(slots=True)
@@ -63,14 +85,20 @@ class Cutter:
     """Takes the buffer's current generation and encodes it as batches (sender thread)."""
 
     def __init__(
-        self, number_steps: NumberSteps, max_batch_points: int, pause: Callable[[], None] | None = None
+        self,
+        number_steps: NumberSteps,
+        max_batch_points: int,
+        pause: Callable[[], None] | None = None,
+        frame_steps: FrameSteps | None = None,
     ) -> None:
         """Args:
         number_steps: fills in a column's -1 steps (the client's rule).
         max_batch_points: points one batch carries at most.
         pause: called between slices of keys (the sender lets other threads take the GIL).
+        frame_steps: told each cut frame's keys and last step (the client's rule keeps them).
         """
         self._number_steps = number_steps
+        self._frame_steps = frame_steps if frame_steps is not None else _no_frame_steps
         self._cap = max_batch_points
         self._pause = pause if pause is not None else _no_pause
         self.hot_keys: list[str] = []
@@ -78,40 +106,62 @@ class Cutter:
         self.cut_gen = -1
         """The last generation taken from the buffer."""
         self._texts = False
+        self._frames = False
         self._points = 0
 
     @property
     def idle(self) -> bool:
         """True when the last cut found no metric points and no texts."""
-        return not self.hot_keys and not self._texts
+        return not self.hot_keys and not self._texts and not self._frames
 
     def cut(self, buf: Buffer) -> list[OutBatch]:
         """Swap the buffer's generation out and encode it; empty when nothing was logged."""
         fresh: dict[str, Column] = {k: (array("q"), array("d")) for k in self.hot_keys}
-        gen, cols, fields, texts = buf.cut(fresh)
+        gen, cols, framed, fields, texts = buf.cut(fresh)
         self.cut_gen = gen
         self.hot_keys = [k for k, (steps, _) in cols.items() if steps]
         self._texts = bool(texts)
-        if not self.hot_keys and not fields and not texts:
+        self._frames = bool(framed)
+        if not self.hot_keys and not framed and not fields and not texts:
             return []
         ts = time.time()
+        cap = self._cap
+        frames = list(framed.values())
+        for f in frames:
+            self._frame_steps(f.keys, f.steps[-1])
+        if any(len(f.keys) > cap for f in frames):  # wider than a batch: per key (its keys have no column)
+            for f in frames:
+                if len(f.keys) > cap:
+                    cols.update(f.columns())
+            frames = [f for f in frames if len(f.keys) <= cap]
+        parts: list[Encoded] = []
         if not texts:
             chunks = self._one_pass(cols)
-            if chunks is not None:  # the usual case: one batch, encoded without splitting
-                return [OutBatch(0, gen, self._points, b"", wire.encode_chunks(chunks, fields, ts))]
-            number: NumberSteps = _numbered  # the one pass numbered every column already
-        else:
-            number = self._number_steps
-        parts = split_columns(cols, fields, self._cap, number) if self.hot_keys or fields else []
-        text_parts = split_texts(texts, self._cap, self._number_steps) if texts else []
-        out = [OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts)) for m, f, n in parts[:-1]]
-        if parts:
-            m, f, n = parts[-1]
-            first: list[wire.TextChunk] = []
-            if text_parts and n + text_parts[0][1] <= self._cap:  # the usual case: one batch per cut
-                first, tn = text_parts.pop(0)
+            if chunks is not None:
+                n = self._points
+                fn = sum(f.points for f in frames)
+                if n + fn <= cap:  # the usual case: one batch, nothing split
+                    blocks = [f.block() for f in frames]
+                    return [OutBatch(0, gen, n + fn, b"", wire.encode_chunks(chunks, fields, ts, None, blocks))]
+                parts.append((chunks, [], n))
+            else:  # more than a batch: the one pass numbered every column, split them
+                parts = _encoded(split_columns(cols, [], cap, _numbered))
+        elif self.hot_keys or framed or fields:
+            parts = _encoded(split_columns(cols, [], cap, self._number_steps))
+        if frames:
+            m, _, n = parts[-1]
+            (first, fn), *rest = split_frames(frames, cap, cap - n)
+            parts[-1] = (m, first, n + fn)
+            parts.extend(([], bl, bn) for bl, bn in rest)
+        text_parts = split_texts(texts, cap, self._number_steps) if texts else []
+        out: list[OutBatch] = []
+        for i, (m, bl, n) in enumerate(parts):
+            last = i == len(parts) - 1
+            first_texts: list[wire.TextChunk] = []
+            if last and text_parts and n + text_parts[0][1] <= cap:  # the usual case: one batch per cut
+                first_texts, tn = text_parts.pop(0)
                 n += tn
-            out.append(OutBatch(0, gen, n, b"", wire.encode_batch(m, f, ts, first)))
+            out.append(OutBatch(0, gen, n, b"", wire.encode_chunks(m, fields if last else [], ts, first_texts, bl)))
         out.extend(OutBatch(0, gen, n, b"", wire.encode_batch([], [], ts, t)) for t, n in text_parts)
         return out
 
@@ -143,6 +193,20 @@ class Cutter:
 
 def _no_pause() -> None:
     """The default ``pause``: nothing to yield to."""
+
+
+def _no_frame_steps(keys: tuple[str, ...], last: int) -> None:
+    """The default ``frame_steps``: no numbering to keep."""
+
+
+def _chunk(c: Chunk) -> list[object]:
+    """A chunk as on the wire: ``[key, LE int64 steps, LE float64 values]``."""
+    return [c[0], _to_le(c[1]), _to_le(c[2])]
+
+
+def _encoded(parts: list[Part]) -> list[Encoded]:
+    """Parts of :func:`split_columns` (without fields) as wire chunks."""
+    return [([_chunk(c) for c in m], [], n) for m, _, n in parts]
 
 
 def _numbered(key: str, steps: array[int]) -> None:
@@ -184,6 +248,34 @@ def split_columns(
         out.append((cur, fields, n))
     else:
         out[-1] = (out[-1][0], fields, out[-1][2])
+    return out
+
+
+def split_frames(frames: list[Frame], cap: int, room: int) -> list[tuple[list[wire.BlockItem], int]]:
+    """Frames as wire blocks in parts of at most ``cap`` points, split by step rows.
+
+    The first part holds at most ``room`` points (the room left in the batch it joins; it may be
+    empty); a frame that does not fit whole goes on in the next part, ``cap // K`` rows per part.
+    Every frame has at most ``cap`` keys.
+    """
+    out: list[tuple[list[wire.BlockItem], int]] = []
+    cur: list[wire.BlockItem] = []
+    n = 0
+    limit = room
+    for f in frames:
+        k = len(f.keys)
+        rows = len(f.steps)
+        r = 0
+        while r < rows:
+            take = min(rows - r, (limit - n) // k)
+            if not take:
+                out.append((cur, n))
+                cur, n, limit = [], 0, cap
+                continue
+            cur.append(f.block() if take == rows else f.block(r, r + take))
+            n += take * k
+            r += take
+    out.append((cur, n))
     return out
 
 

@@ -2,7 +2,10 @@
 
 Metric points accumulate as columns (an int64 step array and a float64 value array per key)
 under one short lock; the sender swaps the whole column dict out every flush interval, so the
-hot path never encodes and the sender's work is per key, not per point. Texts of text series
+hot path never encodes and the sender's work is per key, not per point. A dict of plain numbers
+logged at explicit steps accumulates as one *frame* (:mod:`~coordinator.transport.frames`) for
+all its keys instead: within a generation a key lives in exactly one place, a column or one
+frame (:attr:`Buffer.framed`), and a per-key append of a framed key spills its frame first. Texts of text series
 accumulate the same way (steps and a list of str per key) and count as points. A *generation* is
 what accumulated between two swaps; ``wait()`` waits for its generation to be acknowledged.
 
@@ -22,11 +25,15 @@ from typing import Any
 from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.errors import CoordinatorError
+from coordinator.transport.frames import Frame
 
-__all__ = ["Buffer", "Column", "TextColumn"]
+__all__ = ["Buffer", "Column", "Cut", "Frame", "TextColumn"]
 
 TextColumn = tuple["array[int]", list[str]]
 """One text series' pending points: its steps (-1: numbered by the sender) and its texts."""
+
+Cut = tuple[int, dict[str, Column], dict[tuple[str, ...], Frame], list[tuple[str, FieldValue]], dict[str, TextColumn]]
+"""A swapped-out generation: its number, metric columns, frames, field writes and text columns."""
 
 
 class Buffer:
@@ -40,6 +47,10 @@ class Buffer:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.cols: dict[str, Column] = {}
+        self.frames: dict[tuple[str, ...], Frame] = {}
+        """Key tuple -> the frame of this generation's dicts of plain numbers logged with those keys."""
+        self.framed: dict[str, Frame] = {}
+        """Key -> the frame holding its points of this generation (such a key has no column)."""
         self.fields: list[tuple[str, FieldValue]] = []
         self.texts: dict[str, TextColumn] = {}
         """Text series key -> its pending points (counted in ``pending`` like metric points)."""
@@ -91,9 +102,19 @@ class Buffer:
         self.mark = self.max_points
         return self.pending >= self.max_points
 
-    def cut(
-        self, fresh: dict[str, Column]
-    ) -> tuple[int, dict[str, Column], list[tuple[str, FieldValue]], dict[str, TextColumn]]:
+    def spill(self, key: str) -> None:
+        """Turn the frame holding ``key`` into per-key columns, points in order (lock held).
+
+        A per-key append of a framed key calls this first, so its earlier points stay first.
+        """
+        fr = self.framed[key]
+        del self.frames[fr.keys]
+        framed = self.framed
+        for k in fr.keys:
+            del framed[k]
+        self.cols.update(fr.columns())
+
+    def cut(self, fresh: dict[str, Column]) -> Cut:
         """Swap out the current generation (sender thread); frees its room in the buffer.
 
         Args:
@@ -101,11 +122,14 @@ class Buffer:
                 lock, so the training thread does not build them again after every flush.
 
         Returns:
-            The generation, its metric columns, its field writes and its text columns.
+            The generation, its metric columns, its frames, its field writes and its text columns.
         """
         with self.lock:
             gen = self.gen
             cols, self.cols = self.cols, fresh
+            frames = self.frames
+            if frames:
+                self.frames, self.framed = {}, {}
             fields, self.fields = self.fields, []
             texts = self.texts
             if texts:
@@ -116,7 +140,7 @@ class Buffer:
             self.in_flight += self.pending
             self.pending = 0
             self.cond.notify_all()
-        return gen, cols, fields, texts
+        return gen, cols, frames, fields, texts
 
     def progress(self, acked_gen: int, points: int) -> None:
         """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""

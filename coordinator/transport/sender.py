@@ -154,11 +154,13 @@ class SenderThread(threading.Thread):
                 self._main_offline()
             else:
                 self._main()
-        except BaseException as e:  # noqa: BLE001 - the thread must not die silently: surface it to wait()
+        except BaseException as e:  # the thread must not die silently: surface it to wait()
             _log.error("coordinator sender thread crashed: %r", e, exc_info=True)
             err = e if isinstance(e, CoordinatorError) else CoordinatorError(f"sender thread crashed: {e!r}")
             self.buf.fail(err, fatal=True)
             self._requests.fail_all(err)
+            if not isinstance(e, Exception):
+                raise  # SystemExit and the like end the thread as they would, once recorded
         finally:
             if self.spool is not None:
                 # Unacknowledged batches stay on disk for `coordinator sync`; an empty spool goes away.
@@ -177,7 +179,12 @@ class SenderThread(threading.Thread):
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         return Pipeline(
             buf=self.buf,
-            cutter=Cutter(self._number_steps, c.max_batch_points, pause=self.slicer.pause),
+            cutter=Cutter(
+                self._number_steps,
+                c.max_batch_points,
+                pause=self.slicer.pause,
+                frame_steps=getattr(self._number_steps, "frame", None),  # the client's StepNumbering records frames
+            ),
             window=Window(max_batches=c.max_window, max_points=c.max_backlog_points, envelope=self._batch_envelope),
             outbox=Outbox(
                 policy=c.backpressure,

@@ -5,14 +5,19 @@ Every message is two ZeroMQ frames: ``[envelope, payload]``.
 * envelope: msgpack array ``[PROTOCOL, kind, run_id, rank, incarnation, seq]``
 * payload: a msgpack map whose schema depends on ``kind``
 
+Decoding is bounded and takes plain data only (:mod:`~coordinator.transport.plain`).
+
 Batches are columnar: for each metric key, the steps (little-endian int64) and values
 (little-endian float64) of every point in the batch as two byte strings; for each text series
 key, the steps the same way and the texts as a list of str. No pickle, no msgpack ext types;
 every decoded value is type-checked before use.
 
-A run of consecutive metric chunks with byte-identical steps (what a rank sends for a dict
-logged at a step) may be decoded as one :class:`Block`: one steps array, one keys x steps values
-matrix (``decode_batch(..., blocks=True)``), so the aggregator handles it without per-key work.
+Since protocol 3 a batch may also carry *blocks* (``"b"``): a dict logged at explicit steps, cut
+from the rank's frame (:mod:`~coordinator.transport.frames`) as ``[keys, LE int64 steps (n),
+LE float64 values (n x K, step-major)]``. ``decode_batch(..., blocks=True)`` hands each over as
+one :class:`Block` (one steps array, one keys x steps values matrix), as it does a run of
+consecutive metric chunks with byte-identical steps (what older ranks send for such a dict), so
+the aggregator handles it without per-key work; with ``blocks=False`` both come out per key.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 
@@ -29,6 +33,7 @@ from coordinator.core.columns import from_le, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.values import FieldValue, check_field, check_key, check_text
 from coordinator.errors import ProtocolError
+from coordinator.transport.plain import PLAIN_SCALARS, check_plain, packb, unpack
 
 __all__ = [
     "ACK",
@@ -48,6 +53,7 @@ __all__ = [
     "WELCOME",
     "Batch",
     "Block",
+    "BlockItem",
     "Envelope",
     "TextChunk",
     "decode_batch",
@@ -60,15 +66,18 @@ __all__ = [
     "kind_name",
 ]
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Wire protocol version; a peer with another version is refused with both versions named.
 
 2: batches carry text series (``"x"``); ``QUERY values`` of a text series answers ``"texts"``.
+3: batches carry blocks (``"b"``). An aggregator of version 2 would ignore them, so it refuses a
+version-3 rank (its envelope check), never stores the batch without them.
 """
 
-READABLE = (1, PROTOCOL)
-"""Versions this side decodes: a version-1 message is a version-2 message without texts, so a
-spool written before the upgrade still replays. Everything this side sends is :data:`PROTOCOL`."""
+READABLE = (1, 2, PROTOCOL)
+"""Versions this side decodes: a version-1 message is a version-2 message without texts, a
+version-2 one a version-3 one without blocks, so a spool written before an upgrade still
+replays. Everything this side sends is :data:`PROTOCOL`."""
 
 # Client -> aggregator.
 HELLO = 1
@@ -102,6 +111,9 @@ _KIND_NAMES = {
     ERROR: "ERROR",
 }
 
+_CHECKED_BELOW = frozenset(("m", "b"))
+"""Payload entries ``decode_batch`` type-checks item by item itself (not by the generic recursion)."""
+_STR = frozenset((str,))
 _MAX_ENVELOPE_BYTES = 512
 _MAX_KEYS_PER_BATCH = 100_000
 _MAX_FIELDS_PER_BATCH = 100_000
@@ -127,6 +139,9 @@ class Envelope:
 
 TextChunk = tuple[str, "array[int]", list[str]]
 """(key, steps, texts) of one text series in a batch."""
+
+BlockItem = tuple[tuple[str, ...], bytes, bytes]
+"""One block as encoded: (keys, LE int64 steps (n), LE float64 values (n x K, step-major))."""
 
 
 @dataclass(slots=True)
@@ -170,63 +185,9 @@ class Batch:
         return n + sum(len(s) for _, s, _ in self.metrics) + sum(len(s) for _, s, _ in self.texts)
 
 
-def _packb(obj: object) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
-
-
 def encode_envelope(kind: int, run_id: str, rank: int, incarnation: int, seq: int) -> bytes:
     """Encode an envelope for ``kind`` (``seq`` is the batch number or a request id)."""
-    return _packb([PROTOCOL, kind, run_id, rank, incarnation, seq])
-
-
-def _unpack(data: bytes, limit: int, *, check: bool = True) -> Any:
-    if len(data) > limit:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {limit}-byte cap", code="oversize")
-    try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_reject_ext,
-            use_list=True,
-        )
-    except ProtocolError:
-        raise
-    except Exception as e:  # msgpack raises many types for bad input; all mean "not our frame"
-        raise ProtocolError(f"undecodable msgpack: {type(e).__name__}: {e}") from e
-    if check:
-        _check_plain(obj, 0)
-    return obj
-
-
-_PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
-_MAX_DEPTH = 16
-
-
-def _check_plain(obj: Any, depth: int) -> None:
-    """Reject anything but plain msgpack data: str-keyed maps, lists, scalars (no Timestamp)."""
-    t = type(obj)
-    if t in _PLAIN_SCALARS:
-        return
-    if depth >= _MAX_DEPTH:
-        raise ProtocolError(f"nesting deeper than {_MAX_DEPTH}", code="deep")
-    if t is list:
-        for x in obj:
-            if type(x) not in _PLAIN_SCALARS:
-                _check_plain(x, depth + 1)
-    elif t is dict:
-        for k, v in obj.items():
-            if type(k) is not str:
-                raise ProtocolError(f"map key of type {type(k).__name__}; only str keys are allowed")
-            if type(v) not in _PLAIN_SCALARS:
-                _check_plain(v, depth + 1)
-    else:
-        raise ProtocolError(f"{t.__name__} values are not allowed", code="ext")
-
-
-def _reject_ext(code: int, data: bytes) -> object:
-    raise ProtocolError(f"msgpack ext type {code} is not allowed", code="ext")
+    return packb([PROTOCOL, kind, run_id, rank, incarnation, seq])
 
 
 def decode_envelope(frame: bytes) -> Envelope:
@@ -235,7 +196,7 @@ def decode_envelope(frame: bytes) -> Envelope:
     Raises:
         ProtocolError: malformed; ``code="version"`` when the protocol differs.
     """
-    obj = _unpack(frame, _MAX_ENVELOPE_BYTES)
+    obj = unpack(frame, _MAX_ENVELOPE_BYTES)
     if type(obj) is not list or len(obj) != 6:
         raise ProtocolError("envelope is not a 6-element array")
     proto, kind, run_id, rank, inc, seq = obj
@@ -258,12 +219,12 @@ def decode_envelope(frame: bytes) -> Envelope:
 
 def encode_map(payload: dict[str, Any]) -> bytes:
     """Encode a control payload (a msgpack map)."""
-    return _packb(payload)
+    return packb(payload)
 
 
 def decode_map(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     """Decode a control payload that must be a map with str keys."""
-    obj = _unpack(frame, limit)
+    obj = unpack(frame, limit)
     if type(obj) is not dict:
         raise ProtocolError("payload is not a map")
     return obj
@@ -284,16 +245,20 @@ def encode_chunks(
     fields: list[tuple[str, FieldValue]],
     ts: float,
     texts: list[TextChunk] | None = None,
+    blocks: list[BlockItem] | None = None,
 ) -> bytes:
     """Encode a batch payload whose metric chunks are already ``[key, LE int64 steps, LE float64 values]``.
 
     The same payload as :func:`encode_batch`; the sender's cut builds the chunks in its one pass
-    over the keys.
+    over the keys. ``blocks``: ``[keys, LE int64 steps (n), LE float64 values (n x K, step-major)]``
+    each (:meth:`.Frame.block`), sent as ``"b"``.
     """
     payload: dict[str, Any] = {"m": chunks, "f": [[p, tag, val] for p, (tag, val) in fields], "t": ts}
     if texts:
         payload["x"] = [[k, to_le(s), t] for k, s, t in texts]
-    return _packb(payload)
+    if blocks:
+        payload["b"] = blocks
+    return packb(payload)
 
 
 def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool = False) -> Batch:
@@ -314,31 +279,32 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
     if checked is None:
         checked = set()
     new: list[str] = []
-    obj = _unpack(frame, MAX_FRAME_BYTES, check=False)
+    obj = unpack(frame, MAX_FRAME_BYTES, check=False)
     if type(obj) is not dict:
         raise ProtocolError("payload is not a map")
     for name, v in obj.items():
-        # What _check_plain checks, but not the metric chunks: each is type-checked below, an
+        # What check_plain checks, but not the metric chunks: each is type-checked below, an
         # exact [str, bytes, bytes] (per key, that recursion was a fifth of decoding a batch).
         if type(name) is not str:
             raise ProtocolError(f"map key of type {type(name).__name__}; only str keys are allowed")
-        if type(v) not in _PLAIN_SCALARS and (name != "m" or type(v) is not list):
-            _check_plain(v, 1)
+        if type(v) not in PLAIN_SCALARS and (name not in _CHECKED_BELOW or type(v) is not list):
+            check_plain(v, 1)
     m, f, ts = obj.get("m"), obj.get("f"), obj.get("t")
     if type(m) is not list or type(f) is not list or type(ts) is not float:
         raise ProtocolError("batch lacks m (list), f (list) or t (float)")
     if len(m) > _MAX_KEYS_PER_BATCH or len(f) > _MAX_FIELDS_PER_BATCH:
         raise ProtocolError("batch has too many keys or fields")
+    framed = _decode_blocks(obj.get("b", []), checked, new, _MAX_KEYS_PER_BATCH - len(m))
     metrics: list[tuple[str, array[int], array[float]]] = []
     runs: list[tuple[bytes, list[str], list[bytes]]] = []
     """(steps bytes, keys, values bytes) of consecutive chunks with equal steps."""
     for item in m:
         if type(item) is not list or len(item) != 3:
-            _check_plain(item, 2)  # a non-plain value is refused as such (code "ext")
+            check_plain(item, 2)  # a non-plain value is refused as such (code "ext")
             raise ProtocolError("metric chunk is not [key, steps, values]")
         key, sb, vb = item
         if type(key) is not str or type(sb) is not bytes or type(vb) is not bytes:
-            _check_plain(item, 2)
+            check_plain(item, 2)
             raise ProtocolError("metric chunk has wrong types")
         if key not in checked:
             try:
@@ -365,6 +331,12 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
         metrics.append((keys[0], steps, from_le("d", vbs[0])))
         for key, vb in zip(keys[1:], vbs[1:], strict=True):
             metrics.append((key, array("q", steps), from_le("d", vb)))
+    for blk in framed:
+        if blocks and len(blk.keys) >= _MIN_BLOCK_KEYS:
+            out_blocks.append(blk)
+        else:  # per key: row j of the keys x steps matrix
+            for key, row in zip(blk.keys, blk.values, strict=True):
+                metrics.append((key, array("q", blk.steps), from_le("d", row.astype("<f8").tobytes())))
     texts = _decode_texts(obj.get("x", []), checked, new)
     fields: list[tuple[str, FieldValue]] = []
     for item in f:
@@ -376,6 +348,50 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
             raise ProtocolError(f"bad field: {e}") from e
     checked.update(new)
     return Batch(metrics, fields, ts, texts, out_blocks)
+
+
+def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int) -> list[Block]:
+    """The blocks of a batch (``"b"``: ``[[keys, LE int64 steps (n), LE float64 values (n x K)], ...]``), checked.
+
+    Each becomes a :class:`Block` (values transposed to keys x steps). Keys in ``checked`` are not
+    validated again; newly validated ones are appended to ``new``. At most ``max_keys`` keys in all.
+    """
+    if type(b) is not list:
+        raise ProtocolError("batch b (blocks) is not a list")
+    out: list[Block] = []
+    for item in b:
+        if type(item) is not list or len(item) != 3:
+            check_plain(item, 2)
+            raise ProtocolError("block is not [keys, steps, values]")
+        keys, sb, vb = item
+        if type(keys) is not list or type(sb) is not bytes or type(vb) is not bytes:
+            check_plain(item, 2)
+            raise ProtocolError("block has wrong types")
+        k = len(keys)
+        max_keys -= k
+        if not keys or max_keys < 0:
+            raise ProtocolError("block has no keys, or the batch too many keys")
+        if not _STR.issuperset(map(type, keys)):
+            raise ProtocolError("block keys are not all str")
+        if not checked.issuperset(keys):
+            for key in keys:
+                if key not in checked:
+                    try:
+                        check_key(key)
+                    except (TypeError, ValueError) as e:
+                        raise ProtocolError(f"bad metric key: {e}") from e
+                    new.append(key)
+        if len(set(keys)) != k:
+            raise ProtocolError(f"block of {keys[0]!r}...: a key repeated")
+        n = len(sb) // 8
+        if len(sb) % 8 or not n or len(vb) != 8 * n * k:
+            raise ProtocolError(f"block of {keys[0]!r}...: steps/values lengths do not match")
+        steps = from_le("q", sb)
+        if min(steps) < 0:
+            raise ProtocolError(f"block of {keys[0]!r}...: negative step")
+        values = np.frombuffer(vb, dtype="<f8").reshape(n, k).T  # step-major on the wire: keys x steps here
+        out.append(Block(tuple(keys), steps, np.ascontiguousarray(values, dtype=np.float64)))
+    return out
 
 
 def _decode_texts(x: object, checked: set[str], new: list[str]) -> list[TextChunk]:

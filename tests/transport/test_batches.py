@@ -1,13 +1,15 @@
-"""Cutting the buffer into wire batches: size bounds, field placement, step numbering, encoding."""
+"""Cutting the buffer into wire batches: size bounds, field placement, step numbering, encoding, frames."""
 
 from __future__ import annotations
 
 from array import array
 
+from coordinator.client.steps import StepNumbering
 from coordinator.core.columns import Column
 from coordinator.transport import wire
-from coordinator.transport.batches import Cutter, split_columns
+from coordinator.transport.batches import Cutter, OutBatch, split_columns
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.frames import Frame
 
 
 def _col(steps: list[int]) -> Column:
@@ -108,3 +110,105 @@ def test_a_generation_larger_than_a_batch_numbers_each_column_once() -> None:
     assert calls == ["a", "b"]
     got = [(k, list(s)) for x in batches for k, s, _ in wire.decode_batch(x.payload or b"").metrics]
     assert got == [("a", [1000, 1001]), ("a", [1002]), ("b", [5]), ("b", [6])]
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def _frame(buf: Buffer, keys: tuple[str, ...], rows: list[int]) -> Frame:
+    """A frame of ``keys`` in ``buf`` with one row per step (values: step + key index / 10)."""
+    f = buf.frames[keys] = Frame(keys)
+    buf.framed.update(dict.fromkeys(keys, f))
+    for s in rows:
+        f.steps.append(s)
+        f.values.extend(s + j / 10 for j in range(len(keys)))
+    buf.pending += len(rows) * len(keys)
+    return f
+
+
+def _points(batches: list[OutBatch]) -> dict[str, list[tuple[int, float]]]:
+    """Every key's (step, value) pairs over the batches, in order, decoded per key."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for b in batches:
+        for k, s, v in wire.decode_batch(b.payload or b"").metrics:
+            out.setdefault(k, []).extend(zip(s, v, strict=True))
+    return out
+
+
+def test_a_frame_is_cut_as_one_block_beside_the_columns_and_needs_no_numbering() -> None:
+    calls: list[str] = []
+    buf = Buffer(1000)
+    buf.cols["solo"] = _col([7])
+    _frame(buf, ("a", "b", "c"), [0, 1])
+    buf.fields.append(("p", ("int", 1)))
+    (b,) = Cutter(lambda k, s: calls.append(k), max_batch_points=100).cut(buf)
+    assert b.points == 7 and calls == ["solo"]
+    d = wire.decode_batch(b.payload or b"", blocks=True)
+    assert [blk.keys for blk in d.blocks] == [("a", "b", "c")] and [k for k, _, _ in d.metrics] == ["solo"]
+    assert d.blocks[0].values.tolist() == [[0.0, 1.0], [0.1, 1.1], [0.2, 1.2]] and d.fields == [("p", ("int", 1))]
+    assert not buf.frames and not buf.framed and buf.pending == 0
+
+
+def test_a_frame_larger_than_the_room_left_is_split_by_step_rows() -> None:
+    buf = Buffer(1000)
+    buf.cols["solo"] = _col([0, 1, 2, 3])
+    _frame(buf, ("a", "b", "c"), list(range(10)))  # 30 points, K = 3
+    batches = Cutter(_no_numbering, max_batch_points=10).cut(buf)
+    # 4 column points + 2 rows (6) fill the first batch; then floor(10 / 3) = 3 rows a batch.
+    assert [b.points for b in batches] == [10, 9, 9, 6]
+    got = _points(batches)
+    assert got["solo"] == [(s, float(s)) for s in range(4)]
+    for j, k in enumerate(("a", "b", "c")):
+        assert got[k] == [(s, s + j / 10) for s in range(10)]
+    blocks = [wire.decode_batch(b.payload or b"", blocks=True).blocks for b in batches]
+    assert [[list(x.steps) for x in bl] for bl in blocks] == [[[0, 1]], [[2, 3, 4]], [[5, 6, 7]], [[8, 9]]]
+
+
+def test_a_frame_with_more_keys_than_a_batch_holds_goes_per_key() -> None:
+    buf = Buffer(1000)
+    keys = tuple(f"k{j}" for j in range(5))
+    _frame(buf, keys, [3, 4])
+    batches = Cutter(_no_numbering, max_batch_points=4).cut(buf)
+    assert [b.points for b in batches] == [4, 4, 2]
+    assert all("b" not in wire.decode_map(b.payload or b"") for b in batches)
+    got = _points(batches)
+    assert {k: [s for s, _ in v] for k, v in got.items()} == {k: [3, 4] for k in keys}
+
+
+def test_steps_without_a_step_continue_after_a_frame_and_a_frame_keeps_a_rank_welcome_out() -> None:
+    numbering = StepNumbering()
+    cutter = Cutter(numbering, max_batch_points=100, frame_steps=numbering.frame)
+    buf = Buffer(1000)
+    _frame(buf, ("a", "b"), [5, 9])
+    cutter.cut(buf)
+    buf.cols["a"] = _col([-1, -1])
+    buf.cols["c"] = _col([-1])
+    got = _points(cutter.cut(buf))
+    assert [s for s, _ in got["a"]] == [10, 11] and [s for s, _ in got["c"]] == [0]
+    numbering.welcome({"b": 100})  # a key this incarnation logged (in a frame) keeps its own numbering
+    buf.cols["b"] = _col([-1])
+    assert [s for s, _ in _points(cutter.cut(buf))["b"]] == [10]
+
+
+def test_a_cut_of_frames_alone_builds_no_columns_for_the_next_generation_and_is_not_idle() -> None:
+    buf = Buffer(1000)
+    _frame(buf, ("a", "b"), [0])
+    cutter = Cutter(_no_numbering, max_batch_points=100)
+    assert len(cutter.cut(buf)) == 1
+    assert cutter.hot_keys == [] and buf.cols == {} and not cutter.idle
+    assert cutter.cut(buf) == [] and cutter.idle
+
+
+def test_frames_columns_and_texts_of_one_generation_arrive_complete() -> None:
+    buf = Buffer(1000)
+    buf.cols["solo"] = _col([-1, -1])
+    _frame(buf, ("a", "b"), [0, 1, 2])
+    buf.texts["t"] = (array("q", [-1]), ["hello"])
+    buf.pending += 1
+    numbering = StepNumbering()
+    batches = Cutter(numbering, max_batch_points=5, frame_steps=numbering.frame).cut(buf)
+    assert sum(b.points for b in batches) == 2 + 6 + 1 and all(b.points <= 5 for b in batches)
+    got = _points(batches)
+    assert got["solo"] == [(0, -1.0), (1, -1.0)] and [s for s, _ in got["a"]] == [0, 1, 2] == [s for s, _ in got["b"]]
+    texts = [t for b in batches for t in wire.decode_batch(b.payload or b"").texts]
+    assert [(k, list(s), x) for k, s, x in texts] == [("t", [0], ["hello"])]

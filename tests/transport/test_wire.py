@@ -577,15 +577,18 @@ def _check_decoders(data: bytes) -> None:
     except ProtocolError:
         pass
     else:
-        assert env.protocol == wire.PROTOCOL and type(env.rank) is int and env.rank >= 0
-    try:
-        b = wire.decode_batch(data)
-    except ProtocolError:
-        pass
-    else:
+        assert env.protocol in wire.READABLE and type(env.rank) is int and env.rank >= 0
+    for blocks in (False, True):
+        try:
+            b = wire.decode_batch(data, blocks=blocks)
+        except ProtocolError:
+            continue
         assert type(b.ts) is float
         for k, s, v in b.metrics:
             assert type(k) is str and len(s) == len(v) > 0 and min(s) >= 0
+        for blk in b.blocks:
+            assert blk.values.shape == (len(blk.keys), len(blk.steps)) and min(blk.steps) >= 0
+            assert len(set(blk.keys)) == len(blk.keys) and all(type(k) is str for k in blk.keys)
     try:
         m = wire.decode_map(data)
     except ProtocolError:
@@ -599,6 +602,7 @@ _SEEDS = [
     wire.encode_envelope(wire.BATCH, "run-1", 2, 99, 7),
     wire.encode_map({"pid": 1, "host": "h", "undelivered": 0}),
     raw_batch(m=[chunk("a/b", [0, 1], [0.5, 1.5])], f=[["p", "list", [1, "x"]]]),
+    wire.encode_chunks([], [], 1.0, None, [(("a", "b"), struct.pack("<2q", 3, 4), struct.pack("<4d", 1, 2, 3, 4))]),
 ]
 
 

@@ -1,0 +1,52 @@
+"""Frames: the points of a dict logged at explicit steps, kept as one step-major matrix per key tuple.
+
+``run.log({...}, step=s)`` with plain numbers appends one row to the frame of its key tuple: one
+step to an ``array('q')`` and the dict's values to an ``array('d')`` (K values per row, in the
+dict's order). That is a few C-level calls per ``log()`` instead of two appends per key, and the
+sender cuts the frame as one wire block (``"b"`` of a batch, :mod:`~coordinator.transport.wire`)
+instead of numbering and encoding each key on its own.
+
+The buffer keeps one rule: within a generation a key lives in exactly one place, a per-key
+column or one frame, so the order of a key's points is the order of the calls. A per-key append
+of a key that sits in a frame *spills* the frame first (:meth:`Frame.columns`).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from coordinator.core.columns import Column, to_le
+from coordinator.transport.wire import BlockItem
+
+__all__ = ["Frame"]
+
+
+class Frame:
+    """One key tuple's rows of one generation: ``steps[i]`` and ``values[i*K:(i+1)*K]``."""
+
+    __slots__ = ("keys", "steps", "values")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.steps: array[int] = array("q")
+        self.values: array[float] = array("d")
+        """Step-major: one row of ``len(keys)`` values per step."""
+
+    @property
+    def points(self) -> int:
+        """Number of points (rows x keys)."""
+        return len(self.values)
+
+    def columns(self) -> dict[str, Column]:
+        """The frame as per-key columns (key -> its steps and values, in row order)."""
+        k = len(self.keys)
+        steps = self.steps
+        return {key: (array("q", steps), self.values[j::k]) for j, key in enumerate(self.keys)}
+
+    def block(self, lo: int = 0, hi: int | None = None) -> BlockItem:
+        """Rows ``lo:hi`` as a wire block: ``[keys, LE int64 steps, LE float64 values (rows x keys)]``."""
+        if lo == 0 and hi is None:
+            return self.keys, to_le(self.steps), to_le(self.values)
+        k = len(self.keys)
+        end = len(self.steps) if hi is None else hi
+        return self.keys, to_le(self.steps[lo:end]), to_le(self.values[lo * k : end * k])

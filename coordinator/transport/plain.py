@@ -1,0 +1,80 @@
+"""Bounded msgpack: packing with bin types, and unpacking only plain data (no ext types, no deep nesting).
+
+Every frame a peer sends is untrusted: :func:`unpack` refuses a frame over its cap, anything
+msgpack cannot decode, ext types (a Timestamp too) and nesting deeper than :data:`MAX_DEPTH`, as
+:class:`~coordinator.errors.ProtocolError` with a ``code`` saying which. No pickle anywhere.
+The wire format (:mod:`~coordinator.transport.wire`) builds its messages on these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from coordinator.errors import ProtocolError
+
+__all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "check_plain", "packb", "unpack"]
+
+PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
+"""The scalar types a decoded frame may hold."""
+
+MAX_DEPTH = 16
+"""Deepest nesting of lists and maps a decoded frame may have."""
+
+
+def packb(obj: object) -> bytes:
+    """``obj`` as msgpack (bytes as bin, str as str)."""
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes, limit: int, *, check: bool = True) -> Any:
+    """Decode a frame of at most ``limit`` bytes; with ``check``, refuse anything but plain data.
+
+    Raises:
+        ProtocolError: oversize (``code="oversize"``), undecodable, an ext type (``"ext"``), too
+            deep (``"deep"``), a map key that is not a str.
+    """
+    if len(data) > limit:
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds the {limit}-byte cap", code="oversize")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+            use_list=True,
+        )
+    except ProtocolError:
+        raise
+    except Exception as e:  # msgpack raises many types for bad input; all mean "not our frame"
+        raise ProtocolError(f"undecodable msgpack: {type(e).__name__}: {e}") from e
+    if check:
+        check_plain(obj, 0)
+    return obj
+
+
+def check_plain(obj: Any, depth: int) -> None:
+    """Reject anything but plain msgpack data: str-keyed maps, lists, scalars (no Timestamp)."""
+    t = type(obj)
+    if t in PLAIN_SCALARS:
+        return
+    if depth >= MAX_DEPTH:
+        raise ProtocolError(f"nesting deeper than {MAX_DEPTH}", code="deep")
+    if t is list:
+        for x in obj:
+            if type(x) not in PLAIN_SCALARS:
+                check_plain(x, depth + 1)
+    elif t is dict:
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise ProtocolError(f"map key of type {type(k).__name__}; only str keys are allowed")
+            if type(v) not in PLAIN_SCALARS:
+                check_plain(v, depth + 1)
+    else:
+        raise ProtocolError(f"{t.__name__} values are not allowed", code="ext")
+
+
+def _reject_ext(code: int, data: bytes) -> object:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed", code="ext")

@@ -1,0 +1,152 @@
+"""The hot path's frames: a dict of plain numbers at a step is one frame row; a key lives in one place per generation.
+
+Each test logs within one generation (a 60 s flush interval: only ``wait()`` cuts) and reads the
+rank's own points back from the journal in the order they were stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import coordinator
+from coordinator import Settings
+from coordinator.client.run import Run
+from tests.client.helpers import open_store
+
+ONE_GENERATION = Settings(flush_interval_s=60.0)
+
+
+def stored(store_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Rank 0's points per key, in journal order (every chunk, not deduplicated by step)."""
+    s = open_store(store_dir)
+    try:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for c in s.chunks_after(0, 1 << 30):
+            if c.rank == 0:
+                out.setdefault(c.key, []).extend(zip(c.steps, c.values, strict=True))
+        return out
+    finally:
+        s.close()
+
+
+def frames_of(run: Run) -> dict[tuple[str, ...], int]:
+    """The run's frames of this generation: key tuple -> rows."""
+    with run._buf.lock:
+        assert set(run._buf.framed) == {k for f in run._buf.frames for k in f}
+        assert run._buf.framed.keys().isdisjoint(k for k, (s, _) in run._buf.cols.items() if s)
+        return {k: len(f.steps) for k, f in run._buf.frames.items()}
+
+
+def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_order(store_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": 1.0, "b": 2.0}, step=0)
+        assert frames_of(run) == {("a", "b"): 1}
+        run.log({"a": 1.5, "b": 2.5}, step=1)
+        run["a"].append(3.0, step=0)  # a per-key append of a framed key: the frame spills first
+        assert frames_of(run) == {}
+        run.log({"a": 1.75, "b": 2.75}, step=2)  # per key now: after the append
+        run.log({"b": 4.0, "a": 5.0}, step=1)  # per key: both have points in columns
+        run.log({"c": 6.0, "d": 7.0}, step=1)
+        run.log({"c": torch.tensor(8.0), "d": 9.0}, step=2)  # a tensor: per key, spilling (c, d)
+        run.log({"e": 1.0, "f": 2.0}, step=3)
+        run.log({"e": 3.0, "f": 4.0})  # step None: per key, after the frame's points
+        run.log({"g": 1.0, "h": 2.0}, step=5)
+        run.log({"h": 2.5}, step=6)  # one key: per key
+        run.log({"i": 1.0, "j": 2.0}, step=0)
+        run.log({"j": 3.0, "i": 4.0}, step=1)  # another key tuple of framed keys: per key
+        run.log({"k": 1.0, "l": 2.0}, step=0)
+        run.log({"k": 3.0, "l": np.float32(4.0)}, step=1)  # a numpy scalar: per key
+        run.log({"m": 1.0, "n": 2.0}, step=7)
+        assert frames_of(run) == {("m", "n"): 1}
+        run.wait(30)
+    got = stored(store_dir)
+    assert got == {
+        "a": [(0, 1.0), (1, 1.5), (0, 3.0), (2, 1.75), (1, 5.0)],
+        "b": [(0, 2.0), (1, 2.5), (2, 2.75), (1, 4.0)],
+        "c": [(1, 6.0), (2, 8.0)],
+        "d": [(1, 7.0), (2, 9.0)],
+        "e": [(3, 1.0), (4, 3.0)],
+        "f": [(3, 2.0), (4, 4.0)],
+        "g": [(5, 1.0)],
+        "h": [(5, 2.0), (6, 2.5)],
+        "i": [(0, 1.0), (1, 4.0)],
+        "j": [(0, 2.0), (1, 3.0)],
+        "k": [(0, 1.0), (1, 3.0)],
+        "l": [(0, 2.0), (1, 4.0)],
+        "m": [(7, 1.0)],
+        "n": [(7, 2.0)],
+    }
+
+
+def test_plain_bools_and_ints_are_framed_as_floats_and_steps_none_continue_after_a_frame(store_dir: Path) -> None:
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": True, "b": 3, "c": 0.5}, step=4)
+        run.log({"a": False, "b": -2, "c": 1.5}, step=9)
+        assert frames_of(run) == {("a", "b", "c"): 2}
+        run.wait(30)
+        run.log({"a": 7.0})  # the next generation, no step: after the frame's last step
+        run["b"].append(8.0)
+    assert stored(store_dir) == {
+        "a": [(4, 1.0), (9, 0.0), (10, 7.0)],
+        "b": [(4, 3.0), (9, -2.0), (10, 8.0)],
+        "c": [(4, 0.5), (9, 1.5)],
+    }
+
+
+def test_keys_logged_one_by_one_last_generation_form_a_frame_in_the_next(store_dir: Path) -> None:
+    """The cutter builds empty columns ahead for last generation's keys; a frame drops them."""
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": 1.0}, step=0)
+        run.log({"b": 2.0}, step=0)
+        run.wait(30)
+        run.log({"a": 3.0, "b": 4.0}, step=1)
+        assert frames_of(run) == {("a", "b"): 1}
+        with run._buf.lock:
+            assert "a" not in run._buf.cols and "b" not in run._buf.cols
+    assert stored(store_dir) == {"a": [(0, 1.0), (1, 3.0)], "b": [(0, 2.0), (1, 4.0)]}
+
+
+def test_a_rejected_value_in_a_framed_call_keeps_nothing_of_that_call(store_dir: Path) -> None:
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": 1.0, "b": 2.0, "c": 3.0}, step=0)
+        with pytest.raises(ValueError, match="'b'"):
+            run.log({"a": 4.0, "b": 10**400, "c": 5.0}, step=1)  # a fails nothing, b overflows mid-row
+        with pytest.raises(ValueError):
+            run.log({"x": 1.0, "y": 10**400}, step=0)  # the first call of a frame
+        run.log({"a": 6.0, "b": 7.0, "c": 8.0}, step=2)
+        run.log({"x": 9.0, "y": 10.0}, step=3)
+        run.wait(30)
+        assert run.stats()["acked"] == 8
+    assert stored(store_dir) == {
+        "a": [(0, 1.0), (2, 6.0)],
+        "b": [(0, 2.0), (2, 7.0)],
+        "c": [(0, 3.0), (2, 8.0)],
+        "x": [(3, 9.0)],
+        "y": [(3, 10.0)],
+    }
+
+
+def test_a_frames_keys_are_validated_like_any_new_key(store_dir: Path) -> None:
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run["notes"].append("a text")
+        run["cfg/lr"] = 0.1
+        bad: list[tuple[Any, type[Exception]]] = [
+            ({"notes": 1.0, "u": 2.0}, TypeError),
+            ({"u": 2.0, "cfg/lr": 1.0}, ValueError),
+            ({"u": 2.0, "sys/x": 1.0}, ValueError),
+            ({"u": 2.0, 5: 1.0}, TypeError),
+            ({"u": 2.0, "a//b": 1.0}, ValueError),
+        ]
+        for data, exc in bad:
+            with pytest.raises(exc):
+                run.log(data, step=0)
+        assert frames_of(run) == {}
+        run.log({"u": 1.0, "v": 2.0}, step=1)
+        run.wait(30)
+    got = stored(store_dir)
+    assert got == {"u": [(1, 1.0)], "v": [(1, 2.0)]}

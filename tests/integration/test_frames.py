@@ -1,0 +1,46 @@
+"""Frames end to end under real torchrun: dicts at explicit steps as wire blocks, every point stored exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
+from tests.integration._torchrun import torchrun
+from tests.integration.workers.frame_rank import KEYS, value
+
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
+
+
+def test_framed_dicts_with_per_key_calls_mixed_in_are_stored_exactly_once_in_call_order(store_dir: Path) -> None:
+    """4 ranks x 12 keys x 400 steps, batches of at most 50 points (frames split by rows), a spill every 7 steps."""
+    n = 400
+    torchrun(
+        "frame_rank.py", "--steps", str(n), store=store_dir, extra_env={"COORDINATOR_MAX_BATCH_POINTS": "50"}
+    ).check()
+    [info] = list_runs(store_dir)
+    assert info.state == "finished", info.report
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        got: dict[tuple[int, str], list[tuple[int, float]]] = {}
+        for c in s.chunks_after(0, 1 << 30):
+            if c.rank != MAIN_RANK:
+                got.setdefault((c.rank, c.key), []).extend(zip(c.steps, c.values, strict=True))
+        for rank in range(4):
+            for j, key in enumerate(KEYS):
+                want = []
+                for st in range(n):
+                    want.append((2 * st, value(rank, 2 * st, j)))
+                    if j == 0 and st % 7 == 3:
+                        want.append((2 * st + 1, value(rank, 2 * st + 1, 0)))
+                assert got[(rank, key)] == want, (rank, key)
+        assert len(got) == 4 * len(KEYS)
+        for j, key in enumerate(KEYS):
+            contributors = dict(s.contributors(key))
+            assert all(contributors[2 * st] == 4 for st in range(n))
+            main = dict(s.values(key, MAIN_RANK))
+            assert main[2 * (n - 1)] == pytest.approx(1_500_000 + 2 * (n - 1) + j / 100)
+        assert info.report is not None and info.report["late_points"] == 0
+    finally:
+        s.close()
