@@ -76,7 +76,8 @@ def rank_main(cfg: dict[str, Any]) -> int:
         log_until(time.monotonic() + 1.0)
         run.wait(60)
         base = me.memory_info().rss
-        agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]
+        assert run._agg is not None and run._agg.pid is not None  # rank 0 started the aggregator
+        agg = psutil.Process(run._agg.pid)
         t0 = time.monotonic()
 
         def sample() -> None:
@@ -101,7 +102,8 @@ def rank_main(cfg: dict[str, Any]) -> int:
         run.wait(300)
         drain_s = time.monotonic() - t_resume
         st = dict(run.stats())
-        spool = run._sender.spool  # type: ignore[union-attr]
+        assert run._sender is not None  # an async run has a sender thread
+        spool = run._sender.spool
     print(
         json.dumps(
             {

@@ -58,16 +58,17 @@ class Worker:
         """Start ``python -m <module> <sub> '<cfg as JSON>'``."""
         self.rank = cfg.get("rank", 0)
         self.stderr_path = stderr_path
-        self._err = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, sub, json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            cwd=ROOT,
-            env=env,
-            text=True,
-        )
+        # The child keeps its own copy of the stderr file's descriptor: ours is closed once it has started.
+        with open(stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, sub, json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=ROOT,
+                env=env,
+                text=True,
+            )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name=f"bench-reader-{self.rank}", daemon=True)
         self._reader.start()
@@ -126,5 +127,4 @@ class Worker:
             kill_tree(self.proc.pid)
             self.proc.wait(10)
         self._reader.join(5)
-        self._err.close()
         return code

@@ -51,6 +51,7 @@ catches the exception itself calls :meth:`CoordinatorTracker.fail`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import numbers
@@ -71,7 +72,7 @@ _log = logging.getLogger("coordinator.integrations.accelerate")
 try:
     _tracking = importlib.import_module("accelerate.tracking")
     _accelerator_module = importlib.import_module("accelerate.accelerator")
-except ImportError as e:  # pragma: no cover - exercised only without the extra
+except ImportError as e:  # only without the extra
     raise missing_extra("coordinator.integrations.accelerate", "accelerate", e) from e
 
 check_tested("accelerate", (1,), integration="accelerate")
@@ -79,7 +80,7 @@ check_tested("accelerate", (1,), integration="accelerate")
 _GeneralTracker: Any = _tracking.GeneralTracker
 
 
-class CoordinatorTracker(_GeneralTracker):  # type: ignore[misc]
+class CoordinatorTracker(_GeneralTracker):  # Accelerate's GeneralTracker, imported by name (Any to mypy)
     """An Accelerate tracker that logs on every process into one coordinator run.
 
     Pass it in ``Accelerator(log_with=...)`` (alone or in a list with other trackers); see the
@@ -248,7 +249,7 @@ def _is_number(v: object) -> bool:
     if callable(numel) and hasattr(v, "dtype"):
         try:
             return bool(numel() == 1 and not getattr(v, "is_complex", lambda: False)())
-        except Exception:  # noqa: BLE001 - an exotic object: not a number we can log
+        except Exception:  # an exotic object: not a number we can log
             return False
     size = getattr(v, "size", None)  # numpy arrays
     if isinstance(size, int) and hasattr(v, "dtype"):
@@ -309,7 +310,7 @@ def _patch_accelerator(cls: Any) -> None:
             f"Accelerate's ``{wrapper.__name__}`` (main process), then, on a process it did not reach, "
             "the same call for each CoordinatorTracker (coordinator.integrations.accelerate)."
         )
-        setattr(wrapper, "__wrapped__", original)  # noqa: B010 - a function attribute mypy does not know
+        functools.update_wrapper(wrapper, original, assigned=(), updated=())  # sets only __wrapped__
     cls.init_trackers = init_trackers
     cls.log = log
     setattr(cls, _PATCH_MARK, True)

@@ -68,7 +68,7 @@ def _process_group_ready() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1
 
 
-class CoordinatorLogger(_Logger):  # type: ignore[misc]  # Lightning's Logger, imported by name
+class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any to mypy)
     """A Lightning ``Logger`` that logs every rank's metrics to one coordinator run.
 
     The run is opened on first use on each rank (Lightning touches ``experiment`` in its setup

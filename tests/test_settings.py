@@ -13,6 +13,7 @@ import pytest
 import coordinator
 from coordinator.client.deprecated import DEPRECATED_KEYWORDS
 from coordinator.settings import DEFAULTS, Settings, env_name
+from tests.untyped import bad
 
 # ------------------------------------------------------------------------------ precedence
 
@@ -164,7 +165,7 @@ def test_resolve_refuses_a_non_field_and_a_non_settings() -> None:
     with pytest.raises(coordinator.ConfigError, match="flush_every"):
         Settings.resolve(None, {}, flush_every=1)
     with pytest.raises(coordinator.ConfigError, match="settings="):
-        Settings.resolve({"mode": "sync"}, {})  # type: ignore[arg-type]
+        Settings.resolve(bad({"mode": "sync"}), {})
 
 
 # ------------------------------------------------------------------------------ deprecated keywords
@@ -206,7 +207,7 @@ def test_each_deprecated_keyword_still_works_and_warns_naming_its_field(
         run = coordinator.init_run(mode="disabled", **{kw: value})
     run.stop()
     assert [r.filename for r in w] == [__file__]
-    expected = os.fspath(value) if isinstance(value, Path) else value  # type: ignore[arg-type]
+    expected = os.fspath(value) if isinstance(value, Path) else value
     assert getattr(run._settings, kw) == expected
 
 

@@ -30,7 +30,7 @@ class WriterLock:
             SinkError: another writer still holds it after ``timeout_s``.
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._f = open(path, "a+b")  # noqa: SIM115 - held for the aggregator's lifetime
+        self._f = open(path, "a+b")  # held for the aggregator's lifetime
         os.fchmod(self._f.fileno(), 0o600)  # the run's files are its owner's only
         deadline = time.monotonic() + timeout_s
         warned = False

@@ -11,7 +11,7 @@ the ranks and why; its names live in :mod:`.counters`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Never, NotRequired, cast
 
 from coordinator.aggregator.counters import Counters, Report
 from coordinator.aggregator.health import Health, HealthFields
@@ -22,6 +22,16 @@ from coordinator.core.counters import UNDELIVERED
 from coordinator.core.states import RankEnding, RunState, run_state
 
 __all__ = ["build_report", "close_out", "per_rank"]
+
+
+class _CountersOnly(Counters):
+    """:class:`Counters` as they are built (from ``COUNTER_NAMES`` only): without the report's ``forwarders``.
+
+    A TypedDict value may carry keys its type does not name, so mypy refuses to unpack a plain
+    ``Counters`` into a :class:`Report` (the optional ``forwarders`` could come from it, untyped).
+    """
+
+    forwarders: NotRequired[Never]
 
 
 def close_out(
@@ -113,7 +123,7 @@ def build_report(
 ) -> Report:
     """The run's final report (stored with the run; see :class:`.counters.Report`)."""
     return Report(
-        **counters,  # type: ignore[typeddict-item]  # mypy false positive: "forwarders" is optional
+        **cast(_CountersOnly, counters),  # new_counters/load_counters build only the COUNTER_NAMES keys
         late_points=reducer.late_points,
         replaced_points=reducer.replaced_points,
         ranks_seen=sorted(senders.rank_state),

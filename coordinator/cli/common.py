@@ -29,12 +29,14 @@ def err(line: str) -> None:
 
 def human_bytes(n: int) -> str:
     """``n`` bytes as ``512 B``, ``1.5 KiB``, ``12.3 MiB``, ..."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+    return f"{size:.1f} TiB"
 
 
 def parse_duration(text: str) -> float:

@@ -99,7 +99,7 @@ def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:
             with_id=f"doctor-{os.getpid()}-{int(time.time())}",
             settings=coordinator.Settings(dir=str(tmp), rank=0, world_size=1, handle_sigterm=False, stop_grace_s=0.0),
         )
-    except Exception as e:  # noqa: BLE001 - the doctor reports every failure instead of raising it
+    except Exception as e:  # the doctor reports every failure instead of raising it
         yield False, f"aggregator did not start: {type(e).__name__}: {e}"
         return
     try:
@@ -109,13 +109,13 @@ def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:
             run.log({_KEY: step / 2}, step=step)
         run.wait(_TIMEOUT_S)
         yield True, f"{DOCTOR_POINTS} points logged and acknowledged as durable"
-    except Exception as e:  # noqa: BLE001 - reported, then the run is stopped below
+    except Exception as e:  # reported, then the run is stopped below
         yield False, f"logging to the aggregator failed: {type(e).__name__}: {e}"
         run.stop(_TIMEOUT_S)
         return
     try:
         run.stop(_TIMEOUT_S)
-    except Exception as e:  # noqa: BLE001 - reported
+    except Exception as e:  # reported
         yield False, f"stopping the run failed: {type(e).__name__}: {e}"
         return
     yield True, f"run stopped, aggregator exited ({time.monotonic() - t0:.2f} s in all)"
@@ -127,7 +127,7 @@ def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:
             state = store.run_info().state
         finally:
             store.close()
-    except Exception as e:  # noqa: BLE001 - reported
+    except Exception as e:  # reported
         yield False, f"reading the store back failed: {type(e).__name__}: {e}"
         return
     want = [(s, s / 2) for s in range(DOCTOR_POINTS)]
@@ -147,21 +147,21 @@ def _backend(name: str, options: Mapping[str, object], store_path: Path, *, keep
     before = _listing(Path(str(logdir)).expanduser()) if clean else None
     try:
         fwd = Forwarder(store_path, name, options)
-    except Exception as e:  # noqa: BLE001 - reported (bad option, missing extra)
+    except Exception as e:  # reported (bad option, missing extra)
         yield False, f"{name}: {type(e).__name__}: {e}"
         return
     try:
         yield True, f"{name} client {fwd.backend.client_version()}"
         try:
             fwd.backend.check()
-        except Exception as e:  # noqa: BLE001 - reported with the backend's message
+        except Exception as e:  # reported with the backend's message
             yield False, f"{name} check: {e}"
             return
         yield True, f"{name} check: configuration accepted"
         t0 = time.monotonic()
         try:
             st = fwd.drain(_TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001 - reported
+        except Exception as e:  # reported
             yield False, f"{name} test write: {e}"
             return
         yield (
@@ -173,7 +173,7 @@ def _backend(name: str, options: Mapping[str, object], store_path: Path, *, keep
         )
         try:
             back = fwd.backend.read_back(_KEY)
-        except Exception as e:  # noqa: BLE001 - reported
+        except Exception as e:  # reported
             yield False, f"{name} read-back: {type(e).__name__}: {e}"
             return
         want = [(s, s / 2) for s in range(DOCTOR_POINTS)]

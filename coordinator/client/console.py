@@ -73,8 +73,14 @@ class _Tee(io.TextIOBase):
         self._overflow = False
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:
         return getattr(self.real, "encoding", "utf-8") or "utf-8"
+
+    # typeshed types TextIOBase.encoding as a plain attribute, so an override must accept assignment;
+    # at runtime it is read-only on every text stream, and stays so here.
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        raise AttributeError("the encoding of a captured stream is the real stream's")
 
     def writable(self) -> bool:
         return True

@@ -283,7 +283,7 @@ class ContextCapture:
     def _run(self) -> None:
         try:
             self.capture(time.monotonic() + CAPTURE_BUDGET_S)
-        except Exception as e:  # noqa: BLE001 - a capture failure must not touch training; it is logged
+        except Exception as e:  # a capture failure must not touch training; it is logged
             _log.warning(
                 "rank %d: environment capture failed: %s: %s", self._rank, type(e).__name__, redact_text(str(e))
             )

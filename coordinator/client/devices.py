@@ -18,7 +18,7 @@ import sys
 import threading
 from array import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from coordinator.errors import CoordinatorError
 
@@ -59,7 +59,15 @@ def check_tensor(key: str, v: Any) -> Any:
     return t
 
 
-_Entry = tuple[int, Any, Any]
+class _Event(Protocol):
+    """What is used of a ``torch.cuda.Event`` (its constructor is untyped in torch)."""
+
+    def record(self) -> None: ...
+
+    def synchronize(self) -> None: ...
+
+
+_Entry = tuple[int, Any, _Event | None]
 """(index in the values column, host snapshot tensor, CUDA event or None)."""
 
 
@@ -89,12 +97,13 @@ class DeviceScalars:
             TypeError: not a one-element tensor of a real dtype (checked without a sync).
         """
         t = check_tensor(key, v)
-        event = None
+        event: _Event | None = None
         if t.device.type == "cuda":
             import torch
 
             host = t.to("cpu", non_blocking=True)  # lands in pinned memory, queued on the current stream
-            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            new_event: Callable[[], _Event] = torch.cuda.Event
+            event = new_event()
             event.record()
         else:
             host = t.to("cpu", copy=True)  # a snapshot: later in-place updates of the tensor must not show
@@ -143,7 +152,7 @@ class DeviceScalars:
                 if event is not None:
                     event.synchronize()
                 values[i] = float(host)
-            except Exception as e:  # noqa: BLE001 - a device error must not kill the sender: the point stays NaN, reported
+            except Exception as e:  # a device error must not kill the sender: the point stays NaN, reported
                 err = CoordinatorError(f"a logged tensor could not be read ({e!r}); its point is stored as NaN")
                 _log.error("%s", err)
                 errors.append(err)

@@ -141,7 +141,7 @@ class Redactor:
             if type(got) is type(val) and got == val:
                 return fv, hits
             return to_field_value(path, got), hits + 1
-        except Exception as e:  # noqa: BLE001 - a user callable must never raise into training
+        except Exception as e:  # a user callable must never raise into training
             self._warn(path, e)
             return None, hits + 1
 

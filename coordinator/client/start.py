@@ -30,6 +30,9 @@ __all__ = ["init_run"]
 
 _log = logging.getLogger("coordinator")
 
+_debug_handlers: list[logging.Handler] = []
+"""The stderr handler ``Settings.debug`` added (at most one per process: a second run adds none)."""
+
 
 def init_run(
     project: str = "default",
@@ -196,13 +199,13 @@ def _write_offline_meta(s: Settings, spec: RunSpec, conn: Connection, world_size
 
 def _debug_logging(on: bool) -> None:
     """``Settings.debug``: log connections, batches, acks and retries of this process to stderr."""
-    if not on or getattr(_debug_logging, "done", False):
+    if not on or _debug_handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
     _log.addHandler(handler)
     _log.setLevel(logging.DEBUG)
-    _debug_logging.done = True  # type: ignore[attr-defined]
+    _debug_handlers.append(handler)
 
 
 def _resolve_run_id(root: os.PathLike[str], with_id: str) -> str:

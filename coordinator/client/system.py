@@ -164,12 +164,12 @@ class _Nvml:
             return None
         try:
             nv.nvmlInit()
-        except Exception as e:  # noqa: BLE001 - no driver, no GPU: not an error of the run
+        except Exception as e:  # no driver, no GPU: not an error of the run
             _log.debug("system metrics: no GPU series (NVML init failed: %s)", e)
             return None
         try:
             handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
-        except Exception as e:  # noqa: BLE001 - NVML's errors are one family of its own
+        except Exception as e:  # NVML's errors are one family of its own
             _log.debug("system metrics: no GPU series (NVML devices: %s)", e)
             nv.nvmlShutdown()
             return None
@@ -202,7 +202,7 @@ class _Nvml:
     def close(self) -> None:
         try:
             self._nv.nvmlShutdown()
-        except Exception as e:  # noqa: BLE001 - at close, only worth a debug line
+        except Exception as e:  # at close, only worth a debug line
             _log.debug("system metrics: NVML shutdown: %s", e)
 
 
@@ -276,7 +276,7 @@ class SystemSampler(threading.Thread):
         t_cpu = time.thread_time()
         try:
             self._loop(t_cpu)
-        except Exception as e:  # noqa: BLE001 - never into training (a thread's uncaught error fails the run)
+        except Exception as e:  # never into training (a thread's uncaught error fails the run)
             self._error("sampler", e)
         finally:
             self.cpu_s = time.thread_time() - t_cpu
@@ -306,7 +306,7 @@ class SystemSampler(threading.Thread):
         for name, probe in probes:
             try:
                 values.update(probe())
-            except Exception as e:  # noqa: BLE001 - never into training: counted, warned, the rest go on
+            except Exception as e:  # never into training: counted, warned, the rest go on
                 self._error(name, e)
         return values
 
@@ -322,7 +322,7 @@ class SystemSampler(threading.Thread):
             log(values, policy="per_rank")
         except ClosedError:
             return False
-        except Exception as e:  # noqa: BLE001 - never into training: counted, warned
+        except Exception as e:  # never into training: counted, warned
             self._error("log", e)
             return True
         self.samples += 1

@@ -126,7 +126,7 @@ class SigtermWatchdog:
             self._mark(f"signal {signal.SIGTERM} while the main thread was blocked")
             try:
                 self._stop(max(0.1, self._timeout - (time.monotonic() - t0)))
-            except Exception as e:  # noqa: BLE001 - the process ends next either way; say why it was not clean
+            except Exception as e:  # the process ends next either way; say why it was not clean
                 _log.error("SIGTERM: stopping the run failed: %s", e)
             _exit()
         if not self._stopped.wait(max(0.0, self._timeout - (time.monotonic() - t0))):

@@ -24,9 +24,9 @@ __all__ = [
 # Ours that are not settings: the job secret is read where it is used and never stored in a
 # Settings object (which is printed and passed around). Every other COORDINATOR_* variable is a
 # Settings field's: ``coordinator.settings.env_name(field)``.
-COORDINATOR_SECRET = "COORDINATOR_SECRET"  # noqa: S105 - the variable name, not a secret
+COORDINATOR_SECRET = "COORDINATOR_SECRET"  # the variable name, not a secret
 """Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
-COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # noqa: S105 - the variable name
+COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # the variable name
 """A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
 
 # Launchers'.

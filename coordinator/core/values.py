@@ -84,8 +84,9 @@ def to_metric_value(key: str, value: object) -> float:
     item = getattr(value, "item", None)
     if item is not None:
         value = item()
+    number: Any = value  # any object: float() is the check, what it refuses raises below
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(number)
     except OverflowError as e:
         raise ValueError(f"metric {key!r}: {value!r:.80} is too large for a float64") from e
     except (TypeError, ValueError) as e:

@@ -132,6 +132,9 @@ class Backend(Protocol):
     name: str
     """Registry name (``mlflow``, ``tensorboard``, ``wandb``, ``neptune``)."""
 
+    def __init__(self, options: Mapping[str, object], run_dir: Path | None = None) -> None:
+        """Read the options (an unknown one or a bad value raises ``ConfigError``); nothing is contacted yet."""
+
     def check(self) -> None:
         """Validate URI, credentials and project without writing anything; blocks (network).
 
@@ -303,5 +306,5 @@ def check_backends(backends: Mapping[str, Mapping[str, object]], run_dir: Path) 
     """
     for name, options in backends.items():
         _, backend_options = ForwarderSettings.split(options)
-        backend = get_backend(name)(backend_options, run_dir)  # type: ignore[call-arg]
+        backend = get_backend(name)(backend_options, run_dir)
         backend.check()

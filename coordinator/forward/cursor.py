@@ -122,7 +122,7 @@ class CursorFile:
             SinkError: another forwarder holds the lock, or the file is unreadable.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path.with_suffix(".lock"), "a+b")  # noqa: SIM115 - held until release()
+        lock = open(self.path.with_suffix(".lock"), "a+b")  # held until release()
         os.fchmod(lock.fileno(), 0o600)  # the run's files are its owner's only
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

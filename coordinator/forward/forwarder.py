@@ -117,7 +117,7 @@ class Forwarder(Retrying):
         self.backend_name = backend_name
         self.settings, backend_options = ForwarderSettings.split(options or {})
         if backend is None:
-            backend = get_backend(backend_name)(backend_options, self.run_dir)  # type: ignore[call-arg]
+            backend = get_backend(backend_name)(backend_options, self.run_dir)
         self.backend: Backend = backend
         self._cursor_file = CursorFile(self.run_dir, backend_name, destination_of(backend))
         self.path = self._cursor_file.path
@@ -190,7 +190,7 @@ class Forwarder(Retrying):
             self._opened = False
             try:
                 self.backend.close()
-            except Exception as e:  # noqa: BLE001 - closing a client must not hide the caller's outcome
+            except Exception as e:  # closing a client must not hide the caller's outcome
                 _log.warning("%s: closing the client failed: %s", self.backend_name, e)
         if self._store is not None:
             self._store.close()
@@ -214,7 +214,7 @@ class Forwarder(Retrying):
                     return
                 if not sent:
                     stop.wait(self.settings.poll_interval_s)
-        except Exception as e:  # noqa: BLE001 - a thread must not die silently: keep it for drain()
+        except Exception as e:  # a thread must not die silently: keep it for drain()
             _log.exception("%s: forwarder stopped by an unexpected error", self.backend_name)
             self.error = SinkError(f"{self.backend_name}: forwarder stopped: {e!r}")
 

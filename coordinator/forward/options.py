@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from typing import SupportsFloat, SupportsInt, cast
 
 from coordinator.errors import ConfigError
 
@@ -50,7 +51,7 @@ def option_float(options: Mapping[str, object], key: str, default: float | None)
     if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
         return None
     try:
-        return float(v)  # type: ignore[arg-type]
+        return float(cast(SupportsFloat | str, v))  # float() is the check: what it refuses raises below
     except (TypeError, ValueError):
         raise ConfigError(f"option {key}={v!r} is not a number") from None
 
@@ -63,7 +64,7 @@ def option_int(options: Mapping[str, object], key: str, default: int) -> int:
     """
     v = options.get(key, default)
     try:
-        return int(v)  # type: ignore[call-overload, no-any-return]
+        return int(cast(SupportsInt | str, v))  # int() is the check: what it refuses raises below
     except (TypeError, ValueError):
         raise ConfigError(f"option {key}={v!r} is not an integer") from None
 

@@ -65,7 +65,7 @@ class Retrying:
                 if rejected >= self.settings.max_rejected_attempts:
                     self._give_up(e, rejected, points)
                 err: Exception = e
-            except Exception as e:  # noqa: BLE001 - any client error (network, 5xx, 429) is retried with backoff
+            except Exception as e:  # any client error (network, 5xx, 429) is retried with backoff
                 err = e
             attempt += 1
             self._count("retries", 1)

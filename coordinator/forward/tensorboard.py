@@ -116,7 +116,7 @@ class TensorBoardBackend:
         saved = st.get("file")
         if isinstance(saved, str) and (self.logdir / saved).exists():
             self.file = self.logdir / saved
-            fh = open(self.file, "r+b")  # noqa: SIM115 - owned until close()
+            fh = open(self.file, "r+b")  # owned until close()
             fh.truncate(int(st.get("offset", 0)))
             fh.seek(0, os.SEEK_END)
             self._fh = fh
@@ -126,7 +126,7 @@ class TensorBoardBackend:
             return
         host = socket.gethostname().replace(".", "_")
         self.file = self.logdir / f"events.out.tfevents.{int(run.created):010d}.{host}.coordinator.{run.id}"
-        self._fh = open(self.file, "wb")  # noqa: SIM115 - owned until close()
+        self._fh = open(self.file, "wb")  # owned until close()
         self._writer = RecordWriter(self._fh)
         self._header(run)
 

@@ -41,7 +41,7 @@ import shutil
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from coordinator.errors import missing_extra
 
@@ -63,9 +63,27 @@ __all__ = ["WandbBackend", "read_offline_history"]
 _log = logging.getLogger(__name__)
 
 _OPTIONS = ("project", "entity", "mode", "dir", "api_key", "run_id", "step_key", "check_timeout_s")
-_MODES = ("online", "offline")
+_Mode = Literal["online", "offline"]
+_MODES: tuple[_Mode, ...] = ("online", "offline")
 _EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
 """The run's end state as the exit code W&B records (failed for anything non-zero)."""
+
+
+def _mode(value: str) -> _Mode:
+    """``value`` as one of :data:`_MODES`.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    for mode in _MODES:
+        if value == mode:
+            return mode
+    raise ConfigError(f"wandb: mode must be one of {', '.join(_MODES)}, got {value!r}")
+
+
+def _viewer(api: Any) -> object:
+    """The API key's user: reading ``Api.viewer`` makes the authenticated request (a bad key raises)."""
+    return api.viewer
 
 
 class WandbBackend:
@@ -82,9 +100,7 @@ class WandbBackend:
         check_options(self.name, options, _OPTIONS)
         self.project = option_str(options, "project")
         self.entity = option_str(options, "entity")
-        self.mode = option_str(options, "mode") or os.environ.get("WANDB_MODE") or "online"
-        if self.mode not in _MODES:
-            raise ConfigError(f"wandb: mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        self.mode = _mode(option_str(options, "mode") or os.environ.get("WANDB_MODE") or "online")
         d = option_str(options, "dir") or (str(run_dir) if run_dir is not None else None)
         self.dir = Path(d).expanduser() if d else Path.cwd()
         self.api_key = option_str(options, "api_key") or os.environ.get("WANDB_API_KEY")
@@ -113,8 +129,7 @@ class WandbBackend:
         if not self.api_key:
             raise SinkError("wandb: no API key (set WANDB_API_KEY or the api_key option, or use mode=offline)")
         try:
-            api = wandb.Api(api_key=self.api_key, timeout=int(self.check_timeout_s))
-            api.viewer  # noqa: B018 - the property makes the authenticated request
+            _viewer(wandb.Api(api_key=self.api_key, timeout=int(self.check_timeout_s)))
         except Exception as e:  # every client failure (bad key, network) becomes the named SinkError
             raise SinkError(f"wandb: the API key was not accepted or the server is unreachable: {e}") from e
 
@@ -142,7 +157,7 @@ class WandbBackend:
                 dir=str(self.dir),
                 id=rid,
                 name=run.name,
-                mode=self.mode,  # type: ignore[arg-type]
+                mode=self.mode,
                 resume="allow",
                 settings=settings,
                 reinit="create_new",

@@ -116,7 +116,7 @@ class SeriesSource:
             yield from (s for s in self._compute() if s.hi > after)
             return
         cur = self._db.execute(
-            f"SELECT {_SPAN} FROM chunks WHERE key_id=? AND rank=? AND step_max > ? ORDER BY step_min",  # noqa: S608
+            f"SELECT {_SPAN} FROM chunks WHERE key_id=? AND rank=? AND step_max > ? ORDER BY step_min",
             (self._key_id, self._rank, after),
         )
         try:

@@ -119,7 +119,7 @@ class JournalReader(TextReads):
 
     def senders(self) -> list[dict[str, Any]]:
         """Per (rank, incarnation): high-water mark, counts, liveness state."""
-        sql = f"SELECT {', '.join(_SENDER_COLUMNS)} FROM senders ORDER BY rank, first_seen"  # noqa: S608 - constant column names
+        sql = f"SELECT {', '.join(_SENDER_COLUMNS)} FROM senders ORDER BY rank, first_seen"  # constant column names
         return [dict(zip(_SENDER_COLUMNS, row, strict=True)) for row in self._db.execute(sql)]
 
     def high_water_marks(self) -> dict[tuple[int, int], int]:

@@ -102,7 +102,7 @@ def _add_summaries(db: sqlite3.Connection) -> None:
         if not rows:
             return
         db.executemany(
-            f"UPDATE chunks SET {sets} WHERE id=?",  # noqa: S608 - constant column names
+            f"UPDATE chunks SET {sets} WHERE id=?",  # constant column names
             [(*summarize(from_le("q", sb), from_le("d", vb)), cid) for cid, sb, vb in rows],
         )
         last = rows[-1][0]

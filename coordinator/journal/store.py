@@ -55,7 +55,7 @@ _log = logging.getLogger(__name__)
 _LITTLE = sys.byteorder == "little"
 
 _INSERT_CHUNK = (
-    f"INSERT INTO chunks (key_id, rank, incarnation, seq, n, ts, steps, vals, counts, {', '.join(SUMMARY_COLUMNS)}) "  # noqa: S608
+    f"INSERT INTO chunks (key_id, rank, incarnation, seq, n, ts, steps, vals, counts, {', '.join(SUMMARY_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (9 + len(SUMMARY_COLUMNS)))})"
 )
 

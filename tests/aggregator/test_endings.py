@@ -166,7 +166,9 @@ def test_a_restart_rebuilds_only_the_pending_groups(tmp_path: Path) -> None:
     b.finalize()
 
 
-def test_stragglers_have_hysteresis_and_a_capped_number_of_events(tmp_path: Path) -> None:
+def test_stragglers_have_hysteresis_and_a_capped_number_of_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = Aggregator(make_cfg(tmp_path, straggler_lag_s=1.0))
     hf: HealthFields = a.health_fields
     h: Health = a.health
@@ -180,7 +182,7 @@ def test_stragglers_have_hysteresis_and_a_capped_number_of_events(tmp_path: Path
             1: {**base, "lag_s": lag["v"], "straggler": on, "clear": off},
         }
 
-    h.snapshot = snapshot  # type: ignore[method-assign]
+    monkeypatch.setattr(h, "snapshot", snapshot)
     for i in range(200):
         lag["v"] = 1.1 if i % 2 else 0.9  # hovers around the threshold: one straggler spell
         hf.update(float(i), {0: "live", 1: "live"})
@@ -194,7 +196,7 @@ def test_stragglers_have_hysteresis_and_a_capped_number_of_events(tmp_path: Path
 
 
 def test_many_ranks_falling_behind_at_once_log_one_line_and_an_event_each(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = 40
     a = Aggregator(make_cfg(tmp_path, world=world, straggler_lag_s=1.0))
@@ -209,7 +211,7 @@ def test_many_ranks_falling_behind_at_once_log_one_line_and_an_event_each(
             out[r] = {**base, "lag_s": 2.0 if late else 0.0, "straggler": late, "clear": not late}
         return out
 
-    a.health.snapshot = snapshot  # type: ignore[method-assign]
+    monkeypatch.setattr(a.health, "snapshot", snapshot)
     with caplog.at_level(logging.WARNING, logger="coordinator"):
         hf.update(1.0, dict.fromkeys(range(world), "live"))  # 2 new stragglers: a line each
         behind["n"] = world - 1

@@ -385,7 +385,8 @@ def _run(sc: _Scenario, timeout: float) -> tuple[Reducer, dict[str, list[tuple[i
 
     for op, arg in sc.ops:
         if op == "add":
-            rank, key, points = arg  # type: ignore[misc]
+            assert isinstance(arg, tuple)
+            rank, key, points = arg
             r.add(key, rank, [s for s, _ in points], [v for _, v in points], now)
             if sc.policies[key] == "per_rank":
                 continue
@@ -398,9 +399,11 @@ def _run(sc: _Scenario, timeout: float) -> tuple[Reducer, dict[str, list[tuple[i
         elif op == "emit":
             take(r.emit(now, all_keys=bool(arg)))
         elif op == "done":
-            r.rank_done(arg)  # type: ignore[arg-type]
+            assert isinstance(arg, int)
+            r.rank_done(arg)
         else:
-            now += arg  # type: ignore[operator]
+            assert isinstance(arg, float)
+            now += arg
     take(r.emit(now, force=True))
     assert not groups, f"never emitted: {sorted(groups)}"
     assert r.pending_groups() == 0

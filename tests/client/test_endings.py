@@ -11,6 +11,7 @@ import coordinator
 from coordinator.client.delivery import ErrorQueue
 from coordinator.client.endings import MAX_REASON_BYTES, Ending
 from tests.client.helpers import open_store
+from tests.untyped import bad
 
 
 def _report(store_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -81,7 +82,7 @@ def test_stop_after_fail_reports_the_failed_run_without_raising_it_again(
 
 def test_fail_rejects_a_reason_that_is_neither_text_nor_an_exception(store_dir: Path) -> None:
     with coordinator.init_run() as run, pytest.raises(TypeError, match="fail"):
-        run.fail(42)  # type: ignore[arg-type]
+        run.fail(bad(42))
     assert _report(store_dir)[0] == "finished"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import coordinator
+from tests.untyped import bad
 
 pd = pytest.importorskip("pandas")
 
@@ -35,9 +36,9 @@ def test_as_frame_arguments_are_checked(store_dir: Path, monkeypatch: pytest.Mon
         run.log({"a": 1.0}, step=0)
         run.wait(30)
         with pytest.raises(TypeError, match="as_frame must be a bool"):
-            run["a"].fetch_values(as_frame="yes")  # type: ignore[call-overload]
+            run["a"].fetch_values(as_frame=bad("yes"))
         with pytest.raises(ValueError, match="exclude each other"):
-            run["a"].fetch_values(as_numpy=True, as_frame=True)  # type: ignore[call-overload]
+            run["a"].fetch_values(as_numpy=True, as_frame=bad(True))
         monkeypatch.setitem(sys.modules, "pandas", None)
         with pytest.raises(ImportError, match=r"pip install 'ddp-coordinator\[export\]'"):
             run["a"].fetch_values(as_frame=True)

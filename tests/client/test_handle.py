@@ -13,6 +13,7 @@ import coordinator.client.delivery as delivery
 import coordinator.client.modes as modes
 from coordinator.transport import wire
 from coordinator.transport.requests import Request
+from tests.untyped import bad
 
 np = pytest.importorskip("numpy")
 
@@ -77,5 +78,5 @@ def test_as_numpy_without_numpy_says_how_to_install_it(store_dir: Path, monkeypa
         with pytest.raises(ImportError, match=r"pip install"):
             run["a"].fetch_values(as_numpy=True)
         with pytest.raises(TypeError):
-            run["a"].fetch_values(as_numpy="yes")  # type: ignore[call-overload]
+            run["a"].fetch_values(as_numpy=bad("yes"))
         assert run["a"].fetch_values() == [(0, 1.0)]

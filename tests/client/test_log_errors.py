@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import coordinator
+from tests.untyped import bad
 
 
 class _NotANumber:
@@ -32,7 +33,7 @@ def test_a_rejected_log_has_no_chained_traceback(store_dir: Path, data: dict[obj
     with coordinator.init_run(project="t", mode="offline") as run:
         run.log({"loss": 0.25}, step=0)  # the key exists: the fast path fails first, then the precise check
         with pytest.raises(exc) as info:
-            run.log(data, step=1)  # type: ignore[arg-type]
+            run.log(bad(data), step=1)
         e = info.value
         assert e.__cause__ is None and e.__suppress_context__, (e.__cause__, e.__context__)
         text = "".join(traceback.format_exception(e))

@@ -10,6 +10,7 @@ from coordinator.client.models import init_model, init_model_version, next_versi
 from coordinator.errors import ClosedError, ConfigError, MissingExtraError
 from coordinator.journal.store import list_runs
 from coordinator.settings import Settings
+from tests.untyped import bad
 
 QUIET = Settings(system_metrics_interval_s=0, capture_env=False)
 
@@ -38,9 +39,9 @@ def test_change_stage_is_validated_recorded_and_read_back_read_only(store_dir: P
     ckpt.write_bytes(b"weights")
     v = init_model_version("q-M1", settings=QUIET)
     try:
-        for bad in ("prod", "", None, "Production"):
+        for stage in ("prod", "", None, "Production"):
             with pytest.raises(ValueError, match="stage must be one of"):
-                v.change_stage(bad)  # type: ignore[arg-type]
+                v.change_stage(bad(stage))
         v["model/weights"].upload(ckpt)
         v.change_stage("staging")
         v.change_stage("production")

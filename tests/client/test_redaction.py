@@ -14,6 +14,7 @@ from coordinator.client.redaction import REDACTED, Redactor
 from coordinator.errors import ConfigError
 from coordinator.journal.store import LocalStore
 from coordinator.settings import Settings
+from tests.untyped import bad
 
 SSN = r"\b\d{3}-\d{2}-\d{4}\b"
 
@@ -81,7 +82,7 @@ def test_bad_settings_are_config_errors_naming_the_pattern(monkeypatch: pytest.M
     with pytest.raises(ConfigError, match=r"\(unclosed"):
         Settings(redact_values=("(unclosed",))
     with pytest.raises(ConfigError, match="redact must be a callable"):
-        Settings(redact="nope")  # type: ignore[arg-type]
+        Settings(redact=bad("nope"))
     with pytest.raises(ConfigError, match="not a valid regex"):
         Redactor(values=["[x"])
     monkeypatch.setenv("COORDINATOR_REDACT_KEYS", "user/*, */email")

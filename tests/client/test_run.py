@@ -6,11 +6,13 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
+from typing import SupportsFloat
 
 import pytest
 
 import coordinator
 from tests.client.helpers import open_store
+from tests.untyped import bad
 
 
 @pytest.mark.parametrize(
@@ -39,7 +41,7 @@ def test_bad_log_input_raises_at_call_site_and_keeps_nothing_of_the_call(
     with coordinator.init_run(project="t") as run:
         run.log({"loss": 0.25, "acc": 0.5}, step=0)
         with pytest.raises(exc):
-            run.log(data, step=step)  # type: ignore[arg-type]
+            run.log(bad(data), step=bad(step))
         run.log({"loss": 0.125, "acc": 0.75}, step=1)
         run.wait(timeout=30)
     s = open_store(store_dir)
@@ -54,7 +56,7 @@ def test_bad_log_input_raises_at_call_site_and_keeps_nothing_of_the_call(
 def test_numeric_like_values_are_accepted(store_dir: Path) -> None:
     """bool, int, float, numpy scalars and 0-d tensors are stored as float64."""
     np = pytest.importorskip("numpy")
-    values: list[object] = [True, 3, 2.5, np.float32(1.5), np.int64(7)]
+    values: list[SupportsFloat] = [True, 3, 2.5, np.float32(1.5), np.int64(7)]
     try:
         import torch
 
@@ -66,7 +68,7 @@ def test_numeric_like_values_are_accepted(store_dir: Path) -> None:
             run.log({"m": v}, step=i)
     s = open_store(store_dir)
     try:
-        assert [v for _, v in s.values("m", 0)] == [float(v) for v in values]  # type: ignore[arg-type]
+        assert [v for _, v in s.values("m", 0)] == [float(v) for v in values]
     finally:
         s.close()
 

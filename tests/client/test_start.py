@@ -8,6 +8,7 @@ import pytest
 
 import coordinator
 from tests.client.helpers import open_store
+from tests.untyped import bad
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ def test_bad_init_arguments_raise_config_error(
 ) -> None:
     """Bad arguments fail at init_run with ConfigError, before anything starts."""
     with pytest.raises(coordinator.ConfigError):
-        coordinator.init_run(**kwargs, settings=coordinator.Settings(**fields))  # type: ignore[arg-type]
+        coordinator.init_run(**bad(kwargs), settings=coordinator.Settings(**bad(fields)))
 
 
 def test_ctrl_c_during_init_run_leaves_the_run_interrupted_and_no_aggregator(

@@ -10,6 +10,7 @@ import coordinator
 from coordinator.aggregator import Aggregator
 from coordinator.core.tags import MAX_TAGS, TAGS_ADD, TAGS_PATH, TAGS_REMOVE
 from tests.aggregator.helpers import batch, hello, make_cfg, reopen
+from tests.untyped import bad
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_bad_tags_fail_at_the_call_site_before_anything_starts(
     store_dir: Path, tags: object, exc: type[Exception], match: str
 ) -> None:
     with pytest.raises(exc, match=match):
-        coordinator.init_run(tags=tags)  # type: ignore[arg-type]
+        coordinator.init_run(tags=bad(tags))
     assert not (store_dir / "runs").exists()
 
 

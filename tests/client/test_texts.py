@@ -5,17 +5,28 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import coordinator
+from coordinator.client.modes import ReadOnlyRun
 from coordinator.errors import ClosedError
 
 
-def _settings(root: Path, **kw: object) -> coordinator.Settings:
+def _settings(root: Path, **kw: Any) -> coordinator.Settings:
     return coordinator.Settings(
         dir=str(root), handle_sigterm=False, capture_env=False, system_metrics_interval_s=0, **kw
-    )  # type: ignore[arg-type]
+    )
+
+
+def _rank0_report(run: coordinator.Run) -> dict[str, Any]:
+    """Rank 0's part of the report stored with the run, read through a run opened read-only."""
+    assert isinstance(run, ReadOnlyRun)
+    report = run._store.run_info().report
+    assert report is not None, "the run ended with a report"
+    per_rank: dict[str, Any] = report["per_rank"]["0"]
+    return per_rank
 
 
 def test_bad_texts_and_mixed_kinds_raise_at_the_call_site_and_keep_nothing(store_dir: Path) -> None:
@@ -63,7 +74,7 @@ def test_texts_are_redacted_and_counted(store_dir: Path) -> None:
         assert run["gen"].fetch_values(rank=0) == [(0, "mail me at [redacted] or [redacted]")]
     report = coordinator.init_run(mode="read-only", with_id=run.id, settings=_settings(store_dir))
     try:
-        assert report._store.run_info().report["per_rank"]["0"]["redacted"] == 2  # type: ignore[attr-defined,index]
+        assert _rank0_report(report)["redacted"] == 2
     finally:
         report.stop()
 
@@ -93,7 +104,7 @@ def test_console_capture_tees_prints_and_logging_and_restores_the_streams(
         out = [t for _, t in ro["monitoring/stdout"].fetch_values(rank=0)]
         assert out == ["short", "a line lon", "no newline"]  # cut to 10 bytes; the partial line at close
         assert [t for _, t in ro["monitoring/stderr"].fetch_values(rank=0)] == ["via loggin"]
-        per_rank = ro._store.run_info().report["per_rank"]["0"]  # type: ignore[attr-defined,index]
+        per_rank = _rank0_report(ro)
         assert per_rank["console_cut_lines"] == 3 and per_rank["console_lines"] == 4
     finally:
         ro.stop()
@@ -107,7 +118,7 @@ def test_console_lines_over_the_rate_are_dropped_and_counted(store_dir: Path) ->
     ro = coordinator.init_run(mode="read-only", with_id=run.id, settings=_settings(store_dir))
     try:
         kept = ro["monitoring/stdout"].fetch_values(rank=0)
-        per_rank = ro._store.run_info().report["per_rank"]["0"]  # type: ignore[attr-defined,index]
+        per_rank = _rank0_report(ro)
         assert 5 <= len(kept) < 50 and per_rank["console_dropped_lines"] == 50 - len(kept)
     finally:
         ro.stop()

@@ -41,9 +41,12 @@ def test_retry_after_is_read_from_an_attribute_or_response_headers_along_the_cha
             super().__init__("429")
             self.response = SimpleNamespace(headers=headers)
 
-    direct = Exception("x")
-    direct.retry_after_s = 3  # type: ignore[attr-defined]
-    assert retry_after_of(direct) == 3.0
+    class _Throttled(Exception):
+        def __init__(self, retry_after_s: int) -> None:
+            super().__init__("x")
+            self.retry_after_s = retry_after_s  # as a client library's exception carries it
+
+    assert retry_after_of(_Throttled(3)) == 3.0
     try:
         try:
             raise _Http({"Retry-After": "7"})

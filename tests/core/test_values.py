@@ -21,6 +21,7 @@ from coordinator.core.values import (
     to_field_value,
     to_metric_value,
 )
+from tests.untyped import bad
 
 # ----------------------------------------------------------------------------- check_key
 
@@ -228,9 +229,9 @@ def test_to_metric_value_numpy_scalars_and_arrays() -> None:
     ]:
         out = to_metric_value("k", v)
         assert out == want and type(out) is float, v
-    for bad in (np.array([1.0, 2.0]), np.array([]), np.str_("x"), np.complex128(1j), np.zeros((2, 2))):
+    for wrong in (np.array([1.0, 2.0]), np.array([]), np.str_("x"), np.complex128(1j), np.zeros((2, 2))):
         with pytest.raises(TypeError):
-            to_metric_value("k", bad)
+            to_metric_value("k", wrong)
 
 
 # ----------------------------------------------------------------------------- to_field_value
@@ -394,7 +395,7 @@ def test_flatten_fields_key_with_slash_nests() -> None:
 def test_flatten_fields_rejects_bad_entries(path: object, value: object, exc: type[Exception]) -> None:
     """Bad paths, empty dicts, non-str keys and bad values raise the precise exception type."""
     with pytest.raises(exc):
-        flatten_fields(path, value)  # type: ignore[arg-type]
+        flatten_fields(bad(path), value)
 
 
 def test_flatten_fields_is_all_or_nothing() -> None:

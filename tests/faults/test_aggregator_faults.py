@@ -82,7 +82,8 @@ def test_frozen_aggregator_wait_times_out_naming_endpoint_then_drains(store_dir:
     with coordinator.init_run(settings=coordinator.Settings(flush_interval_s=0.002)) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
-        agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]
+        assert run._agg is not None and run._agg.pid is not None  # rank 0 started the aggregator
+        agg = psutil.Process(run._agg.pid)
         agg.suspend()
         try:
             t0 = time.perf_counter()

@@ -149,7 +149,8 @@ def test_spool_disk_full_is_a_clear_error_and_nothing_is_lost(store_dir: Path, t
         with coordinator.init_run(settings=coordinator.Settings(spool_dir=str(spool))) as run:
             run.log({"m": 0.0}, step=0)
             run.wait(30)
-            agg = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]
+            assert run._agg is not None and run._agg.pid is not None  # rank 0 started the aggregator
+            agg = psutil.Process(run._agg.pid)
             agg.suspend()
             try:
                 for s in range(1, 200_001):

@@ -13,7 +13,7 @@ import time
 from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytest
 
@@ -117,6 +117,13 @@ def run_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_run(tmp_path / "store", monkeypatch)
 
 
+@runtime_checkable
+class _Holding(Protocol):
+    """A backend with the optional ``holds(state)`` check (asked by :func:`coordinator.forward.cursor.verified`)."""
+
+    def holds(self, state: Mapping[str, Any]) -> bool: ...
+
+
 class _Flaky:
     """The real TensorBoard backend behind a switch that makes its calls fail on demand."""
 
@@ -162,7 +169,8 @@ class _Flaky:
         return destination_of(self.inner)
 
     def holds(self, state: Mapping[str, Any]) -> bool:
-        return bool(self.inner.holds(state))  # type: ignore[attr-defined]
+        assert isinstance(self.inner, _Holding), "wraps a backend that can check its destination"
+        return self.inner.holds(state)
 
     def close(self) -> None:
         self.inner.close()
@@ -176,7 +184,7 @@ class _Flaky:
 
 def tb_backend(run_db: Path, **options: object) -> Backend:
     """A real TensorBoard backend writing under the run directory."""
-    return get_backend("tensorboard")(dict(options), run_db.parent)  # type: ignore[call-arg]
+    return get_backend("tensorboard")(dict(options), run_db.parent)
 
 
 class _Err(Exception):

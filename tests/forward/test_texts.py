@@ -17,6 +17,7 @@ from coordinator.forward.forwarder import Forwarder
 from coordinator.forward.texts import TEXTS_PER_BATCH
 from coordinator.journal.store import MAIN_RANK, TEXT_POLICY, ChunkRow, LocalStore, TextRow, TxnData
 from tests.forward.test_sending import tb_texts
+from tests.untyped import bad
 
 KEY = "samples/gen"
 N = TEXTS_PER_BATCH + 100
@@ -107,7 +108,7 @@ def test_text_lineage_reads_each_incarnation_in_start_order(tmp_path: Path) -> N
         assert st.text_lineage(KEY, 1) == [(33, 0)]
         assert st.text_lineage("no/such", 0) == [] and st.text_lineage(KEY, 5) == []
         with pytest.raises(TypeError):
-            st.text_lineage(KEY, "0")  # type: ignore[arg-type]
+            st.text_lineage(KEY, bad("0"))
     finally:
         st.close()
 

@@ -15,8 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -26,6 +27,9 @@ from coordinator.errors import SinkError
 from coordinator.forward.backend import get_backend
 from coordinator.forward.forwarder import Forwarder
 from tests.forward.test_forwarder import KEYS, assert_series, expected, make_run, tb_scalars
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +73,10 @@ class MlflowServer:
         ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self.starts += 1
-        log = open(self.root / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child
-        try:
+        # The child keeps its own copy of the log's descriptor: ours is closed once it has started.
+        with open(self.root / f"server-{self.starts}.log", "wb") as log:
             # Own session: the server and its uvicorn worker are killed together by process group.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        finally:
-            log.close()
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -124,7 +126,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         srv.stop()
 
 
-def _mlflow_series(uri: str, run_id: str) -> tuple[dict[str, list[tuple[int, float]]], object]:
+def _mlflow_series(uri: str, run_id: str) -> tuple[dict[str, list[tuple[int, float]]], Run]:
     """Every metric history of the MLflow run tagged with ``run_id``, and the run itself."""
     from mlflow.tracking import MlflowClient
 
@@ -142,8 +144,8 @@ def _mlflow_series(uri: str, run_id: str) -> tuple[dict[str, list[tuple[int, flo
 def _check_mlflow_run(uri: str, run_id: str) -> None:
     got, run = _mlflow_series(uri, run_id)
     assert_series(got, expected(RANKS, STEPS))
-    info = run.info  # type: ignore[attr-defined]
-    data = run.data  # type: ignore[attr-defined]
+    info = run.info
+    data = run.data
     assert info.status == "FINISHED"
     assert info.run_name == "forward-me"
     assert data.params == {"parameters/lr": "0.1", "parameters/batch_size": "64", "parameters/optimizer": "adam"}
@@ -229,10 +231,10 @@ def test_a_bad_mlflow_uri_fails_check_with_a_message_naming_the_backend(tmp_path
     cls = get_backend("mlflow")
     t0 = time.monotonic()
     with pytest.raises(SinkError, match=r"^mlflow: cannot use tracking URI http://127\.0\.0\.1:\d+: .*refused"):
-        cls({"tracking_uri": f"http://127.0.0.1:{_free_port()}"}, tmp_path).check()  # type: ignore[call-arg]
+        cls({"tracking_uri": f"http://127.0.0.1:{_free_port()}"}, tmp_path).check()
     assert time.monotonic() - t0 < 10, "a check must fail fast, without MLflow's long retries"
     with pytest.raises(SinkError, match=r"^mlflow: cannot use tracking URI nosuchscheme://x"):
-        cls({"tracking_uri": "nosuchscheme://x"}, tmp_path).check()  # type: ignore[call-arg]
+        cls({"tracking_uri": "nosuchscheme://x"}, tmp_path).check()
 
 
 # ------------------------------------------------------------------------------ TensorBoard
@@ -609,7 +611,7 @@ def test_neptune_offline_marks_failed_and_interrupted_runs(tmp_path: Path) -> No
 # ------------------------------------------------------------------------------ tags, files and text series
 
 
-def _forward_with(name: str, options: dict[str, object]) -> object:
+def _forward_with(name: str, options: Mapping[str, object]) -> Callable[[Path], dict[str, object]]:
     def forward(db: Path) -> dict[str, object]:
         fwd = Forwarder(db, name, options)
         try:
@@ -631,7 +633,7 @@ def test_mlflow_gets_tags_as_tags_files_as_artifacts_and_texts_as_files_once(
 
     payload = os.urandom(3000)
     opts = {"tracking_uri": mlflow_server.uri, "experiment": "ctx"}
-    db = two_phases(tmp_path, monkeypatch, _forward_with("mlflow", opts), payload)  # type: ignore[arg-type]
+    db = two_phases(tmp_path, monkeypatch, _forward_with("mlflow", opts), payload)
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("ctx")
     assert exp is not None
@@ -650,7 +652,8 @@ def test_mlflow_gets_tags_as_tags_files_as_artifacts_and_texts_as_files_once(
         assert sorted(got) == [(s, text(r, s)) for s in range(10)], "each text exactly once"
 
 
-def _wandb_records(path: Path) -> list[tuple[str, object]]:
+def _wandb_records(path: Path) -> list[tuple[str, Any]]:
+    """(record type, record) of each record of a ``.wandb`` file; protobuf records are untyped."""
     from coordinator.forward.wandb import _pb, _records
 
     out = []
@@ -673,7 +676,7 @@ def test_wandb_offline_gets_run_tags_the_file_and_texts_as_strings_once(
     monkeypatch.setenv("WANDB_SILENT", "true")
     payload = os.urandom(2000)
     wb = tmp_path / "wb"
-    two_phases(tmp_path, monkeypatch, _forward_with("wandb", {"mode": "offline", "dir": str(wb)}), payload)  # type: ignore[arg-type]
+    two_phases(tmp_path, monkeypatch, _forward_with("wandb", {"mode": "offline", "dir": str(wb)}), payload)
     files = sorted((wb / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2, files  # one per forwarder (resumed run id)
     got: dict[str, list[tuple[int, str]]] = {}
@@ -685,10 +688,10 @@ def test_wandb_offline_gets_run_tags_the_file_and_texts_as_strings_once(
                 if k.startswith("ranks/") and isinstance(v, str):
                     got.setdefault(k, []).append((int(row["coordinator/step"]), v))
         for kind, rec in _wandb_records(f):
-            if kind == "run" and rec.tags:  # type: ignore[attr-defined]
-                tags.append(list(rec.tags))  # type: ignore[attr-defined]
+            if kind == "run" and rec.tags:
+                tags.append(list(rec.tags))
             if kind == "files":
-                saved.extend(x.path for x in rec.files)  # type: ignore[attr-defined]
+                saved.extend(x.path for x in rec.files)
     for r in range(RANKS):
         assert sorted(got[f"ranks/{r}/{KEY}"]) == [(s, text(r, s)) for s in range(10)]
     assert sorted(tags[0]) == ["a", "b"] and sorted(tags[-1]) == ["b", "c"], tags
@@ -708,7 +711,7 @@ def test_neptune_offline_gets_tag_adds_and_removes_the_file_and_string_series_on
 
     data_dir = tmp_path / "np"
     opts = {"mode": "offline", "project": "ws/ctx", "data_dir": str(data_dir)}
-    two_phases(tmp_path, monkeypatch, _forward_with("neptune", opts), os.urandom(500))  # type: ignore[arg-type]
+    two_phases(tmp_path, monkeypatch, _forward_with("neptune", opts), os.urandom(500))
     ops = [
         json.loads(line)["obj"]
         for c in (data_dir / "offline").glob("run__*")

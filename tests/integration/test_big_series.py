@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -66,7 +67,7 @@ def _hwm(pid: int) -> int:
 class PeakRss:
     """Samples the RSS (and its high-water mark) of processes every 20 ms with psutil; ``peak`` is the largest seen."""
 
-    def __init__(self, find: object) -> None:
+    def __init__(self, find: Callable[[], Iterable[psutil.Process]]) -> None:
         self._find = find
         self.peak = 0
         self.samples = 0
@@ -76,7 +77,7 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            for p in self._find():  # type: ignore[operator]
+            for p in self._find():
                 try:
                     self.peak = max(self.peak, p.memory_info().rss, _hwm(p.pid))
                     self.samples += 1

@@ -45,7 +45,8 @@ def test_a_run_directory_and_all_its_files_are_owner_only(store_dir: Path, tmp_p
                 run.log({"loss": s / 10}, step=s)
             run["model/weights"].upload(src)
             run.wait(60)
-            run_dir = Path(run.store_path).parent  # type: ignore[arg-type]
+            assert run.store_path is not None
+            run_dir = Path(run.store_path).parent
             live = _modes(run_dir)
         ended = _modes(run_dir)
     finally:

@@ -22,7 +22,9 @@ import coordinator
 from coordinator import cli
 from coordinator.journal.store import list_runs
 from coordinator.transport.discovery import private_dir
-from tests.integration.test_backends import MlflowServer, mlflow_server  # noqa: F401 - the fixture
+from tests.integration.test_backends import MlflowServer, mlflow_server
+
+__all__ = ["mlflow_server"]  # the imported fixture: pytest finds it in this module's namespace
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +83,7 @@ def _leaks(text: str | bytes) -> list[str]:
 def test_credentials_never_reach_argv_env_files_logs_report_or_show(
     store_dir: Path,
     tmp_path: Path,
-    mlflow_server: MlflowServer,  # noqa: F811 - the imported fixture
+    mlflow_server: MlflowServer,
     watcher: TreeWatcher,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],

@@ -45,8 +45,8 @@ def test_two_nodes_over_curve_tcp_and_intruders_without_the_secret_are_refused(s
             PYTHONPATH=str(ROOT),
         )
         cmd = [sys.executable, str(WORKER), "--out", str(out)]
-        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        procs.append(subprocess.Popen(cmd, env=env, text=True, **pipes))  # type: ignore[call-overload]
+        pipe = subprocess.PIPE
+        procs.append(subprocess.Popen(cmd, env=env, text=True, stdin=pipe, stdout=pipe, stderr=pipe))
     try:
         assert procs[0].stdout is not None and procs[0].stdin is not None
         line = procs[0].stdout.readline().strip()

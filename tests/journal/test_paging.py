@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.core.incarnations import resolve, start_order
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from tests.untyped import bad
 
 
 def _reference(chunks: list[ChunkRow], rank: int) -> list[tuple[int, float]]:
@@ -97,7 +98,7 @@ def test_page_arguments_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="limit"):
             s.values_page("k", 0, -1, 1_000_001)
         with pytest.raises(TypeError):
-            s.values_page("k", 0, "0", 10)  # type: ignore[arg-type]
+            s.values_page("k", 0, bad("0"), 10)
     finally:
         s.close()
 
@@ -110,8 +111,9 @@ def test_nan_values_are_kept_and_left_out_of_min_and_max(tmp_path: Path) -> None
         page = s.values_page("k", 0)
         assert [math.isnan(v) for v in page.values] == [True, False, True, False, True]
         st = s.series_stats("k", 0)
-        assert (st.points, st.min, st.max, st.first[0], st.last[0]) == (5, -3.0, 2.0, 0, 4)  # type: ignore[index]
-        assert math.isnan(st.first[1]) and math.isnan(st.last[1])  # type: ignore[index]
+        assert st.first is not None and st.last is not None
+        assert (st.points, st.min, st.max, st.first[0], st.last[0]) == (5, -3.0, 2.0, 0, 4)
+        assert math.isnan(st.first[1]) and math.isnan(st.last[1])
     finally:
         s.close()
 
@@ -119,8 +121,13 @@ def test_nan_values_are_kept_and_left_out_of_min_and_max(tmp_path: Path) -> None
 def test_last_steps_of_a_resumed_rank_follow_its_newest_incarnation(tmp_path: Path) -> None:
     """A later incarnation that re-logs from step 50 replaces the earlier 50..99: the last step is its own."""
     s = LocalStore(tmp_path / "run.db")
-    q = lambda a, b: array("q", range(a, b))  # noqa: E731
-    d = lambda a, b: array("d", map(float, range(a, b)))  # noqa: E731
+
+    def q(a: int, b: int) -> array[int]:
+        return array("q", range(a, b))
+
+    def d(a: int, b: int) -> array[float]:
+        return array("d", map(float, range(a, b)))
+
     try:
         s.commit(TxnData(chunks=[ChunkRow("k", 0, 1, 1, 1.0, q(0, 100), d(0, 100))], key_policies={"k": "mean"}))
         s.commit(TxnData(chunks=[ChunkRow("k", 0, 2, 1, 2.0, q(50, 60), d(50, 60))]))

@@ -9,6 +9,7 @@ import pytest
 from coordinator.errors import ConfigError
 from coordinator.journal.refs import MAX_CANDIDATES, resolve_ref
 from coordinator.journal.store import LocalStore, run_dir
+from tests.untyped import bad
 
 
 def _run(root: Path, run_id: str, created: float) -> None:
@@ -37,9 +38,9 @@ def test_exact_prefix_latest_and_errors(tmp_path: Path) -> None:
     assert "ddp-spirals-3f9a2c, ddp-spirals-77aa01" in str(e.value)
     with pytest.raises(ConfigError, match="no runs match 'mnist'"):
         resolve_ref(tmp_path, "mnist")
-    for bad in ("", None, 3):
+    for wrong in ("", None, 3):
         with pytest.raises(ConfigError, match="non-empty str"):
-            resolve_ref(tmp_path, bad)  # type: ignore[arg-type]
+            resolve_ref(tmp_path, bad(wrong))
 
 
 def test_a_long_candidate_list_is_cut(tmp_path: Path) -> None:

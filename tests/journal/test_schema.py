@@ -69,11 +69,16 @@ def test_migrate_runs_each_step_in_order_then_records_the_version(tmp_path: Path
     path = _store_at(tmp_path, 1)
     db = sqlite3.connect(path, isolation_level=None)
     ran: list[int] = []
-    steps = {
-        1: lambda c: (ran.append(1), c.execute("CREATE TABLE extra (x INTEGER)")),
-        2: lambda c: (ran.append(2), c.execute("INSERT INTO extra VALUES (7)")),
-    }
-    migrate(db, path, target=3, steps=steps)  # type: ignore[arg-type]
+
+    def create(c: sqlite3.Connection) -> None:
+        ran.append(1)
+        c.execute("CREATE TABLE extra (x INTEGER)")
+
+    def insert(c: sqlite3.Connection) -> None:
+        ran.append(2)
+        c.execute("INSERT INTO extra VALUES (7)")
+
+    migrate(db, path, target=3, steps={1: create, 2: insert})
     assert ran == [1, 2]
     assert db.execute("SELECT v FROM meta WHERE k='schema'").fetchone() == ("3",)
     assert db.execute("SELECT x FROM extra").fetchall() == [(7,)]
@@ -84,9 +89,15 @@ def test_migrate_runs_each_step_in_order_then_records_the_version(tmp_path: Path
 def test_a_failed_upgrade_step_keeps_nothing_of_the_upgrade(tmp_path: Path) -> None:
     path = _store_at(tmp_path, 1)
     db = sqlite3.connect(path, isolation_level=None)
-    steps = {1: lambda c: c.execute("CREATE TABLE extra (x INTEGER)"), 2: lambda c: c.execute("NOT SQL")}
+
+    def create(c: sqlite3.Connection) -> None:
+        c.execute("CREATE TABLE extra (x INTEGER)")
+
+    def broken(c: sqlite3.Connection) -> None:
+        c.execute("NOT SQL")
+
     with pytest.raises(SinkError, match="upgrading it failed"):
-        migrate(db, path, target=3, steps=steps)  # type: ignore[arg-type]
+        migrate(db, path, target=3, steps={1: create, 2: broken})
     assert db.execute("SELECT v FROM meta WHERE k='schema'").fetchone() == ("1",)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='extra'").fetchone() is None
     db.close()

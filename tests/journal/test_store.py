@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.errors import SinkError
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
+from tests.untyped import bad
 
 
 def q(*v: int) -> array[int]:
@@ -275,11 +276,11 @@ def test_run_info_without_run_row_raises_sink_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        TxnData(chunks=[ChunkRow("bad", 0, 1, 1, None, q(1), d(1.0))], key_policies={"bad": "mean"}),  # type: ignore[arg-type]
-        TxnData(fields=[("bad", (None, 1), 0, 1.0)]),  # type: ignore[list-item]
-        TxnData(events=[(1.0, None, 0, "x")]),  # type: ignore[list-item]
-        TxnData(senders={(0, 1): (1, 1, 1, 1.0, 1.0, None, None, None)}),  # type: ignore[dict-item]
-        TxnData(conflicts=[("bad", 0, ("int", 1), None, 1.0)]),  # type: ignore[list-item]
+        TxnData(chunks=[ChunkRow("bad", 0, 1, 1, bad(None), q(1), d(1.0))], key_policies={"bad": "mean"}),
+        TxnData(fields=[("bad", bad((None, 1)), 0, 1.0)]),
+        TxnData(events=[(1.0, bad(None), 0, "x")]),
+        TxnData(senders={(0, 1): (1, 1, 1, 1.0, 1.0, bad(None), None, None)}),
+        TxnData(conflicts=[("bad", 0, ("int", 1), bad(None), 1.0)]),
     ],
     ids=["chunk-ts", "field-type", "event-kind", "sender-state", "conflict-kept-rank"],
 )

@@ -12,6 +12,7 @@ import pytest
 from coordinator.journal.schema import SCHEMA_VERSION, schema_of
 from coordinator.journal.store import TEXT_POLICY, ChunkRow, LocalStore, TextRow, TxnData
 from coordinator.journal.texts import MAX_TEXT_PAGE_BYTES
+from tests.untyped import bad
 
 DATA = Path(__file__).parent / "data"
 
@@ -66,7 +67,7 @@ def test_pages_are_bounded_by_count_and_resume_after_the_last_step(tmp_path: Pat
     with pytest.raises(ValueError):
         st.text_page("k", 0, -1, 0)
     with pytest.raises(TypeError):
-        st.text_page("k", "0", -1, 5)  # type: ignore[arg-type]
+        st.text_page("k", bad("0"), -1, 5)
     st.close()
 
 

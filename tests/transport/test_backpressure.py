@@ -13,7 +13,10 @@ from coordinator.journal.store import LocalStore, list_runs
 
 
 def _freeze(run: coordinator.Run) -> psutil.Process:
-    p = psutil.Process(run._agg.pid)  # type: ignore[union-attr,arg-type]
+    assert run._agg is not None, "rank 0 owns the aggregator"
+    pid = run._agg.pid
+    assert pid is not None, "the aggregator is running"
+    p = psutil.Process(pid)
     p.suspend()
     return p
 
@@ -60,8 +63,8 @@ def test_drop_oldest_bounds_memory_counts_every_dropped_point_and_reports_it(sto
         agg = _freeze(run)
         try:
             t0 = time.perf_counter()
-            for s in range(1, 1_000_001):
-                run.log({"a": float(s)}, step=s)
+            for step in range(1, 1_000_001):
+                run.log({"a": float(step)}, step=step)
             assert time.perf_counter() - t0 < 30
             time.sleep(0.5)
         finally:
@@ -135,7 +138,8 @@ def test_spool_policy_keeps_rank_memory_bounded_and_log_cheap_through_a_long_fre
             while time.monotonic() < end:
                 slowest = max(slowest, log_for(0.1))
                 peak = max(peak, me.memory_info().rss)
-            sp = run._sender.spool  # type: ignore[union-attr]
+            assert run._sender is not None
+            sp = run._sender.spool
             assert sp is not None and sp.size_bytes > 0, "batches waited on disk"
         finally:
             agg.resume()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from coordinator.journal.store import run_dir
 from coordinator.transport.discovery import new_run_id, slug
@@ -16,10 +17,10 @@ def test_slug() -> None:
     assert slug("ÄÖÜ") == ""
 
 
-def test_new_run_id(tmp_path: object) -> None:
+def test_new_run_id(tmp_path: Path) -> None:
     rid = new_run_id("DDP Spirals")
     assert re.fullmatch(r"ddp-spirals-[0-9a-f]{6}", rid), rid
     assert re.fullmatch(r"run-[0-9a-f]{6}", new_run_id(None))
     assert re.fullmatch(r"run-[0-9a-f]{6}", new_run_id("???"))
     assert len({new_run_id("x") for _ in range(200)}) >= 199  # 24 random bits each
-    run_dir(tmp_path, new_run_id("../etc"))  # type: ignore[arg-type]  # always a safe directory name
+    run_dir(tmp_path, new_run_id("../etc"))  # always a safe directory name

@@ -125,7 +125,11 @@ def test_torn_tail_yields_intact_prefix_and_warns(
     ends = write(path, recs)
     start = ends[3]
     size = ends[4] - start
-    keep = {"half": size // 2, -1: size - 1}.get(cut_into, cut_into)  # type: ignore[call-overload]
+    if isinstance(cut_into, int):
+        keep = size - 1 if cut_into == -1 else cut_into
+    else:
+        assert cut_into == "half"
+        keep = size // 2
     with open(path, "r+b") as f:
         f.truncate(start + keep)
     with caplog.at_level(logging.WARNING):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 import torch.distributed as dist
 
@@ -25,6 +26,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     result: dict[str, object] = {"rank": rank}
+    bad_rejected = 0
     with coordinator.init_run(project="test", name="points") as run:
         result["run_id"] = run.id
         run["parameters"] = {"lr": 0.01, "batch_size": 64, "layers": [64, 64]}
@@ -36,15 +38,16 @@ def main() -> None:
             h.append(value(rank, s, 1), step=s)
             if a.bad_input and s % 1000 == 500:
                 errors = 0
-                for bad in (
+                wrong: list[dict[Any, Any]] = [  # bad values and keys on purpose: each must be refused
                     {"train/loss": "nan-as-text"},
                     {"train/loss": None},
                     {5: 1.0},
                     {"a//b": 1.0},
                     {"../x": 1.0},
-                ):
+                ]
+                for bad in wrong:
                     try:
-                        run.log(bad, step=s)  # type: ignore[arg-type]
+                        run.log(bad, step=s)
                     except (TypeError, ValueError):
                         errors += 1
                 try:
@@ -56,7 +59,8 @@ def main() -> None:
                 except TypeError:
                     errors += 1
                 assert errors == 7, errors
-                result["bad_rejected"] = int(result.get("bad_rejected", 0)) + errors  # type: ignore[call-overload]
+                bad_rejected += errors
+                result["bad_rejected"] = bad_rejected
         run.wait(timeout=120)
         dist.barrier()
         run.sync(wait=True, timeout=60)
