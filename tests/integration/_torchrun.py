@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 WORKERS = Path(__file__).parent / "workers"
@@ -43,7 +44,9 @@ def torchrun(
 ) -> Result:
     """Run ``workers/<script>`` (or an absolute path) on ``nproc`` ranks with ``torchrun --standalone``; fail on a hang.
 
-    The job runs in its own session so a hang is killed whole (workers and aggregator too).
+    The job runs in its own session so a hang is killed whole (workers and aggregator too). The
+    aggregator runs in a session of its own and may outlive torchrun by a moment (a killed rank 0
+    leaves it to finish the run and remove rank 0's rendezvous file): it is waited for too.
     """
     pytest.importorskip("torch")
     env = dict(os.environ, COORDINATOR_DIR=str(store), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -74,4 +77,26 @@ def torchrun(
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate(timeout=30)
         pytest.fail(f"torchrun {script} hung for {timeout} s:\n{out}\n{err[-6000:]}")
+    wait_for_aggregators(store)
     return Result(p.returncode, out, err)
+
+
+def wait_for_aggregators(store: Path, timeout: float = 60) -> None:
+    """Wait until every aggregator of jobs writing to ``store`` has exited; kill and fail past ``timeout``."""
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if "coordinator.aggregator" in (proc.info["cmdline"] or []) and (
+                    proc.environ().get("COORDINATOR_DIR") == str(store)
+                ):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue  # gone meanwhile, or not ours to read
+        return found
+
+    _, alive = psutil.wait_procs(ours(), timeout=timeout)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"aggregators still running {timeout} s after their job: {[a.pid for a in alive]}"
