@@ -261,6 +261,19 @@ def encode_chunks(
     return packb(payload)
 
 
+def _check_new_key(key: str, new: list[str]) -> None:
+    """Validate a metric key the ``checked`` set does not hold yet, and note it in ``new``.
+
+    Raises:
+        ProtocolError: not a valid key.
+    """
+    try:
+        check_key(key)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"bad metric key: {e}") from e
+    new.append(key)
+
+
 def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool = False) -> Batch:
     """Decode and validate a batch payload.
 
@@ -307,11 +320,7 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
             check_plain(item, 2)
             raise ProtocolError("metric chunk has wrong types")
         if key not in checked:
-            try:
-                check_key(key)
-            except (TypeError, ValueError) as e:
-                raise ProtocolError(f"bad metric key: {e}") from e
-            new.append(key)
+            _check_new_key(key, new)
         if len(sb) % 8 or len(sb) != len(vb) or not sb:
             raise ProtocolError(f"metric {key!r}: steps/values lengths do not match")
         if runs and runs[-1][0] == sb:  # the same steps as the previous chunk: checked already
@@ -376,11 +385,7 @@ def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int) 
         if not checked.issuperset(keys):
             for key in keys:
                 if key not in checked:
-                    try:
-                        check_key(key)
-                    except (TypeError, ValueError) as e:
-                        raise ProtocolError(f"bad metric key: {e}") from e
-                    new.append(key)
+                    _check_new_key(key, new)
         if len(set(keys)) != k:
             raise ProtocolError(f"block of {keys[0]!r}...: a key repeated")
         n = len(sb) // 8
