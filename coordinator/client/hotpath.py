@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from coordinator.client.devices import DeviceScalars, check_tensor, is_tensor
 from coordinator.client.keys import KeyRegistry
 from coordinator.core.columns import Column
@@ -26,8 +28,9 @@ __all__ = ["as_dict", "log_frame", "log_slow", "open_frame", "rollback", "wait_f
 
 _log = logging.getLogger("coordinator")
 
-_PLAIN = frozenset((float, int, bool))
-"""Value types a frame takes (exact types: numpy scalars, tensors and subclasses go per key)."""
+_PLAIN = frozenset((float, int, bool, np.float64, np.float32, np.int64, np.int32))
+"""Value types a frame takes, exactly (``array('d')`` converts each as the per-key path does);
+tensors, other numpy types and subclasses go per key."""
 
 
 def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str]) -> bool:

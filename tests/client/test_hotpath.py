@@ -60,7 +60,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
         run.log({"i": 1.0, "j": 2.0}, step=0)
         run.log({"j": 3.0, "i": 4.0}, step=1)  # another key tuple of framed keys: per key
         run.log({"k": 1.0, "l": 2.0}, step=0)
-        run.log({"k": 3.0, "l": np.float32(4.0)}, step=1)  # a numpy scalar: per key
+        run.log({"k": 3.0, "l": np.float16(4.0)}, step=1)  # a type frames do not take: per key
         run.log({"m": 1.0, "n": 2.0}, step=7)
         assert frames_of(run) == {("m", "n"): 1}
         run.wait(30)
@@ -150,3 +150,17 @@ def test_a_frames_keys_are_validated_like_any_new_key(store_dir: Path) -> None:
         run.wait(30)
     got = stored(store_dir)
     assert got == {"u": [(1, 1.0)], "v": [(1, 2.0)]}
+
+
+def test_numpy_scalars_of_the_usual_types_go_to_a_frame_with_the_per_key_paths_values(store_dir: Path) -> None:
+    """float64/float32/int64/int32 values are framed; each is stored as the per-key path stores it."""
+    values = {"f64": np.float64(0.1), "f32": np.float32(0.1), "i64": np.int64(2**53 + 1), "i32": np.int32(-4)}
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log(values, step=0)
+        assert frames_of(run) == {tuple(values): 1}
+        for k, v in values.items():
+            run[f"per_key/{k}"].append(v, step=0)
+        run.wait(30)
+    got = stored(store_dir)
+    for k in values:
+        assert got[k] == got[f"per_key/{k}"] == [(0, float(values[k]))]
