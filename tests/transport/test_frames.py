@@ -9,7 +9,8 @@ from coordinator.transport.buffer import Buffer
 from coordinator.transport.frames import Frame
 
 
-def _frame(keys: tuple[str, ...], rows: list[tuple[int, list[float]]]) -> Frame:
+def frame(keys: tuple[str, ...], rows: list[tuple[int, list[float]]]) -> Frame:
+    """A frame holding ``rows`` of (step, one value per key), as ``log()`` appends them."""
     f = Frame(keys)
     for step, vals in rows:
         f.steps.append(step)
@@ -18,7 +19,7 @@ def _frame(keys: tuple[str, ...], rows: list[tuple[int, list[float]]]) -> Frame:
 
 
 def test_columns_give_each_key_its_points_in_row_order() -> None:
-    f = _frame(("a", "b"), [(3, [1.0, 2.0]), (1, [3.0, 4.0]), (3, [5.0, 6.0])])
+    f = frame(("a", "b"), [(3, [1.0, 2.0]), (1, [3.0, 4.0]), (3, [5.0, 6.0])])
     assert f.points == 6
     cols = f.columns()
     assert {k: (list(s), list(v)) for k, (s, v) in cols.items()} == {
@@ -30,7 +31,7 @@ def test_columns_give_each_key_its_points_in_row_order() -> None:
 
 
 def test_a_block_is_keys_le_steps_and_step_major_le_values_of_the_rows_asked() -> None:
-    f = _frame(("a", "b"), [(0, [1.0, 2.0]), (1, [3.0, 4.0]), (2, [5.0, 6.0])])
+    f = frame(("a", "b"), [(0, [1.0, 2.0]), (1, [3.0, 4.0]), (2, [5.0, 6.0])])
     keys, sb, vb = f.block()
     assert keys == ("a", "b") and list(from_le("q", sb)) == [0, 1, 2]
     assert list(from_le("d", vb)) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
@@ -40,9 +41,9 @@ def test_a_block_is_keys_le_steps_and_step_major_le_values_of_the_rows_asked() -
 
 def test_spill_moves_a_frame_into_columns_and_frees_all_its_keys() -> None:
     buf = Buffer(100)
-    f = buf.frames[("a", "b")] = _frame(("a", "b"), [(0, [1.0, 2.0])])
+    f = buf.frames[("a", "b")] = frame(("a", "b"), [(0, [1.0, 2.0])])
     buf.framed.update(dict.fromkeys(("a", "b"), f))
-    buf.frames[("c", "d")] = g = _frame(("c", "d"), [(0, [0.0, 0.0])])
+    buf.frames[("c", "d")] = g = frame(("c", "d"), [(0, [0.0, 0.0])])
     buf.framed.update(dict.fromkeys(("c", "d"), g))
     buf.spill("b")
     assert list(buf.frames) == [("c", "d")] and set(buf.framed) == {"c", "d"}
@@ -51,7 +52,7 @@ def test_spill_moves_a_frame_into_columns_and_frees_all_its_keys() -> None:
 
 def test_cut_hands_over_the_frames_and_starts_the_next_generation_without_any() -> None:
     buf = Buffer(100)
-    f = buf.frames[("a", "b")] = _frame(("a", "b"), [(0, [1.0, 2.0])])
+    f = buf.frames[("a", "b")] = frame(("a", "b"), [(0, [1.0, 2.0])])
     buf.framed.update(dict.fromkeys(("a", "b"), f))
     buf.pending = 2
     gen, cols, frames, fields, texts = buf.cut({"x": (array("q"), array("d"))})

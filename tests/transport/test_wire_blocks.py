@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
-from coordinator.transport.frames import Frame
+from tests.transport.test_frames import frame
 
 
 def pack(obj: object) -> bytes:
@@ -27,14 +27,6 @@ def raw_block(keys: object, steps: list[int], values: list[float]) -> list[Any]:
 
 def batch_with(b: object, m: object = None) -> bytes:
     return pack({"m": [] if m is None else m, "f": [], "t": 1.5, "b": b})
-
-
-def frame(keys: tuple[str, ...], rows: list[tuple[int, list[float]]]) -> Frame:
-    f = Frame(keys)
-    for step, vals in rows:
-        f.steps.append(step)
-        f.values.extend(vals)
-    return f
 
 
 def test_a_block_decodes_as_one_keys_by_steps_block_or_per_key_with_the_same_points() -> None:
