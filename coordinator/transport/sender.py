@@ -2,9 +2,9 @@
 
 One thread owns the socket (ZeroMQ sockets are not thread-safe). The training thread talks to
 it through the :class:`~coordinator.transport.buffer.Buffer`, a request queue, and a wake-up pipe.
-Every flush interval the thread cuts the buffer into batches (:mod:`.batches`), writes them ahead
-to the spool (:mod:`.writeahead`), and sends them while the in-flight window (:mod:`.window`) has
-room; the rest wait per the backpressure policy (:mod:`.outbox`). Without an endpoint it runs in
+Every flush interval the thread cuts the buffer into batches (:mod:`.batches`) and sends them while
+the in-flight window (:mod:`.window`) has room; the rest wait per the backpressure policy (:mod:`.outbox`),
+and what is not acknowledged in time goes to the spool (:mod:`.writeahead`). Without an endpoint it runs in
 offline mode (:mod:`.offline`).
 
 Memory stays bounded however long the aggregator is frozen: the socket's send queue has a
@@ -34,7 +34,7 @@ from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
-from coordinator.transport.pipeline import Pipeline
+from coordinator.transport.pipeline import Pipeline, ack_deadline
 from coordinator.transport.requests import Request, RequestTable
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.slices import GilSlicer
@@ -200,6 +200,7 @@ class SenderThread(threading.Thread):
             rank=c.rank,
             send=self._send_frames,
             pause=self.slicer.pause,
+            defer_s=ack_deadline(c.flush_interval_s),
         )
 
     def _main(self) -> None:
@@ -244,6 +245,7 @@ class SenderThread(threading.Thread):
             self._flush(time.monotonic())
             self._pipe.pump(time.monotonic())
         finally:
+            self._pipe.write_unacked()  # what was never acknowledged stays on disk for `coordinator sync`
             sock.close(linger=0)
             ctx.term()
             self._requests.fail_all(ClosedError("the run was closed"))
@@ -256,7 +258,7 @@ class SenderThread(threading.Thread):
         in flight. Otherwise (a paced rank with a batch or two in flight) the acks are read when
         the loop wakes up to flush: one wake-up per flush instead of two, which is about a tenth
         of the sender's CPU at 50 steps/s. An ack read up to a flush interval late delays only
-        the spool's truncation and the in-flight count.
+        the in-flight count (the write-ahead deadline, ``ack_deadline``, allows for it).
         """
         b = self.buf
         p = self._pipe

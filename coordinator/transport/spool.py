@@ -152,12 +152,13 @@ def read_spool(path: str | os.PathLike[str], *, repair: bool = False) -> Iterato
 
 
 class SegmentedSpool:
-    """A sender's write-ahead spool: every batch is appended before it is sent.
+    """A sender's write-ahead spool: the batches not acknowledged in time, or held back, in sequence order.
 
     Records live in segment files named by their first sequence number; a segment is deleted
-    once every batch in it is acknowledged. What remains after a crash is exactly what was not
-    acknowledged, and ``coordinator sync`` (or the aggregator) delivers it later; the
-    aggregator's high-water marks drop anything that had in fact arrived.
+    once every batch in it is acknowledged. What remains after a crash is what was not
+    acknowledged and had been written (:mod:`.pipeline` says when), and ``coordinator sync`` (or
+    the aggregator) delivers it later; the aggregator's high-water marks drop anything that had
+    in fact arrived.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, segment_bytes: int, max_bytes: int) -> None:

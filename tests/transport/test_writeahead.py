@@ -7,7 +7,7 @@ from pathlib import Path
 from coordinator.errors import SinkError
 from coordinator.transport.batches import OutBatch
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.spool import SegmentedSpool
+from coordinator.transport.spool import SegmentedSpool, spool_records
 from coordinator.transport.writeahead import WriteAhead
 
 
@@ -36,3 +36,27 @@ def test_a_failed_write_is_reported_and_pauses_writes_for_a_second(tmp_path: Pat
     assert isinstance(err, SinkError) and "rank 3" in str(err) and "stay in memory" in str(err)
     wal.write(OutBatch(1, 0, 3, b"env", b"data"), 100.5)
     assert len(buf.errors) == 1, "no write (and no second report) while paused"
+
+
+def test_write_through_writes_in_order_up_to_a_number_once_and_remembers_how_far(tmp_path: Path) -> None:
+    spool = _spool(tmp_path / "s")
+    wal = WriteAhead(spool, rank=0, buf=Buffer(10))
+    bs = [OutBatch(s, 0, 1, b"env", b"p%d" % s) for s in (1, 2, 4, 5)]
+    assert wal.write_through(bs, 4, 0.0)
+    assert wal.through == 4 and [b.loc is not None for b in bs] == [True, True, True, False]
+    assert wal.write_through(bs, 5, 0.0) and wal.writes == 4, "each batch once"
+    spool.close(remove_if_empty=False)
+    assert [r.seq for r in spool_records(spool.dir)] == [1, 2, 4, 5]
+
+
+def test_write_through_stops_at_a_failed_write_and_goes_on_from_it_after_the_pause(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    spool = _spool(d)
+    (d / f"{1:016d}.seg").mkdir()  # the first segment file cannot be created
+    wal = WriteAhead(spool, rank=0, buf=Buffer(10))
+    bs = [OutBatch(s, 0, 1, b"env", b"p") for s in (1, 2)]
+    assert not wal.write_through(bs, 2, 10.0)
+    assert wal.through == 0 and bs[1].loc is None, "nothing after the failed one"
+    (d / f"{1:016d}.seg").rmdir()
+    assert not wal.write_through(bs, 2, 10.5), "paused"
+    assert wal.write_through(bs, 2, 11.0) and wal.through == 2

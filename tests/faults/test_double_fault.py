@@ -1,0 +1,70 @@
+"""The kill-loss bound when the aggregator dies first: a rank's batches then live in its memory until written ahead.
+
+A batch sent to the aggregator is written to the rank's spool only once it is unacknowledged past
+the ack deadline (``ack_deadline``: 100 ms at the default 50 ms flush). Killing the aggregator
+loses what it had received but not committed; a rank SIGKILLed shortly after loses what was only in
+its memory: nothing logged more than one flush interval plus the ack deadline before its kill.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.journal.store import LocalStore, list_runs
+from coordinator.settings import DEFAULTS
+from coordinator.transport.pipeline import ack_deadline
+from tests.faults.test_aggregator_faults import _wait_for
+from tests.faults.test_kill_window import _SCHEDULING_S, _logged_by
+from tests.integration.test_processes import _aggregators, _reap, _spawn
+
+pytestmark = pytest.mark.integration
+
+WORKER = Path(__file__).with_name("workers_killwindow.py")
+
+
+@pytest.mark.parametrize("aggregator", ["killed", "frozen"])
+def test_rank_sigkilled_after_the_aggregator_loses_at_most_a_flush_interval_and_the_ack_deadline(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aggregator: str
+) -> None:
+    """The aggregator is SIGKILLed (restarted) or frozen (then SIGKILLed), rank 1 SIGKILLed 0.5 s later.
+
+    Frozen, nothing acks rank 1's batches and nothing tells it to write them: the ack deadline does.
+    Every step logged before the bound is stored once (the restarted aggregator replays the spool).
+    """
+    monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    flush = DEFAULTS.flush_interval_s
+    procs = _spawn(2, out, store_dir, "--flush", str(flush))
+    _wait_for(out / "rank1.progress")
+    time.sleep(1.5)
+    [info] = list_runs(store_dir)
+    [agg] = _aggregators(info.id)
+    if aggregator == "killed":
+        agg.send_signal(signal.SIGKILL)
+    else:
+        agg.suspend()
+    time.sleep(0.5)
+    t_kill = time.monotonic()
+    procs[1].send_signal(signal.SIGKILL)
+    if aggregator == "frozen":
+        agg.send_signal(signal.SIGKILL)  # what it had received and not committed is gone with it
+    (out / "killed").touch()
+    res = _reap(procs, timeout=120)
+    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    bound = flush + ack_deadline(flush)
+    safe = _logged_by(out / "rank1.progress", t_kill - bound - _SCHEDULING_S)
+    assert safe > 1000  # the rank was well under way (2000 points/s for 1.5 s)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        steps = [st for st, _ in s.values("m", 1)]
+        assert len(steps) == len(set(steps)), "duplicated points"
+        assert steps == list(range(len(steps))), "a gap (lost points) inside the series"
+        assert all(v == float(10_000_000 + st) for st, v in s.values("m", 1))
+        assert len(steps) >= safe, f"lost steps {len(steps)}..{safe - 1}, logged more than {bound * 1000:g} ms before"
+    finally:
+        s.close()

@@ -1,0 +1,166 @@
+"""The pipeline's write-ahead: only what is not acknowledged in time, or cannot be sent, reaches the spool."""
+
+from __future__ import annotations
+
+from array import array
+from pathlib import Path
+
+from coordinator.transport import wire
+from coordinator.transport.batches import Cutter
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.outbox import Outbox
+from coordinator.transport.pipeline import ACK_DEADLINE_MIN_S, Pipeline, ack_deadline
+from coordinator.transport.spool import SegmentedSpool, spool_records
+from coordinator.transport.window import Window
+from coordinator.transport.writeahead import WriteAhead
+
+DEFER_S = 0.1
+
+
+class _Rank:
+    """A pipeline over real stages and a real spool; the socket is a list of the frames sent."""
+
+    def __init__(self, spool_dir: Path, *, max_window: int = 64) -> None:
+        self.buf = Buffer(1_000_000)
+        self.spool = SegmentedSpool(spool_dir, segment_bytes=1 << 20, max_bytes=1 << 30)
+        self.wal = WriteAhead(self.spool, rank=0, buf=self.buf)
+        self.sent: list[int] = []
+        self.queue_full = False
+        self.pipe = Pipeline(
+            buf=self.buf,
+            cutter=Cutter(lambda key, steps: None, 1000),
+            window=Window(max_batches=max_window, max_points=1_000_000, envelope=self._envelope),
+            outbox=Outbox(policy="spool", wal=self.wal, max_points=1_000_000, rank=0, buf=self.buf),
+            wal=self.wal,
+            offline=None,
+            policy="spool",
+            rank=0,
+            send=self._send,
+            defer_s=DEFER_S,
+        )
+        self.pipe.welcomed = True
+        self.step = 0
+
+    @staticmethod
+    def _envelope(seq: int) -> bytes:
+        return wire.encode_envelope(wire.BATCH, "run", 0, 0, seq)
+
+    def _send(self, frames: list[bytes], now: float) -> bool:
+        if self.queue_full:
+            return False
+        self.sent.append(wire.decode_envelope(frames[0]).seq)
+        return True
+
+    def log_and_flush(self, now: float, points: int = 10) -> None:
+        """Log ``points`` of one key at new steps, then flush at ``now``."""
+        steps = array("q", range(self.step, self.step + points))
+        self.step += points
+        with self.buf.lock:
+            self.buf.cols["m"] = (steps, array("d", [float(s) for s in steps]))
+            self.buf.pending += points
+        self.pipe.flush(now)
+
+    def on_disk(self) -> list[int]:
+        """The sequence numbers the spool holds, in file order."""
+        return [r.seq for r in spool_records(self.spool.dir)]
+
+
+def test_the_deadline_is_a_flush_interval_but_never_under_the_time_acks_take() -> None:
+    assert ack_deadline(0.05) == ACK_DEADLINE_MIN_S == 0.1
+    assert ack_deadline(0.005) == ACK_DEADLINE_MIN_S
+    assert ack_deadline(1.0) == 1.0
+
+
+def test_batches_acked_in_time_never_touch_the_spool(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    now = 0.0
+    for _ in range(200):
+        r.log_and_flush(now)
+        r.pipe.pump(now + DEFER_S / 2)
+        r.pipe.ack(r.sent[-1])  # the ack arrives within the deadline
+        r.pipe.pump(now + DEFER_S)
+        now += 0.05
+    assert len(r.sent) == 200 and r.pipe.in_flight == 0
+    assert r.wal.writes == 0 and r.spool.size_bytes == 0
+    assert not list(r.spool.dir.glob("*.seg")), "no segment file was ever created"
+    assert r.buf.stats()["acked"] == 2000
+
+
+def test_a_batch_unacked_past_the_deadline_is_written_then_dropped_from_disk_by_its_ack(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    r.log_and_flush(0.0)
+    r.log_and_flush(0.05)
+    r.pipe.pump(0.05 + DEFER_S - 0.001)
+    assert r.on_disk() == [1], "only the batch past its deadline (with nothing before it)"
+    r.pipe.pump(0.05 + DEFER_S)
+    assert r.on_disk() == [1, 2]
+    assert r.wal.writes == 2
+    r.pipe.pump(1.0)
+    assert r.wal.writes == 2, "a batch is written once"
+    r.pipe.ack(1)
+    r.pipe.ack(2)
+    assert r.spool.size_bytes == 0 and r.on_disk() == []
+
+
+def test_a_late_batch_is_written_with_every_unacked_batch_before_it_in_order(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    for i in range(4):
+        r.log_and_flush(i * 0.01)
+    r.pipe.ack(2)  # acks are per batch: one acknowledged in time is never written
+    r.pipe.pump(0.03 + DEFER_S)
+    assert r.on_disk() == [1, 3, 4]
+
+
+def test_batches_held_back_are_on_disk_and_so_is_what_is_in_flight_before_them(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s", max_window=2)
+    r.log_and_flush(0.0)
+    r.log_and_flush(0.01)
+    assert r.wal.writes == 0
+    r.log_and_flush(0.02)  # the window is full: held
+    assert r.sent == [1, 2] and r.pipe.held
+    assert r.on_disk() == [1, 2, 3]
+    r.queue_full = True
+    r.pipe.ack(1)
+    r.pipe.ack(2)
+    r.log_and_flush(0.03)  # the send queue refuses it: held too
+    assert r.on_disk() == [1, 2, 3, 4] and r.pipe.held  # a segment goes once all of it is acked
+    r.queue_full = False
+    r.pipe.pump(0.04)  # read back from disk and sent
+    assert r.sent == [1, 2, 3, 4] and not r.pipe.held
+    r.pipe.ack(3)
+    r.pipe.ack(4)
+    assert r.on_disk() == [] and r.spool.size_bytes == 0
+
+
+def test_batches_cut_before_the_welcome_wait_on_disk(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    r.pipe.welcomed = False
+    r.log_and_flush(0.0)
+    assert r.sent == [] and r.on_disk() == [1]
+
+
+def test_a_new_hello_writes_what_is_in_flight_at_once(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    r.log_and_flush(0.0)
+    r.log_and_flush(0.01)
+    assert r.wal.writes == 0
+    r.pipe.welcomed = False  # a reconnect or a restarted aggregator: it may have lost them
+    assert r.on_disk() == [1, 2]
+
+
+def test_a_resend_writes_the_batches_first(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    r.log_and_flush(0.0)
+    r.log_and_flush(0.01)
+    r.pipe.resend_from(2, 0.02)
+    assert r.sent == [1, 2, 2] and r.on_disk() == [1, 2]
+
+
+def test_what_is_unacked_at_close_is_left_on_disk(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s")
+    r.log_and_flush(0.0)
+    r.log_and_flush(0.01)
+    r.pipe.ack(1)
+    r.pipe.write_unacked()
+    r.spool.close()
+    assert [(x.seq, x.kind) for x in spool_records(r.spool.dir)] == [(2, wire.BATCH)]
