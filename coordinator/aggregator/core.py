@@ -37,6 +37,8 @@ __all__ = ["Aggregator"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
+_MAX_BLOCKS_SEEN = 1024  # key tuples a sender's blocks_seen holds at most (then: checked key by key)
+
 
 class Aggregator:
     """The ingest core: exactly-once per (sender, seq), reduction, fields, state, report.
@@ -90,6 +92,8 @@ class Aggregator:
         """Keys of text series: a key is numeric or text for the whole run (a rank mixing them is refused)."""
         self._checked_keys: set[str] = set()
         """Keys some decoded batch carried: valid, so ``decode_batch`` does not check them again."""
+        self._shapes: wire.KeyShapes = {}
+        """Key tuples of decoded blocks: one tuple object per dict of keys (see ``decode_batch``)."""
         self._kind_warned: set[tuple[int, int, str]] = set()
         self.last: dict[str, tuple[int, float]] = {}
         """key -> its main series' last (step, value)."""
@@ -173,7 +177,7 @@ class Aggregator:
         if snd is None:
             return "duplicate"
         try:
-            b = wire.decode_batch(payload, self._checked_keys, blocks=True)
+            b = wire.decode_batch(payload, self._checked_keys, blocks=True, shapes=self._shapes)
         except ProtocolError:
             self.counters["bad_frames"] += 1
             raise
@@ -190,7 +194,8 @@ class Aggregator:
         metrics = b.metrics
         reached = [max(blk.steps) for blk in b.blocks if not all(k.startswith("system/") for k in blk.keys)]
         for blk in b.blocks:
-            if self.known_keys.issuperset(blk.keys) or self.text_keys.isdisjoint(blk.keys):
+            ks = blk.keys
+            if ks in snd.blocks_seen or self.known_keys.issuperset(ks) or self.text_keys.isdisjoint(ks):
                 n += self._ingest_block(snd, seq, b.ts, blk, last_steps, now)
             else:  # a key of the other kind: refused key by key, as unblocked chunks are
                 metrics = metrics + [
@@ -235,18 +240,21 @@ class Aggregator:
     ) -> int:
         """The per-key steps of :meth:`_ingest` for a block, once for all its keys; returns its points."""
         keys, steps = blk.keys, blk.steps
-        if not self.known_keys.issuperset(keys):
+        seen = keys in snd.blocks_seen  # then every key is known and seen by this sender already
+        if not seen and not self.known_keys.issuperset(keys):
             for key in keys:
                 if key not in self.known_keys:
                     self.known_keys.add(key)
                     self.outbox.txn.key_policies[key] = self.policy(key)
         self.outbox.block(keys, snd.rank, snd.incarnation, seq, ts, steps, blk.values)
-        if not snd.keys_seen.issuperset(keys):
+        if not seen:
             for key in keys:
                 if key not in snd.keys_seen:
                     snd.keys_seen.add(key)
                     if snd.resumed:
                         self._maybe_rewind(snd, key, min(steps), now)
+            if len(snd.blocks_seen) < _MAX_BLOCKS_SEEN:
+                snd.blocks_seen.add(keys)
         if not snd.superseded:
             for key in self.reducer.add_block(keys, snd.rank, steps, blk.values, now):
                 if key not in snd.repeated_keys:
@@ -296,13 +304,8 @@ class Aggregator:
         self.counters["rewinds"] += 1
         detail = f"incarnation {snd.incarnation} re-logs {key!r} from step {first}"
         self.outbox.event(now, "rank_resumed", snd.rank, detail)
-        _log.info(
-            "rank %d (incarnation %d) resumed %r at step %d: later steps are replaced",
-            snd.rank,
-            snd.incarnation,
-            key,
-            first,
-        )
+        msg = "rank %d (incarnation %d) resumed %r at step %d: later steps are replaced"
+        _log.info(msg, snd.rank, snd.incarnation, key, first)
 
     def _warn_repeat(self, snd: Sender, key: str) -> None:
         """The first repeated step of ``key`` by this sender: tell its rank (once per key)."""

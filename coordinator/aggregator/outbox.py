@@ -19,7 +19,6 @@ commit materializes them (:meth:`Outbox.commit`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from array import array
@@ -123,14 +122,14 @@ class Outbox:
         materialize = bool(hold) and (not stage or hold.due(now, pieces.points))
         if self.txn.empty() and not pieces and not materialize:
             return
-        self.txn.meta["counters"] = json.dumps(counters)
-        if materialize:
-            data = dataclasses.replace(self.txn, chunks=hold.rows_with(pieces) + self.txn.chunks, unstage=True)
-        elif stage and pieces:
-            data = dataclasses.replace(self.txn, staged=pieces.staged())
-        else:
-            data = dataclasses.replace(self.txn, chunks=pieces.rows() + self.txn.chunks)
-        store.commit(data)
+        txn = self.txn
+        txn.meta["counters"] = json.dumps(counters)
+        # Set on the open transaction itself, every attempt (a failed commit keeps it for a retry).
+        staging = stage and bool(pieces) and not materialize
+        txn.staged = pieces.staged() if staging else []
+        txn.rank_rows = [] if staging else hold.materialized(pieces) if materialize else pieces.staged()
+        txn.unstage = materialize
+        store.commit(txn)
         if materialize:
             hold.clear()
         elif stage and pieces:

@@ -19,6 +19,7 @@ from array import array
 
 import numpy as np
 
+from coordinator.aggregator.blocks import Matrix
 from coordinator.journal.records import ChunkRow, StagedBlock
 
 __all__ = ["Pieces", "split_block"]
@@ -40,13 +41,16 @@ def split_block(b: StagedBlock) -> list[ChunkRow]:
 class Pieces:
     """Rank chunks and blocks, one owner per series, in arrival order. Not thread-safe."""
 
-    __slots__ = ("items", "owner", "points")
+    __slots__ = ("items", "owner", "points", "tails")
 
     def __init__(self) -> None:
         self.items: dict[Series | BlockId, ChunkRow | StagedBlock] = {}
         self.owner: dict[tuple[int, int], dict[str, Series | BlockId]] = {}
         """(rank, incarnation) -> key -> the item holding its points."""
         self.points = 0
+        self.tails: dict[BlockId, list[Matrix]] = {}
+        """Values of later pieces of a held block, joined to its ``values`` by :meth:`settle`: a hold
+        extended every commit round copied its whole block each round."""
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -55,7 +59,16 @@ class Pieces:
         """Forget everything."""
         self.items.clear()
         self.owner.clear()
+        self.tails.clear()
         self.points = 0
+
+    def settle(self) -> None:
+        """Join each block's later values to it: :attr:`items` hold every point (call before reading them)."""
+        for bid, parts in self.tails.items():
+            b = self.items[bid]
+            assert isinstance(b, StagedBlock)
+            b.values = np.concatenate((b.values, *parts), axis=1)
+        self.tails.clear()
 
     def chunk(self, c: ChunkRow) -> None:
         """Add ``c`` after what is held for its series (``c`` is kept and may be extended)."""
@@ -80,11 +93,18 @@ class Pieces:
         held = self.items.get(bid)
         if isinstance(held, StagedBlock):
             held.steps.extend(b.steps)
-            held.values = np.concatenate((held.values, b.values), axis=1)
+            self.tails.setdefault(bid, []).append(b.values)
             held.seq = b.seq
             self.points += len(b.keys) * len(b.steps)
             return
-        own = self.owner.setdefault((b.rank, b.incarnation), {})
+        own = self.owner.get((b.rank, b.incarnation))
+        if not own:  # the first piece of its sender here (the usual case): one dict, no other checks
+            own = self.owner[(b.rank, b.incarnation)] = dict.fromkeys(b.keys, bid)
+            if len(own) == len(b.keys):
+                self.items[bid] = b
+                self.points += len(b.keys) * len(b.steps)
+                return
+            own.clear()
         if own.keys().isdisjoint(b.keys) and len(set(b.keys)) == len(b.keys):
             self.items[bid] = b
             own.update(dict.fromkeys(b.keys, bid))
@@ -95,6 +115,7 @@ class Pieces:
 
     def _split(self, bid: Series | BlockId) -> None:
         """Replace the block ``bid`` by its chunks, in its place."""
+        self.settle()
         items: dict[Series | BlockId, ChunkRow | StagedBlock] = {}
         for k, item in self.items.items():
             if k != bid or not isinstance(item, StagedBlock):
@@ -109,10 +130,12 @@ class Pieces:
 
     def staged(self) -> list[ChunkRow | StagedBlock]:
         """Everything held, as it is staged."""
+        self.settle()
         return list(self.items.values())
 
     def rows(self) -> list[ChunkRow]:
         """Everything held as chunk rows (blocks split; chunks as held)."""
+        self.settle()
         out: list[ChunkRow] = []
         for item in self.items.values():
             if isinstance(item, StagedBlock):

@@ -14,6 +14,8 @@ stays one block here, extended round by round, and is split per key only when it
 
 from __future__ import annotations
 
+import numpy as np
+
 from coordinator.aggregator.pieces import Pieces
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import ChunkRow
@@ -57,6 +59,7 @@ class RankHold:
         if not self.chunks:
             self.since = now
         chunks = self.chunks
+        pieces.settle()
         for p in pieces.items.values():
             if isinstance(p, StagedBlock):
                 chunks.block(p)
@@ -66,6 +69,36 @@ class RankHold:
     def due(self, now: float, extra: int = 0) -> bool:
         """True when the held pieces (plus ``extra`` points about to be staged) should be written now."""
         return bool(self.chunks) and (now - self.since >= RANK_HOLD_S or self.points + extra >= RANK_HOLD_POINTS)
+
+    def materialized(self, pieces: Pieces) -> list[ChunkRow | StagedBlock]:
+        """Everything held plus ``pieces``, one chunk or block per series, as the chunk rows to write.
+
+        A block held and extended by ``pieces`` stays one block (the store writes a block's rows
+        at once: :mod:`coordinator.journal.blockrows`). Leaves the hold as it is (a failed commit
+        is retried with the same rows): what ``pieces`` extend is copied. Where a series is held
+        in one form and comes in another (a key logged alone, then in a dict), everything is
+        split into chunks (:meth:`rows_with`).
+        """
+        held = self.chunks
+        held.settle()
+        pieces.settle()
+        for ri, own in pieces.owner.items():
+            hown = held.owner.get(ri)
+            if hown and not all(hown.get(k, o) == o for k, o in own.items()):
+                return list(self.rows_with(pieces))
+        new = dict(pieces.items)
+        out: list[ChunkRow | StagedBlock] = []
+        for sid, item in held.items.items():
+            more = new.pop(sid, None)
+            if isinstance(item, StagedBlock) and isinstance(more, StagedBlock):
+                steps, values = item.steps + more.steps, np.concatenate((item.values, more.values), axis=1)
+                item = StagedBlock(item.keys, item.rank, item.incarnation, more.seq, item.ts, steps, values)
+            elif isinstance(item, ChunkRow) and isinstance(more, ChunkRow):
+                steps, vals = item.steps + more.steps, item.values + more.values
+                item = ChunkRow(item.key, item.rank, item.incarnation, more.seq, item.ts, steps, vals)
+            out.append(item)
+        out += new.values()
+        return out
 
     def rows_with(self, pieces: Pieces) -> list[ChunkRow]:
         """The chunk rows of everything held plus ``pieces``, one per (key, rank, incarnation).

@@ -67,6 +67,8 @@ class Sender:
     superseded: bool = False
     """Replayed from a spool after a newer incarnation took over: per-rank data only."""
     keys_seen: set[str] = field(default_factory=set)
+    blocks_seen: set[tuple[str, ...]] = field(default_factory=set)
+    """Key tuples of blocks it sent whose keys are all in :attr:`keys_seen` and known (checked once)."""
     client: dict[str, int] = field(default_factory=dict)
     """The rank's own delivery counters, from its goodbye."""
     heard: float = field(default_factory=time.monotonic)

@@ -71,6 +71,8 @@ class TxnData:
     """Meta-table upserts (saved counters)."""
     texts: list[TextRow] = field(default_factory=list)
     """Points of text series (their keys are in ``key_policies`` with policy ``text`` when new)."""
+    rank_rows: list[ChunkRow | StagedBlock] = field(default_factory=list)
+    """Rank chunks and blocks written as chunk rows (a block as one row per key), in order, before ``chunks``."""
     staged: list[ChunkRow | StagedBlock] = field(default_factory=list)
     """Rank chunks (and blocks) written as ONE row of the staging log (:mod:`coordinator.journal.staging`)."""
     unstage: bool = False
@@ -80,6 +82,7 @@ class TxnData:
         """True when there is nothing to write."""
         return not (
             self.chunks
+            or self.rank_rows
             or self.staged
             or self.unstage
             or self.texts

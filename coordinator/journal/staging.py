@@ -44,19 +44,34 @@ CREATE TABLE IF NOT EXISTS staged (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, b
 FORMAT = 2
 """The newest body layout (the first element of every body); a round without blocks is written as 1."""
 
+_MAX_BLOCK_IDS = 4096
+"""Key tuples whose ids :func:`encode` remembers at most."""
+
 Piece = tuple[int, int, int, int, float, "array[int]", "array[float]"]
 """(key_id, rank, incarnation, seq, ts, steps, values): a rank's points of one key."""
 
 
-def encode(pieces: Iterable[ChunkRow | StagedBlock], key_id: Callable[[str], int]) -> tuple[int, bytes]:
-    """(points, body) of one staged row holding ``pieces`` (rank chunks and blocks; ``key_id`` maps their keys)."""
+def encode(
+    pieces: Iterable[ChunkRow | StagedBlock],
+    key_id: Callable[[str], int],
+    block_ids: dict[tuple[str, ...], list[int]] | None = None,
+) -> tuple[int, bytes]:
+    """(points, body) of one staged row holding ``pieces`` (rank chunks and blocks; ``key_id`` maps their keys).
+
+    ``block_ids``: the key ids of earlier blocks' key tuples (the writer's; a key's id never
+    changes), so a dict of keys staged every round is not mapped key by key every round.
+    """
     n = 0
     out: list[list[Any]] = []
     blocks: list[list[Any]] = []
     for c in pieces:
         if isinstance(c, StagedBlock):
             n += len(c.keys) * len(c.steps)
-            ids = [key_id(k) for k in c.keys]
+            ids = None if block_ids is None else block_ids.get(c.keys)
+            if ids is None:
+                ids = [key_id(k) for k in c.keys]
+                if block_ids is not None and len(block_ids) < _MAX_BLOCK_IDS:
+                    block_ids[c.keys] = ids
             vb = np.ascontiguousarray(c.values, dtype="<f8").tobytes()
             blocks.append([ids, c.rank, c.incarnation, c.seq, c.ts, to_le(c.steps), vb])
             continue
@@ -107,9 +122,14 @@ def merge(pieces: Iterable[Piece]) -> list[Piece]:
     return list(out.values())
 
 
-def stage(db: sqlite3.Connection, pieces: Iterable[ChunkRow | StagedBlock], key_id: Callable[[str], int]) -> None:
-    """Insert ``pieces`` as one staged row (inside the caller's transaction)."""
-    n, body = encode(pieces, key_id)
+def stage(
+    db: sqlite3.Connection,
+    pieces: Iterable[ChunkRow | StagedBlock],
+    key_id: Callable[[str], int],
+    block_ids: dict[tuple[str, ...], list[int]] | None = None,
+) -> None:
+    """Insert ``pieces`` as one staged row (inside the caller's transaction; ``block_ids`` as :func:`encode`'s)."""
+    n, body = encode(pieces, key_id, block_ids)
     db.execute("INSERT INTO staged (n, body) VALUES (?, ?)", (n, body))
 
 

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ import msgpack
 
 from coordinator.core.columns import to_le as _le
 from coordinator.errors import SinkError
+from coordinator.journal.blockrows import block_params
 from coordinator.journal.paths import list_runs, resolve_root, run_dir
 from coordinator.journal.reader import JournalReader
-from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StoredChunk, TxnData
+from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StagedBlock, StoredChunk, TxnData
 from coordinator.journal.schema import connect
 from coordinator.journal.staging import clear as _clear_staged
 from coordinator.journal.staging import load as _load_staged
@@ -58,6 +60,14 @@ _INSERT_CHUNK = (
     f"INSERT INTO chunks (key_id, rank, incarnation, seq, n, ts, steps, vals, counts, {', '.join(SUMMARY_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (9 + len(SUMMARY_COLUMNS)))})"
 )
+
+_NONE: list[ChunkRow | StagedBlock] = []
+"""No rank rows (a default never mutated)."""
+
+
+def _same(a: array[Any]) -> array[Any]:
+    return a
+
 
 _WRITER_CACHE_KIB = 8 * 1024
 """The writer's page cache. A write appends to each (key, rank)'s end of both chunk indexes; with
@@ -97,6 +107,8 @@ class LocalStore(JournalReader):
             self._db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         self._key_ids: dict[str, int] = {k: i for i, k in self._db.execute("SELECT id, key FROM keys")}
+        self._block_ids: dict[tuple[str, ...], list[int]] = {}
+        """Key ids of staged blocks' key tuples (see :func:`~coordinator.journal.staging.encode`)."""
         try:
             self.unstaged_points = 0 if readonly else self._materialize_staged()
         except BaseException:
@@ -184,12 +196,13 @@ class LocalStore(JournalReader):
         ids = self._key_ids
         if data.unstage:
             _clear_staged(db)
-        if data.chunks or data.staged:
+        if data.chunks or data.rank_rows or data.staged:
             key_id = {**ids, **new_ids} if new_ids else ids
-            if data.chunks:
-                self._insert_chunks(data.chunks, key_id)
+            if data.rank_rows or data.chunks:
+                self._insert_chunks(data.chunks, key_id, data.rank_rows)
             if data.staged:
-                _stage(db, data.staged, key_id.__getitem__)
+                # Ids new in this transaction are not remembered: a rollback would take them back.
+                _stage(db, data.staged, key_id.__getitem__, None if new_ids else self._block_ids)
         if data.texts:
             insert_texts(db, data.texts, lambda k: ids.get(k) or new_ids[k])
         if data.fields:
@@ -213,26 +226,34 @@ class LocalStore(JournalReader):
         if data.meta:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(data.meta.items()))
 
-    def _insert_chunks(self, chunks: list[ChunkRow], key_id: dict[str, int]) -> None:
+    def _insert_chunks(
+        self, chunks: list[ChunkRow], key_id: dict[str, int], first: list[ChunkRow | StagedBlock] = _NONE
+    ) -> None:
+        """Insert ``first`` (rank chunks and blocks, a block as one row per key), then ``chunks``, in that order."""
+        params: list[tuple[Any, ...]] = []
+        for item in first:
+            if isinstance(item, StagedBlock):
+                params += block_params(item, key_id.__getitem__)
+            else:
+                params.append(self._chunk_params(item, key_id))
+        params += [self._chunk_params(c, key_id) for c in chunks]
+        self._db.executemany(_INSERT_CHUNK, params)
+
+    @staticmethod
+    def _chunk_params(c: ChunkRow, key_id: dict[str, int]) -> tuple[Any, ...]:
         # On a little-endian machine an array is its own blob (SQLite binds any buffer): no copy.
-        le = (lambda a: a) if _LITTLE else _le
-        self._db.executemany(
-            _INSERT_CHUNK,
-            [
-                (
-                    key_id[c.key],
-                    c.rank,
-                    c.incarnation,
-                    c.seq,
-                    len(c.steps),
-                    c.ts,
-                    le(c.steps),
-                    le(c.values),
-                    None if c.counts is None else le(c.counts),
-                    *summarize(c.steps, c.values),
-                )
-                for c in chunks
-            ],
+        le = _same if _LITTLE else _le
+        return (
+            key_id[c.key],
+            c.rank,
+            c.incarnation,
+            c.seq,
+            len(c.steps),
+            c.ts,
+            le(c.steps),
+            le(c.values),
+            None if c.counts is None else le(c.counts),
+            *summarize(c.steps, c.values),
         )
 
     def _txn(self) -> _Txn:

@@ -55,6 +55,7 @@ __all__ = [
     "Block",
     "BlockItem",
     "Envelope",
+    "KeyShapes",
     "TextChunk",
     "decode_batch",
     "decode_envelope",
@@ -159,6 +160,9 @@ class Block:
         return len(self.keys) * len(self.steps)
 
 
+KeyShapes = dict[tuple[str, ...], tuple[str, ...]]
+"""Checked key tuples of blocks, each mapped to itself (:func:`decode_batch`'s ``shapes``)."""
+_MAX_SHAPES = 4096
 _MIN_BLOCK_KEYS = 2
 """A run of fewer chunks with equal steps stays per key."""
 
@@ -274,7 +278,9 @@ def _check_new_key(key: str, new: list[str]) -> None:
     new.append(key)
 
 
-def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool = False) -> Batch:
+def decode_batch(
+    frame: bytes, checked: set[str] | None = None, *, blocks: bool = False, shapes: KeyShapes | None = None
+) -> Batch:
     """Decode and validate a batch payload.
 
     Args:
@@ -285,6 +291,9 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
             (hence ingested) batches, so it stays as large as the run's keys.
         blocks: decode runs of consecutive chunks with equal steps bytes into :attr:`Batch.blocks`
             (the rest stays in :attr:`Batch.metrics`); the points are the same.
+        shapes: the key tuples of earlier blocks (the aggregator's): a ``"b"`` block with the same
+            keys is not checked key by key again and carries that tuple (the same object: later
+            lookups of its keys hash nothing). Grown like ``checked``, up to 4,096 tuples.
 
     Raises:
         ProtocolError: anything malformed; nothing of a bad batch is used (nor added to ``checked``).
@@ -307,7 +316,8 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
         raise ProtocolError("batch lacks m (list), f (list) or t (float)")
     if len(m) > _MAX_KEYS_PER_BATCH or len(f) > _MAX_FIELDS_PER_BATCH:
         raise ProtocolError("batch has too many keys or fields")
-    framed = _decode_blocks(obj.get("b", []), checked, new, _MAX_KEYS_PER_BATCH - len(m))
+    seen: KeyShapes = {} if shapes is None else shapes
+    framed = _decode_blocks(obj.get("b", []), checked, new, _MAX_KEYS_PER_BATCH - len(m), seen)
     metrics: list[tuple[str, array[int], array[float]]] = []
     runs: list[tuple[bytes, list[str], list[bytes]]] = []
     """(steps bytes, keys, values bytes) of consecutive chunks with equal steps."""
@@ -356,10 +366,12 @@ def decode_batch(frame: bytes, checked: set[str] | None = None, *, blocks: bool 
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad field: {e}") from e
     checked.update(new)
+    if shapes is not None and len(shapes) < _MAX_SHAPES:
+        shapes.update((blk.keys, blk.keys) for blk in framed if blk.keys not in shapes)
     return Batch(metrics, fields, ts, texts, out_blocks)
 
 
-def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int) -> list[Block]:
+def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int, shapes: KeyShapes) -> list[Block]:
     """The blocks of a batch (``"b"``: ``[[keys, LE int64 steps (n), LE float64 values (n x K)], ...]``), checked.
 
     Each becomes a :class:`Block` (values transposed to keys x steps). Keys in ``checked`` are not
@@ -382,12 +394,14 @@ def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int) 
             raise ProtocolError("block has no keys, or the batch too many keys")
         if not _STR.issuperset(map(type, keys)):
             raise ProtocolError("block keys are not all str")
-        if not checked.issuperset(keys):
-            for key in keys:
-                if key not in checked:
-                    _check_new_key(key, new)
-        if len(set(keys)) != k:
-            raise ProtocolError(f"block of {keys[0]!r}...: a key repeated")
+        known = shapes.get(tuple(keys))
+        if known is None:
+            if not checked.issuperset(keys):
+                for key in keys:
+                    if key not in checked:
+                        _check_new_key(key, new)
+            if len(set(keys)) != k:
+                raise ProtocolError(f"block of {keys[0]!r}...: a key repeated")
         n = len(sb) // 8
         if len(sb) % 8 or not n or len(vb) != 8 * n * k:
             raise ProtocolError(f"block of {keys[0]!r}...: steps/values lengths do not match")
@@ -395,7 +409,7 @@ def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int) 
         if min(steps) < 0:
             raise ProtocolError(f"block of {keys[0]!r}...: negative step")
         values = np.frombuffer(vb, dtype="<f8").reshape(n, k).T  # step-major on the wire: keys x steps here
-        out.append(Block(tuple(keys), steps, np.ascontiguousarray(values, dtype=np.float64)))
+        out.append(Block(known or tuple(keys), steps, np.ascontiguousarray(values, dtype=np.float64)))
     return out
 
 

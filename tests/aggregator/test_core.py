@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 from coordinator.aggregator import Aggregator
 from coordinator.errors import ProtocolError, SinkError
 from coordinator.journal.store import MAIN_RANK
-from tests.aggregator.helpers import RUN, batch, crash, hello, make_cfg, reopen
+from coordinator.transport import wire
+from tests.aggregator.helpers import RUN, batch, crash, env, hello, make_cfg, reopen
 
 
 def test_new_aggregator_creates_run_and_sys_fields(tmp_path: Path) -> None:
@@ -134,3 +136,31 @@ def test_a_bad_key_is_refused_and_counted_after_the_sender_sent_good_ones(agg: A
     assert agg.senders[(0, 1)].last_seq == 1, "the refused batch does not advance its sender"
     assert batch(agg, 0, 2, metrics={"loss": {1: 2.0}}) == "new"
     assert agg.counters["points"] == 3 and agg.known_keys == {"loss"}
+
+
+def _block_batch(
+    a: Aggregator, rank: int, inc: int, seq: int, keys: tuple[str, ...], steps: list[int], off: float = 0.0
+) -> str:
+    """A batch of one block (a dict of ``keys`` logged at ``steps``; value = off + step + key index / 10)."""
+    vals = [off + s + i / 10 for s in steps for i in range(len(keys))]  # step-major, as a frame sends them
+    blk = [list(keys), array("q", steps).tobytes(), array("d", vals).tobytes()]
+    return a.batch(env(wire.BATCH, rank, inc, seq), wire.encode_chunks([], [], 1.0, None, [blk]), 1.0)
+
+
+def test_a_key_tuple_is_checked_once_per_sender_and_a_new_incarnation_still_rewinds(tmp_path: Path) -> None:
+    a = Aggregator(make_cfg(tmp_path, world=1))
+    hello(a, 0)
+    _block_batch(a, 0, 1, 1, ("a", "b"), [0, 1, 2, 3])
+    _block_batch(a, 0, 1, 2, ("a", "b"), [4, 5])
+    snd = a.senders[(0, 1)]
+    assert snd.blocks_seen == {("a", "b")} and snd.keys_seen == {"a", "b"} and a.known_keys == {"a", "b"}
+    a.commit()
+    hello(a, 0, inc=2)
+    _block_batch(a, 0, 2, 1, ("a", "b"), [2], 100.0)  # a later incarnation re-logs from step 2: both keys rewound
+    _block_batch(a, 0, 2, 2, ("a", "b"), [3], 100.0)  # seen by this sender now: no second rewind
+    assert a.counters["rewinds"] == 2 and a.senders[(0, 2)].blocks_seen == {("a", "b")}
+    a.emit(2.0, force=True)
+    a.commit()
+    assert a.store.values("a", 0) == [(0, 0.0), (1, 1.0), (2, 102.0), (3, 103.0)]
+    assert a.store.values("b", 0) == [(0, 0.1), (1, 1.1), (2, 102.1), (3, 103.1)]
+    a.finalize()

@@ -52,3 +52,12 @@ def test_a_chunk_of_a_held_key_splits_its_block_in_place_and_keeps_the_order() -
         ("c", 0, 4, [3], [31.0]),
     ]
     assert p.points == 8
+
+
+def test_a_first_block_with_a_key_repeated_is_held_key_by_key() -> None:
+    p = Pieces()
+    p.block(_blk("aa", 1, [0]))  # a run of chunks with equal steps may repeat a key
+    p.block(_blk("bc", 1, [0]))
+    assert [type(x).__name__ for x in p.staged()] == ["ChunkRow", "StagedBlock"]
+    assert _rows(p) == [("a", 0, 1, [0, 0], [0.0, 1.0]), ("b", 0, 1, [0], [0.0]), ("c", 0, 1, [0], [1.0])]
+    assert p.points == 4

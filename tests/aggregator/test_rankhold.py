@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S
+from coordinator.aggregator.pieces import Pieces, split_block
+from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S, RankHold
 from coordinator.errors import SinkError
+from coordinator.journal.records import ChunkRow, StagedBlock
 from coordinator.journal.store import MAIN_RANK, LocalStore
 from tests.aggregator.helpers import batch, crash, hello, make_cfg
 
@@ -140,3 +144,47 @@ def test_staged_points_survive_a_crash_and_a_restart_rebuilds_the_main_series_fr
     detail = next(d for _, kind, _, d in b.store.events() if kind == "aggregator_restarted")
     assert "4 staged rank points written as chunks" in detail
     b.finalize()
+
+
+def _block(keys: str, seq: int, steps: list[int], rank: int = 0) -> StagedBlock:
+    vals = np.array([[float(rank * 1000 + s * 10 + i) for s in steps] for i in range(len(keys))])
+    return StagedBlock(tuple(keys), rank, 1, seq, 1.0 + seq, array("q", steps), vals)
+
+
+def _chunk(key: str, seq: int, steps: list[int], rank: int = 0) -> ChunkRow:
+    return ChunkRow(key, rank, 1, seq, 1.0 + seq, array("q", steps), array("d", [-1.0 - s for s in steps]))
+
+
+def _as_rows(items: list[ChunkRow | StagedBlock]) -> list[tuple[str, int, int, float, list[int], list[float]]]:
+    out = []
+    for it in items:
+        for c in split_block(it) if isinstance(it, StagedBlock) else [it]:
+            out.append((c.key, c.rank, c.seq, c.ts, list(c.steps), list(c.values)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_materialized_is_rows_with_kept_as_blocks_and_leaves_the_hold_as_it_is(mixed: bool) -> None:
+    hold, held, new = RankHold(), Pieces(), Pieces()
+    held.block(_block("ab", 1, [0, 1]))
+    held.chunk(_chunk("z", 1, [0]))
+    held.block(_block("ab", 1, [0], rank=1))
+    hold.add(held, 5.0)
+    new.block(_block("ab", 2, [2]))
+    new.chunk(_chunk("z", 2, [1]))
+    new.block(_block("cd", 2, [2], rank=1))
+    if mixed:  # a held block's key comes alone: everything as chunks
+        new.chunk(_chunk("a", 3, [3], rank=1))
+    before = _as_rows(hold.chunks.staged())
+    got = hold.materialized(new)
+    assert _as_rows(got) == _as_rows(list(hold.rows_with(new)))
+    assert _as_rows(hold.chunks.staged()) == before, "a failed commit retries with the same hold"
+    blocks = [it for it in got if isinstance(it, StagedBlock)]
+    if mixed:
+        assert blocks == []
+    else:
+        assert [(b.keys, b.rank, b.seq, b.ts, list(b.steps)) for b in blocks] == [
+            (("a", "b"), 0, 2, 2.0, [0, 1, 2]),
+            (("a", "b"), 1, 1, 2.0, [0]),
+            (("c", "d"), 1, 2, 3.0, [2]),
+        ]

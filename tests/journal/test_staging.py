@@ -157,3 +157,32 @@ def test_a_round_with_blocks_is_format_2_and_reads_back_one_piece_per_key() -> N
     bad = msgpack.packb([2, [], [[[1, 2], 0, 1, 3, 5.0, b"\0" * 8, b"\0" * 8]]])
     with pytest.raises(SinkError, match="keys x steps"):
         staging.decode(bad)
+
+
+def test_encode_remembers_a_block_key_tuples_ids() -> None:
+    b = StagedBlock(("a", "b"), 0, 1, 3, 5.0, array("q", [4]), np.array([[1.0], [2.0]]))
+    ids = {"a": 7, "b": 9}
+    cache: dict[tuple[str, ...], list[int]] = {}
+    first = staging.encode([b], ids.__getitem__, cache)
+    assert cache == {("a", "b"): [7, 9]}
+
+    def unmapped(key: str) -> int:
+        raise AssertionError(f"{key} mapped again")
+
+    assert staging.encode([b], unmapped, cache) == first
+    assert staging.decode(first[1])[0][0] == 7
+
+
+def test_the_store_remembers_block_ids_only_once_its_keys_are_committed(tmp_path: Path) -> None:
+    s = _new(tmp_path)
+    b = StagedBlock(("a", "b"), 0, 1, 1, 5.0, array("q", [0]), np.array([[1.0], [2.0]]))
+    s.commit(TxnData(key_policies={"a": "mean", "b": "mean"}, staged=[b]))
+    assert s._block_ids == {}, "ids assigned in the transaction are not remembered (a rollback takes them back)"
+    s.commit(TxnData(staged=[b]))
+    assert s._block_ids == {("a", "b"): [s._key_ids["a"], s._key_ids["b"]]}
+    s.close()
+    r = LocalStore(tmp_path / "run.db")  # the writer's open materializes both staged rows
+    try:
+        assert r.values("b", 0) == [(0, 2.0)]
+    finally:
+        r.close()

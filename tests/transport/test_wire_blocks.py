@@ -174,3 +174,25 @@ def test_a_version_2_payload_without_blocks_still_decodes_as_before() -> None:
     assert [(k, list(s), list(v)) for k, s, v in flat.metrics] == [("a", [0, 1], [1.0, 2.0]), ("b", [0, 1], [3.0, 4.0])]
     grouped = wire.decode_batch(v2, blocks=True)
     assert grouped.points == flat.points == 5 and grouped.blocks[0].keys == ("a", "b")
+
+
+def test_shapes_give_a_known_key_tuple_back_as_the_same_object() -> None:
+    shapes: wire.KeyShapes = {}
+    checked: set[str] = set()
+    one = wire.decode_batch(batch_with([raw_block(["a", "b"], [1], [1.0, 2.0])]), checked, blocks=True, shapes=shapes)
+    two = wire.decode_batch(batch_with([raw_block(["a", "b"], [2], [3.0, 4.0])]), checked, blocks=True, shapes=shapes)
+    assert one.blocks[0].keys == ("a", "b") and two.blocks[0].keys is one.blocks[0].keys
+    assert shapes == {("a", "b"): ("a", "b")} and checked == {"a", "b"}
+    assert two.blocks[0].values.tolist() == [[3.0], [4.0]]
+
+
+def test_a_bad_block_or_batch_adds_no_shape() -> None:
+    shapes: wire.KeyShapes = {}
+    for bad in (
+        batch_with([raw_block(["a", "a"], [1], [1.0, 2.0])]),  # a key repeated
+        batch_with([raw_block(["a", ""], [1], [1.0, 2.0])]),  # a bad key
+        pack({"m": [["k", b"x", b"y"]], "f": [], "t": 1.5, "b": [raw_block(["a", "b"], [1], [1.0, 2.0])]}),
+    ):
+        with pytest.raises(ProtocolError):
+            wire.decode_batch(bad, set(), blocks=True, shapes=shapes)
+    assert shapes == {}
