@@ -7,8 +7,8 @@ Run from the repository root::
     python -m benchmarks.throughput --quick --profile   # + py-spy profile of a 4-rank run
 
 Part 1, hot path: ``benchmarks.hotpath.hot_path``. Part 2, durable throughput with N in
-{1, 2, 4} ranks: ``benchmarks.throughput.trial``, every trial verified point by point; any
-difference makes the command exit non-zero.
+{1, 2, 4} ranks (``--ranks 4,8 --keys 100`` picks the cells): ``benchmarks.throughput.trial``,
+every trial verified point by point; any difference makes the command exit non-zero.
 
 Part 3: a markdown report (printed and written to
 ``benchmarks/results/throughput-<hostname>-<date>.md``; ``-quick`` is appended in quick mode
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run one 4-rank trial per key count under py-spy (aggregator + rank 0)",
     )
+    p.add_argument("--ranks", default="1,2,4", help="comma-separated rank counts of the trials (e.g. 4,8)")
+    p.add_argument("--keys", default=None, help="comma-separated keys per call (default: 100,1 quick, 100,10,1 full)")
     p.add_argument("--no-write", action="store_true", help=f"do not write the report under {RESULTS}")
     p.add_argument("--keep", action="store_true", help="keep the temporary stores and logs")
     p.add_argument(
@@ -242,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     t_wall = time.monotonic()
     quick = args.quick
     repeat = args.repeat or (1 if quick else 2)
-    key_counts = [100, 1] if quick else [100, 10, 1]
+    key_counts = [int(k) for k in args.keys.split(",")] if args.keys else [100, 1] if quick else [100, 10, 1]
+    worlds = [int(w) for w in args.ranks.split(",")]
+    if not worlds or min(worlds) < 1 or not set(key_counts) <= {100, 10, 1}:
+        p.error("--ranks takes positive counts, --keys a subset of 100,10,1")
     # points per rank by keys per call: one-key calls cost a Python call per point on both ends.
     # Full mode: 3M points per rank, more than max_buffer_points (2M) and than a full send window.
     points = {100: 1_000_000, 10: 1_000_000, 1: 300_000} if quick else {100: 3_000_000, 10: 3_000_000, 1: 1_000_000}
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             hot = hot_path(quick, tmp)
         if not args.skip_throughput:
             for k in key_counts:
-                for world in (1, 2, 4):
+                for world in worlds:
                     for rep in range(repeat):
                         label = f"n{world}-k{k}-r{rep}"
                         print(
