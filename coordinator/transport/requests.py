@@ -67,6 +67,14 @@ class RequestTable:
         """Queue ``req`` for the sender thread (any thread)."""
         self._queue.put(req)
 
+    @property
+    def queued(self) -> bool:
+        """Whether a request waits to be taken: the sender looks every wake-up, almost always in vain.
+
+        A C-level check, where :meth:`take` would build a generator and raise ``queue.Empty``.
+        """
+        return not self._queue.empty()
+
     def take(self) -> Iterator[Request]:
         """The queued requests, oldest first, each removed from the queue as it is yielded."""
         while True:

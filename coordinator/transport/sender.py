@@ -4,8 +4,8 @@ One thread owns the socket (ZeroMQ sockets are not thread-safe). The training th
 it through the :class:`~coordinator.transport.buffer.Buffer`, a request queue, and a wake-up pipe.
 Every flush interval the thread cuts the buffer into batches (:mod:`.batches`) and sends them while
 the in-flight window (:mod:`.window`) has room; the rest wait per the backpressure policy (:mod:`.outbox`),
-and what is not acknowledged in time goes to the spool (:mod:`.writeahead`). Without an endpoint it runs in
-offline mode (:mod:`.offline`).
+and what is not acknowledged in time goes to the spool (:mod:`.writeahead`). The socket's waits, reads and
+sends go through :mod:`.loopio`. Without an endpoint it runs in offline mode (:mod:`.offline`).
 
 Memory stays bounded however long the aggregator is frozen: the socket's send queue has a
 high-water mark (the window plus a little room for control messages) and every send is
@@ -32,6 +32,7 @@ from coordinator.settings import DEFAULTS, Backpressure
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.loopio import LoopIO
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
 from coordinator.transport.pipeline import Pipeline, ack_deadline
@@ -110,6 +111,8 @@ class SenderThread(threading.Thread):
         self._stop_evt = threading.Event()
         self._pipe: Pipeline
         """Built when the thread starts (it opens the spool)."""
+        self._io: LoopIO
+        """The loop's wait, reply reads and sends, once the socket exists."""
         self._hello_sent_at = 0.0
         self._hello_seq = 0
         """Number of the last HELLO sent: only its WELCOME counts (older ones are stale)."""
@@ -214,22 +217,18 @@ class SenderThread(threading.Thread):
             self.cfg.curve.apply_client(sock)
         try:
             sock.connect(self.cfg.endpoint)
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(self._wake.fd, zmq.POLLIN)
-            quiet = zmq.Poller()  # nobody waits for a reply: they are read at the next flush
-            quiet.register(self._wake.fd, zmq.POLLIN)
+            io = self._io = LoopIO(sock, self._wake.fd)
             self._send_hello()
             next_flush = time.monotonic() + self.cfg.flush_interval_s
             while not self._stop_evt.is_set():
                 timeout = max(0.0, next_flush - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
                 listen = self._listening()
-                events = dict((poller if listen else quiet).poll(math.ceil(timeout * 1000)))
+                woken, replies = io.wait(math.ceil(timeout * 1000), listen=listen)
                 self.slicer.start()  # the poll released the GIL: a new stretch starts
-                if self._wake.fd in events:
+                if woken:
                     self._wake.drain()
-                if sock in events or not listen:
+                if replies or not listen:  # quiet: the replies queued since the last flush
                     self._recv_all()
                 now = time.monotonic()
                 self._send_unsent()
@@ -299,10 +298,7 @@ class SenderThread(threading.Thread):
 
     def _send_frames(self, frames: list[bytes], now: float) -> bool:
         """Queue ``frames`` without blocking; False (counted) when the send queue is full."""
-        assert self.sock is not None
-        try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        if not self._io.send(frames):
             self.deferred_sends += 1
             return False
         self._last_send = now
@@ -330,6 +326,8 @@ class SenderThread(threading.Thread):
             self._unsent.pop(0)
 
     def _serve_requests(self) -> None:
+        if not self._requests.queued:
+            return
         for req in self._requests.take():
             if self._pipe.offline is not None:
                 self._pipe.offline.serve(req, self._pipe.counters())
@@ -346,12 +344,7 @@ class SenderThread(threading.Thread):
     # ------------------------------------------------------------ replies
 
     def _recv_all(self) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in self._io.replies():
             self.last_reply_at = time.monotonic()
             self.slicer.pause()
             try:

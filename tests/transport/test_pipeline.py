@@ -25,6 +25,8 @@ class _Rank:
         self.spool = SegmentedSpool(spool_dir, segment_bytes=1 << 20, max_bytes=1 << 30)
         self.wal = WriteAhead(self.spool, rank=0, buf=self.buf)
         self.sent: list[int] = []
+        self.events: list[int | str] = []
+        """Batch numbers as sent, and "pause" where the pipeline paused (the sender yields the GIL there)."""
         self.queue_full = False
         self.pipe = Pipeline(
             buf=self.buf,
@@ -36,6 +38,7 @@ class _Rank:
             policy="spool",
             rank=0,
             send=self._send,
+            pause=lambda: self.events.append("pause"),
             defer_s=DEFER_S,
         )
         self.pipe.welcomed = True
@@ -48,7 +51,9 @@ class _Rank:
     def _send(self, frames: list[bytes], now: float) -> bool:
         if self.queue_full:
             return False
-        self.sent.append(wire.decode_envelope(frames[0]).seq)
+        seq = wire.decode_envelope(frames[0]).seq
+        self.sent.append(seq)
+        self.events.append(seq)
         return True
 
     def log_and_flush(self, now: float, points: int = 10) -> None:
@@ -164,3 +169,16 @@ def test_what_is_unacked_at_close_is_left_on_disk(tmp_path: Path) -> None:
     r.pipe.write_unacked()
     r.spool.close()
     assert [(x.seq, x.kind) for x in spool_records(r.spool.dir)] == [(2, wire.BATCH)]
+
+
+def test_the_pauses_come_between_batches_and_not_after_the_last(tmp_path: Path) -> None:
+    r = _Rank(tmp_path / "s", max_window=2)
+    r.log_and_flush(0.0, points=2500)  # three batches: two go out, the window holds the third back
+    assert r.events == [1, "pause", 2, "pause"]
+    r.pipe.ack(1)
+    r.pipe.ack(2)
+    r.pipe.pump(0.01)
+    assert r.events[4:] == ["pause", 3], "a held batch is sent after a pause"
+    r.log_and_flush(0.02)
+    r.pipe.pump(0.02)
+    assert r.events[6:] == [4], "the sender's wait follows the last batch: no pause after it"

@@ -48,3 +48,13 @@ def test_fail_all_completes_open_and_queued_requests() -> None:
 def test_no_reply_in_time_names_the_request_and_the_endpoint() -> None:
     with pytest.raises(CoordinatorTimeoutError, match=r"QUERY.*ipc://agg"):
         Request(wire.QUERY, {}).result(0.01, "ipc://agg")
+
+
+def test_queued_says_whether_a_request_waits_to_be_taken() -> None:
+    t = RequestTable()
+    assert t.queued is False
+    r = Request(wire.STATE, {})
+    t.put(r)
+    assert t.queued is True
+    assert list(t.take()) == [r]
+    assert t.queued is False

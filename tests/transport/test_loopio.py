@@ -1,0 +1,87 @@
+"""The sender loop's wait, reply reads and sends, on real ZeroMQ sockets and a real wake-up pipe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from coordinator.transport.loopio import LoopIO
+from coordinator.transport.wake import WakePipe
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe]]:
+    """A DEALER (the sender's side) connected to a ROUTER (the aggregator's), and a wake-up pipe."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://loopio")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect("inproc://loopio")
+    wake = WakePipe()
+    yield dealer, router, wake
+    wake.close()
+    dealer.close(linger=0)
+    router.close(linger=0)
+    ctx.term()
+
+
+def _reply(dealer: zmq.Socket[bytes], router: zmq.Socket[bytes], *bodies: bytes) -> None:
+    """Have the router send each of ``bodies`` back to the dealer as a two-frame reply."""
+    dealer.send_multipart([b"hello", b"x"])
+    ident, _, _ = router.recv_multipart()
+    for body in bodies:
+        router.send_multipart([ident, b"env", body])
+    assert dealer.poll(1000, zmq.POLLIN)
+
+
+def test_a_quiet_wait_ignores_replies_and_ends_on_a_wake_up(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
+) -> None:
+    dealer, router, wake = pair
+    io = LoopIO(dealer, wake.fd)
+    _reply(dealer, router, b"a")
+    assert io.wait(10, listen=False) == (False, False)  # a reply alone does not end a quiet wait
+    wake.wake()
+    assert io.wait(1000, listen=False) == (True, False)
+    wake.drain()
+    assert io.wait(0, listen=False) == (False, False)
+
+
+def test_a_listening_wait_ends_on_a_reply_or_a_wake_up(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
+) -> None:
+    dealer, router, wake = pair
+    io = LoopIO(dealer, wake.fd)
+    assert io.wait(10, listen=True) == (False, False)
+    _reply(dealer, router, b"a")
+    assert io.wait(1000, listen=True) == (False, True)
+    wake.wake()
+    assert io.wait(1000, listen=True) == (True, True)
+
+
+def test_replies_reads_every_queued_message_in_order_then_stops(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
+) -> None:
+    dealer, router, wake = pair
+    io = LoopIO(dealer, wake.fd)
+    assert list(io.replies()) == []
+    _reply(dealer, router, b"a", b"b", b"c")
+    assert list(io.replies()) == [[b"env", b"a"], [b"env", b"b"], [b"env", b"c"]]
+    assert list(io.replies()) == []
+
+
+def test_send_queues_a_whole_message_or_reports_a_full_queue(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
+) -> None:
+    dealer, router, wake = pair
+    io = LoopIO(dealer, wake.fd)
+    assert io.send([b"env", b"body"]) is True
+    assert router.recv_multipart()[1:] == [b"env", b"body"]
+    ctx = zmq.Context.instance()
+    lonely = ctx.socket(zmq.DEALER)  # no peer: a non-blocking send finds no room
+    try:
+        assert LoopIO(lonely, wake.fd).send([b"env", b"body"]) is False
+    finally:
+        lonely.close(linger=0)
