@@ -314,22 +314,19 @@ class Server:
             sweep = now - last_sweep > _SWEEP_INTERVAL_S
             if sweep:
                 last_sweep = now
-                agg.check_liveness(now)
-                if now - last_health >= _HEALTH_INTERVAL_S:
-                    last_health = now
-                    agg.update_health(now)
-                    agg.forwarder_warnings()
-                if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
-                    agg.parent_lost(now)
-            # The main series is held for up to ~100 ms and the rank points are staged for up to
+            # The main series is held for up to ~1 s and the rank points are staged for up to
             # ~1 s (fewer, larger chunks), except when a reply of this round reads them (a query,
             # sync, a closing rank), the loop is about to end, or trackers are fed: wait() then
             # waits for the forwarders to pass the journal position of its ack, which must include
             # that batch's rank points and the main-series points emitted with it.
             readers = self.stopping or bool(agg.forwarders) or any(r[1] in _READS_MAIN for r in self.replies)
-            if readers or sweep or unreduced >= _EMIT_BYTES:
-                agg.emit(now, all_keys=sweep, hold=not readers)
-                unreduced = 0
+            emit = readers or sweep or unreduced >= _EMIT_BYTES
+            if readers:  # they read what the sweep and the emission write: both go in this commit
+                if sweep:
+                    last_health = self._sweep(now, last_health)
+                if emit:
+                    agg.emit(now, all_keys=sweep, hold=False)
+                    unreduced = 0
             try:
                 agg.commit(stage=not readers)
                 last_commit = time.monotonic()
@@ -346,9 +343,32 @@ class Server:
                 continue
             self._fill_reads()
             self._flush_replies()
+            if not readers and (sweep or emit):
+                # Nobody reads them now: the sweep and the emission (tens of ms at a thousand
+                # ranks) run after this round's acks went out, and what they write goes in the next
+                # commit, as a held main series would anyway. The acks (rank points) never waited
+                # for them: emitted groups are rebuilt from the rank points after a crash.
+                now = time.time()
+                if sweep:
+                    last_health = self._sweep(now, last_health)
+                if emit:
+                    agg.emit(now, all_keys=sweep, hold=True)
+                    unreduced = 0
             if self.stopping or agg.finished(now):
                 break
         return self._finish()
+
+    def _sweep(self, now: float, last_health: float) -> float:
+        """Liveness and rank 0's process every sweep, health once a second; returns the last health time."""
+        agg = self.agg
+        agg.check_liveness(now)
+        if now - last_health >= _HEALTH_INTERVAL_S:
+            last_health = now
+            agg.update_health(now)
+            agg.forwarder_warnings()
+        if agg.cfg.parent_pid and os.getppid() != agg.cfg.parent_pid:
+            agg.parent_lost(now)
+        return last_health
 
     def _finish(self) -> Report:
         """Recover what lost ranks left in their spools, then finish the run."""
