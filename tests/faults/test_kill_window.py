@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,17 +31,38 @@ def _logged_by(progress: Path, t: float) -> int:
     return k
 
 
+def _start(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, list[subprocess.Popen[str]]]:
+    """Two ranks of the kill-window worker at the default flush interval, 1.5 s into logging; (out dir, processes)."""
+    monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval_s))
+    _wait_for(out / "rank1.progress")
+    time.sleep(1.5)
+    return out, procs
+
+
+def _rank1_steps(db: Path) -> int:
+    """How many steps of rank 1's series ``m`` are stored; each must be there once, in order, with its value."""
+    s = LocalStore(db, readonly=True)
+    try:
+        steps = [st for st, _ in s.values("m", 1)]
+        assert len(steps) == len(set(steps)), "duplicated points"
+        assert steps == list(range(len(steps))), "a gap (lost points) inside the series"
+        assert all(v == float(10_000_000 + st) for st, v in s.values("m", 1))
+        return len(steps)
+    finally:
+        s.close()
+
+
 def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGKILL rank 1 mid-run at the default flush interval: every step logged one interval before is stored once."""
-    monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
-    out = tmp_path / "out"
-    out.mkdir()
+    out, procs = _start(store_dir, tmp_path, monkeypatch)
     flush = DEFAULTS.flush_interval_s
-    procs = _spawn(2, out, store_dir, "--flush", str(flush))
-    _wait_for(out / "rank1.progress")
-    time.sleep(1.5)
     t_kill = time.monotonic()
     procs[1].send_signal(signal.SIGKILL)
     (out / "killed").touch()
@@ -50,14 +72,6 @@ def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
     assert safe > 1000  # the rank was well under way (2000 points/s for 1.5 s)
     [info] = list_runs(store_dir)
-    s = LocalStore(info.path / "run.db", readonly=True)
-    try:
-        steps = [st for st, _ in s.values("m", 1)]
-        assert len(steps) == len(set(steps)), "duplicated points"
-        assert steps == list(range(len(steps))), "a gap (lost points) inside the series"
-        assert all(v == float(10_000_000 + st) for st, v in s.values("m", 1))
-        kept = len(steps)
-        assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {flush * 1000:g} ms before the kill"
-        assert kept <= logged + 10
-    finally:
-        s.close()
+    kept = _rank1_steps(info.path / "run.db")
+    assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {flush * 1000:g} ms before the kill"
+    assert kept <= logged + 10
