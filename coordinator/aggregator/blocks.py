@@ -109,6 +109,13 @@ Column = tuple[Matrix, int]
 """A block's values matrix and one of its columns: the values of one step for every key of a group."""
 
 
+def _copy_run(v: np.ndarray[Any, Any], mask: np.ndarray[Any, Any], rank: int, run: list[Any]) -> None:
+    """Copy one run (matrix, first j, first column, length) of ``rank``'s columns into ``v`` and mark it in ``mask``."""
+    mat, j, col, n = run
+    v[:, j : j + n, rank] = mat[:, col : col + n]
+    mask[j : j + n, rank] = True
+
+
 @dataclass(slots=True, eq=False)
 class KeyGroup:
     """The shared reducer state of a tuple of keys every rank logs together (see the module doc)."""
@@ -191,13 +198,23 @@ class KeyGroup:
         steps = array("q")
         counts = array("i")
         low = np.empty(m, dtype=np.intp)
+        # A rank's consecutive steps from one block are consecutive columns of its matrix: copy
+        # each such run with one slice, not one numpy call (~1 µs) per step and rank.
+        runs: dict[int, list[Any]] = {}  # rank -> [matrix, first j, first column, length] of its open run
         for j, (s, g) in enumerate(out):
             steps.append(s)
             counts.append(len(g))
             low[j] = min(g)
             for r, (mat, col) in g.items():
-                v[:, j, r] = mat[:, col]
-                mask[j, r] = True
+                run = runs.get(r)
+                if run is not None and run[0] is mat and run[1] + run[3] == j and run[2] + run[3] == col:
+                    run[3] += 1
+                    continue
+                if run is not None:
+                    _copy_run(v, mask, r, run)
+                runs[r] = [mat, j, col, 1]
+        for r, run in runs.items():
+            _copy_run(v, mask, r, run)
         pols = self.policies
         values = exact_sums(v, mask)
         means = [i for i, p in enumerate(pols) if p in ("mean", "all")]
