@@ -112,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
     rep = serve(cfg)
     _remove_socket_dir(config_file)
     if cfg.rendezvous_file:
-        remove_orphan_record(Path(cfg.rendezvous_file))
+        remove_orphan_record(Path(cfg.rendezvous_file), owner=cfg.parent_pid)
     return 0 if rep["state"] == "finished" else EXIT_FAILED

@@ -181,10 +181,14 @@ def remove_stale_records(directory: Path) -> int:
     return removed
 
 
-def remove_orphan_record(path: Path) -> bool:
-    """Remove the rendezvous file ``path`` if its publisher (rank 0) is gone; True if removed.
+def remove_orphan_record(path: Path, owner: int = 0) -> bool:
+    """Remove the rendezvous file ``path`` if its publisher (rank 0) is gone, or is ``owner``; True if removed.
 
-    The aggregator calls it at the run's end: a rank 0 that was killed cannot retract its record.
+    The aggregator calls it at the run's end with its own rank 0's pid as ``owner``: a rank 0 that
+    was killed cannot retract its record, and one still running is past needing it (the run it
+    points to has ended) but may yet be killed before it retracts it (torchrun SIGTERMs rank 0 when
+    another rank failed, after rank 0's close restored the default handler). A record another
+    process published since (an elastic restart's new rank 0) is left to it.
     """
     try:
         rec = json.loads(path.read_text())
@@ -192,7 +196,7 @@ def remove_orphan_record(path: Path) -> bool:
         return False
     except ValueError:
         rec = {}
-    if _publisher_alive(rec):
+    if _publisher_alive(rec) and not (owner > 0 and rec.get("pid") == owner):
         return False
     path.unlink(missing_ok=True)
     return True

@@ -20,7 +20,7 @@ import pytest
 import coordinator
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
-from coordinator.transport.discovery import pid_alive, private_dir
+from coordinator.transport.discovery import pid_alive, private_dir, remove_orphan_record
 from coordinator.transport.launcher import OWNERS_FILE, AggregatorProcess, remove_stale_dirs
 
 pytestmark = pytest.mark.integration
@@ -164,6 +164,20 @@ def test_stale_rendezvous_records_are_removed_and_live_ones_kept() -> None:
     finally:
         for f, _ in files.values():
             f.unlink(missing_ok=True)
+
+
+def test_the_aggregator_removes_its_own_rank0s_record_even_while_rank0_still_runs(tmp_path: Path) -> None:
+    """At the run's end the record of the aggregator's rank 0 goes (it may be SIGTERMed before retracting it).
+
+    A live publisher's record that is not its rank 0's (an elastic restart's) is kept.
+    """
+    f = tmp_path / "rdzv-test-0.json"
+    f.write_text(json.dumps({"pid": os.getpid()}))
+    assert not remove_orphan_record(f), "a live publisher's record was removed with no owner given"
+    assert not remove_orphan_record(f, owner=os.getppid()), "another live publisher's record was removed"
+    assert f.exists()
+    assert remove_orphan_record(f, owner=os.getpid())
+    assert not f.exists()
 
 
 def test_a_runtime_dir_too_long_for_a_unix_socket_is_a_clear_config_error(
