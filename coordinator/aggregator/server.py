@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -31,6 +31,7 @@ from coordinator.core.summary import end_message
 from coordinator.errors import ConfigError, ProtocolError, SinkError
 from coordinator.journal.paths import resolve_root
 from coordinator.transport import wire
+from coordinator.transport.loopio import has_message
 from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
 __all__ = ["Server", "ensure_fd_limit", "serve"]
@@ -268,7 +269,7 @@ class Server:
         for i in range(_ROUND_MESSAGES):
             # The poll said the first is there; after it, ask whether another waits instead of
             # ending every round on a raised zmq.Again.
-            if i and not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            if i and not has_message(sock):
                 break
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)

@@ -23,12 +23,22 @@ from collections.abc import Iterator
 
 import zmq
 
-__all__ = ["LoopIO"]
+__all__ = ["LoopIO", "has_message"]
 
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.SNDMORE) | _NOWAIT
+
+
+def has_message(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message is queued on ``sock`` now (its ``EVENTS``, read with plain ints).
+
+    Cheaper than a receive that raises ``zmq.Again`` when nothing is there; the aggregator's
+    socket loop asks it too.
+    """
+    events = sock.get(_EVENTS)  # an int for this option (typed int | bytes)
+    return isinstance(events, int) and bool(events & _POLLIN)
 
 
 class LoopIO:
@@ -61,10 +71,7 @@ class LoopIO:
     def replies(self) -> Iterator[list[bytes]]:
         """The replies queued on the socket now, oldest first, each read as it is yielded."""
         sock = self._sock
-        while True:
-            events = sock.get(_EVENTS)  # an int for this option (typed int | bytes)
-            if not (isinstance(events, int) and events & _POLLIN):
-                return
+        while has_message(sock):
             try:
                 frames = sock.recv_multipart(_NOWAIT)
             except zmq.Again:
