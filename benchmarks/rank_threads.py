@@ -6,13 +6,21 @@ a 1 s warm-up it reads every thread's CPU time (``/proc/self/task/*/stat``, utim
 the aggregator's (``/proc/<pid>/stat``), logs for ``--seconds``, reads them again, and prints
 each thread's share per logged point. Python threads are named by ``threading`` (the training
 thread is ``MainThread``, the sender ``coordinator-sender-r0``), the others as the kernel knows
-them (``ZMQbg/IO/0``). The ticks are 10 ms, so use windows of 10 s or more.
+them (``ZMQbg/IO/0``). CPU time is read from ``schedstat`` (nanoseconds) where the kernel has it,
+else from ``stat`` (10 ms ticks: then use windows of 10 s or more). Each line also
+gives the thread's wake-ups per second (its voluntary context switches, ``/proc``): at a paced
+load the CPU is mostly per wake-up, so this is the count to drive down.
 
 Without the DDP step's run-to-run swing this separates the rank's own threads from the
 aggregator, which ``cpu_per_point`` (the whole job minus a baseline) cannot on a shared 2-core
 machine.
 
     python -m benchmarks.rank_threads --seconds 15
+
+Under ``torchrun`` (``python -m torch.distributed.run --standalone --nproc_per_node=4 -m
+benchmarks.rank_threads``) every rank runs the same loop into one run and prints its own threads;
+rank 0 also prints the aggregator's, per point of the whole job (the ranks start within a moment
+of each other and log for the same length of time).
 """
 
 from __future__ import annotations
@@ -34,23 +42,64 @@ _KEYS = 100
 
 
 def _cpu_fields(stat: str) -> float:
-    """utime + stime in seconds from a ``/proc/.../stat`` line."""
+    """utime + stime in seconds from a ``/proc/.../stat`` line (10 ms ticks)."""
     f = stat.rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / _HZ
 
 
-def _threads() -> dict[tuple[str, str], float]:
-    """(thread id, name) -> CPU seconds, for every thread of this process."""
-    names = {str(t.native_id): t.name for t in threading.enumerate()}
-    out: dict[tuple[str, str], float] = {}
-    task = Path("/proc/self/task")
+def _cpu_seconds(task: Path) -> float:
+    """A thread's CPU time: ``schedstat``'s nanoseconds on the CPU where kept, else ``stat``'s ticks."""
+    try:
+        return int((task / "schedstat").read_text().split()[0]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        return _cpu_fields((task / "stat").read_text())
+
+
+def _switches(status: str) -> int:
+    """Voluntary context switches (the thread slept and was woken) from a ``/proc/.../status`` text."""
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _threads(pid: int | str = "self") -> dict[tuple[str, str], tuple[float, int]]:
+    """(thread id, name) -> (CPU seconds, wake-ups), for every thread of a process."""
+    names = {str(t.native_id): t.name for t in threading.enumerate()} if pid == "self" else {}
+    out: dict[tuple[str, str], tuple[float, int]] = {}
+    task = Path(f"/proc/{pid}/task")
     for t in os.listdir(task):
         try:
             comm = names.get(t) or (task / t / "comm").read_text().strip()
-            out[(t, comm)] = _cpu_fields((task / t / "stat").read_text())
+            out[(t, comm)] = (
+                _cpu_seconds(task / t),
+                _switches((task / t / "status").read_text()),
+            )
         except FileNotFoundError:
             continue  # the thread ended between the listing and the read
     return out
+
+
+def _print_delta(
+    label: str,
+    a: dict[tuple[str, str], tuple[float, int]],
+    b: dict[tuple[str, str], tuple[float, int]],
+    points: int,
+    seconds: float,
+) -> None:
+    """One line per thread that ran in the window, then the process's total."""
+    total = 0.0
+    wakes = 0
+    for k in sorted(b):
+        cpu0, sw0 = a.get(k, (0.0, 0))
+        d, w = b[k][0] - cpu0, b[k][1] - sw0
+        total += d
+        wakes += w
+        if d or w:
+            name = f"{label} thread {k[1]}"
+            print(f"{name:38s} {d * 1e3:8.1f} ms  {d / points * 1e6:6.2f} µs/point  {w / seconds:7.1f} wake-ups/s")
+    name = f"{label}, all threads"
+    print(f"{name:38s} {total * 1e3:8.1f} ms  {total / points * 1e6:6.2f} µs/point  {wakes / seconds:7.1f} wake-ups/s")
 
 
 def _children() -> list[int]:
@@ -73,7 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="benchmarks.rank_threads", description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="measured window (after a 1 s warm-up)")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="rank-threads-"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: every rank logs into rank 0's run (one store directory for all)
+        root = Path(tempfile.gettempdir()) / f"rank-threads-{os.environ.get('MASTER_PORT', 'job')}"
+        root.mkdir(exist_ok=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="rank-threads-"))
     settings = coordinator.Settings(dir=str(root), handle_sigterm=False, capture_env=False)
     run = coordinator.init_run(project="bench", name="rank-threads", settings=settings)
     keys = [f"train/m{j:03d}" for j in range(_KEYS)]
@@ -92,21 +146,17 @@ def main(argv: list[str] | None = None) -> None:
 
     paced(int(_RATE))
     kids = _children()
-    a, ak = _threads(), {k: _cpu_fields(Path(f"/proc/{k}/stat").read_text()) for k in kids}
+    a, ak = _threads(), {k: _threads(k) for k in kids}
+    t0 = time.monotonic()
     n = int(args.seconds * _RATE)
     paced(n)
-    b, bk = _threads(), {k: _cpu_fields(Path(f"/proc/{k}/stat").read_text()) for k in kids}
+    b, bk = _threads(), {k: _threads(k) for k in kids}
+    seconds = time.monotonic() - t0
     points = n * _KEYS
-    total = 0.0
-    for k in sorted(b):
-        d = b[k] - a.get(k, 0.0)
-        total += d
-        if d:
-            print(f"rank thread {k[1]:24s} {d * 1e3:8.1f} ms  {d / points * 1e6:6.2f} µs/point")
-    print(f"rank, all threads             {total * 1e3:8.1f} ms  {total / points * 1e6:6.2f} µs/point")
-    for k in kids:
-        d = bk[k] - ak[k]
-        print(f"aggregator (pid {k})           {d * 1e3:8.1f} ms  {d / points * 1e6:6.2f} µs/point")
+    rank = run.rank
+    _print_delta(f"rank {rank}" if world > 1 else "rank", a, b, points, seconds)
+    for k in kids:  # per point of the whole job: every rank logs as many as this one
+        _print_delta(f"aggregator {k}", ak[k], bk[k], points * world, seconds)
     run.stop(60)
 
 

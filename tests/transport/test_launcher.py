@@ -93,6 +93,49 @@ def test_an_aggregator_that_keeps_dying_before_ready_fails_init_run_after_the_bu
     assert not [d for d in private_dir().glob("run-*") if _owned_by(d, os.getpid())], "socket directory left behind"
 
 
+def _wake_ups(tid: int) -> int:
+    """A thread's voluntary context switches so far: each time it slept and was woken."""
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for thread {tid}")
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfds are Linux's")
+def test_the_supervisor_sleeps_while_the_aggregator_runs_and_restarts_it_when_killed(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, "coordinator")
+    with coordinator.init_run(settings=coordinator.Settings(max_aggregator_restarts=1)) as run:
+        [sup] = [t for t in threading.enumerate() if t.name == "coordinator-supervisor"]
+        assert sup.native_id is not None
+        for s in range(100):
+            run.log({"x": float(s)}, step=s)
+        before = _wake_ups(sup.native_id)
+        time.sleep(1.0)
+        woke = _wake_ups(sup.native_id) - before
+        assert woke <= 1, f"the supervisor woke up {woke} times in 1 s while the aggregator ran (it polled)"
+        assert run._agg is not None
+        first = run._agg.pid
+        assert first is not None
+        os.kill(first, 9)
+        deadline = time.monotonic() + 60
+        while run._agg.pid in (first, None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run._agg.pid not in (first, None), "the killed aggregator was not restarted"
+        for s in range(100, 200):
+            run.log({"x": float(s)}, step=s)
+        run.wait(60)
+    assert "died (exit code -9); restarting it (1/1)" in caplog.text
+    [info] = list_runs(store_dir)
+    assert info.state == "finished", info.report
+    st = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert [s for s, _ in st.values("x", 0)] == list(range(200))
+    finally:
+        st.close()
+
+
 def _owned_by(d: Path, pid: int) -> bool:
     try:
         return (d / OWNERS_FILE).read_text().split()[0] == str(pid)
