@@ -9,7 +9,8 @@ that changes the result fails here. CPU time (``time.process_time``) per point a
 repeats. Each shape runs key by key (``add``, ``emit``: the per-key path) and as blocks (a rank's
 100 keys as one ``add_block`` with a keys x steps numpy matrix, ``emit_blocks``: the key-group
 path the aggregator takes for a dict logged at a step).
-Usage: ``python -m benchmarks.reducer [--repeats 5] [--seconds 1.0]``.
+Usage: ``python -m benchmarks.reducer [--repeats 5] [--seconds 1.0] [--keys 100]`` (``--keys 10``: the
+shapes with 10 keys, where the per-step work weighs ten times more per point).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from coordinator.core.policies import PolicyTable
 __all__ = ["main", "measure"]
 
 
-def measure(ranks: int, keys: int, steps_per_window: float, seconds: float, *, blocks: bool = False) -> float:
+def measure(
+    ranks: int, keys: int, steps_per_window: float, seconds: float, *, blocks: bool = False, emit_every: int = 1
+) -> float:
     """CPU µs per point added (add + emit), over about ``seconds`` of windows; checks every group."""
     red = Reducer(ranks, PolicyTable({}, "mean"), group_timeout_s=60.0)
     names = [f"train/metric_{i:03d}" for i in range(keys)]
@@ -38,7 +41,8 @@ def measure(ranks: int, keys: int, steps_per_window: float, seconds: float, *, b
     emitted = 0
     t_end = time.process_time() + seconds
     t0 = time.process_time()
-    while time.process_time() < t_end:
+    window = 0
+    while time.process_time() < t_end or window % emit_every:
         carry += steps_per_window
         n = int(carry)
         carry -= n
@@ -52,6 +56,9 @@ def measure(ranks: int, keys: int, steps_per_window: float, seconds: float, *, b
                 red.add(k, r, steps, vals, 1.0)
         points += ranks * keys * n
         step += n
+        window += 1
+        if window % emit_every:
+            continue
         out, emitted_blocks = red.emit_blocks(1.0)
         for b in emitted_blocks:
             want = np.array(b.steps, dtype=np.float64) + (ranks - 1) / 2
@@ -74,6 +81,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--keys", type=int, default=100, help="keys per rank and window (logged together)")
+    ap.add_argument("--emit-every", type=int, default=1, help="windows per emit (the aggregator: ~5 paced, 1 MiB bulk)")
     a = ap.parse_args()
     for name, per_window, blocks in (
         ("paced", 2.5, False),
@@ -81,7 +90,9 @@ def main() -> None:
         ("bulk", 500.0, False),
         ("bulk, blocks", 500.0, True),
     ):
-        runs = [measure(4, 100, per_window, a.seconds, blocks=blocks) for _ in range(a.repeats)]
+        runs = [
+            measure(4, a.keys, per_window, a.seconds, blocks=blocks, emit_every=a.emit_every) for _ in range(a.repeats)
+        ]
         print(f"{name}: {statistics.median(runs):.3f} µs CPU per point (runs: {', '.join(f'{x:.3f}' for x in runs)})")
 
 

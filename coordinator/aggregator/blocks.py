@@ -3,13 +3,14 @@
 A rank that logs ``run.log({...}, step=s)`` sends one chunk per key with the same steps; the
 wire decoder hands such a run of keys over as a *block* (one steps array, a keys x steps values
 matrix). While every rank logs the same tuple of keys as blocks, in increasing steps, the
-reducer keeps the tuple as one :class:`KeyGroup`: its pending steps are held once for all its
-keys (step -> rank -> a column of a block), and an emit reduces every key of the emitted steps
-with numpy at once. The group's state is exactly what each key's per-key state would be (every
-key has the same steps from the same ranks), so anything the group does not handle — a repeat,
-a late point, a step below the rank's last, a key logged alone or in another tuple, a rewind —
-first turns it into per-key states (:meth:`KeyGroup.split`) and goes on the per-key path: a
-group never changes a result, it only computes it with fewer Python operations.
+reducer keeps the tuple as one :class:`KeyGroup`: it holds the blocks themselves, once for all
+its keys and with no work per step on arrival, and an emit lines up the steps of every pending
+block and reduces every key of the emitted steps with numpy at once. The group's state is
+exactly what each key's per-key state would be (every key has the same steps from the same
+ranks), so anything the group does not handle — a repeat, a late point, a step below the
+rank's last, a key logged alone or in another tuple, a rewind — first turns it into per-key
+states (:meth:`KeyGroup.split`) and goes on the per-key path: a group never changes a result,
+it only computes it with fewer Python operations.
 
 Sums are correctly rounded, as :func:`math.fsum` is (:func:`exact_sums`): a vectorised
 error-free summation whose result is certified per element, with ``math.fsum`` for the rare
@@ -22,7 +23,6 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 from itertools import pairwise
 from typing import Any
 
@@ -105,31 +105,47 @@ class EmittedBlock:
     counts: array[int]
 
 
-Column = tuple[Matrix, int]
-"""A block's values matrix and one of its columns: the values of one step for every key of a group."""
+@dataclass(slots=True, eq=False)
+class _Segment:
+    """One block a rank added to a group: its steps (increasing), its keys x steps values, when it came."""
+
+    steps: npt.NDArray[np.int64]
+    values: Matrix
+    created: float
 
 
-def _copy_run(v: np.ndarray[Any, Any], mask: np.ndarray[Any, Any], rank: int, run: list[Any]) -> None:
-    """Copy one run (matrix, first j, first column, length) of ``rank``'s columns into ``v`` and mark it in ``mask``."""
-    mat, j, col, n = run
-    v[:, j : j + n, rank] = mat[:, col : col + n]
-    mask[j : j + n, rank] = True
+@dataclass(slots=True, eq=False)
+class _Emitted:
+    """Steps a group emitted, kept for repeats: steps x ranks values of every key, and who contributed."""
+
+    steps: npt.NDArray[np.int64]
+    values: Matrix
+    """keys x steps x ranks (absent entries 0.0)."""
+    mask: npt.NDArray[np.bool_]
+    """steps x ranks: which rank contributed to which step."""
 
 
 @dataclass(slots=True, eq=False)
 class KeyGroup:
-    """The shared reducer state of a tuple of keys every rank logs together (see the module doc)."""
+    """The shared reducer state of a tuple of keys every rank logs together (see the module doc).
+
+    A rank's pending points are the blocks it added, as they came (:class:`_Segment`: no work per
+    step on arrival); an emit gathers the steps of every pending block with a fixed number of numpy
+    calls, whatever the number of steps and ranks, so a rank that sends thousands of steps per
+    batch costs no more Python per batch than one that sends two.
+    """
 
     keys: tuple[str, ...]
     policies: tuple[str, ...]
     world: int
     first_seen: float
-    pending: dict[int, tuple[float, dict[int, Column]]] = field(default_factory=dict)
-    heap: list[int] = field(default_factory=list)
+    segments: list[_Segment] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    """The rank of each pending segment (same order as :attr:`segments`)."""
     maxstep: dict[int, int] = field(default_factory=dict)
     settled: bool = False
     emitted_upto: int = -1
-    recent: deque[tuple[int, dict[int, Column]]] = field(default_factory=deque)
+    recent: deque[_Emitted] = field(default_factory=deque)
     """The latest emitted steps (oldest first), bounded as a key's ``recent`` is."""
     recent_entries: int = 0
 
@@ -141,23 +157,28 @@ class KeyGroup:
         return len(steps) == 1 or all(a < b for a, b in pairwise(steps))
 
     def add(self, rank: int, steps: array[int], values: Matrix, now: float) -> None:
-        """Add one rank's block (``fits`` must have said yes): one dict operation per step."""
-        pending = self.pending
-        heap = self.heap
-        for col, s in enumerate(steps):
-            cg = pending.get(s)
-            if cg is None:
-                pending[s] = (now, {rank: (values, col)})
-                heappush(heap, s)
-            else:
-                cg[1][rank] = (values, col)
+        """Add one rank's block (``fits`` must have said yes): kept as it is until an emit."""
+        self.segments.append(_Segment(np.array(steps, dtype=np.int64), values, now))
+        self.ranks.append(rank)
         self.maxstep[rank] = steps[-1]
+
+    def pending_steps(self) -> int:
+        """Distinct steps waiting to be emitted."""
+        if not self.segments:
+            return 0
+        return len(np.unique(np.concatenate([g.steps for g in self.segments])))
 
     def emit(
         self, now: float, done: set[int], world: frozenset[int], timeout: float, force: bool
     ) -> EmittedBlock | None:
-        """Emit the group's complete or timed-out steps (the per-key rule, applied once for all keys)."""
-        if not self.pending:
+        """Emit the group's complete or timed-out steps (the per-key rule, applied once for all keys).
+
+        A step is emitted, in step order, while it is complete (every rank not done has logged past
+        it), its first point came ``timeout`` ago, or ``force``; the first step that is none of
+        these ends the emit (as the per-key heap does).
+        """
+        segs = self.segments
+        if not segs:
             return None
         if not self.settled and (world <= (done | self.maxstep.keys()) or now - self.first_seen >= timeout):
             self.settled = True
@@ -168,81 +189,120 @@ class KeyGroup:
             wm = min([m for r, m in self.maxstep.items() if r not in done], default=math.inf)
         else:
             wm = min(self.maxstep.values(), default=math.inf)
-        limit = now - timeout
-        pending = self.pending
-        heap = self.heap
-        out: list[tuple[int, dict[int, Column]]] = []
-        while heap:
-            s = heap[0]
-            cg = pending.get(s)
-            if cg is None:
-                heappop(heap)
-                continue
-            created, g = cg
-            if not (force or s <= wm or created <= limit):
-                break
-            heappop(heap)
-            del pending[s]
-            out.append((s, g))
-            self.emitted_upto = s
-            self.recent.append((s, g))
-            self.recent_entries += len(g)
-        while self.recent_entries > RECENT_ENTRIES and len(self.recent) > 1:
-            self.recent_entries -= len(self.recent.popleft()[1])
-        return self._reduce(out) if out else None
-
-    def _reduce(self, out: list[tuple[int, dict[int, Column]]]) -> EmittedBlock:
-        k, m = len(self.keys), len(out)
+        lengths = [len(g.steps) for g in segs]
+        if len(segs) == 1:
+            steps, values = segs[0].steps, segs[0].values
+        else:
+            steps = np.concatenate([g.steps for g in segs])
+            values = np.concatenate([g.values for g in segs], axis=1)
+        # Segments are in arrival order: a step's first occurrence is its first point (its age).
+        uniq, first, where = np.unique(steps, return_index=True, return_inverse=True)
+        if force:
+            m = len(uniq)
+        else:
+            created = np.repeat(np.array([g.created for g in segs]), lengths)[first]
+            ok = (uniq <= wm) | (created <= now - timeout)
+            m = len(uniq) if ok.all() else int(np.argmin(ok))
+        if m == 0:
+            return None
+        last = int(uniq[m - 1])
+        k = len(self.keys)
         v = np.zeros((k, m, self.world))
         mask = np.zeros((m, self.world), dtype=bool)
-        steps = array("q")
-        counts = array("i")
-        low = np.empty(m, dtype=np.intp)
-        # A rank's consecutive steps from one block are consecutive columns of its matrix: copy
-        # each such run with one slice, not one numpy call (~1 µs) per step and rank.
-        runs: dict[int, list[Any]] = {}  # rank -> [matrix, first j, first column, length] of its open run
-        for j, (s, g) in enumerate(out):
-            steps.append(s)
-            counts.append(len(g))
-            low[j] = min(g)
-            for r, (mat, col) in g.items():
-                run = runs.get(r)
-                if run is not None and run[0] is mat and run[1] + run[3] == j and run[2] + run[3] == col:
-                    run[3] += 1
-                    continue
-                if run is not None:
-                    _copy_run(v, mask, r, run)
-                runs[r] = [mat, j, col, 1]
-        for r, run in runs.items():
-            _copy_run(v, mask, r, run)
+        rank_of = np.repeat(np.array(self.ranks), lengths)
+        if m == len(uniq):
+            v[:, where, rank_of] = values
+            mask[where, rank_of] = True
+            kept_segs: list[_Segment] = []
+            kept_ranks: list[int] = []
+        else:
+            sel = where < m
+            v[:, where[sel], rank_of[sel]] = values[:, sel]
+            mask[where[sel], rank_of[sel]] = True
+            kept_segs, kept_ranks = [], []
+            for g, r in zip(segs, self.ranks, strict=True):  # what is left: each segment's tail
+                if g.steps[-1] > last:
+                    cut = int(np.searchsorted(g.steps, last, side="right"))
+                    kept_segs.append(_Segment(g.steps[cut:], g.values[:, cut:], g.created))
+                    kept_ranks.append(r)
+        self.segments, self.ranks = kept_segs, kept_ranks
+        self.emitted_upto = last
+        self._remember(_Emitted(uniq[:m], v, mask))
+        return self._reduce(uniq[:m], v, mask)
+
+    def _remember(self, e: _Emitted) -> None:
+        """Keep ``e`` for repeats; drop the oldest steps past :data:`RECENT_ENTRIES` (never the last step)."""
+        self.recent.append(e)
+        self.recent_entries += int(e.mask.sum())
+        while self.recent_entries > RECENT_ENTRIES:
+            first = self.recent[0]
+            per_step = first.mask.sum(axis=1)
+            if len(self.recent) == 1 and len(first.steps) == 1:
+                return
+            # Drop whole leading steps while the rest still holds more than the bound (or just
+            # enough that dropping the next would leave nothing): as the per-key trim does.
+            drop = 0
+            entries = self.recent_entries
+            limit = len(first.steps) - (1 if len(self.recent) == 1 else 0)
+            while drop < limit and entries > RECENT_ENTRIES:
+                entries -= int(per_step[drop])
+                drop += 1
+            self.recent_entries = entries
+            if drop == len(first.steps):
+                self.recent.popleft()
+            else:
+                # Copies: the kept steps are few, and a view would keep a whole emit's matrix alive.
+                self.recent[0] = _Emitted(
+                    first.steps[drop:].copy(), first.values[:, drop:].copy(), first.mask[drop:].copy()
+                )
+                return
+
+    def _reduce(self, steps: npt.NDArray[np.int64], v: Matrix, mask: npt.NDArray[np.bool_]) -> EmittedBlock:
+        counts_np = mask.sum(axis=1).astype(np.int32)
         pols = self.policies
         values = exact_sums(v, mask)
         means = [i for i, p in enumerate(pols) if p in ("mean", "all")]
-        if len(means) == k:
-            values /= np.frombuffer(counts, dtype=np.int32)
+        if len(means) == len(pols):
+            values /= counts_np
         elif means:
-            values[means] /= np.frombuffer(counts, dtype=np.int32)
+            values[means] /= counts_np
         firsts = [i for i, p in enumerate(pols) if p == "rank0"]
         if firsts:
-            values[firsts] = v[firsts][:, np.arange(m), low]
-        return EmittedBlock(self.keys, steps, values, counts)
+            low = np.argmax(mask, axis=1)  # the smallest rank present in each step
+            values[firsts] = v[firsts][:, np.arange(len(steps)), low]
+        return EmittedBlock(self.keys, array("q", steps.tobytes()), values, array("i", counts_np.tobytes()))
 
     def split(self) -> list[dict[str, Any]]:
         """Per key, the fields of its per-key reducer state equal to this group's (same order as ``keys``)."""
+        pend: dict[int, tuple[float, dict[int, tuple[Matrix, int]]]] = {}
+        for g, r in zip(self.segments, self.ranks, strict=True):
+            for col, s in enumerate(g.steps.tolist()):
+                cg = pend.get(s)
+                if cg is None:
+                    pend[s] = (g.created, {r: (g.values, col)})
+                else:
+                    cg[1][r] = (g.values, col)
+                    if g.created < cg[0]:
+                        pend[s] = (g.created, cg[1])
+        order = sorted(pend)
+        recent: list[tuple[int, list[tuple[int, int, _Emitted]]]] = []
+        for e in self.recent:
+            for j, s in enumerate(e.steps.tolist()):
+                recent.append((s, [(r, j, e) for r in np.flatnonzero(e.mask[j]).tolist()]))
         out: list[dict[str, Any]] = []
-        recent = list(self.recent)
-        pend = list(self.pending.items())
         for i, policy in enumerate(self.policies):
             out.append(
                 {
                     "policy": policy,
                     "first_seen": self.first_seen,
-                    "pending": {s: (c, {r: float(m[i, col]) for r, (m, col) in g.items()}) for s, (c, g) in pend},
-                    "heap": [s for s, _ in pend],
+                    "pending": {
+                        s: (pend[s][0], {r: float(m[i, col]) for r, (m, col) in pend[s][1].items()}) for s in order
+                    },
+                    "heap": list(order),
                     "maxstep": dict(self.maxstep),
                     "settled": self.settled,
                     "emitted_upto": self.emitted_upto,
-                    "recent": {s: {r: float(m[i, col]) for r, (m, col) in g.items()} for s, g in recent},
+                    "recent": {s: {r: float(e.values[i, j, r]) for r, j, e in g} for s, g in recent},
                     "recent_entries": self.recent_entries,
                 }
             )

@@ -429,5 +429,5 @@ class Reducer:
 
     def pending_groups(self) -> int:
         """Groups still waiting for ranks."""
-        grouped = sum(len(g.pending) * len(g.keys) for g in self._groups.values())
+        grouped = sum(g.pending_steps() * len(g.keys) for g in self._groups.values())
         return sum(len(st.pending) for st in self.keys.values()) + grouped

@@ -143,6 +143,48 @@ def test_block_path_equals_per_key_path(chunk: int) -> None:
         _run(seed)
 
 
+@pytest.mark.parametrize("back", [0, 5, 84, 85, 86, 255, 256, 300])
+@pytest.mark.parametrize("length", [1, 7, 400])
+@pytest.mark.parametrize("world", [1, 3])
+def test_long_blocks_and_a_repeat_near_the_recent_bound_equal_the_per_key_path(
+    back: int, length: int, world: int
+) -> None:
+    """Blocks of many steps (a rank logging flat out), emitted in parts and past the bound of
+    recent entries kept for repeats (256: 85 steps of 3 ranks), then one repeat ``back`` steps
+    before the last: the same emitted points, repeat and late counts with key groups as key by key."""
+    table = PolicyTable({"c": "rank0", "d": "sum"}, "mean")
+    new = Reducer(world, table, 60.0)
+    old = Reducer(world, table, 60.0, blocks=False)
+    keys = ("a", "b", "c", "d")
+    rng = random.Random(back * 1000 + length * 10 + world)
+    now = 0.0
+    nxt = dict.fromkeys(range(world), 0)
+    while min(nxt.values()) < 400:
+        for r in range(world):
+            # Ranks cut their batches at different steps: a block covers part of what another
+            # rank sent, and more.
+            n = length + (rng.randint(0, 3) if r else 0)
+            steps = array("q", range(nxt[r], nxt[r] + n))
+            nxt[r] += n
+            vals = np.array([[_value(rng) for _ in steps] for _ in keys])
+            assert new.add_block(keys, r, steps, vals.copy(), now) == old.add_block(
+                keys, r, array("q", steps), vals.copy(), now
+            )
+            now += 0.01
+            assert _dump(new.emit(now)) == _dump(old.emit(now))
+    assert new.groups, "the regular blocks were reduced as a group"
+    assert _dump(new.emit(now, all_keys=True)) == _dump(old.emit(now, all_keys=True))
+    s = min(nxt.values()) - 1 - back  # emitted: every rank logged past it
+    vals = np.array([[_value(rng)] for _ in keys])
+    assert new.add_block(keys, 0, array("q", [s]), vals.copy(), now) == old.add_block(
+        keys, 0, array("q", [s]), vals.copy(), now
+    )
+    assert (new.late_points, new.replaced_points) == (old.late_points, old.replaced_points)
+    assert _dump(new.emit(now)) == _dump(old.emit(now))
+    assert new.pending_groups() == old.pending_groups()
+    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+
+
 def test_regular_blocks_stay_one_group() -> None:
     """A dict logged by every rank at increasing steps is reduced as one group: the fast path is taken."""
     red = Reducer(2, PolicyTable({}, "mean"), 60.0)
