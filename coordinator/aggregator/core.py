@@ -215,7 +215,7 @@ class Aggregator:
                 if snd.resumed:
                     self._maybe_rewind(snd, key, min(steps), now)
             if not snd.superseded:
-                if self.reducer.add(key, rank, steps, values, now) and key not in snd.repeated_keys:
+                if self.reducer.add_series(key, rank, steps, values, now) and key not in snd.repeated_keys:
                     self._warn_repeat(snd, key)
                 if steps:
                     last_steps[key] = steps[-1]

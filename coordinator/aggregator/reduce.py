@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any
 
+import numpy as np
+
 from coordinator.aggregator.blocks import FAST_POLICIES, RECENT_ENTRIES, EmittedBlock, KeyGroup, Matrix
-from coordinator.aggregator.sums import total
+from coordinator.aggregator.sums import MEANS, REDUCERS, total
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
 
@@ -37,13 +39,9 @@ __all__ = ["Emitted", "Reducer"]
 _RECENT_ENTRIES = RECENT_ENTRIES
 
 
-def _mean(g: dict[int, float]) -> float:
-    return total(g.values()) / len(g)
-
-
-def _rank0(g: dict[int, float]) -> float:
-    return g[min(g)]
-
+SERIES_GROUP_FROM = 64
+"""Points in a key's first chunk from which a key logged alone is reduced as a group of one
+(:meth:`Reducer.add_series`)."""
 
 _TRIM_BY_POP = 64
 """Up to this many groups emitted at once, the oldest recent ones are popped one by one; past it,
@@ -60,19 +58,6 @@ def _newest(recent: dict[int, dict[int, float]]) -> tuple[dict[int, dict[int, fl
         kept.append((s, g))
         entries += len(g)
     return dict(reversed(kept)), entries
-
-
-_MEANS = frozenset(("mean", "all"))
-"""Policies whose main value is the mean of the group (:func:`_mean`)."""
-
-_REDUCERS: dict[str, Callable[[dict[int, float]], float]] = {
-    "mean": _mean,
-    "all": _mean,
-    "sum": lambda g: total(g.values()),
-    "min": lambda g: min(g.values()),
-    "max": lambda g: max(g.values()),
-    "rank0": _rank0,
-}
 
 
 @dataclass(slots=True)
@@ -134,6 +119,8 @@ class Reducer:
         self.late_points = 0
         self.replaced_points = 0
         self._touched: set[str] = set()
+        self.series_group_from = SERIES_GROUP_FROM
+        """Points in a key's first chunk from which :meth:`add_series` reduces the key as a group of one."""
 
     def add(self, key: str, rank: int, steps: Iterable[int], values: Iterable[float], now: float) -> int:
         """Add one rank's points for ``key`` (steps in the order the rank logged them).
@@ -179,6 +166,30 @@ class Reducer:
         self._touched.add(key)
         return repeats
 
+    def add_series(self, key: str, rank: int, steps: array[int], values: array[float], now: float) -> int:
+        """:meth:`add` for one key's chunk of a batch; a key a rank logs alone, many points a batch, goes the group way.
+
+        A key whose first chunk holds :attr:`series_group_from` points or more (a rank logging it
+        flat out, one key per call) is reduced as a key group of one (:class:`KeyGroup`: no work
+        per point on arrival, one numpy pass per emit) for as long as its chunks stay regular; a
+        key first seen in short chunks (a paced rank) stays on the per-key path, whose fixed cost
+        per chunk is lower.
+
+        Returns:
+            As :meth:`add`: how many of the points repeat a step the rank already logged.
+        """
+        grp = self.groups.get(key)
+        if grp is None:
+            if len(steps) < self.series_group_from or key in self.keys or not self._new_group((key,), rank, steps, now):
+                return self.add(key, rank, steps, values, now)
+            grp = self.groups[key]
+        if grp.keys != (key,) or not grp.fits(rank, steps):
+            return self.add(key, rank, steps, values, now)  # it turns the group into per-key states first
+        # A copy: the chunk's ``values`` go on to the rank's held points, which may extend them.
+        grp.add(rank, steps, np.array(values, dtype=np.float64).reshape(1, len(values)), now)
+        self._touched_groups[id(grp)] = grp
+        return 0
+
     def add_block(self, keys: tuple[str, ...], rank: int, steps: array[int], values: Matrix, now: float) -> list[str]:
         """Add one rank's points of ``keys`` logged together (``values``: one row per key, a column per step).
 
@@ -199,7 +210,7 @@ class Reducer:
 
     def _new_group(self, keys: tuple[str, ...], rank: int, steps: array[int], now: float) -> bool:
         """Start a group for ``keys`` if none of them is known yet and their policies allow it."""
-        if not self.blocks or len(keys) < 2 or not self.keys.keys().isdisjoint(keys):
+        if not self.blocks or not keys or not self.keys.keys().isdisjoint(keys):
             return False
         if not self.groups.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
             return False
@@ -366,7 +377,7 @@ class Reducer:
             st = self.keys[key]
             e: Emitted | None = None
             if st.reemit:
-                reduce = _REDUCERS[st.policy]
+                reduce = REDUCERS[st.policy]
                 e = out[key] = Emitted()
                 for s in sorted(st.reemit):
                     e.steps.append(s)
@@ -388,8 +399,8 @@ class Reducer:
             else:
                 wm = min(st.maxstep.values(), default=math.inf)
             limit = now - self.group_timeout_s
-            reduce = _REDUCERS[st.policy]
-            mean = st.policy in _MEANS  # the usual policy: reduced inline, no call per group
+            reduce = REDUCERS[st.policy]
+            mean = st.policy in MEANS  # the usual policy: reduced inline, no call per group
             pending = st.pending
             heap = st.heap
             recent = st.recent

@@ -143,6 +143,74 @@ def test_block_path_equals_per_key_path(chunk: int) -> None:
         _run(seed)
 
 
+def _run_series(seed: int) -> None:
+    rng = random.Random(seed)
+    world = rng.choice([1, 2, 3, 4])
+    table = PolicyTable({"y": rng.choice(["mean", "sum", "rank0", "max", "all"])}, rng.choice(["mean", "sum"]))
+    timeout = rng.choice([3.0, 50.0])
+    new = Reducer(world, table, timeout)
+    new.series_group_from = rng.choice([1, 2, 4, 64])
+    old = Reducer(world, table, timeout, blocks=False)
+    last = dict.fromkeys(range(world), -1)
+    odd = rng.choice([0.0, 0.02, 0.25])
+    now = 0.0
+    for _ in range(rng.randint(20, 120)):
+        op = rng.random()
+        if op < 0.65:
+            rank = rng.randrange(world)
+            key = rng.choice("xyz")
+            if rng.random() < 0.2:  # a rank logging flat out: a long chunk
+                steps = list(range(last[rank] + 1, last[rank] + 1 + rng.randint(50, 200)))
+            else:
+                steps = _steps(rng, last[rank], max(0, min(last.values())), odd)
+            last[rank] = max(last[rank], *steps)
+            vals = [_value(rng) for _ in steps]
+            got = new.add_series(key, rank, array("q", steps), array("d", vals), now)
+            assert got == old.add(key, rank, steps, vals, now)
+        elif op < 0.7:
+            rank = rng.randrange(world)
+            new.rank_done(rank)
+            old.rank_done(rank)
+        elif op < 0.73:
+            rank = rng.randrange(world)
+            new.rank_back(rank)
+            old.rank_back(rank)
+        elif op < 0.75:
+            key, rank, step = rng.choice("xyz"), rng.randrange(world), rng.randint(0, max(0, last[0]))
+            new.rewind(key, rank, step)
+            old.rewind(key, rank, step)
+        else:
+            now += rng.choice([0.0, 0.5, 1.0, 4.0])
+            force = rng.random() < 0.05
+            all_keys = rng.random() < 0.3
+            assert _dump(new.emit(now, force=force, all_keys=all_keys)) == _dump(
+                old.emit(now, force=force, all_keys=all_keys)
+            )
+        assert (new.late_points, new.replaced_points) == (old.late_points, old.replaced_points)
+        assert new.pending_groups() == old.pending_groups()
+        for k in "xyz":
+            for r in range(world):
+                assert new.maxstep(k, r) == old.maxstep(k, r)
+    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+
+
+@pytest.mark.parametrize("chunk", range(5))
+def test_a_key_logged_alone_as_a_group_of_one_equals_the_per_key_path(chunk: int) -> None:
+    """Seeded random sequences of single-key chunks, long (a rank logging flat out) and short,
+    with repeats, late and unordered steps, rank done/back, rewinds and emits: the same emitted
+    points and counters whether a key first seen in a long chunk is reduced as a group of one
+    (``add_series``) or key by key."""
+    for seed in range(chunk * 60, chunk * 60 + 60):
+        _run_series(seed)
+
+
+def test_a_key_first_seen_in_a_long_chunk_is_a_group_of_one_and_a_short_one_is_not() -> None:
+    red = Reducer(2, PolicyTable({}, "mean"), 60.0)
+    red.add_series("fast", 0, array("q", range(100)), array("d", [1.0] * 100), 0.0)
+    red.add_series("paced", 0, array("q", range(3)), array("d", [1.0] * 3), 0.0)
+    assert set(red.groups) == {"fast"} and set(red.keys) == {"paced"}
+
+
 @pytest.mark.parametrize("back", [0, 5, 84, 85, 86, 255, 256, 300])
 @pytest.mark.parametrize("length", [1, 7, 400])
 @pytest.mark.parametrize("world", [1, 3])
