@@ -20,7 +20,7 @@ from coordinator.aggregator.pieces import Pieces
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import ChunkRow
 
-__all__ = ["RANK_HOLD_POINTS", "RANK_HOLD_S", "RankHold"]
+__all__ = ["RANK_HOLD_POINTS", "RANK_HOLD_S", "RANK_STAGE_MAX_POINTS", "RankHold"]
 
 RANK_HOLD_S = 1.0
 """Longest time staged rank points are held before they are written as chunks (how late a
@@ -28,6 +28,11 @@ read-only reader of a live run may see them)."""
 RANK_HOLD_POINTS = 250_000
 """Held rank points that make the hold write at once: bounds its memory (16 bytes a point, about
 4 MB) and what a writer reads back from the staging log after a crash."""
+RANK_STAGE_MAX_POINTS = 65_536
+"""A round with this many rank points or more is not staged: it is written as chunk rows at once,
+with what is held. Its rows are large anyway (the ranks log flat out), and a staged copy would be
+written, then deleted (SQLite frees every overflow page of its blob) and written again as chunks:
+at 10 keys per call that was a third of the aggregator's time."""
 
 
 class RankHold:

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.aggregator import Aggregator
 from coordinator.aggregator.pieces import Pieces, split_block
-from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S, RankHold
+from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S, RANK_STAGE_MAX_POINTS, RankHold
 from coordinator.errors import SinkError
 from coordinator.journal.records import ChunkRow, StagedBlock
 from coordinator.journal.store import MAIN_RANK, LocalStore
@@ -74,13 +74,34 @@ def test_a_commit_without_stage_writes_what_is_held(tmp_path: Path) -> None:
 
 def test_a_large_hold_is_written_at_once(tmp_path: Path) -> None:
     a = _two_ranks(tmp_path)
-    half = RANK_HOLD_POINTS // 2
-    batch(a, 0, 1, metrics={"k": {s: 1.0 for s in range(half)}})
+    part = RANK_STAGE_MAX_POINTS - 1  # each round small enough to be staged
+    rounds = RANK_HOLD_POINTS // part + 1
+    for i in range(rounds):
+        r = i % 2
+        seq = i // 2 + 1
+        batch(a, r, seq, metrics={"k": {s: 1.0 for s in range((seq - 1) * part, seq * part)}})
+        a.commit(stage=True, now=100.0)
+        if i < rounds - 1:
+            assert _staged_rows(a.store) == i + 1 and _rank_rows(a.store) == []
+    # the bound is reached with the last round: no waiting for RANK_HOLD_S
+    assert _staged_rows(a.store) == 0 and sum(n for *_, n in _rank_rows(a.store)) == rounds * part
+    a.finalize()
+
+
+def test_a_large_round_is_written_as_chunks_at_once_with_what_is_held(tmp_path: Path) -> None:
+    """A round of RANK_STAGE_MAX_POINTS rank points or more (ranks logging flat out) is not staged."""
+    a = _two_ranks(tmp_path)
+    batch(a, 0, 1, metrics={"k": {0: 1.0, 1: 1.0}})
     a.commit(stage=True, now=100.0)
-    assert _staged_rows(a.store) == 1
-    batch(a, 1, 1, metrics={"k": {s: 1.0 for s in range(half)}})
-    a.commit(stage=True, now=100.0)  # the bound is reached with this round: no waiting for RANK_HOLD_S
-    assert _rank_rows(a.store) == [("k", 0, 1, 1, half), ("k", 1, 1, 1, half)] and _staged_rows(a.store) == 0
+    assert _staged_rows(a.store) == 1, "a small round is staged"
+    big = RANK_STAGE_MAX_POINTS
+    batch(a, 0, 2, metrics={"k": {s: 2.0 for s in range(2, 2 + big)}})
+    a.commit(stage=True, now=100.05)
+    assert _rank_rows(a.store) == [("k", 0, 1, 2, big + 2)] and _staged_rows(a.store) == 0
+    batch(a, 1, 1, metrics={"k": {s: 3.0 for s in range(big)}})
+    a.commit(stage=True, now=100.1)  # nothing held: the round alone, as chunk rows
+    assert _rank_rows(a.store)[-1] == ("k", 1, 1, 1, big) and _staged_rows(a.store) == 0
+    assert a.store.values("k", 0) == [(0, 1.0), (1, 1.0)] + [(s, 2.0) for s in range(2, 2 + big)]
     a.finalize()
 
 
