@@ -28,7 +28,7 @@ import numpy as np
 from coordinator.aggregator.blocks import EmittedBlock, Matrix
 from coordinator.aggregator.counters import Counters
 from coordinator.aggregator.pieces import Pieces
-from coordinator.aggregator.rankhold import RANK_STAGE_MAX_POINTS, RankHold
+from coordinator.aggregator.rankhold import RankHold, write_at_once
 from coordinator.aggregator.reduce import Emitted
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
@@ -105,7 +105,7 @@ class Outbox:
         """Commit the open transaction with the counters as they stand.
 
         The round's rank chunks are staged (one staging-log row, then held) when ``stage`` is
-        set, the hold is not due and the round holds fewer than ``RANK_STAGE_MAX_POINTS``;
+        set, the hold is not due and the round is not large (``rankhold.write_at_once``);
         otherwise they and everything held are written as chunk rows and the staging log
         emptied, in this transaction (*materialized*).
 
@@ -120,7 +120,7 @@ class Outbox:
         """
         pieces = self.rows
         hold = self.ranks
-        stage = stage and pieces.points < RANK_STAGE_MAX_POINTS  # a large round: chunk rows at once
+        stage = stage and not write_at_once(pieces)  # a large round of large rows: chunk rows at once
         materialize = bool(hold) and (not stage or hold.due(now, pieces.points))
         if self.txn.empty() and not pieces and not materialize:
             return

@@ -20,7 +20,14 @@ from coordinator.aggregator.pieces import Pieces
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.store import ChunkRow
 
-__all__ = ["RANK_HOLD_POINTS", "RANK_HOLD_S", "RANK_STAGE_MAX_POINTS", "RankHold"]
+__all__ = [
+    "RANK_HOLD_POINTS",
+    "RANK_HOLD_S",
+    "RANK_ROW_MIN_POINTS",
+    "RANK_STAGE_MAX_POINTS",
+    "RankHold",
+    "write_at_once",
+]
 
 RANK_HOLD_S = 1.0
 """Longest time staged rank points are held before they are written as chunks (how late a
@@ -29,10 +36,20 @@ RANK_HOLD_POINTS = 250_000
 """Held rank points that make the hold write at once: bounds its memory (16 bytes a point, about
 4 MB) and what a writer reads back from the staging log after a crash."""
 RANK_STAGE_MAX_POINTS = 65_536
-"""A round with this many rank points or more is not staged: it is written as chunk rows at once,
-with what is held. Its rows are large anyway (the ranks log flat out), and a staged copy would be
-written, then deleted (SQLite frees every overflow page of its blob) and written again as chunks:
-at 10 keys per call that was a third of the aggregator's time."""
+"""A round with this many rank points or more, in rows of :data:`RANK_ROW_MIN_POINTS` points or more
+on average, is not staged: it is written as chunk rows at once, with what is held. Its rows are
+large anyway (a few ranks logging flat out), and a staged copy would be written, then deleted
+(SQLite frees every overflow page of its blob) and written again as chunks: at 10 keys per call
+that was a third of the aggregator's time. A large round of many short series (a thousand
+senders) is staged: that is what staging is for."""
+RANK_ROW_MIN_POINTS = 256
+"""Average points per (key, rank) series of a round from which its chunk rows count as large."""
+
+
+def write_at_once(pieces: Pieces) -> bool:
+    """Whether a round's rank ``pieces`` are written as chunk rows at once instead of staged (see above)."""
+    n = pieces.points
+    return n >= RANK_STAGE_MAX_POINTS and n >= RANK_ROW_MIN_POINTS * sum(map(len, pieces.owner.values()))
 
 
 class RankHold:

@@ -11,7 +11,13 @@ import pytest
 
 from coordinator.aggregator import Aggregator
 from coordinator.aggregator.pieces import Pieces, split_block
-from coordinator.aggregator.rankhold import RANK_HOLD_POINTS, RANK_HOLD_S, RANK_STAGE_MAX_POINTS, RankHold
+from coordinator.aggregator.rankhold import (
+    RANK_HOLD_POINTS,
+    RANK_HOLD_S,
+    RANK_ROW_MIN_POINTS,
+    RANK_STAGE_MAX_POINTS,
+    RankHold,
+)
 from coordinator.errors import SinkError
 from coordinator.journal.records import ChunkRow, StagedBlock
 from coordinator.journal.store import MAIN_RANK, LocalStore
@@ -102,6 +108,17 @@ def test_a_large_round_is_written_as_chunks_at_once_with_what_is_held(tmp_path: 
     a.commit(stage=True, now=100.1)  # nothing held: the round alone, as chunk rows
     assert _rank_rows(a.store)[-1] == ("k", 1, 1, 1, big) and _staged_rows(a.store) == 0
     assert a.store.values("k", 0) == [(0, 1.0), (1, 1.0)] + [(s, 2.0) for s in range(2, 2 + big)]
+    a.finalize()
+
+
+def test_a_large_round_of_many_short_series_is_staged(tmp_path: Path) -> None:
+    """A round as large, spread over series of fewer than RANK_ROW_MIN_POINTS points (a thousand senders)."""
+    a = _two_ranks(tmp_path)
+    per = RANK_ROW_MIN_POINTS - 1
+    keys = RANK_STAGE_MAX_POINTS // per + 1
+    batch(a, 0, 1, metrics={f"k{i}": {s: 1.0 for s in range(per)} for i in range(keys)})
+    a.commit(stage=True, now=100.0)
+    assert _staged_rows(a.store) == 1 and _rank_rows(a.store) == []
     a.finalize()
 
 
