@@ -225,13 +225,18 @@ class Reducer:
         return True
 
     def _split(self, grp: KeyGroup) -> None:
-        """Turn ``grp`` into the per-key states it stands for (the per-key path takes over its keys)."""
+        """Turn ``grp`` into the per-key states it stands for (the per-key path takes over its keys).
+
+        Its keys are looked at by the next emit if the group would have been (it took points since
+        the last emit), as the per-key path would look at them; a timeout waits for a sweep either way.
+        """
+        touched = self._touched_groups.pop(id(grp), None) is not None
         for key, fields in zip(grp.keys, grp.split(), strict=True):
             del self.groups[key]
             st = self.keys[key] = _KeyState(**fields)
             heapify(st.heap)
-            self._touched.add(key)
-        self._touched_groups.pop(id(grp), None)
+            if touched:
+                self._touched.add(key)
         del self._groups[id(grp)]
 
     def maxstep(self, key: str, rank: int) -> int | None:
@@ -312,6 +317,7 @@ class Reducer:
         st = self.keys.get(key)
         if st is None:
             return
+        self._touched.add(key)  # its groups changed: the next emit looks at it (as a split key's)
         if step <= st.emitted_upto:
             st.emitted_upto = step - 1
         for s in [s for s in st.recent if s >= step]:
