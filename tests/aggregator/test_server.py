@@ -6,31 +6,28 @@ import json
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 
 _PROBE = """
 import json, logging, resource, sys
+world, soft, hard = map(int, sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # the limits a launcher gave the process
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 from coordinator.aggregator.server import ensure_fd_limit
-got = ensure_fd_limit(int(sys.argv[1]))
+got = ensure_fd_limit(world)
 print(json.dumps([got, *resource.getrlimit(resource.RLIMIT_NOFILE)]))
 """
 
 
-def _limited(soft: int, hard: int) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    return apply
-
-
 def _probe(world: int, soft: int, hard: int) -> tuple[list[int], str]:
-    """ensure_fd_limit(world) in a child started under (soft, hard): (returned, soft, hard) and its stderr."""
+    """ensure_fd_limit(world) in a child under (soft, hard): (returned, soft, hard) and its stderr.
+
+    The child sets its own limits first: a ``preexec_fn`` would run between fork and exec of this
+    multithreaded test process, which is not safe (a CI run once failed there with EBADF).
+    """
     p = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(world)],
-        preexec_fn=_limited(soft, hard),
+        [sys.executable, "-c", _PROBE, str(world), str(soft), str(hard)],
         capture_output=True,
         text=True,
         timeout=60,
