@@ -274,16 +274,11 @@ class KeyGroup:
 
     def split(self) -> list[dict[str, Any]]:
         """Per key, the fields of its per-key reducer state equal to this group's (same order as ``keys``)."""
+        # Segments are in arrival order: a step's first segment gives its age, as in emit().
         pend: dict[int, tuple[float, dict[int, tuple[Matrix, int]]]] = {}
         for g, r in zip(self.segments, self.ranks, strict=True):
             for col, s in enumerate(g.steps.tolist()):
-                cg = pend.get(s)
-                if cg is None:
-                    pend[s] = (g.created, {r: (g.values, col)})
-                else:
-                    cg[1][r] = (g.values, col)
-                    if g.created < cg[0]:
-                        pend[s] = (g.created, cg[1])
+                pend.setdefault(s, (g.created, {}))[1][r] = (g.values, col)
         order = sorted(pend)
         recent: list[tuple[int, list[tuple[int, int, _Emitted]]]] = []
         for e in self.recent:
