@@ -7,7 +7,7 @@ many ZeroMQ DEALER sockets and speak the coordinator's wire protocol
 (``coordinator.transport.wire``) exactly as a rank's sender thread does — HELLO, numbered columnar
 BATCHes with a bounded window of unacknowledged batches, BYE — so the aggregator cannot tell
 them from real ranks, while 1024 of them fit on two cores (a real ``Run`` is a thread, a
-ZeroMQ context and a 5 ms flush timer each).
+ZeroMQ context and a flush timer each). The sender processes are ``benchmarks.scale_sim``.
 
 Every sender has its own rank; each batch carries ``keys`` keys x ``steps_per_batch`` steps
 (fresh, increasing steps; value = step * 8 + rank). After the run every rank's per-key point
@@ -31,185 +31,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sys
 import threading
 import time
 import uuid
-from array import array
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import child_env
-from benchmarks.workers import Worker, emit
+from benchmarks.workers import Worker
 from coordinator.aggregator.counters import PROBLEMS
 
-__all__ = ["Aggregator", "main", "raise_fd_limit", "scale_trial", "sim_main"]
-
-# ============================================================================ sender process
-
-
-def sim_main(cfg: dict[str, Any]) -> int:
-    """``_sim '<json>'``: one process of simulated senders (ranks ``rank0``..``rank1``-1), over stdin/stdout."""
-    import zmq
-
-    from coordinator.transport import wire
-
-    run_id, endpoint, world = cfg["run_id"], cfg["endpoint"], cfg["world"]
-    ranks = list(range(cfg["rank0"], cfg["rank1"]))
-    keys = [f"sim/m{j:02d}" for j in range(cfg["keys"])]
-    spb = cfg["steps_per_batch"]
-    batches = cfg["batches"]  # per sender; 0 with a duration: until the duration ends
-    duration = cfg.get("duration")
-    rate = cfg.get("rate")  # batches per second per sender (None: as fast as the window allows)
-    window = cfg["window"]
-    ctx = zmq.Context()
-    # libzmq's default is 1023 sockets per context: more senders than that in one process
-    # (``--procs`` small) would fail at socket(); one per sender plus the context's own few.
-    ctx.set(zmq.MAX_SOCKETS, max(1024, len(ranks) + 64))
-    socks: dict[Any, int] = {}
-    by_rank: dict[int, Any] = {}
-    inc = {r: int.from_bytes(os.urandom(7), "big") for r in ranks}
-    poller = zmq.Poller()
-    for r in ranks:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        s.connect(endpoint)
-        socks[s] = r
-        by_rank[r] = s
-        poller.register(s, zmq.POLLIN)
-    hello = {"pid": os.getpid(), "host": socket.gethostname(), "world_size": world, "name": "scale", "project": "bench"}
-    for r, s in by_rank.items():
-        s.send_multipart([wire.encode_envelope(wire.HELLO, run_id, r, inc[r], 0), wire.encode_map(hello)])
-    welcomed: set[int] = set()
-    deadline = time.monotonic() + 120
-    while len(welcomed) < len(ranks):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(welcomed)} of {len(ranks)} senders welcomed")
-        for s, _ in poller.poll(1000):
-            while True:
-                try:
-                    env_b, _body = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                env = wire.decode_envelope(env_b)
-                if env.kind == wire.WELCOME:
-                    welcomed.add(socks[s])
-    emit("READY", {"pid": os.getpid(), "senders": len(ranks)})
-    line = sys.stdin.readline()
-    if not line.startswith("GO "):
-        return 2
-    t_start = float(line.split()[1])
-    while time.monotonic() < t_start:
-        time.sleep(max(0.0, min(0.01, t_start - time.monotonic())))
-    t_stop = None if duration is None else t_start + duration
-    seq = dict.fromkeys(ranks, 0)
-    inflight = dict.fromkeys(ranks, 0)
-    sent_b = dict.fromkeys(ranks, 0)
-    next_at = {r: t_start + (i / max(1, len(ranks))) / rate for i, r in enumerate(ranks)} if rate else {}
-    acked_points = 0
-    acked_batches = 0
-    errors: list[str] = []
-    t_last_ack = t_start
-    lat: list[float] = []
-    sent_at: dict[tuple[int, int], float] = {}
-    ts = time.time()
-
-    def more(r: int) -> bool:
-        if t_stop is not None:
-            return time.monotonic() < t_stop
-        return sent_b[r] < batches
-
-    while True:
-        now = time.monotonic()
-        active = False
-        for r in ranks:
-            if not more(r):
-                continue
-            active = True
-            if inflight[r] >= window or (rate and now < next_at[r]):
-                continue
-            s0 = sent_b[r] * spb
-            st = array("q", range(s0, s0 + spb))
-            vals = array("d", [s * 8.0 + r for s in range(s0, s0 + spb)])
-            payload = wire.encode_batch([(k, st, vals) for k in keys], [], ts)
-            seq[r] += 1
-            by_rank[r].send_multipart(
-                [wire.encode_envelope(wire.BATCH, run_id, r, inc[r], seq[r]), payload], copy=False
-            )
-            sent_at[(r, seq[r])] = now
-            sent_b[r] += 1
-            inflight[r] += 1
-            if rate:
-                next_at[r] += 1.0 / rate
-        if not active and not any(inflight.values()):
-            break
-        if rate:
-            nxt = min((next_at[r] for r in ranks if more(r)), default=now + 0.01)
-            timeout_ms = max(0, min(50, int((nxt - time.monotonic()) * 1000)))
-        else:
-            timeout_ms = 50
-        for s, _ in poller.poll(timeout_ms):
-            r = socks[s]
-            while True:
-                try:
-                    env_b, body = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                env = wire.decode_envelope(env_b)
-                if env.kind == wire.ACK:
-                    inflight[r] -= 1
-                    acked_batches += 1
-                    acked_points += spb * len(keys)
-                    t_last_ack = time.monotonic()
-                    t0 = sent_at.pop((r, env.seq), None)
-                    if t0 is not None and len(lat) < 200_000:
-                        lat.append(t_last_ack - t0)
-                elif env.kind == wire.ERROR:
-                    errors.append(f"rank {r}: {wire.decode_map(body)}"[:300])
-                    inflight[r] -= 1
-        if time.monotonic() > t_start + cfg["timeout"]:
-            errors.append("timed out")
-            break
-    lat.sort()
-    emit(
-        "DONE",
-        {
-            "t_end": t_last_ack,
-            "acked_points": acked_points,
-            "acked_batches": acked_batches,
-            "sent_batches": sum(sent_b.values()),
-            "errors": errors[:5],
-            "n_errors": len(errors),
-            "ack_p50_ms": lat[len(lat) // 2] * 1000 if lat else None,
-            "ack_p99_ms": lat[int(len(lat) * 0.99)] * 1000 if lat else None,
-            "per_rank_points": {str(r): sent_b[r] * spb for r in ranks},
-        },
-    )
-    line = sys.stdin.readline()  # STOP
-    for r, s in by_rank.items():
-        bye = {"undelivered": 0, "accepted": sent_b[r] * spb * len(keys)}
-        s.send_multipart([wire.encode_envelope(wire.BYE, run_id, r, inc[r], 1), wire.encode_map(bye)])
-    closed: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(closed) < len(ranks) and time.monotonic() < deadline:
-        for s, _ in poller.poll(500):
-            while True:
-                try:
-                    env_b, _body = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if wire.decode_envelope(env_b).kind == wire.BYE_ACK:
-                    closed.add(socks[s])
-    for s in by_rank.values():
-        s.close(0)
-    ctx.term()
-    emit("STOPPED", {"closed": len(closed)})
-    return 0
-
+__all__ = ["Aggregator", "main", "raise_fd_limit", "scale_trial"]
 
 # ============================================================================ parent side
 
@@ -459,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "_sim":
         with contextlib.suppress(KeyboardInterrupt):
+            from benchmarks.scale_sim import sim_main
+
             return sim_main(json.loads(argv[1]))
         return 130
     from benchmarks.scale_cli import cli_main
