@@ -7,8 +7,10 @@ sender thread and aggregator process running):
   at a new step (``s`` grows by one every call), 50 steps/s — how a new user logs;
 * ``first call of a step`` / ``the other 99``: the same calls split by their place in the step.
   The first call after the loop's sleep finds the CPU cold (its caches and the lock's memory
-  evicted while the thread slept; on a shared VM also the vCPU's) and takes ~10-25 µs where the
-  others take ~0.5: it is 1 in 100 calls, so it *is* the pattern's p99;
+  evicted while the thread slept; on a shared VM also the vCPU's) and takes ~10-40 µs where the
+  others take ~0.5: it is 1 in 100 calls, so it *is* the pattern's p99. ``disabled, new steps:
+  first call of a step`` is the same loop on a ``mode="disabled"`` run (``log()`` returns at
+  once): the machine's floor for that first call;
 * ``during a flush``: back-to-back scalar ``log()`` calls for a few seconds; each call is
   classified by whether the sender thread was inside a flush (``SenderThread._flush``, wrapped on
   the instance; the library is untouched) when the call started; the rows give those calls only.
@@ -200,6 +202,10 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
         )
         try:
             gil["disabled"].append(_probe(run, seconds, None))
+            # The floor of the first call after the loop's sleep: the same loop on a run that does nothing.
+            lat = _scalar_new_steps(run, seconds)
+            r = latency_summary(array("q", lat[::_KEYS]), overhead_ns)
+            rows.setdefault(("disabled, new steps: first call of a step", 'log({"loss": x}, step=s)'), []).append(r)
         finally:
             run.stop()
     table = latency_table(rows)
