@@ -17,6 +17,10 @@ machine.
 
     python -m benchmarks.rank_threads --seconds 15
 
+``--rate`` and ``--keys`` change the load (``--rate 1 --keys 10``: a run that logs a 10-key dict
+once a second, where the fixed cost of the threads that wake up whether or not anything was
+logged dominates).
+
 Under ``torchrun`` (``python -m torch.distributed.run --standalone --nproc_per_node=4 -m
 benchmarks.rank_threads``) every rank runs the same loop into one run and prints its own threads;
 rank 0 also prints the aggregator's, per point of the whole job (the ranks start within a moment
@@ -121,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the paced loop and print the per-thread CPU per point."""
     ap = argparse.ArgumentParser(prog="benchmarks.rank_threads", description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0, help="measured window (after a 1 s warm-up)")
+    ap.add_argument("--rate", type=float, default=_RATE, help=f"steps per second (default {_RATE:g})")
+    ap.add_argument("--keys", type=int, default=_KEYS, help=f"keys in the dict logged each step (default {_KEYS})")
     args = ap.parse_args(argv)
+    rate, n_keys = args.rate, args.keys
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun: every rank logs into rank 0's run (one store directory for all)
         root = Path(tempfile.gettempdir()) / f"rank-threads-{os.environ.get('MASTER_PORT', 'job')}"
@@ -130,29 +137,29 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tempfile.mkdtemp(prefix="rank-threads-"))
     settings = coordinator.Settings(dir=str(root), handle_sigterm=False, capture_env=False)
     run = coordinator.init_run(project="bench", name="rank-threads", settings=settings)
-    keys = [f"train/m{j:03d}" for j in range(_KEYS)]
+    keys = [f"train/m{j:03d}" for j in range(n_keys)]
     step = 0
 
     def paced(n: int) -> None:
         nonlocal step
         t = time.monotonic()
         for _ in range(n):
-            run.log(dict(zip(keys, [0.5 + j for j in range(_KEYS)], strict=True)), step=step)
+            run.log(dict(zip(keys, [0.5 + j for j in range(n_keys)], strict=True)), step=step)
             step += 1
-            t += 1.0 / _RATE
+            t += 1.0 / rate
             d = t - time.monotonic()
             if d > 0:
                 time.sleep(d)
 
-    paced(int(_RATE))
+    paced(max(1, int(rate)))
     kids = _children()
     a, ak = _threads(), {k: _threads(k) for k in kids}
     t0 = time.monotonic()
-    n = int(args.seconds * _RATE)
+    n = max(1, int(args.seconds * rate))
     paced(n)
     b, bk = _threads(), {k: _threads(k) for k in kids}
     seconds = time.monotonic() - t0
-    points = n * _KEYS
+    points = n * n_keys
     rank = run.rank
     _print_delta(f"rank {rank}" if world > 1 else "rank", a, b, points, seconds)
     for k in kids:  # per point of the whole job: every rank logs as many as this one

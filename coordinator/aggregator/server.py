@@ -293,8 +293,9 @@ class Server:
         commit_failures = 0
         unreduced = 0  # batch bytes read since the last emission
         while True:
-            # Wake up for the next sweep at the latest: it emits (and times out) pending groups.
-            idle_ms = min(50, max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000)))
+            # Wake up for the next sweep at the latest: it emits (and times out) pending groups,
+            # checks liveness and writes what the holds kept. An idle run wakes only for that.
+            idle_ms = max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000))
             if self.replies:  # acks are due at the next group commit
                 idle_ms = max(0, math.ceil((last_commit + self._window_s - time.monotonic()) * 1000))
             events = dict(poller.poll(idle_ms))

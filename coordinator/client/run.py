@@ -255,7 +255,7 @@ class Run:
         """Send a per-key policy override ahead of the keys' first points (slow path)."""
         for path in self._keys.declare_policy(keys, policy):  # each claim is queued before the next
             with self._buf.lock:
-                self._buf.fields.append((path, ("str", policy)))
+                self._buf.add_fields([(path, ("str", policy))])
 
     # ------------------------------------------------------------------ hot-path helpers (lock held)
 
@@ -297,8 +297,8 @@ class Run:
             self._texts.check_fields(items)
             for p, fv in items:
                 self._keys.fields.add(p)
-                b.fields.append((p, fv))
                 self._view.fields[p] = field_from_wire(*fv)
+            b.add_fields(items)
 
     def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]:
         check_key(key, "path")
@@ -314,7 +314,7 @@ class Run:
             if key in self._keys.series:
                 raise ValueError(f"{key!r} is a series; a path is either a field or a series")
             self._keys.fields.add(key)
-            b.fields.append((key, ("artifact", record)))
+            b.add_fields([(key, ("artifact", record))])
             out = field_from_wire("artifact", record)
             self._view.fields[key] = out
         return dict(out)
@@ -324,7 +324,7 @@ class Run:
         with self._buf.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; the sys/* write did nothing")
-            self._buf.fields.extend(items)
+            self._buf.add_fields(items)
             view(self._view.fields)
 
     # ------------------------------------------------------------------ reading, waiting

@@ -97,6 +97,7 @@ class TextAppender:
             col[0].append(step)
             col[1].append(text)
             b.pending += 1
+            b.stir()
             self._view.texts_last[key] = text
         return True
 

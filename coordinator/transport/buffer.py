@@ -94,13 +94,54 @@ class Buffer:
         """``pending`` reached :attr:`mark` (lock held): wake the sender once; True when full.
 
         The wake is a pipe write made with the lock held, once per generation at most: the
-        sender's flush takes the lock after it anyway.
+        sender's flush takes the lock after it anyway. The first write to a dozing sender
+        (:meth:`doze`) wakes it without asking for a flush: its flush interval starts then, and
+        a full batch still wakes it again.
         """
+        if self.mark == 0:
+            self.mark = min(self._wake_points, self.max_points)
+            if self._wake is not None:
+                self._wake()
+            return self.pending >= self.max_points
         if not self.flush_requested and self._wake is not None:
             self.flush_requested = True
             self._wake()
         self.mark = self.max_points
         return self.pending >= self.max_points
+
+    def doze(self) -> bool:
+        """Sender thread, after a flush that found nothing: have the next write wake it (False: one came).
+
+        The hot path's compare (``pending >= mark``) then calls :meth:`past_mark` on the first
+        ``log()``/``append()``, which wakes the sender (its flush interval starts then); a
+        slow-path write (fields, texts) calls :meth:`stir`. An idle sender waits for that, or for
+        its heartbeat, instead of waking every flush interval to find nothing.
+        """
+        with self.lock:
+            if self.pending or self.fields or self.flush_requested:
+                return False
+            self.mark = 0
+            return True
+
+    @property
+    def dozing(self) -> bool:
+        """The sender waits for the next write (:meth:`doze`) and nothing has woken it yet."""
+        return self.mark == 0
+
+    @property
+    def has_writes(self) -> bool:
+        """Points, texts or fields wait in this generation (read without the lock: a hint)."""
+        return bool(self.pending or self.fields)
+
+    def add_fields(self, items: list[tuple[str, FieldValue]]) -> None:
+        """Queue field writes (lock held) and wake a dozing sender for them."""
+        self.fields.extend(items)
+        self.stir()
+
+    def stir(self) -> None:
+        """A slow path added to this generation (lock held): wake the sender if it dozes."""
+        if self.mark == 0:
+            self.past_mark()
 
     def spill(self, key: str) -> None:
         """Turn the frame holding ``key`` into per-key columns, points in order (lock held).

@@ -127,6 +127,11 @@ class Pipeline:
         return bool(self._outbox)
 
     @property
+    def settled(self) -> bool:
+        """Welcomed, and nothing in flight, held or being resent: no timer of the pipeline runs."""
+        return self._welcomed and not self._window and not self._outbox and self._resend_next is None
+
+    @property
     def in_flight(self) -> int:
         """Batches sent and not yet acknowledged."""
         return len(self._window)

@@ -2,9 +2,10 @@
 
 One thread owns the socket (ZeroMQ sockets are not thread-safe). The training thread talks to
 it through the :class:`~coordinator.transport.buffer.Buffer`, a request queue, and a wake-up pipe.
-Every flush interval the thread cuts the buffer into batches (:mod:`.batches`) and sends them while
-the in-flight window (:mod:`.window`) has room; the rest wait per the backpressure policy (:mod:`.outbox`),
-and what is not acknowledged in time goes to the spool (:mod:`.writeahead`). The socket's waits, reads and
+Every flush interval (:mod:`.cadence`; an idle sender dozes until the next write) the thread cuts
+the buffer into batches (:mod:`.batches`) and sends them while the in-flight window
+(:mod:`.window`) has room; the rest wait per the backpressure policy (:mod:`.outbox`), and what
+is not acknowledged in time goes to the spool (:mod:`.writeahead`). The socket's waits, reads and
 sends go through :mod:`.loopio`. Without an endpoint it runs in offline mode (:mod:`.offline`).
 
 Memory stays bounded however long the aggregator is frozen: the socket's send queue has a
@@ -32,6 +33,7 @@ from coordinator.settings import DEFAULTS, Backpressure
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.cadence import Cadence
 from coordinator.transport.loopio import LoopIO
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
@@ -47,7 +49,6 @@ from coordinator.transport.writeahead import WriteAhead
 __all__ = ["SenderConfig", "SenderThread", "default_hello"]
 
 _log = logging.getLogger(__name__)
-_IDLE_FLUSH_S = 0.05
 _HELLO_RETRY_S = 1.0
 """A refused HELLO is sent again at most this often while not welcomed yet."""
 _LISTEN_IN_FLIGHT = 4
@@ -219,9 +220,9 @@ class SenderThread(threading.Thread):
             sock.connect(self.cfg.endpoint)
             io = self._io = LoopIO(sock, self._wake.fd)
             self._send_hello()
-            next_flush = time.monotonic() + self.cfg.flush_interval_s
+            cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
             while not self._stop_evt.is_set():
-                timeout = max(0.0, next_flush - time.monotonic())
+                timeout = max(0.0, cadence.wake_at(self._last_send) - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
                 listen = self._listening()
                 woken, replies = io.wait(math.ceil(timeout * 1000), listen=listen)
@@ -233,13 +234,12 @@ class SenderThread(threading.Thread):
                 now = time.monotonic()
                 self._send_unsent()
                 self._serve_requests()
-                if now >= next_flush or self.buf.flush_requested:
+                if cadence.flush_due(now):
                     self._flush(now)
-                    # Idle (nothing was logged): look again later; wait() wakes us at once anyway.
-                    interval = self.cfg.flush_interval_s
-                    next_flush = now + (max(interval, _IDLE_FLUSH_S) if self._pipe.idle else interval)
+                    cadence.flushed(now)
                 self._pipe.pump(now)
                 self._housekeeping(now)
+                cadence.settle(self._pipe.idle, self._settled())
             # One last attempt, so close() after wait() loses nothing that is already acked.
             self._flush(time.monotonic())
             self._pipe.pump(time.monotonic())
@@ -248,6 +248,10 @@ class SenderThread(threading.Thread):
             sock.close(linger=0)
             ctx.term()
             self._requests.fail_all(ClosedError("the run was closed"))
+
+    def _settled(self) -> bool:
+        """Nothing to wait for: no reply awaited, nothing in flight, held or unsent (a doze may start)."""
+        return self._pipe.settled and not self._unsent and not self._requests.awaiting and not self._requests.queued
 
     def _listening(self) -> bool:
         """Whether the loop should wake up for each reply as it arrives.

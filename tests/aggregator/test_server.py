@@ -1,4 +1,4 @@
-"""The socket loop's open-file limit: one descriptor per rank, raised at start where the hard limit allows."""
+"""The socket loop: its open-file limit (one descriptor per rank where the hard limit allows), its idle wake-ups."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import json
 import resource
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+import coordinator
+from coordinator.journal.store import LocalStore, list_runs
 
 _PROBE = """
 import json, logging, resource, sys
@@ -64,3 +69,35 @@ def test_a_hard_limit_below_the_need_raises_to_it_and_warns() -> None:
     (got, soft, hard), err = _probe(2000, 256, 1500)
     assert got == soft == hard == 1500
     assert "open-file limit 1500 is below the 2256 that 2000 ranks need" in err
+
+
+def _process_wake_ups(pid: int) -> int:
+    """A process's main thread's voluntary context switches so far (each time it slept and was woken)."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+@pytest.mark.integration
+def test_an_idle_aggregator_wakes_only_for_its_sweeps(store_dir: Path) -> None:
+    """With nothing arriving the loop sleeps until its next sweep (4 a second), not every 50 ms (~40 in 2 s)."""
+    with coordinator.init_run() as run:
+        run.log({"x": 0.0}, step=0)
+        run.wait(60)
+        assert run._agg is not None and run._agg.pid is not None
+        pid = run._agg.pid
+        time.sleep(0.5)
+        before = _process_wake_ups(pid)
+        time.sleep(2.0)
+        woke = _process_wake_ups(pid) - before
+        # 8 sweeps, 2 heartbeats (PINGs) and their replies, the health snapshots: well under 40.
+        assert woke <= 20, f"the idle aggregator woke up {woke} times in 2 s"
+        run.log({"x": 1.0}, step=1)
+        run.wait(60)
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
+    finally:
+        s.close()

@@ -75,3 +75,51 @@ def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     kept = _rank1_steps(info.path / "run.db")
     assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {flush * 1000:g} ms before the kill"
     assert kept <= logged + 10
+
+
+def _progress_lines(progress: Path) -> int:
+    return len(progress.read_text().splitlines()) if progress.exists() else 0
+
+
+@pytest.mark.parametrize("kind", ["log", "field", "text"])
+def test_a_write_after_the_sender_dozed_is_sent_within_the_flush_interval(
+    kind: str, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle sender dozes (no flush timer); the next write, of any kind, must still leave within the interval.
+
+    Rank 1 writes once every 0.6 s (its sender dozes in between). The test waits for a write,
+    lets one flush interval plus the scheduling allowance pass, and SIGKILLs the rank before its
+    next write: that write must be stored. A sender that only woke for its 1 s heartbeat would
+    lose it.
+    """
+    monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval_s), "--doze", kind)
+    progress = out / "rank1.progress"
+    deadline = time.monotonic() + 60
+    while _progress_lines(progress) < 4:  # a few doze cycles behind it
+        assert time.monotonic() < deadline, "rank 1 never got going"
+        time.sleep(0.02)
+    n = _progress_lines(progress)
+    while _progress_lines(progress) == n:  # the next write has just been made
+        assert time.monotonic() < deadline, "rank 1 stopped writing"
+        time.sleep(0.005)
+    time.sleep(DEFAULTS.flush_interval_s + _SCHEDULING_S)
+    procs[1].send_signal(signal.SIGKILL)
+    (out / "killed").touch()
+    res = _reap(procs, timeout=120)
+    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    last = _progress_lines(progress) - 1  # the last write rank 1 made (it sleeps 0.6 s after each)
+    assert last >= n
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        if kind == "log":
+            assert [st for st, _ in s.values("m", 1)] == list(range(last + 1))
+        elif kind == "field":
+            assert s.field("doze/r1") == ("int", last)
+        else:
+            assert s.texts("doze/note", 1) == [(st, f"t{st}") for st in range(last + 1)]
+    finally:
+        s.close()

@@ -3,6 +3,11 @@
 Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to ``<out>/rank1.progress`` after every 10th
 ``log()`` (the test SIGKILLs it and compares what the store kept with what it had logged by
 then); rank 0 logs until ``<out>/killed`` appears, then a little more, and closes the run.
+
+With ``--doze KIND`` rank 1 writes once every 0.6 s instead, so that its sender is idle and dozes
+between writes (it waits for the next write, not for its flush timer): ``log`` logs ``m`` at the
+next step, ``field`` sets ``doze/r1`` to the step, ``text`` appends ``t<step>`` to ``doze/note``;
+it records ``<step> <CLOCK_MONOTONIC>`` after each. Rank 0 only waits for ``<out>/killed``.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--flush", type=float, required=True)
+    p.add_argument("--doze", choices=("log", "field", "text"))
     args = p.parse_args()
     out = Path(args.out)
     rank = int(os.environ["RANK"])
     settings = coordinator.Settings(flush_interval_s=args.flush, liveness_timeout_s=3.0)
     with coordinator.init_run(settings=settings) as run:
+        if args.doze:
+            _doze(run, rank, out, args.doze)
+            return
         t0 = time.monotonic()
         with open(out / f"rank{rank}.progress", "w", buffering=1) as progress:
             for s in range(10**9):
@@ -39,6 +48,25 @@ def main() -> None:
                 if rank == 0 and s % 100 == 0 and (out / "killed").exists():
                     break
             run.wait(120)
+
+
+def _doze(run: coordinator.Run, rank: int, out: Path, kind: str) -> None:
+    """Rank 1: one write of ``kind`` every 0.6 s until killed; rank 0: wait for the kill, then close."""
+    if rank == 0:
+        while not (out / "killed").exists():
+            time.sleep(0.05)
+        run.wait(120)
+        return
+    with open(out / "rank1.progress", "w", buffering=1) as progress:
+        for s in range(10**9):
+            if kind == "log":
+                run.log({"m": float(10_000_000 + s)}, step=s)
+            elif kind == "field":
+                run["doze/r1"] = s
+            else:
+                run["doze/note"].append(f"t{s}", step=s)
+            progress.write(f"{s} {time.monotonic()}\n")
+            time.sleep(0.6)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Failures are injected by wrapping that real backend (``_Flaky``), never by repla
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from array import array
@@ -614,7 +615,11 @@ def test_sync_to_pushes_a_stored_run_with_progress_and_resumes_with_nothing_doub
         cli.main(["--dir", str(root), "sync", run_id[:12], "--to", "tensorboard", "--option", "batch_points=300"]) == 0
     )
     out, err = capsys.readouterr()
-    assert "2,000 points in 10 chunks to send" in out and "2,000 points sent in 10 batches" in out, out
+    # The chunk count depends on when the ranks' batches arrived (the emission splits a series at a
+    # sweep); each chunk (at most 200 points here) goes in one batch of at most 300.
+    chunks = re.search(r"2,000 points in (\d+) chunks to send", out)
+    assert chunks is not None and int(chunks[1]) >= 10, out
+    assert f"2,000 points sent in {chunks[1]} batches" in out, out
     assert "tensorboard: 2,000/2,000 points (100%)" in err, err
     assert cli.main(["--dir", str(root), "sync", run_id, "--to", "tensorboard"]) == 0
     out, _ = capsys.readouterr()
@@ -644,7 +649,7 @@ def test_sync_to_a_new_or_emptied_destination_sends_every_point_and_from_start_r
     first, second = tmp_path / "tb-first", tmp_path / "tb-second"
     assert "2,000 points sent" in sync(first)
     out = sync(second)
-    assert "2,000 points in 10 chunks to send (from the start)" in out and "2,000 points sent" in out, out
+    assert re.search(r"2,000 points in \d+ chunks to send \(from the start\)", out) and "2,000 points sent" in out, out
     assert_series(tb_scalars(second), expected(4, 200))
     assert " 0 points sent" in sync(first), "the first destination already has everything"
     shutil.rmtree(first)

@@ -1,0 +1,41 @@
+"""The sender thread's loop against a real aggregator: an idle sender dozes, a write wakes it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import coordinator
+from coordinator.journal.store import LocalStore, list_runs
+from tests.transport.test_launcher import _wake_ups
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_idle_sender_dozes_until_a_write_or_its_heartbeat(store_dir: Path) -> None:
+    """Idle, the sender wakes for its 1 s heartbeat only (it woke every 50 ms flush interval, ~40 times in 2 s)."""
+    with coordinator.init_run() as run:
+        sender = run._sender
+        assert sender is not None and sender.native_id is not None
+        run.log({"x": 0.0, "y": 1.0}, step=0)
+        run.wait(60)
+        time.sleep(0.5)  # the flush after the ack finds nothing: the sender dozes
+        before = _wake_ups(sender.native_id)
+        time.sleep(2.0)
+        woke = _wake_ups(sender.native_id) - before
+        assert woke <= 8, f"the idle sender woke up {woke} times in 2 s"
+        t0 = time.monotonic()
+        run.log({"x": 1.0, "y": 2.0}, step=1)  # wakes the dozing sender: the points go out at once
+        run["note"] = "after a doze"
+        run.wait(60)
+        assert time.monotonic() - t0 < 5
+    [info] = list_runs(store_dir)
+    assert info.state == "finished"
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
+        assert s.field("note") == ("str", "after a doze")
+    finally:
+        s.close()
