@@ -236,10 +236,10 @@ class SenderThread(threading.Thread):
                 self._serve_requests()
                 if cadence.flush_due(now):
                     self._flush(now)
-                    cadence.flushed(now)
+                    cadence.flushed(now, self._pipe.idle)
                 self._pipe.pump(now)
                 self._housekeeping(now)
-                cadence.settle(self._pipe.idle, self._settled())
+                cadence.settle(self._settled())
             # One last attempt, so close() after wait() loses nothing that is already acked.
             self._flush(time.monotonic())
             self._pipe.pump(time.monotonic())
