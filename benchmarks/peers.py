@@ -37,7 +37,7 @@ from typing import Any
 from benchmarks.common import child_env, log, med
 from benchmarks.hotpath import latency_summary, timer_overhead
 from benchmarks.trackers import PEERS, available, open_tracker, peer_env
-from benchmarks.workers import Worker, emit
+from benchmarks.workers import Worker, emit, wait_go
 
 __all__ = ["HOT_KEY", "main", "peer_main", "peer_trial", "peers_section", "read_back"]
 
@@ -65,12 +65,9 @@ def peer_main(cfg: dict[str, Any]) -> int:
     steps = cfg["points"] // cfg["keys"]
     overhead, _ = timer_overhead(20_000)
     emit("READY", {"pid": os.getpid(), "init_s": init_s, "rss": psutil.Process().memory_info().rss})
-    line = sys.stdin.readline()
-    if not line.startswith("GO "):
+    t_start = wait_go()
+    if t_start is None:
         return 2
-    t_start = float(line.split()[1])
-    while time.monotonic() < t_start:
-        time.sleep(max(0.0, min(0.005, t_start - time.monotonic())))
     out: dict[str, Any] = {"active": active}
     if ad is not None:
         n = cfg["hot_calls"]

@@ -30,7 +30,7 @@ from array import array
 from collections import deque
 from typing import Any
 
-from benchmarks.workers import emit
+from benchmarks.workers import emit, wait_go
 
 __all__ = ["sim_main"]
 
@@ -255,12 +255,9 @@ def sim_main(cfg: dict[str, Any]) -> int:
 
     ctx, by_rank, inc = _connect(cfg)
     emit("READY", {"pid": os.getpid(), "senders": len(by_rank)})
-    line = sys.stdin.readline()
-    if not line.startswith("GO "):
+    t_start = wait_go()
+    if t_start is None:
         return 2
-    t_start = float(line.split()[1])
-    while time.monotonic() < t_start:
-        time.sleep(max(0.0, min(0.01, t_start - time.monotonic())))
     snd = _Senders(cfg, by_rank, inc)
     _run(cfg, snd, t_start)
     lat = sorted(snd.lat)
