@@ -96,7 +96,8 @@ class Settings:
     flush_interval_s: float = 0.05
     """How often the sender thread swaps the buffer out, spools and sends it (``wait()``, ``sync()``
     and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval;
-    a shorter one costs CPU per point (more, smaller batches and journal rows)."""
+    a shorter one costs CPU per point (more, smaller batches and journal rows). After two empty
+    flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
     at once, without waiting for the flush interval."""
@@ -105,7 +106,8 @@ class Settings:
     ack_timeout_s: float = 10.0
     """An unacked batch older than this is sent again (the aggregator drops duplicates)."""
     heartbeat_interval_s: float = 1.0
-    """Idle senders ping this often; the aggregator records liveness from it."""
+    """Idle senders ping this often (and an idle sender wakes only for that or a write); the
+    aggregator records liveness from it."""
     backpressure: Backpressure = "spool"
     """When the aggregator does not keep up: ``spool`` (write-ahead spool on disk, lossless while
     disk lasts), ``block`` (``log()`` waits; lossless), ``drop_oldest`` (bounded memory; every
