@@ -25,7 +25,7 @@ def test_an_idle_sender_dozes_until_a_write_or_its_heartbeat(store_dir: Path) ->
         before = _wake_ups(sender.native_id)
         time.sleep(2.0)
         woke = _wake_ups(sender.native_id) - before
-        assert woke <= 8, f"the idle sender woke up {woke} times in 2 s"
+        assert woke <= 10, f"the idle sender woke up {woke} times in 2 s"
         t0 = time.monotonic()
         run.log({"x": 1.0, "y": 2.0}, step=1)  # wakes the dozing sender: the points go out at once
         run["note"] = "after a doze"
