@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+from typing import Any
 
 from coordinator.client.steps import StepNumbering
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.security import CurveKeys
-from coordinator.transport.sender import SenderConfig, SenderThread, default_hello
+from coordinator.transport.sender import SenderConfig, SenderThread
 
 __all__ = ["start_sender"]
 
@@ -58,7 +61,7 @@ def start_sender(
         ack_timeout_s=settings.ack_timeout_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         curve=curve,
-        hello=default_hello(world_size, name, project),
+        hello=_hello(world_size, name, project),
     )
     numbering = numbering or StepNumbering(rank)
     sender = SenderThread(cfg, buf, numbering)
@@ -78,3 +81,14 @@ def start_sender(
                 )
                 break
     return sender
+
+
+def _hello(world_size: int, name: str, project: str) -> dict[str, Any]:
+    """The HELLO payload: who this sender is."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "world_size": world_size,
+        "name": name,
+        "project": project,
+    }

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from coordinator.transport.wake import WakePipe
 from coordinator.transport.window import Window
 from coordinator.transport.writeahead import WriteAhead
 
-__all__ = ["SenderConfig", "SenderThread", "default_hello"]
+__all__ = ["SenderConfig", "SenderThread"]
 
 _log = logging.getLogger(__name__)
 _HELLO_RETRY_S = 1.0
@@ -82,17 +81,6 @@ class SenderConfig:
     hello: dict[str, Any] = field(default_factory=dict)
     curve: CurveKeys | None = None
     """Connect as a CURVE client with the job's keys (multi-node TCP)."""
-
-
-def default_hello(world_size: int, name: str, project: str) -> dict[str, Any]:
-    """The HELLO payload: who this sender is."""
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "world_size": world_size,
-        "name": name,
-        "project": project,
-    }
 
 
 class SenderThread(threading.Thread):
@@ -280,11 +268,19 @@ class SenderThread(threading.Thread):
         assert offline is not None
         try:
             offline.hello(self.cfg.hello)
+            woken = select.poll()  # the wake-up pipe: wait(), stop(), a write to a dozing sender
+            woken.register(self._wake.fd, select.POLLIN)
+            cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
             while not self._stop_evt.is_set():
-                self._stop_evt.wait(self.cfg.flush_interval_s if not self.buf.flush_requested else 0)
+                now = time.monotonic()  # dozing, it looks again a heartbeat from now (nothing to ping)
+                woken.poll(math.ceil(max(0.0, cadence.wake_at(now) - now) * 1000))
                 self._wake.drain()
                 self._serve_requests()
-                self._flush(time.monotonic())
+                now = time.monotonic()
+                if cadence.flush_due(now):
+                    self._flush(now)  # every batch is written at once: nothing stays in flight
+                    cadence.flushed(now, self._pipe.idle)
+                cadence.settle(not self._requests.queued)
             self._flush(time.monotonic())
         finally:
             self._requests.fail_all(ClosedError("the run was closed"))

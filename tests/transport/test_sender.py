@@ -39,3 +39,30 @@ def test_an_idle_sender_dozes_until_a_write_or_its_heartbeat(store_dir: Path) ->
         assert s.field("note") == ("str", "after a doze")
     finally:
         s.close()
+
+
+def test_an_idle_offline_sender_dozes_and_a_write_still_reaches_the_spool(store_dir: Path) -> None:
+    """Offline (the spool is the destination) an idle sender dozes too; what it logs after is spooled and synced."""
+    from coordinator.cli.main import main
+
+    with coordinator.init_run(mode="offline", name="dozing") as run:
+        sender = run._sender
+        assert sender is not None and sender.native_id is not None
+        run.log({"x": 0.0}, step=0)
+        time.sleep(0.5)
+        before = _wake_ups(sender.native_id)
+        time.sleep(2.0)
+        woke = _wake_ups(sender.native_id) - before
+        assert woke <= 10, f"the idle offline sender woke up {woke} times in 2 s"
+        run.log({"x": 1.0}, step=1)
+        run["note"] = "after a doze"
+        run.wait(30)
+        run_id = run.id
+    assert main(["sync", run_id]) == 0
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
+        assert s.field("note") == ("str", "after a doze")
+    finally:
+        s.close()
