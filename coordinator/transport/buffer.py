@@ -88,7 +88,11 @@ class Buffer:
         """Have the hot path call ``wake`` (the sender's) when a generation reaches ``points``."""
         with self.lock:
             self._wake, self._wake_points = wake, max(1, points)
-            self.mark = min(self._wake_points, self.max_points)
+            self.mark = self._batch_mark()
+
+    def _batch_mark(self) -> int:
+        """A generation's first wake point: a full batch (``max_batch_points``), the buffer's room at most."""
+        return min(self._wake_points, self.max_points)
 
     def past_mark(self) -> bool:
         """``pending`` reached :attr:`mark` (lock held): wake the sender once; True when full.
@@ -98,8 +102,8 @@ class Buffer:
         (:meth:`doze`) wakes it without asking for a flush: its flush interval starts then, and
         a full batch still wakes it again.
         """
-        if self.mark == 0:
-            self.mark = min(self._wake_points, self.max_points)
+        if self.dozing:
+            self.mark = self._batch_mark()
             if self._wake is not None:
                 self._wake()
             return self.pending >= self.max_points
@@ -110,7 +114,7 @@ class Buffer:
         return self.pending >= self.max_points
 
     def doze(self) -> bool:
-        """Sender thread, after a flush that found nothing: have the next write wake it (False: one came).
+        """Sender thread, idle (:mod:`~coordinator.transport.cadence`): have the next write wake it (False: one came).
 
         The hot path's compare (``pending >= mark``) then calls :meth:`past_mark` on the first
         ``log()``/``append()``, which wakes the sender (its flush interval starts then); a
@@ -140,7 +144,7 @@ class Buffer:
 
     def stir(self) -> None:
         """A slow path added to this generation (lock held): wake the sender if it dozes."""
-        if self.mark == 0:
+        if self.dozing:
             self.past_mark()
 
     def spill(self, key: str) -> None:
@@ -177,7 +181,7 @@ class Buffer:
                 self.texts = {}
             self.gen = gen + 1
             self.flush_requested = False
-            self.mark = min(self._wake_points, self.max_points)
+            self.mark = self._batch_mark()
             self.in_flight += self.pending
             self.pending = 0
             self.cond.notify_all()
