@@ -8,10 +8,22 @@ from pathlib import Path
 import pytest
 
 import coordinator
-from coordinator.journal.store import LocalStore, list_runs
+from coordinator.journal.store import LocalStore, RunInfo, list_runs
 from tests.transport.test_launcher import _wake_ups
 
 pytestmark = pytest.mark.integration
+
+
+def _stored_after_doze(store_dir: Path) -> RunInfo:
+    """The store's one run holds x at steps 0 and 1 and the field written after the doze."""
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
+        assert s.field("note") == ("str", "after a doze")
+    finally:
+        s.close()
+    return info
 
 
 def test_an_idle_sender_dozes_until_a_write_or_its_heartbeat(store_dir: Path) -> None:
@@ -31,14 +43,7 @@ def test_an_idle_sender_dozes_until_a_write_or_its_heartbeat(store_dir: Path) ->
         run["note"] = "after a doze"
         run.wait(60)
         assert time.monotonic() - t0 < 5
-    [info] = list_runs(store_dir)
-    assert info.state == "finished"
-    s = LocalStore(info.path / "run.db", readonly=True)
-    try:
-        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
-        assert s.field("note") == ("str", "after a doze")
-    finally:
-        s.close()
+    assert _stored_after_doze(store_dir).state == "finished"
 
 
 def test_an_idle_offline_sender_dozes_and_a_write_still_reaches_the_spool(store_dir: Path) -> None:
@@ -59,10 +64,4 @@ def test_an_idle_offline_sender_dozes_and_a_write_still_reaches_the_spool(store_
         run.wait(30)
         run_id = run.id
     assert main(["sync", run_id]) == 0
-    [info] = list_runs(store_dir)
-    s = LocalStore(info.path / "run.db", readonly=True)
-    try:
-        assert s.values("x", 0) == [(0, 0.0), (1, 1.0)]
-        assert s.field("note") == ("str", "after a doze")
-    finally:
-        s.close()
+    _stored_after_doze(store_dir)
