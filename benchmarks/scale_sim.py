@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any
 
 from benchmarks.workers import emit, wait_go
+from coordinator.transport.loopio import has_message
 
 __all__ = ["sim_main"]
 
@@ -64,8 +65,6 @@ class _Senders:
         self.sent_at: dict[tuple[int, int], float] = {}
         self.t_last_ack = 0.0
         self.ts = time.time()
-        self.zmq_pollin = 0
-        self.zmq_events = 0
 
     def send(self, r: int, now: float) -> None:
         """One batch from sender ``r``: fresh steps, value = step * 8 + rank (what the store check expects)."""
@@ -90,7 +89,7 @@ class _Senders:
         wire = self.wire
         s = self.by_rank[r]
         acks = 0
-        while int(s.get(zmq.EVENTS)) & self.zmq_pollin:
+        while has_message(s):  # the sender thread's own check (coordinator.transport.loopio)
             try:
                 env_b, body = s.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -171,7 +170,6 @@ def _run(cfg: dict[str, Any], snd: _Senders, t_start: float) -> None:
     """Send and collect acks until every sender is done (batches sent or duration over) and acked."""
     import zmq
 
-    snd.zmq_pollin = int(zmq.POLLIN)
     ranks = list(snd.by_rank)
     duration = cfg.get("duration")
     t_stop = None if duration is None else t_start + duration
