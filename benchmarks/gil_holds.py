@@ -12,10 +12,11 @@ thread:
 * a *wait*: from ``take_gil``'s entry to its return, the time a thread that wanted the GIL waited
   for it (the training thread's waits are what a training step feels).
 
-A second ``perf record`` takes the scheduler's switches of the process's threads
-(``sched:sched_switch``, filtered by thread id), so each hold is also given *on the CPU*: less the
-time the operating system had the holder switched out (preempted by another process on a busy
-machine, which no slicing of ours can prevent).
+The same recording takes the process's context switches (``--switch-events``), so each hold is
+also given *on the CPU*: less the time the operating system had the holder switched out
+(preempted by another process on a busy machine, which no slicing of ours can prevent).
+The recording starts before ``init_run``, so the threads a run starts are seen from their first
+stretch; the start-up (``init_run`` to 1 s after it returned) is reported apart.
 
 The process logs as in the suite's GIL probe: one rank, a 100-key dict per step at 50 steps/s,
 the training thread sleeping in between. The same loop on a ``mode="disabled"`` run gives the
@@ -57,7 +58,7 @@ _GROUP = "coordgil"
 _RATE = 50.0
 _KEYS = 100
 _EVENT = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+" + _GROUP + r":(\w+):")
-_SWITCH = re.compile(r"^\s*\d+\s+(\d+\.\d+):\s+sched:sched_switch:.*\bprev_pid=(\d+)\b.*\bnext_pid=(\d+)\b")
+_SWITCH = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+PERF_RECORD_SWITCH\s+(IN|OUT)\b")
 
 
 @dataclass
@@ -108,19 +109,19 @@ def parse_events(lines: Iterable[str]) -> dict[int, GilThread]:
     return out
 
 
-def parse_switches(lines: Iterable[str], tids: set[int]) -> dict[int, list[tuple[int, int]]]:
-    """Per thread of ``tids``, the (switched out, switched back in) times from ``sched:sched_switch`` lines."""
-    out: dict[int, list[tuple[int, int]]] = {t: [] for t in tids}
+def parse_switches(lines: Iterable[str]) -> dict[int, list[tuple[int, int]]]:
+    """Per thread, its (switched out, switched back in) times, from ``--show-switch-events`` lines."""
+    out: dict[int, list[tuple[int, int]]] = {}
     gone: dict[int, int] = {}
     for line in lines:
         m = _SWITCH.match(line)
         if m is None:
             continue
-        t, prev, nxt = _ns(m.group(1)), int(m.group(2)), int(m.group(3))
-        if prev in out:
-            gone[prev] = t
-        if nxt in out and nxt in gone:
-            out[nxt].append((gone.pop(nxt), t))
+        tid, t = int(m.group(1)), _ns(m.group(2))
+        if m.group(3) == "OUT":
+            gone[tid] = t
+        elif tid in gone:
+            out.setdefault(tid, []).append((gone.pop(tid), t))
     return out
 
 
@@ -243,9 +244,13 @@ def _worker(cfg: dict[str, Any]) -> int:
     """One logging process: a run (or a disabled one), the paced loop between GO and DONE."""
     import coordinator
 
+    emit("STARTED", {"pid": os.getpid()})
+    if sys.stdin.readline().strip() != "INIT":  # the parent's recorder is attached
+        return 2
+    t_init = time.monotonic_ns()
     settings = coordinator.Settings(rank=0, world_size=1, dir=cfg["dir"])
     run = coordinator.init_run(project="bench", name="gil-holds", mode=cfg["mode"], settings=settings)
-    emit("READY", {"pid": os.getpid(), "names": _names()})
+    emit("READY", {"names": _names(), "t_init": t_init})
     if wait_go() is None:
         run.stop(60)
         return 2
@@ -278,45 +283,52 @@ def _stop(p: subprocess.Popen[bytes] | None) -> None:
 
 
 def _record(mode: str, seconds: float, tmp: Path) -> dict[str, Any]:
-    """One logging process under ``perf record`` (its GIL events, its threads' switches); its summary."""
+    """One logging process under ``perf record`` (its GIL events and context switches); its summary."""
     env = child_env(tmp)
-    probes, switches = tmp / f"gil-{mode}.data", tmp / f"sched-{mode}.data"
+    data = tmp / f"perf-{mode}.data"
     cfg = {"mode": mode, "seconds": seconds, "dir": str(tmp / "runs")}
     w = Worker(cfg, env, tmp / f"{mode}.err", "benchmarks.gil_holds")
-    recorders: list[subprocess.Popen[bytes]] = []
+    perf: subprocess.Popen[bytes] | None = None
     try:
-        ready = w.expect("READY", time.monotonic() + 60)
-        pid = ready["pid"]
-        tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        pid = w.expect("STARTED", time.monotonic() + 60)["pid"]
         events = [a for e in ("take", "taken__return", "drop") for a in ("-e", f"{_GROUP}:{e}")]
-        which = " || ".join(f"prev_pid == {t} || next_pid == {t}" for t in sorted(tids))
-        for cmd in (
-            [*events, "-p", str(pid), "-o", str(probes)],
-            ["-a", "-e", "sched:sched_switch", "--filter", which, "-o", str(switches)],
-        ):
-            recorders.append(
-                subprocess.Popen(
-                    ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", *cmd],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        time.sleep(1.0)  # perf attaches to the process; the run warms up meanwhile
+        perf = subprocess.Popen(
+            [
+                "perf",
+                "record",
+                "-q",
+                "-k",
+                "CLOCK_MONOTONIC",
+                "--switch-events",
+                *events,
+                "-p",
+                str(pid),
+                "-o",
+                str(data),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # perf attaches to the process (threads started later inherit its events)
+        w.send("INIT")
+        ready = w.expect("READY", time.monotonic() + 60)
+        time.sleep(1.0)  # the start-up: the run's threads begin their work
         w.send(f"GO {time.monotonic()}")
         done = w.expect("DONE", time.monotonic() + seconds + 60)
     finally:
-        for r in recorders:
-            _stop(r)
+        _stop(perf)
         w.send("STOP")
         w.close(60)
-    gil = _perf(["script", "-i", str(probes), "-F", "tid,time,event", "--ns"], timeout=300)
-    sched = _perf(["script", "-i", str(switches), "-F", "tid,time,event,trace", "--ns"], timeout=300)
+    script = _perf(["script", "-i", str(data), "-F", "tid,time,event", "--ns", "--show-switch-events"], timeout=300)
+    lines = script.stdout.splitlines()
     names = {int(k): v for k, v in {**ready["names"], **done["names"]}.items()}
     names[pid] = "MainThread"
-    away = parse_switches(sched.stdout.splitlines(), tids)
-    threads = parse_events(gil.stdout.splitlines())
+    threads, away = parse_events(lines), parse_switches(lines)
     go, end = done["window"]
-    return {"steady": summarize(threads, names, away, (go, end)), "start": summarize(threads, names, away, (0, go))}
+    return {
+        "steady": summarize(threads, names, away, (go, end)),
+        "start": summarize(threads, names, away, (ready["t_init"], go)),
+    }
 
 
 def _row(results: list[dict[str, Any]], name: str, keys: tuple[str, ...]) -> dict[str, float]:
@@ -356,7 +368,7 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"its own holds p50 {r['hold_p50_us']:.0f} µs"
         )
     start = [r["start"] for r in runs["coordinator"]]
-    out.append("start-up (init_run returned to GO, 1 s):")
+    out.append("start-up (init_run, then 1 s):")
     for name in sorted({n for r in start for n in r["threads"] if n.startswith("coordinator-")}):
         r = _row(start, name, _HOLD)
         out.append(

@@ -45,6 +45,7 @@ from coordinator.client.view import field_from_wire
 from coordinator.core.redact import MASK, is_secret_key, redact_text, redact_url
 from coordinator.core.values import FieldValue
 from coordinator.errors import ClosedError
+from coordinator.transport.slices import GilSlicer
 
 __all__ = [
     "CAPTURE_BUDGET_S",
@@ -54,6 +55,7 @@ __all__ = [
     "detect_launcher",
     "env_facts",
     "git_facts",
+    "name_version",
     "packages_text",
     "rank_facts",
     "redact_argv",
@@ -166,9 +168,36 @@ def env_facts() -> dict[str, FieldValue]:
 
 
 def packages_text() -> str:
-    """The installed distributions, one ``name==version`` line each, sorted."""
-    found = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    """The installed distributions, one ``name==version`` line each, sorted.
+
+    Only each distribution's header block is read (``Distribution.metadata`` parses the whole
+    file, long description included, with the ``email`` package: 0.25 ms a distribution at the
+    median and up to 4 ms in one stretch of Python, ~120 ms for 200 distributions), and the GIL
+    is offered to the training thread between distributions: it runs while training starts.
+    """
+    slicer = GilSlicer()
+    found: set[str] = set()
+    for d in importlib.metadata.distributions():
+        slicer.pause()
+        line = name_version(d.read_text("METADATA") or d.read_text("PKG-INFO") or "")
+        if line is not None:
+            found.add(line)
     return "".join(line + "\n" for line in sorted(found, key=str.lower))
+
+
+def name_version(metadata: str) -> str | None:
+    """``name==version`` from a core-metadata file's headers (before its first blank line); None without a name."""
+    name = version = None
+    for line in metadata.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.lower()
+        if key == "name" and name is None:
+            name = value.strip()
+        elif key == "version" and version is None:
+            version = value.strip()
+    return f"{name}=={version}" if name else None
 
 
 def git_facts(cwd: str | os.PathLike[str], deadline: float) -> tuple[dict[str, FieldValue], bytes | None, bool]:

@@ -4,6 +4,7 @@ the packages, each rank's process facts, and what a real run stores of them."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from coordinator.client.context import (
     detect_launcher,
     env_facts,
     git_facts,
+    name_version,
     packages_text,
     rank_facts,
     redact_argv,
@@ -188,11 +190,24 @@ def test_env_facts_with_torch_imported() -> None:
     assert facts["sys/env/python"][1].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
 
 
-def test_packages_are_sorted_name_version_lines() -> None:
+def test_packages_are_sortedname_version_lines() -> None:
     text = packages_text()
     lines = text.splitlines()
     assert lines == sorted(lines, key=str.lower) and all("==" in x for x in lines)
     assert any(x.lower().startswith("pyzmq==") for x in lines)
+
+
+def test_packages_match_what_the_full_metadata_parser_reads() -> None:
+    """Only the header block is read: the lines are those of ``Distribution.metadata`` for every installed one."""
+    full = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    assert packages_text().splitlines() == sorted(full, key=str.lower)
+
+
+def test_name_and_version_come_from_the_headers_only() -> None:
+    body = "Metadata-Version: 2.1\nname: Foo-Bar\nVERSION: 1.2.3\nSummary: x: y\n\nName: not-this\nVersion: 9\n"
+    assert name_version(body) == "Foo-Bar==1.2.3"
+    assert name_version("Version: 1.0\n\nName: in-the-description\n") is None
+    assert name_version("") is None
 
 
 def test_a_run_stores_the_capture(repo: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
