@@ -378,6 +378,23 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
+def measure(seconds: float, repeats: int) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
+    """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used."""
+    lib = find_libpython()
+    why = _add_probes(lib) if lib is not None else "cannot read /proc/self/maps"
+    if why is not None:
+        return None, why
+    runs: dict[str, list[dict[str, Any]]] = {"coordinator": [], "disabled": []}
+    try:
+        with tempfile.TemporaryDirectory(prefix="gil-holds-") as d:
+            for _ in range(repeats):
+                for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
+                    runs[label].append(_record(mode, seconds, Path(d)))
+    finally:
+        _remove_probes()
+    return runs, ""
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_worker":
         return _worker(json.loads(argv[1]))
@@ -386,19 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="recordings of each mode, interleaved (default 3)")
     ap.add_argument("--json", type=Path, help="write every recording's figures here")
     args = ap.parse_args(argv)
-    lib = find_libpython()
-    why = _add_probes(lib) if lib is not None else "cannot read /proc/self/maps"
-    if why is not None:
+    runs, why = measure(args.seconds, args.repeats)
+    if runs is None:
         print(f"gil_holds: not measured: {why}", file=sys.stderr)
         return 2
-    runs: dict[str, list[dict[str, Any]]] = {"coordinator": [], "disabled": []}
-    try:
-        with tempfile.TemporaryDirectory(prefix="gil-holds-") as d:
-            for _ in range(args.repeats):
-                for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
-                    runs[label].append(_record(mode, args.seconds, Path(d)))
-    finally:
-        _remove_probes()
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     print(f"GIL stretches, one rank, a {_KEYS}-key dict at {_RATE:.0f} steps/s, {args.seconds:.0f} s x {args.repeats}")

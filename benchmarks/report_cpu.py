@@ -75,4 +75,11 @@ def gil_markdown(hot: dict[str, Any]) -> str:
             f"| {name} | {g['wakeups']:,.0f} | {g['p50_us']:.0f} | {g['p999_us']:,.0f} | {g['max_us']:,.0f} | "
             f"{g.get('in_flush_max_us', float('nan')):,.0f} | {g.get('flushes', 0):.0f} |"
         )
+    holds = hot.get("gil_holds")
+    if holds:
+        lines += ["", "**GIL stretches** (`benchmarks.gil_holds`, uprobes on CPython's `take_gil`/`drop_gil`):"]
+        if "lines" in holds:
+            lines += ["", "```", *holds["lines"], "```"]
+        else:
+            lines.append(f"not measured: {holds['skipped']}.")
     return "\n".join(lines) + "\n"

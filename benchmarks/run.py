@@ -16,7 +16,8 @@ Sections (details in each module's docstring):
    training thread at the realistic load (100 metrics per step, 50 steps/s) and at full load;
    mode ``disabled``; the sender thread's CPU share (≈ its GIL share) and its flush slices
    (``benchmarks.hotpath``); single scalars at new steps, calls during a flush and the GIL probe
-   (``benchmarks.hotpatterns``);
+   (``benchmarks.hotpatterns``); not in ``--quick``, the GIL's stretches themselves
+   (``benchmarks.gil_holds``: uprobes, where root and ``perf`` are there);
 2. throughput vs ranks (1, 2, 4, 8) and keys per call (1, 10, 100), durable, exactly-once
    verified (``benchmarks.throughput``);
 3. the limit: raw PUSH/PULL with pre-built 1000-point batches (``benchmarks.limit``);
@@ -61,6 +62,8 @@ from benchmarks.common import (
 )
 from benchmarks.cpu_per_point import cpu_section
 from benchmarks.ddp_overhead import ddp_section
+from benchmarks.gil_holds import measure as gil_measure
+from benchmarks.gil_holds import report as gil_report
 from benchmarks.hotpath import hot_section
 from benchmarks.hotpatterns import patterns_section
 from benchmarks.lightning_overhead import lightning_section
@@ -148,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             pat = patterns_section(quick, tmp, repeats if not quick else 2, res["hot"]["overhead_ns"])
             res["hot"]["rows"] += pat["rows"]
             res["hot"].update(gil=pat["gil"], probe_us=pat["probe_us"])
+            if not quick:  # uprobes need root and perf; the quick suite (CI) has neither for sure
+                log("1: the GIL's stretches (uprobes)")
+                holds, why = gil_measure(6.0, 2)
+                res["hot"]["gil_holds"] = {"lines": gil_report(holds)} if holds is not None else {"skipped": why}
         if want("throughput"):
             res["throughput"] = throughput_section(quick, tmp, 1 if quick else repeats)
             if quick:
