@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import child_env, exit_without_teardown, log, med, run_job
-from benchmarks.profiling import pyspy_start, pyspy_stop
+from benchmarks.profiling import pyspy_start, stop_recorder
 
 __all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main"]
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.monotonic() - t0
         b = job_cpu(agent) if rank == 0 else {}
         for spy in spies:
-            pyspy_stop(spy)
+            stop_recorder(spy)
         if run is not None:
             run.stop(120)
         dist.barrier()

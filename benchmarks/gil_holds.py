@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import child_env, med
+from benchmarks.profiling import stop_recorder
 from benchmarks.workers import Worker, emit, wait_go
 
 __all__ = ["GilThread", "find_libpython", "main", "parse_events", "summarize"]
@@ -270,18 +270,6 @@ def _worker(cfg: dict[str, Any]) -> int:
     return 0
 
 
-def _stop(p: subprocess.Popen[bytes] | None) -> None:
-    """Stop a ``perf record`` so that it writes its file (SIGINT), killing it if it hangs."""
-    if p is None:
-        return
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
-
-
 def _record(mode: str, seconds: float, tmp: Path) -> dict[str, Any]:
     """One logging process under ``perf record`` (its GIL events and context switches); its summary."""
     env = child_env(tmp)
@@ -316,7 +304,7 @@ def _record(mode: str, seconds: float, tmp: Path) -> dict[str, Any]:
         w.send(f"GO {time.monotonic()}")
         done = w.expect("DONE", time.monotonic() + seconds + 60)
     finally:
-        _stop(perf)
+        stop_recorder(perf)
         w.send("STOP")
         w.close(60)
     script = _perf(["script", "-i", str(data), "-F", "tid,time,event", "--ns", "--show-switch-events"], timeout=300)

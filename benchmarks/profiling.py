@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["profile_summary", "pyspy_start", "pyspy_stop"]
+__all__ = ["profile_summary", "pyspy_start", "stop_recorder"]
 
 
 def pyspy_start(pid: int, out: Path, threads: bool) -> subprocess.Popen[bytes] | None:
@@ -24,8 +24,8 @@ def pyspy_start(pid: int, out: Path, threads: bool) -> subprocess.Popen[bytes] |
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def pyspy_stop(p: subprocess.Popen[bytes] | None) -> None:
-    """Stop a recorder so that it writes its file (SIGINT), killing it if it hangs."""
+def stop_recorder(p: subprocess.Popen[bytes] | None) -> None:
+    """Stop a recorder (py-spy, perf) so that it writes its file (SIGINT), killing it if it hangs."""
     if p is None:
         return
     if p.poll() is None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import child_env, log, med, thread_cpu
-from benchmarks.profiling import pyspy_start, pyspy_stop
+from benchmarks.profiling import pyspy_start, stop_recorder
 from benchmarks.workers import Worker, emit, wait_go
 from coordinator.aggregator.counters import PROBLEMS
 
@@ -298,7 +298,7 @@ def trial(
             with contextlib.suppress(psutil.Error):
                 agg_rss_end = agg.memory_info().rss
         for p in spies:
-            pyspy_stop(p)
+            stop_recorder(p)
         spies = []
         sampler.stop()
         elapsed = t_all - t_start
@@ -335,7 +335,7 @@ def trial(
         res["problems"].append(f"trial failed: {type(e).__name__}: {e}")
     finally:
         for p in spies:
-            pyspy_stop(p)
+            stop_recorder(p)
         if sampler is not None and sampler.is_alive():
             sampler.stop()
         for w in workers:
