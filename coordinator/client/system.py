@@ -42,6 +42,7 @@ from typing import Any
 import psutil
 
 from coordinator.errors import ClosedError
+from coordinator.transport.slices import GilSlicer
 
 __all__ = ["JOIN_TIMEOUT_S", "SystemSampler", "is_node_leader", "open_probes", "start_sampler"]
 
@@ -271,6 +272,7 @@ class SystemSampler(threading.Thread):
         """CPU seconds of opening the probes (once, on the thread)."""
         self.last_sample_cpu_s = 0.0
         """CPU seconds of the last sample (reading and logging)."""
+        self._slicer = GilSlicer()
 
     def run(self) -> None:
         t_cpu = time.thread_time()
@@ -301,9 +303,17 @@ class SystemSampler(threading.Thread):
                 nvml.close()
 
     def sample_values(self, probes: list[Probe]) -> Values:
-        """One reading of every probe; a failing probe is counted and left out."""
+        """One reading of every probe; a failing probe is counted and left out.
+
+        The GIL is offered to the training thread between probes, and before the sample's
+        ``log()`` (each is up to a few hundred µs of Python and ``/proc`` parsing on a cold CPU):
+        a sample is not one long stretch.
+        """
         values: Values = {}
+        slicer = self._slicer
+        slicer.start()
         for name, probe in probes:
+            slicer.pause()
             try:
                 values.update(probe())
             except Exception as e:  # never into training: counted, warned, the rest go on
@@ -318,6 +328,7 @@ class SystemSampler(threading.Thread):
             return False
         if not values:
             return True
+        self._slicer.pause()  # the probes, then the log() (its first one declares the keys' policy)
         try:
             log(values, policy="per_rank")
         except ClosedError:
