@@ -179,7 +179,7 @@ def packages_text() -> str:
     found: set[str] = set()
     for d in importlib.metadata.distributions():
         slicer.pause()
-        line = name_version(d.read_text("METADATA") or d.read_text("PKG-INFO") or "")
+        line = _headers_line(d)
         if line is not None:
             found.add(line)
     return "".join(line + "\n" for line in sorted(found, key=str.lower))
@@ -355,10 +355,17 @@ class ContextCapture:
 
 
 def _dist_version(name: str) -> str | None:
+    """An installed distribution's version, read from its metadata's headers (see :func:`packages_text`)."""
     try:
-        return importlib.metadata.version(name)
+        line = _headers_line(importlib.metadata.distribution(name))
     except importlib.metadata.PackageNotFoundError:
         return None
+    return line.partition("==")[2] or None if line is not None else None
+
+
+def _headers_line(d: importlib.metadata.Distribution) -> str | None:
+    """``name==version`` of an installed distribution, from the headers of its metadata file."""
+    return name_version(d.read_text("METADATA") or d.read_text("PKG-INFO") or "")
 
 
 def _git_env() -> dict[str, str]:

@@ -203,6 +203,12 @@ def test_packages_match_what_the_full_metadata_parser_reads() -> None:
     assert packages_text().splitlines() == sorted(full, key=str.lower)
 
 
+def test_a_distributions_version_is_read_from_its_headers() -> None:
+    for name in ("pyzmq", "msgpack", "torch"):
+        assert context._dist_version(name) == importlib.metadata.version(name)
+    assert context._dist_version("surely-not-installed-here") is None
+
+
 def test_name_and_version_come_from_the_headers_only() -> None:
     body = "Metadata-Version: 2.1\nname: Foo-Bar\nVERSION: 1.2.3\nSummary: x: y\n\nName: not-this\nVersion: 9\n"
     assert name_version(body) == "Foo-Bar==1.2.3"
