@@ -19,16 +19,18 @@ The recording starts before ``init_run``, so the threads a run starts are seen f
 stretch; the start-up (``init_run`` to 1 s after it returned) is reported apart.
 
 The process logs as in the suite's GIL probe: one rank, a 100-key dict per step at 50 steps/s,
-the training thread sleeping in between. The same loop on a ``mode="disabled"`` run gives the
-floor of the training thread's waits (the probes' own cost, a few µs per event, is in every
-figure). Figures are medians over repeats, and the longest of all repeats.
+the training thread sleeping in between; with ``--load full`` it calls ``log({"loss": x}, step=s)``
+back to back instead, so the training thread wants the GIL at every moment the sender holds it.
+The same loop on a ``mode="disabled"`` run gives the floor of the training thread's waits (the
+probes' own cost, a few µs per event, is in every figure). Figures are medians over repeats, and
+the longest of all repeats.
 
 Needs Linux, root (uprobes are set up through tracefs), ``perf``, and a CPython whose
 ``take_gil``/``drop_gil`` symbols are in its ``libpython`` or executable (CPython 3.11 built with
 ``--enable-shared``, as pyenv's is; Debian's ``python3.11`` strips them). Without them it says what
 is missing and exits 2.
 
-    python -m benchmarks.gil_holds --seconds 6 --repeats 3
+    python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full)
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ def _names() -> dict[int, str]:
 
 
 def _worker(cfg: dict[str, Any]) -> int:
-    """One logging process: a run (or a disabled one), the paced loop between GO and DONE."""
+    """One logging process: a run (or a disabled one), the logging loop between GO and DONE."""
     import coordinator
 
     emit("STARTED", {"pid": os.getpid()})
@@ -255,26 +257,34 @@ def _worker(cfg: dict[str, Any]) -> int:
         run.stop(60)
         return 2
     t_go = time.monotonic_ns()
-    keys = [f"train/m{j:03d}" for j in range(_KEYS)]
-    period = 1.0 / _RATE
-    t_next = time.monotonic()
-    for s in range(int(cfg["seconds"] * _RATE)):
-        run.log(dict(zip(keys, [s + j * 1e-3 for j in range(_KEYS)], strict=True)), step=s)
-        t_next += period
-        delay = t_next - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    if cfg.get("load") == "full":  # scalar log() calls back to back: the training thread always wants the GIL
+        t_end = time.monotonic() + cfg["seconds"]
+        s = 0
+        while time.monotonic() < t_end:
+            for _ in range(1000):
+                run.log({"loss": s * 0.5}, step=s)
+                s += 1
+    else:
+        keys = [f"train/m{j:03d}" for j in range(_KEYS)]
+        period = 1.0 / _RATE
+        t_next = time.monotonic()
+        for s in range(int(cfg["seconds"] * _RATE)):
+            run.log(dict(zip(keys, [s + j * 1e-3 for j in range(_KEYS)], strict=True)), step=s)
+            t_next += period
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
     emit("DONE", {"names": _names(), "window": [t_go, time.monotonic_ns()]})
     sys.stdin.readline()  # STOP (or EOF)
     run.stop(60)
     return 0
 
 
-def _record(mode: str, seconds: float, tmp: Path) -> dict[str, Any]:
+def _record(mode: str, seconds: float, tmp: Path, load: str = "paced") -> dict[str, Any]:
     """One logging process under ``perf record`` (its GIL events and context switches); its summary."""
     env = child_env(tmp)
     data = tmp / f"perf-{mode}.data"
-    cfg = {"mode": mode, "seconds": seconds, "dir": str(tmp / "runs")}
+    cfg = {"mode": mode, "seconds": seconds, "dir": str(tmp / "runs"), "load": load}
     w = Worker(cfg, env, tmp / f"{mode}.err", "benchmarks.gil_holds")
     perf: subprocess.Popen[bytes] | None = None
     try:
@@ -366,7 +376,7 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def measure(seconds: float, repeats: int) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
+def measure(seconds: float, repeats: int, load: str = "paced") -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
     """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used."""
     lib = find_libpython()
     why = _add_probes(lib) if lib is not None else "cannot read /proc/self/maps"
@@ -377,7 +387,7 @@ def measure(seconds: float, repeats: int) -> tuple[dict[str, list[dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="gil-holds-") as d:
             for _ in range(repeats):
                 for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
-                    runs[label].append(_record(mode, seconds, Path(d)))
+                    runs[label].append(_record(mode, seconds, Path(d), load))
     finally:
         _remove_probes()
     return runs, ""
@@ -390,14 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="logging time per recording (default 6)")
     ap.add_argument("--repeats", type=int, default=3, help="recordings of each mode, interleaved (default 3)")
     ap.add_argument("--json", type=Path, help="write every recording's figures here")
+    ap.add_argument(
+        "--load",
+        choices=("paced", "full"),
+        default="paced",
+        help="paced: a 100-key dict at 50 steps/s (default); full: scalar log() calls back to back",
+    )
     args = ap.parse_args(argv)
-    runs, why = measure(args.seconds, args.repeats)
+    runs, why = measure(args.seconds, args.repeats, args.load)
     if runs is None:
         print(f"gil_holds: not measured: {why}", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
-    print(f"GIL stretches, one rank, a {_KEYS}-key dict at {_RATE:.0f} steps/s, {args.seconds:.0f} s x {args.repeats}")
+    what = f"a {_KEYS}-key dict at {_RATE:.0f} steps/s" if args.load == "paced" else "scalar log() calls back to back"
+    print(f"GIL stretches, one rank, {what}, {args.seconds:.0f} s x {args.repeats}")
     print("(medians over the recordings; [the largest])")
     for line in report(runs):
         print(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from pathlib import Path
 
@@ -25,6 +26,33 @@ def test_numbering_continues_after_the_welcome_last_steps_but_never_moves_a_key_
     b = array("q", [-1])
     n("a", b)
     assert list(b) == [9] and n.welcomed.is_set()
+
+
+def _sequential(steps: list[int], last: int) -> list[int]:
+    """The numbering rule, one point at a time: each -1 is the previous step + 1."""
+    out = []
+    for s in steps:
+        last = last + 1 if s < 0 else s
+        out.append(last)
+    return out
+
+
+def test_long_columns_are_numbered_as_the_rule_says_point_by_point() -> None:
+    """Columns of 256 points or more are numbered with numpy; the result is the sequential rule's."""
+    rng = random.Random(7)
+    for trial in range(300):
+        n = StepNumbering()
+        before = rng.choice([-1, 3, 1000])  # where a resumed rank's key was (-1: never logged)
+        n.welcome({"k": before})
+        for _ in range(3):  # consecutive cuts of the key continue from each other
+            size = rng.choice([1, 5, 255, 256, 257, 1000, 4096])
+            p_auto = rng.choice([0.0, 0.3, 0.9, 1.0])
+            steps = [-1 if rng.random() < p_auto else rng.randrange(0, 10_000) for _ in range(size)]
+            col = array("q", steps)
+            n("k", col)
+            assert list(col) == _sequential(steps, before), (trial, size, p_auto)
+            before = col[-1]
+            col.append(0)  # no view of the column is left behind: it can still grow
 
 
 def test_malformed_last_steps_are_ignored() -> None:

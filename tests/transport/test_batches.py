@@ -94,6 +94,16 @@ def test_a_cut_of_many_keys_pauses_between_slices_and_decodes_to_the_same_points
     ]
 
 
+def test_a_generation_of_several_batches_pauses_between_their_copies_and_encodings() -> None:
+    """Each batch's bytes and encoding are C calls of ~0.2-0.5 ms at full size: a pause comes between them."""
+    buf = Buffer(100_000)
+    buf.cols["k"] = _col(list(range(35)))
+    pauses: list[int] = []
+    batches = Cutter(_no_numbering, 10, pause=lambda: pauses.append(len(pauses))).cut(buf)
+    assert [b.points for b in batches] == [10, 10, 10, 5]
+    assert len(pauses) >= 2 * len(batches)  # one before each part's copy, one before each encoding
+
+
 def test_a_generation_larger_than_a_batch_numbers_each_column_once() -> None:
     """The one pass numbers every column before it finds they do not fit; the split must not number again."""
     calls: list[str] = []
