@@ -59,8 +59,10 @@ __all__ = ["GilThread", "find_libpython", "main", "parse_events", "summarize"]
 _GROUP = "coordgil"
 _RATE = 50.0
 _KEYS = 100
-_EVENT = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+" + _GROUP + r":(\w+):")
-_SWITCH = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+PERF_RECORD_SWITCH\s+(IN|OUT)\b")
+_EVENT = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+\.\d+):\s+" + _GROUP + r":(\w+):")
+_SWITCH = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+\.\d+):\s+PERF_RECORD_SWITCH\s+(IN|OUT)\b")
+"""``perf script -F pid,tid,time,event``: the recorded process's children (the aggregator it starts) are
+recorded too (perf follows forks), and their lines are told apart by the pid."""
 
 
 @dataclass
@@ -77,8 +79,8 @@ def _ns(stamp: str) -> int:
     return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
 
 
-def parse_events(lines: Iterable[str]) -> dict[int, GilThread]:
-    """Per thread id, its holds and waits from ``perf script -F tid,time,event --ns`` lines.
+def parse_events(lines: Iterable[str], pid: int) -> dict[int, GilThread]:
+    """Per thread id of process ``pid``, its holds and waits from ``perf script -F pid,tid,time,event --ns`` lines.
 
     Events: ``take`` (``take_gil`` entered: the thread wants the GIL), ``taken__return`` (it has
     it), ``drop`` (``drop_gil`` entered: it gives it up). A hold or wait whose start falls
@@ -89,11 +91,11 @@ def parse_events(lines: Iterable[str]) -> dict[int, GilThread]:
     has: dict[int, int] = {}
     for line in lines:
         m = _EVENT.match(line)
-        if m is None:
+        if m is None or int(m.group(1)) != pid:
             continue
-        tid = int(m.group(1))
-        t = _ns(m.group(2))
-        ev = m.group(3)
+        tid = int(m.group(2))
+        t = _ns(m.group(3))
+        ev = m.group(4)
         th = out.get(tid)
         if th is None:
             th = out[tid] = GilThread()
@@ -111,16 +113,16 @@ def parse_events(lines: Iterable[str]) -> dict[int, GilThread]:
     return out
 
 
-def parse_switches(lines: Iterable[str]) -> dict[int, list[tuple[int, int]]]:
-    """Per thread, its (switched out, switched back in) times, from ``--show-switch-events`` lines."""
+def parse_switches(lines: Iterable[str], pid: int) -> dict[int, list[tuple[int, int]]]:
+    """Per thread of process ``pid``, its (switched out, back in) times, from ``--show-switch-events`` lines."""
     out: dict[int, list[tuple[int, int]]] = {}
     gone: dict[int, int] = {}
     for line in lines:
         m = _SWITCH.match(line)
-        if m is None:
+        if m is None or int(m.group(1)) != pid:
             continue
-        tid, t = int(m.group(1)), _ns(m.group(2))
-        if m.group(3) == "OUT":
+        tid, t = int(m.group(2)), _ns(m.group(3))
+        if m.group(4) == "OUT":
             gone[tid] = t
         elif tid in gone:
             out.setdefault(tid, []).append((gone.pop(tid), t))
@@ -317,11 +319,11 @@ def _record(mode: str, seconds: float, tmp: Path, load: str = "paced") -> dict[s
         stop_recorder(perf)
         w.send("STOP")
         w.close(60)
-    script = _perf(["script", "-i", str(data), "-F", "tid,time,event", "--ns", "--show-switch-events"], timeout=300)
+    script = _perf(["script", "-i", str(data), "-F", "pid,tid,time,event", "--ns", "--show-switch-events"], timeout=300)
     lines = script.stdout.splitlines()
     names = {int(k): v for k, v in {**ready["names"], **done["names"]}.items()}
     names[pid] = "MainThread"
-    threads, away = parse_events(lines), parse_switches(lines)
+    threads, away = parse_events(lines, pid), parse_switches(lines, pid)
     go, end = done["window"]
     return {
         "steady": summarize(threads, names, away, (go, end)),

@@ -23,10 +23,23 @@ MAX_DEPTH = 16
 """Deepest nesting of lists and maps a decoded frame may have."""
 
 
-def packb(obj: object) -> bytes:
-    """``obj`` as msgpack (bytes as bin, str as str)."""
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
+def packb(obj: object, size_hint: int = 0) -> bytes:
+    """``obj`` as msgpack (bytes as bin, str as str).
+
+    ``size_hint``: about how many bytes it will take. A payload of hundreds of KB (a full batch)
+    is packed into a buffer of that size at once: msgpack otherwise starts small and doubles,
+    copying it each time into fresh pages (a full batch 165 µs at the median, up to 0.4-0.9 ms
+    cold, against 92 µs), on the sender thread, holding the GIL. The bytes are the same.
+    """
+    if size_hint > _PRESIZE_BYTES:
+        data: bytes = msgpack.Packer(use_bin_type=True, buf_size=size_hint).pack(obj)
+    else:
+        data = msgpack.packb(obj, use_bin_type=True)
     return data
+
+
+_PRESIZE_BYTES = 128 * 1024
+"""Payloads estimated larger than this are packed into a buffer of their size."""
 
 
 def unpack(data: bytes, limit: int, *, check: bool = True) -> Any:

@@ -260,9 +260,11 @@ def encode_chunks(
     payload: dict[str, Any] = {"m": chunks, "f": [[p, tag, val] for p, (tag, val) in fields], "t": ts}
     if texts:
         payload["x"] = [[k, to_le(s), t] for k, s, t in texts]
+    size = sum(len(c[1]) + len(c[2]) for c in chunks)
     if blocks:
         payload["b"] = blocks
-    return packb(payload)
+        size += sum(len(b[1]) + len(b[2]) for b in blocks)
+    return packb(payload, size + 64 * (len(chunks) + len(fields)) + 4096)
 
 
 def _check_new_key(key: str, new: list[str]) -> None:

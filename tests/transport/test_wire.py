@@ -710,3 +710,15 @@ def test_blocks_are_checked_like_chunks() -> None:
     with pytest.raises(ProtocolError) as ei:
         wire.decode_batch(raw_batch(m=[chunk("a", [1], [1.0]), ["b", msgpack.Timestamp(1, 0), b""]]), blocks=True)
     assert ei.value.code == "ext"
+
+
+def test_a_full_batch_is_packed_presized_into_the_same_bytes() -> None:
+    """A payload past 128 KiB is packed into a buffer of its estimated size: the bytes do not change."""
+    steps, values = array("q", range(65_536)).tobytes(), array("d", range(65_536)).tobytes()
+    block = (("a", "b"), steps[: 8 * 1000], values[: 16 * 1000])
+    chunks: list[list[Any]] = [["loss", steps, values]]
+    fields: list[tuple[str, Any]] = [("p", ("str", "x"))]
+    payload = wire.encode_chunks(chunks, fields, 1.0, None, [block])
+    plain = {"m": chunks, "f": [["p", "str", "x"]], "t": 1.0, "b": [block]}
+    assert payload == msgpack.packb(plain, use_bin_type=True)
+    assert wire.decode_batch(payload, blocks=True).metrics[0][1].tolist() == list(range(65_536))
