@@ -170,7 +170,7 @@ def summarize(
         waits = sorted(b - a for a, b in th.waits if lo <= a < hi)
         if not holds and not waits:
             continue
-        cpu = sorted(on_cpu(spans, away[tid])) if away is not None and tid in away else []
+        cpu = sorted(on_cpu(spans, away.get(tid, []))) if away is not None else []  # never switched out: all on it
         res["threads"][name] = {
             "cpu_hold_p99_us": _pct(cpu, 0.99),
             "cpu_hold_max_us": cpu[-1] / 1000 if cpu else 0.0,

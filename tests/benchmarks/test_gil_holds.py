@@ -52,3 +52,4 @@ def test_the_window_keeps_only_what_started_in_it() -> None:
     sender, main = got["threads"]["coordinator-sender-r0"], got["threads"]["MainThread"]
     assert sender["holds"] == 1 and sender["hold_max_us"] == 100.0 and sender["cpu_hold_max_us"] == 70.0
     assert main["wait_max_us"] == 90.5 and main["waits_over_50us"] == 1
+    assert main["cpu_hold_max_us"] == 40.0  # never switched out: its whole hold was on the CPU
