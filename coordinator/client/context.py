@@ -360,7 +360,9 @@ def _dist_version(name: str) -> str | None:
         line = _headers_line(importlib.metadata.distribution(name))
     except importlib.metadata.PackageNotFoundError:
         return None
-    return line.partition("==")[2] or None if line is not None else None
+    if line is None:
+        return None
+    return line.partition("==")[2] or None
 
 
 def _headers_line(d: importlib.metadata.Distribution) -> str | None:
