@@ -31,6 +31,7 @@ Needs Linux, root (uprobes are set up through tracefs), ``perf``, and a CPython 
 is missing and exits 2.
 
     python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full)
+    python -m benchmarks.gil_holds --seconds 6 --repeats 1 --spans 10   (what ran in the longest)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import gil_spans
 from benchmarks.common import child_env, med
 from benchmarks.profiling import stop_recorder
 from benchmarks.workers import Worker, emit, wait_go
@@ -251,6 +253,7 @@ def _worker(cfg: dict[str, Any]) -> int:
     emit("STARTED", {"pid": os.getpid()})
     if sys.stdin.readline().strip() != "INIT":  # the parent's recorder is attached
         return 2
+    marks = gil_spans.install() if cfg.get("spans") else None
     t_init = time.monotonic_ns()
     settings = coordinator.Settings(rank=0, world_size=1, dir=cfg["dir"])
     run = coordinator.init_run(project="bench", name="gil-holds", mode=cfg["mode"], settings=settings)
@@ -276,17 +279,30 @@ def _worker(cfg: dict[str, Any]) -> int:
             delay = t_next - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-    emit("DONE", {"names": _names(), "window": [t_go, time.monotonic_ns()]})
+    t_done = time.monotonic_ns()
+    if marks is not None:
+        marks.dump(Path(cfg["spans"]))
+    emit("DONE", {"names": _names(), "window": [t_go, t_done]})
     sys.stdin.readline()  # STOP (or EOF)
     run.stop(60)
     return 0
 
 
-def _record(mode: str, seconds: float, tmp: Path, load: str = "paced") -> dict[str, Any]:
-    """One logging process under ``perf record`` (its GIL events and context switches); its summary."""
+def _record(mode: str, seconds: float, tmp: Path, load: str = "paced", spans: int = 0) -> dict[str, Any]:
+    """One logging process under ``perf record`` (its GIL events and context switches); its summary.
+
+    ``spans``: mark the sender's code (:mod:`benchmarks.gil_spans`) and list its that many longest holds.
+    """
     env = child_env(tmp)
     data = tmp / f"perf-{mode}.data"
-    cfg = {"mode": mode, "seconds": seconds, "dir": str(tmp / "runs"), "load": load}
+    marks = tmp / f"marks-{mode}.json"
+    cfg = {
+        "mode": mode,
+        "seconds": seconds,
+        "dir": str(tmp / "runs"),
+        "load": load,
+        "spans": str(marks) if spans else "",
+    }
     w = Worker(cfg, env, tmp / f"{mode}.err", "benchmarks.gil_holds")
     perf: subprocess.Popen[bytes] | None = None
     try:
@@ -325,10 +341,15 @@ def _record(mode: str, seconds: float, tmp: Path, load: str = "paced") -> dict[s
     names[pid] = "MainThread"
     threads, away = parse_events(lines, pid), parse_switches(lines, pid)
     go, end = done["window"]
-    return {
+    out: dict[str, Any] = {
         "steady": summarize(threads, names, away, (go, end)),
         "start": summarize(threads, names, away, (ready["t_init"], go)),
     }
+    if spans and marks.exists():
+        tid = next(t for t, n in names.items() if n.startswith("coordinator-sender"))
+        holds = [h for h in threads[tid].holds if go <= h[0] < end]
+        out["spans"] = gil_spans.annotate(holds, on_cpu(holds, away.get(tid, [])), json.loads(marks.read_text()), spans)
+    return out
 
 
 def _row(results: list[dict[str, Any]], name: str, keys: tuple[str, ...]) -> dict[str, float]:
@@ -378,8 +399,13 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def measure(seconds: float, repeats: int, load: str = "paced") -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
-    """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used."""
+def measure(
+    seconds: float, repeats: int, load: str = "paced", spans: int = 0
+) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
+    """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used.
+
+    ``spans``: the coordinator's recordings mark the sender's code (:mod:`benchmarks.gil_spans`).
+    """
     lib = find_libpython()
     why = _add_probes(lib) if lib is not None else "cannot read /proc/self/maps"
     if why is not None:
@@ -389,7 +415,7 @@ def measure(seconds: float, repeats: int, load: str = "paced") -> tuple[dict[str
         with tempfile.TemporaryDirectory(prefix="gil-holds-") as d:
             for _ in range(repeats):
                 for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
-                    runs[label].append(_record(mode, seconds, Path(d), load))
+                    runs[label].append(_record(mode, seconds, Path(d), load, spans if mode != "disabled" else 0))
     finally:
         _remove_probes()
     return runs, ""
@@ -408,8 +434,16 @@ def main(argv: list[str] | None = None) -> int:
         default="paced",
         help="paced: a 100-key dict at 50 steps/s (default); full: scalar log() calls back to back",
     )
+    ap.add_argument(
+        "--spans",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mark the sender's code and list what ran in its N longest holds (benchmarks.gil_spans; "
+        "the marks lengthen the holds)",
+    )
     args = ap.parse_args(argv)
-    runs, why = measure(args.seconds, args.repeats, args.load)
+    runs, why = measure(args.seconds, args.repeats, args.load, args.spans)
     if runs is None:
         print(f"gil_holds: not measured: {why}", file=sys.stderr)
         return 2
@@ -420,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     print("(medians over the recordings; [the largest])")
     for line in report(runs):
         print(line)
+    for i, r in enumerate(runs["coordinator"]):
+        if r.get("spans"):
+            print(f"the sender's longest holds, recording {i + 1} (marked: see benchmarks.gil_spans):")
+            print("\n".join(r["spans"]))
     return 0
 
 

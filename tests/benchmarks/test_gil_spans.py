@@ -1,0 +1,65 @@
+"""The sender's code marks of the GIL-stretch benchmark: what is recorded, and how a hold is annotated."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from benchmarks.gil_spans import annotate, install
+from coordinator.transport.slices import GilSlicer
+from coordinator.transport.wake import WakePipe
+
+
+def test_marks_say_where_the_slicer_was_called_and_when_a_step_ran_then_come_off() -> None:
+    original = GilSlicer.pause
+    marks = install()
+    try:
+        slicer = GilSlicer(budget_s=10.0)
+        line = sys._getframe().f_lineno + 1
+        slicer.start()
+        slicer.pause()
+        slicer.release()
+        pipe = WakePipe()
+        pipe.wake()
+        pipe.drain()
+        pipe.close()
+        gc.collect(0)
+    finally:
+        marks.remove()
+    labels = [label for _, label in marks.items() if not label.startswith("gc ")]
+    here = "test_gil_spans.py"
+    assert labels == [
+        f"start {here}:{line}",
+        f"pause {here}:{line + 1}",
+        f"release {here}:{line + 2}",
+        "> drain",
+        "< drain",
+    ]
+    assert {"gc start (generation 0)", "gc stop (generation 0)"} <= {label for _, label in marks.items()}
+    times = [t for t, _ in marks.items()]
+    assert times == sorted(times)
+    assert GilSlicer.pause is original  # removed: nothing marked any more
+    n = len(marks.times)
+    GilSlicer(budget_s=10.0).pause()
+    gc.collect(0)
+    assert len(marks.times) == n
+
+
+def test_annotate_lists_the_longest_holds_on_the_cpu_with_the_marks_around_them() -> None:
+    holds = [(1_000_000, 1_100_000), (2_000_000, 2_300_000), (3_000_000, 3_050_000)]
+    cpu = [100_000, 120_000, 50_000]  # the second was switched out for 180 µs: second longest on the CPU
+    marks = [
+        (1_750_000, "too early for the second"),
+        (1_950_000, "< wait"),
+        (2_010_000, "start sender.py:217"),
+        (1_010_000, "> _flush"),
+        (2_400_000, "after the second"),
+    ]
+    out = annotate(holds, cpu, marks, 2)
+    assert out == [
+        "  hold of 300 µs (120 on the CPU):",
+        "       -50.0 µs  < wait",
+        "       +10.0 µs  start sender.py:217",
+        "  hold of 100 µs (100 on the CPU):",
+        "       +10.0 µs  > _flush",
+    ]
