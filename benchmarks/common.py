@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import random
 import re
 import socket
 import sqlite3
@@ -75,6 +76,30 @@ def log(msg: str) -> None:
 def med(xs: list[float]) -> float:
     """Median, NaN for no samples (a cell whose every repeat failed still gets a row)."""
     return float(statistics.median(xs)) if xs else float("nan")
+
+
+def paired_change(
+    xs: list[float], base: list[float], seed: int = 0, resamples: int = 4000
+) -> tuple[float, float, float]:
+    """The median of ``xs[i] / base[i] - 1`` over paired repeats, and its 95% bootstrap interval.
+
+    Each repeat's pair ran close together (the DDP job interleaves its variants), so the machine's
+    drift between repeats, which swings a variant's own median by as much as the 2% goal, mostly
+    cancels in the ratio. The interval resamples the repeats (``resamples`` times, a fixed seed:
+    the same input gives the same figures); with 5 repeats it is wide, and says so.
+
+    Raises:
+        ValueError: the lists differ in length or are empty, or a base figure is not positive.
+    """
+    if len(xs) != len(base) or not xs:
+        raise ValueError(f"paired_change needs two lists of one length, got {len(xs)} and {len(base)}")
+    if min(base) <= 0:
+        raise ValueError("paired_change needs positive base figures")
+    ratios = [x / b - 1 for x, b in zip(xs, base, strict=True)]
+    rng = random.Random(seed)
+    n = len(ratios)
+    meds = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(resamples))
+    return float(statistics.median(ratios)), meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def fmt_pps(x: float | None) -> str:

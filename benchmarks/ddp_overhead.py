@@ -26,6 +26,9 @@ step time). Variants:
 The metrics are 100 floats derived from the step's loss (``loss.item()`` once, shared by every
 logging variant). Step time of a block = the slowest rank's mean (DDP runs at that pace);
 each variant's figure is the median over the repeats; slowdown = median / median(none) - 1.
+The report also gives the *paired* slowdown: the median over repeats of each repeat's ratio to
+that repeat's ``none`` block, with a 95% bootstrap interval (``common.paired_change``): the
+machine's drift between repeats mostly cancels in a ratio of blocks run minutes apart at most.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, exit_without_teardown, log, med, run_job
+from benchmarks.common import child_env, exit_without_teardown, log, med, paired_change, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
 __all__ = ["N_METRICS", "ddp_section", "main"]
@@ -193,11 +196,13 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
         return res
     raw = json.loads(out_json.read_text())
     res["raw"] = raw
-    base = med([b["mean_s"] for b in raw["results"]["none"]])
+    none = [b["mean_s"] for b in raw["results"]["none"]]
+    base = med(none)
     rows = []
     for v in variants:
         bs = raw["results"][v]
         m = med([b["mean_s"] for b in bs])
+        paired, lo, hi = paired_change([b["mean_s"] for b in bs], none)
         rows.append(
             {
                 "variant": v,
@@ -205,6 +210,8 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
                 "step_ms_all": [round(b["mean_s"] * 1000, 3) for b in bs],
                 "median_step_ms": med([b["median_s"] for b in bs]) * 1000,
                 "slowdown": m / base - 1,
+                "paired": paired,
+                "paired_ci": [lo, hi],
                 "setup_s": med([b["setup_s"] for b in bs]),
                 "close_s": med([b["close_s"] for b in bs]),
             }
