@@ -19,6 +19,12 @@ step time). Variants:
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
   W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
   in the peer table (section 4);
+* any of them with ``+wake5ms`` appended — the same, with a thread on every rank that wakes up
+  every 5 ms and does nothing else. On a VM the step time depends on how soon an idle vCPU runs
+  again after a rank's wait in gloo, and a thread that wakes often keeps it from idling: on the
+  2-core VM ``none+wake5ms`` ran 11-14% faster than ``none``, and ``coordinator-flush5ms`` faster
+  than ``none`` too (docs/performance.md, round 11). The ``+wake5ms`` variants, compared with
+  ``none+wake5ms``, measure what logging costs with that effect the same for every variant;
 * ``allreduce`` — Lightning's ``sync_dist=True`` pattern: one ``all_reduce`` per metric (100
   per step), then rank 0 keeps the means (written to TensorBoard when it is installed);
 * ``allreduce-packed`` — the same 100 metrics packed into one tensor, one ``all_reduce``.
@@ -38,6 +44,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,16 +55,25 @@ from benchmarks.trackers import open_tracker, peer_env
 __all__ = ["N_METRICS", "ddp_section", "main"]
 
 N_METRICS = 100
+WARM = "+wake5ms"
+"""Suffix of a variant that runs with a thread waking every 5 ms on every rank (its baseline: ``none+wake5ms``)."""
 
 
 class _Logger:
     """One variant's logging, set up and torn down around a block."""
 
     def __init__(self, variant: str, rank: int, world: int, root: Path, block: int) -> None:
+        warm = variant.endswith(WARM)
+        variant = variant.removesuffix(WARM)
         self.variant, self.rank, self.world, self.root, self.block = variant, rank, world, root, block
         self.keys = [f"train/m{j:03d}" for j in range(N_METRICS)]
         self.obj: Any = None
         self.tb: Any = None
+        self.waker: threading.Thread | None = None
+        self.stop = threading.Event()
+        if warm:  # a thread that only wakes up every 5 ms, next to the variant's logging (module's notes)
+            self.waker = threading.Thread(target=self._wake, name="wake5ms", daemon=True)
+            self.waker.start()
         if variant.startswith("coordinator"):
             import coordinator
 
@@ -82,6 +98,10 @@ class _Logger:
                 self.tb = SummaryWriter(log_dir=str(root / "tb-allreduce" / f"block{block}"))
             except ImportError:
                 self.tb = None
+
+    def _wake(self) -> None:
+        while not self.stop.wait(0.005):
+            pass
 
     def log(self, loss: Any, step: int) -> None:
         v = self.variant
@@ -121,6 +141,11 @@ class _Logger:
                 self.tb.add_scalar(k, val, step)
 
     def close(self) -> None:
+        if self.waker is not None:
+            self.stop.set()
+            self.waker.join(5)
+            if self.waker.is_alive():
+                raise RuntimeError("the wake5ms thread did not stop within 5 s")
         if self.variant.startswith("coordinator"):
             self.obj.stop()
         elif self.variant.startswith("peer:") and self.obj is not None:
@@ -137,6 +162,7 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
     variants = ["none", "coordinator", "allreduce", "allreduce-packed"]
     if not quick:
         variants.insert(2, "coordinator-flush5ms")
+        variants += ["none" + WARM, "coordinator" + WARM]
     want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
     missing = [p for p in want if not peers_available.get(p)]
     variants[2:2] = [f"peer:{p}" for p in want if peers_available.get(p)]
@@ -196,16 +222,19 @@ def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dic
         return res
     raw = json.loads(out_json.read_text())
     res["raw"] = raw
-    none = [b["mean_s"] for b in raw["results"]["none"]]
-    base = med(none)
     rows = []
     for v in variants:
+        # A +wake5ms variant against none+wake5ms (when it ran), every other one against none.
+        baseline = "none" + WARM if v.endswith(WARM) and "none" + WARM in raw["results"] else "none"
+        none = [b["mean_s"] for b in raw["results"][baseline]]
+        base = med(none)
         bs = raw["results"][v]
         m = med([b["mean_s"] for b in bs])
         paired, lo, hi = paired_change([b["mean_s"] for b in bs], none)
         rows.append(
             {
                 "variant": v,
+                "baseline": baseline,
                 "step_ms": m * 1000,
                 "step_ms_all": [round(b["mean_s"] * 1000, 3) for b in bs],
                 "median_step_ms": med([b["median_s"] for b in bs]) * 1000,
