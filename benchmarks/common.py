@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "ENV_TO_CLEAR",
+    "MIN_PAIRED_REPEATS",
     "RESULTS",
     "ROOT",
     "child_env",
@@ -32,6 +33,7 @@ __all__ = [
     "mark",
     "med",
     "mib",
+    "paired_change",
     "result_base",
     "run_job",
     "thread_cpu",
@@ -78,6 +80,10 @@ def med(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+MIN_PAIRED_REPEATS = 5
+"""Fewest paired repeats :func:`paired_change` gives an interval for."""
+
+
 def paired_change(
     xs: list[float], base: list[float], seed: int = 0, resamples: int = 4000
 ) -> tuple[float, float, float]:
@@ -86,7 +92,9 @@ def paired_change(
     Each repeat's pair ran close together (the DDP job interleaves its variants), so the machine's
     drift between repeats, which swings a variant's own median by as much as the 2% goal, mostly
     cancels in the ratio. The interval resamples the repeats (``resamples`` times, a fixed seed:
-    the same input gives the same figures); with 5 repeats it is wide, and says so.
+    the same input gives the same figures); with 5 repeats it is wide, and says so. Below
+    :data:`MIN_PAIRED_REPEATS` repeats there is no interval (NaN, NaN): resampling 2 or 3 values
+    only spans them, which would read as far more certain than it is.
 
     Raises:
         ValueError: the lists differ in length or are empty, or a base figure is not positive.
@@ -96,6 +104,8 @@ def paired_change(
     if min(base) <= 0:
         raise ValueError("paired_change needs positive base figures")
     ratios = [x / b - 1 for x, b in zip(xs, base, strict=True)]
+    if len(ratios) < MIN_PAIRED_REPEATS:
+        return float(statistics.median(ratios)), float("nan"), float("nan")
     rng = random.Random(seed)
     n = len(ratios)
     meds = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(resamples))

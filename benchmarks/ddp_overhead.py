@@ -52,7 +52,7 @@ from typing import Any
 from benchmarks.common import child_env, exit_without_teardown, log, med, paired_change, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
-__all__ = ["N_METRICS", "ddp_section", "main"]
+__all__ = ["N_METRICS", "WARM", "ddp_section", "main", "with_baselines"]
 
 N_METRICS = 100
 WARM = "+wake5ms"
@@ -157,16 +157,39 @@ class _Logger:
 # ============================================================================ suite section 5 (parent side)
 
 
-def ddp_section(quick: bool, tmp: Path, peers_available: dict[str, bool]) -> dict[str, Any]:
-    """Section 5 of the suite: launch this module under torchrun (4 ranks) and summarise its blocks."""
-    variants = ["none", "coordinator", "allreduce", "allreduce-packed"]
-    if not quick:
-        variants.insert(2, "coordinator-flush5ms")
-        variants += ["none" + WARM, "coordinator" + WARM]
-    want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
-    missing = [p for p in want if not peers_available.get(p)]
-    variants[2:2] = [f"peer:{p}" for p in want if peers_available.get(p)]
-    steps, repeats = (30, 2) if quick else (150, 5)
+def with_baselines(chosen: list[str], peers_available: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """``chosen`` with its baselines first (``none``; ``none+wake5ms`` for a ``+wake5ms`` variant),
+    once each, less the peers not installed; and those peers' names."""
+    bases = ["none"] + (["none" + WARM] if any(v.endswith(WARM) for v in chosen) else [])
+    peers = {v: v[5:].removesuffix(WARM) for v in chosen if v.startswith("peer:")}
+    missing = sorted({p for p in peers.values() if not peers_available.get(p)})
+    return list(dict.fromkeys(bases + [v for v in chosen if peers.get(v) not in missing])), missing
+
+
+def ddp_section(
+    quick: bool,
+    tmp: Path,
+    peers_available: dict[str, bool],
+    chosen: list[str] | None = None,
+    size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Section 5 of the suite: launch this module under torchrun (4 ranks) and summarise its blocks.
+
+    ``chosen``: these variants instead of the section's (``benchmarks.ddp_ab``); ``none``, and
+    ``none+wake5ms`` when a ``+wake5ms`` variant is chosen, are added as their baselines, and a
+    peer that is not installed is left out. ``size``: (steps, repeats) instead of the section's.
+    """
+    if chosen is None:
+        variants = ["none", "coordinator", "allreduce", "allreduce-packed"]
+        if not quick:
+            variants.insert(2, "coordinator-flush5ms")
+            variants += ["none" + WARM, "coordinator" + WARM]
+        want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
+        missing = [p for p in want if not peers_available.get(p)]
+        variants[2:2] = [f"peer:{p}" for p in want if peers_available.get(p)]
+    else:
+        variants, missing = with_baselines(chosen, peers_available)
+    steps, repeats = size if size is not None else (30, 2) if quick else (150, 5)
     d = tmp / "ddp"
     d.mkdir()
     out_json = d / "result.json"

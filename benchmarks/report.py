@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from benchmarks.common import fmt_pps, mark, mib
+from benchmarks.common import MIN_PAIRED_REPEATS, fmt_pps, mark, mib
 from benchmarks.lightning_overhead import markdown as lightning_markdown
 from benchmarks.report_cpu import cpu_markdown, cpu_targets, gil_markdown
 from benchmarks.sampler_cost import markdown as sampler_markdown
@@ -18,6 +19,7 @@ __all__ = [
     "T_RSS_FLAT",
     "T_SLOWDOWN",
     "notes",
+    "paired_text",
     "report",
 ]
 
@@ -31,11 +33,13 @@ T_SLOWDOWN = 0.01
 T_RSS_FLAT = 0.10
 
 
-def _paired(r: dict[str, Any]) -> str:
+def paired_text(r: dict[str, Any]) -> str:
     """``+4.8% [-1.2%, +9.5%]``: a DDP variant's paired slowdown and its 95% interval ("n/a" in older results)."""
     if "paired" not in r:
         return "n/a"
     lo, hi = r["paired_ci"]
+    if math.isnan(lo):
+        return f"{r['paired']:+.1%} [no interval below {MIN_PAIRED_REPEATS} repeats]"
     return f"{r['paired']:+.1%} [{lo:+.1%}, {hi:+.1%}]"
 
 
@@ -104,7 +108,7 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             out.append(
                 (
                     f"DDP step slowdown, coordinator 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
-                    f"{c['slowdown']:+.1%} (paired: {_paired(c)})",
+                    f"{c['slowdown']:+.1%} (paired: {paired_text(c)})",
                     c["slowdown"] < T_SLOWDOWN,
                 )
             )
@@ -114,7 +118,7 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     (
                         "DDP step slowdown, the same with a 5 ms waker on every rank of every variant: "
                         f"< {T_SLOWDOWN:.0%}",
-                        f"{warm['slowdown']:+.1%} (paired: {_paired(warm)})",
+                        f"{warm['slowdown']:+.1%} (paired: {paired_text(warm)})",
                         warm["slowdown"] < T_SLOWDOWN,
                     )
                 )
@@ -342,7 +346,7 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             for r in ddp["rows"]:
                 md.append(
                     f"| {r['variant']} | {r['step_ms']:.3f} | {r['step_ms_all']} | {r['slowdown']:+.1%} | "
-                    f"{_paired(r)} | {r['setup_s']:.2f} | {r['close_s']:.2f} |"
+                    f"{paired_text(r)} | {r['setup_s']:.2f} | {r['close_s']:.2f} |"
                 )
         for p in ddp.get("problems", []):
             md += [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from benchmarks.common import paired_change
@@ -21,7 +23,13 @@ def test_the_interval_holds_the_median_and_narrows_with_more_repeats() -> None:
     for point, lo, hi in (few, many):
         assert lo <= point <= hi
     assert many[2] - many[1] < few[2] - few[1]
-    assert paired_change([1.0, 2.0], [1.0, 1.5]) == paired_change([1.0, 2.0], [1.0, 1.5])  # a fixed seed
+    xs, base = [1.0, 2.0, 3.0, 4.1, 5.0], [1.0, 1.9, 3.1, 4.0, 5.2]
+    assert paired_change(xs, base) == paired_change(xs, base)  # a fixed seed
+
+
+def test_too_few_repeats_give_the_median_and_no_interval() -> None:
+    point, lo, hi = paired_change([1.1, 1.3], [1.0, 1.0])
+    assert point == pytest.approx(0.2) and math.isnan(lo) and math.isnan(hi)
 
 
 def test_unpaired_or_empty_input_is_refused() -> None:
