@@ -24,9 +24,7 @@ slice between two pauses: 20-60 µs each on a cold CPU (the sender wakes 20-40 t
 code evicted in between). Measured with uprobes on ``take_gil``/``drop_gil``
 (``benchmarks.gil_holds``): at 50 µs and fewer pauses the longest stretch on the CPU was 240-300 µs;
 at 30 µs, with a pause between the replies, the cut and the encoding, 115-150 µs, for ~5% more
-sender CPU (about 50 more yields a second); with the replies looked for by a GIL-releasing
-``zmq_poll`` and a :meth:`GilSlicer.release` before each flush, p99 ~70 µs and the longest
-~100-120 µs, the sender's CPU unchanged within its swing."""
+sender CPU (about 50 more yields a second)."""
 
 
 class GilSlicer:
@@ -45,14 +43,6 @@ class GilSlicer:
 
     def start(self) -> None:
         """A stretch starts now (the thread just took the GIL back, e.g. after its poll)."""
-        self._since = time.perf_counter()
-
-    def release(self) -> None:
-        """Release the GIL now, whatever the stretch's length: before a piece of work that is
-        long on its own, when the clock may have started late (a stretch began when the thread
-        took the GIL back, some Python before :meth:`start` could run)."""
-        time.sleep(0)
-        self.yields += 1
         self._since = time.perf_counter()
 
     def pause(self) -> None:
