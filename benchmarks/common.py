@@ -104,12 +104,12 @@ def paired_change(
     if min(base) <= 0:
         raise ValueError("paired_change needs positive base figures")
     ratios = [x / b - 1 for x, b in zip(xs, base, strict=True)]
+    point = float(statistics.median(ratios))
     if len(ratios) < MIN_PAIRED_REPEATS:
-        return float(statistics.median(ratios)), float("nan"), float("nan")
+        return point, float("nan"), float("nan")
     rng = random.Random(seed)
-    n = len(ratios)
-    meds = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(resamples))
-    return float(statistics.median(ratios)), meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return point, meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 
 
 def fmt_pps(x: float | None) -> str:
