@@ -167,18 +167,26 @@ class Buffer:
                 lock, so the training thread does not build them again after every flush.
 
         Returns:
-            The generation, its metric columns, its frames, its field writes and its text columns.
+            The generation, its metric columns, its frames, its field writes and its text columns:
+            containers the buffer no longer holds, so nothing the training thread logs after the
+            swap can reach them.
         """
         with self.lock:
             gen = self.gen
             cols, self.cols = self.cols, fresh
-            frames = self.frames
+            # Never hand over a live dict, even an empty one: the caller encodes the cut after
+            # the lock is released (pausing between slices), while the training thread opens
+            # frames and text series of the next generation in the buffer's dicts.
+            frames, texts = self.frames, self.texts
             if frames:
                 self.frames, self.framed = {}, {}
+            else:
+                frames = {}
             fields, self.fields = self.fields, []
-            texts = self.texts
             if texts:
                 self.texts = {}
+            else:
+                texts = {}
             self.gen = gen + 1
             self.flush_requested = False
             self.mark = self._batch_mark()

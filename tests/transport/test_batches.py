@@ -233,3 +233,27 @@ def test_frames_columns_and_texts_of_one_generation_arrive_complete() -> None:
     assert got["solo"] == [(0, -1.0), (1, -1.0)] and [s for s, _ in got["a"]] == [0, 1, 2] == [s for s, _ in got["b"]]
     texts = [t for b in batches for t in wire.decode_batch(b.payload or b"").texts]
     assert [(k, list(s), x) for k, s, x in texts] == [("t", [0], ["hello"])]
+
+
+def test_a_frame_and_a_text_logged_while_the_cutter_pauses_are_cut_once_in_the_next_generation() -> None:
+    """The training thread runs during the cutter's pauses: what it logs then is the next generation's only."""
+    buf = Buffer(1000)
+    buf.cols["a"] = _col(list(range(30)))  # several batches of 10: several pauses
+    buf.pending = 30
+    logged: list[int] = []
+
+    def pause() -> None:  # the GIL released: the training thread logs a dict and a text
+        with buf.lock:
+            if not logged:
+                _frame(buf, ("f", "g"), [5])
+                buf.texts["t"] = (array("q", [5]), ["hi"])
+                buf.pending += 1
+            logged.append(1)
+
+    cutter = Cutter(_no_numbering, max_batch_points=10, pause=pause)
+    batches = cutter.cut(buf) + cutter.cut(buf)
+    got = _points(batches)
+    assert got == {"a": [(s, float(s)) for s in range(30)], "f": [(5, 5.0)], "g": [(5, 5.1)]}
+    texts = [(k, list(s), t) for b in batches for k, s, t in wire.decode_batch(b.payload or b"").texts]
+    assert texts == [("t", [5], ["hi"])]
+    assert sum(b.points for b in batches) == 33 and buf.pending == 0

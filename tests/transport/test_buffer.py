@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 
-from coordinator.transport.buffer import Buffer
+from coordinator.transport.buffer import Buffer, Frame
 
 
 def _buffer() -> tuple[Buffer, list[int]]:
@@ -61,3 +61,20 @@ def test_a_cut_ends_the_doze() -> None:
     assert b.doze()
     b.cut({"k": (array("q"), array("d"))})
     assert not b.dozing and b.mark == 100 and woken == []
+
+
+def test_a_cut_hands_over_no_dict_the_training_thread_goes_on_writing() -> None:
+    """A generation without frames or texts: what the cut returns is not the buffer's live dicts.
+
+    The sender encodes the cut after releasing the lock (and the GIL, between slices); a frame or
+    text the training thread opens meanwhile belongs to the next generation, not to both.
+    """
+    b = Buffer(max_points=1000)
+    _, _, frames, _, texts = b.cut({})
+    with b.lock:  # as the hot path opens a frame and a text series (client/hotpath.py, client/texts.py)
+        b.frames[("a", "b")] = fr = Frame(("a", "b"))
+        b.framed.update(dict.fromkeys(("a", "b"), fr))
+        b.texts["t"] = (array("q", [0]), ["x"])
+    assert frames == {} and texts == {}
+    _, _, frames2, _, texts2 = b.cut({})
+    assert list(frames2) == [("a", "b")] and list(texts2) == ["t"]
