@@ -291,7 +291,7 @@ def test_a_sigterm_while_stop_waits_for_the_capture_still_waits_for_it() -> None
     written: list[float] = []
     release = threading.Event()
 
-    def slow_write(items: list[tuple[str, object]]) -> bool:
+    def slow_write(items: list[tuple[str, tuple[str, object]]]) -> bool:
         release.wait(5)
         time.sleep(0.3)  # still writing when the signal arrives
         written.append(time.monotonic())
