@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.journal.records import RunInfo
 from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
 from tests.integration._torchrun import torchrun
 from tests.integration.workers.frame_rank import KEYS, TEXT_KEY, text, texts_at, value
@@ -19,9 +20,7 @@ def test_framed_dicts_with_per_key_calls_mixed_in_are_stored_exactly_once_in_cal
     torchrun(
         "frame_rank.py", "--steps", str(n), store=store_dir, extra_env={"COORDINATOR_MAX_BATCH_POINTS": "50"}
     ).check()
-    [info] = list_runs(store_dir)
-    assert info.state == "finished", info.report
-    s = LocalStore(info.path / "run.db", readonly=True)
+    info, s = _finished(store_dir)
     try:
         got = _rank_points(s)
         for rank in range(4):
@@ -43,9 +42,7 @@ def test_texts_and_framed_dicts_logged_while_the_sender_cuts_are_stored_exactly_
     n = 400
     env = {"COORDINATOR_MAX_BATCH_POINTS": "50", "COORDINATOR_FLUSH_INTERVAL_S": "0.005"}
     torchrun("frame_rank.py", "--steps", str(n), "--texts", nproc=2, store=store_dir, extra_env=env).check()
-    [info] = list_runs(store_dir)
-    assert info.state == "finished", info.report
-    s = LocalStore(info.path / "run.db", readonly=True)
+    _, s = _finished(store_dir)
     try:
         got = _rank_points(s)
         for rank in range(2):
@@ -54,6 +51,13 @@ def test_texts_and_framed_dicts_logged_while_the_sender_cuts_are_stored_exactly_
         assert len(got) == 2 * len(KEYS)
     finally:
         s.close()
+
+
+def _finished(store_dir: Path) -> tuple[RunInfo, LocalStore]:
+    """The store's one run, checked finished, and its journal opened read-only."""
+    [info] = list_runs(store_dir)
+    assert info.state == "finished", info.report
+    return info, LocalStore(info.path / "run.db", readonly=True)
 
 
 def _rank_points(s: LocalStore) -> dict[tuple[int, str], list[tuple[int, float]]]:
