@@ -329,11 +329,11 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             "Setup/close = opening and draining the logger around a block (not in the step time). 4 ranks share "
             "2 cores, so every CPU cycle a logger (or its aggregator / service process) takes is taken from "
             "training. Paired = the median over repeats of each block's ratio to the same repeat's `none` "
-            "block, with a 95% bootstrap interval over the repeats: a goal is shown met or missed only when "
-            "the interval is on one side of it. The baseline is `none`, and `none+wake5ms` for a `+wake5ms` "
-            "variant (every rank runs a thread that only wakes up every 5 ms: on a VM an idle vCPU is slow to "
-            "run again, which a logger's own wake-ups hide; with the waker everywhere that effect is the same "
-            "for every variant).",
+            "block, with a 95% bootstrap interval over the repeats, which says how much of a figure is the "
+            "machine's noise (the targets above are read from the plain slowdown). The baseline is `none`, "
+            "and `none+wake5ms` for a `+wake5ms` variant (every rank runs a thread that only wakes up every "
+            "5 ms: on a VM an idle vCPU is slow to run again, which a logger's own wake-ups hide; with the "
+            "waker everywhere that effect is the same for every variant).",
             "",
         ]
         if ddp.get("missing"):

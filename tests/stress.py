@@ -63,7 +63,7 @@ def run_round(args: list[str], copies: int, out: Path, name: str, timeout_s: flo
     for c, p in procs:
         if c.rc is not None:
             try:
-                os.killpg(p.pid, signal.SIGKILL)  # anything a passed copy left in its session
+                os.killpg(p.pid, signal.SIGKILL)  # anything a finished copy left in its session
             except ProcessLookupError:
                 pass  # the usual case: the session ended with pytest
     return [c for c, _ in procs]
