@@ -167,6 +167,16 @@ class Server:
         texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
         kept: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
+            if kind == wire.WELCOME or (kind == wire.ERROR and payload.get("code") == "gap"):
+                # Their mark acknowledges every batch below it, so it is the sender's mark after
+                # this commit (durable), not the one when the HELLO or the batch was read.
+                snd = agg.senders.get((env.rank, env.incarnation))
+                if snd is not None and kind == wire.WELCOME:
+                    payload["last_seq"] = snd.last_seq
+                elif snd is not None:
+                    payload["expected"] = snd.last_seq + 1
+                kept.append((ident, kind, env, payload))
+                continue
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
                     kept.append((ident, kind, env, {"forward": agg.forward_positions()}))
@@ -197,11 +207,24 @@ class Server:
                 self.unroutable += 1
                 _log.debug("query answer unroutable: %s", e)
 
-    def _refuse_acks(self, e: SinkError) -> None:
-        """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it."""
-        for i, (ident, kind, env, _) in enumerate(self.replies):
+    def _refuse_acks(self, e: SinkError) -> list[_Reply]:
+        """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it.
+
+        A WELCOME and a gap report also acknowledge (every batch below the mark they carry), so
+        they are not sent with a mark that is not durable: they are returned, to wait for the
+        next commit that succeeds.
+        """
+        held: list[_Reply] = []
+        refused: list[_Reply] = []
+        for ident, kind, env, payload in self.replies:
             if kind in (wire.ACK, wire.BYE_ACK):
-                self.replies[i] = (ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind})
+                refused.append((ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind}))
+            elif kind == wire.WELCOME or (kind == wire.ERROR and payload.get("code") == "gap"):
+                held.append((ident, kind, env, payload))
+            else:
+                refused.append((ident, kind, env, payload))
+        self.replies = refused
+        return held
 
     # ------------------------------------------------------------- messages
 
@@ -337,8 +360,9 @@ class Server:
                 commit_failures += 1
                 _log.error("store commit failed (attempt %d), not acking: %s", commit_failures, e)
                 # The transaction is kept and retried; resends are duplicates of it.
-                self._refuse_acks(e)
+                held = self._refuse_acks(e)
                 self._flush_replies()
+                self.replies = held
                 time.sleep(min(0.05 * commit_failures, 1.0))
                 if self.stopping and commit_failures > _STOPPING_COMMIT_RETRIES:
                     raise

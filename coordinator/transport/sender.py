@@ -105,8 +105,6 @@ class SenderThread(threading.Thread):
         self._hello_sent_at = 0.0
         self._hello_seq = 0
         """Number of the last HELLO sent: only its WELCOME counts (older ones are stale)."""
-        self._probing = False
-        """The last HELLO is an ack-timeout probe (the connection was never lost)."""
         self._unsent: list[tuple[int, int, bytes]] = []
         """Requests (kind, id, payload) the full send queue refused: sent on the next rounds."""
         self.deferred_sends = 0
@@ -312,7 +310,6 @@ class SenderThread(threading.Thread):
         """Say HELLO; its WELCOME resends what it did not have. A probe keeps sending meanwhile."""
         if not probe:
             self._pipe.welcomed = False
-        self._probing = probe
         self._hello_seq += 1
         self._hello_sent_at = time.monotonic()
         # A HELLO the full queue refuses is retried by housekeeping after ack_timeout_s.
@@ -399,12 +396,12 @@ class SenderThread(threading.Thread):
         _log.debug("rank %d: WELCOME, aggregator has up to seq %s", self.cfg.rank, last)
         first = 0
         if type(last) is int:
-            if self._probing:
-                # A live aggregator's mark may be ahead of its commit: those batches get their
-                # own ACK once durable; only the ones it never saw are sent again.
-                first = last + 1
-            else:
-                self._pipe.ack_below(last + 1)
+            # The aggregator sends a WELCOME after the commit that made every batch up to its
+            # mark durable, so those are acknowledged here, probe or not: their own ACKs may never
+            # come (lost in a reconnect, or the aggregator died between its commit and its acks,
+            # and a probe reached its successor), and waiting for them would wait for ever.
+            first = last + 1
+            self._pipe.ack_below(first)
         # Batches sent before that HELLO and not acked were lost on the way (a reconnect, a
         # restarted aggregator); those sent after it are still on their way, not sent again.
         self._resend_from(first, sent_before=self._hello_sent_at)

@@ -14,17 +14,30 @@ import pytest
 
 import coordinator
 from coordinator.journal.store import MAIN_RANK, LocalStore, list_runs
-from tests.integration.test_processes import _aggregators, _reap, _spawn
+from tests.integration.test_processes import _aggregators, _kill_all, _reap, _spawn
 
 pytestmark = pytest.mark.integration
 
 
 def _wait_for(path: Path, timeout: float = 60) -> str:
+    """The text a worker writes to ``path``, once there is some (the file exists, empty, while it is written)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and (text := path.read_text())):
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-    return path.read_text()
+    return text
+
+
+def _describe(procs: list[psutil.Process]) -> list[tuple[int, int, list[str]]]:
+    """(pid, parent pid, argv) of each process, for a failure message."""
+    out = []
+    for p in procs:
+        try:
+            with p.oneshot():
+                out.append((p.pid, p.ppid(), p.cmdline()))
+        except psutil.Error as e:  # gone meanwhile
+            out.append((p.pid, -1, [repr(e)]))
+    return out
 
 
 def _check_exactly_once(store_dir: Path, world: int, n: int, key: str = "m") -> LocalStore:
@@ -49,17 +62,22 @@ def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
     out.mkdir()
     world, n = 4, 30_000
     procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "6000")
-    run_id = _wait_for(out / "rank0.id")
-    rng = random.Random(1234)
-    for _ in range(kills):
-        time.sleep(rng.uniform(0.5, 1.5))
-        [agg] = _aggregators(run_id) or [None]
-        assert agg is not None, "no aggregator to kill"
-        agg.send_signal(signal.SIGKILL)
-        agg.wait(10)
-        deadline = time.monotonic() + 30
-        while not [p for p in _aggregators(run_id) if p.pid != agg.pid] and time.monotonic() < deadline:
-            time.sleep(0.05)
+    try:
+        run_id = _wait_for(out / "rank0.id")
+        rng = random.Random(1234)
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 1.5))
+            aggs = _aggregators(run_id)
+            assert len(aggs) == 1, f"expected one aggregator of {run_id}: {_describe(aggs)}"
+            [agg] = aggs
+            agg.send_signal(signal.SIGKILL)
+            agg.wait(10)
+            deadline = time.monotonic() + 30
+            while not [p for p in _aggregators(run_id) if p.pid != agg.pid] and time.monotonic() < deadline:
+                time.sleep(0.05)
+    except BaseException:
+        print(_kill_all(procs))  # shown with the failure
+        raise
     res = _reap(procs, timeout=240)
     for code, _, err in res:
         assert code == 0, err[-4000:]

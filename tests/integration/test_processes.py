@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -47,25 +48,44 @@ def _spawn(world: int, out: Path, store: Path, *args: str) -> list[subprocess.Po
 
 
 def _reap(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
+    """Each process's (exit code, stdout, stderr); fails the test, with every rank's last messages, if one hangs."""
     deadline = time.monotonic() + timeout
     res = []
     for p in procs:
         try:
             out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-                q.communicate(timeout=30)
-            pytest.fail("a rank process hung")
+            pytest.fail(f"a rank process hung; what each rank said last:\n{_kill_all(procs)}")
         res.append((p.returncode, out, err))
     return res
 
 
+def _kill_all(procs: list[subprocess.Popen[str]]) -> str:
+    """Ask each running process for its state (SIGUSR1: the plain worker dumps its sender and stacks), kill, reap.
+
+    Returns the tail of every process's stderr and stdout, for the failure message.
+    """
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    tails = []
+    for i, p in enumerate(procs):
+        p.kill()
+        out, err = p.communicate(timeout=30)
+        tails.append(f"--- process {i} (exit {p.returncode}) stdout:\n{out[-2000:]}\n--- stderr:\n{err[-6000:]}")
+    return "\n".join(tails)
+
+
 def _aggregators(run_id: str) -> list[psutil.Process]:
+    """The live aggregator processes of ``run_id`` (``python -m coordinator.aggregator --run <run_id>``)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "coordinator.aggregator" in cmd and run_id in cmd:
+    for p in psutil.process_iter(["cmdline", "status"]):
+        argv = p.info["cmdline"] or []
+        if p.info["status"] == psutil.STATUS_ZOMBIE or "coordinator.aggregator" not in argv or "--run" not in argv:
+            continue
+        at = argv.index("--run") + 1
+        if at < len(argv) and argv[at] == run_id:
             found.append(p)
     return found
 

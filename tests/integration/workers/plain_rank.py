@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
+from typing import Any
 
 import coordinator
+
+
+def _dump_state(run: coordinator.Run) -> None:
+    """On SIGUSR1 (a test that finds this rank hung): its sender's delivery state, then every thread's stack."""
+
+    def dump(signum: int, frame: Any) -> None:
+        snd = run._sender
+        state: dict[str, Any] = {"stats": run.stats()}
+        if snd is not None:
+            pipe = snd._pipe
+            state.update(
+                alive=snd.is_alive(),
+                welcomed=pipe.welcomed,
+                hello_seq=snd._hello_seq,
+                in_flight=list(pipe._window.batches),
+                held=len(pipe._outbox),
+                resend_next=pipe._resend_next,
+                unsent=len(snd._unsent),
+                deferred_sends=snd.deferred_sends,
+                counters=pipe.counters(),
+            )
+        sys.stderr.write(f"SENDER-STATE {json.dumps(state, default=str)}\n")
+        sys.stderr.flush()
+        faulthandler.dump_traceback(all_threads=True)
+
+    signal.signal(signal.SIGUSR1, dump)
 
 
 def main() -> None:
@@ -31,8 +60,11 @@ def main() -> None:
             close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness, spool_dir=a.spool_dir
         ),
     ) as run:
-        with open(os.path.join(a.out, f"rank{rank}.id"), "w") as f:
+        _dump_state(run)
+        id_file = os.path.join(a.out, f"rank{rank}.id")
+        with open(id_file + ".tmp", "w") as f:
             f.write(run.id)
+        os.replace(id_file + ".tmp", id_file)  # whole: a test reads it as soon as it exists
         run["cfg/same"] = "equal-everywhere"
         if a.conflict:
             run["cfg/x"] = rank

@@ -1,0 +1,88 @@
+"""The server's replies that acknowledge: a WELCOME's mark and a gap report's ``expected`` are durable when sent.
+
+A sender takes every batch below either mark as acknowledged (its own ACK may have been lost), so
+the server fills them in after the commit that made them durable, and holds them back while
+commits fail. The sender's side is tested in ``tests/transport/test_sender_replies.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.aggregator import Aggregator
+from coordinator.aggregator.server import Server
+from coordinator.errors import SinkError
+from coordinator.transport import wire
+from tests.aggregator.helpers import RUN, make_cfg, payload
+
+_ID = b"rank-0"
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[Server]:
+    server = Server(Aggregator(make_cfg(tmp_path, world=1)), f"ipc://{tmp_path}/agg.sock")
+    try:
+        yield server
+    finally:
+        server.close()
+        server.agg.store.close()
+
+
+def _send(srv: Server, kind: int, seq: int, body: bytes) -> None:
+    srv.handle([_ID, wire.encode_envelope(kind, RUN, 0, 1, seq), body], 1.0)
+
+
+def _hello(srv: Server, seq: int = 1) -> None:
+    _send(srv, wire.HELLO, seq, wire.encode_map({"pid": 100, "host": "h"}))
+
+
+def _batch(srv: Server, seq: int) -> None:
+    _send(srv, wire.BATCH, seq, payload({"m": {seq: float(seq)}}))
+
+
+def _replies(srv: Server) -> list[tuple[int, dict[str, object]]]:
+    return [(kind, body) for _, kind, _, body in srv.replies]
+
+
+def test_a_welcome_carries_the_mark_of_the_commit_it_follows(srv: Server) -> None:
+    """A batch read after the HELLO, in the same commit, is under the WELCOME's mark."""
+    _hello(srv)
+    _batch(srv, 1)
+    srv.agg.commit()
+    srv._fill_reads()
+    [(kind, welcome), (ack, _)] = _replies(srv)
+    assert (kind, ack) == (wire.WELCOME, wire.ACK)
+    assert welcome["last_seq"] == 1
+
+
+def test_a_failed_commit_holds_the_welcome_back_until_one_succeeds(srv: Server) -> None:
+    """Commit failed: the ACK becomes a sink error and the WELCOME waits; sent after the next commit, with its mark."""
+    _hello(srv)
+    _batch(srv, 1)
+    held = srv._refuse_acks(SinkError("disk full"))
+    assert [(kind, body.get("code")) for kind, body in _replies(srv)] == [(wire.ERROR, "sink")]
+    assert [kind for _, kind, _, _ in held] == [wire.WELCOME]
+    srv.replies = held
+    srv.agg.commit()  # the kept transaction, retried
+    srv._fill_reads()
+    [(kind, welcome)] = _replies(srv)
+    assert kind == wire.WELCOME and welcome["last_seq"] == 1
+
+
+def test_a_gap_report_expects_the_batch_after_the_committed_mark(srv: Server) -> None:
+    """Batch 3 before 2 (a resend race): the gap report, sent after the commit that stored 2, expects 3."""
+    _hello(srv)
+    _batch(srv, 1)
+    _batch(srv, 3)
+    _batch(srv, 2)
+    held = srv._refuse_acks(SinkError("disk full"))
+    assert [(kind, body.get("code")) for _, kind, _, body in held] == [(wire.WELCOME, None), (wire.ERROR, "gap")]
+    srv.replies = held
+    srv.agg.commit()
+    srv._fill_reads()
+    [(_, welcome), (_, gap)] = _replies(srv)
+    assert welcome["last_seq"] == 2
+    assert gap["expected"] == 3

@@ -1,0 +1,132 @@
+"""The sender thread against a ROUTER the test scripts: replies a real aggregator sends only by chance.
+
+The aggregator's side of these exchanges (its WELCOME mark is durable) is tested in
+``tests/aggregator/test_server_replies.py``; here the test plays it, to lose an ACK on purpose.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from coordinator.client.steps import StepNumbering
+from coordinator.transport import wire
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.sender import SenderConfig, SenderThread
+
+_Message = tuple[bytes, wire.Envelope, dict[str, Any]]
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    """A bound ROUTER (the aggregator's socket type) and its endpoint."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    endpoint = f"ipc://{tmp_path}/agg.sock"
+    sock.bind(endpoint)
+    try:
+        yield sock, endpoint
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def _recv(sock: zmq.Socket[bytes], timeout_s: float = 5.0, *, skip_pings: bool = True) -> _Message:
+    """The next message from the sender (PINGs skipped); fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0 and sock.poll(int(left * 1000)), f"nothing from the sender in {timeout_s} s"
+        ident, head, body = sock.recv_multipart()
+        env = wire.decode_envelope(head)
+        if not (skip_pings and env.kind == wire.PING):
+            return ident, env, wire.decode_map(body)
+
+
+def _reply(sock: zmq.Socket[bytes], ident: bytes, kind: int, env: wire.Envelope, body: dict[str, Any]) -> None:
+    head = wire.encode_envelope(kind, env.run_id, env.rank, env.incarnation, env.seq)
+    sock.send_multipart([ident, head, wire.encode_map(body)])
+
+
+def _sender(endpoint: str, buf: Buffer) -> SenderThread:
+    cfg = SenderConfig(
+        run_id="run-1",
+        rank=0,
+        incarnation=1,
+        endpoint=endpoint,
+        flush_interval_s=0.01,
+        ack_timeout_s=0.3,
+        heartbeat_interval_s=60.0,
+    )
+    return SenderThread(cfg, buf, StepNumbering())
+
+
+def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """BATCH 1's ACK never comes (lost in a reconnect, or the aggregator died between its commit and
+    its acks and the probe reached its successor); the probe's WELCOME says it has batch 1: that is
+    its acknowledgement, and batch 1 is not sent again. Before, the probe's WELCOME acknowledged
+    nothing, so the batch stayed in flight and ``wait()`` waited for ever.
+    """
+    sock, endpoint = router
+    buf = Buffer(10_000)
+    snd = _sender(endpoint, buf)
+    snd.start()
+    try:
+        ident, env, _ = _recv(sock)
+        assert env.kind == wire.HELLO
+        _reply(sock, ident, wire.WELCOME, env, {"last_seq": 0})
+        with buf.lock:
+            gen = buf.gen
+            buf.add_fields([("cfg/lr", ("float", 0.1))])
+        snd.wake()
+        ident, env, _ = _recv(sock)
+        assert (env.kind, env.seq) == (wire.BATCH, 1)  # its ACK is lost
+        ident, probe, _ = _recv(sock)
+        assert probe.kind == wire.HELLO and probe.seq == 2, "no probe after ack_timeout_s"
+        assert buf.stats()["acked_generation"] < gen
+        _reply(sock, ident, wire.WELCOME, probe, {"last_seq": 1})
+        deadline = time.monotonic() + 5
+        while buf.stats()["acked_generation"] < gen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert buf.stats()["acked_generation"] >= gen, "the WELCOME's mark did not acknowledge batch 1"
+        assert not sock.poll(300), "a batch the aggregator has was sent again"
+    finally:
+        snd.stop()
+        snd.join(10)
+    assert not snd.is_alive()
+
+
+def test_a_probe_welcome_resends_the_batches_above_its_mark(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """The probe's WELCOME has batch 1 only: batch 2, lost on the way, is sent again; 1 is not."""
+    sock, endpoint = router
+    buf = Buffer(10_000)
+    snd = _sender(endpoint, buf)
+    snd.start()
+    try:
+        ident, env, _ = _recv(sock)
+        _reply(sock, ident, wire.WELCOME, env, {"last_seq": 0})
+        for seq, value in ((1, 0.1), (2, 0.2)):
+            with buf.lock:
+                buf.add_fields([("cfg/lr", ("float", value))])
+            snd.wake()
+            ident, env, _ = _recv(sock)
+            assert (env.kind, env.seq) == (wire.BATCH, seq)  # neither is acknowledged
+        ident, probe, _ = _recv(sock)
+        assert probe.kind == wire.HELLO
+        _reply(sock, ident, wire.WELCOME, probe, {"last_seq": 1})
+        ident, env, _ = _recv(sock)
+        assert (env.kind, env.seq) == (wire.BATCH, 2)
+        _reply(sock, ident, wire.ACK, env, {})
+        deadline = time.monotonic() + 5
+        while snd._pipe.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert snd._pipe.in_flight == 0, "batch 2's ACK did not empty the window"
+    finally:
+        snd.stop()
+        snd.join(10)
+    assert not snd.is_alive()
