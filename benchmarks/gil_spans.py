@@ -2,7 +2,7 @@
 
 ``benchmarks.gil_holds --spans N`` says how long the sender held the GIL; this says what it did
 meanwhile. The logging process calls :func:`install` before ``init_run``: it wraps the sender's
-GIL slicer (``start``, ``pause``) and a few of its steps (:data:`MARKED`) so that
+GIL slicer (``start``, ``pause``, ``release``) and a few of its steps (:data:`MARKED`) so that
 each records a *mark* (``CLOCK_MONOTONIC`` ns, the same clock as ``perf record -k
 CLOCK_MONOTONIC``, and what happened) into two ``array('q')``: no object the garbage collector
 tracks, so the recording's collections stay the process's own. :func:`annotate` then lists, for
@@ -104,7 +104,7 @@ def install() -> Marks:
 
     sites: dict[int, int] = {}
 
-    start, pause = GilSlicer.start, GilSlicer.pause
+    start, pause, release = GilSlicer.start, GilSlicer.pause, GilSlicer.release
 
     def marked_start(self: GilSlicer) -> None:
         times.append(clock())
@@ -117,6 +117,12 @@ def install() -> Marks:
         times.append(t)
         codes.append(where("yield" if self.yields != before else "pause"))
 
+    def marked_release(self: GilSlicer) -> None:  # always yields
+        t = clock()
+        release(self)
+        times.append(t)
+        codes.append(where("yield"))
+
     def on_gc(phase: str, info: dict[str, int]) -> None:
         times.append(clock())
         codes.append(m.code(f"gc {phase} (generation {info['generation']})"))
@@ -125,6 +131,7 @@ def install() -> Marks:
     m._on_gc = on_gc
     m.patch(GilSlicer, "start", marked_start)
     m.patch(GilSlicer, "pause", marked_pause)
+    m.patch(GilSlicer, "release", marked_release)
     for mod, cls, fn in MARKED:
         owner: Any = importlib.import_module(mod)
         if cls is not None:

@@ -7,9 +7,13 @@ between), so their fixed cost counts per logged point; they are kept to the fewe
   with one ``select.poll`` call: ``zmq.Poller`` would add its Python and a first non-blocking
   pass of ``zmq_poll`` (one more syscall). A listening wait watches the socket too, and needs
   ``zmq_poll`` for that.
-* Replies are read while the socket's ``EVENTS`` says one is queued, instead of receiving until
-  a non-blocking receive raises ``zmq.Again``: the check costs the same mailbox poll that the
-  failing receive made, without building and raising an exception every wake-up.
+* Replies are read while a zero-timeout ``zmq_poll`` of the socket says one is queued, instead of
+  receiving until a non-blocking receive raises ``zmq.Again``: the check costs the same mailbox
+  poll that the failing receive made, without building and raising an exception every wake-up.
+  ``zmq_poll`` releases the GIL while libzmq works (the socket's ``EVENTS`` read with
+  ``getsockopt`` keeps it): the first check after a quiet wait processes every command the I/O
+  thread queued since the last one, 30-60 µs on a cold CPU, which was the longest piece of the
+  sender's longest GIL stretches (measured with ``benchmarks.gil_holds``).
 * Flags are plain ints: pyzmq's constants are ``IntFlag`` members, and every ``|`` or ``&`` on
   one runs ``enum``'s Python (``send_multipart`` does ``zmq.SNDMORE | flags`` per frame). A
   message's frames are sent as ``send_multipart`` sends them, one ``send`` each; ZeroMQ checks
@@ -56,27 +60,39 @@ class LoopIO:
         self._listen.register(wake_fd, zmq.POLLIN)
         self._quiet = select.poll()
         self._quiet.register(wake_fd, select.POLLIN)
+        self._readable = [(sock, _POLLIN)]
 
     def wait(self, timeout_ms: int, *, listen: bool) -> tuple[bool, bool]:
         """Block up to ``timeout_ms`` for a wake-up (and, when ``listen``, a reply).
 
         Returns:
-            (woken: the pipe is readable, replies: the socket is readable, always False when quiet).
+            (woken: the pipe is readable, replies: a reply is queued on the socket). A quiet
+            wait looks at the socket once the pipe's poll returns, for the replies queued
+            meanwhile, first thing: the look releases the GIL (see the module's notes), so
+            the Python run between the poll's return and the next release stays short.
         """
         if not listen:
-            return bool(self._quiet.poll(timeout_ms)), False
+            woken = bool(self._quiet.poll(timeout_ms))
+            return woken, bool(zmq.zmq_poll(self._readable, 0))
         events = dict(self._listen.poll(timeout_ms))
         return self._wake_fd in events, self._sock in events
 
     def replies(self) -> Iterator[list[bytes]]:
-        """The replies queued on the socket now, oldest first, each read as it is yielded."""
+        """The replies queued on the socket now, oldest first, each read as it is yielded.
+
+        Called when :meth:`wait` found the socket readable: it receives first and looks again
+        after each reply.
+        """
         sock = self._sock
-        while has_message(sock):
+        items = self._readable
+        while True:
             try:
                 frames = sock.recv_multipart(_NOWAIT)
             except zmq.Again:
-                return  # EVENTS said readable, yet nothing came: nothing more to read now
+                return  # nothing queued (a reply already read, or a wait that was wrong)
             yield frames
+            if not zmq.zmq_poll(items, 0):  # releases the GIL while libzmq reads its mailbox
+                return
 
     def send(self, frames: list[bytes]) -> bool:
         """Queue one message of ``frames`` without blocking; False when the send queue is full (nothing queued)."""

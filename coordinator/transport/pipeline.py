@@ -79,8 +79,8 @@ class Pipeline:
         rank: this rank (for messages).
         send: puts a batch's frames on the wire at a monotonic time; False when the send queue
             is full (the batch is then tried again later).
-        pause: called between batches (the sender's GIL slicer), not after the last one (the
-            sender's wait then releases the GIL anyway); None: never pause.
+        pause: called before each batch's send (the sender's GIL slicer), not after the last one
+            (the sender's wait then releases the GIL anyway); None: never pause.
         defer_s: a batch in flight is written ahead once unacknowledged this long after its send
             (0: at the first :meth:`pump` after it).
         """
@@ -156,9 +156,8 @@ class Pipeline:
             if not self._window and not self._outbox:
                 self._buf.progress(self._cutter.cut_gen, 0)
             return
-        for i, b in enumerate(batches):
-            if i:
-                self._pause()  # between two batches, not after the last: see pump
+        for b in batches:
+            self._pause()  # after the cut's encoding and between two batches, not after the last: see pump
             if self._wal is not None:
                 self._window.number(b)  # it may be written ahead: numbered before it can be
             self.cut_batches += 1

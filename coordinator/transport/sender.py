@@ -215,13 +215,15 @@ class SenderThread(threading.Thread):
                 self.slicer.start()  # the poll released the GIL: a new stretch starts
                 if woken:
                     self._wake.drain()
-                if replies or not listen:  # quiet: the replies queued since the last flush
+                if replies:  # listening: one arrived; quiet: they queued since the last flush
                     self._recv_all()
                 now = time.monotonic()
                 self._send_unsent()
                 self._serve_requests()
                 if cadence.flush_due(now):
-                    self.slicer.pause()  # the replies read above, the flush: two slices
+                    # The flush (cut, encoding, send: ~100 µs cold) starts a stretch of its own: the
+                    # one since the poll returned already ran 40-60 µs, part of it before start().
+                    self.slicer.release()
                     self._flush(now)
                     cadence.flushed(now, self._pipe.idle)
                 self._pipe.pump(now)
@@ -344,7 +346,7 @@ class SenderThread(threading.Thread):
     def _recv_all(self) -> None:
         for frames in self._io.replies():
             self.last_reply_at = time.monotonic()
-            self.slicer.pause()  # each reply is a slice (~20-100 µs on a cold CPU)
+            self.slicer.start()  # the receive released the GIL: a new stretch starts
             try:
                 self._on_reply(frames)
             except ProtocolError as e:

@@ -45,6 +45,14 @@ class GilSlicer:
         """A stretch starts now (the thread just took the GIL back, e.g. after its poll)."""
         self._since = time.perf_counter()
 
+    def release(self) -> None:
+        """Release the GIL now, whatever the stretch's length: before a piece of work that is
+        long on its own, when the clock may have started late (a stretch began when the thread
+        took the GIL back, some Python before :meth:`start` could run)."""
+        time.sleep(0)
+        self.yields += 1
+        self._since = time.perf_counter()
+
     def pause(self) -> None:
         """Between two slices: release the GIL when the stretch has run for the budget."""
         now = time.perf_counter()

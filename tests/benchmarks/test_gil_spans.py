@@ -38,6 +38,18 @@ def test_marks_say_where_the_slicer_was_called_and_when_a_step_ran_then_come_off
     assert len(marks.times) == n
 
 
+def test_a_release_is_marked_as_a_yield_where_it_was_called() -> None:
+    marks = install()
+    try:
+        slicer = GilSlicer(budget_s=10.0)
+        line = sys._getframe().f_lineno + 1
+        slicer.release()
+    finally:
+        marks.remove()
+    assert [label for _, label in marks.items() if not label.startswith("gc ")] == [f"yield test_gil_spans.py:{line}"]
+    assert slicer.yields == 1
+
+
 def test_annotate_lists_the_longest_holds_on_the_cpu_with_the_marks_around_them() -> None:
     holds = [(1_000_000, 1_100_000), (2_000_000, 2_300_000), (3_000_000, 3_050_000)]
     cpu = [100_000, 120_000, 50_000]  # the second was switched out for 180 µs: second longest on the CPU

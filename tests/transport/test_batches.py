@@ -86,8 +86,9 @@ def test_a_cut_of_many_keys_pauses_between_slices_and_decodes_to_the_same_points
     buf.cols["empty"] = _col([])
     pauses: list[int] = []
     (b,) = Cutter(_no_numbering, 10_000, pause=lambda: pauses.append(1)).cut(buf)
-    # One pause after the swap, three between the four slices of keys, one before the encoding.
-    assert len(pauses) == 5 and b.points == 2 * len(keys)
+    # Two after the swap (before and after the frames' numbering), three between the four
+    # slices of keys, one before the encoding.
+    assert len(pauses) == 6 and b.points == 2 * len(keys)
     d = wire.decode_batch(b.payload or b"")
     assert [(k, list(s), list(v)) for k, s, v in d.metrics] == [
         (k, [j, j + 1], [float(j), float(j + 1)]) for j, k in enumerate(keys)
@@ -160,14 +161,14 @@ def test_a_frame_is_cut_as_one_block_beside_the_columns_and_needs_no_numbering()
     assert not buf.frames and not buf.framed and buf.pending == 0
 
 
-def test_a_cut_of_frames_pauses_after_the_swap_and_before_the_encoding() -> None:
+def test_a_cut_of_frames_pauses_after_the_swap_the_numbering_and_before_the_encoding() -> None:
     """Each stage is tens of µs on a cold CPU: the sender's GIL slicer gets a chance between them."""
     buf = Buffer(1000)
     _frame(buf, ("a", "b"), [0, 1])
     seen: list[tuple[bool, int]] = []  # at each pause: the generation swapped out?, points left to cut
     cutter = Cutter(_no_numbering, max_batch_points=100, pause=lambda: seen.append((not buf.frames, buf.pending)))
     (b,) = cutter.cut(buf)
-    assert seen == [(True, 0), (True, 0)] and b.points == 4
+    assert seen == [(True, 0), (True, 0), (True, 0)] and b.points == 4
 
 
 def test_a_frame_larger_than_the_room_left_is_split_by_step_rows() -> None:

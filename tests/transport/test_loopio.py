@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -36,16 +37,22 @@ def _reply(dealer: zmq.Socket[bytes], router: zmq.Socket[bytes], *bodies: bytes)
     assert dealer.poll(1000, zmq.POLLIN)
 
 
-def test_a_quiet_wait_ignores_replies_and_ends_on_a_wake_up(
+def test_a_quiet_wait_ends_on_a_wake_up_only_and_reports_the_replies_queued_meanwhile(
     pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
 ) -> None:
     dealer, router, wake = pair
     io = LoopIO(dealer, wake.fd)
+    assert io.wait(0, listen=False) == (False, False)
     _reply(dealer, router, b"a")
-    assert io.wait(10, listen=False) == (False, False)  # a reply alone does not end a quiet wait
+    t0 = time.monotonic()
+    assert io.wait(50, listen=False) == (False, True)  # the reply is reported...
+    assert time.monotonic() - t0 >= 0.045  # ...at the end of the timeout: it did not end the wait
     wake.wake()
-    assert io.wait(1000, listen=False) == (True, False)
+    t0 = time.monotonic()
+    assert io.wait(5000, listen=False) == (True, True)
+    assert time.monotonic() - t0 < 2.5  # the wake-up ended it
     wake.drain()
+    assert list(io.replies()) == [[b"env", b"a"]]
     assert io.wait(0, listen=False) == (False, False)
 
 

@@ -171,14 +171,14 @@ def test_what_is_unacked_at_close_is_left_on_disk(tmp_path: Path) -> None:
     assert [(x.seq, x.kind) for x in spool_records(r.spool.dir)] == [(2, wire.BATCH)]
 
 
-def test_the_pauses_come_between_batches_and_not_after_the_last(tmp_path: Path) -> None:
+def test_the_pauses_come_before_each_batch_and_not_after_the_last(tmp_path: Path) -> None:
     r = _Rank(tmp_path / "s", max_window=2)
     r.log_and_flush(0.0, points=2500)  # three batches: two go out, the window holds the third back
-    assert r.events == [1, "pause", 2, "pause"]
+    assert r.events == ["pause", 1, "pause", 2, "pause"]
     r.pipe.ack(1)
     r.pipe.ack(2)
     r.pipe.pump(0.01)
-    assert r.events[4:] == ["pause", 3], "a held batch is sent after a pause"
+    assert r.events[5:] == ["pause", 3], "a held batch is sent after a pause"
     r.log_and_flush(0.02)
     r.pipe.pump(0.02)
-    assert r.events[6:] == [4], "the sender's wait follows the last batch: no pause after it"
+    assert r.events[7:] == ["pause", 4], "the sender's wait follows the last batch: no pause after it"

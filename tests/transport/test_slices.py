@@ -54,3 +54,13 @@ def test_a_pause_within_the_budget_does_not_yield() -> None:
     for _ in range(100):
         slicer.pause()
     assert slicer.yields == 0
+
+
+def test_release_yields_whatever_the_stretch_and_starts_a_new_one() -> None:
+    slicer = GilSlicer(budget_s=10.0)
+    slicer.start()
+    slicer.release()
+    slicer.release()
+    assert slicer.yields == 2
+    slicer.pause()  # the stretch restarted at the release: within the budget
+    assert slicer.yields == 2
