@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,30 @@ def _reply(sock: zmq.Socket[bytes], ident: bytes, kind: int, env: wire.Envelope,
     sock.send_multipart([ident, head, wire.encode_map(body)])
 
 
-def _sender(endpoint: str, buf: Buffer) -> SenderThread:
+@contextmanager
+def _welcomed_sender(sock: zmq.Socket[bytes], endpoint: str) -> Iterator[tuple[Buffer, SenderThread]]:
+    """A running sender (ack timeout 1 s) that the test welcomed as a new rank; stopped and joined after."""
+    buf = Buffer(10_000)
     cfg = SenderConfig(
         run_id="run-1",
         rank=0,
         incarnation=1,
         endpoint=endpoint,
         flush_interval_s=0.01,
-        ack_timeout_s=0.3,
+        ack_timeout_s=1.0,  # long enough that no probe comes between two batches of a test on a loaded machine
         heartbeat_interval_s=60.0,
     )
-    return SenderThread(cfg, buf, StepNumbering())
+    snd = SenderThread(cfg, buf, StepNumbering())
+    snd.start()
+    try:
+        ident, env, _ = _recv(sock)
+        assert env.kind == wire.HELLO
+        _reply(sock, ident, wire.WELCOME, env, {"last_seq": 0})
+        yield buf, snd
+    finally:
+        snd.stop()
+        snd.join(10)
+    assert not snd.is_alive()
 
 
 def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple[zmq.Socket[bytes], str]) -> None:
@@ -73,13 +87,7 @@ def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple
     nothing, so the batch stayed in flight and ``wait()`` waited for ever.
     """
     sock, endpoint = router
-    buf = Buffer(10_000)
-    snd = _sender(endpoint, buf)
-    snd.start()
-    try:
-        ident, env, _ = _recv(sock)
-        assert env.kind == wire.HELLO
-        _reply(sock, ident, wire.WELCOME, env, {"last_seq": 0})
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
         with buf.lock:
             gen = buf.gen
             buf.add_fields([("cfg/lr", ("float", 0.1))])
@@ -95,21 +103,12 @@ def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple
             time.sleep(0.01)
         assert buf.stats()["acked_generation"] >= gen, "the WELCOME's mark did not acknowledge batch 1"
         assert not sock.poll(300), "a batch the aggregator has was sent again"
-    finally:
-        snd.stop()
-        snd.join(10)
-    assert not snd.is_alive()
 
 
 def test_a_probe_welcome_resends_the_batches_above_its_mark(router: tuple[zmq.Socket[bytes], str]) -> None:
     """The probe's WELCOME has batch 1 only: batch 2, lost on the way, is sent again; 1 is not."""
     sock, endpoint = router
-    buf = Buffer(10_000)
-    snd = _sender(endpoint, buf)
-    snd.start()
-    try:
-        ident, env, _ = _recv(sock)
-        _reply(sock, ident, wire.WELCOME, env, {"last_seq": 0})
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
         for seq, value in ((1, 0.1), (2, 0.2)):
             with buf.lock:
                 buf.add_fields([("cfg/lr", ("float", value))])
@@ -126,7 +125,3 @@ def test_a_probe_welcome_resends_the_batches_above_its_mark(router: tuple[zmq.So
         while snd._pipe.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert snd._pipe.in_flight == 0, "batch 2's ACK did not empty the window"
-    finally:
-        snd.stop()
-        snd.join(10)
-    assert not snd.is_alive()
