@@ -38,6 +38,9 @@ __all__ = ["Server", "ensure_fd_limit", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
+_MARKS = {wire.WELCOME: "last_seq", wire.ACK: "m", wire.ERROR: "expected"}
+"""The field of each acknowledging reply that carries the sender's durable mark (a gap report's is one past it)."""
+
 _ROUND_BYTES = 8 * 1024 * 1024
 """Bytes read per round before committing (and acking) what was read."""
 _ROUND_MESSAGES = 2_000
@@ -167,16 +170,13 @@ class Server:
         texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
         kept: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
-            if kind == wire.WELCOME or (kind == wire.ERROR and payload.get("code") == "gap"):
-                # Their mark acknowledges every batch below it, so it is the sender's mark after
-                # this commit (durable), not the one when the HELLO or the batch was read.
+            if kind in (wire.WELCOME, wire.ACK) or (kind == wire.ERROR and payload.get("code") == "gap"):
+                # Their mark acknowledges every batch up to it (an ACK lost on the way is made
+                # good by the next reply), so it is the sender's mark after this commit
+                # (durable), not the one when the HELLO or the batch was read.
                 snd = agg.senders.get((env.rank, env.incarnation))
-                if snd is not None and kind == wire.WELCOME:
-                    payload["last_seq"] = snd.last_seq
-                elif snd is not None:
-                    payload["expected"] = snd.last_seq + 1
-                kept.append((ident, kind, env, payload))
-                continue
+                if snd is not None:
+                    payload[_MARKS[kind]] = snd.last_seq + 1 if kind == wire.ERROR else snd.last_seq
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
                     kept.append((ident, kind, env, {"forward": agg.forward_positions()}))

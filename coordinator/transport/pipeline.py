@@ -263,6 +263,12 @@ class Pipeline:
         for s in self._window.seqs_below(seq):
             self.ack(s)
 
+    def ack_through(self, mark: int) -> None:
+        """Every batch in flight numbered up to ``mark`` is durable (an ACK's mark; usually none is left)."""
+        oldest = self._window.oldest()
+        if oldest is not None and oldest.seq <= mark:
+            self.ack_below(mark + 1)
+
     def resend_from(self, seq: int, now: float, *, sent_before: float | None = None) -> None:
         """Send again every batch in flight numbered ``seq`` or later (and last sent before ``sent_before``).
 

@@ -377,6 +377,9 @@ class SenderThread(threading.Thread):
             if type(jt) is int and jt > self.buf.journal_texts:
                 self.buf.journal_texts = jt
             self._pipe.ack(env.seq)
+            mark = body.get("m")  # every batch up to it is durable: one whose own ACK was lost too
+            if type(mark) is int:
+                self._pipe.ack_through(mark)
         elif kind == wire.WELCOME:
             if env.seq == self._hello_seq:
                 self._on_welcome(body)

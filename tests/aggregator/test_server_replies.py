@@ -1,4 +1,4 @@
-"""The server's replies that acknowledge: a WELCOME's mark and a gap report's ``expected`` are durable when sent.
+"""The server's replies that acknowledge: the marks of a WELCOME, an ACK and a gap report are durable when sent.
 
 A sender takes every batch below either mark as acknowledged (its own ACK may have been lost), so
 the server fills them in after the commit that made them durable, and holds them back while
@@ -56,6 +56,18 @@ def test_a_welcome_carries_the_mark_of_the_commit_it_follows(srv: Server) -> Non
     [(kind, welcome), (ack, _)] = _replies(srv)
     assert (kind, ack) == (wire.WELCOME, wire.ACK)
     assert welcome["last_seq"] == 1
+
+
+def test_an_ack_carries_the_senders_mark_after_the_commit(srv: Server) -> None:
+    """Batches 1 and 2 in one commit: the ACK of 1 says 2 is durable too (it makes good an ACK lost before it)."""
+    _hello(srv)
+    _batch(srv, 1)
+    _batch(srv, 2)
+    srv.agg.commit()
+    srv._fill_reads()
+    [_, (ack1, body1), (ack2, body2)] = _replies(srv)
+    assert (ack1, ack2) == (wire.ACK, wire.ACK)
+    assert body1["m"] == body2["m"] == 2
 
 
 def test_a_failed_commit_holds_the_welcome_back_until_one_succeeds(srv: Server) -> None:

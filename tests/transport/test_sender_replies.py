@@ -125,3 +125,21 @@ def test_a_probe_welcome_resends_the_batches_above_its_mark(router: tuple[zmq.So
         while snd._pipe.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert snd._pipe.in_flight == 0, "batch 2's ACK did not empty the window"
+
+
+def test_an_ack_whose_mark_covers_an_earlier_batch_acknowledges_it_too(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """BATCH 1's ACK is lost; BATCH 2's ACK carries the mark 2: both are acknowledged at once, no probe needed."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
+        for seq, value in ((1, 0.1), (2, 0.2)):
+            with buf.lock:
+                buf.add_fields([("cfg/lr", ("float", value))])
+            snd.wake()
+            ident, env, _ = _recv(sock)
+            assert (env.kind, env.seq) == (wire.BATCH, seq)
+        _reply(sock, ident, wire.ACK, env, {"m": 2})
+        deadline = time.monotonic() + 5
+        while snd._pipe.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert snd._pipe.in_flight == 0, "batch 1 is still in flight after an ACK whose mark covers it"
+        assert not sock.poll(1500), "the sender probed (or resent) although every batch was acknowledged"
