@@ -163,7 +163,8 @@ class Server:
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit.
 
-        A QUERY goes to the reader thread, which answers it from what is committed now.
+        A QUERY goes to the reader thread, which answers it from what is committed now. A WELCOME,
+        an ACK and a gap report get the sender's mark as this commit left it (:data:`_MARKS`).
         """
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
