@@ -38,7 +38,7 @@ __all__ = ["Server", "ensure_fd_limit", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
-_MARKS = {wire.WELCOME: "last_seq", wire.ACK: "m", wire.ERROR: "expected"}
+_MARKS = {wire.WELCOME: "last_seq", wire.ACK: "m", wire.PONG: "m", wire.ERROR: "expected"}
 """The field of each acknowledging reply that carries the sender's durable mark (a gap report's is one past it)."""
 
 _ROUND_BYTES = 8 * 1024 * 1024
@@ -164,14 +164,14 @@ class Server:
         """STATE and QUERY replies read committed data, so they are built after the commit.
 
         A QUERY goes to the reader thread, which answers it from what is committed now. A WELCOME,
-        an ACK and a gap report get the sender's mark as this commit left it (:data:`_MARKS`).
+        an ACK, a PONG and a gap report get the sender's mark as this commit left it (:data:`_MARKS`).
         """
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
         texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
         kept: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
-            if kind in (wire.WELCOME, wire.ACK) or (kind == wire.ERROR and payload.get("code") == "gap"):
+            if kind in (wire.WELCOME, wire.ACK, wire.PONG) or (kind == wire.ERROR and payload.get("code") == "gap"):
                 # Their mark acknowledges every batch up to it (an ACK lost on the way is made
                 # good by the next reply), so it is the sender's mark after this commit
                 # (durable), not the one when the HELLO or the batch was read.

@@ -386,7 +386,9 @@ class SenderThread(threading.Thread):
             else:  # the answer to an older HELLO (queued while the aggregator was frozen)
                 _log.debug("rank %d: stale WELCOME %d ignored", self.cfg.rank, env.seq)
         elif kind == wire.PONG:
-            pass
+            mark = body.get("m")  # an idle rank's heartbeat settles a batch whose ACK was lost
+            if type(mark) is int:
+                self._pipe.ack_through(mark)
         elif kind == wire.ERROR:
             self._on_error(env, body)
         else:

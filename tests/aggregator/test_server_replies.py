@@ -70,6 +70,17 @@ def test_an_ack_carries_the_senders_mark_after_the_commit(srv: Server) -> None:
     assert body1["m"] == body2["m"] == 2
 
 
+def test_a_pong_carries_the_senders_mark_after_the_commit(srv: Server) -> None:
+    """An idle rank's heartbeat is answered with its mark, as an ACK is."""
+    _hello(srv)
+    _batch(srv, 1)
+    _send(srv, wire.PING, 0, wire.encode_map({}))
+    srv.agg.commit()
+    srv._fill_reads()
+    [_, _, (pong, body)] = _replies(srv)
+    assert pong == wire.PONG and body["m"] == 1
+
+
 def test_a_failed_commit_holds_the_welcome_back_until_one_succeeds(srv: Server) -> None:
     """Commit failed: the ACK becomes a sink error and the WELCOME waits; sent after the next commit, with its mark."""
     _hello(srv)

@@ -55,7 +55,9 @@ def _reply(sock: zmq.Socket[bytes], ident: bytes, kind: int, env: wire.Envelope,
 
 
 @contextmanager
-def _welcomed_sender(sock: zmq.Socket[bytes], endpoint: str) -> Iterator[tuple[Buffer, SenderThread]]:
+def _welcomed_sender(
+    sock: zmq.Socket[bytes], endpoint: str, heartbeat_s: float = 60.0
+) -> Iterator[tuple[Buffer, SenderThread]]:
     """A running sender (ack timeout 1 s) that the test welcomed as a new rank; stopped and joined after."""
     buf = Buffer(10_000)
     cfg = SenderConfig(
@@ -65,7 +67,7 @@ def _welcomed_sender(sock: zmq.Socket[bytes], endpoint: str) -> Iterator[tuple[B
         endpoint=endpoint,
         flush_interval_s=0.01,
         ack_timeout_s=1.0,  # long enough that no probe comes between two batches of a test on a loaded machine
-        heartbeat_interval_s=60.0,
+        heartbeat_interval_s=heartbeat_s,
     )
     snd = SenderThread(cfg, buf, StepNumbering())
     snd.start()
@@ -143,3 +145,25 @@ def test_an_ack_whose_mark_covers_an_earlier_batch_acknowledges_it_too(router: t
             time.sleep(0.01)
         assert snd._pipe.in_flight == 0, "batch 1 is still in flight after an ACK whose mark covers it"
         assert not sock.poll(1500), "the sender probed (or resent) although every batch was acknowledged"
+
+
+def test_a_pong_settles_the_last_batch_whose_ack_was_lost(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """BATCH 1's ACK is lost and nothing follows: the next heartbeat's PONG, mark 1, settles it before any probe."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint, heartbeat_s=0.2) as (buf, snd):
+        with buf.lock:
+            buf.add_fields([("cfg/lr", ("float", 0.1))])
+        snd.wake()
+        _, env, _ = _recv(sock)
+        assert (env.kind, env.seq) == (wire.BATCH, 1)
+        ident, ping, _ = _recv(sock, skip_pings=False)
+        assert ping.kind == wire.PING
+        _reply(sock, ident, wire.PONG, ping, {"m": 1})
+        deadline = time.monotonic() + 5
+        while snd._pipe.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert snd._pipe.in_flight == 0, "the PONG's mark did not acknowledge batch 1"
+        time.sleep(1.2)  # past ack_timeout_s: a batch still in flight would be probed for
+        while sock.poll(0):
+            _, env, _ = _recv(sock, skip_pings=False)
+            assert env.kind == wire.PING, f"{wire.kind_name(env.kind)} {env.seq} after every batch was acknowledged"
