@@ -21,6 +21,7 @@ from typing import Any
 
 import zmq
 
+from coordinator.aggregator import marks
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
@@ -37,9 +38,6 @@ from coordinator.transport.security import CurveKeys, load_secret, refused_clien
 __all__ = ["Server", "ensure_fd_limit", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
-
-_MARKS = {wire.WELCOME: "last_seq", wire.ACK: "m", wire.PONG: "m", wire.ERROR: "expected"}
-"""The field of each acknowledging reply that carries the sender's durable mark (a gap report's is one past it)."""
 
 _ROUND_BYTES = 8 * 1024 * 1024
 """Bytes read per round before committing (and acking) what was read."""
@@ -163,21 +161,18 @@ class Server:
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit.
 
-        A QUERY goes to the reader thread, which answers it from what is committed now. A WELCOME,
-        an ACK, a PONG and a gap report get the sender's mark as this commit left it (:data:`_MARKS`).
+        A QUERY goes to the reader thread, which answers it from what is committed now. The
+        replies that acknowledge get the sender's mark as this commit left it (:mod:`.marks`).
         """
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
         texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
         kept: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
-            if kind in (wire.WELCOME, wire.ACK, wire.PONG) or (kind == wire.ERROR and payload.get("code") == "gap"):
-                # Their mark acknowledges every batch up to it (an ACK lost on the way is made
-                # good by the next reply), so it is the sender's mark after this commit
-                # (durable), not the one when the HELLO or the batch was read.
+            if marks.acknowledges(kind, payload):
                 snd = agg.senders.get((env.rank, env.incarnation))
                 if snd is not None:
-                    payload[_MARKS[kind]] = snd.last_seq + 1 if kind == wire.ERROR else snd.last_seq
+                    marks.fill(kind, payload, snd.last_seq)
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
                     kept.append((ident, kind, env, {"forward": agg.forward_positions()}))
@@ -211,16 +206,15 @@ class Server:
     def _refuse_acks(self, e: SinkError) -> list[_Reply]:
         """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it.
 
-        A WELCOME and a gap report also acknowledge (every batch below the mark they carry), so
-        they are not sent with a mark that is not durable: they are returned, to wait for the
-        next commit that succeeds.
+        Returns the WELCOMEs and gap reports, which wait for the next commit that succeeds (their
+        mark would acknowledge too: :mod:`.marks`).
         """
         held: list[_Reply] = []
         refused: list[_Reply] = []
         for ident, kind, env, payload in self.replies:
             if kind in (wire.ACK, wire.BYE_ACK):
                 refused.append((ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind}))
-            elif kind == wire.WELCOME or (kind == wire.ERROR and payload.get("code") == "gap"):
+            elif marks.held_back(kind, payload):
                 held.append((ident, kind, env, payload))
             else:
                 refused.append((ident, kind, env, payload))
