@@ -82,6 +82,24 @@ def _welcomed_sender(
     assert not snd.is_alive()
 
 
+def _batch_of(sock: zmq.Socket[bytes], buf: Buffer, snd: SenderThread, seq: int) -> _Message:
+    """Write a field, wake the sender, and receive its batch, numbered ``seq``."""
+    with buf.lock:
+        buf.add_fields([("cfg/lr", ("float", seq / 10))])
+    snd.wake()
+    ident, env, body = _recv(sock)
+    assert (env.kind, env.seq) == (wire.BATCH, seq)
+    return ident, env, body
+
+
+def _window_empties(snd: SenderThread, timeout_s: float = 5.0) -> bool:
+    """Whether every batch in flight is acknowledged within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while snd._pipe.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return snd._pipe.in_flight == 0
+
+
 def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple[zmq.Socket[bytes], str]) -> None:
     """BATCH 1's ACK never comes (lost in a reconnect, or the aggregator died between its commit and
     its acks and the probe reached its successor); the probe's WELCOME says it has batch 1: that is
@@ -90,20 +108,12 @@ def test_a_probe_welcome_acknowledges_the_batch_whose_ack_was_lost(router: tuple
     """
     sock, endpoint = router
     with _welcomed_sender(sock, endpoint) as (buf, snd):
-        with buf.lock:
-            gen = buf.gen
-            buf.add_fields([("cfg/lr", ("float", 0.1))])
-        snd.wake()
-        ident, env, _ = _recv(sock)
-        assert (env.kind, env.seq) == (wire.BATCH, 1)  # its ACK is lost
+        _batch_of(sock, buf, snd, 1)  # its ACK is lost
         ident, probe, _ = _recv(sock)
         assert probe.kind == wire.HELLO and probe.seq == 2, "no probe after ack_timeout_s"
-        assert buf.stats()["acked_generation"] < gen
+        assert snd._pipe.in_flight == 1
         _reply(sock, ident, wire.WELCOME, probe, {"last_seq": 1})
-        deadline = time.monotonic() + 5
-        while buf.stats()["acked_generation"] < gen and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert buf.stats()["acked_generation"] >= gen, "the WELCOME's mark did not acknowledge batch 1"
+        assert _window_empties(snd), "the WELCOME's mark did not acknowledge batch 1"
         assert not sock.poll(300), "a batch the aggregator has was sent again"
 
 
@@ -111,39 +121,25 @@ def test_a_probe_welcome_resends_the_batches_above_its_mark(router: tuple[zmq.So
     """The probe's WELCOME has batch 1 only: batch 2, lost on the way, is sent again; 1 is not."""
     sock, endpoint = router
     with _welcomed_sender(sock, endpoint) as (buf, snd):
-        for seq, value in ((1, 0.1), (2, 0.2)):
-            with buf.lock:
-                buf.add_fields([("cfg/lr", ("float", value))])
-            snd.wake()
-            ident, env, _ = _recv(sock)
-            assert (env.kind, env.seq) == (wire.BATCH, seq)  # neither is acknowledged
+        for seq in (1, 2):
+            _batch_of(sock, buf, snd, seq)  # neither is acknowledged
         ident, probe, _ = _recv(sock)
         assert probe.kind == wire.HELLO
         _reply(sock, ident, wire.WELCOME, probe, {"last_seq": 1})
         ident, env, _ = _recv(sock)
         assert (env.kind, env.seq) == (wire.BATCH, 2)
         _reply(sock, ident, wire.ACK, env, {})
-        deadline = time.monotonic() + 5
-        while snd._pipe.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert snd._pipe.in_flight == 0, "batch 2's ACK did not empty the window"
+        assert _window_empties(snd), "batch 2's ACK did not empty the window"
 
 
 def test_an_ack_whose_mark_covers_an_earlier_batch_acknowledges_it_too(router: tuple[zmq.Socket[bytes], str]) -> None:
     """BATCH 1's ACK is lost; BATCH 2's ACK carries the mark 2: both are acknowledged at once, no probe needed."""
     sock, endpoint = router
     with _welcomed_sender(sock, endpoint) as (buf, snd):
-        for seq, value in ((1, 0.1), (2, 0.2)):
-            with buf.lock:
-                buf.add_fields([("cfg/lr", ("float", value))])
-            snd.wake()
-            ident, env, _ = _recv(sock)
-            assert (env.kind, env.seq) == (wire.BATCH, seq)
+        _batch_of(sock, buf, snd, 1)
+        ident, env, _ = _batch_of(sock, buf, snd, 2)
         _reply(sock, ident, wire.ACK, env, {"m": 2})
-        deadline = time.monotonic() + 5
-        while snd._pipe.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert snd._pipe.in_flight == 0, "batch 1 is still in flight after an ACK whose mark covers it"
+        assert _window_empties(snd), "batch 1 is still in flight after an ACK whose mark covers it"
         assert not sock.poll(1500), "the sender probed (or resent) although every batch was acknowledged"
 
 
@@ -151,18 +147,11 @@ def test_a_pong_settles_the_last_batch_whose_ack_was_lost(router: tuple[zmq.Sock
     """BATCH 1's ACK is lost and nothing follows: the next heartbeat's PONG, mark 1, settles it before any probe."""
     sock, endpoint = router
     with _welcomed_sender(sock, endpoint, heartbeat_s=0.2) as (buf, snd):
-        with buf.lock:
-            buf.add_fields([("cfg/lr", ("float", 0.1))])
-        snd.wake()
-        _, env, _ = _recv(sock)
-        assert (env.kind, env.seq) == (wire.BATCH, 1)
+        _batch_of(sock, buf, snd, 1)
         ident, ping, _ = _recv(sock, skip_pings=False)
         assert ping.kind == wire.PING
         _reply(sock, ident, wire.PONG, ping, {"m": 1})
-        deadline = time.monotonic() + 5
-        while snd._pipe.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert snd._pipe.in_flight == 0, "the PONG's mark did not acknowledge batch 1"
+        assert _window_empties(snd), "the PONG's mark did not acknowledge batch 1"
         time.sleep(1.2)  # past ack_timeout_s: a batch still in flight would be probed for
         while sock.poll(0):
             _, env, _ = _recv(sock, skip_pings=False)
