@@ -20,9 +20,13 @@ _FIELDS = {wire.WELCOME: "last_seq", wire.ACK: "m", wire.PONG: "m", wire.ERROR: 
 """The field of each acknowledging reply that carries the mark (a gap report's is one past it)."""
 
 
+def _gap(kind: int, payload: dict[str, Any]) -> bool:
+    return kind == wire.ERROR and payload.get("code") == "gap"
+
+
 def acknowledges(kind: int, payload: dict[str, Any]) -> bool:
     """Whether this reply carries the sender's mark: a WELCOME, an ACK, a PONG or a gap report."""
-    return kind in (wire.WELCOME, wire.ACK, wire.PONG) or (kind == wire.ERROR and payload.get("code") == "gap")
+    return kind in (wire.WELCOME, wire.ACK, wire.PONG) or _gap(kind, payload)
 
 
 def fill(kind: int, payload: dict[str, Any], last_seq: int) -> None:
@@ -32,4 +36,4 @@ def fill(kind: int, payload: dict[str, Any], last_seq: int) -> None:
 
 def held_back(kind: int, payload: dict[str, Any]) -> bool:
     """Whether a reply waits for a commit that succeeds (a WELCOME or a gap report) when one failed."""
-    return kind == wire.WELCOME or (kind == wire.ERROR and payload.get("code") == "gap")
+    return kind == wire.WELCOME or _gap(kind, payload)

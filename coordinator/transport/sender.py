@@ -377,22 +377,23 @@ class SenderThread(threading.Thread):
             if type(jt) is int and jt > self.buf.journal_texts:
                 self.buf.journal_texts = jt
             self._pipe.ack(env.seq)
-            mark = body.get("m")  # every batch up to it is durable: one whose own ACK was lost too
-            if type(mark) is int:
-                self._pipe.ack_through(mark)
+            self._ack_mark(body.get("m"))
         elif kind == wire.WELCOME:
             if env.seq == self._hello_seq:
                 self._on_welcome(body)
             else:  # the answer to an older HELLO (queued while the aggregator was frozen)
                 _log.debug("rank %d: stale WELCOME %d ignored", self.cfg.rank, env.seq)
         elif kind == wire.PONG:
-            mark = body.get("m")  # an idle rank's heartbeat settles a batch whose ACK was lost
-            if type(mark) is int:
-                self._pipe.ack_through(mark)
+            self._ack_mark(body.get("m"))  # an idle rank's heartbeat settles a batch whose ACK was lost
         elif kind == wire.ERROR:
             self._on_error(env, body)
         else:
             self._requests.answer(env.seq, body)
+
+    def _ack_mark(self, mark: Any) -> None:
+        """Acknowledge every batch up to the aggregator's durable ``mark`` (if an int): lost ACKs too."""
+        if type(mark) is int:
+            self._pipe.ack_through(mark)
 
     def _on_welcome(self, body: dict[str, Any]) -> None:
         last = body.get("last_seq", 0)
