@@ -86,7 +86,11 @@ class SigtermWatchdog:
 
     def after_fork_in_child(self) -> None:
         """In a forked child (a DataLoader worker): its signals must not reach the parent's watchdog
-        through the pipe they share (a worker terminated with SIGTERM would end the training)."""
+        through the pipe they share (a worker terminated with SIGTERM would end the training).
+        A watchdog closed before the fork has nothing to undo: its fd numbers may belong to
+        someone else by now."""
+        if self._closed:
+            return
         self._closed = True
         with contextlib.suppress(ValueError, OSError):
             old = signal.set_wakeup_fd(self._prev_fd)

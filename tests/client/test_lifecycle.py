@@ -67,3 +67,33 @@ def test_log_in_a_forked_child_raises_clearly_and_the_parent_is_unaffected(store
         run.log({"a": 2.0}, step=2)
         run.wait(30)
         assert run["a"].fetch_values(rank=0) == [(0, 0.0), (2, 2.0)]
+
+
+def test_a_fork_after_a_run_stopped_leaves_the_childs_descriptors_alone(store_dir: Path) -> None:
+    """A stopped run's SIGTERM watchdog closed its pipe; the fd numbers it freed are reused (here by
+    the test's pipe). A later fork must not close them again in the child: the child's own pipe
+    keeps working."""
+    first = coordinator.init_run()
+    watchdog = first._life._watchdog
+    assert watchdog is not None, "the run installs its SIGTERM watchdog on the main thread"
+    first.stop()
+    r, w = os.pipe()
+    os.dup2(w, watchdog._r)  # the number the watchdog freed, taken again (as any later open may)
+    os.close(w)
+    w = watchdog._r
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, b"alive")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 30)
+        assert ready, "the forked child did not answer within 30 s"
+        msg = os.read(r, 4096).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert msg == "alive"
+    del first
