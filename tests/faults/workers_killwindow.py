@@ -1,5 +1,7 @@
 """A rank of the kill-window test: logs ``m`` at a steady pace and records when it logged each step.
 
+``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load).
+
 Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to ``<out>/rank1.progress`` after every 10th
 ``log()`` (the test SIGKILLs it and compares what the store kept with what it had logged by
 then); rank 0 logs until ``<out>/killed`` appears, then a little more, and closes the run.
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--flush", type=float, required=True)
     p.add_argument("--doze", choices=("log", "field", "text"))
+    p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
     args = p.parse_args()
     out = Path(args.out)
     rank = int(os.environ["RANK"])
@@ -42,7 +45,7 @@ def main() -> None:
                 run.log({"m": float(rank * 10_000_000 + s)}, step=s)
                 if s % 10 == 0:
                     progress.write(f"{s} {time.monotonic()}\n")  # line-buffered: one write() per line
-                    ahead = s / 2000 - (time.monotonic() - t0)  # 2000 points/s
+                    ahead = s / args.rate - (time.monotonic() - t0) if args.rate else 0.0
                     if ahead > 0:
                         time.sleep(ahead)
                 if rank == 0 and s % 100 == 0 and (out / "killed").exists():
