@@ -37,7 +37,10 @@ class WakePipe:
             pass  # empty: every wake-up consumed
 
     def close(self) -> None:
+        """Close both ends, once: a second close must not close what reused the fd numbers."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             os.close(self.fd)
             os.close(self._w)

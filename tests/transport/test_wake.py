@@ -35,3 +35,20 @@ def test_wake_before_close_is_seen_by_the_sender() -> None:
         assert os.read(pipe.fd, 16) == b"x"
     finally:
         pipe.close()
+
+
+def test_a_second_close_leaves_a_file_that_reused_the_descriptors_open() -> None:
+    """close() twice (two clean-up paths) would otherwise close whatever now has those numbers."""
+    pipe = WakePipe()
+    numbers = (pipe.fd, pipe._w)
+    pipe.close()
+    r2, w2 = os.pipe()
+    try:
+        os.dup2(r2, numbers[0])
+        os.dup2(w2, numbers[1])
+        pipe.close()
+        os.write(numbers[1], b"y")
+        assert os.read(numbers[0], 16) == b"y"
+    finally:
+        for fd in {r2, w2, *numbers}:
+            os.close(fd)
