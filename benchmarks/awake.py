@@ -4,13 +4,14 @@ On a virtual machine an idle vCPU halts (the guest's idle loop executes ``HLT``,
 the vCPU off its core); the thread that wakes it next pays for the way back, and runs on caches
 the host may have given to someone else meanwhile. A paced logging job wakes up often and does
 little each time (the sender 20 times a second, the training thread once a step), so that toll
-is charged to every wake-up: on the 2-core development VM one paced rank's threads took 4.0 µs
-of CPU per point with idle vCPUs and 1.7 µs with them kept busy (docs/performance.md, round 14).
+is charged to every wake-up: on the 2-core development VM one paced rank's threads took 4.2-4.4
+µs of CPU per point with idle vCPUs and 1.6-2.4 µs with them kept busy (docs/performance.md,
+round 14; in the 4-rank DDP job, whose own steps pay the toll too, it made no difference).
 
 This wrapper starts one busy-looping process per CPU at the lowest priority (``nice 19``: a
 thread that has work preempts it at once and gets ~98% of the CPU beside it), runs the command,
 then stops and reaps them. The vCPUs then never halt, and what the command measures is the
-logging's own CPU on a machine that is awake anyway, as the cores of a busy training node are.
+logging's own CPU on a machine that is awake anyway.
 The spinners are not children of the measured job, so ``benchmarks.rank_threads`` and
 ``benchmarks.cpu_per_point`` do not count them; a benchmark that measures wall time or
 throughput should not be run under it (the spinners take the ~2% left over).
