@@ -10,7 +10,9 @@ sender thread and aggregator process running):
   evicted while the thread slept; on a shared VM also the vCPU's) and takes ~10-40 µs where the
   others take ~0.5: it is 1 in 100 calls, so it *is* the pattern's p99. ``disabled, new steps:
   first call of a step`` is the same loop on a ``mode="disabled"`` run (``log()`` returns at
-  once): the machine's floor for that first call;
+  once): the machine's floor for that first call; ``plain Python of log()'s shape`` runs the loop
+  on a stand-in whose ``log`` does the column path's Python on its own dict: the interpreter's
+  own share of that first call, which no change to the library removes;
 * ``during a flush``: back-to-back scalar ``log()`` calls for a few seconds; each call is
   classified by whether the sender thread was inside a flush (``SenderThread._flush``, wrapped on
   the instance; the library is untouched) when the call started; the rows give those calls only.
@@ -85,6 +87,28 @@ def _scalar_new_steps(run: Any, seconds: float) -> array[int]:
             if delay > 0:
                 time.sleep(delay / 1e9)
     return out
+
+
+class _SameShape:
+    """A stand-in for a run whose ``log`` does Python work of the same shape as the real one's
+    column path (type checks, a dict of columns, two appends) on its own objects only: the first
+    call after the loop's sleep then shows what the interpreter alone pays for a cold CPU."""
+
+    def __init__(self) -> None:
+        self._cols: dict[str, tuple[list[int], list[float]]] = {}
+
+    def log(self, data: dict[str, float], step: int) -> None:
+        if type(step) is not int or type(data) is not dict:
+            raise TypeError("step must be an int and data a dict")
+        cols = self._cols
+        for k, v in data.items():
+            c = cols.get(k)
+            if c is None:
+                c = cols[k] = ([], [])
+            c[1].append(v)
+            c[0].append(step)
+            if len(c[0]) >= 10_000:  # the sender's cut, in the real run: keep the lists short
+                del c[0][:], c[1][:]
 
 
 def _during_flush(run: Any, flag: _FlushFlag, seconds: float) -> array[int]:
@@ -208,6 +232,10 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
             rows.setdefault(("disabled, new steps: first call of a step", 'log({"loss": x}, step=s)'), []).append(r)
         finally:
             run.stop()
+        # The interpreter's part of that first call: a function of log()'s shape that touches no run.
+        lat = _scalar_new_steps(_SameShape(), seconds)
+        r = latency_summary(array("q", lat[::_KEYS]), overhead_ns)
+        rows.setdefault(("plain Python of log()'s shape, new steps: first call of a step", "log(...)"), []).append(r)
     table = latency_table(rows)
     summary = {
         variant: {
