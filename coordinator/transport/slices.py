@@ -39,7 +39,7 @@ class GilSlicer:
         self._budget = budget_s
         self._since = time.perf_counter()
         self.yields = 0
-        """Times :meth:`pause` released the GIL (for benchmarks and tests)."""
+        """Times :meth:`pause` or :meth:`release` released the GIL (for benchmarks and tests)."""
 
     def start(self) -> None:
         """A stretch starts now (the thread just took the GIL back, e.g. after its poll)."""
@@ -49,14 +49,14 @@ class GilSlicer:
         """Release the GIL now, whatever the stretch's length: before a piece of work that is
         long on its own, when the clock may have started late (a stretch began when the thread
         took the GIL back, some Python before :meth:`start` could run)."""
-        time.sleep(0)
-        self.yields += 1
-        self._since = time.perf_counter()
+        self._yield()
 
     def pause(self) -> None:
         """Between two slices: release the GIL when the stretch has run for the budget."""
-        now = time.perf_counter()
-        if now - self._since >= self._budget:
-            time.sleep(0)  # drops the GIL: a thread waiting for it is signalled and takes it
-            self.yields += 1
-            self._since = time.perf_counter()
+        if time.perf_counter() - self._since >= self._budget:
+            self._yield()
+
+    def _yield(self) -> None:
+        time.sleep(0)  # drops the GIL: a thread waiting for it is signalled and takes it
+        self.yields += 1
+        self._since = time.perf_counter()
