@@ -23,18 +23,20 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import pairwise
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from coordinator.aggregator.sums import total
+from coordinator.core.columns import increasing
 
 __all__ = ["FAST_POLICIES", "RECENT_ENTRIES", "EmittedBlock", "KeyGroup", "Matrix", "exact_sums"]
 
 Matrix = npt.NDArray[np.float64]
 """A block's values: one row per key, one column per step."""
+_Taken: TypeAlias = "tuple[npt.NDArray[np.int64], Matrix, npt.NDArray[np.bool_]]"
+"""What an emit takes from a group: its steps, their keys x steps x ranks values, which rank gave each."""
 
 FAST_POLICIES = frozenset(("mean", "all", "sum", "rank0"))
 """Policies a group reduces itself (their result does not depend on the ranks' arrival order)."""
@@ -154,7 +156,7 @@ class KeyGroup:
         first = steps[0]
         if first <= self.emitted_upto or first <= self.maxstep.get(rank, -1) or not 0 <= rank < self.world:
             return False
-        return len(steps) == 1 or all(a < b for a, b in pairwise(steps))
+        return increasing(steps)
 
     def add(self, rank: int, steps: array[int], values: Matrix, now: float) -> None:
         """Add one rank's block (``fits`` must have said yes): kept as it is until an emit."""
@@ -189,6 +191,55 @@ class KeyGroup:
             wm = min([m for r, m in self.maxstep.items() if r not in done], default=math.inf)
         else:
             wm = min(self.maxstep.values(), default=math.inf)
+        taken = self._take_aligned(now, wm, timeout, force) if self._aligned() else self._take(now, wm, timeout, force)
+        if taken is None:
+            return None
+        steps, v, mask = taken
+        self.emitted_upto = int(steps[-1])
+        self._remember(_Emitted(steps, v, mask))
+        return self._reduce(steps, v, mask)
+
+    def _aligned(self) -> bool:
+        """Whether every pending segment holds the same run of consecutive steps: ranks in step.
+
+        That is the common case (every rank logs steps n, n+1, ... and sends them in one flush),
+        and then the steps need no sort and the values no scatter (:meth:`_take_aligned`). Each
+        segment's steps increase, so a first step, a last step and a length that agree mean equal
+        steps, and its ranks differ (a rank's segments never share a step).
+        """
+        segs = self.segments
+        n = len(segs[0].steps)
+        lo = int(segs[0].steps[0])
+        hi = lo + n - 1
+        return all(len(g.steps) == n and g.steps[0] == lo and g.steps[-1] == hi for g in segs)
+
+    def _take_aligned(self, now: float, wm: float, timeout: float, force: bool) -> _Taken | None:
+        """:meth:`_take` for aligned segments: all of their steps or none, the first segment's age.
+
+        A part of the run (a rank that is not done stopped inside it) goes the general way.
+        """
+        segs = self.segments
+        steps = segs[0].steps
+        n = len(steps)
+        m = n if force or segs[0].created <= now - timeout else int(np.searchsorted(steps, wm, side="right"))
+        if m == 0:
+            return None
+        if m < n:
+            return self._take(now, wm, timeout, force)
+        v = np.zeros((len(self.keys), n, self.world))
+        mask = np.zeros((n, self.world), dtype=bool)
+        v[:, :, self.ranks] = np.stack([g.values for g in segs], axis=-1)
+        mask[:, self.ranks] = True
+        self.segments, self.ranks = [], []
+        return steps, v, mask
+
+    def _take(self, now: float, wm: float, timeout: float, force: bool) -> _Taken | None:
+        """The leading steps due (see :meth:`emit`), gathered from every segment, which keeps the rest.
+
+        Returns:
+            The steps, their values (keys x steps x ranks) and which rank gave each, or None.
+        """
+        segs = self.segments
         lengths = [len(g.steps) for g in segs]
         if len(segs) == 1:
             steps, values = segs[0].steps, segs[0].values
@@ -226,9 +277,7 @@ class KeyGroup:
                     kept_segs.append(_Segment(g.steps[cut:], g.values[:, cut:], g.created))
                     kept_ranks.append(r)
         self.segments, self.ranks = kept_segs, kept_ranks
-        self.emitted_upto = last
-        self._remember(_Emitted(uniq[:m], v, mask))
-        return self._reduce(uniq[:m], v, mask)
+        return uniq[:m], v, mask
 
     def _remember(self, e: _Emitted) -> None:
         """Keep ``e`` for repeats; drop the oldest steps past :data:`RECENT_ENTRIES` (never the last step)."""
@@ -239,15 +288,13 @@ class KeyGroup:
             per_step = first.mask.sum(axis=1)
             if len(self.recent) == 1 and len(first.steps) == 1:
                 return
-            # Drop whole leading steps while the rest still holds more than the bound (or just
-            # enough that dropping the next would leave nothing): as the per-key trim does.
-            drop = 0
-            entries = self.recent_entries
+            # Drop the fewest whole leading steps that bring the rest to the bound (at most
+            # ``limit``), as the per-key trim does; a search over the running total finds them, so
+            # an emit of thousands of steps has no loop per step.
             limit = len(first.steps) - (1 if len(self.recent) == 1 else 0)
-            while drop < limit and entries > RECENT_ENTRIES:
-                entries -= int(per_step[drop])
-                drop += 1
-            self.recent_entries = entries
+            dropped = np.cumsum(per_step[:limit])
+            drop = min(limit, int(np.searchsorted(dropped, self.recent_entries - RECENT_ENTRIES)) + 1)
+            self.recent_entries -= int(dropped[drop - 1]) if drop else 0
             if drop == len(first.steps):
                 self.recent.popleft()
             else:

@@ -27,6 +27,7 @@ from coordinator.aggregator.outbox import MainHold, Outbox
 from coordinator.aggregator.reduce import Reducer
 from coordinator.aggregator.report import build_report, close_out
 from coordinator.aggregator.senders import Sender, Senders
+from coordinator.core.columns import step_range
 from coordinator.core.incarnations import is_replaced
 from coordinator.core.policies import POLICY_PREFIX, PolicyTable
 from coordinator.errors import ProtocolError, SinkError
@@ -192,7 +193,7 @@ class Aggregator:
         if b.fields and any(p.startswith(POLICY_PREFIX) for p, _ in b.fields):
             b.fields = self.fields.take_policies(b.fields, rank, now, self.policy, self.known_keys)
         metrics = b.metrics
-        reached = [max(blk.steps) for blk in b.blocks if not all(k.startswith("system/") for k in blk.keys)]
+        reached = [step_range(blk.steps)[1] for blk in b.blocks if not all(k.startswith("system/") for k in blk.keys)]
         for blk in b.blocks:
             ks = blk.keys
             if ks in snd.blocks_seen or self.known_keys.issuperset(ks) or self.text_keys.isdisjoint(ks):
@@ -213,7 +214,7 @@ class Aggregator:
             if key not in snd.keys_seen:
                 snd.keys_seen.add(key)
                 if snd.resumed:
-                    self._maybe_rewind(snd, key, min(steps), now)
+                    self._maybe_rewind(snd, key, step_range(steps)[0], now)
             if not snd.superseded:
                 if self.reducer.add_series(key, rank, steps, values, now) and key not in snd.repeated_keys:
                     self._warn_repeat(snd, key)
@@ -223,7 +224,7 @@ class Aggregator:
         if b.texts:
             n += self._ingest_texts(snd, b, last_steps, now)
         # Training progress: the sampler's system/* series (client/system.py) step on while a rank hangs.
-        reached += [max(steps) for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
+        reached += [step_range(steps)[1] for key, steps, _ in b.metrics if steps and not key.startswith("system/")]
         if reached and not snd.superseded:
             self.health.progress(rank, max(reached), now)
         for path, fv in b.fields:
@@ -252,7 +253,7 @@ class Aggregator:
                 if key not in snd.keys_seen:
                     snd.keys_seen.add(key)
                     if snd.resumed:
-                        self._maybe_rewind(snd, key, min(steps), now)
+                        self._maybe_rewind(snd, key, step_range(steps)[0], now)
             if len(snd.blocks_seen) < _MAX_BLOCKS_SEEN:
                 snd.blocks_seen.add(keys)
         if not snd.superseded:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import sys
 from array import array
+from itertools import pairwise
 from typing import Any, TypeAlias
 
-__all__ = ["Column", "from_le", "to_le"]
+import numpy as np
+
+__all__ = ["Column", "from_le", "increasing", "step_range", "to_le"]
 
 Column: TypeAlias = "tuple[array[int], array[float]]"
 """(steps, values) of one key; step -1 means "the rank's next step for this key"."""
 
 _LITTLE = sys.byteorder == "little"
+
+SHORT_COLUMN = 32
+"""Up to this many steps Python's own ``min``/``max``/comparisons beat a numpy call's fixed cost
+(about 1-2 µs); above it a per-step Python loop costs ~30 ns a step, 150 µs for a 5,000-step column."""
 
 
 def to_le(a: array[Any]) -> bytes:
@@ -30,3 +37,19 @@ def from_le(typecode: str, data: bytes) -> array[Any]:
     if not _LITTLE:
         a.byteswap()
     return a
+
+
+def step_range(steps: array[int]) -> tuple[int, int]:
+    """The smallest and largest step of a non-empty column, without a Python loop over a long one."""
+    if len(steps) <= SHORT_COLUMN:
+        return min(steps), max(steps)
+    a = np.frombuffer(steps, dtype=np.int64)
+    return int(a.min()), int(a.max())
+
+
+def increasing(steps: array[int]) -> bool:
+    """Whether every step is larger than the one before it (a column of one step is)."""
+    if len(steps) <= SHORT_COLUMN:
+        return all(a < b for a, b in pairwise(steps))
+    a = np.frombuffer(steps, dtype=np.int64)
+    return bool((a[1:] > a[:-1]).all())

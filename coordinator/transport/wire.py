@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.core.columns import from_le, to_le
+from coordinator.core.columns import from_le, step_range, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.values import FieldValue, check_field, check_key, check_text
 from coordinator.errors import ProtocolError
@@ -343,7 +343,7 @@ def decode_batch(
     out_blocks: list[Block] = []
     for sb, keys, vbs in runs:
         steps = from_le("q", sb)
-        if min(steps) < 0:
+        if step_range(steps)[0] < 0:
             raise ProtocolError(f"metric {keys[0]!r}: negative step")
         if blocks and len(keys) >= _MIN_BLOCK_KEYS:
             values = np.frombuffer(b"".join(vbs), dtype="<f8").reshape(len(keys), len(steps))
@@ -408,7 +408,7 @@ def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int, 
         if len(sb) % 8 or not n or len(vb) != 8 * n * k:
             raise ProtocolError(f"block of {keys[0]!r}...: steps/values lengths do not match")
         steps = from_le("q", sb)
-        if min(steps) < 0:
+        if step_range(steps)[0] < 0:
             raise ProtocolError(f"block of {keys[0]!r}...: negative step")
         values = np.frombuffer(vb, dtype="<f8").reshape(n, k).T  # step-major on the wire: keys x steps here
         out.append(Block(known or tuple(keys), steps, np.ascontiguousarray(values, dtype=np.float64)))
@@ -440,7 +440,7 @@ def _decode_texts(x: object, checked: set[str], new: list[str]) -> list[TextChun
         if len(sb) % 8 or len(sb) != 8 * len(tl) or not sb:
             raise ProtocolError(f"text series {key!r}: steps/texts lengths do not match")
         steps = from_le("q", sb)
-        if min(steps) < 0:
+        if step_range(steps)[0] < 0:
             raise ProtocolError(f"text series {key!r}: negative step")
         out.append((key, steps, tl))
     return out

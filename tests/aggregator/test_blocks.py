@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.blocks import exact_sums
+from coordinator.aggregator.blocks import KeyGroup, exact_sums
 from coordinator.aggregator.reduce import Emitted, Reducer
 from coordinator.core.policies import PolicyTable
 from tests.aggregator.helpers import batch, bye, hello, make_cfg, reopen
@@ -245,6 +245,74 @@ def test_long_blocks_and_a_repeat_near_the_recent_bound_equal_the_per_key_path(
     assert _dump(new.emit(now)) == _dump(old.emit(now))
     assert new.pending_groups() == old.pending_groups()
     assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+
+
+def _run_aligned(seed: int) -> None:
+    """Ranks in step: every rank sends the same run of consecutive steps, in a random order, with
+    emits between their sends, a rank now and then skipping a run, and the shared operations."""
+    rng = random.Random(seed)
+    world = rng.choice([2, 3, 4, 8])
+    table = PolicyTable({"a": rng.choice(["mean", "sum", "rank0", "max", "all"])}, rng.choice(["mean", "sum", "rank0"]))
+    timeout = rng.choice([3.0, 50.0])
+    new = Reducer(world, table, timeout)
+    new.series_group_from = 1
+    old = Reducer(world, table, timeout, blocks=False)
+    keys = ("a", "b", "c") if rng.random() < 0.5 else ("y",)  # a dict, or a key logged alone
+    nxt = 0
+    now = 0.0
+    for _ in range(rng.randint(10, 40)):
+        steps = list(range(nxt, nxt + rng.choice([1, 2, 3, 40, 300])))
+        nxt = steps[-1] + 1 + (1 if rng.random() < 0.1 else 0)  # now and then a gap
+        for rank in rng.sample(range(world), world):
+            if rng.random() < 0.05:
+                continue
+            vals = np.array([[_value(rng) for _ in steps] for _ in keys])
+            if len(keys) == 1:
+                got = new.add_series(keys[0], rank, array("q", steps), array("d", vals[0]), now)
+                assert got == old.add(keys[0], rank, steps, list(vals[0]), now)
+            else:
+                got = new.add_block(keys, rank, array("q", steps), vals.copy(), now)
+                assert got == old.add_block(keys, rank, array("q", steps), vals.copy(), now)
+            now += rng.choice([0.0, 0.0, 0.4, 1.5])  # the ranks' sends spread over the group timeout
+            op = rng.random()
+            if op < 0.3:
+                assert _dump(new.emit(now)) == _dump(old.emit(now))
+            elif op > 0.9:
+                now = _shared_op(rng, 0.6 + (op - 0.9) * 4, new, old, world, nxt - 1, now, "abcy")
+        _same_state(new, old, world, "abcy")
+    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_ranks_in_step_equal_the_per_key_path(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeded random sequences of ranks sending the same runs of steps (the aligned emit, no sort
+    and no scatter), long and short, skipped and interleaved with emits, rank done/back, rewinds
+    and timeouts: the same emitted points and counters with key groups as key by key."""
+    taken: list[int] = []
+    take = KeyGroup._take_aligned
+
+    def counted(g: KeyGroup, now: float, wm: float, timeout: float, force: bool) -> Any:
+        taken.append(len(g.segments))
+        return take(g, now, wm, timeout, force)
+
+    monkeypatch.setattr(KeyGroup, "_take_aligned", counted)
+    for seed in range(chunk * 50, chunk * 50 + 50):
+        _run_aligned(seed)
+    assert sum(n > 1 for n in taken) > 100, "the aligned emit ran, for several ranks at once"
+
+
+def test_only_segments_with_the_same_consecutive_steps_are_aligned() -> None:
+    """Equal first step, last step and length are not enough unless the steps are consecutive."""
+    g = KeyGroup(("x",), ("mean",), 3, 0.0)
+    for rank, steps in [(0, [4, 5, 6]), (1, [4, 5, 6])]:
+        g.add(rank, array("q", steps), np.zeros((1, len(steps))), 0.0)
+    assert g._aligned()
+    g.add(2, array("q", [4, 6]), np.zeros((1, 2)), 0.0)
+    assert not g._aligned()
+    h = KeyGroup(("x",), ("mean",), 2, 0.0)
+    for rank, steps in [(0, [4, 6]), (1, [4, 6])]:
+        h.add(rank, array("q", steps), np.zeros((1, 2)), 0.0)
+    assert not h._aligned(), "equal but not consecutive: the general path"
 
 
 def test_regular_blocks_stay_one_group() -> None:

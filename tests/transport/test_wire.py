@@ -373,7 +373,11 @@ def test_metric_chunk_with_mismatched_steps_and_values_is_refused(steps: bytes, 
         wire.decode_batch(raw_batch(m=[["k", steps, values]]))
 
 
-@pytest.mark.parametrize("steps", [[-1], [0, 1, -5], [-(2**63)], [5, 2**63 - 1, -2]])
+@pytest.mark.parametrize(
+    "steps",
+    [[-1], [0, 1, -5], [-(2**63)], [5, 2**63 - 1, -2], [*range(1000), -1], [-7, *range(1000)]],
+    ids=["one", "last", "lowest", "after-highest", "long-last", "long-first"],
+)
 def test_metric_chunk_with_a_negative_step_is_refused(steps: list[int]) -> None:
     """Any negative step in a chunk rejects the whole batch."""
     with pytest.raises(ProtocolError):
