@@ -246,12 +246,10 @@ class KeyGroup:
         else:
             steps = np.concatenate([g.steps for g in segs])
             values = np.concatenate([g.values for g in segs], axis=1)
-        # Segments are in arrival order: a step's first occurrence is its first point (its age).
-        uniq, first, where = np.unique(steps, return_index=True, return_inverse=True)
+        uniq, where, created = self._union(steps, lengths)
         if force:
             m = len(uniq)
         else:
-            created = np.repeat(np.array([g.created for g in segs]), lengths)[first]
             ok = (uniq <= wm) | (created <= now - timeout)
             m = len(uniq) if ok.all() else int(np.argmin(ok))
         if m == 0:
@@ -278,6 +276,32 @@ class KeyGroup:
                     kept_ranks.append(r)
         self.segments, self.ranks = kept_segs, kept_ranks
         return uniq[:m], v, mask
+
+    def _union(
+        self, steps: npt.NDArray[np.int64], lengths: list[int]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """The distinct steps of the pending segments (``steps``: theirs end to end), sorted; where
+        each of ``steps`` is among them; and each distinct step's age, its first segment's arrival.
+
+        Where the steps are dense (ranks flat out at different paces: overlapping runs) a bitmap
+        over their range replaces the sort, which took ~40% of the aggregator then; sparse steps
+        (a range over twice their number) are sorted.
+        """
+        segs = self.segments
+        lo = min(int(g.steps[0]) for g in segs)  # each segment's steps increase
+        span = max(int(g.steps[-1]) for g in segs) - lo + 1
+        if span > 2 * len(steps) + 64:
+            uniq, first, where = np.unique(steps, return_index=True, return_inverse=True)
+            # Segments are in arrival order: a step's first occurrence is its first point (its age).
+            return uniq, where, np.repeat(np.array([g.created for g in segs]), lengths)[first]
+        at = steps - lo
+        present = np.zeros(span, dtype=bool)
+        present[at] = True
+        created = np.empty(span)
+        for g in reversed(segs):  # the first segment that holds a step writes last: its age stays
+            created[g.steps - lo] = g.created
+        uniq = np.flatnonzero(present)
+        return uniq + lo, (np.cumsum(present) - 1)[at], created[uniq]
 
     def _remember(self, e: _Emitted) -> None:
         """Keep ``e`` for repeats; drop the oldest steps past :data:`RECENT_ENTRIES` (never the last step)."""
