@@ -56,7 +56,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
 def cli_main(argv: list[str]) -> int:
     """``--senders N`` or ``--soak SECONDS``: run that part alone, print its figures; 0 when verified."""
     from benchmarks.scale import scale_trial
-    from benchmarks.scale_section import SENDERS_PER_PROC, soak_trial, total_batches, trial_for
+    from benchmarks.scale_section import SENDERS_PER_PROC, soak_trial, trial_for
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     part = ap.add_mutually_exclusive_group(required=True)
@@ -65,10 +65,22 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--procs", type=int, help=f"sender processes (default: 2, or N/{SENDERS_PER_PROC} above 1024)")
     ap.add_argument("--offered", type=float, metavar="PPS", help="with --senders: paced, offering this many points/s")
     ap.add_argument("--duration", type=float, default=10.0, help="with --offered: seconds (default 10)")
-    ap.add_argument("--batches", type=int, help="batches of 1000 points per sender (default: 2M points in all)")
+    ap.add_argument("--batches", type=int, help="batches per sender (default: 2M points in all)")
+    ap.add_argument("--keys", type=int, default=10, help="unpaced: keys in each batch (default 10)")
+    ap.add_argument(
+        "--batch-points",
+        type=int,
+        default=1000,
+        help="unpaced: points in each batch, keys x steps (default 1000; 1 x 5000: one key logged flat out)",
+    )
+    ap.add_argument(
+        "--window", type=int, default=4, help="unpaced: batches in flight per sender (default 4; a rank: 64)"
+    )
     ap.add_argument("--json", type=Path, help="write the whole result (RSS series included) here")
     ap.add_argument("--keep", action="store_true", help="keep the trial directory (aggregator log, store)")
     args = ap.parse_args(argv)
+    if args.keys < 1 or args.window < 1 or args.batch_points < args.keys or args.batch_points % args.keys:
+        ap.error("--keys and --window must be positive, --batch-points a multiple of --keys")
     tmp = Path(tempfile.mkdtemp(prefix="coord-scale-"))
     try:
         if args.senders is not None and args.offered:
@@ -81,9 +93,22 @@ def cli_main(argv: list[str]) -> int:
             kw = trial_for(n)
             if args.procs:
                 kw["procs"] = args.procs
-            batches = args.batches or total_batches(n, 2_000_000)
-            log(f"scale: {n} senders in {kw['procs']} processes x {batches} batches of 1000 points")
-            res = scale_trial(n, tmp, f"scale-{n}", batches=batches, **kw)
+            bp = args.batch_points
+            batches = args.batches or max(2, 2_000_000 // (n * bp))
+            log(
+                f"scale: {n} senders in {kw['procs']} processes x {batches} batches of {bp} points "
+                f"({args.keys} keys x {bp // args.keys} steps), {args.window} in flight"
+            )
+            res = scale_trial(
+                n,
+                tmp,
+                f"scale-{n}",
+                batches=batches,
+                keys=args.keys,
+                steps_per_batch=bp // args.keys,
+                window=args.window,
+                **kw,
+            )
         else:
             log(f"soak: 64 senders, 64,000 points/s for {args.soak:.0f} s")
             res = soak_trial(tmp, args.soak, warm_t=30.0 if args.soak >= 60 else 5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, TypeAlias
 
@@ -39,17 +40,17 @@ def from_le(typecode: str, data: bytes) -> array[Any]:
     return a
 
 
-def step_range(steps: array[int]) -> tuple[int, int]:
+def step_range(steps: Sequence[int]) -> tuple[int, int]:
     """The smallest and largest step of a non-empty column, without a Python loop over a long one."""
     if len(steps) <= SHORT_COLUMN:
         return min(steps), max(steps)
-    a = np.frombuffer(steps, dtype=np.int64)
+    a = np.asarray(steps, dtype=np.int64)
     return int(a.min()), int(a.max())
 
 
-def increasing(steps: array[int]) -> bool:
+def increasing(steps: Sequence[int]) -> bool:
     """Whether every step is larger than the one before it (a column of one step is)."""
     if len(steps) <= SHORT_COLUMN:
         return all(a < b for a, b in pairwise(steps))
-    a = np.frombuffer(steps, dtype=np.int64)
+    a = np.asarray(steps, dtype=np.int64)
     return bool((a[1:] > a[:-1]).all())
