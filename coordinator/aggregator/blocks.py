@@ -127,6 +127,32 @@ class _Emitted:
     """steps x ranks: which rank contributed to which step."""
 
 
+def _union(
+    runs: list[npt.NDArray[np.int64]], created: list[float], steps: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """The distinct steps of increasing ``runs`` (``steps``: the runs end to end), sorted; where each
+    of ``steps`` is among them; and each distinct step's age: ``created`` of the first run holding it.
+
+    Where the steps are dense (ranks flat out at different paces: overlapping runs) a bitmap over
+    their range replaces the sort, which took ~40% of the aggregator then; sparse steps (a range
+    over twice their number) are sorted.
+    """
+    lo = min(int(r[0]) for r in runs)
+    span = max(int(r[-1]) for r in runs) - lo + 1
+    if span > 2 * len(steps) + 64:
+        uniq, first, where = np.unique(steps, return_index=True, return_inverse=True)
+        # Runs are in arrival order: a step's first occurrence is its first point (its age).
+        return uniq, where, np.repeat(np.array(created), [len(r) for r in runs])[first]
+    at = steps - lo
+    present = np.zeros(span, dtype=bool)
+    present[at] = True
+    ages = np.empty(span)
+    for r, c in zip(reversed(runs), reversed(created), strict=True):  # the first run writes last: its age stays
+        ages[r - lo] = c
+    pos = np.flatnonzero(present)
+    return pos + lo, (np.cumsum(present) - 1)[at], ages[pos]
+
+
 @dataclass(slots=True, eq=False)
 class KeyGroup:
     """The shared reducer state of a tuple of keys every rank logs together (see the module doc).
@@ -236,72 +262,57 @@ class KeyGroup:
     def _take(self, now: float, wm: float, timeout: float, force: bool) -> _Taken | None:
         """The leading steps due (see :meth:`emit`), gathered from every segment, which keeps the rest.
 
+        Only steps up to a bound can be due: the slowest rank's (``wm``) or the last of a segment
+        that timed out (a step's age is its first segment's). Each segment's steps past it are
+        left where they are, so a rank far ahead of a slow one costs no work per emit.
+
         Returns:
             The steps, their values (keys x steps x ranks) and which rank gave each, or None.
         """
         segs = self.segments
-        lengths = [len(g.steps) for g in segs]
-        if len(segs) == 1:
-            steps, values = segs[0].steps, segs[0].values
-        else:
-            steps = np.concatenate([g.steps for g in segs])
-            values = np.concatenate([g.values for g in segs], axis=1)
-        uniq, where, created = self._union(steps, lengths)
+        old = now - timeout
+        cut = [len(g.steps) for g in segs]
+        if not force:
+            bound = max([wm, *(int(g.steps[-1]) for g in segs if g.created <= old)])
+            cut = [
+                n if g.steps[-1] <= bound else int(np.searchsorted(g.steps, bound, side="right"))
+                for g, n in zip(segs, cut, strict=True)
+            ]
+        parts = [(g, r, c) for g, r, c in zip(segs, self.ranks, cut, strict=True) if c]
+        if not parts:
+            return None
+        runs = [g.steps[:c] for g, _, c in parts]
+        steps = np.concatenate(runs)
+        values = np.concatenate([g.values[:, :c] for g, _, c in parts], axis=1)
+        uniq, where, created = _union(runs, [g.created for g, _, _ in parts], steps)
         if force:
             m = len(uniq)
         else:
-            ok = (uniq <= wm) | (created <= now - timeout)
+            ok = (uniq <= wm) | (created <= old)
             m = len(uniq) if ok.all() else int(np.argmin(ok))
         if m == 0:
             return None
         last = int(uniq[m - 1])
         k = len(self.keys)
-        v = np.zeros((k, m, self.world))
-        mask = np.zeros((m, self.world), dtype=bool)
-        rank_of = np.repeat(np.array(self.ranks), lengths)
-        if m == len(uniq):
-            v[:, where, rank_of] = values
-            mask[where, rank_of] = True
-            kept_segs: list[_Segment] = []
-            kept_ranks: list[int] = []
-        else:
+        world = self.world
+        # One flat index into steps x ranks: numpy's single-index path, faster than two index arrays.
+        flat = where * world + np.repeat(np.array([r for _, r, _ in parts]), [len(r) for r in runs])
+        if m < len(uniq):
             sel = where < m
-            v[:, where[sel], rank_of[sel]] = values[:, sel]
-            mask[where[sel], rank_of[sel]] = True
-            kept_segs, kept_ranks = [], []
-            for g, r in zip(segs, self.ranks, strict=True):  # what is left: each segment's tail
-                if g.steps[-1] > last:
-                    cut = int(np.searchsorted(g.steps, last, side="right"))
-                    kept_segs.append(_Segment(g.steps[cut:], g.values[:, cut:], g.created))
-                    kept_ranks.append(r)
+            flat, values = flat[sel], values[:, sel]
+        v = np.zeros((k, m, world))
+        v.reshape(k, m * world)[:, flat] = values
+        mask = np.zeros(m * world, dtype=bool)
+        mask[flat] = True
+        kept_segs: list[_Segment] = []
+        kept_ranks: list[int] = []
+        for g, r in zip(segs, self.ranks, strict=True):  # what is left: each segment's tail
+            if g.steps[-1] > last:
+                at = int(np.searchsorted(g.steps, last, side="right"))
+                kept_segs.append(_Segment(g.steps[at:], g.values[:, at:], g.created))
+                kept_ranks.append(r)
         self.segments, self.ranks = kept_segs, kept_ranks
-        return uniq[:m], v, mask
-
-    def _union(
-        self, steps: npt.NDArray[np.int64], lengths: list[int]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-        """The distinct steps of the pending segments (``steps``: theirs end to end), sorted; where
-        each of ``steps`` is among them; and each distinct step's age, its first segment's arrival.
-
-        Where the steps are dense (ranks flat out at different paces: overlapping runs) a bitmap
-        over their range replaces the sort, which took ~40% of the aggregator then; sparse steps
-        (a range over twice their number) are sorted.
-        """
-        segs = self.segments
-        lo = min(int(g.steps[0]) for g in segs)  # each segment's steps increase
-        span = max(int(g.steps[-1]) for g in segs) - lo + 1
-        if span > 2 * len(steps) + 64:
-            uniq, first, where = np.unique(steps, return_index=True, return_inverse=True)
-            # Segments are in arrival order: a step's first occurrence is its first point (its age).
-            return uniq, where, np.repeat(np.array([g.created for g in segs]), lengths)[first]
-        at = steps - lo
-        present = np.zeros(span, dtype=bool)
-        present[at] = True
-        created = np.empty(span)
-        for g in reversed(segs):  # the first segment that holds a step writes last: its age stays
-            created[g.steps - lo] = g.created
-        uniq = np.flatnonzero(present)
-        return uniq + lo, (np.cumsum(present) - 1)[at], created[uniq]
+        return uniq[:m], v, mask.reshape(m, world)
 
     def _remember(self, e: _Emitted) -> None:
         """Keep ``e`` for repeats; drop the oldest steps past :data:`RECENT_ENTRIES` (never the last step)."""
