@@ -158,9 +158,10 @@ class KeyGroup:
     """The shared reducer state of a tuple of keys every rank logs together (see the module doc).
 
     A rank's pending points are the blocks it added, as they came (:class:`_Segment`: no work per
-    step on arrival); an emit gathers the steps of every pending block with a fixed number of numpy
-    calls, whatever the number of steps and ranks, so a rank that sends thousands of steps per
-    batch costs no more Python per batch than one that sends two.
+    step on arrival); an emit gathers, from every pending block, the steps that can be due with a
+    fixed number of numpy calls per block, whatever the number of steps, so a rank that sends
+    thousands of steps per batch costs no more Python per batch than one that sends two. Ranks in
+    step (the same consecutive steps in every block) need no sort at all (:meth:`_take_aligned`).
     """
 
     keys: tuple[str, ...]
