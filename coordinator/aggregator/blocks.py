@@ -230,9 +230,10 @@ class KeyGroup:
         """Whether every pending segment holds the same run of consecutive steps: ranks in step.
 
         That is the common case (every rank logs steps n, n+1, ... and sends them in one flush),
-        and then the steps need no sort and the values no scatter (:meth:`_take_aligned`). Each
-        segment's steps increase, so a first step, a last step and a length that agree mean equal
-        steps, and its ranks differ (a rank's segments never share a step).
+        and then the steps need no sort and the values go in by one stacked assignment
+        (:meth:`_take_aligned`). Each segment's steps increase, so a first step, a last step and a
+        length that agree mean equal steps, and its ranks differ (a rank's segments never share a
+        step).
         """
         segs = self.segments
         n = len(segs[0].steps)
