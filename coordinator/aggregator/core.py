@@ -397,6 +397,7 @@ class Aggregator:
             now: the hold's clock (``time.monotonic()``).
         """
         stage = stage and not self.reads_ranks
+        self.counters["checkpoint_failures"] += self.store.take_checkpoint_failures()
         self.outbox.commit(self.store, self.counters, stage=stage, now=time.monotonic() if now is None else now)
         self.reads_ranks = False
 

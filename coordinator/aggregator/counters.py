@@ -32,6 +32,7 @@ class Counters(TypedDict):
     ranks_returned: int  # times a rank marked lost was heard from again and re-included
     texts: int  # points of text series ingested (also counted in points)
     kind_conflicts: int  # points refused: numbers for a text series' key, or texts for a numeric one
+    checkpoint_failures: int  # WAL checkpoints that failed off the loop (nothing lost: the log keeps every page)
 
 
 class Report(Counters):
@@ -75,6 +76,7 @@ PROBLEMS: tuple[str, ...] = (
     "late_points",
     "replaced_points",
     "kind_conflicts",
+    "checkpoint_failures",
 )
 """Numbers that are zero in a healthy run on a healthy machine (the benchmarks check them)."""
 

@@ -424,6 +424,7 @@ def serve(cfg: AggregatorConfig) -> Report:
     agg = Aggregator(cfg)
     srv = Server(agg, cfg.endpoint)
     agg.forwarders.start(cfg.store_path, cfg.backends)
+    agg.store.start_checkpoints()  # the WAL's checkpoints off this loop (journal/checkpoint.py)
 
     def on_term(signum: int, _frame: object) -> None:
         _log.info("signal %d: draining and closing run %s", signum, cfg.run_id)

@@ -24,8 +24,9 @@ TROUBLE: tuple[tuple[str, str], ...] = (
     ("unknown_sender", "{n} messages from senders that never said hello"),
     ("refused_clients", "{n} TCP clients refused (no job secret)"),
     ("fenced_batches", "{n} batches of a replaced incarnation fenced off"),
+    ("checkpoint_failures", "{n} WAL checkpoints failed (nothing lost: the log grows until one succeeds)"),
 )
-"""Report counters that mean data was refused or misplaced when they are not zero, worst first."""
+"""Report counters that mean data was refused or misplaced, or the store is in trouble, when not zero; worst first."""
 
 FORWARD_LOSSES: tuple[tuple[str, str], ...] = (
     ("failed_points", "{n} points failed to reach it"),

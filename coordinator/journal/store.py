@@ -27,6 +27,7 @@ import msgpack
 from coordinator.core.columns import to_le as _le
 from coordinator.errors import SinkError
 from coordinator.journal.blockrows import block_params
+from coordinator.journal.checkpoint import Checkpointer
 from coordinator.journal.paths import list_runs, resolve_root, run_dir
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StagedBlock, StoredChunk, TxnData
@@ -89,7 +90,13 @@ class LocalStore(JournalReader):
     readers (CLI, read-only runs) open it with ``readonly=True`` and never block the writer.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, durable: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        durable: bool = False,
+    ):
         """Open (and with ``readonly=False`` create) the database at ``path``.
 
         Args:
@@ -103,6 +110,8 @@ class LocalStore(JournalReader):
         path = Path(path)
         super().__init__(connect(path, readonly=readonly, durable=durable), path)
         self.readonly = readonly
+        self._checkpointer: Checkpointer | None = None
+        self._failures_taken = 0
         if not readonly:
             self._db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
@@ -115,9 +124,31 @@ class LocalStore(JournalReader):
             self._db.close()
             raise
         """Points a crashed writer left in the staging log, written as chunks by this open."""
+        self._durable = durable
+
+    def start_checkpoints(self) -> None:
+        """Run the WAL's checkpoints on a thread of their own from now on (a writer that commits
+        often: the aggregator's loop), not inside the commit that crosses SQLite's threshold;
+        SQLite's own stays, at 4x the threshold, the bound for a burst the thread has not caught
+        up with (:mod:`~coordinator.journal.checkpoint`). :meth:`close` stops the thread."""
+        if self.readonly or self._checkpointer is not None:
+            return
+        self._db.execute(f"PRAGMA wal_autocheckpoint={4 * _CHECKPOINT_PAGES}")
+        self._checkpointer = Checkpointer(self.path, durable=self._durable)
+
+    def take_checkpoint_failures(self) -> int:
+        """WAL checkpoints that failed on the checkpoint thread since the last call (for the run's counters)."""
+        ck = self._checkpointer
+        if ck is None:
+            return 0
+        failed = ck.failures - self._failures_taken
+        self._failures_taken = ck.failures
+        return failed
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Stop the checkpoint thread, then close the connection (idempotent)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._db.close()
 
     def create_run(self, run_id: str, project: str, name: str, world_size: int, created: float) -> None:
@@ -159,6 +190,8 @@ class LocalStore(JournalReader):
         except sqlite3.Error as e:
             raise SinkError(f"store {self.path}: commit failed: {e}") from e
         self._key_ids.update(new_ids)
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _materialize_staged(self) -> int:
         """Write what the staging log holds as chunk rows and empty it, in one transaction; returns the points.

@@ -63,6 +63,12 @@ def test_trouble_comes_before_what_the_run_recovered_from() -> None:
     ]
 
 
+def test_failed_checkpoints_are_trouble_though_the_run_finished() -> None:
+    lines = summary_lines(_report(checkpoint_failures=3))
+    assert lines[0].startswith("finished in 12.3 s") and "no anomalies" not in lines[0]
+    assert lines[1:] == ["! 3 WAL checkpoints failed (nothing lost: the log grows until one succeeds)"]
+
+
 def test_a_failed_rank_without_a_reason_line_is_named() -> None:
     lines = summary_lines(_report(state="failed", failed_ranks={"1": "ValueError: boom"}, ranks_never_seen=[2]))
     assert "! rank 1 failed: ValueError: boom" in lines
