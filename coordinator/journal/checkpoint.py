@@ -3,10 +3,10 @@
 A commit appends pages to the write-ahead log; a checkpoint copies them into the database file
 and syncs both files. SQLite runs it inside the commit that crosses the automatic threshold, so
 the aggregator's loop stood still for the copy and the two syncs: at 4 ranks logging flat out,
-durable throughput rose by a fifth (100-key dicts) to a third (10-key dicts) once they ran
-elsewhere. :class:`Checkpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection,
-which never waits for the writer or a reader, at an interval it adapts to the log's growth (the
-frames a checkpoint found): about :data:`TARGET_FRAMES` per checkpoint, at most every
+durable throughput rose by 10-20% once they ran elsewhere (docs/performance.md, round 15).
+:class:`Checkpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection, which never
+waits for the writer or a reader, at an interval it adapts to the log's growth (the frames a
+checkpoint found): about :data:`TARGET_FRAMES` per checkpoint, at most every
 :data:`MIN_INTERVAL_S`, at least every :data:`MAX_INTERVAL_S` while the writer commits, never
 while it does not. The writer keeps SQLite's own checkpoint as a bound, at a higher threshold,
 for a burst the interval has not caught up with.
