@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from benchmarks.awake import SPIN_SOURCE, awake, main
+from tests.polling import wait_until
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -23,22 +22,13 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _wait_until(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_the_spinners_run_at_the_lowest_priority_and_are_reaped_after() -> None:
     with awake(2) as pids:
         assert len(pids) == 2
         # nice is field 19 of stat (16 after the name and state); each spinner lowers its own
-        assert _wait_until(lambda: all((f := _stat(p)) is not None and f[16] == "19" for p in pids), 10)
+        assert wait_until(lambda: all((f := _stat(p)) is not None and f[16] == "19" for p in pids), 10)
         before = [int(f[11]) + int(f[12]) for p in pids if (f := _stat(p)) is not None]
-        assert _wait_until(
+        assert wait_until(
             lambda: all(
                 (f := _stat(p)) is not None and int(f[11]) + int(f[12]) > b for p, b in zip(pids, before, strict=True)
             ),
@@ -69,7 +59,7 @@ def test_a_spinner_whose_wrapper_died_ends_by_itself() -> None:
         check=True,
     )
     pid = int(starter.stdout)
-    ended = _wait_until(lambda: (f := _stat(pid)) is None or f[0] == "Z", 10)
+    ended = wait_until(lambda: (f := _stat(pid)) is None or f[0] == "Z", 10)
     if not ended:
         os.kill(pid, signal.SIGKILL)
     assert ended, "the orphaned spinner kept running"

@@ -7,22 +7,13 @@ import logging
 import sqlite3
 import time
 from array import array
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from coordinator.journal.checkpoint import MAX_INTERVAL_S, Checkpointer
 from coordinator.journal.store import ChunkRow, LocalStore, TxnData
-
-
-def _wait(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.polling import wait_until
 
 
 def _commit(store: LocalStore, seq: int, n: int = 2000) -> None:
@@ -51,7 +42,7 @@ def test_the_thread_copies_the_log_after_commits_and_the_writers_own_checkpoint_
         assert limit == 4 * 8192, "SQLite's checkpoint in the commit stays only as the bound for a burst"
         for seq in range(1, 6):
             _commit(store, seq)
-        assert _wait(lambda: ck.checkpoints >= 1)
+        assert wait_until(lambda: ck.checkpoints >= 1, 10)
         assert ck.last is not None and ck.last[0] > 0 and ck.last[1] == ck.last[0], ck.last
         assert 0.05 < ck.interval <= MAX_INTERVAL_S, "far fewer frames than its target: the next one waits longer"
         assert store.take_checkpoint_failures() == 0
@@ -83,9 +74,9 @@ def test_a_failed_checkpoint_is_counted_and_logged_and_the_next_one_retries(
         ck.interval = 0.02
         with caplog.at_level(logging.WARNING, logger="coordinator.journal"):
             ck.committed()
-            assert _wait(lambda: ck.failures >= 1)
+            assert wait_until(lambda: ck.failures >= 1, 10)
             ck.committed()
-            assert _wait(lambda: ck.failures >= 2)
+            assert wait_until(lambda: ck.failures >= 2, 10)
         assert ck.checkpoints == 0
         assert "WAL checkpoint failed" in caplog.text and str(junk) in caplog.text
     finally:
@@ -101,7 +92,7 @@ def test_a_reader_keeps_reading_while_the_thread_checkpoints(tmp_path: Path) -> 
             _commit(store, seq, 500)
             (n,) = reader.execute("SELECT count(*) FROM chunks").fetchone()
             assert n == seq
-        assert _wait(lambda: ck.checkpoints >= 1)
+        assert wait_until(lambda: ck.checkpoints >= 1, 10)
     finally:
         reader.close()
         store.close()
