@@ -28,8 +28,8 @@ __all__ = ["MAX_INTERVAL_S", "MIN_INTERVAL_S", "TARGET_FRAMES", "Checkpointer"]
 _log = logging.getLogger("coordinator.journal")
 
 TARGET_FRAMES = 8192
-"""Log frames (pages: 32 MiB at 4 KiB) a checkpoint aims to find: fewer checkpoints copy each
-rewritten index page fewer times."""
+"""Log frames (pages: 32 MiB at 4 KiB) a checkpoint aims to find, and the writer's own threshold
+without the thread: fewer checkpoints copy each rewritten index page fewer times."""
 
 MIN_INTERVAL_S = 0.25
 MAX_INTERVAL_S = 30.0

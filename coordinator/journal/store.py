@@ -27,7 +27,7 @@ import msgpack
 from coordinator.core.columns import to_le as _le
 from coordinator.errors import SinkError
 from coordinator.journal.blockrows import block_params
-from coordinator.journal.checkpoint import Checkpointer
+from coordinator.journal.checkpoint import TARGET_FRAMES, Checkpointer
 from coordinator.journal.paths import list_runs, resolve_root, run_dir
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK, ChunkRow, RunInfo, StagedBlock, StoredChunk, TxnData
@@ -77,7 +77,7 @@ rank points staged (one chunk per series about once a second, not one per commit
 the same CPU per point as 32 MiB, and the aggregator's RSS stops growing once the cache is full:
 after ~20 s at 20,000 points/s instead of ~50 s (+28 MiB) with 32 MiB
 (benchmarks/results/profiles/cpu-per-point-round4.md)."""
-_CHECKPOINT_PAGES = 8192
+_CHECKPOINT_PAGES = TARGET_FRAMES
 """WAL pages (32 MiB at 4 KiB) before an automatic checkpoint (SQLite's default: 1000). A commit
 rewrites each hot index page to the WAL; a checkpoint copies each page once however often it was
 rewritten, so rarer checkpoints copy (and sync) far fewer pages per point."""
@@ -90,13 +90,7 @@ class LocalStore(JournalReader):
     readers (CLI, read-only runs) open it with ``readonly=True`` and never block the writer.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        readonly: bool = False,
-        durable: bool = False,
-    ):
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, durable: bool = False):
         """Open (and with ``readonly=False`` create) the database at ``path``.
 
         Args:
@@ -110,6 +104,7 @@ class LocalStore(JournalReader):
         path = Path(path)
         super().__init__(connect(path, readonly=readonly, durable=durable), path)
         self.readonly = readonly
+        self._durable = durable
         self._checkpointer: Checkpointer | None = None
         self._failures_taken = 0
         if not readonly:
@@ -124,7 +119,6 @@ class LocalStore(JournalReader):
             self._db.close()
             raise
         """Points a crashed writer left in the staging log, written as chunks by this open."""
-        self._durable = durable
 
     def start_checkpoints(self) -> None:
         """Run the WAL's checkpoints on a thread of their own from now on (a writer that commits
