@@ -4,9 +4,7 @@ Every message is handled by the :class:`~coordinator.aggregator.core.Aggregator`
 replies are queued, and sent once the transaction holding what they acknowledge is committed.
 One commit (and one round of acks) covers every rank that sent within its window (50 ms when
 only batches wait for it, 10 ms when a query, sync or hello does): fewer, larger commits leave
-more CPU to the training processes. On one node the loop naps through the rest of a window once
-a batch of it is in, and reads what came meanwhile at its end, unless a rank's request rings
-the bell (:mod:`.naps`).
+more CPU to the training processes.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -26,8 +25,6 @@ from coordinator.aggregator import marks
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
-from coordinator.aggregator.fdlimit import ensure_fd_limit
-from coordinator.aggregator.naps import LoopWait
 from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
 from coordinator.core.limits import MAX_FRAME_BYTES
@@ -38,7 +35,7 @@ from coordinator.transport import wire
 from coordinator.transport.loopio import has_message
 from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "ensure_fd_limit", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -68,11 +65,41 @@ _MAX_MAP_BYTES = 4096
 _STOPPING_COMMIT_RETRIES = 20
 """After a stop signal, failed commits retried before giving up."""
 
+_FD_SLACK = 256
+"""Descriptors besides the ranks' connections: the journal and its WAL, spools read at recovery,
+the query reader, forwarders' files and sockets, ZeroMQ's own."""
+
 _Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
 
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
 """Replies after which a rank may read the journal: the held main-series groups and the staged rank
 points are written as chunks first."""
+
+
+def ensure_fd_limit(world_size: int) -> int:
+    """Raise the soft open-file limit to one descriptor per rank plus slack (up to the hard limit).
+
+    The ROUTER holds one descriptor per connected rank. Under the usual soft limit of 1024, a job
+    of about a thousand ranks or more had its last ranks' connections refused by accept() (their
+    HELLOs never answered); the hard limit is usually far higher, and raising the soft one is
+    allowed without privileges. Below the hard limit it is left as it is; a hard limit too low is
+    warned about. Returns the soft limit now in force.
+    """
+    need = world_size + _FD_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < need:
+        _log.warning(
+            "open-file limit %d is below the %d that %d ranks need: ranks past it cannot connect (raise ulimit -n)",
+            new,
+            need,
+            world_size,
+        )
+    return max(new, soft)
 
 
 class Server:
@@ -112,8 +139,6 @@ class Server:
         self.unroutable = 0
         self.reader = QueryReader(self.ctx, agg.cfg.store_path, agg.cfg.run_id)
         """Answers QUERY off this loop (its own read-only connection); its replies pass through here."""
-        self.waits = LoopWait(self.sock, self.reader.replies, self.endpoint)
-        """The loop's poll, and its naps through a commit window (:mod:`.naps`)."""
 
     # ------------------------------------------------------------- replies
 
@@ -279,7 +304,9 @@ class Server:
     def serve(self) -> Report:
         """Serve until the run ends (or a stop signal drained it); finish the run, return the report."""
         agg = self.agg
-        waits = self.waits
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.reader.replies, zmq.POLLIN)
         last_sweep = last_health = last_commit = 0.0
         commit_failures = 0
         unreduced = 0  # batch bytes read since the last emission
@@ -287,16 +314,13 @@ class Server:
             # Wake up for the next sweep at the latest: it emits (and times out) pending groups,
             # checks liveness and writes what the holds kept. An idle run wakes only for that.
             idle_ms = max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000))
-            nap = False
-            if self.replies:  # acks are due at the next group commit; only ACKs: nap until then
+            if self.replies:  # acks are due at the next group commit
                 idle_ms = max(0, math.ceil((last_commit + self._window_s - time.monotonic()) * 1000))
-                nap = idle_ms > 0 and self._window_s == _ACK_COMMIT_INTERVAL_S and waits.may_nap()
-            read, answers = waits.wait(idle_ms, nap=nap)
-            if answers:
+            events = dict(poller.poll(idle_ms))
+            if self.reader.replies in events:
                 self._forward_answers()
             now = time.time()
-            taken = self._receive_round(now) if read else 0
-            waits.took(taken)
+            taken = self._receive_round(now) if self.sock in events else 0
             unreduced += taken
             # Group commit: one transaction (and one round of acks) per window, however many ranks
             # sent in between.
@@ -326,7 +350,6 @@ class Server:
             try:
                 agg.commit(stage=not readers)
                 last_commit = time.monotonic()
-                waits.committed()
                 commit_failures = 0
             except SinkError as e:
                 commit_failures += 1
@@ -386,7 +409,6 @@ class Server:
         self.reader.stop()
         self._forward_answers()
         self.reader.replies.close(linger=0)
-        self.waits.close()
         self.sock.close(linger=1000)
         if self.auth is not None:
             self.auth.stop()

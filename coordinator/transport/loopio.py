@@ -27,8 +27,6 @@ from collections.abc import Iterator
 
 import zmq
 
-from coordinator.transport.bell import Ringer
-
 __all__ = ["LoopIO", "has_message"]
 
 _POLLIN = int(zmq.POLLIN)
@@ -50,14 +48,12 @@ def has_message(sock: zmq.Socket[bytes]) -> bool:
 class LoopIO:
     """The sender thread's wait (wake-up pipe, and the socket when listening), reply reads and sends."""
 
-    def __init__(self, sock: zmq.Socket[bytes], wake_fd: int, endpoint: str = "") -> None:
+    def __init__(self, sock: zmq.Socket[bytes], wake_fd: int) -> None:
         """Args:
         sock: the sender's DEALER socket (used by the sender thread only).
         wake_fd: the read end of the sender's wake-up pipe.
-        endpoint: the aggregator's, whose bell :meth:`send` rings after a request (:mod:`.bell`).
         """
         self._sock = sock
-        self.ringer = Ringer(endpoint)
         self._wake_fd = wake_fd
         self._listen = zmq.Poller()
         self._listen.register(sock, zmq.POLLIN)
@@ -98,11 +94,8 @@ class LoopIO:
             if not zmq.zmq_poll(items, 0):  # releases the GIL while libzmq reads its mailbox
                 return
 
-    def send(self, frames: list[bytes], *, ring: bool = False) -> bool:
-        """Queue one message of ``frames`` without blocking; False when the send queue is full (nothing queued).
-
-        ``ring``: the message is a request; once it is queued, ring the aggregator's bell.
-        """
+    def send(self, frames: list[bytes]) -> bool:
+        """Queue one message of ``frames`` without blocking; False when the send queue is full (nothing queued)."""
         sock = self._sock
         try:
             for f in frames[:-1]:
@@ -110,11 +103,4 @@ class LoopIO:
             sock.send(frames[-1], _NOWAIT, copy=False)
         except zmq.Again:
             return False
-        if ring:
-            self.ringer.ring()
         return True
-
-    def close(self) -> None:
-        """Close the socket (dropping what it has not sent: the caller keeps it to send again) and the bell's."""
-        self._sock.close(linger=0)
-        self.ringer.close()

@@ -202,9 +202,9 @@ class SenderThread(threading.Thread):
         sock.setsockopt(zmq.RCVHWM, 0)
         if self.cfg.curve is not None:
             self.cfg.curve.apply_client(sock)
-        io = self._io = LoopIO(sock, self._wake.fd, self.cfg.endpoint)
         try:
             sock.connect(self.cfg.endpoint)
+            io = self._io = LoopIO(sock, self._wake.fd)
             self._send_hello()
             cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
             while not self._stop_evt.is_set():
@@ -234,7 +234,7 @@ class SenderThread(threading.Thread):
             self._pipe.pump(time.monotonic())
         finally:
             self._pipe.write_unacked()  # what was never acknowledged stays on disk for `coordinator sync`
-            io.close()  # the socket, without lingering, and the bell's
+            sock.close(linger=0)
             ctx.term()
             self._requests.fail_all(ClosedError("the run was closed"))
 
@@ -297,16 +297,16 @@ class SenderThread(threading.Thread):
     def _batch_envelope(self, seq: int) -> bytes:
         return self._env(wire.BATCH, seq)
 
-    def _send_frames(self, frames: list[bytes], now: float, *, ring: bool = False) -> bool:
-        """Queue ``frames`` without blocking; False (counted) when the send queue is full. ``ring``: a request."""
-        if not self._io.send(frames, ring=ring):
+    def _send_frames(self, frames: list[bytes], now: float) -> bool:
+        """Queue ``frames`` without blocking; False (counted) when the send queue is full."""
+        if not self._io.send(frames):
             self.deferred_sends += 1
             return False
         self._last_send = now
         return True
 
     def _send(self, kind: int, seq: int, payload: bytes) -> bool:
-        return self._send_frames([self._env(kind, seq), payload], time.monotonic(), ring=kind != wire.PING)
+        return self._send_frames([self._env(kind, seq), payload], time.monotonic())
 
     def _send_hello(self, *, probe: bool = False) -> None:
         """Say HELLO; its WELCOME resends what it did not have. A probe keeps sending meanwhile."""

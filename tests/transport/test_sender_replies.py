@@ -6,7 +6,6 @@ The aggregator's side of these exchanges (its WELCOME mark is durable) is tested
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +17,7 @@ import zmq
 
 from coordinator.client.steps import StepNumbering
 from coordinator.transport import wire
-from coordinator.transport.bell import Bell
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.requests import Request
 from coordinator.transport.sender import SenderConfig, SenderThread
 
 _Message = tuple[bytes, wire.Envelope, dict[str, Any]]
@@ -159,33 +156,3 @@ def test_a_pong_settles_the_last_batch_whose_ack_was_lost(router: tuple[zmq.Sock
         while sock.poll(0):
             _, env, _ = _recv(sock, skip_pings=False)
             assert env.kind == wire.PING, f"{wire.kind_name(env.kind)} {env.seq} after every batch was acknowledged"
-
-
-def _rang(bell: Bell, timeout_s: float) -> int:
-    """Rings read from ``bell`` once one came within ``timeout_s`` (0: none came)."""
-    poll = select.poll()
-    poll.register(bell.fileno(), select.POLLIN)
-    return bell.drain() if poll.poll(int(timeout_s * 1000)) else 0
-
-
-def test_the_sender_rings_the_bell_after_a_request_not_after_a_batch(
-    router: tuple[zmq.Socket[bytes], str], tmp_path: Path
-) -> None:
-    """A napping aggregator reads a request at once only if the rank rings: after HELLO and STATE, not a batch."""
-    sock, endpoint = router
-    bell = Bell(str(tmp_path / "agg.bell"))
-    try:
-        with _welcomed_sender(sock, endpoint) as (buf, snd):
-            assert _rang(bell, 5.0) >= 1, "no ring after the HELLO"
-            ident, env, _ = _batch_of(sock, buf, snd, 1)
-            _reply(sock, ident, wire.ACK, env, {})
-            assert _rang(bell, 0.5) == 0, "a batch rang the bell"
-            req = snd.submit(Request(wire.STATE, {}))
-            ident, env, _ = _recv(sock)
-            assert env.kind == wire.STATE
-            assert _rang(bell, 5.0) == 1, "no ring after the STATE"
-            _reply(sock, ident, wire.STATE_REPLY, env, {"ranks": {}})
-            assert req.result(5.0, endpoint) == {"ranks": {}}
-            assert snd._io.ringer.missed == 0
-    finally:
-        bell.close()
