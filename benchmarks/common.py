@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import platform
 import random
@@ -20,24 +21,29 @@ from typing import Any, NoReturn
 
 __all__ = [
     "ENV_TO_CLEAR",
+    "INCONCLUSIVE",
     "MIN_PAIRED_REPEATS",
     "RESULTS",
     "ROOT",
+    "Status",
     "child_env",
     "cpu_model",
     "fmt_pps",
     "git_rev",
+    "interval_text",
     "kill_tree",
     "leftovers",
     "log",
     "mark",
     "med",
+    "median_interval",
     "mib",
     "paired_change",
     "result_base",
     "run_job",
     "thread_cpu",
     "versions",
+    "within",
     "write_atomic",
 ]
 
@@ -103,13 +109,60 @@ def paired_change(
         raise ValueError(f"paired_change needs two lists of one length, got {len(xs)} and {len(base)}")
     if min(base) <= 0:
         raise ValueError("paired_change needs positive base figures")
-    ratios = [x / b - 1 for x, b in zip(xs, base, strict=True)]
-    point = float(statistics.median(ratios))
-    if len(ratios) < MIN_PAIRED_REPEATS:
+    return median_interval([x / b - 1 for x, b in zip(xs, base, strict=True)], seed, resamples)
+
+
+def median_interval(values: list[float], seed: int = 0, resamples: int = 4000) -> tuple[float, float, float]:
+    """The median of ``values`` (one per repeat) and its 95% bootstrap interval.
+
+    The repeats are resampled ``resamples`` times with a fixed seed (the same input gives the same
+    figures). Below :data:`MIN_PAIRED_REPEATS` values the interval is (NaN, NaN).
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    point = float(statistics.median(values))
+    if len(values) < MIN_PAIRED_REPEATS:
         return point, float("nan"), float("nan")
     rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
     return point, meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def interval_text(point: float, lo: float, hi: float, fmt: str) -> str:
+    """``fmt`` of the point and ``[lo, hi]`` (e.g. ``+4.8% [-1.2%, +9.5%]``); without an interval, says why."""
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{fmt.format(point)} [no interval below {MIN_PAIRED_REPEATS} repeats]"
+    return f"{fmt.format(point)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+INCONCLUSIVE = "inconclusive"
+"""A target's status when the 95% interval of its figure holds values on both sides of it."""
+
+Status = bool | str | None
+"""A target's status: met (True), missed (False), :data:`INCONCLUSIVE`, or not measured (None)."""
+
+
+def within(point: float, lo: float, hi: float, limit: float, *, strict: bool = False) -> Status:
+    """Whether a figure that must stay at or below ``limit`` (below it, ``strict``) does, given its interval.
+
+    Met when the whole 95% interval is on the good side, missed when the whole of it is beyond,
+    :data:`INCONCLUSIVE` when it holds both: the repeats cannot tell. Without an interval (too few
+    repeats: NaN) the point figure decides, as it must.
+    """
+
+    def ok(x: float) -> bool:
+        return x < limit if strict else x <= limit
+
+    if math.isnan(lo) or math.isnan(hi):
+        return ok(point)
+    if ok(hi):
+        return True
+    if not ok(lo):
+        return False
+    return INCONCLUSIVE
 
 
 def fmt_pps(x: float | None) -> str:
@@ -122,10 +175,12 @@ def mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.0f}"
 
 
-def mark(ok: bool | None) -> str:
-    """A target's status cell: met, **missed**, or n/a when it could not be measured."""
+def mark(ok: Status) -> str:
+    """A target's status cell: met, **missed**, inconclusive, or n/a when it could not be measured."""
     if ok is None:
         return "n/a"
+    if ok == INCONCLUSIVE:
+        return "inconclusive (the 95% interval holds both sides)"
     return "met" if ok else "**missed**"
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, exit_without_teardown, log, med, run_job
+from benchmarks.common import child_env, exit_without_teardown, log, med, median_interval, run_job
 from benchmarks.profiling import pyspy_start, stop_recorder
 
 __all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main"]
@@ -127,9 +127,19 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     for b in coord:
         for r in roles:
             per_point[r].append((b["cpu"][r] / b["wall_s"] - base[r]) * b["wall_s"] / b["points"] * 1e6)
+    # Paired: each repeat's coordinator block against the none block next to it (they ran back to
+    # back, so the machine's drift between repeats mostly cancels), with the median's interval.
+    paired = [
+        (c["cpu"]["total"] / c["wall_s"] - n["cpu"]["total"] / n["wall_s"]) / (c["points"] / c["wall_s"]) * 1e6
+        for c, n in zip(coord, none, strict=True)
+    ]
+    point, lo, hi = median_interval(paired)
     return {
         "us_per_point": med(per_point["total"]),
         "us_per_point_all": [round(x, 3) for x in per_point["total"]],
+        "us_paired": point,
+        "us_paired_ci": [lo, hi],
+        "us_paired_all": [round(x, 3) for x in paired],
         "by_role_us": {r: med(per_point[r]) for r in roles if r != "total"},
         "base_cpu_per_s": base["total"],
         "coord_cpu_per_s": med([b["cpu"]["total"] / b["wall_s"] for b in coord]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.common import Status, interval_text, within
+
 __all__ = ["T_CPU_US", "T_GIL_US", "cpu_markdown", "cpu_targets", "gil_markdown"]
 
 T_CPU_US = 1.0
@@ -12,13 +14,24 @@ T_GIL_US = 100.0
 """Goal: longest stretch the sender thread holds the GIL."""
 
 
-def cpu_targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met) rows for the suite's targets table."""
-    out: list[tuple[str, str, bool | None]] = []
+def cpu_targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
+    """(target, measured, status) rows for the suite's targets table.
+
+    The CPU goal is judged on the paired figure's 95% interval (:func:`benchmarks.common.within`):
+    a paced job's CPU swings by more than the goal between repeats on a shared machine, and a
+    median alone (once -0.14 µs) would call it met or missed by chance.
+    """
+    out: list[tuple[str, str, Status]] = []
     cpu = res.get("cpu") or {}
     if "us_per_point" in cpu:
         us = cpu["us_per_point"]
-        out.append((f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs", f"{us:.2f} µs", us <= T_CPU_US))
+        target = f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs"
+        if "us_paired" in cpu:
+            point, (lo, hi) = cpu["us_paired"], cpu["us_paired_ci"]
+            text = f"{us:.2f} µs (paired: {interval_text(point, lo, hi, '{:.2f} µs')})"
+            out.append((target, text, within(point, lo, hi, T_CPU_US)))
+        else:  # a result file from before the paired figure
+            out.append((target, f"{us:.2f} µs", us <= T_CPU_US))
     gil = ((res.get("hot") or {}).get("gil") or {}).get("coordinator")
     if gil and "in_flush_max_us" in gil:
         v = gil["in_flush_max_us"]
@@ -50,6 +63,16 @@ def cpu_markdown(cpu: dict[str, Any]) -> str:
         f"{cpu['base_cpu_per_s']:.3f} / {cpu['coord_cpu_per_s']:.3f} |",
         "",
     ]
+    if "us_paired" in cpu:
+        lo, hi = cpu["us_paired_ci"]
+        lines += [
+            "Paired (each repeat's logged block against the unlogged block beside it, then the median and its 95% "
+            f"bootstrap interval over the repeats): {interval_text(cpu['us_paired'], lo, hi, '{:.2f} µs')}, per "
+            f"repeat {cpu['us_paired_all']}. The target is judged on this interval: on a shared machine the "
+            "job's CPU swings by more than the goal between repeats, and the unlogged loop itself costs more "
+            "when nothing else keeps the vCPUs awake, so a median alone can land on either side of it.",
+            "",
+        ]
     if cpu.get("late"):
         lines += [f"Up to {cpu['late']:.0%} of the steps of a window overran their 20 ms (the machine was busy).", ""]
     return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""The suite's targets table: a goal whose repeats' interval spans it is inconclusive, not met or missed by chance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.common import INCONCLUSIVE
+from benchmarks.cpu_per_point import summarise
+from benchmarks.report import targets
+from benchmarks.report_cpu import cpu_targets
+
+
+def _ddp(paired: float, lo: float, hi: float, slowdown: float = 0.007) -> dict[str, Any]:
+    return {
+        "ddp": {"rows": [{"variant": "coordinator", "slowdown": slowdown, "paired": paired, "paired_ci": [lo, hi]}]}
+    }
+
+
+def _status(rows: list[tuple[str, str, object]], prefix: str) -> object:
+    [status] = [s for name, _, s in rows if name.startswith(prefix)]
+    return status
+
+
+@pytest.mark.parametrize(
+    ("paired", "lo", "hi", "status"),
+    [
+        (0.014, -0.045, 0.048, INCONCLUSIVE),  # the full suite of 2026-12-02: +0.7% plain, the interval both sides
+        (0.004, -0.010, 0.008, True),
+        (0.054, 0.040, 0.093, False),
+    ],
+)
+def test_the_ddp_slowdown_is_judged_on_its_paired_interval(paired: float, lo: float, hi: float, status: object) -> None:
+    assert _status(targets(_ddp(paired, lo, hi)), "DDP step slowdown, coordinator") == status
+
+
+def test_without_an_interval_the_plain_slowdown_decides() -> None:
+    nan = float("nan")
+    assert _status(targets(_ddp(0.03, nan, nan, slowdown=0.005)), "DDP step slowdown, coordinator") is True
+    row = {"variant": "coordinator", "slowdown": 0.02}  # a result file from before the paired figure
+    assert _status(targets({"ddp": {"rows": [row]}}), "DDP step slowdown, coordinator") is False
+
+
+def _block(cpu_per_s: float, points_per_s: float, wall: float = 10.0) -> dict[str, Any]:
+    cpu = {"total": cpu_per_s * wall, "rank": 0.0, "aggregator": 0.0, "agent": 0.0, "other": 0.0}
+    return {"cpu": cpu, "wall_s": wall, "points": points_per_s * wall, "late": 0.0}
+
+
+def test_cpu_per_point_is_paired_per_repeat_and_judged_on_its_interval() -> None:
+    # The unlogged loop drifts from 0.50 to 0.58 core-s/s between repeats; logging adds 0.018 to each
+    # repeat's (0.9 µs a point at 20,000 points/s). Against the median of the unlogged blocks the
+    # repeats read -1.1 to +2.9 µs; paired with the block beside them, 0.9 each.
+    none = [_block(0.50 + 0.02 * i, 20_000) for i in range(5)]
+    coord = [_block(0.518 + 0.02 * i, 20_000) for i in range(5)]
+    s = summarise({"results": {"none": none, "coordinator": coord}})
+    assert s["us_per_point_all"] == pytest.approx([-1.1, -0.1, 0.9, 1.9, 2.9])
+    assert s["us_paired"] == pytest.approx(0.9)
+    assert s["us_paired_ci"] == pytest.approx([0.9, 0.9])
+    assert s["us_paired_all"] == pytest.approx([0.9] * 5)
+    assert _status(cpu_targets({"cpu": s}), "CPU per logged point") is True
+
+
+def test_cpu_per_point_from_noisy_repeats_is_inconclusive() -> None:
+    cpu = {"us_per_point": -0.14, "us_paired": 0.26, "us_paired_ci": [-0.44, 1.65]}
+    [(_, measured, status)] = [r for r in cpu_targets({"cpu": cpu}) if r[0].startswith("CPU per logged point")]
+    assert status == INCONCLUSIVE
+    assert measured == "-0.14 µs (paired: 0.26 µs [-0.44 µs, 1.65 µs])"
+    assert _status(cpu_targets({"cpu": {"us_per_point": 2.5}}), "CPU per logged point") is False  # older files
