@@ -8,8 +8,10 @@ durable throughput rose by 10-20% once they ran elsewhere (docs/performance.md, 
 waits for the writer or a reader, at an interval it adapts to the log's growth (the frames a
 checkpoint found): about :data:`TARGET_FRAMES` per checkpoint, at most every
 :data:`MIN_INTERVAL_S`, at least every :data:`MAX_INTERVAL_S` while the writer commits, never
-while it does not. The writer keeps SQLite's own checkpoint as a bound, at a higher threshold,
-for a burst the interval has not caught up with.
+while it does not. The writer keeps SQLite's own checkpoint as a bound, at the same threshold,
+for a burst the interval has not caught up with: at four times it (tried first) a writer that
+the thread could not keep up with (1024 ranks at 2M points/s) stopped for one 128 MiB
+checkpoint inside a commit, and its acks' p99 doubled (docs/performance.md, round 16).
 
 A failed checkpoint loses nothing (the log keeps every page); it is logged and counted
 (:attr:`Checkpointer.failures`), and the next one retries.
@@ -28,8 +30,8 @@ __all__ = ["MAX_INTERVAL_S", "MIN_INTERVAL_S", "TARGET_FRAMES", "Checkpointer"]
 _log = logging.getLogger("coordinator.journal")
 
 TARGET_FRAMES = 8192
-"""Log frames (pages: 32 MiB at 4 KiB) a checkpoint aims to find, and the writer's own threshold
-without the thread: fewer checkpoints copy each rewritten index page fewer times."""
+"""Log frames (pages: 32 MiB at 4 KiB) a checkpoint aims to find, and the writer's own threshold,
+with the thread or without: fewer checkpoints copy each rewritten index page fewer times."""
 
 MIN_INTERVAL_S = 0.25
 MAX_INTERVAL_S = 30.0

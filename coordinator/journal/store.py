@@ -122,13 +122,11 @@ class LocalStore(JournalReader):
 
     def start_checkpoints(self) -> None:
         """Run the WAL's checkpoints on a thread of their own from now on (a writer that commits
-        often: the aggregator's loop), not inside the commit that crosses SQLite's threshold;
-        SQLite's own stays, at 4x the threshold, the bound for a burst the thread has not caught
-        up with (:mod:`~coordinator.journal.checkpoint`). :meth:`close` stops the thread."""
-        if self.readonly or self._checkpointer is not None:
-            return
-        self._db.execute(f"PRAGMA wal_autocheckpoint={4 * _CHECKPOINT_PAGES}")
-        self._checkpointer = Checkpointer(self.path, durable=self._durable)
+        often: the aggregator's loop), mostly before a commit crosses SQLite's threshold; SQLite's
+        own stays, at the same threshold, the bound for a burst the thread has not caught up with
+        (:mod:`~coordinator.journal.checkpoint`). :meth:`close` stops the thread."""
+        if not self.readonly and self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.path, durable=self._durable)
 
     def take_checkpoint_failures(self) -> int:
         """WAL checkpoints that failed on the checkpoint thread since the last call (for the run's counters)."""

@@ -39,7 +39,9 @@ def test_the_thread_copies_the_log_after_commits_and_the_writers_own_checkpoint_
     store, ck = _writer(tmp_path)
     try:
         (limit,) = store._db.execute("PRAGMA wal_autocheckpoint").fetchone()
-        assert limit == 4 * 8192, "SQLite's checkpoint in the commit stays only as the bound for a burst"
+        # SQLite's checkpoint in the commit stays, at the thread's target, as the bound for a burst
+        # (at 4 x 8192 a writer the thread could not keep up with stalled for 128 MiB at once).
+        assert limit == 8192
         for seq in range(1, 6):
             _commit(store, seq)
         assert wait_until(lambda: ck.checkpoints >= 1, 10)
