@@ -2,10 +2,13 @@
 
 A :class:`http.server.ThreadingHTTPServer` (the standard library): one thread per request, each
 request reading with its own read-only connection; HTTP/1.0, so a connection ends with its
-response and no thread waits on an idle browser. :meth:`UiServer.stop` ends the serving thread
-and joins every request thread. The page has no login: binding anything but a loopback address
-logs a warning, and on loopback a request whose ``Host`` header names another host is refused
-(a web page elsewhere cannot read the runs through DNS rebinding).
+response. A connection a browser opens ahead and leaves idle is closed after a minute without a
+request, and at once when the server closes: :meth:`UiServer.stop` (and Ctrl-C on
+``coordinator ui``) ends the serving thread, shuts the reading side of every open connection and
+joins every request thread, so an open tab never holds the server up. The page has no login:
+binding anything but a loopback address logs a warning, and on loopback a request whose
+``Host`` header names another host is refused (a web page elsewhere cannot read the runs through
+DNS rebinding).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import functools
 import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
@@ -37,6 +41,7 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
 _FILES = {"index.html", "app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"}
 _CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; object-src 'none'"
 _JOIN_S = 10.0
+_IDLE_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -55,10 +60,41 @@ class _Server(ThreadingHTTPServer):
     api: Api
     allowed_hosts: set[str] | None
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Shut the reading side of every open connection, then close and join as the base does.
+
+        A request thread waits for its request line without end otherwise (a browser's idle
+        connection), and the base joins it; a response being written still completes.
+        """
+        with self._open_lock:
+            still = list(self._open)
+        for s in still:
+            try:
+                s.shutdown(socket.SHUT_RD)
+            except OSError as e:  # the peer is already gone: its thread ends on its own
+                _log.debug("coordinator ui: shutting an open connection: %s", e)
+        super().server_close()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "coordinator-ui"
+    timeout = _IDLE_S  # a connection without a request for this long is closed
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s " + format, self.address_string(), *args)

@@ -7,8 +7,10 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -219,14 +221,16 @@ def test_live_run_is_seen_changing(store_dir: Path) -> None:
 
 
 def test_cli_prints_the_address_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C stops ``coordinator ui`` with a browser's idle connection still open (a preconnect)."""
     write_run(tmp_path, "alpha-1")
     p = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "ui", "--dir", str(tmp_path), "--port", "0"],
+        [sys.executable, "-X", "faulthandler", "-m", "coordinator.cli", "ui", "--dir", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
+    idle: socket.socket | None = None
     try:
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -234,15 +238,43 @@ def test_cli_prints_the_address_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         url = line.split()[-3]
         with urllib.request.urlopen(url + "api/runs", timeout=30) as r:
             assert [x["id"] for x in json.loads(r.read())["runs"]] == ["alpha-1"]
+        idle = socket.create_connection(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1])), timeout=30)
         time.sleep(0.2)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=30)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+            _, err = p.communicate(timeout=30)
+            pytest.fail(f"coordinator ui did not stop 30 s after SIGINT; its threads:\n{err}")
     finally:
+        if idle is not None:
+            idle.close()
         if p.poll() is None:
             p.kill()
             p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_stop_shuts_idle_connections_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    write_run(tmp_path, "alpha-1")
+    server = UiServer(tmp_path, scan_runs, port=0)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
+    status, d = get(server, "/api/runs")  # a request thread of its own: the idle ones hold theirs
+    assert status == 200 and [x["id"] for x in d["runs"]] == ["alpha-1"]
+    stopper = threading.Thread(target=server.stop, name="test-ui-stop")
+    stopper.start()
+    stopper.join(30)
+    try:
+        assert not stopper.is_alive(), "stop() waited on connections that never sent a request"
+        for s in idle:  # each was shut by the server, not left open: the peer reads the end
+            assert s.recv(1) == b""
+    finally:
+        for s in idle:
+            s.close()
+        stopper.join(30)
 
 
 def test_run_page_lists_text_series_with_their_last_text(ui: UiServer) -> None:
