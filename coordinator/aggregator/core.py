@@ -56,11 +56,19 @@ class Aggregator:
         """
         self.cfg = cfg
         self._lock = WriterLock(Path(cfg.store_path).parent / "writer.lock", lock_timeout_s)
+        store: LocalStore | None = None
         try:
-            self.store = LocalStore(cfg.store_path, durable=cfg.durable)
-        except BaseException:
+            self.store = store = LocalStore(cfg.store_path, durable=cfg.durable)
+            self._open_run()
+        except BaseException:  # nothing is left open or locked for the caller, who cannot close us
+            if store is not None:
+                store.close()
             self._lock.release()
             raise
+
+    def _open_run(self) -> None:
+        """Create or reopen the run in the store and restore what a previous aggregator left."""
+        cfg = self.cfg
         try:
             previous = self.store.run_info().state
         except SinkError:
@@ -107,7 +115,7 @@ class Aggregator:
             if self.store.unstaged_points:
                 detail += f" ({self.store.unstaged_points} staged rank points written as chunks)"
             self.outbox.event(time.time(), kind, None, detail)
-        self._set_sys_fields()
+        self.fields.write_identity(cfg.run_id, cfg.name or cfg.run_id, cfg.project, cfg.world_size, self.t0)
 
     @property
     def txn(self) -> TxnData:
@@ -133,18 +141,6 @@ class Aggregator:
                 last_steps.setdefault(rank, {})[key] = step
         for t in self.store.text_summary():
             last_steps.setdefault(t["rank"], {})[t["key"]] = t["last_step"]
-
-    def _set_sys_fields(self) -> None:
-        c = self.cfg
-        for path, fv in (
-            ("sys/id", ("str", c.run_id)),
-            ("sys/name", ("str", c.name or c.run_id)),
-            ("sys/project", ("str", c.project)),
-            ("sys/world_size", ("int", c.world_size)),
-            ("sys/creation_time", ("datetime", self.t0)),
-            ("sys/state", ("str", "running")),
-        ):
-            self.fields.write(path, fv, SYSTEM_RANK, self.t0)
 
     # ------------------------------------------------------------- messages
 

@@ -106,6 +106,18 @@ class FieldTable:
         if after != before or cur is None:
             self.write(TAGS_PATH, ("list", sorted(after)), SYSTEM_RANK, ts)
 
+    def write_identity(self, run_id: str, name: str, project: str, world_size: int, created: float) -> None:
+        """Write the run's own ``sys/*`` fields (id, name, project, world size, creation time, running)."""
+        for path, fv in (
+            ("sys/id", ("str", run_id)),
+            ("sys/name", ("str", name)),
+            ("sys/project", ("str", project)),
+            ("sys/world_size", ("int", world_size)),
+            ("sys/creation_time", ("datetime", created)),
+            ("sys/state", ("str", "running")),
+        ):
+            self.write(path, fv, SYSTEM_RANK, created)
+
     def _refuse(self, rank: int, msg: str) -> None:
         """Log ``msg`` and send it to ``rank`` as a warning."""
         _log.warning("rank %d: %s", rank, msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 
 from coordinator.aggregator import Aggregator
+from coordinator.aggregator.lock import WriterLock
 from coordinator.errors import ProtocolError, SinkError
-from coordinator.journal.store import MAIN_RANK
+from coordinator.journal.store import MAIN_RANK, LocalStore
 from coordinator.transport import wire
 from tests.aggregator.helpers import RUN, batch, crash, env, hello, make_cfg, reopen
 
@@ -29,6 +31,31 @@ def test_new_aggregator_creates_run_and_sys_fields(tmp_path: Path) -> None:
         assert f["sys/state"] == ("str", "running") and f["sys/creation_time"][0] == "datetime"
     finally:
         s.close()
+
+
+def test_an_aggregator_that_fails_to_open_its_run_leaves_neither_the_store_nor_the_lock_held(tmp_path: Path) -> None:
+    """A failure after the store opened (here: unreadable saved counters) closes it and releases the lock."""
+    Aggregator(make_cfg(tmp_path)).close()
+    s = LocalStore(tmp_path / "run.db")
+    s.set_meta("counters", "{not json")
+    s.close()
+    with pytest.raises(ValueError) as failed:  # kept: its frames keep the half-made aggregator alive
+        Aggregator(make_cfg(tmp_path), lock_timeout_s=0.1)
+    db = (tmp_path / "run.db").resolve()
+    assert not [p for p in open_files() if p.startswith(str(db))]  # run.db, -wal and -shm all closed
+    WriterLock(tmp_path / "writer.lock", 0.1).release()  # free at once: no SinkError after 0.1 s
+    assert failed.traceback  # still held until here
+
+
+def open_files() -> list[str]:
+    """What this process's descriptors point to (one was listdir's own, gone by its readlink)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return paths
 
 
 def test_main_series_is_reduced_and_committed(agg: Aggregator, tmp_path: Path) -> None:
