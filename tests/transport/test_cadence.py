@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from coordinator.transport.buffer import Buffer
@@ -71,3 +73,30 @@ def test_doze_is_refused_when_a_write_raced_the_settle() -> None:
     b.pending = 3
     c.settle(settled=True)
     assert not c.dozing and not b.dozing
+
+
+def test_ranks_started_apart_flush_on_the_same_grid() -> None:
+    """Two ranks of a node, started 18 ms apart and woken late by different amounts, flush together."""
+    flushes = []
+    for start, late in ((10.013, 0.0007), (10.031, 0.0031)):
+        c = Cadence(Buffer(max_points=1000), interval_s=0.05, heartbeat_s=1.0, now=start)
+        times = []
+        for _ in range(5):
+            t = c.wake_at(last_send=start)
+            times.append(round(t, 9))
+            c.flushed(t + late, idle=False)
+        flushes.append(times)
+    assert flushes[0] == flushes[1] == [10.05, 10.1, 10.15, 10.2, 10.25]
+
+
+@pytest.mark.parametrize("interval", [0.05, 0.02, 0.003, 1.0])
+def test_the_next_flush_is_never_more_than_one_interval_away(interval: float) -> None:
+    """The kill window: after a flush or a doze's waking write, the next flush is within (0, interval]."""
+    rng = random.Random(7)
+    nows = [10.3, 0.15, 0.0, 123456.789] + [rng.uniform(0, 1e6) for _ in range(2000)]
+    nows += [k * interval for k in (1, 3, 29, 43, 49, 206, 100003)]  # on the grid, where a quotient rounds
+    for now in nows:
+        c = Cadence(Buffer(max_points=1000), interval_s=interval, heartbeat_s=1.0, now=now)
+        assert now < c.next_flush <= now + interval
+        c.flushed(now, idle=False)
+        assert now < c.next_flush <= now + interval
