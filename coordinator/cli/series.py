@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from coordinator.core.columns import from_le
 from coordinator.errors import CoordinatorError
 from coordinator.journal.paging import SeriesSource, Span
 from coordinator.journal.reader import JournalReader
 from coordinator.journal.records import MAIN_RANK
 from coordinator.journal.schema import connect
+from coordinator.journal.stepblobs import decode_steps
 
 __all__ = ["BUSY_RETRIES", "ReadOnlyRun", "TimedPage", "parse_ranks", "retry_busy"]
 
@@ -144,7 +144,7 @@ class ReadOnlyRun:
         for span in sorted(group, key=lambda s: s.id):
             (sb,) = self.db.execute("SELECT steps FROM chunks WHERE id=?", (span.id,)).fetchone()
             cut = src.cuts.get(span.incarnation)
-            for s in from_le("q", sb):
+            for s in decode_steps(sb, span.n):
                 if cut is None or s < cut:
                     when[s] = span.ts
         return array("d", [when[s] for s in steps])

@@ -22,6 +22,7 @@ import numpy as np
 
 from coordinator.core.columns import to_le
 from coordinator.journal.records import StagedBlock
+from coordinator.journal.stepblobs import encode_steps
 from coordinator.journal.summary import Summary, summarize
 
 __all__ = ["block_params", "block_summaries"]
@@ -57,10 +58,11 @@ def block_summaries(b: StagedBlock) -> list[Summary]:
 def block_params(b: StagedBlock, key_id: Callable[[str], int]) -> list[tuple[Any, ...]]:
     """The ``chunks`` insert parameters of ``b``: one row per key (its steps blob shared), summaries included."""
     n = len(b.steps)
-    sb = to_le(b.steps)
+    sums = block_summaries(b)
+    sb = encode_steps(b.steps, sums[0][0], sums[0][1], sums[0][8]) if sums else to_le(b.steps)
     vb = np.ascontiguousarray(b.values, dtype="<f8").tobytes()
     w = 8 * n
     return [
         (key_id(k), b.rank, b.incarnation, b.seq, n, b.ts, sb, vb[i * w : (i + 1) * w], None, *s)
-        for i, (k, s) in enumerate(zip(b.keys, block_summaries(b), strict=True))
+        for i, (k, s) in enumerate(zip(b.keys, sums, strict=True))
     ]

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from coordinator.core.columns import from_le
 from coordinator.core.incarnations import latest_per_step, replaced_from, start_order
+from coordinator.journal.stepblobs import decode_steps
 from coordinator.journal.summary import summarize
 
 __all__ = ["Page", "SeriesSource", "Span", "Stats"]
@@ -101,7 +102,7 @@ class SeriesSource:
             )
             try:
                 for cid, inc, ts, n, sb, vb in cur:
-                    lo, hi, _, _, vf, vl, vmin, vmax, ordered = summarize(from_le("q", sb), from_le("d", vb))
+                    lo, hi, _, _, vf, vl, vmin, vmax, ordered = summarize(decode_steps(sb, n), from_le("d", vb))
                     if lo is not None and hi is not None:
                         spans.append(Span(cid, inc, ts, n, lo, hi, vf, vl, vmin, vmax, bool(ordered)))
             finally:
@@ -128,7 +129,7 @@ class SeriesSource:
 
     def _points(self, span: Span) -> tuple[array[int], array[float]]:
         sb, vb = self._db.execute("SELECT steps, vals FROM chunks WHERE id=?", (span.id,)).fetchone()
-        return from_le("q", sb), from_le("d", vb)
+        return decode_steps(sb, span.n), from_le("d", vb)
 
     def lineage(self) -> list[tuple[int, float, int | None]]:
         """(incarnation, first batch time, first step) of the series, in start order."""

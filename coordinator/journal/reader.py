@@ -23,6 +23,7 @@ from coordinator.journal.paging import Page, SeriesSource, Stats
 from coordinator.journal.records import MAIN_RANK, RunInfo, StoredChunk
 from coordinator.journal.schema import schema_of
 from coordinator.journal.staging import staged_points as _staged_points
+from coordinator.journal.stepblobs import decode_steps
 from coordinator.journal.textreads import TextReads
 from coordinator.journal.texts import TEXT_POLICY
 
@@ -282,7 +283,7 @@ class JournalReader(TextReads):
         by_inc: dict[int, list[tuple[int, float]]] = {}
         started: dict[int, float] = {}
         for sb, vb, _, ts, inc in self._chunks(key, rank):
-            by_inc.setdefault(inc, []).extend(zip(_from_le("q", sb), _from_le("d", vb), strict=True))
+            by_inc.setdefault(inc, []).extend(zip(decode_steps(sb, len(vb) // 8), _from_le("d", vb), strict=True))
             started[inc] = min(ts, started.get(inc, ts))
         if len(by_inc) == 1:
             return next(iter(by_inc.values()))
@@ -291,7 +292,7 @@ class JournalReader(TextReads):
     def _main(self, key: str) -> list[tuple[int, float, int]]:
         latest: dict[int, tuple[float, int]] = {}
         for sb, vb, cb, _, _ in self._chunks(key, MAIN_RANK):
-            steps = _from_le("q", sb)
+            steps = decode_steps(sb, len(vb) // 8)
             counts = _from_le("i", cb) if cb is not None else array("i", [1] * len(steps))
             for s, v, c in zip(steps, _from_le("d", vb), counts, strict=True):
                 latest[s] = (v, c)
@@ -327,7 +328,7 @@ class JournalReader(TextReads):
                 lo,
                 hi,
                 last,
-                None if sb is None else _from_le("q", sb),
+                None if sb is None or vb is None else decode_steps(sb, len(vb) // 8),
                 None if vb is None else _from_le("d", vb),
             )
             for r, i, ts, lo, hi, last, sb, vb in rows
@@ -362,7 +363,7 @@ class JournalReader(TextReads):
                 for cid, key, rank, inc, ts, n, sb, vb in rows:
                     if out and total + n > max_points:
                         return out
-                    out.append(StoredChunk(cid, key, rank, inc, ts, _from_le("q", sb), _from_le("d", vb)))
+                    out.append(StoredChunk(cid, key, rank, inc, ts, decode_steps(sb, n), _from_le("d", vb)))
                     total += n
         finally:
             cur.close()  # ends the implicit read so the writer can checkpoint the WAL

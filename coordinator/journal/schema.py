@@ -21,12 +21,15 @@ from coordinator.journal.texts import TEXTS_DDL
 
 __all__ = ["DDL", "INDEXES", "MIGRATIONS", "OLDEST_READABLE", "SCHEMA_VERSION", "connect", "migrate", "schema_of"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version this code writes and reads; kept in ``meta`` under ``schema``.
 
 2: per-chunk summaries (:mod:`coordinator.journal.summary`) and the ``chunks_by_step`` index.
 3: the ``texts`` table of text series (:mod:`coordinator.journal.texts`).
 4: the ``staged`` table, the staging log of rank points (:mod:`coordinator.journal.staging`).
+5: a chunk of consecutive steps may store them as a run, its first and last step
+   (:mod:`coordinator.journal.stepblobs`); the tables do not change, but a coordinator that
+   reads only version 4 would misread such a chunk, so it refuses the store.
 """
 
 OLDEST_READABLE = 1
@@ -103,7 +106,7 @@ def _add_summaries(db: sqlite3.Connection) -> None:
             return
         db.executemany(
             f"UPDATE chunks SET {sets} WHERE id=?",  # constant column names
-            [(*summarize(from_le("q", sb), from_le("d", vb)), cid) for cid, sb, vb in rows],
+            [(*summarize(from_le("q", sb), from_le("d", vb)), cid) for cid, sb, vb in rows],  # schema 1: no runs
         )
         last = rows[-1][0]
 
@@ -120,7 +123,11 @@ def _add_staged(db: sqlite3.Connection) -> None:
     db.execute(STAGED_DDL)
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries, 2: _add_texts, 3: _add_staged}
+def _allow_runs(db: sqlite3.Connection) -> None:
+    """4 -> 5: nothing to change (chunks written before hold their steps; runs are written from now on)."""
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_summaries, 2: _add_texts, 3: _add_staged, 4: _allow_runs}
 """Version ``v`` -> the step that upgrades a store from ``v`` to ``v + 1`` (run in one transaction)."""
 
 

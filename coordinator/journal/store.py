@@ -35,6 +35,7 @@ from coordinator.journal.schema import connect
 from coordinator.journal.staging import clear as _clear_staged
 from coordinator.journal.staging import load as _load_staged
 from coordinator.journal.staging import stage as _stage
+from coordinator.journal.stepblobs import encode_steps
 from coordinator.journal.summary import SUMMARY_COLUMNS, summarize
 from coordinator.journal.texts import TEXT_POLICY, StoredText, TextRow, insert_texts
 
@@ -268,6 +269,7 @@ class LocalStore(JournalReader):
     def _chunk_params(c: ChunkRow, key_id: dict[str, int]) -> tuple[Any, ...]:
         # On a little-endian machine an array is its own blob (SQLite binds any buffer): no copy.
         le = _same if _LITTLE else _le
+        s = summarize(c.steps, c.values)
         return (
             key_id[c.key],
             c.rank,
@@ -275,10 +277,10 @@ class LocalStore(JournalReader):
             c.seq,
             len(c.steps),
             c.ts,
-            le(c.steps),
+            encode_steps(c.steps, s[0], s[1], s[8]),
             le(c.values),
             None if c.counts is None else le(c.counts),
-            *summarize(c.steps, c.values),
+            *s,
         )
 
     def _txn(self) -> _Txn:
