@@ -59,7 +59,7 @@ def block_params(b: StagedBlock, key_id: Callable[[str], int]) -> list[tuple[Any
     """The ``chunks`` insert parameters of ``b``: one row per key (its steps blob shared), summaries included."""
     n = len(b.steps)
     sums = block_summaries(b)
-    sb = encode_steps(b.steps, sums[0][0], sums[0][1], sums[0][8]) if sums else to_le(b.steps)
+    sb = encode_steps(b.steps, sums[0]) if sums else to_le(b.steps)
     vb = np.ascontiguousarray(b.values, dtype="<f8").tobytes()
     w = 8 * n
     return [

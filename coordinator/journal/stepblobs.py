@@ -18,6 +18,7 @@ from typing import Any
 
 from coordinator.core.columns import from_le, to_le
 from coordinator.errors import SinkError
+from coordinator.journal.summary import Summary
 
 __all__ = ["RUN_BYTES", "decode_steps", "encode_steps"]
 
@@ -27,9 +28,10 @@ RUN_BYTES = 16
 _RUN = struct.Struct("<qq")
 
 
-def encode_steps(steps: array[Any], lo: int | None, hi: int | None, ordered: int | bool) -> bytes:
-    """The blob of ``steps``, given their smallest and largest step and whether each is above the one before it."""
+def encode_steps(steps: array[Any], summary: Summary) -> bytes:
+    """The blob of ``steps``, given their chunk's summary (its step range and whether they increase)."""
     n = len(steps)
+    lo, hi, ordered = summary[0], summary[1], summary[8]
     if n > 2 and ordered and lo is not None and hi is not None and hi - lo == n - 1:
         return _RUN.pack(lo, hi)
     return to_le(steps)

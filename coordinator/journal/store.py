@@ -277,7 +277,7 @@ class LocalStore(JournalReader):
             c.seq,
             len(c.steps),
             c.ts,
-            encode_steps(c.steps, s[0], s[1], s[8]),
+            encode_steps(c.steps, s),
             le(c.values),
             None if c.counts is None else le(c.counts),
             *s,

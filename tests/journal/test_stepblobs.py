@@ -21,8 +21,7 @@ from coordinator.journal.summary import summarize
 
 def _blob(steps: list[int]) -> bytes:
     a = array("q", steps)
-    s = summarize(a, array("d", [1.0] * len(a)))
-    return encode_steps(a, s[0], s[1], s[8])
+    return encode_steps(a, summarize(a, array("d", [1.0] * len(a))))
 
 
 def _consecutive(steps: list[int]) -> bool:
