@@ -2,9 +2,10 @@
 
 Every message is handled by the :class:`~coordinator.aggregator.core.Aggregator` as it arrives;
 replies are queued, and sent once the transaction holding what they acknowledge is committed.
-One commit (and one round of acks) covers every rank that sent within its window (50 ms when
-only batches wait for it, 10 ms when a query, sync or hello does): fewer, larger commits leave
-more CPU to the training processes.
+One commit (and one round of acks) covers every rank that sent within its window
+(:mod:`~coordinator.aggregator.commitwindow`: 100 ms at a light load, 50 ms at a busy one, 10 ms
+when a query, sync, hello or hurrying rank waits): fewer, larger commits leave more CPU to the
+training processes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import zmq
 
 from coordinator.aggregator import marks
+from coordinator.aggregator.commitwindow import CommitWindow
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
@@ -42,13 +44,6 @@ _log = logging.getLogger("coordinator.aggregator")
 _ROUND_BYTES = 8 * 1024 * 1024
 """Bytes read per round before committing (and acking) what was read."""
 _ROUND_MESSAGES = 2_000
-_COMMIT_INTERVAL_S = 0.01
-"""Group commit window while a reply other than a batch ACK (a query, sync, hello, close) is due."""
-_ACK_COMMIT_INTERVAL_S = 0.05
-"""Group commit window while only batch ACKs are due. A commit's cost is mostly per row and per
-page it dirties, and a rank's batches within one window share its chunk per key: at the default
-50 ms flush interval one commit covers a batch of every rank instead of one commit per batch.
-An ACK (and a ``wait()``) may take this much longer; the sender's window keeps batches flowing."""
 _SWEEP_INTERVAL_S = 0.25
 """How often liveness and rank 0's process are checked, and complete groups emitted at the latest."""
 _HEALTH_INTERVAL_S = 1.0
@@ -134,8 +129,8 @@ class Server:
         self.stopping = False
         """Set by a stop signal: drain, commit, finish the run."""
         self.replies: list[_Reply] = []
-        self._window_s = _ACK_COMMIT_INTERVAL_S
-        """The group commit window for the replies now due (shorter once one is not an ACK)."""
+        self.window = CommitWindow()
+        """The group commit window now open (its length depends on the replies due and the load)."""
         self.unroutable = 0
         self.reader = QueryReader(self.ctx, agg.cfg.store_path, agg.cfg.run_id)
         """Answers QUERY off this loop (its own read-only connection); its replies pass through here."""
@@ -145,7 +140,7 @@ class Server:
     def _reply(self, ident: bytes, kind: int, env: wire.Envelope, payload: dict[str, Any]) -> None:
         self.replies.append((ident, kind, env, payload))
         if kind != wire.ACK:
-            self._window_s = _COMMIT_INTERVAL_S
+            self.window.urgent = True
 
     def _flush_replies(self) -> None:
         for ident, kind, env, payload in self.replies:
@@ -156,7 +151,7 @@ class Server:
                 self.unroutable += 1
                 _log.debug("reply to rank %d unroutable: %s", env.rank, e)
         self.replies.clear()
-        self._window_s = _ACK_COMMIT_INTERVAL_S
+        self.window.urgent = False
 
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit.
@@ -297,6 +292,7 @@ class Server:
             taken += sum(len(f) for f in frames)
             if taken > _ROUND_BYTES:
                 break
+        self.window.bytes += taken
         return taken
 
     # ------------------------------------------------------------- loop
@@ -307,7 +303,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.reader.replies, zmq.POLLIN)
-        last_sweep = last_health = last_commit = 0.0
+        last_sweep = last_health = 0.0
+        window = self.window
         commit_failures = 0
         unreduced = 0  # batch bytes read since the last emission
         while True:
@@ -315,7 +312,7 @@ class Server:
             # checks liveness and writes what the holds kept. An idle run wakes only for that.
             idle_ms = max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000))
             if self.replies:  # acks are due at the next group commit
-                idle_ms = max(0, math.ceil((last_commit + self._window_s - time.monotonic()) * 1000))
+                idle_ms = window.timeout_ms(time.monotonic())
             events = dict(poller.poll(idle_ms))
             if self.reader.replies in events:
                 self._forward_answers()
@@ -324,12 +321,7 @@ class Server:
             unreduced += taken
             # Group commit: one transaction (and one round of acks) per window, however many ranks
             # sent in between.
-            if (
-                self.replies
-                and not self.stopping
-                and taken <= _ROUND_BYTES
-                and time.monotonic() - last_commit < self._window_s
-            ):
+            if self.replies and not self.stopping and taken <= _ROUND_BYTES and window.open_at(time.monotonic()):
                 continue
             sweep = now - last_sweep > _SWEEP_INTERVAL_S
             if sweep:
@@ -349,7 +341,7 @@ class Server:
                     unreduced = 0
             try:
                 agg.commit(stage=not readers)
-                last_commit = time.monotonic()
+                window.committed(time.monotonic())
                 commit_failures = 0
             except SinkError as e:
                 commit_failures += 1

@@ -3,10 +3,10 @@
 All of them run once per flush on a paced rank, on a cold CPU (the training thread ran in
 between), so their fixed cost counts per logged point; they are kept to the fewest calls and syscalls:
 
-* A quiet wait (no reply awaited, see ``SenderThread._listening``) watches the wake-up pipe only,
-  with one ``select.poll`` call: ``zmq.Poller`` would add its Python and a first non-blocking
-  pass of ``zmq_poll`` (one more syscall). A listening wait watches the socket too, and needs
-  ``zmq_poll`` for that.
+* A quiet wait (no reply awaited, see :func:`~coordinator.transport.urgency.listening`) watches
+  the wake-up pipe only, with one ``select.poll`` call: ``zmq.Poller`` would add its Python and a
+  first non-blocking pass of ``zmq_poll`` (one more syscall). A listening wait watches the socket
+  too, and needs ``zmq_poll`` for that.
 * Replies are read while a zero-timeout ``zmq_poll`` of the socket says one is queued, instead of
   receiving until a non-blocking receive raises ``zmq.Again``: the check costs the same mailbox
   poll that the failing receive made, without building and raising an exception every wake-up.

@@ -32,18 +32,19 @@ __all__ = ["ACK_DEADLINE_MIN_S", "Pipeline", "ack_deadline"]
 
 _log = logging.getLogger(__name__)
 
-ACK_DEADLINE_MIN_S = 0.1
-"""When acks arrive: the aggregator commits, then acks, every 50 ms, so an ack reaches the sender
-some 50-70 ms after the send; a paced sender reads it when it next wakes to flush (measured at the
-default 50 ms flush: 51 ms after the send for ~65% of batches, 102-105 ms for the rest)."""
+ACK_DEADLINE_MIN_S = 0.2
+"""When acks arrive: at a light load the aggregator commits, then acks, every 100 ms
+(:mod:`~coordinator.aggregator.commitwindow`), so an ack reaches the sender up to some 110 ms
+after the send; a paced sender reads it when it next wakes to flush: at the default 50 ms flush
+the second or the third flush after the send (100 or 150 ms)."""
 
 
 def ack_deadline(flush_interval_s: float) -> float:
     """How long a batch in flight may stay unacknowledged before it is written ahead.
 
-    The sender checks after reading the acks of each wake-up, so the deadline is the first wake-up
-    by which an ack has arrived: at the default 50 ms flush the second after the send (100 ms), with
-    a flush interval of 100 ms or more the first.
+    The sender checks after reading the acks of each wake-up, so the deadline is past the wake-up
+    by which an ack has arrived: at the default 50 ms flush the fourth after the send (200 ms), with
+    a flush interval of 200 ms or more the first.
     """
     return max(flush_interval_s, ACK_DEADLINE_MIN_S)
 
@@ -135,6 +136,11 @@ class Pipeline:
     def in_flight(self) -> int:
         """Batches sent and not yet acknowledged."""
         return len(self._window)
+
+    @property
+    def last_seq(self) -> int:
+        """Number of the newest batch numbered (0: none yet)."""
+        return self._window.last_seq
 
     def counters(self) -> dict[str, int]:
         """Delivery counters (sent with the rank's BYE, shown in the run's report)."""

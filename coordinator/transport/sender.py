@@ -41,6 +41,7 @@ from coordinator.transport.requests import Request, RequestTable
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.slices import GilSlicer
 from coordinator.transport.spool import SegmentedSpool
+from coordinator.transport.urgency import Hurry, listening
 from coordinator.transport.wake import WakePipe
 from coordinator.transport.window import Window
 from coordinator.transport.writeahead import WriteAhead
@@ -50,8 +51,8 @@ __all__ = ["SenderConfig", "SenderThread"]
 _log = logging.getLogger(__name__)
 _HELLO_RETRY_S = 1.0
 """A refused HELLO is sent again at most this often while not welcomed yet."""
-_LISTEN_IN_FLIGHT = 4
-"""Batches in flight from which the loop wakes up for every reply (a busy rank: acks free the window)."""
+_EMPTY_MAP = b"\x80"
+"""A PING's payload (an empty msgpack map)."""
 _CONTROL_SLACK = 256
 """Send-queue room beyond the in-flight window, for HELLO, PING and requests."""
 
@@ -110,6 +111,7 @@ class SenderThread(threading.Thread):
         self.deferred_sends = 0
         """Sends refused by the full send queue (the aggregator is not reading): tried again later."""
         self._last_send = 0.0
+        self._hurry = Hurry()
         self.last_reply_at = 0.0
         """monotonic time of the last message from the aggregator (0: never)."""
         self.sock: zmq.Socket[bytes] | None = None
@@ -210,7 +212,7 @@ class SenderThread(threading.Thread):
             while not self._stop_evt.is_set():
                 timeout = max(0.0, cadence.wake_at(self._last_send) - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
-                listen = self._listening()
+                listen = listening(self.buf, self._pipe, self._requests.awaiting or bool(self._unsent))
                 woken, replies = io.wait(math.ceil(timeout * 1000), listen=listen)
                 self.slicer.start()  # the poll released the GIL: a new stretch starts
                 if woken:
@@ -227,6 +229,8 @@ class SenderThread(threading.Thread):
                     self._flush(now)
                     cadence.flushed(now, self._pipe.idle)
                 self._pipe.pump(now)
+                if self._hurry.due(self.buf, self._pipe):  # someone waits: the short commit window
+                    self._send(wire.PING, 0, _EMPTY_MAP)
                 self._housekeeping(now)
                 cadence.settle(self._settled())
             # One last attempt, so close() after wait() loses nothing that is already acked.
@@ -241,28 +245,6 @@ class SenderThread(threading.Thread):
     def _settled(self) -> bool:
         """Nothing to wait for: no reply awaited, nothing in flight, held or unsent (a doze may start)."""
         return self._pipe.settled and not self._unsent and not self._requests.awaiting and not self._requests.queued
-
-    def _listening(self) -> bool:
-        """Whether the loop should wake up for each reply as it arrives.
-
-        It must while a reply is awaited: the first WELCOME, a request's answer, the ack a
-        ``wait()`` or a full buffer waits for, room in the window for held batches, many batches
-        in flight. Otherwise (a paced rank with a batch or two in flight) the acks are read when
-        the loop wakes up to flush: one wake-up per flush instead of two, which is about a tenth
-        of the sender's CPU at 50 steps/s. An ack read up to a flush interval late delays only
-        the in-flight count (the write-ahead deadline, ``ack_deadline``, allows for it).
-        """
-        b = self.buf
-        p = self._pipe
-        return (
-            not p.welcomed
-            or self._requests.awaiting
-            or b.awaiting > 0
-            or b.pending >= b.max_points
-            or p.held
-            or p.in_flight >= _LISTEN_IN_FLIGHT
-            or bool(self._unsent)
-        )
 
     def _main_offline(self) -> None:
         offline = self._pipe.offline
@@ -446,5 +428,5 @@ class SenderThread(threading.Thread):
             # a window every timeout): ask what it has; its WELCOME resends the rest.
             _log.debug("rank %d: no ack for %d batches; probing with HELLO", self.cfg.rank, self._pipe.in_flight)
             self._send_hello(probe=True)
-        if now - self._last_send > self.cfg.heartbeat_interval_s and not self._send(wire.PING, 0, b"\x80"):
+        if now - self._last_send > self.cfg.heartbeat_interval_s and not self._send(wire.PING, 0, _EMPTY_MAP):
             self._last_send = now  # the queue is full: the aggregator will hear from us anyway

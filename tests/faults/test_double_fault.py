@@ -1,7 +1,7 @@
 """The kill-loss bound when the aggregator dies first: a rank's batches then live in its memory until written ahead.
 
 A batch sent to the aggregator is written to the rank's spool only once it is unacknowledged past
-the ack deadline (``ack_deadline``: 100 ms at the default 50 ms flush). Killing the aggregator
+the ack deadline (``ack_deadline``: 200 ms at the default 50 ms flush). Killing the aggregator
 loses what it had received but not committed; a rank SIGKILLed shortly after loses what was only in
 its memory: nothing logged more than one flush interval plus the ack deadline before its kill.
 """

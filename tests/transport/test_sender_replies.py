@@ -156,3 +156,36 @@ def test_a_pong_settles_the_last_batch_whose_ack_was_lost(router: tuple[zmq.Sock
         while sock.poll(0):
             _, env, _ = _recv(sock, skip_pings=False)
             assert env.kind == wire.PING, f"{wire.kind_name(env.kind)} {env.seq} after every batch was acknowledged"
+
+
+def test_a_rank_that_waits_for_its_ack_sends_a_ping_behind_its_batch(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """``wait()`` hurries: a PING right behind the batch has the aggregator commit within its 10 ms
+    window instead of its light 100 ms one; the PONG's mark acknowledges the batch. Once per batch."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
+        with buf.lock:  # what wait() does before it waits
+            buf.add_fields([("cfg/lr", ("float", 0.1))])
+            buf.flush_requested = True
+            buf.awaiting += 1
+        snd.wake()
+        ident, env, _ = _recv(sock)
+        assert (env.kind, env.seq) == (wire.BATCH, 1)
+        _, ping, _ = _recv(sock, 2.0, skip_pings=False)
+        assert (ping.kind, ping.seq) == (wire.PING, 0), "no PING behind the batch of a rank that waits"
+        _reply(sock, ident, wire.PONG, ping, {"m": 1})
+        assert _window_empties(snd), "the PONG's mark did not acknowledge batch 1"
+        while sock.poll(300):  # the flushes while it waits cut nothing: no PING follows
+            _, env, _ = _recv(sock, skip_pings=False)
+            assert env.kind != wire.PING, "a second PING without a new batch"
+        with buf.lock:
+            buf.awaiting -= 1
+
+
+def test_a_rank_nobody_waits_for_sends_its_batch_without_a_ping(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """A paced rank's batches wait for the light commit window: no PING asks for a shorter one."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
+        ident, env, _ = _batch_of(sock, buf, snd, 1)
+        assert not sock.poll(500), "a message behind the batch of a rank nobody waits for"
+        _reply(sock, ident, wire.ACK, env, {})
+        assert _window_empties(snd)
