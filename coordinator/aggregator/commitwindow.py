@@ -6,7 +6,7 @@ docs/performance.md), so a light load gets a long window and a busy one a shorte
 
 * a reply other than an ACK is due (a query, ``sync()``, ``wait()``'s STATE, a HELLO, a BYE, a
   rank's PING): 10 ms. A rank that waits for its acks (``wait()``, a full buffer) sends a PING
-  behind its batch for this (``SenderThread._hurry``);
+  behind its batch for this (:class:`~coordinator.transport.urgency.Hurry`);
 * only ACKs are due and the window has read under 256 KiB: 100 ms. Four ranks logging 100 metrics
   at 50 steps/s read about 40 KB in it: one commit covers two flushes of every rank;
 * more: 50 ms, the flush interval. At a million points a second the window reaches 256 KiB in a
