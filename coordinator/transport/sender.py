@@ -229,7 +229,7 @@ class SenderThread(threading.Thread):
                     self._flush(now)
                     cadence.flushed(now, self._pipe.idle)
                 self._pipe.pump(now)
-                if self._hurry.due(self.buf, self._pipe):  # someone waits: the short commit window
+                if self._hurry.due(self.buf, self._pipe, now, self.last_reply_at):  # someone waits: a short window
                     self._send(wire.PING, 0, _EMPTY_MAP)
                 self._housekeeping(now)
                 cadence.settle(self._settled())

@@ -41,17 +41,27 @@ def listening(buf: Buffer, pipe: Pipeline, request_due: bool) -> bool:
 
 
 class Hurry:
-    """Says when to send the aggregator a PING that shortens its commit window: once per newest batch in flight."""
+    """Says when to send the aggregator a PING that shortens its commit window.
 
-    __slots__ = ("_seq",)
+    Once per newest batch in flight, and only once a reply came after the last one: an aggregator
+    that is behind (frozen, or slow to read) would otherwise find a PING per flush queued before
+    the probe HELLO that the send queue's control slack is kept for.
+    """
+
+    __slots__ = ("_at", "_seq")
 
     def __init__(self) -> None:
         self._seq = -1
         """The newest batch when the last PING went out: later ones need one of their own."""
+        self._at = 0.0
+        """Monotonic time of the last PING."""
 
-    def due(self, buf: Buffer, pipe: Pipeline) -> bool:
-        """True (and noted) when batches are in flight, someone waits for them, and no PING followed the newest."""
+    def due(self, buf: Buffer, pipe: Pipeline, now: float, last_reply_at: float) -> bool:
+        """True (and noted) when batches are in flight, someone waits for them, no PING followed the
+        newest, and the last PING was answered (``last_reply_at``: monotonic time of the last reply)."""
         if self._seq == pipe.last_seq or not pipe.in_flight or not waited_for(buf, pipe):
             return False
-        self._seq = pipe.last_seq
+        if last_reply_at < self._at:
+            return False
+        self._seq, self._at = pipe.last_seq, now
         return True

@@ -1,4 +1,4 @@
-"""When a sender needs its acks soon: it listens for each reply, and hurries once per cut."""
+"""When a sender needs its acks soon: it listens for each reply, and hurries once per batch (one PING unanswered)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,22 @@ def test_a_hurry_is_due_once_per_newest_batch_while_batches_are_in_flight_and_wa
     buf = Buffer(100)
     h = Hurry()
     buf.awaiting = 1
-    assert not h.due(buf, _Pipe(in_flight=0, last_seq=0)), "nothing in flight: nothing to hurry"
-    assert h.due(buf, _Pipe(in_flight=1, last_seq=1))
-    assert not h.due(buf, _Pipe(in_flight=1, last_seq=1)), "no batch sent since the last PING"
+    assert not h.due(buf, _Pipe(in_flight=0, last_seq=0), 1.0, 0.0), "nothing in flight: nothing to hurry"
+    assert h.due(buf, _Pipe(in_flight=1, last_seq=1), 1.0, 0.0)
+    assert not h.due(buf, _Pipe(in_flight=1, last_seq=1), 1.1, 1.05), "no batch sent since the last PING"
     buf.cut({})  # an empty cut while it waits (the flush interval passed): nothing new went out
-    assert not h.due(buf, _Pipe(in_flight=1, last_seq=1))
-    assert h.due(buf, _Pipe(in_flight=2, last_seq=2)), "a new batch while still waited for"
+    assert not h.due(buf, _Pipe(in_flight=1, last_seq=1), 1.2, 1.05)
+    assert h.due(buf, _Pipe(in_flight=2, last_seq=2), 1.3, 1.05), "a new batch while still waited for"
     buf.awaiting = 0
-    assert not h.due(buf, _Pipe(in_flight=3, last_seq=3)), "nobody waits"
+    assert not h.due(buf, _Pipe(in_flight=3, last_seq=3), 1.4, 1.35), "nobody waits"
+
+
+def test_an_unanswered_hurry_is_not_repeated_until_a_reply_comes() -> None:
+    """An aggregator that is behind gets one PING, not one per flush in its queue."""
+    buf = Buffer(100)
+    buf.awaiting = 1
+    h = Hurry()
+    assert h.due(buf, _Pipe(in_flight=1, last_seq=1), 5.0, 4.0)
+    assert not h.due(buf, _Pipe(in_flight=2, last_seq=2), 5.05, 4.0), "the PING at 5.0 is unanswered"
+    assert not h.due(buf, _Pipe(in_flight=3, last_seq=3), 5.10, 4.0)
+    assert h.due(buf, _Pipe(in_flight=3, last_seq=3), 5.15, 5.12), "a reply came: the newest batch may hurry"
