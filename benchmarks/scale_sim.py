@@ -56,6 +56,7 @@ class _Senders:
         ranks = list(by_rank)
         self.seq = dict.fromkeys(ranks, 0)
         self.inflight = dict.fromkeys(ranks, 0)
+        self.acked_seq = dict.fromkeys(ranks, 0)  # every batch up to it is answered
         self.sent_b = dict.fromkeys(ranks, 0)
         self.total_inflight = 0
         self.acked_points = 0
@@ -83,12 +84,16 @@ class _Senders:
         self.total_inflight += 1
 
     def drain(self, r: int) -> int:
-        """Receive every reply queued for sender ``r`` now; returns the acks among them."""
+        """Receive every reply queued for sender ``r`` now; returns the batches they answered.
+
+        An ACK answers every batch up to its mark (``m``), as a rank's sender takes it: the
+        aggregator sends one ACK per sender per commit, the last, whose mark covers the others.
+        """
         import zmq
 
         wire = self.wire
         s = self.by_rank[r]
-        acks = 0
+        answered = 0
         while has_message(s):  # the sender thread's own check (coordinator.transport.loopio)
             try:
                 env_b, body = s.recv_multipart(zmq.NOBLOCK)
@@ -96,19 +101,27 @@ class _Senders:
                 break
             env = wire.decode_envelope(env_b)
             if env.kind == wire.ACK:
-                acks += 1
-                self.acked_batches += 1
-                self.acked_points += self.spb * len(self.keys)
-                self.t_last_ack = time.monotonic()
-                t0 = self.sent_at.pop((r, env.seq), None)
-                if t0 is not None and len(self.lat) < 200_000:
-                    self.lat.append(self.t_last_ack - t0)
+                mark = wire.decode_map(body).get("m")
+                through = max(env.seq, mark) if type(mark) is int else env.seq
+                now = time.monotonic()
+                for seq in range(self.acked_seq[r] + 1, through + 1):
+                    t0 = self.sent_at.pop((r, seq), None)
+                    if t0 is None:
+                        continue  # answered by an error before
+                    answered += 1
+                    self.acked_batches += 1
+                    self.acked_points += self.spb * len(self.keys)
+                    self.t_last_ack = now
+                    if len(self.lat) < 200_000:
+                        self.lat.append(now - t0)
+                self.acked_seq[r] = max(self.acked_seq[r], through)
             elif env.kind == wire.ERROR:
                 self.errors.append(f"rank {r}: {wire.decode_map(body)}"[:300])
-                acks += 1  # the batch is answered: it leaves the window
-        self.inflight[r] -= acks
-        self.total_inflight -= acks
-        return acks
+                if self.sent_at.pop((r, env.seq), None) is not None:
+                    answered += 1  # the batch is answered: it leaves the window
+        self.inflight[r] -= answered
+        self.total_inflight -= answered
+        return answered
 
 
 def _connect(cfg: dict[str, Any]) -> tuple[Any, dict[int, Any], dict[int, int]]:

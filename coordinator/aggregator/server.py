@@ -64,7 +64,7 @@ _FD_SLACK = 256
 """Descriptors besides the ranks' connections: the journal and its WAL, spools read at recovery,
 the query reader, forwarders' files and sockets, ZeroMQ's own."""
 
-_Reply = tuple[bytes, int, wire.Envelope, dict[str, Any]]
+_Reply = marks.Reply
 
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
 """Replies after which a rank may read the journal: the held main-series groups and the staged rank
@@ -183,7 +183,7 @@ class Server:
                 busy = {"code": "busy", "message": "too many queries waiting; ask again", "re": env.kind}
                 kind, payload = wire.ERROR, busy
             kept.append((ident, kind, env, payload))
-        self.replies = kept
+        self.replies = marks.coalesce(kept)
 
     def _forward_answers(self) -> None:
         """Send the reader's encoded answers on to their ranks."""

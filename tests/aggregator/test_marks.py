@@ -1,4 +1,4 @@
-"""Which replies carry the sender's mark, in which field, and which wait for a commit that succeeds."""
+"""Which replies carry the sender's mark, in which field, which wait for a commit that succeeds, which go."""
 
 from __future__ import annotations
 
@@ -42,3 +42,45 @@ def test_only_welcomes_and_gap_reports_wait_for_a_commit_that_succeeds() -> None
     assert marks.held_back(wire.ERROR, {"code": "gap"})
     assert not marks.held_back(wire.ACK, {})
     assert not marks.held_back(wire.PONG, {})
+
+
+def _env(kind: int, seq: int, rank: int = 0, incarnation: int = 1) -> wire.Envelope:
+    return wire.Envelope(wire.PROTOCOL, kind, "r", rank, incarnation, seq)
+
+
+def _ack(seq: int, mark: int | None, *, rank: int = 0, ident: bytes = b"a", **extra: Any) -> marks.Reply:
+    payload: dict[str, Any] = dict(extra)
+    if mark is not None:
+        payload["m"] = mark
+    return (ident, wire.ACK, _env(wire.ACK, seq, rank), payload)
+
+
+def _seqs(replies: list[marks.Reply]) -> list[tuple[bytes, int, int]]:
+    return [(ident, kind, env.seq) for ident, kind, env, _ in replies]
+
+
+def test_a_senders_acks_of_one_commit_become_its_last() -> None:
+    """Three batches of rank 0 and one of rank 1 in a commit: one ACK each, in their places."""
+    pong = (b"a", wire.PONG, _env(wire.PONG, 0), {"m": 3})
+    replies = [_ack(1, 3), _ack(1, 5, rank=1, ident=b"b"), _ack(2, 3), pong, _ack(3, 3)]
+    assert _seqs(marks.coalesce(replies)) == [(b"b", wire.ACK, 1), (b"a", wire.PONG, 0), (b"a", wire.ACK, 3)]
+
+
+def test_the_dropped_acks_warnings_move_to_the_kept_one_in_order() -> None:
+    kept = marks.coalesce([_ack(1, 2, w=["first"]), _ack(2, 2, w=["second"])])
+    assert [body for _, _, _, body in kept] == [{"m": 2, "w": ["first", "second"]}]
+    kept = marks.coalesce([_ack(1, 2, w=["only"]), _ack(2, 2)])
+    assert [body for _, _, _, body in kept] == [{"m": 2, "w": ["only"]}]
+
+
+def test_an_ack_stays_unless_a_later_mark_covers_it() -> None:
+    """No mark on the last ACK (its sender unknown after the commit), or a mark below the batch: both stay."""
+    assert _seqs(marks.coalesce([_ack(1, 1), _ack(2, None)])) == [(b"a", wire.ACK, 1), (b"a", wire.ACK, 2)]
+    assert _seqs(marks.coalesce([_ack(4, 4), _ack(2, 3)])) == [(b"a", wire.ACK, 4), (b"a", wire.ACK, 2)]
+
+
+def test_acks_on_other_connections_are_kept() -> None:
+    """The same rank under another identity (reconnected) or another incarnation is another sender."""
+    other_inc = (b"a", wire.ACK, _env(wire.ACK, 1, 0, incarnation=2), {"m": 1})
+    replies = [_ack(1, 2), _ack(2, 2, ident=b"c"), other_inc]
+    assert marks.coalesce(replies) == replies
