@@ -117,11 +117,11 @@ def install() -> Marks:
         times.append(t)
         codes.append(where("yield" if self.yields != before else "pause"))
 
-    def marked_release(self: GilSlicer) -> None:  # always yields
-        t = clock()
+    def marked_release(self: GilSlicer) -> None:  # yields unless the watched thread slept through the stretch
+        before, t = self.yields, clock()
         release(self)
         times.append(t)
-        codes.append(where("yield"))
+        codes.append(where("yield" if self.yields != before else "pause"))
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         times.append(clock())

@@ -95,8 +95,9 @@ class SenderThread(threading.Thread):
         self._number_steps = number_steps
         self._requests = RequestTable()
         self._wake = WakePipe()
-        self.slicer = GilSlicer()
-        """Keeps the thread's Python work in short GIL slices (cut, encode, spool, send, acks)."""
+        self.slicer = GilSlicer(watch=threading.get_ident())
+        """Keeps the thread's Python work in short GIL slices (cut, encode, spool, send, acks) while
+        the thread that starts it (the training thread, which builds the run) may want the GIL."""
         buf.wake_at(cfg.max_batch_points, self.wake)  # flush by volume: a full batch wakes the thread
         self._stop_evt = threading.Event()
         self._pipe: Pipeline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 from coordinator.transport.slices import GilSlicer
 
@@ -44,7 +45,7 @@ def test_a_waiting_thread_runs_between_the_slices_of_a_long_stretch() -> None:
         stop.set()
         th.join(5)
     assert not th.is_alive()
-    assert slicer.yields >= 20 * 10  # 2 ms in stretches of the budget (30 µs): ~60 yields each
+    assert slicer.yields >= 20 * 2  # 2 ms past a 50 µs budget: ~15 yields each on an idle machine, fewer on a busy one
     assert sum(during) > 0, "the waiting thread never ran while the work was in progress"
 
 
@@ -64,3 +65,126 @@ def test_release_yields_whatever_the_stretch_and_starts_a_new_one() -> None:
     assert slicer.yields == 2
     slicer.pause()  # the stretch restarted at the release: within the budget
     assert slicer.yields == 2
+
+
+def _spin(seconds: float) -> None:
+    """Hold the GIL for ``seconds`` of Python (below the switch interval: nobody else runs Python meanwhile)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_watched_thread_that_sleeps_through_the_stretch_gets_no_yield() -> None:
+    """The training thread waits on an event (GIL released) for the whole stretch: pauses past the budget skip."""
+    stop = threading.Event()
+    th = threading.Thread(target=stop.wait, args=(10,), name="sleeping-trainer")
+    th.start()
+    try:
+        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+        time.sleep(0.005)  # a window long enough for a verdict (the first start's: quiet)
+        slicer.start()
+        for _ in range(5):
+            _spin(50e-6)
+            slicer.pause()
+        slicer.release()
+    finally:
+        stop.set()
+        th.join(5)
+    assert not th.is_alive()
+    assert (slicer.yields, slicer.skipped) == (0, 6)
+
+
+def test_a_watched_thread_that_wakes_during_the_stretch_gets_the_gil_at_the_next_pause() -> None:
+    """It wakes, runs until it blocks on the GIL: its CPU clock moved, so the next pause yields and it runs."""
+    go = threading.Event()
+    ran = threading.Event()
+
+    def trainer() -> None:
+        go.wait(10)
+        ran.set()  # needs the GIL: blocks until the stretch's holder lets go
+
+    th = threading.Thread(target=trainer, name="waking-trainer")
+    th.start()
+    try:
+        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+        time.sleep(0.05)  # it is waiting on the event
+        slicer.start()
+        assert not slicer.busy
+        go.set()
+        for _ in range(2000):  # until it got a CPU (at once on an idle machine) and ran into the GIL
+            _spin(0.001)
+            slicer.pause()
+            if slicer.yields:
+                break
+        assert slicer.yields == 1
+        assert ran.wait(5)
+    finally:
+        go.set()
+        th.join(5)
+    assert not th.is_alive()
+
+
+def test_a_watched_thread_that_ended_leaves_every_pause_past_the_budget_yielding() -> None:
+    th = threading.Thread(target=lambda: None, name="short-trainer")
+    th.start()
+    slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+    th.join(5)
+    task = Path(f"/proc/self/task/{th.native_id}")
+    deadline = time.monotonic() + 5
+    while task.exists() and time.monotonic() < deadline:  # join() returns before the OS thread is gone
+        time.sleep(0.001)
+    assert not task.exists()
+    slicer.start()
+    _spin(50e-6)
+    slicer.pause()
+    _spin(50e-6)
+    slicer.pause()
+    assert (slicer.yields, slicer.skipped) == (2, 0)
+
+
+def test_a_busy_watched_thread_gets_every_yield_even_while_its_clock_stands() -> None:
+    """It ran Python until the GIL was taken from it (the switch interval): blocked on the GIL, its
+    clock stands still, yet it wants the GIL back at the first pause past the budget."""
+    stop = threading.Event()
+
+    def trainer() -> None:
+        while not stop.is_set():
+            pass  # pure Python: holds the GIL, dropped only when another thread asks for it
+
+    th = threading.Thread(target=trainer, name="busy-trainer")
+    th.start()
+    try:
+        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+        time.sleep(0.03)  # it runs; taking the GIL back here waits for the switch interval
+        slicer.start()
+        _spin(50e-6)
+        slicer.pause()
+        assert (slicer.yields, slicer.skipped) == (1, 0)
+    finally:
+        stop.set()
+        th.join(5)
+    assert not th.is_alive()
+
+
+def test_a_start_right_after_another_keeps_the_busy_verdict() -> None:
+    """The sender starts again after each reply it reads: the busy thread, now blocked on the GIL, stays busy."""
+    stop = threading.Event()
+
+    def trainer() -> None:
+        while not stop.is_set():
+            pass
+
+    th = threading.Thread(target=trainer, name="busy-trainer")
+    th.start()
+    try:
+        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+        time.sleep(0.03)
+        slicer.start()
+        slicer.start()  # microseconds later, the trainer blocked on the GIL throughout
+        _spin(50e-6)
+        slicer.pause()
+        assert (slicer.yields, slicer.skipped) == (1, 0)
+    finally:
+        stop.set()
+        th.join(5)
+    assert not th.is_alive()
