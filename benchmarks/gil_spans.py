@@ -2,7 +2,7 @@
 
 ``benchmarks.gil_holds --spans N`` says how long the sender held the GIL; this says what it did
 meanwhile. The logging process calls :func:`install` before ``init_run``: it wraps the sender's
-GIL slicer (``start``, ``pause``, ``release``) and a few of its steps (:data:`MARKED`) so that
+GIL slicer (``start``, ``resume``, ``pause``, ``release``) and a few of its steps (:data:`MARKED`) so that
 each records a *mark* (``CLOCK_MONOTONIC`` ns, the same clock as ``perf record -k
 CLOCK_MONOTONIC``, and what happened) into two ``array('q')``: no object the garbage collector
 tracks, so the recording's collections stay the process's own. :func:`annotate` then lists, for
@@ -45,7 +45,7 @@ MARKED = (
 """(module, class or None, function) of the steps marked at their start and end."""
 
 _BEFORE_NS = 200_000
-_KINDS = ("start", "pause", "yield")
+_KINDS = ("start", "pause", "yield", "resume")
 
 
 class Marks:
@@ -104,12 +104,17 @@ def install() -> Marks:
 
     sites: dict[int, int] = {}
 
-    start, pause, release = GilSlicer.start, GilSlicer.pause, GilSlicer.release
+    start, pause, release, resume = GilSlicer.start, GilSlicer.pause, GilSlicer.release, GilSlicer.resume
 
     def marked_start(self: GilSlicer) -> None:
         times.append(clock())
         codes.append(where("start"))
         start(self)
+
+    def marked_resume(self: GilSlicer) -> None:
+        times.append(clock())
+        codes.append(where("resume"))
+        resume(self)
 
     def marked_pause(self: GilSlicer) -> None:
         before, t = self.yields, clock()
@@ -132,6 +137,7 @@ def install() -> Marks:
     m.patch(GilSlicer, "start", marked_start)
     m.patch(GilSlicer, "pause", marked_pause)
     m.patch(GilSlicer, "release", marked_release)
+    m.patch(GilSlicer, "resume", marked_resume)
     for mod, cls, fn in MARKED:
         owner: Any = importlib.import_module(mod)
         if cls is not None:

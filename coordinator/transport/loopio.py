@@ -23,7 +23,7 @@ between), so their fixed cost counts per logged point; they are kept to the fewe
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import zmq
 
@@ -33,6 +33,10 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _NOWAIT = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.SNDMORE) | _NOWAIT
+
+
+def _nothing() -> None:
+    """The default ``woke`` of :class:`LoopIO`."""
 
 
 def has_message(sock: zmq.Socket[bytes]) -> bool:
@@ -48,11 +52,14 @@ def has_message(sock: zmq.Socket[bytes]) -> bool:
 class LoopIO:
     """The sender thread's wait (wake-up pipe, and the socket when listening), reply reads and sends."""
 
-    def __init__(self, sock: zmq.Socket[bytes], wake_fd: int) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], wake_fd: int, woke: Callable[[], None] = _nothing) -> None:
         """Args:
         sock: the sender's DEALER socket (used by the sender thread only).
         wake_fd: the read end of the sender's wake-up pipe.
+        woke: called as soon as a wait's blocking poll returns (the GIL just taken back), before
+            anything else releases it: the sender's GIL slicer starts its stretch there.
         """
+        self._woke = woke
         self._sock = sock
         self._wake_fd = wake_fd
         self._listen = zmq.Poller()
@@ -73,8 +80,10 @@ class LoopIO:
         """
         if not listen:
             woken = bool(self._quiet.poll(timeout_ms))
+            self._woke()
             return woken, bool(zmq.zmq_poll(self._readable, 0))
         events = dict(self._listen.poll(timeout_ms))
+        self._woke()
         return self._wake_fd in events, self._sock in events
 
     def replies(self) -> Iterator[list[bytes]]:

@@ -207,7 +207,7 @@ class SenderThread(threading.Thread):
             self.cfg.curve.apply_client(sock)
         try:
             sock.connect(self.cfg.endpoint)
-            io = self._io = LoopIO(sock, self._wake.fd)
+            io = self._io = LoopIO(sock, self._wake.fd, self.slicer.start)  # a stretch starts at each wake-up
             self._send_hello()
             cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
             while not self._stop_evt.is_set():
@@ -215,7 +215,6 @@ class SenderThread(threading.Thread):
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
                 listen = listening(self.buf, self._pipe, self._requests.awaiting or bool(self._unsent))
                 woken, replies = io.wait(math.ceil(timeout * 1000), listen=listen)
-                self.slicer.start()  # the poll released the GIL: a new stretch starts
                 if woken:
                     self._wake.drain()
                 if replies:  # listening: one arrived; quiet: they queued since the last flush
@@ -329,7 +328,7 @@ class SenderThread(threading.Thread):
     def _recv_all(self) -> None:
         for frames in self._io.replies():
             self.last_reply_at = time.monotonic()
-            self.slicer.start()  # the receive released the GIL: a new stretch starts
+            self.slicer.resume()  # the receive released the GIL for a moment: the budget restarts
             try:
                 self._on_reply(frames)
             except ProtocolError as e:

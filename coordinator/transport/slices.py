@@ -100,7 +100,11 @@ class GilSlicer:
         """Yields left out because the watched thread was quiet and had not run (for benchmarks and tests)."""
 
     def start(self) -> None:
-        """A stretch starts now (the thread just took the GIL back, e.g. after its poll)."""
+        """A stretch starts now: the thread took the GIL back after a blocking wait (its poll).
+
+        Call it as soon as the wait returns: a watched thread that wakes between the wait's
+        return and this call, and blocks on the GIL, is not seen (its clock is read here).
+        """
         now = self._since = time.perf_counter()
         clock = self._clock
         if clock is not None:
@@ -108,6 +112,16 @@ class GilSlicer:
             if now - self._ref_wall >= _MIN_WINDOW_S:  # a start right after another keeps its verdict
                 self.busy = cpu - self._ref_cpu > BUSY_SHARE * 1e9 * (now - self._ref_wall)
                 self._ref_cpu, self._ref_wall = cpu, now
+
+    def resume(self) -> None:
+        """The thread let go of the GIL for a moment (a non-blocking socket call) and took it back.
+
+        The budget restarts, as after any release; the watched thread's verdict and the CPU time
+        it is compared with do not: a thread that woke and blocked on the GIL before this moment
+        did not get it (the brief release hands it over to nobody in practice), and it must still
+        get the next yield.
+        """
+        self._since = time.perf_counter()
 
     def release(self) -> None:
         """Release the GIL now, whatever the stretch's length: before a piece of work that is

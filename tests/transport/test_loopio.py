@@ -92,3 +92,17 @@ def test_send_queues_a_whole_message_or_reports_a_full_queue(
         assert LoopIO(lonely, wake.fd).send([b"env", b"body"]) is False
     finally:
         lonely.close(linger=0)
+
+
+def test_every_wait_calls_woke_once_as_its_poll_returns(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes], WakePipe],
+) -> None:
+    """The sender's GIL slicer starts its stretch there, before the socket is looked at."""
+    dealer, _router, wake = pair
+    calls: list[bool] = []
+    io = LoopIO(dealer, wake.fd, lambda: calls.append(True))
+    io.wait(0, listen=False)
+    io.wait(0, listen=True)
+    wake.wake()
+    io.wait(1000, listen=False)
+    assert calls == [True, True, True]

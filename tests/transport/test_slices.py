@@ -188,3 +188,44 @@ def test_a_start_right_after_another_keeps_the_busy_verdict() -> None:
         stop.set()
         th.join(5)
     assert not th.is_alive()
+
+
+def test_a_resume_keeps_the_watched_threads_baseline() -> None:
+    """The thread woke and blocked on the GIL before a brief release (a socket call) and the resume after
+    it: the resume must not take its clock afresh, or the thread would wait for the rest of the stretch."""
+    go = threading.Event()
+    ran = threading.Event()
+
+    def trainer() -> None:
+        go.wait(10)
+        ran.set()
+
+    th = threading.Thread(target=trainer, name="waking-trainer")
+    th.start()
+    try:
+        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+        time.sleep(0.05)
+        slicer.start()
+        assert not slicer.busy
+        go.set()
+        clock = time.pthread_getcpuclockid(th.ident)
+        before = time.clock_gettime_ns(clock)
+        deadline = time.monotonic() + 10
+        while time.clock_gettime_ns(clock) == before:  # it runs...
+            assert time.monotonic() < deadline
+        last = time.clock_gettime_ns(clock)
+        while True:  # ...then blocks on the GIL (held here: past the 5 ms switch interval it may get it and finish)
+            _spin(300e-6)
+            now = time.clock_gettime_ns(clock)
+            if now == last:
+                break
+            last = now
+        slicer.resume()
+        _spin(50e-6)
+        slicer.pause()
+        assert (slicer.yields, slicer.skipped) == (1, 0)
+        assert ran.wait(5)
+    finally:
+        go.set()
+        th.join(5)
+    assert not th.is_alive()
