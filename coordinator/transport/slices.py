@@ -16,8 +16,9 @@ thread sleeps between its steps. So a slicer that *watches* the training thread 
 ``threading.get_ident()``) reads that thread's CPU-time clock (``pthread_getcpuclockid``, one
 syscall of ~0.3 µs) and skips the yields it does not need:
 
-* At :meth:`~GilSlicer.start`, a thread that used more than :data:`BUSY_SHARE` of the wall time
-  since the previous start is *busy*: every pause past the budget yields, as without watching.
+* At :meth:`~GilSlicer.start` (as the sender's poll returns), a thread that used more than
+  :data:`BUSY_SHARE` of the wall time since the last verdict (at least 2 ms before) is *busy*:
+  every pause past the budget yields, as without watching.
   This covers the thread the sender took the GIL from: a thread that holds the GIL for the
   switch interval (5 ms) is made to drop it and then blocks on it, so its clock stops while it
   waits; it can only have been running just before.
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["BUSY_SHARE", "SLICE_BUDGET_S", "GilSlicer", "thread_cpu_clock"]
+__all__ = ["BUSY_SHARE", "SLICE_BUDGET_S", "GilSlicer"]
 
 SLICE_BUDGET_S = 30e-6
 """Stretch of the sender's Python work after which a pause releases the GIL.
@@ -62,7 +63,7 @@ again after each reply it reads, microseconds apart: over such a window a thread
 GIL looks idle, and the verdict of the window before it stands."""
 
 
-def thread_cpu_clock(ident: int | None) -> int | None:
+def _thread_cpu_clock(ident: int | None) -> int | None:
     """The CPU-time clock of the live thread ``ident`` (a ``threading.get_ident()``); None where there is none."""
     if ident is None:
         return None
@@ -88,7 +89,7 @@ class GilSlicer:
         """
         self._budget = budget_s
         self._since = time.perf_counter()
-        self._clock = thread_cpu_clock(watch)
+        self._clock = _thread_cpu_clock(watch)
         self.busy = True
         """The watched thread's last verdict: it used more than :data:`BUSY_SHARE` of the window
         (every pause past the budget yields). True until a start measured it, and unwatched."""
