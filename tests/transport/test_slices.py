@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -171,42 +172,54 @@ def test_a_busy_watched_thread_gets_every_yield_even_while_its_clock_stands(star
     assert not th.is_alive()
 
 
-def test_a_resume_keeps_the_watched_threads_baseline() -> None:
-    """The thread woke and blocked on the GIL before a brief release (a socket call) and the resume after
-    it: the resume must not take its clock afresh, or the thread would wait for the rest of the stretch."""
-    go = threading.Event()
-    ran = threading.Event()
-
-    def trainer() -> None:
-        go.wait(10)
-        ran.set()
-
-    th = threading.Thread(target=trainer, name="waking-trainer")
-    th.start()
+def _blocked_after_waking(go: threading.Event, th: threading.Thread) -> bool:
+    """Wake ``th`` (it waits on ``go``) and hold the GIL until it ran and blocked on it; False: it got the GIL."""
+    clock = time.pthread_getcpuclockid(th.ident or 0)
     try:
-        slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
-        time.sleep(0.05)
-        slicer.start()
-        assert not slicer.busy
-        go.set()
-        clock = time.pthread_getcpuclockid(th.ident)
         before = time.clock_gettime_ns(clock)
+        go.set()
         deadline = time.monotonic() + 10
         while time.clock_gettime_ns(clock) == before:  # it runs...
             assert time.monotonic() < deadline
         last = time.clock_gettime_ns(clock)
-        while True:  # ...then blocks on the GIL (held here: past the 5 ms switch interval it may get it and finish)
+        while True:  # ...then blocks on the GIL, held here
             _spin(300e-6)
             now = time.clock_gettime_ns(clock)
             if now == last:
-                break
+                return True
             last = now
-        slicer.resume()
-        _spin(50e-6)
-        slicer.pause()
-        assert (slicer.yields, slicer.skipped) == (1, 0)
-        assert ran.wait(5)
+    except OSError:  # it ended: it got the GIL meanwhile (another thread's wait made this one drop it)
+        return False
+
+
+def test_a_resume_keeps_the_watched_threads_baseline() -> None:
+    """The thread woke and blocked on the GIL before a brief release (a socket call) and the resume after
+    it: the resume must not take its clock afresh, or the thread would wait for the rest of the stretch."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # it must not get the GIL by waiting out the interval on a busy machine
+    try:
+        for _ in range(20):  # a few tries: the scene needs the thread blocked on the GIL, not past it
+            go = threading.Event()
+            ran = threading.Event()
+            th = threading.Thread(target=lambda go=go, ran=ran: go.wait(10) and ran.set(), name="waking-trainer")
+            th.start()
+            try:
+                slicer = GilSlicer(budget_s=10e-6, watch=th.ident)
+                time.sleep(0.05)
+                slicer.start()
+                assert not slicer.busy
+                if not _blocked_after_waking(go, th) or ran.is_set():
+                    continue
+                slicer.resume()
+                _spin(50e-6)
+                slicer.pause()
+                assert (slicer.yields, slicer.skipped) == (1, 0)
+                assert ran.wait(5)
+                return
+            finally:
+                go.set()
+                th.join(5)
+                assert not th.is_alive()
+        pytest.fail("the thread never blocked on the GIL in 20 tries")
     finally:
-        go.set()
-        th.join(5)
-    assert not th.is_alive()
+        sys.setswitchinterval(interval)
