@@ -64,8 +64,6 @@ _FD_SLACK = 256
 """Descriptors besides the ranks' connections: the journal and its WAL, spools read at recovery,
 the query reader, forwarders' files and sockets, ZeroMQ's own."""
 
-_Reply = marks.Reply
-
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
 """Replies after which a rank may read the journal: the held main-series groups and the staged rank
 points are written as chunks first."""
@@ -128,7 +126,7 @@ class Server:
         """The bound endpoint (a wildcard TCP port resolved)."""
         self.stopping = False
         """Set by a stop signal: drain, commit, finish the run."""
-        self.replies: list[_Reply] = []
+        self.replies: list[marks.Reply] = []
         self.window = CommitWindow()
         """The group commit window now open (its length depends on the replies due and the load)."""
         self.unroutable = 0
@@ -162,7 +160,7 @@ class Server:
         agg = self.agg
         journal = agg.store.max_chunk_id() if agg.forwarders else None
         texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
-        kept: list[_Reply] = []
+        kept: list[marks.Reply] = []
         for ident, kind, env, payload in self.replies:
             if marks.acknowledges(kind, payload):
                 snd = agg.senders.get((env.rank, env.incarnation))
@@ -198,14 +196,14 @@ class Server:
                 self.unroutable += 1
                 _log.debug("query answer unroutable: %s", e)
 
-    def _refuse_acks(self, e: SinkError) -> list[_Reply]:
+    def _refuse_acks(self, e: SinkError) -> list[marks.Reply]:
         """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it.
 
         Returns the WELCOMEs and gap reports, which wait for the next commit that succeeds (their
         mark would acknowledge too: :mod:`.marks`).
         """
-        held: list[_Reply] = []
-        refused: list[_Reply] = []
+        held: list[marks.Reply] = []
+        refused: list[marks.Reply] = []
         for ident, kind, env, payload in self.replies:
             if kind in (wire.ACK, wire.BYE_ACK):
                 refused.append((ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind}))

@@ -125,9 +125,10 @@ class GilSlicer:
         self._since = time.perf_counter()
 
     def release(self) -> None:
-        """Release the GIL now, whatever the stretch's length: before a piece of work that is
-        long on its own, when the clock may have started late (a stretch began when the thread
-        took the GIL back, some Python before :meth:`start` could run)."""
+        """Release the GIL now, whatever the stretch's length (unless the watched thread is quiet
+        and has not run: then nobody waits for it): before a piece of work that is long on its
+        own, when the clock may have started late (a stretch began when the thread took the GIL
+        back, some Python before :meth:`start` could run)."""
         self._yield()
 
     def pause(self) -> None:
