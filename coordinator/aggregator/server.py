@@ -319,7 +319,12 @@ class Server:
             unreduced += taken
             # Group commit: one transaction (and one round of acks) per window, however many ranks
             # sent in between.
-            if self.replies and not self.stopping and taken <= _ROUND_BYTES and window.open_at(time.monotonic()):
+            if (
+                self.replies
+                and not self.stopping
+                and taken <= _ROUND_BYTES
+                and window.open_at(time.monotonic(), read=taken > 0)
+            ):
                 continue
             sweep = now - last_sweep > _SWEEP_INTERVAL_S
             if sweep:

@@ -8,6 +8,7 @@ from coordinator.aggregator import Aggregator
 from coordinator.aggregator.commitwindow import (
     BUSY_WINDOW_S,
     LIGHT_BYTES,
+    LIGHT_EARLY_S,
     LIGHT_WINDOW_S,
     URGENT_WINDOW_S,
     CommitWindow,
@@ -30,6 +31,19 @@ def test_a_light_window_is_long_a_busy_one_shorter_and_an_urgent_one_shortest() 
     w.urgent = True
     assert w.length == URGENT_WINDOW_S == 0.01
     assert w.open_at(100.009) and not w.open_at(100.011)
+
+
+def test_a_batch_read_late_in_a_light_window_closes_it_in_that_round() -> None:
+    """The ranks' flush after next (about 100 ms after a commit, on their 50 ms grid) arrives a
+    moment before the window's end: it commits in the round that read it, not a wake-up later."""
+    w = CommitWindow()
+    w.committed(100.0)
+    assert LIGHT_EARLY_S == 0.075
+    assert w.open_at(100.074, read=True), "the next flush (50 ms on) waits for the one after"
+    assert not w.open_at(100.076, read=True), "the flush after next closes the window"
+    assert w.open_at(100.076), "a round that read no batch (a timeout, a reply) keeps the full 100 ms"
+    w.urgent = True
+    assert not w.open_at(100.076, read=True), "an urgent window ended at 10 ms anyway"
 
 
 def test_a_commit_opens_a_new_light_window() -> None:
