@@ -175,9 +175,11 @@ class MainHold:
         self.blocks.setdefault(b.keys, []).append(b)
         self.points += len(b.keys) * len(b.steps)
 
-    def _split_blocks(self) -> dict[str, Emitted]:
-        """The held blocks per key (then empty), in emission order."""
-        out: dict[str, Emitted] = {}
+    def _take_blocks(self, ts: float) -> tuple[list[StagedBlock], dict[str, Emitted]]:
+        """The held blocks (then empty), in emission order: a key group's as one block of rows, unless
+        one of its keys also holds per-key points, then split per key (merged with those by the caller)."""
+        rows: list[StagedBlock] = []
+        split: dict[str, Emitted] = {}
         for keys, bl in self.blocks.items():
             steps, counts = bl[0].steps, bl[0].counts
             values = bl[0].values
@@ -187,10 +189,13 @@ class MainHold:
                     steps.extend(b.steps)
                     counts.extend(b.counts)
                 values = np.concatenate([b.values for b in bl], axis=1)
+            if self.keys.keys().isdisjoint(keys):
+                rows.append(StagedBlock(keys, MAIN_RANK, 0, 0, ts, steps, values, counts))
+                continue
             for key, row in zip(keys, values, strict=True):
-                out[key] = Emitted(array("q", steps), array("d", row.tobytes()), array("i", counts))
+                split[key] = Emitted(array("q", steps), array("d", row.tobytes()), array("i", counts))
         self.blocks.clear()
-        return out
+        return rows, split
 
     def due(self, now: float) -> bool:
         """True when the held groups should be written now (old or large enough)."""
@@ -198,11 +203,18 @@ class MainHold:
 
     def write(self, txn: TxnData, counters: Counters, key: str | None = None) -> None:
         """Move the held groups (of ``key`` only, if given and no block is held) into ``txn`` as main-series chunks."""
+        ts = time.time()
         if key is not None and not self.blocks:
             e = self.keys.pop(key, None)
             items = [] if e is None else [(key, e)]
         else:
-            merged = self._split_blocks()
+            # A key group's block stays one block: its rows are summarised at once (journal/blockrows.py).
+            blocks, merged = self._take_blocks(ts)
+            for b in blocks:
+                txn.chunks.append(b)
+                n = len(b.keys) * len(b.steps)
+                counters["main_points"] += n
+                self.points -= n
             for k, e in self.keys.items():
                 held = merged.get(k)
                 if held is None:
@@ -211,7 +223,6 @@ class MainHold:
                     held.extend(e)
             items = list(merged.items())
             self.keys.clear()
-        ts = time.time()
         for k, e in items:
             txn.chunks.append(ChunkRow(k, MAIN_RANK, 0, 0, ts, e.steps, e.values, e.counts))
             counters["main_points"] += len(e.steps) - e.reemitted

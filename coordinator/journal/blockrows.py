@@ -1,6 +1,7 @@
-"""Chunk-row parameters of a block (a rank's keys logged together), one row per key, summarised at once.
+"""Chunk-row parameters of a block (keys sharing their steps), one row per key, summarised at once.
 
-A materialization writes a rank's held block of K keys as K chunk rows. Split key by key, each row
+A materialization writes a rank's held block of K keys as K chunk rows, and a write of the held
+main series a key group's emitted points as K rows (with their contributor counts). Split key by key, each row
 cost a copy of the steps, a copy of its values and a :func:`~coordinator.journal.summary.summarize`
 pass (about 40% of a paced aggregator's materialization, once a second). The keys of a block share
 their steps, so the steps' summary (range, first, last, order) and blob are computed once, and the
@@ -61,8 +62,9 @@ def block_params(b: StagedBlock, key_id: Callable[[str], int]) -> list[tuple[Any
     sums = block_summaries(b)
     sb = encode_steps(b.steps, sums[0]) if sums else to_le(b.steps)
     vb = np.ascontiguousarray(b.values, dtype="<f8").tobytes()
+    cb = None if b.counts is None else to_le(b.counts)
     w = 8 * n
     return [
-        (key_id(k), b.rank, b.incarnation, b.seq, n, b.ts, sb, vb[i * w : (i + 1) * w], None, *s)
+        (key_id(k), b.rank, b.incarnation, b.seq, n, b.ts, sb, vb[i * w : (i + 1) * w], cb, *s)
         for i, (k, s) in enumerate(zip(b.keys, sums, strict=True))
     ]

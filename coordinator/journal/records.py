@@ -39,7 +39,11 @@ class ChunkRow:
 
 @dataclass(slots=True)
 class StagedBlock:
-    """A rank's points of several keys logged together: one steps array, one row of values per key."""
+    """Points of several keys that share their steps: one steps array, one row of values per key.
+
+    A rank's keys logged together (staged or written as rank rows), or a key group's main-series
+    points (``rank`` ``MAIN_RANK``, ``counts`` set: written as chunk rows, never staged).
+    """
 
     keys: tuple[str, ...]
     rank: int
@@ -49,13 +53,16 @@ class StagedBlock:
     steps: array[int]
     values: npt.NDArray[np.float64]
     """Shape (len(keys), len(steps))."""
+    counts: array[int] | None = None
+    """Main series: how many ranks contributed to each step (the same for every key)."""
 
 
 @dataclass(slots=True)
 class TxnData:
     """Everything one aggregator commit writes, atomically."""
 
-    chunks: list[ChunkRow] = field(default_factory=list)
+    chunks: list[ChunkRow | StagedBlock] = field(default_factory=list)
+    """Chunk rows written after ``rank_rows`` (the main series: a key group's block as one row per key)."""
     fields: list[tuple[str, FieldValue, int, float]] = field(default_factory=list)
     """(path, value, rank, ts) upserts."""
     conflicts: list[tuple[str, int, FieldValue, int, float]] = field(default_factory=list)

@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import time
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,16 +254,19 @@ class LocalStore(JournalReader):
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(data.meta.items()))
 
     def _insert_chunks(
-        self, chunks: list[ChunkRow], key_id: dict[str, int], first: list[ChunkRow | StagedBlock] = _NONE
+        self,
+        chunks: Sequence[ChunkRow | StagedBlock],
+        key_id: dict[str, int],
+        first: Sequence[ChunkRow | StagedBlock] = _NONE,
     ) -> None:
-        """Insert ``first`` (rank chunks and blocks, a block as one row per key), then ``chunks``, in that order."""
+        """Insert ``first`` (rank chunks and blocks), then ``chunks``, in that order; a block as one row per key."""
         params: list[tuple[Any, ...]] = []
-        for item in first:
-            if isinstance(item, StagedBlock):
-                params += block_params(item, key_id.__getitem__)
-            else:
-                params.append(self._chunk_params(item, key_id))
-        params += [self._chunk_params(c, key_id) for c in chunks]
+        for rows in (first, chunks):
+            for item in rows:
+                if isinstance(item, StagedBlock):
+                    params += block_params(item, key_id.__getitem__)
+                else:
+                    params.append(self._chunk_params(item, key_id))
         self._db.executemany(_INSERT_CHUNK, params)
 
     @staticmethod
