@@ -18,6 +18,9 @@ LE float64 values (n x K, step-major)]``. ``decode_batch(..., blocks=True)`` han
 one :class:`Block` (one steps array, one keys x steps values matrix), as it does a run of
 consecutive metric chunks with byte-identical steps (what older ranks send for such a dict), so
 the aggregator handles it without per-key work; with ``blocks=False`` both come out per key.
+
+Since protocol 4 a block names its keys by a *key blob*, packed once per key tuple, which a
+decoder that has seen it maps to the checked tuple (:mod:`~coordinator.transport.wireblocks`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from coordinator.core.columns import from_le, step_range, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.values import FieldValue, check_field, check_key, check_text
 from coordinator.errors import ProtocolError
 from coordinator.transport.plain import PLAIN_SCALARS, check_plain, packb, unpack
+from coordinator.transport.wireblocks import (
+    MAX_SHAPES,
+    Block,
+    BlockItem,
+    KeyShapes,
+    check_new_key,
+    decode_blocks,
+    key_blob,
+)
 
 __all__ = [
     "ACK",
@@ -64,21 +75,24 @@ __all__ = [
     "encode_chunks",
     "encode_envelope",
     "encode_map",
+    "key_blob",
     "kind_name",
 ]
 
-PROTOCOL = 3
+PROTOCOL = 4
 """Wire protocol version; a peer with another version is refused with both versions named.
 
 2: batches carry text series (``"x"``); ``QUERY values`` of a text series answers ``"texts"``.
 3: batches carry blocks (``"b"``). An aggregator of version 2 would ignore them, so it refuses a
 version-3 rank (its envelope check), never stores the batch without them.
+4: a block's keys are a key blob (:func:`key_blob`); a version-3 aggregator refuses the rank.
 """
 
-READABLE = (1, 2, PROTOCOL)
+READABLE = (1, 2, 3, PROTOCOL)
 """Versions this side decodes: a version-1 message is a version-2 message without texts, a
-version-2 one a version-3 one without blocks, so a spool written before an upgrade still
-replays. Everything this side sends is :data:`PROTOCOL`."""
+version-2 one a version-3 one without blocks, a version-3 one a version-4 one whose blocks list
+their keys, so a spool written before an upgrade still replays. Everything this side sends is
+:data:`PROTOCOL`."""
 
 # Client -> aggregator.
 HELLO = 1
@@ -141,28 +155,6 @@ class Envelope:
 TextChunk = tuple[str, "array[int]", list[str]]
 """(key, steps, texts) of one text series in a batch."""
 
-BlockItem = tuple[tuple[str, ...], bytes, bytes]
-"""One block as encoded: (keys, LE int64 steps (n), LE float64 values (n x K, step-major))."""
-
-
-@dataclass(slots=True)
-class Block:
-    """Metric chunks of one batch that share their steps (a dict logged at the same steps)."""
-
-    keys: tuple[str, ...]
-    steps: array[int]
-    values: npt.NDArray[np.float64]
-    """One row per key (in ``keys`` order), one column per step; read-only (a view of the frame's bytes)."""
-
-    @property
-    def points(self) -> int:
-        """Number of points (keys x steps)."""
-        return len(self.keys) * len(self.steps)
-
-
-KeyShapes = dict[tuple[str, ...], tuple[str, ...]]
-"""Checked key tuples of blocks, each mapped to itself (:func:`decode_batch`'s ``shapes``)."""
-_MAX_SHAPES = 4096
 _MIN_BLOCK_KEYS = 2
 """A run of fewer chunks with equal steps stays per key."""
 
@@ -254,30 +246,17 @@ def encode_chunks(
     """Encode a batch payload whose metric chunks are already ``[key, LE int64 steps, LE float64 values]``.
 
     The same payload as :func:`encode_batch`; the sender's cut builds the chunks in its one pass
-    over the keys. ``blocks``: ``[keys, LE int64 steps (n), LE float64 values (n x K, step-major)]``
-    each (:meth:`.Frame.block`), sent as ``"b"``.
+    over the keys. ``blocks``: ``(keys, LE int64 steps (n), LE float64 values (n x K, step-major))``
+    each (:meth:`.Frame.block`), sent as ``"b"`` with the keys as their :func:`key_blob`.
     """
     payload: dict[str, Any] = {"m": chunks, "f": [[p, tag, val] for p, (tag, val) in fields], "t": ts}
     if texts:
         payload["x"] = [[k, to_le(s), t] for k, s, t in texts]
     size = sum(len(c[1]) + len(c[2]) for c in chunks)
     if blocks:
-        payload["b"] = blocks
+        payload["b"] = [[key_blob(k), sb, vb] for k, sb, vb in blocks]
         size += sum(len(b[1]) + len(b[2]) for b in blocks)
     return packb(payload, size + 64 * (len(chunks) + len(fields)) + 4096)
-
-
-def _check_new_key(key: str, new: list[str]) -> None:
-    """Validate a metric key the ``checked`` set does not hold yet, and note it in ``new``.
-
-    Raises:
-        ProtocolError: not a valid key.
-    """
-    try:
-        check_key(key)
-    except (TypeError, ValueError) as e:
-        raise ProtocolError(f"bad metric key: {e}") from e
-    new.append(key)
 
 
 def decode_batch(
@@ -319,7 +298,8 @@ def decode_batch(
     if len(m) > _MAX_KEYS_PER_BATCH or len(f) > _MAX_FIELDS_PER_BATCH:
         raise ProtocolError("batch has too many keys or fields")
     seen: KeyShapes = {} if shapes is None else shapes
-    framed = _decode_blocks(obj.get("b", []), checked, new, _MAX_KEYS_PER_BATCH - len(m), seen)
+    blobs: list[tuple[bytes, tuple[str, ...]]] = []
+    framed = decode_blocks(obj.get("b", []), checked, new, _MAX_KEYS_PER_BATCH - len(m), seen, blobs)
     metrics: list[tuple[str, array[int], array[float]]] = []
     runs: list[tuple[bytes, list[str], list[bytes]]] = []
     """(steps bytes, keys, values bytes) of consecutive chunks with equal steps."""
@@ -332,7 +312,7 @@ def decode_batch(
             check_plain(item, 2)
             raise ProtocolError("metric chunk has wrong types")
         if key not in checked:
-            _check_new_key(key, new)
+            check_new_key(key, new)
         if len(sb) % 8 or len(sb) != len(vb) or not sb:
             raise ProtocolError(f"metric {key!r}: steps/values lengths do not match")
         if runs and runs[-1][0] == sb:  # the same steps as the previous chunk: checked already
@@ -368,51 +348,10 @@ def decode_batch(
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad field: {e}") from e
     checked.update(new)
-    if shapes is not None and len(shapes) < _MAX_SHAPES:
+    if shapes is not None and len(shapes) < MAX_SHAPES:
         shapes.update((blk.keys, blk.keys) for blk in framed if blk.keys not in shapes)
+        shapes.update(blobs)
     return Batch(metrics, fields, ts, texts, out_blocks)
-
-
-def _decode_blocks(b: object, checked: set[str], new: list[str], max_keys: int, shapes: KeyShapes) -> list[Block]:
-    """The blocks of a batch (``"b"``: ``[[keys, LE int64 steps (n), LE float64 values (n x K)], ...]``), checked.
-
-    Each becomes a :class:`Block` (values transposed to keys x steps). Keys in ``checked`` are not
-    validated again; newly validated ones are appended to ``new``. At most ``max_keys`` keys in all.
-    """
-    if type(b) is not list:
-        raise ProtocolError("batch b (blocks) is not a list")
-    out: list[Block] = []
-    for item in b:
-        if type(item) is not list or len(item) != 3:
-            check_plain(item, 2)
-            raise ProtocolError("block is not [keys, steps, values]")
-        keys, sb, vb = item
-        if type(keys) is not list or type(sb) is not bytes or type(vb) is not bytes:
-            check_plain(item, 2)
-            raise ProtocolError("block has wrong types")
-        k = len(keys)
-        max_keys -= k
-        if not keys or max_keys < 0:
-            raise ProtocolError("block has no keys, or the batch too many keys")
-        if not _STR.issuperset(map(type, keys)):
-            raise ProtocolError("block keys are not all str")
-        known = shapes.get(tuple(keys))
-        if known is None:
-            if not checked.issuperset(keys):
-                for key in keys:
-                    if key not in checked:
-                        _check_new_key(key, new)
-            if len(set(keys)) != k:
-                raise ProtocolError(f"block of {keys[0]!r}...: a key repeated")
-        n = len(sb) // 8
-        if len(sb) % 8 or not n or len(vb) != 8 * n * k:
-            raise ProtocolError(f"block of {keys[0]!r}...: steps/values lengths do not match")
-        steps = from_le("q", sb)
-        if step_range(steps)[0] < 0:
-            raise ProtocolError(f"block of {keys[0]!r}...: negative step")
-        values = np.frombuffer(vb, dtype="<f8").reshape(n, k).T  # step-major on the wire: keys x steps here
-        out.append(Block(known or tuple(keys), steps, np.ascontiguousarray(values, dtype=np.float64)))
-    return out
 
 
 def _decode_texts(x: object, checked: set[str], new: list[str]) -> list[TextChunk]:

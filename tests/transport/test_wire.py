@@ -723,6 +723,6 @@ def test_a_full_batch_is_packed_presized_into_the_same_bytes() -> None:
     chunks: list[list[Any]] = [["loss", steps, values]]
     fields: list[tuple[str, Any]] = [("p", ("str", "x"))]
     payload = wire.encode_chunks(chunks, fields, 1.0, None, [block])
-    plain = {"m": chunks, "f": [["p", "str", "x"]], "t": 1.0, "b": [block]}
+    plain = {"m": chunks, "f": [["p", "str", "x"]], "t": 1.0, "b": [[wire.key_blob(block[0]), *block[1:]]]}
     assert payload == msgpack.packb(plain, use_bin_type=True)
     assert wire.decode_batch(payload, blocks=True).metrics[0][1].tolist() == list(range(65_536))

@@ -1,4 +1,4 @@
-"""Wire format, blocks (``"b"``, protocol 3): round trips in both decode modes, malformed blocks, older payloads."""
+"""Wire format, blocks (``"b"``, protocols 3 and 4): round trips, key blobs, malformed blocks, older payloads."""
 
 from __future__ import annotations
 
@@ -147,15 +147,15 @@ def test_block_keys_count_against_the_per_batch_key_cap() -> None:
     assert wire.decode_batch(batch_with(two[:1]), blocks=True).points == 60_000
 
 
-def test_protocol_3_refuses_nothing_older_it_can_read_and_sends_3() -> None:
-    """A version-2 (and 1) envelope still decodes (spools replay), version 3 is what this side sends."""
-    assert wire.PROTOCOL == 3 and wire.READABLE == (1, 2, 3)
-    for proto in (1, 2, 3):
+def test_protocol_4_refuses_nothing_older_it_can_read_and_sends_4() -> None:
+    """Versions 1-3 still decode (spools replay), version 4 is what this side sends."""
+    assert wire.PROTOCOL == 4 and wire.READABLE == (1, 2, 3, 4)
+    for proto in (1, 2, 3, 4):
         env = wire.decode_envelope(pack([proto, wire.BATCH, "r", 0, 1, 1]))
         assert env.protocol == proto
-    assert msgpack.unpackb(wire.encode_envelope(wire.HELLO, "r", 0, 0, 0))[0] == 3
+    assert msgpack.unpackb(wire.encode_envelope(wire.HELLO, "r", 0, 0, 0))[0] == 4
     with pytest.raises(ProtocolError) as ei:
-        wire.decode_envelope(pack([4, wire.BATCH, "r", 0, 1, 1]))
+        wire.decode_envelope(pack([5, wire.BATCH, "r", 0, 1, 1]))
     assert ei.value.code == "version"
 
 
@@ -196,3 +196,61 @@ def test_a_bad_block_or_batch_adds_no_shape() -> None:
         with pytest.raises(ProtocolError):
             wire.decode_batch(bad, set(), blocks=True, shapes=shapes)
     assert shapes == {}
+
+
+def test_a_block_names_its_keys_by_one_blob_packed_once_that_a_decoder_maps_to_the_checked_tuple() -> None:
+    """Protocol 4: the keys travel as a msgpack bin of their array; the second batch's blob is a
+    lookup that gives the first batch's tuple back, its keys not decoded or checked again."""
+    keys = ("train/a", "train/b", "train/c")
+    f1 = frame(keys, [(4, [1.0, 2.0, 3.0])])
+    f2 = frame(keys, [(5, [4.0, 5.0, 6.0]), (6, [7.0, 8.0, 9.0])])
+    p1 = wire.encode_chunks([], [], 1.0, None, [f1.block()])
+    p2 = wire.encode_chunks([], [], 1.0, None, [f2.block()])
+    blob = msgpack.unpackb(p1)["b"][0][0]
+    assert type(blob) is bytes and msgpack.unpackb(blob) == list(keys)
+    assert wire.key_blob(keys) is wire.key_blob(keys), "packed once per key tuple"
+    shapes: wire.KeyShapes = {}
+    checked: set[str] = set()
+    one = wire.decode_batch(p1, checked, blocks=True, shapes=shapes)
+    assert shapes[blob] is one.blocks[0].keys == keys and checked == set(keys)
+    checked.clear()  # were the keys checked again, they would be noted here
+    two = wire.decode_batch(p2, checked, blocks=True, shapes=shapes)
+    assert two.blocks[0].keys is one.blocks[0].keys and checked == set()
+    assert two.blocks[0].values.tolist() == [[4.0, 7.0], [5.0, 8.0], [6.0, 9.0]]
+    flat = wire.decode_batch(p2)
+    assert [(k, list(s), list(v)) for k, s, v in flat.metrics] == [
+        ("train/a", [5, 6], [4.0, 7.0]),
+        ("train/b", [5, 6], [5.0, 8.0]),
+        ("train/c", [5, 6], [6.0, 9.0]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("blob", "match"),
+    [
+        (b"\xc1", "undecodable"),
+        (pack({"a": 1}), "not a list"),
+        (pack(["a", 1]), "not all str"),
+        (pack(["a", "a"]), "repeated"),
+        (pack(["a", ""]), "bad metric key"),
+        (pack([]), "no keys"),
+    ],
+)
+def test_a_bad_key_blob_is_refused_and_adds_no_shape(blob: bytes, match: str) -> None:
+    shapes: wire.KeyShapes = {}
+    with pytest.raises(ProtocolError, match=match):
+        wire.decode_batch(batch_with([raw_block(blob, [1], [1.0, 2.0])]), set(), blocks=True, shapes=shapes)
+    assert shapes == {}
+
+
+def test_a_key_blob_in_a_batch_that_fails_later_adds_no_shape_and_counts_against_the_key_cap() -> None:
+    shapes: wire.KeyShapes = {}
+    good = raw_block(wire.key_blob(("a", "b")), [1], [1.0, 2.0])
+    with pytest.raises(ProtocolError):
+        wire.decode_batch(
+            batch_with([good, raw_block(["c", "d"], [-1], [1.0, 2.0])]), set(), blocks=True, shapes=shapes
+        )
+    assert shapes == {}
+    wide = raw_block(pack([f"k{i}" for i in range(100_001)]), [0], [0.0] * 100_001)
+    with pytest.raises(ProtocolError, match="too many keys"):
+        wire.decode_batch(batch_with([wide]), set(), blocks=True, shapes=shapes)
