@@ -31,7 +31,6 @@ __all__ = [
     "Block",
     "BlockItem",
     "KeyShapes",
-    "check_block_keys",
     "check_new_key",
     "decode_blocks",
     "key_blob",
@@ -130,7 +129,7 @@ def decode_blocks(
                 raise ProtocolError("block keys are not a list")
             if len(keys) > max_keys:
                 raise ProtocolError("block has no keys, or the batch too many keys")
-            known = check_block_keys(keys, checked, new, shapes)
+            known = _check_block_keys(keys, checked, new, shapes)
             if blob is not None:
                 blobs.append((blob, known))
         k = len(known)
@@ -148,7 +147,7 @@ def decode_blocks(
     return out
 
 
-def check_block_keys(keys: list[Any], checked: set[str], new: list[str], shapes: KeyShapes) -> tuple[str, ...]:
+def _check_block_keys(keys: list[Any], checked: set[str], new: list[str], shapes: KeyShapes) -> tuple[str, ...]:
     """A block's keys (a list off the wire) checked: str, valid, none repeated; their tuple (the known one if any)."""
     if not keys:
         raise ProtocolError("block has no keys, or the batch too many keys")
