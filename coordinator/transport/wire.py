@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -140,9 +140,12 @@ def kind_name(kind: int) -> str:
     return _KIND_NAMES.get(kind, f"kind-{kind}")
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """Routing header of every message."""
+class Envelope(NamedTuple):
+    """Routing header of every message.
+
+    A named tuple: one is built for every message on both sides, and a frozen dataclass's
+    ``__init__`` (one ``object.__setattr__`` per field) took 1.5 of the 4.5 µs a decode took.
+    """
 
     protocol: int
     kind: int
@@ -192,7 +195,7 @@ def decode_envelope(frame: bytes) -> Envelope:
     Raises:
         ProtocolError: malformed; ``code="version"`` when the protocol differs.
     """
-    obj = unpack(frame, _MAX_ENVELOPE_BYTES)
+    obj = unpack(frame, _MAX_ENVELOPE_BYTES, check=False)  # every element's type is checked below
     if type(obj) is not list or len(obj) != 6:
         raise ProtocolError("envelope is not a 6-element array")
     proto, kind, run_id, rank, inc, seq = obj
@@ -207,9 +210,11 @@ def decode_envelope(frame: bytes) -> Envelope:
         raise ProtocolError(f"unknown message kind {kind!r:.40}")
     if type(run_id) is not str or not 0 < len(run_id) <= 128:
         raise ProtocolError("envelope run id is not a short str")
-    for name, v in (("rank", rank), ("incarnation", inc), ("seq", seq)):
-        if type(v) is not int or not 0 <= v <= _INT64_MAX:
-            raise ProtocolError(f"envelope {name} is not a non-negative int64")
+    top = _INT64_MAX
+    if not (type(rank) is type(inc) is type(seq) is int and 0 <= rank <= top and 0 <= inc <= top and 0 <= seq <= top):
+        for name, v in (("rank", rank), ("incarnation", inc), ("seq", seq)):
+            if type(v) is not int or not 0 <= v <= top:
+                raise ProtocolError(f"envelope {name} is not a non-negative int64")
     return Envelope(proto, kind, run_id, rank, inc, seq)
 
 
