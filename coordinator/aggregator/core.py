@@ -26,7 +26,7 @@ from coordinator.aggregator.lock import WriterLock
 from coordinator.aggregator.outbox import MainHold, Outbox
 from coordinator.aggregator.reduce import Reducer
 from coordinator.aggregator.report import build_report, close_out
-from coordinator.aggregator.senders import Sender, Senders
+from coordinator.aggregator.senders import LastSteps, Sender, Senders
 from coordinator.core.columns import step_range
 from coordinator.core.incarnations import is_replaced
 from coordinator.core.policies import POLICY_PREFIX, PolicyTable
@@ -131,16 +131,16 @@ class Aggregator:
         now = time.time()
         self.registry.restore(self.store.senders(), now)
         self.fields.restore(self.store.fields(), self.store.field_writers())
-        last_steps = self.registry.last_steps
+        steps_of = self.registry.steps_of
         for key in self.store.key_policies():
             main, chunks = self.store.restore_view(key)
             self.reducer.restore(key, -1 if main is None else main[0], chunks, now)
             if main is not None:
                 self.last[key] = main
             for rank, step in self.reducer.last_logged(chunks).items():
-                last_steps.setdefault(rank, {})[key] = step
+                steps_of(rank).note(key, step)
         for t in self.store.text_summary():
-            last_steps.setdefault(t["rank"], {})[t["key"]] = t["last_step"]
+            steps_of(t["rank"]).note(t["key"], t["last_step"])
 
     # ------------------------------------------------------------- messages
 
@@ -184,7 +184,7 @@ class Aggregator:
     def _ingest(self, snd: Sender, seq: int, b: wire.Batch, now: float) -> None:
         rank = snd.rank
         txn = self.outbox.txn
-        last_steps = self.registry.last_steps.setdefault(rank, {})
+        last_steps = self.registry.steps_of(rank)
         n = 0
         if b.fields and any(p.startswith(POLICY_PREFIX) for p, _ in b.fields):
             b.fields = self.fields.take_policies(b.fields, rank, now, self.policy, self.known_keys)
@@ -215,7 +215,7 @@ class Aggregator:
                 if self.reducer.add_series(key, rank, steps, values, now) and key not in snd.repeated_keys:
                     self._warn_repeat(snd, key)
                 if steps:
-                    last_steps[key] = steps[-1]
+                    last_steps.note(key, steps[-1])
             n += len(steps)
         if b.texts:
             n += self._ingest_texts(snd, b, last_steps, now)
@@ -233,7 +233,7 @@ class Aggregator:
         self.registry.persist(snd)
 
     def _ingest_block(
-        self, snd: Sender, seq: int, ts: float, blk: wire.Block, last_steps: dict[str, int], now: float
+        self, snd: Sender, seq: int, ts: float, blk: wire.Block, last_steps: LastSteps, now: float
     ) -> int:
         """The per-key steps of :meth:`_ingest` for a block, once for all its keys; returns its points."""
         keys, steps = blk.keys, blk.steps
@@ -256,10 +256,10 @@ class Aggregator:
             for key in self.reducer.add_block(keys, snd.rank, steps, blk.values, now):
                 if key not in snd.repeated_keys:
                     self._warn_repeat(snd, key)
-            last_steps.update(dict.fromkeys(keys, steps[-1]))
+            last_steps.note_block(keys, steps[-1])
         return blk.points
 
-    def _ingest_texts(self, snd: Sender, b: wire.Batch, last_steps: dict[str, int], now: float) -> int:
+    def _ingest_texts(self, snd: Sender, b: wire.Batch, last_steps: LastSteps, now: float) -> int:
         """Put a batch's texts into the transaction (per rank, no reduction); returns how many were stored."""
         n = 0
         for key, steps, texts in b.texts:
@@ -271,7 +271,7 @@ class Aggregator:
                 self.outbox.txn.key_policies[key] = TEXT_POLICY
             self.outbox.txn.texts.append(TextRow(key, snd.rank, snd.incarnation, b.ts, steps.tolist(), texts))
             if not snd.superseded:
-                last_steps[key] = steps[-1]
+                last_steps.note(key, steps[-1])
             n += len(steps)
         self.counters["texts"] += n
         return n

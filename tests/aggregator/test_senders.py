@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
+from coordinator.aggregator.senders import _MAX_PENDING_BLOCKS, LastSteps
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 from tests.aggregator.helpers import RUN, batch, bye, crash, env, hello, make_cfg, payload, reopen
@@ -171,3 +174,43 @@ def test_a_rank_0_that_closed_ends_a_restarted_aggregator_but_not_a_resuming_job
         b.commit()
         assert b.finished(3.0)
     b.close()
+
+
+def test_last_steps_of_blocks_and_keys_keep_the_latest_note_of_each_key() -> None:
+    """Block notes are spread over their keys only when read; the order of all notes decides."""
+    book = LastSteps()
+    book.note_block(("a", "b"), 3)
+    book.note("b", 5)  # after the block: wins for b
+    book.note_block(("b", "c"), 4)  # after that: wins for b and c
+    book.note_block(("a", "b"), 6)  # the first tuple again, now the latest
+    assert book.snapshot() == {"a": 6, "b": 6, "c": 4}
+    book.note_block(("b", "c"), 7)
+    assert book.snapshot() == {"a": 6, "b": 7, "c": 7}
+    snap = book.snapshot()
+    snap["a"] = 0  # a copy
+    assert book.snapshot()["a"] == 6
+
+
+def test_last_steps_spreads_its_pending_blocks_past_the_bound() -> None:
+    book = LastSteps()
+    tuples = [(f"k{i}", f"k{i + 1}") for i in range(_MAX_PENDING_BLOCKS * 3)]
+    for i, keys in enumerate(tuples):
+        book.note_block(keys, i)
+        assert len(book._blocks) <= _MAX_PENDING_BLOCKS
+    want = {f"k{i}": i for i in range(len(tuples))} | {f"k{len(tuples)}": len(tuples) - 1}
+    want["k0"] = 0
+    assert book.snapshot() == want
+
+
+def test_welcome_gives_the_last_step_of_every_key_of_a_logged_dict(tmp_path: Path) -> None:
+    """A rank that logged dicts (blocks) comes back: its WELCOME names each key's last step."""
+    a = Aggregator(make_cfg(tmp_path, world=1))
+    hello(a, 0)
+    keys = ("m/a", "m/b", "m/c")
+    for seq, steps in ((1, [0, 1]), (2, [2, 3, 4])):
+        values = np.arange(len(steps) * len(keys), dtype="<f8")  # step-major
+        body = wire.encode_chunks([], [], 1.0, None, [(keys, array("q", steps).tobytes(), values.tobytes())])
+        assert a.batch(env(wire.BATCH, 0, 1, seq), body, 1.0) == "new"
+    batch(a, 0, 3, metrics={"m/b": {9: 1.0}})  # the key alone, later
+    assert hello(a, 0, inc=2)["last_steps"] == {"m/a": 4, "m/b": 9, "m/c": 4}
+    a.close()

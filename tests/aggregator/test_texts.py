@@ -66,7 +66,7 @@ def test_a_restarted_aggregator_knows_text_keys_and_their_last_steps(tmp_path: P
     a.commit()
     a.close()
     b = Aggregator(make_cfg(tmp_path))
-    assert "gen" in b.text_keys and b.registry.last_steps[0]["gen"] == 4
+    assert "gen" in b.text_keys and b.registry.steps_of(0).snapshot()["gen"] == 4
     hello(b, 0, inc=1)
     _texts(b, 0, 2, {}, metrics={"gen": 1.0})
     assert b.counters["kind_conflicts"] == 1
