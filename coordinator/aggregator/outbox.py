@@ -38,7 +38,8 @@ __all__ = ["HOLD_POINTS", "HOLD_S", "MainHold", "Outbox"]
 HOLD_S = 1.0
 """Longest time emitted main-series groups are held before they are written.
 
-As long as the rank points' staging (``RANK_HOLD_S``): at 100 ms a 100-key job wrote ~1,000
+Half as long as the rank points' staging (``RANK_HOLD_S``), since a live reader watches the main
+series: at 100 ms a 100-key job wrote ~1,000
 main-series chunk rows a second, about a tenth of the aggregator's CPU at a paced load. A reply
 that reads them (QUERY, STATE, BYE), trackers and the end of the run write them at once, so
 ``fetch()``, ``sync()`` and ``wait()`` see every point; only a reader of the journal file in

@@ -5,7 +5,7 @@ The open transaction (:class:`~coordinator.aggregator.outbox.Outbox`) and the st
 incarnation) until they are written. A dict logged at a step arrives as a block (one steps
 array, a keys x steps matrix); keeping it as one :class:`~coordinator.journal.records.StagedBlock`
 makes holding, extending and staging it one operation for all its keys, and it is split into
-per-key chunk rows only when they are written (about once a second).
+per-key chunk rows only when they are written (about every two seconds).
 
 Each series has exactly one owner here — its chunk, or the one block holding it — so its points
 stay in the order they arrived: a chunk for a key a block holds first splits that block into

@@ -330,7 +330,7 @@ class Server:
             if sweep:
                 last_sweep = now
             # The main series is held for up to ~1 s and the rank points are staged for up to
-            # ~1 s (fewer, larger chunks), except when a reply of this round reads them (a query,
+            # ~2 s (fewer, larger chunks), except when a reply of this round reads them (a query,
             # sync, a closing rank), the loop is about to end, or trackers are fed: wait() then
             # waits for the forwarders to pass the journal position of its ack, which must include
             # that batch's rank points and the main-series points emitted with it.

@@ -145,7 +145,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     if data["staged_points"]:  # journal/staging.py: acknowledged rank points not yet in the series below
         out(
             f"  staged     {data['staged_points']} rank points not yet in the series below "
-            "(a live run writes them within ~1 s; a crashed one at its next `coordinator sync`)"
+            "(a live run writes them within ~2 s; a crashed one at its next `coordinator sync`)"
         )
     out()
     if data["failures"]:

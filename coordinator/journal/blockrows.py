@@ -4,7 +4,7 @@ A materialization writes a rank's held block of K keys as K chunk rows, and a wr
 main series a key group's emitted points as K rows (with their contributor counts). Split key by
 key, each row cost a copy of the steps, a copy of its values and a
 :func:`~coordinator.journal.summary.summarize` pass (about 40% of a paced aggregator's
-materialization, once a second). The keys of a block share
+materialization, then once a second). The keys of a block share
 their steps, so the steps' summary (range, first, last, order) and blob are computed once, and the
 values' first, last, smallest and largest are taken for every key at once with numpy. The rows are
 exactly what per-key chunk rows would be (tests/journal/test_blockrows.py checks them against

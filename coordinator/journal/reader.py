@@ -110,7 +110,7 @@ class JournalReader(TextReads):
     def staged_points(self) -> int:
         """Rank points committed to the staging log but not yet chunk rows, which the series reads do not see.
 
-        A live run's aggregator writes them as chunks about once a second (sooner when a rank
+        A live run's aggregator writes them as chunks about every two seconds (sooner when a rank
         reads); a crashed run's are written by the next writer that opens it (``coordinator
         sync``, a restarted aggregator). See :mod:`coordinator.journal.staging`.
         """

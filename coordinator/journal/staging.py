@@ -4,7 +4,7 @@ A rank's own points are what an ``ACK`` stands on, so they are durable in the co
 it. Writing them as chunk rows costs a row (and two index entries) per key, rank and commit; at a
 paced load that is thousands of small rows a second. Instead the aggregator writes the round's
 points of every rank as ONE row of ``staged`` (schema 4), in the same transaction as the senders'
-high-water marks, and keeps them in memory; about once a second (or when anything reads rank
+high-water marks, and keeps them in memory; every ~2 s (or when anything reads rank
 chunks) it writes them as ordinary chunk rows, one per (key, rank, incarnation) however many rounds
 they came in, and deletes the staged rows they came from, in one transaction.
 

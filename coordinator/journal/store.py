@@ -3,7 +3,7 @@
 Layout: ``<root>/runs/<run_id>/run.db``. Metric points are stored as columnar chunks, one row
 per series and write (the aggregator stages a commit round's rank points as one row of the
 staging log, :mod:`~coordinator.journal.staging`, and writes them as one chunk per key, rank and
-incarnation about once a second; a writer's open writes what a crash left staged). ``rank = -1`` holds the
+incarnation every ~2 s; a writer's open writes what a crash left staged). ``rank = -1`` holds the
 reduced main series, with the number of contributing ranks of each point. This module owns the
 writes; the queries are :class:`~coordinator.journal.reader.JournalReader`'s, the tables
 :mod:`~coordinator.journal.schema`'s. The records and path helpers are re-exported here, the
@@ -75,7 +75,7 @@ def _same(a: array[Any]) -> array[Any]:
 _WRITER_CACHE_KIB = 8 * 1024
 """The writer's page cache. A write appends to each (key, rank)'s end of both chunk indexes; with
 100 keys and a few ranks that is ~1,600 hot index pages (SQLite's default 2 MiB holds 512). With
-rank points staged (one chunk per series about once a second, not one per commit) 8 MiB measured
+rank points staged (one chunk per series every second or two, not one per commit) 8 MiB measured
 the same CPU per point as 32 MiB, and the aggregator's RSS stops growing once the cache is full:
 after ~20 s at 20,000 points/s instead of ~50 s (+28 MiB) with 32 MiB
 (benchmarks/results/profiles/cpu-per-point-round4.md)."""
