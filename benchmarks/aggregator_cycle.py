@@ -1,0 +1,139 @@
+"""The aggregator's work for one second of the paced job, in process: where its CPU goes, hot.
+
+The paced job of ``benchmarks.cpu_per_point`` and ``benchmarks.rank_threads`` (4 ranks, a 100-key
+dict per step, 50 steps/s, 50 ms flushes) gives the aggregator, each second, 80 batches of 2-3
+steps (one block each), 10 commits (one per light window, each staging its round's rank points)
+and an emission every ~0.25 s (held main series). This feeds an in-process ``Aggregator`` exactly
+that, in the server loop's order, from payloads encoded beforehand as a sender encodes them, and
+times its three parts with the thread's CPU clock: ``batch`` (decoding and ingesting), ``commit``
+(the staging commits and the materializations of the held rank points, which happen every
+``RANK_HOLD_S``) and ``emit``. It is a hot loop: the paced job's aggregator wakes ~28 times a
+second on a cold CPU and spends about twice this (``rank_threads`` prints it), but the parts
+move together, and a change measured here is measured without the paced job's run-to-run spread.
+
+After the timed seconds the run is finalized and read back: every rank's series and the main
+series of the first and the last key hold every step once, the main values are the means.
+
+    python -m benchmarks.aggregator_cycle [--seconds 20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from array import array
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from coordinator.aggregator import Aggregator, AggregatorConfig
+from coordinator.journal.store import MAIN_RANK, LocalStore
+from coordinator.transport import wire
+
+__all__ = ["main", "measure"]
+
+_RANKS = 4
+_KEYS = 100
+_FLUSHES = 20
+"""Flushes a second per rank (50 ms)."""
+_RUN = "cycle"
+
+
+def _env(kind: int, rank: int, seq: int) -> wire.Envelope:
+    return wire.decode_envelope(wire.encode_envelope(kind, _RUN, rank, 1, seq))
+
+
+def _values(rank: int, steps: range, n_keys: int) -> np.ndarray:
+    """Rank ``rank``'s values at ``steps``, step-major (steps x keys): known, so they can be checked."""
+    s = np.asarray(steps, dtype=np.float64)[:, None]
+    return s * 0.001 + np.arange(n_keys, dtype=np.float64)[None, :] + rank
+
+
+def measure(seconds: int, n_keys: int = _KEYS) -> dict[str, float]:
+    """Milliseconds of CPU per second of the paced job: ``batch``, ``commit``, ``emit`` and ``total``."""
+    keys = tuple(f"train/m{j:03d}" for j in range(n_keys))
+    warm = 3
+    # Every flush's steps (2 or 3: 50 steps a second) and each rank's payload, encoded beforehand.
+    flushes: list[range] = []
+    step = 0
+    for f in range((warm + seconds) * _FLUSHES):
+        n = 3 if f % 2 else 2
+        flushes.append(range(step, step + n))
+        step += n
+    bodies = [
+        [
+            wire.encode_chunks([], [], 1.0, None, [(keys, array("q", st).tobytes(), _values(r, st, n_keys).tobytes())])
+            for r in range(_RANKS)
+        ]
+        for st in flushes
+    ]
+    cpu: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="aggregator-cycle-") as d:
+        cfg = AggregatorConfig(run_id=_RUN, store_path=str(Path(d) / "run.db"), world_size=_RANKS)
+        agg = Aggregator(cfg)
+        clock = time.thread_time_ns
+        t0 = time.time()
+        for r in range(_RANKS):
+            agg.hello(_env(wire.HELLO, r, 0), {"pid": 100 + r, "host": "bench"}, t0)
+        for f, per_rank in enumerate(bodies):
+            timed = f >= warm * _FLUSHES
+            now = t0 + f / _FLUSHES
+            for r, body in enumerate(per_rank):
+                e = _env(wire.BATCH, r, f + 1)
+                a = clock()
+                agg.batch(e, body, now)
+                cpu["batch"] += (clock() - a) * timed
+            if f % 2:  # a light window: one commit per two flushes of every rank
+                a = clock()
+                agg.commit(stage=True, now=now)
+                cpu["commit"] += (clock() - a) * timed
+                if f % 5 == 1:  # an emission about every 0.25 s, a sweep of every key once a second
+                    a = clock()
+                    agg.emit(now, all_keys=f % 10 == 1, hold=True)
+                    cpu["emit"] += (clock() - a) * timed
+        agg.finalize()
+        _check(Path(d) / "run.db", keys, step)
+    out = {k: v / seconds / 1e6 for k, v in cpu.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _check(path: Path, keys: tuple[str, ...], steps: int) -> None:
+    """Every rank's series and the main series of the first and last key hold every step once, with its value."""
+    want = list(range(steps))
+    store = LocalStore(path, readonly=True)
+    try:
+        for j in (0, len(keys) - 1):
+            for r in range(_RANKS):
+                got = store.values(keys[j], r)
+                if [s for s, _ in got] != want or any(v != s * 0.001 + j + r for s, v in got):
+                    raise AssertionError(f"{keys[j]} rank {r}: the series read back is not what was sent")
+            main = store.values(keys[j], MAIN_RANK)
+            mean = (_RANKS - 1) / 2
+            if [s for s, _ in main] != want or any(abs(v - (s * 0.001 + j + mean)) > 1e-9 for s, v in main):
+                raise AssertionError(f"{keys[j]}: the main series read back is not the ranks' mean")
+    finally:
+        store.close()
+
+
+def main() -> None:
+    """Run the repeats and print each part's median."""
+    ap = argparse.ArgumentParser(prog="benchmarks.aggregator_cycle", description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=20, help="seconds of the paced job per repeat (after 3 warm-up)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keys", type=int, default=_KEYS)
+    args = ap.parse_args()
+    runs = [measure(args.seconds, args.keys) for _ in range(args.repeats)]
+    parts = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in ("batch", "commit", "emit"))
+    totals = ", ".join(f"{r['total']:.2f}" for r in runs)
+    print(
+        f"aggregator CPU per second of the paced job ({_RANKS} ranks, {args.keys} keys, 50 steps/s), ms: "
+        f"median total {statistics.median(r['total'] for r in runs):.2f} ({totals}); {parts}"
+    )
+
+
+if __name__ == "__main__":
+    main()
