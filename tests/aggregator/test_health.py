@@ -1,0 +1,79 @@
+"""Health snapshots: lags against the median rank over the newest steps every rank reached."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any
+
+import pytest
+
+from coordinator.aggregator.health import _LAG_STEPS, _RATE_WINDOW_S, STRAGGLER_CLEAR_RATIO, Health
+
+
+def _reference(h: Health, now: float, ranks: set[int]) -> dict[int, dict[str, Any]]:
+    """The snapshot computed the plain way (every kept step tested, one median per rank behind).
+
+    Reads the samples :meth:`Health.snapshot` appended, so call it right after that snapshot.
+    """
+    active = {r: st for r, st in h.ranks.items() if r in ranks} or h.ranks
+    fastest = max(st.last_step for st in active.values())
+    complete = sorted(s for s, by in h.reached.items() if all(r in by for r in active))
+    recent = complete[-_LAG_STEPS:]
+    med = {s: statistics.median(h.reached[s][x] for x in active) for s in recent}
+    out: dict[int, dict[str, Any]] = {}
+    for rank, st in h.ranks.items():
+        old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
+        rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
+        lags = [h.reached[s][rank] - med[s] for s in recent if rank in h.reached[s]]
+        lag_s = statistics.median(lags) if lags else 0.0
+        if st.last_step < fastest and rank in active and h.reached.get(st.last_step + 1):
+            lag_s = max(lag_s, now - statistics.median(h.reached[st.last_step + 1].values()))
+        out[rank] = {
+            "last_step": st.last_step,
+            "steps_per_s": round(rate, 3),
+            "lag_steps": fastest - st.last_step if rank in active else None,
+            "lag_s": round(max(0.0, lag_s), 4),
+            "straggler": rank in active and len(active) > 1 and lag_s > h.straggler_lag_s,
+            "clear": rank not in active or len(active) <= 1 or lag_s < h.straggler_lag_s * STRAGGLER_CLEAR_RATIO,
+        }
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 5, 64])
+def test_snapshot_matches_the_plain_computation(world: int) -> None:
+    """Ranks at different paces, some behind, some missing steps, some not counted: the same figures."""
+    rnd = random.Random(world)
+    h = Health(world, 0.05)
+    for s in range(3 * _LAG_STEPS):
+        for r in range(world):
+            if rnd.random() < 0.85:
+                h.progress(r, s + (r % 3) * rnd.randint(0, 2), s * 0.02 + rnd.random() * 0.03 + r * 0.001)
+    for now, ranks in ((10.0, set(range(world))), (10.5, set(range(0, world, 2))), (11.0, set())):
+        got = h.snapshot(now, ranks)
+        assert got == _reference(h, now, ranks)
+
+
+def test_the_lag_is_taken_over_the_newest_complete_steps_only() -> None:
+    """Rank 1 was late long ago and is on time over the last _LAG_STEPS steps: no lag now."""
+    h = Health(2, 0.5)
+    n = 4 * _LAG_STEPS
+    for s in range(n):
+        late = 5.0 if s < n - _LAG_STEPS else 0.0
+        h.progress(0, s, float(s))
+        h.progress(1, s, float(s) + late)
+    snap = h.snapshot(float(n), {0, 1})
+    assert snap[1]["lag_s"] == 0.0 and not snap[1]["straggler"]
+
+
+def test_ranks_behind_in_steps_lag_by_the_time_since_the_median_rank_reached_their_next_step() -> None:
+    h = Health(5, 1.0)
+    for s in range(10):
+        for r in range(5):
+            h.progress(r, s, float(s))
+    for r in (2, 3, 4):  # three ranks reach step 10 at 10, 11, 12; ranks 0 and 1 never do
+        h.progress(r, 10, 8.0 + r)
+    snap = h.snapshot(20.0, {0, 1, 2, 3, 4})
+    for r in (0, 1):
+        assert snap[r]["lag_steps"] == 1 and snap[r]["lag_s"] == 9.0 and snap[r]["straggler"]
+    assert all(snap[r]["lag_s"] == 0.0 for r in (2, 3, 4))
