@@ -15,10 +15,14 @@ at most :data:`MAX_STRAGGLER_EVENTS` straggler events (then one saying the rest 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from coordinator.aggregator.fields import SYSTEM_RANK, FieldTable
 from coordinator.aggregator.outbox import Outbox
@@ -97,12 +101,11 @@ class Health:
         rows = [(by, statistics.median([by[x] for x in active])) for by in map(self.reached.__getitem__, recent)]
         ahead_med: dict[int, float | None] = {}
         """Per step: when the median rank among those there reached it (one median for all the ranks behind it)."""
-        for rank, st in self.ranks.items():
+        for (rank, st), lag in zip(self.ranks.items(), _median_lags(rows, list(self.ranks)), strict=True):
             st.samples.append((now, st.last_step))
             old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
             rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
-            lags = [by[rank] - m for by, m in rows if rank in by]
-            lag_s = statistics.median(lags) if lags else 0.0
+            lag_s = 0.0 if lag is None else lag
             if st.last_step < fastest and rank in active:
                 nxt = st.last_step + 1
                 if nxt not in ahead_med:
@@ -121,6 +124,28 @@ class Health:
                 "clear": rank not in active or len(active) <= 1 or lag_s < self.straggler_lag_s * STRAGGLER_CLEAR_RATIO,
             }
         return out
+
+
+def _median_lags(rows: list[tuple[dict[int, float], float]], ranks: list[int]) -> list[float | None]:
+    """Per rank of ``ranks``: the median over the steps of ``rows`` it reached of (when it reached the
+    step - the step's median); None where it reached none of them.
+
+    ``rows``: per step, rank -> when it reached the step, and the step's median. Taken at once with
+    numpy over a steps x ranks matrix: at 1024 ranks a list and a median per rank took ~25 ms a
+    snapshot. The same figures as ``statistics.median`` of each rank's list (an even count's
+    median is the mean of its middle two in both).
+    """
+    if not rows:
+        return [None] * len(ranks)
+    col = {r: i for i, r in enumerate(ranks)}
+    t = np.full((len(rows), len(ranks)), np.nan)
+    for i, (by, m) in enumerate(rows):
+        t[i, np.fromiter(map(col.__getitem__, by), np.intp, len(by))] = np.fromiter(by.values(), np.float64, len(by))
+        t[i] -= m
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": a rank that reached none of the steps
+        med = np.nanmedian(t, axis=0)
+    return [None if math.isnan(x) else x for x in med.tolist()]
 
 
 class HealthFields:
