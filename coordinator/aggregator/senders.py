@@ -54,7 +54,8 @@ class LastSteps:
 
     Noted for every batch and read only when the rank comes back, so a block's keys are noted as
     one entry (the key tuple) and spread over the keys only when read or when a key is noted
-    alone: noting a 100-key block key by key took two dict operations a key, ~10 µs a batch.
+    alone: noting a 100-key block key by key took two dict operations a key (15 µs hot, against
+    1.4 µs for the one entry, ``timeit``).
     The latest note of a key wins, as if every key had been noted in order.
     """
 
