@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.blocks import KeyGroup, exact_sums
+from coordinator.aggregator.blocks import KeyGroup, _certified, _union, exact_sums
 from coordinator.aggregator.reduce import Emitted, Reducer
 from coordinator.core.policies import PolicyTable
 from tests.aggregator.helpers import batch, bye, hello, make_cfg, reopen
@@ -35,17 +35,56 @@ def _value(rng: random.Random) -> float:
 def test_exact_sums_equal_fsum_bit_for_bit() -> None:
     """Every element, present entries only, is what math.fsum gives (ties, zeros, NaN, overflow included)."""
     rng = random.Random(7)
-    for ranks in (1, 2, 3, 4, 8):
-        v = np.array([[[_value(rng) for _ in range(ranks)] for _ in range(200)] for _ in range(5)])
-        mask = np.array([[rng.random() < 0.8 for _ in range(ranks)] for _ in range(200)])
+    # Odd counts and large ones too: the sums are taken pairwise, halving the ranks at each level.
+    for ranks, steps in ((1, 200), (2, 200), (3, 200), (4, 200), (5, 200), (8, 200), (17, 100), (64, 50), (1025, 8)):
+        v = np.array([[[_value(rng) for _ in range(ranks)] for _ in range(steps)] for _ in range(5)])
+        mask = np.array([[rng.random() < 0.8 for _ in range(ranks)] for _ in range(steps)])
         v[:, ~mask] = 0.0
         got = exact_sums(v.copy(), mask)
         for i in range(5):
-            for j in range(200):
+            for j in range(steps):
                 want = math.fsum(v[i, j][mask[j]].tolist())
                 assert struct.pack("<d", got[i, j]) == struct.pack("<d", want) or (
                     math.isnan(want) and math.isnan(got[i, j])
                 ), (v[i, j], mask[j], got[i, j], want)
+
+
+def test_exact_sums_certify_many_ranks_without_fallback() -> None:
+    """Ordinary values over 1024 ranks: fsum's result, and the certificate (not the fallback) gives most of them."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(3, 40, 1024)) * 10.0 ** rng.integers(-8, 8, size=(3, 40, 1024))
+    mask = np.ones((40, 1024), dtype=bool)
+    with np.errstate(all="ignore"):
+        certified = _certified(v)
+    assert np.isfinite(certified).mean() > 0.9
+    got = exact_sums(v, mask)
+    for i in range(3):
+        for j in range(40):
+            assert got[i, j] == math.fsum(v[i, j].tolist())
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_union_gives_each_step_the_age_of_its_first_run(sparse: bool) -> None:
+    """Distinct steps sorted, each point's place among them, each step's age from the first run holding it
+    (ages not in arrival order too), against the plain computation."""
+    rng = random.Random(11 + sparse)
+    for _ in range(50):
+        runs, created = [], []
+        for _ in range(rng.randint(1, 40)):
+            start = rng.randint(0, 5000 if sparse else 60)
+            gap = 97 if sparse else 1
+            runs.append(np.arange(start, start + gap * rng.randint(1, 12), gap, dtype=np.int64))
+            created.append(rng.uniform(0, 10))
+        steps = np.concatenate(runs)
+        uniq, where, ages = _union(runs, created, steps)
+        want = sorted(set(steps.tolist()))
+        assert uniq.tolist() == want
+        assert [want[i] for i in where.tolist()] == steps.tolist()
+        first = {}
+        for r, c in zip(runs, created, strict=True):
+            for x in r.tolist():
+                first.setdefault(x, c)
+        assert ages.tolist() == [first[x] for x in want]
 
 
 def test_exact_sums_near_ties() -> None:

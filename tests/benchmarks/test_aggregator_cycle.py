@@ -17,18 +17,24 @@ def test_each_part_is_timed_and_the_run_read_back() -> None:
     assert out["total"] == pytest.approx(out["batch"] + out["commit"] + out["emit"])
 
 
+def test_many_ranks_are_fed_and_read_back() -> None:
+    """``--ranks``: every rank says hello and sends; the read-back's mean is over all of them."""
+    out = measure(1, 2, ranks=37)
+    assert out["emit"] > 0
+
+
 def test_the_check_fails_on_a_missing_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-back is not a formality: a run checked for one step more than it holds fails."""
     seen: list[tuple[Path, int]] = []
 
-    def keep(path: Path, keys: tuple[str, ...], steps: int) -> None:
+    def keep(path: Path, keys: tuple[str, ...], steps: int, ranks: int) -> None:
         target = tmp_path / "run.db"
         target.write_bytes(path.read_bytes())
         seen.append((target, steps))
-        _check(path, keys, steps)
+        _check(path, keys, steps, ranks)
 
     monkeypatch.setattr(aggregator_cycle, "_check", keep)
     measure(1, 3)
     (path, steps) = seen[0]
     with pytest.raises(AssertionError, match="read back"):
-        _check(path, ("train/m000", "train/m001", "train/m002"), steps + 1)
+        _check(path, ("train/m000", "train/m001", "train/m002"), steps + 1, 4)
