@@ -3,10 +3,10 @@
 The paced job of ``benchmarks.cpu_per_point`` and ``benchmarks.rank_threads`` (4 ranks, a 100-key
 dict per step, 50 steps/s, 50 ms flushes) gives the aggregator, each second, 80 batches of 2-3
 steps (one block each), 10 commits (one per light window, each staging its round's rank points)
-and an emission every ~0.25 s (held main series). This feeds an in-process ``Aggregator`` exactly
-that, in the server loop's order, from payloads encoded beforehand as a sender encodes them, and
-times its three parts with the thread's CPU clock: ``batch`` (decoding and ingesting), ``commit``
-(the staging commits and the materializations of the held rank points, which happen every
+and emissions (held main series; here one every 0.5 s, each a sweep of every key). This feeds
+an in-process ``Aggregator`` exactly that, in the server loop's order, from payloads encoded
+beforehand as a sender encodes them, and times its three parts with the thread's CPU clock:
+``batch`` (decoding and ingesting), ``commit`` (the staging commits and the materializations of the held rank points, which happen every
 ``RANK_HOLD_S``) and ``emit``. It is a hot loop: the paced job's aggregator wakes ~28 times a
 second on a cold CPU and spends about twice this (``rank_threads`` prints it), but the parts
 move together, and a change measured here is measured without the paced job's run-to-run spread.
@@ -19,6 +19,7 @@ are the means.
 
 ``--ranks 1024 --keys 10 --seconds 2`` is the same pace from 1024 ranks (512,000 points a second,
 each emission reducing over 1024 ranks): the many-sender side of goal 5, in process.
+``--flush-ms 200`` makes every rank flush every 200 ms instead of 50 (a batch of ~10 steps).
 """
 
 from __future__ import annotations
@@ -56,19 +57,29 @@ def _values(rank: int, steps: range, n_keys: int) -> np.ndarray:
     return s * 0.001 + np.arange(n_keys, dtype=np.float64)[None, :] + rank
 
 
-def measure(seconds: int, n_keys: int = _KEYS, ranks: int = _RANKS) -> dict[str, float]:
-    """Milliseconds of CPU per second of the paced job: ``batch``, ``commit``, ``emit`` and ``total``."""
+def measure(seconds: int, n_keys: int = _KEYS, ranks: int = _RANKS, every: int = 1) -> dict[str, float]:
+    """Milliseconds of CPU per second of the paced job: ``batch``, ``commit``, ``emit`` and ``total``.
+
+    ``every``: each rank flushes every ``every`` 50 ms ticks (a ``flush_interval_s`` of
+    ``0.05 * every``), its batch holding the steps of those ticks.
+    """
     keys = tuple(f"train/m{j:03d}" for j in range(n_keys))
     warm = 3
-    # Every flush's steps (2 or 3: 50 steps a second) and each rank's payload, encoded beforehand.
-    flushes: list[range] = []
+    # Every tick's steps (2 or 3: 50 steps a second); a flush sends the steps of its ticks.
+    ticks: list[range] = []
     step = 0
     for f in range((warm + seconds) * _FLUSHES):
         n = 3 if f % 2 else 2
-        flushes.append(range(step, step + n))
+        ticks.append(range(step, step + n))
         step += n
+    flushes: list[range | None] = [
+        range(ticks[f - every + 1].start, ticks[f].stop) if (f + 1) % every == 0 else None for f in range(len(ticks))
+    ]
+    step = max(st.stop for st in flushes if st is not None)
     bodies = [
-        [
+        None
+        if st is None
+        else [
             wire.encode_chunks([], [], 1.0, None, [(keys, array("q", st).tobytes(), _values(r, st, n_keys).tobytes())])
             for r in range(ranks)
         ]
@@ -82,19 +93,22 @@ def measure(seconds: int, n_keys: int = _KEYS, ranks: int = _RANKS) -> dict[str,
         t0 = time.time()
         for r in range(ranks):
             agg.hello(_env(wire.HELLO, r, 0), {"pid": 100 + r, "host": "bench"}, t0)
+        seq = 0
         for f, per_rank in enumerate(bodies):
             timed = f >= warm * _FLUSHES
             now = t0 + f / _FLUSHES
-            for r, body in enumerate(per_rank):
-                e = _env(wire.BATCH, r, f + 1)
-                a = clock()
-                agg.batch(e, body, now)
-                cpu["batch"] += (clock() - a) * timed
-            if f % 2:  # a light window: one commit per two flushes of every rank
+            if per_rank is not None:
+                seq += 1
+                for r, body in enumerate(per_rank):
+                    e = _env(wire.BATCH, r, seq)
+                    a = clock()
+                    agg.batch(e, body, now)
+                    cpu["batch"] += (clock() - a) * timed
+            if f % 2:  # a light window: a commit every 100 ms (none when nothing came)
                 a = clock()
                 agg.commit(stage=True, now=now)
                 cpu["commit"] += (clock() - a) * timed
-                if f % 5 == 1:  # an emission about every 0.25 s, a sweep of every key once a second
+                if f % 5 == 1:  # an emission every 0.5 s, each a sweep of every key
                     a = clock()
                     agg.emit(now, all_keys=f % 10 == 1, hold=True)
                     cpu["emit"] += (clock() - a) * timed
@@ -130,12 +144,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keys", type=int, default=_KEYS)
     ap.add_argument("--ranks", type=int, default=_RANKS, help="ranks (1024 with --keys 10: goal 5's aggregator, paced)")
+    ap.add_argument("--flush-ms", type=int, default=50, help="each rank's flush interval, a multiple of 50 ms")
     args = ap.parse_args()
-    runs = [measure(args.seconds, args.keys, args.ranks) for _ in range(args.repeats)]
+    if args.flush_ms < 50 or args.flush_ms % 50:
+        ap.error("--flush-ms must be a positive multiple of 50")
+    runs = [measure(args.seconds, args.keys, args.ranks, args.flush_ms // 50) for _ in range(args.repeats)]
     parts = ", ".join(f"{k} {statistics.median(r[k] for r in runs):.2f}" for k in ("batch", "commit", "emit"))
     totals = ", ".join(f"{r['total']:.2f}" for r in runs)
     print(
-        f"aggregator CPU per second of the paced job ({args.ranks} ranks, {args.keys} keys, 50 steps/s), ms: "
+        f"aggregator CPU per second of the paced job ({args.ranks} ranks, {args.keys} keys, 50 steps/s, "
+        f"{args.flush_ms} ms flushes), ms: "
         f"median total {statistics.median(r['total'] for r in runs):.2f} ({totals}); {parts}"
     )
 

@@ -23,6 +23,12 @@ def test_many_ranks_are_fed_and_read_back() -> None:
     assert out["emit"] > 0
 
 
+def test_longer_flushes_carry_every_step() -> None:
+    """``every``: fewer, larger batches; the read-back still finds every step once."""
+    out = measure(1, 3, ranks=3, every=4)
+    assert out["batch"] > 0 and out["commit"] > 0
+
+
 def test_the_check_fails_on_a_missing_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-back is not a formality: a run checked for one step more than it holds fails."""
     seen: list[tuple[Path, int]] = []
