@@ -2,14 +2,15 @@
 
 The paced job of ``benchmarks.cpu_per_point`` and ``benchmarks.rank_threads`` (4 ranks, a 100-key
 dict per step, 50 steps/s, 50 ms flushes) gives the aggregator, each second, 80 batches of 2-3
-steps (one block each), 10 commits (one per light window, each staging its round's rank points)
-and emissions (held main series; here one every 0.5 s, each a sweep of every key). This feeds
-an in-process ``Aggregator`` exactly that, in the server loop's order, from payloads encoded
+steps (one block each), 10 commits (one per light window, each staging its round's rank points) and
+emissions (held main series; here one every 0.5 s, each a sweep of every key). This feeds an
+in-process ``Aggregator`` exactly that, in the server loop's order, from payloads encoded
 beforehand as a sender encodes them, and times its three parts with the thread's CPU clock:
-``batch`` (decoding and ingesting), ``commit`` (the staging commits and the materializations of the held rank points, which happen every
-``RANK_HOLD_S``) and ``emit``. It is a hot loop: the paced job's aggregator wakes ~28 times a
-second on a cold CPU and spends about twice this (``rank_threads`` prints it), but the parts
-move together, and a change measured here is measured without the paced job's run-to-run spread.
+``batch`` (decoding and ingesting), ``commit`` (the staging commits and the materializations of the
+held rank points, which happen every ``RANK_HOLD_S``) and ``emit``. It is a hot loop: the paced
+job's aggregator wakes ~28 times a second on a cold CPU and spends about twice this
+(``rank_threads`` prints it), but the parts move together, and a change measured here is measured
+without the paced job's run-to-run spread.
 
 After the timed seconds the run is finalized and read back: the series of the first, middle and
 last rank and the main series of the first and the last key hold every step once, the main values
