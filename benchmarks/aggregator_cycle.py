@@ -121,7 +121,8 @@ def measure(seconds: int, n_keys: int = _KEYS, ranks: int = _RANKS, every: int =
 
 
 def _check(path: Path, keys: tuple[str, ...], steps: int, ranks: int) -> None:
-    """Every rank's series and the main series of the first and last key hold every step once, with its value."""
+    """The first, middle and last rank's series and the main series of the first and last key hold every
+    step once, with its value (the main one the mean over all ``ranks``)."""
     want = list(range(steps))
     store = LocalStore(path, readonly=True)
     try:
