@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from typing import Any
 
+import numpy as np
 import pytest
 
-from coordinator.aggregator.health import _LAG_STEPS, _RATE_WINDOW_S, STRAGGLER_CLEAR_RATIO, Health
+from coordinator.aggregator.health import (
+    _KEEP_STEPS,
+    _LAG_STEPS,
+    _RATE_WINDOW_S,
+    _TRIM_EVERY,
+    STRAGGLER_CLEAR_RATIO,
+    Health,
+    _column_medians,
+)
 
 
 def _reference(h: Health, now: float, ranks: set[int]) -> dict[int, dict[str, Any]]:
@@ -54,6 +64,23 @@ def test_snapshot_matches_the_plain_computation(world: int) -> None:
         assert got == _reference(h, now, ranks)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 64])
+def test_column_medians_are_statistics_median_of_each_columns_values(rows: int) -> None:
+    """Odd and even counts, holes, all-NaN columns, ties, negatives: each column's median, exactly."""
+    rnd = random.Random(rows)
+    t = np.array([[rnd.choice([math.nan, 0.25, -1.5, rnd.uniform(-1, 1)]) for _ in range(40)] for _ in range(rows)])
+    t[:, 0] = math.nan
+    got = _column_medians(t).tolist()
+    for j in range(t.shape[1]):
+        vals = [x for x in t[:, j].tolist() if not math.isnan(x)]
+        if vals:
+            assert got[j] == statistics.median(vals), (j, vals)
+        else:
+            assert math.isnan(got[j]), j
+    counts = {int(np.count_nonzero(~np.isnan(t[:, j]))) for j in range(40)}
+    assert rows == 1 or any(c and c % 2 == 0 for c in counts)  # the mean of a middle two was taken
+
+
 def test_the_lag_is_taken_over_the_newest_complete_steps_only() -> None:
     """Rank 1 was late long ago and is on time over the last _LAG_STEPS steps: no lag now."""
     h = Health(2, 0.5)
@@ -77,3 +104,17 @@ def test_ranks_behind_in_steps_lag_by_the_time_since_the_median_rank_reached_the
     for r in (0, 1):
         assert snap[r]["lag_steps"] == 1 and snap[r]["lag_s"] == 9.0 and snap[r]["straggler"]
     assert all(snap[r]["lag_s"] == 0.0 for r in (2, 3, 4))
+
+
+def test_the_kept_steps_stay_within_their_bound_and_are_the_newest() -> None:
+    """Thousands of steps from 3 ranks, one behind: at most _KEEP_STEPS + _TRIM_EVERY steps kept, the newest."""
+    h = Health(3, 0.5)
+    sizes = []
+    for s in range(5000):
+        for r in range(3):
+            h.progress(r, s - (40 if r == 2 else 0), s * 0.01)
+        sizes.append(len(h.reached))
+    assert max(sizes) == _KEEP_STEPS + _TRIM_EVERY
+    assert min(sizes[1000:]) == _KEEP_STEPS
+    assert sorted(h.reached) == list(range(5000 - len(h.reached), 5000))
+    assert h.reached[4999] == {0: 49.99, 1: 49.99}
