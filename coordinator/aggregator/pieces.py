@@ -64,11 +64,11 @@ class Pieces:
 
     def settle(self) -> None:
         """Join each block's later values to it: :attr:`items` hold every point (call before reading them)."""
-        for bid, parts in self.tails.items():
+        while self.tails:  # each block's pieces let go as it is joined: at most one block held twice
+            bid, parts = self.tails.popitem()
             b = self.items[bid]
             assert isinstance(b, StagedBlock)
             b.values = np.concatenate((b.values, *parts), axis=1)
-        self.tails.clear()
 
     def chunk(self, c: ChunkRow) -> None:
         """Add ``c`` after what is held for its series (``c`` is kept and may be extended)."""

@@ -107,7 +107,6 @@ class RankHold:
         split into chunks (:meth:`rows_with`).
         """
         held = self.chunks
-        held.settle()
         pieces.settle()
         for ri, own in pieces.owner.items():
             hown = held.owner.get(ri)
@@ -115,11 +114,22 @@ class RankHold:
                 return list(self.rows_with(pieces))
         new = dict(pieces.items)
         out: list[ChunkRow | StagedBlock] = []
+        # A held block's values are joined once, with its later pieces and what ``pieces`` add, into
+        # the row's copy: settling the hold first and then copying again held every point twice
+        # (RSS spikes of ~1.7 MB at each write in the 64-rank soak).
+        tails = held.tails
         for sid, item in held.items.items():
             more = new.pop(sid, None)
-            if isinstance(item, StagedBlock) and isinstance(more, StagedBlock):
-                steps, values = item.steps + more.steps, np.concatenate((item.values, more.values), axis=1)
-                item = StagedBlock(item.keys, item.rank, item.incarnation, more.seq, item.ts, steps, values)
+            if isinstance(item, StagedBlock):
+                parts = tails.get((item.keys, item.rank, item.incarnation), [])
+                if isinstance(more, StagedBlock):
+                    values = np.concatenate((item.values, *parts, more.values), axis=1)
+                    item = StagedBlock(
+                        item.keys, item.rank, item.incarnation, more.seq, item.ts, item.steps + more.steps, values
+                    )
+                elif parts:
+                    values = np.concatenate((item.values, *parts), axis=1)
+                    item = StagedBlock(item.keys, item.rank, item.incarnation, item.seq, item.ts, item.steps, values)
             elif isinstance(item, ChunkRow) and isinstance(more, ChunkRow):
                 steps, vals = item.steps + more.steps, item.values + more.values
                 item = ChunkRow(item.key, item.rank, item.incarnation, more.seq, item.ts, steps, vals)

@@ -62,7 +62,7 @@ def block_params(b: StagedBlock, key_id: Callable[[str], int]) -> list[tuple[Any
     n = len(b.steps)
     sums = block_summaries(b)
     sb = encode_steps(b.steps, sums[0]) if sums else to_le(b.steps)
-    vb = np.ascontiguousarray(b.values, dtype="<f8").tobytes()
+    vb = np.ascontiguousarray(b.values, dtype="<f8").data.cast("B")  # each key's row a slice of it, no copy
     cb = None if b.counts is None else to_le(b.counts)
     w = 8 * n
     return [

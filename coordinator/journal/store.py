@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,15 +259,22 @@ class LocalStore(JournalReader):
         key_id: dict[str, int],
         first: Sequence[ChunkRow | StagedBlock] = _NONE,
     ) -> None:
-        """Insert ``first`` (rank chunks and blocks), then ``chunks``, in that order; a block as one row per key."""
-        params: list[tuple[Any, ...]] = []
-        for rows in (first, chunks):
-            for item in rows:
-                if isinstance(item, StagedBlock):
-                    params += block_params(item, key_id.__getitem__)
-                else:
-                    params.append(self._chunk_params(item, key_id))
-        self._db.executemany(_INSERT_CHUNK, params)
+        """Insert ``first`` (rank chunks and blocks), then ``chunks``, in that order; a block as one row per key.
+
+        The rows' parameters are made as SQLite takes them, not listed first: a rank hold's write
+        (~128k points every 2 s at 64 paced ranks) held every row's blobs at once, which showed as
+        RSS spikes of a few MB in the soak.
+        """
+
+        def params() -> Iterator[tuple[Any, ...]]:
+            for rows in (first, chunks):
+                for item in rows:
+                    if isinstance(item, StagedBlock):
+                        yield from block_params(item, key_id.__getitem__)
+                    else:
+                        yield self._chunk_params(item, key_id)
+
+        self._db.executemany(_INSERT_CHUNK, params())
 
     @staticmethod
     def _chunk_params(c: ChunkRow, key_id: dict[str, int]) -> tuple[Any, ...]:

@@ -226,3 +226,28 @@ def test_materialized_is_rows_with_kept_as_blocks_and_leaves_the_hold_as_it_is(m
             (("a", "b"), 1, 1, 2.0, [0]),
             (("c", "d"), 1, 2, 3.0, [2]),
         ]
+
+
+def _ab_block(seq: int, first: int, n: int) -> StagedBlock:
+    """Rank 0's block of keys a and b at steps first..first+n-1: a's value is the step, b's the step + 10."""
+    steps = list(range(first, first + n))
+    return StagedBlock(("a", "b"), 0, 1, seq, 1.0, array("q", steps), np.array([steps, [s + 10 for s in steps]], float))
+
+
+def test_a_block_held_over_rounds_is_written_whole_and_in_order_and_the_hold_is_left_as_it_was() -> None:
+    """Three staged rounds extend one held block; the write joins them with the round's own piece."""
+    hold = RankHold()
+    for seq in (1, 2, 3):
+        p = Pieces()
+        p.block(_ab_block(seq, 2 * (seq - 1), 2))
+        hold.add(p, 100.0)
+    more = Pieces()
+    more.block(_ab_block(4, 6, 1))
+    for _ in range(2):  # a failed commit is retried with the same rows
+        (row,) = hold.materialized(more)
+        assert isinstance(row, StagedBlock) and row.seq == 4
+        assert list(row.steps) == list(range(7)) and row.values.tolist() == [list(range(7)), list(range(10, 17))]
+    (row,) = hold.materialized(Pieces())  # the hold alone: its three rounds, not the piece offered above
+    assert isinstance(row, StagedBlock) and row.seq == 3
+    assert list(row.steps) == list(range(6)) and row.values.tolist() == [list(range(6)), list(range(10, 16))]
+    assert hold.points == 12
