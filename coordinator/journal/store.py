@@ -261,9 +261,9 @@ class LocalStore(JournalReader):
     ) -> None:
         """Insert ``first`` (rank chunks and blocks), then ``chunks``, in that order; a block as one row per key.
 
-        The rows' parameters are made as SQLite takes them, not listed first: a rank hold's write
-        (~128k points every 2 s at 64 paced ranks) held every row's blobs at once, which showed as
-        RSS spikes of a few MB in the soak.
+        The rows' parameters are made as SQLite takes them, not listed first: listed, a rank hold's
+        write (~128k points every 2 s at 64 paced ranks) held every row's blobs at once beside the
+        rows themselves, part of the RSS spike each write made in the soak.
         """
 
         def params() -> Iterator[tuple[Any, ...]]:
