@@ -64,7 +64,15 @@ def cli_main(argv: list[str]) -> int:
     part.add_argument("--soak", type=float, metavar="SECONDS", help="the soak (64 paced senders) for this long")
     ap.add_argument("--procs", type=int, help=f"sender processes (default: 2, or N/{SENDERS_PER_PROC} above 1024)")
     ap.add_argument("--offered", type=float, metavar="PPS", help="with --senders: paced, offering this many points/s")
-    ap.add_argument("--duration", type=float, default=10.0, help="with --offered: seconds (default 10)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        metavar="BPS",
+        help="with --senders: paced, each sender sending this many batches/s of --keys x --steps points "
+        "(ranks flushing every 1/BPS s)",
+    )
+    ap.add_argument("--steps", type=int, default=1, help="with --rate: steps in each batch (default 1)")
+    ap.add_argument("--duration", type=float, default=10.0, help="with --offered or --rate: seconds (default 10)")
     ap.add_argument("--batches", type=int, help="batches per sender (default: 2M points in all)")
     ap.add_argument("--keys", type=int, default=10, help="unpaced: keys in each batch (default 10)")
     ap.add_argument(
@@ -88,6 +96,27 @@ def cli_main(argv: list[str]) -> int:
 
             log(f"paced: {args.senders} senders offering {args.offered:,.0f} points/s for {args.duration:.0f} s")
             res = paced_trial(args.senders, tmp, args.offered, args.duration)
+        elif args.senders is not None and args.rate:
+            n = args.senders
+            kw = trial_for(n)
+            if args.procs:
+                kw["procs"] = args.procs
+            log(
+                f"paced: {n} senders each sending {args.rate:g} batches/s of {args.keys} keys x {args.steps} "
+                f"steps for {args.duration:.0f} s ({n * args.rate:,.0f} batches/s, "
+                f"{n * args.rate * args.keys * args.steps:,.0f} points/s in all)"
+            )
+            res = scale_trial(
+                n,
+                tmp,
+                f"rate-{n}-{args.rate:g}",
+                keys=args.keys,
+                steps_per_batch=args.steps,
+                rate=args.rate,
+                duration=args.duration,
+                timeout=args.duration + 300,
+                **kw,
+            )
         elif args.senders is not None:
             n = args.senders
             kw = trial_for(n)

@@ -25,11 +25,27 @@ from typing import Any, Literal
 
 from coordinator.errors import ConfigError
 
-__all__ = ["DEFAULTS", "ENV_PREFIX", "Backpressure", "Mode", "Settings", "Transport", "env_name"]
+__all__ = [
+    "AUTO_BATCHES_PER_S",
+    "DEFAULTS",
+    "ENV_PREFIX",
+    "FLUSH_INTERVAL_S",
+    "Backpressure",
+    "Mode",
+    "Settings",
+    "Transport",
+    "env_name",
+]
 
 _log = logging.getLogger("coordinator")
 
 ENV_PREFIX = "COORDINATOR_"
+FLUSH_INTERVAL_S = 0.05
+"""A rank's flush interval in a job of up to 128 ranks (``Settings.flush_interval_s`` unset)."""
+AUTO_BATCHES_PER_S = 2560
+"""Batches a second the ranks of a job send together at most when ``flush_interval_s`` is unset: a
+eighth of what one aggregator takes hot, so that it keeps up with the points they carry and its
+commits on a core it shares (``python -m benchmarks.scale --senders 1024 --rate R --steps S``)."""
 Mode = Literal["async", "sync", "offline", "disabled", "read-only"]
 Backpressure = Literal["block", "spool", "drop_oldest"]
 Transport = Literal["auto", "ipc", "tcp"]
@@ -93,10 +109,12 @@ class Settings:
     # --------------------------------------------------------------- buffer, sender, spool
     max_buffer_points: int = 2_000_000
     """Points a rank may hold unacknowledged (buffered, in flight) before ``log()`` blocks."""
-    flush_interval_s: float = 0.05
+    flush_interval_s: float | None = None
     """How often the sender thread swaps the buffer out, spools and sends it (``wait()``, ``sync()``
     and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval;
-    a shorter one costs CPU per point (more, smaller batches and journal rows). After two empty
+    a shorter one costs CPU per point (more, smaller batches and journal rows). Unset: 50 ms up to
+    128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks), so that the run's one
+    aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`). After two empty
     flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
@@ -212,8 +230,9 @@ class Settings:
             numeric = isinstance(v, int | float) and not isinstance(v, bool)
             if f.name.endswith(("_s", "_bytes", "_points", "_batches")) and numeric and v < 0:
                 raise ConfigError(f"Settings.{f.name} must be a number >= 0, got {v!r}")
+        if self.flush_interval_s is not None and not self.flush_interval_s > 0:
+            raise ConfigError(f"Settings.flush_interval_s must be > 0 (or unset), got {self.flush_interval_s!r}")
         for name in (
-            "flush_interval_s",
             "max_buffer_points",
             "max_batch_points",
             "max_window_batches",
@@ -233,6 +252,19 @@ class Settings:
                 re.compile(pat)
             except (re.error, TypeError) as e:
                 raise ConfigError(f"Settings.redact_values: {pat!r:.200} is not a valid regex: {e}") from None
+
+    def flush_interval(self, world_size: int) -> float:
+        """The flush interval of a rank of a ``world_size``-rank job: the field, or its automatic value.
+
+        A batch costs the aggregator about 50 µs of CPU whatever it carries, so one aggregator
+        takes about 20,000 a second; 1024 ranks flushing every 50 ms send 20,480. Unset, the
+        interval grows with the job so that the ranks send at most :data:`AUTO_BATCHES_PER_S`
+        batches a second together: 50 ms up to 128 ranks, 400 ms at 1024, 1.6 s at 4096. The
+        kill window grows with it (a SIGKILLed rank loses at most its last interval).
+        """
+        if self.flush_interval_s is not None:
+            return self.flush_interval_s
+        return max(FLUSH_INTERVAL_S, world_size / AUTO_BATCHES_PER_S)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:

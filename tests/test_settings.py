@@ -160,6 +160,27 @@ def test_invalid_settings_name_the_field(kwargs: dict[str, Any], field: str) -> 
         Settings(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("world_size", "interval"),
+    [(1, 0.05), (8, 0.05), (128, 0.05), (129, 129 / 2560), (1024, 0.4), (4096, 1.6)],
+)
+def test_an_unset_flush_interval_grows_with_the_job_past_256_ranks(world_size: int, interval: float) -> None:
+    """Unset, 50 ms up to 128 ranks, then ``world_size / 2560`` s: the ranks send ~2,560 batches a second at most."""
+    assert DEFAULTS.flush_interval_s is None
+    assert DEFAULTS.flush_interval(world_size) == pytest.approx(interval)
+    assert world_size / DEFAULTS.flush_interval(world_size) <= 2560 + 1e-6
+
+
+def test_a_flush_interval_that_is_set_is_kept_at_any_job_size() -> None:
+    """Set by an argument or the environment, the interval is the user's, even at 4096 ranks."""
+    assert Settings(flush_interval_s=0.05).flush_interval(4096) == 0.05
+    env = {"COORDINATOR_FLUSH_INTERVAL_S": "0.01"}
+    assert Settings.resolve(None, env).flush_interval(1024) == 0.01
+    assert Settings.resolve(None, {}).flush_interval(1024) == 0.4
+    with pytest.raises(coordinator.ConfigError, match="flush_interval_s"):
+        Settings(flush_interval_s=float("nan"))
+
+
 def test_resolve_refuses_a_non_field_and_a_non_settings() -> None:
     """An argument that is not a field, or settings= of another type, is a ConfigError."""
     with pytest.raises(coordinator.ConfigError, match="flush_every"):

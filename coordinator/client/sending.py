@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from coordinator.client.steps import StepNumbering
-from coordinator.settings import Settings
+from coordinator.settings import AUTO_BATCHES_PER_S, FLUSH_INTERVAL_S, Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.security import CurveKeys
 from coordinator.transport.sender import SenderConfig, SenderThread
@@ -45,6 +45,16 @@ def start_sender(
     its WELCOME says where a resumed rank's steps continue, which must be known before the first
     point logged without a step is numbered.
     """
+    flush_s = settings.flush_interval(world_size)
+    if rank == 0 and flush_s > FLUSH_INTERVAL_S and settings.flush_interval_s is None:
+        _log.info(
+            "%d ranks: each rank flushes every %.2f s (Settings.flush_interval_s unset), so that the "
+            "aggregator receives at most ~%d batches a second; a SIGKILLed rank may lose its last %.2f s",
+            world_size,
+            flush_s,
+            AUTO_BATCHES_PER_S,
+            flush_s,
+        )
     cfg = SenderConfig(
         run_id=run_id,
         rank=rank,
@@ -55,7 +65,7 @@ def start_sender(
         max_backlog_points=settings.max_buffer_points,
         max_spool_bytes=settings.max_spool_bytes,
         spool_segment_bytes=settings.spool_segment_bytes,
-        flush_interval_s=settings.flush_interval_s,
+        flush_interval_s=flush_s,
         max_batch_points=settings.max_batch_points,
         max_window=settings.max_window_batches,
         ack_timeout_s=settings.ack_timeout_s,

@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 
 from coordinator.errors import ClosedError, CoordinatorError, ProtocolError, SinkError
-from coordinator.settings import DEFAULTS, Backpressure
+from coordinator.settings import DEFAULTS, FLUSH_INTERVAL_S, Backpressure
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
@@ -74,7 +74,7 @@ class SenderConfig:
     """Points held in memory awaiting a send slot (block: none; drop_oldest: then drop)."""
     max_spool_bytes: int = DEFAULTS.max_spool_bytes
     spool_segment_bytes: int = DEFAULTS.spool_segment_bytes
-    flush_interval_s: float = DEFAULTS.flush_interval_s
+    flush_interval_s: float = FLUSH_INTERVAL_S
     max_batch_points: int = DEFAULTS.max_batch_points
     max_window: int = DEFAULTS.max_window_batches
     ack_timeout_s: float = DEFAULTS.ack_timeout_s

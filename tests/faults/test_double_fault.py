@@ -47,7 +47,7 @@ def test_rank_sigkilled_after_the_aggregator_loses_at_most_a_flush_interval_and_
     (out / "killed").touch()
     res = _reap(procs, timeout=120)
     assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
-    flush = DEFAULTS.flush_interval_s
+    flush = DEFAULTS.flush_interval(2)
     bound = flush + ack_deadline(flush)
     safe = _logged_by(out / "rank1.progress", t_kill - bound - _SCHEDULING_S)
     assert safe > 1000  # the rank was well under way (2000 points/s for 1.5 s)

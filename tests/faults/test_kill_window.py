@@ -38,7 +38,7 @@ def _start(
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
     out = tmp_path / "out"
     out.mkdir()
-    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval_s), "--rate", str(rate))
+    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval(2)), "--rate", str(rate))
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)
     return out, procs
@@ -67,7 +67,7 @@ def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     large and its GIL slices wait for the training thread; the last kept step was logged 20-45 ms
     before the kill in three runs)."""
     out, procs = _start(store_dir, tmp_path, monkeypatch, rate)
-    flush = DEFAULTS.flush_interval_s
+    flush = DEFAULTS.flush_interval(2)
     t_kill = time.monotonic()
     procs[1].send_signal(signal.SIGKILL)
     (out / "killed").touch()
@@ -100,7 +100,7 @@ def test_a_write_after_the_sender_dozed_is_sent_within_the_flush_interval(
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
     out = tmp_path / "out"
     out.mkdir()
-    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval_s), "--doze", kind)
+    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval(2)), "--doze", kind)
     progress = out / "rank1.progress"
     deadline = time.monotonic() + 60
     while _progress_lines(progress) < 4:  # a few doze cycles behind it
@@ -110,7 +110,7 @@ def test_a_write_after_the_sender_dozed_is_sent_within_the_flush_interval(
     while _progress_lines(progress) == n:  # the next write has just been made
         assert time.monotonic() < deadline, "rank 1 stopped writing"
         time.sleep(0.005)
-    time.sleep(DEFAULTS.flush_interval_s + _SCHEDULING_S)
+    time.sleep(DEFAULTS.flush_interval(2) + _SCHEDULING_S)
     procs[1].send_signal(signal.SIGKILL)
     (out / "killed").touch()
     res = _reap(procs, timeout=120)
