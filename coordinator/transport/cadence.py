@@ -10,10 +10,15 @@ calls mostly goes out as one batch): the kill window (a SIGKILLed rank loses at 
 last flush interval) holds as when the timer runs. A write that did not wake it (a path that
 bypassed the buffer's wake rule) is found at the next heartbeat and flushed at once.
 
-Flushes fall on a *grid*: the multiples of the flush interval on the monotonic clock, which every
-process of a node shares. The ranks of a node then flush together, and the aggregator finds
+Flushes fall on a *grid*: the multiples of the flush interval on the wall clock, taken once at
+the sender's start and followed on the monotonic clock (:func:`wall_shift`; a later step of the
+wall clock does not move it). The ranks of a node then flush together, and the aggregator finds
 their batches in one wake-up instead of one each at scattered times (4 paced ranks: its CPU
-13% lower, the job's about 3%; docs/performance.md, round 17). The next flush is the grid's
+13% lower, the job's about 3%; docs/performance.md, round 17); so do the nodes of a job, as
+closely as their clocks agree (NTP: a millisecond or so), which keeps a node's ranks from
+looking up to one interval late to the aggregator's straggler check (it times a step by when
+the batch holding it arrived; the monotonic clocks of two nodes start at their boots, so a grid
+on them alone put each node at its own phase of the interval). The next flush is the grid's
 next point, never more than one interval after the last flush or after a write that woke a
 doze, so the kill window holds; the first after a start or a doze may come sooner.
 """
@@ -21,10 +26,11 @@ doze, so the kill window holds; the first after a start or a doze may come soone
 from __future__ import annotations
 
 import math
+import time
 
 from coordinator.transport.buffer import Buffer
 
-__all__ = ["QUIET_FLUSHES", "Cadence"]
+__all__ = ["QUIET_FLUSHES", "Cadence", "wall_shift"]
 
 QUIET_FLUSHES = 2
 """Flushes in a row that found nothing before the sender dozes. One is not enough: a rank logging
@@ -33,20 +39,37 @@ wake-up and moved each batch to 50 ms after its write, and the aggregator of fou
 used about a fifth more CPU (more SQLite transactions: 576 against 420 lock calls in 5 s)."""
 
 
+def wall_shift(interval_s: float, wall: float | None = None, mono: float | None = None) -> float:
+    """Where the wall clock's multiples of ``interval_s`` fall on the monotonic clock: a shift in [0, interval).
+
+    A monotonic time ``t`` is on the grid when ``t + shift`` is a multiple of the interval, i.e.
+    when the wall clock (``wall - mono + t``) is. ``wall``/``mono``: the two clocks read now
+    (default: read here, one after the other: a few hundred ns apart).
+    """
+    if mono is None:
+        mono = time.monotonic()
+    if wall is None:
+        wall = time.time()
+    return (wall - mono) % interval_s
+
+
 class Cadence:
     """The sender loop's next wake-up time, and whether it dozes (sender thread only)."""
 
-    __slots__ = ("_buf", "_heartbeat", "_interval", "_quiet", "dozing", "next_flush")
+    __slots__ = ("_buf", "_heartbeat", "_interval", "_quiet", "_shift", "dozing", "next_flush")
 
-    def __init__(self, buf: Buffer, interval_s: float, heartbeat_s: float, now: float) -> None:
+    def __init__(self, buf: Buffer, interval_s: float, heartbeat_s: float, now: float, *, shift: float = 0.0) -> None:
         """Args:
         buf: the run's buffer (its wake mark ends a doze).
         interval_s: the flush interval.
         heartbeat_s: the longest the sender stays silent (it sends a PING then).
-        now: ``time.monotonic()``; the first flush is one interval later.
+        now: ``time.monotonic()``; the first flush is at most one interval later.
+        shift: the grid is the monotonic times ``t`` where ``t + shift`` is a multiple of the
+            interval (:func:`wall_shift`: the wall clock's multiples; 0: the monotonic clock's).
         """
         self._buf = buf
         self._interval = interval_s
+        self._shift = shift
         self._heartbeat = heartbeat_s
         self.next_flush = self._grid(now)
         self.dozing = False
@@ -54,7 +77,8 @@ class Cadence:
 
     def _grid(self, now: float) -> float:
         """The grid's first point after ``now``: in (now, now + interval]."""
-        t = (math.floor(now / self._interval) + 1) * self._interval
+        shifted = now + self._shift
+        t = (math.floor(shifted / self._interval) + 1) * self._interval - self._shift
         if t <= now:  # the quotient rounded down by an ulp
             t += self._interval
         return min(t, now + self._interval)  # the product rounded up by one

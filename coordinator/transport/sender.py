@@ -32,7 +32,7 @@ from coordinator.settings import DEFAULTS, FLUSH_INTERVAL_S, Backpressure
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.cadence import Cadence
+from coordinator.transport.cadence import Cadence, wall_shift
 from coordinator.transport.loopio import LoopIO
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
@@ -209,7 +209,7 @@ class SenderThread(threading.Thread):
             sock.connect(self.cfg.endpoint)
             io = self._io = LoopIO(sock, self._wake.fd, self.slicer.start)  # a stretch starts at each wake-up
             self._send_hello()
-            cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
+            cadence = self._cadence()
             while not self._stop_evt.is_set():
                 timeout = max(0.0, cadence.wake_at(self._last_send) - time.monotonic())
                 # Round up: a 0 ms poll in the last millisecond before a flush would spin.
@@ -242,6 +242,12 @@ class SenderThread(threading.Thread):
             ctx.term()
             self._requests.fail_all(ClosedError("the run was closed"))
 
+    def _cadence(self) -> Cadence:
+        """The flush timer, on the wall clock's multiples of the interval (the job's ranks flush together)."""
+        interval = self.cfg.flush_interval_s
+        now = time.monotonic()
+        return Cadence(self.buf, interval, self.cfg.heartbeat_interval_s, now, shift=wall_shift(interval, mono=now))
+
     def _settled(self) -> bool:
         """Nothing to wait for: no reply awaited, nothing in flight, held or unsent (a doze may start)."""
         return self._pipe.settled and not self._unsent and not self._requests.awaiting and not self._requests.queued
@@ -253,7 +259,7 @@ class SenderThread(threading.Thread):
             offline.hello(self.cfg.hello)
             woken = select.poll()  # the wake-up pipe: wait(), stop(), a write to a dozing sender
             woken.register(self._wake.fd, select.POLLIN)
-            cadence = Cadence(self.buf, self.cfg.flush_interval_s, self.cfg.heartbeat_interval_s, time.monotonic())
+            cadence = self._cadence()
             while not self._stop_evt.is_set():
                 now = time.monotonic()  # dozing, it looks again a heartbeat from now (nothing to ping)
                 woken.poll(math.ceil(max(0.0, cadence.wake_at(now) - now) * 1000))

@@ -15,14 +15,19 @@ from coordinator.transport.spool import spool_records
 pytestmark = pytest.mark.integration
 
 
-def _spooled_batches(store_dir: Path, world_size: int, seconds: float) -> tuple[int, list[int]]:
+def _spooled_batches(
+    store_dir: Path, world_size: int, seconds: float, flush_interval_s: float | None = None
+) -> tuple[int, list[float]]:
     """Log a point every 5 ms for ``seconds`` as rank 0 of an offline ``world_size``-rank job.
 
-    Returns the batches the sender spooled and every logged step found in them (offline, the
-    spool is the run's destination: each flush that had points is one BATCH record).
+    Returns how many batches the sender spooled and the wall-clock time of each one's cut, in
+    order (offline, the spool is the run's destination: each flush that had points is one BATCH
+    record). Every logged point must be in them once.
     """
     with coordinator.init_run(
-        mode="offline", name=f"w{world_size}", settings=coordinator.Settings(rank=0, world_size=world_size)
+        mode="offline",
+        name=f"w{world_size}",
+        settings=coordinator.Settings(rank=0, world_size=world_size, flush_interval_s=flush_interval_s),
     ) as run:
         run_id = run.id
         step = 0
@@ -33,17 +38,17 @@ def _spooled_batches(store_dir: Path, world_size: int, seconds: float) -> tuple[
             time.sleep(0.005)
         run.wait(30)
     [spool] = [p for p in store_dir.rglob(f"*{run_id}*") if p.is_dir() and any(p.glob("rank-0-*"))]
-    batches = 0
+    cuts: list[float] = []
     steps: list[int] = []
     for rank_dir in spool.glob("rank-0-*"):
         for rec in spool_records(rank_dir):
             if rec.kind != wire.BATCH:
                 continue
-            batches += 1
             batch = wire.decode_batch(rec.payload, blocks=False)
+            cuts.append(batch.ts)
             steps += [s for key, col, _ in batch.metrics if key == "loss" for s in col]
     assert sorted(steps) == list(range(step)), "every logged point spooled once"
-    return batches, steps
+    return len(cuts), cuts
 
 
 def test_a_large_job_flushes_every_world_size_over_2560_seconds(
@@ -65,3 +70,17 @@ def test_a_large_job_flushes_every_world_size_over_2560_seconds(
     small, _ = _spooled_batches(store_dir, 8, 1.5)
     print(f"batches in 1.5 s: {large} at 1024 ranks, {small} at 8")
     assert small > large + 8, f"{small} batches at 8 ranks against {large} at 1024"
+
+
+def test_a_rank_flushes_on_the_wall_clocks_multiples_of_its_interval(store_dir: Path) -> None:
+    """The flush grid is the wall clock's (as nodes' clocks agree), not this node's monotonic clock's.
+
+    Every timed flush of a 1 s interval is cut just after a whole second of the wall clock. On the
+    monotonic clock's grid (which starts at the node's boot) the cuts fell at one phase of the
+    second per node, whatever the other nodes did.
+    """
+    _, cuts = _spooled_batches(store_dir, 4, 3.2, flush_interval_s=1.0)
+    timed = cuts[:-1]  # the last is wait()'s flush, at once
+    assert len(timed) >= 2, cuts
+    phases = [t % 1.0 for t in timed]
+    assert all(p < 0.08 for p in phases), f"cut at {phases} s past the second"

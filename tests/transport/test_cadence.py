@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.cadence import QUIET_FLUSHES, Cadence
+from coordinator.transport.cadence import QUIET_FLUSHES, Cadence, wall_shift
 
 
 def _cadence(quiet: int = 0) -> tuple[Cadence, Buffer, list[int]]:
@@ -96,7 +97,44 @@ def test_the_next_flush_is_never_more_than_one_interval_away(interval: float) ->
     nows = [10.3, 0.15, 0.0, 123456.789] + [rng.uniform(0, 1e6) for _ in range(2000)]
     nows += [k * interval for k in (1, 3, 29, 43, 49, 206, 100003)]  # on the grid, where a quotient rounds
     for now in nows:
-        c = Cadence(Buffer(max_points=1000), interval_s=interval, heartbeat_s=1.0, now=now)
+        shift = rng.choice([0.0, rng.uniform(0, interval), math.nextafter(interval, 0)])
+        c = Cadence(Buffer(max_points=1000), interval_s=interval, heartbeat_s=1.0, now=now, shift=shift)
         assert now < c.next_flush <= now + interval
         c.flushed(now, idle=False)
         assert now < c.next_flush <= now + interval
+
+
+def test_nodes_whose_monotonic_clocks_differ_flush_at_the_same_wall_clock_times() -> None:
+    """Two nodes booted at different times (monotonic clocks 5 h apart) flush on the wall clock's grid.
+
+    Their ranks' batches then reach the aggregator together, as a node's do: without the shift
+    each node flushed at its own phase of the interval, so one node's ranks could look up to an
+    interval late to the straggler check.
+    """
+    interval = 0.4
+    wall_at_start = 1_764_770_000.123
+    walls = []
+    for mono_at_start, started_after in ((61.777, 0.0), (18_061.2, 0.137)):
+        mono = mono_at_start + started_after
+        wall = wall_at_start + started_after
+        shift = wall_shift(interval, wall=wall, mono=mono)
+        c = Cadence(Buffer(max_points=1000), interval_s=interval, heartbeat_s=1.0, now=mono, shift=shift)
+        times = []
+        for _ in range(4):
+            t = c.wake_at(last_send=mono)
+            times.append(round(t - mono + wall, 6))  # the flush's wall-clock time
+            c.flushed(t + 0.002, idle=False)
+        walls.append(times)
+    assert walls[0] == walls[1]
+    assert all(round(w / interval, 3) == round(w / interval) for w in walls[0])
+
+
+def test_the_shift_is_read_from_the_clocks() -> None:
+    """Read now, the wall clock's grid point lands on a multiple of the interval (to the clocks' read gap)."""
+    import time
+
+    shift = wall_shift(0.05)
+    assert 0 <= shift < 0.05
+    c = Cadence(Buffer(max_points=1000), interval_s=0.05, heartbeat_s=1.0, now=time.monotonic(), shift=shift)
+    wall = c.next_flush - time.monotonic() + time.time()
+    assert abs(wall / 0.05 - round(wall / 0.05)) < 1e-3
