@@ -158,6 +158,7 @@ def scale_trial(
     duration: float | None = None,
     rss_every: float = 0.1,
     timeout: float = 600,
+    aligned: bool = False,
 ) -> dict[str, Any]:
     """One aggregator, ``senders`` simulated ranks spread over ``procs`` processes."""
     d = tmp / label
@@ -172,6 +173,7 @@ def scale_trial(
         "rate": rate,
         "duration": duration,
         "procs": procs,
+        "aligned": aligned,
         "problems": [],
     }
     raise_fd_limit()
@@ -201,6 +203,7 @@ def scale_trial(
                 "rate": rate,
                 "duration": duration,
                 "timeout": timeout,
+                "aligned": aligned,
             }
             workers.append(Worker(cfg, env, d / f"sim{i}.stderr", module="benchmarks.scale", sub="_sim"))
         for w in workers:

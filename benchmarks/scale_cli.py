@@ -72,6 +72,12 @@ def cli_main(argv: list[str]) -> int:
         "(ranks flushing every 1/BPS s)",
     )
     ap.add_argument("--steps", type=int, default=1, help="with --rate: steps in each batch (default 1)")
+    ap.add_argument(
+        "--aligned",
+        action="store_true",
+        help="with --rate: every sender sends at the same instants (a job's ranks flush on one grid), "
+        "not spread over the interval",
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="with --offered or --rate: seconds (default 10)")
     ap.add_argument("--batches", type=int, help="batches per sender (default: 2M points in all)")
     ap.add_argument("--keys", type=int, default=10, help="unpaced: keys in each batch (default 10)")
@@ -104,7 +110,8 @@ def cli_main(argv: list[str]) -> int:
             log(
                 f"paced: {n} senders each sending {args.rate:g} batches/s of {args.keys} keys x {args.steps} "
                 f"steps for {args.duration:.0f} s ({n * args.rate:,.0f} batches/s, "
-                f"{n * args.rate * args.keys * args.steps:,.0f} points/s in all)"
+                f"{n * args.rate * args.keys * args.steps:,.0f} points/s in all"
+                f"{'; aligned' if args.aligned else ''})"
             )
             res = scale_trial(
                 n,
@@ -115,6 +122,7 @@ def cli_main(argv: list[str]) -> int:
                 rate=args.rate,
                 duration=args.duration,
                 timeout=args.duration + 300,
+                aligned=args.aligned,
                 **kw,
             )
         elif args.senders is not None:

@@ -194,7 +194,9 @@ def _run(cfg: dict[str, Any], snd: _Senders, t_start: float) -> None:
         rank_of_fd[fd] = r
         ep.register(fd, select.EPOLLIN)
     # Paced: (next send time, rank); a sender whose window is full waits in `blocked` until an ack.
-    heap = [(t_start + (i / max(1, len(ranks))) / rate, r) for i, r in enumerate(ranks)] if rate else []
+    # Spread over the interval, or (aligned) all at its start, as a job's ranks flush on one grid.
+    spread = 0.0 if cfg.get("aligned") else 1.0
+    heap = [(t_start + spread * (i / max(1, len(ranks))) / rate, r) for i, r in enumerate(ranks)] if rate else []
     blocked: dict[int, float] = {}
     # Unpaced: the senders with room in their window, in turn.
     ready = deque(() if rate else ranks)

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULTS",
     "ENV_PREFIX",
     "FLUSH_INTERVAL_S",
+    "MAX_AUTO_FLUSH_INTERVAL_S",
     "Backpressure",
     "Mode",
     "Settings",
@@ -42,9 +43,13 @@ _log = logging.getLogger("coordinator")
 ENV_PREFIX = "COORDINATOR_"
 FLUSH_INTERVAL_S = 0.05
 """A rank's flush interval in a job of up to 128 ranks (``Settings.flush_interval_s`` unset)."""
+MAX_AUTO_FLUSH_INTERVAL_S = 2.0
+"""The longest automatic flush interval (5,120 ranks and more): well inside ``group_timeout_s`` and
+``liveness_timeout_s``, and a kill window still counted in seconds; past it the batches grow
+with the job again (relays per node are the way on)."""
 AUTO_BATCHES_PER_S = 2560
-"""Batches a second the ranks of a job send together at most when ``flush_interval_s`` is unset: a
-eighth of what one aggregator takes hot, so that it keeps up with the points they carry and its
+"""Batches a second the ranks of a job send together at most when ``flush_interval_s`` is unset (up
+to 5,120 ranks): an eighth of what one aggregator takes hot, so that it keeps up with the points they carry and its
 commits on a core it shares (``python -m benchmarks.scale --senders 1024 --rate R --steps S``)."""
 Mode = Literal["async", "sync", "offline", "disabled", "read-only"]
 Backpressure = Literal["block", "spool", "drop_oldest"]
@@ -113,7 +118,7 @@ class Settings:
     """How often the sender thread swaps the buffer out, spools and sends it (``wait()``, ``sync()``
     and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval;
     a shorter one costs CPU per point (more, smaller batches and journal rows). Unset: 50 ms up to
-    128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks), so that the run's one
+    128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks; at most 2 s), so that the run's one
     aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`). After two empty
     flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
     max_batch_points: int = 65_536
@@ -259,12 +264,13 @@ class Settings:
         A batch costs the aggregator about 50 µs of CPU whatever it carries, so one aggregator
         takes about 20,000 a second; 1024 ranks flushing every 50 ms send 20,480. Unset, the
         interval grows with the job so that the ranks send at most :data:`AUTO_BATCHES_PER_S`
-        batches a second together: 50 ms up to 128 ranks, 400 ms at 1024, 1.6 s at 4096. The
+        batches a second together: 50 ms up to 128 ranks, 400 ms at 1024, 1.6 s at 4096, at most
+        :data:`MAX_AUTO_FLUSH_INTERVAL_S` (2 s, from 5,120 ranks). The
         kill window grows with it (a SIGKILLed rank loses at most its last interval).
         """
         if self.flush_interval_s is not None:
             return self.flush_interval_s
-        return max(FLUSH_INTERVAL_S, world_size / AUTO_BATCHES_PER_S)
+        return min(max(FLUSH_INTERVAL_S, world_size / AUTO_BATCHES_PER_S), MAX_AUTO_FLUSH_INTERVAL_S)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:

@@ -11,12 +11,15 @@ docs/performance.md), so a light load gets a long window and a busy one a shorte
   at 50 steps/s read about 40 KB in it: one commit covers two flushes of every rank.
   A batch read 75 ms or more into it closes it at once: the ranks flush together on a 50 ms
   grid, so the second flush after a commit arrives a moment before its 100 ms run out, and the
-  commit rides on the wake-up that reads it instead of waking the loop again a moment later;
+  commit rides on the wake-up that reads it instead of waking the loop again a moment later
+  (with a longer interval, a large job's, every window is past this when the next flush arrives:
+  the round that reads it commits at once, and what comes in after it waits for the next window);
 * more: 50 ms, the flush interval. At a million points a second the window reaches 256 KiB in a
   few milliseconds, so the acks' latency there (goal 5: 1024 senders, ack p99) does not move.
 
 A rank's batch unacknowledged after its ack deadline is written ahead to its spool
-(:func:`~coordinator.transport.pipeline.ack_deadline`, 200 ms), well past the longest window.
+(:func:`~coordinator.transport.pipeline.ack_deadline`, 200 ms or the flush interval if longer),
+well past the longest window.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.core.policies import PolicyTable
-from coordinator.settings import DEFAULTS
+from coordinator.settings import DEFAULTS, FLUSH_INTERVAL_S
 
 __all__ = ["AggregatorConfig"]
 
@@ -46,6 +46,9 @@ class AggregatorConfig:
     """A rank silent this long is reported lost."""
     straggler_lag_s: float = DEFAULTS.straggler_lag_s
     """A rank reaching steps this much later than the fastest (median of recent steps) is a straggler."""
+    flush_interval_s: float = FLUSH_INTERVAL_S
+    """The ranks' flush interval (``Settings.flush_interval``): a rank one step behind for less may
+    only not have flushed yet (the straggler check's grace)."""
     stop_grace_s: float = DEFAULTS.stop_grace_s
     """After rank 0's goodbye, how long to wait for ranks that never connected."""
     durable: bool = DEFAULTS.durable

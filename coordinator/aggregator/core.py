@@ -91,7 +91,7 @@ class Aggregator:
         self.current = self.registry.current
         self.rank_state = self.registry.rank_state
         self.fields = FieldTable(self.outbox, self.counters, self.current)
-        self.health = Health(cfg.world_size, cfg.straggler_lag_s)
+        self.health = Health(cfg.world_size, cfg.straggler_lag_s, cfg.flush_interval_s)
         self.health_fields = HealthFields(self.health, self.fields, self.outbox)
         self.liveness = Liveness(cfg, self.registry, self.reducer, self.health, self.outbox, self.reasons)
         self.forwarders = Forwarders(cfg.run_id)

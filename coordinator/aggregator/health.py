@@ -57,9 +57,14 @@ class _Rank:
 class Health:
     """Per-rank progress bookkeeping; owned by the aggregator loop (not thread-safe)."""
 
-    def __init__(self, world_size: int, straggler_lag_s: float) -> None:
+    def __init__(self, world_size: int, straggler_lag_s: float, flush_interval_s: float = 0.05) -> None:
+        """``flush_interval_s``: the ranks' flush interval. A rank one step behind the others may only
+        not have flushed that step yet: its time behind counts from one interval after the median
+        rank reached the step, less ``straggler_lag_s`` (no grace while the interval is no longer
+        than that: 50 ms, the default of both)."""
         self.world_size = world_size
         self.straggler_lag_s = straggler_lag_s
+        self.behind_grace_s = max(0.0, flush_interval_s - straggler_lag_s)
         self.ranks: dict[int, _Rank] = {}
         self.reached: dict[int, dict[int, float]] = {}
         """step -> rank -> time it first logged that step (or beyond)."""
@@ -117,8 +122,9 @@ class Health:
                     ahead_med[nxt] = statistics.median(ahead.values()) if ahead else None
                 reached_at = ahead_med[nxt]
                 if reached_at is not None:
-                    # Behind in steps: the time since the median rank (among those there) reached the next step.
-                    lag_s = max(lag_s, now - reached_at)
+                    # Behind in steps: the time since the median rank (among those there) reached the
+                    # next step, less what a flush interval longer than the threshold explains.
+                    lag_s = max(lag_s, now - reached_at - self.behind_grace_s)
             out[rank] = {
                 "last_step": st.last_step,
                 "steps_per_s": round(rate, 3),

@@ -159,6 +159,7 @@ def aggregator_config(settings: Settings, placement: Placement, spec: RunSpec, r
         "group_timeout_s": settings.group_timeout_s,
         "liveness_timeout_s": settings.liveness_timeout_s,
         "straggler_lag_s": settings.straggler_lag_s,
+        "flush_interval_s": settings.flush_interval(placement.world_size),
         "stop_grace_s": settings.stop_grace_s,
         "durable": settings.durable,
         "nice": settings.aggregator_nice,

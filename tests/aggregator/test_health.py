@@ -38,7 +38,7 @@ def _reference(h: Health, now: float, ranks: set[int]) -> dict[int, dict[str, An
         lags = [h.reached[s][rank] - med[s] for s in recent if rank in h.reached[s]]
         lag_s = statistics.median(lags) if lags else 0.0
         if st.last_step < fastest and rank in active and h.reached.get(st.last_step + 1):
-            lag_s = max(lag_s, now - statistics.median(h.reached[st.last_step + 1].values()))
+            lag_s = max(lag_s, now - statistics.median(h.reached[st.last_step + 1].values()) - h.behind_grace_s)
         out[rank] = {
             "last_step": st.last_step,
             "steps_per_s": round(rate, 3),
@@ -50,11 +50,11 @@ def _reference(h: Health, now: float, ranks: set[int]) -> dict[int, dict[str, An
     return out
 
 
-@pytest.mark.parametrize("world", [1, 2, 5, 64])
-def test_snapshot_matches_the_plain_computation(world: int) -> None:
+@pytest.mark.parametrize(("world", "flush"), [(1, 0.05), (2, 0.05), (5, 0.05), (64, 0.05), (64, 0.4)])
+def test_snapshot_matches_the_plain_computation(world: int, flush: float) -> None:
     """Ranks at different paces, some behind, some missing steps, some not counted: the same figures."""
     rnd = random.Random(world)
-    h = Health(world, 0.05)
+    h = Health(world, 0.05, flush)
     for s in range(3 * _LAG_STEPS):
         for r in range(world):
             if rnd.random() < 0.85:
@@ -118,3 +118,23 @@ def test_the_kept_steps_stay_within_their_bound_and_are_the_newest() -> None:
     assert min(sizes[1000:]) == _KEEP_STEPS
     assert sorted(h.reached) == list(range(5000 - len(h.reached), 5000))
     assert h.reached[4999] == {0: 49.99, 1: 49.99}
+
+
+def test_a_rank_one_step_behind_for_less_than_a_long_flush_interval_is_not_a_straggler() -> None:
+    """At 400 ms flushes a rank whose step is still in its buffer is not behind; past the interval it is.
+
+    Ranks 0-2 reached step 10 at 10.0 s; ranks 3 and 4 have not flushed it yet. With the grace
+    (the interval less ``straggler_lag_s``) 0.3 s later they lag 0, 0.5 s later 0.15 s: stragglers.
+    At 50 ms flushes there is no grace: 0.3 s behind is a straggler, as it always was.
+    """
+    for flush, after, lag in ((0.4, 0.3, 0.0), (0.4, 0.5, 0.15), (0.05, 0.3, 0.3)):
+        h = Health(5, 0.05, flush)
+        for s in range(10):
+            for r in range(5):
+                h.progress(r, s, float(s))
+        for r in (0, 1, 2):
+            h.progress(r, 10, 10.0)
+        snap = h.snapshot(10.0 + after, set(range(5)))
+        for r in (3, 4):
+            assert snap[r]["lag_steps"] == 1 and snap[r]["lag_s"] == pytest.approx(lag), (flush, after)
+            assert snap[r]["straggler"] == (lag > 0.05)
