@@ -49,8 +49,9 @@ MAX_AUTO_FLUSH_INTERVAL_S = 2.0
 with the job again (relays per node are the way on)."""
 AUTO_BATCHES_PER_S = 2560
 """Batches a second the ranks of a job send together at most when ``flush_interval_s`` is unset (up
-to 5,120 ranks): an eighth of what one aggregator takes hot, so that it keeps up with the points they carry and its
-commits on a core it shares (``python -m benchmarks.scale --senders 1024 --rate R --steps S``)."""
+to 5,120 ranks): an eighth of what one aggregator takes hot, so that it keeps up with the points
+they carry and its commits on a core it shares (``python -m benchmarks.scale --senders 1024 --rate
+R --steps S --aligned``)."""
 Mode = Literal["async", "sync", "offline", "disabled", "read-only"]
 Backpressure = Literal["block", "spool", "drop_oldest"]
 Transport = Literal["auto", "ipc", "tcp"]

@@ -59,9 +59,10 @@ class Health:
 
     def __init__(self, world_size: int, straggler_lag_s: float, flush_interval_s: float = 0.05) -> None:
         """``flush_interval_s``: the ranks' flush interval. A rank one step behind the others may only
-        not have flushed that step yet: its time behind counts from one interval after the median
-        rank reached the step, less ``straggler_lag_s`` (no grace while the interval is no longer
-        than that: 50 ms, the default of both)."""
+        not have flushed that step yet, so its time behind is counted only past ``flush_interval_s -
+        straggler_lag_s`` after the median rank reached the step: it becomes a straggler once it is
+        behind for longer than an interval (no grace while the interval is at most the threshold:
+        50 ms, the default of both)."""
         self.world_size = world_size
         self.straggler_lag_s = straggler_lag_s
         self.behind_grace_s = max(0.0, flush_interval_s - straggler_lag_s)
