@@ -59,13 +59,15 @@ class Health:
 
     def __init__(self, world_size: int, straggler_lag_s: float, flush_interval_s: float = 0.05) -> None:
         """``flush_interval_s``: the ranks' flush interval. A rank one step behind the others may only
-        not have flushed that step yet, so its time behind is counted only past ``flush_interval_s -
-        straggler_lag_s`` after the median rank reached the step: it becomes a straggler once it is
-        behind for longer than an interval (no grace while the interval is at most the threshold:
-        50 ms, the default of both)."""
+        not have flushed that step yet: it logged the step a moment after its last flush, the median
+        rank a moment before its own, and the step arrives one interval (and a delivery) later. So
+        its time behind is counted only past ``flush_interval_s`` after the median rank reached the
+        step: it becomes a straggler once it is behind for longer than an interval plus
+        ``straggler_lag_s`` (100 ms at the defaults of both). Without the interval's grace, a
+        lockstep job at 50 ms flushes had every rank flagged now and then, 58-64 ms "behind"."""
         self.world_size = world_size
         self.straggler_lag_s = straggler_lag_s
-        self.behind_grace_s = max(0.0, flush_interval_s - straggler_lag_s)
+        self.behind_grace_s = flush_interval_s
         self.ranks: dict[int, _Rank] = {}
         self.reached: dict[int, dict[int, float]] = {}
         """step -> rank -> time it first logged that step (or beyond)."""
@@ -124,7 +126,7 @@ class Health:
                 reached_at = ahead_med[nxt]
                 if reached_at is not None:
                     # Behind in steps: the time since the median rank (among those there) reached the
-                    # next step, less what a flush interval longer than the threshold explains.
+                    # next step, less the flush interval that a step not flushed yet explains.
                     lag_s = max(lag_s, now - reached_at - self.behind_grace_s)
             out[rank] = {
                 "last_step": st.last_step,

@@ -199,13 +199,15 @@ class Server:
     def _refuse_acks(self, e: SinkError) -> list[marks.Reply]:
         """No ack for uncommitted data: tell the senders why, so ``wait()`` raises with it.
 
-        Returns the WELCOMEs and gap reports, which wait for the next commit that succeeds (their
-        mark would acknowledge too: :mod:`.marks`).
+        A read (STATE, QUERY) is refused with the same error: it is answered from committed data,
+        which now lacks what this round received, and its reply is built only after a commit
+        (unfilled, a QUERY's reply read as a malformed page). Returns the WELCOMEs and gap reports,
+        which wait for the next commit that succeeds (their mark would acknowledge too: :mod:`.marks`).
         """
         held: list[marks.Reply] = []
         refused: list[marks.Reply] = []
         for ident, kind, env, payload in self.replies:
-            if kind in (wire.ACK, wire.BYE_ACK):
+            if kind in (wire.ACK, wire.BYE_ACK, wire.STATE_REPLY, wire.QUERY_REPLY):
                 refused.append((ident, wire.ERROR, env, {"code": "sink", "message": str(e), "re": env.kind}))
             elif marks.held_back(kind, payload):
                 held.append((ident, kind, env, payload))

@@ -412,6 +412,12 @@ class SenderThread(threading.Thread):
             expected = body.get("expected", 1)
             self._pipe.ack_below(expected)
             self._resend_from(expected)
+        elif code == "sink" and body.get("re") in (wire.STATE, wire.QUERY):
+            # A read the store could not answer: that request fails with it; the batches' own
+            # refusals (if their commit failed) reach wait() on their own.
+            err3 = SinkError(f"the aggregator could not answer from the store: {msg}")
+            if not self._requests.refuse(env.seq, err3):
+                _log.warning("rank %d: %s", self.cfg.rank, err3)
         elif code == "sink":
             self.buf.fail(SinkError(f"the aggregator could not commit to the store: {msg}"))
         elif code in ("fenced", "version", "wrong_run", "bad_rank"):

@@ -109,6 +109,22 @@ def test_a_failed_commit_holds_the_welcome_back_until_one_succeeds(srv: Server) 
     assert kind == wire.WELCOME and welcome["last_seq"] == 1
 
 
+def test_a_failed_commit_refuses_the_reads_with_its_error(srv: Server) -> None:
+    """A STATE and a QUERY in a round whose commit failed get the sink error, not their unfilled request back."""
+    _hello(srv)
+    _batch(srv, 1)
+    _send(srv, wire.STATE, 7, wire.encode_map({}))
+    _send(srv, wire.QUERY, 8, wire.encode_map({"op": "values", "key": "m"}))
+    held = srv._refuse_acks(SinkError("disk full"))
+    assert [kind for _, kind, _, _ in held] == [wire.WELCOME]
+    refused = [(env.seq, kind, body) for _, kind, env, body in srv.replies]
+    assert refused == [
+        (1, wire.ERROR, {"code": "sink", "message": "disk full", "re": wire.BATCH}),
+        (7, wire.ERROR, {"code": "sink", "message": "disk full", "re": wire.STATE}),
+        (8, wire.ERROR, {"code": "sink", "message": "disk full", "re": wire.QUERY}),
+    ]
+
+
 def test_a_gap_report_expects_the_batch_after_the_committed_mark(srv: Server) -> None:
     """Batch 3 before 2 (a resend race): the gap report, sent after the commit that stored 2, expects 3."""
     _hello(srv)

@@ -16,8 +16,10 @@ import pytest
 import zmq
 
 from coordinator.client.steps import StepNumbering
+from coordinator.errors import SinkError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.requests import Request
 from coordinator.transport.sender import SenderConfig, SenderThread
 
 _Message = tuple[bytes, wire.Envelope, dict[str, Any]]
@@ -189,3 +191,19 @@ def test_a_rank_nobody_waits_for_sends_its_batch_without_a_ping(router: tuple[zm
         assert not sock.poll(500), "a message behind the batch of a rank nobody waits for"
         _reply(sock, ident, wire.ACK, env, {})
         assert _window_empties(snd)
+
+
+def test_a_read_refused_with_a_sink_error_raises_it_and_leaves_the_batches_alone(
+    router: tuple[zmq.Socket[bytes], str],
+) -> None:
+    """The aggregator could not answer a QUERY (its commit failed): the query raises SinkError with the
+    store's message at once; the rank's buffer records no failure, so ``wait()`` does not raise for it."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint) as (buf, snd):
+        req = snd.submit(Request(wire.QUERY, {"op": "values", "key": "m"}))
+        ident, env, body = _recv(sock)
+        assert env.kind == wire.QUERY and body == {"op": "values", "key": "m"}
+        _reply(sock, ident, wire.ERROR, env, {"code": "sink", "message": "disk I/O error", "re": wire.QUERY})
+        with pytest.raises(SinkError, match="could not answer from the store: disk I/O error"):
+            req.result(5.0, endpoint)
+        assert buf.errors == []
