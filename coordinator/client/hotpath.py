@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,10 @@ from coordinator.errors import ClosedError
 from coordinator.transport.buffer import Buffer, Frame
 from coordinator.transport.sender import SenderThread
 
-__all__ = ["as_dict", "log_frame", "log_slow", "open_frame", "rollback", "wait_for_room"]
+__all__ = ["NOTHING_YET", "as_dict", "log_frame", "log_slow", "open_frame", "rollback", "unpair", "wait_for_room"]
+
+NOTHING_YET = object()
+"""``log()``'s loop key before its first key: an exception raised there (by a signal) appended nothing."""
 
 _log = logging.getLogger("coordinator")
 
@@ -53,13 +56,14 @@ def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, tex
     n = len(values)
     try:
         values.extend(vals)
+        fr.steps.append(step)
     except OverflowError:
         del values[n:]
         return False
-    except BaseException:
+    except BaseException:  # also a signal's exception (Ctrl-C) between the two: the row goes whole
         del values[n:]
+        del fr.steps[n // len(kt) :]
         raise
-    fr.steps.append(step)
     return True
 
 
@@ -124,17 +128,42 @@ def log_slow(
         clean = {k: to_metric_value(k, v) for k, v in data.items() if k not in tensors}
     except (TypeError, ValueError) as e:
         raise e from None
-    for k, v in data.items():
-        c = cols.get(k) or new_column(k)
-        if k in tensors:
-            dev.defer(k, v, c[0], c[1])  # checked above: cannot raise now
-        else:
-            c[1].append(clean[k])
-        c[0].append(step)
+    try:
+        for k, v in data.items():
+            c = cols.get(k) or new_column(k)
+            if k in tensors:
+                dev.defer(k, v, c[0], c[1])  # checked above: cannot raise now
+            else:
+                c[1].append(clean[k])
+            c[0].append(step)
+    except BaseException:  # a signal's exception (Ctrl-C): keep the columns paired
+        unpair(cols, data, dev)
+        raise
+
+
+def unpair(cols: dict[str, Column], keys: Iterable[str], dev: DeviceScalars) -> None:
+    """Drop a value appended without its step in the columns of ``keys``.
+
+    An exception a signal raises (Ctrl-C's ``KeyboardInterrupt``) can land between a point's two
+    appends; a column left with more values than steps would pair each later value with the
+    step before it.
+    """
+    for k in keys:
+        c = cols.get(k)
+        if c is not None and len(c[1]) > len(c[0]):
+            dev.discard_last(c[0], c[1])
+            c[1].pop()
 
 
 def rollback(cols: dict[str, Column], data: dict[str, object], failed: object, dev: DeviceScalars) -> None:
-    """Undo the points of keys before ``failed`` that this ``log()`` call already appended."""
+    """Undo the points of keys before ``failed`` that this ``log()`` call already appended.
+
+    ``failed`` is :data:`NOTHING_YET` when the exception came before the first key (nothing to
+    undo). A signal's exception right after ``failed``'s step was appended keeps that one point
+    (its column stays paired; the call cannot tell it from an earlier point at the same step).
+    """
+    if failed is NOTHING_YET:
+        return
     for k in data:
         if k == failed:
             break

@@ -24,7 +24,7 @@ from coordinator.client.delivery import Delivery, ErrorQueue, Series, TextSeries
 from coordinator.client.devices import DeviceScalars, is_tensor
 from coordinator.client.endings import reason_of
 from coordinator.client.handle import Handle
-from coordinator.client.hotpath import as_dict, log_frame, log_slow, rollback, wait_for_room
+from coordinator.client.hotpath import NOTHING_YET, as_dict, log_frame, log_slow, rollback, unpair, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
@@ -202,6 +202,7 @@ class Run:
                 b.pending += len(d)
                 return
             cols = b.cols
+            k: object = NOTHING_YET
             try:
                 for k, v in d.items():
                     c = cols.get(k)
@@ -238,14 +239,18 @@ class Run:
             c = b.cols.get(key)
             if c is None:
                 c = self._new_column(key)
-            if value.__class__ is not float and is_tensor(value):
-                self._dev.defer(key, value, c[0], c[1])
-            else:
-                try:
-                    c[1].append(value)
-                except (TypeError, ValueError, OverflowError):
-                    c[1].append(to_metric_value(key, value))
-            c[0].append(step)
+            try:
+                if value.__class__ is not float and is_tensor(value):
+                    self._dev.defer(key, value, c[0], c[1])
+                else:
+                    try:
+                        c[1].append(value)
+                    except (TypeError, ValueError, OverflowError):
+                        c[1].append(to_metric_value(key, value))
+                c[0].append(step)
+            except BaseException:  # a signal's exception (Ctrl-C) between the two appends too
+                unpair(b.cols, (key,), self._dev)
+                raise
             b.pending += 1
 
     def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:

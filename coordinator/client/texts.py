@@ -94,8 +94,13 @@ class TextAppender:
                 if key not in self.keys:
                     self._admit(key)
                 col = b.texts[key] = (array("q"), [])
-            col[0].append(step)
-            col[1].append(text)
+            try:
+                col[0].append(step)
+                col[1].append(text)
+            except BaseException:  # a signal's exception (Ctrl-C) between the two: keep them paired
+                if len(col[0]) > len(col[1]):
+                    col[0].pop()
+                raise
             b.pending += 1
             b.stir()
             self._view.texts_last[key] = text

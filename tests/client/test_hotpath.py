@@ -164,3 +164,65 @@ def test_numpy_scalars_of_the_usual_types_go_to_a_frame_with_the_per_key_paths_v
     got = stored(store_dir)
     for k in values:
         assert got[k] == got[f"per_key/{k}"] == [(0, float(values[k]))]
+
+
+class _Interrupt(Exception):
+    """Raised by the test's SIGALRM handler, as Ctrl-C raises KeyboardInterrupt, wherever the main thread is."""
+
+
+def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_every_point_paired(
+    store_dir: Path,
+) -> None:
+    """A signal's exception lands between two bytecodes of log() or append(), as Ctrl-C's does.
+
+    300 interrupts per kind of call, at random moments. After each the buffer's lock is free (it
+    is taken with ``with``: an ``acquire()`` then ``try/finally`` left it held in 1,810 of 4,000
+    such interrupts in a measurement, and the run's close then waits for ever), the run goes on,
+    and what is stored pairs every value with its own step (each value is its step): a column
+    left with a value but not its step would shift every later point of its key by one step.
+    """
+    import random
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupt
+
+    calls = {
+        "scalar": lambda run, s: run.log({"loss": float(s)}, step=s),
+        "dict": lambda run, s: run.log({"a": float(s), "b": float(s), "c": float(s)}, step=s),
+        "new keys": lambda run, s: run.log({f"n{s % 7}": float(s), "m": float(s)}, step=s),
+        "append": lambda run, s: run["x"].append(float(s), step=s),
+    }
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = dict.fromkeys(calls, 0)
+    try:
+        with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+            rnd = random.Random(7)
+            step = 0
+            for name, call in calls.items():
+                for _ in range(300):
+                    try:
+                        signal.setitimer(signal.ITIMER_REAL, rnd.uniform(0.0001, 0.0005))
+                        while True:
+                            call(run, step)
+                            step += 1
+                    except _Interrupt:
+                        interrupted[name] += 1
+                        step += 1  # the interrupted call's step is not logged again
+                    lock = run._buf.lock
+                    assert lock.acquire(timeout=5), f"an interrupted {name!r} call left the buffer's lock held"
+                    lock.release()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            run.wait(60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted == dict.fromkeys(calls, 300)
+    points = stored(store_dir)
+    assert {"loss", "a", "b", "c", "m", "x"} <= points.keys()
+    for key, pts in points.items():
+        steps = [s for s, _ in pts]
+        assert len(steps) == len(set(steps)), f"{key}: a step stored twice"
+        assert all(v == s for s, v in pts), (
+            f"{key}: a value stored with another step: {[p for p in pts if p[0] != p[1]][:3]}"
+        )
