@@ -60,6 +60,8 @@ class Buffer:
         """Every generation up to this one is durable."""
         self.pending = 0
         """Points in the buffer (not yet taken by the sender); bounded by ``max_points``."""
+        self.cut_counted = 0
+        """``pending`` at the last :meth:`cut`: what the hot path counted into that generation."""
         self.in_flight = 0
         """Points taken by the sender and not yet acknowledged (window, backlog, spool)."""
         self.dropped_points = 0
@@ -190,10 +192,25 @@ class Buffer:
             self.gen = gen + 1
             self.flush_requested = False
             self.mark = self._batch_mark()
+            self.cut_counted = self.pending
             self.in_flight += self.pending
             self.pending = 0
             self.cond.notify_all()
         return gen, cols, frames, fields, texts
+
+    def recount(self, cut_points: int) -> None:
+        """The last cut generation held ``cut_points`` points: correct ``in_flight`` if the hot path counted fewer.
+
+        A signal's exception (Ctrl-C's ``KeyboardInterrupt``) can land after a call's appends and
+        before its count; counted short, the generation's acknowledgements would take
+        ``in_flight`` below zero, and the rank's ``accepted`` and ``undelivered`` counters with it.
+        Sender thread, after :meth:`cut`; takes the lock only when the counts differ.
+        """
+        diff = cut_points - self.cut_counted
+        if diff:
+            with self.lock:
+                self.in_flight += diff
+                self.cut_counted = cut_points
 
     def progress(self, acked_gen: int, points: int) -> None:
         """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""

@@ -158,6 +158,7 @@ class Pipeline:
         if not self._may_cut(now):
             return
         batches = self._cutter.cut(self._buf)
+        self._buf.recount(sum(b.points for b in batches))
         if not batches:
             if not self._window and not self._outbox:
                 self._buf.progress(self._cutter.cut_gen, 0)

@@ -218,7 +218,14 @@ def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert interrupted == dict.fromkeys(calls, 300)
+    st = open_store(store_dir)
+    try:
+        report = st.run_info().report
+    finally:
+        st.close()
+    assert report is not None and report["state"] == "finished", report and report.get("failed_ranks")
     points = stored(store_dir)
+    assert report["per_rank"]["0"]["accepted"] == sum(map(len, points.values()))  # the interrupted calls counted right
     assert {"loss", "a", "b", "c", "m", "x"} <= points.keys()
     for key, pts in points.items():
         steps = [s for s, _ in pts]
