@@ -170,8 +170,7 @@ class Run:
             data: metric key -> value (number, bool, numpy scalar, 1-element tensor). A tensor
                 is kept as a snapshot and read on the sender thread: a CUDA loss does not make
                 ``log()`` wait for the GPU.
-            step: non-negative int shared by every key; omitted: per key, this rank's
-                previous step + 1 (like ``append()``).
+            step: non-negative int shared by every key; omitted: per key, the previous step + 1 (like ``append()``).
             policy: cross-rank reduction for these keys, overriding the ``policies`` globs of
                 ``init_run`` (``mean``, ``sum``, ``min``, ``max``, ``rank0``, ``per_rank``,
                 ``all``). A key keeps the policy it was first logged with; a different one later
