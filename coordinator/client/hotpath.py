@@ -92,7 +92,14 @@ def open_frame(b: Buffer, kt: tuple[str, ...], keys: KeyRegistry, text_keys: set
         except (TypeError, ValueError):
             return None
     fr = b.frames[kt] = Frame(kt)
-    b.framed.update(dict.fromkeys(kt, fr))
+    try:
+        b.framed.update(dict.fromkeys(kt, fr))
+    except BaseException:  # a signal's exception (Ctrl-C): no frame whose keys are not marked framed
+        del b.frames[kt]
+        for k in kt:
+            if b.framed.get(k) is fr:
+                del b.framed[k]
+        raise
     return fr
 
 

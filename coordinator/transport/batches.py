@@ -123,12 +123,13 @@ class Cutter:
         self.cut_gen = gen
         self.hot_keys = [k for k, (steps, _) in cols.items() if steps]
         self._texts = bool(texts)
-        self._frames = bool(framed)
-        if not self.hot_keys and not framed and not fields and not texts:
+        # A frame without a row: opened by a call that a signal's exception (Ctrl-C) then cut short.
+        frames = [f for f in framed.values() if f.steps]
+        self._frames = bool(frames)
+        if not self.hot_keys and not frames and not fields and not texts:
             return []
         ts = time.time()
         cap = self._cap
-        frames = list(framed.values())
         pause = self._pause
         for f in frames:
             self._frame_steps(f.keys, f.steps[-1])
@@ -151,7 +152,7 @@ class Cutter:
                 parts.append((chunks, [], n))
             else:  # more than a batch: the one pass numbered every column, split them
                 parts = _encoded(split_columns(cols, [], cap, _numbered, pause), pause)
-        elif self.hot_keys or framed or fields:
+        elif self.hot_keys or frames or fields:
             parts = _encoded(split_columns(cols, [], cap, self._number_steps, pause), pause)
         if frames:
             m, _, n = parts[-1]

@@ -155,11 +155,20 @@ class Buffer:
         A per-key append of a framed key calls this first, so its earlier points stay first.
         """
         fr = self.framed[key]
-        del self.frames[fr.keys]
-        framed = self.framed
-        for k in fr.keys:
-            del framed[k]
-        self.cols.update(fr.columns())
+        framed, cols = self.framed, self.cols
+        try:
+            cols.update(fr.columns())
+            del self.frames[fr.keys]
+            for k in fr.keys:
+                del framed[k]
+        except BaseException:  # a signal's exception (Ctrl-C) midway: every point stays in one place
+            if fr.keys in self.frames:  # still the frame's (its keys had no column before: open_frame)
+                for k in fr.keys:
+                    cols.pop(k, None)
+            else:
+                for k in fr.keys:
+                    framed.pop(k, None)
+            raise
 
     def cut(self, fresh: dict[str, Column]) -> Cut:
         """Swap out the current generation (sender thread); frees its room in the buffer.

@@ -6,6 +6,8 @@ rank's own points back from the journal in the order they were stored.
 
 from __future__ import annotations
 
+import dis
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,103 @@ def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_
         assert all(v == s for s, v in pts), (
             f"{key}: a value stored with another step: {[p for p in pts if p[0] != p[1]][:3]}"
         )
+
+
+def _consistent(run: Run) -> None:
+    """The buffer's invariants: every column and text series paired, every frame whole, a key in one place."""
+    b = run._buf
+    assert b.lock.acquire(timeout=5), "the buffer's lock was left held"
+    try:
+        for k, (steps, values) in b.cols.items():
+            assert len(steps) == len(values), f"column {k!r}: {len(steps)} steps, {len(values)} values"
+        for k, (steps, texts) in b.texts.items():
+            assert len(steps) == len(texts), f"text series {k!r}: {len(steps)} steps, {len(texts)} texts"
+        for kt, fr in b.frames.items():
+            assert len(fr.values) == len(fr.steps) * len(kt), f"frame {kt}: a partial row"
+            assert all(b.framed.get(k) is fr for k in kt), f"frame {kt}: keys not marked framed"
+            assert not any(b.cols.get(k, ((),))[0] for k in kt), f"frame {kt}: a key also has a column"
+        assert set(b.framed) == {k for kt in b.frames for k in kt}
+    finally:
+        b.lock.release()
+
+
+_SIGNAL_POINTS = frozenset({"CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD"})
+"""The instructions after which CPython 3.11 runs a pending signal's handler (and a function's ``RESUME``)."""
+
+
+def _raising_at(n: int) -> Any:
+    """A trace function that raises :class:`_Interrupt` at the ``n``-th point where a signal's could land.
+
+    Those points: right after a call or a loop's backward jump, and at a function's start, where
+    CPython runs pending signal handlers (Ctrl-C's ``KeyboardInterrupt`` lands nowhere else).
+    Tracing stops after the raise.
+    """
+    seen = 0
+    before: dict[Any, str] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal seen
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
+            prev, before[frame] = before.get(frame), op
+            if op == "RESUME" or prev in _SIGNAL_POINTS:
+                seen += 1
+                if seen == n:
+                    raise _Interrupt
+        return tracer
+
+    return tracer
+
+
+def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consistent(store_dir: Path) -> None:
+    """Exhaustive, where the signal test samples: an exception is raised at the 1st, 2nd, ... point
+    of one call where a signal's could land (its callees' too, through a trace function) until
+    the call completes untouched.
+
+    The calls: a scalar at a new key and at a known one, a dict opening a frame of new keys and a
+    row of a known frame, an append spilling a frame, a text. After each raise the buffer's
+    invariants hold (paired columns, whole frame rows, each key in one place, the lock free);
+    at the end every stored value is its own step, each step once per key.
+    """
+    import sys
+
+    calls: dict[str, Callable[[Run, int, int], None]] = {
+        "scalar, new key": lambda run, s, i: run.log({f"n{i}": float(s)}, step=s),
+        "scalar": lambda run, s, i: run.log({"loss": float(s)}, step=s),
+        "dict, new frame": lambda run, s, i: run.log({f"f{i}a": float(s), f"f{i}b": float(s)}, step=s),
+        "dict": lambda run, s, i: run.log({"a": float(s), "b": float(s), "c": float(s)}, step=s),
+        "append, spilling": lambda run, s, i: run[f"f{i}a"].append(float(s), step=s),
+        "append": lambda run, s, i: run["x"].append(float(s), step=s),
+        "text": lambda run, s, i: run["t"].append(str(s), step=s),
+    }
+    positions = {}
+    step = 0
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        for name, call in calls.items():
+            n = 0
+            while True:
+                n += 1
+                i = step
+                if name == "append, spilling":  # the frame it spills, logged untraced first
+                    run.log({f"f{i}a": float(step), f"f{i}b": float(step)}, step=step)
+                    step += 1
+                sys.settrace(_raising_at(n))
+                try:
+                    call(run, step, i)
+                    done = True
+                except _Interrupt:
+                    done = False
+                finally:
+                    sys.settrace(None)
+                step += 1
+                _consistent(run)
+                if done:
+                    break
+            positions[name] = n - 1
+        run.wait(60)
+    assert all(n > 10 for n in positions.values()), positions  # the raises reached into each call
+    for key, pts in stored(store_dir).items():
+        steps = [s for s, _ in pts]
+        assert len(steps) == len(set(steps)), f"{key}: a step stored twice"
+        assert all(v == s for s, v in pts), f"{key}: a value stored with another step"
