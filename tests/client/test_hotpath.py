@@ -259,29 +259,35 @@ _SIGNAL_POINTS = frozenset({"CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD"})
 """The instructions after which CPython 3.11 runs a pending signal's handler (and a function's ``RESUME``)."""
 
 
-def _raising_at(n: int) -> Any:
-    """A trace function that raises :class:`_Interrupt` at the ``n``-th point where a signal's could land.
+class _RaisingAt:
+    """A trace function that raises :class:`_Interrupt` at the ``n``-th point of coordinator's code
+    where a signal's exception could land.
 
     Those points: right after a call or a loop's backward jump, and at a function's start, where
-    CPython runs pending signal handlers (Ctrl-C's ``KeyboardInterrupt`` lands nowhere else).
-    Tracing stops after the raise.
+    CPython runs pending signal handlers (Ctrl-C's ``KeyboardInterrupt`` lands nowhere else). Only
+    the package's own frames: not, say, a weakref callback the garbage collector runs meanwhile,
+    where the exception would be ignored. Tracing stops after the raise (:attr:`fired`).
     """
-    seen = 0
-    before: dict[Any, str] = {}
 
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        nonlocal seen
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.fired = False
+        self._before: dict[Any, str] = {}
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        if "/coordinator/" not in frame.f_code.co_filename:
+            return self
         frame.f_trace_opcodes = True
         if event == "opcode":
             op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-            prev, before[frame] = before.get(frame), op
+            prev, self._before[frame] = self._before.get(frame), op
             if op == "RESUME" or prev in _SIGNAL_POINTS:
-                seen += 1
-                if seen == n:
+                self.seen += 1
+                if self.seen == self.n:
+                    self.fired = True
                     raise _Interrupt
-        return tracer
-
-    return tracer
+        return self
 
 
 def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consistent(store_dir: Path) -> None:
@@ -316,7 +322,8 @@ def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consiste
                 if name == "append, spilling":  # the frame it spills, logged untraced first
                     run.log({f"f{i}a": float(step), f"f{i}b": float(step)}, step=step)
                     step += 1
-                sys.settrace(_raising_at(n))
+                tracer = _RaisingAt(n)
+                sys.settrace(tracer)
                 try:
                     call(run, step, i)
                     done = True
@@ -324,6 +331,7 @@ def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consiste
                     done = False
                 finally:
                     sys.settrace(None)
+                assert not (done and tracer.fired), f"{name}: the exception at point {n} was swallowed"
                 step += 1
                 _consistent(run)
                 if done:
