@@ -88,6 +88,35 @@ def test_keyboard_interrupt_outside_a_with_block_interrupts_the_run(store_dir: P
     assert len(pts) == 100
 
 
+@pytest.mark.parametrize("after_s", [0.3, 0.7, 1.1])
+def test_ctrl_c_in_a_hot_logging_loop_interrupts_the_run_with_every_point_paired(
+    store_dir: Path, after_s: float
+) -> None:
+    """A real SIGINT to a rank logging as fast as it can: the KeyboardInterrupt lands inside log()
+    or append() at times. The run ends interrupted, and what was stored is each key's steps from its
+    first on, without a gap, each value its own step."""
+    p = _start("hot")
+    time.sleep(after_s)
+    p.send_signal(signal.SIGINT)
+    rc, err = _finish(p)
+    assert rc != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    state, report, _ = _stored(store_dir)
+    assert state == "interrupted", report
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        series = {k: s.values(k, 0) for k in ("x", "y", "z")}
+    finally:
+        s.close()
+    for k, pts in series.items():
+        first = 0 if k == "x" else 100  # x's first 100 points came before the loop
+        assert [st for st, _ in pts] == list(range(first, first + len(pts))), f"{k}: steps with a gap or out of order"
+        assert all(v == st for st, v in pts), f"{k}: a value stored with another step"
+    n = len(series["y"])
+    assert n > 0 and len(series["x"]) == 100 + n  # a dict's row: whole or not at all
+    assert n - 1 <= len(series["z"]) <= n
+
+
 def test_clean_end_finishes_the_run(store_dir: Path) -> None:
     rc, err = _finish(_start("clean"))
     assert rc == 0, err[-2000:]

@@ -5,7 +5,8 @@ It logs ``--points`` points of ``x`` (steps 0..n-1), waits until they are durabl
 uncaught error in a thread, then a normal end), ``sleep`` (sleeps in Python until signalled),
 ``blocked`` (blocks in a C call that never returns to the interpreter, as a collective does:
 re-locking a held pthread mutex through ctypes; the Python signal handler cannot run there),
-``keyboard`` (raises KeyboardInterrupt outside any ``with``), ``forked-sigterm`` (a forked child
+``keyboard`` (raises KeyboardInterrupt outside any ``with``), ``hot`` (logs ``x``, ``y`` and ``z`` at
+every step as fast as it can until interrupted), ``forked-sigterm`` (a forked child
 is terminated with SIGTERM, then the rank goes on), ``clean``.
 """
 
@@ -53,6 +54,12 @@ def main() -> None:
         run.log({"x": float(a.points)}, step=a.points)
     elif a.how == "sleep":
         time.sleep(600)
+    elif a.how == "hot":  # logs as fast as it can until Ctrl-C, which then lands inside a log() at times
+        i = a.points
+        while True:
+            run.log({"x": float(i), "y": float(i)}, step=i)
+            run["z"].append(float(i), step=i)
+            i += 1
     elif a.how == "blocked":
         libc = ctypes.CDLL(None)
         mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on Linux
