@@ -113,7 +113,7 @@ class Health:
         rows = [(by, statistics.median([by[x] for x in active])) for by in map(self.reached.__getitem__, recent)]
         ahead_med: dict[int, float | None] = {}
         """Per step: when the median rank among those there reached it (one median for all the ranks behind it)."""
-        for (rank, st), lag in zip(self.ranks.items(), _median_lags(rows, list(self.ranks)), strict=True):
+        for (rank, st), lag in zip(self.ranks.items(), _lags(rows, list(self.ranks)), strict=True):
             st.samples.append((now, st.last_step))
             old = next(((t, s) for t, s in st.samples if now - t <= _RATE_WINDOW_S), (now, st.last_step))
             rate = (st.last_step - old[1]) / (now - old[0]) if now > old[0] else 0.0
@@ -139,14 +139,13 @@ class Health:
         return out
 
 
-def _median_lags(rows: list[tuple[dict[int, float], float]], ranks: list[int]) -> list[float | None]:
-    """Per rank of ``ranks``: the median over the steps of ``rows`` it reached of (when it reached the
-    step - the step's median); None where it reached none of them.
+def _lags(rows: list[tuple[dict[int, float], float]], ranks: list[int]) -> list[float | None]:
+    """Per rank of ``ranks``: the trimmed mean (:func:`_column_trimmed_means`) over the steps of ``rows``
+    it reached of (when it reached the step - the step's median); None where it reached none of them.
 
     ``rows``: per step, rank -> when it reached the step, and the step's median. Taken at once with
     numpy over a steps x ranks matrix: at 1024 ranks a list and a median per rank took ~25 ms a
-    snapshot. The same figures as ``statistics.median`` of each rank's list (an even count's
-    median is the mean of its middle two in both).
+    snapshot.
     """
     if not rows:
         return [None] * len(ranks)
@@ -155,24 +154,31 @@ def _median_lags(rows: list[tuple[dict[int, float], float]], ranks: list[int]) -
     for i, (by, m) in enumerate(rows):
         t[i, np.fromiter(map(col.__getitem__, by), np.intp, len(by))] = np.fromiter(by.values(), np.float64, len(by))
         t[i] -= m
-    return [None if math.isnan(x) else x for x in _column_medians(t).tolist()]
+    return [None if math.isnan(x) else x for x in _column_trimmed_means(t).tolist()]
 
 
-def _column_medians(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Per column of ``t``: the median of its values that are not NaN (NaN where all are).
+def _column_trimmed_means(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per column of ``t``: the mean of its values that are not NaN, less the lowest and the highest
+    eighth of them (``n // 8`` each side); NaN where all are NaN.
 
-    A sort, NaNs last, and the middle one or two of each column's count. Not ``np.nanmedian``:
-    below 600 rows it goes through ``numpy.ma``: ~0.6 ms hot per 64 x 64 snapshot against 0.07
-    here (~2.3 ms measured in a soak's aggregator), ~1 MB of modules imported on first use, and
-    a ~0.9 MB allocation of its path was found still live late in a 240 s soak, when the RSS
-    stepped up by as much (absent with this function; docs/performance.md, round 23).
+    Why not the median: the aggregator times a step by the arrival of the batch holding it, and the
+    ranks flush on one grid, so a rank's time behind the others arrives rounded to a whole flush
+    interval, down for some steps and up for others, in proportion to where it falls between the
+    two. The mean of those roundings is the rank's true lag; their median is one of the two whole
+    intervals: at 50 ms flushes a rank 30 ms behind measured ~49 ms, one 80 ms behind ~99 ms, and
+    one 60 ms behind flickered between 50 and 100 (round 26, docs/performance.md). Trimming an
+    eighth each side keeps a few slow steps (a pause, a checkpoint) from moving it, as the median did.
+    Not ``np.nanmean`` of a slice: a sort (NaNs last), then a sum of each column's middle rows.
     """
     s = np.sort(t, axis=0)
     n = np.count_nonzero(~np.isnan(s), axis=0)
-    cols = np.arange(t.shape[1])
-    lo = np.maximum((n - 1) // 2, 0)
-    med: npt.NDArray[np.float64] = (s[lo, cols] + s[n // 2, cols]) / 2  # an all-NaN column: s[0], NaN
-    return med
+    k = n // 8
+    rows = np.arange(t.shape[0])[:, None]
+    keep = (rows >= k) & (rows < n - k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: npt.NDArray[np.float64] = np.where(keep, s, 0.0).sum(axis=0) / (n - 2 * k)
+    out[n == 0] = np.nan
+    return out
 
 
 class HealthFields:
