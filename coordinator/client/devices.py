@@ -111,17 +111,27 @@ class DeviceScalars:
         entry = self._pending.get(id(steps))
         if entry is None:
             entry = self._pending[id(steps)] = (steps, values, [])
-        entry[2].append((len(values) - 1, host, event))
-        self._count += 1
+        read = (len(values) - 1, host, event)
+        self._count += 1  # counted just before: a signal's exception lands after a call, never between these two
+        entry[2].append(read)
         if self._count > _MAX_PENDING:
             self._resolve_oldest()
 
     def discard_last(self, steps: array[int], values: array[float]) -> None:
         """The caller is about to pop the last value of this column (a rolled-back call; lock held)."""
+        self.discard_from(steps, len(values) - 1)
+
+    def discard_from(self, steps: array[int], n: int) -> None:
+        """The caller is about to cut this column's values back to ``n`` (a rolled-back call; lock held).
+
+        Drops the reads of deferred tensors at positions ``n`` and later; a second call does nothing.
+        """
         entry = self._pending.get(id(steps))
-        if entry is not None and entry[2] and entry[2][-1][0] == len(values) - 1:
-            entry[2].pop()
-            self._count -= 1
+        if entry is not None:
+            reads = entry[2]
+            while reads and reads[-1][0] >= n:
+                self._count -= 1  # first, as in defer()
+                reads.pop()
 
     def resolve(self, steps: array[int]) -> None:
         """Write the real values of this cut column's deferred tensors (sender thread, lock not held)."""

@@ -168,22 +168,49 @@ def rollback(cols: dict[str, Column], data: dict[str, object], failed: object, d
     ``failed`` is :data:`NOTHING_YET` when the exception came before the first key (nothing to
     undo). A signal's exception right after ``failed``'s step was appended keeps that one point
     (its column stays paired; the call cannot tell it from an earlier point at the same step).
+    A signal's exception inside the undo (Ctrl-C while a rejected call is undone) does not leave it
+    half done: the undo cuts each column back to a length taken before it starts, which a second
+    pass repeats harmlessly.
     """
     if failed is NOTHING_YET:
         return
+    ends = None
+    try:
+        ends = _ends(cols, data, failed)
+        _cut_back(ends, dev)
+    except BaseException:
+        if ends is None:  # the exception came before any cut: the lengths are still the call's
+            ends = _ends(cols, data, failed)
+        _cut_back(ends, dev)
+        raise
+
+
+def _ends(cols: dict[str, Column], data: dict[str, object], failed: object) -> list[tuple[Column, int]]:
+    """The length each column of a failed ``log()`` call had before it: one point fewer for the keys
+    before ``failed``, the step count for ``failed``'s own column (its value may be in without its
+    step; a key that is not a str never got a column: its validation is what failed)."""
+    ends = []
     for k in data:
         if k == failed:
             break
         c = cols[k]
-        dev.discard_last(c[0], c[1])
-        c[0].pop()
-        c[1].pop()
-    # The failing key itself: its value may be in (a step append never fails: validated). A key
-    # that is not a str never got a column (its validation is what failed).
+        ends.append((c, len(c[0]) - 1))
     last = cols.get(failed) if isinstance(failed, str) else None
-    if last is not None and len(last[1]) > len(last[0]):
-        dev.discard_last(last[0], last[1])
-        last[1].pop()
+    if last is not None:
+        ends.append((last, len(last[0])))
+    return ends
+
+
+def _cut_back(ends: list[tuple[Column, int]], dev: DeviceScalars) -> None:
+    """Cut each column back to its length in ``ends`` (a deferred tensor's read too); twice is once.
+
+    The steps go before the values: cut short between the two, a column has a value too many, as
+    after an interrupted append, and :func:`unpair` or a second pass mends it.
+    """
+    for c, n in ends:
+        dev.discard_from(c[0], n)
+        del c[0][n:]
+        del c[1][n:]
 
 
 def wait_for_room(b: Buffer, sender: SenderThread | None, rank: int, endpoint: str | None) -> None:

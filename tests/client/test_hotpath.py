@@ -7,6 +7,7 @@ rank's own points back from the journal in the order they were stored.
 from __future__ import annotations
 
 import dis
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,10 @@ def _consistent(run: Run) -> None:
             assert all(b.framed.get(k) is fr for k in kt), f"frame {kt}: keys not marked framed"
             assert not any(b.cols.get(k, ((),))[0] for k in kt), f"frame {kt}: a key also has a column"
         assert set(b.framed) == {k for kt in b.frames for k in kt}
+        dev = run._dev
+        reads = [(i, values) for _, values, pending in dev._pending.values() for i, _, _ in pending]
+        assert all(i < len(values) and math.isnan(values[i]) for i, values in reads), "a tensor read past its column"
+        assert dev._count == len(reads), f"{dev._count} deferred tensor reads counted, {len(reads)} held"
     finally:
         b.lock.release()
 
@@ -263,8 +268,9 @@ class _RaisingAt:
     """A trace function that raises :class:`_Interrupt` at the ``n``-th point of coordinator's code
     where a signal's exception could land.
 
-    Those points: right after a call or a loop's backward jump, and at a function's start, where
-    CPython runs pending signal handlers (Ctrl-C's ``KeyboardInterrupt`` lands nowhere else). Only
+    Those points: right after a call that returned or a loop's backward jump, and at a function's
+    start, where CPython runs pending signal handlers (Ctrl-C's ``KeyboardInterrupt`` lands nowhere
+    else; not in the handler a raising call jumps to, e.g. a ``with`` block's exit). Only
     the package's own frames: not, say, a weakref callback the garbage collector runs meanwhile,
     where the exception would be ignored. Tracing stops after the raise (:attr:`fired`).
     """
@@ -279,10 +285,12 @@ class _RaisingAt:
         if "/coordinator/" not in frame.f_code.co_filename:
             return self
         frame.f_trace_opcodes = True
-        if event == "opcode":
-            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-            prev, self._before[frame] = self._before.get(frame), op
-            if op == "RESUME" or prev in _SIGNAL_POINTS:
+        if event == "exception":  # the call before raised: CPython checks for signals only after one that returned
+            self._before[frame] = "raised"
+        elif event == "call" or event == "opcode":  # a function's start (its RESUME is not traced), or an opcode
+            prev = self._before.get(frame)
+            self._before[frame] = "RESUME" if event == "call" else dis.opname[frame.f_code.co_code[frame.f_lasti]]
+            if event == "call" or prev in _SIGNAL_POINTS:
                 self.seen += 1
                 if self.seen == self.n:
                     self.fired = True
@@ -296,12 +304,15 @@ def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consiste
     the call completes untouched.
 
     The calls: a scalar at a new key and at a known one, a dict opening a frame of new keys and a
-    row of a known frame, an append spilling a frame, a text. After each raise the buffer's
+    row of a known frame, an append spilling a frame, a text, dicts rejected for a bad value, of
+    new keys, of known ones and with a tensor (the raise lands in their undoing too). After each
+    raise the buffer's
     invariants hold (paired columns, whole frame rows, each key in one place, the lock free);
     at the end every stored value is its own step, each step once per key.
     """
     import sys
 
+    torch = pytest.importorskip("torch")
     calls: dict[str, Callable[[Run, int, int], None]] = {
         "scalar, new key": lambda run, s, i: run.log({f"n{i}": float(s)}, step=s),
         "scalar": lambda run, s, i: run.log({"loss": float(s)}, step=s),
@@ -310,6 +321,13 @@ def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consiste
         "append, spilling": lambda run, s, i: run[f"f{i}a"].append(float(s), step=s),
         "append": lambda run, s, i: run["x"].append(float(s), step=s),
         "text": lambda run, s, i: run["t"].append(str(s), step=s),
+        "dict, rejected, new keys": lambda run, s, i: run.log(
+            {f"p{i}": float(s), f"q{i}": float(s), f"r{i}": str(s)}, step=s
+        ),
+        "dict, rejected": lambda run, s, i: run.log({"p": float(s), "q": float(s), "r": str(s)}, step=s),
+        "tensors, rejected": lambda run, s, i: run.log(
+            {"u": torch.tensor(float(s)), "v": float(s), "w": str(s)}, step=s
+        ),
     }
     positions = {}
     step = 0
@@ -322,11 +340,20 @@ def test_an_exception_at_every_bytecode_of_a_hot_call_leaves_the_buffer_consiste
                 if name == "append, spilling":  # the frame it spills, logged untraced first
                     run.log({f"f{i}a": float(step), f"f{i}b": float(step)}, step=step)
                     step += 1
+                if name == "dict, rejected":  # its keys known and their columns in this generation
+                    run.log({"p": float(step), "q": float(step)}, step=step)
+                    step += 1
+                if name == "tensors, rejected":  # a deferred read at the column's end already
+                    run.log({"u": torch.tensor(float(step)), "v": float(step)}, step=step)
+                    step += 1
                 tracer = _RaisingAt(n)
                 sys.settrace(tracer)
                 try:
                     call(run, step, i)
                     done = True
+                except TypeError:  # a rejected call, not interrupted (or after its interrupt point)
+                    done = name.endswith("rejected") or name.endswith("rejected, new keys")
+                    assert done, name
                 except _Interrupt:
                     done = False
                 finally:
