@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,25 @@ def connect(
             if err is e:
                 raise
             raise err from None
-    agg = None
-    endpoint = None
-    if not offline:
-        rdzv_file = rdzv.file if rdzv is not None else None
-        agg = _start_aggregator(
-            settings, placement, spec, run_id, use_tcp=use_tcp, curve=curve is not None, rendezvous_file=rdzv_file
-        )
-        endpoint = agg.endpoint
-    if rdzv is not None:
-        rdzv.publish({"run_id": run_id, "endpoint": endpoint, "pid": os.getpid()})
-    return Connection(run_id, endpoint, agg, rdzv)
+
+    def publish(endpoint: str | None) -> None:
+        if rdzv is not None:
+            rdzv.publish({"run_id": run_id, "endpoint": endpoint, "pid": os.getpid()})
+
+    if offline:
+        publish(None)
+        return Connection(run_id, None, None, rdzv)
+    agg = _start_aggregator(
+        settings,
+        placement,
+        spec,
+        run_id,
+        use_tcp=use_tcp,
+        curve=curve is not None,
+        rendezvous_file=rdzv.file if rdzv is not None else None,
+        publish=publish,
+    )
+    return Connection(run_id, agg.endpoint, agg, rdzv)
 
 
 def spool_root(settings: Settings, root: Path, run_id: str) -> Path:
@@ -179,8 +188,13 @@ def _start_aggregator(
     use_tcp: bool,
     curve: bool,
     rendezvous_file: Path | None,
+    publish: Callable[[str | None], None],
 ) -> AggregatorProcess:
-    """Start rank 0's aggregator and wait until it listens (killed again if it does not)."""
+    """Start rank 0's aggregator, wait until it listens, and ``publish`` its endpoint to the other ranks.
+
+    Stopped again if it does not start, or if anything (Ctrl-C, a rendezvous store gone) stops the
+    publish: otherwise it would run on until this process exits (a notebook's kernel).
+    """
     config = dict(aggregator_config(settings, placement, spec, run_id), curve=curve)
     if rendezvous_file is not None:
         config["rendezvous_file"] = str(rendezvous_file)
@@ -193,6 +207,7 @@ def _start_aggregator(
     try:
         # One that dies before it is ready is started again, within the run's restart budget.
         agg.start(settings.aggregator_start_timeout_s, retries=settings.max_aggregator_restarts)
+        publish(agg.endpoint)
     except BaseException as e:
         abandon(agg, e)
         raise

@@ -49,3 +49,46 @@ def test_ctrl_c_during_init_run_leaves_the_run_interrupted_and_no_aggregator(
         s.close()
     assert info.state == "interrupted"
     assert info.report is not None and list(info.report["interrupted_ranks"]) == ["0"]
+
+
+def _aggregators_of_this_process() -> list[int]:
+    """Live child processes of this one running the aggregator (from /proc)."""
+    import os
+
+    me = str(os.getpid())
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == me and fields[0] != "Z" and b"coordinator.aggregator" in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def test_ctrl_c_while_rank_0_publishes_its_aggregator_stops_it(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 of two ranks started its aggregator; a KeyboardInterrupt lands while it publishes the
+    endpoint to the other ranks: the aggregator is stopped at once (it would have run on until this
+    process exits: a notebook's kernel), and the run is stored `interrupted`."""
+    from coordinator.transport.discovery import Rendezvous
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Rendezvous, "publish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        coordinator.init_run(project="p", settings=coordinator.Settings(rank=0, world_size=2))
+    assert _aggregators_of_this_process() == []
+    s = open_store(store_dir)
+    try:
+        info = s.run_info()
+    finally:
+        s.close()
+    assert info.state == "interrupted"
