@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-__all__ = ["Column", "from_le", "increasing", "step_range", "to_le"]
+__all__ = ["VIEW_ITEMS", "Column", "from_le", "increasing", "le_payload", "step_range", "to_le"]
 
 Column: TypeAlias = "tuple[array[int], array[float]]"
 """(steps, values) of one key; step -1 means "the rank's next step for this key"."""
@@ -30,6 +30,25 @@ def to_le(a: array[Any]) -> bytes:
     b = array(a.typecode, a)
     b.byteswap()
     return b.tobytes()
+
+
+VIEW_ITEMS = 4096
+"""From this many items :func:`le_payload` gives a view, not a copy."""
+
+
+def le_payload(a: array[Any]) -> bytes | memoryview:
+    """The array's items as little-endian bytes, for a msgpack payload that copies them anyway.
+
+    A long array on a little-endian machine: a byte view of it, which the packer copies once
+    (``tobytes`` and then the packer copied it twice). Short arrays stay ``tobytes``: a view's
+    fixed cost makes it the slower at 512 items (4.1 against 3.6 µs packed), even at 2,048 (6.0
+    against 6.2) and the faster only from a few thousand (12.0 against 16.5 at 8,192).
+    The array must not be resized while the view lives: the sender's cut arrays are not, and the
+    view goes with the cut's chunks once they are packed.
+    """
+    if _LITTLE and len(a) >= VIEW_ITEMS:
+        return memoryview(a).cast("B")
+    return to_le(a)
 
 
 def from_le(typecode: str, data: bytes) -> array[Any]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.core.columns import Column, to_le
+from coordinator.core.columns import VIEW_ITEMS, Column, le_payload, to_le
 from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer, TextColumn
@@ -75,8 +75,9 @@ class OutBatch:
     """The buffer generation it was cut from."""
     points: int
     envelope: bytes
-    payload: bytes | None
-    """None while the batch waits on disk only (``loc``)."""
+    payload: bytes | memoryview | None
+    """None while the batch waits on disk only (``loc``); a large one is a read-only view
+    (:func:`~coordinator.transport.wire.encode_chunks_view`)."""
     loc: tuple[Path, int] | None = None
     """Where the spool holds it, once written ahead."""
     sent_at: float = 0.0
@@ -148,7 +149,7 @@ class Cutter:
                 if n + fn <= cap:  # the usual case: one batch, nothing split
                     blocks = [f.block() for f in frames]
                     pause()
-                    return [OutBatch(0, gen, n + fn, b"", wire.encode_chunks(chunks, fields, ts, None, blocks))]
+                    return [OutBatch(0, gen, n + fn, b"", wire.encode_chunks_view(chunks, fields, ts, None, blocks))]
                 parts.append((chunks, [], n))
             else:  # more than a batch: the one pass numbered every column, split them
                 parts = _encoded(split_columns(cols, [], cap, _numbered, pause), pause)
@@ -168,7 +169,9 @@ class Cutter:
             if last and text_parts and n + text_parts[0][1] <= cap:  # the usual case: one batch per cut
                 first_texts, tn = text_parts.pop(0)
                 n += tn
-            out.append(OutBatch(0, gen, n, b"", wire.encode_chunks(m, fields if last else [], ts, first_texts, bl)))
+            out.append(
+                OutBatch(0, gen, n, b"", wire.encode_chunks_view(m, fields if last else [], ts, first_texts, bl))
+            )
         out.extend(OutBatch(0, gen, n, b"", wire.encode_batch([], [], ts, t)) for t, n in text_parts)
         return out
 
@@ -191,9 +194,13 @@ class Cutter:
             for key, (steps, values) in items[lo : lo + SLICE_KEYS]:
                 if steps:
                     number(key, steps)
-                    n += len(steps)
+                    m = len(steps)
+                    n += m
                     if n <= cap:
-                        chunks.append([key, le(steps), le(values)])
+                        if m < VIEW_ITEMS:
+                            chunks.append([key, le(steps), le(values)])
+                        else:  # a long column: a view, which the packer copies once (le_payload)
+                            chunks.append([key, le_payload(steps), le_payload(values)])
         self._points = n
         return chunks if n <= cap else None
 
@@ -208,7 +215,7 @@ def _no_frame_steps(keys: tuple[str, ...], last: int) -> None:
 
 def _chunk(c: Chunk) -> list[object]:
     """A chunk as on the wire: ``[key, LE int64 steps, LE float64 values]``."""
-    return [c[0], _to_le(c[1]), _to_le(c[2])]
+    return [c[0], le_payload(c[1]), le_payload(c[2])]
 
 
 def _encoded(parts: list[Part], pause: Callable[[], None]) -> list[Encoded]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 
-from coordinator.core.columns import Column, to_le
+from coordinator.core.columns import Column, le_payload
 from coordinator.transport.wire import BlockItem
 
 __all__ = ["Frame"]
@@ -46,7 +46,7 @@ class Frame:
     def block(self, lo: int = 0, hi: int | None = None) -> BlockItem:
         """Rows ``lo:hi`` as a wire block: ``[keys, LE int64 steps, LE float64 values (rows x keys)]``."""
         if lo == 0 and hi is None:
-            return self.keys, to_le(self.steps), to_le(self.values)
+            return self.keys, le_payload(self.steps), le_payload(self.values)
         k = len(self.keys)
         end = len(self.steps) if hi is None else hi
-        return self.keys, to_le(self.steps[lo:end]), to_le(self.values[lo * k : end * k])
+        return self.keys, le_payload(self.steps[lo:end]), le_payload(self.values[lo * k : end * k])

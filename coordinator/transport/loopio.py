@@ -23,7 +23,7 @@ between), so their fixed cost counts per logged point; they are kept to the fewe
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import zmq
 
@@ -103,7 +103,7 @@ class LoopIO:
             if not zmq.zmq_poll(items, 0):  # releases the GIL while libzmq reads its mailbox
                 return
 
-    def send(self, frames: list[bytes]) -> bool:
+    def send(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Queue one message of ``frames`` without blocking; False when the send queue is full (nothing queued)."""
         sock = self._sock
         try:

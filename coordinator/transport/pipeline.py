@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import chain
 
 from coordinator.errors import DeliveryError
@@ -67,7 +67,7 @@ class Pipeline:
         offline: OfflineSpooler | None,
         policy: Backpressure,
         rank: int,
-        send: Callable[[list[bytes], float], bool],
+        send: Callable[[Sequence[bytes | memoryview], float], bool],
         pause: Callable[[], None] | None = None,
         defer_s: float = 0.0,
     ) -> None:

@@ -14,7 +14,7 @@ import msgpack
 
 from coordinator.errors import ProtocolError
 
-__all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "check_plain", "packb", "unpack"]
+__all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "check_plain", "packb", "packb_view", "unpack"]
 
 PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
 """The scalar types a decoded frame may hold."""
@@ -36,6 +36,24 @@ def packb(obj: object, size_hint: int = 0) -> bytes:
     else:
         data = msgpack.packb(obj, use_bin_type=True)
     return data
+
+
+def packb_view(obj: object, size_hint: int) -> bytes | memoryview:
+    """``obj`` as msgpack, as :func:`packb`; a large payload as a read-only view of its packer's buffer.
+
+    ``Packer.pack`` copies its buffer out into a new ``bytes``: for a full batch (~1 MiB) a second
+    megabyte of fresh pages written on the sender thread, holding the GIL. The view skips that
+    copy (with :func:`~coordinator.core.columns.le_payload`, a cut of a full batch of one key
+    took 521-549 µs against 943-1,034 at the median, its longest slice 368-389 µs against
+    527-560: ``python -m benchmarks.cut``, docs/performance.md round 26). The view keeps the
+    packer alive; ZeroMQ and the spool read it as bytes.
+    """
+    if size_hint <= _PRESIZE_BYTES:
+        return packb(obj)
+    packer = msgpack.Packer(use_bin_type=True, buf_size=size_hint, autoreset=False)
+    packer.pack(obj)
+    view: memoryview = packer.getbuffer()
+    return view.toreadonly()
 
 
 _PRESIZE_BYTES = 128 * 1024

@@ -22,6 +22,7 @@ import math
 import select
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +286,7 @@ class SenderThread(threading.Thread):
     def _batch_envelope(self, seq: int) -> bytes:
         return self._env(wire.BATCH, seq)
 
-    def _send_frames(self, frames: list[bytes], now: float) -> bool:
+    def _send_frames(self, frames: Sequence[bytes | memoryview], now: float) -> bool:
         """Queue ``frames`` without blocking; False (counted) when the send queue is full."""
         if not self._io.send(frames):
             self.deferred_sends += 1

@@ -61,7 +61,7 @@ class SpoolWriter:
             self._f.close()
             raise SinkError(f"cannot open spool {self.path}: {e}") from e
 
-    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes) -> None:
+    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes | memoryview) -> None:
         """Write one record (all of it, or raise).
 
         Raises:
@@ -187,7 +187,7 @@ class SegmentedSpool:
         """True when the spool holds ``max_bytes`` or more."""
         return self._size >= self.max_bytes
 
-    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes) -> tuple[Path, int]:
+    def append(self, kind: int, seq: int, envelope: bytes, payload: bytes | memoryview) -> tuple[Path, int]:
         """Append one record; returns its location (segment, byte offset).
 
         Raises:

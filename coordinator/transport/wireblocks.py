@@ -38,8 +38,9 @@ __all__ = [
 
 _STR = frozenset((str,))
 
-BlockItem = tuple[tuple[str, ...], bytes, bytes]
-"""One block as encoded: (keys, LE int64 steps (n), LE float64 values (n x K, step-major))."""
+BlockItem = tuple[tuple[str, ...], bytes | memoryview, bytes | memoryview]
+"""One block as encoded: (keys, LE int64 steps (n), LE float64 values (n x K, step-major)); a
+long one's bytes are a view of the frame's arrays (:func:`~coordinator.core.columns.le_payload`)."""
 
 
 @dataclass(slots=True)

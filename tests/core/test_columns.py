@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from coordinator.core.columns import SHORT_COLUMN, from_le, increasing, step_range, to_le
+from coordinator.core.columns import SHORT_COLUMN, VIEW_ITEMS, from_le, increasing, le_payload, step_range, to_le
 
 LENGTHS = [1, 2, SHORT_COLUMN, SHORT_COLUMN + 1, 1000]
 
@@ -39,3 +39,13 @@ def test_increasing_is_strict_and_finds_one_step_out_of_order_anywhere(n: int) -
             broken[i] = bad
             assert not increasing(broken), (n, i, bad)
             assert increasing(list(broken)) == all(a < b for a, b in pairwise(broken))
+
+
+def test_le_payload_is_to_le_as_bytes_below_view_items_and_the_same_bytes_as_a_view_from_it() -> None:
+    import sys
+
+    for n in (0, 1, VIEW_ITEMS - 1, VIEW_ITEMS, 3 * VIEW_ITEMS):
+        for a in (array("q", range(n)), array("d", (i / 3 for i in range(n)))):
+            got = le_payload(a)
+            assert bytes(got) == to_le(a) and len(got) == 8 * n
+            assert isinstance(got, bytes) == (n < VIEW_ITEMS or sys.byteorder != "little")

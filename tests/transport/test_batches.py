@@ -258,3 +258,29 @@ def test_a_frame_and_a_text_logged_while_the_cutter_pauses_are_cut_once_in_the_n
     texts = [(k, list(s), t) for b in batches for k, s, t in wire.decode_batch(b.payload or b"").texts]
     assert texts == [("t", [5], ["hi"])]
     assert sum(b.points for b in batches) == 33 and buf.pending == 0
+
+
+def test_long_columns_and_frames_are_packed_from_views_that_end_with_the_cut() -> None:
+    """A column or frame block of VIEW_ITEMS items or more goes to the packer as a view of its array
+    and a large payload is a view of its packer's buffer: the batches decode to the same points,
+    split or not, and nothing keeps a view of a cut array afterwards (resizing one would raise
+    ``BufferError``)."""
+    from coordinator.core.columns import VIEW_ITEMS
+
+    n = VIEW_ITEMS + 5
+    for cap in (100_000, VIEW_ITEMS + 1000):  # one batch; then the columns and the frame are split
+        buf = Buffer(10**6)
+        long, short = _col(list(range(n))), _col([1, 2])
+        buf.cols["long"], buf.cols["short"] = long, short
+        _frame(buf, ("a", "b"), list(range(n)))
+        cut_arrays = [long[0], long[1], buf.frames[("a", "b")].steps, buf.frames[("a", "b")].values]
+        batches = Cutter(_no_numbering, max_batch_points=cap).cut(buf)
+        assert sum(b.points for b in batches) == 3 * n + 2
+        assert any(isinstance(b.payload, memoryview) and b.payload.readonly for b in batches) == (cap == 100_000)
+        got = _points(batches)
+        assert got["long"] == [(s, float(s)) for s in range(n)] and got["short"] == [(1, 1.0), (2, 2.0)]
+        blocks = [blk for b in batches for blk in wire.decode_batch(b.payload or b"", blocks=True).blocks]
+        assert [s for blk in blocks for s in blk.steps] == list(range(n))
+        assert [v for blk in blocks for v in blk.values[1].tolist()] == [s + 0.1 for s in range(n)]
+        for a in cut_arrays:
+            a.append(0)  # no view of it left

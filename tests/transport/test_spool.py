@@ -274,3 +274,21 @@ def test_sealed_segments_are_deleted_and_the_order_survives_truncation(tmp_path:
     assert list(spool_records(tmp_path / "sp")) == recs[2:]
     sp.close(remove_if_empty=False)
     assert list(spool_records(tmp_path / "sp")) == recs[2:], "what a crash would leave: unacked records only"
+
+
+def test_a_payload_given_as_a_view_reads_back_as_its_bytes(tmp_path: Path) -> None:
+    """A full batch's payload is a read-only view of its packer's buffer: the spool stores its bytes."""
+    from array import array
+
+    payload = wire.encode_chunks_view(
+        [["k", array("q", range(20_000)).tobytes(), array("d", range(20_000)).tobytes()]], [], 1.0
+    )
+    assert isinstance(payload, memoryview)
+    path = tmp_path / "spool" / "rank-0.spool"
+    env = wire.encode_envelope(wire.BATCH, "run", 0, 5, 1)
+    w = SpoolWriter(path)
+    try:
+        w.append(wire.BATCH, 1, env, payload)
+    finally:
+        w.close()
+    assert list(read_spool(path)) == [SpoolRecord(wire.BATCH, 1, env, bytes(payload))]

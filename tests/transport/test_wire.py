@@ -726,3 +726,17 @@ def test_a_full_batch_is_packed_presized_into_the_same_bytes() -> None:
     plain = {"m": chunks, "f": [["p", "str", "x"]], "t": 1.0, "b": [[wire.key_blob(block[0]), *block[1:]]]}
     assert payload == msgpack.packb(plain, use_bin_type=True)
     assert wire.decode_batch(payload, blocks=True).metrics[0][1].tolist() == list(range(65_536))
+
+
+def test_a_full_batch_packed_as_a_view_is_the_same_bytes_read_only_and_a_small_one_is_bytes() -> None:
+    """``encode_chunks_view``: a payload past 128 KiB is a read-only view of its packer's buffer with
+    the bytes ``encode_chunks`` gives (from views of the arrays too); a small one is plain bytes."""
+    steps, values = array("q", range(65_536)), array("d", range(65_536))
+    chunks: list[list[Any]] = [["loss", memoryview(steps).cast("B"), memoryview(values).cast("B")]]
+    view = wire.encode_chunks_view(chunks, [("p", ("str", "x"))], 1.0)
+    assert isinstance(view, memoryview) and view.readonly
+    same = wire.encode_chunks([["loss", steps.tobytes(), values.tobytes()]], [("p", ("str", "x"))], 1.0)
+    assert bytes(view) == same
+    assert wire.decode_batch(view).metrics[0][2].tolist() == list(range(65_536))
+    small = wire.encode_chunks_view([["loss", steps[:10].tobytes(), values[:10].tobytes()]], [], 1.0)
+    assert isinstance(small, bytes)
