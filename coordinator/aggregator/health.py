@@ -165,9 +165,10 @@ def _column_trimmed_means(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
     ranks flush on one grid, so a rank's time behind the others arrives rounded to a whole flush
     interval, down for some steps and up for others, in proportion to where it falls between the
     two. The mean of those roundings is the rank's true lag; their median is one of the two whole
-    intervals: at 50 ms flushes a rank 30 ms behind measured ~49 ms, one 80 ms behind ~99 ms, and
-    one 60 ms behind flickered between 50 and 100 (round 26, docs/performance.md). Trimming an
-    eighth each side keeps a few slow steps (a pause, a checkpoint) from moving it, as the median did.
+    intervals: at 50 ms flushes a rank 30 ms behind read ~49 ms, one 80 ms behind ~99 ms, and one
+    60 ms behind ~50 ms, flagged in three snapshots of four by the ranks' jitter (round 26,
+    docs/performance.md, ``benchmarks.lag_grid``). Trimming an eighth each side keeps a few slow
+    steps (a pause, a checkpoint) from moving it, as the median did.
     Not ``np.nanmean`` of a slice: a sort (NaNs last), then a sum of each column's middle rows.
     """
     s = np.sort(t, axis=0)
