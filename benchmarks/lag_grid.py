@@ -17,16 +17,17 @@ import argparse
 import math
 import random
 import statistics
+from typing import Any
 
 from coordinator.aggregator.health import Health
 
-__all__ = ["main", "simulate"]
+__all__ = ["main", "simulate", "snapshots"]
 
 _LAGS_MS = (0, 10, 20, 30, 40, 45, 60, 80, 100, 200)
 
 
-def simulate(lag: float, rate: float, interval: float, seed: int = 0) -> tuple[float, float]:
-    """Rank 3 ``lag`` s behind: (median ``lag_s`` over the snapshots, share of snapshots flagging it)."""
+def snapshots(lag: float, rate: float, interval: float, seed: int = 0) -> list[dict[int, dict[str, Any]]]:
+    """Rank 3 ``lag`` s behind the others: the health snapshot taken every 100 ms from 2 s to 20 s."""
     rnd = random.Random(seed)
     h = Health(4, 0.05, interval)
     arrivals = []
@@ -35,8 +36,7 @@ def simulate(lag: float, rate: float, interval: float, seed: int = 0) -> tuple[f
             t = s / rate + (lag if r == 3 else 0.0) + rnd.uniform(0, 0.002)
             arrivals.append((math.ceil(t / interval) * interval + rnd.uniform(0.0005, 0.003), r, s))
     arrivals.sort()
-    lags: list[float] = []
-    flagged = 0
+    out = []
     i = 0
     for tick in range(1, 200):
         now = tick * 0.1
@@ -44,10 +44,14 @@ def simulate(lag: float, rate: float, interval: float, seed: int = 0) -> tuple[f
             h.progress(arrivals[i][1], arrivals[i][2], arrivals[i][0])
             i += 1
         if now >= 2.0:
-            snap = h.snapshot(now, {0, 1, 2, 3})[3]
-            lags.append(snap["lag_s"])
-            flagged += bool(snap["straggler"])
-    return statistics.median(lags), flagged / len(lags)
+            out.append(h.snapshot(now, {0, 1, 2, 3}))
+    return out
+
+
+def simulate(lag: float, rate: float, interval: float, seed: int = 0) -> tuple[float, float]:
+    """Rank 3 ``lag`` s behind: (median ``lag_s`` over the snapshots, share of snapshots flagging it)."""
+    snaps = [snap[3] for snap in snapshots(lag, rate, interval, seed)]
+    return statistics.median(s["lag_s"] for s in snaps), sum(bool(s["straggler"]) for s in snaps) / len(snaps)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.lag_grid import snapshots
 from coordinator.aggregator.health import (
     _KEEP_STEPS,
     _LAG_STEPS,
@@ -100,38 +101,16 @@ def test_a_few_slow_steps_do_not_make_a_rank_lag() -> None:
     assert snap[1]["lag_s"] == 0.0 and not snap[1]["straggler"]
 
 
-def _grid_job(lag: float, seed: int) -> list[dict[int, dict[str, Any]]]:
-    """Four ranks at 50 steps/s whose steps arrive on a 50 ms flush grid (each at the first flush after
-    it was logged, a few ms of jitter); rank 3 logs each step ``lag`` s after the others. A snapshot
-    every 100 ms from 2 s to 20 s."""
-    rnd = random.Random(seed)
-    h = Health(4, 0.05, 0.05)
-    arrivals = []
-    for s in range(1000):
-        for r in range(4):
-            t = s * 0.02 + (lag if r == 3 else 0.0) + rnd.uniform(0, 0.002)
-            arrivals.append((math.ceil(t / 0.05) * 0.05 + rnd.uniform(0.0005, 0.003), r, s))
-    arrivals.sort()
-    snaps, i = [], 0
-    for tick in range(1, 200):
-        now = tick * 0.1
-        while i < len(arrivals) and arrivals[i][0] <= now:
-            h.progress(arrivals[i][1], arrivals[i][2], arrivals[i][0])
-            i += 1
-        if now >= 2.0:
-            snaps.append(h.snapshot(now, {0, 1, 2, 3}))
-    return snaps
-
-
 @pytest.mark.parametrize(("lag", "straggler"), [(0.01, False), (0.03, False), (0.04, False), (0.08, True), (0.2, True)])
 def test_a_ranks_lag_measured_through_the_flush_grid_is_its_true_lag(lag: float, straggler: bool) -> None:
-    """Arrivals rounded to a 50 ms grid: the rank's median lag over the snapshots is within 8 ms of the
-    true one, and it is a straggler in every snapshot or in none.
+    """Four ranks at 50 steps/s whose steps arrive on a 50 ms flush grid, rank 3 ``lag`` s behind
+    (``benchmarks.lag_grid``): its median lag over the snapshots is within 8 ms of the true one, and
+    it is a straggler in every snapshot or in none.
 
     The median over steps (before round 26) put a rank 30 or 40 ms behind at ~49 ms (a hair from
     the 50 ms threshold; the ranks' jitter decided it) and one 80 ms behind at ~99 ms.
     """
-    snaps = _grid_job(lag, seed=int(lag * 1000))
+    snaps = snapshots(lag, 50.0, 0.05, seed=int(lag * 1000))
     lags = sorted(s[3]["lag_s"] for s in snaps)
     assert abs(lags[len(lags) // 2] - lag) < 0.008, (lag, lags[len(lags) // 2])
     assert {s[3]["straggler"] for s in snaps} == {straggler}

@@ -30,27 +30,6 @@ def test_bad_init_arguments_raise_config_error(
         coordinator.init_run(**bad(kwargs), settings=coordinator.Settings(**bad(fields)))
 
 
-def test_ctrl_c_during_init_run_leaves_the_run_interrupted_and_no_aggregator(
-    store_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A KeyboardInterrupt after rank 0 started its aggregator: the run is stored `interrupted`, not `running`."""
-    import coordinator.client.start as start
-
-    def interrupted(*_: object, **__: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(start, "Run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        coordinator.init_run(project="p", name="interrupted-at-start")
-    s = open_store(store_dir)
-    try:
-        info = s.run_info()
-    finally:
-        s.close()
-    assert info.state == "interrupted"
-    assert info.report is not None and list(info.report["interrupted_ranks"]) == ["0"]
-
-
 def _aggregators_of_this_process() -> list[int]:
     """Live child processes of this one running the aggregator (from /proc)."""
     import os
@@ -71,20 +50,29 @@ def _aggregators_of_this_process() -> list[int]:
     return out
 
 
-def test_ctrl_c_while_rank_0_publishes_its_aggregator_stops_it(
-    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("where", "world"),
+    [("the first WELCOME", 1), ("the endpoint's publish", 2)],
+)
+def test_ctrl_c_during_init_run_leaves_the_run_interrupted_and_no_aggregator(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str, world: int
 ) -> None:
-    """Rank 0 of two ranks started its aggregator; a KeyboardInterrupt lands while it publishes the
-    endpoint to the other ranks: the aggregator is stopped at once (it would have run on until this
-    process exits: a notebook's kernel), and the run is stored `interrupted`."""
+    """A KeyboardInterrupt after rank 0 started its aggregator, while the run awaits its first WELCOME
+    or while rank 0 publishes the endpoint to the other ranks: the aggregator is stopped at once
+    (not left running until this process exits: a notebook's kernel), and the run is stored
+    `interrupted`, not `running`."""
+    import coordinator.client.start as start
     from coordinator.transport.discovery import Rendezvous
 
     def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Rendezvous, "publish", interrupted)
+    if where == "the first WELCOME":
+        monkeypatch.setattr(start, "Run", interrupted)
+    else:
+        monkeypatch.setattr(Rendezvous, "publish", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        coordinator.init_run(project="p", settings=coordinator.Settings(rank=0, world_size=2))
+        coordinator.init_run(project="p", settings=coordinator.Settings(rank=0, world_size=world))
     assert _aggregators_of_this_process() == []
     s = open_store(store_dir)
     try:
@@ -92,3 +80,5 @@ def test_ctrl_c_while_rank_0_publishes_its_aggregator_stops_it(
     finally:
         s.close()
     assert info.state == "interrupted"
+    # Every rank of the run is interrupted: rank 1, which never came, too.
+    assert info.report is not None and list(info.report["interrupted_ranks"]) == [str(r) for r in range(world)]
