@@ -117,10 +117,6 @@ class DeviceScalars:
         if self._count > _MAX_PENDING:
             self._resolve_oldest()
 
-    def discard_last(self, steps: array[int], values: array[float]) -> None:
-        """The caller is about to pop the last value of this column (a rolled-back call; lock held)."""
-        self.discard_from(steps, len(values) - 1)
-
     def discard_from(self, steps: array[int], n: int) -> None:
         """The caller is about to cut this column's values back to ``n`` (a rolled-back call; lock held).
 

@@ -155,11 +155,7 @@ def unpair(cols: dict[str, Column], keys: Iterable[str], dev: DeviceScalars) -> 
     appends; a column left with more values than steps would pair each later value with the
     step before it.
     """
-    for k in keys:
-        c = cols.get(k)
-        if c is not None and len(c[1]) > len(c[0]):
-            dev.discard_last(c[0], c[1])
-            c[1].pop()
+    _cut_back([(c, len(c[0])) for k in keys if (c := cols.get(k)) is not None], dev)
 
 
 def rollback(cols: dict[str, Column], data: dict[str, object], failed: object, dev: DeviceScalars) -> None:
