@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,7 @@ NumberSteps = Callable[[str, "array[int]"], None]
 FrameSteps = Callable[[tuple[str, ...], int], None]
 """``frame_steps(keys, last)``: every key of a cut frame was last logged at step ``last``."""
 
-Chunk = tuple[str, "array[int]", "array[float]"]
+Chunk = tuple[str, "array[int] | memoryview", "array[float] | memoryview"]
 Part = tuple[list[Chunk], list[tuple[str, FieldValue]], int]
 """One batch's metric chunks, field writes and point count, before encoding."""
 Encoded = tuple[list[list[object]], list[wire.BlockItem], int]
@@ -77,7 +77,7 @@ class OutBatch:
     envelope: bytes
     payload: bytes | memoryview | None
     """None while the batch waits on disk only (``loc``); a large one is a read-only view
-    (:func:`~coordinator.transport.wire.encode_chunks_view`)."""
+    (:func:`~coordinator.transport.wire.encode_chunks_view`, packed in slices)."""
     loc: tuple[Path, int] | None = None
     """Where the spool holds it, once written ahead."""
     sent_at: float = 0.0
@@ -140,6 +140,24 @@ class Cutter:
                 if len(f.keys) > cap:
                     cols.update(f.columns())
             frames = [f for f in frames if len(f.keys) <= cap]
+        out = self._encode(gen, cols, frames, fields, texts, ts)
+        if len(out) > 1:  # a generation of several batches: long arrays, given back a slice at a time
+            _shed(cols.values(), pause)
+            _shed(((f.steps, f.values) for f in framed.values()), pause)
+        return out
+
+    def _encode(
+        self,
+        gen: int,
+        cols: dict[str, Column],
+        frames: list[Frame],
+        fields: list[tuple[str, FieldValue]],
+        texts: dict[str, TextColumn],
+        ts: float,
+    ) -> list[OutBatch]:
+        """The cut generation as encoded batches; no view of its arrays is left once it returns."""
+        cap = self._cap
+        pause = self._pause
         parts: list[Encoded] = []
         if not texts:
             chunks = self._one_pass(cols)
@@ -149,7 +167,8 @@ class Cutter:
                 if n + fn <= cap:  # the usual case: one batch, nothing split
                     blocks = [f.block() for f in frames]
                     pause()
-                    return [OutBatch(0, gen, n + fn, b"", wire.encode_chunks_view(chunks, fields, ts, None, blocks))]
+                    payload = wire.encode_chunks_view(chunks, fields, ts, None, blocks, pause)
+                    return [OutBatch(0, gen, n + fn, b"", payload)]
                 parts.append((chunks, [], n))
             else:  # more than a batch: the one pass numbered every column, split them
                 parts = _encoded(split_columns(cols, [], cap, _numbered, pause), pause)
@@ -163,14 +182,14 @@ class Cutter:
         text_parts = split_texts(texts, cap, self._number_steps) if texts else []
         out: list[OutBatch] = []
         for i, (m, bl, n) in enumerate(parts):
-            pause()  # each batch's encoding is a slice (~0.5 ms for a full one: one C call)
+            pause()  # each batch's encoding: its small parts packed, then long columns copied in slices
             last = i == len(parts) - 1
             first_texts: list[wire.TextChunk] = []
             if last and text_parts and n + text_parts[0][1] <= cap:  # the usual case: one batch per cut
                 first_texts, tn = text_parts.pop(0)
                 n += tn
             out.append(
-                OutBatch(0, gen, n, b"", wire.encode_chunks_view(m, fields if last else [], ts, first_texts, bl))
+                OutBatch(0, gen, n, b"", wire.encode_chunks_view(m, fields if last else [], ts, first_texts, bl, pause))
             )
         out.extend(OutBatch(0, gen, n, b"", wire.encode_batch([], [], ts, t)) for t, n in text_parts)
         return out
@@ -207,6 +226,25 @@ class Cutter:
 
 def _no_pause() -> None:
     """The default ``pause``: nothing to yield to."""
+
+
+SHED_ITEMS = 65536
+"""Items :func:`_shed` gives back between two pauses (512 KiB of an int64 or float64 array)."""
+
+
+def _shed(columns: Iterable[Column], pause: Callable[[], None]) -> None:
+    """Shrink each long array of a cut generation to nothing, :data:`SHED_ITEMS` at a time, ``pause`` between.
+
+    A rank logging flat out cuts columns of up to ``max_points`` (16 MiB an array at 2M points).
+    Dropped at once, their pages went back to the system in one free, 0.3-1 ms holding the GIL at
+    the end of the cut; each shrink here returns a slice of them. The arrays must have no view
+    left (one would make the shrink raise ``BufferError``): call it once the batches are encoded.
+    """
+    for steps, values in columns:
+        for a in (steps, values):
+            while len(a) > SHED_ITEMS:
+                del a[len(a) - SHED_ITEMS :]
+                pause()
 
 
 def _no_frame_steps(keys: tuple[str, ...], last: int) -> None:
@@ -249,8 +287,10 @@ def split_columns(
     """Split columns into parts of at most ``cap`` points; the fields go with the last part.
 
     Always returns at least one part. Empty columns are skipped; the others get their -1 steps
-    numbered by ``number_steps`` first. ``pause`` is called after each column and each full part
-    (a part of a long column is a copy of up to ``cap`` points: ~0.2 ms into fresh pages).
+    numbered by ``number_steps`` first. A column split across parts goes into them as views of
+    its arrays, not copies (a rank logging flat out cuts columns of up to ``max_points``: each
+    part's copy was a megabyte of fresh pages in one C call, 0.1-3 ms holding the GIL); the
+    packing copies them, in slices. ``pause`` is called after each column and each full part.
     """
     out: list[Part] = []
     cur: list[Chunk] = []
@@ -260,12 +300,15 @@ def split_columns(
             continue
         number_steps(key, steps)
         i = 0
+        views: tuple[memoryview, memoryview] | None = None
         while i < len(steps):
             take = min(len(steps) - i, cap - n)
             if i == 0 and take == len(steps):
                 cur.append((key, steps, values))
             else:
-                cur.append((key, steps[i : i + take], values[i : i + take]))
+                if views is None:
+                    views = memoryview(steps), memoryview(values)
+                cur.append((key, views[0][i : i + take], views[1][i : i + take]))
             n += take
             i += take
             if n >= cap:

@@ -8,13 +8,15 @@ The wire format (:mod:`~coordinator.transport.wire`) builds its messages on thes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from coordinator.errors import ProtocolError
 
-__all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "check_plain", "packb", "packb_view", "unpack"]
+__all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "SLICE_BYTES", "check_plain", "list_head", "packb", "packb_sliced", "unpack"]
 
 PLAIN_SCALARS = (str, bytes, int, float, bool, type(None))
 """The scalar types a decoded frame may hold."""
@@ -38,22 +40,97 @@ def packb(obj: object, size_hint: int = 0) -> bytes:
     return data
 
 
-def packb_view(obj: object, size_hint: int) -> bytes | memoryview:
-    """``obj`` as msgpack, as :func:`packb`; a large payload as a read-only view of its packer's buffer.
+def packb_sliced(payload: dict[str, Any], size_hint: int, pause: Callable[[], None]) -> bytes | memoryview:
+    """``payload`` as msgpack, as :func:`packb`; a large one copied into place in slices, ``pause`` between them.
 
-    ``Packer.pack`` copies its buffer out into a new ``bytes``: for a full batch (~1 MiB) a second
-    megabyte of fresh pages written on the sender thread, holding the GIL. The view skips that
-    copy (with :func:`~coordinator.core.columns.le_payload`, a cut of a full batch of one key
-    took 521-549 µs against 943-1,034 at the median, its longest slice 368-389 µs against
-    527-560: ``python -m benchmarks.cut``, docs/performance.md round 26). The view keeps the
-    packer alive; ZeroMQ and the spool read it as bytes.
+    A full batch (~1 MiB) packed in one call copies each long column into the packer's buffer,
+    fresh pages, in one C call holding the GIL: the sender's longest stretch (95-130 µs at the
+    median, up to 0.4-0.5 ms: ``python -m benchmarks.cut``, docs/performance.md round 27). Here
+    the payload's small parts are packed as before, each byte view (a long column,
+    :func:`~coordinator.core.columns.le_payload`) gets its bin header, and the parts are copied
+    into one uninitialised buffer :data:`SLICE_BYTES` at a time, calling ``pause`` (the sender's
+    GIL slicer) after each. The bytes are :func:`packb`'s.
+
+    Views are looked for where the wire puts them: as items of the lists in ``payload``'s list
+    values (a chunk ``[key, steps, values]``); one anywhere else is packed with its neighbours,
+    in one call. Returns bytes for a small payload, else a read-only view of the buffer.
     """
     if size_hint <= _PRESIZE_BYTES:
-        return packb(obj)
-    packer = msgpack.Packer(use_bin_type=True, buf_size=size_hint, autoreset=False)
-    packer.pack(obj)
-    view: memoryview = packer.getbuffer()
+        return packb(payload)
+    parts: list[bytes | memoryview] = [_HEADERS.pack_map_header(len(payload))]
+    for key, value in payload.items():
+        parts.append(packb(key))
+        if type(value) is list:
+            _list_parts(value, parts)
+        else:
+            parts.append(packb(value))
+    out = np.empty(sum(map(len, parts)), dtype=np.uint8)  # not written yet: its pages fault in slice by slice
+    view = out.data
+    at = room = 0  # room: bytes left to copy before the next pause
+    for part in parts:
+        n = len(part)
+        lo = 0
+        while lo < n:
+            if not room:
+                pause()
+                room = SLICE_BYTES
+            hi = min(n, lo + room)
+            view[at + lo : at + hi] = part[lo:hi]
+            room -= hi - lo
+            lo = hi
+        at += n
     return view.toreadonly()
+
+
+SLICE_BYTES = 64 * 1024
+"""Bytes :func:`packb_sliced` copies between two pauses (~10-30 µs into fresh pages)."""
+
+_HEADERS = msgpack.Packer(use_bin_type=True)
+
+
+def list_head(items: list[Any], last_bytes: int) -> bytes:
+    """The msgpack of the list ``items + [b]`` up to ``b``'s bytes, for a ``b`` of ``last_bytes`` bytes.
+
+    ``list_head(items, len(b)) + b == packb(items + [b])``: a writer can send the head and ``b``
+    itself (a payload of a megabyte) without packing a copy of it.
+    """
+    return b"".join([_HEADERS.pack_array_header(len(items) + 1), *map(packb, items), _bin_header(last_bytes)])
+
+
+def _list_parts(items: list[Any], parts: list[bytes | memoryview]) -> None:
+    """``items`` as msgpack parts: runs of lists without a view packed together, views as bin header and view."""
+    parts.append(_HEADERS.pack_array_header(len(items)))
+    run = 0
+    for i, item in enumerate(items):
+        if type(item) is list and memoryview in map(type, item):
+            if run < i:
+                parts.append(_array_items(items[run:i]))
+            parts.append(_HEADERS.pack_array_header(len(item)))
+            for x in item:
+                if type(x) is memoryview:
+                    parts.append(_bin_header(x.nbytes))
+                    parts.append(x.cast("B") if x.format != "B" or x.ndim != 1 else x)
+                else:
+                    parts.append(packb(x))
+            run = i + 1
+    if run < len(items):
+        parts.append(_array_items(items[run:]))
+
+
+def _array_items(items: list[Any]) -> memoryview:
+    """The packed items of a list, without the list's header."""
+    packed = memoryview(packb(items))
+    n = len(items)
+    return packed[1 if n < 16 else 3 if n < 0x10000 else 5 :]
+
+
+def _bin_header(n: int) -> bytes:
+    """The msgpack bin header of ``n`` bytes (the shortest, as the packer writes it)."""
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
 
 
 _PRESIZE_BYTES = 128 * 1024

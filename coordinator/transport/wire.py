@@ -26,6 +26,7 @@ decoder that has seen it maps to the checked tuple (:mod:`~coordinator.transport
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,7 +36,7 @@ from coordinator.core.columns import from_le, step_range, to_le
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.values import FieldValue, check_field, check_key, check_text
 from coordinator.errors import ProtocolError
-from coordinator.transport.plain import PLAIN_SCALARS, check_plain, packb, packb_view, unpack
+from coordinator.transport.plain import PLAIN_SCALARS, check_plain, packb, packb_sliced, unpack
 from coordinator.transport.wireblocks import (
     MAX_SHAPES,
     Block,
@@ -264,10 +265,16 @@ def encode_chunks_view(
     ts: float,
     texts: list[TextChunk] | None = None,
     blocks: list[BlockItem] | None = None,
+    pause: Callable[[], None] | None = None,
 ) -> bytes | memoryview:
-    """:func:`encode_chunks`' payload; a large one as a read-only view of its packer's buffer
-    (:func:`~coordinator.transport.plain.packb_view`: a megabyte fewer copied for a full batch)."""
-    return packb_view(*_chunks_payload(chunks, fields, ts, texts, blocks))
+    """:func:`encode_chunks`' payload; a large one copied into place in slices, ``pause`` between them,
+    and returned as a read-only view (:func:`~coordinator.transport.plain.packb_sliced`)."""
+    payload, size = _chunks_payload(chunks, fields, ts, texts, blocks)
+    return packb_sliced(payload, size, pause if pause is not None else _no_pause)
+
+
+def _no_pause() -> None:
+    """:func:`encode_chunks_view`'s default ``pause``: nobody to let go first."""
 
 
 def _chunks_payload(

@@ -96,7 +96,7 @@ def test_a_cut_of_many_keys_pauses_between_slices_and_decodes_to_the_same_points
 
 
 def test_a_generation_of_several_batches_pauses_between_their_copies_and_encodings() -> None:
-    """Each batch's bytes and encoding are C calls of ~0.2-0.5 ms at full size: a pause comes between them."""
+    """Each batch's encoding is tens to hundreds of µs at full size: a pause comes between them."""
     buf = Buffer(100_000)
     buf.cols["k"] = _col(list(range(35)))
     pauses: list[int] = []
@@ -262,7 +262,7 @@ def test_a_frame_and_a_text_logged_while_the_cutter_pauses_are_cut_once_in_the_n
 
 def test_long_columns_and_frames_are_packed_from_views_that_end_with_the_cut() -> None:
     """A column or frame block of VIEW_ITEMS items or more goes to the packer as a view of its array
-    and a large payload is a view of its packer's buffer: the batches decode to the same points,
+    and a large payload is a view of the buffer it is copied into: the batches decode to the same points,
     split or not, and nothing keeps a view of a cut array afterwards (resizing one would raise
     ``BufferError``)."""
     from coordinator.core.columns import VIEW_ITEMS
@@ -284,3 +284,30 @@ def test_long_columns_and_frames_are_packed_from_views_that_end_with_the_cut() -
         assert [v for blk in blocks for v in blk.values[1].tolist()] == [s + 0.1 for s in range(n)]
         for a in cut_arrays:
             a.append(0)  # no view of it left
+
+
+def test_a_generation_of_several_full_batches_is_cut_from_views_and_its_long_arrays_are_given_back() -> None:
+    """A column longer than a batch goes into its parts as views of its arrays, not copies; once the
+    batches are encoded, the cut's long arrays (columns and frames) are shrunk a slice at a time, a
+    pause between, instead of freed at once. Every point decodes once, in order."""
+    from coordinator.transport.batches import SHED_ITEMS
+
+    n = 3 * SHED_ITEMS + 7
+    parts = split_columns({"a": _col(list(range(n)))}, [], SHED_ITEMS, _no_numbering)
+    assert [p for _, _, p in parts] == [SHED_ITEMS] * 3 + [7]
+    assert all(isinstance(s, memoryview) and isinstance(v, memoryview) for m, _, _ in parts for _, s, v in m)
+
+    buf = Buffer(10**7)
+    col = buf.cols["a"] = _col(list(range(n)))
+    frame = _frame(buf, ("f", "g"), list(range(n)))
+    buf.pending += n
+    lengths: list[int] = []  # the column's length at each pause
+    batches = Cutter(_no_numbering, max_batch_points=SHED_ITEMS, pause=lambda: lengths.append(len(col[0]))).cut(buf)
+    assert sum(b.points for b in batches) == 3 * n
+    assert _points(batches)["a"] == [(s, float(s)) for s in range(n)]
+    blocks = [blk for b in batches for blk in wire.decode_batch(b.payload or b"", blocks=True).blocks]
+    assert [s for blk in blocks for s in blk.steps] == list(range(n))
+    assert [v for blk in blocks for v in blk.values[1].tolist()] == [s + 0.1 for s in range(n)]
+    arrays = (*col, frame.steps, frame.values)
+    assert all(len(a) <= SHED_ITEMS for a in arrays), [len(a) for a in arrays]
+    assert {2 * SHED_ITEMS + 7, SHED_ITEMS + 7, 7} <= set(lengths)  # shrunk in steps, a pause after each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -277,7 +278,7 @@ def test_sealed_segments_are_deleted_and_the_order_survives_truncation(tmp_path:
 
 
 def test_a_payload_given_as_a_view_reads_back_as_its_bytes(tmp_path: Path) -> None:
-    """A full batch's payload is a read-only view of its packer's buffer: the spool stores its bytes."""
+    """A full batch's payload is a read-only view of the buffer it was packed into: the spool stores its bytes."""
     from array import array
 
     payload = wire.encode_chunks_view(
@@ -292,3 +293,25 @@ def test_a_payload_given_as_a_view_reads_back_as_its_bytes(tmp_path: Path) -> No
     finally:
         w.close()
     assert list(read_spool(path)) == [SpoolRecord(wire.BATCH, 1, env, bytes(payload))]
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 65_535, 65_536, 300_000])
+@pytest.mark.parametrize("as_view", [False, True])
+def test_a_record_written_as_head_and_payload_has_the_layout_of_one_packed_body(
+    tmp_path: Path, size: int, as_view: bool
+) -> None:
+    """The writer sends a record's head and its payload (no packed copy of a megabyte): the file holds
+    exactly ``u32 length | u32 crc32 | packb([kind, seq, envelope, payload])``, whatever the payload's
+    bin header."""
+    raw = os.urandom(size)
+    env = wire.encode_envelope(wire.BATCH, "run", 0, 5, 9)
+    path = tmp_path / "rank-0.spool"
+    w = SpoolWriter(path)
+    try:
+        w.append(wire.BATCH, 9, env, memoryview(raw) if as_view else raw)
+    finally:
+        w.close()
+    body = msgpack.packb([wire.BATCH, 9, env, raw], use_bin_type=True)
+    assert path.read_bytes() == struct.pack("<II", len(body), zlib.crc32(body)) + body
+    assert w.size == 8 + len(body)
+    assert list(read_spool(path)) == [SpoolRecord(wire.BATCH, 9, env, raw)]

@@ -729,8 +729,9 @@ def test_a_full_batch_is_packed_presized_into_the_same_bytes() -> None:
 
 
 def test_a_full_batch_packed_as_a_view_is_the_same_bytes_read_only_and_a_small_one_is_bytes() -> None:
-    """``encode_chunks_view``: a payload past 128 KiB is a read-only view of its packer's buffer with
-    the bytes ``encode_chunks`` gives (from views of the arrays too); a small one is plain bytes."""
+    """``encode_chunks_view``: a payload past 128 KiB is a read-only view of the buffer it was copied
+    into in slices, with the bytes ``encode_chunks`` gives (from views of the arrays too); a small one
+    is plain bytes."""
     steps, values = array("q", range(65_536)), array("d", range(65_536))
     chunks: list[list[Any]] = [["loss", memoryview(steps).cast("B"), memoryview(values).cast("B")]]
     view = wire.encode_chunks_view(chunks, [("p", ("str", "x"))], 1.0)
