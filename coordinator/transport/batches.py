@@ -228,8 +228,8 @@ def _no_pause() -> None:
     """The default ``pause``: nothing to yield to."""
 
 
-SHED_ITEMS = 65536
-"""Items :func:`_shed` gives back between two pauses (512 KiB of an int64 or float64 array)."""
+SHED_ITEMS = 131072
+"""Items :func:`_shed` gives back between two pauses (1 MiB of an int64 or float64 array)."""
 
 
 def _shed(columns: Iterable[Column], pause: Callable[[], None]) -> None:

@@ -82,8 +82,13 @@ def packb_sliced(payload: dict[str, Any], size_hint: int, pause: Callable[[], No
     return view.toreadonly()
 
 
-SLICE_BYTES = 64 * 1024
-"""Bytes :func:`packb_sliced` copies between two pauses (~10-30 µs into fresh pages)."""
+SLICE_BYTES = 128 * 1024
+"""Bytes :func:`packb_sliced` copies between two pauses (~20-60 µs into fresh pages on the development VM).
+
+Smaller slices shorten the sender's stretches further, but each pause past the budget yields
+the GIL to a training thread logging flat out, which then keeps it for the switch interval
+(5 ms): at 64 KiB a rank logging flat out reached 10-15% fewer durable points/s
+(``python -m benchmarks.throughput``, docs/performance.md round 27)."""
 
 _HEADERS = msgpack.Packer(use_bin_type=True)
 
