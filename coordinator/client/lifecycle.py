@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -126,6 +127,11 @@ class Lifecycle:
             min(close_timeout_s, _ATEXIT_TIMEOUT_S),
             run_id,
         )
+        # pyzmq stops the garbage collector that every zero-copy send (a large batch) needs in an
+        # atexit hook of its own, registered when that collector is first imported: by the first
+        # such send, after this run's hook, so it ran first and the hook's last sends raised.
+        # Imported now, its hook runs after this one (atexit runs the last registered first).
+        importlib.import_module("zmq.utils.garbage")
         atexit.register(self._atexit_cb)
         _LIVE.add(self)
 

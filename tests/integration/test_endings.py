@@ -117,6 +117,20 @@ def test_ctrl_c_in_a_hot_logging_loop_interrupts_the_run_with_every_point_paired
     assert n - 1 <= len(series["z"]) <= n
 
 
+def test_a_large_batch_left_for_the_exit_is_sent_after_pyzmqs_own_exit_hook(store_dir: Path) -> None:
+    """A rank that sent large (zero-copy) batches and exits without stop(): the run's atexit hook
+    sends the last one. pyzmq stops the garbage collector of zero-copy sends in an atexit hook of
+    its own, registered when its first such send imports it, after the run's; run first, it made
+    the last send raise (``zmq gc socket requested during shutdown``), and the sender thread died
+    with the batch."""
+    rc, err = _finish(_start("burst-exit"))
+    assert rc == 0, err[-2000:]
+    assert "zmq gc socket" not in err and "sender thread crashed" not in err, err[-2000:]
+    state, report, pts = _stored(store_dir)
+    assert state == "finished", report
+    assert [s for s, _ in pts] == list(range(100_100))
+
+
 def test_clean_end_finishes_the_run(store_dir: Path) -> None:
     rc, err = _finish(_start("clean"))
     assert rc == 0, err[-2000:]

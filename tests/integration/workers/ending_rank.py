@@ -60,6 +60,13 @@ def main() -> None:
             run.log({"x": float(i), "y": float(i)}, step=i)
             run["z"].append(float(i), step=i)
             i += 1
+    elif a.how == "burst-exit":  # a large batch sent, another logged, then exit without stop(): atexit sends it
+        for i in range(a.points, a.points + 50_000):
+            run.log({"x": float(i)}, step=i)
+        run.wait(60)
+        for i in range(a.points + 50_000, a.points + 100_000):
+            run.log({"x": float(i)}, step=i)
+        sys.exit(0)
     elif a.how == "blocked":
         libc = ctypes.CDLL(None)
         mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on Linux
