@@ -199,7 +199,7 @@ class Pipeline:
         replayed = b.payload is None
         if replayed:
             assert self._wal is not None and b.loc is not None
-            b.payload = self._wal.spool.read(b.loc).payload
+            b.payload = self._wal.spool.read_payload(b.loc, b.seq)
         assert b.payload is not None
         if not self._send([b.envelope, b.payload], now):
             if numbered:  # unnumber it: a batch dropped while waiting must leave no gap

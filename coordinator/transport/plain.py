@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import numpy as np
 
 from coordinator.errors import ProtocolError
+from coordinator.transport import pages
 
 __all__ = ["MAX_DEPTH", "PLAIN_SCALARS", "SLICE_BYTES", "check_plain", "list_head", "packb", "packb_sliced", "unpack"]
 
@@ -48,8 +48,9 @@ def packb_sliced(payload: dict[str, Any], size_hint: int, pause: Callable[[], No
     median, up to 0.4-0.5 ms: ``python -m benchmarks.cut``, docs/performance.md round 27). Here
     the payload's small parts are packed as before, each byte view (a long column,
     :func:`~coordinator.core.columns.le_payload`) gets its bin header, and the parts are copied
-    into one uninitialised buffer :data:`SLICE_BYTES` at a time, calling ``pause`` (the sender's
-    GIL slicer) after each. The bytes are :func:`packb`'s.
+    into one uninitialised buffer (:mod:`~coordinator.transport.pages`: pooled, neither faulted in
+    nor freed per batch) :data:`SLICE_BYTES` at a time, calling ``pause`` (the sender's GIL
+    slicer) after each. The bytes are :func:`packb`'s.
 
     Views are looked for where the wire puts them: as items of the lists in ``payload``'s list
     values (a chunk ``[key, steps, values]``); one anywhere else is packed with its neighbours,
@@ -64,8 +65,7 @@ def packb_sliced(payload: dict[str, Any], size_hint: int, pause: Callable[[], No
             _list_parts(value, parts)
         else:
             parts.append(packb(value))
-    out = np.empty(sum(map(len, parts)), dtype=np.uint8)  # not written yet: its pages fault in slice by slice
-    view = out.data
+    view = pages.take(sum(map(len, parts))).data  # a pooled map's pages (the first time, they fault in slice by slice)
     at = room = 0  # room: bytes left to copy before the next pause
     for part in parts:
         n = len(part)

@@ -7,6 +7,7 @@ the number of bytes cut, and truncated; everything before it is intact.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -19,6 +20,7 @@ import msgpack
 
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.errors import SinkError
+from coordinator.transport import pages
 from coordinator.transport.plain import list_head
 
 __all__ = ["SegmentedSpool", "SpoolRecord", "SpoolWriter", "read_spool", "spool_records"]
@@ -156,6 +158,67 @@ def read_spool(path: str | os.PathLike[str], *, repair: bool = False) -> Iterato
         return
 
 
+def _read_body(f: io.RawIOBase, n: int) -> bytes | memoryview:
+    """The next ``n`` bytes of ``f`` (fewer at its end); a large body read into pooled pages, the GIL released.
+
+    ``f.read`` would return a new bytes object, and decoding the record would copy the payload
+    out of it once more, holding the GIL: 0.3-0.5 ms on the sender thread at full load, where
+    held batches come back from the spool to be sent (docs/performance.md round 28). Here the
+    kernel copies the body into a map of :mod:`~coordinator.transport.pages` during the read,
+    outside the GIL, and the payload stays where it landed.
+    """
+    if n <= _MAP_BYTES:
+        return f.read(n) or b""
+    body = pages.take(n).data
+    got = 0
+    while got < n:
+        k = f.readinto(body[got:])
+        if not k:
+            break
+        got += k
+    return body if got == n else body[:got]
+
+
+def _record(body: bytes | memoryview) -> tuple[int, int, bytes, bytes | memoryview]:
+    """A checked record's kind, sequence number, envelope and payload; a payload past :data:`_MAP_BYTES` is a view.
+
+    The body is ``[kind, seq, envelope, payload]`` as msgpack (:meth:`SpoolWriter.append`): the
+    first three are decoded, the payload's bin header read, and the payload left in place, as a
+    read-only view of ``body``. Any other layout is decoded whole, which raises on what is wrong.
+    """
+    if len(body) > _MAP_BYTES:
+        head = msgpack.Unpacker(raw=False, max_buffer_size=_HEAD_PEEK)
+        head.feed(body[:_HEAD_PEEK])
+        try:
+            parts = head.read_array_header(), head.unpack(), head.unpack(), head.unpack()
+        except (ValueError, msgpack.UnpackException):  # OutOfData too: a head longer than the peek
+            parts = None
+        if parts is not None and parts[0] == 4:
+            size, at = _bin_size(body, head.tell())
+            if at + size == len(body):
+                return parts[1], parts[2], parts[3], memoryview(body)[at:].toreadonly()
+    kind, seq, env, payload = msgpack.unpackb(body, raw=False)
+    return kind, seq, env, payload
+
+
+def _bin_size(body: bytes | memoryview, at: int) -> tuple[int, int]:
+    """The length of the msgpack bin at ``body[at]`` and where its bytes start; (-1, 0) when it is not a bin."""
+    width = _BIN_WIDTHS.get(body[at], 0)
+    if not width:
+        return -1, 0
+    return int.from_bytes(body[at + 1 : at + 1 + width], "big"), at + 1 + width
+
+
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+"""msgpack's bin8, bin16 and bin32 tags: the bytes of the length that follows each."""
+
+_MAP_BYTES = 128 * 1024
+"""A record larger than this is read into pooled pages, its payload a view of them (see :func:`_read_body`)."""
+
+_HEAD_PEEK = 4096
+"""Bytes of a record's body that hold its kind, sequence number, envelope and the payload's bin header."""
+
+
 class SegmentedSpool:
     """A sender's write-ahead spool: the batches not acknowledged in time, or held back, in sequence order.
 
@@ -219,25 +282,28 @@ class SegmentedSpool:
         self._writer = SpoolWriter(path)
         self._segments.append((seq, path, seq - 1))
 
-    def read(self, loc: tuple[Path, int]) -> SpoolRecord:
-        """Read back the record at ``loc``.
+    def read_payload(self, loc: tuple[Path, int], seq: int) -> bytes | memoryview:
+        """The payload of batch ``seq``, read back from ``loc``; a large one is a view of what was read, not a copy.
 
         Raises:
-            SinkError: the record is missing or corrupt.
+            SinkError: the record is missing or corrupt, or holds another batch.
         """
         path, offset = loc
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 f.seek(offset)
-                head = f.read(_HEAD.size)
-                n, crc = _HEAD.unpack(head)
-                body = f.read(n)
+                n, crc = _HEAD.unpack(f.read(_HEAD.size))
+                if n > MAX_FRAME_BYTES * 2:
+                    raise SinkError(f"spool {path}: record at byte {offset} is corrupt (length {n})")
+                body = _read_body(f, n)
         except (OSError, struct.error) as e:
             raise SinkError(f"spool {path}: cannot read the record at byte {offset}: {e}") from e
         if len(body) != n or zlib.crc32(body) != crc:
             raise SinkError(f"spool {path}: record at byte {offset} is corrupt")
-        kind, seq, env, payload = msgpack.unpackb(body, raw=False)
-        return SpoolRecord(kind, seq, env, payload)
+        _, got, _, payload = _record(body)
+        if got != seq:
+            raise SinkError(f"spool {path}: the record at byte {offset} holds batch {got}, not {seq}")
+        return payload
 
     def acked_through(self, seq: int) -> None:
         """Every batch up to ``seq`` is acknowledged: delete the segments that hold only those.

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 
 from coordinator.errors import SinkError
@@ -251,7 +252,7 @@ def test_acking_the_open_segment_empties_it_in_place_and_appends_continue(tmp_pa
     assert list(spool_records(tmp_path / "sp")) == []
     locs = [sp.append(r.kind, r.seq, r.envelope, r.payload) for r in recs[3:]]
     assert locs[0] == (seg, 0), "the next record starts at the beginning of the emptied file"
-    assert [sp.read(loc) for loc in locs] == recs[3:]
+    assert [sp.read_payload(loc, r.seq) for loc, r in zip(locs, recs[3:], strict=True)] == [r.payload for r in recs[3:]]
     assert list(spool_records(tmp_path / "sp")) == recs[3:]
     assert sp.size_bytes == seg.stat().st_size
     sp.acked_through(4)  # part of the open segment: nothing is dropped
@@ -315,3 +316,56 @@ def test_a_record_written_as_head_and_payload_has_the_layout_of_one_packed_body(
     assert path.read_bytes() == struct.pack("<II", len(body), zlib.crc32(body)) + body
     assert w.size == 8 + len(body)
     assert list(read_spool(path)) == [SpoolRecord(wire.BATCH, 9, env, raw)]
+
+
+@pytest.mark.parametrize("size", [1_000, 131_000, 131_072, 131_100, 300_000])
+def test_a_batch_read_back_for_sending_has_its_bytes_and_a_large_one_is_a_view_of_pooled_pages(
+    tmp_path: Path, size: int
+) -> None:
+    """A held batch comes back from disk to be sent: past 128 KiB its payload is left where the read put it
+    (pages of :mod:`~coordinator.transport.pages`), not copied out by the decoding; the bytes are the
+    ones written, whatever the bin header."""
+    sp = SegmentedSpool(tmp_path / "sp", segment_bytes=1 << 22, max_bytes=1 << 30)
+    raw = [os.urandom(size + i) for i in range(3)]
+    envs = [wire.encode_envelope(wire.BATCH, "run", 0, 5, s) for s in (1, 2, 3)]
+    locs = [sp.append(wire.BATCH, s, envs[s - 1], raw[s - 1]) for s in (1, 2, 3)]
+    try:
+        for s, (loc, env, data) in enumerate(zip(locs, envs, raw, strict=True), 1):
+            got = sp.read_payload(loc, s)
+            assert got == data
+            body = len(msgpack.packb([wire.BATCH, s, env, data], use_bin_type=True))
+            assert isinstance(got, memoryview) == (body > 128 * 1024)
+            if isinstance(got, memoryview):
+                assert got.readonly and isinstance(got.obj, np.ndarray)
+    finally:
+        sp.close()
+
+
+def test_a_batch_read_back_from_the_wrong_place_or_corrupt_raises(tmp_path: Path) -> None:
+    sp = SegmentedSpool(tmp_path / "sp", segment_bytes=1 << 22, max_bytes=1 << 30)
+    env = wire.encode_envelope(wire.BATCH, "run", 0, 5, 4)
+    path, at = sp.append(wire.BATCH, 4, env, os.urandom(200_000))
+    try:
+        with pytest.raises(SinkError, match="holds batch 4, not 5"):
+            sp.read_payload((path, at), 5)
+        data = bytearray(path.read_bytes())
+        data[100_000] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(SinkError, match="corrupt"):
+            sp.read_payload((path, at), 4)
+        with pytest.raises(SinkError, match="cannot read"):
+            sp.read_payload((tmp_path / "gone.seg", 0), 4)
+    finally:
+        sp.close()
+
+
+def test_a_large_record_with_another_layout_is_decoded_whole(tmp_path: Path) -> None:
+    """A record whose head does not fit the peek (a long envelope) is still read correctly, by a full decode."""
+    sp = SegmentedSpool(tmp_path / "sp", segment_bytes=1 << 22, max_bytes=1 << 30)
+    long_env = b"x" * 10_000
+    data = os.urandom(200_000)
+    loc = sp.append(wire.BATCH, 7, long_env, data)
+    try:
+        assert sp.read_payload(loc, 7) == data
+    finally:
+        sp.close()

@@ -20,7 +20,7 @@ def test_a_written_batch_can_be_read_back_from_its_location(tmp_path: Path) -> N
     wal = WriteAhead(spool, rank=0, buf=Buffer(10))
     b = OutBatch(1, 0, 3, b"env", b"data")
     wal.write(b, 0.0)
-    assert b.loc is not None and spool.read(b.loc).payload == b"data"
+    assert b.loc is not None and spool.read_payload(b.loc, b.seq) == b"data"
 
 
 def test_a_failed_write_is_reported_and_pauses_writes_for_a_second(tmp_path: Path) -> None:
