@@ -1,4 +1,4 @@
-"""Reusable pages for large payloads: a full batch's megabyte neither faulted in nor freed on every batch.
+"""Pages for large payloads: maps of our own, reused when they can be, never a megabyte freed holding the GIL.
 
 A megabyte from ``malloc`` (``numpy.empty``) comes from the sender thread's arena. Freeing it
 holds the GIL, and when freed blocks pile up at the arena's top one ``free`` gives them all back
@@ -12,7 +12,9 @@ numpy array over it, and the map goes back to the pool when that array dies: whe
 acknowledged (or written to disk and dropped) and ZeroMQ has let go of its zero-copy view, since
 every view of the array keeps it alive. At most :data:`KEEP` maps wait in the pool; one past that,
 or a payload larger than :data:`CAPACITY` (in its own map), is unmapped when it goes, and
-CPython unmaps outside the GIL.
+CPython unmaps outside the GIL. A paced rank reuses the same few maps; a rank logging flat out
+has ~25 payloads alive at its peaks (window, held batches, sends), so most of its maps are new
+(138 of 191 in 6 s) and fault in during the copy: what it gains is the frees.
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ def packb_sliced(payload: dict[str, Any], size_hint: int, pause: Callable[[], No
     median, up to 0.4-0.5 ms: ``python -m benchmarks.cut``, docs/performance.md round 27). Here
     the payload's small parts are packed as before, each byte view (a long column,
     :func:`~coordinator.core.columns.le_payload`) gets its bin header, and the parts are copied
-    into one uninitialised buffer (:mod:`~coordinator.transport.pages`: pooled, neither faulted in
-    nor freed per batch) :data:`SLICE_BYTES` at a time, calling ``pause`` (the sender's GIL
+    into one uninitialised buffer (a map of :mod:`~coordinator.transport.pages`, never freed
+    holding the GIL) :data:`SLICE_BYTES` at a time, calling ``pause`` (the sender's GIL
     slicer) after each. The bytes are :func:`packb`'s.
 
     Views are looked for where the wire puts them: as items of the lists in ``payload``'s list
