@@ -168,7 +168,13 @@ def _read_body(f: io.RawIOBase, n: int) -> bytes | memoryview:
     outside the GIL, and the payload stays where it landed.
     """
     if n <= _MAP_BYTES:
-        return f.read(n) or b""
+        data = b""
+        while len(data) < n:  # an unbuffered read may return less than asked before the end
+            more = f.read(n - len(data))
+            if not more:
+                break
+            data += more
+        return data
     body = pages.take(n).data
     got = 0
     while got < n:
