@@ -6,10 +6,11 @@ GIL slicer (``start``, ``resume``, ``pause``, ``release``) and a few of its step
 each records a *mark* (``CLOCK_MONOTONIC`` ns, the same clock as ``perf record -k
 CLOCK_MONOTONIC``, and what happened) into two ``array('q')``: no object the garbage collector
 tracks, so the recording's collections stay the process's own. :func:`annotate` then lists, for
-each of the N longest holds on the CPU, the marks from 0.2 ms before it to its end, in µs from
-its start: a slicer mark says where (``pause sender.py:226``, ``yield`` when it released the
-GIL), a step says when it began (``>``) and ended (``<``), and the garbage collector's runs
-(in any thread) are marked too.
+each of the N longest holds on the CPU, the marks from 0.2 ms before it to its end (and, when
+none of them comes before its start, the last mark before it: where the thread stood while it
+waited for the GIL), in µs from its start: a slicer mark says where (``pause sender.py:226``,
+``yield`` when it released the GIL), a step says when it began (``>``) and ended (``<``), and the
+garbage collector's runs (in any thread) are marked too.
 
 Each mark costs a few µs on a cold CPU, and is inside the holds it marks: the holds of a marked
 recording are longer than an unmarked one's. Use it to find the pieces, the unmarked recording
@@ -41,10 +42,21 @@ MARKED = (
     ("coordinator.transport.wake", "WakePipe", "drain"),
     ("zmq", "Socket", "recv_multipart"),
     ("coordinator.transport.pipeline", "Pipeline", "pump"),
+    ("coordinator.transport.pipeline", "Pipeline", "ack"),
+    ("coordinator.transport.pipeline", "Pipeline", "_send_batch"),
+    ("coordinator.transport.loopio", "LoopIO", "send"),
+    ("coordinator.transport.writeahead", "WriteAhead", "write"),
+    ("coordinator.transport.outbox", "Outbox", "hold"),
+    ("coordinator.transport.spool", "SegmentedSpool", "read_payload"),
+    ("coordinator.transport.plain", None, "_list_parts"),
 )
 """(module, class or None, function) of the steps marked at their start and end."""
 
 _BEFORE_NS = 200_000
+_LAST_BEFORE_NS = 20_000_000
+"""A hold with no mark in the 0.2 ms before it also lists the last mark up to this far before it: a
+thread that yielded waits for the GIL for the switch interval (5 ms) when the other thread runs flat
+out, and its next hold starts where it yielded."""
 _KINDS = ("start", "pause", "yield", "resume")
 
 
@@ -169,5 +181,8 @@ def annotate(holds: list[tuple[int, int]], cpu: list[int], marks: list[tuple[int
     for i in sorted(range(len(holds)), key=lambda i: -cpu[i])[:top]:
         a, b = holds[i]
         out.append(f"  hold of {(b - a) / 1000:.0f} µs ({cpu[i] / 1000:.0f} on the CPU):")
-        out.extend(f"    {(t - a) / 1000:+8.1f} µs  {label}" for t, label in marks if a - _BEFORE_NS <= t <= b)
+        near = [(t, label) for t, label in marks if a - _BEFORE_NS <= t <= b]
+        if not near or near[0][0] >= a:  # say where the thread was: a hold after a yield starts ~5 ms after it
+            near[:0] = [(t, label) for t, label in marks if a - _LAST_BEFORE_NS <= t < a - _BEFORE_NS][-1:]
+        out.extend(f"    {(t - a) / 1000:+8.1f} µs  {label}" for t, label in near)
     return out

@@ -68,3 +68,25 @@ def test_annotate_lists_the_longest_holds_on_the_cpu_with_the_marks_around_them(
         "  hold of 100 µs (100 on the CPU):",
         "       +10.0 µs  > _flush",
     ]
+
+
+def test_a_hold_with_no_mark_just_before_it_lists_the_last_mark_before_it() -> None:
+    """A hold that starts after a yield and a wait for the GIL (the switch interval) says where the thread stood."""
+    holds = [(10_000_000, 10_300_000), (20_000_000, 20_100_000)]
+    cpu = [300_000, 100_000]
+    marks = [
+        (4_700_000, "yield plain.py:75"),  # 5.3 ms before the first hold: the one to list
+        (4_900_000, "yield plain.py:75"),
+        (10_200_000, "> fresh"),
+        (19_000_000, "> ack"),  # 1 ms before the second hold, which has a mark inside it too
+        (19_900_000, "< ack"),
+        (20_050_000, "yield pipeline.py:167"),
+    ]
+    assert annotate(holds, cpu, marks, 2) == [
+        "  hold of 300 µs (300 on the CPU):",
+        "     -5100.0 µs  yield plain.py:75",
+        "      +200.0 µs  > fresh",
+        "  hold of 100 µs (100 on the CPU):",
+        "      -100.0 µs  < ack",
+        "       +50.0 µs  yield pipeline.py:167",
+    ]
