@@ -49,6 +49,10 @@ MARKED = (
     ("coordinator.transport.outbox", "Outbox", "hold"),
     ("coordinator.transport.spool", "SegmentedSpool", "read_payload"),
     ("coordinator.transport.plain", None, "_list_parts"),
+    ("coordinator.transport.pages", None, "take"),
+    ("coordinator.transport.pages", None, "populate"),
+    ("coordinator.transport.batches", None, "_shed"),
+    ("coordinator.transport.batches", None, "give_back"),
 )
 """(module, class or None, function) of the steps marked at their start and end."""
 

@@ -33,6 +33,7 @@ from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer, TextColumn
 from coordinator.transport.frames import Frame
+from coordinator.transport.pages import give_back
 
 __all__ = [
     "MAX_BATCH_TEXT_CHARS",
@@ -141,7 +142,7 @@ class Cutter:
                     cols.update(f.columns())
             frames = [f for f in frames if len(f.keys) <= cap]
         out = self._encode(gen, cols, frames, fields, texts, ts)
-        if len(out) > 1:  # a generation of several batches: long arrays, given back a slice at a time
+        if sum(b.points for b in out) >= SHED_POINTS:  # long arrays: their pages go back outside the GIL
             _shed(cols.values(), pause)
             _shed(((f.steps, f.values) for f in framed.values()), pause)
         return out
@@ -229,22 +230,39 @@ def _no_pause() -> None:
 
 
 SHED_ITEMS = 131072
-"""Items :func:`_shed` gives back between two pauses (1 MiB of an int64 or float64 array)."""
+"""Items :func:`_shed` gives back between two pauses (1 MiB of an int64 or float64 array) where
+the system cannot take pages back outside the GIL (:func:`~coordinator.transport.pages.give_back`)."""
+
+SHED_BYTES = 128 * 1024
+"""Arrays of a cut generation at least this long have their pages given back before they are freed."""
+
+SHED_POINTS = SHED_BYTES // 8
+"""Points of a cut below which no array of it can be that long: :func:`_shed` is not called."""
 
 
 def _shed(columns: Iterable[Column], pause: Callable[[], None]) -> None:
-    """Shrink each long array of a cut generation to nothing, :data:`SHED_ITEMS` at a time, ``pause`` between.
+    """Give back the pages of each long array of a cut generation, then free it.
 
     A rank logging flat out cuts columns of up to ``max_points`` (16 MiB an array at 2M points).
-    Dropped at once, their pages went back to the system in one free, 0.3-1 ms holding the GIL at
-    the end of the cut; each shrink here returns a slice of them. The arrays must have no view
-    left (one would make the shrink raise ``BufferError``): call it once the batches are encoded.
+    Freed holding the GIL, an array's pages go back to the system in one ``munmap``, ``mremap`` or
+    ``madvise`` of the allocator: 30 µs to 1 ms at the end of the cut. Here they go first, the GIL
+    released (:func:`~coordinator.transport.pages.give_back`), and the free that follows finds
+    none left. Where that is refused, each array shrinks :data:`SHED_ITEMS` at a time, ``pause``
+    between. The arrays must have no view left: the first shrink raises ``BufferError`` if one
+    has, before any page goes. Call it once the batches are encoded.
     """
-    for steps, values in columns:
-        for a in (steps, values):
-            while len(a) > SHED_ITEMS:
-                del a[len(a) - SHED_ITEMS :]
-                pause()
+    long = [a for column in columns for a in column if len(a) * a.itemsize >= SHED_BYTES]
+    for a in long:
+        del a[len(a) - 1 :]  # BufferError while a view is left, before any page goes
+    # Every array's pages first, then the frees: a free may also return free memory next to it.
+    given = [give_back(a.buffer_info()[0], len(a) * a.itemsize) for a in long]
+    for a, gone in zip(long, given, strict=True):
+        if gone:
+            del a[:]
+            continue
+        while len(a) > SHED_ITEMS:
+            del a[len(a) - SHED_ITEMS :]
+            pause()
 
 
 def _no_frame_steps(keys: tuple[str, ...], last: int) -> None:

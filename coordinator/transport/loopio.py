@@ -18,6 +18,11 @@ between), so their fixed cost counts per logged point; they are kept to the fewe
   one runs ``enum``'s Python (``send_multipart`` does ``zmq.SNDMORE | flags`` per frame). A
   message's frames are sent as ``send_multipart`` sends them, one ``send`` each; ZeroMQ checks
   the high-water mark at the first frame only, so a message goes whole or not at all.
+* Frames of 64 KiB and more (a batch of a few thousand points and up) go without a copy: libzmq
+  reads them in place and calls pyzmq back when it is done, through pyzmq's garbage-collector
+  thread, which pyzmq starts (with a context and a socket of its own) inside the first such
+  send: 265-340 µs holding the GIL, the longest stretch of a rank logging flat out (round 28 of
+  docs/performance.md). :class:`LoopIO` starts it when it is made, at the sender's start-up.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import zmq
 
-__all__ = ["LoopIO", "has_message"]
+__all__ = ["LoopIO", "has_message", "start_zero_copy"]
 
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
@@ -49,6 +54,15 @@ def has_message(sock: zmq.Socket[bytes]) -> bool:
     return isinstance(events, int) and bool(events & _POLLIN)
 
 
+def start_zero_copy() -> None:
+    """Have pyzmq start what every zero-copy send needs (its garbage-collector thread) now.
+
+    A one-byte frame made without a copy does it, and is dropped at once. The thread stays for
+    the process (pyzmq stops it at exit) and sleeps on a socket until a send's frame is freed.
+    """
+    zmq.Frame(b"\0", copy=False)
+
+
 class LoopIO:
     """The sender thread's wait (wake-up pipe, and the socket when listening), reply reads and sends."""
 
@@ -68,6 +82,7 @@ class LoopIO:
         self._quiet = select.poll()
         self._quiet.register(wake_fd, select.POLLIN)
         self._readable = [(sock, _POLLIN)]
+        start_zero_copy()
 
     def wait(self, timeout_ms: int, *, listen: bool) -> tuple[bool, bool]:
         """Block up to ``timeout_ms`` for a wake-up (and, when ``listen``, a reply).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -106,3 +108,38 @@ def test_every_wait_calls_woke_once_as_its_poll_returns(
     wake.wake()
     io.wait(1000, listen=False)
     assert calls == [True, True, True]
+
+
+_FIRST_SEND = """
+import sys, time
+import zmq
+from zmq.utils.garbage import gc
+from coordinator.transport.loopio import LoopIO
+from coordinator.transport.wake import WakePipe
+
+ctx = zmq.Context()
+pull, dealer = ctx.socket(zmq.PULL), ctx.socket(zmq.DEALER)
+pull.bind("inproc://first")
+dealer.connect("inproc://first")
+wake = WakePipe()
+assert not gc.is_alive(), "pyzmq's collector runs before any zero-copy send"
+io = LoopIO(dealer, wake.fd)
+print("started", gc.is_alive())
+payload = memoryview(bytes(1 << 17))
+t0 = time.perf_counter()
+assert io.send([payload])
+print("first send µs", round((time.perf_counter() - t0) * 1e6))
+assert pull.poll(5000) and len(pull.recv()) == 1 << 17
+wake.close()
+dealer.close(linger=0)
+pull.close(linger=0)
+ctx.term()
+"""
+
+
+def test_making_the_loop_io_starts_what_zero_copy_sends_need_so_the_first_one_does_not() -> None:
+    """pyzmq starts its garbage-collector thread inside the first zero-copy send (hundreds of µs
+    holding the GIL, mid-training); the sender's loop starts it when it is made, at start-up."""
+    out = subprocess.run([sys.executable, "-c", _FIRST_SEND], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "started True" in out.stdout, out.stdout

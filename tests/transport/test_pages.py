@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import time
+from array import array
+from pathlib import Path
 
 import numpy as np
+import pytest
 import zmq
 
 from coordinator.transport import pages
-from coordinator.transport.pages import PagePool
+from coordinator.transport.pages import PagePool, give_back
 
 _N = 200_000
 
@@ -89,3 +94,63 @@ def test_a_map_is_not_reused_while_zeromq_still_holds_its_zero_copy_send() -> No
 def test_the_process_pool_backs_take() -> None:
     a = pages.take(1000)
     assert a.nbytes == 1000 and a.dtype == np.uint8 and a.base is not None
+
+
+def _resident_bytes(a: np.ndarray) -> int:
+    """Resident bytes of the map under ``a`` (its ``/proc/self/smaps`` entry starts at ``a``'s address)."""
+    start = f"{_address(a):x}-"
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(start):
+            for field in lines[i + 1 :]:
+                if field.startswith("Rss:"):
+                    return int(field.split()[1]) * 1024
+    raise AssertionError(f"no map at {start}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the map's resident size from /proc")
+def test_a_map_is_faulted_in_before_it_is_handed_out_once_per_byte_range() -> None:
+    """The pages a payload will be written to are resident before the write (faulted in with the
+    GIL released), and only those: a reused map is faulted in again only past what it had."""
+    pool = PagePool(capacity=1 << 20, keep=4)
+    a = pool.take(_N)
+    if _kernel() < (5, 14):
+        assert not pool.populated and _resident_bytes(a) == 0
+        pytest.skip("MADV_POPULATE_WRITE came with Linux 5.14: pages fault in when written")
+    assert _N <= _resident_bytes(a) < _N + 2 * 4096, "the payload's pages, no more"
+    first = _address(a)
+    del a
+    b = pool.take(_N // 2)
+    assert _address(b) == first and pool.populated == 1, "pages already in are not faulted again"
+    del b
+    c = pool.take(3 * _N)
+    assert _address(c) == first and pool.populated == 2 and _resident_bytes(c) >= 3 * _N
+    del c
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the process's resident size from /proc")
+def test_giving_back_an_arrays_pages_zeroes_whole_pages_only_and_shrinks_the_process() -> None:
+    """The whole pages inside the buffer go (the process's resident size falls by them and they read
+    as zeros); the partial pages at its ends, where the allocator keeps its own words, keep their bytes."""
+    a = array("d", range(1, 2_000_001))  # 16 MB, every item non-zero
+    address, n = a.buffer_info()
+    before = _process_resident()
+    assert give_back(address, n * a.itemsize)
+    assert before - _process_resident() > 14 * 2**20
+    page = mmap.PAGESIZE
+    lo, hi = -(-address // page) * page, (address + n * 8) // page * page
+    first, last = (lo - address) // 8, (hi - address) // 8  # the items on whole pages: [first, last)
+    assert a[0] == 1 and a[first - 1] == first, "the partial first page is kept"
+    assert a[first] == 0 and a[last - 1] == 0 and a[(first + last) // 2] == 0
+    if last < n:
+        assert a[last] == last + 1 and a[n - 1] == n, "the partial last page is kept"
+    del a[:]
+
+
+def _process_resident() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * mmap.PAGESIZE
+
+
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
