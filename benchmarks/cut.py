@@ -1,4 +1,4 @@
-"""The sender's cut of one generation into wire batches, in process: CPU per cut and its longest slice.
+"""The sender's cut of one generation into wire batches, in process: time per cut and its longest slice.
 
 The sender thread holds the GIL while it cuts the buffer and encodes the batches, except at the
 ``pause`` points between slices (``transport/slices.py``), where a training thread that wants
@@ -9,6 +9,11 @@ calling ``log()`` at that moment could wait at most (on an otherwise idle CPU):
 * ``column``: one key, 65,536 points (a full batch: scalar ``log()``/``append()`` flat out);
 * ``frame``: a 100-key dict at 655 steps (a full batch of dicts flat out);
 * ``paced``: a 100-key dict at 3 steps (a 50 ms flush of a rank logging it 50 times a second).
+
+Both are wall-clock times. A call inside a slice that releases the GIL counts in it: since round
+29, the ``madvise`` that gives back a long cut's pages (``pages.give_back``) falls in the last
+slice of a full cut, so a slice is an upper bound of the GIL held there, not the hold itself
+(``benchmarks.gil_holds`` measures the holds).
 
 Each generation is built afresh (its arrays untouched by the cut before), cut, and its batches
 decoded and checked point by point (outside the timing). The batches of the last ``--hold``
