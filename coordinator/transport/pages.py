@@ -70,28 +70,36 @@ def _madvise() -> Callable[[int, int, int], int] | None:
 
 
 _MADVISE = _madvise()
-_populating = _MADVISE is not None
-"""False once the kernel refused ``MADV_POPULATE_WRITE``: not asked again."""
-_giving = _MADVISE is not None
-"""False once the system refused ``MADV_DONTNEED``: not asked again."""
+_REFUSED: set[int] = set()
+"""Advices the system refused (an old kernel, another system): not asked again."""
+
+
+def _advise(address: int, length: int, advice: int) -> bool:
+    """``madvise(address, length, advice)`` with the GIL released; False: not done (nothing raised).
+
+    A refusal of the advice itself (``EINVAL``, ``ENOSYS``, ``EPERM``) turns it off for the
+    process; any other failure leaves the pages to the allocator and the page faults, as without it.
+    """
+    if _MADVISE is None or advice in _REFUSED:
+        return False
+    if _MADVISE(address, length, advice) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        _REFUSED.add(advice)
+    return False
 
 
 def populate(a: np.ndarray, start: int = 0) -> bool:
     """Fault in the pages under ``a[start:]`` (a writable byte array over a map), the GIL released.
 
     ``start`` is rounded down to its page (``a`` starts on one). False: not done, because
-    ``madvise`` or the advice is missing (the pages then fault in when written) or the call
-    failed for this range.
+    ``madvise`` or the advice is missing (before Linux 5.14: the pages then fault in when
+    written) or the call failed for this range.
     """
-    global _populating
-    if not _populating or _MADVISE is None or start >= a.nbytes:
+    if start >= a.nbytes:
         return False
     lo = start - start % mmap.PAGESIZE
-    if _MADVISE(a.ctypes.data + lo, a.nbytes - lo, _MADV_POPULATE_WRITE) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
-        _populating = False  # a kernel older than 5.14, or another system: not asked again
-    return False
+    return _advise(a.ctypes.data + lo, a.nbytes - lo, _MADV_POPULATE_WRITE)
 
 
 def give_back(address: int, nbytes: int) -> bool:
@@ -104,17 +112,10 @@ def give_back(address: int, nbytes: int) -> bool:
     nothing may read the buffer again. False: not done (no ``madvise``, or no whole page
     inside); the free then returns the pages itself.
     """
-    global _giving
     page = mmap.PAGESIZE
     lo = -(-address // page) * page
     hi = (address + nbytes) // page * page
-    if not _giving or _MADVISE is None or hi <= lo:
-        return False
-    if _MADVISE(lo, hi - lo, _MADV_DONTNEED) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
-        _giving = False  # not this system's advice: not asked again
-    return False
+    return hi > lo and _advise(lo, hi - lo, _MADV_DONTNEED)
 
 
 class PagePool:
