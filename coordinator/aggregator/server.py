@@ -44,17 +44,21 @@ _log = logging.getLogger("coordinator.aggregator")
 _ROUND_BYTES = 8 * 1024 * 1024
 """Bytes read per round before committing (and acking) what was read."""
 _ROUND_MESSAGES = 2_000
-_SWEEP_INTERVAL_S = 0.25
-"""How often liveness and rank 0's process are checked, and complete groups emitted at the latest."""
+_SWEEP_INTERVAL_S = 1.0
+"""How often liveness and rank 0's process are checked, and complete groups emitted at the latest.
+
+An emission costs about as much for a second's steps as for a quarter of it (numpy's per-call
+overhead: 0.5-0.6 ms of a paced job's cold CPU, and a liveness check 0.15 ms), and the main series
+was held about a second before it was written anyway: a sweep writes what is held with what it
+emits. Every 0.25 s (until round 30 of docs/performance.md), the sweeps took a seventh of the
+paced job's aggregator CPU."""
 _HEALTH_INTERVAL_S = 1.0
 _EMIT_BYTES = 1024 * 1024
-"""Batch bytes read since the last emission that make the loop emit before the next sweep.
+"""Batch bytes read since the last emission that make the loop emit (and hold) before the next sweep.
 
-Complete groups are emitted at each sweep (every :data:`_SWEEP_INTERVAL_S`), when a reply of
-the round reads the main series, or after this much input: a reduction costs about as much for
-one commit round's steps as for five (numpy's per-call overhead), and the main series is held
-for about a second before it is written anyway. The byte bound keeps a busy run's pending groups
-(the reducer's memory) to about a megabyte of input."""
+Complete groups are emitted at each sweep, when a reply of the round reads the main series, or
+after this much input. The byte bound keeps a busy run's pending groups (the reducer's memory)
+to about a megabyte of input."""
 _MAX_MAP_BYTES = 4096
 """Largest HELLO, STATE, QUERY or BYE payload."""
 _STOPPING_COMMIT_RETRIES = 20
@@ -369,8 +373,8 @@ class Server:
                 now = time.time()
                 if sweep:
                     last_health = self._sweep(now, last_health)
-                if emit:
-                    agg.emit(now, all_keys=sweep, hold=True)
+                if emit:  # a sweep's writes what is held: the main series waits about a second, as before
+                    agg.emit(now, all_keys=sweep, hold=not sweep)
                     unreduced = 0
             if self.stopping or agg.finished(now):
                 break
