@@ -3,7 +3,7 @@
 The paced job of ``benchmarks.cpu_per_point`` and ``benchmarks.rank_threads`` (4 ranks, a 100-key
 dict per step, 50 steps/s, 50 ms flushes) gives the aggregator, each second, 80 batches of 2-3
 steps (one block each), 10 commits (one per light window, each staging its round's rank points) and
-emissions (held main series; here one every 0.5 s, each a sweep of every key). This feeds an
+one emission (the server loop's sweep: every key, the main series written). This feeds an
 in-process ``Aggregator`` exactly that, in the server loop's order, from payloads encoded
 beforehand as a sender encodes them, and times its three parts with the thread's CPU clock:
 ``batch`` (decoding and ingesting), ``commit`` (the staging commits and the materializations of the
@@ -109,9 +109,9 @@ def measure(seconds: int, n_keys: int = _KEYS, ranks: int = _RANKS, every: int =
                 a = clock()
                 agg.commit(stage=True, now=now)
                 cpu["commit"] += (clock() - a) * timed
-                if f % 5 == 1:  # an emission every 0.5 s, each a sweep of every key
+                if f % _FLUSHES == 1:  # the server loop's sweep, once a second: every key, what is held written
                     a = clock()
-                    agg.emit(now, all_keys=f % 10 == 1, hold=True)
+                    agg.emit(now, all_keys=True, hold=False)
                     cpu["emit"] += (clock() - a) * timed
         agg.finalize()
         _check(Path(d) / "run.db", keys, step, ranks)
