@@ -11,8 +11,8 @@ So a payload of up to :data:`CAPACITY` bytes is written into a map taken from a 
 numpy array over it, and the map goes back to the pool when that array dies: when the batch is
 acknowledged (or written to disk and dropped) and ZeroMQ has let go of its zero-copy view, since
 every view of the array keeps it alive. At most :data:`KEEP` maps wait in the pool; one past that,
-or a payload larger than :data:`CAPACITY` (in its own map), is unmapped when it goes, and
-CPython unmaps outside the GIL. A paced rank reuses the same few maps; a rank logging flat out
+or a payload larger than :data:`CAPACITY` (in its own map), is unmapped when it goes, outside
+the GIL. A paced rank reuses the same few maps; a rank logging flat out
 has ~25 payloads alive at its peaks (window, held batches, sends), so most of its maps are new
 (138 of 191 in 6 s).
 
@@ -26,6 +26,13 @@ the GIL is free meanwhile. Where the call is refused (another kernel or system),
 during the copy, as before. The same call with ``MADV_DONTNEED`` (:func:`give_back`) hands back
 the pages of a dead array's buffer right before it is freed: the sender's cut does it for its
 long arrays, so their frees have nothing left to return holding the GIL.
+
+The maps themselves are made and unmapped by libc's ``mmap`` and ``munmap`` through :mod:`ctypes`
+too (:class:`_Map`), with the GIL released: CPython 3.11's :mod:`mmap` module holds it while the
+kernel makes a map, and in a sender at full load that call waited 30-90 µs for the process's
+memory lock (page faults and unmaps of other threads), a third of the sender's longest
+stretches (docs/performance.md round 31). Where libc's functions cannot be called, the
+:mod:`mmap` module makes them, as before.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import os
 import weakref
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,19 +66,27 @@ _MADV_POPULATE_WRITE = 23
 """``madvise``'s advice that faults a range in writable (Linux 5.14; ``asm-generic/mman-common.h``)."""
 
 
-def _madvise() -> Callable[[int, int, int], int] | None:
-    """libc's ``madvise`` through :mod:`ctypes` (a call that releases the GIL); None where there is none."""
+def _libc(name: str, argtypes: list[Any], restype: Any) -> Callable[..., Any] | None:
+    """libc's function ``name`` through :mod:`ctypes` (a call that releases the GIL); None where there is none."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):  # no C library to load, or no madvise in it
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):  # no C library to load, or no such function in it
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    result: Callable[[int, int, int], int] = fn
+    fn.argtypes = argtypes
+    fn.restype = restype
+    result: Callable[..., Any] = fn
     return result
 
 
-_MADVISE = _madvise()
+_MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
+_MMAP = _libc(
+    "mmap", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long], ctypes.c_void_p
+)
+_MUNMAP = _libc("munmap", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_FLAGS = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+"""The map's flags, those of the :mod:`mmap` module's anonymous maps (a shared one is never merged
+with its neighbours: each stays a map of its own in ``/proc/self/smaps``)."""
 _REFUSED: set[int] = set()
 """Advices the system refused (an old kernel, another system): not asked again."""
 
@@ -118,6 +135,61 @@ def give_back(address: int, nbytes: int) -> bool:
     return hi > lo and _advise(lo, hi - lo, _MADV_DONTNEED)
 
 
+class _Span:
+    """``size`` bytes at ``address`` as numpy sees an array's memory (the base of a :meth:`_Map.array`)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, address: int, size: int) -> None:
+        self.__array_interface__ = {"shape": (size,), "typestr": "|u1", "data": (address, False), "version": 3}
+
+
+class _Map:
+    """One anonymous map of :attr:`size` bytes, made and unmapped with the GIL released where libc allows.
+
+    Nothing keeps the memory of a libc map alive but this object's :meth:`close`: the pool closes
+    a map only once no array over it is left (their deaths are what it waits for).
+    """
+
+    __slots__ = ("_address", "_mm", "size")
+
+    def __init__(self, size: int) -> None:
+        """Raises:
+        OSError: the system refused the map (out of memory or address space)."""
+        self.size = size
+        self._mm: mmap.mmap | None = None
+        self._address = 0
+        if _MMAP is None or _MUNMAP is None:
+            self._mm = mmap.mmap(-1, size)
+            return
+        address = _MMAP(None, size, mmap.PROT_READ | mmap.PROT_WRITE, _FLAGS, -1, 0)
+        if address is None or address == _MAP_FAILED:
+            code = ctypes.get_errno()
+            raise OSError(code, f"mmap of {size} bytes: {os.strerror(code)}")
+        self._address = address
+
+    def array(self, n: int) -> np.ndarray:
+        """A writable byte array over the map's first ``n`` bytes; the map must outlive it."""
+        if self._mm is not None:
+            return np.frombuffer(self._mm, dtype=np.uint8, count=n)
+        return np.asarray(_Span(self._address, n))
+
+    def close(self) -> None:
+        """Unmap, the GIL released (idempotent); no array over the map may be left.
+
+        Raises:
+            OSError: ``munmap`` failed (the map stays).
+        """
+        if self._mm is not None:
+            self._mm = None  # its last reference: CPython unmaps outside the GIL
+        elif self._address:
+            assert _MUNMAP is not None
+            if _MUNMAP(self._address, self.size) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"munmap of {self.size} bytes: {os.strerror(code)}")
+            self._address = 0
+
+
 class PagePool:
     """Maps of :attr:`capacity` bytes handed out as numpy arrays and taken back when the array dies.
 
@@ -131,9 +203,9 @@ class PagePool:
     def __init__(self, capacity: int = CAPACITY, keep: int = KEEP) -> None:
         self.capacity = capacity
         self.keep = keep
-        self._idle: deque[tuple[mmap.mmap, int]] = deque()
+        self._idle: deque[tuple[_Map, int]] = deque()
         """Maps waiting, each with the bytes of it already faulted in."""
-        self._out: dict[int, tuple[weakref.ref[np.ndarray], mmap.mmap, int]] = {}
+        self._out: dict[int, tuple[weakref.ref[np.ndarray], _Map, int]] = {}
         """id of a weak reference (arrays are not hashable) -> the reference (alive for its callback),
         the map and the bytes of it faulted in."""
         self.made = 0
@@ -147,15 +219,17 @@ class PagePool:
         """A writable array of ``n`` uninitialised bytes, in pages of a pooled map when ``n`` fits."""
         if n > self.capacity:
             self.unpooled += 1
-            big = np.frombuffer(mmap.mmap(-1, n), dtype=np.uint8)
+            own = _Map(n)
+            big = own.array(n)
+            weakref.finalize(big, own.close).atexit = False  # at exit the system unmaps it, under any live view
             populate(big)
             return big
         try:
             m, ready = self._idle.pop()
         except IndexError:
-            m, ready = mmap.mmap(-1, self.capacity), 0
+            m, ready = _Map(self.capacity), 0
             self.made += 1
-        a = np.frombuffer(m, dtype=np.uint8, count=n)
+        a = m.array(n)
         if n > ready and populate(a, ready):
             ready = n
             self.populated += 1
@@ -168,6 +242,8 @@ class PagePool:
         _, m, ready = self._out.pop(id(ref))
         if len(self._idle) < self.keep:
             self._idle.append((m, ready))
+        else:
+            m.close()
 
     @property
     def idle(self) -> int:

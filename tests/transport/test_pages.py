@@ -60,6 +60,46 @@ def test_a_payload_larger_than_the_capacity_gets_a_map_of_its_own() -> None:
     assert pool.idle == 0
 
 
+def _mapped(address: int) -> bool:
+    """Whether a map of this process starts at ``address`` (``/proc/self/maps``)."""
+    start = f"{address:x}-"
+    return any(line.startswith(start) for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's maps from /proc")
+def test_a_map_the_pool_does_not_keep_is_unmapped_once_its_array_is_gone() -> None:
+    """A map past ``keep``, and the own map of a payload larger than the capacity, go back to the
+    system when the last view of their array goes, not before."""
+    pool = PagePool(capacity=1 << 20, keep=0)
+    a = pool.take(_N)
+    big = pool.take((1 << 20) + 1)
+    big[-1] = 9
+    at, big_at = _address(a), _address(big)
+    view, big_view = memoryview(a)[5:], big[10:]
+    del a, big
+    assert _mapped(at) and _mapped(big_at), "a view keeps the map"
+    assert big_view[-1] == 9
+    del view, big_view
+    assert not _mapped(at) and not _mapped(big_at)
+    assert pool.idle == 0 and pool.in_use == 0
+
+
+def test_without_libcs_mmap_the_pool_makes_its_maps_with_the_mmap_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libc's ``mmap`` cannot be called through ctypes, the maps still come, reused the same way."""
+    monkeypatch.setattr(pages, "_MMAP", None)
+    pool = PagePool(capacity=1 << 20, keep=1)
+    a = pool.take(_N)
+    a[:] = 3
+    first = _address(a)
+    del a
+    b = pool.take(_N)
+    assert _address(b) == first and pool.made == 1 and int(b[0]) == 3
+    big = pool.take((1 << 20) + 1)
+    big[:] = 1
+    assert int(big.sum()) == (1 << 20) + 1
+    del b, big
+
+
 def test_a_map_is_not_reused_while_zeromq_still_holds_its_zero_copy_send() -> None:
     """A payload sent zero-copy stays intact until the receiver has it; only then does its map come back."""
     pool = PagePool(capacity=1 << 20, keep=4)
