@@ -136,29 +136,36 @@ def give_back(address: int, nbytes: int) -> bool:
 
 
 class _Span:
-    """``size`` bytes at ``address`` as numpy sees an array's memory (the base of a :meth:`_Map.array`)."""
+    """The first ``n`` bytes of a :class:`_Map` as numpy sees an array's memory: the base of
+    :meth:`_Map.array`'s arrays, which keeps the map alive as long as any of them (a view's base
+    is the array it was made from)."""
 
-    __slots__ = ("__array_interface__",)
+    __slots__ = ("__array_interface__", "_map")
 
-    def __init__(self, address: int, size: int) -> None:
-        self.__array_interface__ = {"shape": (size,), "typestr": "|u1", "data": (address, False), "version": 3}
+    def __init__(self, m: _Map, n: int) -> None:
+        self._map = m
+        self.__array_interface__ = {"shape": (n,), "typestr": "|u1", "data": (m.address, False), "version": 3}
 
 
 class _Map:
     """One anonymous map of :attr:`size` bytes, made and unmapped with the GIL released where libc allows.
 
-    Nothing keeps the memory of a libc map alive but this object's :meth:`close`: the pool closes
-    a map only once no array over it is left (their deaths are what it waits for).
+    Like an :class:`mmap.mmap`, it is unmapped when its last reference goes: the pool's, or that
+    of an array over it (:class:`_Span`).
     """
 
-    __slots__ = ("_address", "_mm", "size")
+    __slots__ = ("_mm", "_unmap", "address", "size")
 
     def __init__(self, size: int) -> None:
-        """Raises:
-        OSError: the system refused the map (out of memory or address space)."""
+        """Make the map.
+
+        Raises:
+            OSError: the system refused it (out of memory or address space).
+        """
         self.size = size
+        self.address = 0
+        self._unmap = _MUNMAP  # kept: a map may outlive the module's globals at interpreter exit
         self._mm: mmap.mmap | None = None
-        self._address = 0
         if _MMAP is None or _MUNMAP is None:
             self._mm = mmap.mmap(-1, size)
             return
@@ -166,28 +173,23 @@ class _Map:
         if address is None or address == _MAP_FAILED:
             code = ctypes.get_errno()
             raise OSError(code, f"mmap of {size} bytes: {os.strerror(code)}")
-        self._address = address
+        self.address = address
 
     def array(self, n: int) -> np.ndarray:
-        """A writable byte array over the map's first ``n`` bytes; the map must outlive it."""
+        """A writable byte array over the map's first ``n`` bytes (it keeps the map alive)."""
         if self._mm is not None:
             return np.frombuffer(self._mm, dtype=np.uint8, count=n)
-        return np.asarray(_Span(self._address, n))
+        return np.asarray(_Span(self, n))
 
-    def close(self) -> None:
-        """Unmap, the GIL released (idempotent); no array over the map may be left.
+    def __del__(self) -> None:
+        """Unmap a libc map, the GIL released (an :mod:`mmap` one unmaps itself, outside it too).
 
         Raises:
-            OSError: ``munmap`` failed (the map stays).
+            OSError: ``munmap`` failed (reported as an unraisable exception; the map stays).
         """
-        if self._mm is not None:
-            self._mm = None  # its last reference: CPython unmaps outside the GIL
-        elif self._address:
-            assert _MUNMAP is not None
-            if _MUNMAP(self._address, self.size) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"munmap of {self.size} bytes: {os.strerror(code)}")
-            self._address = 0
+        if self.address and self._unmap is not None and self._unmap(self.address, self.size) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"munmap of {self.size} bytes: {os.strerror(code)}")
 
 
 class PagePool:
@@ -219,9 +221,7 @@ class PagePool:
         """A writable array of ``n`` uninitialised bytes, in pages of a pooled map when ``n`` fits."""
         if n > self.capacity:
             self.unpooled += 1
-            own = _Map(n)
-            big = own.array(n)
-            weakref.finalize(big, own.close).atexit = False  # at exit the system unmaps it, under any live view
+            big = _Map(n).array(n)
             populate(big)
             return big
         try:
@@ -242,8 +242,6 @@ class PagePool:
         _, m, ready = self._out.pop(id(ref))
         if len(self._idle) < self.keep:
             self._idle.append((m, ready))
-        else:
-            m.close()
 
     @property
     def idle(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import time
@@ -82,6 +83,18 @@ def test_a_map_the_pool_does_not_keep_is_unmapped_once_its_array_is_gone() -> No
     del view, big_view
     assert not _mapped(at) and not _mapped(big_at)
     assert pool.idle == 0 and pool.in_use == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's maps from /proc")
+def test_the_idle_maps_of_a_pool_that_goes_are_unmapped() -> None:
+    pool = PagePool(capacity=1 << 20, keep=2)
+    a = pool.take(_N)
+    at = _address(a)
+    del a
+    assert pool.idle == 1 and _mapped(at)
+    del pool
+    gc.collect()  # the pool and its arrays' weak references form a cycle
+    assert not _mapped(at)
 
 
 def test_without_libcs_mmap_the_pool_makes_its_maps_with_the_mmap_module(monkeypatch: pytest.MonkeyPatch) -> None:
