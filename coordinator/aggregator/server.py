@@ -373,7 +373,7 @@ class Server:
                 now = time.time()
                 if sweep:
                     last_health = self._sweep(now, last_health)
-                if emit:  # a sweep's writes what is held: the main series waits about a second, as before
+                if emit:  # a sweep writes what is held: the main series waits about a second, as before
                     agg.emit(now, all_keys=sweep, hold=not sweep)
                     unreduced = 0
             if self.stopping or agg.finished(now):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.commit_cold import measure
+from coordinator.journal.store import LocalStore
 
 
 def test_each_phase_times_its_commits() -> None:
@@ -14,8 +15,6 @@ def test_each_phase_times_its_commits() -> None:
 
 
 def test_a_store_short_of_points_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    from coordinator.journal.store import LocalStore
-
     real = LocalStore.staged_points
     monkeypatch.setattr(LocalStore, "staged_points", lambda self: real(self) - 1)
     with pytest.raises(AssertionError, match="staged points"):
