@@ -492,7 +492,8 @@ def notes(res: dict[str, Any]) -> list[str]:
             out.append(
                 f"- At full load the sender thread used {s['share']:.0%} of a core (≈ its share of the GIL); "
                 f"its longest flush took {s['cpu_slice_max_us']:,.0f} µs of CPU ({s['slice_max_us']:,.0f} µs "
-                f"wall). CPython hands the GIL over after {hot['switchinterval_ms']:g} ms at most, so one "
-                "`log()` call can wait up to that long behind the sender."
+                "wall). A flush is not one hold of the GIL: the sender lets it go between slices of its work "
+                "(cut, encoding, copies, sends), so a `log()` call waits for the slice the sender is in, not for "
+                "the flush; the sender's longest single hold is in section 1's GIL stretches (uprobes)."
             )
     return out

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.common import INCONCLUSIVE
 from benchmarks.cpu_per_point import summarise
-from benchmarks.report import targets
+from benchmarks.report import notes, targets
 from benchmarks.report_cpu import cpu_targets
 
 
@@ -67,3 +67,12 @@ def test_cpu_per_point_from_noisy_repeats_is_inconclusive() -> None:
     assert status == INCONCLUSIVE
     assert measured == "-0.14 µs (paired: 0.26 µs [-0.44 µs, 1.65 µs])"
     assert _status(cpu_targets({"cpu": {"us_per_point": 2.5}}), "CPU per logged point") is False  # older files
+
+
+def test_the_full_load_note_does_not_call_a_flush_one_gil_hold() -> None:
+    """A flush at full load takes milliseconds of CPU in slices; the note must not say a call waits that long."""
+    full = {"share": 0.034, "cpu_slice_max_us": 24391.4, "slice_max_us": 784869.2}
+    [note] = notes({"hot": {"sender": {"full": full}, "switchinterval_ms": 5.0}})
+    assert "24,391 µs of CPU" in note
+    assert "not for the flush" in note
+    assert "wait up to that long" not in note
