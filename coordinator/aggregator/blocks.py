@@ -47,6 +47,9 @@ RECENT_ENTRIES = 256
 _MARGIN = 1.0 + 2.0**-40
 """Slack on the certificate's float arithmetic (its own roundings are below 2**-52 relative)."""
 
+_EXPONENT = np.int64(0x7FF0000000000000)
+"""A double's exponent bits (as an int64): masked in, they leave the power of two at or below it."""
+
 
 def exact_sums(v: Matrix, mask: npt.NDArray[np.bool_]) -> Matrix:
     """Correctly rounded sums over the last axis of ``v`` (keys x steps x ranks, absent entries 0.0), as fsum.
@@ -68,6 +71,20 @@ def exact_sums(v: Matrix, mask: npt.NDArray[np.bool_]) -> Matrix:
     return res
 
 
+def _half_gap(a: Matrix) -> Matrix:
+    """Half the gap from each of ``a`` (``>= 0``) to its nearer neighbouring double; 0 where ``a`` is 0 or subnormal.
+
+    From the exponent's bits: ``p``, the power of two at or below ``a``, has neighbours ``p *
+    2**-52`` apart above it and ``p * 2**-53`` below, and every other double in ``[p, 2p)`` has
+    both at ``p * 2**-52``. The same as ``nextafter`` both ways, five times faster (that was a
+    fifth of an emit's sums at 4 ranks). A subnormal's 0 refuses its certificate (fsum then sums it).
+    """
+    p = (a.view(np.int64) & _EXPONENT).view(np.float64)
+    half = p * 2.0**-53
+    half[a == p] *= 0.5
+    return half
+
+
 def _certified(v: Matrix) -> Matrix:
     """The rounded sums over the last axis of ``v``, NaN where they are not certified correctly rounded.
 
@@ -77,27 +94,38 @@ def _certified(v: Matrix) -> Matrix:
     error terms are then summed as floats, ``u``, whose own error is at most ``(n - 2) * 2**-53 /
     (1 - (n - 2) * 2**-53)`` times the sum of their magnitudes in any order of summation
     (Higham, *Accuracy and Stability of Numerical Algorithms*, 4.2): ``spread`` bounds it.
+
+    The ranks are moved next to the keys first (keys x ranks x steps, one copy): each half of a
+    level is then a run of contiguous rows, its sums add whole rows, and each TwoSum reuses its
+    temporaries. Over the ranks' own axis, the last, every operand was strided and every sum a
+    reduction of 2-4 elements per step, which took twice as long at 4 and 8 ranks
+    (``python -m benchmarks.exact_sums``; docs/performance.md, round 32).
     """
     n = v.shape[-1]
-    s = v
+    s = np.moveaxis(v, -1, 1)
+    if n > 1:
+        s = np.ascontiguousarray(s)
     u = np.zeros(v.shape[:-1])
     spread = np.zeros(v.shape[:-1])
-    while s.shape[-1] > 1:
-        half = s.shape[-1] // 2
-        a, b = s[..., :half], s[..., half : 2 * half]
+    while s.shape[1] > 1:
+        half = s.shape[1] // 2
+        a, b = s[:, :half], s[:, half : 2 * half]
         t = a + b
         bp = t - a
-        e = (a - (t - bp)) + (b - bp)
-        u += e.sum(axis=-1)
-        spread += np.abs(e).sum(axis=-1)
-        s = np.concatenate((t, s[..., 2 * half :]), axis=-1) if s.shape[-1] % 2 else t
+        e = t - bp  # a's share of t, then a's rounding error, then the TwoSum's error term
+        np.subtract(a, e, out=e)
+        np.subtract(b, bp, out=bp)  # b's rounding error
+        np.add(e, bp, out=e)
+        u += e.sum(axis=1)
+        spread += np.abs(e, out=e).sum(axis=1)
+        s = np.concatenate((t, s[:, 2 * half :]), axis=1) if s.shape[1] % 2 else t
     spread *= 2.0 * n * 2.0**-53  # covers the bound above and the roundings of these sums
-    s = s[..., 0]
+    s = s[:, 0]
     res = s + u
     bp = res - s
     g = (s - (res - bp)) + (u - bp)
     a = np.abs(res)
-    half_gap = np.minimum(a - np.nextafter(a, 0.0), np.nextafter(a, np.inf) - a) * 0.5
+    half_gap = _half_gap(a)
     ok = np.isfinite(res) & (a > 0.0) & ((np.abs(g) + spread) * _MARGIN < half_gap)
     res[~ok] = np.nan
     return res

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.blocks import KeyGroup, _certified, _union, exact_sums
+from coordinator.aggregator.blocks import KeyGroup, _certified, _half_gap, _union, exact_sums
 from coordinator.aggregator.reduce import Emitted, Reducer
 from coordinator.core.policies import PolicyTable
 from tests.aggregator.helpers import batch, bye, hello, make_cfg, reopen
@@ -427,3 +427,16 @@ def test_values_past_the_float_range_do_not_stop_either_path() -> None:
         assert len(rows) == 1
         assert rows[0][0] == math.inf
         assert math.isnan(rows[0][1])
+
+
+def test_half_gap_is_nextafters_on_normal_doubles_and_zero_below() -> None:
+    rng = np.random.default_rng(7)
+    a = np.abs(rng.standard_normal(4000)) * 10.0 ** rng.integers(-300, 300, 4000)
+    a[:40] = 2.0 ** rng.integers(-1020, 1020, 40)  # powers of two: the gap below is half the gap above
+    a[40] = np.finfo(np.float64).max
+    a[41] = np.finfo(np.float64).tiny
+    with np.errstate(over="ignore"):
+        want = np.minimum(a - np.nextafter(a, 0.0), np.nextafter(a, np.inf) - a) * 0.5
+    assert np.array_equal(_half_gap(a), want)
+    sub = np.array([0.0, 5e-324, 1e-310])
+    assert np.array_equal(_half_gap(sub), np.zeros(3))  # not certified: fsum sums them
