@@ -25,7 +25,7 @@ import numpy as np
 from coordinator.core.columns import to_le
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.stepblobs import encode_steps
-from coordinator.journal.summary import Summary, summarize
+from coordinator.journal.summary import NUMPY_FROM, Summary, first_zeros, summarize
 
 __all__ = ["block_params", "block_summaries"]
 
@@ -42,19 +42,27 @@ def block_summaries(b: StagedBlock) -> list[Summary]:
     v = np.ascontiguousarray(b.values, dtype=np.float64)
     if n == 0:
         return [summarize(steps, array("d")) for _ in b.keys]
-    ordered = all(map(operator.lt, steps, islice(steps, 1, None)))
-    lo, hi = (steps[0], steps[-1]) if ordered else (min(steps), max(steps))
+    if n < NUMPY_FROM:
+        ordered = all(map(operator.lt, steps, islice(steps, 1, None)))
+        lo, hi = (steps[0], steps[-1]) if ordered else (min(steps), max(steps))
+    else:  # one pass in C: a rank's held block can be tens of thousands of steps
+        s = np.frombuffer(steps, dtype=np.int64)
+        ordered = bool((s[1:] > s[:-1]).all())
+        lo, hi = (steps[0], steps[-1]) if ordered else (int(s.min()), int(s.max()))
     # fmin/fmax skip NaN (NaN only where a whole row is NaN), as summarize's NaN rule does.
     vmin, vmax = np.fmin.reduce(v, axis=1), np.fmax.reduce(v, axis=1)
+    zmin, zmax = vmin == 0.0, vmax == 0.0
+    if zmin.any() or zmax.any():  # 0.0 or -0.0: min()/max() keep the row's first zero
+        rows = np.flatnonzero(zmin | zmax)
+        zeros = np.zeros(len(v))
+        zeros[rows] = first_zeros(v[rows])
+        vmin, vmax = np.where(zmin, zeros, vmin), np.where(zmax, zeros, vmax)
     first, last = _nums(v[:, 0]), _nums(v[:, -1])
     mins, maxs = _nums(vmin), _nums(vmax)
-    out: list[Summary] = []
-    for i, (f, la, mn, mx) in enumerate(zip(first, last, mins, maxs, strict=True)):
-        if mn == 0.0 or mx == 0.0:  # which zero min()/max() keep depends on the order: theirs, exactly
-            s = summarize(steps, array("d", v[i].tobytes()))
-            mn, mx = s[6], s[7]
-        out.append((lo, hi, steps[0], steps[-1], f, la, mn, mx, int(ordered)))
-    return out
+    return [
+        (lo, hi, steps[0], steps[-1], f, la, mn, mx, int(ordered))
+        for f, la, mn, mx in zip(first, last, mins, maxs, strict=True)
+    ]
 
 
 def block_params(b: StagedBlock, key_id: Callable[[str], int]) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ import pytest
 from coordinator.journal.blockrows import block_params, block_summaries
 from coordinator.journal.records import ChunkRow, StagedBlock
 from coordinator.journal.store import LocalStore, TxnData
-from coordinator.journal.summary import summarize
+from coordinator.journal.summary import summarize, summarize_small
 
 NAN = math.nan
 
@@ -93,3 +93,18 @@ def test_a_block_and_its_per_key_chunks_store_the_same_rows(tmp_path: Path) -> N
         )
         s.close()
     assert len(got[0]) == 4 and got[0] == got[1], "rank rows first, in order, then the other chunks"
+
+
+def test_long_blocks_with_zeros_match_the_definition() -> None:
+    """Rows of 64+ points, zeros of both signs, NaN and infinities: each row's summary is summarize_small's."""
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        k, n = int(rng.integers(1, 12)), int(rng.integers(64, 400))
+        v = rng.choice([0.0, -0.0, 1.0, -2.5, NAN, math.inf, -math.inf, 3e-310], size=(k, n))
+        if rng.random() < 0.5:  # mostly ordinary values, a zero somewhere
+            v = np.where(rng.random((k, n)) < 0.95, rng.uniform(0.0, 9.0, (k, n)), v)
+        steps = list(range(n)) if rng.random() < 0.7 else rng.integers(-30, 30, n).tolist()
+        b = _block(v.tolist(), steps)
+        for g, r in zip(block_summaries(b), v.tolist(), strict=True):
+            w = summarize_small(array("q", steps), array("d", r))
+            assert all(_same(x, y) for x, y in zip(g, w, strict=True)), (g, w)
