@@ -95,11 +95,12 @@ def _certified(v: Matrix) -> Matrix:
     (1 - (n - 2) * 2**-53)`` times the sum of their magnitudes in any order of summation
     (Higham, *Accuracy and Stability of Numerical Algorithms*, 4.2): ``spread`` bounds it.
 
-    The ranks are moved next to the keys first (keys x ranks x steps, one copy): each half of a
-    level is then a run of contiguous rows, its sums add whole rows, and each TwoSum reuses its
-    temporaries. Over the ranks' own axis, the last, every operand was strided and every sum a
-    reduction of 2-4 elements per step, which took twice as long at 4 and 8 ranks
-    (``python -m benchmarks.exact_sums``; docs/performance.md, round 32).
+    The sums run on keys x ranks x steps (a key group's emit builds ``v`` as a view of that
+    layout; any other ``v`` is copied into it): each half of a level is then a run of contiguous
+    rows, its sums add whole rows, and each TwoSum reuses its temporaries. Over the ranks' own
+    axis, the last, every operand was strided and every sum a reduction of 2-4 elements per step,
+    which took twice as long at 4 and 8 ranks (``python -m benchmarks.exact_sums``;
+    docs/performance.md, round 32).
     """
     n = v.shape[-1]
     s = np.moveaxis(v, -1, 1)
@@ -292,10 +293,11 @@ class KeyGroup:
             return None
         if m < n:
             return self._take(now, wm, timeout, force)
-        v = np.zeros((len(self.keys), n, self.world))
+        vt = np.zeros((len(self.keys), self.world, n))  # ranks before steps: see _take
         mask = np.zeros((n, self.world), dtype=bool)
-        v[:, :, self.ranks] = np.stack([g.values for g in segs], axis=-1)
+        vt[:, self.ranks, :] = np.stack([g.values for g in segs], axis=1)
         mask[:, self.ranks] = True
+        v = vt.transpose(0, 2, 1)
         self.segments, self.ranks = [], []
         return steps, v, mask
 
@@ -335,13 +337,18 @@ class KeyGroup:
         last = int(uniq[m - 1])
         k = len(self.keys)
         world = self.world
-        # One flat index into steps x ranks: numpy's single-index path, faster than two index arrays.
-        flat = where * world + np.repeat(np.array([r for _, r, _ in parts]), [len(r) for r in runs])
+        rank_of = np.repeat(np.array([r for _, r, _ in parts]), [len(r) for r in runs])
         if m < len(uniq):
             sel = where < m
-            flat, values = flat[sel], values[:, sel]
-        v = np.zeros((k, m, world))
-        v.reshape(k, m * world)[:, flat] = values
+            where, rank_of, values = where[sel], rank_of[sel], values[:, sel]
+        # The values go in ranks before steps (keys x ranks x steps), handed on as the keys x steps x
+        # ranks view of it: a run's points land side by side, and the sums over the ranks
+        # (_certified) read whole rows without a transposing copy (a quarter of an emit at 10 keys
+        # a call, round 32). One flat index: numpy's single-index path, faster than two index arrays.
+        vt = np.zeros((k, world, m))
+        vt.reshape(k, world * m)[:, rank_of * m + where] = values
+        v = vt.transpose(0, 2, 1)
+        flat = where * world + rank_of
         mask = np.zeros(m * world, dtype=bool)
         mask[flat] = True
         kept_segs: list[_Segment] = []
