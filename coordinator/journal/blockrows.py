@@ -14,10 +14,8 @@ exactly what per-key chunk rows would be (tests/journal/test_blockrows.py checks
 from __future__ import annotations
 
 import math
-import operator
 from array import array
 from collections.abc import Callable
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -25,7 +23,7 @@ import numpy as np
 from coordinator.core.columns import to_le
 from coordinator.journal.records import StagedBlock
 from coordinator.journal.stepblobs import encode_steps
-from coordinator.journal.summary import NUMPY_FROM, Summary, first_zeros, summarize
+from coordinator.journal.summary import Summary, first_zeros, step_order, summarize
 
 __all__ = ["block_params", "block_summaries"]
 
@@ -42,13 +40,7 @@ def block_summaries(b: StagedBlock) -> list[Summary]:
     v = np.ascontiguousarray(b.values, dtype=np.float64)
     if n == 0:
         return [summarize(steps, array("d")) for _ in b.keys]
-    if n < NUMPY_FROM:
-        ordered = all(map(operator.lt, steps, islice(steps, 1, None)))
-        lo, hi = (steps[0], steps[-1]) if ordered else (min(steps), max(steps))
-    else:  # one pass in C: a rank's held block can be tens of thousands of steps
-        s = np.frombuffer(steps, dtype=np.int64)
-        ordered = bool((s[1:] > s[:-1]).all())
-        lo, hi = (steps[0], steps[-1]) if ordered else (int(s.min()), int(s.max()))
+    ordered, lo, hi = step_order(steps)
     # fmin/fmax skip NaN (NaN only where a whole row is NaN), as summarize's NaN rule does.
     vmin, vmax = np.fmin.reduce(v, axis=1), np.fmax.reduce(v, axis=1)
     zmin, zmax = vmin == 0.0, vmax == 0.0

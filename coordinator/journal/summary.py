@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NUMPY_FROM", "SUMMARY_COLUMNS", "Summary", "first_zeros", "summarize", "summarize_small"]
+__all__ = ["SUMMARY_COLUMNS", "Summary", "first_zeros", "step_order", "summarize", "summarize_small"]
 
 SUMMARY_COLUMNS = ("step_min", "step_max", "step_first", "step_last", "v_first", "v_last", "v_min", "v_max", "ordered")
 """The chunk columns schema 2 adds, in the order of :func:`summarize`'s tuple."""
@@ -36,25 +36,36 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-NUMPY_FROM = 64
+_NUMPY_FROM = 64
 """Chunks of this many points or more are summarised with numpy: Python's ``min``/``max`` build a
 float object per point (about a fifth of a busy aggregator's CPU at 10 keys per call went there)."""
+
+
+def step_order(steps: array[int]) -> tuple[bool, int, int]:
+    """Whether non-empty ``steps`` strictly increase, and their smallest and largest step.
+
+    One pass over them (in C from :data:`_NUMPY_FROM` steps), two more when they are out of order.
+    """
+    if len(steps) < _NUMPY_FROM:
+        ordered = all(map(operator.lt, steps, islice(steps, 1, None)))
+        return (ordered, steps[0], steps[-1]) if ordered else (ordered, min(steps), max(steps))
+    s = np.frombuffer(steps, dtype=np.int64)
+    ordered = bool((s[1:] > s[:-1]).all())
+    return (ordered, steps[0], steps[-1]) if ordered else (ordered, int(s.min()), int(s.max()))
 
 
 def summarize(steps: array[int], values: array[float]) -> Summary:
     """The summary of one chunk's columns (steps and values of equal length).
 
     Cost: one pass over the steps (is it strictly increasing?) and two over the values (min,
-    max), in C (numpy from :data:`NUMPY_FROM` points); a chunk whose steps are out of order
+    max), in C (numpy from :data:`_NUMPY_FROM` points); a chunk whose steps are out of order
     pays two more passes for its step range. The result is :func:`summarize_small`'s exactly.
     """
     n = len(steps)
-    if n < NUMPY_FROM:
+    if n < _NUMPY_FROM:
         return summarize_small(steps, values)
-    s = np.frombuffer(steps, dtype=np.int64)
+    ordered, lo, hi = step_order(steps)
     v = np.frombuffer(values, dtype=np.float64)
-    ordered = bool((s[1:] > s[:-1]).all())
-    lo, hi = (steps[0], steps[-1]) if ordered else (int(s.min()), int(s.max()))
     # fmin/fmax skip NaN (NaN only when every value is), as summarize_small's NaN rule does.
     vmin, vmax = float(np.fmin.reduce(v)), float(np.fmax.reduce(v))
     if vmin == 0.0 or vmax == 0.0:  # 0.0 or -0.0: min()/max() keep the first zero (see first_zeros)
@@ -84,8 +95,7 @@ def summarize_small(steps: array[int], values: array[float]) -> Summary:
     n = len(steps)
     if n == 0:
         return (None, None, None, None, None, None, None, None, 1)
-    ordered = all(map(operator.lt, steps, islice(steps, 1, None)))
-    lo, hi = (steps[0], steps[-1]) if ordered else (min(steps), max(steps))
+    ordered, lo, hi = step_order(steps)
     vmin, vmax = min(values), max(values)
     if math.isnan(vmin) or math.isnan(vmax):  # min/max skip NaN except a leading one
         real = [v for v in values if not math.isnan(v)]
