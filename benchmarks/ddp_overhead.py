@@ -13,9 +13,10 @@ step time). Variants:
 
 * ``none`` — no logging;
 * ``coordinator`` — every rank ``run.log(<100 metrics>, step=s)`` every step;
-* ``coordinator-flush5ms`` — the same with ``Settings(flush_interval_s=0.005)`` instead of the
-  default 50 ms (diagnostic: what waking the sender ten times as often costs; 5 ms was the
-  default until issue #12's round 6, when this variant measured the other way round);
+* ``coordinator-flush<N>ms`` — the same with ``Settings(flush_interval_s=N / 1000)`` instead of
+  the default 50 ms: ``coordinator-flush5ms`` is what waking the sender ten times as often costs
+  (5 ms was the default until issue #12's round 6, when this variant measured the other way
+  round); ``coordinator-flush200ms`` what a longer kill window buys;
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
   W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
   in the peer table (section 4);
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -52,11 +54,24 @@ from typing import Any
 from benchmarks.common import child_env, exit_without_teardown, log, med, paired_change, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
-__all__ = ["N_METRICS", "WARM", "ddp_section", "main", "with_baselines"]
+__all__ = ["N_METRICS", "WARM", "ddp_section", "flush_ms", "main", "with_baselines"]
 
 N_METRICS = 100
 WARM = "+wake5ms"
 """Suffix of a variant that runs with a thread waking every 5 ms on every rank (its baseline: ``none+wake5ms``)."""
+_FLUSH = re.compile(r"coordinator-flush([1-9][0-9]*)ms")
+
+
+def flush_ms(variant: str) -> int:
+    """The flush interval in ms of a ``coordinator-flush<N>ms`` variant (``+wake5ms`` already removed).
+
+    Raises:
+        ValueError: not such a variant (a typo must not run the default interval under another name).
+    """
+    m = _FLUSH.fullmatch(variant)
+    if m is None:
+        raise ValueError(f"{variant!r} is not coordinator-flush<N>ms (N a positive whole number of ms)")
+    return int(m.group(1))
 
 
 class _Logger:
@@ -77,7 +92,7 @@ class _Logger:
         if variant.startswith("coordinator"):
             import coordinator
 
-            flush = {"flush_interval_s": 0.005} if variant == "coordinator-flush5ms" else {}
+            flush = {"flush_interval_s": flush_ms(variant) / 1000} if variant.startswith("coordinator-flush") else {}
             self.obj = coordinator.init_run(
                 project="bench",
                 name=f"ddp-block{block}",
@@ -159,7 +174,14 @@ class _Logger:
 
 def with_baselines(chosen: list[str], peers_available: dict[str, bool]) -> tuple[list[str], list[str]]:
     """``chosen`` with its baselines first (``none``; ``none+wake5ms`` for a ``+wake5ms`` variant),
-    once each, less the peers not installed; and those peers' names."""
+    once each, less the peers not installed; and those peers' names.
+
+    Raises:
+        ValueError: a ``coordinator-flush...`` variant without its interval (checked before the launch).
+    """
+    for v in chosen:
+        if v.startswith("coordinator-flush"):
+            flush_ms(v.removesuffix(WARM))
     bases = ["none"] + (["none" + WARM] if any(v.endswith(WARM) for v in chosen) else [])
     peers = {v: v[5:].removesuffix(WARM) for v in chosen if v.startswith("peer:")}
     missing = sorted({p for p in peers.values() if not peers_available.get(p)})

@@ -30,11 +30,13 @@ of each other and log for the same length of time).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import coordinator
 
@@ -90,20 +92,24 @@ def _print_delta(
     b: dict[tuple[str, str], tuple[float, int]],
     points: int,
     seconds: float,
-) -> None:
-    """One line per thread that ran in the window, then the process's total."""
+) -> list[dict[str, Any]]:
+    """One line per thread that ran in the window, then the process's total; returns those threads
+    (``name``, ``cpu_s``, ``wakeups`` in the window)."""
     total = 0.0
     wakes = 0
+    ran: list[dict[str, Any]] = []
     for k in sorted(b):
         cpu0, sw0 = a.get(k, (0.0, 0))
         d, w = b[k][0] - cpu0, b[k][1] - sw0
         total += d
         wakes += w
         if d or w:
+            ran.append({"name": k[1], "cpu_s": d, "wakeups": w})
             name = f"{label} thread {k[1]}"
             print(f"{name:38s} {d * 1e3:8.1f} ms  {d / points * 1e6:6.2f} µs/point  {w / seconds:7.1f} wake-ups/s")
     name = f"{label}, all threads"
     print(f"{name:38s} {total * 1e3:8.1f} ms  {total / points * 1e6:6.2f} µs/point  {wakes / seconds:7.1f} wake-ups/s")
+    return ran
 
 
 def _children() -> list[int]:
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="measured window (after a 1 s warm-up)")
     ap.add_argument("--rate", type=float, default=_RATE, help=f"steps per second (default {_RATE:g})")
     ap.add_argument("--keys", type=int, default=_KEYS, help=f"keys in the dict logged each step (default {_KEYS})")
+    ap.add_argument("--out", default=None, help="also write each rank's threads to OUT/rank<r>.json (flush_intervals)")
     args = ap.parse_args(argv)
     rate, n_keys = args.rate, args.keys
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -161,10 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.monotonic() - t0
     points = n * n_keys
     rank = run.rank
-    _print_delta(f"rank {rank}" if world > 1 else "rank", a, b, points, seconds)
-    for k in kids:  # per point of the whole job: every rank logs as many as this one
-        _print_delta(f"aggregator {k}", ak[k], bk[k], points * world, seconds)
+    threads = _print_delta(f"rank {rank}" if world > 1 else "rank", a, b, points, seconds)
+    # per point of the whole job: every rank logs as many as this one
+    aggregator = [_print_delta(f"aggregator {k}", ak[k], bk[k], points * world, seconds) for k in kids]
     run.stop(60)
+    if args.out is not None:
+        found = {"rank": rank, "world": world, "points": points, "seconds": seconds, "threads": threads}
+        found["aggregator"] = [t for ts in aggregator for t in ts]
+        Path(args.out, f"rank{rank}.json").write_text(json.dumps(found))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.ddp_overhead import with_baselines
+import pytest
+
+from benchmarks.ddp_overhead import flush_ms, with_baselines
 
 
 def test_chosen_variants_get_their_baselines_once_and_lose_the_peers_not_installed() -> None:
@@ -17,3 +19,21 @@ def test_without_a_warm_variant_only_none_is_added() -> None:
         ["none", "coordinator", "peer:tensorboard"],
         [],
     )
+
+
+def test_a_flush_variant_names_its_interval_in_ms() -> None:
+    assert flush_ms("coordinator-flush5ms") == 5
+    assert flush_ms("coordinator-flush200ms") == 200
+    for bad in ("coordinator-flush", "coordinator-flush200", "coordinator-flush0ms", "coordinator-flush2.5ms"):
+        with pytest.raises(ValueError, match="coordinator-flush<N>ms"):
+            flush_ms(bad)
+
+
+def test_a_mistyped_flush_variant_is_refused_before_the_launch() -> None:
+    assert with_baselines(["coordinator-flush200ms+wake5ms"], {})[0] == [
+        "none",
+        "none+wake5ms",
+        "coordinator-flush200ms+wake5ms",
+    ]
+    with pytest.raises(ValueError, match="coordinator-flush<N>ms"):
+        with_baselines(["coordinator-flush200+wake5ms"], {})
