@@ -17,6 +17,8 @@ step time). Variants:
   the default 50 ms: ``coordinator-flush5ms`` is what waking the sender ten times as often costs
   (5 ms was the default until issue #12's round 6, when this variant measured the other way
   round); ``coordinator-flush200ms`` what a longer kill window buys;
+* ``coordinator-disabled`` — the same calls on a ``mode="disabled"`` run (``log()`` returns at
+  once; no sender, no aggregator): what building the dict and calling ``log()`` cost the step;
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
   W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
   in the peer table (section 4);
@@ -54,7 +56,7 @@ from typing import Any
 from benchmarks.common import child_env, exit_without_teardown, log, med, paired_change, run_job
 from benchmarks.trackers import open_tracker, peer_env
 
-__all__ = ["N_METRICS", "WARM", "ddp_section", "flush_ms", "main", "with_baselines"]
+__all__ = ["N_METRICS", "WARM", "coordinator_settings", "ddp_section", "flush_ms", "main", "with_baselines"]
 
 N_METRICS = 100
 WARM = "+wake5ms"
@@ -72,6 +74,21 @@ def flush_ms(variant: str) -> int:
     if m is None:
         raise ValueError(f"{variant!r} is not coordinator-flush<N>ms (N a positive whole number of ms)")
     return int(m.group(1))
+
+
+def coordinator_settings(variant: str) -> dict[str, Any]:
+    """The ``Settings`` fields a ``coordinator...`` variant (``+wake5ms`` already removed) sets beyond the bench's own.
+
+    Raises:
+        ValueError: a variant of no known kind (a typo must not run the default under another name).
+    """
+    if variant == "coordinator":
+        return {}
+    if variant == "coordinator-disabled":
+        return {"mode": "disabled"}
+    if variant.startswith("coordinator-flush"):
+        return {"flush_interval_s": flush_ms(variant) / 1000}
+    raise ValueError(f"{variant!r}: not coordinator, coordinator-disabled or coordinator-flush<N>ms")
 
 
 class _Logger:
@@ -92,14 +109,14 @@ class _Logger:
         if variant.startswith("coordinator"):
             import coordinator
 
-            flush = {"flush_interval_s": flush_ms(variant) / 1000} if variant.startswith("coordinator-flush") else {}
+            extra = coordinator_settings(variant)
             self.obj = coordinator.init_run(
                 project="bench",
                 name=f"ddp-block{block}",
                 # Steady-state logging cost: the one-time environment capture at start (git, the
                 # package list: ~0.1 s of CPU on rank 0) would overlap these short blocks.
                 settings=coordinator.Settings(
-                    dir=str(root / "coordinator"), handle_sigterm=False, capture_env=False, **flush
+                    dir=str(root / "coordinator"), handle_sigterm=False, capture_env=False, **extra
                 ),
             )
         elif variant.startswith("peer:") and rank == 0:
@@ -177,11 +194,11 @@ def with_baselines(chosen: list[str], peers_available: dict[str, bool]) -> tuple
     once each, less the peers not installed; and those peers' names.
 
     Raises:
-        ValueError: a ``coordinator-flush...`` variant without its interval (checked before the launch).
+        ValueError: a ``coordinator...`` variant of no known kind (checked before the launch).
     """
     for v in chosen:
-        if v.startswith("coordinator-flush"):
-            flush_ms(v.removesuffix(WARM))
+        if v.startswith("coordinator"):
+            coordinator_settings(v.removesuffix(WARM))
     bases = ["none"] + (["none" + WARM] if any(v.endswith(WARM) for v in chosen) else [])
     peers = {v: v[5:].removesuffix(WARM) for v in chosen if v.startswith("peer:")}
     missing = sorted({p for p in peers.values() if not peers_available.get(p)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.ddp_overhead import flush_ms, with_baselines
+from benchmarks.ddp_overhead import coordinator_settings, flush_ms, with_baselines
 
 
 def test_chosen_variants_get_their_baselines_once_and_lose_the_peers_not_installed() -> None:
@@ -37,3 +37,11 @@ def test_a_mistyped_flush_variant_is_refused_before_the_launch() -> None:
     ]
     with pytest.raises(ValueError, match="coordinator-flush<N>ms"):
         with_baselines(["coordinator-flush200+wake5ms"], {})
+    with pytest.raises(ValueError, match="coordinator-disabled"):
+        with_baselines(["coordinator-disable"], {})
+
+
+def test_each_coordinator_variant_sets_its_own_settings() -> None:
+    assert coordinator_settings("coordinator") == {}
+    assert coordinator_settings("coordinator-disabled") == {"mode": "disabled"}
+    assert coordinator_settings("coordinator-flush500ms") == {"flush_interval_s": 0.5}
