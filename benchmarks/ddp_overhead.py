@@ -19,6 +19,8 @@ step time). Variants:
   round); ``coordinator-flush200ms`` what a longer kill window buys;
 * ``coordinator-disabled`` — the same calls on a ``mode="disabled"`` run (``log()`` returns at
   once; no sender, no aggregator): what building the dict and calling ``log()`` cost the step;
+* ``coordinator-nolog`` — a live run (sender, aggregator) whose dict is built but never logged:
+  what the run's presence costs the step;
 * ``peer:<name>`` — rank 0 only logs the same 100 metrics through a peer (TensorBoard,
   W&B offline, MLflow async, trackio, Neptune offline), set up by ``benchmarks.trackers`` as
   in the peer table (section 4);
@@ -86,9 +88,11 @@ def coordinator_settings(variant: str) -> dict[str, Any]:
         return {}
     if variant == "coordinator-disabled":
         return {"mode": "disabled"}
+    if variant == "coordinator-nolog":
+        return {}
     if variant.startswith("coordinator-flush"):
         return {"flush_interval_s": flush_ms(variant) / 1000}
-    raise ValueError(f"{variant!r}: not coordinator, coordinator-disabled or coordinator-flush<N>ms")
+    raise ValueError(f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog or coordinator-flush<N>ms")
 
 
 class _Logger:
@@ -140,7 +144,9 @@ class _Logger:
         if v == "none":
             return
         x = loss.item()
-        if v.startswith("coordinator"):
+        if v == "coordinator-nolog":
+            dict(zip(self.keys, [x + j for j in range(N_METRICS)], strict=True))  # built, not logged
+        elif v.startswith("coordinator"):
             self.obj.log(dict(zip(self.keys, [x + j for j in range(N_METRICS)], strict=True)), step=step)
         elif v.startswith("peer:"):
             if self.obj is not None:

@@ -44,4 +44,5 @@ def test_a_mistyped_flush_variant_is_refused_before_the_launch() -> None:
 def test_each_coordinator_variant_sets_its_own_settings() -> None:
     assert coordinator_settings("coordinator") == {}
     assert coordinator_settings("coordinator-disabled") == {"mode": "disabled"}
+    assert coordinator_settings("coordinator-nolog") == {}
     assert coordinator_settings("coordinator-flush500ms") == {"flush_interval_s": 0.5}
