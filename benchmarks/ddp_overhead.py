@@ -327,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--variants", default="none,coordinator,allreduce,allreduce-packed")
     p.add_argument("--root", default=None)
+    p.add_argument(
+        "--timeline",
+        default=None,
+        help="a folder: each rank writes every step's start and end there (benchmarks.ddp_timeline)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -349,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     step = 0
     block = 0
+    timeline: list[dict[str, Any]] = []
 
     def run_block(variant: str) -> dict[str, float]:
         nonlocal step, block
@@ -358,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_s = time.monotonic() - t0
         dist.barrier()
         times = []
+        starts = []
         pc = time.perf_counter
         for _ in range(args.steps):
             t_a = pc()
@@ -367,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             lg.log(loss, step)
             times.append(pc() - t_a)
+            starts.append(t_a)
             step += 1
+        if args.timeline:
+            timeline.append({"variant": variant, "starts": starts, "times": times})
         dist.barrier()
         t0 = time.monotonic()
         lg.close()
@@ -390,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         for v in order:
             results[v].append(run_block(v))
     wall = time.monotonic() - t_all
+    if args.timeline:
+        from benchmarks.ddp_timeline import dump
+
+        Path(args.timeline, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "blocks": timeline[1:]}))
+        dump()  # this rank's sender turns, when the job runs under benchmarks.ddp_timeline
     if rank == 0:
         Path(args.out).write_text(
             json.dumps(
