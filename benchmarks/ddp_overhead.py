@@ -34,6 +34,10 @@ step time). Variants:
   per step), then rank 0 keeps the means (written to TensorBoard when it is installed);
 * ``allreduce-packed`` — the same 100 metrics packed into one tensor, one ``all_reduce``.
 
+``--timeline DIR``: each rank also writes every step's start and end (``time.perf_counter``) to
+``DIR/rank<r>.json``, for :mod:`benchmarks.ddp_timeline`, which sets them against the logging's
+turns on the CPU.
+
 The metrics are 100 floats derived from the step's loss (``loss.item()`` once, shared by every
 logging variant). Step time of a block = the slowest rank's mean (DDP runs at that pace);
 each variant's figure is the median over the repeats; slowdown = median / median(none) - 1.

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, med, run_job
+from benchmarks.common import child_env, run_job
 from benchmarks.ddp_overhead import WARM, with_baselines
 
-__all__ = ["Turn", "analyse", "dump", "install", "main", "measure", "report"]
+__all__ = ["Step", "Turn", "analyse", "dump", "install", "main", "measure", "report"]
 
 _OUT_ENV = "DDP_TIMELINE_OUT"
 _TURNS: list[tuple[float, float, int]] = []
@@ -126,9 +126,13 @@ def load(folder: Path) -> tuple[list[dict[str, Any]], list[Turn]]:
     return ranks, sorted(turns, key=lambda t: t.start)
 
 
-def _steps(ranks: list[dict[str, Any]]) -> list[tuple[str, float, float, float]]:
-    """Every step of every block: (variant, its start on the first rank to start, its end on the last
-    to end, its time: the slowest rank's)."""
+Step = tuple[float, float, float]
+"""One step of a block: its start on the first rank to start, its end on the last to end, its time
+(the slowest rank's)."""
+
+
+def _blocks(ranks: list[dict[str, Any]]) -> list[tuple[str, list[Step]]]:
+    """Every block, in the order run: its variant and its steps."""
     if not ranks:
         raise ValueError("no rank wrote its steps")
     blocks = [r["blocks"] for r in ranks]
@@ -139,55 +143,86 @@ def _steps(ranks: list[dict[str, Any]]) -> list[tuple[str, float, float, float]]
         variants = {b["variant"] for b in per_rank}
         if len(variants) != 1:
             raise ValueError(f"the ranks ran different variants in one block: {sorted(variants)}")
-        (variant,) = variants
-        for step in zip(*[zip(b["starts"], b["times"], strict=True) for b in per_rank], strict=True):
-            start = min(s for s, _ in step)
-            end = max(s + t for s, t in step)
-            out.append((variant, start, end, max(t for _, t in step)))
+        steps = [
+            (min(s for s, _ in step), max(s + t for s, t in step), max(t for _, t in step))
+            for step in zip(*[zip(b["starts"], b["times"], strict=True) for b in per_rank], strict=True)
+        ]
+        out.append((variants.pop(), steps))
     return out
+
+
+class _Overlaps:
+    """Which turns overlap a span of time (turns sorted by start)."""
+
+    def __init__(self, turns: list[Turn]) -> None:
+        self.turns = turns
+        self.starts = [t.start for t in turns]
+        self.longest = max((t.end - t.start for t in turns), default=0.0)
+
+    def of(self, a: float, b: float, shift: float = 0.0) -> list[Turn]:
+        """The turns that overlap [a, b] once moved by ``shift`` seconds."""
+        lo = bisect.bisect_left(self.starts, a - shift - self.longest)
+        hi = bisect.bisect_right(self.starts, b - shift)
+        return [t for t in self.turns[lo:hi] if t.end + shift > a and t.start + shift < b]
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
 
 
 def analyse(ranks: list[dict[str, Any]], turns: list[Turn]) -> dict[str, dict[str, Any]]:
     """Per variant: its steps split by whether a logging turn overlapped them, and the slowdown split with them.
 
+    A long step is more likely to overlap a turn than a short one, so touched steps are longer
+    even where a turn costs nothing. Each logged block's turns are therefore also laid over its
+    baseline's block of the same repeat (moved by the difference of their starts), and its touched
+    and untouched steps are compared with the baseline's steps that the same turns would have
+    touched, or not.
+
     Raises:
         ValueError: the ranks' records do not line up (a different number of blocks or steps, or variants).
     """
-    starts = [t.start for t in turns]
-    longest = max((t.end - t.start for t in turns), default=0.0)
-    groups: dict[str, dict[str, list[float]]] = {}
-    for variant, a, b, dur in _steps(ranks):
-        g = groups.setdefault(variant, {"all": [], "touched": [], "untouched": [], "cpu_ms": [], "by": []})
-        lo = bisect.bisect_left(starts, a - longest)
-        hi = bisect.bisect_right(starts, b)
-        inside = [t for t in turns[lo:hi] if t.end > a and t.start < b]
-        g["all"].append(dur)
-        g["touched" if inside else "untouched"].append(dur)
-        if inside:
-            g["cpu_ms"].append(sum(t.cpu_ns for t in inside) / 1e6)
-            g["by"].append(float(len({t.who for t in inside}) == 2))
+    over = _Overlaps(turns)
+    blocks = _blocks(ranks)
+    by_variant: dict[str, list[list[Step]]] = {}
+    for variant, steps in blocks:
+        by_variant.setdefault(variant, []).append(steps)
     out: dict[str, dict[str, Any]] = {}
-    for variant, g in groups.items():
+    for variant, runs in by_variant.items():
         base_name = "none" + WARM if variant.endswith(WARM) else "none"
-        base = statistics.fmean(groups[base_name]["all"]) if base_name in groups else float("nan")
+        base_runs = by_variant.get(base_name, [])
+        base = _mean([d for steps in base_runs for _, _, d in steps])
+        g: dict[str, list[float]] = {k: [] for k in ("all", "touched", "untouched", "cpu_ms", "by", "p_t", "p_u")}
+        for i, steps in enumerate(runs):
+            for a, b, d in steps:
+                inside = over.of(a, b)
+                g["all"].append(d)
+                g["touched" if inside else "untouched"].append(d)
+                if inside:
+                    g["cpu_ms"].append(sum(t.cpu_ns for t in inside) / 1e6)
+                    g["by"].append(float(len({t.who for t in inside}) == 2))
+            if variant != base_name and i < len(base_runs):  # the same turns over the baseline's block
+                shift = base_runs[i][0][0] - steps[0][0]
+                for a, b, d in base_runs[i]:
+                    g["p_t" if over.of(a, b, shift) else "p_u"].append(d)
         n, k = len(g["all"]), len(g["touched"])
-        mean_t = statistics.fmean(g["touched"]) if g["touched"] else float("nan")
-        mean_u = statistics.fmean(g["untouched"]) if g["untouched"] else float("nan")
+        mean_t, mean_u = _mean(g["touched"]), _mean(g["untouched"])
+        p_t, p_u = _mean(g["p_t"]), _mean(g["p_u"])
         out[variant] = {
             "baseline": base_name,
             "steps": n,
-            "step_ms": 1000 * statistics.fmean(g["all"]),
+            "step_ms": 1000 * _mean(g["all"]),
             "touched_share": k / n,
             "touched_ms": 1000 * mean_t,
             "untouched_ms": 1000 * mean_u,
-            "touched_median_ms": 1000 * med(g["touched"]),
-            "untouched_median_ms": 1000 * med(g["untouched"]),
-            "slowdown": statistics.fmean(g["all"]) / base - 1,
-            "from_touched": (k / n) * (mean_t - base) / base if k else 0.0,
-            "from_untouched": ((n - k) / n) * (mean_u - base) / base if k < n else 0.0,
-            "extra_ms_per_touched": 1000 * (mean_t - base) if k else float("nan"),
-            "cpu_ms_per_touched": statistics.fmean(g["cpu_ms"]) if g["cpu_ms"] else float("nan"),
-            "both_share": statistics.fmean(g["by"]) if g["by"] else float("nan"),
+            "baseline_touched_ms": 1000 * p_t,
+            "baseline_untouched_ms": 1000 * p_u,
+            "slowdown": _mean(g["all"]) / base - 1,
+            "from_touched": (k / n) * (mean_t - p_t) / base if k else 0.0,
+            "from_untouched": ((n - k) / n) * (mean_u - p_u) / base if k < n else 0.0,
+            "extra_ms_per_touched": 1000 * (mean_t - p_t) if k else float("nan"),
+            "cpu_ms_per_touched": _mean(g["cpu_ms"]),
+            "both_share": _mean(g["by"]),
         }
     return out
 
@@ -195,19 +230,21 @@ def analyse(ranks: list[dict[str, Any]], turns: list[Turn]) -> dict[str, dict[st
 def report(rows: dict[str, dict[str, Any]]) -> str:
     """The analysis as a text table, one line per variant (the baselines first)."""
     lines = [
-        "variant: steps, step ms (vs its baseline), touched share, touched / untouched mean ms (medians), "
-        "slowdown from touched + untouched steps, a touched step's extra ms against the turns' CPU in it",
+        "variant: steps, step ms (vs its baseline); touched share: touched / untouched step ms (the baseline's "
+        "steps the same turns would have touched / not); slowdown from touched + untouched steps; a touched "
+        "step's extra ms against the turns' CPU in it",
     ]
     for v, r in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("none"), kv[0])):
+        head = f"  {v}: {r['steps']} steps, {r['step_ms']:.2f} ms ({100 * r['slowdown']:+.1f}%)"
+        if not r["touched_share"]:
+            lines.append(f"{head}, no turn in any step")
+            continue
         lines.append(
-            f"  {v}: {r['steps']} steps, {r['step_ms']:.2f} ms ({100 * r['slowdown']:+.1f}%), "
-            f"touched {100 * r['touched_share']:.0f}%: {r['touched_ms']:.2f} / {r['untouched_ms']:.2f} ms "
-            f"({r['touched_median_ms']:.2f} / {r['untouched_median_ms']:.2f}); "
+            f"{head}; touched {100 * r['touched_share']:.0f}%: {r['touched_ms']:.2f} / {r['untouched_ms']:.2f} ms "
+            f"({r['baseline_touched_ms']:.2f} / {r['baseline_untouched_ms']:.2f}); "
             f"{100 * r['from_touched']:+.1f}% + {100 * r['from_untouched']:+.1f}%; "
             f"{r['extra_ms_per_touched']:.2f} ms extra for {r['cpu_ms_per_touched']:.2f} ms of CPU "
             f"(sender and aggregator both in {100 * r['both_share']:.0f}%)"
-            if r["touched_share"]
-            else f"  {v}: {r['steps']} steps, {r['step_ms']:.2f} ms ({100 * r['slowdown']:+.1f}%), no turn in any step"
         )
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ def test_steps_are_split_by_the_turns_that_overlap_them_and_the_slowdown_with_th
     assert none["touched_share"] == 0 and none["step_ms"] == pytest.approx(10.0)
     assert got["steps"] == 4 and got["touched_share"] == pytest.approx(0.25)
     assert got["touched_ms"] == pytest.approx(14.0) and got["untouched_ms"] == pytest.approx(10.0)
+    assert got["baseline_touched_ms"] == pytest.approx(10.0) and got["baseline_untouched_ms"] == pytest.approx(10.0)
     assert got["slowdown"] == pytest.approx(0.1)  # (10 + 14 + 10 + 10) / 4 = 11 ms against 10
     assert got["from_touched"] == pytest.approx(0.1) and got["from_untouched"] == pytest.approx(0.0)
     assert got["extra_ms_per_touched"] == pytest.approx(4.0)
@@ -46,6 +47,19 @@ def test_steps_are_split_by_the_turns_that_overlap_them_and_the_slowdown_with_th
     assert got["both_share"] == pytest.approx(1.0)
     text = report(rows)
     assert "touched 25%" in text and "4.00 ms extra for 2.00 ms of CPU" in text and "no turn in any step" in text
+
+
+def test_a_touched_step_is_set_against_the_baseline_steps_the_same_turns_would_have_touched() -> None:
+    """Long steps catch more turns: the baseline's step under the moved turn is long too, and it is
+    the comparison, not the baseline's mean."""
+    base = _block("none", 0.0, [[0.010, 0.016, 0.010, 0.010]])
+    logged = _block("coordinator", 10.0, [[0.010, 0.018, 0.010, 0.010]])
+    turn = Turn(10.012, 10.013, 1_000_000, "sender")  # in the logged block's second step; moved, in the baseline's
+    got = analyse(_ranks([base, logged]), [turn])["coordinator"]
+    assert got["touched_ms"] == pytest.approx(18.0) and got["baseline_touched_ms"] == pytest.approx(16.0)
+    assert got["extra_ms_per_touched"] == pytest.approx(2.0), "18 against 16, not against the mean of 11.5"
+    assert got["untouched_ms"] == pytest.approx(10.0) and got["baseline_untouched_ms"] == pytest.approx(10.0)
+    assert got["from_touched"] == pytest.approx(0.25 * 2.0 / 11.5) and got["from_untouched"] == pytest.approx(0.0)
 
 
 def test_a_warm_variant_is_set_against_the_warm_baseline() -> None:
