@@ -257,6 +257,7 @@ class Server:
         agg = self.agg
         if env.kind == wire.BATCH:
             agg.batch(env, payload, now)
+            self.window.read_from((env.rank, env.incarnation))
             warnings = agg.take_warnings(env.rank, env.incarnation)
             self._reply(ident, wire.ACK, env, {"w": warnings} if warnings else {})
         elif env.kind == wire.PING:
