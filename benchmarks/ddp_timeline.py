@@ -25,7 +25,6 @@ import argparse
 import atexit
 import bisect
 import functools
-import importlib
 import json
 import os
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 
 from benchmarks.common import child_env, run_job
 from benchmarks.ddp_overhead import WARM, with_baselines
+from benchmarks.paced_parts import job_args, resolve
 
 __all__ = ["Step", "Turn", "analyse", "dump", "install", "main", "measure", "report"]
 
@@ -63,10 +63,7 @@ class Turn:
 
 def _record_turns(module: str, attr: str, mine: Callable[[], bool]) -> None:
     """Wrap the blocking wait ``module.attr``: the time between one call's return and the next call is a turn."""
-    owner: Any = importlib.import_module(module)
-    *path, name = attr.split(".")
-    for p in path:
-        owner = getattr(owner, p)
+    owner, name = resolve(module, attr)
     inner = getattr(owner, name)
     # When this thread's last wait returned, and its CPU then; thread-local, since a new thread
     # may get an ended one's identifier (each block of the job starts a new sender thread).
@@ -90,10 +87,9 @@ def _record_turns(module: str, attr: str, mine: Callable[[], bool]) -> None:
 
 def install() -> None:
     """Record this process's turns if it is the job's aggregator or one of its ranks (else nothing)."""
-    out = os.environ.get(_OUT_ENV)
-    if not out:
+    cmdline = job_args(_OUT_ENV)
+    if cmdline is None:
         return
-    cmdline = Path("/proc/self/cmdline").read_bytes().split(b"\0")
     if b"coordinator.aggregator" in cmdline:
         main_thread = threading.get_ident()
         _ROLE.append(f"aggregator-{os.getpid()}")

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AGGREGATOR_PARTS", "SENDER_PARTS", "install", "main", "measure"]
+__all__ = ["AGGREGATOR_PARTS", "SENDER_PARTS", "install", "job_args", "main", "measure", "resolve"]
 
 _OUT_ENV = "PACED_PARTS_OUT"
 _RANK_ENV = "PACED_PARTS_RANK"
@@ -72,12 +72,25 @@ SENDER_PARTS = (
 """(module, attribute) of a rank's sender parts, timed on its sender thread."""
 
 
-def _wrap(module: str, attr: str, mine: Callable[[], bool], stats: dict[str, list[int]]) -> None:
-    """Replace ``module.attr`` (a function, or ``Class.method``) by one that adds its thread CPU to ``stats``."""
+def resolve(module: str, attr: str) -> tuple[Any, str]:
+    """What holds ``module.attr`` (the module, or the class of a ``Class.method``), and the name in it."""
     owner: Any = importlib.import_module(module)
     *path, name = attr.split(".")
     for p in path:
         owner = getattr(owner, p)
+    return owner, name
+
+
+def job_args(out_env: str) -> list[bytes] | None:
+    """This process's command line, when ``$out_env`` names the folder a recorder writes to; else None."""
+    if not os.environ.get(out_env):
+        return None
+    return Path("/proc/self/cmdline").read_bytes().split(b"\0")
+
+
+def _wrap(module: str, attr: str, mine: Callable[[], bool], stats: dict[str, list[int]]) -> None:
+    """Replace ``module.attr`` (a function, or ``Class.method``) by one that adds its thread CPU to ``stats``."""
+    owner, name = resolve(module, attr)
     inner = getattr(owner, name)
     cell = stats.setdefault(attr, [0, 0])
     clock = time.thread_time_ns
@@ -98,10 +111,10 @@ def _wrap(module: str, attr: str, mine: Callable[[], bool], stats: dict[str, lis
 
 def install() -> None:
     """Time this process's parts if it is the job's aggregator or the chosen rank (else nothing)."""
-    out = os.environ.get(_OUT_ENV)
-    if not out:
+    cmdline = job_args(_OUT_ENV)
+    if cmdline is None:
         return
-    cmdline = Path("/proc/self/cmdline").read_bytes().split(b"\0")
+    out = os.environ[_OUT_ENV]
     if b"coordinator.aggregator" in cmdline:
         role, parts = "aggregator", AGGREGATOR_PARTS
         main_thread = threading.get_ident()
