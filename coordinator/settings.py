@@ -120,7 +120,7 @@ class Settings:
     and ``close()`` flush at once). A SIGKILLed rank loses at most the points of its last interval.
     A paced job's logging CPU is paid per wake-up of the sender, its ZeroMQ thread and the
     aggregator, once per interval each: a longer interval costs less CPU per point (4 ranks, a
-    100-key dict at 50 steps/s: ~3.5 µs at 50 ms, ~1.5 at 200 ms, ~0.75 at 500 ms on a 2-core VM;
+    100-key dict at 50 steps/s: ~3 µs at 50 ms, ~1-1.5 at 200 ms, ~0.6-0.75 at 500 ms on a 2-core VM;
     ``python -m benchmarks.flush_intervals``), a shorter one more. Unset: 50 ms up to
     128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks; at most 2 s), so that the run's one
     aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`). After two empty
