@@ -60,8 +60,8 @@ BUSY_WINDOW_S = 0.05
 LIGHT_BYTES = 256 * 1024
 """Bytes read in a window below which it is light."""
 STRAGGLE_S = 0.01
-"""Longest a light window waits, from the batch that would have closed it, for the other batches of
-that flush (on the development VM they arrive within 1-5 ms of the first)."""
+"""Longest a light window that ran out waits, from the first batch of a flush, for the other batches
+of that flush (on the development VM they arrive within 1-5 ms of the first)."""
 
 
 class CommitWindow:
@@ -86,6 +86,11 @@ class CommitWindow:
         """Senders whose batches the last commit that waited for a flush took: whom the next one waits for."""
 
     @property
+    def light(self) -> bool:
+        """Only ACKs are due and less than :data:`LIGHT_BYTES` was read: the long window."""
+        return not self.urgent and self.bytes < LIGHT_BYTES
+
+    @property
     def length(self) -> float:
         """How long this window stays open, from :attr:`opened`."""
         if self.urgent:
@@ -104,7 +109,7 @@ class CommitWindow:
         one of its own; it first waits up to :data:`STRAGGLE_S` for the rest of that batch's flush.
         """
         got, self._round = self._round, set()
-        light = not self.urgent and self.bytes < LIGHT_BYTES
+        light = self.light
         if self._closing is None:
             age = now - self.opened
             if age < self.length and not (read and light and age >= LIGHT_EARLY_S):
@@ -122,8 +127,7 @@ class CommitWindow:
 
     def timeout_ms(self, now: float) -> int:
         """Milliseconds from ``now`` to the window's end (0 once it ended), rounded up."""
-        light = not self.urgent and self.bytes < LIGHT_BYTES
-        end = self._closing + STRAGGLE_S if self._closing is not None and light else self.opened + self.length
+        end = self._closing + STRAGGLE_S if self._closing is not None and self.light else self.opened + self.length
         return max(0, math.ceil((end - now) * 1000))
 
     def committed(self, now: float) -> None:
