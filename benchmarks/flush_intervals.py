@@ -14,6 +14,8 @@ prints per interval (medians over the repeats):
 * the aggregator's (every thread): the same;
 * their sum per logged point of the job: the logging's CPU beyond the ``log()`` calls themselves
   (those run on the training thread, whose CPU here is mostly the loop's own and is not counted);
+* the training threads' CPU inside their ``log()`` calls (``rank_threads`` times each call with the
+  thread's CPU clock), and the sum per point with it: all of the logging's CPU in the job;
 * what a SIGKILLed rank may lose: the interval; and in the double fault (its aggregator gone
   too before committing) the interval plus the ack deadline, ``max(interval, 200 ms)``.
 
@@ -43,8 +45,10 @@ def summarize(found: list[dict[str, Any]]) -> dict[str, float]:
     """One job's ``rank_threads --out`` files as ms and wake-ups a second and µs per point.
 
     Keys: ``ranks_ms``, ``ranks_wakeups`` (the ranks' threads but their training threads),
-    ``aggregator_ms``, ``aggregator_wakeups``, ``training_ms`` (the training threads) and
-    ``us_per_point`` (ranks' logging threads and aggregator, per point logged by the job).
+    ``aggregator_ms``, ``aggregator_wakeups``, ``training_ms`` (the training threads),
+    ``log_ms`` (the training threads inside ``log()``), ``us_per_point`` (ranks' logging threads
+    and aggregator, per point logged by the job) and ``us_per_point_log`` (the same and the
+    ``log()`` calls).
 
     Raises:
         ValueError: no file, or none with the aggregator's threads (rank 0's).
@@ -60,13 +64,16 @@ def summarize(found: list[dict[str, Any]]) -> dict[str, float]:
         raise ValueError("no rank saw the aggregator's threads (rank 0 starts it)")
     ranks_s = sum(t["cpu_s"] for t in ranks)
     agg_s = sum(t["cpu_s"] for t in aggregator)
+    log_s = sum(f["log_cpu_s"] for f in found)
     return {
         "ranks_ms": 1e3 * ranks_s / seconds,
         "ranks_wakeups": sum(t["wakeups"] for t in ranks) / seconds,
         "aggregator_ms": 1e3 * agg_s / seconds,
         "aggregator_wakeups": sum(t["wakeups"] for t in aggregator) / seconds,
         "training_ms": 1e3 * sum(t["cpu_s"] for t in training) / seconds,
+        "log_ms": 1e3 * log_s / seconds,
         "us_per_point": 1e6 * (ranks_s + agg_s) / points,
+        "us_per_point_log": 1e6 * (ranks_s + agg_s + log_s) / points,
     }
 
 
@@ -109,17 +116,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# repeat {rep + 1}, {x * 1e3:g} ms: {runs[x][-1]}", file=sys.stderr)
     print(
         "| flush interval | a SIGKILLed rank may lose | with its aggregator gone too | ranks' logging threads "
-        "ms/s (wake-ups/s) | aggregator ms/s (wake-ups/s) | µs of CPU per point |"
+        "ms/s (wake-ups/s) | aggregator ms/s (wake-ups/s) | µs of CPU per point | `log()` calls ms/s "
+        "| µs per point with them |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for x in intervals:
         m = {k: statistics.median(r[k] for r in runs[x]) for k in runs[x][0]}
         per = ", ".join(f"{r['us_per_point']:.2f}" for r in runs[x])
+        per_log = ", ".join(f"{r['us_per_point_log']:.2f}" for r in runs[x])
         print(
             f"| {x * 1e3:g} ms | {x * 1e3:g} ms | {(x + ack_deadline(x)) * 1e3:g} ms "
             f"| {m['ranks_ms']:.1f} ({m['ranks_wakeups']:.0f}) "
             f"| {m['aggregator_ms']:.1f} ({m['aggregator_wakeups']:.0f}) "
-            f"| {m['us_per_point']:.2f} ({per}) |"
+            f"| {m['us_per_point']:.2f} ({per}) | {m['log_ms']:.1f} | {m['us_per_point_log']:.2f} ({per_log}) |"
         )
 
 

@@ -9,7 +9,10 @@ thread is ``MainThread``, the sender ``coordinator-sender-r0``), the others as t
 them (``ZMQbg/IO/0``). CPU time is read from ``schedstat`` (nanoseconds) where the kernel has it,
 else from ``stat`` (10 ms ticks: then use windows of 10 s or more). Each line also
 gives the thread's wake-ups per second (its voluntary context switches, ``/proc``): at a paced
-load the CPU is mostly per wake-up, so this is the count to drive down.
+load the CPU is mostly per wake-up, so this is the count to drive down. A last line gives the
+training thread's CPU inside its ``log()`` calls (``time.thread_time_ns`` around each call; part
+of ``MainThread``'s line), per point and per call: the first call after the loop's sleep runs on
+a cold CPU, so it costs more than the hot-path benchmark's back-to-back calls.
 
 Without the DDP step's run-to-run swing this separates the rank's own threads from the
 aggregator, which ``cpu_per_point`` (the whole job minus a baseline) cannot on a shared 2-core
@@ -146,12 +149,17 @@ def main(argv: list[str] | None = None) -> None:
     run = coordinator.init_run(project="bench", name="rank-threads", settings=settings)
     keys = [f"train/m{j:03d}" for j in range(n_keys)]
     step = 0
+    in_log = 0  # the training thread's CPU inside log() calls, ns
 
     def paced(n: int) -> None:
-        nonlocal step
+        nonlocal step, in_log
         t = time.monotonic()
+        cpu = time.thread_time_ns
         for _ in range(n):
-            run.log(dict(zip(keys, [0.5 + j for j in range(n_keys)], strict=True)), step=step)
+            data = dict(zip(keys, [0.5 + j for j in range(n_keys)], strict=True))
+            c0 = cpu()
+            run.log(data, step=step)
+            in_log += cpu() - c0
             step += 1
             t += 1.0 / rate
             d = t - time.monotonic()
@@ -162,18 +170,24 @@ def main(argv: list[str] | None = None) -> None:
     kids = _children()
     a, ak = _threads(), {k: _threads(k) for k in kids}
     t0 = time.monotonic()
+    in_log = 0
     n = max(1, int(args.seconds * rate))
     paced(n)
     b, bk = _threads(), {k: _threads(k) for k in kids}
     seconds = time.monotonic() - t0
     points = n * n_keys
     rank = run.rank
-    threads = _print_delta(f"rank {rank}" if world > 1 else "rank", a, b, points, seconds)
+    label = f"rank {rank}" if world > 1 else "rank"
+    threads = _print_delta(label, a, b, points, seconds)
+    log_s = in_log / 1e9  # part of MainThread's line above
+    name = f"{label} in log() calls"
+    print(f"{name:38s} {log_s * 1e3:8.1f} ms  {log_s / points * 1e6:6.2f} µs/point  {in_log / n / 1e3:7.1f} µs/call")
     # per point of the whole job: every rank logs as many as this one
     aggregator = [_print_delta(f"aggregator {k}", ak[k], bk[k], points * world, seconds) for k in kids]
     run.stop(60)
     if args.out is not None:
         found = {"rank": rank, "world": world, "points": points, "seconds": seconds, "threads": threads}
+        found["log_cpu_s"] = log_s
         found["aggregator"] = [t for ts in aggregator for t in ts]
         Path(args.out, f"rank{rank}.json").write_text(json.dumps(found))
 

@@ -20,6 +20,7 @@ def _rank(rank: int, *, aggregator: bool) -> dict[str, object]:
         "seconds": 10.0,
         "threads": threads,
         "aggregator": agg if aggregator else [],
+        "log_cpu_s": 0.03,
     }
 
 
@@ -31,6 +32,8 @@ def test_a_jobs_threads_are_summed_per_second_and_per_point_without_the_training
     assert got["aggregator_wakeups"] == pytest.approx(100.0)
     assert got["training_ms"] == pytest.approx(100.0)
     assert got["us_per_point"] == pytest.approx(1e6 * (0.06 + 0.05) / 100_000)
+    assert got["log_ms"] == pytest.approx(6.0)  # 0.03 s in log() x 2 ranks over 10 s
+    assert got["us_per_point_log"] == pytest.approx(1e6 * (0.06 + 0.05 + 0.06) / 100_000)
 
 
 def test_a_job_without_its_aggregators_threads_or_any_rank_is_refused() -> None:
@@ -49,3 +52,5 @@ def test_a_longer_interval_wakes_the_ranks_and_the_aggregator_less() -> None:
     assert long["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert long["aggregator_wakeups"] < short["aggregator_wakeups"]
     assert short["us_per_point"] > 0 and long["us_per_point"] > 0 and short["training_ms"] > 0
+    # The log() calls were timed: part of the training threads' CPU, and counted in the sum with them.
+    assert 0 < short["log_ms"] < short["training_ms"] and short["us_per_point_log"] > short["us_per_point"]
