@@ -5,7 +5,9 @@ under one short lock; the sender swaps the whole column dict out every flush int
 hot path never encodes and the sender's work is per key, not per point. A dict of plain numbers
 logged at explicit steps accumulates as one *frame* (:mod:`~coordinator.transport.frames`) for
 all its keys instead: within a generation a key lives in exactly one place, a column or one
-frame (:attr:`Buffer.framed`), and a per-key append of a framed key spills its frame first. Texts of text series
+frame (:attr:`Buffer.framed`), and a per-key append of a framed key spills its frame first. A frame
+outlives its generation: the cut takes its rows and leaves it empty for the next calls of the same
+keys, until a generation passes without one. Texts of text series
 accumulate the same way (steps and a list of str per key) and count as points. A *generation* is
 what accumulated between two swaps; ``wait()`` waits for its generation to be acknowledged.
 
@@ -184,15 +186,12 @@ class Buffer:
         """
         with self.lock:
             gen = self.gen
-            cols, self.cols = self.cols, fresh
             # Never hand over a live dict, even an empty one: the caller encodes the cut after
             # the lock is released (pausing between slices), while the training thread opens
             # frames and text series of the next generation in the buffer's dicts.
-            frames, texts = self.frames, self.texts
-            if frames:
-                self.frames, self.framed = {}, {}
-            else:
-                frames = {}
+            frames = self._take_rows(fresh) if self.frames else {}
+            cols, self.cols = self.cols, fresh
+            texts = self.texts
             fields, self.fields = self.fields, []
             if texts:
                 self.texts = {}
@@ -206,6 +205,29 @@ class Buffer:
             self.pending = 0
             self.cond.notify_all()
         return gen, cols, frames, fields, texts
+
+    def _take_rows(self, fresh: dict[str, Column]) -> dict[tuple[str, ...], Frame]:
+        """The frames' rows of the generation being cut (lock held), as frames of their own.
+
+        A frame that had rows stays, empty, for the next generation (:meth:`Frame.take`); one that
+        had none in a whole generation goes, and its keys are free for columns or another frame
+        again. A key stays in one place: ``fresh`` loses the column built ahead for a key that
+        the next generation has a frame for (it was per key in an earlier generation).
+        """
+        rows: dict[tuple[str, ...], Frame] = {}
+        framed = self.framed
+        for kt, fr in list(self.frames.items()):
+            if fr.steps:
+                rows[kt] = fr.take()
+            else:
+                del self.frames[kt]
+                for k in kt:
+                    if framed.get(k) is fr:
+                        del framed[k]
+        if fresh and framed:
+            for k in [k for k in fresh if k in framed]:
+                del fresh[k]
+        return rows
 
     def recount(self, cut_points: int) -> None:
         """The last cut generation held ``cut_points`` points: correct ``in_flight`` if the hot path counted fewer.

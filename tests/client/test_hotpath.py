@@ -114,6 +114,43 @@ def test_keys_logged_one_by_one_last_generation_form_a_frame_in_the_next(store_d
     assert stored(store_dir) == {"a": [(0, 1.0), (1, 3.0)], "b": [(0, 2.0), (1, 4.0)]}
 
 
+def test_a_frame_outlives_its_generation_until_one_passes_without_it(store_dir: Path) -> None:
+    """A cut takes a frame's rows and leaves the frame: the next dict of its keys appends to it
+    without opening one (no key validated or marked again); a per-key call still spills it first,
+    and a generation without a row of it lets it go."""
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": 1.0}, step=0)
+        run.log({"b": 2.0}, step=0)
+        run.wait(30)
+        run.log({"a": 3.0, "b": 4.0}, step=1)
+        kept = run._buf.frames[("a", "b")]
+        run.wait(30)  # its fresh columns for a and b (logged per key before) give way to the frame
+        assert frames_of(run) == {("a", "b"): 0} and run._buf.frames[("a", "b")] is kept
+        with run._buf.lock:
+            assert "a" not in run._buf.cols and "b" not in run._buf.cols
+        run.log({"a": 5.0, "b": 6.0}, step=2)
+        assert frames_of(run) == {("a", "b"): 1} and run._buf.frames[("a", "b")] is kept
+        run.wait(30)
+        run["a"].append(7.0, step=3)  # per key: the kept frame (no row yet) spills
+        assert frames_of(run) == {}
+        run.log({"b": 8.0, "a": 9.0}, step=4)
+        run.log({"c": 1.0, "d": 2.0}, step=0)
+        run.wait(30)
+        assert frames_of(run) == {("c", "d"): 0}
+        run["x"].append(1.0, step=0)
+        run.wait(30)  # a generation without a row of (c, d): the frame goes, its keys are free
+        assert frames_of(run) == {}
+        run.log({"d": 3.0, "c": 4.0}, step=1)  # another order of the same keys: a frame of its own
+        assert frames_of(run) == {("d", "c"): 1}
+    assert stored(store_dir) == {
+        "a": [(0, 1.0), (1, 3.0), (2, 5.0), (3, 7.0), (4, 9.0)],
+        "b": [(0, 2.0), (1, 4.0), (2, 6.0), (4, 8.0)],
+        "c": [(0, 1.0), (1, 4.0)],
+        "d": [(0, 2.0), (1, 3.0)],
+        "x": [(0, 1.0)],
+    }
+
+
 def test_a_rejected_value_in_a_framed_call_keeps_nothing_of_that_call(store_dir: Path) -> None:
     with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
         run.log({"a": 1.0, "b": 2.0, "c": 3.0}, step=0)

@@ -164,7 +164,7 @@ def test_a_frame_is_cut_as_one_block_beside_the_columns_and_needs_no_numbering()
     d = wire.decode_batch(b.payload or b"", blocks=True)
     assert [blk.keys for blk in d.blocks] == [("a", "b", "c")] and [k for k, _, _ in d.metrics] == ["solo"]
     assert d.blocks[0].values.tolist() == [[0.0, 1.0], [0.1, 1.1], [0.2, 1.2]] and d.fields == [("p", ("int", 1))]
-    assert not buf.frames and not buf.framed and buf.pending == 0
+    assert all(not f.steps for f in buf.frames.values()) and set(buf.framed) == {"a", "b", "c"} and buf.pending == 0
 
 
 def test_a_cut_of_frames_pauses_after_the_swap_the_numbering_and_before_the_encoding() -> None:
@@ -172,7 +172,11 @@ def test_a_cut_of_frames_pauses_after_the_swap_the_numbering_and_before_the_enco
     buf = Buffer(1000)
     _frame(buf, ("a", "b"), [0, 1])
     seen: list[tuple[bool, int]] = []  # at each pause: the generation swapped out?, points left to cut
-    cutter = Cutter(_no_numbering, max_batch_points=100, pause=lambda: seen.append((not buf.frames, buf.pending)))
+
+    def swapped() -> bool:  # the frame stays in the buffer; its rows went with the cut
+        return not buf.frames[("a", "b")].steps
+
+    cutter = Cutter(_no_numbering, max_batch_points=100, pause=lambda: seen.append((swapped(), buf.pending)))
     (b,) = cutter.cut(buf)
     assert seen == [(True, 0), (True, 0), (True, 0)] and b.points == 4
 

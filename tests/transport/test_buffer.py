@@ -74,6 +74,8 @@ def test_a_cut_hands_over_no_dict_the_training_thread_goes_on_writing() -> None:
     with b.lock:  # as the hot path opens a frame and a text series (client/hotpath.py, client/texts.py)
         b.frames[("a", "b")] = fr = Frame(("a", "b"))
         b.framed.update(dict.fromkeys(("a", "b"), fr))
+        fr.steps.append(0)
+        fr.values.extend([1.0, 2.0])
         b.texts["t"] = (array("q", [0]), ["x"])
     assert frames == {} and texts == {}
     _, _, frames2, _, texts2 = b.cut({})

@@ -50,12 +50,35 @@ def test_spill_moves_a_frame_into_columns_and_frees_all_its_keys() -> None:
     assert {k: (list(s), list(v)) for k, (s, v) in buf.cols.items()} == {"a": ([0], [1.0]), "b": ([0], [2.0])}
 
 
-def test_cut_hands_over_the_frames_and_starts_the_next_generation_without_any() -> None:
+def test_cut_hands_over_the_frames_rows_and_keeps_each_frame_empty_for_the_next_generation() -> None:
     buf = Buffer(100)
     f = buf.frames[("a", "b")] = frame(("a", "b"), [(0, [1.0, 2.0])])
     buf.framed.update(dict.fromkeys(("a", "b"), f))
     buf.pending = 2
     gen, cols, frames, fields, texts = buf.cut({"x": (array("q"), array("d"))})
-    assert gen == 0 and cols == {} and frames == {("a", "b"): f} and fields == [] and texts == {}
-    assert buf.frames == {} and buf.framed == {} and list(buf.cols) == ["x"]
-    assert buf.pending == 0 and buf.in_flight == 2
+    assert gen == 0 and cols == {} and fields == [] and texts == {}
+    (rows,) = frames.values()
+    assert rows is not f and rows.keys == ("a", "b") and list(rows.steps) == [0] and list(rows.values) == [1.0, 2.0]
+    # The frame stays, without a row, and still holds its keys: the next dict of them appends to it.
+    assert buf.frames == {("a", "b"): f} and buf.framed == {"a": f, "b": f} and not f.steps and not f.values
+    assert f.steps is not rows.steps and f.values is not rows.values  # what was cut is no longer written
+    assert list(buf.cols) == ["x"] and buf.pending == 0 and buf.in_flight == 2
+
+
+def test_a_frame_without_a_row_in_a_generation_goes_at_its_cut_and_frees_its_keys() -> None:
+    buf = Buffer(100)
+    f = buf.frames[("a", "b")] = frame(("a", "b"), [(0, [1.0, 2.0])])
+    buf.framed.update(dict.fromkeys(("a", "b"), f))
+    buf.cut({})
+    _, _, frames, _, _ = buf.cut({})  # nothing logged in this generation
+    assert frames == {} and buf.frames == {} and buf.framed == {}
+
+
+def test_a_column_built_ahead_for_a_key_a_kept_frame_holds_is_dropped_one_place_per_key() -> None:
+    """The cutter builds columns ahead for the keys logged per key in the last generation; a key
+    that a frame took since must not have both in the next one (its points would split)."""
+    buf = Buffer(100)
+    f = buf.frames[("a", "b")] = frame(("a", "b"), [(3, [1.0, 2.0])])
+    buf.framed.update(dict.fromkeys(("a", "b"), f))
+    buf.cut({"a": (array("q"), array("d")), "x": (array("q"), array("d"))})
+    assert list(buf.cols) == ["x"] and set(buf.framed) == {"a", "b"}
