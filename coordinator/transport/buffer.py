@@ -52,7 +52,8 @@ class Buffer:
         self.frames: dict[tuple[str, ...], Frame] = {}
         """Key tuple -> the frame of this generation's dicts of plain numbers logged with those keys."""
         self.framed: dict[str, Frame] = {}
-        """Key -> the frame holding its points of this generation (such a key has no column)."""
+        """Key -> the frame holding its points of this generation (such a key has no column; a frame
+        kept from the last generation may hold none yet)."""
         self.fields: list[tuple[str, FieldValue]] = []
         self.texts: dict[str, TextColumn] = {}
         """Text series key -> its pending points (counted in ``pending`` like metric points)."""
