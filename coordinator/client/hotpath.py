@@ -55,7 +55,9 @@ def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, tex
     values = fr.values
     n = len(values)
     try:
-        values.extend(vals)
+        # One resize and one pass: ``extend`` of the dict's values grows the array item by item
+        # (2.9 µs for 100 values against 1.6), and ``fromlist`` leaves it as it was on a refusal.
+        values.fromlist(list(vals))
         fr.steps.append(step)
     except OverflowError:
         del values[n:]
