@@ -19,7 +19,7 @@ import numpy as np
 from coordinator.client.devices import DeviceScalars, check_tensor, is_tensor
 from coordinator.client.keys import KeyRegistry
 from coordinator.core.columns import Column
-from coordinator.core.values import to_metric_value
+from coordinator.core.values import check_step, to_metric_value
 from coordinator.errors import ClosedError
 from coordinator.transport.buffer import Buffer, Frame
 from coordinator.transport.sender import SenderThread
@@ -127,9 +127,12 @@ def log_slow(
     """Validate every key and value of a ``log()`` call (raising the precise error), then append all or nothing.
 
     The error raised is the user's alone: nothing internal chained to it (e.g. ``float()``
-    failing inside ``to_metric_value``).
+    failing inside ``to_metric_value``). The step is checked here too: the hot path's own check
+    takes any non-negative int, and one past int64 fails only when it is appended.
     """
     try:
+        if step >= 0:
+            check_step(step)
         for k in data:
             if k not in keys.series:
                 keys.check_new(k)

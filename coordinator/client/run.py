@@ -247,10 +247,17 @@ class Run:
                     except (TypeError, ValueError, OverflowError):
                         c[1].append(to_metric_value(key, value))
                 c[0].append(step)
+            except OverflowError as e:  # a step past int64: the check above takes any non-negative int
+                unpair(b.cols, (key,), self._dev)
+                overflow = e
             except BaseException:  # a signal's exception (Ctrl-C) between the two appends too
                 unpair(b.cols, (key,), self._dev)
                 raise
-            b.pending += 1
+            else:
+                b.pending += 1
+                return
+        check_step(step)  # outside the handler: the caller's ValueError, nothing chained to it
+        raise overflow
 
     def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
         return self._texts.append(key, text, step, block)  # client/texts.py

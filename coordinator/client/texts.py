@@ -69,10 +69,7 @@ class TextAppender:
             TypeError: not a str, or ``key`` is a numeric series. ValueError: over 64 KiB, a bad
             key or step. ClosedError: the run was stopped.
         """
-        if step is None:
-            step = -1
-        elif type(step) is not int or step < 0:
-            step = check_step(step)
+        step = -1 if step is None else check_step(step)  # not a hot path: every bound checked
         text = check_text(key, text)
         if self._redact is not None:
             kept = self._redact.apply([(key, ("str", text))])

@@ -41,3 +41,29 @@ def test_a_rejected_log_has_no_chained_traceback(store_dir: Path, data: dict[obj
         assert "The above exception was the direct cause" not in text
         assert "__float__ refused" not in text
         assert text.count("Traceback (most recent call last)") == 1
+
+
+@pytest.mark.parametrize("call", ["dict", "scalar", "append", "text"])
+def test_a_step_past_int64_is_a_value_error_alone_and_nothing_else_is_lost(store_dir: Path, call: str) -> None:
+    """The hot paths take any non-negative int without a bound check; one past 2**63-1 fails
+    where it is appended, and must still reach the caller as the ValueError a bad step gets."""
+    big = 2**63
+    with coordinator.init_run(project="t") as run:
+        run.log({"a": 1.0, "b": 2.0}, step=0)  # a frame of (a, b)
+        run["c"].append(1.0, step=0)
+        run["notes"].append("first", step=0)
+        with pytest.raises(ValueError, match=r"2\*\*63-1") as info:
+            if call == "dict":
+                run.log({"a": 3.0, "b": 4.0}, step=big)
+            elif call == "scalar":
+                run.log({"c": 3.0}, step=big)
+            elif call == "append":
+                run["c"].append(3.0, step=big)
+            else:
+                run["notes"].append("second", step=big)
+        e = info.value
+        assert e.__cause__ is None and (e.__context__ is None or e.__suppress_context__), (e.__cause__, e.__context__)
+        run.log({"a": 5.0, "b": 6.0}, step=1)
+        run["c"].append(7.0, step=1)
+        run.wait(30)
+        assert run.stats()["acked"] == 7  # 4 before (a, b, c and a text), 3 after: nothing of the refused call
