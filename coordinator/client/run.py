@@ -181,7 +181,7 @@ class Run:
 
         Raises:
             TypeError: a non-numeric value, a non-str key, a non-int step.
-            ValueError: a malformed key or a negative step. Nothing of a rejected call is kept.
+            ValueError: a malformed key, a step below 0 or past 2**63-1. Nothing of a rejected call is kept.
             ClosedError: the run was stopped.
         """
         if step is None:
