@@ -24,7 +24,17 @@ from coordinator.errors import ClosedError
 from coordinator.transport.buffer import Buffer, Frame
 from coordinator.transport.sender import SenderThread
 
-__all__ = ["NOTHING_YET", "as_dict", "log_frame", "log_slow", "open_frame", "rollback", "unpair", "wait_for_room"]
+__all__ = [
+    "NOTHING_YET",
+    "as_dict",
+    "log_frame",
+    "log_slow",
+    "open_frame",
+    "rollback",
+    "undo_point",
+    "unpair",
+    "wait_for_room",
+]
 
 NOTHING_YET = object()
 """``log()``'s loop key before its first key: an exception raised there (by a signal) appended nothing."""
@@ -161,6 +171,23 @@ def unpair(cols: dict[str, Column], keys: Iterable[str], dev: DeviceScalars) -> 
     step before it.
     """
     _cut_back([(c, len(c[0])) for k in keys if (c := cols.get(k)) is not None], dev)
+
+
+def undo_point(e: BaseException, cols: dict[str, Column], key: str, step: int, dev: DeviceScalars) -> BaseException:
+    """``append()`` failed with ``e`` midway through a point: drop what it appended; returns the error to raise.
+
+    That is ``e`` itself (a signal's exception, Ctrl-C, between the value and the step: re-raised
+    as it is), or for a step past int64, which the hot path's check lets through (any non-negative
+    int) and the step array refuses with ``OverflowError``, the ``ValueError`` a bad step gets
+    (raised ``from None`` by the caller: nothing chained to it).
+    """
+    unpair(cols, (key,), dev)
+    if type(e) is OverflowError:
+        try:
+            check_step(step)
+        except ValueError as bad:
+            return bad
+    return e
 
 
 def rollback(cols: dict[str, Column], data: dict[str, object], failed: object, dev: DeviceScalars) -> None:

@@ -24,7 +24,7 @@ from coordinator.client.delivery import Delivery, ErrorQueue, Series, TextSeries
 from coordinator.client.devices import DeviceScalars, is_tensor
 from coordinator.client.endings import reason_of
 from coordinator.client.handle import Handle
-from coordinator.client.hotpath import NOTHING_YET, as_dict, log_frame, log_slow, rollback, unpair, wait_for_room
+from coordinator.client.hotpath import NOTHING_YET, as_dict, log_frame, log_slow, rollback, undo_point, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
@@ -235,9 +235,7 @@ class Run:
                 raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
-            c = b.cols.get(key)
-            if c is None:
-                c = self._new_column(key)
+            c = b.cols.get(key) or self._new_column(key)
             try:
                 if value.__class__ is not float and is_tensor(value):
                     self._dev.defer(key, value, c[0], c[1])
@@ -247,17 +245,11 @@ class Run:
                     except (TypeError, ValueError, OverflowError):
                         c[1].append(to_metric_value(key, value))
                 c[0].append(step)
-            except OverflowError as e:  # a step past int64: the check above takes any non-negative int
-                unpair(b.cols, (key,), self._dev)
-                overflow = e
-            except BaseException:  # a signal's exception (Ctrl-C) between the two appends too
-                unpair(b.cols, (key,), self._dev)
-                raise
-            else:
-                b.pending += 1
-                return
-        check_step(step)  # outside the handler: the caller's ValueError, nothing chained to it
-        raise overflow
+            except BaseException as e:  # also a signal's exception (Ctrl-C) between the two appends
+                if (bad := undo_point(e, b.cols, key, step, self._dev)) is e:
+                    raise
+                raise bad from None  # a step past int64: the ValueError of a bad step, nothing chained
+            b.pending += 1
 
     def _append_text(self, key: str, text: object, step: int | None, block: bool = True) -> bool:
         return self._texts.append(key, text, step, block)  # client/texts.py
