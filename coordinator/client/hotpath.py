@@ -69,7 +69,7 @@ def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, tex
         # (2.9 µs for 100 values against 1.6), and ``fromlist`` leaves it as it was on a refusal.
         values.fromlist(list(vals))
         fr.steps.append(step)
-    except OverflowError:
+    except OverflowError:  # a value past a float's range, or a step past int64 after the row went in
         del values[n:]
         return False
     except BaseException:  # also a signal's exception (Ctrl-C) between the two: the row goes whole
