@@ -17,6 +17,9 @@ step time). Variants:
   the default 50 ms: ``coordinator-flush5ms`` is what waking the sender ten times as often costs
   (5 ms was the default until issue #12's round 6, when this variant measured the other way
   round); ``coordinator-flush200ms`` what a longer kill window buys;
+  ``coordinator-flush<N>ms-copies<M>ms`` also sets ``kill_window_s=M / 1000``: the sender copies the
+  uncut points every M ms between its flushes (``coordinator-flush500ms-copies50ms``: a 50 ms kill
+  window at 500 ms flushes);
 * ``coordinator-disabled`` — the same calls on a ``mode="disabled"`` run (``log()`` returns at
   once; no sender, no aggregator): what building the dict and calling ``log()`` cost the step;
 * ``coordinator-nolog`` — a live run (sender, aggregator) whose dict is built but never logged:
@@ -67,7 +70,7 @@ __all__ = ["N_METRICS", "WARM", "coordinator_settings", "ddp_section", "flush_ms
 N_METRICS = 100
 WARM = "+wake5ms"
 """Suffix of a variant that runs with a thread waking every 5 ms on every rank (its baseline: ``none+wake5ms``)."""
-_FLUSH = re.compile(r"coordinator-flush([1-9][0-9]*)ms")
+_FLUSH = re.compile(r"coordinator-flush([1-9][0-9]*)ms(?:-copies([1-9][0-9]*)ms)?")
 
 
 def flush_ms(variant: str) -> int:
@@ -76,10 +79,22 @@ def flush_ms(variant: str) -> int:
     Raises:
         ValueError: not such a variant (a typo must not run the default interval under another name).
     """
+    return _flush_match(variant)[0]
+
+
+def _flush_match(variant: str) -> tuple[int, int | None]:
+    """(N, M) of ``coordinator-flush<N>ms`` or ``coordinator-flush<N>ms-copies<M>ms`` (M None without copies).
+
+    Raises:
+        ValueError: not such a variant, or copies not more often than the flushes.
+    """
     m = _FLUSH.fullmatch(variant)
     if m is None:
-        raise ValueError(f"{variant!r} is not coordinator-flush<N>ms (N a positive whole number of ms)")
-    return int(m.group(1))
+        raise ValueError(f"{variant!r} is not coordinator-flush<N>ms[-copies<M>ms] (N, M positive whole numbers of ms)")
+    n, copies = int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+    if copies is not None and copies >= n:
+        raise ValueError(f"{variant!r}: copies every {copies} ms would not come between flushes every {n} ms")
+    return n, copies
 
 
 def coordinator_settings(variant: str) -> dict[str, Any]:
@@ -95,8 +110,11 @@ def coordinator_settings(variant: str) -> dict[str, Any]:
     if variant == "coordinator-nolog":
         return {}
     if variant.startswith("coordinator-flush"):
-        return {"flush_interval_s": flush_ms(variant) / 1000}
-    raise ValueError(f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog or coordinator-flush<N>ms")
+        n, copies = _flush_match(variant)
+        return {"flush_interval_s": n / 1000} | ({} if copies is None else {"kill_window_s": copies / 1000})
+    raise ValueError(
+        f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog or coordinator-flush<N>ms[-copies<M>ms]"
+    )
 
 
 class _Logger:

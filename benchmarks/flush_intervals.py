@@ -19,7 +19,12 @@ prints per interval (medians over the repeats):
 * what a SIGKILLed rank may lose: the interval; and in the double fault (its aggregator gone
   too before committing) the interval plus the ack deadline, ``max(interval, 200 ms)``.
 
-    python -m benchmarks.flush_intervals [--intervals 0.05,0.1,0.2,0.5] [--repeats 2] [--seconds 10]
+An interval written ``0.5/0.05`` also sets ``COORDINATOR_KILL_WINDOW_S`` to the second number:
+the sender copies the uncut points every 50 ms between its 500 ms flushes and writes every cut
+ahead to the spool (:mod:`coordinator.transport.copies`), so a SIGKILLed rank may lose 50 ms, and
+as much in the double fault (its batches are on disk before they are sent).
+
+    python -m benchmarks.flush_intervals [--intervals 0.05,0.1,0.2,0.5,0.5/0.05] [--repeats 2] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 
 from coordinator.transport.pipeline import ack_deadline
 
-__all__ = ["main", "measure", "summarize"]
+__all__ = ["label", "main", "measure", "parse_variant", "summarize"]
 
 _TRAINING_THREAD = "MainThread"
 
@@ -77,8 +82,10 @@ def summarize(found: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def measure(interval_s: float, ranks: int, seconds: float, timeout_s: float = 300.0) -> dict[str, float]:
-    """Run the paced job once with ``flush_interval_s=interval_s``; its :func:`summarize`.
+def measure(
+    interval_s: float, ranks: int, seconds: float, timeout_s: float = 300.0, *, kill_window_s: float | None = None
+) -> dict[str, float]:
+    """Run the paced job once with ``flush_interval_s=interval_s`` (and ``kill_window_s``); its :func:`summarize`.
 
     Raises:
         RuntimeError: the job failed.
@@ -87,6 +94,9 @@ def measure(interval_s: float, ranks: int, seconds: float, timeout_s: float = 30
     with tempfile.TemporaryDirectory(prefix="flush-intervals-") as d:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
         env["COORDINATOR_FLUSH_INTERVAL_S"] = repr(interval_s)
+        env.pop("COORDINATOR_KILL_WINDOW_S", None)
+        if kill_window_s is not None:
+            env["COORDINATOR_KILL_WINDOW_S"] = repr(kill_window_s)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
         cmd += ["-m", "benchmarks.rank_threads", "--seconds", str(seconds), "--out", d]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -106,30 +116,56 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="rank_threads' measured window")
     ap.add_argument("--ranks", type=int, default=4)
     args = ap.parse_args(argv)
-    intervals = [float(x) for x in args.intervals.split(",") if x]
-    if not intervals or any(not 0 < x <= 10 for x in intervals):
-        ap.error("--intervals: seconds in (0, 10]")
-    runs: dict[float, list[dict[str, float]]] = {x: [] for x in intervals}
+    try:
+        variants = [parse_variant(x) for x in args.intervals.split(",") if x]
+    except ValueError as e:
+        ap.error(f"--intervals: {e}")
+    if not variants:
+        ap.error("--intervals: none given")
+    runs: dict[tuple[float, float | None], list[dict[str, float]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
-        for x in intervals:
-            runs[x].append(measure(x, args.ranks, args.seconds))
-            print(f"# repeat {rep + 1}, {x * 1e3:g} ms: {runs[x][-1]}", file=sys.stderr)
+        for v in variants:
+            runs[v].append(measure(v[0], args.ranks, args.seconds, kill_window_s=v[1]))
+            print(f"# repeat {rep + 1}, {label(v)}: {runs[v][-1]}", file=sys.stderr)
     print(
         "| flush interval | a SIGKILLed rank may lose | with its aggregator gone too | ranks' logging threads "
         "ms/s (wake-ups/s) | aggregator ms/s (wake-ups/s) | µs of CPU per point | `log()` calls ms/s "
         "| µs per point with them |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for x in intervals:
-        m = {k: statistics.median(r[k] for r in runs[x]) for k in runs[x][0]}
-        per = ", ".join(f"{r['us_per_point']:.2f}" for r in runs[x])
-        per_log = ", ".join(f"{r['us_per_point_log']:.2f}" for r in runs[x])
+    for v in variants:
+        x, kill = v
+        m = {k: statistics.median(r[k] for r in runs[v]) for k in runs[v][0]}
+        per = ", ".join(f"{r['us_per_point']:.2f}" for r in runs[v])
+        per_log = ", ".join(f"{r['us_per_point_log']:.2f}" for r in runs[v])
+        loses, double = (x, x + ack_deadline(x)) if kill is None else (kill, kill)
         print(
-            f"| {x * 1e3:g} ms | {x * 1e3:g} ms | {(x + ack_deadline(x)) * 1e3:g} ms "
+            f"| {label(v)} | {loses * 1e3:g} ms | {double * 1e3:g} ms "
             f"| {m['ranks_ms']:.1f} ({m['ranks_wakeups']:.0f}) "
             f"| {m['aggregator_ms']:.1f} ({m['aggregator_wakeups']:.0f}) "
             f"| {m['us_per_point']:.2f} ({per}) | {m['log_ms']:.1f} | {m['us_per_point_log']:.2f} ({per_log}) |"
         )
+
+
+def parse_variant(text: str) -> tuple[float, float | None]:
+    """``"0.5"`` -> (0.5, None); ``"0.5/0.05"`` -> (0.5, 0.05): a flush interval and a kill window below it.
+
+    Raises:
+        ValueError: not seconds in (0, 10], or a kill window not below the interval.
+    """
+    head, _, tail = text.partition("/")
+    interval = float(head)
+    kill = float(tail) if tail else None
+    if not 0 < interval <= 10:
+        raise ValueError(f"{text!r}: a flush interval in seconds in (0, 10]")
+    if kill is not None and not 0 < kill < interval:
+        raise ValueError(f"{text!r}: a kill window in seconds above 0 and below the flush interval")
+    return interval, kill
+
+
+def label(v: tuple[float, float | None]) -> str:
+    """A variant as the table's first column."""
+    return f"{v[0] * 1e3:g} ms" + ("" if v[1] is None else f", copies every {v[1] * 1e3:g} ms")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,16 @@ class Settings:
     128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks; at most 2 s), so that the run's one
     aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`). After two empty
     flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
+    kill_window_s: float | None = None
+    """What a SIGKILLed rank may lose, when shorter than the flush interval: between flushes the
+    sender copies the points logged since its last copy to a file in the rank's spool directory
+    this often (~50 µs of CPU each; a copy of frames and of columns at explicit steps), and writes
+    every cut ahead to the spool before it is sent; recovery (a lost rank's spool at the run's end,
+    ``coordinator sync``) takes what the spool does not hold from the copies. A step the sender
+    numbers, a tensor not read yet, a field or a text makes the sender cut instead. With
+    ``flush_interval_s=0.5`` and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at
+    about a third of the CPU of 50 ms flushes (docs/performance.md, round 36). Unset: the kill
+    window is the flush interval."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
     at once, without waiting for the flush interval."""
@@ -241,6 +251,8 @@ class Settings:
                 raise ConfigError(f"Settings.{f.name} must be a number >= 0, got {v!r}")
         if self.flush_interval_s is not None and not self.flush_interval_s > 0:
             raise ConfigError(f"Settings.flush_interval_s must be > 0 (or unset), got {self.flush_interval_s!r}")
+        if self.kill_window_s is not None and not self.kill_window_s > 0:
+            raise ConfigError(f"Settings.kill_window_s must be > 0 (or unset), got {self.kill_window_s!r}")
         for name in (
             "max_buffer_points",
             "max_batch_points",

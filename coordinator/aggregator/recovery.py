@@ -22,7 +22,9 @@ from coordinator.aggregator.counters import Report
 from coordinator.errors import ConfigError, ProtocolError
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import LocalStore, run_dir
+from coordinator.settings import DEFAULTS
 from coordinator.transport import wire
+from coordinator.transport.copies import copy_batches, mark_replayed, read_copies
 from coordinator.transport.spool import read_spool, spool_records
 
 __all__ = ["recover_spools", "replay_spools"]
@@ -78,6 +80,7 @@ def _recover_dir(agg: Aggregator, d: Path, rank: int, inc: int) -> int:
         if n % _COMMIT_EVERY == 0:
             agg.emit(now)
             agg.commit()
+    _recover_copies(agg, d, rank, inc)
     got = agg.counters["points"] - before
     if got:
         agg.outbox.event(time.time(), "spool_recovered", rank, f"incarnation {inc}: {got} points from {d}")
@@ -87,6 +90,46 @@ def _recover_dir(agg: Aggregator, d: Path, rank: int, inc: int) -> int:
     agg.commit()
     shutil.rmtree(d, ignore_errors=True)
     return got
+
+
+def _recover_copies(agg: Aggregator, d: Path, rank: int, inc: int) -> None:
+    """The copied generations (:mod:`~coordinator.transport.copies`) the spool did not hold, as the next batches.
+
+    Run after the spool's replay, so the sender's last batch number says what the spool held.
+    Before a copy goes in, its file records the numbers it goes in as: replayed again (an upload
+    that crashed after its commit), it is then skipped.
+    """
+    for c in read_copies(d):
+        if c.torn:
+            _log.warning(
+                "copy file %s: a torn tail of %d bytes skipped (the rank was killed mid-write)", c.path, c.torn
+            )
+        snd = agg.senders.get((rank, inc))
+        last = snd.last_seq if snd is not None else 0
+        if c.seqs is not None and last >= c.seqs[1]:
+            continue  # its batches are stored (from the spool, or sent and acknowledged)
+        if c.seqs is not None and last >= c.seqs[0]:
+            msg = (
+                f"incarnation {inc}: generation {c.gen} was cut as batches {c.seqs[0]}-{c.seqs[1]} and the rank was "
+                f"killed while they were written ahead; the spool held up to {last}, so its {c.points} copied points "
+                "are not replayed (the rest of that generation is lost)"
+            )
+            _log.error("rank %d: %s", rank, msg)
+            agg.outbox.event(time.time(), "copies_skipped", rank, msg)
+            continue
+        payloads = copy_batches(c, DEFAULTS.max_batch_points)
+        if not payloads:
+            continue
+        mark_replayed(c, last + 1, last + len(payloads))
+        for payload in payloads:
+            last += 1
+            env = wire.encode_envelope(wire.BATCH, agg.cfg.run_id, rank, inc, last)
+            try:
+                _replay_record(agg, env, payload, rank, inc, time.time(), d)
+            except ProtocolError as e:
+                agg.counters["bad_frames"] += 1
+                _log.warning("copy %s: a batch refused: %s", c.path, e)
+        _log.info("rank %d: %d points of generation %d recovered from its copy %s", rank, c.points, c.gen, c.path)
 
 
 def _replay_record(agg: Aggregator, head: bytes, payload: bytes, rank: int, inc: int, now: float, d: Path) -> None:

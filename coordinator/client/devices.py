@@ -117,6 +117,10 @@ class DeviceScalars:
         if self._count > _MAX_PENDING:
             self._resolve_oldest()
 
+    def deferred(self) -> bool:
+        """Whether a tensor's value waits to be read (lock held)."""
+        return self._count > 0
+
     def discard_from(self, steps: array[int], n: int) -> None:
         """The caller is about to cut this column's values back to ``n`` (a rolled-back call; lock held).
 

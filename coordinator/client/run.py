@@ -120,7 +120,7 @@ class Run:
                 curve=curve,
                 name=name,
                 project=project,
-                numbering=StepNumbering(self.rank, self._dev.resolve),
+                numbering=StepNumbering(self.rank, self._dev.resolve, self._dev.deferred),
             )
         if owned is not None:
             owned.start()

@@ -66,6 +66,7 @@ def start_sender(
         max_spool_bytes=settings.max_spool_bytes,
         spool_segment_bytes=settings.spool_segment_bytes,
         flush_interval_s=flush_s,
+        kill_window_s=_kill_window(settings, flush_s, spool_root, endpoint),
         max_batch_points=settings.max_batch_points,
         max_window=settings.max_window_batches,
         ack_timeout_s=settings.ack_timeout_s,
@@ -91,6 +92,21 @@ def start_sender(
                 )
                 break
     return sender
+
+
+def _kill_window(settings: Settings, flush_s: float, spool_root: str | None, endpoint: str | None) -> float | None:
+    """The sender's copy interval (:mod:`~coordinator.transport.copies`): ``kill_window_s`` if below the flush."""
+    kill = settings.kill_window_s
+    if kill is None or kill >= flush_s:
+        return None
+    if spool_root is None or endpoint is None:
+        _log.warning(
+            "Settings.kill_window_s=%s needs a spool and an aggregator: the kill window is the flush interval, %.3f s",
+            kill,
+            flush_s,
+        )
+        return None
+    return kill
 
 
 def _hello(world_size: int, name: str, project: str) -> dict[str, Any]:

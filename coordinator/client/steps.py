@@ -35,14 +35,22 @@ class StepNumbering:
         rank: this rank (for messages).
         resolve: called with each cut column's steps before numbering (the run's deferred
             device scalars are written into the column's values); ``None``: nothing to resolve.
+        pending: whether a deferred device scalar waits to be resolved (buffer lock held; the
+            sender's copies of the uncut generation cannot take one: :meth:`deferred`).
     """
 
-    __slots__ = ("_auto", "_last", "_rank", "_resolve", "welcomed")
+    __slots__ = ("_auto", "_last", "_pending", "_rank", "_resolve", "welcomed")
 
-    def __init__(self, rank: int = 0, resolve: Callable[[array[int]], None] | None = None) -> None:
+    def __init__(
+        self,
+        rank: int = 0,
+        resolve: Callable[[array[int]], None] | None = None,
+        pending: Callable[[], bool] | None = None,
+    ) -> None:
         self._last: dict[str, int] = {}
         self._rank = rank
         self._resolve = resolve
+        self._pending = pending
         self._auto: set[str] | None = set()
         """Keys numbered automatically before the first WELCOME (None once welcomed)."""
         self.welcomed = threading.Event()
@@ -73,6 +81,10 @@ class StepNumbering:
             _log.warning("rank %d: ignoring malformed last_steps in WELCOME: %r", self._rank, type(last_steps))
         self._auto = None
         self.welcomed.set()
+
+    def deferred(self) -> bool:
+        """A tensor logged waits to be read on the sender thread (buffer lock held): a copy cannot take its column."""
+        return self._pending is not None and self._pending()
 
     def frame(self, keys: tuple[str, ...], last: int) -> None:
         """Every key of a cut frame (a dict logged at explicit steps) was last logged at ``last``.

@@ -23,6 +23,7 @@ from coordinator.errors import DeliveryError
 from coordinator.settings import Backpressure
 from coordinator.transport.batches import Cutter, OutBatch
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.copies import Copies
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
 from coordinator.transport.window import Window
@@ -66,6 +67,7 @@ class Pipeline:
         wal: WriteAhead | None,
         offline: OfflineSpooler | None,
         policy: Backpressure,
+        copies: Copies | None = None,
         rank: int,
         send: Callable[[Sequence[bytes | memoryview], float], bool],
         pause: Callable[[], None] | None = None,
@@ -76,6 +78,8 @@ class Pipeline:
         cutter, window, outbox: the stages a batch passes through.
         wal: the write-ahead spool, if the rank has one.
         offline: the offline spooler of a rank without an aggregator.
+        copies: the copies of the uncut generation between flushes (:mod:`.copies`; needs ``wal``):
+            every cut is then written ahead before it is sent.
         policy: the backpressure policy.
         rank: this rank (for messages).
         send: puts a batch's frames on the wire at a monotonic time; False when the send queue
@@ -91,6 +95,7 @@ class Pipeline:
         self._outbox = outbox
         self._wal = wal
         self.offline = offline
+        self.copies = copies
         self._policy = policy
         self._rank = rank
         self._send = send
@@ -163,15 +168,34 @@ class Pipeline:
             if not self._window and not self._outbox:
                 self._buf.progress(self._cutter.cut_gen, 0)
             return
+        if self.copies is not None:
+            self._write_cut(batches, now)
         for b in batches:
             self._pause()  # after the cut's encoding and between two batches, not after the last: see pump
-            if self._wal is not None:
+            if self._wal is not None and not b.seq:
                 self._window.number(b)  # it may be written ahead: numbered before it can be
             self.cut_batches += 1
             self._store(b, now)
         if self._policy == "drop_oldest":
             self._outbox.drop_oldest()
             self._buf.progress(self._acked_gen(), 0)
+
+    def copy(self) -> bool:
+        """Copy the uncut generation (:meth:`Copies.copy`); False: it must be cut instead (or nothing copies)."""
+        return self.copies is not None and self.copies.copy()
+
+    def _write_cut(self, batches: list[OutBatch], now: float) -> None:
+        """With copies: number a cut's batches, say so in its copy file, write them ahead; then the copy goes.
+
+        A kill before the batches are on disk leaves the copy file, with their numbers: recovery
+        then finds whether the spool holds them.
+        """
+        assert self.copies is not None and self._wal is not None
+        for b in batches:
+            self._window.number(b)
+        self.copies.cut(self._cutter.cut_gen, batches[0].seq, batches[-1].seq)
+        if self._wal.write_through(chain(self._window.batches.values(), batches), batches[-1].seq, now):
+            self.copies.spooled(self._wal.through)
 
     def _may_cut(self, now: float) -> bool:
         """Whether taking the buffer now keeps memory and disk within their bounds."""
@@ -249,8 +273,15 @@ class Pipeline:
             self._wal.write_through(self._window.batches.values(), seq, now)
 
     def write_unacked(self) -> None:
-        """Write ahead everything in flight (the run closes: what is not acknowledged stays on disk)."""
+        """Write ahead everything in flight (the run closes: what is not acknowledged stays on disk).
+
+        The copy files go then, but the uncut generation's while points stay in the buffer (the
+        last cut was refused: backpressure): it is all that holds them.
+        """
         self._write_window(self._window.last_seq, time.monotonic())
+        if self.copies is not None and self._wal is not None:
+            self.copies.spooled(self._wal.through)
+            self.copies.close(keep_uncut=self._buf.pending > 0)
 
     def _acked_gen(self) -> int:
         return self._window.acked_gen(self._outbox.head(), self._cutter.cut_gen)

@@ -34,6 +34,7 @@ from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.cadence import Cadence, wall_shift
+from coordinator.transport.copies import Copies
 from coordinator.transport.loopio import LoopIO
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
@@ -76,6 +77,9 @@ class SenderConfig:
     max_spool_bytes: int = DEFAULTS.max_spool_bytes
     spool_segment_bytes: int = DEFAULTS.spool_segment_bytes
     flush_interval_s: float = FLUSH_INTERVAL_S
+    kill_window_s: float | None = None
+    """Copy the uncut generation to the spool directory this often between flushes (:mod:`.copies`;
+    with a spool and an endpoint); None: the flush interval is the kill window."""
     max_batch_points: int = DEFAULTS.max_batch_points
     max_window: int = DEFAULTS.max_window_batches
     ack_timeout_s: float = DEFAULTS.ack_timeout_s
@@ -167,10 +171,12 @@ class SenderThread(threading.Thread):
         if c.spool_dir is not None:
             self.spool = SegmentedSpool(c.spool_dir, segment_bytes=c.spool_segment_bytes, max_bytes=c.max_spool_bytes)
             wal = WriteAhead(self.spool, rank=c.rank, buf=self.buf)
-        offline = None
+        offline = copies = None
         if c.endpoint is None:
             assert wal is not None, "an offline sender needs a spool"
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
+        elif c.kill_window_s is not None and c.spool_dir is not None:
+            copies = Copies(c.spool_dir, self.buf, rank=c.rank, deferred=getattr(self._number_steps, "deferred", None))
         return Pipeline(
             buf=self.buf,
             cutter=Cutter(
@@ -190,6 +196,7 @@ class SenderThread(threading.Thread):
             ),
             wal=wal,
             offline=offline,
+            copies=copies,
             policy=c.backpressure,
             rank=c.rank,
             send=self._send_frames,
@@ -223,7 +230,7 @@ class SenderThread(threading.Thread):
                 now = time.monotonic()
                 self._send_unsent()
                 self._serve_requests()
-                if cadence.flush_due(now):
+                if cadence.flush_due(now, self._pipe.copy):
                     # The flush (cut, encoding, send: ~100 µs cold) starts a stretch of its own: the
                     # one since the poll returned already ran 40-60 µs, part of it before start().
                     self.slicer.release()
@@ -245,9 +252,10 @@ class SenderThread(threading.Thread):
 
     def _cadence(self) -> Cadence:
         """The flush timer, on the wall clock's multiples of the interval (the job's ranks flush together)."""
-        interval = self.cfg.flush_interval_s
+        interval, copy_s = self.cfg.flush_interval_s, self.cfg.kill_window_s if self._pipe.copies else None
         now = time.monotonic()
-        return Cadence(self.buf, interval, self.cfg.heartbeat_interval_s, now, shift=wall_shift(interval, mono=now))
+        shift = wall_shift(interval, mono=now)
+        return Cadence(self.buf, interval, self.cfg.heartbeat_interval_s, now, shift=shift, copy_s=copy_s)
 
     def _settled(self) -> bool:
         """Nothing to wait for: no reply awaited, nothing in flight, held or unsent (a doze may start)."""
@@ -327,9 +335,6 @@ class SenderThread(threading.Thread):
             if self._unsent or not self._send(*item):
                 self._unsent.append(item)  # in order, behind the others the queue refused
 
-    def _resend_from(self, seq: int, *, sent_before: float | None = None) -> None:
-        self._pipe.resend_from(seq, time.monotonic(), sent_before=sent_before)
-
     # ------------------------------------------------------------ replies
 
     def _recv_all(self) -> None:
@@ -401,7 +406,7 @@ class SenderThread(threading.Thread):
             self._pipe.ack_below(first)
         # Batches sent before that HELLO and not acked were lost on the way (a reconnect, a
         # restarted aggregator); those sent after it are still on their way, not sent again.
-        self._resend_from(first, sent_before=self._hello_sent_at)
+        self._pipe.resend_from(first, time.monotonic(), sent_before=self._hello_sent_at)
 
     def _on_error(self, env: wire.Envelope, body: dict[str, Any]) -> None:
         code = body.get("code")
@@ -412,7 +417,7 @@ class SenderThread(threading.Thread):
         elif code == "gap":
             expected = body.get("expected", 1)
             self._pipe.ack_below(expected)
-            self._resend_from(expected)
+            self._pipe.resend_from(expected, time.monotonic())
         elif code == "sink" and body.get("re") in (wire.STATE, wire.QUERY):
             # A read the store could not answer: that request fails with it; the batches' own
             # refusals (if their commit failed) reach wait() on their own.

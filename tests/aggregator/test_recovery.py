@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from coordinator.errors import ConfigError
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import MAIN_RANK, LocalStore, run_dir
 from coordinator.transport import wire
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.copies import Copies
 from coordinator.transport.spool import SegmentedSpool, SpoolWriter
 from tests.aggregator.helpers import RUN, batch, hello, make_cfg, payload
 
@@ -96,3 +99,85 @@ def test_a_foreign_record_in_a_spool_is_skipped_and_counted(tmp_path: Path) -> N
     sp.close(remove_if_empty=False)
     assert recover_spools(a, root, skip_live=False) == 0
     assert a.counters["bad_frames"] == 1 and a.counters["points"] == 0
+
+
+def _copied(d: Path, gens: list[tuple[list[int], tuple[int, int] | None]]) -> None:
+    """Copy files in spool directory ``d`` as a rank's sender writes them: per generation, the steps of
+    key ``k`` (value = step + 0.5) and the batch numbers it was cut as (None: never cut)."""
+    b = Buffer(1_000_000)
+    c = Copies(d, b, rank=1)
+    for steps, seqs in gens:
+        col = b.cols.setdefault("k", (array("q"), array("d")))
+        for s in steps:
+            col[0].append(s)
+            col[1].append(s + 0.5)
+        assert c.copy()
+        gen = b.cut({})[0]
+        if seqs is not None:
+            c.cut(gen, *seqs)
+
+
+def _lost_rank_1(tmp_path: Path) -> tuple[Aggregator, Path]:
+    """An aggregator that stored batch 1 of rank 1 (key ``k``, step 0), then lost the rank."""
+    a = Aggregator(make_cfg(tmp_path, world=2))
+    hello(a, 0)
+    hello(a, 1)
+    batch(a, 1, 1, metrics={"k": {0: 0.5}})
+    a.senders[(1, 1)].state = "lost"
+    return a, tmp_path / "spool"
+
+
+def test_copies_the_spool_does_not_hold_are_recovered_after_it_each_point_once(tmp_path: Path) -> None:
+    """Generation 1 was cut as batch 2 and written ahead (the spool holds it): its copy is skipped.
+    Generation 2 was cut as batch 3 but killed before its write-ahead, generation 3 never cut: both
+    go in, after the spool, as batches 3 and 4."""
+    a, root = _lost_rank_1(tmp_path)
+    _spool(root, 1, 1, [(wire.BATCH, 2, payload(metrics={"k": {1: 1.5, 2: 2.5}}))])
+    _copied(root / "rank-1-1", [([1, 2], (2, 2)), ([3, 4], (3, 3)), ([5], None)])
+    assert recover_spools(a, root) == 5
+    assert a.store.values("k", 1) == [(s, s + 0.5) for s in range(6)]
+    assert a.senders[(1, 1)].last_seq == 4 and a.counters["recovered_points"] == 5
+    assert not (root / "rank-1-1").exists()
+    a.commit()
+    assert not [e for e in a.store.events() if e[1] == "copies_skipped"]  # generation 1 was whole in the spool
+
+
+def test_copies_replayed_again_after_their_commit_store_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload that crashed after its commit, before the directory went: the copy file says where it went in."""
+    a, root = _lost_rank_1(tmp_path)
+    _copied(root / "rank-1-1", [([1, 2], None)])
+    monkeypatch.setattr("coordinator.aggregator.recovery.shutil.rmtree", lambda *a, **k: None)
+    assert recover_spools(a, root) == 2
+    assert recover_spools(a, root) == 0
+    assert a.store.values("k", 1) == [(0, 0.5), (1, 1.5), (2, 2.5)]
+
+
+def test_a_generation_killed_between_two_writes_ahead_is_reported_not_replayed(tmp_path: Path) -> None:
+    """Cut as batches 2-3, only 2 reached the spool: the copy cannot tell its rows apart; an event says so."""
+    a, root = _lost_rank_1(tmp_path)
+    _spool(root, 1, 1, [(wire.BATCH, 2, payload(metrics={"k": {1: 1.5}}))])
+    _copied(root / "rank-1-1", [([1, 2], (2, 3))])
+    assert recover_spools(a, root) == 1
+    assert a.store.values("k", 1) == [(0, 0.5), (1, 1.5)]
+    a.commit()
+    [ev] = [e for e in a.store.events() if e[1] == "copies_skipped"]
+    assert "batches 2-3" in ev[3] and "2 copied points are not replayed" in ev[3]
+
+
+def test_coordinator_sync_recovers_the_copies_of_a_crashed_job(tmp_path: Path) -> None:
+    """After the whole job died (no aggregator at its end), ``replay_spools`` takes the copies too."""
+    _offline_run(tmp_path, 3)  # batches 1-3: steps 0-2
+    d = spool_dir(tmp_path, RUN) / "rank-0-1"
+    b = Buffer(1_000_000)
+    c = Copies(d, b, rank=0)
+    b.cols["loss"] = (array("q", [3, 4]), array("d", [3.0, 4.0]))
+    assert c.copy()
+    rep = replay_spools(tmp_path, RUN)
+    assert rep["points"] == 5 and rep["recovered_points"] == 5
+    s = LocalStore(run_dir(tmp_path, RUN) / "run.db", readonly=True)
+    try:
+        assert s.values("loss", 0) == [(i, float(i)) for i in range(5)]
+    finally:
+        s.close()

@@ -46,3 +46,11 @@ def test_each_coordinator_variant_sets_its_own_settings() -> None:
     assert coordinator_settings("coordinator-disabled") == {"mode": "disabled"}
     assert coordinator_settings("coordinator-nolog") == {}
     assert coordinator_settings("coordinator-flush500ms") == {"flush_interval_s": 0.5}
+    assert coordinator_settings("coordinator-flush500ms-copies50ms") == {"flush_interval_s": 0.5, "kill_window_s": 0.05}
+    for bad in (
+        "coordinator-flush50ms-copies50ms",
+        "coordinator-flush500ms-copies0ms",
+        "coordinator-flush500ms-copies",
+    ):
+        with pytest.raises(ValueError):
+            coordinator_settings(bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.flush_intervals import measure, summarize
+from benchmarks.flush_intervals import label, measure, parse_variant, summarize
 
 
 def _rank(rank: int, *, aggregator: bool) -> dict[str, object]:
@@ -48,9 +48,22 @@ def test_a_job_without_its_aggregators_threads_or_any_rank_is_refused() -> None:
 def test_a_longer_interval_wakes_the_ranks_and_the_aggregator_less() -> None:
     short = measure(0.05, 2, 3.0, timeout_s=240)
     long = measure(0.5, 2, 3.0, timeout_s=240)
+    copying = measure(0.5, 2, 3.0, timeout_s=240, kill_window_s=0.05)
     # 20 flushes a second against 2, per rank: the senders and their I/O threads wake far less.
     assert long["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert long["aggregator_wakeups"] < short["aggregator_wakeups"]
+    # Copies every 50 ms wake the senders as often as 50 ms flushes do, not their I/O threads nor the aggregator.
+    assert long["ranks_wakeups"] < copying["ranks_wakeups"] < short["ranks_wakeups"]
+    assert copying["aggregator_wakeups"] < short["aggregator_wakeups"]
     assert short["us_per_point"] > 0 and long["us_per_point"] > 0 and short["training_ms"] > 0
     # The log() calls were timed: part of the training threads' CPU, and counted in the sum with them.
     assert 0 < short["log_ms"] < short["training_ms"] and short["us_per_point_log"] > short["us_per_point"]
+
+
+def test_a_variant_is_an_interval_or_an_interval_and_a_kill_window_below_it() -> None:
+    assert parse_variant("0.05") == (0.05, None)
+    assert parse_variant("0.5/0.05") == (0.5, 0.05)
+    assert label((0.5, 0.05)) == "500 ms, copies every 50 ms" and label((0.05, None)) == "50 ms"
+    for bad in ("0", "11", "0.5/0.5", "0.5/0", "x"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)

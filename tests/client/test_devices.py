@@ -99,6 +99,29 @@ def test_deferred_values_are_bounded_without_a_cut() -> None:
     assert all(v == float(s) for st, vals in cols for s, v in zip(st, vals, strict=True))
 
 
+def test_a_tensor_not_read_yet_makes_the_senders_copy_refuse_until_its_column_is_resolved(tmp_path: Path) -> None:
+    """With ``kill_window_s`` the sender copies the uncut points; a tensor's value is not known until the sender
+    reads it, so the copy refuses (the sender cuts instead) while one waits: the run's numbering says so."""
+    from array import array
+
+    from coordinator.client.steps import StepNumbering
+    from coordinator.transport.buffer import Buffer
+    from coordinator.transport.copies import Copies
+
+    b = Buffer(1000)
+    d = DeviceScalars(b.lock, b.fail)
+    numbering = StepNumbering(0, d.resolve, d.deferred)
+    copies = Copies(tmp_path, b, rank=0, deferred=numbering.deferred)
+    steps, values = b.cols["t"] = (array("q"), array("d"))
+    with b.lock:
+        d.defer("t", torch.tensor(2.5), steps, values)
+        steps.append(0)
+        b.pending += 1
+    assert numbering.deferred() and not copies.copy()
+    numbering("t", steps)  # the cut's numbering reads the tensor
+    assert not numbering.deferred() and copies.copy() and list(values) == [2.5]
+
+
 @pytest.mark.gpu
 def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None:
     """A kernel that keeps the GPU busy ~2 s is queued before log(): log() returns long before it ends,

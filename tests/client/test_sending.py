@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import coordinator
+from coordinator.journal.store import LocalStore, list_runs
 from coordinator.transport import wire
 from coordinator.transport.spool import spool_records
 
@@ -84,3 +85,39 @@ def test_a_rank_flushes_on_the_wall_clocks_multiples_of_its_interval(store_dir: 
     assert len(timed) >= 2, cuts
     phases = [t % 1.0 for t in timed]
     assert all(p < 0.08 for p in phases), f"cut at {phases} s past the second"
+
+
+def test_a_kill_window_below_the_flush_interval_copies_between_flushes_and_leaves_no_file(store_dir: Path) -> None:
+    """``kill_window_s=0.05`` with 0.5 s flushes: the sender copies about ten times a flush; every point is stored
+    once, and a run that closes clean leaves neither a copy nor its spool behind."""
+    settings = coordinator.Settings(rank=0, world_size=1, flush_interval_s=0.5, kill_window_s=0.05)
+    with coordinator.init_run(name="kw", settings=settings) as run:
+        copies = run._sender._pipe.copies
+        assert copies is not None
+        for s in range(100):
+            run.log({"a": float(s), "b": -float(s)}, step=s)
+            time.sleep(0.01)
+        run.wait(30)
+        assert copies.copies >= 10, copies.copies
+    assert not copies.dir.exists()
+    [info] = list_runs(store_dir)
+    st = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert st.values("a", 0) == [(s, float(s)) for s in range(100)]
+        assert st.values("b", 0) == [(s, -float(s)) for s in range(100)]
+    finally:
+        st.close()
+
+
+def test_a_kill_window_not_below_the_flush_interval_or_without_an_aggregator_copies_nothing(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At or above the flush interval the flushes already keep it; offline a copy has nowhere to be recovered: said."""
+    s = coordinator.Settings(rank=0, world_size=1, flush_interval_s=0.05, kill_window_s=0.05)
+    with coordinator.init_run(name="kw1", settings=s) as run:
+        assert run._sender._pipe.copies is None
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        s = coordinator.Settings(rank=0, world_size=1, flush_interval_s=0.5, kill_window_s=0.05)
+        with coordinator.init_run(name="kw2", mode="offline", settings=s) as run:
+            assert run._sender._pipe.copies is None
+    assert any("kill_window_s=0.05 needs a spool and an aggregator" in r.getMessage() for r in caplog.records)

@@ -32,13 +32,24 @@ def _logged_by(progress: Path, t: float) -> int:
 
 
 def _start(
-    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: float = 2000.0
+    store_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rate: float = 2000.0,
+    *,
+    flush: float | None = None,
+    kill_window: float | None = None,
 ) -> tuple[Path, list[subprocess.Popen[str]]]:
-    """Two ranks of the kill-window worker at the default flush interval, 1.5 s into logging; (out dir, processes)."""
+    """Two ranks of the kill-window worker (default: at the default flush interval), 1.5 s into logging.
+
+    Returns the out directory and the processes.
+    """
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
     out = tmp_path / "out"
     out.mkdir()
-    procs = _spawn(2, out, store_dir, "--flush", str(DEFAULTS.flush_interval(2)), "--rate", str(rate))
+    flush = DEFAULTS.flush_interval(2) if flush is None else flush
+    extra = [] if kill_window is None else ["--kill-window", str(kill_window)]
+    procs = _spawn(2, out, store_dir, "--flush", str(flush), "--rate", str(rate), *extra)
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)
     return out, procs
@@ -80,6 +91,48 @@ def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     kept = _rank1_steps(info.path / "run.db")
     assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {flush * 1000:g} ms before the kill"
     assert kept <= logged + 10
+
+
+_COPY_FLUSH_S = 1.0
+_KILL_WINDOW_S = 0.05
+
+
+@pytest.mark.parametrize(
+    ("rate", "copies"), [(2000.0, True), (0.0, True), (2000.0, False)], ids=["paced", "flat_out", "paced_no_copies"]
+)
+def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flush_interval(
+    rate: float, copies: bool, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill_window_s=0.05`` with 1 s flushes: rank 1 is SIGKILLed 0.1 s before a flush, its uncut generation ~0.9 s.
+
+    The ranks flush on the wall clock's multiples of the interval (:mod:`coordinator.transport.cadence`),
+    so the kill lands late in an interval. With copies every step logged more than the kill
+    window (plus the scheduling allowance) before it is stored, once: paced, and flat out (where
+    full batches are cut by volume between the copies). Without copies (the control, paced) the
+    last ~0.9 s of steps are lost and the same check fails: the kill did land late in the interval.
+    """
+    out, procs = _start(
+        store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=_KILL_WINDOW_S if copies else None
+    )
+    while not _COPY_FLUSH_S - 0.15 < time.time() % _COPY_FLUSH_S < _COPY_FLUSH_S - 0.05:  # 0.1 s before the grid's next
+        time.sleep(0.01)
+    t_kill = time.monotonic()
+    procs[1].send_signal(signal.SIGKILL)
+    (out / "killed").touch()
+    res = _reap(procs, timeout=120)
+    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
+    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
+    assert safe > 1000
+    [info] = list_runs(store_dir)
+    kept = _rank1_steps(info.path / "run.db")
+    if copies:
+        assert kept >= safe, (
+            f"lost steps {kept}..{safe - 1}, logged more than {_KILL_WINDOW_S * 1000:g} ms before the kill"
+        )
+        assert kept <= logged + 10
+    else:
+        assert kept < safe, "the kill did not land late in a flush interval: the test shows nothing"
 
 
 def _progress_lines(progress: Path) -> int:

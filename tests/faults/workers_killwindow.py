@@ -1,6 +1,7 @@
 """A rank of the kill-window test: logs ``m`` at a steady pace and records when it logged each step.
 
-``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load).
+``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load);
+``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes).
 
 Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to ``<out>/rank1.progress`` after every 10th
 ``log()`` (the test SIGKILLs it and compares what the store kept with what it had logged by
@@ -31,10 +32,11 @@ def main() -> None:
     p.add_argument("--flush", type=float, required=True)
     p.add_argument("--doze", choices=("log", "field", "text"))
     p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
+    p.add_argument("--kill-window", type=float, help="Settings.kill_window_s (copies between flushes)")
     args = p.parse_args()
     out = Path(args.out)
     rank = int(os.environ["RANK"])
-    settings = coordinator.Settings(flush_interval_s=args.flush, liveness_timeout_s=3.0)
+    settings = coordinator.Settings(flush_interval_s=args.flush, kill_window_s=args.kill_window, liveness_timeout_s=3.0)
     with coordinator.init_run(settings=settings) as run:
         if args.doze:
             _doze(run, rank, out, args.doze)

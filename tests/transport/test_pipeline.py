@@ -8,6 +8,7 @@ from pathlib import Path
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter
 from coordinator.transport.buffer import Buffer
+from coordinator.transport.copies import Copies, read_copies
 from coordinator.transport.outbox import Outbox
 from coordinator.transport.pipeline import ACK_DEADLINE_MIN_S, Pipeline, ack_deadline
 from coordinator.transport.spool import SegmentedSpool, spool_records
@@ -20,7 +21,7 @@ DEFER_S = 0.1
 class _Rank:
     """A pipeline over real stages and a real spool; the socket is a list of the frames sent."""
 
-    def __init__(self, spool_dir: Path, *, max_window: int = 64) -> None:
+    def __init__(self, spool_dir: Path, *, max_window: int = 64, copies: bool = False) -> None:
         self.buf = Buffer(1_000_000)
         self.spool = SegmentedSpool(spool_dir, segment_bytes=1 << 20, max_bytes=1 << 30)
         self.wal = WriteAhead(self.spool, rank=0, buf=self.buf)
@@ -35,6 +36,7 @@ class _Rank:
             outbox=Outbox(policy="spool", wal=self.wal, max_points=1_000_000, rank=0, buf=self.buf),
             wal=self.wal,
             offline=None,
+            copies=Copies(spool_dir, self.buf, rank=0) if copies else None,
             policy="spool",
             rank=0,
             send=self._send,
@@ -182,3 +184,34 @@ def test_the_pauses_come_before_each_batch_and_not_after_the_last(tmp_path: Path
     r.log_and_flush(0.02)
     r.pipe.pump(0.02)
     assert r.events[7:] == ["pause", 4], "the sender's wait follows the last batch: no pause after it"
+
+
+class _Copying(_Rank):
+    """A rank with copies that records what the spool held when each batch was sent."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.on_disk_at_send: list[list[int]] = []
+        super().__init__(spool_dir, copies=True)
+
+    def _send(self, frames: list[bytes], now: float) -> bool:
+        self.on_disk_at_send.append(self.on_disk())
+        return super()._send(frames, now)
+
+
+def test_with_copies_every_cut_is_written_ahead_before_it_is_sent_and_its_copy_then_goes(tmp_path: Path) -> None:
+    """The kill-window copies: a kill after the cut finds its batches on disk, or its copy and their numbers."""
+    r = _Copying(tmp_path / "s")
+    with r.buf.lock:
+        r.buf.cols["m"] = (array("q", [0, 1]), array("d", [0.0, 1.0]))
+        r.buf.pending += 2
+    assert r.pipe.copy()
+    assert [g.points for g in read_copies(r.spool.dir)] == [2]
+    r.log_and_flush(0.0)  # the cut (its column replaced by the helper's: 10 points)
+    assert r.sent == [1] and r.on_disk_at_send == [[1]]
+    assert read_copies(r.spool.dir) == []  # batch 1 is on disk: its copy is not needed
+    r.pipe.ack(1)
+    assert r.on_disk() == []
+    for i in range(5):
+        r.log_and_flush(0.05 * (i + 1))
+    assert r.wal.writes == 6 and r.sent == [1, 2, 3, 4, 5, 6]
+    assert [d[-1] for d in r.on_disk_at_send] == [1, 2, 3, 4, 5, 6]
