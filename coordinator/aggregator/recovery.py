@@ -24,7 +24,7 @@ from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import LocalStore, run_dir
 from coordinator.settings import DEFAULTS
 from coordinator.transport import wire
-from coordinator.transport.copies import copy_batches, mark_replayed, read_copies
+from coordinator.transport.copyread import copy_batches, mark_replayed, read_copies
 from coordinator.transport.spool import read_spool, spool_records
 
 __all__ = ["recover_spools", "replay_spools"]

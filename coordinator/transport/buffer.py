@@ -31,6 +31,9 @@ from coordinator.transport.frames import Frame
 
 __all__ = ["Buffer", "Column", "Cut", "Frame", "TextColumn"]
 
+_NEVER = 1 << 62
+""":attr:`Buffer.copy_mark` without copies: never reached."""
+
 TextColumn = tuple["array[int]", list[str]]
 """One text series' pending points: its steps (-1: numbered by the sender) and its texts."""
 
@@ -75,7 +78,17 @@ class Buffer:
         self.max_points = max_points
         self.mark = max_points
         """The hot path calls :meth:`past_mark` once ``pending`` reaches it: the wake point of
-        this generation (``max_batch_points``), then, once the sender is woken, ``max_points``."""
+        this generation (``max_batch_points``), then, once the sender is woken, ``max_points``;
+        or, with copies, the next copy check (:attr:`copy_mark`) if that comes first."""
+        self._next = max_points
+        """:attr:`mark` without copies (0: the sender dozes)."""
+        self.copy_mark = _NEVER
+        """``pending`` at which the hot path next asks :attr:`copy_check` whether a copy is due
+        (:mod:`~coordinator.transport.copies`; set by it, lock held)."""
+        self.copy_check: Callable[[], None] | None = None
+        """Copies the uncut points if a kill window has passed, or sets the next :attr:`copy_mark`."""
+        self.slow_write: Callable[[], None] | None = None
+        """Told of a slow-path write (a field, a text): with copies, it starts their timer."""
         self._wake_points = max_points
         self._wake: Callable[[], None] | None = None
         self.flush_requested = False
@@ -93,30 +106,49 @@ class Buffer:
         """Have the hot path call ``wake`` (the sender's) when a generation reaches ``points``."""
         with self.lock:
             self._wake, self._wake_points = wake, max(1, points)
-            self.mark = self._batch_mark()
+            self._set_mark(self._batch_mark())
+
+    def _set_mark(self, points: int) -> None:
+        """The wake (or room) point of this generation is ``points`` (lock held); the hot path's mark follows."""
+        self._next = points
+        self.mark = min(points, self.copy_mark)
+
+    def copies_at(self, points: int) -> None:
+        """The next copy check is when ``pending`` reaches ``points`` (lock held; :mod:`.copies`)."""
+        self.copy_mark = points
+        self.mark = min(self._next, points)
 
     def _batch_mark(self) -> int:
         """A generation's first wake point: a full batch (``max_batch_points``), the buffer's room at most."""
         return min(self._wake_points, self.max_points)
 
     def past_mark(self) -> bool:
-        """``pending`` reached :attr:`mark` (lock held): wake the sender once; True when full.
+        """``pending`` reached :attr:`mark` (lock held): a copy check, or wake the sender once; True when full.
 
         The wake is a pipe write made with the lock held, once per generation at most: the
         sender's flush takes the lock after it anyway. The first write to a dozing sender
         (:meth:`doze`) wakes it without asking for a flush: its flush interval starts then, and
         a full batch still wakes it again.
         """
+        if self.pending >= self.copy_mark and self.copy_check is not None:
+            self.copy_check()
+            if self.pending < self._next:
+                self.mark = min(self._next, self.copy_mark)
+                return False
         if self.dozing:
-            self.mark = self._batch_mark()
+            self._set_mark(self._batch_mark())
             if self._wake is not None:
                 self._wake()
             return self.pending >= self.max_points
+        self.request_cut()
+        self._set_mark(self.max_points)
+        return self.pending >= self.max_points
+
+    def request_cut(self) -> None:
+        """Have the sender cut now (lock held): a full batch, or points a copy cannot take. One wake a generation."""
         if not self.flush_requested and self._wake is not None:
             self.flush_requested = True
             self._wake()
-        self.mark = self.max_points
-        return self.pending >= self.max_points
 
     def doze(self) -> bool:
         """Sender thread, idle (:mod:`~coordinator.transport.cadence`): have the next write wake it (False: one came).
@@ -129,13 +161,13 @@ class Buffer:
         with self.lock:
             if self.pending or self.fields or self.flush_requested:
                 return False
-            self.mark = 0
+            self._set_mark(0)
             return True
 
     @property
     def dozing(self) -> bool:
         """The sender waits for the next write (:meth:`doze`) and nothing has woken it yet."""
-        return self.mark == 0
+        return self._next == 0
 
     @property
     def has_writes(self) -> bool:
@@ -148,7 +180,9 @@ class Buffer:
         self.stir()
 
     def stir(self) -> None:
-        """A slow path added to this generation (lock held): wake the sender if it dozes."""
+        """A slow path added to this generation (lock held): wake the sender if it dozes; with copies, say so."""
+        if self.slow_write is not None:
+            self.slow_write()
         if self.dozing:
             self.past_mark()
 
@@ -200,7 +234,9 @@ class Buffer:
                 texts = {}
             self.gen = gen + 1
             self.flush_requested = False
-            self.mark = self._batch_mark()
+            if self.copy_mark != _NEVER:  # counted from this generation's first point on
+                self.copy_mark = max(0, self.copy_mark - self.pending)
+            self._set_mark(self._batch_mark())
             self.cut_counted = self.pending
             self.in_flight += self.pending
             self.pending = 0

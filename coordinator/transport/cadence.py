@@ -57,18 +57,9 @@ def wall_shift(interval_s: float, wall: float | None = None, mono: float | None 
 class Cadence:
     """The sender loop's next wake-up time, and whether it dozes (sender thread only)."""
 
-    __slots__ = ("_buf", "_copy_s", "_heartbeat", "_interval", "_quiet", "_shift", "dozing", "next_copy", "next_flush")
+    __slots__ = ("_buf", "_heartbeat", "_interval", "_quiet", "_shift", "dozing", "next_flush")
 
-    def __init__(
-        self,
-        buf: Buffer,
-        interval_s: float,
-        heartbeat_s: float,
-        now: float,
-        *,
-        shift: float = 0.0,
-        copy_s: float | None = None,
-    ) -> None:
+    def __init__(self, buf: Buffer, interval_s: float, heartbeat_s: float, now: float, *, shift: float = 0.0) -> None:
         """Args:
         buf: the run's buffer (its wake mark ends a doze).
         interval_s: the flush interval.
@@ -76,17 +67,12 @@ class Cadence:
         now: ``time.monotonic()``; the first flush is at most one interval later.
         shift: the grid is the monotonic times ``t`` where ``t + shift`` is a multiple of the
             interval (:func:`wall_shift`: the wall clock's multiples; 0: the monotonic clock's).
-        copy_s: the kill window, when the sender copies the uncut generation between flushes
-            (:mod:`~coordinator.transport.copies`): a copy at most this long after the last copy
-            or flush; None: no copies.
         """
         self._buf = buf
         self._interval = interval_s
         self._shift = shift
         self._heartbeat = heartbeat_s
         self.next_flush = self._grid(now)
-        self._copy_s = copy_s
-        self.next_copy = math.inf if copy_s is None else now + copy_s
         self.dozing = False
         self._quiet = 0  # flushes in a row that found nothing
 
@@ -100,44 +86,30 @@ class Cadence:
 
     def wake_at(self, last_send: float) -> float:
         """When the loop must wake at the latest: the next flush, or dozing, the next heartbeat."""
-        return last_send + self._heartbeat if self.dozing else min(self.next_flush, self.next_copy)
+        return last_send + self._heartbeat if self.dozing else self.next_flush
 
     def flush_due(self, now: float, copy: Callable[[], bool] | None = None) -> bool:
         """After a wake-up: whether to flush now (the timer expired, a flush was asked for, a doze found a write).
 
-        ``copy``: copies the uncut generation (:meth:`Pipeline.copy
-        <coordinator.transport.pipeline.Pipeline.copy>`), called when a copy is due and no flush
-        is; False (the generation holds what a copy cannot) makes this a flush.
+        ``copy``: called on a wake-up that is no flush (:meth:`Pipeline.copy
+        <coordinator.transport.pipeline.Pipeline.copy>`: the copies' timer may have fired);
+        False (the generation holds what a copy cannot take) makes it one.
         """
         if self.dozing:
             if not self._buf.dozing:  # a write woke us: the next flush is at most an interval away
                 self.dozing = False
                 self.next_flush = self._grid(now)
-                self.copied(now)
             elif self._buf.has_writes:  # a write that did not wake us, found at a heartbeat
                 self.dozing = False
                 return True
             else:  # a heartbeat, a request, a reply: no timer runs while dozing
                 return self._buf.flush_requested
-        if now >= self.next_flush or self._buf.flush_requested:
-            return True
-        if copy is not None and now >= self.next_copy:
-            if not copy():
-                return True
-            self.copied(now)
-        return False
-
-    def copied(self, now: float) -> None:
-        """The uncut generation was copied (or cut): the next copy is one kill window later, if before the flush."""
-        if self._copy_s is not None:
-            t = now + self._copy_s
-            self.next_copy = t if t < self.next_flush else math.inf
+        return now >= self.next_flush or self._buf.flush_requested or (copy is not None and not copy())
 
     def flushed(self, now: float, idle: bool) -> None:
         """A flush ran (its cut reset the buffer's wake mark); ``idle``: it found nothing. Next: the grid's next."""
         self.dozing = False
         self.next_flush = self._grid(now)
-        self.copied(now)
         self._quiet = self._quiet + 1 if idle else 0
 
     def settle(self, settled: bool) -> None:

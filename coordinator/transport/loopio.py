@@ -66,12 +66,16 @@ def start_zero_copy() -> None:
 class LoopIO:
     """The sender thread's wait (wake-up pipe, and the socket when listening), reply reads and sends."""
 
-    def __init__(self, sock: zmq.Socket[bytes], wake_fd: int, woke: Callable[[], None] = _nothing) -> None:
+    def __init__(
+        self, sock: zmq.Socket[bytes], wake_fd: int, woke: Callable[[], None] = _nothing, timer_fd: int | None = None
+    ) -> None:
         """Args:
         sock: the sender's DEALER socket (used by the sender thread only).
         wake_fd: the read end of the sender's wake-up pipe.
         woke: called as soon as a wait's blocking poll returns (the GIL just taken back), before
             anything else releases it: the sender's GIL slicer starts its stretch there.
+        timer_fd: a timer that also wakes the wait (the copies' :mod:`~coordinator.transport.timerfd`),
+            reported as the pipe is; its reader clears it.
         """
         self._woke = woke
         self._sock = sock
@@ -81,6 +85,10 @@ class LoopIO:
         self._listen.register(wake_fd, zmq.POLLIN)
         self._quiet = select.poll()
         self._quiet.register(wake_fd, select.POLLIN)
+        self._timer_fd = timer_fd
+        if timer_fd is not None:
+            self._listen.register(timer_fd, zmq.POLLIN)
+            self._quiet.register(timer_fd, select.POLLIN)
         self._readable = [(sock, _POLLIN)]
         start_zero_copy()
 
@@ -88,7 +96,7 @@ class LoopIO:
         """Block up to ``timeout_ms`` for a wake-up (and, when ``listen``, a reply).
 
         Returns:
-            (woken: the pipe is readable, replies: a reply is queued on the socket). A quiet
+            (woken: the pipe, or the timer, is readable; replies: a reply is queued on the socket). A quiet
             wait looks at the socket once the pipe's poll returns, for the replies queued
             meanwhile, first thing: the look releases the GIL (see the module's notes), so
             the Python run between the poll's return and the next release stays short.
@@ -99,7 +107,7 @@ class LoopIO:
             return woken, bool(zmq.zmq_poll(self._readable, 0))
         events = dict(self._listen.poll(timeout_ms))
         self._woke()
-        return self._wake_fd in events, self._sock in events
+        return self._wake_fd in events or self._timer_fd in events, self._sock in events
 
     def replies(self) -> Iterator[list[bytes]]:
         """The replies queued on the socket now, oldest first, each read as it is yielded.

@@ -180,9 +180,14 @@ class Pipeline:
             self._outbox.drop_oldest()
             self._buf.progress(self._acked_gen(), 0)
 
+    @property
+    def timer_fd(self) -> int | None:
+        """The copies' timer, for the sender's wait: it fires when the training thread copied nothing for a while."""
+        return self.copies.timer.fd if self.copies is not None else None
+
     def copy(self) -> bool:
-        """Copy the uncut generation (:meth:`Copies.copy`); False: it must be cut instead (or nothing copies)."""
-        return self.copies is not None and self.copies.copy()
+        """A wake-up without a flush: the copies' timer may have fired (:meth:`Copies.backstop`); False: cut instead."""
+        return self.copies is None or self.copies.backstop()
 
     def _write_cut(self, batches: list[OutBatch], now: float) -> None:
         """With copies: number a cut's batches, say so in its copy file, write them ahead; then the copy goes.

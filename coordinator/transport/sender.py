@@ -34,7 +34,7 @@ from coordinator.transport import wire
 from coordinator.transport.batches import Cutter, NumberSteps
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.cadence import Cadence, wall_shift
-from coordinator.transport.copies import Copies
+from coordinator.transport.copies import open_copies
 from coordinator.transport.loopio import LoopIO
 from coordinator.transport.offline import OfflineSpooler
 from coordinator.transport.outbox import Outbox
@@ -176,7 +176,8 @@ class SenderThread(threading.Thread):
             assert wal is not None, "an offline sender needs a spool"
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         elif c.kill_window_s is not None and c.spool_dir is not None:
-            copies = Copies(c.spool_dir, self.buf, rank=c.rank, deferred=getattr(self._number_steps, "deferred", None))
+            deferred = getattr(self._number_steps, "deferred", None)  # the client's: a tensor not read yet
+            copies = open_copies(c.spool_dir, self.buf, rank=c.rank, window_s=c.kill_window_s, deferred=deferred)
         return Pipeline(
             buf=self.buf,
             cutter=Cutter(
@@ -215,7 +216,7 @@ class SenderThread(threading.Thread):
             self.cfg.curve.apply_client(sock)
         try:
             sock.connect(self.cfg.endpoint)
-            io = self._io = LoopIO(sock, self._wake.fd, self.slicer.start)  # a stretch starts at each wake-up
+            io = self._io = LoopIO(sock, self._wake.fd, self.slicer.start, self._pipe.timer_fd)  # a stretch a wake-up
             self._send_hello()
             cadence = self._cadence()
             while not self._stop_evt.is_set():
@@ -252,10 +253,9 @@ class SenderThread(threading.Thread):
 
     def _cadence(self) -> Cadence:
         """The flush timer, on the wall clock's multiples of the interval (the job's ranks flush together)."""
-        interval, copy_s = self.cfg.flush_interval_s, self.cfg.kill_window_s if self._pipe.copies else None
+        interval = self.cfg.flush_interval_s
         now = time.monotonic()
-        shift = wall_shift(interval, mono=now)
-        return Cadence(self.buf, interval, self.cfg.heartbeat_interval_s, now, shift=shift, copy_s=copy_s)
+        return Cadence(self.buf, interval, self.cfg.heartbeat_interval_s, now, shift=wall_shift(interval, mono=now))
 
     def _settled(self) -> bool:
         """Nothing to wait for: no reply awaited, nothing in flight, held or unsent (a doze may start)."""

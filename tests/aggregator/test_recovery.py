@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from pathlib import Path
 
@@ -105,16 +106,18 @@ def _copied(d: Path, gens: list[tuple[list[int], tuple[int, int] | None]]) -> No
     """Copy files in spool directory ``d`` as a rank's sender writes them: per generation, the steps of
     key ``k`` (value = step + 0.5) and the batch numbers it was cut as (None: never cut)."""
     b = Buffer(1_000_000)
-    c = Copies(d, b, rank=1)
+    c = Copies(d, b, rank=1, window_s=0.05, clock=itertools.count(100.0).__next__)  # each call: a copy due
     for steps, seqs in gens:
         col = b.cols.setdefault("k", (array("q"), array("d")))
         for s in steps:
             col[0].append(s)
             col[1].append(s + 0.5)
-        assert c.copy()
+        with b.lock:
+            c.check()
         gen = b.cut({})[0]
         if seqs is not None:
             c.cut(gen, *seqs)
+            c.spooled(seqs[1])  # the next generation but one may take its file
 
 
 def _lost_rank_1(tmp_path: Path) -> tuple[Aggregator, Path]:
@@ -171,9 +174,10 @@ def test_coordinator_sync_recovers_the_copies_of_a_crashed_job(tmp_path: Path) -
     _offline_run(tmp_path, 3)  # batches 1-3: steps 0-2
     d = spool_dir(tmp_path, RUN) / "rank-0-1"
     b = Buffer(1_000_000)
-    c = Copies(d, b, rank=0)
+    c = Copies(d, b, rank=0, window_s=0.05, clock=itertools.count(100.0).__next__)
     b.cols["loss"] = (array("q", [3, 4]), array("d", [3.0, 4.0]))
-    assert c.copy()
+    with b.lock:
+        c.check()
     rep = replay_spools(tmp_path, RUN)
     assert rep["points"] == 5 and rep["recovered_points"] == 5
     s = LocalStore(run_dir(tmp_path, RUN) / "run.db", readonly=True)

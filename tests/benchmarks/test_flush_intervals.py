@@ -52,8 +52,8 @@ def test_a_longer_interval_wakes_the_ranks_and_the_aggregator_less() -> None:
     # 20 flushes a second against 2, per rank: the senders and their I/O threads wake far less.
     assert long["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert long["aggregator_wakeups"] < short["aggregator_wakeups"]
-    # Copies every 50 ms wake the senders as often as 50 ms flushes do, not their I/O threads nor the aggregator.
-    assert long["ranks_wakeups"] < copying["ranks_wakeups"] < short["ranks_wakeups"]
+    # Copies every 50 ms are made by the training threads, in their log() calls: nothing else wakes for them.
+    assert copying["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert copying["aggregator_wakeups"] < short["aggregator_wakeups"]
     assert short["us_per_point"] > 0 and long["us_per_point"] > 0 and short["training_ms"] > 0
     # The log() calls were timed: part of the training threads' CPU, and counted in the sum with them.

@@ -102,6 +102,7 @@ def test_deferred_values_are_bounded_without_a_cut() -> None:
 def test_a_tensor_not_read_yet_makes_the_senders_copy_refuse_until_its_column_is_resolved(tmp_path: Path) -> None:
     """With ``kill_window_s`` the sender copies the uncut points; a tensor's value is not known until the sender
     reads it, so the copy refuses (the sender cuts instead) while one waits: the run's numbering says so."""
+    import itertools
     from array import array
 
     from coordinator.client.steps import StepNumbering
@@ -111,15 +112,25 @@ def test_a_tensor_not_read_yet_makes_the_senders_copy_refuse_until_its_column_is
     b = Buffer(1000)
     d = DeviceScalars(b.lock, b.fail)
     numbering = StepNumbering(0, d.resolve, d.deferred)
-    copies = Copies(tmp_path, b, rank=0, deferred=numbering.deferred)
+    b.wake_at(1000, lambda: None)
+    copies = Copies(
+        tmp_path, b, rank=0, window_s=0.05, deferred=numbering.deferred, clock=itertools.count(1.0).__next__
+    )
     steps, values = b.cols["t"] = (array("q"), array("d"))
     with b.lock:
         d.defer("t", torch.tensor(2.5), steps, values)
         steps.append(0)
         b.pending += 1
-    assert numbering.deferred() and not copies.copy()
+        assert numbering.deferred()
+        copies.check()
+        assert b.flush_requested and copies.copies == 0  # refused: the sender is asked to cut
+        b.flush_requested = False
     numbering("t", steps)  # the cut's numbering reads the tensor
-    assert not numbering.deferred() and copies.copy() and list(values) == [2.5]
+    with b.lock:
+        assert not numbering.deferred()
+        copies.check()
+        assert not b.flush_requested and copies.copies == 1 and list(values) == [2.5]
+    copies.close()
 
 
 @pytest.mark.gpu

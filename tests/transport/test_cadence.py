@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -140,50 +141,18 @@ def test_the_shift_is_read_from_the_clocks() -> None:
     assert abs(wall / 0.05 - round(wall / 0.05)) < 1e-3
 
 
-def test_with_copies_the_loop_wakes_every_kill_window_between_flushes_and_copies() -> None:
-    """``copy_s``: a copy one kill window after the last copy or flush, none past the next flush."""
-    b = Buffer(max_points=1000)
-    c = Cadence(b, interval_s=0.5, heartbeat_s=1.0, now=10.0, copy_s=0.05)
-    c.flushed(10.0, idle=False)
-    assert c.wake_at(10.0) == pytest.approx(10.05)
-    copies: list[float] = []
+def test_a_wake_up_that_is_no_flush_asks_the_copies_and_a_refused_copy_makes_it_one() -> None:
+    """``flush_due(now, copy)``: ``copy`` (the copies' timer) runs on a wake-up with no flush due; False cuts."""
+    c, _, _ = _cadence()
+    asked: list[float] = []
 
-    def copy() -> bool:
-        copies.append(1.0)
-        return True
+    def copy(result: bool) -> Callable[[], bool]:
+        def f() -> bool:
+            asked.append(1.0)
+            return result
 
-    assert not c.flush_due(10.03, copy) and copies == []
-    assert not c.flush_due(10.05, copy) and len(copies) == 1
-    assert c.wake_at(10.05) == pytest.approx(10.10)
-    for i in range(2, 10):  # woken a little late, as a loop is
-        t = c.wake_at(10.0) + 1e-6
-        assert not c.flush_due(t, copy) and t == pytest.approx(10.0 + 0.05 * i)
-    assert len(copies) == 9 and c.wake_at(10.45) == pytest.approx(10.5)  # the flush comes before a tenth copy
-    assert c.flush_due(10.5, copy) and len(copies) == 9
+        return f
 
-
-def test_a_copy_refused_makes_the_wake_up_a_flush() -> None:
-    """A copy cannot take what the sender numbers or reads (steps, tensors, fields, texts): it cuts instead."""
-    b = Buffer(max_points=1000)
-    c = Cadence(b, interval_s=0.5, heartbeat_s=1.0, now=10.0, copy_s=0.05)
-    c.flushed(10.0, idle=False)
-    assert c.flush_due(10.05, lambda: False)
-    c.flushed(10.05, idle=False)
-    assert c.wake_at(10.05) == pytest.approx(10.10)
-
-
-def test_no_copy_while_dozing_and_the_write_that_wakes_the_doze_starts_a_kill_window() -> None:
-    c, b, woken = _cadence(quiet=QUIET_FLUSHES)
-    c = Cadence(b, interval_s=0.5, heartbeat_s=1.0, now=10.0, copy_s=0.05)
-    for t in (10.5, 11.0):
-        c.flushed(t, idle=True)
-    c.settle(settled=True)
-    assert c.dozing and c.wake_at(last_send=11.0) == pytest.approx(12.0)
-    assert not c.flush_due(11.2, lambda: pytest.fail("a dozing sender copied"))
-    with b.lock:
-        b.pending += 1
-        if b.pending >= b.mark:
-            b.past_mark()
-    assert woken
-    assert not c.flush_due(11.3, lambda: pytest.fail("copied at the wake-up itself"))
-    assert c.wake_at(11.3) == pytest.approx(11.35)
+    assert not c.flush_due(10.02, copy(True)) and len(asked) == 1
+    assert c.flush_due(10.03, copy(False)) and len(asked) == 2
+    assert c.flush_due(10.05, copy(True)) and len(asked) == 2  # a flush is due: nothing to ask

@@ -1,8 +1,11 @@
-"""Copies of the uncut generation: each row written once, in call order, and what a copy refuses."""
+"""Copies of the uncut generation: each row written once, in call order; what a copy refuses; the timer behind them."""
 
 from __future__ import annotations
 
+import select
+import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,42 @@ from coordinator.errors import SinkError
 from coordinator.transport import copies as copies_mod
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.copies import Copies, copy_batches, copy_path, read_copies
+from coordinator.transport.copies import Copies, copy_path
+from coordinator.transport.copyread import copy_batches, read_copies
 from coordinator.transport.frames import Frame
+
+WINDOW = 0.05
+
+
+class _Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Rank:
+    """A buffer, its copies and their clock: what a rank's training thread copies from and into."""
+
+    def __init__(self, d: Path, *, rank: int = 0, deferred: Callable[[], bool] | None = None) -> None:
+        self.buf = Buffer(1_000_000)
+        self.buf.wake_at(1_000_000, lambda: None)  # a sender to wake: a refused copy asks it for a cut
+        self.clock = _Clock()
+        self.copies = Copies(d, self.buf, rank=rank, window_s=WINDOW, clock=self.clock, deferred=deferred)
+
+    def copy(self) -> bool:
+        """A copy as the training thread makes one (half a kill window after the last, lock held); False: refused."""
+        self.clock.t += WINDOW
+        b = self.buf
+        with b.lock:
+            b.flush_requested = False
+            self.copies.check()
+            refused = b.flush_requested
+            b.flush_requested = False
+        return not refused
 
 
 def _frame_row(b: Buffer, keys: tuple[str, ...], step: int, values: list[float]) -> None:
@@ -40,19 +77,19 @@ def _only(d: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_each_copy_takes_only_the_rows_since_the_last_and_reads_back_per_key_in_call_order(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
+    r = _Rank(tmp_path)
+    b = r.buf
     _frame_row(b, ("a", "b"), 0, [1.0, 2.0])
     _frame_row(b, ("a", "b"), 1, [3.0, 4.0])
     _point(b, "c", 0, 5.0)
-    assert c.copy() and c.copies == 1
-    assert c.copy() and c.copies == 1  # nothing new: nothing written
-    size = copy_path(tmp_path, 0).stat().st_size
+    assert r.copy() and r.copies.copies == 1
+    assert r.copy() and r.copies.copies == 1  # nothing new: nothing written
+    [first] = read_copies(tmp_path)
     _frame_row(b, ("a", "b"), 2, [5.0, 6.0])
     _point(b, "c", 1, 7.0)
-    assert c.copy() and c.copies == 2
-    # The second record holds only the new rows (the key names are in the first one).
-    assert copy_path(tmp_path, 0).stat().st_size - size < size
+    assert r.copy() and r.copies.copies == 2
+    [both] = read_copies(tmp_path)
+    assert both.end - first.end < first.end  # the second record: only the new rows (the first named the keys)
     assert _only(tmp_path) == {
         "a": [(0, 1.0), (1, 3.0), (2, 5.0)],
         "b": [(0, 2.0), (1, 4.0), (2, 6.0)],
@@ -62,15 +99,15 @@ def test_each_copy_takes_only_the_rows_since_the_last_and_reads_back_per_key_in_
 
 def test_a_frame_spilled_into_columns_keeps_the_count_of_its_copied_rows(tmp_path: Path) -> None:
     """A per-key call of a framed key spills the frame; its rows already copied are not copied again."""
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
+    r = _Rank(tmp_path)
+    b = r.buf
     _frame_row(b, ("a", "b"), 0, [1.0, 2.0])
     _frame_row(b, ("a", "b"), 1, [3.0, 4.0])
-    assert c.copy()
+    assert r.copy()
     _frame_row(b, ("a", "b"), 2, [5.0, 6.0])  # not copied yet when the frame spills
     b.spill("a")
     _point(b, "a", 3, 7.0)
-    assert c.copy()
+    assert r.copy()
     assert _only(tmp_path) == {
         "a": [(0, 1.0), (1, 3.0), (2, 5.0), (3, 7.0)],
         "b": [(0, 2.0), (1, 4.0), (2, 6.0)],
@@ -78,119 +115,199 @@ def test_a_frame_spilled_into_columns_keeps_the_count_of_its_copied_rows(tmp_pat
 
 
 @pytest.mark.parametrize("what", ["numbered_step", "field", "text", "tensor"])
-def test_what_a_copy_cannot_hold_makes_it_refuse_and_write_nothing(what: str, tmp_path: Path) -> None:
-    """The sender then cuts instead: a step it numbers, a field, a text, a tensor not read yet."""
-    b = Buffer(10_000)
+def test_what_a_copy_cannot_hold_makes_it_refuse_write_nothing_and_ask_for_a_cut(what: str, tmp_path: Path) -> None:
+    """A step the sender numbers, a field, a text, a tensor not read yet: the sender cuts instead."""
     waiting = what == "tensor"
-    c = Copies(tmp_path, b, rank=0, deferred=lambda: waiting)
+    r = _Rank(tmp_path, deferred=lambda: waiting)
+    b = r.buf
     _point(b, "a", 0, 1.0)
     if what == "numbered_step":
         _point(b, "n", -1, 2.0)
     elif what == "field":
-        b.fields.append(("f", 1))
+        b.fields.append(("f", ("int", 1)))
     elif what == "text":
         b.texts["t"] = (array("q", [0]), ["x"])
-    assert not c.copy()
-    assert c.copies == 0 and read_copies(tmp_path) == []
+    assert not r.copy()
+    assert r.copies.copies == 0 and read_copies(tmp_path) == []
 
 
 def test_a_long_column_of_explicit_steps_is_copied_and_one_numbered_step_anywhere_refuses(tmp_path: Path) -> None:
     """Past a few dozen new rows the smallest step is found with numpy: the same answer."""
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
+    r = _Rank(tmp_path)
     for s in range(200):
-        _point(b, "a", s, float(s))
-    assert c.copy()
+        _point(r.buf, "a", s, float(s))
+    assert r.copy()
     for s in range(200, 300):
-        _point(b, "a", s, float(s))
-    _point(b, "a", -1, 0.0)
-    assert not c.copy()
+        _point(r.buf, "a", s, float(s))
+    _point(r.buf, "a", -1, 0.0)
+    assert not r.copy()
     assert [s for s, _ in _only(tmp_path)["a"]] == list(range(200))
 
 
-def test_each_generation_has_its_file_its_cut_is_recorded_and_the_file_goes_once_on_disk(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
+def test_generations_take_the_two_files_in_turn_each_with_its_cut_and_one_is_reused_once_spooled(
+    tmp_path: Path,
+) -> None:
+    r = _Rank(tmp_path)
+    b, c = r.buf, r.copies
     _point(b, "a", 0, 1.0)
-    assert c.copy()
-    gen, cols, _, _, _ = b.cut({})
-    assert gen == 0 and list(cols["a"][0]) == [0]
+    assert r.copy()
+    assert b.cut({})[0] == 0
     c.cut(0, 5, 6)
     _point(b, "a", 1, 2.0)
-    assert c.copy()
-    gens = read_copies(tmp_path)
-    assert [(g.gen, g.seqs, g.points) for g in gens] == [(0, (5, 6), 1), (1, None, 1)]
-    c.spooled(5)  # batch 6 of generation 0 is not on disk yet
-    assert copy_path(tmp_path, 0).exists()
-    c.spooled(6)
-    assert not copy_path(tmp_path, 0).exists() and copy_path(tmp_path, 1).exists()
-    c.close(keep_uncut=True)  # points stay in the buffer: the uncut generation's file holds them
-    assert copy_path(tmp_path, 1).exists()
-
-
-def test_at_close_the_uncut_generations_file_goes_when_nothing_is_left_in_the_buffer(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
-    _point(b, "a", 0, 1.0)
-    assert c.copy()
-    c.close()
-    assert read_copies(tmp_path) == []
-
-
-def test_a_cut_of_a_generation_never_copied_writes_no_file(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
-    _point(b, "a", 0, 1.0)
+    assert r.copy()
+    assert [(g.gen, g.path.name, g.seqs, g.points) for g in read_copies(tmp_path)] == [
+        (0, "copy-0", (5, 6), 1),
+        (1, "copy-1", None, 1),
+    ]
     b.cut({})
-    c.cut(0, 1, 1)
-    c.spooled(1)
+    c.cut(1, 7, 7)
+    _point(b, "a", 2, 3.0)
+    assert not r.copy()  # generation 2 would take copy-0, whose batches 5-6 are not on disk yet
+    c.spooled(5)
+    assert not r.copy()
+    c.spooled(6)
+    assert r.copy()
+    assert [(g.gen, g.seqs, g.points) for g in read_copies(tmp_path)] == [(1, (7, 7), 1), (2, None, 1)]
+    c.spooled(7)
+    c.close(keep_uncut=True)  # points stay in the buffer: the uncut generation's copy holds them
+    assert [g.gen for g in read_copies(tmp_path)] == [1, 2]
+
+
+def test_at_close_the_files_go_when_nothing_is_left_uncut_or_unspooled(tmp_path: Path) -> None:
+    r = _Rank(tmp_path)
+    _point(r.buf, "a", 0, 1.0)
+    assert r.copy()
+    r.copies.close()
     assert list(tmp_path.iterdir()) == []
+    assert r.buf.copy_check is None and r.buf.mark == r.buf.max_points  # the hot path asks nothing any more
 
 
 def test_a_failed_copy_is_reported_and_refused_then_tried_again_after_a_pause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write that fails (here: the file's name is a directory) is a SinkError for wait(); the sender cuts."""
+    """A copy that fails (here: the file's name is a directory) is a SinkError for wait(); the sender cuts."""
     monkeypatch.setattr(copies_mod, "_PAUSE_AFTER_FAILURE_S", 0.0)
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=3)
-    _point(b, "a", 0, 1.0)
+    r = _Rank(tmp_path, rank=3)
+    _point(r.buf, "a", 0, 1.0)
     copy_path(tmp_path, 0).mkdir()
-    assert not c.copy()
-    [err] = b.errors
+    assert not r.copy()
+    [err] = r.buf.errors
     assert isinstance(err, SinkError) and "rank 3" in str(err) and "cuts instead" in str(err)
     copy_path(tmp_path, 0).rmdir()
-    _point(b, "a", 1, 2.0)
-    assert c.copy()  # the whole generation, the row of the failed copy too
+    _point(r.buf, "a", 1, 2.0)
+    assert r.copy()  # the whole generation, the row of the failed copy too
     assert _only(tmp_path) == {"a": [(0, 1.0), (1, 2.0)]}
 
 
-def test_a_torn_last_record_ends_the_file_and_the_records_before_it_are_read(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
-    _point(b, "a", 0, 1.0)
-    assert c.copy()
-    _point(b, "a", 1, 2.0)
-    assert c.copy()
+def test_a_torn_last_record_ends_the_generation_and_the_records_before_it_are_read(tmp_path: Path) -> None:
+    r = _Rank(tmp_path)
+    _point(r.buf, "a", 0, 1.0)
+    assert r.copy()
+    _point(r.buf, "a", 1, 2.0)
+    assert r.copy()
     p = copy_path(tmp_path, 0)
-    p.write_bytes(p.read_bytes()[:-3])  # the kill came in the middle of the second write
+    [whole] = read_copies(tmp_path)
+    data = p.read_bytes()
+    p.write_bytes(data[: whole.end - 3] + bytes(len(data) - whole.end + 3))  # the last 3 bytes never written
     [g] = read_copies(tmp_path)
-    assert g.torn > 0 and list(g.columns["a"][0]) == [0]
+    assert g.torn > 0 and list(g.columns["a"][0]) == [0] and g.end < whole.end
+
+
+def test_a_file_taken_again_does_not_read_back_what_an_earlier_generation_left_in_it(tmp_path: Path) -> None:
+    """Generation 2 reuses copy-0 from its start, with fewer bytes than generation 0 wrote there."""
+    r = _Rank(tmp_path)
+    b, c = r.buf, r.copies
+    for s in range(50):
+        _point(b, "a", s, float(s))
+        assert r.copy()  # fifty records
+    b.cut({})
+    c.cut(0, 1, 1)
+    c.spooled(1)
+    b.cut({})  # generation 1: nothing copied
+    _point(b, "a", 50, 50.0)
+    assert r.copy()
+    [g] = read_copies(tmp_path)
+    assert (g.gen, g.seqs, list(g.columns["a"][0])) == (2, None, [50])
+
+
+def test_a_generation_larger_than_the_files_first_allocation_grows_it_and_reads_back_whole(tmp_path: Path) -> None:
+    r = _Rank(tmp_path)
+    for s in range(10):
+        _point(r.buf, "a", s, float(s))
+    assert r.copy()
+    small = copy_path(tmp_path, 0).stat().st_size
+    for s in range(10, 40_000):  # 640 KB of steps and values, past the first 256 KiB
+        _point(r.buf, "a", s, float(s))
+    assert r.copy()
+    assert copy_path(tmp_path, 0).stat().st_size > small
+    [g] = read_copies(tmp_path)
+    assert list(g.columns["a"][0]) == list(range(40_000)) and g.torn == 0
 
 
 def test_a_copied_generation_goes_in_as_batches_of_at_most_the_cap(tmp_path: Path) -> None:
-    b = Buffer(10_000)
-    c = Copies(tmp_path, b, rank=0)
+    r = _Rank(tmp_path)
     for s in range(7):
-        _point(b, "a", s, float(s))
+        _point(r.buf, "a", s, float(s))
     for s in range(3):
-        _point(b, "z", s, -float(s))
-    assert c.copy()
+        _point(r.buf, "z", s, -float(s))
+    assert r.copy()
     [g] = read_copies(tmp_path)
     payloads = copy_batches(g, 4)
     chunks = [ch for p in payloads for ch in wire.decode_batch(p).metrics]
     assert [sum(len(st) for _, st, _ in wire.decode_batch(p).metrics) for p in payloads] == [4, 4, 2]
-    got = {}
+    got: dict[str, list[tuple[int, float]]] = {}
     for key, steps, values in chunks:
         got.setdefault(key, []).extend(zip(steps, values, strict=True))
     assert got == {"a": [(s, float(s)) for s in range(7)], "z": [(s, -float(s)) for s in range(3)]}
+
+
+# ---------------------------------------------------------------------------- when copies are made
+
+
+def test_the_hot_path_asks_about_once_every_half_kill_window_and_copies_then(tmp_path: Path) -> None:
+    """The copy mark follows the rate: a rank logging 100 points every 10 ms is asked every ~2-3 calls, not each."""
+    r = _Rank(tmp_path)
+    b, c = r.buf, r.copies
+    asked = 0
+    check = c.check
+
+    def counted() -> None:
+        nonlocal asked
+        asked += 1
+        check()
+
+    b.copy_check = counted
+    for step in range(100):  # one second at 100 calls a second, 100 points a call
+        r.clock.t += 0.01
+        with b.lock:
+            if b.pending >= b.mark:
+                b.past_mark()
+            _frame_row(b, tuple(f"k{i}" for i in range(100)), step, [float(step)] * 100)
+    assert 30 <= c.copies <= 50, c.copies  # every 20-30 ms
+    assert asked <= 2 * c.copies + 5, (asked, c.copies)
+    [g] = read_copies(tmp_path)
+    assert g.points >= 9_500  # all but the last calls since the last copy
+
+
+def test_the_timer_fires_one_kill_window_after_the_last_copy_and_the_senders_backstop_copies_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A rank that stops logging: the sender's poll wakes on the timer and copies what the last calls left."""
+    b = Buffer(1_000_000)
+    c = Copies(tmp_path, b, rank=0, window_s=WINDOW)  # the real clock: the timer is the system's
+    poll = select.poll()
+    poll.register(c.timer.fd, select.POLLIN)
+    _point(b, "a", 0, 1.0)
+    with b.lock:
+        c.check()  # the first call copies at once
+    assert c.copies == 1 and c.backstop()  # not fired yet: nothing to do
+    _point(b, "a", 1, 2.0)  # and then nothing more is logged
+    t0 = time.monotonic()
+    assert poll.poll(2000)
+    assert 0.8 * WINDOW <= time.monotonic() - t0 <= WINDOW + 0.5
+    assert c.backstop() and c.copies == 2
+    assert poll.poll(2000)  # set again after that copy: it fires once more and finds nothing
+    assert c.backstop() and c.copies == 2
+    assert not poll.poll(int(3 * WINDOW * 1000))  # then it rests
+    assert b.mark <= b.pending  # and the next call copies at once
+    c.close()

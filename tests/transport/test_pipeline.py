@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from pathlib import Path
 
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.copies import Copies, read_copies
+from coordinator.transport.copies import Copies
+from coordinator.transport.copyread import read_copies
 from coordinator.transport.outbox import Outbox
 from coordinator.transport.pipeline import ACK_DEADLINE_MIN_S, Pipeline, ack_deadline
 from coordinator.transport.spool import SegmentedSpool, spool_records
@@ -36,7 +38,9 @@ class _Rank:
             outbox=Outbox(policy="spool", wal=self.wal, max_points=1_000_000, rank=0, buf=self.buf),
             wal=self.wal,
             offline=None,
-            copies=Copies(spool_dir, self.buf, rank=0) if copies else None,
+            copies=Copies(spool_dir, self.buf, rank=0, window_s=0.05, clock=itertools.count(100.0).__next__)
+            if copies
+            else None,
             policy="spool",
             rank=0,
             send=self._send,
@@ -204,11 +208,14 @@ def test_with_copies_every_cut_is_written_ahead_before_it_is_sent_and_its_copy_t
     with r.buf.lock:
         r.buf.cols["m"] = (array("q", [0, 1]), array("d", [0.0, 1.0]))
         r.buf.pending += 2
-    assert r.pipe.copy()
+    assert r.pipe.copies is not None
+    with r.buf.lock:
+        r.pipe.copies.check()  # the training thread's copy (its clock: each call a copy due)
     assert [g.points for g in read_copies(r.spool.dir)] == [2]
     r.log_and_flush(0.0)  # the cut (its column replaced by the helper's: 10 points)
     assert r.sent == [1] and r.on_disk_at_send == [[1]]
-    assert read_copies(r.spool.dir) == []  # batch 1 is on disk: its copy is not needed
+    [g] = read_copies(r.spool.dir)
+    assert g.seqs == (1, 1)  # recovery skips it once batch 1 is stored
     r.pipe.ack(1)
     assert r.on_disk() == []
     for i in range(5):
