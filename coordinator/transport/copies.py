@@ -83,6 +83,8 @@ _PAUSE_AFTER_FAILURE_S = 1.0
 _MAP_BYTES = 256 * 1024
 """A file is first allocated and mapped this large (then doubled as needed); what no record used
 stays zero."""
+_FAR = 1 << 40
+"""Points past ``pending`` that put the copy mark out of reach (until the next cut resets it)."""
 _NUMPY_MIN_ROWS = 64
 """New rows of a column past which their smallest step is found with numpy (a Python ``min``
 builds an int per row)."""
@@ -251,8 +253,16 @@ class Copies:
         b = self._buf
         copied = self._write_rows(b)
         if copied < 0:
-            self.timer.arm(self._window)  # the cut it asks for takes them; if it does not come, ask again
-            return False
+            # A cut must take them within a kill window of the last copy or cut: now if that is
+            # past (or the sender's timer asks), else the timer brings the sender then, and the
+            # hot path asks nothing more until the cut: a rank whose steps the sender numbers is
+            # cut once a kill window, as often as flushes at that interval, not at every check.
+            left = self._last + self._window - now
+            if backstop or left <= 0:
+                return False
+            self.timer.arm(left)
+            b.copies_at(b.pending + _FAR)
+            return True
         if copied == 0 and backstop:
             b.copies_at(b.pending)
             return True
@@ -267,15 +277,10 @@ class Copies:
         """Append the new rows as one record; the points written, or -1: refused (what it cannot take, a failure)."""
         if b.fields or b.texts or self._deferred() or self._clock() < self._retry_at:
             return -1
+        slot = self._slots[b.gen % 2]
         if b.gen != self._gen:
-            slot = self._slots[b.gen % 2]
             if slot.gen in self._unspooled:
                 return -1  # the generation there is only in memory (its write-ahead failed): keep its copy
-            try:
-                slot.start(b.gen)
-            except OSError as e:
-                self._failed(slot, e)
-                return -1
             self._gen = b.gen
             self._done, self._frames, self._ids = {}, {}, {}
         rows = self._rows(b)
@@ -284,6 +289,12 @@ class Copies:
         entries, names, points = rows
         if not entries:
             return 0
+        if slot.gen != b.gen:  # the generation's first record: the file is taken only now
+            try:
+                slot.start(b.gen)
+            except OSError as e:
+                self._failed(slot, e)
+                return -1
         if not self._write(packb([ROWS, self._gen, entries, names])):
             return -1
         return points
@@ -361,6 +372,13 @@ class Copies:
         self._buf.errors.append(err)
         self._buf.cond.notify_all()
         _log.error("%s", err)
+
+    def cut_done(self) -> None:
+        """The sender cut the buffer (sender thread): nothing is uncopied now; the next call checks again."""
+        b = self._buf
+        with b.lock:
+            self._last = self._clock()
+            b.copies_at(b.pending)
 
     def cut(self, gen: int, first_seq: int, last_seq: int) -> None:
         """Generation ``gen`` was cut as batches ``first_seq..last_seq``, to be written ahead now (sender thread).

@@ -164,6 +164,8 @@ class Pipeline:
             return
         batches = self._cutter.cut(self._buf)
         self._buf.recount(sum(b.points for b in batches))
+        if self.copies is not None:
+            self.copies.cut_done()
         if not batches:
             if not self._window and not self._outbox:
                 self._buf.progress(self._cutter.cut_gen, 0)

@@ -121,3 +121,28 @@ def test_a_kill_window_not_below_the_flush_interval_or_without_an_aggregator_cop
         with coordinator.init_run(name="kw2", mode="offline", settings=s) as run:
             assert run._sender._pipe.copies is None
     assert any("kill_window_s=0.05 needs a spool and an aggregator" in r.getMessage() for r in caplog.records)
+
+
+def test_with_copies_a_rank_whose_steps_the_sender_numbers_is_cut_once_a_kill_window_and_keeps_every_point(
+    store_dir: Path,
+) -> None:
+    """``append()`` without steps: a copy cannot take those points, so the sender cuts instead, once a kill
+    window (not at every copy check); every point is stored once, numbered in order."""
+    settings = coordinator.Settings(rank=0, world_size=1, flush_interval_s=1.0, kill_window_s=0.1)
+    with coordinator.init_run(name="kw-auto", settings=settings) as run:
+        pipe = run._sender._pipe
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 1.0:
+            run["x"].append(float(n))
+            n += 1
+            time.sleep(0.002)
+        cuts = pipe.cut_batches
+        run.wait(30)
+    assert 5 <= cuts <= 15, cuts  # about one a kill window (10 in the second), not one a check
+    [info] = [i for i in list_runs(store_dir) if i.name == "kw-auto"]
+    st = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert st.values("x", 0) == [(s, float(s)) for s in range(n)]
+    finally:
+        st.close()

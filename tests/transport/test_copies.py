@@ -311,3 +311,35 @@ def test_the_timer_fires_one_kill_window_after_the_last_copy_and_the_senders_bac
     assert not poll.poll(int(3 * WINDOW * 1000))  # then it rests
     assert b.mark <= b.pending  # and the next call copies at once
     c.close()
+
+
+def test_a_refusal_inside_the_kill_window_leaves_the_cut_to_the_timer_and_asks_nothing_more_until_it(
+    tmp_path: Path,
+) -> None:
+    """A step the sender numbers, half a window after a copy: no cut at once (a rank that logs such steps
+    would be cut at every check), but the timer fires a kill window after the copy and the sender cuts then."""
+    window = 0.2
+    b = Buffer(1_000_000)
+    woken: list[int] = []
+    b.wake_at(1_000_000, lambda: woken.append(1))
+    c = Copies(tmp_path, b, rank=0, window_s=window)
+    poll = select.poll()
+    poll.register(c.timer.fd, select.POLLIN)
+    _point(b, "a", 0, 1.0)
+    with b.lock:
+        c.check()
+    t_copy = time.monotonic()
+    assert c.copies == 1
+    _point(b, "n", -1, 2.0)
+    time.sleep(window * 0.6)
+    with b.lock:
+        c.check()
+        assert not b.flush_requested and not woken  # no cut yet
+        assert b.copy_mark > b.pending + 1_000_000  # and no more checks until one
+    assert poll.poll(2000)
+    assert window * 0.9 <= time.monotonic() - t_copy <= window + 0.5
+    assert not c.backstop()  # the sender's wake-up: refused again, so it cuts
+    b.cut({})
+    c.cut_done()
+    assert b.mark <= b.pending  # the next call checks again
+    c.close()
