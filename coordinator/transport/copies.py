@@ -374,11 +374,16 @@ class Copies:
         _log.error("%s", err)
 
     def cut_done(self) -> None:
-        """The sender cut the buffer (sender thread): nothing is uncopied now; the next call checks again."""
+        """The sender cut the buffer (sender thread): nothing is uncopied now; a kill window from now, the timer.
+
+        The next call checks again; the timer is set from the cut, not the last copy before it, so
+        it does not fire (a wake-up of the sender) before the training thread's next copy.
+        """
         b = self._buf
         with b.lock:
             self._last = self._clock()
             b.copies_at(b.pending)
+            self.timer.arm(self._window)
 
     def cut(self, gen: int, first_seq: int, last_seq: int) -> None:
         """Generation ``gen`` was cut as batches ``first_seq..last_seq``, to be written ahead now (sender thread).
