@@ -206,7 +206,7 @@ class Copies:
         """Generation -> its last batch number, for those cut and not yet all on disk in the spool."""
         self._retry_at = 0.0
         self._last = -window_s
-        """When the last copy was made (or found nothing)."""
+        """When the last copy (or cut) was made: the next is due half a kill window later."""
         self._rate = 0.0
         """Points a second logged between the last two copies: where to put the next copy mark."""
         self.copies = 0
@@ -416,10 +416,10 @@ class Copies:
         Kept: with ``keep_uncut`` (points stay in the buffer: the last cut was refused) and while
         a cut could not be written ahead; each is then what holds those points on disk.
         """
-        self.timer.close()
-        with self._buf.lock:
+        with self._buf.lock:  # no call copies (nor sets the timer) once the hooks are gone
             self._buf.copy_check = self._buf.slow_write = None
             self._buf.copies_at(1 << 62)
+            self.timer.close()
             keep = keep_uncut or bool(self._unspooled)
             for slot in self._slots:
                 slot.close()
