@@ -55,6 +55,16 @@ def _start(
     return out, procs
 
 
+def _kill_rank1(out: Path, procs: list[subprocess.Popen[str]]) -> float:
+    """SIGKILL rank 1, tell rank 0, reap both (rank 0 closes clean, or failed for the lost rank); the kill's time."""
+    t_kill = time.monotonic()
+    procs[1].send_signal(signal.SIGKILL)
+    (out / "killed").touch()
+    res = _reap(procs, timeout=120)
+    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    return t_kill
+
+
 def _rank1_steps(db: Path) -> int:
     """How many steps of rank 1's series ``m`` are stored; each must be there once, in order, with its value."""
     s = LocalStore(db, readonly=True)
@@ -79,11 +89,7 @@ def test_sigkilled_rank_loses_at_most_its_last_flush_interval(
     before the kill in three runs)."""
     out, procs = _start(store_dir, tmp_path, monkeypatch, rate)
     flush = DEFAULTS.flush_interval(2)
-    t_kill = time.monotonic()
-    procs[1].send_signal(signal.SIGKILL)
-    (out / "killed").touch()
-    res = _reap(procs, timeout=120)
-    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    t_kill = _kill_rank1(out, procs)
     safe = _logged_by(out / "rank1.progress", t_kill - flush - _SCHEDULING_S)
     logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
     assert safe > 1000  # the rank was well under way (at least 2000 points/s for 1.5 s)
@@ -116,11 +122,7 @@ def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flus
     )
     while not _COPY_FLUSH_S - 0.15 < time.time() % _COPY_FLUSH_S < _COPY_FLUSH_S - 0.05:  # 0.1 s before the grid's next
         time.sleep(0.01)
-    t_kill = time.monotonic()
-    procs[1].send_signal(signal.SIGKILL)
-    (out / "killed").touch()
-    res = _reap(procs, timeout=120)
-    assert res[0][0] == 0 or "was closed as failed" in res[0][2], res[0][2][-3000:]
+    t_kill = _kill_rank1(out, procs)
     safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
     logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
     assert safe > 1000
