@@ -131,18 +131,27 @@ def _lost_rank_1(tmp_path: Path) -> tuple[Aggregator, Path]:
 
 
 def test_copies_the_spool_does_not_hold_are_recovered_after_it_each_point_once(tmp_path: Path) -> None:
-    """Generation 1 was cut as batch 2 and written ahead (the spool holds it): its copy is skipped.
-    Generation 2 was cut as batch 3 but killed before its write-ahead, generation 3 never cut: both
-    go in, after the spool, as batches 3 and 4."""
+    """Generation 0 was cut as batch 2 and written ahead (the spool holds it): its copy is skipped, without a
+    report. Generation 1 was never cut: it goes in after the spool, as batch 3."""
     a, root = _lost_rank_1(tmp_path)
     _spool(root, 1, 1, [(wire.BATCH, 2, payload(metrics={"k": {1: 1.5, 2: 2.5}}))])
-    _copied(root / "rank-1-1", [([1, 2], (2, 2)), ([3, 4], (3, 3)), ([5], None)])
-    assert recover_spools(a, root) == 5
-    assert a.store.values("k", 1) == [(s, s + 0.5) for s in range(6)]
-    assert a.senders[(1, 1)].last_seq == 4 and a.counters["recovered_points"] == 5
+    _copied(root / "rank-1-1", [([1, 2], (2, 2)), ([3, 4], None)])
+    assert recover_spools(a, root) == 4
+    assert a.store.values("k", 1) == [(s, s + 0.5) for s in range(5)]
+    assert a.senders[(1, 1)].last_seq == 3 and a.counters["recovered_points"] == 4
     assert not (root / "rank-1-1").exists()
     a.commit()
-    assert not [e for e in a.store.events() if e[1] == "copies_skipped"]  # generation 1 was whole in the spool
+    assert not [e for e in a.store.events() if e[1] == "copies_skipped"]  # generation 0 was whole in the spool
+
+
+def test_a_copy_cut_but_never_written_ahead_goes_in_then_the_uncut_one_after_it(tmp_path: Path) -> None:
+    """Generation 0 was cut as batch 2 and the rank killed before its write-ahead (the spool is empty): its copy
+    goes in as batch 2, generation 1 (never cut) as batch 3."""
+    a, root = _lost_rank_1(tmp_path)
+    _copied(root / "rank-1-1", [([1, 2], (2, 2)), ([3, 4], None)])
+    assert recover_spools(a, root) == 4
+    assert a.store.values("k", 1) == [(s, s + 0.5) for s in range(5)]
+    assert a.senders[(1, 1)].last_seq == 3
 
 
 def test_copies_replayed_again_after_their_commit_store_nothing_twice(

@@ -343,3 +343,44 @@ def test_a_refusal_inside_the_kill_window_leaves_the_cut_to_the_timer_and_asks_n
     c.cut_done()
     assert b.mark <= b.pending  # the next call checks again
     c.close()
+
+
+def test_a_generation_copied_again_after_a_failure_does_not_read_back_its_first_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty records, then a copy fails: the generation starts again from the file's start with one record,
+    shorter than the first attempt's; the zero header after it ends the generation there."""
+    monkeypatch.setattr(copies_mod, "_PAUSE_AFTER_FAILURE_S", 0.0)
+    r = _Rank(tmp_path)
+    for s in range(50):
+        _point(r.buf, "a", s, float(s))
+        assert r.copy()
+    write = copies_mod._Slot.write
+
+    def fail_once(slot: copies_mod._Slot, body: bytes) -> None:
+        monkeypatch.setattr(copies_mod._Slot, "write", write)
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(copies_mod._Slot, "write", fail_once)
+    _point(r.buf, "a", 50, 50.0)
+    assert not r.copy() and len(r.buf.errors) == 1
+    assert r.copy()
+    [g] = read_copies(tmp_path)
+    assert (g.torn, list(g.columns["a"][0])) == (0, list(range(51)))
+
+
+def test_a_field_or_a_text_sets_the_timer_and_its_firing_makes_the_sender_cut(tmp_path: Path) -> None:
+    """A copy cannot take a field: written after the last copy, the timer (set by the field itself if it
+    was off) fires within a kill window and the sender's backstop refuses to copy: it cuts."""
+    b = Buffer(1_000_000)
+    c = Copies(tmp_path, b, rank=0, window_s=WINDOW)
+    poll = select.poll()
+    poll.register(c.timer.fd, select.POLLIN)
+    assert not c.timer.armed
+    with b.lock:
+        b.add_fields([("cfg/lr", ("float", 0.1))])
+    assert c.timer.armed
+    t0 = time.monotonic()
+    assert poll.poll(2000) and time.monotonic() - t0 <= WINDOW + 0.5
+    assert not c.backstop()
+    c.close()
