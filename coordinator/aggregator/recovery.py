@@ -109,14 +109,19 @@ def _recover_copies(agg: Aggregator, d: Path, rank: int, inc: int) -> None:
         if c.seqs is not None and last >= c.seqs[1]:
             continue  # its batches are stored (from the spool, or sent and acknowledged)
         if c.seqs is not None and last >= c.seqs[0]:
-            msg = (
-                f"incarnation {inc}: generation {c.gen} was cut as batches {c.seqs[0]}-{c.seqs[1]} and the rank was "
-                f"killed while they were written ahead; the spool held up to {last}, so its {c.points} copied points "
-                "are not replayed (the rest of that generation is lost)"
-            )
-            _log.error("rank %d: %s", rank, msg)
-            agg.outbox.event(time.time(), "copies_skipped", rank, msg)
-            continue
+            # Killed between two writes ahead of one cut: the spool holds its first batches, each
+            # key's first points (a cut splits every key's points in order); the rest go in.
+            held = _held_points(d, c.seqs[0], last)
+            if held is None:
+                msg = (
+                    f"incarnation {inc}: generation {c.gen} was cut as batches {c.seqs[0]}-{c.seqs[1]}, of which "
+                    f"the aggregator holds up to {last} but the spool not all: its {c.points} copied points are "
+                    "not replayed (the rest of that generation is lost)"
+                )
+                _log.error("rank %d: %s", rank, msg)
+                agg.outbox.event(time.time(), "copies_skipped", rank, msg)
+                continue
+            c.columns = {k: (st[held.get(k, 0) :], v[held.get(k, 0) :]) for k, (st, v) in c.columns.items()}
         payloads = copy_batches(c, DEFAULTS.max_batch_points)
         if not payloads:
             continue
@@ -130,6 +135,18 @@ def _recover_copies(agg: Aggregator, d: Path, rank: int, inc: int) -> None:
                 agg.counters["bad_frames"] += 1
                 _log.warning("copy %s: a batch refused: %s", c.path, e)
         _log.info("rank %d: %d points of generation %d recovered from its copy %s", rank, c.points, c.gen, c.path)
+
+
+def _held_points(d: Path, first: int, last: int) -> dict[str, int] | None:
+    """Per key, the points spool batches ``first..last`` hold; None when one of them is not in the spool."""
+    held: dict[str, int] = {}
+    seen: set[int] = set()
+    for rec in spool_records(d):
+        if rec.kind == wire.BATCH and first <= rec.seq <= last and rec.seq not in seen:
+            seen.add(rec.seq)
+            for key, steps, _ in wire.decode_batch(rec.payload).metrics:
+                held[key] = held.get(key, 0) + len(steps)
+    return held if len(seen) == last - first + 1 else None
 
 
 def _replay_record(agg: Aggregator, head: bytes, payload: bytes, rank: int, inc: int, now: float, d: Path) -> None:

@@ -31,7 +31,9 @@ batch (:func:`read_copies`):
 * a cut record whose batches the aggregator now holds (up to its last number): skipped;
 * one whose first batch it does not hold: the write-ahead never happened; its points go in;
 * one whose batches it holds only in part (a kill between two writes ahead of one cut of several
-  batches): its points cannot be told apart, so none go in; reported (an event, an error).
+  batches): those batches hold each key's first points (a cut splits every key's points in
+  order), counted from the spool, and the copy's other points go in; only if the spool does not
+  hold them all is the copy skipped and reported (an event, an error).
 
 A copy takes only what the sender would send as it is: frames (dicts at explicit steps) and
 columns whose steps are all explicit. Anything else in the generation (a step the sender numbers,

@@ -166,12 +166,24 @@ def test_copies_replayed_again_after_their_commit_store_nothing_twice(
     assert a.store.values("k", 1) == [(0, 0.5), (1, 1.5), (2, 2.5)]
 
 
-def test_a_generation_killed_between_two_writes_ahead_is_reported_not_replayed(tmp_path: Path) -> None:
-    """Cut as batches 2-3, only 2 reached the spool: the copy cannot tell its rows apart; an event says so."""
+def test_a_generation_killed_between_two_writes_ahead_goes_in_past_what_the_spool_holds(tmp_path: Path) -> None:
+    """Cut as batches 2-3, only 2 reached the spool: its points of each key are the first ones; the copy's
+    others go in, once."""
     a, root = _lost_rank_1(tmp_path)
     _spool(root, 1, 1, [(wire.BATCH, 2, payload(metrics={"k": {1: 1.5}}))])
     _copied(root / "rank-1-1", [([1, 2], (2, 3))])
-    assert recover_spools(a, root) == 1
+    assert recover_spools(a, root) == 2
+    assert a.store.values("k", 1) == [(0, 0.5), (1, 1.5), (2, 2.5)]
+    assert a.senders[(1, 1)].last_seq == 3
+
+
+def test_a_generation_the_aggregator_holds_in_part_but_the_spool_not_is_reported_not_replayed(tmp_path: Path) -> None:
+    """Batches 2-3 were its cut; the aggregator has 2, the spool nothing to count it by: an event says so."""
+    a, root = _lost_rank_1(tmp_path)
+    batch(a, 1, 2, metrics={"k": {1: 1.5}})  # sent live, not written ahead (it revives the rank)
+    a.senders[(1, 1)].state = "lost"
+    _copied(root / "rank-1-1", [([1, 2], (2, 3))])
+    assert recover_spools(a, root) == 0
     assert a.store.values("k", 1) == [(0, 0.5), (1, 1.5)]
     a.commit()
     [ev] = [e for e in a.store.events() if e[1] == "copies_skipped"]
