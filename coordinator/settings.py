@@ -127,14 +127,15 @@ class Settings:
     flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
     kill_window_s: float | None = None
     """What a SIGKILLed rank may lose, when shorter than the flush interval: between flushes the
-    sender copies the points logged since its last copy to a file in the rank's spool directory
-    this often (~50 µs of CPU each; a copy of frames and of columns at explicit steps), and writes
-    every cut ahead to the spool before it is sent; recovery (a lost rank's spool at the run's end,
-    ``coordinator sync``) takes what the spool does not hold from the copies. A step the sender
-    numbers, a tensor not read yet, a field or a text makes the sender cut instead. With
-    ``flush_interval_s=0.5`` and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at
-    about a third of the CPU of 50 ms flushes (docs/performance.md, round 36). Unset: the kill
-    window is the flush interval."""
+    training thread copies the points logged since the last copy to a file in the rank's spool
+    directory about every half window, in the ``log()``/``append()`` call that finds a copy due
+    (~50-70 µs of CPU each; frames and columns at explicit steps; a timer wakes the sender for
+    what a rank that stopped logging left), and every cut is written ahead to the spool before it
+    is sent; recovery (a lost rank's spool at the run's end, ``coordinator sync``) takes what the
+    spool does not hold from the copies. A step the sender numbers, a tensor not read yet, a
+    field or a text makes the sender cut instead, within the window. With ``flush_interval_s=1``
+    and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at about a third of the CPU
+    of 50 ms flushes (docs/performance.md, round 36). Unset: the kill window is the flush interval."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
     at once, without waiting for the flush interval."""

@@ -29,9 +29,9 @@ from coordinator.core.values import FieldValue
 from coordinator.errors import CoordinatorError
 from coordinator.transport.frames import Frame
 
-__all__ = ["Buffer", "Column", "Cut", "Frame", "TextColumn"]
+__all__ = ["NEVER", "Buffer", "Column", "Cut", "Frame", "TextColumn"]
 
-_NEVER = 1 << 62
+NEVER = 1 << 62
 """:attr:`Buffer.copy_mark` without copies: never reached."""
 
 TextColumn = tuple["array[int]", list[str]]
@@ -82,7 +82,7 @@ class Buffer:
         or, with copies, the next copy check (:attr:`copy_mark`) if that comes first."""
         self._next = max_points
         """:attr:`mark` without copies (0: the sender dozes)."""
-        self.copy_mark = _NEVER
+        self.copy_mark = NEVER
         """``pending`` at which the hot path next asks :attr:`copy_check` whether a copy is due
         (:mod:`~coordinator.transport.copies`; set by it, lock held)."""
         self.copy_check: Callable[[], None] | None = None
@@ -234,7 +234,7 @@ class Buffer:
                 texts = {}
             self.gen = gen + 1
             self.flush_requested = False
-            if self.copy_mark != _NEVER:  # counted from this generation's first point on
+            if self.copy_mark != NEVER:  # counted from this generation's first point on
                 self.copy_mark = max(0, self.copy_mark - self.pending)
             self._set_mark(self._batch_mark())
             self.cut_counted = self.pending

@@ -65,7 +65,7 @@ import numpy as np
 
 from coordinator.core.columns import to_le
 from coordinator.errors import SinkError
-from coordinator.transport.buffer import Buffer
+from coordinator.transport.buffer import NEVER, Buffer
 from coordinator.transport.frames import Frame
 from coordinator.transport.plain import packb
 from coordinator.transport.timerfd import TimerFd
@@ -420,7 +420,7 @@ class Copies:
         """
         with self._buf.lock:  # no call copies (nor sets the timer) once the hooks are gone
             self._buf.copy_check = self._buf.slow_write = None
-            self._buf.copies_at(1 << 62)
+            self._buf.copies_at(NEVER)
             self.timer.close()
             keep = keep_uncut or bool(self._unspooled)
             for slot in self._slots:

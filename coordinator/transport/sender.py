@@ -78,8 +78,8 @@ class SenderConfig:
     spool_segment_bytes: int = DEFAULTS.spool_segment_bytes
     flush_interval_s: float = FLUSH_INTERVAL_S
     kill_window_s: float | None = None
-    """Copy the uncut generation to the spool directory this often between flushes (:mod:`.copies`;
-    with a spool and an endpoint); None: the flush interval is the kill window."""
+    """The kill window when copies of the uncut generation keep it below the flush interval
+    (:mod:`.copies`; with a spool and an endpoint); None: the flush interval is the kill window."""
     max_batch_points: int = DEFAULTS.max_batch_points
     max_window: int = DEFAULTS.max_window_batches
     ack_timeout_s: float = DEFAULTS.ack_timeout_s
