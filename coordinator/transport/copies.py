@@ -17,12 +17,16 @@ that stops logging does not push it back, so it fires, and the sender thread cop
 
 *Two files, reused.* Generation ``g`` is copied into ``copy-<g % 2>``, from its start: a mapped
 file whose pages stay in place from one generation to the next (fresh pages cost a fault and the
-file system's work on each first store: ~40-50 µs a copy on this VM's ext4). A generation's file
-is taken again only once the one before it there is on disk in the spool; until then a copy
-refuses (the sender cuts instead).
+file system's work on each first store: ~40-50 µs a copy on this VM's ext4).
 
 *Every cut is written ahead.* The sender numbers a cut's batches, records the numbers in its copy
-file (:meth:`Copies.cut`), writes them to the spool and only then sends them. Recovery
+file (:meth:`Copies.cut`), writes them to the spool and only then sends them. What a kill leaves
+on disk is every point up to some moment, never a later point without an earlier one (a gap in a
+series): the cut's batches hold points its copy does not (those logged after its last copy), so
+the next generation is not copied until the sender has written the cut ahead
+(:meth:`Copies.cut_done`), and while a cut is only in memory (its write failed) a copy refuses
+(the sender cuts instead); a file is thus taken again only once the generation it held is on
+disk in the spool. Recovery
 (:mod:`~coordinator.aggregator.recovery`: a lost rank's spool at the run's end, ``coordinator
 sync``) replays the spool first, then each copy the spool does not cover, as the sender's next
 batch (:func:`read_copies`):
@@ -206,6 +210,8 @@ class Copies:
         """Frame key tuple or column key -> its id in this generation's records."""
         self._unspooled: dict[int, int] = {}
         """Generation -> its last batch number, for those cut and not yet all on disk in the spool."""
+        self._settled = buf.gen - 1
+        """The last generation whose cut the sender has finished writing ahead (:meth:`cut_done`)."""
         self._retry_at = 0.0
         self._last = -window_s
         """When the last copy (or cut) was made: the next is due half a kill window later."""
@@ -253,6 +259,12 @@ class Copies:
         After a backstop that found nothing, the timer stays off and the next call copies at once.
         """
         b = self._buf
+        if b.gen > self._settled + 1:
+            # The sender is still encoding or writing ahead the generation before: a copy of this
+            # one now could outlive points of that one (a kill before they are on disk), a gap in
+            # a series. The hot path asks nothing more; the sender's cut_done sets the mark again.
+            b.copies_at(b.pending + _FAR)
+            return True
         copied = self._write_rows(b)
         if copied < 0:
             # A cut must take them within a kill window of the last copy or cut: now if that is
@@ -280,9 +292,11 @@ class Copies:
         if b.fields or b.texts or self._deferred() or self._clock() < self._retry_at:
             return -1
         slot = self._slots[b.gen % 2]
+        if self._unspooled:
+            # A cut is only in memory (its write-ahead failed): a copy of a later generation could
+            # outlive its points; and its own copy, if it has one, must stay in its file.
+            return -1
         if b.gen != self._gen:
-            if slot.gen in self._unspooled:
-                return -1  # the generation there is only in memory (its write-ahead failed): keep its copy
             self._gen = b.gen
             self._done, self._frames, self._ids = {}, {}, {}
         rows = self._rows(b)
@@ -366,8 +380,15 @@ class Copies:
         return True
 
     def _failed(self, slot: _Slot, e: OSError) -> None:
-        """A copy failed (lock held): reported for ``wait()``; copies pause, then start the generation again."""
+        """A copy failed (lock held): reported for ``wait()``; copies pause, then start the generation again.
+
+        The file's first header is zeroed (its blocks are allocated: no store into the map fails):
+        what the generation's earlier records hold is in the buffer or its cut, and read back
+        without the cut's record (a failure may be that record's) they would go in twice.
+        """
         self._retry_at = self._clock() + _PAUSE_AFTER_FAILURE_S
+        if slot.map is not None:
+            slot.map[0 : HEAD.size] = ZERO_HEAD
         slot.close()
         slot.gen, self._gen = -1, -1
         err = SinkError(f"rank {self._rank}: a copy of the uncut points failed ({e}); the sender cuts instead")
@@ -375,14 +396,16 @@ class Copies:
         self._buf.cond.notify_all()
         _log.error("%s", err)
 
-    def cut_done(self) -> None:
-        """The sender cut the buffer (sender thread): nothing is uncopied now; a kill window from now, the timer.
+    def cut_done(self, gen: int) -> None:
+        """The sender cut generation ``gen`` and wrote it ahead (sender thread): copies of the next may start.
 
-        The next call checks again; the timer is set from the cut, not the last copy before it, so
-        it does not fire (a wake-up of the sender) before the training thread's next copy.
+        Nothing is uncopied now; the next call checks again. The timer is set a kill window from
+        here, not from the last copy before the cut, so it does not fire (a wake-up of the sender)
+        before the training thread's next copy.
         """
         b = self._buf
         with b.lock:
+            self._settled = gen
             self._last = self._clock()
             b.copies_at(b.pending)
             self.timer.arm(self._window)
@@ -395,14 +418,14 @@ class Copies:
         is taken again (generation ``gen + 2``) only once they are on disk (:meth:`spooled`).
         """
         with self._buf.lock:
+            self._unspooled[gen] = last_seq  # no copy is made until they are on disk
             slot = self._slots[gen % 2]
             if slot.gen != gen:
                 return  # nothing of it was copied
             saved, self._gen = self._gen, gen
             if self._write(packb([CUT, gen, first_seq, last_seq])):
                 self._gen = saved
-                self._unspooled[gen] = last_seq
-            # else: its batches are in memory, as without copies (and this generation's copying starts again)
+            # else: its copy is gone (_failed); its batches go ahead to the spool as without copies
 
     def spooled(self, through: int) -> None:
         """Every batch numbered up to ``through`` is on disk: the files of their generations may be taken again."""

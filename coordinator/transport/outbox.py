@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 
 from coordinator.settings import Backpressure
 from coordinator.transport.batches import OutBatch
@@ -62,6 +63,10 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def __iter__(self) -> Iterator[OutBatch]:
+        """The waiting batches, oldest first."""
+        return iter(self._queue)
 
     def head(self) -> OutBatch | None:
         """The oldest waiting batch."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 
 from coordinator.errors import DeliveryError
@@ -162,16 +162,20 @@ class Pipeline:
         """Cut the buffer, when bounds allow, and send, hold or spool its batches."""
         if not self._may_cut(now):
             return
-        batches = self._cutter.cut(self._buf)
+        if self.copies is None:
+            batches = self._cutter.cut(self._buf)
+        else:
+            try:
+                batches = self._cutter.cut(self._buf)
+                if batches:
+                    self._write_cut(batches, now)
+            finally:  # the next generation's copies wait for this (a failure: the run fails loudly)
+                self.copies.cut_done(self._cutter.cut_gen)
         self._buf.recount(sum(b.points for b in batches))
-        if self.copies is not None:
-            self.copies.cut_done()
         if not batches:
             if not self._window and not self._outbox:
                 self._buf.progress(self._cutter.cut_gen, 0)
             return
-        if self.copies is not None:
-            self._write_cut(batches, now)
         for b in batches:
             self._pause()  # after the cut's encoding and between two batches, not after the last: see pump
             if self._wal is not None and not b.seq:
@@ -195,14 +199,19 @@ class Pipeline:
         """With copies: number a cut's batches, say so in its copy file, write them ahead; then the copy goes.
 
         A kill before the batches are on disk leaves the copy file, with their numbers: recovery
-        then finds whether the spool holds them.
+        then finds whether the spool holds them. Written in number order: those in flight, those
+        held (one whose write failed is tried again first), then the cut's.
         """
         assert self.copies is not None and self._wal is not None
         for b in batches:
             self._window.number(b)
         self.copies.cut(self._cutter.cut_gen, batches[0].seq, batches[-1].seq)
-        if self._wal.write_through(chain(self._window.batches.values(), batches), batches[-1].seq, now):
+        if self._wal.write_through(self._unacked(batches), batches[-1].seq, now):
             self.copies.spooled(self._wal.through)
+
+    def _unacked(self, new: Iterable[OutBatch]) -> Iterator[OutBatch]:
+        """Every unacknowledged batch in number order, ``new`` (numbered last) at the end: for a write-ahead."""
+        return chain(self._window.batches.values(), self._outbox, new)
 
     def _may_cut(self, now: float) -> bool:
         """Whether taking the buffer now keeps memory and disk within their bounds."""
@@ -219,7 +228,7 @@ class Pipeline:
             return
         if self._outbox or not self._window.room(b.points) or not self.welcomed or not self._send_batch(b, now):
             if self._wal is not None:  # it waits on disk, behind every unacknowledged batch before it
-                self._wal.write_through(chain(self._window.batches.values(), (b,)), b.seq, now)
+                self._wal.write_through(self._unacked((b,)), b.seq, now)
             self._outbox.hold(b)
 
     def _send_batch(self, b: OutBatch, now: float) -> bool:

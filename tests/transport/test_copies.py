@@ -144,16 +144,26 @@ def test_a_long_column_of_explicit_steps_is_copied_and_one_numbered_step_anywher
     assert [s for s, _ in _only(tmp_path)["a"]] == list(range(200))
 
 
-def test_generations_take_the_two_files_in_turn_each_with_its_cut_and_one_is_reused_once_spooled(
+def test_the_next_generation_is_copied_only_once_the_cut_is_written_ahead_and_the_files_are_taken_in_turn(
     tmp_path: Path,
 ) -> None:
+    """A cut holds points its copy does not (logged after its last copy): copying the next generation before
+    the cut is on disk could keep later points while a kill loses those (a gap in the series). While a cut's
+    write-ahead failed, a copy refuses (the sender cuts)."""
     r = _Rank(tmp_path)
     b, c = r.buf, r.copies
     _point(b, "a", 0, 1.0)
     assert r.copy()
+    _point(b, "a", 1, 2.0)  # not copied: only the cut holds it
     assert b.cut({})[0] == 0
     c.cut(0, 5, 6)
-    _point(b, "a", 1, 2.0)
+    _point(b, "a", 2, 3.0)
+    assert r.copy()  # not a refusal (no cut asked for) but no copy: the cut is not on disk yet
+    assert c.copies == 2 and b.copy_mark > b.pending + 1_000_000  # its copy, the cut's record; no more checks
+    assert [(g.gen, g.seqs, g.points) for g in read_copies(tmp_path)] == [(0, (5, 6), 1)]
+    c.spooled(6)
+    c.cut_done(0)  # the sender wrote the cut ahead
+    assert b.mark <= b.pending
     assert r.copy()
     assert [(g.gen, g.path.name, g.seqs, g.points) for g in read_copies(tmp_path)] == [
         (0, "copy-0", (5, 6), 1),
@@ -161,14 +171,15 @@ def test_generations_take_the_two_files_in_turn_each_with_its_cut_and_one_is_reu
     ]
     b.cut({})
     c.cut(1, 7, 7)
-    _point(b, "a", 2, 3.0)
-    assert not r.copy()  # generation 2 would take copy-0, whose batches 5-6 are not on disk yet
-    c.spooled(5)
+    c.cut_done(1)  # its write-ahead failed: batch 7 is only in memory
+    _point(b, "a", 3, 4.0)
     assert not r.copy()
-    c.spooled(6)
-    assert r.copy()
-    assert [(g.gen, g.seqs, g.points) for g in read_copies(tmp_path)] == [(1, (7, 7), 1), (2, None, 1)]
     c.spooled(7)
+    assert r.copy()
+    assert [(g.gen, g.path.name, g.seqs, g.points) for g in read_copies(tmp_path)] == [
+        (1, "copy-1", (7, 7), 1),
+        (2, "copy-0", None, 1),
+    ]
     c.close(keep_uncut=True)  # points stay in the buffer: the uncut generation's copy holds them
     assert [g.gen for g in read_copies(tmp_path)] == [1, 2]
 
@@ -223,7 +234,9 @@ def test_a_file_taken_again_does_not_read_back_what_an_earlier_generation_left_i
     b.cut({})
     c.cut(0, 1, 1)
     c.spooled(1)
+    c.cut_done(0)
     b.cut({})  # generation 1: nothing copied
+    c.cut_done(1)
     _point(b, "a", 50, 50.0)
     assert r.copy()
     [g] = read_copies(tmp_path)
@@ -340,7 +353,7 @@ def test_a_refusal_inside_the_kill_window_leaves_the_cut_to_the_timer_and_asks_n
     assert window * 0.9 <= time.monotonic() - t_copy <= window + 0.5
     assert not c.backstop()  # the sender's wake-up: refused again, so it cuts
     b.cut({})
-    c.cut_done()
+    c.cut_done(0)
     assert b.mark <= b.pending  # the next call checks again
     c.close()
 
@@ -384,3 +397,21 @@ def test_a_field_or_a_text_sets_the_timer_and_its_firing_makes_the_sender_cut(tm
     assert poll.poll(2000) and time.monotonic() - t0 <= WINDOW + 0.5
     assert not c.backstop()
     c.close()
+
+
+def test_a_cut_whose_record_fails_leaves_no_copy_to_go_in_beside_its_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut's batches go ahead to the spool anyway; its copy, read back without their numbers, would go in
+    as a generation never cut, a second time: the failure empties the file."""
+    r = _Rank(tmp_path)
+    _point(r.buf, "a", 0, 1.0)
+    assert r.copy()
+
+    def fail(slot: copies_mod._Slot, body: bytes) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(copies_mod._Slot, "write", fail)
+    r.buf.cut({})
+    r.copies.cut(0, 1, 1)
+    assert len(r.buf.errors) == 1 and read_copies(tmp_path) == []

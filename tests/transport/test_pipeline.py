@@ -5,7 +5,11 @@ from __future__ import annotations
 import itertools
 from array import array
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from coordinator.errors import SinkError
 from coordinator.transport import wire
 from coordinator.transport.batches import Cutter
 from coordinator.transport.buffer import Buffer
@@ -222,3 +226,53 @@ def test_with_copies_every_cut_is_written_ahead_before_it_is_sent_and_its_copy_t
         r.log_and_flush(0.05 * (i + 1))
     assert r.wal.writes == 6 and r.sent == [1, 2, 3, 4, 5, 6]
     assert [d[-1] for d in r.on_disk_at_send] == [1, 2, 3, 4, 5, 6]
+
+
+def test_with_copies_the_next_generation_is_not_copied_while_the_cut_is_written_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training thread logs and reaches its copy mark while the sender writes the cut ahead (the spool's
+    write releases the GIL): that copy waits, so a kill then leaves no later point on disk without the cut's."""
+    r = _Copying(tmp_path / "s")
+    c = r.pipe.copies
+    assert c is not None
+    seen: list[tuple[int, int]] = []
+    append = r.spool.append
+
+    def training_thread_meanwhile(*args: Any) -> Any:
+        with r.buf.lock:
+            r.buf.cols["n"] = (array("q", [100]), array("d", [1.0]))  # the next generation's first point
+            r.buf.pending += 1
+            c.check()  # its clock: a copy is due
+        seen.append((c.copies, len(read_copies(r.spool.dir))))
+        return append(*args)
+
+    monkeypatch.setattr(r.spool, "append", training_thread_meanwhile)
+    r.log_and_flush(0.0)
+    assert seen == [(0, 0)], "nothing copied of the next generation during the write-ahead"
+    monkeypatch.setattr(r.spool, "append", append)
+    with r.buf.lock:
+        assert r.buf.mark <= r.buf.pending  # the sender's cut_done: the next call copies
+        c.check()
+    [g] = read_copies(r.spool.dir)
+    assert (g.gen, list(g.columns["n"][0])) == (1, [100])
+
+
+def test_a_held_batch_whose_write_failed_is_written_before_a_later_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool's records stay in number order with every unacknowledged batch: one held in memory (its write
+    failed) goes to disk before the next batch does, not skipped past."""
+    r = _Rank(tmp_path / "s", max_window=1)
+    r.log_and_flush(0.0)  # sent
+    append = r.spool.append
+
+    def full(*args: Any) -> Any:
+        raise SinkError("no space left on device")
+
+    monkeypatch.setattr(r.spool, "append", full)
+    r.log_and_flush(0.01)  # held (the window is full); its write fails: in memory
+    assert r.on_disk() == [] and r.pipe.held and len(r.buf.errors) == 1
+    monkeypatch.setattr(r.spool, "append", append)
+    r.log_and_flush(2.0)  # held too, after the pause: written with every unacked batch before it
+    assert r.on_disk() == [1, 2, 3]
