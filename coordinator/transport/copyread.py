@@ -20,7 +20,7 @@ from typing import Any
 from coordinator.core.columns import Column, from_le
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
-from coordinator.transport.copies import CUT, HEAD, PREFIX, ROWS, ZERO_HEAD
+from coordinator.transport.copyfile import CUT, HEAD, PREFIX, ROWS, ZERO_HEAD
 from coordinator.transport.plain import packb, unpack
 
 __all__ = ["CopiedGeneration", "copy_batches", "mark_replayed", "read_copies"]

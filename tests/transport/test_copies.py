@@ -14,7 +14,8 @@ from coordinator.errors import SinkError
 from coordinator.transport import copies as copies_mod
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.copies import Copies, copy_path
+from coordinator.transport.copies import Copies
+from coordinator.transport.copyfile import CopyFile, copy_path
 from coordinator.transport.copyread import copy_batches, read_copies
 from coordinator.transport.frames import Frame
 
@@ -368,13 +369,13 @@ def test_a_generation_copied_again_after_a_failure_does_not_read_back_its_first_
     for s in range(50):
         _point(r.buf, "a", s, float(s))
         assert r.copy()
-    write = copies_mod._Slot.write
+    write = CopyFile.write
 
-    def fail_once(slot: copies_mod._Slot, body: bytes) -> None:
-        monkeypatch.setattr(copies_mod._Slot, "write", write)
+    def fail_once(slot: CopyFile, body: bytes) -> None:
+        monkeypatch.setattr(CopyFile, "write", write)
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(copies_mod._Slot, "write", fail_once)
+    monkeypatch.setattr(CopyFile, "write", fail_once)
     _point(r.buf, "a", 50, 50.0)
     assert not r.copy() and len(r.buf.errors) == 1
     assert r.copy()
@@ -408,10 +409,10 @@ def test_a_cut_whose_record_fails_leaves_no_copy_to_go_in_beside_its_batches(
     _point(r.buf, "a", 0, 1.0)
     assert r.copy()
 
-    def fail(slot: copies_mod._Slot, body: bytes) -> None:
+    def fail(slot: CopyFile, body: bytes) -> None:
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(copies_mod._Slot, "write", fail)
+    monkeypatch.setattr(CopyFile, "write", fail)
     r.buf.cut({})
     r.copies.cut(0, 1, 1)
     assert len(r.buf.errors) == 1 and read_copies(tmp_path) == []
