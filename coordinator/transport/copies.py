@@ -72,6 +72,8 @@ __all__ = ["Copies", "open_copies"]
 _log = logging.getLogger(__name__)
 
 _PAUSE_AFTER_FAILURE_S = 1.0
+_MIN_TIMER_S = 1e-4
+"""The timer's shortest setting (0 would turn it off)."""
 _FAR = 1 << 40
 """Points past ``pending`` that put the copy mark out of reach (until the next cut resets it)."""
 _NUMPY_MIN_ROWS = 64
@@ -320,19 +322,24 @@ class Copies:
         self._buf.cond.notify_all()
         _log.error("%s", err)
 
-    def cut_done(self, gen: int) -> None:
-        """The sender cut generation ``gen`` and wrote it ahead (sender thread): copies of the next may start.
+    def now(self) -> float:
+        """The copies' clock (monotonic): the sender reads it before a cut, for :meth:`cut_done`."""
+        return self._clock()
 
-        Nothing is uncopied now; the next call checks again. The timer is set a kill window from
-        here, not from the last copy before the cut, so it does not fire (a wake-up of the sender)
-        before the training thread's next copy.
+    def cut_done(self, gen: int, cut_at: float) -> None:
+        """The sender cut generation ``gen`` at ``cut_at`` and wrote it ahead (sender thread): copy the next.
+
+        Nothing older than the cut is uncopied. The next call checks again: the next copy is due
+        half a kill window after the cut, at once if the write-ahead took that long. The timer is
+        set a kill window from the cut, not from the last copy before it, so it does not fire (a
+        wake-up of the sender) before the training thread's next copy.
         """
         b = self._buf
         with b.lock:
             self._settled = gen
-            self._last = self._clock()
+            self._last = cut_at
             b.copies_at(b.pending)
-            self.timer.arm(self._window)
+            self.timer.arm(max(cut_at + self._window - self._clock(), _MIN_TIMER_S))
 
     def cut(self, gen: int, first_seq: int, last_seq: int) -> None:
         """Generation ``gen`` was cut as batches ``first_seq..last_seq``, to be written ahead now (sender thread).

@@ -165,12 +165,13 @@ class Pipeline:
         if self.copies is None:
             batches = self._cutter.cut(self._buf)
         else:
+            cut_at = self.copies.now()
             try:
                 batches = self._cutter.cut(self._buf)
                 if batches:
                     self._write_cut(batches, now)
             finally:  # the next generation's copies wait for this (a failure: the run fails loudly)
-                self.copies.cut_done(self._cutter.cut_gen)
+                self.copies.cut_done(self._cutter.cut_gen, cut_at)
         self._buf.recount(sum(b.points for b in batches))
         if not batches:
             if not self._window and not self._outbox:

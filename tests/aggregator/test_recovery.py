@@ -118,7 +118,7 @@ def _copied(d: Path, gens: list[tuple[list[int], tuple[int, int] | None]]) -> No
         if seqs is not None:
             c.cut(gen, *seqs)
             c.spooled(seqs[1])  # written ahead (or, for a test, as if a kill came before: the spool lacks it)
-        c.cut_done(gen)  # the next generation may be copied
+        c.cut_done(gen, c.now())  # the next generation may be copied
 
 
 def _lost_rank_1(tmp_path: Path) -> tuple[Aggregator, Path]:

@@ -163,7 +163,7 @@ def test_the_next_generation_is_copied_only_once_the_cut_is_written_ahead_and_th
     assert c.copies == 2 and b.copy_mark > b.pending + 1_000_000  # its copy, the cut's record; no more checks
     assert [(g.gen, g.seqs, g.points) for g in read_copies(tmp_path)] == [(0, (5, 6), 1)]
     c.spooled(6)
-    c.cut_done(0)  # the sender wrote the cut ahead
+    c.cut_done(0, c.now())  # the sender wrote the cut ahead
     assert b.mark <= b.pending
     assert r.copy()
     assert [(g.gen, g.path.name, g.seqs, g.points) for g in read_copies(tmp_path)] == [
@@ -172,7 +172,7 @@ def test_the_next_generation_is_copied_only_once_the_cut_is_written_ahead_and_th
     ]
     b.cut({})
     c.cut(1, 7, 7)
-    c.cut_done(1)  # its write-ahead failed: batch 7 is only in memory
+    c.cut_done(1, c.now())  # its write-ahead failed: batch 7 is only in memory
     _point(b, "a", 3, 4.0)
     assert not r.copy()
     c.spooled(7)
@@ -235,9 +235,9 @@ def test_a_file_taken_again_does_not_read_back_what_an_earlier_generation_left_i
     b.cut({})
     c.cut(0, 1, 1)
     c.spooled(1)
-    c.cut_done(0)
+    c.cut_done(0, c.now())
     b.cut({})  # generation 1: nothing copied
-    c.cut_done(1)
+    c.cut_done(1, c.now())
     _point(b, "a", 50, 50.0)
     assert r.copy()
     [g] = read_copies(tmp_path)
@@ -354,7 +354,7 @@ def test_a_refusal_inside_the_kill_window_leaves_the_cut_to_the_timer_and_asks_n
     assert window * 0.9 <= time.monotonic() - t_copy <= window + 0.5
     assert not c.backstop()  # the sender's wake-up: refused again, so it cuts
     b.cut({})
-    c.cut_done(0)
+    c.cut_done(0, c.now())
     assert b.mark <= b.pending  # the next call checks again
     c.close()
 
@@ -416,3 +416,24 @@ def test_a_cut_whose_record_fails_leaves_no_copy_to_go_in_beside_its_batches(
     r.buf.cut({})
     r.copies.cut(0, 1, 1)
     assert len(r.buf.errors) == 1 and read_copies(tmp_path) == []
+
+
+def test_after_a_slow_write_ahead_the_next_copy_is_due_half_a_window_after_the_cut_not_after_the_write(
+    tmp_path: Path,
+) -> None:
+    """Points logged while the cut is written ahead wait for it (no copy until then); the window counts from the
+    cut, so once the write took half a window the next call copies them at once."""
+    r = _Rank(tmp_path)
+    b, c = r.buf, r.copies
+    _point(b, "a", 0, 1.0)
+    assert r.copy()
+    t_cut = c.now()
+    b.cut({})
+    c.cut(0, 1, 1)
+    _point(b, "a", 1, 2.0)
+    r.clock.t += WINDOW * 0.6  # the write-ahead took longer than half a window
+    c.spooled(1)
+    c.cut_done(0, t_cut)
+    with b.lock:
+        c.check()
+    assert [(g.gen, list(g.columns["a"][0])) for g in read_copies(tmp_path)] == [(0, [0]), (1, [1])]
