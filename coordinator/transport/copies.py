@@ -217,11 +217,11 @@ class Copies:
         """Append the new rows as one record; the points written, or -1: refused (what it cannot take, a failure)."""
         if b.fields or b.texts or self._deferred() or self._clock() < self._retry_at:
             return -1
-        slot = self._slots[b.gen % 2]
         if self._unspooled:
             # A cut is only in memory (its write-ahead failed): a copy of a later generation could
             # outlive its points; and its own copy, if it has one, must stay in its file.
             return -1
+        slot = self._slots[b.gen % 2]
         if b.gen != self._gen:
             self._gen = b.gen
             self._done, self._frames, self._ids = {}, {}, {}
@@ -359,7 +359,7 @@ class Copies:
             # else: its copy is gone (_failed); its batches go ahead to the spool as without copies
 
     def spooled(self, through: int) -> None:
-        """Every batch numbered up to ``through`` is on disk: the files of their generations may be taken again."""
+        """Every batch numbered up to ``through`` is on disk: copies refused for their cuts may go on."""
         if self._unspooled:
             with self._buf.lock:
                 for gen, last in list(self._unspooled.items()):
