@@ -285,9 +285,9 @@ class Pipeline:
                 return
 
     def _write_window(self, seq: int, now: float) -> None:
-        """Write ahead every batch in flight numbered up to ``seq`` not on disk yet (in order)."""
+        """Write ahead every unacknowledged batch numbered up to ``seq`` not on disk yet (in order; held ones too)."""
         if self._wal is not None:
-            self._wal.write_through(self._window.batches.values(), seq, now)
+            self._wal.write_through(self._unacked(()), seq, now)
 
     def write_unacked(self) -> None:
         """Write ahead everything in flight (the run closes: what is not acknowledged stays on disk).

@@ -276,3 +276,21 @@ def test_a_held_batch_whose_write_failed_is_written_before_a_later_one(
     monkeypatch.setattr(r.spool, "append", append)
     r.log_and_flush(2.0)  # held too, after the pause: written with every unacked batch before it
     assert r.on_disk() == [1, 2, 3]
+
+
+def test_at_close_a_held_batch_whose_write_failed_is_written_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is unacknowledged at close stays on disk: the batches in flight and those held in memory alike."""
+    r = _Rank(tmp_path / "s", max_window=1)
+    r.log_and_flush(0.0)  # sent
+    append = r.spool.append
+
+    def full(*args: Any) -> Any:
+        raise SinkError("no space left on device")
+
+    monkeypatch.setattr(r.spool, "append", full)
+    r.log_and_flush(0.01)  # held; its write fails
+    monkeypatch.setattr(r.spool, "append", append)
+    r.pipe.write_unacked()  # the run closes (its clock is past the pause)
+    assert r.on_disk() == [1, 2]
