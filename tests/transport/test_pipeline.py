@@ -258,22 +258,28 @@ def test_with_copies_the_next_generation_is_not_copied_while_the_cut_is_written_
     assert (g.gen, list(g.columns["n"][0])) == (1, [100])
 
 
-def test_a_held_batch_whose_write_failed_is_written_before_a_later_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The spool's records stay in number order with every unacknowledged batch: one held in memory (its write
-    failed) goes to disk before the next batch does, not skipped past."""
+def _held_after_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Rank:
+    """A rank with batch 1 in flight and batch 2 held (the window is full) in memory: its write failed."""
     r = _Rank(tmp_path / "s", max_window=1)
-    r.log_and_flush(0.0)  # sent
+    r.log_and_flush(0.0)
     append = r.spool.append
 
     def full(*args: Any) -> Any:
         raise SinkError("no space left on device")
 
     monkeypatch.setattr(r.spool, "append", full)
-    r.log_and_flush(0.01)  # held (the window is full); its write fails: in memory
+    r.log_and_flush(0.01)
+    monkeypatch.setattr(r.spool, "append", append)  # the disk has room again
+    return r
+
+
+def test_a_held_batch_whose_write_failed_is_written_before_a_later_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool's records stay in number order with every unacknowledged batch: one held in memory (its write
+    failed) goes to disk before the next batch does, not skipped past."""
+    r = _held_after_a_failed_write(tmp_path, monkeypatch)
     assert r.on_disk() == [] and r.pipe.held and len(r.buf.errors) == 1
-    monkeypatch.setattr(r.spool, "append", append)
     r.log_and_flush(2.0)  # held too, after the pause: written with every unacked batch before it
     assert r.on_disk() == [1, 2, 3]
 
@@ -282,15 +288,6 @@ def test_at_close_a_held_batch_whose_write_failed_is_written_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What is unacknowledged at close stays on disk: the batches in flight and those held in memory alike."""
-    r = _Rank(tmp_path / "s", max_window=1)
-    r.log_and_flush(0.0)  # sent
-    append = r.spool.append
-
-    def full(*args: Any) -> Any:
-        raise SinkError("no space left on device")
-
-    monkeypatch.setattr(r.spool, "append", full)
-    r.log_and_flush(0.01)  # held; its write fails
-    monkeypatch.setattr(r.spool, "append", append)
+    r = _held_after_a_failed_write(tmp_path, monkeypatch)
     r.pipe.write_unacked()  # the run closes (its clock is past the pause)
     assert r.on_disk() == [1, 2]
