@@ -45,8 +45,7 @@ FLUSH_INTERVAL_S = 0.05
 """A rank's flush interval in a job of up to 128 ranks (``Settings.flush_interval_s`` unset)."""
 MAX_AUTO_FLUSH_INTERVAL_S = 2.0
 """The longest automatic flush interval (5,120 ranks and more): well inside ``group_timeout_s`` and
-``liveness_timeout_s``, and a kill window still counted in seconds; past it the batches grow
-with the job again (relays per node are the way on)."""
+``liveness_timeout_s``; past it the batches grow with the job again (relays per node are the way on)."""
 AUTO_BATCHES_PER_S = 2560
 """Batches a second the ranks of a job send together at most when ``flush_interval_s`` is unset (up
 to 5,120 ranks): an eighth of what one aggregator takes hot, so that it keeps up with the points
@@ -123,8 +122,9 @@ class Settings:
     100-key dict at 50 steps/s: ~3 µs at 50 ms, ~1-1.5 at 200 ms, ~0.6-0.75 at 500 ms on a 2-core VM;
     ``python -m benchmarks.flush_intervals``), a shorter one more. Unset: 50 ms up to
     128 ranks, ``world_size / 2560`` s above (400 ms at 1024 ranks; at most 2 s), so that the run's one
-    aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`). After two empty
-    flushes the sender sleeps until the next write (which starts an interval) or its heartbeat."""
+    aggregator receives at most ~2,560 batches a second (:meth:`flush_interval`), the kill window
+    staying 50 ms (:meth:`kill_window`). After two empty flushes the sender sleeps until the next
+    write (which starts an interval) or its heartbeat."""
     kill_window_s: float | None = None
     """What a SIGKILLed rank may lose, when shorter than the flush interval: between flushes the
     training thread copies the points logged since the last copy to a file in the rank's spool
@@ -135,7 +135,9 @@ class Settings:
     spool does not hold from the copies. A step the sender numbers, a tensor not read yet, a
     field or a text makes the sender cut instead, within the window. With ``flush_interval_s=1``
     and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at about a third of the CPU
-    of 50 ms flushes (docs/performance.md, round 36). Unset: the kill window is the flush interval."""
+    of 50 ms flushes (docs/performance.md, round 36). Unset: 50 ms where ``flush_interval_s`` is
+    unset too and grows past 50 ms with the job (over 128 ranks), else the flush interval
+    (:meth:`kill_window`)."""
     max_batch_points: int = 65_536
     """Most points in one wire batch; a larger flush is split. A generation that reaches it is sent
     at once, without waiting for the flush interval."""
@@ -282,12 +284,26 @@ class Settings:
         takes about 20,000 a second; 1024 ranks flushing every 50 ms send 20,480. Unset, the
         interval grows with the job so that the ranks send at most :data:`AUTO_BATCHES_PER_S`
         batches a second together: 50 ms up to 128 ranks, 400 ms at 1024, 1.6 s at 4096, at most
-        :data:`MAX_AUTO_FLUSH_INTERVAL_S` (2 s, from 5,120 ranks). The
-        kill window grows with it (a SIGKILLed rank loses at most its last interval).
+        :data:`MAX_AUTO_FLUSH_INTERVAL_S` (2 s, from 5,120 ranks). The kill window does not grow
+        with it (:meth:`kill_window`).
         """
         if self.flush_interval_s is not None:
             return self.flush_interval_s
         return min(max(FLUSH_INTERVAL_S, world_size / AUTO_BATCHES_PER_S), MAX_AUTO_FLUSH_INTERVAL_S)
+
+    def kill_window(self, world_size: int) -> float | None:
+        """What a SIGKILLed rank of a ``world_size``-rank job may lose, where copies keep it below the flush interval.
+
+        The field, if set. Unset, the kill window is the default interval's, 50 ms, in a job whose
+        automatic flush interval grew past it (so a larger job does not lose more of a killed
+        rank: its ranks copy between flushes); ``None`` (the flush interval is the kill window)
+        where the interval is 50 ms or set by the user, who chose what a kill may lose with it.
+        """
+        if self.kill_window_s is not None:
+            return self.kill_window_s
+        if self.flush_interval_s is None and self.flush_interval(world_size) > FLUSH_INTERVAL_S:
+            return FLUSH_INTERVAL_S
+        return None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:

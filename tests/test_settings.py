@@ -185,6 +185,23 @@ def test_a_flush_interval_that_is_set_is_kept_at_any_job_size() -> None:
         Settings(flush_interval_s=float("nan"))
 
 
+@pytest.mark.parametrize(("world_size", "kill"), [(1, None), (128, None), (129, 0.05), (1024, 0.05), (20000, 0.05)])
+def test_an_unset_kill_window_stays_50_ms_when_the_unset_flush_interval_grows(
+    world_size: int, kill: float | None
+) -> None:
+    """Past 128 ranks the automatic interval grows and the kill window does not: 50 ms, as below."""
+    assert DEFAULTS.kill_window_s is None
+    assert DEFAULTS.kill_window(world_size) == kill
+
+
+def test_a_kill_window_or_flush_interval_the_user_set_decides_what_a_kill_loses_at_any_job_size() -> None:
+    """A set kill window is kept; a set flush interval is the kill window (None: no copies), even at 4096 ranks."""
+    assert Settings(kill_window_s=0.2).kill_window(4096) == 0.2
+    assert Settings(kill_window_s=0.2).kill_window(8) == 0.2
+    assert Settings(flush_interval_s=1.0).kill_window(4096) is None
+    assert Settings.resolve(None, {"COORDINATOR_FLUSH_INTERVAL_S": "0.5"}).kill_window(1024) is None
+
+
 def test_resolve_refuses_a_non_field_and_a_non_settings() -> None:
     """An argument that is not a field, or settings= of another type, is a ConfigError."""
     with pytest.raises(coordinator.ConfigError, match="flush_every"):

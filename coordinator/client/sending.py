@@ -46,14 +46,17 @@ def start_sender(
     point logged without a step is numbered.
     """
     flush_s = settings.flush_interval(world_size)
+    kill_s = _kill_window(settings, world_size, flush_s, spool_root, endpoint)
     if rank == 0 and flush_s > FLUSH_INTERVAL_S and settings.flush_interval_s is None:
         _log.info(
             "%d ranks: each rank flushes every %.2f s (Settings.flush_interval_s unset), so that the "
-            "aggregator receives at most ~%d batches a second; a SIGKILLed rank may lose its last %.2f s",
+            "aggregator receives at most ~%d batches a second; a SIGKILLed rank may lose its last %s",
             world_size,
             flush_s,
             AUTO_BATCHES_PER_S,
-            flush_s,
+            f"{flush_s:.2f} s"
+            if kill_s is None
+            else f"{kill_s:.2f} s of numbers at explicit steps (copied between flushes), {flush_s:.2f} s of the rest",
         )
     cfg = SenderConfig(
         run_id=run_id,
@@ -66,7 +69,8 @@ def start_sender(
         max_spool_bytes=settings.max_spool_bytes,
         spool_segment_bytes=settings.spool_segment_bytes,
         flush_interval_s=flush_s,
-        kill_window_s=_kill_window(settings, flush_s, spool_root, endpoint),
+        kill_window_s=kill_s,
+        copies_cut=settings.kill_window_s is not None,  # the automatic window keeps the interval's batch rate
         max_batch_points=settings.max_batch_points,
         max_window=settings.max_window_batches,
         ack_timeout_s=settings.ack_timeout_s,
@@ -94,12 +98,21 @@ def start_sender(
     return sender
 
 
-def _kill_window(settings: Settings, flush_s: float, spool_root: str | None, endpoint: str | None) -> float | None:
-    """The sender's copy interval (:mod:`~coordinator.transport.copies`): ``kill_window_s`` if below the flush."""
-    kill = settings.kill_window_s
+def _kill_window(
+    settings: Settings, world_size: int, flush_s: float, spool_root: str | None, endpoint: str | None
+) -> float | None:
+    """The sender's copy interval (:mod:`~coordinator.transport.copies`): the kill window if below the flush.
+
+    Copies need a spool and an aggregator to recover them from; without them a kill window the
+    user set is refused with a warning, the automatic one of a large job silently (rank 0's
+    line about the interval says what a kill may lose).
+    """
+    kill = settings.kill_window(world_size)
     if kill is None or kill >= flush_s:
         return None
     if spool_root is None or endpoint is None:
+        if settings.kill_window_s is None:
+            return None
         _log.warning(
             "Settings.kill_window_s=%s needs a spool and an aggregator: the kill window is the flush interval, %.3f s",
             kill,

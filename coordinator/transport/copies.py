@@ -42,8 +42,11 @@ batch (:func:`read_copies`):
 A copy takes only what the sender would send as it is: frames (dicts at explicit steps) and
 columns whose steps are all explicit. Anything else in the generation (a step the sender numbers,
 a tensor not read yet, a field write, a text) makes the copy refuse and the sender cut instead,
-as at every flush interval before: the kill window holds either way. A failed write (full disk)
-is reported once a pause, and the sender cuts instead until a second has passed.
+as at every flush interval before: the kill window holds either way. The automatic kill window
+of a large job (``cut=False``: ``Settings.kill_window``) does not cut early: a refused generation
+waits for its flush, so that the ranks' cuts stay at the rate the aggregator's budget sets. A
+failed write (full disk) is reported once a pause, and the sender cuts instead (or, without early
+cuts, lets the flush take the generation) until a second has passed.
 
 The files and their records: :mod:`.copyfile`.
 """
@@ -82,11 +85,17 @@ builds an int per row)."""
 
 
 def open_copies(
-    directory: str | os.PathLike[str], buf: Buffer, *, rank: int, window_s: float, deferred: Callable[[], bool] | None
+    directory: str | os.PathLike[str],
+    buf: Buffer,
+    rank: int,
+    window_s: float,
+    *,
+    cut: bool,
+    deferred: Callable[[], bool] | None,
 ) -> Copies | None:
     """:class:`Copies` for the rank's spool directory; None (logged) where the system has no timer for them."""
     try:
-        return Copies(directory, buf, rank=rank, window_s=window_s, deferred=deferred)
+        return Copies(directory, buf, rank=rank, window_s=window_s, cut=cut, deferred=deferred)
     except OSError as e:
         _log.warning("rank %d: no copies between flushes (%s): the kill window is the flush interval", rank, e)
         return None
@@ -102,6 +111,7 @@ class Copies:
         *,
         rank: int,
         window_s: float,
+        cut: bool = True,
         deferred: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -110,6 +120,10 @@ class Copies:
         buf: the run's buffer (copied from; it calls :meth:`check` at its copy mark).
         rank: this rank (for messages).
         window_s: the kill window: no point stays uncopied longer (plus scheduling).
+        cut: whether what a copy cannot take is cut within the kill window (``Settings.kill_window_s``
+            set); False (the automatic window of a large job): it waits for the flush interval, as
+            without copies, and the generation is not copied further (its cuts stay at the flush
+            interval's rate, which keeps the aggregator's batches a second within its budget).
         deferred: True while a tensor logged waits to be read (lock held): the sender must cut
             (the client's step numbering says; None: never).
         clock: the monotonic clock (tests give their own).
@@ -123,6 +137,7 @@ class Copies:
         self._buf = buf
         self._rank = rank
         self._window = window_s
+        self._cut = cut
         self._deferred = deferred if deferred is not None else _never
         self._clock = clock
         self._slots = (CopyFile(copy_path(self.dir, 0)), CopyFile(copy_path(self.dir, 1)))
@@ -165,7 +180,7 @@ class Copies:
 
     def _slow_write(self) -> None:
         """A field or a text was written (lock held): a copy refuses them, so the timer must bring a cut."""
-        if not self.timer.armed:
+        if self._cut and not self.timer.armed:
             self.timer.arm(self._window)
 
     # ------------------------------------------------------------------ sender thread
@@ -192,6 +207,11 @@ class Copies:
             b.copies_at(b.pending + _FAR)
             return True
         copied = self._write_rows(b)
+        if copied < 0 and not self._cut:
+            # Not cut early: the generation waits for its flush, and its later points with it (a
+            # copy of them alone could outlive the refused ones: a gap). Only the cut resets the mark.
+            b.copies_at(b.pending + _FAR)
+            return True
         if copied < 0:
             # A cut must take them within a kill window of the last copy or cut: now if that is
             # past (or the sender's timer asks), else the timer brings the sender then, and the
@@ -317,7 +337,8 @@ class Copies:
             slot.map[0 : HEAD.size] = ZERO_HEAD
         slot.close()
         slot.gen, self._gen = -1, -1
-        err = SinkError(f"rank {self._rank}: a copy of the uncut points failed ({e}); the sender cuts instead")
+        then = "the sender cuts instead" if self._cut else "they wait for the flush"
+        err = SinkError(f"rank {self._rank}: a copy of the uncut points failed ({e}); {then}")
         self._buf.errors.append(err)
         self._buf.cond.notify_all()
         _log.error("%s", err)

@@ -80,6 +80,8 @@ class SenderConfig:
     kill_window_s: float | None = None
     """The kill window when copies of the uncut generation keep it below the flush interval
     (:mod:`.copies`; with a spool and an endpoint); None: the flush interval is the kill window."""
+    copies_cut: bool = True
+    """Cut what a copy cannot take within the kill window (False: it waits for the flush interval)."""
     max_batch_points: int = DEFAULTS.max_batch_points
     max_window: int = DEFAULTS.max_window_batches
     ack_timeout_s: float = DEFAULTS.ack_timeout_s
@@ -177,7 +179,7 @@ class SenderThread(threading.Thread):
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         elif c.kill_window_s is not None and c.spool_dir is not None:
             deferred = getattr(self._number_steps, "deferred", None)  # the client's: a tensor not read yet
-            copies = open_copies(c.spool_dir, self.buf, rank=c.rank, window_s=c.kill_window_s, deferred=deferred)
+            copies = open_copies(c.spool_dir, self.buf, c.rank, c.kill_window_s, cut=c.copies_cut, deferred=deferred)
         return Pipeline(
             buf=self.buf,
             cutter=Cutter(
@@ -345,10 +347,8 @@ class SenderThread(threading.Thread):
                 self._on_reply(frames)
             except ProtocolError as e:
                 if e.code == "version":
-                    err = ProtocolError(
-                        f"rank {self.cfg.rank}: the aggregator at {self.cfg.endpoint} is incompatible: {e}",
-                        code="version",
-                    )
+                    msg = f"rank {self.cfg.rank}: the aggregator at {self.cfg.endpoint} is incompatible: {e}"
+                    err = ProtocolError(msg, code="version")
                     self.buf.fail(err, fatal=True)
                     self._requests.fail_all(err)
                 else:

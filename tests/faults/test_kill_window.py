@@ -40,9 +40,11 @@ def _start(
     *,
     flush: float | None = None,
     kill_window: float | None = None,
+    world: int | None = None,
 ) -> tuple[Path, list[subprocess.Popen[str]]]:
     """Two ranks of the kill-window worker (default: at the default flush interval), 1.5 s into logging.
 
+    ``world``: the ranks claim a job of that size, at its automatic flush interval and kill window.
     Returns the out directory and the processes.
     """
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
@@ -50,7 +52,8 @@ def _start(
     out.mkdir()
     flush = DEFAULTS.flush_interval(2) if flush is None else flush
     extra = [] if kill_window is None else ["--kill-window", str(kill_window)]
-    procs = _spawn(2, out, store_dir, "--flush", str(flush), "--rate", str(rate), *extra)
+    extra += ["--flush", str(flush)] if world is None else ["--world", str(world)]
+    procs = _spawn(2, out, store_dir, "--rate", str(rate), *extra)
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)
     return out, procs
@@ -146,6 +149,31 @@ def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flus
         assert kept <= logged + 10
     else:
         assert kept < safe, "the kill did not land late in a flush interval: the test shows nothing"
+
+
+def test_a_large_jobs_sigkilled_rank_loses_at_most_50_ms_not_its_automatic_flush_interval(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks claiming a 4096-rank job, at the defaults: 1.6 s flushes (the aggregator's batch budget) and the
+    default's 50 ms kill window, kept by copies. Rank 1 is SIGKILLed 0.15-0.3 s before a flush, its uncut
+    generation 1.3-1.45 s old: every step logged more than 50 ms (plus the scheduling allowance) before is stored.
+
+    Without the automatic kill window (copies off) the same kill loses the 1.3 s and the check fails.
+    """
+    world = 4096
+    flush = DEFAULTS.flush_interval(world)
+    assert flush == 1.6 and DEFAULTS.kill_window(world) == _KILL_WINDOW_S
+    out, procs = _start(store_dir, tmp_path, monkeypatch, world=world)
+    while not flush - 0.3 < time.time() % flush < flush - 0.15:
+        time.sleep(0.01)
+    t_kill = _kill_rank1(out, procs)
+    safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
+    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
+    assert safe > 1000
+    [info] = list_runs(store_dir)
+    kept = _rank1_steps(info.path / "run.db", out)
+    assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {_KILL_WINDOW_S * 1000:g} ms before the kill"
+    assert kept <= logged + 10
 
 
 def _progress_lines(progress: Path) -> int:

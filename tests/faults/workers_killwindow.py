@@ -1,7 +1,9 @@
 """A rank of the kill-window test: logs ``m`` at a steady pace and records when it logged each step.
 
 ``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load);
-``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes).
+``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes);
+``--world N`` without ``--flush`` makes the two ranks claim an N-rank job, whose flush interval and
+kill window are then the automatic ones (the others never connect: the run ends failed).
 
 Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to ``<out>/rank1.progress`` after every 10th
 ``log()`` (the test SIGKILLs it and compares what the store kept with what it had logged by
@@ -29,14 +31,21 @@ def main() -> None:
     """Log paced points until killed (rank 1) or told the kill happened (rank 0)."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--flush", type=float, required=True)
+    p.add_argument("--flush", type=float, help="Settings.flush_interval_s (unset: automatic)")
+    p.add_argument("--world", type=int, help="Settings.world_size (the job the ranks claim to be)")
     p.add_argument("--doze", choices=("log", "field", "text"))
     p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
     p.add_argument("--kill-window", type=float, help="Settings.kill_window_s (copies between flushes)")
     args = p.parse_args()
     out = Path(args.out)
     rank = int(os.environ["RANK"])
-    settings = coordinator.Settings(flush_interval_s=args.flush, kill_window_s=args.kill_window, liveness_timeout_s=3.0)
+    settings = coordinator.Settings(
+        flush_interval_s=args.flush,
+        kill_window_s=args.kill_window,
+        liveness_timeout_s=3.0,
+        world_size=args.world,
+        stop_grace_s=30.0 if args.world is None else 3.0,  # ranks that never connect are not waited for long
+    )
     with coordinator.init_run(settings=settings) as run:
         if args.doze:
             _doze(run, rank, out, args.doze)

@@ -35,11 +35,11 @@ class _Clock:
 class _Rank:
     """A buffer, its copies and their clock: what a rank's training thread copies from and into."""
 
-    def __init__(self, d: Path, *, rank: int = 0, deferred: Callable[[], bool] | None = None) -> None:
+    def __init__(self, d: Path, *, rank: int = 0, deferred: Callable[[], bool] | None = None, cut: bool = True) -> None:
         self.buf = Buffer(1_000_000)
         self.buf.wake_at(1_000_000, lambda: None)  # a sender to wake: a refused copy asks it for a cut
         self.clock = _Clock()
-        self.copies = Copies(d, self.buf, rank=rank, window_s=WINDOW, clock=self.clock, deferred=deferred)
+        self.copies = Copies(d, self.buf, rank=rank, window_s=WINDOW, cut=cut, clock=self.clock, deferred=deferred)
 
     def copy(self) -> bool:
         """A copy as the training thread makes one (half a kill window after the last, lock held); False: refused."""
@@ -130,6 +130,38 @@ def test_what_a_copy_cannot_hold_makes_it_refuse_write_nothing_and_ask_for_a_cut
         b.texts["t"] = (array("q", [0]), ["x"])
     assert not r.copy()
     assert r.copies.copies == 0 and read_copies(tmp_path) == []
+
+
+def test_without_early_cuts_a_refused_generation_waits_for_its_flush_and_the_next_is_copied_again(
+    tmp_path: Path,
+) -> None:
+    """The automatic kill window of a large job (``cut=False``): what a copy cannot take asks for no cut and sets no
+    timer (the cuts stay at the flush interval's rate), and the generation's later rows are not copied either (a
+    copy of them alone could outlive the refused ones). After its cut, the next generation is copied."""
+    r = _Rank(tmp_path, cut=False)
+    b, c = r.buf, r.copies
+    _point(b, "a", 0, 1.0)
+    assert r.copy() and c.copies == 1
+    c.timer.disarm()
+    b.fields.append(("f", ("int", 1)))  # as the hot path does: a field write tells the copies
+    c._slow_write()
+    assert not c.timer.armed
+    _point(b, "a", 1, 2.0)
+    assert r.copy()  # refused, but no cut asked for
+    assert not b.flush_requested and not c.timer.armed and b.copy_mark > b.pending + 1_000_000
+    _point(b, "a", 2, 3.0)
+    c.timer.arm(1e-4)
+    time.sleep(0.01)
+    assert c.backstop()  # the timer of an earlier copy fired: still refused (the field stays until the cut), no cut
+    assert not b.flush_requested and c.copies == 1 and [s for s, _ in _only(tmp_path)["a"]] == [0]
+    assert b.cut({})[0] == 0 and not b.fields
+    c.cut(0, 1, 1)
+    c.spooled(1)
+    c.cut_done(0, c.now())
+    assert b.mark <= b.pending
+    _point(b, "a", 3, 4.0)
+    assert r.copy() and c.copies == 3  # the cut's record, then the next generation's copy
+    assert [(g.gen, g.seqs, g.points) for g in read_copies(tmp_path)] == [(0, (1, 1), 1), (1, None, 1)]
 
 
 def test_a_long_column_of_explicit_steps_is_copied_and_one_numbered_step_anywhere_refuses(tmp_path: Path) -> None:
