@@ -132,7 +132,7 @@ class Settings:
     (~50-70 µs of CPU each; frames and columns at explicit steps; a timer wakes the sender for
     what a rank that stopped logging left), and every cut is written ahead to the spool before it
     is sent; recovery (a lost rank's spool at the run's end, ``coordinator sync``) takes what the
-    spool does not hold from the copies. A step the sender numbers, a tensor not read yet, a
+    spool does not hold from the copies. A step the sender numbers, a GPU tensor still queued, a
     field or a text makes the sender cut instead, within the window. With ``flush_interval_s=1``
     and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at about a third of the CPU
     of 50 ms flushes (docs/performance.md, round 36). Unset: 50 ms where ``flush_interval_s`` is

@@ -6,7 +6,10 @@ non-blocking copy into pinned host memory plus an event recorded behind it on th
 stream; on the CPU a detached copy. The column gets a NaN placeholder, and the sender thread
 writes the real value in when it cuts the column (``StepNumbering`` calls :meth:`resolve`),
 waiting for the event there, off the training thread. CPU tensors take the same path, so CI
-tests it.
+tests it. The copies of the uncut generation (``Settings.kill_window_s``) cannot take a NaN
+placeholder: before one, :meth:`deferred` reads every value that is there to read without
+waiting (a CPU snapshot; a CUDA copy whose event has completed), so a rank that logs tensors is
+copied like one that logs floats, and cut early only for a GPU copy still queued.
 
 Plain floats never reach this module: the hot path checks ``v.__class__ is not float`` first.
 """
@@ -31,6 +34,19 @@ _TENSOR_CLASS: dict[type, bool] = {}
 
 _MAX_PENDING = 65_536
 """Deferred values held at most; past it the oldest are read on the training thread (they are long done)."""
+
+
+def _landed(event: _Event | None) -> bool:
+    """Whether a snapshot can be read without waiting: on the CPU, or its CUDA event completed.
+
+    A device error raised by the query counts as landed: the read then reports it (the point NaN).
+    """
+    if event is None:
+        return True
+    try:
+        return event.query()
+    except Exception:  # the read that follows raises it again, reported there with the point
+        return True
 
 
 def is_tensor(v: object) -> bool:
@@ -65,6 +81,8 @@ class _Event(Protocol):
     def record(self) -> None: ...
 
     def synchronize(self) -> None: ...
+
+    def query(self) -> bool: ...
 
 
 _Entry = tuple[int, Any, _Event | None]
@@ -118,7 +136,23 @@ class DeviceScalars:
             self._resolve_oldest()
 
     def deferred(self) -> bool:
-        """Whether a tensor's value waits to be read (lock held)."""
+        """Whether a tensor's value still waits to be read (lock held), once those that can be are read now.
+
+        A CPU snapshot is read at once (~1 µs); a CUDA copy once its event has completed (a query,
+        no sync), in each column's order, up to the first still queued. The copies of the uncut
+        generation ask before each copy, and a column whose values are all read can be copied.
+        """
+        if self._count == 0:
+            return False
+        for steps, values, reads in self._pending.values():
+            n = 0
+            while n < len(reads) and _landed(reads[n][2]):
+                n += 1
+            if n:
+                self._count -= n  # first, as in discard_from()
+                done = reads[:n]
+                del reads[:n]
+                self._late.extend(self._write(steps, values, done))
         return self._count > 0
 
     def discard_from(self, steps: array[int], n: int) -> None:

@@ -41,7 +41,8 @@ batch (:func:`read_copies`):
 
 A copy takes only what the sender would send as it is: frames (dicts at explicit steps) and
 columns whose steps are all explicit. Anything else in the generation (a step the sender numbers,
-a tensor not read yet, a field write, a text) makes the copy refuse and the sender cut instead,
+a GPU tensor whose copy to the host is still queued, a field write, a text; a tensor's snapshot
+that is there to read is read first: ``deferred``) makes the copy refuse and the sender cut instead,
 as at every flush interval before: the kill window holds either way. The automatic kill window
 of a large job (``cut=False``: ``Settings.kill_window``) does not cut early: a refused generation
 waits for its flush, so that the ranks' cuts stay at the rate the aggregator's budget sets. A

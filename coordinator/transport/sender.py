@@ -178,7 +178,7 @@ class SenderThread(threading.Thread):
             assert wal is not None, "an offline sender needs a spool"
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         elif c.kill_window_s is not None and c.spool_dir is not None:
-            deferred = getattr(self._number_steps, "deferred", None)  # the client's: a tensor not read yet
+            deferred = getattr(self._number_steps, "deferred", None)  # the client's: a GPU tensor still queued
             copies = open_copies(c.spool_dir, self.buf, c.rank, c.kill_window_s, cut=c.copies_cut, deferred=deferred)
         return Pipeline(
             buf=self.buf,

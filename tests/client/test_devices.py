@@ -6,14 +6,19 @@ CPU tensors take the same path as CUDA ones (CI has no GPU); the ``gpu`` test pr
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from array import array
 from pathlib import Path
 
 import pytest
 
 import coordinator
 from coordinator.client.devices import DeviceScalars, is_tensor
+from coordinator.client.steps import StepNumbering
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.copies import Copies
 from tests.client.helpers import open_store
 
 torch = pytest.importorskip("torch")
@@ -99,16 +104,30 @@ def test_deferred_values_are_bounded_without_a_cut() -> None:
     assert all(v == float(s) for st, vals in cols for s, v in zip(st, vals, strict=True))
 
 
-def test_a_tensor_not_read_yet_makes_the_senders_copy_refuse_until_its_column_is_resolved(tmp_path: Path) -> None:
-    """With ``kill_window_s`` the sender copies the uncut points; a tensor's value is not known until the sender
-    reads it, so the copy refuses (the sender cuts instead) while one waits: the run's numbering says so."""
-    import itertools
-    from array import array
+class _QueuedCopy:
+    """A CUDA event for a device-to-host copy still queued behind the GPU's work, until ``land()``.
 
-    from coordinator.client.steps import StepNumbering
-    from coordinator.transport.buffer import Buffer
-    from coordinator.transport.copies import Copies
+    This VM has no GPU: the event's three calls are what ``DeviceScalars`` uses of a real one.
+    """
 
+    def __init__(self) -> None:
+        self.done = False
+
+    def land(self) -> None:
+        self.done = True
+
+    def record(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        assert self.done, "the test reads only a landed copy"
+
+
+def _copies_of_tensors(tmp_path: Path) -> tuple[Buffer, DeviceScalars, StepNumbering, Copies]:
+    """A buffer, its device scalars, the run's numbering over them, and copies asking that numbering."""
     b = Buffer(1000)
     d = DeviceScalars(b.lock, b.fail)
     numbering = StepNumbering(0, d.resolve, d.deferred)
@@ -116,21 +135,74 @@ def test_a_tensor_not_read_yet_makes_the_senders_copy_refuse_until_its_column_is
     copies = Copies(
         tmp_path, b, rank=0, window_s=0.05, deferred=numbering.deferred, clock=itertools.count(1.0).__next__
     )
+    return b, d, numbering, copies
+
+
+def test_a_cpu_tensor_is_read_by_the_copy_that_takes_it_no_cut_asked(tmp_path: Path) -> None:
+    """With ``kill_window_s`` the training thread copies the uncut points; a CPU tensor's snapshot is read then
+    (~1 µs), so the copy takes its value and the sender is not asked for an early cut."""
+    b, d, numbering, copies = _copies_of_tensors(tmp_path)
     steps, values = b.cols["t"] = (array("q"), array("d"))
     with b.lock:
-        d.defer("t", torch.tensor(2.5), steps, values)
+        for s in range(3):
+            d.defer("t", torch.tensor(2.5 + s), steps, values)
+            steps.append(s)
+            b.pending += 1
+        copies.check()
+        assert not b.flush_requested and copies.copies == 1 and list(values) == [2.5, 3.5, 4.5]
+        assert not numbering.deferred()
+    numbering("t", steps)  # the cut's numbering has nothing left to read
+    assert list(values) == [2.5, 3.5, 4.5]
+    copies.close()
+
+
+def test_a_gpu_copy_still_queued_makes_the_copy_refuse_until_it_lands(tmp_path: Path) -> None:
+    """A CUDA snapshot is read only once its event completed (a query, no sync on the training thread): while
+    one is queued the copy refuses (the sender is asked to cut); once it landed, the copy reads and takes it."""
+    b, d, numbering, copies = _copies_of_tensors(tmp_path)
+    steps, values = b.cols["t"] = (array("q"), array("d"))
+    queued = _QueuedCopy()
+    with b.lock:
+        values.append(float("nan"))  # what defer() appends, with the snapshot and its event
+        d._pending[id(steps)] = (steps, values, [(0, torch.tensor(7.0), queued)])
+        d._count += 1
         steps.append(0)
         b.pending += 1
-        assert numbering.deferred()
         copies.check()
         assert b.flush_requested and copies.copies == 0  # refused: the sender is asked to cut
         b.flush_requested = False
-    numbering("t", steps)  # the cut's numbering reads the tensor
-    with b.lock:
-        assert not numbering.deferred()
+        queued.land()
+        assert not numbering.deferred() and list(values) == [7.0]
         copies.check()
-        assert not b.flush_requested and copies.copies == 1 and list(values) == [2.5]
+        assert not b.flush_requested and copies.copies == 1
     copies.close()
+
+
+def test_with_copies_a_rank_logging_cpu_tensors_is_copied_between_flushes_not_cut_every_window(
+    store_dir: Path,
+) -> None:
+    """``flush_interval_s=1, kill_window_s=0.1`` and a tensor loss each step: the copies read the snapshots and take
+    them, so the rank is cut about once a flush (not ten times a second, the rate before copies could read
+    tensors), and every value is stored once, as logged."""
+    settings = coordinator.Settings(rank=0, world_size=1, flush_interval_s=1.0, kill_window_s=0.1)
+    with coordinator.init_run(name="kw-tensors", settings=settings) as run:
+        pipe = run._sender._pipe
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 1.2:
+            run.log({"loss": torch.tensor(float(n)), "lr": 0.5}, step=n)
+            n += 1
+            time.sleep(0.004)
+        cuts, copied = pipe.cut_batches, (-1 if pipe.copies is None else pipe.copies.copies)
+        run.wait(30)
+    assert copied >= 10, copied  # ~1.2 s at a copy every ~50 ms
+    assert cuts <= 4, cuts  # the 1 s grid's flushes (1-2 in 1.2 s), not one every 0.1 s window (~12)
+    s = open_store(store_dir)
+    try:
+        assert s.values("loss", 0) == [(i, float(i)) for i in range(n)]
+        assert s.values("lr", 0) == [(i, 0.5) for i in range(n)]
+    finally:
+        s.close()
 
 
 @pytest.mark.gpu

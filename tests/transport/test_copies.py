@@ -117,7 +117,8 @@ def test_a_frame_spilled_into_columns_keeps_the_count_of_its_copied_rows(tmp_pat
 
 @pytest.mark.parametrize("what", ["numbered_step", "field", "text", "tensor"])
 def test_what_a_copy_cannot_hold_makes_it_refuse_write_nothing_and_ask_for_a_cut(what: str, tmp_path: Path) -> None:
-    """A step the sender numbers, a field, a text, a tensor not read yet: the sender cuts instead."""
+    """A step the sender numbers, a field, a text, a tensor not read yet (the
+    client reads what it can first: ``DeviceScalars.deferred``): the sender cuts instead."""
     waiting = what == "tensor"
     r = _Rank(tmp_path, deferred=lambda: waiting)
     b = r.buf
