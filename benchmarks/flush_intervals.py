@@ -25,6 +25,8 @@ ahead to the spool (:mod:`coordinator.transport.copies`), so a SIGKILLed rank ma
 as much in the double fault (its batches are on disk before they are sent).
 
     python -m benchmarks.flush_intervals [--intervals 0.05,0.1,0.2,0.5,0.5/0.05] [--repeats 2] [--seconds 10]
+
+``--tensor-loss`` makes one value of each step's dict a CPU tensor, as a training loop's loss.
 """
 
 from __future__ import annotations
@@ -83,9 +85,17 @@ def summarize(found: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def measure(
-    interval_s: float, ranks: int, seconds: float, timeout_s: float = 300.0, *, kill_window_s: float | None = None
+    interval_s: float,
+    ranks: int,
+    seconds: float,
+    timeout_s: float = 300.0,
+    *,
+    kill_window_s: float | None = None,
+    tensor_loss: bool = False,
 ) -> dict[str, float]:
     """Run the paced job once with ``flush_interval_s=interval_s`` (and ``kill_window_s``); its :func:`summarize`.
+
+    ``tensor_loss``: one value of each step's dict is a CPU tensor (``rank_threads --tensor-loss``).
 
     Raises:
         RuntimeError: the job failed.
@@ -99,6 +109,7 @@ def measure(
             env["COORDINATOR_KILL_WINDOW_S"] = repr(kill_window_s)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
         cmd += ["-m", "benchmarks.rank_threads", "--seconds", str(seconds), "--out", d]
+        cmd += ["--tensor-loss"] if tensor_loss else []
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
         if p.returncode:
             raise RuntimeError(f"the paced job failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=10.0, help="rank_threads' measured window")
     ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--tensor-loss", action="store_true", help="one value of each step's dict is a CPU tensor")
     args = ap.parse_args(argv)
     try:
         variants = [parse_variant(x) for x in args.intervals.split(",") if x]
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[tuple[float, float | None], list[dict[str, float]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            runs[v].append(measure(v[0], args.ranks, args.seconds, kill_window_s=v[1]))
+            runs[v].append(measure(v[0], args.ranks, args.seconds, kill_window_s=v[1], tensor_loss=args.tensor_loss))
             print(f"# repeat {rep + 1}, {label(v)}: {runs[v][-1]}", file=sys.stderr)
     print(
         "| flush interval | a SIGKILLed rank may lose | with its aggregator gone too | ranks' logging threads "

@@ -22,7 +22,9 @@ machine.
 
 ``--rate`` and ``--keys`` change the load (``--rate 1 --keys 10``: a run that logs a 10-key dict
 once a second, where the fixed cost of the threads that wake up whether or not anything was
-logged dominates).
+logged dominates). ``--tensor-loss`` makes the dict's first value a CPU tensor, as a training
+loop's loss is (made before the timed call): the dict then takes the per-key path, and the
+tensor is read on the sender thread, or by a copy (``kill_window_s``).
 
 Under ``torchrun`` (``python -m torch.distributed.run --standalone --nproc_per_node=4 -m
 benchmarks.rank_threads``) every rank runs the same loop into one run and prints its own threads;
@@ -38,6 +40,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="measured window (after a 1 s warm-up)")
     ap.add_argument("--rate", type=float, default=_RATE, help=f"steps per second (default {_RATE:g})")
     ap.add_argument("--keys", type=int, default=_KEYS, help=f"keys in the dict logged each step (default {_KEYS})")
+    ap.add_argument("--tensor-loss", action="store_true", help="the dict's first value is a CPU tensor")
     ap.add_argument("--out", default=None, help="also write each rank's threads to OUT/rank<r>.json (flush_intervals)")
     args = ap.parse_args(argv)
     rate, n_keys = args.rate, args.keys
@@ -148,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = coordinator.Settings(dir=str(root), handle_sigterm=False, capture_env=False)
     run = coordinator.init_run(project="bench", name="rank-threads", settings=settings)
     keys = [f"train/m{j:03d}" for j in range(n_keys)]
+    tensor: Callable[[float], Any] | None = None
+    if args.tensor_loss:
+        import torch
+
+        tensor = torch.tensor
     step = 0
     in_log = 0  # the training thread's CPU inside log() calls, ns
 
@@ -156,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         t = time.monotonic()
         cpu = time.thread_time_ns
         for _ in range(n):
-            data = dict(zip(keys, [0.5 + j for j in range(n_keys)], strict=True))
+            data: dict[str, Any] = dict(zip(keys, [0.5 + j for j in range(n_keys)], strict=True))
+            if tensor is not None:
+                data[keys[0]] = tensor(0.25 + step)
             c0 = cpu()
             run.log(data, step=step)
             in_log += cpu() - c0

@@ -49,12 +49,15 @@ def test_a_longer_interval_wakes_the_ranks_and_the_aggregator_less() -> None:
     short = measure(0.05, 2, 3.0, timeout_s=240)
     long = measure(0.5, 2, 3.0, timeout_s=240)
     copying = measure(0.5, 2, 3.0, timeout_s=240, kill_window_s=0.05)
+    tensors = measure(0.5, 2, 3.0, timeout_s=240, kill_window_s=0.05, tensor_loss=True)
     # 20 flushes a second against 2, per rank: the senders and their I/O threads wake far less.
     assert long["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert long["aggregator_wakeups"] < short["aggregator_wakeups"]
     # Copies every 50 ms are made by the training threads, in their log() calls: nothing else wakes for them.
     assert copying["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert copying["aggregator_wakeups"] < short["aggregator_wakeups"]
+    # A tensor in each step's dict: the copies read it and take it, so its rank is not cut (and woken) every window.
+    assert tensors["ranks_wakeups"] < short["ranks_wakeups"] / 2
     assert short["us_per_point"] > 0 and long["us_per_point"] > 0 and short["training_ms"] > 0
     # The log() calls were timed: part of the training threads' CPU, and counted in the sum with them.
     assert 0 < short["log_ms"] < short["training_ms"] and short["us_per_point_log"] > short["us_per_point"]
