@@ -129,10 +129,11 @@ class Settings:
     """What a SIGKILLed rank may lose, when shorter than the flush interval: between flushes the
     training thread copies the points logged since the last copy to a file in the rank's spool
     directory about every half window, in the ``log()``/``append()`` call that finds a copy due
-    (~50-70 µs of CPU each; frames and columns at explicit steps; a timer wakes the sender for
+    (~50-70 µs of CPU each; a point logged without a step is numbered when read back, as the
+    sender numbers it; a timer wakes the sender for
     what a rank that stopped logging left), and every cut is written ahead to the spool before it
     is sent; recovery (a lost rank's spool at the run's end, ``coordinator sync``) takes what the
-    spool does not hold from the copies. A step the sender numbers, a GPU tensor still queued, a
+    spool does not hold from the copies. A GPU tensor whose copy to the host is still queued, a
     field or a text makes the sender cut instead, within the window. With ``flush_interval_s=1``
     and ``kill_window_s=0.05`` a paced job keeps a 50 ms kill window at about a third of the CPU
     of 50 ms flushes (docs/performance.md, round 36). Unset: 50 ms where ``flush_interval_s`` is

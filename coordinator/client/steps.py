@@ -18,12 +18,9 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
-import numpy as np
+from coordinator.core.numbering import number_steps
 
 __all__ = ["StepNumbering"]
-
-_VECTOR_POINTS = 256
-"""A cut column this long is numbered with numpy (shorter ones: a Python loop is cheaper)."""
 
 _log = logging.getLogger("coordinator")
 
@@ -98,37 +95,18 @@ class StepNumbering:
         """Replace each -1 in ``steps`` (no step given) by the previous step for ``key`` + 1, in place."""
         if self._resolve is not None:
             self._resolve(steps)
-        last = self._last.get(key, -1)
-        if len(steps) >= _VECTOR_POINTS:
-            self._last[key] = self._number_long(key, steps, last)
+        if not steps:
             return
-        if min(steps) < 0:
-            if self._auto is not None:
-                self._auto.add(key)
-            for i, s in enumerate(steps):
-                if s < 0:
-                    s = steps[i] = last + 1
-                last = s
-        else:
-            last = steps[-1]
+        last, numbered = number_steps(steps, self._last.get(key, -1))
+        if numbered and self._auto is not None:
+            self._auto.add(key)
         self._last[key] = last
 
-    def _number_long(self, key: str, steps: array[int], last: int) -> int:
-        """:meth:`__call__` for a long column, with numpy; returns the column's last step.
+    def last(self, key: str) -> int:
+        """The last step of ``key`` so far (-1: none), from which the next point without a step is numbered.
 
-        A rank logging flat out cuts columns of tens of thousands of points: ``min()`` over the
-        array and the per-point loop held the GIL for milliseconds in one C call or one stretch
-        (the training thread waited for it). Each -1 at position ``i`` becomes the last explicit
-        step before it (at ``p``; ``last`` when there is none, ``p = -1``) plus ``i - p``: the
-        sequential rule, all at once.
+        The copies of the uncut generation record it with a key's column (any thread): until that
+        generation is cut, the sender (which changes it at a cut, and a WELCOME for a key not
+        logged yet: a resumed rank's first) leaves it as it is.
         """
-        a = np.frombuffer(steps, dtype=np.int64)  # a view: written in place
-        auto = a < 0
-        if auto.any():
-            if self._auto is not None:
-                self._auto.add(key)
-            idx = np.arange(len(a), dtype=np.int64)
-            pos = np.maximum.accumulate(np.where(auto, -1, idx))
-            base = np.where(pos >= 0, a[np.maximum(pos, 0)], last)
-            a[auto] = (base + (idx - pos))[auto]
-        return int(a[-1])
+        return self._last.get(key, -1)

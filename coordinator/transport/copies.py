@@ -39,10 +39,12 @@ batch (:func:`read_copies`):
   order), counted from the spool, and the copy's other points go in; only if the spool does not
   hold them all is the copy skipped and reported (an event, an error).
 
-A copy takes only what the sender would send as it is: frames (dicts at explicit steps) and
-columns whose steps are all explicit. Anything else in the generation (a step the sender numbers,
-a GPU tensor whose copy to the host is still queued, a field write, a text; a tensor's snapshot
-that is there to read is read first: ``deferred``) makes the copy refuse and the sender cut instead,
+A copy takes the frames (dicts at explicit steps) and the columns as they are, a point logged
+without a step as -1: a column is named in its generation's first record with its key's last
+step as the sender's numbering has it (unchanged until the generation is cut), and reading it
+back numbers the -1s from there, as the sender would have. Anything else in the generation (a GPU
+tensor whose copy to the host is still queued, a field write, a text; a tensor's snapshot that is
+there to read is read first: ``deferred``) makes the copy refuse and the sender cut instead,
 as at every flush interval before: the kill window holds either way. The automatic kill window
 of a large job (``cut=False``: ``Settings.kill_window``) does not cut early: a refused generation
 waits for its flush, so that the ranks' cuts stay at the rate the aggregator's budget sets. A
@@ -57,11 +59,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from array import array
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from coordinator.core.columns import to_le
 from coordinator.errors import SinkError
@@ -80,9 +79,6 @@ _MIN_TIMER_S = 1e-4
 """The timer's shortest setting (0 would turn it off)."""
 _FAR = 1 << 40
 """Points past ``pending`` that put the copy mark out of reach (until the next cut resets it)."""
-_NUMPY_MIN_ROWS = 64
-"""New rows of a column past which their smallest step is found with numpy (a Python ``min``
-builds an int per row)."""
 
 
 def open_copies(
@@ -92,11 +88,16 @@ def open_copies(
     window_s: float,
     *,
     cut: bool,
-    deferred: Callable[[], bool] | None,
+    numbering: object,
 ) -> Copies | None:
-    """:class:`Copies` for the rank's spool directory; None (logged) where the system has no timer for them."""
+    """:class:`Copies` for the rank's spool directory; None (logged) where the system has no timer for them.
+
+    ``numbering``: the sender's step numbering; the client's has ``deferred`` and ``last`` (:class:`Copies`).
+    """
+    deferred = getattr(numbering, "deferred", None)
+    last_step = getattr(numbering, "last", None)
     try:
-        return Copies(directory, buf, rank=rank, window_s=window_s, cut=cut, deferred=deferred)
+        return Copies(directory, buf, rank=rank, window_s=window_s, cut=cut, deferred=deferred, last_step=last_step)
     except OSError as e:
         _log.warning("rank %d: no copies between flushes (%s): the kill window is the flush interval", rank, e)
         return None
@@ -114,6 +115,7 @@ class Copies:
         window_s: float,
         cut: bool = True,
         deferred: Callable[[], bool] | None = None,
+        last_step: Callable[[str], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Args:
@@ -127,6 +129,9 @@ class Copies:
             interval's rate, which keeps the aggregator's batches a second within its budget).
         deferred: True while a tensor logged waits to be read (lock held): the sender must cut
             (the client's step numbering says; None: never).
+        last_step: a key's last step as the sender's numbering has it (None: -1 for every key),
+            recorded with its column, so that recovery numbers the points logged without a step
+            as the sender would have (:func:`~coordinator.core.numbering.number_steps`).
         clock: the monotonic clock (tests give their own).
 
         Raises:
@@ -140,6 +145,7 @@ class Copies:
         self._window = window_s
         self._cut = cut
         self._deferred = deferred if deferred is not None else _never
+        self._last_step = last_step if last_step is not None else _no_steps
         self._clock = clock
         self._slots = (CopyFile(copy_path(self.dir, 0)), CopyFile(copy_path(self.dir, 1)))
         self._gen = -1
@@ -216,7 +222,7 @@ class Copies:
         if copied < 0:
             # A cut must take them within a kill window of the last copy or cut: now if that is
             # past (or the sender's timer asks), else the timer brings the sender then, and the
-            # hot path asks nothing more until the cut: a rank whose steps the sender numbers is
+            # hot path asks nothing more until the cut: a rank that writes a field every step is
             # cut once a kill window, as often as flushes at that interval, not at every check.
             left = self._last + self._window - now
             if backstop or left <= 0:
@@ -246,10 +252,7 @@ class Copies:
         if b.gen != self._gen:
             self._gen = b.gen
             self._done, self._frames, self._ids = {}, {}, {}
-        rows = self._rows(b)
-        if rows is None:
-            return -1
-        entries, names, points = rows
+        entries, names, points = self._rows(b)
         if not entries:
             return 0
         if slot.gen != b.gen:  # the generation's first record: the file is taken only now
@@ -262,8 +265,8 @@ class Copies:
             return -1
         return points
 
-    def _rows(self, b: Buffer) -> tuple[list[list[object]], list[list[object]], int] | None:
-        """The new rows as record entries, the ids they name first, and their points; None: a step to number."""
+    def _rows(self, b: Buffer) -> tuple[list[list[object]], list[list[object]], int]:
+        """The new rows as record entries, the ids they name first, and their points."""
         done = self._done
         for kt, fr in list(self._frames.items()):
             if b.frames.get(kt) is not fr:  # spilled into columns: they start with the rows copied
@@ -272,15 +275,17 @@ class Copies:
                     done[k] = copied
                 del self._frames[kt]
         new = [(k, c, done.get(k, 0)) for k, c in b.cols.items() if len(c[0]) > done.get(k, 0)]
-        if any(_smallest(steps, a, len(steps)) < 0 for _, (steps, _), a in new):
-            return None  # before any id is given: a record not written names none
         entries: list[list[object]] = []
         names: list[list[object]] = []
         points = 0
         for k, (steps, values), a in new:
             n = len(steps)
             points += n - a
-            entries.append([self._id(k, k, names), to_le(memoryview(steps)[a:n]), to_le(memoryview(values)[a:n])])
+            i = self._ids.get(k)
+            if i is None:  # named with the key's last step: its -1 steps are numbered from it when read back
+                i = self._ids[k] = len(self._ids)
+                names.append([i, k, self._last_step(k)])
+            entries.append([i, to_le(memoryview(steps)[a:n]), to_le(memoryview(values)[a:n])])
         for kt, fr in b.frames.items():
             n = len(fr.steps)
             a = done.get(kt, 0)
@@ -418,8 +423,6 @@ def _never() -> bool:
     return False
 
 
-def _smallest(steps: array[int], a: int, n: int) -> int:
-    """The smallest of ``steps[a:n]`` (-1: a step the sender numbers)."""
-    if n - a < _NUMPY_MIN_ROWS:
-        return min(steps[a:n])
-    return int(np.frombuffer(steps, dtype=np.int64, count=n - a, offset=a * 8).min())
+def _no_steps(key: str) -> int:
+    """The default ``last_step``: no key has a step yet."""
+    return -1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.core.columns import Column, from_le
+from coordinator.core.numbering import number_steps
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 from coordinator.transport.copyfile import CUT, HEAD, PREFIX, ROWS, ZERO_HEAD
@@ -55,14 +56,23 @@ def read_copies(directory: str | os.PathLike[str]) -> list[CopiedGeneration]:
     return sorted((g for g in found if g is not None), key=lambda g: g.gen)
 
 
-def _take(rec: Any, g: CopiedGeneration, names: dict[int, Any], parts: dict[str, list[Column]]) -> None:
-    """One decoded record into ``g`` (a cut) or ``parts`` (rows, per key in order); raises on a malformed one."""
+def _take(
+    rec: Any, g: CopiedGeneration, names: dict[int, Any], bases: dict[str, int], parts: dict[str, list[Column]]
+) -> None:
+    """One decoded record into ``g`` (a cut) or ``parts`` (rows, per key in order); raises on a malformed one.
+
+    A column's name comes with its key's last step before the generation (``bases``): where its
+    -1 steps are numbered from.
+    """
     if rec[0] == CUT:
         g.seqs = (int(rec[2]), int(rec[3]))
         return
     if rec[0] != ROWS:
         raise ValueError(f"record of kind {rec[0]!r}")
-    names.update({int(i): v for i, v in rec[3]})
+    for named in rec[3]:
+        names[int(named[0])] = named[1]
+        if len(named) > 2:
+            bases[str(named[1])] = int(named[2])
     for i, sb, vb in rec[2]:
         name = names[i]
         steps: array[int] = from_le("q", sb)
@@ -75,6 +85,8 @@ def _take(rec: Any, g: CopiedGeneration, names: dict[int, Any], parts: dict[str,
                 parts.setdefault(str(k), []).append((steps, values[j::w]))
         elif len(values) != len(steps):
             raise ValueError(f"a column with {len(steps)} steps and {len(values)} values")
+        elif str(name) not in bases and steps and min(steps) < 0:
+            raise ValueError(f"steps to number in the column {name!r}, named without its last step")
         else:
             parts.setdefault(str(name), []).append((steps, values))
 
@@ -84,6 +96,7 @@ def _read(path: Path) -> CopiedGeneration | None:
     data = path.read_bytes()
     g: CopiedGeneration | None = None
     names: dict[int, Any] = {}
+    bases: dict[str, int] = {}
     parts: dict[str, list[Column]] = {}
     pos = torn = 0
     while len(data) - pos >= HEAD.size:
@@ -100,7 +113,7 @@ def _read(path: Path) -> CopiedGeneration | None:
                 g = CopiedGeneration(int(rec[1]), path)
             elif rec[1] != g.gen:
                 break  # an earlier generation's record in the same file, cut off by a zero header that a kill undid
-            _take(rec, g, names, parts)
+            _take(rec, g, names, bases, parts)
         except (ProtocolError, KeyError, TypeError, ValueError, IndexError) as e:
             _log.error("copy file %s: a malformed record at byte %d (%s); the rest is skipped", path, pos, e)
             torn = len(data) - pos
@@ -115,6 +128,8 @@ def _read(path: Path) -> CopiedGeneration | None:
         for s, v in ps:
             st.extend(s)
             vs.extend(v)
+        if k in bases:
+            number_steps(st, bases[k])  # the points logged without a step, as the sender numbers them
         g.columns[k] = (st, vs)
     return g
 

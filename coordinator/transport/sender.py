@@ -178,8 +178,8 @@ class SenderThread(threading.Thread):
             assert wal is not None, "an offline sender needs a spool"
             offline = OfflineSpooler(wal, rank=c.rank, buf=self.buf, envelope=self._env)
         elif c.kill_window_s is not None and c.spool_dir is not None:
-            deferred = getattr(self._number_steps, "deferred", None)  # the client's: a GPU tensor still queued
-            copies = open_copies(c.spool_dir, self.buf, c.rank, c.kill_window_s, cut=c.copies_cut, deferred=deferred)
+            n = self._number_steps  # the client's: whether a GPU tensor is still queued, each key's last step
+            copies = open_copies(c.spool_dir, self.buf, c.rank, c.kill_window_s, cut=c.copies_cut, numbering=n)
         return Pipeline(
             buf=self.buf,
             cutter=Cutter(

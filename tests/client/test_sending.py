@@ -101,8 +101,8 @@ def test_a_large_job_keeps_a_50_ms_kill_window_by_copying_between_its_longer_flu
     said = [r.getMessage() for r in caplog.records if "flushes every" in r.getMessage()]
     assert said == [
         "1024 ranks: each rank flushes every 0.40 s (Settings.flush_interval_s unset), so that the aggregator "
-        "receives at most ~2560 batches a second; a SIGKILLed rank may lose its last 0.05 s of numbers at explicit "
-        "steps (copied between flushes), 0.40 s of the rest"
+        "receives at most ~2560 batches a second; a SIGKILLed rank may lose its last 0.05 s of its metrics (copied "
+        "between flushes), 0.40 s of fields and texts"
     ]
     [info] = [i for i in list_runs(store_dir) if i.name == "w1024"]
     st = LocalStore(info.path / "run.db", readonly=True)
@@ -115,9 +115,10 @@ def test_a_large_job_keeps_a_50_ms_kill_window_by_copying_between_its_longer_flu
 def test_a_large_jobs_rank_whose_points_a_copy_cannot_take_is_cut_at_its_flush_interval_not_every_50_ms(
     store_dir: Path,
 ) -> None:
-    """``append()`` without steps in a 1024-rank job: the automatic kill window does not bring a cut every 50 ms
-    (20 batches a second from each of 1024 ranks, the load the 400 ms interval keeps off the aggregator); the
-    points wait for the flush, as without copies. A ``kill_window_s`` the user sets does cut (test below)."""
+    """A field written at every step of a 1024-rank job: a copy cannot take it, and the automatic kill window does
+    not bring a cut every 50 ms (20 batches a second from each of 1024 ranks, the load the 400 ms interval keeps
+    off the aggregator); the generation waits for the flush, as without copies. A ``kill_window_s`` the user
+    sets does cut (test below)."""
     settings = coordinator.Settings(rank=0, world_size=1024, stop_grace_s=1.0)
     with (
         pytest.raises(coordinator.DeliveryError, match="rank 1023 never connected"),
@@ -127,17 +128,19 @@ def test_a_large_jobs_rank_whose_points_a_copy_cannot_take_is_cut_at_its_flush_i
         t0 = time.monotonic()
         n = 0
         while time.monotonic() - t0 < 1.2:
+            run["progress/n"] = n  # before the point: the check in append() finds the field
             run["x"].append(float(n))
             n += 1
             time.sleep(0.002)
         cuts, copied = pipe.cut_batches, (-1 if pipe.copies is None else pipe.copies.copies)
         run.wait(30)
-    assert copied == 0  # copies are on, and took nothing: every generation refused at its first check
+    assert 0 <= copied <= cuts + 1  # copies are on; a generation is refused at its first check that sees a field
     assert 1 <= cuts <= 5, cuts  # one a 400 ms flush (~3 in 1.2 s), not one a kill window (~24)
     [info] = [i for i in list_runs(store_dir) if i.name == "w1024-auto"]
     st = LocalStore(info.path / "run.db", readonly=True)
     try:
         assert st.values("x", 0) == [(s, float(s)) for s in range(n)]
+        assert st.field("progress/n") == ("int", n - 1)
     finally:
         st.close()
 
@@ -192,24 +195,33 @@ def test_a_kill_window_not_below_the_flush_interval_or_without_an_aggregator_cop
     assert any("kill_window_s=0.05 needs a spool and an aggregator" in r.getMessage() for r in caplog.records)
 
 
-def test_with_copies_a_rank_whose_steps_the_sender_numbers_is_cut_once_a_kill_window_and_keeps_every_point(
-    store_dir: Path,
+@pytest.mark.parametrize("field", [False, True], ids=["steps_numbered", "a_field_each_step"])
+def test_with_copies_steps_the_sender_numbers_are_copied_and_a_field_is_cut_once_a_kill_window(
+    field: bool, store_dir: Path
 ) -> None:
-    """``append()`` without steps: a copy cannot take those points, so the sender cuts instead, once a kill
-    window (not at every copy check); every point is stored once, numbered in order."""
+    """``append()`` without steps, 1 s flushes, a 0.1 s kill window: the copies take those points (numbered when read
+    back, as the sender numbers them), so the rank is cut about once a flush. With a field written each step a
+    copy cannot take the generation, and the sender cuts instead, once a kill window (not at every copy check).
+    Every point is stored once, numbered in order, either way."""
     settings = coordinator.Settings(rank=0, world_size=1, flush_interval_s=1.0, kill_window_s=0.1)
-    with coordinator.init_run(name="kw-auto", settings=settings) as run:
+    name = f"kw-auto-{field}"
+    with coordinator.init_run(name=name, settings=settings) as run:
         pipe = run._sender._pipe
         t0 = time.monotonic()
         n = 0
         while time.monotonic() - t0 < 1.0:
+            if field:
+                run["progress/n"] = n
             run["x"].append(float(n))
             n += 1
             time.sleep(0.002)
-        cuts = pipe.cut_batches
+        cuts, copied = pipe.cut_batches, (-1 if pipe.copies is None else pipe.copies.copies)
         run.wait(30)
-    assert 5 <= cuts <= 15, cuts  # about one a kill window (10 in the second), not one a check
-    [info] = [i for i in list_runs(store_dir) if i.name == "kw-auto"]
+    if field:
+        assert 5 <= cuts <= 15, cuts  # about one a kill window (10 in the second), not one a check
+    else:
+        assert cuts <= 3 and copied >= 10, (cuts, copied)  # the 1 s grid's flushes; a copy every ~50 ms
+    [info] = [i for i in list_runs(store_dir) if i.name == name]
     st = LocalStore(info.path / "run.db", readonly=True)
     try:
         assert st.values("x", 0) == [(s, float(s)) for s in range(n)]

@@ -41,10 +41,12 @@ def _start(
     flush: float | None = None,
     kill_window: float | None = None,
     world: int | None = None,
+    no_step: bool = False,
 ) -> tuple[Path, list[subprocess.Popen[str]]]:
     """Two ranks of the kill-window worker (default: at the default flush interval), 1.5 s into logging.
 
     ``world``: the ranks claim a job of that size, at its automatic flush interval and kill window.
+    ``no_step``: they log without steps (the sender numbers them as the loop counts).
     Returns the out directory and the processes.
     """
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
@@ -53,6 +55,7 @@ def _start(
     flush = DEFAULTS.flush_interval(2) if flush is None else flush
     extra = [] if kill_window is None else ["--kill-window", str(kill_window)]
     extra += ["--flush", str(flush)] if world is None else ["--world", str(world)]
+    extra += ["--no-step"] if no_step else []
     procs = _spawn(2, out, store_dir, "--rate", str(rate), *extra)
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)
@@ -117,10 +120,12 @@ _KILL_WINDOW_S = 0.05
 
 
 @pytest.mark.parametrize(
-    ("rate", "copies"), [(2000.0, True), (0.0, True), (2000.0, False)], ids=["paced", "flat_out", "paced_no_copies"]
+    ("rate", "copies", "no_step"),
+    [(2000.0, True, False), (0.0, True, False), (2000.0, True, True), (2000.0, False, False)],
+    ids=["paced", "flat_out", "paced_steps_numbered", "paced_no_copies"],
 )
 def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flush_interval(
-    rate: float, copies: bool, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rate: float, copies: bool, no_step: bool, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``kill_window_s=0.05`` with 1 s flushes: rank 1 is SIGKILLed 0.15-0.3 s before a flush, its uncut generation
     0.7-0.85 s (early enough that a test process descheduled for 0.1 s on a loaded machine still kills before it).
@@ -129,10 +134,13 @@ def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flus
     so the kill lands late in an interval. With copies every step logged more than the kill
     window (plus the scheduling allowance) before it is stored, once: paced, and flat out (where
     full batches are cut by volume between the copies). Without copies (the control, paced) the
-    last ~0.9 s of steps are lost and the same check fails: the kill did land late in the interval.
+    last ~0.9 s of steps are lost and the same check fails: the kill did land late in the interval. Logged
+    without steps, the points the copies kept are numbered when recovered as the sender numbers them: each
+    stored step's value is the one logged at it.
     """
+    kill_window = _KILL_WINDOW_S if copies else None
     out, procs = _start(
-        store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=_KILL_WINDOW_S if copies else None
+        store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=kill_window, no_step=no_step
     )
     while not _COPY_FLUSH_S - 0.3 < time.time() % _COPY_FLUSH_S < _COPY_FLUSH_S - 0.15:  # before the grid's next
         time.sleep(0.01)

@@ -2,6 +2,7 @@
 
 ``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load);
 ``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes);
+``--no-step`` logs without a step (the sender numbers them: 0, 1, ... as the loop's count);
 ``--world N`` without ``--flush`` makes the two ranks claim an N-rank job, whose flush interval and
 kill window are then the automatic ones (the others never connect: the run ends failed).
 
@@ -32,6 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--flush", type=float, help="Settings.flush_interval_s (unset: automatic)")
+    p.add_argument("--no-step", action="store_true", help="log() without a step: the sender numbers them")
     p.add_argument("--world", type=int, help="Settings.world_size (the job the ranks claim to be)")
     p.add_argument("--doze", choices=("log", "field", "text"))
     p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
@@ -53,7 +55,7 @@ def main() -> None:
         t0 = time.monotonic()
         with open(out / f"rank{rank}.progress", "w", buffering=1) as progress:
             for s in range(10**9):
-                run.log({"m": float(rank * 10_000_000 + s)}, step=s)
+                run.log({"m": float(rank * 10_000_000 + s)}, step=None if args.no_step else s)
                 if s % 10 == 0:
                     progress.write(f"{s} {time.monotonic()}\n")  # line-buffered: one write() per line
                     ahead = s / args.rate - (time.monotonic() - t0) if args.rate else 0.0
