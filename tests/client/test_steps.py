@@ -9,6 +9,7 @@ from pathlib import Path
 import coordinator
 from coordinator.client.steps import StepNumbering
 from tests.client.helpers import open_store
+from tests.core.test_numbering import sequential
 
 
 def test_numbering_continues_after_the_welcome_last_steps_but_never_moves_a_key_already_logged() -> None:
@@ -28,15 +29,6 @@ def test_numbering_continues_after_the_welcome_last_steps_but_never_moves_a_key_
     assert list(b) == [9] and n.welcomed.is_set()
 
 
-def _sequential(steps: list[int], last: int) -> list[int]:
-    """The numbering rule, one point at a time: each -1 is the previous step + 1."""
-    out = []
-    for s in steps:
-        last = last + 1 if s < 0 else s
-        out.append(last)
-    return out
-
-
 def test_long_columns_are_numbered_as_the_rule_says_point_by_point() -> None:
     """Columns of 256 points or more are numbered with numpy; the result is the sequential rule's."""
     rng = random.Random(7)
@@ -50,7 +42,7 @@ def test_long_columns_are_numbered_as_the_rule_says_point_by_point() -> None:
             steps = [-1 if rng.random() < p_auto else rng.randrange(0, 10_000) for _ in range(size)]
             col = array("q", steps)
             n("k", col)
-            assert list(col) == _sequential(steps, before), (trial, size, p_auto)
+            assert list(col) == sequential(steps, before), (trial, size, p_auto)
             before = col[-1]
             col.append(0)  # no view of the column is left behind: it can still grow
 

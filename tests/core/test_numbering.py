@@ -10,8 +10,8 @@ import pytest
 from coordinator.core.numbering import number_steps
 
 
-def _sequential(steps: list[int], last: int) -> list[int]:
-    """The rule, point by point, as a user reads it."""
+def sequential(steps: list[int], last: int) -> list[int]:
+    """The rule, point by point, as a user reads it (also for ``tests/client/test_steps.py``)."""
     out = []
     for s in steps:
         last = last + 1 if s < 0 else s
@@ -26,7 +26,7 @@ def test_short_and_long_columns_are_numbered_by_the_same_rule(n: int) -> None:
     steps = [rng.choice([-1, -1, -1, rng.randrange(10_000)]) for _ in range(n)]
     col = array("q", steps)
     last, numbered = number_steps(col, 41)
-    assert list(col) == _sequential(steps, 41)
+    assert list(col) == sequential(steps, 41)
     assert last == col[-1] and numbered == (-1 in steps)
 
 

@@ -119,6 +119,30 @@ _COPY_FLUSH_S = 1.0
 _KILL_WINDOW_S = 0.05
 
 
+def _kill_late_in_an_interval(
+    store_dir: Path, out: Path, procs: list[subprocess.Popen[str]], flush: float, *, copies: bool = True
+) -> tuple[int, int]:
+    """SIGKILL rank 1 0.15-0.3 s before the ranks' next flush on the wall-clock grid; (steps kept, steps safe).
+
+    Safe: logged more than the kill window plus the scheduling allowance before the kill. With
+    copies every safe step must be kept (and none past what was logged).
+    """
+    while not flush - 0.3 < time.time() % flush < flush - 0.15:
+        time.sleep(0.01)
+    t_kill = _kill_rank1(out, procs)
+    safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
+    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
+    assert safe > 1000
+    [info] = list_runs(store_dir)
+    kept = _rank1_steps(info.path / "run.db", out)
+    if copies:
+        assert kept >= safe, (
+            f"lost steps {kept}..{safe - 1}, logged more than {_KILL_WINDOW_S * 1000:g} ms before the kill"
+        )
+        assert kept <= logged + 10
+    return kept, safe
+
+
 @pytest.mark.parametrize(
     ("rate", "copies", "no_step"),
     [(2000.0, True, False), (0.0, True, False), (2000.0, True, True), (2000.0, False, False)],
@@ -142,20 +166,8 @@ def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flus
     out, procs = _start(
         store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=kill_window, no_step=no_step
     )
-    while not _COPY_FLUSH_S - 0.3 < time.time() % _COPY_FLUSH_S < _COPY_FLUSH_S - 0.15:  # before the grid's next
-        time.sleep(0.01)
-    t_kill = _kill_rank1(out, procs)
-    safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
-    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
-    assert safe > 1000
-    [info] = list_runs(store_dir)
-    kept = _rank1_steps(info.path / "run.db", out)
-    if copies:
-        assert kept >= safe, (
-            f"lost steps {kept}..{safe - 1}, logged more than {_KILL_WINDOW_S * 1000:g} ms before the kill"
-        )
-        assert kept <= logged + 10
-    else:
+    kept, safe = _kill_late_in_an_interval(store_dir, out, procs, _COPY_FLUSH_S, copies=copies)
+    if not copies:
         assert kept < safe, "the kill did not land late in a flush interval: the test shows nothing"
 
 
@@ -172,16 +184,7 @@ def test_a_large_jobs_sigkilled_rank_loses_at_most_50_ms_not_its_automatic_flush
     flush = DEFAULTS.flush_interval(world)
     assert flush == 1.6 and DEFAULTS.kill_window(world) == _KILL_WINDOW_S
     out, procs = _start(store_dir, tmp_path, monkeypatch, world=world)
-    while not flush - 0.3 < time.time() % flush < flush - 0.15:
-        time.sleep(0.01)
-    t_kill = _kill_rank1(out, procs)
-    safe = _logged_by(out / "rank1.progress", t_kill - _KILL_WINDOW_S - _SCHEDULING_S)
-    logged = _logged_by(out / "rank1.progress", t_kill + 1.0)
-    assert safe > 1000
-    [info] = list_runs(store_dir)
-    kept = _rank1_steps(info.path / "run.db", out)
-    assert kept >= safe, f"lost steps {kept}..{safe - 1}, logged more than {_KILL_WINDOW_S * 1000:g} ms before the kill"
-    assert kept <= logged + 10
+    _kill_late_in_an_interval(store_dir, out, procs, flush, copies=True)
 
 
 def _progress_lines(progress: Path) -> int:
