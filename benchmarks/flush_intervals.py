@@ -26,7 +26,8 @@ as much in the double fault (its batches are on disk before they are sent).
 
     python -m benchmarks.flush_intervals [--intervals 0.05,0.1,0.2,0.5,0.5/0.05] [--repeats 2] [--seconds 10]
 
-``--tensor-loss`` makes one value of each step's dict a CPU tensor, as a training loop's loss.
+``--tensor-loss`` makes one value of each step's dict a CPU tensor, as a training loop's loss;
+``--no-step`` logs each step's dict without a step (the sender numbers it).
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ def measure(
     *,
     kill_window_s: float | None = None,
     tensor_loss: bool = False,
+    no_step: bool = False,
 ) -> dict[str, float]:
     """Run the paced job once with ``flush_interval_s=interval_s`` (and ``kill_window_s``); its :func:`summarize`.
 
-    ``tensor_loss``: one value of each step's dict is a CPU tensor (``rank_threads --tensor-loss``).
+    ``tensor_loss``: one value of each step's dict is a CPU tensor (``rank_threads --tensor-loss``);
+    ``no_step``: the dict is logged without a step (``--no-step``).
 
     Raises:
         RuntimeError: the job failed.
@@ -110,6 +113,7 @@ def measure(
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
         cmd += ["-m", "benchmarks.rank_threads", "--seconds", str(seconds), "--out", d]
         cmd += ["--tensor-loss"] if tensor_loss else []
+        cmd += ["--no-step"] if no_step else []
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
         if p.returncode:
             raise RuntimeError(f"the paced job failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="rank_threads' measured window")
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--tensor-loss", action="store_true", help="one value of each step's dict is a CPU tensor")
+    ap.add_argument("--no-step", action="store_true", help="log each step's dict without a step (numbered)")
     args = ap.parse_args(argv)
     try:
         variants = [parse_variant(x) for x in args.intervals.split(",") if x]
@@ -137,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[tuple[float, float | None], list[dict[str, float]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants:
-            runs[v].append(measure(v[0], args.ranks, args.seconds, kill_window_s=v[1], tensor_loss=args.tensor_loss))
+            m = measure(
+                v[0], args.ranks, args.seconds, kill_window_s=v[1], tensor_loss=args.tensor_loss, no_step=args.no_step
+            )
+            runs[v].append(m)
             print(f"# repeat {rep + 1}, {label(v)}: {runs[v][-1]}", file=sys.stderr)
     print(
         "| flush interval | a SIGKILLed rank may lose | with its aggregator gone too | ranks' logging threads "

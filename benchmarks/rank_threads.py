@@ -24,7 +24,8 @@ machine.
 once a second, where the fixed cost of the threads that wake up whether or not anything was
 logged dominates). ``--tensor-loss`` makes the dict's first value a CPU tensor, as a training
 loop's loss is (made before the timed call): the dict then takes the per-key path, and the
-tensor is read on the sender thread, or by a copy (``kill_window_s``).
+tensor is read on the sender thread, or by a copy (``kill_window_s``). ``--no-step`` logs the dict
+without a step (the sender numbers it; the per-key path too).
 
 Under ``torchrun`` (``python -m torch.distributed.run --standalone --nproc_per_node=4 -m
 benchmarks.rank_threads``) every rank runs the same loop into one run and prints its own threads;
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=_RATE, help=f"steps per second (default {_RATE:g})")
     ap.add_argument("--keys", type=int, default=_KEYS, help=f"keys in the dict logged each step (default {_KEYS})")
     ap.add_argument("--tensor-loss", action="store_true", help="the dict's first value is a CPU tensor")
+    ap.add_argument("--no-step", action="store_true", help="log the dict without a step (the sender numbers it)")
     ap.add_argument("--out", default=None, help="also write each rank's threads to OUT/rank<r>.json (flush_intervals)")
     args = ap.parse_args(argv)
     rate, n_keys = args.rate, args.keys
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             if tensor is not None:
                 data[keys[0]] = tensor(0.25 + step)
             c0 = cpu()
-            run.log(data, step=step)
+            run.log(data, step=None if args.no_step else step)
             in_log += cpu() - c0
             step += 1
             t += 1.0 / rate
