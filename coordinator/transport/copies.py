@@ -283,8 +283,7 @@ class Copies:
             points += n - a
             i = self._ids.get(k)
             if i is None:  # named with the key's last step: its -1 steps are numbered from it when read back
-                i = self._ids[k] = len(self._ids)
-                names.append([i, k, self._last_step(k)])
+                i = self._new_id(k, names, k, self._last_step(k))
             entries.append([i, to_le(memoryview(steps)[a:n]), to_le(memoryview(values)[a:n])])
         for kt, fr in b.frames.items():
             n = len(fr.steps)
@@ -292,13 +291,10 @@ class Copies:
             if n > a:
                 w = len(kt)
                 points += (n - a) * w
-                entries.append(
-                    [
-                        self._id(kt, list(kt), names),
-                        to_le(memoryview(fr.steps)[a:n]),
-                        to_le(memoryview(fr.values)[a * w : n * w]),
-                    ]
-                )
+                i = self._ids.get(kt)
+                if i is None:
+                    i = self._new_id(kt, names, list(kt))
+                entries.append([i, to_le(memoryview(fr.steps)[a:n]), to_le(memoryview(fr.values)[a * w : n * w])])
                 self._frames[kt] = fr
         # Counted only once the rows are sure to be written (a refusal above copies nothing).
         for k, (steps, _) in b.cols.items():
@@ -308,12 +304,10 @@ class Copies:
                 done[kt] = len(fr.steps)
         return entries, names, points
 
-    def _id(self, k: object, name: object, names: list[list[object]]) -> int:
-        """``k``'s id in this generation's records; a new one is named in ``names`` (this record's)."""
-        i = self._ids.get(k)
-        if i is None:
-            i = self._ids[k] = len(self._ids)
-            names.append([i, name])
+    def _new_id(self, k: object, names: list[list[object]], *name: object) -> int:
+        """A new id for ``k`` (a key, or a frame's key tuple) in this generation's records, named in ``names``."""
+        i = self._ids[k] = len(self._ids)
+        names.append([i, *name])
         return i
 
     def _write(self, body: bytes) -> bool:
