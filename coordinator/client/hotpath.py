@@ -1,6 +1,6 @@
 """The hot path's branches kept out of ``Run``: frames, precise validation, undoing a rejected call, waiting for room.
 
-A dict of plain numbers logged at an explicit step goes to its key tuple's frame
+A dict of plain numbers logged at one step (or without one: a row at -1) goes to its key tuple's frame
 (:func:`log_frame`, :mod:`~coordinator.transport.frames`): a few C-level calls, no loop over the
 keys. Everything else takes ``Run.log``'s per-key path. All of it runs on the training thread
 with the buffer lock held (``wait_for_room`` releases it while it waits, through the buffer's
@@ -49,9 +49,10 @@ tensors, other numpy types and subclasses go per key."""
 def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str]) -> bool:
     """Append one ``log()`` call's row to the frame of its key tuple; False: take the per-key path.
 
-    The caller checked ``step >= 0`` and at least 2 keys. Nothing is kept when it returns False:
-    a value the values array refuses (an int beyond a float) cuts the frame back to its length
-    before the call, and the per-key path then raises the precise error.
+    The caller checked the step (-1: none given; the sender numbers the row) and at least 2
+    keys. Nothing is kept when it returns False: a value the values array refuses (an int beyond
+    a float) cuts the frame back to its length before the call, and the per-key path then raises
+    the precise error.
     """
     vals = data.values()
     if not _PLAIN.issuperset(map(type, vals)):

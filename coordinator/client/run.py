@@ -197,7 +197,7 @@ class Run:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
-            if step >= 0 and len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys):
+            if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys):
                 b.pending += len(d)
                 return
             cols = b.cols

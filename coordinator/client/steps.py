@@ -2,11 +2,12 @@
 
 This is training semantics, so it lives with the client; the sender calls it on each column it
 cuts from the buffer (off the training thread), before the batch is numbered and sent, and
-:meth:`StepNumbering.frame` on each frame (whose steps are all explicit) to record where it ended. A rank
-that resumes a run (``init_run(with_id=...)``, an elastic restart) continues after the last step
-it stored in its earlier incarnations: the aggregator's WELCOME says where that was
-(``last_steps``), and :meth:`StepNumbering.welcome` takes it. The same call on a cut column first
-resolves the device scalars (:mod:`~coordinator.client.devices`) the training thread deferred.
+:meth:`StepNumbering.frame` on each frame (a dict's rows: numbered for all its keys at once) to
+record where it ended. A rank that resumes a run (``init_run(with_id=...)``, an elastic restart)
+continues after the last step it stored in its earlier incarnations: the aggregator's WELCOME says
+where that was (``last_steps``), and :meth:`StepNumbering.welcome` takes it. The same call on a
+cut column first resolves the device scalars (:mod:`~coordinator.client.devices`) the training
+thread deferred.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
-from coordinator.core.numbering import number_steps
+from coordinator.core.numbering import explicit, number_steps
 
 __all__ = ["StepNumbering"]
 
@@ -83,13 +84,31 @@ class StepNumbering:
         """A tensor logged waits to be read on the sender thread (buffer lock held): a copy cannot take its column."""
         return self._pending is not None and self._pending()
 
-    def frame(self, keys: tuple[str, ...], last: int) -> None:
-        """Every key of a cut frame (a dict logged at explicit steps) was last logged at ``last``.
+    def frame(self, keys: tuple[str, ...], steps: array[int]) -> bool:
+        """Number a cut frame's rows logged without a step, in place, and record where its keys ended.
 
-        A frame's steps are explicit, so there is nothing to number: recording the last step
-        (one C-level update for all keys) lets a later ``log()`` without a step continue after it.
+        A frame is a dict's key tuple, so its keys share every row's step: where no row is -1
+        (the dict was logged at explicit steps) there is nothing to number, only the last step
+        to record (one C-level update for all keys), so that a later ``log()`` without a step
+        continues after it. Rows logged without a step are numbered once for all the keys when
+        the keys were last logged at the same step (the usual case: the dict is logged alone).
+
+        Returns:
+            False where they were not (a key also logged on its own, or in another dict): nothing
+            is numbered, and the frame must go per key (:meth:`Frame.columns
+            <coordinator.transport.frames.Frame.columns>`, each then numbered by :meth:`__call__`).
         """
+        if explicit(steps):
+            self._last.update(zip(keys, repeat(steps[-1])))
+            return True
+        lasts = set(map(self._last.get, keys, repeat(-1)))
+        if len(lasts) != 1:
+            return False
+        last, _ = number_steps(steps, lasts.pop())
+        if self._auto is not None:
+            self._auto.update(keys)
         self._last.update(zip(keys, repeat(last)))
+        return True
 
     def __call__(self, key: str, steps: array[int]) -> None:
         """Replace each -1 in ``steps`` (no step given) by the previous step for ``key`` + 1, in place."""

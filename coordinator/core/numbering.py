@@ -12,7 +12,7 @@ from array import array
 
 import numpy as np
 
-__all__ = ["number_steps"]
+__all__ = ["explicit", "number_steps"]
 
 _VECTOR_POINTS = 256
 """A column this long is numbered with numpy (shorter ones: a Python loop is cheaper)."""
@@ -34,6 +34,17 @@ def number_steps(steps: array[int], last: int) -> tuple[int, bool]:
             s = steps[i] = last + 1
         last = s
     return last, True
+
+
+def explicit(steps: array[int] | memoryview) -> bool:
+    """Whether every step of ``steps`` was given (none is -1): a frame's rows then need no numbering.
+
+    A long frame (a rank logging flat out) is checked with numpy: ``min()`` over the array steps
+    through it in Python objects, ~15 ns a row.
+    """
+    if len(steps) >= _VECTOR_POINTS:
+        return bool(np.frombuffer(steps, dtype=np.int64).min() >= 0)
+    return not steps or min(steps) >= 0
 
 
 def _number_long(steps: array[int], last: int) -> tuple[int, bool]:

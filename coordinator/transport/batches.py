@@ -12,11 +12,12 @@ cutter calls ``pause`` (the sender's GIL slicer), so a cut of many keys never ho
 long in one stretch; it also pauses between the swap, the frames' blocks and the encoding, each
 tens of µs of work on a cold CPU.
 
-Frames (a dict of plain numbers logged at explicit steps, :mod:`~coordinator.transport.frames`)
-are cut as one wire block each, with no per-key Python: their steps need no numbering, only
-recording (``frame_steps``: the keys' last step, so a later ``log()`` without a step continues
-after it). A frame that does not fit the room left in a batch is split by step rows; one with
-more keys than a batch holds is spilled into per-key columns and split as those are.
+Frames (a dict of plain numbers logged at one step, :mod:`~coordinator.transport.frames`) are
+cut as one wire block each, with no per-key Python: ``frame_steps`` numbers their rows logged
+without a step once for all the keys and records where the keys ended, so a later ``log()``
+without a step continues after it (a frame it cannot number that way goes per key). A frame
+that does not fit the room left in a batch is split by step rows; one with more keys than a
+batch holds is spilled into per-key columns and split as those are.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.core.columns import VIEW_ITEMS, Column, le_payload, to_le
+from coordinator.core.numbering import explicit
 from coordinator.core.values import FieldValue
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer, TextColumn
@@ -56,8 +58,9 @@ SLICE_KEYS = 32
 NumberSteps = Callable[[str, "array[int]"], None]
 """``number_steps(key, steps)``: fills in, in place, the steps a caller left as -1."""
 
-FrameSteps = Callable[[tuple[str, ...], int], None]
-"""``frame_steps(keys, last)``: every key of a cut frame was last logged at step ``last``."""
+FrameSteps = Callable[[tuple[str, ...], "array[int]"], bool]
+"""``frame_steps(keys, steps)``: numbers a cut frame's -1 rows in place for all its keys and records
+their last step; False: it cannot (its keys ended at different steps), the frame goes per key."""
 
 Chunk = tuple[str, "array[int] | memoryview", "array[float] | memoryview"]
 Part = tuple[list[Chunk], list[tuple[str, FieldValue]], int]
@@ -98,7 +101,8 @@ class Cutter:
         number_steps: fills in a column's -1 steps (the client's rule).
         max_batch_points: points one batch carries at most.
         pause: called between slices of keys (the sender lets other threads take the GIL).
-        frame_steps: told each cut frame's keys and last step (the client's rule keeps them).
+        frame_steps: numbers each cut frame's rows logged without a step and records its keys'
+            last step (the client's rule); None: a frame with such rows goes per key.
         """
         self._number_steps = number_steps
         self._frame_steps = frame_steps if frame_steps is not None else _no_frame_steps
@@ -133,14 +137,13 @@ class Cutter:
         ts = time.time()
         cap = self._cap
         pause = self._pause
-        for f in frames:
-            self._frame_steps(f.keys, f.steps[-1])
+        # Per key (its keys have no column): a frame wider than a batch, one the rule cannot number whole.
+        wide = [f for f in frames if not self._frame_steps(f.keys, f.steps) or len(f.keys) > cap]
         pause()  # the swap and the frames' numbering above, the encoding below: two slices
-        if any(len(f.keys) > cap for f in frames):  # wider than a batch: per key (its keys have no column)
-            for f in frames:
-                if len(f.keys) > cap:
-                    cols.update(f.columns())
-            frames = [f for f in frames if len(f.keys) <= cap]
+        if wide:
+            for f in wide:
+                cols.update(f.columns())
+            frames = [f for f in frames if f not in wide]
         out = self._encode(gen, cols, frames, fields, texts, ts)
         if sum(b.points for b in out) >= SHED_POINTS:  # long arrays: their pages go back outside the GIL
             _shed(cols.values(), pause)
@@ -265,8 +268,9 @@ def _shed(columns: Iterable[Column], pause: Callable[[], None]) -> None:
             pause()
 
 
-def _no_frame_steps(keys: tuple[str, ...], last: int) -> None:
-    """The default ``frame_steps``: no numbering to keep."""
+def _no_frame_steps(keys: tuple[str, ...], steps: array[int]) -> bool:
+    """The default ``frame_steps``: no last steps kept; a frame with rows to number goes per key."""
+    return explicit(steps)
 
 
 def _chunk(c: Chunk) -> list[object]:

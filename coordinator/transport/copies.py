@@ -39,17 +39,18 @@ batch (:func:`read_copies`):
   order), counted from the spool, and the copy's other points go in; only if the spool does not
   hold them all is the copy skipped and reported (an event, an error).
 
-A copy takes the frames (dicts at explicit steps) and the columns as they are, a point logged
-without a step as -1: a column is named in its generation's first record with its key's last
-step as the sender's numbering has it (unchanged until the generation is cut), and reading it
-back numbers the -1s from there, as the sender would have. Anything else in the generation (a GPU
-tensor whose copy to the host is still queued, a field write, a text; a tensor's snapshot that is
-there to read is read first: ``deferred``) makes the copy refuse and the sender cut instead,
-as at every flush interval before: the kill window holds either way. The automatic kill window
-of a large job (``cut=False``: ``Settings.kill_window``) does not cut early: a refused generation
-waits for its flush, so that the ranks' cuts stay at the rate the aggregator's budget sets. A
-failed write (full disk) is reported once a pause, and the sender cuts instead (or, without early
-cuts, lets the flush take the generation) until a second has passed.
+A copy takes the frames (dicts) and the columns as they are, a point logged without a step as
+-1: a column is named in its generation's first record with its key's last step as the sender's
+numbering has it (unchanged until the generation is cut), a frame with its keys' last steps once
+it has such a row, and reading it back numbers the -1s from there, as the sender would have.
+Anything else in the generation (a GPU tensor whose copy to the host is still queued, a field
+write, a text; a tensor's snapshot that is there to read is read first: ``deferred``) makes the
+copy refuse and the sender cut instead, as at every flush interval before: the kill window holds
+either way. The automatic kill window of a large job (``cut=False``: ``Settings.kill_window``)
+does not cut early: a refused generation waits for its flush, so that the ranks' cuts stay at the
+rate the aggregator's budget sets. A failed write (full disk) is reported once a pause, and the
+sender cuts instead (or, without early cuts, lets the flush take the generation) until a second
+has passed.
 
 The files and their records: :mod:`.copyfile`.
 """
@@ -63,6 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.core.columns import to_le
+from coordinator.core.numbering import explicit
 from coordinator.errors import SinkError
 from coordinator.transport.buffer import NEVER, Buffer
 from coordinator.transport.copyfile import CUT, HEAD, ROWS, ZERO_HEAD, CopyFile, copy_path
@@ -156,6 +158,8 @@ class Copies:
         """The frames copied from in this generation (one gone within it was spilled into columns)."""
         self._ids: dict[object, int] = {}
         """Frame key tuple or column key -> its id in this generation's records."""
+        self._based: set[tuple[str, ...]] = set()
+        """The frames of this generation named with their keys' last steps (they have rows without a step)."""
         self._unspooled: dict[int, int] = {}
         """Generation -> its last batch number, for those cut and not yet all on disk in the spool."""
         self._settled = buf.gen - 1
@@ -251,7 +255,7 @@ class Copies:
         slot = self._slots[b.gen % 2]
         if b.gen != self._gen:
             self._gen = b.gen
-            self._done, self._frames, self._ids = {}, {}, {}
+            self._done, self._frames, self._ids, self._based = {}, {}, {}, set()
         entries, names, points = self._rows(b)
         if not entries:
             return 0
@@ -283,7 +287,7 @@ class Copies:
             points += n - a
             i = self._ids.get(k)
             if i is None:  # named with the key's last step: its -1 steps are numbered from it when read back
-                i = self._new_id(k, names, k, self._last_step(k))
+                i = self._name(k, names, k, self._last_step(k))
             entries.append([i, to_le(memoryview(steps)[a:n]), to_le(memoryview(values)[a:n])])
         for kt, fr in b.frames.items():
             n = len(fr.steps)
@@ -291,10 +295,14 @@ class Copies:
             if n > a:
                 w = len(kt)
                 points += (n - a) * w
+                rows = memoryview(fr.steps)[a:n]
                 i = self._ids.get(kt)
-                if i is None:
-                    i = self._new_id(kt, names, list(kt))
-                entries.append([i, to_le(memoryview(fr.steps)[a:n]), to_le(memoryview(fr.values)[a * w : n * w])])
+                if kt not in self._based and not explicit(rows):  # named (again) with its keys' last steps
+                    self._based.add(kt)
+                    i = self._name(kt, names, list(kt), list(map(self._last_step, kt)))
+                elif i is None:
+                    i = self._name(kt, names, list(kt))
+                entries.append([i, to_le(rows), to_le(memoryview(fr.values)[a * w : n * w])])
                 self._frames[kt] = fr
         # Counted only once the rows are sure to be written (a refusal above copies nothing).
         for k, (steps, _) in b.cols.items():
@@ -304,9 +312,14 @@ class Copies:
                 done[kt] = len(fr.steps)
         return entries, names, points
 
-    def _new_id(self, k: object, names: list[list[object]], *name: object) -> int:
-        """A new id for ``k`` (a key, or a frame's key tuple) in this generation's records, named in ``names``."""
-        i = self._ids[k] = len(self._ids)
+    def _name(self, k: object, names: list[list[object]], *name: object) -> int:
+        """``k``'s id in this generation's records (a key, or a frame's key tuple; new if none), named in ``names``.
+
+        A frame is named again, with its keys' last steps, once it has rows logged without a step.
+        """
+        i = self._ids.get(k)
+        if i is None:
+            i = self._ids[k] = len(self._ids)
         names.append([i, *name])
         return i
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.core.columns import Column, from_le
-from coordinator.core.numbering import number_steps
+from coordinator.core.numbering import explicit, number_steps
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
 from coordinator.transport.copyfile import CUT, HEAD, PREFIX, ROWS, ZERO_HEAD
@@ -61,8 +61,9 @@ def _take(
 ) -> None:
     """One decoded record into ``g`` (a cut) or ``parts`` (rows, per key in order); raises on a malformed one.
 
-    A column's name comes with its key's last step before the generation (``bases``): where its
-    -1 steps are numbered from.
+    A column's name comes with its key's last step before the generation (``bases``), a frame's
+    with each of its keys' once it has rows logged without a step: where the -1 steps are
+    numbered from.
     """
     if rec[0] == CUT:
         g.seqs = (int(rec[2]), int(rec[3]))
@@ -70,9 +71,11 @@ def _take(
     if rec[0] != ROWS:
         raise ValueError(f"record of kind {rec[0]!r}")
     for named in rec[3]:
-        names[int(named[0])] = named[1]
-        if len(named) > 2:
-            bases[str(named[1])] = int(named[2])
+        name = names[int(named[0])] = named[1]
+        if len(named) > 2 and isinstance(name, list):  # a frame's keys, each with its last step
+            bases.update(zip(map(str, name), map(int, named[2]), strict=True))
+        elif len(named) > 2:
+            bases[str(name)] = int(named[2])
     for i, sb, vb in rec[2]:
         name = names[i]
         steps: array[int] = from_le("q", sb)
@@ -81,6 +84,8 @@ def _take(
             w = len(name)
             if len(values) != w * len(steps):
                 raise ValueError(f"a frame of {w} keys with {len(steps)} steps and {len(values)} values")
+            if not explicit(steps) and not bases.keys() >= set(map(str, name)):
+                raise ValueError(f"steps to number in a frame of {w} keys, named without their last steps")
             for j, k in enumerate(name):
                 parts.setdefault(str(k), []).append((steps, values[j::w]))
         elif len(values) != len(steps):

@@ -1,10 +1,13 @@
-"""Frames: the points of a dict logged at explicit steps, kept as one step-major matrix per key tuple.
+"""Frames: the points of a dict logged at one step, kept as one step-major matrix per key tuple.
 
 ``run.log({...}, step=s)`` with plain numbers appends one row to the frame of its key tuple: one
 step to an ``array('q')`` and the dict's values to an ``array('d')`` (K values per row, in the
 dict's order). That is a few C-level calls per ``log()`` instead of two appends per key, and the
 sender cuts the frame as one wire block (``"b"`` of a batch, :mod:`~coordinator.transport.wire`)
-instead of numbering and encoding each key on its own.
+instead of numbering and encoding each key on its own. A dict logged without a step is a row at
+-1: the sender numbers the frame's rows once for all its keys (they share every step), or, where
+its keys were last logged at different steps, goes per key
+(:meth:`~coordinator.client.steps.StepNumbering.frame`).
 
 The buffer keeps one rule: within a generation a key lives in exactly one place, a per-key
 column or one frame, so the order of a key's points is the order of the calls. A per-key append

@@ -57,7 +57,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
         run.log({"c": 6.0, "d": 7.0}, step=1)
         run.log({"c": torch.tensor(8.0), "d": 9.0}, step=2)  # a tensor: per key, spilling (c, d)
         run.log({"e": 1.0, "f": 2.0}, step=3)
-        run.log({"e": 3.0, "f": 4.0})  # step None: per key, after the frame's points
+        run.log({"e": 3.0, "f": 4.0})  # step None: a row of the same frame, numbered after its points
         run.log({"g": 1.0, "h": 2.0}, step=5)
         run.log({"h": 2.5}, step=6)  # one key: per key
         run.log({"i": 1.0, "j": 2.0}, step=0)
@@ -65,7 +65,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
         run.log({"k": 1.0, "l": 2.0}, step=0)
         run.log({"k": 3.0, "l": np.float16(4.0)}, step=1)  # a type frames do not take: per key
         run.log({"m": 1.0, "n": 2.0}, step=7)
-        assert frames_of(run) == {("m", "n"): 1}
+        assert frames_of(run) == {("e", "f"): 2, ("m", "n"): 1}
         run.wait(30)
     got = stored(store_dir)
     assert got == {
@@ -98,6 +98,27 @@ def test_plain_bools_and_ints_are_framed_as_floats_and_steps_none_continue_after
         "a": [(4, 1.0), (9, 0.0), (10, 7.0)],
         "b": [(4, 3.0), (9, -2.0), (10, 8.0)],
         "c": [(4, 0.5), (9, 1.5)],
+    }
+
+
+def test_dicts_logged_without_a_step_are_framed_and_each_key_numbered_as_if_logged_alone(store_dir: Path) -> None:
+    """A dict without a step is a frame row the sender numbers once for all its keys; where the keys were last
+    logged at different steps (one appended alone), the frame goes per key and each continues from its own."""
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        run.log({"a": 1.0, "b": 2.0})
+        run.log({"a": 3.0, "b": 4.0})
+        run.log({"a": 5.0, "b": 6.0}, step=10)  # an explicit step in between moves both
+        run.log({"a": 7.0, "b": 8.0})
+        assert frames_of(run) == {("a", "b"): 4}
+        run.wait(30)
+        run["a"].append(9.0)  # a alone: step 12; b stays at 11
+        run.wait(30)
+        run.log({"a": 1.5, "b": 2.5})
+        run.log({"a": 3.5, "b": 4.5})
+        assert frames_of(run) == {("a", "b"): 2}
+    assert stored(store_dir) == {
+        "a": [(0, 1.0), (1, 3.0), (10, 5.0), (11, 7.0), (12, 9.0), (13, 1.5), (14, 3.5)],
+        "b": [(0, 2.0), (1, 4.0), (10, 6.0), (11, 8.0), (12, 2.5), (13, 4.5)],
     }
 
 

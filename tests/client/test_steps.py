@@ -76,3 +76,22 @@ def test_a_resumed_run_continues_each_key_after_the_last_stored_step(store_dir: 
         assert [st for st, _ in s.values("a")] == list(range(8))
     finally:
         s.close()
+
+
+def test_a_frame_is_numbered_once_for_its_keys_only_where_they_share_a_last_step() -> None:
+    """Its rows are each key's points, numbered as each key alone would be; keys that ended apart: refused untouched."""
+    rng = random.Random(3)
+    for trial in range(200):
+        n = StepNumbering()
+        n("a", array("q", [rng.choice([-1, 4])]))
+        n("b", array("q", [rng.choice([-1, 4])]))
+        before = {k: n.last(k) for k in "ab"}
+        size = rng.choice([1, 3, 256, 1000])
+        steps = [rng.choice([-1, -1, rng.randrange(10_000)]) for _ in range(size)]
+        rows = array("q", steps)
+        ok = n.frame(("a", "b"), rows)
+        if before["a"] != before["b"] and -1 in steps:
+            assert not ok and list(rows) == steps and {k: n.last(k) for k in "ab"} == before, trial
+        else:
+            assert ok and list(rows) == sequential(steps, before["a"]), trial
+            assert n.last("a") == n.last("b") == rows[-1]

@@ -7,7 +7,7 @@ from array import array
 
 import pytest
 
-from coordinator.core.numbering import number_steps
+from coordinator.core.numbering import explicit, number_steps
 
 
 def sequential(steps: list[int], last: int) -> list[int]:
@@ -36,3 +36,14 @@ def test_a_column_of_explicit_steps_is_left_alone_and_an_empty_one_keeps_the_las
     assert number_steps(array("q"), 7) == (7, False)
     long = array("q", range(300))
     assert number_steps(long, -1) == (299, False) and list(long) == list(range(300))
+
+
+@pytest.mark.parametrize("n", [1, 5, 255, 256, 5000])
+def test_explicit_says_whether_any_step_is_left_to_number_in_short_and_long_columns(n: int) -> None:
+    """Below 256 points ``min()``, from 256 numpy: the same answer, wherever the one -1 sits."""
+    for at in {0, n // 2, n - 1}:
+        steps = array("q", range(n))
+        assert explicit(steps) and explicit(memoryview(steps)[at:])
+        steps[at] = -1
+        assert not explicit(steps) and explicit(memoryview(steps)[at + 1 :])
+    assert explicit(array("q"))

@@ -42,11 +42,13 @@ def _start(
     kill_window: float | None = None,
     world: int | None = None,
     no_step: bool = False,
+    pair: bool = False,
 ) -> tuple[Path, list[subprocess.Popen[str]]]:
     """Two ranks of the kill-window worker (default: at the default flush interval), 1.5 s into logging.
 
     ``world``: the ranks claim a job of that size, at its automatic flush interval and kill window.
-    ``no_step``: they log without steps (the sender numbers them as the loop counts).
+    ``no_step``: they log without steps (the sender numbers them as the loop counts); ``pair``: a second key
+    ``pair`` beside ``m`` (-m) in each dict.
     Returns the out directory and the processes.
     """
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
@@ -56,6 +58,7 @@ def _start(
     extra = [] if kill_window is None else ["--kill-window", str(kill_window)]
     extra += ["--flush", str(flush)] if world is None else ["--world", str(world)]
     extra += ["--no-step"] if no_step else []
+    extra += ["--pair"] if pair else []
     procs = _spawn(2, out, store_dir, "--rate", str(rate), *extra)
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)
@@ -89,6 +92,8 @@ def _rank1_steps(db: Path, out: Path | None = None) -> int:
             f"the aggregator's log: {(out / 'rank0.stderr').read_text()[-3000:] if out else '(not kept)'}"
         )
         assert all(v == float(10_000_000 + st) for st, v in s.values("m", 1))
+        pair = s.values("pair", 1)
+        assert not pair or [(st, -v) for st, v in pair] == s.values("m", 1), "pair's points are not m's"
         return len(steps)
     finally:
         s.close()
@@ -144,12 +149,24 @@ def _kill_late_in_an_interval(
 
 
 @pytest.mark.parametrize(
-    ("rate", "copies", "no_step"),
-    [(2000.0, True, False), (0.0, True, False), (2000.0, True, True), (2000.0, False, False)],
-    ids=["paced", "flat_out", "paced_steps_numbered", "paced_no_copies"],
+    ("rate", "copies", "no_step", "pair"),
+    [
+        (2000.0, True, False, False),
+        (0.0, True, False, False),
+        (2000.0, True, True, False),
+        (2000.0, True, True, True),
+        (2000.0, False, False, False),
+    ],
+    ids=["paced", "flat_out", "paced_steps_numbered", "paced_dicts_numbered", "paced_no_copies"],
 )
 def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flush_interval(
-    rate: float, copies: bool, no_step: bool, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rate: float,
+    copies: bool,
+    no_step: bool,
+    pair: bool,
+    store_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``kill_window_s=0.05`` with 1 s flushes: rank 1 is SIGKILLed 0.15-0.3 s before a flush, its uncut generation
     0.7-0.85 s (early enough that a test process descheduled for 0.1 s on a loaded machine still kills before it).
@@ -160,11 +177,11 @@ def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flus
     full batches are cut by volume between the copies). Without copies (the control, paced) the
     last ~0.9 s of steps are lost and the same check fails: the kill did land late in the interval. Logged
     without steps, the points the copies kept are numbered when recovered as the sender numbers them: each
-    stored step's value is the one logged at it.
+    stored step's value is the one logged at it, alone or as a dict of two keys (a frame, numbered for both).
     """
     kill_window = _KILL_WINDOW_S if copies else None
     out, procs = _start(
-        store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=kill_window, no_step=no_step
+        store_dir, tmp_path, monkeypatch, rate, flush=_COPY_FLUSH_S, kill_window=kill_window, no_step=no_step, pair=pair
     )
     kept, safe = _kill_late_in_an_interval(store_dir, out, procs, _COPY_FLUSH_S, copies=copies)
     if not copies:

@@ -3,6 +3,7 @@
 ``--rate`` sets the pace (2000 points a second; 0: back to back, the sender flushing at full load);
 ``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes);
 ``--no-step`` logs without a step (the sender numbers them: 0, 1, ... as the loop's count);
+``--pair`` logs ``{"m": v, "pair": -v}`` instead of ``m`` alone (a dict of two keys: a frame);
 ``--world N`` without ``--flush`` makes the two ranks claim an N-rank job, whose flush interval and
 kill window are then the automatic ones (the others never connect: the run ends failed).
 
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--flush", type=float, help="Settings.flush_interval_s (unset: automatic)")
     p.add_argument("--no-step", action="store_true", help="log() without a step: the sender numbers them")
+    p.add_argument("--pair", action="store_true", help='log {"m": v, "pair": -v}: a frame of two keys')
     p.add_argument("--world", type=int, help="Settings.world_size (the job the ranks claim to be)")
     p.add_argument("--doze", choices=("log", "field", "text"))
     p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
@@ -55,7 +57,8 @@ def main() -> None:
         t0 = time.monotonic()
         with open(out / f"rank{rank}.progress", "w", buffering=1) as progress:
             for s in range(10**9):
-                run.log({"m": float(rank * 10_000_000 + s)}, step=None if args.no_step else s)
+                v = float(rank * 10_000_000 + s)
+                run.log({"m": v, "pair": -v} if args.pair else {"m": v}, step=None if args.no_step else s)
                 if s % 10 == 0:
                     progress.write(f"{s} {time.monotonic()}\n")  # line-buffered: one write() per line
                     ahead = s / args.rate - (time.monotonic() - t0) if args.rate else 0.0

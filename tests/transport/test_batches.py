@@ -222,6 +222,34 @@ def test_steps_without_a_step_continue_after_a_frame_and_a_frame_keeps_a_rank_we
     assert [s for s, _ in _points(cutter.cut(buf))["b"]] == [10]
 
 
+def test_a_frame_of_dicts_logged_without_a_step_is_numbered_once_for_all_its_keys_and_cut_as_a_block() -> None:
+    numbering = StepNumbering()
+    cutter = Cutter(numbering, max_batch_points=100, frame_steps=numbering.frame)
+    buf = Buffer(1000)
+    _frame(buf, ("a", "b"), [-1, -1, 7, -1])
+    [batch] = cutter.cut(buf)
+    assert wire.decode_map(batch.payload or b"")["b"]  # one block, no per-key chunks
+    got = _points([batch])
+    assert [s for s, _ in got["a"]] == [s for s, _ in got["b"]] == [0, 1, 7, 8]
+    buf.cols["a"] = _col([-1])  # the next generation: a alone, from the frame's last step
+    assert [s for s, _ in _points(cutter.cut(buf))["a"]] == [9]
+    _frame(buf, ("a", "b"), [-1, -1])  # a ended at 9, b at 8: per key, each from its own
+    [batch] = cutter.cut(buf)
+    assert "b" not in wire.decode_map(batch.payload or b"")
+    got = _points([batch])
+    assert [s for s, _ in got["a"]] == [10, 11] and [s for s, _ in got["b"]] == [9, 10]
+    _frame(buf, ("a", "b"), [-1])  # a ended at 11, b at 10: per key again
+    assert {k: [s for s, _ in v] for k, v in _points(cutter.cut(buf)).items()} == {"a": [12], "b": [11]}
+
+
+def test_without_a_frame_rule_a_frame_with_rows_to_number_goes_per_key_and_is_numbered_there() -> None:
+    buf = Buffer(1000)
+    _frame(buf, ("a", "b"), [3, -1])
+    [batch] = Cutter(StepNumbering(), max_batch_points=100).cut(buf)
+    assert "b" not in wire.decode_map(batch.payload or b"")
+    assert {k: [s for s, _ in v] for k, v in _points([batch]).items()} == {"a": [3, 4], "b": [3, 4]}
+
+
 def test_a_cut_of_frames_alone_builds_no_columns_for_the_next_generation_and_is_not_idle() -> None:
     buf = Buffer(1000)
     _frame(buf, ("a", "b"), [0])

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.core.columns import to_le
 from coordinator.errors import SinkError
 from coordinator.transport import copies as copies_mod
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.copies import Copies
-from coordinator.transport.copyfile import CopyFile, copy_path
+from coordinator.transport.copyfile import ROWS, CopyFile, copy_path
 from coordinator.transport.copyread import copy_batches, read_copies
 from coordinator.transport.frames import Frame
+from coordinator.transport.plain import packb
 
 WINDOW = 0.05
 
@@ -193,6 +195,50 @@ def test_steps_the_sender_numbers_are_copied_as_they_are_and_read_back_numbered_
     got = _only(tmp_path)
     assert [s for s, _ in got["n"]] == [42, 43, 50, 51, *range(52, 352)]
     assert got["fresh"] == [(0, 1.0)]
+
+
+def test_dicts_logged_without_a_step_are_copied_with_their_keys_last_steps_and_read_back_numbered_per_key(
+    tmp_path: Path,
+) -> None:
+    """A frame is named with its keys' last steps once it has a row logged without a step (again, where its first
+    copied rows had explicit steps): reading the copy back numbers each key from its own, as the sender does
+    (once for all the keys where they share it, per key where they do not)."""
+    last = {"a": 9, "b": 9, "x": 3, "p": 4}
+    r = _Rank(tmp_path, last_step=lambda k: last.get(k, -1))
+    b = r.buf
+    _frame_row(b, ("a", "b"), -1, [1.0, 2.0])
+    _frame_row(b, ("x", "y"), 20, [3.0, 4.0])  # explicit steps: named with its keys alone
+    assert r.copy()
+    _frame_row(b, ("a", "b"), -1, [5.0, 6.0])
+    _frame_row(b, ("a", "b"), 30, [7.0, 8.0])
+    _frame_row(b, ("a", "b"), -1, [9.0, 10.0])
+    _frame_row(b, ("x", "y"), -1, [11.0, 12.0])  # named again, with x's 3 and y's -1: after its 20 either way
+    _frame_row(b, ("p", "q"), -1, [13.0, 14.0])  # p from 4, q from -1
+    assert r.copy() and r.copies.copies == 2
+    assert _only(tmp_path) == {
+        "a": [(10, 1.0), (11, 5.0), (30, 7.0), (31, 9.0)],
+        "b": [(10, 2.0), (11, 6.0), (30, 8.0), (31, 10.0)],
+        "x": [(20, 3.0), (21, 11.0)],
+        "y": [(20, 4.0), (21, 12.0)],
+        "p": [(5, 13.0)],
+        "q": [(0, 14.0)],
+    }
+
+
+@pytest.mark.parametrize("named", ["column", "frame"])
+def test_steps_to_number_in_a_record_named_without_their_last_steps_make_it_malformed(
+    named: str, tmp_path: Path
+) -> None:
+    """Recovery cannot number them as the sender would: the record and the rest of the file are skipped."""
+    f = CopyFile(copy_path(tmp_path, 0))
+    f.start(0)
+    f.write(packb([ROWS, 0, [[0, to_le(array("q", [0])), to_le(array("d", [1.0]))]], [[0, "ok", -1]]]))
+    name: list[object] = [1, "c"] if named == "column" else [1, ["d", "e"]]
+    values = [2.0] if named == "column" else [2.0, 3.0]
+    f.write(packb([ROWS, 0, [[1, to_le(array("q", [-1])), to_le(array("d", values))]], [name]]))
+    f.close()
+    [g] = read_copies(tmp_path)
+    assert g.torn > 0 and {k: list(s) for k, (s, _) in g.columns.items()} == {"ok": [0]}
 
 
 def test_the_next_generation_is_copied_only_once_the_cut_is_written_ahead_and_the_files_are_taken_in_turn(
