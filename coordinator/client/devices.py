@@ -3,13 +3,14 @@
 ``float()`` of a CUDA tensor waits for every kernel queued before it: logging ``loss`` each step
 would stall the GPU pipeline. So ``log()`` keeps a tensor value as a snapshot instead: on CUDA a
 non-blocking copy into pinned host memory plus an event recorded behind it on the current
-stream; on the CPU a detached copy. The column gets a NaN placeholder, and the sender thread
-writes the real value in when it cuts the column (``StepNumbering`` calls :meth:`resolve`),
-waiting for the event there, off the training thread. CPU tensors take the same path, so CI
-tests it. The copies of the uncut generation (``Settings.kill_window_s``) cannot take a NaN
-placeholder: before one, :meth:`deferred` reads every value that is there to read without
-waiting (a CPU snapshot; a CUDA copy whose event has completed), so a rank that logs tensors is
-copied like one that logs floats, and cut early only for a GPU copy still queued.
+stream; on the CPU a detached copy. The column (or a dict's frame row) gets a NaN placeholder,
+and the sender thread writes the real value in when it cuts the column or frame
+(``StepNumbering`` calls :meth:`resolve`), waiting for the event there, off the training thread.
+CPU tensors take the same path, so CI tests it. The copies of the uncut generation
+(``Settings.kill_window_s``) cannot take a NaN placeholder: before one, :meth:`deferred` reads
+every value that is there to read without waiting (a CPU snapshot; a CUDA copy whose event has
+completed), so a rank that logs tensors is copied like one that logs floats, and cut early only
+for a GPU copy still queued.
 
 Plain floats never reach this module: the hot path checks ``v.__class__ is not float`` first.
 """
@@ -23,9 +24,11 @@ from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from coordinator.core.columns import Column
 from coordinator.errors import CoordinatorError
+from coordinator.transport.frames import Frame
 
-__all__ = ["DeviceScalars", "check_tensor", "is_tensor"]
+__all__ = ["DeviceScalars", "check_tensor", "is_tensor", "snapshot"]
 
 _log = logging.getLogger("coordinator")
 
@@ -75,6 +78,23 @@ def check_tensor(key: str, v: Any) -> Any:
     return t
 
 
+def snapshot(t: Any) -> tuple[Any, _Event | None]:
+    """A checked tensor's value kept without a sync (:func:`check_tensor`): its host copy and, on CUDA, an event.
+
+    On CUDA a non-blocking copy into pinned host memory plus an event recorded behind it on the
+    current stream; on the CPU a detached copy (later in-place updates of the tensor must not show).
+    """
+    if t.device.type == "cuda":
+        import torch
+
+        host = t.to("cpu", non_blocking=True)  # lands in pinned memory, queued on the current stream
+        new_event: Callable[[], _Event] = torch.cuda.Event
+        event = new_event()
+        event.record()
+        return host, event
+    return t.to("cpu", copy=True), None
+
+
 class _Event(Protocol):
     """What is used of a ``torch.cuda.Event`` (its constructor is untyped in torch)."""
 
@@ -114,26 +134,50 @@ class DeviceScalars:
         Raises:
             TypeError: not a one-element tensor of a real dtype (checked without a sync).
         """
-        t = check_tensor(key, v)
-        event: _Event | None = None
-        if t.device.type == "cuda":
-            import torch
-
-            host = t.to("cpu", non_blocking=True)  # lands in pinned memory, queued on the current stream
-            new_event: Callable[[], _Event] = torch.cuda.Event
-            event = new_event()
-            event.record()
-        else:
-            host = t.to("cpu", copy=True)  # a snapshot: later in-place updates of the tensor must not show
+        host, event = snapshot(check_tensor(key, v))
         values.append(float("nan"))
+        self.defer_at(steps, values, [(len(values) - 1, host, event)])
+
+    def defer_at(self, steps: array[int], values: array[float], reads: list[_Entry]) -> None:
+        """Keep snapshots (:func:`snapshot`) whose placeholders are already at their indices in ``values`` (lock held).
+
+        A frame's row (:func:`~coordinator.client.hotpath.log_frame`) puts its NaNs in with the
+        row's other values, then hands its tensors' snapshots here, in index order.
+        """
         entry = self._pending.get(id(steps))
         if entry is None:
             entry = self._pending[id(steps)] = (steps, values, [])
-        read = (len(values) - 1, host, event)
-        self._count += 1  # counted just before: a signal's exception lands after a call, never between these two
-        entry[2].append(read)
+        self._count += len(
+            reads
+        )  # counted just before: a signal's exception lands after a call, never between these two
+        entry[2].extend(reads)
         if self._count > _MAX_PENDING:
             self._resolve_oldest()
+
+    def split(self, frame: Frame, cols: dict[str, Column]) -> None:
+        """``frame`` was spilled into the per-key columns ``cols`` (lock held): its deferred reads follow.
+
+        Its value ``i`` is key ``keys[i % K]``'s point ``i // K``: each read moves to that column
+        at that index, so the sender resolves it with the column. All or nothing (one store), and
+        nothing the second time (:meth:`Buffer.spill <coordinator.transport.buffer.Buffer.spill>`).
+        """
+        steps, keys = frame.steps, frame.keys
+        entry = self._pending.get(id(steps))
+        if entry is None:
+            return
+        w = len(keys)
+        moved: dict[int, tuple[array[int], array[float], list[_Entry]]] = {}
+        for i, host, event in entry[2]:
+            c = cols[keys[i % w]]
+            to = moved.get(id(c[0]))
+            if to is None:
+                had = self._pending.get(id(c[0]))
+                to = moved[id(c[0])] = (c[0], c[1], list(had[2]) if had is not None else [])
+            to[2].append((i // w, host, event))
+        pending = dict(self._pending)
+        del pending[id(steps)]
+        pending.update(moved)
+        self._pending = pending  # one store: a signal's exception (Ctrl-C) leaves the reads all moved or none
 
     def deferred(self) -> bool:
         """Whether a tensor's value still waits to be read (lock held), once those that can be are read now.

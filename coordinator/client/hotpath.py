@@ -1,8 +1,9 @@
 """The hot path's branches kept out of ``Run``: frames, precise validation, undoing a rejected call, waiting for room.
 
-A dict of plain numbers logged at one step (or without one: a row at -1) goes to its key tuple's frame
-(:func:`log_frame`, :mod:`~coordinator.transport.frames`): a few C-level calls, no loop over the
-keys. Everything else takes ``Run.log``'s per-key path. All of it runs on the training thread
+A dict of plain numbers logged at one step (or without one: a row at -1) goes to its key tuple's
+frame (:func:`log_frame`, :mod:`~coordinator.transport.frames`): a few C-level calls, no loop over
+the keys; one with tensors among them too, through one loop. Everything else takes ``Run.log``'s
+per-key path. All of it runs on the training thread
 with the buffer lock held (``wait_for_room`` releases it while it waits, through the buffer's
 condition).
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.client.devices import DeviceScalars, check_tensor, is_tensor
+from coordinator.client.devices import DeviceScalars, check_tensor, is_tensor, snapshot
 from coordinator.client.keys import KeyRegistry
 from coordinator.core.columns import Column
 from coordinator.core.values import check_step, to_metric_value
@@ -42,21 +43,23 @@ NOTHING_YET = object()
 _log = logging.getLogger("coordinator")
 
 _PLAIN = frozenset((float, int, bool, np.float64, np.float32, np.int64, np.int32))
-"""Value types a frame takes, exactly (``array('d')`` converts each as the per-key path does);
-tensors, other numpy types and subclasses go per key."""
+"""Value types a frame takes, exactly (``array('d')`` converts each as the per-key path does), and
+tensors (:func:`_log_frame_tensors`); other numpy types and subclasses go per key."""
 
 
-def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str]) -> bool:
+def log_frame(
+    b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str], dev: DeviceScalars
+) -> bool:
     """Append one ``log()`` call's row to the frame of its key tuple; False: take the per-key path.
 
     The caller checked the step (-1: none given; the sender numbers the row) and at least 2
     keys. Nothing is kept when it returns False: a value the values array refuses (an int beyond
     a float) cuts the frame back to its length before the call, and the per-key path then raises
-    the precise error.
+    the precise error. A row with tensors takes :func:`_log_frame_tensors`.
     """
     vals = data.values()
     if not _PLAIN.issuperset(map(type, vals)):
-        return False
+        return _log_frame_tensors(b, data, step, keys, text_keys, dev)
     kt = tuple(data)
     fr = b.frames.get(kt)
     if fr is None:
@@ -74,6 +77,53 @@ def log_frame(b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, tex
         del values[n:]
         return False
     except BaseException:  # also a signal's exception (Ctrl-C) between the two: the row goes whole
+        del values[n:]
+        del fr.steps[n // len(kt) :]
+        raise
+    return True
+
+
+def _log_frame_tensors(
+    b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str], dev: DeviceScalars
+) -> bool:
+    """:func:`log_frame` for a row with one-element tensors among its plain numbers (a loss, kept as a tensor).
+
+    Each tensor is a NaN in the row and a snapshot read on the sender thread, as on the per-key
+    path (:mod:`~coordinator.client.devices`: no GPU sync here), keyed by the frame's position of
+    the value. False (nothing kept) for any other value, or a tensor the per-key path refuses.
+    """
+    row: list[Any] = []
+    snaps: list[tuple[int, Any]] = []
+    nan = float("nan")
+    for j, (k, v) in enumerate(data.items()):
+        if v.__class__ in _PLAIN:
+            row.append(v)
+        elif is_tensor(v):
+            try:
+                snaps.append((j, check_tensor(k, v)))
+            except TypeError:
+                return False
+            row.append(nan)
+        else:
+            return False
+    kt = tuple(data)
+    fr = b.frames.get(kt)
+    if fr is None:
+        fr = open_frame(b, kt, keys, text_keys)
+        if fr is None:
+            return False
+    reads = [(j, *snapshot(t)) for j, t in snaps]  # before the row: nothing to undo if a copy fails
+    values = fr.values
+    n = len(values)
+    try:
+        values.fromlist(row)
+        fr.steps.append(step)
+        dev.defer_at(fr.steps, values, [(n + j, host, event) for j, host, event in reads])
+    except OverflowError:
+        del values[n:]
+        return False
+    except BaseException:
+        dev.discard_from(fr.steps, n)
         del values[n:]
         del fr.steps[n // len(kt) :]
         raise

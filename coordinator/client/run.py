@@ -197,7 +197,7 @@ class Run:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
-            if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys):
+            if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys, self._dev):
                 b.pending += len(d)
                 return
             cols = b.cols
@@ -265,7 +265,7 @@ class Run:
     def _new_column(self, key: str) -> Column:
         b = self._buf
         if key in b.framed:  # the key's earlier points of this generation sit in a frame: they stay first
-            b.spill(key)
+            b.spill(key, self._dev.split)  # a tensor's read follows its point
             return b.cols[key]
         self._texts.check_numeric(key)
         self._keys.add_series(key)

@@ -92,12 +92,15 @@ class StepNumbering:
         to record (one C-level update for all keys), so that a later ``log()`` without a step
         continues after it. Rows logged without a step are numbered once for all the keys when
         the keys were last logged at the same step (the usual case: the dict is logged alone).
+        The tensors logged in its rows are read first, as a column's are (``resolve``).
 
         Returns:
             False where they were not (a key also logged on its own, or in another dict): nothing
             is numbered, and the frame must go per key (:meth:`Frame.columns
             <coordinator.transport.frames.Frame.columns>`, each then numbered by :meth:`__call__`).
         """
+        if self._resolve is not None:  # the values of tensors logged in its rows, read now
+            self._resolve(steps)
         if explicit(steps):
             self._last.update(zip(keys, repeat(steps[-1])))
             return True

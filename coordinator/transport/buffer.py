@@ -186,10 +186,13 @@ class Buffer:
         if self.dozing:
             self.past_mark()
 
-    def spill(self, key: str) -> None:
+    def spill(self, key: str, moved: Callable[[Frame, dict[str, Column]], None] | None = None) -> None:
         """Turn the frame holding ``key`` into per-key columns, points in order (lock held).
 
         A per-key append of a framed key calls this first, so its earlier points stay first.
+        ``moved(frame, cols)`` is told once the frame's points are in ``cols`` (the run's deferred
+        tensor reads follow them), also when a signal's exception (Ctrl-C) lands after that; it
+        must do all or nothing, and nothing the second time.
         """
         fr = self.framed[key]
         framed, cols = self.framed, self.cols
@@ -198,6 +201,8 @@ class Buffer:
             del self.frames[fr.keys]
             for k in fr.keys:
                 del framed[k]
+            if moved is not None:
+                moved(fr, cols)
         except BaseException:  # a signal's exception (Ctrl-C) midway: every point stays in one place
             if fr.keys in self.frames:  # still the frame's (its keys had no column before: open_frame)
                 for k in fr.keys:
@@ -205,6 +210,8 @@ class Buffer:
             else:
                 for k in fr.keys:
                     framed.pop(k, None)
+                if moved is not None:
+                    moved(fr, cols)
             raise
 
     def cut(self, fresh: dict[str, Column]) -> Cut:

@@ -55,7 +55,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
         run.log({"a": 1.75, "b": 2.75}, step=2)  # per key now: after the append
         run.log({"b": 4.0, "a": 5.0}, step=1)  # per key: both have points in columns
         run.log({"c": 6.0, "d": 7.0}, step=1)
-        run.log({"c": torch.tensor(8.0), "d": 9.0}, step=2)  # a tensor: per key, spilling (c, d)
+        run.log({"c": torch.tensor(8.0), "d": 9.0}, step=2)  # a tensor: a row of the frame too, read at the cut
         run.log({"e": 1.0, "f": 2.0}, step=3)
         run.log({"e": 3.0, "f": 4.0})  # step None: a row of the same frame, numbered after its points
         run.log({"g": 1.0, "h": 2.0}, step=5)
@@ -65,7 +65,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
         run.log({"k": 1.0, "l": 2.0}, step=0)
         run.log({"k": 3.0, "l": np.float16(4.0)}, step=1)  # a type frames do not take: per key
         run.log({"m": 1.0, "n": 2.0}, step=7)
-        assert frames_of(run) == {("e", "f"): 2, ("m", "n"): 1}
+        assert frames_of(run) == {("c", "d"): 2, ("e", "f"): 2, ("m", "n"): 1}
         run.wait(30)
     got = stored(store_dir)
     assert got == {
@@ -119,6 +119,33 @@ def test_dicts_logged_without_a_step_are_framed_and_each_key_numbered_as_if_logg
     assert stored(store_dir) == {
         "a": [(0, 1.0), (1, 3.0), (10, 5.0), (11, 7.0), (12, 9.0), (13, 1.5), (14, 3.5)],
         "b": [(0, 2.0), (1, 4.0), (10, 6.0), (11, 8.0), (12, 2.5), (13, 4.5)],
+    }
+
+
+def test_a_dict_with_tensors_is_a_frame_row_whose_tensors_are_read_at_the_cut_or_follow_a_spill(
+    store_dir: Path,
+) -> None:
+    """A tensor among a dict's plain numbers (a loss) no longer sends the dict per key: the row holds a NaN, the
+    snapshot is read at the cut; a per-key append spilling such a frame takes the reads to the columns."""
+    torch = pytest.importorskip("torch")
+    with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        loss = torch.tensor(1.5)
+        run.log({"loss": loss, "lr": 0.1, "acc": torch.tensor([0.25])}, step=0)
+        loss += 10  # changed in place after the call: the snapshot keeps 1.5
+        run.log({"loss": torch.tensor(2.5), "lr": 0.2, "acc": torch.tensor(0.5)})  # no step: numbered 1
+        run.log({"x": torch.tensor(3.0), "y": 4.0}, step=0)
+        run.log({"x": torch.tensor(5.0), "y": 6.0}, step=1)
+        assert frames_of(run) == {("loss", "lr", "acc"): 2, ("x", "y"): 2}
+        run["x"].append(torch.tensor(7.0), step=2)  # spills (x, y): the reads of 3.0 and 5.0 go with them
+        with pytest.raises(TypeError, match="must be a scalar, got a tensor with 2 elements"):
+            run.log({"loss": torch.tensor([1.0, 2.0]), "lr": 0.3, "acc": 0.75}, step=2)
+        assert frames_of(run) == {}  # the rejected call went per key: it spilled the frame, whose points stay
+    assert stored(store_dir) == {
+        "loss": [(0, 1.5), (1, 2.5)],
+        "lr": [(0, 0.1), (1, 0.2)],
+        "acc": [(0, 0.25), (1, 0.5)],
+        "x": [(0, 3.0), (1, 5.0), (2, 7.0)],
+        "y": [(0, 4.0), (1, 6.0)],
     }
 
 
