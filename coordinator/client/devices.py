@@ -147,9 +147,8 @@ class DeviceScalars:
         entry = self._pending.get(id(steps))
         if entry is None:
             entry = self._pending[id(steps)] = (steps, values, [])
-        self._count += len(
-            reads
-        )  # counted just before: a signal's exception lands after a call, never between these two
+        # Counted just before: a signal's exception lands after a call, never between these two.
+        self._count += len(reads)
         entry[2].extend(reads)
         if self._count > _MAX_PENDING:
             self._resolve_oldest()

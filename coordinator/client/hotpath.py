@@ -3,9 +3,8 @@
 A dict of plain numbers logged at one step (or without one: a row at -1) goes to its key tuple's
 frame (:func:`log_frame`, :mod:`~coordinator.transport.frames`): a few C-level calls, no loop over
 the keys; one with tensors among them too, through one loop. Everything else takes ``Run.log``'s
-per-key path. All of it runs on the training thread
-with the buffer lock held (``wait_for_room`` releases it while it waits, through the buffer's
-condition).
+per-key path. All of it runs on the training thread with the buffer lock held (``wait_for_room``
+releases it while it waits, through the buffer's condition).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ _log = logging.getLogger("coordinator")
 
 _PLAIN = frozenset((float, int, bool, np.float64, np.float32, np.int64, np.int32))
 """Value types a frame takes, exactly (``array('d')`` converts each as the per-key path does), and
-tensors (:func:`_log_frame_tensors`); other numpy types and subclasses go per key."""
+tensors (:func:`_tensor_row`); other numpy types and subclasses go per key."""
 
 
 def log_frame(
@@ -55,43 +54,50 @@ def log_frame(
     The caller checked the step (-1: none given; the sender numbers the row) and at least 2
     keys. Nothing is kept when it returns False: a value the values array refuses (an int beyond
     a float) cuts the frame back to its length before the call, and the per-key path then raises
-    the precise error. A row with tensors takes :func:`_log_frame_tensors`.
+    the precise error. One-element tensors among the values (a loss kept as a tensor) are NaNs in
+    the row and snapshots read on the sender thread, as on the per-key path
+    (:mod:`~coordinator.client.devices`: no GPU sync here), registered at their positions in the
+    frame (:func:`_tensor_row`).
     """
     vals = data.values()
-    if not _PLAIN.issuperset(map(type, vals)):
-        return _log_frame_tensors(b, data, step, keys, text_keys, dev)
+    snaps: list[tuple[int, Any]] | None = None
+    if _PLAIN.issuperset(map(type, vals)):
+        row = list(vals)
+    else:
+        row, snaps = _tensor_row(data)
+        if snaps is None:
+            return False
     kt = tuple(data)
     fr = b.frames.get(kt)
     if fr is None:
         fr = open_frame(b, kt, keys, text_keys)
         if fr is None:
             return False
+    reads = [(j, *snapshot(t)) for j, t in snaps] if snaps else None  # before the row: a failure leaves nothing
     values = fr.values
     n = len(values)
     try:
         # One resize and one pass: ``extend`` of the dict's values grows the array item by item
         # (2.9 µs for 100 values against 1.6), and ``fromlist`` leaves it as it was on a refusal.
-        values.fromlist(list(vals))
+        values.fromlist(row)
         fr.steps.append(step)
+        if reads:
+            dev.defer_at(fr.steps, values, [(n + j, host, event) for j, host, event in reads])
     except OverflowError:  # a value past a float's range, or a step past int64 after the row went in
         del values[n:]
         return False
     except BaseException:  # also a signal's exception (Ctrl-C) between the two: the row goes whole
+        if reads:
+            dev.discard_from(fr.steps, n)
         del values[n:]
         del fr.steps[n // len(kt) :]
         raise
     return True
 
 
-def _log_frame_tensors(
-    b: Buffer, data: dict[str, Any], step: int, keys: KeyRegistry, text_keys: set[str], dev: DeviceScalars
-) -> bool:
-    """:func:`log_frame` for a row with one-element tensors among its plain numbers (a loss, kept as a tensor).
-
-    Each tensor is a NaN in the row and a snapshot read on the sender thread, as on the per-key
-    path (:mod:`~coordinator.client.devices`: no GPU sync here), keyed by the frame's position of
-    the value. False (nothing kept) for any other value, or a tensor the per-key path refuses.
-    """
+def _tensor_row(data: dict[str, Any]) -> tuple[list[Any], list[tuple[int, Any]] | None]:
+    """A row of plain numbers and one-element tensors: the row (a NaN for each tensor) and the checked tensors
+    by position; None for them where a value is anything else, or a tensor the per-key path refuses."""
     row: list[Any] = []
     snaps: list[tuple[int, Any]] = []
     nan = float("nan")
@@ -102,32 +108,11 @@ def _log_frame_tensors(
             try:
                 snaps.append((j, check_tensor(k, v)))
             except TypeError:
-                return False
+                return row, None
             row.append(nan)
         else:
-            return False
-    kt = tuple(data)
-    fr = b.frames.get(kt)
-    if fr is None:
-        fr = open_frame(b, kt, keys, text_keys)
-        if fr is None:
-            return False
-    reads = [(j, *snapshot(t)) for j, t in snaps]  # before the row: nothing to undo if a copy fails
-    values = fr.values
-    n = len(values)
-    try:
-        values.fromlist(row)
-        fr.steps.append(step)
-        dev.defer_at(fr.steps, values, [(n + j, host, event) for j, host, event in reads])
-    except OverflowError:
-        del values[n:]
-        return False
-    except BaseException:
-        dev.discard_from(fr.steps, n)
-        del values[n:]
-        del fr.steps[n // len(kt) :]
-        raise
-    return True
+            return row, None
+    return row, snaps
 
 
 def open_frame(b: Buffer, kt: tuple[str, ...], keys: KeyRegistry, text_keys: set[str]) -> Frame | None:

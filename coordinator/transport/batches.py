@@ -12,8 +12,8 @@ cutter calls ``pause`` (the sender's GIL slicer), so a cut of many keys never ho
 long in one stretch; it also pauses between the swap, the frames' blocks and the encoding, each
 tens of µs of work on a cold CPU.
 
-Frames (a dict of plain numbers logged at one step, :mod:`~coordinator.transport.frames`) are
-cut as one wire block each, with no per-key Python: ``frame_steps`` numbers their rows logged
+Frames (a dict's rows, each at one step, :mod:`~coordinator.transport.frames`) are cut as one
+wire block each, with no per-key Python: ``frame_steps`` numbers their rows logged
 without a step once for all the keys and records where the keys ended, so a later ``log()``
 without a step continues after it (a frame it cannot number that way goes per key). A frame
 that does not fit the room left in a batch is split by step rows; one with more keys than a

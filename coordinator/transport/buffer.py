@@ -2,8 +2,8 @@
 
 Metric points accumulate as columns (an int64 step array and a float64 value array per key)
 under one short lock; the sender swaps the whole column dict out every flush interval, so the
-hot path never encodes and the sender's work is per key, not per point. A dict of plain numbers
-(at one step, or without one) accumulates as one *frame* (:mod:`~coordinator.transport.frames`) for
+hot path never encodes and the sender's work is per key, not per point. A dict of numbers
+(at one step or without one) accumulates as one *frame* (:mod:`~coordinator.transport.frames`) for
 all its keys instead: within a generation a key lives in exactly one place, a column or one
 frame (:attr:`Buffer.framed`), and a per-key append of a framed key spills its frame first. A frame
 outlives its generation: the cut takes its rows and leaves it empty for the next calls of the same

@@ -7,7 +7,9 @@ sender cuts the frame as one wire block (``"b"`` of a batch, :mod:`~coordinator.
 instead of numbering and encoding each key on its own. A dict logged without a step is a row at
 -1: the sender numbers the frame's rows once for all its keys (they share every step), or, where
 its keys were last logged at different steps, goes per key
-(:meth:`~coordinator.client.steps.StepNumbering.frame`).
+(:meth:`~coordinator.client.steps.StepNumbering.frame`). A one-element tensor in the dict is a NaN
+in its row until the sender reads the tensor's snapshot into it at the cut
+(:mod:`~coordinator.client.devices`).
 
 The buffer keeps one rule: within a generation a key lives in exactly one place, a per-key
 column or one frame, so the order of a key's points is the order of the calls. A per-key append
