@@ -208,7 +208,7 @@ def test_with_copies_a_rank_logging_cpu_tensors_is_copied_between_flushes_not_cu
 @pytest.mark.gpu
 def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None:
     """A kernel that keeps the GPU busy ~2 s is queued before log(): log() returns long before it ends,
-    and the value logged is the one the GPU computed after that kernel."""
+    and the value logged is the one the GPU computed after that kernel, per key and in a dict's frame row."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     dev = torch.device("cuda")
@@ -228,6 +228,7 @@ def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None
         t0 = time.perf_counter()
         run.log({"loss": loss}, step=1)
         run["acc"].append(acc, step=1)
+        run.log({"pair/loss": loss, "pair/lr": 0.5}, step=1)  # a dict: a frame row, its tensor read at the cut
         took = time.perf_counter() - t0
         end.record()
         gpu_busy = not end.query()  # the sleep kernel is still running: nothing above waited for it
@@ -236,5 +237,7 @@ def test_log_of_a_cuda_tensor_does_not_wait_for_the_gpu(store_dir: Path) -> None
         run.wait(60)
         assert run["loss"].fetch_values(rank=0) == [(1, 7.0)]
         assert run["acc"].fetch_values(rank=0) == [(1, 8.0)]
+        assert run["pair/loss"].fetch_values(rank=0) == [(1, 7.0)]
+        assert run["pair/lr"].fetch_values(rank=0) == [(1, 0.5)]
     assert gpu_s > 0.5, f"the sleep kernel took only {gpu_s:.3f} s"
     assert gpu_busy and took < gpu_s / 10, f"log() took {took:.3f} s while the GPU was busy {gpu_s:.3f} s"
