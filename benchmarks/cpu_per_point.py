@@ -152,9 +152,11 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank of the paced job; rank 0 reads ``/proc`` around each window and writes ``--out``."""
+    """One rank of the paced job; rank 0 reads ``/proc`` around each window, prints the summary and writes ``--out``."""
     p = argparse.ArgumentParser(prog="benchmarks.cpu_per_point")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out", default=None, help="also write every block's figures here (JSON); rank 0 prints the summary"
+    )
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--root", default=None)
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in order:
             results[v].append(run_block(v))
     if rank == 0:
-        Path(args.out).write_text(json.dumps({"seconds": args.seconds, "rate": RATE, "results": results}))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"seconds": args.seconds, "rate": RATE, "results": results}))
         print(json.dumps(summarise({"results": results}), indent=1))
     dist.destroy_process_group()
     return 0
