@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -163,6 +164,9 @@ def test_the_socket_directory_of_a_killed_run_is_removed_at_the_next_start(store
         sock_dir = Path(endpoint.removeprefix("ipc://")).parent
         assert sock_dir.is_dir() and (sock_dir / OWNERS_FILE).read_text().split() == [str(p.pid), agg_pid]
         assert not (sock_dir / "config.json").exists(), "the aggregator did not delete its config file"
+        # Rank 0 frozen first: between the two kills its supervisor would otherwise see the aggregator die
+        # and start another (CI saw one, still starting when the next run looked at the directory).
+        os.kill(p.pid, signal.SIGSTOP)
         psutil.Process(int(agg_pid)).kill()
         p.kill()
         p.wait(30)
