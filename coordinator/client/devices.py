@@ -171,9 +171,8 @@ class DeviceScalars:
         for i, host, event in entry[2]:
             c = cols[keys[i % w]]
             to = moved.get(id(c[0]))
-            if to is None:
-                had = self._pending.get(id(c[0]))
-                to = moved[id(c[0])] = (c[0], c[1], list(had[2]) if had is not None else [])
+            if to is None:  # the spill's columns are new arrays: no read is pending on them yet
+                to = moved[id(c[0])] = (c[0], c[1], [])
             to[2].append((i // w, host, event))
         pending = dict(self._pending)
         del pending[id(steps)]
