@@ -92,8 +92,6 @@ def log_frame(
         del values[n:]
         del fr.steps[n // len(kt) :]
         raise
-    if b.through is not None and not reads:  # copies: the row on disk at once (a tensor's is read later)
-        b.through.row(kt, fr)
     return True
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import threading
 from array import array
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from coordinator.core.columns import Column
 from coordinator.core.values import FieldValue
 from coordinator.errors import CoordinatorError
 from coordinator.transport.frames import Frame
 
-__all__ = ["NEVER", "Buffer", "Column", "Cut", "Frame", "TextColumn", "Through"]
+__all__ = ["NEVER", "Buffer", "Column", "Cut", "Frame", "TextColumn"]
 
 NEVER = 1 << 62
 """:attr:`Buffer.copy_mark` without copies: never reached."""
@@ -39,13 +39,6 @@ TextColumn = tuple["array[int]", list[str]]
 
 Cut = tuple[int, dict[str, Column], dict[tuple[str, ...], Frame], list[tuple[str, FieldValue]], dict[str, TextColumn]]
 """A swapped-out generation: its number, metric columns, frames, field writes and text columns."""
-
-
-class Through(Protocol):
-    """What the hot path tells the copies (:class:`~coordinator.transport.copies.Copies`), lock held."""
-
-    def row(self, keys: tuple[str, ...], fr: Frame) -> None:
-        """A row of plain numbers was just appended to frame ``fr``."""
 
 
 class Buffer:
@@ -96,8 +89,6 @@ class Buffer:
         """Copies the uncut points if a kill window has passed, or sets the next :attr:`copy_mark`."""
         self.slow_write: Callable[[], None] | None = None
         """Told of a slow-path write (a field, a text): with copies, it starts their timer."""
-        self.through: Through | None = None
-        """With copies: told of each frame row of plain numbers the hot path appends, to write it through at once."""
         self._wake_points = max_points
         self._wake: Callable[[], None] | None = None
         self.flush_requested = False

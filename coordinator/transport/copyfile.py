@@ -3,10 +3,7 @@
 Record layout, little-endian: ``u32 length | u32 crc32 | msgpack body``; a body is
 ``[ROWS, gen, [[id, steps, values], ...], [[id, key or [keys]], ...]]`` (each id is named in the
 first record of the generation that uses it; a frame's values are step-major, one row of
-``len(keys)`` values per step) or ``[CUT, gen, first_seq, last_seq]``; or, for one row written
-through at the call, :data:`ROW` (``u8 0xC1 | i64 gen | u32 id | i64 step``) and the row's values
-(one for a column, ``len(keys)`` for a frame), little-endian doubles, under a header whose CRC is
-:data:`ROW_CHECK`. Zeros (the file's unused
+``len(keys)`` values per step) or ``[CUT, gen, first_seq, last_seq]``. Zeros (the file's unused
 allocation), a record of another generation (the one before it in the same file) or a torn
 record (the kill came mid-copy) end a generation (:mod:`.copyread` reads them back).
 """
@@ -19,19 +16,10 @@ import struct
 import zlib
 from pathlib import Path
 
-__all__ = ["CUT", "HEAD", "PREFIX", "ROW", "ROWS", "ROW_CHECK", "ROW_TAG", "ZERO_HEAD", "CopyFile", "copy_path"]
+__all__ = ["CUT", "HEAD", "PREFIX", "ROWS", "ZERO_HEAD", "CopyFile", "copy_path"]
 
 ROWS = 0
 CUT = 1
-ROW_TAG = 0xC1
-"""The first byte of a row written through: a byte msgpack never uses, so no msgpack body starts with it."""
-ROW = struct.Struct("<BqIq")
-"""A row written through, before its values: the tag, its generation, its id (named in an earlier
-record of the generation) and its step (-1: numbered as a ``ROWS`` record's are)."""
-ROW_CHECK = 0x57C1A5ED
-"""A row's header has this in place of a CRC: its body and the zero header after it are stored
-before its header (a kill between leaves the old end's zeros), and a header stored in part (the
-kill came mid-store) has zero bytes where this has none."""
 HEAD = struct.Struct("<II")
 """A record's header: its body's length and CRC-32."""
 ZERO_HEAD = bytes(HEAD.size)
@@ -80,7 +68,7 @@ class CopyFile:
         pos = self.pos
         m[pos + n : pos + n + HEAD.size] = ZERO_HEAD
         m[pos + HEAD.size : pos + n] = body
-        m[pos : pos + HEAD.size] = HEAD.pack(len(body), ROW_CHECK if body[0] == ROW_TAG else zlib.crc32(body))
+        m[pos : pos + HEAD.size] = HEAD.pack(len(body), zlib.crc32(body))
         self.pos = pos + n
 
     def _grow(self, need: int) -> mmap.mmap:

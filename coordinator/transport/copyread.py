@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 import zlib
 from array import array
@@ -22,7 +21,7 @@ from coordinator.core.columns import Column, from_le
 from coordinator.core.numbering import explicit, number_steps
 from coordinator.errors import ProtocolError
 from coordinator.transport import wire
-from coordinator.transport.copyfile import CUT, HEAD, PREFIX, ROW, ROW_CHECK, ROW_TAG, ROWS, ZERO_HEAD
+from coordinator.transport.copyfile import CUT, HEAD, PREFIX, ROWS, ZERO_HEAD
 from coordinator.transport.plain import packb, unpack
 
 __all__ = ["CopiedGeneration", "copy_batches", "mark_replayed", "read_copies"]
@@ -97,17 +96,6 @@ def _take(
             parts.setdefault(str(name), []).append((steps, values))
 
 
-def _row(body: bytes) -> list[Any]:
-    """A row written through (:data:`~coordinator.transport.copyfile.ROW`) as the ``ROWS`` record of that one row."""
-    if len(body) < ROW.size or (len(body) - ROW.size) % 8:
-        raise ValueError(f"a row record of {len(body)} bytes")
-    _, gen, i, step = ROW.unpack_from(body)
-    return [ROWS, gen, [[i, _STEP.pack(step), body[ROW.size :]]], []]
-
-
-_STEP = struct.Struct("<q")
-
-
 def _read(path: Path) -> CopiedGeneration | None:
     """The generation of a copy file's first record and its records after it; None: no record."""
     data = path.read_bytes()
@@ -121,11 +109,11 @@ def _read(path: Path) -> CopiedGeneration | None:
         if n == 0:
             break  # the zero header after the last record
         body = data[pos + HEAD.size : pos + HEAD.size + n]
-        if len(body) != n or crc != (ROW_CHECK if body[0] == ROW_TAG else zlib.crc32(body)):
+        if len(body) != n or zlib.crc32(body) != crc:
             torn = len(data) - pos
             break
         try:
-            rec = _row(body) if body[0] == ROW_TAG else unpack(body, _MAX_RECORD_BYTES)
+            rec = unpack(body, _MAX_RECORD_BYTES)
             if g is None:
                 g = CopiedGeneration(int(rec[1]), path)
             elif rec[1] != g.gen:

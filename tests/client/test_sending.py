@@ -160,9 +160,8 @@ def test_a_rank_flushes_on_the_wall_clocks_multiples_of_its_interval(store_dir: 
 
 
 def test_a_kill_window_below_the_flush_interval_copies_between_flushes_and_leaves_no_file(store_dir: Path) -> None:
-    """``kill_window_s=0.05`` with 0.5 s flushes: each dict's row is written through at its call, but for those
-    before a generation's first copy, which copies take; every point is stored once, and a run that closes clean
-    leaves neither a copy nor its spool behind."""
+    """``kill_window_s=0.05`` with 0.5 s flushes: the sender copies about ten times a flush; every point is stored
+    once, and a run that closes clean leaves neither a copy nor its spool behind."""
     settings = coordinator.Settings(rank=0, world_size=1, flush_interval_s=0.5, kill_window_s=0.05)
     with coordinator.init_run(name="kw", settings=settings) as run:
         copies = run._sender._pipe.copies
@@ -171,7 +170,7 @@ def test_a_kill_window_below_the_flush_interval_copies_between_flushes_and_leave
             run.log({"a": float(s), "b": -float(s)}, step=s)
             time.sleep(0.01)
         run.wait(30)
-        assert copies.rows_through >= 50 and copies.copies >= 2, (copies.rows_through, copies.copies)  # ~86 and ~6
+        assert copies.copies >= 10, copies.copies
     assert not copies.dir.exists()
     [info] = list_runs(store_dir)
     st = LocalStore(info.path / "run.db", readonly=True)

@@ -65,18 +65,14 @@ class _Rank:
         return not refused
 
 
-def _frame_row(b: Buffer, keys: tuple[str, ...], step: int, values: list[float], *, through: bool = False) -> None:
-    """What ``log(dict, step=...)`` appends for a dict of plain numbers (lock held there); ``through``: and
-    what it then tells the copies, as ``hotpath.log_frame`` does."""
+def _frame_row(b: Buffer, keys: tuple[str, ...], step: int, values: list[float]) -> None:
+    """What ``log(dict, step=...)`` appends for a dict of plain numbers (lock held there)."""
     fr = b.frames.get(keys)
     if fr is None:
         fr = b.frames[keys] = Frame(keys)
         b.framed.update(dict.fromkeys(keys, fr))
     fr.steps.append(step)
     fr.values.extend(values)
-    if through:
-        assert b.through is not None
-        b.through.row(keys, fr)
     b.pending += len(keys)
 
 
@@ -112,140 +108,6 @@ def test_each_copy_takes_only_the_rows_since_the_last_and_reads_back_per_key_in_
         "b": [(0, 2.0), (1, 4.0), (2, 6.0)],
         "c": [(0, 5.0), (1, 7.0)],
     }
-
-
-def test_a_frames_rows_are_written_through_at_their_calls_and_the_next_copy_finds_nothing_of_them(
-    tmp_path: Path,
-) -> None:
-    """Once the generation is being copied, each row goes to the file at its call, in call order among the
-    copies' records: the copy due next writes nothing for it (no record at all where nothing else is new)."""
-    r = _Rank(tmp_path)
-    b = r.buf
-    _frame_row(b, ("a", "b"), 0, [1.0, 2.0], through=True)  # before the generation's first copy: left to it
-    [] = read_copies(tmp_path)
-    _point(b, "c", 0, 5.0)
-    assert r.copy() and r.copies.copies == 1
-    _frame_row(b, ("a", "b"), 1, [3.0, 4.0], through=True)
-    _frame_row(b, ("a", "b"), 2, [5.0, 6.0], through=True)
-    _frame_row(b, ("x", "y"), 7, [0.5, 0.25], through=True)  # a frame new in the generation: named at its row
-    assert _only(tmp_path) == {
-        "a": [(0, 1.0), (1, 3.0), (2, 5.0)],
-        "b": [(0, 2.0), (1, 4.0), (2, 6.0)],
-        "c": [(0, 5.0)],
-        "x": [(7, 0.5)],
-        "y": [(7, 0.25)],
-    }
-    assert r.copy() and r.copies.copies == 1  # every point since the last copy is on disk: no record
-    _point(b, "c", 1, 7.0)
-    _frame_row(b, ("a", "b"), 3, [7.0, 8.0], through=True)
-    assert r.copy() and r.copies.copies == 2  # the column's point only
-    assert _only(tmp_path) == {
-        "a": [(0, 1.0), (1, 3.0), (2, 5.0), (3, 7.0)],
-        "b": [(0, 2.0), (1, 4.0), (2, 6.0), (3, 8.0)],
-        "c": [(0, 5.0), (1, 7.0)],
-        "x": [(7, 0.5)],
-        "y": [(7, 0.25)],
-    }
-
-
-def test_a_row_without_a_step_written_through_names_its_frame_with_its_keys_last_steps(tmp_path: Path) -> None:
-    last = {"a": 9, "b": 4}
-    r = _Rank(tmp_path, last_step=lambda k: last.get(k, -1))
-    b = r.buf
-    _frame_row(b, ("a", "b"), 20, [1.0, 2.0])
-    assert r.copy()
-    _frame_row(b, ("a", "b"), -1, [3.0, 4.0], through=True)  # named again, with 9 and 4
-    _frame_row(b, ("a", "b"), -1, [5.0, 6.0], through=True)
-    assert _only(tmp_path) == {"a": [(20, 1.0), (21, 3.0), (22, 5.0)], "b": [(20, 2.0), (21, 4.0), (22, 6.0)]}
-
-
-@pytest.mark.parametrize("why", ["cut", "field", "unspooled", "behind"])
-def test_no_row_is_written_through_where_a_copy_would_not_take_it_and_the_next_copy_does(
-    why: str, tmp_path: Path
-) -> None:
-    """The generation cut and not yet written ahead, a field in it, a cut not on disk, or an earlier row of the
-    frame not copied yet: the row waits, and the copy that is allowed again takes it, once."""
-    r = _Rank(tmp_path)
-    b, c = r.buf, r.copies
-    _frame_row(b, ("a", "b"), 0, [1.0, 2.0])
-    assert r.copy()
-    if why == "cut":
-        b.cut({})  # generation 1 starts; 0 is not written ahead yet
-    elif why == "field":
-        b.fields.append(("f", ("int", 1)))
-    elif why == "unspooled":
-        c.cut(0, 1, 1)  # generation 0's batch is not on disk yet
-        b.cut({})
-        c.cut_done(0, c.now())
-    else:
-        _frame_row(b, ("a", "b"), 1, [3.0, 4.0])  # not told to the copies
-    _frame_row(b, ("a", "b"), 5, [5.0, 6.0], through=True)
-    gens = read_copies(tmp_path)
-    assert all(5 not in g.columns.get("a", ([], []))[0] for g in gens)
-    if why == "cut":
-        c.cut(0, 1, 1)
-        c.spooled(1)
-        c.cut_done(0, c.now())
-    elif why == "field":
-        b.fields.clear()
-    elif why == "unspooled":
-        c.spooled(1)
-    assert r.copy()
-    copied = [list(zip(*g.columns["a"], strict=True)) for g in read_copies(tmp_path) if "a" in g.columns]
-    assert copied[-1][-1] == (5, 5.0) and sum(s == 5 for col in copied for s, _ in col) == 1
-
-
-@pytest.mark.parametrize("copied_before", [True, False])
-def test_a_frame_spilled_after_rows_written_through_does_not_copy_them_again(
-    copied_before: bool, tmp_path: Path
-) -> None:
-    """Also a frame whose every row of the generation was written through (no copy took any)."""
-    r = _Rank(tmp_path)
-    b = r.buf
-    _point(b, "c", 0, 9.0)
-    if copied_before:
-        _frame_row(b, ("a", "b"), 0, [1.0, 2.0])
-    assert r.copy()
-    _frame_row(b, ("a", "b"), 1, [3.0, 4.0], through=True)
-    b.spill("a")
-    _point(b, "a", 2, 5.0)
-    assert r.copy()
-    first = [(0, 1.0)] if copied_before else []
-    assert _only(tmp_path) == {
-        "a": [*first, (1, 3.0), (2, 5.0)],
-        "b": [*[(0, 2.0)][: len(first)], (1, 4.0)],
-        "c": [(0, 9.0)],
-    }
-
-
-def test_rows_written_through_past_the_files_first_allocation_grow_it_and_read_back_whole(tmp_path: Path) -> None:
-    r = _Rank(tmp_path)
-    b = r.buf
-    keys = tuple(f"k{i}" for i in range(100))
-    _frame_row(b, keys, 0, [0.0] * 100)
-    assert r.copy()
-    for s in range(1, 400):  # ~330 KiB of rows: past the first 256 KiB
-        _frame_row(b, keys, s, [float(s)] * 100, through=True)
-    got = _only(tmp_path)
-    assert got["k0"] == [(s, float(s)) for s in range(400)] and got["k99"] == got["k0"]
-
-
-@pytest.mark.parametrize("stored", [1, 4, 7])
-def test_a_row_whose_header_was_stored_in_part_ends_the_generation(stored: int, tmp_path: Path) -> None:
-    """A kill mid-store of a row's header (stored last, after its body): the rows before it are read, it is not."""
-    r = _Rank(tmp_path)
-    b = r.buf
-    _frame_row(b, ("a", "b"), 0, [1.0, 2.0])
-    assert r.copy()
-    [before] = read_copies(tmp_path)
-    _frame_row(b, ("a", "b"), 1, [3.0, 4.0], through=True)
-    [after] = read_copies(tmp_path)
-    p = copy_path(tmp_path, 0)
-    data = bytearray(p.read_bytes())
-    data[before.end + stored : before.end + 8] = bytes(8 - stored)  # the header's last bytes never stored
-    p.write_bytes(bytes(data))
-    [g] = read_copies(tmp_path)
-    assert list(g.columns["a"][0]) == [0] and g.end == before.end < after.end
 
 
 def test_a_frame_spilled_into_columns_keeps_the_count_of_its_copied_rows(tmp_path: Path) -> None:
