@@ -5,7 +5,8 @@ sender thread and aggregator process running):
 
 * ``scalar at new steps``: 100 single-scalar ``run.log({key: x}, step=s)`` calls per step, each
   at a new step (``s`` grows by one every call), 50 steps/s — how a new user logs;
-* ``first call of a step`` / ``the other 99``: the same calls split by their place in the step.
+* ``first call of a step`` / ``the other 99``: the same calls split by their place in the step;
+  the first calls split again by whether the rank's sender flushed in the sleep before them.
   The first call after the loop's sleep finds the CPU cold (its caches and the lock's memory
   evicted while the thread slept; on a shared VM also the vCPU's) and takes ~10-40 µs where the
   others take ~0.5: it is 1 in 100 calls, so it *is* the pattern's p99. ``disabled, new steps:
@@ -68,25 +69,38 @@ class _FlushFlag:
         sender._flush = flagged
 
 
-def _scalar_new_steps(run: Any, seconds: float) -> array[int]:
-    """100 ``log({key: x}, step=s)`` per paced step, every call at a new step; ns per call."""
+def _scalar_new_steps(run: Any, seconds: float, flag: _FlushFlag | None = None) -> tuple[array[int], array[int]]:
+    """100 ``log({key: x}, step=s)`` per paced step, every call at a new step.
+
+    Returns the ns of each call, and per step whether the sender flushed (``flag``: started,
+    ran or ended a flush) between the step before's last call and the step's first call: in the
+    sleep before it (all 0 without ``flag``).
+    """
     pc = time.perf_counter_ns
     steps = max(1, int(seconds * _RATE))
     out = array("q", bytes(8 * steps * _KEYS))
+    flushed = array("q", bytes(8 * steps))
     period = int(1e9 / _RATE)
     t_next = pc()
+    seen = 0
     for i in range(steps * _KEYS):
         x = i * 0.5
+        if flag is not None and i % _KEYS == 0:
+            n = len(flag.spans)
+            flushed[i // _KEYS] = n > seen or flag.busy
+            seen = n
         t0 = pc()
         run.log({"loss_new": x}, step=i)  # every call at a new step
         t1 = pc()
         out[i] = t1 - t0
         if (i + 1) % _KEYS == 0:
+            if flag is not None:
+                seen = len(flag.spans)  # a flush during the step's own calls is not in the sleep
             t_next += period
             delay = t_next - pc()
             if delay > 0:
                 time.sleep(delay / 1e9)
-    return out
+    return out, flushed
 
 
 class _SameShape:
@@ -198,7 +212,7 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
         )
         try:
             flag = _FlushFlag(run._sender)
-            lat = _scalar_new_steps(run, seconds)
+            lat, flushed = _scalar_new_steps(run, seconds, flag)
             r = latency_summary(lat, overhead_ns)
             rows.setdefault(("realistic, 100 scalars at new steps", 'log({"loss": x}, step=s)'), []).append(r)
             # The first call after the loop's sleep pays for a cold CPU (caches, the lock): 1 in 100 calls,
@@ -207,6 +221,13 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
             rest = array("q", (v for i, v in enumerate(lat) if i % _KEYS))
             r = latency_summary(first, overhead_ns)
             rows.setdefault(("new steps: first call of a step", 'log({"loss": x}, step=s)'), []).append(r)
+            # Split by whether this rank's sender flushed in the sleep before it (about 2 steps in 5 at
+            # 50 ms): the other sleeps still hold the aggregator's and the ZeroMQ threads' wake-ups.
+            for was, label in ((1, "after a sleep with a sender flush"), (0, "after a sleep without one")):
+                part = array("q", (v for v, f in zip(first, flushed, strict=True) if f == was))
+                if part:
+                    r = latency_summary(part, overhead_ns)
+                    rows.setdefault((f"new steps: first call, {label}", 'log({"loss": x}, step=s)'), []).append(r)
             r = latency_summary(rest, overhead_ns)
             rows.setdefault(("new steps: the other 99 calls", 'log({"loss": x}, step=s)'), []).append(r)
             run.wait(120)
@@ -227,13 +248,13 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
         try:
             gil["disabled"].append(_probe(run, seconds, None))
             # The floor of the first call after the loop's sleep: the same loop on a run that does nothing.
-            lat = _scalar_new_steps(run, seconds)
+            lat, _ = _scalar_new_steps(run, seconds)
             r = latency_summary(array("q", lat[::_KEYS]), overhead_ns)
             rows.setdefault(("disabled, new steps: first call of a step", 'log({"loss": x}, step=s)'), []).append(r)
         finally:
             run.stop()
         # The interpreter's part of that first call: a function of log()'s shape that touches no run.
-        lat = _scalar_new_steps(_SameShape(), seconds)
+        lat, _ = _scalar_new_steps(_SameShape(), seconds)
         r = latency_summary(array("q", lat[::_KEYS]), overhead_ns)
         rows.setdefault(("plain Python of log()'s shape, new steps: first call of a step", "log(...)"), []).append(r)
     table = latency_table(rows)
