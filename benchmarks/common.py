@@ -41,6 +41,7 @@ __all__ = [
     "paired_change",
     "result_base",
     "run_job",
+    "task_cpu_s",
     "thread_cpu",
     "versions",
     "within",
@@ -228,6 +229,16 @@ def thread_cpu(proc: Any, tid: int | None) -> float | None:
         if t.id == tid:
             return float(t.user_time + t.system_time)
     return None
+
+
+def task_cpu_s(task: Path) -> float:
+    """A thread's CPU seconds from its ``/proc/<pid>/task/<tid>`` folder: ``schedstat``'s nanoseconds on
+    the CPU where the kernel keeps them, else ``stat``'s utime + stime (10 ms ticks)."""
+    try:
+        return int((task / "schedstat").read_text().split()[0]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_job(cmd: list[str], cwd: Path, env: dict[str, str], log_file: Path, timeout_s: float) -> int | None:

@@ -20,6 +20,15 @@ CPU per point = (CPU-seconds per second of the job with logging - the same witho
 window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
 over repeats of each ``coordinator`` block against the median rate of the ``none`` blocks.
 The per-process split (agent, ranks, aggregator) is reported the same way.
+
+That difference is a small figure (about 0.02 core-seconds a second) taken from two large ones
+(about 0.5), which swing by more than it between repeats. The job also reads what logging costs
+directly, in the same windows: the aggregator process's CPU, the CPU of the threads coordinator
+runs in each rank (its Python threads, named ``coordinator-...``, and pyzmq's ``ZMQbg/...``, per
+thread from ``/proc/self/task``) and each rank's training-thread CPU inside its ``log()`` calls
+(``time.thread_time_ns`` around each call). That sum leaves out what logging costs the training
+thread outside the calls (caches, GIL waits, a vCPU woken more often): the whole-job figure minus
+it is that share, as far as the noise lets it show.
 """
 
 from __future__ import annotations
@@ -29,14 +38,16 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import child_env, exit_without_teardown, log, med, median_interval, run_job
+from benchmarks.common import child_env, exit_without_teardown, log, med, median_interval, run_job, task_cpu_s
 from benchmarks.profiling import pyspy_start, stop_recorder
 
-__all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main"]
+__all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main", "own_threads_cpu", "threads_cpu", "used"]
 
 N_KEYS = 100
 RATE = 50.0
@@ -71,6 +82,42 @@ def job_cpu(root_pid: int) -> dict[int, tuple[str, float]]:
         except psutil.Error:
             continue  # gone between the listing and the read: not part of a steady window
     return out
+
+
+def threads_cpu(pid: int | str = "self", only: Callable[[int, str], bool] | None = None) -> dict[int, float]:
+    """``tid -> CPU seconds`` of the threads of process ``pid`` (those ``only(tid, kernel name)`` keeps).
+
+    Per thread from ``schedstat`` (nanoseconds), where a process's own figures count 10 ms ticks:
+    about 0.2 s of an aggregator's CPU in a 10 s window is then read to 5%.
+    """
+    task = Path(f"/proc/{pid}/task")
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(task)
+    except FileNotFoundError:
+        return out  # the process is gone
+    for tid in tids:
+        try:
+            if only is None or only(int(tid), (task / tid / "comm").read_text().strip()):
+                out[int(tid)] = task_cpu_s(task / tid)
+        except FileNotFoundError:
+            continue  # ended between the listing and the read
+    return out
+
+
+def own_threads_cpu() -> dict[int, float]:
+    """``tid -> CPU seconds`` of the threads coordinator runs in this process.
+
+    Its Python threads are named ``coordinator-...`` (the sender, the system sampler, ...); pyzmq's
+    I/O and reaper threads are ``ZMQbg/...`` to the kernel. Nothing else in the job uses ZeroMQ.
+    """
+    ours = {t.native_id for t in threading.enumerate() if t.name.startswith("coordinator")}
+    return threads_cpu("self", lambda tid, comm: tid in ours or comm.startswith("ZMQbg"))
+
+
+def used(a: dict[int, float], b: dict[int, float]) -> float:
+    """CPU seconds between two readings of :func:`threads_cpu` (a thread that started between them: all of its)."""
+    return sum(c - a.get(tid, 0.0) for tid, c in b.items())
 
 
 def _delta(a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]]) -> dict[str, float]:
@@ -134,7 +181,23 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         for c, n in zip(coord, none, strict=True)
     ]
     point, lo, hi = median_interval(paired)
+    direct: dict[str, Any] = {}
+    if coord and all("direct" in b for b in coord):
+        # What logging costs measured directly (no baseline): the aggregator, coordinator's threads
+        # in the ranks and the training threads' time inside log(), per point of the block.
+        parts: dict[str, list[float]] = {"aggregator": [], "rank_threads": [], "log_calls": []}
+        for b in coord:
+            parts["aggregator"].append(b["direct"].get("aggregator_s", b["cpu"]["aggregator"]) / b["points"] * 1e6)
+            parts["rank_threads"].append(b["direct"]["threads_s"] / b["points"] * 1e6)
+            parts["log_calls"].append(b["direct"]["log_calls_s"] / b["points"] * 1e6)
+        sums = [sum(xs) for xs in zip(*parts.values(), strict=True)]
+        direct = {
+            "direct_us": med(sums),
+            "direct_us_all": [round(x, 3) for x in sums],
+            "direct_by_part_us": {k: med(v) for k, v in parts.items()},
+        }
     return {
+        **direct,
         "us_per_point": med(per_point["total"]),
         "us_per_point_all": [round(x, 3) for x in per_point["total"]],
         "us_paired": point,
@@ -186,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     block = 0
     extra = {} if args.flush_interval is None else {"flush_interval_s": args.flush_interval}
 
+    in_log_ns = 0
+
     def paced(run: Any, n: int, t_next: float) -> tuple[float, int]:
-        nonlocal step
+        nonlocal step, in_log_ns
         late = 0
         for _ in range(n):
             opt.zero_grad(set_to_none=True)
@@ -196,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             if run is not None:
                 x = loss.item()
-                run.log(dict(zip(keys, [x + j for j in range(N_KEYS)], strict=True)), step=step)
+                row = dict(zip(keys, [x + j for j in range(N_KEYS)], strict=True))
+                t = time.thread_time_ns()
+                run.log(row, step=step)
+                in_log_ns += time.thread_time_ns() - t
             step += 1
             t_next += period
             delay = t_next - time.monotonic()
@@ -207,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return t_next, late
 
     def run_block(variant: str) -> dict[str, Any]:
-        nonlocal block
+        nonlocal block, in_log_ns
         block += 1
         run = None
         if variant == "coordinator":
@@ -217,26 +285,34 @@ def main(argv: list[str] | None = None) -> int:
         paced(run, int(RATE), time.monotonic())  # 1 s: start-up excluded
         dist.barrier()
         a = job_cpu(agent) if rank == 0 else {}
+        threads_a, in_log_ns = own_threads_cpu(), 0
+        aggregators = [pid for pid, (role, _) in a.items() if role == "aggregator"]
+        agg_a = {pid: threads_cpu(pid) for pid in aggregators}
         spies = []
         if args.profile and run is not None and rank == 0 and block <= 3:
             # Not on the first logged block only by chance: block 2 or 3 is the first "coordinator".
-            aggs = [pid for pid, (role, _) in a.items() if role == "aggregator"]
             prof = Path(args.profile)
             spies = [pyspy_start(os.getpid(), prof / "rank0.txt", True)]
-            spies += [pyspy_start(pid, prof / "aggregator.txt", False) for pid in aggs[:1]]
+            spies += [pyspy_start(pid, prof / "aggregator.txt", False) for pid in aggregators[:1]]
         t0 = time.monotonic()
         n = int(args.seconds * RATE)
         _, late = paced(run, n, time.monotonic())
         dist.barrier()
         wall = time.monotonic() - t0
         b = job_cpu(agent) if rank == 0 else {}
+        agg_s = sum(used(agg_a[pid], threads_cpu(pid)) for pid in aggregators)
+        mine = [used(threads_a, own_threads_cpu()), in_log_ns / 1e9]
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
         for spy in spies:
             stop_recorder(spy)
         if run is not None:
             run.stop(120)
         dist.barrier()
         world = dist.get_world_size()
-        return {"wall_s": wall, "cpu": _delta(a, b), "points": n * N_KEYS * world if run else 0, "late": late / n}
+        direct = {"aggregator_s": agg_s, "threads_s": sum(t for t, _ in every), "log_calls_s": sum(c for _, c in every)}
+        points = n * N_KEYS * world if run else 0
+        return {"wall_s": wall, "cpu": _delta(a, b), "points": points, "late": late / n, "direct": direct}
 
     run_block("none")  # warm-up (not recorded)
     results: dict[str, list[dict[str, Any]]] = {"none": [], "coordinator": []}

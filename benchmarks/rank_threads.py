@@ -46,26 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import coordinator
+from benchmarks.common import task_cpu_s
 
 __all__ = ["main"]
 
-_HZ = os.sysconf("SC_CLK_TCK")
 _RATE = 50.0
 _KEYS = 100
-
-
-def _cpu_fields(stat: str) -> float:
-    """utime + stime in seconds from a ``/proc/.../stat`` line (10 ms ticks)."""
-    f = stat.rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / _HZ
-
-
-def _cpu_seconds(task: Path) -> float:
-    """A thread's CPU time: ``schedstat``'s nanoseconds on the CPU where kept, else ``stat``'s ticks."""
-    try:
-        return int((task / "schedstat").read_text().split()[0]) / 1e9
-    except (FileNotFoundError, IndexError, ValueError):
-        return _cpu_fields((task / "stat").read_text())
 
 
 def _switches(status: str) -> int:
@@ -85,7 +71,7 @@ def _threads(pid: int | str = "self") -> dict[tuple[str, str], tuple[float, int]
         try:
             comm = names.get(t) or (task / t / "comm").read_text().strip()
             out[(t, comm)] = (
-                _cpu_seconds(task / t),
+                task_cpu_s(task / t),
                 _switches((task / t / "status").read_text()),
             )
         except FileNotFoundError:
