@@ -6,7 +6,7 @@ uncaught error in a thread, then a normal end), ``sleep`` (sleeps in Python unti
 ``blocked`` (blocks in a C call that never returns to the interpreter, as a collective does:
 re-locking a held pthread mutex through ctypes; the Python signal handler cannot run there),
 ``keyboard`` (raises KeyboardInterrupt outside any ``with``), ``hot`` (logs ``x``, ``y`` and ``z`` at
-every step as fast as it can until interrupted), ``forked-sigterm`` (a forked child
+every step as fast as it can until interrupted, 30 s at most), ``forked-sigterm`` (a forked child
 is terminated with SIGTERM, then the rank goes on), ``clean``.
 """
 
@@ -56,10 +56,14 @@ def main() -> None:
         time.sleep(600)
     elif a.how == "hot":  # logs as fast as it can until Ctrl-C, which then lands inside a log() at times
         i = a.points
-        while True:
+        # Bounded: a KeyboardInterrupt that lands in a ``__del__`` is dropped by Python, and the loop
+        # would then fill the disk until the test's timeout.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             run.log({"x": float(i), "y": float(i)}, step=i)
             run["z"].append(float(i), step=i)
             i += 1
+        sys.exit("no Ctrl-C came in 30 s of logging")
     elif a.how == "burst-exit":  # a large batch sent, another logged, then exit without stop(): atexit sends it
         for i in range(a.points, a.points + 50_000):
             run.log({"x": float(i)}, step=i)
