@@ -23,12 +23,13 @@ The per-process split (agent, ranks, aggregator) is reported the same way.
 
 That difference is a small figure (about 0.02 core-seconds a second) taken from two large ones
 (about 0.5), which swing by more than it between repeats. The job also reads what logging costs
-directly, in the same windows: the aggregator process's CPU, the CPU of the threads coordinator
-runs in each rank (its Python threads, named ``coordinator-...``, and pyzmq's ``ZMQbg/...``, per
-thread from ``/proc/self/task``) and each rank's training-thread CPU inside its ``log()`` calls
-(``time.thread_time_ns`` around each call). That sum leaves out what logging costs the training
-thread outside the calls (caches, GIL waits, a vCPU woken more often): the whole-job figure minus
-it is that share, as far as the noise lets it show.
+directly, in the same windows: the aggregator's CPU (its threads' ``schedstat``, in
+nanoseconds), the CPU of the threads coordinator runs in each rank (its Python threads, named
+``coordinator-...``, and pyzmq's ``ZMQbg/...``, per thread from ``/proc/self/task``) and each
+rank's training-thread CPU inside its ``log()`` calls (``time.thread_time_ns`` around each
+call). That sum leaves out what logging costs the training thread outside the calls (caches, GIL
+waits, a vCPU woken more often): the whole-job figure minus it is that share, as far as the
+noise lets it show.
 """
 
 from __future__ import annotations
