@@ -271,8 +271,8 @@ def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_
     left with a value but not its step would shift every later point of its key by one step.
 
     An exception raised inside a ``__del__`` or a weak reference's callback is printed and
-    dropped by Python, whoever raises it. A garbage collection in the loop could run one (an
-    earlier test's unclosed socket), and the call loop then never ended: the collector is off
+    dropped by Python, whoever raises it. A garbage collection in the loop could run one (for an
+    object an earlier test left), and the call loop then never ended: the collector is off
     while the calls run, each interrupt has 5 s to arrive, and one swallowed in coordinator's own
     code fails the test, naming where.
     """
