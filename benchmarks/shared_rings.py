@@ -1,0 +1,268 @@
+"""What a rank without a sender thread would cost: its rows in a shared-memory ring, drained by one process per node.
+
+Today every rank runs a sender thread that wakes each flush interval (50 ms) to cut, encode and
+send its buffer and to read acks: ~1.2 µs of CPU a point at the paced load, half of goal 1's
+direct figure, nearly all of it the cold CPU of each wake-up (docs/performance.md, rounds 14 and
+41). This measures the floor of the other shape (docs/performance.md, round 42): the training
+thread writes each ``log()`` row into a ring in shared memory (one ``struct.pack_into`` and one
+index store), and one process for the node wakes every ``--drain-ms`` to copy every ring's new
+rows out as numpy arrays. Nothing wakes in the rank, and a rank killed with SIGKILL loses nothing
+it wrote: its rows stay in the node's memory until the drainer has them.
+
+``--ranks`` writer processes each log a ``--keys``-key row ``--rate`` times a second for
+``--seconds``; the drainer checks that every row of every ring arrives once, in order, with its
+values (with ``--no-check``, only that every row arrives). Each repeat also runs the same writers
+without the ring (the loop alone), and reports, per point logged: the writers' CPU inside their
+writes (thread time around each), the drainer's CPU, and the writers' whole CPU minus the loop
+alone's. CPU is read from ``/proc`` (schedstat's
+nanoseconds) over the steady window: the first second and the last are left out.
+
+    python -m benchmarks.shared_rings [--ranks 4] [--keys 100] [--rate 50] [--seconds 10] [--repeats 3] [--drain-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import multiprocessing as mp
+import os
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import med, task_cpu_s
+
+__all__ = ["Ring", "Trial", "check_rows", "drain", "main", "trial", "writer"]
+
+_HEADER = 64
+"""Bytes before the rows: the rows written (int64 at 0) and the rows drained (int64 at 8)."""
+
+_JOIN_S = 30.0
+
+
+class Ring:
+    """One rank's ring in a file of shared memory: ``capacity`` rows of a step and ``keys`` values.
+
+    The writer stores a row's bytes, then the count of rows written; the drainer reads the count,
+    copies the rows below it, then stores the count drained, which frees their slots. Each side
+    stores one count and reads the other's, so neither takes a lock. The order of the two stores
+    is x86's (stores are not reordered there); an architecture that reorders them needs a release
+    store the interpreter does not offer.
+    """
+
+    def __init__(self, path: Path, keys: int, capacity: int, *, create: bool = False) -> None:
+        self.keys, self.capacity = keys, capacity
+        self.row_bytes = 8 * (keys + 1)
+        size = _HEADER + capacity * self.row_bytes
+        if create:
+            with open(path, "wb") as f:
+                f.truncate(size)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.counts = memoryview(self.map)[:16].cast("q")
+        self._row = struct.Struct(f"<q{keys}d")
+        self.rows = np.frombuffer(
+            self.map, dtype=np.dtype([("step", "<i8"), ("values", "<f8", (keys,))]), count=capacity, offset=_HEADER
+        )
+
+    def write(self, step: int, values: Any) -> None:
+        """Store one row (waiting while the ring is full: the drainer is behind)."""
+        n = self.counts[0]
+        while n - self.counts[1] >= self.capacity:
+            time.sleep(0.001)
+        self._row.pack_into(self.map, _HEADER + (n % self.capacity) * self.row_bytes, step, *values)
+        self.counts[0] = n + 1
+
+    def close(self) -> None:
+        """Release the views, then the map."""
+        del self.rows
+        self.counts.release()
+        self.map.close()
+
+
+def drain(ring: Ring) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the rows written since the last drain out of ``ring`` and free their slots: (steps, values)."""
+    w, r = ring.counts[0], ring.counts[1]
+    rows = ring.rows[np.arange(r, w) % ring.capacity]  # a copy: the slots may be written again at once
+    ring.counts[1] = w
+    return rows["step"], rows["values"]
+
+
+def check_rows(steps: np.ndarray, values: np.ndarray, first: int, keys: int, name: str) -> str:
+    """What is wrong with drained rows that should be steps ``first``, ``first + 1``, ... of a writer
+    (which logs ``step * keys + j`` for key j, exact in a float64); empty when nothing is."""
+    want = np.arange(first, first + len(steps))
+    if np.array_equal(steps, want) and np.array_equal(values, want[:, None] * keys + np.arange(keys, dtype=np.float64)):
+        return ""
+    return f"{name}: rows {first}..{first + len(steps) - 1} read back wrong (steps {steps[:3]}...)"
+
+
+def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -> None:
+    """Log a ``keys``-key dict ``rate`` times a second for ``seconds``, into the ring at ``path`` (None: nowhere)."""
+    ring = Ring(Path(path), keys, _capacity(keys)) if path else None
+    data = {f"train/m{j:03d}": 0.0 for j in range(keys)}
+    names = list(data)
+    start = time.monotonic()
+    step = in_calls = 0
+    while time.monotonic() - start < seconds:
+        base = step * keys
+        for j, k in enumerate(names):
+            data[k] = float(base + j)
+        if ring is not None:
+            t = time.thread_time_ns()
+            ring.write(step, data.values())
+            in_calls += time.thread_time_ns() - t
+        step += 1
+        pause = start + step / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    if ring is not None:
+        ring.close()
+    out.put(("writer", step, in_calls))
+
+
+def _drainer(paths: list[str], keys: int, interval_s: float, writers_done: Event, check: bool, out: Any) -> None:
+    """Drain every ring each ``interval_s`` until the writers are done and their rings empty; with ``check``,
+    check each row (without, only the count of rows is checked)."""
+    rings = [Ring(Path(p), keys, _capacity(keys)) for p in paths]
+    got = [0] * len(rings)
+    wrong = ""
+    last = False
+    while not last:
+        last = writers_done.wait(interval_s)
+        for i, ring in enumerate(rings):
+            steps, values = drain(ring)
+            if check:
+                wrong = wrong or check_rows(steps, values, got[i], keys, f"ring {i}")
+            got[i] += len(steps)
+    for ring in rings:
+        ring.close()
+    out.put(("drainer", got, wrong))
+
+
+def _capacity(keys: int) -> int:
+    """Rows in a ring: ~2 s of a 100-key row at 50 steps a second, in ~1 MiB."""
+    return max(64, (1 << 20) // (8 * (keys + 1)))
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of ``pid``."""
+    return sum(task_cpu_s(t) for t in Path(f"/proc/{pid}/task").iterdir())
+
+
+@dataclass(slots=True)
+class Trial:
+    """One run of the writers (with the ring and its drainer, or the loop alone), over its steady window."""
+
+    points_per_s: float
+    """Points the writers logged a second (rows x keys)."""
+    writers_cpu_s: float
+    """The writer processes' CPU seconds a second over the window."""
+    drainer_cpu_s: float
+    """The drainer's CPU seconds a second over the window (0 for the loop alone)."""
+    call_us: float
+    """CPU µs a point inside the writes, over the whole run (0 for the loop alone)."""
+
+
+def trial(
+    ranks: int, keys: int, rate: float, seconds: float, drain_s: float, ring: bool, directory: Path, check: bool = True
+) -> Trial:
+    """Run the writers (and, with ``ring``, the drainer) in processes of their own; read their CPU.
+
+    Raises:
+        AssertionError: a ring did not read back every row once, in order, with its values, or a
+            process did not end within its bound.
+    """
+    if seconds <= 2.5:
+        raise ValueError(f"seconds must be above 2.5 (the first and the last second are left out), not {seconds}")
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    done = ctx.Event()
+    paths = [str(directory / f"ring{i}") for i in range(ranks)] if ring else []
+    for path in paths:
+        Ring(Path(path), keys, _capacity(keys), create=True).close()
+    writers = [
+        ctx.Process(target=writer, args=(paths[i] if ring else None, keys, rate, seconds, out)) for i in range(ranks)
+    ]
+    drainer = ctx.Process(target=_drainer, args=(paths, keys, drain_s, done, check, out)) if ring else None
+    procs = writers + ([drainer] if drainer else [])
+    try:
+        for p in procs:
+            p.start()
+        time.sleep(1.0)
+        t0, cpu0 = time.monotonic(), [_process_cpu_s(p.pid or 0) for p in procs]
+        time.sleep(seconds - 2.0)
+        t1, cpu1 = time.monotonic(), [_process_cpu_s(p.pid or 0) for p in procs]
+        ends = [out.get(timeout=seconds + _JOIN_S) for _ in writers]
+        done.set()
+        drained = out.get(timeout=_JOIN_S) if drainer else None
+        for p in procs:
+            p.join(_JOIN_S)
+            if p.exitcode != 0:
+                raise AssertionError(f"{p.name} ended with {p.exitcode}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(_JOIN_S)
+    rows = [e[1] for e in ends]
+    if drained is not None:
+        if drained[2]:
+            raise AssertionError(drained[2])
+        if sorted(drained[1]) != sorted(rows):
+            raise AssertionError(f"the drainer read {drained[1]} rows, the writers wrote {rows}")
+    span = t1 - t0
+    cpu = [(b - a) / span for a, b in zip(cpu0, cpu1, strict=True)]
+    return Trial(
+        points_per_s=ranks * keys * rate,
+        writers_cpu_s=sum(cpu[:ranks]),
+        drainer_cpu_s=cpu[ranks] if drainer else 0.0,
+        call_us=sum(e[2] for e in ends) / 1e3 / max(1, sum(rows) * keys),
+    )
+
+
+def main() -> None:
+    """Alternate the loop alone and the ring, ``--repeats`` times; print each repeat and the medians."""
+    ap = argparse.ArgumentParser(prog="benchmarks.shared_rings", description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--keys", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=50.0, help="rows a second per rank")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--drain-ms", type=float, default=50.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-check", action="store_true", help="the drainer counts rows without checking each")
+    ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
+    args = ap.parse_args()
+    calls, drains, extra = [], [], []
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            alone = trial(args.ranks, args.keys, args.rate, args.seconds, args.drain_ms / 1e3, False, Path(d))
+            ring = trial(
+                args.ranks, args.keys, args.rate, args.seconds, args.drain_ms / 1e3, True, Path(d), not args.no_check
+            )
+        pps = ring.points_per_s
+        calls.append(ring.call_us)
+        drains.append(ring.drainer_cpu_s / pps * 1e6)
+        extra.append((ring.writers_cpu_s - alone.writers_cpu_s) / pps * 1e6)
+        print(
+            f"repeat {r + 1}: {pps:,.0f} points/s; per point: in the writes {calls[-1]:.3f} µs, the drainer "
+            f"{drains[-1]:.3f}, the writers minus the loop alone {extra[-1]:.3f} "
+            f"(writers {ring.writers_cpu_s * 1e3:.2f} ms/s, alone {alone.writers_cpu_s * 1e3:.2f})"
+        )
+    print(
+        f"median of {args.repeats}: writes {med(calls):.3f} µs a point + drainer {med(drains):.3f} = "
+        f"{med(calls) + med(drains):.3f} direct; writers minus the loop alone {med(extra):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The shared-ring floor measures real processes, reads every row back, and a killed writer loses no row it counted."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.shared_rings import Ring, check_rows, drain, trial, writer
+
+
+def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_path: Path) -> None:
+    t = trial(2, 10, 100.0, 3.0, 0.02, True, tmp_path)
+    assert t.points_per_s == 2000 and t.call_us > 0 and t.writers_cpu_s > 0 and t.drainer_cpu_s > 0
+    alone = trial(2, 10, 100.0, 3.0, 0.02, False, tmp_path)
+    assert alone.call_us == 0 and alone.drainer_cpu_s == 0 and alone.writers_cpu_s > 0
+
+
+def test_a_ring_hands_each_row_over_once_and_frees_its_slot(tmp_path: Path) -> None:
+    ring = Ring(tmp_path / "r", 3, 4, create=True)
+    got: list[int] = []
+    for step in range(10):  # past the capacity twice: only drained slots are written again
+        ring.write(step, [step * 3.0, step * 3.0 + 1, step * 3.0 + 2])
+        if step % 2:
+            steps, values = drain(ring)
+            assert check_rows(steps, values, len(got), 3, "r") == ""
+            got += steps.tolist()
+    assert got == list(range(10)) and len(drain(ring)[0]) == 0
+    ring.close()
+
+
+def test_rows_read_back_wrong_are_named() -> None:
+    steps = np.arange(5, 8)
+    values = steps[:, None] * 2 + np.arange(2, dtype=np.float64)
+    assert check_rows(steps, values, 5, 2, "r") == ""
+    values[1, 1] = 0.0
+    assert "r: rows 5..7 read back wrong" in check_rows(steps, values, 5, 2, "r")
+    assert check_rows(steps + 1, values, 5, 2, "r") != ""
+
+
+def test_a_writer_killed_mid_run_leaves_every_row_it_counted_readable(tmp_path: Path) -> None:
+    path = tmp_path / "ring"
+    Ring(path, 10, 1 << 14, create=True).close()
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=writer, args=(str(path), 10, 5000.0, 60.0, out))
+    p.start()
+    try:
+        ring = Ring(path, 10, 1 << 14)
+        deadline = time.monotonic() + 30
+        while ring.counts[0] < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(p.pid or 0, signal.SIGKILL)
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+        steps, values = drain(ring)
+        assert len(steps) >= 500 and check_rows(steps, values, 0, 10, "ring") == ""
+        ring.close()
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join(30)
+
+
+def test_a_window_too_short_to_leave_out_two_seconds_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"above 2\.5"):
+        trial(1, 2, 10.0, 2.0, 0.05, True, tmp_path)
