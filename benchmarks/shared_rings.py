@@ -11,13 +11,15 @@ it wrote: its rows stay in the node's memory until the drainer has them.
 
 ``--ranks`` writer processes each log a ``--keys``-key row ``--rate`` times a second for
 ``--seconds``; the drainer checks that every row of every ring arrives once, in order, with its
-values (with ``--no-check``, only that every row arrives). Each repeat also runs the same writers
-without the ring (the loop alone), and reports, per point logged: the writers' CPU inside their
-writes (thread time around each), the drainer's CPU, and the writers' whole CPU minus the loop
-alone's. CPU is read from ``/proc`` (schedstat's
-nanoseconds) over the steady window: the first second and the last are left out.
+values (with ``--no-check``, only that every row arrives). With ``--commit`` the drainer also does
+the aggregator's part: it commits each drain into a real store (:class:`Committer`). Each repeat
+also runs the same writers without the ring (the loop alone), and reports, per point logged: the
+writers' CPU inside their writes (thread time around each), the drainer's CPU, and the writers'
+whole CPU minus the loop alone's. CPU is read from ``/proc`` (schedstat's nanoseconds) over the
+steady window: the first second and the last are left out.
 
-    python -m benchmarks.shared_rings [--ranks 4] [--keys 100] [--rate 50] [--seconds 10] [--repeats 3] [--drain-ms 50]
+    python -m benchmarks.shared_rings [--ranks 4] [--keys 100] [--rate 50] [--seconds 10] [--repeats 3]
+        [--drain-ms 50] [--commit] [--no-check]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import struct
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -37,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import med, task_cpu_s
+from coordinator.journal.records import MAIN_RANK, StagedBlock, TxnData
+from coordinator.journal.store import LocalStore
 
-__all__ = ["Ring", "Trial", "check_rows", "drain", "main", "trial", "writer"]
+__all__ = ["Committer", "Ring", "Trial", "check_rows", "drain", "main", "trial", "writer"]
 
 _HEADER = 64
 """Bytes before the rows: the rows written (int64 at 0) and the rows drained (int64 at 8)."""
@@ -130,22 +135,85 @@ def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -
     out.put(("writer", step, in_calls))
 
 
-def _drainer(paths: list[str], keys: int, interval_s: float, writers_done: Event, check: bool, out: Any) -> None:
+class Committer:
+    """The aggregator's part of a drain (``--commit``): each drain's rows committed into a real store.
+
+    One transaction a drain: every rank's new rows staged as its block (as a rank's batch is now),
+    and the steps every rank has reached reduced to their mean over the ranks, written as the
+    main series' block with its counts.
+    """
+
+    def __init__(self, path: Path, keys: int, ranks: int) -> None:
+        self.names = tuple(f"train/m{j:03d}" for j in range(keys))
+        self.ranks = ranks
+        self.pending: list[np.ndarray] = [np.zeros((0, keys)) for _ in range(ranks)]
+        """Each rank's rows not yet reduced (its steps from :attr:`reduced` on)."""
+        self.reduced = 0
+        self.seq = 0
+        self.store = LocalStore(path)
+        self.store.start_checkpoints()
+        self.store.commit(TxnData(key_policies=dict.fromkeys(self.names, "mean")))
+
+    def commit(self, drained: list[tuple[np.ndarray, np.ndarray]], got: list[int]) -> None:
+        """Commit one drain: ``drained[i]`` is ring i's (steps, values); ``got[i]`` its rows so far."""
+        now = time.time()
+        self.seq += 1
+        txn = TxnData()
+        for i, (steps, values) in enumerate(drained):
+            if len(steps):
+                txn.staged.append(
+                    StagedBlock(self.names, i, 0, self.seq, now, array("q", steps.tobytes()), values.T.copy())
+                )
+                self.pending[i] = np.concatenate([self.pending[i], values])
+            txn.senders[(i, 0)] = (self.seq, got[i] * len(self.names), self.seq, 0.0, now, "live", None, None)
+        n = min(len(p) for p in self.pending)
+        if n:
+            mean = np.stack([p[:n] for p in self.pending]).mean(axis=0)
+            self.pending = [p[n:] for p in self.pending]
+            reduced = array("q", range(self.reduced, self.reduced + n))
+            txn.chunks.append(
+                StagedBlock(self.names, MAIN_RANK, 0, 0, now, reduced, mean.T.copy(), array("i", [self.ranks]) * n)
+            )
+            self.reduced += n
+        self.store.commit(txn)
+
+    def close(self, rows: int) -> str:
+        """Close the store; what is wrong with what it holds (empty when nothing): ``rows`` rows staged
+        in all, and the main series up to the last step reduced."""
+        try:
+            staged, main = self.store.staged_points(), self.store.points_after(0)[1]
+        finally:
+            self.store.close()
+        keys = len(self.names)
+        if staged != rows * keys or main != self.reduced * keys:
+            want = f"{rows * keys} and {self.reduced * keys}"
+            return f"the store holds {staged} staged and {main} main-series points, not {want}"
+        return ""
+
+
+def _drainer(
+    paths: list[str], keys: int, interval_s: float, writers_done: Event, check: bool, store: str | None, out: Any
+) -> None:
     """Drain every ring each ``interval_s`` until the writers are done and their rings empty; with ``check``,
-    check each row (without, only the count of rows is checked)."""
+    check each row (without, only the count of rows is checked); with ``store``, commit each drain there."""
     rings = [Ring(Path(p), keys, _capacity(keys)) for p in paths]
+    committer = Committer(Path(store), keys, len(rings)) if store else None
     got = [0] * len(rings)
     wrong = ""
     last = False
     while not last:
         last = writers_done.wait(interval_s)
-        for i, ring in enumerate(rings):
-            steps, values = drain(ring)
+        drained = [drain(ring) for ring in rings]
+        for i, (steps, values) in enumerate(drained):
             if check:
                 wrong = wrong or check_rows(steps, values, got[i], keys, f"ring {i}")
             got[i] += len(steps)
+        if committer is not None:
+            committer.commit(drained, got)
     for ring in rings:
         ring.close()
+    if committer is not None:
+        wrong = wrong or committer.close(sum(got))
     out.put(("drainer", got, wrong))
 
 
@@ -174,7 +242,15 @@ class Trial:
 
 
 def trial(
-    ranks: int, keys: int, rate: float, seconds: float, drain_s: float, ring: bool, directory: Path, check: bool = True
+    ranks: int,
+    keys: int,
+    rate: float,
+    seconds: float,
+    drain_s: float,
+    ring: bool,
+    directory: Path,
+    check: bool = True,
+    commit: bool = False,
 ) -> Trial:
     """Run the writers (and, with ``ring``, the drainer) in processes of their own; read their CPU.
 
@@ -193,7 +269,14 @@ def trial(
     writers = [
         ctx.Process(target=writer, args=(paths[i] if ring else None, keys, rate, seconds, out)) for i in range(ranks)
     ]
-    drainer = ctx.Process(target=_drainer, args=(paths, keys, drain_s, done, check, out)) if ring else None
+    drainer = (
+        ctx.Process(
+            target=_drainer,
+            args=(paths, keys, drain_s, done, check, str(directory / "run.db") if commit else None, out),
+        )
+        if ring
+        else None
+    )
     procs = writers + ([drainer] if drainer else [])
     try:
         for p in procs:
@@ -240,6 +323,7 @@ def main() -> None:
     ap.add_argument("--drain-ms", type=float, default=50.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-check", action="store_true", help="the drainer counts rows without checking each")
+    ap.add_argument("--commit", action="store_true", help="the drainer commits each drain into a real store")
     ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     args = ap.parse_args()
     calls, drains, extra = [], [], []

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.shared_rings import Ring, check_rows, drain, trial, writer
+from benchmarks.shared_rings import Committer, Ring, check_rows, drain, trial, writer
+from coordinator.journal.store import LocalStore
 
 
 def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_path: Path) -> None:
@@ -70,3 +71,24 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_counted_readable(tmp_path: 
 def test_a_window_too_short_to_leave_out_two_seconds_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"above 2\.5"):
         trial(1, 2, 10.0, 2.0, 0.05, True, tmp_path)
+
+
+def test_a_drainer_that_commits_stores_every_rank_row_and_the_mean_of_the_steps_all_ranks_reached(
+    tmp_path: Path,
+) -> None:
+    t = trial(2, 10, 100.0, 3.0, 0.05, True, tmp_path, commit=True)
+    assert t.drainer_cpu_s > 0
+    store = LocalStore(tmp_path / "run.db", readonly=True)
+    try:
+        assert store.staged_points() >= 2 * 10 * 250 and store.points_after(0)[1] >= 10 * 250
+    finally:
+        store.close()
+
+
+def test_a_committer_names_what_its_store_is_short_of(tmp_path: Path) -> None:
+    c = Committer(tmp_path / "run.db", 3, 2)
+    rows = [(np.arange(4), np.arange(4)[:, None] * 3 + np.arange(3, dtype=np.float64)) for _ in range(2)]
+    c.commit(rows, [4, 4])
+    c.commit([(np.arange(4, 5), np.full((1, 3), 1.0)), (np.arange(0), np.zeros((0, 3)))], [5, 4])
+    assert c.reduced == 4
+    assert c.close(10) == "the store holds 27 staged and 12 main-series points, not 30 and 12"
