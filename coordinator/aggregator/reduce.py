@@ -258,7 +258,7 @@ class Reducer:
                 summaries of all, the points only of those reaching past ``main_last``.
             now: the current time.
         """
-        st = self.keys[key] = _KeyState(self.policy(key), now, settled=True, emitted_upto=main_last)
+        st = self.keys[key] = _KeyState(self.policy(key), now, emitted_upto=main_last)
         if st.policy == "per_rank":
             return
         started: dict[int, dict[int, float]] = {}  # rank -> incarnation -> first chunk time
@@ -277,6 +277,11 @@ class Reducer:
                 cut = cuts[(rank, inc)] = replaced_from(inc, order)
                 best = max(best, top[(rank, inc)] if cut is None else min(top[(rank, inc)], cut - 1))
             st.maxstep[rank] = best
+        # Settled as the predecessor would have it: once every rank logged the key, or a group
+        # timeout after its first chunk. A rank that had not logged it yet (slow to start) is
+        # still waited for, so a restart does not emit a mean over the ranks that came first.
+        st.settled = self.world <= (self.done | st.maxstep.keys())
+        st.first_seen = min([now, *(ts for _, _, ts, *_ in chunks)])
         for rank, inc, _, _, _, _, steps, values in chunks:
             if steps is None:
                 continue

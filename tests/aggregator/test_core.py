@@ -127,6 +127,30 @@ def test_restart_does_not_lose_points_waiting_for_other_ranks(tmp_path: Path) ->
         s.close()
 
 
+def test_a_restart_still_waits_for_a_rank_that_had_logged_nothing_before_it(tmp_path: Path) -> None:
+    """A rank slow to start, with no point committed before the crash, is waited for by the restarted
+    aggregator as by its predecessor: a sweep before its first batch emits no one-rank mean."""
+    a = Aggregator(make_cfg(tmp_path))
+    hello(a, 0)
+    batch(a, 0, 1, metrics={"k": {0: 1.0, 1: 1.0}})
+    a.emit(1.0)
+    a.commit()
+    crash(a)
+    a.close()
+    b = Aggregator(make_cfg(tmp_path))
+    b.emit(2.0, all_keys=True)  # the restarted aggregator's first sweep, before rank 1 is heard from
+    b.commit()
+    hello(b, 1)
+    batch(b, 1, 1, now=2.0, metrics={"k": {0: 3.0, 1: 5.0}})
+    b.finalize()
+    assert b.reducer.late_points == 0
+    s = reopen(tmp_path)
+    try:
+        assert s.values("k") == [(0, 2.0), (1, 3.0)] and s.contributors("k") == [(0, 2), (1, 2)]
+    finally:
+        s.close()
+
+
 def test_commit_failure_keeps_the_transaction_for_a_retry(agg: Aggregator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SinkError from the store leaves the open transaction intact; the retry stores it once."""
     hello(agg, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from dataclasses import dataclass, field
 
 import pytest
@@ -168,6 +169,34 @@ def test_unsettled_key_emits_once_all_ranks_logged_it() -> None:
     assert r.emit(1.0) == {}
     add(r, "k", 2, {1: 9.0}, now=2.0)  # rank 2 starts at step 1
     assert pts(r.emit(2.0)["k"]) == [(0, 4.5, 2), (1, 6.0, 3)]
+
+
+def chunk(rank: int, ts: float, points: dict[int, float]) -> tuple[object, ...]:
+    """A rank chunk as ``restore_view`` gives it: (rank, incarnation, ts, step_min, step_max, step_last, steps,
+    values)."""
+    return (rank, 1, ts, min(points), max(points), max(points), array("q", points), array("d", points.values()))
+
+
+def test_a_restored_key_some_rank_never_logged_waits_for_it_a_timeout_from_its_first_chunk() -> None:
+    """After a restart a key only some ranks logged is unsettled, as before the crash: it waits for
+    the others until the group timeout counted from its first chunk, never a mean over the early ranks."""
+    r = reducer(3)
+    r.restore("k", -1, [chunk(0, 100.0, {0: 3.0, 1: 3.0}), chunk(1, 101.0, {0: 6.0})], 105.0)
+    assert r.emit(105.0, all_keys=True) == {}
+    assert r.emit(100.0 + T - 0.001, all_keys=True) == {}
+    assert pts(r.emit(100.0 + T, all_keys=True)["k"]) == [(0, 4.5, 2)]  # step 1 still waits for rank 1
+
+    r = reducer(3)
+    r.restore("k", -1, [chunk(0, 100.0, {0: 3.0, 1: 3.0}), chunk(1, 101.0, {0: 6.0})], 105.0)
+    add(r, "k", 2, {0: 9.0, 1: 9.0}, now=106.0)  # the slow rank arrives: complete groups go at once
+    add(r, "k", 1, {1: 6.0}, now=106.0)
+    assert pts(r.emit(106.0)["k"]) == [(0, 6.0, 3), (1, 6.0, 3)] and r.late_points == 0
+
+
+def test_a_restored_key_every_rank_logged_is_settled_and_emits_complete_groups_at_once() -> None:
+    r = reducer(2)
+    r.restore("k", 0, [chunk(0, 100.0, {0: 1.0, 1: 3.0}), chunk(1, 100.0, {0: 1.0, 1: 5.0, 2: 7.0})], 101.0)
+    assert pts(r.emit(101.0)["k"]) == [(1, 4.0, 2)]
 
 
 def test_settled_group_times_out_waiting_for_a_stalled_rank() -> None:

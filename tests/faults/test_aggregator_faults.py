@@ -95,6 +95,46 @@ def test_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
     assert all(st["lost"] == 0 and st["pending"] == 0 for st in stats)
 
 
+def test_a_restarted_aggregator_still_waits_for_a_rank_that_had_logged_nothing(store_dir: Path, tmp_path: Path) -> None:
+    """Rank 1 logs its first point only after the aggregator was SIGKILLed and restarted: every step of
+    the main series is still the mean over all four ranks (the restart waits for it as its predecessor
+    did; found by a stress run, where a rank slow to start met a restart), and no point is late."""
+    out = tmp_path / "out"
+    out.mkdir()
+    go = tmp_path / "go"
+    world, n = 4, 6_000
+    late = ("--late-rank", "1", "--go", str(go), "--group-timeout", "120")
+    procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "2000", *late)
+    try:
+        run_id = _wait_for(out / "rank0.id")
+        time.sleep(1.0)  # ranks 0, 2 and 3 log; rank 1 waits for the go
+        [agg] = _aggregators(run_id)
+        agg.send_signal(signal.SIGKILL)
+        agg.wait(10)
+        deadline = time.monotonic() + 30
+        while not [p for p in _aggregators(run_id) if p.pid != agg.pid]:
+            assert time.monotonic() < deadline, "the aggregator was not restarted"
+            time.sleep(0.05)
+        time.sleep(1.5)  # the restarted aggregator takes the others' resends and sweeps
+        go.touch()
+    except BaseException:
+        print(_kill_all(procs))  # shown with the failure
+        raise
+    res = _reap(procs, timeout=240)
+    for code, _, err in res:
+        assert code == 0, err[-4000:]
+    s = _check_exactly_once(store_dir, world, n)
+    try:
+        main = s.values("m", MAIN_RANK)
+        assert [st for st, _ in main] == list(range(n))
+        wrong = [(st, v) for st, v in main if v != pytest.approx(15_000.0 + st)]
+        assert not wrong, f"{len(wrong)} steps not the mean of all four ranks, from {wrong[:3]}"
+        assert {c for _, c in s.contributors("m")} == {world}
+        assert [k for _, k, _, _ in s.events()].count("aggregator_restarted") == 1, s.events()
+    finally:
+        s.close()
+
+
 def test_frozen_aggregator_wait_times_out_naming_endpoint_then_drains(store_dir: Path) -> None:
     """SIGSTOP the aggregator: log() stays cheap, wait(timeout) raises naming the endpoint; SIGCONT drains."""
     with coordinator.init_run(settings=coordinator.Settings(flush_interval_s=0.002)) as run:

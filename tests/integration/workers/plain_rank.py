@@ -51,13 +51,17 @@ def main() -> None:
     p.add_argument("--stall-after", type=int, default=-1, help="after this many points: no wait, sleep forever")
     p.add_argument("--spool-dir", default=None)
     p.add_argument("--wait-timeout", type=float, default=120.0)
+    p.add_argument("--group-timeout", type=float, default=None, help="group_timeout_s of the run")
+    p.add_argument("--late-rank", type=int, default=-1, help="this rank logs nothing until --go exists")
+    p.add_argument("--go", default=None, help="the file --late-rank waits for (60 s at most)")
     a = p.parse_args()
     rank = int(os.environ["RANK"])
+    extra = {} if a.group_timeout is None else {"group_timeout_s": a.group_timeout}
     with coordinator.init_run(
         project="plain",
         name="plain",
         settings=coordinator.Settings(
-            close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness, spool_dir=a.spool_dir
+            close_timeout_s=60, stop_grace_s=5, liveness_timeout_s=a.liveness, spool_dir=a.spool_dir, **extra
         ),
     ) as run:
         _dump_state(run)
@@ -70,6 +74,12 @@ def main() -> None:
             run["cfg/x"] = rank
             run.log({"tp": float(rank + 1)}, step=0, policy="sum")
             run["mx"].append(float(rank), step=0, policy="max")
+        if rank == a.late_rank:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(a.go):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"rank {rank}: {a.go} never appeared")
+                time.sleep(0.01)
         t0 = time.monotonic()
         for s in range(a.points):
             run.log({"m": float(rank * 10_000 + s)}, step=s)
