@@ -248,7 +248,8 @@ class Reducer:
         return None if st is None else st.maxstep.get(rank, -1)
 
     def restore(self, key: str, main_last: int, chunks: Sequence[tuple[Any, ...]], now: float) -> None:
-        """Rebuild a key's state after a restart from what is pending only.
+        """Rebuild a key's state after a restart from what is pending only; unsettled, as before the crash,
+        while some rank has not logged it (waited for until a group timeout after the key's first chunk).
 
         Args:
             key: the metric key.
@@ -277,9 +278,6 @@ class Reducer:
                 cut = cuts[(rank, inc)] = replaced_from(inc, order)
                 best = max(best, top[(rank, inc)] if cut is None else min(top[(rank, inc)], cut - 1))
             st.maxstep[rank] = best
-        # Settled as the predecessor would have it: once every rank logged the key, or a group
-        # timeout after its first chunk. A rank that had not logged it yet (slow to start) is
-        # still waited for, so a restart does not emit a mean over the ranks that came first.
         st.settled = self.world <= (self.done | st.maxstep.keys())
         st.first_seen = min([now, *(ts for _, _, ts, *_ in chunks)])
         for rank, inc, _, _, _, _, steps, values in chunks:
@@ -288,11 +286,7 @@ class Reducer:
             cut = cuts[(rank, inc)]
             for s, v in zip(steps, values, strict=True):
                 if s > main_last and not is_replaced(s, cut):
-                    g = st.pending.get(s)
-                    if g is None:
-                        st.pending[s] = (now, {rank: v})
-                    else:
-                        g[1][rank] = v
+                    st.pending.setdefault(s, (now, {}))[1][rank] = v
         st.heap = list(st.pending)
         heapify(st.heap)
         self._touched.add(key)
