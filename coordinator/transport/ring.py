@@ -1,0 +1,321 @@
+"""A rank's ring: variable-length records in a mapped file that outlives the process that writes it.
+
+The first piece of a rank without a sender thread (docs/performance.md, rounds 42 and 43): the
+training thread appends each record to a file in the node's shared memory, and one reader for
+the node (the aggregator, or a node's relay) takes them out. A SIGKILL does not take a mapped
+file's pages, so a killed rank loses no record it published; nothing in the rank has to wake to
+get its points out. Not wired into the pipeline yet: :mod:`benchmarks.shared_rings` drives it.
+
+Layout, little-endian. The file is a 256-byte header and a data area of ``capacity`` bytes (a power
+of two). The header holds ``MAGIC``, the version, the capacity and the writer's pid, and two
+counters, each alone in its 64-byte line: ``written`` (bytes published, stored only by the
+writer) and ``released`` (bytes the reader is done with, stored only by the reader). Both count
+from the file's creation and never go back, so a position names one record for good and a
+journal can keep it. A record at position ``p`` (a multiple of 8) sits at ``p % capacity`` in the
+data area and never wraps::
+
+    u32 length | u32 tag | body (length bytes) | zeros to a multiple of 8 | u32 tag | u32 length
+
+where ``tag`` is ``(p >> 3) & 0xFFFFFFFF``. A record that would cross the data area's end is put
+at its start instead, after a skip mark (length ``SKIP``) at ``p``. The writer stores a record's
+bytes, then ``written``; the reader reads ``written``, then the records below it, and stores
+``released`` only when it is done with them (after the commit that holds them), which is when
+their bytes may be written again. Each side stores one counter and reads the other's, so neither
+takes a lock; one writer and one reader at a time.
+
+Memory order: x86 keeps stores in order, so a record is whole once ``written`` covers it. Where
+stores may be reordered (the interpreter has no release store), the tag and length at both ends
+let the reader tell a record whose end is not visible yet: it stops there and reads it on its next
+pass. A record whose two ends disagree once the writer is gone is damage, and raises.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "HEADER_BYTES",
+    "MAGIC",
+    "SKIP",
+    "RingDamaged",
+    "RingReader",
+    "RingWriter",
+    "pick_ring_dir",
+]
+
+MAGIC = b"CRNG"
+VERSION = 1
+HEADER_BYTES = 256
+SKIP = 0xFFFFFFFF
+"""A record length that means "the rest of the data area is unused: go on at its start"."""
+_META = struct.Struct("<4sHxxQI")
+"""magic | version | capacity | writer pid, at offset 0."""
+_WRITTEN_AT = 64
+_RELEASED_AT = 128
+_CLOSED_AT = 192
+"""A u32, 1 once the writer closed its end cleanly."""
+_EDGE = struct.Struct("<II")
+_EDGE_BYTES = 2 * _EDGE.size
+_MIN_CAPACITY = 4096
+_MAX_CAPACITY = 1 << 34
+"""A tag is 32 bits of a position over 8, so below 2**35 bytes the record of the lap before at the
+same offset never has this lap's tag."""
+_PADS = tuple(bytes(i) for i in range(8))
+
+
+class RingDamaged(ValueError):
+    """A ring's file is not a ring, or holds a record whose two ends disagree."""
+
+
+def _record_bytes(length: int) -> int:
+    """Bytes a record of a ``length``-byte body takes: its two edges and the body padded to 8."""
+    return _EDGE_BYTES + ((length + 7) & ~7)
+
+
+def _map(path: Path, size: int, *, create: bool) -> mmap.mmap:
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        elif os.fstat(fd).st_size < size:
+            raise RingDamaged(f"{path}: {os.fstat(fd).st_size} bytes, shorter than a ring's header")
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+class _Ring:
+    """What both ends share: the map, the capacity and the two counters."""
+
+    def __init__(self, path: Path, m: mmap.mmap, capacity: int) -> None:
+        self.path = path
+        self.map = m
+        self.capacity = capacity
+        self._mask = capacity - 1
+        self._view = memoryview(m)
+        self._written = self._view[_WRITTEN_AT : _WRITTEN_AT + 8].cast("Q")
+        self._released = self._view[_RELEASED_AT : _RELEASED_AT + 8].cast("Q")
+        self._closed = self._view[_CLOSED_AT : _CLOSED_AT + 4].cast("I")
+
+    @property
+    def written(self) -> int:
+        """Bytes the writer has published since the ring was made."""
+        return int(self._written[0])
+
+    @property
+    def released(self) -> int:
+        """Bytes the reader is done with since the ring was made."""
+        return int(self._released[0])
+
+    @property
+    def writer_closed(self) -> bool:
+        """Whether the writer closed its end: nothing more will be written."""
+        return bool(self._closed[0])
+
+    def close(self) -> None:
+        """Let the views and the map go (the file stays: its records are the point).
+
+        Raises:
+            BufferError: a view of a record from :meth:`RingReader.records` is still held.
+        """
+        for v in (self._written, self._released, self._closed, self._view):
+            v.release()
+        self.map.close()
+
+
+class RingWriter(_Ring):
+    """The writing end: one thread appends records, each published as soon as it is whole.
+
+    Args:
+        path: the ring's file; made here, and refused if it exists (it may hold records no
+            reader has taken yet).
+        capacity: bytes of the data area, a power of two of at least 4096.
+    """
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        if capacity < _MIN_CAPACITY or capacity > _MAX_CAPACITY or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two from {_MIN_CAPACITY} to 2**40, not {capacity}")
+        super().__init__(path, _map(path, HEADER_BYTES + capacity, create=True), capacity)
+        _META.pack_into(self.map, 0, MAGIC, VERSION, capacity, os.getpid())
+        self._pos = 0
+        self._free_to = capacity
+        """Positions below this are free to write (``released + capacity``, read again only when short)."""
+        self.largest = capacity // 4
+        """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
+
+    def space(self) -> int:
+        """Bytes that may be written now without waiting for the reader."""
+        self._free_to = self.released + self.capacity
+        return self._free_to - self._pos
+
+    def put(self, body: bytes | bytearray | memoryview) -> bool:
+        """Append one record holding ``body``; False, with nothing written, when the ring has no room.
+
+        Raises:
+            ValueError: ``body`` is larger than :attr:`largest`.
+        """
+        n = len(body)
+        at = self._claim(n)
+        if at < 0:
+            return False
+        self.map[at + _EDGE.size : at + _EDGE.size + n] = body
+        self._seal(at, n)
+        return True
+
+    def pack(self, s: struct.Struct, *values: object) -> bool:
+        """Append one record whose body is ``s.pack(*values)``, packed in place; False when there is no room."""
+        at = self._claim(s.size)
+        if at < 0:
+            return False
+        s.pack_into(self.map, at + _EDGE.size, *values)
+        self._seal(at, s.size)
+        return True
+
+    def _claim(self, n: int) -> int:
+        """Where in the map the record of an ``n``-byte body goes (after any skip mark), or -1 when it
+        does not fit before the reader's release."""
+        if n > self.largest:
+            raise ValueError(f"a record of {n} bytes is larger than a quarter of the ring ({self.largest})")
+        need = _record_bytes(n)
+        pos = self._pos
+        offset = pos & self._mask
+        skip = self.capacity - offset if offset + need > self.capacity else 0
+        if pos + skip + need > self._free_to and skip + need > self.space():
+            return -1
+        if skip:
+            _EDGE.pack_into(self.map, HEADER_BYTES + offset, SKIP, (pos >> 3) & 0xFFFFFFFF)
+            pos += skip
+            self._pos = pos
+        return HEADER_BYTES + (pos & self._mask)
+
+    def _seal(self, at: int, n: int) -> None:
+        """Write the record's edges and zero padding at map offset ``at``, then publish it."""
+        pos = self._pos
+        tag = (pos >> 3) & 0xFFFFFFFF
+        size = _record_bytes(n)
+        pad = size - _EDGE_BYTES - n
+        end = at + _EDGE.size + n
+        if pad:
+            self.map[end : end + pad] = _PADS[pad]
+        _EDGE.pack_into(self.map, end + pad, tag, n)
+        _EDGE.pack_into(self.map, at, n, tag)
+        self._pos = pos + size
+        self._written[0] = pos + size
+
+    def close(self) -> None:
+        """Mark the ring closed (nothing more comes: a reader may remove it once it has taken the rest)."""
+        self._closed[0] = 1
+        super().close()
+
+
+class RingReader(_Ring):
+    """The reading end: takes the records published since its last pass, frees them when told.
+
+    Args:
+        path: a ring's file, made by a :class:`RingWriter`.
+        start: the position to read from (a journal's kept position after a restart); by default
+            the ring's ``released``, the first record no reader was done with.
+
+    Raises:
+        RingDamaged: the file is not a ring of this version, or ``start`` is outside what it holds.
+    """
+
+    def __init__(self, path: Path, start: int | None = None) -> None:
+        with open(path, "rb") as f:
+            head = f.read(_META.size)
+        if len(head) < _META.size:
+            raise RingDamaged(f"{path}: {len(head)} bytes, shorter than a ring's header")
+        magic, version, capacity, self.writer_pid = _META.unpack(head)
+        if magic != MAGIC or version != VERSION or capacity < _MIN_CAPACITY or capacity & (capacity - 1):
+            raise RingDamaged(f"{path}: not a version-{VERSION} ring (magic {magic!r}, version {version})")
+        super().__init__(path, _map(path, HEADER_BYTES + capacity, create=False), capacity)
+        self.cursor = self.released if start is None else start
+        """The position of the next record to read."""
+        if not self.released <= self.cursor <= self.written or self.cursor & 7:
+            raise RingDamaged(f"{path}: position {self.cursor} is outside {self.released}..{self.written}")
+
+    def records(self, *, final: bool = False) -> Iterator[tuple[int, memoryview]]:
+        """Each record published past :attr:`cursor`, as (its position, a view of its body), moving the cursor.
+
+        A view is valid until :meth:`release` frees its record: copy or decode it before then.
+        Stops early at a record whose far edge is not visible yet (see the module's memory order),
+        unless the writer is gone: ``final`` (the caller knows its process ended) or a closed ring.
+
+        Raises:
+            RingDamaged: a record does not read whole although the writer is gone.
+        """
+        written = self.written
+        mask, view = self._mask, self._view
+        while self.cursor < written:
+            pos = self.cursor
+            at = HEADER_BYTES + (pos & mask)
+            n, tag = _EDGE.unpack_from(self.map, at)
+            want = (pos >> 3) & 0xFFFFFFFF
+            if tag != want:
+                self._damaged(pos, f"its tag is {tag}, not {want}", final)
+                return
+            if n == SKIP:
+                self.cursor = pos + self.capacity - (pos & mask)
+                continue
+            size = _record_bytes(n)
+            if n > self.capacity // 4 or pos + size > written:
+                self._damaged(pos, f"its length {n} runs past the {written} bytes written", final)
+                return
+            if _EDGE.unpack_from(self.map, at + size - _EDGE.size) != (tag, n):
+                self._damaged(pos, "its two ends disagree", final)
+                return
+            self.cursor = pos + size
+            yield pos, view[at + _EDGE.size : at + _EDGE.size + n]
+
+    def _damaged(self, pos: int, why: str, final: bool) -> None:
+        """A record at ``pos`` does not read whole: damage once the writer is gone, not visible yet before."""
+        if final or self.writer_closed:
+            raise RingDamaged(f"{self.path}: the record at {pos} is damaged: {why}")
+
+    def release(self, upto: int) -> None:
+        """Free every byte below position ``upto`` (the records a commit now holds) for the writer.
+
+        Raises:
+            ValueError: ``upto`` is behind what was released or past what was read.
+        """
+        if not self.released <= upto <= self.cursor:
+            raise ValueError(f"release to {upto}: outside {self.released}..{self.cursor} (released..read)")
+        self._released[0] = upto
+
+    @property
+    def drained(self) -> bool:
+        """Whether the writer closed and every record it published was released: the file may go."""
+        return self.writer_closed and self.released == self.written
+
+
+def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.0) -> Path:
+    """The first of ``candidates`` (e.g. ``/dev/shm``, then the rank's spool directory) with room for a ring.
+
+    A directory qualifies if it exists, is writable and has ``headroom`` times the ring's bytes
+    free: containers often give ``/dev/shm`` only 64 MiB for the whole node. A file in a disk's
+    directory, mapped, outlives a killed process the same way (its pages stay in the page cache).
+
+    Raises:
+        ValueError: no candidate qualifies.
+    """
+    need = headroom * (HEADER_BYTES + capacity)
+    tried = []
+    for d in candidates:
+        try:
+            st = os.statvfs(d)
+        except OSError as e:
+            tried.append(f"{d}: {e.strerror}")
+            continue
+        free = st.f_bavail * st.f_frsize
+        if not os.access(d, os.W_OK):
+            tried.append(f"{d}: not writable")
+        elif free < need:
+            tried.append(f"{d}: {free} bytes free, under {need:.0f}")
+        else:
+            return d
+    raise ValueError(f"no directory has room for a {capacity}-byte ring: {'; '.join(tried) or 'none given'}")

@@ -1,0 +1,223 @@
+"""A ring hands each record over once, in order, frees it only when released, keeps what a killed writer published."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.transport.ring import (
+    HEADER_BYTES,
+    SKIP,
+    RingDamaged,
+    RingReader,
+    RingWriter,
+    pick_ring_dir,
+)
+
+ROW = struct.Struct("<qd")
+
+
+def _bodies(reader: RingReader, **kw: bool) -> list[bytes]:
+    return [bytes(v) for _, v in reader.records(**kw)]
+
+
+def test_records_come_back_once_in_order_with_their_positions(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    assert w.put(b"abc") and w.put(b"") and w.pack(ROW, 7, 1.5) and w.put(memoryview(b"x" * 8))
+    got = list(r.records())
+    assert [bytes(v) for _, v in got] == [b"abc", b"", ROW.pack(7, 1.5), b"x" * 8]
+    assert [p for p, _ in got] == [0, 24, 40, 72]  # 16 bytes of edges, bodies padded to 8
+    assert r.cursor == w.written == 96 and _bodies(r) == []
+    assert w.put(b"more") and _bodies(r) == [b"more"]
+    del got  # a record's view holds the map: closing with one held raises
+    w.close()
+    r.close()
+
+
+def test_a_ring_written_past_its_capacity_many_times_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    rng = random.Random(5)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    refused = 0
+    for i in range(20_000):  # ~1.2 MB through 4 KiB: ~300 laps, with a skip mark at many of their ends
+        body = i.to_bytes(4, "little") * rng.randint(0, 60)
+        if w.put(body):
+            sent.append(body)
+        else:
+            refused += 1  # full: nothing was written; the reader takes and releases, then it fits
+            got += _bodies(r)
+            r.release(r.cursor)
+            assert w.put(body)
+            sent.append(body)
+        if rng.random() < 0.1:
+            got += _bodies(r)
+            if rng.random() < 0.5:
+                r.release(r.cursor)
+    got += _bodies(r)
+    assert got == sent and refused > 100 and w.written > 250 * 4096
+    w.close()
+    r.close()
+
+
+def test_bytes_are_written_again_only_after_the_reader_releases_them(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    body = b"z" * 1000  # 1016 bytes a record: four fit
+    assert all(w.put(body) for _ in range(4)) and not w.put(body) and w.space() < 1016
+    assert len(_bodies(r)) == 4 and not w.put(body)  # read is not released: a commit may still need them
+    r.release(1016)
+    assert w.put(body) and not w.put(body)
+    with pytest.raises(ValueError, match="outside"):
+        r.release(0)  # behind what was released
+    with pytest.raises(ValueError, match="outside"):
+        r.release(r.cursor + 8)  # past what was read
+    with pytest.raises(ValueError, match="larger than a quarter"):
+        w.put(b"y" * 1025)
+    w.close()
+    r.close()
+
+
+def test_a_restarted_reader_reads_again_from_the_position_a_journal_kept(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    for i in range(6):
+        w.put(bytes([i]) * 10)
+    seen = [p for p, _ in r.records()]
+    r.release(seen[2])  # records 0 and 1 committed; 2 to 5 read, then the reader died
+    r.close()
+    again = RingReader(tmp_path / "r")
+    assert _bodies(again) == [bytes([i]) * 10 for i in range(2, 6)]
+    again.close()
+    kept = RingReader(tmp_path / "r", start=seen[4])  # the journal says 0..3 are committed
+    assert _bodies(kept) == [bytes([4]) * 10, bytes([5]) * 10]
+    kept.close()
+    for bad in (8, seen[1], w.written + 8, seen[3] + 4):  # not a record's start, or released, or unwritten
+        with pytest.raises(RingDamaged, match="outside"):
+            RingReader(tmp_path / "r", start=bad if bad != 8 else 4)
+    w.close()
+
+
+def test_a_ring_is_made_once_and_only_a_ring_is_read(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    with pytest.raises(FileExistsError):
+        RingWriter(tmp_path / "r", 4096)  # it may hold records no reader took
+    w.close()
+    (tmp_path / "x").write_bytes(b"\0" * (HEADER_BYTES + 4096))
+    with pytest.raises(RingDamaged, match="not a version-1 ring"):
+        RingReader(tmp_path / "x")
+    (tmp_path / "short").write_bytes(b"CRNG")
+    with pytest.raises(RingDamaged, match="shorter"):
+        RingReader(tmp_path / "short")
+    for cap in (2048, 4097, 6144, 1 << 35):
+        with pytest.raises(ValueError, match="power of two"):
+            RingWriter(tmp_path / f"c{cap}", cap)
+        assert not (tmp_path / f"c{cap}").exists()
+
+
+def test_a_record_whose_far_end_is_not_visible_waits_then_is_damage_once_the_writer_is_gone(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    w.put(b"first")
+    w.put(b"second")
+    # What a reordering of stores could show: the count already covers the second record, its
+    # trailer does not yet (written as another lap's).
+    at = HEADER_BYTES + 24 + 8 + 8  # "second" is at 24: its header, 6 bytes padded to 8, its trailer
+    w.map[at : at + 8] = struct.pack("<II", 999, 6)
+    assert _bodies(r) == [b"first"] and r.cursor == 24  # stops before it, to read it on a later pass
+    assert _bodies(r) == []
+    with pytest.raises(RingDamaged, match="the record at 24 is damaged: its two ends disagree"):
+        list(r.records(final=True))
+    w.map[at : at + 8] = struct.pack("<II", 3, 6)  # the store lands
+    assert _bodies(r) == [b"second"]
+    w.map[HEADER_BYTES + 48 : HEADER_BYTES + 56] = struct.pack("<II", 3000, 6)  # a length past what was written
+    w._written[0] = 64
+    with pytest.raises(RingDamaged, match="runs past"):
+        list(r.records(final=True))
+    w.close()  # closed: the same record is damage without being told
+    with pytest.raises(RingDamaged, match="runs past"):
+        list(r.records())
+    r.close()
+
+
+def test_a_skip_mark_sends_the_reader_to_the_start_of_the_data_area(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    assert w.put(b"a" * 1000) and w.put(b"b" * 1000) and w.put(b"c" * 1000)  # 3048 bytes
+    assert _bodies(r) == [b"a" * 1000, b"b" * 1000, b"c" * 1000]
+    r.release(r.cursor)
+    assert w.put(b"d" * 1000)  # to 4064
+    assert w.put(b"e" * 100)  # 120 bytes from 4064 would cross 4096: a skip mark, then at 0
+    assert struct.unpack_from("<I", w.map, HEADER_BYTES + 4064)[0] == SKIP
+    got = [(p, bytes(v)) for p, v in r.records()]
+    assert got == [(3048, b"d" * 1000), (4096, b"e" * 100)] and r.cursor == 4096 + 120
+    w.close()
+    assert not r.drained
+    r.release(r.cursor)
+    assert r.drained
+    r.close()
+
+
+_WRITER = """
+import struct, sys
+from pathlib import Path
+from coordinator.transport.ring import RingWriter
+w = RingWriter(Path(sys.argv[1]), 1 << 16)
+row = struct.Struct("<q3d")
+i = 0
+while True:
+    if w.pack(row, i, i * 0.5, -i, i + 0.25):
+        i += 1
+        if i == 1000:  # under the ring's 1365 records: it fills until the reader takes them
+            print("ready", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_run_leaves_every_record_it_published_whole(tmp_path: Path) -> None:
+    path = tmp_path / "ring"
+    p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        r = RingReader(path)
+        rows: list[tuple[int, ...]] = []
+        deadline = time.monotonic() + 30
+        while len(rows) < 20_000 and time.monotonic() < deadline:  # many laps of the 64 KiB ring
+            rows += [struct.unpack("<q3d", v) for _, v in r.records()]
+            r.release(r.cursor)
+        os.kill(p.pid, signal.SIGKILL)
+        assert p.wait(30) == -signal.SIGKILL
+        rows += [struct.unpack("<q3d", v) for _, v in r.records(final=True)]
+        assert len(rows) >= 20_000 and r.cursor == r.written
+        assert rows == [(i, i * 0.5, -i, i + 0.25) for i in range(len(rows))]
+        assert not r.writer_closed and r.writer_pid == p.pid
+        r.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def test_a_ring_goes_where_there_is_room_for_it(tmp_path: Path) -> None:
+    shm, spool = tmp_path / "shm", tmp_path / "spool"
+    shm.mkdir()
+    spool.mkdir()
+    assert pick_ring_dir(1 << 20, [shm, spool]) == shm
+    assert pick_ring_dir(1 << 20, [tmp_path / "none", spool]) == spool
+    free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
+    with pytest.raises(ValueError, match=r"no directory has room .*under") as e:
+        pick_ring_dir(1 << 20, [shm], headroom=2 * free / (1 << 20))
+    assert str(shm) in str(e.value)
+    with pytest.raises(ValueError, match="none given"):
+        pick_ring_dir(1 << 20, [])
