@@ -3,10 +3,12 @@
 Today every rank runs a sender thread that wakes each flush interval (50 ms) to cut, encode and
 send its buffer and to read acks: ~1.2 µs of CPU a point at the paced load, half of goal 1's
 direct figure, nearly all of it the cold CPU of each wake-up (docs/performance.md, rounds 14 and
-41). This measures the floor of the other shape (docs/performance.md, round 42): the training
-thread writes each ``log()`` row into a ring in shared memory (one ``struct.pack_into`` and one
-index store), and one process for the node wakes every ``--drain-ms`` to copy every ring's new
-rows out as numpy arrays. Nothing wakes in the rank, and a rank killed with SIGKILL loses nothing
+41). This measures the floor of the other shape (docs/performance.md, rounds 42 and 43): the
+training thread writes each ``log()`` row as one record into the library's ring in shared memory
+(:mod:`coordinator.transport.ring`: one ``struct.pack_into`` of the row, its two edges and one
+count store), and one process for the node wakes every ``--drain-ms`` to copy every ring's new
+rows out as numpy arrays, freeing their bytes only once the drain is checked (and, with
+``--commit``, committed). Nothing wakes in the rank, and a rank killed with SIGKILL loses nothing
 it wrote: its rows stay in the node's memory until the drainer has them.
 
 ``--ranks`` writer processes each log a ``--keys``-key row ``--rate`` times a second for
@@ -25,9 +27,7 @@ steady window: the first second and the last are left out.
 from __future__ import annotations
 
 import argparse
-import mmap
 import multiprocessing as mp
-import os
 import struct
 import tempfile
 import time
@@ -42,63 +42,47 @@ import numpy as np
 from benchmarks.common import med, task_cpu_s
 from coordinator.journal.records import MAIN_RANK, StagedBlock, TxnData
 from coordinator.journal.store import LocalStore
+from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 
-__all__ = ["Committer", "Ring", "Trial", "check_rows", "drain", "main", "trial", "writer"]
-
-_HEADER = 64
-"""Bytes before the rows: the rows written (int64 at 0) and the rows drained (int64 at 8)."""
+__all__ = ["Committer", "Trial", "check_rows", "drain", "main", "open_ring", "row_struct", "trial", "writer"]
 
 _JOIN_S = 30.0
+_OPEN_S = 10.0
+"""How long the drainer waits for a writer to make its ring."""
 
 
-class Ring:
-    """One rank's ring in a file of shared memory: ``capacity`` rows of a step and ``keys`` values.
+def row_struct(keys: int) -> struct.Struct:
+    """A row's record body: its step and its ``keys`` values."""
+    return struct.Struct(f"<q{keys}d")
 
-    The writer stores a row's bytes, then the count of rows written; the drainer reads the count,
-    copies the rows below it, then stores the count drained, which frees their slots. Each side
-    stores one count and reads the other's, so neither takes a lock. The order of the two stores
-    is x86's (stores are not reordered there); an architecture that reorders them needs a release
-    store the interpreter does not offer.
+
+def open_ring(path: Path, timeout_s: float = _OPEN_S) -> RingReader:
+    """The reading end of the ring a writer makes at ``path``, once it has made it.
+
+    Raises:
+        TimeoutError: no ring there within ``timeout_s``.
     """
-
-    def __init__(self, path: Path, keys: int, capacity: int, *, create: bool = False) -> None:
-        self.keys, self.capacity = keys, capacity
-        self.row_bytes = 8 * (keys + 1)
-        size = _HEADER + capacity * self.row_bytes
-        if create:
-            with open(path, "wb") as f:
-                f.truncate(size)
-        fd = os.open(path, os.O_RDWR)
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.counts = memoryview(self.map)[:16].cast("q")
-        self._row = struct.Struct(f"<q{keys}d")
-        self.rows = np.frombuffer(
-            self.map, dtype=np.dtype([("step", "<i8"), ("values", "<f8", (keys,))]), count=capacity, offset=_HEADER
-        )
-
-    def write(self, step: int, values: Any) -> None:
-        """Store one row (waiting while the ring is full: the drainer is behind)."""
-        n = self.counts[0]
-        while n - self.counts[1] >= self.capacity:
-            time.sleep(0.001)
-        self._row.pack_into(self.map, _HEADER + (n % self.capacity) * self.row_bytes, step, *values)
-        self.counts[0] = n + 1
-
-    def close(self) -> None:
-        """Release the views, then the map."""
-        del self.rows
-        self.counts.release()
-        self.map.close()
+            return RingReader(path)
+        except (FileNotFoundError, RingDamaged):  # not made yet, or its header not written yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ring at {path} within {timeout_s} s") from None
+            time.sleep(0.01)
 
 
-def drain(ring: Ring) -> tuple[np.ndarray, np.ndarray]:
-    """Copy the rows written since the last drain out of ``ring`` and free their slots: (steps, values)."""
-    w, r = ring.counts[0], ring.counts[1]
-    rows = ring.rows[np.arange(r, w) % ring.capacity]  # a copy: the slots may be written again at once
-    ring.counts[1] = w
+def drain(ring: RingReader, keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the rows published since the last drain out of ``ring``: (steps, values).
+
+    Their bytes stay the writer's to keep until :meth:`RingReader.release` frees them (after the
+    commit that holds them, with ``--commit``).
+    """
+    views = [v for _, v in ring.records()]
+    data = b"".join(views)
+    for v in views:
+        v.release()
+    rows = np.frombuffer(data, dtype=np.dtype([("step", "<i8"), ("values", "<f8", (keys,))]))
     return rows["step"], rows["values"]
 
 
@@ -112,8 +96,10 @@ def check_rows(steps: np.ndarray, values: np.ndarray, first: int, keys: int, nam
 
 
 def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -> None:
-    """Log a ``keys``-key dict ``rate`` times a second for ``seconds``, into the ring at ``path`` (None: nowhere)."""
-    ring = Ring(Path(path), keys, _capacity(keys)) if path else None
+    """Log a ``keys``-key dict ``rate`` times a second for ``seconds``, into a ring it makes at ``path``
+    (None: nowhere); a full ring is waited for (the drainer is behind)."""
+    ring = RingWriter(Path(path), _capacity(keys)) if path else None
+    row = row_struct(keys)
     data = {f"train/m{j:03d}": 0.0 for j in range(keys)}
     names = list(data)
     start = time.monotonic()
@@ -124,7 +110,8 @@ def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -
             data[k] = float(base + j)
         if ring is not None:
             t = time.thread_time_ns()
-            ring.write(step, data.values())
+            while not ring.pack(row, step, *data.values()):
+                time.sleep(0.001)
             in_calls += time.thread_time_ns() - t
         step += 1
         pause = start + step / rate - time.monotonic()
@@ -196,20 +183,22 @@ def _drainer(
 ) -> None:
     """Drain every ring each ``interval_s`` until the writers are done and their rings empty; with ``check``,
     check each row (without, only the count of rows is checked); with ``store``, commit each drain there."""
-    rings = [Ring(Path(p), keys, _capacity(keys)) for p in paths]
+    rings = [open_ring(Path(p)) for p in paths]
     committer = Committer(Path(store), keys, len(rings)) if store else None
     got = [0] * len(rings)
     wrong = ""
     last = False
     while not last:
         last = writers_done.wait(interval_s)
-        drained = [drain(ring) for ring in rings]
+        drained = [drain(ring, keys) for ring in rings]
         for i, (steps, values) in enumerate(drained):
             if check:
                 wrong = wrong or check_rows(steps, values, got[i], keys, f"ring {i}")
             got[i] += len(steps)
         if committer is not None:
             committer.commit(drained, got)
+        for ring in rings:  # committed (or checked): the writer may use their bytes again
+            ring.release(ring.cursor)
     for ring in rings:
         ring.close()
     if committer is not None:
@@ -218,8 +207,8 @@ def _drainer(
 
 
 def _capacity(keys: int) -> int:
-    """Rows in a ring: ~2 s of a 100-key row at 50 steps a second, in ~1 MiB."""
-    return max(64, (1 << 20) // (8 * (keys + 1)))
+    """A ring's bytes: 1 MiB, ~2 s of a 100-key row at 50 steps a second; more for rows that would not fit."""
+    return max(1 << 20, 1 << (4 * (8 * keys + 24)).bit_length())
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -264,8 +253,6 @@ def trial(
     out = ctx.Queue()
     done = ctx.Event()
     paths = [str(directory / f"ring{i}") for i in range(ranks)] if ring else []
-    for path in paths:
-        Ring(Path(path), keys, _capacity(keys), create=True).close()
     writers = [
         ctx.Process(target=writer, args=(paths[i] if ring else None, keys, rate, seconds, out)) for i in range(ranks)
     ]

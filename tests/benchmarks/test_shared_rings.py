@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.shared_rings import Committer, Ring, check_rows, drain, trial, writer
+from benchmarks.shared_rings import Committer, check_rows, drain, open_ring, row_struct, trial, writer
 from coordinator.journal.store import LocalStore
+from coordinator.transport.ring import RingWriter
 
 
 def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_path: Path) -> None:
@@ -22,17 +23,24 @@ def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_pa
     assert alone.call_us == 0 and alone.drainer_cpu_s == 0 and alone.writers_cpu_s > 0
 
 
-def test_a_ring_hands_each_row_over_once_and_frees_its_slot(tmp_path: Path) -> None:
-    ring = Ring(tmp_path / "r", 3, 4, create=True)
+def test_a_drain_reads_each_row_once_and_its_bytes_are_reused_only_once_released(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)  # 48 bytes a row: 85 fit
+    r = open_ring(tmp_path / "r")
+    row = row_struct(3)
     got: list[int] = []
-    for step in range(10):  # past the capacity twice: only drained slots are written again
-        ring.write(step, [step * 3.0, step * 3.0 + 1, step * 3.0 + 2])
-        if step % 2:
-            steps, values = drain(ring)
+    for step in range(300):  # past the capacity three times
+        if not w.pack(row, step, step * 3.0, step * 3.0 + 1, step * 3.0 + 2):
+            steps, values = drain(r, 3)
             assert check_rows(steps, values, len(got), 3, "r") == ""
             got += steps.tolist()
-    assert got == list(range(10)) and len(drain(ring)[0]) == 0
-    ring.close()
+            assert not w.pack(row, step, 0.0, 0.0, 0.0)  # drained, not released: still the writer's to keep
+            r.release(r.cursor)
+            assert w.pack(row, step, step * 3.0, step * 3.0 + 1, step * 3.0 + 2)
+    steps, values = drain(r, 3)
+    assert check_rows(steps, values, len(got), 3, "r") == ""
+    assert got + steps.tolist() == list(range(300)) and len(drain(r, 3)[0]) == 0
+    w.close()
+    r.close()
 
 
 def test_rows_read_back_wrong_are_named() -> None:
@@ -46,20 +54,19 @@ def test_rows_read_back_wrong_are_named() -> None:
 
 def test_a_writer_killed_mid_run_leaves_every_row_it_counted_readable(tmp_path: Path) -> None:
     path = tmp_path / "ring"
-    Ring(path, 10, 1 << 14, create=True).close()
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     p = ctx.Process(target=writer, args=(str(path), 10, 5000.0, 60.0, out))
     p.start()
     try:
-        ring = Ring(path, 10, 1 << 14)
+        ring = open_ring(path)
         deadline = time.monotonic() + 30
-        while ring.counts[0] < 500 and time.monotonic() < deadline:
+        while ring.written < 500 * 104 and time.monotonic() < deadline:  # 500 rows of 10 keys
             time.sleep(0.01)
         os.kill(p.pid or 0, signal.SIGKILL)
         p.join(30)
         assert p.exitcode == -signal.SIGKILL
-        steps, values = drain(ring)
+        steps, values = drain(ring, 10)
         assert len(steps) >= 500 and check_rows(steps, values, 0, 10, "ring") == ""
         ring.close()
     finally:
