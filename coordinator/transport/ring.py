@@ -34,7 +34,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -87,6 +87,14 @@ def _map(path: Path, size: int, *, create: bool) -> mmap.mmap:
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
+
+
+def _framed(s: struct.Struct) -> struct.Struct:
+    """A struct that packs a whole record around ``s``'s body: its head, the body, zeros to 8, its tail."""
+    if not s.format.startswith("<"):
+        raise ValueError(f"a record's struct must be little-endian ('<'), not {s.format!r}")
+    pad = -s.size & 7
+    return struct.Struct(f"<II{s.format[1:]}{pad}xII")
 
 
 class _Ring:
@@ -147,6 +155,7 @@ class RingWriter(_Ring):
         """Positions below this are free to write (``released + capacity``, read again only when short)."""
         self.largest = capacity // 4
         """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
+        self._framed: dict[struct.Struct, struct.Struct] = {}
 
     def space(self) -> int:
         """Bytes that may be written now without waiting for the reader."""
@@ -168,13 +177,58 @@ class RingWriter(_Ring):
         return True
 
     def pack(self, s: struct.Struct, *values: object) -> bool:
-        """Append one record whose body is ``s.pack(*values)``, packed in place; False when there is no room."""
-        at = self._claim(s.size)
-        if at < 0:
-            return False
-        s.pack_into(self.map, at + _EDGE.size, *values)
-        self._seal(at, s.size)
+        """Append one record whose body is ``s.pack(*values)``; False when there is no room.
+
+        Raises:
+            ValueError: ``s`` is not little-endian (``<``), or its body is larger than :attr:`largest`.
+        """
+        f = self._framed.get(s) or self._frame(s)
+        pos = self._pos
+        at = HEADER_BYTES + (pos & self._mask)
+        if at - HEADER_BYTES + f.size > self.capacity or pos + f.size > self._free_to:
+            at = self._claim(s.size)
+            if at < 0:
+                return False
+            pos = self._pos
+        tag = (pos >> 3) & 0xFFFFFFFF
+        f.pack_into(self.map, at, s.size, tag, *values, tag, s.size)
+        self._pos = pos + f.size
+        self._written[0] = pos + f.size
         return True
+
+    def pack_row(self, s: struct.Struct, first: object, rest: Iterable[object]) -> bool:
+        """Append one record whose body is ``s.pack(first, *rest)`` (a row: its step, then a dict's
+        values, expanded once); False when there is no room. ``first`` None: ``s.pack(*rest)``.
+
+        The record is packed whole, its edges with its body, by one ``pack_into`` of a struct made
+        once for ``s``: the hot path, ~1 µs above ``s.pack`` alone for a 100-value row.
+
+        Raises:
+            ValueError: ``s`` is not little-endian (``<``), or its body is larger than :attr:`largest`.
+        """
+        f = self._framed.get(s) or self._frame(s)
+        pos = self._pos
+        at = HEADER_BYTES + (pos & self._mask)
+        if at - HEADER_BYTES + f.size > self.capacity or pos + f.size > self._free_to:
+            at = self._claim(s.size)
+            if at < 0:
+                return False
+            pos = self._pos
+        tag = (pos >> 3) & 0xFFFFFFFF
+        if first is None:
+            f.pack_into(self.map, at, s.size, tag, *rest, tag, s.size)
+        else:
+            f.pack_into(self.map, at, s.size, tag, first, *rest, tag, s.size)
+        self._pos = pos + f.size
+        self._written[0] = pos + f.size
+        return True
+
+    def _frame(self, s: struct.Struct) -> struct.Struct:
+        """The struct that packs a whole record around ``s`` (made once, then kept)."""
+        if s.size > self.largest:
+            raise ValueError(f"a record of {s.size} bytes is larger than a quarter of the ring ({self.largest})")
+        f = self._framed[s] = _framed(s)
+        return f
 
     def _claim(self, n: int) -> int:
         """Where in the map the record of an ``n``-byte body goes (after any skip mark), or -1 when it

@@ -50,9 +50,11 @@ def test_a_ring_written_past_its_capacity_many_times_loses_and_repeats_nothing(t
     sent: list[bytes] = []
     got: list[bytes] = []
     refused = 0
+    structs = [struct.Struct(f"<{k}i") for k in range(61)]
     for i in range(20_000):  # ~1.2 MB through 4 KiB: ~300 laps, with a skip mark at many of their ends
-        body = i.to_bytes(4, "little") * rng.randint(0, 60)
-        if w.put(body):
+        k = rng.randint(0, 60)
+        body = i.to_bytes(4, "little") * k
+        if w.put(body) if i % 3 else w.pack_row(structs[k], None, [i] * k) if i % 2 else w.pack(structs[k], *[i] * k):
             sent.append(body)
         else:
             refused += 1  # full: nothing was written; the reader takes and releases, then it fits
@@ -84,6 +86,10 @@ def test_bytes_are_written_again_only_after_the_reader_releases_them(tmp_path: P
         r.release(r.cursor + 8)  # past what was read
     with pytest.raises(ValueError, match="larger than a quarter"):
         w.put(b"y" * 1025)
+    with pytest.raises(ValueError, match="larger than a quarter"):
+        w.pack(struct.Struct("<129q"), *range(129))
+    with pytest.raises(ValueError, match="little-endian"):
+        w.pack(struct.Struct("qd"), 1, 2.0)
     w.close()
     r.close()
 
