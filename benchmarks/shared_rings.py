@@ -110,7 +110,7 @@ def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -
             data[k] = float(base + j)
         if ring is not None:
             t = time.thread_time_ns()
-            while not ring.pack_row(row, step, data.values()):
+            while not ring.pack_row(row, (step,), data.values()):
                 time.sleep(0.001)
             in_calls += time.thread_time_ns() - t
         step += 1

@@ -1,0 +1,159 @@
+"""Rows in a rank's ring (:mod:`.ring`): a ``log()`` call's numbers at a step, as one record each.
+
+A row is the values of one *frame* (a tuple of keys, in the order the call gave them) at one step.
+Its record's body is ``u32 frame id | u32 0 | i64 step | f64 value x len(keys)``; the frame's keys
+are named once, in the ring's *names file* beside it (``<ring>.names``), before the first row that
+uses the id. The names live outside the ring because the ring's bytes are freed as soon as their
+rows are committed: a reader that starts again from a journal's position, long after a frame's
+first row, still finds its keys. The names file is append-only, each entry ``u32 length | u32
+crc32 | msgpack [id, [key, ...]]``; a kill mid-append leaves a torn last entry, which no row uses
+(the row is written after it) and which the reader ignores.
+
+Not wired into ``log()`` yet: this is the second piece of the shared-ring path (docs/performance.md,
+round 43), measured by ``benchmarks/ring_rows.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
+
+__all__ = ["RowReader", "RowWriter", "Rows", "names_path"]
+
+_ID = struct.Struct("<I")
+_HEAD = 16
+"""A row's body before its values: the frame id, four zero bytes, the step."""
+_NAME_HEAD = struct.Struct("<II")
+_MAX_NAMES_ENTRY = 1 << 26
+
+Rows = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]
+"""Rows read back, by frame: (steps, int64 of n) and (values, float64 of n x len(keys)), in write order."""
+
+
+def names_path(ring: Path) -> Path:
+    """The names file of the ring at ``ring``."""
+    return ring.with_name(ring.name + ".names")
+
+
+class RowWriter:
+    """Writes rows into a ring, naming each frame the first time one of its rows goes in.
+
+    One thread writes (the training thread, under the run's lock).
+    """
+
+    def __init__(self, ring: RingWriter) -> None:
+        self.ring = ring
+        self._frames: dict[tuple[str, ...], tuple[int, struct.Struct]] = {}
+        self._names = os.open(names_path(ring.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+
+    def row(self, keys: tuple[str, ...], step: int, values: Iterable[float]) -> bool:
+        """Write ``values`` (one a key, in the order of ``keys``) at ``step``; False when the ring has no room.
+
+        Raises:
+            ValueError: the row is larger than the ring takes in one record.
+            OSError: the names file could not be written (a new frame on a full disk).
+        """
+        f = self._frames.get(keys)
+        if f is None:
+            f = self._name(keys)
+        return self.ring.pack_row(f[1], (f[0], 0, step), values)
+
+    def _name(self, keys: tuple[str, ...]) -> tuple[int, struct.Struct]:
+        """Give ``keys`` the next frame id and append its entry to the names file (before any row uses it)."""
+        s = struct.Struct(f"<IIq{len(keys)}d")
+        if s.size > self.ring.largest:
+            raise ValueError(f"a row of {len(keys)} keys is larger than the ring takes ({self.ring.largest} bytes)")
+        fid = len(self._frames)
+        body = msgpack.packb([fid, list(keys)])
+        os.write(self._names, _NAME_HEAD.pack(len(body), zlib.crc32(body)) + body)
+        f = self._frames[keys] = (fid, s)
+        return f
+
+    def close(self) -> None:
+        """Close the names file and the ring (marking it closed: nothing more comes)."""
+        os.close(self._names)
+        self.ring.close()
+
+
+class RowReader:
+    """Reads the rows a :class:`RowWriter` put in a ring, grouped by frame, from the reader's cursor."""
+
+    def __init__(self, reader: RingReader) -> None:
+        self.reader = reader
+        self.frames: dict[int, tuple[str, ...]] = {}
+        self._names_read = 0
+
+    def read(self, *, final: bool = False) -> Rows:
+        """Every row published past the cursor, by frame, in write order (the cursor moves past them).
+
+        Raises:
+            RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.records`)
+                does not read whole although the writer is gone.
+        """
+        bodies: dict[int, list[memoryview]] = {}
+        start = self.reader.cursor
+        try:
+            for pos, body in self.reader.records(final=final):
+                fid = self._frame_of(pos, body)
+                got = bodies.get(fid)
+                if got is None:
+                    bodies[fid] = [body]
+                else:
+                    got.append(body)
+        except RingDamaged:
+            self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
+            for views in bodies.values():
+                for v in views:
+                    v.release()
+            raise
+        rows: Rows = {}
+        for fid, views in bodies.items():
+            keys = self.frames[fid]
+            dt = np.dtype([("head", "<u8"), ("step", "<i8"), ("values", "<f8", (len(keys),))])
+            data = b"".join(views)
+            for v in views:
+                v.release()
+            a = np.frombuffer(data, dtype=dt)
+            rows[keys] = (a["step"], a["values"])
+        return rows
+
+    def _frame_of(self, pos: int, body: memoryview) -> int:
+        """The frame id of the row at ``pos`` (its keys read from the names file when new)."""
+        if len(body) < _HEAD:
+            raise RingDamaged(f"{self.reader.path}: the record at {pos} is {len(body)} bytes, not a row")
+        fid: int = _ID.unpack_from(body)[0]
+        if fid not in self.frames:
+            self._read_names()
+            if fid not in self.frames:
+                raise RingDamaged(f"{self.reader.path}: the row at {pos} is of frame {fid}, which no name names")
+        if len(body) != _HEAD + 8 * len(self.frames[fid]):
+            raise RingDamaged(f"{self.reader.path}: the row at {pos} is {len(body)} bytes, not frame {fid}'s")
+        return fid
+
+    def _read_names(self) -> None:
+        """Read the names file's entries past those read so far (a torn last entry waits for the next pass)."""
+        with open(names_path(self.reader.path), "rb") as f:
+            f.seek(self._names_read)
+            data = f.read()
+        at = 0
+        while at + _NAME_HEAD.size <= len(data):
+            n, crc = _NAME_HEAD.unpack_from(data, at)
+            body = data[at + _NAME_HEAD.size : at + _NAME_HEAD.size + n]
+            if n > _MAX_NAMES_ENTRY or len(body) < n or zlib.crc32(body) != crc:
+                break
+            fid, keys = msgpack.unpackb(body)
+            self.frames[fid] = tuple(keys)
+            at += _NAME_HEAD.size + n
+        self._names_read += at
+
+    def close(self) -> None:
+        """Close the ring's reading end."""
+        self.reader.close()

@@ -1,0 +1,154 @@
+"""Rows through a ring come back by frame, in order, with their keys, after a restart and after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
+from coordinator.transport.ringrows import RowReader, RowWriter, names_path
+
+
+def test_rows_of_several_frames_come_back_grouped_in_order_with_their_keys(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
+    r = RowReader(RingReader(tmp_path / "r"))
+    a, b = ("loss", "lr"), ("acc/" + "x" * 200,)
+    for step in range(10):
+        assert w.row(a, step, [step * 1.5, 0.1])
+        if step % 3 == 0:
+            assert w.row(b, step, iter([-float(step)]))  # any iterable of numbers
+    rows = r.read()
+    assert list(rows) == [a, b]
+    assert rows[a][0].tolist() == list(range(10)) and rows[a][1].tolist() == [[s * 1.5, 0.1] for s in range(10)]
+    assert rows[b][0].tolist() == [0, 3, 6, 9] and rows[b][1][:, 0].tolist() == [0.0, -3.0, -6.0, -9.0]
+    assert r.read() == {}
+    w.row(a, 10, [1.0, 2.0])
+    assert r.read()[a][0].tolist() == [10]
+    w.close()
+    r.close()
+
+
+def test_a_reader_started_from_a_kept_position_still_knows_frames_named_long_before(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 4096))
+    r = RowReader(RingReader(tmp_path / "r"))
+    keys = ("a", "b", "c")
+    for lap in range(20):  # 48-byte rows: many laps of the 4 KiB ring, the frame named only before the first
+        for step in range(lap * 50, lap * 50 + 50):
+            assert w.row(keys, step, [step, step + 0.5, -step])
+        assert len(r.read()[keys][0]) == 50
+        r.reader.release(r.reader.cursor)
+    w.row(keys, 1000, [1, 2, 3])
+    kept = r.reader.cursor
+    r.close()
+    again = RowReader(RingReader(tmp_path / "r", start=kept))
+    rows = again.read()
+    assert rows[keys][0].tolist() == [1000] and rows[keys][1].tolist() == [[1.0, 2.0, 3.0]]
+    again.close()
+    w.close()
+
+
+def test_a_row_of_an_unnamed_frame_or_of_the_wrong_size_is_damage(tmp_path: Path) -> None:
+    ring = RingWriter(tmp_path / "r", 4096)
+    w = RowWriter(ring)
+    r = RowReader(RingReader(tmp_path / "r"))
+    w.row(("a",), 1, [1.0])
+    assert r.read()[("a",)][0].tolist() == [1]
+    ring.put(bytes(16))  # frame 0's head without its value: 40..72
+    with pytest.raises(RingDamaged, match="the row at 40 is 16 bytes, not frame 0's"):
+        r.read()
+    r.reader.cursor = 72  # past it
+    w.row(("a",), 2, [2.0])  # 72..112
+    ring.put((7).to_bytes(4, "little") + bytes(20))
+    with pytest.raises(RingDamaged, match="frame 7, which no name names"):
+        r.read()
+    assert r.reader.cursor == 72  # the good row before the damage is not taken by a pass that raised
+    r.reader.cursor = 152
+    ring.put(b"short")
+    with pytest.raises(RingDamaged, match="5 bytes, not a row"):
+        r.read()
+    with pytest.raises(ValueError, match="larger than the ring takes"):
+        w.row(tuple(f"k{i}" for i in range(200)), 1, [0.0] * 200)
+    w.close()
+    r.close()
+
+
+def test_a_torn_last_name_is_read_once_it_is_whole(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 4096))
+    r = RowReader(RingReader(tmp_path / "r"))
+    w.row(("a",), 1, [1.0])
+    assert r.read()[("a",)][0].tolist() == [1]
+    whole = names_path(tmp_path / "r").read_bytes()
+    w.row(("b", "c"), 2, [2.0, 3.0])
+    entry = names_path(tmp_path / "r").read_bytes()[len(whole) :]
+    with open(names_path(tmp_path / "r"), "r+b") as f:  # as a kill mid-append would leave it
+        f.truncate(len(whole) + len(entry) - 3)
+    r.reader.cursor = 0  # nothing was released: read everything again, frame 1's row included
+    r.frames.clear()
+    r._names_read = 0
+    with pytest.raises(RingDamaged, match="frame 1, which no name names"):
+        r.read()
+    with open(names_path(tmp_path / "r"), "ab") as f:
+        f.write(entry[-3:])
+    r.reader.cursor = 0
+    assert r.read()[("b", "c")][1].tolist() == [[2.0, 3.0]]
+    w.close()
+    r.close()
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from coordinator.transport.ring import RingWriter
+from coordinator.transport.ringrows import RowWriter
+w = RowWriter(RingWriter(Path(sys.argv[1]), 1 << 16))
+frames = [tuple(f"f{f}/k{j}" for j in range(f + 1)) for f in range(5)]
+step = 0
+while True:
+    keys = frames[step % 5]
+    if w.row(keys, step, [step + j for j in range(len(keys))]):
+        step += 1
+        if step == 500:
+            print("ready", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "ring"
+    p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        r = RowReader(RingReader(path))
+        got: dict[tuple[str, ...], list[np.ndarray]] = {}
+        deadline = time.monotonic() + 30
+        n = 0
+        while n < 20_000 and time.monotonic() < deadline:
+            for keys, (steps, values) in r.read().items():
+                got.setdefault(keys, []).append(steps)
+                assert (values == steps[:, None] + np.arange(len(keys))).all()
+                n += len(steps)
+            r.reader.release(r.reader.cursor)
+        os.kill(p.pid, signal.SIGKILL)
+        assert p.wait(30) == -signal.SIGKILL
+        for keys, (steps, values) in r.read(final=True).items():
+            got.setdefault(keys, []).append(steps)
+            assert (values == steps[:, None] + np.arange(len(keys))).all()
+        steps = np.sort(np.concatenate([s for parts in got.values() for s in parts]))
+        assert len(steps) >= 20_000 and steps.tolist() == list(range(len(steps)))  # each once, none missing
+        assert sorted(len(k) for k in got) == [1, 2, 3, 4, 5]
+        for keys, parts in got.items():
+            s = np.concatenate(parts)
+            assert (np.diff(s) == 5).all() and s[0] == len(keys) - 1  # each frame's rows in order
+        r.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        if p.stdout is not None:
+            p.stdout.close()
