@@ -5,11 +5,13 @@ send its buffer and to read acks: ~1.2 µs of CPU a point at the paced load, hal
 direct figure, nearly all of it the cold CPU of each wake-up (docs/performance.md, rounds 14 and
 41). This measures the floor of the other shape (docs/performance.md, rounds 42 and 43): the
 training thread writes each ``log()`` row as one record into the library's ring in shared memory
-(:mod:`coordinator.transport.ring`: one ``struct.pack_into`` of the row, its two edges and one
-count store), and one process for the node wakes every ``--drain-ms`` to copy every ring's new
-rows out as numpy arrays, freeing their bytes only once the drain is checked (and, with
-``--commit``, committed). Nothing wakes in the rank, and a rank killed with SIGKILL loses nothing
-it wrote: its rows stay in the node's memory until the drainer has them.
+(:mod:`coordinator.transport.ringrows` over :mod:`coordinator.transport.ring`: one
+``struct.pack_into`` of the row's frame id, step, values and the record's two edges, then one
+count store; the frame's keys named once in the ring's names file), and one process for the
+node wakes every ``--drain-ms`` to copy every ring's new rows out as numpy arrays, freeing their
+bytes only once the drain is checked (and, with ``--commit``, committed). Nothing wakes in the
+rank, and a rank killed with SIGKILL loses nothing it wrote: its rows stay in the node's memory
+until the drainer has them.
 
 ``--ranks`` writer processes each log a ``--keys``-key row ``--rate`` times a second for
 ``--seconds``; the drainer checks that every row of every ring arrives once, in order, with its
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import struct
 import tempfile
 import time
 from array import array
@@ -43,21 +44,17 @@ from benchmarks.common import med, task_cpu_s
 from coordinator.journal.records import MAIN_RANK, StagedBlock, TxnData
 from coordinator.journal.store import LocalStore
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
+from coordinator.transport.ringrows import RowReader, RowWriter
 
-__all__ = ["Committer", "Trial", "check_rows", "drain", "main", "open_ring", "row_struct", "trial", "writer"]
+__all__ = ["Committer", "Trial", "check_rows", "drain", "main", "open_ring", "trial", "writer"]
 
 _JOIN_S = 30.0
 _OPEN_S = 10.0
 """How long the drainer waits for a writer to make its ring."""
 
 
-def row_struct(keys: int) -> struct.Struct:
-    """A row's record body: its step and its ``keys`` values."""
-    return struct.Struct(f"<q{keys}d")
-
-
-def open_ring(path: Path, timeout_s: float = _OPEN_S) -> RingReader:
-    """The reading end of the ring a writer makes at ``path``, once it has made it.
+def open_ring(path: Path, timeout_s: float = _OPEN_S) -> RowReader:
+    """The reading end of the ring of rows a writer makes at ``path``, once it has made it.
 
     Raises:
         TimeoutError: no ring there within ``timeout_s``.
@@ -65,25 +62,28 @@ def open_ring(path: Path, timeout_s: float = _OPEN_S) -> RingReader:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return RingReader(path)
+            return RowReader(RingReader(path))
         except (FileNotFoundError, RingDamaged):  # not made yet, or its header not written yet
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no ring at {path} within {timeout_s} s") from None
             time.sleep(0.01)
 
 
-def drain(ring: RingReader, keys: int) -> tuple[np.ndarray, np.ndarray]:
+def drain(ring: RowReader, keys: int) -> tuple[np.ndarray, np.ndarray]:
     """Copy the rows published since the last drain out of ``ring``: (steps, values).
 
     Their bytes stay the writer's to keep until :meth:`RingReader.release` frees them (after the
     commit that holds them, with ``--commit``).
+
+    Raises:
+        AssertionError: the ring holds rows of a frame other than the writer's one.
     """
-    views = [v for _, v in ring.records()]
-    data = b"".join(views)
-    for v in views:
-        v.release()
-    rows = np.frombuffer(data, dtype=np.dtype([("step", "<i8"), ("values", "<f8", (keys,))]))
-    return rows["step"], rows["values"]
+    rows = ring.read()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, keys))
+    if len(rows) != 1 or len(next(iter(rows))) != keys:
+        raise AssertionError(f"rows of frames {list(rows)}, not of one {keys}-key frame")
+    return next(iter(rows.values()))
 
 
 def check_rows(steps: np.ndarray, values: np.ndarray, first: int, keys: int, name: str) -> str:
@@ -98,10 +98,10 @@ def check_rows(steps: np.ndarray, values: np.ndarray, first: int, keys: int, nam
 def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -> None:
     """Log a ``keys``-key dict ``rate`` times a second for ``seconds``, into a ring it makes at ``path``
     (None: nowhere); a full ring is waited for (the drainer is behind)."""
-    ring = RingWriter(Path(path), _capacity(keys)) if path else None
-    row = row_struct(keys)
+    ring = RowWriter(RingWriter(Path(path), _capacity(keys))) if path else None
     data = {f"train/m{j:03d}": 0.0 for j in range(keys)}
     names = list(data)
+    frame = tuple(names)
     start = time.monotonic()
     step = in_calls = 0
     while time.monotonic() - start < seconds:
@@ -110,7 +110,7 @@ def writer(path: str | None, keys: int, rate: float, seconds: float, out: Any) -
             data[k] = float(base + j)
         if ring is not None:
             t = time.thread_time_ns()
-            while not ring.pack_row(row, (step,), data.values()):
+            while not ring.row(frame, step, data.values()):
                 time.sleep(0.001)
             in_calls += time.thread_time_ns() - t
         step += 1
@@ -198,7 +198,7 @@ def _drainer(
         if committer is not None:
             committer.commit(drained, got)
         for ring in rings:  # committed (or checked): the writer may use their bytes again
-            ring.release(ring.cursor)
+            ring.reader.release(ring.reader.cursor)
     for ring in rings:
         ring.close()
     if committer is not None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.shared_rings import Committer, check_rows, drain, open_ring, row_struct, trial, writer
+from benchmarks.shared_rings import Committer, check_rows, drain, open_ring, trial, writer
 from coordinator.journal.store import LocalStore
 from coordinator.transport.ring import RingWriter
+from coordinator.transport.ringrows import RowWriter
 
 
 def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_path: Path) -> None:
@@ -24,18 +25,18 @@ def test_a_trial_reads_every_row_of_every_writer_back_and_reads_their_cpu(tmp_pa
 
 
 def test_a_drain_reads_each_row_once_and_its_bytes_are_reused_only_once_released(tmp_path: Path) -> None:
-    w = RingWriter(tmp_path / "r", 4096)  # 48 bytes a row: 85 fit
+    w = RowWriter(RingWriter(tmp_path / "r", 4096))  # 56 bytes a row: 73 fit
     r = open_ring(tmp_path / "r")
-    row = row_struct(3)
+    keys = ("a", "b", "c")
     got: list[int] = []
-    for step in range(300):  # past the capacity three times
-        if not w.pack(row, step, step * 3.0, step * 3.0 + 1, step * 3.0 + 2):
+    for step in range(300):  # past the capacity four times
+        if not w.row(keys, step, [step * 3.0, step * 3.0 + 1, step * 3.0 + 2]):
             steps, values = drain(r, 3)
             assert check_rows(steps, values, len(got), 3, "r") == ""
             got += steps.tolist()
-            assert not w.pack(row, step, 0.0, 0.0, 0.0)  # drained, not released: still the writer's to keep
-            r.release(r.cursor)
-            assert w.pack(row, step, step * 3.0, step * 3.0 + 1, step * 3.0 + 2)
+            assert not w.row(keys, step, [0.0, 0.0, 0.0])  # drained, not released: still the writer's to keep
+            r.reader.release(r.reader.cursor)
+            assert w.row(keys, step, [step * 3.0, step * 3.0 + 1, step * 3.0 + 2])
     steps, values = drain(r, 3)
     assert check_rows(steps, values, len(got), 3, "r") == ""
     assert got + steps.tolist() == list(range(300)) and len(drain(r, 3)[0]) == 0
@@ -61,7 +62,7 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_counted_readable(tmp_path: 
     try:
         ring = open_ring(path)
         deadline = time.monotonic() + 30
-        while ring.written < 500 * 104 and time.monotonic() < deadline:  # 500 rows of 10 keys
+        while ring.reader.written < 500 * 112 and time.monotonic() < deadline:  # 500 rows of 10 keys
             time.sleep(0.01)
         os.kill(p.pid or 0, signal.SIGKILL)
         p.join(30)
