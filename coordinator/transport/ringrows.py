@@ -24,9 +24,10 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 
-__all__ = ["RowReader", "RowWriter", "Rows", "names_path"]
+__all__ = ["RowReader", "RowWriter", "Rows", "names_path", "row_batches"]
 
 _ID = struct.Struct("<I")
 _HEAD = 16
@@ -68,6 +69,8 @@ class RowWriter:
 
     def _name(self, keys: tuple[str, ...]) -> tuple[int, struct.Struct]:
         """Give ``keys`` the next frame id and append its entry to the names file (before any row uses it)."""
+        if not keys:
+            raise ValueError("a row needs at least one key")
         s = struct.Struct(f"<IIq{len(keys)}d")
         if s.size > self.ring.largest:
             raise ValueError(f"a row of {len(keys)} keys is larger than the ring takes ({self.ring.largest} bytes)")
@@ -157,3 +160,28 @@ class RowReader:
     def close(self) -> None:
         """Close the ring's reading end."""
         self.reader.close()
+
+
+def row_batches(rows: Rows, cap: int, ts: float) -> list[bytes]:
+    """Rows read from a ring as batch payloads of at most ``cap`` points each (or one row, if larger).
+
+    Each frame's rows go as blocks, as a sender's cut of a frame sends them, so that the aggregator
+    (or a node's relay forwarding them) takes a ring's rows as it takes a rank's batches.
+    """
+    out: list[bytes] = []
+    blocks: list[wire.BlockItem] = []
+    n = 0
+    for keys, (steps, values) in rows.items():
+        k = len(keys)
+        lo = 0
+        while lo < len(steps):
+            if n and n + k > cap:
+                out.append(wire.encode_chunks([], [], ts, blocks=blocks))
+                blocks, n = [], 0
+            hi = min(len(steps), lo + max(1, (cap - n) // k))
+            blocks.append((keys, steps[lo:hi].astype("<i8").tobytes(), values[lo:hi].astype("<f8").tobytes()))
+            n += (hi - lo) * k
+            lo = hi
+    if blocks:
+        out.append(wire.encode_chunks([], [], ts, blocks=blocks))
+    return out

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.aggregator import Aggregator
+from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
-from coordinator.transport.ringrows import RowReader, RowWriter, names_path
+from coordinator.transport.ringrows import RowReader, RowWriter, names_path, row_batches
+from tests.aggregator.helpers import env, hello, make_cfg, reopen
 
 
 def test_rows_of_several_frames_come_back_grouped_in_order_with_their_keys(tmp_path: Path) -> None:
@@ -152,3 +155,61 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its
             p.wait(30)
         if p.stdout is not None:
             p.stdout.close()
+
+
+def test_rows_go_as_batches_of_at_most_the_cap_that_decode_to_the_same_points(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
+    r = RowReader(RingReader(tmp_path / "r"))
+    a, b = tuple(f"a/{j}" for j in range(7)), ("b",)
+    for step in range(100):
+        w.row(a, step, [step * 10.0 + j for j in range(7)])
+        w.row(b, step * 2, [-step])
+    payloads = row_batches(r.read(), 50, 123.0)
+    got: dict[str, list[tuple[int, float]]] = {}
+    sizes = []
+    for p in payloads:
+        batch = wire.decode_batch(p, blocks=True)
+        assert batch.ts == 123.0 and not batch.fields and not batch.texts
+        sizes.append(batch.points)
+        for key, steps, values in batch.metrics:
+            got.setdefault(key, []).extend(zip(steps, values, strict=True))
+        for blk in batch.blocks:
+            for j, key in enumerate(blk.keys):
+                got.setdefault(key, []).extend(zip(blk.steps, blk.values[j], strict=True))
+    assert max(sizes) <= 50 and sum(sizes) == 800
+    assert got["b"] == [(2 * s, -float(s)) for s in range(100)]
+    assert all(got[f"a/{j}"] == [(s, s * 10.0 + j) for s in range(100)] for j in range(7))
+    assert row_batches({}, 50, 1.0) == []
+    with pytest.raises(ValueError, match="at least one key"):
+        w.row((), 1, [])
+    w.close()
+    r.close()
+
+
+def test_an_aggregator_stores_a_rings_rows_once_as_a_ranks_batches(tmp_path: Path) -> None:
+    agg = Aggregator(make_cfg(tmp_path, world=1))
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
+    r = RowReader(RingReader(tmp_path / "r"))
+    hello(agg, 0)
+    seq = 0
+    for step in range(0, 300, 3):
+        w.row(("loss", "lr"), step, [1.0 / (step + 1), 0.5])
+        w.row(("loss", "lr"), step + 1, [2.0, 0.25])
+        w.row(("acc",), step, [step / 300])
+        for p in row_batches(r.read(), 64, time.time()):
+            seq += 1
+            assert agg.batch(env(wire.BATCH, 0, 1, seq), p, time.time()) == "new"
+            assert agg.batch(env(wire.BATCH, 0, 1, seq), p, time.time()) == "duplicate"  # stored once
+        agg.commit()
+        r.reader.release(r.reader.cursor)  # committed: the rows' bytes may go
+    agg.finalize()
+    s = reopen(tmp_path)
+    try:
+        loss = [(st, 1.0 / (st + 1) if st % 3 == 0 else 2.0) for st in range(300) if st % 3 < 2]
+        assert s.values("loss", 0) == loss and s.values("loss") == loss  # one rank: the main series is its
+        assert [st for st, _ in s.values("lr", 0)] == [st for st in range(300) if st % 3 < 2]
+        assert s.values("acc", 0) == [(st, st / 300) for st in range(0, 300, 3)]
+    finally:
+        s.close()
+    w.close()
+    r.close()
