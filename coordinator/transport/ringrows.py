@@ -19,6 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 
 import msgpack
@@ -29,7 +30,6 @@ from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 
 __all__ = ["RowReader", "RowWriter", "Rows", "names_path", "row_batches"]
 
-_ID = struct.Struct("<I")
 _HEAD = 16
 """A row's body before its values: the frame id, four zero bytes, the step."""
 _NAME_HEAD = struct.Struct("<II")
@@ -97,49 +97,77 @@ class RowReader:
     def read(self, *, final: bool = False) -> Rows:
         """Every row published past the cursor, by frame, in write order (the cursor moves past them).
 
+        Rows are decoded a run of equal-size records at a time (:meth:`RingReader.runs`), with
+        numpy: a run of rows of one frame, or of one-key frames (scalars logged one by one), costs
+        about as much as one row.
+
         Raises:
             RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.records`)
-                does not read whole although the writer is gone.
+                does not read whole although the writer is gone. Nothing of the pass is taken then.
         """
-        bodies: dict[int, list[memoryview]] = {}
+        parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         start = self.reader.cursor
         try:
-            for pos, body in self.reader.records(final=final):
-                fid = self._frame_of(pos, body)
-                got = bodies.get(fid)
-                if got is None:
-                    bodies[fid] = [body]
-                else:
-                    got.append(body)
+            for n, count, view in self.reader.runs(final=final):
+                try:
+                    self._take_run(n, count, view, parts)
+                finally:
+                    view.release()
         except RingDamaged:
             self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
-            for views in bodies.values():
-                for v in views:
-                    v.release()
             raise
         rows: Rows = {}
-        for fid, views in bodies.items():
-            keys = self.frames[fid]
-            dt = np.dtype([("head", "<u8"), ("step", "<i8"), ("values", "<f8", (len(keys),))])
-            data = b"".join(views)
-            for v in views:
-                v.release()
-            a = np.frombuffer(data, dtype=dt)
-            rows[keys] = (a["step"], a["values"])
+        for fid, got in parts.items():
+            if len(got) == 1:
+                rows[self.frames[fid]] = got[0]
+            else:
+                rows[self.frames[fid]] = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
         return rows
 
-    def _frame_of(self, pos: int, body: memoryview) -> int:
-        """The frame id of the row at ``pos`` (its keys read from the names file when new)."""
-        if len(body) < _HEAD:
-            raise RingDamaged(f"{self.reader.path}: the record at {pos} is {len(body)} bytes, not a row")
-        fid: int = _ID.unpack_from(body)[0]
-        if fid not in self.frames:
-            self._read_names()
-            if fid not in self.frames:
-                raise RingDamaged(f"{self.reader.path}: the row at {pos} is of frame {fid}, which no name names")
-        if len(body) != _HEAD + 8 * len(self.frames[fid]):
-            raise RingDamaged(f"{self.reader.path}: the row at {pos} is {len(body)} bytes, not frame {fid}'s")
-        return fid
+    def _take_run(
+        self, n: int, count: int, view: memoryview, parts: dict[int, list[tuple[np.ndarray, np.ndarray]]]
+    ) -> None:
+        """Decode ``count`` rows of body length ``n`` (a run ending at the cursor) into ``parts``, by frame."""
+        size = n + 16
+        pos = self.reader.cursor - count * size
+        if n < _HEAD or (n - _HEAD) % 8:
+            raise RingDamaged(f"{self.reader.path}: the record at {pos} is {n} bytes, not a row")
+        k = (n - _HEAD) // 8
+        dt = np.dtype(
+            [
+                ("edge", "<u8"),
+                ("fid", "<u4"),
+                ("zero", "<u4"),
+                ("step", "<i8"),
+                ("values", "<f8", (k,)),
+                ("tail", "<u8"),
+            ]
+        )
+        a = np.frombuffer(view, dtype=dt)
+        a_fids, steps, values = a["fid"].copy(), a["step"].copy(), a["values"].copy()
+        del a  # the view is released by the caller: nothing may keep it
+        fids = a_fids
+        if (fids == fids[0]).all():
+            groups: list[tuple[int, np.ndarray, np.ndarray]] = [(int(fids[0]), steps, values)]
+        else:  # frames interleaved (scalars key by key): sorted by frame, each frame's rows kept in order
+            order = np.argsort(fids, kind="stable")
+            fids, steps, values = fids[order], steps[order], values[order]
+            cuts = [0, *(np.flatnonzero(np.diff(fids)) + 1).tolist(), len(fids)]
+            groups = [(int(fids[lo]), steps[lo:hi], values[lo:hi]) for lo, hi in pairwise(cuts)]
+        for fid, st, vs in groups:
+            keys = self.frames.get(fid)
+            if keys is None:
+                self._read_names()
+                keys = self.frames.get(fid)
+            if keys is None or len(keys) != k:
+                at = pos + int(np.argmax(a_fids == fid)) * size
+                why = f"is of frame {fid}, which no name names" if keys is None else f"is {n} bytes, not frame {fid}'s"
+                raise RingDamaged(f"{self.reader.path}: the row at {at} {why}")
+            got = parts.get(fid)
+            if got is None:
+                parts[fid] = [(st, vs)]
+            else:
+                got.append((st, vs))
 
     def _read_names(self) -> None:
         """Read the names file's entries past those read so far (a torn last entry waits for the next pass)."""

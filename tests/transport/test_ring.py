@@ -227,3 +227,48 @@ def test_a_ring_goes_where_there_is_room_for_it(tmp_path: Path) -> None:
     assert str(shm) in str(e.value)
     with pytest.raises(ValueError, match="none given"):
         pick_ring_dir(1 << 20, [])
+
+
+def test_runs_hand_over_the_same_records_as_one_by_one_checked_together(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    one, runs = RingReader(tmp_path / "r"), RingReader(tmp_path / "r")
+    rng = random.Random(7)
+    a: list[bytes] = []
+    b: list[bytes] = []
+    counts: list[int] = []
+    for i in range(30_000):
+        body = bytes([i % 251]) * rng.choice((8, 8, 8, 8, 24, 3))  # mostly runs of one length, some breaks
+        while not w.put(body):
+            a += _bodies(one)
+            for n, count, view in runs.runs():
+                size = 16 + ((n + 7) & ~7)
+                b += [bytes(view[j * size + 8 : j * size + 8 + n]) for j in range(count)]
+                counts.append(count)
+                view.release()
+            one.release(min(one.cursor, runs.cursor))
+    a += _bodies(one)
+    for n, count, view in runs.runs():
+        size = 16 + ((n + 7) & ~7)
+        b += [bytes(view[j * size + 8 : j * size + 8 + n]) for j in range(count)]
+        view.release()
+    assert a == b and len(a) == 30_000 and max(counts) > 20 and min(counts) == 1
+    w.close()
+    one.close()
+    runs.close()
+
+
+def test_a_run_stops_before_a_record_whose_far_end_is_not_visible(tmp_path: Path) -> None:
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    for i in range(10):
+        w.put(bytes([i]) * 8)  # 24 bytes each
+    w.map[HEADER_BYTES + 6 * 24 + 16 : HEADER_BYTES + 6 * 24 + 24] = struct.pack("<II", 0, 8)  # the 7th's tail
+    got = [(n, count) for n, count, view in r.runs() if not view.release()]
+    assert got == [(8, 6)] and r.cursor == 6 * 24
+    with pytest.raises(RingDamaged, match="the record at 144 is damaged: its two ends disagree"):
+        list(r.runs(final=True))
+    w.map[HEADER_BYTES + 6 * 24 + 16 : HEADER_BYTES + 6 * 24 + 24] = struct.pack("<II", 18, 8)
+    got = [(n, count) for n, count, view in r.runs() if not view.release()]
+    assert got == [(8, 4)] and r.cursor == w.written
+    w.close()
+    r.close()

@@ -213,3 +213,26 @@ def test_an_aggregator_stores_a_rings_rows_once_as_a_ranks_batches(tmp_path: Pat
         s.close()
     w.close()
     r.close()
+
+
+def test_scalars_logged_key_by_key_come_back_by_key_from_one_run(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 20))
+    r = RowReader(RingReader(tmp_path / "r"))
+    keys = [(f"m/{j}",) for j in range(100)]
+    for step in range(50):  # the "100 scalars at new steps" pattern: one-key frames, interleaved
+        for j, k in enumerate(keys):
+            w.row(k, step * 100 + j, [step + j / 100])
+    runs = [(n, count) for n, count, view in r.reader.runs() if not view.release()]
+    assert runs == [(24, 5000)]  # one run, checked at once
+    r.reader.cursor = 0
+    rows = r.read()
+    assert len(rows) == 100
+    for j, k in enumerate(keys):
+        assert rows[k][0].tolist() == [s * 100 + j for s in range(50)]
+        assert rows[k][1][:, 0].tolist() == [s + j / 100 for s in range(50)]
+    w.row(keys[3], 10**6, [1.0])
+    w.ring.put((100).to_bytes(4, "little") + bytes(4) + bytes(16))  # a one-key row of a frame nobody named
+    with pytest.raises(RingDamaged, match="the row at 200040 is of frame 100, which no name names"):
+        r.read()
+    w.close()
+    r.close()

@@ -1,0 +1,115 @@
+"""What a row written into a ring costs the calling thread, against a ``log()`` call of the same dict today.
+
+Back to back on one thread (warm caches: the floor of each, not the paced cost), ``--calls`` calls
+of each kind, alternated ``--repeats`` times; µs of CPU a call (thread time):
+
+* ``ring row``: :meth:`coordinator.transport.ringrows.RowWriter.row` of the dict's values at a
+  new step, into a ring in ``/dev/shm`` (the reader takes and releases them between slices of
+  calls, outside the timing);
+* ``run.log``: ``Run.log(dict, step=...)`` of an offline run today (its sender thread runs
+  beside, as in a job; its CPU is not counted here);
+* ``ring read``: the reader's CPU a row (:meth:`RowReader.read`), timed separately.
+
+    python -m benchmarks.ring_calls [--keys 100,1] [--calls 20000] [--repeats 3] [--frames 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import coordinator
+from benchmarks.common import med
+from coordinator.transport.ring import RingReader, RingWriter
+from coordinator.transport.ringrows import RowReader, RowWriter
+
+__all__ = ["CallCosts", "main", "measure"]
+
+_SLICE = 500
+"""Calls between two reads of the ring (what a drain every 50 ms would find at 10,000 calls a second)."""
+
+
+@dataclass(slots=True)
+class CallCosts:
+    """µs of CPU a call (or a row read), one repeat."""
+
+    ring_row: float
+    run_log: float
+    ring_read: float
+
+
+def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCosts:
+    """One repeat: ``calls`` rows into a fresh ring, then ``calls`` ``log()`` calls of an offline run.
+
+    ``frames`` above 1 cycles the calls over that many dicts of distinct keys, each call at a new
+    step (with one key: the "100 scalars at new steps" pattern).
+
+    Raises:
+        AssertionError: the ring did not hand every row back.
+    """
+    dicts = [{f"f{f}/m{j:03d}": float(j) for j in range(keys)} for f in range(frames)]
+    tuples = [tuple(d) for d in dicts]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"ring-{keys}-{time.monotonic_ns()}"
+    w = RowWriter(RingWriter(path, 1 << 22))
+    r = RowReader(RingReader(path))
+    write_ns = read_ns = 0
+    got = 0
+    for lo in range(0, calls, _SLICE):
+        t = time.thread_time_ns()
+        for step in range(lo, min(calls, lo + _SLICE)):
+            w.row(tuples[step % frames], step, dicts[step % frames].values())
+        t1 = time.thread_time_ns()
+        rows = r.read()
+        got += sum(len(s) for s, _ in rows.values())
+        r.reader.release(r.reader.cursor)
+        write_ns += t1 - t
+        read_ns += time.thread_time_ns() - t1
+    w.close()
+    r.close()
+    for p in (path, path.with_name(path.name + ".names")):
+        p.unlink()
+    if got != calls:
+        raise AssertionError(f"the ring handed back {got} rows of {calls}")
+    run = coordinator.init_run(mode="offline", settings=coordinator.Settings(dir=directory / f"runs-{keys}"))
+    try:
+        t = time.thread_time_ns()
+        for step in range(calls):
+            run.log(dicts[step % frames], step=step)
+        log_ns = time.thread_time_ns() - t
+    finally:
+        run.stop()
+    return CallCosts(write_ns / calls / 1e3, log_ns / calls / 1e3, read_ns / calls / 1e3)
+
+
+def main() -> None:
+    """Measure each ``--keys`` size ``--repeats`` times; print each repeat and the medians."""
+    ap = argparse.ArgumentParser(prog="benchmarks.ring_calls", description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", default="100,1", help="dict sizes, comma-separated")
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=1, help="dicts of distinct keys the calls cycle over")
+    args = ap.parse_args()
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    for keys in (int(k) for k in args.keys.split(",")):
+        costs = []
+        for i in range(args.repeats):
+            with tempfile.TemporaryDirectory(dir=base) as d:
+                costs.append(measure(keys, args.calls, Path(d), args.frames))
+            c = costs[-1]
+            print(
+                f"{keys} keys, repeat {i + 1}: ring row {c.ring_row:.2f} µs a call, run.log {c.run_log:.2f}, "
+                f"ring read {c.ring_read:.2f} a row"
+            )
+        row = med([c.ring_row for c in costs])
+        print(
+            f"{keys} keys x {args.frames} frames, median of {args.repeats}: ring row {row:.2f} µs, "
+            f"run.log {med([c.run_log for c in costs]):.2f}, ring read {med([c.ring_read for c in costs]):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
