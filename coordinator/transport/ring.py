@@ -79,14 +79,24 @@ def _record_bytes(length: int) -> int:
 
 
 def _map(path: Path, size: int, *, create: bool) -> mmap.mmap:
+    """Map the ring's file; with ``create``, make it with all its pages allocated first.
+
+    Allocating up front is what makes a full ``/dev/shm`` an ``OSError`` here: a store into a
+    mapped page that tmpfs cannot back later would kill the process with SIGBUS instead. A file
+    this call made and could not finish is removed.
+    """
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
         if create:
-            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
         elif os.fstat(fd).st_size < size:
             raise RingDamaged(f"{path}: {os.fstat(fd).st_size} bytes, shorter than a ring's header")
         return mmap.mmap(fd, size)
+    except OSError:
+        if create:
+            path.unlink()
+        raise
     finally:
         os.close(fd)
 

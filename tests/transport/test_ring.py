@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -272,3 +273,65 @@ def test_a_run_stops_before_a_record_whose_far_end_is_not_visible(tmp_path: Path
     assert got == [(8, 4)] and r.cursor == w.written
     w.close()
     r.close()
+
+
+_NO_ROOM = """
+import resource, signal, sys
+from pathlib import Path
+from coordinator.transport.ring import RingWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit: EFBIG, as ENOSPC on a full /dev/shm
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+try:
+    RingWriter(Path(sys.argv[1]), 1 << 20)
+except OSError as e:
+    print("refused:", e.strerror, Path(sys.argv[1]).exists())
+"""
+
+
+def test_a_ring_with_no_room_for_its_pages_is_refused_at_creation_and_leaves_no_file(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_ROOM, str(tmp_path / "r")], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout == "refused: File too large False\n"
+
+
+def _can_mount_tmpfs() -> bool:
+    """Whether this machine lets a test mount a small tmpfs in a namespace of its own (``unshare -rm``)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="no user and mount namespaces here to mount a small tmpfs")
+def test_a_ring_larger_than_a_full_shared_memory_is_refused_not_a_sigbus_later(tmp_path: Path) -> None:
+    # /dev/shm as a container gives it, but 64 KiB: a ring of 1 MiB cannot have its pages. Made
+    # sparse, it would be made, and the store into its 17th page would kill the rank (SIGBUS).
+    script = (
+        "from pathlib import Path\n"
+        "from coordinator.transport.ring import RingWriter\n"
+        "try:\n"
+        "    w = RingWriter(Path('/mnt/r'), 1 << 20)\n"
+        "    for i in range(300):\n"
+        "        w.put(bytes(1000))\n"
+        "    print('written')\n"
+        "except OSError as e:\n"
+        "    print('refused:', e.strerror, Path('/mnt/r').exists())\n"
+    )
+    out = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=64k tmpfs /mnt && exec "{sys.executable}" -c "$0"',
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert (out.returncode, out.stdout) == (0, "refused: No space left on device False\n"), out.stderr
