@@ -194,19 +194,7 @@ class RingWriter(_Ring):
         Raises:
             ValueError: ``s`` is not little-endian (``<``), or its body is larger than :attr:`largest`.
         """
-        f = self._framed.get(s) or self._frame(s)
-        pos = self._pos
-        at = HEADER_BYTES + (pos & self._mask)
-        if at - HEADER_BYTES + f.size > self.capacity or pos + f.size > self._free_to:
-            at = self._claim(s.size)
-            if at < 0:
-                return False
-            pos = self._pos
-        tag = (pos >> 3) & 0xFFFFFFFF
-        f.pack_into(self.map, at, s.size, tag, *values, tag, s.size)
-        self._pos = pos + f.size
-        self._written[0] = pos + f.size
-        return True
+        return self.pack_row(s, values, ())
 
     def pack_row(self, s: struct.Struct, head: tuple[object, ...], rest: Iterable[object]) -> bool:
         """Append one record whose body is ``s.pack(*head, *rest)`` (a row: its step, then a dict's

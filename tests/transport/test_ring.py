@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from coordinator.transport.ring import (
     RingWriter,
     pick_ring_dir,
 )
+from tests.transport.ring_writers import sigkill, writer_process
 
 ROW = struct.Struct("<qd")
 
@@ -192,28 +192,19 @@ while True:
 
 def test_a_writer_killed_mid_run_leaves_every_record_it_published_whole(tmp_path: Path) -> None:
     path = tmp_path / "ring"
-    p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    with writer_process(_WRITER, path) as p:
         r = RingReader(path)
         rows: list[tuple[int, ...]] = []
         deadline = time.monotonic() + 30
         while len(rows) < 20_000 and time.monotonic() < deadline:  # many laps of the 64 KiB ring
             rows += [struct.unpack("<q3d", v) for _, v in r.records()]
             r.release(r.cursor)
-        os.kill(p.pid, signal.SIGKILL)
-        assert p.wait(30) == -signal.SIGKILL
+        sigkill(p)
         rows += [struct.unpack("<q3d", v) for _, v in r.records(final=True)]
         assert len(rows) >= 20_000 and r.cursor == r.written
         assert rows == [(i, i * 0.5, -i, i + 0.25) for i in range(len(rows))]
         assert not r.writer_closed and r.writer_pid == p.pid
         r.close()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(30)
-        if p.stdout is not None:
-            p.stdout.close()
 
 
 def test_a_ring_goes_where_there_is_room_for_it(tmp_path: Path) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +13,7 @@ from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 from coordinator.transport.ringrows import RowReader, RowWriter, names_path, row_batches
 from tests.aggregator.helpers import env, hello, make_cfg, reopen
+from tests.transport.ring_writers import sigkill, writer_process
 
 
 def test_rows_of_several_frames_come_back_grouped_in_order_with_their_keys(tmp_path: Path) -> None:
@@ -124,9 +121,7 @@ while True:
 
 def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its_keys(tmp_path: Path) -> None:
     path = tmp_path / "ring"
-    p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    with writer_process(_WRITER, path) as p:
         r = RowReader(RingReader(path))
         got: dict[tuple[str, ...], list[np.ndarray]] = {}
         deadline = time.monotonic() + 30
@@ -137,8 +132,7 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its
                 assert (values == steps[:, None] + np.arange(len(keys))).all()
                 n += len(steps)
             r.reader.release(r.reader.cursor)
-        os.kill(p.pid, signal.SIGKILL)
-        assert p.wait(30) == -signal.SIGKILL
+        sigkill(p)
         for keys, (steps, values) in r.read(final=True).items():
             got.setdefault(keys, []).append(steps)
             assert (values == steps[:, None] + np.arange(len(keys))).all()
@@ -149,12 +143,6 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its
             s = np.concatenate(parts)
             assert (np.diff(s) == 5).all() and s[0] == len(keys) - 1  # each frame's rows in order
         r.close()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(30)
-        if p.stdout is not None:
-            p.stdout.close()
 
 
 def test_rows_go_as_batches_of_at_most_the_cap_that_decode_to_the_same_points(tmp_path: Path) -> None:
