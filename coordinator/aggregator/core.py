@@ -193,7 +193,7 @@ class Aggregator:
         for blk in b.blocks:
             ks = blk.keys
             if ks in snd.blocks_seen or self.known_keys.issuperset(ks) or self.text_keys.isdisjoint(ks):
-                n += self._ingest_block(snd, seq, b.ts, blk, last_steps, now)
+                n += self.ingest_block(snd, seq, b.ts, blk, last_steps, now)
             else:  # a key of the other kind: refused key by key, as unblocked chunks are
                 metrics = metrics + [
                     (k, array("q", blk.steps), array("d", v.tobytes()))
@@ -232,10 +232,10 @@ class Aggregator:
         self.counters["points"] += n
         self.registry.persist(snd)
 
-    def _ingest_block(
-        self, snd: Sender, seq: int, ts: float, blk: wire.Block, last_steps: LastSteps, now: float
-    ) -> int:
-        """The per-key steps of :meth:`_ingest` for a block, once for all its keys; returns its points."""
+    def ingest_block(self, snd: Sender, seq: int, ts: float, blk: wire.Block, last_steps: LastSteps, now: float) -> int:
+        """The per-key steps of :meth:`_ingest` for a block, once for all its keys; returns its points.
+
+        Also a ring's rows (:mod:`.rings`), which come in no batch: ``seq`` 0."""
         keys, steps = blk.keys, blk.steps
         seen = keys in snd.blocks_seen  # then every key is known and seen by this sender already
         if not seen and not self.known_keys.issuperset(keys):

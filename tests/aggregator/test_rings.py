@@ -1,0 +1,132 @@
+"""Rows taken from the ranks' rings are stored once, reduced, and freed only after their commit, through crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.aggregator import Aggregator
+from coordinator.aggregator.rings import Rings, meta_key
+from coordinator.transport.ring import RingDamaged, RingWriter
+from coordinator.transport.ringrows import RowWriter, names_path
+from tests.aggregator.helpers import crash, hello, make_cfg, reopen
+
+KEYS = ("loss", "lr")
+
+
+def _writers(tmp_path: Path, ranks: int = 2, capacity: int = 4096) -> list[RowWriter]:
+    return [RowWriter(RingWriter(tmp_path / f"ring-{r}", capacity)) for r in range(ranks)]
+
+
+def _log(w: RowWriter, rank: int, steps: range) -> None:
+    for step in steps:
+        assert w.row(KEYS, step, [step + 10.0 * rank, 0.1])
+
+
+def _rings(agg: Aggregator, tmp_path: Path, ranks: int = 2) -> Rings:
+    rings = Rings(agg)
+    for r in range(ranks):
+        hello(agg, r)
+        rings.attach(r, 1, tmp_path / f"ring-{r}")
+    return rings
+
+
+def _check_stored(tmp_path: Path, last: int) -> None:
+    s = reopen(tmp_path)
+    try:
+        for r in range(2):
+            assert s.values("loss", r) == [(st, st + 10.0 * r) for st in range(last + 1)]
+        assert s.values("loss") == [(st, st + 5.0) for st in range(last + 1)]  # the mean of the two ranks
+        assert s.contributors("loss") == [(st, 2) for st in range(last + 1)]
+    finally:
+        s.close()
+
+
+def test_rows_of_two_ranks_rings_are_stored_once_and_reduced_and_freed_only_after_their_commit(
+    tmp_path: Path,
+) -> None:
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path)
+    rings = _rings(agg, tmp_path)
+    for lap in range(10):  # 48-byte rows, 60 a drain: the 4 KiB rings go round seven times
+        steps = range(lap * 60, lap * 60 + 60)
+        for r, w in enumerate(ws):
+            _log(w, r, steps)
+        assert rings.drain(1.0) == 2 * 2 * 60
+        assert all(w.ring.space() <= 4096 - 60 * 48 for w in ws)  # read, not yet freed
+        agg.commit()
+        rings.committed()
+        assert all(w.ring.space() == 4096 for w in ws)
+    assert rings.drain(1.0) == 0 and agg.counters["points"] == 2400
+    rings.close()
+    agg.finalize()
+    _check_stored(tmp_path, 599)
+
+
+@pytest.mark.parametrize("when", ["before its commit", "after its commit, before the release"])
+def test_a_crashed_aggregators_restart_stores_every_ring_row_once(tmp_path: Path, when: str) -> None:
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path)
+    rings = _rings(agg, tmp_path)
+    for r, w in enumerate(ws):
+        _log(w, r, range(0, 40))
+    rings.drain(1.0)
+    agg.commit()
+    rings.committed()
+    for r, w in enumerate(ws):
+        _log(w, r, range(40, 70))
+    rings.drain(2.0)
+    if when != "before its commit":
+        agg.commit()  # the rows and the cursors are on disk; the bytes were never released
+    crash(agg)
+    agg.close()
+    rings.close()
+    b = Aggregator(make_cfg(tmp_path, world=2))
+    again = _rings(b, tmp_path)
+    kept = [int(b.store.meta(meta_key(r, 1)) or 0) for r in range(2)]
+    assert kept == ([40 * 48] * 2 if when == "before its commit" else [70 * 48] * 2)
+    for r, w in enumerate(ws):
+        _log(w, r, range(70, 100))
+    again.drain(3.0)
+    b.commit()
+    again.committed()
+    again.close()
+    b.finalize()
+    _check_stored(tmp_path, 99)
+    assert b.counters["points"] == 2 * 2 * 100  # counted once each, the counters carried through the restart
+
+
+def test_a_ring_whose_writer_closed_is_removed_once_its_last_rows_are_committed(tmp_path: Path) -> None:
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path)
+    rings = _rings(agg, tmp_path)
+    _log(ws[0], 0, range(5))
+    _log(ws[1], 1, range(5))
+    ws[0].close()
+    rings.drain(1.0, final=True)
+    assert rings.detach_drained() == []  # read, not committed: the rows still need the ring
+    agg.commit()
+    rings.committed()
+    assert rings.detach_drained() == [(0, 1)]
+    assert not (tmp_path / "ring-0").exists() and not names_path(tmp_path / "ring-0").exists()
+    assert list(rings.readers) == [(1, 1)] and (tmp_path / "ring-1").exists()
+    rings.close()
+    ws[1].close()
+    agg.finalize()
+
+
+def test_a_damaged_ring_raises_and_takes_nothing_of_its_pass(tmp_path: Path) -> None:
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path, ranks=1)
+    rings = Rings(agg)
+    hello(agg, 0)
+    rings.attach(0, 1, tmp_path / "ring-0")
+    _log(ws[0], 0, range(3))
+    ws[0].ring.put(b"not a row")
+    with pytest.raises(RingDamaged, match="9 bytes, not a row"):
+        rings.drain(1.0, final=True)
+    assert agg.counters["points"] == 0 and meta_key(0, 1) not in agg.outbox.txn.meta
+    rings.close()
+    ws[0].close()
+    agg.close()
