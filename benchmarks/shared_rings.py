@@ -41,8 +41,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import med, task_cpu_s
+from coordinator.aggregator.config import AggregatorConfig
+from coordinator.aggregator.core import Aggregator
+from coordinator.aggregator.rings import Rings
 from coordinator.journal.records import MAIN_RANK, StagedBlock, TxnData
 from coordinator.journal.store import LocalStore
+from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 from coordinator.transport.ringrows import RowReader, RowWriter
 
@@ -188,6 +192,7 @@ def _drainer(
     got = [0] * len(rings)
     wrong = ""
     last = False
+    commits = 0
     while not last:
         last = writers_done.wait(interval_s)
         drained = [drain(ring, keys) for ring in rings]
@@ -197,13 +202,63 @@ def _drainer(
             got[i] += len(steps)
         if committer is not None:
             committer.commit(drained, got)
+            commits += 1
         for ring in rings:  # committed (or checked): the writer may use their bytes again
             ring.reader.release(ring.reader.cursor)
     for ring in rings:
         ring.close()
     if committer is not None:
         wrong = wrong or committer.close(sum(got))
-    out.put(("drainer", got, wrong))
+    out.put(("drainer", got, wrong, commits))
+
+
+def _aggregator_drainer(paths: list[str], keys: int, interval_s: float, writers_done: Event, d: str, out: Any) -> None:
+    """``--aggregator``: the real aggregator takes the rings, as its server loop would with them wired in.
+
+    Each ``interval_s``: :meth:`Rings.drain` into the open transaction, a staging commit, then
+    :meth:`Rings.committed`; every second the server's sweep (liveness, health) and an emission of
+    the complete groups (reduced to their mean, the main series); at the end ``finalize``. The
+    store must then hold every row of every rank and each step all ranks reached, once.
+    """
+    for p in paths:  # each writer has made its ring
+        open_ring(Path(p)).close()
+    run = "ring-floor"
+    agg = Aggregator(AggregatorConfig(run_id=run, store_path=f"{d}/run.db", world_size=len(paths)))
+    rings = Rings(agg)
+    for rank, p in enumerate(paths):
+        agg.hello(wire.decode_envelope(wire.encode_envelope(wire.HELLO, run, rank, 1, 0)), {"pid": 0}, time.time())
+        rings.attach(rank, 1, Path(p))
+    last_sweep = 0.0
+    last = False
+    commits = 0
+    while not last:
+        last = writers_done.wait(interval_s)
+        now = time.time()
+        rings.drain(now, final=last)
+        agg.commit(stage=True)
+        rings.committed()
+        commits += 1
+        if now - last_sweep >= 1.0:
+            last_sweep = now
+            agg.check_liveness(now)
+            agg.update_health(now)
+            agg.emit(now, all_keys=True, hold=False)
+    got = [agg.senders[(r, 1)].points // keys for r in range(len(paths))]
+    rings.close()
+    agg.finalize()
+    store = LocalStore(f"{d}/run.db", readonly=True)
+    try:
+        first = "train/m000"
+        wrong = "".join(
+            f"rank {r} stored {len(store.values(first, r))} rows, not {n}; "
+            for r, n in enumerate(got)
+            if len(store.values(first, r)) != n
+        )
+        if len(store.values(first)) != min(got):
+            wrong += f"the main series holds {len(store.values(first))} steps, not {min(got)}"
+    finally:
+        store.close()
+    out.put(("drainer", got, wrong, commits))
 
 
 def _capacity(keys: int) -> int:
@@ -228,6 +283,8 @@ class Trial:
     """The drainer's CPU seconds a second over the window (0 for the loop alone)."""
     call_us: float
     """CPU µs a point inside the writes, over the whole run (0 for the loop alone)."""
+    commits: int = 0
+    """Commits the drainer made (0 without ``commit`` or ``aggregator``)."""
 
 
 def trial(
@@ -240,6 +297,7 @@ def trial(
     directory: Path,
     check: bool = True,
     commit: bool = False,
+    aggregator: bool = False,
 ) -> Trial:
     """Run the writers (and, with ``ring``, the drainer) in processes of their own; read their CPU.
 
@@ -257,7 +315,9 @@ def trial(
         ctx.Process(target=writer, args=(paths[i] if ring else None, keys, rate, seconds, out)) for i in range(ranks)
     ]
     drainer = (
-        ctx.Process(
+        ctx.Process(target=_aggregator_drainer, args=(paths, keys, drain_s, done, str(directory), out))
+        if ring and aggregator
+        else ctx.Process(
             target=_drainer,
             args=(paths, keys, drain_s, done, check, str(directory / "run.db") if commit else None, out),
         )
@@ -297,6 +357,7 @@ def trial(
         writers_cpu_s=sum(cpu[:ranks]),
         drainer_cpu_s=cpu[ranks] if drainer else 0.0,
         call_us=sum(e[2] for e in ends) / 1e3 / max(1, sum(rows) * keys),
+        commits=drained[3] if drained is not None else 0,
     )
 
 
@@ -311,6 +372,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-check", action="store_true", help="the drainer counts rows without checking each")
     ap.add_argument("--commit", action="store_true", help="the drainer commits each drain into a real store")
+    ap.add_argument(
+        "--aggregator", action="store_true", help="the real aggregator drains the rings (coordinator.aggregator.rings)"
+    )
     ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     args = ap.parse_args()
     calls, drains, extra = [], [], []
@@ -318,7 +382,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             alone = trial(args.ranks, args.keys, args.rate, args.seconds, args.drain_ms / 1e3, False, Path(d))
             ring = trial(
-                args.ranks, args.keys, args.rate, args.seconds, args.drain_ms / 1e3, True, Path(d), not args.no_check
+                args.ranks,
+                args.keys,
+                args.rate,
+                args.seconds,
+                args.drain_ms / 1e3,
+                True,
+                Path(d),
+                not args.no_check,
+                args.commit,
+                args.aggregator,
             )
         pps = ring.points_per_s
         calls.append(ring.call_us)
@@ -327,7 +400,8 @@ def main() -> None:
         print(
             f"repeat {r + 1}: {pps:,.0f} points/s; per point: in the writes {calls[-1]:.3f} µs, the drainer "
             f"{drains[-1]:.3f}, the writers minus the loop alone {extra[-1]:.3f} "
-            f"(writers {ring.writers_cpu_s * 1e3:.2f} ms/s, alone {alone.writers_cpu_s * 1e3:.2f})"
+            f"(writers {ring.writers_cpu_s * 1e3:.2f} ms/s, alone {alone.writers_cpu_s * 1e3:.2f}); "
+            f"{ring.commits} commits"
         )
     print(
         f"median of {args.repeats}: writes {med(calls):.3f} µs a point + drainer {med(drains):.3f} = "

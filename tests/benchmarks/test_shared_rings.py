@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +102,28 @@ def test_a_committer_names_what_its_store_is_short_of(tmp_path: Path) -> None:
     c.commit([(np.arange(4, 5), np.full((1, 3), 1.0)), (np.arange(0), np.zeros((0, 3)))], [5, 4])
     assert c.reduced == 4
     assert c.close(10) == "the store holds 27 staged and 12 main-series points, not 30 and 12"
+
+
+def test_the_real_aggregator_as_drainer_stores_every_row_of_every_rank_once(tmp_path: Path) -> None:
+    t = trial(2, 10, 100.0, 3.0, 0.05, True, tmp_path, aggregator=True)
+    assert t.commits >= 40 and t.drainer_cpu_s > 0  # ~3 s of 50 ms drains, each committed
+    store = LocalStore(tmp_path / "run.db", readonly=True)
+    try:
+        assert len(store.values("train/m009", 0)) >= 250 and len(store.values("train/m009")) >= 250
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("flag", ["--commit", "--aggregator"])
+def test_the_command_line_passes_its_flags_to_the_trials(tmp_path: Path, flag: str) -> None:
+    small = ["--ranks", "1", "--keys", "2", "--rate", "20", "--seconds", "3", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.shared_rings", *small, "--dir", str(tmp_path), flag],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    commits = int(out.stdout.split(" commits")[0].rsplit(" ", 1)[1])
+    assert commits >= 40, out.stdout  # round 42's --commit was parsed and never passed: 0 commits
