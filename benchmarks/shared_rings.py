@@ -16,14 +16,17 @@ until the drainer has them.
 ``--ranks`` writer processes each log a ``--keys``-key row ``--rate`` times a second for
 ``--seconds``; the drainer checks that every row of every ring arrives once, in order, with its
 values (with ``--no-check``, only that every row arrives). With ``--commit`` the drainer also does
-the aggregator's part: it commits each drain into a real store (:class:`Committer`). Each repeat
+the aggregator's part: it commits each drain into a real store (:class:`Committer`); with
+``--aggregator`` the real aggregator is the drainer (:mod:`coordinator.aggregator.rings`, the way
+its server loop would run it: a drain and a commit each ``--drain-ms``, the sweep and the main
+series' emission each second). Each repeat
 also runs the same writers without the ring (the loop alone), and reports, per point logged: the
 writers' CPU inside their writes (thread time around each), the drainer's CPU, and the writers'
 whole CPU minus the loop alone's. CPU is read from ``/proc`` (schedstat's nanoseconds) over the
 steady window: the first second and the last are left out.
 
     python -m benchmarks.shared_rings [--ranks 4] [--keys 100] [--rate 50] [--seconds 10] [--repeats 3]
-        [--drain-ms 50] [--commit] [--no-check]
+        [--drain-ms 50] [--commit | --aggregator] [--no-check]
 """
 
 from __future__ import annotations
