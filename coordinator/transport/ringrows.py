@@ -10,11 +10,12 @@ crc32 | msgpack [id, [key, ...]]``; a kill mid-append leaves a torn last entry, 
 (the row is written after it) and which the reader ignores.
 
 Not wired into ``log()`` yet: this is the second piece of the shared-ring path (docs/performance.md,
-round 43), measured by ``benchmarks/ring_rows.py``.
+round 43), measured by ``benchmarks/ring_calls.py`` and ``benchmarks/shared_rings.py``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -59,7 +60,9 @@ class RowWriter:
         """Write ``values`` (one a key, in the order of ``keys``) at ``step``; False when the ring has no room.
 
         Raises:
-            ValueError: the row is larger than the ring takes in one record.
+            ValueError: the row is larger than the ring takes in one record, or has no key.
+            struct.error: a value is not a number, or there are not ``len(keys)`` of them (nothing
+                is published then).
             OSError: the names file could not be written (a new frame on a full disk).
         """
         f = self._frames.get(keys)
@@ -76,7 +79,14 @@ class RowWriter:
             raise ValueError(f"a row of {len(keys)} keys is larger than the ring takes ({self.ring.largest} bytes)")
         fid = len(self._frames)
         body = msgpack.packb([fid, list(keys)])
-        os.write(self._names, _NAME_HEAD.pack(len(body), zlib.crc32(body)) + body)
+        entry = _NAME_HEAD.pack(len(body), zlib.crc32(body)) + body
+        end = os.lseek(self._names, 0, os.SEEK_END)
+        try:
+            if os.write(self._names, entry) != len(entry):  # a short write: the disk or a limit is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(names_path(self.ring.path)))
+        except OSError:
+            os.ftruncate(self._names, end)  # no torn entry left for a later one to sit behind
+            raise
         f = self._frames[keys] = (fid, s)
         return f
 

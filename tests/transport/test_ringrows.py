@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -223,4 +226,49 @@ def test_scalars_logged_key_by_key_come_back_by_key_from_one_run(tmp_path: Path)
     with pytest.raises(RingDamaged, match="the row at 200040 is of frame 100, which no name names"):
         r.read()
     w.close()
+    r.close()
+
+
+def test_a_row_of_a_non_number_publishes_nothing_and_the_next_row_reads(tmp_path: Path) -> None:
+    w = RowWriter(RingWriter(tmp_path / "r", 4096))
+    r = RowReader(RingReader(tmp_path / "r"))
+    w.row(("a", "b"), 1, [1.0, 2.0])
+    for bad in (["x", 2.0], [1.0]):
+        with pytest.raises(struct.error):
+            w.row(("a", "b"), 2, bad)
+    assert w.ring.written == 48
+    w.row(("a", "b"), 3, [3.0, 4.0])
+    assert r.read()[("a", "b")][0].tolist() == [1, 3]
+    w.close()
+    r.close()
+
+
+_NAMES_FULL = """
+import resource, signal, sys
+from pathlib import Path
+from coordinator.transport.ring import RingWriter
+from coordinator.transport.ringrows import RowWriter, names_path
+path = Path(sys.argv[1])
+w = RowWriter(RingWriter(path, 4096))
+w.row(("a",), 1, [1.0])
+size = names_path(path).stat().st_size
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit: EFBIG, as ENOSPC on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
+try:
+    w.row(tuple("k" * 30 + str(j) for j in range(3)), 2, [1.0, 2.0, 3.0])
+except OSError as e:
+    print("refused:", e.strerror, names_path(path).stat().st_size == size)
+w.row(("b",), 3, [3.0])
+"""
+
+
+def test_a_frame_whose_name_could_not_be_written_leaves_no_torn_entry_before_the_next(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _NAMES_FULL, str(tmp_path / "r")], capture_output=True, text=True, timeout=60
+    )
+    # the limit cuts the entry short (a short write, no error): refused all the same, and cut back
+    assert (out.returncode, out.stdout) == (0, "refused: No space left on device True\n"), out.stderr
+    r = RowReader(RingReader(tmp_path / "r"))
+    rows = r.read(final=True)
+    assert {k: v[0].tolist() for k, v in rows.items()} == {("a",): [1], ("b",): [3]}
     r.close()
