@@ -106,7 +106,7 @@ def test_a_committer_names_what_its_store_is_short_of(tmp_path: Path) -> None:
 
 def test_the_real_aggregator_as_drainer_stores_every_row_of_every_rank_once(tmp_path: Path) -> None:
     t = trial(2, 10, 100.0, 3.0, 0.05, True, tmp_path, aggregator=True)
-    assert t.commits >= 40 and t.drainer_cpu_s > 0  # ~3 s of 50 ms drains, each committed
+    assert t.commits >= 10 and t.drainer_cpu_s > 0  # up to ~60 drains in ~3 s, each committed (fewer under load)
     store = LocalStore(tmp_path / "run.db", readonly=True)
     try:
         assert len(store.values("train/m009", 0)) >= 250 and len(store.values("train/m009")) >= 250
@@ -126,4 +126,4 @@ def test_the_command_line_passes_its_flags_to_the_trials(tmp_path: Path, flag: s
         cwd=Path(__file__).resolve().parents[2],
     )
     commits = int(out.stdout.split(" commits")[0].rsplit(" ", 1)[1])
-    assert commits >= 40, out.stdout  # round 42's --commit was parsed and never passed: 0 commits
+    assert commits >= 10, out.stdout  # round 42's --commit was parsed and never passed: 0 commits
