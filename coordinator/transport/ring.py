@@ -159,7 +159,7 @@ class RingWriter(_Ring):
 
     def __init__(self, path: Path, capacity: int) -> None:
         if capacity < _MIN_CAPACITY or capacity > _MAX_CAPACITY or capacity & (capacity - 1):
-            raise ValueError(f"capacity must be a power of two from {_MIN_CAPACITY} to 2**40, not {capacity}")
+            raise ValueError(f"capacity must be a power of two from {_MIN_CAPACITY} to {_MAX_CAPACITY}, not {capacity}")
         super().__init__(path, _map(path, HEADER_BYTES + capacity, create=True), capacity)
         _META.pack_into(self.map, 0, MAGIC, VERSION, capacity, os.getpid())
         self._pos = 0
@@ -291,7 +291,8 @@ class RingReader(_Ring):
             raise RingDamaged(f"{path}: position {self.cursor} is outside {self.released}..{self.written}")
 
     def records(self, *, final: bool = False) -> Iterator[tuple[int, memoryview]]:
-        """Each record published past :attr:`cursor`, as (its position, a view of its body), moving the cursor.
+        """Each record published past :attr:`cursor`, as (its position, a view of its body), moving the cursor
+        (past each run of :meth:`runs`, which checks the records).
 
         A view is valid until :meth:`release` frees its record: copy or decode it before then.
         Stops early at a record whose far edge is not visible yet (see the module's memory order),
@@ -300,28 +301,11 @@ class RingReader(_Ring):
         Raises:
             RingDamaged: a record does not read whole although the writer is gone.
         """
-        written = self.written
-        mask, view = self._mask, self._view
-        while self.cursor < written:
-            pos = self.cursor
-            at = HEADER_BYTES + (pos & mask)
-            n, tag = _EDGE.unpack_from(self.map, at)
-            want = (pos >> 3) & 0xFFFFFFFF
-            if tag != want:
-                self._damaged(pos, f"its tag is {tag}, not {want}", final)
-                return
-            if n == SKIP:
-                self.cursor = pos + self.capacity - (pos & mask)
-                continue
+        for n, count, run in self.runs(final=final):
             size = _record_bytes(n)
-            if n > self.capacity // 4 or pos + size > written:
-                self._damaged(pos, f"its length {n} runs past the {written} bytes written", final)
-                return
-            if _EDGE.unpack_from(self.map, at + size - _EDGE.size) != (tag, n):
-                self._damaged(pos, "its two ends disagree", final)
-                return
-            self.cursor = pos + size
-            yield pos, view[at + _EDGE.size : at + _EDGE.size + n]
+            first = self.cursor - count * size
+            for i in range(count):
+                yield first + i * size, run[i * size + _EDGE.size : i * size + _EDGE.size + n]
 
     def runs(self, *, final: bool = False) -> Iterator[tuple[int, int, memoryview]]:
         """The records past :attr:`cursor` in runs of equal body length, each checked at once:
@@ -330,7 +314,12 @@ class RingReader(_Ring):
         For a reader that decodes many small records with numpy (:mod:`.ringrows`): the edges of a
         run's records are checked as arrays, not record by record. A run is probed in growing
         steps (8, 32, 128, ... records), so records of alternating lengths cost no more than
-        :meth:`records`. Same validity, stops and errors as :meth:`records`.
+        one by one. Stops at a record whose far end is not visible yet (see the module's memory
+        order), unless the writer is gone: ``final`` (the caller knows its process ended) or a
+        closed ring.
+
+        Raises:
+            RingDamaged: a record does not read whole although the writer is gone.
         """
         written = self.written
         mask = self._mask
