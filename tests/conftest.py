@@ -53,6 +53,34 @@ def no_leftovers() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_ring_dir() -> Iterator[Path]:
+    """This session's rings (``Settings.rings``) live in a fresh directory, not ``/dev/shm``: a test that
+    leaves one behind is found (:func:`no_leftover_rings`), and nothing is left in the machine's memory."""
+    saved = os.environ.get("COORDINATOR_RING_DIR")
+    base = Path(tempfile.mkdtemp(prefix="rings-"))
+    os.environ["COORDINATOR_RING_DIR"] = str(base)
+    try:
+        yield base
+    finally:
+        if saved is None:
+            os.environ.pop("COORDINATOR_RING_DIR", None)
+        else:
+            os.environ["COORDINATOR_RING_DIR"] = saved
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_rings(private_ring_dir: Path) -> Iterator[None]:
+    """Fail a test that leaves a ring behind (a closed rank's ring is removed once the aggregator read it)."""
+    before = set(private_ring_dir.iterdir())
+    yield
+    left = sorted(set(private_ring_dir.iterdir()) - before)
+    for p in left:
+        p.unlink(missing_ok=True)
+    assert not left, f"rings left behind: {[p.name for p in left]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir() -> Iterator[Path]:
     """This session's sockets and rendezvous files live in a fresh base directory (not the shared
     ``/tmp/coordinator-<uid>``), which must be empty again at the end: nothing left in the system

@@ -33,6 +33,8 @@ class Counters(TypedDict):
     texts: int  # points of text series ingested (also counted in points)
     kind_conflicts: int  # points refused: numbers for a text series' key, or texts for a numeric one
     checkpoint_failures: int  # WAL checkpoints that failed off the loop (nothing lost: the log keeps every page)
+    ring_points: int  # per-rank points read from the ranks' shared rings (also counted in points)
+    ring_errors: int  # rings found damaged or not readable again after a restart (their later rows unread)
 
 
 class Report(Counters):
@@ -77,6 +79,7 @@ PROBLEMS: tuple[str, ...] = (
     "replaced_points",
     "kind_conflicts",
     "checkpoint_failures",
+    "ring_errors",
 )
 """Numbers that are zero in a healthy run on a healthy machine (the benchmarks check them)."""
 

@@ -19,6 +19,7 @@ from typing import Any
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
+from coordinator.aggregator.rings import recover_rings
 from coordinator.errors import ConfigError, ProtocolError
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import LocalStore, run_dir
@@ -210,6 +211,7 @@ def replay_spools(root: Path, run_id: str) -> Report:
     sp = spool_dir(root, run_id)
     if sp.is_dir():
         recover_spools(agg, sp, skip_live=False)
+    recover_rings(agg)
     agg.emit(time.time())
     agg.commit()
     return agg.finalize()

@@ -8,12 +8,16 @@ for the writer (:meth:`Rings.committed`). A restarted aggregator attaches each r
 its journal kept, so a row is stored once whether the crash came before the commit (read again)
 or after it (its bytes already freed, or skipped by the kept cursor).
 
-Not wired into the server yet (docs/performance.md, round 43): no rank announces a ring, so no
-run attaches one. Tests drive it in process.
+A rank offers its ring in its HELLO (``{"ring": {"path", "boot"}}``, ``Settings.rings``); the
+server attaches it (:meth:`Rings.offer`) when the ring is on this machine (the same boot id) and
+opens, and says so in the WELCOME: only then does the rank write rows into it. The ring's path is
+kept in the journal too (``ringpath:<rank>-<incarnation>``), so a restarted aggregator reads the
+rings of ranks that died while it was down (:meth:`Rings.reattach`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from array import array
 from pathlib import Path
@@ -22,10 +26,18 @@ import numpy as np
 
 from coordinator.aggregator.core import Aggregator
 from coordinator.transport import wire
-from coordinator.transport.ring import RingReader
+from coordinator.transport.ring import RingDamaged, RingReader, boot_id
 from coordinator.transport.ringrows import RowReader, Rows, names_path
 
-__all__ = ["Rings", "meta_key"]
+__all__ = ["BOOT_ID", "Rings", "meta_key", "recover_rings"]
+
+_log = logging.getLogger("coordinator.aggregator")
+
+_PATH_PREFIX = "ringpath:"
+
+
+BOOT_ID = boot_id()
+"""This machine's boot id ("" where there is none to read): a rank's ring is read only on its own machine."""
 
 
 def meta_key(rank: int, incarnation: int) -> str:
@@ -54,14 +66,64 @@ class Rings:
         self.readers[(rank, incarnation)] = RowReader(reader)
         return reader.cursor
 
+    def offer(self, rank: int, incarnation: int, info: object) -> bool:
+        """A HELLO's ring offer (``{"path": str, "boot": str}``): attach it if it is on this machine; whether it is.
+
+        A ring already attached (a HELLO again after a reconnect, or after a restart that
+        reattached it) stays as it is. A ring on another machine, or one that does not open, is
+        refused: the rank then sends everything over its socket.
+        """
+        if (rank, incarnation) in self.readers:
+            return True
+        if not isinstance(info, dict) or type(info.get("path")) is not str or type(info.get("boot")) is not str:
+            return False
+        if not BOOT_ID or info["boot"] != BOOT_ID:
+            return False
+        path = Path(info["path"])
+        try:
+            self.attach(rank, incarnation, path)
+        except (OSError, ValueError) as e:  # RingDamaged is a ValueError
+            _log.warning("rank %d: its ring %s was not attached (%s); it sends over its socket", rank, path, e)
+            return False
+        self.agg.store.set_meta(_PATH_PREFIX + meta_key(rank, incarnation)[5:], str(path))
+        return True
+
+    def reattach(self) -> int:
+        """Attach the rings the journal names whose files are still there (a restart); how many.
+
+        A rank that died while the aggregator was down never says HELLO again; its rows are
+        still in its ring, and read from where the journal's cursor says.
+        """
+        n = 0
+        for key, path in self.agg.store.metas(_PATH_PREFIX).items():
+            rank, _, inc = key[len(_PATH_PREFIX) :].partition("-")
+            if (int(rank), int(inc)) in self.agg.senders and Path(path).exists():
+                try:
+                    self.attach(int(rank), int(inc), Path(path))
+                except (OSError, ValueError) as e:
+                    _log.error("rank %s: its ring %s could not be read again after a restart: %s", rank, path, e)
+                    self.agg.counters["ring_errors"] += 1
+                    continue
+                n += 1
+        return n
+
     def drain(self, now: float, *, final: bool = False) -> int:
         """Take every attached ring's new rows into the open transaction, with each ring's cursor; the points.
 
         ``final``: the writers are gone (a record that does not read whole is damage, not late).
+        A damaged ring (:class:`RingDamaged`) gives nothing of its pass: it is counted
+        (``ring_errors``, one of the report's problems), logged and detached.
         """
         points = 0
-        for (rank, inc), reader in self.readers.items():
-            rows = reader.read(final=final)
+        for (rank, inc), reader in list(self.readers.items()):
+            try:
+                rows = reader.read(final=final)
+            except RingDamaged as e:  # counted and reported; the rank's other rings and ranks go on
+                _log.error("rank %d: its ring is damaged, no more of it is read: %s", rank, e)
+                self.agg.counters["ring_errors"] += 1
+                del self.readers[(rank, inc)]
+                reader.close()
+                continue
             if rows:
                 points += self._ingest(rank, inc, rows, now)
                 self._read[(rank, inc)] = reader.reader.cursor
@@ -75,13 +137,14 @@ class Rings:
         last_steps = agg.registry.steps_of(rank)
         ts = time.time()
         n = 0
-        reached = 0
+        reached = -1  # the last training step among the rows (system/* samples are not training progress)
+        self.agg.counters["ring_points"] += sum(len(steps) * len(keys) for keys, (steps, _) in rows.items())
         for keys, (steps, values) in rows.items():
             blk = wire.Block(keys, array("q", steps.astype("<i8").tobytes()), np.ascontiguousarray(values.T))
             n += agg.ingest_block(snd, 0, ts, blk, last_steps, now)
             if not all(k.startswith("system/") for k in keys):
                 reached = max(reached, int(steps.max()))
-        if reached and not snd.superseded:
+        if reached >= 0 and not snd.superseded:
             agg.health.progress(rank, reached, now)
         snd.points += n
         agg.counters["points"] += n
@@ -101,12 +164,43 @@ class Rings:
             reader = self.readers.pop(key)
             path = reader.reader.path
             reader.close()
-            path.unlink()
-            names_path(path).unlink()
+            path.unlink(missing_ok=True)  # the rank removes it too once its BYE was answered
+            names_path(path).unlink(missing_ok=True)
         return gone
+
+    def remove_all(self) -> None:
+        """The run ended and every drain is committed: remove every ring (their writers are closed or dead)."""
+        for key in list(self.readers):
+            reader = self.readers.pop(key)
+            path = reader.reader.path
+            reader.close()
+            path.unlink(missing_ok=True)
+            names_path(path).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close every ring's reading end (their files stay: a restart reads them again)."""
         for reader in self.readers.values():
             reader.close()
         self.readers.clear()
+
+
+def recover_rings(agg: Aggregator) -> int:
+    """After the job (``coordinator sync``): store what the rings the journal names still hold, then remove them;
+    the points.
+
+    The ranks and the aggregator are gone (a killed job); a ring's file outlives them in ``/dev/shm``
+    until the machine restarts, and is read from the cursor the journal kept. Safe to repeat.
+    """
+    rings = Rings(agg)
+    if not rings.reattach():
+        return 0
+    try:
+        points = rings.drain(time.time(), final=True)
+        agg.commit()
+        rings.committed()
+        rings.remove_all()
+    finally:
+        rings.close()
+    if points:
+        _log.info("stored %d points left in the ranks' rings", points)
+    return points

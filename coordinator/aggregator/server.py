@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import signal
 import sys
 import time
@@ -27,8 +26,10 @@ from coordinator.aggregator.commitwindow import CommitWindow
 from coordinator.aggregator.config import AggregatorConfig
 from coordinator.aggregator.core import Aggregator
 from coordinator.aggregator.counters import Report
+from coordinator.aggregator.fdlimit import ensure_fd_limit
 from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
+from coordinator.aggregator.rings import Rings
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.summary import end_message
 from coordinator.errors import ConfigError, ProtocolError, SinkError
@@ -37,7 +38,7 @@ from coordinator.transport import wire
 from coordinator.transport.loopio import has_message
 from coordinator.transport.security import CurveKeys, load_secret, refused_clients, server_auth
 
-__all__ = ["Server", "ensure_fd_limit", "serve"]
+__all__ = ["Server", "serve"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
@@ -61,42 +62,18 @@ after this much input. The byte bound keeps a busy run's pending groups (the red
 to about a megabyte of input."""
 _MAX_MAP_BYTES = 4096
 """Largest HELLO, STATE, QUERY or BYE payload."""
+_RING_DRAIN_MS = (100, 1000)
+"""How often the ranks' rings are read (and what they held committed) when nothing else wakes the loop:
+every 100 ms while they bring rows, less often (twice as long each time, up to the sweep's second)
+while they bring none. A ring keeps what a killed rank wrote, so this is the live view's lag, not a
+kill window; a ``wait()``, ``sync()`` or closing rank has its ring read at once (with the commit its
+reply waits for)."""
 _STOPPING_COMMIT_RETRIES = 20
 """After a stop signal, failed commits retried before giving up."""
-
-_FD_SLACK = 256
-"""Descriptors besides the ranks' connections: the journal and its WAL, spools read at recovery,
-the query reader, forwarders' files and sockets, ZeroMQ's own."""
 
 _READS_MAIN = frozenset((wire.QUERY_REPLY, wire.STATE_REPLY, wire.BYE_ACK))
 """Replies after which a rank may read the journal: the held main-series groups and the staged rank
 points are written as chunks first."""
-
-
-def ensure_fd_limit(world_size: int) -> int:
-    """Raise the soft open-file limit to one descriptor per rank plus slack (up to the hard limit).
-
-    The ROUTER holds one descriptor per connected rank. Under the usual soft limit of 1024, a job
-    of about a thousand ranks or more had its last ranks' connections refused by accept() (their
-    HELLOs never answered); the hard limit is usually far higher, and raising the soft one is
-    allowed without privileges. Below the hard limit it is left as it is; a hard limit too low is
-    warned about. Returns the soft limit now in force.
-    """
-    need = world_size + _FD_SLACK
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return soft
-    new = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if new > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    if new < need:
-        _log.warning(
-            "open-file limit %d is below the %d that %d ranks need: ranks past it cannot connect (raise ulimit -n)",
-            new,
-            need,
-            world_size,
-        )
-    return max(new, soft)
 
 
 class Server:
@@ -136,6 +113,10 @@ class Server:
         self.unroutable = 0
         self.reader = QueryReader(self.ctx, agg.cfg.store_path, agg.cfg.run_id)
         """Answers QUERY off this loop (its own read-only connection); its replies pass through here."""
+        self.rings = Rings(agg)
+        """The rings of the ranks on this machine, read before every commit (:mod:`.rings`)."""
+        self.rings.reattach()
+        self._drain_ms = _RING_DRAIN_MS[0]
 
     # ------------------------------------------------------------- replies
 
@@ -265,7 +246,11 @@ class Server:
             agg.touch(env, now)
             self._reply(ident, wire.PONG, env, {})
         elif env.kind == wire.HELLO:
-            self._reply(ident, wire.WELCOME, env, agg.hello(env, wire.decode_map(payload, _MAX_MAP_BYTES), now))
+            info = wire.decode_map(payload, _MAX_MAP_BYTES)
+            welcome = agg.hello(env, info, now)
+            if "ring" in info:  # the rank writes its rows into the ring only once told it is read
+                welcome["ring"] = self.rings.offer(env.rank, env.incarnation, info["ring"])
+            self._reply(ident, wire.WELCOME, env, welcome)
         elif env.kind == wire.STATE:
             agg.touch(env, now)
             q = wire.decode_map(payload, _MAX_MAP_BYTES)
@@ -273,6 +258,7 @@ class Server:
         elif env.kind == wire.QUERY:
             self._reply(ident, wire.QUERY_REPLY, env, {"q": wire.decode_map(payload, _MAX_MAP_BYTES)})
         elif env.kind == wire.BYE:
+            self.rings.drain(now)  # the closing rank's last rows count before it is closed
             agg.bye(env, wire.decode_map(payload, 8 * _MAX_MAP_BYTES), now)  # it may carry a 16 KiB traceback
             self._reply(ident, wire.BYE_ACK, env, {})
         else:
@@ -318,6 +304,8 @@ class Server:
             idle_ms = max(1, math.ceil((last_sweep + _SWEEP_INTERVAL_S - time.time()) * 1000))
             if self.replies:  # acks are due at the next group commit
                 idle_ms = window.timeout_ms(time.monotonic())
+            elif self.rings.readers:
+                idle_ms = min(idle_ms, self._drain_ms)
             events = dict(poller.poll(idle_ms))
             if self.reader.replies in events:
                 self._forward_answers()
@@ -349,10 +337,14 @@ class Server:
                 if emit:
                     agg.emit(now, all_keys=sweep, hold=False)
                     unreduced = 0
+            got = self.rings.drain(now)
+            self._drain_ms = _RING_DRAIN_MS[0] if got else min(2 * self._drain_ms, _RING_DRAIN_MS[1])
             try:
                 agg.commit(stage=not readers)
                 window.committed(time.monotonic())
                 commit_failures = 0
+                self.rings.committed()
+                self.rings.detach_drained()
             except SinkError as e:
                 commit_failures += 1
                 _log.error("store commit failed (attempt %d), not acking: %s", commit_failures, e)
@@ -398,17 +390,22 @@ class Server:
         agg = self.agg
         stopped_early = self.stopping and not agg.finished(time.time())
         reason = "aggregator stopped by a signal before every rank closed" if stopped_early else None
+        self.rings.drain(time.time(), final=True)  # what ranks that died left in their rings
         if agg.cfg.spool_root and Path(agg.cfg.spool_root).is_dir():
             recover_spools(agg, Path(agg.cfg.spool_root))
         if self.auth is not None:
             agg.counters["refused_clients"] += refused_clients(self.auth)
         rep = agg.finalize(reason)
+        self.rings.committed()
+        if not stopped_early:  # else live ranks still write: a restarted aggregator reads on
+            self.rings.remove_all()
         self._flush_replies()
         return rep
 
     def close(self) -> None:
         """Answer the queries still queued, close the socket (replies get a second to leave) and the authenticator."""
         self.reader.stop()
+        self.rings.close()
         self._forward_answers()
         self.reader.replies.close(linger=0)
         self.sock.close(linger=1000)

@@ -67,6 +67,7 @@ def _replay(root: Path, run_id: str, spool: Path) -> dict[str, Any]:
     """
     from coordinator.aggregator import Aggregator, AggregatorConfig, replay_spools
     from coordinator.aggregator.recovery import recover_spools
+    from coordinator.aggregator.rings import recover_rings
 
     if spool == spool_dir(root, run_id):
         return dict(replay_spools(root, run_id))
@@ -98,6 +99,7 @@ def _replay(root: Path, run_id: str, spool: Path) -> dict[str, Any]:
     )
     if spool.is_dir():
         recover_spools(agg, spool, skip_live=False)
+    recover_rings(agg)
     agg.emit(time.time())
     agg.commit()
     return dict(agg.finalize())

@@ -12,11 +12,30 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["check_uploadable", "copy_into_run"]
+from coordinator.core.values import check_key
+from coordinator.errors import ClosedError
+
+__all__ = ["check_uploadable", "copy_into_run", "upload_record"]
 
 _log = logging.getLogger("coordinator")
 
 _BLOCK = 1 << 20
+
+
+def upload_record(
+    key: str, src: Path, store_path: str | None, mode: str, what: str, max_copy_bytes: int
+) -> list[object]:
+    """Check an ``upload()`` and copy (or reference) ``src`` into the run's artifacts; its field record.
+
+    Raises:
+        ClosedError: the run (``what``) stores no files in its mode. TypeError, ValueError,
+            FileNotFoundError: see :func:`check_uploadable`.
+    """
+    check_key(key, "path")
+    check_uploadable(key, src)
+    if store_path is None or mode in ("disabled", "read-only"):
+        raise ClosedError(f"{what} stores no files")
+    return copy_into_run(key, src, Path(store_path).parent / "artifacts", max_copy_bytes)
 
 
 def check_uploadable(key: str, src: Path) -> None:

@@ -11,6 +11,7 @@ import time
 from array import array
 from typing import Any
 
+from coordinator.client.ringlog import RingLog
 from coordinator.errors import ClosedError, CoordinatorError, CoordinatorTimeoutError, ProtocolError, SinkError
 from coordinator.transport import wire
 from coordinator.transport.buffer import Buffer
@@ -61,9 +62,11 @@ class Delivery:
         sender: the rank's sender thread; ``None`` (disabled, read-only) makes every wait return.
         offline: a spool-only run: nothing to ask, nothing forwarded.
         forwarded: the run feeds external trackers, so ``wait()`` also waits for them.
+        ring: the rank's ring (``Settings.rings``): ``wait()``'s STATE is answered after a commit
+            that read it, so its rows need no wait of their own, only their count when it times out.
     """
 
-    __slots__ = ("_buf", "_endpoint", "_forwarded", "_live", "_rank", "_run_id", "_sender")
+    __slots__ = ("_buf", "_endpoint", "_forwarded", "_live", "_rank", "_run_id", "_sender", "ring")
 
     def __init__(
         self,
@@ -75,7 +78,9 @@ class Delivery:
         sender: SenderThread | None,
         offline: bool,
         forwarded: bool,
+        ring: RingLog | None = None,
     ) -> None:
+        self.ring = ring
         self._run_id = run_id
         self._rank = rank
         self._endpoint = endpoint
@@ -101,7 +106,18 @@ class Delivery:
             # another process sees every point once wait() returns. The cheapest STATE asks only
             # for the forwarders' positions.
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
-            self.request(wire.STATE, {"forward": 1}, left)
+            try:
+                self.request(wire.STATE, {"forward": 1}, left)
+            except CoordinatorTimeoutError:
+                if self.ring is None:
+                    raise
+                n = self.ring.points - self.ring.confirmed()
+                raise CoordinatorTimeoutError(
+                    f"rank {self._rank}: {n} points of its ring not confirmed by the aggregator at {self._endpoint} "
+                    f"within {timeout} s (they stay in {self.ring.path} for it){self._liveness_hint()}",
+                    endpoint=self._endpoint,
+                    undelivered_points=n,
+                ) from None
 
     def wait_acked(self, timeout: float | None, deadline: float | None) -> None:
         """Block until every call made before now is committed to the store (acknowledged).
@@ -138,11 +154,12 @@ class Delivery:
                     )
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    n = b.pending + b.in_flight + (0 if self.ring is None else self.ring.points - self.ring.confirmed())
                     raise CoordinatorTimeoutError(
-                        f"rank {self._rank}: {b.pending + b.in_flight} points not confirmed by the aggregator "
+                        f"rank {self._rank}: {n} points not confirmed by the aggregator "
                         f"at {self._endpoint} within {timeout} s{self._liveness_hint()}{self._spool_hint()}",
                         endpoint=self._endpoint,
-                        undelivered_points=b.pending + b.in_flight,
+                        undelivered_points=n,
                     )
                 b.cond.wait(0.25 if left is None else min(left, 0.25))
             self._raise_pending_errors()
@@ -162,12 +179,17 @@ class Delivery:
             return None
         return self.request(wire.STATE, {}, timeout)
 
-    def fetch_values(self, key: str, rank: int, timeout: float | None, page: int | None = None) -> Series | TextSeries:
+    def fetch_values(
+        self, key: str, rank: int, timeout: float | None, page: int | None = None, *, mode: str = ""
+    ) -> Series | TextSeries:
         """The stored series ``key`` of ``rank``, asked for page by page (see ``Handle.fetch_values``).
 
         A text series comes back as its steps and a list of its texts. ``timeout`` covers every
-        page. Raises ProtocolError for a malformed page.
+        page. Raises ProtocolError for a malformed page, CoordinatorError without a live aggregator
+        (the run's ``mode`` says why).
         """
+        if not self._live:
+            raise CoordinatorError(f"fetch_values() needs a live aggregator (mode={mode})")
         deadline = None if timeout is None else time.monotonic() + timeout
         steps: array[int] = array("q")
         values: array[float] = array("d")

@@ -30,6 +30,7 @@ __all__ = [
     "install_hooks",
     "note_signal",
     "reason_of",
+    "reason_text",
     "signalled",
     "traceback_of",
     "uncaught_at_exit",
@@ -60,6 +61,19 @@ def note_signal(signum: int) -> None:
 def signalled() -> int | None:
     """The signal noted by :func:`note_signal`, if any."""
     return _signal[0] if _signal else None
+
+
+def reason_text(reason: object) -> str:
+    """``Run.fail``'s reason as text: an exception's ``Type: message``, or the message.
+
+    Raises:
+        TypeError: neither a str nor an exception.
+    """
+    if isinstance(reason, BaseException):
+        return reason_of(reason)
+    if isinstance(reason, str):
+        return reason or "Run.fail()"
+    raise TypeError(f"fail() takes a message (str) or an exception, got {type(reason).__name__}")
 
 
 def reason_of(exc: BaseException) -> str:

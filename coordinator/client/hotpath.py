@@ -26,6 +26,7 @@ from coordinator.transport.sender import SenderThread
 
 __all__ = [
     "NOTHING_YET",
+    "PLAIN",
     "as_dict",
     "log_frame",
     "log_slow",
@@ -41,7 +42,7 @@ NOTHING_YET = object()
 
 _log = logging.getLogger("coordinator")
 
-_PLAIN = frozenset((float, int, bool, np.float64, np.float32, np.int64, np.int32))
+PLAIN = frozenset((float, int, bool, np.float64, np.float32, np.int64, np.int32))
 """Value types a frame takes, exactly (``array('d')`` converts each as the per-key path does), and
 tensors (:func:`_tensor_row`); other numpy types and subclasses go per key."""
 
@@ -61,7 +62,7 @@ def log_frame(
     """
     vals = data.values()
     snaps: list[tuple[int, Any]] | None = None
-    if _PLAIN.issuperset(map(type, vals)):
+    if PLAIN.issuperset(map(type, vals)):
         row = list(vals)
     else:
         row, snaps = _tensor_row(data)
@@ -102,7 +103,7 @@ def _tensor_row(data: dict[str, Any]) -> tuple[list[Any], list[tuple[int, Any]] 
     snaps: list[tuple[int, Any]] = []
     nan = float("nan")
     for j, (k, v) in enumerate(data.items()):
-        if v.__class__ in _PLAIN:
+        if v.__class__ in PLAIN:
             row.append(v)
         elif is_tensor(v):
             try:

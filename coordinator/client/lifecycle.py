@@ -88,6 +88,9 @@ class Lifecycle:
         self._sender = sender
         self._delivery = delivery
         self._agg = aggregator
+        self._ring = delivery.ring
+        """The rank's ring (``Settings.rings``): closed before the BYE (the aggregator reads it to its end
+        before it closes the rank), removed once the BYE is answered."""
         self._rdzv = rendezvous
         self._pid = os.getpid()
         self._refuse_calls = weakref.WeakMethod(refuse_calls)
@@ -198,18 +201,26 @@ class Lifecycle:
             self._delivery.wait_acked(left, time.monotonic() + left)
         except CoordinatorError as e:
             error = e
-        st = self._buf.stats()
+        st = self._buf.stats()  # what the socket did not deliver; the ring's rows are read with the BYE
+        if self._ring is not None:
+            self._ring.close()  # nothing more comes: the aggregator reads it to its end before it closes the rank
+        answered = False
         try:
             bye = ByeCounters(
                 undelivered=st["pending"],
-                accepted=st["accepted"],
+                accepted=st["accepted"] + (0 if self._ring is None else self._ring.points),
                 dropped_points=st["dropped"],
                 redacted=self.redacted(),
             )
             payload = {**self.counters(), **bye, **self.ending.payload()}
+            if self._ring is not None:
+                payload.update(self._ring.counters())
             self._delivery.request(wire.BYE, payload, max(0.1, deadline - time.monotonic()))
+            answered = True
         except CoordinatorError as e:
             error = error or e
+        if self._ring is not None:
+            self._ring.remove(answered)
         sender.stop()
         sender.join(max(0.1, deadline - time.monotonic()))
         if sender.is_alive():

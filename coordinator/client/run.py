@@ -1,10 +1,11 @@
 """``Run``: one run as one rank sees it; the hot path that puts points and fields into the buffer.
 
-``log()`` and ``append()`` validate at the call site and append to the buffer's columns (a dict
-of plain numbers at an explicit step: to its frame, ``client/hotpath.py``) under one short lock;
-everything else (sending, numbering steps, encoding) happens on the sender thread. The run
-composes the rest: its local view (:mod:`~coordinator.client.view`), its waits and requests
-(:mod:`~coordinator.client.delivery`) and its end (:mod:`~coordinator.client.lifecycle`).
+``log()`` and ``append()`` validate at the call site and append to the buffer's columns (a dict of
+plain numbers at an explicit step: to its frame, ``client/hotpath.py``; with ``Settings.rings``, into
+the ring the aggregator reads, ``client/ringlog.py``) under one short lock; everything else (sending,
+numbering steps, encoding) happens on the sender thread. The run composes the rest: its local view
+(:mod:`~coordinator.client.view`), its waits and requests (:mod:`~coordinator.client.delivery`) and
+its end (:mod:`~coordinator.client.lifecycle`).
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from coordinator.client.artifacts import check_uploadable, copy_into_run
+from coordinator.client.artifacts import upload_record
 from coordinator.client.console import start_console
 from coordinator.client.context import start_capture
 from coordinator.client.delivery import Delivery, ErrorQueue, Series, TextSeries
 from coordinator.client.devices import DeviceScalars, is_tensor
-from coordinator.client.endings import reason_of
+from coordinator.client.endings import reason_text
 from coordinator.client.handle import Handle
 from coordinator.client.hotpath import NOTHING_YET, as_dict, log_frame, log_slow, rollback, undo_point, wait_for_room
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
+from coordinator.client.ringlog import IN_RING, open_ring
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
@@ -91,8 +93,7 @@ class Run:
         self._keys = KeyRegistry(run_id)
         self._view = LocalView(self.rank)
         self._view.fields.update({"sys/id": run_id, "sys/name": name, "sys/project": project})
-        self._closed = False
-        self._closed_why = "is stopped"
+        self._closed, self._closed_why = False, "is stopped"
         self._close_lock = threading.Lock()
         self._agg = aggregator
         owned = None
@@ -107,6 +108,10 @@ class Run:
                 on_fatal=lambda e: self._buf.fail(e, fatal=True),
             )
         self._sender: SenderThread | None = None
+        live = self.mode == "async" and endpoint is not None and not backends  # an aggregator may read a ring
+        self._ring = open_ring(
+            settings, live, f"{run_id}-{self.rank}-{self.incarnation}", spool_root, self._keys, self._buf
+        )
         if self.mode in ("async", "sync", "offline"):
             self._sender = start_sender(
                 settings,
@@ -121,6 +126,7 @@ class Run:
                 name=name,
                 project=project,
                 numbering=StepNumbering(self.rank, self._dev.resolve, self._dev.deferred),
+                ring=self._ring,
             )
         if owned is not None:
             owned.start()
@@ -132,6 +138,7 @@ class Run:
             sender=self._sender,
             offline=self.mode == "offline",
             forwarded=bool(backends),
+            ring=self._ring,
         )
         self._life = Lifecycle(
             run_id=run_id,
@@ -150,6 +157,8 @@ class Run:
         )
         self._texts = TextAppender(run_id, self.rank, endpoint, self._buf, self._keys, self._view, self._redact)
         self._texts.sender, self._texts.refusal = self._sender, lambda: self._closed_why if self._closed else None
+        if self._ring is not None:
+            self._ring.check_numeric = self._texts.check_numeric
         if self._redact is not None:
             self._life.redacted = self._redact.count  # the redactor's, not the run's: no cycle
         if self._sender is not None:  # off the training thread; stopped by stop() before the drain
@@ -195,6 +204,8 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
+            if self._ring is not None and (step := self._ring.route(d, step, policy)) == IN_RING:
+                return  # one record in the ring the aggregator reads (client/ringlog.py)
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
             if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys, self._dev):
@@ -233,6 +244,8 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
+            if self._ring is not None and (step := self._ring.route({key: value}, step, None)) == IN_RING:
+                return
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
             c = b.cols.get(key) or self._new_column(key)
@@ -304,12 +317,8 @@ class Run:
             b.add_fields(items)
 
     def _upload(self, key: str, src: Path, max_copy_bytes: int | None) -> dict[str, Any]:
-        check_key(key, "path")
-        check_uploadable(key, src)
-        if self.store_path is None or self.mode in ("disabled", "read-only"):
-            raise ClosedError(f"run {self.id} (mode {self.mode}) stores no files")
         limit = self._settings.artifact_max_copy_bytes if max_copy_bytes is None else max_copy_bytes
-        record = copy_into_run(key, src, Path(self.store_path).parent / "artifacts", limit)
+        record = upload_record(key, src, self.store_path, self.mode, f"run {self.id} (mode {self.mode})", limit)
         b = self._buf
         with b.lock:
             if self._closed:
@@ -365,17 +374,15 @@ class Run:
             self._view.apply_state(rep)
 
     def _fetch_values(self, key: str, rank: int, timeout: float | None) -> Series | TextSeries:
-        if not self._delivery.live:
-            raise CoordinatorError(f"fetch_values() needs a live aggregator (mode={self.mode})")
-        return self._delivery.fetch_values(key, rank, timeout)
+        return self._delivery.fetch_values(key, rank, timeout, mode=self.mode)
 
     def rank_states(self) -> dict[int, str]:
         """Each rank's state (live, closed, lost) as of the last ``sync()``."""
         return self._view.rank_states()
 
     def stats(self) -> dict[str, Any]:
-        """This rank's delivery counters: accepted, pending, acked, lost points."""
-        return self._buf.stats()
+        """This rank's delivery counters: accepted, pending, acked, lost points (and its ring's, with ``rings``)."""
+        return self._buf.stats() if self._ring is None else self._ring.stats(self._buf.stats())
 
     # ------------------------------------------------------------------ close
 
@@ -397,12 +404,7 @@ class Run:
             TypeError: ``reason`` is neither a str nor an exception.
             ClosedError: the run was stopped (its ending was already sent).
         """
-        if isinstance(reason, BaseException):
-            why = reason_of(reason)
-        elif isinstance(reason, str):
-            why = reason or "Run.fail()"
-        else:
-            raise TypeError(f"fail() takes a message (str) or an exception, got {type(reason).__name__}")
+        why = reason_text(reason)
         if self._closed:
             raise ClosedError(f"run {self.id} {self._closed_why}; fail() did nothing")
         self._life.ending.mark("failed", why, reason if isinstance(reason, BaseException) else None)
@@ -445,5 +447,4 @@ class Run:
 
     def _refuse_calls(self, why: str) -> None:
         """Make every later call raise ``ClosedError`` saying the run ``why`` (after a fork)."""
-        self._closed = True
-        self._closed_why = why
+        self._closed, self._closed_why = True, why

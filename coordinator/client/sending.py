@@ -8,6 +8,7 @@ import socket
 import time
 from typing import Any
 
+from coordinator.client.ringlog import RingLog
 from coordinator.client.steps import StepNumbering
 from coordinator.settings import AUTO_BATCHES_PER_S, FLUSH_INTERVAL_S, Settings
 from coordinator.transport.buffer import Buffer
@@ -33,6 +34,7 @@ def start_sender(
     name: str,
     project: str,
     numbering: StepNumbering | None = None,
+    ring: RingLog | None = None,
 ) -> SenderThread:
     """Start the thread that ships ``buf`` to ``endpoint`` (``None``: offline, spool only).
 
@@ -40,6 +42,7 @@ def start_sender(
         spool_root: the run's spool directory; this rank's spool is a directory in it, named by
             rank and incarnation. ``None`` keeps unacknowledged batches in memory only.
         numbering: the rank's automatic step numbering (default: a fresh one).
+        ring: the rank's ring (``Settings.rings``), offered in the HELLO; each WELCOME says whether it is read.
 
     With an endpoint, returns once the aggregator welcomed the rank (at most ``ack_timeout_s``):
     its WELCOME says where a resumed rank's steps continue, which must be known before the first
@@ -79,6 +82,9 @@ def start_sender(
         hello=_hello(world_size, name, project),
     )
     numbering = numbering or StepNumbering(rank)
+    if ring is not None:
+        cfg.hello["ring"] = ring.hello()
+        numbering.on_welcome = ring.welcome
     sender = SenderThread(cfg, buf, numbering)
     sender.start()
     if endpoint is not None:

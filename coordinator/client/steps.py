@@ -37,7 +37,7 @@ class StepNumbering:
             sender's copies of the uncut generation cannot take one: :meth:`deferred`).
     """
 
-    __slots__ = ("_auto", "_last", "_pending", "_rank", "_resolve", "welcomed")
+    __slots__ = ("_auto", "_last", "_pending", "_rank", "_resolve", "on_welcome", "welcomed")
 
     def __init__(
         self,
@@ -53,8 +53,10 @@ class StepNumbering:
         """Keys numbered automatically before the first WELCOME (None once welcomed)."""
         self.welcomed = threading.Event()
         """Set by the first WELCOME: from then on a resumed rank's automatic steps are right."""
+        self.on_welcome: Callable[[dict[str, Any]], None] | None = None
+        """Also given every WELCOME's whole payload (the rank's ring: whether the aggregator reads it)."""
 
-    def welcome(self, last_steps: Any) -> None:
+    def welcome(self, last_steps: Any, body: dict[str, Any] | None = None) -> None:
         """The aggregator's WELCOME: continue each key after ``last_steps[key]`` (sender thread).
 
         ``last_steps`` is ``{key: last stored step of this rank over its earlier incarnations}``
@@ -78,6 +80,8 @@ class StepNumbering:
         elif last_steps is not None:
             _log.warning("rank %d: ignoring malformed last_steps in WELCOME: %r", self._rank, type(last_steps))
         self._auto = None
+        if self.on_welcome is not None and body is not None:
+            self.on_welcome(body)
         self.welcomed.set()
 
     def deferred(self) -> bool:

@@ -71,6 +71,11 @@ class JournalReader(TextReads):
         row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def metas(self, prefix: str) -> dict[str, str]:
+        """The meta values whose keys start with ``prefix``, by key."""
+        rows = self._db.execute("SELECT k, v FROM meta WHERE substr(k, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
     def run_info(self) -> RunInfo:
         """The run row."""
         row = self._db.execute(

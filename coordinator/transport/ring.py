@@ -382,6 +382,14 @@ class RingReader(_Ring):
         return self.writer_closed and self.released == self.written
 
 
+def boot_id() -> str:
+    """This machine's boot id ("" where there is none to read): two processes with the same one share its memory."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.0) -> Path:
     """The first of ``candidates`` (e.g. ``/dev/shm``, then the rank's spool directory) with room for a ring.
 

@@ -394,7 +394,7 @@ class SenderThread(threading.Thread):
         self._pipe.welcomed = True
         welcome = getattr(self._number_steps, "welcome", None)  # the client's StepNumbering: where a resumed rank was
         if welcome is not None:
-            welcome(body.get("last_steps"))
+            welcome(body.get("last_steps"), body)
         _log.debug("rank %d: WELCOME, aggregator has up to seq %s", self.cfg.rank, last)
         first = 0
         if type(last) is int:

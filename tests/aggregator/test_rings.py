@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.rings import Rings, meta_key
-from coordinator.transport.ring import RingDamaged, RingWriter
+from coordinator.aggregator.rings import BOOT_ID, Rings, meta_key
+from coordinator.transport.ring import RingWriter
 from coordinator.transport.ringrows import RowWriter, names_path
 from tests.aggregator.helpers import crash, hello, make_cfg, reopen
 
@@ -116,7 +116,9 @@ def test_a_ring_whose_writer_closed_is_removed_once_its_last_rows_are_committed(
     agg.finalize()
 
 
-def test_a_damaged_ring_raises_and_takes_nothing_of_its_pass(tmp_path: Path) -> None:
+def test_a_damaged_ring_is_counted_detached_and_gives_nothing_of_its_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     agg = Aggregator(make_cfg(tmp_path, world=2))
     ws = _writers(tmp_path, ranks=1)
     rings = Rings(agg)
@@ -124,9 +126,70 @@ def test_a_damaged_ring_raises_and_takes_nothing_of_its_pass(tmp_path: Path) -> 
     rings.attach(0, 1, tmp_path / "ring-0")
     _log(ws[0], 0, range(3))
     ws[0].ring.put(b"not a row")
-    with pytest.raises(RingDamaged, match="9 bytes, not a row"):
-        rings.drain(1.0, final=True)
+    assert rings.drain(1.0, final=True) == 0
     assert agg.counters["points"] == 0 and meta_key(0, 1) not in agg.outbox.txn.meta
+    assert agg.counters["ring_errors"] == 1 and not rings.readers
+    assert "9 bytes, not a row" in caplog.text
     rings.close()
     ws[0].close()
     agg.close()
+
+
+def test_an_offered_ring_is_attached_only_on_this_machine_and_kept_in_the_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A HELLO's offer: another machine's ring (another boot id) and one that does not open are refused
+    (the rank then sends over its socket); this machine's is attached, once, and its path journaled."""
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path, ranks=1)
+    rings = Rings(agg)
+    hello(agg, 0)
+    path = str(tmp_path / "ring-0")
+    assert not rings.offer(0, 1, {"path": path, "boot": "another-machine"})
+    assert not rings.offer(0, 1, {"path": path})
+    assert not rings.offer(0, 1, "not an offer")
+    assert not rings.offer(0, 1, {"path": str(tmp_path / "missing"), "boot": BOOT_ID})
+    assert "was not attached" in caplog.text and not rings.readers
+    assert rings.offer(0, 1, {"path": path, "boot": BOOT_ID})
+    assert rings.offer(0, 1, {"path": path, "boot": BOOT_ID})  # a HELLO again (a reconnect): still read
+    assert agg.store.metas("ringpath:") == {"ringpath:0-1": path}
+    _log(ws[0], 0, range(3))
+    assert rings.drain(1.0) == 6
+    agg.commit()
+    rings.committed()
+    rings.close()
+    ws[0].close()
+    agg.finalize()
+
+
+def test_a_restarted_aggregator_reattaches_the_rings_its_journal_names(tmp_path: Path) -> None:
+    """A rank that wrote rows and died while the aggregator was down never says HELLO again: its ring is
+    found through the journal, read from the committed cursor, and every row stored once."""
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path)
+    rings = Rings(agg)
+    for r in range(2):
+        hello(agg, r)
+        assert rings.offer(r, 1, {"path": str(tmp_path / f"ring-{r}"), "boot": BOOT_ID})
+    for r, w in enumerate(ws):
+        _log(w, r, range(0, 40))
+    rings.drain(1.0)
+    agg.commit()
+    rings.committed()
+    for r, w in enumerate(ws):
+        _log(w, r, range(40, 100))  # written while no aggregator reads: both ranks die after this
+    crash(agg)
+    agg.close()
+    rings.close()
+    b = Aggregator(make_cfg(tmp_path, world=2))
+    again = Rings(b)
+    assert again.reattach() == 2
+    assert again.drain(2.0, final=True) == 2 * 2 * 60
+    b.commit()
+    again.committed()
+    again.remove_all()
+    assert not list(tmp_path.glob("ring-*"))
+    for w in ws:
+        w.close()
+    b.finalize()
+    _check_stored(tmp_path, 99)

@@ -19,7 +19,7 @@ import json, logging, resource, sys
 world, soft, hard = map(int, sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # the limits a launcher gave the process
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-from coordinator.aggregator.server import ensure_fd_limit
+from coordinator.aggregator.fdlimit import ensure_fd_limit
 got = ensure_fd_limit(world)
 print(json.dumps([got, *resource.getrlimit(resource.RLIMIT_NOFILE)]))
 """

@@ -43,12 +43,13 @@ def _start(
     world: int | None = None,
     no_step: bool = False,
     pair: bool = False,
+    rings: bool = False,
 ) -> tuple[Path, list[subprocess.Popen[str]]]:
     """Two ranks of the kill-window worker (default: at the default flush interval), 1.5 s into logging.
 
     ``world``: the ranks claim a job of that size, at its automatic flush interval and kill window.
     ``no_step``: they log without steps (the sender numbers them as the loop counts); ``pair``: a second key
-    ``pair`` beside ``m`` (-m) in each dict.
+    ``pair`` beside ``m`` (-m) in each dict; ``rings``: ``Settings.rings`` (the rows go into each rank's ring).
     Returns the out directory and the processes.
     """
     monkeypatch.setattr("tests.integration.test_processes.WORKER", WORKER)
@@ -59,6 +60,7 @@ def _start(
     extra += ["--flush", str(flush)] if world is None else ["--world", str(world)]
     extra += ["--no-step"] if no_step else []
     extra += ["--pair"] if pair else []
+    extra += ["--rings"] if rings else []
     procs = _spawn(2, out, store_dir, "--rate", str(rate), *extra)
     _wait_for(out / "rank1.progress")
     time.sleep(1.5)

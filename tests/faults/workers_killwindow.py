@@ -4,12 +4,14 @@
 ``--kill-window`` sets ``Settings.kill_window_s`` (the sender copies the uncut points between flushes);
 ``--no-step`` logs without a step (the sender numbers them: 0, 1, ... as the loop's count);
 ``--pair`` logs ``{"m": v, "pair": -v}`` instead of ``m`` alone (a dict of two keys: a frame);
+``--rings`` turns on ``Settings.rings`` (each ``log()`` a record in the rank's ring, read by the aggregator);
 ``--world N`` without ``--flush`` makes the two ranks claim an N-rank job, whose flush interval and
 kill window are then the automatic ones (the others never connect: the run ends failed).
 
-Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to ``<out>/rank1.progress`` after every 10th
-``log()`` (the test SIGKILLs it and compares what the store kept with what it had logged by
-then); rank 0 logs until ``<out>/killed`` appears, then a little more, and closes the run.
+Rank 0 writes the run's id to ``<out>/run.id``. Rank 1 appends ``<step> <CLOCK_MONOTONIC>`` to
+``<out>/rank1.progress`` after every 10th ``log()`` (the test SIGKILLs it and compares what the
+store kept with what it had logged by then); rank 0 logs until ``<out>/killed`` appears, then a
+little more, and closes the run.
 
 With ``--doze KIND`` rank 1 writes once every 0.6 s instead, so that its sender is idle and dozes
 between writes (it waits for the next write, not for its flush timer): ``log`` logs ``m`` at the
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--doze", choices=("log", "field", "text"))
     p.add_argument("--rate", type=float, default=2000.0, help="points a second (0: flat out)")
     p.add_argument("--kill-window", type=float, help="Settings.kill_window_s (copies between flushes)")
+    p.add_argument("--rings", action="store_true", help="Settings.rings: rows go into the rank's ring")
     args = p.parse_args()
     out = Path(args.out)
     rank = int(os.environ["RANK"])
@@ -47,10 +50,14 @@ def main() -> None:
         flush_interval_s=args.flush,
         kill_window_s=args.kill_window,
         liveness_timeout_s=3.0,
+        rings=args.rings,
         world_size=args.world,
         stop_grace_s=30.0 if args.world is None else 3.0,  # ranks that never connect are not waited for long
     )
     with coordinator.init_run(settings=settings) as run:
+        if rank == 0:
+            (out / "run.id.tmp").write_text(run.id)
+            (out / "run.id.tmp").rename(out / "run.id")  # whole: the test reads it once it exists
         if args.doze:
             _doze(run, rank, out, args.doze)
             return

@@ -1,0 +1,268 @@
+"""A rank's ring (``Settings.rings``): ``log()`` rows written straight into memory the aggregator reads.
+
+A ``log()`` of a dict of plain numbers at an explicit step is one record in the rank's ring
+(:mod:`~coordinator.transport.ringrows`), packed on the training thread with one ``pack_into``:
+no buffer, no sender work, no socket. The aggregator reads the ring before each commit and frees
+its bytes after it (:mod:`coordinator.aggregator.rings`); the rank's ``wait()`` and ``sync()``
+need nothing more, since the STATE they end with is answered after a commit that read the ring.
+
+The ring is offered in the rank's HELLO and written only once a WELCOME said the aggregator reads
+it (it runs on this machine and could open it). Everything else goes over the socket as before:
+a call with tensors, strings, no step or a ``policy``; keys that already have points waiting in
+the buffer (their order stays); and a row the full ring has no room for (counted as
+``ring_full``). A killed rank loses none of the rows it wrote: they are in the ring's file, which
+the aggregator reads to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordinator.client.hotpath import PLAIN
+from coordinator.client.keys import KeyRegistry
+from coordinator.settings import Settings
+from coordinator.transport.buffer import Buffer
+from coordinator.transport.ring import RingWriter, boot_id, pick_ring_dir
+from coordinator.transport.ringrows import RowWriter, names_path
+
+__all__ = ["IN_RING", "RingLog", "open_ring"]
+
+_log = logging.getLogger("coordinator")
+
+_SHM = Path("/dev/shm")
+IN_RING = -2
+""":meth:`RingLog.route`'s answer for a call written into the ring."""
+_MARK_EVERY = 256
+"""Rows between the marks that count the committed points (:meth:`RingLog.confirmed`)."""
+
+
+class RingLog:
+    """The training thread's side of the rank's ring; used under the buffer's lock.
+
+    Args:
+        rows: the ring, made by :func:`open_ring`.
+        keys: the run's key registry (a frame's keys are checked and registered once, as series).
+        buf: the run's buffer (a key with points waiting there keeps its order: it goes there).
+    """
+
+    def __init__(self, rows: RowWriter, keys: KeyRegistry, buf: Buffer) -> None:
+        self._rows = rows
+        self._keys = keys
+        self._buf = buf
+        self.check_numeric: Callable[[str], None] = lambda key: None
+        """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
+        self._ok: set[tuple[str, ...]] = set()
+        """Key tuples checked for the ring; others are checked at their first row."""
+        self.on = False
+        """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
+        self.points = 0
+        """Points written into the ring."""
+        self.full = 0
+        """Rows the full ring had no room for (sent over the socket instead)."""
+        self._closed = False
+        self._confirmed = 0
+        self._marks: deque[tuple[int, int]] = deque()
+        """(ring position, points written before it), one for each :meth:`confirmed` call still ahead of the reader."""
+        self._marks_lock = threading.Lock()
+        self._rows_since_mark = 0
+        self.owned: dict[str, list[tuple[str, ...]]] = {}
+        """Keys with a row in the ring (or one the full ring refused), each with the key tuples it was
+        written in: their steps are numbered here (:meth:`route`), never by the sender."""
+        self._seq = 0
+        self._at: dict[tuple[str, ...], tuple[int, int]] = {}
+        """Per key tuple: (write number, step) of its last row."""
+        self._key_at: dict[str, tuple[int, int]] = {}
+        """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
+
+    @property
+    def path(self) -> Path:
+        return self._rows.ring.path
+
+    def hello(self) -> dict[str, str]:
+        """The HELLO's offer: where the ring is, and on which machine."""
+        return {"path": str(self.path), "boot": boot_id()}
+
+    def welcome(self, body: dict[str, Any]) -> None:
+        """A WELCOME: write into the ring from now on if it says the ring is read (sender thread)."""
+        on = body.get("ring") is True
+        if self.on and not on:
+            _log.warning(
+                "rank's ring %s is no longer read by the aggregator (%d bytes unread): its rows go over the socket",
+                self.path,
+                self._rows.ring.written - self._rows.ring.released,
+            )
+        self.on = on
+
+    def route(self, data: dict[str, Any], step: int, policy: str | None) -> int:
+        """Where a ``log()`` or ``append()`` call goes: :data:`IN_RING` (written), or the step for the
+        socket path (-1: the sender numbers it).
+
+        A call at a step with plain numbers goes into the ring if it can (:meth:`row`). A call without
+        a step that writes one owned key gets its step here (the key's last step + 1, as the sender
+        would number it; then into the ring if it can): an owned key's steps are known here only.
+
+        Raises:
+            ValueError: a call of several keys without a step where some key is owned (its keys' steps
+                may differ: give the step).
+        """
+        if step >= 0 and policy is None and self.row(data, step):
+            return IN_RING
+        owned = self.owned
+        if not owned or owned.keys().isdisjoint(data):
+            return step
+        if step < 0:
+            if len(data) != 1:
+                raise ValueError(
+                    f"log() without a step of keys {sorted(k for k in data if k in owned)[:5]} written at explicit "
+                    "steps with Settings.rings: give the step (or log them one by one)"
+                )
+            [k] = data
+            step = self._last_step(k) + 1
+            if policy is None and self.row(data, step):
+                return IN_RING
+        self._seq += 1
+        for k in data:
+            if k in owned:
+                self._key_at[k] = (self._seq, step)
+        return step
+
+    def _last_step(self, key: str) -> int:
+        """The step of ``key``'s last write (rows and others), for numbering the next."""
+        best = self._key_at.get(key, (-1, -1))
+        for kt in self.owned[key]:
+            at = self._at.get(kt)
+            if at is not None and at[0] > best[0]:
+                best = at
+        return best[1]
+
+    def row(self, data: dict[str, Any], step: int) -> bool:
+        """Write ``data`` (checked by the caller: a dict) at ``step`` (>= 0) into the ring; False: the
+        call takes the socket path (not for the ring, or no room), with nothing written."""
+        if not self.on or not data:
+            return False
+        kt = tuple(data)
+        if kt not in self._ok and not self._admit(kt):
+            return False
+        vals = data.values()
+        if not PLAIN.issuperset(map(type, vals)):
+            return False
+        try:
+            written = self._rows.row(kt, step, vals)
+        except (struct.error, OverflowError, ValueError, OSError):
+            return False  # an int past a float, a step past int64, a full disk for the names: the socket path says
+        self._seq += 1
+        if kt not in self._at:
+            for k in kt:
+                self.owned.setdefault(k, []).append(kt)
+        self._at[kt] = (self._seq, step)
+        if written:
+            self.points += len(kt)
+            self._rows_since_mark += 1
+            if self._rows_since_mark >= _MARK_EVERY:
+                self.confirmed()  # a mark: the count of committed points stays within this many rows
+            return True
+        self.full += 1  # over the socket at this step: still the frame's last
+        return False
+
+    def _admit(self, kt: tuple[str, ...]) -> bool:
+        """Whether rows of ``kt`` may go into the ring: valid new or known numeric series, with no points
+        waiting in the buffer and no policy declared on this rank (its claim travels over the socket)."""
+        b = self._buf
+        keys = self._keys
+        for k in kt:
+            c = b.cols.get(k)
+            if k in b.framed or (c is not None and c[0]) or k in keys.policies:
+                return False
+        try:
+            for k in kt:
+                self.check_numeric(k)
+                keys.add_series(k)
+        except (TypeError, ValueError):
+            return False
+        if len(kt) * 8 + 16 > self._rows.ring.largest:
+            return False
+        self._ok.add(kt)
+        return True
+
+    def confirmed(self) -> int:
+        """Points of the ring known to be committed: those before the last position the aggregator released
+        (it releases after the commit) that an earlier call marked; a call after ``wait()`` counts them all."""
+        with self._marks_lock:
+            if self._closed:
+                return self._confirmed
+            self._rows_since_mark = 0
+            ring = self._rows.ring
+            marks = self._marks
+            marks.append((ring.written, self.points))
+            released = ring.released
+            while marks and marks[0][0] <= released:
+                self._confirmed = marks.popleft()[1]
+            return self._confirmed
+
+    def stats(self, st: dict[str, Any]) -> dict[str, Any]:
+        """The buffer's ``stats`` (``Run.stats()``) with the ring's points among those accepted, acked
+        (:meth:`confirmed`) and pending, and the ring's counters."""
+        ok = self.confirmed()
+        more = {"accepted": st["accepted"] + self.points, "acked": st["acked"] + ok}
+        return {**st, **self.counters(), **more, "pending": st["pending"] + self.points - ok}
+
+    def counters(self) -> dict[str, int]:
+        """For the BYE and ``Run.stats()``: the points written into the ring, and the rows it had no room for."""
+        return {"ring_points": self.points, "ring_full": self.full}
+
+    def close(self) -> None:
+        """Mark the ring closed (nothing more comes); the aggregator reads it to its end."""
+        self.confirmed()
+        with self._marks_lock:
+            if not self._closed:
+                self._closed = True
+                self.on = False
+                self._rows.close()
+
+    def remove(self, answered: bool) -> None:
+        """After the BYE: remove the ring if its rows were all read (``answered``), else keep it and say so.
+
+        A ring kept holds rows no commit took; an aggregator started again for the run reads them.
+        """
+        path = self.path
+        if answered:  # the BYE's answer came after the commit that read the ring to its end
+            self._confirmed = self.points
+            path.unlink(missing_ok=True)
+            names_path(path).unlink(missing_ok=True)
+        elif path.exists():
+            _log.error("rank's ring %s kept: the aggregator did not confirm it read every row", path)
+
+
+def open_ring(
+    settings: Settings,
+    live: bool,
+    name: str,
+    spool_root: str | None,
+    keys: KeyRegistry,
+    buf: Buffer,
+) -> RingLog | None:
+    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, no
+    tracker), make the rank's ring of ``settings.ring_bytes``, ``coordinator-<name>.ring`` (``name``: the
+    run, the rank, its incarnation) in ``settings.ring_dir``, or ``/dev/shm``, else the run's spool directory, and its
+    :class:`RingLog`. None otherwise, with a warning where no directory has room for it."""
+    if not (settings.rings and live):
+        return None
+    capacity = settings.ring_bytes
+    name = f"coordinator-{name}.ring"
+    dirs = [Path(settings.ring_dir)] if settings.ring_dir else [_SHM] + ([Path(spool_root)] if spool_root else [])
+    try:
+        if spool_root:
+            os.makedirs(spool_root, exist_ok=True)
+        d = pick_ring_dir(capacity, dirs)
+        rows = RowWriter(RingWriter(d / name, capacity))
+    except (OSError, ValueError) as e:
+        _log.warning("no ring %s (%s); every row goes over the socket", name, e)
+        return None
+    return RingLog(rows, keys, buf)

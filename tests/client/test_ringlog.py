@@ -1,0 +1,149 @@
+"""``Settings.rings`` on a real rank 0 and its aggregator: which calls go through the ring, and what they promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+import coordinator
+from coordinator.journal.store import MAIN_RANK
+from coordinator.transport.ringrows import names_path
+from tests.client.helpers import open_store
+
+
+def _ring_path(run: coordinator.Run) -> Path:
+    ring = run._ring
+    assert ring is not None and ring.on, "the aggregator did not say it reads the ring"
+    return ring.path
+
+
+def test_dicts_at_steps_go_through_the_ring_everything_else_over_the_socket_all_stored_once(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COORDINATOR_RING_DIR")  # the default place: /dev/shm where the machine has one
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        path = _ring_path(run)
+        assert path.exists() and names_path(path).exists()
+        assert path.parent == Path("/dev/shm") or path.parent.parent.name == "spool", path  # no room: the spool
+        for s in range(300):
+            run.log({"a": float(s), "b": s, "c": np.float32(0.5)}, step=s)  # ring
+        run.log({"n": 1.0})  # no step: numbered by the sender, over the socket
+        run.log({"p": 2.0}, step=0, policy="sum")  # a policy's claim travels over the socket
+        run["t"].append("text", step=0)
+        run["f"] = 3
+        run["a"].append(300.0, step=300)  # an append at a step: a row of its own
+        assert run.stats()["ring_points"] == 901
+        run.wait(30)
+        s = open_store(store_dir)  # wait() returned: every call before it is in the store, ring rows too
+        try:
+            assert s.values("a", 0) == [(i, float(i)) for i in range(301)]
+            assert s.values("b", 0) == [(i, float(i)) for i in range(300)]
+            assert s.values("c", 0) == [(i, 0.5) for i in range(300)]
+            assert s.values("n", 0) == [(0, 1.0)] and s.values("p", 0) == [(0, 2.0)]
+            assert s.key_policies()["p"] == "sum"
+        finally:
+            s.close()
+    assert not path.exists() and not names_path(path).exists()  # removed once the BYE was answered
+    s = open_store(store_dir)
+    try:
+        rep = s.run_info().report
+        assert rep is not None and rep["ring_points"] == 901 and rep["ring_errors"] == 0
+        assert rep["per_rank"]["0"]["ring_points"] == 901 and rep["per_rank"]["0"]["ring_full"] == 0
+        assert len(s.values("a", MAIN_RANK)) == 301
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "step", "exc"),
+    [
+        ({"loss": 1.0, "acc": "x"}, 0, TypeError),
+        ({"loss": 10**400, "acc": 1.0}, 0, ValueError),
+        ({"loss": 1.0, "a//b": 1.0}, 0, ValueError),
+        ({"loss": 1.0, "f": 1.0}, 0, ValueError),  # f is a field
+        ({"loss": 1.0}, -1, ValueError),
+        ({"loss": 1.0}, 2**63, ValueError),
+    ],
+)
+def test_with_rings_bad_input_raises_at_the_call_site_and_keeps_nothing(
+    store_dir: Path, data: dict[str, object], step: int, exc: type[Exception]
+) -> None:
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        run["f"] = 1
+        run.log({"loss": 0.25, "acc": 0.5}, step=0)
+        with pytest.raises(exc):
+            run.log(data, step=step)
+        run.log({"loss": 0.125, "acc": 0.75}, step=1)
+        assert run.stats()["ring_points"] == 4
+        run.wait(30)
+    s = open_store(store_dir)
+    try:
+        assert s.values("loss", 0) == [(0, 0.25), (1, 0.125)]
+        assert s.values("acc", 0) == [(0, 0.5), (1, 0.75)]
+    finally:
+        s.close()
+
+
+def test_a_full_ring_sends_over_the_socket_counts_it_and_loses_nothing(store_dir: Path) -> None:
+    """A 4 KiB ring holds ~36 rows of ten keys: with the aggregator frozen the rest go over the socket."""
+    keys = [f"k{j}" for j in range(10)]
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True, ring_bytes=4096)) as run:
+        _ring_path(run)
+        assert run._agg is not None and run._agg.pid is not None
+        agg = psutil.Process(run._agg.pid)
+        agg.suspend()
+        try:
+            for s in range(200):
+                run.log({k: float(s + j) for j, k in enumerate(keys)}, step=s)
+        finally:
+            agg.resume()
+        st = run.stats()
+        assert 0 < st["ring_points"] < 2000 and st["ring_full"] * 10 == 2000 - st["ring_points"]
+        run.wait(30)
+    s = open_store(store_dir)
+    try:
+        for j, k in enumerate(keys):
+            assert s.values(k, 0) == [(i, float(i + j)) for i in range(200)]
+        rep = s.run_info().report
+        assert rep is not None and rep["per_rank"]["0"]["ring_full"] == st["ring_full"]
+    finally:
+        s.close()
+
+
+def test_no_ring_offline_where_no_aggregator_reads_it(store_dir: Path) -> None:
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True, mode="offline")) as run:
+        assert run._ring is None
+        run.log({"a": 1.0, "b": 2.0}, step=0)
+        assert "ring_points" not in run.stats()
+
+
+def test_an_owned_keys_writes_without_a_step_continue_after_its_last_step_as_the_sender_would(
+    store_dir: Path,
+) -> None:
+    """A key written into the ring at explicit steps has its steps numbered on the rank: a write without
+    one continues after its last write, whichever path it took (the sender never saw the ring's steps)."""
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        _ring_path(run)
+        for s in range(10):
+            run.log({"a": float(s), "b": 0.0}, step=s)  # a frame in the ring
+        run["a"].append(10.0)  # no step: 10, into the ring as a row of its own
+        run.log({"a": 11.0})  # 11
+        run["a"].append(20.0, step=20)
+        run["a"].append(21.0)  # 21
+        run.log({"b": 1.0})  # b's last step was 9: 10
+        with pytest.raises(ValueError, match="give the step"):
+            run.log({"a": 1.0, "b": 1.0})  # two owned keys without a step: their last steps differ
+        run["z"].append(0.0)  # never in the ring: numbered by the sender
+        run["z"].append(1.0)
+        run.wait(30)
+    s = open_store(store_dir)
+    try:
+        assert [st for st, _ in s.values("a", 0)] == [*range(12), 20, 21]
+        assert s.values("a", 0)[-2:] == [(20, 20.0), (21, 21.0)]
+        assert s.values("b", 0)[-1] == (10, 1.0) and len(s.values("b", 0)) == 11
+        assert s.values("z", 0) == [(0, 0.0), (1, 1.0)]
+    finally:
+        s.close()

@@ -1,0 +1,185 @@
+"""Faults with ``Settings.rings``: a rank's rows live in its ring until a commit holds them.
+
+The promises these measure: a SIGKILLed rank loses none of the rows it wrote into its ring (no
+flush interval, no kill window), even when the aggregator was frozen and is then killed too (its
+successor finds the ring in the journal), and a SIGKILLed aggregator neither loses nor doubles one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.journal.store import LocalStore, list_runs
+from coordinator.transport.discovery import private_dir
+from coordinator.transport.launcher import remove_stale_dirs
+from tests.faults.test_aggregator_faults import (
+    _check_exactly_once,
+    _kill_and_await_restart,
+    _reap_and_check_the_means,
+    _wait_for,
+)
+from tests.faults.test_kill_window import _kill_rank1, _logged_by, _rank1_steps, _start
+from tests.integration.test_processes import ROOT, _aggregators, _kill_all, _reap, _spawn
+
+pytestmark = pytest.mark.integration
+
+_FLUSH_S = 1.0
+"""The ranks' flush interval: what a kill late in it loses over the socket alone (the control)."""
+
+
+def _report(store_dir: Path) -> dict[str, Any]:
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        rep = s.run_info().report
+        assert isinstance(rep, dict)
+        return rep
+    finally:
+        s.close()
+
+
+def _late_in_a_flush_interval() -> None:
+    """Wait until 0.15-0.3 s before the next flush on the wall-clock grid: a kill now loses the last
+    0.7-0.85 s over the socket (the ranks flush on the grid's multiples)."""
+    while not _FLUSH_S - 0.3 < time.time() % _FLUSH_S < _FLUSH_S - 0.15:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("pair", "rings"), [(False, True), (True, True), (False, False)], ids=["scalars", "pairs", "no_rings"]
+)
+def test_with_rings_a_sigkilled_rank_loses_nothing_it_logged(
+    pair: bool, rings: bool, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL rank 1 late in a 1 s flush interval: with rings every step it had logged is stored, once.
+
+    Scalars (one-key dicts) and pairs (a frame of two keys). Without rings (the control) the same
+    kill loses the steps logged since the last flush, and the same check fails: the kill landed late.
+    """
+    out, procs = _start(store_dir, tmp_path, monkeypatch, 2000.0, flush=_FLUSH_S, pair=pair, rings=rings)
+    _late_in_a_flush_interval()
+    t_kill = _kill_rank1(out, procs)
+    logged = _logged_by(out / "rank1.progress", t_kill)
+    assert logged > 1000  # well under way: 2000 points a second for 1.5 s
+    [info] = list_runs(store_dir)
+    kept = _rank1_steps(info.path / "run.db", out)
+    assert kept <= _logged_by(out / "rank1.progress", t_kill + 1.0) + 10
+    rep = _report(store_dir)
+    if not rings:
+        assert kept < logged - 500, "the kill did not land late in a flush interval: the test shows nothing"
+        assert rep["ring_points"] == 0
+        return
+    assert kept >= logged, f"lost steps {kept}..{logged - 1}, every one logged before the kill"
+    assert rep["ring_points"] >= kept * (2 if pair else 1) and rep["ring_errors"] == 0
+
+
+def test_rows_written_while_the_aggregator_was_frozen_survive_the_rank_and_the_aggregator_being_killed(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freeze the aggregator (SIGSTOP), let rank 1 write into its ring, SIGKILL rank 1, then the frozen aggregator.
+
+    Rank 1 never says HELLO again; the aggregator rank 0 starts next finds its ring in the journal,
+    reads it from the committed cursor, and stores every step rank 1 logged, once.
+    """
+    out, procs = _start(store_dir, tmp_path, monkeypatch, 2000.0, flush=_FLUSH_S, rings=True)
+    try:
+        run_id = _wait_for(out / "run.id")
+        [agg] = _aggregators(run_id)
+        agg.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # rank 1 writes ~1000 rows nobody reads
+        t_kill = time.monotonic()
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait(10)
+        _kill_and_await_restart(run_id)  # SIGKILL is delivered to a stopped process
+    except BaseException:
+        print(_kill_all(procs))  # shown with the failure
+        raise
+    _kill_rank1(out, procs)  # rank 1 is gone already: this tells rank 0 and reaps both
+    logged = _logged_by(out / "rank1.progress", t_kill)
+    [info] = list_runs(store_dir)
+    kept = _rank1_steps(info.path / "run.db", out)
+    assert kept >= logged, f"lost steps {kept}..{logged - 1}, every one logged before the kill"
+    assert _report(store_dir)["ring_errors"] == 0
+
+
+def test_with_rings_an_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four ranks log through their rings; SIGKILL the aggregator mid-run: every point once, every mean whole."""
+    monkeypatch.setenv("COORDINATOR_RINGS", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    world, n = 4, 30_000
+    procs: list[subprocess.Popen[str]] = _spawn(world, out, store_dir, "--points", str(n), "--rate", "6000")
+    try:
+        run_id = _wait_for(out / "rank0.id")
+        time.sleep(1.0)
+        _kill_and_await_restart(run_id)
+    except BaseException:
+        print(_kill_all(procs))
+        raise
+    _reap_and_check_the_means(procs, store_dir, world, n).close()
+    rep = _report(store_dir)
+    assert rep["ring_errors"] == 0 and rep["late_points"] == 0
+    for r in range(world):
+        st = json.loads((out / f"rank{r}.json").read_text())["stats"]
+        assert st["ring_points"] == n and st["ring_full"] == 0 and st["lost"] == 0, st
+
+
+def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freeze the aggregator, let three ranks write into their rings, SIGKILL everything: `coordinator sync`
+    reads the rings the journal names from their committed cursors, stores every point once, removes them."""
+    monkeypatch.setenv("COORDINATOR_RINGS", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    world, n = 3, 12_000
+    procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "8000", "--stall-after", str(n))
+    run_id = _wait_for(out / "rank0.id")
+    for r in range(world):
+        _wait_for(out / f"rank{r}.id")
+    time.sleep(0.3)
+    [agg] = _aggregators(run_id)
+    agg.suspend()
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "STALLED"
+    rings = list(Path(os.environ["COORDINATOR_RING_DIR"]).glob(f"coordinator-{run_id}-*.ring"))
+    assert len(rings) == world
+    for p in procs:
+        p.kill()
+    agg.kill()
+    agg.wait(10)
+    _reap(procs)
+    _check_exactly_once_missing(store_dir, world, n)
+    r = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "sync", run_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert "points" in r.stdout, r.stderr
+    _check_exactly_once(store_dir, world, n).close()
+    assert not [p for p in rings if p.exists()], "read rings must be removed"
+    assert _report(store_dir)["ring_errors"] == 0
+    assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
+
+
+def _check_exactly_once_missing(store_dir: Path, world: int, n: int) -> None:
+    """Before the sync: what the frozen aggregator never read is not in the store (the test shows something)."""
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert sum(len(s.values("m", r)) for r in range(world)) < world * n
+    finally:
+        s.close()
