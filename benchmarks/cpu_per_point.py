@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None)
     p.add_argument("--flush-interval", type=float, default=None, help="Settings.flush_interval_s (A/B runs)")
     p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
+    p.add_argument("--rings", action="store_true", help="Settings.rings: the rows go into each rank's ring")
     args = p.parse_args(argv)
 
     import torch
@@ -248,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     period = 1.0 / RATE
     step = 0
     block = 0
-    extra = {} if args.flush_interval is None else {"flush_interval_s": args.flush_interval}
+    extra: dict[str, Any] = {} if args.flush_interval is None else {"flush_interval_s": args.flush_interval}
+    if args.rings:
+        extra["rings"] = True
 
     in_log_ns = 0
 

@@ -20,6 +20,8 @@ step time). Variants:
   ``coordinator-flush<N>ms-copies<M>ms`` also sets ``kill_window_s=M / 1000``: the sender copies the
   uncut points every M ms between its flushes (``coordinator-flush500ms-copies50ms``: a 50 ms kill
   window at 500 ms flushes);
+* ``coordinator-rings`` — the same with ``Settings(rings=True)``: each row into the rank's ring,
+  read by the aggregator before its commits (no sender flushes);
 * ``coordinator-disabled`` — the same calls on a ``mode="disabled"`` run (``log()`` returns at
   once; no sender, no aggregator): what building the dict and calling ``log()`` cost the step;
 * ``coordinator-nolog`` — a live run (sender, aggregator) whose dict is built but never logged:
@@ -109,11 +111,14 @@ def coordinator_settings(variant: str) -> dict[str, Any]:
         return {"mode": "disabled"}
     if variant == "coordinator-nolog":
         return {}
+    if variant == "coordinator-rings":
+        return {"rings": True}
     if variant.startswith("coordinator-flush"):
         n, copies = _flush_match(variant)
         return {"flush_interval_s": n / 1000} | ({} if copies is None else {"kill_window_s": copies / 1000})
     raise ValueError(
-        f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog or coordinator-flush<N>ms[-copies<M>ms]"
+        f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog, coordinator-rings or "
+        "coordinator-flush<N>ms[-copies<M>ms]"
     )
 
 

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.client.devices import check_tensor, is_tensor
 from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
+from coordinator.core.values import to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter, boot_id, pick_ring_dir
@@ -110,13 +112,15 @@ class RingLog:
 
         Raises:
             ValueError: a call of several keys without a step where some key is owned (its keys' steps
-                may differ: give the step).
+                may differ: give the step). TypeError, ValueError: a call that writes an owned key, checked
+                here as the socket path would before its step counts as the key's last (nothing of it kept).
         """
         if step >= 0 and policy is None and self.row(data, step):
             return IN_RING
         owned = self.owned
         if not owned or owned.keys().isdisjoint(data):
             return step
+        self._check(data)
         if step < 0:
             if len(data) != 1:
                 raise ValueError(
@@ -132,6 +136,18 @@ class RingLog:
             if k in owned:
                 self._key_at[k] = (self._seq, step)
         return step
+
+    def _check(self, data: dict[str, Any]) -> None:
+        """Raise what the socket path would for a bad key or value of ``data`` (a call that writes an owned key)."""
+        for k, v in data.items():
+            if k not in self._keys.series:
+                self._keys.check_new(k)
+                self.check_numeric(k)
+            if v.__class__ not in PLAIN:
+                if is_tensor(v):
+                    check_tensor(k, v)
+                else:
+                    to_metric_value(k, v)
 
     def _last_step(self, key: str) -> int:
         """The step of ``key``'s last write (rows and others), for numbering the next."""

@@ -1,10 +1,10 @@
 """A rank's ring: variable-length records in a mapped file that outlives the process that writes it.
 
-The first piece of a rank without a sender thread (docs/performance.md, rounds 42 and 43): the
-training thread appends each record to a file in the node's shared memory, and one reader for
-the node (the aggregator, or a node's relay) takes them out. A SIGKILL does not take a mapped
-file's pages, so a killed rank loses no record it published; nothing in the rank has to wake to
-get its points out. Not wired into the pipeline yet: :mod:`benchmarks.shared_rings` drives it.
+With ``Settings.rings`` (docs/performance.md, rounds 42-44) a rank's training thread appends each
+row to a file in the node's shared memory (:mod:`coordinator.client.ringlog`), and the aggregator
+on that node takes them out (:mod:`coordinator.aggregator.rings`). A SIGKILL does not take a
+mapped file's pages, so a killed rank loses no record it published; nothing in the rank has to
+wake to get its points out.
 
 Layout, little-endian. The file is a 256-byte header and a data area of ``capacity`` bytes (a power
 of two). The header holds ``MAGIC``, the version, the capacity and the writer's pid, and two

@@ -9,8 +9,9 @@ first row, still finds its keys. The names file is append-only, each entry ``u32
 crc32 | msgpack [id, [key, ...]]``; a kill mid-append leaves a torn last entry, which no row uses
 (the row is written after it) and which the reader ignores.
 
-Not wired into ``log()`` yet: this is the second piece of the shared-ring path (docs/performance.md,
-round 43), measured by ``benchmarks/ring_calls.py`` and ``benchmarks/shared_rings.py``.
+The rank's :class:`RowWriter` is :mod:`coordinator.client.ringlog`'s, the aggregator's
+:class:`RowReader` :mod:`coordinator.aggregator.rings`' (``Settings.rings``); measured by
+``benchmarks/ring_calls.py`` and ``benchmarks/shared_rings.py``.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ def test_each_coordinator_variant_sets_its_own_settings() -> None:
     assert coordinator_settings("coordinator") == {}
     assert coordinator_settings("coordinator-disabled") == {"mode": "disabled"}
     assert coordinator_settings("coordinator-nolog") == {}
+    assert coordinator_settings("coordinator-rings") == {"rings": True}
     assert coordinator_settings("coordinator-flush500ms") == {"flush_interval_s": 0.5}
     assert coordinator_settings("coordinator-flush500ms-copies50ms") == {"flush_interval_s": 0.5, "kill_window_s": 0.05}
     for bad in (

@@ -129,6 +129,10 @@ def test_an_owned_keys_writes_without_a_step_continue_after_its_last_step_as_the
         _ring_path(run)
         for s in range(10):
             run.log({"a": float(s), "b": 0.0}, step=s)  # a frame in the ring
+        with pytest.raises(TypeError):
+            run["a"].append("x")  # refused: nothing of it kept, its step neither
+        with pytest.raises(ValueError):
+            run.log({"a": 1.0, "bad//key": 1.0}, step=50)
         run["a"].append(10.0)  # no step: 10, into the ring as a row of its own
         run.log({"a": 11.0})  # 11
         run["a"].append(20.0, step=20)
