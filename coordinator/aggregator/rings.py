@@ -29,11 +29,18 @@ from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, boot_id
 from coordinator.transport.ringrows import RowReader, Rows, names_path
 
-__all__ = ["BOOT_ID", "Rings", "meta_key", "recover_rings"]
+__all__ = ["BOOT_ID", "DRAIN_MS", "Rings", "meta_key", "recover_rings"]
 
 _log = logging.getLogger("coordinator.aggregator")
 
 _PATH_PREFIX = "ringpath:"
+
+DRAIN_MS = (100, 1000)
+"""How often the ranks' rings are read (and what they held committed) when nothing else wakes the loop:
+every 100 ms while they bring rows, less often (twice as long each time, up to the sweep's second)
+while they bring none. A ring keeps what a killed rank wrote, so this is the live view's lag, not a
+kill window; a ``wait()``, ``sync()`` or closing rank has its ring read at once (with the commit its
+reply waits for)."""
 
 
 BOOT_ID = boot_id()
@@ -86,6 +93,9 @@ class Rings:
             _log.warning("rank %d: its ring %s was not attached (%s); it sends over its socket", rank, path, e)
             return False
         self.agg.store.set_meta(_PATH_PREFIX + meta_key(rank, incarnation)[5:], str(path))
+        # Rows arrive a drain at a time: a rank that logged a step just after one is not behind for that.
+        health = self.agg.health
+        health.behind_grace_s = max(health.behind_grace_s, DRAIN_MS[0] / 1000)
         return True
 
     def reattach(self) -> int:

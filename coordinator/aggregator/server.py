@@ -29,7 +29,7 @@ from coordinator.aggregator.counters import Report
 from coordinator.aggregator.fdlimit import ensure_fd_limit
 from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
-from coordinator.aggregator.rings import Rings
+from coordinator.aggregator.rings import DRAIN_MS, Rings
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.summary import end_message
 from coordinator.errors import ConfigError, ProtocolError, SinkError
@@ -62,12 +62,6 @@ after this much input. The byte bound keeps a busy run's pending groups (the red
 to about a megabyte of input."""
 _MAX_MAP_BYTES = 4096
 """Largest HELLO, STATE, QUERY or BYE payload."""
-_RING_DRAIN_MS = (100, 1000)
-"""How often the ranks' rings are read (and what they held committed) when nothing else wakes the loop:
-every 100 ms while they bring rows, less often (twice as long each time, up to the sweep's second)
-while they bring none. A ring keeps what a killed rank wrote, so this is the live view's lag, not a
-kill window; a ``wait()``, ``sync()`` or closing rank has its ring read at once (with the commit its
-reply waits for)."""
 _STOPPING_COMMIT_RETRIES = 20
 """After a stop signal, failed commits retried before giving up."""
 
@@ -116,7 +110,7 @@ class Server:
         self.rings = Rings(agg)
         """The rings of the ranks on this machine, read before every commit (:mod:`.rings`)."""
         self.rings.reattach()
-        self._drain_ms = _RING_DRAIN_MS[0]
+        self._drain_ms = DRAIN_MS[0]
 
     # ------------------------------------------------------------- replies
 
@@ -338,7 +332,7 @@ class Server:
                     agg.emit(now, all_keys=sweep, hold=False)
                     unreduced = 0
             got = self.rings.drain(now)
-            self._drain_ms = _RING_DRAIN_MS[0] if got else min(2 * self._drain_ms, _RING_DRAIN_MS[1])
+            self._drain_ms = DRAIN_MS[0] if got else min(2 * self._drain_ms, DRAIN_MS[1])
             try:
                 agg.commit(stage=not readers)
                 window.committed(time.monotonic())

@@ -41,8 +41,8 @@ _log = logging.getLogger("coordinator")
 _SHM = Path("/dev/shm")
 IN_RING = -2
 """:meth:`RingLog.route`'s answer for a call written into the ring."""
-_MARK_EVERY = 256
-"""Rows between the marks that count the committed points (:meth:`RingLog.confirmed`)."""
+_MARK_MASK = 255
+"""A mark that counts the committed points (:meth:`RingLog.confirmed`) every 256 writes."""
 
 
 class RingLog:
@@ -56,12 +56,15 @@ class RingLog:
 
     def __init__(self, rows: RowWriter, keys: KeyRegistry, buf: Buffer) -> None:
         self._rows = rows
+        self._ring = rows.ring
+        self._pack_row = rows.ring.pack_row
         self._keys = keys
         self._buf = buf
         self.check_numeric: Callable[[str], None] = lambda key: None
         """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
-        self._ok: set[tuple[str, ...]] = set()
-        """Key tuples checked for the ring; others are checked at their first row."""
+        self._frames: dict[tuple[str, ...], list[Any]] = {}
+        """Per key tuple admitted to the ring: ``[frame id, row struct, write number, step, keys]`` (the
+        write number and step of its last row, -1 before the first)."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
         self.points = 0
@@ -73,13 +76,10 @@ class RingLog:
         self._marks: deque[tuple[int, int]] = deque()
         """(ring position, points written before it), one for each :meth:`confirmed` call still ahead of the reader."""
         self._marks_lock = threading.Lock()
-        self._rows_since_mark = 0
         self.owned: dict[str, list[tuple[str, ...]]] = {}
         """Keys with a row in the ring (or one the full ring refused), each with the key tuples it was
         written in: their steps are numbered here (:meth:`route`), never by the sender."""
         self._seq = 0
-        self._at: dict[tuple[str, ...], tuple[int, int]] = {}
-        """Per key tuple: (write number, step) of its last row."""
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
 
@@ -153,59 +153,74 @@ class RingLog:
         """The step of ``key``'s last write (rows and others), for numbering the next."""
         best = self._key_at.get(key, (-1, -1))
         for kt in self.owned[key]:
-            at = self._at.get(kt)
-            if at is not None and at[0] > best[0]:
-                best = at
+            f = self._frames[kt]
+            if f[2] > best[0]:
+                best = (f[2], f[3])
         return best[1]
 
     def row(self, data: dict[str, Any], step: int) -> bool:
         """Write ``data`` (checked by the caller: a dict) at ``step`` (>= 0) into the ring; False: the
         call takes the socket path (not for the ring, or no room), with nothing written."""
-        if not self.on or not data:
+        if not self.on:
             return False
         kt = tuple(data)
-        if kt not in self._ok and not self._admit(kt):
-            return False
+        f = self._frames.get(kt)
+        if f is None:
+            f = self._admit(kt)
+            if f is None:
+                return False
         vals = data.values()
         if not PLAIN.issuperset(map(type, vals)):
             return False
         try:
-            written = self._rows.row(kt, step, vals)
-        except (struct.error, OverflowError, ValueError, OSError):
-            return False  # an int past a float, a step past int64, a full disk for the names: the socket path says
-        self._seq += 1
-        if kt not in self._at:
+            written = self._pack_row(f[1], (f[0], 0, step), vals)
+        except (struct.error, OverflowError, ValueError):
+            return False  # an int past a float, a step past int64: the socket path says which
+        if f[2] < 0:
             for k in kt:
                 self.owned.setdefault(k, []).append(kt)
-        self._at[kt] = (self._seq, step)
+        f[2] = seq = self._seq = self._seq + 1
+        f[3] = step
         if written:
-            self.points += len(kt)
-            self._rows_since_mark += 1
-            if self._rows_since_mark >= _MARK_EVERY:
+            self.points += f[4]
+            if not seq & _MARK_MASK:
                 self.confirmed()  # a mark: the count of committed points stays within this many rows
             return True
         self.full += 1  # over the socket at this step: still the frame's last
         return False
 
-    def _admit(self, kt: tuple[str, ...]) -> bool:
-        """Whether rows of ``kt`` may go into the ring: valid new or known numeric series, with no points
-        waiting in the buffer and no policy declared on this rank (its claim travels over the socket)."""
+    def _admit(self, kt: tuple[str, ...]) -> list[Any] | None:
+        """``kt``'s frame if its rows may go into the ring (named in the names file), else None: valid new or
+        known numeric series, with no points waiting in the buffer and no policy declared on this rank (its
+        claim travels over the socket), and a names file that takes the frame (not a full disk)."""
+        if not kt:
+            return None
         b = self._buf
         keys = self._keys
         for k in kt:
             c = b.cols.get(k)
             if k in b.framed or (c is not None and c[0]) or k in keys.policies:
-                return False
+                return None
         try:
             for k in kt:
                 self.check_numeric(k)
                 keys.add_series(k)
         except (TypeError, ValueError):
-            return False
-        if len(kt) * 8 + 16 > self._rows.ring.largest:
-            return False
-        self._ok.add(kt)
-        return True
+            return None
+        if len(kt) * 8 + 16 > self._ring.largest:
+            return None
+        try:
+            fid, s = self._rows.frame(kt)
+        except OSError as e:  # the names file's disk is full: this frame goes over the socket
+            _log.warning(
+                "rank's ring %s: no room to name a frame of %d keys (%s); its rows go over the socket",
+                self.path,
+                len(kt),
+                e,
+            )
+            return None
+        f = self._frames[kt] = [fid, s, -1, -1, len(kt)]
+        return f
 
     def confirmed(self) -> int:
         """Points of the ring known to be committed: those before the last position the aggregator released
@@ -213,7 +228,6 @@ class RingLog:
         with self._marks_lock:
             if self._closed:
                 return self._confirmed
-            self._rows_since_mark = 0
             ring = self._rows.ring
             marks = self._marks
             marks.append((ring.written, self.points))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,8 @@ class RingWriter(_Ring):
         """Positions below this are free to write (``released + capacity``, read again only when short)."""
         self.largest = capacity // 4
         """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
-        self._framed: dict[struct.Struct, struct.Struct] = {}
+        self._framed: dict[struct.Struct, tuple[Callable[..., None], int, int]] = {}
+        """Per body struct: the bound ``pack_into`` of its whole record's struct, the record's size, the body's."""
 
     def space(self) -> int:
         """Bytes that may be written now without waiting for the reader."""
@@ -206,26 +207,31 @@ class RingWriter(_Ring):
         Raises:
             ValueError: ``s`` is not little-endian (``<``), or its body is larger than :attr:`largest`.
         """
-        f = self._framed.get(s) or self._frame(s)
+        pack_into, size, body = self._framed.get(s) or self._frame(s)
         pos = self._pos
-        at = HEADER_BYTES + (pos & self._mask)
-        if at - HEADER_BYTES + f.size > self.capacity or pos + f.size > self._free_to:
-            at = self._claim(s.size)
+        end = pos + size
+        off = pos & self._mask
+        if off + size > self.capacity or end > self._free_to:
+            at = self._claim(body)
             if at < 0:
                 return False
             pos = self._pos
+            end = pos + size
+        else:
+            at = HEADER_BYTES + off
         tag = (pos >> 3) & 0xFFFFFFFF
-        f.pack_into(self.map, at, s.size, tag, *head, *rest, tag, s.size)
-        self._pos = pos + f.size
-        self._written[0] = pos + f.size
+        pack_into(self.map, at, body, tag, *head, *rest, tag, body)
+        self._pos = end
+        self._written[0] = end
         return True
 
-    def _frame(self, s: struct.Struct) -> struct.Struct:
-        """The struct that packs a whole record around ``s`` (made once, then kept)."""
+    def _frame(self, s: struct.Struct) -> tuple[Callable[..., None], int, int]:
+        """What packs a whole record around ``s`` (made once, then kept): see :attr:`_framed`."""
         if s.size > self.largest:
             raise ValueError(f"a record of {s.size} bytes is larger than a quarter of the ring ({self.largest})")
-        f = self._framed[s] = _framed(s)
-        return f
+        f = _framed(s)
+        e = self._framed[s] = (f.pack_into, f.size, s.size)
+        return e
 
     def _claim(self, n: int) -> int:
         """Where in the map the record of an ``n``-byte body goes (after any skip mark), or -1 when it
