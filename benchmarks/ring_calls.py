@@ -8,6 +8,8 @@ of each kind, alternated ``--repeats`` times; µs of CPU a call (thread time):
   calls, outside the timing);
 * ``run.log``: ``Run.log(dict, step=...)`` of an offline run today (its sender thread runs
   beside, as in a job; its CPU is not counted here);
+* ``run.log, rings``: the same calls on a live run with ``Settings.rings`` (rank 0 and its
+  aggregator, which drains the ring beside; every row checked to have gone into the ring);
 * ``ring read``: the reader's CPU a row (:meth:`RowReader.read`), timed separately.
 
     python -m benchmarks.ring_calls [--keys 100,1] [--calls 20000] [--repeats 3] [--frames 1]
@@ -39,6 +41,7 @@ class CallCosts:
     ring_row: float
     run_log: float
     ring_read: float
+    run_log_rings: float
 
 
 def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCosts:
@@ -82,7 +85,18 @@ def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCost
         log_ns = time.thread_time_ns() - t
     finally:
         run.stop()
-    return CallCosts(write_ns / calls / 1e3, log_ns / calls / 1e3, read_ns / calls / 1e3)
+    settings = coordinator.Settings(dir=directory / f"live-{keys}", rings=True, ring_dir=str(directory))
+    run = coordinator.init_run(settings=settings)
+    try:
+        t = time.thread_time_ns()
+        for step in range(calls):
+            run.log(dicts[step % frames], step=step)
+        rings_ns = time.thread_time_ns() - t
+        if run.stats().get("ring_points") != calls * keys:
+            raise AssertionError(f"the ring took {run.stats().get('ring_points')} points of {calls * keys}")
+    finally:
+        run.stop()
+    return CallCosts(write_ns / calls / 1e3, log_ns / calls / 1e3, read_ns / calls / 1e3, rings_ns / calls / 1e3)
 
 
 def main() -> None:
@@ -102,12 +116,14 @@ def main() -> None:
             c = costs[-1]
             print(
                 f"{keys} keys, repeat {i + 1}: ring row {c.ring_row:.2f} µs a call, run.log {c.run_log:.2f}, "
-                f"ring read {c.ring_read:.2f} a row"
+                f"run.log with rings {c.run_log_rings:.2f}, ring read {c.ring_read:.2f} a row"
             )
         row = med([c.ring_row for c in costs])
         print(
             f"{keys} keys x {args.frames} frames, median of {args.repeats}: ring row {row:.2f} µs, "
-            f"run.log {med([c.run_log for c in costs]):.2f}, ring read {med([c.ring_read for c in costs]):.2f}"
+            f"run.log {med([c.run_log for c in costs]):.2f}, "
+            f"run.log with rings {med([c.run_log_rings for c in costs]):.2f}, "
+            f"ring read {med([c.ring_read for c in costs]):.2f}"
         )
 
 

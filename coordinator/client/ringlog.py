@@ -67,8 +67,6 @@ class RingLog:
         write number and step of its last row, -1 before the first)."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
-        self.points = 0
-        """Points written into the ring."""
         self.full = 0
         """Rows the full ring had no room for (sent over the socket instead)."""
         self._closed = False
@@ -82,6 +80,11 @@ class RingLog:
         self._seq = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
+
+    @property
+    def points(self) -> int:
+        """Points written into the ring (counted as each row is published: right through an interrupt)."""
+        return self._ring.tally
 
     @property
     def path(self) -> Path:
@@ -173,16 +176,12 @@ class RingLog:
         if not PLAIN.issuperset(map(type, vals)):
             return False
         try:
-            written = self._pack_row(f[1], (f[0], 0, step), vals)
+            written = self._pack_row(f[1], (f[0], 0, step), vals, f[4])
         except (struct.error, OverflowError, ValueError):
             return False  # an int past a float, a step past int64: the socket path says which
-        if f[2] < 0:
-            for k in kt:
-                self.owned.setdefault(k, []).append(kt)
         f[2] = seq = self._seq = self._seq + 1
         f[3] = step
         if written:
-            self.points += f[4]
             if not seq & _MARK_MASK:
                 self.confirmed()  # a mark: the count of committed points stays within this many rows
             return True
@@ -220,6 +219,8 @@ class RingLog:
             )
             return None
         f = self._frames[kt] = [fid, s, -1, -1, len(kt)]
+        for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
+            self.owned.setdefault(k, []).append(kt)
         return f
 
     def confirmed(self) -> int:
@@ -230,7 +231,8 @@ class RingLog:
                 return self._confirmed
             ring = self._rows.ring
             marks = self._marks
-            marks.append((ring.written, self.points))
+            points = self.points  # before the position: a row published between the two is not counted early
+            marks.append((ring.written, points))
             released = ring.released
             while marks and marks[0][0] <= released:
                 self._confirmed = marks.popleft()[1]

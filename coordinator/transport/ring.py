@@ -167,6 +167,8 @@ class RingWriter(_Ring):
         """Positions below this are free to write (``released + capacity``, read again only when short)."""
         self.largest = capacity // 4
         """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
+        self.tally = 0
+        """The ``weight`` of every record :meth:`pack_row` published (a rank's ring: its points)."""
         self._framed: dict[struct.Struct, tuple[Callable[..., None], int, int]] = {}
         """Per body struct: the bound ``pack_into`` of its whole record's struct, the record's size, the body's."""
 
@@ -197,9 +199,11 @@ class RingWriter(_Ring):
         """
         return self.pack_row(s, values, ())
 
-    def pack_row(self, s: struct.Struct, head: tuple[object, ...], rest: Iterable[object]) -> bool:
+    def pack_row(self, s: struct.Struct, head: tuple[object, ...], rest: Iterable[object], weight: int = 0) -> bool:
         """Append one record whose body is ``s.pack(*head, *rest)`` (a row: its step, then a dict's
-        values, expanded once into the call); False when there is no room.
+        values, expanded once into the call); False when there is no room. ``weight`` is added to
+        :attr:`tally` as the record is published, with no call between that a signal's exception
+        could land on: a count of what the records carry that is right however a caller is interrupted.
 
         The record is packed whole, its edges with its body, by one ``pack_into`` of a struct made
         once for ``s``: the hot path, ~1 µs above ``s.pack`` alone for a 100-value row.
@@ -223,6 +227,7 @@ class RingWriter(_Ring):
         pack_into(self.map, at, body, tag, *head, *rest, tag, body)
         self._pos = end
         self._written[0] = end
+        self.tally += weight
         return True
 
     def _frame(self, s: struct.Struct) -> tuple[Callable[..., None], int, int]:

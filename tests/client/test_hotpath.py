@@ -6,6 +6,7 @@ rank's own points back from the journal in the order they were stored.
 
 from __future__ import annotations
 
+import dataclasses
 import dis
 import math
 from collections.abc import Callable
@@ -259,10 +260,12 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.timeout(300, method="thread")  # the test takes SIGALRM, which the default timeout method uses
+@pytest.mark.parametrize("rings", [False, True], ids=["buffer", "rings"])
 def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_every_point_paired(
-    store_dir: Path,
+    store_dir: Path, rings: bool
 ) -> None:
-    """A signal's exception lands between two bytecodes of log() or append(), as Ctrl-C's does.
+    """A signal's exception lands between two bytecodes of log() or append(), as Ctrl-C's does (with
+    ``Settings.rings`` too: a row published before the interrupt is counted among the accepted).
 
     300 interrupts per kind of call, at random moments. After each the buffer's lock is free (it
     is taken with ``with``: an ``acquire()`` then ``try/finally`` left it held in 1,810 of 4,000
@@ -301,7 +304,9 @@ def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_
     gc.collect()
     gc.disable()
     try:
-        with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
+        settings = dataclasses.replace(ONE_GENERATION, rings=rings)
+        with coordinator.init_run(project="t", settings=settings) as run:
+            assert (run._ring is not None and run._ring.on) is rings
             rnd = random.Random(7)
             step = 0
             for name, call in calls.items():

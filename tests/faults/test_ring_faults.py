@@ -65,6 +65,7 @@ def test_with_rings_a_sigkilled_rank_loses_nothing_it_logged(
     Scalars (one-key dicts) and pairs (a frame of two keys). Without rings (the control) the same
     kill loses the steps logged since the last flush, and the same check fails: the kill landed late.
     """
+    monkeypatch.delenv("COORDINATOR_RINGS", raising=False)  # the control's ranks must not take rings from it
     out, procs = _start(store_dir, tmp_path, monkeypatch, 2000.0, flush=_FLUSH_S, pair=pair, rings=rings)
     _late_in_a_flush_interval()
     t_kill = _kill_rank1(out, procs)
