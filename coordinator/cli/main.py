@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run id (or a unique prefix), or 'latest'")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_show)
-    y = sub.add_parser("sync", help="upload an offline run, or what a crashed job left in its spools, into the store")
+    y = sub.add_parser(
+        "sync", help="upload an offline run, or what a crashed job left in its spools and rings, into the store"
+    )
     y.add_argument("run", help="run id (with --to also a unique prefix, or 'latest')")
     y.add_argument(
         "--to",
