@@ -8,10 +8,11 @@ need nothing more, since the STATE they end with is answered after a commit that
 
 The ring is offered in the rank's HELLO and written only once a WELCOME said the aggregator reads
 it (it runs on this machine and could open it). Everything else goes over the socket as before:
-a call with tensors, strings, no step or a ``policy``; keys that already have points waiting in
-the buffer (their order stays); and a row the full ring has no room for (counted as
-``ring_full``). A killed rank loses none of the rows it wrote: they are in the ring's file, which
-the aggregator reads to its end.
+a call with tensors, strings or a ``policy``; keys that already have points waiting in the
+buffer (their order stays); and a row the full ring has no room for (counted as ``ring_full``).
+A key with a frame in the ring is *owned*: the sender never sees its steps, so a write of it
+without a step is numbered here (:meth:`RingLog.route`). A killed rank loses none of the rows it
+wrote: they are in the ring's file, which the aggregator reads to its end.
 """
 
 from __future__ import annotations
@@ -110,13 +111,14 @@ class RingLog:
         socket path (-1: the sender numbers it).
 
         A call at a step with plain numbers goes into the ring if it can (:meth:`row`). A call without
-        a step that writes one owned key gets its step here (the key's last step + 1, as the sender
-        would number it; then into the ring if it can): an owned key's steps are known here only.
+        a step that writes owned keys gets its step here (their last step + 1, as the sender would
+        number it; then into the ring if it can): an owned key's steps are known here only.
 
         Raises:
-            ValueError: a call of several keys without a step where some key is owned (its keys' steps
-                may differ: give the step). TypeError, ValueError: a call that writes an owned key, checked
-                here as the socket path would before its step counts as the key's last (nothing of it kept).
+            ValueError: a call without a step whose owned keys' last steps differ, or that writes owned
+                keys beside others (their steps would differ: give the step).
+            TypeError, ValueError: a call that writes an owned key, checked here as the socket path
+                would before its step counts as the key's last (nothing of it kept).
         """
         if step >= 0 and policy is None and self.row(data, step):
             return IN_RING
@@ -125,13 +127,14 @@ class RingLog:
             return step
         self._check(data)
         if step < 0:
-            if len(data) != 1:
+            lasts = [self._last_step(k) for k in data if k in owned]
+            if len(lasts) != len(data) or len(set(lasts)) != 1:
                 raise ValueError(
                     f"log() without a step of keys {sorted(k for k in data if k in owned)[:5]} written at explicit "
-                    "steps with Settings.rings: give the step (or log them one by one)"
+                    "steps with Settings.rings, whose last steps differ (or beside keys that were not): give the "
+                    "step, or log them one by one"
                 )
-            [k] = data
-            step = self._last_step(k) + 1
+            step = lasts[0] + 1
             if policy is None and self.row(data, step):
                 return IN_RING
         self._seq += 1

@@ -32,6 +32,15 @@ def _rings(agg: Aggregator, tmp_path: Path, ranks: int = 2) -> Rings:
     return rings
 
 
+def _log_and_commit(agg: Aggregator, rings: Rings, ws: list[RowWriter], steps: range) -> None:
+    """Each rank logs ``steps``; one drain and its commit take them, and their bytes are freed."""
+    for r, w in enumerate(ws):
+        _log(w, r, steps)
+    rings.drain(1.0)
+    agg.commit()
+    rings.committed()
+
+
 def _check_stored(tmp_path: Path, last: int) -> None:
     s = reopen(tmp_path)
     try:
@@ -69,11 +78,7 @@ def test_a_crashed_aggregators_restart_stores_every_ring_row_once(tmp_path: Path
     agg = Aggregator(make_cfg(tmp_path, world=2))
     ws = _writers(tmp_path)
     rings = _rings(agg, tmp_path)
-    for r, w in enumerate(ws):
-        _log(w, r, range(0, 40))
-    rings.drain(1.0)
-    agg.commit()
-    rings.committed()
+    _log_and_commit(agg, rings, ws, range(0, 40))
     for r, w in enumerate(ws):
         _log(w, r, range(40, 70))
     rings.drain(2.0)
@@ -171,11 +176,7 @@ def test_a_restarted_aggregator_reattaches_the_rings_its_journal_names(tmp_path:
     for r in range(2):
         hello(agg, r)
         assert rings.offer(r, 1, {"path": str(tmp_path / f"ring-{r}"), "boot": BOOT_ID})
-    for r, w in enumerate(ws):
-        _log(w, r, range(0, 40))
-    rings.drain(1.0)
-    agg.commit()
-    rings.committed()
+    _log_and_commit(agg, rings, ws, range(0, 40))
     for r, w in enumerate(ws):
         _log(w, r, range(40, 100))  # written while no aggregator reads: both ranks die after this
     crash(agg)

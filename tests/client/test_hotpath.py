@@ -262,7 +262,7 @@ class _Interrupt(Exception):
 @pytest.mark.timeout(300, method="thread")  # the test takes SIGALRM, which the default timeout method uses
 @pytest.mark.parametrize("rings", [False, True], ids=["buffer", "rings"])
 def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_every_point_paired(
-    store_dir: Path, rings: bool
+    store_dir: Path, rings: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A signal's exception lands between two bytecodes of log() or append(), as Ctrl-C's does (with
     ``Settings.rings`` too: a row published before the interrupt is counted among the accepted).
@@ -304,6 +304,7 @@ def test_an_interrupt_at_any_point_of_a_hot_call_leaves_the_buffer_unlocked_and_
     gc.collect()
     gc.disable()
     try:
+        monkeypatch.delenv("COORDINATOR_RINGS", raising=False)  # each variant takes the path it names
         settings = dataclasses.replace(ONE_GENERATION, rings=rings)
         with coordinator.init_run(project="t", settings=settings) as run:
             assert (run._ring is not None and run._ring.on) is rings

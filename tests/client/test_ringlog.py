@@ -139,7 +139,12 @@ def test_an_owned_keys_writes_without_a_step_continue_after_its_last_step_as_the
         run["a"].append(21.0)  # 21
         run.log({"b": 1.0})  # b's last step was 9: 10
         with pytest.raises(ValueError, match="give the step"):
-            run.log({"a": 1.0, "b": 1.0})  # two owned keys without a step: their last steps differ
+            run.log({"a": 1.0, "b": 1.0})  # two owned keys without a step: their last steps differ (21, 10)
+        with pytest.raises(ValueError, match="give the step"):
+            run.log({"b": 1.0, "new": 1.0})  # an owned key beside one the sender would number
+        for s in range(30, 33):
+            run.log({"c": 0.0, "d": 0.0}, step=s)
+        run.log({"c": 1.0, "d": 1.0})  # their last steps agree (32): 33, as a row of their frame
         run["z"].append(0.0)  # never in the ring: numbered by the sender
         run["z"].append(1.0)
         run.wait(30)
@@ -149,5 +154,7 @@ def test_an_owned_keys_writes_without_a_step_continue_after_its_last_step_as_the
         assert s.values("a", 0)[-2:] == [(20, 20.0), (21, 21.0)]
         assert s.values("b", 0)[-1] == (10, 1.0) and len(s.values("b", 0)) == 11
         assert s.values("z", 0) == [(0, 0.0), (1, 1.0)]
+        assert s.values("c", 0)[-1] == (33, 1.0) and s.values("d", 0)[-1] == (33, 1.0)
+        assert s.values("new", 0) == []
     finally:
         s.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -57,11 +58,12 @@ def test_rank_sigkilled_midrun_keeps_its_prefix_once_and_run_reports_it(store_di
         s.close()
 
 
-def test_coordinator_sync_delivers_what_a_killed_job_left_in_its_spools(store_dir: Path, tmp_path: Path) -> None:
-    """Freeze the aggregator, let ranks spool, SIGKILL everything; `coordinator sync` stores every point once."""
-    out = tmp_path / "out"
-    out.mkdir()
-    world, n = 3, 12_000
+def stall_freeze_and_kill(store_dir: Path, out: Path, world: int, n: int) -> tuple[str, Callable[[], None]]:
+    """A job of ``world`` ranks logs ``n`` points each and stalls; its aggregator is frozen meanwhile.
+
+    Returns the run's id and what kills the job whole (every rank and the frozen aggregator,
+    SIGKILL, reaped): the caller looks at what the stalled ranks left first.
+    """
     procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "8000", "--stall-after", str(n))
     run_id = _wait_for(out / "rank0.id")
     for r in range(world):
@@ -71,31 +73,43 @@ def test_coordinator_sync_delivers_what_a_killed_job_left_in_its_spools(store_di
     agg.suspend()
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "STALLED"
-    spooled = list((store_dir / "spool" / run_id).glob("rank-*/*.seg"))
-    assert spooled, "nothing was spooled while the aggregator was frozen"
-    for p in procs:
-        p.kill()
-    agg.kill()
-    agg.wait(10)
-    _reap(procs)
-    r = subprocess.run(
+
+    def kill() -> None:
+        for p in procs:
+            p.kill()
+        agg.kill()
+        agg.wait(10)
+        _reap(procs)
+
+    return run_id, kill
+
+
+def coordinator_sync(run_id: str) -> subprocess.CompletedProcess[str]:
+    """``coordinator sync <run_id>`` in a child process (bounded)."""
+    return subprocess.run(
         [sys.executable, "-m", "coordinator.cli", "sync", run_id],
         capture_output=True,
         text=True,
         timeout=120,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
+
+
+def test_coordinator_sync_delivers_what_a_killed_job_left_in_its_spools(store_dir: Path, tmp_path: Path) -> None:
+    """Freeze the aggregator, let ranks spool, SIGKILL everything; `coordinator sync` stores every point once."""
+    out = tmp_path / "out"
+    out.mkdir()
+    world, n = 3, 12_000
+    run_id, kill = stall_freeze_and_kill(store_dir, out, world, n)
+    spooled = list((store_dir / "spool" / run_id).glob("rank-*/*.seg"))
+    assert spooled, "nothing was spooled while the aggregator was frozen"
+    kill()
+    r = coordinator_sync(run_id)
     assert "points" in r.stdout, r.stderr
     s = _check_exactly_once(store_dir, world, n)
     s.close()
     assert not list((store_dir / "spool" / run_id).glob("rank-*/*.seg")), "delivered spools must be removed"
-    r2 = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "sync", run_id],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    r2 = coordinator_sync(run_id)
     assert r2.returncode in (0, 1), r2.stderr
     _check_exactly_once(store_dir, world, n).close()
     # What the SIGKILLed job left in the runtime directory (a next start would remove it too).

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from tests.faults.test_aggregator_faults import (
     _wait_for,
 )
 from tests.faults.test_kill_window import _kill_rank1, _logged_by, _rank1_steps, _start
-from tests.integration.test_processes import ROOT, _aggregators, _kill_all, _reap, _spawn
+from tests.faults.test_rank_faults import coordinator_sync, stall_freeze_and_kill
+from tests.integration.test_processes import _aggregators, _kill_all, _spawn
 
 pytestmark = pytest.mark.integration
 
@@ -145,30 +145,12 @@ def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
     out = tmp_path / "out"
     out.mkdir()
     world, n = 3, 12_000
-    procs = _spawn(world, out, store_dir, "--points", str(n), "--rate", "8000", "--stall-after", str(n))
-    run_id = _wait_for(out / "rank0.id")
-    for r in range(world):
-        _wait_for(out / f"rank{r}.id")
-    time.sleep(0.3)
-    [agg] = _aggregators(run_id)
-    agg.suspend()
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "STALLED"
+    run_id, kill = stall_freeze_and_kill(store_dir, out, world, n)
     rings = list(Path(os.environ["COORDINATOR_RING_DIR"]).glob(f"coordinator-{run_id}-*.ring"))
     assert len(rings) == world
-    for p in procs:
-        p.kill()
-    agg.kill()
-    agg.wait(10)
-    _reap(procs)
+    kill()
     _check_exactly_once_missing(store_dir, world, n)
-    r = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "sync", run_id],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    r = coordinator_sync(run_id)
     assert "points" in r.stdout, r.stderr
     _check_exactly_once(store_dir, world, n).close()
     assert not [p for p in rings if p.exists()], "read rings must be removed"
