@@ -160,11 +160,13 @@ class Settings:
     spool_segment_bytes: int = 64 * 1024**2
     """Size at which a spool starts a new segment file (acknowledged segments are deleted)."""
     rings: bool = False
-    """Experimental: a ``log()`` of a dict of plain numbers at an explicit step writes its row into a
-    ring shared with the aggregator (a mapped file in ``/dev/shm``, else the spool directory), which
-    reads it before each commit; no socket, no sender work. A killed rank loses none of those rows.
-    Only where the aggregator runs on the rank's machine and the run feeds no tracker; everything
-    else, and a row the full ring has no room for (counted), goes over the socket as before."""
+    """Experimental: a ``log()`` of plain numbers at an explicit step (or an ``append()`` at one)
+    writes its row into a ring shared with the aggregator (a mapped file in ``/dev/shm``, else the
+    spool directory), which reads it before each commit; no socket, no sender work. A killed rank
+    loses none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's
+    machine and the run feeds no tracker; everything else, and a row the full ring has no room for
+    (counted), goes over the socket as before. A key written through the ring has its steps
+    numbered on the rank (``client/ringlog.py``)."""
     ring_bytes: int = 16 * 1024**2
     """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys."""
     ring_dir: str | os.PathLike[str] | None = None
