@@ -34,6 +34,9 @@ from coordinator.transport.sender import SenderThread
 
 __all__ = ["Lifecycle"]
 
+_SENDER_EXIT_S = 2.0
+"""``stop()`` waits at least this long for the sender thread to exit once told to, whatever is left of its deadline."""
+
 FAILED_RANK0_WAIT_S = 10.0
 """How long a failed or interrupted rank 0 waits for the other ranks to close before it stops the run."""
 
@@ -222,7 +225,9 @@ class Lifecycle:
         if self._ring is not None:
             self._ring.remove(answered)
         sender.stop()
-        sender.join(max(0.1, deadline - time.monotonic()))
+        # The deadline bounds the delivery; the thread's exit gets a floor of its own: with the deadline
+        # spent (an aggregator gone), 0.1 s was too short for a loaded machine to schedule it (a stress run).
+        sender.join(max(_SENDER_EXIT_S, deadline - time.monotonic()))
         if sender.is_alive():
             _log.error("rank %d: sender thread did not exit in time", self._rank)
         return error
