@@ -73,6 +73,9 @@ class Rings:
         kept = self.agg.store.meta(meta_key(rank, incarnation))
         reader = RingReader(path, start=None if kept is None else int(kept))
         self.readers[(rank, incarnation)] = RowReader(reader)
+        # Rows arrive a drain at a time: a rank that logged a step just after one is not behind for that.
+        health = self.agg.health
+        health.behind_grace_s = max(health.behind_grace_s, DRAIN_MS[0] / 1000)
         return reader.cursor
 
     def offer(self, rank: int, incarnation: int, info: object) -> bool:
@@ -89,15 +92,15 @@ class Rings:
         if not BOOT_ID or info["boot"] != BOOT_ID:
             return False
         path = Path(info["path"])
+        if not (path.is_absolute() and path.name.startswith("coordinator-") and path.name.endswith(".ring")):
+            _log.warning("rank %d: %s is not a ring's name; it sends over its socket", rank, path)
+            return False
         try:
             self.attach(rank, incarnation, path)
         except (OSError, ValueError) as e:  # RingDamaged is a ValueError
             _log.warning("rank %d: its ring %s was not attached (%s); it sends over its socket", rank, path, e)
             return False
-        self.agg.store.set_meta(_PATH_PREFIX + meta_key(rank, incarnation)[5:], str(path))
-        # Rows arrive a drain at a time: a rank that logged a step just after one is not behind for that.
-        health = self.agg.health
-        health.behind_grace_s = max(health.behind_grace_s, DRAIN_MS[0] / 1000)
+        self.agg.store.set_meta(f"{_PATH_PREFIX}{rank}-{incarnation}", str(path))
         return True
 
     def reattach(self) -> int:

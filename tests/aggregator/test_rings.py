@@ -16,7 +16,7 @@ KEYS = ("loss", "lr")
 
 
 def _writers(tmp_path: Path, ranks: int = 2, capacity: int = 4096) -> list[RowWriter]:
-    return [RowWriter(RingWriter(tmp_path / f"ring-{r}", capacity)) for r in range(ranks)]
+    return [RowWriter(RingWriter(tmp_path / f"coordinator-{r}.ring", capacity)) for r in range(ranks)]
 
 
 def _log(w: RowWriter, rank: int, steps: range) -> None:
@@ -28,7 +28,7 @@ def _rings(agg: Aggregator, tmp_path: Path, ranks: int = 2) -> Rings:
     rings = Rings(agg)
     for r in range(ranks):
         hello(agg, r)
-        rings.attach(r, 1, tmp_path / f"ring-{r}")
+        rings.attach(r, 1, tmp_path / f"coordinator-{r}.ring")
     return rings
 
 
@@ -114,8 +114,8 @@ def test_a_ring_whose_writer_closed_is_removed_once_its_last_rows_are_committed(
     agg.commit()
     rings.committed()
     assert rings.detach_drained() == [(0, 1)]
-    assert not (tmp_path / "ring-0").exists() and not names_path(tmp_path / "ring-0").exists()
-    assert list(rings.readers) == [(1, 1)] and (tmp_path / "ring-1").exists()
+    assert not (tmp_path / "coordinator-0.ring").exists() and not names_path(tmp_path / "coordinator-0.ring").exists()
+    assert list(rings.readers) == [(1, 1)] and (tmp_path / "coordinator-1.ring").exists()
     rings.close()
     ws[1].close()
     agg.finalize()
@@ -128,7 +128,7 @@ def test_a_damaged_ring_is_counted_detached_and_gives_nothing_of_its_pass(
     ws = _writers(tmp_path, ranks=1)
     rings = Rings(agg)
     hello(agg, 0)
-    rings.attach(0, 1, tmp_path / "ring-0")
+    rings.attach(0, 1, tmp_path / "coordinator-0.ring")
     _log(ws[0], 0, range(3))
     ws[0].ring.put(b"not a row")
     assert rings.drain(1.0, final=True) == 0
@@ -143,17 +143,19 @@ def test_a_damaged_ring_is_counted_detached_and_gives_nothing_of_its_pass(
 def test_an_offered_ring_is_attached_only_on_this_machine_and_kept_in_the_journal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A HELLO's offer: another machine's ring (another boot id) and one that does not open are refused
-    (the rank then sends over its socket); this machine's is attached, once, and its path journaled."""
+    """A HELLO's offer: another machine's ring (another boot id), a file not named as a ring and one that
+    does not open are refused (the rank then sends over its socket); this machine's is attached, once,
+    and its path journaled."""
     agg = Aggregator(make_cfg(tmp_path, world=2))
     ws = _writers(tmp_path, ranks=1)
     rings = Rings(agg)
     hello(agg, 0)
-    path = str(tmp_path / "ring-0")
+    path = str(tmp_path / "coordinator-0.ring")
     assert not rings.offer(0, 1, {"path": path, "boot": "another-machine"})
     assert not rings.offer(0, 1, {"path": path})
     assert not rings.offer(0, 1, "not an offer")
-    assert not rings.offer(0, 1, {"path": str(tmp_path / "missing"), "boot": BOOT_ID})
+    assert not rings.offer(0, 1, {"path": str(tmp_path / "run.db"), "boot": BOOT_ID})  # not a ring's name
+    assert not rings.offer(0, 1, {"path": str(tmp_path / "coordinator-missing.ring"), "boot": BOOT_ID})
     assert "was not attached" in caplog.text and not rings.readers
     assert rings.offer(0, 1, {"path": path, "boot": BOOT_ID})
     assert rings.offer(0, 1, {"path": path, "boot": BOOT_ID})  # a HELLO again (a reconnect): still read
@@ -175,7 +177,7 @@ def test_a_restarted_aggregator_reattaches_the_rings_its_journal_names(tmp_path:
     rings = Rings(agg)
     for r in range(2):
         hello(agg, r)
-        assert rings.offer(r, 1, {"path": str(tmp_path / f"ring-{r}"), "boot": BOOT_ID})
+        assert rings.offer(r, 1, {"path": str(tmp_path / f"coordinator-{r}.ring"), "boot": BOOT_ID})
     _log_and_commit(agg, rings, ws, range(0, 40))
     for r, w in enumerate(ws):
         _log(w, r, range(40, 100))  # written while no aggregator reads: both ranks die after this
@@ -189,7 +191,7 @@ def test_a_restarted_aggregator_reattaches_the_rings_its_journal_names(tmp_path:
     b.commit()
     again.committed()
     again.remove_all()
-    assert not list(tmp_path.glob("ring-*"))
+    assert not list(tmp_path.glob("coordinator-*"))
     for w in ws:
         w.close()
     b.finalize()
