@@ -176,21 +176,21 @@ class Rings:
         """Close and remove the rings whose writers closed and whose every row is committed; which they were."""
         gone = [k for k, r in self.readers.items() if r.reader.drained and k not in self._read]
         for key in gone:
-            reader = self.readers.pop(key)
-            path = reader.reader.path
-            reader.close()
-            path.unlink(missing_ok=True)  # the rank removes it too once its BYE was answered
-            names_path(path).unlink(missing_ok=True)
+            self._remove(key)
         return gone
+
+    def _remove(self, key: tuple[int, int]) -> None:
+        """Close a ring and remove its files (the rank removes them too once its BYE was answered)."""
+        reader = self.readers.pop(key)
+        path = reader.reader.path
+        reader.close()
+        path.unlink(missing_ok=True)
+        names_path(path).unlink(missing_ok=True)
 
     def remove_all(self) -> None:
         """The run ended and every drain is committed: remove every ring (their writers are closed or dead)."""
         for key in list(self.readers):
-            reader = self.readers.pop(key)
-            path = reader.reader.path
-            reader.close()
-            path.unlink(missing_ok=True)
-            names_path(path).unlink(missing_ok=True)
+            self._remove(key)
 
     def close(self) -> None:
         """Close every ring's reading end (their files stay: a restart reads them again)."""

@@ -76,8 +76,8 @@ class RingLog:
         """(ring position, points written before it), one for each :meth:`confirmed` call still ahead of the reader."""
         self._marks_lock = threading.Lock()
         self.owned: dict[str, list[tuple[str, ...]]] = {}
-        """Keys with a row in the ring (or one the full ring refused), each with the key tuples it was
-        written in: their steps are numbered here (:meth:`route`), never by the sender."""
+        """Keys of the key tuples admitted to the ring (:meth:`_admit`), each with those tuples: their steps
+        are numbered here (:meth:`route`), never by the sender."""
         self._seq = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
@@ -89,7 +89,7 @@ class RingLog:
 
     @property
     def path(self) -> Path:
-        return self._rows.ring.path
+        return self._ring.path
 
     def hello(self) -> dict[str, str]:
         """The HELLO's offer: where the ring is, and on which machine."""
@@ -102,7 +102,7 @@ class RingLog:
             _log.warning(
                 "rank's ring %s is no longer read by the aggregator (%d bytes unread): its rows go over the socket",
                 self.path,
-                self._rows.ring.written - self._rows.ring.released,
+                self._ring.written - self._ring.released,
             )
         self.on = on
 
@@ -232,7 +232,7 @@ class RingLog:
         with self._marks_lock:
             if self._closed:
                 return self._confirmed
-            ring = self._rows.ring
+            ring = self._ring
             marks = self._marks
             points = self.points  # before the position: a row published between the two is not counted early
             marks.append((ring.written, points))
