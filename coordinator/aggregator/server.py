@@ -145,16 +145,16 @@ class Server:
                 snd = agg.senders.get((env.rank, env.incarnation))
                 if snd is not None:
                     marks.fill(kind, payload, snd.last_seq)
+                if journal is not None:  # wait() waits for the trackers to pass what acknowledged its calls
+                    payload["j"] = journal
+                    payload["jt"] = texts_at
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
                     kept.append((ident, kind, env, {"forward": agg.forward_positions()}))
                 else:
                     kept.append((ident, kind, env, agg.state()))
                 continue
-            if kind == wire.ACK and journal is not None:
-                payload["j"] = journal
-                payload["jt"] = texts_at
-            elif kind == wire.QUERY_REPLY:
+            if kind == wire.QUERY_REPLY:
                 if self.reader.submit(ident, env, payload["q"]):
                     continue
                 busy = {"code": "busy", "message": "too many queries waiting; ask again", "re": env.kind}

@@ -72,9 +72,9 @@ class Buffer:
         """Points taken by the sender and not yet acknowledged (window, backlog, spool)."""
         self.dropped_points = 0
         self.journal = 0
-        """Highest journal position (chunk id) the aggregator reported with an ack."""
+        """Highest journal position (chunk id) the aggregator reported with a reply that acknowledges."""
         self.journal_texts = 0
-        """Highest text id (``texts.id``) the aggregator reported with an ack (``"jt"``)."""
+        """Highest text id (``texts.id``) the aggregator reported with such a reply (``"jt"``)."""
         self.max_points = max_points
         self.mark = max_points
         """The hot path calls :meth:`past_mark` once ``pending`` reaches it: the wake point of
@@ -286,6 +286,19 @@ class Buffer:
             with self.lock:
                 self.in_flight += diff
                 self.cut_counted = cut_points
+
+    def note_journal(self, reply: dict[str, Any]) -> None:
+        """Keep the journal position (``j``, ``jt``) of a reply that acknowledges (trackers configured).
+
+        The sender calls it before the reply's mark acknowledges anything: ``wait()`` reads the
+        position once its batches are acknowledged, and any such reply may be the one that does it
+        (a hurried ``wait()``'s PONG can carry the mark of a batch whose ACK follows it).
+        """
+        j, jt = reply.get("j"), reply.get("jt")
+        if type(j) is int and j > self.journal:
+            self.journal = j
+        if type(jt) is int and jt > self.journal_texts:
+            self.journal_texts = jt
 
     def progress(self, acked_gen: int, points: int) -> None:
         """``points`` are acknowledged; generations up to ``acked_gen`` are durable."""

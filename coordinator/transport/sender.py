@@ -364,20 +364,17 @@ class SenderThread(threading.Thread):
         if kind == wire.ACK:
             for w in body.get("w", []):
                 _log.warning("%s", w)
-            j = body.get("j")
-            if type(j) is int and j > self.buf.journal:
-                self.buf.journal = j
-            jt = body.get("jt")  # the journal's text position (with trackers configured)
-            if type(jt) is int and jt > self.buf.journal_texts:
-                self.buf.journal_texts = jt
+            self.buf.note_journal(body)
             self._pipe.ack(env.seq)
             self._ack_mark(body.get("m"))
         elif kind == wire.WELCOME:
             if env.seq == self._hello_seq:
+                self.buf.note_journal(body)
                 self._on_welcome(body)
             else:  # the answer to an older HELLO (queued while the aggregator was frozen)
                 _log.debug("rank %d: stale WELCOME %d ignored", self.cfg.rank, env.seq)
         elif kind == wire.PONG:
+            self.buf.note_journal(body)
             self._ack_mark(body.get("m"))  # an idle rank's heartbeat settles a batch whose ACK was lost
         elif kind == wire.ERROR:
             self._on_error(env, body)
@@ -416,6 +413,7 @@ class SenderThread(threading.Thread):
                 self._send_hello()
         elif code == "gap":
             expected = body.get("expected", 1)
+            self.buf.note_journal(body)
             self._pipe.ack_below(expected)
             self._pipe.resend_from(expected, time.monotonic())
         elif code == "sink" and body.get("re") in (wire.STATE, wire.QUERY):

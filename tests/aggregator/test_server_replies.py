@@ -95,6 +95,33 @@ def test_a_pong_carries_the_senders_mark_after_the_commit(srv: Server) -> None:
     assert pong == wire.PONG and body["m"] == 1
 
 
+def test_with_trackers_every_reply_that_acknowledges_names_the_journal_position(srv: Server, tmp_path: Path) -> None:
+    """Batch 1, a PING, batch 2, a PING in one commit (a waiting rank hurries behind each batch):
+    batch 1's ACK is dropped for batch 2's, so the first PONG is the first reply whose mark covers
+    both. ``wait()`` reads the journal position as soon as its batches are acknowledged, so that
+    PONG, like every acknowledging reply, names the position after the commit."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    srv.agg.forwarders.start(srv.agg.cfg.store_path, {"tensorboard": {"logdir": str(tmp_path / "tb")}})
+    try:
+        _hello(srv)
+        for seq in (1, 2):
+            _batch(srv, seq)
+            _send(srv, wire.PING, 0, wire.encode_map({}))
+        srv.agg.commit()
+        srv._fill_reads()
+        position = srv.agg.store.max_chunk_id()
+        assert position > 0
+        got = [(kind, body.get("m", body.get("last_seq")), body.get("j")) for kind, body in _replies(srv)]
+        assert got == [
+            (wire.WELCOME, 2, position),
+            (wire.PONG, 2, position),
+            (wire.ACK, 2, position),
+            (wire.PONG, 2, position),
+        ]
+    finally:
+        srv.agg.forwarders.abort()
+
+
 def test_a_failed_commit_holds_the_welcome_back_until_one_succeeds(srv: Server) -> None:
     """Commit failed: the ACK becomes a sink error and the WELCOME waits; sent after the next commit, with its mark."""
     _hello(srv)

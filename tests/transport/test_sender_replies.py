@@ -183,6 +183,18 @@ def test_a_rank_that_waits_for_its_ack_sends_a_ping_behind_its_batch(router: tup
             buf.awaiting -= 1
 
 
+def test_a_pong_that_acknowledges_gives_its_journal_position_first(router: tuple[zmq.Socket[bytes], str]) -> None:
+    """With trackers, ``wait()`` reads the journal position once its batches are acknowledged: a
+    PONG that acknowledges (its ACK comes later, or was lost) has its position noted before that."""
+    sock, endpoint = router
+    with _welcomed_sender(sock, endpoint, heartbeat_s=0.2) as (buf, snd):
+        _batch_of(sock, buf, snd, 1)
+        ident, ping, _ = _recv(sock, skip_pings=False)
+        _reply(sock, ident, wire.PONG, ping, {"m": 1, "j": 7, "jt": 3})
+        assert _window_empties(snd)
+        assert (buf.journal, buf.journal_texts) == (7, 3), "batch 1 acknowledged before its journal position was kept"
+
+
 def test_a_rank_nobody_waits_for_sends_its_batch_without_a_ping(router: tuple[zmq.Socket[bytes], str]) -> None:
     """A paced rank's batches wait for the light commit window: no PING asks for a shorter one."""
     sock, endpoint = router
