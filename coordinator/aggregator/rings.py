@@ -133,16 +133,17 @@ class Rings:
         for (rank, inc), reader in list(self.readers.items()):
             try:
                 rows = reader.read(final=final)
+                while rows:  # more than one pass where frames that share a key interleave
+                    points += self._ingest(rank, inc, rows, now)
+                    self._read[(rank, inc)] = reader.reader.cursor
+                    self.agg.outbox.txn.meta[meta_key(rank, inc)] = str(reader.reader.cursor)
+                    rows = reader.read(final=final) if reader.cut else {}
             except RingDamaged as e:  # counted and reported; the rank's other rings and ranks go on
                 _log.error("rank %d: its ring is damaged, no more of it is read: %s", rank, e)
                 self.agg.counters["ring_errors"] += 1
                 del self.readers[(rank, inc)]
+                self._read.pop((rank, inc), None)  # its passes before the damage stay in the transaction
                 reader.close()
-                continue
-            if rows:
-                points += self._ingest(rank, inc, rows, now)
-                self._read[(rank, inc)] = reader.reader.cursor
-                self.agg.outbox.txn.meta[meta_key(rank, inc)] = str(reader.reader.cursor)
         return points
 
     def _ingest(self, rank: int, inc: int, rows: Rows, now: float) -> int:

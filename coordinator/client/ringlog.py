@@ -64,7 +64,7 @@ class RingLog:
         self.check_numeric: Callable[[str], None] = lambda key: None
         """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
         self._frames: dict[tuple[str, ...], list[Any]] = {}
-        """Per key tuple admitted to the ring: ``[frame id, row struct, write number, step, keys]`` (the
+        """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys]`` (the
         write number and step of its last row, -1 before the first)."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
@@ -175,8 +175,13 @@ class RingLog:
             f = self._admit(kt)
             if f is None:
                 return False
-        vals = data.values()
-        if not PLAIN.issuperset(map(type, vals)):
+        vals: Any = data.values()
+        if f[4] == 1:  # a scalar: its one value, checked alone, packs faster as a tuple than as a view
+            for v in vals:
+                if v.__class__ not in PLAIN:
+                    return False
+            vals = (v,)
+        elif not PLAIN.issuperset(map(type, vals)):
             return False
         try:
             written = self._pack_row(f[1], (f[0], 0, step), vals, f[4])
@@ -212,7 +217,7 @@ class RingLog:
         if len(kt) * 8 + 16 > self._ring.largest:
             return None
         try:
-            fid, s = self._rows.frame(kt)
+            fid, framing = self._rows.frame(kt)
         except OSError as e:  # the names file's disk is full: this frame goes over the socket
             _log.warning(
                 "rank's ring %s: no room to name a frame of %d keys (%s); its rows go over the socket",
@@ -221,7 +226,7 @@ class RingLog:
                 e,
             )
             return None
-        f = self._frames[kt] = [fid, s, -1, -1, len(kt)]
+        f = self._frames[kt] = [fid, framing, -1, -1, len(kt)]
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
             self.owned.setdefault(k, []).append(kt)
         return f

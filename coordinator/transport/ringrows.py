@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 
 from coordinator.transport import wire
-from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
+from coordinator.transport.ring import Framing, RingDamaged, RingReader, RingWriter
 
 __all__ = ["RowReader", "RowWriter", "Rows", "names_path", "row_batches"]
 
@@ -39,6 +39,9 @@ _MAX_NAMES_ENTRY = 1 << 26
 
 Rows = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]
 """Rows read back, by frame: (steps, int64 of n) and (values, float64 of n x len(keys)), in write order."""
+
+_Part = tuple[np.ndarray, np.ndarray]
+"""Some of a frame's rows in a pass: (steps, values)."""
 
 
 def names_path(ring: Path) -> Path:
@@ -54,7 +57,7 @@ class RowWriter:
 
     def __init__(self, ring: RingWriter) -> None:
         self.ring = ring
-        self._frames: dict[tuple[str, ...], tuple[int, struct.Struct]] = {}
+        self._frames: dict[tuple[str, ...], tuple[int, Framing]] = {}
         self._names = os.open(names_path(ring.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
 
     def row(self, keys: tuple[str, ...], step: int, values: Iterable[float]) -> bool:
@@ -71,16 +74,16 @@ class RowWriter:
             f = self._name(keys)
         return self.ring.pack_row(f[1], (f[0], 0, step), values)
 
-    def frame(self, keys: tuple[str, ...]) -> tuple[int, struct.Struct]:
-        """``keys``' frame id and row struct, naming the frame first if it is new (a caller that keeps them
-        writes its rows with ``ring.pack_row(s, (fid, 0, step), values)``, one lookup fewer a row).
+    def frame(self, keys: tuple[str, ...]) -> tuple[int, Framing]:
+        """``keys``' frame id and its rows' framing, naming the frame first if it is new (a caller that keeps
+        them writes its rows with ``ring.pack_row(framing, (fid, 0, step), values)``, one lookup fewer a row).
 
         Raises:
             ValueError, OSError: as :meth:`row`.
         """
         return self._frames.get(keys) or self._name(keys)
 
-    def _name(self, keys: tuple[str, ...]) -> tuple[int, struct.Struct]:
+    def _name(self, keys: tuple[str, ...]) -> tuple[int, Framing]:
         """Give ``keys`` the next frame id and append its entry to the names file (before any row uses it)."""
         if not keys:
             raise ValueError("a row needs at least one key")
@@ -97,7 +100,7 @@ class RowWriter:
         except OSError:
             os.ftruncate(self._names, end)  # no torn entry left for a later one to sit behind
             raise
-        f = self._frames[keys] = (fid, s)
+        f = self._frames[keys] = (fid, self.ring.framing(s))
         return f
 
     def close(self) -> None:
@@ -113,26 +116,39 @@ class RowReader:
         self.reader = reader
         self.frames: dict[int, tuple[str, ...]] = {}
         self._names_read = 0
+        self.cut = False
+        """Whether the last :meth:`read` stopped before rows already published (a frame sharing a key)."""
 
     def read(self, *, final: bool = False) -> Rows:
-        """Every row published past the cursor, by frame, in write order (the cursor moves past them).
+        """The rows published past the cursor, by frame, in write order (the cursor moves past them).
 
         Rows are decoded a run of equal-size records at a time (:meth:`RingReader.runs`), with
         numpy: a run of rows of one frame, or of one-key frames (scalars logged one by one), costs
         about as much as one row.
 
+        Frames are returned side by side, so a pass stops before the first row of a frame that
+        shares a key with another frame of the pass (a dict, then an ``append()`` of one of its
+        keys): each key's points come back in the order they were written, over as many passes
+        as that takes: :attr:`cut` says when the pass stopped there.
+
         Raises:
             RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.records`)
                 does not read whole although the writer is gone. Nothing of the pass is taken then.
         """
-        parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        parts: dict[int, list[_Part]] = {}
+        owners: dict[str, int] = {}
         start = self.reader.cursor
+        self.cut = False
         try:
             for n, count, view in self.reader.runs(final=final):
                 try:
-                    self._take_run(n, count, view, parts)
+                    taken = self._take_run(n, count, view, parts, owners)
                 finally:
                     view.release()
+                if taken < count:  # the rest waits for the next pass
+                    self.reader.cursor -= (count - taken) * (n + 16)
+                    self.cut = True
+                    break
         except RingDamaged:
             self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
             raise
@@ -145,9 +161,16 @@ class RowReader:
         return rows
 
     def _take_run(
-        self, n: int, count: int, view: memoryview, parts: dict[int, list[tuple[np.ndarray, np.ndarray]]]
-    ) -> None:
-        """Decode ``count`` rows of body length ``n`` (a run ending at the cursor) into ``parts``, by frame."""
+        self,
+        n: int,
+        count: int,
+        view: memoryview,
+        parts: dict[int, list[_Part]],
+        owners: dict[str, int],
+    ) -> int:
+        """Decode the rows of body length ``n`` of a run of ``count`` ending at the cursor into ``parts``,
+        by frame, up to the first of a frame that shares a key with another frame of the pass
+        (``owners``: each key of the pass's frames, to its frame id); how many rows were taken."""
         size = n + 16
         pos = self.reader.cursor - count * size
         if n < _HEAD or (n - _HEAD) % 8:
@@ -167,6 +190,11 @@ class RowReader:
         a_fids, steps, values = a["fid"].copy(), a["step"].copy(), a["values"].copy()
         del a  # the view is released by the caller: nothing may keep it
         fids = a_fids
+        taken = self._disjoint(fids, parts, owners, pos, k)
+        if taken < count:
+            fids, steps, values = fids[:taken], steps[:taken], values[:taken]
+            if not taken:
+                return 0
         if (fids == fids[0]).all():
             groups: list[tuple[int, np.ndarray, np.ndarray]] = [(int(fids[0]), steps, values)]
         else:  # frames interleaved (scalars key by key): sorted by frame, each frame's rows kept in order
@@ -175,19 +203,52 @@ class RowReader:
             cuts = [0, *(np.flatnonzero(np.diff(fids)) + 1).tolist(), len(fids)]
             groups = [(int(fids[lo]), steps[lo:hi], values[lo:hi]) for lo, hi in pairwise(cuts)]
         for fid, st, vs in groups:
-            keys = self.frames.get(fid)
-            if keys is None:
-                self._read_names()
-                keys = self.frames.get(fid)
-            if keys is None or len(keys) != k:
-                at = pos + int(np.argmax(a_fids == fid)) * size
-                why = f"is of frame {fid}, which no name names" if keys is None else f"is {n} bytes, not frame {fid}'s"
-                raise RingDamaged(f"{self.reader.path}: the row at {at} {why}")
             got = parts.get(fid)
             if got is None:
                 parts[fid] = [(st, vs)]
             else:
                 got.append((st, vs))
+        return taken
+
+    def _keys(self, fid: int, k: int, fids: np.ndarray, pos: int) -> tuple[str, ...]:
+        """Frame ``fid``'s keys (the names file read again for a new one), checked to be ``k`` (the rows of
+        frames ``fids``, the first at ``pos``, have ``k`` values)."""
+        keys = self.frames.get(fid)
+        if keys is None:
+            self._read_names()
+            keys = self.frames.get(fid)
+        if keys is None or len(keys) != k:
+            at = pos + int(np.argmax(fids == fid)) * (8 * k + _HEAD + 16)
+            why = (
+                f"of frame {fid}, which no name names" if keys is None else f"{8 * k + _HEAD} bytes, not frame {fid}'s"
+            )
+            raise RingDamaged(f"{self.reader.path}: the row at {at} is {why}")
+        return keys
+
+    def _disjoint(
+        self, fids: np.ndarray, seen: dict[int, list[_Part]], owners: dict[str, int], pos: int, k: int
+    ) -> int:
+        """How many of a run's rows (of frames ``fids``, the first at ``pos``) may join the pass: up to the
+        first row of a frame new to it (not in ``seen``) that shares a key with another frame of it.
+        ``owners`` (each key of the pass's frames, to its frame id) takes the new frames let in."""
+        uniq = np.unique(fids).tolist()
+        mine: dict[str, int] = {}
+        clash = False
+        for fid in uniq:
+            keys = self._keys(fid, k, fids, pos)
+            if fid not in seen:
+                for key in keys:
+                    clash = clash or owners.get(key, fid) != fid or mine.setdefault(key, fid) != fid
+        if not clash:
+            owners.update(mine)
+            return len(fids)
+        for i, fid in enumerate(fids.tolist()):  # rare: walk the run to the first row that would clash
+            if fid in seen or all(owners.get(key, fid) == fid for key in self.frames[fid]):
+                owners.update(dict.fromkeys(self.frames[fid], fid))
+                seen.setdefault(fid, [])
+            else:
+                return i
+        return len(fids)
 
     def _read_names(self) -> None:
         """Read the names file's entries past those read so far (a torn last entry waits for the next pass)."""

@@ -73,6 +73,35 @@ def test_rows_of_two_ranks_rings_are_stored_once_and_reduced_and_freed_only_afte
     _check_stored(tmp_path, 599)
 
 
+def test_rows_that_write_one_key_at_one_step_twice_keep_the_later_as_the_socket_path_does(tmp_path: Path) -> None:
+    """One drain takes a dict at each step and appends of its ``loss`` between them; one append writes
+    step 6 before the dict of step 6 does, the other the step before it after: the later write of
+    each is the step's value, as when both go over the socket (frames are not read side by side)."""
+    agg = Aggregator(make_cfg(tmp_path, world=1))
+    [w] = _writers(tmp_path, ranks=1, capacity=1 << 16)
+    rings = _rings(agg, tmp_path, ranks=1)
+    for step in range(0, 20, 2):
+        if step == 6:
+            assert w.row(("loss",), 6, [-6.0])  # replaced by the dict's row, written after it
+        assert w.row(KEYS, step, [float(step), 0.1])
+        if step % 4 == 0:
+            assert w.row(("loss",), step + 1, [step + 1.0])
+        if step == 10:
+            assert w.row(("loss",), 10, [-10.0])  # replaces the dict's
+    assert rings.drain(1.0) == 10 * 2 + 5 + 2
+    agg.commit()
+    rings.committed()
+    rings.close()
+    agg.finalize()
+    s = reopen(tmp_path)
+    try:
+        want = [(st, -10.0 if st == 10 else float(st)) for st in range(20) if st % 2 == 0 or st % 4 == 1]
+        assert s.values("loss", 0) == want
+        assert s.values("loss") == want  # the main series (one rank's mean) too
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("when", ["before its commit", "after its commit, before the release"])
 def test_a_crashed_aggregators_restart_stores_every_ring_row_once(tmp_path: Path, when: str) -> None:
     agg = Aggregator(make_cfg(tmp_path, world=2))

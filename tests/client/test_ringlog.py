@@ -57,6 +57,28 @@ def test_dicts_at_steps_go_through_the_ring_everything_else_over_the_socket_all_
         s.close()
 
 
+def test_a_one_key_call_goes_into_the_ring_only_with_a_plain_number(store_dir: Path) -> None:
+    """A scalar's row is checked on its own fast path: a tensor (read on the sender thread, never
+    here) and a type a row does not take go over the socket, bad values raise, and nothing is lost."""
+    torch = pytest.importorskip("torch")
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        for s in range(100):
+            run.log({"loss": float(s) if s % 2 else s}, step=s)
+        run.log({"loss": torch.tensor(100.0)}, step=100)
+        run.log({"loss": np.float16(0.5)}, step=101)
+        with pytest.raises(TypeError):
+            run.log({"loss": "x"}, step=102)
+        with pytest.raises(ValueError):
+            run.log({"loss": 10**400}, step=102)
+        assert run.stats()["ring_points"] == 100
+        run.wait(30)
+        s = open_store(store_dir)
+        try:
+            assert s.values("loss", 0) == [(i, float(i)) for i in range(100)] + [(100, 100.0), (101, 0.5)]
+        finally:
+            s.close()
+
+
 @pytest.mark.parametrize(
     ("data", "step", "exc"),
     [

@@ -55,7 +55,13 @@ def test_a_ring_written_past_its_capacity_many_times_loses_and_repeats_nothing(t
     for i in range(20_000):  # ~1.2 MB through 4 KiB: ~300 laps, with a skip mark at many of their ends
         k = rng.randint(0, 60)
         body = i.to_bytes(4, "little") * k
-        if w.put(body) if i % 3 else w.pack_row(structs[k], (), [i] * k) if i % 2 else w.pack(structs[k], *[i] * k):
+        if (
+            w.put(body)
+            if i % 3
+            else w.pack_row(w.framing(structs[k]), (), [i] * k)
+            if i % 2
+            else w.pack(structs[k], *[i] * k)
+        ):
             sent.append(body)
         else:
             refused += 1  # full: nothing was written; the reader takes and releases, then it fits

@@ -229,6 +229,46 @@ def test_scalars_logged_key_by_key_come_back_by_key_from_one_run(tmp_path: Path)
     r.close()
 
 
+def test_frames_that_share_a_key_come_back_in_passes_that_keep_each_keys_write_order(tmp_path: Path) -> None:
+    """A dict at each step, an ``append()`` of one of its keys now and then (a one-key frame of its own,
+    same row size as another one-key frame), and a third frame sharing nothing: each pass holds no two
+    frames with a key in common, and read pass after pass each key's points are in write order."""
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
+    r = RowReader(RingReader(tmp_path / "r"))
+    d, a, c = ("a", "b"), ("a",), ("c",)
+    want: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    for step in range(0, 40, 2):
+        assert w.row(d, step, [float(step), -float(step)])
+        want["a"].append(step)
+        want["b"].append(step)
+        assert w.row(c, step, [0.5])
+        want["c"].append(step)
+        if step % 6 == 2:
+            assert w.row(a, step + 1, [float(step + 1)])
+            want["a"].append(step + 1)
+        if step == 10:  # a replacement of a's point at step 10, after it
+            assert w.row(a, 10, [99.0])
+            want["a"].append(10)
+    got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    passes = 0
+    while True:
+        rows = r.read()
+        if not rows:
+            break
+        passes += 1
+        keys = [k for frame in rows for k in frame]
+        assert len(keys) == len(set(keys)), f"pass {passes} holds two frames of one key: {list(rows)}"
+        for frame, (steps, _) in rows.items():
+            for k in frame:
+                got[k] += steps.tolist()
+        assert r.cut == (r.reader.cursor < r.reader.written)
+    assert got == want
+    assert passes == 16  # each of the eight appends of a alone, and the dicts before each
+    assert r.read() == {} and not r.cut
+    w.close()
+    r.close()
+
+
 def test_a_row_of_a_non_number_publishes_nothing_and_the_next_row_reads(tmp_path: Path) -> None:
     w = RowWriter(RingWriter(tmp_path / "r", 4096))
     r = RowReader(RingReader(tmp_path / "r"))
