@@ -67,7 +67,7 @@ def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCost
             w.row(tuples[step % frames], step, dicts[step % frames].values())
         t1 = time.thread_time_ns()
         rows = r.read()
-        got += sum(len(s) for s, _ in rows.values())
+        got += sum(len(s) for s, _, _ in rows.values())
         r.reader.release(r.reader.cursor)
         write_ns += t1 - t
         read_ns += time.thread_time_ns() - t1

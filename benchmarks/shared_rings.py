@@ -90,7 +90,8 @@ def drain(ring: RowReader, keys: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.int64), np.zeros((0, keys))
     if len(rows) != 1 or len(next(iter(rows))) != keys:
         raise AssertionError(f"rows of frames {list(rows)}, not of one {keys}-key frame")
-    return next(iter(rows.values()))
+    steps, values, _ = next(iter(rows.values()))
+    return steps, values
 
 
 def check_rows(steps: np.ndarray, values: np.ndarray, first: int, keys: int, name: str) -> str:

@@ -16,6 +16,7 @@ deletions.
 A run's spools go with it: the default spool directory ``<dir>/spool/<run id>``, and where the
 run's aggregator recorded another spool root (rank 0's ``Settings.spool_dir``), the run's own rank
 directories there (:mod:`coordinator.cli.spools`; the root itself, which other runs may share, stays).
+So do the rings (``Settings.rings``) a killed job left in ``/dev/shm``, which its journal names.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def cmd_purge(a: argparse.Namespace) -> int:
     spools = {r.info.id: _spools_of(root, r.info.id) for r, _ in doomed + refused}
     total = 0
     for r, _ in doomed:
-        total += r.size + sum(dir_bytes(p) for p in spools[r.info.id])
+        total += r.size + sum(_bytes(p) for p in spools[r.info.id])
     verb = "would delete" if a.dry_run else "deleting"
     out(f"{verb} {len(doomed)} run(s), {human_bytes(total)}, under {root}" + (" (dry run)" if a.dry_run else ""))
     for r, _ in doomed:
@@ -136,11 +137,16 @@ def _refusal(r: RunRow, now: float, stale_after: float) -> str | None:
 
 def _line(r: RunRow, spools: list[Path]) -> str:
     where = ", ".join(str(p) for p in spools)
-    extra = f" + spool {human_bytes(sum(dir_bytes(p) for p in spools))} ({where})" if spools else ""
+    extra = f" + spool {human_bytes(sum(_bytes(p) for p in spools))} ({where})" if spools else ""
     return (
         f"{r.info.id}  {r.state:<11} {r.info.project}/{r.info.name}  {human_bytes(r.size)}{extra}"
         f"  tags: {','.join(r.tags) or '-'}"
     )
+
+
+def _bytes(p: Path) -> int:
+    """Bytes of a spool directory, or of a ring's file."""
+    return p.stat().st_size if p.is_file() else dir_bytes(p)
 
 
 def _delete(r: RunRow, spools: list[Path]) -> list[str]:
@@ -161,8 +167,13 @@ def _delete(r: RunRow, spools: list[Path]) -> list[str]:
             return ["refused: a process took its writer lock meanwhile"]
         shutil.rmtree(r.info.path, onerror=collect)
         for spool in spools:
-            if spool.exists():
+            if spool.is_dir():
                 shutil.rmtree(spool, onerror=collect)
+            else:  # a ring's file, or its names file
+                try:
+                    spool.unlink(missing_ok=True)
+                except OSError as e:
+                    errors.append(f"cannot delete {spool}: {e}")
     finally:
         os.close(fd)
     return errors

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from coordinator.aggregator.rings import RING_PATHS
 from coordinator.cli.series import ReadOnlyRun, retry_busy
 from coordinator.cli.snapshot import spool_root_of
 from coordinator.errors import ProtocolError
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import run_dir
+from coordinator.transport.ring import ring_named
+from coordinator.transport.ringrows import names_path
 from coordinator.transport.spool import spool_records
 from coordinator.transport.wire import decode_envelope
 
@@ -39,7 +42,9 @@ def run_spools(root: Path, run_id: str) -> list[Path]:
     """What on disk holds the run's spools, to delete with the run (existing paths only).
 
     The default spool directory whole; in a recorded root elsewhere, the directories of the
-    run's own incarnations (``rank-<r>-<incarnation>``), never the root itself.
+    run's own incarnations (``rank-<r>-<incarnation>``), never the root itself. And the ranks'
+    rings (``Settings.rings``) that a killed job left, each with its names file: those the journal
+    names (``ringpath:`` rows) that are named as rings (:func:`ring_named`; no other file).
     """
     default = spool_dir(root, run_id)
     db = run_dir(root, run_id) / "run.db"
@@ -47,12 +52,12 @@ def run_spools(root: Path, run_id: str) -> list[Path]:
         return [default] if default.exists() else []
     with ReadOnlyRun(db) as run:
         where = spool_root_of(run, root, run_id)
-        if where == default:
-            return [default] if default.exists() else []
-        senders = retry_busy(run.reader.senders)
+        named = [Path(p) for p in retry_busy(lambda: run.reader.metas(RING_PATHS)).values()]
+        senders = [] if where == default else retry_busy(run.reader.senders)
+    rings = [p for ring in named if ring_named(ring) for p in (ring, names_path(ring)) if p.exists()]
     own = [where / f"rank-{int(s['rank'])}-{int(s['incarnation'])}" for s in senders]
     found = [p for p in own if p.exists()]
-    return found + ([default] if default.exists() else [])  # an upload's leftovers there go too
+    return found + ([default] if default.exists() else []) + rings  # an upload's leftovers in default go too
 
 
 def foreign_spools(spool_root: Path, run_id: str) -> list[Path]:

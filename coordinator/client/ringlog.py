@@ -24,6 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from time import monotonic_ns
 from typing import Any
 
 from coordinator.client.devices import check_tensor, is_tensor
@@ -33,7 +34,7 @@ from coordinator.core.values import to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter, boot_id, pick_ring_dir
-from coordinator.transport.ringrows import RowWriter, names_path
+from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
 
@@ -184,7 +185,7 @@ class RingLog:
         elif not PLAIN.issuperset(map(type, vals)):
             return False
         try:
-            written = self._pack_row(f[1], (f[0], 0, step), vals, f[4])
+            written = self._pack_row(f[1], (f[0], monotonic_ns() >> STAMP_SHIFT & 0xFFFFFFFF, step), vals, f[4])
         except (struct.error, OverflowError, ValueError):
             return False  # an int past a float, a step past int64: the socket path says which
         f[2] = seq = self._seq = self._seq + 1

@@ -48,6 +48,7 @@ __all__ = [
     "RingReader",
     "RingWriter",
     "pick_ring_dir",
+    "ring_named",
 ]
 
 MAGIC = b"CRNG"
@@ -401,6 +402,12 @@ class RingReader(_Ring):
     def drained(self) -> bool:
         """Whether the writer closed and every record it published was released: the file may go."""
         return self.writer_closed and self.released == self.written
+
+
+def ring_named(path: Path) -> bool:
+    """Whether ``path`` is named as a rank's ring may be (absolute, ``coordinator-*.ring``): what the
+    aggregator maps, and what ``coordinator purge`` deletes, of a path a HELLO or a journal names."""
+    return path.is_absolute() and path.name.startswith("coordinator-") and path.name.endswith(".ring")
 
 
 def boot_id() -> str:

@@ -1,13 +1,19 @@
 """Rows in a rank's ring (:mod:`.ring`): a ``log()`` call's numbers at a step, as one record each.
 
 A row is the values of one *frame* (a tuple of keys, in the order the call gave them) at one step.
-Its record's body is ``u32 frame id | u32 0 | i64 step | f64 value x len(keys)``; the frame's keys
+Its record's body is ``u32 frame id | u32 stamp | i64 step | f64 value x len(keys)``; the frame's keys
 are named once, in the ring's *names file* beside it (``<ring>.names``), before the first row that
 uses the id. The names live outside the ring because the ring's bytes are freed as soon as their
 rows are committed: a reader that starts again from a journal's position, long after a frame's
 first row, still finds its keys. The names file is append-only, each entry ``u32 length | u32
 crc32 | msgpack [id, [key, ...]]``; a kill mid-append leaves a torn last entry, which no row uses
 (the row is written after it) and which the reader ignores.
+
+A row's *stamp* is when it was written: the machine's ``CLOCK_MONOTONIC`` in units of 2**20 ns
+(~1 ms), modulo 2**32 (:func:`stamp`; 0 says nothing). The aggregator reads a ring on the same
+machine, so the same clock tells it how long ago each row was written (:func:`ages_s`): a rank's
+progress is dated when it logged, not when a drain (every 250 ms or so) happened to read it, which
+is what tells a straggler that logs 80 ms after the others from them.
 
 The rank's :class:`RowWriter` is :mod:`coordinator.client.ringlog`'s, the aggregator's
 :class:`RowReader` :mod:`coordinator.aggregator.rings`' (``Settings.rings``); measured by
@@ -19,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterable
 from itertools import pairwise
@@ -30,18 +37,33 @@ import numpy as np
 from coordinator.transport import wire
 from coordinator.transport.ring import Framing, RingDamaged, RingReader, RingWriter
 
-__all__ = ["RowReader", "RowWriter", "Rows", "names_path", "row_batches"]
+__all__ = ["STAMP_SHIFT", "RowReader", "RowWriter", "Rows", "ages_s", "names_path", "row_batches", "stamp"]
 
 _HEAD = 16
-"""A row's body before its values: the frame id, four zero bytes, the step."""
+"""A row's body before its values: the frame id, the stamp, the step."""
+STAMP_SHIFT = 20
+"""A stamp counts ``CLOCK_MONOTONIC`` nanoseconds >> this (units of ~1.05 ms)."""
+_STAMP_MASK = 0xFFFFFFFF
 _NAME_HEAD = struct.Struct("<II")
 _MAX_NAMES_ENTRY = 1 << 26
 
-Rows = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]
-"""Rows read back, by frame: (steps, int64 of n) and (values, float64 of n x len(keys)), in write order."""
+Rows = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""Rows read back, by frame: (steps, int64 of n), (values, float64 of n x len(keys)) and (stamps,
+uint32 of n), in write order."""
 
-_Part = tuple[np.ndarray, np.ndarray]
-"""Some of a frame's rows in a pass: (steps, values)."""
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Some of a frame's rows in a pass: (steps, values, stamps)."""
+
+
+def stamp() -> int:
+    """A row's stamp for now (see the module's docstring)."""
+    return time.monotonic_ns() >> STAMP_SHIFT & _STAMP_MASK
+
+
+def ages_s(stamps: np.ndarray) -> np.ndarray:
+    """Seconds since each of ``stamps`` (read on this machine), 0.0 for a stamp of 0 (none)."""
+    ages = (stamp() - stamps.astype(np.int64)) & _STAMP_MASK
+    return np.where(stamps == 0, 0.0, ages * (2.0**STAMP_SHIFT / 1e9))
 
 
 def names_path(ring: Path) -> Path:
@@ -72,11 +94,11 @@ class RowWriter:
         f = self._frames.get(keys)
         if f is None:
             f = self._name(keys)
-        return self.ring.pack_row(f[1], (f[0], 0, step), values)
+        return self.ring.pack_row(f[1], (f[0], stamp(), step), values)
 
     def frame(self, keys: tuple[str, ...]) -> tuple[int, Framing]:
         """``keys``' frame id and its rows' framing, naming the frame first if it is new (a caller that keeps
-        them writes its rows with ``ring.pack_row(framing, (fid, 0, step), values)``, one lookup fewer a row).
+        them writes its rows with ``ring.pack_row(framing, (fid, stamp(), step), values)``, one lookup fewer a row).
 
         Raises:
             ValueError, OSError: as :meth:`row`.
@@ -157,7 +179,11 @@ class RowReader:
             if len(got) == 1:
                 rows[self.frames[fid]] = got[0]
             else:
-                rows[self.frames[fid]] = (np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]))
+                rows[self.frames[fid]] = (
+                    np.concatenate([g[0] for g in got]),
+                    np.concatenate([g[1] for g in got]),
+                    np.concatenate([g[2] for g in got]),
+                )
         return rows
 
     def _take_run(
@@ -180,34 +206,33 @@ class RowReader:
             [
                 ("edge", "<u8"),
                 ("fid", "<u4"),
-                ("zero", "<u4"),
+                ("stamp", "<u4"),
                 ("step", "<i8"),
                 ("values", "<f8", (k,)),
                 ("tail", "<u8"),
             ]
         )
         a = np.frombuffer(view, dtype=dt)
-        a_fids, steps, values = a["fid"].copy(), a["step"].copy(), a["values"].copy()
+        fids, steps, values, stamps = a["fid"].copy(), a["step"].copy(), a["values"].copy(), a["stamp"].copy()
         del a  # the view is released by the caller: nothing may keep it
-        fids = a_fids
         taken = self._disjoint(fids, parts, owners, pos, k)
         if taken < count:
-            fids, steps, values = fids[:taken], steps[:taken], values[:taken]
+            fids, steps, values, stamps = fids[:taken], steps[:taken], values[:taken], stamps[:taken]
             if not taken:
                 return 0
         if (fids == fids[0]).all():
-            groups: list[tuple[int, np.ndarray, np.ndarray]] = [(int(fids[0]), steps, values)]
+            groups: list[tuple[int, _Part]] = [(int(fids[0]), (steps, values, stamps))]
         else:  # frames interleaved (scalars key by key): sorted by frame, each frame's rows kept in order
             order = np.argsort(fids, kind="stable")
-            fids, steps, values = fids[order], steps[order], values[order]
+            fids, steps, values, stamps = fids[order], steps[order], values[order], stamps[order]
             cuts = [0, *(np.flatnonzero(np.diff(fids)) + 1).tolist(), len(fids)]
-            groups = [(int(fids[lo]), steps[lo:hi], values[lo:hi]) for lo, hi in pairwise(cuts)]
-        for fid, st, vs in groups:
+            groups = [(int(fids[lo]), (steps[lo:hi], values[lo:hi], stamps[lo:hi])) for lo, hi in pairwise(cuts)]
+        for fid, part in groups:
             got = parts.get(fid)
             if got is None:
-                parts[fid] = [(st, vs)]
+                parts[fid] = [part]
             else:
-                got.append((st, vs))
+                got.append(part)
         return taken
 
     def _keys(self, fid: int, k: int, fids: np.ndarray, pos: int) -> tuple[str, ...]:
@@ -280,7 +305,7 @@ def row_batches(rows: Rows, cap: int, ts: float) -> list[bytes]:
     out: list[bytes] = []
     blocks: list[wire.BlockItem] = []
     n = 0
-    for keys, (steps, values) in rows.items():
+    for keys, (steps, values, _) in rows.items():
         k = len(keys)
         lo = 0
         while lo < len(steps):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.rings import BOOT_ID, Rings, meta_key
+from coordinator.aggregator.rings import BOOT_ID, Rings, meta_key, progress_few, progress_many
 from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringrows import RowWriter, names_path
+from coordinator.transport.ringrows import RowWriter, names_path, stamp
 from tests.aggregator.helpers import crash, hello, make_cfg, reopen
 
 KEYS = ("loss", "lr")
@@ -100,6 +102,53 @@ def test_rows_that_write_one_key_at_one_step_twice_keep_the_later_as_the_socket_
         assert s.values("loss") == want  # the main series (one rank's mean) too
     finally:
         s.close()
+
+
+def test_a_rank_that_writes_its_rows_later_is_the_straggler_though_one_drain_reads_them_all(tmp_path: Path) -> None:
+    """Rank 2 writes each step 0.12 s after ranks 0 and 1 (DDP's slow rank: the others wait for it),
+    and one drain reads the three rings: the health check dates each rank's steps by its rows'
+    stamps, so rank 2 lags the median rank by 0.12 s and is the straggler (dated by the drain, all
+    three would be level)."""
+    agg = Aggregator(make_cfg(tmp_path, world=3, straggler_lag_s=0.05))
+    ws = _writers(tmp_path, ranks=3, capacity=1 << 16)
+    rings = _rings(agg, tmp_path, ranks=3)
+    for step in range(8):
+        _log(ws[0], 0, range(step, step + 1))
+        _log(ws[1], 1, range(step, step + 1))
+        time.sleep(0.12)
+        _log(ws[2], 2, range(step, step + 1))
+    now = time.time()
+    assert rings.drain(now) == 3 * 2 * 8
+    snap = agg.health.snapshot(now, {0, 1, 2})
+    assert snap[0]["lag_s"] == snap[1]["lag_s"] == 0.0 and 0.1 <= snap[2]["lag_s"] <= 0.2, snap
+    assert [r for r in range(3) if snap[r]["straggler"]] == [2], snap
+    agg.commit()
+    rings.committed()
+    rings.close()
+    agg.finalize()
+
+
+def test_a_drains_progress_row_by_row_and_with_numpy_agree() -> None:
+    """Once per stamp at which the highest step rose, that step and when: the same from both ways of
+    finding it, over frames whose rows interleave, repeat steps, share stamps or have none."""
+    rng = np.random.default_rng(3)
+    mark = stamp()
+    for _ in range(300):
+        dated = []
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.integers(1, 40))
+            steps = np.sort(rng.integers(0, 60, n)).astype(np.int64)
+            stamps = (mark - np.sort(rng.integers(0, 50, n))[::-1]).astype(np.uint32)
+            stamps[rng.random(n) < 0.05] = 0
+            dated.append((steps, stamps))
+        few, many = progress_few(dated, 100.0), progress_many(dated, 100.0)
+        assert [s for s, _ in few] == [s for s, _ in many]
+        assert [t for _, t in few] == pytest.approx([t for _, t in many], abs=3e-3)  # each reads the clock
+    mark = stamp()
+    assert progress_few([(np.array([4, 5, 9]), np.array([mark - 2000, mark - 2000, mark], dtype=np.uint32))], 50.0) == [
+        (5, pytest.approx(50.0 - 2000 * 2**20 / 1e9, abs=3e-3)),
+        (9, pytest.approx(50.0, abs=3e-3)),
+    ]
 
 
 @pytest.mark.parametrize("when", ["before its commit", "after its commit, before the release"])

@@ -23,6 +23,8 @@ from coordinator.cli.common import parse_duration
 from coordinator.cli.main import main
 from coordinator.errors import CoordinatorError
 from coordinator.journal.store import LocalStore
+from coordinator.transport.ring import RingWriter
+from coordinator.transport.ringrows import RowWriter, names_path
 
 _STALE_SCRIPT = """
 import sys, time, coordinator
@@ -236,3 +238,38 @@ def test_purge_deletes_the_runs_own_spools_under_a_recorded_spool_root_and_nothi
     assert not (store_dir / "runs" / runs["gone"]).exists() and not own.exists()
     assert not (store_dir / "spool" / runs["gone"]).exists()
     assert sorted(p.name for p in shared.iterdir()) == sorted([f"rank-0-{incs['kept']}", "rank-0-12345"])
+
+
+def test_purge_deletes_the_rings_a_killed_job_left_that_the_journal_names_and_no_other_file(
+    store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ring (``Settings.rings``) outlives a killed job in /dev/shm; purging its run deletes it and its
+    names file. A path the journal names that is not named as a ring stays (purge deletes no file it
+    cannot tell is a ring), and so does another run's ring."""
+    rings = tmp_path / "shm"
+    rings.mkdir()
+    runs = {}
+    for name in ("gone", "kept"):
+        with coordinator.init_run(project="p", name=name, tags=[name]) as run:
+            run.log({"loss": 0.5}, step=0)
+            runs[name] = run.id
+        ring = rings / f"coordinator-{runs[name]}-0-7.ring"
+        RowWriter(RingWriter(ring, 1 << 16)).close()  # what a killed rank leaves: its ring and its names file
+        s = LocalStore(store_dir / "runs" / runs[name] / "run.db")
+        try:
+            s.set_meta("ringpath:0-1", str(ring))
+            if name == "gone":
+                s.set_meta("ringpath:1-1", str(tmp_path / "notes.txt"))
+        finally:
+            s.close()
+    (tmp_path / "notes.txt").write_text("not a ring")
+    gone = rings / f"coordinator-{runs['gone']}-0-7.ring"
+    code, text, _ = _purge(capsys, "--tag", "gone", "--dry-run")
+    assert code == 0 and str(gone) in text and "notes.txt" not in text, text
+    assert gone.exists()
+    code, text, _ = _purge(capsys, "--tag", "gone")
+    assert code == 0 and "deleted 1 run(s)" in text, text
+    assert not gone.exists() and not names_path(gone).exists()
+    assert (tmp_path / "notes.txt").read_text() == "not a ring"
+    kept = rings / f"coordinator-{runs['kept']}-0-7.ring"
+    assert sorted(p.name for p in rings.iterdir()) == sorted([kept.name, names_path(kept).name])

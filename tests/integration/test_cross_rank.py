@@ -13,14 +13,19 @@ from tests.integration._torchrun import torchrun
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
 
 
+@pytest.mark.parametrize("rings", ["0", "1"], ids=["socket", "rings"])
 def test_different_keys_and_rates_per_rank_give_correct_groups_and_the_slow_rank_is_the_straggler(
-    store_dir: Path, tmp_path: Path
+    store_dir: Path, tmp_path: Path, rings: str
 ) -> None:
-    """eval/* from rank 0 only, train/lr from 2 ranks every 5 steps, a rank-3-only key; rank 2 sleeps each step."""
+    """eval/* from rank 0 only, train/lr from 2 ranks every 5 steps, a rank-3-only key; rank 2 sleeps each step.
+
+    With ``Settings.rings`` too: rank 2 logs 80 ms after the others, well inside one drain of the rings."""
     out = tmp_path / "out"
     out.mkdir()
     n = 60
-    torchrun("health.py", "--steps", str(n), "--out", str(out), store=store_dir).check()
+    torchrun(
+        "health.py", "--steps", str(n), "--out", str(out), store=store_dir, extra_env={"COORDINATOR_RINGS": rings}
+    ).check()
     health = json.loads((out / "health.json").read_text())
     assert health["stragglers"] == [2], health
     assert health["last_step"] == {str(r): n - 1 for r in range(4)}
@@ -39,6 +44,7 @@ def test_different_keys_and_rates_per_rank_give_correct_groups_and_the_slow_rank
         rep = info.report
         assert rep is not None
         assert rep["late_points"] == 0
+        assert (rep["ring_points"] > 0) == (rings == "1")
         assert rep["stragglers_seen"] == [2]
         assert "straggler" in [k for _, k, _, _ in s.events()]
     finally:

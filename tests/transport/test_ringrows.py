@@ -14,7 +14,7 @@ import pytest
 from coordinator.aggregator import Aggregator
 from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
-from coordinator.transport.ringrows import RowReader, RowWriter, names_path, row_batches
+from coordinator.transport.ringrows import RowReader, RowWriter, ages_s, names_path, row_batches
 from tests.aggregator.helpers import env, hello, make_cfg, reopen
 from tests.transport.ring_writers import sigkill, writer_process
 
@@ -130,13 +130,13 @@ def test_a_writer_killed_mid_run_leaves_every_row_it_published_readable_with_its
         deadline = time.monotonic() + 30
         n = 0
         while n < 20_000 and time.monotonic() < deadline:
-            for keys, (steps, values) in r.read().items():
+            for keys, (steps, values, _) in r.read().items():
                 got.setdefault(keys, []).append(steps)
                 assert (values == steps[:, None] + np.arange(len(keys))).all()
                 n += len(steps)
             r.reader.release(r.reader.cursor)
         sigkill(p)
-        for keys, (steps, values) in r.read(final=True).items():
+        for keys, (steps, values, _) in r.read(final=True).items():
             got.setdefault(keys, []).append(steps)
             assert (values == steps[:, None] + np.arange(len(keys))).all()
         steps = np.sort(np.concatenate([s for parts in got.values() for s in parts]))
@@ -258,13 +258,29 @@ def test_frames_that_share_a_key_come_back_in_passes_that_keep_each_keys_write_o
         passes += 1
         keys = [k for frame in rows for k in frame]
         assert len(keys) == len(set(keys)), f"pass {passes} holds two frames of one key: {list(rows)}"
-        for frame, (steps, _) in rows.items():
+        for frame, (steps, _, _) in rows.items():
             for k in frame:
                 got[k] += steps.tolist()
         assert r.cut == (r.reader.cursor < r.reader.written)
     assert got == want
     assert passes == 16  # each of the eight appends of a alone, and the dicts before each
     assert r.read() == {} and not r.cut
+    w.close()
+    r.close()
+
+
+def test_each_row_carries_when_it_was_written_on_the_machines_monotonic_clock(tmp_path: Path) -> None:
+    """Two rows 0.3 s apart: read back together, their ages differ by those 0.3 s (to a stamp's ~1 ms)."""
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
+    r = RowReader(RingReader(tmp_path / "r"))
+    assert w.row(("a",), 0, [1.0])
+    time.sleep(0.3)
+    assert w.row(("a",), 1, [2.0])
+    time.sleep(0.1)
+    [(_, _, stamps)] = r.read().values()
+    first, second = ages_s(stamps).tolist()
+    assert 0.095 <= second <= 0.2 and first - second == pytest.approx(0.3, abs=0.01)
+    assert ages_s(np.zeros(1, dtype=np.uint32)).tolist() == [0.0]  # no stamp (a ring written before stamps)
     w.close()
     r.close()
 
