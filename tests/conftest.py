@@ -80,6 +80,16 @@ def no_leftover_rings(private_ring_dir: Path) -> Iterator[None]:
     assert not left, f"rings left behind: {[p.name for p in left]}"
 
 
+@pytest.fixture
+def socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of this test (its subprocesses too) send every point over the socket, whatever
+    ``COORDINATOR_RINGS`` says: for a test of that path's own machinery (the buffer's frames, the
+    sender's cuts, copies and flushes, backpressure, spools) or of a job killed whole whose rings
+    would stay for ``coordinator sync``. ``Settings(rings=False)`` would not do: a field equal to its
+    default does not override the environment."""
+    monkeypatch.setenv("COORDINATOR_RINGS", "0")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir() -> Iterator[Path]:
     """This session's sockets and rendezvous files live in a fresh base directory (not the shared

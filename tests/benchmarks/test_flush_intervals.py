@@ -45,6 +45,7 @@ def test_a_job_without_its_aggregators_threads_or_any_rank_is_refused() -> None:
 
 @pytest.mark.integration
 @pytest.mark.multiprocess
+@pytest.mark.usefixtures("socket_path")
 def test_a_longer_interval_wakes_the_ranks_and_the_aggregator_less() -> None:
     short = measure(0.05, 2, 3.0, timeout_s=240)
     long = measure(0.5, 2, 3.0, timeout_s=240)

@@ -29,6 +29,7 @@ def test_the_new_steps_loop_times_every_call_of_the_stand_in() -> None:
     assert list(flushed) == [0, 0]
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_the_new_steps_loop_marks_the_steps_whose_sleep_held_a_sender_flush(tmp_path: Path) -> None:
     """A real run flushing every 50 ms, steps every 20 ms: about 2 sleeps in 5 hold a flush (20 flushes in the
     second, less those that fall in a step's own calls)."""

@@ -13,6 +13,7 @@ from benchmarks.paced_parts import AGGREGATOR_PARTS, SENDER_PARTS, install, meas
 
 @pytest.mark.integration
 @pytest.mark.multiprocess
+@pytest.mark.usefixtures("socket_path")
 def test_a_two_rank_job_times_its_aggregator_and_the_chosen_ranks_sender() -> None:
     text, found = measure(2.0, 2, 1, timeout_s=240)
     assert "aggregator" in text and "coordinator-sender-r1" in text  # rank_threads' own lines

@@ -88,6 +88,7 @@ def _snapshot(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_purge_lists_then_deletes_exactly_the_selected_runs_and_never_a_live_one(
     store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

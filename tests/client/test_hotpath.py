@@ -45,6 +45,7 @@ def frames_of(run: Run) -> dict[tuple[str, ...], int]:
         return {k: len(f.steps) for k, f in run._buf.frames.items()}
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_order(store_dir: Path) -> None:
     torch = pytest.importorskip("torch")
     with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
@@ -87,6 +88,7 @@ def test_interleaved_dicts_appends_tensors_and_steps_none_keep_each_keys_call_or
     }
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_plain_bools_and_ints_are_framed_as_floats_and_steps_none_continue_after_a_frame(store_dir: Path) -> None:
     with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
         run.log({"a": True, "b": 3, "c": 0.5}, step=4)
@@ -123,6 +125,7 @@ def test_dicts_logged_without_a_step_are_framed_and_each_key_numbered_as_if_logg
     }
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_a_dict_with_tensors_is_a_frame_row_whose_tensors_are_read_at_the_cut_or_follow_a_spill(
     store_dir: Path,
 ) -> None:
@@ -150,6 +153,7 @@ def test_a_dict_with_tensors_is_a_frame_row_whose_tensors_are_read_at_the_cut_or
     }
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_keys_logged_one_by_one_last_generation_form_a_frame_in_the_next(store_dir: Path) -> None:
     """The cutter builds empty columns ahead for last generation's keys; a frame drops them."""
     with coordinator.init_run(project="t", settings=ONE_GENERATION) as run:
@@ -163,6 +167,7 @@ def test_keys_logged_one_by_one_last_generation_form_a_frame_in_the_next(store_d
     assert stored(store_dir) == {"a": [(0, 1.0), (1, 3.0)], "b": [(0, 2.0), (1, 4.0)]}
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_a_frame_outlives_its_generation_until_one_passes_without_it(store_dir: Path) -> None:
     """A cut takes a frame's rows and leaves the frame: the next dict of its keys appends to it
     without opening one (no key validated or marked again); a per-key call still spills it first,
@@ -241,6 +246,7 @@ def test_a_frames_keys_are_validated_like_any_new_key(store_dir: Path) -> None:
     assert got == {"u": [(1, 1.0)], "v": [(1, 2.0)]}
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_numpy_scalars_of_the_usual_types_go_to_a_frame_with_the_per_key_paths_values(store_dir: Path) -> None:
     """float64/float32/int64/int32 values are framed; each is stored as the per-key path stores it."""
     values = {"f64": np.float64(0.1), "f32": np.float32(0.1), "i64": np.int64(2**53 + 1), "i32": np.int32(-4)}

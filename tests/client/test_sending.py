@@ -73,6 +73,7 @@ def test_a_large_job_flushes_every_world_size_over_2560_seconds(
     assert small > large + 8, f"{small} batches at 8 ranks against {large} at 1024"
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_a_large_job_keeps_a_50_ms_kill_window_by_copying_between_its_longer_flushes(
     store_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,6 +160,7 @@ def test_a_rank_flushes_on_the_wall_clocks_multiples_of_its_interval(store_dir: 
     assert all(p < 0.08 for p in phases), f"cut at {phases} s past the second"
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_a_kill_window_below_the_flush_interval_copies_between_flushes_and_leaves_no_file(store_dir: Path) -> None:
     """``kill_window_s=0.05`` with 0.5 s flushes: the sender copies about ten times a flush; every point is stored
     once, and a run that closes clean leaves neither a copy nor its spool behind."""

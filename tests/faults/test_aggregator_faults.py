@@ -161,6 +161,7 @@ def test_frozen_aggregator_wait_times_out_naming_endpoint_then_drains(store_dir:
         assert len(run["a"].fetch_values(rank=0)) == 50_001
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_sigterm_to_aggregator_drains_acks_and_finishes_run(store_dir: Path) -> None:
     """SIGTERM: the aggregator commits and acks what it has, writes the report and exits cleanly."""
     run = coordinator.init_run()

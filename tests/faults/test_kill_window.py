@@ -161,6 +161,7 @@ def _kill_late_in_an_interval(
     ],
     ids=["paced", "flat_out", "paced_steps_numbered", "paced_dicts_numbered", "paced_no_copies"],
 )
+@pytest.mark.usefixtures("socket_path")
 def test_with_copies_a_sigkilled_rank_loses_at_most_its_kill_window_not_its_flush_interval(
     rate: float,
     copies: bool,

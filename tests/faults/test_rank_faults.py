@@ -95,6 +95,7 @@ def coordinator_sync(run_id: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_coordinator_sync_delivers_what_a_killed_job_left_in_its_spools(store_dir: Path, tmp_path: Path) -> None:
     """Freeze the aggregator, let ranks spool, SIGKILL everything; `coordinator sync` stores every point once."""
     out = tmp_path / "out"
@@ -155,6 +156,7 @@ def _tiny_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_spool_disk_full_is_a_clear_error_and_nothing_is_lost(store_dir: Path, tmp_path: Path) -> None:
     """A full spool disk raises SinkError from wait() naming the spool; points stay in memory and all arrive."""
     spool = tmp_path / "tiny"

@@ -142,6 +142,7 @@ def test_four_mpirun_ranks_every_point_once_mean_params_finished(store_dir: Path
 @needs_mpirun
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("fail_rank", [2, 0])
+@pytest.mark.usefixtures("socket_path")
 def test_a_raising_mpi_rank_fails_the_run_with_its_rank_and_message(
     store_dir: Path, tmp_path: Path, fail_rank: int
 ) -> None:

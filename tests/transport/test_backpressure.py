@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 import coordinator
 from coordinator.journal.store import LocalStore, list_runs
@@ -21,6 +22,7 @@ def _freeze(run: coordinator.Run) -> psutil.Process:
     return p
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store_dir: Path) -> None:
     """backpressure='block': log() waits once max_buffer_points are unacknowledged; all points arrive later."""
     with coordinator.init_run(settings=coordinator.Settings(backpressure="block", max_buffer_points=5000)) as run:
@@ -89,6 +91,7 @@ _FREEZE_TIMEOUTS = 80
 """The freeze lasts this many ack timeouts."""
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_spool_policy_keeps_rank_memory_bounded_and_log_cheap_through_a_long_freeze(store_dir: Path) -> None:
     """Default spool, aggregator SIGSTOPped for many ack timeouts while the rank logs steadily.
 

@@ -152,6 +152,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.usefixtures("socket_path")
 def test_the_socket_directory_of_a_killed_run_is_removed_at_the_next_start(store_dir: Path) -> None:
     """Rank 0 and its aggregator SIGKILLed together leave their directory; the next start removes it,
     and leaves a live run's directory alone."""
