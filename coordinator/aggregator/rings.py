@@ -175,7 +175,7 @@ class Rings:
         """Tell the health check when ``rank`` reached its steps: when its rows were written (their stamps),
         not ``now``."""
         few = sum(len(d[0]) for d in dated) <= _FEW_ROWS
-        for step, at in (progress_few if few else progress_many)(dated, now):
+        for step, at in (progress_few if few else progress_many)(dated, now, stamp()):
             self.agg.health.progress(rank, step, at)
 
     def committed(self) -> None:
@@ -217,10 +217,10 @@ numpy (:func:`progress_many`): a paced rank brings a dozen rows a drain, which n
 would make ~3x dearer (28 against 11 µs), and a rank logging scalars key by key thousands."""
 
 
-def progress_few(dated: list[tuple[np.ndarray, np.ndarray]], now: float) -> list[tuple[int, float]]:
+def progress_few(dated: list[tuple[np.ndarray, np.ndarray]], now: float, mark: int) -> list[tuple[int, float]]:
     """A ring's progress in one drain: (highest step written by then, when) once per stamp at which it rose,
-    oldest first, from each training frame's (steps, stamps); ``now`` is this machine's time."""
-    mark = stamp()
+    oldest first, from each training frame's (steps, stamps); ``now`` is this machine's time and ``mark``
+    the stamp of that moment."""
     rows = sorted(
         (-((mark - sp) & 0xFFFFFFFF) if sp else 0, st)  # oldest first; no stamp: now
         for steps, stamps in dated
@@ -238,10 +238,10 @@ def progress_few(dated: list[tuple[np.ndarray, np.ndarray]], now: float) -> list
     return out
 
 
-def progress_many(dated: list[tuple[np.ndarray, np.ndarray]], now: float) -> list[tuple[int, float]]:
+def progress_many(dated: list[tuple[np.ndarray, np.ndarray]], now: float, mark: int) -> list[tuple[int, float]]:
     """:func:`progress_few`, with numpy (the same answer: ``tests/aggregator/test_rings.py`` compares them)."""
     steps = np.concatenate([d[0] for d in dated])
-    at = now - ages_s(np.concatenate([d[1] for d in dated]))
+    at = now - ages_s(np.concatenate([d[1] for d in dated]), mark)
     order = np.argsort(at, kind="stable")
     at, top = at[order], np.maximum.accumulate(steps[order])
     rise = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # where the highest step so far goes up

@@ -60,9 +60,10 @@ def stamp() -> int:
     return time.monotonic_ns() >> STAMP_SHIFT & _STAMP_MASK
 
 
-def ages_s(stamps: np.ndarray) -> np.ndarray:
-    """Seconds since each of ``stamps`` (read on this machine), 0.0 for a stamp of 0 (none)."""
-    ages = (stamp() - stamps.astype(np.int64)) & _STAMP_MASK
+def ages_s(stamps: np.ndarray, mark: int | None = None) -> np.ndarray:
+    """Seconds since each of ``stamps`` (read on this machine) at ``mark`` (a stamp; default: now), 0.0 for
+    a stamp of 0 (none)."""
+    ages = ((stamp() if mark is None else mark) - stamps.astype(np.int64)) & _STAMP_MASK
     return np.where(stamps == 0, 0.0, ages * (2.0**STAMP_SHIFT / 1e9))
 
 
