@@ -120,7 +120,7 @@ def test_a_rank_that_writes_its_rows_later_is_the_straggler_though_one_drain_rea
     now = time.time()
     assert rings.drain(now) == 3 * 2 * 8
     snap = agg.health.snapshot(now, {0, 1, 2})
-    assert snap[0]["lag_s"] == snap[1]["lag_s"] == 0.0 and 0.1 <= snap[2]["lag_s"] <= 0.2, snap
+    assert abs(snap[0]["lag_s"]) < 0.05 and abs(snap[1]["lag_s"]) < 0.05 and 0.1 <= snap[2]["lag_s"] < 1.0, snap
     assert [r for r in range(3) if snap[r]["straggler"]] == [2], snap
     agg.commit()
     rings.committed()
