@@ -26,7 +26,8 @@ import numpy as np
 
 from coordinator.aggregator.core import Aggregator
 from coordinator.transport import wire
-from coordinator.transport.ring import RingDamaged, RingReader, boot_id, ring_named
+from coordinator.transport.ring import RingDamaged, RingReader
+from coordinator.transport.ringplace import boot_id, ring_named
 from coordinator.transport.ringrows import STAMP_SHIFT, RowReader, Rows, ages_s, names_path, stamp
 
 __all__ = ["BOOT_ID", "DRAIN_MS", "RING_PATHS", "Rings", "meta_key", "recover_rings"]

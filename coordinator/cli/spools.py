@@ -18,7 +18,7 @@ from coordinator.cli.snapshot import spool_root_of
 from coordinator.errors import ProtocolError
 from coordinator.journal.paths import spool_dir
 from coordinator.journal.store import run_dir
-from coordinator.transport.ring import ring_named
+from coordinator.transport.ringplace import ring_named
 from coordinator.transport.ringrows import names_path
 from coordinator.transport.spool import spool_records
 from coordinator.transport.wire import decode_envelope

@@ -33,7 +33,8 @@ from coordinator.client.keys import KeyRegistry
 from coordinator.core.values import to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.ring import RingWriter, boot_id, pick_ring_dir
+from coordinator.transport.ring import RingWriter
+from coordinator.transport.ringplace import boot_id, pick_ring_dir
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
@@ -60,6 +61,7 @@ class RingLog:
         self._rows = rows
         self._ring = rows.ring
         self._pack_row = rows.ring.pack_row
+        self._pack_scalar = rows.ring.pack_scalar
         self._keys = keys
         self._buf = buf
         self.check_numeric: Callable[[str], None] = lambda key: None
@@ -176,16 +178,18 @@ class RingLog:
             f = self._admit(kt)
             if f is None:
                 return False
-        vals: Any = data.values()
-        if f[4] == 1:  # a scalar: its one value, checked alone, packs faster as a tuple than as a view
-            for v in vals:
-                if v.__class__ not in PLAIN:
-                    return False
-            vals = (v,)
-        elif not PLAIN.issuperset(map(type, vals)):
-            return False
         try:
-            written = self._pack_row(f[1], (f[0], monotonic_ns() >> STAMP_SHIFT & 0xFFFFFFFF, step), vals, f[4])
+            if f[4] == 1:  # a scalar: its value checked alone, packed without argument tuples
+                v = data[kt[0]]
+                if v.__class__ is not float and v.__class__ not in PLAIN:
+                    return False
+                written = self._pack_scalar(f[1], f[0], monotonic_ns() >> STAMP_SHIFT & 0xFFFFFFFF, step, v)
+            elif PLAIN.issuperset(map(type, data.values())):
+                written = self._pack_row(
+                    f[1], (f[0], monotonic_ns() >> STAMP_SHIFT & 0xFFFFFFFF, step), data.values(), f[4]
+                )
+            else:
+                return False
         except (struct.error, OverflowError, ValueError):
             return False  # an int past a float, a step past int64: the socket path says which
         f[2] = seq = self._seq = self._seq + 1

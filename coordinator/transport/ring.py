@@ -47,8 +47,6 @@ __all__ = [
     "RingDamaged",
     "RingReader",
     "RingWriter",
-    "pick_ring_dir",
-    "ring_named",
 ]
 
 MAGIC = b"CRNG"
@@ -249,6 +247,22 @@ class RingWriter(_Ring):
         self.tally += weight
         return True
 
+    def pack_scalar(self, framing: Framing, fid: int, stamp: int, step: int, value: object) -> bool:
+        """:meth:`pack_row` of a one-value row (``s.pack(fid, stamp, step, value)``, weight 1), without its
+        argument tuples: ~0.15 µs of a scalar's ~1 µs call."""
+        pack_into, size, body = framing
+        pos = self._pos
+        end = pos + size
+        off = pos & self._mask
+        if off + size > self.capacity or end > self._free_to:
+            return self.pack_row(framing, (fid, stamp, step), (value,), 1)
+        tag = (pos >> 3) & 0xFFFFFFFF
+        pack_into(self.map, HEADER_BYTES + off, body, tag, fid, stamp, step, value, tag, body)
+        self._pos = end
+        self._written[0] = end
+        self.tally += 1
+        return True
+
     def _claim(self, n: int) -> int:
         """Where in the map the record of an ``n``-byte body goes (after any skip mark), or -1 when it
         does not fit before the reader's release."""
@@ -402,45 +416,3 @@ class RingReader(_Ring):
     def drained(self) -> bool:
         """Whether the writer closed and every record it published was released: the file may go."""
         return self.writer_closed and self.released == self.written
-
-
-def ring_named(path: Path) -> bool:
-    """Whether ``path`` is named as a rank's ring may be (absolute, ``coordinator-*.ring``): what the
-    aggregator maps, and what ``coordinator purge`` deletes, of a path a HELLO or a journal names."""
-    return path.is_absolute() and path.name.startswith("coordinator-") and path.name.endswith(".ring")
-
-
-def boot_id() -> str:
-    """This machine's boot id ("" where there is none to read): two processes with the same one share its memory."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.0) -> Path:
-    """The first of ``candidates`` (e.g. ``/dev/shm``, then the rank's spool directory) with room for a ring.
-
-    A directory qualifies if it exists, is writable and has ``headroom`` times the ring's bytes
-    free: containers often give ``/dev/shm`` only 64 MiB for the whole node. A file in a disk's
-    directory, mapped, outlives a killed process the same way (its pages stay in the page cache).
-
-    Raises:
-        ValueError: no candidate qualifies.
-    """
-    need = headroom * (HEADER_BYTES + capacity)
-    tried = []
-    for d in candidates:
-        try:
-            st = os.statvfs(d)
-        except OSError as e:
-            tried.append(f"{d}: {e.strerror}")
-            continue
-        free = st.f_bavail * st.f_frsize
-        if not os.access(d, os.W_OK):
-            tried.append(f"{d}: not writable")
-        elif free < need:
-            tried.append(f"{d}: {free} bytes free, under {need:.0f}")
-        else:
-            return d
-    raise ValueError(f"no directory has room for a {capacity}-byte ring: {'; '.join(tried) or 'none given'}")

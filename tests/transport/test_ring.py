@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import struct
@@ -19,7 +18,6 @@ from coordinator.transport.ring import (
     RingDamaged,
     RingReader,
     RingWriter,
-    pick_ring_dir,
 )
 from tests.transport.ring_writers import sigkill, writer_process
 
@@ -75,6 +73,39 @@ def test_a_ring_written_past_its_capacity_many_times_loses_and_repeats_nothing(t
                 r.release(r.cursor)
     got += _bodies(r)
     assert got == sent and refused > 100 and w.written > 250 * 4096
+    w.close()
+    r.close()
+
+
+def test_a_scalar_row_packs_the_same_record_as_a_row_and_waits_for_room_like_one(tmp_path: Path) -> None:
+    """``pack_scalar`` (a scalar's row without argument tuples) writes what ``pack_row`` writes, through
+    laps and skip marks; with no room it writes nothing, and it counts one point a row."""
+    w = RingWriter(tmp_path / "r", 4096)
+    r = RingReader(tmp_path / "r")
+    one, three = struct.Struct("<IIqd"), struct.Struct("<IIq3d")
+    f1, f3 = w.framing(one), w.framing(three)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    for i in range(5_000):  # ~250 KB through 4 KiB, rows of 24 and 40 bytes: skip marks at many lap ends
+        if i % 3:
+            ok, body = w.pack_scalar(f1, 1, i & 0xFFFF, i, i * 0.5), one.pack(1, i & 0xFFFF, i, i * 0.5)
+        else:
+            ok, body = w.pack_row(f3, (3, 0, i), (i, -i, 0.25), 3), three.pack(3, 0, i, i, -i, 0.25)
+        if not ok:
+            tally = w.tally
+            assert not w.pack_scalar(f1, 1, 0, i, 1.0) and w.tally == tally  # still no room: nothing written
+            got += _bodies(r)
+            r.release(r.cursor)
+            assert (
+                w.pack_scalar(f1, 1, i & 0xFFFF, i, i * 0.5) if i % 3 else w.pack_row(f3, (3, 0, i), (i, -i, 0.25), 3)
+            )
+        sent.append(body)
+    got += _bodies(r)
+    assert got == sent and w.written > 50 * 4096
+    assert w.tally == sum(1 if i % 3 else 3 for i in range(5_000))
+    with pytest.raises(struct.error):
+        w.pack_scalar(f1, 1, 0, 7, "not a number")
+    assert _bodies(r) == []  # a value that does not pack publishes nothing
     w.close()
     r.close()
 
@@ -211,20 +242,6 @@ def test_a_writer_killed_mid_run_leaves_every_record_it_published_whole(tmp_path
         assert rows == [(i, i * 0.5, -i, i + 0.25) for i in range(len(rows))]
         assert not r.writer_closed and r.writer_pid == p.pid
         r.close()
-
-
-def test_a_ring_goes_where_there_is_room_for_it(tmp_path: Path) -> None:
-    shm, spool = tmp_path / "shm", tmp_path / "spool"
-    shm.mkdir()
-    spool.mkdir()
-    assert pick_ring_dir(1 << 20, [shm, spool]) == shm
-    assert pick_ring_dir(1 << 20, [tmp_path / "none", spool]) == spool
-    free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
-    with pytest.raises(ValueError, match=r"no directory has room .*under") as e:
-        pick_ring_dir(1 << 20, [shm], headroom=2 * free / (1 << 20))
-    assert str(shm) in str(e.value)
-    with pytest.raises(ValueError, match="none given"):
-        pick_ring_dir(1 << 20, [])
 
 
 def test_runs_hand_over_the_same_records_as_one_by_one_checked_together(tmp_path: Path) -> None:
