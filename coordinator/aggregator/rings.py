@@ -127,15 +127,18 @@ class Rings:
                 n += 1
         return n
 
-    def drain(self, now: float, *, final: bool = False) -> int:
+    def drain(self, now: float, *, final: bool = False, only: tuple[int, int] | None = None) -> int:
         """Take every attached ring's new rows into the open transaction, with each ring's cursor; the points.
 
         ``final``: the writers are gone (a record that does not read whole is damage, not late).
+        ``only``: that (rank, incarnation)'s ring alone (the server's, before each of its batches: a row is
+        applied before any later write of its key that came over the socket).
         A damaged ring (:class:`RingDamaged`) gives nothing of its pass: it is counted
         (``ring_errors``, one of the report's problems), logged and detached.
         """
         points = 0
-        for (rank, inc), reader in list(self.readers.items()):
+        readers = self.readers
+        for (rank, inc), reader in list(readers.items()) if only is None else [(only, readers[only])]:
             try:
                 rows = reader.read(final=final)
                 while rows:  # more than one pass where frames that share a key interleave

@@ -231,6 +231,8 @@ class Server:
     def _dispatch(self, ident: bytes, env: wire.Envelope, payload: bytes, now: float) -> None:
         agg = self.agg
         if env.kind == wire.BATCH:
+            if (env.rank, env.incarnation) in self.rings.readers:  # its rows first: they were written before
+                self.rings.drain(now, only=(env.rank, env.incarnation))
             agg.batch(env, payload, now)
             self.window.read_from((env.rank, env.incarnation))
             warnings = agg.take_warnings(env.rank, env.incarnation)

@@ -9,7 +9,10 @@ need nothing more, since the STATE they end with is answered after a commit that
 The ring is offered in the rank's HELLO and written only once a WELCOME said the aggregator reads
 it (it runs on this machine and could open it). Everything else goes over the socket as before:
 a call with tensors, strings or a ``policy``; keys that already have points waiting in the
-buffer (their order stays); and a row the full ring has no room for (counted as ``ring_full``).
+buffer; a row the full ring has no room for (counted as ``ring_full``); and a row one of whose
+keys has a write over the socket not acknowledged yet, which goes behind it. With the aggregator
+reading a rank's ring before each of its batches, a key's writes are applied in the order they
+were made, whichever path each took (two writes of one step keep the later, as on the socket).
 A key with a frame in the ring is *owned*: the sender never sees its steps, so a write of it
 without a step is numbered here (:meth:`RingLog.route`). A killed rank loses none of the rows it
 wrote: they are in the ring's file, which the aggregator reads to its end.
@@ -30,7 +33,7 @@ from typing import Any
 from coordinator.client.devices import check_tensor, is_tensor
 from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
-from coordinator.core.values import to_metric_value
+from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter
@@ -67,8 +70,9 @@ class RingLog:
         self.check_numeric: Callable[[str], None] = lambda key: None
         """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
         self._frames: dict[tuple[str, ...], list[Any]] = {}
-        """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys]`` (the
-        write number and step of its last row, -1 before the first)."""
+        """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys, held]`` (the
+        write number and step of its last row, -1 before the first; the buffer's generation of the last write of
+        one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`)."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
         self.full = 0
@@ -128,7 +132,7 @@ class RingLog:
         owned = self.owned
         if not owned or owned.keys().isdisjoint(data):
             return step
-        self._check(data)
+        self._check(data, step)
         if step < 0:
             lasts = [self._last_step(k) for k in data if k in owned]
             if len(lasts) != len(data) or len(set(lasts)) != 1:
@@ -144,19 +148,24 @@ class RingLog:
         for k in data:
             if k in owned:
                 self._key_at[k] = (self._seq, step)
+                for kt in owned[k]:  # its rows wait behind this write (row())
+                    self._frames[kt][5] = self._buf.gen
         return step
 
-    def _check(self, data: dict[str, Any]) -> None:
-        """Raise what the socket path would for a bad key or value of ``data`` (a call that writes an owned key)."""
+    def _check(self, data: dict[str, Any], step: int) -> None:
+        """Raise what the socket path would for a bad key, value or step of ``data`` (a call that writes an owned
+        key): a call it refuses holds no row back (:meth:`row`)."""
+        if step >= 0:
+            check_step(step)
         for k, v in data.items():
             if k not in self._keys.series:
                 self._keys.check_new(k)
                 self.check_numeric(k)
-            if v.__class__ not in PLAIN:
+            if v.__class__ is int or v.__class__ not in PLAIN:
                 if is_tensor(v):
                     check_tensor(k, v)
                 else:
-                    to_metric_value(k, v)
+                    to_metric_value(k, v)  # an int past a float raises too
 
     def _last_step(self, key: str) -> int:
         """The step of ``key``'s last write (rows and others), for numbering the next."""
@@ -169,7 +178,13 @@ class RingLog:
 
     def row(self, data: dict[str, Any], step: int) -> bool:
         """Write ``data`` (checked by the caller: a dict) at ``step`` (>= 0) into the ring; False: the
-        call takes the socket path (not for the ring, or no room), with nothing written."""
+        call takes the socket path (not for the ring, or no room), with nothing written.
+
+        A key's writes keep their order across the two paths. The aggregator reads a rank's ring before
+        each of its batches, so a row is applied before a later write over the socket. A row written
+        while one of its keys has a write over the socket that may not be acknowledged yet goes over the
+        socket too, behind it: a row read first would be applied before the earlier write.
+        """
         if not self.on:
             return False
         kt = tuple(data)
@@ -178,6 +193,11 @@ class RingLog:
             f = self._admit(kt)
             if f is None:
                 return False
+        held = f[5]
+        if held >= 0:  # a write of one of its keys over the socket may not be applied yet: go behind it
+            if held > self._buf.acked_gen:
+                return False
+            f[5] = -1
         try:
             if f[4] == 1:  # a scalar: its value checked alone, packed without argument tuples
                 v = data[kt[0]]
@@ -209,10 +229,13 @@ class RingLog:
             return None
         b = self._buf
         keys = self._keys
+        held = -1
         for k in kt:
             c = b.cols.get(k)
             if k in b.framed or (c is not None and c[0]) or k in keys.policies:
                 return None
+            if c is not None:  # written over the socket before: cut into a generation before this one
+                held = b.gen - 1
         try:
             for k in kt:
                 self.check_numeric(k)
@@ -231,7 +254,7 @@ class RingLog:
                 e,
             )
             return None
-        f = self._frames[kt] = [fid, framing, -1, -1, len(kt)]
+        f = self._frames[kt] = [fid, framing, -1, -1, len(kt), held]
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
             self.owned.setdefault(k, []).append(kt)
         return f
