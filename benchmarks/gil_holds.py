@@ -30,7 +30,7 @@ Needs Linux, root (uprobes are set up through tracefs), ``perf``, and a CPython 
 ``--enable-shared``, as pyenv's is; Debian's ``python3.11`` strips them). Without them it says what
 is missing and exits 2.
 
-    python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full)
+    python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full; --rings)
     python -m benchmarks.gil_holds --seconds 6 --repeats 1 --spans 10   (what ran in the longest)
 """
 
@@ -255,7 +255,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         return 2
     marks = gil_spans.install() if cfg.get("spans") else None
     t_init = time.monotonic_ns()
-    settings = coordinator.Settings(rank=0, world_size=1, dir=cfg["dir"])
+    settings = coordinator.Settings(rank=0, world_size=1, dir=cfg["dir"], rings=bool(cfg.get("rings")))
     run = coordinator.init_run(project="bench", name="gil-holds", mode=cfg["mode"], settings=settings)
     emit("READY", {"names": _names(), "t_init": t_init})
     if wait_go() is None:
@@ -288,10 +288,13 @@ def _worker(cfg: dict[str, Any]) -> int:
     return 0
 
 
-def _record(mode: str, seconds: float, tmp: Path, load: str = "paced", spans: int = 0) -> dict[str, Any]:
+def _record(
+    mode: str, seconds: float, tmp: Path, load: str = "paced", spans: int = 0, rings: bool = False
+) -> dict[str, Any]:
     """One logging process under ``perf record`` (its GIL events and context switches); its summary.
 
     ``spans``: mark the sender's code (:mod:`benchmarks.gil_spans`) and list its that many longest holds.
+    ``rings``: the run writes its rows into a ring (``Settings.rings``), which the aggregator reads.
     """
     env = child_env(tmp)
     data = tmp / f"perf-{mode}.data"
@@ -302,6 +305,7 @@ def _record(mode: str, seconds: float, tmp: Path, load: str = "paced", spans: in
         "dir": str(tmp / "runs"),
         "load": load,
         "spans": str(marks) if spans else "",
+        "rings": rings,
     }
     w = Worker(cfg, env, tmp / f"{mode}.err", "benchmarks.gil_holds")
     perf: subprocess.Popen[bytes] | None = None
@@ -400,7 +404,7 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def measure(
-    seconds: float, repeats: int, load: str = "paced", spans: int = 0
+    seconds: float, repeats: int, load: str = "paced", spans: int = 0, rings: bool = False
 ) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
     """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used.
 
@@ -415,7 +419,8 @@ def measure(
         with tempfile.TemporaryDirectory(prefix="gil-holds-") as d:
             for _ in range(repeats):
                 for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
-                    runs[label].append(_record(mode, seconds, Path(d), load, spans if mode != "disabled" else 0))
+                    on = mode != "disabled"
+                    runs[label].append(_record(mode, seconds, Path(d), load, spans if on else 0, rings and on))
     finally:
         _remove_probes()
     return runs, ""
@@ -442,14 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         help="mark the sender's code and list what ran in its N longest holds (benchmarks.gil_spans; "
         "the marks lengthen the holds)",
     )
+    ap.add_argument("--rings", action="store_true", help="the coordinator's run with Settings.rings")
     args = ap.parse_args(argv)
-    runs, why = measure(args.seconds, args.repeats, args.load, args.spans)
+    runs, why = measure(args.seconds, args.repeats, args.load, args.spans, args.rings)
     if runs is None:
         print(f"gil_holds: not measured: {why}", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     what = f"a {_KEYS}-key dict at {_RATE:.0f} steps/s" if args.load == "paced" else "scalar log() calls back to back"
+    what += ", Settings.rings" if args.rings else ""
     print(f"GIL stretches, one rank, {what}, {args.seconds:.0f} s x {args.repeats}")
     print("(medians over the recordings; [the largest])")
     for line in report(runs):

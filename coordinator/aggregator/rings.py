@@ -170,6 +170,8 @@ class Rings:
                 dated.append((steps, stamps))
         if dated and not snd.superseded:
             self._progress(rank, dated, now)
+        if snd.state == "live":  # rows stand for the rank's heartbeat, which it skips while it writes them
+            snd.heard, snd.last_seen = time.monotonic(), now
         snd.points += n
         agg.counters["points"] += n
         agg.registry.persist(snd)

@@ -86,6 +86,7 @@ class RingLog:
         """Keys of the key tuples admitted to the ring (:meth:`_admit`), each with those tuples: their steps
         are numbered here (:meth:`route`), never by the sender."""
         self._seq = 0
+        self._heard_at = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
 
@@ -101,6 +102,13 @@ class RingLog:
     def hello(self) -> dict[str, str]:
         """The HELLO's offer: where the ring is, and on which machine."""
         return {"path": str(self.path), "boot": boot_id()}
+
+    def heard(self) -> bool:
+        """Whether rows went into the ring since the last call (sender thread): the aggregator reads them within
+        its drain interval and counts them as hearing from the rank, so the rank's heartbeat may wait."""
+        n = self._ring.tally
+        moved, self._heard_at = n != self._heard_at, n
+        return moved
 
     def welcome(self, body: dict[str, Any]) -> None:
         """A WELCOME: write into the ring from now on if it says the ring is read (sender thread)."""

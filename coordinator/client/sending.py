@@ -85,6 +85,7 @@ def start_sender(
     if ring is not None:
         cfg.hello["ring"] = ring.hello()
         numbering.on_welcome = ring.welcome
+        cfg.heard = ring.heard
     sender = SenderThread(cfg, buf, numbering)
     sender.start()
     if endpoint is not None:

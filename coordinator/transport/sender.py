@@ -22,7 +22,7 @@ import math
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,8 @@ class SenderConfig:
     ack_timeout_s: float = DEFAULTS.ack_timeout_s
     heartbeat_interval_s: float = DEFAULTS.heartbeat_interval_s
     hello: dict[str, Any] = field(default_factory=dict)
+    heard: Callable[[], bool] = lambda: False
+    """Whether the aggregator heard from the rank since the last call without a message (rows in its ring)."""
     curve: CurveKeys | None = None
     """Connect as a CURVE client with the job's keys (multi-node TCP)."""
 
@@ -111,9 +113,7 @@ class SenderThread(threading.Thread):
         """Built when the thread starts (it opens the spool)."""
         self._io: LoopIO
         """The loop's wait, reply reads and sends, once the socket exists."""
-        self._hello_sent_at = 0.0
-        self._hello_seq = 0
-        """Number of the last HELLO sent: only its WELCOME counts (older ones are stale)."""
+        self._hello_sent_at, self._hello_seq = 0.0, 0  # the last HELLO's (only its WELCOME counts)
         self._unsent: list[tuple[int, int, bytes]] = []
         """Requests (kind, id, payload) the full send queue refused: sent on the next rounds."""
         self.deferred_sends = 0
@@ -444,5 +444,6 @@ class SenderThread(threading.Thread):
             # a window every timeout): ask what it has; its WELCOME resends the rest.
             _log.debug("rank %d: no ack for %d batches; probing with HELLO", self.cfg.rank, self._pipe.in_flight)
             self._send_hello(probe=True)
-        if now - self._last_send > self.cfg.heartbeat_interval_s and not self._send(wire.PING, 0, _EMPTY_MAP):
-            self._last_send = now  # the queue is full: the aggregator will hear from us anyway
+        due = now - self._last_send > self.cfg.heartbeat_interval_s  # rows the aggregator reads stand for a PING
+        if due and ((self._pipe.settled and self.cfg.heard()) or not self._send(wire.PING, 0, _EMPTY_MAP)):
+            self._last_send = now  # (or the send queue is full: the aggregator will hear from us anyway)

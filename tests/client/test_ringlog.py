@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,36 @@ def test_a_step_written_through_the_ring_and_over_the_socket_keeps_the_later_wri
         assert s.values("b", 0) == [(i, 0.0) for i in range(20) if i % 4 < 2]
     finally:
         s.close()
+
+
+def test_rows_in_the_ring_stand_for_the_heartbeat_and_keep_the_rank_live(store_dir: Path) -> None:
+    """While a rank writes rows, its sender skips its heartbeat (no PING, so no PONG comes back) and the
+    aggregator counts the rows it reads as hearing from the rank: silent on its socket for twice the
+    liveness timeout, the rank is not lost. Once the rows stop, the heartbeat comes back."""
+    settings = coordinator.Settings(
+        rings=True, heartbeat_interval_s=0.3, liveness_timeout_s=1.5, system_metrics_interval_s=0
+    )
+    with coordinator.init_run(project="t", settings=settings) as run:
+        _ring_path(run)
+        sender = run._sender
+        assert sender is not None
+        run.wait(30)
+        t0 = time.monotonic()
+        replied = None
+        s = 0
+        while time.monotonic() < t0 + 3.5:
+            run.log({"a": float(s)}, step=s)
+            s += 1
+            time.sleep(0.02)
+            if replied is None and time.monotonic() > t0 + 0.5:  # the replies to wait()'s requests are in
+                replied = sender.last_reply_at
+        assert sender.last_reply_at == replied, "a PING went out although the ring brought rows"
+        time.sleep(1.0)  # no rows: heartbeats again
+        assert replied is not None and sender.last_reply_at > replied
+        run.wait(30)
+    st = open_store(store_dir)
+    try:
+        assert [e for e in st.events() if e[1] == "rank_lost"] == []
+        assert [p for p, _ in st.values("a", 0)] == list(range(s))
+    finally:
+        st.close()
