@@ -18,6 +18,7 @@ rings of ranks that died while it was down (:meth:`Rings.reattach`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from array import array
 from pathlib import Path
@@ -172,6 +173,8 @@ class Rings:
             self._progress(rank, dated, now)
         if snd.state == "live":  # rows stand for the rank's heartbeat, which it skips while it writes them
             snd.heard, snd.last_seen = time.monotonic(), now
+        elif snd.state == "lost" and _newest_age(rows) < time.monotonic() - snd.heard - agg.cfg.liveness_timeout_s:
+            agg.registry.hear(snd, now)  # written after it went silent for good: it is back (a dead rank's are not)
         snd.points += n
         agg.counters["points"] += n
         agg.registry.persist(snd)
@@ -221,6 +224,12 @@ _FEW_ROWS = 256
 """Up to this many rows a drain's progress is found row by row (:func:`progress_few`), past it with
 numpy (:func:`progress_many`): a paced rank brings a dozen rows a drain, which numpy's fixed costs
 would make ~3x dearer (28 against 11 µs), and a rank logging scalars key by key thousands."""
+
+
+def _newest_age(rows: Rows) -> float:
+    """Seconds since the newest of ``rows`` was written (inf when none carries a stamp)."""
+    stamped = [st[st != 0] for _, _, st in rows.values()]
+    return min((float(ages_s(st).min()) for st in stamped if len(st)), default=math.inf)
 
 
 def progress_few(dated: list[tuple[np.ndarray, np.ndarray]], now: float, mark: int) -> list[tuple[int, float]]:

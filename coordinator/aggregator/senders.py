@@ -344,7 +344,12 @@ class Senders:
     def touch(self, env: wire.Envelope, now: float) -> None:
         """Record liveness (heartbeat); a lost sender that speaks again is live again."""
         snd = self.senders.get((env.rank, env.incarnation))
-        if snd is not None and snd.state in ("live", "lost"):
+        if snd is not None:
+            self.hear(snd, now)
+
+    def hear(self, snd: Sender, now: float) -> None:
+        """``snd`` was heard from (a message, or rows in its ring written after it was given up): live."""
+        if snd.state in ("live", "lost"):
             snd.last_seen = now
             snd.heard = time.monotonic()
             if snd.state == "lost":

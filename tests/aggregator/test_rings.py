@@ -128,6 +128,36 @@ def test_a_rank_that_writes_its_rows_later_is_the_straggler_though_one_drain_rea
     agg.finalize()
 
 
+def test_rows_keep_a_rank_heard_and_bring_back_only_a_rank_that_wrote_them_after_it_was_given_up(
+    tmp_path: Path,
+) -> None:
+    """A rank with a ring skips its heartbeat while it writes rows, so a drain that reads its rows hears
+    from it. A lost rank is brought back only by rows written after it had been silent past the liveness
+    timeout (a stalled rank going on), not by the last rows of a rank that died (read after its loss)."""
+    agg = Aggregator(make_cfg(tmp_path, liveness_timeout_s=0.5))
+    ws = _writers(tmp_path)
+    rings = _rings(agg, tmp_path)
+    live, gone = agg.senders[(0, 1)], agg.senders[(1, 1)]
+    live.heard = time.monotonic() - 10.0
+    _log(ws[0], 0, range(3))
+    rings.drain(time.time())
+    assert live.state == "live" and time.monotonic() - live.heard < 1.0
+    gone.heard = time.monotonic()  # rows written just before it died, read after the check gave it up
+    agg.registry.mark_lost(gone, "process 1 exited without closing")
+    _log(ws[1], 1, range(3))
+    rings.drain(time.time())
+    assert gone.state == "lost" and agg.counters["ranks_returned"] == 0
+    gone.heard = time.monotonic() - 2.0  # silent 2 s, past the 0.5 s timeout; then it writes again
+    _log(ws[1], 1, range(3, 6))
+    rings.drain(time.time())
+    assert gone.state == "live" and agg.counters["ranks_returned"] == 1
+    agg.commit()
+    assert ("rank_returned", 1) in [(e[1], e[2]) for e in agg.store.events()]
+    rings.committed()
+    rings.close()
+    agg.finalize()
+
+
 def test_a_drains_progress_row_by_row_and_with_numpy_agree() -> None:
     """Once per stamp at which the highest step rose, that step and when: the same from both ways of
     finding it, over frames whose rows interleave, repeat steps, share stamps or have none."""

@@ -46,14 +46,24 @@ def _progress(out: Path, rank: int) -> int:
         return -1
 
 
+@pytest.mark.parametrize("rings", ["0", "1"])
 def test_a_rank_stalled_past_the_liveness_timeout_is_averaged_again_when_it_continues(
-    store_dir: Path, tmp_path: Path
+    store_dir: Path, tmp_path: Path, rings: str
 ) -> None:
-    """SIGSTOP rank 1 past liveness_timeout_s, then SIGCONT: every later step of the main series has both ranks."""
+    """SIGSTOP rank 1 past liveness_timeout_s, then SIGCONT: every later step of the main series has both ranks.
+
+    With rings the rank skips its heartbeat while it writes rows: the rows written after it was given up
+    are what bring it back."""
     out = tmp_path / "out"
     out.mkdir()
     procs = _spawn(
-        out, store_dir, "--steps", "80", COORDINATOR_LIVENESS_TIMEOUT_S="1.5", COORDINATOR_HEARTBEAT_INTERVAL_S="0.2"
+        out,
+        store_dir,
+        "--steps",
+        "80",
+        COORDINATOR_LIVENESS_TIMEOUT_S="1.5",
+        COORDINATOR_HEARTBEAT_INTERVAL_S="0.2",
+        COORDINATOR_RINGS=rings,
     )
     try:
         deadline = time.monotonic() + 120
@@ -86,6 +96,7 @@ def test_a_rank_stalled_past_the_liveness_timeout_is_averaged_again_when_it_cont
     finally:
         s.close()
     assert info.report["ranks_returned"] >= 1
+    assert (info.report["ring_points"] > 0) == (rings == "1")
 
 
 @pytest.mark.parametrize("ending", ["failed", "interrupted"])
