@@ -360,7 +360,8 @@ class Server:
                 # commit, as a held main series would anyway. The acks (rank points) never waited
                 # for them: emitted groups are rebuilt from the rank points after a crash.
                 now = time.time()
-                if sweep:
+                if sweep:  # the next sweep a whole interval after this health, not a hair before (then every 2 s)
+                    last_sweep = now
                     last_health = self._sweep(now, last_health)
                 if emit:  # a sweep writes what is held: the main series waits about a second, as before
                     agg.emit(now, all_keys=sweep, hold=not sweep)
