@@ -35,6 +35,7 @@ class Counters(TypedDict):
     checkpoint_failures: int  # WAL checkpoints that failed off the loop (nothing lost: the log keeps every page)
     ring_points: int  # per-rank points read from the ranks' shared rings (also counted in points)
     ring_errors: int  # rings found damaged or not readable again after a restart (their later rows unread)
+    left_rings: int  # rings of other jobs that no process held, found where this run's rings are (not its own)
 
 
 class Report(Counters):

@@ -13,6 +13,11 @@ server attaches it (:meth:`Rings.offer`) when the ring is on this machine (the s
 opens, and says so in the WELCOME: only then does the rank write rows into it. The ring's path is
 kept in the journal too (``ringpath:<rank>-<incarnation>``), so a restarted aggregator reads the
 rings of ranks that died while it was down (:meth:`Rings.reattach`).
+
+As it attaches the first ring in a directory, the aggregator looks there (and in ``/dev/shm``)
+for rings no process holds, left by jobs that died with their aggregator: it warns with their
+runs and memory, and counts them in the report (``left_rings``). It leaves them alone: their
+unread rows are their runs' (``coordinator sync``), and ``coordinator rings --remove`` deletes them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 from coordinator.aggregator.core import Aggregator
 from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader
-from coordinator.transport.ringplace import boot_id, ring_named
+from coordinator.transport.ringplace import SHM, boot_id, left_rings, ring_named
 from coordinator.transport.ringrows import STAMP_SHIFT, RowReader, Rows, ages_s, names_path, stamp
 
 __all__ = ["BOOT_ID", "DRAIN_MS", "RING_PATHS", "Rings", "meta_key", "recover_rings"]
@@ -63,11 +68,15 @@ def meta_key(rank: int, incarnation: int) -> str:
 class Rings:
     """The rings attached to one aggregator, by (rank, incarnation)."""
 
-    def __init__(self, agg: Aggregator) -> None:
+    def __init__(self, agg: Aggregator, look_in: tuple[Path, ...] = (SHM,)) -> None:
         self.agg = agg
+        self._look_in = look_in
+        """Where to look for left rings besides each attached ring's directory (:meth:`look_for_left`)."""
         self.readers: dict[tuple[int, int], RowReader] = {}
         self._read: dict[tuple[int, int], int] = {}
         """The cursor of each ring written into the open transaction (freed at its commit)."""
+        self._looked: set[Path] = set()
+        """The directories searched for left rings (:meth:`look_for_left`)."""
 
     def attach(self, rank: int, incarnation: int, path: Path) -> int:
         """Read (rank, incarnation)'s ring at ``path`` from the cursor the journal kept (or its start);
@@ -107,7 +116,33 @@ class Rings:
             _log.warning("rank %d: its ring %s was not attached (%s); it sends over its socket", rank, path, e)
             return False
         self.agg.store.set_meta(f"{RING_PATHS}{rank}-{incarnation}", str(path))
+        self.look_for_left([path.parent, *self._look_in])
         return True
+
+    def look_for_left(self, dirs: list[Path]) -> int:
+        """Warn of the rings in ``dirs`` (each searched once) that no process holds; how many this call found.
+
+        They take memory that ``/dev/shm`` (64 MiB in a container by default) may not have for this
+        job's rings, whose ranks then fall back to their spool directories. The report's
+        ``left_rings`` counts them.
+        """
+        new = [d for d in dict.fromkeys(dirs) if d not in self._looked]
+        self._looked.update(new)
+        left = left_rings(new)
+        if left:
+            runs = sorted({r.run_id for r in left})
+            unread = [r for r in left if r.unread]
+            _log.warning(
+                "%d ring(s) of jobs that ended without removing them take %.1f MiB in %s (runs %s; %d with rows "
+                "never committed: `coordinator sync <run>` stores them). `coordinator rings --remove` deletes them.",
+                len(left),
+                sum(r.bytes for r in left) / 2**20,
+                ", ".join(sorted({str(r.path.parent) for r in left})),
+                ", ".join(runs[:8]) + (", ..." if len(runs) > 8 else ""),
+                len(unread),
+            )
+            self.agg.counters["left_rings"] += len(left)
+        return len(left)
 
     def reattach(self) -> int:
         """Attach the rings the journal names whose files are still there (a restart); how many.

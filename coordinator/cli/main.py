@@ -1,6 +1,7 @@
 """The ``coordinator`` command: argument parsing and dispatch.
 
-The commands live in their own modules: ``runs``, ``show``, ``sync``, ``purge`` and ``doctor``.
+The commands live in their own modules: ``runs``, ``show``, ``sync``, ``purge``, ``doctor``, ``ui``,
+``plot``, ``export``, ``top`` and ``rings``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from coordinator.cli.common import out, parse_options
 from coordinator.cli.export import add_export_parser
 from coordinator.cli.plot import add_plot_parser
 from coordinator.cli.purge import add_purge_args, cmd_purge
+from coordinator.cli.rings import add_rings_parser
 from coordinator.cli.runs import add_filters, cmd_runs
 from coordinator.cli.show import cmd_show
 from coordinator.cli.sync import cmd_sync
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     add_plot_parser(sub)
     add_export_parser(sub)
     add_top_parser(sub)
+    add_rings_parser(sub)
     return p
 
 

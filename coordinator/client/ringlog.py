@@ -37,14 +37,13 @@ from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringplace import boot_id, pick_ring_dir
+from coordinator.transport.ringplace import SHM, boot_id, pick_ring_dir
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
 
 _log = logging.getLogger("coordinator")
 
-_SHM = Path("/dev/shm")
 IN_RING = -2
 """:meth:`RingLog.route`'s answer for a call written into the ring."""
 _MARK_MASK = 255
@@ -332,7 +331,7 @@ def open_ring(
         return None
     capacity = settings.ring_bytes
     name = f"coordinator-{name}.ring"
-    dirs = [Path(settings.ring_dir)] if settings.ring_dir else [_SHM] + ([Path(spool_root)] if spool_root else [])
+    dirs = [Path(settings.ring_dir)] if settings.ring_dir else [SHM] + ([Path(spool_root)] if spool_root else [])
     try:
         if spool_root:
             os.makedirs(spool_root, exist_ok=True)

@@ -31,6 +31,7 @@ pass. A record whose two ends disagree once the writer is gone is damage, and ra
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -47,6 +48,7 @@ __all__ = [
     "RingDamaged",
     "RingReader",
     "RingWriter",
+    "read_header",
 ]
 
 MAGIC = b"CRNG"
@@ -60,6 +62,8 @@ _WRITTEN_AT = 64
 _RELEASED_AT = 128
 _CLOSED_AT = 192
 """A u32, 1 once the writer closed its end cleanly."""
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 _EDGE = struct.Struct("<II")
 _EDGE_BYTES = 2 * _EDGE.size
 _MIN_CAPACITY = 4096
@@ -82,27 +86,46 @@ def _record_bytes(length: int) -> int:
     return _EDGE_BYTES + ((length + 7) & ~7)
 
 
-def _map(path: Path, size: int, *, create: bool) -> mmap.mmap:
-    """Map the ring's file; with ``create``, make it with all its pages allocated first.
+def _map(path: Path, size: int, *, create: bool) -> tuple[mmap.mmap, int]:
+    """Map the ring's file; with ``create``, make it with all its pages allocated first. Returns the map
+    and the file's descriptor, kept open with a shared ``flock`` until :meth:`_Ring.close`.
 
     Allocating up front is what makes a full ``/dev/shm`` an ``OSError`` here: a store into a
     mapped page that tmpfs cannot back later would kill the process with SIGBUS instead. A file
-    this call made and could not finish is removed.
+    this call made and could not finish is removed. The lock says a process (its writer, or a
+    reader) still has the ring: one no process holds was left by a job that ended without taking
+    it away (:func:`coordinator.transport.ringplace.left_rings`). The writer takes it before the
+    file has its header, so a ring with a header and no lock has nobody.
     """
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
         if create:
             os.posix_fallocate(fd, 0, size)
         elif os.fstat(fd).st_size < size:
             raise RingDamaged(f"{path}: {os.fstat(fd).st_size} bytes, shorter than a ring's header")
-        return mmap.mmap(fd, size)
-    except OSError:
+        return mmap.mmap(fd, size), fd
+    except BaseException:
+        os.close(fd)
         if create:
             path.unlink()
         raise
-    finally:
-        os.close(fd)
+
+
+def read_header(fd: int) -> tuple[int, int, int, int, bool] | None:
+    """A ring's header read from its open file: (capacity, writer pid, written, released, writer closed), or
+    None where the file is not a ring of this version (or not one yet: its writer has not stamped it)."""
+    head = os.pread(fd, HEADER_BYTES, 0)
+    if len(head) < HEADER_BYTES:
+        return None
+    magic, version, capacity, pid = _META.unpack_from(head)
+    if magic != MAGIC or version != VERSION:
+        return None
+    (written,) = _U64.unpack_from(head, _WRITTEN_AT)
+    (released,) = _U64.unpack_from(head, _RELEASED_AT)
+    (closed,) = _U32.unpack_from(head, _CLOSED_AT)
+    return capacity, pid, written, released, bool(closed)
 
 
 def _framed(s: struct.Struct) -> struct.Struct:
@@ -116,12 +139,12 @@ def _framed(s: struct.Struct) -> struct.Struct:
 class _Ring:
     """What both ends share: the map, the capacity and the two counters."""
 
-    def __init__(self, path: Path, m: mmap.mmap, capacity: int) -> None:
+    def __init__(self, path: Path, mapped: tuple[mmap.mmap, int], capacity: int) -> None:
         self.path = path
-        self.map = m
+        self.map, self._fd = mapped
         self.capacity = capacity
         self._mask = capacity - 1
-        self._view = memoryview(m)
+        self._view = memoryview(self.map)
         self._written = self._view[_WRITTEN_AT : _WRITTEN_AT + 8].cast("Q")
         self._released = self._view[_RELEASED_AT : _RELEASED_AT + 8].cast("Q")
         self._closed = self._view[_CLOSED_AT : _CLOSED_AT + 4].cast("I")
@@ -142,7 +165,7 @@ class _Ring:
         return bool(self._closed[0])
 
     def close(self) -> None:
-        """Let the views and the map go (the file stays: its records are the point).
+        """Let the views, the map and the file's lock go (the file stays: its records are the point).
 
         Raises:
             BufferError: a view of a record from :meth:`RingReader.records` is still held.
@@ -150,6 +173,9 @@ class _Ring:
         for v in (self._written, self._released, self._closed, self._view):
             v.release()
         self.map.close()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 class RingWriter(_Ring):

@@ -299,3 +299,32 @@ def test_a_restarted_aggregator_reattaches_the_rings_its_journal_names(tmp_path:
         w.close()
     b.finalize()
     _check_stored(tmp_path, 99)
+
+
+def test_rings_no_process_holds_are_warned_of_and_counted_once_but_not_this_runs_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As it attaches a ring, the aggregator looks in its directory (once) for rings nobody holds: another
+    job's is counted and warned of, with its run; this run's own rings (a live writer's, and a dead rank's
+    that it reads) are not; nothing is removed."""
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path)
+    old = RowWriter(RingWriter(tmp_path / "coordinator-oldjob-2-5.ring", 4096))
+    _log(old, 2, range(3))
+    old.close()
+    rings = Rings(agg, look_in=())
+    hello(agg, 1)
+    ws[1].close()  # rank 1 died after its HELLO: its ring is this run's, held by the reader
+    assert rings.offer(1, 1, {"path": str(tmp_path / "coordinator-1.ring"), "boot": BOOT_ID})
+    assert agg.counters["left_rings"] == 1
+    assert "1 ring(s) of jobs that ended without removing them" in caplog.text
+    assert "(runs oldjob; 1 with rows never committed" in caplog.text
+    RingWriter(tmp_path / "coordinator-later-0-1.ring", 4096).close()
+    hello(agg, 0)
+    assert rings.offer(0, 1, {"path": str(tmp_path / "coordinator-0.ring"), "boot": BOOT_ID})
+    assert agg.counters["left_rings"] == 1  # the directory was searched once
+    assert rings.look_for_left([tmp_path / "elsewhere", tmp_path]) == 0
+    assert (tmp_path / "coordinator-oldjob-2-5.ring").exists()
+    rings.close()
+    ws[0].close()
+    agg.finalize()

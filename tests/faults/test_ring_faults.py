@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tests.faults.test_aggregator_faults import (
     _wait_for,
 )
 from tests.faults.test_kill_window import _kill_rank1, _logged_by, _rank1_steps, _start
-from tests.faults.test_rank_faults import coordinator_sync, stall_freeze_and_kill
+from tests.faults.test_rank_faults import ROOT, coordinator_sync, stall_freeze_and_kill
 from tests.integration.test_processes import _aggregators, _kill_all, _spawn
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,8 @@ def test_with_rings_an_aggregator_sigkilled_and_restarted_loses_and_doubles_noth
 def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
     store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Freeze the aggregator, let three ranks write into their rings, SIGKILL everything: `coordinator sync`
+    """Freeze the aggregator, let three ranks write into their rings, SIGKILL everything: the rings are left
+    (`coordinator rings`), the next job's aggregator warns of them and counts them, and `coordinator sync`
     reads the rings the journal names from their committed cursors, stores every point once, removes them."""
     monkeypatch.setenv("COORDINATOR_RINGS", "1")
     out = tmp_path / "out"
@@ -148,14 +150,63 @@ def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
     run_id, kill = stall_freeze_and_kill(store_dir, out, world, n)
     rings = list(Path(os.environ["COORDINATOR_RING_DIR"]).glob(f"coordinator-{run_id}-*.ring"))
     assert len(rings) == world
+    assert not [r for r in _ring_list() if r["run"] == run_id and r["state"] != "in use"]
     kill()
+    listed = [r for r in _ring_list() if r["run"] == run_id]
+    assert sorted((r["rank"], r["state"], r["unread_bytes"] > 0) for r in listed) == [
+        (r, "left", True) for r in range(world)
+    ]
+    assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
+    _next_job_warns_of(run_id, world, tmp_path / "next")
     _check_exactly_once_missing(store_dir, world, n)
     r = coordinator_sync(run_id)
     assert "points" in r.stdout, r.stderr
     _check_exactly_once(store_dir, world, n).close()
     assert not [p for p in rings if p.exists()], "read rings must be removed"
     assert _report(store_dir)["ring_errors"] == 0
-    assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
+
+
+def _ring_list() -> list[dict[str, Any]]:
+    """``coordinator rings --json``'s rings (the session's ring directory, from the environment)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "rings", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    rings: list[dict[str, Any]] = json.loads(r.stdout)["rings"]
+    return rings
+
+
+_NEXT_JOB = """
+import coordinator
+run = coordinator.init_run(project="next")
+run.log({"x": 1.0}, step=0)
+run.stop()
+"""
+
+
+def _next_job_warns_of(run_id: str, world: int, store: Path) -> None:
+    """A job started after the killed one, with its rings in the same directory: its aggregator warns of the
+    rings nobody holds, with their run, and counts them (its own ring is not one), and leaves them."""
+    r = subprocess.run(
+        [sys.executable, "-c", _NEXT_JOB],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), COORDINATOR_DIR=str(store)),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ring(s) of jobs that ended without removing them" in r.stderr and run_id in r.stderr, r.stderr
+    [info] = list_runs(store)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        rep = s.run_info().report
+        assert isinstance(rep, dict) and rep["ring_points"] == 1 and rep["left_rings"] >= world, rep
+    finally:
+        s.close()
 
 
 def _check_exactly_once_missing(store_dir: Path, world: int, n: int) -> None:
