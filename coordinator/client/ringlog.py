@@ -37,7 +37,7 @@ from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringplace import SHM, boot_id, pick_ring_dir
+from coordinator.transport.ringplace import SHM, boot_id, pick_ring_dir, unread_bytes
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
@@ -302,17 +302,20 @@ class RingLog:
                 self._rows.close()
 
     def remove(self, answered: bool) -> None:
-        """After the BYE: remove the ring if its rows were all read (``answered``), else keep it and say so.
+        """After the BYE: remove the ring if its rows were all read (``answered``, or its header says every
+        byte written was released after a commit), else keep it and say so.
 
         A ring kept holds rows no commit took; an aggregator started again for the run reads them.
         """
         path = self.path
-        if answered:  # the BYE's answer came after the commit that read the ring to its end
-            self._confirmed = self.points
-            path.unlink(missing_ok=True)
-            names_path(path).unlink(missing_ok=True)
-        elif path.exists():
+        if not answered and unread_bytes(path) != 0:
             _log.error("rank's ring %s kept: the aggregator did not confirm it read every row", path)
+            return
+        # The BYE's answer came after the commit that read the ring to its end; or no answer came (the
+        # aggregator was stopped) but its last commit released every byte the ring holds: nothing to keep.
+        self._confirmed = self.points
+        path.unlink(missing_ok=True)
+        names_path(path).unlink(missing_ok=True)
 
 
 def open_ring(

@@ -25,7 +25,17 @@ from typing import NamedTuple
 from coordinator.transport.ring import HEADER_BYTES, read_header
 from coordinator.transport.ringrows import names_path
 
-__all__ = ["SHM", "RingFile", "boot_id", "left_rings", "pick_ring_dir", "remove_left", "ring_files", "ring_named"]
+__all__ = [
+    "SHM",
+    "RingFile",
+    "boot_id",
+    "left_rings",
+    "pick_ring_dir",
+    "remove_left",
+    "ring_files",
+    "ring_named",
+    "unread_bytes",
+]
 
 SHM = Path("/dev/shm")
 """The node's shared memory, where a rank's ring goes first."""
@@ -120,6 +130,20 @@ def _probe(path: Path, fd: int) -> RingFile | None:
     _, pid, written, released, _ = head
     run, rank, inc = _parse_name(path)
     return RingFile(path, held, run, rank, inc, os.fstat(fd).st_blocks * 512, written - released, pid)
+
+
+def unread_bytes(path: Path) -> int | None:
+    """Bytes of rows written into the ring at ``path`` that no commit released yet (0: it is gone; None: it is
+    not a ring)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        head = read_header(fd)
+    finally:
+        os.close(fd)
+    return None if head is None else head[2] - head[3]
 
 
 def ring_files(dirs: Iterable[Path]) -> list[RingFile]:

@@ -22,10 +22,18 @@ def _freeze(run: coordinator.Run) -> psutil.Process:
     return p
 
 
-@pytest.mark.usefixtures("socket_path")
-def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store_dir: Path) -> None:
-    """backpressure='block': log() waits once max_buffer_points are unacknowledged; all points arrive later."""
-    with coordinator.init_run(settings=coordinator.Settings(backpressure="block", max_buffer_points=5000)) as run:
+@pytest.mark.parametrize("rings", ["0", "1"])
+def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, rings: str
+) -> None:
+    """backpressure='block': log() waits once max_buffer_points are unacknowledged; all points arrive later.
+
+    With rings (a 64 KiB ring: ~2,000 scalar rows) the frozen aggregator frees none of the ring, so rows
+    go over the socket once it is full (behind the first of them until that is acknowledged), fill the
+    buffer, and log() blocks the same; every step is stored once, in both paths' order."""
+    monkeypatch.setenv("COORDINATOR_RINGS", rings)  # the rings variant's ring is small, to fill
+    settings = coordinator.Settings(backpressure="block", max_buffer_points=5000, ring_bytes=1 << 16)
+    with coordinator.init_run(settings=settings) as run:
         run.log({"a": 0.0}, step=0)
         run.wait(30)
         agg = _freeze(run)
@@ -41,7 +49,10 @@ def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store
         try:
             time.sleep(1.5)
             assert not done.is_set(), "log() did not block with a frozen aggregator and a full buffer"
-            assert run.stats()["pending"] <= 2 * 5000 + 1
+            st = run.stats()
+            assert st["pending"] - st.get("ring_points", 0) <= 2 * 5000 + 1  # the ring's rows are unread too
+            if rings == "1":
+                assert st["ring_full"] >= 1 and 1000 < st["ring_points"] < 2100, st
         finally:
             agg.resume()
         t.join(120)
@@ -50,9 +61,10 @@ def test_block_policy_blocks_log_when_the_buffer_is_full_and_loses_nothing(store
     [info] = list_runs(store_dir)
     s = LocalStore(info.path / "run.db", readonly=True)
     try:
-        assert [st for st, _ in s.values("a", 0)] == list(range(200_001))
+        assert s.values("a", 0) == [(st, float(st)) for st in range(200_001)]
     finally:
         s.close()
+    assert info.report is not None and (info.report["ring_points"] > 0) == (rings == "1")
 
 
 def test_drop_oldest_bounds_memory_counts_every_dropped_point_and_reports_it(store_dir: Path) -> None:
