@@ -86,6 +86,10 @@ def start_sender(
         cfg.hello["ring"] = ring.hello()
         numbering.on_welcome = ring.welcome
         cfg.heard = ring.heard
+        # While rows come, wake every 5 heartbeats, at most a sixth of the liveness timeout: a rank whose rows
+        # stop then PINGs well before the aggregator would give it up.
+        beat = settings.heartbeat_interval_s
+        cfg.quiet_heartbeat_s = max(beat, min(5 * beat, settings.liveness_timeout_s / 6))
     sender = SenderThread(cfg, buf, numbering)
     sender.start()
     if endpoint is not None:

@@ -89,6 +89,7 @@ class SenderConfig:
     hello: dict[str, Any] = field(default_factory=dict)
     heard: Callable[[], bool] = lambda: False
     """Whether the aggregator heard from the rank since the last call without a message (rows in its ring)."""
+    quiet_heartbeat_s: float = 0.0  # the silence allowed while heard() says yes (at least the heartbeat's)
     curve: CurveKeys | None = None
     """Connect as a CURVE client with the job's keys (multi-node TCP)."""
 
@@ -150,10 +151,7 @@ class SenderThread(threading.Thread):
     def run(self) -> None:
         try:
             self._pipe = self._build_pipeline()
-            if self.cfg.endpoint is None:
-                self._main_offline()
-            else:
-                self._main()
+            (self._main_offline if self.cfg.endpoint is None else self._main)()
         except BaseException as e:  # the thread must not die silently: surface it to wait()
             _log.error("coordinator sender thread crashed: %r", e, exc_info=True)
             err = e if isinstance(e, CoordinatorError) else CoordinatorError(f"sender thread crashed: {e!r}")
@@ -444,6 +442,9 @@ class SenderThread(threading.Thread):
             # a window every timeout): ask what it has; its WELCOME resends the rest.
             _log.debug("rank %d: no ack for %d batches; probing with HELLO", self.cfg.rank, self._pipe.in_flight)
             self._send_hello(probe=True)
-        due = now - self._last_send > self.cfg.heartbeat_interval_s  # rows the aggregator reads stand for a PING
-        if due and ((self._pipe.settled and self.cfg.heard()) or not self._send(wire.PING, 0, _EMPTY_MAP)):
-            self._last_send = now  # (or the send queue is full: the aggregator will hear from us anyway)
+        c = self.cfg
+        if now - self._last_send > c.heartbeat_interval_s:
+            if self._pipe.settled and c.heard():  # rows the aggregator reads stand for a PING: the silence goes on
+                self._last_send = now + max(0.0, c.quiet_heartbeat_s - c.heartbeat_interval_s)  # (its start moved)
+            elif not self._send(wire.PING, 0, _EMPTY_MAP):
+                self._last_send = now  # the send queue is full: the aggregator will hear from us anyway

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -231,6 +232,51 @@ def test_rows_in_the_ring_stand_for_the_heartbeat_and_keep_the_rank_live(store_d
         assert sender.last_reply_at == replied, "a PING went out although the ring brought rows"
         time.sleep(1.0)  # no rows: heartbeats again
         assert replied is not None and sender.last_reply_at > replied
+        run.wait(30)
+    st = open_store(store_dir)
+    try:
+        assert [e for e in st.events() if e[1] == "rank_lost"] == []
+        assert [p for p, _ in st.values("a", 0)] == list(range(s))
+    finally:
+        st.close()
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """The thread's voluntary context switches so far: each time it slept (a poll, a wait for the GIL)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_while_rows_stand_for_the_heartbeat_the_sender_wakes_every_quiet_interval_not_every_heartbeat(
+    store_dir: Path,
+) -> None:
+    """Heartbeat 0.2 s and liveness 6 s: while rows come, the sender looks again only every 1 s (5
+    heartbeats, a sixth of the liveness timeout), so it sleeps through ~3 wake-ups in 3.5 s where a
+    wake-up a heartbeat would be ~17. Once the rows stop, its PING comes within that second."""
+    settings = coordinator.Settings(
+        rings=True, heartbeat_interval_s=0.2, liveness_timeout_s=6.0, system_metrics_interval_s=0
+    )
+    with coordinator.init_run(project="t", settings=settings) as run:
+        _ring_path(run)
+        sender = run._sender
+        assert sender is not None
+        run.wait(30)
+        s = 0
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 0.5:  # the replies to wait()'s requests are in; the quiet interval began
+            run.log({"a": float(s)}, step=s)
+            s += 1
+            time.sleep(0.02)
+        before, replied = _wakeups(sender), sender.last_reply_at
+        while time.monotonic() < t0 + 4.0:
+            run.log({"a": float(s)}, step=s)
+            s += 1
+            time.sleep(0.02)
+        woke = _wakeups(sender) - before
+        assert sender.last_reply_at == replied, "a PING went out although the ring brought rows"
+        assert woke <= 8, f"the sender woke {woke} times in 3.5 s of rows"
+        time.sleep(1.6)  # no rows: the heartbeat comes back within the quiet interval and one heartbeat
+        assert sender.last_reply_at > replied
         run.wait(30)
     st = open_store(store_dir)
     try:
