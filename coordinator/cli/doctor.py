@@ -1,7 +1,8 @@
 """``coordinator doctor``: check an installation end to end and say plainly what is wrong.
 
 Steps: versions (coordinator, Python, pyzmq/libzmq, msgpack, protocol, the backend's client);
-a scratch run in a temporary directory through the real path (rank 0 starts the aggregator
+the rings jobs that died left in ``/dev/shm`` (said, not failed: ``coordinator rings``); a
+scratch run in a temporary directory through the real path (rank 0 starts the aggregator
 process, logs, waits, stops); the points read back from the store; and with a backend: its
 ``check()``, a test write of the scratch run through a :class:`~coordinator.forward.forwarder.Forwarder`,
 and a read-back from the tracker. With a real tracker this leaves a small run named
@@ -20,8 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from coordinator.settings import env_name
+from coordinator.transport.ringplace import SHM, left_rings
 
-__all__ = ["DOCTOR_POINTS", "run_doctor"]
+__all__ = ["DOCTOR_POINTS", "left_rings_line", "run_doctor"]
 
 DOCTOR_POINTS = 20
 """Points the scratch run logs (key ``doctor/value``, value = step / 2)."""
@@ -46,6 +48,7 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
         f"msgpack {'.'.join(map(str, msgpack.version))}"
     )
     yield True, versions
+    yield True, left_rings_line()
     cls = None
     if backend is not None:
         from coordinator.forward.backend import get_backend
@@ -84,6 +87,15 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
             shutil.rmtree(tmp, ignore_errors=True)
     if keep or failed:
         yield not failed, f"scratch run and aggregator log kept in {tmp}"
+
+
+def left_rings_line(where: Path = SHM) -> str:
+    """Rings in ``where`` that jobs which died left (``Settings.rings``): memory taken, not a failure here."""
+    left = left_rings([where])
+    if not left:
+        return f"rings: none left in {where} by jobs that died"
+    mib = sum(r.bytes for r in left) / 2**20
+    return f"rings: {len(left)} left in {where} by jobs that died ({mib:.1f} MiB): see `coordinator rings`"
 
 
 def _scratch_run(tmp: Path, result: list[Path]) -> Iterator[tuple[bool, str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import coordinator.cli.rings as rings_cli
+from coordinator.cli.doctor import left_rings_line
 from coordinator.cli.main import main
 from coordinator.transport.ring import RingWriter
 from coordinator.transport.ringrows import RowWriter, names_path
@@ -62,3 +63,15 @@ def test_rings_lists_in_use_and_left_rings_and_removes_only_the_left(
     assert main([*base, "--remove"]) == 0
     assert "removed " + str(held) in capsys.readouterr().out
     assert main(base) == 0 and capsys.readouterr().out == "no rings\n"
+
+
+def test_doctor_says_how_many_rings_were_left_and_their_memory(tmp_path: Path) -> None:
+    assert left_rings_line(tmp_path) == f"rings: none left in {tmp_path} by jobs that died"
+    held = RingWriter(tmp_path / "coordinator-a-0-1.ring", 4096)
+    RingWriter(tmp_path / "coordinator-b-0-1.ring", 1 << 20).close()
+    line = left_rings_line(tmp_path)
+    assert line.startswith(f"rings: 1 left in {tmp_path} by jobs that died (1.0 MiB)"), line
+    held.close()
+    assert left_rings_line(tmp_path).startswith(f"rings: 2 left in {tmp_path}")
+    for p in tmp_path.iterdir():
+        p.unlink()
