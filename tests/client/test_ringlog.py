@@ -13,6 +13,7 @@ import pytest
 import coordinator
 from coordinator.journal.store import MAIN_RANK
 from coordinator.transport.ringrows import names_path
+from coordinator.transport.sender import SenderThread
 from tests.client.helpers import open_store
 
 
@@ -208,6 +209,33 @@ def test_a_step_written_through_the_ring_and_over_the_socket_keeps_the_later_wri
         s.close()
 
 
+def _quiet_sender(run: coordinator.Run) -> SenderThread:
+    """The run's sender, once its ring is on and wait()'s replies are in."""
+    _ring_path(run)
+    sender = run._sender
+    assert sender is not None
+    run.wait(30)
+    return sender
+
+
+def _log_rows(run: coordinator.Run, s: int, until: float) -> int:
+    """Log a scalar row every 20 ms from step ``s`` until ``until`` (monotonic); the next step."""
+    while time.monotonic() < until:
+        run.log({"a": float(s)}, step=s)
+        s += 1
+        time.sleep(0.02)
+    return s
+
+
+def _check_rows_and_no_rank_lost(store_dir: Path, steps: int) -> None:
+    st = open_store(store_dir)
+    try:
+        assert [e for e in st.events() if e[1] == "rank_lost"] == []
+        assert [p for p, _ in st.values("a", 0)] == list(range(steps))
+    finally:
+        st.close()
+
+
 def test_rows_in_the_ring_stand_for_the_heartbeat_and_keep_the_rank_live(store_dir: Path) -> None:
     """While a rank writes rows, its sender skips its heartbeat (no PING, so no PONG comes back) and the
     aggregator counts the rows it reads as hearing from the rank: silent on its socket for twice the
@@ -216,29 +244,16 @@ def test_rows_in_the_ring_stand_for_the_heartbeat_and_keep_the_rank_live(store_d
         rings=True, heartbeat_interval_s=0.3, liveness_timeout_s=1.5, system_metrics_interval_s=0
     )
     with coordinator.init_run(project="t", settings=settings) as run:
-        _ring_path(run)
-        sender = run._sender
-        assert sender is not None
-        run.wait(30)
+        sender = _quiet_sender(run)
         t0 = time.monotonic()
-        replied = None
-        s = 0
-        while time.monotonic() < t0 + 3.5:
-            run.log({"a": float(s)}, step=s)
-            s += 1
-            time.sleep(0.02)
-            if replied is None and time.monotonic() > t0 + 0.5:  # the replies to wait()'s requests are in
-                replied = sender.last_reply_at
+        s = _log_rows(run, 0, t0 + 0.5)  # the replies to wait()'s requests are in
+        replied = sender.last_reply_at
+        s = _log_rows(run, s, t0 + 3.5)
         assert sender.last_reply_at == replied, "a PING went out although the ring brought rows"
         time.sleep(1.0)  # no rows: heartbeats again
-        assert replied is not None and sender.last_reply_at > replied
+        assert sender.last_reply_at > replied
         run.wait(30)
-    st = open_store(store_dir)
-    try:
-        assert [e for e in st.events() if e[1] == "rank_lost"] == []
-        assert [p for p, _ in st.values("a", 0)] == list(range(s))
-    finally:
-        st.close()
+    _check_rows_and_no_rank_lost(store_dir, s)
 
 
 def _wakeups(thread: threading.Thread) -> int:
@@ -257,30 +272,15 @@ def test_while_rows_stand_for_the_heartbeat_the_sender_wakes_every_quiet_interva
         rings=True, heartbeat_interval_s=0.2, liveness_timeout_s=6.0, system_metrics_interval_s=0
     )
     with coordinator.init_run(project="t", settings=settings) as run:
-        _ring_path(run)
-        sender = run._sender
-        assert sender is not None
-        run.wait(30)
-        s = 0
+        sender = _quiet_sender(run)
         t0 = time.monotonic()
-        while time.monotonic() < t0 + 0.5:  # the replies to wait()'s requests are in; the quiet interval began
-            run.log({"a": float(s)}, step=s)
-            s += 1
-            time.sleep(0.02)
+        s = _log_rows(run, 0, t0 + 0.5)  # the replies to wait()'s requests are in; the quiet interval began
         before, replied = _wakeups(sender), sender.last_reply_at
-        while time.monotonic() < t0 + 4.0:
-            run.log({"a": float(s)}, step=s)
-            s += 1
-            time.sleep(0.02)
+        s = _log_rows(run, s, t0 + 4.0)
         woke = _wakeups(sender) - before
         assert sender.last_reply_at == replied, "a PING went out although the ring brought rows"
         assert woke <= 8, f"the sender woke {woke} times in 3.5 s of rows"
         time.sleep(1.6)  # no rows: the heartbeat comes back within the quiet interval and one heartbeat
         assert sender.last_reply_at > replied
         run.wait(30)
-    st = open_store(store_dir)
-    try:
-        assert [e for e in st.events() if e[1] == "rank_lost"] == []
-        assert [p for p, _ in st.values("a", 0)] == list(range(s))
-    finally:
-        st.close()
+    _check_rows_and_no_rank_lost(store_dir, s)
