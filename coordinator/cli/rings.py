@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coordinator.cli.common import out
 from coordinator.journal.paths import resolve_root
+from coordinator.settings import env_name
 from coordinator.transport.ringplace import SHM, RingFile, remove_left, ring_files
 
 __all__ = ["add_rings_parser", "cmd_rings", "ring_dirs"]
@@ -45,8 +46,8 @@ def ring_dirs(root: Path, extra: list[str] | None) -> list[Path]:
     """Where rings may be: ``/dev/shm``, ``$COORDINATOR_RING_DIR``, each run's spool directory under the store
     ``root`` (a rank's fallback), and ``extra``."""
     dirs = [SHM]
-    if os.environ.get("COORDINATOR_RING_DIR"):
-        dirs.append(Path(os.environ["COORDINATOR_RING_DIR"]))
+    if chosen := os.environ.get(env_name("ring_dir")):
+        dirs.append(Path(chosen))
     spools = root / "spool"
     if spools.is_dir():
         dirs += sorted(p for p in spools.iterdir() if p.is_dir())
@@ -89,8 +90,9 @@ def cmd_rings(a: argparse.Namespace) -> int:
     if a.remove:
         for r in removed:
             out(f"removed {r.path} ({r.unread} bytes unread discarded)")
+        taken = {r.path for r in removed}
         for r in left:
-            if r not in removed:
+            if r.path not in taken:
                 out(f"kept {r.path}: a process took it, or it went, while this ran")
     elif left:
         out(
