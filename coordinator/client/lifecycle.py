@@ -244,6 +244,8 @@ class Lifecycle:
         )
         if self._watchdog is not None:
             self._watchdog.after_fork_in_child()
+        if self._ring is not None:
+            self._ring.after_fork_in_child()
         self._buf.lock = threading.Lock()  # the parent's lock may have been held at fork time
         self._buf.cond = threading.Condition(self._buf.lock)
         refuse = self._refuse_calls()

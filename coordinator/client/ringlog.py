@@ -301,6 +301,23 @@ class RingLog:
                 self.on = False
                 self._rows.close()
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child (a DataLoader worker): write nothing, and let go of this copy of the ring's map and
+        file. A child shares its parent's open file, and with it the ring's lock: while it lived on after its
+        rank was killed, the ring would read as in use (:func:`~coordinator.transport.ringplace.left_rings`)."""
+        self.on = False
+        self._closed = True  # confirmed() answers what it knew; the parent's ring is not marked closed
+        self._marks_lock = threading.Lock()  # another thread of the parent may have held it
+        try:
+            self._ring.close(mark=False)
+        except BufferError as e:  # a view of the map was taken in another thread at the fork
+            _log.warning(
+                "forked child %d keeps rank's ring %s open (%s): it reads as in use while this lives",
+                os.getpid(),
+                self.path,
+                e,
+            )
+
     def remove(self, answered: bool) -> None:
         """After the BYE: remove the ring if its rows were all read (``answered``, or its header says every
         byte written was released after a commit), else keep it and say so.

@@ -320,9 +320,11 @@ class RingWriter(_Ring):
         self._pos = pos + size
         self._written[0] = pos + size
 
-    def close(self) -> None:
-        """Mark the ring closed (nothing more comes: a reader may remove it once it has taken the rest)."""
-        self._closed[0] = 1
+    def close(self, mark: bool = True) -> None:
+        """Mark the ring closed (nothing more comes: a reader may remove it once it has taken the rest); with
+        ``mark`` False, only let go of the map and the file's lock (a forked child's copy of the writer)."""
+        if mark:
+            self._closed[0] = 1
         super().close()
 
 

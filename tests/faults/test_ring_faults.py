@@ -217,3 +217,80 @@ def _check_exactly_once_missing(store_dir: Path, world: int, n: int) -> None:
         assert sum(len(s.values("m", r)) for r in range(world)) < world * n
     finally:
         s.close()
+
+
+_FORKS = """
+import os, sys, time
+import coordinator
+run = coordinator.init_run(project="forks")
+for s in range(100):
+    run.log({"x": float(s)}, step=s)
+run.wait(timeout=60)
+assert run.stats()["ring_points"] == 100, run.stats()
+child = os.fork()  # a DataLoader worker's way: a fork, no exec
+if child == 0:
+    time.sleep(120)
+    os._exit(0)
+print(run.id, child, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not ours to reap) is gone or a zombie within ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_forked_child_that_outlives_its_killed_rank_does_not_keep_its_ring_in_use(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank with a ring forks a child (as DataLoader workers are made) and is SIGKILLed with its aggregator while
+    the child sleeps on: `coordinator rings` lists the ring as left, and `--remove` takes it away. A child that
+    kept the ring's file open would hold its lock, and the ring would read as in use for as long as it lived."""
+    monkeypatch.setenv("COORDINATOR_RINGS", "1")
+    rank = subprocess.Popen(
+        [sys.executable, "-c", _FORKS],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    child = -1
+    try:
+        assert rank.stdout is not None
+        run_id, pid = rank.stdout.readline().split()
+        child = int(pid)
+        [agg] = _aggregators(run_id)
+        agg.suspend()  # frozen, it reads nothing more and starts no successor when the rank dies
+        rank.kill()
+        rank.wait(10)
+        agg.kill()
+        agg.wait(10)
+        os.kill(child, 0)  # the child lives on
+        [ring] = [r for r in _ring_list() if r["run"] == run_id]
+        assert ring["state"] == "left", ring
+        assert ring["unread_bytes"] == 0, ring  # its rows were committed before wait() returned
+        r = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli", "rings", "--remove"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert r.returncode == 0 and run_id in r.stdout, (r.stdout, r.stderr)
+        assert not [r for r in _ring_list() if r["run"] == run_id]
+    finally:
+        rank.kill()
+        rank.wait(10)
+        if child > 0:
+            os.kill(child, signal.SIGKILL)
+            assert _gone(child, 10), f"the forked child {child} did not die"
+    assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
