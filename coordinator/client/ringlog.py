@@ -37,7 +37,7 @@ from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringplace import SHM, boot_id, pick_ring_dir, unread_bytes
+from coordinator.transport.ringplace import SHM, boot_id, left_rings, no_room, pick_ring_dir, unread_bytes
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
@@ -360,4 +360,19 @@ def open_ring(
     except (OSError, ValueError) as e:
         _log.warning("no ring %s (%s); every row goes over the socket", name, e)
         return None
+    if d != dirs[0]:
+        _say_on_disk(d, dirs[0], capacity)
     return RingLog(rows, keys, buf)
+
+
+def _say_on_disk(d: Path, shm: Path, capacity: int) -> None:
+    """Warn that the rank's ring went to ``d`` (its spool directory) because ``shm`` had no room, naming the
+    rings that jobs which died left there: they are what usually fills a container's 64 MiB."""
+    left = left_rings([shm])
+    taken = (
+        f"; {len(left)} ring(s) that ended jobs left there take {sum(r.bytes for r in left) / 2**20:.0f} MiB "
+        "(`coordinator rings --remove` deletes them)"
+        if left
+        else ""
+    )
+    _log.warning("rank's ring is in %s, not in %s (%s)%s", d, shm, no_room(shm, capacity), taken)

@@ -30,6 +30,7 @@ __all__ = [
     "RingFile",
     "boot_id",
     "left_rings",
+    "no_room",
     "pick_ring_dir",
     "remove_left",
     "ring_files",
@@ -81,22 +82,28 @@ def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.
     Raises:
         ValueError: no candidate qualifies.
     """
-    need = headroom * (HEADER_BYTES + capacity)
     tried = []
     for d in candidates:
-        try:
-            st = os.statvfs(d)
-        except OSError as e:
-            tried.append(f"{d}: {e.strerror}")
-            continue
-        free = st.f_bavail * st.f_frsize
-        if not os.access(d, os.W_OK):
-            tried.append(f"{d}: not writable")
-        elif free < need:
-            tried.append(f"{d}: {free} bytes free, under {need:.0f}")
-        else:
+        why = no_room(d, capacity, headroom=headroom)
+        if why is None:
             return d
+        tried.append(why)
     raise ValueError(f"no directory has room for a {capacity}-byte ring: {'; '.join(tried) or 'none given'}")
+
+
+def no_room(d: Path, capacity: int, *, headroom: float = 4.0) -> str | None:
+    """Why directory ``d`` takes no ring of ``capacity`` bytes (:func:`pick_ring_dir`); None where it does."""
+    need = headroom * (HEADER_BYTES + capacity)
+    try:
+        st = os.statvfs(d)
+    except OSError as e:
+        return f"{d}: {e.strerror}"
+    free = st.f_bavail * st.f_frsize
+    if not os.access(d, os.W_OK):
+        return f"{d}: not writable"
+    if free < need:
+        return f"{d}: {free} bytes free, under {need:.0f}"
+    return None
 
 
 def _parse_name(path: Path) -> tuple[str, int, int]:

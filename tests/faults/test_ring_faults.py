@@ -8,7 +8,9 @@ successor finds the ring in the journal), and a SIGKILLed aggregator neither los
 from __future__ import annotations
 
 import json
+import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,3 +296,56 @@ def test_a_forked_child_that_outlives_its_killed_rank_does_not_keep_its_ring_in_
             os.kill(child, signal.SIGKILL)
             assert _gone(child, 10), f"the forked child {child} did not die"
     assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
+
+
+_SMALL_SHM = """
+import os
+from pathlib import Path
+import coordinator
+from coordinator.transport.ring import RingWriter
+RingWriter(Path("/dev/shm/coordinator-old-0-1.ring"), 8 << 20).close()  # a ring a job left: nobody holds it
+run = coordinator.init_run(project="small-shm", settings=coordinator.Settings(rings=True))
+for s in range(1000):
+    run.log({"x": float(s)}, step=s)
+run.wait(timeout=60)
+print(run._ring.path, run.stats()["ring_points"], flush=True)
+run.stop()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_rank_whose_ring_finds_no_room_in_shared_memory_says_so_and_names_the_rings_left_there(
+    store_dir: Path,
+) -> None:
+    """In a mount namespace whose /dev/shm is a 24 MiB tmpfs holding an 8 MiB ring a job left (as a container's
+    64 MiB fills), a rank's 16 MiB ring (which asks for 4x its size free) goes to its spool directory: it says
+    where, why, and what the left rings there take; and its rows still go through it, every one stored."""
+    env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_RING_DIR"}  # the default places
+    r = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=24m tmpfs /dev/shm && exec "$0" -c "$1"',
+            sys.executable,
+            _SMALL_SHM,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(env, PYTHONPATH=str(ROOT)),
+    )
+    assert r.returncode == 0, r.stderr
+    path, points = r.stdout.split()
+    assert Path(path).parent.parent == store_dir / "spool" and int(points) == 1000, r.stdout
+    [said] = [line for line in r.stderr.splitlines() if "rank's ring is in" in line]
+    assert re.search(r"not in /dev/shm \(/dev/shm: 1[0-9]{7} bytes free, under 6[0-9]{7}\)", said), said
+    assert "1 ring(s) that ended jobs left there take 8 MiB" in said, said
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(i, float(i)) for i in range(1000)]
+    finally:
+        s.close()
+    assert not Path(path).exists()
