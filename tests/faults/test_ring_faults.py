@@ -8,8 +8,8 @@ successor finds the ring in the journal), and a SIGKILLed aggregator neither los
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
