@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import random
 import shutil
 import struct
@@ -349,3 +350,28 @@ def test_a_ring_larger_than_a_full_shared_memory_is_refused_not_a_sigbus_later(t
         cwd=Path(__file__).resolve().parents[2],
     )
     assert (out.returncode, out.stdout) == (0, "refused: No space left on device False\n"), out.stderr
+
+
+def _resident_kib(path: Path) -> list[int]:
+    """KiB of each of ``path``'s mappings in this process that its page tables map now (``Rss`` in
+    ``/proc/self/smaps``)."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    found = []
+    for at in [i for i, line in enumerate(lines) if line.endswith(" " + str(path))]:
+        [rss] = [line for line in lines[at + 1 : at + 8] if line.startswith("Rss:")]
+        found.append(int(rss.split()[1]))
+    return found
+
+
+def test_both_ends_map_every_page_of_the_ring_up_front_so_no_write_or_read_faults(tmp_path: Path) -> None:
+    """The first write into each page of a fresh mapping would fault (a paced training step's calls took the
+    faults at their p99); mapped with its pages present, the whole ring is resident before the first record."""
+    size = 1 << 20
+    w = RingWriter(tmp_path / "r", size)
+    r = RingReader(tmp_path / "r")
+    try:
+        pages = -(-(HEADER_BYTES + size) // mmap.PAGESIZE)
+        assert _resident_kib(tmp_path / "r") == [pages * mmap.PAGESIZE // 1024] * 2  # the writer's and the reader's
+    finally:
+        w.close()
+        r.close()
