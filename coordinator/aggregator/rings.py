@@ -46,14 +46,20 @@ _STAMP_S = 2.0**STAMP_SHIFT / 1e9
 RING_PATHS = "ringpath:"
 """The prefix of the meta rows that name each (rank, incarnation)'s ring: ``ringpath:<rank>-<incarnation>``."""
 
-DRAIN_MS = (250, 1000)
-"""How often the ranks' rings are read (and what they held committed) when nothing else wakes the loop:
-every 250 ms while they bring rows, less often (twice as long each time, up to the sweep's second)
-while they bring none. A ring keeps what a killed rank wrote, so this is the live view's lag, not a
-kill window; a ``wait()``, ``sync()`` or closing rank has its ring read at once (with the commit its
-reply waits for). Each drain's commit costs the aggregator about the same whatever it holds: in the
-paced job (4 ranks, 100-key rows at 50 steps/s) 0.78 µs a point at 100 ms, 0.43 at 250 ms
-(docs/performance.md, round 44)."""
+DRAIN_MS = (100, 1000)
+"""The shortest and the longest wait between two reads of the ranks' rings (and commits of what they held)
+when nothing else wakes the loop. A ring keeps what a killed rank wrote, so this is the live view's lag,
+not a kill window; a ``wait()``, ``sync()`` or closing rank has its ring read at once (with the commit its
+reply waits for). Each read's commit costs the aggregator about the same whatever it holds, so it reads
+as seldom as the rings allow (:meth:`Rings.pace`): in the paced job (4 ranks, 100-key rows at 50 steps/s)
+0.78 µs a point at 100 ms, 0.43 at 250 ms (round 44), 0.26-0.28 at 1 s against 0.52 at 250 ms (round 48)."""
+
+_FILL = 1 / 8
+"""The share of a ring that may fill between two reads (:meth:`Rings.pace`): a rank that logs eight times
+faster than the last read saw still has room before its rows go over the socket (``ring_full``)."""
+
+_RATE_WINDOW_S = 0.05
+"""The shortest time a ring's rate of filling is measured over (:meth:`Rings.pace`)."""
 
 
 BOOT_ID = boot_id()
@@ -77,6 +83,11 @@ class Rings:
         """The cursor of each ring written into the open transaction (freed at its commit)."""
         self._looked: set[Path] = set()
         """The directories searched for left rings (:meth:`look_for_left`)."""
+        self.drain_ms = DRAIN_MS[0]
+        """How long the loop may wait before it reads the rings again (:meth:`pace`)."""
+        self._written: dict[tuple[int, int], int] = {}
+        """Each ring's ``written`` at the last :meth:`pace` that measured."""
+        self._paced_at = time.monotonic()
 
     def attach(self, rank: int, incarnation: int, path: Path) -> int:
         """Read (rank, incarnation)'s ring at ``path`` from the cursor the journal kept (or its start);
@@ -90,7 +101,7 @@ class Rings:
         self.readers[(rank, incarnation)] = RowReader(reader)
         # Rows arrive a drain at a time: a rank that logged a step just after one is not behind for that.
         health = self.agg.health
-        health.behind_grace_s = max(health.behind_grace_s, DRAIN_MS[0] / 1000)
+        health.behind_grace_s = max(health.behind_grace_s, DRAIN_MS[1] / 1000)
         return reader.cursor
 
     def offer(self, rank: int, incarnation: int, info: object) -> bool:
@@ -189,6 +200,25 @@ class Rings:
                 self._read.pop((rank, inc), None)  # its passes before the damage stay in the transaction
                 reader.close()
         return points
+
+    def pace(self) -> int:
+        """The wait until the next read (ms), from how fast the busiest ring filled: long enough that it fills
+        :data:`_FILL` of itself, within :data:`DRAIN_MS`. A read costs about the same whatever it takes, so a job
+        that logs slowly is read once a second, a fast one up to ten times. The rate is taken from the rings'
+        headers over at least :data:`_RATE_WINDOW_S` (a pass right after another would see nothing written)."""
+        t = time.monotonic()
+        if t - self._paced_at >= _RATE_WINDOW_S:
+            filling = 0.0
+            seen = {}
+            for key, reader in self.readers.items():
+                ring = reader.reader
+                seen[key] = written = ring.written
+                filling = max(filling, (written - self._written.get(key, written)) / ring.capacity)
+            lo, hi = DRAIN_MS
+            rate = filling / (t - self._paced_at)
+            self.drain_ms = hi if rate <= 0 else int(min(hi, max(lo, 1000 * _FILL / rate)))
+            self._written, self._paced_at = seen, t
+        return self.drain_ms
 
     def _ingest(self, rank: int, inc: int, rows: Rows, now: float) -> int:
         """Ingest one ring's rows as (rank, inc)'s points: each frame's rows as one block of a batch."""

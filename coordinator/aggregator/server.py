@@ -29,7 +29,7 @@ from coordinator.aggregator.counters import Report
 from coordinator.aggregator.fdlimit import ensure_fd_limit
 from coordinator.aggregator.queries import QueryReader
 from coordinator.aggregator.recovery import recover_spools
-from coordinator.aggregator.rings import DRAIN_MS, Rings
+from coordinator.aggregator.rings import Rings
 from coordinator.core.limits import MAX_FRAME_BYTES
 from coordinator.core.summary import end_message
 from coordinator.errors import ConfigError, ProtocolError, SinkError
@@ -110,7 +110,6 @@ class Server:
         self.rings = Rings(agg)
         """The rings of the ranks on this machine, read before every commit (:mod:`.rings`)."""
         self.rings.reattach()
-        self._drain_ms = DRAIN_MS[0]
 
     # ------------------------------------------------------------- replies
 
@@ -301,7 +300,7 @@ class Server:
             if self.replies:  # acks are due at the next group commit
                 idle_ms = window.timeout_ms(time.monotonic())
             elif self.rings.readers:
-                idle_ms = min(idle_ms, self._drain_ms)
+                idle_ms = min(idle_ms, self.rings.drain_ms)
             events = dict(poller.poll(idle_ms))
             if self.reader.replies in events:
                 self._forward_answers()
@@ -333,8 +332,13 @@ class Server:
                 if emit:
                     agg.emit(now, all_keys=sweep, hold=False)
                     unreduced = 0
-            got = self.rings.drain(now)
-            self._drain_ms = DRAIN_MS[0] if got else min(2 * self._drain_ms, DRAIN_MS[1])
+            self.rings.drain(now)
+            self.rings.pace()
+            if sweep and not readers and not self.replies:  # no acks wait: what the sweep writes joins this commit
+                last_health = self._sweep(now, last_health)  # (with the rows just read from the rings, ~1 s
+                agg.emit(now, all_keys=True, hold=False)  # after their ranks logged them, not ~2 s)
+                sweep = emit = False
+                unreduced = 0
             try:
                 agg.commit(stage=not readers)
                 window.committed(time.monotonic())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.rings import BOOT_ID, Rings, meta_key, progress_few, progress_many
+from coordinator.aggregator.rings import BOOT_ID, DRAIN_MS, Rings, meta_key, progress_few, progress_many
 from coordinator.transport.ring import RingWriter
 from coordinator.transport.ringrows import RowWriter, names_path, stamp
 from tests.aggregator.helpers import crash, hello, make_cfg, reopen
@@ -327,4 +327,32 @@ def test_rings_no_process_holds_are_warned_of_and_counted_once_but_not_this_runs
     assert (tmp_path / "coordinator-oldjob-2-5.ring").exists()
     rings.close()
     ws[0].close()
+    agg.finalize()
+
+
+def test_the_rings_are_read_as_seldom_as_their_filling_allows_between_a_tenth_and_a_whole_second(
+    tmp_path: Path,
+) -> None:
+    """A read's commit costs about the same whatever it holds, so the wait before the next is long enough
+    for the busiest ring to fill an eighth of itself at the rate it filled since the last measure: a second
+    while they bring little or nothing, down to a tenth for a rank that fills a ring that fast."""
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path, capacity=1 << 16)  # 48-byte rows: 1365 fill a ring
+    rings = _rings(agg, tmp_path)
+    assert rings.drain_ms == DRAIN_MS[0]  # until a rate is known
+    time.sleep(0.06)
+    t = time.monotonic()
+    assert rings.pace() == DRAIN_MS[1]  # nothing written
+    _log(ws[1], 1, range(85))  # 1/16 of the ring
+    time.sleep(0.2)
+    slow = rings.pace()  # 1/16 in dt >= 0.2 s: an eighth in 2 dt
+    assert 399 <= slow <= 2010 * (time.monotonic() - t), slow  # 85 rows are 4080 bytes, not 4096
+    assert rings.pace() == slow  # no new measure within 50 ms of the last
+    time.sleep(0.05)
+    _log(ws[0], 0, range(600))  # nearly half the ring in ~50 ms: read as often as allowed
+    assert rings.pace() == DRAIN_MS[0]
+    rings.drain(1.0)
+    agg.commit()
+    rings.committed()
+    rings.close()
     agg.finalize()
