@@ -12,7 +12,7 @@ crc32 | msgpack [id, [key, ...]]``; a kill mid-append leaves a torn last entry, 
 A row's *stamp* is when it was written: the machine's ``CLOCK_MONOTONIC`` in units of 2**20 ns
 (~1 ms), modulo 2**32 (:func:`stamp`; 0 says nothing). The aggregator reads a ring on the same
 machine, so the same clock tells it how long ago each row was written (:func:`ages_s`): a rank's
-progress is dated when it logged, not when a drain (every 250 ms or so) happened to read it, which
+progress is dated when it logged, not when a drain (every 100 ms to 1 s) happened to read it, which
 is what tells a straggler that logs 80 ms after the others from them.
 
 The rank's :class:`RowWriter` is :mod:`coordinator.client.ringlog`'s, the aggregator's
