@@ -334,9 +334,12 @@ class Server:
                     unreduced = 0
             self.rings.drain(now)
             self.rings.pace()
-            if sweep and not readers and not self.replies:  # no acks wait: what the sweep writes joins this commit
-                last_health = self._sweep(now, last_health)  # (with the rows just read from the rings, ~1 s
-                agg.emit(now, all_keys=True, hold=False)  # after their ranks logged them, not ~2 s)
+            if sweep and not readers and not self.replies:
+                # No acks wait for this commit: the sweep and what it emits (with the rows just read from the
+                # rings) go into it, so the main series follows the ranks by ~1 s, not ~2 (the next commit
+                # may be a second away when only rings wake the loop).
+                last_health = self._sweep(now, last_health)
+                agg.emit(now, all_keys=True, hold=False)
                 sweep = emit = False
                 unreduced = 0
             try:
