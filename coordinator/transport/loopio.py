@@ -92,8 +92,13 @@ class LoopIO:
         self._readable = [(sock, _POLLIN)]
         start_zero_copy()
 
-    def wait(self, timeout_ms: int, *, listen: bool) -> tuple[bool, bool]:
+    def wait(self, timeout_ms: int, *, listen: bool, doze: bool = False) -> tuple[bool, bool]:
         """Block up to ``timeout_ms`` for a wake-up (and, when ``listen``, a reply).
+
+        ``doze``: a dozing sender's quiet wait, whose timeout (its heartbeat) mostly finds nothing to do. One
+        that ends by its timeout does not call ``woke`` (the caller does if it does more than wait again): on
+        a cold CPU the slicer's start, which reads the training thread's CPU clock, took about half of the ~150 µs
+        the GIL was held from the poll's return to the look at the socket (``benchmarks.gil_holds --rings``).
 
         Returns:
             (woken: the pipe, or the timer, is readable; replies: a reply is queued on the socket). A quiet
@@ -103,11 +108,17 @@ class LoopIO:
         """
         if not listen:
             woken = bool(self._quiet.poll(timeout_ms))
-            self._woke()
-            return woken, bool(zmq.zmq_poll(self._readable, 0))
+            if woken or not doze:
+                self._woke()
+            return woken, self.queued()
         events = dict(self._listen.poll(timeout_ms))
         self._woke()
         return self._wake_fd in events or self._timer_fd in events, self._sock in events
+
+    def queued(self) -> bool:
+        """Whether a reply is queued on the socket now (a zero-timeout ``zmq_poll``: the GIL is released while
+        libzmq reads its mailbox)."""
+        return bool(zmq.zmq_poll(self._readable, 0))
 
     def replies(self) -> Iterator[list[bytes]]:
         """The replies queued on the socket now, oldest first, each read as it is yielded.

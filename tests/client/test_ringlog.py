@@ -284,3 +284,41 @@ def test_while_rows_stand_for_the_heartbeat_the_sender_wakes_every_quiet_interva
         assert sender.last_reply_at > replied
         run.wait(30)
     _check_rows_and_no_rank_lost(store_dir, s)
+
+
+def test_while_rows_stand_for_the_heartbeat_the_dozing_sender_looks_in_a_few_lines_not_a_full_turn(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's quiet looks while rows come (every 1 s here) are its doze's few lines: each asks whether
+    rows came and waits again, without the loop's full turn (whose housekeeping it would run). The full turn
+    held the GIL ~150 µs there on a cold CPU, the doze ~70 (``benchmarks.gil_holds --rings``)."""
+    settings = coordinator.Settings(
+        rings=True, heartbeat_interval_s=0.2, liveness_timeout_s=6.0, system_metrics_interval_s=0
+    )
+    with coordinator.init_run(project="t", settings=settings) as run:
+        sender = _quiet_sender(run)
+        asked: list[float] = []
+        turns: list[float] = []
+        heard, housekeeping = sender.cfg.heard, sender._housekeeping
+
+        def counting_heard() -> bool:
+            asked.append(time.monotonic())
+            return heard()
+
+        def counting_housekeeping(now: float) -> None:
+            turns.append(now)
+            housekeeping(now)
+
+        monkeypatch.setattr(sender.cfg, "heard", counting_heard)
+        monkeypatch.setattr(sender, "_housekeeping", counting_housekeeping)
+        t0 = time.monotonic()
+        s = _log_rows(run, 0, t0 + 0.5)  # the quiet interval began with the replies to wait()'s requests
+        asked.clear()
+        turns.clear()
+        s = _log_rows(run, s, t0 + 4.0)
+        assert len(asked) >= 2, f"the sender asked whether rows came {len(asked)} times in 3.5 s"
+        assert len(turns) <= 1, f"{len(turns)} full turns in 3.5 s of rows, for {len(asked)} looks"
+        time.sleep(1.6)  # no rows: the heartbeat comes back, from a full turn
+        assert turns, "no full turn once the rows stopped"
+        run.wait(30)
+    _check_rows_and_no_rank_lost(store_dir, s)
