@@ -53,6 +53,8 @@ MARKED = (
     ("coordinator.transport.pages", None, "populate"),
     ("coordinator.transport.batches", None, "_shed"),
     ("coordinator.transport.batches", None, "give_back"),
+    ("coordinator.transport.sender", "SenderThread", "_doze"),
+    ("zmq", None, "zmq_poll"),
 )
 """(module, class or None, function) of the steps marked at their start and end."""
 
