@@ -228,7 +228,7 @@ class SenderThread(threading.Thread):
         is more than a heartbeat that rows in the ring spoke for.
 
         With rings that heartbeat is the sender's only wake-up while the rank logs. The loop's full turn
-        there found nothing to do in ~140 µs of Python on a cold CPU, holding the GIL; this loop only moves the
+        there found nothing to do in ~150 µs of Python on a cold CPU, holding the GIL; this loop only moves the
         silence on and waits again (no slicer stretch: nothing in it pauses). Nothing the full turn looks at
         can change meanwhile but through the pipe (a write, a request, stop), a reply, or ``has_writes`` (a
         write that bypassed the wake rule: the full turn flushes it).
