@@ -74,6 +74,10 @@ class RingLog:
         one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`)."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
+        self._read = False
+        """Whether a WELCOME ever said the ring is read (:meth:`welcome`)."""
+        self._hello: dict[str, Any] | None = None
+        """The HELLO the ring is offered in (:meth:`offer_in`)."""
         self.full = 0
         """Rows the full ring had no room for (sent over the socket instead)."""
         self._closed = False
@@ -98,9 +102,11 @@ class RingLog:
     def path(self) -> Path:
         return self._ring.path
 
-    def hello(self) -> dict[str, str]:
-        """The HELLO's offer: where the ring is, and on which machine."""
-        return {"path": str(self.path), "boot": boot_id()}
+    def offer_in(self, hello: dict[str, Any]) -> None:
+        """Offer the ring in the rank's HELLO (``hello``, sent again on each reconnect): where it is, and on which
+        machine. :meth:`welcome` takes the offer out again if it lets the ring go."""
+        hello["ring"] = {"path": str(self.path), "boot": boot_id()}
+        self._hello = hello
 
     def heard(self) -> bool:
         """Whether rows went into the ring since the last call (sender thread): the aggregator reads them within
@@ -110,15 +116,45 @@ class RingLog:
         return moved
 
     def welcome(self, body: dict[str, Any]) -> None:
-        """A WELCOME: write into the ring from now on if it says the ring is read (sender thread)."""
+        """A WELCOME: write into the ring from now on if it says the ring is read (sender thread).
+
+        A ring refused before any WELCOME said it is read (the aggregator runs on another machine, or
+        could not open it) is let go at once: closed, removed and offered no more, so a rank on a node
+        without the aggregator does not keep 16 MiB of shared memory it never writes. One read before
+        and refused now (an aggregator started again that could not reopen it) may hold rows: it stays.
+        """
         on = body.get("ring") is True
-        if self.on and not on:
+        if on:
+            self._read = True
+        elif not self._read:
+            self._let_go()
+            return
+        elif self.on:
             _log.warning(
                 "rank's ring %s is no longer read by the aggregator (%d bytes unread): its rows go over the socket",
                 self.path,
                 self._ring.written - self._ring.released,
             )
         self.on = on
+
+    def _let_go(self) -> None:
+        """Close and remove a ring no aggregator read (nothing was written into it), and take back its offer."""
+        if self._hello is not None:
+            self._hello.pop("ring", None)
+            self._hello = None
+        with self._marks_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.on = False
+        self._rows.close()
+        self.path.unlink(missing_ok=True)
+        names_path(self.path).unlink(missing_ok=True)
+        _log.info(
+            "rank's ring %s removed: the aggregator does not read it (it runs on another machine, or could not open "
+            "it); every row goes over the socket",
+            self.path,
+        )
 
     def route(self, data: dict[str, Any], step: int, policy: str | None) -> int:
         """Where a ``log()`` or ``append()`` call goes: :data:`IN_RING` (written), or the step for the

@@ -83,7 +83,7 @@ def start_sender(
     )
     numbering = numbering or StepNumbering(rank)
     if ring is not None:
-        cfg.hello["ring"] = ring.hello()
+        ring.offer_in(cfg.hello)
         numbering.on_welcome = ring.welcome
         cfg.heard = ring.heard
         # While rows come, wake every 5 heartbeats, at most a sixth of the liveness timeout: a rank whose rows

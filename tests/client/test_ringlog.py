@@ -60,6 +60,34 @@ def test_dicts_at_steps_go_through_the_ring_everything_else_over_the_socket_all_
         s.close()
 
 
+def test_a_ring_the_aggregator_does_not_read_is_removed_at_once_and_every_point_goes_over_the_socket(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank on another machine than its aggregator (told apart by the boot id in its HELLO; here the rank's is
+    another machine's) keeps no ring: the first WELCOME refuses it, and the rank removes it, offers it no more
+    in a HELLO, and sends every point over its socket, each stored once."""
+    monkeypatch.setattr("coordinator.client.ringlog.boot_id", lambda: "another-machine")
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        ring = run._ring
+        sender = run._sender
+        assert ring is not None and sender is not None and not ring.on
+        assert not ring.path.exists() and not names_path(ring.path).exists(), "the refused ring is still there"
+        assert "ring" not in sender.cfg.hello, "a reconnect's HELLO would offer the removed ring"
+        for s in range(300):
+            run.log({"a": float(s), "b": s}, step=s)
+            run["c"].append(float(s), step=s)
+        assert run.stats()["ring_points"] == 0
+        run.wait(30)
+    s = open_store(store_dir)
+    try:
+        for k in "abc":
+            assert s.values(k, 0) == [(i, float(i)) for i in range(300)], k
+        rep = s.run_info().report
+        assert rep is not None and rep["ring_points"] == 0 and rep["per_rank"]["0"]["ring_points"] == 0
+    finally:
+        s.close()
+
+
 def test_a_one_key_call_goes_into_the_ring_only_with_a_plain_number(store_dir: Path) -> None:
     """A scalar's row is checked on its own fast path: a tensor (read on the sender thread, never
     here) and a type a row does not take go over the socket, bad values raise, and nothing is lost."""
