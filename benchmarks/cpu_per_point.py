@@ -3,18 +3,20 @@
 Launched by ``cpu_section`` (``benchmarks.run``, section ``cpu``) as::
 
     python -m torch.distributed.run --standalone --nproc_per_node=4 -m benchmarks.cpu_per_point \\
-        --out RESULT.json --seconds 10 --repeats 5
+        --out RESULT.json --seconds 10 --repeats 5 --also-rings
 
 The job (gloo, CPU) runs blocks of two variants, interleaved (``none``, ``coordinator``,
 ``coordinator``, ``none``, ...: drift of the shared machine hits both alike), after one warm-up
-block. Each block: set up (``init_run`` on every rank for ``coordinator``), one second of paced
-steps (start-up excluded), ``barrier``, rank 0 reads the CPU time (user + system, every thread)
-of every process of the job from ``/proc`` — torchrun's agent (the ranks' parent), every rank,
-and every descendant (the aggregator that rank 0's ``init_run`` started, anything else we
-start) —, ``--seconds`` of paced steps at 50 steps/s, ``barrier``, rank 0 reads them again,
-then tear-down (shutdown excluded). A step is a tiny DDP step (so the collective and the
-training thread are real but cheap: the figure is about logging, not the model) and, for
-``coordinator``, one ``run.log(<100-key dict>, step=s)`` per rank.
+block; with ``--also-rings`` a third, ``rings`` (``coordinator`` with ``Settings.rings``), in the
+same rotation (``none``, ``coordinator``, ``rings``, then ``rings``, ``coordinator``, ``none``), so
+that the default and rings are compared within one job. Each block: set up (``init_run`` on every
+rank, but for ``none``), one second of paced steps (start-up excluded), ``barrier``, rank 0 reads
+the CPU time (user + system, every thread) of every process of the job from ``/proc`` — torchrun's
+agent (the ranks' parent), every rank, and every descendant (the aggregator that rank 0's
+``init_run`` started, anything else we start) —, ``--seconds`` of paced steps at 50 steps/s,
+``barrier``, rank 0 reads them again, then tear-down (shutdown excluded). A step is a tiny DDP step
+(so the collective and the training thread are real but cheap: the figure is about logging, not the
+model) and, for ``coordinator`` and ``rings``, one ``run.log(<100-key dict>, step=s)`` per rank.
 
 CPU per point = (CPU-seconds per second of the job with logging - the same without) x the
 window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
@@ -144,7 +146,7 @@ def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
     out_json = d / "result.json"
     env = child_env(d)
     env.pop("TORCHELASTIC_RUN_ID", None)
-    args = ["--seconds", str(seconds), "--repeats", str(repeats)]
+    args = ["--seconds", str(seconds), "--repeats", str(repeats), "--also-rings"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     cmd += ["-m", "benchmarks.cpu_per_point", "--out", str(out_json), "--root", str(d), *args]
     res: dict[str, Any] = {
@@ -154,8 +156,8 @@ def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
         + " ".join(args),
         "problems": [],
     }
-    log(f"7: CPU per point: 4 ranks x 2 variants x {repeats} repeats x {seconds:g} s at {RATE:g} steps/s")
-    code = run_job(cmd, d, env, d / "torchrun.log", 120 + 4 * repeats * (seconds + 10))
+    log(f"7: CPU per point: 4 ranks x 3 variants x {repeats} repeats x {seconds:g} s at {RATE:g} steps/s")
+    code = run_job(cmd, d, env, d / "torchrun.log", 120 + 6 * repeats * (seconds + 10))
     if code != 0 or not out_json.exists():
         tail = (d / "torchrun.log").read_text(errors="replace")[-1500:]
         res["problems"].append(f"torchrun exit code {code}:\n{tail}")
@@ -163,12 +165,15 @@ def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
     raw = json.loads(out_json.read_text())
     res["raw"] = raw
     res.update(summarise(raw))
+    if raw["results"].get("rings"):
+        res["rings"] = summarise(raw, "rings")
     return res
 
 
-def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Median CPU per point (total and per role) of the ``coordinator`` blocks against the ``none`` blocks."""
-    none, coord = raw["results"]["none"], raw["results"]["coordinator"]
+def summarise(raw: dict[str, Any], variant: str = "coordinator") -> dict[str, Any]:
+    """Median CPU per point (total and per role) of the ``variant`` blocks (``coordinator`` or ``rings``) against
+    the ``none`` blocks."""
+    none, coord = raw["results"]["none"], raw["results"][variant]
     roles = ("total", "rank", "aggregator", "agent", "other")
     base = {r: med([b["cpu"][r] / b["wall_s"] for b in none]) for r in roles}
     per_point: dict[str, list[float]] = {r: [] for r in roles}
@@ -227,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flush-interval", type=float, default=None, help="Settings.flush_interval_s (A/B runs)")
     p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
     p.add_argument("--rings", action="store_true", help="Settings.rings: the rows go into each rank's ring")
+    p.add_argument(
+        "--also-rings", action="store_true", help="a third variant, rings: coordinator with Settings.rings, interleaved"
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -282,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal block, in_log_ns
         block += 1
         run = None
-        if variant == "coordinator":
-            settings = coordinator.Settings(dir=str(root / "store"), handle_sigterm=False, capture_env=False, **extra)
+        if variant != "none":
+            more = {**extra, "rings": True} if variant == "rings" else extra
+            settings = coordinator.Settings(dir=str(root / "store"), handle_sigterm=False, capture_env=False, **more)
             run = coordinator.init_run(project="bench", name=f"cpu-block{block}", settings=settings)
         dist.barrier()
         paced(run, int(RATE), time.monotonic())  # 1 s: start-up excluded
@@ -319,15 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         return {"wall_s": wall, "cpu": _delta(a, b), "points": points, "late": late / n, "direct": direct}
 
     run_block("none")  # warm-up (not recorded)
-    results: dict[str, list[dict[str, Any]]] = {"none": [], "coordinator": []}
+    variants = ["none", "coordinator", "rings"] if args.also_rings else ["none", "coordinator"]
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
-        order = ["none", "coordinator"] if rep % 2 == 0 else ["coordinator", "none"]
-        for v in order:
+        for v in variants if rep % 2 == 0 else variants[::-1]:
             results[v].append(run_block(v))
     if rank == 0:
         if args.out:
             Path(args.out).write_text(json.dumps({"seconds": args.seconds, "rate": RATE, "results": results}))
         print(json.dumps(summarise({"results": results}), indent=1))
+        if args.also_rings:
+            print("rings:", json.dumps(summarise({"results": results}, "rings"), indent=1))
     dist.destroy_process_group()
     return 0
 

@@ -23,25 +23,31 @@ def cpu_targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     """
     out: list[tuple[str, str, Status]] = []
     cpu = res.get("cpu") or {}
+    target = f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs"
     if "us_per_point" in cpu:
-        us = cpu["us_per_point"]
-        target = f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs"
-        if "us_paired" in cpu:
-            point, (lo, hi) = cpu["us_paired"], cpu["us_paired_ci"]
-            text = f"{us:.2f} µs (paired: {interval_text(point, lo, hi, '{:.2f} µs')})"
-            status = within(point, lo, hi, T_CPU_US)
-            if "direct_us" in cpu:
-                text += f"; measured directly: {cpu['direct_us']:.2f} µs"
-                if min(cpu["direct_us_all"]) > T_CPU_US:
-                    status = False
-            out.append((target, text, status))
-        else:  # a result file from before the paired figure
-            out.append((target, f"{us:.2f} µs", us <= T_CPU_US))
+        out.append(_cpu_row(target, cpu))
+    if "us_per_point" in cpu.get("rings", {}):
+        out.append(_cpu_row(f"{target}, with `Settings.rings`", cpu["rings"]))
     gil = ((res.get("hot") or {}).get("gil") or {}).get("coordinator")
     if gil and "in_flush_max_us" in gil:
         v = gil["in_flush_max_us"]
         out.append((f"longest GIL wait behind a sender flush: <= {T_GIL_US:g} µs", f"{v:,.0f} µs", v <= T_GIL_US))
     return out
+
+
+def _cpu_row(target: str, cpu: dict[str, Any]) -> tuple[str, str, Status]:
+    """The targets table's row of one variant's summary (:func:`benchmarks.cpu_per_point.summarise`)."""
+    us = cpu["us_per_point"]
+    if "us_paired" not in cpu:  # a result file from before the paired figure
+        return target, f"{us:.2f} µs", us <= T_CPU_US
+    point, (lo, hi) = cpu["us_paired"], cpu["us_paired_ci"]
+    text = f"{us:.2f} µs (paired: {interval_text(point, lo, hi, '{:.2f} µs')})"
+    status = within(point, lo, hi, T_CPU_US)
+    if "direct_us" in cpu:
+        text += f"; measured directly: {cpu['direct_us']:.2f} µs"
+        if min(cpu["direct_us_all"]) > T_CPU_US:
+            status = False
+    return target, text, status
 
 
 def cpu_markdown(cpu: dict[str, Any]) -> str:
@@ -88,6 +94,19 @@ def cpu_markdown(cpu: dict[str, Any]) -> str:
             "(medians of each part). No baseline is subtracted, so it does not swing with the machine; it leaves "
             "out what logging costs the training thread outside its calls, which is the whole-job figure minus "
             "this one, as far as that figure's noise lets it show.",
+            "",
+        ]
+    rings = cpu.get("rings", {})
+    if "direct_us" in rings:
+        part = rings["direct_by_part_us"]
+        lo, hi = rings["us_paired_ci"]
+        lines += [
+            "With `Settings.rings` (the same job's `rings` blocks, interleaved with the others: each rank's rows "
+            f"go into its ring, which the aggregator reads): **{rings['direct_us']:.2f} µs** a point measured "
+            f"directly, per repeat {rings['direct_us_all']} (the aggregator process {part['aggregator']:.2f}, the "
+            f"ranks' coordinator threads {part['rank_threads']:.2f}, `log()` {part['log_calls']:.2f}); the whole "
+            f"job minus the unlogged loop {rings['us_per_point']:.2f} µs, paired "
+            f"{interval_text(rings['us_paired'], lo, hi, '{:.2f} µs')}.",
             "",
         ]
     if cpu.get("late"):

@@ -64,6 +64,25 @@ def test_the_direct_figure_sums_the_aggregator_the_ranks_threads_and_the_log_cal
     assert next(r for r in cpu_targets({"cpu": s}) if r[0].startswith("CPU per logged point"))[2] == INCONCLUSIVE
 
 
+def test_the_rings_blocks_are_summarised_apart_and_reported_as_a_target_of_their_own() -> None:
+    """With ``--also-rings`` the job's third variant is summarised against the same unlogged blocks as the
+    default's, and the report gives it its own paragraph and row of the targets table."""
+    none = [_block(5.0, 0.0, 0.0, 0.0, points=0.0) for _ in range(3)]
+    coord = [_block(5.3, 0.2, 0.06, 0.04) for _ in range(3)]
+    rings = [_block(5.1, 0.05, 0.01, 0.04), _block(5.1, 0.06, 0.0, 0.04), _block(5.1, 0.04, 0.02, 0.04)]
+    raw = {"results": {"none": none, "coordinator": coord, "rings": rings}}
+    s = summarise(raw)
+    s.update(command="cmd", seconds=10.0, repeats=3, rings=summarise(raw, "rings"))
+    assert s["direct_us"] == pytest.approx(1.5) and s["rings"]["direct_us"] == pytest.approx(0.5)
+    assert s["rings"]["us_per_point"] == pytest.approx(0.5)  # (5.1 - 5.0) core-s/s x 10 s / 200,000 points
+    assert "With `Settings.rings`" in cpu_markdown(s) and "**0.50 µs** a point measured directly" in cpu_markdown(s)
+    rows = {r[0]: r for r in cpu_targets({"cpu": s}) if r[0].startswith("CPU per logged point")}
+    assert len(rows) == 2
+    [ring_row] = [r for t, r in rows.items() if t.endswith("with `Settings.rings`")]
+    assert ring_row[1].endswith("measured directly: 0.50 µs")
+    assert ring_row[2] is True  # every paired repeat is 0.5 µs: the interval is under the goal
+
+
 def test_blocks_from_before_the_direct_figure_summarise_without_it() -> None:
     old = [{k: v for k, v in _block(5.2, 0.2, 0.0, 0.0).items() if k != "direct"} for _ in range(2)]
     s = summarise({"results": {"none": old, "coordinator": old}})
