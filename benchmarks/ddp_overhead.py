@@ -252,13 +252,13 @@ def ddp_section(
     peer that is not installed is left out. ``size``: (steps, repeats) instead of the section's.
     """
     if chosen is None:
-        variants = ["none", "coordinator", "allreduce", "allreduce-packed"]
+        variants = ["none", "coordinator", "coordinator-rings", "allreduce", "allreduce-packed"]
         if not quick:
-            variants.insert(2, "coordinator-flush5ms")
-            variants += ["none" + WARM, "coordinator" + WARM]
+            variants.insert(3, "coordinator-flush5ms")
+            variants += ["none" + WARM, "coordinator" + WARM, "coordinator-rings" + WARM]
         want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
         missing = [p for p in want if not peers_available.get(p)]
-        variants[2:2] = [f"peer:{p}" for p in want if peers_available.get(p)]
+        variants[3:3] = [f"peer:{p}" for p in want if peers_available.get(p)]
     else:
         variants, missing = with_baselines(chosen, peers_available)
     steps, repeats = size if size is not None else (30, 2) if quick else (150, 5)

@@ -50,6 +50,37 @@ def _slowdown_status(r: dict[str, Any]) -> Status:
     return within(r["paired"], lo, hi, T_SLOWDOWN, strict=True)
 
 
+def _ddp_targets(
+    label: str, c: dict[str, Any], warm: dict[str, Any] | None, rows: dict[str, dict[str, Any]]
+) -> list[tuple[str, str, Status]]:
+    """The DDP rows of the targets table for one coordinator variant ``c`` (``label``): its slowdown, the same
+    with the 5 ms waker (``warm``), and below each peer and hand-written allreduce of the run."""
+    out: list[tuple[str, str, Status]] = [
+        (
+            f"DDP step slowdown, {label} 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
+            f"{c['slowdown']:+.1%} (paired: {paired_text(c)})",
+            _slowdown_status(c),
+        )
+    ]
+    if warm:
+        out.append(
+            (
+                f"DDP step slowdown, {label}, with a 5 ms waker on every rank of every variant: < {T_SLOWDOWN:.0%}",
+                f"{warm['slowdown']:+.1%} (paired: {paired_text(warm)})",
+                _slowdown_status(warm),
+            )
+        )
+    for r in [r for v, r in rows.items() if v.startswith("peer:") or v.startswith("allreduce")]:
+        out.append(
+            (
+                f"DDP slowdown of {label} lower than {r['variant']}",
+                f"{c['slowdown']:+.1%} vs {r['slowdown']:+.1%}",
+                c["slowdown"] < r["slowdown"],
+            )
+        )
+    return out
+
+
 def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     """(target, measured, status) for every target this run measured."""
     out: list[tuple[str, str, Status]] = []
@@ -110,34 +141,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     ddp = res.get("ddp")
     if ddp and ddp.get("rows"):
         rows = {r["variant"]: r for r in ddp["rows"]}
-        c = rows.get("coordinator")
-        if c:
-            out.append(
-                (
-                    f"DDP step slowdown, coordinator 100 metrics/step from every rank: < {T_SLOWDOWN:.0%}",
-                    f"{c['slowdown']:+.1%} (paired: {paired_text(c)})",
-                    _slowdown_status(c),
-                )
-            )
-            warm = rows.get("coordinator+wake5ms")
-            if warm:
-                out.append(
-                    (
-                        "DDP step slowdown, the same with a 5 ms waker on every rank of every variant: "
-                        f"< {T_SLOWDOWN:.0%}",
-                        f"{warm['slowdown']:+.1%} (paired: {paired_text(warm)})",
-                        _slowdown_status(warm),
-                    )
-                )
-            others = [r for v, r in rows.items() if v.startswith("peer:") or v.startswith("allreduce")]
-            for r in others:
-                out.append(
-                    (
-                        f"DDP slowdown lower than {r['variant']}",
-                        f"{c['slowdown']:+.1%} vs {r['slowdown']:+.1%}",
-                        c["slowdown"] < r["slowdown"],
-                    )
-                )
+        for name, label in (("coordinator", "coordinator"), ("coordinator-rings", "coordinator with rings")):
+            c = rows.get(name)
+            if c:
+                out += _ddp_targets(label, c, rows.get(name + "+wake5ms"), rows)
     soak = (res.get("scale") or {}).get("soak")
     if soak and soak.get("rss_first"):
         out.append(

@@ -42,6 +42,20 @@ def test_without_an_interval_the_plain_slowdown_decides() -> None:
     assert _status(targets({"ddp": {"rows": [row]}}), "DDP step slowdown, coordinator") is False
 
 
+def test_the_rings_variant_gets_its_own_slowdown_rows_and_its_own_comparisons_with_the_peers() -> None:
+    def row(variant: str, slowdown: float) -> dict[str, Any]:
+        return {"variant": variant, "slowdown": slowdown, "paired": slowdown, "paired_ci": [slowdown, slowdown]}
+
+    rows = [row("coordinator", 0.08), row("coordinator-rings", 0.005), row("peer:trackio", 0.04)]
+    rows.append(row("coordinator-rings+wake5ms", 0.03))
+    t = targets({"ddp": {"rows": rows}})
+    assert _status(t, "DDP step slowdown, coordinator 100") is False
+    assert _status(t, "DDP step slowdown, coordinator with rings 100") is True
+    assert _status(t, "DDP step slowdown, coordinator with rings, with a 5 ms waker") is False
+    assert _status(t, "DDP slowdown of coordinator lower than peer:trackio") is False
+    assert _status(t, "DDP slowdown of coordinator with rings lower than peer:trackio") is True
+
+
 def _block(cpu_per_s: float, points_per_s: float, wall: float = 10.0) -> dict[str, Any]:
     cpu = {"total": cpu_per_s * wall, "rank": 0.0, "aggregator": 0.0, "agent": 0.0, "other": 0.0}
     return {"cpu": cpu, "wall_s": wall, "points": points_per_s * wall, "late": 0.0}
