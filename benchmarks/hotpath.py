@@ -39,16 +39,16 @@ from benchmarks.common import med, thread_cpu
 __all__ = ["hot_path", "hot_section", "latency_summary", "timer_overhead"]
 
 
-def _settings(d: Path) -> Any:
+def _settings(d: Path, rings: bool = False) -> Any:
     """A 1-rank run's settings without the system-metrics sampler.
 
     Every run here checks that exactly the points it logged were acknowledged; a run of the full
     suite lives past the sampler's first sample (10 s), whose ``system/*`` points would join the
-    count. The sampler's own cost is measured by ``benchmarks.sampler_cost``.
+    count. The sampler's own cost is measured by ``benchmarks.sampler_cost``. ``rings``: ``Settings.rings``.
     """
     import coordinator
 
-    return coordinator.Settings(rank=0, world_size=1, dir=str(d), system_metrics_interval_s=0)
+    return coordinator.Settings(rank=0, world_size=1, dir=str(d), system_metrics_interval_s=0, rings=rings)
 
 
 def timer_overhead(n: int) -> tuple[int, array[int]]:
@@ -332,61 +332,66 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
     d = tmp / "hotpath"
     try:
         for rep in range(repeats):
-            run = coordinator.init_run(
-                project="bench",
-                name=f"hot-real-{rep}",
-                settings=_settings(d),
-            )
-            try:
-                (o_dict, o_log, o_app, late), info = _window(
-                    run, lambda run=run: _realistic(run, seconds, rate, dict_keys, log_keys, app_keys), proc
+            # Each load twice: at the default, and with Settings.rings (rows into the rank's ring).
+            for rings, tag in ((False, ""), (True, ", rings")):
+                run = coordinator.init_run(
+                    project="bench",
+                    name=f"hot-real{'-rings' if rings else ''}-{rep}",
+                    settings=_settings(d, rings),
                 )
-                run.wait(120)
-                st = run.stats()
-                exp = len(o_dict) * (len(dict_keys) + len(log_keys) + len(app_keys))
-                if st["acked"] != exp or st["lost"] or st["pending"]:
-                    checks.append(f"realistic rep {rep}: stats {st}, expected {exp} acked")
-            finally:
-                run.stop(120)
-            info["late"] = late
-            sender["realistic"].append(info)
-            add("realistic", 'log({"loss": x}, step=s)', o_log)
-            add("realistic", 'run["loss"].append(x, step=s)', o_app)
-            add("realistic", "log(<80-key dict>, step=s)", o_dict, 80)
+                try:
+                    (o_dict, o_log, o_app, late), info = _window(
+                        run, lambda run=run: _realistic(run, seconds, rate, dict_keys, log_keys, app_keys), proc
+                    )
+                    run.wait(120)
+                    st = run.stats()
+                    exp = len(o_dict) * (len(dict_keys) + len(log_keys) + len(app_keys))
+                    if st["acked"] != exp or st["lost"] or st["pending"]:
+                        checks.append(f"realistic{tag} rep {rep}: stats {st}, expected {exp} acked")
+                finally:
+                    run.stop(120)
+                info["late"] = late
+                if not rings:  # with rings the sender does not flush: its share is the default's story
+                    sender["realistic"].append(info)
+                add("realistic" + tag, 'log({"loss": x}, step=s)', o_log)
+                add("realistic" + tag, 'run["loss"].append(x, step=s)', o_app)
+                add("realistic" + tag, "log(<80-key dict>, step=s)", o_dict, 80)
 
-            run = coordinator.init_run(
-                project="bench",
-                name=f"hot-full-{rep}",
-                settings=_settings(d),
-            )
-            try:
+            for rings, tag in ((False, ""), (True, ", rings")):
+                run = coordinator.init_run(
+                    project="bench",
+                    name=f"hot-full{'-rings' if rings else ''}-{rep}",
+                    settings=_settings(d, rings),
+                )
+                try:
 
-                def full(run: Any = run) -> tuple[Any, Any, Any]:
-                    # Sustained: chunks of scalar log(), append() and 100-key dict log() calls, back to
-                    # back, for full_s seconds, so the sender thread's share is measured at steady state.
-                    a, b, c = array("q"), array("q"), array("q")
-                    keys100 = [f"train/metric{i:03d}" for i in range(100)]
-                    t_end = time.monotonic() + full_s
-                    i = 0
-                    while time.monotonic() < t_end:
-                        a += _full_scalar_log(run, "loss", chunk, i * chunk)
-                        b += _full_append(run, "loss_append", chunk, i * chunk)
-                        c += _full_dict_log(run, keys100, chunk // 100, i * (chunk // 100))
-                        i += 1
-                    return a, b, c
+                    def full(run: Any = run) -> tuple[Any, Any, Any]:
+                        # Sustained: chunks of scalar log(), append() and 100-key dict log() calls, back to
+                        # back, for full_s seconds, so the sender thread's share is measured at steady state.
+                        a, b, c = array("q"), array("q"), array("q")
+                        keys100 = [f"train/metric{i:03d}" for i in range(100)]
+                        t_end = time.monotonic() + full_s
+                        i = 0
+                        while time.monotonic() < t_end:
+                            a += _full_scalar_log(run, "loss", chunk, i * chunk)
+                            b += _full_append(run, "loss_append", chunk, i * chunk)
+                            c += _full_dict_log(run, keys100, chunk // 100, i * (chunk // 100))
+                            i += 1
+                        return a, b, c
 
-                (o_log, o_app, o_dict), info = _window(run, full, proc)
-                run.wait(120)
-                st = run.stats()
-                exp = len(o_log) + len(o_app) + 100 * len(o_dict)
-                if st["acked"] != exp or st["lost"] or st["pending"]:
-                    checks.append(f"full rep {rep}: stats {st}, expected {exp} acked")
-            finally:
-                run.stop(120)
-            sender["full"].append(info)
-            add("full", 'log({"loss": x}, step=s)', o_log)
-            add("full", 'run["loss"].append(x, step=s)', o_app)
-            add("full", "log(<100-key dict>, step=s)", o_dict, 100)
+                    (o_log, o_app, o_dict), info = _window(run, full, proc)
+                    run.wait(120)
+                    st = run.stats()
+                    exp = len(o_log) + len(o_app) + 100 * len(o_dict)
+                    if st["acked"] != exp or st["lost"] or st["pending"]:
+                        checks.append(f"full{tag} rep {rep}: stats {st}, expected {exp} acked")
+                finally:
+                    run.stop(120)
+                if not rings:
+                    sender["full"].append(info)
+                add("full" + tag, 'log({"loss": x}, step=s)', o_log)
+                add("full" + tag, 'run["loss"].append(x, step=s)', o_app)
+                add("full" + tag, "log(<100-key dict>, step=s)", o_dict, 100)
 
             run = coordinator.init_run(
                 project="bench",

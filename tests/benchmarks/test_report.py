@@ -42,6 +42,21 @@ def test_without_an_interval_the_plain_slowdown_decides() -> None:
     assert _status(targets({"ddp": {"rows": [row]}}), "DDP step slowdown, coordinator") is False
 
 
+def test_the_hot_paths_rings_rows_are_judged_as_targets_of_their_own() -> None:
+    call = 'log({"loss": x}, step=s)'
+    rows = [
+        {"load": "realistic", "call": call, "p50": 0.8, "p99": 4.0},
+        {"load": "realistic, rings", "call": call, "p50": 2.0, "p99": 9.0},
+        {"load": "full, rings", "call": call, "p50": 1.1, "p99": 60.0},
+    ]
+    t = targets({"hot": {"rows": rows}})
+    assert _status(t, "`log()` one scalar, realistic load: p50") is True
+    assert _status(t, "`log()` one scalar with `Settings.rings`, realistic load: p50") is False
+    assert _status(t, "`log()` one scalar with `Settings.rings`, realistic load: p99") is False
+    assert _status(t, "`log()` one scalar with `Settings.rings`, full load: p99") is False
+    assert not [name for name, _, _ in t if name.startswith("`log()` one scalar, full load")]  # not measured
+
+
 def test_the_rings_variant_gets_its_own_slowdown_rows_and_its_own_comparisons_with_the_peers() -> None:
     def row(variant: str, slowdown: float) -> dict[str, Any]:
         return {"variant": variant, "slowdown": slowdown, "paired": slowdown, "paired_ci": [slowdown, slowdown]}
