@@ -31,6 +31,7 @@ __all__ = [
     "ENV_PREFIX",
     "FLUSH_INTERVAL_S",
     "MAX_AUTO_FLUSH_INTERVAL_S",
+    "RING_BYTES",
     "Backpressure",
     "Mode",
     "Settings",
@@ -71,6 +72,10 @@ _NOT_SETTINGS = frozenset(
 def env_name(field_name: str) -> str:
     """The environment variable of a settings field: ``flush_interval_s`` -> ``COORDINATOR_FLUSH_INTERVAL_S``."""
     return ENV_PREFIX + field_name.upper()
+
+
+RING_BYTES = 16 * 1024**2
+"""``Settings.ring_bytes``'s default: the size that a short ``/dev/shm`` may halve (``client/ringlog.py``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,8 +172,11 @@ class Settings:
     machine and the run feeds no tracker; everything else, and a row the full ring has no room for
     (counted), goes over the socket as before. A key written through the ring has its steps
     numbered on the rank (``client/ringlog.py``)."""
-    ring_bytes: int = 16 * 1024**2
-    """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys."""
+    ring_bytes: int = RING_BYTES
+    """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys. At
+    this default, where ``/dev/shm`` has no room for it (a ring asks four times its size free: a
+    container's 64 MiB), the ring is made smaller there, down to 1 MiB, before it goes to the spool
+    directory; a size set here is kept whole."""
     ring_dir: str | os.PathLike[str] | None = None
     """With ``rings``: where the rings are made (default ``/dev/shm``, else the spool directory where
     it has no room). A ring a killed job left is read by ``coordinator sync``, or stays until the

@@ -34,10 +34,10 @@ from coordinator.client.devices import check_tensor, is_tensor
 from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
 from coordinator.core.values import check_step, to_metric_value
-from coordinator.settings import Settings
+from coordinator.settings import RING_BYTES, Settings
 from coordinator.transport.buffer import Buffer
 from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringplace import SHM, boot_id, left_rings, no_room, pick_ring_dir, unread_bytes
+from coordinator.transport.ringplace import SHM, boot_id, left_rings, no_room, place_ring, unread_bytes
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
 __all__ = ["IN_RING", "RingLog", "open_ring"]
@@ -46,6 +46,9 @@ _log = logging.getLogger("coordinator")
 
 IN_RING = -2
 """:meth:`RingLog.route`'s answer for a call written into the ring."""
+SMALLEST_RING = 1 << 20
+"""The smallest a default-sized ring is made in a short ``/dev/shm`` (:func:`open_ring`): 1 MiB holds ~1,200 rows
+of 100 keys, 25 s of a 100-key dict at 50 steps/s."""
 _MARK_MASK = 255
 """A mark that counts the committed points (:meth:`RingLog.confirmed`) every 256 writes."""
 
@@ -382,22 +385,31 @@ def open_ring(
     """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, no
     tracker), make the rank's ring of ``settings.ring_bytes``, ``coordinator-<name>.ring`` (``name``: the
     run, the rank, its incarnation) in ``settings.ring_dir``, or ``/dev/shm``, else the run's spool directory, and its
-    :class:`RingLog`. None otherwise, with a warning where no directory has room for it."""
+    :class:`RingLog`. None otherwise, with a warning where no directory has room for it. At the default size,
+    a ``/dev/shm`` without room for it takes a smaller ring first (down to :data:`SMALLEST_RING`)."""
     if not (settings.rings and live):
         return None
     capacity = settings.ring_bytes
     name = f"coordinator-{name}.ring"
     dirs = [Path(settings.ring_dir)] if settings.ring_dir else [SHM] + ([Path(spool_root)] if spool_root else [])
+    shrink = capacity == RING_BYTES and not settings.ring_dir
     try:
         if spool_root:
             os.makedirs(spool_root, exist_ok=True)
-        d = pick_ring_dir(capacity, dirs)
-        rows = RowWriter(RingWriter(d / name, capacity))
+        d, size = place_ring(capacity, dirs, smallest=SMALLEST_RING if shrink else None)
+        rows = RowWriter(RingWriter(d / name, size))
     except (OSError, ValueError) as e:
         _log.warning("no ring %s (%s); every row goes over the socket", name, e)
         return None
     if d != dirs[0]:
         _say_on_disk(d, dirs[0], capacity)
+    elif size < capacity:
+        _log.info(
+            "rank's ring in %s is %d MiB, not %d: it has no room for a larger one (a ring asks 4 times its size free)",
+            d,
+            size >> 20,
+            capacity >> 20,
+        )
     return RingLog(rows, keys, buf)
 
 

@@ -1,9 +1,10 @@
 """Where a rank's ring lives (:mod:`.ring`), and which files may be rings.
 
-A ring is made in the node's shared memory where it has room, else in the rank's spool directory
-(:func:`pick_ring_dir`); only a process on the same machine (the same boot id, :func:`boot_id`)
-can read it. Paths that a HELLO or a journal names are mapped or deleted only when they are named
-as rings (:func:`ring_named`): the aggregator's reader (:mod:`coordinator.aggregator.rings`) and
+A ring is made in the node's shared memory where it has room (a smaller one where only that fits, at
+the default size), else in the rank's spool directory (:func:`place_ring`, :func:`pick_ring_dir`);
+only a process on the same machine (the same boot id, :func:`boot_id`) can read it. Paths that a
+HELLO or a journal names are mapped or deleted only when they are named as rings
+(:func:`ring_named`): the aggregator's reader (:mod:`coordinator.aggregator.rings`) and
 ``coordinator purge`` share that check.
 
 A ring's writer and its reader each hold a shared ``flock`` on its file while they have it
@@ -32,6 +33,7 @@ __all__ = [
     "left_rings",
     "no_room",
     "pick_ring_dir",
+    "place_ring",
     "remove_left",
     "ring_files",
     "ring_named",
@@ -89,6 +91,30 @@ def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.
             return d
         tried.append(why)
     raise ValueError(f"no directory has room for a {capacity}-byte ring: {'; '.join(tried) or 'none given'}")
+
+
+def place_ring(
+    capacity: int, candidates: list[Path], *, smallest: int | None = None, headroom: float = 4.0
+) -> tuple[Path, int]:
+    """Where a ring goes, and its size: :func:`pick_ring_dir`'s choice at ``capacity``, except that with
+    ``smallest`` the first candidate (the node's shared memory) first takes a smaller ring, halved down to
+    ``smallest``, before a later one (a disk's directory) takes the whole.
+
+    A container's 64 MiB ``/dev/shm`` takes no 16 MiB ring (it asks four times its size free) but
+    takes 8 MiB ones, then 4, 2 and 1 MiB as it fills, leaving three quarters of it to the job's
+    other users (a DataLoader's shared tensors): smaller rings in memory, whose rows the aggregator
+    reads as they fill, rather than rings in a file on disk.
+
+    Raises:
+        ValueError: no candidate qualifies.
+    """
+    if smallest is not None and candidates:
+        size = capacity
+        while size >= smallest:
+            if no_room(candidates[0], size, headroom=headroom) is None:
+                return candidates[0], size
+            size //= 2
+    return pick_ring_dir(capacity, candidates, headroom=headroom), capacity
 
 
 def no_room(d: Path, capacity: int, *, headroom: float = 4.0) -> str | None:

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from coordinator.transport.ring import RingReader, RingWriter
-from coordinator.transport.ringplace import left_rings, pick_ring_dir, remove_left, ring_files, ring_named
+from coordinator.transport.ringplace import (
+    left_rings,
+    pick_ring_dir,
+    place_ring,
+    remove_left,
+    ring_files,
+    ring_named,
+)
 from coordinator.transport.ringrows import names_path
 
 
@@ -27,6 +34,24 @@ def test_a_ring_goes_where_there_is_room_for_it(tmp_path: Path) -> None:
     assert str(shm) in str(e.value)
     with pytest.raises(ValueError, match="none given"):
         pick_ring_dir(1 << 20, [])
+
+
+def test_a_short_first_place_takes_a_halved_ring_down_to_the_smallest_before_the_next_takes_it_whole(
+    tmp_path: Path,
+) -> None:
+    shm, spool = tmp_path / "shm", tmp_path / "spool"
+    shm.mkdir()
+    spool.mkdir()
+    big = 1 << 24
+    assert place_ring(big, [shm, spool], smallest=1 << 20) == (shm, big)  # room for the whole: kept whole
+    free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
+    short = free / (big / 2)  # a headroom under which the whole and a half do not fit, a quarter does
+    assert place_ring(big, [shm, spool], smallest=1 << 20, headroom=short) == (shm, big // 4)
+    # Not as small as that, or no smallest given: the whole, asked of every place (here on one disk: none has it).
+    for smallest in (big // 2, None):
+        with pytest.raises(ValueError, match=f"no directory has room for a {big}-byte ring: {shm}.*; {spool}"):
+            place_ring(big, [shm, spool], smallest=smallest, headroom=short)
+    assert place_ring(big, [tmp_path / "none", spool], smallest=1 << 20) == (spool, big)  # the next place: whole
 
 
 def test_only_absolute_paths_named_coordinator_ring_are_rings() -> None:
