@@ -175,8 +175,8 @@ class Settings:
     ring_bytes: int = RING_BYTES
     """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys. At
     this default, where ``/dev/shm`` has no room for it (a ring asks four times its size free: a
-    container's 64 MiB), the ring is made smaller there, down to 1 MiB, before it goes to the spool
-    directory; a size set here is kept whole."""
+    container's 64 MiB), the ring is made smaller there, down to 1 MiB, while half of ``/dev/shm``
+    stays free, before it goes to the spool directory; any other size is kept whole."""
     ring_dir: str | os.PathLike[str] | None = None
     """With ``rings``: where the rings are made (default ``/dev/shm``, else the spool directory where
     it has no room). A ring a killed job left is read by ``coordinator sync``, or stays until the

@@ -94,16 +94,16 @@ def pick_ring_dir(capacity: int, candidates: list[Path], *, headroom: float = 4.
 
 
 def place_ring(
-    capacity: int, candidates: list[Path], *, smallest: int | None = None, headroom: float = 4.0
+    capacity: int, candidates: list[Path], *, smallest: int | None = None, headroom: float = 4.0, keep: float = 0.5
 ) -> tuple[Path, int]:
     """Where a ring goes, and its size: :func:`pick_ring_dir`'s choice at ``capacity``, except that with
     ``smallest`` the first candidate (the node's shared memory) first takes a smaller ring, halved down to
     ``smallest``, before a later one (a disk's directory) takes the whole.
 
-    A container's 64 MiB ``/dev/shm`` takes no 16 MiB ring (it asks four times its size free) but
-    takes 8 MiB ones, then 4, 2 and 1 MiB as it fills, leaving three quarters of it to the job's
-    other users (a DataLoader's shared tensors): smaller rings in memory, whose rows the aggregator
-    reads as they fill, rather than rings in a file on disk.
+    A smaller ring goes there only while ``keep`` of that file system (half) stays free after it, for the job's
+    other users (a DataLoader's shared tensors): a container's 64 MiB ``/dev/shm`` takes no 16 MiB
+    ring (it asks four times its size free) but takes three of 8 MiB, then one each of 4, 2 and 1 MiB,
+    whose rows the aggregator reads as they fill, and the next ranks' rings go to disk.
 
     Raises:
         ValueError: no candidate qualifies.
@@ -111,10 +111,21 @@ def place_ring(
     if smallest is not None and candidates:
         size = capacity
         while size >= smallest:
-            if no_room(candidates[0], size, headroom=headroom) is None:
+            if no_room(candidates[0], size, headroom=headroom) is None and (
+                size == capacity or _leaves(candidates[0], size, keep)
+            ):
                 return candidates[0], size
             size //= 2
     return pick_ring_dir(capacity, candidates, headroom=headroom), capacity
+
+
+def _leaves(d: Path, capacity: int, keep: float) -> bool:
+    """Whether a ring of ``capacity`` bytes in ``d`` leaves ``keep`` of its file system free."""
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize - (HEADER_BYTES + capacity) >= keep * st.f_blocks * st.f_frsize
 
 
 def no_room(d: Path, capacity: int, *, headroom: float = 4.0) -> str | None:

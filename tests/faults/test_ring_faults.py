@@ -359,7 +359,7 @@ from pathlib import Path
 import coordinator
 from coordinator.transport.ring import RingWriter, read_header
 logging.basicConfig(level=logging.INFO)
-others = [RingWriter(Path(f"/dev/shm/coordinator-other-{r}-1.ring"), 8 << 20) for r in range(3)]  # in use
+others = [RingWriter(Path(f"/dev/shm/coordinator-other-{r}-1.ring"), 8 << 20) for r in range(int(os.environ["OTHERS"]))]
 run = coordinator.init_run(project="container-shm", settings=coordinator.Settings(rings=True))
 for s in range(1000):
     run.log({"x": float(s)}, step=s)
@@ -374,12 +374,15 @@ for w in others:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
-def test_in_a_containers_64_mib_shared_memory_a_default_ring_is_made_smaller_there_not_put_on_disk(
-    store_dir: Path,
+@pytest.mark.parametrize(("others", "mib"), [(2, 8), (3, 4), (4, 16)])
+def test_in_a_containers_64_mib_shared_memory_a_default_ring_is_made_smaller_there_while_half_stays_free(
+    store_dir: Path, others: int, mib: int
 ) -> None:
-    """A container's /dev/shm (a 64 MiB tmpfs in a mount namespace) that three other ranks' 8 MiB rings
-    already use has no room for a 16 MiB ring (it asks 4x its size free) but has for an 8 MiB one: the
-    rank's default-sized ring is made there at 8 MiB, says so, and every row it takes is stored once."""
+    """A container's /dev/shm (a 64 MiB tmpfs in a mount namespace) that two other ranks' 8 MiB rings
+    use has no room for a 16 MiB ring (it asks 4x its size free) but has for an 8 MiB one that leaves
+    half of it free: the rank's default-sized ring is made there at 8 MiB and says so; with three, at
+    4 MiB. With four, no smaller ring leaves half free, and the ring goes whole to the spool directory.
+    Every row it takes is stored once."""
     env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_RING_DIR"}  # the default places
     r = subprocess.run(
         [
@@ -394,12 +397,18 @@ def test_in_a_containers_64_mib_shared_memory_a_default_ring_is_made_smaller_the
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(env, PYTHONPATH=str(ROOT)),
+        env=dict(env, PYTHONPATH=str(ROOT), OTHERS=str(others)),
     )
     assert r.returncode == 0, r.stderr
     path, capacity, points = r.stdout.split()
-    assert Path(path).parent == Path("/dev/shm") and int(capacity) == 8 << 20 and int(points) == 1000, r.stdout
-    assert "is 8 MiB, not 16" in r.stderr, r.stderr
+    assert int(points) == 1000, r.stdout
+    assert int(capacity) == mib << 20, r.stdout
+    if mib < 16:
+        assert Path(path).parent == Path("/dev/shm"), r.stdout
+        assert f"is {mib} MiB, not 16" in r.stderr, r.stderr
+    else:
+        assert Path(path).parent.parent == store_dir / "spool", r.stdout
+        assert "rank's ring is in" in r.stderr, r.stderr
     [info] = list_runs(store_dir)
     s = LocalStore(info.path / "run.db", readonly=True)
     try:

@@ -46,11 +46,15 @@ def test_a_short_first_place_takes_a_halved_ring_down_to_the_smallest_before_the
     assert place_ring(big, [shm, spool], smallest=1 << 20) == (shm, big)  # room for the whole: kept whole
     free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
     short = free / (big / 2)  # a headroom under which the whole and a half do not fit, a quarter does
-    assert place_ring(big, [shm, spool], smallest=1 << 20, headroom=short) == (shm, big // 4)
+    assert place_ring(big, [shm, spool], smallest=1 << 20, headroom=short, keep=0.0) == (shm, big // 4)
+    # A smaller ring leaves `keep` of the file system free: none does where it asks for more than is free.
+    total = os.statvfs(shm).f_blocks * os.statvfs(shm).f_frsize
+    with pytest.raises(ValueError, match="no directory has room"):
+        place_ring(big, [shm, spool], smallest=1 << 20, headroom=short, keep=free / total)
     # Not as small as that, or no smallest given: the whole, asked of every place (here on one disk: none has it).
     for smallest in (big // 2, None):
         with pytest.raises(ValueError, match=f"no directory has room for a {big}-byte ring: {shm}.*; {spool}"):
-            place_ring(big, [shm, spool], smallest=smallest, headroom=short)
+            place_ring(big, [shm, spool], smallest=smallest, headroom=short, keep=0.0)
     assert place_ring(big, [tmp_path / "none", spool], smallest=1 << 20) == (spool, big)  # the next place: whole
 
 
