@@ -83,6 +83,9 @@ class RingLog:
         """The HELLO the ring is offered in (:meth:`offer_in`)."""
         self.full = 0
         """Rows the full ring had no room for (sent over the socket instead)."""
+        self.nudge: Callable[[], None] | None = None
+        """Asks the aggregator to read the ring now (the sender's ``ask_read``), once it is past a quarter full."""
+        self._nudge_at = 0
         self._closed = False
         self._confirmed = 0
         self._marks: deque[tuple[int, int]] = deque()
@@ -263,6 +266,7 @@ class RingLog:
         if written:
             if not seq & _MARK_MASK:
                 self.confirmed()  # a mark: the count of committed points stays within this many rows
+                self._look_at_fill()
             return True
         self.full += 1  # over the socket at this step: still the frame's last
         return False
@@ -304,6 +308,19 @@ class RingLog:
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
             self.owned.setdefault(k, []).append(kt)
         return f
+
+    def _look_at_fill(self) -> None:
+        """Past a quarter full, ask the aggregator to read the ring now (again after each further eighth written).
+
+        It reads the rings as seldom as their filling allows, a second apart when they filled slowly: a rank
+        that starts logging flat out after a pause would fill its ring first, and once one of a frame's rows
+        went over the socket its rows follow it there while any of them is unacknowledged, for good at that
+        rate. Looked at every 256 rows, so the hot path pays nothing for it."""
+        ring = self._ring
+        written = ring.written
+        if written >= self._nudge_at and written - ring.released > ring.capacity // 4 and self.nudge is not None:
+            self._nudge_at = written + ring.capacity // 8
+            self.nudge()
 
     def confirmed(self) -> int:
         """Points of the ring known to be committed: those before the last position the aggregator released

@@ -91,6 +91,8 @@ def start_sender(
         beat = settings.heartbeat_interval_s
         cfg.quiet_heartbeat_s = max(beat, min(5 * beat, settings.liveness_timeout_s / 6))
     sender = SenderThread(cfg, buf, numbering)
+    if ring is not None:
+        ring.nudge = sender.ask_read
     sender.start()
     if endpoint is not None:
         deadline = time.monotonic() + settings.ack_timeout_s

@@ -83,6 +83,7 @@ class SenderThread(threading.Thread):
         self.deferred_sends = 0
         """Sends refused by the full send queue (the aggregator is not reading): tried again later."""
         self._last_send = 0.0
+        self._read_asked = False
         self._hurry = Hurry()
         self.last_reply_at = 0.0
         """monotonic time of the last message from the aggregator (0: never)."""
@@ -93,6 +94,12 @@ class SenderThread(threading.Thread):
 
     def wake(self) -> None:
         """Ask the thread to look at the buffer and the request queue now (any thread)."""
+        self._wake.wake()
+
+    def ask_read(self) -> None:
+        """PING the aggregator on the loop's next turn, whose answer makes it read the rings now (the training
+        thread's, when the rank's ring passes a quarter full: ``client/ringlog.py``)."""
+        self._read_asked = True
         self._wake.wake()
 
     def submit(self, req: Request) -> Request:
@@ -197,6 +204,9 @@ class SenderThread(threading.Thread):
                 now = time.monotonic()
                 self._send_unsent()
                 self._serve_requests()
+                if self._read_asked:
+                    self._read_asked = False
+                    self._send(wire.PING, 0, _EMPTY_MAP)
                 if cadence.flush_due(now, self._pipe.copy):
                     # The flush (cut, encoding, send: ~100 µs cold) starts a stretch of its own: the
                     # one since the poll returned already ran 40-60 µs, part of it before start().

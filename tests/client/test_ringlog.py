@@ -88,6 +88,33 @@ def test_a_ring_the_aggregator_does_not_read_is_removed_at_once_and_every_point_
         s.close()
 
 
+def test_a_rank_whose_ring_fills_faster_than_the_aggregator_reads_asks_for_a_read_and_keeps_its_rows_in_it(
+    store_dir: Path,
+) -> None:
+    """After a pause the aggregator reads the rings a second apart; a rank that then writes its 1 MiB ring full
+    in about half a second asks for a read once it is a quarter full (its sender PINGs), so no row finds the
+    ring full and goes over the socket: all 150,000 go through the ring, each stored once."""
+    settings = coordinator.Settings(rings=True, ring_bytes=1 << 20, system_metrics_interval_s=0)
+    with coordinator.init_run(project="t", settings=settings) as run:
+        _ring_path(run)
+        run.log({"x": -1.0}, step=0)
+        run.wait(30)
+        time.sleep(1.5)  # idle: the aggregator's reads are a second apart now
+        t0 = time.monotonic()
+        for i in range(300):  # 500 rows (40 bytes each) every 10 ms: the ring fills in ~0.5 s unread
+            for s in range(1 + 500 * i, 501 + 500 * i):
+                run.log({"x": float(s)}, step=s)
+            time.sleep(max(0.0, t0 + 0.01 * (i + 1) - time.monotonic()))
+        st = run.stats()
+        assert st["ring_full"] == 0 and st["ring_points"] == 150_001, st
+        run.wait(60)
+    s = open_store(store_dir)
+    try:
+        assert s.values("x", 0) == [(0, -1.0)] + [(i, float(i)) for i in range(1, 150_001)]
+    finally:
+        s.close()
+
+
 def test_a_one_key_call_goes_into_the_ring_only_with_a_plain_number(store_dir: Path) -> None:
     """A scalar's row is checked on its own fast path: a tensor (read on the sender thread, never
     here) and a type a row does not take go over the socket, bad values raise, and nothing is lost."""
