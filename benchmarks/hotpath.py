@@ -330,15 +330,17 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
 
     os.environ["COORDINATOR_AGG_STDERR"] = str(tmp / "hotpath-aggregator.log")
     d = tmp / "hotpath"
+
+    def start(load: str, rep: int, rings: bool) -> Any:
+        """A run of one load's repeat, at the default or with rings."""
+        name = f"hot-{load}{'-rings' if rings else ''}-{rep}"
+        return coordinator.init_run(project="bench", name=name, settings=_settings(d, rings))
+
     try:
         for rep in range(repeats):
             # Each load twice: at the default, and with Settings.rings (rows into the rank's ring).
             for rings, tag in ((False, ""), (True, ", rings")):
-                run = coordinator.init_run(
-                    project="bench",
-                    name=f"hot-real{'-rings' if rings else ''}-{rep}",
-                    settings=_settings(d, rings),
-                )
+                run = start("real", rep, rings)
                 try:
                     (o_dict, o_log, o_app, late), info = _window(
                         run, lambda run=run: _realistic(run, seconds, rate, dict_keys, log_keys, app_keys), proc
@@ -358,11 +360,7 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 add("realistic" + tag, "log(<80-key dict>, step=s)", o_dict, 80)
 
             for rings, tag in ((False, ""), (True, ", rings")):
-                run = coordinator.init_run(
-                    project="bench",
-                    name=f"hot-full{'-rings' if rings else ''}-{rep}",
-                    settings=_settings(d, rings),
-                )
+                run = start("full", rep, rings)
                 try:
 
                     def full(run: Any = run) -> tuple[Any, Any, Any]:

@@ -87,29 +87,17 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     hot = res.get("hot")
     if hot:
         by = {(r["load"], r["call"]): r for r in hot["rows"]}
+        limits = (
+            ("realistic", "p50", T_REAL_P50_US),
+            ("realistic", "p99", T_REAL_P99_US),
+            ("full", "p99", T_FULL_P99_US),
+        )
         for tag in ("", ", rings"):
             what = "`log()` one scalar" + (" with `Settings.rings`" if tag else "")
-            r = by.get(("realistic" + tag, 'log({"loss": x}, step=s)'))
-            if r:
-                out.append(
-                    (
-                        f"{what}, realistic load: p50 <= {T_REAL_P50_US:g} µs",
-                        f"{r['p50']:.2f} µs",
-                        r["p50"] <= T_REAL_P50_US,
-                    )
-                )
-                out.append(
-                    (
-                        f"{what}, realistic load: p99 <= {T_REAL_P99_US:g} µs",
-                        f"{r['p99']:.2f} µs",
-                        r["p99"] <= T_REAL_P99_US,
-                    )
-                )
-            r = by.get(("full" + tag, 'log({"loss": x}, step=s)'))
-            if r:
-                out.append(
-                    (f"{what}, full load: p99 <= {T_FULL_P99_US:g} µs", f"{r['p99']:.2f} µs", r["p99"] <= T_FULL_P99_US)
-                )
+            for load, stat, limit in limits:
+                r = by.get((load + tag, 'log({"loss": x}, step=s)'))
+                if r:
+                    out.append((f"{what}, {load} load: {stat} <= {limit:g} µs", f"{r[stat]:.2f} µs", r[stat] <= limit))
     tpr = res.get("throughput")
     if tpr:
         for c in tpr["cells"]:

@@ -298,6 +298,32 @@ def test_a_forked_child_that_outlives_its_killed_rank_does_not_keep_its_ring_in_
     assert remove_stale_dirs(private_dir()) >= 1  # what the SIGKILLed job left in the runtime directory
 
 
+def _with_shm_of(mib: int, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (Python) in a mount namespace whose ``/dev/shm`` is a fresh ``mib`` MiB tmpfs (a
+    container's), with the default places for rings; it must exit 0."""
+    base = {k: v for k, v in os.environ.items() if k != "COORDINATOR_RING_DIR"}
+    mount = f'mount -t tmpfs -o size={mib}m tmpfs /dev/shm && exec "$0" -c "$1"'
+    r = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", mount, sys.executable, script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(base, PYTHONPATH=str(ROOT), **env),
+    )
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _stored_once(store_dir: Path, n: int) -> None:
+    """The run in ``store_dir`` holds rank 0's ``x`` at steps 0 to ``n - 1``, each once."""
+    [info] = list_runs(store_dir)
+    s = LocalStore(info.path / "run.db", readonly=True)
+    try:
+        assert s.values("x", 0) == [(i, float(i)) for i in range(n)]
+    finally:
+        s.close()
+
+
 _SMALL_SHM = """
 import os
 from pathlib import Path
@@ -321,34 +347,13 @@ def test_a_rank_whose_ring_finds_no_room_in_shared_memory_says_so_and_names_the_
     64 MiB fills), a rank's ring (which asks for 4x its size free: not even 1 MiB fits) goes to its spool
     directory: it says where, why, and what the left rings there take; and its rows still go through it,
     every one stored."""
-    env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_RING_DIR"}  # the default places
-    r = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "sh",
-            "-c",
-            'mount -t tmpfs -o size=12m tmpfs /dev/shm && exec "$0" -c "$1"',
-            sys.executable,
-            _SMALL_SHM,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(env, PYTHONPATH=str(ROOT)),
-    )
-    assert r.returncode == 0, r.stderr
+    r = _with_shm_of(12, _SMALL_SHM)
     path, points = r.stdout.split()
     assert Path(path).parent.parent == store_dir / "spool" and int(points) == 1000, r.stdout
     [said] = [line for line in r.stderr.splitlines() if "rank's ring is in" in line]
     assert re.search(r"not in /dev/shm \(/dev/shm: [0-9]{7} bytes free, under 6[0-9]{7}\)", said), said
     assert "1 ring(s) that ended jobs left there take 8 MiB" in said, said
-    [info] = list_runs(store_dir)
-    s = LocalStore(info.path / "run.db", readonly=True)
-    try:
-        assert s.values("x", 0) == [(i, float(i)) for i in range(1000)]
-    finally:
-        s.close()
+    _stored_once(store_dir, 1000)
     assert not Path(path).exists()
 
 
@@ -383,23 +388,7 @@ def test_in_a_containers_64_mib_shared_memory_a_default_ring_is_made_smaller_the
     half of it free: the rank's default-sized ring is made there at 8 MiB and says so; with three, at
     4 MiB. With four, no smaller ring leaves half free, and the ring goes whole to the spool directory.
     Every row it takes is stored once."""
-    env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_RING_DIR"}  # the default places
-    r = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "sh",
-            "-c",
-            'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"',
-            sys.executable,
-            _CONTAINER_SHM,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(env, PYTHONPATH=str(ROOT), OTHERS=str(others)),
-    )
-    assert r.returncode == 0, r.stderr
+    r = _with_shm_of(64, _CONTAINER_SHM, OTHERS=str(others))
     path, capacity, points = r.stdout.split()
     assert int(points) == 1000, r.stdout
     assert int(capacity) == mib << 20, r.stdout
@@ -409,9 +398,4 @@ def test_in_a_containers_64_mib_shared_memory_a_default_ring_is_made_smaller_the
     else:
         assert Path(path).parent.parent == store_dir / "spool", r.stdout
         assert "rank's ring is in" in r.stderr, r.stderr
-    [info] = list_runs(store_dir)
-    s = LocalStore(info.path / "run.db", readonly=True)
-    try:
-        assert s.values("x", 0) == [(i, float(i)) for i in range(1000)]
-    finally:
-        s.close()
+    _stored_once(store_dir, 1000)
