@@ -422,7 +422,8 @@ def open_ring(
         _say_on_disk(d, dirs[0], capacity)
     elif size < capacity:
         _log.info(
-            "rank's ring in %s is %d MiB, not %d: it has no room for a larger one (a ring asks 4 times its size free)",
+            "rank's ring in %s is %d MiB, not %d: a larger one does not fit (a ring asks 4 times its size free, and "
+            "a smaller one leaves half of the file system free)",
             d,
             size >> 20,
             capacity >> 20,
