@@ -3,20 +3,23 @@
 Launched by ``cpu_section`` (``benchmarks.run``, section ``cpu``) as::
 
     python -m torch.distributed.run --standalone --nproc_per_node=4 -m benchmarks.cpu_per_point \\
-        --out RESULT.json --seconds 10 --repeats 5 --also-rings
+        --out RESULT.json --seconds 10 --repeats 5 --also-socket
 
 The job (gloo, CPU) runs blocks of two variants, interleaved (``none``, ``coordinator``,
 ``coordinator``, ``none``, ...: drift of the shared machine hits both alike), after one warm-up
-block; with ``--also-rings`` a third, ``rings`` (``coordinator`` with ``Settings.rings``), in the
-same rotation (``none``, ``coordinator``, ``rings``, then ``rings``, ``coordinator``, ``none``), so
-that the default and rings are compared within one job. Each block: set up (``init_run`` on every
+block. ``coordinator`` runs at the library's default (rings: each rank's rows go into its ring,
+which the aggregator reads), or over the socket with ``--socket`` (``rings=False``: every point
+through the rank's buffer and its sender thread over ZeroMQ). With ``--also-socket`` a third
+variant, ``socket`` (``coordinator`` with ``rings=False``), runs in the same rotation (``none``,
+``coordinator``, ``socket``, then ``socket``, ``coordinator``, ``none``), so that the default and
+the socket path are compared within one job. Each block: set up (``init_run`` on every
 rank, but for ``none``), one second of paced steps (start-up excluded), ``barrier``, rank 0 reads
 the CPU time (user + system, every thread) of every process of the job from ``/proc`` — torchrun's
 agent (the ranks' parent), every rank, and every descendant (the aggregator that rank 0's
 ``init_run`` started, anything else we start) —, ``--seconds`` of paced steps at 50 steps/s,
 ``barrier``, rank 0 reads them again, then tear-down (shutdown excluded). A step is a tiny DDP step
 (so the collective and the training thread are real but cheap: the figure is about logging, not the
-model) and, for ``coordinator`` and ``rings``, one ``run.log(<100-key dict>, step=s)`` per rank.
+model) and, for ``coordinator`` and ``socket``, one ``run.log(<100-key dict>, step=s)`` per rank.
 
 CPU per point = (CPU-seconds per second of the job with logging - the same without) x the
 window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
@@ -50,7 +53,17 @@ from typing import Any
 from benchmarks.common import child_env, exit_without_teardown, log, med, median_interval, run_job, task_cpu_s
 from benchmarks.profiling import pyspy_start, stop_recorder
 
-__all__ = ["N_KEYS", "RATE", "cpu_section", "job_cpu", "main", "own_threads_cpu", "threads_cpu", "used"]
+__all__ = [
+    "N_KEYS",
+    "RATE",
+    "block_settings",
+    "cpu_section",
+    "job_cpu",
+    "main",
+    "own_threads_cpu",
+    "threads_cpu",
+    "used",
+]
 
 N_KEYS = 100
 RATE = 50.0
@@ -123,6 +136,24 @@ def used(a: dict[int, float], b: dict[int, float]) -> float:
     return sum(c - a.get(tid, 0.0) for tid, c in b.items())
 
 
+def block_settings(variant: str, flush_interval: float | None = None, socket: bool = False) -> dict[str, Any]:
+    """The ``Settings`` fields a logged block of ``variant`` (``coordinator`` or ``socket``) sets beyond the job's own.
+
+    A ``socket`` block, and every block with ``socket`` (``--socket``), sends every point over the socket
+    (``rings=False``); a ``coordinator`` block otherwise leaves ``rings`` to the library's default and the
+    environment, as a user's run does. ``flush_interval``: ``--flush-interval`` (the socket path's).
+
+    Raises:
+        ValueError: not a logged variant (a typo must not run the default under another name).
+    """
+    if variant not in ("coordinator", "socket"):
+        raise ValueError(f"{variant!r}: not coordinator or socket")
+    out: dict[str, Any] = {} if flush_interval is None else {"flush_interval_s": flush_interval}
+    if socket or variant == "socket":
+        out["rings"] = False
+    return out
+
+
 def _delta(a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds per role between two readings, over the processes present in both."""
     out: dict[str, float] = {"agent": 0.0, "rank": 0.0, "aggregator": 0.0, "other": 0.0}
@@ -146,7 +177,7 @@ def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
     out_json = d / "result.json"
     env = child_env(d)
     env.pop("TORCHELASTIC_RUN_ID", None)
-    args = ["--seconds", str(seconds), "--repeats", str(repeats), "--also-rings"]
+    args = ["--seconds", str(seconds), "--repeats", str(repeats), "--also-socket"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     cmd += ["-m", "benchmarks.cpu_per_point", "--out", str(out_json), "--root", str(d), *args]
     res: dict[str, Any] = {
@@ -165,13 +196,13 @@ def cpu_section(quick: bool, tmp: Path) -> dict[str, Any]:
     raw = json.loads(out_json.read_text())
     res["raw"] = raw
     res.update(summarise(raw))
-    if raw["results"].get("rings"):
-        res["rings"] = summarise(raw, "rings")
+    if raw["results"].get("socket"):
+        res["socket"] = summarise(raw, "socket")
     return res
 
 
 def summarise(raw: dict[str, Any], variant: str = "coordinator") -> dict[str, Any]:
-    """Median CPU per point (total and per role) of the ``variant`` blocks (``coordinator`` or ``rings``) against
+    """Median CPU per point (total and per role) of the ``variant`` blocks (``coordinator`` or ``socket``) against
     the ``none`` blocks."""
     none, coord = raw["results"]["none"], raw["results"][variant]
     roles = ("total", "rank", "aggregator", "agent", "other")
@@ -229,11 +260,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--root", default=None)
-    p.add_argument("--flush-interval", type=float, default=None, help="Settings.flush_interval_s (A/B runs)")
-    p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
-    p.add_argument("--rings", action="store_true", help="Settings.rings: the rows go into each rank's ring")
     p.add_argument(
-        "--also-rings", action="store_true", help="a third variant, rings: coordinator with Settings.rings, interleaved"
+        "--flush-interval",
+        type=float,
+        default=None,
+        help="Settings.flush_interval_s (A/B runs; the socket path's: with --socket, and the socket blocks)",
+    )
+    p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
+    p.add_argument(
+        "--socket",
+        action="store_true",
+        help="the coordinator blocks over the socket (rings=False), not at the library's default (rings)",
+    )
+    p.add_argument(
+        "--also-socket",
+        action="store_true",
+        help="a third variant, socket: coordinator with rings=False, interleaved",
     )
     args = p.parse_args(argv)
 
@@ -257,9 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     period = 1.0 / RATE
     step = 0
     block = 0
-    extra: dict[str, Any] = {} if args.flush_interval is None else {"flush_interval_s": args.flush_interval}
-    if args.rings:
-        extra["rings"] = True
 
     in_log_ns = 0
 
@@ -291,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         block += 1
         run = None
         if variant != "none":
-            more = {**extra, "rings": True} if variant == "rings" else extra
+            more = block_settings(variant, args.flush_interval, args.socket)
             settings = coordinator.Settings(dir=str(root / "store"), handle_sigterm=False, capture_env=False, **more)
             run = coordinator.init_run(project="bench", name=f"cpu-block{block}", settings=settings)
         dist.barrier()
@@ -328,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"wall_s": wall, "cpu": _delta(a, b), "points": points, "late": late / n, "direct": direct}
 
     run_block("none")  # warm-up (not recorded)
-    variants = ["none", "coordinator", "rings"] if args.also_rings else ["none", "coordinator"]
+    variants = ["none", "coordinator", "socket"] if args.also_socket else ["none", "coordinator"]
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
         for v in variants if rep % 2 == 0 else variants[::-1]:
@@ -337,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({"seconds": args.seconds, "rate": RATE, "results": results}))
         print(json.dumps(summarise({"results": results}), indent=1))
-        if args.also_rings:
-            print("rings:", json.dumps(summarise({"results": results}, "rings"), indent=1))
+        if args.also_socket:
+            print("socket:", json.dumps(summarise({"results": results}, "socket"), indent=1))
     dist.destroy_process_group()
     return 0
 

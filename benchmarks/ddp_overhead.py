@@ -12,16 +12,19 @@ step including its logging, ``barrier``, tear down (drain/close: timed separatel
 step time). Variants:
 
 * ``none`` — no logging;
-* ``coordinator`` — every rank ``run.log(<100 metrics>, step=s)`` every step;
-* ``coordinator-flush<N>ms`` — the same with ``Settings(flush_interval_s=N / 1000)`` instead of
-  the default 50 ms: ``coordinator-flush5ms`` is what waking the sender ten times as often costs
+* ``coordinator`` — every rank ``run.log(<100 metrics>, step=s)`` every step, at the library's
+  default (rings: each row into the rank's ring, read by the aggregator before its commits; no
+  sender flushes);
+* ``coordinator-socket`` — the same with ``Settings(rings=False)``: every point through the rank's
+  buffer and its sender thread over ZeroMQ (the library's default before rings);
+* ``coordinator-flush<N>ms`` — ``coordinator-socket`` with ``Settings(flush_interval_s=N / 1000)``
+  instead of the default 50 ms (the flush interval is the socket path's: with rings the sender
+  does not flush): ``coordinator-flush5ms`` is what waking the sender ten times as often costs
   (5 ms was the default until issue #12's round 6, when this variant measured the other way
   round); ``coordinator-flush200ms`` what a longer kill window buys;
   ``coordinator-flush<N>ms-copies<M>ms`` also sets ``kill_window_s=M / 1000``: the sender copies the
   uncut points every M ms between its flushes (``coordinator-flush500ms-copies50ms``: a 50 ms kill
   window at 500 ms flushes);
-* ``coordinator-rings`` — the same with ``Settings(rings=True)``: each row into the rank's ring,
-  read by the aggregator before its commits (no sender flushes);
 * ``coordinator-disabled`` — the same calls on a ``mode="disabled"`` run (``log()`` returns at
   once; no sender, no aggregator): what building the dict and calling ``log()`` cost the step;
 * ``coordinator-nolog`` — a live run (sender, aggregator) whose dict is built but never logged:
@@ -111,13 +114,14 @@ def coordinator_settings(variant: str) -> dict[str, Any]:
         return {"mode": "disabled"}
     if variant == "coordinator-nolog":
         return {}
-    if variant == "coordinator-rings":
-        return {"rings": True}
-    if variant.startswith("coordinator-flush"):
+    if variant == "coordinator-socket":
+        return {"rings": False}
+    if variant.startswith("coordinator-flush"):  # the socket path's flush interval: with rings nothing flushes
         n, copies = _flush_match(variant)
-        return {"flush_interval_s": n / 1000} | ({} if copies is None else {"kill_window_s": copies / 1000})
+        interval: dict[str, Any] = {"rings": False, "flush_interval_s": n / 1000}
+        return interval | ({} if copies is None else {"kill_window_s": copies / 1000})
     raise ValueError(
-        f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog, coordinator-rings or "
+        f"{variant!r}: not coordinator, coordinator-disabled, coordinator-nolog, coordinator-socket or "
         "coordinator-flush<N>ms[-copies<M>ms]"
     )
 
@@ -252,10 +256,10 @@ def ddp_section(
     peer that is not installed is left out. ``size``: (steps, repeats) instead of the section's.
     """
     if chosen is None:
-        variants = ["none", "coordinator", "coordinator-rings", "allreduce", "allreduce-packed"]
+        variants = ["none", "coordinator", "coordinator-socket", "allreduce", "allreduce-packed"]
         if not quick:
             variants.insert(3, "coordinator-flush5ms")
-            variants += ["none" + WARM, "coordinator" + WARM, "coordinator-rings" + WARM]
+            variants += ["none" + WARM, "coordinator" + WARM, "coordinator-socket" + WARM]
         want = ["tensorboard"] if quick else ["tensorboard", "wandb", "mlflow-async", "trackio", "neptune"]
         missing = [p for p in want if not peers_available.get(p)]
         variants[3:3] = [f"peer:{p}" for p in want if peers_available.get(p)]

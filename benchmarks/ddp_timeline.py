@@ -16,7 +16,11 @@ in every Python process of it; the aggregator writes its turns at exit, a rank a
 job (``ddp_overhead`` calls :func:`dump`: it ends without the interpreter's teardown).
 
     python -m benchmarks.ddp_timeline [--steps 150] [--repeats 5] \\
-        [--variants coordinator+wake5ms,coordinator-flush500ms+wake5ms]
+        [--variants coordinator-socket+wake5ms,coordinator-flush500ms+wake5ms]
+
+The default variants compare the socket path's flush intervals (50 ms and 500 ms, both with
+``rings=False``: with rings, the library's default, the sender does not flush); add
+``coordinator+wake5ms`` for the turns at the library's default.
 """
 
 from __future__ import annotations
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="benchmarks.ddp_timeline", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="steps per block")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--variants", default="coordinator+wake5ms,coordinator-flush500ms+wake5ms")
+    ap.add_argument("--variants", default="coordinator-socket+wake5ms,coordinator-flush500ms+wake5ms")
     ap.add_argument("--keep", type=Path, default=None, help="copy the raw records here")
     ap.add_argument("--ranks", type=int, default=4)
     args = ap.parse_args(argv)

@@ -6,8 +6,10 @@ and the aggregator once per arrival, commit and sweep, each time on a CPU the tr
 just had. The flush interval sets how often all of that happens, and it is also how much a
 SIGKILLed rank may lose (its points not yet cut). This runs the paced job of
 ``benchmarks.rank_threads`` (``torchrun``, every rank a 100-key dict at 50 steps/s) once per
-interval and repeat, the intervals interleaved, with ``COORDINATOR_FLUSH_INTERVAL_S`` set, and
-prints per interval (medians over the repeats):
+interval and repeat, the intervals interleaved, with ``COORDINATOR_FLUSH_INTERVAL_S`` set and
+``COORDINATOR_RINGS=0`` (every point over the socket: the flush interval is that path's; with
+rings, the library's default, the sender does not flush), and prints per interval (medians over
+the repeats):
 
 * the ranks' logging threads (every thread of a rank but its training thread: the sender, its
   ZeroMQ I/O thread, the system sampler, rank 0's supervisor): CPU a second, wake-ups a second;
@@ -106,6 +108,7 @@ def measure(
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="flush-intervals-") as d:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+        env["COORDINATOR_RINGS"] = "0"  # the flush interval is the socket path's (module's notes)
         env["COORDINATOR_FLUSH_INTERVAL_S"] = repr(interval_s)
         env.pop("COORDINATOR_KILL_WINDOW_S", None)
         if kill_window_s is not None:

@@ -21,6 +21,10 @@ stretch; the start-up (``init_run`` to 1 s after it returned) is reported apart.
 The process logs as in the suite's GIL probe: one rank, a 100-key dict per step at 50 steps/s,
 the training thread sleeping in between; with ``--load full`` it calls ``log({"loss": x}, step=s)``
 back to back instead, so the training thread wants the GIL at every moment the sender holds it.
+The run takes the library's default for ``Settings.rings`` (rings: its rows go into the rank's
+ring, which the aggregator reads, and the sender does not flush) unless ``COORDINATOR_RINGS``
+says otherwise; with ``--socket`` it sends every point over the socket (``rings=False``: the
+sender's flushes, the stretches the performance goal is about; ``--spans`` then shows them).
 The same loop on a ``mode="disabled"`` run gives the floor of the training thread's waits (the
 probes' own cost, a few µs per event, is in every figure). Figures are medians over repeats, and
 the longest of all repeats.
@@ -30,8 +34,8 @@ Needs Linux, root (uprobes are set up through tracefs), ``perf``, and a CPython 
 ``--enable-shared``, as pyenv's is; Debian's ``python3.11`` strips them). Without them it says what
 is missing and exits 2.
 
-    python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full; --rings)
-    python -m benchmarks.gil_holds --seconds 6 --repeats 1 --spans 10   (what ran in the longest)
+    python -m benchmarks.gil_holds --seconds 6 --repeats 3   (--load full; --socket)
+    python -m benchmarks.gil_holds --seconds 6 --repeats 1 --socket --spans 10   (what ran in the longest)
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ from benchmarks import gil_spans
 from benchmarks.common import child_env, med
 from benchmarks.profiling import stop_recorder
 from benchmarks.workers import Worker, emit, wait_go
+from coordinator.settings import Settings
 
-__all__ = ["GilThread", "find_libpython", "main", "parse_events", "summarize"]
+__all__ = ["GilThread", "find_libpython", "main", "parse_events", "run_settings", "summarize"]
 
 _GROUP = "coordgil"
 _RATE = 50.0
@@ -246,6 +251,13 @@ def _names() -> dict[int, str]:
     return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
 
 
+def run_settings(cfg: dict[str, Any]) -> Settings:
+    """The logging process's settings: one rank in ``cfg["dir"]``; with ``cfg["socket"]`` every point over the
+    socket (``rings=False``), otherwise ``rings`` left to the library's default and ``COORDINATOR_RINGS``."""
+    extra: dict[str, Any] = {"rings": False} if cfg.get("socket") else {}
+    return Settings(rank=0, world_size=1, dir=cfg["dir"], **extra)
+
+
 def _worker(cfg: dict[str, Any]) -> int:
     """One logging process: a run (or a disabled one), the logging loop between GO and DONE."""
     import coordinator
@@ -255,8 +267,7 @@ def _worker(cfg: dict[str, Any]) -> int:
         return 2
     marks = gil_spans.install() if cfg.get("spans") else None
     t_init = time.monotonic_ns()
-    settings = coordinator.Settings(rank=0, world_size=1, dir=cfg["dir"], rings=bool(cfg.get("rings")))
-    run = coordinator.init_run(project="bench", name="gil-holds", mode=cfg["mode"], settings=settings)
+    run = coordinator.init_run(project="bench", name="gil-holds", mode=cfg["mode"], settings=run_settings(cfg))
     emit("READY", {"names": _names(), "t_init": t_init})
     if wait_go() is None:
         run.stop(60)
@@ -289,12 +300,13 @@ def _worker(cfg: dict[str, Any]) -> int:
 
 
 def _record(
-    mode: str, seconds: float, tmp: Path, load: str = "paced", spans: int = 0, rings: bool = False
+    mode: str, seconds: float, tmp: Path, load: str = "paced", spans: int = 0, socket: bool = False
 ) -> dict[str, Any]:
     """One logging process under ``perf record`` (its GIL events and context switches); its summary.
 
     ``spans``: mark the sender's code (:mod:`benchmarks.gil_spans`) and list its that many longest holds.
-    ``rings``: the run writes its rows into a ring (``Settings.rings``), which the aggregator reads.
+    ``socket``: the run sends every point over the socket (``rings=False``); otherwise it takes the
+    library's default (rings: its rows go into the rank's ring, which the aggregator reads).
     """
     env = child_env(tmp)
     data = tmp / f"perf-{mode}.data"
@@ -305,7 +317,7 @@ def _record(
         "dir": str(tmp / "runs"),
         "load": load,
         "spans": str(marks) if spans else "",
-        "rings": rings,
+        "socket": socket,
     }
     w = Worker(cfg, env, tmp / f"{mode}.err", "benchmarks.gil_holds")
     perf: subprocess.Popen[bytes] | None = None
@@ -404,11 +416,12 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def measure(
-    seconds: float, repeats: int, load: str = "paced", spans: int = 0, rings: bool = False
+    seconds: float, repeats: int, load: str = "paced", spans: int = 0, socket: bool = False
 ) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
     """Interleaved recordings of both modes (see :func:`report`); None and the reason when uprobes cannot be used.
 
     ``spans``: the coordinator's recordings mark the sender's code (:mod:`benchmarks.gil_spans`).
+    ``socket``: the coordinator's run sends every point over the socket (``rings=False``).
     """
     lib = find_libpython()
     why = _add_probes(lib) if lib is not None else "cannot read /proc/self/maps"
@@ -420,7 +433,7 @@ def measure(
             for _ in range(repeats):
                 for mode, label in (("async", "coordinator"), ("disabled", "disabled")):
                     on = mode != "disabled"
-                    runs[label].append(_record(mode, seconds, Path(d), load, spans if on else 0, rings and on))
+                    runs[label].append(_record(mode, seconds, Path(d), load, spans if on else 0, socket and on))
     finally:
         _remove_probes()
     return runs, ""
@@ -447,16 +460,21 @@ def main(argv: list[str] | None = None) -> int:
         help="mark the sender's code and list what ran in its N longest holds (benchmarks.gil_spans; "
         "the marks lengthen the holds)",
     )
-    ap.add_argument("--rings", action="store_true", help="the coordinator's run with Settings.rings")
+    ap.add_argument(
+        "--socket",
+        action="store_true",
+        help="the coordinator's run sends every point over the socket (rings=False), not at the library's default",
+    )
     args = ap.parse_args(argv)
-    runs, why = measure(args.seconds, args.repeats, args.load, args.spans, args.rings)
+    runs, why = measure(args.seconds, args.repeats, args.load, args.spans, args.socket)
     if runs is None:
         print(f"gil_holds: not measured: {why}", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     what = f"a {_KEYS}-key dict at {_RATE:.0f} steps/s" if args.load == "paced" else "scalar log() calls back to back"
-    what += ", Settings.rings" if args.rings else ""
+    rings = not args.socket and Settings.from_env().rings  # the default, unless COORDINATOR_RINGS turned it off
+    what += ", rings" if rings else ", over the socket (rings=False)"
     print(f"GIL stretches, one rank, {what}, {args.seconds:.0f} s x {args.repeats}")
     print("(medians over the recordings; [the largest])")
     for line in report(runs):

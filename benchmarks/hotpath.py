@@ -15,11 +15,17 @@ thread and aggregator process running), loads:
 * full: the same calls back to back, as fast as possible;
 * disabled: the full-load calls on a ``mode="disabled"`` run (the floor: call overhead only).
 
+Every run takes the library's default for ``Settings.rings`` (rings: a row of plain numbers at a
+step goes into the rank's ring, which the aggregator reads) unless ``COORDINATOR_RINGS`` says
+otherwise.
+
 ``hot_section`` (``python -m benchmarks.run``, section 1): the same loads with an 80-key dict
-(+ 10 + 10 = 100 metrics per step), repeated, full load sustained in chunks for a fixed time,
-and the sender thread's CPU time (≈ its GIL share) and each of its flush slices measured over
-the window. ``timer_overhead`` and ``latency_summary`` also time the peers' hot path
-(``benchmarks.peers``).
+(+ 10 + 10 = 100 metrics per step), repeated, full load sustained in chunks for a fixed time;
+the realistic and full loads also over the socket (``rings=False``: loads ``realistic, socket``
+and ``full, socket``, every point through the rank's buffer and its sender thread), where the
+sender thread's CPU time (≈ its GIL share) and each of its flush slices are measured over the
+window (with rings it does not flush). ``timer_overhead`` and ``latency_summary`` also time the
+peers' hot path (``benchmarks.peers``).
 """
 
 from __future__ import annotations
@@ -39,16 +45,19 @@ from benchmarks.common import med, thread_cpu
 __all__ = ["hot_path", "hot_section", "latency_summary", "timer_overhead"]
 
 
-def _settings(d: Path, rings: bool = False) -> Any:
+def _settings(d: Path, socket: bool = False) -> Any:
     """A 1-rank run's settings without the system-metrics sampler.
 
     Every run here checks that exactly the points it logged were acknowledged; a run of the full
     suite lives past the sampler's first sample (10 s), whose ``system/*`` points would join the
-    count. The sampler's own cost is measured by ``benchmarks.sampler_cost``. ``rings``: ``Settings.rings``.
+    count. The sampler's own cost is measured by ``benchmarks.sampler_cost``. ``socket``: every
+    point over the socket (``rings=False``, which overrides ``COORDINATOR_RINGS``); otherwise
+    ``rings`` is left to the library's default and the environment, as a user's run leaves it.
     """
     import coordinator
 
-    return coordinator.Settings(rank=0, world_size=1, dir=str(d), system_metrics_interval_s=0, rings=rings)
+    extra: dict[str, Any] = {"rings": False} if socket else {}
+    return coordinator.Settings(rank=0, world_size=1, dir=str(d), system_metrics_interval_s=0, **extra)
 
 
 def timer_overhead(n: int) -> tuple[int, array[int]]:
@@ -320,7 +329,7 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
     app_keys = [f"train/scalar_append{i}" for i in range(10)]
     overhead, _ = timer_overhead(100_000)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    sender: dict[str, list[dict[str, Any]]] = {"realistic": [], "full": []}
+    sender: dict[str, list[dict[str, Any]]] = {"realistic, socket": [], "full, socket": []}
     checks: list[str] = []
 
     def add(load: str, call: str, samples: Any, ppc: int = 1) -> None:
@@ -331,16 +340,17 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
     os.environ["COORDINATOR_AGG_STDERR"] = str(tmp / "hotpath-aggregator.log")
     d = tmp / "hotpath"
 
-    def start(load: str, rep: int, rings: bool) -> Any:
-        """A run of one load's repeat, at the default or with rings."""
-        name = f"hot-{load}{'-rings' if rings else ''}-{rep}"
-        return coordinator.init_run(project="bench", name=name, settings=_settings(d, rings))
+    def start(load: str, rep: int, socket: bool) -> Any:
+        """A run of one load's repeat, at the library's default or over the socket (``rings=False``)."""
+        name = f"hot-{load}{'-socket' if socket else ''}-{rep}"
+        return coordinator.init_run(project="bench", name=name, settings=_settings(d, socket))
 
     try:
         for rep in range(repeats):
-            # Each load twice: at the default, and with Settings.rings (rows into the rank's ring).
-            for rings, tag in ((False, ""), (True, ", rings")):
-                run = start("real", rep, rings)
+            # Each load twice: at the library's default (rings: rows into the rank's ring), and with
+            # every point over the socket (rings=False: the rank's buffer, its sender's flushes).
+            for socket, tag in ((False, ""), (True, ", socket")):
+                run = start("real", rep, socket)
                 try:
                     (o_dict, o_log, o_app, late), info = _window(
                         run, lambda run=run: _realistic(run, seconds, rate, dict_keys, log_keys, app_keys), proc
@@ -353,14 +363,14 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                 finally:
                     run.stop(120)
                 info["late"] = late
-                if not rings:  # with rings the sender does not flush: its share is the default's story
-                    sender["realistic"].append(info)
+                if socket:  # with rings the sender does not flush: its share is the socket path's story
+                    sender["realistic" + tag].append(info)
                 add("realistic" + tag, 'log({"loss": x}, step=s)', o_log)
                 add("realistic" + tag, 'run["loss"].append(x, step=s)', o_app)
                 add("realistic" + tag, "log(<80-key dict>, step=s)", o_dict, 80)
 
-            for rings, tag in ((False, ""), (True, ", rings")):
-                run = start("full", rep, rings)
+            for socket, tag in ((False, ""), (True, ", socket")):
+                run = start("full", rep, socket)
                 try:
 
                     def full(run: Any = run) -> tuple[Any, Any, Any]:
@@ -385,8 +395,8 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
                         checks.append(f"full{tag} rep {rep}: stats {st}, expected {exp} acked")
                 finally:
                     run.stop(120)
-                if not rings:
-                    sender["full"].append(info)
+                if socket:
+                    sender["full" + tag].append(info)
                 add("full" + tag, 'log({"loss": x}, step=s)', o_log)
                 add("full" + tag, 'run["loss"].append(x, step=s)', o_app)
                 add("full" + tag, "log(<100-key dict>, step=s)", o_dict, 100)
@@ -438,6 +448,8 @@ def hot_section(quick: bool, tmp: Path, repeats: int) -> dict[str, Any]:
         "full_s": full_s,
         "seconds": seconds,
         "switchinterval_ms": sys.getswitchinterval() * 1000,
+        # What the unmarked loads ran on: the library's default, unless COORDINATOR_RINGS turned it off.
+        "default_rings": coordinator.Settings.resolve().rings,
     }
 
 

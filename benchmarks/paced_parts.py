@@ -7,7 +7,10 @@ minute leave most parts unseen. This times named methods with the calling thread
 (``time.thread_time_ns``) inside the real job: ``torchrun``, every rank running
 ``benchmarks.rank_threads``' paced loop (a 100-key dict at 50 steps/s), the aggregator started by
 rank 0 as usual. It prints, per part, the CPU time, the calls and the µs per call, for the
-aggregator's loop thread and for one rank's sender thread.
+aggregator's loop thread and for one rank's sender thread. The parts are the socket path's (the
+sender's flushes, cuts and ACKs; the aggregator's batches), so the job runs with
+``COORDINATOR_RINGS=0``: every point over the socket (with rings, the library's default, the
+sender does not flush).
 
 How: the job runs with a ``sitecustomize`` module first on its ``PYTHONPATH`` (written to a
 temporary directory) that calls :func:`install` in every Python process of the job. In the
@@ -154,6 +157,7 @@ def measure(seconds: float, ranks: int, rank: int, timeout_s: float = 300.0) -> 
         (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(repo), os.environ.get("PYTHONPATH", "")]))
         env.update({_OUT_ENV: str(out), _RANK_ENV: str(rank)})
+        env["COORDINATOR_RINGS"] = "0"  # the parts timed are the socket path's (module's notes)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
         cmd += ["-m", "benchmarks.rank_threads", "--seconds", str(seconds)]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

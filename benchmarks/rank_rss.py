@@ -7,6 +7,7 @@ freezes the aggregator with SIGSTOP, logs a 50-key dict per step as fast as ``lo
 ``freeze`` seconds (under ``block`` it waits in ``log()``, which is the policy), samples its own
 RSS every 0.25 s, resumes the aggregator, waits for every ack and checks the delivery counters
 (acked + dropped = accepted >= logged; nothing dropped but under ``drop_oldest``, nothing lost).
+The rank sends every point over the socket (``rings=False``): backpressure is that path's.
 
 The bound is the one ``tests/transport/test_backpressure.py`` asserts for the spool policy:
 points held in memory are at most the window (``max_window_batches`` x ``max_batch_points``)
@@ -41,8 +42,11 @@ SETTINGS: dict[str, Any] = {
     "max_batch_points": 8192,
     "ack_timeout_s": 1.0,
     "flush_interval_s": 0.05,
+    "rings": False,
 }
-"""Smaller than the defaults so a 20 s freeze reaches every limit (default bound: ~208 MiB)."""
+"""Smaller than the defaults so a 20 s freeze reaches every limit (default bound: ~208 MiB); every point over
+the socket (``rings=False``), whose buffer, window and spool the backpressure policies govern (with rings, the
+library's default, the rows would go into the rank's ring instead, and only a full ring's into the buffer)."""
 _KEYS = [f"k{i:02d}" for i in range(50)]
 
 

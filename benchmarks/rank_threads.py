@@ -20,6 +20,11 @@ machine.
 
     python -m benchmarks.rank_threads --seconds 15
 
+The run takes the library's default for ``Settings.rings`` (rings: the rows go into the rank's
+ring, which the aggregator reads; the sender does not flush); ``COORDINATOR_RINGS=0`` sends every
+point over the socket instead (``benchmarks.flush_intervals`` and ``benchmarks.paced_parts`` run
+it so).
+
 ``--rate`` and ``--keys`` change the load (``--rate 1 --keys 10``: a run that logs a 10-key dict
 once a second, where the fixed cost of the threads that wake up whether or not anything was
 logged dominates). ``--tensor-loss`` makes the dict's first value a CPU tensor, as a training

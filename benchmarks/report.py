@@ -92,8 +92,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
             ("realistic", "p99", T_REAL_P99_US),
             ("full", "p99", T_FULL_P99_US),
         )
-        for tag in ("", ", rings"):
-            what = "`log()` one scalar" + (" with `Settings.rings`" if tag else "")
+        for tag in ("", ", socket"):  # the library's default (rings), then every point over the socket
+            what = "`log()` one scalar" + (" over the socket (`rings=False`)" if tag else "")
             for load, stat, limit in limits:
                 r = by.get((load + tag, 'log({"loss": x}, step=s)'))
                 if r:
@@ -127,7 +127,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     ddp = res.get("ddp")
     if ddp and ddp.get("rows"):
         rows = {r["variant"]: r for r in ddp["rows"]}
-        for name, label in (("coordinator", "coordinator"), ("coordinator-rings", "coordinator with rings")):
+        for name, label in (
+            ("coordinator", "coordinator"),
+            ("coordinator-socket", "coordinator over the socket (`rings=False`)"),
+        ):
             c = rows.get(name)
             if c:
                 out += _ddp_targets(label, c, rows.get(name + "+wake5ms"), rows)
@@ -189,7 +192,8 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
             f"chunks of 10,000 scalar `log()`, 10,000 `append()` and 100 100-key `log()` calls back to back "
             f"for {hot['full_s']:g} s; disabled: {hot['calls']:,} calls on "
             '`mode="disabled"`. p50/p99: median over the repeats; max and calls > 1 ms: over all repeats. '
-            f"GC {'on' if hot['gc'] else 'off'}; `sys.getswitchinterval()` = {hot['switchinterval_ms']:g} ms.",
+            f"GC {'on' if hot['gc'] else 'off'}; `sys.getswitchinterval()` = {hot['switchinterval_ms']:g} ms."
+            + _hot_rings_text(hot),
             "",
             "| load | call | calls | p50 µs | p99 µs | max µs | calls > 1 ms | p50 per repeat | p99 per repeat |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -203,8 +207,9 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
         if hot["sender"]:
             md += [
                 "",
-                "**Sender thread** (CPU time of the `coordinator-sender` thread from `/proc` via psutil, over "
-                "the measured window; a pure-Python thread holds the GIL for about its CPU time, minus the ZeroMQ "
+                "**Sender thread** on the runs over the socket (`rings=False`; with rings, the default, it does "
+                "not flush): CPU time of the `coordinator-sender` thread from `/proc` via psutil, over "
+                "the measured window (a pure-Python thread holds the GIL for about its CPU time, minus the ZeroMQ "
                 "send, which releases it). Per flush = each `SenderThread._flush` call (swap the buffer, encode, "
                 "send), timed by wrapping the method on the instance from the benchmark: its CPU time "
                 "(`time.thread_time_ns`, ≈ GIL held) and its wall time (which also counts waiting for the GIL "
@@ -438,6 +443,22 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
     return "\n".join(md)
 
 
+def _hot_rings_text(hot: dict[str, Any]) -> str:
+    """Section 1's sentence on what its unmarked and ``, socket`` loads ran on ("" for a result file from before
+    rings were the default, whose unmarked loads ran over the socket)."""
+    if "default_rings" not in hot:
+        return ""
+    default = (
+        "rings (each row of plain numbers into the rank's ring, which the aggregator reads)"
+        if hot["default_rings"]
+        else "which `COORDINATOR_RINGS=0` turned to the socket in this run"
+    )
+    return (
+        f" Unmarked loads run at the library's default, {default}; loads marked `, socket` send every point "
+        "over the socket (`rings=False`: the rank's buffer and its sender thread)."
+    )
+
+
 def _coordinator_peer_row(res: dict[str, Any]) -> str | None:
     """The coordinator's row of the peer table, from sections 1 and 2 (None without section 1)."""
     hot = res.get("hot")
@@ -480,10 +501,12 @@ def notes(res: dict[str, Any]) -> list[str]:
                 )
     hot = res.get("hot")
     if hot and hot.get("sender"):
-        s = hot["sender"].get("full")
+        # "full": a result file from before rings were the default, when the default load was the socket's.
+        s = hot["sender"].get("full, socket") or hot["sender"].get("full")
         if s:
             out.append(
-                f"- At full load the sender thread used {s['share']:.0%} of a core (≈ its share of the GIL); "
+                f"- At full load over the socket (`rings=False`) the sender thread used {s['share']:.0%} of a core "
+                "(≈ its share of the GIL); "
                 f"its longest flush took {s['cpu_slice_max_us']:,.0f} µs of CPU ({s['slice_max_us']:,.0f} µs "
                 "wall). A flush is not one hold of the GIL: the sender lets it go between slices of its work "
                 "(cut, encoding, copies, sends), so a `log()` call waits for the slice the sender is in, not for "

@@ -26,12 +26,17 @@ def cpu_targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
     target = f"CPU per logged point, whole job, 4 ranks: <= {T_CPU_US:g} µs"
     if "us_per_point" in cpu:
         out.append(_cpu_row(target, cpu))
-    if "us_per_point" in cpu.get("rings", {}):
-        out.append(_cpu_row(f"{target}, with `Settings.rings`", cpu["rings"]))
-    gil = ((res.get("hot") or {}).get("gil") or {}).get("coordinator")
-    if gil and "in_flush_max_us" in gil:
-        v = gil["in_flush_max_us"]
-        out.append((f"longest GIL wait behind a sender flush: <= {T_GIL_US:g} µs", f"{v:,.0f} µs", v <= T_GIL_US))
+    if "us_per_point" in cpu.get("socket", {}):
+        out.append(_cpu_row(f"{target}, over the socket (`rings=False`)", cpu["socket"]))
+    gils = (res.get("hot") or {}).get("gil") or {}
+    # The library's default (rings: its sender seldom flushes, so a probe may find no flush to be behind),
+    # then the run with every point over the socket, whose sender flushes every 50 ms.
+    for name, tag in (("coordinator", ""), ("socket", ", over the socket (`rings=False`)")):
+        gil = gils.get(name)
+        if gil and "in_flush_max_us" in gil:
+            v = gil["in_flush_max_us"]
+            what = f"longest GIL wait behind a sender flush{tag}: <= {T_GIL_US:g} µs"
+            out.append((what, f"{v:,.0f} µs", v <= T_GIL_US))
     return out
 
 
@@ -96,17 +101,17 @@ def cpu_markdown(cpu: dict[str, Any]) -> str:
             "this one, as far as that figure's noise lets it show.",
             "",
         ]
-    rings = cpu.get("rings", {})
-    if "direct_us" in rings:
-        part = rings["direct_by_part_us"]
-        lo, hi = rings["us_paired_ci"]
+    socket = cpu.get("socket", {})
+    if "direct_us" in socket:
+        part = socket["direct_by_part_us"]
+        lo, hi = socket["us_paired_ci"]
         lines += [
-            "With `Settings.rings` (the same job's `rings` blocks, interleaved with the others: each rank's rows "
-            f"go into its ring, which the aggregator reads): **{rings['direct_us']:.2f} µs** a point measured "
-            f"directly, per repeat {rings['direct_us_all']} (the aggregator process {part['aggregator']:.2f}, the "
-            f"ranks' coordinator threads {part['rank_threads']:.2f}, `log()` {part['log_calls']:.2f}); the whole "
-            f"job minus the unlogged loop {rings['us_per_point']:.2f} µs, paired "
-            f"{interval_text(rings['us_paired'], lo, hi, '{:.2f} µs')}.",
+            "Over the socket (`rings=False`; the same job's `socket` blocks, interleaved with the others: each "
+            "rank's rows go through its buffer and its sender thread over ZeroMQ): "
+            f"**{socket['direct_us']:.2f} µs** a point measured directly, per repeat {socket['direct_us_all']} "
+            f"(the aggregator process {part['aggregator']:.2f}, the ranks' coordinator threads "
+            f"{part['rank_threads']:.2f}, `log()` {part['log_calls']:.2f}); the whole job minus the unlogged loop "
+            f"{socket['us_per_point']:.2f} µs, paired {interval_text(socket['us_paired'], lo, hi, '{:.2f} µs')}.",
             "",
         ]
     if cpu.get("late"):
@@ -123,8 +128,15 @@ def gil_markdown(hot: dict[str, Any]) -> str:
         f"**GIL probe** (`benchmarks.hotpatterns`): a thread sleeps {hot.get('probe_us', 50):g} µs in a loop and "
         "records how late it wakes up while the main thread logs a 100-key dict per step at 50 steps/s. To wake "
         "it needs the GIL, so its lateness is at least the stretch another thread held the GIL (a pure-Python "
-        "holder is asked to drop it after the switch interval). The `disabled` row is the same loop on a "
-        '`mode="disabled"` run: the floor of this machine (timer slack, other processes).',
+        "holder is asked to drop it after the switch interval). "
+        + (
+            "The `coordinator` row runs at the library's default (rings: the sender seldom flushes); the "
+            "`socket` row sends every point over the socket (`rings=False`: the sender flushes every 50 ms). "
+            if "socket" in gil
+            else ""  # a result file from before rings were the default: its `coordinator` row is the socket's
+        )
+        + 'The `disabled` row is the same loop on a `mode="disabled"` run: the floor of this machine (timer slack, '
+        "other processes).",
         "",
         "| run | wake-ups | p50 µs | p99.9 µs | max µs | max µs within 1 ms of a sender flush | flushes |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

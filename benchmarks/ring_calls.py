@@ -6,10 +6,14 @@ of each kind, alternated ``--repeats`` times; µs of CPU a call (thread time):
 * ``ring row``: :meth:`coordinator.transport.ringrows.RowWriter.row` of the dict's values at a
   new step, into a ring in ``/dev/shm`` (the reader takes and releases them between slices of
   calls, outside the timing);
-* ``run.log``: ``Run.log(dict, step=...)`` of an offline run today (its sender thread runs
-  beside, as in a job; its CPU is not counted here);
-* ``run.log, rings``: the same calls on a live run with ``Settings.rings`` (rank 0 and its
-  aggregator, which drains the ring beside; every row checked to have gone into the ring);
+* ``run.log``: ``Run.log(dict, step=...)`` of an offline run with ``rings=False``: the path
+  without rings, every point into the rank's buffer for its sender thread (which runs beside, as
+  in a job; its CPU is not counted here); an offline run takes no ring anyway, and the explicit
+  ``rings=False`` keeps this side off them whatever the defaults become;
+* ``run.log, rings``: the same calls on a live run with rings (rank 0 and its aggregator, which
+  drains the ring beside; every row checked to have gone into the ring). Rings are the library's
+  default; ``COORDINATOR_RINGS`` is set to 1 around the run's start, so that an environment that
+  turns them off (``COORDINATOR_RINGS=0``) cannot make this side the socket's;
 * ``ring read``: the reader's CPU a row (:meth:`RowReader.read`), timed separately.
 
     python -m benchmarks.ring_calls [--keys 100,1] [--calls 20000] [--repeats 3] [--frames 1]
@@ -18,8 +22,11 @@ of each kind, alternated ``--repeats`` times; µs of CPU a call (thread time):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,24 @@ __all__ = ["CallCosts", "main", "measure"]
 
 _SLICE = 500
 """Calls between two reads of the ring (what a drain every 50 ms would find at 10,000 calls a second)."""
+
+
+@contextlib.contextmanager
+def _rings_on() -> Iterator[None]:
+    """``COORDINATOR_RINGS=1`` while the block runs (then as it was).
+
+    ``Settings(rings=True)`` equals the default, so it does not override the environment: a run
+    started in ``COORDINATOR_RINGS=0`` (CI's socket step) would take the socket instead.
+    """
+    before = os.environ.get("COORDINATOR_RINGS")
+    os.environ["COORDINATOR_RINGS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("COORDINATOR_RINGS", None)
+        else:
+            os.environ["COORDINATOR_RINGS"] = before
 
 
 @dataclass(slots=True)
@@ -77,7 +102,8 @@ def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCost
         p.unlink()
     if got != calls:
         raise AssertionError(f"the ring handed back {got} rows of {calls}")
-    run = coordinator.init_run(mode="offline", settings=coordinator.Settings(dir=directory / f"runs-{keys}"))
+    offline = coordinator.Settings(dir=directory / f"runs-{keys}", rings=False)
+    run = coordinator.init_run(mode="offline", settings=offline)
     try:
         t = time.thread_time_ns()
         for step in range(calls):
@@ -85,8 +111,9 @@ def measure(keys: int, calls: int, directory: Path, frames: int = 1) -> CallCost
         log_ns = time.thread_time_ns() - t
     finally:
         run.stop()
-    settings = coordinator.Settings(dir=directory / f"live-{keys}", rings=True, ring_dir=str(directory))
-    run = coordinator.init_run(settings=settings)
+    settings = coordinator.Settings(dir=directory / f"live-{keys}", ring_dir=str(directory))
+    with _rings_on():
+        run = coordinator.init_run(settings=settings)
     try:
         t = time.thread_time_ns()
         for step in range(calls):

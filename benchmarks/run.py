@@ -13,9 +13,10 @@ ratio (coordinator / limit, slowdown / no logging) is computed from numbers of t
 Sections (details in each module's docstring):
 
 1. hot path — ``run.log({"loss": x}, step=s)`` and ``run["loss"].append(x, step=s)`` on the
-   training thread at the realistic load (100 metrics per step, 50 steps/s) and at full load;
-   mode ``disabled``; the sender thread's CPU share (≈ its GIL share) and its flush slices
-   (``benchmarks.hotpath``); single scalars at new steps, calls during a flush and the GIL probe
+   training thread at the realistic load (100 metrics per step, 50 steps/s) and at full load, at
+   the library's default (rings) and over the socket (``rings=False``, loads marked ``, socket``);
+   mode ``disabled``; the sender thread's CPU share (≈ its GIL share) and its flush slices over the
+   socket (``benchmarks.hotpath``); single scalars at new steps, calls during a flush and the GIL probe
    (``benchmarks.hotpatterns``); not in ``--quick``, the GIL's stretches themselves
    (``benchmarks.gil_holds``: uprobes, where root and ``perf`` are there);
 2. throughput vs ranks (1, 2, 4, 8) and keys per call (1, 10, 100), durable, exactly-once

@@ -11,7 +11,7 @@ import pytest
 
 import coordinator
 from benchmarks.common import INCONCLUSIVE
-from benchmarks.cpu_per_point import own_threads_cpu, summarise, threads_cpu, used
+from benchmarks.cpu_per_point import block_settings, own_threads_cpu, summarise, threads_cpu, used
 from benchmarks.report_cpu import cpu_markdown, cpu_targets
 
 
@@ -64,23 +64,55 @@ def test_the_direct_figure_sums_the_aggregator_the_ranks_threads_and_the_log_cal
     assert next(r for r in cpu_targets({"cpu": s}) if r[0].startswith("CPU per logged point"))[2] == INCONCLUSIVE
 
 
-def test_the_rings_blocks_are_summarised_apart_and_reported_as_a_target_of_their_own() -> None:
-    """With ``--also-rings`` the job's third variant is summarised against the same unlogged blocks as the
-    default's, and the report gives it its own paragraph and row of the targets table."""
+def test_the_socket_blocks_are_summarised_apart_and_reported_as_a_target_of_their_own() -> None:
+    """With ``--also-socket`` the job's third variant (``rings=False``) is summarised against the same unlogged
+    blocks as the default's, and the report gives it its own paragraph and row of the targets table."""
     none = [_block(5.0, 0.0, 0.0, 0.0, points=0.0) for _ in range(3)]
-    coord = [_block(5.3, 0.2, 0.06, 0.04) for _ in range(3)]
-    rings = [_block(5.1, 0.05, 0.01, 0.04), _block(5.1, 0.06, 0.0, 0.04), _block(5.1, 0.04, 0.02, 0.04)]
-    raw = {"results": {"none": none, "coordinator": coord, "rings": rings}}
+    coord = [_block(5.1, 0.05, 0.01, 0.04), _block(5.1, 0.06, 0.0, 0.04), _block(5.1, 0.04, 0.02, 0.04)]
+    socket = [_block(5.3, 0.2, 0.06, 0.04) for _ in range(3)]
+    raw = {"results": {"none": none, "coordinator": coord, "socket": socket}}
     s = summarise(raw)
-    s.update(command="cmd", seconds=10.0, repeats=3, rings=summarise(raw, "rings"))
-    assert s["direct_us"] == pytest.approx(1.5) and s["rings"]["direct_us"] == pytest.approx(0.5)
-    assert s["rings"]["us_per_point"] == pytest.approx(0.5)  # (5.1 - 5.0) core-s/s x 10 s / 200,000 points
-    assert "With `Settings.rings`" in cpu_markdown(s) and "**0.50 µs** a point measured directly" in cpu_markdown(s)
+    s.update(command="cmd", seconds=10.0, repeats=3, socket=summarise(raw, "socket"))
+    assert s["direct_us"] == pytest.approx(0.5) and s["socket"]["direct_us"] == pytest.approx(1.5)
+    assert s["us_per_point"] == pytest.approx(0.5)  # (5.1 - 5.0) core-s/s x 10 s / 200,000 points
+    assert s["socket"]["us_per_point"] == pytest.approx(1.5)
+    text = cpu_markdown(s)
+    assert "Over the socket (`rings=False`" in text and "**1.50 µs** a point measured directly" in text
+    assert "Settings.rings" not in text
     rows = {r[0]: r for r in cpu_targets({"cpu": s}) if r[0].startswith("CPU per logged point")}
     assert len(rows) == 2
-    [ring_row] = [r for t, r in rows.items() if t.endswith("with `Settings.rings`")]
-    assert ring_row[1].endswith("measured directly: 0.50 µs")
-    assert ring_row[2] is True  # every paired repeat is 0.5 µs: the interval is under the goal
+    [default_row] = [r for t, r in rows.items() if t.endswith("4 ranks: <= 1 µs")]
+    [socket_row] = [r for t, r in rows.items() if t.endswith("over the socket (`rings=False`)")]
+    assert default_row[1].endswith("measured directly: 0.50 µs")
+    assert default_row[2] is True  # every paired repeat is 0.5 µs: the interval is under the goal
+    assert socket_row[1].endswith("measured directly: 1.50 µs")
+    assert socket_row[2] is False  # every paired repeat is 1.5 µs: over the goal
+
+
+def test_a_result_file_with_a_rings_variant_reports_no_row_for_it() -> None:
+    """Section 7 of a run from before rings were the default measured ``rings`` as its extra variant; that
+    summary is not the socket's and is not shown as one (nor as anything else)."""
+    none = [_block(5.0, 0.0, 0.0, 0.0, points=0.0) for _ in range(3)]
+    coord = [_block(5.3, 0.2, 0.06, 0.04) for _ in range(3)]
+    raw = {"results": {"none": none, "coordinator": coord, "rings": coord}}
+    s = summarise(raw)
+    s.update(command="cmd", seconds=10.0, repeats=3, rings=summarise(raw, "rings"))
+    assert len([r for r in cpu_targets({"cpu": s}) if r[0].startswith("CPU per logged point")]) == 1
+    assert "socket" not in cpu_markdown(s)
+
+
+def test_the_coordinator_blocks_take_the_default_and_the_socket_blocks_set_rings_off() -> None:
+    """``coordinator`` leaves ``rings`` to the library's default and the environment (``Settings(rings=True)``
+    would be the same thing); ``socket`` blocks, and every block with ``--socket``, set ``rings=False``, which
+    overrides ``COORDINATOR_RINGS``."""
+    assert block_settings("coordinator") == {}
+    assert block_settings("socket") == {"rings": False}
+    assert block_settings("coordinator", socket=True) == {"rings": False}
+    assert block_settings("socket", 0.5) == {"flush_interval_s": 0.5, "rings": False}
+    assert block_settings("coordinator", 0.5) == {"flush_interval_s": 0.5}
+    for bad in ("rings", "none", "coordinator-socket"):
+        with pytest.raises(ValueError, match="not coordinator or socket"):
+            block_settings(bad)
 
 
 def test_blocks_from_before_the_direct_figure_summarise_without_it() -> None:

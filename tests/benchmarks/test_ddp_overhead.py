@@ -39,15 +39,28 @@ def test_a_mistyped_flush_variant_is_refused_before_the_launch() -> None:
         with_baselines(["coordinator-flush200+wake5ms"], {})
     with pytest.raises(ValueError, match="coordinator-disabled"):
         with_baselines(["coordinator-disable"], {})
+    assert with_baselines(["coordinator-socket+wake5ms"], {})[0] == [
+        "none",
+        "none+wake5ms",
+        "coordinator-socket+wake5ms",
+    ]
 
 
 def test_each_coordinator_variant_sets_its_own_settings() -> None:
+    """``coordinator`` leaves ``rings`` to the library's default (and the environment); the socket's variants,
+    the flush intervals' among them (with rings the sender does not flush), set ``rings=False``."""
     assert coordinator_settings("coordinator") == {}
     assert coordinator_settings("coordinator-disabled") == {"mode": "disabled"}
     assert coordinator_settings("coordinator-nolog") == {}
-    assert coordinator_settings("coordinator-rings") == {"rings": True}
-    assert coordinator_settings("coordinator-flush500ms") == {"flush_interval_s": 0.5}
-    assert coordinator_settings("coordinator-flush500ms-copies50ms") == {"flush_interval_s": 0.5, "kill_window_s": 0.05}
+    assert coordinator_settings("coordinator-socket") == {"rings": False}
+    assert coordinator_settings("coordinator-flush500ms") == {"rings": False, "flush_interval_s": 0.5}
+    assert coordinator_settings("coordinator-flush500ms-copies50ms") == {
+        "rings": False,
+        "flush_interval_s": 0.5,
+        "kill_window_s": 0.05,
+    }
+    with pytest.raises(ValueError, match="coordinator-socket"):
+        coordinator_settings("coordinator-rings")  # no longer a variant: the default is rings
     for bad in (
         "coordinator-flush50ms-copies50ms",
         "coordinator-flush500ms-copies0ms",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.gil_holds import on_cpu, parse_events, parse_switches, summarize
+from benchmarks.gil_holds import on_cpu, parse_events, parse_switches, run_settings, summarize
+from coordinator.settings import Settings
 
 # perf script -F pid,tid,time,event --ns, process 5: thread 10 waits 2 µs, holds 100 µs; thread 11
 # waits 90 µs for it, then holds 40 µs; thread 10's second hold started before the recording's
@@ -53,3 +54,15 @@ def test_the_window_keeps_only_what_started_in_it() -> None:
     assert sender["holds"] == 1 and sender["hold_max_us"] == 100.0 and sender["cpu_hold_max_us"] == 70.0
     assert main["wait_max_us"] == 90.5 and main["waits_over_50us"] == 1
     assert main["cpu_hold_max_us"] == 40.0  # never switched out: its whole hold was on the CPU
+
+
+def test_the_run_takes_the_default_rings_unless_asked_for_the_socket() -> None:
+    """Without ``--socket`` the run sets nothing about rings (the library's default and ``COORDINATOR_RINGS``
+    decide); with it, ``rings=False``, which overrides the environment."""
+    default = run_settings({"dir": "/tmp/x", "socket": False})
+    assert "rings" not in default.explicit() and default.rings is Settings().rings
+    socket = run_settings({"dir": "/tmp/x", "socket": True})
+    assert socket.explicit()["rings"] is False
+    assert Settings.resolve(socket, environ={"COORDINATOR_RINGS": "1"}).rings is False
+    assert Settings.resolve(default, environ={"COORDINATOR_RINGS": "0"}).rings is False
+    assert Settings.resolve(default, environ={}).rings is Settings().rings

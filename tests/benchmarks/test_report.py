@@ -8,8 +8,8 @@ import pytest
 
 from benchmarks.common import INCONCLUSIVE
 from benchmarks.cpu_per_point import summarise
-from benchmarks.report import notes, targets
-from benchmarks.report_cpu import cpu_targets
+from benchmarks.report import _hot_rings_text, notes, targets
+from benchmarks.report_cpu import cpu_targets, gil_markdown
 
 
 def _ddp(paired: float, lo: float, hi: float, slowdown: float = 0.007) -> dict[str, Any]:
@@ -42,33 +42,41 @@ def test_without_an_interval_the_plain_slowdown_decides() -> None:
     assert _status(targets({"ddp": {"rows": [row]}}), "DDP step slowdown, coordinator") is False
 
 
-def test_the_hot_paths_rings_rows_are_judged_as_targets_of_their_own() -> None:
+def test_the_hot_paths_socket_rows_are_judged_as_targets_of_their_own() -> None:
+    """The unmarked loads are the library's default (rings); the ``, socket`` loads (``rings=False``) get rows
+    of their own, labelled as the socket's, and neither set stands in for the other."""
     call = 'log({"loss": x}, step=s)'
     rows = [
         {"load": "realistic", "call": call, "p50": 0.8, "p99": 4.0},
-        {"load": "realistic, rings", "call": call, "p50": 2.0, "p99": 9.0},
-        {"load": "full, rings", "call": call, "p50": 1.1, "p99": 60.0},
+        {"load": "realistic, socket", "call": call, "p50": 2.0, "p99": 9.0},
+        {"load": "full, socket", "call": call, "p50": 1.1, "p99": 60.0},
     ]
     t = targets({"hot": {"rows": rows}})
+    socket = "`log()` one scalar over the socket (`rings=False`)"
     assert _status(t, "`log()` one scalar, realistic load: p50") is True
-    assert _status(t, "`log()` one scalar with `Settings.rings`, realistic load: p50") is False
-    assert _status(t, "`log()` one scalar with `Settings.rings`, realistic load: p99") is False
-    assert _status(t, "`log()` one scalar with `Settings.rings`, full load: p99") is False
+    assert _status(t, "`log()` one scalar, realistic load: p99") is True
+    assert _status(t, f"{socket}, realistic load: p50") is False
+    assert _status(t, f"{socket}, realistic load: p99") is False
+    assert _status(t, f"{socket}, full load: p99") is False
     assert not [name for name, _, _ in t if name.startswith("`log()` one scalar, full load")]  # not measured
+    assert not [name for name, _, _ in t if "rings`" in name and "rings=False" not in name]  # no rings wording
 
 
-def test_the_rings_variant_gets_its_own_slowdown_rows_and_its_own_comparisons_with_the_peers() -> None:
+def test_the_socket_variant_gets_its_own_slowdown_rows_and_its_own_comparisons_with_the_peers() -> None:
     def row(variant: str, slowdown: float) -> dict[str, Any]:
         return {"variant": variant, "slowdown": slowdown, "paired": slowdown, "paired_ci": [slowdown, slowdown]}
 
-    rows = [row("coordinator", 0.08), row("coordinator-rings", 0.005), row("peer:trackio", 0.04)]
-    rows.append(row("coordinator-rings+wake5ms", 0.03))
+    rows = [row("coordinator", 0.005), row("coordinator-socket", 0.08), row("peer:trackio", 0.04)]
+    rows.append(row("coordinator-socket+wake5ms", 0.03))
+    rows.append(row("coordinator-rings", 0.001))  # a name no longer measured: no row of its own
     t = targets({"ddp": {"rows": rows}})
-    assert _status(t, "DDP step slowdown, coordinator 100") is False
-    assert _status(t, "DDP step slowdown, coordinator with rings 100") is True
-    assert _status(t, "DDP step slowdown, coordinator with rings, with a 5 ms waker") is False
-    assert _status(t, "DDP slowdown of coordinator lower than peer:trackio") is False
-    assert _status(t, "DDP slowdown of coordinator with rings lower than peer:trackio") is True
+    socket = "coordinator over the socket (`rings=False`)"
+    assert _status(t, "DDP step slowdown, coordinator 100") is True
+    assert _status(t, f"DDP step slowdown, {socket} 100") is False
+    assert _status(t, f"DDP step slowdown, {socket}, with a 5 ms waker") is False
+    assert _status(t, "DDP slowdown of coordinator lower than peer:trackio") is True
+    assert _status(t, f"DDP slowdown of {socket} lower than peer:trackio") is False
+    assert not [name for name, _, _ in t if "with rings" in name]
 
 
 def _block(cpu_per_s: float, points_per_s: float, wall: float = 10.0) -> dict[str, Any]:
@@ -101,7 +109,45 @@ def test_cpu_per_point_from_noisy_repeats_is_inconclusive() -> None:
 def test_the_full_load_note_does_not_call_a_flush_one_gil_hold() -> None:
     """A flush at full load takes milliseconds of CPU in slices; the note must not say a call waits that long."""
     full = {"share": 0.034, "cpu_slice_max_us": 24391.4, "slice_max_us": 784869.2}
-    [note] = notes({"hot": {"sender": {"full": full}, "switchinterval_ms": 5.0}})
+    [note] = notes({"hot": {"sender": {"full, socket": full}, "switchinterval_ms": 5.0}})
     assert "24,391 µs of CPU" in note
+    assert "over the socket (`rings=False`)" in note  # the sender flushes on the socket's runs only
     assert "not for the flush" in note
     assert "wait up to that long" not in note
+
+
+def test_the_sender_note_reads_a_result_file_from_before_rings_were_the_default() -> None:
+    """Its sender figures sit under ``full``, the load that then ran over the socket."""
+    full = {"share": 0.05, "cpu_slice_max_us": 1234.0, "slice_max_us": 5678.0}
+    [note] = notes({"hot": {"sender": {"realistic": {}, "full": full}}})
+    assert "1,234 µs of CPU" in note
+    assert not notes({"hot": {"sender": {"realistic, socket": full}}})  # no full load measured: no note
+
+
+def test_the_gil_target_is_given_for_the_default_and_for_the_socket_run_each_labelled() -> None:
+    gil = {"coordinator": {"in_flush_max_us": 40.0}, "socket": {"in_flush_max_us": 250.0}, "disabled": {}}
+    rows = cpu_targets({"hot": {"gil": gil}})
+    assert _status(rows, "longest GIL wait behind a sender flush:") is True
+    assert _status(rows, "longest GIL wait behind a sender flush, over the socket (`rings=False`):") is False
+    # With rings the default's sender may not flush while the probe runs: that row is then left out.
+    rows = cpu_targets({"hot": {"gil": {"coordinator": {"max_us": 900.0}, "socket": {"in_flush_max_us": 50.0}}}})
+    assert [(name, status) for name, _, status in rows] == [
+        ("longest GIL wait behind a sender flush, over the socket (`rings=False`): <= 100 µs", True)
+    ]
+
+
+def test_the_gil_probe_names_its_socket_run_only_where_there_is_one() -> None:
+    g = {"wakeups": 10.0, "p50_us": 60.0, "p999_us": 900.0, "max_us": 1000.0}
+    text = gil_markdown({"gil": {"coordinator": g, "socket": g, "disabled": g}})
+    assert "the `socket` row sends every point over the socket (`rings=False`" in text
+    assert "| socket | 10 |" in text
+    old = gil_markdown({"gil": {"coordinator": g, "disabled": g}})  # before rings were the default
+    assert "`socket` row" not in old and "rings" not in old
+
+
+def test_section_one_says_what_its_unmarked_loads_ran_on() -> None:
+    assert "at the library's default, rings (" in _hot_rings_text({"default_rings": True})
+    off = _hot_rings_text({"default_rings": False})  # COORDINATOR_RINGS=0 in the suite's environment
+    assert "`COORDINATOR_RINGS=0` turned to the socket in this run" in off and "default, rings" not in off
+    assert "marked `, socket` send every point over the socket (`rings=False`" in off
+    assert _hot_rings_text({}) == ""  # a result file from before rings were the default
