@@ -164,14 +164,14 @@ class Settings:
     """Disk a rank's spool may use before ``log()`` blocks."""
     spool_segment_bytes: int = 64 * 1024**2
     """Size at which a spool starts a new segment file (acknowledged segments are deleted)."""
-    rings: bool = False
-    """Experimental: a ``log()`` of plain numbers at an explicit step (or an ``append()`` at one)
-    writes its row into a ring shared with the aggregator (a mapped file in ``/dev/shm``, else the
-    spool directory), which reads it before each commit; no socket, no sender work. A killed rank
-    loses none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's
-    machine and the run feeds no tracker; everything else, and a row the full ring has no room for
-    (counted), goes over the socket as before. A key written through the ring has its steps
-    numbered on the rank (``client/ringlog.py``)."""
+    rings: bool = True
+    """A ``log()`` of plain numbers at an explicit step (or an ``append()`` at one) writes its row
+    into a ring shared with the aggregator (a mapped file in ``/dev/shm``, else the spool
+    directory), which reads it before each commit; no socket, no sender work. A killed rank loses
+    none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's machine and
+    the run feeds no tracker; everything else, and a row the full ring has no room for (counted),
+    goes over the socket. A key written through the ring has its steps numbered on the rank
+    (``client/ringlog.py``). ``False`` (``COORDINATOR_RINGS=0``): every point goes over the socket."""
     ring_bytes: int = RING_BYTES
     """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys. At
     this default, where ``/dev/shm`` has no room for it (a ring asks four times its size free: a

@@ -85,9 +85,18 @@ def socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs of this test (its subprocesses too) send every point over the socket, whatever
     ``COORDINATOR_RINGS`` says: for a test of that path's own machinery (the buffer's frames, the
     sender's cuts, copies and flushes, backpressure, spools) or of a job killed whole whose rings
-    would stay for ``coordinator sync``. ``Settings(rings=False)`` would not do: a field equal to its
-    default does not override the environment."""
+    would stay for ``coordinator sync``. The environment reaches a test's subprocesses too, which
+    ``Settings(rings=False)`` in the test would not."""
     monkeypatch.setenv("COORDINATOR_RINGS", "0")
+
+
+@pytest.fixture
+def ring_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of this test (its subprocesses too) take rings, whatever ``COORDINATOR_RINGS`` says: for a test of
+    the rings' own machinery, which must run in CI's socket step (``COORDINATOR_RINGS=0``, ``.ci/run``) as in
+    the default one. ``Settings(rings=True)`` would not do: a field equal to its default does not override the
+    environment."""
+    monkeypatch.setenv("COORDINATOR_RINGS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -399,11 +399,12 @@ def open_ring(
     keys: KeyRegistry,
     buf: Buffer,
 ) -> RingLog | None:
-    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, no
-    tracker), make the rank's ring of ``settings.ring_bytes``, ``coordinator-<name>.ring`` (``name``: the
-    run, the rank, its incarnation) in ``settings.ring_dir``, or ``/dev/shm``, else the run's spool directory, and its
-    :class:`RingLog`. None otherwise, with a warning where no directory has room for it. At the default size,
-    a ``/dev/shm`` without room for it takes a smaller ring first (down to :data:`SMALLEST_RING`)."""
+    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, no tracker, on
+    rank 0's node as the launcher places the rank), make the rank's ring of ``settings.ring_bytes``,
+    ``coordinator-<name>.ring`` (``name``: the run, the rank, its incarnation) in ``settings.ring_dir``, or
+    ``/dev/shm``, else the run's spool directory, and its :class:`RingLog`. None otherwise, with a warning where
+    no directory has room for it. At the default size, a ``/dev/shm`` without room for it takes a smaller ring
+    first (down to :data:`SMALLEST_RING`)."""
     if not (settings.rings and live):
         return None
     capacity = settings.ring_bytes

@@ -65,6 +65,15 @@ class Placement:
         """True when the launcher says not every rank runs on this node."""
         return 0 < self.local_world_size < self.world_size
 
+    @property
+    def beside_rank0(self) -> bool:
+        """Whether this rank may run on global rank 0's node, where the aggregator runs and could read its ring:
+        in a job on one node, always; in a multi-node job, only a rank whose global rank is its local rank.
+        torchrun (and a block placement) numbers node 0's ranks first, so a rank of another node has a global
+        rank above its local one. A round-robin placement puts some of node 0's ranks among the others: they
+        go over the socket, which costs CPU and loses nothing."""
+        return not self.multi_node or self.rank == self.local_rank
+
 
 def _int_env(*names: str) -> int | None:
     for n in names:

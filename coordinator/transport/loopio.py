@@ -98,7 +98,7 @@ class LoopIO:
         ``doze``: a dozing sender's quiet wait, whose timeout (its heartbeat) mostly finds nothing to do. One
         that ends by its timeout does not call ``woke`` (the caller does if it does more than wait again): on
         a cold CPU the slicer's start, which reads the training thread's CPU clock, took about half of the ~150 µs
-        the GIL was held from the poll's return to the look at the socket (``benchmarks.gil_holds --rings``).
+        the GIL was held from the poll's return to the look at the socket (``benchmarks.gil_holds``, at the default).
 
         Returns:
             (woken: the pipe, or the timer, is readable; replies: a reply is queued on the socket). A quiet

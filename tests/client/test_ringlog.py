@@ -16,6 +16,8 @@ from coordinator.transport.ringrows import names_path
 from coordinator.transport.sender import SenderThread
 from tests.client.helpers import open_store
 
+pytestmark = pytest.mark.usefixtures("ring_path")
+
 
 def _ring_path(run: coordinator.Run) -> Path:
     ring = run._ring
@@ -346,7 +348,7 @@ def test_while_rows_stand_for_the_heartbeat_the_dozing_sender_looks_in_a_few_lin
 ) -> None:
     """The sender's quiet looks while rows come (every 1 s here) are its doze's few lines: each asks whether
     rows came and waits again, without the loop's full turn (whose housekeeping it would run). The full turn
-    held the GIL ~150 µs there on a cold CPU, the doze ~80 (``benchmarks.gil_holds --rings``)."""
+    held the GIL ~150 µs there on a cold CPU, the doze ~80 (``benchmarks.gil_holds``, at the default)."""
     settings = coordinator.Settings(
         rings=True, heartbeat_interval_s=0.2, liveness_timeout_s=6.0, system_metrics_interval_s=0
     )

@@ -33,7 +33,7 @@ from tests.faults.test_kill_window import _kill_rank1, _logged_by, _rank1_steps,
 from tests.faults.test_rank_faults import ROOT, coordinator_sync, stall_freeze_and_kill
 from tests.integration.test_processes import _aggregators, _kill_all, _spawn
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ring_path")]
 
 _FLUSH_S = 1.0
 """The ranks' flush interval: what a kill late in it loses over the socket alone (the control)."""
@@ -68,7 +68,6 @@ def test_with_rings_a_sigkilled_rank_loses_nothing_it_logged(
     Scalars (one-key dicts) and pairs (a frame of two keys). Without rings (the control) the same
     kill loses the steps logged since the last flush, and the same check fails: the kill landed late.
     """
-    monkeypatch.delenv("COORDINATOR_RINGS", raising=False)  # the control's ranks must not take rings from it
     out, procs = _start(store_dir, tmp_path, monkeypatch, 2000.0, flush=_FLUSH_S, pair=pair, rings=rings)
     _late_in_a_flush_interval()
     t_kill = _kill_rank1(out, procs)
@@ -119,7 +118,6 @@ def test_with_rings_an_aggregator_sigkilled_and_restarted_loses_and_doubles_noth
     store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four ranks log through their rings; SIGKILL the aggregator mid-run: every point once, every mean whole."""
-    monkeypatch.setenv("COORDINATOR_RINGS", "1")
     out = tmp_path / "out"
     out.mkdir()
     world, n = 4, 30_000
@@ -145,7 +143,6 @@ def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
     """Freeze the aggregator, let three ranks write into their rings, SIGKILL everything: the rings are left
     (`coordinator rings`), the next job's aggregator warns of them and counts them, and `coordinator sync`
     reads the rings the journal names from their committed cursors, stores every point once, removes them."""
-    monkeypatch.setenv("COORDINATOR_RINGS", "1")
     out = tmp_path / "out"
     out.mkdir()
     world, n = 3, 12_000
@@ -258,7 +255,6 @@ def test_a_forked_child_that_outlives_its_killed_rank_does_not_keep_its_ring_in_
     """A rank with a ring forks a child (as DataLoader workers are made) and is SIGKILLed with its aggregator while
     the child sleeps on: `coordinator rings` lists the ring as left, and `--remove` takes it away. A child that
     kept the ring's file open would hold its lock, and the ring would read as in use for as long as it lived."""
-    monkeypatch.setenv("COORDINATOR_RINGS", "1")
     rank = subprocess.Popen(
         [sys.executable, "-c", _FORKS],
         stdout=subprocess.PIPE,

@@ -25,7 +25,9 @@ SECRET = "a-job-secret-of-enough-length"
 def test_two_nodes_over_curve_tcp_and_intruders_without_the_secret_are_refused(store_dir: Path, tmp_path: Path) -> None:
     """LOCAL_WORLD_SIZE=1 per rank: TCP on 127.0.0.1 (not *), CURVE. Clients without the job's keys deliver
     nothing: a plain one, one with a wrong server key (the handshake fails), and one that knows the
-    server's public key but not the secret (refused by the ZAP allow-list, counted); the run is unaffected."""
+    server's public key but not the secret (refused by the ZAP allow-list, counted); the run is unaffected.
+    Rank 1, placed on another node than rank 0's (global rank 1, local rank 0), makes no ring: its points
+    all cross TCP, while rank 0's go through its ring (the default)."""
     pytest.importorskip("torch")
     out = tmp_path / "out"
     out.mkdir()
@@ -88,6 +90,8 @@ def test_two_nodes_over_curve_tcp_and_intruders_without_the_secret_are_refused(s
     assert info.state == "finished"
     assert info.report is not None and info.report["unknown_sender"] == 0 and info.report["bad_frames"] == 0
     assert info.report["refused_clients"] == 1, "the allow-list refused the client without the secret, counted"
+    rings = [int((out / f"rank{r}.ring_points").read_text()) for r in range(2)]
+    assert rings == [0 if os.environ.get("COORDINATOR_RINGS") == "0" else 5000, 0], rings
     st = LocalStore(info.path / "run.db", readonly=True)
     try:
         for r in range(2):

@@ -25,6 +25,8 @@ def main() -> None:
         for s in range(a.points):
             run.log({"m": float(rank * 10_000 + s)}, step=s)
         run.wait(60)
+        with open(os.path.join(a.out, f"rank{rank}.ring_points"), "w") as f:
+            f.write(str(run.stats().get("ring_points", 0)))  # absent: the rank has no ring
         dist.barrier()  # the test's intruder runs while rank 0 waits here
         if rank == 0:
             sys.stdout.write("READY-FOR-INTRUDER\n")
