@@ -168,8 +168,8 @@ class Settings:
     """A ``log()`` of plain numbers at an explicit step (or an ``append()`` at one) writes its row
     into a ring shared with the aggregator (a mapped file in ``/dev/shm``, else the spool
     directory), which reads it before each commit; no socket, no sender work. A killed rank loses
-    none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's machine and
-    the run feeds no tracker; everything else, and a row the full ring has no room for (counted),
+    none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's machine;
+    everything else, and a row the full ring has no room for (counted),
     goes over the socket. A key written through the ring has its steps numbered on the rank
     (``client/ringlog.py``). ``False`` (``COORDINATOR_RINGS=0``): every point goes over the socket."""
     ring_bytes: int = RING_BYTES

@@ -132,12 +132,12 @@ class Server:
     def _fill_reads(self) -> None:
         """STATE and QUERY replies read committed data, so they are built after the commit.
 
-        A QUERY goes to the reader thread, which answers it from what is committed now. The
-        replies that acknowledge get the sender's mark as this commit left it (:mod:`.marks`).
+        A QUERY goes to the reader thread, which answers it from what is committed now. The replies that acknowledge
+        get the sender's mark as this commit left it (:mod:`.marks`); with trackers, these and a forward STATE's
+        (for ring rows, which no ACK names) get the journal's position after it, which ``wait()`` waits them past.
         """
         agg = self.agg
-        journal = agg.store.max_chunk_id() if agg.forwarders else None
-        texts_at = agg.store.max_text_id() if agg.forwarders else None  # the journal position's text part
+        journal, texts_at = (agg.store.max_chunk_id(), agg.store.max_text_id()) if agg.forwarders else (None, None)
         kept: list[marks.Reply] = []
         for ident, kind, env, payload in self.replies:
             if marks.acknowledges(kind, payload):
@@ -149,7 +149,8 @@ class Server:
                     payload["jt"] = texts_at
             if kind == wire.STATE_REPLY:
                 if payload.get("q", {}).get("forward"):
-                    kept.append((ident, kind, env, {"forward": agg.forward_positions()}))
+                    fwd = {"forward": agg.forward_positions(), **({} if journal is None else {"j": journal})}
+                    kept.append((ident, kind, env, fwd))
                 else:
                     kept.append((ident, kind, env, agg.state()))
                 continue

@@ -211,10 +211,19 @@ class Delivery:
             after = nxt
 
     def _wait_forwarded(self, position: int, timeout: float | None, deadline: float | None) -> None:
-        """Poll the aggregator until every forwarder's cursor passed ``position`` in the journal."""
+        """Poll the aggregator until every forwarder's cursor passed ``position`` in the journal.
+
+        With a ring, ``position`` becomes the first reply's at least: that reply came after a commit that read
+        the ring, and its position (``j``) covers the rows written into it before the call.
+        """
+        first = self.ring is not None
         while True:
             left = None if deadline is None else max(0.1, deadline - time.monotonic())
             rep = self.request(wire.STATE, {"forward": 1}, left)
+            if first:
+                first = False
+                j = rep.get("j")
+                position = max(position, j if type(j) is int else position)
             behind = []
             for name, (cursor, error, *texts_cursor) in rep.get("forward", {}).items():
                 if error:

@@ -399,7 +399,7 @@ def open_ring(
     keys: KeyRegistry,
     buf: Buffer,
 ) -> RingLog | None:
-    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, no tracker, on
+    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, on
     rank 0's node as the launcher places the rank), make the rank's ring of ``settings.ring_bytes``,
     ``coordinator-<name>.ring`` (``name``: the run, the rank, its incarnation) in ``settings.ring_dir``, or
     ``/dev/shm``, else the run's spool directory, and its :class:`RingLog`. None otherwise, with a warning where

@@ -108,7 +108,7 @@ class Run:
                 on_fatal=lambda e: self._buf.fail(e, fatal=True),
             )
         self._sender: SenderThread | None = None
-        live = self.mode == "async" and endpoint is not None and not backends and placement.beside_rank0
+        live = self.mode == "async" and endpoint is not None and placement.beside_rank0
         self._ring = open_ring(
             settings, live, f"{run_id}-{self.rank}-{self.incarnation}", spool_root, self._keys, self._buf
         )

@@ -405,19 +405,28 @@ def test_uploaded_file_reaches_mlflow_as_an_artifact(
     assert Path(local).read_bytes() == f.read_bytes()
 
 
-def test_wait_returns_once_the_points_reached_the_backend(store_dir: Path, tmp_path: Path) -> None:
-    """With backend='tensorboard', after wait() the event files already hold this rank's points."""
+@pytest.mark.parametrize("rings", ["0", "1"], ids=["socket", "rings"])
+def test_wait_returns_once_the_points_reached_the_backend(
+    rings: str, store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With backend='tensorboard', after wait() the event files already hold this rank's points: sent over the
+    socket, whose ACKs name the journal's position, or written into the rank's ring, which no ACK names (the
+    reply to wait()'s first STATE does, after the commit that read the ring)."""
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     import coordinator
     from tests.forward.test_forwarder import tb_scalars
 
+    monkeypatch.setenv("COORDINATOR_RINGS", rings)
     logdir = tmp_path / "tb"
     with coordinator.init_run(backend="tensorboard", backend_options={"logdir": str(logdir)}) as run:
+        run.wait(60)  # what the start sent is forwarded: the next position the rank hears of comes after it
+        time.sleep(0.5)
         for s in range(500):
             run.log({"loss": s / 10}, step=s)
         run.wait(60)
         got = tb_scalars(logdir)
         assert [st for st, _ in got["ranks/0/loss"]] == list(range(500))
+        assert run.stats().get("ring_points", 0) == (500 if rings == "1" else 0)
 
 
 @pytest.mark.slow
