@@ -203,6 +203,16 @@ def _probe(run: Any, seconds: float, flag: _FlushFlag | None) -> dict[str, float
     return res
 
 
+def _probe_settled(run: Any, seconds: float, flag: _FlushFlag) -> dict[str, float]:
+    """:func:`_probe` on ``run`` once its earlier calls are acknowledged, its flush spans counted afresh; the
+    probe's own points acknowledged after it."""
+    run.wait(120)
+    flag.spans.clear()
+    out = _probe(run, seconds, flag)
+    run.wait(120)
+    return out
+
+
 def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> dict[str, Any]:
     """The extra hot-path rows (same shape as section 1's) and the GIL probe, medians over ``repeats``."""
     import coordinator
@@ -236,10 +246,7 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
                     rows.setdefault((f"new steps: first call, {label}", 'log({"loss": x}, step=s)'), []).append(r)
             r = latency_summary(rest, overhead_ns)
             rows.setdefault(("new steps: the other 99 calls", 'log({"loss": x}, step=s)'), []).append(r)
-            run.wait(120)
-            flag.spans.clear()
-            gil["coordinator"].append(_probe(run, seconds, flag))
-            run.wait(120)
+            gil["coordinator"].append(_probe_settled(run, seconds, flag))
         finally:
             run.stop(120)
         # The sender's flushes are the socket path's: with rings (the default) it hardly flushes, and
@@ -256,10 +263,7 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
             if during:
                 r = latency_summary(during, overhead_ns)
                 rows.setdefault(("full, socket, calls during a sender flush", 'log({"loss": x}, step=s)'), []).append(r)
-            run.wait(120)
-            flag.spans.clear()
-            gil["socket"].append(_probe(run, seconds, flag))
-            run.wait(120)
+            gil["socket"].append(_probe_settled(run, seconds, flag))
         finally:
             run.stop(120)
         run = coordinator.init_run(
