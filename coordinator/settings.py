@@ -169,9 +169,9 @@ class Settings:
     into a ring shared with the aggregator (a mapped file in ``/dev/shm``, else the spool
     directory), which reads it before each commit; no socket, no sender work. A killed rank loses
     none of those rows. Only in ``async`` mode, where the aggregator runs on the rank's machine;
-    everything else, and a row the full ring has no room for (counted),
-    goes over the socket. A key written through the ring has its steps numbered on the rank
-    (``client/ringlog.py``). ``False`` (``COORDINATOR_RINGS=0``): every point goes over the socket."""
+    everything else, and a row the full ring has no room for (counted), goes over the socket. A key
+    written through the ring has its steps numbered on the rank (``client/ringlog.py``). ``False``
+    (``COORDINATOR_RINGS=0``): every point goes over the socket."""
     ring_bytes: int = RING_BYTES
     """With ``rings``: the ring's size (a power of two, 4 KiB to 16 GiB): about 20,000 rows of 100 keys. At
     this default, where ``/dev/shm`` has no room for it (a ring asks four times its size free: a

@@ -115,7 +115,7 @@ def test_rows_written_while_the_aggregator_was_frozen_survive_the_rank_and_the_a
 
 
 def test_with_rings_an_aggregator_sigkilled_and_restarted_loses_and_doubles_nothing(
-    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_dir: Path, tmp_path: Path
 ) -> None:
     """Four ranks log through their rings; SIGKILL the aggregator mid-run: every point once, every mean whole."""
     out = tmp_path / "out"
@@ -137,9 +137,7 @@ def test_with_rings_an_aggregator_sigkilled_and_restarted_loses_and_doubles_noth
         assert st["ring_points"] == n and st["ring_full"] == 0 and st["lost"] == 0, st
 
 
-def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(
-    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_coordinator_sync_stores_what_a_killed_job_left_in_its_rings(store_dir: Path, tmp_path: Path) -> None:
     """Freeze the aggregator, let three ranks write into their rings, SIGKILL everything: the rings are left
     (`coordinator rings`), the next job's aggregator warns of them and counts them, and `coordinator sync`
     reads the rings the journal names from their committed cursors, stores every point once, removes them."""
@@ -250,7 +248,7 @@ def _gone(pid: int, timeout: float) -> bool:
 
 
 def test_a_forked_child_that_outlives_its_killed_rank_does_not_keep_its_ring_in_use(
-    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_dir: Path, tmp_path: Path
 ) -> None:
     """A rank with a ring forks a child (as DataLoader workers are made) and is SIGKILLed with its aggregator while
     the child sleeps on: `coordinator rings` lists the ring as left, and `--remove` takes it away. A child that
