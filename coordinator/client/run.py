@@ -1,11 +1,10 @@
 """``Run``: one run as one rank sees it; the hot path that puts points and fields into the buffer.
 
-``log()`` and ``append()`` validate at the call site and append to the buffer's columns (a dict of
-plain numbers at an explicit step: to its frame, ``client/hotpath.py``; with ``Settings.rings``, into
-the ring the aggregator reads, ``client/ringlog.py``) under one short lock; everything else (sending,
-numbering steps, encoding) happens on the sender thread. The run composes the rest: its local view
-(:mod:`~coordinator.client.view`), its waits and requests (:mod:`~coordinator.client.delivery`) and
-its end (:mod:`~coordinator.client.lifecycle`).
+Under one short lock, ``log()`` and ``append()`` validate a call and write it: at a step, of plain numbers, into
+the rank's ring the aggregator reads (``client/ringlog.py``, the default); else into the buffer's columns (a dict:
+its frame, ``client/hotpath.py``), for the sender thread to number, encode and send. The run composes the rest:
+its view (:mod:`~coordinator.client.view`), its waits and requests (:mod:`~coordinator.client.delivery`) and its
+end (:mod:`~coordinator.client.lifecycle`).
 """
 
 from __future__ import annotations
@@ -55,9 +54,8 @@ _log = logging.getLogger("coordinator")
 class Run:
     """One run as seen by one rank. Create with :func:`~coordinator.init_run`.
 
-    Thread-safety: ``log``/``append``/field writes may be called from several threads; one
-    lock guards the buffer. ``wait``/``sync``/``stop`` may be called from any thread.
-    """
+    Thread-safety: ``log``/``append``/field writes may be called from several threads; one lock guards the
+    buffer and the ring. ``wait``/``sync``/``stop`` may be called from any thread."""
 
     def __init__(
         self,
@@ -204,7 +202,9 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; log() did nothing")
-            if self._ring is not None and (step := self._ring.route(d, step, policy)) == IN_RING:
+            if (r := self._ring) is not None and (
+                (step >= 0 and policy is None and r.row(d, step)) or (step := r.route(d, step, policy)) == IN_RING
+            ):
                 return  # one record in the ring the aggregator reads (client/ringlog.py)
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
@@ -244,7 +244,9 @@ class Run:
         with b.lock:
             if self._closed:
                 raise ClosedError(f"run {self.id} {self._closed_why}; append() did nothing")
-            if self._ring is not None and (step := self._ring.route({key: value}, step, None)) == IN_RING:
+            if (r := self._ring) is not None and (
+                (step >= 0 and r.row({key: value}, step)) or (step := r.route({key: value}, step, None)) == IN_RING
+            ):
                 return
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
@@ -349,8 +351,7 @@ class Run:
             timeout: seconds for all of it; ``None`` waits as long as it takes.
 
         Raises:
-            CoordinatorTimeoutError: not confirmed in time; names the endpoint (or the backend)
-                and the count.
+            CoordinatorTimeoutError: not confirmed in time; names the endpoint (or the backend) and the count.
             SinkError, DeliveryError, ProtocolError: delivery failed; the message says why.
         """
         self._delivery.wait(timeout)
@@ -396,9 +397,8 @@ class Run:
         A ``with`` block left by an exception, and an uncaught exception, mark it by themselves.
 
         Args:
-            reason: a message, or the exception (its type and message are recorded, and its
-                traceback when it was raised). Secrets of the run's backend options are masked;
-                at most 4 KiB of the reason (16 KiB of the traceback) is kept.
+            reason: a message, or the exception (its type, message and traceback are recorded: at most 4 KiB of the
+                reason and 16 KiB of the traceback, the secrets of the run's backend options masked).
 
         Raises:
             TypeError: ``reason`` is neither a str nor an exception.

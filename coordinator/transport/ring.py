@@ -197,6 +197,11 @@ class RingWriter(_Ring):
         self._pos = 0
         self._free_to = capacity
         """Positions below this are free to write (``released + capacity``, read again only when short)."""
+        self._room = capacity
+        """A record that ends at or below this position goes at ``_base + its position`` with no other check: the
+        smaller of ``_free_to`` and the end of the data area's lap the last claim was in (:meth:`_claim`)."""
+        self._base = HEADER_BYTES
+        """The map offset of that lap's position 0 (``HEADER_BYTES`` minus the lap's first position)."""
         self.largest = capacity // 4
         """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
         self.tally = 0
@@ -259,17 +264,13 @@ class RingWriter(_Ring):
         pack_into, size, body = framing
         pos = self._pos
         end = pos + size
-        off = pos & self._mask
-        if off + size > self.capacity or end > self._free_to:
-            at = self._claim(body)
-            if at < 0:
+        if end > self._room:
+            if self._claim(body) < 0:
                 return False
             pos = self._pos
             end = pos + size
-        else:
-            at = HEADER_BYTES + off
         tag = (pos >> 3) & 0xFFFFFFFF
-        pack_into(self.map, at, body, tag, *head, *rest, tag, body)
+        pack_into(self.map, self._base + pos, body, tag, *head, *rest, tag, body)
         self._pos = end
         self._written[0] = end
         self.tally += weight
@@ -281,11 +282,10 @@ class RingWriter(_Ring):
         pack_into, size, body = framing
         pos = self._pos
         end = pos + size
-        off = pos & self._mask
-        if off + size > self.capacity or end > self._free_to:
+        if end > self._room:
             return self.pack_row(framing, (fid, stamp, step), (value,), 1)
         tag = (pos >> 3) & 0xFFFFFFFF
-        pack_into(self.map, HEADER_BYTES + off, body, tag, fid, stamp, step, value, tag, body)
+        pack_into(self.map, self._base + pos, body, tag, fid, stamp, step, value, tag, body)
         self._pos = end
         self._written[0] = end
         self.tally += 1
@@ -306,6 +306,9 @@ class RingWriter(_Ring):
             _EDGE.pack_into(self.map, HEADER_BYTES + offset, SKIP, (pos >> 3) & 0xFFFFFFFF)
             pos += skip
             self._pos = pos
+        lap = pos & ~self._mask
+        self._room = min(self._free_to, lap + self.capacity)
+        self._base = HEADER_BYTES - lap
         return HEADER_BYTES + (pos & self._mask)
 
     def _seal(self, at: int, n: int) -> None:
