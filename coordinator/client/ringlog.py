@@ -49,6 +49,8 @@ IN_RING = -2
 SMALLEST_RING = 1 << 20
 """The smallest a default-sized ring is made in a short ``/dev/shm`` (:func:`open_ring`): 1 MiB holds ~1,200 rows
 of 100 keys, 25 s of a 100-key dict at 50 steps/s."""
+_CHECKED = PLAIN - {int}
+"""Value types that need no check (an int may be past a float's range)."""
 _MARK_MASK = 255
 """A mark that counts the committed points (:meth:`RingLog.confirmed`) every 256 writes."""
 
@@ -83,6 +85,8 @@ class RingLog:
         """The HELLO the ring is offered in (:meth:`offer_in`)."""
         self.full = 0
         """Rows the full ring had no room for (sent over the socket instead)."""
+        self.held = 0
+        """Rows sent over the socket behind an unacknowledged write of one of their keys there (:meth:`row`)."""
         self.nudge: Callable[[], None] | None = None
         """Asks the aggregator to read the ring now (the sender's ``ask_read``), once it is past a quarter full."""
         self._nudge_at = 0
@@ -91,9 +95,9 @@ class RingLog:
         self._marks: deque[tuple[int, int]] = deque()
         """(ring position, points written before it), one for each :meth:`confirmed` call still ahead of the reader."""
         self._marks_lock = threading.Lock()
-        self.owned: dict[str, list[tuple[str, ...]]] = {}
-        """Keys of the key tuples admitted to the ring (:meth:`_admit`), each with those tuples: their steps
-        are numbered here (:meth:`route`), never by the sender."""
+        self.owned: dict[str, list[list[Any]]] = {}
+        """Keys of the key tuples admitted to the ring (:meth:`_admit`), each with those tuples' frames (not the
+        tuples, hashed once per key by a held row): their steps are numbered here (:meth:`route`), not by the sender."""
         self._seq = 0
         self._heard_at = 0
         self._key_at: dict[str, tuple[int, int]] = {}
@@ -192,11 +196,12 @@ class RingLog:
             if policy is None and self.row(data, step):
                 return IN_RING
         self._seq += 1
+        at, gen = (self._seq, step), self._buf.gen
         for k in data:
-            if k in owned:
-                self._key_at[k] = (self._seq, step)
-                for kt in owned[k]:  # its rows wait behind this write (row())
-                    self._frames[kt][5] = self._buf.gen
+            if (frames := owned.get(k)) is not None:
+                self._key_at[k] = at
+                for f in frames:  # its rows wait behind this write (row())
+                    f[5] = gen
         return step
 
     def _check(self, data: dict[str, Any], step: int) -> None:
@@ -204,6 +209,8 @@ class RingLog:
         key): a call it refuses holds no row back (:meth:`row`)."""
         if step >= 0:
             check_step(step)
+        if self._keys.series.issuperset(data) and _CHECKED.issuperset(map(type, data.values())):
+            return  # known keys and values nothing refuses (a held frame's row: in C, not key by key)
         for k, v in data.items():
             if k not in self._keys.series:
                 self._keys.check_new(k)
@@ -217,8 +224,7 @@ class RingLog:
     def _last_step(self, key: str) -> int:
         """The step of ``key``'s last write (rows and others), for numbering the next."""
         best = self._key_at.get(key, (-1, -1))
-        for kt in self.owned[key]:
-            f = self._frames[kt]
+        for f in self.owned[key]:
             if f[2] > best[0]:
                 best = (f[2], f[3])
         return best[1]
@@ -243,6 +249,7 @@ class RingLog:
         held = f[5]
         if held >= 0:  # a write of one of its keys over the socket may not be applied yet: go behind it
             if held > self._buf.acked_gen:
+                self.held += 1
                 return False
             f[5] = -1
         try:
@@ -304,7 +311,7 @@ class RingLog:
             return None
         f = self._frames[kt] = [fid, framing, -1, -1, len(kt), held]
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
-            self.owned.setdefault(k, []).append(kt)
+            self.owned.setdefault(k, []).append(f)
         return f
 
     def _look_at_fill(self) -> None:
@@ -343,8 +350,8 @@ class RingLog:
         return {**st, **self.counters(), **more, "pending": st["pending"] + self.points - ok}
 
     def counters(self) -> dict[str, int]:
-        """For the BYE and ``Run.stats()``: the points written into the ring, and the rows it had no room for."""
-        return {"ring_points": self.points, "ring_full": self.full}
+        """For the BYE and ``Run.stats()``: points written into the ring, rows it had no room for, rows held back."""
+        return {"ring_points": self.points, "ring_full": self.full, "ring_held": self.held}
 
     def close(self) -> None:
         """Mark the ring closed (nothing more comes); the aggregator reads it to its end."""

@@ -197,11 +197,9 @@ class RingWriter(_Ring):
         self._pos = 0
         self._free_to = capacity
         """Positions below this are free to write (``released + capacity``, read again only when short)."""
-        self._room = capacity
-        """A record that ends at or below this position goes at ``_base + its position`` with no other check: the
-        smaller of ``_free_to`` and the end of the data area's lap the last claim was in (:meth:`_claim`)."""
-        self._base = HEADER_BYTES
-        """The map offset of that lap's position 0 (``HEADER_BYTES`` minus the lap's first position)."""
+        self._room, self._base = capacity, HEADER_BYTES
+        """A record that ends at or below ``_room`` goes at ``_base`` + its position with no other check: the smaller
+        of ``_free_to`` and the end of the lap of the last claim (:meth:`_claim`), and that lap's map offset."""
         self.largest = capacity // 4
         """The largest body a record may carry: a quarter of the ring, so that one never waits on itself."""
         self.tally = 0

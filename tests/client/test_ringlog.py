@@ -184,7 +184,8 @@ def test_a_full_ring_sends_over_the_socket_counts_it_and_loses_nothing(store_dir
         finally:
             agg.resume()
         st = run.stats()  # the rows after the first the ring had no room for wait behind it, over the socket
-        assert 0 < st["ring_points"] < 2000 and st["ring_full"] >= 1
+        assert 0 < st["ring_points"] < 2000 and st["ring_full"] >= 1 and st["ring_held"] >= 1
+        assert st["ring_points"] // 10 + st["ring_full"] + st["ring_held"] == 200, st  # each row counted once
         run.wait(30)
     s = open_store(store_dir)
     try:
@@ -192,6 +193,7 @@ def test_a_full_ring_sends_over_the_socket_counts_it_and_loses_nothing(store_dir
             assert s.values(k, 0) == [(i, float(i + j)) for i in range(200)]
         rep = s.run_info().report
         assert rep is not None and rep["per_rank"]["0"]["ring_full"] == st["ring_full"]
+        assert rep["per_rank"]["0"]["ring_held"] == st["ring_held"]
     finally:
         s.close()
 
