@@ -198,6 +198,34 @@ def test_a_full_ring_sends_over_the_socket_counts_it_and_loses_nothing(store_dir
         s.close()
 
 
+def test_ring_held_counts_the_rows_held_behind_a_write_over_the_socket_not_the_writes_that_go_there(
+    store_dir: Path,
+) -> None:
+    """A tensor's append of a key with a frame goes over the socket and holds the frame's rows behind it while
+    it is unacknowledged (the aggregator frozen): the plain rows after it are counted as held, the tensors not."""
+    torch = pytest.importorskip("torch")
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        _ring_path(run)
+        run["g"].append(0.5, step=0)  # the frame ("g",) in the ring
+        run.wait(30)
+        assert run._agg is not None and run._agg.pid is not None
+        agg = psutil.Process(run._agg.pid)
+        agg.suspend()
+        try:
+            for s in range(1, 21):
+                run["g"].append(torch.tensor(float(s)) if s % 2 else float(s), step=s)
+            st = run.stats()
+        finally:
+            agg.resume()
+        assert st["ring_held"] == 10 and st["ring_points"] == 1 and st["ring_full"] == 0, st
+        run.wait(30)
+    s = open_store(store_dir)
+    try:
+        assert s.values("g", 0) == [(i, 0.5 if i == 0 else float(i)) for i in range(21)]
+    finally:
+        s.close()
+
+
 def test_no_ring_offline_where_no_aggregator_reads_it(store_dir: Path) -> None:
     with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True, mode="offline")) as run:
         assert run._ring is None
