@@ -188,11 +188,10 @@ class Rings:
         for (rank, inc), reader in list(readers.items()) if only is None else [(only, readers[only])]:
             try:
                 rows = reader.read(final=final)
-                while rows:  # more than one pass where frames that share a key interleave
+                if rows:
                     points += self._ingest(rank, inc, rows, now)
                     self._read[(rank, inc)] = reader.reader.cursor
                     self.agg.outbox.txn.meta[meta_key(rank, inc)] = str(reader.reader.cursor)
-                    rows = reader.read(final=final) if reader.cut else {}
             except RingDamaged as e:  # counted and reported; the rank's other rings and ranks go on
                 _log.error("rank %d: its ring is damaged, no more of it is read: %s", rank, e)
                 self.agg.counters["ring_errors"] += 1

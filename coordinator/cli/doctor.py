@@ -23,7 +23,7 @@ from pathlib import Path
 from coordinator.settings import env_name
 from coordinator.transport.ringplace import SHM, left_rings
 
-__all__ = ["DOCTOR_POINTS", "left_rings_line", "run_doctor"]
+__all__ = ["DOCTOR_POINTS", "left_rings_line", "row_path_line", "run_doctor"]
 
 DOCTOR_POINTS = 20
 """Points the scratch run logs (key ``doctor/value``, value = step / 2)."""
@@ -49,6 +49,7 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
     )
     yield True, versions
     yield True, left_rings_line()
+    yield True, row_path_line()
     cls = None
     if backend is not None:
         from coordinator.forward.backend import get_backend
@@ -87,6 +88,17 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
             shutil.rmtree(tmp, ignore_errors=True)
     if keep or failed:
         yield not failed, f"scratch run and aggregator log kept in {tmp}"
+
+
+def row_path_line() -> str:
+    """Which path a ring row takes here: the C extension's common case, or Python only (slower, not a failure)."""
+    from coordinator.client.rowpath import PURE_ENV, built
+
+    if not built():
+        return "ring rows: Python only (the C extension was not built: no compiler at install), ~1.1 µs a scalar"
+    if os.environ.get(PURE_ENV) == "1":
+        return f"ring rows: Python only ({PURE_ENV}=1), ~1.1 µs a scalar"
+    return "ring rows: C extension built (a scalar row ~0.3 µs)"
 
 
 def left_rings_line(where: Path = SHM) -> str:

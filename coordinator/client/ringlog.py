@@ -33,6 +33,7 @@ from typing import Any
 from coordinator.client.devices import check_tensor, is_tensor
 from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
+from coordinator.client.rowpath import row_path
 from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import RING_BYTES, Settings
 from coordinator.transport.buffer import Buffer
@@ -102,6 +103,8 @@ class RingLog:
         self._heard_at = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
+        self.row = row_path(self, rows.ring, self._row)
+        """Write a row (:meth:`_row`); its common case in C where that is built (:mod:`coordinator.client.rowpath`)."""
 
     @property
     def points(self) -> int:
@@ -229,7 +232,7 @@ class RingLog:
                 best = (f[2], f[3])
         return best[1]
 
-    def row(self, data: dict[str, Any], step: int) -> bool:
+    def _row(self, data: dict[str, Any], step: int) -> bool:
         """Write ``data`` (checked by the caller: a dict) at ``step`` (>= 0) into the ring; False: the
         call takes the socket path (not for the ring, or no room), with nothing written.
 
@@ -372,12 +375,8 @@ class RingLog:
         try:
             self._ring.close(mark=False)
         except BufferError as e:  # a view of the map was taken in another thread at the fork
-            _log.warning(
-                "forked child %d keeps rank's ring %s open (%s): it reads as in use while this lives",
-                os.getpid(),
-                self.path,
-                e,
-            )
+            why = "it reads as in use while this lives"
+            _log.warning("forked child %d keeps rank's ring %s open (%s): %s", os.getpid(), self.path, e, why)
 
     def remove(self, answered: bool) -> None:
         """After the BYE: remove the ring if its rows were all read (``answered``, or its header says every

@@ -51,8 +51,15 @@ Rows = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """Rows read back, by frame: (steps, int64 of n), (values, float64 of n x len(keys)) and (stamps,
 uint32 of n), in write order."""
 
-_Part = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""Some of a frame's rows in a pass: (steps, values, stamps)."""
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Some of a frame's rows in a pass: (steps, values, stamps, each row's place in the pass)."""
+
+
+def _joined(got: list[_Part]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame's parts of a pass as one (steps, values, stamps)."""
+    if len(got) == 1:
+        return got[0][0], got[0][1], got[0][2]
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), np.concatenate([g[2] for g in got])
 
 
 def stamp() -> int:
@@ -139,65 +146,65 @@ class RowReader:
         self.reader = reader
         self.frames: dict[int, tuple[str, ...]] = {}
         self._names_read = 0
-        self.cut = False
-        """Whether the last :meth:`read` stopped before rows already published (a frame sharing a key)."""
 
     def read(self, *, final: bool = False) -> Rows:
-        """The rows published past the cursor, by frame, in write order (the cursor moves past them).
+        """The rows published past the cursor, by frame, each key's points in write order (the cursor moves past
+        them).
 
         Rows are decoded a run of equal-size records at a time (:meth:`RingReader.runs`), with
         numpy: a run of rows of one frame, or of one-key frames (scalars logged one by one), costs
         about as much as one row.
 
-        Frames are returned side by side, so a pass stops before the first row of a frame that
-        shares a key with another frame of the pass (a dict, then an ``append()`` of one of its
-        keys): each key's points come back in the order they were written, over as many passes
-        as that takes: :attr:`cut` says when the pass stopped there.
+        Frames come back side by side, so frames that share a key (a dict, then an ``append()`` of one of its
+        keys; two dicts with a key in common) would lose that key's order between them: those frames come
+        back split, a one-key frame per key, its points from all of them in the order they were written. A
+        pass takes every row published (stopping at a clash instead made one pass a row where such frames
+        alternate: the aggregator fell behind a rank logging them flat out).
 
         Raises:
             RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.records`)
                 does not read whole although the writer is gone. Nothing of the pass is taken then.
         """
         parts: dict[int, list[_Part]] = {}
-        owners: dict[str, int] = {}
         start = self.reader.cursor
-        self.cut = False
+        taken = 0
         try:
             for n, count, view in self.reader.runs(final=final):
                 try:
-                    taken = self._take_run(n, count, view, parts, owners)
+                    self._take_run(n, count, view, parts, taken)
                 finally:
                     view.release()
-                if taken < count:  # the rest waits for the next pass
-                    self.reader.cursor -= (count - taken) * (n + 16)
-                    self.cut = True
-                    break
+                taken += count
         except RingDamaged:
             self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
             raise
+        owners: dict[str, list[int]] = {}
+        for fid in parts:
+            for key in self.frames[fid]:
+                owners.setdefault(key, []).append(fid)
+        tangled = {fid for fids in owners.values() if len(fids) > 1 for fid in fids}
         rows: Rows = {}
         for fid, got in parts.items():
-            if len(got) == 1:
-                rows[self.frames[fid]] = got[0]
-            else:
-                rows[self.frames[fid]] = (
-                    np.concatenate([g[0] for g in got]),
-                    np.concatenate([g[1] for g in got]),
-                    np.concatenate([g[2] for g in got]),
-                )
+            if fid not in tangled:
+                rows[self.frames[fid]] = _joined(got)
+        for key, fids in owners.items():
+            if fids[0] in tangled:  # every frame with this key is, as each shares a key with another
+                rows[(key,)] = self._one_key(key, fids, parts)
         return rows
 
-    def _take_run(
-        self,
-        n: int,
-        count: int,
-        view: memoryview,
-        parts: dict[int, list[_Part]],
-        owners: dict[str, int],
-    ) -> int:
-        """Decode the rows of body length ``n`` of a run of ``count`` ending at the cursor into ``parts``,
-        by frame, up to the first of a frame that shares a key with another frame of the pass
-        (``owners``: each key of the pass's frames, to its frame id); how many rows were taken."""
+    def _one_key(
+        self, key: str, fids: list[int], parts: dict[int, list[_Part]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``key``'s points from frames ``fids`` of a pass, in write order: (steps, values n x 1, stamps)."""
+        got = [(p[0], p[1][:, self.frames[fid].index(key)], p[2], p[3]) for fid in fids for p in parts[fid]]
+        order = np.argsort(np.concatenate([g[3] for g in got]), kind="stable")
+        steps = np.concatenate([g[0] for g in got])[order]
+        values = np.concatenate([g[1] for g in got])[order]
+        return steps, values.reshape(-1, 1), np.concatenate([g[2] for g in got])[order]
+
+    def _take_run(self, n: int, count: int, view: memoryview, parts: dict[int, list[_Part]], first: int) -> None:
+        """Decode the rows of body length ``n`` of a run of ``count`` ending at the cursor into ``parts``, by
+        frame, each row with its place in the pass (``first`` for the run's first)."""
         size = n + 16
         pos = self.reader.cursor - count * size
         if n < _HEAD or (n - _HEAD) % 8:
@@ -216,25 +223,21 @@ class RowReader:
         a = np.frombuffer(view, dtype=dt)
         fids, steps, values, stamps = a["fid"].copy(), a["step"].copy(), a["values"].copy(), a["stamp"].copy()
         del a  # the view is released by the caller: nothing may keep it
-        taken = self._disjoint(fids, parts, owners, pos, k)
-        if taken < count:
-            fids, steps, values, stamps = fids[:taken], steps[:taken], values[:taken], stamps[:taken]
-            if not taken:
-                return 0
-        if (fids == fids[0]).all():
-            groups: list[tuple[int, _Part]] = [(int(fids[0]), (steps, values, stamps))]
+        at = np.arange(first, first + count, dtype=np.int64)
+        uniq = np.unique(fids).tolist()
+        for fid in uniq:
+            self._keys(fid, k, fids, pos)
+        if len(uniq) == 1:
+            groups: list[tuple[int, _Part]] = [(uniq[0], (steps, values, stamps, at))]
         else:  # frames interleaved (scalars key by key): sorted by frame, each frame's rows kept in order
             order = np.argsort(fids, kind="stable")
-            fids, steps, values, stamps = fids[order], steps[order], values[order], stamps[order]
+            fids, steps, values, stamps, at = fids[order], steps[order], values[order], stamps[order], at[order]
             cuts = [0, *(np.flatnonzero(np.diff(fids)) + 1).tolist(), len(fids)]
-            groups = [(int(fids[lo]), (steps[lo:hi], values[lo:hi], stamps[lo:hi])) for lo, hi in pairwise(cuts)]
+            groups = [
+                (int(fids[lo]), (steps[lo:hi], values[lo:hi], stamps[lo:hi], at[lo:hi])) for lo, hi in pairwise(cuts)
+            ]
         for fid, part in groups:
-            got = parts.get(fid)
-            if got is None:
-                parts[fid] = [part]
-            else:
-                got.append(part)
-        return taken
+            parts.setdefault(fid, []).append(part)
 
     def _keys(self, fid: int, k: int, fids: np.ndarray, pos: int) -> tuple[str, ...]:
         """Frame ``fid``'s keys (the names file read again for a new one), checked to be ``k`` (the rows of
@@ -250,31 +253,6 @@ class RowReader:
             )
             raise RingDamaged(f"{self.reader.path}: the row at {at} is {why}")
         return keys
-
-    def _disjoint(
-        self, fids: np.ndarray, seen: dict[int, list[_Part]], owners: dict[str, int], pos: int, k: int
-    ) -> int:
-        """How many of a run's rows (of frames ``fids``, the first at ``pos``) may join the pass: up to the
-        first row of a frame new to it (not in ``seen``) that shares a key with another frame of it.
-        ``owners`` (each key of the pass's frames, to its frame id) takes the new frames let in."""
-        uniq = np.unique(fids).tolist()
-        mine: dict[str, int] = {}
-        clash = False
-        for fid in uniq:
-            keys = self._keys(fid, k, fids, pos)
-            if fid not in seen:
-                for key in keys:
-                    clash = clash or owners.get(key, fid) != fid or mine.setdefault(key, fid) != fid
-        if not clash:
-            owners.update(mine)
-            return len(fids)
-        for i, fid in enumerate(fids.tolist()):  # rare: walk the run to the first row that would clash
-            if fid in seen or all(owners.get(key, fid) == fid for key in self.frames[fid]):
-                owners.update(dict.fromkeys(self.frames[fid], fid))
-                seen.setdefault(fid, [])
-            else:
-                return i
-        return len(fids)
 
     def _read_names(self) -> None:
         """Read the names file's entries past those read so far (a torn last entry waits for the next pass)."""

@@ -17,6 +17,13 @@ def test_a_repeat_times_ring_rows_log_calls_and_reads(tmp_path: Path) -> None:
     assert (tmp_path / "10-1" / "runs-10").is_dir() and not list(tmp_path.glob("*/ring-*"))
 
 
+def test_frames_that_share_a_key_are_handed_back_whole(tmp_path: Path) -> None:
+    """``--shared``: seven dicts with a key in common, in turn; ``measure`` raises unless the reader handed back
+    every point of them (in as many passes as it takes) and the run's ring took every one."""
+    c = measure(3, 1400, tmp_path, frames=7, shared=True)
+    assert c.ring_read > 0 and c.run_log_rings > 0
+
+
 def test_the_rings_side_takes_rings_where_the_environment_turns_them_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

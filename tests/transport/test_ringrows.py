@@ -229,42 +229,51 @@ def test_scalars_logged_key_by_key_come_back_by_key_from_one_run(tmp_path: Path)
     r.close()
 
 
-def test_frames_that_share_a_key_come_back_in_passes_that_keep_each_keys_write_order(tmp_path: Path) -> None:
+def test_frames_that_share_a_key_come_back_split_by_key_in_one_pass_in_each_keys_write_order(tmp_path: Path) -> None:
     """A dict at each step, an ``append()`` of one of its keys now and then (a one-key frame of its own,
-    same row size as another one-key frame), and a third frame sharing nothing: each pass holds no two
-    frames with a key in common, and read pass after pass each key's points are in write order."""
+    same row size as another one-key frame), a replacement of a point after it, and a third frame sharing
+    nothing: one pass takes every row; the two frames with key ``a`` come back as one-key frames, each
+    key's points (steps, values, stamps) in write order, and the frame sharing nothing whole."""
     w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
     r = RowReader(RingReader(tmp_path / "r"))
     d, a, c = ("a", "b"), ("a",), ("c",)
-    want: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    want: dict[str, list[tuple[int, float]]] = {"a": [], "b": [], "c": []}
     for step in range(0, 40, 2):
         assert w.row(d, step, [float(step), -float(step)])
-        want["a"].append(step)
-        want["b"].append(step)
+        want["a"].append((step, float(step)))
+        want["b"].append((step, -float(step)))
         assert w.row(c, step, [0.5])
-        want["c"].append(step)
+        want["c"].append((step, 0.5))
         if step % 6 == 2:
             assert w.row(a, step + 1, [float(step + 1)])
-            want["a"].append(step + 1)
+            want["a"].append((step + 1, float(step + 1)))
         if step == 10:  # a replacement of a's point at step 10, after it
             assert w.row(a, 10, [99.0])
-            want["a"].append(10)
-    got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
-    passes = 0
-    while True:
-        rows = r.read()
-        if not rows:
-            break
-        passes += 1
-        keys = [k for frame in rows for k in frame]
-        assert len(keys) == len(set(keys)), f"pass {passes} holds two frames of one key: {list(rows)}"
-        for frame, (steps, _, _) in rows.items():
-            for k in frame:
-                got[k] += steps.tolist()
-        assert r.cut == (r.reader.cursor < r.reader.written)
+            want["a"].append((10, 99.0))
+    rows = r.read()
+    assert set(rows) == {("a",), ("b",), ("c",)}
+    got = {f[0]: list(zip(st.tolist(), v[:, 0].tolist(), strict=True)) for f, (st, v, _) in rows.items()}
     assert got == want
-    assert passes == 16  # each of the eight appends of a alone, and the dicts before each
-    assert r.read() == {} and not r.cut
+    assert all(len(stamps) == len(steps) and (stamps > 0).all() for steps, _, stamps in rows.values())
+    assert r.reader.cursor == r.reader.written and r.read() == {}
+    w.close()
+    r.close()
+
+
+def test_alternating_frames_that_share_a_key_are_read_in_one_pass_not_one_a_row(tmp_path: Path) -> None:
+    """Seven dicts that share one key, written in turn 7,000 times (a pass stopped at each clash before: one
+    pass a row, and the aggregator fell behind a rank writing them flat out): one pass takes them all."""
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 20))
+    r = RowReader(RingReader(tmp_path / "r"))
+    for s in range(7000):
+        assert w.row((f"n{s % 7}", "m"), s, [float(s), -float(s)])
+    rows = r.read()
+    assert r.reader.cursor == r.reader.written
+    assert rows[("m",)][0].tolist() == list(range(7000)) and rows[("m",)][1][:, 0].tolist() == [
+        -float(s) for s in range(7000)
+    ]
+    for i in range(7):
+        assert rows[(f"n{i}",)][0].tolist() == list(range(i, 7000, 7))
     w.close()
     r.close()
 

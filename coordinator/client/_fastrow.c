@@ -1,0 +1,322 @@
+/* The common case of RingLog.row (coordinator/client/ringlog.py) in one C call.
+ *
+ * A ring row of a known frame (a dict of plain numbers at a step, the frame admitted and not held)
+ * that fits before the writer's room is packed here, as RingWriter.pack_row would pack it
+ * (coordinator/transport/ring.py: u32 length | u32 tag | u32 frame id | u32 stamp | i64 step |
+ * f64 value x n | u32 tag | u32 length), then published and counted, reading and storing the same
+ * attributes of the RingLog and its RingWriter that the Python path does. Every other call goes
+ * to that path (the RingLog's own method, given as `fallback`), untouched: this file decides
+ * nothing the Python code does not, it only takes its most frequent branch without the
+ * interpreter. Nothing is written or changed before every check passed, but the record's bytes
+ * past the published position, which no reader looks at until they are published.
+ *
+ * Built when a compiler is at hand (an optional extension: pyproject.toml); without it the ring
+ * takes the Python path for every row (tests/client/test_fastrow.py holds the two to the same
+ * records).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define STAMP_SHIFT 20 /* ringrows.STAMP_SHIFT */
+#define WRITTEN_AT 64  /* ring._WRITTEN_AT */
+#define MARK_MASK 255  /* ringlog._MARK_MASK */
+#define HEAD_BYTES 24  /* u32 length, u32 tag, u32 frame id, u32 stamp, i64 step */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;    /* the RingLog */
+    PyObject *log;      /* its __dict__ */
+    PyObject *writer;   /* its RingWriter's __dict__ */
+    PyObject *plain;    /* tuple of the value types a row takes besides float, int and bool */
+    PyObject *fallback; /* the Python path: RingLog._row */
+} Rows;
+
+static PyObject *s_on, *s_frames, *s_seq, *s_pos, *s_room, *s_base, *s_tally, *s_map;
+static PyObject *s_confirmed, *s_look;
+
+static int
+rows_traverse(Rows *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->log);
+    Py_VISIT(self->writer);
+    Py_VISIT(self->plain);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+rows_clear(Rows *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->log);
+    Py_CLEAR(self->writer);
+    Py_CLEAR(self->plain);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+rows_dealloc(Rows *self)
+{
+    PyObject_GC_UnTrack(self);
+    rows_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+rows_init(Rows *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *log, *writer, *plain, *fallback;
+    if (!PyArg_ParseTuple(args, "OOO!O:Rows", &log, &writer, &PyTuple_Type, &plain, &fallback))
+        return -1;
+    PyObject *ld = PyObject_GenericGetDict(log, NULL);
+    if (ld == NULL)
+        return -1;
+    PyObject *wd = PyObject_GenericGetDict(writer, NULL);
+    if (wd == NULL) {
+        Py_DECREF(ld);
+        return -1;
+    }
+    Py_INCREF(log);
+    Py_XSETREF(self->owner, log);
+    Py_XSETREF(self->log, ld);
+    Py_XSETREF(self->writer, wd);
+    Py_INCREF(plain);
+    Py_XSETREF(self->plain, plain);
+    Py_INCREF(fallback);
+    Py_XSETREF(self->fallback, fallback);
+    return 0;
+}
+
+/* An int attribute of `d` into *out; 0 when it is missing or not an int that fits. */
+static int
+get_ll(PyObject *d, PyObject *name, long long *out)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    return !overflow && !(*out == -1 && PyErr_Occurred());
+}
+
+static int
+set_ll(PyObject *d, PyObject *name, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyDict_SetItem(d, name, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* A value as the row's struct's 'd' would pack it, for the types the Python path takes; 0: not one. */
+static int
+as_double(PyObject *v, PyObject *plain, double *out)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    if (t == &PyFloat_Type) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 1;
+    }
+    if (t == &PyBool_Type) {
+        *out = v == Py_True ? 1.0 : 0.0;
+        return 1;
+    }
+    int known = t == &PyLong_Type;
+    for (Py_ssize_t i = 0; !known && i < PyTuple_GET_SIZE(plain); i++)
+        known = (PyObject *)t == PyTuple_GET_ITEM(plain, i);
+    if (!known)
+        return 0;
+    *out = PyFloat_AsDouble(v); /* an int past a float's range: OverflowError, and the Python path says so */
+    if (*out == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. */
+static int
+fast_row(Rows *self, PyObject *data, PyObject *step_o)
+{
+    PyObject *on = PyDict_GetItemWithError(self->log, s_on);
+    if (on != Py_True || !PyDict_CheckExact(data) || !PyLong_CheckExact(step_o))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *frames = PyDict_GetItemWithError(self->log, s_frames);
+    if (frames == NULL || !PyDict_CheckExact(frames))
+        return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t n = PyDict_GET_SIZE(data);
+    if (n == 0)
+        return 0;
+    PyObject *kt = PyTuple_New(n);
+    if (kt == NULL)
+        return -1;
+    Py_ssize_t it = 0, i = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(data, &it, &k, &v)) {
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(kt, i++, k);
+    }
+    PyObject *f = PyDict_GetItemWithError(frames, kt);
+    Py_DECREF(kt);
+    if (f == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyList_CheckExact(f) || PyList_GET_SIZE(f) != 6)
+        return 0;
+    long long fid, held, nkeys, step, pos, room, base, tally, seq;
+    int overflow;
+    PyObject *framing = PyList_GET_ITEM(f, 1);
+    if (!PyLong_CheckExact(PyList_GET_ITEM(f, 0)) || !PyLong_CheckExact(PyList_GET_ITEM(f, 4)) ||
+        !PyLong_CheckExact(PyList_GET_ITEM(f, 5)) || !PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
+        return 0;
+    fid = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(f, 0), &overflow);
+    nkeys = PyLong_AsLongLong(PyList_GET_ITEM(f, 4));
+    held = PyLong_AsLongLong(PyList_GET_ITEM(f, 5));
+    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
+    step = PyLong_AsLongLongAndOverflow(step_o, &overflow);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    /* held >= 0: a write of one of its keys over the socket may not be applied yet (the Python path decides) */
+    if (overflow || held >= 0 || nkeys != n || step < 0 || fid < 0 || fid > 0xFFFFFFFFLL ||
+        size != HEAD_BYTES + 8 * n + 8)
+        return 0;
+    if (!get_ll(self->writer, s_pos, &pos) || !get_ll(self->writer, s_room, &room) ||
+        !get_ll(self->writer, s_base, &base) || !get_ll(self->writer, s_tally, &tally) ||
+        !get_ll(self->log, s_seq, &seq))
+        return PyErr_Occurred() ? -1 : 0;
+    long long end = pos + size;
+    if (end > room || pos < 0 || base + pos < WRITTEN_AT + 8)
+        return 0; /* a claim: the Python path makes it */
+    PyObject *map = PyDict_GetItemWithError(self->writer, s_map);
+    if (map == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_buffer view;
+    if (PyObject_GetBuffer(map, &view, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear(); /* a closed map: the Python path says so */
+        return 0;
+    }
+    if (base + end > view.len) {
+        PyBuffer_Release(&view);
+        return 0;
+    }
+    char *rec = (char *)view.buf + base + pos;
+    it = 0;
+    i = 0;
+    while (PyDict_Next(data, &it, &k, &v)) {
+        double x;
+        if (!as_double(v, self->plain, &x)) {
+            PyBuffer_Release(&view);
+            return 0;
+        }
+        memcpy(rec + HEAD_BYTES + 8 * i++, &x, 8);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint32_t body = (uint32_t)(size - 16), tag = (uint32_t)((pos >> 3) & 0xFFFFFFFF);
+    uint32_t head[4] = {body, tag, (uint32_t)fid, (uint32_t)((now >> STAMP_SHIFT) & 0xFFFFFFFF)};
+    int64_t st = step;
+    uint32_t tail[2] = {tag, body};
+    memcpy(rec, head, 16);
+    memcpy(rec + 16, &st, 8);
+    memcpy(rec + size - 8, tail, 8);
+    uint64_t published = (uint64_t)end;
+    memcpy((char *)view.buf + WRITTEN_AT, &published, 8);
+    PyBuffer_Release(&view);
+    seq += 1;
+    PyObject *seq_o = PyLong_FromLongLong(seq);
+    if (seq_o == NULL || set_ll(self->writer, s_pos, end) < 0 || set_ll(self->writer, s_tally, tally + n) < 0 ||
+        PyDict_SetItem(self->log, s_seq, seq_o) < 0) {
+        Py_XDECREF(seq_o);
+        return -1;
+    }
+    PyList_SetItem(f, 2, seq_o); /* steals seq_o */
+    Py_INCREF(step_o);
+    PyList_SetItem(f, 3, step_o);
+    if (!(seq & MARK_MASK)) { /* a mark: the count of committed points stays within this many rows */
+        PyObject *r = PyObject_CallMethodNoArgs(self->owner, s_confirmed);
+        if (r != NULL) {
+            Py_DECREF(r);
+            r = PyObject_CallMethodNoArgs(self->owner, s_look);
+        }
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 1;
+}
+
+static PyObject *
+rows_row(Rows *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "row() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int done = fast_row(self, args[0], args[1]);
+    if (done < 0)
+        return NULL;
+    if (done)
+        Py_RETURN_TRUE;
+    return PyObject_Vectorcall(self->fallback, args, 2, NULL);
+}
+
+static PyMethodDef rows_methods[] = {
+    {"row", (PyCFunction)(void (*)(void))rows_row, METH_FASTCALL,
+     "row(data, step) -> bool: RingLog.row, its common case in C."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "coordinator.client._fastrow.Rows",
+    .tp_basicsize = sizeof(Rows),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Rows(log, writer, plain, fallback): a RingLog's row() with its common case in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)rows_init,
+    .tp_dealloc = (destructor)rows_dealloc,
+    .tp_traverse = (traverseproc)rows_traverse,
+    .tp_clear = (inquiry)rows_clear,
+    .tp_methods = rows_methods,
+};
+
+static struct PyModuleDef fastrow_module = {
+    PyModuleDef_HEAD_INIT, "coordinator.client._fastrow", "RingLog.row's common case in C.", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__fastrow(void)
+{
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&s_on, "on"}, {&s_frames, "_frames"}, {&s_seq, "_seq"}, {&s_pos, "_pos"}, {&s_room, "_room"},
+        {&s_base, "_base"}, {&s_tally, "tally"}, {&s_map, "map"}, {&s_confirmed, "confirmed"},
+        {&s_look, "_look_at_fill"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    if (PyType_Ready(&RowsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastrow_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&RowsType);
+    if (PyModule_AddObject(m, "Rows", (PyObject *)&RowsType) < 0) {
+        Py_DECREF(&RowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,53 @@
+"""Which path a ring row takes: the C extension's common case (``_fastrow.c``), or the Python one.
+
+:meth:`RingLog._row <coordinator.client.ringlog.RingLog._row>` is the ring row's whole logic. The
+extension, built at install where a C compiler is at hand (optional: pyproject.toml), takes its most
+frequent case in one call: a dict of plain numbers whose frame is in the ring, not held, with room
+before the writer's next claim (~0.3 µs a scalar row against ~1.1 in Python). It writes the same
+record and stores the same attributes, and hands every other call to the Python method
+(tests/client/test_fastrow.py holds the two to the same records). ``COORDINATOR_PUREPYTHON=1`` (read
+as a ring is opened) keeps every row on the Python path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from coordinator.client.hotpath import PLAIN
+
+if TYPE_CHECKING:
+    from coordinator.client._fastrow import Rows
+
+__all__ = ["PURE_ENV", "built", "row_path"]
+
+PURE_ENV = "COORDINATOR_PUREPYTHON"
+"""Set to 1: every ring row takes the Python path, the extension built or not."""
+
+Row = Callable[[dict[str, Any], int], bool]
+
+
+def _load() -> type[Rows] | None:
+    try:
+        from coordinator.client._fastrow import Rows
+    except ImportError:  # installed without a compiler: the Python path
+        return None
+    return Rows
+
+
+_ROWS = _load()
+
+
+def built() -> bool:
+    """Whether the extension was built and imports (``coordinator doctor`` says so)."""
+    return _ROWS is not None
+
+
+def row_path(log: object, writer: object, python: Row) -> Row:
+    """``python`` (a RingLog's ``_row``), or the extension's ``row`` over it: the common case in C, every other
+    call handed to ``python``. ``log`` and ``writer`` are the RingLog and its RingWriter, whose attributes the C
+    path reads and stores as ``python`` does."""
+    if _ROWS is None or os.environ.get(PURE_ENV) == "1":
+        return python
+    return _ROWS(log, writer, tuple(PLAIN - {float, int, bool}), python).row
