@@ -68,7 +68,7 @@ rows_dealloc(Rows *self)
 }
 
 static int
-rows_init(Rows *self, PyObject *args, PyObject *kwds)
+rows_init(Rows *self, PyObject *args, PyObject *Py_UNUSED(kwds))
 {
     PyObject *log, *writer, *plain, *fallback;
     if (!PyArg_ParseTuple(args, "OOO!O:Rows", &log, &writer, &PyTuple_Type, &plain, &fallback))
@@ -104,17 +104,6 @@ get_ll(PyObject *d, PyObject *name, long long *out)
     return !overflow && !(*out == -1 && PyErr_Occurred());
 }
 
-static int
-set_ll(PyObject *d, PyObject *name, long long v)
-{
-    PyObject *o = PyLong_FromLongLong(v);
-    if (o == NULL)
-        return -1;
-    int rc = PyDict_SetItem(d, name, o);
-    Py_DECREF(o);
-    return rc;
-}
-
 /* A value as the row's struct's 'd' would pack it, for the types the Python path takes; 0: not one. */
 static int
 as_double(PyObject *v, PyObject *plain, double *out)
@@ -141,6 +130,99 @@ as_double(PyObject *v, PyObject *plain, double *out)
     return 1;
 }
 
+/* The frame `f`'s row of `data` at `step` into the ring; 1: written, 0: the Python path takes the call
+ * (nothing changed), -1: an exception. Every object it stores is made before the record is written, so
+ * that a failure cannot leave a record published with the writer's position behind it. */
+static int
+write_row(Rows *self, PyObject *f, PyObject *data, Py_ssize_t n, PyObject *step_o)
+{
+    PyObject *framing = PyList_GET_ITEM(f, 1);
+    if (!PyLong_CheckExact(PyList_GET_ITEM(f, 0)) || !PyLong_CheckExact(PyList_GET_ITEM(f, 4)) ||
+        !PyLong_CheckExact(PyList_GET_ITEM(f, 5)) || !PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
+        return 0;
+    long long fid = PyLong_AsLongLong(PyList_GET_ITEM(f, 0));
+    long long nkeys = PyLong_AsLongLong(PyList_GET_ITEM(f, 4));
+    long long held = PyLong_AsLongLong(PyList_GET_ITEM(f, 5));
+    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
+    long long step = PyLong_AsLongLong(step_o);
+    if (PyErr_Occurred()) { /* past a long long: the Python path says what it is */
+        PyErr_Clear();
+        return 0;
+    }
+    /* held >= 0: a write of one of its keys over the socket may not be applied yet (the Python path decides) */
+    if (held >= 0 || nkeys != n || step < 0 || fid < 0 || fid > 0xFFFFFFFFLL || size != HEAD_BYTES + 8 * n + 8)
+        return 0;
+    long long pos, room, base, tally, seq;
+    if (!get_ll(self->writer, s_pos, &pos) || !get_ll(self->writer, s_room, &room) ||
+        !get_ll(self->writer, s_base, &base) || !get_ll(self->writer, s_tally, &tally) ||
+        !get_ll(self->log, s_seq, &seq))
+        return PyErr_Occurred() ? -1 : 0;
+    long long end = pos + size;
+    if (end > room || pos < 0 || base + pos < WRITTEN_AT + 8)
+        return 0; /* a claim: the Python path makes it */
+    PyObject *map = PyDict_GetItemWithError(self->writer, s_map);
+    if (map == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *end_o = PyLong_FromLongLong(end);
+    PyObject *tally_o = PyLong_FromLongLong(tally + n);
+    PyObject *seq_o = PyLong_FromLongLong(seq + 1);
+    int rc = -1;
+    Py_buffer view;
+    view.obj = NULL;
+    if (end_o == NULL || tally_o == NULL || seq_o == NULL)
+        goto done;
+    rc = 0;
+    if (PyObject_GetBuffer(map, &view, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear(); /* a closed map: the Python path says so */
+        view.obj = NULL;
+        goto done;
+    }
+    if (base + end > view.len)
+        goto done;
+    char *rec = (char *)view.buf + base + pos;
+    Py_ssize_t it = 0, i = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(data, &it, &k, &v)) {
+        double x;
+        if (i >= n || !as_double(v, self->plain, &x))
+            goto done;
+        memcpy(rec + HEAD_BYTES + 8 * i++, &x, 8);
+    }
+    if (i != n)
+        goto done;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint32_t body = (uint32_t)(size - 16), tag = (uint32_t)((pos >> 3) & 0xFFFFFFFF);
+    uint32_t head[4] = {body, tag, (uint32_t)fid, (uint32_t)((now >> STAMP_SHIFT) & 0xFFFFFFFF)};
+    int64_t st = step;
+    uint32_t tail[2] = {tag, body};
+    memcpy(rec, head, 16);
+    memcpy(rec + 16, &st, 8);
+    memcpy(rec + size - 8, tail, 8);
+    uint64_t published = (uint64_t)end;
+    memcpy((char *)view.buf + WRITTEN_AT, &published, 8); /* after the record: the reader's bound */
+    /* Replacing the values of keys these dicts hold allocates nothing. */
+    if (PyDict_SetItem(self->writer, s_pos, end_o) < 0 || PyDict_SetItem(self->writer, s_tally, tally_o) < 0 ||
+        PyDict_SetItem(self->log, s_seq, seq_o) < 0) {
+        rc = -1;
+        goto done;
+    }
+    Py_INCREF(seq_o);
+    PyList_SetItem(f, 2, seq_o);
+    Py_INCREF(step_o);
+    PyList_SetItem(f, 3, step_o);
+    rc = (seq + 1) & MARK_MASK ? 1 : 2;
+done:
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    Py_XDECREF(end_o);
+    Py_XDECREF(tally_o);
+    Py_XDECREF(seq_o);
+    return rc;
+}
+
 /* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. */
 static int
 fast_row(Rows *self, PyObject *data, PyObject *step_o)
@@ -159,90 +241,20 @@ fast_row(Rows *self, PyObject *data, PyObject *step_o)
         return -1;
     Py_ssize_t it = 0, i = 0;
     PyObject *k, *v;
-    while (PyDict_Next(data, &it, &k, &v)) {
+    while (i < n && PyDict_Next(data, &it, &k, &v)) {
         Py_INCREF(k);
         PyTuple_SET_ITEM(kt, i++, k);
     }
-    PyObject *f = PyDict_GetItemWithError(frames, kt);
+    PyObject *f = PyDict_GetItemWithError(frames, kt); /* hashes the keys: str, whose hashes are kept */
     Py_DECREF(kt);
     if (f == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    if (!PyList_CheckExact(f) || PyList_GET_SIZE(f) != 6)
+    if (!PyList_CheckExact(f) || PyList_GET_SIZE(f) != 6 || PyDict_GET_SIZE(data) != n)
         return 0;
-    long long fid, held, nkeys, step, pos, room, base, tally, seq;
-    int overflow;
-    PyObject *framing = PyList_GET_ITEM(f, 1);
-    if (!PyLong_CheckExact(PyList_GET_ITEM(f, 0)) || !PyLong_CheckExact(PyList_GET_ITEM(f, 4)) ||
-        !PyLong_CheckExact(PyList_GET_ITEM(f, 5)) || !PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 ||
-        !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
-        return 0;
-    fid = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(f, 0), &overflow);
-    nkeys = PyLong_AsLongLong(PyList_GET_ITEM(f, 4));
-    held = PyLong_AsLongLong(PyList_GET_ITEM(f, 5));
-    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
-    step = PyLong_AsLongLongAndOverflow(step_o, &overflow);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    /* held >= 0: a write of one of its keys over the socket may not be applied yet (the Python path decides) */
-    if (overflow || held >= 0 || nkeys != n || step < 0 || fid < 0 || fid > 0xFFFFFFFFLL ||
-        size != HEAD_BYTES + 8 * n + 8)
-        return 0;
-    if (!get_ll(self->writer, s_pos, &pos) || !get_ll(self->writer, s_room, &room) ||
-        !get_ll(self->writer, s_base, &base) || !get_ll(self->writer, s_tally, &tally) ||
-        !get_ll(self->log, s_seq, &seq))
-        return PyErr_Occurred() ? -1 : 0;
-    long long end = pos + size;
-    if (end > room || pos < 0 || base + pos < WRITTEN_AT + 8)
-        return 0; /* a claim: the Python path makes it */
-    PyObject *map = PyDict_GetItemWithError(self->writer, s_map);
-    if (map == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    Py_buffer view;
-    if (PyObject_GetBuffer(map, &view, PyBUF_WRITABLE) < 0) {
-        PyErr_Clear(); /* a closed map: the Python path says so */
-        return 0;
-    }
-    if (base + end > view.len) {
-        PyBuffer_Release(&view);
-        return 0;
-    }
-    char *rec = (char *)view.buf + base + pos;
-    it = 0;
-    i = 0;
-    while (PyDict_Next(data, &it, &k, &v)) {
-        double x;
-        if (!as_double(v, self->plain, &x)) {
-            PyBuffer_Release(&view);
-            return 0;
-        }
-        memcpy(rec + HEAD_BYTES + 8 * i++, &x, 8);
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    uint32_t body = (uint32_t)(size - 16), tag = (uint32_t)((pos >> 3) & 0xFFFFFFFF);
-    uint32_t head[4] = {body, tag, (uint32_t)fid, (uint32_t)((now >> STAMP_SHIFT) & 0xFFFFFFFF)};
-    int64_t st = step;
-    uint32_t tail[2] = {tag, body};
-    memcpy(rec, head, 16);
-    memcpy(rec + 16, &st, 8);
-    memcpy(rec + size - 8, tail, 8);
-    uint64_t published = (uint64_t)end;
-    memcpy((char *)view.buf + WRITTEN_AT, &published, 8);
-    PyBuffer_Release(&view);
-    seq += 1;
-    PyObject *seq_o = PyLong_FromLongLong(seq);
-    if (seq_o == NULL || set_ll(self->writer, s_pos, end) < 0 || set_ll(self->writer, s_tally, tally + n) < 0 ||
-        PyDict_SetItem(self->log, s_seq, seq_o) < 0) {
-        Py_XDECREF(seq_o);
-        return -1;
-    }
-    PyList_SetItem(f, 2, seq_o); /* steals seq_o */
-    Py_INCREF(step_o);
-    PyList_SetItem(f, 3, step_o);
-    if (!(seq & MARK_MASK)) { /* a mark: the count of committed points stays within this many rows */
+    Py_INCREF(f);
+    int rc = write_row(self, f, data, n, step_o);
+    Py_DECREF(f);
+    if (rc == 2) { /* a mark: the count of committed points stays within this many rows */
         PyObject *r = PyObject_CallMethodNoArgs(self->owner, s_confirmed);
         if (r != NULL) {
             Py_DECREF(r);
@@ -251,8 +263,9 @@ fast_row(Rows *self, PyObject *data, PyObject *step_o)
         if (r == NULL)
             return -1;
         Py_DECREF(r);
+        rc = 1;
     }
-    return 1;
+    return rc;
 }
 
 static PyObject *
@@ -290,7 +303,8 @@ static PyTypeObject RowsType = {
 };
 
 static struct PyModuleDef fastrow_module = {
-    PyModuleDef_HEAD_INIT, "coordinator.client._fastrow", "RingLog.row's common case in C.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "coordinator.client._fastrow", "RingLog.row's common case in C.", -1, NULL, NULL, NULL, NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC

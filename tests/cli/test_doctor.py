@@ -38,3 +38,14 @@ def test_doctor_keep_keeps_the_test_write(store_dir: Path, tmp_path: Path) -> No
         import shutil
 
         shutil.rmtree(msg.removeprefix("scratch run and aggregator log kept in "), ignore_errors=True)
+
+
+def test_doctor_says_which_path_ring_rows_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.cli.doctor import row_path_line
+    from coordinator.client import rowpath
+
+    monkeypatch.delenv(rowpath.PURE_ENV, raising=False)
+    line = row_path_line()
+    assert line.startswith("ring rows: C extension built" if rowpath.built() else "ring rows: Python only (the C")
+    monkeypatch.setenv(rowpath.PURE_ENV, "1")
+    assert row_path_line() == f"ring rows: Python only ({rowpath.PURE_ENV}=1), ~1.1 µs a scalar" or not rowpath.built()
