@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from coordinator.journal.store import LocalStore, list_runs
+from tests.sigint import with_default_sigint
 
 _WORKER = Path(__file__).parent / "workers" / "ending_rank.py"
 
@@ -25,7 +26,7 @@ _WORKER = Path(__file__).parent / "workers" / "ending_rank.py"
 def _start(how: str, *args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]), RANK="0", WORLD_SIZE="1")
     p = subprocess.Popen(
-        [sys.executable, str(_WORKER), "--how", how, *args],
+        with_default_sigint([sys.executable, str(_WORKER), "--how", how, *args]),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -26,6 +26,7 @@ from coordinator.journal.paths import run_dir
 from coordinator.journal.store import MAIN_RANK, ChunkRow, LocalStore, TxnData
 from coordinator.ui.api import SUMMARY_PAGE
 from coordinator.ui.server import UiServer
+from tests.sigint import with_default_sigint
 from tests.ui._stores import RESTART_TEXT_STEP, TEXT_KEY, brute, rank_value, text, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +225,9 @@ def test_cli_prints_the_address_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C stops ``coordinator ui`` with a browser's idle connection still open (a preconnect)."""
     write_run(tmp_path, "alpha-1")
     p = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-m", "coordinator.cli", "ui", "--dir", str(tmp_path), "--port", "0"],
+        with_default_sigint(
+            [sys.executable, "-X", "faulthandler", "-m", "coordinator.cli", "ui", "--dir", str(tmp_path), "--port", "0"]
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
