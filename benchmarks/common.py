@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,6 +41,7 @@ __all__ = [
     "mib",
     "paired_change",
     "result_base",
+    "rings_on",
     "run_job",
     "task_cpu_s",
     "thread_cpu",
@@ -348,3 +350,21 @@ def exit_without_teardown(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@contextlib.contextmanager
+def rings_on() -> Iterator[None]:
+    """``COORDINATOR_RINGS=1`` while the block runs (then as it was).
+
+    ``Settings(rings=True)`` equals the default, so it does not override the environment: a run
+    started in ``COORDINATOR_RINGS=0`` (CI's socket step) would take the socket instead.
+    """
+    before = os.environ.get("COORDINATOR_RINGS")
+    os.environ["COORDINATOR_RINGS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("COORDINATOR_RINGS", None)
+        else:
+            os.environ["COORDINATOR_RINGS"] = before

@@ -27,16 +27,13 @@ pass stopped at each row of another frame with that key, one pass a row).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import coordinator
-from benchmarks.common import med
+from benchmarks.common import med, rings_on
 from coordinator.transport.ring import RingReader, RingWriter
 from coordinator.transport.ringrows import RowReader, RowWriter
 
@@ -44,24 +41,6 @@ __all__ = ["CallCosts", "main", "measure"]
 
 _SLICE = 500
 """Calls between two reads of the ring (what a drain every 50 ms would find at 10,000 calls a second)."""
-
-
-@contextlib.contextmanager
-def _rings_on() -> Iterator[None]:
-    """``COORDINATOR_RINGS=1`` while the block runs (then as it was).
-
-    ``Settings(rings=True)`` equals the default, so it does not override the environment: a run
-    started in ``COORDINATOR_RINGS=0`` (CI's socket step) would take the socket instead.
-    """
-    before = os.environ.get("COORDINATOR_RINGS")
-    os.environ["COORDINATOR_RINGS"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("COORDINATOR_RINGS", None)
-        else:
-            os.environ["COORDINATOR_RINGS"] = before
 
 
 @dataclass(slots=True)
@@ -121,7 +100,7 @@ def measure(keys: int, calls: int, directory: Path, frames: int = 1, shared: boo
     finally:
         run.stop()
     settings = coordinator.Settings(dir=directory / f"live-{keys}", ring_dir=str(directory))
-    with _rings_on():
+    with rings_on():
         run = coordinator.init_run(settings=settings)
     try:
         t = time.thread_time_ns()

@@ -32,9 +32,153 @@ typedef struct {
     PyObject *writer;   /* its RingWriter's __dict__ */
     PyObject *plain;    /* tuple of the value types a row takes besides float, int and bool */
     PyObject *fallback; /* the Python path: RingLog._row */
+    PyObject *scalars;  /* key -> its one-key frame, as found in RingLog._frames (which never replaces one) */
 } Rows;
 
 static PyObject *s_on, *s_frames, *s_seq, *s_pos, *s_room, *s_base, *s_tally, *s_map;
+
+/* A frame of the ring (RingLog._admit): [frame id, framing, last write number, last step, keys, held],
+ * indexed as the Python path's list is, its numbers kept in one struct. The C path reads and stores them
+ * without boxing: a frame the call did not touch for a while costs one cold line, not six objects'. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *framing; /* f[1]: (struct, record size, ...) from RingRows.frame */
+    long long fid, seq, step, nkeys, held; /* f[0], f[2], f[3], f[4], f[5] */
+    long long size; /* framing[1] where it is an int, else -1 (the C path then leaves the frame alone) */
+} Frame;
+
+#define FRAME_LEN 6
+
+static long long
+framing_size(PyObject *framing)
+{
+    if (!PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
+        return -1;
+    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
+    if (size == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return size;
+}
+
+static long long *
+frame_slot(Frame *f, Py_ssize_t i)
+{
+    switch (i) {
+    case 0: return &f->fid;
+    case 2: return &f->seq;
+    case 3: return &f->step;
+    case 4: return &f->nkeys;
+    case 5: return &f->held;
+    default: return NULL;
+    }
+}
+
+static Py_ssize_t
+frame_len(PyObject *Py_UNUSED(self))
+{
+    return FRAME_LEN;
+}
+
+static PyObject *
+frame_item(Frame *f, Py_ssize_t i)
+{
+    if (i < 0 || i >= FRAME_LEN) {
+        PyErr_SetString(PyExc_IndexError, "frame index out of range");
+        return NULL;
+    }
+    if (i == 1)
+        return Py_NewRef(f->framing);
+    return PyLong_FromLongLong(*frame_slot(f, i));
+}
+
+static int
+frame_ass_item(Frame *f, Py_ssize_t i, PyObject *v)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "a frame's items cannot be deleted");
+        return -1;
+    }
+    if (i < 0 || i >= FRAME_LEN) {
+        PyErr_SetString(PyExc_IndexError, "frame assignment index out of range");
+        return -1;
+    }
+    if (i == 1) {
+        Py_XSETREF(f->framing, Py_NewRef(v));
+        f->size = framing_size(v);
+        return 0;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "a frame's item %zd is an int, not %.100s", i, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v); /* past a long long: OverflowError */
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *frame_slot(f, i) = x;
+    return 0;
+}
+
+static int
+frame_init(Frame *f, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Frame() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != FRAME_LEN) {
+        PyErr_SetString(PyExc_TypeError, "Frame(fid, framing, seq, step, nkeys, held)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < FRAME_LEN; i++)
+        if (frame_ass_item(f, i, PyTuple_GET_ITEM(args, i)) < 0)
+            return -1;
+    return 0;
+}
+
+static PyObject *
+frame_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    Frame *f = (Frame *)type->tp_alloc(type, 0);
+    if (f != NULL) {
+        f->framing = Py_NewRef(Py_None);
+        f->size = -1;
+    }
+    return (PyObject *)f;
+}
+
+static void
+frame_dealloc(Frame *f)
+{
+    Py_CLEAR(f->framing);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyObject *
+frame_repr(Frame *f)
+{
+    return PyUnicode_FromFormat("Frame(%lld, %R, %lld, %lld, %lld, %lld)", f->fid, f->framing, f->seq, f->step,
+                                f->nkeys, f->held);
+}
+
+static PySequenceMethods frame_as_sequence = {
+    .sq_length = frame_len,
+    .sq_item = (ssizeargfunc)frame_item,
+    .sq_ass_item = (ssizeobjargproc)frame_ass_item,
+};
+
+static PyTypeObject FrameType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "coordinator.client._fastrow.Frame",
+    .tp_basicsize = sizeof(Frame),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Frame(fid, framing, seq, step, nkeys, held): a ring frame, indexed as RingLog's list.",
+    .tp_new = frame_new,
+    .tp_init = (initproc)frame_init,
+    .tp_dealloc = (destructor)frame_dealloc,
+    .tp_repr = (reprfunc)frame_repr,
+    .tp_as_sequence = &frame_as_sequence,
+};
 static PyObject *s_confirmed, *s_look;
 
 static int
@@ -45,6 +189,7 @@ rows_traverse(Rows *self, visitproc visit, void *arg)
     Py_VISIT(self->writer);
     Py_VISIT(self->plain);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->scalars);
     return 0;
 }
 
@@ -56,6 +201,7 @@ rows_clear(Rows *self)
     Py_CLEAR(self->writer);
     Py_CLEAR(self->plain);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->scalars);
     return 0;
 }
 
@@ -81,6 +227,13 @@ rows_init(Rows *self, PyObject *args, PyObject *Py_UNUSED(kwds))
         Py_DECREF(ld);
         return -1;
     }
+    PyObject *scalars = PyDict_New();
+    if (scalars == NULL) {
+        Py_DECREF(ld);
+        Py_DECREF(wd);
+        return -1;
+    }
+    Py_XSETREF(self->scalars, scalars);
     Py_INCREF(log);
     Py_XSETREF(self->owner, log);
     Py_XSETREF(self->log, ld);
@@ -134,24 +287,17 @@ as_double(PyObject *v, PyObject *plain, double *out)
  * (nothing changed), -1: an exception. Every object it stores is made before the record is written, so
  * that a failure cannot leave a record published with the writer's position behind it. */
 static int
-write_row(Rows *self, PyObject *f, PyObject *data, Py_ssize_t n, PyObject *step_o)
+write_row(Rows *self, Frame *f, PyObject *data, Py_ssize_t n, PyObject *step_o)
 {
-    PyObject *framing = PyList_GET_ITEM(f, 1);
-    if (!PyLong_CheckExact(PyList_GET_ITEM(f, 0)) || !PyLong_CheckExact(PyList_GET_ITEM(f, 4)) ||
-        !PyLong_CheckExact(PyList_GET_ITEM(f, 5)) || !PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 ||
-        !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
-        return 0;
-    long long fid = PyLong_AsLongLong(PyList_GET_ITEM(f, 0));
-    long long nkeys = PyLong_AsLongLong(PyList_GET_ITEM(f, 4));
-    long long held = PyLong_AsLongLong(PyList_GET_ITEM(f, 5));
-    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
     long long step = PyLong_AsLongLong(step_o);
-    if (PyErr_Occurred()) { /* past a long long: the Python path says what it is */
+    if (step == -1 && PyErr_Occurred()) { /* past a long long: the Python path says what it is */
         PyErr_Clear();
         return 0;
     }
+    long long size = f->size;
     /* held >= 0: a write of one of its keys over the socket may not be applied yet (the Python path decides) */
-    if (held >= 0 || nkeys != n || step < 0 || fid < 0 || fid > 0xFFFFFFFFLL || size != HEAD_BYTES + 8 * n + 8)
+    if (f->held >= 0 || f->nkeys != n || step < 0 || f->fid < 0 || f->fid > 0xFFFFFFFFLL ||
+        size != HEAD_BYTES + 8 * n + 8)
         return 0;
     long long pos, room, base, tally, seq;
     if (!get_ll(self->writer, s_pos, &pos) || !get_ll(self->writer, s_room, &room) ||
@@ -195,7 +341,7 @@ write_row(Rows *self, PyObject *f, PyObject *data, Py_ssize_t n, PyObject *step_
     clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     uint32_t body = (uint32_t)(size - 16), tag = (uint32_t)((pos >> 3) & 0xFFFFFFFF);
-    uint32_t head[4] = {body, tag, (uint32_t)fid, (uint32_t)((now >> STAMP_SHIFT) & 0xFFFFFFFF)};
+    uint32_t head[4] = {body, tag, (uint32_t)f->fid, (uint32_t)((now >> STAMP_SHIFT) & 0xFFFFFFFF)};
     int64_t st = step;
     uint32_t tail[2] = {tag, body};
     memcpy(rec, head, 16);
@@ -209,10 +355,8 @@ write_row(Rows *self, PyObject *f, PyObject *data, Py_ssize_t n, PyObject *step_
         rc = -1;
         goto done;
     }
-    Py_INCREF(seq_o);
-    PyList_SetItem(f, 2, seq_o);
-    Py_INCREF(step_o);
-    PyList_SetItem(f, 3, step_o);
+    f->seq = seq + 1;
+    f->step = step;
     rc = (seq + 1) & MARK_MASK ? 1 : 2;
 done:
     if (view.obj != NULL)
@@ -221,6 +365,36 @@ done:
     Py_XDECREF(tally_o);
     Py_XDECREF(seq_o);
     return rc;
+}
+
+/* `data`'s frame in `frames` (RingLog._frames, keyed by the tuple of its keys), borrowed; NULL: none (or an
+ * exception). A one-key frame is looked up by its key in `scalars` first, filled from `frames`: no tuple
+ * made, and the key found by identity, not compared through a stored tuple a paced call finds cold. */
+static PyObject *
+find_frame(Rows *self, PyObject *frames, PyObject *data, Py_ssize_t n)
+{
+    Py_ssize_t it = 0, i = 0;
+    PyObject *k, *v, *f;
+    if (n == 1) {
+        if (!PyDict_Next(data, &it, &k, &v))
+            return NULL;
+        if (PyUnicode_CheckExact(k) && ((f = PyDict_GetItemWithError(self->scalars, k)) != NULL || PyErr_Occurred()))
+            return f;
+        it = 0;
+    }
+    PyObject *kt = PyTuple_New(n);
+    if (kt == NULL)
+        return NULL;
+    while (i < n && PyDict_Next(data, &it, &k, &v)) {
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(kt, i++, k);
+    }
+    f = PyDict_GetItemWithError(frames, kt); /* hashes the keys: str, whose hashes are kept */
+    Py_DECREF(kt);
+    if (f != NULL && n == 1 && PyUnicode_CheckExact(k) && Py_TYPE(f) == &FrameType &&
+        PyDict_SetItem(self->scalars, k, f) < 0)
+        return NULL;
+    return f;
 }
 
 /* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. */
@@ -236,23 +410,13 @@ fast_row(Rows *self, PyObject *data, PyObject *step_o)
     Py_ssize_t n = PyDict_GET_SIZE(data);
     if (n == 0)
         return 0;
-    PyObject *kt = PyTuple_New(n);
-    if (kt == NULL)
-        return -1;
-    Py_ssize_t it = 0, i = 0;
-    PyObject *k, *v;
-    while (i < n && PyDict_Next(data, &it, &k, &v)) {
-        Py_INCREF(k);
-        PyTuple_SET_ITEM(kt, i++, k);
-    }
-    PyObject *f = PyDict_GetItemWithError(frames, kt); /* hashes the keys: str, whose hashes are kept */
-    Py_DECREF(kt);
+    PyObject *f = find_frame(self, frames, data, n);
     if (f == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    if (!PyList_CheckExact(f) || PyList_GET_SIZE(f) != 6 || PyDict_GET_SIZE(data) != n)
+    if (Py_TYPE(f) != &FrameType || PyDict_GET_SIZE(data) != n)
         return 0;
     Py_INCREF(f);
-    int rc = write_row(self, f, data, n, step_o);
+    int rc = write_row(self, (Frame *)f, data, n, step_o);
     Py_DECREF(f);
     if (rc == 2) { /* a mark: the count of committed points stays within this many rows */
         PyObject *r = PyObject_CallMethodNoArgs(self->owner, s_confirmed);
@@ -321,7 +485,7 @@ PyInit__fastrow(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
-    if (PyType_Ready(&RowsType) < 0)
+    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastrow_module);
     if (m == NULL)
@@ -329,6 +493,12 @@ PyInit__fastrow(void)
     Py_INCREF(&RowsType);
     if (PyModule_AddObject(m, "Rows", (PyObject *)&RowsType) < 0) {
         Py_DECREF(&RowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&FrameType);
+    if (PyModule_AddObject(m, "Frame", (PyObject *)&FrameType) < 0) {
+        Py_DECREF(&FrameType);
         Py_DECREF(m);
         return NULL;
     }

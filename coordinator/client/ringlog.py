@@ -33,7 +33,7 @@ from typing import Any
 from coordinator.client.devices import check_tensor, is_tensor
 from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
-from coordinator.client.rowpath import row_path
+from coordinator.client.rowpath import FrameRecord, row_path
 from coordinator.core.values import check_step, to_metric_value
 from coordinator.settings import RING_BYTES, Settings
 from coordinator.transport.buffer import Buffer
@@ -74,10 +74,11 @@ class RingLog:
         self._buf = buf
         self.check_numeric: Callable[[str], None] = lambda key: None
         """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
-        self._frames: dict[tuple[str, ...], list[Any]] = {}
+        self._frames: dict[tuple[str, ...], FrameRecord] = {}
         """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys, held]`` (the
         write number and step of its last row, -1 before the first; the buffer's generation of the last write of
-        one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`)."""
+        one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`). A frame, once
+        here, is never replaced or removed: the C path keeps its own index of the one-key frames."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
         self._read = False
@@ -96,14 +97,14 @@ class RingLog:
         self._marks: deque[tuple[int, int]] = deque()
         """(ring position, points written before it), one for each :meth:`confirmed` call still ahead of the reader."""
         self._marks_lock = threading.Lock()
-        self.owned: dict[str, list[list[Any]]] = {}
+        self.owned: dict[str, list[FrameRecord]] = {}
         """Keys of the key tuples admitted to the ring (:meth:`_admit`), each with those tuples' frames (not the
         tuples, hashed once per key by a held row): their steps are numbered here (:meth:`route`), not by the sender."""
         self._seq = 0
         self._heard_at = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
-        self.row = row_path(self, rows.ring, self._row)
+        self.row, self._new_frame = row_path(self, rows.ring, self._row)
         """Write a row (:meth:`_row`); its common case in C where that is built (:mod:`coordinator.client.rowpath`)."""
 
     @property
@@ -279,7 +280,7 @@ class RingLog:
         self.full += 1  # over the socket at this step: still the frame's last
         return False
 
-    def _admit(self, kt: tuple[str, ...]) -> list[Any] | None:
+    def _admit(self, kt: tuple[str, ...]) -> FrameRecord | None:
         """``kt``'s frame if its rows may go into the ring (named in the names file), else None: valid new or
         known numeric series, with no points waiting in the buffer and no policy declared on this rank (its
         claim travels over the socket), and a names file that takes the frame (not a full disk)."""
@@ -312,7 +313,7 @@ class RingLog:
                 e,
             )
             return None
-        f = self._frames[kt] = [fid, framing, -1, -1, len(kt), held]
+        f = self._frames[kt] = self._new_frame(fid, framing, -1, -1, len(kt), held)
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
             self.owned.setdefault(k, []).append(f)
         return f

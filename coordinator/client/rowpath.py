@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coordinator.client.hotpath import PLAIN
 
 if TYPE_CHECKING:
-    from coordinator.client._fastrow import Rows
+    from coordinator.client._fastrow import Frame, Rows
 
-__all__ = ["PURE_ENV", "built", "row_path"]
+__all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "row_path"]
 
 PURE_ENV = "COORDINATOR_PUREPYTHON"
 """Set to 1: every ring row takes the Python path, the extension built or not."""
@@ -28,26 +28,42 @@ PURE_ENV = "COORDINATOR_PUREPYTHON"
 Row = Callable[[dict[str, Any], int], bool]
 
 
-def _load() -> type[Rows] | None:
+class FrameRecord(Protocol):
+    """A ring frame's six items, indexed: a list on the Python path, the extension's ``Frame`` with it."""
+
+    def __getitem__(self, i: int, /) -> Any: ...
+
+    def __setitem__(self, i: int, v: Any, /) -> None: ...
+
+
+MakeFrame = Callable[[int, tuple[Any, ...], int, int, int, int], FrameRecord]
+
+
+def _list_frame(fid: int, framing: tuple[Any, ...], seq: int, step: int, nkeys: int, held: int) -> FrameRecord:
+    return [fid, framing, seq, step, nkeys, held]
+
+
+def _load() -> tuple[type[Rows], type[Frame]] | None:
     try:
-        from coordinator.client._fastrow import Rows
+        from coordinator.client._fastrow import Frame, Rows
     except ImportError:  # installed without a compiler: the Python path
         return None
-    return Rows
+    return Rows, Frame
 
 
-_ROWS = _load()
+_FAST = _load()
 
 
 def built() -> bool:
     """Whether the extension was built and imports (``coordinator doctor`` says so)."""
-    return _ROWS is not None
+    return _FAST is not None
 
 
-def row_path(log: object, writer: object, python: Row) -> Row:
-    """``python`` (a RingLog's ``_row``), or the extension's ``row`` over it: the common case in C, every other
-    call handed to ``python``. ``log`` and ``writer`` are the RingLog and its RingWriter, whose attributes the C
-    path reads and stores as ``python`` does."""
-    if _ROWS is None or os.environ.get(PURE_ENV) == "1":
-        return python
-    return _ROWS(log, writer, tuple(PLAIN - {float, int, bool}), python).row
+def row_path(log: object, writer: object, python: Row) -> tuple[Row, MakeFrame]:
+    """``python`` (a RingLog's ``_row``) and lists for frames, or the extension's ``row`` over it (the common
+    case in C, every other call handed to ``python``) and its ``Frame``. ``log`` and ``writer`` are the RingLog
+    and its RingWriter, whose attributes the C path reads and stores as ``python`` does."""
+    if _FAST is None or os.environ.get(PURE_ENV) == "1":
+        return python, _list_frame
+    rows, frame = _FAST
+    return rows(log, writer, tuple(PLAIN - {float, int, bool}), python).row, frame

@@ -45,6 +45,10 @@ def _ring_log(path: Path, capacity: int, pure: bool, monkeypatch: pytest.MonkeyP
     return rl
 
 
+class _Key(str):
+    """A key of a str subclass (equal to, and hashed as, the str): the C path does not index its frame by it."""
+
+
 def _calls() -> list[tuple[dict[str, Any], int]]:
     """Rows of every kind the C path takes and of several it hands back, at growing steps."""
     big = {f"m{i:03d}": float(i) for i in range(100)}
@@ -56,6 +60,8 @@ def _calls() -> list[tuple[dict[str, Any], int]]:
             out.append(({"n64": np.int64(s), "f64": np.float64(-s), "i32": np.int32(3)}, s))
         if s % 11 == 0:
             out.append(({**big, "m000": float(s)}, s))
+        if s % 17 == 0:
+            out.append(({_Key("loss"): s * 2.0}, s))  # a str subclass: found through the key tuple, not cached
         if s % 13 == 0:
             out.append(({"loss": 2**1100}, s))  # past a float: both hand it to the socket path
             out.append(({"loss": "text"}, s))  # not a number: the same
@@ -91,6 +97,7 @@ def test_the_c_path_writes_what_the_python_path_writes(tmp_path: Path, monkeypat
         reader = RingReader(path)
         answers = _run_calls(rl, reader, lambda i: i % 400 == 399)
         w = rl._ring
+        assert {type(f) is list for f in rl._frames.values()} == {pure}  # the C path's frames are its Frame
         frames = {kt: (f[0], f[2], f[3], f[5]) for kt, f in rl._frames.items()}
         counts = (rl.points, rl.full, rl.held, rl._seq, w.written, w._pos, len(rl._marks), frames)
         results.append((answers, counts))
@@ -104,6 +111,35 @@ def test_the_c_path_writes_what_the_python_path_writes(tmp_path: Path, monkeypat
     points, full, held, seq, written, _, marks, _ = c_counts
     assert points > 9000 and written > 5 * 16384 and held > 0 and seq > 256 and marks > 0  # laps, marks, holds
     assert full == 0  # read every 50 calls: the ring never filled
+
+
+@needs_c
+def test_a_frame_reads_and_stores_its_items_as_the_python_paths_list_does() -> None:
+    from coordinator.client._fastrow import Frame
+
+    framing = (object(), 40, 1)
+    items: list[Any] = [7, framing, -1, -1, 1, -1]
+    frame = Frame(*items)
+    assert len(frame) == 6 and list(frame) == items and frame[1] is framing and frame[-1] == -1
+    for i, v in ((2, 2**40), (3, 2**63 - 1), (5, 3), (0, 2**32 - 1)):
+        frame[i] = items[i] = v
+    assert list(frame) == items and [frame[i] for i in range(-6, 0)] == items
+    other = (None, 48, 2)
+    frame[1] = items[1] = other
+    assert frame[1] is other
+    with pytest.raises(IndexError):
+        frame[6]
+    with pytest.raises(IndexError):
+        frame[6] = 1
+    with pytest.raises(OverflowError):
+        frame[3] = 2**63  # the Python path packs a step before it stores it: no step past int64 comes here
+    with pytest.raises(TypeError):
+        frame[2] = 1.5
+    with pytest.raises(TypeError):
+        del frame[2]
+    with pytest.raises(TypeError):
+        Frame(1, framing, 2)
+    assert list(frame) == items  # a refused store changed nothing
 
 
 @needs_c
