@@ -12,8 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.ringpass import record
+
 # In CI (CI=true) a skipped test that proves a README guarantee fails the run: tests/guarantee.py.
-pytest_plugins = ["tests.guarantee"]
+pytest_plugins = ["tests.guarantee", "tests.ringpass"]
 
 # Tests count points exactly: the system-metrics sampler (on by default, every 10 s) is off unless a
 # test turns it on (tests/client/test_system.py, tests/integration/test_system_metrics.py).
@@ -70,10 +72,16 @@ def private_ring_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_rings(private_ring_dir: Path) -> Iterator[None]:
-    """Fail a test that leaves a ring behind (a closed rank's ring is removed once the aggregator read it)."""
+def no_leftover_rings(private_ring_dir: Path, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a ring behind (a closed rank's ring is removed once the aggregator read it).
+
+    Also says whether the test took a ring (tests/ringpass.py, for CI's pass over the socket): the directory's
+    modification time is set to zero first, and a ring made or removed in it moves it."""
     before = set(private_ring_dir.iterdir())
+    os.utime(private_ring_dir, ns=(0, 0))
     yield
+    if private_ring_dir.stat().st_mtime_ns != 0:
+        record(request.node.nodeid)
     left = sorted(set(private_ring_dir.iterdir()) - before)
     for p in left:
         p.unlink(missing_ok=True)

@@ -99,7 +99,9 @@ def test_top_follows_a_live_4_rank_job_and_exits_when_it_ends(tmp_path: Path) ->
             os.close(slave)
     text = _ANSI.sub("", raw.decode(errors="replace"))
     assert f"run {run_id}" in text
-    live_rows = {int(m.group(1)) for m in re.finditer(r"rank (\d)\s+live\s+0\s+\d", text)}
+    # top shows a live rank behind the others as "straggler" (on 2 loaded cores a rank can stay a step or two
+    # behind for the whole job): live all the same
+    live_rows = {int(m.group(1)) for m in re.finditer(r"rank (\d)\s+(?:live|straggler)\s+0\s+\d", text)}
     assert live_rows == {0, 1, 2, 3}, f"not every rank was shown live:\n{text[-4000:]}"
     closed_rows = {int(m.group(1)) for m in re.finditer(r"rank (\d)\s+closed\s+0\s+\d", text)}
     assert closed_rows == {0, 1, 2, 3}, text[-4000:]
