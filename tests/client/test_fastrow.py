@@ -155,6 +155,22 @@ def test_a_full_ring_hands_the_row_back_counted_as_the_python_path_does(
         rl._rows.close()
 
 
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_step_past_int64_into_a_full_ring_leaves_the_frame_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A row at a step past int64 goes to the socket path, which refuses it (ValueError at the call): with the
+    ring full too, the frame's last write and step stay those of its last row, on either path."""
+    rl = _ring_log(tmp_path / "full", 4096, pure, monkeypatch)
+    for s in range(110):
+        rl.row({"x": float(s)}, s)  # 102 fit, then the ring is full
+    f = rl._frames[("x",)]
+    before = (f[2], f[3], rl._seq, rl.full)
+    assert rl.row({"x": 1.0}, 2**63) is False
+    assert (f[2], f[3], rl._seq, rl.full) == before
+    rl._rows.close()
+
+
 @needs_c
 def test_the_c_path_stamps_each_row_with_the_time_it_was_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
