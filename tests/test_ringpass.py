@@ -62,9 +62,12 @@ def _pytest(suite: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     environ.pop(LOG_ENV, None)
     environ.update(env)
+    # The sample's own directory is its rootdir (node ids "test_sample.py::..."), wherever the checkout is: from a
+    # checkout under /tmp, pytest would take the common ancestor of the working directory and the sample (/tmp).
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", f"--rootdir={suite}"]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", str(suite), *args],
-        cwd=ROOT,
+        [*argv, str(suite), *args],
+        cwd=suite,
         env=environ,
         capture_output=True,
         text=True,
