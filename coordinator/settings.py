@@ -64,6 +64,7 @@ _NOT_SETTINGS = frozenset(
     {
         "COORDINATOR_SECRET",  # the job secret: read where it is used, never stored in a Settings
         "COORDINATOR_SECRET_FILE",
+        "COORDINATOR_PUREPYTHON",  # the ring rows' Python path with the C extension built (client/rowpath.py)
     }
 )
 """Our variables that are deliberately not :class:`Settings` fields (so not warned about)."""

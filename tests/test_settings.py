@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import coordinator
+from coordinator.client import rowpath
 from coordinator.client.deprecated import DEPRECATED_KEYWORDS
 from coordinator.settings import DEFAULTS, Settings, env_name
 from tests.untyped import bad
@@ -127,8 +128,10 @@ def test_a_literal_outside_its_choices_names_the_field() -> None:
 
 
 def test_unknown_coordinator_variables_are_warned_about_with_a_suggestion(caplog: pytest.LogCaptureFixture) -> None:
-    """A typo'd name is logged once with the closest real name; the secret variables are not settings."""
+    """A typo'd name is logged once with the closest real name; the secret variables and the switch to the
+    Python path are read elsewhere, not settings, and not warned about."""
     env = {"COORDINATOR_FLUSH_INTERVALL_S": "1", "COORDINATOR_SECRET": "x" * 20, "COORDINATOR_SECRET_FILE": "/f"}
+    env[rowpath.PURE_ENV] = "1"
     with caplog.at_level(logging.WARNING, logger="coordinator"):
         s = Settings.from_env(env)
         Settings.from_env(env)

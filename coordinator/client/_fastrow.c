@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -283,11 +284,12 @@ as_double(PyObject *v, PyObject *plain, double *out)
     return 1;
 }
 
-/* The frame `f`'s row of `data` at `step` into the ring; 1: written, 0: the Python path takes the call
- * (nothing changed), -1: an exception. Every object it stores is made before the record is written, so
- * that a failure cannot leave a record published with the writer's position behind it. */
+/* The frame `f`'s row of `data` (a dict of n values, or NULL and `one` the frame's one value) at `step` into the
+ * ring; 1: written, 0: the Python path takes the call (nothing changed), -1: an exception. Every object it
+ * stores is made before the record is written, so that a failure cannot leave a record published with the
+ * writer's position behind it. */
 static int
-write_row(Rows *self, Frame *f, PyObject *data, Py_ssize_t n, PyObject *step_o)
+write_row(Rows *self, Frame *f, PyObject *data, PyObject *one, Py_ssize_t n, PyObject *step_o)
 {
     long long step = PyLong_AsLongLong(step_o);
     if (step == -1 && PyErr_Occurred()) { /* past a long long: the Python path says what it is */
@@ -329,8 +331,14 @@ write_row(Rows *self, Frame *f, PyObject *data, Py_ssize_t n, PyObject *step_o)
     char *rec = (char *)view.buf + base + pos;
     Py_ssize_t it = 0, i = 0;
     PyObject *k, *v;
-    while (PyDict_Next(data, &it, &k, &v)) {
-        double x;
+    double x;
+    if (data == NULL) {
+        if (n != 1 || !as_double(one, self->plain, &x))
+            goto done;
+        memcpy(rec + HEAD_BYTES, &x, 8);
+        i = 1;
+    }
+    while (data != NULL && PyDict_Next(data, &it, &k, &v)) {
         if (i >= n || !as_double(v, self->plain, &x))
             goto done;
         memcpy(rec + HEAD_BYTES + 8 * i++, &x, 8);
@@ -397,6 +405,25 @@ find_frame(Rows *self, PyObject *frames, PyObject *data, Py_ssize_t n)
     return f;
 }
 
+/* write_row's answer, after the work of a mark: every MARK_MASK + 1 rows (2), the count of committed points
+ * (RingLog.confirmed) and the ring's fill (RingLog._look_at_fill), as the Python path does them. */
+static int
+marked(Rows *self, int rc)
+{
+    if (rc == 2) { /* a mark: the count of committed points stays within this many rows */
+        PyObject *r = PyObject_CallMethodNoArgs(self->owner, s_confirmed);
+        if (r != NULL) {
+            Py_DECREF(r);
+            r = PyObject_CallMethodNoArgs(self->owner, s_look);
+        }
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        rc = 1;
+    }
+    return rc;
+}
+
 /* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. */
 static int
 fast_row(Rows *self, PyObject *data, PyObject *step_o)
@@ -416,20 +443,27 @@ fast_row(Rows *self, PyObject *data, PyObject *step_o)
     if (Py_TYPE(f) != &FrameType || PyDict_GET_SIZE(data) != n)
         return 0;
     Py_INCREF(f);
-    int rc = write_row(self, (Frame *)f, data, n, step_o);
+    int rc = write_row(self, (Frame *)f, data, NULL, n, step_o);
     Py_DECREF(f);
-    if (rc == 2) { /* a mark: the count of committed points stays within this many rows */
-        PyObject *r = PyObject_CallMethodNoArgs(self->owner, s_confirmed);
-        if (r != NULL) {
-            Py_DECREF(r);
-            r = PyObject_CallMethodNoArgs(self->owner, s_look);
-        }
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-        rc = 1;
-    }
-    return rc;
+    return marked(self, rc);
+}
+
+/* The row of one key's `value` (RingLog.row({key: value}, step), as Run._append calls it), without the dict:
+ * the key's frame found in the one-key index (a frame not there yet goes to the Python path, which puts it
+ * there through fast_row). 1, 0, -1 as fast_row. */
+static int
+fast_one(Rows *self, PyObject *key, PyObject *value, PyObject *step_o)
+{
+    PyObject *on = PyDict_GetItemWithError(self->log, s_on);
+    if (on != Py_True || !PyUnicode_CheckExact(key) || !PyLong_CheckExact(step_o))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *f = PyDict_GetItemWithError(self->scalars, key);
+    if (f == NULL || Py_TYPE(f) != &FrameType)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(f);
+    int rc = write_row(self, (Frame *)f, NULL, value, 1, step_o);
+    Py_DECREF(f);
+    return marked(self, rc);
 }
 
 static PyObject *
@@ -466,6 +500,205 @@ static PyTypeObject RowsType = {
     .tp_methods = rows_methods,
 };
 
+/* Run.log (coordinator/client/run.py) for the call a Rows takes, without the interpreter: data an exact dict,
+ * step an exact int, no policy, the run's ring the one this was made for, the buffer's lock free, the run open.
+ * With `one`, Run._append (key, value, step: Handle.append's call) for the same case, without the dict.
+ * It takes the lock as the Python method's `with` would (acquire without blocking: a thread holding it sends the
+ * call to the Python method, which waits), checks `_closed` under it, and calls the Rows' row directly. Every
+ * other call, and a row the Rows hands back (a new or held frame, a claim, a full ring...), goes to the Python
+ * method, given as `fallback`, from the start: nothing is changed before it runs. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int one;            /* Run._append's call, not Run.log's */
+    PyObject *run;      /* the Run's __dict__ */
+    PyObject *ring;     /* its RingLog, as Run._ring held it when this was made */
+    Rows *rows;         /* that RingLog's Rows */
+    PyObject *acquire;  /* the buffer lock's bound acquire and release */
+    PyObject *release;
+    PyObject *fallback; /* Run.log, bound: the Python path */
+} Log;
+
+static PyObject *s_ring, *s_closed, *s_step, *s_policy, *s_acquire, *s_release;
+
+static int
+log_traverse(Log *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->run);
+    Py_VISIT(self->ring);
+    Py_VISIT(self->rows);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+log_clear(Log *self)
+{
+    Py_CLEAR(self->run);
+    Py_CLEAR(self->ring);
+    Py_CLEAR(self->rows);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+log_dealloc(Log *self)
+{
+    PyObject_GC_UnTrack(self);
+    log_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The step of a Run.log call, from its arguments; 0: a call the C path does not take (a policy, a dict
+ * subclass, no step...: the Python one answers it, a bad argument included). */
+static int
+log_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **step)
+{
+    if (nargs < 1 || nargs > 2)
+        return 0;
+    *step = nargs == 2 ? args[1] : Py_None;
+    Py_ssize_t nk = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i), *v = args[nargs + i];
+        if (name == s_step && nargs == 1)
+            *step = v;
+        else if (name != s_policy || v != Py_None) /* names are interned: another spelling takes the Python path */
+            return 0;
+    }
+    return *step != Py_None && PyDict_CheckExact(args[0]) && PyLong_CheckExact(*step);
+}
+
+/* 1: logged; 0: the Python path takes the call (nothing changed); -1: an exception. With `key` (Run._append's
+ * call), `data` is its one value. */
+static int
+fast_log(Log *self, PyObject *key, PyObject *data, PyObject *step)
+{
+    PyObject *ring = PyDict_GetItemWithError(self->run, s_ring);
+    if (ring != self->ring)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *no = Py_False;
+    PyObject *got = PyObject_Vectorcall(self->acquire, &no, 1, NULL);
+    if (got == NULL)
+        return -1;
+    Py_DECREF(got);
+    if (got != Py_True)
+        return 0; /* held by another thread: the Python path waits for it */
+    PyObject *closed = PyDict_GetItemWithError(self->run, s_closed);
+    int rc = closed != Py_False ? (PyErr_Occurred() ? -1 : 0)
+             : key != NULL      ? fast_one(self->rows, key, data, step)
+                                : fast_row(self->rows, data, step);
+    PyObject *exc_type, *exc, *tb;
+    PyErr_Fetch(&exc_type, &exc, &tb); /* the row's error, if any, survives the release */
+    PyObject *r = PyObject_CallNoArgs(self->release);
+    if (r == NULL) {
+        Py_XDECREF(exc_type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(exc_type, exc, tb);
+    return rc;
+}
+
+static PyObject *
+log_call(Log *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *step;
+    if (self->run == NULL || self->fallback == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Log() was not initialised");
+        return NULL;
+    }
+    if (self->one ? nargs == 3 && kwnames == NULL : log_args(args, nargs, kwnames, &step)) {
+        int done = self->one ? fast_log(self, args[0], args[1], args[2]) : fast_log(self, NULL, args[0], step);
+        if (done < 0)
+            return NULL;
+        if (done)
+            Py_RETURN_NONE;
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static int
+log_init(Log *self, PyObject *args, PyObject *Py_UNUSED(kwds))
+{
+    PyObject *run, *ring, *rows, *lock, *fallback;
+    int one;
+    if (!PyArg_ParseTuple(args, "OOO!OOp:Log", &run, &ring, &RowsType, &rows, &lock, &fallback, &one))
+        return -1;
+    PyObject *rd = PyObject_GenericGetDict(run, NULL);
+    if (rd == NULL)
+        return -1;
+    PyObject *acquire = PyObject_GetAttr(lock, s_acquire);
+    PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr(lock, s_release);
+    if (release == NULL) {
+        Py_DECREF(rd);
+        Py_XDECREF(acquire);
+        return -1;
+    }
+    Py_XSETREF(self->run, rd);
+    Py_XSETREF(self->ring, Py_NewRef(ring));
+    Py_XSETREF(self->rows, (Rows *)Py_NewRef(rows));
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    self->one = one;
+    return 0;
+}
+
+static PyObject *
+log_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    Log *self = (Log *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)log_call; /* not yet initialised: it raises TypeError */
+    return (PyObject *)self;
+}
+
+/* What inspect and help() read: the Python method's signature and text (inspect follows __wrapped__). */
+static PyObject *
+log_wrapped(Log *self, void *Py_UNUSED(closure))
+{
+    if (self->fallback == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "__wrapped__");
+        return NULL;
+    }
+    return Py_NewRef(self->fallback);
+}
+
+static PyObject *
+log_doc(Log *self, void *Py_UNUSED(closure))
+{
+    if (self->fallback == NULL)
+        Py_RETURN_NONE;
+    return PyObject_GetAttrString(self->fallback, "__doc__");
+}
+
+static PyGetSetDef log_getset[] = {
+    {"__wrapped__", (getter)log_wrapped, NULL, "Run.log, bound: the Python path.", NULL},
+    {"__doc__", (getter)log_doc, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LogType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "coordinator.client._fastrow.Log",
+    .tp_basicsize = sizeof(Log),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = log_new,
+    .tp_init = (initproc)log_init,
+    .tp_dealloc = (destructor)log_dealloc,
+    .tp_traverse = (traverseproc)log_traverse,
+    .tp_clear = (inquiry)log_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Log, vectorcall),
+    .tp_getset = log_getset,
+};
+
 static struct PyModuleDef fastrow_module = {
     PyModuleDef_HEAD_INIT, "coordinator.client._fastrow", "RingLog.row's common case in C.", -1, NULL, NULL, NULL, NULL,
     NULL,
@@ -480,12 +713,13 @@ PyInit__fastrow(void)
     } names[] = {
         {&s_on, "on"}, {&s_frames, "_frames"}, {&s_seq, "_seq"}, {&s_pos, "_pos"}, {&s_room, "_room"},
         {&s_base, "_base"}, {&s_tally, "tally"}, {&s_map, "map"}, {&s_confirmed, "confirmed"},
-        {&s_look, "_look_at_fill"},
+        {&s_look, "_look_at_fill"}, {&s_ring, "_ring"}, {&s_closed, "_closed"}, {&s_step, "step"},
+        {&s_policy, "policy"}, {&s_acquire, "acquire"}, {&s_release, "release"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
-    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0)
+    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0 || PyType_Ready(&LogType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastrow_module);
     if (m == NULL)
@@ -499,6 +733,12 @@ PyInit__fastrow(void)
     Py_INCREF(&FrameType);
     if (PyModule_AddObject(m, "Frame", (PyObject *)&FrameType) < 0) {
         Py_DECREF(&FrameType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LogType);
+    if (PyModule_AddObject(m, "Log", (PyObject *)&LogType) < 0) {
+        Py_DECREF(&LogType);
         Py_DECREF(m);
         return NULL;
     }

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coordinator.client.hotpath import PLAIN
 
 if TYPE_CHECKING:
-    from coordinator.client._fastrow import Frame, Rows
+    from coordinator.client._fastrow import Frame, Log, Rows
 
-__all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "row_path"]
+__all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "fast_calls", "row_path"]
 
 PURE_ENV = "COORDINATOR_PUREPYTHON"
 """Set to 1: every ring row takes the Python path, the extension built or not."""
@@ -43,12 +43,12 @@ def _list_frame(fid: int, framing: tuple[Any, ...], seq: int, step: int, nkeys: 
     return [fid, framing, seq, step, nkeys, held]
 
 
-def _load() -> tuple[type[Rows], type[Frame]] | None:
+def _load() -> tuple[type[Rows], type[Frame], type[Log]] | None:
     try:
-        from coordinator.client._fastrow import Frame, Rows
+        from coordinator.client._fastrow import Frame, Log, Rows
     except ImportError:  # installed without a compiler: the Python path
         return None
-    return Rows, Frame
+    return Rows, Frame, Log
 
 
 _FAST = _load()
@@ -65,5 +65,21 @@ def row_path(log: object, writer: object, python: Row) -> tuple[Row, MakeFrame]:
     and its RingWriter, whose attributes the C path reads and stores as ``python`` does."""
     if _FAST is None or os.environ.get(PURE_ENV) == "1":
         return python, _list_frame
-    rows, frame = _FAST
+    rows, frame, _ = _FAST
     return rows(log, writer, tuple(PLAIN - {float, int, bool}), python).row, frame
+
+
+def fast_calls(run: object, base: type, ring: object, lock: object) -> dict[str, Callable[..., None]]:
+    """The extension's ``Log`` objects for ``run`` (a ``Run`` whose ``ring``'s ``row`` is a ``Rows``': the C path
+    as ``row_path`` chose it), to put in its ``__dict__`` over the methods they stand for: ``log`` and
+    ``_append`` (``Handle.append``'s call) take the ring's common case in one C call, without the methods' frames,
+    the lock taken without blocking, and hand every other call to the method untouched. A method a subclass of
+    ``base`` (``Run``) overrides keeps its own; without the C path, none."""
+    rows = getattr(getattr(ring, "row", None), "__self__", None)
+    if _FAST is None or type(rows) is not _FAST[0]:
+        return {}
+    return {
+        name: _FAST[2](run, ring, rows, lock, getattr(run, name), name == "_append")
+        for name in ("log", "_append")
+        if getattr(type(run), name) is getattr(base, name)
+    }

@@ -29,6 +29,7 @@ from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
 from coordinator.client.ringlog import IN_RING, open_ring
+from coordinator.client.rowpath import fast_calls
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
@@ -157,6 +158,8 @@ class Run:
         self._texts.sender, self._texts.refusal = self._sender, lambda: self._closed_why if self._closed else None
         if self._ring is not None:
             self._ring.check_numeric = self._texts.check_numeric
+            # log() and append()'s ring rows in one C call where the extension was built (client/rowpath.py)
+            vars(self).update(fast_calls(self, Run, self._ring, self._buf.lock))
         if self._redact is not None:
             self._life.redacted = self._redact.count  # the redactor's, not the run's: no cycle
         if self._sender is not None:  # off the training thread; stopped by stop() before the drain
@@ -329,8 +332,7 @@ class Run:
                 raise ValueError(f"{key!r} is a series; a path is either a field or a series")
             self._keys.fields.add(key)
             b.add_fields([(key, ("artifact", record))])
-            out = field_from_wire("artifact", record)
-            self._view.fields[key] = out
+            out = self._view.fields[key] = field_from_wire("artifact", record)
         return dict(out)
 
     def _write_sys(self, items: list[tuple[str, Any]], view: Callable[[dict[str, Any]], None]) -> None:
@@ -363,8 +365,7 @@ class Run:
             wait: first ``wait()`` for this rank's own calls.
             timeout: seconds for each step.
 
-        After ``sync()``, ``fetch()`` sees every write the aggregator had committed when it
-        received the request; writes other ranks make later need another ``sync()``.
+        ``fetch()`` then sees what the aggregator had committed at the request; later writes need another ``sync()``.
         """
         if wait:
             self.wait(timeout)
@@ -412,12 +413,11 @@ class Run:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
         self._life.ending.mark_exception(ev)
-        if et is None:
-            self.stop()
-            return
         try:
             self.stop()
         except CoordinatorError as e:  # the user's exception is the one to see; ours is attached
+            if et is None:
+                raise
             _log.error("run %s: stop() after an exception also failed: %s", self.id, e)
             if ev is not None:
                 ev.add_note(f"coordinator: stopping the run also failed: {e}")

@@ -222,7 +222,9 @@ def test_with_copies_steps_the_sender_numbers_are_copied_and_a_field_is_cut_once
     if field:
         assert 5 <= cuts <= 15, cuts  # about one a kill window (10 in the second), not one a check
     else:
-        assert cuts <= 3 and copied >= 10, (cuts, copied)  # the 1 s grid's flushes; a copy every ~50 ms
+        # the 1 s grid's flushes and a copy every ~50 ms; on a loaded machine a copy made late is a cut or two
+        # more (4 in a stress run), where a cut every kill window would be ~10
+        assert cuts <= 5 and copied >= 10, (cuts, copied)
     [info] = [i for i in list_runs(store_dir) if i.name == name]
     st = LocalStore(info.path / "run.db", readonly=True)
     try:
