@@ -10,6 +10,11 @@
  * interpreter. Nothing is written or changed before every check passed, but the record's bytes
  * past the published position, which no reader looks at until they are published.
  *
+ * Log stands for Run.log and Run._append (coordinator/client/run.py; Handle.append's call) in a run's
+ * __dict__: the same common case reached without the methods' frames, under the buffer's lock taken without
+ * blocking, every other call handed to the method (tests/client/test_fastcalls.py holds the two to the same
+ * answers and stored points).
+ *
  * Built when a compiler is at hand (an optional extension: pyproject.toml); without it the ring
  * takes the Python path for every row (tests/client/test_fastrow.py holds the two to the same
  * records).

@@ -5,8 +5,11 @@ extension, built at install where a C compiler is at hand (optional: pyproject.t
 frequent case in one call: a dict of plain numbers whose frame is in the ring, not held, with room
 before the writer's next claim (~0.3 µs a scalar row against ~1.1 in Python). It writes the same
 record and stores the same attributes, and hands every other call to the Python method
-(tests/client/test_fastrow.py holds the two to the same records). ``COORDINATOR_PUREPYTHON=1`` (read
-as a ring is opened) keeps every row on the Python path.
+(tests/client/test_fastrow.py holds the two to the same records). :func:`fast_calls` goes one call further:
+the extension's ``Log`` stands in a run's ``__dict__`` for ``Run.log`` and ``Run._append`` (``Handle.append``'s
+call) and reaches that case without the methods' frames, the buffer's lock taken without blocking
+(tests/client/test_fastcalls.py: the same answers and stored points). ``COORDINATOR_PUREPYTHON=1`` (read as a
+ring is opened) keeps every row, and every call, on the Python path.
 """
 
 from __future__ import annotations
