@@ -25,7 +25,7 @@ from coordinator.client.run import Run
 from coordinator.journal.store import LocalStore, list_runs
 from tests.untyped import bad
 
-pytestmark = [pytest.mark.usefixtures("ring_path")]
+pytestmark = [pytest.mark.usefixtures("ring_path", "store_dir")]  # each run in the test's own store
 needs_c = pytest.mark.skipif(not rowpath.built(), reason="the C extension was not built (no compiler at install)")
 
 
@@ -204,7 +204,7 @@ def test_an_error_inside_the_c_call_leaves_the_lock_free(monkeypatch: pytest.Mon
             for s in range(1, 600):
                 run.log({"x": float(s)}, step=s)
         assert not run._buf.lock.locked()
-        monkeypatch.undo()
+        monkeypatch.delattr(run._ring, "_look_at_fill")  # the method again
         run.log({"x": 1_000.0}, step=1_000)
         run.wait(30)
 
