@@ -10,10 +10,11 @@
  * interpreter. Nothing is written or changed before every check passed, but the record's bytes
  * past the published position, which no reader looks at until they are published.
  *
- * Log stands for Run.log and Run._append (coordinator/client/run.py; Handle.append's call) in a run's
- * __dict__: the same common case reached without the methods' frames, under the buffer's lock taken without
- * blocking, every other call handed to the method (tests/client/test_fastcalls.py holds the two to the same
- * answers and stored points).
+ * Log stands for Run.log and Run._append (coordinator/client/run.py) in a run's __dict__: the same common case
+ * reached without the methods' frames, under the buffer's lock taken without blocking, every other call handed to
+ * the method. Method stands in a class for Handle.append (coordinator/client/handle.py), which reaches it through
+ * the run's Log, and for Run.__getitem__'s lookup of a handle (tests/client/test_fastcalls.py holds each to the
+ * same answers and stored points as the Python methods).
  *
  * Built when a compiler is at hand (an optional extension: pyproject.toml); without it the ring
  * takes the Python path for every row (tests/client/test_fastrow.py holds the two to the same
@@ -21,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -507,21 +509,23 @@ static PyTypeObject RowsType = {
 
 /* Run.log (coordinator/client/run.py) for the call a Rows takes, without the interpreter: data an exact dict,
  * step an exact int, no policy, the run's ring the one this was made for, the buffer's lock free, the run open.
- * With `one`, Run._append (key, value, step: Handle.append's call) for the same case, without the dict.
+ * As APPEND, Run._append (key, value, step: Handle.append's call) for the same case, without the dict.
  * It takes the lock as the Python method's `with` would (acquire without blocking: a thread holding it sends the
  * call to the Python method, which waits), checks `_closed` under it, and calls the Rows' row directly. Every
  * other call, and a row the Rows hands back (a new or held frame, a claim, a full ring...), goes to the Python
  * method, given as `fallback`, from the start: nothing is changed before it runs. */
+enum { LOG, APPEND };
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    int one;            /* Run._append's call, not Run.log's */
+    int call;           /* which method it stands for: LOG or APPEND */
     PyObject *run;      /* the Run's __dict__ */
     PyObject *ring;     /* its RingLog, as Run._ring held it when this was made */
     Rows *rows;         /* that RingLog's Rows */
     PyObject *acquire;  /* the buffer lock's bound acquire and release */
     PyObject *release;
-    PyObject *fallback; /* Run.log, bound: the Python path */
+    PyObject *fallback; /* the method, bound: the Python path */
 } Log;
 
 static PyObject *s_ring, *s_closed, *s_step, *s_policy, *s_acquire, *s_release;
@@ -558,10 +562,10 @@ log_dealloc(Log *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The step of a Run.log call, from its arguments; 0: a call the C path does not take (a policy, a dict
- * subclass, no step...: the Python one answers it, a bad argument included). */
+/* The step of a Run.log or Handle.append call (both (x, step=None, *, policy=None)), from its arguments; 0: a
+ * call the C path does not take (a policy, no step...: the Python one answers it, a bad argument included). */
 static int
-log_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **step)
+call_step(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **step)
 {
     if (nargs < 1 || nargs > 2)
         return 0;
@@ -574,7 +578,7 @@ log_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **
         else if (name != s_policy || v != Py_None) /* names are interned: another spelling takes the Python path */
             return 0;
     }
-    return *step != Py_None && PyDict_CheckExact(args[0]) && PyLong_CheckExact(*step);
+    return PyLong_CheckExact(*step);
 }
 
 /* 1: logged; 0: the Python path takes the call (nothing changed); -1: an exception. With `key` (Run._append's
@@ -619,13 +623,17 @@ log_call(Log *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
         PyErr_SetString(PyExc_TypeError, "Log() was not initialised");
         return NULL;
     }
-    if (self->one ? nargs == 3 && kwnames == NULL : log_args(args, nargs, kwnames, &step)) {
-        int done = self->one ? fast_log(self, args[0], args[1], args[2]) : fast_log(self, NULL, args[0], step);
-        if (done < 0)
-            return NULL;
-        if (done)
-            Py_RETURN_NONE;
+    int done = 0;
+    if (self->call == APPEND) {
+        if (nargs == 3 && kwnames == NULL)
+            done = fast_log(self, args[0], args[1], args[2]);
     }
+    else if (call_step(args, nargs, kwnames, &step) && PyDict_CheckExact(args[0]))
+        done = fast_log(self, NULL, args[0], step);
+    if (done < 0)
+        return NULL;
+    if (done)
+        Py_RETURN_NONE;
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
 }
 
@@ -652,7 +660,7 @@ log_init(Log *self, PyObject *args, PyObject *Py_UNUSED(kwds))
     Py_XSETREF(self->acquire, acquire);
     Py_XSETREF(self->release, release);
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
-    self->one = one;
+    self->call = one ? APPEND : LOG;
     return 0;
 }
 
@@ -685,7 +693,7 @@ log_doc(Log *self, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef log_getset[] = {
-    {"__wrapped__", (getter)log_wrapped, NULL, "Run.log, bound: the Python path.", NULL},
+    {"__wrapped__", (getter)log_wrapped, NULL, "The method it stands for, bound: the Python path.", NULL},
     {"__doc__", (getter)log_doc, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -704,6 +712,216 @@ static PyTypeObject LogType = {
     .tp_getset = log_getset,
 };
 
+/* A method whose common case is one C call, standing in its class for the Python function it is made of (rowpath's
+ * c_method decorator): a method descriptor (called with the instance first; read from an instance, bound), which
+ * hands every call it does not take to that function, untouched.
+ *   ITEM, Run.__getitem__: the handle of a path already asked for (run._handles[path]), without the frame.
+ *   HANDLE_APPEND, Handle.append: the ring's common case through its run's Log of Run._append (an exact int step,
+ *   no policy, a value that is not a str, which is a text's); a run without that Log: the function. */
+enum { ITEM, HANDLE_APPEND };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int kind;           /* ITEM or HANDLE_APPEND */
+    PyObject *func;     /* the Python function: every other call */
+    PyObject *cls;      /* HANDLE_APPEND: the class whose slots _run and _path are at these offsets; NULL until */
+    Py_ssize_t run_at;  /* the first call */
+    Py_ssize_t path_at;
+} Method;
+
+static PyObject *s_handles, *s_run_attr, *s_path_attr, *s_append_attr;
+
+/* The handle `run` made for `path` (a new reference), or NULL: not made yet, or not a Run as this reads one (the
+ * function answers; an error only from a key's own __eq__). */
+static PyObject *
+known_handle(PyObject *run, PyObject *path)
+{
+    if (!PyUnicode_CheckExact(path))
+        return NULL;
+    PyObject *d = PyObject_GenericGetDict(run, NULL);
+    if (d == NULL) {
+        PyErr_Clear(); /* no __dict__: the function says what is wrong */
+        return NULL;
+    }
+    PyObject *handles = PyDict_GetItemWithError(d, s_handles);
+    PyObject *h = handles != NULL && PyDict_CheckExact(handles) ? PyDict_GetItemWithError(handles, path) : NULL;
+    Py_XINCREF(h);
+    Py_DECREF(d);
+    return h;
+}
+
+/* The offset of `cls`'s object slot `name` (a member descriptor of __slots__), or -1. */
+static Py_ssize_t
+slot_at(PyTypeObject *cls, PyObject *name)
+{
+    PyObject *d = _PyType_Lookup(cls, name);
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type)
+        return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    return m->type == T_OBJECT_EX ? m->offset : -1;
+}
+
+/* Handle.append's common case for `handle` (its slots _run and _path), through the run's Log of Run._append: 1, 0
+ * (the function takes the call), -1 as fast_log. */
+static int
+handle_append(Method *self, PyObject *handle, PyObject *value, PyObject *step)
+{
+    PyTypeObject *cls = Py_TYPE(handle);
+    if (self->cls != (PyObject *)cls) { /* the first call, or another class: where its slots are */
+        Py_ssize_t run_at = slot_at(cls, s_run_attr), path_at = slot_at(cls, s_path_attr);
+        if (run_at < 0 || path_at < 0)
+            return 0; /* not a Handle as this reads one: the function says what is wrong */
+        Py_XSETREF(self->cls, Py_NewRef(cls));
+        self->run_at = run_at;
+        self->path_at = path_at;
+    }
+    PyObject *run = *(PyObject **)((char *)handle + self->run_at);
+    PyObject *path = *(PyObject **)((char *)handle + self->path_at);
+    if (run == NULL || path == NULL || !PyUnicode_CheckExact(path))
+        return 0;
+    PyObject *d = PyObject_GenericGetDict(run, NULL);
+    if (d == NULL) {
+        PyErr_Clear(); /* a run without a __dict__: the function says what is wrong */
+        return 0;
+    }
+    PyObject *log = PyDict_GetItemWithError(d, s_append_attr);
+    int rc = PyErr_Occurred() ? -1 : 0;
+    if (log != NULL && Py_TYPE(log) == &LogType && ((Log *)log)->call == APPEND) {
+        Py_INCREF(log); /* held, as is the path: the mark inside runs Python code */
+        Py_INCREF(path);
+        rc = fast_log((Log *)log, path, value, step);
+        Py_DECREF(path);
+        Py_DECREF(log);
+    }
+    Py_DECREF(d);
+    return rc;
+}
+
+static PyObject *
+method_call(Method *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Method() was not initialised");
+        return NULL;
+    }
+    if (self->kind == ITEM && nargs == 2 && kwnames == NULL) {
+        PyObject *h = known_handle(args[0], args[1]);
+        if (h != NULL || PyErr_Occurred())
+            return h;
+    }
+    else if (self->kind == HANDLE_APPEND && nargs >= 2) {
+        PyObject *step;
+        if (call_step(args + 1, nargs - 1, kwnames, &step) && !PyUnicode_CheckExact(args[1])) {
+            int done = handle_append(self, args[0], args[1], step);
+            if (done < 0)
+                return NULL;
+            if (done)
+                Py_RETURN_NONE;
+        }
+    }
+    return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
+}
+
+static int
+method_init(Method *self, PyObject *args, PyObject *Py_UNUSED(kwds))
+{
+    const char *kind;
+    PyObject *func;
+    if (!PyArg_ParseTuple(args, "sO:Method", &kind, &func))
+        return -1;
+    if (strcmp(kind, "item") != 0 && strcmp(kind, "append") != 0) {
+        PyErr_Format(PyExc_ValueError, "Method kind %s: not 'item' or 'append'", kind);
+        return -1;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "Method() takes a function");
+        return -1;
+    }
+    self->kind = strcmp(kind, "item") == 0 ? ITEM : HANDLE_APPEND;
+    Py_XSETREF(self->func, Py_NewRef(func));
+    return 0;
+}
+
+static PyObject *
+method_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    Method *self = (Method *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)method_call;
+    return (PyObject *)self;
+}
+
+static int
+method_traverse(Method *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->func);
+    Py_VISIT(self->cls);
+    return 0;
+}
+
+static int
+method_clear(Method *self)
+{
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->cls);
+    return 0;
+}
+
+static void
+method_dealloc(Method *self)
+{
+    PyObject_GC_UnTrack(self);
+    method_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Read from an instance: bound to it, as a function would be. */
+static PyObject *
+method_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+/* The function's own name, text and signature (inspect follows __wrapped__), for help() and documentation. */
+static PyObject *
+method_attr(Method *self, void *closure)
+{
+    if (self->func == NULL) {
+        PyErr_SetString(PyExc_AttributeError, (const char *)closure);
+        return NULL;
+    }
+    const char *name = closure;
+    return strcmp(name, "__wrapped__") == 0 ? Py_NewRef(self->func) : PyObject_GetAttrString(self->func, name);
+}
+
+static PyGetSetDef method_getset[] = {
+    {"__wrapped__", (getter)method_attr, NULL, "The Python function: every call this does not take.", "__wrapped__"},
+    {"__doc__", (getter)method_attr, NULL, NULL, "__doc__"},
+    {"__name__", (getter)method_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)method_attr, NULL, NULL, "__qualname__"},
+    {"__module__", (getter)method_attr, NULL, NULL, "__module__"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "coordinator.client._fastrow.Method",
+    .tp_basicsize = sizeof(Method),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = method_new,
+    .tp_init = (initproc)method_init,
+    .tp_dealloc = (destructor)method_dealloc,
+    .tp_traverse = (traverseproc)method_traverse,
+    .tp_clear = (inquiry)method_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Method, vectorcall),
+    .tp_descr_get = method_get,
+    .tp_getset = method_getset,
+};
+
 static struct PyModuleDef fastrow_module = {
     PyModuleDef_HEAD_INIT, "coordinator.client._fastrow", "RingLog.row's common case in C.", -1, NULL, NULL, NULL, NULL,
     NULL,
@@ -719,12 +937,14 @@ PyInit__fastrow(void)
         {&s_on, "on"}, {&s_frames, "_frames"}, {&s_seq, "_seq"}, {&s_pos, "_pos"}, {&s_room, "_room"},
         {&s_base, "_base"}, {&s_tally, "tally"}, {&s_map, "map"}, {&s_confirmed, "confirmed"},
         {&s_look, "_look_at_fill"}, {&s_ring, "_ring"}, {&s_closed, "_closed"}, {&s_step, "step"},
-        {&s_policy, "policy"}, {&s_acquire, "acquire"}, {&s_release, "release"},
+        {&s_policy, "policy"}, {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_handles, "_handles"},
+        {&s_run_attr, "_run"}, {&s_path_attr, "_path"}, {&s_append_attr, "_append"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
-    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0 || PyType_Ready(&LogType) < 0)
+    if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0 || PyType_Ready(&LogType) < 0 ||
+        PyType_Ready(&MethodType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastrow_module);
     if (m == NULL)
@@ -744,6 +964,12 @@ PyInit__fastrow(void)
     Py_INCREF(&LogType);
     if (PyModule_AddObject(m, "Log", (PyObject *)&LogType) < 0) {
         Py_DECREF(&LogType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MethodType);
+    if (PyModule_AddObject(m, "Method", (PyObject *)&MethodType) < 0) {
+        Py_DECREF(&MethodType);
         Py_DECREF(m);
         return NULL;
     }

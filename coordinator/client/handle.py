@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from coordinator.client import frames
+from coordinator.client.rowpath import c_method
 from coordinator.client.tags import change_tags, tag_args, view_tags
 from coordinator.client.view import LocalView
 from coordinator.core.tags import TAGS_PATH
@@ -75,6 +76,7 @@ class Handle:
     def __setitem__(self, sub: str, value: object) -> None:
         self._run[f"{self._path}/{sub}"] = value
 
+    @c_method("append")  # its common case in one C call with the extension (client/rowpath.py)
     def append(self, value: object, step: int | None = None, *, policy: str | None = None) -> None:
         """Append one point to this series (hot path; see :meth:`Run.log`).
 

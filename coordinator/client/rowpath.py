@@ -6,24 +6,26 @@ frequent case in one call: a dict of plain numbers whose frame is in the ring, n
 before the writer's next claim (~0.3 µs a scalar row against ~1.1 in Python). It writes the same
 record and stores the same attributes, and hands every other call to the Python method
 (tests/client/test_fastrow.py holds the two to the same records). :func:`fast_calls` goes one call further:
-the extension's ``Log`` stands in a run's ``__dict__`` for ``Run.log`` and ``Run._append`` (``Handle.append``'s
-call) and reaches that case without the methods' frames, the buffer's lock taken without blocking
-(tests/client/test_fastcalls.py: the same answers and stored points). ``COORDINATOR_PUREPYTHON=1`` (read as a
-ring is opened) keeps every row, and every call, on the Python path.
+the extension's ``Log`` stands in a run's ``__dict__`` for ``Run.log`` and ``Run._append``, and
+:func:`c_method` in their classes for ``Handle.append`` (through the run's ``Log``) and ``Run.__getitem__``'s
+lookup of a handle: ``run[key].append(x, step=s)`` reaches that case without a Python frame, the buffer's lock
+taken without blocking (tests/client/test_fastcalls.py: the same answers and stored points).
+``COORDINATOR_PUREPYTHON=1`` keeps every row, and every call, on the Python path (read as a ring is opened, and
+by :func:`c_method` as the client is imported).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from coordinator.client.hotpath import PLAIN
 
 if TYPE_CHECKING:
-    from coordinator.client._fastrow import Frame, Log, Rows
+    from coordinator.client._fastrow import Frame, Log, Method, Rows
 
-__all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "fast_calls", "row_path"]
+__all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "c_method", "fast_calls", "row_path"]
 
 PURE_ENV = "COORDINATOR_PUREPYTHON"
 """Set to 1: every ring row takes the Python path, the extension built or not."""
@@ -46,12 +48,12 @@ def _list_frame(fid: int, framing: tuple[Any, ...], seq: int, step: int, nkeys: 
     return [fid, framing, seq, step, nkeys, held]
 
 
-def _load() -> tuple[type[Rows], type[Frame], type[Log]] | None:
+def _load() -> tuple[type[Rows], type[Frame], type[Log], type[Method]] | None:
     try:
-        from coordinator.client._fastrow import Frame, Log, Rows
+        from coordinator.client._fastrow import Frame, Log, Method, Rows
     except ImportError:  # installed without a compiler: the Python path
         return None
-    return Rows, Frame, Log
+    return Rows, Frame, Log, Method
 
 
 _FAST = _load()
@@ -68,7 +70,7 @@ def row_path(log: object, writer: object, python: Row) -> tuple[Row, MakeFrame]:
     and its RingWriter, whose attributes the C path reads and stores as ``python`` does."""
     if _FAST is None or os.environ.get(PURE_ENV) == "1":
         return python, _list_frame
-    rows, frame, _ = _FAST
+    rows, frame, _, _ = _FAST
     return rows(log, writer, tuple(PLAIN - {float, int, bool}), python).row, frame
 
 
@@ -86,3 +88,24 @@ def fast_calls(run: object, base: type, ring: object, lock: object) -> dict[str,
         for name in ("log", "_append")
         if getattr(type(run), name) is getattr(base, name)
     }
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def c_method(kind: Literal["item", "append"]) -> Callable[[F], F]:
+    """A decorator: the method it decorates as the extension's ``Method`` over it, where the extension is built.
+
+    ``"item"`` is for ``Run.__getitem__``: a path's handle already made is returned from ``run._handles`` in C.
+    ``"append"`` is for ``Handle.append``: the ring's common case (a value that is not a ``str``, an exact int
+    step, no policy) goes through the handle's run's ``Log`` for ``Run._append`` (:func:`fast_calls`). Every other
+    call goes to the function, untouched; read from an instance it is bound, as the function would be, and
+    ``inspect``, ``help()`` see the function's signature and text. A run without that ``Log`` (no ring,
+    ``COORDINATOR_PUREPYTHON=1`` at its start) gets the function for every ``append``."""
+
+    def make(fn: F) -> F:
+        if _FAST is None or os.environ.get(PURE_ENV) == "1":
+            return fn
+        return cast(F, _FAST[3](kind, fn))
+
+    return make

@@ -29,7 +29,7 @@ from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
 from coordinator.client.ringlog import IN_RING, open_ring
-from coordinator.client.rowpath import fast_calls
+from coordinator.client.rowpath import c_method, fast_calls
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
 from coordinator.client.supervision import OwnedAggregator
@@ -293,9 +293,9 @@ class Run:
 
     # ------------------------------------------------------------------ fields
 
+    @c_method("item")  # a handle already made: returned in C with the extension (client/rowpath.py)
     def __getitem__(self, path: str) -> Handle:
-        h = self._handles.get(path)
-        if h is None:
+        if (h := self._handles.get(path)) is None:
             check_key(path, "path")
             h = self._handles[path] = Handle(self, path)
         return h

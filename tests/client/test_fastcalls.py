@@ -1,8 +1,9 @@
-"""``log()`` and ``append()`` in one C call (``_fastrow.Log``, :func:`coordinator.client.rowpath.fast_calls`).
+"""``log()`` and ``append()`` in one C call (``_fastrow.Log``, ``_fastrow.Method``: :mod:`coordinator.client.rowpath`).
 
-With the extension and a ring, a run's ``log`` and ``_append`` (``Handle.append``'s call) are ``Log`` objects in
-its ``__dict__``: they take the ring's common case, the buffer's lock taken without blocking, and hand every
-other call to the methods. Here the same calls, good and bad, go through a run with them and one without
+With the extension and a ring, a run's ``log`` and ``_append`` are ``Log`` objects in its ``__dict__``, and
+``Handle.append`` and ``Run.__getitem__`` are ``Method`` objects in their classes (``append`` through the run's
+``Log``): they take the ring's common case, the buffer's lock taken without blocking, and hand every other call
+to the methods. Here the same calls, good and bad, go through a run with them and one without
 (``COORDINATOR_PUREPYTHON=1``): every answer and every stored point must be the same, a call that finds the
 lock held must wait for it, threads logging at once must each store every point once, and an error inside the
 C call must leave the lock free.
@@ -11,6 +12,7 @@ C call must leave the lock free.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import threading
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 import coordinator
 from coordinator.client import rowpath
+from coordinator.client.handle import Handle
 from coordinator.client.run import Run
 from coordinator.journal.store import LocalStore, list_runs
 from tests.untyped import bad
@@ -31,6 +34,10 @@ needs_c = pytest.mark.skipif(not rowpath.built(), reason="the C extension was no
 
 class _Data(dict[str, Any]):
     """A dict subclass: the C call hands it to ``Run.log``."""
+
+
+class _Text(str):
+    """A str subclass: not a text for ``Handle.append`` (its class is not ``str``), nor a number."""
 
 
 def _start(name: str, pure: bool, monkeypatch: pytest.MonkeyPatch) -> Run:
@@ -72,6 +79,11 @@ def _calls(run: Run) -> list[str]:
             out.append(_answer(run.log, {"nostep": float(s)}))
             out.append(_answer(run["auto"].append, float(s)))
             out.append(_answer(run.log, {"p": float(s)}, step=s, policy="max"))
+            out.append(_answer(run["h"].append, float(s), step=s + 2_000, policy=None))
+            out.append(_answer(run["q"].append, float(s), s, policy="min"))
+            out.append(_answer(run["text"].append, f"line {s}", step=s))
+            out.append(_answer(run["h"].append, value=float(s), step=s + 3_000))
+            out.append(_answer(run["flag"].append, bool(s & 2), step=s))
     out.append(_answer(run.log, {"loss": "x"}, step=700))
     out.append(_answer(run.log, {"loss": 1.0}, step=-1))
     out.append(_answer(run.log, {"loss": 1.0}, step=2**63))
@@ -85,6 +97,10 @@ def _calls(run: Run) -> list[str]:
     out.append(_answer(run["h"].append, 2**2000, step=704))
     out.append(_answer(run["h"].append, 1.0, step=bad(1.5)))
     out.append(_answer(run["h"].append, "text", step=705))
+    out.append(_answer(run["h"].append, _Text("1.0"), step=706))
+    out.append(_answer(run["h"].append, 1.0, 707, 708))
+    out.append(_answer(run["h"].append, 1.0, step=708, policy="max"))
+    out.append(_answer(run["text"].append, 1.0, step=709))
     return out
 
 
@@ -94,6 +110,18 @@ def test_a_run_with_rings_logs_and_appends_through_the_c_call(monkeypatch: pytes
         assert type(run.log).__name__ == "Log" and type(run._append).__name__ == "Log"
         assert inspect.signature(run.log) == inspect.signature(Run.log.__get__(run))
         assert run.log.__doc__ == Run.log.__doc__
+        h = run["k"]
+        assert run["k"] is h and run.__getitem__("k") is h and Run.__getitem__(run, "k") is h
+
+        class Sub(Handle):
+            __slots__ = ()
+
+        before = run.stats()["ring_points"]
+        h.append(1.0, step=0)
+        Handle.append(h, 2.0, 1)
+        h.append(3.0, step=2, policy=None)
+        Sub(run, "k").append(4.0, step=3)  # the same slots, found again for the subclass
+        assert run.stats()["ring_points"] == before + 4
     with _start("fast-types-pure", True, monkeypatch) as run:
         assert "log" not in vars(run) and "_append" not in vars(run)
 
@@ -115,6 +143,32 @@ def test_a_method_a_subclass_overrides_keeps_its_own(monkeypatch: pytest.MonkeyP
 
 
 @needs_c
+@pytest.mark.skipif(os.environ.get(rowpath.PURE_ENV) == "1", reason="COORDINATOR_PUREPYTHON=1 at import: the functions")
+def test_the_handle_methods_stand_in_their_classes() -> None:
+    """``Handle.append`` and ``Run.__getitem__`` are the extension's ``Method`` over the functions: bound when read
+    from an instance, with the functions' names, texts and signatures; a bad ``Method`` is refused."""
+    from coordinator.client._fastrow import Method
+
+    for cls, name in ((Handle, "append"), (Run, "__getitem__")):
+        m = vars(cls)[name]
+        assert type(m) is Method and m.__name__ == name and m.__qualname__ == f"{cls.__name__}.{name}"
+        assert m.__doc__ == m.__wrapped__.__doc__ and m.__module__ == cls.__module__
+        assert inspect.signature(m) == inspect.signature(m.__wrapped__)
+    h = Handle(bad(None), "k")
+    assert h.append.__self__ is h and inspect.signature(h.append) == inspect.signature(
+        Handle.append.__wrapped__.__get__(h)
+    )
+    with pytest.raises(AttributeError):  # not a run: the function says so
+        h.append(1.0, step=0)
+    with pytest.raises(ValueError, match="not 'item' or 'append'"):
+        Method("row", print)
+    with pytest.raises(TypeError, match="takes a function"):
+        Method("item", 3)
+    with pytest.raises(TypeError, match="not initialised"):
+        Method.__new__(Method)(1, 2)
+
+
+@needs_c
 def test_the_c_call_answers_and_stores_what_the_methods_do(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     answers, stored = [], []
     for pure in (False, True):
@@ -130,7 +184,7 @@ def test_the_c_call_answers_and_stores_what_the_methods_do(store_dir: Path, monk
         stored.append(_stored(store_dir, name))
         assert ring_points > 2_000, ring_points  # the ring took the common case on both paths
     assert answers[0] == answers[1]
-    assert "ok" in answers[0] and sum(a != "ok" for a in answers[0]) == 15
+    assert "ok" in answers[0] and sum(a != "ok" for a in answers[0]) == 19, [a for a in answers[0] if a != "ok"]
     assert stored[0] == stored[1]
     assert stored[0]["h"][:3] == [(0, 0.0), (1, 1.0), (2, 2.0)] and len(stored[0]["loss"]) == 600
 
