@@ -772,9 +772,9 @@ handle_append(Method *self, PyObject *handle, PyObject *value, PyObject *step)
         Py_ssize_t run_at = slot_at(cls, s_run_attr), path_at = slot_at(cls, s_path_attr);
         if (run_at < 0 || path_at < 0)
             return 0; /* not a Handle as this reads one: the function says what is wrong */
-        Py_XSETREF(self->cls, Py_NewRef(cls));
-        self->run_at = run_at;
+        self->run_at = run_at; /* before the class: the old one's release may run another thread's call */
         self->path_at = path_at;
+        Py_XSETREF(self->cls, Py_NewRef(cls));
     }
     PyObject *run = *(PyObject **)((char *)handle + self->run_at);
     PyObject *path = *(PyObject **)((char *)handle + self->path_at);
