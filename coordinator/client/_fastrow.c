@@ -24,6 +24,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -45,22 +46,23 @@ typedef struct {
 
 static PyObject *s_on, *s_frames, *s_seq, *s_pos, *s_room, *s_base, *s_tally, *s_map;
 
-/* A frame of the ring (RingLog._admit): [frame id, framing, last write number, last step, keys, held],
+/* A frame of the ring (RingLog._admit): [frame id, framing, last write number, last step, keys, held, solo],
  * indexed as the Python path's list is, its numbers kept in one struct. The C path reads and stores them
  * without boxing: a frame the call did not touch for a while costs one cold line, not six objects'. */
 typedef struct {
     PyObject_HEAD
     PyObject *framing; /* f[1]: (struct, record size, ...) from RingRows.frame */
-    long long fid, seq, step, nkeys, held; /* f[0], f[2], f[3], f[4], f[5] */
+    long long fid, seq, step, nkeys, held, solo; /* f[0], f[2], f[3], f[4], f[5], f[6] */
     long long size; /* framing[1] where it is an int, else -1 (the C path then leaves the frame alone) */
 } Frame;
 
-#define FRAME_LEN 6
+#define FRAME_LEN 7
 
 static long long
 framing_size(PyObject *framing)
 {
-    if (!PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
+    if (!PyTuple_CheckExact(framing) || PyTuple_GET_SIZE(framing) != 3 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(framing, 1)))
         return -1;
     long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(framing, 1));
     if (size == -1 && PyErr_Occurred()) {
@@ -79,6 +81,7 @@ frame_slot(Frame *f, Py_ssize_t i)
     case 3: return &f->step;
     case 4: return &f->nkeys;
     case 5: return &f->held;
+    case 6: return &f->solo;
     default: return NULL;
     }
 }
@@ -136,7 +139,7 @@ frame_init(Frame *f, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != FRAME_LEN) {
-        PyErr_SetString(PyExc_TypeError, "Frame(fid, framing, seq, step, nkeys, held)");
+        PyErr_SetString(PyExc_TypeError, "Frame(fid, framing, seq, step, nkeys, held, solo)");
         return -1;
     }
     for (Py_ssize_t i = 0; i < FRAME_LEN; i++)
@@ -166,8 +169,8 @@ frame_dealloc(Frame *f)
 static PyObject *
 frame_repr(Frame *f)
 {
-    return PyUnicode_FromFormat("Frame(%lld, %R, %lld, %lld, %lld, %lld)", f->fid, f->framing, f->seq, f->step,
-                                f->nkeys, f->held);
+    return PyUnicode_FromFormat("Frame(%lld, %R, %lld, %lld, %lld, %lld, %lld)", f->fid, f->framing, f->seq, f->step,
+                                f->nkeys, f->held, f->solo);
 }
 
 static PySequenceMethods frame_as_sequence = {
@@ -180,7 +183,7 @@ static PyTypeObject FrameType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "coordinator.client._fastrow.Frame",
     .tp_basicsize = sizeof(Frame),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Frame(fid, framing, seq, step, nkeys, held): a ring frame, indexed as RingLog's list.",
+    .tp_doc = "Frame(fid, framing, seq, step, nkeys, held, solo): a ring frame, indexed as RingLog's list.",
     .tp_new = frame_new,
     .tp_init = (initproc)frame_init,
     .tp_dealloc = (destructor)frame_dealloc,
@@ -294,12 +297,16 @@ as_double(PyObject *v, PyObject *plain, double *out)
 /* The frame `f`'s row of `data` (a dict of n values, or NULL and `one` the frame's one value) at `step` into the
  * ring; 1: written, 0: the Python path takes the call (nothing changed), -1: an exception. Every object it
  * stores is made before the record is written, so that a failure cannot leave a record published with the
- * writer's position behind it. */
+ * writer's position behind it. A `step` of None (a call without one) is the step after the frame's last row,
+ * where that row is its keys' last write: the frame solo (none of its keys in another), not held (no write over
+ * the socket since), with a row; as RingLog.route numbers it. Any other frame: the Python path numbers it. */
 static int
 write_row(Rows *self, Frame *f, PyObject *data, PyObject *one, Py_ssize_t n, PyObject *step_o)
 {
-    long long step = PyLong_AsLongLong(step_o);
-    if (step == -1 && PyErr_Occurred()) { /* past a long long: the Python path says what it is */
+    long long step;
+    if (step_o == Py_None)
+        step = f->solo == 1 && f->seq >= 0 && f->step >= 0 && f->step < LLONG_MAX ? f->step + 1 : -1;
+    else if ((step = PyLong_AsLongLong(step_o)) == -1 && PyErr_Occurred()) { /* past a long long: Python says */
         PyErr_Clear();
         return 0;
     }
@@ -431,12 +438,13 @@ marked(Rows *self, int rc)
     return rc;
 }
 
-/* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. */
+/* 1: the row is written; 0: the Python path takes the call (nothing changed); -1: an exception. A `step_o` of
+ * None: a call without a step (write_row). */
 static int
 fast_row(Rows *self, PyObject *data, PyObject *step_o)
 {
     PyObject *on = PyDict_GetItemWithError(self->log, s_on);
-    if (on != Py_True || !PyDict_CheckExact(data) || !PyLong_CheckExact(step_o))
+    if (on != Py_True || !PyDict_CheckExact(data) || (step_o != Py_None && !PyLong_CheckExact(step_o)))
         return PyErr_Occurred() ? -1 : 0;
     PyObject *frames = PyDict_GetItemWithError(self->log, s_frames);
     if (frames == NULL || !PyDict_CheckExact(frames))
@@ -462,7 +470,7 @@ static int
 fast_one(Rows *self, PyObject *key, PyObject *value, PyObject *step_o)
 {
     PyObject *on = PyDict_GetItemWithError(self->log, s_on);
-    if (on != Py_True || !PyUnicode_CheckExact(key) || !PyLong_CheckExact(step_o))
+    if (on != Py_True || !PyUnicode_CheckExact(key) || (step_o != Py_None && !PyLong_CheckExact(step_o)))
         return PyErr_Occurred() ? -1 : 0;
     PyObject *f = PyDict_GetItemWithError(self->scalars, key);
     if (f == NULL || Py_TYPE(f) != &FrameType)
@@ -480,7 +488,7 @@ rows_row(Rows *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "row() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    int done = fast_row(self, args[0], args[1]);
+    int done = args[1] == Py_None ? 0 : fast_row(self, args[0], args[1]); /* RingLog.row takes a step */
     if (done < 0)
         return NULL;
     if (done)
@@ -508,7 +516,8 @@ static PyTypeObject RowsType = {
 };
 
 /* Run.log (coordinator/client/run.py) for the call a Rows takes, without the interpreter: data an exact dict,
- * step an exact int, no policy, the run's ring the one this was made for, the buffer's lock free, the run open.
+ * step an exact int or None (write_row numbers a call without one), no policy, the run's ring the one this was
+ * made for, the buffer's lock free, the run open.
  * As APPEND, Run._append (key, value, step: Handle.append's call) for the same case, without the dict.
  * It takes the lock as the Python method's `with` would (acquire without blocking: a thread holding it sends the
  * call to the Python method, which waits), checks `_closed` under it, and calls the Rows' row directly. Every
@@ -562,8 +571,9 @@ log_dealloc(Log *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The step of a Run.log or Handle.append call (both (x, step=None, *, policy=None)), from its arguments; 0: a
- * call the C path does not take (a policy, no step...: the Python one answers it, a bad argument included). */
+/* The step of a Run.log or Handle.append call (both (x, step=None, *, policy=None)), from its arguments: an exact
+ * int, or None (no step); 0: a call the C path does not take (a policy...: the Python one answers it, a bad
+ * argument included). */
 static int
 call_step(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **step)
 {
@@ -578,7 +588,7 @@ call_step(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *
         else if (name != s_policy || v != Py_None) /* names are interned: another spelling takes the Python path */
             return 0;
     }
-    return PyLong_CheckExact(*step);
+    return *step == Py_None || PyLong_CheckExact(*step);
 }
 
 /* 1: logged; 0: the Python path takes the call (nothing changed); -1: an exception. With `key` (Run._append's
@@ -716,8 +726,8 @@ static PyTypeObject LogType = {
  * c_method decorator): a method descriptor (called with the instance first; read from an instance, bound), which
  * hands every call it does not take to that function, untouched.
  *   ITEM, Run.__getitem__: the handle of a path already asked for (run._handles[path]), without the frame.
- *   HANDLE_APPEND, Handle.append: the ring's common case through its run's Log of Run._append (an exact int step,
- *   no policy, a value that is not a str, which is a text's); a run without that Log: the function. */
+ *   HANDLE_APPEND, Handle.append: the ring's common case through its run's Log of Run._append (an exact int step
+ *   or none, no policy, a value that is not a str, which is a text's); a run without that Log: the function. */
 enum { ITEM, HANDLE_APPEND };
 
 typedef struct {

@@ -170,12 +170,14 @@ def log_slow(
     cols: dict[str, Column],
     new_column: Callable[[str], Column],
     dev: DeviceScalars,
+    steps: dict[str, int] | None = None,
 ) -> None:
     """Validate every key and value of a ``log()`` call (raising the precise error), then append all or nothing.
 
     The error raised is the user's alone: nothing internal chained to it (e.g. ``float()``
     failing inside ``to_metric_value``). The step is checked here too: the hot path's own check
-    takes any non-negative int, and one past int64 fails only when it is appended.
+    takes any non-negative int, and one past int64 fails only when it is appended. With ``steps``
+    (a call without a step whose keys the ring numbers apart), each key goes at its own (-1: the sender's).
     """
     try:
         if step >= 0:
@@ -194,7 +196,7 @@ def log_slow(
                 dev.defer(k, v, c[0], c[1])  # checked above: cannot raise now
             else:
                 c[1].append(clean[k])
-            c[0].append(step)
+            c[0].append(step if steps is None else steps[k])
     except BaseException:  # a signal's exception (Ctrl-C): keep the columns paired
         unpair(cols, data, dev)
         raise

@@ -35,21 +35,18 @@ from coordinator.client.hotpath import PLAIN
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.rowpath import FrameRecord, row_path
 from coordinator.core.values import check_step, to_metric_value
-from coordinator.settings import RING_BYTES, Settings
 from coordinator.transport.buffer import Buffer
-from coordinator.transport.ring import RingWriter
-from coordinator.transport.ringplace import SHM, boot_id, left_rings, no_room, place_ring, unread_bytes
+from coordinator.transport.ringplace import boot_id, unread_bytes
 from coordinator.transport.ringrows import STAMP_SHIFT, RowWriter, names_path
 
-__all__ = ["IN_RING", "RingLog", "open_ring"]
+__all__ = ["IN_RING", "RingLog"]
 
 _log = logging.getLogger("coordinator")
 
 IN_RING = -2
 """:meth:`RingLog.route`'s answer for a call written into the ring."""
-SMALLEST_RING = 1 << 20
-"""The smallest a default-sized ring is made in a short ``/dev/shm`` (:func:`open_ring`): 1 MiB holds ~1,200 rows
-of 100 keys, 25 s of a 100-key dict at 50 steps/s."""
+SPLIT = -3
+""":meth:`RingLog.route`'s answer for a call without a step whose keys take steps of their own (``RingLog.steps``)."""
 _CHECKED = PLAIN - {int}
 """Value types that need no check (an int may be past a float's range)."""
 _MARK_MASK = 255
@@ -60,7 +57,7 @@ class RingLog:
     """The training thread's side of the rank's ring; used under the buffer's lock.
 
     Args:
-        rows: the ring, made by :func:`open_ring`.
+        rows: the ring, made by :func:`~coordinator.client.ringopen.open_ring`.
         keys: the run's key registry (a frame's keys are checked and registered once, as series).
         buf: the run's buffer (a key with points waiting there keeps its order: it goes there).
     """
@@ -75,10 +72,12 @@ class RingLog:
         self.check_numeric: Callable[[str], None] = lambda key: None
         """Raises for a key that is a text series (the run's text appender's, set once it exists)."""
         self._frames: dict[tuple[str, ...], FrameRecord] = {}
-        """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys, held]`` (the
+        """Per key tuple admitted to the ring: ``[frame id, row framing, write number, step, keys, held, solo]`` (the
         write number and step of its last row, -1 before the first; the buffer's generation of the last write of
-        one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`). A frame, once
-        here, is never replaced or removed: the C path keeps its own index of the one-key frames."""
+        one of its keys over the socket while that may be unacknowledged, else -1: see :meth:`row`; 1 while none of
+        its keys is in another frame). A frame, once here, is never replaced or removed: the C path keeps its own
+        index of the one-key frames, and numbers a call without a step of a solo frame whose last row is its keys'
+        last write (not held) after that row, as :meth:`route` would."""
         self.on = False
         """Set by a WELCOME that says the aggregator reads the ring (sender thread)."""
         self._read = False
@@ -104,6 +103,11 @@ class RingLog:
         self._heard_at = 0
         self._key_at: dict[str, tuple[int, int]] = {}
         """Per owned key: (write number, step) of its last write outside a row (a tensor, a scalar's append)."""
+        self.numbered: Callable[[str], int] = lambda key: -1
+        """The sender's last step of a key (its ``StepNumbering.last``, set with the sender): where a key the sender
+        numbered continues once the ring numbers it."""
+        self.steps: dict[str, int] = {}
+        """Per key, the step of the last call :meth:`route` answered :data:`SPLIT` (-1: the sender numbers it)."""
         self.row, self._new_frame = row_path(self, rows.ring, self._row)
         """Write a row (:meth:`_row`); its common case in C where that is built (:mod:`coordinator.client.rowpath`)."""
 
@@ -172,41 +176,60 @@ class RingLog:
 
     def route(self, data: dict[str, Any], step: int, policy: str | None) -> int:
         """Where a ``log()`` or ``append()`` call goes that :meth:`row` did not take (the caller tries it first
-        for a call at a step without a policy, one call less on the hot path): :data:`IN_RING` (written), or
-        the step for the socket path (-1: the sender numbers it).
+        for a call at a step without a policy, one call less on the hot path): :data:`IN_RING` (written), the
+        step for the socket path (-1: the sender numbers it), or :data:`SPLIT`: over the socket, each key at its
+        own step (:attr:`steps`).
 
-        A call without a step that writes owned keys gets its step here (their last step + 1, as the
-        sender would number it; then into the ring if it can): an owned key's steps are known here only.
+        A call without a step is numbered here where every key's last step is known here and the same (an owned
+        key's, or one the sender has numbered every point of: :meth:`_last`), as the sender would number it, and
+        goes into the ring if it can: its keys are owned from then on. A call without a step that writes owned keys
+        whose last steps differ, or beside keys the sender numbers, is :data:`SPLIT`: each key continues from its
+        own last step, as the sender numbers the keys of a dict whose keys were last logged apart.
 
         Raises:
-            ValueError: a call without a step whose owned keys' last steps differ, or that writes owned
-                keys beside others (their steps would differ: give the step).
             TypeError, ValueError: a call that writes an owned key, checked here as the socket path
                 would before its step counts as the key's last (nothing of it kept).
         """
         owned = self.owned
+        if step < 0 and policy is None and self.on and (last := self._shared_last(data)) is not None:
+            step = last + 1
+            if self.row(data, step):
+                return IN_RING
         if not owned or owned.keys().isdisjoint(data):
             return step
         self._check(data, step)
-        if step < 0:
-            lasts = [self._last_step(k) for k in data if k in owned]
-            if len(lasts) != len(data) or len(set(lasts)) != 1:
-                raise ValueError(
-                    f"log() without a step of keys {sorted(k for k in data if k in owned)[:5]} written at explicit "
-                    "steps with Settings.rings, whose last steps differ (or beside keys that were not): give the "
-                    "step, or log them one by one"
-                )
-            step = lasts[0] + 1
-            if policy is None and self.row(data, step):
-                return IN_RING
+        steps = {k: -1 if k not in owned or (x := self._last(k)) is None else x + 1 for k in data} if step < 0 else {}
+        if len(set(steps.values())) == 1:  # one step for every key (-1: the sender numbers them all)
+            step = steps.popitem()[1]
+            steps = {}
         self._seq += 1
-        at, gen = (self._seq, step), self._buf.gen
+        seq, gen = self._seq, self._buf.gen
         for k in data:
             if (frames := owned.get(k)) is not None:
-                self._key_at[k] = at
+                if (at := steps.get(k, step)) >= 0:
+                    self._key_at[k] = (seq, at)
                 for f in frames:  # its rows wait behind this write (row())
                     f[5] = gen
+        if steps:
+            self.steps = steps
+            return SPLIT
         return step
+
+    def _shared_last(self, data: dict[str, Any]) -> int | None:
+        """The last step every key of ``data`` has (:meth:`_last`), or None: one is not known here, their last steps
+        differ, or a key not owned yet would not be a row's (a policy of its own, whose claim travels over the
+        socket; a value a row does not take, a tensor: its writes keep going over the socket, numbered there)."""
+        policies, owned = self._keys.policies, self.owned
+        last = None
+        for k, v in data.items():
+            if type(k) is not str or (k not in owned and (k in policies or v.__class__ not in PLAIN)):
+                return None
+            if (x := self._last(k)) is None:
+                return None
+            if last is not None and x != last:
+                return None
+            last = x
+        return last
 
     def _check(self, data: dict[str, Any], step: int) -> None:
         """Raise what the socket path would for a bad key, value or step of ``data`` (a call that writes an owned
@@ -225,13 +248,24 @@ class RingLog:
                 else:
                     to_metric_value(k, v)  # an int past a float raises too
 
-    def _last_step(self, key: str) -> int:
-        """The step of ``key``'s last write (rows and others), for numbering the next."""
+    def _last(self, key: str) -> int | None:
+        """The step of ``key``'s last write where it is known here, for numbering the next; None: the sender numbers it.
+
+        Known for an owned key written since (a row, or a write over the socket at a step), and for a key the
+        sender has numbered every point of: none in the buffer, every generation cut before acknowledged (numbered
+        before it was sent), so its last step (a resumed rank's from the WELCOME, which came before the ring was
+        written) cannot move. An owned key not written since it was owned is numbered as before: by the sender.
+        """
         best = self._key_at.get(key, (-1, -1))
-        for f in self.owned[key]:
+        for f in self.owned.get(key, ()):
             if f[2] > best[0]:
                 best = (f[2], f[3])
-        return best[1]
+        if best[0] >= 0:
+            return best[1]
+        b = self._buf
+        if key in b.framed or ((c := b.cols.get(key)) is not None and c[0]):
+            return None
+        return self.numbered(key) if b.acked_gen >= b.gen - 1 or key not in self._keys.series else None
 
     def _row(self, data: dict[str, Any], step: int) -> bool:
         """Write ``data`` (checked by the caller: a dict) at ``step`` (>= 0) into the ring; False: the
@@ -250,12 +284,9 @@ class RingLog:
             f = self._admit(kt)
             if f is None:
                 return False
-        held = f[5]
-        if held >= 0:  # a write of one of its keys over the socket may not be applied yet: go behind it
-            if held > self._buf.acked_gen:
-                self.held += PLAIN.issuperset(map(type, data.values()))  # a row, not a tensor's write
-                return False
-            f[5] = -1
+        if f[5] > self._buf.acked_gen:  # a write of one of its keys over the socket may not be applied yet: behind it
+            self.held += PLAIN.issuperset(map(type, data.values()))  # a row, not a tensor's write
+            return False
         try:
             if f[4] == 1:  # a scalar: its value checked alone, packed without argument tuples
                 v = data[kt[0]]
@@ -270,6 +301,7 @@ class RingLog:
                 return False
         except (struct.error, OverflowError, ValueError):
             return False  # an int past a float, a step past int64: the socket path says which
+        f[5] = -1  # only now: a refused row leaves the frame behind its keys' last write (the C path's numbering)
         f[2] = seq = self._seq = self._seq + 1
         f[3] = step
         if written:
@@ -313,9 +345,12 @@ class RingLog:
                 e,
             )
             return None
-        f = self._frames[kt] = self._new_frame(fid, framing, -1, -1, len(kt), held)
+        owned = self.owned
+        f = self._frames[kt] = self._new_frame(fid, framing, -1, -1, len(kt), held, int(owned.keys().isdisjoint(kt)))
         for k in kt:  # its keys are numbered here from now on (a frame without a row yet says nothing)
-            self.owned.setdefault(k, []).append(f)
+            for other in owned.setdefault(k, []):
+                other[6] = 0  # a key in two frames: neither's last row alone says where it is
+            owned[k].append(f)
         return f
 
     def _look_at_fill(self) -> None:
@@ -394,57 +429,3 @@ class RingLog:
         self._confirmed = self.points
         path.unlink(missing_ok=True)
         names_path(path).unlink(missing_ok=True)
-
-
-def open_ring(
-    settings: Settings,
-    live: bool,
-    name: str,
-    spool_root: str | None,
-    keys: KeyRegistry,
-    buf: Buffer,
-) -> RingLog | None:
-    """With ``settings.rings`` and a ``live`` run (an aggregator that may read the ring: async, on
-    rank 0's node as the launcher places the rank), make the rank's ring of ``settings.ring_bytes``,
-    ``coordinator-<name>.ring`` (``name``: the run, the rank, its incarnation) in ``settings.ring_dir``, or
-    ``/dev/shm``, else the run's spool directory, and its :class:`RingLog`. None otherwise, with a warning where
-    no directory has room for it. At the default size, a ``/dev/shm`` without room for it takes a smaller ring
-    first (down to :data:`SMALLEST_RING`)."""
-    if not (settings.rings and live):
-        return None
-    capacity = settings.ring_bytes
-    name = f"coordinator-{name}.ring"
-    dirs = [Path(settings.ring_dir)] if settings.ring_dir else [SHM] + ([Path(spool_root)] if spool_root else [])
-    shrink = capacity == RING_BYTES and not settings.ring_dir
-    try:
-        if spool_root:
-            os.makedirs(spool_root, exist_ok=True)
-        d, size = place_ring(capacity, dirs, smallest=SMALLEST_RING if shrink else None)
-        rows = RowWriter(RingWriter(d / name, size))
-    except (OSError, ValueError) as e:
-        _log.warning("no ring %s (%s); every row goes over the socket", name, e)
-        return None
-    if d != dirs[0]:
-        _say_on_disk(d, dirs[0], capacity)
-    elif size < capacity:
-        _log.info(
-            "rank's ring in %s is %d MiB, not %d: a larger one does not fit (a ring asks 4 times its size free, and "
-            "a smaller one leaves half of the file system free)",
-            d,
-            size >> 20,
-            capacity >> 20,
-        )
-    return RingLog(rows, keys, buf)
-
-
-def _say_on_disk(d: Path, shm: Path, capacity: int) -> None:
-    """Warn that the rank's ring went to ``d`` (its spool directory) because ``shm`` had no room, naming the
-    rings that jobs which died left there: they are what usually fills a container's 64 MiB."""
-    left = left_rings([shm])
-    taken = (
-        f"; {len(left)} ring(s) that ended jobs left there take {sum(r.bytes for r in left) / 2**20:.0f} MiB "
-        "(`coordinator rings --remove` deletes them)"
-        if left
-        else ""
-    )
-    _log.warning("rank's ring is in %s, not in %s (%s)%s", d, shm, no_room(shm, capacity), taken)

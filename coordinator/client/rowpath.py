@@ -34,18 +34,20 @@ Row = Callable[[dict[str, Any], int], bool]
 
 
 class FrameRecord(Protocol):
-    """A ring frame's six items, indexed: a list on the Python path, the extension's ``Frame`` with it."""
+    """A ring frame's seven items, indexed: a list on the Python path, the extension's ``Frame`` with it."""
 
     def __getitem__(self, i: int, /) -> Any: ...
 
     def __setitem__(self, i: int, v: Any, /) -> None: ...
 
 
-MakeFrame = Callable[[int, tuple[Any, ...], int, int, int, int], FrameRecord]
+MakeFrame = Callable[[int, tuple[Any, ...], int, int, int, int, int], FrameRecord]
 
 
-def _list_frame(fid: int, framing: tuple[Any, ...], seq: int, step: int, nkeys: int, held: int) -> FrameRecord:
-    return [fid, framing, seq, step, nkeys, held]
+def _list_frame(
+    fid: int, framing: tuple[Any, ...], seq: int, step: int, nkeys: int, held: int, solo: int
+) -> FrameRecord:
+    return [fid, framing, seq, step, nkeys, held, solo]
 
 
 def _load() -> tuple[type[Rows], type[Frame], type[Log], type[Method]] | None:
@@ -98,9 +100,9 @@ def c_method(kind: Literal["item", "append"]) -> Callable[[F], F]:
 
     ``"item"`` is for ``Run.__getitem__``: a path's handle already made is returned from ``run._handles`` in C.
     ``"append"`` is for ``Handle.append``: the ring's common case (a value that is not a ``str``, an exact int
-    step, no policy) goes through the handle's run's ``Log`` for ``Run._append`` (:func:`fast_calls`). Every other
-    call goes to the function, untouched; read from an instance it is bound, as the function would be, and
-    ``inspect``, ``help()`` see the function's signature and text. A run without that ``Log`` (no ring,
+    step or none, no policy) goes through the handle's run's ``Log`` for ``Run._append`` (:func:`fast_calls`).
+    Every other call goes to the function, untouched; read from an instance it is bound, as the function would be,
+    and ``inspect``, ``help()`` see the function's signature and text. A run without that ``Log`` (no ring,
     ``COORDINATOR_PUREPYTHON=1`` at its start) gets the function for every ``append``."""
 
     def make(fn: F) -> F:

@@ -28,7 +28,8 @@ from coordinator.client.hotpath import NOTHING_YET, as_dict, log_frame, log_slow
 from coordinator.client.keys import KeyRegistry
 from coordinator.client.lifecycle import Lifecycle
 from coordinator.client.redaction import Redactor
-from coordinator.client.ringlog import IN_RING, open_ring
+from coordinator.client.ringlog import IN_RING, SPLIT
+from coordinator.client.ringopen import open_ring
 from coordinator.client.rowpath import c_method, fast_calls
 from coordinator.client.sending import start_sender
 from coordinator.client.steps import StepNumbering
@@ -108,9 +109,8 @@ class Run:
             )
         self._sender: SenderThread | None = None
         live = self.mode == "async" and endpoint is not None and placement.beside_rank0
-        self._ring = open_ring(
-            settings, live, f"{run_id}-{self.rank}-{self.incarnation}", spool_root, self._keys, self._buf
-        )
+        ring_name = f"{run_id}-{self.rank}-{self.incarnation}"
+        self._ring = open_ring(settings, live, ring_name, spool_root, self._keys, self._buf)
         if self.mode in ("async", "sync", "offline"):
             self._sender = start_sender(
                 settings,
@@ -177,17 +177,15 @@ class Run:
         """Log several metrics at one step.
 
         Args:
-            data: metric key -> value (number, bool, numpy scalar, 1-element tensor). A tensor
-                is kept as a snapshot and read on the sender thread: a CUDA loss does not make
-                ``log()`` wait for the GPU.
+            data: metric key -> value (number, bool, numpy scalar, 1-element tensor). A tensor is kept as a
+                snapshot and read on the sender thread: a CUDA loss does not make ``log()`` wait for the GPU.
             step: non-negative int shared by every key; omitted: per key, the previous step + 1 (like ``append()``).
-            policy: cross-rank reduction for these keys, overriding the ``policies`` globs of
-                ``init_run`` (``mean``, ``sum``, ``min``, ``max``, ``rank0``, ``per_rank``,
-                ``all``). A key keeps the policy it was first logged with; a different one later
-                raises ``ValueError``.
+            policy: cross-rank reduction for these keys, overriding the ``policies`` globs of ``init_run``
+                (``mean``, ``sum``, ``min``, ``max``, ``rank0``, ``per_rank``, ``all``). A key keeps the policy it
+                was first logged with; a different one later raises ``ValueError``.
 
-        Non-blocking: validates and appends to an in-memory buffer; blocks only when the
-        rank's buffer (``max_buffer_points``) is full. Thread-safe.
+        Non-blocking: validates and appends to an in-memory buffer; blocks only when the rank's buffer
+        (``max_buffer_points``) is full. Thread-safe.
 
         Raises:
             TypeError: a non-numeric value, a non-str key, a non-int step.
@@ -211,6 +209,10 @@ class Run:
                 return  # one record in the ring the aggregator reads (client/ringlog.py)
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
+            if step == SPLIT and r is not None:  # no step, keys numbered apart: each at its own (client/ringlog.py)
+                log_slow(d, -1, self._keys, b.cols, self._new_column, self._dev, r.steps)
+                b.pending += len(d)
+                return
             if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys, self._dev):
                 b.pending += len(d)
                 return
@@ -359,13 +361,12 @@ class Run:
         self._delivery.wait(timeout)
 
     def sync(self, wait: bool = False, timeout: float | None = 60.0) -> None:
-        """Refresh this rank's view with what every rank wrote (fields, last values, rank states).
+        """Refresh this rank's view with what every rank wrote (fields, last values, rank states). ``fetch()`` then
+        sees what the aggregator had committed at the request; later writes need another ``sync()``.
 
         Args:
             wait: first ``wait()`` for this rank's own calls.
             timeout: seconds for each step.
-
-        ``fetch()`` then sees what the aggregator had committed at the request; later writes need another ``sync()``.
         """
         if wait:
             self.wait(timeout)
@@ -423,9 +424,8 @@ class Run:
                 ev.add_note(f"coordinator: stopping the run also failed: {e}")
 
     def stop(self, timeout: float | None = None) -> None:
-        """Drain, say goodbye, and release everything (idempotent).
-
-        Rank 0 returns last: it waits until the aggregator finished the run. One deadline for all.
+        """Drain, say goodbye, and release everything (idempotent). Rank 0 returns last: it waits until the
+        aggregator finished the run. One deadline for all.
 
         Args:
             timeout: seconds for the whole stop (default ``close_timeout_s`` of the settings).

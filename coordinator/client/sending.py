@@ -85,6 +85,7 @@ def start_sender(
     if ring is not None:
         ring.offer_in(cfg.hello)
         numbering.on_welcome = ring.welcome
+        ring.numbered = numbering.last  # where a key the sender numbered continues once the ring numbers it
         cfg.heard = ring.heard
         # While rows come, wake every 5 heartbeats, at most a sixth of the liveness timeout: a rank whose rows
         # stop then PINGs well before the aggregator would give it up.

@@ -118,19 +118,19 @@ def test_a_frame_reads_and_stores_its_items_as_the_python_paths_list_does() -> N
     from coordinator.client._fastrow import Frame
 
     framing = (object(), 40, 1)
-    items: list[Any] = [7, framing, -1, -1, 1, -1]
+    items: list[Any] = [7, framing, -1, -1, 1, -1, 1]
     frame = Frame(*items)
-    assert len(frame) == 6 and list(frame) == items and frame[1] is framing and frame[-1] == -1
-    for i, v in ((2, 2**40), (3, 2**63 - 1), (5, 3), (0, 2**32 - 1)):
+    assert len(frame) == 7 and list(frame) == items and frame[1] is framing and frame[-2] == -1 and frame[-1] == 1
+    for i, v in ((2, 2**40), (3, 2**63 - 1), (5, 3), (0, 2**32 - 1), (6, 0)):
         frame[i] = items[i] = v
-    assert list(frame) == items and [frame[i] for i in range(-6, 0)] == items
+    assert list(frame) == items and [frame[i] for i in range(-7, 0)] == items
     other = (None, 48, 2)
     frame[1] = items[1] = other
     assert frame[1] is other
     with pytest.raises(IndexError):
-        frame[6]
+        frame[7]
     with pytest.raises(IndexError):
-        frame[6] = 1
+        frame[7] = 1
     with pytest.raises(OverflowError):
         frame[3] = 2**63  # the Python path packs a step before it stores it: no step past int64 comes here
     with pytest.raises(TypeError):

@@ -104,6 +104,7 @@ def test_plain_bools_and_ints_are_framed_as_floats_and_steps_none_continue_after
     }
 
 
+@pytest.mark.usefixtures("socket_path")  # with a ring, these dicts are its rows (tests/client/test_ringsteps.py)
 def test_dicts_logged_without_a_step_are_framed_and_each_key_numbered_as_if_logged_alone(store_dir: Path) -> None:
     """A dict without a step is a frame row the sender numbers once for all its keys; where the keys were last
     logged at different steps (one appended alone), the frame goes per key and each continues from its own."""

@@ -35,12 +35,12 @@ def test_dicts_at_steps_go_through_the_ring_everything_else_over_the_socket_all_
         assert path.parent == Path("/dev/shm") or path.parent.parent.name == "spool", path  # no room: the spool
         for s in range(300):
             run.log({"a": float(s), "b": s, "c": np.float32(0.5)}, step=s)  # ring
-        run.log({"n": 1.0})  # no step: numbered by the sender, over the socket
+        run.log({"n": 1.0})  # no step, a new key: numbered here (0, as the sender would), a row
         run.log({"p": 2.0}, step=0, policy="sum")  # a policy's claim travels over the socket
         run["t"].append("text", step=0)
         run["f"] = 3
         run["a"].append(300.0, step=300)  # an append at a step: a row of its own
-        assert run.stats()["ring_points"] == 901
+        assert run.stats()["ring_points"] == 902
         run.wait(30)
         s = open_store(store_dir)  # wait() returned: every call before it is in the store, ring rows too
         try:
@@ -55,8 +55,8 @@ def test_dicts_at_steps_go_through_the_ring_everything_else_over_the_socket_all_
     s = open_store(store_dir)
     try:
         rep = s.run_info().report
-        assert rep is not None and rep["ring_points"] == 901 and rep["ring_errors"] == 0
-        assert rep["per_rank"]["0"]["ring_points"] == 901 and rep["per_rank"]["0"]["ring_full"] == 0
+        assert rep is not None and rep["ring_points"] == 902 and rep["ring_errors"] == 0
+        assert rep["per_rank"]["0"]["ring_points"] == 902 and rep["per_rank"]["0"]["ring_full"] == 0
         assert len(s.values("a", MAIN_RANK)) == 301
     finally:
         s.close()
@@ -251,24 +251,22 @@ def test_an_owned_keys_writes_without_a_step_continue_after_its_last_step_as_the
         run["a"].append(20.0, step=20)
         run["a"].append(21.0)  # 21
         run.log({"b": 1.0})  # b's last step was 9: 10
-        with pytest.raises(ValueError, match="give the step"):
-            run.log({"a": 1.0, "b": 1.0})  # two owned keys without a step: their last steps differ (21, 10)
-        with pytest.raises(ValueError, match="give the step"):
-            run.log({"b": 1.0, "new": 1.0})  # an owned key beside one the sender would number
+        run.log({"a": 22.0, "b": 11.0})  # two owned keys whose last steps differ (21, 10): each its own
+        run.log({"b": 12.0, "new": 0.0})  # an owned key beside a new one: 12, and 0 (the sender's)
         for s in range(30, 33):
             run.log({"c": 0.0, "d": 0.0}, step=s)
         run.log({"c": 1.0, "d": 1.0})  # their last steps agree (32): 33, as a row of their frame
-        run["z"].append(0.0)  # never in the ring: numbered by the sender
+        run["z"].append(0.0)  # a new key without a step: numbered here as the sender would, into the ring
         run["z"].append(1.0)
         run.wait(30)
     s = open_store(store_dir)
     try:
-        assert [st for st, _ in s.values("a", 0)] == [*range(12), 20, 21]
-        assert s.values("a", 0)[-2:] == [(20, 20.0), (21, 21.0)]
-        assert s.values("b", 0)[-1] == (10, 1.0) and len(s.values("b", 0)) == 11
+        assert [st for st, _ in s.values("a", 0)] == [*range(12), 20, 21, 22]
+        assert s.values("a", 0)[-3:] == [(20, 20.0), (21, 21.0), (22, 22.0)]
+        assert s.values("b", 0)[-3:] == [(10, 1.0), (11, 11.0), (12, 12.0)] and len(s.values("b", 0)) == 13
         assert s.values("z", 0) == [(0, 0.0), (1, 1.0)]
         assert s.values("c", 0)[-1] == (33, 1.0) and s.values("d", 0)[-1] == (33, 1.0)
-        assert s.values("new", 0) == []
+        assert s.values("new", 0) == [(0, 0.0)]
     finally:
         s.close()
 

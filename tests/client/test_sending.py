@@ -197,6 +197,7 @@ def test_a_kill_window_not_below_the_flush_interval_or_without_an_aggregator_cop
     assert any("kill_window_s=0.05 needs a spool and an aggregator" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.usefixtures("socket_path")  # with a ring, append() without a step is a row: no copy, no cut
 @pytest.mark.parametrize("field", [False, True], ids=["steps_numbered", "a_field_each_step"])
 def test_with_copies_steps_the_sender_numbers_are_copied_and_a_field_is_cut_once_a_kill_window(
     field: bool, store_dir: Path
