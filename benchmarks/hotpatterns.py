@@ -16,6 +16,9 @@ rings, but for the calls during a flush):
   once): the machine's floor for that first call; ``plain Python of log()'s shape`` runs the loop
   on a stand-in whose ``log`` does the column path's Python on its own dict: the interpreter's
   own share of that first call, which no change to the library removes;
+* ``realistic, no step``: section 1's realistic load (an 80-key dict, 10 scalar ``log()`` and 10
+  ``append()`` calls per step, 50 steps/s) with every call made without a step (``run.log(d)``,
+  ``run[key].append(x)``): how a user of Neptune's API logs; the rank numbers each key's steps;
 * ``full, socket, calls during a sender flush``: back-to-back scalar ``log()`` calls for a few
   seconds on a run with every point over the socket (``rings=False``: the sender's flushes are that
   path's; with rings none may start during the calls); each call is classified by whether the
@@ -107,6 +110,41 @@ def _scalar_new_steps(run: Any, seconds: float, flag: _FlushFlag | None = None) 
             if delay > 0:
                 time.sleep(delay / 1e9)
     return out, flushed
+
+
+def _realistic_no_step(run: Any, seconds: float) -> tuple[array[int], array[int], array[int], int]:
+    """Section 1's realistic load without steps: per paced step one 80-key ``log(d)``, 10 ``log({key: x})`` and 10
+    ``run[key].append(x)``. Returns the ns of each kind of call and the points logged."""
+    pc = time.perf_counter_ns
+    steps = max(1, int(seconds * _RATE))
+    dict_keys = [f"nostep/metric{i:03d}" for i in range(80)]
+    log_keys = [f"nostep/scalar_log{i}" for i in range(10)]
+    handles = [run[f"nostep/scalar_append{i}"] for i in range(10)]
+    o_dict, o_log, o_app = array("q", bytes(8 * steps)), array("q", bytes(80 * steps)), array("q", bytes(80 * steps))
+    period = int(1e9 / _RATE)
+    t_next = pc()
+    j = 0
+    for s in range(steps):
+        d = dict(zip(dict_keys, [s + i * 1e-3 for i in range(80)], strict=True))
+        t0 = pc()
+        run.log(d)
+        o_dict[s] = pc() - t0
+        for i, key in enumerate(log_keys):
+            x = s * 0.25
+            t0 = pc()
+            run.log({key: x})
+            o_log[j + i] = pc() - t0
+        for i, h in enumerate(handles):
+            x = s * 0.75
+            t0 = pc()
+            h.append(x)
+            o_app[j + i] = pc() - t0
+        j += 10
+        t_next += period
+        delay = t_next - pc()
+        if delay > 0:
+            time.sleep(delay / 1e9)
+    return o_dict, o_log, o_app, steps * 100
 
 
 class _SameShape:
@@ -221,6 +259,8 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
     seconds = 2.0 if quick else 6.0
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     gil: dict[str, list[dict[str, float]]] = {"coordinator": [], "socket": [], "disabled": []}
+    checks: list[str] = []
+    in_ring: list[float] = []
     d = str(tmp / "hotpatterns")
     for rep in range(repeats):
         run = coordinator.init_run(
@@ -247,6 +287,21 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
             r = latency_summary(rest, overhead_ns)
             rows.setdefault(("new steps: the other 99 calls", 'log({"loss": x}, step=s)'), []).append(r)
             gil["coordinator"].append(_probe_settled(run, seconds, flag))
+            before = run.stats()
+            o_dict, o_log, o_app, points = _realistic_no_step(run, seconds)
+            run.wait(120)
+            st = run.stats()
+            if st["acked"] - before["acked"] != points or st["lost"] or st["pending"]:
+                checks.append(f"realistic, no step, rep {rep}: stats {st}, expected {points} more acked")
+            in_ring.append((st.get("ring_points", 0) - before.get("ring_points", 0)) / points)
+            for call, lat, ppc in (
+                ('log({"loss": x})', o_log, 1),
+                ('run["loss"].append(x)', o_app, 1),
+                ("log(<80-key dict>)", o_dict, 80),
+            ):
+                r = latency_summary(lat, overhead_ns)
+                r["ppc"] = ppc
+                rows.setdefault(("realistic, no step", call), []).append(r)
         finally:
             run.stop(120)
         # The sender's flushes are the socket path's: with rings (the default) it hardly flushes, and
@@ -293,4 +348,11 @@ def patterns_section(quick: bool, tmp: Path, repeats: int, overhead_ns: int) -> 
         for variant, xs in gil.items()
         if xs
     }
-    return {"rows": table, "gil": summary, "probe_us": _PROBE_NS / 1000, "seconds": seconds}
+    return {
+        "rows": table,
+        "gil": summary,
+        "probe_us": _PROBE_NS / 1000,
+        "seconds": seconds,
+        "checks": checks,
+        "no_step_in_ring": med(in_ring),
+    }

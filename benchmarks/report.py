@@ -98,6 +98,17 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, Status]]:
                 r = by.get((load + tag, 'log({"loss": x}, step=s)'))
                 if r:
                     out.append((f"{what}, {load} load: {stat} <= {limit:g} µs", f"{r[stat]:.2f} µs", r[stat] <= limit))
+        for call, what in (('log({"loss": x})', "`log()` one scalar"), ('run["loss"].append(x)', "`append()`")):
+            r = by.get(("realistic, no step", call))
+            for stat, limit in (("p50", T_REAL_P50_US), ("p99", T_REAL_P99_US)):
+                if r:
+                    out.append(
+                        (
+                            f"{what} without a step, realistic load: {stat} <= {limit:g} µs",
+                            f"{r[stat]:.2f} µs",
+                            r[stat] <= limit,
+                        )
+                    )
     tpr = res.get("throughput")
     if tpr:
         for c in tpr["cells"]:
@@ -227,6 +238,12 @@ def report(res: dict[str, Any], meta: dict[str, Any], pngs: dict[str, str]) -> s
                     f"{s['slice_p50_us']:.0f} / {s['slice_p99_us']:,.0f} / {s['slice_max_us']:,.0f} | "
                     f"{s['late']:.0%} |"
                 )
+        if hot.get("no_step_in_ring") is not None:
+            md.append(
+                f"\n`realistic, no step` (`benchmarks.hotpatterns`): section 1's realistic load, every call without a "
+                f"step; {hot['no_step_in_ring']:.1%} of its points went into the rank's ring (median of the repeats), "
+                "each numbered on the rank."
+            )
         for c in hot["checks"]:
             md.append(f"\n**delivery check failed**: {c}")
         md += ["", gil_markdown(hot)]

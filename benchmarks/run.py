@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             log("1: hot path patterns and the GIL probe")
             pat = patterns_section(quick, tmp, repeats if not quick else 2, res["hot"]["overhead_ns"])
             res["hot"]["rows"] += pat["rows"]
-            res["hot"].update(gil=pat["gil"], probe_us=pat["probe_us"])
+            res["hot"]["checks"] += pat["checks"]
+            res["hot"].update(gil=pat["gil"], probe_us=pat["probe_us"], no_step_in_ring=pat["no_step_in_ring"])
             if not quick:  # uprobes need root and perf; the quick suite (CI) has neither for sure
                 log("1: the GIL's stretches (uprobes)")
                 holds, why = gil_measure(6.0, 2)

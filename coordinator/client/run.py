@@ -207,10 +207,11 @@ class Run:
                 (step >= 0 and policy is None and r.row(d, step)) or (step := r.route(d, step, policy)) == IN_RING
             ):
                 return  # one record in the ring the aggregator reads (client/ringlog.py)
+            steps = r.steps if step == SPLIT and r is not None else None  # taken before a wait lets go of the lock
             if b.pending >= b.mark and b.past_mark():  # a full batch wakes the sender; a full buffer waits
                 wait_for_room(b, self._sender, self.rank, self.endpoint)
-            if step == SPLIT and r is not None:  # no step, keys numbered apart: each at its own (client/ringlog.py)
-                log_slow(d, -1, self._keys, b.cols, self._new_column, self._dev, r.steps)
+            if steps is not None:  # no step, keys numbered apart: each at its own (client/ringlog.py)
+                log_slow(d, -1, self._keys, b.cols, self._new_column, self._dev, steps)
                 b.pending += len(d)
                 return
             if len(d) > 1 and log_frame(b, d, step, self._keys, self._texts.keys, self._dev):
@@ -393,10 +394,9 @@ class Run:
         return self
 
     def fail(self, reason: str | BaseException) -> None:
-        """Mark this rank as failed: the run ends ``failed`` (whatever else happens), with this reason.
-
-        The rank keeps running; its ``stop()`` (or the end of its ``with`` block) sends the ending.
-        A ``with`` block left by an exception, and an uncaught exception, mark it by themselves.
+        """Mark this rank as failed: the run ends ``failed`` (whatever else happens), with this reason. The rank keeps
+        running; its ``stop()`` (or the end of its ``with`` block) sends the ending. A ``with`` block left by an
+        exception, and an uncaught exception, mark it by themselves.
 
         Args:
             reason: a message, or the exception (its type, message and traceback are recorded: at most 4 KiB of the

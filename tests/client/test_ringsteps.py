@@ -169,3 +169,26 @@ def test_a_training_loops_calls_without_a_step_are_rows_and_keys_logged_apart_ke
         assert s.values("val", 0) == [(i, float(10 * i)) for i in range(10)] + [(10, 10.0), (11, 11.0)]
     finally:
         s.close()
+
+
+def test_a_refused_call_after_a_write_over_the_socket_leaves_the_next_call_without_a_step_after_that_write(
+    store_dir: Path,
+) -> None:
+    """A key's frame held behind its write over the socket, acknowledged, then a call refused (a str for a number):
+    the frame stays behind that write, so the next call without a step continues after it, not after the frame's
+    last row (which the C path would take from the frame)."""
+    with coordinator.init_run(project="t", settings=coordinator.Settings(rings=True)) as run:
+        for s in range(5):
+            run["a"].append(float(s), step=s)  # rows
+        run.log({"a": np.float16(10.0)}, step=10)  # over the socket: the frame is held behind it
+        run.wait(30)
+        with pytest.raises(TypeError):
+            run.log({"a": "x"}, step=11)
+        run["a"].append(11.0)
+        run.log({"a": 12.0})
+        assert run.stats()["ring_points"] == 5 + 2
+    s = open_store(store_dir)
+    try:
+        assert s.values("a", 0) == [(s, float(s)) for s in range(5)] + [(10, 10.0), (11, 11.0), (12, 12.0)]
+    finally:
+        s.close()
