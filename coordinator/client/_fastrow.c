@@ -1,4 +1,4 @@
-/* The common case of RingLog.row (coordinator/client/ringlog.py) in one C call.
+/* The common case of RingLog.row (coordinator/client/ringlog.py) in one C call, and of the socket path's append.
  *
  * A ring row of a known frame (a dict of plain numbers at a step, the frame admitted and not held)
  * that fits before the writer's room is packed here, as RingWriter.pack_row would pack it
@@ -11,8 +11,9 @@
  * past the published position, which no reader looks at until they are published.
  *
  * Log stands for Run.log and Run._append (coordinator/client/run.py) in a run's __dict__: the same common case
- * reached without the methods' frames, under the buffer's lock taken without blocking, every other call handed to
- * the method. Method stands in a class for Handle.append (coordinator/client/handle.py), which reaches it through
+ * reached without the methods' frames (and, for a run whose calls go over the socket, a point appended to its
+ * column or a dict's row to its frame in the rank's buffer, as Run.log's Python does), under the buffer's lock
+ * taken without blocking, every other call handed to the method. Method stands in a class for Handle.append (coordinator/client/handle.py), which reaches it through
  * the run's Log, and for Run.__getitem__'s lookup of a handle (tests/client/test_fastcalls.py holds each to the
  * same answers and stored points as the Python methods).
  *
@@ -520,9 +521,11 @@ static PyTypeObject RowsType = {
  * made for, the buffer's lock free, the run open.
  * As APPEND, Run._append (key, value, step: Handle.append's call) for the same case, without the dict.
  * It takes the lock as the Python method's `with` would (acquire without blocking: a thread holding it sends the
- * call to the Python method, which waits), checks `_closed` under it, and calls the Rows' row directly. Every
- * other call, and a row the Rows hands back (a new or held frame, a claim, a full ring...), goes to the Python
- * method, given as `fallback`, from the start: nothing is changed before it runs. */
+ * call to the Python method, which waits), checks `_closed` under it, and calls the Rows' row directly. A run
+ * without a ring, or whose ring is not read (socket_free), has the same calls' common case on the socket path
+ * taken here too: into the buffer (socket_one, socket_row). Every other call, and a row the Rows hands back (a new
+ * or held frame, a claim, a full ring...), goes to the Python method, given as `fallback`, from the start:
+ * nothing is changed before it runs. */
 enum { LOG, APPEND };
 
 typedef struct {
@@ -531,13 +534,17 @@ typedef struct {
     int call;           /* which method it stands for: LOG or APPEND */
     PyObject *run;      /* the Run's __dict__ */
     PyObject *ring;     /* its RingLog, as Run._ring held it when this was made */
-    Rows *rows;         /* that RingLog's Rows */
+    Rows *rows;         /* that RingLog's Rows; NULL: the run has no ring */
     PyObject *acquire;  /* the buffer lock's bound acquire and release */
     PyObject *release;
     PyObject *fallback; /* the method, bound: the Python path */
+    PyObject *buf;      /* the run's Buffer's __dict__: the socket path's columns and frames */
+    PyObject *plain;    /* tuple of the value types a column takes besides float, int and bool */
 } Log;
 
 static PyObject *s_ring, *s_closed, *s_step, *s_policy, *s_acquire, *s_release;
+static PyObject *s_cols, *s_bframes, *s_pending, *s_mark, *s_owned, *s_values, *s_steps;
+static PyObject *array_append, *array_fromlist, *minus_one; /* array.array's methods (unbound), the int -1 */
 
 static int
 log_traverse(Log *self, visitproc visit, void *arg)
@@ -548,6 +555,8 @@ log_traverse(Log *self, visitproc visit, void *arg)
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->buf);
+    Py_VISIT(self->plain);
     return 0;
 }
 
@@ -560,6 +569,8 @@ log_clear(Log *self)
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->plain);
     return 0;
 }
 
@@ -591,6 +602,146 @@ call_step(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *
     return *step == Py_None || PyLong_CheckExact(*step);
 }
 
+/* The socket path (Run.log's per-key loop and hotpath.log_frame, for the run's buffer that its sender thread cuts
+ * and sends) for the calls its Python takes without a branch: the run has no ring, or one that is not read
+ * (RingLog.on false: a rank on another machine than the aggregator, or before the WELCOME) and owns no key, so
+ * that RingLog.row and RingLog.route hand the call on unchanged; the buffer below its mark (past it the Python
+ * path may wake the sender or wait for room); a scalar into its key's column, or a dict of two keys or more into
+ * its key tuple's frame of this generation, each already made (the Python path makes them: a new key is
+ * validated there), every value one a column takes as it is (no tensor: its read is deferred in Python).
+ * 1: appended, 0: the Python path takes the call (nothing changed), -1: an exception. */
+static int
+socket_free(Log *self)
+{
+    if (self->rows == NULL)
+        return 1;
+    PyObject *on = PyDict_GetItemWithError(self->rows->log, s_on);
+    PyObject *owned = on == Py_False ? PyDict_GetItemWithError(self->rows->log, s_owned) : NULL;
+    return owned != NULL && PyDict_CheckExact(owned) && PyDict_GET_SIZE(owned) == 0;
+}
+
+/* The buffer's pending points if it has room for `n` more before its mark, else -1. */
+static long long
+below_mark(Log *self)
+{
+    long long pending, mark;
+    if (!get_ll(self->buf, s_pending, &pending) || !get_ll(self->buf, s_mark, &mark) || pending >= mark)
+        return -1;
+    return pending;
+}
+
+/* The step as a column stores it (-1: none, the sender numbers it), or NULL (a borrowed reference): one the
+ * Python path checks (below 0, past int64). */
+static PyObject *
+column_step(PyObject *step_o)
+{
+    if (step_o == Py_None)
+        return minus_one;
+    int overflow;
+    long long step = PyLong_AsLongLongAndOverflow(step_o, &overflow);
+    if (overflow || step < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return step_o;
+}
+
+static int
+counted(Log *self, long long pending, Py_ssize_t n)
+{
+    PyObject *v = PyLong_FromLongLong(pending + n);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItem(self->buf, s_pending, v);
+    Py_DECREF(v);
+    return rc < 0 ? -1 : 1;
+}
+
+static int
+socket_one(Log *self, PyObject *key, PyObject *value, PyObject *step_o)
+{
+    double x;
+    PyObject *step = column_step(step_o);
+    long long pending = below_mark(self);
+    if (step == NULL || pending < 0 || !PyUnicode_CheckExact(key) || !as_double(value, self->plain, &x))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *cols = PyDict_GetItemWithError(self->buf, s_cols);
+    PyObject *c = cols != NULL && PyDict_CheckExact(cols) ? PyDict_GetItemWithError(cols, key) : NULL;
+    if (c == NULL || !PyTuple_CheckExact(c) || PyTuple_GET_SIZE(c) != 2)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(c);
+    PyObject *values = PyTuple_GET_ITEM(c, 1);
+    PyObject *args[2] = {values, value};
+    PyObject *r = PyObject_Vectorcall(array_append, args, 2, NULL);
+    if (r != NULL) { /* as_double took the value: only a MemoryError is left, raised as the Python path would */
+        Py_DECREF(r);
+        args[0] = PyTuple_GET_ITEM(c, 0);
+        args[1] = step;
+        r = PyObject_Vectorcall(array_append, args, 2, NULL);
+        if (r == NULL) /* the value goes too: the point whole or not at all */
+            PySequence_DelItem(values, PySequence_Size(values) - 1);
+    }
+    Py_DECREF(c);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return counted(self, pending, 1);
+}
+
+static int
+socket_row(Log *self, PyObject *data, PyObject *step_o)
+{
+    Py_ssize_t n = PyDict_GET_SIZE(data), i = 0, j = 0;
+    PyObject *key, *value;
+    if (n == 1 && PyDict_Next(data, &i, &key, &value))
+        return socket_one(self, key, value, step_o);
+    PyObject *step = column_step(step_o);
+    long long pending = below_mark(self);
+    if (n == 0 || step == NULL || pending < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *frames = PyDict_GetItemWithError(self->buf, s_bframes);
+    if (frames == NULL || !PyDict_CheckExact(frames))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *kt = PyTuple_New(n);
+    if (kt == NULL)
+        return -1;
+    double x;
+    int ok = 1;
+    while (PyDict_Next(data, &i, &key, &value)) {
+        ok &= as_double(value, self->plain, &x);
+        PyTuple_SET_ITEM(kt, j++, Py_NewRef(key));
+    }
+    PyObject *fr = ok ? PyDict_GetItemWithError(frames, kt) : NULL;
+    Py_DECREF(kt);
+    PyObject *values = fr == NULL ? NULL : PyObject_GetAttr(fr, s_values);
+    PyObject *steps = values == NULL ? NULL : PyObject_GetAttr(fr, s_steps);
+    if (steps == NULL) {
+        Py_XDECREF(values);
+        if (fr == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        return -1;
+    }
+    Py_ssize_t had = PySequence_Size(values);
+    PyObject *row = had < 0 ? NULL : PyDict_Values(data);
+    PyObject *args[2] = {values, row};
+    PyObject *r = row == NULL ? NULL : PyObject_Vectorcall(array_fromlist, args, 2, NULL);
+    Py_XDECREF(row);
+    if (r != NULL) {
+        Py_DECREF(r);
+        args[0] = steps;
+        args[1] = step;
+        r = PyObject_Vectorcall(array_append, args, 2, NULL);
+        if (r == NULL)
+            PySequence_DelSlice(values, had, PY_SSIZE_T_MAX); /* the row whole or not at all */
+    }
+    Py_DECREF(values);
+    Py_DECREF(steps);
+    if (r == NULL)
+        return -1; /* the values were checked: a MemoryError, raised as the Python path would */
+    Py_DECREF(r);
+    return counted(self, pending, n);
+}
+
 /* 1: logged; 0: the Python path takes the call (nothing changed); -1: an exception. With `key` (Run._append's
  * call), `data` is its one value. */
 static int
@@ -607,9 +758,14 @@ fast_log(Log *self, PyObject *key, PyObject *data, PyObject *step)
     if (got != Py_True)
         return 0; /* held by another thread: the Python path waits for it */
     PyObject *closed = PyDict_GetItemWithError(self->run, s_closed);
-    int rc = closed != Py_False ? (PyErr_Occurred() ? -1 : 0)
-             : key != NULL      ? fast_one(self->rows, key, data, step)
-                                : fast_row(self->rows, data, step);
+    int rc = closed != Py_False  ? (PyErr_Occurred() ? -1 : 0)
+             : self->rows == NULL ? 0
+             : key != NULL        ? fast_one(self->rows, key, data, step)
+                                  : fast_row(self->rows, data, step);
+    if (rc == 0 && !PyErr_Occurred() && closed == Py_False && (rc = socket_free(self)) == 1)
+        rc = key != NULL ? socket_one(self, key, data, step) : socket_row(self, data, step);
+    else if (rc == 0 && PyErr_Occurred())
+        rc = -1;
     PyObject *exc_type, *exc, *tb;
     PyErr_Fetch(&exc_type, &exc, &tb); /* the row's error, if any, survives the release */
     PyObject *r = PyObject_CallNoArgs(self->release);
@@ -650,23 +806,36 @@ log_call(Log *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 static int
 log_init(Log *self, PyObject *args, PyObject *Py_UNUSED(kwds))
 {
-    PyObject *run, *ring, *rows, *lock, *fallback;
+    PyObject *run, *ring, *rows, *lock, *fallback, *buf, *plain;
     int one;
-    if (!PyArg_ParseTuple(args, "OOO!OOp:Log", &run, &ring, &RowsType, &rows, &lock, &fallback, &one))
+    if (!PyArg_ParseTuple(args, "OOOOOpOO!:Log", &run, &ring, &rows, &lock, &fallback, &one, &buf, &PyTuple_Type,
+                          &plain))
+        return -1;
+    if (rows != Py_None && Py_TYPE(rows) != &RowsType) {
+        PyErr_SetString(PyExc_TypeError, "Log(): rows must be a Rows or None");
+        return -1;
+    }
+    PyObject *bd = PyObject_GenericGetDict(buf, NULL);
+    if (bd == NULL)
         return -1;
     PyObject *rd = PyObject_GenericGetDict(run, NULL);
-    if (rd == NULL)
+    if (rd == NULL) {
+        Py_DECREF(bd);
         return -1;
+    }
     PyObject *acquire = PyObject_GetAttr(lock, s_acquire);
     PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr(lock, s_release);
     if (release == NULL) {
         Py_DECREF(rd);
+        Py_DECREF(bd);
         Py_XDECREF(acquire);
         return -1;
     }
     Py_XSETREF(self->run, rd);
     Py_XSETREF(self->ring, Py_NewRef(ring));
-    Py_XSETREF(self->rows, (Rows *)Py_NewRef(rows));
+    Py_XSETREF(self->rows, rows == Py_None ? NULL : (Rows *)Py_NewRef(rows));
+    Py_XSETREF(self->buf, bd);
+    Py_XSETREF(self->plain, Py_NewRef(plain));
     Py_XSETREF(self->acquire, acquire);
     Py_XSETREF(self->release, release);
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
@@ -948,11 +1117,23 @@ PyInit__fastrow(void)
         {&s_base, "_base"}, {&s_tally, "tally"}, {&s_map, "map"}, {&s_confirmed, "confirmed"},
         {&s_look, "_look_at_fill"}, {&s_ring, "_ring"}, {&s_closed, "_closed"}, {&s_step, "step"},
         {&s_policy, "policy"}, {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_handles, "_handles"},
-        {&s_run_attr, "_run"}, {&s_path_attr, "_path"}, {&s_append_attr, "_append"},
+        {&s_run_attr, "_run"}, {&s_path_attr, "_path"}, {&s_append_attr, "_append"}, {&s_cols, "cols"},
+        {&s_bframes, "frames"}, {&s_pending, "pending"}, {&s_mark, "mark"}, {&s_owned, "owned"},
+        {&s_values, "values"}, {&s_steps, "steps"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
+    PyObject *array = PyImport_ImportModule("array");
+    PyObject *cls = array == NULL ? NULL : PyObject_GetAttrString(array, "array");
+    Py_XDECREF(array);
+    if (cls == NULL)
+        return NULL;
+    array_append = PyObject_GetAttrString(cls, "append");
+    array_fromlist = PyObject_GetAttrString(cls, "fromlist");
+    Py_DECREF(cls);
+    if (array_append == NULL || array_fromlist == NULL || (minus_one = PyLong_FromLong(-1)) == NULL)
+        return NULL;
     if (PyType_Ready(&RowsType) < 0 || PyType_Ready(&FrameType) < 0 || PyType_Ready(&LogType) < 0 ||
         PyType_Ready(&MethodType) < 0)
         return NULL;

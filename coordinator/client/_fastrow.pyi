@@ -15,7 +15,16 @@ class Frame:
 
 class Log:
     def __init__(
-        self, run: object, ring: object, rows: Rows, lock: object, fallback: Callable[..., None], one: bool, /
+        self,
+        run: object,
+        ring: object,
+        rows: Rows | None,
+        lock: object,
+        fallback: Callable[..., None],
+        one: bool,
+        buf: object,
+        plain: tuple[type, ...],
+        /,
     ) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
     __wrapped__: Callable[..., None]

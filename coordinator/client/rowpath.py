@@ -9,7 +9,10 @@ record and stores the same attributes, and hands every other call to the Python 
 the extension's ``Log`` stands in a run's ``__dict__`` for ``Run.log`` and ``Run._append``, and
 :func:`c_method` in their classes for ``Handle.append`` (through the run's ``Log``) and ``Run.__getitem__``'s
 lookup of a handle: ``run[key].append(x, step=s)`` reaches that case without a Python frame, the buffer's lock
-taken without blocking (tests/client/test_fastcalls.py: the same answers and stored points).
+taken without blocking (tests/client/test_fastcalls.py: the same answers and stored points). A run whose calls go
+over the socket (no ring, or one the aggregator does not read) has their common case there taken by the same
+``Log``: a point appended to its key's column in the buffer, a dict's row to its frame
+(tests/client/test_fastsocket.py).
 ``COORDINATOR_PUREPYTHON=1`` keeps every row, and every call, on the Python path (read as a ring is opened, and
 by :func:`c_method` as the client is imported).
 """
@@ -24,6 +27,7 @@ from coordinator.client.hotpath import PLAIN
 
 if TYPE_CHECKING:
     from coordinator.client._fastrow import Frame, Log, Method, Rows
+    from coordinator.transport.buffer import Buffer
 
 __all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "c_method", "fast_calls", "row_path"]
 
@@ -76,17 +80,21 @@ def row_path(log: object, writer: object, python: Row) -> tuple[Row, MakeFrame]:
     return rows(log, writer, tuple(PLAIN - {float, int, bool}), python).row, frame
 
 
-def fast_calls(run: object, base: type, ring: object, lock: object) -> dict[str, Callable[..., None]]:
-    """The extension's ``Log`` objects for ``run`` (a ``Run`` whose ``ring``'s ``row`` is a ``Rows``': the C path
-    as ``row_path`` chose it), to put in its ``__dict__`` over the methods they stand for: ``log`` and
-    ``_append`` (``Handle.append``'s call) take the ring's common case in one C call, without the methods' frames,
-    the lock taken without blocking, and hand every other call to the method untouched. A method a subclass of
-    ``base`` (``Run``) overrides keeps its own; without the C path, none."""
-    rows = getattr(getattr(ring, "row", None), "__self__", None)
-    if _FAST is None or type(rows) is not _FAST[0]:
+def fast_calls(run: object, base: type, ring: object, buf: Buffer) -> dict[str, Callable[..., None]]:
+    """The extension's ``Log`` objects for ``run`` (a ``Run`` whose ``ring``'s ``row`` is a ``Rows``: the C path
+    as ``row_path`` chose it; or one without a ring), to put in its ``__dict__`` over the methods they stand for:
+    ``log`` and ``_append`` (``Handle.append``'s call) take the ring's common case in one C call, without the
+    methods' frames, the lock of ``buf`` (the run's buffer) taken without blocking. While the run has no ring
+    that is read, they take the socket path's common case the same way: a point into its key's column of the
+    buffer, a dict's row into its frame there, both made before by the Python path. They hand every other call to
+    the method untouched. A method a subclass of ``base`` (``Run``) overrides keeps its own; without the C path
+    (or with ``COORDINATOR_PUREPYTHON=1``), none."""
+    rows = None if ring is None else getattr(getattr(ring, "row", None), "__self__", None)
+    if _FAST is None or os.environ.get(PURE_ENV) == "1" or (ring is not None and type(rows) is not _FAST[0]):
         return {}
+    plain = tuple(PLAIN - {float, int, bool})
     return {
-        name: _FAST[2](run, ring, rows, lock, getattr(run, name), name == "_append")
+        name: _FAST[2](run, ring, rows, buf.lock, getattr(run, name), name == "_append", buf, plain)
         for name in ("log", "_append")
         if getattr(type(run), name) is getattr(base, name)
     }

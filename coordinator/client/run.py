@@ -158,8 +158,8 @@ class Run:
         self._texts.sender, self._texts.refusal = self._sender, lambda: self._closed_why if self._closed else None
         if self._ring is not None:
             self._ring.check_numeric = self._texts.check_numeric
-            # log() and append()'s ring rows in one C call where the extension was built (client/rowpath.py)
-            vars(self).update(fast_calls(self, Run, self._ring, self._buf.lock))
+        # log() and append()'s ring rows (or socket points) in one C call with the extension (client/rowpath.py)
+        vars(self).update(fast_calls(self, Run, self._ring, self._buf))
         if self._redact is not None:
             self._life.redacted = self._redact.count  # the redactor's, not the run's: no cycle
         if self._sender is not None:  # off the training thread; stopped by stop() before the drain

@@ -137,7 +137,7 @@ def test_a_method_a_subclass_overrides_keeps_its_own(monkeypatch: pytest.MonkeyP
     with _start("fast-sub", False, monkeypatch) as run:
         assert run._ring is not None
         run.__class__ = Counted  # as if made so: fast_calls reads the type
-        calls = rowpath.fast_calls(run, Run, run._ring, run._buf.lock)
+        calls = rowpath.fast_calls(run, Run, run._ring, run._buf)
         run.__class__ = Run
     assert sorted(calls) == ["_append"]
 
