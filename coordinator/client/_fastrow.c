@@ -13,9 +13,10 @@
  * Log stands for Run.log and Run._append (coordinator/client/run.py) in a run's __dict__: the same common case
  * reached without the methods' frames (and, for a run whose calls go over the socket, a point appended to its
  * column or a dict's row to its frame in the rank's buffer, as Run.log's Python does), under the buffer's lock
- * taken without blocking, every other call handed to the method. Method stands in a class for Handle.append (coordinator/client/handle.py), which reaches it through
- * the run's Log, and for Run.__getitem__'s lookup of a handle (tests/client/test_fastcalls.py holds each to the
- * same answers and stored points as the Python methods).
+ * taken without blocking, every other call handed to the method. Method stands in a class for Handle.append
+ * (coordinator/client/handle.py), which reaches it through the run's Log, and for Run.__getitem__'s lookup of a
+ * handle (tests/client/test_fastcalls.py and test_fastsocket.py hold each to the same answers and stored points
+ * as the Python methods).
  *
  * Built when a compiler is at hand (an optional extension: pyproject.toml); without it the ring
  * takes the Python path for every row (tests/client/test_fastrow.py holds the two to the same
