@@ -5,13 +5,12 @@ machine) has the extension's ``Log`` objects in its ``__dict__`` too: a point of
 into it, a dict's row into its key tuple's frame of this generation, in C, below the buffer's mark. Here the same
 calls, good and bad, go through a run with them and one without (``COORDINATOR_PUREPYTHON=1``): every answer and
 stored point must be the same; the C call must take the common case (its Python method called only for the
-rest), hand a full buffer to the method (which wakes the sender and waits), and store every point of threads
-logging at once exactly once.
+rest), and hand a full buffer to the method (which wakes the sender and waits). Threads logging at once over the
+socket: ``test_fastcalls``.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,30 +132,3 @@ def test_a_full_buffer_hands_the_call_to_the_method_which_waits_for_room(
         run.wait(60)
         assert run._buf.pending == 0
     assert _stored(store_dir, "socket-full")["x"] == [(s, float(s)) for s in range(20_000)]
-
-
-@needs_c
-@pytest.mark.usefixtures("socket_path")
-def test_threads_logging_at_once_over_the_socket_store_every_point_once(
-    store_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    n = 3_000
-    with _start("socket-threads", False, monkeypatch) as run:
-
-        def work(t: int) -> None:
-            for s in range(n):
-                if s & 1:
-                    run.log({f"t{t}": float(s), "shared": float(t)}, step=s)
-                else:
-                    run[f"t{t}"].append(float(s), step=s)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
-        assert not any(th.is_alive() for th in threads)
-        run.wait(60)
-    got = _stored(store_dir, "socket-threads")
-    for t in range(4):
-        assert got[f"t{t}"] == [(s, float(s)) for s in range(n)]
