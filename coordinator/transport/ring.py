@@ -358,43 +358,38 @@ class RingReader(_Ring):
             raise RingDamaged(f"{path}: position {self.cursor} is outside {self.released}..{self.written}")
 
     def records(self, *, final: bool = False) -> Iterator[tuple[int, memoryview]]:
-        """Each record published past :attr:`cursor`, as (its position, a view of its body), moving the cursor
-        (past each run of :meth:`runs`, which checks the records).
-
-        A view is valid until :meth:`release` frees its record: copy or decode it before then.
-        Stops early at a record whose far edge is not visible yet (see the module's memory order),
-        unless the writer is gone: ``final`` (the caller knows its process ended) or a closed ring.
-
-        Raises:
-            RingDamaged: a record does not read whole although the writer is gone.
-        """
-        for n, count, run in self.runs(final=final):
-            size = _record_bytes(n)
-            first = self.cursor - count * size
+        """Each record past :attr:`cursor` as (its position, a view of its body valid until :meth:`release` frees
+        it), moving the cursor as :meth:`spans` does (which checks them: ``final`` and the errors are its)."""
+        for n, first, count in self.spans(final=final):
+            size, at = _record_bytes(n), HEADER_BYTES + (first & self._mask) + _EDGE.size
             for i in range(count):
-                yield first + i * size, run[i * size + _EDGE.size : i * size + _EDGE.size + n]
+                yield first + i * size, self._view[at + i * size : at + i * size + n]
 
     def runs(self, *, final: bool = False) -> Iterator[tuple[int, int, memoryview]]:
-        """The records past :attr:`cursor` in runs of equal body length, each checked at once:
-        (body length, count, a view of the whole records), moving the cursor past each run.
+        """:meth:`spans`, each run as (body length, count, a view of its records valid until :meth:`release`)."""
+        for n, pos, count in self.spans(final=final):
+            at = HEADER_BYTES + (pos & self._mask)
+            yield n, count, self._view[at : at + count * _record_bytes(n)]
 
-        For a reader that decodes many small records with numpy (:mod:`.ringrows`): the edges of a
-        run's records are checked as arrays, not record by record. A run is probed in growing
-        steps (8, 32, 128, ... records), so records of alternating lengths cost no more than
-        one by one. Stops at a record whose far end is not visible yet (see the module's memory
-        order), unless the writer is gone: ``final`` (the caller knows its process ended) or a
-        closed ring.
+    def spans(self, *, final: bool = False) -> Iterator[tuple[int, int, int]]:
+        """The records past :attr:`cursor` in runs of equal body length, each checked whole: (body length, the
+        first's position, count), moving the cursor past each run. A run never wraps: its records are
+        ``count * (16 + length padded to 8)`` bytes at map offset ``HEADER_BYTES + position % capacity``.
+
+        For a reader that decodes many small records with numpy (:mod:`.ringrows`). A run's first 8 records
+        are checked one by one (~0.3 µs each: calls of alternating kinds make runs of one record, where a
+        numpy probe cost ~10 µs), the rest as arrays in growing probes (32, 128, ... records). Stops at a
+        record whose far end is not visible yet (see the module's memory order), unless the writer is gone:
+        ``final`` (the caller knows its process ended) or a closed ring.
 
         Raises:
             RingDamaged: a record does not read whole although the writer is gone.
         """
-        written = self.written
-        mask = self._mask
+        written, mask, edge, m = self.written, self._mask, _EDGE.unpack_from, self.map
         while self.cursor < written:
             pos = self.cursor
-            offset = pos & mask
-            at = HEADER_BYTES + offset
-            n, tag = _EDGE.unpack_from(self.map, at)
+            at = HEADER_BYTES + (offset := pos & mask)
+            n, tag = edge(m, at)
             if tag != (pos >> 3) & 0xFFFFFFFF:
                 self._damaged(pos, f"its tag is {tag}, not {(pos >> 3) & 0xFFFFFFFF}", final)
                 return
@@ -405,17 +400,23 @@ class RingReader(_Ring):
             if n > self.capacity // 4 or pos + size > written:
                 self._damaged(pos, f"its length {n} runs past the {written} bytes written", final)
                 return
-            count = self._run(at, pos, n, size, min(written - pos, self.capacity - offset) // size)
+            limit, count = min(written - pos, self.capacity - offset) // size, 0
+            while count < limit and count < 8:
+                t = ((pos >> 3) + count * (size >> 3)) & 0xFFFFFFFF
+                if edge(m, at + count * size) != (n, t) or edge(m, at + count * size + size - 8) != (t, n):
+                    break
+                count += 1
             if count == 0:
                 self._damaged(pos, "its two ends disagree", final)
                 return
+            if count == 8 < limit:
+                count += self._run(at + 8 * size, pos + 8 * size, n, size, limit - 8)
             self.cursor = pos + count * size
-            yield n, count, self._view[at : at + count * size]
+            yield n, pos, count
 
     def _run(self, at: int, pos: int, n: int, size: int, limit: int) -> int:
-        """How many whole records of body length ``n`` (``size`` bytes each) follow at map offset ``at``
-        (position ``pos``), of at most ``limit``."""
-        k, probe, words = 0, 8, size // 4
+        """How many whole records of body length ``n`` (``size`` bytes) follow map offset ``at`` (position ``pos``)."""
+        k, probe, words = 0, 32, size // 4
         while k < limit:
             m = min(probe, limit - k)
             w = np.frombuffer(self.map, dtype="<u4", count=m * words, offset=at + k * size).reshape(m, words)

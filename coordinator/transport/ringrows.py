@@ -35,7 +35,7 @@ import msgpack
 import numpy as np
 
 from coordinator.transport import wire
-from coordinator.transport.ring import Framing, RingDamaged, RingReader, RingWriter
+from coordinator.transport.ring import HEADER_BYTES, Framing, RingDamaged, RingReader, RingWriter
 
 __all__ = ["STAMP_SHIFT", "RowReader", "RowWriter", "Rows", "ages_s", "names_path", "row_batches", "stamp"]
 
@@ -60,6 +60,20 @@ def _joined(got: list[_Part]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(got) == 1:
         return got[0][0], got[0][1], got[0][2]
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), np.concatenate([g[2] for g in got])
+
+
+def _copied(reader: RingReader, pos: np.ndarray, size: int) -> np.ndarray:
+    """Copies of the whole records at ``pos`` (positions read, not yet released; ``size`` bytes each), one row of
+    u64 words a record: one slice where they lie back to back in the map, else one gather."""
+    at = HEADER_BYTES + (pos & (reader.capacity - 1))
+    words = np.frombuffer(reader.map, dtype="<u8")
+    try:
+        if int(at[-1] - at[0]) == (len(at) - 1) * size:  # one run, or runs back to back
+            return words[at[0] // 8 : at[-1] // 8 + size // 8].reshape(len(at), size // 8).copy()
+        gathered: np.ndarray = words[(at // 8)[:, None] + np.arange(size // 8)]
+        return gathered
+    finally:
+        del words  # nothing may keep the map exported: the reader closes it
 
 
 def stamp() -> int:
@@ -151,9 +165,10 @@ class RowReader:
         """The rows published past the cursor, by frame, each key's points in write order (the cursor moves past
         them).
 
-        Rows are decoded a run of equal-size records at a time (:meth:`RingReader.runs`), with
-        numpy: a run of rows of one frame, or of one-key frames (scalars logged one by one), costs
-        about as much as one row.
+        Rows are decoded with numpy, all the pass's records of one size at once (:meth:`_take`): a pass
+        costs about as much per size as one row, whether its rows came in runs of one frame, of
+        one-key frames (scalars logged one by one), or of calls that alternate sizes (a dict, then
+        an ``append()``, at every step: decoded run by run, these cost ~20 µs a row).
 
         Frames come back side by side, so frames that share a key (a dict, then an ``append()`` of one of its
         keys; two dicts with a key in common) would lose that key's order between them: those frames come
@@ -162,19 +177,24 @@ class RowReader:
         alternate: the aggregator fell behind a rank logging them flat out).
 
         Raises:
-            RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.records`)
+            RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.spans`)
                 does not read whole although the writer is gone. Nothing of the pass is taken then.
         """
         parts: dict[int, list[_Part]] = {}
         start = self.reader.cursor
+        sizes: dict[int, tuple[list[int], list[int], list[int]]] = {}  # body length: runs' positions, counts, places
         taken = 0
         try:
-            for n, count, view in self.reader.runs(final=final):
-                try:
-                    self._take_run(n, count, view, parts, taken)
-                finally:
-                    view.release()
+            for n, pos, count in self.reader.spans(final=final):
+                if n < _HEAD or (n - _HEAD) % 8:
+                    raise RingDamaged(f"{self.reader.path}: the record at {pos} is {n} bytes, not a row")
+                runs = sizes.setdefault(n, ([], [], []))
+                runs[0].append(pos)
+                runs[1].append(count)
+                runs[2].append(taken)
                 taken += count
+            for n, (positions, counts, places) in sizes.items():
+                self._take(n, positions, counts, places, parts)
         except RingDamaged:
             self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
             raise
@@ -202,13 +222,12 @@ class RowReader:
         values = np.concatenate([g[1] for g in got])[order]
         return steps, values.reshape(-1, 1), np.concatenate([g[2] for g in got])[order]
 
-    def _take_run(self, n: int, count: int, view: memoryview, parts: dict[int, list[_Part]], first: int) -> None:
-        """Decode the rows of body length ``n`` of a run of ``count`` ending at the cursor into ``parts``, by
-        frame, each row with its place in the pass (``first`` for the run's first)."""
+    def _take(
+        self, n: int, positions: list[int], counts: list[int], places: list[int], parts: dict[int, list[_Part]]
+    ) -> None:
+        """Decode the pass's rows of body length ``n`` (runs of ``counts`` records at ``positions``, the first of
+        each at ``places`` in the pass) into ``parts``, by frame, each row with its place in the pass."""
         size = n + 16
-        pos = self.reader.cursor - count * size
-        if n < _HEAD or (n - _HEAD) % 8:
-            raise RingDamaged(f"{self.reader.path}: the record at {pos} is {n} bytes, not a row")
         k = (n - _HEAD) // 8
         dt = np.dtype(
             [
@@ -220,10 +239,12 @@ class RowReader:
                 ("tail", "<u8"),
             ]
         )
-        a = np.frombuffer(view, dtype=dt)
+        starts, runs = np.array(positions, dtype=np.int64), np.array(counts, dtype=np.int64)
+        within = np.arange(int(runs.sum()), dtype=np.int64) - np.repeat(np.cumsum(runs) - runs, runs)
+        at = np.repeat(np.array(places, dtype=np.int64), runs) + within
+        pos = np.repeat(starts, runs) + within * size  # each row's position
+        a = _copied(self.reader, pos, size).view(dt)[:, 0]
         fids, steps, values, stamps = a["fid"].copy(), a["step"].copy(), a["values"].copy(), a["stamp"].copy()
-        del a  # the view is released by the caller: nothing may keep it
-        at = np.arange(first, first + count, dtype=np.int64)
         uniq = np.unique(fids).tolist()
         for fid in uniq:
             self._keys(fid, k, fids, pos)
@@ -239,15 +260,15 @@ class RowReader:
         for fid, part in groups:
             parts.setdefault(fid, []).append(part)
 
-    def _keys(self, fid: int, k: int, fids: np.ndarray, pos: int) -> tuple[str, ...]:
+    def _keys(self, fid: int, k: int, fids: np.ndarray, pos: np.ndarray) -> tuple[str, ...]:
         """Frame ``fid``'s keys (the names file read again for a new one), checked to be ``k`` (the rows of
-        frames ``fids``, the first at ``pos``, have ``k`` values)."""
+        frames ``fids``, at positions ``pos``, have ``k`` values)."""
         keys = self.frames.get(fid)
         if keys is None:
             self._read_names()
             keys = self.frames.get(fid)
         if keys is None or len(keys) != k:
-            at = pos + int(np.argmax(fids == fid)) * (8 * k + _HEAD + 16)
+            at = int(pos[np.argmax(fids == fid)])
             why = (
                 f"of frame {fid}, which no name names" if keys is None else f"{8 * k + _HEAD} bytes, not frame {fid}'s"
             )

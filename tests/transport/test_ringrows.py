@@ -278,6 +278,43 @@ def test_alternating_frames_that_share_a_key_are_read_in_one_pass_not_one_a_row(
     r.close()
 
 
+def test_calls_that_alternate_sizes_come_back_whole_over_many_laps_each_size_decoded_at_once(tmp_path: Path) -> None:
+    """A 2-key dict, an ``append()`` and a 5-key dict at each step (three record sizes, a run of one each), read
+    in passes of 3 to 20 steps over 100 laps of a 4 KiB ring: a size's rows lie apart, and on both sides of
+    the wrap in some passes (one gather each). Every point comes back once, in order, with its value; a row
+    of a frame nobody named among them is damage at its own position."""
+    ring = RingWriter(tmp_path / "r", 4096)
+    w = RowWriter(ring)
+    r = RowReader(RingReader(tmp_path / "r"))
+    frames = [("x", "y"), ("z",), tuple(f"a{i}" for i in range(5))]
+    got: dict[str, list[tuple[int, float]]] = {}
+    step, wraps = 0, 0
+    while step < 2600:
+        for _ in range(3 + step % 18):
+            for keys in frames:
+                assert w.row(keys, step, [step + j / 8 for j in range(len(keys))])
+            step += 1
+        lap = r.reader.cursor // 4096
+        for keys, (steps, values, _) in r.read().items():
+            for j, k in enumerate(keys):
+                got.setdefault(k, []).extend(zip(steps.tolist(), values[:, j].tolist(), strict=True))
+        wraps += r.reader.cursor // 4096 > lap
+        r.reader.release(r.reader.cursor)
+    assert wraps > 30
+    for keys in frames:
+        for j, k in enumerate(keys):
+            assert got[k] == [(s, s + j / 8) for s in range(step)], k
+    w.row(frames[0], step, [1.0, 2.0])
+    w.row(frames[1], step, [3.0])
+    at = ring.written
+    ring.put((9).to_bytes(4, "little") + bytes(4) + step.to_bytes(8, "little") + bytes(8))  # a 1-key row of frame 9
+    w.row(frames[1], step + 1, [4.0])
+    with pytest.raises(RingDamaged, match=f"the row at {at} is of frame 9, which no name names"):
+        r.read()
+    w.close()
+    r.close()
+
+
 def test_each_row_carries_when_it_was_written_on_the_machines_monotonic_clock(tmp_path: Path) -> None:
     """Two rows ~0.3 s apart: read back together, their ages differ by the time between their writes
     and the newer's is the time since it was written, each to a stamp's ~1 ms (the clock read around
