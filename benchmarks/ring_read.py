@@ -6,8 +6,10 @@ kinds (a 2-key dict, then an ``append()``, at every step) fills it with records 
 at every record. This writes ``--points`` points of each pattern into a ring with the library's
 :class:`RowWriter`, then times :meth:`RowReader.read` taking them all in one pass (the aggregator's
 drain after a burst, or at the end of a run), ``--repeats`` times, and checks that every point came
-back once, in order, with its value. Reported per pattern: the best pass's microseconds per point
-and per record, and the median's.
+back once, in order, with its value. Each pattern is read twice over: its records found by the C walk
+(:mod:`coordinator.transport.ringscan`, where the extension was built) and by the Python loop
+(``COORDINATOR_PUREPYTHON=1``). Reported per pattern and walk: the best pass's microseconds per point
+and per record, and the median's per point.
 
     python -m benchmarks.ring_read [--points 600000] [--repeats 5]
 """
@@ -15,6 +17,7 @@ and per record, and the median's.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from coordinator.core.env import COORDINATOR_PUREPYTHON
+from coordinator.transport import ringscan
 from coordinator.transport.ring import RingReader, RingWriter
 from coordinator.transport.ringrows import RowReader, RowWriter
 
@@ -69,13 +74,17 @@ def _check(rows: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]
             raise AssertionError(f"{k}: its points did not come back once each, in order, with their values")
 
 
-def measure(name: str, step: Step, points: int, repeats: int, directory: Path) -> dict[str, float]:
-    """Fill a ring with ``points`` points of ``step``; time ``repeats`` passes reading them all."""
+def measure(name: str, step: Step, points: int, repeats: int, directory: Path, pure: bool) -> dict[str, float]:
+    """Fill a ring with ``points`` points of ``step``; time ``repeats`` passes reading them all (with ``pure``, the
+    records found by the Python loop)."""
     path = directory / name.replace(" ", "_").replace(",", "").replace(":", "").replace("/", "")[:40]
     w = RowWriter(RingWriter(path, 1 << 27))
     n, records = _fill(w, step, points)
     r = RowReader(RingReader(path))
     times: list[float] = []
+    was = os.environ.pop(COORDINATOR_PUREPYTHON, None)
+    if pure:
+        os.environ[COORDINATOR_PUREPYTHON] = "1"
     try:
         for _ in range(repeats):
             r.reader.cursor = 0
@@ -84,6 +93,9 @@ def measure(name: str, step: Step, points: int, repeats: int, directory: Path) -
             times.append(time.perf_counter() - t0)
             _check(rows, step, records // len(step))
     finally:
+        os.environ.pop(COORDINATOR_PUREPYTHON, None)
+        if was is not None:
+            os.environ[COORDINATOR_PUREPYTHON] = was
         r.close()
         w.close()
         path.unlink()
@@ -105,15 +117,18 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> N
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args(argv)
     out(f"`python -m benchmarks.ring_read --points {a.points} --repeats {a.repeats}`: one pass over the whole ring\n")
-    out("| pattern (one step) | points | records | µs / point (best) | µs / record (best) | µs / point (median) |")
-    out("|---|---:|---:|---:|---:|---:|")
+    walks = [("C walk", False)] if ringscan.built() else []
+    walks.append(("Python walk", True))
+    out("| pattern (one step) | points | records | walk | µs/point (best) | µs/record (best) | µs/point (median) |")
+    out("|---|---:|---:|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         for name, step in PATTERNS.items():
-            m = measure(name, step, a.points, a.repeats, Path(d))
-            out(
-                f"| {name} | {m['points']:,} | {m['records']:,} | {m['us_per_point']:.3f} | "
-                f"{m['us_per_record']:.3f} | {m['median_us_per_point']:.3f} |"
-            )
+            for walk, pure in walks:
+                m = measure(name, step, a.points, a.repeats, Path(d), pure)
+                out(
+                    f"| {name} | {m['points']:,} | {m['records']:,} | {walk} | {m['us_per_point']:.3f} | "
+                    f"{m['us_per_record']:.3f} | {m['median_us_per_point']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

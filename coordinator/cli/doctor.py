@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from coordinator.core.env import COORDINATOR_PUREPYTHON
 from coordinator.settings import env_name
 from coordinator.transport.ringplace import SHM, left_rings
 
-__all__ = ["DOCTOR_POINTS", "left_rings_line", "row_path_line", "run_doctor"]
+__all__ = ["DOCTOR_POINTS", "left_rings_line", "ring_walk_line", "row_path_line", "run_doctor"]
 
 DOCTOR_POINTS = 20
 """Points the scratch run logs (key ``doctor/value``, value = step / 2)."""
@@ -50,6 +51,7 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
     yield True, versions
     yield True, left_rings_line()
     yield True, row_path_line()
+    yield True, ring_walk_line()
     cls = None
     if backend is not None:
         from coordinator.forward.backend import get_backend
@@ -99,6 +101,17 @@ def row_path_line() -> str:
     if os.environ.get(PURE_ENV) == "1":
         return f"ring rows: Python only ({PURE_ENV}=1), ~1.1 µs a scalar"
     return "ring rows: C extension built (a scalar row ~0.3 µs)"
+
+
+def ring_walk_line() -> str:
+    """Which path the aggregator's walk over a ring's records takes here: one C call a pass, or Python (slower)."""
+    from coordinator.transport.ringscan import built
+
+    if not built():
+        return "ring walk: Python only (the C extension was not built), ~1.2 µs a record"
+    if os.environ.get(COORDINATOR_PUREPYTHON) == "1":
+        return f"ring walk: Python only ({COORDINATOR_PUREPYTHON}=1), ~1.2 µs a record"
+    return "ring walk: C extension built (one call a pass)"
 
 
 def left_rings_line(where: Path = SHM) -> str:

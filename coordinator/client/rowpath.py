@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from coordinator.client.hotpath import PLAIN
+from coordinator.core.env import COORDINATOR_PUREPYTHON
 
 if TYPE_CHECKING:
     from coordinator.client._fastrow import Frame, Log, Method, Rows
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "c_method", "fast_calls", "row_path"]
 
-PURE_ENV = "COORDINATOR_PUREPYTHON"
+PURE_ENV = COORDINATOR_PUREPYTHON
 """Set to 1: every ring row takes the Python path, the extension built or not."""
 
 Row = Callable[[dict[str, Any], int], bool]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "COORDINATOR_PUREPYTHON",
     "COORDINATOR_SECRET",
     "COORDINATOR_SECRET_FILE",
     "LOCAL_RANK",
@@ -28,6 +29,8 @@ COORDINATOR_SECRET = "COORDINATOR_SECRET"  # the variable name, not a secret
 """Job-wide secret (>= 16 characters) from which multi-node CURVE keys are derived."""
 COORDINATOR_SECRET_FILE = "COORDINATOR_SECRET_FILE"  # the variable name
 """A 0600 file holding the job secret (instead of COORDINATOR_SECRET)."""
+COORDINATOR_PUREPYTHON = "COORDINATOR_PUREPYTHON"
+"""Set to 1: the Python paths run where the C extensions were built (ring rows, run calls, a ring's walk)."""
 
 # Launchers'.
 RANK = "RANK"

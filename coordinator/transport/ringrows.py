@@ -36,6 +36,7 @@ import numpy as np
 
 from coordinator.transport import wire
 from coordinator.transport.ring import HEADER_BYTES, Framing, RingDamaged, RingReader, RingWriter
+from coordinator.transport.ringscan import span_table
 
 __all__ = ["STAMP_SHIFT", "RowReader", "RowWriter", "Rows", "ages_s", "names_path", "row_batches", "stamp"]
 
@@ -165,10 +166,11 @@ class RowReader:
         """The rows published past the cursor, by frame, each key's points in write order (the cursor moves past
         them).
 
-        Rows are decoded with numpy, all the pass's records of one size at once (:meth:`_take`): a pass
-        costs about as much per size as one row, whether its rows came in runs of one frame, of
-        one-key frames (scalars logged one by one), or of calls that alternate sizes (a dict, then
-        an ``append()``, at every step: decoded run by run, these cost ~20 µs a row).
+        The records are found in one C call where built (:func:`.ringscan.span_table`), and decoded with numpy,
+        all the pass's records of one size at once (:meth:`_take`): a pass costs about as much per size as
+        one row, whether its rows came in runs of one frame, of one-key frames (scalars logged one by one),
+        or of calls that alternate sizes (a dict, then an ``append()``, at every step: decoded run by run,
+        these cost ~20 µs a row; :mod:`benchmarks.ring_read`).
 
         Frames come back side by side, so frames that share a key (a dict, then an ``append()`` of one of its
         keys; two dicts with a key in common) would lose that key's order between them: those frames come
@@ -182,19 +184,17 @@ class RowReader:
         """
         parts: dict[int, list[_Part]] = {}
         start = self.reader.cursor
-        sizes: dict[int, tuple[list[int], list[int], list[int]]] = {}  # body length: runs' positions, counts, places
-        taken = 0
         try:
-            for n, pos, count in self.reader.spans(final=final):
-                if n < _HEAD or (n - _HEAD) % 8:
-                    raise RingDamaged(f"{self.reader.path}: the record at {pos} is {n} bytes, not a row")
-                runs = sizes.setdefault(n, ([], [], []))
-                runs[0].append(pos)
-                runs[1].append(count)
-                runs[2].append(taken)
-                taken += count
-            for n, (positions, counts, places) in sizes.items():
-                self._take(n, positions, counts, places, parts)
+            table = span_table(self.reader, final=final)  # runs of one size: body length, position, count
+            n, pos, count = table[:, 0], table[:, 1], table[:, 2]
+            bad = np.flatnonzero((n < _HEAD) | ((n - _HEAD) % 8 != 0))
+            if len(bad):
+                raise RingDamaged(f"{self.reader.path}: the record at {pos[bad[0]]} is {n[bad[0]]} bytes, not a row")
+            places = np.cumsum(count) - count  # each run's first row's place in the pass
+            sizes, first = np.unique(n, return_index=True)
+            for size in sizes[np.argsort(first)].tolist():  # in the order each size first came
+                runs = n == size
+                self._take(size, pos[runs], count[runs], places[runs], parts)
         except RingDamaged:
             self.reader.cursor = start  # nothing of this pass is taken: the rows before the damage stay
             raise
@@ -223,7 +223,7 @@ class RowReader:
         return steps, values.reshape(-1, 1), np.concatenate([g[2] for g in got])[order]
 
     def _take(
-        self, n: int, positions: list[int], counts: list[int], places: list[int], parts: dict[int, list[_Part]]
+        self, n: int, positions: np.ndarray, counts: np.ndarray, places: np.ndarray, parts: dict[int, list[_Part]]
     ) -> None:
         """Decode the pass's rows of body length ``n`` (runs of ``counts`` records at ``positions``, the first of
         each at ``places`` in the pass) into ``parts``, by frame, each row with its place in the pass."""
@@ -239,10 +239,9 @@ class RowReader:
                 ("tail", "<u8"),
             ]
         )
-        starts, runs = np.array(positions, dtype=np.int64), np.array(counts, dtype=np.int64)
-        within = np.arange(int(runs.sum()), dtype=np.int64) - np.repeat(np.cumsum(runs) - runs, runs)
-        at = np.repeat(np.array(places, dtype=np.int64), runs) + within
-        pos = np.repeat(starts, runs) + within * size  # each row's position
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        at = np.repeat(places, counts) + within
+        pos = np.repeat(positions, counts) + within * size  # each row's position
         a = _copied(self.reader, pos, size).view(dt)[:, 0]
         fids, steps, values, stamps = a["fid"].copy(), a["step"].copy(), a["values"].copy(), a["stamp"].copy()
         uniq = np.unique(fids).tolist()

@@ -49,3 +49,18 @@ def test_doctor_says_which_path_ring_rows_take(monkeypatch: pytest.MonkeyPatch) 
     assert line.startswith("ring rows: C extension built" if rowpath.built() else "ring rows: Python only (the C")
     monkeypatch.setenv(rowpath.PURE_ENV, "1")
     assert row_path_line() == f"ring rows: Python only ({rowpath.PURE_ENV}=1), ~1.1 µs a scalar" or not rowpath.built()
+
+
+def test_doctor_says_which_path_the_walk_over_a_ring_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.cli.doctor import ring_walk_line
+    from coordinator.core.env import COORDINATOR_PUREPYTHON
+    from coordinator.transport import ringscan
+
+    monkeypatch.delenv(COORDINATOR_PUREPYTHON, raising=False)
+    line = ring_walk_line()
+    assert line.startswith("ring walk: C extension built" if ringscan.built() else "ring walk: Python only (the C")
+    monkeypatch.setenv(COORDINATOR_PUREPYTHON, "1")
+    assert (
+        ring_walk_line() == "ring walk: Python only (COORDINATOR_PUREPYTHON=1), ~1.2 µs a record"
+        or not ringscan.built()
+    )

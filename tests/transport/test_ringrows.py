@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
+from coordinator.core.env import COORDINATOR_PUREPYTHON
 from coordinator.transport import wire
 from coordinator.transport.ring import RingDamaged, RingReader, RingWriter
 from coordinator.transport.ringrows import RowReader, RowWriter, ages_s, names_path, row_batches
@@ -278,11 +279,19 @@ def test_alternating_frames_that_share_a_key_are_read_in_one_pass_not_one_a_row(
     r.close()
 
 
-def test_calls_that_alternate_sizes_come_back_whole_over_many_laps_each_size_decoded_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pure", [False, True], ids=["c-walk", "python-walk"])
+def test_calls_that_alternate_sizes_come_back_whole_over_many_laps_each_size_decoded_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
     """A 2-key dict, an ``append()`` and a 5-key dict at each step (three record sizes, a run of one each), read
     in passes of 3 to 20 steps over 100 laps of a 4 KiB ring: a size's rows lie apart, and on both sides of
     the wrap in some passes (one gather each). Every point comes back once, in order, with its value; a row
-    of a frame nobody named among them is damage at its own position."""
+    of a frame nobody named among them is damage at its own position. The records found by the C walk or by
+    the Python loop (:mod:`coordinator.transport.ringscan`)."""
+    if pure:
+        monkeypatch.setenv(COORDINATOR_PUREPYTHON, "1")
+    else:
+        monkeypatch.delenv(COORDINATOR_PUREPYTHON, raising=False)
     ring = RingWriter(tmp_path / "r", 4096)
     w = RowWriter(ring)
     r = RowReader(RingReader(tmp_path / "r"))
