@@ -19,7 +19,9 @@ agent (the ranks' parent), every rank, and every descendant (the aggregator that
 ``init_run`` started, anything else we start) —, ``--seconds`` of paced steps at 50 steps/s,
 ``barrier``, rank 0 reads them again, then tear-down (shutdown excluded). A step is a tiny DDP step
 (so the collective and the training thread are real but cheap: the figure is about logging, not the
-model) and, for ``coordinator`` and ``socket``, one ``run.log(<100-key dict>, step=s)`` per rank.
+model) and, for ``coordinator`` and ``socket``, one ``run.log(<100-key dict>, step=s)`` per rank (with
+``--scalars N``, then N ``run.log({key: x}, step=s)`` and N ``run[key].append(x, step=s)`` of other keys: the
+suite's realistic step at 10, whose rows fill a ring with records of two sizes a step).
 
 CPU per point = (CPU-seconds per second of the job with logging - the same without) x the
 window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
@@ -268,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--profile", default=None, help="py-spy the aggregator and rank 0 in the first logged window")
     p.add_argument(
+        "--scalars",
+        type=int,
+        default=0,
+        help="after the dict, N scalar log() calls and N append()s a step (the suite's realistic step: 10)",
+    )
+    p.add_argument(
         "--socket",
         action="store_true",
         help="the coordinator blocks over the socket (rings=False), not at the library's default (rings)",
@@ -295,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     xb = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
     keys = [f"train/m{j:03d}" for j in range(N_KEYS)]
+    scalars = [f"train/s{j:03d}" for j in range(args.scalars)]
+    appended = [f"train/a{j:03d}" for j in range(args.scalars)]
     agent = os.getppid()
     period = 1.0 / RATE
     step = 0
@@ -315,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                 row = dict(zip(keys, [x + j for j in range(N_KEYS)], strict=True))
                 t = time.thread_time_ns()
                 run.log(row, step=step)
+                for k in scalars:
+                    run.log({k: x}, step=step)
+                for k in appended:
+                    run[k].append(x, step=step)
                 in_log_ns += time.thread_time_ns() - t
             step += 1
             t_next += period
@@ -363,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
         world = dist.get_world_size()
         direct = {"aggregator_s": agg_s, "threads_s": sum(t for t, _ in every), "log_calls_s": sum(c for _, c in every)}
-        points = n * N_KEYS * world if run else 0
+        points = n * (N_KEYS + 2 * args.scalars) * world if run else 0
         return {"wall_s": wall, "cpu": _delta(a, b), "points": points, "late": late / n, "direct": direct}
 
     run_block("none")  # warm-up (not recorded)

@@ -13,8 +13,8 @@ taken without blocking (tests/client/test_fastcalls.py: the same answers and sto
 over the socket (no ring, or one the aggregator does not read) has their common case there taken by the same
 ``Log``: a point appended to its key's column in the buffer, a dict's row to its frame
 (tests/client/test_fastsocket.py).
-``COORDINATOR_PUREPYTHON=1`` keeps every row, and every call, on the Python path (read as a ring is opened, and
-by :func:`c_method` as the client is imported).
+``COORDINATOR_PUREPYTHON=1`` keeps every row, and every call, on the Python path (read as a ring is opened, by
+:func:`fast_calls` as a run starts, and by :func:`c_method` as the client is imported).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ __all__ = ["PURE_ENV", "FrameRecord", "MakeFrame", "built", "c_method", "fast_ca
 
 PURE_ENV = COORDINATOR_PUREPYTHON
 """Set to 1: every ring row takes the Python path, the extension built or not."""
+
+_OTHER_PLAIN = tuple(PLAIN - {float, int, bool})
+"""The value types a row takes besides float, int and bool (numpy's scalars), as the extension checks them."""
 
 Row = Callable[[dict[str, Any], int], bool]
 
@@ -78,7 +81,7 @@ def row_path(log: object, writer: object, python: Row) -> tuple[Row, MakeFrame]:
     if _FAST is None or os.environ.get(PURE_ENV) == "1":
         return python, _list_frame
     rows, frame, _, _ = _FAST
-    return rows(log, writer, tuple(PLAIN - {float, int, bool}), python).row, frame
+    return rows(log, writer, _OTHER_PLAIN, python).row, frame
 
 
 def fast_calls(run: object, base: type, ring: object, buf: Buffer) -> dict[str, Callable[..., None]]:
@@ -93,9 +96,8 @@ def fast_calls(run: object, base: type, ring: object, buf: Buffer) -> dict[str, 
     rows = None if ring is None else getattr(getattr(ring, "row", None), "__self__", None)
     if _FAST is None or os.environ.get(PURE_ENV) == "1" or (ring is not None and type(rows) is not _FAST[0]):
         return {}
-    plain = tuple(PLAIN - {float, int, bool})
     return {
-        name: _FAST[2](run, ring, rows, buf.lock, getattr(run, name), name == "_append", buf, plain)
+        name: _FAST[2](run, ring, rows, buf.lock, getattr(run, name), name == "_append", buf, _OTHER_PLAIN)
         for name in ("log", "_append")
         if getattr(type(run), name) is getattr(base, name)
     }
