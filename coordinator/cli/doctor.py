@@ -94,24 +94,25 @@ def run_doctor(backend: str | None, options: Mapping[str, object], *, keep: bool
 
 def row_path_line() -> str:
     """Which path a ring row takes here: the C extension's common case, or Python only (slower, not a failure)."""
-    from coordinator.client.rowpath import PURE_ENV, built
+    from coordinator.client.rowpath import built
 
-    if not built():
-        return "ring rows: Python only (the C extension was not built: no compiler at install), ~1.1 µs a scalar"
-    if os.environ.get(PURE_ENV) == "1":
-        return f"ring rows: Python only ({PURE_ENV}=1), ~1.1 µs a scalar"
-    return "ring rows: C extension built (a scalar row ~0.3 µs)"
+    return _c_line("ring rows", built(), "~1.1 µs a scalar", "a scalar row ~0.3 µs")
 
 
 def ring_walk_line() -> str:
     """Which path the aggregator's walk over a ring's records takes here: one C call a pass, or Python (slower)."""
     from coordinator.transport.ringscan import built
 
-    if not built():
-        return "ring walk: Python only (the C extension was not built), ~1.2 µs a record"
+    return _c_line("ring walk", built(), "~1.2 µs a record", "one call a pass")
+
+
+def _c_line(what: str, built: bool, python: str, c: str) -> str:
+    """The doctor's line for a path with an optional C extension: built and used, or Python only and why."""
+    if not built:
+        return f"{what}: Python only (the C extension was not built: no compiler at install), {python}"
     if os.environ.get(COORDINATOR_PUREPYTHON) == "1":
-        return f"ring walk: Python only ({COORDINATOR_PUREPYTHON}=1), ~1.2 µs a record"
-    return "ring walk: C extension built (one call a pass)"
+        return f"{what}: Python only ({COORDINATOR_PUREPYTHON}=1), {python}"
+    return f"{what}: C extension built ({c})"
 
 
 def left_rings_line(where: Path = SHM) -> str:
