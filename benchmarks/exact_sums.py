@@ -1,7 +1,7 @@
 """The key group's correctly rounded sums over the ranks, timed in process, every result checked.
 
 An emit of a key group reduces a keys x steps x ranks matrix with
-:func:`~coordinator.aggregator.blocks.exact_sums` (``math.fsum``'s result, vectorised and
+:func:`~coordinator.aggregator.sums.exact_sums` (``math.fsum``'s result, vectorised and
 certified per element). This times it on the shapes the suite's workloads make: the paced job's
 emission once a second (100 keys, 50 steps, 4 ranks), a flat-out job's (100 keys, a full batch's
 655 steps, 4 and 8 ranks) and 1024 ranks (``--shapes`` picks others). Each call's result must
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from coordinator.aggregator.blocks import exact_sums
+from coordinator.aggregator.sums import exact_sums
 
 __all__ = ["SHAPES", "main", "measure"]
 

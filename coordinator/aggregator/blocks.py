@@ -12,9 +12,9 @@ rank's last, a key logged alone or in another tuple, a rewind — first turns it
 states (:meth:`KeyGroup.split`) and goes on the per-key path: a group never changes a result,
 it only computes it with fewer Python operations.
 
-Sums are correctly rounded, as :func:`math.fsum` is (:func:`exact_sums`): a vectorised
-error-free summation whose result is certified per element, with ``math.fsum`` for the rare
-element it cannot certify (a near-tie, a zero, an overflow, a NaN).
+Sums are correctly rounded, as :func:`math.fsum` is
+(:func:`~coordinator.aggregator.sums.exact_sums`). Groups whose emits take the same aligned steps
+are reduced together (:mod:`~coordinator.aggregator.fused`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.aggregator.sums import total
+from coordinator.aggregator.sums import Matrix, exact_sums
 from coordinator.core.columns import increasing
 
-__all__ = ["FAST_POLICIES", "RECENT_ENTRIES", "EmittedBlock", "KeyGroup", "Matrix", "exact_sums"]
+__all__ = ["FAST_POLICIES", "RECENT_ENTRIES", "EmittedBlock", "KeyGroup", "Matrix", "reduced"]
 
-Matrix = npt.NDArray[np.float64]
-"""A block's values: one row per key, one column per step."""
 _Taken: TypeAlias = "tuple[npt.NDArray[np.int64], Matrix, npt.NDArray[np.bool_]]"
 """What an emit takes from a group: its steps, their keys x steps x ranks values, which rank gave each."""
 
@@ -44,92 +42,24 @@ FAST_POLICIES = frozenset(("mean", "all", "sum", "rank0"))
 RECENT_ENTRIES = 256
 """Per key, the (rank, value) entries of emitted groups kept for repeats (at least the last group)."""
 
-_MARGIN = 1.0 + 2.0**-40
-"""Slack on the certificate's float arithmetic (its own roundings are below 2**-52 relative)."""
 
-_EXPONENT = np.int64(0x7FF0000000000000)
-"""A double's exponent bits (as an int64): masked in, they leave the power of two at or below it."""
-
-
-def exact_sums(v: Matrix, mask: npt.NDArray[np.bool_]) -> Matrix:
-    """Correctly rounded sums over the last axis of ``v`` (keys x steps x ranks, absent entries 0.0), as fsum.
-
-    TwoSum cascades give the rounded sum ``s`` and its exact error terms; their rounded sum
-    ``u`` and its error terms ``f``; then ``res = fl(s + u)`` with error ``g``, so the exact sum is
-    ``res + g + sum(f)``. ``res`` is the correctly rounded sum when ``|g| + sum|f|`` is below half
-    the gap to either neighbour of ``res`` (then no other double is nearer). Elements that are not
-    certified (ties, zeros, non-finite values) are summed with :func:`~coordinator.aggregator.sums.total`
-    (``math.fsum`` without its exceptions) over the present entries of ``mask`` (steps x ranks), which
-    is what the per-key path computes.
-    """
-    with np.errstate(all="ignore"):  # overflow and NaN are what the certificate rejects
-        res = _certified(v)
-    bad = ~np.isfinite(res)
-    if bad.any():
-        for i, j in zip(*np.nonzero(bad), strict=True):
-            res[i, j] = total(v[i, j][mask[j]].tolist())
-    return res
-
-
-def _half_gap(a: Matrix) -> Matrix:
-    """Half the gap from each of ``a`` (``>= 0``) to its nearer neighbouring double; 0 where ``a`` is 0 or subnormal.
-
-    From the exponent's bits: ``p``, the power of two at or below ``a``, has neighbours ``p *
-    2**-52`` apart above it and ``p * 2**-53`` below, and every other double in ``[p, 2p)`` has
-    both at ``p * 2**-52``. The same as ``nextafter`` both ways, five times faster (that was a
-    fifth of an emit's sums at 4 ranks). A subnormal's 0 refuses its certificate (fsum then sums it).
-    """
-    p = (a.view(np.int64) & _EXPONENT).view(np.float64)
-    half = p * 2.0**-53
-    half[a == p] *= 0.5
-    return half
-
-
-def _certified(v: Matrix) -> Matrix:
-    """The rounded sums over the last axis of ``v``, NaN where they are not certified correctly rounded.
-
-    The ranks are summed pairwise, halving them at each level (``log2(n)`` vectorised steps: a
-    loop over 1024 ranks was ~16,000 numpy calls per emitted group), each step a TwoSum whose
-    error terms are kept: ``sum(v) == s + sum(errors)`` exactly, whatever the order. The ``n - 1``
-    error terms are then summed as floats, ``u``, whose own error is at most ``(n - 2) * 2**-53 /
-    (1 - (n - 2) * 2**-53)`` times the sum of their magnitudes in any order of summation
-    (Higham, *Accuracy and Stability of Numerical Algorithms*, 4.2): ``spread`` bounds it.
-
-    The sums run on keys x ranks x steps (a key group's emit builds ``v`` as a view of that
-    layout; any other ``v`` is copied into it): each half of a level is then a run of contiguous
-    rows, its sums add whole rows, and each TwoSum reuses its temporaries. Over the ranks' own
-    axis, the last, every operand was strided and every sum a reduction of 2-4 elements per step,
-    which took twice as long at 4 and 8 ranks (``python -m benchmarks.exact_sums``;
-    docs/performance.md, round 32).
-    """
-    n = v.shape[-1]
-    s = np.moveaxis(v, -1, 1)
-    if n > 1:
-        s = np.ascontiguousarray(s)
-    u = np.zeros(v.shape[:-1])
-    spread = np.zeros(v.shape[:-1])
-    while s.shape[1] > 1:
-        half = s.shape[1] // 2
-        a, b = s[:, :half], s[:, half : 2 * half]
-        t = a + b
-        bp = t - a
-        e = t - bp  # a's share of t, then a's rounding error, then the TwoSum's error term
-        np.subtract(a, e, out=e)
-        np.subtract(b, bp, out=bp)  # b's rounding error
-        np.add(e, bp, out=e)
-        u += e.sum(axis=1)
-        spread += np.abs(e, out=e).sum(axis=1)
-        s = np.concatenate((t, s[:, 2 * half :]), axis=1) if s.shape[1] % 2 else t
-    spread *= 2.0 * n * 2.0**-53  # covers the bound above and the roundings of these sums
-    s = s[:, 0]
-    res = s + u
-    bp = res - s
-    g = (s - (res - bp)) + (u - bp)
-    a = np.abs(res)
-    half_gap = _half_gap(a)
-    ok = np.isfinite(res) & (a > 0.0) & ((np.abs(g) + spread) * _MARGIN < half_gap)
-    res[~ok] = np.nan
-    return res
+def reduced(
+    policies: tuple[str, ...], steps: npt.NDArray[np.int64], v: Matrix, mask: npt.NDArray[np.bool_]
+) -> tuple[Matrix, array[int]]:
+    """The main-series values of emitted steps (keys x steps, one policy of :data:`FAST_POLICIES` per key) from
+    their ``v`` (keys x steps x ranks) and ``mask`` (steps x ranks), and each step's count of ranks."""
+    counts_np = mask.sum(axis=1).astype(np.int32)
+    values = exact_sums(v, mask)
+    means = [i for i, p in enumerate(policies) if p in ("mean", "all")]
+    if len(means) == len(policies):
+        values /= counts_np
+    elif means:
+        values[means] /= counts_np
+    firsts = [i for i, p in enumerate(policies) if p == "rank0"]
+    if firsts:
+        low = np.argmax(mask, axis=1)  # the smallest rank present in each step
+        values[firsts] = v[firsts][:, np.arange(len(steps)), low]
+    return values, array("i", counts_np.tobytes())
 
 
 @dataclass(slots=True)
@@ -161,6 +91,8 @@ class _Emitted:
     """keys x steps x ranks (absent entries 0.0)."""
     mask: npt.NDArray[np.bool_]
     """steps x ranks: which rank contributed to which step."""
+    counted: npt.NDArray[np.int64]
+    """The running count of entries (ranks) over the steps: ``counted[i]`` for ``steps[: i + 1]``."""
 
 
 def _union(
@@ -245,25 +177,41 @@ class KeyGroup:
         it), its first point came ``timeout`` ago, or ``force``; the first step that is none of
         these ends the emit (as the per-key heap does).
         """
-        segs = self.segments
-        if not segs:
+        if not self.segments:
             return None
-        if not self.settled and (world <= (done | self.maxstep.keys()) or now - self.first_seen >= timeout):
-            self.settled = True
-        wm: float
-        if not self.settled:
-            wm = -1
-        elif done:
-            wm = min([m for r, m in self.maxstep.items() if r not in done], default=math.inf)
-        else:
-            wm = min(self.maxstep.values(), default=math.inf)
+        wm = self._watermark(now, done, world, timeout)
         taken = self._take_aligned(now, wm, timeout, force) if self._aligned() else self._take(now, wm, timeout, force)
         if taken is None:
             return None
         steps, v, mask = taken
         self.emitted_upto = int(steps[-1])
-        self._remember(_Emitted(steps, v, mask))
-        return self._reduce(steps, v, mask)
+        self.remember(steps, v, mask)
+        values, counts = reduced(self.policies, steps, v, mask)
+        return EmittedBlock(self.keys, array("q", steps.tobytes()), values, counts)
+
+    def whole(self, now: float, done: set[int], world: frozenset[int], timeout: float, force: bool) -> bool:
+        """Whether :meth:`emit` would now take every pending segment whole: one aligned run, all of it due.
+
+        Such groups can be emitted together (:func:`~coordinator.aggregator.fused.emit_groups`). It settles
+        the group as :meth:`emit` would.
+        """
+        segs = self.segments
+        if not segs:
+            return False
+        wm = self._watermark(now, done, world, timeout)
+        if not self._aligned():
+            return False
+        return force or segs[0].created <= now - timeout or wm >= segs[0].steps[-1]
+
+    def _watermark(self, now: float, done: set[int], world: frozenset[int], timeout: float) -> float:
+        """The last step every rank not done has logged past (-1 while unsettled); settles the group when due."""
+        if not self.settled and (world <= (done | self.maxstep.keys()) or now - self.first_seen >= timeout):
+            self.settled = True
+        if not self.settled:
+            return -1
+        if done:
+            return min([m for r, m in self.maxstep.items() if r not in done], default=math.inf)
+        return min(self.maxstep.values(), default=math.inf)
 
     def _aligned(self) -> bool:
         """Whether every pending segment holds the same run of consecutive steps: ranks in step.
@@ -362,45 +310,46 @@ class KeyGroup:
         self.segments, self.ranks = kept_segs, kept_ranks
         return uniq[:m], v, mask.reshape(m, world)
 
+    def remember(
+        self,
+        steps: npt.NDArray[np.int64],
+        v: Matrix,
+        mask: npt.NDArray[np.bool_],
+        counted: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """Keep emitted ``steps`` (their keys x steps x ranks values, ``mask`` steps x ranks) for repeats.
+
+        ``counted``: the running count of ``mask``'s entries per step, if known (groups emitted together
+        share it); it is not changed."""
+        self._remember(_Emitted(steps, v, mask, np.cumsum(mask.sum(axis=1)) if counted is None else counted))
+
     def _remember(self, e: _Emitted) -> None:
         """Keep ``e`` for repeats; drop the oldest steps past :data:`RECENT_ENTRIES` (never the last step)."""
         self.recent.append(e)
-        self.recent_entries += int(e.mask.sum())
+        self.recent_entries += int(e.counted[-1])
         while self.recent_entries > RECENT_ENTRIES:
             first = self.recent[0]
-            per_step = first.mask.sum(axis=1)
-            if len(self.recent) == 1 and len(first.steps) == 1:
+            n = len(first.steps)
+            if len(self.recent) == 1 and n == 1:
                 return
             # Drop the fewest whole leading steps that bring the rest to the bound (at most
             # ``limit``), as the per-key trim does; a search over the running total finds them, so
             # an emit of thousands of steps has no loop per step.
-            limit = len(first.steps) - (1 if len(self.recent) == 1 else 0)
-            dropped = np.cumsum(per_step[:limit])
-            drop = min(limit, int(np.searchsorted(dropped, self.recent_entries - RECENT_ENTRIES)) + 1)
-            self.recent_entries -= int(dropped[drop - 1]) if drop else 0
-            if drop == len(first.steps):
+            limit = n - (1 if len(self.recent) == 1 else 0)
+            counted = first.counted
+            drop = min(limit, int(np.searchsorted(counted[:limit], self.recent_entries - RECENT_ENTRIES)) + 1)
+            self.recent_entries -= int(counted[drop - 1]) if drop else 0
+            if drop == n:
                 self.recent.popleft()
             else:
                 # Copies: the kept steps are few, and a view would keep a whole emit's matrix alive.
                 self.recent[0] = _Emitted(
-                    first.steps[drop:].copy(), first.values[:, drop:].copy(), first.mask[drop:].copy()
+                    first.steps[drop:].copy(),
+                    first.values[:, drop:].copy(),
+                    first.mask[drop:].copy(),
+                    counted[drop:] - counted[drop - 1],
                 )
                 return
-
-    def _reduce(self, steps: npt.NDArray[np.int64], v: Matrix, mask: npt.NDArray[np.bool_]) -> EmittedBlock:
-        counts_np = mask.sum(axis=1).astype(np.int32)
-        pols = self.policies
-        values = exact_sums(v, mask)
-        means = [i for i, p in enumerate(pols) if p in ("mean", "all")]
-        if len(means) == len(pols):
-            values /= counts_np
-        elif means:
-            values[means] /= counts_np
-        firsts = [i for i, p in enumerate(pols) if p == "rank0"]
-        if firsts:
-            low = np.argmax(mask, axis=1)  # the smallest rank present in each step
-            values[firsts] = v[firsts][:, np.arange(len(steps)), low]
-        return EmittedBlock(self.keys, array("q", steps.tobytes()), values, array("i", counts_np.tobytes()))
 
     def split(self) -> list[dict[str, Any]]:
         """Per key, the fields of its per-key reducer state equal to this group's (same order as ``keys``)."""

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.aggregator.blocks import FAST_POLICIES, RECENT_ENTRIES, EmittedBlock, KeyGroup, Matrix
+from coordinator.aggregator.fused import emit_groups
 from coordinator.aggregator.sums import MEANS, REDUCERS, total
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
@@ -369,12 +370,8 @@ class Reducer:
         self, now: float, *, force: bool = False, all_keys: bool = False
     ) -> tuple[dict[str, Emitted], list[EmittedBlock]]:
         """:meth:`emit`, with what key groups emitted as blocks (no key is in both)."""
-        blocks: list[EmittedBlock] = []
         groups = self._groups if (force or all_keys) else self._touched_groups
-        for grp in groups.values():
-            b = grp.emit(now, self.done, self.world, self.group_timeout_s, force)
-            if b is not None:
-                blocks.append(b)
+        blocks = emit_groups(groups.values(), now, self.done, self.world, self.group_timeout_s, force)
         self._touched_groups = {}
         out: dict[str, Emitted] = {}
         keys = self.keys if (force or all_keys) else self._touched

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from coordinator.aggregator.blocks import KeyGroup, _certified, _half_gap, _union, exact_sums
+from coordinator.aggregator.blocks import KeyGroup, _union
 from coordinator.aggregator.reduce import Emitted, Reducer
+from coordinator.aggregator.sums import _certified, _half_gap, exact_sums
 from coordinator.core.policies import PolicyTable
 from tests.aggregator.helpers import batch, bye, hello, make_cfg, reopen
 
