@@ -27,7 +27,7 @@ import msgpack
 
 from coordinator.core.columns import to_le as _le
 from coordinator.errors import SinkError
-from coordinator.journal.blockrows import block_params
+from coordinator.journal.blockrows import block_params, shared_summaries
 from coordinator.journal.checkpoint import TARGET_FRAMES, Checkpointer
 from coordinator.journal.paths import list_runs, resolve_root, run_dir
 from coordinator.journal.reader import JournalReader
@@ -266,11 +266,13 @@ class LocalStore(JournalReader):
         rows themselves, part of the RSS spike each write made in the soak.
         """
 
+        known = shared_summaries(b for rows in (first, chunks) for b in rows if isinstance(b, StagedBlock))
+
         def params() -> Iterator[tuple[Any, ...]]:
             for rows in (first, chunks):
                 for item in rows:
                     if isinstance(item, StagedBlock):
-                        yield from block_params(item, key_id.__getitem__)
+                        yield from block_params(item, key_id.__getitem__, known.get(id(item)))
                     else:
                         yield self._chunk_params(item, key_id)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.journal.blockrows import block_params, block_summaries
+from coordinator.journal.blockrows import SMALL_BLOCK_KEYS, block_params, block_summaries, shared_summaries
 from coordinator.journal.records import ChunkRow, StagedBlock
 from coordinator.journal.store import LocalStore, TxnData
 from coordinator.journal.summary import summarize, summarize_small
@@ -108,3 +108,54 @@ def test_long_blocks_with_zeros_match_the_definition() -> None:
         for g, r in zip(block_summaries(b), v.tolist(), strict=True):
             w = summarize_small(array("q", steps), array("d", r))
             assert all(_same(x, y) for x, y in zip(g, w, strict=True)), (g, w)
+
+
+def _bytes_row(row: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(bytes(x) if isinstance(x, memoryview) else x for x in row)
+
+
+def test_small_blocks_sharing_steps_are_summarised_together_with_the_same_rows() -> None:
+    """Blocks of 1-8 keys (some sharing their steps, some not, NaN, zeros of both signs, unordered steps)
+    and wider ones: the rows from shared summaries are, row by row and byte for byte, each block's own;
+    the small blocks that share steps get them, the wide ones and the lone ones do not."""
+    rng = np.random.default_rng(17)
+    for _ in range(40):
+        runs = [sorted(rng.integers(0, 99, size=int(rng.integers(1, 60))).tolist()) for _ in range(3)]
+        runs.append(rng.integers(0, 99, size=5).tolist())  # not increasing
+        blocks = []
+        for _ in range(int(rng.integers(2, 30))):
+            k = int(rng.choice([1, 1, 2, 8, 9, 30]))
+            steps = runs[int(rng.integers(0, len(runs)))]
+            v = rng.choice([0.0, -0.0, 1.5, -2.0, NAN, math.inf, 3.25], size=(k, len(steps)))
+            blocks.append(StagedBlock(tuple(f"k{i}" for i in range(k)), 1, 0, 0, 1.0, array("q", steps), v))
+        ids = {f"k{i}": i for i in range(30)}.__getitem__
+        known = shared_summaries(blocks)
+        for b in blocks:
+            small = len(b.keys) <= SMALL_BLOCK_KEYS
+            shares = sum(1 for o in blocks if len(o.keys) <= SMALL_BLOCK_KEYS and o.steps == b.steps) > 1
+            assert (id(b) in known) == (small and shares)
+            got = [_bytes_row(r) for r in block_params(b, ids, known.get(id(b)))]
+            want = [_bytes_row(r) for r in block_params(b, ids)]
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                assert all(_same(x, y) for x, y in zip(g, w, strict=True)), (g, w)
+
+
+def test_many_small_blocks_are_summarised_in_bounded_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten thousand one-key blocks of 50 shared steps: summarised in calls of at most 65,536 values each
+    (the stacked copy stays small), every block's summaries found."""
+    from coordinator.journal import blockrows
+
+    sizes: list[int] = []
+    real = blockrows.block_summaries
+
+    def counting(b: StagedBlock) -> list[tuple[object, ...]]:
+        sizes.append(b.values.size)
+        return real(b)
+
+    monkeypatch.setattr(blockrows, "block_summaries", counting)
+    steps = array("q", range(50))
+    blocks = [StagedBlock((f"k{i}",), 0, 0, 0, 0.0, steps, np.full((1, 50), float(i))) for i in range(10_000)]
+    known = blockrows.shared_summaries(blocks)
+    assert len(known) == 10_000 and max(sizes) <= 65_536 and sum(sizes) == 500_000
+    assert [known[id(b)][0][0][4] for b in blocks[:3]] == [0.0, 1.0, 2.0]  # each key's first value
