@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -393,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.also_socket:
             print("socket:", json.dumps(summarise({"results": results}, "socket"), indent=1))
     dist.destroy_process_group()
+    if args.root is None:  # this rank's own temporary directory (its spool; rank 0's, the store too)
+        shutil.rmtree(root)
     return 0
 
 
