@@ -4,10 +4,10 @@ A training loop that logs a dict and a few scalars alone at each step (``run.log
 step=s)``, ``run["lr"].append(v, step=s)``) gives the reducer a group per dict and one per scalar
 key (each of the rank's frames arrives as its own block). Emitted one by one, every group pays the
 same fixed count of numpy calls for its take, its exact sums and its division, whatever its size:
-about 120 µs a one-key group on the development VM, where a 20-key group costs 150 µs in all
+about 100 µs a one-key group on the development VM, where one 20-key group costs 150 µs in all
 (docs/performance.md, round 60). Groups whose pending segments are the same run of steps from the
 same ranks, all of it due (:meth:`~coordinator.aggregator.blocks.KeyGroup.whole`: the ranks logged
-in step, the common case), are stacked into one keys x steps x ranks matrix here and reduced
+in step, the common case), are stacked into one keys x ranks x steps matrix here and reduced
 by one call of :func:`~coordinator.aggregator.blocks.reduced`. Each group still gets its own
 :class:`~coordinator.aggregator.blocks.EmittedBlock` (its rows of the result) and keeps its own
 recent values, so what is emitted, stored and kept is exactly what its own emit gives; only the
