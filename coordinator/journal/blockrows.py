@@ -80,8 +80,10 @@ def shared_summaries(blocks: Iterable[StagedBlock]) -> dict[int, Known]:
             same.setdefault(b.steps.tobytes(), []).append(b)
     known: dict[int, Known] = {}
     for bl in same.values():
+        if len(bl) < 2:
+            continue  # a lone block is summarised on its own, by block_params
         per_call = max(1, _SHARED_VALUES // (SMALL_BLOCK_KEYS * len(bl[0].steps)))
-        for i in range(0, len(bl) if len(bl) > 1 else 0, per_call):
+        for i in range(0, len(bl), per_call):
             part = bl[i : i + per_call]
             keys = tuple(k for b in part for k in b.keys)
             values = np.concatenate([b.values for b in part], axis=0)
