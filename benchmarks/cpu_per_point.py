@@ -21,7 +21,9 @@ agent (the ranks' parent), every rank, and every descendant (the aggregator that
 (so the collective and the training thread are real but cheap: the figure is about logging, not the
 model) and, for ``coordinator`` and ``socket``, one ``run.log(<100-key dict>, step=s)`` per rank (with
 ``--scalars N``, then N ``run.log({key: x}, step=s)`` and N ``run[key].append(x, step=s)`` of other keys: the
-suite's realistic step at 10, whose rows fill a ring with records of two sizes a step).
+suite's realistic step at 10, whose rows fill a ring with records of two sizes a step). With ``--epoch N`` the
+dict's last key is ``epoch`` and every Nth step a validation dict ``{val/loss, val/acc, epoch}`` follows it, as
+Lightning and transformers log them (two dicts that share a key).
 
 CPU per point = (CPU-seconds per second of the job with logging - the same without) x the
 window's length / the points logged in it (4 ranks x 100 keys x steps); the figure is the median
@@ -277,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         help="after the dict, N scalar log() calls and N append()s a step (the suite's realistic step: 10)",
     )
     p.add_argument(
+        "--epoch",
+        type=int,
+        default=0,
+        help="the dict's last key is `epoch`, and every Nth step a validation dict with `epoch` follows it",
+    )
+    p.add_argument(
         "--socket",
         action="store_true",
         help="the coordinator blocks over the socket (rings=False), not at the library's default (rings)",
@@ -304,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     xb = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
     keys = [f"train/m{j:03d}" for j in range(N_KEYS)]
+    if args.epoch:
+        keys[-1] = "epoch"
+    val_every = args.epoch or 0
     scalars = [f"train/s{j:03d}" for j in range(args.scalars)]
     appended = [f"train/a{j:03d}" for j in range(args.scalars)]
     agent = os.getppid()
@@ -312,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     block = 0
 
     in_log_ns = 0
+    val_points = 0
 
     def paced(run: Any, n: int, t_next: float) -> tuple[float, int]:
-        nonlocal step, in_log_ns
+        nonlocal step, in_log_ns, val_points
         late = 0
         for _ in range(n):
             opt.zero_grad(set_to_none=True)
@@ -330,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                     run.log({k: x}, step=step)
                 for k in appended:
                     run[k].append(x, step=step)
+                if val_every and step % val_every == val_every - 1:
+                    run.log({"val/loss": x, "val/acc": 1.0 - x, "epoch": row["epoch"]}, step=step)
+                    val_points += 3
                 in_log_ns += time.thread_time_ns() - t
             step += 1
             t_next += period
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return t_next, late
 
     def run_block(variant: str) -> dict[str, Any]:
-        nonlocal block, in_log_ns
+        nonlocal block, in_log_ns, val_points
         block += 1
         run = None
         if variant != "none":
@@ -352,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         paced(run, int(RATE), time.monotonic())  # 1 s: start-up excluded
         dist.barrier()
         a = job_cpu(agent) if rank == 0 else {}
-        threads_a, in_log_ns = own_threads_cpu(), 0
+        threads_a, in_log_ns, val_points = own_threads_cpu(), 0, 0
         aggregators = [pid for pid, (role, _) in a.items() if role == "aggregator"]
         agg_a = {pid: threads_cpu(pid) for pid in aggregators}
         spies = []
@@ -378,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
         world = dist.get_world_size()
         direct = {"aggregator_s": agg_s, "threads_s": sum(t for t, _ in every), "log_calls_s": sum(c for _, c in every)}
-        points = n * (N_KEYS + 2 * args.scalars) * world if run else 0
+        points = (n * (N_KEYS + 2 * args.scalars) + val_points) * world if run else 0  # every rank logs the same
         return {"wall_s": wall, "cpu": _delta(a, b), "points": points, "late": late / n, "direct": direct}
 
     run_block("none")  # warm-up (not recorded)

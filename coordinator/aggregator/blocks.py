@@ -8,9 +8,12 @@ its keys and with no work per step on arrival, and an emit lines up the steps of
 block and reduces every key of the emitted steps with numpy at once. The group's state is
 exactly what each key's per-key state would be (every key has the same steps from the same
 ranks), so anything the group does not handle — a repeat, a late point, a step below the
-rank's last, a key logged alone or in another tuple, a rewind — first turns it into per-key
-states (:meth:`KeyGroup.split`) and goes on the per-key path: a group never changes a result,
-it only computes it with fewer Python operations.
+rank's last, a rewind — first turns it into per-key states (:meth:`KeyGroup.split`) and goes on
+the per-key path: a group never changes a result, it only computes it with fewer Python
+operations. Keys that are also logged on their own or in another tuple (the frameworks' ``epoch``,
+in the training dict and in the validation dict) leave their group alone (:meth:`KeyGroup.shed`),
+and the group goes on with the rest (:meth:`Reducer.add_block
+<coordinator.aggregator.reduce.Reducer.add_block>` says which keys leave).
 
 Sums are correctly rounded, as :func:`math.fsum` is
 (:func:`~coordinator.aggregator.sums.exact_sums`). Groups whose emits take the same aligned steps
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -353,6 +357,25 @@ class KeyGroup:
 
     def split(self) -> list[dict[str, Any]]:
         """Per key, the fields of its per-key reducer state equal to this group's (same order as ``keys``)."""
+        return self._fields(range(len(self.keys)))
+
+    def shed(self, drop: Sequence[int]) -> list[dict[str, Any]]:
+        """Take the keys at positions ``drop`` (some, not all) out of the group: their per-key fields, as
+        :meth:`split` gives them; the group goes on with its other keys and their rows of every pending
+        and recent block (what it holds for them does not change)."""
+        gone = set(drop)
+        if not gone or len(gone) >= len(self.keys) or not gone.issubset(range(len(self.keys))):
+            raise ValueError(f"shed {sorted(gone)} of a group of {len(self.keys)} keys: some, not all, of them")
+        out = self._fields(drop)
+        keep = [i for i in range(len(self.keys)) if i not in gone]
+        self.keys = tuple(self.keys[i] for i in keep)
+        self.policies = tuple(self.policies[i] for i in keep)
+        self.segments = [_Segment(g.steps, g.values[keep], g.created) for g in self.segments]
+        self.recent = deque(_Emitted(e.steps, e.values[keep], e.mask, e.counted) for e in self.recent)
+        return out
+
+    def _fields(self, which: Iterable[int]) -> list[dict[str, Any]]:
+        """The per-key fields of the keys at positions ``which`` (in that order)."""
         # Segments are in arrival order: a step's first segment gives its age, as in emit().
         pend: dict[int, tuple[float, dict[int, tuple[Matrix, int]]]] = {}
         for g, r in zip(self.segments, self.ranks, strict=True):
@@ -364,7 +387,8 @@ class KeyGroup:
             for j, s in enumerate(e.steps.tolist()):
                 recent.append((s, [(r, j, e) for r in np.flatnonzero(e.mask[j]).tolist()]))
         out: list[dict[str, Any]] = []
-        for i, policy in enumerate(self.policies):
+        for i in which:
+            policy = self.policies[i]
             out.append(
                 {
                     "policy": policy,

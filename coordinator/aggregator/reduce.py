@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any
 
@@ -31,14 +30,12 @@ import numpy as np
 
 from coordinator.aggregator.blocks import FAST_POLICIES, RECENT_ENTRIES, EmittedBlock, KeyGroup, Matrix
 from coordinator.aggregator.fused import emit_groups
+from coordinator.aggregator.keystate import Emitted, KeyState, newest
 from coordinator.aggregator.sums import MEANS, REDUCERS, total
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
 
 __all__ = ["Emitted", "Reducer"]
-
-_RECENT_ENTRIES = RECENT_ENTRIES
-
 
 SERIES_GROUP_FROM = 64
 """Points in a key's first chunk from which a key logged alone is reduced as a group of one
@@ -47,53 +44,6 @@ SERIES_GROUP_FROM = 64
 _TRIM_BY_POP = 64
 """Up to this many groups emitted at once, the oldest recent ones are popped one by one; past it,
 the newest are copied into a new dict."""
-
-
-def _newest(recent: dict[int, dict[int, float]]) -> tuple[dict[int, dict[int, float]], int]:
-    """The newest groups of ``recent`` holding at most :data:`_RECENT_ENTRIES` entries (at least one group)."""
-    kept: list[tuple[int, dict[int, float]]] = []
-    entries = 0
-    for s, g in reversed(recent.items()):
-        if kept and entries + len(g) > _RECENT_ENTRIES:
-            break
-        kept.append((s, g))
-        entries += len(g)
-    return dict(reversed(kept)), entries
-
-
-@dataclass(slots=True)
-class _KeyState:
-    policy: str
-    first_seen: float
-    pending: dict[int, tuple[float, dict[int, float]]] = field(default_factory=dict)
-    heap: list[int] = field(default_factory=list)
-    """Pending steps, smallest first (may hold steps already emitted: skipped lazily)."""
-    maxstep: dict[int, int] = field(default_factory=dict)
-    settled: bool = False
-    emitted_upto: int = -1
-    recent: dict[int, dict[int, float]] = field(default_factory=dict)
-    """Recently emitted groups (step -> rank -> value), oldest first: a repeat re-emits its step."""
-    recent_entries: int = 0
-    reemit: set[int] = field(default_factory=set)
-    """Emitted steps a repeat changed: emitted again with the new value."""
-
-
-@dataclass(slots=True)
-class Emitted:
-    """Main-series points of one key, ready to store: steps, values and contributor counts."""
-
-    steps: array[int] = field(default_factory=lambda: array("q"))
-    values: array[float] = field(default_factory=lambda: array("d"))
-    counts: array[int] = field(default_factory=lambda: array("i"))
-    reemitted: int = 0
-    """How many of the steps re-emit an already emitted step (a repeat changed its value)."""
-
-    def extend(self, e: Emitted) -> None:
-        """Append ``e``'s points after these (a later emission of the same key)."""
-        self.steps.extend(e.steps)
-        self.values.extend(e.values)
-        self.counts.extend(e.counts)
-        self.reemitted += e.reemitted
 
 
 class Reducer:
@@ -114,7 +64,7 @@ class Reducer:
         self._touched_groups: dict[int, KeyGroup] = {}
         self.policy = policy
         self.group_timeout_s = group_timeout_s
-        self.keys: dict[str, _KeyState] = {}
+        self.keys: dict[str, KeyState] = {}
         self.done: set[int] = set()
         """Ranks that closed or were lost: never waited for again."""
         self.late_points = 0
@@ -129,11 +79,15 @@ class Reducer:
         Returns:
             How many of them repeat a step the rank already logged (each replaces the earlier value).
         """
-        if key in self.groups:
-            self._split(self.groups[key])
+        grp = self.groups.get(key)
+        if grp is not None:  # the key alone leaves its group (the others may go on as one)
+            if len(grp.keys) > 1:
+                self._shed(grp, [grp.keys.index(key)])
+            else:
+                self._split(grp)
         st = self.keys.get(key)
         if st is None:
-            st = self.keys[key] = _KeyState(self.policy(key), now)
+            st = self.keys[key] = KeyState(self.policy(key), now)
         if st.policy == "per_rank":
             return 0
         pending = st.pending
@@ -194,7 +148,8 @@ class Reducer:
     def add_block(self, keys: tuple[str, ...], rank: int, steps: array[int], values: Matrix, now: float) -> list[str]:
         """Add one rank's points of ``keys`` logged together (``values``: one row per key, a column per step).
 
-        Regular blocks of the same keys are reduced as one group; anything else key by key.
+        Regular blocks of the same keys are reduced as one group. A block whose keys are not one
+        group's is shared out (:meth:`_add_parts`); anything irregular goes key by key.
 
         Returns:
             The keys with a repeated step (see :meth:`add`).
@@ -206,8 +161,42 @@ class Reducer:
             return []
         if grp is None and self._new_group(keys, rank, steps, now):
             return self.add_block(keys, rank, steps, values, now)
+        if self.blocks and len(keys) > 1 and len(set(keys)) == len(keys):
+            return self._add_parts(keys, rank, steps, values, now)
         rows = values.tolist()
         return [k for k, row in zip(keys, rows, strict=True) if self.add(k, rank, steps, row, now)]
+
+    def _add_parts(self, keys: tuple[str, ...], rank: int, steps: array[int], values: Matrix, now: float) -> list[str]:
+        """A block of keys that are not one group's: each group among them takes its own keys' rows.
+
+        A group that holds keys the block lacks keeps the larger part: it sheds the keys the block lacks,
+        or, where those are most of it, the block's keys (:meth:`_shed`). So a key logged in two tuples
+        (the frameworks' ``epoch``, in the training dict and in the validation dict) leaves its group
+        alone, once, and the rest of the dict stays one group, where splitting the group made every key
+        of the dict go point by point from then on (several times the aggregator's CPU). Of the rows no
+        group takes, those of keys not known yet start a group of their own; the others go key by key.
+        """
+        at = {k: i for i, k in enumerate(keys)}
+        taken: set[str] = set()
+        for grp in {id(g): g for k in keys if (g := self.groups.get(k)) is not None}.values():
+            inside = [i for i, k in enumerate(grp.keys) if k in at]
+            if len(inside) < len(grp.keys):
+                if 2 * len(inside) < len(grp.keys):
+                    self._shed(grp, inside)  # most of the group is elsewhere: these keys leave it
+                    continue
+                self._shed(grp, [i for i, k in enumerate(grp.keys) if k not in at])
+            if grp.fits(rank, steps):
+                grp.add(rank, steps, values[[at[k] for k in grp.keys]], now)
+                self._touched_groups[id(grp)] = grp
+                taken.update(grp.keys)
+            else:  # a repeat or a late point: its keys go the per-key way
+                self._split(grp)
+        rest = [k for k in keys if k not in taken]
+        fresh = tuple(k for k in rest if k not in self.keys)
+        if fresh and self._new_group(fresh, rank, steps, now):
+            self.add_block(fresh, rank, steps, values[[at[k] for k in fresh]], now)
+            rest = [k for k in rest if k in self.keys]
+        return [k for k in rest if self.add(k, rank, steps, values[at[k]].tolist(), now)]
 
     def _new_group(self, keys: tuple[str, ...], rank: int, steps: array[int], now: float) -> bool:
         """Start a group for ``keys`` if none of them is known yet and their policies allow it."""
@@ -225,6 +214,18 @@ class Reducer:
         self._groups[id(grp)] = grp
         return True
 
+    def _shed(self, grp: KeyGroup, drop: list[int]) -> None:
+        """Take the keys of ``grp`` at positions ``drop`` (some, not all) into per-key states, as :meth:`_split`
+        does for all of them; the group goes on with the others."""
+        touched = id(grp) in self._touched_groups
+        gone = [grp.keys[i] for i in drop]
+        for key, fields in zip(gone, grp.shed(drop), strict=True):
+            del self.groups[key]
+            st = self.keys[key] = KeyState(**fields)
+            heapify(st.heap)
+            if touched:
+                self._touched.add(key)
+
     def _split(self, grp: KeyGroup) -> None:
         """Turn ``grp`` into the per-key states it stands for (the per-key path takes over its keys).
 
@@ -234,7 +235,7 @@ class Reducer:
         touched = self._touched_groups.pop(id(grp), None) is not None
         for key, fields in zip(grp.keys, grp.split(), strict=True):
             del self.groups[key]
-            st = self.keys[key] = _KeyState(**fields)
+            st = self.keys[key] = KeyState(**fields)
             heapify(st.heap)
             if touched:
                 self._touched.add(key)
@@ -260,7 +261,7 @@ class Reducer:
                 summaries of all, the points only of those reaching past ``main_last``.
             now: the current time.
         """
-        st = self.keys[key] = _KeyState(self.policy(key), now, emitted_upto=main_last)
+        st = self.keys[key] = KeyState(self.policy(key), now, emitted_upto=main_last)
         if st.policy == "per_rank":
             return
         started: dict[int, dict[int, float]] = {}  # rank -> incarnation -> first chunk time
@@ -431,10 +432,10 @@ class Reducer:
             # Drop the oldest emitted groups past the bound, never the last one. Popping a dict's
             # first key one by one is quadratic once many were added (iteration skips the holes),
             # so a large emit keeps the newest groups in a new dict instead.
-            if entries > _RECENT_ENTRIES and len(recent) - before > _TRIM_BY_POP:
-                st.recent, entries = _newest(recent)
+            if entries > RECENT_ENTRIES and len(recent) - before > _TRIM_BY_POP:
+                st.recent, entries = newest(recent)
             else:
-                while entries > _RECENT_ENTRIES and len(recent) > 1:
+                while entries > RECENT_ENTRIES and len(recent) > 1:
                     entries -= len(recent.pop(next(iter(recent))))
             st.recent_entries = entries
         self._touched.clear()

@@ -173,10 +173,14 @@ class RowReader:
         these cost ~20 µs a row; :mod:`benchmarks.ring_read`).
 
         Frames come back side by side, so frames that share a key (a dict, then an ``append()`` of one of its
-        keys; two dicts with a key in common) would lose that key's order between them: those frames come
-        back split, a one-key frame per key, its points from all of them in the order they were written. A
-        pass takes every row published (stopping at a clash instead made one pass a row where such frames
-        alternate: the aggregator fell behind a rank logging them flat out).
+        keys; two dicts with a key in common, as the frameworks' training and validation dicts share
+        ``epoch``) would lose that key's order between them: those frames come back split by the frames that
+        hold each key, the keys that the same frames hold as one frame, their points from all of those frames
+        in the order they were written. The training dict then comes back as one frame without ``epoch``,
+        ``epoch`` alone, and the validation dict without it (one frame per key, as before, made every key of
+        the dict go point by point in the aggregator). A pass takes every row published (stopping at a clash
+        instead made one pass a row where such frames alternate: the aggregator fell behind a rank logging
+        them flat out).
 
         Raises:
             RingDamaged: a record is not a row of a named frame, or (see :meth:`RingReader.spans`)
@@ -207,20 +211,31 @@ class RowReader:
         for fid, got in parts.items():
             if fid not in tangled:
                 rows[self.frames[fid]] = _joined(got)
-        for key, fids in owners.items():
-            if fids[0] in tangled:  # every frame with this key is, as each shares a key with another
-                rows[(key,)] = self._one_key(key, fids, parts)
+        if tangled:
+            shares: dict[tuple[int, ...], list[str]] = {}  # the keys of tangled frames, by the frames that hold them
+            for key, holders in owners.items():
+                if holders[0] in tangled:  # every frame with this key is, as each shares a key with another
+                    shares.setdefault(tuple(holders), []).append(key)
+            for fids, keys in shares.items():
+                rows[tuple(keys)] = self._shared(keys, fids, parts)
         return rows
 
-    def _one_key(
-        self, key: str, fids: list[int], parts: dict[int, list[_Part]]
+    def _shared(
+        self, keys: list[str], fids: tuple[int, ...], parts: dict[int, list[_Part]]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``key``'s points from frames ``fids`` of a pass, in write order: (steps, values n x 1, stamps)."""
-        got = [(p[0], p[1][:, self.frames[fid].index(key)], p[2], p[3]) for fid in fids for p in parts[fid]]
+        """The points of ``keys``, which frames ``fids`` of a pass all hold (and no other frame of it), in write
+        order: (steps, values n x len(keys), stamps)."""
+        got: list[_Part] = []
+        for fid in fids:
+            at = {k: i for i, k in enumerate(self.frames[fid])}
+            cols = [at[k] for k in keys]
+            got.extend((p[0], p[1][:, cols], p[2], p[3]) for p in parts[fid])
+        if len(got) == 1:  # one frame's own keys: its rows are in write order
+            return got[0][0], got[0][1], got[0][2]
         order = np.argsort(np.concatenate([g[3] for g in got]), kind="stable")
         steps = np.concatenate([g[0] for g in got])[order]
         values = np.concatenate([g[1] for g in got])[order]
-        return steps, values.reshape(-1, 1), np.concatenate([g[2] for g in got])[order]
+        return steps, values, np.concatenate([g[2] for g in got])[order]
 
     def _take(
         self, n: int, positions: np.ndarray, counts: np.ndarray, places: np.ndarray, parts: dict[int, list[_Part]]

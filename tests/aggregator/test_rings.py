@@ -104,6 +104,45 @@ def test_rows_that_write_one_key_at_one_step_twice_keep_the_later_as_the_socket_
         s.close()
 
 
+def test_a_training_dict_that_shares_epoch_with_a_validation_dict_stays_one_group_and_every_point_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    """The frameworks' pattern through two ranks' rings: a 20-key training dict with ``epoch`` at every step,
+    a validation dict with ``epoch`` every tenth step. Every point is stored once, each main value is the
+    ranks' mean, and the training keys stay one key group in the reducer (a drain that handed them over one
+    key at a time made each go point by point from then on)."""
+    train = (*(f"train/m{j:02d}" for j in range(19)), "epoch")
+    val = ("val/loss", "epoch")
+    agg = Aggregator(make_cfg(tmp_path, world=2))
+    ws = _writers(tmp_path, capacity=1 << 20)
+    rings = _rings(agg, tmp_path)
+    for lap in range(6):
+        for r, w in enumerate(ws):
+            for step in range(lap * 50, lap * 50 + 50):
+                assert w.row(train, step, [step + 100.0 * j + r for j in range(19)] + [step // 100 + 0.5 * r])
+                if step % 10 == 9:
+                    assert w.row(val, step, [-step - r, step // 100 + 0.5 * r])
+        assert rings.drain(1.0) == 2 * (50 * 20 + 5 * 2)
+        agg.commit()
+        rings.committed()
+        agg.emit(1.0)
+    groups = {g.keys for g in agg.reducer.groups.values()}
+    assert train[:-1] in groups and "epoch" in agg.reducer.keys
+    rings.close()
+    agg.finalize()
+    s = reopen(tmp_path)
+    try:
+        for r in range(2):
+            assert s.values("train/m07", r) == [(st, st + 700.0 + r) for st in range(300)]
+            assert s.values("val/loss", r) == [(st, -st - r) for st in range(9, 300, 10)]
+            assert s.values("epoch", r) == [(st, st // 100 + 0.5 * r) for st in range(300)]
+        assert s.values("train/m07") == [(st, st + 700.5) for st in range(300)]
+        assert s.values("epoch") == [(st, st // 100 + 0.25) for st in range(300)]
+        assert s.contributors("train/m07") == [(st, 2) for st in range(300)]
+    finally:
+        s.close()
+
+
 def test_a_rank_that_writes_its_rows_later_is_the_straggler_though_one_drain_reads_them_all(tmp_path: Path) -> None:
     """Rank 2 writes each step 0.12 s after ranks 0 and 1 (DDP's slow rank: the others wait for it),
     and one drain reads the three rings: the health check dates each rank's steps by its rows'

@@ -230,11 +230,11 @@ def test_scalars_logged_key_by_key_come_back_by_key_from_one_run(tmp_path: Path)
     r.close()
 
 
-def test_frames_that_share_a_key_come_back_split_by_key_in_one_pass_in_each_keys_write_order(tmp_path: Path) -> None:
+def test_frames_that_share_a_key_come_back_split_in_one_pass_in_each_keys_write_order(tmp_path: Path) -> None:
     """A dict at each step, an ``append()`` of one of its keys now and then (a one-key frame of its own,
     same row size as another one-key frame), a replacement of a point after it, and a third frame sharing
-    nothing: one pass takes every row; the two frames with key ``a`` come back as one-key frames, each
-    key's points (steps, values, stamps) in write order, and the frame sharing nothing whole."""
+    nothing: one pass takes every row; the two frames with key ``a`` come back split (``a`` alone, ``b``
+    alone), each key's points (steps, values, stamps) in write order, and the frame sharing nothing whole."""
     w = RowWriter(RingWriter(tmp_path / "r", 1 << 16))
     r = RowReader(RingReader(tmp_path / "r"))
     d, a, c = ("a", "b"), ("a",), ("c",)
@@ -257,6 +257,48 @@ def test_frames_that_share_a_key_come_back_split_by_key_in_one_pass_in_each_keys
     assert got == want
     assert all(len(stamps) == len(steps) and (stamps > 0).all() for steps, _, stamps in rows.values())
     assert r.reader.cursor == r.reader.written and r.read() == {}
+    w.close()
+    r.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_keys_of_frames_that_share_a_key_come_back_together_by_the_frames_that_hold_them(
+    tmp_path: Path, seed: int
+) -> None:
+    """The frameworks' pattern: a training dict with ``epoch`` at every step, now and then a validation dict
+    with ``epoch`` (at the same step or another), a dict of the training keys and one more, a scalar alone.
+    In the pass's shared frames, the keys that the same frames hold come back as one frame (the training
+    dict without ``epoch``, in its order; ``epoch`` alone; the validation keys), each key's points in write
+    order; what shares nothing comes back whole."""
+    rng = np.random.default_rng(seed)
+    w = RowWriter(RingWriter(tmp_path / "r", 1 << 20))
+    r = RowReader(RingReader(tmp_path / "r"))
+    train = ("loss", "lr", "grad_norm", "epoch")
+    val = ("val/loss", "epoch", "val/acc")
+    wide = ("loss", "lr", "grad_norm", "epoch", "extra")
+    lone = ("tokens",)
+    want: dict[str, list[tuple[int, float]]] = {}
+
+    def write(keys: tuple[str, ...], step: int) -> None:
+        vals = rng.normal(size=len(keys)).tolist()
+        assert w.row(keys, step, vals)
+        for k, v in zip(keys, vals, strict=True):
+            want.setdefault(k, []).append((step, v))
+
+    for step in range(300):
+        write(wide if rng.random() < 0.05 else train, step)
+        if rng.random() < 0.1:
+            write(val, step - int(rng.integers(0, 3)))
+        write(lone, step)
+    rows = r.read()
+    assert set(rows) == {("loss", "lr", "grad_norm"), ("epoch",), ("val/loss", "val/acc"), ("extra",), lone}
+    got = {
+        k: list(zip(steps.tolist(), values[:, j].tolist(), strict=True))
+        for keys, (steps, values, _) in rows.items()
+        for j, k in enumerate(keys)
+    }
+    assert got == want
+    assert all(len(stamps) == len(steps) and (stamps > 0).all() for steps, _, stamps in rows.values())
     w.close()
     r.close()
 
