@@ -8,7 +8,8 @@ as the server loop does), for each pattern:
 * ``dict``: a 100-key dict a step;
 * ``epoch``: the same dict with ``epoch`` as its last key, and every tenth step a validation dict
   ``{val/loss, epoch, val/acc}`` after it;
-* ``wider``: every tenth step the dict has one key more (``val/acc``).
+* ``wider``: every tenth step the dict has one key more (``val/acc``);
+* ``repeat``: the dict, and once (step 200) rank 0 logs a step's dict twice (the later replaces the earlier).
 
 It times the aggregator's three parts with the thread's CPU clock (``drain``: reading the rings and taking in
 their rows; ``commit``; ``emit``), after three warm-up seconds; ``--cold`` touches 32 MiB before each part
@@ -16,7 +17,7 @@ their rows; ``commit``; ``emit``), after three warm-up seconds; ``--cold`` touch
 back: every rank's series and the main series of a training key, ``epoch`` and ``val/loss`` hold every step
 once with its value (the main one the ranks' mean).
 
-    python -m benchmarks.shared_keys [--seconds 20] [--ranks 4] [--patterns dict,epoch,wider] [--cold]
+    python -m benchmarks.shared_keys [--seconds 20] [--ranks 4] [--patterns dict,epoch,wider,repeat] [--cold]
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ from coordinator.transport.ringrows import RowWriter
 
 __all__ = ["PATTERNS", "main", "measure"]
 
-PATTERNS = ("dict", "epoch", "wider")
+PATTERNS = ("dict", "epoch", "wider", "repeat")
 _KEYS = 100
 _RATE = 50
 _WARM = 3
 _VAL_EVERY = 10
+_REPEAT_AT = 200
+"""The step rank 0 logs twice in the ``repeat`` pattern (in the first timed second)."""
 _RUN = "shared"
 
 
@@ -61,6 +64,8 @@ def _rows(pattern: str, rank: int, step: int) -> list[tuple[tuple[str, ...], lis
         return out
     if pattern == "wider" and val_step:
         return [((*keys, "val/acc"), [*vals, rank + 0.25])]
+    if pattern == "repeat" and step == _REPEAT_AT and rank == 0:
+        return [(keys, vals), (keys, [v + 0.5 for v in vals])]  # the step again: the later write replaces
     return [(keys, vals)]
 
 

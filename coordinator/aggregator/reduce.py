@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from heapq import heapify, heappop, heappush
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from coordinator.aggregator.blocks import FAST_POLICIES, RECENT_ENTRIES, EmittedBlock, KeyGroup, Matrix
 from coordinator.aggregator.fused import emit_groups
-from coordinator.aggregator.keystate import Emitted, KeyState, newest
+from coordinator.aggregator.keystate import Emitted, KeyState, last_logged, newest, regroup
 from coordinator.aggregator.sums import MEANS, REDUCERS, total
 from coordinator.core.incarnations import is_replaced, replaced_from, start_order
 from coordinator.core.policies import PolicyTable
@@ -40,6 +41,9 @@ __all__ = ["Emitted", "Reducer"]
 SERIES_GROUP_FROM = 64
 """Points in a key's first chunk from which a key logged alone is reduced as a group of one
 (:meth:`Reducer.add_series`)."""
+
+MAX_REGROUPS = 8
+"""How often one tuple of keys forms its group again after going per key (:meth:`Reducer._new_group`)."""
 
 _TRIM_BY_POP = 64
 """Up to this many groups emitted at once, the oldest recent ones are popped one by one; past it,
@@ -65,6 +69,7 @@ class Reducer:
         self.policy = policy
         self.group_timeout_s = group_timeout_s
         self.keys: dict[str, KeyState] = {}
+        self._regroups: Counter[tuple[str, ...]] = Counter()
         self.done: set[int] = set()
         """Ranks that closed or were lost: never waited for again."""
         self.late_points = 0
@@ -199,24 +204,31 @@ class Reducer:
         return [k for k in rest if self.add(k, rank, steps, values[at[k]].tolist(), now)]
 
     def _new_group(self, keys: tuple[str, ...], rank: int, steps: array[int], now: float) -> bool:
-        """Start a group for ``keys`` if none of them is known yet and their policies allow it."""
-        if not self.blocks or not keys or not self.keys.keys().isdisjoint(keys):
+        """Start a group for ``keys`` if none of them is known yet and their policies allow it, or if each went
+        per key and they are regular again (:func:`~coordinator.aggregator.keystate.regroup`; at most
+        :data:`MAX_REGROUPS` times a tuple: a dict that keeps turning irregular stays per key)."""
+        if not self.blocks or not keys or not self.groups.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
             return False
-        if not self.groups.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
-            return False
+        again = not self.keys.keys().isdisjoint(keys)
         policies = tuple(self.policy(k) for k in keys)
-        if not FAST_POLICIES.issuperset(policies):
+        grp: KeyGroup | None = None
+        if again and self._regroups[keys] < MAX_REGROUPS:
+            grp = regroup(keys, [*map(self.keys.get, keys)], self.world_size)
+        elif not again and FAST_POLICIES.issuperset(policies):
+            grp = KeyGroup(keys, policies, self.world_size, now)
+        if grp is None or not grp.fits(rank, steps):
             return False
-        grp = KeyGroup(keys, policies, self.world_size, now)
-        if not grp.fits(rank, steps):
-            return False
+        if again:
+            self._regroups[keys] += 1
+            for k in keys:
+                del self.keys[k]
+                self._touched.discard(k)
         self.groups.update(dict.fromkeys(keys, grp))
         self._groups[id(grp)] = grp
         return True
 
     def _shed(self, grp: KeyGroup, drop: list[int]) -> None:
-        """Take the keys of ``grp`` at positions ``drop`` (some, not all) into per-key states, as :meth:`_split`
-        does for all of them; the group goes on with the others."""
+        """Take the keys of ``grp`` at positions ``drop`` (some, not all) into per-key states; it keeps the others."""
         touched = id(grp) in self._touched_groups
         gone = [grp.keys[i] for i in drop]
         for key, fields in zip(gone, grp.shed(drop), strict=True):
@@ -293,16 +305,7 @@ class Reducer:
         heapify(st.heap)
         self._touched.add(key)
 
-    @staticmethod
-    def last_logged(chunks: Sequence[tuple[Any, ...]]) -> dict[int, int]:
-        """Per rank, the step it logged last (its latest incarnation's last chunk), from chunk summaries."""
-        started: dict[int, dict[int, float]] = {}
-        last: dict[tuple[int, int], int] = {}
-        for rank, inc, ts, _, _, step_last, *_ in chunks:
-            by = started.setdefault(rank, {})
-            by[inc] = min(ts, by.get(inc, ts))
-            last[(rank, inc)] = step_last
-        return {rank: last[(rank, start_order(by)[-1])] for rank, by in started.items()}
+    last_logged = staticmethod(last_logged)
 
     def rewind(self, key: str, rank: int, step: int) -> None:
         """A restarted incarnation of ``rank`` resumed ``key`` at ``step`` (from a checkpoint).

@@ -10,6 +10,7 @@ from array import array
 import numpy as np
 import pytest
 
+from coordinator.aggregator import reduce as reduce_mod
 from coordinator.aggregator.blocks import KeyGroup
 from coordinator.aggregator.reduce import Emitted, Reducer
 from coordinator.core.policies import PolicyTable
@@ -146,3 +147,36 @@ def test_shed_gives_the_keys_per_key_fields_and_keeps_the_rest() -> None:
         g.shed([0, 1])
     with pytest.raises(ValueError, match="some, not all"):
         g.shed([])
+
+
+def test_a_dict_that_went_per_key_after_a_repeat_is_one_group_again_once_regular() -> None:
+    """A rank logs a step of the dict again (a replacement: the group goes per key); once that is emitted
+    and every rank is past it, the next block makes the keys one group again, and every result is the
+    per-key reducer's."""
+    table = PolicyTable({}, "mean")
+    new, old = Reducer(2, table, 5.0), Reducer(2, table, 5.0, blocks=False)
+    rng = np.random.default_rng(1)
+    rounds = [[(0, range(10)), (1, range(10))], [(0, range(9, 10))], [(0, range(10, 20)), (1, range(10, 20))]]
+    for i, blocks in enumerate(rounds):
+        for r, steps in blocks:
+            _both(new, old, _TRAIN, r, list(steps), rng.normal(size=(len(_TRAIN), len(steps))), float(i))
+        if i == 1:
+            assert not new.groups and _TRAIN[0] in new.keys  # the repeat of step 9 sent the keys per key
+        assert _dump(new.emit(i + 0.5)) == _dump(old.emit(i + 0.5))
+    assert _groups(new) == {_TRAIN} and not new.keys
+    assert _dump(new.emit(99.0, force=True)) == _dump(old.emit(99.0, force=True))
+    assert new.replaced_points == old.replaced_points == len(_TRAIN)
+
+
+def test_a_dict_that_keeps_turning_irregular_stays_per_key_after_a_bounded_number_of_regroups() -> None:
+    """A repeat every round: the keys form their group again at most ``MAX_REGROUPS`` times, then stay per key."""
+    red = Reducer(1, PolicyTable({}, "mean"), 5.0)
+    formed = 0
+    for lo in range(0, 400, 10):
+        was = bool(red.groups)
+        red.add_block(_TRAIN, 0, array("q", range(lo, lo + 10)), np.zeros((len(_TRAIN), 10)), 0.0)
+        formed += not was and bool(red.groups)
+        red.add_block(_TRAIN, 0, array("q", [lo + 9]), np.ones((len(_TRAIN), 1)), 0.0)  # a repeat
+        red.emit(1.0)
+    assert formed == reduce_mod.MAX_REGROUPS + 1  # the first group, then its regroups
+    assert not red.groups
