@@ -116,11 +116,13 @@ class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any t
         self._closed = False
         self._lock = threading.Lock()
         self._uploaded: dict[str, tuple[str, float]] = {}
+        self._last: dict[str, tuple[int, float]] = {}
+        """Each key's last (step, number) logged: Lightning repeats ``epoch`` in every dict of a step."""
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into ``ddp_spawn`` workers without this process's run: each opens its own."""
         state = dict(self.__dict__)
-        for k in ("_lazy", "_closed", "_lock", "_uploaded"):
+        for k in ("_lazy", "_closed", "_lock", "_uploaded", "_last"):
             state.pop(k, None)
         return state
 
@@ -182,10 +184,20 @@ class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any t
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log ``metrics`` at ``step`` from this rank (every rank; never a collective).
 
+        Lightning adds ``epoch`` to every dict it logs, the training dict and the validation dict of
+        a step alike: a number a key already has at ``step`` is not logged again (a second write of
+        it would be counted as a replacement in the run's report).
+
         Args:
             metrics: metric name -> number (Lightning has already turned tensors into numbers).
             step: the step; ``None`` numbers each key on (the key's previous step + 1).
         """
+        if step is not None:
+            last = self._last
+            metrics = {k: v for k, v in metrics.items() if not _same(last.get(k), step, v)}
+            for k, v in metrics.items():
+                if type(v) in (int, float):
+                    last[k] = (step, v)
         if metrics:
             self.experiment.log(dict(metrics), step=step)
 
@@ -250,3 +262,11 @@ class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any t
             lazy = self._lazy
         if lazy is not None:
             lazy.close(timeout)
+
+
+def _same(last: tuple[int, float] | None, step: int, value: object) -> bool:
+    """Whether ``value`` at ``step`` is the number ``last`` says the key already has there (NaN equal to NaN)."""
+    if last is None or last[0] != step or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    v = float(value)
+    return last[1] == v or (v != v and last[1] != last[1])

@@ -252,3 +252,25 @@ def test_in_one_process_namespace_hparams_failure_message_and_interrupt(store_di
         assert s.values("loss", 0) == [(0, 1.5), (1, 0.5), (2, 0.25)]
     finally:
         s.close()
+
+
+def test_epoch_in_the_training_and_the_validation_dict_of_a_step_is_logged_once(store_dir: Path) -> None:
+    """Lightning adds ``epoch`` to the training and the validation dict of a step: the same number at the same
+    step goes once (no replacement in the report); another number at that step is logged, and counted."""
+    from coordinator.integrations.lightning import CoordinatorLogger
+
+    logger = CoordinatorLogger("unit", "epochs")
+    logger.log_metrics({"train/loss": 1.0, "epoch": 0}, step=3)
+    logger.log_metrics({"val/loss": 2.0, "epoch": 0}, step=3)
+    logger.log_metrics({"train/loss": 0.5, "epoch": 0}, step=4)
+    logger.log_metrics({"val/loss": 1.5, "epoch": 1}, step=4)  # another number at step 4: a replacement
+    logger.log_metrics({"train/loss": 0.25, "epoch": 1}, step=5)
+    logger.finalize("success")
+    logger.close()
+    info, s = _stored(store_dir)
+    try:
+        assert s.values("epoch", 0) == [(3, 0.0), (4, 1.0), (5, 1.0)]
+        assert s.values("val/loss", 0) == [(3, 2.0), (4, 1.5)]
+        assert info.report["replaced_points"] == 1
+    finally:
+        s.close()
