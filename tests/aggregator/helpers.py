@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from pathlib import Path
 from typing import Any
 
 from coordinator.aggregator import Aggregator, AggregatorConfig
+from coordinator.aggregator.reduce import Emitted, Reducer
 from coordinator.core.values import FieldValue
 from coordinator.journal.store import LocalStore
 from coordinator.transport import wire
@@ -55,3 +57,20 @@ def reopen(tmp_path: Path) -> LocalStore:
 def crash(a: Aggregator) -> None:
     """Simulate an aggregator crash after its last commit: drop it without finalize."""
     a.store.close()
+
+
+def dump(out: dict[str, Emitted]) -> dict[str, tuple[bytes, bytes, bytes, int]]:
+    """An emit's output in comparable form: per key, its steps, values and counts bytes and re-emitted count."""
+    return {k: (e.steps.tobytes(), e.values.tobytes(), e.counts.tobytes(), e.reemitted) for k, e in out.items()}
+
+
+def round_end(rng: random.Random, new: Reducer, old: Reducer, world: int, now: float, done: float) -> float:
+    """The end of a round of a differential sequence: a rank done now and then (``done``: how often), time
+    passing, and the two reducers' emits compared; returns the new time."""
+    if rng.random() < done:
+        r = rng.randrange(world)
+        new.rank_done(r)
+        old.rank_done(r)
+    now += rng.choice([0.1, 1.0, 6.0])
+    assert dump(new.emit(now)) == dump(old.emit(now))
+    return now

@@ -13,8 +13,9 @@ import pytest
 from coordinator.aggregator import fused
 from coordinator.aggregator.blocks import EmittedBlock, KeyGroup
 from coordinator.aggregator.fused import emit_groups
-from coordinator.aggregator.reduce import Emitted, Reducer
+from coordinator.aggregator.reduce import Reducer
 from coordinator.core.policies import PolicyTable
+from tests.aggregator.helpers import dump, round_end
 
 _POLICIES = ("mean", "all", "sum", "rank0")
 
@@ -104,10 +105,6 @@ def test_groups_in_step_share_one_reduction(monkeypatch: pytest.MonkeyPatch) -> 
     assert np.array_equal(by_keys[wide.keys].values, np.full((100, 50), 1.5))
 
 
-def _dump(out: dict[str, Emitted]) -> dict[str, tuple[bytes, bytes, bytes, int]]:
-    return {k: (e.steps.tobytes(), e.values.tobytes(), e.counts.tobytes(), e.reemitted) for k, e in out.items()}
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_a_dict_and_scalars_per_step_reduce_as_key_by_key(seed: int) -> None:
     """A training loop's frames (a 3-key dict and six scalars logged alone, each its own block) from every
@@ -134,10 +131,5 @@ def test_a_dict_and_scalars_per_step_reduce_as_key_by_key(seed: int) -> None:
                 assert new.add_block(keys, r, steps, vals.copy(), now) == old.add_block(
                     keys, r, array("q", steps), vals.copy(), now
                 )
-        if rng.random() < 0.05:
-            r = rng.randrange(world)
-            new.rank_done(r)
-            old.rank_done(r)
-        now += rng.choice([0.1, 1.0, 6.0])
-        assert _dump(new.emit(now)) == _dump(old.emit(now))
-    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+        now = round_end(rng, new, old, world, now, 0.05)
+    assert dump(new.emit(now, force=True)) == dump(old.emit(now, force=True))

@@ -12,16 +12,13 @@ import pytest
 
 from coordinator.aggregator import reduce as reduce_mod
 from coordinator.aggregator.blocks import KeyGroup
-from coordinator.aggregator.reduce import Emitted, Reducer
+from coordinator.aggregator.reduce import Reducer
 from coordinator.core.policies import PolicyTable
+from tests.aggregator.helpers import dump, round_end
 
 _TRAIN = (*(f"train/m{j}" for j in range(6)), "epoch")
 _VAL = ("val/loss", "epoch", "val/acc")
 _WIDE = (*_TRAIN, "train/extra")
-
-
-def _dump(out: dict[str, Emitted]) -> dict[str, tuple[bytes, bytes, bytes, int]]:
-    return {k: (e.steps.tobytes(), e.values.tobytes(), e.counts.tobytes(), e.reemitted) for k, e in out.items()}
 
 
 def _groups(red: Reducer) -> set[tuple[str, ...]]:
@@ -68,14 +65,9 @@ def test_dicts_that_share_keys_reduce_as_key_by_key(seed: int) -> None:
                 assert new.add_series("epoch", r, array("q", steps[-1:]), array("d", v), now) == old.add_series(
                     "epoch", r, array("q", steps[-1:]), array("d", v), now
                 )
-        if rng.random() < 0.03:
-            r = rng.randrange(world)
-            new.rank_done(r)
-            old.rank_done(r)
-        now += rng.choice([0.1, 1.0, 6.0])
-        assert _dump(new.emit(now)) == _dump(old.emit(now))
+        now = round_end(rng, new, old, world, now, 0.03)
         assert (new.late_points, new.replaced_points) == (old.late_points, old.replaced_points)
-    assert _dump(new.emit(now, force=True)) == _dump(old.emit(now, force=True))
+    assert dump(new.emit(now, force=True)) == dump(old.emit(now, force=True))
 
 
 def test_a_key_shared_with_another_dict_leaves_its_group_alone_and_the_rest_stays_one_group() -> None:
@@ -162,9 +154,9 @@ def test_a_dict_that_went_per_key_after_a_repeat_is_one_group_again_once_regular
             _both(new, old, _TRAIN, r, list(steps), rng.normal(size=(len(_TRAIN), len(steps))), float(i))
         if i == 1:
             assert not new.groups and _TRAIN[0] in new.keys  # the repeat of step 9 sent the keys per key
-        assert _dump(new.emit(i + 0.5)) == _dump(old.emit(i + 0.5))
+        assert dump(new.emit(i + 0.5)) == dump(old.emit(i + 0.5))
     assert _groups(new) == {_TRAIN} and not new.keys
-    assert _dump(new.emit(99.0, force=True)) == _dump(old.emit(99.0, force=True))
+    assert dump(new.emit(99.0, force=True)) == dump(old.emit(99.0, force=True))
     assert new.replaced_points == old.replaced_points == len(_TRAIN)
 
 
