@@ -9,11 +9,11 @@ block and reduces every key of the emitted steps with numpy at once. The group's
 exactly what each key's per-key state would be (every key has the same steps from the same
 ranks), so anything the group does not handle — a repeat, a late point, a step below the
 rank's last, a rewind — first turns it into per-key states (:meth:`KeyGroup.split`) and goes on
-the per-key path (until the keys are regular again:
-:func:`~coordinator.aggregator.keystate.regroup`): a group never changes a result, it only computes
-it with fewer Python operations. Keys that are also logged on their own or in another tuple (the frameworks' ``epoch``,
-in the training dict and in the validation dict) leave their group alone (:meth:`KeyGroup.shed`),
-and the group goes on with the rest (:meth:`Reducer.add_block
+the per-key path until the keys are regular again
+(:func:`~coordinator.aggregator.keystate.regroup`): a group never changes a result, it only
+computes it with fewer Python operations. Keys that are also logged on their own or in another
+tuple (the frameworks' ``epoch``, in the training dict and in the validation dict) leave their
+group alone (:meth:`KeyGroup.shed`), and the group goes on with the rest (:meth:`Reducer.add_block
 <coordinator.aggregator.reduce.Reducer.add_block>` says which keys leave).
 
 Sums are correctly rounded, as :func:`math.fsum` is

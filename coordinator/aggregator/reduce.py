@@ -210,11 +210,10 @@ class Reducer:
         if not self.blocks or not keys or not self.groups.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
             return False
         again = not self.keys.keys().isdisjoint(keys)
-        policies = tuple(self.policy(k) for k in keys)
         grp: KeyGroup | None = None
         if again and self._regroups[keys] < MAX_REGROUPS:
             grp = regroup(keys, [*map(self.keys.get, keys)], self.world_size)
-        elif not again and FAST_POLICIES.issuperset(policies):
+        elif not again and FAST_POLICIES.issuperset(policies := tuple(map(self.policy, keys))):
             grp = KeyGroup(keys, policies, self.world_size, now)
         if grp is None or not grp.fits(rank, steps):
             return False
