@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import math
 import os
 import sys
 import threading
@@ -145,3 +146,15 @@ def flatten(prefix: str, value: object, out: dict[str, object] | None = None) ->
     else:
         out[prefix] = str(value)
     return out
+
+
+def logged_already(last: dict[str, tuple[int, float]], key: str, step: int, num: float) -> bool:
+    """Whether ``num`` is the number ``key`` was last logged with, at ``step`` (NaN equal to NaN); if not, it is
+    remembered as the key's last. The frameworks repeat ``epoch`` in every dict of a step (Lightning's training
+    and validation dicts; transformers' end-of-training log and ``evaluate()``): logged once, not counted as a
+    replacement of itself."""
+    had = last.get(key)
+    if had is not None and had[0] == step and (had[1] == num or (math.isnan(had[1]) and math.isnan(num))):
+        return True
+    last[key] = (step, num)
+    return False

@@ -33,7 +33,7 @@ from typing import Any
 import coordinator
 from coordinator.errors import missing_extra
 
-from ._lazy import CLOSE_TIMEOUT_S, LazyRun, flatten
+from ._lazy import CLOSE_TIMEOUT_S, LazyRun, flatten, logged_already
 from ._versions import check_tested
 
 __all__ = ["CoordinatorLogger"]
@@ -194,10 +194,11 @@ class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any t
         """
         if step is not None:
             last = self._last
-            metrics = {k: v for k, v in metrics.items() if not _same(last.get(k), step, v)}
-            for k, v in metrics.items():
-                if type(v) in (int, float):
-                    last[k] = (step, v)
+            metrics = {
+                k: v
+                for k, v in metrics.items()
+                if type(v) not in (int, float) or not logged_already(last, k, step, float(v))
+            }
         if metrics:
             self.experiment.log(dict(metrics), step=step)
 
@@ -262,11 +263,3 @@ class CoordinatorLogger(_Logger):  # Lightning's Logger, imported by name (Any t
             lazy = self._lazy
         if lazy is not None:
             lazy.close(timeout)
-
-
-def _same(last: tuple[int, float] | None, step: int, value: object) -> bool:
-    """Whether ``value`` at ``step`` is the number ``last`` says the key already has there (NaN equal to NaN)."""
-    if last is None or last[0] != step or not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    v = float(value)
-    return last[1] == v or (v != v and last[1] != last[1])

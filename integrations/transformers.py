@@ -30,7 +30,6 @@ and goes on calls :meth:`CoordinatorCallback.fail`.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from typing import Any, SupportsFloat, cast
@@ -38,7 +37,7 @@ from typing import Any, SupportsFloat, cast
 import coordinator
 import coordinator.errors
 
-from ._lazy import CLOSE_TIMEOUT_S, LazyRun, flatten
+from ._lazy import CLOSE_TIMEOUT_S, LazyRun, flatten, logged_already
 from ._versions import check_tested
 
 try:
@@ -206,13 +205,9 @@ class CoordinatorCallback(TrainerCallback):
                     self._skipped.add(name)
                     _log.info("CoordinatorCallback: %s is not a number (%r); not logged", name, value)
                 continue
-            # The end-of-training log repeats `epoch` at the last step, as does evaluate(): the same
-            # value at the same step is logged once (a second would count as a replacement).
-            last = self._last.get(name)
-            if last is not None and last[0] == step and (last[1] == num or (math.isnan(last[1]) and math.isnan(num))):
-                continue
-            self._last[name] = (step, num)
-            metrics[name] = num
+            # The end-of-training log repeats `epoch` at the last step, as does evaluate().
+            if not logged_already(self._last, name, step, num):
+                metrics[name] = num
         if metrics:
             try:
                 run.log(metrics, step=step)
